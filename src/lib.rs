@@ -1,0 +1,24 @@
+//! # walrep
+//!
+//! WAL-streaming primary/standby replication for a storage engine on two
+//! machines, with automatic failover made safe by epochs.
+//!
+//! (The protocol and failure model are described at length in the
+//! `node` module and in `docs/GUARANTEES.md`.)
+
+pub mod config;
+pub mod error;
+pub mod types;
+pub mod wal;
+
+/// Generated protobuf and tonic code. Protobuf types never leave the
+/// transport layer; the rest of the crate speaks `types`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("walrep.v1");
+}
+
+pub use config::{CommitMode, Config, InitialRole, OnStandbyLoss};
+pub use error::{Error, LeaderHint, Result, TransportError};
+pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
+pub use wal::{MemWal, WalError, WalMeta, WalStore};

@@ -1,0 +1,223 @@
+//! Newtypes for the words of the protocol and the record they describe.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Index of a WAL record, from 1, gapless. `Lsn(0)` means "before the first record".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+
+    /// The LSN before this one; `Lsn::ZERO` stays zero.
+    pub fn prev(self) -> Lsn {
+        Lsn(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A durable counter that goes up by one at every promotion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub const ZERO: Epoch = Epoch(0);
+
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The name of a node, unique within a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(s: &str) -> Self {
+        NodeId(s.to_string())
+    }
+}
+
+/// One WAL record: the engine's payload, stamped with its place in the log and
+/// the epoch of the primary that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+    pub payload: Bytes,
+}
+
+impl Record {
+    /// CRC32C over the LSN, the epoch and the payload: the same checksum in
+    /// the WAL file and on the wire, so a record is checked end to end.
+    pub fn checksum(&self) -> u32 {
+        let crc = crc32c::crc32c(&self.lsn.0.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc, &self.epoch.0.to_le_bytes());
+        crc32c::crc32c_append(crc, &self.payload)
+    }
+}
+
+/// Where an epoch began: its first record's LSN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochStart {
+    pub epoch: Epoch,
+    pub first_lsn: Lsn,
+}
+
+/// `[(epoch, first_lsn)]`, ascending in both. PostgreSQL calls these timelines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochHistory(pub Vec<EpochStart>);
+
+impl EpochHistory {
+    /// The epoch of the record at `lsn` in a log described by this history,
+    /// or `None` before the first entry.
+    pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.0
+            .iter()
+            .rev()
+            .find(|e| e.first_lsn <= lsn)
+            .map(|e| e.epoch)
+    }
+
+    /// Records that the record at `lsn` has `epoch`; a no-op when the history
+    /// already says so. Panics if epochs would go backwards: that is a bug.
+    pub fn note(&mut self, lsn: Lsn, epoch: Epoch) {
+        match self.0.last() {
+            Some(last) if last.epoch == epoch => {}
+            Some(last) => {
+                assert!(
+                    epoch > last.epoch && lsn >= last.first_lsn,
+                    "epoch history would go backwards: {epoch} at {lsn} after {} at {}",
+                    last.epoch,
+                    last.first_lsn
+                );
+                self.0.push(EpochStart {
+                    epoch,
+                    first_lsn: lsn,
+                });
+            }
+            None => self.0.push(EpochStart {
+                epoch,
+                first_lsn: lsn,
+            }),
+        }
+    }
+
+    /// Drops what the history says about records after `lsn`.
+    pub fn truncate_after(&mut self, lsn: Lsn) {
+        self.0.retain(|e| e.first_lsn <= lsn);
+    }
+
+    pub fn last_epoch(&self) -> Option<Epoch> {
+        self.0.last().map(|e| e.epoch)
+    }
+}
+
+/// The last LSN at which two logs hold the same record, given each log's
+/// history and last LSN. Because a standby only appends a batch whose
+/// `(prev_lsn, prev_epoch)` it holds, two logs that agree on `(lsn, epoch)`
+/// agree on every record before it, so the matching LSNs form a prefix and a
+/// binary search finds its end.
+pub fn divergence_point(
+    ours: &EpochHistory,
+    our_last: Lsn,
+    theirs: &EpochHistory,
+    their_last: Lsn,
+) -> Lsn {
+    // A log holds no record before its history begins (a log restored from a
+    // snapshot starts late), so nothing there can conflict.
+    let matches = |lsn: Lsn| match (ours.epoch_at(lsn), theirs.epoch_at(lsn)) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    let (mut lo, mut hi) = (0u64, our_last.0.min(their_last.0));
+    // Invariant: everything at or below `lo` matches (0 trivially does).
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if matches(Lsn(mid)) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Lsn(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(entries: &[(u64, u64)]) -> EpochHistory {
+        EpochHistory(
+            entries
+                .iter()
+                .map(|&(e, l)| EpochStart {
+                    epoch: Epoch(e),
+                    first_lsn: Lsn(l),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn identical_logs_diverge_at_the_shorter_end() {
+        let h = history(&[(1, 1)]);
+        assert_eq!(divergence_point(&h, Lsn(10), &h, Lsn(7)), Lsn(7));
+        assert_eq!(divergence_point(&h, Lsn(3), &h, Lsn(7)), Lsn(3));
+    }
+
+    #[test]
+    fn old_primary_suffix_diverges_where_the_new_epoch_began() {
+        // Old primary wrote 1..=12 in epoch 1; the standby had 1..=9 and
+        // promoted to epoch 2 starting at 10.
+        let old = history(&[(1, 1)]);
+        let new = history(&[(1, 1), (2, 10)]);
+        assert_eq!(divergence_point(&old, Lsn(12), &new, Lsn(15)), Lsn(9));
+    }
+
+    #[test]
+    fn logs_with_nothing_in_common_diverge_at_zero() {
+        let a = history(&[(1, 1)]);
+        let b = history(&[(2, 1)]);
+        assert_eq!(divergence_point(&a, Lsn(5), &b, Lsn(5)), Lsn::ZERO);
+        assert_eq!(divergence_point(&a, Lsn(0), &b, Lsn(5)), Lsn::ZERO);
+    }
+
+    #[test]
+    fn epoch_at_follows_the_history() {
+        let h = history(&[(1, 1), (3, 5), (4, 9)]);
+        assert_eq!(h.epoch_at(Lsn(0)), None);
+        assert_eq!(h.epoch_at(Lsn(4)), Some(Epoch(1)));
+        assert_eq!(h.epoch_at(Lsn(5)), Some(Epoch(3)));
+        assert_eq!(h.epoch_at(Lsn(100)), Some(Epoch(4)));
+    }
+
+    #[test]
+    #[should_panic(expected = "backwards")]
+    fn history_refuses_to_go_backwards() {
+        let mut h = history(&[(3, 5)]);
+        h.note(Lsn(6), Epoch(2));
+    }
+}

@@ -1,0 +1,155 @@
+//! The write-ahead log: the trait the replication logic reads and writes
+//! through, a durable segmented file implementation and an in-memory one.
+
+mod mem;
+pub mod record;
+
+pub use mem::MemWal;
+
+use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
+use std::path::PathBuf;
+
+/// What a node persists beside its log: the highest epoch it has seen and
+/// the leader of that epoch, if known. Written atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalMeta {
+    pub epoch: Epoch,
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("corrupt WAL record in {segment} at offset {offset}: {detail}")]
+    Corrupt {
+        segment: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An earlier fsync failed: the kernel may have dropped the dirty pages,
+    /// so nothing written since can be trusted. Restart after checking the disk.
+    #[error("WAL is unusable after a failed fsync ({0}); restart the node after checking the disk")]
+    Poisoned(String),
+    #[error("append out of order: expected LSN {expected}, got {got}")]
+    OutOfOrder { expected: Lsn, got: Lsn },
+    #[error("record {lsn} has epoch {epoch}, below the log's last epoch {last}")]
+    EpochRegression { lsn: Lsn, epoch: Epoch, last: Epoch },
+    #[error("record {lsn} is no longer retained (oldest kept: {first})")]
+    NotRetained { lsn: Lsn, first: Lsn },
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl From<WalError> for crate::Error {
+    fn from(e: WalError) -> Self {
+        match e {
+            WalError::Corrupt {
+                segment,
+                offset,
+                detail,
+            } => crate::Error::Corrupt {
+                segment,
+                offset,
+                detail,
+            },
+            WalError::Io { what, source } => crate::Error::Io { what, source },
+            other => crate::Error::Io {
+                what: "WAL".into(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
+/// The log. Methods may block on disk I/O; the replication runtime calls
+/// them from threads where blocking is allowed, never while holding a lock
+/// across an `.await`.
+///
+/// Durability contract: a record is durable once `sync` has returned an LSN
+/// at or above it. `set_meta` is durable when it returns. After a crash,
+/// reopening yields every durable record and possibly some that were not
+/// durable, always a gapless prefix of what was appended.
+pub trait WalStore: Send + Sync + 'static {
+    /// Appends `records` after the last one: `records[0].lsn == last_lsn + 1`,
+    /// gapless, epochs not decreasing. Written, not yet durable.
+    fn append(&self, records: &[Record]) -> Result<(), WalError>;
+
+    /// Makes every appended record durable and returns the flushed LSN.
+    /// Concurrent callers share one fsync (group commit).
+    fn sync(&self) -> Result<Lsn, WalError>;
+
+    /// Up to `max_records` records (and about `max_bytes` of payload, at
+    /// least one record) starting at `from`. Empty when `from > last_lsn`.
+    fn read(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, WalError>;
+
+    fn last_lsn(&self) -> Lsn;
+
+    fn flushed_lsn(&self) -> Lsn;
+
+    /// The oldest record still kept (`last_lsn + 1` when the log is empty).
+    fn first_lsn(&self) -> Lsn;
+
+    /// The epoch of the record at `lsn`: `Some(Epoch::ZERO)` for `Lsn::ZERO`,
+    /// `None` past the end or before what the history covers.
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch>;
+
+    /// Where each epoch began in this log.
+    fn history(&self) -> EpochHistory;
+
+    /// Drops every record after `lsn` (durably) and returns how many went.
+    fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError>;
+
+    /// Lets go of records before `lsn` (whole segments at a time, so some
+    /// may stay). Used for retention.
+    fn remove_before(&self, lsn: Lsn) -> Result<(), WalError>;
+
+    /// Empties the log so that the next record is `base + 1`, following a
+    /// record `(base, base_epoch)` that a snapshot covers.
+    fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError>;
+
+    /// Bytes of log kept from `from` to the end, for retention decisions.
+    fn bytes_from(&self, from: Lsn) -> u64;
+
+    fn meta(&self) -> WalMeta;
+
+    /// Persists `meta` atomically (write temp, fsync, rename, fsync dir).
+    fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError>;
+}
+
+/// Checks an append against the log's tail; shared by every implementation.
+pub(crate) fn check_append(
+    last_lsn: Lsn,
+    last_epoch: Epoch,
+    records: &[Record],
+) -> Result<(), WalError> {
+    let mut expected = last_lsn.next();
+    let mut epoch = last_epoch;
+    for r in records {
+        if r.lsn != expected {
+            return Err(WalError::OutOfOrder {
+                expected,
+                got: r.lsn,
+            });
+        }
+        if r.epoch < epoch {
+            return Err(WalError::EpochRegression {
+                lsn: r.lsn,
+                epoch: r.epoch,
+                last: epoch,
+            });
+        }
+        epoch = r.epoch;
+        expected = expected.next();
+    }
+    Ok(())
+}
