@@ -22,3 +22,4 @@ pub use config::{CommitMode, Config, InitialRole, OnStandbyLoss};
 pub use error::{Error, LeaderHint, Result, TransportError};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
 pub use wal::{MemWal, WalError, WalMeta, WalStore};
+pub mod node;

@@ -1,0 +1,533 @@
+//! The role logic of one node, without I/O.
+//!
+//! A `Node` is driven by `step(now, event)` and answers with `Effect`s that
+//! the runtime carries out in order. It reads no clock, touches no disk and
+//! no socket, so its tests feed events and assert effects with no runtime.
+//!
+//! ## The protocol in brief
+//!
+//! * Each node persists the highest epoch it has seen and that epoch's
+//!   leader. A node whose persisted leader is itself starts as primary; any
+//!   other starts as standby. Promotion persists `epoch + 1` with itself as
+//!   leader *before* any message goes out, so a crash in the middle leaves a
+//!   node that will not accept the old epoch again (G1).
+//! * The primary counts a write as committed when the commit mode is met:
+//!   its own fsync (`async`) plus the standby's written / flushed / applied
+//!   position for the sync modes, unless it goes on alone (`solo`) after
+//!   fresh evidence that the standby is unreachable for `sync_timeout`.
+//! * Heartbeats tell the standby whether it is the synchronous standby
+//!   (`SyncState::Sync`): then every acknowledged write is on its disk and it
+//!   may promote after `failover_timeout` of silence. Eligibility needs a
+//!   contact in this process's lifetime: a standby that restarted, or whose
+//!   process was paused longer than `failover_timeout`, waits to hear from
+//!   the primary before it may promote again.
+//! * A node that sees a higher epoch stops writing at once (`Fenced`), then
+//!   rejoins: it finds the divergence point from the epoch histories,
+//!   rewinds what came after it, and becomes a standby (G4).
+//!
+//! ## Caveats
+//!
+//! Two nodes cannot tell a dead peer from a cut link. With the default
+//! `on_standby_loss = solo`, a true partition lets both sides accept writes
+//! for a while; what the old primary acknowledged alone is dropped at rejoin,
+//! counted and kept in `rewound/`. `block` never loses an acknowledged write
+//! but stops writes while the standby is unreachable.
+
+mod event;
+mod primary;
+mod standby;
+#[cfg(test)]
+mod tests;
+
+pub use event::{
+    Effect, Event, FenceOutcome, FenceReason, StandbyPositions, SyncState, Time, WaiterFailure,
+};
+
+use crate::config::{Config, InitialRole};
+use crate::types::{Epoch, Lsn, NodeId};
+use crate::wal::WalMeta;
+use primary::Primary;
+use standby::Standby;
+use std::fmt;
+
+/// The role a node plays, as others see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoleKind {
+    Primary,
+    Standby,
+    /// A standby that decided to promote and is fencing the old primary.
+    Promoting,
+    /// Knows a newer epoch exists; refuses writes; about to rejoin.
+    Fenced,
+    /// Rewinding and resyncing to become a standby.
+    Rejoining,
+    /// The WAL failed; the node refuses everything until restarted.
+    Failed,
+}
+
+impl RoleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleKind::Primary => "primary",
+            RoleKind::Standby => "standby",
+            RoleKind::Promoting => "promoting",
+            RoleKind::Fenced => "fenced",
+            RoleKind::Rejoining => "rejoining",
+            RoleKind::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RoleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a write cannot be accepted now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteRefusal {
+    NotPrimary { leader: Option<NodeId> },
+    Fenced { epoch: Epoch },
+    Unavailable { reason: String },
+}
+
+enum Role {
+    Primary(Primary),
+    Standby(Standby),
+    Promoting { operator: bool },
+    Fenced,
+    Rejoining,
+    Failed { reason: String },
+}
+
+impl Role {
+    fn kind(&self) -> RoleKind {
+        match self {
+            Role::Primary(_) => RoleKind::Primary,
+            Role::Standby(_) => RoleKind::Standby,
+            Role::Promoting { .. } => RoleKind::Promoting,
+            Role::Fenced => RoleKind::Fenced,
+            Role::Rejoining => RoleKind::Rejoining,
+            Role::Failed { .. } => RoleKind::Failed,
+        }
+    }
+}
+
+/// The role logic of one node.
+pub struct Node {
+    cfg: Config,
+    epoch: Epoch,
+    leader: Option<NodeId>,
+    role: Role,
+    last_lsn: Lsn,
+    flushed: Lsn,
+    applied: Lsn,
+    commit: Lsn,
+    /// When the node last ran a step; a longer gap than `failover_timeout`
+    /// means the process was paused (stopped, VM stalled) and evidence
+    /// gathered before it is stale.
+    last_step: Option<Time>,
+    out: Vec<Effect>,
+}
+
+impl Node {
+    /// A node starting with what its disk holds. Returns the effects of
+    /// bootstrapping (a fresh primary persists epoch 1).
+    pub fn new(
+        cfg: Config,
+        meta: WalMeta,
+        last_lsn: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+        now: Time,
+    ) -> (Node, Vec<Effect>) {
+        let mut node = Node {
+            epoch: meta.epoch,
+            leader: meta.leader.clone(),
+            role: Role::Fenced,
+            last_lsn,
+            flushed,
+            applied,
+            commit: applied,
+            last_step: Some(now),
+            out: Vec::new(),
+            cfg,
+        };
+        let me = node.cfg.node_id.clone();
+        if meta.epoch == Epoch::ZERO && node.cfg.initial_role == InitialRole::Primary {
+            // A new cluster: nothing else can exist yet, so writes may start.
+            node.epoch = Epoch(1);
+            node.leader = Some(me.clone());
+            node.emit(Effect::PersistMeta {
+                epoch: node.epoch,
+                leader: Some(me),
+            });
+            node.role = Role::Primary(Primary::new(true));
+            node.emit(Effect::StartPrimaryTasks);
+        } else if meta.leader.as_ref() == Some(&me) {
+            // We were primary before the restart. A sync-mode primary must
+            // hear from its standby before it may commit alone: the standby
+            // may have promoted while we were down.
+            node.role = Role::Primary(Primary::new(false));
+            node.emit(Effect::StartPrimaryTasks);
+        } else {
+            node.role = Role::Standby(Standby::new());
+        }
+        node.recompute_commit();
+        let effects = std::mem::take(&mut node.out);
+        (node, effects)
+    }
+
+    /// Feeds one event; returns what the runtime must do, in order.
+    pub fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
+        self.notice_pause(now);
+        match event {
+            Event::Tick => self.on_tick(now),
+            Event::Appended { last_lsn } => self.on_appended(now, last_lsn),
+            Event::LocalFlushed { lsn } => {
+                self.flushed = self.flushed.max(lsn);
+                self.recompute_commit();
+                self.try_finish_demotion();
+            }
+            Event::Applied { lsn } => self.applied = self.applied.max(lsn),
+            Event::StandbyAnswered { positions } => self.on_standby_answered(now, positions),
+            Event::StreamState { up } => {
+                if let Role::Primary(p) = &mut self.role {
+                    p.streaming = up;
+                }
+            }
+            Event::StandbyUnreachable => self.on_standby_unreachable(now),
+            Event::PrimaryContact {
+                epoch,
+                leader,
+                primary_last_lsn,
+                commit_lsn,
+                sync,
+            } => self.on_primary_contact(now, epoch, leader, primary_last_lsn, commit_lsn, sync),
+            Event::HigherEpoch { epoch, leader } => self.on_higher_epoch(epoch, leader),
+            Event::FenceRequested {
+                epoch,
+                leader,
+                reason,
+            } => self.on_fence_requested(now, epoch, leader, reason),
+            Event::PromoteRequested { force } => self.on_promote_requested(now, force),
+            Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
+            Event::RejoinFinished { epoch, leader } => self.on_rejoin_finished(epoch, leader),
+            Event::WalFailed { reason } => self.on_wal_failed(reason),
+        }
+        self.last_step = Some(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The latest time by which the runtime must call `step(.., Tick)`.
+    pub fn next_deadline(&self, now: Time) -> Time {
+        let mut deadline = now + self.cfg.heartbeat_interval;
+        match &self.role {
+            Role::Primary(p) => {
+                if let Some(d) = p.next_deadline(&self.cfg) {
+                    deadline = deadline.min(d);
+                }
+            }
+            Role::Standby(s) => {
+                if let Some(d) = s.next_deadline(&self.cfg) {
+                    deadline = deadline.min(d);
+                }
+            }
+            _ => {}
+        }
+        deadline.max(now)
+    }
+
+    pub fn role(&self) -> RoleKind {
+        self.role.kind()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.as_ref()
+    }
+
+    pub fn commit_lsn(&self) -> Lsn {
+        self.commit
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    pub fn flushed_lsn(&self) -> Lsn {
+        self.flushed
+    }
+
+    pub fn applied_lsn(&self) -> Lsn {
+        self.applied
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Where the primary believes the standby is (primary only).
+    pub fn standby_positions(&self) -> Option<StandbyPositions> {
+        match &self.role {
+            Role::Primary(p) => Some(p.standby),
+            _ => None,
+        }
+    }
+
+    /// What the primary tells the standby about its sync status.
+    pub fn sync_state(&self) -> SyncState {
+        match &self.role {
+            Role::Primary(p) => p.sync_state(&self.cfg, self.commit),
+            _ => SyncState::NotSync,
+        }
+    }
+
+    /// Whether a primary acknowledges writes without its standby right now.
+    pub fn is_solo(&self) -> bool {
+        matches!(&self.role, Role::Primary(p) if p.is_solo())
+    }
+
+    /// Whether the standby could promote itself now if the primary fell
+    /// silent (standby only).
+    pub fn is_eligible(&self) -> bool {
+        matches!(&self.role, Role::Standby(s) if s.eligible(&self.cfg))
+    }
+
+    /// Whether this node accepts a write now, and if not, why.
+    pub fn check_writable(&self) -> Result<(), WriteRefusal> {
+        match &self.role {
+            Role::Primary(p) => p.check_writable(&self.cfg),
+            Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
+            Role::Failed { reason } => Err(WriteRefusal::Unavailable {
+                reason: format!(
+                    "the WAL failed ({reason}); restart the node after checking the disk"
+                ),
+            }),
+            Role::Standby(_) | Role::Promoting { .. } => Err(WriteRefusal::NotPrimary {
+                leader: self.leader.clone().filter(|l| *l != self.cfg.node_id),
+            }),
+        }
+    }
+
+    /// Whether a message from a node at `epoch` may be acted on. Messages
+    /// from a lower epoch are refused (G1); a higher epoch must first be
+    /// fed as `Event::HigherEpoch`.
+    pub fn is_stale(&self, epoch: Epoch) -> bool {
+        epoch < self.epoch
+    }
+
+    fn emit(&mut self, effect: Effect) {
+        self.out.push(effect);
+    }
+
+    fn notice_pause(&mut self, now: Time) {
+        let Some(last) = self.last_step else { return };
+        let gap = now.saturating_sub(last);
+        if gap <= self.cfg.failover_timeout {
+            return;
+        }
+        tracing::warn!(
+            gap_ms = gap.as_millis() as u64,
+            "this process did not run for longer than failover_timeout; evidence about the peer gathered before the pause no longer counts"
+        );
+        match &mut self.role {
+            Role::Primary(p) => p.forget_contact(),
+            Role::Standby(s) => s.forget_contact(),
+            _ => {}
+        }
+    }
+
+    fn change_role(&mut self, to: Role) {
+        let from = self.role.kind();
+        let to_kind = to.kind();
+        let was_primary = from == RoleKind::Primary;
+        self.role = to;
+        if from != to_kind {
+            self.emit(Effect::RoleChanged {
+                from,
+                to: to_kind,
+                epoch: self.epoch,
+            });
+        }
+        if was_primary && to_kind != RoleKind::Primary {
+            self.emit(Effect::StopPrimaryTasks);
+        }
+        if !was_primary && to_kind == RoleKind::Primary {
+            self.emit(Effect::StartPrimaryTasks);
+        }
+        self.recompute_commit();
+    }
+
+    fn persist(&mut self, epoch: Epoch, leader: Option<NodeId>) {
+        assert!(
+            epoch >= self.epoch,
+            "epoch would go backwards: {epoch} < {}",
+            self.epoch
+        );
+        self.epoch = epoch;
+        self.leader = leader.clone();
+        self.emit(Effect::PersistMeta { epoch, leader });
+    }
+
+    /// Moves the commit point forward (never back) and asks for the
+    /// records up to it to be applied.
+    fn recompute_commit(&mut self) {
+        let target = match &mut self.role {
+            Role::Primary(p) => p.commit_target(&self.cfg, self.flushed),
+            // A standby applies everything it has flushed: the primary's
+            // commit in remote-apply mode waits for exactly that.
+            Role::Standby(_) => Some(self.flushed),
+            _ => None,
+        };
+        if let Some(target) = target
+            && target > self.commit
+        {
+            self.commit = target;
+            if let Role::Primary(p) = &mut self.role {
+                p.committed(target, self.cfg.commit_mode);
+            }
+            self.emit(Effect::Commit { lsn: target });
+        }
+    }
+
+    fn on_tick(&mut self, now: Time) {
+        match &mut self.role {
+            Role::Primary(_) => self.primary_tick(now),
+            Role::Standby(_) => self.standby_tick(now),
+            _ => {}
+        }
+    }
+
+    fn on_higher_epoch(&mut self, epoch: Epoch, leader: Option<NodeId>) {
+        if epoch <= self.epoch {
+            return;
+        }
+        let me = &self.cfg.node_id;
+        if leader.as_ref() == Some(me) {
+            // The old primary fenced itself for us (a switchover whose reply
+            // was lost): it stopped after we flushed all it had, so taking
+            // the epoch is safe.
+            if matches!(self.role, Role::Standby(_) | Role::Promoting { .. }) {
+                tracing::info!(%epoch, "peer stepped down in our favour; taking the epoch");
+                self.persist(epoch, leader);
+                self.become_primary_after_promotion();
+            }
+            return;
+        }
+        tracing::warn!(%epoch, ours = %self.epoch, ?leader, "a newer epoch exists; stepping down");
+        let was = self.role.kind();
+        self.persist(epoch, leader.clone());
+        match was {
+            RoleKind::Standby => {
+                // Still a standby, of the new leader; the log check on the
+                // next batch decides whether we must rewind.
+                let mut s = Standby::new();
+                s.carry_from(&self.role);
+                self.role = Role::Standby(s);
+            }
+            RoleKind::Rejoining | RoleKind::Failed => {}
+            _ => {
+                self.fail_all_waiters(WaiterFailure::Fenced { epoch });
+                self.change_role(Role::Fenced);
+                self.emit(Effect::StartRejoin { leader });
+            }
+        }
+    }
+
+    fn on_fence_requested(&mut self, now: Time, epoch: Epoch, leader: NodeId, reason: FenceReason) {
+        if epoch <= self.epoch {
+            let reason = format!(
+                "fence to epoch {epoch} refused: this node is already at epoch {}",
+                self.epoch
+            );
+            // A repeated fence for the epoch we already adopted is answered
+            // again, so a lost reply does not stall the new primary.
+            if epoch == self.epoch && self.leader.as_ref() == Some(&leader) {
+                self.emit(Effect::ReplyFence(FenceOutcome::Fenced {
+                    last_lsn: self.last_lsn,
+                }));
+            } else {
+                self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
+            }
+            return;
+        }
+        if reason == FenceReason::Switchover
+            && let Role::Primary(p) = &mut self.role
+        {
+            tracing::info!(%epoch, %leader, "planned switchover: pausing writes until the standby has everything");
+            p.begin_demotion(epoch, leader, now + self.cfg.switchover_timeout);
+            self.try_finish_demotion();
+            return;
+        }
+        self.on_higher_epoch(epoch, Some(leader));
+        self.emit(Effect::ReplyFence(FenceOutcome::Fenced {
+            last_lsn: self.last_lsn,
+        }));
+    }
+
+    fn on_rejoin_finished(&mut self, epoch: Epoch, leader: NodeId) {
+        if !matches!(self.role, Role::Fenced | Role::Rejoining) {
+            return;
+        }
+        if epoch > self.epoch {
+            self.persist(epoch, Some(leader));
+        }
+        self.change_role(Role::Standby(Standby::new()));
+    }
+
+    /// Marks the start of rejoin work so `health` shows it.
+    pub fn rejoin_started(&mut self) -> Vec<Effect> {
+        if matches!(self.role, Role::Fenced) {
+            self.change_role(Role::Rejoining);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// A fenced node gives up a rejoin attempt (peer unreachable); it stays
+    /// fenced and the runtime retries.
+    pub fn rejoin_failed(&mut self) -> Vec<Effect> {
+        if matches!(self.role, Role::Rejoining) {
+            self.change_role(Role::Fenced);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Resets positions after the runtime rewound or restored the log.
+    pub fn positions_reset(&mut self, last_lsn: Lsn, flushed: Lsn, applied: Lsn) {
+        self.last_lsn = last_lsn;
+        self.flushed = flushed;
+        self.applied = applied;
+        self.commit = applied;
+    }
+
+    fn on_wal_failed(&mut self, reason: String) {
+        tracing::error!(%reason, "WAL failure: refusing all writes and stepping down until restarted");
+        self.fail_all_waiters(WaiterFailure::WalFailed {
+            reason: reason.clone(),
+        });
+        self.change_role(Role::Failed { reason });
+    }
+
+    fn fail_all_waiters(&mut self, failure: WaiterFailure) {
+        if let Role::Primary(p) = &mut self.role {
+            p.clear_pending();
+        }
+        self.emit(Effect::FailWaiters {
+            up_to: None,
+            failure,
+        });
+    }
+
+    fn become_primary_after_promotion(&mut self) {
+        // Everything we hold is ours to commit now; the old primary's
+        // uncommitted tail that we did receive becomes committed.
+        let mut p = Primary::promoted(self.last_lsn);
+        p.note_promoted_contact();
+        self.change_role(Role::Primary(p));
+    }
+}

@@ -1,0 +1,300 @@
+//! The primary's side of the role logic: commit, the standby link and the
+//! planned step-down.
+
+use super::event::{Effect, FenceOutcome, StandbyPositions, SyncState, Time, WaiterFailure};
+use super::{Node, Role, WriteRefusal};
+use crate::config::{CommitMode, Config, OnStandbyLoss};
+use crate::types::{Epoch, Lsn, NodeId};
+use std::collections::VecDeque;
+
+/// Whether commits wait for the standby.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Commits wait for the standby (sync modes).
+    Sync,
+    /// Commits do not wait: the standby was lost with `solo`, or we were
+    /// just promoted. Back to `Sync` once the standby has caught up.
+    Solo,
+    /// The standby was lost with `block`: writes are refused until it is back.
+    Blocked,
+}
+
+struct Demotion {
+    epoch: Epoch,
+    leader: NodeId,
+    deadline: Time,
+}
+
+pub(super) struct Primary {
+    pub(super) standby: StandbyPositions,
+    pub(super) streaming: bool,
+    /// Set when the standby answered at our epoch since this process
+    /// started (or last woke from a pause). Going on alone needs it: a
+    /// primary that has not heard from its standby cannot know whether the
+    /// standby promoted meanwhile.
+    contact_this_life: bool,
+    /// First failed call to the standby since its last answer.
+    unreachable_since: Option<Time>,
+    link: Link,
+    /// Appended, not yet committed: `(last lsn of the append, when)`.
+    pending: VecDeque<(Lsn, Time)>,
+    demotion: Option<Demotion>,
+}
+
+impl Primary {
+    pub(super) fn new(_fresh: bool) -> Primary {
+        Primary {
+            standby: StandbyPositions::default(),
+            streaming: false,
+            contact_this_life: false,
+            unreachable_since: None,
+            link: Link::Sync,
+            pending: VecDeque::new(),
+            demotion: None,
+        }
+    }
+
+    /// A primary just promoted: it may acknowledge alone until its peer
+    /// rejoins and catches up.
+    pub(super) fn promoted(_last_lsn: Lsn) -> Primary {
+        Primary {
+            link: Link::Solo,
+            ..Primary::new(false)
+        }
+    }
+
+    pub(super) fn note_promoted_contact(&mut self) {
+        self.contact_this_life = true;
+    }
+
+    pub(super) fn forget_contact(&mut self) {
+        self.contact_this_life = false;
+        self.unreachable_since = None;
+    }
+
+    pub(super) fn is_solo(&self) -> bool {
+        self.link == Link::Solo
+    }
+
+    pub(super) fn clear_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    fn standby_position(&self, mode: CommitMode) -> Lsn {
+        match mode {
+            CommitMode::Async | CommitMode::RemoteFlush => self.standby.flushed,
+            CommitMode::RemoteWrite => self.standby.written,
+            CommitMode::RemoteApply => self.standby.applied,
+        }
+    }
+
+    pub(super) fn commit_target(&self, cfg: &Config, flushed: Lsn) -> Option<Lsn> {
+        if !cfg.commit_mode.is_sync() || self.link == Link::Solo {
+            return Some(flushed);
+        }
+        Some(flushed.min(self.standby_position(cfg.commit_mode)))
+    }
+
+    pub(super) fn committed(&mut self, lsn: Lsn, _mode: CommitMode) {
+        while self.pending.front().is_some_and(|(l, _)| *l <= lsn) {
+            self.pending.pop_front();
+        }
+    }
+
+    pub(super) fn sync_state(&self, cfg: &Config, commit: Lsn) -> SyncState {
+        if !cfg.commit_mode.is_sync() {
+            return SyncState::Async;
+        }
+        if self.link != Link::Solo
+            && self.standby.flushed >= commit
+            && self.standby_position(cfg.commit_mode) >= commit
+        {
+            SyncState::Sync
+        } else {
+            SyncState::NotSync
+        }
+    }
+
+    pub(super) fn check_writable(&self, cfg: &Config) -> Result<(), WriteRefusal> {
+        if self.demotion.is_some() {
+            return Err(WriteRefusal::Unavailable {
+                reason: "a planned switchover is in progress; retry on the new primary shortly"
+                    .into(),
+            });
+        }
+        if self.link == Link::Blocked {
+            return Err(WriteRefusal::Unavailable {
+                reason: format!(
+                    "the standby has been unreachable for more than sync_timeout ({:?}) and on_standby_loss = block; writes resume when it is back",
+                    cfg.sync_timeout
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn next_deadline(&self, cfg: &Config) -> Option<Time> {
+        let mut deadline: Option<Time> = None;
+        let mut consider = |t: Time| deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        if let Some((_, at)) = self.pending.front() {
+            consider(*at + cfg.sync_timeout);
+        }
+        if let Some(since) = self.unreachable_since {
+            consider(since + cfg.sync_timeout);
+        }
+        if let Some(d) = &self.demotion {
+            consider(d.deadline);
+        }
+        deadline
+    }
+
+    pub(super) fn begin_demotion(&mut self, epoch: Epoch, leader: NodeId, deadline: Time) {
+        self.demotion = Some(Demotion {
+            epoch,
+            leader,
+            deadline,
+        });
+    }
+}
+
+impl Node {
+    fn primary(&mut self) -> Option<&mut Primary> {
+        match &mut self.role {
+            Role::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_appended(&mut self, now: Time, last_lsn: Lsn) {
+        assert!(
+            last_lsn >= self.last_lsn,
+            "appended LSN went backwards: {last_lsn} < {}",
+            self.last_lsn
+        );
+        self.last_lsn = last_lsn;
+        if let Some(p) = self.primary() {
+            p.pending.push_back((last_lsn, now));
+        }
+    }
+
+    pub(super) fn on_standby_answered(&mut self, _now: Time, positions: StandbyPositions) {
+        let cfg = self.cfg.clone();
+        let commit = self.commit;
+        let Some(p) = self.primary() else { return };
+        p.standby = positions;
+        p.unreachable_since = None;
+        p.contact_this_life = true;
+        match p.link {
+            Link::Blocked => {
+                tracing::info!("standby answered again; accepting writes");
+                p.link = Link::Sync;
+            }
+            Link::Solo
+                if cfg.commit_mode.is_sync() && p.standby_position(cfg.commit_mode) >= commit =>
+            {
+                tracing::info!(%commit, "standby caught up; commits wait for it again");
+                p.link = Link::Sync;
+            }
+            _ => {}
+        }
+        self.recompute_commit();
+        self.try_finish_demotion();
+    }
+
+    pub(super) fn on_standby_unreachable(&mut self, now: Time) {
+        if let Some(p) = self.primary()
+            && p.unreachable_since.is_none()
+        {
+            p.unreachable_since = Some(now);
+        }
+    }
+
+    pub(super) fn primary_tick(&mut self, now: Time) {
+        let cfg = self.cfg.clone();
+        let Some(p) = self.primary() else { return };
+
+        if p.demotion.as_ref().is_some_and(|d| now >= d.deadline) {
+            p.demotion = None;
+            tracing::warn!(
+                "planned switchover abandoned: the standby did not catch up in time; accepting writes again"
+            );
+            self.emit(Effect::ReplyFence(FenceOutcome::Refused {
+                reason:
+                    "switchover timed out: the standby did not catch up within switchover_timeout"
+                        .into(),
+            }));
+        }
+
+        let Some(p) = self.primary() else { return };
+        let lost = cfg.commit_mode.is_sync()
+            && p.unreachable_since
+                .is_some_and(|since| now.saturating_sub(since) >= cfg.sync_timeout);
+        if lost && p.link == Link::Sync {
+            match cfg.on_standby_loss {
+                OnStandbyLoss::Solo if p.contact_this_life => {
+                    tracing::warn!(
+                        "standby unreachable for sync_timeout: acknowledging writes WITHOUT the standby (on_standby_loss = solo); a promotion on the other side would drop them"
+                    );
+                    p.link = Link::Solo;
+                }
+                OnStandbyLoss::Solo => {
+                    // No contact since start: the standby may have promoted.
+                }
+                OnStandbyLoss::Block => {
+                    tracing::warn!(
+                        "standby unreachable for sync_timeout: refusing writes (on_standby_loss = block)"
+                    );
+                    p.link = Link::Blocked;
+                    p.pending.clear();
+                    self.emit(Effect::FailWaiters {
+                        up_to: None,
+                        failure: WaiterFailure::SyncTimeout,
+                    });
+                }
+            }
+        }
+
+        let commit = self.commit;
+        let Some(p) = self.primary() else { return };
+        let mut timed_out = None;
+        while let Some(&(lsn, at)) = p.pending.front() {
+            if lsn <= commit || now.saturating_sub(at) < cfg.sync_timeout {
+                break;
+            }
+            timed_out = Some(lsn);
+            p.pending.pop_front();
+        }
+        self.recompute_commit();
+        if let Some(lsn) = timed_out
+            && lsn > self.commit
+        {
+            self.emit(Effect::FailWaiters {
+                up_to: Some(lsn),
+                failure: WaiterFailure::SyncTimeout,
+            });
+        }
+    }
+
+    /// Ends a planned step-down once the standby holds everything we wrote.
+    pub(super) fn try_finish_demotion(&mut self) {
+        let mode = self.cfg.commit_mode;
+        let (flushed, last) = (self.flushed, self.last_lsn);
+        let Some(p) = self.primary() else { return };
+        let Some(d) = &p.demotion else { return };
+        let caught_up =
+            flushed >= last && p.standby.flushed >= last && p.standby_position(mode) >= last;
+        if !caught_up {
+            return;
+        }
+        let (epoch, leader) = (d.epoch, d.leader.clone());
+        p.demotion = None;
+        self.recompute_commit();
+        tracing::info!(%epoch, %leader, last_lsn = %last, "planned switchover: standby has everything; stepping down");
+        self.persist(epoch, Some(leader.clone()));
+        self.change_role(Role::Fenced);
+        self.emit(Effect::ReplyFence(FenceOutcome::Fenced { last_lsn: last }));
+        self.emit(Effect::StartRejoin {
+            leader: Some(leader),
+        });
+    }
+}

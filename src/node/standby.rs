@@ -1,0 +1,250 @@
+//! The standby's side of the role logic: the health monitor, eligibility
+//! and promotion.
+
+use super::event::{Effect, FenceReason, SyncState, Time};
+use super::{Node, Role, RoleKind};
+use crate::config::Config;
+use crate::types::{Epoch, Lsn, NodeId};
+
+pub(super) struct Standby {
+    /// Last time the primary spoke to us, in this process's lifetime (and
+    /// not before a pause).
+    last_contact: Option<Time>,
+    sync_at_contact: SyncState,
+    lag_at_contact: u64,
+    pub(super) primary_commit: Lsn,
+    /// Whether the "silent but not eligible" warning was logged already.
+    reported_silence: bool,
+    /// A planned switchover we asked for: answer the operator by then.
+    planned_until: Option<Time>,
+}
+
+impl Standby {
+    pub(super) fn new() -> Standby {
+        Standby {
+            last_contact: None,
+            sync_at_contact: SyncState::NotSync,
+            lag_at_contact: u64::MAX,
+            primary_commit: Lsn::ZERO,
+            reported_silence: false,
+            planned_until: None,
+        }
+    }
+
+    pub(super) fn carry_from(&mut self, role: &Role) {
+        if let Role::Standby(old) = role {
+            self.primary_commit = old.primary_commit;
+        }
+    }
+
+    pub(super) fn forget_contact(&mut self) {
+        self.last_contact = None;
+    }
+
+    pub(super) fn eligible(&self, cfg: &Config) -> bool {
+        self.last_contact.is_some()
+            && match self.sync_at_contact {
+                SyncState::Sync => true,
+                SyncState::Async => self.lag_at_contact <= cfg.max_lag_on_failover,
+                SyncState::NotSync => false,
+            }
+    }
+
+    fn why_not_eligible(&self, cfg: &Config) -> String {
+        match self.sync_at_contact {
+            SyncState::NotSync => "the primary said at its last contact that this standby was not in sync (it may have acknowledged writes we lack)".into(),
+            SyncState::Async => format!(
+                "the lag at the last contact ({} records) exceeds max_lag_on_failover ({})",
+                self.lag_at_contact, cfg.max_lag_on_failover
+            ),
+            SyncState::Sync => "no contact with the primary in this process's lifetime".into(),
+        }
+    }
+
+    pub(super) fn next_deadline(&self, cfg: &Config) -> Option<Time> {
+        let silence = self.last_contact.map(|t| t + cfg.failover_timeout);
+        match (silence, self.planned_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Node {
+    fn standby(&mut self) -> Option<&mut Standby> {
+        match &mut self.role {
+            Role::Standby(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_primary_contact(
+        &mut self,
+        now: Time,
+        epoch: Epoch,
+        leader: NodeId,
+        primary_last_lsn: Lsn,
+        commit_lsn: Lsn,
+        sync: SyncState,
+    ) {
+        if epoch > self.epoch {
+            self.on_higher_epoch(epoch, Some(leader.clone()));
+        }
+        if epoch < self.epoch {
+            return;
+        }
+        if self.leader.as_ref() != Some(&leader) && self.role() == RoleKind::Standby {
+            // Same epoch, leader learned from its messages (fresh standby).
+            self.leader = Some(leader.clone());
+            self.emit(Effect::PersistMeta {
+                epoch: self.epoch,
+                leader: Some(leader),
+            });
+        }
+        let flushed = self.flushed;
+        if let Some(s) = self.standby() {
+            s.last_contact = Some(now);
+            s.sync_at_contact = sync;
+            s.lag_at_contact = primary_last_lsn.0.saturating_sub(flushed.0);
+            s.primary_commit = commit_lsn;
+            s.reported_silence = false;
+        }
+    }
+
+    pub(super) fn standby_tick(&mut self, now: Time) {
+        let cfg = self.cfg.clone();
+        let Some(s) = self.standby() else { return };
+        if s.planned_until.is_some_and(|t| now >= t) {
+            s.planned_until = None;
+            self.emit(Effect::ReplyPromote(Err(
+                "switchover timed out: the primary did not confirm it stepped down; nothing changed".into(),
+            )));
+        }
+        let Some(s) = self.standby() else { return };
+        let Some(last) = s.last_contact else { return };
+        let silent_for = now.saturating_sub(last);
+        if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
+            return;
+        }
+        if s.eligible(&cfg) {
+            tracing::warn!(
+                silent_ms = silent_for.as_millis() as u64,
+                "primary silent for failover_timeout; promoting"
+            );
+            self.start_promotion(false, false);
+        } else if !s.reported_silence {
+            s.reported_silence = true;
+            let why = s.why_not_eligible(&cfg);
+            tracing::warn!(
+                silent_ms = silent_for.as_millis() as u64,
+                reason = %why,
+                "primary silent for failover_timeout, but this standby is not eligible to promote; waiting (an operator can force it)"
+            );
+        }
+    }
+
+    /// Persists the new epoch with us as leader, then fences the old
+    /// primary; `on_fence_sent` finishes the promotion.
+    fn start_promotion(&mut self, operator: bool, force: bool) {
+        let epoch = self.epoch.next();
+        self.persist(epoch, Some(self.cfg.node_id.clone()));
+        self.change_role(Role::Promoting { operator });
+        self.emit(Effect::SendFence {
+            epoch,
+            reason: if force {
+                FenceReason::Forced
+            } else {
+                FenceReason::Failover
+            },
+        });
+    }
+
+    pub(super) fn on_promote_requested(&mut self, now: Time, force: bool) {
+        let cfg = self.cfg.clone();
+        match &mut self.role {
+            Role::Primary(_) => self.emit(Effect::ReplyPromote(Err(
+                "this node is already the primary".into(),
+            ))),
+            Role::Promoting { .. } => self.emit(Effect::ReplyPromote(Err(
+                "a promotion is already in progress".into(),
+            ))),
+            Role::Failed { reason } => {
+                let msg = format!("the WAL failed ({reason}); restart the node first");
+                self.emit(Effect::ReplyPromote(Err(msg)));
+            }
+            _ if force => {
+                tracing::warn!(
+                    "forced promotion: writes the other node acknowledged after our last received record are lost if it was still primary"
+                );
+                self.start_promotion(true, true);
+            }
+            Role::Standby(s) => {
+                if s.planned_until.is_some() {
+                    self.emit(Effect::ReplyPromote(Err(
+                        "a switchover is already in progress".into(),
+                    )));
+                } else if s.last_contact.is_none() {
+                    self.emit(Effect::ReplyPromote(Err(
+                        "the primary is not reachable, so a planned switchover cannot check that nothing is lost; use force to promote anyway".into(),
+                    )));
+                } else {
+                    s.planned_until = Some(now + cfg.switchover_timeout + cfg.rpc_timeout);
+                    let epoch = self.epoch.next();
+                    tracing::info!(%epoch, "planned switchover: asking the primary to step down");
+                    self.emit(Effect::SendFence {
+                        epoch,
+                        reason: FenceReason::Switchover,
+                    });
+                }
+            }
+            Role::Fenced | Role::Rejoining => self.emit(Effect::ReplyPromote(Err(
+                "this node is fenced and rejoining; wait until it is a standby, or force".into(),
+            ))),
+        }
+    }
+
+    pub(super) fn on_fence_sent(&mut self, confirmed_last_lsn: Option<Lsn>) {
+        match &mut self.role {
+            Role::Promoting { operator } => {
+                let operator = *operator;
+                match confirmed_last_lsn {
+                    Some(lsn) => {
+                        tracing::info!(old_last_lsn = %lsn, "old primary confirmed it is fenced")
+                    }
+                    None => tracing::warn!(
+                        "old primary did not confirm the fence (down or cut off); it will learn the new epoch when it comes back"
+                    ),
+                }
+                self.become_primary_after_promotion();
+                if operator {
+                    self.emit(Effect::ReplyPromote(Ok(self.epoch)));
+                }
+            }
+            Role::Standby(s) if s.planned_until.is_some() => {
+                s.planned_until = None;
+                match confirmed_last_lsn {
+                    Some(last) if self.flushed >= last => {
+                        let epoch = self.epoch.next();
+                        self.persist(epoch, Some(self.cfg.node_id.clone()));
+                        self.become_primary_after_promotion();
+                        self.emit(Effect::ReplyPromote(Ok(epoch)));
+                    }
+                    Some(last) => {
+                        // Cannot happen: the primary steps down only after
+                        // we acknowledged its last record as flushed.
+                        tracing::error!(%last, flushed = %self.flushed, "old primary stepped down ahead of our flushed LSN; not promoting");
+                        self.emit(Effect::ReplyPromote(Err(format!(
+                            "the primary stopped at {last} but this standby has only flushed {}",
+                            self.flushed
+                        ))));
+                    }
+                    None => self.emit(Effect::ReplyPromote(Err(
+                        "the primary refused or did not answer the switchover; nothing changed"
+                            .into(),
+                    ))),
+                }
+            }
+            _ => {}
+        }
+    }
+}
