@@ -134,6 +134,9 @@ pub struct Config {
     pub peer_addr: String,
     /// Where this node serves `Replication`, as the peer should dial it.
     pub advertise_addr: String,
+    /// Where this node serves its clients (the engine's API), passed to the
+    /// peer so refused writes can name the primary's client address.
+    pub advertise_client_addr: Option<String>,
     /// Requests carrying another cluster id are refused.
     pub cluster_id: String,
     /// Role taken on a fresh data directory.
@@ -180,6 +183,7 @@ impl Default for Config {
             peer_id: NodeId::from("n2"),
             peer_addr: "127.0.0.1:7002".into(),
             advertise_addr: "127.0.0.1:7001".into(),
+            advertise_client_addr: None,
             cluster_id: "walrep".into(),
             initial_role: InitialRole::Standby,
             commit_mode: CommitMode::RemoteFlush,

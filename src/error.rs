@@ -8,7 +8,10 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderHint {
     pub id: NodeId,
+    /// Where the leader serves replication.
     pub addr: String,
+    /// Where the leader serves its clients (the engine's API), if it said.
+    pub client_addr: Option<String>,
 }
 
 /// Everything `Replicator` can return.
@@ -57,6 +60,9 @@ pub enum Error {
     #[error("promotion refused: {reason}")]
     PromotionRefused { reason: String },
 
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
     #[error("invalid configuration: {0}")]
     Config(String),
 
@@ -69,7 +75,11 @@ pub enum Error {
 
 fn leader_text(leader: &Option<LeaderHint>) -> String {
     match leader {
-        Some(l) => format!("{} at {}", l.id, l.addr),
+        Some(l) => format!(
+            "{} at {}",
+            l.id,
+            l.client_addr.as_deref().unwrap_or(&l.addr)
+        ),
         None => "the primary (unknown right now; retry shortly)".to_string(),
     }
 }

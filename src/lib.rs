@@ -8,6 +8,12 @@
 
 pub mod config;
 pub mod error;
+pub mod kv;
+pub mod node;
+pub mod replicator;
+pub mod runtime;
+pub mod state_machine;
+pub mod transport;
 pub mod types;
 pub mod wal;
 
@@ -20,6 +26,10 @@ pub mod pb {
 
 pub use config::{CommitMode, Config, InitialRole, OnStandbyLoss};
 pub use error::{Error, LeaderHint, Result, TransportError};
+pub use node::{RoleKind, SyncState};
+pub use replicator::{Applied, Health, PeerHealth, Replicator};
+pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
+pub use state_machine::{Snapshot, StateMachine, StateMachineError};
+pub use transport::{GrpcPeer, Peer, ReplicationService};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
 pub use wal::{MemWal, WalError, WalMeta, WalStore};
-pub mod node;

@@ -45,9 +45,14 @@ pub enum Event {
     LocalFlushed { lsn: Lsn },
     /// The local state machine applied up to `lsn`.
     Applied { lsn: Lsn },
-    /// Primary: the standby answered (ack or heartbeat reply) at our epoch.
-    StandbyAnswered { positions: StandbyPositions },
-    /// Primary: the WAL stream to the standby opened or closed.
+    /// Primary: the standby acknowledged WAL on a stream whose start it
+    /// checked against its log, so these positions name records we share.
+    StandbyProgress { positions: StandbyPositions },
+    /// Primary: the standby answered a heartbeat at our epoch. It proves the
+    /// standby is reachable, not where its log is.
+    StandbyReachable,
+    /// Primary: the WAL stream to the standby opened or closed. Opening
+    /// forgets the standby's positions until its first checked ack.
     StreamState { up: bool },
     /// Primary: a call to the standby failed without an answer.
     StandbyUnreachable,

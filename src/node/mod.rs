@@ -128,6 +128,9 @@ pub struct Node {
     /// means the process was paused (stopped, VM stalled) and evidence
     /// gathered before it is stale.
     last_step: Option<Time>,
+    /// When the last `Tick` ran: ticks are due every heartbeat interval
+    /// however busy the node is with other events.
+    last_tick: Time,
     out: Vec<Effect>,
 }
 
@@ -151,6 +154,7 @@ impl Node {
             applied,
             commit: applied,
             last_step: Some(now),
+            last_tick: now,
             out: Vec::new(),
             cfg,
         };
@@ -183,7 +187,10 @@ impl Node {
     pub fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
         self.notice_pause(now);
         match event {
-            Event::Tick => self.on_tick(now),
+            Event::Tick => {
+                self.last_tick = now;
+                self.on_tick(now);
+            }
             Event::Appended { last_lsn } => self.on_appended(now, last_lsn),
             Event::LocalFlushed { lsn } => {
                 self.flushed = self.flushed.max(lsn);
@@ -191,10 +198,14 @@ impl Node {
                 self.try_finish_demotion();
             }
             Event::Applied { lsn } => self.applied = self.applied.max(lsn),
-            Event::StandbyAnswered { positions } => self.on_standby_answered(now, positions),
+            Event::StandbyProgress { positions } => self.on_standby_progress(positions),
+            Event::StandbyReachable => self.on_standby_reachable(),
             Event::StreamState { up } => {
                 if let Role::Primary(p) = &mut self.role {
                     p.streaming = up;
+                    if up {
+                        p.standby = StandbyPositions::default();
+                    }
                 }
             }
             Event::StandbyUnreachable => self.on_standby_unreachable(now),
@@ -222,7 +233,7 @@ impl Node {
 
     /// The latest time by which the runtime must call `step(.., Tick)`.
     pub fn next_deadline(&self, now: Time) -> Time {
-        let mut deadline = now + self.cfg.heartbeat_interval;
+        let mut deadline = self.last_tick + self.cfg.heartbeat_interval;
         match &self.role {
             Role::Primary(p) => {
                 if let Some(d) = p.next_deadline(&self.cfg) {
@@ -412,10 +423,16 @@ impl Node {
             // The old primary fenced itself for us (a switchover whose reply
             // was lost): it stopped after we flushed all it had, so taking
             // the epoch is safe.
-            if matches!(self.role, Role::Standby(_) | Role::Promoting { .. }) {
-                tracing::info!(%epoch, "peer stepped down in our favour; taking the epoch");
-                self.persist(epoch, leader);
-                self.become_primary_after_promotion();
+            let operator_waits = match &self.role {
+                Role::Standby(s) => s.planned_until.is_some(),
+                Role::Promoting { operator } => *operator,
+                _ => return,
+            };
+            tracing::info!(%epoch, "peer stepped down in our favour; taking the epoch");
+            self.persist(epoch, leader);
+            self.become_primary_after_promotion();
+            if operator_waits {
+                self.emit(Effect::ReplyPromote(Ok(epoch)));
             }
             return;
         }
@@ -474,10 +491,22 @@ impl Node {
         if !matches!(self.role, Role::Fenced | Role::Rejoining) {
             return;
         }
-        if epoch > self.epoch {
-            self.persist(epoch, Some(leader));
+        if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
+            self.persist(epoch.max(self.epoch), Some(leader));
         }
         self.change_role(Role::Standby(Standby::new()));
+    }
+
+    /// The standby's log does not continue the primary's (or the primary no
+    /// longer has the records it needs): step aside and rejoin.
+    pub fn diverged(&mut self) -> Vec<Effect> {
+        if matches!(self.role, Role::Standby(_)) {
+            self.change_role(Role::Fenced);
+            self.emit(Effect::StartRejoin {
+                leader: self.leader.clone(),
+            });
+        }
+        std::mem::take(&mut self.out)
     }
 
     /// Marks the start of rejoin work so `health` shows it.

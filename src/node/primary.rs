@@ -177,7 +177,18 @@ impl Node {
         }
     }
 
-    pub(super) fn on_standby_answered(&mut self, _now: Time, positions: StandbyPositions) {
+    pub(super) fn on_standby_reachable(&mut self) {
+        if let Some(p) = self.primary() {
+            p.unreachable_since = None;
+            p.contact_this_life = true;
+            if p.link == Link::Blocked {
+                tracing::info!("standby answered again; accepting writes");
+                p.link = Link::Sync;
+            }
+        }
+    }
+
+    pub(super) fn on_standby_progress(&mut self, positions: StandbyPositions) {
         let cfg = self.cfg.clone();
         let commit = self.commit;
         let Some(p) = self.primary() else { return };

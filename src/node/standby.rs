@@ -16,7 +16,7 @@ pub(super) struct Standby {
     /// Whether the "silent but not eligible" warning was logged already.
     reported_silence: bool,
     /// A planned switchover we asked for: answer the operator by then.
-    planned_until: Option<Time>,
+    pub(super) planned_until: Option<Time>,
 }
 
 impl Standby {

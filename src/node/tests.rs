@@ -51,12 +51,7 @@ fn tick_until(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
 
 fn primary_with_standby(cfg: Config) -> Node {
     let (mut node, _) = Node::new(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
-    node.step(
-        t(1),
-        Event::StandbyAnswered {
-            positions: StandbyPositions::default(),
-        },
-    );
+    node.step(t(1), Event::StandbyReachable);
     node
 }
 
@@ -272,7 +267,7 @@ fn sync_commit_waits_for_the_standby_flush() {
     };
     let effects = node.step(
         t(4),
-        Event::StandbyAnswered {
+        Event::StandbyProgress {
             positions: written_only,
         },
     );
@@ -284,7 +279,7 @@ fn sync_commit_waits_for_the_standby_flush() {
         flushed: Lsn(1),
         ..written_only
     };
-    let effects = node.step(t(5), Event::StandbyAnswered { positions: flushed });
+    let effects = node.step(t(5), Event::StandbyProgress { positions: flushed });
     assert_eq!(effects, vec![Effect::Commit { lsn: Lsn(1) }]);
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
@@ -335,7 +330,7 @@ fn each_commit_mode_commits_at_its_own_standby_position() {
         });
         node.step(t(2), Event::Appended { last_lsn: Lsn(1) });
         let mut effects = node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
-        effects.extend(node.step(t(4), Event::StandbyAnswered { positions }));
+        effects.extend(node.step(t(4), Event::StandbyProgress { positions }));
         assert_eq!(
             effects.contains(&Effect::Commit { lsn: Lsn(1) }),
             commits,
@@ -383,7 +378,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
     // The standby comes back: writes are accepted again.
     node.step(
         t(2200),
-        Event::StandbyAnswered {
+        Event::StandbyProgress {
             positions: StandbyPositions {
                 written: Lsn(1),
                 flushed: Lsn(1),
@@ -410,7 +405,7 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
     // The standby returns and catches up: back in sync.
     node.step(
         t(3000),
-        Event::StandbyAnswered {
+        Event::StandbyProgress {
             positions: StandbyPositions {
                 written: Lsn(1),
                 flushed: Lsn(1),
@@ -486,7 +481,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
     ));
     let effects = node.step(
         t(5),
-        Event::StandbyAnswered {
+        Event::StandbyProgress {
             positions: StandbyPositions {
                 written: Lsn(4),
                 flushed: Lsn(4),
@@ -600,4 +595,33 @@ fn wal_failure_stops_writes_and_fails_waiters() {
     }));
     assert_eq!(node.role(), RoleKind::Failed);
     assert!(node.check_writable().is_err());
+}
+
+#[test]
+fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fence_reply() {
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    node.step(t(150), Event::PromoteRequested { force: false });
+    // The old primary fenced itself and its rejoin request reached us first.
+    let effects = node.step(
+        t(160),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n1")),
+        },
+    );
+    assert!(
+        effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+    // The late fence reply changes nothing.
+    assert!(
+        node.step(
+            t(170),
+            Event::FenceSent {
+                confirmed_last_lsn: Some(Lsn(10))
+            }
+        )
+        .is_empty()
+    );
 }

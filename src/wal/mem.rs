@@ -224,6 +224,9 @@ impl WalStore for MemWal {
 
     fn bytes_from(&self, from: Lsn) -> u64 {
         let inner = self.inner.lock().unwrap();
+        if from > inner.last_lsn() {
+            return 0;
+        }
         let start = inner.index(from).unwrap_or(0);
         inner
             .records

@@ -1,0 +1,1074 @@
+//! The one task that owns the node: it feeds events to the role logic and
+//! carries out the effects, appends to the WAL, answers the engine and the
+//! peer, and publishes `Health`.
+
+use super::{Metrics, Msg, applier, flusher, heartbeat, rejoin, streamer};
+use crate::config::Config;
+use crate::error::{Error, LeaderHint, Result};
+use crate::node::{
+    Effect, Event, FenceOutcome, FenceReason, Node, RoleKind, StandbyPositions, SyncState,
+    WaiterFailure, WriteRefusal,
+};
+use crate::replicator::{Applied, Health, PeerHealth};
+use crate::state_machine::StateMachine;
+use crate::transport::{
+    FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, Inbound, Peer, PromoteReply,
+    PromoteRequest, Refusal, RefusalKind, SnapshotTransfer, StatusReply, WalAck, WalBatch,
+};
+use crate::types::{Epoch, Lsn, NodeId, Record};
+use crate::wal::{WalMeta, WalStore};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub(super) struct Parts {
+    pub cfg: Config,
+    pub wal: Arc<dyn WalStore>,
+    pub sm: Arc<dyn StateMachine>,
+    pub peer: Arc<dyn Peer>,
+    pub tx: mpsc::Sender<Msg>,
+    pub rx: mpsc::Receiver<Msg>,
+    pub metrics: Arc<Metrics>,
+    pub rewound_dir: Option<PathBuf>,
+}
+
+struct Waiter {
+    first: Lsn,
+    epoch: Epoch,
+    reply: oneshot::Sender<Result<Vec<Applied>>>,
+}
+
+/// Tasks started together and stopped together.
+pub(super) struct Tasks {
+    cancel: CancellationToken,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub(super) fn new(cancel: CancellationToken, handles: Vec<JoinHandle<()>>) -> Tasks {
+        Tasks { cancel, handles }
+    }
+
+    pub(super) async fn stop(self) {
+        self.cancel.cancel();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// An open WAL stream from the primary (we are its standby).
+struct Session {
+    id: u64,
+    acks: watch::Sender<std::result::Result<WalAck, Refusal>>,
+}
+
+enum PromoteReplyTo {
+    Local(oneshot::Sender<Result<Epoch>>),
+    Remote(oneshot::Sender<std::result::Result<PromoteReply, Refusal>>),
+}
+
+struct Actor {
+    cfg: Config,
+    node: Node,
+    wal: Arc<dyn WalStore>,
+    sm: Arc<dyn StateMachine>,
+    peer: Arc<dyn Peer>,
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+    rewound_dir: Option<PathBuf>,
+    origin: Instant,
+    waiters: BTreeMap<Lsn, Waiter>,
+    health_tx: watch::Sender<Health>,
+    last_lsn_tx: watch::Sender<Lsn>,
+    commit_tx: watch::Sender<Lsn>,
+    flusher: Option<Tasks>,
+    applier: Option<Tasks>,
+    primary_tasks: Option<Tasks>,
+    rejoin: Option<Tasks>,
+    session: Option<Session>,
+    next_session: u64,
+    pending_fence: Option<oneshot::Sender<std::result::Result<FenceReply, Refusal>>>,
+    pending_promote: Option<PromoteReplyTo>,
+    peer_contact: Option<Instant>,
+    peer_client_addr: Option<String>,
+    /// When the standby (or we, on a standby) last had everything.
+    caught_up_at: Instant,
+    primary_last_lsn: Lsn,
+    /// Our WAL stream to the standby is open (primary).
+    stream_up: bool,
+    stopping: bool,
+}
+
+pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle<()>)> {
+    let origin = Instant::now();
+    let meta = parts.wal.meta();
+    let last = parts.wal.last_lsn();
+    let flushed = parts.wal.flushed_lsn();
+    let applied = parts.sm.applied_lsn();
+    if applied > last {
+        return Err(Error::Config(format!(
+            "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
+        )));
+    }
+    let (node, effects) = Node::new(
+        parts.cfg.clone(),
+        meta,
+        last,
+        flushed,
+        applied,
+        std::time::Duration::ZERO,
+    );
+    let (health_tx, health_rx) = watch::channel(placeholder_health(&parts.cfg));
+    let (last_lsn_tx, _) = watch::channel(last);
+    let (commit_tx, _) = watch::channel(node.commit_lsn());
+    let mut actor = Actor {
+        cfg: parts.cfg,
+        node,
+        wal: parts.wal,
+        sm: parts.sm,
+        peer: parts.peer,
+        tx: parts.tx,
+        metrics: parts.metrics,
+        rewound_dir: parts.rewound_dir,
+        origin,
+        waiters: BTreeMap::new(),
+        health_tx,
+        last_lsn_tx,
+        commit_tx,
+        flusher: None,
+        applier: None,
+        primary_tasks: None,
+        rejoin: None,
+        session: None,
+        next_session: 0,
+        pending_fence: None,
+        pending_promote: None,
+        peer_contact: None,
+        peer_client_addr: None,
+        caught_up_at: origin,
+        primary_last_lsn: last,
+        stream_up: false,
+        stopping: false,
+    };
+    tracing::info!(
+        node = %actor.cfg.node_id,
+        role = %actor.node.role(),
+        epoch = %actor.node.epoch(),
+        last_lsn = %last,
+        applied_lsn = %applied,
+        "node starting"
+    );
+    actor.flusher = Some(flusher::spawn(
+        actor.wal.clone(),
+        actor.last_lsn_tx.subscribe(),
+        actor.tx.clone(),
+    ));
+    actor.start_applier();
+    actor.run_effects(effects);
+    actor.publish();
+    let handle = tokio::spawn(actor.run(parts.rx));
+    Ok((health_rx, handle))
+}
+
+fn placeholder_health(cfg: &Config) -> Health {
+    Health {
+        node_id: cfg.node_id.clone(),
+        role: RoleKind::Standby,
+        epoch: Epoch::ZERO,
+        leader: None,
+        writable: false,
+        solo: false,
+        sync_state: SyncState::NotSync,
+        eligible: false,
+        commit_mode: cfg.commit_mode,
+        first_lsn: Lsn::ZERO,
+        last_lsn: Lsn::ZERO,
+        flushed_lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        applied_lsn: Lsn::ZERO,
+        peer: PeerHealth::default(),
+        rewound_records: 0,
+        note: None,
+    }
+}
+
+fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>) -> Error {
+    match r {
+        WriteRefusal::NotPrimary { .. } => Error::NotPrimary { leader },
+        WriteRefusal::Fenced { epoch } => Error::Fenced { epoch },
+        WriteRefusal::Unavailable { reason } => Error::Unavailable { reason },
+    }
+}
+
+impl Actor {
+    fn now(&self) -> std::time::Duration {
+        Instant::now() - self.origin
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        loop {
+            let deadline = self.origin + self.node.next_deadline(self.now());
+            tokio::select! {
+                biased;
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if let Msg::Shutdown { reply } = msg {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    self.handle(msg).await;
+                    // Drain what is queued before publishing once.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Msg::Shutdown { reply } = msg {
+                            self.shutdown().await;
+                            let _ = reply.send(());
+                            return;
+                        }
+                        self.handle(msg).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.step(Event::Tick);
+                    self.retain_wal();
+                }
+            }
+            self.publish();
+        }
+        self.shutdown().await;
+    }
+
+    fn step(&mut self, event: Event) {
+        let now = self.now();
+        let effects = self.node.step(now, event);
+        self.run_effects(effects);
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Apply { payloads, reply } => self.apply(payloads, reply),
+            Msg::Promote { force, reply } => {
+                if self.node.role() == RoleKind::Primary && !force {
+                    let _ = reply.send(Err(Error::PromotionRefused {
+                        reason: "this node is already the primary; ask the standby, or use the Promote RPC to hand over".into(),
+                    }));
+                    return;
+                }
+                self.replace_pending_promote(PromoteReplyTo::Local(reply));
+                self.step(Event::PromoteRequested { force });
+            }
+            Msg::Fence { epoch, reply } => {
+                if epoch <= self.node.epoch() {
+                    let _ = reply.send(Err(Error::InvalidInput(format!(
+                        "fence epoch {epoch} must be above this node's epoch {}",
+                        self.node.epoch()
+                    ))));
+                    return;
+                }
+                let leader = Some(self.cfg.peer_id.clone());
+                self.step(Event::HigherEpoch { epoch, leader });
+                let _ = reply.send(Ok(()));
+            }
+            Msg::Event(event) => self.on_event(event),
+            Msg::Inbound(inbound) => self.inbound(inbound),
+            Msg::RejoinDone(result) => self.rejoin_done(result).await,
+            Msg::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    // ---- the engine's writes ----------------------------------------------
+
+    fn apply(&mut self, payloads: Vec<Bytes>, reply: oneshot::Sender<Result<Vec<Applied>>>) {
+        if let Err(refusal) = self.node.check_writable() {
+            let leader = self.leader_hint();
+            let _ = reply.send(Err(refusal_error(refusal, leader)));
+            return;
+        }
+        let epoch = self.node.epoch();
+        let first = self.wal.last_lsn().next();
+        let records: Vec<Record> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| Record {
+                lsn: Lsn(first.0 + i as u64),
+                epoch,
+                payload,
+            })
+            .collect();
+        let last = records
+            .last()
+            .expect("apply_batch refuses empty batches")
+            .lsn;
+        if let Err(e) = self.wal.append(&records) {
+            let reason = e.to_string();
+            let _ = reply.send(Err(e.into()));
+            self.step(Event::WalFailed { reason });
+            return;
+        }
+        self.waiters.insert(
+            last,
+            Waiter {
+                first,
+                epoch,
+                reply,
+            },
+        );
+        self.step(Event::Appended { last_lsn: last });
+        self.last_lsn_tx.send_replace(last);
+    }
+
+    fn resolve_waiters(&mut self, applied: Lsn) {
+        while let Some(entry) = self.waiters.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let (last, w) = entry.remove_entry();
+            let out = (w.first.0..=last.0)
+                .map(|lsn| Applied {
+                    lsn: Lsn(lsn),
+                    epoch: w.epoch,
+                })
+                .collect();
+            let _ = w.reply.send(Ok(out));
+        }
+    }
+
+    fn fail_waiters(&mut self, up_to: Option<Lsn>, failure: &WaiterFailure) {
+        let keep = match up_to {
+            Some(lsn) => self.waiters.split_off(&lsn.next()),
+            None => BTreeMap::new(),
+        };
+        let failed = std::mem::replace(&mut self.waiters, keep);
+        for (last, w) in failed {
+            let err = match failure {
+                WaiterFailure::SyncTimeout => Error::SyncTimeout { lsn: last },
+                WaiterFailure::Fenced { epoch } => Error::Fenced { epoch: *epoch },
+                WaiterFailure::NotPrimary => Error::NotPrimary {
+                    leader: self.leader_hint(),
+                },
+                WaiterFailure::WalFailed { reason } => Error::Unavailable {
+                    reason: format!("the WAL failed: {reason}"),
+                },
+            };
+            let _ = w.reply.send(Err(err));
+        }
+    }
+
+    // ---- events from our own tasks ----------------------------------------
+
+    fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::Applied { lsn } => {
+                let lsn = *lsn;
+                self.step(event);
+                self.resolve_waiters(lsn);
+                self.send_ack();
+                return;
+            }
+            Event::LocalFlushed { .. } => {
+                self.step(event);
+                self.send_ack();
+                return;
+            }
+            Event::StandbyProgress { positions } => {
+                self.peer_contact = Some(Instant::now());
+                if positions.flushed >= self.node.last_lsn() {
+                    self.caught_up_at = Instant::now();
+                }
+            }
+            Event::StandbyReachable => self.peer_contact = Some(Instant::now()),
+            Event::StreamState { up } => self.stream_up = *up,
+            _ => {}
+        }
+        self.step(event);
+    }
+
+    // ---- requests from the peer -------------------------------------------
+
+    fn refusal(&self, kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        let mut r = Refusal::new(kind, message, self.node.epoch());
+        r.leader = self.leader_hint();
+        r
+    }
+
+    /// Epoch rules at the top of every handler: lower is refused, higher
+    /// is adopted (persisted) before anything else happens.
+    fn check_epoch(&mut self, header: &Header) -> std::result::Result<(), Refusal> {
+        if self.node.is_stale(header.epoch) {
+            return Err(self.refusal(
+                RefusalKind::StaleEpoch,
+                format!(
+                    "epoch {} is older than this node's epoch {}; a newer primary exists",
+                    header.epoch,
+                    self.node.epoch()
+                ),
+            ));
+        }
+        if header.client_addr.is_some() {
+            self.peer_client_addr = header.client_addr.clone();
+        }
+        if header.epoch > self.node.epoch() {
+            let leader = header.leader_id.clone().or(Some(header.node_id.clone()));
+            self.step(Event::HigherEpoch {
+                epoch: header.epoch,
+                leader,
+            });
+        }
+        Ok(())
+    }
+
+    fn inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Heartbeat { req, reply } => {
+                if let Err(r) = self.check_epoch(&req.header) {
+                    self.metrics.rejected(r.kind);
+                    let _ = reply.send(Err(r));
+                    return;
+                }
+                self.peer_contact = Some(Instant::now());
+                self.primary_last_lsn = req.last_lsn;
+                if self.node.role() == RoleKind::Primary {
+                    tracing::error!(peer = %req.header.node_id, epoch = %req.header.epoch, "two primaries in one epoch: refusing the peer's heartbeat");
+                    let r = self.refusal(
+                        RefusalKind::NotStandby,
+                        "this node is the primary of that epoch",
+                    );
+                    let _ = reply.send(Err(r));
+                    return;
+                }
+                self.step(Event::PrimaryContact {
+                    epoch: req.header.epoch,
+                    leader: req.header.node_id.clone(),
+                    primary_last_lsn: req.last_lsn,
+                    commit_lsn: req.commit_lsn,
+                    sync: req.sync,
+                });
+                self.note_standby_caught_up();
+                let _ = reply.send(Ok(HeartbeatReply {
+                    ack: self.ack(),
+                    role: self.node.role(),
+                }));
+            }
+            Inbound::Fence { req, reply } => self.on_fence(req, reply),
+            Inbound::Promote { req, reply } => self.on_promote(req, reply),
+            Inbound::Status { reply } => {
+                let h = self.health();
+                let _ = reply.send(StatusReply {
+                    node_id: self.cfg.node_id.clone(),
+                    role: h.role,
+                    epoch: h.epoch,
+                    last_lsn: h.last_lsn,
+                    commit_lsn: h.commit_lsn,
+                    applied_lsn: h.applied_lsn,
+                    flushed_lsn: h.flushed_lsn,
+                    leader_id: h.leader.as_ref().map(|l| l.id.clone()),
+                    leader_addr: h.leader.map(|l| l.addr),
+                    peer_connected: h.peer.connected,
+                    lag_records: h.peer.lag_records,
+                });
+            }
+            Inbound::History { header, reply } => {
+                let result = self.check_epoch(&header).map(|()| HistoryReply {
+                    epoch: self.node.epoch(),
+                    history: self.wal.history(),
+                    last_lsn: self.wal.last_lsn(),
+                    first_lsn: self.wal.first_lsn(),
+                    role: self.node.role(),
+                });
+                let _ = reply.send(result);
+            }
+            Inbound::Snapshot { header, reply } => {
+                if let Err(r) = self.check_epoch(&header) {
+                    let _ = reply.send(Err(r));
+                    return;
+                }
+                if self.node.role() != RoleKind::Primary {
+                    let r =
+                        self.refusal(RefusalKind::NotStandby, "only the primary serves snapshots");
+                    let _ = reply.send(Err(r));
+                    return;
+                }
+                let (sm, wal) = (self.sm.clone(), self.wal.clone());
+                let epoch = self.node.epoch();
+                tokio::task::spawn_blocking(move || {
+                    let result = sm
+                        .snapshot()
+                        .map(|s| SnapshotTransfer {
+                            lsn: s.lsn,
+                            epoch: wal.epoch_at(s.lsn).unwrap_or(Epoch::ZERO),
+                            data: s.data,
+                        })
+                        .map_err(|e| {
+                            Refusal::new(
+                                RefusalKind::Unavailable,
+                                format!("the state machine could not take a snapshot: {e}"),
+                                epoch,
+                            )
+                        });
+                    let _ = reply.send(result);
+                });
+            }
+            Inbound::StreamOpened { reply } => {
+                self.next_session += 1;
+                let id = self.next_session;
+                let (acks, rx) = watch::channel(Ok(self.ack()));
+                if self.session.is_some() {
+                    tracing::info!("a new WAL stream replaces the previous one");
+                }
+                self.session = Some(Session { id, acks });
+                let _ = reply.send((id, rx));
+            }
+            Inbound::Batch { session, batch } => self.on_batch(session, batch),
+            Inbound::BadBatch { session, refusal } => self.end_session(session, refusal),
+            Inbound::StreamClosed { session } => {
+                if self.session.as_ref().is_some_and(|s| s.id == session) {
+                    self.session = None;
+                }
+            }
+        }
+    }
+
+    fn on_fence(
+        &mut self,
+        req: FenceRequest,
+        reply: oneshot::Sender<std::result::Result<FenceReply, Refusal>>,
+    ) {
+        if let Some(old) = self.pending_fence.take() {
+            let r = self.refusal(
+                RefusalKind::Unavailable,
+                "superseded by a newer fence request",
+            );
+            let _ = old.send(Err(r));
+        }
+        tracing::info!(epoch = %req.header.epoch, from = %req.header.node_id, reason = ?req.reason, "fence requested");
+        self.pending_fence = Some(reply);
+        self.step(Event::FenceRequested {
+            epoch: req.header.epoch,
+            leader: req.header.node_id,
+            reason: req.reason,
+        });
+    }
+
+    fn on_promote(
+        &mut self,
+        req: PromoteRequest,
+        reply: oneshot::Sender<std::result::Result<PromoteReply, Refusal>>,
+    ) {
+        if self.node.role() == RoleKind::Primary && !req.force {
+            // Asked of the primary: hand over to the standby, which runs the
+            // planned switchover.
+            let peer = self.peer.clone();
+            let header = self.header();
+            let epoch = self.node.epoch();
+            tokio::spawn(async move {
+                let r = peer
+                    .promote(PromoteRequest {
+                        header,
+                        force: false,
+                    })
+                    .await
+                    .map_err(|e| {
+                        Refusal::new(
+                            RefusalKind::Unavailable,
+                            format!("the standby could not take over: {e}"),
+                            epoch,
+                        )
+                    });
+                let _ = reply.send(r);
+            });
+            return;
+        }
+        self.replace_pending_promote(PromoteReplyTo::Remote(reply));
+        self.step(Event::PromoteRequested { force: req.force });
+    }
+
+    fn replace_pending_promote(&mut self, new: PromoteReplyTo) {
+        if let Some(old) = self.pending_promote.replace(new) {
+            reply_promote(
+                old,
+                Err("superseded by a newer promote request".into()),
+                self.node.epoch(),
+            );
+        }
+    }
+
+    /// A batch from the primary: check, append what is new, ack (G3).
+    fn on_batch(&mut self, session: u64, batch: WalBatch) {
+        if self.session.as_ref().is_none_or(|s| s.id != session) {
+            return;
+        }
+        if let Err(r) = self.check_epoch(&batch.header) {
+            self.end_session(session, r);
+            return;
+        }
+        self.peer_contact = Some(Instant::now());
+        self.primary_last_lsn = batch.last_lsn;
+        if self.node.role() == RoleKind::Standby {
+            self.step(Event::PrimaryContact {
+                epoch: batch.header.epoch,
+                leader: batch.header.node_id.clone(),
+                primary_last_lsn: batch.last_lsn,
+                commit_lsn: batch.commit_lsn,
+                sync: batch.sync,
+            });
+        }
+        if self.node.role() != RoleKind::Standby {
+            let r = self.refusal(
+                RefusalKind::NotStandby,
+                format!(
+                    "this node is {}, not a standby; retry after it has rejoined",
+                    self.node.role()
+                ),
+            );
+            self.end_session(session, r);
+            return;
+        }
+        match applier::check_batch(self.wal.as_ref(), &batch) {
+            Ok(new_records) => {
+                if !new_records.is_empty() {
+                    if let Err(e) = self.wal.append(new_records) {
+                        let reason = e.to_string();
+                        let r = self.refusal(
+                            RefusalKind::Unavailable,
+                            format!("WAL append failed: {reason}"),
+                        );
+                        self.end_session(session, r);
+                        self.step(Event::WalFailed { reason });
+                        return;
+                    }
+                    let last = new_records.last().expect("non-empty").lsn;
+                    self.step(Event::Appended { last_lsn: last });
+                    self.last_lsn_tx.send_replace(last);
+                }
+                self.note_standby_caught_up();
+                self.send_ack();
+            }
+            Err(refusal) => {
+                let refusal = Refusal {
+                    epoch: self.node.epoch(),
+                    leader: self.leader_hint(),
+                    ..refusal
+                };
+                let kind = refusal.kind;
+                tracing::warn!(reason = kind.as_str(), message = %refusal.message, "WAL batch refused");
+                self.metrics.rejected(kind);
+                self.end_session(session, refusal);
+                if matches!(kind, RefusalKind::Diverged | RefusalKind::TooFarBehind) {
+                    let effects = self.node.diverged();
+                    self.run_effects(effects);
+                }
+            }
+        }
+    }
+
+    fn end_session(&mut self, session: u64, refusal: Refusal) {
+        if let Some(s) = self.session.take_if(|s| s.id == session) {
+            let _ = s.acks.send(Err(refusal));
+        }
+    }
+
+    fn ack(&self) -> WalAck {
+        let flushed = self.node.flushed_lsn().min(self.wal.last_lsn());
+        WalAck {
+            epoch: self.node.epoch(),
+            written: self.wal.last_lsn(),
+            flushed,
+            applied: self.node.applied_lsn().min(flushed),
+            flushed_epoch: self.wal.epoch_at(flushed).unwrap_or(Epoch::ZERO),
+        }
+    }
+
+    fn send_ack(&mut self) {
+        let ack = self.ack();
+        if let Some(s) = &self.session {
+            s.acks.send_if_modified(|current| {
+                if current.as_ref().ok() == Some(&ack) {
+                    false
+                } else {
+                    *current = Ok(ack);
+                    true
+                }
+            });
+        }
+    }
+
+    fn note_standby_caught_up(&mut self) {
+        if self.node.flushed_lsn() >= self.primary_last_lsn {
+            self.caught_up_at = Instant::now();
+        }
+    }
+
+    // ---- effects ------------------------------------------------------------
+
+    fn run_effects(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            self.run_effect(effect);
+        }
+    }
+
+    fn run_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::PersistMeta { epoch, leader } => {
+                if let Err(e) = self.wal.set_meta(&WalMeta {
+                    epoch,
+                    leader: leader.clone(),
+                }) {
+                    // An epoch we cannot persist must not be acted on.
+                    let reason = format!("persisting epoch {epoch}: {e}");
+                    let effects = self.node.step(self.now(), Event::WalFailed { reason });
+                    self.run_effects(effects);
+                    return;
+                }
+                tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), "epoch persisted");
+            }
+            Effect::RoleChanged { from, to, epoch } => {
+                tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
+                self.metrics.transition(from, to);
+            }
+            Effect::Commit { lsn } => {
+                self.commit_tx.send_replace(lsn);
+            }
+            Effect::FailWaiters { up_to, failure } => self.fail_waiters(up_to, &failure),
+            Effect::SendFence { epoch, reason } => self.send_fence(epoch, reason),
+            Effect::ReplyFence(outcome) => {
+                let Some(reply) = self.pending_fence.take() else {
+                    return;
+                };
+                let result = match outcome {
+                    FenceOutcome::Fenced { last_lsn } => Ok(FenceReply {
+                        epoch: self.node.epoch(),
+                        last_lsn,
+                        last_epoch: self.wal.epoch_at(last_lsn).unwrap_or(Epoch::ZERO),
+                    }),
+                    FenceOutcome::Refused { reason } => {
+                        Err(self.refusal(RefusalKind::StaleEpoch, reason))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Effect::ReplyPromote(result) => {
+                if let Some(to) = self.pending_promote.take() {
+                    reply_promote(to, result, self.node.epoch());
+                }
+            }
+            Effect::StartPrimaryTasks => self.start_primary_tasks(),
+            Effect::StopPrimaryTasks => {
+                if let Some(tasks) = self.primary_tasks.take() {
+                    tokio::spawn(tasks.stop());
+                }
+            }
+            Effect::StartRejoin { leader } => self.start_rejoin(leader),
+        }
+    }
+
+    fn send_fence(&mut self, epoch: Epoch, reason: FenceReason) {
+        let peer = self.peer.clone();
+        let tx = self.tx.clone();
+        let mut header = self.header();
+        header.epoch = epoch;
+        header.leader_id = Some(self.cfg.node_id.clone());
+        tracing::info!(%epoch, ?reason, peer = %self.cfg.peer_id, "sending fence");
+        tokio::spawn(async move {
+            let result = peer.fence(FenceRequest { header, reason }).await;
+            let confirmed = match result {
+                Ok(reply) => Some(reply.last_lsn),
+                Err(crate::TransportError::StaleEpoch { epoch, leader }) => {
+                    let leader = leader.map(|l| l.id);
+                    let _ = tx
+                        .send(Msg::Event(Event::HigherEpoch { epoch, leader }))
+                        .await;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fence not confirmed");
+                    None
+                }
+            };
+            let _ = tx
+                .send(Msg::Event(Event::FenceSent {
+                    confirmed_last_lsn: confirmed,
+                }))
+                .await;
+        });
+    }
+
+    fn start_primary_tasks(&mut self) {
+        if self.primary_tasks.is_some() {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let streamer = streamer::spawn(streamer::Ctx {
+            cfg: self.cfg.clone(),
+            wal: self.wal.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            health: self.health_tx.subscribe(),
+            last_lsn: self.last_lsn_tx.subscribe(),
+            header: self.header(),
+            cancel: cancel.child_token(),
+        });
+        let heartbeats = heartbeat::spawn(heartbeat::Ctx {
+            cfg: self.cfg.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            health: self.health_tx.subscribe(),
+            header: self.header(),
+            metrics: self.metrics.clone(),
+            cancel: cancel.child_token(),
+        });
+        self.primary_tasks = Some(Tasks::new(cancel, vec![streamer, heartbeats]));
+    }
+
+    fn start_applier(&mut self) {
+        self.commit_tx.send_replace(self.node.commit_lsn());
+        self.applier = Some(applier::spawn(
+            self.wal.clone(),
+            self.sm.clone(),
+            self.commit_tx.subscribe(),
+            self.tx.clone(),
+        ));
+    }
+
+    fn start_rejoin(&mut self, leader: Option<NodeId>) {
+        if self.rejoin.is_some() {
+            return;
+        }
+        self.session = None;
+        let effects = self.node.rejoin_started();
+        self.run_effects(effects);
+        let cancel = CancellationToken::new();
+        let handle = rejoin::spawn(rejoin::Ctx {
+            cfg: self.cfg.clone(),
+            wal: self.wal.clone(),
+            sm: self.sm.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            header: self.header(),
+            leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),
+            applier: self.applier.take(),
+            rewound_dir: self.rewound_dir.clone(),
+            metrics: self.metrics.clone(),
+            cancel: cancel.child_token(),
+        });
+        self.rejoin = Some(Tasks::new(cancel, vec![handle]));
+    }
+
+    async fn rejoin_done(&mut self, result: std::result::Result<rejoin::Outcome, String>) {
+        self.rejoin = None;
+        match result {
+            Ok(outcome) => {
+                self.node.positions_reset(
+                    self.wal.last_lsn(),
+                    self.wal.flushed_lsn(),
+                    self.sm.applied_lsn(),
+                );
+                self.last_lsn_tx.send_replace(self.wal.last_lsn());
+                self.step(Event::RejoinFinished {
+                    epoch: outcome.epoch,
+                    leader: outcome.leader,
+                });
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "rejoin stopped");
+                self.step(Event::WalFailed { reason });
+            }
+        }
+        if self.applier.is_none() {
+            self.start_applier();
+        }
+    }
+
+    // ---- retention, health, shutdown ------------------------------------------
+
+    /// Lets go of WAL the engine's durable state covers and the standby
+    /// has flushed (or that exceeds the retention limit).
+    fn retain_wal(&mut self) {
+        let durable = self.sm.durable_lsn().min(self.node.applied_lsn());
+        if durable == Lsn::ZERO {
+            return;
+        }
+        let mut keep_from = durable.next();
+        if let Some(standby) = self.node.standby_positions() {
+            let standby_next = standby.flushed.next();
+            if self.wal.bytes_from(standby_next) <= self.cfg.wal_retention_bytes {
+                keep_from = keep_from.min(standby_next);
+            }
+        }
+        if keep_from > self.wal.first_lsn()
+            && let Err(e) = self.wal.remove_before(keep_from)
+        {
+            tracing::warn!(error = %e, "could not remove old WAL segments");
+        }
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            cluster_id: self.cfg.cluster_id.clone(),
+            epoch: self.node.epoch(),
+            node_id: self.cfg.node_id.clone(),
+            node_addr: self.cfg.advertise_addr.clone(),
+            leader_id: self.node.leader().cloned(),
+            client_addr: self.cfg.advertise_client_addr.clone(),
+        }
+    }
+
+    fn leader_hint(&self) -> Option<LeaderHint> {
+        let leader = self.node.leader()?;
+        Some(if *leader == self.cfg.node_id {
+            LeaderHint {
+                id: leader.clone(),
+                addr: self.cfg.advertise_addr.clone(),
+                client_addr: self.cfg.advertise_client_addr.clone(),
+            }
+        } else {
+            LeaderHint {
+                id: leader.clone(),
+                addr: self.cfg.peer_addr.clone(),
+                client_addr: self.peer_client_addr.clone(),
+            }
+        })
+    }
+
+    fn health(&self) -> Health {
+        let role = self.node.role();
+        let last = self.node.last_lsn();
+        let now = Instant::now();
+        let primary = role == RoleKind::Primary;
+        let (connected, lag_records, lag_bytes) = match self.node.standby_positions() {
+            Some(StandbyPositions { flushed, .. }) => (
+                self.stream_up,
+                last.0.saturating_sub(flushed.0),
+                self.wal.bytes_from(flushed.next()),
+            ),
+            None => (
+                self.session.is_some(),
+                self.primary_last_lsn
+                    .0
+                    .saturating_sub(self.node.flushed_lsn().0),
+                0,
+            ),
+        };
+        let lag_seconds = if lag_records == 0 {
+            0.0
+        } else {
+            (now - self.caught_up_at).as_secs_f64()
+        };
+        let writable = self.node.check_writable().is_ok();
+        Health {
+            node_id: self.cfg.node_id.clone(),
+            role,
+            epoch: self.node.epoch(),
+            leader: self.leader_hint(),
+            writable,
+            solo: self.node.is_solo(),
+            sync_state: self.node.sync_state(),
+            eligible: self.node.is_eligible(),
+            commit_mode: self.cfg.commit_mode,
+            first_lsn: self.wal.first_lsn(),
+            last_lsn: last,
+            flushed_lsn: self.node.flushed_lsn(),
+            commit_lsn: self.node.commit_lsn(),
+            applied_lsn: self.node.applied_lsn(),
+            peer: PeerHealth {
+                node_id: self.cfg.peer_id.clone(),
+                connected,
+                lag_records,
+                lag_bytes,
+                lag_seconds,
+                last_contact: self.peer_contact.map(|t| now - t),
+                heartbeat_rtt: if primary {
+                    self.metrics.snapshot().heartbeat_rtt
+                } else {
+                    None
+                },
+            },
+            rewound_records: self.metrics.snapshot().rewound_records,
+            note: self.node.check_writable().err().map(|r| match r {
+                WriteRefusal::NotPrimary { .. } => format!("{role}: writes go to the primary"),
+                WriteRefusal::Fenced { epoch } => format!("fenced at epoch {epoch}; rejoining"),
+                WriteRefusal::Unavailable { reason } => reason,
+            }),
+        }
+    }
+
+    fn publish(&self) {
+        let health = self.health();
+        self.health_tx.send_if_modified(|current| {
+            // Contact times move on every message; publish only real changes.
+            let same = current.role == health.role
+                && current.epoch == health.epoch
+                && current.leader == health.leader
+                && current.writable == health.writable
+                && current.solo == health.solo
+                && current.sync_state == health.sync_state
+                && current.eligible == health.eligible
+                && current.last_lsn == health.last_lsn
+                && current.first_lsn == health.first_lsn
+                && current.flushed_lsn == health.flushed_lsn
+                && current.commit_lsn == health.commit_lsn
+                && current.applied_lsn == health.applied_lsn
+                && current.peer.connected == health.peer.connected
+                && current.peer.lag_records == health.peer.lag_records
+                && current.rewound_records == health.rewound_records
+                && current.note == health.note;
+            *current = health;
+            !same
+        });
+    }
+
+    async fn shutdown(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        tracing::info!(node = %self.cfg.node_id, "shutting down");
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.reply.send(Err(Error::ShuttingDown));
+        }
+        if let Some(reply) = self.pending_fence.take() {
+            let _ = reply.send(Err(Refusal::new(
+                RefusalKind::ShuttingDown,
+                "node shutting down",
+                self.node.epoch(),
+            )));
+        }
+        self.session = None;
+        for tasks in [
+            self.primary_tasks.take(),
+            self.rejoin.take(),
+            self.applier.take(),
+            self.flusher.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tasks.stop().await;
+        }
+        // Whatever was appended is made durable before we go.
+        let _ = self.wal.sync();
+    }
+}
+
+fn reply_promote(to: PromoteReplyTo, result: std::result::Result<Epoch, String>, epoch: Epoch) {
+    match to {
+        PromoteReplyTo::Local(tx) => {
+            let _ = tx.send(result.map_err(|reason| Error::PromotionRefused { reason }));
+        }
+        PromoteReplyTo::Remote(tx) => {
+            let _ = tx.send(
+                result
+                    .map(|e| PromoteReply {
+                        epoch: e,
+                        message: format!("promoted: this node is now the primary of epoch {e}"),
+                    })
+                    .map_err(|reason| Refusal::new(RefusalKind::Unavailable, reason, epoch)),
+            );
+        }
+    }
+}

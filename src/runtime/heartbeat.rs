@@ -1,0 +1,77 @@
+//! The primary's heartbeats: on their own connection, every
+//! `heartbeat_interval`, whatever the WAL stream is doing.
+
+use super::{Metrics, Msg};
+use crate::config::Config;
+use crate::error::TransportError;
+use crate::node::Event;
+use crate::replicator::Health;
+use crate::transport::{Header, HeartbeatRequest, Peer};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+pub(super) struct Ctx {
+    pub cfg: Config,
+    pub peer: Arc<dyn Peer>,
+    pub tx: mpsc::Sender<Msg>,
+    pub health: watch::Receiver<Health>,
+    pub header: Header,
+    pub metrics: Arc<Metrics>,
+    pub cancel: CancellationToken,
+}
+
+pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let req = {
+                let h = ctx.health.borrow();
+                HeartbeatRequest {
+                    header: ctx.header.clone(),
+                    last_lsn: h.last_lsn,
+                    commit_lsn: h.commit_lsn,
+                    sync: h.sync_state,
+                }
+            };
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                r = ctx.peer.heartbeat(req) => r,
+            };
+            let event = match result {
+                Ok(_) => {
+                    ctx.metrics.heartbeat_rtt(started.elapsed());
+                    if failing {
+                        tracing::info!(peer = %ctx.cfg.peer_id, "heartbeats answered again");
+                        failing = false;
+                    }
+                    Event::StandbyReachable
+                }
+                Err(TransportError::StaleEpoch { epoch, leader }) => Event::HigherEpoch {
+                    epoch,
+                    leader: leader.map(|l| l.id),
+                },
+                Err(e) => {
+                    ctx.metrics.heartbeat_error();
+                    if !failing {
+                        tracing::warn!(peer = %ctx.cfg.peer_id, error = %e, "heartbeat failed");
+                        failing = true;
+                    }
+                    Event::StandbyUnreachable
+                }
+            };
+            if ctx.tx.send(Msg::Event(event)).await.is_err() {
+                return;
+            }
+        }
+    })
+}

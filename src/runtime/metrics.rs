@@ -1,0 +1,80 @@
+//! Counters a node keeps for its operator; the daemon exports them.
+
+use crate::node::RoleKind;
+use crate::transport::RefusalKind;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Metrics {
+    transitions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    heartbeat_errors: AtomicU64,
+    heartbeat_rtt_micros: AtomicU64,
+    rewound_records: AtomicU64,
+    snapshot_resyncs: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// `(from, to) -> count`, role names as in `RoleKind::as_str`.
+    pub transitions: BTreeMap<(&'static str, &'static str), u64>,
+    /// `reason -> count` of refused requests (G6).
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub heartbeat_errors: u64,
+    pub heartbeat_rtt: Option<Duration>,
+    pub rewound_records: u64,
+    pub snapshot_resyncs: u64,
+}
+
+impl Metrics {
+    pub(crate) fn transition(&self, from: RoleKind, to: RoleKind) {
+        *self
+            .transitions
+            .lock()
+            .unwrap()
+            .entry((from.as_str(), to.as_str()))
+            .or_default() += 1;
+    }
+
+    pub(crate) fn rejected(&self, kind: RefusalKind) {
+        *self
+            .rejected
+            .lock()
+            .unwrap()
+            .entry(kind.as_str())
+            .or_default() += 1;
+    }
+
+    pub(crate) fn heartbeat_error(&self) {
+        self.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn heartbeat_rtt(&self, rtt: Duration) {
+        self.heartbeat_rtt_micros
+            .store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rewound(&self, records: u64) {
+        self.rewound_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot_resync(&self) {
+        self.snapshot_resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            transitions: self.transitions.lock().unwrap().clone(),
+            rejected: self.rejected.lock().unwrap().clone(),
+            heartbeat_errors: self.heartbeat_errors.load(Ordering::Relaxed),
+            heartbeat_rtt: (rtt > 0).then(|| Duration::from_micros(rtt)),
+            rewound_records: self.rewound_records.load(Ordering::Relaxed),
+            snapshot_resyncs: self.snapshot_resyncs.load(Ordering::Relaxed),
+        }
+    }
+}

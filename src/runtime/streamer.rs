@@ -1,0 +1,231 @@
+//! The primary's WAL stream to its standby: woken by appends, a bounded
+//! window of batches in flight, resumed from the standby's flushed LSN
+//! after every reconnect, with capped exponential backoff.
+
+use super::Msg;
+use crate::config::Config;
+use crate::error::TransportError;
+use crate::node::{Event, StandbyPositions};
+use crate::replicator::Health;
+use crate::transport::{Header, Peer, WalAck, WalBatch};
+use crate::types::{Epoch, Lsn};
+use crate::wal::{WalError, WalStore};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub(super) struct Ctx {
+    pub cfg: Config,
+    pub wal: Arc<dyn WalStore>,
+    pub peer: Arc<dyn Peer>,
+    pub tx: mpsc::Sender<Msg>,
+    pub health: watch::Receiver<Health>,
+    pub last_lsn: watch::Receiver<Lsn>,
+    pub header: Header,
+    pub cancel: CancellationToken,
+}
+
+/// How a streaming session ended.
+enum End {
+    Cancelled,
+    Failed {
+        error: TransportError,
+        progressed: bool,
+    },
+}
+
+pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = ctx.cfg.reconnect_backoff_min;
+        let mut attempts = 0u64;
+        loop {
+            match session(&mut ctx).await {
+                End::Cancelled => return,
+                End::Failed { error, progressed } => {
+                    let _ = ctx
+                        .tx
+                        .send(Msg::Event(Event::StreamState { up: false }))
+                        .await;
+                    match &error {
+                        TransportError::StaleEpoch { epoch, leader } => {
+                            let leader = leader.as_ref().map(|l| l.id.clone());
+                            let event = Event::HigherEpoch {
+                                epoch: *epoch,
+                                leader,
+                            };
+                            let _ = ctx.tx.send(Msg::Event(event)).await;
+                        }
+                        e if e.is_unreachable() => {
+                            let _ = ctx.tx.send(Msg::Event(Event::StandbyUnreachable)).await;
+                        }
+                        _ => {}
+                    }
+                    if progressed {
+                        backoff = ctx.cfg.reconnect_backoff_min;
+                        attempts = 0;
+                    }
+                    attempts += 1;
+                    if attempts == 1 || attempts.is_power_of_two() {
+                        tracing::info!(peer = %ctx.cfg.peer_id, error = %error, attempts, retry_in_ms = backoff.as_millis() as u64, "WAL stream to standby down; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(ctx.cfg.reconnect_backoff_max);
+        }
+    })
+}
+
+fn positions(ack: &WalAck) -> StandbyPositions {
+    StandbyPositions {
+        written: ack.written,
+        flushed: ack.flushed,
+        applied: ack.applied,
+    }
+}
+
+fn batch(ctx: &Ctx, prev: (Lsn, Epoch), records: Vec<crate::Record>) -> WalBatch {
+    let (commit_lsn, sync) = {
+        let h = ctx.health.borrow();
+        (h.commit_lsn, h.sync_state)
+    };
+    WalBatch {
+        header: ctx.header.clone(),
+        prev_lsn: prev.0,
+        prev_epoch: prev.1,
+        records,
+        commit_lsn,
+        sync,
+        last_lsn: ctx.wal.last_lsn(),
+        first_lsn: ctx.wal.first_lsn(),
+    }
+}
+
+async fn session(ctx: &mut Ctx) -> End {
+    let fail = |error, progressed| End::Failed { error, progressed };
+    let window = ctx.cfg.max_batches_in_flight;
+    let (batches, rx) = mpsc::channel(window);
+    let opened = tokio::select! {
+        _ = ctx.cancel.cancelled() => return End::Cancelled,
+        r = ctx.peer.open_wal_stream(rx) => r,
+    };
+    let mut acks = match opened {
+        Ok(acks) => acks,
+        Err(e) => return fail(e, false),
+    };
+    let first = tokio::select! {
+        _ = ctx.cancel.cancelled() => return End::Cancelled,
+        r = tokio::time::timeout(ctx.cfg.rpc_timeout, acks.next()) => r,
+    };
+    let start = match first {
+        Ok(Some(Ok(ack))) => ack,
+        Ok(Some(Err(e))) => return fail(e, false),
+        Ok(None) => {
+            return fail(
+                TransportError::Unreachable("stream closed at start".into()),
+                false,
+            );
+        }
+        Err(_) => return fail(TransportError::Timeout, false),
+    };
+    if start.epoch > ctx.header.epoch {
+        return fail(
+            TransportError::StaleEpoch {
+                epoch: start.epoch,
+                leader: None,
+            },
+            false,
+        );
+    }
+    let _ = ctx
+        .tx
+        .send(Msg::Event(Event::StreamState { up: true }))
+        .await;
+    // Resume from what the standby has durably; the first batch's prev
+    // tells it where that is in our log, so it can refuse if its log went
+    // elsewhere. A record we do not hold gets epoch 0, which never matches.
+    let mut next = start.flushed.next();
+    let mut prev = (
+        start.flushed,
+        ctx.wal.epoch_at(start.flushed).unwrap_or(Epoch::ZERO),
+    );
+    tracing::info!(peer = %ctx.cfg.peer_id, from = %next, "streaming WAL to standby");
+    let probe = batch(ctx, prev, Vec::new());
+    if batches.send(probe).await.is_err() {
+        return fail(TransportError::Unreachable("stream closed".into()), false);
+    }
+    let mut in_flight: VecDeque<Lsn> = VecDeque::new();
+    let mut progressed = false;
+    let mut too_far_sent = false;
+    loop {
+        while in_flight.len() < window && next <= ctx.wal.last_lsn() && !too_far_sent {
+            let records =
+                match ctx
+                    .wal
+                    .read(next, ctx.cfg.max_batch_records, ctx.cfg.max_batch_bytes)
+                {
+                    Ok(r) if r.is_empty() => break,
+                    Ok(r) => r,
+                    Err(WalError::NotRetained { .. }) => {
+                        // Tell the standby where our log starts; it answers
+                        // "too far behind" and resyncs from a snapshot.
+                        let b = batch(ctx, prev, Vec::new());
+                        too_far_sent = true;
+                        if batches.send(b).await.is_err() {
+                            return fail(
+                                TransportError::Unreachable("stream closed".into()),
+                                progressed,
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, from = %next, "cannot read WAL to stream it");
+                        return fail(TransportError::Remote(e.to_string()), progressed);
+                    }
+                };
+            let last = records.last().expect("non-empty");
+            let new_prev = (last.lsn, last.epoch);
+            let b = batch(ctx, prev, records);
+            if batches.send(b).await.is_err() {
+                return fail(
+                    TransportError::Unreachable("stream closed".into()),
+                    progressed,
+                );
+            }
+            in_flight.push_back(new_prev.0);
+            prev = new_prev;
+            next = new_prev.0.next();
+        }
+        let can_send = in_flight.len() < window;
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return End::Cancelled,
+            ack = acks.next() => match ack {
+                Some(Ok(ack)) => {
+                    while in_flight.front().is_some_and(|l| *l <= ack.written) {
+                        in_flight.pop_front();
+                    }
+                    progressed = true;
+                    let event = Event::StandbyProgress { positions: positions(&ack) };
+                    if ctx.tx.send(Msg::Event(event)).await.is_err() {
+                        return End::Cancelled;
+                    }
+                }
+                Some(Err(e)) => return fail(e, progressed),
+                None => return fail(TransportError::Unreachable("standby closed the stream".into()), progressed),
+            },
+            changed = ctx.last_lsn.changed(), if can_send => {
+                if changed.is_err() {
+                    return End::Cancelled;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `Peer` over tonic: one connection for the WAL stream and one for control
+//! calls, so heartbeats never queue behind WAL batches. Every call has a
+//! deadline.
+
+use super::convert;
+use super::server::transport_error_from_status;
+use super::*;
+use crate::pb;
+use crate::pb::replication_client::ReplicationClient;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connection settings every walrep channel needs: without HTTP/2
+/// keepalive a connection cut by a partition hangs until TCP gives up.
+pub fn channel_settings(endpoint: Endpoint, cfg: &crate::Config) -> Endpoint {
+    endpoint
+        .connect_timeout(cfg.rpc_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(cfg.heartbeat_interval.max(Duration::from_millis(100)))
+        .keep_alive_timeout(cfg.failover_timeout)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+}
+
+#[derive(Clone)]
+pub struct GrpcPeer {
+    data: ReplicationClient<Channel>,
+    control: ReplicationClient<Channel>,
+    rpc_timeout: Duration,
+    long_timeout: Duration,
+}
+
+impl GrpcPeer {
+    /// Dials `cfg.peer_addr` lazily (the first call connects; a broken
+    /// connection is re-established by the next call).
+    pub fn connect_lazy(cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
+        let uri = format!("http://{}", cfg.peer_addr);
+        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| {
+            crate::Error::Config(format!("peer_addr {uri:?} is not a valid address: {e}"))
+        })?;
+        let endpoint = channel_settings(endpoint, cfg);
+        Ok(GrpcPeer::from_channels(
+            endpoint.connect_lazy(),
+            endpoint.connect_lazy(),
+            cfg,
+        ))
+    }
+
+    /// Uses channels made by the caller (a simulated network, TLS, ...).
+    pub fn from_channels(data: Channel, control: Channel, cfg: &crate::Config) -> GrpcPeer {
+        let limit = cfg.max_message_bytes;
+        let client = |c: Channel| {
+            ReplicationClient::new(c)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        };
+        GrpcPeer {
+            data: client(data),
+            control: client(control),
+            rpc_timeout: cfg.rpc_timeout,
+            long_timeout: cfg.switchover_timeout + cfg.rpc_timeout,
+        }
+    }
+
+    async fn call<T, F>(&self, timeout: Duration, fut: F) -> Result<T, TransportError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => Err(TransportError::Timeout),
+            Ok(Err(status)) => Err(transport_error_from_status(&status)),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+}
+
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+fn bad_reply(e: convert::Malformed) -> TransportError {
+    TransportError::Remote(e.to_string())
+}
+
+#[async_trait]
+impl Peer for GrpcPeer {
+    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, TransportError> {
+        let msg = pb::HeartbeatRequest {
+            header: Some(convert::header_to_pb(&req.header)),
+            last_lsn: req.last_lsn.0,
+            commit_lsn: req.commit_lsn.0,
+            sync_state: convert::sync_to_pb(req.sync),
+            sent_at_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+        };
+        let mut client = self.control.clone();
+        let r = self
+            .call(
+                self.rpc_timeout,
+                client.heartbeat(request(msg, self.rpc_timeout)),
+            )
+            .await?;
+        Ok(HeartbeatReply {
+            ack: convert::ack_from_pb(pb::WalAck {
+                epoch: r.epoch,
+                written_lsn: r.written_lsn,
+                flushed_lsn: r.flushed_lsn,
+                applied_lsn: r.applied_lsn,
+                flushed_epoch: r.flushed_epoch,
+            })
+            .map_err(bad_reply)?,
+            role: convert::role_from_pb(r.role).map_err(bad_reply)?,
+        })
+    }
+
+    async fn fence(&self, req: FenceRequest) -> Result<FenceReply, TransportError> {
+        let timeout = if req.reason == FenceReason::Switchover {
+            self.long_timeout
+        } else {
+            self.rpc_timeout
+        };
+        let msg = pb::FenceRequest {
+            header: Some(convert::header_to_pb(&req.header)),
+            reason: convert::reason_to_pb(req.reason),
+        };
+        let mut client = self.control.clone();
+        let r = self
+            .call(timeout, client.fence(request(msg, timeout)))
+            .await?;
+        Ok(FenceReply {
+            epoch: Epoch(r.epoch),
+            last_lsn: Lsn(r.last_lsn),
+            last_epoch: Epoch(r.last_epoch),
+        })
+    }
+
+    async fn promote(&self, req: PromoteRequest) -> Result<PromoteReply, TransportError> {
+        let msg = pb::PromoteRequest {
+            header: Some(convert::header_to_pb(&req.header)),
+            force: req.force,
+        };
+        let timeout = self.long_timeout + self.rpc_timeout;
+        let mut client = self.control.clone();
+        let r = self
+            .call(timeout, client.promote(request(msg, timeout)))
+            .await?;
+        Ok(PromoteReply {
+            epoch: Epoch(r.epoch),
+            message: r.message,
+        })
+    }
+
+    async fn status(&self, header: Header) -> Result<StatusReply, TransportError> {
+        let msg = pb::StatusRequest {
+            header: Some(convert::header_to_pb(&header)),
+        };
+        let mut client = self.control.clone();
+        let r = self
+            .call(
+                self.rpc_timeout,
+                client.status(request(msg, self.rpc_timeout)),
+            )
+            .await?;
+        Ok(StatusReply {
+            node_id: NodeId(r.node_id),
+            role: convert::role_from_pb(r.role).map_err(bad_reply)?,
+            epoch: Epoch(r.epoch),
+            last_lsn: Lsn(r.last_lsn),
+            commit_lsn: Lsn(r.commit_lsn),
+            applied_lsn: Lsn(r.applied_lsn),
+            flushed_lsn: Lsn(r.flushed_lsn),
+            leader_id: (!r.leader_id.is_empty()).then_some(NodeId(r.leader_id)),
+            leader_addr: (!r.leader_addr.is_empty()).then_some(r.leader_addr),
+            peer_connected: r.peer_connected,
+            lag_records: r.lag_records,
+        })
+    }
+
+    async fn history(&self, header: Header) -> Result<HistoryReply, TransportError> {
+        let msg = pb::HistoryRequest {
+            header: Some(convert::header_to_pb(&header)),
+        };
+        let mut client = self.control.clone();
+        let r = self
+            .call(
+                self.rpc_timeout,
+                client.get_history(request(msg, self.rpc_timeout)),
+            )
+            .await?;
+        Ok(HistoryReply {
+            epoch: Epoch(r.epoch),
+            history: convert::history_from_pb(r.history).map_err(bad_reply)?,
+            last_lsn: Lsn(r.last_lsn),
+            first_lsn: Lsn(r.first_lsn),
+            role: convert::role_from_pb(r.role).map_err(bad_reply)?,
+        })
+    }
+
+    async fn open_wal_stream(
+        &self,
+        batches: mpsc::Receiver<WalBatch>,
+    ) -> Result<AckStream, TransportError> {
+        let outgoing = ReceiverStream::new(batches).map(|b| convert::batch_to_pb(&b));
+        let mut client = self.data.clone();
+        let acks = self
+            .call(self.rpc_timeout, client.stream_wal(outgoing))
+            .await?;
+        Ok(Box::pin(acks.map(|r| match r {
+            Ok(ack) => convert::ack_from_pb(ack).map_err(bad_reply),
+            Err(status) => Err(transport_error_from_status(&status)),
+        })))
+    }
+
+    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError> {
+        let msg = pb::SnapshotRequest {
+            header: Some(convert::header_to_pb(&header)),
+        };
+        let mut client = self.control.clone();
+        let mut chunks = self
+            .call(self.rpc_timeout, client.fetch_snapshot(msg))
+            .await?;
+        let mut data = bytes::BytesMut::new();
+        let mut meta: Option<(u64, u64, u64)> = None;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|s| transport_error_from_status(&s))?;
+            let (lsn, epoch, total) =
+                *meta.get_or_insert((chunk.last_lsn, chunk.last_epoch, chunk.total_bytes));
+            if chunk.last_lsn != lsn || chunk.last_epoch != epoch || chunk.total_bytes != total {
+                return Err(TransportError::Remote(
+                    "snapshot chunks disagree about the snapshot they belong to".into(),
+                ));
+            }
+            if (data.len() + chunk.data.len()) as u64 > total {
+                return Err(TransportError::Remote(format!(
+                    "snapshot larger than the announced {total} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.last {
+                if data.len() as u64 != total || crc32c::crc32c(&data) != chunk.crc {
+                    return Err(TransportError::Remote(
+                        "snapshot failed its checksum or length check; retrying".into(),
+                    ));
+                }
+                return Ok(SnapshotTransfer {
+                    lsn: Lsn(lsn),
+                    epoch: Epoch(epoch),
+                    data: data.freeze(),
+                });
+            }
+        }
+        Err(TransportError::Unreachable(
+            "snapshot stream ended early".into(),
+        ))
+    }
+}

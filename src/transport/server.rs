@@ -1,0 +1,506 @@
+//! The tonic service every node serves. Handlers check what needs no state
+//! (cluster id, sender, well-formed messages), then forward to the node's
+//! actor with a oneshot for the reply; they never touch role state.
+
+use super::convert::{self, Malformed};
+use super::*;
+use crate::error::LeaderHint;
+use crate::pb;
+use crate::pb::replication_server::{Replication, ReplicationServer};
+use crate::runtime::Metrics;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Why a request was refused. Each kind maps to one gRPC status code and
+/// one `rejected` counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    WrongCluster,
+    UnknownPeer,
+    StaleEpoch,
+    Malformed,
+    Gap,
+    Diverged,
+    TooFarBehind,
+    NotStandby,
+    Unavailable,
+    ShuttingDown,
+}
+
+impl RefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::WrongCluster => "wrong_cluster",
+            RefusalKind::UnknownPeer => "unknown_peer",
+            RefusalKind::StaleEpoch => "stale_epoch",
+            RefusalKind::Malformed => "malformed",
+            RefusalKind::Gap => "gap",
+            RefusalKind::Diverged => "diverged",
+            RefusalKind::TooFarBehind => "too_far_behind",
+            RefusalKind::NotStandby => "not_standby",
+            RefusalKind::Unavailable => "unavailable",
+            RefusalKind::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn code(self) -> tonic::Code {
+        match self {
+            RefusalKind::WrongCluster | RefusalKind::UnknownPeer => tonic::Code::PermissionDenied,
+            RefusalKind::StaleEpoch | RefusalKind::NotStandby => tonic::Code::FailedPrecondition,
+            RefusalKind::Malformed => tonic::Code::InvalidArgument,
+            RefusalKind::Gap | RefusalKind::TooFarBehind => tonic::Code::OutOfRange,
+            RefusalKind::Diverged => tonic::Code::Aborted,
+            RefusalKind::Unavailable | RefusalKind::ShuttingDown => tonic::Code::Unavailable,
+        }
+    }
+
+    fn parse(s: &str) -> Option<RefusalKind> {
+        [
+            RefusalKind::WrongCluster,
+            RefusalKind::UnknownPeer,
+            RefusalKind::StaleEpoch,
+            RefusalKind::Malformed,
+            RefusalKind::Gap,
+            RefusalKind::Diverged,
+            RefusalKind::TooFarBehind,
+            RefusalKind::NotStandby,
+            RefusalKind::Unavailable,
+            RefusalKind::ShuttingDown,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A refused request: what, why, and our epoch and leader so the sender
+/// can act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+    pub epoch: Epoch,
+    pub leader: Option<LeaderHint>,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>, epoch: Epoch) -> Refusal {
+        Refusal {
+            kind,
+            message: message.into(),
+            epoch,
+            leader: None,
+        }
+    }
+
+    pub fn into_status(self) -> Status {
+        let mut status = Status::new(self.kind.code(), self.message);
+        let md = status.metadata_mut();
+        if let Ok(v) = self.kind.as_str().parse() {
+            md.insert("walrep-reason", v);
+        }
+        if let Ok(v) = self.epoch.0.to_string().parse() {
+            md.insert("walrep-epoch", v);
+        }
+        if let Some(l) = &self.leader {
+            if let Ok(v) = l.id.0.parse() {
+                md.insert("walrep-leader", v);
+            }
+            if let Ok(v) = l.addr.parse() {
+                md.insert("walrep-leader-addr", v);
+            }
+        }
+        status
+    }
+}
+
+/// Turns a refusal status back into what the caller must do.
+pub(crate) fn transport_error_from_status(status: &Status) -> TransportError {
+    let md = status.metadata();
+    let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let kind = get("walrep-reason").and_then(|r| RefusalKind::parse(&r));
+    let msg = status.message().to_string();
+    match kind {
+        Some(RefusalKind::StaleEpoch) => TransportError::StaleEpoch {
+            epoch: Epoch(
+                get("walrep-epoch")
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(0),
+            ),
+            leader: get("walrep-leader").map(|id| LeaderHint {
+                id: NodeId(id),
+                addr: get("walrep-leader-addr").unwrap_or_default(),
+                client_addr: None,
+            }),
+        },
+        Some(RefusalKind::Diverged) => TransportError::Diverged(msg),
+        Some(RefusalKind::TooFarBehind) => TransportError::TooFarBehind(msg),
+        Some(_) => TransportError::Refused(msg),
+        None => match status.code() {
+            tonic::Code::DeadlineExceeded => TransportError::Timeout,
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                TransportError::Unreachable(msg)
+            }
+            code => TransportError::Remote(format!("{code:?}: {msg}")),
+        },
+    }
+}
+
+pub type AckWatch = tokio::sync::watch::Receiver<Result<WalAck, Refusal>>;
+
+/// What the service hands to the node's actor.
+pub enum Inbound {
+    Heartbeat {
+        req: HeartbeatRequest,
+        reply: oneshot::Sender<Result<HeartbeatReply, Refusal>>,
+    },
+    Fence {
+        req: FenceRequest,
+        reply: oneshot::Sender<Result<FenceReply, Refusal>>,
+    },
+    Promote {
+        req: PromoteRequest,
+        reply: oneshot::Sender<Result<PromoteReply, Refusal>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusReply>,
+    },
+    History {
+        header: Header,
+        reply: oneshot::Sender<Result<HistoryReply, Refusal>>,
+    },
+    Snapshot {
+        header: Header,
+        reply: oneshot::Sender<Result<SnapshotTransfer, Refusal>>,
+    },
+    /// A primary opened a WAL stream; the actor answers with a session id
+    /// and a watch of the latest ack (its current value is the first ack).
+    /// A watch, not a queue: acks are cumulative, so only the latest counts
+    /// and the actor never blocks on a slow reader.
+    StreamOpened {
+        reply: oneshot::Sender<(u64, AckWatch)>,
+    },
+    Batch {
+        session: u64,
+        batch: WalBatch,
+    },
+    /// The stream sent something undecodable: end the session with `refusal`.
+    BadBatch {
+        session: u64,
+        refusal: Refusal,
+    },
+    StreamClosed {
+        session: u64,
+    },
+}
+
+/// The `Replication` gRPC service of one node.
+#[derive(Clone)]
+pub struct ReplicationService {
+    to_actor: mpsc::Sender<crate::runtime::Msg>,
+    cluster_id: String,
+    peer_id: NodeId,
+    max_record_bytes: usize,
+    max_message_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl ReplicationService {
+    pub(crate) fn new(
+        to_actor: mpsc::Sender<crate::runtime::Msg>,
+        cfg: &crate::Config,
+        metrics: Arc<Metrics>,
+    ) -> ReplicationService {
+        ReplicationService {
+            to_actor,
+            cluster_id: cfg.cluster_id.clone(),
+            peer_id: cfg.peer_id.clone(),
+            max_record_bytes: cfg.max_record_bytes,
+            max_message_bytes: cfg.max_message_bytes,
+            metrics,
+        }
+    }
+
+    /// The tonic server for this service, with message size limits set.
+    pub fn into_server(self) -> ReplicationServer<ReplicationService> {
+        let limit = self.max_message_bytes;
+        ReplicationServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Status {
+        self.metrics.rejected(refusal.kind);
+        tracing::warn!(reason = refusal.kind.as_str(), message = %refusal.message, "request refused");
+        refusal.into_status()
+    }
+
+    fn decode_batch(&self, batch: pb::WalBatch) -> Result<WalBatch, Refusal> {
+        let header = convert::header_from_pb(batch.header.clone())
+            .map_err(|m| Refusal::new(RefusalKind::Malformed, m.to_string(), Epoch::ZERO))?;
+        if let Err(status) = self.check_sender(&header, true) {
+            return Err(Refusal::new(
+                RefusalKind::UnknownPeer,
+                status.message(),
+                Epoch::ZERO,
+            ));
+        }
+        convert::batch_from_pb(batch, self.max_record_bytes).map_err(|m| {
+            self.metrics.rejected(RefusalKind::Malformed);
+            tracing::warn!(error = %m, "malformed WAL batch refused");
+            Refusal::new(RefusalKind::Malformed, m.to_string(), Epoch::ZERO)
+        })
+    }
+
+    fn malformed(&self, m: Malformed) -> Status {
+        self.refuse(Refusal::new(
+            RefusalKind::Malformed,
+            m.to_string(),
+            Epoch::ZERO,
+        ))
+    }
+
+    /// G6: a request from another cluster or from a node that is not our
+    /// peer is refused before anything else looks at it.
+    fn check_sender(&self, header: &Header, peer_only: bool) -> Result<(), Status> {
+        if header.cluster_id != self.cluster_id {
+            return Err(self.refuse(Refusal::new(
+                RefusalKind::WrongCluster,
+                format!(
+                    "cluster id {:?} does not match this node's {:?}; check --cluster-id on both nodes",
+                    header.cluster_id, self.cluster_id
+                ),
+                Epoch::ZERO,
+            )));
+        }
+        if peer_only && header.node_id != self.peer_id {
+            return Err(self.refuse(Refusal::new(
+                RefusalKind::UnknownPeer,
+                format!(
+                    "node {:?} is not this node's peer ({:?}); check --peer on both nodes",
+                    header.node_id.0, self.peer_id.0
+                ),
+                Epoch::ZERO,
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Inbound) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.to_actor
+            .send(crate::runtime::Msg::Inbound(make(tx)))
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("node is shutting down"))
+    }
+
+    fn answer<T>(&self, r: Result<T, Refusal>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(|refusal| self.refuse(refusal))
+    }
+}
+
+type AckResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WalAck, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+/// Snapshot chunks on the wire stay well below the message limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type StreamWalStream = AckResponseStream;
+    type FetchSnapshotStream = ChunkStream;
+
+    async fn stream_wal(
+        &self,
+        request: Request<Streaming<pb::WalBatch>>,
+    ) -> Result<Response<Self::StreamWalStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (session, acks) = self.ask(|reply| Inbound::StreamOpened { reply }).await?;
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(batch)) = incoming.next().await {
+                let msg = match service.decode_batch(batch) {
+                    Ok(batch) => Inbound::Batch { session, batch },
+                    Err(refusal) => Inbound::BadBatch { session, refusal },
+                };
+                let bad = matches!(msg, Inbound::BadBatch { .. });
+                if service
+                    .to_actor
+                    .send(crate::runtime::Msg::Inbound(msg))
+                    .await
+                    .is_err()
+                    || bad
+                {
+                    break;
+                }
+            }
+            let _ = service
+                .to_actor
+                .send(crate::runtime::Msg::Inbound(Inbound::StreamClosed {
+                    session,
+                }))
+                .await;
+        });
+        // Yields the current ack, then every change, and ends after a refusal
+        // or when the actor drops the session.
+        let out =
+            futures::stream::unfold((acks, true, false), |(mut rx, first, done)| async move {
+                if done || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let item = rx.borrow_and_update().clone();
+                let end = item.is_err();
+                let item = item
+                    .map(|a| convert::ack_to_pb(&a))
+                    .map_err(Refusal::into_status);
+                Some((item, (rx, false, end)))
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true)?;
+        let req = HeartbeatRequest {
+            header,
+            last_lsn: Lsn(r.last_lsn),
+            commit_lsn: Lsn(r.commit_lsn),
+            sync: convert::sync_from_pb(r.sync_state).map_err(|m| self.malformed(m))?,
+        };
+        let reply = self.ask(|reply| Inbound::Heartbeat { req, reply }).await?;
+        self.answer(reply.map(|h| pb::HeartbeatReply {
+            epoch: h.ack.epoch.0,
+            written_lsn: h.ack.written.0,
+            flushed_lsn: h.ack.flushed.0,
+            applied_lsn: h.ack.applied.0,
+            flushed_epoch: h.ack.flushed_epoch.0,
+            role: convert::role_to_pb(h.role),
+        }))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<pb::FenceRequest>,
+    ) -> Result<Response<pb::FenceReply>, Status> {
+        let r = request.into_inner();
+        let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true)?;
+        let req = FenceRequest {
+            header,
+            reason: convert::reason_from_pb(r.reason).map_err(|m| self.malformed(m))?,
+        };
+        let reply = self.ask(|reply| Inbound::Fence { req, reply }).await?;
+        self.answer(reply.map(|f| pb::FenceReply {
+            epoch: f.epoch.0,
+            last_lsn: f.last_lsn.0,
+            last_epoch: f.last_epoch.0,
+        }))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteReply>, Status> {
+        let r = request.into_inner();
+        // The operator's CLI is not a node: any sender of our cluster may ask.
+        let header = match r.header {
+            Some(h) => {
+                let h = convert::header_from_pb(Some(h)).map_err(|m| self.malformed(m))?;
+                self.check_sender(&h, false)?;
+                h
+            }
+            None => Header::default(),
+        };
+        let req = PromoteRequest {
+            header,
+            force: r.force,
+        };
+        let reply = self.ask(|reply| Inbound::Promote { req, reply }).await?;
+        self.answer(reply.map(|p| pb::PromoteReply {
+            epoch: p.epoch.0,
+            message: p.message,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        if let Some(h) = request.into_inner().header {
+            let h = convert::header_from_pb(Some(h)).map_err(|m| self.malformed(m))?;
+            self.check_sender(&h, false)?;
+        }
+        let s = self.ask(|reply| Inbound::Status { reply }).await?;
+        Ok(Response::new(pb::StatusReply {
+            node_id: s.node_id.0,
+            role: convert::role_to_pb(s.role),
+            epoch: s.epoch.0,
+            last_lsn: s.last_lsn.0,
+            commit_lsn: s.commit_lsn.0,
+            applied_lsn: s.applied_lsn.0,
+            flushed_lsn: s.flushed_lsn.0,
+            leader_id: s.leader_id.map(|l| l.0).unwrap_or_default(),
+            leader_addr: s.leader_addr.unwrap_or_default(),
+            peer_connected: s.peer_connected,
+            lag_records: s.lag_records,
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let header =
+            convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true)?;
+        let reply = self.ask(|reply| Inbound::History { header, reply }).await?;
+        self.answer(reply.map(|h| pb::HistoryReply {
+            epoch: h.epoch.0,
+            history: convert::history_to_pb(&h.history),
+            last_lsn: h.last_lsn.0,
+            first_lsn: h.first_lsn.0,
+            role: convert::role_to_pb(h.role),
+        }))
+    }
+
+    async fn fetch_snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::FetchSnapshotStream>, Status> {
+        let header =
+            convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true)?;
+        let snap = self
+            .ask(|reply| Inbound::Snapshot { header, reply })
+            .await?;
+        let snap = snap.map_err(|r| self.refuse(r))?;
+        let crc = crc32c::crc32c(&snap.data);
+        let total = snap.data.len();
+        let mut chunks = Vec::new();
+        let mut offset = 0;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(total);
+            chunks.push(Ok(pb::SnapshotChunk {
+                last_lsn: snap.lsn.0,
+                last_epoch: snap.epoch.0,
+                total_bytes: total as u64,
+                data: snap.data.slice(offset..end),
+                last: end == total,
+                crc: if end == total { crc } else { 0 },
+            }));
+            offset = end;
+            if offset >= total {
+                break;
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

@@ -1,0 +1,273 @@
+//! Two walrep nodes in one process over real tonic on 127.0.0.1, with links
+//! the test can cut, and the KV engine as state machine.
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use walrep::kv::{Command, KvStore};
+use walrep::transport::{
+    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
+    PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+};
+use walrep::{
+    CommitMode, Config, GrpcPeer, Health, InitialRole, MemWal, NodeId, Peer, Replica, Replicator,
+    RoleKind, TransportError, WalStore,
+};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "walrep=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Test timings: fast enough to keep tests short, slow enough for a
+/// loaded 2-core CI machine.
+pub fn config(
+    id: &str,
+    peer: &str,
+    me: SocketAddr,
+    peer_addr: SocketAddr,
+    mode: CommitMode,
+) -> Config {
+    Config {
+        node_id: NodeId::from(id),
+        peer_id: NodeId::from(peer),
+        peer_addr: peer_addr.to_string(),
+        advertise_addr: me.to_string(),
+        cluster_id: "test".into(),
+        initial_role: if id == "a" {
+            InitialRole::Primary
+        } else {
+            InitialRole::Standby
+        },
+        commit_mode: mode,
+        heartbeat_interval: Duration::from_millis(50),
+        failover_timeout: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(1),
+        rpc_timeout: Duration::from_millis(300),
+        switchover_timeout: Duration::from_secs(3),
+        ..Config::default()
+    }
+}
+
+/// A `Peer` whose link the test can cut: calls fail as a dead network
+/// would, and open streams end.
+pub struct Link {
+    inner: GrpcPeer,
+    cut: watch::Sender<bool>,
+}
+
+impl Link {
+    pub fn new(inner: GrpcPeer) -> Arc<Link> {
+        Arc::new(Link {
+            inner,
+            cut: watch::channel(false).0,
+        })
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        if *self.cut.borrow() {
+            Err(TransportError::Unreachable("link cut by the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Peer for Link {
+    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, TransportError> {
+        self.check()?;
+        self.inner.heartbeat(req).await
+    }
+    async fn fence(&self, req: FenceRequest) -> Result<FenceReply, TransportError> {
+        self.check()?;
+        self.inner.fence(req).await
+    }
+    async fn promote(&self, req: PromoteRequest) -> Result<PromoteReply, TransportError> {
+        self.check()?;
+        self.inner.promote(req).await
+    }
+    async fn status(&self, header: Header) -> Result<StatusReply, TransportError> {
+        self.check()?;
+        self.inner.status(header).await
+    }
+    async fn history(&self, header: Header) -> Result<HistoryReply, TransportError> {
+        self.check()?;
+        self.inner.history(header).await
+    }
+    async fn open_wal_stream(
+        &self,
+        batches: mpsc::Receiver<WalBatch>,
+    ) -> Result<AckStream, TransportError> {
+        self.check()?;
+        let acks = self.inner.open_wal_stream(batches).await?;
+        let mut cut = self.cut.subscribe();
+        let ended = async move {
+            let _ = cut.wait_for(|c| *c).await;
+        };
+        Ok(Box::pin(acks.take_until(Box::pin(ended))))
+    }
+    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError> {
+        self.check()?;
+        self.inner.fetch_snapshot(header).await
+    }
+}
+
+pub struct TestNode {
+    pub cfg: Config,
+    pub replica: Arc<Replica>,
+    pub kv: Arc<KvStore>,
+    pub wal: Arc<MemWal>,
+    pub link: Arc<Link>,
+    pub addr: SocketAddr,
+    pub kv_dir: std::path::PathBuf,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl TestNode {
+    pub async fn start(cfg: Config, wal: Arc<MemWal>, kv_dir: std::path::PathBuf) -> TestNode {
+        let kv = Arc::new(KvStore::open(&kv_dir).unwrap());
+        let addr: SocketAddr = cfg.advertise_addr.parse().unwrap();
+        let listener = bind(addr).await;
+        let link = Link::new(GrpcPeer::connect_lazy(&cfg).unwrap());
+        let (replica, service) = Replica::builder(cfg.clone(), wal.clone(), kv.clone())
+            .peer(link.clone())
+            .start()
+            .expect("node starts");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            walrep::serve(service, listener, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestNode {
+            cfg,
+            replica: Arc::new(replica),
+            kv,
+            wal,
+            link,
+            addr,
+            kv_dir,
+            server: Some((stop_tx, server)),
+        }
+    }
+
+    /// Stops the node as a crash would, keeping only what was fsynced.
+    pub async fn crash(mut self) -> (Config, Arc<MemWal>, std::path::PathBuf) {
+        self.link.set_cut(true);
+        if let Some((stop, handle)) = self.server.take() {
+            let _ = stop.send(());
+            handle.abort();
+            let _ = handle.await;
+        }
+        let survived = Arc::new(self.wal.crash());
+        self.replica.shutdown().await;
+        // The engine keeps only its durable snapshot; it replays the rest
+        // from the WAL.
+        (self.cfg, survived, self.kv_dir)
+    }
+
+    pub fn health(&self) -> Health {
+        self.replica.health()
+    }
+
+    pub async fn wait(&self, what: &str, pred: impl FnMut(&Health) -> bool) -> Health {
+        self.replica
+            .wait_for(WAIT, &format!("{}: {what}", self.cfg.node_id), pred)
+            .await
+            .unwrap()
+    }
+
+    pub async fn put(&self, key: &str, value: &str) -> walrep::Result<walrep::Applied> {
+        self.replica.apply(put_cmd(key, value)).await
+    }
+}
+
+pub fn put_cmd(key: &str, value: &str) -> Bytes {
+    Bytes::from(
+        Command::Put {
+            key: key.as_bytes().to_vec(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+        .encode(),
+    )
+}
+
+async fn bind(addr: SocketAddr) -> TcpListener {
+    // The port may still be held by the previous incarnation for a moment.
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr}");
+}
+
+pub fn temp_dir() -> std::path::PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
+pub async fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A primary `a` and a standby `b`, streaming.
+pub async fn pair(mode: CommitMode) -> (TestNode, TestNode) {
+    pair_with(mode, |_| {}).await
+}
+
+pub async fn pair_with(mode: CommitMode, tweak: impl Fn(&mut Config)) -> (TestNode, TestNode) {
+    init_tracing();
+    let (addr_a, addr_b) = (free_addr().await, free_addr().await);
+    let mut cfg_a = config("a", "b", addr_a, addr_b, mode);
+    let mut cfg_b = config("b", "a", addr_b, addr_a, mode);
+    tweak(&mut cfg_a);
+    tweak(&mut cfg_b);
+    let a = TestNode::start(cfg_a, Arc::new(MemWal::new()), temp_dir()).await;
+    let b = TestNode::start(cfg_b, Arc::new(MemWal::new()), temp_dir()).await;
+    a.wait("primary", |h| h.role == RoleKind::Primary && h.writable)
+        .await;
+    b.wait("standby in contact", |h| {
+        h.role == RoleKind::Standby && h.eligible
+            || mode == CommitMode::Async && h.role == RoleKind::Standby && h.leader.is_some()
+    })
+    .await;
+    a.wait("stream up", |h| h.peer.connected).await;
+    (a, b)
+}
+
+/// Waits until both nodes have applied the same LSN and returns their hashes.
+pub async fn converged(a: &TestNode, b: &TestNode) -> (u64, u64) {
+    let target = a.health().last_lsn.max(b.health().last_lsn);
+    a.wait("applied everything", |h| h.applied_lsn >= target)
+        .await;
+    b.wait("applied everything", |h| h.applied_lsn >= target)
+        .await;
+    (a.kv.state_hash(), b.kv.state_hash())
+}
+
+pub fn wal_last(wal: &MemWal) -> walrep::Lsn {
+    wal.last_lsn()
+}

@@ -1,0 +1,227 @@
+//! Two nodes over real tonic on 127.0.0.1: streaming, commit modes,
+//! failover, rejoin, switchover, snapshot resync.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use walrep::{CommitMode, Lsn, Replicator, RoleKind, WalStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_10k_records_and_both_nodes_hash_equal() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let r = a.replica.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..125 {
+                let cmds = (0..10)
+                    .map(|j| put_cmd(&format!("k{w}-{i}-{j}"), &format!("v{i}")))
+                    .collect();
+                r.apply_batch(cmds).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(a.health().last_lsn, Lsn(10_000));
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.kv.len(), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_apply_write_is_readable_on_the_standby_when_acknowledged() {
+    let (a, b) = pair(CommitMode::RemoteApply).await;
+    for i in 0..50 {
+        let key = format!("k{i}");
+        a.put(&key, "v").await.unwrap();
+        assert!(
+            b.kv.get(key.as_bytes()).is_some(),
+            "{key} not applied on the standby at ack"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_flush_write_is_durable_on_the_standby_when_acknowledged() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..50 {
+        let applied = a.put(&format!("k{i}"), "v").await.unwrap();
+        assert!(
+            b.wal.flushed_lsn() >= applied.lsn,
+            "record {} not flushed on the standby at ack",
+            applied.lsn
+        );
+        // What a crash of the standby now would keep:
+        assert!(b.wal.crash().last_lsn() >= applied.lsn);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_write_is_written_on_the_standby_when_acknowledged() {
+    let (a, b) = pair(CommitMode::RemoteWrite).await;
+    for i in 0..50 {
+        let applied = a.put(&format!("k{i}"), "v").await.unwrap();
+        assert!(b.wal.last_lsn() >= applied.lsn);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_write_is_acknowledged_without_the_standby() {
+    let (a, b) = pair(CommitMode::Async).await;
+    a.link.set_cut(true);
+    let applied = a.put("alone", "v").await.unwrap();
+    assert!(b.wal.last_lsn() < applied.lsn);
+    a.link.set_cut(false);
+    b.replica.wait_for_lsn(applied.lsn, WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_promotes_when_the_primary_stops_and_accepts_writes() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        a.put(&key, "v").await.unwrap();
+        acked.push(key);
+    }
+    let timeout = b.cfg.failover_timeout;
+    let stopped = tokio::time::Instant::now();
+    let _ = a.crash().await;
+    let h = b
+        .wait("promoted", |h| h.role == RoleKind::Primary && h.writable)
+        .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(3),
+        "failover took {took:?}"
+    );
+    assert_eq!(h.epoch, walrep::Epoch(2));
+    b.put("after", "failover").await.unwrap();
+    for key in &acked {
+        assert!(
+            b.kv.get(key.as_bytes()).is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_rewinds_its_unreplicated_suffix_and_converges() {
+    let (a, b) = pair(CommitMode::Async).await;
+    for i in 0..20 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    converged(&a, &b).await;
+    // Cut a off from b: a keeps acknowledging alone (async), b promotes.
+    a.link.set_cut(true);
+    b.link.set_cut(true);
+    for i in 0..5 {
+        a.put(&format!("lost{i}"), "v").await.unwrap();
+    }
+    b.wait("promoted", |h| h.role == RoleKind::Primary && h.writable)
+        .await;
+    b.put("new", "epoch").await.unwrap();
+    // a crashes and comes back with its own suffix on disk.
+    let (cfg, wal, kv_dir) = a.crash().await;
+    assert_eq!(wal.last_lsn(), Lsn(25));
+    b.link.set_cut(false);
+    let a = TestNode::start(cfg, wal, kv_dir).await;
+    a.wait("rejoined as standby", |h| h.role == RoleKind::Standby)
+        .await;
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert!(a.kv.get(b"lost0").is_none());
+    assert_eq!(a.replica.metrics().rewound_records, 5);
+    assert_eq!(a.health().epoch, walrep::Epoch(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_both_ways_loses_no_acknowledged_write() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    let nodes = [a.replica.clone(), b.replica.clone()];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (nodes, stop) = (nodes.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("k{i}");
+                for n in &nodes {
+                    if n.apply(put_cmd(&key, "v")).await.is_ok() {
+                        acked.push(key.clone());
+                        break;
+                    }
+                }
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+            acked
+        })
+    };
+    a.wait("some writes", |h| h.commit_lsn >= Lsn(50)).await;
+    let epoch = b.replica.promote(false).await.unwrap();
+    assert_eq!(epoch, walrep::Epoch(2));
+    a.wait("a is an eligible standby", |h| {
+        h.role == RoleKind::Standby && h.eligible
+    })
+    .await;
+    b.wait("writes on b", |h| {
+        h.commit_lsn >= h.last_lsn && h.last_lsn > Lsn(60)
+    })
+    .await;
+    let epoch = a
+        .replica
+        .promote(false)
+        .await
+        .expect("switchover back to a");
+    assert_eq!(epoch, walrep::Epoch(3));
+    b.wait("b is standby", |h| h.role == RoleKind::Standby)
+        .await;
+    a.wait("writes on a", |h| h.last_lsn > Lsn(80)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    for key in &acked {
+        assert!(
+            a.kv.get(key.as_bytes()).is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+    assert_eq!(
+        a.replica.metrics().rewound_records + b.replica.metrics().rewound_records,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_behind_the_primarys_retained_wal_resyncs_from_a_snapshot() {
+    let (a, b) = pair_with(CommitMode::RemoteFlush, |c| {
+        c.wal_retention_bytes = 1024;
+        c.on_standby_loss = walrep::OnStandbyLoss::Solo;
+    })
+    .await;
+    for i in 0..10 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    converged(&a, &b).await;
+    let (cfg_b, wal_b, kv_b) = b.crash().await;
+    for i in 0..200 {
+        // The first writes wait for the lost standby, then go alone.
+        let _ = a.put(&format!("later{i}"), "some value").await;
+    }
+    a.wait("solo", |h| h.solo).await;
+    // The engine made its state durable: the WAL before it may go.
+    a.kv.persist_snapshot().unwrap();
+    a.wait("WAL truncated", |h| h.first_lsn > Lsn(11)).await;
+    let b = TestNode::start(cfg_b, wal_b, kv_b).await;
+    b.wait("standby again", |h| h.role == RoleKind::Standby)
+        .await;
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
+}
