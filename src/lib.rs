@@ -21,4 +21,4 @@ pub mod pb {
 pub use config::{CommitMode, Config, InitialRole, OnStandbyLoss};
 pub use error::{Error, LeaderHint, Result, TransportError};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
-pub use wal::{MemWal, WalError, WalMeta, WalStore};
+pub use wal::{FileWal, FileWalOptions, MemWal, WalError, WalMeta, WalStore};
