@@ -10,17 +10,19 @@
 //! flowing. Operations that rewrite the log (truncate, reset) are rare and
 //! keep the lock for their I/O, which makes them simple to reason about.
 
+mod cache;
 mod meta;
+mod read;
 mod recovery;
 mod segment;
 #[cfg(test)]
 mod tests;
 
-use super::record::{self, HEADER_LEN as FRAME_HEADER_LEN};
+use super::record;
 use super::{WalError, WalMeta, WalStore, check_append};
 use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, Record};
+use cache::TailCache;
 use segment::{Segment, SegmentHeader};
-use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -367,82 +369,6 @@ impl FileWal {
         st.persisted_history = st.history.clone();
         Ok(())
     }
-
-    /// Reads the records of a plan made under the lock, checking each.
-    fn read_disk(&self, plan: &[Chunk]) -> Result<Vec<Record>, WalError> {
-        let mut out = Vec::new();
-        for chunk in plan {
-            let mut buf = vec![0u8; (chunk.end - chunk.start) as usize];
-            chunk
-                .file
-                .read_exact_at(&mut buf, chunk.start)
-                .map_err(io_err(format!("reading {}", chunk.path.display())))?;
-            let mut pos = 0;
-            for i in 0..chunk.count {
-                let expected = Lsn(chunk.first.0 + i as u64);
-                let offset = chunk.start + pos as u64;
-                let record = match record::decode(&buf[pos..], recovery::MAX_PAYLOAD) {
-                    Ok((r, used)) if r.lsn == expected => {
-                        pos += used;
-                        r
-                    }
-                    Ok((r, _)) => {
-                        let detail =
-                            format!("found record {} where record {expected} belongs", r.lsn);
-                        return Err(corrupt(&chunk.path, offset, detail));
-                    }
-                    Err(e) => return Err(corrupt(&chunk.path, offset, e.to_string())),
-                };
-                out.push(record);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A run of consecutive frames in one segment, read with one `read_at`.
-struct Chunk {
-    path: PathBuf,
-    file: Arc<File>,
-    start: u64,
-    end: u64,
-    first: Lsn,
-    count: usize,
-}
-
-/// Which frames a read of `from..` covers, within the limits, for a `from`
-/// the log retains.
-fn plan_read(st: &State, from: Lsn, max_records: usize, max_bytes: usize) -> Vec<Chunk> {
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let (mut lsn, mut taken, mut bytes) = (from, 0usize, 0usize);
-    let start = st.segments.partition_point(|s| s.first_lsn() <= from) - 1;
-    for seg in &st.segments[start..] {
-        while lsn <= seg.last_lsn() {
-            let (begin, end) = seg.frame(lsn);
-            let payload = (end - begin) as usize - FRAME_HEADER_LEN;
-            if taken >= max_records || (taken > 0 && bytes + payload > max_bytes) {
-                return chunks;
-            }
-            match chunks.last_mut() {
-                Some(c) if Arc::ptr_eq(&c.file, &seg.file) => {
-                    c.end = end;
-                    c.count += 1;
-                }
-                _ => chunks.push(Chunk {
-                    path: seg.path.clone(),
-                    file: seg.file.clone(),
-                    start: begin,
-                    end,
-                    first: lsn,
-                    count: 1,
-                }),
-            }
-            taken += 1;
-            bytes += payload;
-            lsn = lsn.next();
-        }
-    }
-    chunks
 }
 
 impl WalStore for FileWal {
@@ -562,9 +488,12 @@ impl WalStore for FileWal {
                 if let Some(records) = st.cache.read(from, max_records, max_bytes) {
                     return Ok(records);
                 }
-                (plan_read(&st, from, max_records, max_bytes), st.generation)
+                (
+                    read::plan_read(&st, from, max_records, max_bytes),
+                    st.generation,
+                )
             };
-            let result = self.read_disk(&plan);
+            let result = read::read_chunks(&plan);
             // Appends only add past what was planned and removed segments
             // stay readable through their handles; only a rewrite in place
             // could have mixed old and new records (or torn one) under us.
@@ -691,75 +620,6 @@ impl WalStore for FileWal {
         let mut guard = self.lock();
         guard.check_poison()?;
         self.persist_meta(&mut guard, meta)
-    }
-}
-
-/// Recent records, a gapless run ending at the log's last record, bounded
-/// by the bytes their frames take.
-struct TailCache {
-    records: VecDeque<Record>,
-    bytes: usize,
-    limit: usize,
-}
-
-impl TailCache {
-    fn new(limit: usize) -> Self {
-        TailCache {
-            records: VecDeque::new(),
-            bytes: 0,
-            limit,
-        }
-    }
-
-    fn push(&mut self, r: Record) {
-        self.bytes += record::encoded_len(&r);
-        self.records.push_back(r);
-        while self.bytes > self.limit {
-            self.pop_front();
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some(r) = self.records.pop_front() {
-            self.bytes -= record::encoded_len(&r);
-        }
-    }
-
-    fn truncate_after(&mut self, lsn: Lsn) {
-        while self.records.back().is_some_and(|r| r.lsn > lsn) {
-            let r = self.records.pop_back().unwrap();
-            self.bytes -= record::encoded_len(&r);
-        }
-    }
-
-    fn remove_before(&mut self, lsn: Lsn) {
-        while self.records.front().is_some_and(|r| r.lsn < lsn) {
-            self.pop_front();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.records.clear();
-        self.bytes = 0;
-    }
-
-    /// The read, when the cache holds `from` (and so everything after it).
-    fn read(&self, from: Lsn, max_records: usize, max_bytes: usize) -> Option<Vec<Record>> {
-        let front = self.records.front()?.lsn;
-        if from < front {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for r in self.records.iter().skip((from.0 - front.0) as usize) {
-            if out.len() >= max_records || (!out.is_empty() && bytes + r.payload.len() > max_bytes)
-            {
-                break;
-            }
-            bytes += r.payload.len();
-            out.push(r.clone());
-        }
-        Some(out)
     }
 }
 

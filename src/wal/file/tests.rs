@@ -1,6 +1,7 @@
 use super::*;
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::thread;
 use tempfile::TempDir;
 
