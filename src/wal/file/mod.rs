@@ -27,7 +27,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 #[derive(Clone, Debug)]
 pub struct FileWalOptions {
@@ -75,9 +75,6 @@ struct State {
     persisted_history: EpochHistory,
     /// A sync round is in flight: join it instead of starting another.
     syncing: bool,
-    /// Segments rolled away from since the last sync: written to, not yet
-    /// fsynced, and no longer the one a sync fsyncs anyway.
-    unsynced: Vec<(PathBuf, Arc<File>)>,
     /// A segment file was created since the last sync; its directory entry
     /// must be durable before its records can be.
     dir_dirty: bool,
@@ -181,7 +178,6 @@ impl FileWal {
                 meta,
                 persisted_history,
                 syncing: false,
-                unsynced: Vec::new(),
                 dir_dirty: false,
                 generation: 0,
                 poisoned: None,
@@ -198,7 +194,8 @@ impl FileWal {
         self.syncs.load(Ordering::SeqCst)
     }
 
-    /// Makes the next sync round fail as if the disk reported an error.
+    /// Makes the next fsync of a segment (a sync round's, or the one before
+    /// rolling to a new segment) fail as if the disk reported an error.
     #[doc(hidden)]
     pub fn inject_sync_failure(&self) {
         self.fail_next_sync.store(true, Ordering::SeqCst);
@@ -224,10 +221,23 @@ impl FileWal {
         st
     }
 
-    /// Starts a new segment after the last record. Its file and directory
-    /// entry become durable in the next sync round, before any record in it
-    /// is reported durable.
+    /// Starts a new segment after the last record.
+    ///
+    /// The old segment is fsynced first, under the lock (once per segment,
+    /// so rarely): then only the last segment can ever hold unsynced bytes,
+    /// a crash can tear nothing but the end of the log, and recovery may
+    /// treat a bad frame anywhere else as damage. Left for the next sync
+    /// round instead, a torn end of the old segment followed by valid
+    /// frames in the new one would be indistinguishable from a damaged
+    /// record, and an ordinary crash would stop the node.
+    ///
+    /// The new file and its directory entry become durable in the next
+    /// sync round, before any record in it is reported durable.
     fn roll(&self, st: &mut State) -> Result<(), WalError> {
+        let old = st.active();
+        if let Err(why) = self.fsync(&old.path, &old.file) {
+            return Err(st.poison(why));
+        }
         let header = SegmentHeader {
             first_lsn: st.last.next(),
             base_epoch: st.last_epoch(),
@@ -237,9 +247,6 @@ impl FileWal {
             let _ = fs::remove_file(&path);
             io_err(format!("creating {}", path.display()))(e)
         })?;
-        let old = st.active();
-        let old = (old.path.clone(), old.file.clone());
-        st.unsynced.push(old);
         st.dir_dirty = true;
         st.segments.push(seg);
         Ok(())
@@ -254,15 +261,19 @@ impl FileWal {
         segment::sync_dir(&self.wal_dir)
     }
 
-    /// One sync round's I/O, run without the lock.
-    fn flush(&self, files: &[(PathBuf, Arc<File>)], dir_dirty: bool) -> Result<(), String> {
+    /// Every fsync of a segment's records goes through here, so the test
+    /// hook reaches each of them.
+    fn fsync(&self, path: &Path, file: &File) -> Result<(), String> {
         if self.fail_next_sync.swap(false, Ordering::SeqCst) {
-            return Err("injected fsync failure".into());
+            return Err(format!("injected fsync failure on {}", path.display()));
         }
-        for (path, file) in files {
-            file.sync_data()
-                .map_err(|e| format!("fsync of {} failed: {e}", path.display()))?;
-        }
+        file.sync_data()
+            .map_err(|e| format!("fsync of {} failed: {e}", path.display()))
+    }
+
+    /// One sync round's I/O, run without the lock.
+    fn flush(&self, path: &Path, file: &File, dir_dirty: bool) -> Result<(), String> {
+        self.fsync(path, file)?;
         if dir_dirty {
             segment::sync_dir(&self.wal_dir)
                 .map_err(|e| format!("fsync of {} failed: {e}", self.wal_dir.display()))?;
@@ -342,7 +353,6 @@ impl FileWal {
             }]
         });
         st.cache.clear();
-        st.unsynced.clear();
         st.dir_dirty = false;
         st.generation += 1;
         // Only so a reopen shows exactly this history: a stale copy is
@@ -443,14 +453,13 @@ impl WalStore for FileWal {
         // callers waiting behind us appended.
         st.syncing = true;
         let target = st.last;
-        let mut files = std::mem::take(&mut st.unsynced);
         let active = st.active();
-        files.push((active.path.clone(), active.file.clone()));
+        let (path, file) = (active.path.clone(), active.file.clone());
         let dir_dirty = std::mem::take(&mut st.dir_dirty);
         drop(st);
 
         self.syncs.fetch_add(1, Ordering::SeqCst);
-        let result = self.flush(&files, dir_dirty);
+        let result = self.flush(&path, &file, dir_dirty);
 
         let mut st = self.lock();
         st.syncing = false;

@@ -4,8 +4,9 @@
 //! # Torn tail or corrupt middle?
 //!
 //! A crash while appending leaves at most the last few frames of the last
-//! segment incomplete or with a bad CRC; such records were never synced, so
-//! cutting them loses nothing promised. A bad frame anywhere else is damage
+//! segment incomplete or with a bad CRC (a segment is fsynced before the
+//! next one is started, so no other can hold unsynced bytes); such records
+//! were never synced, so cutting them loses nothing promised. A bad frame anywhere else is damage
 //! to records that may have been acknowledged, and must stop the node.
 //!
 //! Heuristic: a bad frame at offset X is a torn tail only if it lies in the

@@ -623,3 +623,19 @@ fn file_wal_is_send_and_sync() {
     fn check<T: Send + Sync + 'static>() {}
     check::<FileWal>();
 }
+
+#[test]
+fn a_segment_is_made_durable_before_the_next_one_starts() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=4, 1)).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1);
+    wal.inject_sync_failure();
+    // Record 5 does not fit: rolling must fsync records 1..=4 first.
+    assert!(matches!(
+        wal.append(&[rec(5, 1)]),
+        Err(WalError::Poisoned(_))
+    ));
+    assert_eq!(wal.last_lsn(), Lsn(4));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+}
