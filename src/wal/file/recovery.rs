@@ -76,6 +76,13 @@ pub(super) fn recover(
         let is_last = i + 1 == count;
         let data = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
         let header = match SegmentHeader::decode(&data) {
+            Ok(h) if h.first_lsn == Lsn::ZERO => {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    "a segment cannot start at record 0".into(),
+                ));
+            }
             Ok(h) if h.first_lsn == name_lsn => h,
             Ok(h) => {
                 let detail = format!(
