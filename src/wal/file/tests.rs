@@ -639,3 +639,20 @@ fn a_segment_is_made_durable_before_the_next_one_starts() {
     assert_eq!(wal.last_lsn(), Lsn(4));
     assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
 }
+
+#[test]
+fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir_all(dir.path().join("wal")).unwrap();
+    let bad = dir.path().join("wal").join(segment::file_name(Lsn::ZERO));
+    let header = SegmentHeader {
+        first_lsn: Lsn::ZERO,
+        base_epoch: Epoch::ZERO,
+    };
+    fs::write(&bad, header.encode()).unwrap();
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, bad),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
