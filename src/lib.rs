@@ -32,4 +32,4 @@ pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
 pub use state_machine::{Snapshot, StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, Peer, ReplicationService};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
-pub use wal::{MemWal, WalError, WalMeta, WalStore};
+pub use wal::{FileWal, FileWalOptions, MemWal, WalError, WalMeta, WalStore};

@@ -1,9 +1,11 @@
 //! The write-ahead log: the trait the replication logic reads and writes
 //! through, a durable segmented file implementation and an in-memory one.
 
+mod file;
 mod mem;
 pub mod record;
 
+pub use file::{FileWal, FileWalOptions};
 pub use mem::MemWal;
 
 use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};

@@ -1,0 +1,253 @@
+//! `dir/meta`: the `WalMeta` plus the epoch history, all little-endian:
+//!
+//! ```text
+//! | magic "WALRMETA" | version: u32 | epoch: u64 | has_leader: u8 | leader_len: u32 | leader: UTF-8 |
+//! | entries: u32 | entries × (epoch: u64, first_lsn: u64) | crc32c of everything before: u32 |
+//! ```
+//!
+//! The history is here because segments forget it: once old segments are
+//! removed, nothing else says where the epochs before the first retained
+//! record began. Recovery trusts it only up to the first segment's base
+//! record (see `recovery::merge_history`), so a copy that lags the log is
+//! harmless. Binary, because a leader name may hold any character.
+
+use super::super::{WalError, WalMeta};
+use super::io_err;
+use super::segment::sync_dir;
+use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: [u8; 8] = *b"WALRMETA";
+const VERSION: u32 = 1;
+const FILE: &str = "meta";
+const TMP: &str = "meta.tmp";
+
+pub(super) fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+pub(super) fn tmp_path(dir: &Path) -> PathBuf {
+    dir.join(TMP)
+}
+
+pub(super) fn encode(meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + history.0.len() * 16);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&meta.epoch.0.to_le_bytes());
+    let leader = meta.leader.as_ref().map_or("", |l| l.0.as_str());
+    b.push(meta.leader.is_some() as u8);
+    b.extend_from_slice(&(leader.len() as u32).to_le_bytes());
+    b.extend_from_slice(leader.as_bytes());
+    b.extend_from_slice(&(history.0.len() as u32).to_le_bytes());
+    for e in &history.0 {
+        b.extend_from_slice(&e.epoch.0.to_le_bytes());
+        b.extend_from_slice(&e.first_lsn.0.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Reads the meta file, `None` when there is none yet (a log that never
+/// called `set_meta`). A damaged file is an error, never a silent reset: the
+/// epoch in it is what keeps a deposed primary fenced.
+pub(super) fn load(dir: &Path) -> Result<Option<(WalMeta, EpochHistory)>, WalError> {
+    let path = path(dir);
+    match fs::read(&path) {
+        Ok(buf) => decode(&buf, &path).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Writes and fsyncs `meta.tmp`. Failing here leaves `meta` as it was.
+pub(super) fn write_tmp(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
+    let tmp = tmp_path(dir);
+    let result = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    result.map_err(io_err(format!("writing {}", tmp.display())))
+}
+
+/// Renames `meta.tmp` over `meta` and makes the rename durable. Failing
+/// here leaves it unknown which of the two a restart will find.
+pub(super) fn replace(dir: &Path) -> Result<(), WalError> {
+    let target = path(dir);
+    fs::rename(tmp_path(dir), &target)
+        .and_then(|()| sync_dir(dir))
+        .map_err(io_err(format!("replacing {}", target.display())))
+}
+
+pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory), WalError> {
+    let corrupt = |offset: usize, detail: String| WalError::Corrupt {
+        segment: path.to_path_buf(),
+        offset: offset as u64,
+        detail,
+    };
+    if buf.len() < MAGIC.len() || buf[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(
+            0,
+            "not a walrep meta file (bad magic bytes)".into(),
+        ));
+    }
+    if buf.len() < MAGIC.len() + 4 + 4 {
+        return Err(corrupt(
+            0,
+            format!("meta file truncated to {} bytes", buf.len()),
+        ));
+    }
+    let body_len = buf.len() - 4;
+    let stored = u32::from_le_bytes(buf[body_len..].try_into().unwrap());
+    let computed = crc32c::crc32c(&buf[..body_len]);
+    if stored != computed {
+        return Err(corrupt(
+            body_len,
+            format!("meta checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+        ));
+    }
+    let mut r = Reader {
+        buf: &buf[..body_len],
+        pos: MAGIC.len(),
+    };
+    let version = r
+        .u32()
+        .map_err(|o| corrupt(o, "meta file ends inside the version".into()))?;
+    if version != VERSION {
+        return Err(corrupt(
+            MAGIC.len(),
+            format!("meta format version {version} is not supported (this build reads {VERSION})"),
+        ));
+    }
+    let truncated = |what: &str| {
+        let what = what.to_string();
+        move |o: usize| corrupt(o, format!("meta file ends inside {what}"))
+    };
+    let epoch = Epoch(r.u64().map_err(truncated("the epoch"))?);
+    let flag_at = r.pos;
+    let has_leader = r.bytes(1).map_err(truncated("the leader"))?[0];
+    let leader_len = r.u32().map_err(truncated("the leader"))? as usize;
+    let name_at = r.pos;
+    let name = r.bytes(leader_len).map_err(truncated("the leader"))?;
+    let leader = match has_leader {
+        0 if leader_len == 0 => None,
+        1 => Some(NodeId(String::from_utf8(name.to_vec()).map_err(|_| {
+            corrupt(name_at, "leader name is not UTF-8".into())
+        })?)),
+        _ => return Err(corrupt(flag_at, format!("bad leader flag {has_leader}"))),
+    };
+    let count = r.u32().map_err(truncated("the history"))?;
+    let mut history = EpochHistory::default();
+    for _ in 0..count {
+        let at = r.pos;
+        let epoch = Epoch(r.u64().map_err(truncated("the history"))?);
+        let first_lsn = Lsn(r.u64().map_err(truncated("the history"))?);
+        // `EpochHistory::note` would panic on these; the file must not be
+        // able to crash the node.
+        if let Some(prev) = history.0.last()
+            && (epoch <= prev.epoch || first_lsn < prev.first_lsn)
+        {
+            return Err(corrupt(
+                at,
+                format!(
+                    "epoch history goes backwards: epoch {epoch} at {first_lsn} after epoch {} at {}",
+                    prev.epoch, prev.first_lsn
+                ),
+            ));
+        }
+        history.0.push(EpochStart { epoch, first_lsn });
+    }
+    if r.pos != body_len {
+        return Err(corrupt(
+            r.pos,
+            format!("{} unexpected bytes after the history", body_len - r.pos),
+        ));
+    }
+    Ok((WalMeta { epoch, leader }, history))
+}
+
+/// A cursor whose errors are the offset where the input ran out.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], usize> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or(self.pos)?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn u32(&mut self) -> Result<u32, usize> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().unwrap()))
+    }
+
+    fn u64(&mut self) -> Result<u64, usize> {
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (WalMeta, EpochHistory) {
+        let meta = WalMeta {
+            epoch: Epoch(9),
+            leader: Some(NodeId("node b\nwith odd chars ✓".into())),
+        };
+        let history = EpochHistory(vec![
+            EpochStart {
+                epoch: Epoch(1),
+                first_lsn: Lsn(1),
+            },
+            EpochStart {
+                epoch: Epoch(4),
+                first_lsn: Lsn(77),
+            },
+        ]);
+        (meta, history)
+    }
+
+    #[test]
+    fn round_trips_with_and_without_leader() {
+        let (mut meta, history) = sample();
+        let p = Path::new("/x/meta");
+        assert_eq!(
+            decode(&encode(&meta, &history), p).unwrap(),
+            (meta.clone(), history.clone())
+        );
+        meta.leader = None;
+        let empty = EpochHistory::default();
+        assert_eq!(decode(&encode(&meta, &empty), p).unwrap(), (meta, empty));
+    }
+
+    #[test]
+    fn every_flipped_bit_and_every_cut_is_refused() {
+        let (meta, history) = sample();
+        let buf = encode(&meta, &history);
+        let p = Path::new("/x/meta");
+        for bit in 0..buf.len() * 8 {
+            let mut bad = buf.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                matches!(decode(&bad, p), Err(WalError::Corrupt { .. })),
+                "bit {bit}"
+            );
+        }
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut], p).is_err(), "cut at {cut}");
+        }
+    }
+}

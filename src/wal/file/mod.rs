@@ -1,0 +1,646 @@
+//! `FileWal`: the durable `WalStore`, a directory of segment files.
+//!
+//! ```text
+//! dir/meta                          WalMeta + epoch history (meta.rs)
+//! dir/wal/<first lsn, 20 digits>.seg   header + frames (segment.rs)
+//! ```
+//!
+//! One lock guards the in-memory state; the slow parts (fsync, reads of
+//! old records) run outside it on shared file handles so appends keep
+//! flowing. Operations that rewrite the log (truncate, reset) are rare and
+//! keep the lock for their I/O, which makes them simple to reason about.
+
+mod cache;
+mod meta;
+mod read;
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use super::record;
+use super::{WalError, WalMeta, WalStore, check_append};
+use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, Record};
+use cache::TailCache;
+use segment::{Segment, SegmentHeader};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[derive(Clone, Debug)]
+pub struct FileWalOptions {
+    /// A segment takes no more appends once they would make it larger than
+    /// this (a single bigger batch still gets a segment of its own).
+    /// Retention removes whole segments, so this is its granularity.
+    pub segment_bytes: u64,
+    /// Largest payload `append` accepts.
+    pub max_record_bytes: usize,
+    /// Recent records kept in memory so standbys that keep up never make
+    /// `read` touch the disk.
+    pub tail_cache_bytes: usize,
+}
+
+impl Default for FileWalOptions {
+    fn default() -> Self {
+        FileWalOptions {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 4 << 20,
+            tail_cache_bytes: 16 << 20,
+        }
+    }
+}
+
+pub struct FileWal {
+    dir: PathBuf,
+    wal_dir: PathBuf,
+    opts: FileWalOptions,
+    state: Mutex<State>,
+    /// Signalled when a sync round ends, for callers waiting to join one.
+    sync_done: Condvar,
+    syncs: AtomicU64,
+    fail_next_sync: AtomicBool,
+}
+
+struct State {
+    /// Never empty: the last one is where appends go.
+    segments: Vec<Segment>,
+    cache: TailCache,
+    history: EpochHistory,
+    last: Lsn,
+    flushed: Lsn,
+    meta: WalMeta,
+    /// What `dir/meta` holds, to skip rewriting it when retention runs.
+    persisted_history: EpochHistory,
+    /// A sync round is in flight: join it instead of starting another.
+    syncing: bool,
+    /// A segment file was created since the last sync; its directory entry
+    /// must be durable before its records can be.
+    dir_dirty: bool,
+    /// Bumped whenever records are rewritten in place (truncate, reset), so
+    /// a read done outside the lock can tell it may have seen a mix.
+    generation: u64,
+    poisoned: Option<String>,
+}
+
+impl State {
+    fn first_lsn(&self) -> Lsn {
+        self.segments[0].first_lsn()
+    }
+
+    fn last_epoch(&self) -> Epoch {
+        self.history.last_epoch().unwrap_or(Epoch::ZERO)
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a FileWal always has a segment")
+    }
+
+    fn check_poison(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(why) => Err(WalError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failure that leaves the files in a state memory no longer
+    /// describes, nothing more may be written or promised.
+    fn poison(&mut self, why: String) -> WalError {
+        tracing::error!("WAL poisoned: {why}");
+        self.poisoned = Some(why.clone());
+        WalError::Poisoned(why)
+    }
+}
+
+impl FileWal {
+    /// Opens (creating if needed) the log in `dir`, recovering it from the
+    /// files there: see `recovery` for what is verified and what is cut.
+    pub fn open(dir: impl AsRef<Path>, opts: FileWalOptions) -> Result<FileWal, WalError> {
+        let dir = dir.as_ref().to_path_buf();
+        let wal_dir = dir.join("wal");
+        fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
+        let (meta, persisted_history) = meta::load(&dir)?.unwrap_or_default();
+        let mut cache = TailCache::new(opts.tail_cache_bytes);
+        let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache)?;
+
+        // Leftovers of writes a crash interrupted; the files they were
+        // meant to replace are intact.
+        let stale = [Some(meta::tmp_path(&dir)), rec.stale_pending];
+        for path in stale.into_iter().flatten() {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(format!("removing {}", path.display()))(e));
+                }
+                _ => {}
+            }
+        }
+
+        let (segments, history, last) = if rec.segments.is_empty() {
+            let header = SegmentHeader {
+                first_lsn: Lsn(1),
+                base_epoch: Epoch::ZERO,
+            };
+            let seg = segment::write_pending(&wal_dir, header)
+                .and_then(|()| segment::commit_pending(&wal_dir, header))
+                .map_err(io_err(format!(
+                    "creating the first segment in {}",
+                    wal_dir.display()
+                )))?;
+            (vec![seg], EpochHistory::default(), Lsn::ZERO)
+        } else {
+            (rec.segments, rec.history, rec.last)
+        };
+
+        // Whatever recovery kept is what the log holds from now on, so it
+        // must be on disk even if the crash came before its sync.
+        for seg in &segments {
+            seg.file
+                .sync_all()
+                .map_err(io_err(format!("syncing {}", seg.path.display())))?;
+        }
+        segment::sync_dir(&wal_dir)
+            .and_then(|()| segment::sync_dir(&dir))
+            .map_err(io_err(format!("syncing {}", wal_dir.display())))?;
+
+        Ok(FileWal {
+            dir,
+            wal_dir,
+            opts,
+            state: Mutex::new(State {
+                segments,
+                cache,
+                history,
+                last,
+                flushed: last,
+                meta,
+                persisted_history,
+                syncing: false,
+                dir_dirty: false,
+                generation: 0,
+                poisoned: None,
+            }),
+            sync_done: Condvar::new(),
+            syncs: AtomicU64::new(0),
+            fail_next_sync: AtomicBool::new(false),
+        })
+    }
+
+    /// How many sync rounds reached the disk; one round fsyncs every file
+    /// that needs it on behalf of all the callers that joined it.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next fsync of a segment (a sync round's, or the one before
+    /// rolling to a new segment) fail as if the disk reported an error.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("FileWal state lock poisoned by a panic")
+    }
+
+    /// The lock, once no sync round is in flight: a round publishes its
+    /// LSN when it ends, which would be wrong after a truncation or reset
+    /// replaced the records it covered.
+    fn lock_idle(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        while st.syncing {
+            st = self
+                .sync_done
+                .wait(st)
+                .expect("FileWal state lock poisoned");
+        }
+        st
+    }
+
+    /// Starts a new segment after the last record.
+    ///
+    /// The old segment is fsynced first, under the lock (once per segment,
+    /// so rarely): then only the last segment can ever hold unsynced bytes,
+    /// a crash can tear nothing but the end of the log, and recovery may
+    /// treat a bad frame anywhere else as damage. Left for the next sync
+    /// round instead, a torn end of the old segment followed by valid
+    /// frames in the new one would be indistinguishable from a damaged
+    /// record, and an ordinary crash would stop the node.
+    ///
+    /// The new file and its directory entry become durable in the next
+    /// sync round, before any record in it is reported durable.
+    fn roll(&self, st: &mut State) -> Result<(), WalError> {
+        let old = st.active();
+        if let Err(why) = self.fsync(&old.path, &old.file) {
+            return Err(st.poison(why));
+        }
+        let header = SegmentHeader {
+            first_lsn: st.last.next(),
+            base_epoch: st.last_epoch(),
+        };
+        let path = self.wal_dir.join(segment::file_name(header.first_lsn));
+        let seg = Segment::create(path.clone(), header).map_err(|e| {
+            let _ = fs::remove_file(&path);
+            io_err(format!("creating {}", path.display()))(e)
+        })?;
+        st.dir_dirty = true;
+        st.segments.push(seg);
+        Ok(())
+    }
+
+    /// Removes one segment file durably before the next is touched: the
+    /// callers remove from one end of the log, and a crash that kept a
+    /// later removal but lost an earlier one would leave a gap that
+    /// recovery must refuse. Removals are rare, so the fsyncs are cheap.
+    fn remove_segment(&self, path: &Path) -> std::io::Result<()> {
+        fs::remove_file(path)?;
+        segment::sync_dir(&self.wal_dir)
+    }
+
+    /// Every fsync of a segment's records goes through here, so the test
+    /// hook reaches each of them.
+    fn fsync(&self, path: &Path, file: &File) -> Result<(), String> {
+        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            return Err(format!("injected fsync failure on {}", path.display()));
+        }
+        file.sync_data()
+            .map_err(|e| format!("fsync of {} failed: {e}", path.display()))
+    }
+
+    /// One sync round's I/O, run without the lock.
+    fn flush(&self, path: &Path, file: &File, dir_dirty: bool) -> Result<(), String> {
+        self.fsync(path, file)?;
+        if dir_dirty {
+            segment::sync_dir(&self.wal_dir)
+                .map_err(|e| format!("fsync of {} failed: {e}", self.wal_dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn truncate_locked(&self, st: &mut State, lsn: Lsn) -> Result<(), WalError> {
+        // Newest first: a crash part-way leaves a gapless prefix of the log,
+        // which recovery accepts; cutting the segment holding `lsn` first
+        // would leave a gap before the later ones.
+        while st.segments.len() > 1 && st.active().first_lsn() > lsn {
+            let path = st.active().path.clone();
+            if let Err(e) = self.remove_segment(&path) {
+                return Err(st.poison(format!(
+                    "truncation could not remove {}: {e}",
+                    path.display()
+                )));
+            }
+            st.segments.pop();
+        }
+        let seg = st.active();
+        if seg.last_lsn() > lsn {
+            let keep = (lsn.0 + 1 - seg.first_lsn().0) as usize;
+            let end = seg.offsets[keep];
+            if let Err(e) = seg.file.set_len(end).and_then(|()| seg.file.sync_all()) {
+                let why = format!("truncation of {} failed: {e}", seg.path.display());
+                return Err(st.poison(why));
+            }
+            seg.offsets.truncate(keep);
+            seg.len = end;
+        }
+        st.last = lsn;
+        st.flushed = st.flushed.min(lsn);
+        st.history.truncate_after(lsn);
+        st.cache.truncate_after(lsn);
+        st.generation += 1;
+        Ok(())
+    }
+
+    fn reset_locked(&self, st: &mut State, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
+        let header = SegmentHeader {
+            first_lsn: base.next(),
+            base_epoch,
+        };
+        segment::write_pending(&self.wal_dir, header).map_err(io_err(format!(
+            "preparing a new segment in {}",
+            self.wal_dir.display()
+        )))?;
+        // Newest first, as in truncation: until the rename below, a crash
+        // leaves a prefix of the old log and recovery drops the new file.
+        while let Some(seg) = st.segments.last() {
+            if let Err(e) = self.remove_segment(&seg.path) {
+                let why = format!("reset could not remove {}: {e}", seg.path.display());
+                return Err(st.poison(why));
+            }
+            st.segments.pop();
+        }
+        match segment::commit_pending(&self.wal_dir, header) {
+            Ok(seg) => st.segments.push(seg),
+            Err(e) => {
+                let why = format!(
+                    "reset could not install its segment in {}: {e}",
+                    self.wal_dir.display()
+                );
+                return Err(st.poison(why));
+            }
+        }
+        st.last = base;
+        st.flushed = base;
+        st.history = EpochHistory(if base == Lsn::ZERO {
+            Vec::new()
+        } else {
+            vec![EpochStart {
+                epoch: base_epoch,
+                first_lsn: base,
+            }]
+        });
+        st.cache.clear();
+        st.dir_dirty = false;
+        st.generation += 1;
+        // Only so a reopen shows exactly this history: a stale copy is
+        // already harmless (recovery drops one that disagrees with the new
+        // base), so failing here does not undo or fail the reset.
+        let meta = st.meta.clone();
+        if let Err(e) = self.persist_meta(st, &meta) {
+            tracing::warn!(
+                "WAL reset done, but recording its history in the meta file failed: {e}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `meta` with the current history. Runs under the state lock:
+    /// meta changes are rare (epoch changes, retention), and that keeps
+    /// the file's history in step with memory without a second lock.
+    fn persist_meta(&self, st: &mut State, meta: &WalMeta) -> Result<(), WalError> {
+        meta::write_tmp(&self.dir, &meta::encode(meta, &st.history))?;
+        if let Err(e) = meta::replace(&self.dir) {
+            return Err(st.poison(format!("{e}; the meta file on disk may be old or new")));
+        }
+        st.meta = meta.clone();
+        st.persisted_history = st.history.clone();
+        Ok(())
+    }
+}
+
+impl WalStore for FileWal {
+    fn append(&self, records: &[Record]) -> Result<(), WalError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.check_poison()?;
+        let limit = self.opts.max_record_bytes;
+        if let Some(r) = records.iter().find(|r| r.payload.len() > limit) {
+            return Err(WalError::TooLarge {
+                size: r.payload.len(),
+                limit,
+            });
+        }
+        check_append(st.last, st.last_epoch(), records)?;
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let batch: usize = records.iter().map(record::encoded_len).sum();
+        let active = st.active();
+        if !active.offsets.is_empty() && active.len + batch as u64 > self.opts.segment_bytes {
+            self.roll(st)?;
+        }
+        let seg = st.active();
+        let start = seg.len;
+        let mut buf = Vec::with_capacity(batch);
+        let mut offsets = Vec::with_capacity(records.len());
+        for r in records {
+            offsets.push(start + buf.len() as u64);
+            record::encode(r, &mut buf);
+        }
+        if let Err(e) = seg.file.write_all_at(&buf, start) {
+            // A partial write can leave whole frames past `start`; if a
+            // later, shorter batch did not cover them, recovery would
+            // take them for records that follow it.
+            let err = io_err(format!("appending to {}", seg.path.display()))(e);
+            if let Err(cut) = seg.file.set_len(start) {
+                let why = format!("{err}, and cutting the partial write failed: {cut}");
+                return Err(st.poison(why));
+            }
+            return Err(err);
+        }
+        seg.offsets.extend(offsets);
+        seg.len = start + buf.len() as u64;
+        st.last = last.lsn;
+        for r in records {
+            st.history.note(r.lsn, r.epoch);
+            st.cache.push(r.clone());
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<Lsn, WalError> {
+        let mut st = self.lock();
+        let wanted = st.last;
+        loop {
+            st.check_poison()?;
+            // `min`: a truncation while we waited may have removed records
+            // we wanted; later ones are not ours to wait for.
+            if st.flushed >= wanted.min(st.last) {
+                return Ok(st.flushed);
+            }
+            if !st.syncing {
+                break;
+            }
+            st = self
+                .sync_done
+                .wait(st)
+                .expect("FileWal state lock poisoned");
+        }
+        // Lead a round for everything appended so far, including what
+        // callers waiting behind us appended.
+        st.syncing = true;
+        let target = st.last;
+        let active = st.active();
+        let (path, file) = (active.path.clone(), active.file.clone());
+        let dir_dirty = std::mem::take(&mut st.dir_dirty);
+        drop(st);
+
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        let result = self.flush(&path, &file, dir_dirty);
+
+        let mut st = self.lock();
+        st.syncing = false;
+        let out = match result {
+            Ok(()) => {
+                st.flushed = st.flushed.max(target);
+                Ok(st.flushed)
+            }
+            // The kernel may have dropped the dirty pages and marked them
+            // clean, so a retry could "succeed" without the data: never
+            // trust this log again in this process.
+            Err(why) => Err(st.poison(why)),
+        };
+        drop(st);
+        self.sync_done.notify_all();
+        out
+    }
+
+    fn read(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, WalError> {
+        loop {
+            let (plan, generation) = {
+                let st = self.lock();
+                if from > st.last {
+                    return Ok(Vec::new());
+                }
+                let first = st.first_lsn();
+                if from < first {
+                    return Err(WalError::NotRetained { lsn: from, first });
+                }
+                if let Some(records) = st.cache.read(from, max_records, max_bytes) {
+                    return Ok(records);
+                }
+                (
+                    read::plan_read(&st, from, max_records, max_bytes),
+                    st.generation,
+                )
+            };
+            let result = read::read_chunks(&plan);
+            // Appends only add past what was planned and removed segments
+            // stay readable through their handles; only a rewrite in place
+            // could have mixed old and new records (or torn one) under us.
+            if self.lock().generation == generation {
+                return result;
+            }
+        }
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.lock().last
+    }
+
+    fn flushed_lsn(&self) -> Lsn {
+        self.lock().flushed
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.lock().first_lsn()
+    }
+
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        let st = self.lock();
+        if lsn == Lsn::ZERO {
+            return Some(Epoch::ZERO);
+        }
+        if lsn > st.last {
+            return None;
+        }
+        st.history.epoch_at(lsn)
+    }
+
+    fn history(&self) -> EpochHistory {
+        self.lock().history.clone()
+    }
+
+    fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError> {
+        let mut guard = self.lock_idle();
+        let st = &mut *guard;
+        st.check_poison()?;
+        let last = st.last;
+        if lsn >= last {
+            return Ok(0);
+        }
+        let first = st.first_lsn();
+        if lsn < first {
+            // Nothing retained survives: the log restarts after `lsn`.
+            let epoch = match lsn {
+                Lsn::ZERO => Epoch::ZERO,
+                _ => st
+                    .history
+                    .epoch_at(lsn)
+                    .unwrap_or(st.segments[0].header.base_epoch),
+            };
+            self.reset_locked(st, lsn, epoch)?;
+            return Ok(last.0 - first.prev().0);
+        }
+        self.truncate_locked(st, lsn)?;
+        Ok(last.0 - lsn.0)
+    }
+
+    fn remove_before(&self, lsn: Lsn) -> Result<(), WalError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.check_poison()?;
+        let limit = lsn.prev().min(st.flushed);
+        let count = st.segments[..st.segments.len() - 1]
+            .iter()
+            .take_while(|s| s.last_lsn() <= limit)
+            .count();
+        if count == 0 {
+            return Ok(());
+        }
+        // The removed records take their epochs with them; the meta file
+        // must know them first so `epoch_at` still answers after a restart.
+        if st.persisted_history != st.history {
+            let meta = st.meta.clone();
+            self.persist_meta(st, &meta)?;
+        }
+        // Oldest first, so what remains is always a gapless suffix.
+        for _ in 0..count {
+            let path = st.segments[0].path.clone();
+            let what = || format!("removing {}", path.display());
+            fs::remove_file(&path).map_err(io_err(what()))?;
+            st.segments.remove(0);
+            let first = st.first_lsn();
+            st.cache.remove_before(first);
+            segment::sync_dir(&self.wal_dir).map_err(io_err(what()))?;
+        }
+        Ok(())
+    }
+
+    fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
+        let mut guard = self.lock_idle();
+        guard.check_poison()?;
+        self.reset_locked(&mut guard, base, base_epoch)
+    }
+
+    fn bytes_from(&self, from: Lsn) -> u64 {
+        let st = self.lock();
+        if from > st.last {
+            return 0;
+        }
+        let from = from.max(st.first_lsn());
+        st.segments
+            .iter()
+            .filter(|s| s.last_lsn() >= from)
+            .map(|s| {
+                let start = if s.first_lsn() >= from {
+                    segment::HEADER_LEN
+                } else {
+                    s.frame(from).0
+                };
+                s.len - start
+            })
+            .sum()
+    }
+
+    fn meta(&self) -> WalMeta {
+        self.lock().meta.clone()
+    }
+
+    fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {
+        let mut guard = self.lock();
+        guard.check_poison()?;
+        self.persist_meta(&mut guard, meta)
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WalError {
+    let what = what.into();
+    move |source| WalError::Io { what, source }
+}
+
+fn corrupt(segment: &Path, offset: u64, detail: String) -> WalError {
+    WalError::Corrupt {
+        segment: segment.to_path_buf(),
+        offset,
+        detail,
+    }
+}

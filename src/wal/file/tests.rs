@@ -1,0 +1,658 @@
+use super::*;
+use bytes::Bytes;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::thread;
+use tempfile::TempDir;
+
+fn rec(lsn: u64, epoch: u64) -> Record {
+    Record {
+        lsn: Lsn(lsn),
+        epoch: Epoch(epoch),
+        payload: Bytes::from(format!("record {lsn:04} of epoch {epoch}")),
+    }
+}
+
+/// Every record the same size, so tests can compute frame offsets.
+fn frame_len() -> u64 {
+    record::encoded_len(&rec(1, 1)) as u64
+}
+
+fn recs(lsns: std::ops::RangeInclusive<u64>, epoch: u64) -> Vec<Record> {
+    lsns.map(|l| rec(l, epoch)).collect()
+}
+
+fn tiny() -> FileWalOptions {
+    FileWalOptions {
+        segment_bytes: 256,
+        ..FileWalOptions::default()
+    }
+}
+
+fn open(dir: &TempDir, opts: FileWalOptions) -> FileWal {
+    FileWal::open(dir.path(), opts).expect("open")
+}
+
+fn all(wal: &FileWal) -> Vec<Record> {
+    wal.read(wal.first_lsn(), usize::MAX, usize::MAX).unwrap()
+}
+
+fn segment_files(dir: &TempDir) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn history(entries: &[(u64, u64)]) -> EpochHistory {
+    EpochHistory(
+        entries
+            .iter()
+            .map(|&(e, l)| EpochStart {
+                epoch: Epoch(e),
+                first_lsn: Lsn(l),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn reopen_after_clean_close_returns_the_same_log() {
+    let dir = TempDir::new().unwrap();
+    let meta = WalMeta {
+        epoch: Epoch(2),
+        leader: Some("node-a".into()),
+    };
+    let expected = [recs(1..=5, 1), recs(6..=9, 2)].concat();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&expected[..5]).unwrap();
+        wal.append(&expected[5..]).unwrap();
+        wal.set_meta(&meta).unwrap();
+        assert_eq!(wal.sync().unwrap(), Lsn(9));
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(all(&wal), expected);
+    assert_eq!(wal.history(), history(&[(1, 1), (2, 6)]));
+    assert_eq!(wal.meta(), meta);
+    assert_eq!(wal.last_lsn(), Lsn(9));
+    assert_eq!(wal.flushed_lsn(), Lsn(9));
+    assert_eq!(wal.first_lsn(), Lsn(1));
+    assert_eq!(wal.epoch_at(Lsn(5)), Some(Epoch(1)));
+    assert_eq!(wal.epoch_at(Lsn(10)), None);
+    assert_eq!(wal.bytes_from(Lsn(8)), 2 * frame_len());
+}
+
+#[test]
+fn a_fresh_log_is_empty_and_checks_appends() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(1), Lsn::ZERO));
+    assert_eq!(wal.epoch_at(Lsn::ZERO), Some(Epoch::ZERO));
+    assert!(wal.read(Lsn(1), 10, 10).unwrap().is_empty());
+    assert!(matches!(
+        wal.append(&[rec(2, 1)]),
+        Err(WalError::OutOfOrder { .. })
+    ));
+    let big = Record {
+        payload: Bytes::from(vec![0; 4 << 20 | 1]),
+        ..rec(1, 1)
+    };
+    assert!(matches!(wal.append(&[big]), Err(WalError::TooLarge { .. })));
+    wal.append(&[rec(1, 2)]).unwrap();
+    assert!(matches!(
+        wal.append(&[rec(2, 1)]),
+        Err(WalError::EpochRegression { .. })
+    ));
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_appends_continue() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = &segment_files(&dir)[0];
+    let len = fs::metadata(seg).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert_eq!(wal.last_lsn(), Lsn(9));
+        assert_eq!(all(&wal), recs(1..=9, 1));
+        assert_eq!(fs::metadata(seg).unwrap().len(), len - frame_len());
+        let replacement = Record {
+            payload: Bytes::from_static(b"written again"),
+            ..rec(10, 1)
+        };
+        wal.append(&[replacement.clone(), rec(11, 1)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(wal.last_lsn(), Lsn(11));
+    assert_eq!(
+        wal.read(Lsn(10), 1, usize::MAX).unwrap()[0].payload,
+        "written again"
+    );
+}
+
+#[test]
+fn a_bad_crc_in_the_last_record_is_cut_as_a_torn_write() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=4, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = &segment_files(&dir)[0];
+    flip_bit(seg, segment::HEADER_LEN + 3 * frame_len() + 30);
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(all(&wal), recs(1..=3, 1));
+}
+
+#[test]
+fn a_flipped_bit_in_a_middle_record_fails_open_precisely() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=10, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let seg = segment_files(&dir)[0].clone();
+    let record_5 = segment::HEADER_LEN + 4 * frame_len();
+    flip_bit(&seg, record_5 + 30);
+    let before = fs::read(&seg).unwrap();
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => {
+            assert_eq!(segment, seg);
+            assert_eq!(offset, record_5);
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+    assert_eq!(
+        fs::read(&seg).unwrap(),
+        before,
+        "a failed open modified the segment"
+    );
+}
+
+#[test]
+fn a_damaged_record_at_the_end_of_an_older_segment_fails_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, tiny());
+        for l in 1..=12 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let files = segment_files(&dir);
+    assert!(files.len() > 2);
+    let seg = &files[0];
+    let last_frame = fs::metadata(seg).unwrap().len() - frame_len();
+    flip_bit(seg, last_frame + 30);
+    match FileWal::open(dir.path(), tiny()) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => {
+            assert_eq!((&segment, offset), (seg, last_frame));
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
+
+#[test]
+fn a_record_damaged_after_open_is_never_returned() {
+    let dir = TempDir::new().unwrap();
+    let opts = FileWalOptions {
+        tail_cache_bytes: 0,
+        ..FileWalOptions::default()
+    };
+    let wal = open(&dir, opts);
+    wal.append(&recs(1..=10, 1)).unwrap();
+    wal.sync().unwrap();
+    let seg = segment_files(&dir)[0].clone();
+    let record_3 = segment::HEADER_LEN + 2 * frame_len();
+    flip_bit(&seg, record_3 + 30);
+    assert_eq!(wal.read(Lsn(1), 2, usize::MAX).unwrap(), recs(1..=2, 1));
+    for from in [1, 3] {
+        match wal.read(Lsn(from), usize::MAX, usize::MAX) {
+            Err(WalError::Corrupt {
+                segment, offset, ..
+            }) => {
+                assert_eq!((segment, offset), (seg.clone(), record_3));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        wal.read(Lsn(4), usize::MAX, usize::MAX).unwrap(),
+        recs(4..=10, 1)
+    );
+}
+
+#[test]
+fn reads_respect_the_limits_and_the_cache_matches_the_disk() {
+    let dir = TempDir::new().unwrap();
+    let payload = rec(1, 1).payload.len();
+    let cached = open(&dir, tiny());
+    let uncached_dir = TempDir::new().unwrap();
+    let uncached = open(
+        &uncached_dir,
+        FileWalOptions {
+            tail_cache_bytes: 0,
+            ..tiny()
+        },
+    );
+    for wal in [&cached, &uncached] {
+        for l in 1..=20 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        assert_eq!(wal.read(Lsn(3), 4, usize::MAX).unwrap(), recs(3..=6, 1));
+        assert_eq!(wal.read(Lsn(3), 100, 3 * payload).unwrap(), recs(3..=5, 1));
+        // At least one record, whatever the byte limit.
+        assert_eq!(wal.read(Lsn(20), 100, 1).unwrap(), recs(20..=20, 1));
+        assert!(wal.read(Lsn(21), 100, usize::MAX).unwrap().is_empty());
+        assert!(wal.read(Lsn(3), 0, usize::MAX).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn group_commit_shares_fsyncs_and_loses_nothing() {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 200;
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Arc::new(open(&dir, FileWalOptions::default()));
+        let order = Arc::new(Mutex::new(()));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (wal, order) = (wal.clone(), order.clone());
+                thread::spawn(move || {
+                    for _ in 0..EACH {
+                        let lsn = {
+                            let _turn = order.lock().unwrap();
+                            let lsn = wal.last_lsn().next();
+                            wal.append(&[rec(lsn.0, 1)]).unwrap();
+                            lsn
+                        };
+                        let flushed = wal.sync().unwrap();
+                        assert!(flushed >= lsn, "sync returned {flushed} before {lsn}");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let syncs = wal.sync_count();
+        assert!(
+            syncs < THREADS * EACH,
+            "{syncs} fsyncs for {} appends",
+            THREADS * EACH
+        );
+        assert_eq!(wal.flushed_lsn(), Lsn(THREADS * EACH));
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(all(&wal), recs(1..=THREADS * EACH, 1));
+}
+
+#[test]
+fn truncate_after_then_append_continues_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, tiny());
+        for l in 1..=30 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+        let segments = segment_files(&dir).len();
+        // 10 is mid-segment: the frames of 11 and 12 must go from its file,
+        // or a reopen would find them still following 10.
+        assert_eq!(wal.truncate_after(Lsn(10)).unwrap(), 20);
+        assert!(segment_files(&dir).len() < segments);
+        assert_eq!(wal.last_lsn(), Lsn(10));
+        assert_eq!(wal.flushed_lsn(), Lsn(10));
+        assert_eq!(wal.truncate_after(Lsn(10)).unwrap(), 0);
+        assert_eq!(all(&wal), recs(1..=10, 1));
+    }
+    {
+        let wal = open(&dir, tiny());
+        assert_eq!(all(&wal), recs(1..=10, 1));
+        wal.append(&recs(11..=13, 2)).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, tiny());
+    assert_eq!(all(&wal), [recs(1..=10, 1), recs(11..=13, 2)].concat());
+    assert_eq!(wal.history(), history(&[(1, 1), (2, 11)]));
+    wal.append(&[rec(14, 2)]).unwrap();
+}
+
+#[test]
+fn truncating_below_the_first_retained_record_resets_the_log() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    for l in 1..=20 {
+        wal.append(&[rec(l, 1)]).unwrap();
+    }
+    wal.sync().unwrap();
+    wal.remove_before(Lsn(15)).unwrap();
+    let first = wal.first_lsn();
+    assert!(first > Lsn(2));
+    assert_eq!(wal.truncate_after(Lsn(2)).unwrap(), 20 - first.0 + 1);
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(3), Lsn(2)));
+    assert_eq!(wal.epoch_at(Lsn(2)), Some(Epoch(1)));
+    wal.append(&[rec(3, 1)]).unwrap();
+}
+
+#[test]
+fn segments_roll_and_retention_removes_only_flushed_ones() {
+    let dir = TempDir::new().unwrap();
+    let expected = [recs(1..=40, 1), recs(41..=100, 2)].concat();
+    {
+        let wal = open(&dir, tiny());
+        for r in &expected[..50] {
+            wal.append(std::slice::from_ref(r)).unwrap();
+        }
+        wal.sync().unwrap();
+        for r in &expected[50..] {
+            wal.append(std::slice::from_ref(r)).unwrap();
+        }
+        assert!(segment_files(&dir).len() > 20);
+        assert_eq!(all(&wal), expected);
+        assert_eq!(wal.read(Lsn(7), 30, usize::MAX).unwrap(), expected[6..36]);
+
+        // Only records up to 50 are durable: the segment holding 51 stays.
+        wal.remove_before(Lsn(90)).unwrap();
+        let first = wal.first_lsn();
+        assert!(first > Lsn(40) && first <= Lsn(51), "first is {first}");
+        assert!(matches!(
+            wal.read(Lsn(1), 1, usize::MAX),
+            Err(WalError::NotRetained { .. })
+        ));
+        assert_eq!(
+            wal.read(first, usize::MAX, usize::MAX).unwrap(),
+            expected[first.0 as usize - 1..]
+        );
+        assert_eq!(wal.bytes_from(Lsn(1)), wal.bytes_from(first));
+        assert_eq!(wal.bytes_from(Lsn(100)), frame_len());
+
+        wal.sync().unwrap();
+        wal.remove_before(Lsn(90)).unwrap();
+        let first = wal.first_lsn();
+        assert!(first > Lsn(80) && first <= Lsn(90), "first is {first}");
+        assert_eq!(
+            segment_files(&dir)[0].file_name().unwrap().to_str(),
+            Some(segment::file_name(first).as_str())
+        );
+        assert_eq!(wal.epoch_at(first.prev()), Some(Epoch(2)));
+        assert_eq!(wal.epoch_at(Lsn(10)), Some(Epoch(1)));
+        // Never the active segment, however far retention reaches.
+        wal.remove_before(Lsn(1000)).unwrap();
+        assert_eq!(wal.last_lsn(), Lsn(100));
+        assert_eq!(wal.read(Lsn(100), 1, usize::MAX).unwrap(), expected[99..]);
+    }
+    let before_reopen = segment_files(&dir);
+    let wal = open(&dir, tiny());
+    assert_eq!(segment_files(&dir), before_reopen);
+    let first = wal.first_lsn();
+    assert_eq!(all(&wal), expected[first.0 as usize - 1..]);
+    assert_eq!(wal.epoch_at(first.prev()), Some(Epoch(2)));
+    assert_eq!(wal.epoch_at(Lsn(10)), Some(Epoch(1)));
+    assert_eq!(wal.history(), history(&[(1, 1), (2, 41)]));
+}
+
+#[test]
+fn reset_then_append_then_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, tiny());
+        wal.set_meta(&WalMeta {
+            epoch: Epoch(1),
+            leader: None,
+        })
+        .unwrap();
+        for l in 1..=20 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+        wal.reset(Lsn(100), Epoch(3)).unwrap();
+        assert_eq!(
+            segment_files(&dir),
+            [dir.path().join("wal").join(segment::file_name(Lsn(101)))]
+        );
+        assert_eq!(
+            (wal.first_lsn(), wal.last_lsn(), wal.flushed_lsn()),
+            (Lsn(101), Lsn(100), Lsn(100))
+        );
+        assert_eq!(wal.history(), history(&[(3, 100)]));
+        assert_eq!(wal.epoch_at(Lsn(100)), Some(Epoch(3)));
+        assert!(matches!(
+            wal.read(Lsn(5), 1, usize::MAX),
+            Err(WalError::NotRetained { .. })
+        ));
+        wal.append(&recs(101..=103, 3)).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, tiny());
+    assert_eq!(all(&wal), recs(101..=103, 3));
+    assert_eq!(wal.history(), history(&[(3, 100)]));
+    assert_eq!(wal.first_lsn(), Lsn(101));
+    assert_eq!(wal.meta().epoch, Epoch(1));
+    wal.reset(Lsn::ZERO, Epoch::ZERO).unwrap();
+    drop(wal);
+    let wal = open(&dir, tiny());
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(1), Lsn::ZERO));
+    assert_eq!(wal.history(), EpochHistory::default());
+}
+
+#[test]
+fn a_reset_interrupted_after_removing_the_old_segments_is_finished_at_open() {
+    let dir = TempDir::new().unwrap();
+    drop(open(&dir, tiny()));
+    let wal_dir = dir.path().join("wal");
+    let header = SegmentHeader {
+        first_lsn: Lsn(51),
+        base_epoch: Epoch(4),
+    };
+    segment::write_pending(&wal_dir, header).unwrap();
+    for f in segment_files(&dir) {
+        fs::remove_file(f).unwrap();
+    }
+    let wal = open(&dir, tiny());
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(51), Lsn(50)));
+    assert_eq!(wal.epoch_at(Lsn(50)), Some(Epoch(4)));
+    assert!(!wal_dir.join(segment::PENDING_NAME).exists());
+}
+
+#[test]
+fn a_torn_header_of_a_new_last_segment_is_removed() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=3, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let torn = dir.path().join("wal").join(segment::file_name(Lsn(4)));
+    let header = SegmentHeader {
+        first_lsn: Lsn(4),
+        base_epoch: Epoch(1),
+    };
+    fs::write(&torn, &header.encode()[..20]).unwrap();
+    let wal = open(&dir, FileWalOptions::default());
+    assert!(!torn.exists());
+    assert_eq!(wal.last_lsn(), Lsn(3));
+    wal.append(&[rec(4, 1)]).unwrap();
+}
+
+#[test]
+fn a_segment_that_does_not_continue_the_log_fails_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=3, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let stray = dir.path().join("wal").join(segment::file_name(Lsn(6)));
+    let header = SegmentHeader {
+        first_lsn: Lsn(6),
+        base_epoch: Epoch(1),
+    };
+    fs::write(&stray, header.encode()).unwrap();
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => assert_eq!((segment, offset), (stray, 0)),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
+
+#[test]
+fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let meta = WalMeta {
+        epoch: Epoch(7),
+        leader: Some("node-b".into()),
+    };
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert_eq!(wal.meta(), WalMeta::default());
+        wal.set_meta(&meta).unwrap();
+        assert_eq!(wal.meta(), meta);
+    }
+    // A crash between writing the temp file and renaming it.
+    fs::write(meta::tmp_path(dir.path()), b"half a meta fi").unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert_eq!(wal.meta(), meta);
+        assert!(!meta::tmp_path(dir.path()).exists());
+        wal.set_meta(&WalMeta {
+            epoch: Epoch(8),
+            leader: None,
+        })
+        .unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(
+        wal.meta(),
+        WalMeta {
+            epoch: Epoch(8),
+            leader: None
+        }
+    );
+    drop(wal);
+
+    let path = meta::path(dir.path());
+    flip_bit(&path, 12);
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt {
+            segment, detail, ..
+        }) => {
+            assert_eq!(segment, path);
+            assert!(detail.contains("checksum"), "{detail}");
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a corrupt meta file was accepted"),
+    }
+}
+
+#[test]
+fn a_failed_fsync_poisons_every_later_write() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, FileWalOptions::default());
+    wal.append(&recs(1..=3, 1)).unwrap();
+    wal.sync().unwrap();
+    wal.append(&recs(4..=5, 1)).unwrap();
+    wal.inject_sync_failure();
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+    assert_eq!(wal.flushed_lsn(), Lsn(3));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+    assert!(matches!(
+        wal.append(&[rec(6, 1)]),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(
+        wal.truncate_after(Lsn(2)),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(
+        wal.reset(Lsn(9), Epoch(1)),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(
+        wal.remove_before(Lsn(2)),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(matches!(
+        wal.set_meta(&WalMeta::default()),
+        Err(WalError::Poisoned(_))
+    ));
+    assert_eq!(wal.last_lsn(), Lsn(5));
+    // What was written can still be read, e.g. to hand it to a peer.
+    assert_eq!(all(&wal), recs(1..=5, 1));
+}
+
+#[test]
+fn file_wal_is_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<FileWal>();
+}
+
+#[test]
+fn a_segment_is_made_durable_before_the_next_one_starts() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=4, 1)).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1);
+    wal.inject_sync_failure();
+    // Record 5 does not fit: rolling must fsync records 1..=4 first.
+    assert!(matches!(
+        wal.append(&[rec(5, 1)]),
+        Err(WalError::Poisoned(_))
+    ));
+    assert_eq!(wal.last_lsn(), Lsn(4));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+}
+
+#[test]
+fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir_all(dir.path().join("wal")).unwrap();
+    let bad = dir.path().join("wal").join(segment::file_name(Lsn::ZERO));
+    let header = SegmentHeader {
+        first_lsn: Lsn::ZERO,
+        base_epoch: Epoch::ZERO,
+    };
+    fs::write(&bad, header.encode()).unwrap();
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, bad),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
