@@ -18,7 +18,9 @@ fn err(msg: impl Into<String>) -> StateMachineError {
     StateMachineError(msg.into())
 }
 
-pub fn encode_map(map: &BTreeMap<Vec<u8>, Bytes>) -> Vec<u8> {
+pub type Map = BTreeMap<Vec<u8>, Bytes>;
+
+pub fn encode_map(map: &Map) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(map.len() as u64).to_le_bytes());
@@ -33,7 +35,7 @@ pub fn encode_map(map: &BTreeMap<Vec<u8>, Bytes>) -> Vec<u8> {
     out
 }
 
-pub fn decode_map(data: &[u8]) -> Result<BTreeMap<Vec<u8>, Bytes>, StateMachineError> {
+pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
     if data.len() < 16 || &data[..4] != MAGIC {
         return Err(err(
             "snapshot is not a walrep KV snapshot (bad magic or too short)",
@@ -81,7 +83,7 @@ pub fn store(dir: &Path, lsn: Lsn, data: &[u8]) -> Result<(), StateMachineError>
         .map_err(|e| io("syncing directory", e))
 }
 
-pub fn load(dir: &Path) -> Result<Option<(Lsn, BTreeMap<Vec<u8>, Bytes>)>, StateMachineError> {
+pub fn load(dir: &Path) -> Result<Option<(Lsn, Map)>, StateMachineError> {
     let path = dir.join(FILE);
     let data = match std::fs::read(&path) {
         Ok(d) => d,
