@@ -231,23 +231,22 @@ impl Node {
         std::mem::take(&mut self.out)
     }
 
-    /// The latest time by which the runtime must call `step(.., Tick)`.
+    /// The latest time by which the runtime must call `step(.., Tick)`:
+    /// the next periodic tick, or an earlier role deadline. A deadline that
+    /// had already passed at the last tick was handled by it and does not
+    /// count again (or a node that cannot act on it would spin).
     pub fn next_deadline(&self, now: Time) -> Time {
-        let mut deadline = self.last_tick + self.cfg.heartbeat_interval;
-        match &self.role {
-            Role::Primary(p) => {
-                if let Some(d) = p.next_deadline(&self.cfg) {
-                    deadline = deadline.min(d);
-                }
-            }
-            Role::Standby(s) => {
-                if let Some(d) = s.next_deadline(&self.cfg) {
-                    deadline = deadline.min(d);
-                }
-            }
-            _ => {}
-        }
-        deadline.max(now)
+        let periodic = self.last_tick + self.cfg.heartbeat_interval;
+        let role = match &self.role {
+            Role::Primary(p) => p.next_deadline(&self.cfg),
+            Role::Standby(s) => s.next_deadline(&self.cfg),
+            _ => None,
+        };
+        let deadline = match role {
+            Some(d) if d > self.last_tick => periodic.min(d),
+            _ => periodic,
+        };
+        deadline.max(now.min(periodic))
     }
 
     pub fn role(&self) -> RoleKind {

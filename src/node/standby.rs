@@ -62,7 +62,10 @@ impl Standby {
     }
 
     pub(super) fn next_deadline(&self, cfg: &Config) -> Option<Time> {
-        let silence = self.last_contact.map(|t| t + cfg.failover_timeout);
+        let silence = self
+            .last_contact
+            .filter(|_| cfg.auto_failover && !self.reported_silence)
+            .map(|t| t + cfg.failover_timeout);
         match (silence, self.planned_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -625,3 +625,17 @@ fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fe
         .is_empty()
     );
 }
+
+#[test]
+fn deadlines_a_node_cannot_act_on_do_not_make_it_spin() {
+    // Silent primary, standby not eligible: after the warning the next
+    // deadline is the periodic tick, not "now" again.
+    let mut node = standby_in_contact(cfg(), SyncState::NotSync, t(100));
+    tick_until(&mut node, 200, 2000);
+    assert_eq!(node.next_deadline(t(2000)), t(2200));
+    // Restarted primary that may not go solo: same.
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    node.step(t(10), Event::StandbyUnreachable);
+    tick_until(&mut node, 100, 5000);
+    assert_eq!(node.next_deadline(t(5000)), t(5200));
+}

@@ -427,7 +427,6 @@ impl Actor {
         match inbound {
             Inbound::Heartbeat { req, reply } => {
                 if let Err(r) = self.check_epoch(&req.header) {
-                    self.metrics.rejected(r.kind);
                     let _ = reply.send(Err(r));
                     return;
                 }

@@ -1,1 +1,381 @@
+//! The runtime with a mocked peer (mockall) and an in-memory WAL, under
+//! paused tokio time: failover, fencing, commit timeouts, restarts.
 
+use crate::config::{CommitMode, Config, InitialRole, OnStandbyLoss};
+use crate::error::{Error, TransportError};
+use crate::kv::{Command, KvStore};
+use crate::node::RoleKind;
+use crate::pb;
+use crate::pb::replication_server::Replication;
+use crate::replicator::Replicator;
+use crate::transport::{FenceReply, HeartbeatReply, MockPeer, WalAck};
+use crate::types::{Epoch, Lsn, NodeId};
+use crate::wal::{MemWal, WalMeta, WalStore};
+use crate::{Replica, ReplicationService};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+fn cfg(role: InitialRole) -> Config {
+    Config {
+        node_id: NodeId::from("n1"),
+        peer_id: NodeId::from("n2"),
+        cluster_id: "c".into(),
+        initial_role: role,
+        ..Config::default()
+    }
+}
+
+fn start(cfg: Config, wal: Arc<MemWal>, peer: MockPeer) -> (Replica, ReplicationService) {
+    Replica::builder(cfg, wal, Arc::new(KvStore::in_memory()))
+        .peer(Arc::new(peer))
+        .start()
+        .unwrap()
+}
+
+fn put() -> Bytes {
+    Bytes::from(
+        Command::Put {
+            key: b"k".to_vec(),
+            value: Bytes::from_static(b"v"),
+        }
+        .encode(),
+    )
+}
+
+fn header(epoch: u64, from: &str) -> Option<pb::Header> {
+    Some(pb::Header {
+        cluster_id: "c".into(),
+        epoch,
+        node_id: from.into(),
+        node_addr: "127.0.0.1:1".into(),
+        leader_id: from.into(),
+        client_addr: String::new(),
+    })
+}
+
+/// The primary n2 at epoch 1 heartbeats us, telling us whether we are in sync.
+async fn heartbeat_from_primary(service: &ReplicationService, sync: pb::SyncState) {
+    service
+        .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+            header: header(1, "n2"),
+            last_lsn: 0,
+            commit_lsn: 0,
+            sync_state: sync as i32,
+            sent_at_micros: 0,
+        }))
+        .await
+        .expect("heartbeat accepted");
+}
+
+fn standby_wal() -> Arc<MemWal> {
+    let wal = MemWal::new();
+    wal.set_meta(&WalMeta {
+        epoch: Epoch(1),
+        leader: Some(NodeId::from("n2")),
+    })
+    .unwrap();
+    Arc::new(wal)
+}
+
+/// A peer that never answers: every call fails as an unreachable host.
+fn unreachable_peer() -> MockPeer {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer.expect_open_wal_stream()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer.expect_history()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_primary_is_fenced_then_the_standby_promotes() {
+    let mut peer = unreachable_peer();
+    peer.expect_fence().times(1).returning(|req| {
+        assert_eq!(req.header.epoch, Epoch(2));
+        Ok(FenceReply {
+            epoch: Epoch(2),
+            last_lsn: Lsn::ZERO,
+            last_epoch: Epoch::ZERO,
+        })
+    });
+    let (replica, service) = start(cfg(InitialRole::Standby), standby_wal(), peer);
+    heartbeat_from_primary(&service, pb::SyncState::Sync).await;
+    let h = replica
+        .wait_for(Duration::from_secs(5), "promotion", |h| {
+            h.role == RoleKind::Primary && h.writable
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.epoch, Epoch(2));
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_not_in_sync_never_promotes() {
+    let mut peer = unreachable_peer();
+    peer.expect_fence().times(0);
+    let (replica, service) = start(cfg(InitialRole::Standby), standby_wal(), peer);
+    heartbeat_from_primary(&service, pb::SyncState::NotSync).await;
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "promotion", |h| {
+            h.role != RoleKind::Standby
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_failover_off_means_the_standby_waits() {
+    let mut peer = unreachable_peer();
+    peer.expect_fence().times(0);
+    let cfg = Config {
+        auto_failover: false,
+        ..cfg(InitialRole::Standby)
+    };
+    let (replica, service) = start(cfg, standby_wal(), peer);
+    heartbeat_from_primary(&service, pb::SyncState::Sync).await;
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "promotion", |h| {
+            h.role != RoleKind::Standby
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))));
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_standby_does_not_promote_before_hearing_from_the_primary() {
+    let mut peer = unreachable_peer();
+    peer.expect_fence().times(0);
+    let wal = standby_wal();
+    let (replica, service) = start(cfg(InitialRole::Standby), wal.clone(), peer);
+    heartbeat_from_primary(&service, pb::SyncState::Sync).await;
+    replica.shutdown().await;
+    // Restart from what the disk kept: eligibility is not on disk.
+    let mut peer = unreachable_peer();
+    peer.expect_fence().times(0);
+    let (replica, _service) = start(cfg(InitialRole::Standby), Arc::new(wal.crash()), peer);
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "promotion", |h| {
+            h.role != RoleKind::Standby
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))));
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_higher_epoch_in_a_heartbeat_reply_fences_the_primary() {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Err(TransportError::StaleEpoch {
+            epoch: Epoch(5),
+            leader: None,
+        })
+    });
+    peer.expect_open_wal_stream()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer.expect_history()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    let (replica, _service) = start(cfg(InitialRole::Primary), Arc::new(MemWal::new()), peer);
+    let h = replica
+        .wait_for(Duration::from_secs(5), "fenced", |h| h.epoch == Epoch(5))
+        .await
+        .unwrap();
+    assert!(matches!(h.role, RoleKind::Fenced | RoleKind::Rejoining));
+    let err = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced { epoch: Epoch(5) }), "{err}");
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_from_a_stale_epoch_is_refused_and_counted() {
+    let (replica, service) = start(
+        cfg(InitialRole::Standby),
+        {
+            let wal = MemWal::new();
+            wal.set_meta(&WalMeta {
+                epoch: Epoch(3),
+                leader: Some(NodeId::from("n2")),
+            })
+            .unwrap();
+            Arc::new(wal)
+        },
+        unreachable_peer(),
+    );
+    let status = service
+        .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+            header: header(2, "n2"),
+            sync_state: pb::SyncState::Sync as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.metadata().get("walrep-epoch").unwrap(), "3");
+    assert_eq!(replica.metrics().rejected.get("stale_epoch"), Some(&1));
+    assert_eq!(replica.epoch(), Epoch(3));
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_from_another_cluster_or_node_are_refused() {
+    let (replica, service) = start(cfg(InitialRole::Standby), standby_wal(), unreachable_peer());
+    let mut wrong_cluster = header(1, "n2").unwrap();
+    wrong_cluster.cluster_id = "other".into();
+    let status = service
+        .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+            header: Some(wrong_cluster),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let status = service
+        .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+            header: header(1, "intruder"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let m = replica.metrics();
+    assert_eq!(m.rejected.get("wrong_cluster"), Some(&1));
+    assert_eq!(m.rejected.get("unknown_peer"), Some(&1));
+    assert_eq!(replica.health().last_lsn, Lsn::ZERO);
+    replica.shutdown().await;
+}
+
+/// A standby that answers heartbeats and opens the stream but never acks.
+fn silent_standby() -> MockPeer {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: RoleKind::Standby,
+        })
+    });
+    peer.expect_open_wal_stream().returning(|_| {
+        let first = futures::stream::once(async { Ok(WalAck::default()) });
+        Ok(Box::pin(futures::StreamExt::chain(
+            first,
+            futures::stream::pending(),
+        )))
+    });
+    peer
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
+    let (replica, _service) = start(
+        cfg(InitialRole::Primary),
+        Arc::new(MemWal::new()),
+        silent_standby(),
+    );
+    let err = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(err, Error::SyncTimeout { lsn: Lsn(1) }), "{err}");
+    // Not applied here either: nothing half-applied.
+    assert_eq!(replica.health().applied_lsn, Lsn::ZERO);
+    assert!(
+        !replica.health().solo,
+        "a reachable standby never triggers solo"
+    );
+    replica.shutdown().await;
+}
+
+/// Answers the first heartbeat, then the standby disappears.
+fn standby_lost_after_contact() -> MockPeer {
+    let mut peer = MockPeer::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    peer.expect_heartbeat().returning(move |_| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            Ok(HeartbeatReply {
+                ack: WalAck::default(),
+                role: RoleKind::Standby,
+            })
+        } else {
+            Err(TransportError::Timeout)
+        }
+    });
+    peer.expect_open_wal_stream()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer
+}
+
+#[tokio::test(start_paused = true)]
+async fn solo_goes_on_alone_after_the_standby_is_lost() {
+    let (replica, _service) = start(
+        cfg(InitialRole::Primary),
+        Arc::new(MemWal::new()),
+        standby_lost_after_contact(),
+    );
+    replica
+        .wait_for(Duration::from_secs(10), "solo", |h| h.solo)
+        .await
+        .unwrap();
+    let applied = replica.apply(put()).await.unwrap();
+    assert_eq!(applied.lsn, Lsn(1));
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn block_refuses_writes_after_the_standby_is_lost() {
+    let cfg = Config {
+        on_standby_loss: OnStandbyLoss::Block,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = start(cfg, Arc::new(MemWal::new()), standby_lost_after_contact());
+    let first = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(first, Error::SyncTimeout { .. }), "{first}");
+    replica
+        .wait_for(Duration::from_secs(10), "blocked", |h| !h.writable)
+        .await
+        .unwrap();
+    let next = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(next, Error::Unavailable { .. }), "{next}");
+    assert!(!replica.health().solo);
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_mode_acknowledges_without_any_standby() {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = start(cfg, Arc::new(MemWal::new()), unreachable_peer());
+    for i in 1..=3 {
+        assert_eq!(replica.apply(put()).await.unwrap().lsn, Lsn(i));
+    }
+    replica.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
+    let wal = Arc::new(MemWal::new());
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
+    replica.apply(put()).await.unwrap();
+    wal.fail_syncs(true);
+    let err = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let h = replica
+        .wait_for(Duration::from_secs(5), "failed", |h| {
+            h.role == RoleKind::Failed
+        })
+        .await
+        .unwrap();
+    assert!(!h.writable);
+    // The fsync is not retried as if nothing happened: later writes fail too.
+    wal.fail_syncs(false);
+    assert!(replica.apply(put()).await.is_err());
+    replica.shutdown().await;
+}
