@@ -151,3 +151,99 @@ async fn apply_up_to(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::SyncState;
+    use crate::transport::Header;
+    use crate::types::NodeId;
+    use crate::wal::MemWal;
+    use bytes::Bytes;
+
+    fn rec(lsn: u64, epoch: u64) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(epoch),
+            payload: Bytes::from_static(b"p"),
+        }
+    }
+
+    /// A standby log holding 1..=3 in epoch 1.
+    fn log() -> MemWal {
+        let wal = MemWal::new();
+        wal.append(&[rec(1, 1), rec(2, 1), rec(3, 1)]).unwrap();
+        wal
+    }
+
+    fn batch(prev: (u64, u64), records: Vec<Record>, primary_last: u64, first: u64) -> WalBatch {
+        WalBatch {
+            header: Header {
+                epoch: Epoch(2),
+                node_id: NodeId::from("p"),
+                ..Header::default()
+            },
+            prev_lsn: Lsn(prev.0),
+            prev_epoch: Epoch(prev.1),
+            records,
+            commit_lsn: Lsn::ZERO,
+            sync: SyncState::Sync,
+            last_lsn: Lsn(primary_last),
+            first_lsn: Lsn(first),
+        }
+    }
+
+    #[test]
+    fn a_contiguous_batch_is_accepted_whole() {
+        let b = batch((3, 1), vec![rec(4, 1), rec(5, 2)], 5, 1);
+        assert_eq!(check_batch(&log(), &b).unwrap(), &b.records[..]);
+    }
+
+    #[test]
+    fn redelivered_records_are_skipped() {
+        let b = batch((1, 1), vec![rec(2, 1), rec(3, 1), rec(4, 1)], 4, 1);
+        assert_eq!(check_batch(&log(), &b).unwrap(), &b.records[2..]);
+    }
+
+    #[test]
+    fn a_gap_is_refused() {
+        let b = batch((5, 1), vec![rec(6, 1)], 6, 1);
+        assert_eq!(check_batch(&log(), &b).unwrap_err().kind, RefusalKind::Gap);
+    }
+
+    #[test]
+    fn an_epoch_mismatch_at_prev_is_refused_as_divergence() {
+        let b = batch((3, 2), vec![rec(4, 2)], 4, 1);
+        assert_eq!(
+            check_batch(&log(), &b).unwrap_err().kind,
+            RefusalKind::Diverged
+        );
+    }
+
+    #[test]
+    fn a_redelivered_record_with_another_epoch_is_refused_as_divergence() {
+        let b = batch((1, 1), vec![rec(2, 2)], 2, 1);
+        assert_eq!(
+            check_batch(&log(), &b).unwrap_err().kind,
+            RefusalKind::Diverged
+        );
+    }
+
+    #[test]
+    fn records_the_primary_never_had_are_divergence() {
+        let b = batch((2, 1), Vec::new(), 2, 1);
+        assert_eq!(
+            check_batch(&log(), &b).unwrap_err().kind,
+            RefusalKind::Diverged
+        );
+    }
+
+    #[test]
+    fn a_primary_that_no_longer_has_our_next_record_sends_us_to_a_snapshot() {
+        let b = batch((3, 1), Vec::new(), 100, 50);
+        assert_eq!(
+            check_batch(&log(), &b).unwrap_err().kind,
+            RefusalKind::TooFarBehind
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The smallest engine that embeds walrep: a counter. Run two of them:
+//!
+//! ```sh
+//! cargo run --example embed -- a 127.0.0.1:7101 127.0.0.1:7102 primary &
+//! cargo run --example embed -- b 127.0.0.1:7102 127.0.0.1:7101 standby
+//! ```
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use walrep::{
+    Config, FileWal, FileWalOptions, InitialRole, Lsn, NodeId, Replica, Replicator, Snapshot,
+    StateMachine, StateMachineError,
+};
+
+/// The engine's state: a sum of the numbers it was told to add.
+#[derive(Default)]
+struct Counter {
+    sum: AtomicU64,
+    applied: AtomicU64,
+}
+
+impl StateMachine for Counter {
+    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError> {
+        let n: [u8; 8] = payload
+            .try_into()
+            .map_err(|_| StateMachineError(format!("record {lsn} is not a u64")))?;
+        self.sum.fetch_add(u64::from_le_bytes(n), Ordering::SeqCst);
+        self.applied.store(lsn.0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn applied_lsn(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::SeqCst))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StateMachineError> {
+        Ok(Snapshot {
+            lsn: self.applied_lsn(),
+            data: Bytes::copy_from_slice(&self.sum.load(Ordering::SeqCst).to_le_bytes()),
+        })
+    }
+
+    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError> {
+        let n: [u8; 8] = snapshot.data[..]
+            .try_into()
+            .map_err(|_| StateMachineError("snapshot is not a u64".into()))?;
+        self.sum.store(u64::from_le_bytes(n), Ordering::SeqCst);
+        self.applied.store(snapshot.lsn.0, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [id, listen, peer, role] = &args[..] else {
+        return Err("usage: embed ID LISTEN PEER primary|standby".into());
+    };
+    let cfg = Config {
+        node_id: NodeId::from(id.as_str()),
+        peer_id: NodeId::from(if id == "a" { "b" } else { "a" }),
+        advertise_addr: listen.clone(),
+        peer_addr: peer.clone(),
+        initial_role: role.parse::<InitialRole>()?,
+        ..Config::default()
+    };
+    let dir = std::env::temp_dir().join(format!("walrep-embed-{id}"));
+    let wal = Arc::new(FileWal::open(&dir, FileWalOptions::default())?);
+    let counter = Arc::new(Counter::default());
+    let (replica, service) = Replica::builder(cfg, wal, counter.clone()).start()?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tokio::spawn(walrep::serve(service, listener, std::future::pending()));
+
+    loop {
+        match replica.apply(Bytes::copy_from_slice(&1u64.to_le_bytes())).await {
+            Ok(at) => println!("sum = {} at {:?}", counter.sum.load(Ordering::SeqCst), at),
+            Err(e) => println!("{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
