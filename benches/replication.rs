@@ -19,7 +19,9 @@ struct Node {
 }
 
 async fn start(cfg: walrep::Config, dir: &std::path::Path) -> Node {
-    let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr)
+        .await
+        .unwrap();
     let wal = Arc::new(FileWal::open(dir.join("wal"), FileWalOptions::default()).unwrap());
     let kv = Arc::new(KvStore::open(dir.join("kv")).unwrap());
     let (replica, service) = Replica::builder(cfg, wal, kv).start().unwrap();
@@ -35,8 +37,16 @@ async fn start(cfg: walrep::Config, dir: &std::path::Path) -> Node {
 
 async fn pair(mode: CommitMode, dir: &std::path::Path) -> (Node, Node) {
     let (addr_a, addr_b) = (common::free_addr().await, common::free_addr().await);
-    let a = start(common::config("a", "b", addr_a, addr_b, mode), &dir.join("a")).await;
-    let b = start(common::config("b", "a", addr_b, addr_a, mode), &dir.join("b")).await;
+    let a = start(
+        common::config("a", "b", addr_a, addr_b, mode),
+        &dir.join("a"),
+    )
+    .await;
+    let b = start(
+        common::config("b", "a", addr_b, addr_a, mode),
+        &dir.join("b"),
+    )
+    .await;
     a.replica
         .wait_for(Duration::from_secs(20), "stream up", |h| {
             h.role == RoleKind::Primary && h.peer.connected
@@ -49,7 +59,9 @@ async fn pair(mode: CommitMode, dir: &std::path::Path) -> (Node, Node) {
 fn commit_latency(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("commit_latency_100B");
-    group.sample_size(200).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(200)
+        .measurement_time(Duration::from_secs(5));
     for mode in [
         CommitMode::Async,
         CommitMode::RemoteWrite,

@@ -73,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(walrep::serve(service, listener, std::future::pending()));
 
     loop {
-        match replica.apply(Bytes::copy_from_slice(&1u64.to_le_bytes())).await {
+        match replica
+            .apply(Bytes::copy_from_slice(&1u64.to_le_bytes()))
+            .await
+        {
             Ok(at) => println!("sum = {} at {:?}", counter.sum.load(Ordering::SeqCst), at),
             Err(e) => println!("{e}"),
         }

@@ -225,3 +225,65 @@ async fn a_standby_behind_the_primarys_retained_wal_resyncs_from_a_snapshot() {
     assert_eq!(ha, hb);
     assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
 }
+
+/// Both nodes on durable FileWals stop and start again: the primary resumes
+/// as primary once it hears from its standby, nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
+    use std::sync::Arc;
+    use walrep::{FileWal, FileWalOptions, Replica, kv::KvStore};
+    init_tracing();
+    let (addr_a, addr_b) = (free_addr().await, free_addr().await);
+    let dirs = [temp_dir(), temp_dir()];
+    let cfgs = [
+        config("a", "b", addr_a, addr_b, CommitMode::RemoteFlush),
+        config("b", "a", addr_b, addr_a, CommitMode::RemoteFlush),
+    ];
+    let start = |i: usize| {
+        let (cfg, dir) = (cfgs[i].clone(), dirs[i].clone());
+        async move {
+            let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr)
+                .await
+                .unwrap();
+            let wal = Arc::new(FileWal::open(dir.join("wal"), FileWalOptions::default()).unwrap());
+            let kv = Arc::new(KvStore::open(dir.join("kv")).unwrap());
+            let (replica, service) = Replica::builder(cfg, wal, kv.clone()).start().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(walrep::serve(service, listener, async {
+                let _ = stopped.await;
+            }));
+            (Arc::new(replica), kv, stop, server)
+        }
+    };
+    let wait = |r: Arc<Replica>, what: &'static str, pred: fn(&walrep::Health) -> bool| async move {
+        r.wait_for(WAIT, what, pred).await.unwrap()
+    };
+    let (a, _kv_a, stop_a, server_a) = start(0).await;
+    let (b, _kv_b, stop_b, server_b) = start(1).await;
+    wait(a.clone(), "a streaming", |h| h.writable && h.peer.connected).await;
+    for i in 0..300 {
+        a.apply(put_cmd(&format!("k{i}"), "v")).await.unwrap();
+    }
+    for (r, stop, server) in [(a, stop_a, server_a), (b, stop_b, server_b)] {
+        r.shutdown().await;
+        let _ = stop.send(());
+        let _ = server.await;
+    }
+    let (a, kv_a, _stop_a, _server_a) = start(0).await;
+    let (b, kv_b, _stop_b, _server_b) = start(1).await;
+    let h = wait(a.clone(), "a primary again", |h| {
+        h.role == RoleKind::Primary && h.writable
+    })
+    .await;
+    assert_eq!(h.epoch, walrep::Epoch(1));
+    assert_eq!(h.last_lsn, Lsn(300));
+    wait(b.clone(), "b standby again", |h| {
+        h.role == RoleKind::Standby
+    })
+    .await;
+    a.apply(put_cmd("after", "restart")).await.unwrap();
+    b.wait_for_lsn(Lsn(301), WAIT).await.unwrap();
+    a.wait_for_lsn(Lsn(301), WAIT).await.unwrap();
+    assert_eq!(kv_a.state_hash(), kv_b.state_hash());
+    assert!(kv_b.get(b"k299").is_some());
+}
