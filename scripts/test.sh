@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo test --doc --quiet
   cargo nextest run --no-fail-fast "$@"
-  cargo test --doc
 else
   cargo test --no-fail-fast "$@"
 fi
