@@ -174,6 +174,11 @@ pub struct Config {
     pub reconnect_backoff_max: Duration,
     /// How long a planned switchover may pause writes before it gives up.
     pub switchover_timeout: Duration,
+    /// Breaks G2 on purpose: the primary acknowledges sync-mode writes at
+    /// its own fsync while telling the standby it is in sync. Only for the
+    /// test that shows the fault checker catches a broken rule.
+    #[doc(hidden)]
+    pub testing_ack_before_standby_flush: bool,
 }
 
 impl Default for Config {
@@ -203,6 +208,7 @@ impl Default for Config {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(1),
             switchover_timeout: Duration::from_secs(5),
+            testing_ack_before_standby_flush: false,
         }
     }
 }

@@ -496,6 +496,23 @@ impl Node {
         self.change_role(Role::Standby(Standby::new()));
     }
 
+    /// The state machine is behind what the WAL still holds (the engine lost
+    /// state the WAL no longer covers): whatever the role, the node must
+    /// resync from the peer before it can serve.
+    pub fn resync_needed(&mut self) -> Vec<Effect> {
+        if !matches!(
+            self.role,
+            Role::Failed { .. } | Role::Fenced | Role::Rejoining
+        ) {
+            self.fail_all_waiters(WaiterFailure::NotPrimary);
+            self.change_role(Role::Fenced);
+            self.emit(Effect::StartRejoin {
+                leader: Some(self.cfg.peer_id.clone()),
+            });
+        }
+        std::mem::take(&mut self.out)
+    }
+
     /// The standby's log does not continue the primary's (or the primary no
     /// longer has the records it needs): step aside and rejoin.
     pub fn diverged(&mut self) -> Vec<Effect> {

@@ -89,7 +89,10 @@ impl Primary {
     }
 
     pub(super) fn commit_target(&self, cfg: &Config, flushed: Lsn) -> Option<Lsn> {
-        if !cfg.commit_mode.is_sync() || self.link == Link::Solo {
+        if !cfg.commit_mode.is_sync()
+            || self.link == Link::Solo
+            || cfg.testing_ack_before_standby_flush
+        {
             return Some(flushed);
         }
         Some(flushed.min(self.standby_position(cfg.commit_mode)))

@@ -171,6 +171,15 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     ));
     actor.start_applier();
     actor.run_effects(effects);
+    if applied.next() < actor.wal.first_lsn() {
+        tracing::error!(
+            applied = %applied,
+            wal_first = %actor.wal.first_lsn(),
+            "the state machine is behind the oldest record in the WAL (the engine lost state the WAL no longer covers); resyncing from the peer's snapshot"
+        );
+        let effects = actor.node.resync_needed();
+        actor.run_effects(effects);
+    }
     actor.publish();
     let handle = tokio::spawn(actor.run(parts.rx));
     Ok((health_rx, handle))
@@ -495,7 +504,8 @@ impl Actor {
                 }
                 let (sm, wal) = (self.sm.clone(), self.wal.clone());
                 let epoch = self.node.epoch();
-                tokio::task::spawn_blocking(move || {
+                let may_block = wal.may_block();
+                tokio::spawn(super::run_blocking(may_block, move || {
                     let result = sm
                         .snapshot()
                         .map(|s| SnapshotTransfer {
@@ -511,7 +521,7 @@ impl Actor {
                             )
                         });
                     let _ = reply.send(result);
-                });
+                }));
             }
             Inbound::StreamOpened { reply } => {
                 self.next_session += 1;

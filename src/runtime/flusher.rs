@@ -24,7 +24,7 @@ pub(super) fn spawn(
                 let w = wal.clone();
                 // Not cancellation-safe by design: an fsync in progress runs
                 // to completion and its result is always reported.
-                match tokio::task::spawn_blocking(move || w.sync()).await {
+                match super::run_blocking(wal.may_block(), move || w.sync()).await {
                     Ok(Ok(flushed)) => {
                         if tx
                             .send(Msg::Event(Event::LocalFlushed { lsn: flushed }))
@@ -41,8 +41,7 @@ pub(super) fn spawn(
                         let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
                         return;
                     }
-                    Err(join) => {
-                        let reason = format!("fsync task failed: {join}");
+                    Err(reason) => {
                         let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
                         return;
                     }

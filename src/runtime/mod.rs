@@ -33,6 +33,22 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+/// Runs `f` on the blocking pool when the WAL may block, inline otherwise
+/// (an in-memory WAL under simulation, where thread scheduling would make
+/// runs irreproducible).
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    may_block: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    if may_block {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| format!("blocking task failed: {e}"))
+    } else {
+        Ok(f())
+    }
+}
+
 /// What the actor's mailbox carries.
 pub enum Msg {
     Apply {

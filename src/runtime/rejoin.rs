@@ -128,7 +128,8 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
         );
     }
     let applied = ctx.sm.applied_lsn();
-    let need_snapshot = applied > point || theirs.first_lsn > point.next();
+    let need_snapshot =
+        applied > point || theirs.first_lsn > point.next() || applied.next() < wal.first_lsn();
     if need_snapshot {
         tracing::warn!(
             applied = %applied,
@@ -144,7 +145,8 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
             }
         };
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
-        let restored = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let may_block = wal.may_block();
+        let restored = super::run_blocking(may_block, move || -> Result<(), String> {
             sm.restore(Snapshot {
                 lsn: snap.lsn,
                 data: snap.data,
@@ -154,7 +156,7 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
                 .map_err(|e| format!("WAL reset to {}: {e}", snap.lsn))
         })
         .await
-        .map_err(|e| Fatal(e.to_string()))?;
+        .map_err(Fatal)?;
         restored.map_err(Fatal)?;
         ctx.metrics.snapshot_resync();
         tracing::info!(lsn = %ctx.sm.applied_lsn(), "restored from snapshot");

@@ -240,6 +240,10 @@ impl WalStore for MemWal {
         self.inner.lock().unwrap().meta.clone()
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {
         let mut inner = self.inner.lock().unwrap();
         inner.check_poison()?;

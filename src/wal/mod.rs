@@ -126,6 +126,13 @@ pub trait WalStore: Send + Sync + 'static {
 
     /// Persists `meta` atomically (write temp, fsync, rename, fsync dir).
     fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError>;
+
+    /// Whether `sync` and friends may block the thread (real disks: yes).
+    /// An in-memory log answers no, so the runtime calls it inline and a
+    /// simulation stays deterministic.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Checks an append against the log's tail; shared by every implementation.
