@@ -435,8 +435,12 @@ impl Node {
             }
             return;
         }
-        tracing::warn!(%epoch, ours = %self.epoch, ?leader, "a newer epoch exists; stepping down");
         let was = self.role.kind();
+        if was == RoleKind::Standby {
+            tracing::info!(%epoch, ours = %self.epoch, ?leader, "following the primary's newer epoch");
+        } else {
+            tracing::warn!(%epoch, ours = %self.epoch, ?leader, role = %was, "a newer epoch exists; stepping down");
+        }
         self.persist(epoch, leader.clone());
         match was {
             RoleKind::Standby => {

@@ -992,12 +992,12 @@ impl Actor {
                 lag_seconds,
                 last_contact: self.peer_contact.map(|t| now - t),
                 heartbeat_rtt: if primary {
-                    self.metrics.snapshot().heartbeat_rtt
+                    self.metrics.last_heartbeat_rtt()
                 } else {
                     None
                 },
             },
-            rewound_records: self.metrics.snapshot().rewound_records,
+            rewound_records: self.metrics.rewound_records(),
             note: self.node.check_writable().err().map(|r| match r {
                 WriteRefusal::NotPrimary { .. } => format!("{role}: writes go to the primary"),
                 WriteRefusal::Fenced { epoch } => format!("fenced at epoch {epoch}; rejoining"),

@@ -66,14 +66,22 @@ impl Metrics {
         self.snapshot_resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub(crate) fn last_heartbeat_rtt(&self) -> Option<Duration> {
         let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
+        (rtt > 0).then(|| Duration::from_micros(rtt))
+    }
+
+    pub(crate) fn rewound_records(&self) -> u64 {
+        self.rewound_records.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             transitions: self.transitions.lock().unwrap().clone(),
             rejected: self.rejected.lock().unwrap().clone(),
             heartbeat_errors: self.heartbeat_errors.load(Ordering::Relaxed),
-            heartbeat_rtt: (rtt > 0).then(|| Duration::from_micros(rtt)),
-            rewound_records: self.rewound_records.load(Ordering::Relaxed),
+            heartbeat_rtt: self.last_heartbeat_rtt(),
+            rewound_records: self.rewound_records(),
             snapshot_resyncs: self.snapshot_resyncs.load(Ordering::Relaxed),
         }
     }
