@@ -47,11 +47,12 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
         }
         let mut backoff = ctx.cfg.reconnect_backoff_min;
         let mut attempt = 0u32;
+        let mut header = ctx.header.clone();
         loop {
             attempt += 1;
             let result = tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
-                r = attempt_rejoin(&ctx) => r,
+                r = attempt_rejoin(&ctx, &mut header) => r,
             };
             match result {
                 Ok(Some(outcome)) => {
@@ -84,10 +85,13 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
 struct Fatal(String);
 
 /// One try: `Ok(None)` when the primary is not ready (retry later).
-async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
-    let theirs = match ctx.peer.history(ctx.header.clone()).await {
+async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome>, Fatal> {
+    let theirs = match ctx.peer.history(header.clone()).await {
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
+            // A newer epoch than the one we are rejoining for: adopt it
+            // (the actor persists it) and ask again with it.
+            header.epoch = header.epoch.max(epoch);
             let leader = leader.map(|l| l.id);
             let _ = ctx
                 .tx
@@ -100,7 +104,7 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
             return Ok(None);
         }
     };
-    if theirs.role != RoleKind::Primary || theirs.epoch < ctx.header.epoch {
+    if theirs.role != RoleKind::Primary || theirs.epoch < header.epoch {
         tracing::debug!(role = %theirs.role, epoch = %theirs.epoch, "rejoin: peer is not yet the primary of our epoch");
         return Ok(None);
     }
@@ -113,7 +117,7 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
             wal.as_ref(),
             point,
             ctx.rewound_dir.as_deref(),
-            ctx.header.epoch,
+            wal.epoch_at(our_last).unwrap_or(Epoch::ZERO),
         )
         .map_err(|e| Fatal(format!("writing rewound records: {e}")))?;
         let removed = wal
@@ -137,7 +141,7 @@ async fn attempt_rejoin(ctx: &Ctx) -> Result<Option<Outcome>, Fatal> {
             primary_first = %theirs.first_lsn,
             "resyncing from a snapshot of the primary"
         );
-        let snap = match ctx.peer.fetch_snapshot(ctx.header.clone()).await {
+        let snap = match ctx.peer.fetch_snapshot(header.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "snapshot transfer failed; retrying");

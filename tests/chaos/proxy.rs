@@ -1,0 +1,85 @@
+//! A TCP proxy the test controls, placed on a peer link: it passes bytes,
+//! blackholes them (connections stay open, nothing flows, as when a network
+//! drops packets), or resets every connection.
+
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    Pass,
+    Blackhole,
+    Reset,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: watch::Sender<LinkMode>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = watch::channel(LinkMode::Pass);
+        let modes = mode.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let rx = modes.subscribe();
+                tokio::spawn(forward(client, target, rx));
+            }
+        });
+        Proxy { addr, mode, task }
+    }
+
+    pub fn set(&self, mode: LinkMode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<LinkMode>) {
+    let current = *mode.borrow_and_update();
+    match current {
+        LinkMode::Reset => {
+            let _ = client.set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+        LinkMode::Blackhole => {
+            // Hold the connection without a byte either way until the
+            // link heals, then drop it as a timed-out connection would be.
+            let _ = mode.wait_for(|m| *m != LinkMode::Blackhole).await;
+            return;
+        }
+        LinkMode::Pass => {}
+    }
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = mode.wait_for(|m| *m != LinkMode::Pass) => {
+            if *mode.borrow() == LinkMode::Blackhole {
+                // Stop forwarding but keep both sockets open until healed.
+                let _ = mode.wait_for(|m| *m != LinkMode::Blackhole).await;
+            } else {
+                let _ = client.set_linger(Some(std::time::Duration::ZERO));
+                let _ = server.set_linger(Some(std::time::Duration::ZERO));
+            }
+        }
+    }
+    let _ = client.shutdown().await;
+    let _ = server.shutdown().await;
+}
