@@ -436,6 +436,16 @@ impl Node {
             return;
         }
         let was = self.role.kind();
+        let operator_waits = match &self.role {
+            Role::Standby(s) => s.planned_until.is_some(),
+            Role::Promoting { operator } => *operator,
+            _ => false,
+        };
+        if operator_waits {
+            self.emit(Effect::ReplyPromote(Err(format!(
+                "epoch {epoch} led by {leader:?} appeared during the promotion; this node follows it"
+            ))));
+        }
         if was == RoleKind::Standby {
             tracing::info!(%epoch, ours = %self.epoch, ?leader, "following the primary's newer epoch");
         } else {
