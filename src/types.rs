@@ -91,6 +91,19 @@ pub struct EpochStart {
 pub struct EpochHistory(pub Vec<EpochStart>);
 
 impl EpochHistory {
+    /// The history of a log whose first record follows `(base, base_epoch)`
+    /// (a log restored from a snapshot); empty for a log starting at 1.
+    pub fn starting_after(base: Lsn, base_epoch: Epoch) -> EpochHistory {
+        EpochHistory(if base == Lsn::ZERO {
+            Vec::new()
+        } else {
+            vec![EpochStart {
+                epoch: base_epoch,
+                first_lsn: base,
+            }]
+        })
+    }
+
     /// The epoch of the record at `lsn` in a log described by this history,
     /// or `None` before the first entry.
     pub fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {

@@ -10,7 +10,6 @@ use crate::types::{Epoch, Lsn, Record};
 use crate::wal::WalStore;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 /// Checks `batch` against our log and returns the records that are new.
 /// Records we already hold are skipped if they match; a batch that does not
@@ -92,26 +91,17 @@ const APPLY_CHUNK_BYTES: usize = 4 << 20;
 pub(super) fn spawn(
     wal: Arc<dyn WalStore>,
     sm: Arc<dyn StateMachine>,
-    mut commit: watch::Receiver<Lsn>,
+    commit: watch::Receiver<Lsn>,
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
-    let handle = tokio::spawn(async move {
-        loop {
-            let target = *commit.borrow_and_update();
-            if let Err(reason) = apply_up_to(wal.as_ref(), sm.as_ref(), target, &tx).await {
-                tracing::error!(%reason, "applying committed records failed; the node stops");
-                let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
-                return;
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                changed = commit.changed() => if changed.is_err() { return },
-            }
+    let events = tx.clone();
+    super::spawn_watch_worker(commit, tx, move |target| {
+        let (wal, sm, events) = (wal.clone(), sm.clone(), events.clone());
+        async move {
+            apply_up_to(wal.as_ref(), sm.as_ref(), target, &events).await?;
+            Ok(false)
         }
-    });
-    Tasks::new(cancel, vec![handle])
+    })
 }
 
 async fn apply_up_to(

@@ -8,50 +8,29 @@ use crate::types::Lsn;
 use crate::wal::WalStore;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 pub(super) fn spawn(
     wal: Arc<dyn WalStore>,
-    mut appended: watch::Receiver<Lsn>,
+    appended: watch::Receiver<Lsn>,
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
-    let handle = tokio::spawn(async move {
-        loop {
-            let target = *appended.borrow_and_update();
-            if wal.flushed_lsn() < target || wal.flushed_lsn() < wal.last_lsn() {
-                let w = wal.clone();
-                // Not cancellation-safe by design: an fsync in progress runs
-                // to completion and its result is always reported.
-                match super::run_blocking(wal.may_block(), move || w.sync()).await {
-                    Ok(Ok(flushed)) => {
-                        if tx
-                            .send(Msg::Event(Event::LocalFlushed { lsn: flushed }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "WAL fsync failed; the node stops acknowledging writes");
-                        let reason = e.to_string();
-                        let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
-                        return;
-                    }
-                    Err(reason) => {
-                        let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
-                        return;
-                    }
-                }
+    let events = tx.clone();
+    super::spawn_watch_worker(appended, tx, move |target| {
+        let (wal, events) = (wal.clone(), events.clone());
+        async move {
+            if wal.flushed_lsn() >= target && wal.flushed_lsn() >= wal.last_lsn() {
+                return Ok(false);
             }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                changed = appended.changed() => if changed.is_err() { return },
-            }
+            // Not cancellation-safe by design: an fsync in progress runs to
+            // completion and its result is always reported.
+            let w = wal.clone();
+            let flushed = super::run_blocking(wal.may_block(), move || w.sync())
+                .await?
+                .map_err(|e| format!("WAL fsync failed: {e}"))?;
+            let sent = events
+                .send(Msg::Event(Event::LocalFlushed { lsn: flushed }))
+                .await;
+            Ok(sent.is_ok())
         }
-    });
-    Tasks::new(cancel, vec![handle])
+    })
 }

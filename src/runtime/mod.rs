@@ -49,6 +49,43 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     }
 }
 
+/// Runs `work` with the watched value now and after every change until
+/// cancelled. `work` answers `Ok(true)` to run again at once (more may be
+/// due), or an error that stops the node: the WAL or the state machine can
+/// no longer be trusted.
+fn spawn_watch_worker<T, F, Fut>(
+    mut watched: watch::Receiver<T>,
+    tx: mpsc::Sender<Msg>,
+    mut work: F,
+) -> actor::Tasks
+where
+    T: Clone + Send + Sync + 'static,
+    F: FnMut(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<bool, String>> + Send,
+{
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let token = cancel.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            let value = watched.borrow_and_update().clone();
+            match work(value).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(reason) => {
+                    tracing::error!(%reason, "the node stops acknowledging writes");
+                    let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                changed = watched.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    actor::Tasks::new(cancel, vec![handle])
+}
+
 /// What the actor's mailbox carries.
 pub enum Msg {
     Apply {

@@ -79,6 +79,16 @@ fn standby_wal() -> Arc<MemWal> {
     Arc::new(wal)
 }
 
+/// Ten (paused) seconds pass and the node is still a standby.
+async fn assert_stays_standby(replica: &Replica) {
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "promotion", |h| {
+            h.role != RoleKind::Standby
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+}
+
 /// A peer that never answers: every call fails as an unreachable host.
 fn unreachable_peer() -> MockPeer {
     let mut peer = MockPeer::new();
@@ -120,12 +130,7 @@ async fn a_standby_not_in_sync_never_promotes() {
     peer.expect_fence().times(0);
     let (replica, service) = start(cfg(InitialRole::Standby), standby_wal(), peer);
     heartbeat_from_primary(&service, pb::SyncState::NotSync).await;
-    let waited = replica
-        .wait_for(Duration::from_secs(10), "promotion", |h| {
-            h.role != RoleKind::Standby
-        })
-        .await;
-    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+    assert_stays_standby(&replica).await;
     replica.shutdown().await;
 }
 
@@ -139,12 +144,7 @@ async fn auto_failover_off_means_the_standby_waits() {
     };
     let (replica, service) = start(cfg, standby_wal(), peer);
     heartbeat_from_primary(&service, pb::SyncState::Sync).await;
-    let waited = replica
-        .wait_for(Duration::from_secs(10), "promotion", |h| {
-            h.role != RoleKind::Standby
-        })
-        .await;
-    assert!(matches!(waited, Err(Error::Timeout(_))));
+    assert_stays_standby(&replica).await;
     replica.shutdown().await;
 }
 
@@ -160,12 +160,7 @@ async fn a_restarted_standby_does_not_promote_before_hearing_from_the_primary() 
     let mut peer = unreachable_peer();
     peer.expect_fence().times(0);
     let (replica, _service) = start(cfg(InitialRole::Standby), Arc::new(wal.crash()), peer);
-    let waited = replica
-        .wait_for(Duration::from_secs(10), "promotion", |h| {
-            h.role != RoleKind::Standby
-        })
-        .await;
-    assert!(matches!(waited, Err(Error::Timeout(_))));
+    assert_stays_standby(&replica).await;
     replica.shutdown().await;
 }
 

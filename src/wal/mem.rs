@@ -2,7 +2,7 @@
 //! what `sync` covered survives `crash`, and switches inject failures.
 
 use super::{WalError, WalMeta, WalStore, check_append};
-use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, Record};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,14 +211,7 @@ impl WalStore for MemWal {
         inner.records.clear();
         inner.base = base;
         inner.flushed = base;
-        inner.history = EpochHistory(if base == Lsn::ZERO {
-            Vec::new()
-        } else {
-            vec![EpochStart {
-                epoch: base_epoch,
-                first_lsn: base,
-            }]
-        });
+        inner.history = EpochHistory::starting_after(base, base_epoch);
         Ok(())
     }
 

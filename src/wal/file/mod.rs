@@ -20,7 +20,7 @@ mod tests;
 
 use super::record;
 use super::{WalError, WalMeta, WalStore, check_append};
-use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, Record};
 use cache::TailCache;
 use segment::{Segment, SegmentHeader};
 use std::fs::{self, File};
@@ -344,14 +344,7 @@ impl FileWal {
         }
         st.last = base;
         st.flushed = base;
-        st.history = EpochHistory(if base == Lsn::ZERO {
-            Vec::new()
-        } else {
-            vec![EpochStart {
-                epoch: base_epoch,
-                first_lsn: base,
-            }]
-        });
+        st.history = EpochHistory::starting_after(base, base_epoch);
         st.cache.clear();
         st.dir_dirty = false;
         st.generation += 1;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::types::EpochStart;
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
