@@ -656,3 +656,23 @@ fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
         Ok(_) => panic!("expected Corrupt, the log opened"),
     }
 }
+
+#[test]
+fn retention_leaving_only_the_active_segment_makes_it_durable_first() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=4, 1)).unwrap();
+    wal.sync().unwrap();
+    // Record 5 starts a segment that no sync round has reached yet.
+    wal.append(&[rec(5, 1)]).unwrap();
+    assert_eq!(segment_files(&dir).len(), 2);
+    // Removing 1..=4 leaves that segment alone: its header becomes the only
+    // record of where the log starts, so it must be durable before the old
+    // segment goes, or a power cut leaves a log that cannot be opened.
+    wal.inject_sync_failure();
+    assert!(matches!(
+        wal.remove_before(Lsn(5)),
+        Err(WalError::Poisoned(_))
+    ));
+    assert_eq!(segment_files(&dir).len(), 2, "the old segment went first");
+}
