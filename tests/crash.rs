@@ -41,7 +41,7 @@ const CHILD_ENV: &str = "WALREP_CRASH_CHILD";
 const CHILD_SEED_ENV: &str = "WALREP_CRASH_CHILD_SEED";
 const DURABLE: &str = "DURABLE ";
 /// The writer removes segments only below `durable - KEEP`.
-const KEEP: u64 = 3000;
+const KEEP: u64 = 1000;
 
 /// SplitMix64: small, seedable, good enough to pick delays and offsets.
 struct Rng(u64);
@@ -131,7 +131,7 @@ fn expected_history(last: u64) -> EpochHistory {
 
 fn options() -> FileWalOptions {
     FileWalOptions {
-        segment_bytes: 8 << 10,
+        segment_bytes: 16 << 10,
         max_record_bytes: 1 << 20,
         // Small, so reads of old records go to the segment files.
         tail_cache_bytes: 16 << 10,
@@ -191,7 +191,7 @@ fn child_writer() {
     // LSN assignment and append happen under one lock, as in the runtime;
     // syncs happen outside it, so several threads join one fsync.
     let order = Arc::new(Mutex::new(()));
-    let threads: Vec<_> = (0..4u64)
+    let threads: Vec<std::thread::JoinHandle<()>> = (0..4u64)
         .map(|t| {
             let (wal, order) = (wal.clone(), order.clone());
             let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
@@ -218,8 +218,10 @@ fn child_writer() {
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
+    // The writers never stop: only the parent's SIGKILL ends this.
+    drop(threads);
+    loop {
+        std::thread::park();
     }
 }
 

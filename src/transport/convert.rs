@@ -604,7 +604,7 @@ mod tests {
                     applied_lsn: applied,
                     flushed_epoch,
                 };
-                match ack_from_pb(a.clone()) {
+                match ack_from_pb(a) {
                     Ok(ack) => {
                         prop_assert!(ack.applied <= ack.flushed && ack.flushed <= ack.written);
                         prop_assert!(ack.written <= Lsn::MAX);
