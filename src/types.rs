@@ -39,6 +39,11 @@ pub struct Epoch(pub u64);
 impl Epoch {
     pub const ZERO: Epoch = Epoch(0);
 
+    /// The largest epoch walrep takes from a peer. Epochs go up by one per
+    /// promotion, so no cluster gets near it; a node that adopted a larger
+    /// one could never promote again (`next()` would overflow).
+    pub const MAX: Epoch = Epoch(1 << 62);
+
     pub fn next(self) -> Epoch {
         Epoch(self.0 + 1)
     }

@@ -45,6 +45,16 @@ pub fn header_from_pb(h: Option<pb::Header>) -> Result<Header, Malformed> {
     if h.node_id.is_empty() {
         return Err(malformed("header", "node_id is empty"));
     }
+    if h.epoch > Epoch::MAX.0 {
+        return Err(malformed(
+            "header",
+            format!(
+                "epoch {} is beyond the largest epoch {}",
+                h.epoch,
+                Epoch::MAX
+            ),
+        ));
+    }
     Ok(Header {
         cluster_id: h.cluster_id,
         epoch: Epoch(h.epoch),
@@ -379,6 +389,14 @@ mod tests {
     }
 
     #[test]
+    fn a_header_with_an_epoch_no_promotion_could_follow_is_malformed() {
+        let mut h = header_to_pb(&header());
+        h.epoch = u64::MAX;
+        let err = header_from_pb(Some(h)).unwrap_err();
+        assert!(err.detail.contains("beyond the largest epoch"), "{err}");
+    }
+
+    #[test]
     fn an_ack_beyond_the_largest_lsn_is_malformed() {
         let ack = pb::WalAck {
             epoch: 1,
@@ -529,7 +547,7 @@ mod tests {
                 Ok(batch) => {
                     let header = batch.header.epoch;
                     let mut epoch = batch.prev_epoch;
-                    prop_assert!(epoch <= header);
+                    prop_assert!(epoch <= header && header <= Epoch::MAX);
                     for (i, r) in batch.records.iter().enumerate() {
                         prop_assert_eq!(r.lsn.0 as u128, batch.prev_lsn.0 as u128 + 1 + i as u128);
                         prop_assert!(r.epoch >= epoch && r.epoch <= header);

@@ -897,8 +897,6 @@ mod arbitrary_files {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
-
         #[test]
         fn open_yields_written_records_or_corrupt(
             files in prop::collection::vec(file(), 1..4),
