@@ -17,6 +17,9 @@ pub mod transport;
 pub mod types;
 pub mod wal;
 
+#[cfg(test)]
+mod test_alloc;
+
 /// Generated protobuf and tonic code. Protobuf types never leave the
 /// transport layer; the rest of the crate speaks `types`.
 pub mod pb {

@@ -10,6 +10,12 @@ pub struct Lsn(pub u64);
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 
+    /// The largest LSN walrep takes from a file or a peer. No log gets
+    /// near it (2^62 records take 146 years at a billion a second), so a
+    /// header or message that claims more is damaged or hostile, and
+    /// refusing it keeps every `next()` after it from overflowing.
+    pub const MAX: Lsn = Lsn(1 << 62);
+
     pub fn next(self) -> Lsn {
         Lsn(self.0 + 1)
     }
@@ -32,6 +38,11 @@ pub struct Epoch(pub u64);
 
 impl Epoch {
     pub const ZERO: Epoch = Epoch(0);
+
+    /// The largest epoch walrep takes from a peer. Epochs go up by one per
+    /// promotion, so no cluster gets near it; a node that adopted a larger
+    /// one could never promote again (`next()` would overflow).
+    pub const MAX: Epoch = Epoch(1 << 62);
 
     pub fn next(self) -> Epoch {
         Epoch(self.0 + 1)

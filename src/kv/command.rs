@@ -79,4 +79,67 @@ mod tests {
         assert!(Command::decode(&[1, 255, 255, 255, 255]).is_err());
         assert!(Command::decode(&[9, 0, 0, 0, 0]).is_err());
     }
+
+    mod props {
+        use super::*;
+        use crate::test_alloc::largest_allocation;
+        use proptest::prelude::*;
+
+        fn any_command() -> impl Strategy<Value = Command> {
+            let bytes = || prop::collection::vec(any::<u8>(), 0..40);
+            prop_oneof![
+                (bytes(), bytes()).prop_map(|(key, value)| Command::Put {
+                    key,
+                    value: Bytes::from(value),
+                }),
+                bytes().prop_map(|key| Command::Delete { key }),
+            ]
+        }
+
+        /// Bytes near a command: a tag, a key length that may lie, bytes.
+        fn near_command() -> impl Strategy<Value = Vec<u8>> {
+            (
+                prop_oneof![4 => 1u8..3, 1 => any::<u8>()],
+                prop_oneof![3 => 0u32..50, 1 => any::<u32>()],
+                prop::collection::vec(any::<u8>(), 0..60),
+            )
+                .prop_map(|(tag, len, rest)| {
+                    let mut b = vec![tag];
+                    b.extend_from_slice(&len.to_le_bytes());
+                    b.extend(rest);
+                    b
+                })
+        }
+
+        fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+            let (result, allocated) = largest_allocation(|| Command::decode(bytes));
+            // Error messages allocate a little; a key length must not.
+            prop_assert!(allocated <= bytes.len() + 128, "allocated {allocated}");
+            match result {
+                // Exactly one encoding per command.
+                Ok(cmd) => prop_assert_eq!(cmd.encode(), bytes),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_command_round_trips(cmd in any_command()) {
+                prop_assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
+            }
+
+            #[test]
+            fn arbitrary_bytes_give_a_command_or_an_error(
+                bytes in prop::collection::vec(any::<u8>(), 0..80),
+            ) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn nearly_valid_bytes_give_a_command_or_an_error(bytes in near_command()) {
+                check(&bytes)?;
+            }
+        }
+    }
 }

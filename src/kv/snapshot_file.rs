@@ -56,11 +56,18 @@ pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
         Ok(a)
     };
     let mut map = BTreeMap::new();
-    for _ in 0..count {
+    for i in 0..count {
         let klen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
         let key = take(klen)?.to_vec();
         let vlen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
         let value = Bytes::copy_from_slice(take(vlen)?);
+        // `encode_map` writes keys in ascending order; a repeated key would
+        // silently drop an entry.
+        if map.last_key_value().is_some_and(|(last, _)| *last >= key) {
+            return Err(err(format!(
+                "snapshot entry {i} repeats a key or is out of order (keys must ascend)"
+            )));
+        }
         map.insert(key, value);
     }
     if !rest.is_empty() {
@@ -101,4 +108,141 @@ pub fn load(dir: &Path) -> Result<Option<(Lsn, Map)>, StateMachineError> {
         ))
     })?;
     Ok(Some((lsn, map)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_alloc::largest_allocation;
+    use proptest::prelude::*;
+
+    fn seal(mut body: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    }
+
+    fn check(data: &[u8]) -> Result<(), TestCaseError> {
+        let (result, allocated) = largest_allocation(|| decode_map(data));
+        // Entries are copied out of `data` into map nodes of a fixed size;
+        // a count or a length field must not add to that.
+        prop_assert!(allocated <= data.len() + 1024, "allocated {allocated}");
+        match result {
+            // What is accepted is exactly what `encode_map` writes, so no
+            // entry can hide behind another with the same key.
+            Ok(map) => prop_assert_eq!(encode_map(&map), data),
+            Err(e) => prop_assert!(!e.0.is_empty()),
+        }
+        Ok(())
+    }
+
+    fn any_map() -> impl Strategy<Value = Map> {
+        prop::collection::btree_map(
+            prop::collection::vec(any::<u8>(), 0..6),
+            prop::collection::vec(any::<u8>(), 0..20).prop_map(Bytes::from),
+            0..8,
+        )
+    }
+
+    /// A checksummed snapshot whose fields mostly agree and sometimes lie:
+    /// a count, key or value length that does not match, keys repeated or
+    /// out of order, bytes missing or left over.
+    fn sealed_snapshot() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::collection::vec(0u8..4, 0..3);
+        let entry = (
+            key,
+            prop::collection::vec(any::<u8>(), 0..8),
+            prop::option::weighted(0.05, any::<u32>()),
+            prop::option::weighted(0.05, any::<u32>()),
+        );
+        (
+            prop::collection::vec(entry, 0..6),
+            prop::option::weighted(0.1, prop_oneof![0u64..8, Just(u64::MAX)]),
+            any::<bool>(),
+            prop::option::weighted(0.1, prop::collection::vec(any::<u8>(), 1..4)),
+        )
+            .prop_map(|(mut entries, count, sorted, extra)| {
+                if sorted {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    entries.dedup_by(|a, b| a.0 == b.0);
+                }
+                let mut b = MAGIC.to_vec();
+                let count = count.unwrap_or(entries.len() as u64);
+                b.extend_from_slice(&count.to_le_bytes());
+                for (k, v, klen, vlen) in entries {
+                    b.extend_from_slice(&klen.unwrap_or(k.len() as u32).to_le_bytes());
+                    b.extend_from_slice(&k);
+                    b.extend_from_slice(&vlen.unwrap_or(v.len() as u32).to_le_bytes());
+                    b.extend_from_slice(&v);
+                }
+                b.extend(extra.unwrap_or_default());
+                seal(b)
+            })
+    }
+
+    fn entries(keys: &[&[u8]]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+        for (i, k) in keys.iter().enumerate() {
+            b.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            b.extend_from_slice(k);
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.push(i as u8);
+        }
+        seal(b)
+    }
+
+    #[test]
+    fn a_snapshot_repeating_a_key_is_refused_instead_of_dropping_an_entry() {
+        let e = decode_map(&entries(&[b"a", b"b", b"b"])).unwrap_err();
+        assert!(e.0.contains("entry 2 repeats a key"), "{e}");
+        assert!(decode_map(&entries(&[b"a", b"b", b"c"])).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_with_keys_out_of_order_is_refused() {
+        let e = decode_map(&entries(&[b"b", b"a"])).unwrap_err();
+        assert!(e.0.contains("out of order"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_map_round_trips(map in any_map()) {
+            prop_assert_eq!(decode_map(&encode_map(&map)).unwrap(), map);
+        }
+
+        #[test]
+        fn arbitrary_bytes_give_a_map_or_an_error(
+            data in prop::collection::vec(any::<u8>(), 0..100),
+        ) {
+            check(&data)?;
+        }
+
+        #[test]
+        fn checksummed_snapshots_give_their_map_or_an_error(data in sealed_snapshot()) {
+            check(&data)?;
+        }
+
+        /// A count of entries far beyond what the bytes can hold, or a key
+        /// or value length beyond them, is refused without allocating.
+        #[test]
+        fn huge_counts_and_lengths_are_refused_without_allocating(
+            count in (1u64 << 20)..,
+            len in (1u32 << 20)..,
+            len_is_value in any::<bool>(),
+        ) {
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&count.to_le_bytes());
+            if len_is_value {
+                b.extend_from_slice(&1u32.to_le_bytes());
+                b.push(b'k');
+            }
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(b"short");
+            let data = seal(b);
+            let (result, allocated) = largest_allocation(|| decode_map(&data));
+            prop_assert!(result.is_err());
+            prop_assert!(allocated <= 256, "allocated {allocated}");
+        }
+    }
 }

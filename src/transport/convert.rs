@@ -45,6 +45,16 @@ pub fn header_from_pb(h: Option<pb::Header>) -> Result<Header, Malformed> {
     if h.node_id.is_empty() {
         return Err(malformed("header", "node_id is empty"));
     }
+    if h.epoch > Epoch::MAX.0 {
+        return Err(malformed(
+            "header",
+            format!(
+                "epoch {} is beyond the largest epoch {}",
+                h.epoch,
+                Epoch::MAX
+            ),
+        ));
+    }
     Ok(Header {
         cluster_id: h.cluster_id,
         epoch: Epoch(h.epoch),
@@ -135,6 +145,17 @@ pub fn batch_to_pb(b: &WalBatch) -> pb::WalBatch {
 /// batch that fails any of these is refused whole.
 pub fn batch_from_pb(b: pb::WalBatch, max_record_bytes: usize) -> Result<WalBatch, Malformed> {
     let header = header_from_pb(b.header)?;
+    // Bounded so the LSNs that follow it can be counted without overflow.
+    if b.prev_lsn > Lsn::MAX.0 {
+        return Err(malformed(
+            "batch",
+            format!(
+                "prev_lsn {} is beyond the largest LSN {}",
+                b.prev_lsn,
+                Lsn::MAX
+            ),
+        ));
+    }
     let mut expected = Lsn(b.prev_lsn).next();
     let mut epoch = Epoch(b.prev_epoch);
     if epoch > header.epoch {
@@ -219,6 +240,18 @@ pub fn ack_to_pb(a: &WalAck) -> pb::WalAck {
 }
 
 pub fn ack_from_pb(a: pb::WalAck) -> Result<WalAck, Malformed> {
+    // The primary counts on from these positions (`flushed + 1` is where
+    // the standby's next record is); no log reaches past `Lsn::MAX`.
+    if a.written_lsn > Lsn::MAX.0 {
+        return Err(malformed(
+            "ack",
+            format!(
+                "written_lsn {} is beyond the largest LSN {}",
+                a.written_lsn,
+                Lsn::MAX
+            ),
+        ));
+    }
     if a.flushed_lsn > a.written_lsn || a.applied_lsn > a.flushed_lsn {
         return Err(malformed(
             "ack",
@@ -340,6 +373,43 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_after_the_largest_lsn_is_malformed_not_an_overflow() {
+        let mut b = batch_to_pb(&batch(Vec::new()));
+        b.prev_lsn = u64::MAX;
+        let err = batch_from_pb(b.clone(), 1024).unwrap_err();
+        assert!(err.detail.contains("beyond the largest LSN"), "{err}");
+        // A last record at u64::MAX used to overflow counting past it.
+        let r = Record {
+            lsn: Lsn(u64::MAX),
+            ..rec(0, 1)
+        };
+        b.prev_lsn = u64::MAX - 1;
+        b.records = vec![record_to_pb(&r)];
+        assert!(batch_from_pb(b, 1024).is_err());
+    }
+
+    #[test]
+    fn a_header_with_an_epoch_no_promotion_could_follow_is_malformed() {
+        let mut h = header_to_pb(&header());
+        h.epoch = u64::MAX;
+        let err = header_from_pb(Some(h)).unwrap_err();
+        assert!(err.detail.contains("beyond the largest epoch"), "{err}");
+    }
+
+    #[test]
+    fn an_ack_beyond_the_largest_lsn_is_malformed() {
+        let ack = pb::WalAck {
+            epoch: 1,
+            written_lsn: u64::MAX,
+            flushed_lsn: u64::MAX,
+            applied_lsn: 0,
+            flushed_epoch: 1,
+        };
+        let err = ack_from_pb(ack).unwrap_err();
+        assert!(err.detail.contains("beyond the largest LSN"), "{err}");
+    }
+
+    #[test]
     fn a_history_going_backwards_is_refused() {
         let h = vec![
             pb::EpochStart {
@@ -352,5 +422,245 @@ mod tests {
             },
         ];
         assert!(history_from_pb(h).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use bytes::Bytes;
+        use proptest::prelude::*;
+
+        /// LSN fields: small, near the top of the range, or anything.
+        fn lsn() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                4 => 0u64..20,
+                1 => (0u64..3).prop_map(|d| u64::MAX - d),
+                1 => (0u64..3).prop_map(|d| Lsn::MAX.0 - 1 + d),
+                1 => any::<u64>(),
+            ]
+        }
+
+        fn small_or_any() -> impl Strategy<Value = u64> {
+            prop_oneof![6 => 0u64..6, 1 => any::<u64>()]
+        }
+
+        fn pb_header() -> impl Strategy<Value = pb::Header> {
+            (
+                small_or_any(),
+                prop_oneof![9 => Just("n2".to_string()), 1 => ".{0,3}"],
+                prop_oneof![Just(String::new()), ".{0,3}"],
+            )
+                .prop_map(|(epoch, node_id, leader_id)| pb::Header {
+                    cluster_id: "c".into(),
+                    epoch,
+                    node_id,
+                    node_addr: "a:1".into(),
+                    leader_id,
+                    client_addr: String::new(),
+                })
+        }
+
+        #[derive(Clone, Debug)]
+        struct RecordPlan {
+            /// The LSN after the previous one, or this one.
+            lsn: Option<u64>,
+            epoch_step: u64,
+            payload: Vec<u8>,
+            /// A CRC that is wrong by this much (mostly 0, right).
+            crc_error: u32,
+        }
+
+        fn record_plan() -> impl Strategy<Value = RecordPlan> {
+            (
+                prop::option::weighted(0.1, lsn()),
+                prop_oneof![8 => Just(0u64), 2 => Just(1u64), 1 => any::<u64>()],
+                prop::collection::vec(any::<u8>(), 0..40),
+                prop_oneof![9 => Just(0u32), 1 => any::<u32>()],
+            )
+                .prop_map(|(lsn, epoch_step, payload, crc_error)| RecordPlan {
+                    lsn,
+                    epoch_step,
+                    payload,
+                    crc_error,
+                })
+        }
+
+        /// A batch as a sender might build it, right or wrong in any field.
+        fn pb_batch() -> impl Strategy<Value = pb::WalBatch> {
+            (
+                prop::option::weighted(0.95, pb_header()),
+                lsn(),
+                small_or_any(),
+                prop::collection::vec(record_plan(), 0..6),
+                (lsn(), lsn(), lsn()),
+                prop_oneof![6 => 1i32..4, 1 => Just(0), 1 => any::<i32>()],
+                prop::bool::weighted(0.7),
+            )
+                .prop_map(
+                    |(
+                        mut header,
+                        prev_lsn,
+                        prev_epoch,
+                        plans,
+                        (commit, last, first),
+                        sync,
+                        fit,
+                    )| {
+                        let (mut next, mut epoch) = (prev_lsn.wrapping_add(1), prev_epoch);
+                        let records = plans
+                            .into_iter()
+                            .map(|p| {
+                                let r = Record {
+                                    lsn: Lsn(p.lsn.unwrap_or(next)),
+                                    epoch: Epoch(epoch.wrapping_add(p.epoch_step)),
+                                    payload: Bytes::from(p.payload),
+                                };
+                                (next, epoch) = (r.lsn.0.wrapping_add(1), r.epoch.0);
+                                pb::WalRecord {
+                                    crc: r.checksum().wrapping_add(p.crc_error),
+                                    ..record_to_pb(&r)
+                                }
+                            })
+                            .collect::<Vec<_>>();
+                        // Mostly a sender epoch the records fit under, so that
+                        // the other checks get their turn.
+                        if fit && let Some(h) = &mut header {
+                            h.epoch = h.epoch.max(epoch);
+                        }
+                        pb::WalBatch {
+                            header,
+                            prev_lsn,
+                            prev_epoch,
+                            records,
+                            commit_lsn: commit,
+                            sync_state: sync,
+                            last_lsn: last,
+                            first_lsn: first,
+                        }
+                    },
+                )
+        }
+
+        /// A batch is accepted only whole and only if it is what the
+        /// types promise; anything else is a `Malformed` that says what.
+        fn check_batch(b: pb::WalBatch, max: usize) -> Result<(), TestCaseError> {
+            match batch_from_pb(b.clone(), max) {
+                Ok(batch) => {
+                    let header = batch.header.epoch;
+                    let mut epoch = batch.prev_epoch;
+                    prop_assert!(epoch <= header && header <= Epoch::MAX);
+                    for (i, r) in batch.records.iter().enumerate() {
+                        prop_assert_eq!(r.lsn.0 as u128, batch.prev_lsn.0 as u128 + 1 + i as u128);
+                        prop_assert!(r.epoch >= epoch && r.epoch <= header);
+                        prop_assert!(r.payload.len() <= max);
+                        prop_assert!(r.lsn.0 <= Lsn::MAX.0 + i as u64 + 1);
+                        epoch = r.epoch;
+                    }
+                    // Nothing is lost or changed on the way in: the CRCs
+                    // sent are the ones the content has.
+                    prop_assert_eq!(batch_to_pb(&batch), b);
+                }
+                Err(m) => {
+                    prop_assert!(
+                        ["request", "header", "batch", "record", "sync_state"].contains(&m.what),
+                        "{m}"
+                    );
+                    prop_assert!(!m.detail.is_empty());
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn batches_are_valid_or_malformed(
+                b in pb_batch(),
+                max in prop_oneof![3 => Just(usize::MAX), 1 => 0usize..40],
+            ) {
+                check_batch(b, max)?;
+            }
+
+            /// Bytes off the wire: whatever prost makes of them, the
+            /// conversion decides without a panic.
+            #[test]
+            fn arbitrary_bytes_decode_to_a_valid_batch_or_an_error(
+                bytes in prop::collection::vec(any::<u8>(), 0..200),
+            ) {
+                if let Ok(b) = <pb::WalBatch as prost::Message>::decode(&bytes[..]) {
+                    check_batch(b, 1024)?;
+                }
+            }
+
+            /// A valid batch's encoding with some bytes changed.
+            #[test]
+            fn changed_bytes_of_a_batch_give_a_valid_batch_or_an_error(
+                b in pb_batch(),
+                changes in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 1..4),
+            ) {
+                let mut bytes = prost::Message::encode_to_vec(&b);
+                prop_assume!(!bytes.is_empty());
+                for (at, xor) in changes {
+                    let at = at.index(bytes.len());
+                    bytes[at] ^= xor;
+                }
+                if let Ok(b) = <pb::WalBatch as prost::Message>::decode(&bytes[..]) {
+                    check_batch(b, 1024)?;
+                }
+            }
+
+            #[test]
+            fn acks_are_ordered_or_malformed(
+                epoch in any::<u64>(),
+                written in lsn(),
+                flushed in lsn(),
+                applied in lsn(),
+                flushed_epoch in any::<u64>(),
+            ) {
+                let a = pb::WalAck {
+                    epoch,
+                    written_lsn: written,
+                    flushed_lsn: flushed,
+                    applied_lsn: applied,
+                    flushed_epoch,
+                };
+                match ack_from_pb(a) {
+                    Ok(ack) => {
+                        prop_assert!(ack.applied <= ack.flushed && ack.flushed <= ack.written);
+                        prop_assert!(ack.written <= Lsn::MAX);
+                        prop_assert_eq!(ack_to_pb(&ack), a);
+                    }
+                    Err(m) => prop_assert_eq!(m.what, "ack"),
+                }
+            }
+
+            #[test]
+            fn histories_ascend_or_are_malformed(
+                entries in prop::collection::vec((small_or_any(), lsn()), 0..6),
+                sorted in any::<bool>(),
+            ) {
+                let mut h: Vec<pb::EpochStart> = entries
+                    .into_iter()
+                    .map(|(epoch, first_lsn)| pb::EpochStart { epoch, first_lsn })
+                    .collect();
+                if sorted {
+                    h.sort_by_key(|e| (e.epoch, e.first_lsn));
+                }
+                match history_from_pb(h.clone()) {
+                    Ok(history) => {
+                        for w in history.0.windows(2) {
+                            prop_assert!(w[0].epoch < w[1].epoch);
+                            prop_assert!(w[0].first_lsn <= w[1].first_lsn);
+                        }
+                        // `note` panics on what goes backwards: rebuilding
+                        // the history with it must not.
+                        let mut again = EpochHistory::default();
+                        for e in &history.0 {
+                            again.note(e.first_lsn, e.epoch);
+                        }
+                        prop_assert_eq!(history_to_pb(&history), h);
+                    }
+                    Err(m) => prop_assert_eq!(m.what, "epoch history"),
+                }
+            }
+        }
     }
 }

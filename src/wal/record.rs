@@ -143,4 +143,102 @@ mod tests {
             Err(FrameError::TooLong { .. })
         ));
     }
+
+    mod props {
+        use super::*;
+        use crate::test_alloc::largest_allocation;
+        use proptest::prelude::*;
+
+        fn any_record() -> impl Strategy<Value = Record> {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(lsn, epoch, payload)| Record {
+                    lsn: Lsn(lsn),
+                    epoch: Epoch(epoch),
+                    payload: Bytes::from(payload),
+                })
+        }
+
+        proptest! {
+            /// Any bytes: a frame that re-encodes to exactly the bytes it
+            /// used, or the error that describes them; never a panic, never
+            /// an allocation larger than the input.
+            #[test]
+            fn arbitrary_bytes_decode_to_a_valid_frame_or_a_precise_error(
+                buf in prop::collection::vec(any::<u8>(), 0..400),
+                max in prop_oneof![0usize..64, Just(usize::MAX)],
+            ) {
+                let (result, allocated) = largest_allocation(|| decode(&buf, max));
+                prop_assert!(allocated <= buf.len(), "allocated {allocated}");
+                match result {
+                    Ok((r, used)) => {
+                        let mut again = Vec::new();
+                        encode(&r, &mut again);
+                        prop_assert_eq!(&again[..], &buf[..used]);
+                        prop_assert!(r.payload.len() <= max);
+                    }
+                    Err(FrameError::Incomplete { needed, available }) => {
+                        prop_assert_eq!(available, buf.len());
+                        prop_assert!(needed > available);
+                    }
+                    Err(FrameError::TooLong { len, limit }) => {
+                        prop_assert_eq!(limit, max);
+                        prop_assert!(len > limit);
+                        prop_assert_eq!(len, u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize);
+                    }
+                    Err(FrameError::Checksum { lsn, stored, computed }) => {
+                        prop_assert_eq!(lsn.0, u64::from_le_bytes(buf[4..12].try_into().unwrap()));
+                        prop_assert_ne!(stored, computed);
+                    }
+                }
+            }
+
+            /// A length above the limit is refused from the header alone,
+            /// whatever follows and however little of it there is.
+            #[test]
+            fn a_length_above_the_limit_is_too_long_without_allocating(
+                len in any::<u32>(),
+                max in 0usize..(1 << 20),
+                rest in prop::collection::vec(any::<u8>(), HEADER_LEN - 4..HEADER_LEN + 64),
+            ) {
+                prop_assume!(len as usize > max);
+                let mut buf = len.to_le_bytes().to_vec();
+                buf.extend(rest);
+                let (result, allocated) = largest_allocation(|| decode(&buf, max));
+                prop_assert_eq!(result, Err(FrameError::TooLong { len: len as usize, limit: max }));
+                prop_assert_eq!(allocated, 0);
+            }
+
+            /// Valid frames round trip, followed by anything.
+            #[test]
+            fn valid_frames_round_trip(
+                r in any_record(),
+                trailing in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut buf = Vec::new();
+                encode(&r, &mut buf);
+                let len = buf.len();
+                prop_assert_eq!(len, encoded_len(&r));
+                buf.extend(trailing);
+                prop_assert_eq!(decode(&buf, r.payload.len()), Ok((r, len)));
+            }
+
+            /// Changing any byte of a valid frame is caught.
+            #[test]
+            fn a_changed_byte_is_caught(
+                r in any_record(),
+                at in any::<prop::sample::Index>(),
+                xor in 1u8..,
+            ) {
+                let mut buf = Vec::new();
+                encode(&r, &mut buf);
+                let at = at.index(buf.len());
+                buf[at] ^= xor;
+                prop_assert!(decode(&buf, usize::MAX).is_err());
+            }
+        }
+    }
 }

@@ -250,4 +250,132 @@ mod tests {
             assert!(decode(&buf[..cut], p).is_err(), "cut at {cut}");
         }
     }
+
+    mod props {
+        use super::*;
+        use crate::test_alloc::largest_allocation;
+        use proptest::prelude::*;
+
+        fn check(buf: &[u8]) -> Result<(), TestCaseError> {
+            let p = Path::new("/x/meta");
+            let (result, allocated) = largest_allocation(|| decode(buf, p));
+            // Error messages allocate a little; a length field must not.
+            prop_assert!(allocated <= buf.len() + 256, "allocated {allocated}");
+            match result {
+                // Whatever is accepted is exactly what `encode` writes.
+                Ok((meta, history)) => prop_assert_eq!(encode(&meta, &history), buf),
+                Err(WalError::Corrupt {
+                    segment,
+                    offset,
+                    detail,
+                }) => {
+                    prop_assert_eq!(segment, p.to_path_buf());
+                    prop_assert!(offset as usize <= buf.len());
+                    prop_assert!(!detail.is_empty());
+                }
+                Err(e) => prop_assert!(false, "not Corrupt: {e}"),
+            }
+            Ok(())
+        }
+
+        /// A file with the right magic and version and a correct CRC, its
+        /// fields mostly consistent and sometimes not (a length or count
+        /// that lies, a name that is not UTF-8, a history going backwards,
+        /// bytes missing or left over): what the parser past the checksum
+        /// sees.
+        fn sealed_body() -> impl Strategy<Value = Vec<u8>> {
+            fn lie<S: Strategy>(s: S) -> impl Strategy<Value = Option<S::Value>> {
+                prop::option::weighted(0.15, s)
+            }
+            (
+                any_meta(),
+                lie(any::<u8>()),
+                lie(prop::collection::vec(any::<u8>(), 0..8)),
+                lie(any::<u32>()),
+                lie(prop::collection::vec((0u64..9, 0u64..9), 0..5)),
+                lie(any::<u32>()),
+                prop::option::weighted(0.1, prop::collection::vec(any::<u8>(), 1..3)),
+                prop::option::weighted(0.1, any::<prop::sample::Index>()),
+            )
+                .prop_map(
+                    |((meta, history), flag, name, len, entries, count, extra, cut)| {
+                        let mut b = MAGIC.to_vec();
+                        b.extend_from_slice(&VERSION.to_le_bytes());
+                        b.extend_from_slice(&meta.epoch.0.to_le_bytes());
+                        b.push(flag.unwrap_or(meta.leader.is_some() as u8));
+                        let name = name.unwrap_or_else(|| {
+                            meta.leader.map(|l| l.0.into_bytes()).unwrap_or_default()
+                        });
+                        b.extend_from_slice(&len.unwrap_or(name.len() as u32).to_le_bytes());
+                        b.extend_from_slice(&name);
+                        let entries = entries.unwrap_or_else(|| {
+                            history
+                                .0
+                                .iter()
+                                .map(|e| (e.epoch.0, e.first_lsn.0))
+                                .collect()
+                        });
+                        b.extend_from_slice(&count.unwrap_or(entries.len() as u32).to_le_bytes());
+                        for (e, l) in entries {
+                            b.extend_from_slice(&e.to_le_bytes());
+                            b.extend_from_slice(&l.to_le_bytes());
+                        }
+                        b.extend(extra.unwrap_or_default());
+                        if let Some(cut) = cut {
+                            b.truncate(cut.index(b.len() + 1));
+                        }
+                        let crc = crc32c::crc32c(&b);
+                        b.extend_from_slice(&crc.to_le_bytes());
+                        b
+                    },
+                )
+        }
+
+        fn any_meta() -> impl Strategy<Value = (WalMeta, EpochHistory)> {
+            (
+                any::<u64>(),
+                prop::option::of(".{0,12}"),
+                prop::collection::vec((1u64..4, 0u64..4), 0..6),
+            )
+                .prop_map(|(epoch, leader, steps)| {
+                    let (mut e, mut l) = (0, 0);
+                    let history = steps
+                        .into_iter()
+                        .map(|(de, dl)| {
+                            e += de;
+                            l += dl;
+                            EpochStart {
+                                epoch: Epoch(e),
+                                first_lsn: Lsn(l),
+                            }
+                        })
+                        .collect();
+                    let meta = WalMeta {
+                        epoch: Epoch(epoch),
+                        leader: leader.map(NodeId),
+                    };
+                    (meta, EpochHistory(history))
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_give_meta_or_corrupt(
+                buf in prop::collection::vec(any::<u8>(), 0..128),
+            ) {
+                check(&buf)?;
+            }
+
+            #[test]
+            fn arbitrary_checksummed_bodies_give_meta_or_corrupt(buf in sealed_body()) {
+                check(&buf)?;
+            }
+
+            #[test]
+            fn meta_round_trips((meta, history) in any_meta()) {
+                let buf = encode(&meta, &history);
+                prop_assert_eq!(decode(&buf, Path::new("m")).unwrap(), (meta, history));
+            }
+        }
+    }
 }

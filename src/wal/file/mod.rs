@@ -575,6 +575,22 @@ impl WalStore for FileWal {
             let meta = st.meta.clone();
             self.persist_meta(st, &meta)?;
         }
+        // The first segment left is what says where the log starts. Every
+        // segment but the active one was fsynced when the next began; the
+        // active one may not have been reached by any sync yet, and a crash
+        // that kept the removals but tore its header would leave a log
+        // that cannot be opened.
+        if count == st.segments.len() - 1 {
+            let active = st.active();
+            let (path, file) = (active.path.clone(), active.file.clone());
+            let synced = self.fsync(&path, &file).and_then(|()| {
+                segment::sync_dir(&self.wal_dir)
+                    .map_err(|e| format!("fsync of {} failed: {e}", self.wal_dir.display()))
+            });
+            if let Err(why) = synced {
+                return Err(st.poison(why));
+            }
+        }
         // Oldest first, so what remains is always a gapless suffix.
         for _ in 0..count {
             let path = st.segments[0].path.clone();

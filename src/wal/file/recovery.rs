@@ -83,6 +83,14 @@ pub(super) fn recover(
                     "a segment cannot start at record 0".into(),
                 ));
             }
+            Ok(h) if h.first_lsn > Lsn::MAX => {
+                let detail = format!(
+                    "a segment cannot start at record {}, beyond the largest LSN {}",
+                    h.first_lsn,
+                    Lsn::MAX
+                );
+                return Err(corrupt(&path, 0, detail));
+            }
             Ok(h) if h.first_lsn == name_lsn => h,
             Ok(h) => {
                 let detail = format!(
@@ -93,9 +101,12 @@ pub(super) fn recover(
             }
             Err(detail) => {
                 // A crash right after creating a rolled segment. Only when
-                // something precedes it (or it starts the log) do we know
-                // what the log's end is without it.
-                let rolled = !segments.is_empty() || name_lsn == Lsn(1);
+                // it continues what precedes it (or starts the log) do we
+                // know what the log's end is without it.
+                let rolled = match segments.is_empty() {
+                    true => name_lsn == Lsn(1),
+                    false => name_lsn == last.next(),
+                };
                 if is_last && rolled && find_frame(&data, 0, name_lsn).is_none() {
                     tracing::warn!(
                         segment = %path.display(),
@@ -252,7 +263,10 @@ fn merge_history(persisted: &EpochHistory, base: Lsn, base_epoch: Epoch) -> Epoc
 /// The offset of the first valid frame at or after `from` that could be
 /// record `expected` or a later one (see the module comment).
 fn find_frame(data: &[u8], from: usize, expected: Lsn) -> Option<usize> {
-    let highest = expected.0 + (data.len().saturating_sub(from) / FRAME_HEADER_LEN) as u64;
+    // Saturating: `expected` may come from a file name, which can say anything.
+    let highest = expected
+        .0
+        .saturating_add((data.len().saturating_sub(from) / FRAME_HEADER_LEN) as u64);
     let end = data.len().saturating_sub(FRAME_HEADER_LEN - 1);
     (from..end).find(|&off| {
         let lsn = u64::from_le_bytes(data[off + 4..off + 12].try_into().unwrap());

@@ -202,4 +202,54 @@ mod tests {
         assert_eq!(parse_file_name("0000000000000000004x.seg"), None);
         assert_eq!(parse_file_name(PENDING_NAME), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// 32 bytes with the magic and version right and a correct CRC:
+        /// only the LSN and epoch fields are free.
+        fn sealed(mut b: [u8; 32]) -> [u8; 32] {
+            b[0..8].copy_from_slice(&MAGIC);
+            let crc = crc32c::crc32c(&b[..28]);
+            b[28..32].copy_from_slice(&crc.to_le_bytes());
+            b
+        }
+
+        proptest! {
+            #[test]
+            fn headers_round_trip(first in any::<u64>(), epoch in any::<u64>()) {
+                let h = SegmentHeader { first_lsn: Lsn(first), base_epoch: Epoch(epoch) };
+                prop_assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+            }
+
+            /// Any bytes: a header that encodes back to the same 32 bytes,
+            /// or an error naming what is wrong; never a panic.
+            #[test]
+            fn arbitrary_bytes_give_a_header_or_a_precise_error(
+                buf in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                match SegmentHeader::decode(&buf) {
+                    Ok(h) => prop_assert_eq!(&h.encode()[..], &buf[..32]),
+                    Err(e) if buf.len() < 32 => prop_assert!(e.contains("incomplete"), "{e}"),
+                    Err(e) if buf[..8] != MAGIC => prop_assert!(e.contains("magic"), "{e}"),
+                    Err(e) => prop_assert!(e.contains("checksum"), "{e}"),
+                }
+            }
+
+            /// Past magic and checksum, only version 1 is read.
+            #[test]
+            fn an_unknown_version_is_named(raw in prop::array::uniform32(any::<u8>())) {
+                let buf = sealed(raw);
+                let version = u32::from_le_bytes(buf[8..12].try_into().unwrap());
+                match SegmentHeader::decode(&buf) {
+                    Ok(h) => {
+                        prop_assert_eq!(version, VERSION);
+                        prop_assert_eq!(h.encode(), buf);
+                    }
+                    Err(e) => prop_assert!(e.contains(&format!("version {version}")), "{e}"),
+                }
+            }
+        }
+    }
 }

@@ -657,3 +657,289 @@ fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
         Ok(_) => panic!("expected Corrupt, the log opened"),
     }
 }
+
+#[test]
+fn retention_leaving_only_the_active_segment_makes_it_durable_first() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=4, 1)).unwrap();
+    wal.sync().unwrap();
+    // Record 5 starts a segment that no sync round has reached yet.
+    wal.append(&[rec(5, 1)]).unwrap();
+    assert_eq!(segment_files(&dir).len(), 2);
+    // Removing 1..=4 leaves that segment alone: its header becomes the only
+    // record of where the log starts, so it must be durable before the old
+    // segment goes, or a power cut leaves a log that cannot be opened.
+    wal.inject_sync_failure();
+    assert!(matches!(
+        wal.remove_before(Lsn(5)),
+        Err(WalError::Poisoned(_))
+    ));
+    assert_eq!(segment_files(&dir).len(), 2, "the old segment went first");
+}
+
+fn expect_corrupt(dir: &TempDir, file: &Path) {
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, file),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
+
+#[test]
+fn a_segment_starting_beyond_the_largest_lsn_fails_open_instead_of_overflowing() {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir_all(dir.path().join("wal")).unwrap();
+    let bad = dir
+        .path()
+        .join("wal")
+        .join(segment::file_name(Lsn(u64::MAX)));
+    let header = SegmentHeader {
+        first_lsn: Lsn(u64::MAX),
+        base_epoch: Epoch(1),
+    };
+    let mut bytes = header.encode().to_vec();
+    record::encode(&rec(u64::MAX, 1), &mut bytes);
+    bytes.push(0);
+    fs::write(&bad, bytes).unwrap();
+    expect_corrupt(&dir, &bad);
+}
+
+#[test]
+fn a_torn_header_in_a_file_named_for_the_last_lsn_fails_open_instead_of_overflowing() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=3, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    let bad = dir
+        .path()
+        .join("wal")
+        .join(segment::file_name(Lsn(u64::MAX)));
+    fs::write(&bad, [0u8; 40]).unwrap();
+    expect_corrupt(&dir, &bad);
+}
+
+#[test]
+fn a_torn_header_in_a_segment_that_does_not_follow_the_log_is_refused_not_removed() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&recs(1..=3, 1)).unwrap();
+        wal.sync().unwrap();
+    }
+    // Not where a rolled segment would be (that is record 4): nothing says
+    // records 4..=9 never existed, so this is damage, not a crash.
+    let stray = dir.path().join("wal").join(segment::file_name(Lsn(10)));
+    fs::write(&stray, [0u8; 10]).unwrap();
+    expect_corrupt(&dir, &stray);
+    assert!(stray.exists());
+}
+
+/// Arbitrary segment files (and meta files) in a directory: open never
+/// panics and never allocates much more than the files hold; it either
+/// fails with `Corrupt` or yields a log whose every record is one of the
+/// valid frames written, gapless, with an epoch history that agrees, and
+/// that takes the next append.
+mod arbitrary_files {
+    use super::*;
+    use crate::test_alloc::largest_allocation;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    #[derive(Clone, Debug)]
+    enum Piece {
+        /// A valid frame for the next LSN, or for `lsn` when given.
+        Frame {
+            lsn: Option<u64>,
+            epoch_step: u64,
+            payload: Vec<u8>,
+        },
+        /// A valid frame cut short.
+        Torn {
+            keep: prop::sample::Index,
+        },
+        Garbage(Vec<u8>),
+    }
+
+    #[derive(Clone, Debug)]
+    struct File {
+        /// The first LSN: the next one when `None`.
+        first: Option<u64>,
+        base_epoch_step: u64,
+        /// Raw bytes instead of a valid header.
+        bad_header: Option<Vec<u8>>,
+        pieces: Vec<Piece>,
+    }
+
+    fn lsn() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..12, (0u64..3).prop_map(|d| u64::MAX - d), any::<u64>(),]
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            16 => (
+                prop::option::weighted(0.05, lsn()),
+                prop_oneof![12 => Just(0u64), 2 => 1u64..3, 1 => Just(u64::MAX)],
+                prop::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(lsn, epoch_step, payload)| Piece::Frame { lsn, epoch_step, payload }),
+            1 => any::<prop::sample::Index>().prop_map(|keep| Piece::Torn { keep }),
+            1 => prop::collection::vec(any::<u8>(), 0..40).prop_map(Piece::Garbage),
+        ]
+    }
+
+    fn file() -> impl Strategy<Value = File> {
+        (
+            prop::option::weighted(0.15, lsn()),
+            prop_oneof![6 => Just(0u64), 1 => 0u64..3, 1 => any::<u64>()],
+            prop::option::weighted(0.05, prop::collection::vec(any::<u8>(), 0..40)),
+            prop::collection::vec(piece(), 0..8),
+        )
+            .prop_map(|(first, base_epoch_step, bad_header, pieces)| File {
+                first,
+                base_epoch_step,
+                bad_header,
+                pieces,
+            })
+    }
+
+    /// Writes the files; returns every valid frame written and the largest
+    /// file's size.
+    fn write(wal_dir: &Path, files: &[File]) -> (HashSet<(u64, u64, Vec<u8>)>, usize) {
+        let (mut next, mut epoch) = (1u64, 0u64);
+        let mut frames = HashSet::new();
+        let mut largest = 0;
+        for f in files {
+            let first = f.first.unwrap_or(next);
+            let base_epoch = epoch.wrapping_add(f.base_epoch_step);
+            let mut buf = match &f.bad_header {
+                Some(raw) => raw.clone(),
+                None => SegmentHeader {
+                    first_lsn: Lsn(first),
+                    base_epoch: Epoch(base_epoch),
+                }
+                .encode()
+                .to_vec(),
+            };
+            (next, epoch) = (first, base_epoch);
+            for p in &f.pieces {
+                match p {
+                    Piece::Frame {
+                        lsn,
+                        epoch_step,
+                        payload,
+                    } => {
+                        let r = Record {
+                            lsn: Lsn(lsn.unwrap_or(next)),
+                            epoch: Epoch(epoch.wrapping_add(*epoch_step)),
+                            payload: Bytes::from(payload.clone()),
+                        };
+                        record::encode(&r, &mut buf);
+                        frames.insert((r.lsn.0, r.epoch.0, payload.clone()));
+                        next = r.lsn.0.wrapping_add(1);
+                        epoch = r.epoch.0;
+                    }
+                    Piece::Torn { keep } => {
+                        let r = Record {
+                            lsn: Lsn(next),
+                            epoch: Epoch(epoch),
+                            payload: Bytes::from_static(b"torn frame"),
+                        };
+                        let mut frame = Vec::new();
+                        record::encode(&r, &mut frame);
+                        buf.extend_from_slice(&frame[..keep.index(frame.len())]);
+                    }
+                    Piece::Garbage(g) => buf.extend_from_slice(g),
+                }
+            }
+            largest = largest.max(buf.len());
+            fs::write(wal_dir.join(segment::file_name(Lsn(first))), &buf).unwrap();
+        }
+        (frames, largest)
+    }
+
+    fn check_open(dir: &Path, frames: &HashSet<(u64, u64, Vec<u8>)>) -> Result<(), TestCaseError> {
+        let wal = match FileWal::open(dir, tiny()) {
+            Ok(wal) => wal,
+            Err(WalError::Corrupt { detail, .. }) => {
+                prop_assert!(!detail.is_empty());
+                return Ok(());
+            }
+            Err(e) => return Err(TestCaseError::fail(format!("not Corrupt: {e}"))),
+        };
+        let (first, last) = (wal.first_lsn(), wal.last_lsn());
+        prop_assert!(first.0 >= 1 && first.0 <= last.0.saturating_add(1));
+        let got = wal.read(first, usize::MAX, usize::MAX).unwrap();
+        prop_assert_eq!(got.len() as u64, last.0 + 1 - first.0);
+        let mut prev_epoch = Epoch::ZERO;
+        for (i, r) in got.iter().enumerate() {
+            prop_assert_eq!(r.lsn.0, first.0 + i as u64);
+            prop_assert!(
+                frames.contains(&(r.lsn.0, r.epoch.0, r.payload.to_vec())),
+                "record {} was never written",
+                r.lsn
+            );
+            prop_assert_eq!(wal.epoch_at(r.lsn), Some(r.epoch));
+            prop_assert!(r.epoch >= prev_epoch);
+            prev_epoch = r.epoch;
+        }
+        drop(wal);
+        // What recovery kept opens again, unchanged, and takes appends.
+        let wal = FileWal::open(dir, tiny()).unwrap();
+        prop_assert_eq!((wal.first_lsn(), wal.last_lsn()), (first, last));
+        if last.0 < u64::MAX {
+            let epoch = wal.history().last_epoch().unwrap_or(Epoch::ZERO);
+            wal.append(&[rec(last.0 + 1, epoch.0)]).unwrap();
+            wal.sync().unwrap();
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn open_yields_written_records_or_corrupt(
+            files in prop::collection::vec(file(), 1..4),
+            meta in prop::option::weighted(0.3, prop::collection::vec((0u64..4, 0u64..6), 0..4)),
+        ) {
+            let dir = TempDir::new().unwrap();
+            let wal_dir = dir.path().join("wal");
+            fs::create_dir_all(&wal_dir).unwrap();
+            let (frames, largest) = write(&wal_dir, &files);
+            if let Some(steps) = meta {
+                // A valid meta file with some history, right or wrong.
+                let (mut e, mut l) = (0, 1);
+                let history = EpochHistory(
+                    steps
+                        .into_iter()
+                        .map(|(de, dl)| {
+                            (e, l) = (e + de + 1, l + dl);
+                            EpochStart { epoch: Epoch(e), first_lsn: Lsn(l) }
+                        })
+                        .collect(),
+                );
+                let bytes = meta::encode(&WalMeta::default(), &history);
+                fs::write(meta::path(dir.path()), bytes).unwrap();
+            }
+            let (result, allocated) = largest_allocation(|| {
+                std::panic::catch_unwind(|| check_open(dir.path(), &frames))
+            });
+            match result {
+                Ok(checked) => checked?,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    prop_assert!(false, "open panicked: {msg}");
+                }
+            }
+            prop_assert!(
+                allocated <= 2 * largest + (64 << 10),
+                "allocated {allocated} for files of at most {largest} bytes"
+            );
+        }
+    }
+}
