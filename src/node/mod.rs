@@ -417,6 +417,12 @@ impl Node {
         if epoch <= self.epoch {
             return;
         }
+        if epoch > Epoch::MAX {
+            // No promotion could follow such an epoch; a peer that sends one
+            // is broken or hostile, and adopting it would wedge this node.
+            tracing::warn!(%epoch, "ignoring an epoch above the largest allowed");
+            return;
+        }
         let me = &self.cfg.node_id;
         if leader.as_ref() == Some(me) {
             // The old primary fenced itself for us (a switchover whose reply

@@ -226,7 +226,17 @@ impl Peer for GrpcPeer {
         let chunks = self
             .call(self.rpc_timeout, client.fetch_snapshot(msg))
             .await?;
-        collect_snapshot(chunks, MAX_SNAPSHOT_BYTES).await
+        // Each chunk must come within a stall limit: a peer that stops
+        // mid-transfer would otherwise hang the rejoin waiting for it.
+        let stall = self.long_timeout;
+        let chunks = chunks.timeout(stall).map(move |r| {
+            r.unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "snapshot transfer stalled for {stall:?}"
+                )))
+            })
+        });
+        collect_snapshot(Box::pin(chunks), MAX_SNAPSHOT_BYTES).await
     }
 }
 
