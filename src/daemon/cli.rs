@@ -79,10 +79,12 @@ pub struct AddrArg {
 /// the TOML file (key `<name>`); flags win over the environment, which wins
 /// over the file.
 #[derive(Args, Debug, Default, Clone)]
-#[command(after_help = "Every setting can also be given as the environment variable \
+#[command(
+    after_help = "Every setting can also be given as the environment variable \
 WALREP_<NAME> (e.g. WALREP_HEARTBEAT_MS=100) or as a key of the TOML file named by --config \
 or WALREP_CONFIG (e.g. heartbeat_ms = 100). Precedence: flags > environment > file > defaults. \
-Logs go to stderr; filter with WALREP_LOG or RUST_LOG (default info).")]
+Logs go to stderr; filter with WALREP_LOG or RUST_LOG (default info)."
+)]
 pub struct NodeArgs {
     /// TOML file of settings.
     #[arg(long, value_name = "FILE")]
@@ -190,9 +192,7 @@ impl NodeArgs {
     }
 }
 
-pub fn parse(
-    args: impl IntoIterator<Item = std::ffi::OsString>,
-) -> Result<Cli, clap::Error> {
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(args)
 }
 
@@ -275,7 +275,11 @@ mod tests {
     use super::*;
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
-        parse(std::iter::once("walrep").chain(args.iter().copied()).map(Into::into))
+        parse(
+            std::iter::once("walrep")
+                .chain(args.iter().copied())
+                .map(Into::into),
+        )
     }
 
     #[test]
@@ -319,9 +323,13 @@ mod tests {
     #[test]
     fn client_commands_parse_with_a_default_address() {
         let c = cli(&["put", "k", "v"]).unwrap();
-        assert!(matches!(c.command, Command::Put { ref addr, .. } if addr.addr == "127.0.0.1:8001"));
+        assert!(
+            matches!(c.command, Command::Put { ref addr, .. } if addr.addr == "127.0.0.1:8001")
+        );
         let c = cli(&["promote", "--addr", "h:1", "--force"]).unwrap();
-        assert!(matches!(c.command, Command::Promote { force: true, ref addr } if addr.addr == "h:1"));
+        assert!(
+            matches!(c.command, Command::Promote { force: true, ref addr } if addr.addr == "h:1")
+        );
         let c = cli(&["demo", "--keys", "10"]).unwrap();
         assert!(matches!(c.command, Command::Demo(ref d) if d.keys == 10));
     }

@@ -109,7 +109,12 @@ impl HttpClient {
         }
     }
 
-    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Result<Reply, ClientError> {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
         let usable = match self.conn.as_mut() {
             Some(c) => c.ready().await.is_ok(),
             None => false,
@@ -141,19 +146,21 @@ impl HttpClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                source,
-            })?;
+        let stream =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol {
-                addr: self.addr.clone(),
-                msg: format!("HTTP handshake failed: {e}"),
-            })?;
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol {
+                    addr: self.addr.clone(),
+                    msg: format!("HTTP handshake failed: {e}"),
+                })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -183,7 +190,12 @@ impl HttpClient {
         })
     }
 
-    async fn write(&mut self, method: Method, key: &str, value: Bytes) -> Result<WriteReply, ClientError> {
+    async fn write(
+        &mut self,
+        method: Method,
+        key: &str,
+        value: Bytes,
+    ) -> Result<WriteReply, ClientError> {
         let reply = self
             .request(method, &format!("/kv/{}", encode_key(key)), value)
             .await?;
@@ -205,7 +217,11 @@ impl HttpClient {
     /// `GET /kv/{key}`: `None` if the key is absent.
     pub async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClientError> {
         let reply = self
-            .request(Method::GET, &format!("/kv/{}", encode_key(key)), Bytes::new())
+            .request(
+                Method::GET,
+                &format!("/kv/{}", encode_key(key)),
+                Bytes::new(),
+            )
             .await?;
         match reply.status {
             200 => Ok(Some(reply.body)),
@@ -223,7 +239,11 @@ impl HttpClient {
 
     /// `POST /promote`: the new epoch.
     pub async fn promote(&mut self, force: bool) -> Result<u64, ClientError> {
-        let path = if force { "/promote?force=true" } else { "/promote" };
+        let path = if force {
+            "/promote?force=true"
+        } else {
+            "/promote"
+        };
         let reply = self.request(Method::POST, path, Bytes::new()).await?;
         match reply.status {
             200 => Ok(self.parse::<PromoteReply>(&reply)?.epoch),

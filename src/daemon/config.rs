@@ -216,23 +216,20 @@ impl Layers {
         // No default on purpose: a guessed peer name (n1 <-> n2) that is
         // wrong makes the peer refuse every request as an unknown node,
         // which looks like a network fault. The operator names both ends.
-        let peer_id = self.required(
-            "peer_id",
-            "the other node's name (its --id)",
-            node_name,
-        )?;
+        let peer_id = self.required("peer_id", "the other node's name (its --id)", node_name)?;
         let peer = self.required(
             "peer",
             "where the other node serves replication (host:port)",
             host_port,
         )?;
-        let data_dir = self.required("data_dir", "where this node keeps its WAL and state", |v| {
-            if v.is_empty() {
-                Err("must not be empty".into())
-            } else {
-                Ok(PathBuf::from(v))
-            }
-        })?;
+        let data_dir =
+            self.required("data_dir", "where this node keeps its WAL and state", |v| {
+                if v.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(PathBuf::from(v))
+                }
+            })?;
         let initial_role: InitialRole = self.with_default("role", |v| v.parse())?;
         let listen: SocketAddr = self.with_default("listen", socket_addr)?;
         let http: SocketAddr = self.with_default("http", socket_addr)?;
@@ -309,7 +306,9 @@ impl Layers {
             rpc_timeout,
             max_record_bytes,
             // Room for the largest record plus framing in one message.
-            max_message_bytes: defaults.max_message_bytes.max(max_record_bytes + (64 << 10)),
+            max_message_bytes: defaults
+                .max_message_bytes
+                .max(max_record_bytes + (64 << 10)),
             // A planned switchover must outlast a sync-mode write.
             switchover_timeout: defaults.switchover_timeout.max(sync_timeout * 2),
             ..defaults
@@ -365,7 +364,10 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, DaemonError> {
         DaemonError::Config(format!("cannot read config file {}: {e}", path.display()))
     })?;
     let table: toml::Table = text.parse().map_err(|e| {
-        DaemonError::Config(format!("config file {} is not valid TOML: {e}", path.display()))
+        DaemonError::Config(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
     })?;
     let mut out = Vec::new();
     for (key, value) in table {
@@ -524,8 +526,15 @@ mod tests {
             "{e}"
         );
         let e = err(resolve(base_flags(), Some("listen = \"nowhere\"\n"), &[]));
-        assert!(e.contains("invalid value for listen (from config file"), "{e}");
-        let e = err(resolve(base_flags(), Some("auto_failover = \"maybe\"\n"), &[]));
+        assert!(
+            e.contains("invalid value for listen (from config file"),
+            "{e}"
+        );
+        let e = err(resolve(
+            base_flags(),
+            Some("auto_failover = \"maybe\"\n"),
+            &[],
+        ));
         assert!(e.contains("invalid value for auto_failover"), "{e}");
     }
 
@@ -550,14 +559,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.toml");
         std::fs::write(&p, "id = \"n7\"\npeer_id = \"n8\"\npeer = \"n8:7001\"\ndata_dir = \"/d\"\nrole = \"primary\"\n").unwrap();
-        let s = Layers::gather(
-            vec![],
-            None,
-            env(&[(CONFIG_ENV, p.to_str().unwrap())]),
-        )
-        .unwrap()
-        .resolve()
-        .unwrap();
+        let s = Layers::gather(vec![], None, env(&[(CONFIG_ENV, p.to_str().unwrap())]))
+            .unwrap()
+            .resolve()
+            .unwrap();
         assert_eq!(s.cfg.node_id, NodeId::from("n7"));
         assert_eq!(s.cfg.initial_role, InitialRole::Primary);
     }
@@ -576,7 +581,10 @@ mod tests {
             .collect();
         let e = err(resolve(flags, None, &[]));
         assert!(e.contains("missing setting peer_id"), "{e}");
-        assert!(e.contains("--peer-id") && e.contains("WALREP_PEER_ID"), "{e}");
+        assert!(
+            e.contains("--peer-id") && e.contains("WALREP_PEER_ID"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,8 +61,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(&mut self) -> Result<(), DaemonError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| DaemonError::io("finding the walrep binary", e))?;
+        let exe =
+            std::env::current_exe().map_err(|e| DaemonError::io("finding the walrep binary", e))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -101,8 +101,29 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then SIGKILL if the node has not stopped within `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        if let Some(child) = &mut self.child {
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: kill(2) on our own child's pid; it is not yet reaped,
+            // so the pid cannot belong to another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -125,32 +146,33 @@ fn free_ports(n: usize) -> Result<Vec<u16>, DaemonError> {
         .map_err(|e| DaemonError::io("finding free ports", e))
 }
 
-fn node_args(
-    a: &DemoArgs,
-    id: &str,
-    peer_id: &str,
-    dir: &Path,
+/// One node of the pair, as its flags need it.
+struct Spec<'a> {
+    id: &'a str,
+    peer_id: &'a str,
+    role: &'a str,
     grpc: u16,
     http: u16,
     peer_grpc: u16,
-    role: &str,
-) -> Vec<String> {
+}
+
+fn node_args(a: &DemoArgs, dir: &Path, n: Spec) -> Vec<String> {
     [
         "node",
         "--id",
-        id,
+        n.id,
         "--peer-id",
-        peer_id,
+        n.peer_id,
         "--data-dir",
-        &dir.join(id).display().to_string(),
+        &dir.join(n.id).display().to_string(),
         "--listen",
-        &format!("127.0.0.1:{grpc}"),
+        &format!("127.0.0.1:{}", n.grpc),
         "--http",
-        &format!("127.0.0.1:{http}"),
+        &format!("127.0.0.1:{}", n.http),
         "--peer",
-        &format!("127.0.0.1:{peer_grpc}"),
+        &format!("127.0.0.1:{}", n.peer_grpc),
         "--role",
-        role,
+        n.role,
         "--cluster-id",
         "demo",
         "--commit-mode",
@@ -296,23 +318,48 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     );
     let mut n1 = Proc {
         name: "n1",
-        args: node_args(&a, "n1", "n2", &dir, g1, h1, g2, "primary"),
+        args: node_args(
+            &a,
+            &dir,
+            Spec {
+                id: "n1",
+                peer_id: "n2",
+                role: "primary",
+                grpc: g1,
+                http: h1,
+                peer_grpc: g2,
+            },
+        ),
         log: dir.join("n1.log"),
         http: format!("127.0.0.1:{h1}"),
         child: None,
     };
     let mut n2 = Proc {
         name: "n2",
-        args: node_args(&a, "n2", "n1", &dir, g2, h2, g1, "standby"),
+        args: node_args(
+            &a,
+            &dir,
+            Spec {
+                id: "n2",
+                peer_id: "n1",
+                role: "standby",
+                grpc: g2,
+                http: h2,
+                peer_grpc: g1,
+            },
+        ),
         log: dir.join("n2.log"),
         http: format!("127.0.0.1:{h2}"),
         child: None,
     };
     n1.spawn()?;
     n2.spawn()?;
-    wait_for(&mut n1, "a writable primary streaming to its standby", STEP, |h| {
-        h.role == "primary" && h.writable && h.peer.connected
-    })
+    wait_for(
+        &mut n1,
+        "a writable primary streaming to its standby",
+        STEP,
+        |h| h.role == "primary" && h.writable && h.peer.connected,
+    )
     .await?;
     wait_for(&mut n2, "a standby in contact", STEP, |h| {
         h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
@@ -415,8 +462,9 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     );
     println!("  data and logs kept in     {}", dir.display());
     println!("RESULT: {}", if pass { "PASS" } else { "FAIL" });
-    drop(n1);
-    drop(n2);
+    // A clean stop persists each node's KV snapshot.
+    n1.terminate(Duration::from_secs(5));
+    n2.terminate(Duration::from_secs(5));
     Ok(if pass {
         ExitCode::SUCCESS
     } else {

@@ -76,19 +76,20 @@ impl AppState {
         )
     }
 
-    fn check_key(&self, key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, Response> {
+    /// The key as bytes, or why it is refused.
+    fn check_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, String> {
         let key = match key {
             Ok(Path(k)) => k,
-            Err(e) => return Err(self.bad_request(format!("bad key: {e}"))),
+            Err(e) => return Err(format!("bad key: {e}")),
         };
         if key.is_empty() {
-            return Err(self.bad_request("the key is empty".into()));
+            return Err("the key is empty".into());
         }
         if key.len() > MAX_KEY_BYTES {
-            return Err(self.bad_request(format!(
+            return Err(format!(
                 "the key has {} bytes, more than {MAX_KEY_BYTES}",
                 key.len()
-            )));
+            ));
         }
         Ok(key.into_bytes())
     }
@@ -155,9 +156,9 @@ async fn put_key(
     key: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let key = match s.check_key(key) {
+    let key = match AppState::check_key(key) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(msg) => return s.bad_request(msg),
     };
     let value = match body {
         Ok(v) => v,
@@ -175,9 +176,9 @@ async fn delete_key(
     State(s): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Response {
-    match s.check_key(key) {
+    match AppState::check_key(key) {
         Ok(key) => s.write(Command::Delete { key }).await,
-        Err(r) => r,
+        Err(msg) => s.bad_request(msg),
     }
 }
 
@@ -185,16 +186,14 @@ async fn get_key(
     State(s): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let key = match s.check_key(key) {
+    let key = match AppState::check_key(key) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(msg) => return s.bad_request(msg),
     };
     match s.kv.get(&key) {
-        Some(value) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            value,
-        )
-            .into_response(),
+        Some(value) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, "key not found".into(), None),
     }
 }
@@ -240,12 +239,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
-    let force = uri.query().unwrap_or("").split('&').any(|kv| {
-        matches!(
-            kv,
-            "force" | "force=true" | "force=1" | "force=yes"
-        )
-    });
+    let force = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| matches!(kv, "force" | "force=true" | "force=1" | "force=yes"));
     tracing::info!(force, "promotion asked over HTTP");
     match s.replica.promote(force).await {
         Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),

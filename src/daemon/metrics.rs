@@ -54,7 +54,12 @@ impl DaemonMetrics {
 
     /// A request the HTTP API refused (`reason` as in the JSON error).
     pub fn http_rejected(&self, reason: &'static str) {
-        *self.http_rejected.lock().unwrap().entry(reason).or_default() += 1;
+        *self
+            .http_rejected
+            .lock()
+            .unwrap()
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// The registry in the text exposition format.
@@ -145,7 +150,13 @@ impl Collector for ReplicaCollector {
                 ConstGauge::new(flag(h.role == role)).encode(family.encode_family(&labels)?)?;
             }
         }
-        gauge(&mut enc, "walrep_epoch", "The node's epoch", None, h.epoch.0)?;
+        gauge(
+            &mut enc,
+            "walrep_epoch",
+            "The node's epoch",
+            None,
+            h.epoch.0,
+        )?;
         gauge(
             &mut enc,
             "walrep_wal_last_lsn",
