@@ -219,32 +219,49 @@ async fn scrape(addr: &str) -> (String, prometheus_parse::Scrape) {
 }
 
 /// The strict OpenMetrics parser of Python's `prometheus_client`, when
-/// python3 is there (installing the package with pip if needed). Returns
-/// false, saying why, when it cannot run.
+/// python3 is there. The package is installed with pip into the target
+/// directory if python cannot import it. Returns false, saying why, when
+/// it cannot run.
 fn strict_openmetrics_parse(text: &str) -> bool {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let have = |cmd: &mut Command| {
+    let pylib = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pylib");
+    let python = || {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", &pylib);
+        cmd
+    };
+    let ok = |mut cmd: Command| {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !have(Command::new("python3").arg("--version")) {
+    let import = ["-c", "import prometheus_client.openmetrics.parser"];
+    let mut version = python();
+    version.arg("--version");
+    if !ok(version) {
         eprintln!("SKIPPED the strict OpenMetrics check: python3 is not installed");
         return false;
     }
-    let import = ["-c", "import prometheus_client.openmetrics.parser"];
-    if !have(Command::new("python3").args(import)) {
-        let _ = have(Command::new("python3").args([
+    let mut check = python();
+    check.args(import);
+    if !ok(check) {
+        let mut pip = python();
+        pip.args([
             "-m",
             "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "prometheus-client",
-        ]));
-        if !have(Command::new("python3").args(import)) {
+        ])
+        .arg("--target")
+        .arg(&pylib)
+        .arg("prometheus-client");
+        let _ = ok(pip);
+        let mut check = python();
+        check.args(import);
+        if !ok(check) {
             eprintln!(
                 "SKIPPED the strict OpenMetrics check: python's prometheus-client is not installed and pip could not install it"
             );
@@ -255,7 +272,7 @@ fn strict_openmetrics_parse(text: &str) -> bool {
 from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
 families = list(text_string_to_metric_families(sys.stdin.read()))\n\
 print(len(families))\n";
-    let mut child = Command::new("python3")
+    let mut child = python()
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -352,6 +369,31 @@ async fn a_sync_write_the_lost_standby_never_confirms_is_503_in_block_mode() {
     assert!(started.elapsed() >= Duration::from_millis(SYNC_TIMEOUT_MS / 2));
     assert_eq!(req(&a_http, Method::GET, "/primary", b"").await.0, 503);
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_persists_a_kv_snapshot_every_snapshot_records() {
+    let p = pair(&[("snapshot_records", "10")]).await;
+    let snapshot = |node: &str| p.dir.path().join(node).join("kv").join("kv.snapshot");
+    assert!(!snapshot("a").exists());
+    write_all(&p.a_http, "k", 25).await;
+    wait_health(&p.b_http, "applied", |h| h.applied_lsn == 25).await;
+    let deadline = Instant::now() + WAIT;
+    while !(snapshot("a").exists() && snapshot("b").exists()) {
+        assert!(Instant::now() < deadline, "no snapshot after 25 records");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Written by the node while it runs: it says which LSN it covers.
+    let lsn = |node: &str| {
+        let bytes = std::fs::read(snapshot(node)).unwrap();
+        u64::from_le_bytes(bytes[..8].try_into().unwrap())
+    };
+    assert!(
+        lsn("a") >= 10 && lsn("b") >= 10,
+        "{} {}",
+        lsn("a"),
+        lsn("b")
+    );
 }
 
 // ------------------------------------------------------ the real binary

@@ -266,7 +266,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, DaemonError> {
                 }
             })
         }
-        Command::Demo(args) => demo::run(args).await,
+        // Interrupted, the demo's future is dropped, and with it the
+        // child processes (their Drop kills them).
+        Command::Demo(args) => tokio::select! {
+            r = demo::run(args) => r,
+            _ = node::shutdown_signal() => {
+                Err(DaemonError::Failed("interrupted; the demo's nodes were stopped".into()))
+            }
+        },
     }
 }
 
