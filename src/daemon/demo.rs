@@ -26,17 +26,19 @@ use tokio::sync::Mutex;
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Keys written before the primary is killed.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, value_name = "KEYS", default_value_t = 3000)]
     pub keys: usize,
     /// Keys written on the new primary after the failover [default: keys / 3].
-    #[arg(long)]
+    #[arg(long, value_name = "KEYS")]
     pub keys_after: Option<usize>,
     /// Commit mode of both nodes.
     #[arg(long, default_value = "remote-flush")]
     pub commit_mode: CommitMode,
-    #[arg(long, default_value_t = 200)]
+    /// Heartbeat interval of both nodes.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
     pub heartbeat_ms: u64,
-    #[arg(long, default_value_t = 1000)]
+    /// Silence after which the standby promotes itself.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub failover_timeout_ms: u64,
     /// Concurrent writers.
     #[arg(long, default_value_t = 8)]
@@ -377,6 +379,11 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         started.elapsed().as_secs_f64()
     );
 
+    // A standby promotes itself only if the primary's last word was that
+    // it is in sync (async: lag small enough). In remote-write mode a
+    // standby that has written but not yet flushed the last commits is not:
+    // crash the primary once n2 would take over, as an operator would check.
+    wait_for(&mut n2, "eligible to take over", STEP, |h| h.eligible).await?;
     println!("killing n1 (SIGKILL)...");
     let killed = Instant::now();
     n1.kill();
