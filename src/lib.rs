@@ -7,6 +7,7 @@
 //! `node` module and in `docs/GUARANTEES.md`.)
 
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod kv;
 pub mod node;

@@ -1,0 +1,123 @@
+//! The JSON bodies of the HTTP API, shared by the server and the CLI.
+//! Load balancers and scripts depend on these names: add fields, never
+//! rename them.
+
+use crate::node::SyncState;
+use crate::replicator::Health;
+use serde::{Deserialize, Serialize};
+
+/// `GET /health`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub node_id: String,
+    /// primary, standby, promoting, fenced, rejoining or failed.
+    pub role: String,
+    pub epoch: u64,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub flushed_lsn: u64,
+    pub commit_lsn: u64,
+    pub applied_lsn: u64,
+    /// The KV store's hash as 16 lowercase hex digits (a u64 does not fit
+    /// a JSON number for every reader). Equal on two nodes that applied
+    /// the same LSN iff their maps are equal.
+    pub state_hash: String,
+    /// A primary that accepts writes now (what `GET /primary` checks).
+    pub writable: bool,
+    /// A primary acknowledging writes without its standby.
+    pub solo: bool,
+    /// A standby that may promote itself if the primary falls silent now.
+    pub eligible: bool,
+    /// sync, not_sync or async: what the primary says of the standby.
+    pub sync_state: String,
+    pub commit_mode: String,
+    /// The primary's HTTP address, if known (on the primary, its own).
+    pub leader: Option<String>,
+    pub leader_id: Option<String>,
+    pub peer: PeerReport,
+    /// Records dropped by rewinds since start (kept in DIR/rewound).
+    pub rewound_records: u64,
+    /// Why the node refuses writes, when it does.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub id: String,
+    /// A WAL stream is open (primary: to the standby; standby: from the primary).
+    pub connected: bool,
+    pub lag_records: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    /// Milliseconds since the peer last answered or spoke; null if never.
+    pub last_contact_ms: Option<u64>,
+    pub heartbeat_rtt_ms: Option<f64>,
+}
+
+/// `PUT`/`DELETE /kv/{key}`: where the write landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReply {
+    pub lsn: u64,
+    pub epoch: u64,
+}
+
+/// Every non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+    /// The primary's HTTP address when known: where to send writes.
+    pub leader: Option<String>,
+}
+
+/// `POST /promote`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteReply {
+    pub epoch: u64,
+}
+
+pub fn sync_state_str(s: SyncState) -> &'static str {
+    match s {
+        SyncState::Sync => "sync",
+        SyncState::NotSync => "not_sync",
+        SyncState::Async => "async",
+    }
+}
+
+impl HealthReport {
+    pub fn new(h: &Health, state_hash: u64) -> HealthReport {
+        HealthReport {
+            node_id: h.node_id.0.clone(),
+            role: h.role.as_str().to_string(),
+            epoch: h.epoch.0,
+            first_lsn: h.first_lsn.0,
+            last_lsn: h.last_lsn.0,
+            flushed_lsn: h.flushed_lsn.0,
+            commit_lsn: h.commit_lsn.0,
+            applied_lsn: h.applied_lsn.0,
+            state_hash: format!("{state_hash:016x}"),
+            writable: h.writable,
+            solo: h.solo,
+            eligible: h.eligible,
+            sync_state: sync_state_str(h.sync_state).to_string(),
+            commit_mode: h.commit_mode.as_str().to_string(),
+            leader: h.leader.as_ref().and_then(|l| l.client_addr.clone()),
+            leader_id: h.leader.as_ref().map(|l| l.id.0.clone()),
+            peer: PeerReport {
+                id: h.peer.node_id.0.clone(),
+                connected: h.peer.connected,
+                lag_records: h.peer.lag_records,
+                lag_bytes: h.peer.lag_bytes,
+                lag_seconds: h.peer.lag_seconds,
+                last_contact_ms: h.peer.last_contact.map(|d| d.as_millis() as u64),
+                heartbeat_rtt_ms: h.peer.heartbeat_rtt.map(|d| d.as_secs_f64() * 1e3),
+            },
+            rewound_records: h.rewound_records,
+            note: h.note.clone(),
+        }
+    }
+
+    /// What `GET /replica` checks: a standby receiving the WAL stream.
+    pub fn is_streaming_replica(&self) -> bool {
+        self.role == "standby" && self.peer.connected
+    }
+}

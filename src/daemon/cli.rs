@@ -1,0 +1,349 @@
+//! The command line: `walrep node` runs a node; the other commands talk to
+//! one over its HTTP API.
+
+use super::client::{self, HttpClient};
+use super::config::{Layers, flag_name};
+use super::error::DaemonError;
+use super::{demo, node};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "walrep",
+    version,
+    about = "WAL-streaming primary/standby replication: a node hosting a demo key-value store, and its client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node: replication on --listen, the HTTP API on --http.
+    Node(Box<NodeArgs>),
+    /// Write KEY=VALUE on the primary.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Read KEY (on any node).
+    Get {
+        key: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Delete KEY on the primary.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Show a node's role, epoch, positions, lag and peer.
+    Status {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Print the raw /health JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote the node at --addr (a planned switchover unless --force).
+    Promote {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Promote even if the node may lack acknowledged writes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Exit 0 iff the node's /health answers 200 (for container health checks).
+    Healthcheck {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Start two nodes, crash the primary, watch the failover, verify.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AddrArg {
+    /// The node's HTTP address (host:port).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub addr: String,
+}
+
+/// `walrep node`. Every setting is also read from `WALREP_<NAME>` and from
+/// the TOML file (key `<name>`); flags win over the environment, which wins
+/// over the file.
+#[derive(Args, Debug, Default, Clone)]
+#[command(
+    after_help = "Every setting can also be given as the environment variable \
+WALREP_<NAME> (e.g. WALREP_HEARTBEAT_MS=100) or as a key of the TOML file named by --config \
+or WALREP_CONFIG (e.g. heartbeat_ms = 100). Precedence: flags > environment > file > defaults. \
+Logs go to stderr; filter with WALREP_LOG or RUST_LOG (default info)."
+)]
+pub struct NodeArgs {
+    /// TOML file of settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name, unique in the pair. Required.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The other node's name (its --id). Required: a wrong guess would make
+    /// the peer refuse every request.
+    #[arg(long)]
+    pub peer_id: Option<String>,
+    /// Where the other node serves replication (host:port). Required.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer: Option<String>,
+    /// Where this node keeps wal/, kv/ and rewound/. Required.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Role on a fresh data dir: primary or standby [default: standby].
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Replication (gRPC) listen address [default: 127.0.0.1:7001].
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// HTTP API listen address [default: 127.0.0.1:8001].
+    #[arg(long, value_name = "IP:PORT")]
+    pub http: Option<String>,
+    /// Replication address the peer dials [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// HTTP address clients are redirected to [default: --http].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_http: Option<String>,
+    /// Both nodes must share it [default: walrep].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// async, remote-write, remote-flush or remote-apply [default: remote-flush].
+    #[arg(long)]
+    pub commit_mode: Option<String>,
+    /// Heartbeat interval [default: 200].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<String>,
+    /// Silence after which the standby promotes itself [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub failover_timeout_ms: Option<String>,
+    /// How long a sync-mode write waits for the standby [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub sync_timeout_ms: Option<String>,
+    /// Deadline of each control RPC [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub rpc_timeout_ms: Option<String>,
+    /// solo or block: what a sync-mode primary does without its standby [default: solo].
+    #[arg(long)]
+    pub on_standby_loss: Option<String>,
+    /// Never promote automatically (promote by hand with `walrep promote`).
+    #[arg(long)]
+    pub no_auto_failover: bool,
+    /// Async mode: most records the standby may lag and still promote [default: 1024].
+    #[arg(long, value_name = "RECORDS")]
+    pub max_lag_on_failover: Option<String>,
+    /// Largest record (encoded key + value) [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    pub max_record_bytes: Option<String>,
+    /// Persist a KV snapshot every this many applied records [default: 10000].
+    #[arg(long, value_name = "RECORDS")]
+    pub snapshot_records: Option<String>,
+    /// ...or this often when anything new was applied [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub snapshot_interval_ms: Option<String>,
+}
+
+impl NodeArgs {
+    /// The settings given as flags, by setting name.
+    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
+        let given = [
+            ("id", &self.id),
+            ("peer_id", &self.peer_id),
+            ("peer", &self.peer),
+            ("data_dir", &self.data_dir),
+            ("role", &self.role),
+            ("listen", &self.listen),
+            ("http", &self.http),
+            ("advertise", &self.advertise),
+            ("advertise_http", &self.advertise_http),
+            ("cluster_id", &self.cluster_id),
+            ("commit_mode", &self.commit_mode),
+            ("heartbeat_ms", &self.heartbeat_ms),
+            ("failover_timeout_ms", &self.failover_timeout_ms),
+            ("sync_timeout_ms", &self.sync_timeout_ms),
+            ("rpc_timeout_ms", &self.rpc_timeout_ms),
+            ("on_standby_loss", &self.on_standby_loss),
+            ("max_lag_on_failover", &self.max_lag_on_failover),
+            ("max_record_bytes", &self.max_record_bytes),
+            ("snapshot_records", &self.snapshot_records),
+            ("snapshot_interval_ms", &self.snapshot_interval_ms),
+        ];
+        let mut out: Vec<(&'static str, String)> = given
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect();
+        if self.no_auto_failover {
+            debug_assert_eq!(flag_name("auto_failover"), "--no-auto-failover");
+            out.push(("auto_failover", "false".into()));
+        }
+        out
+    }
+}
+
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(args)
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, DaemonError> {
+    match cli.command {
+        Command::Node(args) => {
+            let settings =
+                Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?
+                    .resolve()?;
+            super::init_logging();
+            node::run(settings, node::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put { key, value, addr } => {
+            let reply = HttpClient::new(&addr.addr)
+                .put(&key, value.into_bytes().into())
+                .await?;
+            println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { key, addr } => {
+            let reply = HttpClient::new(&addr.addr).delete(&key).await?;
+            println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key, addr } => match HttpClient::new(&addr.addr).get(&key).await? {
+            Some(value) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&value).and_then(|_| out.write_all(b"\n"));
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("walrep: key {key:?} not found");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { addr, json } => {
+            let (code, health) = HttpClient::new(&addr.addr).health().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&health).expect("health serializes")
+                );
+            } else {
+                print!("{}", client::status_table(&addr.addr, &health));
+            }
+            Ok(if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Promote { addr, force } => {
+            let epoch = HttpClient::new(&addr.addr).promote(force).await?;
+            println!("{} is primary at epoch {epoch}", addr.addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { addr } => {
+            let healthy = HttpClient::new(&addr.addr)
+                .with_timeout(std::time::Duration::from_secs(3))
+                .health()
+                .await
+                .map(|(code, _)| code == 200);
+            Ok(match healthy {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("walrep: {e}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        // Interrupted, the demo's future is dropped, and with it the
+        // child processes (their Drop kills them).
+        Command::Demo(args) => tokio::select! {
+            r = demo::run(args) => r,
+            _ = node::shutdown_signal() => {
+                Err(DaemonError::Failed("interrupted; the demo's nodes were stopped".into()))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        parse(
+            std::iter::once("walrep")
+                .chain(args.iter().copied())
+                .map(Into::into),
+        )
+    }
+
+    #[test]
+    fn node_flags_map_to_setting_names() {
+        let Command::Node(args) = cli(&[
+            "node",
+            "--id",
+            "n1",
+            "--peer-id",
+            "n2",
+            "--data-dir",
+            "/d",
+            "--listen",
+            "127.0.0.1:7001",
+            "--peer",
+            "127.0.0.1:7002",
+            "--role",
+            "primary",
+            "--heartbeat-ms",
+            "50",
+            "--no-auto-failover",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not the node command");
+        };
+        let flags = args.flag_values();
+        assert!(flags.contains(&("heartbeat_ms", "50".into())));
+        assert!(flags.contains(&("role", "primary".into())));
+        assert!(flags.contains(&("auto_failover", "false".into())));
+        assert!(!flags.iter().any(|(k, _)| *k == "commit_mode"));
+        let s = Layers::gather(flags, None, Vec::new())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(!s.cfg.auto_failover);
+        assert_eq!(s.cfg.peer_addr, "127.0.0.1:7002");
+    }
+
+    #[test]
+    fn client_commands_parse_with_a_default_address() {
+        let c = cli(&["put", "k", "v"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Put { ref addr, .. } if addr.addr == "127.0.0.1:8001")
+        );
+        let c = cli(&["promote", "--addr", "h:1", "--force"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Promote { force: true, ref addr } if addr.addr == "h:1")
+        );
+        let c = cli(&["demo", "--keys", "10"]).unwrap();
+        assert!(matches!(c.command, Command::Demo(ref d) if d.keys == 10));
+    }
+
+    #[test]
+    fn unknown_flags_are_usage_errors() {
+        let e = cli(&["node", "--heartbeat", "5"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,325 @@
+//! A small HTTP/1.1 client for a node's API (hyper's connection API over
+//! a tokio `TcpStream`, one kept-alive connection): the CLI, the demo and
+//! the tests use it. Each call is bounded by a timeout.
+
+use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Method, Request, header};
+use hyper_util::rt::TokioIo;
+use std::fmt::Write as _;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach walrep at {addr}: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach walrep at {addr}: no answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("walrep at {addr}: {msg}")]
+    Protocol { addr: String, msg: String },
+    #[error("walrep at {addr} answered {status}: {error}{}", leader_text(.leader))]
+    Refused {
+        addr: String,
+        status: u16,
+        error: String,
+        leader: Option<String>,
+    },
+}
+
+fn leader_text(leader: &Option<String>) -> String {
+    match leader {
+        Some(l) => format!(" (the primary's HTTP address is {l})"),
+        None => String::new(),
+    }
+}
+
+/// An answer: status and body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+pub struct HttpClient {
+    addr: String,
+    timeout: Duration,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// Percent-encodes a key for a URL path (every byte but the unreserved ones).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+impl HttpClient {
+    pub fn new(addr: &str) -> HttpClient {
+        HttpClient {
+            addr: addr.to_string(),
+            timeout: Duration::from_secs(30),
+            conn: None,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one request; any answer, whatever its status, is `Ok`.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        match tokio::time::timeout(self.timeout, self.send(method, path, body)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn = None;
+                Err(ClientError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        let usable = match self.conn.as_mut() {
+            Some(c) => c.ready().await.is_ok(),
+            None => false,
+        };
+        if !usable {
+            self.conn = Some(self.connect().await?);
+        }
+        let sender = self.conn.as_mut().expect("connected above");
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.addr)
+            .body(Full::new(body))
+            .expect("a valid request");
+        let result = async {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Reply { status, body })
+        }
+        .await;
+        result.map_err(|e| {
+            self.conn = None;
+            ClientError::Protocol {
+                addr: self.addr.clone(),
+                msg: format!("the connection failed mid-request: {e}"),
+            }
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let stream =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol {
+                    addr: self.addr.clone(),
+                    msg: format!("HTTP handshake failed: {e}"),
+                })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn refused(&self, reply: &Reply) -> ClientError {
+        let (error, leader) = match reply.json::<ErrorReply>() {
+            Some(e) => (e.error, e.leader),
+            None => (String::from_utf8_lossy(&reply.body).into_owned(), None),
+        };
+        ClientError::Refused {
+            addr: self.addr.clone(),
+            status: reply.status,
+            error,
+            leader,
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, reply: &Reply) -> Result<T, ClientError> {
+        reply.json().ok_or_else(|| ClientError::Protocol {
+            addr: self.addr.clone(),
+            msg: format!(
+                "unexpected answer: {}",
+                String::from_utf8_lossy(&reply.body)
+            ),
+        })
+    }
+
+    async fn write(
+        &mut self,
+        method: Method,
+        key: &str,
+        value: Bytes,
+    ) -> Result<WriteReply, ClientError> {
+        let reply = self
+            .request(method, &format!("/kv/{}", encode_key(key)), value)
+            .await?;
+        match reply.status {
+            200 => self.parse(&reply),
+            _ => Err(self.refused(&reply)),
+        }
+    }
+
+    /// `PUT /kv/{key}`: returns once the commit mode is met.
+    pub async fn put(&mut self, key: &str, value: Bytes) -> Result<WriteReply, ClientError> {
+        self.write(Method::PUT, key, value).await
+    }
+
+    pub async fn delete(&mut self, key: &str) -> Result<WriteReply, ClientError> {
+        self.write(Method::DELETE, key, Bytes::new()).await
+    }
+
+    /// `GET /kv/{key}`: `None` if the key is absent.
+    pub async fn get(&mut self, key: &str) -> Result<Option<Bytes>, ClientError> {
+        let reply = self
+            .request(
+                Method::GET,
+                &format!("/kv/{}", encode_key(key)),
+                Bytes::new(),
+            )
+            .await?;
+        match reply.status {
+            200 => Ok(Some(reply.body)),
+            404 => Ok(None),
+            _ => Err(self.refused(&reply)),
+        }
+    }
+
+    /// `GET /health`: the status (200 unless the node is in trouble) and
+    /// the report.
+    pub async fn health(&mut self) -> Result<(u16, HealthReport), ClientError> {
+        let reply = self.request(Method::GET, "/health", Bytes::new()).await?;
+        Ok((reply.status, self.parse(&reply)?))
+    }
+
+    /// `POST /promote`: the new epoch.
+    pub async fn promote(&mut self, force: bool) -> Result<u64, ClientError> {
+        let path = if force {
+            "/promote?force=true"
+        } else {
+            "/promote"
+        };
+        let reply = self.request(Method::POST, path, Bytes::new()).await?;
+        match reply.status {
+            200 => Ok(self.parse::<PromoteReply>(&reply)?.epoch),
+            _ => Err(self.refused(&reply)),
+        }
+    }
+}
+
+/// `walrep status` as a table.
+pub fn status_table(addr: &str, h: &HealthReport) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut rows: Vec<(&str, String)> = vec![
+        ("node", format!("{} at {addr}", h.node_id)),
+        (
+            "role",
+            format!(
+                "{}{}{}",
+                h.role,
+                if h.writable { ", writable" } else { "" },
+                if h.solo { ", solo (no standby)" } else { "" }
+            ),
+        ),
+        ("epoch", h.epoch.to_string()),
+        ("commit mode", h.commit_mode.clone()),
+        (
+            "leader",
+            match (&h.leader_id, &h.leader) {
+                (Some(id), Some(addr)) => format!("{id} at {addr}"),
+                (Some(id), None) => id.clone(),
+                _ => "unknown".into(),
+            },
+        ),
+        (
+            "lsn",
+            format!(
+                "last {}  flushed {}  commit {}  applied {}  first {}",
+                h.last_lsn, h.flushed_lsn, h.commit_lsn, h.applied_lsn, h.first_lsn
+            ),
+        ),
+        ("state hash", h.state_hash.clone()),
+        (
+            "peer",
+            format!(
+                "{} {}",
+                h.peer.id,
+                if h.peer.connected {
+                    "connected"
+                } else {
+                    "not connected"
+                }
+            ),
+        ),
+        (
+            "lag",
+            format!(
+                "{} records, {} bytes, {:.3} s",
+                h.peer.lag_records, h.peer.lag_bytes, h.peer.lag_seconds
+            ),
+        ),
+        (
+            "last contact",
+            h.peer
+                .last_contact_ms
+                .map_or("never".into(), |ms| format!("{ms} ms ago")),
+        ),
+        ("sync state", h.sync_state.clone()),
+    ];
+    if h.rewound_records > 0 {
+        rows.push(("rewound", format!("{} records", h.rewound_records)));
+    }
+    if h.note.is_some() {
+        rows.push(("note", opt(&h.note)));
+    }
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<13}{v}");
+    }
+    out
+}

@@ -1,0 +1,623 @@
+//! A node's settings, layered: defaults < TOML file < `WALREP_*`
+//! environment < command-line flags.
+//!
+//! Every setting has one name, used as the TOML key; its environment
+//! variable is `WALREP_` + the name in capitals and its flag is the name
+//! with dashes (`heartbeat_ms`, `WALREP_HEARTBEAT_MS`, `--heartbeat-ms`;
+//! the one exception is `auto_failover`, whose flag is
+//! `--no-auto-failover`). The layers are merged as text and parsed once, so
+//! a bad value is refused with the setting's name and the layer it came
+//! from, before anything is bound or written.
+
+use super::error::DaemonError;
+use crate::config::{CommitMode, Config, InitialRole, OnStandbyLoss};
+use crate::types::NodeId;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// One setting: its name (the TOML key) and default.
+pub struct Setting {
+    pub key: &'static str,
+    /// `None`: the setting must be given, or is derived from others.
+    pub default: Option<&'static str>,
+}
+
+const fn s(key: &'static str, default: Option<&'static str>) -> Setting {
+    Setting { key, default }
+}
+
+/// Every setting of `walrep node`; `docs/DAEMON.md` says what each trades.
+pub const SETTINGS: &[Setting] = &[
+    s("id", None),
+    s("peer_id", None),
+    s("peer", None),
+    s("data_dir", None),
+    s("role", Some("standby")),
+    s("listen", Some("127.0.0.1:7001")),
+    s("http", Some("127.0.0.1:8001")),
+    s("advertise", None),
+    s("advertise_http", None),
+    s("cluster_id", Some("walrep")),
+    s("commit_mode", Some("remote-flush")),
+    s("heartbeat_ms", Some("200")),
+    s("failover_timeout_ms", Some("1000")),
+    s("sync_timeout_ms", Some("2000")),
+    s("rpc_timeout_ms", Some("500")),
+    s("on_standby_loss", Some("solo")),
+    s("auto_failover", Some("true")),
+    s("max_lag_on_failover", Some("1024")),
+    s("max_record_bytes", Some("4194304")),
+    s("snapshot_records", Some("10000")),
+    s("snapshot_interval_ms", Some("30000")),
+];
+
+/// The variable naming the TOML file when `--config` is not given.
+pub const CONFIG_ENV: &str = "WALREP_CONFIG";
+
+pub fn env_name(key: &str) -> String {
+    format!("WALREP_{}", key.to_ascii_uppercase())
+}
+
+pub fn flag_name(key: &str) -> String {
+    match key {
+        "auto_failover" => "--no-auto-failover".into(),
+        _ => format!("--{}", key.replace('_', "-")),
+    }
+}
+
+/// Which layer a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("the default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(name) | Source::Flag(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What `walrep node` runs with: the library's `Config` and the daemon's
+/// own settings.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub cfg: Config,
+    pub data_dir: PathBuf,
+    /// Where gRPC (replication) is served.
+    pub listen: SocketAddr,
+    /// Where the HTTP API is served.
+    pub http: SocketAddr,
+    /// `cfg.advertise_addr` was derived from `listen`: once bound, a port
+    /// 0 is replaced by the real one.
+    pub advertise_from_listen: bool,
+    /// `cfg.advertise_client_addr` was derived from `http`, likewise.
+    pub advertise_http_from_http: bool,
+    /// Persist a KV snapshot after this many applied records...
+    pub snapshot_records: u64,
+    /// ...or after this long with anything new applied.
+    pub snapshot_interval: Duration,
+}
+
+/// The raw layers, merged: setting name -> (text, where it came from).
+#[derive(Default, Debug)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+fn known(key: &str) -> Option<&'static str> {
+    SETTINGS.iter().find(|s| s.key == key).map(|s| s.key)
+}
+
+impl Layers {
+    /// Merges every layer. `flags` holds (setting name, value) pairs given
+    /// on the command line, `config_flag` the `--config` path, `env` the
+    /// process environment.
+    pub fn gather(
+        flags: Vec<(&'static str, String)>,
+        config_flag: Option<PathBuf>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Layers, DaemonError> {
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WALREP_"))
+            .collect();
+        let mut layers = Layers::default();
+        for setting in SETTINGS {
+            if let Some(d) = setting.default {
+                layers.set(setting.key, d.to_string(), Source::Default);
+            }
+        }
+        let file = config_flag.or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            for (key, value) in read_file(&path)? {
+                layers.set(key, value, Source::File(path.clone()));
+            }
+        }
+        for setting in SETTINGS {
+            let name = env_name(setting.key);
+            if let Some(v) = env.get(&name) {
+                layers.set(setting.key, v.clone(), Source::Env(name));
+            }
+        }
+        for (key, value) in flags {
+            let key = known(key).expect("flags name known settings");
+            layers.set(key, value, Source::Flag(flag_name(key)));
+        }
+        Ok(layers)
+    }
+
+    fn set(&mut self, key: &'static str, value: String, source: Source) {
+        self.values.insert(key, (value, source));
+    }
+
+    fn raw(&self, key: &str) -> Option<&(String, Source)> {
+        self.values.get(key)
+    }
+
+    fn source(&self, key: &str) -> Source {
+        self.raw(key)
+            .map(|(_, s)| s.clone())
+            .unwrap_or(Source::Default)
+    }
+
+    /// The value of `key`, parsed; `None` if no layer gave one.
+    fn get<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, DaemonError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((value, source)) => parse(value.trim()).map(Some).map_err(|e| {
+                DaemonError::Config(format!("invalid value for {key} (from {source}): {e}"))
+            }),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        key: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, DaemonError> {
+        self.get(key, parse)?.ok_or_else(|| {
+            DaemonError::Config(format!(
+                "missing setting {key}: {what}; give {} or {} or `{key} = ...` in the config file",
+                flag_name(key),
+                env_name(key)
+            ))
+        })
+    }
+
+    fn with_default<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, DaemonError> {
+        Ok(self
+            .get(key, parse)?
+            .expect("settings with a default always have a value"))
+    }
+
+    /// Parses and checks every setting, then `Config::validate`.
+    pub fn resolve(&self) -> Result<NodeSettings, DaemonError> {
+        let node_id = self.required("id", "this node's name, unique in the pair", node_name)?;
+        // No default on purpose: a guessed peer name (n1 <-> n2) that is
+        // wrong makes the peer refuse every request as an unknown node,
+        // which looks like a network fault. The operator names both ends.
+        let peer_id = self.required("peer_id", "the other node's name (its --id)", node_name)?;
+        let peer = self.required(
+            "peer",
+            "where the other node serves replication (host:port)",
+            host_port,
+        )?;
+        let data_dir =
+            self.required("data_dir", "where this node keeps its WAL and state", |v| {
+                if v.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(PathBuf::from(v))
+                }
+            })?;
+        let initial_role: InitialRole = self.with_default("role", |v| v.parse())?;
+        let listen: SocketAddr = self.with_default("listen", socket_addr)?;
+        let http: SocketAddr = self.with_default("http", socket_addr)?;
+        let advertise = self.get("advertise", host_port)?;
+        let advertise_from_listen = advertise.is_none();
+        let advertise = match advertise {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                return Err(DaemonError::Config(format!(
+                    "missing setting advertise: listen is {listen} (from {}), which the peer cannot dial; give the address the peer should use, e.g. --advertise n1:{}",
+                    self.source("listen"),
+                    listen.port()
+                )));
+            }
+            None => listen.to_string(),
+        };
+        let advertise_http = self.get("advertise_http", host_port)?;
+        let advertise_http_from_http = advertise_http.is_none() && !http.ip().is_unspecified();
+        let advertise_http = match advertise_http {
+            Some(a) => a,
+            None if http.ip().is_unspecified() => {
+                // Same host the peer dials for replication, HTTP port.
+                let host = advertise.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+                format!("{host}:{}", http.port())
+            }
+            None => http.to_string(),
+        };
+        let cluster_id = self.with_default("cluster_id", nonempty)?;
+        let commit_mode: CommitMode = self.with_default("commit_mode", |v| v.parse())?;
+        let heartbeat_interval = self.with_default("heartbeat_ms", millis)?;
+        let failover_timeout = self.with_default("failover_timeout_ms", millis)?;
+        let sync_timeout = self.with_default("sync_timeout_ms", millis)?;
+        let rpc_timeout = self.with_default("rpc_timeout_ms", millis)?;
+        let on_standby_loss: OnStandbyLoss = self.with_default("on_standby_loss", |v| v.parse())?;
+        let auto_failover = self.with_default("auto_failover", boolean)?;
+        let max_lag_on_failover = self.with_default("max_lag_on_failover", count)?;
+        let max_record_bytes = self.with_default("max_record_bytes", count)?;
+        let snapshot_records = self.with_default("snapshot_records", |v| {
+            count(v).and_then(|n| {
+                if n == 0 {
+                    Err("must be at least 1".into())
+                } else {
+                    Ok(n)
+                }
+            })
+        })?;
+        let snapshot_interval = self.with_default("snapshot_interval_ms", |v| {
+            millis(v).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than 0".into())
+                } else {
+                    Ok(d)
+                }
+            })
+        })?;
+        let max_record_bytes = usize::try_from(max_record_bytes)
+            .map_err(|_| DaemonError::Config("max_record_bytes is too large".into()))?;
+        let defaults = Config::default();
+        let cfg = Config {
+            node_id,
+            peer_id,
+            peer_addr: peer,
+            advertise_addr: advertise,
+            advertise_client_addr: Some(advertise_http),
+            cluster_id,
+            initial_role,
+            commit_mode,
+            heartbeat_interval,
+            failover_timeout,
+            auto_failover,
+            max_lag_on_failover,
+            sync_timeout,
+            on_standby_loss,
+            rpc_timeout,
+            max_record_bytes,
+            // Room for the largest record plus framing in one message.
+            max_message_bytes: defaults
+                .max_message_bytes
+                .max(max_record_bytes + (64 << 10)),
+            // A planned switchover must outlast a sync-mode write.
+            switchover_timeout: defaults.switchover_timeout.max(sync_timeout * 2),
+            ..defaults
+        };
+        cfg.validate().map_err(|msg| self.explain(msg))?;
+        Ok(NodeSettings {
+            cfg,
+            data_dir,
+            listen,
+            http,
+            advertise_from_listen,
+            advertise_http_from_http,
+            snapshot_records,
+            snapshot_interval,
+        })
+    }
+
+    /// `Config::validate` names the library's fields; add the daemon's
+    /// setting names and where their values came from.
+    fn explain(&self, msg: String) -> DaemonError {
+        const NAMES: &[(&str, &str)] = &[
+            ("node_id", "id"),
+            ("peer_id", "peer_id"),
+            ("peer_addr", "peer"),
+            ("advertise_addr", "advertise"),
+            ("cluster_id", "cluster_id"),
+            ("heartbeat_interval", "heartbeat_ms"),
+            ("failover_timeout", "failover_timeout_ms"),
+            ("sync_timeout", "sync_timeout_ms"),
+            ("rpc_timeout", "rpc_timeout_ms"),
+            ("max_record_bytes", "max_record_bytes"),
+        ];
+        let named: Vec<String> = NAMES
+            .iter()
+            .filter(|(field, _)| msg.contains(field))
+            .map(|(_, key)| format!("{key} from {}", self.source(key)))
+            .collect();
+        if named.is_empty() {
+            DaemonError::Config(format!("invalid configuration: {msg}"))
+        } else {
+            DaemonError::Config(format!(
+                "invalid configuration: {msg} (settings: {})",
+                named.join(", ")
+            ))
+        }
+    }
+}
+
+/// Reads a TOML file of settings; unknown keys are refused (a typo would
+/// otherwise be silently ignored).
+fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        DaemonError::Config(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        DaemonError::Config(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some(key) = known(&key) else {
+            let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+            return Err(DaemonError::Config(format!(
+                "unknown setting {key:?} in config file {}; known settings: {}",
+                path.display(),
+                names.join(", ")
+            )));
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(DaemonError::Config(format!(
+                    "invalid value for {key} (from config file {}): expected a string, an integer or a boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                )));
+            }
+        };
+        out.push((key, text));
+    }
+    Ok(out)
+}
+
+fn nonempty(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+fn node_name(v: &str) -> Result<NodeId, String> {
+    if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!("{v:?} is not a node name (non-empty, no spaces)"))
+    } else {
+        Ok(NodeId::from(v))
+    }
+}
+
+fn socket_addr(v: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(v).map_err(|_| {
+        format!("{v:?} is not an IP:PORT to listen on (e.g. 127.0.0.1:7001 or 0.0.0.0:7001)")
+    })
+}
+
+fn host_port(v: &str) -> Result<String, String> {
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.into()),
+        _ => Err(format!("{v:?} is not a HOST:PORT (e.g. n2:7001)")),
+    }
+}
+
+fn millis(v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{v:?} is not a whole number of milliseconds"))
+}
+
+fn count(v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a whole number"))
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{v:?} is not true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn base_flags() -> Vec<(&'static str, String)> {
+        vec![
+            ("id", "n1".into()),
+            ("peer_id", "n2".into()),
+            ("peer", "127.0.0.1:7002".into()),
+            ("data_dir", "/tmp/never-created".into()),
+        ]
+    }
+
+    fn resolve(
+        flags: Vec<(&'static str, String)>,
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<NodeSettings, DaemonError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file.map(|text| {
+            let p = dir.path().join("walrep.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        Layers::gather(flags, path, env(vars))?.resolve()
+    }
+
+    fn err(r: Result<NodeSettings, DaemonError>) -> String {
+        match r {
+            Ok(s) => panic!("accepted: {s:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let s = resolve(base_flags(), None, &[]).unwrap();
+        assert_eq!(s.cfg.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(s.cfg.failover_timeout, Duration::from_secs(1));
+        assert_eq!(s.cfg.commit_mode, CommitMode::RemoteFlush);
+        assert_eq!(s.cfg.initial_role, InitialRole::Standby);
+        assert!(s.cfg.auto_failover);
+        assert_eq!(s.cfg.advertise_addr, "127.0.0.1:7001");
+        assert_eq!(
+            s.cfg.advertise_client_addr.as_deref(),
+            Some("127.0.0.1:8001")
+        );
+        assert!(s.advertise_from_listen && s.advertise_http_from_http);
+    }
+
+    #[test]
+    fn a_bad_env_value_is_refused_naming_the_setting_and_the_variable() {
+        let e = err(resolve(
+            base_flags(),
+            None,
+            &[("WALREP_HEARTBEAT_MS", "fast")],
+        ));
+        assert!(
+            e.starts_with("invalid value for heartbeat_ms (from WALREP_HEARTBEAT_MS):"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_flag_or_file_value_names_its_source() {
+        let mut flags = base_flags();
+        flags.push(("commit_mode", "sync".into()));
+        let e = err(resolve(flags, None, &[]));
+        assert!(
+            e.contains("invalid value for commit_mode (from --commit-mode)"),
+            "{e}"
+        );
+        let e = err(resolve(base_flags(), Some("listen = \"nowhere\"\n"), &[]));
+        assert!(
+            e.contains("invalid value for listen (from config file"),
+            "{e}"
+        );
+        let e = err(resolve(
+            base_flags(),
+            Some("auto_failover = \"maybe\"\n"),
+            &[],
+        ));
+        assert!(e.contains("invalid value for auto_failover"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_env_and_file_and_env_overrides_file() {
+        let file = "heartbeat_ms = 100\nfailover_timeout_ms = 900\nsync_timeout_ms = 700\ncluster_id = \"from-file\"\n";
+        let vars = [
+            ("WALREP_HEARTBEAT_MS", "110"),
+            ("WALREP_FAILOVER_TIMEOUT_MS", "800"),
+        ];
+        let mut flags = base_flags();
+        flags.push(("heartbeat_ms", "120".into()));
+        let s = resolve(flags, Some(file), &vars).unwrap();
+        assert_eq!(s.cfg.heartbeat_interval, Duration::from_millis(120), "flag");
+        assert_eq!(s.cfg.failover_timeout, Duration::from_millis(800), "env");
+        assert_eq!(s.cfg.sync_timeout, Duration::from_millis(700), "file");
+        assert_eq!(s.cfg.cluster_id, "from-file");
+    }
+
+    #[test]
+    fn the_config_file_may_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.toml");
+        std::fs::write(&p, "id = \"n7\"\npeer_id = \"n8\"\npeer = \"n8:7001\"\ndata_dir = \"/d\"\nrole = \"primary\"\n").unwrap();
+        let s = Layers::gather(vec![], None, env(&[(CONFIG_ENV, p.to_str().unwrap())]))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(s.cfg.node_id, NodeId::from("n7"));
+        assert_eq!(s.cfg.initial_role, InitialRole::Primary);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let e = err(resolve(base_flags(), Some("hearbeat_ms = 100\n"), &[]));
+        assert!(e.contains("unknown setting \"hearbeat_ms\""), "{e}");
+    }
+
+    #[test]
+    fn peer_id_is_required() {
+        let flags = base_flags()
+            .into_iter()
+            .filter(|(k, _)| *k != "peer_id")
+            .collect();
+        let e = err(resolve(flags, None, &[]));
+        assert!(e.contains("missing setting peer_id"), "{e}");
+        assert!(
+            e.contains("--peer-id") && e.contains("WALREP_PEER_ID"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn library_validation_names_the_daemon_settings() {
+        let mut flags = base_flags();
+        flags.push(("failover_timeout_ms", "300".into()));
+        let e = err(resolve(flags, None, &[]));
+        assert!(e.contains("failover_timeout"), "{e}");
+        assert!(
+            e.contains("failover_timeout_ms from --failover-timeout-ms"),
+            "{e}"
+        );
+        assert!(e.contains("heartbeat_ms from the default"), "{e}");
+        let mut flags = base_flags();
+        flags.push(("peer_id", "n1".into()));
+        assert!(err(resolve(flags, None, &[])).contains("peer_id"));
+    }
+
+    #[test]
+    fn listening_on_all_interfaces_needs_an_advertised_address() {
+        let mut flags = base_flags();
+        flags.push(("listen", "0.0.0.0:7001".into()));
+        flags.push(("http", "0.0.0.0:8001".into()));
+        let e = err(resolve(flags.clone(), None, &[]));
+        assert!(e.contains("missing setting advertise"), "{e}");
+        flags.push(("advertise", "n1:7001".into()));
+        let s = resolve(flags, None, &[]).unwrap();
+        assert_eq!(s.cfg.advertise_client_addr.as_deref(), Some("n1:8001"));
+    }
+
+    #[test]
+    fn no_auto_failover_is_a_setting_too() {
+        let s = resolve(base_flags(), None, &[("WALREP_AUTO_FAILOVER", "false")]).unwrap();
+        assert!(!s.cfg.auto_failover);
+    }
+}

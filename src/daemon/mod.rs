@@ -1,0 +1,77 @@
+//! The `walrep` daemon: hosts the demo KV engine on top of the library so
+//! two processes form a primary/standby pair with automatic failover.
+//!
+//! ```text
+//! cli.rs      the command line (clap): node, put/get/delete, status,
+//!             promote, healthcheck, demo
+//! config.rs   a node's settings: defaults < TOML file < WALREP_* env < flags
+//! node.rs     running a node: data dir, listeners, snapshots, shutdown
+//! http.rs     the client API (axum): /kv, /health, /primary, /replica,
+//!             /metrics, /promote
+//! api.rs      the JSON shapes the HTTP API and the CLI share
+//! metrics.rs  the Prometheus registry of one node
+//! client.rs   a small HTTP/1.1 client for the CLI, the demo and tests
+//! demo.rs     `walrep demo`: two child processes, a crash, a failover
+//! error.rs    what a command can fail with, and its exit status
+//! ```
+//!
+//! The binary (`src/bin/walrep.rs`) only calls [`main`].
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod node;
+
+pub use error::DaemonError;
+
+use std::process::ExitCode;
+
+/// Runs the command line in `args` (the program name first) and returns
+/// the process's exit status.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match cli::parse(args) {
+        Ok(cli) => cli,
+        // Usage errors exit with 2, --help and --version with 0.
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("walrep")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walrep: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("walrep: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs to stderr, one line per event; the filter comes from `WALREP_LOG`,
+/// then `RUST_LOG`, else `info`.
+pub fn init_logging() {
+    let filter = std::env::var("WALREP_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("walrep: ignoring log filter {filter:?}: {e}; logging at info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,240 @@
+//! Running one node: bind both listeners (so a port in use fails before
+//! anything is written), open the data dir, start the replica, serve
+//! replication and the HTTP API, persist KV snapshots, shut down cleanly.
+//!
+//! ```text
+//! DIR/wal/       FileWal (meta + segments)
+//! DIR/kv/        KvStore snapshot (kv.snapshot)
+//! DIR/rewound/   records dropped by a rewind, for the operator
+//! ```
+
+use super::config::NodeSettings;
+use super::error::DaemonError;
+use super::http::{AppState, router};
+use super::metrics::DaemonMetrics;
+use crate::kv::KvStore;
+use crate::replicator::{Health, Replicator};
+use crate::runtime::Replica;
+use crate::state_machine::StateMachine;
+use crate::wal::{FileWal, FileWalOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long shutdown waits for the servers to drain before it drops them.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// A node serving replication and its HTTP API.
+pub struct RunningNode {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub replica: Arc<Replica>,
+    pub kv: Arc<KvStore>,
+    stop_http: CancellationToken,
+    stop_rest: CancellationToken,
+    http: JoinHandle<()>,
+    grpc: JoinHandle<()>,
+    snapshots: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        DaemonError::Config(format!(
+            "cannot listen for {what} on {addr}: {e} (setting {})",
+            if what == "HTTP" { "http" } else { "listen" }
+        ))
+    })
+}
+
+impl RunningNode {
+    pub async fn start(settings: NodeSettings) -> Result<RunningNode, DaemonError> {
+        let grpc_listener = bind(settings.listen, "replication").await?;
+        let http_listener = bind(settings.http, "HTTP").await?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| DaemonError::io("reading the replication address", e))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| DaemonError::io("reading the HTTP address", e))?;
+        let mut cfg = settings.cfg.clone();
+        if settings.advertise_from_listen {
+            cfg.advertise_addr = grpc_addr.to_string();
+        }
+        if settings.advertise_http_from_http {
+            cfg.advertise_client_addr = Some(http_addr.to_string());
+        }
+
+        let dir = &settings.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DaemonError::io(format!("creating data dir {}", dir.display()), e))?;
+        let wal = FileWal::open(
+            dir.join("wal"),
+            FileWalOptions {
+                max_record_bytes: cfg.max_record_bytes,
+                ..FileWalOptions::default()
+            },
+        )
+        .map_err(|e| DaemonError::Failed(format!("opening the WAL in {}: {e}", dir.display())))?;
+        let kv = Arc::new(KvStore::open(dir.join("kv")).map_err(|e| {
+            DaemonError::Failed(format!("opening the KV store in {}: {e}", dir.display()))
+        })?);
+        info!(
+            node = %cfg.node_id,
+            peer = %cfg.peer_id,
+            peer_addr = %cfg.peer_addr,
+            %grpc_addr,
+            %http_addr,
+            data_dir = %dir.display(),
+            commit_mode = %cfg.commit_mode,
+            snapshot_lsn = %kv.applied_lsn(),
+            "starting node"
+        );
+        let (replica, service) = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
+            .rewound_dir(dir.join("rewound"))
+            .start()?;
+        let replica = Arc::new(replica);
+
+        let stop_http = CancellationToken::new();
+        let stop_rest = CancellationToken::new();
+        let grpc = {
+            let stop = stop_rest.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::serve(service, grpc_listener, stop.cancelled_owned()).await {
+                    warn!(error = %e, "replication server stopped");
+                }
+            })
+        };
+        let state = Arc::new(AppState {
+            replica: replica.clone(),
+            kv: kv.clone(),
+            metrics: DaemonMetrics::new(replica.clone()),
+            max_record_bytes: cfg.max_record_bytes,
+        });
+        let http = {
+            let stop = stop_http.clone();
+            let app = router(state);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http_listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    warn!(error = %e, "HTTP server stopped");
+                }
+            })
+        };
+        let snapshots = tokio::spawn(snapshot_loop(
+            kv.clone(),
+            replica.subscribe(),
+            settings.snapshot_records,
+            settings.snapshot_interval,
+            stop_rest.clone(),
+        ));
+        Ok(RunningNode {
+            grpc_addr,
+            http_addr,
+            replica,
+            kv,
+            stop_http,
+            stop_rest,
+            http,
+            grpc,
+            snapshots,
+        })
+    }
+
+    /// Stops taking requests, stops the replica (pending writes fail),
+    /// stops replication and persists a last snapshot.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.stop_http.cancel();
+        drain(self.http, "HTTP server").await;
+        self.replica.shutdown().await;
+        self.stop_rest.cancel();
+        drain(self.grpc, "replication server").await;
+        let _ = self.snapshots.await;
+        persist(&self.kv).await;
+        info!("stopped");
+    }
+}
+
+async fn drain(mut task: JoinHandle<()>, what: &str) {
+    if tokio::time::timeout(DRAIN, &mut task).await.is_err() {
+        warn!("{what} did not drain within {DRAIN:?}; closing its connections");
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    settings: NodeSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let node = RunningNode::start(settings).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT. In a container the binary is PID 1, and
+/// PID 1 gets no default signal handling: without this `docker stop`
+/// would wait and then kill.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+async fn persist(kv: &Arc<KvStore>) {
+    let kv = kv.clone();
+    match tokio::task::spawn_blocking(move || kv.persist_snapshot()).await {
+        Ok(Ok(lsn)) => tracing::debug!(%lsn, "KV snapshot persisted"),
+        Ok(Err(e)) => warn!(error = %e, "persisting the KV snapshot failed"),
+        Err(e) => warn!(error = %e, "the snapshot task panicked"),
+    }
+}
+
+/// Persists a KV snapshot every `every` applied records, or every
+/// `interval` when anything new was applied, so a restart replays only the
+/// WAL after it (and the WAL before it may be removed).
+async fn snapshot_loop(
+    kv: Arc<KvStore>,
+    mut health: watch::Receiver<Health>,
+    every: u64,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let due = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => kv.applied_lsn() > kv.durable_lsn(),
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                kv.applied_lsn().0 >= kv.durable_lsn().0 + every
+            }
+        };
+        if due {
+            persist(&kv).await;
+        }
+    }
+}

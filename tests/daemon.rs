@@ -1,0 +1,713 @@
+//! The `walrep` daemon: its HTTP API on nodes in this process, and the
+//! real binary as processes for configuration errors, crashes, pauses,
+//! signals, the CLI and the demo.
+
+mod daemon_support;
+
+use daemon_support::*;
+use hyper::Method;
+use std::time::{Duration, Instant};
+use walrep::daemon::api::{ErrorReply, HealthReport, WriteReply};
+use walrep::daemon::client::HttpClient;
+
+async fn req(addr: &str, method: Method, path: &str, body: &[u8]) -> (u16, bytes::Bytes) {
+    let r = HttpClient::new(addr)
+        .request(method.clone(), path, bytes::Bytes::copy_from_slice(body))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.body)
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> T {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+async fn health(addr: &str) -> HealthReport {
+    HttpClient::new(addr).health().await.unwrap().1
+}
+
+// ------------------------------------------------------------- HTTP API
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_is_200_with_lsn_and_epoch_and_get_reads_on_both_roles() {
+    let p = pair(&[]).await;
+    let (status, body) = req(&p.a_http, Method::PUT, "/kv/greeting", b"hello").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let w: WriteReply = json(&body);
+    assert_eq!((w.lsn, w.epoch), (1, 1));
+
+    let (status, body) = req(&p.a_http, Method::GET, "/kv/greeting", b"").await;
+    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+    wait_health(&p.b_http, "applied 1", |h| h.applied_lsn >= 1).await;
+    let (status, body) = req(&p.b_http, Method::GET, "/kv/greeting", b"").await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &b"hello"[..]),
+        "read on the standby"
+    );
+
+    for addr in [&p.a_http, &p.b_http] {
+        let (status, body) = req(addr, Method::GET, "/kv/absent", b"").await;
+        assert_eq!(status, 404);
+        assert!(json::<ErrorReply>(&body).error.contains("not found"));
+    }
+
+    let (status, body) = req(&p.a_http, Method::DELETE, "/kv/greeting", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(json::<WriteReply>(&body).lsn, 2);
+    let (status, _) = req(&p.a_http, Method::GET, "/kv/greeting", b"").await;
+    assert_eq!(status, 404);
+
+    // Keys travel percent-encoded.
+    let mut c = HttpClient::new(&p.a_http);
+    c.put("a key/with ünicode?", "v".into()).await.unwrap();
+    assert_eq!(
+        c.get("a key/with ünicode?").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_the_standby_are_503_naming_the_primarys_http_address() {
+    let p = pair(&[]).await;
+    for method in [Method::PUT, Method::DELETE] {
+        let (status, body) = req(&p.b_http, method.clone(), "/kv/k", b"v").await;
+        assert_eq!(status, 503, "{method}");
+        let e: ErrorReply = json(&body);
+        assert_eq!(e.leader.as_deref(), Some(p.a_http.as_str()), "{e:?}");
+        assert!(e.error.contains("not the primary"), "{e:?}");
+    }
+    assert_eq!(health(&p.b_http).await.last_lsn, 0, "nothing written");
+    let err = HttpClient::new(&p.b_http)
+        .put("k", "v".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&p.a_http), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_400_and_writes_nothing() {
+    let p = pair(&[("max_record_bytes", "4096")]).await;
+    let long_key = "k".repeat(walrep::daemon::http::MAX_KEY_BYTES + 1);
+    let cases: Vec<(Method, String, Vec<u8>)> = vec![
+        (Method::PUT, "/kv/".into(), b"v".to_vec()),
+        (Method::PUT, "/kv".into(), b"v".to_vec()),
+        (Method::DELETE, "/kv/".into(), vec![]),
+        (Method::GET, "/kv/".into(), vec![]),
+        (Method::PUT, format!("/kv/{long_key}"), b"v".to_vec()),
+        // Over the record limit as a body...
+        (Method::PUT, "/kv/big".into(), vec![b'x'; 5000]),
+        // ...and as a record (key + value + framing) though the body fits.
+        (Method::PUT, "/kv/bigger-key".into(), vec![b'x'; 4096]),
+        (Method::PUT, "/kv/%FF".into(), b"not utf-8 key".to_vec()),
+    ];
+    for (method, path, body) in cases {
+        let (status, reply) = req(&p.a_http, method.clone(), &path, &body).await;
+        assert_eq!(status, 400, "{method} {path}");
+        let e: ErrorReply = json(&reply);
+        assert!(e.error.contains("nothing was written"), "{e:?}");
+    }
+    let h = health(&p.a_http).await;
+    assert_eq!(h.last_lsn, 0, "bad input wrote something: {h:?}");
+    // The largest value that fits is accepted.
+    let (status, _) = req(&p.a_http, Method::PUT, "/kv/k", &vec![b'x'; 4096 - 6]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_replica_endpoints_follow_the_roles() {
+    let p = pair(&[]).await;
+    assert_eq!(req(&p.a_http, Method::GET, "/primary", b"").await.0, 200);
+    assert_eq!(req(&p.a_http, Method::GET, "/replica", b"").await.0, 503);
+    assert_eq!(req(&p.b_http, Method::GET, "/primary", b"").await.0, 503);
+    assert_eq!(req(&p.b_http, Method::GET, "/replica", b"").await.0, 200);
+
+    // A planned switchover over HTTP swaps them.
+    let epoch = HttpClient::new(&p.b_http).promote(false).await.unwrap();
+    assert_eq!(epoch, 2);
+    wait_health(&p.a_http, "a standby receiving the stream", |h| {
+        h.role == "standby" && h.peer.connected
+    })
+    .await;
+    assert_eq!(req(&p.b_http, Method::GET, "/primary", b"").await.0, 200);
+    assert_eq!(req(&p.a_http, Method::GET, "/primary", b"").await.0, 503);
+    assert_eq!(req(&p.a_http, Method::GET, "/replica", b"").await.0, 200);
+    let (status, body) = req(&p.a_http, Method::PUT, "/kv/k", b"v").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        json::<ErrorReply>(&body).leader.as_deref(),
+        Some(p.b_http.as_str())
+    );
+    assert_eq!(req(&p.b_http, Method::PUT, "/kv/k", b"v").await.0, 200);
+    wait_health(&p.a_http, "a in sync again", is_streaming_standby).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_every_documented_field() {
+    let p = pair(&[]).await;
+    HttpClient::new(&p.a_http)
+        .put("k", "v".into())
+        .await
+        .unwrap();
+    wait_health(&p.b_http, "applied", |h| h.applied_lsn == 1).await;
+    for (addr, role) in [(&p.a_http, "primary"), (&p.b_http, "standby")] {
+        let (status, body) = req(addr, Method::GET, "/health", b"").await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = json(&body);
+        for field in [
+            "node_id",
+            "role",
+            "epoch",
+            "last_lsn",
+            "commit_lsn",
+            "applied_lsn",
+            "state_hash",
+            "writable",
+            "solo",
+            "commit_mode",
+            "leader",
+            "peer",
+        ] {
+            assert!(v.get(field).is_some(), "{role}: no {field} in {v}");
+        }
+        for field in ["connected", "lag_records", "lag_seconds", "last_contact_ms"] {
+            assert!(
+                v["peer"].get(field).is_some(),
+                "{role}: no peer.{field} in {v}"
+            );
+        }
+        assert_eq!(v["role"], role);
+        assert_eq!(v["epoch"], 1);
+        assert_eq!(v["commit_mode"], "remote-flush");
+        assert_eq!(v["leader"], p.a_http.as_str());
+        assert_eq!(v["writable"], role == "primary");
+        assert_eq!(v["solo"], false);
+        assert_eq!(v["peer"]["connected"], true);
+        let hash = v["state_hash"].as_str().unwrap();
+        assert!(
+            hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "{hash}"
+        );
+    }
+    let (a, b) = (health(&p.a_http).await, health(&p.b_http).await);
+    assert_eq!(a.state_hash, b.state_hash);
+    assert_eq!((a.node_id.as_str(), b.node_id.as_str()), ("a", "b"));
+}
+
+/// Value of the sample `name` with labels `labels`, from a parsed scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => f64::NAN,
+        })
+}
+
+async fn scrape(addr: &str) -> (String, prometheus_parse::Scrape) {
+    let (status, body) = req(addr, Method::GET, "/metrics", b"").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    (text, parsed)
+}
+
+/// The strict OpenMetrics parser of Python's `prometheus_client`, when
+/// python3 is there. The package is installed with pip into the target
+/// directory if python cannot import it. Returns false, saying why, when
+/// it cannot run.
+fn strict_openmetrics_parse(text: &str) -> bool {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let pylib = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pylib");
+    let python = || {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", &pylib);
+        cmd
+    };
+    let ok = |mut cmd: Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let import = ["-c", "import prometheus_client.openmetrics.parser"];
+    let mut version = python();
+    version.arg("--version");
+    if !ok(version) {
+        eprintln!("SKIPPED the strict OpenMetrics check: python3 is not installed");
+        return false;
+    }
+    let mut check = python();
+    check.args(import);
+    if !ok(check) {
+        let mut pip = python();
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg("--target")
+        .arg(&pylib)
+        .arg("prometheus-client");
+        let _ = ok(pip);
+        let mut check = python();
+        check.args(import);
+        if !ok(check) {
+            eprintln!(
+                "SKIPPED the strict OpenMetrics check: python's prometheus-client is not installed and pip could not install it"
+            );
+            return false;
+        }
+    }
+    let script = "import sys\n\
+from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+families = list(text_string_to_metric_families(sys.stdin.read()))\n\
+print(len(families))\n";
+    let mut child = python()
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
+    let p = pair(&[]).await;
+    write_all(&p.a_http, "k", 5).await;
+    // A refused write on the standby is counted there.
+    assert_eq!(req(&p.b_http, Method::PUT, "/kv/x", b"v").await.0, 503);
+    wait_health(&p.b_http, "applied", |h| h.applied_lsn == 5).await;
+    wait_health(&p.a_http, "heartbeat rtt known", |h| {
+        h.peer.heartbeat_rtt_ms.is_some()
+    })
+    .await;
+
+    let (text, a) = scrape(&p.a_http).await;
+    for name in [
+        "walrep_is_primary",
+        "walrep_epoch",
+        "walrep_heartbeat_errors_total",
+        "walrep_heartbeat_rtt_seconds",
+        "walrep_replication_lag_records",
+        "walrep_replication_lag_bytes",
+        "walrep_replication_lag_seconds",
+        "walrep_wal_last_lsn",
+        "walrep_commit_latency_seconds",
+        "walrep_rewound_records_total",
+    ] {
+        assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
+    }
+    assert!(text.contains("# TYPE walrep_commit_latency_seconds histogram"));
+    // No role change yet on a fresh pair: the family is there, empty.
+    assert!(text.contains("# TYPE walrep_state_transitions counter"));
+    assert!(text.contains("# TYPE walrep_rejected_requests counter"));
+    assert_eq!(sample(&a, "walrep_is_primary", &[]), Some(1.0));
+    assert_eq!(sample(&a, "walrep_epoch", &[]), Some(1.0));
+    assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
+    assert_eq!(sample(&a, "walrep_commit_latency_seconds", &[]), Some(5.0));
+    assert!(sample(&a, "walrep_heartbeat_rtt_seconds", &[]).unwrap() > 0.0);
+    assert_eq!(sample(&a, "walrep_role", &[("role", "primary")]), Some(1.0));
+    assert_eq!(sample(&a, "walrep_role", &[("role", "standby")]), Some(0.0));
+
+    let (text_b, b) = scrape(&p.b_http).await;
+    assert_eq!(sample(&b, "walrep_is_primary", &[]), Some(0.0));
+    assert_eq!(sample(&b, "walrep_wal_last_lsn", &[]), Some(5.0));
+    assert_eq!(
+        sample(
+            &b,
+            "walrep_rejected_requests_total",
+            &[("api", "http"), ("reason", "not_primary")]
+        ),
+        Some(1.0),
+        "{text_b}"
+    );
+    assert_eq!(sample(&b, "walrep_commit_latency_seconds", &[]), Some(0.0));
+
+    if strict_openmetrics_parse(&text) {
+        strict_openmetrics_parse(&text_b);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_write_the_lost_standby_never_confirms_is_503_in_block_mode() {
+    let p = pair(&[("on_standby_loss", "block")]).await;
+    write_all(&p.a_http, "k", 3).await;
+    let Pair { a, b, a_http, .. } = p;
+    b.shutdown().await;
+    let started = Instant::now();
+    let (status, body) = req(&a_http, Method::PUT, "/kv/alone", b"v").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    let e: ErrorReply = json(&body);
+    assert!(
+        e.error.contains("sync_timeout") || e.error.contains("refused"),
+        "{e:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(SYNC_TIMEOUT_MS / 2));
+    assert_eq!(req(&a_http, Method::GET, "/primary", b"").await.0, 503);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_persists_a_kv_snapshot_every_snapshot_records() {
+    let p = pair(&[("snapshot_records", "10")]).await;
+    let snapshot = |node: &str| p.dir.path().join(node).join("kv").join("kv.snapshot");
+    assert!(!snapshot("a").exists());
+    write_all(&p.a_http, "k", 25).await;
+    wait_health(&p.b_http, "applied", |h| h.applied_lsn == 25).await;
+    let deadline = Instant::now() + WAIT;
+    while !(snapshot("a").exists() && snapshot("b").exists()) {
+        assert!(Instant::now() < deadline, "no snapshot after 25 records");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Written by the node while it runs: it says which LSN it covers.
+    let lsn = |node: &str| {
+        let bytes = std::fs::read(snapshot(node)).unwrap();
+        u64::from_le_bytes(bytes[..8].try_into().unwrap())
+    };
+    assert!(
+        lsn("a") >= 10 && lsn("b") >= 10,
+        "{} {}",
+        lsn("a"),
+        lsn("b")
+    );
+}
+
+// ------------------------------------------------------ the real binary
+
+/// Runs the binary to completion, killing it if it outlives `WAIT * 3`.
+fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("walrep runs");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + WAIT * 3;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "walrep {args:?} did not finish within {:?}; stderr: {}",
+                WAIT * 3,
+                String::from_utf8_lossy(&err_reader.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+#[test]
+fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = free_ports(4);
+    // Without the timing flags: the environment gives them.
+    let flags: Vec<_> = node_flags("n1", "n2", &data, p[0], p[1], p[2], "primary")
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("_ms"))
+        .collect();
+    let args = as_args(&flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let out = run_bin(&args, &[("WALREP_HEARTBEAT_MS", "soon")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value for heartbeat_ms (from WALREP_HEARTBEAT_MS)"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "the data dir was created");
+
+    // A flag wins over the environment, and the library's own check names
+    // the setting.
+    let mut bad = args.clone();
+    bad.extend(["--failover-timeout-ms", "60"]);
+    let out = run_bin(&bad, &[("WALREP_FAILOVER_TIMEOUT_MS", "5000")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("failover_timeout_ms from --failover-timeout-ms"),
+        "{stderr}"
+    );
+    assert!(!data.exists());
+
+    // The environment wins over the file.
+    let file = dir.path().join("walrep.toml");
+    std::fs::write(&file, "commit_mode = \"remote-apply\"\n").unwrap();
+    let mut with_file = args.clone();
+    with_file.extend(["--config", file.to_str().unwrap()]);
+    let out = run_bin(&with_file, &[("WALREP_COMMIT_MODE", "eventually")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value for commit_mode (from WALREP_COMMIT_MODE)"),
+        "{stderr}"
+    );
+    assert!(!data.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_primary_fails_over_and_the_old_primary_rejoins() {
+    let mut p = proc_pair(&[]).await;
+    let mut acked = write_all(&p.n1.http, "k", 200).await;
+
+    let killed = Instant::now();
+    p.n1.kill();
+    wait_health(&p.n2.http, "writable primary", is_writable_primary).await;
+    let took = killed.elapsed();
+    let limit = Duration::from_millis(FAILOVER_MS) + Duration::from_secs(3);
+    assert!(took < limit, "failover took {took:?}");
+    let h = health(&p.n2.http).await;
+    assert_eq!(h.epoch, 2);
+    assert_eq!(req(&p.n2.http, Method::GET, "/primary", b"").await.0, 200);
+    assert_eq!(req(&p.n2.http, Method::GET, "/replica", b"").await.0, 503);
+    let (text, m) = scrape(&p.n2.http).await;
+    assert_eq!(sample(&m, "walrep_is_primary", &[]), Some(1.0));
+    assert_eq!(sample(&m, "walrep_epoch", &[]), Some(2.0));
+    assert!(
+        sample(&m, "walrep_state_transitions_total", &[("to", "primary")]).unwrap_or(0.0) >= 1.0,
+        "no transition to primary counted:\n{text}"
+    );
+    acked.extend(write_all(&p.n2.http, "after", 100).await);
+
+    // The old primary, restarted with its original flags (--role primary
+    // included), rejoins as a standby.
+    p.n1.start();
+    let target = health(&p.n2.http).await.last_lsn;
+    let h1 = wait_health(&p.n1.http, "caught-up standby", |h| {
+        h.role == "standby" && h.peer.connected && h.applied_lsn >= target
+    })
+    .await;
+    assert_eq!(h1.epoch, 2);
+    assert_eq!(req(&p.n1.http, Method::GET, "/replica", b"").await.0, 200);
+    assert_eq!(req(&p.n1.http, Method::GET, "/primary", b"").await.0, 503);
+    assert_all_readable(&p.n2.http, &acked).await;
+    let h2 = health(&p.n2.http).await;
+    assert_eq!(h1.state_hash, h2.state_hash);
+    assert_eq!(h2.applied_lsn, target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
+    let p = proc_pair(&[]).await;
+    let mut acked = write_all(&p.n1.http, "k", 100).await;
+
+    p.n1.signal(libc::SIGSTOP);
+    // Paused past the failover timeout: the standby takes over.
+    wait_health(&p.n2.http, "writable primary", is_writable_primary).await;
+    acked.extend(write_all(&p.n2.http, "new", 20).await);
+    p.n1.signal(libc::SIGCONT);
+
+    // The old primary must not acknowledge anything: its first write asks
+    // the standby, which answers with the newer epoch.
+    let mut old = p.n1.client();
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    loop {
+        let r = old
+            .request(Method::PUT, &format!("/kv/stale{i}"), "v".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            503,
+            "the paused primary acknowledged a write: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let h = health(&p.n1.http).await;
+        if h.epoch == 2 && h.role != "primary" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1 never learned epoch 2: {h:?}");
+        i += 1;
+    }
+    let r = old
+        .request(Method::PUT, "/kv/late", "v".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    let e: ErrorReply = json(&r.body);
+    assert_eq!(e.leader.as_deref(), Some(p.n2.http.as_str()), "{e:?}");
+
+    let target = health(&p.n2.http).await.last_lsn;
+    let h1 = wait_health(&p.n1.http, "caught-up standby", |h| {
+        h.role == "standby" && h.applied_lsn >= target
+    })
+    .await;
+    assert_all_readable(&p.n2.http, &acked).await;
+    assert_eq!(h1.state_hash, health(&p.n2.http).await.state_hash);
+    let mut c = HttpClient::new(&p.n2.http);
+    for j in 0..=i {
+        assert!(c.get(&format!("stale{j}")).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_and_its_snapshot_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = free_ports(3);
+    // A lone async primary: it acknowledges without its (absent) standby.
+    let flags = with(
+        node_flags("n1", "n2", dir.path(), p[0], p[1], p[2], "primary"),
+        &[("commit_mode", "async")],
+    );
+    let mut n1 = NodeProc::new("n1", &flags, dir.path());
+    n1.start();
+    wait_health(&n1.http, "writable", is_writable_primary).await;
+    let acked = write_all(&n1.http, "k", 50).await;
+    n1.signal(libc::SIGTERM);
+    let status = n1.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", n1.log_tail(20));
+    assert!(n1.log_tail(5).contains("stopped"), "{}", n1.log_tail(20));
+    assert!(dir.path().join("n1/kv/kv.snapshot").exists());
+    assert!(dir.path().join("n1/wal/meta").exists());
+
+    n1.start();
+    let h = wait_health(&n1.http, "writable again", is_writable_primary).await;
+    assert_eq!(h.last_lsn, 50);
+    assert_all_readable(&n1.http, &acked).await;
+}
+
+async fn cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_bin(&args, &[])
+    })
+    .await
+    .unwrap()
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_talk_to_a_node_and_say_when_it_is_unreachable() {
+    let p = pair(&[]).await;
+    let (a, b) = (p.a_http.as_str(), p.b_http.as_str());
+
+    let out = cli(args(&["put", "city", "Lisbon", "--addr", a])).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lsn 1"));
+    wait_health(b, "applied", |h| h.applied_lsn == 1).await;
+    let out = cli(args(&["get", "city", "--addr", b])).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Lisbon\n");
+    let out = cli(args(&["get", "nowhere", "--addr", b])).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = cli(args(&["put", "city", "Porto", "--addr", b])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("503") && stderr.contains(a), "{stderr}");
+
+    let out = cli(args(&["status", "--addr", a])).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for row in [
+        "role",
+        "primary",
+        "epoch",
+        "lsn",
+        "lag",
+        "peer",
+        "b connected",
+    ] {
+        assert!(table.contains(row), "no {row:?} in\n{table}");
+    }
+
+    let out = cli(args(&["healthcheck", "--addr", a])).await;
+    assert!(out.status.success(), "{out:?}");
+
+    let dead = format!("127.0.0.1:{}", free_ports(1)[0]);
+    for cmd in ["healthcheck", "status"] {
+        let out = cli(args(&[cmd, "--addr", &dead])).await;
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("cannot reach walrep at {dead}")),
+            "{cmd}: {stderr}"
+        );
+    }
+
+    let out = cli(args(&["promote", "--addr", b])).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("epoch 2"));
+    wait_health(a, "standby", |h| h.role == "standby").await;
+}
+
+#[test]
+fn the_demo_fails_over_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bin(
+        &[
+            "demo",
+            "--keys",
+            "300",
+            "--heartbeat-ms",
+            "50",
+            "--failover-timeout-ms",
+            "500",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("acknowledged writes lost  0"), "{stdout}");
+    assert!(stdout.contains("state hashes equal        yes"), "{stdout}");
+    assert!(stdout.contains("RESULT: PASS"), "{stdout}");
+}
