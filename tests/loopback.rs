@@ -287,3 +287,19 @@ async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
     assert_eq!(kv_a.state_hash(), kv_b.state_hash());
     assert!(kv_b.get(b"k299").is_some());
 }
+
+/// After a switchover with no writes since, the new standby is eligible at
+/// once: the probe after a reconnect is acknowledged even though it
+/// carried nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_eligible_after_a_switchover_without_further_writes() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    a.put("k", "v").await.unwrap();
+    b.wait("eligible", |h| h.eligible).await;
+    b.replica.promote(false).await.unwrap();
+    a.wait("a is an eligible standby", |h| {
+        h.role == RoleKind::Standby && h.eligible
+    })
+    .await;
+    assert_eq!(b.health().sync_state, walrep::SyncState::Sync);
+}

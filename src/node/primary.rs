@@ -108,10 +108,11 @@ impl Primary {
         if !cfg.commit_mode.is_sync() {
             return SyncState::Async;
         }
-        if self.link != Link::Solo
-            && self.standby.flushed >= commit
-            && self.standby_position(cfg.commit_mode) >= commit
-        {
+        // In sync when the standby holds every acknowledged write at the
+        // mode's own position: in remote-write that is "written", which a
+        // live standby that promotes keeps (only a crash of its OS would
+        // lose it, and a restarted standby is not eligible anyway).
+        if self.link != Link::Solo && self.standby_position(cfg.commit_mode) >= commit {
             SyncState::Sync
         } else {
             SyncState::NotSync

@@ -639,3 +639,25 @@ fn deadlines_a_node_cannot_act_on_do_not_make_it_spin() {
     tick_until(&mut node, 100, 5000);
     assert_eq!(node.next_deadline(t(5000)), t(5200));
 }
+
+#[test]
+fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
+    let mut node = primary_with_standby(Config {
+        commit_mode: CommitMode::RemoteWrite,
+        ..cfg()
+    });
+    node.step(t(2), Event::Appended { last_lsn: Lsn(3) });
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
+    node.step(
+        t(4),
+        Event::StandbyProgress {
+            positions: StandbyPositions {
+                written: Lsn(3),
+                flushed: Lsn(1),
+                applied: Lsn(1),
+            },
+        },
+    );
+    assert_eq!(node.commit_lsn(), Lsn(3));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+}

@@ -656,7 +656,10 @@ impl Actor {
                     self.last_lsn_tx.send_replace(last);
                 }
                 self.note_standby_caught_up();
-                self.send_ack();
+                // Always answer a batch, even one that changed nothing (the
+                // probe after a reconnect): the primary counts our
+                // positions only from acks to batches it sent.
+                self.send_ack_always();
             }
             Err(refusal) => {
                 let refusal = Refusal {
@@ -690,6 +693,13 @@ impl Actor {
             flushed,
             applied: self.node.applied_lsn().min(flushed),
             flushed_epoch: self.wal.epoch_at(flushed).unwrap_or(Epoch::ZERO),
+        }
+    }
+
+    fn send_ack_always(&mut self) {
+        let ack = self.ack();
+        if let Some(s) = &self.session {
+            s.acks.send_replace(Ok(ack));
         }
     }
 
