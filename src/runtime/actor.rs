@@ -699,7 +699,7 @@ impl Actor {
     fn send_ack_always(&mut self) {
         let ack = self.ack();
         if let Some(s) = &self.session {
-            s.acks.send_replace(Ok(ack));
+            let _previous = s.acks.send_replace(Ok(ack));
         }
     }
 
