@@ -367,6 +367,9 @@ async fn a_sync_write_the_lost_standby_never_confirms_is_503_in_block_mode() {
         "{e:?}"
     );
     assert!(started.elapsed() >= Duration::from_millis(SYNC_TIMEOUT_MS / 2));
+    // The write timed out on its own clock; the primary stops accepting
+    // writes once its heartbeats have failed for sync_timeout too.
+    wait_health(&a_http, "writes refused", |h| !h.writable).await;
     assert_eq!(req(&a_http, Method::GET, "/primary", b"").await.0, 503);
     a.shutdown().await;
 }
