@@ -27,9 +27,12 @@
 #   CATCHUP_TIMEOUT=600    longest wait for the standby to catch up, seconds
 #   PROMOTE_TIMEOUT=60     longest wait for the promoted standby to take an INSERT, seconds
 #   VALUE_BYTES=100        size of the value written by each transaction
-#   FAILOVER_TRIALS=5      walrep bench-failover --trials
+#   FAILOVER_TRIALS=20     walrep bench-failover --trials (each setting below)
 #   HEARTBEAT_MS=200       walrep bench-failover --heartbeat-ms (walrep's default)
 #   FAILOVER_TIMEOUT_MS=1000  walrep bench-failover --failover-timeout-ms (walrep's default)
+#   AGGR_HEARTBEAT_MS=50 AGGR_FAILOVER_TIMEOUT_MS=250  the aggressive setting, measured too
+#   LOAD_SECONDS=10        walrep bench-failover --load-seconds (false failovers under load)
+#   SWITCHOVER_TRIALS=10   walrep bench-switchover --trials
 #   FSYNC_TEST=1           run `pg_test_fsync -s 2` for the reference line (0 to skip, saves ~30 s)
 #   PG_BIN=...             directory holding PostgreSQL 15's initdb, pg_ctl, postgres, psql,
 #                          pg_basebackup, pgbench (default: found under /usr/lib/postgresql/15/bin,
@@ -53,7 +56,11 @@ BACKLOG_MB=${BACKLOG_MB:-1024}
 CATCHUP_TIMEOUT=${CATCHUP_TIMEOUT:-600}
 PROMOTE_TIMEOUT=${PROMOTE_TIMEOUT:-60}
 VALUE_BYTES=${VALUE_BYTES:-100}
-FAILOVER_TRIALS=${FAILOVER_TRIALS:-5}
+FAILOVER_TRIALS=${FAILOVER_TRIALS:-20}
+AGGR_HEARTBEAT_MS=${AGGR_HEARTBEAT_MS:-50}
+AGGR_FAILOVER_TIMEOUT_MS=${AGGR_FAILOVER_TIMEOUT_MS:-250}
+LOAD_SECONDS=${LOAD_SECONDS:-10}
+SWITCHOVER_TRIALS=${SWITCHOVER_TRIALS:-10}
 HEARTBEAT_MS=${HEARTBEAT_MS:-200}
 FAILOVER_TIMEOUT_MS=${FAILOVER_TIMEOUT_MS:-1000}
 FSYNC_TEST=${FSYNC_TEST:-1}
@@ -466,16 +473,30 @@ if [[ -n "$WALREP" ]]; then
     WR[standby_rss_mb]=$(json_num "$js" standby_rss_mb)
   fi
 fi
-WR[failover_s]="n/a" WR[failover_p99_s]="n/a" WR[false_failovers]="n/a" WR[trials]=$FAILOVER_TRIALS
+# walrep_failover KEY HEARTBEAT_MS TIMEOUT_MS: bench-failover at one setting, into WR[KEY_*].
+walrep_failover() {
+  local key=$1 js
+  WR[${key}_p50_s]="n/a" WR[${key}_p99_s]="n/a" WR[${key}_false]="n/a" WR[${key}_lost]="n/a"
+  [[ -n "$WALREP" ]] || return 0
+  log "walrep bench-failover: $FAILOVER_TRIALS trials at $2 ms / $3 ms"
+  js=$(walrep_json "failover-$key" bench-failover --trials "$FAILOVER_TRIALS" --heartbeat-ms "$2" \
+    --failover-timeout-ms "$3" --load-seconds "$LOAD_SECONDS" --json)
+  [[ -n "$js" ]] || return 0
+  WR[${key}_p50_s]=$(json_num "$js" p50_s)
+  WR[${key}_p99_s]=$(json_num "$js" p99_s)
+  WR[${key}_false]=$(json_num "$js" false_failovers)
+  WR[${key}_lost]=$(json_num "$js" lost)
+}
+walrep_failover failover "$HEARTBEAT_MS" "$FAILOVER_TIMEOUT_MS"
+walrep_failover aggr "$AGGR_HEARTBEAT_MS" "$AGGR_FAILOVER_TIMEOUT_MS"
+WR[pause_p50_ms]="n/a" WR[pause_max_ms]="n/a" WR[switch_lost]="n/a"
 if [[ -n "$WALREP" ]]; then
-  log "walrep bench-failover: $FAILOVER_TRIALS trials"
-  js=$(walrep_json failover bench-failover --trials "$FAILOVER_TRIALS" --heartbeat-ms "$HEARTBEAT_MS" \
-    --failover-timeout-ms "$FAILOVER_TIMEOUT_MS" --json)
+  log "walrep bench-switchover: $SWITCHOVER_TRIALS trials"
+  js=$(walrep_json switchover bench-switchover --trials "$SWITCHOVER_TRIALS" --json)
   if [[ -n "$js" ]]; then
-    WR[failover_s]=$(json_num "$js" p50_s)
-    WR[failover_p99_s]=$(json_num "$js" p99_s)
-    WR[false_failovers]=$(json_num "$js" false_failovers)
-    WR[trials]=$(json_num "$js" trials)
+    WR[pause_p50_ms]=$(json_num "$js" pause_p50_ms)
+    WR[pause_max_ms]=$(json_num "$js" pause_max_ms)
+    WR[switch_lost]=$(json_num "$js" lost)
   fi
 fi
 
@@ -499,7 +520,7 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "- walrep: ${WALREP:-not available} (mode remote-flush)"
   echo "- load: one single-row INSERT of a ${VALUE_BYTES}-byte value per transaction, ${DURATION} s per client count; catch-up backlog ${BACKLOG_MB} MiB (PostgreSQL: ${BACKLOG_REAL_MB} MiB of WAL measured by LSN)"
   echo "- ratio = walrep / PostgreSQL for every row: above 1 is better for TPS and MB/s, below 1 is better for latencies and times"
-  echo "- promotion: PostgreSQL is \`pg_ctl promote\` (issued by hand, no failure detection) until the first INSERT commits; walrep is automatic failover p50 from primary failure, detection included (heartbeat ${HEARTBEAT_MS} ms, failover timeout ${FAILOVER_TIMEOUT_MS} ms): not like for like"
+  echo "- promotion: PostgreSQL is \`pg_ctl promote\` (issued by hand, no failure detection) until the first INSERT commits; walrep is automatic failover p50 from SIGKILL of the primary to the first acknowledged write on the new one, detection included (heartbeat ${HEARTBEAT_MS} ms, failover timeout ${FAILOVER_TIMEOUT_MS} ms): not like for like"
   echo
   echo "| metric | PostgreSQL | walrep (remote-flush) | walrep/PostgreSQL |"
   echo "| --- | ---: | ---: | ---: |"
@@ -512,9 +533,19 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   done
   row "catch-up: receive MB/s" "${PG[recv_mb_s]}" "${WR[recv_mb_s]}"
   row "catch-up: replay/apply MB/s" "${PG[apply_mb_s]}" "${WR[apply_mb_s]}"
-  row "promotion / failover: s" "${PG[promote_s]}" "${WR[failover_s]}"
+  row "promotion / failover: s" "${PG[promote_s]}" "${WR[failover_p50_s]}"
   echo
-  echo "walrep extra: failover p99 ${WR[failover_p99_s]} s, false failovers ${WR[false_failovers]} in ${WR[trials]} trials; catch-up RSS primary ${WR[primary_rss_mb]} MB, standby ${WR[standby_rss_mb]} MB."
+  echo "walrep only:"
+  echo
+  echo "| metric | walrep |"
+  echo "| --- | ---: |"
+  echo "| failover at ${HEARTBEAT_MS} ms / ${FAILOVER_TIMEOUT_MS} ms (defaults): p50 / p99 s, over $FAILOVER_TRIALS SIGKILLs | ${WR[failover_p50_s]} / ${WR[failover_p99_s]} |"
+  echo "| failover at ${AGGR_HEARTBEAT_MS} ms / ${AGGR_FAILOVER_TIMEOUT_MS} ms: p50 / p99 s | ${WR[aggr_p50_s]} / ${WR[aggr_p99_s]} |"
+  echo "| false failovers in ${LOAD_SECONDS} s of a healthy pair under load (defaults / aggressive) | ${WR[failover_false]} / ${WR[aggr_false]} |"
+  echo "| acknowledged writes lost over all failover trials (defaults / aggressive) | ${WR[failover_lost]} / ${WR[aggr_lost]} |"
+  echo "| planned switchover write pause: p50 / max ms, over $SWITCHOVER_TRIALS switchovers | ${WR[pause_p50_ms]} / ${WR[pause_max_ms]} |"
+  echo "| acknowledged writes lost over the switchovers | ${WR[switch_lost]} |"
+  echo "| catch-up peak RSS: primary / standby MiB | ${WR[primary_rss_mb]} / ${WR[standby_rss_mb]} |"
   echo "MB/s are MiB (2^20 bytes) per second, timed from the standby's start until it has flushed (receive) / replayed (apply) up to the primary's LSN (PostgreSQL: polled every ~20 ms; its standby first answered ${PG[up_s]} s after \`pg_ctl start\`, startup included in both rates)."
 } >"$OUT"
 echo

@@ -714,3 +714,70 @@ fn the_demo_fails_over_and_loses_nothing() {
     assert!(stdout.contains("state hashes equal        yes"), "{stdout}");
     assert!(stdout.contains("RESULT: PASS"), "{stdout}");
 }
+
+/// Runs a `walrep bench-*` command and returns its JSON result lines.
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--json", "--dir", dir.path().to_str().unwrap()]);
+    let out = run_bin(&all, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn bench_pair_reports_latency_percentiles_for_each_writer_count() {
+    let results = bench_json(&[
+        "bench-pair",
+        "--clients",
+        "1,4",
+        "--seconds",
+        "1",
+        "--warmup-seconds",
+        "0",
+    ]);
+    assert_eq!(results.len(), 2, "{results:?}");
+    for (r, clients) in results.iter().zip([1, 4]) {
+        assert_eq!(r["clients"], clients, "{r}");
+        assert_eq!(r["mode"], "remote-flush", "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+        let (p50, p99, p999) = (
+            r["p50_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap(),
+            r["p999_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{r}");
+    }
+}
+
+#[test]
+fn bench_switchover_loses_no_acknowledged_write() {
+    let results = bench_json(&["bench-switchover", "--trials", "2", "--writers", "2"]);
+    let [r] = &results[..] else {
+        panic!("one result expected: {results:?}")
+    };
+    assert_eq!(r["trials"], 2, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
+fn bench_commands_refuse_bad_values_by_name() {
+    let out = run_bin(&["bench-pair", "--mode", "fast"], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--mode") && stderr.contains("unknown commit mode"),
+        "{stderr}"
+    );
+}

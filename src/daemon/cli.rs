@@ -4,7 +4,7 @@
 use super::client::{self, HttpClient};
 use super::config::{Layers, flag_name};
 use super::error::DaemonError;
-use super::{demo, node};
+use super::{bench, demo, node};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +66,14 @@ pub enum Command {
     },
     /// Start two nodes, crash the primary, watch the failover, verify.
     Demo(demo::DemoArgs),
+    /// Benchmark: commit latency and throughput per commit mode and writer count.
+    BenchPair(bench::commit::CommitArgs),
+    /// Benchmark: a standby catching up a WAL backlog (MB/s, peak RSS).
+    BenchCatchup(bench::catchup::CatchupArgs),
+    /// Benchmark: SIGKILL of the primary to the first write on the new one.
+    BenchFailover(bench::failover::FailoverArgs),
+    /// Benchmark: the write pause of a planned switchover.
+    BenchSwitchover(bench::switchover::SwitchoverArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -153,6 +161,9 @@ pub struct NodeArgs {
     /// ...or this often when anything new was applied [default: 30000].
     #[arg(long, value_name = "MS")]
     pub snapshot_interval_ms: Option<String>,
+    /// WAL kept for a lagging standby before it must resync from a snapshot [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub wal_retention_bytes: Option<String>,
 }
 
 impl NodeArgs {
@@ -179,6 +190,7 @@ impl NodeArgs {
             ("max_record_bytes", &self.max_record_bytes),
             ("snapshot_records", &self.snapshot_records),
             ("snapshot_interval_ms", &self.snapshot_interval_ms),
+            ("wal_retention_bytes", &self.wal_retention_bytes),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -266,15 +278,35 @@ pub async fn run(cli: Cli) -> Result<ExitCode, DaemonError> {
                 }
             })
         }
-        // Interrupted, the demo's future is dropped, and with it the
-        // child processes (their Drop kills them).
-        Command::Demo(args) => tokio::select! {
-            r = demo::run(args) => r,
-            _ = node::shutdown_signal() => {
-                Err(DaemonError::Failed("interrupted; the demo's nodes were stopped".into()))
-            }
-        },
+        Command::Demo(args) => until_interrupted(demo::run(args)).await,
+        Command::BenchPair(args) => bench_done(until_interrupted(bench::commit::run(args)).await),
+        Command::BenchCatchup(args) => {
+            bench_done(until_interrupted(bench::catchup::run(args)).await)
+        }
+        Command::BenchFailover(args) => {
+            bench_done(until_interrupted(bench::failover::run(args)).await)
+        }
+        Command::BenchSwitchover(args) => {
+            bench_done(until_interrupted(bench::switchover::run(args)).await)
+        }
     }
+}
+
+/// Runs a command that starts child nodes. Interrupted, its future is
+/// dropped, and with it the child processes (their Drop kills them).
+async fn until_interrupted<T>(
+    command: impl std::future::Future<Output = Result<T, DaemonError>>,
+) -> Result<T, DaemonError> {
+    tokio::select! {
+        r = command => r,
+        _ = node::shutdown_signal() => {
+            Err(DaemonError::Failed("interrupted; the nodes it started were stopped".into()))
+        }
+    }
+}
+
+fn bench_done(r: Result<(), DaemonError>) -> Result<ExitCode, DaemonError> {
+    r.map(|()| ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

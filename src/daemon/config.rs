@@ -53,6 +53,7 @@ pub const SETTINGS: &[Setting] = &[
     s("max_record_bytes", Some("4194304")),
     s("snapshot_records", Some("10000")),
     s("snapshot_interval_ms", Some("30000")),
+    s("wal_retention_bytes", Some("1073741824")),
 ];
 
 /// The variable naming the TOML file when `--config` is not given.
@@ -285,6 +286,7 @@ impl Layers {
                 }
             })
         })?;
+        let wal_retention_bytes = self.with_default("wal_retention_bytes", count)?;
         let max_record_bytes = usize::try_from(max_record_bytes)
             .map_err(|_| DaemonError::Config("max_record_bytes is too large".into()))?;
         let defaults = Config::default();
@@ -305,6 +307,7 @@ impl Layers {
             on_standby_loss,
             rpc_timeout,
             max_record_bytes,
+            wal_retention_bytes,
             // Room for the largest record plus framing in one message.
             max_message_bytes: defaults
                 .max_message_bytes

@@ -9,15 +9,14 @@
 //! and that both state hashes are equal. The children are killed on every
 //! way out (`Drop`), errors and panics included.
 
-use super::api::HealthReport;
 use super::client::HttpClient;
 use super::error::DaemonError;
+use super::pair::{Pair, PairOptions, STEP};
 use crate::config::CommitMode;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -47,180 +46,6 @@ pub struct DemoArgs {
     /// system's temporary directory]. It is kept afterwards.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-/// Longest wait for any one step (start, rejoin, catch-up).
-const STEP: Duration = Duration::from_secs(60);
-
-/// One node as a child process.
-struct Proc {
-    name: &'static str,
-    args: Vec<String>,
-    log: PathBuf,
-    http: String,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(&mut self) -> Result<(), DaemonError> {
-        let exe =
-            std::env::current_exe().map_err(|e| DaemonError::io("finding the walrep binary", e))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| DaemonError::io(format!("opening {}", self.log.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| DaemonError::io("cloning the log handle", e))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
-        // The demo's flags say everything; settings in the caller's
-        // environment must not leak in (the log filter may).
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && k.starts_with("WALREP_")
-                && k != "WALREP_LOG"
-            {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| DaemonError::io(format!("starting {}", self.name), e))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILL, as a crash (std's `Child::kill` sends SIGKILL).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if the node has not stopped within `grace`.
-    fn terminate(&mut self, grace: Duration) {
-        if let Some(child) = &mut self.child {
-            let pid = child.id() as libc::pid_t;
-            // SAFETY: kill(2) on our own child's pid; it is not yet reaped,
-            // so the pid cannot belong to another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    self.child = None;
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        self.kill();
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_ports(n: usize) -> Result<Vec<u16>, DaemonError> {
-    // Hold all of them at once so no two are the same.
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DaemonError::io("finding free ports", e))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DaemonError::io("finding free ports", e))
-}
-
-/// One node of the pair, as its flags need it.
-struct Spec<'a> {
-    id: &'a str,
-    peer_id: &'a str,
-    role: &'a str,
-    grpc: u16,
-    http: u16,
-    peer_grpc: u16,
-}
-
-fn node_args(a: &DemoArgs, dir: &Path, n: Spec) -> Vec<String> {
-    [
-        "node",
-        "--id",
-        n.id,
-        "--peer-id",
-        n.peer_id,
-        "--data-dir",
-        &dir.join(n.id).display().to_string(),
-        "--listen",
-        &format!("127.0.0.1:{}", n.grpc),
-        "--http",
-        &format!("127.0.0.1:{}", n.http),
-        "--peer",
-        &format!("127.0.0.1:{}", n.peer_grpc),
-        "--role",
-        n.role,
-        "--cluster-id",
-        "demo",
-        "--commit-mode",
-        a.commit_mode.as_str(),
-        "--heartbeat-ms",
-        &a.heartbeat_ms.to_string(),
-        "--failover-timeout-ms",
-        &a.failover_timeout_ms.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Polls the node's /health until `pred` holds.
-async fn wait_for(
-    p: &mut Proc,
-    what: &str,
-    limit: Duration,
-    pred: impl Fn(&HealthReport) -> bool,
-) -> Result<HealthReport, DaemonError> {
-    let deadline = Instant::now() + limit;
-    let mut client = HttpClient::new(&p.http).with_timeout(Duration::from_secs(2));
-    loop {
-        if let Some(status) = p.exited() {
-            return Err(DaemonError::Failed(format!(
-                "{} exited ({status}) while waiting until {what}; see {}",
-                p.name,
-                p.log.display()
-            )));
-        }
-        let last = match client.health().await {
-            Ok((_, h)) if pred(&h) => return Ok(h),
-            Ok((_, h)) => format!("{h:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() > deadline {
-            return Err(DaemonError::Failed(format!(
-                "{} did not get to {what} within {limit:?}; last: {}; see {}",
-                p.name,
-                last,
-                p.log.display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 type Acked = Arc<Mutex<Vec<(String, String)>>>;
@@ -290,83 +115,30 @@ async fn write_keys(
 }
 
 pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
-    let dir = match &a.dir {
-        Some(d) => d.clone(),
-        None => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            std::env::temp_dir().join(format!("walrep-demo-{}-{stamp}", std::process::id()))
-        }
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
-    let ports = free_ports(4)?;
-    let (g1, h1, g2, h2) = (ports[0], ports[1], ports[2], ports[3]);
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| super::pair::temp_dir("demo"));
     let mode = a.commit_mode;
+    let mut pair = Pair::new(
+        &dir,
+        &PairOptions {
+            commit_mode: mode,
+            heartbeat_ms: a.heartbeat_ms,
+            failover_timeout_ms: a.failover_timeout_ms,
+            extra: Vec::new(),
+        },
+    )?;
     println!("walrep demo: two nodes in {}", dir.display());
-    println!(
-        "  n1: replication 127.0.0.1:{g1}, HTTP 127.0.0.1:{h1}, log {}",
-        dir.join("n1.log").display()
-    );
-    println!(
-        "  n2: replication 127.0.0.1:{g2}, HTTP 127.0.0.1:{h2}, log {}",
-        dir.join("n2.log").display()
-    );
+    for n in [&pair.n1, &pair.n2] {
+        println!("  {}: HTTP {}, log {}", n.name, n.http, n.log.display());
+    }
     println!(
         "  commit mode {mode}, heartbeat {} ms, failover after {} ms of silence",
         a.heartbeat_ms, a.failover_timeout_ms
     );
-    let mut n1 = Proc {
-        name: "n1",
-        args: node_args(
-            &a,
-            &dir,
-            Spec {
-                id: "n1",
-                peer_id: "n2",
-                role: "primary",
-                grpc: g1,
-                http: h1,
-                peer_grpc: g2,
-            },
-        ),
-        log: dir.join("n1.log"),
-        http: format!("127.0.0.1:{h1}"),
-        child: None,
-    };
-    let mut n2 = Proc {
-        name: "n2",
-        args: node_args(
-            &a,
-            &dir,
-            Spec {
-                id: "n2",
-                peer_id: "n1",
-                role: "standby",
-                grpc: g2,
-                http: h2,
-                peer_grpc: g1,
-            },
-        ),
-        log: dir.join("n2.log"),
-        http: format!("127.0.0.1:{h2}"),
-        child: None,
-    };
-    n1.spawn()?;
-    n2.spawn()?;
-    wait_for(
-        &mut n1,
-        "a writable primary streaming to its standby",
-        STEP,
-        |h| h.role == "primary" && h.writable && h.peer.connected,
-    )
-    .await?;
-    wait_for(&mut n2, "a standby in contact", STEP, |h| {
-        h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
-    })
-    .await?;
+    pair.start(mode).await?;
+    let Pair { mut n1, mut n2, .. } = pair;
     println!("both nodes up: n1 primary, n2 standby");
 
     let acked: Acked = Arc::default();
@@ -383,7 +155,8 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     // it is in sync (async: lag small enough). In remote-write mode a
     // standby that has written but not yet flushed the last commits is not:
     // crash the primary once n2 would take over, as an operator would check.
-    wait_for(&mut n2, "eligible to take over", STEP, |h| h.eligible).await?;
+    n2.wait_for("eligible to take over", STEP, |h| h.eligible)
+        .await?;
     println!("killing n1 (SIGKILL)...");
     let killed = Instant::now();
     n1.kill();
@@ -391,7 +164,9 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     // The first write after the crash: retried on n2 until it is primary.
     write_keys(&n2.http, "a", 0..1, 1, acked.clone()).await?;
     let failover = killed.elapsed();
-    let h = wait_for(&mut n2, "primary", STEP, |h| h.role == "primary").await?;
+    let h = n2
+        .wait_for("primary", STEP, |h| h.role == "primary")
+        .await?;
     println!(
         "n2 took over: first write acknowledged {:.3} s after the kill (epoch {})",
         failover.as_secs_f64(),
@@ -402,19 +177,22 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
 
     println!("restarting n1 with its original flags...");
     n1.spawn()?;
-    let target = wait_for(&mut n2, "its last write committed", STEP, |h| {
-        h.commit_lsn >= h.last_lsn
-    })
-    .await?
-    .last_lsn;
-    let h1_final = wait_for(&mut n1, "a standby caught up with n2", STEP, |h| {
-        h.role == "standby" && h.peer.connected && h.applied_lsn >= target
-    })
-    .await?;
-    let h2_final = wait_for(&mut n2, "streaming to n1 and applied", STEP, |h| {
-        h.peer.connected && h.applied_lsn >= target
-    })
-    .await?;
+    let target = n2
+        .wait_for("its last write committed", STEP, |h| {
+            h.commit_lsn >= h.last_lsn
+        })
+        .await?
+        .last_lsn;
+    let h1_final = n1
+        .wait_for("a standby caught up with n2", STEP, |h| {
+            h.role == "standby" && h.peer.connected && h.applied_lsn >= target
+        })
+        .await?;
+    let h2_final = n2
+        .wait_for("streaming to n1 and applied", STEP, |h| {
+            h.peer.connected && h.applied_lsn >= target
+        })
+        .await?;
     println!(
         "n1 rejoined as standby at epoch {} and caught up to LSN {target}",
         h1_final.epoch

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cli.rs      the command line (clap): node, put/get/delete, status,
-//!             promote, healthcheck, demo
+//!             promote, healthcheck, demo, bench-*
 //! config.rs   a node's settings: defaults < TOML file < WALREP_* env < flags
 //! node.rs     running a node: data dir, listeners, snapshots, shutdown
 //! http.rs     the client API (axum): /kv, /health, /primary, /replica,
@@ -11,13 +11,16 @@
 //! api.rs      the JSON shapes the HTTP API and the CLI share
 //! metrics.rs  the Prometheus registry of one node
 //! client.rs   a small HTTP/1.1 client for the CLI, the demo and tests
+//! pair.rs     two `walrep node` child processes on loopback ports
 //! demo.rs     `walrep demo`: two child processes, a crash, a failover
+//! bench/      `walrep bench-*`: the load generator and benchmarks
 //! error.rs    what a command can fail with, and its exit status
 //! ```
 //!
 //! The binary (`src/bin/walrep.rs`) only calls [`main`].
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod pair;
 
 pub use error::DaemonError;
 

@@ -1,0 +1,164 @@
+//! `walrep bench-pair`: commit latency (p50/p99/p99.9) and throughput of
+//! `PUT /kv/{key}` with a fresh key each time, for each commit mode and
+//! number of concurrent writers, against a pair with durable WALs on this
+//! machine's disk.
+
+use super::load::{self, Keys, Load};
+use super::{emit_json, r3};
+use crate::config::CommitMode;
+use crate::daemon::error::DaemonError;
+use crate::daemon::pair::{Pair, PairOptions, temp_dir};
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct CommitArgs {
+    /// Commit modes to measure, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "remote-flush")]
+    pub mode: Vec<String>,
+    /// Concurrent writers, comma-separated: one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Measured seconds of each run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Unmeasured seconds of load before each run.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_seconds: u64,
+    /// Size of each written value.
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// Also print each result as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder for the nodes' data and logs, kept afterwards [default: a
+    /// temporary folder, removed afterwards].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct CommitResult {
+    bench: &'static str,
+    mode: &'static str,
+    clients: usize,
+    seconds: f64,
+    ops: usize,
+    errors: u64,
+    tps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+/// `all`, or a comma-separated list of modes.
+pub fn parse_modes(names: &[String]) -> Result<Vec<CommitMode>, DaemonError> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(vec![
+            CommitMode::Async,
+            CommitMode::RemoteWrite,
+            CommitMode::RemoteFlush,
+            CommitMode::RemoteApply,
+        ]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            n.parse()
+                .map_err(|e| DaemonError::Config(format!("invalid value for --mode: {e}")))
+        })
+        .collect()
+}
+
+pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
+    let modes = parse_modes(&a.mode)?;
+    if a.clients.contains(&0) || a.seconds == 0 {
+        return Err(DaemonError::Config(
+            "--clients and --seconds must be at least 1".into(),
+        ));
+    }
+    let root = a.dir.clone().unwrap_or_else(|| temp_dir("bench-pair"));
+    eprintln!(
+        "bench-pair: {} byte values, {} s per run after {} s of warm-up, nodes in {}",
+        a.value_bytes,
+        a.seconds,
+        a.warmup_seconds,
+        root.display()
+    );
+    println!(
+        "{:<13} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "mode", "writers", "writes", "writes/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+    );
+    for mode in modes {
+        let dir = root.join(mode.as_str());
+        let mut pair = Pair::new(
+            &dir,
+            &PairOptions {
+                commit_mode: mode,
+                heartbeat_ms: 200,
+                failover_timeout_ms: 1000,
+                extra: Vec::new(),
+            },
+        )?;
+        pair.start(mode).await?;
+        for &clients in &a.clients {
+            let load = Load {
+                writers: clients,
+                value_bytes: a.value_bytes,
+                keys: Keys::Unique,
+                prefix: format!("c{clients}"),
+                addrs: vec![pair.n1.http.clone()],
+                keep_keys: false,
+            };
+            load::run_for(
+                &Load {
+                    prefix: format!("warm{clients}"),
+                    ..load.clone()
+                },
+                Duration::from_secs(a.warmup_seconds),
+            )
+            .await;
+            let report = load::run_for(&load, Duration::from_secs(a.seconds)).await;
+            let lat = report.latencies();
+            let ms = |d: Duration| r3(d.as_secs_f64() * 1000.0);
+            let result = CommitResult {
+                bench: "pair",
+                mode: mode.as_str(),
+                clients,
+                seconds: r3(report.elapsed.as_secs_f64()),
+                ops: lat.len(),
+                errors: report.errors,
+                tps: r3(report.per_second()),
+                p50_ms: ms(lat.at(0.5)),
+                p99_ms: ms(lat.at(0.99)),
+                p999_ms: ms(lat.at(0.999)),
+                max_ms: ms(lat.max()),
+            };
+            println!(
+                "{:<13} {:>7} {:>9} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6}",
+                result.mode,
+                clients,
+                result.ops,
+                result.tps,
+                result.p50_ms,
+                result.p99_ms,
+                result.p999_ms,
+                result.max_ms,
+                result.errors
+            );
+            if let Some(e) = &report.last_error {
+                eprintln!("bench-pair: {} failed writes; the last: {e}", report.errors);
+            }
+            emit_json(a.json, &result);
+        }
+        pair.n1.terminate(Duration::from_secs(5));
+        pair.n2.terminate(Duration::from_secs(5));
+    }
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}

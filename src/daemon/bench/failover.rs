@@ -1,0 +1,298 @@
+//! `walrep bench-failover`: the time from SIGKILL of the primary to the
+//! first write acknowledged by the new primary, over many trials, and the
+//! false failovers of a healthy pair on a loaded machine.
+//!
+//! First the loaded phase: writers at full speed plus one busy thread per
+//! core for `--load-seconds`, while both nodes' epochs are watched; every
+//! promotion then is a false failover. Then each trial: writers following
+//! the primary, SIGKILL of the primary, the first acknowledgement from the
+//! new one, every acknowledged write of the trial read back from it, the
+//! killed node restarted with its original flags until it has rejoined as
+//! an eligible standby; the next trial kills the other node.
+
+use super::load::{self, Keys, Load, Percentiles};
+use super::{emit_json, r3};
+use crate::config::CommitMode;
+use crate::daemon::client::HttpClient;
+use crate::daemon::error::DaemonError;
+use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir};
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// Crashes of the primary to time.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub heartbeat_ms: u64,
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub failover_timeout_ms: u64,
+    /// Commit mode of both nodes.
+    #[arg(long, default_value = "remote-flush")]
+    pub commit_mode: CommitMode,
+    /// Seconds of a healthy pair under load, counting false failovers.
+    #[arg(long, default_value_t = 10)]
+    pub load_seconds: u64,
+    /// Writers during the loaded phase (one busy thread per core joins them).
+    #[arg(long, default_value_t = 16)]
+    pub load_writers: usize,
+    /// Also print the result as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder for the nodes' data and logs, kept afterwards [default: a
+    /// temporary folder, removed afterwards].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct FailoverResult {
+    bench: &'static str,
+    commit_mode: &'static str,
+    heartbeat_ms: u64,
+    failover_timeout_ms: u64,
+    trials: usize,
+    p50_s: f64,
+    p99_s: f64,
+    max_s: f64,
+    acknowledged: usize,
+    lost: usize,
+    load_seconds: u64,
+    false_failovers: u64,
+}
+
+pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
+    if a.trials == 0 {
+        return Err(DaemonError::Config("--trials must be at least 1".into()));
+    }
+    let dir = a.dir.clone().unwrap_or_else(|| temp_dir("bench-failover"));
+    let mode = a.commit_mode;
+    let mut pair = Pair::new(
+        &dir,
+        &PairOptions {
+            commit_mode: mode,
+            heartbeat_ms: a.heartbeat_ms,
+            failover_timeout_ms: a.failover_timeout_ms,
+            extra: Vec::new(),
+        },
+    )?;
+    eprintln!(
+        "bench-failover: {} trials, heartbeat {} ms, failover after {} ms, {mode}, nodes in {}",
+        a.trials,
+        a.heartbeat_ms,
+        a.failover_timeout_ms,
+        dir.display()
+    );
+    pair.start(mode).await?;
+    let false_failovers = loaded_phase(&a, &pair).await?;
+    eprintln!(
+        "bench-failover: {false_failovers} false failovers in {} s under load",
+        a.load_seconds
+    );
+
+    let mut times = Vec::with_capacity(a.trials);
+    let (mut acknowledged, mut lost) = (0usize, 0usize);
+    let Pair { mut n1, mut n2, .. } = pair;
+    let (mut primary, mut standby) = (&mut n1, &mut n2);
+    for trial in 1..=a.trials {
+        let t = crash_primary(primary, standby, mode, trial).await?;
+        eprintln!(
+            "bench-failover: trial {trial}: {:.3} s, {} acknowledged, {} lost",
+            t.failover.as_secs_f64(),
+            t.acknowledged,
+            t.lost
+        );
+        times.push(t.failover);
+        acknowledged += t.acknowledged;
+        lost += t.lost;
+        std::mem::swap(&mut primary, &mut standby);
+    }
+    let p = Percentiles::new(times);
+    let result = FailoverResult {
+        bench: "failover",
+        commit_mode: mode.as_str(),
+        heartbeat_ms: a.heartbeat_ms,
+        failover_timeout_ms: a.failover_timeout_ms,
+        trials: a.trials,
+        p50_s: r3(p.at(0.5).as_secs_f64()),
+        p99_s: r3(p.at(0.99).as_secs_f64()),
+        max_s: r3(p.max().as_secs_f64()),
+        acknowledged,
+        lost,
+        load_seconds: a.load_seconds,
+        false_failovers,
+    };
+    println!(
+        "failover (SIGKILL -> first acknowledged write), heartbeat {} ms, timeout {} ms: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} trials; {} acknowledged, {} lost; {} false failovers in {} s under load",
+        result.heartbeat_ms,
+        result.failover_timeout_ms,
+        result.p50_s,
+        result.p99_s,
+        result.max_s,
+        result.trials,
+        result.acknowledged,
+        result.lost,
+        result.false_failovers,
+        result.load_seconds
+    );
+    emit_json(a.json, &result);
+    n1.terminate(Duration::from_secs(5));
+    n2.terminate(Duration::from_secs(5));
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if lost > 0 && mode.is_sync() {
+        return Err(DaemonError::Failed(format!(
+            "{lost} acknowledged writes were lost in {mode} mode"
+        )));
+    }
+    Ok(())
+}
+
+/// Writers and busy threads on a healthy pair; the promotions seen.
+async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError> {
+    if a.load_seconds == 0 {
+        return Ok(0);
+    }
+    let busy = Arc::new(AtomicBool::new(true));
+    let spinners: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while busy.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let load = Load {
+        writers: a.load_writers,
+        value_bytes: 100,
+        keys: Keys::Unique,
+        prefix: "loaded".into(),
+        addrs: vec![pair.n1.http.clone(), pair.n2.http.clone()],
+        keep_keys: false,
+    };
+    let stop = CancellationToken::new();
+    let writing = {
+        let (load, stop) = (load.clone(), stop.clone());
+        tokio::spawn(async move { load::run(&load, stop).await })
+    };
+    let mut clients = [&pair.n1.http, &pair.n2.http]
+        .map(|addr| HttpClient::new(addr).with_timeout(Duration::from_secs(5)));
+    let mut start_epoch = None;
+    let mut max_epoch = 0;
+    let deadline = Instant::now() + Duration::from_secs(a.load_seconds);
+    while Instant::now() < deadline {
+        for c in &mut clients {
+            // A node too loaded to answer in time is not a failover.
+            if let Ok((_, h)) = c.health().await {
+                start_epoch.get_or_insert(h.epoch);
+                max_epoch = max_epoch.max(h.epoch);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let report = writing
+        .await
+        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    busy.store(false, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    eprintln!(
+        "bench-failover: loaded phase: {:.0} writes/s with {} writers and busy threads",
+        report.per_second(),
+        a.load_writers
+    );
+    Ok(max_epoch - start_epoch.unwrap_or(max_epoch))
+}
+
+struct Trial {
+    failover: Duration,
+    acknowledged: usize,
+    lost: usize,
+}
+
+async fn crash_primary(
+    primary: &mut NodeProc,
+    standby: &mut NodeProc,
+    mode: CommitMode,
+    trial: usize,
+) -> Result<Trial, DaemonError> {
+    let before = primary
+        .wait_for("a writable primary streaming", STEP, |h| {
+            h.role == "primary" && h.writable && h.peer.connected
+        })
+        .await?;
+    standby
+        .wait_for("a standby eligible to take over", STEP, |h| {
+            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
+        })
+        .await?;
+    let load = Load {
+        writers: 4,
+        value_bytes: 100,
+        keys: Keys::Unique,
+        prefix: format!("trial{trial}"),
+        addrs: vec![primary.http.clone(), standby.http.clone()],
+        keep_keys: true,
+    };
+    let stop = CancellationToken::new();
+    let writing = {
+        let (load, stop) = (load.clone(), stop.clone());
+        tokio::spawn(async move { load::run(&load, stop).await })
+    };
+    // Let the writers reach full speed before the crash.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    primary.kill();
+    standby
+        .wait_for("primary", STEP, |h| h.role == "primary" && h.writable)
+        .await?;
+    // The writers retry every millisecond: give them time to land their
+    // first writes in the new epoch, then look at when the first did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let acks = writing
+        .await
+        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    let first_new = acks
+        .acks
+        .iter()
+        .find(|a| a.at > killed && a.epoch > before.epoch)
+        .ok_or_else(|| {
+            DaemonError::Failed(format!(
+                "trial {trial}: no write acknowledged in the new epoch; last error: {}",
+                acks.last_error.clone().unwrap_or_default()
+            ))
+        })?;
+    let failover = first_new.at - killed;
+
+    let mut reader = HttpClient::new(&standby.http);
+    let mut lost = 0;
+    for key in acks.acks.iter().filter_map(|a| a.key.as_deref()) {
+        if reader.get(key).await?.is_none() {
+            lost += 1;
+        }
+    }
+    primary.spawn()?;
+    primary
+        .wait_for("rejoined as a standby", STEP, |h| {
+            h.role == "standby" && h.peer.connected
+        })
+        .await?;
+    Ok(Trial {
+        failover,
+        acknowledged: acks.acks.len(),
+        lost,
+    })
+}

@@ -1,0 +1,200 @@
+//! `walrep bench-switchover`: the write pause of a planned switchover
+//! (`POST /promote` on the standby) under a steady write load, and a check
+//! that it loses nothing: every write acknowledged during the trial is read
+//! back from the new primary. The pause is the longest gap between two
+//! consecutive acknowledgements from the promotion request on.
+
+use super::load::{self, Keys, Load, Percentiles};
+use super::{emit_json, r3};
+use crate::config::CommitMode;
+use crate::daemon::client::HttpClient;
+use crate::daemon::error::DaemonError;
+use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir};
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug, Clone)]
+pub struct SwitchoverArgs {
+    /// Switchovers to time (alternating direction).
+    #[arg(long, default_value_t = 10)]
+    pub trials: usize,
+    /// Concurrent writers during each switchover.
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+    /// Commit mode of both nodes.
+    #[arg(long, default_value = "remote-flush")]
+    pub commit_mode: CommitMode,
+    /// Also print the result as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder for the nodes' data and logs, kept afterwards [default: a
+    /// temporary folder, removed afterwards].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct SwitchoverResult {
+    bench: &'static str,
+    commit_mode: &'static str,
+    trials: usize,
+    pause_p50_ms: f64,
+    pause_max_ms: f64,
+    promote_p50_ms: f64,
+    acknowledged: usize,
+    lost: usize,
+}
+
+pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
+    if a.trials == 0 || a.writers == 0 {
+        return Err(DaemonError::Config(
+            "--trials and --writers must be at least 1".into(),
+        ));
+    }
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp_dir("bench-switchover"));
+    let mode = a.commit_mode;
+    let mut pair = Pair::new(
+        &dir,
+        &PairOptions {
+            commit_mode: mode,
+            heartbeat_ms: 200,
+            failover_timeout_ms: 1000,
+            extra: Vec::new(),
+        },
+    )?;
+    eprintln!(
+        "bench-switchover: {} trials, {} writers, {mode}, nodes in {}",
+        a.trials,
+        a.writers,
+        dir.display()
+    );
+    pair.start(mode).await?;
+    let Pair { mut n1, mut n2, .. } = pair;
+    let (mut primary, mut standby) = (&mut n1, &mut n2);
+    let (mut pauses, mut promotes) = (Vec::new(), Vec::new());
+    let (mut acknowledged, mut lost) = (0, 0);
+    for trial in 1..=a.trials {
+        let t = switch(primary, standby, mode, a.writers, trial).await?;
+        eprintln!(
+            "bench-switchover: trial {trial}: write pause {:.1} ms, promote answered in {:.1} ms, {} acknowledged, {} lost",
+            t.pause.as_secs_f64() * 1e3,
+            t.promote.as_secs_f64() * 1e3,
+            t.acknowledged,
+            t.lost
+        );
+        pauses.push(t.pause);
+        promotes.push(t.promote);
+        acknowledged += t.acknowledged;
+        lost += t.lost;
+        std::mem::swap(&mut primary, &mut standby);
+    }
+    let (pauses, promotes) = (Percentiles::new(pauses), Percentiles::new(promotes));
+    let ms = |d: Duration| r3(d.as_secs_f64() * 1e3);
+    let result = SwitchoverResult {
+        bench: "switchover",
+        commit_mode: mode.as_str(),
+        trials: a.trials,
+        pause_p50_ms: ms(pauses.at(0.5)),
+        pause_max_ms: ms(pauses.max()),
+        promote_p50_ms: ms(promotes.at(0.5)),
+        acknowledged,
+        lost,
+    };
+    println!(
+        "planned switchover under {} writers: write pause p50 {:.1} ms, max {:.1} ms; promote answered in p50 {:.1} ms; {} acknowledged, {} lost",
+        a.writers,
+        result.pause_p50_ms,
+        result.pause_max_ms,
+        result.promote_p50_ms,
+        result.acknowledged,
+        result.lost
+    );
+    emit_json(a.json, &result);
+    n1.terminate(Duration::from_secs(5));
+    n2.terminate(Duration::from_secs(5));
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if lost > 0 {
+        return Err(DaemonError::Failed(format!(
+            "{lost} acknowledged writes were lost in planned switchovers"
+        )));
+    }
+    Ok(())
+}
+
+struct Trial {
+    pause: Duration,
+    promote: Duration,
+    acknowledged: usize,
+    lost: usize,
+}
+
+async fn switch(
+    primary: &mut NodeProc,
+    standby: &mut NodeProc,
+    mode: CommitMode,
+    writers: usize,
+    trial: usize,
+) -> Result<Trial, DaemonError> {
+    primary
+        .wait_for("a writable primary streaming", STEP, |h| {
+            h.role == "primary" && h.writable && h.peer.connected
+        })
+        .await?;
+    standby
+        .wait_for("a standby in contact", STEP, |h| {
+            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
+        })
+        .await?;
+    let load = Load {
+        writers,
+        value_bytes: 100,
+        keys: Keys::Unique,
+        prefix: format!("switch{trial}"),
+        addrs: vec![primary.http.clone(), standby.http.clone()],
+        keep_keys: true,
+    };
+    let stop = CancellationToken::new();
+    let writing = {
+        let (load, stop) = (load.clone(), stop.clone());
+        tokio::spawn(async move { load::run(&load, stop).await })
+    };
+    // Steady load first, and after: the pause is measured inside it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    HttpClient::new(&standby.http).promote(false).await?;
+    let promote = asked.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let report = writing
+        .await
+        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    let pause = report
+        .acks
+        .windows(2)
+        .filter(|w| w[1].at >= asked)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or_default();
+
+    let mut reader = HttpClient::new(&standby.http);
+    let mut lost = 0;
+    for key in report.acks.iter().filter_map(|a| a.key.as_deref()) {
+        if reader.get(key).await?.is_none() {
+            lost += 1;
+        }
+    }
+    Ok(Trial {
+        pause,
+        promote,
+        acknowledged: report.acks.len(),
+        lost,
+    })
+}
