@@ -119,12 +119,11 @@ write_keys() { # write_keys ADDR PREFIX COUNT [FILE]
     until put_once "$1" "$2$i" "${4:-$ACKED}"; do sleep 0.05; done
   done
 }
-lost_in() { # lost_in FILE ADDR: how many writes of FILE do not read back on ADDR
-  local key value n=0
-  while read -r key value _; do
-    [ "$("$BIN" get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || n=$((n + 1))
+lost_in() { # lost_in FILE ADDR: the writes of FILE that do not read back on ADDR
+  local key value rest
+  while read -r key value rest; do
+    [ "$("$BIN" get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || echo "$key $value $rest"
   done <"$1"
-  echo "$n"
 }
 count() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
@@ -221,6 +220,7 @@ touch "$STOP"
 wait "$WRITER"
 WRITER=
 touch "$OLD_ACKED" "$OLD_REFUSED"
+NEW_CUT_ACKED=$(count "$NEW_ACKED")
 OLD_ACKED_N=$(count "$OLD_ACKED")
 OLD_REFUSED_N=$(count "$OLD_REFUSED")
 FIRST_REFUSAL=$(head -n 1 "$OLD_REFUSED")
@@ -239,13 +239,28 @@ old_caught_up() { is_standby $OLD_ADDR && [ "$(field applied_lsn $OLD_ADDR)" -ge
 wait_until "$OLD rejoined as standby and caught up to LSN $TARGET" 60 old_caught_up
 REJOIN_MS=$(($(now_ms) - HEALED))
 "$BIN" status --addr $OLD_ADDR | sed 's/^/  /'
+
+step "writing $AFTER keys to $NEW after the heal: the pair must be back in sync"
+write_keys $NEW_ADDR h "$AFTER" "$NEW_ACKED"
+wait_until "$OLD eligible again (in sync with $NEW)" 30 is_eligible $OLD_ADDR
+TARGET=$(field last_lsn $NEW_ADDR)
+wait_until "$OLD caught up to LSN $TARGET" 30 old_caught_up
+echo "  $OLD is eligible again; $NEW $(field sync_state $NEW_ADDR), solo $(field solo $NEW_ADDR)"
 REWOUND=$(($(field rewound_records $OLD_ADDR) - REWOUND_BEFORE))
-REWOUND_FILES=$(docker cp "$OLD_CID:/data/rewound" - 2>/dev/null | tar -tf - 2>/dev/null | grep -cv '/$' || true)
+# rewound/epoch<E>-<first lsn>-<last lsn>.wal, as "E FIRST LAST" lines.
+docker cp "$OLD_CID:/data/rewound" - 2>/dev/null | tar -tf - 2>/dev/null |
+  sed -n 's#^.*/epoch\([0-9]*\)-0*\([0-9][0-9]*\)-0*\([0-9][0-9]*\)\.wal$#\1 \2 \3#p' >"$CTX/rewound" || true
+REWOUND_FILES=$(count "$CTX/rewound")
 
 step "checking every acknowledged write on $NEW"
-LOST=$(lost_in "$ACKED" $NEW_ADDR)
-LOST_NEW=$(lost_in "$NEW_ACKED" $NEW_ADDR)
-LOST_ALONE=$(lost_in "$OLD_ACKED" $NEW_ADDR)
+LOST=$(lost_in "$ACKED" $NEW_ADDR | wc -l)
+LOST_NEW=$(lost_in "$NEW_ACKED" $NEW_ADDR | wc -l)
+lost_in "$OLD_ACKED" $NEW_ADDR >"$CTX/lost-alone"
+LOST_ALONE=$(count "$CTX/lost-alone")
+# Each write lost must be a record of a rewound/ file: its epoch, inside its LSN range.
+NOT_KEPT=$(awk 'FILENAME == ARGV[1] { e[++n] = $1; f[n] = $2; t[n] = $3; next }
+  { ok = 0; for (i = 1; i <= n; i++) if ($4 == e[i] && $3 >= f[i] && $3 <= t[i]) ok = 1; if (!ok) c++ }
+  END { print c + 0 }' "$CTX/rewound" "$CTX/lost-alone")
 # One writer per epoch: no two acknowledged writes name the same record.
 SAME_RECORD=$(cat "$ACKED" "$NEW_ACKED" "$OLD_ACKED" | awk '{print $3, $4}' | sort | uniq -d | wc -l)
 H1=$(field state_hash $N1)
@@ -270,6 +285,7 @@ if [ "$POLICY" = block ]; then
   [ "$UNCLEAR_REFUSALS" -eq 0 ] || FAIL+=("block: $UNCLEAR_REFUSALS refusals were not a 503 naming sync_timeout or on_standby_loss")
 else
   [ "$LOST_ALONE" -le "$REWOUND" ] || FAIL+=("solo: $LOST_ALONE writes lost but only $REWOUND rewound")
+  [ "$NOT_KEPT" -eq 0 ] || FAIL+=("solo: $NOT_KEPT lost writes are in no rewound/ file's range")
   if [ "$OLD_ACKED_N" -gt 0 ]; then
     [ "$REWOUND" -gt 0 ] || FAIL+=("solo: $OLD acknowledged writes alone but rewound none")
     [ "$REWOUND_FILES" -gt 0 ] || FAIL+=("solo: no file in $OLD's /data/rewound/")
@@ -284,13 +300,13 @@ echo "  n1 after its restart      $RESTART_REJOIN"
 echo "  -- partition (docker network disconnect $PEER_NET $OLD, $OLD primary at epoch $OLD_EPOCH)"
 echo "  on_standby_loss           $POLICY"
 echo "  failover / promotion      $NEW primary at epoch $NEW_EPOCH, first acknowledged write ${CUT_FAILOVER_MS} ms after the cut"
-echo "  new primary acknowledged  $(count "$NEW_ACKED") during the cut"
+echo "  new primary acknowledged  $NEW_CUT_ACKED during the cut, $(($(count "$NEW_ACKED") - NEW_CUT_ACKED)) after the heal"
 echo "  old primary alone         $OLD_ACKED_N acknowledged, $OLD_REFUSED_N refused during the cut"
 [ -z "$FIRST_REFUSAL" ] || echo "  first refusal             ${FIRST_REFUSAL#walrep: }"
 [ "$LAST_REFUSAL" = "$FIRST_REFUSAL" ] || echo "  last refusal              ${LAST_REFUSAL#walrep: }"
 echo "  rejoin after reconnect    $OLD_ROLE at epoch $OLD_EPOCH_NOW, ${REJOIN_MS} ms"
-echo "  rewound on $OLD            $REWOUND records, $REWOUND_FILES file(s) in /data/rewound/"
-echo "  lost acknowledged writes  $LOST before the cut, $LOST_NEW of the new primary's, $LOST_ALONE of the old primary's alone"
+echo "  rewound on $OLD            $REWOUND records, $REWOUND_FILES file(s) in /data/rewound/ ($(awk '{printf "%sepoch %s lsn %s-%s", (NR > 1 ? ", " : ""), $1, $2, $3}' "$CTX/rewound"))"
+echo "  lost acknowledged writes  $LOST before the cut, $LOST_NEW of the new primary's, $LOST_ALONE of the old primary's alone ($((LOST_ALONE - NOT_KEPT)) of them in rewound/)"
 echo "  same (lsn, epoch) twice   $SAME_RECORD"
 echo "  state hashes              n1 $H1, n2 $H2"
 echo "  wall time                 $(($(date +%s) - START)) s"
