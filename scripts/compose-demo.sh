@@ -142,8 +142,9 @@ write_keys $N1 k "$KEYS"
 echo "  $(wc -l <"$ACKED") writes acknowledged; n1 last_lsn $(field last_lsn $N1), n2 applied_lsn $(field applied_lsn $N2)"
 
 step "docker kill n1 (SIGKILL)"
+N1_CID=$(compose ps -q n1) # before the clock starts: docker-compose alone takes ~1 s to start
 KILLED=$(now_ms)
-docker kill "$(compose ps -q n1)" >/dev/null
+docker kill "$N1_CID" >/dev/null
 until put_once $N2 failover-probe "$ACKED"; do sleep 0.02; done
 FAILOVER_MS=$(($(now_ms) - KILLED))
 echo "  n2 acknowledged its first write ${FAILOVER_MS} ms after the kill"
@@ -153,7 +154,7 @@ step "writing $AFTER keys to n2"
 write_keys $N2 a "$AFTER"
 
 step "docker start n1 (same settings: WALREP_ROLE=primary, but its data says epoch 1)"
-docker start "$(compose ps -q n1)" >/dev/null
+docker start "$N1_CID" >/dev/null
 TARGET=$(field last_lsn $N2)
 caught_up() { is_standby $N1 && [ "$(field applied_lsn $N1)" -ge "$TARGET" ] 2>/dev/null; }
 wait_until "n1 rejoined and caught up to LSN $TARGET" 60 caught_up
