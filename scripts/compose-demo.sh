@@ -2,16 +2,33 @@
 # The failover demo in Docker: builds a static walrep and a FROM-scratch
 # image, starts n1 (primary) and n2 (standby) with deploy/docker-compose.yml,
 # writes keys, kills the primary container, shows the failover, restarts it,
-# shows the rejoin, checks that nothing acknowledged was lost, and removes
-# the containers and volumes. On a machine without a Docker engine it says
-# so and exits 0.
+# shows the rejoin, then cuts the peer link of the new primary with
+# `docker network disconnect` (both nodes alive and reachable from the host),
+# writes to both sides, reconnects, and checks what docs/DESIGN.md promises
+# for the chosen on_standby_loss policy; it checks that nothing acknowledged
+# was lost (for solo: only what the cut-off primary acknowledged alone, and
+# no more than it rewound), one writer per epoch and equal state hashes, and
+# removes the containers, networks and volumes. On a machine without a
+# Docker engine it says so and exits 0.
 #
-#   scripts/compose-demo.sh [KEYS]     (default 500 keys before the crash)
+#   scripts/compose-demo.sh [KEYS [POLICY]]
+#     KEYS    keys written before the crash (default 500)
+#     POLICY  on_standby_loss of both nodes: solo or block (default
+#             $WALREP_ON_STANDBY_LOSS, else solo, the daemon's default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KEYS=${1:-500}
 AFTER=$((KEYS / 5 + 1))
+POLICY=${2:-${WALREP_ON_STANDBY_LOSS:-solo}}
+case $POLICY in
+  solo | block) ;;
+  *)
+    echo "compose-demo: POLICY must be solo or block, not '$POLICY'" >&2
+    exit 2
+    ;;
+esac
+export WALREP_ON_STANDBY_LOSS=$POLICY
 PROJECT=walrepdemo
 IMAGE=walrep:local
 N1=127.0.0.1:8001
@@ -34,19 +51,29 @@ compose() { WALREP_IMAGE=$IMAGE "${COMPOSE[@]}" -p "$PROJECT" -f deploy/docker-c
 step() { printf '\n== %s\n' "$*"; }
 now_ms() { date +%s%3N; }
 
+START=$(date +%s)
 step "building a static walrep (release, +crt-static)"
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin walrep
 BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/walrep
 CTX=$(mktemp -d)
-ACKED=$CTX/acked
+ACKED=$CTX/acked         # "key value lsn epoch" per acknowledged write, before the cut
+NEW_ACKED=$CTX/new-acked # ... acknowledged by the new primary during the cut
+OLD_ACKED=$CTX/old-acked # ... acknowledged by the cut-off primary (alone)
+OLD_REFUSED=$CTX/old-refused
+STOP=$CTX/stop
+WRITER=
 cleanup() {
-  step "cleaning up containers, network and volumes"
+  if [ -n "$WRITER" ]; then kill "$WRITER" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  step "cleaning up containers, networks and volumes"
   compose down -v --remove-orphans 2>&1 | sed 's/^/  /' || true
   rm -rf "$CTX"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 step "building image $IMAGE (FROM scratch, context: the binary only)"
 cp "$BIN" "$CTX/walrep"
@@ -75,13 +102,30 @@ wait_until() { # wait_until WHAT SECONDS COMMAND...
 is_writable_primary() { [ "$(field writable "$1")" = true ]; }
 is_standby() { [ "$(field role "$1")" = standby ]; }
 container_healthy() { [ "$(docker inspect --format '{{.State.Health.Status}}' "$(compose ps -q "$1")")" = healthy ]; }
-write_keys() { # write_keys ADDR PREFIX COUNT
+is_eligible() { [ "$(field eligible "$1")" = true ]; }
+LAST_ERR=
+put_once() { # put_once ADDR KEY FILE: one attempt; if acknowledged, appends "key value lsn epoch" to FILE
+  local out lsn epoch
+  if ! out=$("$BIN" put "$2" "value-$2" --addr "$1" 2>&1); then
+    LAST_ERR=$out
+    return 1
+  fi
+  read -r _ _ lsn _ epoch <<<"$out" # "ok: lsn N epoch E"
+  echo "$2 value-$2 $lsn $epoch" >>"$3"
+}
+write_keys() { # write_keys ADDR PREFIX COUNT [FILE]
   local i
   for ((i = 0; i < $3; i++)); do
-    until "$BIN" put "$2$i" "value-$2$i" --addr "$1" >/dev/null 2>&1; do sleep 0.05; done
-    echo "$2$i value-$2$i" >>"$ACKED"
+    until put_once "$1" "$2$i" "${4:-$ACKED}"; do sleep 0.05; done
   done
 }
+lost_in() { # lost_in FILE ADDR: the writes of FILE that do not read back on ADDR
+  local key value rest
+  while read -r key value rest; do
+    [ "$("$BIN" get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || echo "$key $value $rest"
+  done <"$1"
+}
+count() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 
 step "starting n1 (primary) and n2 (standby)"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
@@ -98,11 +142,11 @@ write_keys $N1 k "$KEYS"
 echo "  $(wc -l <"$ACKED") writes acknowledged; n1 last_lsn $(field last_lsn $N1), n2 applied_lsn $(field applied_lsn $N2)"
 
 step "docker kill n1 (SIGKILL)"
+N1_CID=$(compose ps -q n1) # before the clock starts: docker-compose alone takes ~1 s to start
 KILLED=$(now_ms)
-docker kill "$(compose ps -q n1)" >/dev/null
-until "$BIN" put failover-probe first-after-kill --addr $N2 >/dev/null 2>&1; do sleep 0.02; done
+docker kill "$N1_CID" >/dev/null
+until put_once $N2 failover-probe "$ACKED"; do sleep 0.02; done
 FAILOVER_MS=$(($(now_ms) - KILLED))
-echo "failover-probe first-after-kill" >>"$ACKED"
 echo "  n2 acknowledged its first write ${FAILOVER_MS} ms after the kill"
 "$BIN" status --addr $N2 | sed 's/^/  /'
 
@@ -110,30 +154,170 @@ step "writing $AFTER keys to n2"
 write_keys $N2 a "$AFTER"
 
 step "docker start n1 (same settings: WALREP_ROLE=primary, but its data says epoch 1)"
-docker start "$(compose ps -q n1)" >/dev/null
+docker start "$N1_CID" >/dev/null
 TARGET=$(field last_lsn $N2)
 caught_up() { is_standby $N1 && [ "$(field applied_lsn $N1)" -ge "$TARGET" ] 2>/dev/null; }
 wait_until "n1 rejoined and caught up to LSN $TARGET" 60 caught_up
 "$BIN" status --addr $N1 | sed 's/^/  /'
+RESTART_REJOIN="$(field role $N1) at epoch $(field epoch $N1), $(field rewound_records $N1) records rewound"
 
-step "checking every acknowledged write on n2"
-LOST=0
-while read -r key value; do
-  got=$("$BIN" get "$key" --addr $N2 2>/dev/null || true)
-  [ "$got" = "$value" ] || LOST=$((LOST + 1))
-done <"$ACKED"
+# The partition: n2 is the primary (epoch 2), n1 its standby. Cutting n2 off
+# the peer network leaves both running and reachable from the host through
+# their own client networks.
+OLD=n2 OLD_ADDR=$N2 NEW=n1 NEW_ADDR=$N1
+PEER_NET=${PROJECT}_peer
+OLD_CID=$(compose ps -q $OLD)
+
+step "writing $AFTER keys to $OLD until $NEW is eligible to take over"
+write_keys $OLD_ADDR b "$AFTER"
+wait_until "$NEW eligible" 30 is_eligible $NEW_ADDR
+OLD_EPOCH=$(field epoch $OLD_ADDR)
+REWOUND_BEFORE=$(field rewound_records $OLD_ADDR)
+
+step "partition: docker network disconnect $PEER_NET $OLD (on_standby_loss = $POLICY)"
+CUT=$(now_ms)
+docker network disconnect "$PEER_NET" "$OLD_CID"
+if "$BIN" healthcheck --addr $OLD_ADDR >/dev/null 2>&1; then
+  echo "  $OLD still answers the host on $OLD_ADDR (its port is on ${PROJECT}_$OLD-client)"
+else
+  echo "compose-demo: $OLD no longer answers on $OLD_ADDR: the cut took its client port too" >&2
+  exit 1
+fi
+if docker exec "$OLD_CID" /walrep healthcheck --addr $NEW:8001 >/dev/null 2>&1; then
+  echo "compose-demo: $OLD still reaches $NEW:8001 across the cut" >&2
+  exit 1
+fi
+echo "  $OLD cannot reach $NEW:8001 any more (checked with docker exec)"
+
+# One writer on the cut-off primary, for as long as the cut lasts.
+old_writer() {
+  local i=0
+  while [ ! -e "$STOP" ]; do
+    if ! put_once $OLD_ADDR "p$i" "$OLD_ACKED"; then
+      echo "$LAST_ERR" | head -n 1 >>"$OLD_REFUSED"
+      sleep 0.05
+    fi
+    i=$((i + 1))
+  done
+}
+old_writer &
+WRITER=$!
+
+until put_once $NEW_ADDR cut-probe "$NEW_ACKED"; do sleep 0.02; done
+CUT_FAILOVER_MS=$(($(now_ms) - CUT))
+echo "  $NEW promoted: it acknowledged its first write ${CUT_FAILOVER_MS} ms after the cut"
+"$BIN" status --addr $NEW_ADDR | sed 's/^/  /'
+write_keys $NEW_ADDR q "$AFTER" "$NEW_ACKED"
+echo "  $NEW acknowledged $(count "$NEW_ACKED") writes during the cut"
+
+if [ "$POLICY" = solo ]; then
+  alone_acked() { [ "$(count "$OLD_ACKED")" -ge 5 ]; }
+  wait_until "$OLD acknowledging writes alone (solo)" 30 alone_acked
+else
+  refused_twice() { [ "$(count "$OLD_REFUSED")" -ge 2 ]; }
+  wait_until "$OLD refusing writes (block)" 30 refused_twice
+fi
+touch "$STOP"
+wait "$WRITER"
+WRITER=
+touch "$OLD_ACKED" "$OLD_REFUSED"
+NEW_CUT_ACKED=$(count "$NEW_ACKED")
+OLD_ACKED_N=$(count "$OLD_ACKED")
+OLD_REFUSED_N=$(count "$OLD_REFUSED")
+FIRST_REFUSAL=$(head -n 1 "$OLD_REFUSED")
+LAST_REFUSAL=$(tail -n 1 "$OLD_REFUSED")
+UNCLEAR_REFUSALS=$(grep -cv 'answered 503: .*\(sync_timeout\|on_standby_loss\)' "$OLD_REFUSED" || true)
+echo "  $OLD during the cut: $OLD_ACKED_N writes acknowledged alone, $OLD_REFUSED_N refused"
+[ -z "$FIRST_REFUSAL" ] || echo "  first refusal: $FIRST_REFUSAL"
+[ -z "$LAST_REFUSAL" ] || echo "  last refusal:  $LAST_REFUSAL"
+"$BIN" status --addr $OLD_ADDR | sed 's/^/  /'
+
+step "reconnect: docker network connect --alias $OLD $PEER_NET $OLD"
+HEALED=$(now_ms)
+docker network connect --alias $OLD "$PEER_NET" "$OLD_CID"
+TARGET=$(field last_lsn $NEW_ADDR)
+old_caught_up() { is_standby $OLD_ADDR && [ "$(field applied_lsn $OLD_ADDR)" -ge "$TARGET" ] 2>/dev/null; }
+wait_until "$OLD rejoined as standby and caught up to LSN $TARGET" 60 old_caught_up
+REJOIN_MS=$(($(now_ms) - HEALED))
+"$BIN" status --addr $OLD_ADDR | sed 's/^/  /'
+
+step "writing $AFTER keys to $NEW after the heal: the pair must be back in sync"
+write_keys $NEW_ADDR h "$AFTER" "$NEW_ACKED"
+wait_until "$OLD eligible again (in sync with $NEW)" 30 is_eligible $OLD_ADDR
+TARGET=$(field last_lsn $NEW_ADDR)
+wait_until "$OLD caught up to LSN $TARGET" 30 old_caught_up
+echo "  $OLD is eligible again; $NEW $(field sync_state $NEW_ADDR), solo $(field solo $NEW_ADDR)"
+REWOUND=$(($(field rewound_records $OLD_ADDR) - REWOUND_BEFORE))
+# rewound/epoch<E>-<first lsn>-<last lsn>.wal, as "E FIRST LAST" lines.
+docker cp "$OLD_CID:/data/rewound" - 2>/dev/null | tar -tf - 2>/dev/null |
+  sed -n 's#^.*/epoch\([0-9]*\)-0*\([0-9][0-9]*\)-0*\([0-9][0-9]*\)\.wal$#\1 \2 \3#p' >"$CTX/rewound" || true
+REWOUND_FILES=$(count "$CTX/rewound")
+
+step "checking every acknowledged write on $NEW"
+LOST=$(lost_in "$ACKED" $NEW_ADDR | wc -l)
+LOST_NEW=$(lost_in "$NEW_ACKED" $NEW_ADDR | wc -l)
+lost_in "$OLD_ACKED" $NEW_ADDR >"$CTX/lost-alone"
+LOST_ALONE=$(count "$CTX/lost-alone")
+# Each write lost must be a record of a rewound/ file: its epoch, inside its LSN range.
+NOT_KEPT=$(awk 'FILENAME == ARGV[1] { e[++n] = $1; f[n] = $2; t[n] = $3; next }
+  { ok = 0; for (i = 1; i <= n; i++) if ($4 == e[i] && $3 >= f[i] && $3 <= t[i]) ok = 1; if (!ok) c++ }
+  END { print c + 0 }' "$CTX/rewound" "$CTX/lost-alone")
+# One writer per epoch: no two acknowledged writes name the same record.
+SAME_RECORD=$(cat "$ACKED" "$NEW_ACKED" "$OLD_ACKED" | awk '{print $3, $4}' | sort | uniq -d | wc -l)
+# ... and the two primaries of the cut never acknowledged in the same epoch.
+SHARED_EPOCHS=$(comm -12 <(awk '{print $4}' "$OLD_ACKED" | sort -u) <(awk '{print $4}' "$NEW_ACKED" | sort -u) | wc -l)
 H1=$(field state_hash $N1)
 H2=$(field state_hash $N2)
+OLD_ROLE=$(field role $OLD_ADDR)
+OLD_EPOCH_NOW=$(field epoch $OLD_ADDR)
+NEW_EPOCH=$(field epoch $NEW_ADDR)
+
+FAIL=()
+[ "$LOST" -eq 0 ] || FAIL+=("$LOST writes acknowledged before the cut were lost")
+[ "$LOST_NEW" -eq 0 ] || FAIL+=("$LOST_NEW writes acknowledged by the new primary were lost")
+[ "$SAME_RECORD" -eq 0 ] || FAIL+=("$SAME_RECORD (lsn, epoch) pairs were acknowledged twice")
+[ "$SHARED_EPOCHS" -eq 0 ] || FAIL+=("$OLD and $NEW both acknowledged writes in $SHARED_EPOCHS epoch(s)")
+[ "$H1" = "$H2" ] || FAIL+=("state hashes differ")
+if [ "$OLD_ROLE" != standby ] || [ "$OLD_EPOCH_NOW" != "$NEW_EPOCH" ]; then
+  FAIL+=("$OLD is $OLD_ROLE at epoch $OLD_EPOCH_NOW, $NEW at epoch $NEW_EPOCH")
+fi
+[ "$NEW_EPOCH" -gt "$OLD_EPOCH" ] || FAIL+=("$NEW did not promote (epoch $NEW_EPOCH)")
+if [ "$POLICY" = block ]; then
+  [ "$OLD_ACKED_N" -eq 0 ] || FAIL+=("block: $OLD acknowledged $OLD_ACKED_N writes while cut off")
+  [ "$LOST_ALONE" -eq 0 ] || FAIL+=("block: $LOST_ALONE writes acknowledged by $OLD were lost")
+  [ "$OLD_REFUSED_N" -gt 0 ] || FAIL+=("block: $OLD refused no write while cut off")
+  [ "$UNCLEAR_REFUSALS" -eq 0 ] || FAIL+=("block: $UNCLEAR_REFUSALS refusals were not a 503 naming sync_timeout or on_standby_loss")
+else
+  [ "$LOST_ALONE" -le "$REWOUND" ] || FAIL+=("solo: $LOST_ALONE writes lost but only $REWOUND rewound")
+  [ "$NOT_KEPT" -eq 0 ] || FAIL+=("solo: $NOT_KEPT lost writes are in no rewound/ file's range")
+  if [ "$OLD_ACKED_N" -gt 0 ]; then
+    [ "$REWOUND" -gt 0 ] || FAIL+=("solo: $OLD acknowledged writes alone but rewound none")
+    [ "$REWOUND_FILES" -gt 0 ] || FAIL+=("solo: no file in $OLD's /data/rewound/")
+  fi
+fi
 
 step "report"
-echo "  writes acknowledged       $(wc -l <"$ACKED")"
+echo "  commit mode               remote-flush"
+echo "  writes acknowledged       $(count "$ACKED") before the cut"
 echo "  failover time             ${FAILOVER_MS} ms (docker kill n1 -> first acknowledged write on n2)"
-echo "  acknowledged writes lost  $LOST"
-echo "  n1 now                    $(field role $N1), epoch $(field epoch $N1)"
+echo "  n1 after its restart      $RESTART_REJOIN"
+echo "  -- partition (docker network disconnect $PEER_NET $OLD, $OLD primary at epoch $OLD_EPOCH)"
+echo "  on_standby_loss           $POLICY"
+echo "  failover / promotion      $NEW primary at epoch $NEW_EPOCH, first acknowledged write ${CUT_FAILOVER_MS} ms after the cut"
+echo "  new primary acknowledged  $NEW_CUT_ACKED during the cut, $(($(count "$NEW_ACKED") - NEW_CUT_ACKED)) after the heal"
+echo "  old primary alone         $OLD_ACKED_N acknowledged, $OLD_REFUSED_N refused during the cut"
+[ -z "$FIRST_REFUSAL" ] || echo "  first refusal             ${FIRST_REFUSAL#walrep: }"
+[ "$LAST_REFUSAL" = "$FIRST_REFUSAL" ] || echo "  last refusal              ${LAST_REFUSAL#walrep: }"
+echo "  rejoin after reconnect    $OLD_ROLE at epoch $OLD_EPOCH_NOW, ${REJOIN_MS} ms"
+echo "  rewound on $OLD            $REWOUND records, $REWOUND_FILES file(s) in /data/rewound/ ($(awk '{printf "%sepoch %s lsn %s-%s", (NR > 1 ? ", " : ""), $1, $2, $3}' "$CTX/rewound"))"
+echo "  lost acknowledged writes  $LOST before the cut, $LOST_NEW of the new primary's, $LOST_ALONE of the old primary's alone ($((LOST_ALONE - NOT_KEPT)) of them in rewound/)"
+echo "  one writer per epoch      $SAME_RECORD (lsn, epoch) acknowledged twice, $SHARED_EPOCHS epoch(s) with writes acknowledged by both"
 echo "  state hashes              n1 $H1, n2 $H2"
-if [ "$LOST" -eq 0 ] && [ "$H1" = "$H2" ]; then
+echo "  wall time                 $(($(date +%s) - START)) s (build, image, run; the cleanup follows)"
+if [ ${#FAIL[@]} -eq 0 ]; then
   echo "RESULT: PASS"
 else
+  printf '  FAILED: %s\n' "${FAIL[@]}"
   echo "RESULT: FAIL"
   exit 1
 fi
