@@ -33,19 +33,23 @@ pub struct KvStore {
 }
 
 fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    // FNV-1a over (len, key, len, value), then a final mix so that XOR of
-    // many entries does not cancel structure.
+    // Eight bytes a step (a byte-at-a-time FNV was half a standby's CPU
+    // while it caught up with 1 KiB values), each length-prefixed so no
+    // two (key, value) pairs feed the same words; a final mix so that XOR
+    // of many entries does not cancel structure.
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut word = |w: u64| h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    for bytes in [key, value] {
+        word(bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
         }
-    };
-    feed(&(key.len() as u64).to_le_bytes());
-    feed(key);
-    feed(&(value.len() as u64).to_le_bytes());
-    feed(value);
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        word(u64::from_le_bytes(tail));
+    }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -182,6 +186,23 @@ mod tests {
             value: Bytes::copy_from_slice(v.as_bytes()),
         }
         .encode()
+    }
+
+    #[test]
+    fn entries_that_differ_only_in_where_bytes_sit_hash_apart() {
+        let pairs: [(&[u8], &[u8]); 6] = [
+            (b"ab", b"c"),
+            (b"a", b"bc"),
+            (b"a", b""),
+            (b"a\0", b""),
+            (b"", b"a"),
+            (b"12345678", b"9"),
+        ];
+        for (i, x) in pairs.iter().enumerate() {
+            for y in &pairs[i + 1..] {
+                assert_ne!(entry_hash(x.0, x.1), entry_hash(y.0, y.1), "{x:?} {y:?}");
+            }
+        }
     }
 
     #[test]

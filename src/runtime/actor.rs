@@ -822,6 +822,7 @@ impl Actor {
             return;
         }
         let cancel = CancellationToken::new();
+        let reachable_again = Arc::new(tokio::sync::Notify::new());
         let streamer = streamer::spawn(streamer::Ctx {
             cfg: self.cfg.clone(),
             wal: self.wal.clone(),
@@ -830,6 +831,7 @@ impl Actor {
             health: self.health_tx.subscribe(),
             last_lsn: self.last_lsn_tx.subscribe(),
             header: self.header(),
+            reachable_again: reachable_again.clone(),
             cancel: cancel.child_token(),
         });
         let heartbeats = heartbeat::spawn(heartbeat::Ctx {
@@ -839,6 +841,7 @@ impl Actor {
             health: self.health_tx.subscribe(),
             header: self.header(),
             metrics: self.metrics.clone(),
+            reachable_again,
             cancel: cancel.child_token(),
         });
         self.primary_tasks = Some(Tasks::new(cancel, vec![streamer, heartbeats]));

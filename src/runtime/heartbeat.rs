@@ -8,7 +8,7 @@ use crate::node::Event;
 use crate::replicator::Health;
 use crate::transport::{Header, HeartbeatRequest, Peer};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,9 @@ pub(super) struct Ctx {
     pub health: watch::Receiver<Health>,
     pub header: Header,
     pub metrics: Arc<Metrics>,
+    /// Told when heartbeats are answered again after failing, so the WAL
+    /// stream reconnects now instead of at the end of its backoff.
+    pub reachable_again: Arc<Notify>,
     pub cancel: CancellationToken,
 }
 
@@ -53,6 +56,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                     if failing {
                         tracing::info!(peer = %ctx.cfg.peer_id, "heartbeats answered again");
                         failing = false;
+                        ctx.reachable_again.notify_one();
                     }
                     Event::StandbyReachable
                 }

@@ -12,7 +12,7 @@ use crate::types::{Epoch, Lsn};
 use crate::wal::{WalError, WalStore};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,9 @@ pub(super) struct Ctx {
     pub health: watch::Receiver<Health>,
     pub last_lsn: watch::Receiver<Lsn>,
     pub header: Header,
+    /// The heartbeats reach the standby again: retry without waiting out
+    /// the backoff (a restarted standby is streamed to at once).
+    pub reachable_again: Arc<Notify>,
     pub cancel: CancellationToken,
 }
 
@@ -76,6 +79,7 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
+                _ = ctx.reachable_again.notified() => {}
             }
             backoff = (backoff * 2).min(ctx.cfg.reconnect_backoff_max);
         }

@@ -374,3 +374,59 @@ async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
     assert!(replica.apply(put()).await.is_err());
     replica.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_answering_heartbeats_again_is_streamed_to_without_waiting_out_the_backoff() {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use tokio::time::Instant;
+    // The standby is down long enough for the stream's backoff to grow
+    // well past a heartbeat interval, then comes back.
+    let up = Arc::new(AtomicBool::new(false));
+    let back_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut peer = MockPeer::new();
+    let is_up = up.clone();
+    peer.expect_heartbeat().returning(move |_| {
+        if is_up.load(Ordering::SeqCst) {
+            Ok(HeartbeatReply {
+                ack: WalAck::default(),
+                role: RoleKind::Standby,
+            })
+        } else {
+            Err(TransportError::Unreachable("down".into()))
+        }
+    });
+    let (is_up, back, tries) = (up.clone(), back_at.clone(), attempts.clone());
+    peer.expect_open_wal_stream().returning(move |_| {
+        let mut tries = tries.lock().unwrap();
+        tries.push(Instant::now());
+        if tries.len() == 7 {
+            // The backoff is now 20 ms * 2^7 = 2.56 s.
+            is_up.store(true, Ordering::SeqCst);
+            *back.lock().unwrap() = Some(Instant::now());
+        }
+        Err(TransportError::Unreachable("not yet".into()))
+    });
+    let cfg = Config {
+        reconnect_backoff_max: Duration::from_secs(10),
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = start(cfg.clone(), Arc::new(MemWal::new()), peer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attempts.lock().unwrap().len() < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = back_at.lock().unwrap().expect("the standby came back");
+    let next = *attempts
+        .lock()
+        .unwrap()
+        .get(7)
+        .expect("the stream was tried again");
+    assert!(
+        next - back <= cfg.heartbeat_interval + Duration::from_millis(50),
+        "the stream was retried {:?} after heartbeats were answered again",
+        next - back
+    );
+    replica.shutdown().await;
+}

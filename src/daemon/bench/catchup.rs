@@ -33,7 +33,7 @@ pub struct CatchupArgs {
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
     /// Concurrent writers producing the backlog.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub writers: usize,
     /// Longest wait for the standby to catch up, seconds.
     #[arg(long, default_value_t = 600)]
