@@ -270,23 +270,55 @@ impl Pair {
     }
 
     /// Starts both nodes and waits until n1 is a writable primary
-    /// streaming to n2, and n2 a standby in contact (in a sync mode, one
-    /// eligible to take over).
+    /// streaming to n2 (see [`wait_streaming`]).
     pub async fn start(&mut self, mode: CommitMode) -> Result<(), DaemonError> {
         self.n1.spawn()?;
         self.n2.spawn()?;
-        self.n1
-            .wait_for("a writable primary streaming to its standby", STEP, |h| {
-                h.role == "primary" && h.writable && h.peer.connected
-            })
-            .await?;
-        self.n2
-            .wait_for("a standby in contact", STEP, |h| {
-                h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
-            })
-            .await?;
+        wait_streaming(&mut self.n1, &mut self.n2, mode).await?;
         Ok(())
     }
+
+    /// Stops both nodes cleanly; removes their folder unless `keep`.
+    pub fn finish(mut self, keep: bool) {
+        self.n1.terminate(Duration::from_secs(5));
+        self.n2.terminate(Duration::from_secs(5));
+        if !keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl PairOptions {
+    /// The daemon's default timings.
+    pub fn defaults(commit_mode: CommitMode) -> PairOptions {
+        PairOptions {
+            commit_mode,
+            heartbeat_ms: 200,
+            failover_timeout_ms: 1000,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Waits until `primary` is a writable primary streaming to `standby`, and
+/// `standby` a standby in contact (in a sync mode, one eligible to take
+/// over); returns the primary's health then.
+pub async fn wait_streaming(
+    primary: &mut NodeProc,
+    standby: &mut NodeProc,
+    mode: CommitMode,
+) -> Result<HealthReport, DaemonError> {
+    let h = primary
+        .wait_for("a writable primary streaming to its standby", STEP, |h| {
+            h.role == "primary" && h.writable && h.peer.connected
+        })
+        .await?;
+    standby
+        .wait_for("a standby in contact", STEP, |h| {
+            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
+        })
+        .await?;
+    Ok(h)
 }
 
 /// A new folder in the system's temporary directory named for `what`.

@@ -22,7 +22,6 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug, Clone)]
 pub struct CatchupArgs {
@@ -95,19 +94,14 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
     pair.n2.terminate(Duration::from_secs(10));
     eprintln!("bench-catchup: standby stopped; writing the backlog");
 
-    let stop = CancellationToken::new();
-    let load = Load {
+    let writing = load::start(&Load {
         writers: a.writers,
         value_bytes: a.value_bytes,
         keys: Keys::Cycle(64),
         prefix: "backlog".into(),
         addrs: vec![pair.n1.http.clone()],
         keep_keys: false,
-    };
-    let writing = {
-        let (load, stop) = (load.clone(), stop.clone());
-        tokio::spawn(async move { load::run(&load, stop).await })
-    };
+    });
     let mut primary = HttpClient::new(&pair.n1.http).with_timeout(Duration::from_secs(5));
     let started = Instant::now();
     let mut next_note = 0u64;
@@ -125,10 +119,7 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    stop.cancel();
-    let report = writing
-        .await
-        .map_err(|e| DaemonError::Failed(format!("the backlog writers failed: {e}")))?;
+    let report = writing.finish().await?;
     let write_seconds = started.elapsed().as_secs_f64();
     if report.acks.is_empty() {
         return Err(DaemonError::Failed(format!(
@@ -193,10 +184,6 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
         result.standby_rss_mb
     );
     emit_json(a.json, &result);
-    pair.n1.terminate(Duration::from_secs(5));
-    pair.n2.terminate(Duration::from_secs(5));
-    if a.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    pair.finish(a.dir.is_some());
     Ok(())
 }

@@ -94,15 +94,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
     );
     for mode in modes {
         let dir = root.join(mode.as_str());
-        let mut pair = Pair::new(
-            &dir,
-            &PairOptions {
-                commit_mode: mode,
-                heartbeat_ms: 200,
-                failover_timeout_ms: 1000,
-                extra: Vec::new(),
-            },
-        )?;
+        let mut pair = Pair::new(&dir, &PairOptions::defaults(mode))?;
         pair.start(mode).await?;
         for &clients in &a.clients {
             let load = Load {
@@ -154,8 +146,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             }
             emit_json(a.json, &result);
         }
-        pair.n1.terminate(Duration::from_secs(5));
-        pair.n2.terminate(Duration::from_secs(5));
+        pair.finish(true);
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);

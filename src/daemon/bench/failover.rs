@@ -15,14 +15,13 @@ use super::{emit_json, r3};
 use crate::config::CommitMode;
 use crate::daemon::client::HttpClient;
 use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir};
+use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug, Clone)]
 pub struct FailoverArgs {
@@ -76,10 +75,9 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     let mut pair = Pair::new(
         &dir,
         &PairOptions {
-            commit_mode: mode,
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
-            extra: Vec::new(),
+            ..PairOptions::defaults(mode)
         },
     )?;
     eprintln!(
@@ -98,8 +96,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
 
     let mut times = Vec::with_capacity(a.trials);
     let (mut acknowledged, mut lost) = (0usize, 0usize);
-    let Pair { mut n1, mut n2, .. } = pair;
-    let (mut primary, mut standby) = (&mut n1, &mut n2);
+    let (mut primary, mut standby) = (&mut pair.n1, &mut pair.n2);
     for trial in 1..=a.trials {
         let t = crash_primary(primary, standby, mode, trial).await?;
         eprintln!(
@@ -142,11 +139,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
         result.load_seconds
     );
     emit_json(a.json, &result);
-    n1.terminate(Duration::from_secs(5));
-    n2.terminate(Duration::from_secs(5));
-    if a.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    pair.finish(a.dir.is_some());
     if lost > 0 && mode.is_sync() {
         return Err(DaemonError::Failed(format!(
             "{lost} acknowledged writes were lost in {mode} mode"
@@ -172,19 +165,14 @@ async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError>
             })
         })
         .collect();
-    let load = Load {
+    let writing = load::start(&Load {
         writers: a.load_writers,
         value_bytes: 100,
         keys: Keys::Unique,
         prefix: "loaded".into(),
         addrs: vec![pair.n1.http.clone(), pair.n2.http.clone()],
         keep_keys: false,
-    };
-    let stop = CancellationToken::new();
-    let writing = {
-        let (load, stop) = (load.clone(), stop.clone());
-        tokio::spawn(async move { load::run(&load, stop).await })
-    };
+    });
     let mut clients = [&pair.n1.http, &pair.n2.http]
         .map(|addr| HttpClient::new(addr).with_timeout(Duration::from_secs(5)));
     let mut start_epoch = None;
@@ -200,10 +188,7 @@ async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError>
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    let report = writing
-        .await
-        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    let report = writing.finish().await?;
     busy.store(false, Ordering::Relaxed);
     for s in spinners {
         let _ = s.join();
@@ -228,29 +213,13 @@ async fn crash_primary(
     mode: CommitMode,
     trial: usize,
 ) -> Result<Trial, DaemonError> {
-    let before = primary
-        .wait_for("a writable primary streaming", STEP, |h| {
-            h.role == "primary" && h.writable && h.peer.connected
-        })
-        .await?;
-    standby
-        .wait_for("a standby eligible to take over", STEP, |h| {
-            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
-        })
-        .await?;
-    let load = Load {
-        writers: 4,
-        value_bytes: 100,
-        keys: Keys::Unique,
-        prefix: format!("trial{trial}"),
-        addrs: vec![primary.http.clone(), standby.http.clone()],
-        keep_keys: true,
-    };
-    let stop = CancellationToken::new();
-    let writing = {
-        let (load, stop) = (load.clone(), stop.clone());
-        tokio::spawn(async move { load::run(&load, stop).await })
-    };
+    let before = wait_streaming(primary, standby, mode).await?;
+    let writing = load::start(&Load::following(
+        4,
+        format!("trial{trial}"),
+        primary,
+        standby,
+    ));
     // Let the writers reach full speed before the crash.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
@@ -261,10 +230,7 @@ async fn crash_primary(
     // The writers retry every millisecond: give them time to land their
     // first writes in the new epoch, then look at when the first did.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    let acks = writing
-        .await
-        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    let acks = writing.finish().await?;
     let first_new = acks
         .acks
         .iter()
@@ -277,13 +243,7 @@ async fn crash_primary(
         })?;
     let failover = first_new.at - killed;
 
-    let mut reader = HttpClient::new(&standby.http);
-    let mut lost = 0;
-    for key in acks.acks.iter().filter_map(|a| a.key.as_deref()) {
-        if reader.get(key).await?.is_none() {
-            lost += 1;
-        }
-    }
+    let lost = load::count_lost(&standby.http, &acks).await?;
     primary.spawn()?;
     primary
         .wait_for("rejoined as a standby", STEP, |h| {

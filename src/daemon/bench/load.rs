@@ -4,6 +4,8 @@
 //! node) when the one it writes to stops being it.
 
 use super::super::client::{ClientError, HttpClient};
+use super::super::error::DaemonError;
+use super::super::pair::NodeProc;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +33,26 @@ pub struct Load {
     /// Keep every acknowledged key (for loss checks); else only counts and
     /// latencies.
     pub keep_keys: bool,
+}
+
+impl Load {
+    /// `writers` writing fresh 100-byte values to whichever of the two
+    /// nodes is primary, keeping their keys for a loss check.
+    pub fn following(
+        writers: usize,
+        prefix: String,
+        primary: &NodeProc,
+        standby: &NodeProc,
+    ) -> Load {
+        Load {
+            writers,
+            value_bytes: 100,
+            keys: Keys::Unique,
+            prefix,
+            addrs: vec![primary.http.clone(), standby.http.clone()],
+            keep_keys: true,
+        }
+    }
 }
 
 /// One acknowledged write.
@@ -129,6 +151,47 @@ pub async fn run_for(load: &Load, length: Duration) -> LoadReport {
     let report = run(load, stop).await;
     timer.abort();
     report
+}
+
+/// A load running in the background until [`Running::finish`].
+pub struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+pub fn start(load: &Load) -> Running {
+    let stop = CancellationToken::new();
+    let (load, token) = (load.clone(), stop.clone());
+    let task = tokio::spawn(async move { run(&load, token).await });
+    Running { stop, task }
+}
+
+impl Running {
+    /// Whether every writer has stopped (only a bug stops them early).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the writers once their writes in flight are answered.
+    pub async fn finish(self) -> Result<LoadReport, DaemonError> {
+        self.stop.cancel();
+        self.task
+            .await
+            .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))
+    }
+}
+
+/// How many of the writes `report` kept the keys of read back as absent
+/// from `addr`.
+pub async fn count_lost(addr: &str, report: &LoadReport) -> Result<usize, DaemonError> {
+    let mut reader = HttpClient::new(addr);
+    let mut lost = 0;
+    for key in report.acks.iter().filter_map(|a| a.key.as_deref()) {
+        if reader.get(key).await?.is_none() {
+            lost += 1;
+        }
+    }
+    Ok(lost)
 }
 
 async fn writer(load: &Load, w: usize, value: Bytes, stop: CancellationToken) -> LoadReport {

@@ -4,17 +4,16 @@
 //! back from the new primary. The pause is the longest gap between two
 //! consecutive acknowledgements from the promotion request on.
 
-use super::load::{self, Keys, Load, Percentiles};
+use super::load::{self, Load, Percentiles};
 use super::{emit_json, r3};
 use crate::config::CommitMode;
 use crate::daemon::client::HttpClient;
 use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir};
+use crate::daemon::pair::{NodeProc, Pair, PairOptions, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug, Clone)]
 pub struct SwitchoverArgs {
@@ -59,15 +58,7 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
         .clone()
         .unwrap_or_else(|| temp_dir("bench-switchover"));
     let mode = a.commit_mode;
-    let mut pair = Pair::new(
-        &dir,
-        &PairOptions {
-            commit_mode: mode,
-            heartbeat_ms: 200,
-            failover_timeout_ms: 1000,
-            extra: Vec::new(),
-        },
-    )?;
+    let mut pair = Pair::new(&dir, &PairOptions::defaults(mode))?;
     eprintln!(
         "bench-switchover: {} trials, {} writers, {mode}, nodes in {}",
         a.trials,
@@ -75,8 +66,7 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
         dir.display()
     );
     pair.start(mode).await?;
-    let Pair { mut n1, mut n2, .. } = pair;
-    let (mut primary, mut standby) = (&mut n1, &mut n2);
+    let (mut primary, mut standby) = (&mut pair.n1, &mut pair.n2);
     let (mut pauses, mut promotes) = (Vec::new(), Vec::new());
     let (mut acknowledged, mut lost) = (0, 0);
     for trial in 1..=a.trials {
@@ -116,11 +106,7 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
         result.lost
     );
     emit_json(a.json, &result);
-    n1.terminate(Duration::from_secs(5));
-    n2.terminate(Duration::from_secs(5));
-    if a.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    pair.finish(a.dir.is_some());
     if lost > 0 {
         return Err(DaemonError::Failed(format!(
             "{lost} acknowledged writes were lost in planned switchovers"
@@ -143,39 +129,20 @@ async fn switch(
     writers: usize,
     trial: usize,
 ) -> Result<Trial, DaemonError> {
-    primary
-        .wait_for("a writable primary streaming", STEP, |h| {
-            h.role == "primary" && h.writable && h.peer.connected
-        })
-        .await?;
-    standby
-        .wait_for("a standby in contact", STEP, |h| {
-            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
-        })
-        .await?;
-    let load = Load {
+    wait_streaming(primary, standby, mode).await?;
+    let writing = load::start(&Load::following(
         writers,
-        value_bytes: 100,
-        keys: Keys::Unique,
-        prefix: format!("switch{trial}"),
-        addrs: vec![primary.http.clone(), standby.http.clone()],
-        keep_keys: true,
-    };
-    let stop = CancellationToken::new();
-    let writing = {
-        let (load, stop) = (load.clone(), stop.clone());
-        tokio::spawn(async move { load::run(&load, stop).await })
-    };
+        format!("switch{trial}"),
+        primary,
+        standby,
+    ));
     // Steady load first, and after: the pause is measured inside it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
     HttpClient::new(&standby.http).promote(false).await?;
     let promote = asked.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    let report = writing
-        .await
-        .map_err(|e| DaemonError::Failed(format!("the writers failed: {e}")))?;
+    let report = writing.finish().await?;
     let pause = report
         .acks
         .windows(2)
@@ -184,13 +151,7 @@ async fn switch(
         .max()
         .unwrap_or_default();
 
-    let mut reader = HttpClient::new(&standby.http);
-    let mut lost = 0;
-    for key in report.acks.iter().filter_map(|a| a.key.as_deref()) {
-        if reader.get(key).await?.is_none() {
-            lost += 1;
-        }
-    }
+    let lost = load::count_lost(&standby.http, &report).await?;
     Ok(Trial {
         pause,
         promote,
