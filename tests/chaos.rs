@@ -1058,31 +1058,44 @@ fn newest_segment(data_dir: &Path) -> PathBuf {
     segs.pop().expect("a WAL segment")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_wal_tail_on_the_standby_is_cut_and_caught_up() {
-    // Frequent KV snapshots: the standby's state may be ahead of its WAL
-    // once the tail is cut.
-    let mut c = Cluster::start("torn_standby_tail", &[("snapshot_records", "20")]).await;
-    let load = Load::start(&c, &writers(4, &[1]));
-    load.wait_acks(0, 1, Instant::now(), 100).await;
-
-    c.nodes[1].kill();
-    let seg = newest_segment(&c.data_dir(1));
+/// Kills node `i`, cuts `bytes` off the end of its newest WAL segment (a
+/// write torn by the crash) and restarts it.
+fn kill_and_tear_the_wal_tail(c: &mut Cluster, i: usize, bytes: u64) {
+    c.nodes[i].kill();
+    let seg = newest_segment(&c.data_dir(i));
     let len = std::fs::metadata(&seg).unwrap().len();
-    let cut = 3;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
         .unwrap()
-        .set_len(len - cut)
+        .set_len(len - bytes)
         .unwrap();
-    c.nodes[1].start();
+    c.nodes[i].start();
+}
+
+fn log_says(node: &NodeProc, what: &str) -> bool {
+    std::fs::read_to_string(&node.log).unwrap().contains(what)
+}
+
+/// The LSN the KV snapshot in `data_dir` covers.
+fn kv_snapshot_lsn(data_dir: &Path) -> u64 {
+    std::fs::read(data_dir.join("kv").join("kv.snapshot"))
+        .ok()
+        .and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_wal_tail_on_the_standby_is_cut_and_caught_up() {
+    let mut c = Cluster::start("torn_standby_tail", &[]).await;
+    let load = Load::start(&c, &writers(4, &[1]));
+    load.wait_acks(0, 1, Instant::now(), 100).await;
+
+    kill_and_tear_the_wal_tail(&mut c, 1, 3);
     let back = Instant::now();
     c.wait_rejoined(1, 1).await;
     assert!(
-        std::fs::read_to_string(&c.nodes[1].log)
-            .unwrap()
-            .contains("torn WAL tail"),
+        log_says(&c.nodes[1], "torn WAL tail"),
         "the restarted standby did not report cutting a torn tail:\n{}",
         c.nodes[1].log_tail(30)
     );
@@ -1090,6 +1103,53 @@ async fn a_torn_wal_tail_on_the_standby_is_cut_and_caught_up() {
     let (writes, _, conv) = finish(&c, load, back).await;
     assert_eq!(conv.primary, 0);
     g2_nothing_acked_lost(&c.http[0], &writes).await;
+    report(
+        &c,
+        &writes,
+        &Figures {
+            rewound: conv.reports[1].rewound_records,
+            converge: Some(conv.took),
+            ..Figures::default()
+        },
+    );
+}
+
+/// The torn record had been applied and the standby's KV snapshot covers
+/// it: the engine is ahead of the cut WAL. The standby used to refuse to
+/// start ("the WAL does not belong to this state"); it must resync from
+/// the primary's snapshot and catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_wal_tail_under_the_standbys_kv_snapshot_resyncs_and_catches_up() {
+    let mut c = Cluster::start(
+        "torn_tail_under_snapshot",
+        &[("snapshot_interval_ms", "50")],
+    )
+    .await;
+    let first = write_all(&c.http[0], "before-", 100).await;
+    let last = c.health(0).await.unwrap().last_lsn;
+    wait_health(&c.http[1], "applied everything", |h| h.applied_lsn == last).await;
+    let deadline = Instant::now() + WAIT;
+    while kv_snapshot_lsn(&c.data_dir(1)) < last {
+        assert!(Instant::now() < deadline, "no KV snapshot at {last} on n2");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let load = Load::start(&c, &writers(4, &[1]));
+    kill_and_tear_the_wal_tail(&mut c, 1, 3);
+    let back = Instant::now();
+    c.wait_rejoined(1, 1).await;
+    assert!(
+        log_says(&c.nodes[1], "torn WAL tail")
+            && log_says(&c.nodes[1], "resyncing from the peer's snapshot"),
+        "the restarted standby did not cut the torn tail and resync:\n{}",
+        c.nodes[1].log_tail(30)
+    );
+    load.wait_acks(0, 1, back, 50).await;
+    let (writes, _, conv) = finish(&c, load, back).await;
+    assert_eq!(conv.primary, 0);
+    g2_nothing_acked_lost(&c.http[0], &writes).await;
+    assert_all_readable(&c.http[0], &first).await;
+    assert_all_readable(&c.http[1], &first).await;
     report(
         &c,
         &writes,
