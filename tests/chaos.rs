@@ -580,23 +580,72 @@ async fn g4_converge(c: &Cluster, since: Instant) -> Converged {
     }
 }
 
+/// G2 under `solo` with a true partition (n1 the old primary, n2 the new
+/// one): every lost acknowledged write was acknowledged by the old primary
+/// in epoch 1 after it went solo (if it did; else nothing may be lost),
+/// lost <= its `rewound_records`, and each lost write is in a `rewound/`
+/// file. Returns the lost writes and the rewound count.
+async fn g2_only_what_the_old_primary_acknowledged_alone_is_lost(
+    c: &Cluster,
+    writes: &[Write],
+    samples: &[Sample],
+    fault: Instant,
+    conv: &Converged,
+) -> (Vec<Write>, u64) {
+    let lost = g2_lost_acked_writes(&c.http[1], writes).await;
+    let alone_from = went_solo_after(samples, 0, fault);
+    for w in &lost {
+        let alone_from = alone_from.unwrap_or_else(|| {
+            panic!("G2: lost {w:?} though the old primary never reported going solo")
+        });
+        assert!(
+            w.node == 0 && w.acked().is_some_and(|(_, e)| e == 1) && w.ended > alone_from,
+            "G2: lost a write the solo rule does not allow (acknowledged {:?} after the cut, the old primary went solo after {:?}): {w:?}",
+            w.ended.saturating_duration_since(fault),
+            alone_from - fault
+        );
+    }
+    let rewound = conv.reports[0].rewound_records;
+    assert!(
+        lost.len() as u64 <= rewound,
+        "G4: {} acknowledged writes dropped but only {rewound} rewound records counted",
+        lost.len()
+    );
+    let files = rewound_files(&c.data_dir(0));
+    assert!(
+        rewound == 0 || !files.is_empty(),
+        "{rewound} records rewound but no file in rewound/"
+    );
+    for w in &lost {
+        assert!(
+            files
+                .iter()
+                .any(|(_, bytes)| contains(bytes, w.value.as_bytes())),
+            "G4: dropped write {} is in no rewound/ file ({:?})",
+            w.key,
+            files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
+    (lost, rewound)
+}
+
 /// A time before which node `node` acknowledged nothing alone since
 /// `since`: when the last report of it as a primary in sync before its
-/// first solo report was asked for (it goes solo once per cut).
-fn went_solo_after(samples: &[Sample], node: usize, since: Instant) -> Instant {
+/// first solo report was asked for (it goes solo once per cut). `None` if
+/// it never reported going solo.
+fn went_solo_after(samples: &[Sample], node: usize, since: Instant) -> Option<Instant> {
     let mine: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.node == node && s.sent >= since)
         .collect();
-    let first_solo = mine
-        .iter()
-        .position(|s| s.health.solo)
-        .expect("the old primary never reported going solo");
-    mine[..first_solo]
-        .iter()
-        .rev()
-        .find(|s| s.health.role == "primary" && !s.health.solo)
-        .map_or(since, |s| s.sent)
+    let first_solo = mine.iter().position(|s| s.health.solo)?;
+    Some(
+        mine[..first_solo]
+            .iter()
+            .rev()
+            .find(|s| s.health.role == "primary" && !s.health.solo)
+            .map_or(since, |s| s.sent),
+    )
 }
 
 /// The bytes of every file in `DIR/rewound/`.
@@ -910,44 +959,55 @@ async fn a_partition_in_solo_mode_drops_only_what_the_old_primary_acknowledged_a
     assert_eq!(conv.primary, 1);
     the_cut_held(&samples, healed);
 
-    let lost = g2_lost_acked_writes(&c.http[1], &writes).await;
-    // Only what the old primary acknowledged alone after the cut...
-    let alone_from = went_solo_after(&samples, 0, fault);
-    for w in &lost {
-        assert!(
-            w.node == 0 && w.acked().is_some_and(|(_, e)| e == 1) && w.ended > alone_from,
-            "G2: lost a write the solo rule does not allow (acknowledged {:?} after the cut, the old primary went solo after {:?}): {w:?}",
-            w.ended.saturating_duration_since(fault),
-            alone_from - fault
-        );
-    }
-    // ...and counted, and kept in rewound/.
-    let rewound = conv.reports[0].rewound_records;
-    assert!(
-        lost.len() as u64 <= rewound,
-        "G4: {} acknowledged writes dropped but only {rewound} rewound records counted",
-        lost.len()
-    );
-    let files = rewound_files(&c.data_dir(0));
-    assert!(
-        rewound == 0 || !files.is_empty(),
-        "{rewound} records rewound but no file in rewound/"
-    );
-    for w in &lost {
-        assert!(
-            files
-                .iter()
-                .any(|(_, bytes)| contains(bytes, w.value.as_bytes())),
-            "G4: dropped write {} is in no rewound/ file ({:?})",
-            w.key,
-            files.iter().map(|(p, _)| p).collect::<Vec<_>>()
-        );
-    }
+    let (lost, rewound) = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
+        &c, &writes, &samples, fault, &conv,
+    )
+    .await;
     // The isolated primary acknowledged writes alone, so some were dropped.
     assert!(
         !lost.is_empty(),
         "the scenario did not exercise the solo loss: nothing acknowledged alone was dropped"
     );
+    report(
+        &c,
+        &writes,
+        &Figures {
+            failovers: vec![failover_time(&writes, fault, 1)],
+            lost: lost.len(),
+            rewound,
+            converge: Some(conv.took),
+        },
+    );
+}
+
+/// Only n1 -> n2 is cut: the standby hears nothing and promotes, and its
+/// Fence reaches the old primary through the open direction, which stops
+/// writing at once, before the link heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_partition_fences_the_old_primary_through_the_open_direction() {
+    let c = Cluster::start("partition_one_way", &[]).await;
+    let load = Load::start(&c, &writers(4, &[0, 1]));
+    load.wait_acks(0, 1, Instant::now(), 50).await;
+
+    let fault = Instant::now();
+    c.links[0].set(LinkMode::Blackhole);
+    c.wait_primary(1).await;
+    let fenced = wait_health(&c.http[0], "old primary fenced while cut", |h| {
+        h.epoch >= 2 && !h.writable
+    })
+    .await;
+    assert_ne!(fenced.role, "primary", "{fenced:?}");
+    load.wait_acks(1, 2, fault, 50).await;
+
+    let healed = Instant::now();
+    c.heal();
+    c.wait_rejoined(0, 2).await;
+    let (writes, samples, conv) = finish(&c, load, healed).await;
+    assert_eq!(conv.primary, 1);
+    let (lost, rewound) = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
+        &c, &writes, &samples, fault, &conv,
+    )
+    .await;
     report(
         &c,
         &writes,
