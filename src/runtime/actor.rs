@@ -717,7 +717,29 @@ impl Actor {
         }
     }
 
+    /// A standby that stops being one closes the WAL stream it received:
+    /// acks from it now would carry positions in another log (a promoted
+    /// node's own) to the old primary.
+    fn end_inbound_stream(&mut self, to: RoleKind, epoch: Epoch) {
+        let Some(s) = self.session.take() else { return };
+        let refusal = if matches!(to, RoleKind::Promoting | RoleKind::Primary) {
+            self.refusal(
+                RefusalKind::StaleEpoch,
+                format!("this node was promoted to epoch {epoch}; a newer primary exists"),
+            )
+        } else {
+            self.refusal(
+                RefusalKind::NotStandby,
+                format!("this node is {to}, not a standby; retry after it has rejoined"),
+            )
+        };
+        let _ = s.acks.send(Err(refusal));
+    }
+
     fn send_ack(&mut self) {
+        if self.node.role() != RoleKind::Standby {
+            return;
+        }
         let ack = self.ack();
         if let Some(s) = &self.session {
             s.acks.send_if_modified(|current| {
@@ -763,6 +785,9 @@ impl Actor {
             Effect::RoleChanged { from, to, epoch } => {
                 tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
                 self.metrics.transition(from, to);
+                if from == RoleKind::Standby && to != RoleKind::Standby {
+                    self.end_inbound_stream(to, epoch);
+                }
             }
             Effect::Commit { lsn } => {
                 self.commit_tx.send_replace(lsn);
