@@ -58,11 +58,39 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// `n` free loopback ports below the ephemeral range. A node's ports are
+/// dialed while it is down (writers, the proxy on every heartbeat); with a
+/// port in the ephemeral range such a dial can pick the same port as its
+/// source and connect to itself, holding the port so the node cannot
+/// listen on it again when it restarts.
+fn listen_ports(n: usize) -> Vec<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low <= 11_000 {
+        return free_ports(n);
+    }
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < n {
+        let port = rand::random_range(10_000..ephemeral_low);
+        if ports.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(local(port)) {
+            held.push(l);
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 impl Cluster {
     /// n1 primary, n2 standby, streaming through the proxies.
     async fn start(name: &'static str, extra: &[(&'static str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let p = free_ports(4);
+        let p = listen_ports(4);
         let (grpc, http) = ([p[0], p[2]], [p[1], p[3]]);
         let to_n2 = Proxy::start(local(grpc[1])).await;
         let to_n1 = Proxy::start(local(grpc[0])).await;

@@ -71,8 +71,15 @@ async fn forward(mut client: TcpStream, target: SocketAddr, mut mode: watch::Rec
         }
         LinkMode::Pass => {}
     }
-    let Ok(mut server) = TcpStream::connect(target).await else {
-        return reset(client);
+    let mut server = match TcpStream::connect(target).await {
+        // A dial of a local port nobody listens on can get that port as its
+        // own source and connect to itself: that is no server.
+        Ok(s) if s.local_addr().ok() != s.peer_addr().ok() => s,
+        Ok(s) => {
+            reset(s);
+            return reset(client);
+        }
+        Err(_) => return reset(client),
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
