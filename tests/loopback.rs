@@ -303,3 +303,29 @@ async fn a_standby_is_eligible_after_a_switchover_without_further_writes() {
     .await;
     assert_eq!(b.health().sync_state, walrep::SyncState::Sync);
 }
+
+/// A standby's WAL lost its last records (a torn tail cut at recovery, or
+/// a damaged disk) though its engine's durable snapshot had applied them:
+/// it must come back by resyncing from the primary's snapshot, not refuse
+/// to start (found by `chaos a_torn_wal_tail_on_the_standby_is_cut_and_caught_up`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_wal_lost_records_its_state_applied_resyncs_instead_of_refusing_to_start() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..10 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    converged(&a, &b).await;
+    assert_eq!(b.kv.persist_snapshot().unwrap(), Lsn(10));
+    let (cfg_b, wal_b, kv_b) = b.crash().await;
+    wal_b.truncate_after(Lsn(8)).unwrap();
+    let b = TestNode::start(cfg_b, wal_b, kv_b).await;
+    b.wait("standby again", |h| {
+        h.role == RoleKind::Standby && h.eligible
+    })
+    .await;
+    a.put("after", "restart").await.unwrap();
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
+    assert_eq!(b.health().last_lsn, Lsn(11));
+}

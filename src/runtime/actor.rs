@@ -111,11 +111,6 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     let last = parts.wal.last_lsn();
     let flushed = parts.wal.flushed_lsn();
     let applied = parts.sm.applied_lsn();
-    if applied > last {
-        return Err(Error::Config(format!(
-            "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
-        )));
-    }
     let (node, effects) = Node::new(
         parts.cfg.clone(),
         meta,
@@ -124,6 +119,17 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         applied,
         std::time::Duration::ZERO,
     );
+    // The engine applied records the WAL no longer has: its tail was cut
+    // (a torn write cut at recovery, a damaged disk) after the engine made
+    // them durable, or the WAL is another node's. A standby can always
+    // start over from the primary's snapshot. A node that was the primary
+    // may hold acknowledged writes no one else has, so the operator decides.
+    let state_ahead_of_wal = applied > last;
+    if state_ahead_of_wal && node.role() != RoleKind::Standby {
+        return Err(Error::Config(format!(
+            "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
+        )));
+    }
     let (health_tx, health_rx) = watch::channel(placeholder_health(&parts.cfg));
     let (last_lsn_tx, _) = watch::channel(last);
     let (commit_tx, _) = watch::channel(node.commit_lsn());
@@ -171,7 +177,15 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     ));
     actor.start_applier();
     actor.run_effects(effects);
-    if applied.next() < actor.wal.first_lsn() {
+    if state_ahead_of_wal {
+        tracing::error!(
+            applied = %applied,
+            wal_last = %last,
+            "the state machine has applied records the WAL no longer has (its tail was cut, or it is another node's WAL); resyncing from the peer's snapshot"
+        );
+        let effects = actor.node.resync_needed();
+        actor.run_effects(effects);
+    } else if applied.next() < actor.wal.first_lsn() {
         tracing::error!(
             applied = %applied,
             wal_first = %actor.wal.first_lsn(),
@@ -703,7 +717,29 @@ impl Actor {
         }
     }
 
+    /// A standby that stops being one closes the WAL stream it received:
+    /// acks from it now would carry positions in another log (a promoted
+    /// node's own) to the old primary.
+    fn end_inbound_stream(&mut self, to: RoleKind, epoch: Epoch) {
+        let Some(s) = self.session.take() else { return };
+        let refusal = if matches!(to, RoleKind::Promoting | RoleKind::Primary) {
+            self.refusal(
+                RefusalKind::StaleEpoch,
+                format!("this node was promoted to epoch {epoch}; a newer primary exists"),
+            )
+        } else {
+            self.refusal(
+                RefusalKind::NotStandby,
+                format!("this node is {to}, not a standby; retry after it has rejoined"),
+            )
+        };
+        let _ = s.acks.send(Err(refusal));
+    }
+
     fn send_ack(&mut self) {
+        if self.node.role() != RoleKind::Standby {
+            return;
+        }
         let ack = self.ack();
         if let Some(s) = &self.session {
             s.acks.send_if_modified(|current| {
@@ -749,6 +785,9 @@ impl Actor {
             Effect::RoleChanged { from, to, epoch } => {
                 tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
                 self.metrics.transition(from, to);
+                if from == RoleKind::Standby && to != RoleKind::Standby {
+                    self.end_inbound_stream(to, epoch);
+                }
             }
             Effect::Commit { lsn } => {
                 self.commit_tx.send_replace(lsn);

@@ -212,6 +212,19 @@ async fn session(ctx: &mut Ctx) -> End {
             biased;
             _ = ctx.cancel.cancelled() => return End::Cancelled,
             ack = acks.next() => match ack {
+                Some(Ok(ack)) if ack.epoch > ctx.header.epoch => {
+                    // The peer moved to a newer epoch (it was promoted while
+                    // this stream stayed open, e.g. across our pause): its
+                    // positions are in its own log, not ours, and must never
+                    // commit our records (G1, G2).
+                    return fail(
+                        TransportError::StaleEpoch {
+                            epoch: ack.epoch,
+                            leader: None,
+                        },
+                        progressed,
+                    );
+                }
                 Some(Ok(ack)) => {
                     while in_flight.front().is_some_and(|l| *l <= ack.written) {
                         in_flight.pop_front();

@@ -428,5 +428,65 @@ async fn a_standby_answering_heartbeats_again_is_streamed_to_without_waiting_out
         "the stream was retried {:?} after heartbeats were answered again",
         next - back
     );
+
+/// The standby promoted while we were paused and kept acknowledging on our
+/// old stream with its own positions at its new epoch. Those are not
+/// positions in our log: the write must not be acknowledged, and the newer
+/// epoch must fence us (found by `chaos a_paused_primary_refuses_writes_once_it_learns_the_new_epoch`).
+#[tokio::test(start_paused = true)]
+async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_primary() {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: RoleKind::Standby,
+        })
+    });
+    peer.expect_open_wal_stream().times(1).returning(|batches| {
+        // The start ack, then, once our write's batch arrives, the
+        // positions of the promoted peer's own log at epoch 2.
+        let acks = futures::stream::unfold((0u8, batches), |(step, mut batches)| async move {
+            match step {
+                0 => Some((Ok(WalAck::default()), (1, batches))),
+                1 => {
+                    while batches.recv().await?.records.is_empty() {}
+                    let newer = WalAck {
+                        epoch: Epoch(2),
+                        written: Lsn(100),
+                        flushed: Lsn(100),
+                        applied: Lsn(100),
+                        flushed_epoch: Epoch(2),
+                    };
+                    Some((Ok(newer), (2, batches)))
+                }
+                _ => {
+                    std::future::pending::<()>().await;
+                    None
+                }
+            }
+        });
+        Ok(Box::pin(acks))
+    });
+    peer.expect_history()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    let (replica, _service) = start(cfg(InitialRole::Primary), Arc::new(MemWal::new()), peer);
+    replica
+        .wait_for(Duration::from_secs(5), "stream up", |h| h.peer.connected)
+        .await
+        .unwrap();
+    let result = replica.apply(put()).await;
+    assert!(
+        result.is_err(),
+        "acknowledged on the positions of a newer epoch: {result:?}"
+    );
+    let h = replica
+        .wait_for(Duration::from_secs(5), "fenced", |h| h.epoch == Epoch(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h.role, RoleKind::Fenced | RoleKind::Rejoining),
+        "{h:?}"
+    );
+    assert_eq!(h.commit_lsn, Lsn::ZERO);
     replica.shutdown().await;
 }

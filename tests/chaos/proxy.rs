@@ -29,7 +29,9 @@ impl Proxy {
         let modes = mode.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 let rx = modes.subscribe();
                 tokio::spawn(forward(client, target, rx));
             }
@@ -48,13 +50,19 @@ impl Drop for Proxy {
     }
 }
 
+/// Closes a connection with a reset (RST), not an orderly FIN.
+fn reset(stream: TcpStream) {
+    // With a zero linger time close(2) sends the RST at once and does not
+    // block, which is what the deprecation warns about.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
 async fn forward(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<LinkMode>) {
     let current = *mode.borrow_and_update();
     match current {
-        LinkMode::Reset => {
-            let _ = client.set_linger(Some(std::time::Duration::ZERO));
-            return;
-        }
+        LinkMode::Reset => return reset(client),
         LinkMode::Blackhole => {
             // Hold the connection without a byte either way until the
             // link heals, then drop it as a timed-out connection would be.
@@ -63,23 +71,36 @@ async fn forward(mut client: TcpStream, target: SocketAddr, mut mode: watch::Rec
         }
         LinkMode::Pass => {}
     }
-    let Ok(mut server) = TcpStream::connect(target).await else {
-        return;
+    let mut server = match TcpStream::connect(target).await {
+        // A dial of a local port nobody listens on can get that port as its
+        // own source and connect to itself: that is no server.
+        Ok(s) if s.local_addr().ok() != s.peer_addr().ok() => s,
+        Ok(s) => {
+            reset(s);
+            return reset(client);
+        }
+        Err(_) => return reset(client),
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = mode.wait_for(|m| *m != LinkMode::Pass) => {
-            if *mode.borrow() == LinkMode::Blackhole {
-                // Stop forwarding but keep both sockets open until healed.
-                let _ = mode.wait_for(|m| *m != LinkMode::Blackhole).await;
-            } else {
-                let _ = client.set_linger(Some(std::time::Duration::ZERO));
-                let _ = server.set_linger(Some(std::time::Duration::ZERO));
-            }
+    let changed = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+        m = mode.wait_for(|m| *m != LinkMode::Pass) => m.ok().map(|m| *m),
+    };
+    match changed {
+        Some(LinkMode::Reset) => {
+            reset(client);
+            reset(server);
+        }
+        Some(LinkMode::Blackhole) => {
+            // Stop forwarding but keep both sockets open until healed.
+            let _ = mode.wait_for(|m| *m != LinkMode::Blackhole).await;
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
+        }
+        _ => {
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
         }
     }
-    let _ = client.shutdown().await;
-    let _ = server.shutdown().await;
 }
