@@ -428,6 +428,8 @@ async fn a_standby_answering_heartbeats_again_is_streamed_to_without_waiting_out
         "the stream was retried {:?} after heartbeats were answered again",
         next - back
     );
+    replica.shutdown().await;
+}
 
 /// The standby promoted while we were paused and kept acknowledging on our
 /// old stream with its own positions at its new epoch. Those are not
