@@ -546,6 +546,7 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "| planned switchover write pause: p50 / max ms, over $SWITCHOVER_TRIALS switchovers | ${WR[pause_p50_ms]} / ${WR[pause_max_ms]} |"
   echo "| acknowledged writes lost over the switchovers | ${WR[switch_lost]} |"
   echo "| catch-up peak RSS: primary / standby MiB | ${WR[primary_rss_mb]} / ${WR[standby_rss_mb]} |"
+  echo
   echo "MB/s are MiB (2^20 bytes) per second, timed from the standby's start until it has flushed (receive) / replayed (apply) up to the primary's LSN (PostgreSQL: polled every ~20 ms; its standby first answered ${PG[up_s]} s after \`pg_ctl start\`, startup included in both rates)."
 } >"$OUT"
 echo
