@@ -26,7 +26,7 @@ pub enum Error {
     Fenced { epoch: Epoch },
 
     #[error(
-        "the standby did not confirm record {lsn} within sync_timeout; the record is durable here and will reach the standby when it returns, but it is not acknowledged (retry or check the standby)"
+        "the standby did not confirm record {lsn} within sync_timeout; the record is durable here but not acknowledged: it reaches the standby when that returns, unless the standby was promoted meanwhile, in which case it is rewound here (retry, or check which node is primary)"
     )]
     SyncTimeout { lsn: Lsn },
 
