@@ -173,7 +173,7 @@ impl Node {
             // We were primary before the restart. A sync-mode primary must
             // hear from its standby before it may commit alone: the standby
             // may have promoted while we were down.
-            node.role = Role::Primary(Primary::new(false));
+            node.role = Role::Primary(Primary::restarted(flushed));
             node.emit(Effect::StartPrimaryTasks);
         } else {
             node.role = Role::Standby(Standby::new());

@@ -39,6 +39,11 @@ pub(super) struct Primary {
     /// Appended, not yet committed: `(last lsn of the append, when)`.
     pending: VecDeque<(Lsn, Time)>,
     demotion: Option<Demotion>,
+    /// After a restart: the last record this node may have acknowledged
+    /// before it went down (everything durable on its disk; it may have
+    /// acknowledged alone). Its commit LSN starts lower, so "in sync" must
+    /// also cover this.
+    may_have_acknowledged: Lsn,
 }
 
 impl Primary {
@@ -51,6 +56,15 @@ impl Primary {
             link: Link::Sync,
             pending: VecDeque::new(),
             demotion: None,
+            may_have_acknowledged: Lsn::ZERO,
+        }
+    }
+
+    /// A primary restarting with `durable` records on its disk.
+    pub(super) fn restarted(durable: Lsn) -> Primary {
+        Primary {
+            may_have_acknowledged: durable,
+            ..Primary::new(false)
         }
     }
 
@@ -112,7 +126,8 @@ impl Primary {
         // mode's own position: in remote-write that is "written", which a
         // live standby that promotes keeps (only a crash of its OS would
         // lose it, and a restarted standby is not eligible anyway).
-        if self.link != Link::Solo && self.standby_position(cfg.commit_mode) >= commit {
+        let acknowledged = commit.max(self.may_have_acknowledged);
+        if self.link != Link::Solo && self.standby_position(cfg.commit_mode) >= acknowledged {
             SyncState::Sync
         } else {
             SyncState::NotSync

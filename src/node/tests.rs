@@ -661,3 +661,27 @@ fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
     assert_eq!(node.commit_lsn(), Lsn(3));
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
+
+/// Before its crash this primary may have acknowledged everything its disk
+/// holds (alone, after a promotion or with `solo`). Its standby is in sync
+/// only once it holds all of it: told earlier, the standby could promote
+/// without those writes (found by the simulation, seed 1473, block).
+#[test]
+fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_primary_may_have_acknowledged()
+ {
+    let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(10), Lsn(10), Lsn(0), t(0));
+    let progress = |lsn| Event::StandbyProgress {
+        positions: StandbyPositions {
+            written: Lsn(lsn),
+            flushed: Lsn(lsn),
+            applied: Lsn(lsn),
+        },
+    };
+    node.step(t(1), Event::StandbyReachable);
+    node.step(t(2), progress(6));
+    assert_eq!(node.commit_lsn(), Lsn(6));
+    assert_eq!(node.sync_state(), SyncState::NotSync);
+    node.step(t(3), progress(10));
+    assert_eq!(node.commit_lsn(), Lsn(10));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+}
