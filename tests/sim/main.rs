@@ -283,6 +283,14 @@ fn fixed_seeds_hold_every_invariant() {
     run_seeds(0..4);
 }
 
+/// Seeds a long run once failed with, kept after the fix.
+#[test]
+fn seeds_that_once_failed_hold_every_invariant() {
+    // 1473 (remote-flush/block): a restarted primary called its standby in
+    // sync before it held what the primary had acknowledged alone.
+    run_seeds([1473].into_iter());
+}
+
 /// The long run: `WALREP_SIM_SEEDS=2000`.
 #[test]
 fn many_seeds() {
