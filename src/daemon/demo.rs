@@ -123,10 +123,9 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     let mut pair = Pair::new(
         &dir,
         &PairOptions {
-            commit_mode: mode,
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
-            extra: Vec::new(),
+            ..PairOptions::defaults(mode)
         },
     )?;
     println!("walrep demo: two nodes in {}", dir.display());

@@ -105,10 +105,10 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
     let mut primary = HttpClient::new(&pair.n1.http).with_timeout(Duration::from_secs(5));
     let started = Instant::now();
     let mut next_note = 0u64;
-    let written = loop {
+    loop {
         let (_, h) = primary.health().await?;
         if h.peer.lag_bytes >= backlog || writing.is_finished() {
-            break h;
+            break;
         }
         if h.peer.lag_bytes >= next_note {
             eprintln!(
@@ -118,7 +118,7 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
             next_note += backlog / 8;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let report = writing.finish().await?;
     let write_seconds = started.elapsed().as_secs_f64();
     if report.acks.is_empty() {
@@ -127,11 +127,8 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
             report.last_error.unwrap_or_default()
         )));
     }
-    // The last writes may have landed after the loop looked.
-    let (_, written) = match primary.health().await {
-        Ok(h) => h,
-        Err(_) => (0, written),
-    };
+    // Asked again: the last writes may have landed after the loop looked.
+    let (_, written) = primary.health().await?;
     let target = written.last_lsn;
     let backlog_bytes = written.peer.lag_bytes;
     let backlog_records = written.peer.lag_records;

@@ -117,9 +117,10 @@ impl Percentiles {
 pub async fn run(load: &Load, stop: CancellationToken) -> LoadReport {
     let value = Bytes::from(vec![b'x'; load.value_bytes]);
     let started = Instant::now();
+    let shared = Arc::new(load.clone());
     let tasks: Vec<_> = (0..load.writers.max(1))
         .map(|w| {
-            let load = Arc::new(load.clone());
+            let load = shared.clone();
             let (value, stop) = (value.clone(), stop.clone());
             tokio::spawn(async move { writer(&load, w, value, stop).await })
         })
