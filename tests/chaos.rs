@@ -1166,17 +1166,24 @@ fn newest_segment(data_dir: &Path) -> PathBuf {
     segs.pop().expect("a WAL segment")
 }
 
-/// Kills node `i`, cuts `bytes` off the end of its newest WAL segment (a
-/// write torn by the crash) and restarts it.
-fn kill_and_tear_the_wal_tail(c: &mut Cluster, i: usize, bytes: u64) {
+/// Kills node `i`, zeroes the last `bytes` written bytes of its newest WAL
+/// segment (a write torn by the crash: segments reserve their size, so
+/// what never reached the disk reads as zeros) and restarts it.
+fn kill_and_tear_the_wal_tail(c: &mut Cluster, i: usize, bytes: usize) {
+    use std::os::unix::fs::FileExt;
     c.nodes[i].kill();
     let seg = newest_segment(&c.data_dir(i));
-    let len = std::fs::metadata(&seg).unwrap().len();
+    let data = std::fs::read(&seg).unwrap();
+    let end = data
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("a written record")
+        + 1;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
         .unwrap()
-        .set_len(len - bytes)
+        .write_all_at(&vec![0; bytes], (end - bytes) as u64)
         .unwrap();
     c.nodes[i].start();
 }

@@ -135,6 +135,7 @@ fn options() -> FileWalOptions {
         max_record_bytes: 1 << 20,
         // Small, so reads of old records go to the segment files.
         tail_cache_bytes: 16 << 10,
+        preallocate: true,
     }
 }
 
@@ -369,11 +370,13 @@ fn sigkill_at_random_points_keeps_a_gapless_prefix_with_every_durable_record() {
 
 /// A log with a few segments and epochs changing within and between
 /// segments; with `empty_last`, its last segment holds no record yet (as
-/// after a crash that tore the first record of a new segment). Returns how
-/// many records it holds.
-fn build_base(dir: &Path, records: u64, empty_last: bool) -> u64 {
+/// after a crash that tore the first record of a new segment); with
+/// `preallocate`, its last segment has unwritten reserved space after its
+/// records. Returns how many records it holds.
+fn build_base(dir: &Path, records: u64, empty_last: bool, preallocate: bool) -> u64 {
     let opts = FileWalOptions {
         segment_bytes: 2 << 10,
+        preallocate,
         ..options()
     };
     let wal = FileWal::open(dir, opts.clone()).unwrap();
@@ -486,15 +489,20 @@ fn random_damage_is_refused_precisely_or_cut_as_a_torn_tail() {
     eprintln!("damage test: seed {seed} (replay with WALREP_CRASH_SEED={seed}), {n} copies");
     let mut rng = Rng(seed);
     let root = tempfile::TempDir::new().unwrap();
-    let bases: Vec<(PathBuf, u64)> = [(60, false), (45, true), (7, false)]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (records, empty_last))| {
-            let dir = root.path().join(format!("base{i}"));
-            let records = build_base(&dir, records, empty_last);
-            (dir, records)
-        })
-        .collect();
+    let bases: Vec<(PathBuf, u64)> = [
+        (60, false, true),
+        (45, true, true),
+        (7, false, true),
+        (60, false, false),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (records, empty_last, preallocate))| {
+        let dir = root.path().join(format!("base{i}"));
+        let records = build_base(&dir, records, empty_last, preallocate);
+        (dir, records)
+    })
+    .collect();
     let (mut ok, mut corrupt, mut shortened) = (0, 0, 0);
     for i in 0..n {
         let (base, records) = &bases[rng.range(0, bases.len() as u64) as usize];

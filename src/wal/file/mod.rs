@@ -40,6 +40,12 @@ pub struct FileWalOptions {
     /// Recent records kept in memory so standbys that keep up never make
     /// `read` touch the disk.
     pub tail_cache_bytes: usize,
+    /// Reserve each new segment's `segment_bytes` when it is created, so
+    /// appends never grow the file and an fsync rarely has to commit the
+    /// filesystem's journal (see `segment::preallocate`). Off: segments grow
+    /// with each append, as on filesystems where reserving space buys
+    /// nothing (copy-on-write ones).
+    pub preallocate: bool,
 }
 
 impl Default for FileWalOptions {
@@ -48,6 +54,7 @@ impl Default for FileWalOptions {
             segment_bytes: 64 << 20,
             max_record_bytes: 4 << 20,
             tail_cache_bytes: 16 << 20,
+            preallocate: true,
         }
     }
 }
@@ -124,7 +131,8 @@ impl FileWal {
         fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
         let (meta, persisted_history) = meta::load(&dir)?.unwrap_or_default();
         let mut cache = TailCache::new(opts.tail_cache_bytes);
-        let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache)?;
+        let reserve = preallocate_bytes(&opts);
+        let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache, reserve)?;
 
         // Leftovers of writes a crash interrupted; the files they were
         // meant to replace are intact.
@@ -143,7 +151,7 @@ impl FileWal {
                 first_lsn: Lsn(1),
                 base_epoch: Epoch::ZERO,
             };
-            let seg = segment::write_pending(&wal_dir, header)
+            let seg = segment::write_pending(&wal_dir, header, reserve)
                 .and_then(|()| segment::commit_pending(&wal_dir, header))
                 .map_err(io_err(format!(
                     "creating the first segment in {}",
@@ -233,8 +241,19 @@ impl FileWal {
     ///
     /// The new file and its directory entry become durable in the next
     /// sync round, before any record in it is reported durable.
+    ///
+    /// The old segment gives back the space it reserved and did not use.
+    /// Should a crash keep the new segment but not that shrink, recovery
+    /// reads the old one's unwritten tail as the end of its records.
     fn roll(&self, st: &mut State) -> Result<(), WalError> {
         let old = st.active();
+        if let Err(e) = old.file.set_len(old.len) {
+            let why = format!(
+                "trimming {} before the next segment: {e}",
+                old.path.display()
+            );
+            return Err(st.poison(why));
+        }
         if let Err(why) = self.fsync(&old.path, &old.file) {
             return Err(st.poison(why));
         }
@@ -243,7 +262,8 @@ impl FileWal {
             base_epoch: st.last_epoch(),
         };
         let path = self.wal_dir.join(segment::file_name(header.first_lsn));
-        let seg = Segment::create(path.clone(), header).map_err(|e| {
+        let reserve = preallocate_bytes(&self.opts);
+        let seg = Segment::create(path.clone(), header, reserve).map_err(|e| {
             let _ = fs::remove_file(&path);
             io_err(format!("creating {}", path.display()))(e)
         })?;
@@ -306,6 +326,14 @@ impl FileWal {
             seg.offsets.truncate(keep);
             seg.len = end;
         }
+        // The segment appends go to now reserves its space again (an older
+        // one gave its reserve back when the log rolled past it). Only a
+        // speed-up: without it appends grow the file.
+        let reserve = preallocate_bytes(&self.opts);
+        let seg = st.active();
+        if let Err(e) = segment::preallocate(&seg.file, reserve) {
+            tracing::warn!(segment = %seg.path.display(), "could not reserve space after truncating: {e}");
+        }
         st.last = lsn;
         st.flushed = st.flushed.min(lsn);
         st.history.truncate_after(lsn);
@@ -319,7 +347,8 @@ impl FileWal {
             first_lsn: base.next(),
             base_epoch,
         };
-        segment::write_pending(&self.wal_dir, header).map_err(io_err(format!(
+        let reserve = preallocate_bytes(&self.opts);
+        segment::write_pending(&self.wal_dir, header, reserve).map_err(io_err(format!(
             "preparing a new segment in {}",
             self.wal_dir.display()
         )))?;
@@ -638,6 +667,15 @@ impl WalStore for FileWal {
         let mut guard = self.lock();
         guard.check_poison()?;
         self.persist_meta(&mut guard, meta)
+    }
+}
+
+/// How many bytes a new segment reserves (0: none).
+fn preallocate_bytes(opts: &FileWalOptions) -> u64 {
+    if opts.preallocate {
+        opts.segment_bytes
+    } else {
+        0
     }
 }
 

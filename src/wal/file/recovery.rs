@@ -50,10 +50,15 @@ pub(super) struct Recovered {
 
 /// Reads every segment in `wal_dir`, verifying each frame. Returns
 /// `Corrupt` (having modified nothing) for damage, and cuts a torn tail.
+///
+/// Bytes past the last record that read as zeros are space a segment
+/// reserved and never used (`segment::preallocate`), not damage. A torn
+/// tail is cut and the segment's reserve (`reserve` bytes) restored.
 pub(super) fn recover(
     wal_dir: &Path,
     persisted: &EpochHistory,
     cache: &mut TailCache,
+    reserve: u64,
 ) -> Result<Recovered, WalError> {
     let (mut files, pending) = list(wal_dir)?;
     let mut stale_pending = None;
@@ -168,22 +173,33 @@ pub(super) fn recover(
                 }
                 Err(e) => e.to_string(),
             };
+            if segment::is_unwritten(&data[pos..]) {
+                // Reserved, never written: the end of this segment's
+                // records. For an older segment, the next one's header
+                // must still continue exactly here (checked above).
+                break;
+            }
             if !is_last || find_frame(&data, pos + 1, expected).is_some() {
                 return Err(corrupt(&seg.path, pos as u64, problem));
             }
             seg.file
                 .set_len(pos as u64)
+                .and_then(|()| segment::preallocate(&seg.file, reserve))
                 .and_then(|()| seg.file.sync_all())
                 .map_err(io_err(format!(
                     "cutting the torn tail of {}",
                     seg.path.display()
                 )))?;
+            // Not counting the reserve after the torn bytes, which stays.
+            let torn = data
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1 - pos);
             tracing::warn!(
                 segment = %seg.path.display(),
                 offset = pos,
-                bytes_cut = data.len() - pos,
-                "cut {} bytes of torn WAL tail after record {last}: {problem}",
-                data.len() - pos
+                bytes_cut = torn,
+                "cut {torn} bytes of torn WAL tail after record {last}: {problem}"
             );
             break;
         }
@@ -267,7 +283,13 @@ fn find_frame(data: &[u8], from: usize, expected: Lsn) -> Option<usize> {
     let highest = expected
         .0
         .saturating_add((data.len().saturating_sub(from) / FRAME_HEADER_LEN) as u64);
-    let end = data.len().saturating_sub(FRAME_HEADER_LEN - 1);
+    // A frame's LSN is never zero, so none starts past the last non-zero
+    // byte: the scan skips a segment's unwritten reserve.
+    let last_written = data.iter().rposition(|&b| b != 0)?;
+    let end = data
+        .len()
+        .saturating_sub(FRAME_HEADER_LEN - 1)
+        .min(last_written + 1);
     (from..end).find(|&off| {
         let lsn = u64::from_le_bytes(data[off + 4..off + 12].try_into().unwrap());
         (expected.0..=highest).contains(&lsn) && record::decode(&data[off..], MAX_PAYLOAD).is_ok()

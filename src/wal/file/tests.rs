@@ -122,40 +122,161 @@ fn a_fresh_log_is_empty_and_checks_appends() {
     ));
 }
 
+fn zero_range(path: &Path, range: std::ops::Range<u64>) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; (range.end - range.start) as usize], range.start)
+        .unwrap();
+}
+
+/// Where a crash tears the last record: a segment that grows with each
+/// append loses the end of the file; one that reserved its space keeps
+/// its size, and the bytes that never reached the disk read as zeros.
 #[test]
 fn a_torn_tail_is_cut_and_appends_continue() {
+    for preallocate in [false, true] {
+        let opts = FileWalOptions {
+            preallocate,
+            ..FileWalOptions::default()
+        };
+        let dir = TempDir::new().unwrap();
+        {
+            let wal = open(&dir, opts.clone());
+            wal.append(&recs(1..=10, 1)).unwrap();
+            wal.sync().unwrap();
+        }
+        let seg = &segment_files(&dir)[0];
+        let end = segment::HEADER_LEN + 10 * frame_len();
+        let size = |seg| fs::metadata(seg).unwrap().len();
+        if preallocate {
+            assert_eq!(size(seg), opts.segment_bytes);
+            zero_range(seg, end - 3..end);
+        } else {
+            assert_eq!(size(seg), end);
+            fs::OpenOptions::new()
+                .write(true)
+                .open(seg)
+                .unwrap()
+                .set_len(end - 3)
+                .unwrap();
+        }
+        {
+            let wal = open(&dir, opts.clone());
+            assert_eq!(wal.last_lsn(), Lsn(9), "preallocate {preallocate}");
+            assert_eq!(all(&wal), recs(1..=9, 1));
+            let expected_size = match preallocate {
+                true => opts.segment_bytes,
+                false => end - frame_len(),
+            };
+            assert_eq!(size(seg), expected_size, "preallocate {preallocate}");
+            let replacement = Record {
+                payload: Bytes::from_static(b"written again"),
+                ..rec(10, 1)
+            };
+            wal.append(&[replacement.clone(), rec(11, 1)]).unwrap();
+            wal.sync().unwrap();
+        }
+        let wal = open(&dir, opts);
+        assert_eq!(wal.last_lsn(), Lsn(11));
+        assert_eq!(
+            wal.read(Lsn(10), 1, usize::MAX).unwrap()[0].payload,
+            "written again"
+        );
+    }
+}
+
+#[test]
+fn a_segment_reserves_its_size_and_reopens_without_cutting_anything() {
     let dir = TempDir::new().unwrap();
+    let opts = FileWalOptions::default();
     {
-        let wal = open(&dir, FileWalOptions::default());
+        let wal = open(&dir, opts.clone());
         wal.append(&recs(1..=10, 1)).unwrap();
         wal.sync().unwrap();
     }
-    let seg = &segment_files(&dir)[0];
-    let len = fs::metadata(seg).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(seg)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    let seg = segment_files(&dir)[0].clone();
+    let before = fs::read(&seg).unwrap();
+    assert_eq!(before.len() as u64, opts.segment_bytes);
     {
-        let wal = open(&dir, FileWalOptions::default());
-        assert_eq!(wal.last_lsn(), Lsn(9));
-        assert_eq!(all(&wal), recs(1..=9, 1));
-        assert_eq!(fs::metadata(seg).unwrap().len(), len - frame_len());
-        let replacement = Record {
-            payload: Bytes::from_static(b"written again"),
-            ..rec(10, 1)
-        };
-        wal.append(&[replacement.clone(), rec(11, 1)]).unwrap();
+        let wal = open(&dir, opts.clone());
+        assert_eq!(all(&wal), recs(1..=10, 1));
+        assert_eq!(fs::read(&seg).unwrap(), before, "open changed the segment");
+        wal.append(&recs(11..=20, 1)).unwrap();
         wal.sync().unwrap();
     }
-    let wal = open(&dir, FileWalOptions::default());
-    assert_eq!(wal.last_lsn(), Lsn(11));
-    assert_eq!(
-        wal.read(Lsn(10), 1, usize::MAX).unwrap()[0].payload,
-        "written again"
-    );
+    let wal = open(&dir, opts.clone());
+    assert_eq!(all(&wal), recs(1..=20, 1));
+    assert_eq!(fs::metadata(&seg).unwrap().len(), opts.segment_bytes);
+}
+
+#[test]
+fn a_rolled_segment_gives_back_the_space_it_did_not_use() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    for l in 1..=12 {
+        wal.append(&[rec(l, 1)]).unwrap();
+    }
+    wal.sync().unwrap();
+    let files = segment_files(&dir);
+    assert!(files.len() > 2);
+    let (last, older) = files.split_last().unwrap();
+    for f in older {
+        let frames = (fs::metadata(f).unwrap().len() - segment::HEADER_LEN) / frame_len();
+        assert!(frames > 0, "{} holds no record", f.display());
+        assert_eq!(
+            fs::metadata(f).unwrap().len(),
+            segment::HEADER_LEN + frames * frame_len(),
+            "{} kept unused space",
+            f.display()
+        );
+    }
+    assert!(fs::metadata(last).unwrap().len() >= tiny().segment_bytes);
+}
+
+/// A crash that kept a new segment but not the shrink of the one before.
+#[test]
+fn an_older_segment_that_kept_its_reserve_still_opens() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, tiny());
+        for l in 1..=12 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let first = segment_files(&dir)[0].clone();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let wal = open(&dir, tiny());
+    assert_eq!(all(&wal), recs(1..=12, 1));
+}
+
+/// Zeros where an older segment's last record was: unwritten space ends
+/// a segment's records, so what proves the loss is the next segment, which
+/// does not continue there.
+#[test]
+fn a_zeroed_record_at_the_end_of_an_older_segment_fails_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, tiny());
+        for l in 1..=12 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+    }
+    let files = segment_files(&dir);
+    let len = fs::metadata(&files[0]).unwrap().len();
+    zero_range(&files[0], len - frame_len()..len);
+    match FileWal::open(dir.path(), tiny()) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => assert_eq!((&segment, offset), (&files[1], 0)),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
 }
 
 #[test]
@@ -481,7 +602,7 @@ fn a_reset_interrupted_after_removing_the_old_segments_is_finished_at_open() {
         first_lsn: Lsn(51),
         base_epoch: Epoch(4),
     };
-    segment::write_pending(&wal_dir, header).unwrap();
+    segment::write_pending(&wal_dir, header, 256).unwrap();
     for f in segment_files(&dir) {
         fs::remove_file(f).unwrap();
     }
