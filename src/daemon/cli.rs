@@ -2,7 +2,7 @@
 //! one over its HTTP API.
 
 use super::client::{self, HttpClient};
-use super::config::{Layers, flag_name};
+use super::config::{Layers, NodeSettings, flag_name};
 use super::error::DaemonError;
 use super::{bench, demo, node};
 use clap::{Args, Parser, Subcommand};
@@ -164,6 +164,9 @@ pub struct NodeArgs {
     /// WAL kept for a lagging standby before it must resync from a snapshot [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
     pub wal_retention_bytes: Option<String>,
+    /// Threads running the node's tasks; fsyncs and snapshots run on threads of their own [default: 1].
+    #[arg(long, value_name = "THREADS")]
+    pub worker_threads: Option<String>,
 }
 
 impl NodeArgs {
@@ -191,6 +194,7 @@ impl NodeArgs {
             ("snapshot_records", &self.snapshot_records),
             ("snapshot_interval_ms", &self.snapshot_interval_ms),
             ("wal_retention_bytes", &self.wal_retention_bytes),
+            ("worker_threads", &self.worker_threads),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -208,16 +212,44 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
     Cli::try_parse_from(args)
 }
 
-pub async fn run(cli: Cli) -> Result<ExitCode, DaemonError> {
-    match cli.command {
-        Command::Node(args) => {
-            let settings =
-                Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?
-                    .resolve()?;
-            super::init_logging();
-            node::run(settings, node::shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+/// A command ready to run. A node's settings are resolved before its
+/// runtime starts: the runtime's size is one of them, and a bad value is
+/// refused before anything else happens.
+pub enum Job {
+    Node(Box<NodeSettings>),
+    Other(Command),
+}
+
+impl Job {
+    /// Worker threads the job's runtime needs (`None`: tokio's default).
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self {
+            Job::Node(settings) => Some(settings.worker_threads),
+            Job::Other(_) => None,
         }
+    }
+}
+
+pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
+    Ok(match cli.command {
+        Command::Node(args) => Job::Node(Box::new(
+            Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?.resolve()?,
+        )),
+        other => Job::Other(other),
+    })
+}
+
+pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
+    let command = match job {
+        Job::Node(settings) => {
+            super::init_logging();
+            node::run(*settings, node::shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Job::Other(command) => command,
+    };
+    match command {
+        Command::Node(_) => unreachable!("prepare resolves a node's settings"),
         Command::Put { key, value, addr } => {
             let reply = HttpClient::new(&addr.addr)
                 .put(&key, value.into_bytes().into())

@@ -54,6 +54,7 @@ pub const SETTINGS: &[Setting] = &[
     s("snapshot_records", Some("10000")),
     s("snapshot_interval_ms", Some("30000")),
     s("wal_retention_bytes", Some("1073741824")),
+    s("worker_threads", Some("1")),
 ];
 
 /// The variable naming the TOML file when `--config` is not given.
@@ -108,6 +109,11 @@ pub struct NodeSettings {
     pub snapshot_records: u64,
     /// ...or after this long with anything new applied.
     pub snapshot_interval: Duration,
+    /// Threads of the node's tokio runtime. One by default: a write
+    /// crosses several tasks (HTTP, actor, streamer, applier), and on one
+    /// thread each hand-off is a queue push where across threads it is a
+    /// wake-up of a sleeping thread, tens of microseconds on a VM.
+    pub worker_threads: usize,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -287,6 +293,12 @@ impl Layers {
             })
         })?;
         let wal_retention_bytes = self.with_default("wal_retention_bytes", count)?;
+        let worker_threads = self.with_default("worker_threads", |v| {
+            count(v).and_then(|n| match n {
+                1..=1024 => Ok(n as usize),
+                _ => Err("must be between 1 and 1024".into()),
+            })
+        })?;
         let max_record_bytes = usize::try_from(max_record_bytes)
             .map_err(|_| DaemonError::Config("max_record_bytes is too large".into()))?;
         let defaults = Config::default();
@@ -326,6 +338,7 @@ impl Layers {
             advertise_http_from_http,
             snapshot_records,
             snapshot_interval,
+            worker_threads,
         })
     }
 
@@ -504,6 +517,21 @@ mod tests {
             Some("127.0.0.1:8001")
         );
         assert!(s.advertise_from_listen && s.advertise_http_from_http);
+        assert_eq!(s.worker_threads, 1);
+    }
+
+    #[test]
+    fn worker_threads_must_be_at_least_one() {
+        let mut flags = base_flags();
+        flags.push(("worker_threads", "0".into()));
+        let e = err(resolve(flags, None, &[]));
+        assert!(
+            e.contains("invalid value for worker_threads (from --worker-threads)")
+                && e.contains("between 1 and 1024"),
+            "{e}"
+        );
+        let s = resolve(base_flags(), None, &[("WALREP_WORKER_THREADS", "4")]).unwrap();
+        assert_eq!(s.worker_threads, 4);
     }
 
     #[test]

@@ -43,18 +43,25 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         // Usage errors exit with 2, --help and --version with 0.
         Err(e) => e.exit(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("walrep")
-        .build()
-    {
+    let job = match cli::prepare(cli) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("walrep: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = job.worker_threads() {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().thread_name("walrep").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walrep: cannot start the tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(job)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("walrep: {e}");
