@@ -9,53 +9,63 @@ use walrep::{CommitMode, Lsn, Replicator, RoleKind, WalStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_10k_records_and_both_nodes_hash_equal() {
-    let (a, b) = pair(CommitMode::RemoteFlush).await;
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let r = a.replica.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0..125 {
-                let cmds = (0..10)
-                    .map(|j| put_cmd(&format!("k{w}-{i}-{j}"), &format!("v{i}")))
-                    .collect();
-                r.apply_batch(cmds).await.unwrap();
-            }
-        }));
+    for inline in SYNC_INLINE {
+        let (a, b) = pair_with(CommitMode::RemoteFlush, |c| c.standby_sync_inline = inline).await;
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let r = a.replica.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..125 {
+                    let cmds = (0..10)
+                        .map(|j| put_cmd(&format!("k{w}-{i}-{j}"), &format!("v{i}")))
+                        .collect();
+                    r.apply_batch(cmds).await.unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(a.health().last_lsn, Lsn(10_000));
+        let (ha, hb) = converged(&a, &b).await;
+        assert_eq!(ha, hb, "inline sync {inline}");
+        assert_eq!(b.kv.len(), 10_000);
     }
-    for w in writers {
-        w.await.unwrap();
-    }
-    assert_eq!(a.health().last_lsn, Lsn(10_000));
-    let (ha, hb) = converged(&a, &b).await;
-    assert_eq!(ha, hb);
-    assert_eq!(b.kv.len(), 10_000);
 }
+
+/// Both ways a standby can fsync: handing it to the flusher task, or on
+/// the thread that received the WAL (`standby_sync_inline`).
+const SYNC_INLINE: [bool; 2] = [false, true];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_apply_write_is_readable_on_the_standby_when_acknowledged() {
-    let (a, b) = pair(CommitMode::RemoteApply).await;
-    for i in 0..50 {
-        let key = format!("k{i}");
-        a.put(&key, "v").await.unwrap();
-        assert!(
-            b.kv.get(key.as_bytes()).is_some(),
-            "{key} not applied on the standby at ack"
-        );
+    for inline in SYNC_INLINE {
+        let (a, b) = pair_with(CommitMode::RemoteApply, |c| c.standby_sync_inline = inline).await;
+        for i in 0..50 {
+            let key = format!("k{i}");
+            a.put(&key, "v").await.unwrap();
+            assert!(
+                b.kv.get(key.as_bytes()).is_some(),
+                "{key} not applied on the standby at ack (inline sync {inline})"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_flush_write_is_durable_on_the_standby_when_acknowledged() {
-    let (a, b) = pair(CommitMode::RemoteFlush).await;
-    for i in 0..50 {
-        let applied = a.put(&format!("k{i}"), "v").await.unwrap();
-        assert!(
-            b.wal.flushed_lsn() >= applied.lsn,
-            "record {} not flushed on the standby at ack",
-            applied.lsn
-        );
-        // What a crash of the standby now would keep:
-        assert!(b.wal.crash().last_lsn() >= applied.lsn);
+    for inline in SYNC_INLINE {
+        let (a, b) = pair_with(CommitMode::RemoteFlush, |c| c.standby_sync_inline = inline).await;
+        for i in 0..50 {
+            let applied = a.put(&format!("k{i}"), "v").await.unwrap();
+            assert!(
+                b.wal.flushed_lsn() >= applied.lsn,
+                "record {} not flushed on the standby at ack (inline sync {inline})",
+                applied.lsn
+            );
+            // What a crash of the standby now would keep:
+            assert!(b.wal.crash().last_lsn() >= applied.lsn);
+        }
     }
 }
 

@@ -326,6 +326,9 @@ impl Layers {
                 .max(max_record_bytes + (64 << 10)),
             // A planned switchover must outlast a sync-mode write.
             switchover_timeout: defaults.switchover_timeout.max(sync_timeout * 2),
+            // The node's runtime serves nothing a standby's fsync could
+            // hold up for long (its clients' reads wait one fsync at most).
+            standby_sync_inline: true,
             ..defaults
         };
         cfg.validate().map_err(|msg| self.explain(msg))?;

@@ -3,7 +3,7 @@
 //! peer, and publishes `Health`.
 
 use super::{Metrics, Msg, applier, flusher, heartbeat, rejoin, streamer};
-use crate::config::Config;
+use crate::config::{CommitMode, Config};
 use crate::error::{Error, LeaderHint, Result};
 use crate::node::{
     Effect, Event, FenceOutcome, FenceReason, Node, RoleKind, StandbyPositions, SyncState,
@@ -16,7 +16,7 @@ use crate::transport::{
     PromoteRequest, Refusal, RefusalKind, SnapshotTransfer, StatusReply, WalAck, WalBatch,
 };
 use crate::types::{Epoch, Lsn, NodeId, Record};
-use crate::wal::{WalMeta, WalStore};
+use crate::wal::{WalError, WalMeta, WalStore};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,10 +37,13 @@ pub(super) struct Parts {
     pub rewound_dir: Option<PathBuf>,
 }
 
+/// Where a write's outcome goes.
+type WriteReply = oneshot::Sender<Result<Vec<Applied>>>;
+
 struct Waiter {
     first: Lsn,
     epoch: Epoch,
-    reply: oneshot::Sender<Result<Vec<Applied>>>,
+    reply: WriteReply,
 }
 
 /// Tasks started together and stopped together.
@@ -84,6 +87,11 @@ struct Actor {
     rewound_dir: Option<PathBuf>,
     origin: Instant,
     waiters: BTreeMap<Lsn, Waiter>,
+    /// Writes received but not yet appended (see `queue_write`).
+    queued: Vec<(Vec<Bytes>, WriteReply)>,
+    queued_bytes: usize,
+    /// WAL received since the last inline fsync (see `sync_received`).
+    sync_due: bool,
     health_tx: watch::Sender<Health>,
     last_lsn_tx: watch::Sender<Lsn>,
     commit_tx: watch::Sender<Lsn>,
@@ -144,6 +152,9 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         rewound_dir: parts.rewound_dir,
         origin,
         waiters: BTreeMap::new(),
+        queued: Vec::new(),
+        queued_bytes: 0,
+        sync_due: false,
         health_tx,
         last_lsn_tx,
         commit_tx,
@@ -241,21 +252,26 @@ impl Actor {
                 biased;
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    if let Msg::Shutdown { reply } = msg {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
-                    }
-                    self.handle(msg).await;
-                    // Drain what is queued before publishing once.
-                    while let Ok(msg) = rx.try_recv() {
-                        if let Msg::Shutdown { reply } = msg {
-                            self.shutdown().await;
-                            let _ = reply.send(());
-                            return;
+                    // Drain what is queued before publishing once; the
+                    // writes among it go to the WAL together.
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                        match msg {
+                            Msg::Apply { payloads, reply } => self.queue_write(payloads, reply),
+                            Msg::Shutdown { reply } => {
+                                self.append_queued();
+                                self.shutdown().await;
+                                let _ = reply.send(());
+                                return;
+                            }
+                            other => {
+                                self.append_queued();
+                                self.handle(other).await;
+                            }
                         }
-                        self.handle(msg).await;
                     }
+                    self.append_queued();
+                    self.sync_received();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     self.step(Event::Tick);
@@ -275,7 +291,10 @@ impl Actor {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Apply { payloads, reply } => self.apply(payloads, reply),
+            Msg::Apply { payloads, reply } => {
+                self.queue_write(payloads, reply);
+                self.append_queued();
+            }
             Msg::Promote { force, reply } => {
                 if self.node.role() == RoleKind::Primary && !force {
                     let _ = reply.send(Err(Error::PromotionRefused {
@@ -307,41 +326,71 @@ impl Actor {
 
     // ---- the engine's writes ----------------------------------------------
 
-    fn apply(&mut self, payloads: Vec<Bytes>, reply: oneshot::Sender<Result<Vec<Applied>>>) {
+    /// Holds a write until `append_queued`, so the writes that arrived
+    /// together cost one WAL append (one `pwrite`) and one wake-up of the
+    /// streamer and the flusher, not one each.
+    fn queue_write(&mut self, payloads: Vec<Bytes>, reply: WriteReply) {
+        self.queued_bytes += payloads.iter().map(Bytes::len).sum::<usize>();
+        self.queued.push((payloads, reply));
+        if self.queued_bytes >= self.cfg.max_batch_bytes {
+            self.append_queued();
+        }
+    }
+
+    /// Appends every queued write, in arrival order, as one WAL append.
+    fn append_queued(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
         if let Err(refusal) = self.node.check_writable() {
             let leader = self.leader_hint();
-            let _ = reply.send(Err(refusal_error(refusal, leader)));
+            for (_, reply) in queued {
+                let _ = reply.send(Err(refusal_error(refusal.clone(), leader.clone())));
+            }
             return;
         }
         let epoch = self.node.epoch();
-        let first = self.wal.last_lsn().next();
-        let records: Vec<Record> = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(i, payload)| Record {
-                lsn: Lsn(first.0 + i as u64),
-                epoch,
-                payload,
-            })
-            .collect();
-        let last = records
-            .last()
-            .expect("apply_batch refuses empty batches")
-            .lsn;
+        let mut next = self.wal.last_lsn().next();
+        let mut records = Vec::with_capacity(queued.iter().map(|(p, _)| p.len()).sum());
+        let mut waiters = Vec::with_capacity(queued.len());
+        for (payloads, reply) in queued {
+            let first = next;
+            for payload in payloads {
+                records.push(Record {
+                    lsn: next,
+                    epoch,
+                    payload,
+                });
+                next = next.next();
+            }
+            waiters.push((
+                next.prev(),
+                Waiter {
+                    first,
+                    epoch,
+                    reply,
+                },
+            ));
+        }
+        let last = next.prev();
         if let Err(e) = self.wal.append(&records) {
             let reason = e.to_string();
-            let _ = reply.send(Err(e.into()));
+            let kind = match &e {
+                WalError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            for (_, w) in waiters {
+                let _ = w.reply.send(Err(Error::Io {
+                    what: "appending to the WAL".into(),
+                    source: std::io::Error::new(kind, reason.clone()),
+                }));
+            }
             self.step(Event::WalFailed { reason });
             return;
         }
-        self.waiters.insert(
-            last,
-            Waiter {
-                first,
-                epoch,
-                reply,
-            },
-        );
+        self.waiters.extend(waiters);
         self.step(Event::Appended { last_lsn: last });
         self.last_lsn_tx.send_replace(last);
     }
@@ -667,6 +716,12 @@ impl Actor {
                     }
                     let last = new_records.last().expect("non-empty").lsn;
                     self.step(Event::Appended { last_lsn: last });
+                    if self.syncs_received_wal_inline() {
+                        // Acknowledged by `sync_received`, after the fsync.
+                        self.sync_due = true;
+                        self.note_standby_caught_up();
+                        return;
+                    }
                     self.last_lsn_tx.send_replace(last);
                 }
                 self.note_standby_caught_up();
@@ -690,6 +745,35 @@ impl Actor {
                     self.run_effects(effects);
                 }
             }
+        }
+    }
+
+    /// `Config::standby_sync_inline`, where acks wait for the fsync anyway.
+    fn syncs_received_wal_inline(&self) -> bool {
+        self.cfg.standby_sync_inline
+            && matches!(
+                self.cfg.commit_mode,
+                CommitMode::RemoteFlush | CommitMode::RemoteApply
+            )
+    }
+
+    /// Fsyncs, on this thread, the WAL received since the last call, and
+    /// acknowledges it: once for every batch the mailbox held, with no
+    /// hand-off to the flusher and back and no ack before the fsync that
+    /// the primary would only wait past.
+    fn sync_received(&mut self) {
+        if !std::mem::take(&mut self.sync_due) {
+            return;
+        }
+        match self.wal.sync() {
+            Ok(lsn) => {
+                self.step(Event::LocalFlushed { lsn });
+                self.last_lsn_tx.send_replace(self.wal.last_lsn());
+                self.send_ack_always();
+            }
+            Err(e) => self.step(Event::WalFailed {
+                reason: format!("WAL fsync failed: {e}"),
+            }),
         }
     }
 

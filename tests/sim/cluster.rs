@@ -74,6 +74,8 @@ pub struct Mode {
     /// The deliberately broken rule, for the test that shows the checker
     /// catches it.
     pub break_commit_rule: bool,
+    /// `Config::standby_sync_inline`, as the daemon runs.
+    pub standby_sync_inline: bool,
 }
 
 pub fn config(name: &str, mode: Mode) -> Config {
@@ -98,6 +100,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         switchover_timeout: Duration::from_secs(2),
         reconnect_backoff_max: Duration::from_millis(200),
         testing_ack_before_standby_flush: mode.break_commit_rule,
+        standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
     }
 }

@@ -37,6 +37,8 @@ struct Scenario {
     promises_no_loss: bool,
 }
 
+// The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
+// two scenarios that promise no loss run that way, the others offload.
 const SCENARIOS: [Scenario; 4] = [
     Scenario {
         name: "remote-flush/block/all-faults",
@@ -44,6 +46,7 @@ const SCENARIOS: [Scenario; 4] = [
             commit: CommitMode::RemoteFlush,
             on_standby_loss: OnStandbyLoss::Block,
             break_commit_rule: false,
+            standby_sync_inline: true,
         },
         kinds: Kinds::All,
         promises_no_loss: true,
@@ -54,6 +57,7 @@ const SCENARIOS: [Scenario; 4] = [
             commit: CommitMode::RemoteApply,
             on_standby_loss: OnStandbyLoss::Solo,
             break_commit_rule: false,
+            standby_sync_inline: true,
         },
         kinds: Kinds::CrashesOnly,
         promises_no_loss: true,
@@ -66,6 +70,7 @@ const SCENARIOS: [Scenario; 4] = [
             commit: CommitMode::RemoteFlush,
             on_standby_loss: OnStandbyLoss::Solo,
             break_commit_rule: false,
+            standby_sync_inline: false,
         },
         kinds: Kinds::All,
         promises_no_loss: false,
@@ -76,6 +81,7 @@ const SCENARIOS: [Scenario; 4] = [
             commit: CommitMode::Async,
             on_standby_loss: OnStandbyLoss::Solo,
             break_commit_rule: false,
+            standby_sync_inline: false,
         },
         kinds: Kinds::All,
         promises_no_loss: false,
@@ -320,6 +326,7 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             commit: CommitMode::RemoteFlush,
             on_standby_loss: OnStandbyLoss::Block,
             break_commit_rule: true,
+            standby_sync_inline: false,
         },
         kinds: Kinds::CrashesOnly,
         promises_no_loss: true,
