@@ -35,7 +35,9 @@ async fn start(cfg: walrep::Config, dir: &std::path::Path) -> Node {
     }
 }
 
-async fn pair(mode: CommitMode, dir: &std::path::Path) -> (Node, Node) {
+/// A streaming pair; with `sync_inline`, the standby fsyncs on its own
+/// runtime thread (`Config::standby_sync_inline`, as the daemon runs).
+async fn pair(mode: CommitMode, sync_inline: bool, dir: &std::path::Path) -> (Node, Node) {
     let (addr_a, addr_b) = (common::free_addr().await, common::free_addr().await);
     let a = start(
         common::config("a", "b", addr_a, addr_b, mode),
@@ -43,7 +45,10 @@ async fn pair(mode: CommitMode, dir: &std::path::Path) -> (Node, Node) {
     )
     .await;
     let b = start(
-        common::config("b", "a", addr_b, addr_a, mode),
+        walrep::Config {
+            standby_sync_inline: sync_inline,
+            ..common::config("b", "a", addr_b, addr_a, mode)
+        },
         &dir.join("b"),
     )
     .await;
@@ -62,17 +67,22 @@ fn commit_latency(c: &mut Criterion) {
     group
         .sample_size(200)
         .measurement_time(Duration::from_secs(5));
-    for mode in [
-        CommitMode::Async,
-        CommitMode::RemoteWrite,
-        CommitMode::RemoteFlush,
-        CommitMode::RemoteApply,
+    for (mode, sync_inline) in [
+        (CommitMode::Async, false),
+        (CommitMode::RemoteWrite, false),
+        (CommitMode::RemoteFlush, false),
+        (CommitMode::RemoteFlush, true),
+        (CommitMode::RemoteApply, false),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (a, _b) = rt.block_on(pair(mode, dir.path()));
+        let (a, _b) = rt.block_on(pair(mode, sync_inline, dir.path()));
         let value = "x".repeat(100);
         let mut i = 0u64;
-        group.bench_function(BenchmarkId::from_parameter(mode), |bench| {
+        let name = match sync_inline {
+            true => format!("{mode}, standby syncs inline"),
+            false => mode.to_string(),
+        };
+        group.bench_function(BenchmarkId::from_parameter(name), |bench| {
             bench.to_async(&rt).iter(|| {
                 i += 1;
                 let cmd = common::put_cmd(&format!("k{i}"), &value);
@@ -93,7 +103,7 @@ fn streaming_throughput(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Bytes(batch as u64 * 100));
     let dir = tempfile::tempdir().unwrap();
-    let (a, _b) = rt.block_on(pair(CommitMode::RemoteFlush, dir.path()));
+    let (a, _b) = rt.block_on(pair(CommitMode::RemoteFlush, false, dir.path()));
     let value = "x".repeat(100 - 8);
     let mut n = 0u64;
     group.bench_function("16_writers_x_1000_records_of_100B", |bench| {
