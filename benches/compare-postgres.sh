@@ -14,7 +14,9 @@
 #      `bench-failover`, each with --json); a missing subcommand or binary gives "n/a";
 #   6. prints one markdown table (PostgreSQL, walrep, walrep/PostgreSQL) with the machine in a
 #      header, and writes it to benches/results/compare-<date>.md;
-#   7. prints pg_test_fsync's 8 kB fdatasync line as a reference for the disk.
+#   7. prints pg_test_fsync's 8 kB fdatasync line as a reference for the disk, and the loopback
+#      round trip between two processes (benches/loopback-rtt.c, built with cc) beside it;
+#   8. judges the run against issue 5's targets, in a last table.
 #
 # Usage:
 #   benches/compare-postgres.sh                       # full run (~3 x 20 s of pgbench + 1 GiB catch-up)
@@ -47,7 +49,8 @@
 #   WALREP_BUILD=1         0: do not build walrep when WALREP_BIN is not set and no binary exists
 #   RESULTS_DIR=benches/results  where compare-<date>.md is written
 #
-# Needs: bash, awk, sort, sed, ss or /dev/tcp; runuser (or su) when run as root.
+# Needs: bash, awk, sort, sed, ss or /dev/tcp; runuser (or su) when run as root; cc for the
+# round-trip reference (n/a without it).
 set -euo pipefail
 
 DURATION=${DURATION:-20}
@@ -215,6 +218,21 @@ if [[ "$FSYNC_TEST" != 0 && -x "$PG_BIN/pg_test_fsync" ]]; then
   fi
   rm -f "$WORK/pg_test_fsync.out"
   log "pg_test_fsync: $FSYNC_LINE"
+fi
+FSYNC_US=$(awk '{ for (i = 2; i <= NF; i++) if ($i == "usecs/op") { print $(i - 1); exit } }' <<<"$FSYNC_LINE")
+[[ -n "$FSYNC_US" ]] || FSYNC_US="n/a"
+
+# ---------------------------------------------------------------------------------------------
+# 8. Round-trip reference: 100 bytes between two processes over loopback TCP (loopback-rtt.c).
+# One fdatasync plus one such round trip is what a synchronous commit cannot go below.
+RTT_P50="n/a" RTT_P99="n/a"
+if ! command -v cc >/dev/null 2>&1; then
+  log "no C compiler (cc): the loopback round-trip reference is n/a"
+elif cc -O2 -o "$WORK/loopback-rtt" "$SCRIPT_DIR/loopback-rtt.c" 2>"$WORK/logs/loopback-rtt-cc.txt"; then
+  read -r RTT_P50 RTT_P99 < <("$WORK/loopback-rtt" 20000 || echo "n/a n/a")
+  log "loopback round trip between two processes: p50 $RTT_P50 us, p99 $RTT_P99 us"
+else
+  log "building loopback-rtt failed: $(tail -n 3 "$WORK/logs/loopback-rtt-cc.txt" | tr '\n' ' ')"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -508,6 +526,15 @@ ratio() {
     printf "%.2f", w / p }'
 }
 row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$3" "$2")"; }
+# verdict VALUE OP LIMIT: yes, no, or n/a when either is not a number.
+verdict() {
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    if (v !~ /^-?[0-9.eE+-]+$/ || l !~ /^-?[0-9.eE+-]+$/) { print "n/a"; exit }
+    if (op == "<=") ok = v + 0 <= l + 0; else if (op == "<") ok = v + 0 < l + 0; else ok = v + 0 >= l + 0
+    print (ok ? "yes" : "no") }'
+}
+# target NAME SHOWN VALUE OP LIMIT: one row of the targets table.
+target() { printf '| %s | %s | %s |\n' "$1" "$2" "$(verdict "$3" "$4" "$5")"; }
 mkdir -p "$RESULTS_DIR"
 OUT=$RESULTS_DIR/compare-$STAMP.md
 {
@@ -516,6 +543,7 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "- machine: $NPROC CPUs${CPU:+ ($CPU)}, $MEM memory, kernel $KERNEL"
   echo "- disk (temp dir $WORK_BASE, both systems): $DISK"
   echo "- disk reference, pg_test_fsync -s 2, one 8 kB write: $FSYNC_LINE"
+  echo "- round-trip reference, 100 bytes between two processes over loopback TCP (benches/loopback-rtt.c): p50 $RTT_P50 us, p99 $RTT_P99 us"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL)/PostgreSQL/'), primary + 1 synchronous standby on 127.0.0.1 (synchronous_commit = on, fsync = on, shared_buffers = $PG_SHARED_BUFFERS), pgbench over TCP, -j min(clients, 2)"
   echo "- walrep: ${WALREP:-not available} (mode remote-flush)"
   echo "- load: one single-row INSERT of a ${VALUE_BYTES}-byte value per transaction, ${DURATION} s per client count; catch-up backlog ${BACKLOG_MB} MiB (PostgreSQL: ${BACKLOG_REAL_MB} MiB of WAL measured by LSN)"
@@ -546,6 +574,34 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "| planned switchover write pause: p50 / max ms, over $SWITCHOVER_TRIALS switchovers | ${WR[pause_p50_ms]} / ${WR[pause_max_ms]} |"
   echo "| acknowledged writes lost over the switchovers | ${WR[switch_lost]} |"
   echo "| catch-up peak RSS: primary / standby MiB | ${WR[primary_rss_mb]} / ${WR[standby_rss_mb]} |"
+  echo
+  echo "Targets (issue 5), judged on this run:"
+  echo
+  echo "| target | this run | met |"
+  echo "| --- | --- | :---: |"
+  r=$(ratio "${WR[p50_1]}" "${PG[p50_1]}")
+  target "remote-flush, 1 writer: p50 <= 0.5 x PostgreSQL's" "$r x" "$r" "<=" 0.5
+  r=$(ratio "${WR[p99_1]}" "${PG[p99_1]}")
+  target "remote-flush, 1 writer: p99 <= 0.5 x PostgreSQL's" "$r x" "$r" "<=" 0.5
+  bound=$(awk -v f="$FSYNC_US" -v r="$RTT_P50" 'BEGIN {
+    if (f !~ /^[0-9.]+$/ || r !~ /^[0-9.]+$/) { print "n/a"; exit } printf "%.3f", 2 * (f + r) / 1000 }')
+  target "remote-flush, 1 writer: p50 <= 2 x (one fdatasync + one loopback round trip)" \
+    "${WR[p50_1]} ms against 2 x ($FSYNC_US + $RTT_P50) us = $bound ms" "${WR[p50_1]}" "<=" "$bound"
+  for c in $CLIENTS; do
+    [[ "$c" == 1 ]] && continue
+    r=$(ratio "${WR[tps_$c]}" "${PG[tps_$c]}")
+    target "remote-flush, $c writers: >= 3 x PostgreSQL's TPS" "$r x" "$r" ">=" 3
+  done
+  r=$(ratio "${WR[recv_mb_s]}" "${PG[recv_mb_s]}")
+  target "catch-up: >= 2 x PostgreSQL's receive rate" "$r x" "$r" ">=" 2
+  rss=$(awk -v a="${WR[primary_rss_mb]}" -v b="${WR[standby_rss_mb]}" 'BEGIN {
+    if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) { print "n/a"; exit } print (a > b ? a : b) }')
+  target "catch-up: peak RSS < 200 MB on both nodes" "$rss MiB at most" "$rss" "<" 200
+  target "failover at the defaults: p99 <= 1.5 s" "${WR[failover_p99_s]} s" "${WR[failover_p99_s]}" "<=" 1.5
+  target "failover at ${AGGR_HEARTBEAT_MS} ms / ${AGGR_FAILOVER_TIMEOUT_MS} ms: p99 <= 0.5 s" "${WR[aggr_p99_s]} s" "${WR[aggr_p99_s]}" "<=" 0.5
+  falses=$(awk -v a="${WR[failover_false]}" -v b="${WR[aggr_false]}" 'BEGIN {
+    if (a !~ /^[0-9]+$/ || b !~ /^[0-9]+$/) { print "n/a"; exit } print a + b }')
+  target "no false failover under load" "$falses" "$falses" "<=" 0
   echo
   echo "MB/s are MiB (2^20 bytes) per second, timed from the standby's start until it has flushed (receive) / replayed (apply) up to the primary's LSN (PostgreSQL: polled every ~20 ms; its standby first answered ${PG[up_s]} s after \`pg_ctl start\`, startup included in both rates)."
 } >"$OUT"
