@@ -33,23 +33,37 @@ pub struct KvStore {
 }
 
 fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
-    // Eight bytes a step (a byte-at-a-time FNV was half a standby's CPU
-    // while it caught up with 1 KiB values), each length-prefixed so no
-    // two (key, value) pairs feed the same words; a final mix so that XOR
-    // of many entries does not cancel structure.
+    // Thirty-two bytes a step in four independent lanes, so the multiplies
+    // overlap instead of each waiting for the last (one lane of eight bytes
+    // was still a quarter of a standby's thread while it caught up with
+    // 1 KiB values); each field length-prefixed so no two (key, value)
+    // pairs feed the same words; a final mix so that XOR of many entries
+    // does not cancel structure.
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut word = |w: u64| h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(29);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let mut lanes: [u64; 4] = [
+        0xcbf2_9ce4_8422_2325,
+        0x8422_2325_cbf2_9ce4,
+        0x2545_f491_4f6c_dd1d,
+        0x1656_67b1_9e37_79f9,
+    ];
     for bytes in [key, value] {
-        word(bytes.len() as u64);
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        lanes[0] = mix(lanes[0], bytes.len() as u64);
+        let mut blocks = bytes.chunks_exact(32);
+        for b in &mut blocks {
+            lanes[0] = mix(lanes[0], word(&b[0..8]));
+            lanes[1] = mix(lanes[1], word(&b[8..16]));
+            lanes[2] = mix(lanes[2], word(&b[16..24]));
+            lanes[3] = mix(lanes[3], word(&b[24..32]));
         }
-        let mut tail = [0u8; 8];
-        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        word(u64::from_le_bytes(tail));
+        let mut tail = [0u8; 32];
+        tail[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
+        for (lane, w) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
+            *lane = mix(*lane, word(w));
+        }
     }
+    let mut h = lanes[1..].iter().fold(lanes[0], |h, &lane| mix(h, lane));
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -129,11 +143,17 @@ impl StateMachine for KvStore {
         assert_eq!(lsn, s.applied.next(), "records applied out of order");
         match cmd {
             Command::Put { key, value } => {
-                let h = entry_hash(&key, &value);
-                if let Some(old) = s.map.insert(key.clone(), value) {
-                    s.hash ^= entry_hash(&key, &old);
+                let mut hash = entry_hash(&key, &value);
+                match s.map.get_mut(&key) {
+                    Some(old) => {
+                        hash ^= entry_hash(&key, old);
+                        *old = value;
+                    }
+                    None => {
+                        s.map.insert(key, value);
+                    }
                 }
-                s.hash ^= h;
+                s.hash ^= hash;
             }
             Command::Delete { key } => {
                 if let Some(old) = s.map.remove(&key) {
@@ -190,13 +210,15 @@ mod tests {
 
     #[test]
     fn entries_that_differ_only_in_where_bytes_sit_hash_apart() {
-        let pairs: [(&[u8], &[u8]); 6] = [
+        let pairs: [(&[u8], &[u8]); 8] = [
             (b"ab", b"c"),
             (b"a", b"bc"),
             (b"a", b""),
             (b"a\0", b""),
             (b"", b"a"),
             (b"12345678", b"9"),
+            (&[7; 40], &[7; 8]),
+            (&[7; 48], b""),
         ];
         for (i, x) in pairs.iter().enumerate() {
             for y in &pairs[i + 1..] {
