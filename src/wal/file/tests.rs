@@ -122,6 +122,29 @@ fn a_fresh_log_is_empty_and_checks_appends() {
     ));
 }
 
+/// Records 1..=12 appended one by one into 256-byte segments, synced: a
+/// log of several segments.
+fn twelve_in_tiny_segments(dir: &TempDir) -> FileWal {
+    let wal = open(dir, tiny());
+    for l in 1..=12 {
+        wal.append(&[rec(l, 1)]).unwrap();
+    }
+    wal.sync().unwrap();
+    wal
+}
+
+/// Opens the log in `dir`, which must fail as corrupt; returns the file
+/// and offset the error names.
+fn corrupt_at(dir: &TempDir, opts: FileWalOptions) -> (PathBuf, u64) {
+    match FileWal::open(dir.path(), opts) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => (segment, offset),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, the log opened"),
+    }
+}
+
 fn zero_range(path: &Path, range: std::ops::Range<u64>) {
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&vec![0u8; (range.end - range.start) as usize], range.start)
@@ -211,11 +234,7 @@ fn a_segment_reserves_its_size_and_reopens_without_cutting_anything() {
 #[test]
 fn a_rolled_segment_gives_back_the_space_it_did_not_use() {
     let dir = TempDir::new().unwrap();
-    let wal = open(&dir, tiny());
-    for l in 1..=12 {
-        wal.append(&[rec(l, 1)]).unwrap();
-    }
-    wal.sync().unwrap();
+    let _wal = twelve_in_tiny_segments(&dir);
     let files = segment_files(&dir);
     assert!(files.len() > 2);
     let (last, older) = files.split_last().unwrap();
@@ -236,13 +255,7 @@ fn a_rolled_segment_gives_back_the_space_it_did_not_use() {
 #[test]
 fn an_older_segment_that_kept_its_reserve_still_opens() {
     let dir = TempDir::new().unwrap();
-    {
-        let wal = open(&dir, tiny());
-        for l in 1..=12 {
-            wal.append(&[rec(l, 1)]).unwrap();
-        }
-        wal.sync().unwrap();
-    }
+    drop(twelve_in_tiny_segments(&dir));
     let first = segment_files(&dir)[0].clone();
     fs::OpenOptions::new()
         .write(true)
@@ -260,23 +273,11 @@ fn an_older_segment_that_kept_its_reserve_still_opens() {
 #[test]
 fn a_zeroed_record_at_the_end_of_an_older_segment_fails_open() {
     let dir = TempDir::new().unwrap();
-    {
-        let wal = open(&dir, tiny());
-        for l in 1..=12 {
-            wal.append(&[rec(l, 1)]).unwrap();
-        }
-        wal.sync().unwrap();
-    }
+    drop(twelve_in_tiny_segments(&dir));
     let files = segment_files(&dir);
     let len = fs::metadata(&files[0]).unwrap().len();
     zero_range(&files[0], len - frame_len()..len);
-    match FileWal::open(dir.path(), tiny()) {
-        Err(WalError::Corrupt {
-            segment, offset, ..
-        }) => assert_eq!((&segment, offset), (&files[1], 0)),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the log opened"),
-    }
+    assert_eq!(corrupt_at(&dir, tiny()), (files[1].clone(), 0));
 }
 
 #[test]
@@ -305,16 +306,10 @@ fn a_flipped_bit_in_a_middle_record_fails_open_precisely() {
     let record_5 = segment::HEADER_LEN + 4 * frame_len();
     flip_bit(&seg, record_5 + 30);
     let before = fs::read(&seg).unwrap();
-    match FileWal::open(dir.path(), FileWalOptions::default()) {
-        Err(WalError::Corrupt {
-            segment, offset, ..
-        }) => {
-            assert_eq!(segment, seg);
-            assert_eq!(offset, record_5);
-        }
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the log opened"),
-    }
+    assert_eq!(
+        corrupt_at(&dir, FileWalOptions::default()),
+        (seg.clone(), record_5)
+    );
     assert_eq!(
         fs::read(&seg).unwrap(),
         before,
@@ -325,27 +320,13 @@ fn a_flipped_bit_in_a_middle_record_fails_open_precisely() {
 #[test]
 fn a_damaged_record_at_the_end_of_an_older_segment_fails_open() {
     let dir = TempDir::new().unwrap();
-    {
-        let wal = open(&dir, tiny());
-        for l in 1..=12 {
-            wal.append(&[rec(l, 1)]).unwrap();
-        }
-        wal.sync().unwrap();
-    }
+    drop(twelve_in_tiny_segments(&dir));
     let files = segment_files(&dir);
     assert!(files.len() > 2);
     let seg = &files[0];
     let last_frame = fs::metadata(seg).unwrap().len() - frame_len();
     flip_bit(seg, last_frame + 30);
-    match FileWal::open(dir.path(), tiny()) {
-        Err(WalError::Corrupt {
-            segment, offset, ..
-        }) => {
-            assert_eq!((&segment, offset), (seg, last_frame));
-        }
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the log opened"),
-    }
+    assert_eq!(corrupt_at(&dir, tiny()), (seg.clone(), last_frame));
 }
 
 #[test]
@@ -646,13 +627,7 @@ fn a_segment_that_does_not_continue_the_log_fails_open() {
         base_epoch: Epoch(1),
     };
     fs::write(&stray, header.encode()).unwrap();
-    match FileWal::open(dir.path(), FileWalOptions::default()) {
-        Err(WalError::Corrupt {
-            segment, offset, ..
-        }) => assert_eq!((segment, offset), (stray, 0)),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the log opened"),
-    }
+    assert_eq!(corrupt_at(&dir, FileWalOptions::default()), (stray, 0));
 }
 
 #[test]
@@ -800,11 +775,7 @@ fn retention_leaving_only_the_active_segment_makes_it_durable_first() {
 }
 
 fn expect_corrupt(dir: &TempDir, file: &Path) {
-    match FileWal::open(dir.path(), FileWalOptions::default()) {
-        Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, file),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, the log opened"),
-    }
+    assert_eq!(corrupt_at(dir, FileWalOptions::default()).0, file);
 }
 
 #[test]
