@@ -300,10 +300,6 @@ impl Actor {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Apply { payloads, reply } => {
-                self.queue_write(payloads, reply);
-                self.append_queued();
-            }
             Msg::Promote { force, reply } => {
                 if self.node.role() == RoleKind::Primary && !force {
                     let _ = reply.send(Err(Error::PromotionRefused {
@@ -329,7 +325,7 @@ impl Actor {
             Msg::Event(event) => self.on_event(event),
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result).await,
-            Msg::Shutdown { .. } => unreachable!("handled by run"),
+            Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),
         }
     }
 
@@ -726,18 +722,19 @@ impl Actor {
                     let last = new_records.last().expect("non-empty").lsn;
                     self.step(Event::Appended { last_lsn: last });
                     if self.syncs_received_wal_inline() {
-                        // Acknowledged by `sync_received`, after the fsync.
                         self.sync_due = true;
-                        self.note_standby_caught_up();
-                        return;
+                    } else {
+                        self.last_lsn_tx.send_replace(last);
                     }
-                    self.last_lsn_tx.send_replace(last);
                 }
                 self.note_standby_caught_up();
                 // Always answer a batch, even one that changed nothing (the
                 // probe after a reconnect): the primary counts our
-                // positions only from acks to batches it sent.
-                self.send_ack_always();
+                // positions only from acks to batches it sent. With an
+                // inline fsync due, `sync_received` answers after it.
+                if !self.sync_due {
+                    self.send_ack_always();
+                }
             }
             Err(refusal) => {
                 let refusal = Refusal {
