@@ -149,7 +149,7 @@ pub(super) fn is_unwritten(bytes: &[u8]) -> bool {
 
 impl Segment {
     /// Creates the file with its header at `path`, replacing any leftover
-    /// of a failed earlier attempt, and reserves `preallocate` bytes (0:
+    /// of a failed earlier attempt, and reserves `preallocate_bytes` (0:
     /// none). Making it durable is the caller's job.
     pub fn create(
         path: PathBuf,
