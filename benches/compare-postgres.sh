@@ -16,7 +16,7 @@
 #      header, and writes it to benches/results/compare-<date>.md;
 #   7. prints pg_test_fsync's 8 kB fdatasync line as a reference for the disk, and the loopback
 #      round trip between two processes (benches/loopback-rtt.c, built with cc) beside it;
-#   8. judges the run against issue 5's targets, in a last table.
+#   8. judges the run against the project's performance targets, in a last table.
 #
 # Usage:
 #   benches/compare-postgres.sh                       # full run (~3 x 20 s of pgbench + 1 GiB catch-up)
@@ -438,13 +438,13 @@ else
   cand=$target_dir/release/walrep
   # A tree without a walrep binary target has nothing to build (a release build costs minutes).
   has_bin=0
-  if [[ -f "$REPO_DIR/src/main.rs" || -f "$REPO_DIR/src/bin/walrep.rs" || -f "$REPO_DIR/src/bin/walrep/main.rs" ]] ||
+  if [[ -f "$REPO_DIR/walrep-daemon/src/main.rs" || -f "$REPO_DIR/src/main.rs" ]] ||
     grep -q '^\[\[bin\]\]' "$REPO_DIR/Cargo.toml" 2>/dev/null; then
     has_bin=1
   fi
   if [[ ! -x "$cand" && "$WALREP_BUILD" != 0 && "$has_bin" == 1 ]] && command -v cargo >/dev/null 2>&1; then
     log "building walrep (cargo build --release)"
-    (cd "$REPO_DIR" && cargo build --release) >"$WORK/logs/cargo-build.log" 2>&1 ||
+    (cd "$REPO_DIR" && cargo build --release --bin walrep) >"$WORK/logs/cargo-build.log" 2>&1 ||
       log "cargo build --release failed (see the tail below)"
     tail -n 3 "$WORK/logs/cargo-build.log" >&2 || true
   fi
@@ -575,7 +575,7 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "| acknowledged writes lost over the switchovers | ${WR[switch_lost]} |"
   echo "| catch-up peak RSS: primary / standby MiB | ${WR[primary_rss_mb]} / ${WR[standby_rss_mb]} |"
   echo
-  echo "Targets (issue 5), judged on this run:"
+  echo "Performance targets, judged on this run:"
   echo
   echo "| target | this run | met |"
   echo "| --- | --- | :---: |"

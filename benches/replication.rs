@@ -10,8 +10,8 @@ mod common;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::sync::Arc;
 use std::time::Duration;
-use walrep::kv::KvStore;
 use walrep::{CommitMode, FileWal, FileWalOptions, Replica, Replicator, RoleKind};
+use walrep_daemon::kv::KvStore;
 
 struct Node {
     replica: Arc<Replica>,

@@ -7,9 +7,7 @@
 //! `node` module and in `docs/GUARANTEES.md`.)
 
 pub mod config;
-pub mod daemon;
 pub mod error;
-pub mod kv;
 pub mod node;
 pub mod replicator;
 pub mod runtime;
@@ -18,8 +16,8 @@ pub mod transport;
 pub mod types;
 pub mod wal;
 
-#[cfg(test)]
-mod test_alloc;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Generated protobuf and tonic code. Protobuf types never leave the
 /// transport layer; the rest of the crate speaks `types`.

@@ -241,7 +241,8 @@ async fn a_standby_behind_the_primarys_retained_wal_resyncs_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
     use std::sync::Arc;
-    use walrep::{FileWal, FileWalOptions, Replica, kv::KvStore};
+    use walrep::{FileWal, FileWalOptions, Replica};
+    use walrep_daemon::kv::KvStore;
     init_tracing();
     let (addr_a, addr_b) = (free_addr().await, free_addr().await);
     let dirs = [temp_dir(), temp_dir()];

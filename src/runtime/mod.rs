@@ -322,8 +322,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(1)))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(service.into_server())
         .serve_with_incoming_shutdown(
+            service.into_server(),
             // The server's own tcp_nodelay applies only to sockets it binds;
             // without it small acks wait for delayed ACKs (~40 ms).
             tokio_stream::StreamExt::map(

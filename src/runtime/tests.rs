@@ -3,11 +3,11 @@
 
 use crate::config::{CommitMode, Config, InitialRole, OnStandbyLoss};
 use crate::error::{Error, TransportError};
-use crate::kv::{Command, KvStore};
 use crate::node::RoleKind;
 use crate::pb;
 use crate::pb::replication_server::Replication;
 use crate::replicator::Replicator;
+use crate::testing::MemStateMachine;
 use crate::transport::{FenceReply, HeartbeatReply, MockPeer, WalAck};
 use crate::types::{Epoch, Lsn, NodeId};
 use crate::wal::{MemWal, WalMeta, WalStore};
@@ -28,20 +28,14 @@ fn cfg(role: InitialRole) -> Config {
 }
 
 fn start(cfg: Config, wal: Arc<MemWal>, peer: MockPeer) -> (Replica, ReplicationService) {
-    Replica::builder(cfg, wal, Arc::new(KvStore::in_memory()))
+    Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
         .peer(Arc::new(peer))
         .start()
         .unwrap()
 }
 
 fn put() -> Bytes {
-    Bytes::from(
-        Command::Put {
-            key: b"k".to_vec(),
-            value: Bytes::from_static(b"v"),
-        }
-        .encode(),
-    )
+    Bytes::from_static(b"put k v")
 }
 
 fn header(epoch: u64, from: &str) -> Option<pb::Header> {

@@ -296,7 +296,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_alloc::largest_allocation;
+    use crate::testing::largest_allocation;
     use bytes::Bytes;
     use proptest::prelude::*;
 

@@ -146,7 +146,7 @@ mod tests {
 
     mod props {
         use super::*;
-        use crate::test_alloc::largest_allocation;
+        use crate::testing::largest_allocation;
         use proptest::prelude::*;
 
         fn any_record() -> impl Strategy<Value = Record> {

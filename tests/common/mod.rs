@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use walrep::kv::{Command, KvStore};
 use walrep::transport::{
     AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
     PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
@@ -20,6 +19,7 @@ use walrep::{
     CommitMode, Config, GrpcPeer, Health, InitialRole, MemWal, NodeId, Peer, Replica, Replicator,
     RoleKind, TransportError, WalStore,
 };
+use walrep_daemon::kv::{Command, KvStore};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 

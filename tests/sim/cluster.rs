@@ -5,8 +5,8 @@ use super::net;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use walrep::kv::KvStore;
 use walrep::{CommitMode, Config, GrpcPeer, InitialRole, MemWal, NodeId, OnStandbyLoss, Replica};
+use walrep_daemon::kv::KvStore;
 
 pub const PORT: u16 = 7000;
 pub const NODES: [&str; 2] = ["n1", "n2"];
@@ -144,8 +144,11 @@ pub fn add_hosts(
                 tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(Duration::from_millis(500)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(1)))
-                    .add_service(service.into_server())
-                    .serve_with_incoming(net::incoming(listener))
+                    .serve_with_incoming_shutdown(
+                        service.into_server(),
+                        net::incoming(listener),
+                        std::future::pending(),
+                    )
                     .await?;
                 Ok(())
             }

@@ -20,8 +20,8 @@ use faults::{Kinds, Schedule};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use walrep::kv::Command;
 use walrep::{CommitMode, OnStandbyLoss, Replicator};
+use walrep_daemon::kv::Command;
 
 /// How long faults are injected, and how long the cluster then has to
 /// converge once everything is healed.

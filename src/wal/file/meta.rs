@@ -253,7 +253,7 @@ mod tests {
 
     mod props {
         use super::*;
-        use crate::test_alloc::largest_allocation;
+        use crate::testing::largest_allocation;
         use proptest::prelude::*;
 
         fn check(buf: &[u8]) -> Result<(), TestCaseError> {

@@ -836,7 +836,7 @@ fn a_torn_header_in_a_segment_that_does_not_follow_the_log_is_refused_not_remove
 /// that takes the next append.
 mod arbitrary_files {
     use super::*;
-    use crate::test_alloc::largest_allocation;
+    use crate::testing::largest_allocation;
     use proptest::prelude::*;
     use std::collections::HashSet;
 

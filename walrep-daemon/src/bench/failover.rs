@@ -12,16 +12,16 @@
 
 use super::load::{self, Keys, Load, Percentiles};
 use super::{emit_json, r3};
-use crate::config::CommitMode;
-use crate::daemon::client::HttpClient;
-use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
+use crate::client::HttpClient;
+use crate::error::DaemonError;
+use crate::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use walrep::CommitMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct FailoverArgs {

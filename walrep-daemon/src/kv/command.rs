@@ -82,8 +82,8 @@ mod tests {
 
     mod props {
         use super::*;
-        use crate::test_alloc::largest_allocation;
         use proptest::prelude::*;
+        use walrep::testing::largest_allocation;
 
         fn any_command() -> impl Strategy<Value = Command> {
             let bytes = || prop::collection::vec(any::<u8>(), 0..40);

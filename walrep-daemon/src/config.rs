@@ -10,14 +10,14 @@
 //! from, before anything is bound or written.
 
 use super::error::DaemonError;
-use crate::config::{CommitMode, Config, InitialRole, OnStandbyLoss};
-use crate::types::NodeId;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use walrep::NodeId;
+use walrep::{CommitMode, Config, InitialRole, OnStandbyLoss};
 
 /// One setting: its name (the TOML key) and default.
 pub struct Setting {

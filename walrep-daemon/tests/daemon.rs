@@ -7,8 +7,8 @@ mod daemon_support;
 use daemon_support::*;
 use hyper::Method;
 use std::time::{Duration, Instant};
-use walrep::daemon::api::{ErrorReply, HealthReport, WriteReply};
-use walrep::daemon::client::HttpClient;
+use walrep_daemon::api::{ErrorReply, HealthReport, WriteReply};
+use walrep_daemon::client::HttpClient;
 
 async fn req(addr: &str, method: Method, path: &str, body: &[u8]) -> (u16, bytes::Bytes) {
     let r = HttpClient::new(addr)
@@ -90,7 +90,7 @@ async fn writes_to_the_standby_are_503_naming_the_primarys_http_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_400_and_writes_nothing() {
     let p = pair(&[("max_record_bytes", "4096")]).await;
-    let long_key = "k".repeat(walrep::daemon::http::MAX_KEY_BYTES + 1);
+    let long_key = "k".repeat(walrep_daemon::http::MAX_KEY_BYTES + 1);
     let cases: Vec<(Method, String, Vec<u8>)> = vec![
         (Method::PUT, "/kv/".into(), b"v".to_vec()),
         (Method::PUT, "/kv".into(), b"v".to_vec()),

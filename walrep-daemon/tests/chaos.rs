@@ -1,4 +1,4 @@
-//! Process-level chaos against the real `walrep` binary (issue 4).
+//! Process-level chaos against the real `walrep` binary under faults.
 //!
 //! Two `walrep node` processes on loopback; each one's `--peer` is a TCP
 //! proxy this test controls (`chaos/proxy.rs`) that forwards to the other
@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use walrep::daemon::api::{ErrorReply, HealthReport, WriteReply};
-use walrep::daemon::client::HttpClient;
+use walrep_daemon::api::{ErrorReply, HealthReport, WriteReply};
+use walrep_daemon::client::HttpClient;
 
 const NAMES: [&str; 2] = ["n1", "n2"];
 /// A write that takes longer than this is recorded as unknown.

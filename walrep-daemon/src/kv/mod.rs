@@ -8,12 +8,12 @@ mod snapshot_file;
 
 pub use command::Command;
 
-use crate::state_machine::{Snapshot, StateMachine, StateMachineError};
-use crate::types::Lsn;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use walrep::Lsn;
+use walrep::{Snapshot, StateMachine, StateMachineError};
 
 #[derive(Default)]
 struct State {

@@ -5,13 +5,13 @@
 
 use super::load::{self, Keys, Load};
 use super::{emit_json, r3};
-use crate::config::CommitMode;
-use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{Pair, PairOptions, temp_dir};
+use crate::error::DaemonError;
+use crate::pair::{Pair, PairOptions, temp_dir};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
+use walrep::CommitMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct CommitArgs {

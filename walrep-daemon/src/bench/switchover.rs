@@ -6,14 +6,14 @@
 
 use super::load::{self, Load, Percentiles};
 use super::{emit_json, r3};
-use crate::config::CommitMode;
-use crate::daemon::client::HttpClient;
-use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{NodeProc, Pair, PairOptions, temp_dir, wait_streaming};
+use crate::client::HttpClient;
+use crate::error::DaemonError;
+use crate::pair::{NodeProc, Pair, PairOptions, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use walrep::CommitMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct SwitchoverArgs {

@@ -4,12 +4,12 @@
 //! `| magic "WKV1" | count: u64 | (key_len u32, key, value_len u32, value)* | crc32c u32 |`
 //! On disk the file is prefixed by the snapshot's LSN (u64 LE).
 
-use crate::state_machine::StateMachineError;
-use crate::types::Lsn;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use walrep::Lsn;
+use walrep::StateMachineError;
 
 const MAGIC: &[u8; 4] = b"WKV1";
 const FILE: &str = "kv.snapshot";
@@ -113,8 +113,8 @@ pub fn load(dir: &Path) -> Result<Option<(Lsn, Map)>, StateMachineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_alloc::largest_allocation;
     use proptest::prelude::*;
+    use walrep::testing::largest_allocation;
 
     fn seal(mut body: Vec<u8>) -> Vec<u8> {
         let crc = crc32c::crc32c(&body);

@@ -2,9 +2,9 @@
 //! Load balancers and scripts depend on these names: add fields, never
 //! rename them.
 
-use crate::node::SyncState;
-use crate::replicator::Health;
 use serde::{Deserialize, Serialize};
+use walrep::Health;
+use walrep::SyncState;
 
 /// `GET /health`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

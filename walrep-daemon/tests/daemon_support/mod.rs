@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use walrep::daemon::api::HealthReport;
-use walrep::daemon::client::HttpClient;
-use walrep::daemon::config::Layers;
-use walrep::daemon::node::RunningNode;
+use walrep_daemon::api::HealthReport;
+use walrep_daemon::client::HttpClient;
+use walrep_daemon::config::Layers;
+use walrep_daemon::node::RunningNode;
 
 /// Test timings: short, but with room for a loaded 2-core machine.
 pub const HEARTBEAT_MS: u64 = 50;

@@ -14,10 +14,7 @@
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
-use crate::error::Error;
 use crate::kv::{Command, KvStore};
-use crate::replicator::Replicator;
-use crate::runtime::Replica;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -28,6 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use std::sync::Arc;
 use std::time::Instant;
+use walrep::Error;
+use walrep::Replica;
+use walrep::Replicator;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

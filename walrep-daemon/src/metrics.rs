@@ -3,9 +3,6 @@
 //! are recorded by the handlers; everything else is read from the
 //! replica's health and counters at each scrape.
 
-use crate::node::RoleKind;
-use crate::replicator::Replicator;
-use crate::runtime::Replica;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -16,6 +13,9 @@ use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use walrep::Replica;
+use walrep::Replicator;
+use walrep::RoleKind;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

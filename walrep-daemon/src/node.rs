@@ -13,10 +13,6 @@ use super::error::DaemonError;
 use super::http::{AppState, router};
 use super::metrics::DaemonMetrics;
 use crate::kv::KvStore;
-use crate::replicator::{Health, Replicator};
-use crate::runtime::Replica;
-use crate::state_machine::StateMachine;
-use crate::wal::{FileWal, FileWalOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use walrep::Replica;
+use walrep::StateMachine;
+use walrep::{FileWal, FileWalOptions};
+use walrep::{Health, Replicator};
 
 /// How long shutdown waits for the servers to drain before it drops them.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -104,7 +104,8 @@ impl RunningNode {
         let grpc = {
             let stop = stop_rest.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::serve(service, grpc_listener, stop.cancelled_owned()).await {
+                if let Err(e) = walrep::serve(service, grpc_listener, stop.cancelled_owned()).await
+                {
                     warn!(error = %e, "replication server stopped");
                 }
             })

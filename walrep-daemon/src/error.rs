@@ -14,7 +14,7 @@ pub enum DaemonError {
 
     /// The library refused or failed.
     #[error(transparent)]
-    Walrep(#[from] crate::Error),
+    Walrep(#[from] walrep::Error),
 
     #[error("{what}: {source}")]
     Io {

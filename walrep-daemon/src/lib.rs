@@ -15,9 +15,10 @@
 //! demo.rs     `walrep demo`: two child processes, a crash, a failover
 //! bench/      `walrep bench-*`: the load generator and benchmarks
 //! error.rs    what a command can fail with, and its exit status
+//! kv/         the demo key-value engine (a `StateMachine` over a file snapshot)
 //! ```
 //!
-//! The binary (`src/bin/walrep.rs`) only calls [`main`].
+//! The binary (`src/main.rs`) only calls [`main`].
 
 pub mod api;
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod kv;
 pub mod metrics;
 pub mod node;
 pub mod pair;
@@ -86,3 +88,7 @@ pub fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: walrep::testing::TrackingAllocator = walrep::testing::TrackingAllocator;

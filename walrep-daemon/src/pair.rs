@@ -6,11 +6,11 @@
 use super::api::HealthReport;
 use super::client::HttpClient;
 use super::error::DaemonError;
-use crate::config::CommitMode;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use walrep::CommitMode;
 
 /// Longest wait for any one step (start, rejoin, catch-up) unless a caller
 /// says otherwise.

@@ -12,7 +12,6 @@
 use super::client::HttpClient;
 use super::error::DaemonError;
 use super::pair::{Pair, PairOptions, STEP};
-use crate::config::CommitMode;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -21,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use walrep::CommitMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {

@@ -14,14 +14,14 @@
 
 use super::load::{self, Keys, Load};
 use super::{emit_json, r3};
-use crate::config::CommitMode;
-use crate::daemon::client::HttpClient;
-use crate::daemon::error::DaemonError;
-use crate::daemon::pair::{Pair, PairOptions, temp_dir};
+use crate::client::HttpClient;
+use crate::error::DaemonError;
+use crate::pair::{Pair, PairOptions, temp_dir};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use walrep::CommitMode;
 
 #[derive(Args, Debug, Clone)]
 pub struct CatchupArgs {
