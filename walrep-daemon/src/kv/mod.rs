@@ -11,7 +11,7 @@ pub use command::Command;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use walrep::Lsn;
 use walrep::{Snapshot, StateMachine, StateMachineError};
 
@@ -30,6 +30,11 @@ pub struct KvStore {
     state: RwLock<State>,
     dir: Option<PathBuf>,
     durable: RwLock<Lsn>,
+    /// Held while a snapshot is read and written to disk: the periodic
+    /// snapshot and the one `restore` writes share a temp file, and a
+    /// snapshot of the state before a restore must never be renamed over
+    /// the restored one (the WAL before the restored LSN is gone).
+    persisting: Mutex<()>,
 }
 
 fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
@@ -77,6 +82,7 @@ impl KvStore {
             state: RwLock::new(State::default()),
             dir: None,
             durable: RwLock::new(Lsn::ZERO),
+            persisting: Mutex::new(()),
         }
     }
 
@@ -96,6 +102,7 @@ impl KvStore {
             state: RwLock::new(state),
             dir: Some(dir),
             durable: RwLock::new(durable),
+            persisting: Mutex::new(()),
         })
     }
 
@@ -122,6 +129,7 @@ impl KvStore {
         let Some(dir) = &self.dir else {
             return Ok(Lsn::ZERO);
         };
+        let _one_at_a_time = self.persisting.lock().unwrap();
         let (lsn, data) = {
             let s = self.state.read().unwrap();
             (s.applied, snapshot_file::encode_map(&s.map))
@@ -266,6 +274,38 @@ mod tests {
         assert_eq!(kv.durable_lsn(), Lsn(1));
         kv.apply(Lsn(2), &put("y", "2")).unwrap();
         assert_eq!(kv.state_hash(), hash);
+    }
+
+    /// The node's periodic snapshot and the one a restore writes (a
+    /// standby resyncing) run on different threads: both must land, and
+    /// the file on disk must end as the restored state. Without
+    /// `persisting` one rename finds the shared temp file gone.
+    #[test]
+    fn concurrent_snapshots_and_a_restore_all_land_and_the_restored_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = std::sync::Arc::new(KvStore::open(dir.path()).unwrap());
+        kv.apply(Lsn(1), &put("old", "1")).unwrap();
+        let source = KvStore::in_memory();
+        for i in 1..=50 {
+            source.apply(Lsn(i), &put(&format!("k{i}"), "v")).unwrap();
+        }
+        let periodic = {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    kv.persist_snapshot().expect("a periodic snapshot failed");
+                }
+            })
+        };
+        for _ in 0..30 {
+            kv.restore(source.snapshot().unwrap())
+                .expect("the restore's snapshot failed");
+        }
+        periodic.join().unwrap();
+        drop(kv);
+        let reopened = KvStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.applied_lsn(), Lsn(50));
+        assert_eq!(reopened.state_hash(), source.state_hash());
     }
 
     #[test]
