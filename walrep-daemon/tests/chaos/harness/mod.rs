@@ -1,0 +1,16 @@
+//! Everything the scenarios share: the cluster of two processes behind
+//! proxies, the load that records outcomes, the checks and the figures.
+
+mod cluster;
+mod figures;
+mod invariants;
+mod load;
+mod node_files;
+mod proxy;
+
+pub use cluster::*;
+pub use figures::*;
+pub use invariants::*;
+pub use load::*;
+pub use node_files::*;
+pub use proxy::*;
