@@ -25,12 +25,7 @@ async fn crash_of_the_primary_fails_over_and_it_rejoins_as_standby() {
     report(
         &c,
         &writes,
-        &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
-            rewound: conv.reports[0].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
+        &Figures::of(&conv).with_failover(&writes, fault, 1),
     );
 }
 
@@ -55,15 +50,7 @@ async fn crash_of_the_standby_leaves_the_primary_writing_and_it_catches_up() {
     assert_eq!(conv.primary, 0, "no failover when the standby crashes");
     assert_eq!(conv.reports[0].epoch, 1);
     g2_nothing_acked_lost(&c, 0, &writes).await;
-    report(
-        &c,
-        &writes,
-        &Figures {
-            rewound: conv.reports[1].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
-    );
+    report(&c, &writes, &Figures::of(&conv));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,12 +39,7 @@ async fn partition_in_block_mode(name: &'static str, mode: LinkMode) {
     report(
         &c,
         &writes,
-        &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
-            rewound: conv.reports[0].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
+        &Figures::of(&conv).with_failover(&writes, fault, 1),
     );
 }
 
@@ -83,7 +78,7 @@ async fn a_partition_in_solo_mode_drops_only_what_the_old_primary_acknowledged_a
     assert_eq!(conv.primary, 1);
     the_cut_held(&samples, healed);
 
-    let (lost, rewound) = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
+    let lost = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
         &c, &writes, &samples, fault, &conv,
     )
     .await;
@@ -96,10 +91,8 @@ async fn a_partition_in_solo_mode_drops_only_what_the_old_primary_acknowledged_a
         &c,
         &writes,
         &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
             lost: lost.len(),
-            rewound,
-            converge: Some(conv.took),
+            ..Figures::of(&conv).with_failover(&writes, fault, 1)
         },
     );
 }
@@ -128,7 +121,7 @@ async fn a_one_way_partition_fences_the_old_primary_through_the_open_direction()
     c.wait_rejoined(0, 2).await;
     let (writes, samples, conv) = finish(&c, load, healed).await;
     assert_eq!(conv.primary, 1);
-    let (lost, rewound) = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
+    let lost = g2_only_what_the_old_primary_acknowledged_alone_is_lost(
         &c, &writes, &samples, fault, &conv,
     )
     .await;
@@ -136,10 +129,8 @@ async fn a_one_way_partition_fences_the_old_primary_through_the_open_direction()
         &c,
         &writes,
         &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
             lost: lost.len(),
-            rewound,
-            converge: Some(conv.took),
+            ..Figures::of(&conv).with_failover(&writes, fault, 1)
         },
     );
 }

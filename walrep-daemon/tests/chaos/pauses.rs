@@ -55,11 +55,6 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
     report(
         &c,
         &writes,
-        &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
-            rewound: conv.reports[0].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
+        &Figures::of(&conv).with_failover(&writes, fault, 1),
     );
 }

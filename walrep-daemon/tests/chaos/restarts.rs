@@ -63,11 +63,6 @@ async fn both_nodes_killed_after_a_failover_resume_with_the_newer_primary() {
     report(
         &c,
         &writes,
-        &Figures {
-            failovers: vec![failover_time(&writes, fault, 1)],
-            rewound: conv.reports[0].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
+        &Figures::of(&conv).with_failover(&writes, fault, 1),
     );
 }

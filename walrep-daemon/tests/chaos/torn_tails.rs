@@ -22,15 +22,7 @@ async fn a_torn_wal_tail_on_the_standby_is_cut_and_caught_up() {
     let (writes, _, conv) = finish(&c, load, back).await;
     assert_eq!(conv.primary, 0);
     g2_nothing_acked_lost(&c, 0, &writes).await;
-    report(
-        &c,
-        &writes,
-        &Figures {
-            rewound: conv.reports[1].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
-    );
+    report(&c, &writes, &Figures::of(&conv));
 }
 
 /// The torn record had been applied and the standby's KV snapshot covers
@@ -69,13 +61,5 @@ async fn a_torn_wal_tail_under_the_standbys_kv_snapshot_resyncs_and_catches_up()
     g2_nothing_acked_lost(&c, 0, &writes).await;
     assert_all_readable(&c.http[0], &first).await;
     assert_all_readable(&c.http[1], &first).await;
-    report(
-        &c,
-        &writes,
-        &Figures {
-            rewound: conv.reports[1].rewound_records,
-            converge: Some(conv.took),
-            ..Figures::default()
-        },
-    );
+    report(&c, &writes, &Figures::of(&conv));
 }

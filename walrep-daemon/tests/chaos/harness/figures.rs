@@ -12,6 +12,24 @@ pub struct Figures {
     pub converge: Option<Duration>,
 }
 
+impl Figures {
+    /// What every scenario tells once converged: how long that took and
+    /// how many records the final standby rewound.
+    pub fn of(conv: &Converged) -> Figures {
+        Figures {
+            rewound: conv.reports[1 - conv.primary].rewound_records,
+            converge: Some(conv.took),
+            ..Figures::default()
+        }
+    }
+
+    /// With the failover from epoch `old_epoch` that `fault` started.
+    pub fn with_failover(mut self, writes: &[Write], fault: Instant, old_epoch: u64) -> Figures {
+        self.failovers.push(failover_time(writes, fault, old_epoch));
+        self
+    }
+}
+
 /// Fault at `fault` → first write acknowledged at a higher epoch than
 /// `old_epoch` (sent after the fault).
 pub fn failover_time(writes: &[Write], fault: Instant, old_epoch: u64) -> Duration {

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod figures;
+mod history;
 mod invariants;
 mod load;
 mod node_files;
@@ -10,6 +11,7 @@ mod proxy;
 
 pub use cluster::*;
 pub use figures::*;
+pub use history::*;
 pub use invariants::*;
 pub use load::*;
 pub use node_files::*;
