@@ -166,16 +166,29 @@ pub async fn wait_streaming(
     mode: CommitMode,
 ) -> Result<HealthReport, DaemonError> {
     let h = primary
-        .wait_for("a writable primary streaming to its standby", STEP, |h| {
-            h.role == "primary" && h.writable && h.peer.connected
-        })
+        .wait_for(
+            "a writable primary streaming to its standby",
+            STEP,
+            is_streaming_primary,
+        )
         .await?;
     standby
         .wait_for("a standby in contact", STEP, |h| {
-            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
+            is_standby_in_contact(h, mode)
         })
         .await?;
     Ok(h)
+}
+
+/// A writable primary in contact with its standby.
+pub fn is_streaming_primary(h: &HealthReport) -> bool {
+    h.role == "primary" && h.writable && h.peer.connected
+}
+
+/// A standby in contact with its primary and, in a sync `mode`, eligible
+/// to take over (in sync).
+pub fn is_standby_in_contact(h: &HealthReport, mode: CommitMode) -> bool {
+    h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
 }
 
 /// A new folder in the system's temporary directory named for `what`.

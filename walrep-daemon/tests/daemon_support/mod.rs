@@ -10,7 +10,10 @@ use walrep_daemon::api::HealthReport;
 use walrep_daemon::client::HttpClient;
 use walrep_daemon::config::Layers;
 use walrep_daemon::node::RunningNode;
-use walrep_daemon::pair::{Flags, Launch, NodeSpec, Pair as ProcessPair, PairOptions, node_flags};
+use walrep_daemon::pair::{
+    Flags, Launch, NodeSpec, Pair as ProcessPair, PairOptions, is_standby_in_contact,
+    is_streaming_primary, node_flags,
+};
 use walrep_daemon::process::poll_health;
 
 /// Test timings: short, but with room for a loaded 2-core machine.
@@ -65,17 +68,17 @@ pub fn is_writable_primary(h: &HealthReport) -> bool {
     h.role == "primary" && h.writable
 }
 
+/// A standby in contact and eligible to take over (the tests run in
+/// remote-flush).
 pub fn is_streaming_standby(h: &HealthReport) -> bool {
-    h.role == "standby" && h.peer.connected && h.eligible
+    is_standby_in_contact(h, CommitMode::RemoteFlush)
 }
 
 /// Waits until `primary` is a writable primary streaming to `standby`, a
-/// streaming standby.
+/// streaming standby: `walrep_daemon::pair::wait_streaming` by address, for
+/// nodes in this process too.
 pub async fn wait_streaming(primary: &str, standby: &str) {
-    wait_health(primary, "writable primary, stream up", |h| {
-        is_writable_primary(h) && h.peer.connected
-    })
-    .await;
+    wait_health(primary, "writable primary, stream up", is_streaming_primary).await;
     wait_health(standby, "streaming standby", is_streaming_standby).await;
 }
 
