@@ -3,7 +3,9 @@
 //! walrep's own unit tests).
 
 mod alloc;
+mod history;
 mod state_machine;
 
 pub use alloc::{TrackingAllocator, largest_allocation};
+pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
 pub use state_machine::MemStateMachine;

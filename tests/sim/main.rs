@@ -14,13 +14,14 @@ mod faults;
 mod net;
 
 use bytes::Bytes;
-use checks::{Observed, Outcome, Write};
+use checks::Observed;
 use cluster::{Disk, Mode, Registry};
 use faults::{Kinds, Schedule};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use walrep::{CommitMode, OnStandbyLoss, Replicator};
+use walrep::testing::{AckedWrite, Durability, History};
+use walrep::{CommitMode, NodeId, OnStandbyLoss, Replicator};
 use walrep_daemon::kv::Command;
 
 /// How long faults are injected, and how long the cluster then has to
@@ -34,7 +35,7 @@ struct Scenario {
     mode: Mode,
     kinds: Kinds,
     /// Whether DESIGN.md promises that acknowledged writes survive here.
-    promises_no_loss: bool,
+    durability: Durability,
 }
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
@@ -49,7 +50,7 @@ const SCENARIOS: [Scenario; 4] = [
             standby_sync_inline: true,
         },
         kinds: Kinds::All,
-        promises_no_loss: true,
+        durability: Durability::NoAcknowledgedWriteLost,
     },
     Scenario {
         name: "remote-apply/solo/crashes",
@@ -60,7 +61,7 @@ const SCENARIOS: [Scenario; 4] = [
             standby_sync_inline: true,
         },
         kinds: Kinds::CrashesOnly,
-        promises_no_loss: true,
+        durability: Durability::NoAcknowledgedWriteLost,
     },
     Scenario {
         // A true partition under solo may lose what the old primary
@@ -73,7 +74,7 @@ const SCENARIOS: [Scenario; 4] = [
             standby_sync_inline: false,
         },
         kinds: Kinds::All,
-        promises_no_loss: false,
+        durability: Durability::LossAllowed,
     },
     Scenario {
         name: "async/all-faults",
@@ -84,7 +85,7 @@ const SCENARIOS: [Scenario; 4] = [
             standby_sync_inline: false,
         },
         kinds: Kinds::All,
-        promises_no_loss: false,
+        durability: Durability::LossAllowed,
     },
 ];
 
@@ -108,11 +109,19 @@ fn put(key: &str, value: &str) -> Bytes {
     )
 }
 
+/// What the client saw: the writes acknowledged, and how many were not
+/// (refused or timed out: they may or may not have happened).
+#[derive(Default)]
+struct ClientLog {
+    acked: Vec<AckedWrite>,
+    not_acked: usize,
+}
+
 /// Writes unique keys to whichever node says it is a writable primary,
 /// recording every outcome.
 async fn client(
     registry: Registry,
-    writes: Arc<Mutex<Vec<Write>>>,
+    log: Arc<Mutex<ClientLog>>,
     until: Duration,
 ) -> turmoil::Result {
     let start = tokio::time::Instant::now();
@@ -130,19 +139,18 @@ async fn client(
                 node.replica.apply(put(&key, &value)),
             )
             .await;
-            let outcome = match r {
-                Ok(Ok(a)) => Outcome::Acked {
-                    node: name,
+            let mut log = log.lock().unwrap();
+            match r {
+                Ok(Ok(a)) => log.acked.push(AckedWrite {
+                    key,
+                    value: value.into_bytes(),
+                    node: NodeId::from(name),
                     lsn: a.lsn,
                     epoch: a.epoch,
-                },
-                _ => Outcome::NotAcked,
-            };
-            writes.lock().unwrap().push(Write {
-                key,
-                value,
-                outcome,
-            });
+                    sent: None,
+                }),
+                _ => log.not_acked += 1,
+            }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -162,12 +170,12 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     let disks = [Arc::new(Disk::default()), Arc::new(Disk::default())];
     let registry = Registry::default();
     cluster::add_hosts(&mut sim, scenario.mode, &disks, &registry);
-    let writes = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(ClientLog::default()));
     sim.client(
         "client",
         client(
             registry.clone(),
-            writes.clone(),
+            log.clone(),
             FAULT_WINDOW + CONVERGE_WITHIN + Duration::from_secs(20),
         ),
     );
@@ -177,21 +185,10 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         ..Report::default()
     };
     let mut obs = Observed::default();
+    let mut history = History::new();
     let mut incarnation: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut next_event = 0;
     let quiet_at = schedule.quiet_after.max(FAULT_WINDOW);
-    let check = |registry: &Registry,
-                 obs: &mut Observed,
-                 incarnation: &BTreeMap<&'static str, usize>,
-                 writes: &[Write]|
-     -> Result<(), String> {
-        let running = registry.running();
-        checks::one_writer_per_epoch(obs, writes)?;
-        checks::epochs_never_decrease(obs, &running)?;
-        checks::applied_within_flushed(obs, &running, incarnation)?;
-        obs.checks += 1;
-        Ok(())
-    };
     loop {
         let now = sim.elapsed();
         while let Some(e) = schedule.events.get(next_event).filter(|e| e.at <= now) {
@@ -203,30 +200,33 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             next_event += 1;
         }
         sim.step().map_err(|e| format!("simulation error: {e}"))?;
-        check(&registry, &mut obs, &incarnation, &writes.lock().unwrap())?;
-        if now > quiet_at && checks::converged(&registry.running()).is_ok() {
+        let running = registry.running();
+        checks::observe(&mut obs, &mut history, &running, sim.elapsed());
+        checks::applied_within_flushed(&mut obs, &running, &incarnation)?;
+        obs.checks += 1;
+        if now > quiet_at && checks::converged(&running).is_ok() {
             report.converged_after = now - quiet_at;
             break;
         }
         if now > quiet_at + CONVERGE_WITHIN {
-            checks::converged(&registry.running())?;
+            checks::converged(&running).map_err(|v| v.to_string())?;
         }
     }
-    let writes = writes.lock().unwrap().clone();
-    let running = registry.running();
-    let primary = running
-        .iter()
-        .find(|(_, n)| n.replica.role() == walrep::RoleKind::Primary)
-        .map(|(_, n)| n.clone())
-        .ok_or("no primary at the end")?;
-    if scenario.promises_no_loss {
-        checks::acknowledged_writes_survive(&writes, &primary)?;
+    // G1 over the whole run, G2 where promised, G4 at the end.
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    report.acked = log.acked.len();
+    report.not_acked = log.not_acked;
+    for w in log.acked {
+        history.acknowledged(w);
     }
-    report.acked = writes
-        .iter()
-        .filter(|w| matches!(w.outcome, Outcome::Acked { .. }))
-        .count();
-    report.not_acked = writes.len() - report.acked;
+    let keys: Vec<String> = history.writes().iter().map(|w| w.key.clone()).collect();
+    for (name, node) in registry.running() {
+        history.finished(checks::final_state(name, &node, &keys));
+    }
+    history.check(scenario.durability).map_err(|found| {
+        let lines: Vec<String> = found.iter().map(|v| v.to_string()).collect();
+        format!("{} violations:\n{}", found.len(), lines.join("\n"))
+    })?;
     report.checks = obs.checks;
     Ok(report)
 }
@@ -329,9 +329,9 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             standby_sync_inline: false,
         },
         kinds: Kinds::CrashesOnly,
-        promises_no_loss: true,
+        durability: Durability::NoAcknowledgedWriteLost,
     };
     let caught = (0..20).find_map(|seed| run(seed, broken).err());
     let violation = caught.expect("no seed exposed the broken rule");
-    assert!(violation.starts_with("G2"), "{violation}");
+    assert!(violation.contains("\nG2: "), "{violation}");
 }

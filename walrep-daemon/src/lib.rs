@@ -11,7 +11,8 @@
 //! api.rs      the JSON shapes the HTTP API and the CLI share
 //! metrics.rs  the Prometheus registry of one node
 //! client.rs   a small HTTP/1.1 client for the CLI, the demo and tests
-//! pair.rs     two `walrep node` child processes on loopback ports
+//! process.rs  one `walrep node` child process: spawn, signal, wait on
+//! pair.rs     two of them on loopback ports, a fresh primary and standby
 //! demo.rs     `walrep demo`: two child processes, a crash, a failover
 //! bench/      `walrep bench-*`: the load generator and benchmarks
 //! error.rs    what a command can fail with, and its exit status
@@ -32,6 +33,7 @@ pub mod kv;
 pub mod metrics;
 pub mod node;
 pub mod pair;
+pub mod process;
 
 pub use error::DaemonError;
 

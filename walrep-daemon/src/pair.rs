@@ -1,163 +1,18 @@
-//! Two `walrep node` child processes (this same binary) on free loopback
-//! ports: what `walrep demo` and the `walrep bench-*` commands run against.
-//! The children are killed on every way out (`Drop`), errors and panics
-//! included.
+//! Two `walrep node` child processes on loopback, n1 the primary and n2
+//! the standby of a fresh pair: what `walrep demo` and the `walrep bench-*`
+//! commands run against, and the daemon's tests too (which put proxies on
+//! the peer links, or pick other timings).
 
 use super::api::HealthReport;
-use super::client::HttpClient;
 use super::error::DaemonError;
-use std::fs::OpenOptions;
+pub use super::process::{Flags, Launch, NodeProc, free_ports, with};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use walrep::CommitMode;
 
 /// Longest wait for any one step (start, rejoin, catch-up) unless a caller
 /// says otherwise.
 pub const STEP: Duration = Duration::from_secs(60);
-
-/// One node as a child process.
-pub struct NodeProc {
-    pub name: &'static str,
-    pub args: Vec<String>,
-    pub log: PathBuf,
-    pub http: String,
-    pub data_dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl NodeProc {
-    pub fn spawn(&mut self) -> Result<(), DaemonError> {
-        let exe =
-            std::env::current_exe().map_err(|e| DaemonError::io("finding the walrep binary", e))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| DaemonError::io(format!("opening {}", self.log.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| DaemonError::io("cloning the log handle", e))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
-        // The flags say everything; settings in the caller's environment
-        // must not leak in (the log filter may).
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str()
-                && k.starts_with("WALREP_")
-                && k != "WALREP_LOG"
-            {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| DaemonError::io(format!("starting {}", self.name), e))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// SIGKILL, as a crash (std's `Child::kill` sends SIGKILL).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if the node has not stopped within `grace`.
-    pub fn terminate(&mut self, grace: Duration) {
-        if let Some(child) = &mut self.child {
-            let pid = child.id() as libc::pid_t;
-            // SAFETY: kill(2) on our own child's pid; it is not yet reaped,
-            // so the pid cannot belong to another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    self.child = None;
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        self.kill();
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Polls the node's /health until `pred` holds.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&HealthReport) -> bool,
-    ) -> Result<HealthReport, DaemonError> {
-        let deadline = Instant::now() + limit;
-        let mut client = HttpClient::new(&self.http).with_timeout(Duration::from_secs(2));
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(DaemonError::Failed(format!(
-                    "{} exited ({status}) while waiting until {what}; see {}",
-                    self.name,
-                    self.log.display()
-                )));
-            }
-            let last = match client.health().await {
-                Ok((_, h)) if pred(&h) => return Ok(h),
-                Ok((_, h)) => format!("{h:?}"),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                return Err(DaemonError::Failed(format!(
-                    "{} did not get to {what} within {limit:?}; last: {}; see {}",
-                    self.name,
-                    last,
-                    self.log.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Peak resident memory of the running process (VmHWM), in MiB.
-    pub fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn free_ports(n: usize) -> Result<Vec<u16>, DaemonError> {
-    // Hold all of them at once so no two are the same.
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DaemonError::io("finding free ports", e))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DaemonError::io("finding free ports", e))
-}
 
 /// The settings both nodes of a pair share.
 #[derive(Clone, Debug)]
@@ -165,8 +20,81 @@ pub struct PairOptions {
     pub commit_mode: CommitMode,
     pub heartbeat_ms: u64,
     pub failover_timeout_ms: u64,
-    /// More `walrep node` settings, by name (`sync_timeout_ms`, ...).
+    pub cluster_id: &'static str,
+    /// More `walrep node` settings, by name (`sync_timeout_ms`, ...); each
+    /// replaces the one of its name, the commit mode and timings above too.
     pub extra: Vec<(&'static str, String)>,
+    pub launch: Launch,
+}
+
+/// One node of a pair, as its flags need it.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub id: &'static str,
+    pub peer_id: &'static str,
+    pub role: &'static str,
+    pub grpc: u16,
+    /// 0: the node picks a port (and advertises the one it got).
+    pub http: u16,
+    /// Where it dials its peer: the peer's gRPC address, or a proxy to it.
+    pub peer: String,
+}
+
+/// The flags of one node of a pair, its data in `dir/<id>`.
+pub fn node_flags(o: &PairOptions, dir: &Path, n: &NodeSpec) -> Flags {
+    let flags = vec![
+        ("id", n.id.to_string()),
+        ("peer_id", n.peer_id.to_string()),
+        ("data_dir", dir.join(n.id).display().to_string()),
+        ("listen", format!("127.0.0.1:{}", n.grpc)),
+        ("http", format!("127.0.0.1:{}", n.http)),
+        ("peer", n.peer.clone()),
+        ("role", n.role.to_string()),
+        ("cluster_id", o.cluster_id.to_string()),
+        ("commit_mode", o.commit_mode.as_str().to_string()),
+        ("heartbeat_ms", o.heartbeat_ms.to_string()),
+        ("failover_timeout_ms", o.failover_timeout_ms.to_string()),
+    ];
+    with(flags, &o.extra)
+}
+
+/// The ports of a pair: `grpc[i]` and `http[i]` are node i's, `peer[i]`
+/// the address node i dials for the other.
+#[derive(Clone, Debug)]
+pub struct PairPorts {
+    pub grpc: [u16; 2],
+    pub http: [u16; 2],
+    pub peer: [String; 2],
+}
+
+impl PairPorts {
+    /// Four free loopback ports, each node dialing the other directly.
+    pub fn free() -> Result<PairPorts, DaemonError> {
+        let p = free_ports(4)?;
+        Ok(PairPorts::direct([p[0], p[2]], [p[1], p[3]]))
+    }
+
+    /// These ports, each node dialing the other's gRPC port directly.
+    pub fn direct(grpc: [u16; 2], http: [u16; 2]) -> PairPorts {
+        let peer = [1, 0].map(|other| format!("127.0.0.1:{}", grpc[other]));
+        PairPorts { grpc, http, peer }
+    }
+}
+
+/// The specs of n1 (primary on a fresh data dir) and n2 (standby).
+pub fn pair_specs(ports: &PairPorts) -> [NodeSpec; 2] {
+    let spec = |i: usize, id, peer_id, role| NodeSpec {
+        id,
+        peer_id,
+        role,
+        grpc: ports.grpc[i],
+        http: ports.http[i],
+        peer: ports.peer[i].clone(),
+    };
+    [
+        spec(0, "n1", "n2", "primary"),
+        spec(1, "n2", "n1", "standby"),
+    ]
 }
 
 /// n1 (primary on a fresh data dir) and n2 (standby), not yet started.
@@ -176,95 +104,22 @@ pub struct Pair {
     pub dir: PathBuf,
 }
 
-/// One node of the pair, as its flags need it.
-struct Spec {
-    id: &'static str,
-    peer_id: &'static str,
-    role: &'static str,
-    grpc: u16,
-    http: u16,
-    peer_grpc: u16,
-}
-
-fn node_args(o: &PairOptions, data_dir: &Path, n: &Spec) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "node",
-        "--id",
-        n.id,
-        "--peer-id",
-        n.peer_id,
-        "--data-dir",
-        &data_dir.display().to_string(),
-        "--listen",
-        &format!("127.0.0.1:{}", n.grpc),
-        "--http",
-        &format!("127.0.0.1:{}", n.http),
-        "--peer",
-        &format!("127.0.0.1:{}", n.peer_grpc),
-        "--role",
-        n.role,
-        "--cluster-id",
-        "demo",
-        "--commit-mode",
-        o.commit_mode.as_str(),
-        "--heartbeat-ms",
-        &o.heartbeat_ms.to_string(),
-        "--failover-timeout-ms",
-        &o.failover_timeout_ms.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for (key, value) in &o.extra {
-        // A switch, not a flag with a value.
-        if *key == "auto_failover" {
-            if value == "false" {
-                args.push(super::config::flag_name(key));
-            }
-            continue;
-        }
-        args.push(super::config::flag_name(key));
-        args.push(value.clone());
-    }
-    args
-}
-
 impl Pair {
     /// Lays out the pair in `dir` (each node's data in `dir/<id>`, its log
     /// in `dir/<id>.log`) on four free loopback ports.
     pub fn new(dir: &Path, o: &PairOptions) -> Result<Pair, DaemonError> {
+        Pair::on_ports(dir, o, &PairPorts::free()?)
+    }
+
+    /// Lays out the pair in `dir` on `ports`.
+    pub fn on_ports(dir: &Path, o: &PairOptions, ports: &PairPorts) -> Result<Pair, DaemonError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
-        let ports = free_ports(4)?;
-        let (g1, h1, g2, h2) = (ports[0], ports[1], ports[2], ports[3]);
-        let proc = |spec: Spec| {
-            let data_dir = dir.join(spec.id);
-            NodeProc {
-                name: spec.id,
-                args: node_args(o, &data_dir, &spec),
-                log: dir.join(format!("{}.log", spec.id)),
-                http: format!("127.0.0.1:{}", spec.http),
-                data_dir,
-                child: None,
-            }
-        };
+        let [n1, n2] = pair_specs(ports)
+            .map(|spec| NodeProc::new(spec.id, &node_flags(o, dir, &spec), dir, &o.launch));
         Ok(Pair {
-            n1: proc(Spec {
-                id: "n1",
-                peer_id: "n2",
-                role: "primary",
-                grpc: g1,
-                http: h1,
-                peer_grpc: g2,
-            }),
-            n2: proc(Spec {
-                id: "n2",
-                peer_id: "n1",
-                role: "standby",
-                grpc: g2,
-                http: h2,
-                peer_grpc: g1,
-            }),
+            n1,
+            n2,
             dir: dir.to_path_buf(),
         })
     }
@@ -295,7 +150,9 @@ impl PairOptions {
             commit_mode,
             heartbeat_ms: 200,
             failover_timeout_ms: 1000,
+            cluster_id: "demo",
             extra: Vec::new(),
+            launch: Launch::default(),
         }
     }
 }
@@ -309,16 +166,29 @@ pub async fn wait_streaming(
     mode: CommitMode,
 ) -> Result<HealthReport, DaemonError> {
     let h = primary
-        .wait_for("a writable primary streaming to its standby", STEP, |h| {
-            h.role == "primary" && h.writable && h.peer.connected
-        })
+        .wait_for(
+            "a writable primary streaming to its standby",
+            STEP,
+            is_streaming_primary,
+        )
         .await?;
     standby
         .wait_for("a standby in contact", STEP, |h| {
-            h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
+            is_standby_in_contact(h, mode)
         })
         .await?;
     Ok(h)
+}
+
+/// A writable primary in contact with its standby.
+pub fn is_streaming_primary(h: &HealthReport) -> bool {
+    h.role == "primary" && h.writable && h.peer.connected
+}
+
+/// A standby in contact with its primary and, in a sync `mode`, eligible
+/// to take over (in sync).
+pub fn is_standby_in_contact(h: &HealthReport, mode: CommitMode) -> bool {
+    h.role == "standby" && h.peer.connected && (h.eligible || !mode.is_sync())
 }
 
 /// A new folder in the system's temporary directory named for `what`.

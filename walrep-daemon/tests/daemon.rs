@@ -9,6 +9,7 @@ use hyper::Method;
 use std::time::{Duration, Instant};
 use walrep_daemon::api::{ErrorReply, HealthReport, WriteReply};
 use walrep_daemon::client::HttpClient;
+use walrep_daemon::pair::{Flags, NodeSpec, Pair as ProcessPair, node_flags};
 
 async fn req(addr: &str, method: Method, path: &str, body: &[u8]) -> (u16, bytes::Bytes) {
     let r = HttpClient::new(addr)
@@ -453,12 +454,21 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = free_ports(4);
-    // Without the timing flags: the environment gives them.
-    let flags: Vec<_> = node_flags("n1", "n2", &data, p[0], p[1], p[2], "primary")
+    // Without the timing flags and the commit mode: the environment (or
+    // the file) gives them.
+    let spec = NodeSpec {
+        id: "n1",
+        peer_id: "n2",
+        role: "primary",
+        grpc: p[0],
+        http: p[1],
+        peer: format!("127.0.0.1:{}", p[2]),
+    };
+    let flags: Flags = node_flags(&test_options(&[]), &data, &spec)
         .into_iter()
-        .filter(|(k, _)| !k.ends_with("_ms"))
+        .filter(|(k, _)| !k.ends_with("_ms") && *k != "commit_mode")
         .collect();
-    let args = as_args(&flags);
+    let args = walrep_daemon::process::node_args(&flags);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let out = run_bin(&args, &[("WALREP_HEARTBEAT_MS", "soon")]);
@@ -524,7 +534,7 @@ async fn sigkill_of_the_primary_fails_over_and_the_old_primary_rejoins() {
 
     // The old primary, restarted with its original flags (--role primary
     // included), rejoins as a standby.
-    p.n1.start();
+    p.n1.spawn().expect("n1 restarts");
     let target = health(&p.n2.http).await.last_lsn;
     let h1 = wait_health(&p.n1.http, "caught-up standby", |h| {
         h.role == "standby" && h.peer.connected && h.applied_lsn >= target
@@ -544,11 +554,11 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
     let p = proc_pair(&[]).await;
     let mut acked = write_all(&p.n1.http, "k", 100).await;
 
-    p.n1.signal(libc::SIGSTOP);
+    p.n1.signal(libc::SIGSTOP).unwrap();
     // Paused past the failover timeout: the standby takes over.
     wait_health(&p.n2.http, "writable primary", is_writable_primary).await;
     acked.extend(write_all(&p.n2.http, "new", 20).await);
-    p.n1.signal(libc::SIGCONT);
+    p.n1.signal(libc::SIGCONT).unwrap();
 
     // The old primary must not acknowledge anything: its first write asks
     // the standby, which answers with the newer epoch.
@@ -597,24 +607,20 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_its_snapshot_survives() {
     let dir = tempfile::tempdir().unwrap();
-    let p = free_ports(3);
     // A lone async primary: it acknowledges without its (absent) standby.
-    let flags = with(
-        node_flags("n1", "n2", dir.path(), p[0], p[1], p[2], "primary"),
-        &[("commit_mode", "async")],
-    );
-    let mut n1 = NodeProc::new("n1", &flags, dir.path());
-    n1.start();
+    let pair = ProcessPair::new(dir.path(), &test_options(&[("commit_mode", "async")])).unwrap();
+    let mut n1 = pair.n1;
+    n1.spawn().expect("n1 starts");
     wait_health(&n1.http, "writable", is_writable_primary).await;
     let acked = write_all(&n1.http, "k", 50).await;
-    n1.signal(libc::SIGTERM);
-    let status = n1.wait_exit(Duration::from_secs(10));
+    n1.signal(libc::SIGTERM).unwrap();
+    let status = n1.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}: {}", n1.log_tail(20));
     assert!(n1.log_tail(5).contains("stopped"), "{}", n1.log_tail(20));
     assert!(dir.path().join("n1/kv/kv.snapshot").exists());
     assert!(dir.path().join("n1/wal/meta").exists());
 
-    n1.start();
+    n1.spawn().expect("n1 restarts");
     let h = wait_health(&n1.http, "writable again", is_writable_primary).await;
     assert_eq!(h.last_lsn, 50);
     assert_all_readable(&n1.http, &acked).await;

@@ -72,9 +72,6 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
     let mut pair = Pair::new(
         &dir,
         &PairOptions {
-            commit_mode: mode,
-            heartbeat_ms: 200,
-            failover_timeout_ms: 1000,
             extra: vec![
                 (
                     "wal_retention_bytes",
@@ -82,6 +79,7 @@ pub async fn run(a: CatchupArgs) -> Result<(), DaemonError> {
                 ),
                 ("auto_failover", "false".into()),
             ],
+            ..PairOptions::defaults(mode)
         },
     )?;
     eprintln!(

@@ -1,0 +1,120 @@
+//! Two `walrep node` processes (`walrep_daemon::pair`) whose peer links
+//! run through proxies the test controls.
+
+use super::*;
+use crate::daemon_support::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use walrep_daemon::api::HealthReport;
+use walrep_daemon::client::HttpClient;
+use walrep_daemon::pair::{NodeProc, Pair, PairPorts};
+
+pub const NAMES: [&str; 2] = ["n1", "n2"];
+
+pub struct Cluster {
+    pub name: &'static str,
+    pub nodes: Vec<NodeProc>,
+    pub http: Vec<String>,
+    /// `links[0]` is n1's `--peer` (forwards to n2), `links[1]` is n2's.
+    pub links: Vec<Proxy>,
+    /// Holds the nodes' data and logs until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `n` free loopback ports below the ephemeral range. A node's ports are
+/// dialed while it is down (writers, the proxy on every heartbeat); with a
+/// port in the ephemeral range such a dial can pick the same port as its
+/// source and connect to itself, holding the port so the node cannot
+/// listen on it again when it restarts.
+pub fn listen_ports(n: usize) -> Vec<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low <= 11_000 {
+        return free_ports(n);
+    }
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < n {
+        let port = rand::random_range(10_000..ephemeral_low);
+        if ports.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(local(port)) {
+            held.push(l);
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+impl Cluster {
+    /// n1 primary, n2 standby, streaming through the proxies; the test
+    /// settings with `extra` on top.
+    pub async fn start(name: &'static str, extra: &[(&'static str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let p = listen_ports(4);
+        let (grpc, http) = ([p[0], p[2]], [p[1], p[3]]);
+        let to_n2 = Proxy::start(local(grpc[1])).await;
+        let to_n1 = Proxy::start(local(grpc[0])).await;
+        let ports = PairPorts {
+            grpc,
+            http,
+            peer: [to_n2.addr.to_string(), to_n1.addr.to_string()],
+        };
+        let pair =
+            Pair::on_ports(dir.path(), &test_options(extra), &ports).expect("a pair laid out");
+        let mut nodes = vec![pair.n1, pair.n2];
+        for n in &mut nodes {
+            n.spawn().expect("walrep starts");
+        }
+        let http: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
+        wait_streaming(&http[0], &http[1]).await;
+        Cluster {
+            name,
+            nodes,
+            http,
+            links: vec![to_n2, to_n1],
+            _dir: dir,
+        }
+    }
+
+    pub fn cut(&self, mode: LinkMode) {
+        for link in &self.links {
+            link.set(mode);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut(LinkMode::Pass);
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].data_dir.clone()
+    }
+
+    pub async fn health(&self, i: usize) -> Option<HealthReport> {
+        let mut c = HttpClient::new(&self.http[i]).with_timeout(Duration::from_secs(2));
+        c.health().await.ok().map(|(_, h)| h)
+    }
+
+    /// Waits for node `i` to be a writable primary; returns its report.
+    pub async fn wait_primary(&self, i: usize) -> HealthReport {
+        wait_health(&self.http[i], "writable primary", is_writable_primary).await
+    }
+
+    /// Waits for node `i` to be a standby streaming from a primary of at
+    /// least `epoch`, and eligible (in sync) again.
+    pub async fn wait_rejoined(&self, i: usize, epoch: u64) -> HealthReport {
+        wait_health(&self.http[i], "rejoined as a streaming standby", |h| {
+            is_streaming_standby(h) && h.epoch >= epoch
+        })
+        .await
+    }
+}
