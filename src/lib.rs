@@ -26,7 +26,7 @@ pub mod pb {
     tonic::include_proto!("walrep.v1");
 }
 
-pub use config::{CommitMode, Config, InitialRole, OnStandbyLoss};
+pub use config::{CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss, Setting};
 pub use error::{Error, LeaderHint, Result, TransportError};
 pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
