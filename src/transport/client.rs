@@ -25,6 +25,8 @@ pub fn channel_settings(endpoint: Endpoint, cfg: &crate::Config) -> Endpoint {
         .initial_connection_window_size(Some(16 << 20))
 }
 
+/// The peer over gRPC: what a node uses unless `ReplicaBuilder::peer`
+/// gives another.
 #[derive(Clone)]
 pub struct GrpcPeer {
     data: ReplicationClient<Channel>,
@@ -38,8 +40,12 @@ impl GrpcPeer {
     /// connection is re-established by the next call).
     pub fn connect_lazy(cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
         let uri = format!("http://{}", cfg.peer_addr);
-        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| {
-            crate::Error::Config(format!("peer_addr {uri:?} is not a valid address: {e}"))
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+            crate::Error::InvalidConfig(crate::config::ConfigError {
+                setting: crate::config::Setting::PeerAddr,
+                related: None,
+                problem: format!("({:?}) is not a valid host:port: {e}", cfg.peer_addr),
+            })
         })?;
         let endpoint = channel_settings(endpoint, cfg);
         Ok(GrpcPeer::from_channels(

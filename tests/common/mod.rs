@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use walrep::transport::{
-    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+use walrep::testing::{
+    AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
+    HistoryReply, MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply,
+    WalBatch,
 };
 use walrep::{
-    CommitMode, Config, GrpcPeer, Health, InitialRole, MemWal, NodeId, Peer, Replica, Replicator,
-    RoleKind, TransportError, WalStore,
+    CommitMode, Config, Health, InitialRole, NodeId, Replica, Replicator, RoleKind, TransportError,
+    WalStore,
 };
 use walrep_daemon::kv::{Command, KvStore};
 
