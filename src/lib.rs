@@ -11,9 +11,16 @@
 //! node's role in [`Replicator::subscribe`]. Every setting is in
 //! [`Config`]; the failure model is in `docs/GUARANTEES.md`.
 //!
+//! A node dials its peer with a [`GrpcPeer`] made from `Config::peer_addr`;
+//! an engine that needs other channels (TLS, a proxy) makes them with
+//! [`channel_settings`], passes them to [`GrpcPeer::from_channels`] and
+//! that to [`ReplicaBuilder::peer`], and serves
+//! [`ReplicationService::into_server`] on a tonic server of its own.
+//!
 //! Everything public is re-exported here, once. Helpers for tests and
-//! simulations (an in-memory WAL, the peer trait to inject faults into, a
-//! tracking allocator) are in `testing`, built with the `testing` feature.
+//! simulations (an in-memory WAL, the peer trait and wire messages to
+//! inject faults with, a tracking allocator) are in `testing`, built with
+//! the `testing` feature.
 
 #![deny(missing_docs)]
 
@@ -49,6 +56,6 @@ pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
 pub use state_machine::{Snapshot, StateMachine, StateMachineError};
-pub use transport::ReplicationService;
+pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
 pub use wal::{FileWal, FileWalOptions, WalError, WalMeta, WalStore};

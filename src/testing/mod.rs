@@ -14,14 +14,12 @@ pub use state_machine::MemStateMachine;
 /// deterministic. For tests only.
 pub use crate::wal::MemWal;
 
-/// The peer seam, for tests that wrap the real client to cut links or
-/// reorder messages, and for simulations that bring their own network:
-/// pass a [`Peer`] to `ReplicaBuilder::peer`. The messages are the wire
-/// protocol's, which may change in any release.
+/// The peer seam, for tests that wrap `GrpcPeer` to cut links or reorder
+/// messages: pass a [`Peer`] to `ReplicaBuilder::peer`. The messages are
+/// the wire protocol's, which may change in any release.
 pub use crate::transport::{
-    AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
-    HistoryReply, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalAck,
-    WalBatch, channel_settings,
+    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
+    Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalAck, WalBatch,
 };
 
 /// The on-disk framing of one WAL record, for crash tests that compute

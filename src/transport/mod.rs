@@ -7,9 +7,7 @@ mod client;
 mod convert;
 mod server;
 
-pub use client::GrpcPeer;
-#[cfg(any(test, feature = "testing"))]
-pub use client::channel_settings;
+pub use client::{GrpcPeer, channel_settings};
 pub use server::{Inbound, Refusal, RefusalKind, ReplicationService};
 
 use crate::error::TransportError;

@@ -12,13 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use walrep::testing::{
-    AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
-    HistoryReply, MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply,
-    WalBatch,
+    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
+    MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
 };
 use walrep::{
-    CommitMode, Config, Health, InitialRole, NodeId, Replica, Replicator, RoleKind, TransportError,
-    WalStore,
+    CommitMode, Config, GrpcPeer, Health, InitialRole, NodeId, Replica, Replicator, RoleKind,
+    TransportError, WalStore,
 };
 use walrep_daemon::kv::{Command, KvStore};
 
