@@ -22,10 +22,12 @@ pub enum CommitMode {
 }
 
 impl CommitMode {
+    /// Whether writes wait for the standby (every mode but `Async`).
     pub fn is_sync(self) -> bool {
         self != CommitMode::Async
     }
 
+    /// The mode's name, as `FromStr` parses it (`"remote-flush"`).
     pub fn as_str(self) -> &'static str {
         match self {
             CommitMode::Async => "async",
@@ -74,6 +76,7 @@ pub enum OnStandbyLoss {
 }
 
 impl OnStandbyLoss {
+    /// The policy's name, as `FromStr` parses it (`"solo"`).
     pub fn as_str(self) -> &'static str {
         match self {
             OnStandbyLoss::Solo => "solo",
@@ -105,9 +108,29 @@ impl FromStr for OnStandbyLoss {
 /// persisted epoch and leader decide.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum InitialRole {
+    /// Start as the primary at epoch 1, accepting writes. Give it to one
+    /// node of a new pair only.
     Primary,
+    /// Start as a standby waiting for a primary. The default: two standbys
+    /// never write (promote one), two primaries would diverge.
     #[default]
     Standby,
+}
+
+impl InitialRole {
+    /// The role's name, as `FromStr` parses it (`"standby"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialRole::Primary => "primary",
+            InitialRole::Standby => "standby",
+        }
+    }
+}
+
+impl fmt::Display for InitialRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl FromStr for InitialRole {
@@ -123,7 +146,10 @@ impl FromStr for InitialRole {
     }
 }
 
-/// Settings of one node.
+/// Settings of one node. Build it with `..Config::default()` and set at
+/// least the names and addresses; `Config::DEFAULT_*` are the defaults.
+/// `Config::validate` (called by `ReplicaBuilder::start`) refuses what
+/// cannot work.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This node's name, unique in the cluster.
@@ -141,6 +167,7 @@ pub struct Config {
     pub cluster_id: String,
     /// Role taken on a fresh data directory.
     pub initial_role: InitialRole,
+    /// When `Replicator::apply` returns (see `CommitMode`).
     pub commit_mode: CommitMode,
     /// How often the primary sends a heartbeat (ms-scale; default 200 ms).
     pub heartbeat_interval: Duration,
@@ -153,6 +180,7 @@ pub struct Config {
     pub max_lag_on_failover: u64,
     /// How long a sync-mode write waits for the standby (default 2 s).
     pub sync_timeout: Duration,
+    /// What a sync-mode primary does when its standby stops answering.
     pub on_standby_loss: OnStandbyLoss,
     /// Deadline of each control RPC (heartbeat, fence, status).
     pub rpc_timeout: Duration,
@@ -169,8 +197,9 @@ pub struct Config {
     /// Bytes of WAL kept for a standby that has not flushed them; beyond
     /// that the oldest segments go and the standby resyncs from a snapshot.
     pub wal_retention_bytes: u64,
-    /// Reconnect backoff: first delay and cap.
+    /// First delay before reconnecting to the peer; it doubles per failure.
     pub reconnect_backoff_min: Duration,
+    /// Cap of the reconnect delay.
     pub reconnect_backoff_max: Duration,
     /// How long a planned switchover may pause writes before it gives up.
     pub switchover_timeout: Duration,
@@ -190,99 +219,302 @@ pub struct Config {
     pub testing_ack_before_standby_flush: bool,
 }
 
+impl Config {
+    /// Default of `peer_addr`.
+    pub const DEFAULT_PEER_ADDR: &'static str = "127.0.0.1:7002";
+    /// Default of `advertise_addr`.
+    pub const DEFAULT_ADVERTISE_ADDR: &'static str = "127.0.0.1:7001";
+    /// Default of `cluster_id`.
+    pub const DEFAULT_CLUSTER_ID: &'static str = "walrep";
+    /// Default of `heartbeat_interval`: 200 ms.
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+    /// Default of `failover_timeout`: 1 s (five heartbeats).
+    pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default of `auto_failover`: on.
+    pub const DEFAULT_AUTO_FAILOVER: bool = true;
+    /// Default of `max_lag_on_failover`, in records.
+    pub const DEFAULT_MAX_LAG_ON_FAILOVER: u64 = 1024;
+    /// Default of `sync_timeout`: 2 s.
+    pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default of `rpc_timeout`: 500 ms.
+    pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Default of `max_batch_records`.
+    pub const DEFAULT_MAX_BATCH_RECORDS: usize = 1024;
+    /// Default of `max_batch_bytes`: 1 MiB.
+    pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
+    /// Default of `max_batches_in_flight`.
+    pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: usize = 8;
+    /// Default of `max_message_bytes`: 8 MiB.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
+    /// Default of `max_record_bytes`: 4 MiB.
+    pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+    /// Default of `wal_retention_bytes`: 1 GiB.
+    pub const DEFAULT_WAL_RETENTION_BYTES: u64 = 1 << 30;
+    /// Default of `reconnect_backoff_min`: 20 ms.
+    pub const DEFAULT_RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+    /// Default of `reconnect_backoff_max`: 1 s.
+    pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+    /// Default of `switchover_timeout`: 5 s.
+    pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of `standby_sync_inline`: off (see the field for why).
+    pub const DEFAULT_STANDBY_SYNC_INLINE: bool = false;
+
+    /// Bytes of a message beyond its records' payloads that
+    /// `max_message_bytes` must leave room for (framing of one record).
+    pub const RECORD_FRAMING_BYTES: usize = 4096;
+    /// How far `max_batch_bytes` must stay below `max_message_bytes`: the
+    /// batch's framing.
+    pub const BATCH_FRAMING_BYTES: usize = 64 * 1024;
+}
+
 impl Default for Config {
+    /// A standby `n1` of the pair `n1`/`n2` on localhost, with every
+    /// `Config::DEFAULT_*` value: change at least the names and addresses.
     fn default() -> Self {
         Config {
             node_id: NodeId::from("n1"),
             peer_id: NodeId::from("n2"),
-            peer_addr: "127.0.0.1:7002".into(),
-            advertise_addr: "127.0.0.1:7001".into(),
+            peer_addr: Config::DEFAULT_PEER_ADDR.into(),
+            advertise_addr: Config::DEFAULT_ADVERTISE_ADDR.into(),
             advertise_client_addr: None,
-            cluster_id: "walrep".into(),
-            initial_role: InitialRole::Standby,
-            commit_mode: CommitMode::RemoteFlush,
-            heartbeat_interval: Duration::from_millis(200),
-            failover_timeout: Duration::from_secs(1),
-            auto_failover: true,
-            max_lag_on_failover: 1024,
-            sync_timeout: Duration::from_secs(2),
-            on_standby_loss: OnStandbyLoss::Solo,
-            rpc_timeout: Duration::from_millis(500),
-            max_batch_records: 1024,
-            max_batch_bytes: 1 << 20,
-            max_batches_in_flight: 8,
-            max_message_bytes: 8 << 20,
-            max_record_bytes: 4 << 20,
-            wal_retention_bytes: 1 << 30,
-            reconnect_backoff_min: Duration::from_millis(20),
-            reconnect_backoff_max: Duration::from_secs(1),
-            switchover_timeout: Duration::from_secs(5),
-            standby_sync_inline: false,
+            cluster_id: Config::DEFAULT_CLUSTER_ID.into(),
+            initial_role: InitialRole::default(),
+            commit_mode: CommitMode::default(),
+            heartbeat_interval: Config::DEFAULT_HEARTBEAT_INTERVAL,
+            failover_timeout: Config::DEFAULT_FAILOVER_TIMEOUT,
+            auto_failover: Config::DEFAULT_AUTO_FAILOVER,
+            max_lag_on_failover: Config::DEFAULT_MAX_LAG_ON_FAILOVER,
+            sync_timeout: Config::DEFAULT_SYNC_TIMEOUT,
+            on_standby_loss: OnStandbyLoss::default(),
+            rpc_timeout: Config::DEFAULT_RPC_TIMEOUT,
+            max_batch_records: Config::DEFAULT_MAX_BATCH_RECORDS,
+            max_batch_bytes: Config::DEFAULT_MAX_BATCH_BYTES,
+            max_batches_in_flight: Config::DEFAULT_MAX_BATCHES_IN_FLIGHT,
+            max_message_bytes: Config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_record_bytes: Config::DEFAULT_MAX_RECORD_BYTES,
+            wal_retention_bytes: Config::DEFAULT_WAL_RETENTION_BYTES,
+            reconnect_backoff_min: Config::DEFAULT_RECONNECT_BACKOFF_MIN,
+            reconnect_backoff_max: Config::DEFAULT_RECONNECT_BACKOFF_MAX,
+            switchover_timeout: Config::DEFAULT_SWITCHOVER_TIMEOUT,
+            standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
         }
     }
 }
 
+/// A field of `Config`, as `Config::validate` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// `Config::node_id`.
+    NodeId,
+    /// `Config::peer_id`.
+    PeerId,
+    /// `Config::peer_addr`.
+    PeerAddr,
+    /// `Config::advertise_addr`.
+    AdvertiseAddr,
+    /// `Config::cluster_id`.
+    ClusterId,
+    /// `Config::heartbeat_interval`.
+    HeartbeatInterval,
+    /// `Config::failover_timeout`.
+    FailoverTimeout,
+    /// `Config::sync_timeout`.
+    SyncTimeout,
+    /// `Config::rpc_timeout`.
+    RpcTimeout,
+    /// `Config::max_batch_records`.
+    MaxBatchRecords,
+    /// `Config::max_batch_bytes`.
+    MaxBatchBytes,
+    /// `Config::max_batches_in_flight`.
+    MaxBatchesInFlight,
+    /// `Config::max_message_bytes`.
+    MaxMessageBytes,
+    /// `Config::max_record_bytes`.
+    MaxRecordBytes,
+    /// `Config::reconnect_backoff_min`.
+    ReconnectBackoffMin,
+    /// `Config::reconnect_backoff_max`.
+    ReconnectBackoffMax,
+}
+
+impl Setting {
+    /// The field's name in `Config` (`"heartbeat_interval"`).
+    pub fn field_name(self) -> &'static str {
+        match self {
+            Setting::NodeId => "node_id",
+            Setting::PeerId => "peer_id",
+            Setting::PeerAddr => "peer_addr",
+            Setting::AdvertiseAddr => "advertise_addr",
+            Setting::ClusterId => "cluster_id",
+            Setting::HeartbeatInterval => "heartbeat_interval",
+            Setting::FailoverTimeout => "failover_timeout",
+            Setting::SyncTimeout => "sync_timeout",
+            Setting::RpcTimeout => "rpc_timeout",
+            Setting::MaxBatchRecords => "max_batch_records",
+            Setting::MaxBatchBytes => "max_batch_bytes",
+            Setting::MaxBatchesInFlight => "max_batches_in_flight",
+            Setting::MaxMessageBytes => "max_message_bytes",
+            Setting::MaxRecordBytes => "max_record_bytes",
+            Setting::ReconnectBackoffMin => "reconnect_backoff_min",
+            Setting::ReconnectBackoffMax => "reconnect_backoff_max",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.field_name())
+    }
+}
+
+/// A setting `Config::validate` refuses: which one (as data, so a program
+/// can map it to its own name for it, as the daemon maps it to a flag), the
+/// setting it was checked against if any, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting to change.
+    pub setting: Setting,
+    /// The other setting the value was checked against (changing that one
+    /// fixes it too), e.g. `heartbeat_interval` for a `failover_timeout`
+    /// below two heartbeats.
+    pub related: Option<Setting>,
+    /// What is wrong, phrased to follow the setting's name ("must not be
+    /// empty"), with the values involved.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: Setting, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            related: None,
+            problem: problem.into(),
+        }
+    }
+
+    fn against(setting: Setting, related: Setting, problem: String) -> ConfigError {
+        ConfigError {
+            setting,
+            related: Some(related),
+            problem,
+        }
+    }
+
+    /// The settings involved: `setting`, then `related` if any.
+    pub fn settings(&self) -> impl Iterator<Item = Setting> + '_ {
+        std::iter::once(self.setting).chain(self.related)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 impl Config {
-    /// Refuses settings that cannot work, naming the setting and the fix.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Refuses settings that cannot work, naming the setting (as data, in
+    /// `ConfigError::setting`) and the fix. `ReplicaBuilder::start` calls
+    /// it first: a node never starts with a configuration it refuses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use Setting as S;
         let nonempty = [
-            ("node_id", &self.node_id.0),
-            ("peer_id", &self.peer_id.0),
-            ("peer_addr", &self.peer_addr),
-            ("advertise_addr", &self.advertise_addr),
-            ("cluster_id", &self.cluster_id),
+            (S::NodeId, &self.node_id.0),
+            (S::PeerId, &self.peer_id.0),
+            (S::PeerAddr, &self.peer_addr),
+            (S::AdvertiseAddr, &self.advertise_addr),
+            (S::ClusterId, &self.cluster_id),
         ];
-        for (name, value) in nonempty {
+        for (setting, value) in nonempty {
             if value.trim().is_empty() {
-                return Err(format!("{name} must not be empty"));
+                return Err(ConfigError::new(setting, "must not be empty"));
             }
         }
         if self.node_id == self.peer_id {
-            return Err(format!(
-                "node_id and peer_id are both {:?}; each node needs its own name",
-                self.node_id.0
+            return Err(ConfigError::against(
+                S::PeerId,
+                S::NodeId,
+                format!(
+                    "is {:?}, the same as node_id; each node needs its own name",
+                    self.peer_id.0
+                ),
             ));
         }
-        if self.heartbeat_interval.is_zero() {
-            return Err("heartbeat_interval must be greater than 0".into());
+        let positive = [
+            (S::HeartbeatInterval, self.heartbeat_interval),
+            (S::RpcTimeout, self.rpc_timeout),
+            (S::SyncTimeout, self.sync_timeout),
+            (S::ReconnectBackoffMin, self.reconnect_backoff_min),
+        ];
+        for (setting, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::new(setting, "must be greater than 0"));
+            }
         }
         if self.failover_timeout < self.heartbeat_interval * 2 {
-            return Err(format!(
-                "failover_timeout ({:?}) must be at least twice heartbeat_interval ({:?}), or one late heartbeat causes a failover",
-                self.failover_timeout, self.heartbeat_interval
+            return Err(ConfigError::against(
+                S::FailoverTimeout,
+                S::HeartbeatInterval,
+                format!(
+                    "({:?}) must be at least twice heartbeat_interval ({:?}), or one late heartbeat causes a failover",
+                    self.failover_timeout, self.heartbeat_interval
+                ),
             ));
         }
-        if self.rpc_timeout.is_zero() {
-            return Err("rpc_timeout must be greater than 0".into());
+        let counts = [
+            (S::MaxBatchRecords, self.max_batch_records),
+            (S::MaxBatchBytes, self.max_batch_bytes),
+            (S::MaxBatchesInFlight, self.max_batches_in_flight),
+        ];
+        for (setting, value) in counts {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be greater than 0"));
+            }
         }
-        if self.sync_timeout.is_zero() {
-            return Err("sync_timeout must be greater than 0".into());
-        }
-        if self.max_batch_records == 0 || self.max_batch_bytes == 0 {
-            return Err("max_batch_records and max_batch_bytes must be greater than 0".into());
-        }
-        if self.max_batches_in_flight == 0 {
-            return Err("max_batches_in_flight must be greater than 0".into());
-        }
-        if self.max_record_bytes + 4096 > self.max_message_bytes {
-            return Err(format!(
-                "max_record_bytes ({}) must leave room for framing inside max_message_bytes ({})",
-                self.max_record_bytes, self.max_message_bytes
-            ));
-        }
-        if self.max_batch_bytes + 64 * 1024 > self.max_message_bytes {
-            return Err(format!(
-                "max_batch_bytes ({}) must be at least 64 KiB below max_message_bytes ({})",
-                self.max_batch_bytes, self.max_message_bytes
-            ));
-        }
-        if self.reconnect_backoff_min.is_zero()
-            || self.reconnect_backoff_max < self.reconnect_backoff_min
+        if self
+            .max_record_bytes
+            .saturating_add(Config::RECORD_FRAMING_BYTES)
+            > self.max_message_bytes
         {
-            return Err(
-                "reconnect_backoff_min must be > 0 and not above reconnect_backoff_max".into(),
-            );
+            return Err(ConfigError::against(
+                S::MaxRecordBytes,
+                S::MaxMessageBytes,
+                format!(
+                    "({}) must be at least {} bytes below max_message_bytes ({}), for the framing",
+                    self.max_record_bytes,
+                    Config::RECORD_FRAMING_BYTES,
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        if self
+            .max_batch_bytes
+            .saturating_add(Config::BATCH_FRAMING_BYTES)
+            > self.max_message_bytes
+        {
+            return Err(ConfigError::against(
+                S::MaxBatchBytes,
+                S::MaxMessageBytes,
+                format!(
+                    "({}) must be at least 64 KiB below max_message_bytes ({})",
+                    self.max_batch_bytes, self.max_message_bytes
+                ),
+            ));
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_min {
+            return Err(ConfigError::against(
+                S::ReconnectBackoffMax,
+                S::ReconnectBackoffMin,
+                format!(
+                    "({:?}) must not be below reconnect_backoff_min ({:?})",
+                    self.reconnect_backoff_max, self.reconnect_backoff_min
+                ),
+            ));
         }
         Ok(())
     }
@@ -304,7 +536,12 @@ mod tests {
             ..Config::default()
         };
         let err = cfg.validate().unwrap_err();
-        assert!(err.contains("failover_timeout"), "{err}");
+        assert_eq!(err.setting, Setting::FailoverTimeout, "{err}");
+        assert_eq!(err.related, Some(Setting::HeartbeatInterval), "{err}");
+        assert!(
+            err.to_string().starts_with("failover_timeout (300ms)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -313,7 +550,120 @@ mod tests {
             peer_id: NodeId::from("n1"),
             ..Config::default()
         };
-        assert!(cfg.validate().unwrap_err().contains("peer_id"));
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.setting, Setting::PeerId, "{err}");
+        assert!(err.to_string().contains("\"n1\""), "{err}");
+    }
+
+    #[test]
+    fn each_zero_or_empty_setting_is_refused_by_its_own_name() {
+        type Break = fn(&mut Config);
+        let cases: [(Setting, Break); 8] = [
+            (Setting::ClusterId, |c| c.cluster_id = " ".into()),
+            (Setting::PeerAddr, |c| c.peer_addr.clear()),
+            (Setting::HeartbeatInterval, |c| {
+                c.heartbeat_interval = Duration::ZERO
+            }),
+            (Setting::RpcTimeout, |c| c.rpc_timeout = Duration::ZERO),
+            (Setting::SyncTimeout, |c| c.sync_timeout = Duration::ZERO),
+            (Setting::MaxBatchBytes, |c| c.max_batch_bytes = 0),
+            (Setting::MaxBatchesInFlight, |c| c.max_batches_in_flight = 0),
+            (Setting::ReconnectBackoffMax, |c| {
+                c.reconnect_backoff_max = Duration::from_millis(1)
+            }),
+        ];
+        for (setting, break_it) in cases {
+            let mut cfg = Config::default();
+            break_it(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.setting, setting, "{err}");
+            assert!(err.to_string().starts_with(setting.field_name()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_record_limit_that_leaves_no_room_for_framing_names_both_limits() {
+        let cfg = Config {
+            max_record_bytes: Config::DEFAULT_MAX_MESSAGE_BYTES,
+            ..Config::default()
+        };
+        let err = cfg.validate().unwrap_err();
+        let involved: Vec<Setting> = err.settings().collect();
+        assert_eq!(
+            involved,
+            [Setting::MaxRecordBytes, Setting::MaxMessageBytes],
+            "{err}"
+        );
+    }
+
+    /// `200 ms`, `1 s`: how the README writes a duration.
+    fn readme_duration(d: Duration) -> String {
+        match d.as_millis() {
+            ms if ms % 1000 == 0 => format!("{} s", ms / 1000),
+            ms => format!("{ms} ms"),
+        }
+    }
+
+    /// `1 MiB`, `1 GiB`: how the README writes a size.
+    fn readme_bytes(n: u64) -> String {
+        match n {
+            n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+            n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+            n => n.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_readme_configuration_table_shows_the_defaults() {
+        let readme = include_str!("../README.md");
+        let cell = |field: &str| -> String {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{field}` |")))
+                .unwrap_or_else(|| panic!("README.md has no configuration row for {field}"));
+            row.split('|').nth(2).unwrap().trim().to_string()
+        };
+        let d = Config::default();
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        let expected = [
+            ("commit_mode", format!("`{}`", d.commit_mode)),
+            ("heartbeat_interval", readme_duration(d.heartbeat_interval)),
+            ("failover_timeout", readme_duration(d.failover_timeout)),
+            ("auto_failover", on_off(d.auto_failover).to_string()),
+            (
+                "max_lag_on_failover",
+                format!("{} records", d.max_lag_on_failover),
+            ),
+            ("sync_timeout", readme_duration(d.sync_timeout)),
+            ("on_standby_loss", format!("`{}`", d.on_standby_loss)),
+            ("rpc_timeout", readme_duration(d.rpc_timeout)),
+            (
+                "max_batch_records` / `max_batch_bytes` / `max_batches_in_flight",
+                format!(
+                    "{} / {} / {}",
+                    d.max_batch_records,
+                    readme_bytes(d.max_batch_bytes as u64),
+                    d.max_batches_in_flight
+                ),
+            ),
+            (
+                "max_message_bytes` / `max_record_bytes",
+                format!(
+                    "{} / {}",
+                    readme_bytes(d.max_message_bytes as u64),
+                    readme_bytes(d.max_record_bytes as u64)
+                ),
+            ),
+            ("wal_retention_bytes", readme_bytes(d.wal_retention_bytes)),
+            ("switchover_timeout", readme_duration(d.switchover_timeout)),
+        ];
+        for (field, want) in expected {
+            assert_eq!(cell(field), want, "README row {field}");
+        }
+        assert!(
+            cell("standby_sync_inline").starts_with(on_off(d.standby_sync_inline)),
+            "README row standby_sync_inline"
+        );
     }
 
     #[test]
@@ -325,6 +675,12 @@ mod tests {
             CommitMode::RemoteApply,
         ] {
             assert_eq!(mode.as_str().parse::<CommitMode>().unwrap(), mode);
+        }
+        for role in [InitialRole::Primary, InitialRole::Standby] {
+            assert_eq!(role.to_string().parse::<InitialRole>().unwrap(), role);
+        }
+        for policy in [OnStandbyLoss::Solo, OnStandbyLoss::Block] {
+            assert_eq!(policy.to_string().parse::<OnStandbyLoss>().unwrap(), policy);
         }
         assert!(
             "sync"

@@ -1,12 +1,14 @@
 //! The errors an engine sees, and the transport errors the replication logic
 //! classifies by who must react.
 
+use crate::config::ConfigError;
 use crate::types::{Epoch, Lsn, NodeId};
 use std::path::PathBuf;
 
 /// The leader a refused write should go to, when known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderHint {
+    /// The leader's node id.
     pub id: NodeId,
     /// Where the leader serves replication.
     pub addr: String,
@@ -14,61 +16,128 @@ pub struct LeaderHint {
     pub client_addr: Option<String>,
 }
 
-/// Everything `Replicator` can return.
+/// Everything `Replicator` and `ReplicaBuilder::start` can return. Each
+/// message says what happened to the write and what to do.
+///
+/// Only `Ok` from `Replicator::apply` means a write committed. A write
+/// refused before it was appended (`NotPrimary`, `Fenced`, `Unavailable`,
+/// `InvalidInput` on arrival) was not written. A write that was already
+/// appended and waiting for its commit mode when the node was deposed
+/// (`NotPrimary`, `Fenced`), its standby stayed silent (`SyncTimeout`), its
+/// WAL failed (`Unavailable`) or it shut down (`ShuttingDown`) has an
+/// unknown fate: it may survive on the new primary or be rewound here.
+/// An engine that must know carries its own request id in the payload and
+/// looks for it in its state machine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// This node is not (or no longer) the primary. Send the write to
+    /// `leader` when known.
     #[error("this node is not the primary; send writes to {}", leader_text(.leader))]
-    NotPrimary { leader: Option<LeaderHint> },
+    NotPrimary {
+        /// The primary as this node knows it.
+        leader: Option<LeaderHint>,
+    },
+
+    /// A newer epoch exists elsewhere: this node was deposed and rejoins
+    /// as a standby.
 
     #[error(
         "this node is fenced: epoch {epoch} exists elsewhere; it refuses writes until it has rejoined as a standby"
     )]
-    Fenced { epoch: Epoch },
+    Fenced {
+        /// The newer epoch.
+        epoch: Epoch,
+    },
+
+    /// A sync-mode write was appended and made durable here but the standby
+    /// did not confirm it in time: the write is neither acknowledged nor
+    /// undone (see the message for its possible fates).
 
     #[error(
         "the standby did not confirm record {lsn} within sync_timeout; the record is durable here but not acknowledged: it reaches the standby when that returns, unless the standby was promoted meanwhile, in which case it is rewound here (retry, or check which node is primary)"
     )]
-    SyncTimeout { lsn: Lsn },
+    SyncTimeout {
+        /// The last record of the write.
+        lsn: Lsn,
+    },
 
+    /// Writes are refused for now: promoting, a switchover pausing writes,
+    /// the `block` policy without the standby, or a failed WAL.
     #[error("writes are refused: {reason}")]
-    Unavailable { reason: String },
+    Unavailable {
+        /// Why, in words.
+        reason: String,
+    },
 
+    /// The node is stopping or stopped; retry on the other node.
     #[error("the replicator is shutting down; retry on another node or after restart")]
     ShuttingDown,
 
+    /// The WAL is damaged; the node stopped acknowledging writes.
     #[error(
         "corrupt WAL record in {segment} at offset {offset}: {detail}; restore the file from the peer (rejoin) or a backup"
     )]
     Corrupt {
+        /// The damaged segment file.
         segment: PathBuf,
+        /// Byte offset of the damaged record in it.
         offset: u64,
+        /// What check failed.
         detail: String,
     },
 
+    /// An I/O error on the WAL or the node's files; the node stopped
+    /// acknowledging writes.
     #[error(
         "I/O error on {what}: {source}; the node stopped acknowledging writes, check the disk and restart it"
     )]
     Io {
+        /// The operation that failed.
         what: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
 
+    /// `StateMachine::apply` (or `restore`) failed: the node stops, since
+    /// the state and the log would disagree from then on.
     #[error("the state machine failed at LSN {lsn}: {reason}")]
-    StateMachine { lsn: Lsn, reason: String },
+    StateMachine {
+        /// The record it failed on.
+        lsn: Lsn,
+        /// Its error, in words.
+        reason: String,
+    },
 
+    /// `Replicator::promote` refused; the roles are unchanged.
     #[error("promotion refused: {reason}")]
-    PromotionRefused { reason: String },
+    PromotionRefused {
+        /// Why, in words.
+        reason: String,
+    },
 
+    /// The call's arguments cannot be accepted (e.g. a command above
+    /// `max_record_bytes`, a fence at a lower epoch): nothing was done.
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// `Config::validate` refused a setting; `ConfigError::setting` names it.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(#[from] ConfigError),
+
+    /// The node's data does not fit its configuration in a way no single
+    /// setting explains (e.g. the state machine is ahead of the WAL: a
+    /// wrong data directory). The node did not start.
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A wait (`wait_for_leader`, `wait_for_lsn`, `promote`) ran out of
+    /// time; the message says what did not happen.
     #[error("timed out: {0}")]
     Timeout(String),
 
+    /// A call to the peer failed (for operations that need it, e.g. a
+    /// switchover).
     #[error("peer error: {0}")]
     Transport(#[from] TransportError),
 }
@@ -84,6 +153,7 @@ fn leader_text(leader: &Option<LeaderHint>) -> String {
     }
 }
 
+/// `Result` with walrep's `Error`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a call to the peer failed, classified by who must react.
@@ -98,7 +168,9 @@ pub enum TransportError {
     /// The peer holds a newer epoch: the caller must step down.
     #[error("peer is at epoch {epoch} (leader {leader:?})")]
     StaleEpoch {
+        /// The peer's epoch.
         epoch: Epoch,
+        /// The leader of that epoch, if the peer knows it.
         leader: Option<LeaderHint>,
     },
     /// The peer refused the request for a reason the caller must act on

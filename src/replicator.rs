@@ -14,13 +14,16 @@ use tokio::sync::watch;
 /// machine applied it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// The record's place in the log.
     pub lsn: Lsn,
+    /// The epoch of the primary that wrote it.
     pub epoch: Epoch,
 }
 
 /// The peer as this node sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerHealth {
+    /// The peer's id (`Config::peer_id`).
     pub node_id: NodeId,
     /// A WAL stream is open (primary: to the standby; standby: from the primary).
     pub connected: bool,
@@ -39,9 +42,13 @@ pub struct PeerHealth {
 /// A snapshot of the node's state, published on every change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Health {
+    /// This node's id.
     pub node_id: NodeId,
+    /// Its role now.
     pub role: RoleKind,
+    /// The highest epoch it has seen (durably).
     pub epoch: Epoch,
+    /// The primary as this node knows it.
     pub leader: Option<LeaderHint>,
     /// A primary that accepts writes right now.
     pub writable: bool,
@@ -52,13 +59,19 @@ pub struct Health {
     pub sync_state: SyncState,
     /// A standby that could promote itself if the primary fell silent now.
     pub eligible: bool,
+    /// `Config::commit_mode`.
     pub commit_mode: CommitMode,
     /// Oldest record still in the WAL (retention moves it).
     pub first_lsn: Lsn,
+    /// Newest record in the local WAL (appended, maybe not durable).
     pub last_lsn: Lsn,
+    /// Newest record durable in the local WAL.
     pub flushed_lsn: Lsn,
+    /// Newest record known committed (its commit mode met).
     pub commit_lsn: Lsn,
+    /// Newest record the local state machine applied.
     pub applied_lsn: Lsn,
+    /// The peer as this node sees it.
     pub peer: PeerHealth,
     /// Records dropped by rewinds since start (also kept in `rewound/`).
     pub rewound_records: u64,
@@ -66,23 +79,58 @@ pub struct Health {
     pub note: Option<String>,
 }
 
-/// What an engine calls. One `Replicator` per node.
+/// What an engine calls. One `Replicator` per node (`Replica` is the
+/// implementation).
+///
+/// Concurrency: every method takes `&self` and may be called from any
+/// number of tasks at once; share the node as an `Arc`. Concurrent
+/// `apply` calls are appended in the order the node receives them
+/// (together, in one WAL append and one fsync), and each is acknowledged
+/// separately. The getters (`role`, `epoch`, `leader`, `health`) read the
+/// latest published `Health` and never block.
+///
+/// Durability: what `Ok` from `apply` guarantees is `Config::commit_mode`'s
+/// promise (`remote-flush`, the default: the record is fsynced on both
+/// nodes and survives the loss of either); see `Error` for what each
+/// failure says about the write.
 #[async_trait]
 pub trait Replicator: Send + Sync {
     /// Appends `cmd` to the log and returns once the commit mode is met and
-    /// the local state machine applied it.
+    /// the local state machine applied it: a read on this node then sees it.
+    /// Only a primary accepts writes; a command above
+    /// `Config::max_record_bytes` is refused with `InvalidInput` before
+    /// anything is written.
+    ///
+    /// Cancellation: dropping the returned future does not withdraw the
+    /// write. Once the node has received the command (the future's first
+    /// poll hands it over unless the node's queue is full), it is appended,
+    /// replicated and applied on both nodes like any other write; only the
+    /// answer is lost. Dropped before the node received it, nothing is
+    /// written. The caller cannot tell the two apart from the future, and
+    /// no later call returns a dropped write's LSN: an engine that needs
+    /// to know a write's fate after a timeout or a dropped request puts its
+    /// own request id in the payload and looks for it in its state machine
+    /// (or retries only idempotent commands). Prefer `tokio::time::timeout`
+    /// around the call to learn *that* the answer is late, with this in mind.
     async fn apply(&self, cmd: Bytes) -> Result<Applied>;
 
-    /// As `apply`, for several commands in one WAL append.
+    /// As `apply`, for several commands in one WAL append, at consecutive
+    /// LSNs, in order; `Ok` holds one `Applied` per command. The commands
+    /// are handed to the node together, so cancellation affects all or
+    /// none of them, and a refusal on arrival refuses all of them. An empty
+    /// batch returns `Ok` at once and writes nothing.
     async fn apply_batch(&self, cmds: Vec<Bytes>) -> Result<Vec<Applied>>;
 
+    /// This node's role now (it changes at failover, fence, rejoin).
     fn role(&self) -> RoleKind;
 
+    /// The highest epoch this node has seen.
     fn epoch(&self) -> Epoch;
 
     /// The primary as this node knows it.
     fn leader(&self) -> Option<LeaderHint>;
 
+    /// The latest published state of the node.
     fn health(&self) -> Health;
 
     /// Planned switchover when `force` is false: waits until this standby
@@ -104,6 +152,10 @@ pub trait Replicator: Send + Sync {
     /// Every change of role, epoch, positions: the latest `Health`.
     fn subscribe(&self) -> watch::Receiver<Health>;
 
-    /// Stops every task; pending writes fail with `ShuttingDown`.
+    /// Stops every task and returns once they stopped. Writes waiting for
+    /// their commit mode fail with `ShuttingDown` (appended, perhaps not
+    /// durable: fate unknown, see `Error`); later calls fail with
+    /// `ShuttingDown`. The WAL and the state machine are left as a crash
+    /// would leave them, which their own contracts make safe.
     async fn shutdown(&self);
 }

@@ -8,6 +8,7 @@ use std::fmt;
 pub struct Lsn(pub u64);
 
 impl Lsn {
+    /// Before the first record.
     pub const ZERO: Lsn = Lsn(0);
 
     /// The largest LSN walrep takes from a file or a peer. No log gets
@@ -16,6 +17,7 @@ impl Lsn {
     /// refusing it keeps every `next()` after it from overflowing.
     pub const MAX: Lsn = Lsn(1 << 62);
 
+    /// The LSN after this one.
     pub fn next(self) -> Lsn {
         Lsn(self.0 + 1)
     }
@@ -37,6 +39,7 @@ impl fmt::Display for Lsn {
 pub struct Epoch(pub u64);
 
 impl Epoch {
+    /// Before the first primary (a log with no record has it).
     pub const ZERO: Epoch = Epoch(0);
 
     /// The largest epoch walrep takes from a peer. Epochs go up by one per
@@ -44,6 +47,7 @@ impl Epoch {
     /// one could never promote again (`next()` would overflow).
     pub const MAX: Epoch = Epoch(1 << 62);
 
+    /// The epoch a promotion moves to.
     pub fn next(self) -> Epoch {
         Epoch(self.0 + 1)
     }
@@ -75,8 +79,11 @@ impl From<&str> for NodeId {
 /// the epoch of the primary that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// Its place in the log.
     pub lsn: Lsn,
+    /// The epoch of the primary that wrote it.
     pub epoch: Epoch,
+    /// The engine's command, as given to `Replicator::apply`.
     pub payload: Bytes,
 }
 
@@ -93,7 +100,9 @@ impl Record {
 /// Where an epoch began: its first record's LSN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochStart {
+    /// The epoch.
     pub epoch: Epoch,
+    /// Its first record.
     pub first_lsn: Lsn,
 }
 
@@ -154,6 +163,7 @@ impl EpochHistory {
         self.0.retain(|e| e.first_lsn <= lsn);
     }
 
+    /// The newest epoch in the history, `None` when it is empty.
     pub fn last_epoch(&self) -> Option<Epoch> {
         self.0.last().map(|e| e.epoch)
     }

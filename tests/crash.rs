@@ -470,7 +470,7 @@ fn frame_ends(first_lsn: u64, count: u64) -> Vec<(u64, u64)> {
     let mut end = 32; // segment header
     (first_lsn..first_lsn + count)
         .map(|lsn| {
-            end += walrep::wal::record::encoded_len(&base_record(lsn)) as u64;
+            end += walrep::testing::wal_record::encoded_len(&base_record(lsn)) as u64;
             (lsn, end)
         })
         .collect()
@@ -661,7 +661,7 @@ fn power_cut(dir: &Path, durable: u64, rng: &mut Rng) -> Option<String> {
     let len = fs::metadata(last).unwrap().len();
     let floor = if durable >= first {
         32 + (first..=durable)
-            .map(|lsn| (walrep::wal::record::HEADER_LEN + payload_len(lsn)) as u64)
+            .map(|lsn| (walrep::testing::wal_record::HEADER_LEN + payload_len(lsn)) as u64)
             .sum::<u64>()
     } else if segs.len() == 1 {
         // Its header was made durable before anything before it went.

@@ -135,7 +135,7 @@ impl ReplicaBuilder {
     /// Starts the node's tasks on the current tokio runtime. Serve the
     /// returned service (see `serve`) so the peer can reach this node.
     pub fn start(self) -> Result<(Replica, ReplicationService)> {
-        self.cfg.validate().map_err(Error::Config)?;
+        self.cfg.validate()?;
         let peer = match self.peer {
             Some(p) => p,
             None => Arc::new(GrpcPeer::connect_lazy(&self.cfg)?),

@@ -1,6 +1,7 @@
 //! Helpers for tests of walrep and of the engines that embed it: not part of
 //! the replication API, and built only with the `testing` feature (and for
-//! walrep's own unit tests).
+//! walrep's own unit tests). Nothing here is needed to run a node; all of
+//! it may change in any release.
 
 mod alloc;
 mod history;
@@ -9,3 +10,22 @@ mod state_machine;
 pub use alloc::{TrackingAllocator, largest_allocation};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
 pub use state_machine::MemStateMachine;
+
+/// An in-memory [`WalStore`](crate::WalStore): nothing survives the
+/// process, and its calls never block, so a simulation stays
+/// deterministic. For tests only.
+pub use crate::wal::MemWal;
+
+/// The peer seam, for tests that wrap `GrpcPeer` to cut links or reorder
+/// messages: pass a [`Peer`] to `ReplicaBuilder::peer`. The messages are
+/// the wire protocol's, which may change in any release.
+pub use crate::transport::{
+    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
+    Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalAck, WalBatch,
+};
+
+/// The on-disk framing of one WAL record, for crash tests that compute
+/// where a torn write may cut a segment.
+pub mod wal_record {
+    pub use crate::wal::record::{HEADER_LEN, encoded_len};
+}

@@ -12,8 +12,12 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// Connection settings every walrep channel needs: without HTTP/2
-/// keepalive a connection cut by a partition hangs until TCP gives up.
+/// Connection settings every walrep channel needs, from `cfg`: connect
+/// within `rpc_timeout`, no Nagle delay, HTTP/2 keepalive every heartbeat
+/// (at least 100 ms) giving up after `failover_timeout`, and large
+/// flow-control windows. Without the keepalive a connection cut by a
+/// partition hangs until TCP gives up. Apply it to an endpoint of your own
+/// (TLS, a proxy) before making the channels for `GrpcPeer::from_channels`.
 pub fn channel_settings(endpoint: Endpoint, cfg: &crate::Config) -> Endpoint {
     endpoint
         .connect_timeout(cfg.rpc_timeout)
@@ -25,6 +29,10 @@ pub fn channel_settings(endpoint: Endpoint, cfg: &crate::Config) -> Endpoint {
         .initial_connection_window_size(Some(16 << 20))
 }
 
+/// The peer over gRPC: two channels (one for the WAL stream, one for
+/// control calls, so a heartbeat never queues behind WAL batches), every
+/// call with a deadline. `ReplicaBuilder::start` makes one with
+/// `connect_lazy` unless `ReplicaBuilder::peer` gives another.
 #[derive(Clone)]
 pub struct GrpcPeer {
     data: ReplicationClient<Channel>,
@@ -38,8 +46,12 @@ impl GrpcPeer {
     /// connection is re-established by the next call).
     pub fn connect_lazy(cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
         let uri = format!("http://{}", cfg.peer_addr);
-        let endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| {
-            crate::Error::Config(format!("peer_addr {uri:?} is not a valid address: {e}"))
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
+            crate::Error::InvalidConfig(crate::config::ConfigError {
+                setting: crate::config::Setting::PeerAddr,
+                related: None,
+                problem: format!("({:?}) is not a valid host:port: {e}", cfg.peer_addr),
+            })
         })?;
         let endpoint = channel_settings(endpoint, cfg);
         Ok(GrpcPeer::from_channels(
@@ -49,7 +61,10 @@ impl GrpcPeer {
         ))
     }
 
-    /// Uses channels made by the caller (a simulated network, TLS, ...).
+    /// Uses channels made by the caller (TLS, a proxy, a simulated
+    /// network); make them from an endpoint passed through
+    /// `channel_settings`. They may be clones of one channel, at the price
+    /// of heartbeats queueing behind WAL batches.
     pub fn from_channels(data: Channel, control: Channel, cfg: &crate::Config) -> GrpcPeer {
         let limit = cfg.max_message_bytes;
         let client = |c: Channel| {

@@ -8,7 +8,7 @@ mod convert;
 mod server;
 
 pub use client::{GrpcPeer, channel_settings};
-pub use server::{AckWatch, Inbound, Refusal, RefusalKind, ReplicationService};
+pub use server::{Inbound, Refusal, RefusalKind, ReplicationService};
 
 use crate::error::TransportError;
 use crate::node::{FenceReason, RoleKind, SyncState};
@@ -20,123 +20,198 @@ use tokio::sync::mpsc;
 /// Sent with every request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Header {
+    /// `Config::cluster_id` of the sender.
     pub cluster_id: String,
+    /// The sender's epoch.
     pub epoch: Epoch,
+    /// The sender's id.
     pub node_id: NodeId,
+    /// Where the sender serves replication.
     pub node_addr: String,
+    /// The leader of `epoch` as the sender knows it.
     pub leader_id: Option<NodeId>,
+    /// Where the sender serves its clients.
     pub client_addr: Option<String>,
 }
 
+/// Records the primary streams, following `(prev_lsn, prev_epoch)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalBatch {
+    /// The sender.
     pub header: Header,
+    /// The record before `records[0]`: the standby appends only if it
+    /// holds it.
     pub prev_lsn: Lsn,
+    /// Its epoch.
     pub prev_epoch: Epoch,
+    /// Consecutive records (may be empty: a position update).
     pub records: Vec<Record>,
+    /// The primary's commit position.
     pub commit_lsn: Lsn,
+    /// What the primary tells the standby about sync.
     pub sync: SyncState,
+    /// The primary's last LSN.
     pub last_lsn: Lsn,
+    /// The primary's oldest retained LSN.
     pub first_lsn: Lsn,
 }
 
 /// The standby's positions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalAck {
+    /// The standby's epoch.
     pub epoch: Epoch,
+    /// Last record written (not fsynced).
     pub written: Lsn,
+    /// Last record fsynced.
     pub flushed: Lsn,
+    /// Last record applied by its state machine.
     pub applied: Lsn,
+    /// The epoch of the record at `flushed`.
     pub flushed_epoch: Epoch,
 }
 
+/// The primary's heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatRequest {
+    /// The sender.
     pub header: Header,
+    /// The primary's last LSN.
     pub last_lsn: Lsn,
+    /// The primary's commit position.
     pub commit_lsn: Lsn,
+    /// What the primary tells the standby about sync.
     pub sync: SyncState,
 }
 
+/// The standby's answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatReply {
+    /// Its positions.
     pub ack: WalAck,
+    /// Its role.
     pub role: RoleKind,
 }
 
+/// Asks the receiver to step down to `header.epoch`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FenceRequest {
     /// `header.epoch` is the epoch the receiver must adopt.
     pub header: Header,
+    /// Why.
     pub reason: FenceReason,
 }
 
+/// The fenced node's log position, once it adopted the epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FenceReply {
+    /// Its epoch now.
     pub epoch: Epoch,
+    /// Its last LSN.
     pub last_lsn: Lsn,
+    /// The epoch of that record.
     pub last_epoch: Epoch,
 }
 
+/// Asks the receiver (a standby) to promote itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromoteRequest {
+    /// The sender.
     pub header: Header,
+    /// Promote even if acknowledged writes may be missing.
     pub force: bool,
 }
 
+/// The outcome of a promotion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromoteReply {
+    /// The new epoch.
     pub epoch: Epoch,
+    /// What happened, in words.
     pub message: String,
 }
 
+/// The receiver's log history, for a rejoin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryReply {
+    /// Its epoch.
     pub epoch: Epoch,
+    /// Where each epoch began in its log.
     pub history: EpochHistory,
+    /// Its last LSN.
     pub last_lsn: Lsn,
+    /// Its oldest retained LSN.
     pub first_lsn: Lsn,
+    /// Its role.
     pub role: RoleKind,
 }
 
+/// The receiver's state, for a switchover.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusReply {
+    /// Its id.
     pub node_id: NodeId,
+    /// Its role.
     pub role: RoleKind,
+    /// Its epoch.
     pub epoch: Epoch,
+    /// Its last LSN.
     pub last_lsn: Lsn,
+    /// Its commit position.
     pub commit_lsn: Lsn,
+    /// Its applied position.
     pub applied_lsn: Lsn,
+    /// Its durable position.
     pub flushed_lsn: Lsn,
+    /// The leader it knows.
     pub leader_id: Option<NodeId>,
+    /// That leader's replication address.
     pub leader_addr: Option<String>,
+    /// Whether its WAL stream is open.
     pub peer_connected: bool,
+    /// How far its standby is behind.
     pub lag_records: u64,
 }
 
 /// A snapshot received from the primary, checked end to end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotTransfer {
+    /// The last record the snapshot covers.
     pub lsn: Lsn,
+    /// That record's epoch.
     pub epoch: Epoch,
+    /// The state machine's snapshot.
     pub data: bytes::Bytes,
 }
 
+/// The standby's acks on an open WAL stream.
 pub type AckStream = BoxStream<'static, Result<WalAck, TransportError>>;
 
-/// The peer, as the replication logic calls it. Implementations enforce
-/// their own deadlines: every call returns within a bounded time.
+/// The peer, as the replication logic calls it: `GrpcPeer` in production,
+/// a wrapper or a fake in tests (`testing::Peer`, with the `testing`
+/// feature). The node's own service (`ReplicationService`) is the other
+/// end, so a replacement must reach it.
+///
+/// Contract: every call returns within a bounded time (an implementation
+/// enforces its own deadlines; the node's failure detection relies on it)
+/// and classifies failures as `TransportError` says. Calls come from
+/// several tasks at once (heartbeats while a stream is open).
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Peer: Send + Sync + 'static {
+    /// The primary's heartbeat to its standby.
     async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, TransportError>;
 
+    /// Makes the peer adopt a higher epoch and stop accepting writes.
     async fn fence(&self, req: FenceRequest) -> Result<FenceReply, TransportError>;
 
+    /// Asks the peer (a standby) to promote itself.
     async fn promote(&self, req: PromoteRequest) -> Result<PromoteReply, TransportError>;
 
+    /// The peer's state.
     async fn status(&self, header: Header) -> Result<StatusReply, TransportError>;
 
+    /// The peer's log history.
     async fn history(&self, header: Header) -> Result<HistoryReply, TransportError>;
 
     /// Opens the WAL stream: `batches` go out, acks come back. The first
@@ -146,5 +221,6 @@ pub trait Peer: Send + Sync + 'static {
         batches: mpsc::Receiver<WalBatch>,
     ) -> Result<AckStream, TransportError>;
 
+    /// A snapshot of the peer's (the primary's) state machine.
     async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError>;
 }

@@ -196,7 +196,10 @@ pub enum Inbound {
     },
 }
 
-/// The `Replication` gRPC service of one node.
+/// The `Replication` gRPC service of one node: what its peer calls. Serve
+/// it with `serve`, or add `into_server()` to a tonic server of the
+/// engine's own. Until it is served, the peer cannot reach this node (a
+/// standby then never receives the WAL, a primary is never fenced).
 #[derive(Clone)]
 pub struct ReplicationService {
     to_actor: mpsc::Sender<crate::runtime::Msg>,
@@ -223,7 +226,13 @@ impl ReplicationService {
         }
     }
 
-    /// The tonic server for this service, with message size limits set.
+    /// The tonic service, with `Config::max_message_bytes` as its message
+    /// limit, for an engine that serves replication on its own
+    /// `tonic::transport::Server` (beside its own services, behind TLS):
+    /// `Server::builder().add_service(service.into_server())`. `serve` does
+    /// this with the HTTP/2 settings walrep is tuned for (no Nagle delay,
+    /// keepalive so a partition is noticed, large flow-control windows);
+    /// a server of your own should set the same.
     pub fn into_server(self) -> ReplicationServer<ReplicationService> {
         let limit = self.max_message_bytes;
         ReplicationServer::new(self)

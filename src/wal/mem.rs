@@ -7,6 +7,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// A `WalStore` in memory: appends, syncs and meta live in the process
+/// only. `sync` marks what a simulated crash (`crash`) keeps, so tests can
+/// check durability without a disk, and nothing blocks, so a simulation
+/// stays deterministic.
 #[derive(Default)]
 pub struct MemWal {
     inner: Mutex<Inner>,
@@ -48,6 +52,7 @@ impl Inner {
 }
 
 impl MemWal {
+    /// An empty log starting at LSN 1, epoch 0, meta at its default.
     pub fn new() -> Self {
         Self::default()
     }

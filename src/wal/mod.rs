@@ -2,10 +2,12 @@
 //! through, a durable segmented file implementation and an in-memory one.
 
 mod file;
+#[cfg(any(test, feature = "testing"))]
 mod mem;
-pub mod record;
+pub(crate) mod record;
 
 pub use file::{FileWal, FileWalOptions};
+#[cfg(any(test, feature = "testing"))]
 pub use mem::MemWal;
 
 use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
@@ -15,21 +17,31 @@ use std::path::PathBuf;
 /// the leader of that epoch, if known. Written atomically.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WalMeta {
+    /// The highest epoch this node has seen.
     pub epoch: Epoch,
+    /// The primary of that epoch, if known.
     pub leader: Option<NodeId>,
 }
 
+/// How a `WalStore` call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A record failed its checksum or framing check.
     #[error("corrupt WAL record in {segment} at offset {offset}: {detail}")]
     Corrupt {
+        /// The damaged file.
         segment: PathBuf,
+        /// Byte offset of the damaged record in it.
         offset: u64,
+        /// What check failed.
         detail: String,
     },
+    /// The OS refused an operation.
     #[error("I/O error on {what}: {source}")]
     Io {
+        /// The operation that failed.
         what: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
@@ -37,14 +49,40 @@ pub enum WalError {
     /// so nothing written since can be trusted. Restart after checking the disk.
     #[error("WAL is unusable after a failed fsync ({0}); restart the node after checking the disk")]
     Poisoned(String),
+    /// `append` was given a record that does not follow the log's last.
     #[error("append out of order: expected LSN {expected}, got {got}")]
-    OutOfOrder { expected: Lsn, got: Lsn },
+    OutOfOrder {
+        /// The LSN the log expected next.
+        expected: Lsn,
+        /// The LSN it was given.
+        got: Lsn,
+    },
+    /// `append` was given a record whose epoch is below the log's last.
     #[error("record {lsn} has epoch {epoch}, below the log's last epoch {last}")]
-    EpochRegression { lsn: Lsn, epoch: Epoch, last: Epoch },
+    EpochRegression {
+        /// The record.
+        lsn: Lsn,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The log's last epoch.
+        last: Epoch,
+    },
+    /// `read` asked for a record retention already removed.
     #[error("record {lsn} is no longer retained (oldest kept: {first})")]
-    NotRetained { lsn: Lsn, first: Lsn },
+    NotRetained {
+        /// The record asked for.
+        lsn: Lsn,
+        /// The oldest record kept.
+        first: Lsn,
+    },
+    /// `append` was given a payload above the log's limit.
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl From<WalError> for crate::Error {
@@ -72,6 +110,13 @@ impl From<WalError> for crate::Error {
 /// them from threads where blocking is allowed, never while holding a lock
 /// across an `.await`.
 ///
+/// Concurrency: one node is the only writer (`append`, `truncate_after`,
+/// `remove_before`, `reset`, `set_meta` come from one task at a time), but
+/// `sync`, `read` and the getters are called from other tasks at the same
+/// time as appends, so an implementation synchronizes internally. The
+/// getters should not wait for an fsync in progress: the node's own task
+/// calls them.
+///
 /// Durability contract: a record is durable once `sync` has returned an LSN
 /// at or above it. `set_meta` is durable when it returns. After a crash,
 /// reopening yields every durable record and possibly some that were not
@@ -94,8 +139,11 @@ pub trait WalStore: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<Record>, WalError>;
 
+    /// The last appended record (`Lsn::ZERO` for an empty log that starts
+    /// at 1).
     fn last_lsn(&self) -> Lsn;
 
+    /// The last durable record: the highest LSN `sync` has returned.
     fn flushed_lsn(&self) -> Lsn;
 
     /// The oldest record still kept (`last_lsn + 1` when the log is empty).
@@ -122,6 +170,7 @@ pub trait WalStore: Send + Sync + 'static {
     /// Bytes of log kept from `from` to the end, for retention decisions.
     fn bytes_from(&self, from: Lsn) -> u64;
 
+    /// The last `WalMeta` persisted (the default before any).
     fn meta(&self) -> WalMeta;
 
     /// Persists `meta` atomically (write temp, fsync, rename, fsync dir).

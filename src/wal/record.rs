@@ -12,6 +12,7 @@
 use crate::types::{Epoch, Lsn, Record};
 use bytes::{BufMut, Bytes};
 
+/// Bytes of a frame before its payload.
 pub const HEADER_LEN: usize = 4 + 8 + 8 + 4;
 
 /// Why bytes are not a valid frame.
@@ -31,6 +32,7 @@ pub enum FrameError {
     },
 }
 
+/// Bytes `record` takes as a frame: header and payload.
 pub fn encoded_len(record: &Record) -> usize {
     HEADER_LEN + record.payload.len()
 }

@@ -11,13 +11,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use walrep::transport::{
+use walrep::testing::{
     AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+    MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
 };
 use walrep::{
-    CommitMode, Config, GrpcPeer, Health, InitialRole, MemWal, NodeId, Peer, Replica, Replicator,
-    RoleKind, TransportError, WalStore,
+    CommitMode, Config, GrpcPeer, Health, InitialRole, NodeId, Replica, Replicator, RoleKind,
+    TransportError, WalStore,
 };
 use walrep_daemon::kv::{Command, KvStore};
 

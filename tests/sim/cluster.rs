@@ -5,7 +5,8 @@ use super::net;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use walrep::{CommitMode, Config, GrpcPeer, InitialRole, MemWal, NodeId, OnStandbyLoss, Replica};
+use walrep::testing::MemWal;
+use walrep::{CommitMode, Config, GrpcPeer, InitialRole, NodeId, OnStandbyLoss, Replica};
 use walrep_daemon::kv::KvStore;
 
 pub const PORT: u16 = 7000;

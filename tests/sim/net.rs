@@ -53,12 +53,12 @@ pub fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::R
 /// the keepalive settings walrep needs after partitions.
 pub fn channel(host: &str, port: u16, cfg: &walrep::Config) -> Channel {
     let endpoint = Endpoint::try_from(format!("http://{host}:{port}")).unwrap();
-    walrep::transport::channel_settings(endpoint, cfg).connect_with_connector_lazy(
-        tower::service_fn(|uri: Uri| async move {
+    walrep::channel_settings(endpoint, cfg).connect_with_connector_lazy(tower::service_fn(
+        |uri: Uri| async move {
             let host = uri.host().unwrap_or_default().to_string();
             let port = uri.port_u16().unwrap_or(80);
             let stream = TcpStream::connect((host.as_str(), port)).await?;
             Ok::<_, std::io::Error>(TokioIo::new(SimStream(stream)))
-        }),
-    )
+        },
+    ))
 }

@@ -2,7 +2,7 @@
 //! one over its HTTP API.
 
 use super::client::{self, HttpClient};
-use super::config::{Layers, NodeSettings, flag_name};
+use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help};
 use super::error::DaemonError;
 use super::{bench, demo, node};
 use clap::{Args, Parser, Subcommand};
@@ -79,7 +79,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct AddrArg {
     /// The node's HTTP address (host:port).
-    #[arg(long, default_value = "127.0.0.1:8001")]
+    #[arg(long, default_value = DEFAULT_HTTP)]
     pub addr: String,
 }
 
@@ -110,14 +110,11 @@ pub struct NodeArgs {
     /// Where this node keeps wal/, kv/ and rewound/. Required.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
-    /// Role on a fresh data dir: primary or standby [default: standby].
-    #[arg(long)]
+    #[arg(long, help = help("role", "Role on a fresh data dir: primary or standby"))]
     pub role: Option<String>,
-    /// Replication (gRPC) listen address [default: 127.0.0.1:7001].
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", help = help("listen", "Replication (gRPC) listen address"))]
     pub listen: Option<String>,
-    /// HTTP API listen address [default: 127.0.0.1:8001].
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", help = help("http", "HTTP API listen address"))]
     pub http: Option<String>,
     /// Replication address the peer dials [default: --listen].
     #[arg(long, value_name = "HOST:PORT")]
@@ -125,47 +122,34 @@ pub struct NodeArgs {
     /// HTTP address clients are redirected to [default: --http].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_http: Option<String>,
-    /// Both nodes must share it [default: walrep].
-    #[arg(long)]
+    #[arg(long, help = help("cluster_id", "Both nodes must share it"))]
     pub cluster_id: Option<String>,
-    /// async, remote-write, remote-flush or remote-apply [default: remote-flush].
-    #[arg(long)]
+    #[arg(long, help = help("commit_mode", "async, remote-write, remote-flush or remote-apply"))]
     pub commit_mode: Option<String>,
-    /// Heartbeat interval [default: 200].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = help("heartbeat_ms", "Heartbeat interval"))]
     pub heartbeat_ms: Option<String>,
-    /// Silence after which the standby promotes itself [default: 1000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = help("failover_timeout_ms", "Silence after which the standby promotes itself"))]
     pub failover_timeout_ms: Option<String>,
-    /// How long a sync-mode write waits for the standby [default: 2000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = help("sync_timeout_ms", "How long a sync-mode write waits for the standby"))]
     pub sync_timeout_ms: Option<String>,
-    /// Deadline of each control RPC [default: 500].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = help("rpc_timeout_ms", "Deadline of each control RPC"))]
     pub rpc_timeout_ms: Option<String>,
-    /// solo or block: what a sync-mode primary does without its standby [default: solo].
-    #[arg(long)]
+    #[arg(long, help = help("on_standby_loss", "solo or block: what a sync-mode primary does without its standby"))]
     pub on_standby_loss: Option<String>,
     /// Never promote automatically (promote by hand with `walrep promote`).
     #[arg(long)]
     pub no_auto_failover: bool,
-    /// Async mode: most records the standby may lag and still promote [default: 1024].
-    #[arg(long, value_name = "RECORDS")]
+    #[arg(long, value_name = "RECORDS", help = help("max_lag_on_failover", "Async mode: most records the standby may lag and still promote"))]
     pub max_lag_on_failover: Option<String>,
-    /// Largest record (encoded key + value) [default: 4194304].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = help("max_record_bytes", "Largest record (encoded key + value)"))]
     pub max_record_bytes: Option<String>,
-    /// Persist a KV snapshot every this many applied records [default: 10000].
-    #[arg(long, value_name = "RECORDS")]
+    #[arg(long, value_name = "RECORDS", help = help("snapshot_records", "Persist a KV snapshot every this many applied records"))]
     pub snapshot_records: Option<String>,
-    /// ...or this often when anything new was applied [default: 30000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = help("snapshot_interval_ms", "...or this often when anything new was applied"))]
     pub snapshot_interval_ms: Option<String>,
-    /// WAL kept for a lagging standby before it must resync from a snapshot [default: 1073741824].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = help("wal_retention_bytes", "WAL kept for a lagging standby before it must resync from a snapshot"))]
     pub wal_retention_bytes: Option<String>,
-    /// Threads running the node's tasks; fsyncs and snapshots run on threads of their own [default: 1].
-    #[arg(long, value_name = "THREADS")]
+    #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
 }
 
@@ -351,6 +335,39 @@ mod tests {
                 .chain(args.iter().copied())
                 .map(Into::into),
         )
+    }
+
+    #[test]
+    fn node_help_shows_each_default_from_the_settings_table() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("node")
+            .expect("node subcommand")
+            .render_help()
+            .to_string();
+        for setting in crate::config::SETTINGS {
+            // `--no-auto-failover` is a switch: its default is its absence.
+            let (Some(default), false) = (setting.default, setting.key == "auto_failover") else {
+                continue;
+            };
+            let flag = flag_name(setting.key);
+            // A flag's entry: its line and the help lines under it, up to
+            // the next flag (clap puts long help on the next line).
+            let entry: Vec<&str> = help
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with(&format!("{flag} ")))
+                .enumerate()
+                .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with('-'))
+                .map(|(_, l)| l.trim())
+                .collect();
+            assert!(!entry.is_empty(), "no {flag} in --help:\n{help}");
+            let entry = entry.join(" ");
+            assert!(
+                entry.ends_with(&format!("[default: {}]", default())),
+                "{flag}: {entry}"
+            );
+        }
     }
 
     #[test]

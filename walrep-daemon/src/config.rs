@@ -17,17 +17,32 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use walrep::NodeId;
-use walrep::{CommitMode, Config, InitialRole, OnStandbyLoss};
+use walrep::{CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss};
 
 /// One setting: its name (the TOML key) and default.
 pub struct Setting {
     pub key: &'static str,
-    /// `None`: the setting must be given, or is derived from others.
-    pub default: Option<&'static str>,
+    /// The default as text, as a flag would give it; `None`: the setting
+    /// must be given, or is derived from others. A function, so the
+    /// library's defaults (`Config::DEFAULT_*`) are read, never copied.
+    pub default: Option<fn() -> String>,
 }
 
-const fn s(key: &'static str, default: Option<&'static str>) -> Setting {
+const fn s(key: &'static str, default: Option<fn() -> String>) -> Setting {
     Setting { key, default }
+}
+
+/// Where the HTTP API listens by default.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8001";
+/// Persist a KV snapshot after this many applied records by default.
+pub const DEFAULT_SNAPSHOT_RECORDS: u64 = 10_000;
+/// ...or after this long with anything new applied.
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
+/// Threads of the node's runtime by default (see `NodeSettings`).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
 }
 
 /// Every setting of `walrep node`; `docs/DAEMON.md` says what each trades.
@@ -36,26 +51,80 @@ pub const SETTINGS: &[Setting] = &[
     s("peer_id", None),
     s("peer", None),
     s("data_dir", None),
-    s("role", Some("standby")),
-    s("listen", Some("127.0.0.1:7001")),
-    s("http", Some("127.0.0.1:8001")),
+    s("role", Some(|| InitialRole::default().to_string())),
+    // The library's default advertised address is where it listens.
+    s(
+        "listen",
+        Some(|| Config::DEFAULT_ADVERTISE_ADDR.to_string()),
+    ),
+    s("http", Some(|| DEFAULT_HTTP.to_string())),
     s("advertise", None),
     s("advertise_http", None),
-    s("cluster_id", Some("walrep")),
-    s("commit_mode", Some("remote-flush")),
-    s("heartbeat_ms", Some("200")),
-    s("failover_timeout_ms", Some("1000")),
-    s("sync_timeout_ms", Some("2000")),
-    s("rpc_timeout_ms", Some("500")),
-    s("on_standby_loss", Some("solo")),
-    s("auto_failover", Some("true")),
-    s("max_lag_on_failover", Some("1024")),
-    s("max_record_bytes", Some("4194304")),
-    s("snapshot_records", Some("10000")),
-    s("snapshot_interval_ms", Some("30000")),
-    s("wal_retention_bytes", Some("1073741824")),
-    s("worker_threads", Some("1")),
+    s(
+        "cluster_id",
+        Some(|| Config::DEFAULT_CLUSTER_ID.to_string()),
+    ),
+    s("commit_mode", Some(|| CommitMode::default().to_string())),
+    s(
+        "heartbeat_ms",
+        Some(|| ms(Config::DEFAULT_HEARTBEAT_INTERVAL)),
+    ),
+    s(
+        "failover_timeout_ms",
+        Some(|| ms(Config::DEFAULT_FAILOVER_TIMEOUT)),
+    ),
+    s("sync_timeout_ms", Some(|| ms(Config::DEFAULT_SYNC_TIMEOUT))),
+    s("rpc_timeout_ms", Some(|| ms(Config::DEFAULT_RPC_TIMEOUT))),
+    s(
+        "on_standby_loss",
+        Some(|| OnStandbyLoss::default().to_string()),
+    ),
+    s(
+        "auto_failover",
+        Some(|| Config::DEFAULT_AUTO_FAILOVER.to_string()),
+    ),
+    s(
+        "max_lag_on_failover",
+        Some(|| Config::DEFAULT_MAX_LAG_ON_FAILOVER.to_string()),
+    ),
+    s(
+        "max_record_bytes",
+        Some(|| Config::DEFAULT_MAX_RECORD_BYTES.to_string()),
+    ),
+    s(
+        "snapshot_records",
+        Some(|| DEFAULT_SNAPSHOT_RECORDS.to_string()),
+    ),
+    s(
+        "snapshot_interval_ms",
+        Some(|| ms(DEFAULT_SNAPSHOT_INTERVAL)),
+    ),
+    s(
+        "wal_retention_bytes",
+        Some(|| Config::DEFAULT_WAL_RETENTION_BYTES.to_string()),
+    ),
+    s(
+        "worker_threads",
+        Some(|| DEFAULT_WORKER_THREADS.to_string()),
+    ),
 ];
+
+/// The default of `key` as text, `None` for a setting without one.
+pub fn default_of(key: &str) -> Option<String> {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .and_then(|s| s.default)
+        .map(|d| d())
+}
+
+/// A flag's help: `text` and the setting's default, as `--help` shows it.
+pub fn help(key: &str, text: &str) -> String {
+    match default_of(key) {
+        Some(d) => format!("{text} [default: {d}]"),
+        None => text.to_string(),
+    }
+}
 
 /// The variable naming the TOML file when `--config` is not given.
 pub const CONFIG_ENV: &str = "WALREP_CONFIG";
@@ -142,7 +211,7 @@ impl Layers {
         let mut layers = Layers::default();
         for setting in SETTINGS {
             if let Some(d) = setting.default {
-                layers.set(setting.key, d.to_string(), Source::Default);
+                layers.set(setting.key, d(), Source::Default);
             }
         }
         let file = config_flag.or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
@@ -331,7 +400,7 @@ impl Layers {
             standby_sync_inline: true,
             ..defaults
         };
-        cfg.validate().map_err(|msg| self.explain(msg))?;
+        cfg.validate().map_err(|e| self.explain(e))?;
         Ok(NodeSettings {
             cfg,
             data_dir,
@@ -345,35 +414,45 @@ impl Layers {
         })
     }
 
-    /// `Config::validate` names the library's fields; add the daemon's
-    /// setting names and where their values came from.
-    fn explain(&self, msg: String) -> DaemonError {
-        const NAMES: &[(&str, &str)] = &[
-            ("node_id", "id"),
-            ("peer_id", "peer_id"),
-            ("peer_addr", "peer"),
-            ("advertise_addr", "advertise"),
-            ("cluster_id", "cluster_id"),
-            ("heartbeat_interval", "heartbeat_ms"),
-            ("failover_timeout", "failover_timeout_ms"),
-            ("sync_timeout", "sync_timeout_ms"),
-            ("rpc_timeout", "rpc_timeout_ms"),
-            ("max_record_bytes", "max_record_bytes"),
-        ];
-        let named: Vec<String> = NAMES
-            .iter()
-            .filter(|(field, _)| msg.contains(field))
-            .map(|(_, key)| format!("{key} from {}", self.source(key)))
-            .collect();
-        if named.is_empty() {
-            DaemonError::Config(format!("invalid configuration: {msg}"))
+    /// `Config::validate` names the library's field as data; add the
+    /// daemon's name for it (and for the setting it was checked against)
+    /// and where their values came from.
+    fn explain(&self, err: ConfigError) -> DaemonError {
+        let mut keys: Vec<&'static str> = err.settings().filter_map(daemon_key).collect();
+        keys.dedup();
+        if keys.is_empty() {
+            DaemonError::Config(format!("invalid configuration: {err}"))
         } else {
+            let named: Vec<String> = keys
+                .iter()
+                .map(|key| format!("{key} from {}", self.source(key)))
+                .collect();
             DaemonError::Config(format!(
-                "invalid configuration: {msg} (settings: {})",
+                "invalid configuration: {err} (settings: {})",
                 named.join(", ")
             ))
         }
     }
+}
+
+/// The daemon setting that sets a library field, if one does (the batch
+/// and backoff limits keep the library's defaults; `max_message_bytes` is
+/// derived from `max_record_bytes`).
+fn daemon_key(setting: walrep::Setting) -> Option<&'static str> {
+    use walrep::Setting as S;
+    Some(match setting {
+        S::NodeId => "id",
+        S::PeerId => "peer_id",
+        S::PeerAddr => "peer",
+        S::AdvertiseAddr => "advertise",
+        S::ClusterId => "cluster_id",
+        S::HeartbeatInterval => "heartbeat_ms",
+        S::FailoverTimeout => "failover_timeout_ms",
+        S::SyncTimeout => "sync_timeout_ms",
+        S::RpcTimeout => "rpc_timeout_ms",
+        S::MaxRecordBytes | S::MaxMessageBytes => "max_record_bytes",
+        _ => return None,
+    })
 }
 
 /// Reads a TOML file of settings; unknown keys are refused (a typo would
@@ -647,6 +726,60 @@ mod tests {
         flags.push(("advertise", "n1:7001".into()));
         let s = resolve(flags, None, &[]).unwrap();
         assert_eq!(s.cfg.advertise_client_addr.as_deref(), Some("n1:8001"));
+    }
+
+    #[test]
+    fn the_settings_table_of_daemon_md_names_each_setting_as_the_code_does() {
+        let doc = include_str!("../../docs/DAEMON.md");
+        for setting in SETTINGS {
+            let key = setting.key;
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("docs/DAEMON.md has no row for {key}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[2], format!("`{}`", flag_name(key)), "{row}");
+            assert_eq!(cells[3], format!("`{}`", env_name(key)), "{row}");
+            match setting.default {
+                Some(default) => assert_eq!(cells[4], format!("`{}`", default()), "{row}"),
+                None => assert!(cells[4] == "required" || cells[4].starts_with("`"), "{row}"),
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_library_where_it_has_them() {
+        let s = resolve(base_flags(), None, &[]).unwrap();
+        let lib = Config::default();
+        assert_eq!(s.cfg.heartbeat_interval, lib.heartbeat_interval);
+        assert_eq!(s.cfg.failover_timeout, lib.failover_timeout);
+        assert_eq!(s.cfg.sync_timeout, lib.sync_timeout);
+        assert_eq!(s.cfg.rpc_timeout, lib.rpc_timeout);
+        assert_eq!(s.cfg.max_record_bytes, lib.max_record_bytes);
+        assert_eq!(s.cfg.wal_retention_bytes, lib.wal_retention_bytes);
+        assert_eq!(s.cfg.max_lag_on_failover, lib.max_lag_on_failover);
+        assert_eq!(s.cfg.cluster_id, lib.cluster_id);
+        assert_eq!(s.cfg.commit_mode, lib.commit_mode);
+        assert_eq!(s.cfg.on_standby_loss, lib.on_standby_loss);
+        assert_eq!(s.cfg.initial_role, lib.initial_role);
+        assert_eq!(s.cfg.auto_failover, lib.auto_failover);
+        assert_eq!(s.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
+        assert_eq!(s.snapshot_records, DEFAULT_SNAPSHOT_RECORDS);
+    }
+
+    #[test]
+    fn a_library_refusal_of_an_unexposed_setting_is_still_explained() {
+        let layers = Layers::gather(base_flags(), None, env(&[])).unwrap();
+        let err = ConfigError {
+            setting: walrep::Setting::MaxBatchBytes,
+            related: None,
+            problem: "must be greater than 0".into(),
+        };
+        let e = layers.explain(err).to_string();
+        assert_eq!(
+            e,
+            "invalid configuration: max_batch_bytes must be greater than 0"
+        );
     }
 
     #[test]

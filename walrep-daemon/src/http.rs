@@ -116,7 +116,8 @@ impl AppState {
             Error::Corrupt { .. }
             | Error::Io { .. }
             | Error::StateMachine { .. }
-            | Error::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+            | Error::Config(_)
+            | Error::InvalidConfig(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
         self.metrics.http_rejected(reason);
         let leader = leader.or_else(|| self.leader_http());

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+/// How a `FileWal` lays out and caches its segments.
 #[derive(Clone, Debug)]
 pub struct FileWalOptions {
     /// A segment takes no more appends once they would make it larger than
@@ -52,13 +53,18 @@ impl Default for FileWalOptions {
     fn default() -> Self {
         FileWalOptions {
             segment_bytes: 64 << 20,
-            max_record_bytes: 4 << 20,
+            max_record_bytes: crate::Config::DEFAULT_MAX_RECORD_BYTES,
             tail_cache_bytes: 16 << 20,
             preallocate: true,
         }
     }
 }
 
+/// The durable `WalStore`: a directory of segment files (`wal/`) and a
+/// meta file, fsynced as the trait's contract says, with group commit
+/// (concurrent `sync` calls share one fsync) and a cache of the tail so a
+/// standby that keeps up is served from memory. Open it with
+/// `FileWal::open`, which recovers what a crash left (a torn tail is cut).
 pub struct FileWal {
     dir: PathBuf,
     wal_dir: PathBuf,
@@ -204,7 +210,8 @@ impl FileWal {
 
     /// Makes the next fsync of a segment (a sync round's, or the one before
     /// rolling to a new segment) fail as if the disk reported an error.
-    #[doc(hidden)]
+    /// Only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub fn inject_sync_failure(&self) {
         self.fail_next_sync.store(true, Ordering::SeqCst);
     }
