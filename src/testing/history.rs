@@ -30,7 +30,9 @@ pub struct AckedWrite {
     pub value: Vec<u8>,
     /// The node that acknowledged it.
     pub node: NodeId,
+    /// The record it was acknowledged as: its LSN...
     pub lsn: Lsn,
+    /// ...and its epoch.
     pub epoch: Epoch,
     /// When the client sent it, on the run's clock (any origin, as long as
     /// [`Observation::by`] uses the same one); `None` if not known.
@@ -40,8 +42,11 @@ pub struct AckedWrite {
 /// What a node said it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
+    /// The node observed.
     pub node: NodeId,
+    /// The role it reported.
     pub role: RoleKind,
+    /// The epoch it reported.
     pub epoch: Epoch,
     /// Whether it accepted writes then.
     pub writable: bool,
@@ -53,10 +58,15 @@ pub struct Observation {
 /// Where a node ended once the faults stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinalState {
+    /// The node.
     pub node: NodeId,
+    /// Its role at the end.
     pub role: RoleKind,
+    /// Its epoch at the end.
     pub epoch: Epoch,
+    /// The last LSN its state machine applied.
     pub applied: Lsn,
+    /// The last LSN in its WAL.
     pub last: Lsn,
     /// A digest of the applied state: equal states, equal hashes.
     pub state_hash: String,
@@ -71,36 +81,53 @@ pub enum Violation {
     /// G1: two nodes wrote in one epoch (acknowledged a write or reported
     /// being a writable primary).
     TwoWritersInOneEpoch {
+        /// The epoch.
         epoch: Epoch,
+        /// The nodes that wrote in it.
         nodes: BTreeSet<NodeId>,
     },
     /// G1: two different writes were acknowledged as one record.
     TwoWritesAsOneRecord {
+        /// The record's LSN.
         lsn: Lsn,
+        /// The record's epoch.
         epoch: Epoch,
+        /// The keys of the two writes.
         keys: [String; 2],
     },
     /// G1: a node reported an epoch lower than one it reported before.
     EpochWentBack {
+        /// The node.
         node: NodeId,
+        /// The epoch it reported first.
         from: Epoch,
+        /// The lower epoch it reported later.
         to: Epoch,
     },
     /// G1: a node acknowledged a write in `epoch` sent after it had
     /// reported the newer `known`.
     AckedInAnOldEpoch {
+        /// The write's key.
         key: String,
+        /// The node that acknowledged it.
         node: NodeId,
+        /// The epoch it was acknowledged in.
         epoch: Epoch,
+        /// The newer epoch the node had reported before.
         known: Epoch,
     },
     /// G2: the final primary does not hold an acknowledged write (or holds
     /// another value under its key).
     AcknowledgedWriteLost {
+        /// The write's key.
         key: String,
+        /// The node that acknowledged it.
         node: NodeId,
+        /// The LSN it was acknowledged as.
         lsn: Lsn,
+        /// The epoch it was acknowledged in.
         epoch: Epoch,
+        /// The final primary, which lacks it.
         primary: NodeId,
     },
     /// G4: the final states do not agree; says how.
@@ -149,7 +176,9 @@ impl fmt::Display for Violation {
 /// not in async mode, nor under `solo` with a true partition).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
+    /// Every acknowledged write must be on the final primary.
     NoAcknowledgedWriteLost,
+    /// Acknowledged writes may be lost (G2 is not checked).
     LossAllowed,
 }
 
@@ -162,10 +191,12 @@ pub struct History {
 }
 
 impl History {
+    /// An empty history.
     pub fn new() -> History {
         History::default()
     }
 
+    /// Records a write a client saw acknowledged.
     pub fn acknowledged(&mut self, write: AckedWrite) {
         self.writes.push(write);
     }
@@ -176,10 +207,12 @@ impl History {
         self.observations.push(observation);
     }
 
+    /// Records where a node ended; one per node, after the faults stopped.
     pub fn finished(&mut self, state: FinalState) {
         self.finals.push(state);
     }
 
+    /// The acknowledged writes, in the order recorded.
     pub fn writes(&self) -> &[AckedWrite] {
         &self.writes
     }
