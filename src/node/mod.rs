@@ -39,12 +39,15 @@ mod standby;
 #[cfg(test)]
 mod tests;
 
-pub use event::{
-    Effect, Event, FenceOutcome, FenceReason, StandbyPositions, SyncState, Time, WaiterFailure,
+pub use event::{FenceReason, SyncState, Time};
+pub(crate) use event::{
+    Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan,
+    StandbyPositions, WaiterFailure,
 };
 
 use crate::config::{Config, InitialRole};
-use crate::types::{Epoch, Lsn, NodeId};
+use crate::transport::{Header, RefusalKind, WalBatch};
+use crate::types::{Epoch, Lsn, NodeId, Record, divergence_point};
 use crate::wal::WalMeta;
 use primary::Primary;
 use standby::Standby;
@@ -115,7 +118,7 @@ impl Role {
 }
 
 /// The role logic of one node.
-pub struct Node {
+pub(crate) struct Node {
     cfg: Config,
     epoch: Epoch,
     leader: Option<NodeId>,
@@ -167,7 +170,7 @@ impl Node {
                 epoch: node.epoch,
                 leader: Some(me),
             });
-            node.role = Role::Primary(Primary::new(true));
+            node.role = Role::Primary(Primary::new());
             node.emit(Effect::StartPrimaryTasks);
         } else if meta.leader.as_ref() == Some(&me) {
             // We were primary before the restart. A sync-mode primary must
@@ -191,13 +194,24 @@ impl Node {
                 self.last_tick = now;
                 self.on_tick(now);
             }
-            Event::Appended { last_lsn } => self.on_appended(now, last_lsn),
+            Event::WriteRequested { payloads } => self.on_write_requested(now, payloads),
             Event::LocalFlushed { lsn } => {
+                // Not an invariant: the flusher's fsync and a standby's
+                // inline one can finish in either order, so an older
+                // position may be reported after a newer one.
                 self.flushed = self.flushed.max(lsn);
                 self.recompute_commit();
                 self.try_finish_demotion();
             }
-            Event::Applied { lsn } => self.applied = self.applied.max(lsn),
+            Event::Applied { lsn } => {
+                assert!(
+                    lsn >= self.applied,
+                    "node {}: applied LSN went backwards: {lsn} < {}",
+                    self.cfg.node_id,
+                    self.applied
+                );
+                self.applied = lsn;
+            }
             Event::StandbyProgress { positions } => self.on_standby_progress(positions),
             Event::StandbyReachable => self.on_standby_reachable(),
             Event::StreamState { up } => {
@@ -209,22 +223,49 @@ impl Node {
                 }
             }
             Event::StandbyUnreachable => self.on_standby_unreachable(now),
-            Event::PrimaryContact {
-                epoch,
-                leader,
-                primary_last_lsn,
-                commit_lsn,
-                sync,
-            } => self.on_primary_contact(now, epoch, leader, primary_last_lsn, commit_lsn, sync),
+            Event::HeartbeatReceived { req } => self.on_heartbeat(now, req),
+            Event::BatchReceived {
+                batch,
+                local_at_prev,
+                local,
+            } => self.on_batch(now, batch, local_at_prev, local),
+            Event::HistoryRequested { header } => {
+                if self.admit(&header) {
+                    self.emit(Effect::Answer(Ok(())));
+                }
+            }
+            Event::SnapshotRequested { header } => self.on_snapshot_requested(header),
             Event::HigherEpoch { epoch, leader } => self.on_higher_epoch(epoch, leader),
             Event::FenceRequested {
                 epoch,
                 leader,
                 reason,
             } => self.on_fence_requested(now, epoch, leader, reason),
-            Event::PromoteRequested { force } => self.on_promote_requested(now, force),
+            Event::FenceOrdered { epoch } => self.on_fence_ordered(epoch),
+            Event::PromoteRequested { force, from } => self.on_promote_requested(now, force, from),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
-            Event::RejoinFinished { epoch, leader } => self.on_rejoin_finished(epoch, leader),
+            Event::ResyncNeeded => self.on_resync_needed(),
+            Event::RejoinStarted => {
+                if matches!(self.role, Role::Fenced) {
+                    self.change_role(Role::Rejoining);
+                }
+            }
+            Event::PeerLogFetched { peer, ours } => self.on_peer_log_fetched(peer, ours),
+            Event::RejoinFinished {
+                epoch,
+                leader,
+                last_lsn,
+                flushed,
+                applied,
+            } => {
+                // The rewind may have moved every position back: these
+                // are the log's and the state machine's as they now are.
+                self.last_lsn = last_lsn;
+                self.flushed = flushed;
+                self.applied = applied;
+                self.commit = applied;
+                self.on_rejoin_finished(epoch, leader);
+            }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
         }
         self.last_step = Some(now);
@@ -277,10 +318,6 @@ impl Node {
         self.applied
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// Where the primary believes the standby is (primary only).
     pub fn standby_positions(&self) -> Option<StandbyPositions> {
         match &self.role {
@@ -324,11 +361,266 @@ impl Node {
         }
     }
 
-    /// Whether a message from a node at `epoch` may be acted on. Messages
-    /// from a lower epoch are refused (G1); a higher epoch must first be
-    /// fed as `Event::HigherEpoch`.
-    pub fn is_stale(&self, epoch: Epoch) -> bool {
-        epoch < self.epoch
+    /// The epoch rules at the top of every request from the peer: a lower
+    /// epoch is refused with ours (G1); a higher one is adopted (persisted,
+    /// and a primary steps down) before the request is looked at. Returns
+    /// whether the request may go on.
+    fn admit(&mut self, header: &Header) -> bool {
+        if header.epoch < self.epoch {
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::StaleEpoch,
+                format!(
+                    "epoch {} is older than this node's epoch {}; a newer primary exists",
+                    header.epoch, self.epoch
+                ),
+            ))));
+            return false;
+        }
+        if header.epoch > self.epoch {
+            let leader = header.leader_id.clone().or(Some(header.node_id.clone()));
+            self.on_higher_epoch(header.epoch, leader);
+        }
+        true
+    }
+
+    /// A peer that talks to us as its standby while we are the primary of
+    /// the same epoch: two writers in one epoch (G1) is a bug somewhere;
+    /// refuse and say so loudly.
+    fn refuse_two_primaries(&mut self, header: &Header, what: &str) {
+        tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");
+        self.emit(Effect::Answer(Err(Refused::new(
+            RefusalKind::NotStandby,
+            "this node is the primary of that epoch",
+        ))));
+    }
+
+    fn on_heartbeat(&mut self, now: Time, req: crate::transport::HeartbeatRequest) {
+        if !self.admit(&req.header) {
+            return;
+        }
+        if matches!(self.role, Role::Primary(_)) {
+            self.refuse_two_primaries(&req.header, "heartbeat");
+            return;
+        }
+        self.on_primary_contact(
+            now,
+            req.header.epoch,
+            req.header.node_id,
+            req.last_lsn,
+            req.commit_lsn,
+            req.sync,
+        );
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    fn on_snapshot_requested(&mut self, header: Header) {
+        if !self.admit(&header) {
+            return;
+        }
+        if !matches!(self.role, Role::Primary(_)) {
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::NotStandby,
+                "only the primary serves snapshots",
+            ))));
+            return;
+        }
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    /// The engine fences this node: only towards a newer epoch, which the
+    /// peer leads.
+    fn on_fence_ordered(&mut self, epoch: Epoch) {
+        if epoch <= self.epoch {
+            let message = format!(
+                "fence epoch {epoch} must be above this node's epoch {}",
+                self.epoch
+            );
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::StaleEpoch,
+                message,
+            ))));
+            return;
+        }
+        self.on_higher_epoch(epoch, Some(self.cfg.peer_id.clone()));
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    /// Appends the writes as one run of records at our epoch, right after
+    /// our last record, if this node may write now.
+    fn on_write_requested(&mut self, now: Time, payloads: Vec<bytes::Bytes>) {
+        if let Err(refusal) = self.check_writable() {
+            self.emit(Effect::RefuseWrites(refusal));
+            return;
+        }
+        if payloads.is_empty() {
+            return;
+        }
+        let epoch = self.epoch;
+        let mut lsn = self.last_lsn;
+        let records: Vec<Record> = payloads
+            .into_iter()
+            .map(|payload| {
+                lsn = lsn.next();
+                Record {
+                    lsn,
+                    epoch,
+                    payload,
+                }
+            })
+            .collect();
+        self.on_appended(now, lsn);
+        self.emit(Effect::Append {
+            records,
+            fsync_inline: false,
+        });
+    }
+
+    /// A batch from the primary: the epoch rules, then the log check (G3):
+    /// records we already hold are skipped if they match; a batch that does
+    /// not start inside our log, or that disagrees with it, is refused
+    /// whole, and a disagreement sends us to rejoin.
+    fn on_batch(
+        &mut self,
+        now: Time,
+        mut batch: WalBatch,
+        local_at_prev: Option<Epoch>,
+        local: Vec<Option<Epoch>>,
+    ) {
+        if !self.admit(&batch.header) {
+            return;
+        }
+        match &self.role {
+            Role::Standby(_) => {}
+            Role::Primary(_) => return self.refuse_two_primaries(&batch.header, "WAL batch"),
+            other => {
+                let message = format!(
+                    "this node is {}, not a standby; retry after it has rejoined",
+                    other.kind()
+                );
+                self.emit(Effect::Answer(Err(Refused::new(
+                    RefusalKind::NotStandby,
+                    message,
+                ))));
+                return;
+            }
+        }
+        self.on_primary_contact(
+            now,
+            batch.header.epoch,
+            batch.header.node_id.clone(),
+            batch.last_lsn,
+            batch.commit_lsn,
+            batch.sync,
+        );
+        match self.check_batch(&batch, local_at_prev, &local) {
+            Ok(first_new) => {
+                let records = batch.records.split_off(first_new);
+                if let Some(last) = records.last().map(|r| r.lsn) {
+                    assert_eq!(
+                        records[0].lsn,
+                        self.last_lsn.next(),
+                        "node {}: a checked batch does not continue the log",
+                        self.cfg.node_id
+                    );
+                    self.on_appended(now, last);
+                    let fsync_inline = self.cfg.standby_sync_inline
+                        && matches!(
+                            self.cfg.commit_mode,
+                            crate::config::CommitMode::RemoteFlush
+                                | crate::config::CommitMode::RemoteApply
+                        );
+                    self.emit(Effect::Append {
+                        records,
+                        fsync_inline,
+                    });
+                }
+                // Always answer a batch, even one that changed nothing (the
+                // probe after a reconnect): the primary counts our
+                // positions only from acks to batches it sent.
+                self.emit(Effect::Answer(Ok(())));
+            }
+            Err(refused) => {
+                let diverged = matches!(
+                    refused.kind,
+                    RefusalKind::Diverged | RefusalKind::TooFarBehind
+                );
+                self.emit(Effect::Answer(Err(refused)));
+                if diverged {
+                    // Our log does not continue the primary's (or the
+                    // primary no longer has what we need): step aside and
+                    // rejoin.
+                    self.change_role(Role::Fenced);
+                    self.emit(Effect::StartRejoin {
+                        leader: self.leader.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Returns the index in `batch.records` of the first record we lack.
+    fn check_batch(
+        &self,
+        batch: &WalBatch,
+        local_at_prev: Option<Epoch>,
+        local: &[Option<Epoch>],
+    ) -> Result<usize, Refused> {
+        let last = self.last_lsn;
+        let brings_next = batch.records.first().is_some_and(|r| r.lsn <= last.next());
+        if batch.first_lsn > last.next() && !brings_next {
+            return Err(Refused::new(
+                RefusalKind::TooFarBehind,
+                format!(
+                    "this standby needs records from {} but the primary keeps only {} onwards; resyncing from a snapshot",
+                    last.next(),
+                    batch.first_lsn
+                ),
+            ));
+        }
+        if batch.prev_lsn > last {
+            return Err(Refused::new(
+                RefusalKind::Gap,
+                format!(
+                    "batch starts after record {} but this standby's log ends at {last}; resend from {}",
+                    batch.prev_lsn,
+                    last.next()
+                ),
+            ));
+        }
+        if let Some(ours) = local_at_prev.filter(|e| *e != batch.prev_epoch) {
+            return Err(Refused::new(
+                RefusalKind::Diverged,
+                format!(
+                    "record {} has epoch {ours} here but {} on the primary; rewinding",
+                    batch.prev_lsn, batch.prev_epoch
+                ),
+            ));
+        }
+        if batch.last_lsn < last {
+            // We hold records the primary does not have at all.
+            return Err(Refused::new(
+                RefusalKind::Diverged,
+                format!(
+                    "this node holds records up to {last} but the primary's log ends at {}; rewinding",
+                    batch.last_lsn
+                ),
+            ));
+        }
+        for (i, r) in batch.records.iter().enumerate() {
+            if r.lsn > last {
+                return Ok(i);
+            }
+            if let Some(ours) = local.get(i).copied().flatten().filter(|e| *e != r.epoch) {
+                return Err(Refused::new(
+                    RefusalKind::Diverged,
+                    format!(
+                        "record {} has epoch {ours} here but {} on the primary; rewinding",
+                        r.lsn, r.epoch
+                    ),
+                ));
+            }
+        }
+        Ok(batch.records.len())
     }
 
     fn emit(&mut self, effect: Effect) {
@@ -376,7 +668,8 @@ impl Node {
     fn persist(&mut self, epoch: Epoch, leader: Option<NodeId>) {
         assert!(
             epoch >= self.epoch,
-            "epoch would go backwards: {epoch} < {}",
+            "node {}: epoch would go backwards: {epoch} < {}",
+            self.cfg.node_id,
             self.epoch
         );
         self.epoch = epoch;
@@ -399,7 +692,7 @@ impl Node {
         {
             self.commit = target;
             if let Role::Primary(p) = &mut self.role {
-                p.committed(target, self.cfg.commit_mode);
+                p.committed(target);
             }
             self.emit(Effect::Commit { lsn: target });
         }
@@ -511,15 +804,15 @@ impl Node {
             return;
         }
         if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
+            // `epoch` is the primary's when the rejoin checked its log; we
+            // may have adopted a newer one since (a heartbeat during the
+            // rewind), which stays.
             self.persist(epoch.max(self.epoch), Some(leader));
         }
         self.change_role(Role::Standby(Standby::new()));
     }
 
-    /// The state machine is behind what the WAL still holds (the engine lost
-    /// state the WAL no longer covers): whatever the role, the node must
-    /// resync from the peer before it can serve.
-    pub fn resync_needed(&mut self) -> Vec<Effect> {
+    fn on_resync_needed(&mut self) {
         if !matches!(
             self.role,
             Role::Failed { .. } | Role::Fenced | Role::Rejoining
@@ -530,44 +823,41 @@ impl Node {
                 leader: Some(self.cfg.peer_id.clone()),
             });
         }
-        std::mem::take(&mut self.out)
     }
 
-    /// The standby's log does not continue the primary's (or the primary no
-    /// longer has the records it needs): step aside and rejoin.
-    pub fn diverged(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Standby(_)) {
-            self.change_role(Role::Fenced);
-            self.emit(Effect::StartRejoin {
-                leader: self.leader.clone(),
-            });
+    /// Where our log and the primary's part, and what to drop (G4): the
+    /// records after the divergence point were never part of the primary's
+    /// log; if the state machine already applied past it, or the log can no
+    /// longer be continued from what the primary keeps, only a snapshot
+    /// restores a state the primary's log continues.
+    fn on_peer_log_fetched(&mut self, peer: PeerLog, ours: LocalLog) {
+        if !matches!(self.role, Role::Rejoining) {
+            self.emit(Effect::Rejoin(RejoinPlan::Wait));
+            return;
         }
-        std::mem::take(&mut self.out)
-    }
-
-    /// Marks the start of rejoin work so `health` shows it.
-    pub fn rejoin_started(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Fenced) {
-            self.change_role(Role::Rejoining);
+        if peer.role != RoleKind::Primary || peer.epoch < self.epoch {
+            tracing::debug!(role = %peer.role, epoch = %peer.epoch, "rejoin: peer is not yet the primary of our epoch");
+            self.emit(Effect::Rejoin(RejoinPlan::Wait));
+            return;
         }
-        std::mem::take(&mut self.out)
-    }
-
-    /// A fenced node gives up a rejoin attempt (peer unreachable); it stays
-    /// fenced and the runtime retries.
-    pub fn rejoin_failed(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Rejoining) {
-            self.change_role(Role::Fenced);
+        let point = divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
+        let truncate_after = (ours.last_lsn > point).then_some(point);
+        let resync = ours.applied > point
+            || peer.first_lsn > point.next()
+            || ours.applied.next() < ours.first_lsn;
+        if resync {
+            tracing::warn!(
+                applied = %ours.applied,
+                divergence = %point,
+                primary_first = %peer.first_lsn,
+                "resyncing from a snapshot of the primary"
+            );
         }
-        std::mem::take(&mut self.out)
-    }
-
-    /// Resets positions after the runtime rewound or restored the log.
-    pub fn positions_reset(&mut self, last_lsn: Lsn, flushed: Lsn, applied: Lsn) {
-        self.last_lsn = last_lsn;
-        self.flushed = flushed;
-        self.applied = applied;
-        self.commit = applied;
+        self.emit(Effect::Rejoin(RejoinPlan::Rewind {
+            truncate_after,
+            resync,
+            epoch: peer.epoch,
+        }));
     }
 
     fn on_wal_failed(&mut self, reason: String) {
@@ -591,7 +881,7 @@ impl Node {
     fn become_primary_after_promotion(&mut self) {
         // Everything we hold is ours to commit now; the old primary's
         // uncommitted tail that we did receive becomes committed.
-        let mut p = Primary::promoted(self.last_lsn);
+        let mut p = Primary::promoted();
         p.note_promoted_contact();
         self.change_role(Role::Primary(p));
     }

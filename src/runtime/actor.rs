@@ -3,11 +3,11 @@
 //! peer, and publishes `Health`.
 
 use super::{Metrics, Msg, applier, flusher, heartbeat, rejoin, streamer};
-use crate::config::{CommitMode, Config};
+use crate::config::Config;
 use crate::error::{Error, LeaderHint, Result};
 use crate::node::{
-    Effect, Event, FenceOutcome, FenceReason, Node, RoleKind, StandbyPositions, SyncState,
-    WaiterFailure, WriteRefusal,
+    Effect, Event, FenceOutcome, FenceReason, LocalLog, Node, PromoteFrom, Refused, RejoinPlan,
+    RoleKind, StandbyPositions, SyncState, WaiterFailure, WriteRefusal,
 };
 use crate::replicator::{Applied, Health, PeerHealth};
 use crate::state_machine::StateMachine;
@@ -71,6 +71,23 @@ struct Session {
     acks: watch::Sender<std::result::Result<WalAck, Refusal>>,
 }
 
+/// The request whose answer the node decides in the step being run
+/// (`Effect::Answer`, `Effect::Rejoin`).
+enum Answering {
+    Heartbeat {
+        reply: oneshot::Sender<std::result::Result<HeartbeatReply, Refusal>>,
+        primary_last_lsn: Lsn,
+    },
+    Batch {
+        session: u64,
+        primary_last_lsn: Lsn,
+    },
+    History(oneshot::Sender<std::result::Result<HistoryReply, Refusal>>),
+    Snapshot(oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>),
+    Fence(oneshot::Sender<Result<()>>),
+    Rejoin(oneshot::Sender<RejoinPlan>),
+}
+
 enum PromoteReplyTo {
     Local(oneshot::Sender<Result<Epoch>>),
     Remote(oneshot::Sender<std::result::Result<PromoteReply, Refusal>>),
@@ -90,6 +107,10 @@ struct Actor {
     /// Writes received but not yet appended (see `queue_write`).
     queued: Vec<(Vec<Bytes>, WriteReply)>,
     queued_bytes: usize,
+    /// The writes of the `Event::WriteRequested` being stepped: how many
+    /// records each brings, and where its outcome goes.
+    writing: Option<Vec<(usize, WriteReply)>>,
+    answering: Option<Answering>,
     /// WAL received since the last inline fsync (see `sync_received`).
     sync_due: bool,
     health_tx: watch::Sender<Health>,
@@ -154,6 +175,8 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         waiters: BTreeMap::new(),
         queued: Vec::new(),
         queued_bytes: 0,
+        writing: None,
+        answering: None,
         sync_due: false,
         health_tx,
         last_lsn_tx,
@@ -194,16 +217,14 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
             wal_last = %last,
             "the state machine has applied records the WAL no longer has (its tail was cut, or it is another node's WAL); resyncing from the peer's snapshot"
         );
-        let effects = actor.node.resync_needed();
-        actor.run_effects(effects);
+        actor.step(Event::ResyncNeeded);
     } else if applied.next() < actor.wal.first_lsn() {
         tracing::error!(
             applied = %applied,
             wal_first = %actor.wal.first_lsn(),
             "the state machine is behind the oldest record in the WAL (the engine lost state the WAL no longer covers); resyncing from the peer's snapshot"
         );
-        let effects = actor.node.resync_needed();
-        actor.run_effects(effects);
+        actor.step(Event::ResyncNeeded);
     }
     actor.publish();
     let handle = tokio::spawn(actor.run(parts.rx));
@@ -301,32 +322,41 @@ impl Actor {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Promote { force, reply } => {
-                if self.node.role() == RoleKind::Primary && !force {
-                    let _ = reply.send(Err(Error::PromotionRefused {
-                        reason: "this node is already the primary; ask the standby, or use the Promote RPC to hand over".into(),
-                    }));
-                    return;
-                }
                 self.replace_pending_promote(PromoteReplyTo::Local(reply));
-                self.step(Event::PromoteRequested { force });
+                self.step(Event::PromoteRequested {
+                    force,
+                    from: PromoteFrom::Engine,
+                });
             }
             Msg::Fence { epoch, reply } => {
-                if epoch <= self.node.epoch() {
-                    let _ = reply.send(Err(Error::InvalidInput(format!(
-                        "fence epoch {epoch} must be above this node's epoch {}",
-                        self.node.epoch()
-                    ))));
-                    return;
-                }
-                let leader = Some(self.cfg.peer_id.clone());
-                self.step(Event::HigherEpoch { epoch, leader });
-                let _ = reply.send(Ok(()));
+                self.answer_with(Answering::Fence(reply), Event::FenceOrdered { epoch })
+            }
+            Msg::RejoinPlan { peer, reply } => {
+                let ours = LocalLog {
+                    history: self.wal.history(),
+                    first_lsn: self.wal.first_lsn(),
+                    last_lsn: self.wal.last_lsn(),
+                    applied: self.sm.applied_lsn(),
+                };
+                self.answer_with(
+                    Answering::Rejoin(reply),
+                    Event::PeerLogFetched { peer, ours },
+                );
             }
             Msg::Event(event) => self.on_event(event),
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result).await,
             Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),
         }
+    }
+
+    /// Steps `event` with `to` as the request its `Effect::Answer` goes
+    /// to. A request the node does not answer is dropped (its caller sees
+    /// the node going away).
+    fn answer_with(&mut self, to: Answering, event: Event) {
+        self.answering = Some(to);
+        self.step(event);
+        self.answering = None;
     }
 
     // ---- the engine's writes ----------------------------------------------
@@ -349,55 +379,65 @@ impl Actor {
         }
         let queued = std::mem::take(&mut self.queued);
         self.queued_bytes = 0;
-        if let Err(refusal) = self.node.check_writable() {
-            let leader = self.leader_hint();
-            for (_, reply) in queued {
-                let _ = reply.send(Err(refusal_error(refusal.clone(), leader.clone())));
-            }
+        let mut payloads = Vec::with_capacity(queued.iter().map(|(p, _)| p.len()).sum());
+        let mut writers = Vec::with_capacity(queued.len());
+        for (p, reply) in queued {
+            writers.push((p.len(), reply));
+            payloads.extend(p);
+        }
+        self.writing = Some(writers);
+        self.step(Event::WriteRequested { payloads });
+        self.writing = None;
+    }
+
+    /// Carries out `Effect::Append`: the records go to the WAL; the writes
+    /// being stepped (if any) wait for their commit, and whoever makes the
+    /// records durable is woken.
+    fn append(&mut self, records: Vec<Record>, fsync_inline: bool) {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return;
-        }
-        let epoch = self.node.epoch();
-        let mut next = self.wal.last_lsn().next();
-        let mut records = Vec::with_capacity(queued.iter().map(|(p, _)| p.len()).sum());
-        let mut waiters = Vec::with_capacity(queued.len());
-        for (payloads, reply) in queued {
-            let first = next;
-            for payload in payloads {
-                records.push(Record {
-                    lsn: next,
-                    epoch,
-                    payload,
-                });
-                next = next.next();
-            }
-            waiters.push((
-                next.prev(),
-                Waiter {
-                    first,
-                    epoch,
-                    reply,
-                },
-            ));
-        }
-        let last = next.prev();
+        };
+        let (first, epoch, last) = (first.lsn, first.epoch, last.lsn);
         if let Err(e) = self.wal.append(&records) {
             let reason = e.to_string();
             let kind = match &e {
                 WalError::Io { source, .. } => source.kind(),
                 _ => std::io::ErrorKind::Other,
             };
-            for (_, w) in waiters {
-                let _ = w.reply.send(Err(Error::Io {
+            for (_, reply) in self.writing.take().into_iter().flatten() {
+                let _ = reply.send(Err(Error::Io {
                     what: "appending to the WAL".into(),
                     source: std::io::Error::new(kind, reason.clone()),
                 }));
             }
+            if let Some(Answering::Batch { session, .. }) = self.answering.take() {
+                let r = self.refusal(
+                    RefusalKind::Unavailable,
+                    format!("WAL append failed: {reason}"),
+                );
+                self.end_session(session, r);
+            }
             self.step(Event::WalFailed { reason });
             return;
         }
-        self.waiters.extend(waiters);
-        self.step(Event::Appended { last_lsn: last });
-        self.last_lsn_tx.send_replace(last);
+        let mut next = first;
+        for (count, reply) in self.writing.take().into_iter().flatten() {
+            let end = Lsn(next.0 + count as u64);
+            self.waiters.insert(
+                end.prev(),
+                Waiter {
+                    first: next,
+                    epoch,
+                    reply,
+                },
+            );
+            next = end;
+        }
+        if fsync_inline {
+            self.sync_due = true;
+        } else {
+            self.last_lsn_tx.send_replace(last);
+        }
     }
 
     fn resolve_waiters(&mut self, applied: Lsn) {
@@ -474,62 +514,15 @@ impl Actor {
         r
     }
 
-    /// Epoch rules at the top of every handler: lower is refused, higher
-    /// is adopted (persisted) before anything else happens.
-    fn check_epoch(&mut self, header: &Header) -> std::result::Result<(), Refusal> {
-        if self.node.is_stale(header.epoch) {
-            return Err(self.refusal(
-                RefusalKind::StaleEpoch,
-                format!(
-                    "epoch {} is older than this node's epoch {}; a newer primary exists",
-                    header.epoch,
-                    self.node.epoch()
-                ),
-            ));
-        }
-        if header.client_addr.is_some() {
-            self.peer_client_addr = header.client_addr.clone();
-        }
-        if header.epoch > self.node.epoch() {
-            let leader = header.leader_id.clone().or(Some(header.node_id.clone()));
-            self.step(Event::HigherEpoch {
-                epoch: header.epoch,
-                leader,
-            });
-        }
-        Ok(())
-    }
-
     fn inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Heartbeat { req, reply } => {
-                if let Err(r) = self.check_epoch(&req.header) {
-                    let _ = reply.send(Err(r));
-                    return;
-                }
-                self.peer_contact = Some(Instant::now());
-                self.primary_last_lsn = req.last_lsn;
-                if self.node.role() == RoleKind::Primary {
-                    tracing::error!(peer = %req.header.node_id, epoch = %req.header.epoch, "two primaries in one epoch: refusing the peer's heartbeat");
-                    let r = self.refusal(
-                        RefusalKind::NotStandby,
-                        "this node is the primary of that epoch",
-                    );
-                    let _ = reply.send(Err(r));
-                    return;
-                }
-                self.step(Event::PrimaryContact {
-                    epoch: req.header.epoch,
-                    leader: req.header.node_id.clone(),
+                self.note_peer_client_addr(&req.header);
+                let to = Answering::Heartbeat {
+                    reply,
                     primary_last_lsn: req.last_lsn,
-                    commit_lsn: req.commit_lsn,
-                    sync: req.sync,
-                });
-                self.note_standby_caught_up();
-                let _ = reply.send(Ok(HeartbeatReply {
-                    ack: self.ack(),
-                    role: self.node.role(),
-                }));
+                };
+                self.answer_with(to, Event::HeartbeatReceived { req });
             }
             Inbound::Fence { req, reply } => self.on_fence(req, reply),
             Inbound::Promote { req, reply } => self.on_promote(req, reply),
@@ -550,46 +543,15 @@ impl Actor {
                 });
             }
             Inbound::History { header, reply } => {
-                let result = self.check_epoch(&header).map(|()| HistoryReply {
-                    epoch: self.node.epoch(),
-                    history: self.wal.history(),
-                    last_lsn: self.wal.last_lsn(),
-                    first_lsn: self.wal.first_lsn(),
-                    role: self.node.role(),
-                });
-                let _ = reply.send(result);
+                self.note_peer_client_addr(&header);
+                self.answer_with(Answering::History(reply), Event::HistoryRequested { header });
             }
             Inbound::Snapshot { header, reply } => {
-                if let Err(r) = self.check_epoch(&header) {
-                    let _ = reply.send(Err(r));
-                    return;
-                }
-                if self.node.role() != RoleKind::Primary {
-                    let r =
-                        self.refusal(RefusalKind::NotStandby, "only the primary serves snapshots");
-                    let _ = reply.send(Err(r));
-                    return;
-                }
-                let (sm, wal) = (self.sm.clone(), self.wal.clone());
-                let epoch = self.node.epoch();
-                let may_block = wal.may_block();
-                tokio::spawn(super::run_blocking(may_block, move || {
-                    let result = sm
-                        .snapshot()
-                        .map(|s| SnapshotTransfer {
-                            lsn: s.lsn,
-                            epoch: wal.epoch_at(s.lsn).unwrap_or(Epoch::ZERO),
-                            data: s.data,
-                        })
-                        .map_err(|e| {
-                            Refusal::new(
-                                RefusalKind::Unavailable,
-                                format!("the state machine could not take a snapshot: {e}"),
-                                epoch,
-                            )
-                        });
-                    let _ = reply.send(result);
-                }));
+                self.note_peer_client_addr(&header);
+                self.answer_with(
+                    Answering::Snapshot(reply),
+                    Event::SnapshotRequested { header },
+                );
             }
             Inbound::StreamOpened { reply } => {
                 self.next_session += 1;
@@ -637,32 +599,33 @@ impl Actor {
         req: PromoteRequest,
         reply: oneshot::Sender<std::result::Result<PromoteReply, Refusal>>,
     ) {
-        if self.node.role() == RoleKind::Primary && !req.force {
-            // Asked of the primary: hand over to the standby, which runs the
-            // planned switchover.
-            let peer = self.peer.clone();
-            let header = self.header();
-            let epoch = self.node.epoch();
-            tokio::spawn(async move {
-                let r = peer
-                    .promote(PromoteRequest {
-                        header,
-                        force: false,
-                    })
-                    .await
-                    .map_err(|e| {
-                        Refusal::new(
-                            RefusalKind::Unavailable,
-                            format!("the standby could not take over: {e}"),
-                            epoch,
-                        )
-                    });
-                let _ = reply.send(r);
-            });
-            return;
-        }
         self.replace_pending_promote(PromoteReplyTo::Remote(reply));
-        self.step(Event::PromoteRequested { force: req.force });
+        self.step(Event::PromoteRequested {
+            force: req.force,
+            from: PromoteFrom::Rpc,
+        });
+    }
+
+    /// Carries out `Effect::ForwardPromote`: the standby is asked to take
+    /// over and its answer goes to the pending promote request.
+    fn forward_promote(&mut self) {
+        let Some(to) = self.pending_promote.take() else {
+            return;
+        };
+        let peer = self.peer.clone();
+        let header = self.header();
+        let epoch = self.node.epoch();
+        tokio::spawn(async move {
+            let r = peer
+                .promote(PromoteRequest {
+                    header,
+                    force: false,
+                })
+                .await
+                .map(|reply| reply.epoch)
+                .map_err(|e| format!("the standby could not take over: {e}"));
+            reply_promote(to, r, epoch);
+        });
     }
 
     fn replace_pending_promote(&mut self, new: PromoteReplyTo) {
@@ -675,92 +638,144 @@ impl Actor {
         }
     }
 
-    /// A batch from the primary: check, append what is new, ack (G3).
+    /// A batch from the primary: the node checks it against our log (G3)
+    /// with the epochs of the records it overlaps, read here.
     fn on_batch(&mut self, session: u64, batch: WalBatch) {
         if self.session.as_ref().is_none_or(|s| s.id != session) {
             return;
         }
-        if let Err(r) = self.check_epoch(&batch.header) {
-            self.end_session(session, r);
+        self.note_peer_client_addr(&batch.header);
+        let last = self.node.last_lsn();
+        let local_at_prev = self.wal.epoch_at(batch.prev_lsn);
+        let local = batch
+            .records
+            .iter()
+            .take_while(|r| r.lsn <= last)
+            .map(|r| self.wal.epoch_at(r.lsn))
+            .collect();
+        let to = Answering::Batch {
+            session,
+            primary_last_lsn: batch.last_lsn,
+        };
+        self.answer_with(
+            to,
+            Event::BatchReceived {
+                batch,
+                local_at_prev,
+                local,
+            },
+        );
+    }
+
+    /// Carries out `Effect::Answer` for the request being stepped.
+    fn answer(&mut self, result: std::result::Result<(), Refused>) {
+        let Some(to) = self.answering.take() else {
             return;
-        }
-        self.peer_contact = Some(Instant::now());
-        self.primary_last_lsn = batch.last_lsn;
-        if self.node.role() == RoleKind::Standby {
-            self.step(Event::PrimaryContact {
-                epoch: batch.header.epoch,
-                leader: batch.header.node_id.clone(),
-                primary_last_lsn: batch.last_lsn,
-                commit_lsn: batch.commit_lsn,
-                sync: batch.sync,
-            });
-        }
-        if self.node.role() != RoleKind::Standby {
-            let r = self.refusal(
-                RefusalKind::NotStandby,
-                format!(
-                    "this node is {}, not a standby; retry after it has rejoined",
-                    self.node.role()
-                ),
-            );
-            self.end_session(session, r);
-            return;
-        }
-        match applier::check_batch(self.wal.as_ref(), &batch) {
-            Ok(new_records) => {
-                if !new_records.is_empty() {
-                    if let Err(e) = self.wal.append(new_records) {
-                        let reason = e.to_string();
-                        let r = self.refusal(
-                            RefusalKind::Unavailable,
-                            format!("WAL append failed: {reason}"),
-                        );
-                        self.end_session(session, r);
-                        self.step(Event::WalFailed { reason });
-                        return;
+        };
+        let result = result.map_err(|r| (r.kind, r.message));
+        match to {
+            Answering::Heartbeat {
+                reply,
+                primary_last_lsn,
+            } => {
+                let r = match result {
+                    Ok(()) => {
+                        self.note_primary_contact(primary_last_lsn);
+                        Ok(HeartbeatReply {
+                            ack: self.ack(),
+                            role: self.node.role(),
+                        })
                     }
-                    let last = new_records.last().expect("non-empty").lsn;
-                    self.step(Event::Appended { last_lsn: last });
-                    if self.syncs_received_wal_inline() {
-                        self.sync_due = true;
-                    } else {
-                        self.last_lsn_tx.send_replace(last);
-                    }
-                }
-                self.note_standby_caught_up();
-                // Always answer a batch, even one that changed nothing (the
-                // probe after a reconnect): the primary counts our
-                // positions only from acks to batches it sent. With an
-                // inline fsync due, `sync_received` answers after it.
-                if !self.sync_due {
-                    self.send_ack_always();
-                }
-            }
-            Err(refusal) => {
-                let refusal = Refusal {
-                    epoch: self.node.epoch(),
-                    leader: self.leader_hint(),
-                    ..refusal
+                    Err((kind, message)) => Err(self.refusal(kind, message)),
                 };
-                let kind = refusal.kind;
-                tracing::warn!(reason = kind.as_str(), message = %refusal.message, "WAL batch refused");
-                self.metrics.rejected(kind);
-                self.end_session(session, refusal);
-                if matches!(kind, RefusalKind::Diverged | RefusalKind::TooFarBehind) {
-                    let effects = self.node.diverged();
-                    self.run_effects(effects);
+                let _ = reply.send(r);
+            }
+            Answering::Batch {
+                session,
+                primary_last_lsn,
+            } => match result {
+                Ok(()) => {
+                    self.note_primary_contact(primary_last_lsn);
+                    // With an inline fsync due, `sync_received` answers
+                    // after it.
+                    if !self.sync_due {
+                        self.send_ack_always();
+                    }
                 }
+                Err((kind, message)) => {
+                    tracing::warn!(reason = kind.as_str(), %message, "WAL batch refused");
+                    self.metrics.rejected(kind);
+                    let r = self.refusal(kind, message);
+                    self.end_session(session, r);
+                }
+            },
+            Answering::History(reply) => {
+                let r = match result {
+                    Ok(()) => Ok(HistoryReply {
+                        epoch: self.node.epoch(),
+                        history: self.wal.history(),
+                        last_lsn: self.wal.last_lsn(),
+                        first_lsn: self.wal.first_lsn(),
+                        role: self.node.role(),
+                    }),
+                    Err((kind, message)) => Err(self.refusal(kind, message)),
+                };
+                let _ = reply.send(r);
+            }
+            Answering::Snapshot(reply) => match result {
+                Ok(()) => self.serve_snapshot(reply),
+                Err((kind, message)) => {
+                    let _ = reply.send(Err(self.refusal(kind, message)));
+                }
+            },
+            Answering::Fence(reply) => {
+                let _ = reply.send(result.map_err(|(_, message)| Error::InvalidInput(message)));
+            }
+            Answering::Rejoin(_) => {
+                tracing::error!("the node answered a rejoin plan request with an answer");
             }
         }
     }
 
-    /// `Config::standby_sync_inline`, where acks wait for the fsync anyway.
-    fn syncs_received_wal_inline(&self) -> bool {
-        self.cfg.standby_sync_inline
-            && matches!(
-                self.cfg.commit_mode,
-                CommitMode::RemoteFlush | CommitMode::RemoteApply
-            )
+    fn serve_snapshot(
+        &mut self,
+        reply: oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>,
+    ) {
+        let (sm, wal) = (self.sm.clone(), self.wal.clone());
+        let epoch = self.node.epoch();
+        let may_block = wal.may_block();
+        tokio::spawn(super::run_blocking(may_block, move || {
+            let result = sm
+                .snapshot()
+                .map(|s| SnapshotTransfer {
+                    lsn: s.lsn,
+                    epoch: wal.epoch_at(s.lsn).unwrap_or(Epoch::ZERO),
+                    data: s.data,
+                })
+                .map_err(|e| {
+                    Refusal::new(
+                        RefusalKind::Unavailable,
+                        format!("the state machine could not take a snapshot: {e}"),
+                        epoch,
+                    )
+                });
+            let _ = reply.send(result);
+        }));
+    }
+
+    /// The peer's client address, for the leader hints we give; the
+    /// service checked that the sender is our peer.
+    fn note_peer_client_addr(&mut self, header: &Header) {
+        if header.client_addr.is_some() {
+            self.peer_client_addr = header.client_addr.clone();
+        }
+    }
+
+    /// The primary reached us with a request we served.
+    fn note_primary_contact(&mut self, primary_last_lsn: Lsn) {
+        self.peer_contact = Some(Instant::now());
+        self.primary_last_lsn = primary_last_lsn;
+        self.note_standby_caught_up();
     }
 
     /// Fsyncs, on this thread, the WAL received since the last call, and
@@ -912,6 +927,24 @@ impl Actor {
                 }
             }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
+            Effect::Append {
+                records,
+                fsync_inline,
+            } => self.append(records, fsync_inline),
+            Effect::RefuseWrites(refusal) => {
+                let leader = self.leader_hint();
+                for (_, reply) in self.writing.take().into_iter().flatten() {
+                    let _ = reply.send(Err(refusal_error(refusal.clone(), leader.clone())));
+                }
+            }
+            Effect::Answer(result) => self.answer(result),
+            Effect::ForwardPromote => self.forward_promote(),
+            Effect::Rejoin(plan) => match self.answering.take() {
+                Some(Answering::Rejoin(reply)) => {
+                    let _ = reply.send(plan);
+                }
+                _ => tracing::error!("a rejoin plan with no rejoin asking for it"),
+            },
         }
     }
 
@@ -991,8 +1024,7 @@ impl Actor {
             return;
         }
         self.session = None;
-        let effects = self.node.rejoin_started();
-        self.run_effects(effects);
+        self.step(Event::RejoinStarted);
         let cancel = CancellationToken::new();
         let handle = rejoin::spawn(rejoin::Ctx {
             cfg: self.cfg.clone(),
@@ -1014,15 +1046,13 @@ impl Actor {
         self.rejoin = None;
         match result {
             Ok(outcome) => {
-                self.node.positions_reset(
-                    self.wal.last_lsn(),
-                    self.wal.flushed_lsn(),
-                    self.sm.applied_lsn(),
-                );
                 self.last_lsn_tx.send_replace(self.wal.last_lsn());
                 self.step(Event::RejoinFinished {
                     epoch: outcome.epoch,
                     leader: outcome.leader,
+                    last_lsn: self.wal.last_lsn(),
+                    flushed: self.wal.flushed_lsn(),
+                    applied: self.sm.applied_lsn(),
                 });
             }
             Err(reason) => {

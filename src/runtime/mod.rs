@@ -87,7 +87,7 @@ where
 }
 
 /// What the actor's mailbox carries.
-pub enum Msg {
+pub(crate) enum Msg {
     Apply {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<Vec<Applied>>>,
@@ -104,6 +104,11 @@ pub enum Msg {
     Event(Event),
     /// From the gRPC service.
     Inbound(Inbound),
+    /// A rejoin read the primary's log: how must ours change?
+    RejoinPlan {
+        peer: crate::node::PeerLog,
+        reply: oneshot::Sender<crate::node::RejoinPlan>,
+    },
     RejoinDone(std::result::Result<rejoin::Outcome, String>),
     Shutdown {
         reply: oneshot::Sender<()>,

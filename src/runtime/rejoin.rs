@@ -8,15 +8,15 @@ use super::actor::Tasks;
 use super::{Metrics, Msg};
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::node::{Event, RoleKind};
+use crate::node::{Event, PeerLog, RejoinPlan};
 use crate::state_machine::{Snapshot, StateMachine};
 use crate::transport::{Header, Peer};
-use crate::types::{Epoch, Lsn, NodeId, divergence_point};
+use crate::types::{Epoch, Lsn, NodeId};
 use crate::wal::{WalStore, record};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -104,15 +104,29 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
             return Ok(None);
         }
     };
-    if theirs.role != RoleKind::Primary || theirs.epoch < header.epoch {
-        tracing::debug!(role = %theirs.role, epoch = %theirs.epoch, "rejoin: peer is not yet the primary of our epoch");
+    let (reply, plan) = oneshot::channel();
+    let peer = PeerLog {
+        epoch: theirs.epoch,
+        role: theirs.role,
+        history: theirs.history,
+        first_lsn: theirs.first_lsn,
+        last_lsn: theirs.last_lsn,
+    };
+    if ctx.tx.send(Msg::RejoinPlan { peer, reply }).await.is_err() {
         return Ok(None);
     }
+    let (truncate_after, resync, epoch) = match plan.await {
+        Ok(RejoinPlan::Rewind {
+            truncate_after,
+            resync,
+            epoch,
+        }) => (truncate_after, resync, epoch),
+        Ok(RejoinPlan::Wait) | Err(_) => return Ok(None),
+    };
     let wal = ctx.wal.clone();
-    let our_last = wal.last_lsn();
-    let point = divergence_point(&wal.history(), our_last, &theirs.history, theirs.last_lsn);
     let mut dropped = 0;
-    if our_last > point {
+    if let Some(point) = truncate_after {
+        let our_last = wal.last_lsn();
         dropped = keep_rewound(
             wal.as_ref(),
             point,
@@ -131,16 +145,7 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
             "rewound the WAL: records after the divergence point were never part of the primary's log"
         );
     }
-    let applied = ctx.sm.applied_lsn();
-    let need_snapshot =
-        applied > point || theirs.first_lsn > point.next() || applied.next() < wal.first_lsn();
-    if need_snapshot {
-        tracing::warn!(
-            applied = %applied,
-            divergence = %point,
-            primary_first = %theirs.first_lsn,
-            "resyncing from a snapshot of the primary"
-        );
+    if resync {
         let snap = match ctx.peer.fetch_snapshot(header.clone()).await {
             Ok(s) => s,
             Err(e) => {
@@ -165,9 +170,9 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         ctx.metrics.snapshot_resync();
         tracing::info!(lsn = %ctx.sm.applied_lsn(), "restored from snapshot");
     }
-    tracing::info!(leader = %ctx.leader, epoch = %theirs.epoch, records_dropped = dropped, "rejoined as standby");
+    tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
-        epoch: theirs.epoch,
+        epoch,
         leader: ctx.leader.clone(),
     }))
 }
