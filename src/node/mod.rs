@@ -39,11 +39,11 @@ mod standby;
 #[cfg(test)]
 mod tests;
 
-pub use event::{FenceReason, SyncState, Time};
 pub(crate) use event::{
     Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan,
     StandbyPositions, WaiterFailure,
 };
+pub use event::{FenceReason, SyncState, Time};
 
 use crate::config::{Config, InitialRole};
 use crate::transport::{Header, RefusalKind, WalBatch};

@@ -56,10 +56,7 @@ fn writes_up_to(node: &Node, lsn: u64) -> Event {
 fn standby_in_contact(cfg: Config, sync: SyncState, at: Time) -> Node {
     let (mut node, effects) = Node::new(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     assert!(effects.iter().all(|e| matches!(e, Effect::Commit { .. })));
-    node.step(
-        at,
-        heartbeat(1, "n2", 10, 10, sync),
-    );
+    node.step(at, heartbeat(1, "n2", 10, 10, sync));
     node
 }
 
@@ -554,10 +551,13 @@ fn planned_switchover_gives_up_after_its_timeout_and_writes_resume() {
 #[test]
 fn planned_promotion_on_the_standby_persists_only_after_the_primary_stepped_down() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    let effects = node.step(t(150), Event::PromoteRequested {
+    let effects = node.step(
+        t(150),
+        Event::PromoteRequested {
             force: false,
             from: PromoteFrom::Engine,
-        });
+        },
+    );
     assert_eq!(
         effects,
         vec![Effect::SendFence {
@@ -620,10 +620,13 @@ fn wal_failure_stops_writes_and_fails_waiters() {
 #[test]
 fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fence_reply() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    node.step(t(150), Event::PromoteRequested {
+    node.step(
+        t(150),
+        Event::PromoteRequested {
             force: false,
             from: PromoteFrom::Engine,
-        });
+        },
+    );
     // The old primary fenced itself and its rejoin request reached us first.
     let effects = node.step(
         t(160),

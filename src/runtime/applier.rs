@@ -2,7 +2,7 @@
 //! order, exactly once.
 
 use super::Msg;
-use super::actor::Tasks;
+use super::tasks::Tasks;
 use crate::node::Event;
 use crate::state_machine::StateMachine;
 use crate::types::Lsn;
@@ -20,7 +20,7 @@ pub(super) fn spawn(
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
     let events = tx.clone();
-    super::spawn_watch_worker(commit, tx, move |target| {
+    super::tasks::spawn_watch_worker(commit, tx, move |target| {
         let (wal, sm, events) = (wal.clone(), sm.clone(), events.clone());
         async move {
             apply_up_to(wal.as_ref(), sm.as_ref(), target, &events).await?;

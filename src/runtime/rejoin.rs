@@ -4,7 +4,7 @@
 //! snapshot when its state machine already applied past that point or the
 //! primary no longer has the records it needs (G4).
 
-use super::actor::Tasks;
+use super::tasks::Tasks;
 use super::{Metrics, Msg};
 use crate::config::Config;
 use crate::error::TransportError;
@@ -155,7 +155,7 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         };
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();
-        let restored = super::run_blocking(may_block, move || -> Result<(), String> {
+        let restored = super::tasks::run_blocking(may_block, move || -> Result<(), String> {
             sm.restore(Snapshot {
                 lsn: snap.lsn,
                 data: snap.data,
