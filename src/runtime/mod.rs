@@ -9,6 +9,7 @@ mod actor;
 mod applier;
 mod flusher;
 mod heartbeat;
+mod inbox;
 mod metrics;
 mod rejoin;
 mod streamer;
@@ -16,6 +17,8 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use inbox::Inbound;
+pub(crate) use inbox::{Inbox, NodeGone};
 pub use metrics::{Metrics, MetricsSnapshot};
 
 use crate::config::Config;
@@ -23,7 +26,7 @@ use crate::error::{Error, LeaderHint, Result};
 use crate::node::{Event, RoleKind};
 use crate::replicator::{Applied, Health, Replicator};
 use crate::state_machine::StateMachine;
-use crate::transport::{GrpcPeer, Inbound, Peer, ReplicationService};
+use crate::transport::{GrpcPeer, Peer, ReplicationService};
 use crate::types::{Epoch, Lsn};
 use crate::wal::WalStore;
 use async_trait::async_trait;
@@ -95,7 +98,7 @@ impl ReplicaBuilder {
         };
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::channel(1024);
-        let service = ReplicationService::new(tx.clone(), &self.cfg, metrics.clone());
+        let service = ReplicationService::new(Inbox::new(tx.clone()), &self.cfg, metrics.clone());
         let (health, handle) = actor::spawn(actor::Parts {
             cfg: self.cfg.clone(),
             wal: self.wal,

@@ -4,9 +4,10 @@
 
 use crate::error::{Error, Result};
 use crate::node::{Event, PromoteFrom, Refused, RejoinPlan};
+use crate::runtime::Inbound;
 use crate::transport::{
-    FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, Inbound, PromoteReply,
-    PromoteRequest, Refusal, RefusalKind, SnapshotTransfer, StatusReply,
+    FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, PromoteReply, PromoteRequest,
+    Refusal, RefusalKind, SnapshotTransfer, StatusReply,
 };
 use crate::types::{Epoch, Lsn};
 use tokio::sync::oneshot;
