@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 /// Time as the role logic sees it: elapsed since the runtime started. The
 /// logic never reads a clock itself.
-pub type Time = std::time::Duration;
+pub(crate) type Time = std::time::Duration;
 
 /// How the primary describes its standby in heartbeats and batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,10 +56,15 @@ pub(crate) enum PromoteFrom {
 /// What the primary's log looks like, as a rejoining node learned it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PeerLog {
+    /// The peer's epoch.
     pub epoch: Epoch,
+    /// The peer's role: only a primary's log is followed.
     pub role: super::RoleKind,
+    /// Where each of the peer's epochs began.
     pub history: EpochHistory,
+    /// The oldest record the peer still keeps.
     pub first_lsn: Lsn,
+    /// The peer's last record.
     pub last_lsn: Lsn,
 }
 
@@ -67,8 +72,11 @@ pub(crate) struct PeerLog {
 /// for a decision that needs more of the log than the node tracks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct LocalLog {
+    /// Where each epoch of our log began.
     pub history: EpochHistory,
+    /// The oldest record our WAL keeps.
     pub first_lsn: Lsn,
+    /// Our last record.
     pub last_lsn: Lsn,
     /// Where the state machine is (it may be ahead of what the node was
     /// told through `Event::Applied`).
@@ -94,7 +102,9 @@ pub(crate) enum RejoinPlan {
 /// leader when it sends it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refused {
+    /// Which refusal: one gRPC status and one metric label each.
     pub kind: RefusalKind,
+    /// What the sender must know to act, in words.
     pub message: String,
 }
 
@@ -107,6 +117,8 @@ impl Refused {
     }
 }
 
+/// What the role logic is told: time, what the runtime did, what the
+/// peer and the engine asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
     /// Time passed; the runtime calls this at least every heartbeat interval.
@@ -193,7 +205,7 @@ pub(crate) enum Event {
 
 /// A fenced node's reply to a fence request, sent once its outcome is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FenceOutcome {
+pub(crate) enum FenceOutcome {
     /// Fenced; nothing after `last_lsn` was or will be written here.
     Fenced { last_lsn: Lsn },
     /// Refused: the request's epoch is not above ours, or the switchover
@@ -204,12 +216,18 @@ pub enum FenceOutcome {
 /// Why pending writes are failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum WaiterFailure {
+    /// The commit mode was not met within `sync_timeout`.
     SyncTimeout,
+    /// A newer `epoch` exists: this node stepped down.
     Fenced { epoch: Epoch },
+    /// This node is no longer the primary (it must resync).
     NotPrimary,
+    /// The WAL failed; nothing more is acknowledged until a restart.
     WalFailed { reason: String },
 }
 
+/// What the role logic asks the runtime to do, in order. The runtime
+/// carries each out and decides nothing about the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Effect {
     /// Append these records to the WAL, in order; they continue it

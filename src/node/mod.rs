@@ -33,17 +33,20 @@
 //! counted and kept in `rewound/`. `block` never loses an acknowledged write
 //! but stops writes while the standby is unreachable.
 
+#![warn(missing_docs)]
+
 mod event;
 mod primary;
 mod standby;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use event::Time;
 pub(crate) use event::{
     Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan,
     StandbyPositions, WaiterFailure,
 };
-pub use event::{FenceReason, SyncState, Time};
+pub use event::{FenceReason, SyncState};
 
 use crate::config::{Config, InitialRole};
 use crate::transport::{Header, RefusalKind, WalBatch};
@@ -56,7 +59,9 @@ use std::fmt;
 /// The role a node plays, as others see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RoleKind {
+    /// Accepts writes in its epoch (G1) and streams them to the standby.
     Primary,
+    /// Receives, stores and applies the primary's WAL; refuses writes.
     Standby,
     /// A standby that decided to promote and is fencing the old primary.
     Promoting,
@@ -69,6 +74,7 @@ pub enum RoleKind {
 }
 
 impl RoleKind {
+    /// The role's name as logs, metrics and the API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             RoleKind::Primary => "primary",
@@ -89,9 +95,12 @@ impl fmt::Display for RoleKind {
 
 /// Why a write cannot be accepted now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteRefusal {
+pub(crate) enum WriteRefusal {
+    /// A standby (or promoting): writes go to `leader`.
     NotPrimary { leader: Option<NodeId> },
+    /// A newer `epoch` exists; this node is rejoining.
     Fenced { epoch: Epoch },
+    /// The primary cannot write now (switchover, `block`, WAL failure).
     Unavailable { reason: String },
 }
 
@@ -140,7 +149,7 @@ pub(crate) struct Node {
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
     /// bootstrapping (a fresh primary persists epoch 1).
-    pub fn new(
+    pub(crate) fn new(
         cfg: Config,
         meta: WalMeta,
         last_lsn: Lsn,
@@ -187,7 +196,7 @@ impl Node {
     }
 
     /// Feeds one event; returns what the runtime must do, in order.
-    pub fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
+    pub(crate) fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
         self.notice_pause(now);
         match event {
             Event::Tick => {
@@ -276,7 +285,7 @@ impl Node {
     /// the next periodic tick, or an earlier role deadline. A deadline that
     /// had already passed at the last tick was handled by it and does not
     /// count again (or a node that cannot act on it would spin).
-    pub fn next_deadline(&self, now: Time) -> Time {
+    pub(crate) fn next_deadline(&self, now: Time) -> Time {
         let periodic = self.last_tick + self.cfg.heartbeat_interval;
         let role = match &self.role {
             Role::Primary(p) => p.next_deadline(&self.cfg),
@@ -290,36 +299,44 @@ impl Node {
         deadline.max(now.min(periodic))
     }
 
-    pub fn role(&self) -> RoleKind {
+    /// The role this node plays now.
+    pub(crate) fn role(&self) -> RoleKind {
         self.role.kind()
     }
 
-    pub fn epoch(&self) -> Epoch {
+    /// The highest epoch this node has persisted.
+    pub(crate) fn epoch(&self) -> Epoch {
         self.epoch
     }
 
-    pub fn leader(&self) -> Option<&NodeId> {
+    /// The leader of our epoch, as persisted with it (ourselves on a primary).
+    pub(crate) fn leader(&self) -> Option<&NodeId> {
         self.leader.as_ref()
     }
 
-    pub fn commit_lsn(&self) -> Lsn {
+    /// Everything up to here is committed: it may be applied and
+    /// acknowledged. Never goes down except when a rejoin resets it.
+    pub(crate) fn commit_lsn(&self) -> Lsn {
         self.commit
     }
 
-    pub fn last_lsn(&self) -> Lsn {
+    /// The last record appended to our WAL (not necessarily durable).
+    pub(crate) fn last_lsn(&self) -> Lsn {
         self.last_lsn
     }
 
-    pub fn flushed_lsn(&self) -> Lsn {
+    /// Our WAL is durable up to here, as the runtime last reported.
+    pub(crate) fn flushed_lsn(&self) -> Lsn {
         self.flushed
     }
 
-    pub fn applied_lsn(&self) -> Lsn {
+    /// Our state machine applied up to here, as the applier last reported.
+    pub(crate) fn applied_lsn(&self) -> Lsn {
         self.applied
     }
 
     /// Where the primary believes the standby is (primary only).
-    pub fn standby_positions(&self) -> Option<StandbyPositions> {
+    pub(crate) fn standby_positions(&self) -> Option<StandbyPositions> {
         match &self.role {
             Role::Primary(p) => Some(p.standby),
             _ => None,
@@ -327,7 +344,7 @@ impl Node {
     }
 
     /// What the primary tells the standby about its sync status.
-    pub fn sync_state(&self) -> SyncState {
+    pub(crate) fn sync_state(&self) -> SyncState {
         match &self.role {
             Role::Primary(p) => p.sync_state(&self.cfg, self.commit),
             _ => SyncState::NotSync,
@@ -335,18 +352,18 @@ impl Node {
     }
 
     /// Whether a primary acknowledges writes without its standby right now.
-    pub fn is_solo(&self) -> bool {
+    pub(crate) fn is_solo(&self) -> bool {
         matches!(&self.role, Role::Primary(p) if p.is_solo())
     }
 
     /// Whether the standby could promote itself now if the primary fell
     /// silent (standby only).
-    pub fn is_eligible(&self) -> bool {
+    pub(crate) fn is_eligible(&self) -> bool {
         matches!(&self.role, Role::Standby(s) if s.eligible(&self.cfg))
     }
 
     /// Whether this node accepts a write now, and if not, why.
-    pub fn check_writable(&self) -> Result<(), WriteRefusal> {
+    pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
             Role::Primary(p) => p.check_writable(&self.cfg),
             Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),

@@ -64,6 +64,8 @@
 //! The standby applies what it flushed the same way (13), and its acks
 //! carry the applied position that `remote-apply` commits on.
 
+#![warn(missing_docs)]
+
 mod actor;
 mod applier;
 mod flusher;
@@ -79,7 +81,8 @@ mod tests;
 
 pub(crate) use inbox::Inbound;
 pub(crate) use inbox::{Inbox, NodeGone};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub(crate) use metrics::Metrics;
+pub use metrics::MetricsSnapshot;
 pub use replica::{Replica, ReplicaBuilder, serve};
 
 use crate::error::Result;
@@ -119,8 +122,5 @@ pub(crate) enum Msg {
     /// The rejoin carried out its plan (or failed for good).
     RejoinDone(std::result::Result<rejoin::Outcome, String>),
     /// Stop every task, sync the WAL, then answer.
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
+    Shutdown { reply: oneshot::Sender<()> },
 }
-

@@ -34,7 +34,8 @@ pub(super) struct Ctx {
     pub cancel: CancellationToken,
 }
 
-pub struct Outcome {
+/// Where a finished rejoin left the node: a standby of `leader` at `epoch`.
+pub(crate) struct Outcome {
     pub epoch: Epoch,
     pub leader: NodeId,
 }
@@ -90,7 +91,9 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
             // A newer epoch than the one we are rejoining for: adopt it
-            // (the actor persists it) and ask again with it.
+            // (the node persists it) and ask again with it. Not an
+            // invariant: the epoch comes off the wire, and a refusal whose
+            // epoch could not be read says 0, which must not lower ours.
             header.epoch = header.epoch.max(epoch);
             let leader = leader.map(|l| l.id);
             let _ = ctx

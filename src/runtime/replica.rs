@@ -86,6 +86,8 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A builder for a node that keeps `wal` and applies to `sm` under
+    /// `cfg`; nothing runs until `ReplicaBuilder::start`.
     pub fn builder(
         cfg: Config,
         wal: Arc<dyn WalStore>,
@@ -100,6 +102,7 @@ impl Replica {
         }
     }
 
+    /// The node's counters (role transitions, refusals, rewinds) now.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
     }
