@@ -189,10 +189,7 @@ impl Actor {
         self.rejoin = Some(Tasks::new(cancel, vec![handle]));
     }
 
-    pub(super) async fn rejoin_done(
-        &mut self,
-        result: std::result::Result<rejoin::Outcome, String>,
-    ) {
+    pub(super) fn rejoin_done(&mut self, result: std::result::Result<rejoin::Outcome, String>) {
         self.rejoin = None;
         match result {
             Ok(outcome) => {

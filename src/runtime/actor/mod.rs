@@ -225,7 +225,7 @@ impl Actor {
                             }
                             other => {
                                 self.append_queued();
-                                self.handle(other).await;
+                                self.handle(other);
                             }
                         }
                     }
@@ -248,7 +248,7 @@ impl Actor {
         self.run_effects(effects);
     }
 
-    async fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Promote { force, reply } => {
                 self.replace_pending_promote(PromoteReplyTo::Local(reply));
@@ -274,7 +274,7 @@ impl Actor {
             }
             Msg::Event(event) => self.on_event(event),
             Msg::Inbound(inbound) => self.inbound(inbound),
-            Msg::RejoinDone(result) => self.rejoin_done(result).await,
+            Msg::RejoinDone(result) => self.rejoin_done(result),
             Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),
         }
     }
@@ -288,6 +288,8 @@ impl Actor {
         self.answering = None;
     }
 
+    /// An event from one of our tasks, with the bookkeeping the runtime
+    /// keeps beside the node (contact times, waiters, acks).
     fn on_event(&mut self, event: Event) {
         match &event {
             Event::Applied { lsn } => {

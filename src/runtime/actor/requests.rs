@@ -157,7 +157,8 @@ impl Actor {
         }
     }
 
-    /// Carries out `Effect::Answer` for the request being stepped.
+    /// Carries out `Effect::Answer`: the reply to the request being
+    /// stepped, filled in from our state when the node served it.
     pub(super) fn answer(&mut self, result: std::result::Result<(), Refused>) {
         let Some(to) = self.answering.take() else {
             return;

@@ -18,12 +18,15 @@ use super::{Actor, Answering};
 /// Where a write's outcome goes.
 pub(super) type WriteReply = oneshot::Sender<Result<Vec<Applied>>>;
 
+/// A write appended as `first..=` its key in `waiters`, at `epoch`,
+/// waiting for the node to commit or fail it.
 pub(super) struct Waiter {
     first: Lsn,
     epoch: Epoch,
     reply: WriteReply,
 }
 
+/// The error a refused write's caller gets.
 pub(super) fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>) -> Error {
     match r {
         WriteRefusal::NotPrimary { .. } => Error::NotPrimary { leader },
