@@ -180,10 +180,10 @@ pub(crate) enum Event {
     /// Standby promoting: the fence we sent to the old primary finished.
     /// `Some(last_lsn)` when it confirmed it stopped at `last_lsn`.
     FenceSent { confirmed_last_lsn: Option<Lsn> },
-    /// The state machine and the WAL do not fit together (the engine lost
-    /// state the WAL no longer covers, or applied past the WAL's end): the
-    /// node must resync from its peer before it can serve.
-    ResyncNeeded,
+    /// The runtime opened the node (right after `Node::new`); `first_lsn`
+    /// is the oldest record its WAL keeps. The node checks that its state
+    /// machine and its WAL fit together.
+    Opened { first_lsn: Lsn },
     /// The runtime started the rejoin work asked for by `Effect::StartRejoin`.
     RejoinStarted,
     /// Rejoining: the peer's log as it described it; answered with
@@ -239,6 +239,9 @@ pub(crate) enum Effect {
         records: Vec<Record>,
         fsync_inline: bool,
     },
+    /// The node must not run on this data (answer to `Event::Opened`):
+    /// the runtime refuses to start, with `reason`.
+    CannotStart { reason: String },
     /// Refuse every write of the `Event::WriteRequested` being handled.
     RefuseWrites(super::WriteRefusal),
     /// Answer the request being handled: `Ok` to serve it (the runtime

@@ -253,7 +253,7 @@ impl Node {
             Event::FenceOrdered { epoch } => self.on_fence_ordered(epoch),
             Event::PromoteRequested { force, from } => self.on_promote_requested(now, force, from),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
-            Event::ResyncNeeded => self.on_resync_needed(),
+            Event::Opened { first_lsn } => self.on_opened(first_lsn),
             Event::RejoinStarted => {
                 if matches!(self.role, Role::Fenced) {
                     self.change_role(Role::Rejoining);
@@ -829,7 +829,43 @@ impl Node {
         self.change_role(Role::Standby(Standby::new()));
     }
 
-    fn on_resync_needed(&mut self) {
+    /// Whether the state machine and the WAL fit together at start.
+    fn on_opened(&mut self, first_lsn: Lsn) {
+        let (applied, last) = (self.applied, self.last_lsn);
+        if applied > last {
+            // The engine applied records the WAL no longer has: its tail
+            // was cut (a torn write cut at recovery, a damaged disk) after
+            // the engine made them durable, or the WAL is another node's. A
+            // standby can always start over from the primary's snapshot. A
+            // node that was the primary may hold acknowledged writes no one
+            // else has, so the operator decides.
+            if !matches!(self.role, Role::Standby(_)) {
+                self.emit(Effect::CannotStart {
+                    reason: format!(
+                        "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
+                    ),
+                });
+                return;
+            }
+            tracing::error!(
+                %applied,
+                wal_last = %last,
+                "the state machine has applied records the WAL no longer has (its tail was cut, or it is another node's WAL); resyncing from the peer's snapshot"
+            );
+            self.resync();
+        } else if applied.next() < first_lsn {
+            tracing::error!(
+                %applied,
+                wal_first = %first_lsn,
+                "the state machine is behind the oldest record in the WAL (the engine lost state the WAL no longer covers); resyncing from the peer's snapshot"
+            );
+            self.resync();
+        }
+    }
+
+    /// The state machine and the WAL do not fit together: whatever the
+    /// role, the node must resync from its peer before it can serve.
+    fn resync(&mut self) {
         if !matches!(
             self.role,
             Role::Failed { .. } | Role::Fenced | Role::Rejoining

@@ -1228,9 +1228,33 @@ fn rejoin_finished_resets_positions_to_the_rewound_log_and_makes_a_standby() {
 }
 
 #[test]
-fn a_state_machine_that_does_not_fit_the_wal_sends_the_node_to_resync() {
+fn a_former_primary_whose_state_is_ahead_of_its_wal_refuses_to_start() {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(1) });
+    assert!(
+        matches!(effects.as_slice(), [Effect::CannotStart { .. }]),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_standby_whose_state_is_behind_the_wal_it_keeps_resyncs() {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(20) });
+    assert!(effects.contains(&Effect::StartRejoin {
+        leader: Some(NodeId::from("n2"))
+    }));
+    let (mut fits, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    assert!(
+        fits.step(t(0), Event::Opened { first_lsn: Lsn(6) })
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_state_machine_ahead_of_the_wal_sends_a_standby_to_resync() {
     let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
-    let effects = node.step(t(1), Event::ResyncNeeded);
+    let effects = node.step(t(1), Event::Opened { first_lsn: Lsn(1) });
     assert_eq!(
         effects,
         vec![

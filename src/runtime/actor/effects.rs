@@ -86,6 +86,9 @@ impl Actor {
             }
             Effect::Answer(result) => self.answer(result),
             Effect::ForwardPromote => self.forward_promote(),
+            Effect::CannotStart { reason } => {
+                unreachable!("the node refuses to start only when opened: {reason}")
+            }
             Effect::Rejoin(plan) => match self.answering.take() {
                 Some(Answering::Rejoin(reply)) => {
                     let _ = reply.send(plan);

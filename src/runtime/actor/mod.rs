@@ -20,7 +20,7 @@ mod writes;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::{Event, LocalLog, Node, PromoteFrom, RoleKind};
+use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom};
 use crate::replicator::Health;
 use crate::runtime::{Metrics, Msg, flusher};
 use crate::state_machine::StateMachine;
@@ -99,7 +99,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     let last = parts.wal.last_lsn();
     let flushed = parts.wal.flushed_lsn();
     let applied = parts.sm.applied_lsn();
-    let (node, effects) = Node::new(
+    let (mut node, mut effects) = Node::new(
         parts.cfg.clone(),
         meta,
         last,
@@ -107,16 +107,12 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         applied,
         std::time::Duration::ZERO,
     );
-    // The engine applied records the WAL no longer has: its tail was cut
-    // (a torn write cut at recovery, a damaged disk) after the engine made
-    // them durable, or the WAL is another node's. A standby can always
-    // start over from the primary's snapshot. A node that was the primary
-    // may hold acknowledged writes no one else has, so the operator decides.
-    let state_ahead_of_wal = applied > last;
-    if state_ahead_of_wal && node.role() != RoleKind::Standby {
-        return Err(Error::Config(format!(
-            "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
-        )));
+    let first_lsn = parts.wal.first_lsn();
+    for effect in node.step(std::time::Duration::ZERO, Event::Opened { first_lsn }) {
+        if let Effect::CannotStart { reason } = effect {
+            return Err(Error::Config(reason));
+        }
+        effects.push(effect);
     }
     let (health_tx, health_rx) = watch::channel(placeholder_health(&parts.cfg));
     let (last_lsn_tx, _) = watch::channel(last);
@@ -170,21 +166,6 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     ));
     actor.start_applier();
     actor.run_effects(effects);
-    if state_ahead_of_wal {
-        tracing::error!(
-            applied = %applied,
-            wal_last = %last,
-            "the state machine has applied records the WAL no longer has (its tail was cut, or it is another node's WAL); resyncing from the peer's snapshot"
-        );
-        actor.step(Event::ResyncNeeded);
-    } else if applied.next() < actor.wal.first_lsn() {
-        tracing::error!(
-            applied = %applied,
-            wal_first = %actor.wal.first_lsn(),
-            "the state machine is behind the oldest record in the WAL (the engine lost state the WAL no longer covers); resyncing from the peer's snapshot"
-        );
-        actor.step(Event::ResyncNeeded);
-    }
     actor.publish();
     let handle = tokio::spawn(actor.run(parts.rx));
     Ok((health_rx, handle))
