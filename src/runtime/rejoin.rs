@@ -1,8 +1,10 @@
-//! A fenced node becomes a standby again: it finds where its log and the
-//! primary's part (from the epoch histories), keeps the records after that
-//! point in `rewound/` and drops them from the WAL, and resyncs from a
-//! snapshot when its state machine already applied past that point or the
-//! primary no longer has the records it needs (G4).
+//! The work of a rejoin (G4): a fenced node reads the primary's epoch
+//! history, hands it to the node (`Msg::RejoinPlan` →
+//! `Event::PeerLogFetched`), and carries out the plan it gets back
+//! (`RejoinPlan`): the records after the divergence point go to
+//! `rewound/` and out of the WAL, and a snapshot of the primary is restored
+//! when the plan says so. Where the logs part and whether a snapshot is
+//! needed is the node's decision, not this task's.
 
 use super::tasks::Tasks;
 use super::{Metrics, Msg};

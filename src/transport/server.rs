@@ -1,6 +1,6 @@
 //! The tonic service every node serves. Handlers check what needs no state
-//! (cluster id, sender, well-formed messages), then forward to the node's
-//! actor with a oneshot for the reply; they never touch role state.
+//! (cluster id, sender, well-formed messages), then hand the request to the
+//! runtime's `Inbox` and wait for its answer; they never touch role state.
 
 use super::convert::{self, Malformed};
 use super::*;
