@@ -20,7 +20,7 @@ pub(super) fn spawn(
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
     let events = tx.clone();
-    super::tasks::spawn_watch_worker(commit, tx, move |target| {
+    super::tasks::spawn_watch_worker(commit, tx, failed, move |target| {
         let (wal, sm, events) = (wal.clone(), sm.clone(), events.clone());
         async move {
             apply_up_to(wal.as_ref(), sm.as_ref(), target, &events).await?;
@@ -65,4 +65,8 @@ async fn apply_up_to(
             return Ok(());
         }
     }
+}
+
+fn failed(reason: String) -> Msg {
+    Msg::Event(Event::WalFailed { reason })
 }

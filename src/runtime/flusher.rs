@@ -15,7 +15,7 @@ pub(super) fn spawn(
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
     let events = tx.clone();
-    super::tasks::spawn_watch_worker(appended, tx, move |target| {
+    super::tasks::spawn_watch_worker(appended, tx, failed, move |target| {
         let (wal, events) = (wal.clone(), events.clone());
         async move {
             if wal.flushed_lsn() >= target && wal.flushed_lsn() >= wal.last_lsn() {
@@ -33,4 +33,8 @@ pub(super) fn spawn(
             Ok(sent.is_ok())
         }
     })
+}
+
+fn failed(reason: String) -> Msg {
+    Msg::Event(Event::WalFailed { reason })
 }

@@ -2,8 +2,6 @@
 //! together, a worker woken by a watch, and blocking work that stays
 //! reproducible under simulation.
 
-use super::Msg;
-use crate::node::Event;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -46,14 +44,17 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 /// Runs `work` with the watched value now and after every change until
 /// cancelled. `work` answers `Ok(true)` to run again at once (more may be
 /// due), or an error that stops the node: the WAL or the state machine can
-/// no longer be trusted.
-pub(crate) fn spawn_watch_worker<T, F, Fut>(
+/// no longer be trusted, and `failed(reason)` is sent on `tx` before the
+/// worker ends.
+pub(crate) fn spawn_watch_worker<T, M, F, Fut>(
     mut watched: watch::Receiver<T>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<M>,
+    failed: fn(String) -> M,
     mut work: F,
 ) -> Tasks
 where
     T: Clone + Send + Sync + 'static,
+    M: Send + 'static,
     F: FnMut(T) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::result::Result<bool, String>> + Send,
 {
@@ -67,7 +68,7 @@ where
                 Ok(false) => {}
                 Err(reason) => {
                     tracing::error!(%reason, "the node stops acknowledging writes");
-                    let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
+                    let _ = tx.send(failed(reason)).await;
                     return;
                 }
             }
