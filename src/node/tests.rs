@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{CommitMode, OnStandbyLoss};
-use crate::transport::{HeartbeatRequest, WalBatch};
+use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
 use crate::types::{EpochHistory, Record};
 use bytes::Bytes;
 use std::time::Duration;
