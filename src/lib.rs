@@ -26,14 +26,8 @@
 
 mod config;
 mod error;
-// TODO(merge): documented on the node-decisions branch. dead_code: with
-// the module private, `Node::config` and `Node::rejoin_failed` (public,
-// called only by node tests) are unused; that branch decides their fate.
-#[allow(missing_docs, dead_code)]
 mod node;
 mod replicator;
-// TODO(merge): documented on the node-decisions branch
-#[allow(missing_docs)]
 mod runtime;
 mod state_machine;
 mod transport;

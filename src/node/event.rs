@@ -1,10 +1,12 @@
 //! What the role logic consumes and what it asks the runtime to do.
 
-use crate::types::{Epoch, Lsn, NodeId};
+use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
+use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
+use bytes::Bytes;
 
 /// Time as the role logic sees it: elapsed since the runtime started. The
 /// logic never reads a clock itself.
-pub type Time = std::time::Duration;
+pub(crate) type Time = std::time::Duration;
 
 /// How the primary describes its standby in heartbeats and batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,25 +24,109 @@ pub enum SyncState {
 /// Why a node is told to step down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FenceReason {
+    /// The standby promotes itself after the primary fell silent.
     Failover,
+    /// The operator asked for a planned hand-over: the primary steps down
+    /// only once the standby holds everything it wrote.
     Switchover,
+    /// The operator forced a promotion; the receiver steps down at once.
     Forced,
 }
 
 /// Where the standby is, as last reported to the primary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StandbyPositions {
+pub(crate) struct StandbyPositions {
+    /// Received and written (not necessarily durable).
     pub written: Lsn,
+    /// Durable on the standby's disk.
     pub flushed: Lsn,
+    /// Applied by the standby's state machine.
     pub applied: Lsn,
 }
 
+/// Who asks for a promotion: the answers differ when the primary is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PromoteFrom {
+    /// The engine embedding this node (`Replicator::promote`).
+    Engine,
+    /// The `Promote` RPC (an operator's CLI, or the peer handing over).
+    Rpc,
+}
+
+/// What the primary's log looks like, as a rejoining node learned it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) struct PeerLog {
+    /// The peer's epoch.
+    pub epoch: Epoch,
+    /// The peer's role: only a primary's log is followed.
+    pub role: super::RoleKind,
+    /// Where each of the peer's epochs began.
+    pub history: EpochHistory,
+    /// The oldest record the peer still keeps.
+    pub first_lsn: Lsn,
+    /// The peer's last record.
+    pub last_lsn: Lsn,
+}
+
+/// What this node's own log and state machine hold, read by the runtime
+/// for a decision that needs more of the log than the node tracks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LocalLog {
+    /// Where each epoch of our log began.
+    pub history: EpochHistory,
+    /// The oldest record our WAL keeps.
+    pub first_lsn: Lsn,
+    /// Our last record.
+    pub last_lsn: Lsn,
+    /// Where the state machine is (it may be ahead of what the node was
+    /// told through `Event::Applied`).
+    pub applied: Lsn,
+}
+
+/// How a rejoining node makes its log a prefix of the primary's (G4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RejoinPlan {
+    /// The peer is not (yet) the primary of our epoch: ask again later.
+    Wait,
+    /// Keep the records after `truncate_after` in `rewound/` and drop them;
+    /// then, if `resync`, restore a snapshot of the primary; then report
+    /// `Event::RejoinFinished` with `epoch`.
+    Rewind {
+        truncate_after: Option<Lsn>,
+        resync: bool,
+        epoch: Epoch,
+    },
+}
+
+/// A request refused by the role logic; the runtime adds our epoch and
+/// leader when it sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// Which refusal: one gRPC status and one metric label each.
+    pub kind: RefusalKind,
+    /// What the sender must know to act, in words.
+    pub message: String,
+}
+
+impl Refused {
+    pub(crate) fn new(kind: RefusalKind, message: impl Into<String>) -> Refused {
+        Refused {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the role logic is told: time, what the runtime did, what the
+/// peer and the engine asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
     /// Time passed; the runtime calls this at least every heartbeat interval.
     Tick,
-    /// The primary appended records up to `last_lsn` (not yet durable).
-    Appended { last_lsn: Lsn },
+    /// The engine's writes that arrived together, in order: appended as one
+    /// run of records (`Effect::Append`) or all refused
+    /// (`Effect::RefuseWrites`).
+    WriteRequested { payloads: Vec<Bytes> },
     /// The local WAL is durable up to `lsn`.
     LocalFlushed { lsn: Lsn },
     /// The local state machine applied up to `lsn`.
@@ -56,14 +142,25 @@ pub enum Event {
     StreamState { up: bool },
     /// Primary: a call to the standby failed without an answer.
     StandbyUnreachable,
-    /// Standby: the primary of `epoch` spoke to us (heartbeat or batch).
-    PrimaryContact {
-        epoch: Epoch,
-        leader: NodeId,
-        primary_last_lsn: Lsn,
-        commit_lsn: Lsn,
-        sync: SyncState,
+    /// A heartbeat from the peer; answered with `Effect::Answer`.
+    HeartbeatReceived { req: HeartbeatRequest },
+    /// A WAL batch from the peer on the open stream; answered with
+    /// `Effect::Answer` (after `Effect::Append` when it brings new
+    /// records). `local_at_prev` is the epoch of our record at
+    /// `batch.prev_lsn` and `local[i]` that of our record at the LSN of
+    /// `batch.records[i]` (`None` where we hold none): the log check needs
+    /// more of the log than the node tracks.
+    BatchReceived {
+        batch: WalBatch,
+        local_at_prev: Option<Epoch>,
+        local: Vec<Option<Epoch>>,
     },
+    /// The peer asks for our epoch history (it is rejoining); answered
+    /// with `Effect::Answer`.
+    HistoryRequested { header: Header },
+    /// The peer asks for a snapshot of our state machine; answered with
+    /// `Effect::Answer`.
+    SnapshotRequested { header: Header },
     /// Any message showed that `epoch`, newer than ours, exists.
     HigherEpoch {
         epoch: Epoch,
@@ -75,20 +172,40 @@ pub enum Event {
         leader: NodeId,
         reason: FenceReason,
     },
+    /// The engine asks this node to step down to `epoch` (led by the
+    /// peer); answered with `Effect::Answer`.
+    FenceOrdered { epoch: Epoch },
     /// Operator asks this node to become primary.
-    PromoteRequested { force: bool },
+    PromoteRequested { force: bool, from: PromoteFrom },
     /// Standby promoting: the fence we sent to the old primary finished.
     /// `Some(last_lsn)` when it confirmed it stopped at `last_lsn`.
     FenceSent { confirmed_last_lsn: Option<Lsn> },
-    /// A fenced node finished rejoining: it is a standby of `leader` at `epoch`.
-    RejoinFinished { epoch: Epoch, leader: NodeId },
+    /// The runtime opened the node (right after `Node::new`); `first_lsn`
+    /// is the oldest record its WAL keeps. The node checks that its state
+    /// machine and its WAL fit together.
+    Opened { first_lsn: Lsn },
+    /// The runtime started the rejoin work asked for by `Effect::StartRejoin`.
+    RejoinStarted,
+    /// Rejoining: the peer's log as it described it; answered with
+    /// `Effect::Rejoin`.
+    PeerLogFetched { peer: PeerLog, ours: LocalLog },
+    /// A fenced node finished rejoining: it is a standby of `leader` at
+    /// `epoch`, and its log and state machine now end at these positions
+    /// (lower than before when it rewound).
+    RejoinFinished {
+        epoch: Epoch,
+        leader: NodeId,
+        last_lsn: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+    },
     /// The WAL failed (fsync error, corruption on write path): stop.
     WalFailed { reason: String },
 }
 
 /// A fenced node's reply to a fence request, sent once its outcome is known.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FenceOutcome {
+pub(crate) enum FenceOutcome {
     /// Fenced; nothing after `last_lsn` was or will be written here.
     Fenced { last_lsn: Lsn },
     /// Refused: the request's epoch is not above ours, or the switchover
@@ -98,15 +215,43 @@ pub enum FenceOutcome {
 
 /// Why pending writes are failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WaiterFailure {
+pub(crate) enum WaiterFailure {
+    /// The commit mode was not met within `sync_timeout`.
     SyncTimeout,
+    /// A newer `epoch` exists: this node stepped down.
     Fenced { epoch: Epoch },
+    /// This node is no longer the primary (it must resync).
     NotPrimary,
+    /// The WAL failed; nothing more is acknowledged until a restart.
     WalFailed { reason: String },
 }
 
+/// What the role logic asks the runtime to do, in order. The runtime
+/// carries each out and decides nothing about the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
+    /// Append these records to the WAL, in order; they continue it
+    /// without a gap. With `fsync_inline` the runtime fsyncs them itself
+    /// before it answers (a standby's `standby_sync_inline`); otherwise the
+    /// flusher makes them durable and reports `Event::LocalFlushed`. A
+    /// failed append is reported as `Event::WalFailed`.
+    Append {
+        records: Vec<Record>,
+        fsync_inline: bool,
+    },
+    /// The node must not run on this data (answer to `Event::Opened`):
+    /// the runtime refuses to start, with `reason`.
+    CannotStart { reason: String },
+    /// Refuse every write of the `Event::WriteRequested` being handled.
+    RefuseWrites(super::WriteRefusal),
+    /// Answer the request being handled: `Ok` to serve it (the runtime
+    /// fills in the reply from its state), or refuse it.
+    Answer(Result<(), Refused>),
+    /// A promotion was asked of the primary: ask the standby to take over
+    /// (it runs the planned switchover) and pass its answer on.
+    ForwardPromote,
+    /// How to rewind (answer to `Event::PeerLogFetched`).
+    Rejoin(RejoinPlan),
     /// Persist epoch and leader before doing anything that follows.
     PersistMeta {
         epoch: Epoch,

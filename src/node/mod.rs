@@ -33,15 +33,21 @@
 //! counted and kept in `rewound/`. `block` never loses an acknowledged write
 //! but stops writes while the standby is unreachable.
 
+
 mod event;
 mod primary;
+mod rejoin;
+mod requests;
 mod standby;
 #[cfg(test)]
 mod tests;
 
-pub use event::{
-    Effect, Event, FenceOutcome, FenceReason, StandbyPositions, SyncState, Time, WaiterFailure,
+pub(crate) use event::Time;
+pub(crate) use event::{
+    Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan,
+    StandbyPositions, WaiterFailure,
 };
+pub use event::{FenceReason, SyncState};
 
 use crate::config::{Config, InitialRole};
 use crate::types::{Epoch, Lsn, NodeId};
@@ -53,7 +59,9 @@ use std::fmt;
 /// The role a node plays, as others see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RoleKind {
+    /// Accepts writes in its epoch (G1) and streams them to the standby.
     Primary,
+    /// Receives, stores and applies the primary's WAL; refuses writes.
     Standby,
     /// A standby that decided to promote and is fencing the old primary.
     Promoting,
@@ -66,6 +74,7 @@ pub enum RoleKind {
 }
 
 impl RoleKind {
+    /// The role's name as logs, metrics and the API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             RoleKind::Primary => "primary",
@@ -86,9 +95,12 @@ impl fmt::Display for RoleKind {
 
 /// Why a write cannot be accepted now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteRefusal {
+pub(crate) enum WriteRefusal {
+    /// A standby (or promoting): writes go to `leader`.
     NotPrimary { leader: Option<NodeId> },
+    /// A newer `epoch` exists; this node is rejoining.
     Fenced { epoch: Epoch },
+    /// The primary cannot write now (switchover, `block`, WAL failure).
     Unavailable { reason: String },
 }
 
@@ -115,7 +127,7 @@ impl Role {
 }
 
 /// The role logic of one node.
-pub struct Node {
+pub(crate) struct Node {
     cfg: Config,
     epoch: Epoch,
     leader: Option<NodeId>,
@@ -137,7 +149,7 @@ pub struct Node {
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
     /// bootstrapping (a fresh primary persists epoch 1).
-    pub fn new(
+    pub(crate) fn new(
         cfg: Config,
         meta: WalMeta,
         last_lsn: Lsn,
@@ -167,7 +179,7 @@ impl Node {
                 epoch: node.epoch,
                 leader: Some(me),
             });
-            node.role = Role::Primary(Primary::new(true));
+            node.role = Role::Primary(Primary::new());
             node.emit(Effect::StartPrimaryTasks);
         } else if meta.leader.as_ref() == Some(&me) {
             // We were primary before the restart. A sync-mode primary must
@@ -184,20 +196,31 @@ impl Node {
     }
 
     /// Feeds one event; returns what the runtime must do, in order.
-    pub fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
+    pub(crate) fn step(&mut self, now: Time, event: Event) -> Vec<Effect> {
         self.notice_pause(now);
         match event {
             Event::Tick => {
                 self.last_tick = now;
                 self.on_tick(now);
             }
-            Event::Appended { last_lsn } => self.on_appended(now, last_lsn),
+            Event::WriteRequested { payloads } => self.on_write_requested(now, payloads),
             Event::LocalFlushed { lsn } => {
+                // Not an invariant: the flusher's fsync and a standby's
+                // inline one can finish in either order, so an older
+                // position may be reported after a newer one.
                 self.flushed = self.flushed.max(lsn);
                 self.recompute_commit();
                 self.try_finish_demotion();
             }
-            Event::Applied { lsn } => self.applied = self.applied.max(lsn),
+            Event::Applied { lsn } => {
+                assert!(
+                    lsn >= self.applied,
+                    "node {}: applied LSN went backwards: {lsn} < {}",
+                    self.cfg.node_id,
+                    self.applied
+                );
+                self.applied = lsn;
+            }
             Event::StandbyProgress { positions } => self.on_standby_progress(positions),
             Event::StandbyReachable => self.on_standby_reachable(),
             Event::StreamState { up } => {
@@ -209,22 +232,49 @@ impl Node {
                 }
             }
             Event::StandbyUnreachable => self.on_standby_unreachable(now),
-            Event::PrimaryContact {
-                epoch,
-                leader,
-                primary_last_lsn,
-                commit_lsn,
-                sync,
-            } => self.on_primary_contact(now, epoch, leader, primary_last_lsn, commit_lsn, sync),
+            Event::HeartbeatReceived { req } => self.on_heartbeat(now, req),
+            Event::BatchReceived {
+                batch,
+                local_at_prev,
+                local,
+            } => self.on_batch(now, batch, local_at_prev, local),
+            Event::HistoryRequested { header } => {
+                if self.admit(&header) {
+                    self.emit(Effect::Answer(Ok(())));
+                }
+            }
+            Event::SnapshotRequested { header } => self.on_snapshot_requested(header),
             Event::HigherEpoch { epoch, leader } => self.on_higher_epoch(epoch, leader),
             Event::FenceRequested {
                 epoch,
                 leader,
                 reason,
             } => self.on_fence_requested(now, epoch, leader, reason),
-            Event::PromoteRequested { force } => self.on_promote_requested(now, force),
+            Event::FenceOrdered { epoch } => self.on_fence_ordered(epoch),
+            Event::PromoteRequested { force, from } => self.on_promote_requested(now, force, from),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
-            Event::RejoinFinished { epoch, leader } => self.on_rejoin_finished(epoch, leader),
+            Event::Opened { first_lsn } => self.on_opened(first_lsn),
+            Event::RejoinStarted => {
+                if matches!(self.role, Role::Fenced) {
+                    self.change_role(Role::Rejoining);
+                }
+            }
+            Event::PeerLogFetched { peer, ours } => self.on_peer_log_fetched(peer, ours),
+            Event::RejoinFinished {
+                epoch,
+                leader,
+                last_lsn,
+                flushed,
+                applied,
+            } => {
+                // The rewind may have moved every position back: these
+                // are the log's and the state machine's as they now are.
+                self.last_lsn = last_lsn;
+                self.flushed = flushed;
+                self.applied = applied;
+                self.commit = applied;
+                self.on_rejoin_finished(epoch, leader);
+            }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
         }
         self.last_step = Some(now);
@@ -235,7 +285,7 @@ impl Node {
     /// the next periodic tick, or an earlier role deadline. A deadline that
     /// had already passed at the last tick was handled by it and does not
     /// count again (or a node that cannot act on it would spin).
-    pub fn next_deadline(&self, now: Time) -> Time {
+    pub(crate) fn next_deadline(&self, now: Time) -> Time {
         let periodic = self.last_tick + self.cfg.heartbeat_interval;
         let role = match &self.role {
             Role::Primary(p) => p.next_deadline(&self.cfg),
@@ -249,40 +299,44 @@ impl Node {
         deadline.max(now.min(periodic))
     }
 
-    pub fn role(&self) -> RoleKind {
+    /// The role this node plays now.
+    pub(crate) fn role(&self) -> RoleKind {
         self.role.kind()
     }
 
-    pub fn epoch(&self) -> Epoch {
+    /// The highest epoch this node has persisted.
+    pub(crate) fn epoch(&self) -> Epoch {
         self.epoch
     }
 
-    pub fn leader(&self) -> Option<&NodeId> {
+    /// The leader of our epoch, as persisted with it (ourselves on a primary).
+    pub(crate) fn leader(&self) -> Option<&NodeId> {
         self.leader.as_ref()
     }
 
-    pub fn commit_lsn(&self) -> Lsn {
+    /// Everything up to here is committed: it may be applied and
+    /// acknowledged. Never goes down except when a rejoin resets it.
+    pub(crate) fn commit_lsn(&self) -> Lsn {
         self.commit
     }
 
-    pub fn last_lsn(&self) -> Lsn {
+    /// The last record appended to our WAL (not necessarily durable).
+    pub(crate) fn last_lsn(&self) -> Lsn {
         self.last_lsn
     }
 
-    pub fn flushed_lsn(&self) -> Lsn {
+    /// Our WAL is durable up to here, as the runtime last reported.
+    pub(crate) fn flushed_lsn(&self) -> Lsn {
         self.flushed
     }
 
-    pub fn applied_lsn(&self) -> Lsn {
+    /// Our state machine applied up to here, as the applier last reported.
+    pub(crate) fn applied_lsn(&self) -> Lsn {
         self.applied
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// Where the primary believes the standby is (primary only).
-    pub fn standby_positions(&self) -> Option<StandbyPositions> {
+    pub(crate) fn standby_positions(&self) -> Option<StandbyPositions> {
         match &self.role {
             Role::Primary(p) => Some(p.standby),
             _ => None,
@@ -290,7 +344,7 @@ impl Node {
     }
 
     /// What the primary tells the standby about its sync status.
-    pub fn sync_state(&self) -> SyncState {
+    pub(crate) fn sync_state(&self) -> SyncState {
         match &self.role {
             Role::Primary(p) => p.sync_state(&self.cfg, self.commit),
             _ => SyncState::NotSync,
@@ -298,18 +352,18 @@ impl Node {
     }
 
     /// Whether a primary acknowledges writes without its standby right now.
-    pub fn is_solo(&self) -> bool {
+    pub(crate) fn is_solo(&self) -> bool {
         matches!(&self.role, Role::Primary(p) if p.is_solo())
     }
 
     /// Whether the standby could promote itself now if the primary fell
     /// silent (standby only).
-    pub fn is_eligible(&self) -> bool {
+    pub(crate) fn is_eligible(&self) -> bool {
         matches!(&self.role, Role::Standby(s) if s.eligible(&self.cfg))
     }
 
     /// Whether this node accepts a write now, and if not, why.
-    pub fn check_writable(&self) -> Result<(), WriteRefusal> {
+    pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
             Role::Primary(p) => p.check_writable(&self.cfg),
             Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
@@ -322,13 +376,6 @@ impl Node {
                 leader: self.leader.clone().filter(|l| *l != self.cfg.node_id),
             }),
         }
-    }
-
-    /// Whether a message from a node at `epoch` may be acted on. Messages
-    /// from a lower epoch are refused (G1); a higher epoch must first be
-    /// fed as `Event::HigherEpoch`.
-    pub fn is_stale(&self, epoch: Epoch) -> bool {
-        epoch < self.epoch
     }
 
     fn emit(&mut self, effect: Effect) {
@@ -376,7 +423,8 @@ impl Node {
     fn persist(&mut self, epoch: Epoch, leader: Option<NodeId>) {
         assert!(
             epoch >= self.epoch,
-            "epoch would go backwards: {epoch} < {}",
+            "node {}: epoch would go backwards: {epoch} < {}",
+            self.cfg.node_id,
             self.epoch
         );
         self.epoch = epoch;
@@ -399,7 +447,7 @@ impl Node {
         {
             self.commit = target;
             if let Role::Primary(p) = &mut self.role {
-                p.committed(target, self.cfg.commit_mode);
+                p.committed(target);
             }
             self.emit(Effect::Commit { lsn: target });
         }
@@ -506,70 +554,6 @@ impl Node {
         }));
     }
 
-    fn on_rejoin_finished(&mut self, epoch: Epoch, leader: NodeId) {
-        if !matches!(self.role, Role::Fenced | Role::Rejoining) {
-            return;
-        }
-        if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
-            self.persist(epoch.max(self.epoch), Some(leader));
-        }
-        self.change_role(Role::Standby(Standby::new()));
-    }
-
-    /// The state machine is behind what the WAL still holds (the engine lost
-    /// state the WAL no longer covers): whatever the role, the node must
-    /// resync from the peer before it can serve.
-    pub fn resync_needed(&mut self) -> Vec<Effect> {
-        if !matches!(
-            self.role,
-            Role::Failed { .. } | Role::Fenced | Role::Rejoining
-        ) {
-            self.fail_all_waiters(WaiterFailure::NotPrimary);
-            self.change_role(Role::Fenced);
-            self.emit(Effect::StartRejoin {
-                leader: Some(self.cfg.peer_id.clone()),
-            });
-        }
-        std::mem::take(&mut self.out)
-    }
-
-    /// The standby's log does not continue the primary's (or the primary no
-    /// longer has the records it needs): step aside and rejoin.
-    pub fn diverged(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Standby(_)) {
-            self.change_role(Role::Fenced);
-            self.emit(Effect::StartRejoin {
-                leader: self.leader.clone(),
-            });
-        }
-        std::mem::take(&mut self.out)
-    }
-
-    /// Marks the start of rejoin work so `health` shows it.
-    pub fn rejoin_started(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Fenced) {
-            self.change_role(Role::Rejoining);
-        }
-        std::mem::take(&mut self.out)
-    }
-
-    /// A fenced node gives up a rejoin attempt (peer unreachable); it stays
-    /// fenced and the runtime retries.
-    pub fn rejoin_failed(&mut self) -> Vec<Effect> {
-        if matches!(self.role, Role::Rejoining) {
-            self.change_role(Role::Fenced);
-        }
-        std::mem::take(&mut self.out)
-    }
-
-    /// Resets positions after the runtime rewound or restored the log.
-    pub fn positions_reset(&mut self, last_lsn: Lsn, flushed: Lsn, applied: Lsn) {
-        self.last_lsn = last_lsn;
-        self.flushed = flushed;
-        self.applied = applied;
-        self.commit = applied;
-    }
-
     fn on_wal_failed(&mut self, reason: String) {
         tracing::error!(%reason, "WAL failure: refusing all writes and stepping down until restarted");
         self.fail_all_waiters(WaiterFailure::WalFailed {
@@ -591,7 +575,7 @@ impl Node {
     fn become_primary_after_promotion(&mut self) {
         // Everything we hold is ours to commit now; the old primary's
         // uncommitted tail that we did receive becomes committed.
-        let mut p = Primary::promoted(self.last_lsn);
+        let mut p = Primary::promoted();
         p.note_promoted_contact();
         self.change_role(Role::Primary(p));
     }

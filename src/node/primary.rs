@@ -47,7 +47,7 @@ pub(super) struct Primary {
 }
 
 impl Primary {
-    pub(super) fn new(_fresh: bool) -> Primary {
+    pub(super) fn new() -> Primary {
         Primary {
             standby: StandbyPositions::default(),
             streaming: false,
@@ -64,16 +64,16 @@ impl Primary {
     pub(super) fn restarted(durable: Lsn) -> Primary {
         Primary {
             may_have_acknowledged: durable,
-            ..Primary::new(false)
+            ..Primary::new()
         }
     }
 
     /// A primary just promoted: it may acknowledge alone until its peer
     /// rejoins and catches up.
-    pub(super) fn promoted(_last_lsn: Lsn) -> Primary {
+    pub(super) fn promoted() -> Primary {
         Primary {
             link: Link::Solo,
-            ..Primary::new(false)
+            ..Primary::new()
         }
     }
 
@@ -112,7 +112,7 @@ impl Primary {
         Some(flushed.min(self.standby_position(cfg.commit_mode)))
     }
 
-    pub(super) fn committed(&mut self, lsn: Lsn, _mode: CommitMode) {
+    pub(super) fn committed(&mut self, lsn: Lsn) {
         while self.pending.front().is_some_and(|(l, _)| *l <= lsn) {
             self.pending.pop_front();
         }
@@ -187,7 +187,8 @@ impl Node {
     pub(super) fn on_appended(&mut self, now: Time, last_lsn: Lsn) {
         assert!(
             last_lsn >= self.last_lsn,
-            "appended LSN went backwards: {last_lsn} < {}",
+            "node {}: appended LSN went backwards: {last_lsn} < {}",
+            self.cfg.node_id,
             self.last_lsn
         );
         self.last_lsn = last_lsn;

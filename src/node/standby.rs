@@ -1,7 +1,7 @@
 //! The standby's side of the role logic: the health monitor, eligibility
 //! and promotion.
 
-use super::event::{Effect, FenceReason, SyncState, Time};
+use super::event::{Effect, FenceReason, PromoteFrom, SyncState, Time};
 use super::{Node, Role, RoleKind};
 use crate::config::Config;
 use crate::types::{Epoch, Lsn, NodeId};
@@ -162,9 +162,18 @@ impl Node {
         });
     }
 
-    pub(super) fn on_promote_requested(&mut self, now: Time, force: bool) {
+    pub(super) fn on_promote_requested(&mut self, now: Time, force: bool, from: PromoteFrom) {
         let cfg = self.cfg.clone();
         match &mut self.role {
+            // Asked of the primary: over the RPC it hands over to the
+            // standby, which runs the planned switchover; the engine is
+            // told where to ask.
+            Role::Primary(_) if !force => match from {
+                PromoteFrom::Rpc => self.emit(Effect::ForwardPromote),
+                PromoteFrom::Engine => self.emit(Effect::ReplyPromote(Err(
+                    "this node is already the primary; ask the standby, or use the Promote RPC to hand over".into(),
+                ))),
+            },
             Role::Primary(_) => self.emit(Effect::ReplyPromote(Err(
                 "this node is already the primary".into(),
             ))),

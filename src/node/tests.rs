@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::config::{CommitMode, OnStandbyLoss};
+use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
+use crate::types::{EpochHistory, Record};
+use bytes::Bytes;
 use std::time::Duration;
 
 const MS: Duration = Duration::from_millis(1);
@@ -21,20 +24,39 @@ fn meta(epoch: u64, leader: &str) -> WalMeta {
     }
 }
 
+/// A heartbeat from `from` at `epoch`.
+fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) -> Event {
+    Event::HeartbeatReceived {
+        req: HeartbeatRequest {
+            header: header(epoch, from),
+            last_lsn: Lsn(last),
+            commit_lsn: Lsn(commit),
+            sync,
+        },
+    }
+}
+
+fn header(epoch: u64, from: &str) -> Header {
+    Header {
+        epoch: Epoch(epoch),
+        node_id: NodeId::from(from),
+        ..Header::default()
+    }
+}
+
+/// The engine writes one record per LSN from the node's last up to `lsn`.
+fn writes_up_to(node: &Node, lsn: u64) -> Event {
+    let count = lsn - node.last_lsn().0;
+    Event::WriteRequested {
+        payloads: (0..count).map(|_| Bytes::from_static(b"w")).collect(),
+    }
+}
+
 /// A standby of n2 at epoch 1 that has heard from the primary at `at`.
 fn standby_in_contact(cfg: Config, sync: SyncState, at: Time) -> Node {
     let (mut node, effects) = Node::new(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     assert!(effects.iter().all(|e| matches!(e, Effect::Commit { .. })));
-    node.step(
-        at,
-        Event::PrimaryContact {
-            epoch: Epoch(1),
-            leader: NodeId::from("n2"),
-            primary_last_lsn: Lsn(10),
-            commit_lsn: Lsn(10),
-            sync,
-        },
-    );
+    node.step(at, heartbeat(1, "n2", 10, 10, sync));
     node
 }
 
@@ -160,13 +182,7 @@ fn async_standby_promotes_only_within_max_lag() {
         max_lag_on_failover: 5,
         ..cfg()
     };
-    let contact = |lag: u64| Event::PrimaryContact {
-        epoch: Epoch(1),
-        leader: NodeId::from("n2"),
-        primary_last_lsn: Lsn(10 + lag),
-        commit_lsn: Lsn(10),
-        sync: SyncState::Async,
-    };
+    let contact = |lag: u64| heartbeat(1, "n2", 10 + lag, 10, SyncState::Async);
     let (mut far, _) = Node::new(cfg.clone(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     far.step(t(100), contact(6));
     assert!(tick_until(&mut far, 200, 3000).is_empty());
@@ -195,7 +211,7 @@ fn a_pause_longer_than_failover_timeout_costs_the_standby_its_eligibility() {
 #[test]
 fn higher_epoch_fences_a_primary_at_once_and_fails_its_waiters() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(2), writes_up_to(&node, 1));
     let effects = node.step(
         t(3),
         Event::HigherEpoch {
@@ -232,10 +248,8 @@ fn higher_epoch_fences_a_primary_at_once_and_fails_its_waiters() {
 }
 
 #[test]
-fn stale_epochs_are_recognised_and_a_stale_fence_is_refused() {
+fn a_stale_fence_is_refused() {
     let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
-    assert!(node.is_stale(Epoch(2)));
-    assert!(!node.is_stale(Epoch(3)));
     let effects = node.step(
         t(1),
         Event::FenceRequested {
@@ -255,7 +269,7 @@ fn stale_epochs_are_recognised_and_a_stale_fence_is_refused() {
 #[test]
 fn sync_commit_waits_for_the_standby_flush() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(2), writes_up_to(&node, 1));
     assert!(
         node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) })
             .is_empty()
@@ -328,7 +342,7 @@ fn each_commit_mode_commits_at_its_own_standby_position() {
             commit_mode: mode,
             ..cfg()
         });
-        node.step(t(2), Event::Appended { last_lsn: Lsn(1) });
+        node.step(t(2), writes_up_to(&node, 1));
         let mut effects = node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
         effects.extend(node.step(t(4), Event::StandbyProgress { positions }));
         assert_eq!(
@@ -342,7 +356,7 @@ fn each_commit_mode_commits_at_its_own_standby_position() {
 #[test]
 fn sync_timeout_fails_the_waiter_when_the_standby_answers_but_does_not_ack() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(10), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
     assert!(tick_until(&mut node, 100, 2000).is_empty());
     let effects = node.step(t(2010), Event::Tick);
@@ -362,7 +376,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
         on_standby_loss: OnStandbyLoss::Block,
         ..cfg()
     });
-    node.step(t(10), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
     node.step(t(20), Event::StandbyUnreachable);
     let effects = tick_until(&mut node, 100, 2100);
@@ -392,7 +406,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
 #[test]
 fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(10), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
     node.step(t(20), Event::StandbyUnreachable);
     let before = tick_until(&mut node, 100, 2000);
@@ -420,7 +434,7 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
 #[test]
 fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
     let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
-    node.step(t(10), Event::Appended { last_lsn: Lsn(6) });
+    node.step(t(10), writes_up_to(&node, 6));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(6) });
     node.step(t(20), Event::StandbyUnreachable);
     let effects = tick_until(&mut node, 100, 5000);
@@ -435,7 +449,7 @@ fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
 #[test]
 fn a_paused_primary_asks_the_standby_before_going_solo() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(10), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
     node.step(t(20), Event::StandbyUnreachable);
     // Paused from 20 ms to 10 s: the failures before the pause are stale,
@@ -453,7 +467,7 @@ fn async_mode_commits_on_local_flush() {
         commit_mode: CommitMode::Async,
         ..cfg()
     });
-    node.step(t(2), Event::Appended { last_lsn: Lsn(3) });
+    node.step(t(2), writes_up_to(&node, 3));
     assert_eq!(
         node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) }),
         vec![Effect::Commit { lsn: Lsn(3) }]
@@ -464,7 +478,7 @@ fn async_mode_commits_on_local_flush() {
 #[test]
 fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::Appended { last_lsn: Lsn(4) });
+    node.step(t(2), writes_up_to(&node, 4));
     node.step(t(3), Event::LocalFlushed { lsn: Lsn(4) });
     let effects = node.step(
         t(4),
@@ -514,7 +528,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
 #[test]
 fn planned_switchover_gives_up_after_its_timeout_and_writes_resume() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::Appended { last_lsn: Lsn(4) });
+    node.step(t(2), writes_up_to(&node, 4));
     node.step(
         t(4),
         Event::FenceRequested {
@@ -537,7 +551,13 @@ fn planned_switchover_gives_up_after_its_timeout_and_writes_resume() {
 #[test]
 fn planned_promotion_on_the_standby_persists_only_after_the_primary_stepped_down() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    let effects = node.step(t(150), Event::PromoteRequested { force: false });
+    let effects = node.step(
+        t(150),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Engine,
+        },
+    );
     assert_eq!(
         effects,
         vec![Effect::SendFence {
@@ -580,7 +600,7 @@ fn a_standby_told_of_an_epoch_led_by_itself_takes_over() {
 #[test]
 fn wal_failure_stops_writes_and_fails_waiters() {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::Appended { last_lsn: Lsn(1) });
+    node.step(t(2), writes_up_to(&node, 1));
     let effects = node.step(
         t(3),
         Event::WalFailed {
@@ -600,7 +620,13 @@ fn wal_failure_stops_writes_and_fails_waiters() {
 #[test]
 fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fence_reply() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    node.step(t(150), Event::PromoteRequested { force: false });
+    node.step(
+        t(150),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Engine,
+        },
+    );
     // The old primary fenced itself and its rejoin request reached us first.
     let effects = node.step(
         t(160),
@@ -646,7 +672,7 @@ fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
         commit_mode: CommitMode::RemoteWrite,
         ..cfg()
     });
-    node.step(t(2), Event::Appended { last_lsn: Lsn(3) });
+    node.step(t(2), writes_up_to(&node, 3));
     node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
     node.step(
         t(4),
@@ -684,4 +710,573 @@ fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_prim
     node.step(t(3), progress(10));
     assert_eq!(node.commit_lsn(), Lsn(10));
     assert_eq!(node.sync_state(), SyncState::Sync);
+}
+
+// ---- rules moved from the runtime: one test per rule ----------------------
+
+fn rec(lsn: u64, epoch: u64) -> Record {
+    Record {
+        lsn: Lsn(lsn),
+        epoch: Epoch(epoch),
+        payload: Bytes::from_static(b"p"),
+    }
+}
+
+/// A standby of n2 at epoch 2 whose log holds 1..=3, all from epoch 1.
+fn standby_with_log() -> Node {
+    let (node, _) = Node::new(cfg(), meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    node
+}
+
+fn batch(prev: (u64, u64), records: Vec<Record>, primary_last: u64, first: u64) -> WalBatch {
+    WalBatch {
+        header: header(2, "n2"),
+        prev_lsn: Lsn(prev.0),
+        prev_epoch: Epoch(prev.1),
+        records,
+        commit_lsn: Lsn::ZERO,
+        sync: SyncState::Sync,
+        last_lsn: Lsn(primary_last),
+        first_lsn: Lsn(first),
+    }
+}
+
+/// Feeds `batch` with the epochs `standby_with_log` holds (1..=3 in epoch 1).
+fn receive(node: &mut Node, at: Time, batch: WalBatch) -> Vec<Effect> {
+    let ours = |lsn: Lsn| (1..=3).contains(&lsn.0).then_some(Epoch(1));
+    let last = node.last_lsn();
+    let local_at_prev = ours(batch.prev_lsn);
+    let local = batch
+        .records
+        .iter()
+        .take_while(|r| r.lsn <= last)
+        .map(|r| ours(r.lsn))
+        .collect();
+    node.step(
+        at,
+        Event::BatchReceived {
+            batch,
+            local_at_prev,
+            local,
+        },
+    )
+}
+
+fn refusal_kind(effects: &[Effect]) -> Option<RefusalKind> {
+    effects.iter().find_map(|e| match e {
+        Effect::Answer(Err(r)) => Some(r.kind),
+        _ => None,
+    })
+}
+
+fn diverged_then_rejoins(effects: &[Effect], kind: RefusalKind) {
+    assert_eq!(refusal_kind(effects), Some(kind), "{effects:?}");
+    assert_eq!(
+        &effects[1..],
+        &[
+            Effect::RoleChanged {
+                from: RoleKind::Standby,
+                to: RoleKind::Fenced,
+                epoch: Epoch(2)
+            },
+            Effect::StartRejoin {
+                leader: Some(NodeId::from("n2"))
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_primary_appends_writes_after_its_last_record_in_its_epoch() {
+    let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(7), Lsn(7), Lsn(7), t(0));
+    let payloads = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+    let effects = node.step(t(1), Event::WriteRequested { payloads });
+    assert_eq!(
+        effects,
+        vec![Effect::Append {
+            records: vec![
+                Record {
+                    lsn: Lsn(8),
+                    epoch: Epoch(3),
+                    payload: Bytes::from_static(b"a")
+                },
+                Record {
+                    lsn: Lsn(9),
+                    epoch: Epoch(3),
+                    payload: Bytes::from_static(b"b")
+                },
+            ],
+            fsync_inline: false,
+        }]
+    );
+    assert_eq!(node.last_lsn(), Lsn(9));
+}
+
+#[test]
+fn a_write_is_refused_whole_by_a_node_that_may_not_write() {
+    let mut node = standby_with_log();
+    let effects = node.step(t(1), writes_up_to(&node, 5));
+    assert_eq!(
+        effects,
+        vec![Effect::RefuseWrites(WriteRefusal::NotPrimary {
+            leader: Some(NodeId::from("n2"))
+        })]
+    );
+    assert_eq!(node.last_lsn(), Lsn(3));
+}
+
+#[test]
+fn a_contiguous_batch_is_appended_whole_and_answered() {
+    let mut node = standby_with_log();
+    let records = vec![rec(4, 1), rec(5, 2)];
+    let effects = receive(&mut node, t(1), batch((3, 1), records.clone(), 5, 1));
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Append {
+                records,
+                fsync_inline: false
+            },
+            Effect::Answer(Ok(())),
+        ]
+    );
+    assert_eq!(node.last_lsn(), Lsn(5));
+}
+
+#[test]
+fn a_standby_with_inline_fsync_asks_for_it_with_the_append() {
+    let cfg = Config {
+        standby_sync_inline: true,
+        ..cfg()
+    };
+    let (mut node, _) = Node::new(cfg, meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = receive(&mut node, t(1), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    assert!(matches!(
+        effects[0],
+        Effect::Append {
+            fsync_inline: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn redelivered_records_of_a_batch_are_skipped() {
+    let mut node = standby_with_log();
+    let effects = receive(
+        &mut node,
+        t(1),
+        batch((1, 1), vec![rec(2, 1), rec(3, 1), rec(4, 1)], 4, 1),
+    );
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Append {
+                records: vec![rec(4, 1)],
+                fsync_inline: false
+            },
+            Effect::Answer(Ok(())),
+        ]
+    );
+}
+
+#[test]
+fn a_batch_that_brings_nothing_new_is_still_answered() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((3, 1), Vec::new(), 3, 1));
+    assert_eq!(effects, vec![Effect::Answer(Ok(()))]);
+}
+
+#[test]
+fn a_batch_after_a_gap_is_refused_and_the_standby_stays() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((5, 1), vec![rec(6, 1)], 6, 1));
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::Gap));
+    assert_eq!(effects.len(), 1);
+    assert_eq!(node.role(), RoleKind::Standby);
+}
+
+#[test]
+fn an_epoch_mismatch_at_prev_is_divergence_and_the_standby_rejoins() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((3, 2), vec![rec(4, 2)], 4, 1));
+    diverged_then_rejoins(&effects, RefusalKind::Diverged);
+}
+
+#[test]
+fn a_redelivered_record_with_another_epoch_is_divergence() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((1, 1), vec![rec(2, 2)], 2, 1));
+    diverged_then_rejoins(&effects, RefusalKind::Diverged);
+}
+
+#[test]
+fn records_the_primary_never_had_are_divergence() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((2, 1), Vec::new(), 2, 1));
+    diverged_then_rejoins(&effects, RefusalKind::Diverged);
+}
+
+#[test]
+fn a_primary_that_no_longer_has_our_next_record_sends_us_to_rejoin() {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((3, 1), Vec::new(), 100, 50));
+    diverged_then_rejoins(&effects, RefusalKind::TooFarBehind);
+}
+
+#[test]
+fn a_primary_refuses_a_batch_at_its_own_epoch_as_two_primaries() {
+    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = receive(&mut node, t(1), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    assert_eq!(
+        effects,
+        vec![Effect::Answer(Err(Refused::new(
+            RefusalKind::NotStandby,
+            "this node is the primary of that epoch"
+        )))]
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert_eq!(node.last_lsn(), Lsn(3));
+}
+
+#[test]
+fn a_primary_refuses_a_heartbeat_at_its_own_epoch_as_two_primaries() {
+    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = node.step(t(1), heartbeat(2, "n2", 3, 3, SyncState::Sync));
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert_eq!(node.role(), RoleKind::Primary);
+}
+
+#[test]
+fn a_request_from_a_lower_epoch_is_refused_with_ours_and_changes_nothing() {
+    let mut node = standby_with_log();
+    let mut stale = batch((3, 1), vec![rec(4, 1)], 4, 1);
+    stale.header.epoch = Epoch(1);
+    for effects in [
+        node.step(t(1), heartbeat(1, "n2", 3, 3, SyncState::Sync)),
+        receive(&mut node, t(2), stale),
+        node.step(
+            t(3),
+            Event::HistoryRequested {
+                header: header(1, "n2"),
+            },
+        ),
+    ] {
+        assert_eq!(
+            effects,
+            vec![Effect::Answer(Err(Refused::new(
+                RefusalKind::StaleEpoch,
+                "epoch 1 is older than this node's epoch 2; a newer primary exists"
+            )))]
+        );
+    }
+    assert_eq!(node.last_lsn(), Lsn(3));
+    assert!(!node.is_eligible());
+}
+
+#[test]
+fn a_request_from_a_higher_epoch_is_persisted_before_the_primary_steps_down() {
+    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = node.step(
+        t(1),
+        Event::HistoryRequested {
+            header: header(3, "n2"),
+        },
+    );
+    assert_eq!(
+        effects[0],
+        Effect::PersistMeta {
+            epoch: Epoch(3),
+            leader: Some(NodeId::from("n2"))
+        }
+    );
+    assert!(effects.contains(&Effect::StopPrimaryTasks));
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+#[test]
+fn only_the_primary_serves_snapshots() {
+    let mut node = standby_with_log();
+    let effects = node.step(
+        t(1),
+        Event::SnapshotRequested {
+            header: header(2, "n2"),
+        },
+    );
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    let (mut primary, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = primary.step(
+        t(1),
+        Event::SnapshotRequested {
+            header: header(2, "n2"),
+        },
+    );
+    assert_eq!(effects, vec![Effect::Answer(Ok(()))]);
+}
+
+#[test]
+fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
+    let mut node = primary_with_standby(cfg());
+    let effects = node.step(
+        t(2),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    assert_eq!(effects, vec![Effect::ForwardPromote]);
+    assert_eq!(node.role(), RoleKind::Primary);
+}
+
+#[test]
+fn a_promote_asked_of_the_primary_by_its_engine_is_refused() {
+    let mut node = primary_with_standby(cfg());
+    let effects = node.step(
+        t(2),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Engine,
+        },
+    );
+    assert!(matches!(effects.as_slice(), [Effect::ReplyPromote(Err(_))]));
+    assert_eq!(node.role(), RoleKind::Primary);
+}
+
+#[test]
+fn a_fence_ordered_by_the_engine_must_raise_the_epoch() {
+    let mut node = primary_with_standby(cfg());
+    let effects = node.step(t(2), Event::FenceOrdered { epoch: Epoch(1) });
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::StaleEpoch));
+    assert_eq!(node.role(), RoleKind::Primary);
+    let effects = node.step(t(3), Event::FenceOrdered { epoch: Epoch(2) });
+    assert_eq!(
+        effects[0],
+        Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2"))
+        }
+    );
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+/// A former primary of epoch 1 holding 1..=5, fenced by n2 at epoch 2 and
+/// rejoining.
+fn rejoining() -> Node {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    node.step(
+        t(1),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    let effects = node.step(t(2), Event::RejoinStarted);
+    assert_eq!(
+        effects,
+        vec![Effect::RoleChanged {
+            from: RoleKind::Fenced,
+            to: RoleKind::Rejoining,
+            epoch: Epoch(2)
+        }]
+    );
+    node
+}
+
+fn history(entries: &[(u64, u64)]) -> EpochHistory {
+    EpochHistory(
+        entries
+            .iter()
+            .map(|&(epoch, first)| crate::types::EpochStart {
+                epoch: Epoch(epoch),
+                first_lsn: Lsn(first),
+            })
+            .collect(),
+    )
+}
+
+/// n2 promoted at LSN 4 (epoch 2 starts there) and wrote up to 6.
+fn promoted_peer() -> PeerLog {
+    PeerLog {
+        epoch: Epoch(2),
+        role: RoleKind::Primary,
+        history: history(&[(1, 1), (2, 4)]),
+        first_lsn: Lsn(1),
+        last_lsn: Lsn(6),
+    }
+}
+
+fn our_log(applied: u64) -> LocalLog {
+    LocalLog {
+        history: history(&[(1, 1)]),
+        first_lsn: Lsn(1),
+        last_lsn: Lsn(5),
+        applied: Lsn(applied),
+    }
+}
+
+#[test]
+fn rejoin_truncates_after_the_divergence_point() {
+    let mut node = rejoining();
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: promoted_peer(),
+            ours: our_log(3),
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::Rejoin(RejoinPlan::Rewind {
+            truncate_after: Some(Lsn(3)),
+            resync: false,
+            epoch: Epoch(2)
+        })]
+    );
+}
+
+#[test]
+fn rejoin_resyncs_when_the_state_machine_applied_past_the_divergence_point() {
+    let mut node = rejoining();
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: promoted_peer(),
+            ours: our_log(5),
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::Rejoin(RejoinPlan::Rewind {
+            truncate_after: Some(Lsn(3)),
+            resync: true,
+            epoch: Epoch(2)
+        })]
+    );
+}
+
+#[test]
+fn rejoin_resyncs_when_the_primary_no_longer_keeps_what_follows_our_log() {
+    let mut node = rejoining();
+    let peer = PeerLog {
+        first_lsn: Lsn(6),
+        ..promoted_peer()
+    };
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer,
+            ours: our_log(3),
+        },
+    );
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::Rejoin(RejoinPlan::Rewind { resync: true, .. })]
+    ));
+}
+
+#[test]
+fn rejoin_waits_while_the_peer_is_not_the_primary_of_our_epoch() {
+    let mut node = rejoining();
+    for peer in [
+        PeerLog {
+            role: RoleKind::Promoting,
+            ..promoted_peer()
+        },
+        PeerLog {
+            epoch: Epoch(1),
+            ..promoted_peer()
+        },
+    ] {
+        let effects = node.step(
+            t(3),
+            Event::PeerLogFetched {
+                peer,
+                ours: our_log(3),
+            },
+        );
+        assert_eq!(effects, vec![Effect::Rejoin(RejoinPlan::Wait)]);
+    }
+}
+
+#[test]
+fn rejoin_finished_resets_positions_to_the_rewound_log_and_makes_a_standby() {
+    let mut node = rejoining();
+    let effects = node.step(
+        t(3),
+        Event::RejoinFinished {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            last_lsn: Lsn(3),
+            flushed: Lsn(3),
+            applied: Lsn(3),
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::RoleChanged {
+            from: RoleKind::Rejoining,
+            to: RoleKind::Standby,
+            epoch: Epoch(2)
+        }]
+    );
+    assert_eq!(
+        (node.last_lsn(), node.flushed_lsn(), node.commit_lsn()),
+        (Lsn(3), Lsn(3), Lsn(3))
+    );
+}
+
+#[test]
+fn a_former_primary_whose_state_is_ahead_of_its_wal_refuses_to_start() {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(1) });
+    assert!(
+        matches!(effects.as_slice(), [Effect::CannotStart { .. }]),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_standby_whose_state_is_behind_the_wal_it_keeps_resyncs() {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(20) });
+    assert!(effects.contains(&Effect::StartRejoin {
+        leader: Some(NodeId::from("n2"))
+    }));
+    let (mut fits, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    assert!(
+        fits.step(t(0), Event::Opened { first_lsn: Lsn(6) })
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_state_machine_ahead_of_the_wal_sends_a_standby_to_resync() {
+    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    let effects = node.step(t(1), Event::Opened { first_lsn: Lsn(1) });
+    assert_eq!(
+        effects,
+        vec![
+            Effect::FailWaiters {
+                up_to: None,
+                failure: WaiterFailure::NotPrimary
+            },
+            Effect::RoleChanged {
+                from: RoleKind::Standby,
+                to: RoleKind::Fenced,
+                epoch: Epoch(1)
+            },
+            Effect::StartRejoin {
+                leader: Some(NodeId::from("n2"))
+            },
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "applied LSN went backwards")]
+fn an_applied_lsn_going_backwards_is_a_bug() {
+    let mut node = standby_with_log();
+    node.step(t(1), Event::Applied { lsn: Lsn(2) });
 }

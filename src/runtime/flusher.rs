@@ -2,7 +2,7 @@
 //! append that arrived while the previous one ran (group commit).
 
 use super::Msg;
-use super::actor::Tasks;
+use super::tasks::Tasks;
 use crate::node::Event;
 use crate::types::Lsn;
 use crate::wal::WalStore;
@@ -15,7 +15,7 @@ pub(super) fn spawn(
     tx: mpsc::Sender<Msg>,
 ) -> Tasks {
     let events = tx.clone();
-    super::spawn_watch_worker(appended, tx, move |target| {
+    super::tasks::spawn_watch_worker(appended, tx, failed, move |target| {
         let (wal, events) = (wal.clone(), events.clone());
         async move {
             if wal.flushed_lsn() >= target && wal.flushed_lsn() >= wal.last_lsn() {
@@ -24,7 +24,7 @@ pub(super) fn spawn(
             // Not cancellation-safe by design: an fsync in progress runs to
             // completion and its result is always reported.
             let w = wal.clone();
-            let flushed = super::run_blocking(wal.may_block(), move || w.sync())
+            let flushed = super::tasks::run_blocking(wal.may_block(), move || w.sync())
                 .await?
                 .map_err(|e| format!("WAL fsync failed: {e}"))?;
             let sent = events
@@ -33,4 +33,8 @@ pub(super) fn spawn(
             Ok(sent.is_ok())
         }
     })
+}
+
+fn failed(reason: String) -> Msg {
+    Msg::Event(Event::WalFailed { reason })
 }

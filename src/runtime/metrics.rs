@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     transitions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     heartbeat_errors: AtomicU64,
@@ -24,9 +24,13 @@ pub struct MetricsSnapshot {
     pub transitions: BTreeMap<(&'static str, &'static str), u64>,
     /// `reason -> count` of refused requests (G6).
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Heartbeats to the standby that failed without an answer.
     pub heartbeat_errors: u64,
+    /// Round trip of the last answered heartbeat (primary only).
     pub heartbeat_rtt: Option<Duration>,
+    /// Records dropped by rewinds at rejoin, kept in `rewound/` (G4).
     pub rewound_records: u64,
+    /// Times this node restored a snapshot of its peer to rejoin.
     pub snapshot_resyncs: u64,
 }
 
@@ -75,7 +79,7 @@ impl Metrics {
         self.rewound_records.load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             transitions: self.transitions.lock().unwrap().clone(),
             rejected: self.rejected.lock().unwrap().clone(),

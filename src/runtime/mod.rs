@@ -3,99 +3,108 @@
 //! One actor owns the `Node` and the WAL's write side; everything else
 //! (gRPC handlers, the engine's calls, the streamer, the heartbeat sender,
 //! the flusher, the applier, a rejoin) sends it messages and waits on
-//! oneshots or watches. Nothing shares role state behind a lock.
+//! oneshots or watches. Nothing shares role state behind a lock. The
+//! runtime never asks the node "may I?": it feeds an event and carries out
+//! the effects that come back, in order.
+//!
+//! ## The life of a write
+//!
+//! One write in `remote-flush` mode, file by file.
+//!
+//! On the primary:
+//!
+//! 1. `replica.rs` `Replica::apply` / `apply_batch`: checks sizes and sends
+//!    `Msg::Apply` to the actor with a oneshot for the outcome.
+//! 2. `actor/mod.rs` `Actor::run`: yields once so the other writers that
+//!    are ready get in, then drains the mailbox; `actor/writes.rs`
+//!    `queue_write` holds each write until `append_queued` hands them all
+//!    to the node as one `Event::WriteRequested`.
+//! 3. `node/mod.rs` `Node::on_write_requested`: refuses them all if this
+//!    node may not write (`Effect::RefuseWrites`), or assigns the next LSNs
+//!    at its epoch (`Effect::Append`) and starts the write's sync timeout.
+//! 4. `actor/writes.rs` `Actor::append`: one `WalStore::append` for the
+//!    lot, one waiter per write, and the appended LSN published on a watch
+//!    that wakes the flusher and the streamer.
+//! 5. `flusher.rs`: one `WalStore::sync` covers every append since the last
+//!    (group commit), then `Event::LocalFlushed`.
+//! 6. `streamer.rs` `session`: reads the new records and sends a `WalBatch`
+//!    (`prev_lsn`/`prev_epoch` first) on the stream of
+//!    `transport/client.rs` `GrpcPeer::open_wal_stream`, a bounded window
+//!    in flight.
+//!
+//! On the standby:
+//!
+//! 7. `transport/server.rs` `ReplicationService::stream_wal`: decodes the
+//!    batch and hands it to `inbox.rs` `Inbox::batch`.
+//! 8. `actor/receive.rs` `Actor::on_batch`: reads the epochs of our records
+//!    the batch overlaps and feeds `Event::BatchReceived`.
+//! 9. `node/mod.rs` `Node::on_batch`: the epoch rules, then `check_batch`
+//!    (contiguity, `prev_lsn`/`prev_epoch`, re-delivery, G3): the new
+//!    records as `Effect::Append`, then `Effect::Answer`; a refusal ends the
+//!    stream, and a divergence sends the node to rejoin.
+//! 10. `actor/writes.rs` `Actor::append` appends; the fsync is the
+//!     flusher's (`Event::LocalFlushed`), or with `standby_sync_inline`
+//!     `actor/receive.rs` `sync_received` at the end of the drain.
+//! 11. `actor/receive.rs` `send_ack` / `send_ack_always`: the new written
+//!     and flushed positions go on the stream's ack watch, which
+//!     `stream_wal` sends back.
+//!
+//! Back on the primary:
+//!
+//! 12. `streamer.rs` turns the ack into `Event::StandbyProgress`;
+//!     `node/primary.rs` `on_standby_progress` and `node/mod.rs`
+//!     `recompute_commit` move the commit point to what both the local
+//!     flush and the standby's flush cover: `Effect::Commit`.
+//! 13. `actor/effects.rs` publishes the commit LSN on a watch;
+//!     `applier.rs` `apply_up_to` applies the records to the state machine
+//!     in order and reports `Event::Applied`.
+//! 14. `actor/mod.rs` `on_event` → `actor/writes.rs` `resolve_waiters`:
+//!     the caller of step 1 gets `Applied { lsn, epoch }`.
+//!
+//! The standby applies what it flushed the same way (13), and its acks
+//! carry the applied position that `remote-apply` commits on.
+
 
 mod actor;
 mod applier;
 mod flusher;
 mod heartbeat;
+mod inbox;
 mod metrics;
 mod rejoin;
+mod replica;
 mod streamer;
+mod tasks;
 #[cfg(test)]
 mod tests;
 
-pub use metrics::{Metrics, MetricsSnapshot};
+pub(crate) use inbox::Inbound;
+pub(crate) use inbox::{Inbox, NodeGone};
+pub(crate) use metrics::Metrics;
+pub use metrics::MetricsSnapshot;
+pub use replica::{Replica, ReplicaBuilder, serve};
 
-use crate::config::Config;
-use crate::error::{Error, LeaderHint, Result};
-use crate::node::{Event, RoleKind};
-use crate::replicator::{Applied, Health, Replicator};
-use crate::state_machine::StateMachine;
-use crate::transport::{GrpcPeer, Inbound, Peer, ReplicationService};
-use crate::types::{Epoch, Lsn};
-use crate::wal::WalStore;
-use async_trait::async_trait;
+use crate::error::Result;
+use crate::node::{Event, PeerLog, RejoinPlan};
+use crate::replicator::Applied;
+use crate::types::Epoch;
 use bytes::Bytes;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
-/// Runs `f` on the blocking pool when the WAL may block, inline otherwise
-/// (an in-memory WAL under simulation, where thread scheduling would make
-/// runs irreproducible).
-pub(crate) async fn run_blocking<T: Send + 'static>(
-    may_block: bool,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::result::Result<T, String> {
-    if may_block {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| format!("blocking task failed: {e}"))
-    } else {
-        Ok(f())
-    }
-}
-
-/// Runs `work` with the watched value now and after every change until
-/// cancelled. `work` answers `Ok(true)` to run again at once (more may be
-/// due), or an error that stops the node: the WAL or the state machine can
-/// no longer be trusted.
-fn spawn_watch_worker<T, F, Fut>(
-    mut watched: watch::Receiver<T>,
-    tx: mpsc::Sender<Msg>,
-    mut work: F,
-) -> actor::Tasks
-where
-    T: Clone + Send + Sync + 'static,
-    F: FnMut(T) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = std::result::Result<bool, String>> + Send,
-{
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let token = cancel.clone();
-    let handle = tokio::spawn(async move {
-        loop {
-            let value = watched.borrow_and_update().clone();
-            match work(value).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(reason) => {
-                    tracing::error!(%reason, "the node stops acknowledging writes");
-                    let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
-                    return;
-                }
-            }
-            tokio::select! {
-                _ = token.cancelled() => return,
-                changed = watched.changed() => if changed.is_err() { return },
-            }
-        }
-    });
-    actor::Tasks::new(cancel, vec![handle])
-}
-
-/// What the actor's mailbox carries.
-pub enum Msg {
+/// What the actor's mailbox carries. Every sender waits on a oneshot or
+/// a watch for what comes back; nothing else reaches the node.
+pub(crate) enum Msg {
+    /// The engine's writes (`Replicator::apply_batch`).
     Apply {
         payloads: Vec<Bytes>,
         reply: oneshot::Sender<Result<Vec<Applied>>>,
     },
+    /// The engine asks this node to become primary.
     Promote {
         force: bool,
         reply: oneshot::Sender<Result<Epoch>>,
     },
+    /// The engine asks this node to step down to `epoch`.
     Fence {
         epoch: Epoch,
         reply: oneshot::Sender<Result<()>>,
@@ -104,237 +113,13 @@ pub enum Msg {
     Event(Event),
     /// From the gRPC service.
     Inbound(Inbound),
-    RejoinDone(std::result::Result<rejoin::Outcome, String>),
-    Shutdown {
-        reply: oneshot::Sender<()>,
+    /// A rejoin read the primary's log: how must ours change?
+    RejoinPlan {
+        peer: PeerLog,
+        reply: oneshot::Sender<RejoinPlan>,
     },
-}
-
-/// Starts a node: `Replica::builder(cfg, wal, sm).start()`.
-pub struct ReplicaBuilder {
-    cfg: Config,
-    wal: Arc<dyn WalStore>,
-    sm: Arc<dyn StateMachine>,
-    peer: Option<Arc<dyn Peer>>,
-    rewound_dir: Option<PathBuf>,
-}
-
-impl ReplicaBuilder {
-    /// The peer to talk to; by default a `GrpcPeer` dialing `cfg.peer_addr`.
-    pub fn peer(mut self, peer: Arc<dyn Peer>) -> Self {
-        self.peer = Some(peer);
-        self
-    }
-
-    /// Where records dropped by a rewind are kept for the operator.
-    pub fn rewound_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.rewound_dir = Some(dir.into());
-        self
-    }
-
-    /// Starts the node's tasks on the current tokio runtime. Serve the
-    /// returned service (see `serve`) so the peer can reach this node.
-    pub fn start(self) -> Result<(Replica, ReplicationService)> {
-        self.cfg.validate()?;
-        let peer = match self.peer {
-            Some(p) => p,
-            None => Arc::new(GrpcPeer::connect_lazy(&self.cfg)?),
-        };
-        let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = mpsc::channel(1024);
-        let service = ReplicationService::new(tx.clone(), &self.cfg, metrics.clone());
-        let (health, handle) = actor::spawn(actor::Parts {
-            cfg: self.cfg.clone(),
-            wal: self.wal,
-            sm: self.sm,
-            peer,
-            tx: tx.clone(),
-            rx,
-            metrics: metrics.clone(),
-            rewound_dir: self.rewound_dir,
-        })?;
-        Ok((
-            Replica {
-                tx,
-                health,
-                metrics,
-                actor: Mutex::new(Some(handle)),
-                max_record_bytes: self.cfg.max_record_bytes,
-                promote_timeout: self.cfg.switchover_timeout + self.cfg.rpc_timeout * 4,
-            },
-            service,
-        ))
-    }
-}
-
-/// The handle an engine holds; implements `Replicator`.
-pub struct Replica {
-    tx: mpsc::Sender<Msg>,
-    health: watch::Receiver<Health>,
-    metrics: Arc<Metrics>,
-    actor: Mutex<Option<JoinHandle<()>>>,
-    max_record_bytes: usize,
-    promote_timeout: Duration,
-}
-
-impl Replica {
-    pub fn builder(
-        cfg: Config,
-        wal: Arc<dyn WalStore>,
-        sm: Arc<dyn StateMachine>,
-    ) -> ReplicaBuilder {
-        ReplicaBuilder {
-            cfg,
-            wal,
-            sm,
-            peer: None,
-            rewound_dir: None,
-        }
-    }
-
-    pub fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
-    }
-
-    /// Waits until `pred` holds for the node's health, or `timeout`.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut pred: impl FnMut(&Health) -> bool,
-    ) -> Result<Health> {
-        let mut rx = self.health.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|h| pred(h))).await {
-            Ok(Ok(h)) => Ok(h.clone()),
-            Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::Timeout(format!(
-                "{what} did not happen within {timeout:?} (last health: {:?})",
-                *self.health.borrow()
-            ))),
-        }
-    }
-
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
-    }
-}
-
-#[async_trait]
-impl Replicator for Replica {
-    async fn apply(&self, cmd: Bytes) -> Result<Applied> {
-        let mut applied = self.apply_batch(vec![cmd]).await?;
-        Ok(applied.remove(0))
-    }
-
-    async fn apply_batch(&self, cmds: Vec<Bytes>) -> Result<Vec<Applied>> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(big) = cmds.iter().find(|c| c.len() > self.max_record_bytes) {
-            return Err(Error::InvalidInput(format!(
-                "a command of {} bytes exceeds max_record_bytes ({}); nothing was written",
-                big.len(),
-                self.max_record_bytes
-            )));
-        }
-        self.ask(|reply| Msg::Apply {
-            payloads: cmds,
-            reply,
-        })
-        .await
-    }
-
-    fn role(&self) -> RoleKind {
-        self.health.borrow().role
-    }
-
-    fn epoch(&self) -> Epoch {
-        self.health.borrow().epoch
-    }
-
-    fn leader(&self) -> Option<LeaderHint> {
-        self.health.borrow().leader.clone()
-    }
-
-    fn health(&self) -> Health {
-        self.health.borrow().clone()
-    }
-
-    async fn promote(&self, force: bool) -> Result<Epoch> {
-        let limit = self.promote_timeout;
-        match tokio::time::timeout(limit, self.ask(|reply| Msg::Promote { force, reply })).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(format!(
-                "promotion did not finish within {limit:?}; check the node's health for its outcome"
-            ))),
-        }
-    }
-
-    async fn fence(&self, epoch: Epoch) -> Result<()> {
-        self.ask(|reply| Msg::Fence { epoch, reply }).await
-    }
-
-    async fn wait_for_leader(&self, timeout: Duration) -> Result<LeaderHint> {
-        let h = self
-            .wait_for(timeout, "a known primary", |h| h.leader.is_some())
-            .await?;
-        Ok(h.leader.expect("checked by the predicate"))
-    }
-
-    async fn wait_for_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
-        self.wait_for(timeout, &format!("applying LSN {lsn}"), |h| {
-            h.applied_lsn >= lsn
-        })
-        .await
-        .map(|_| ())
-    }
-
-    fn subscribe(&self) -> watch::Receiver<Health> {
-        self.health.clone()
-    }
-
-    async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown { reply: tx }).await.is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.actor.lock().unwrap().take();
-        if let Some(handle) = handle {
-            let _ = handle.await;
-        }
-    }
-}
-
-/// Serves `service` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    service: ReplicationService,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::result::Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_millis(500)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(1)))
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .serve_with_incoming_shutdown(
-            service.into_server(),
-            // The server's own tcp_nodelay applies only to sockets it binds;
-            // without it small acks wait for delayed ACKs (~40 ms).
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |conn| {
-                    conn.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                },
-            ),
-            shutdown,
-        )
-        .await
+    /// The rejoin carried out its plan (or failed for good).
+    RejoinDone(std::result::Result<rejoin::Outcome, String>),
+    /// Stop every task, sync the WAL, then answer.
+    Shutdown { reply: oneshot::Sender<()> },
 }

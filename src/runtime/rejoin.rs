@@ -1,22 +1,24 @@
-//! A fenced node becomes a standby again: it finds where its log and the
-//! primary's part (from the epoch histories), keeps the records after that
-//! point in `rewound/` and drops them from the WAL, and resyncs from a
-//! snapshot when its state machine already applied past that point or the
-//! primary no longer has the records it needs (G4).
+//! The work of a rejoin (G4): a fenced node reads the primary's epoch
+//! history, hands it to the node (`Msg::RejoinPlan` →
+//! `Event::PeerLogFetched`), and carries out the plan it gets back
+//! (`RejoinPlan`): the records after the divergence point go to
+//! `rewound/` and out of the WAL, and a snapshot of the primary is restored
+//! when the plan says so. Where the logs part and whether a snapshot is
+//! needed is the node's decision, not this task's.
 
-use super::actor::Tasks;
+use super::tasks::Tasks;
 use super::{Metrics, Msg};
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::node::{Event, RoleKind};
+use crate::node::{Event, PeerLog, RejoinPlan};
 use crate::state_machine::{Snapshot, StateMachine};
 use crate::transport::{Header, Peer};
-use crate::types::{Epoch, Lsn, NodeId, divergence_point};
+use crate::types::{Epoch, Lsn, NodeId};
 use crate::wal::{WalStore, record};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +36,8 @@ pub(super) struct Ctx {
     pub cancel: CancellationToken,
 }
 
-pub struct Outcome {
+/// Where a finished rejoin left the node: a standby of `leader` at `epoch`.
+pub(crate) struct Outcome {
     pub epoch: Epoch,
     pub leader: NodeId,
 }
@@ -90,7 +93,9 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
             // A newer epoch than the one we are rejoining for: adopt it
-            // (the actor persists it) and ask again with it.
+            // (the node persists it) and ask again with it. Not an
+            // invariant: the epoch comes off the wire, and a refusal whose
+            // epoch could not be read says 0, which must not lower ours.
             header.epoch = header.epoch.max(epoch);
             let leader = leader.map(|l| l.id);
             let _ = ctx
@@ -104,15 +109,29 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
             return Ok(None);
         }
     };
-    if theirs.role != RoleKind::Primary || theirs.epoch < header.epoch {
-        tracing::debug!(role = %theirs.role, epoch = %theirs.epoch, "rejoin: peer is not yet the primary of our epoch");
+    let (reply, plan) = oneshot::channel();
+    let peer = PeerLog {
+        epoch: theirs.epoch,
+        role: theirs.role,
+        history: theirs.history,
+        first_lsn: theirs.first_lsn,
+        last_lsn: theirs.last_lsn,
+    };
+    if ctx.tx.send(Msg::RejoinPlan { peer, reply }).await.is_err() {
         return Ok(None);
     }
+    let (truncate_after, resync, epoch) = match plan.await {
+        Ok(RejoinPlan::Rewind {
+            truncate_after,
+            resync,
+            epoch,
+        }) => (truncate_after, resync, epoch),
+        Ok(RejoinPlan::Wait) | Err(_) => return Ok(None),
+    };
     let wal = ctx.wal.clone();
-    let our_last = wal.last_lsn();
-    let point = divergence_point(&wal.history(), our_last, &theirs.history, theirs.last_lsn);
     let mut dropped = 0;
-    if our_last > point {
+    if let Some(point) = truncate_after {
+        let our_last = wal.last_lsn();
         dropped = keep_rewound(
             wal.as_ref(),
             point,
@@ -131,16 +150,7 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
             "rewound the WAL: records after the divergence point were never part of the primary's log"
         );
     }
-    let applied = ctx.sm.applied_lsn();
-    let need_snapshot =
-        applied > point || theirs.first_lsn > point.next() || applied.next() < wal.first_lsn();
-    if need_snapshot {
-        tracing::warn!(
-            applied = %applied,
-            divergence = %point,
-            primary_first = %theirs.first_lsn,
-            "resyncing from a snapshot of the primary"
-        );
+    if resync {
         let snap = match ctx.peer.fetch_snapshot(header.clone()).await {
             Ok(s) => s,
             Err(e) => {
@@ -150,7 +160,7 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         };
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();
-        let restored = super::run_blocking(may_block, move || -> Result<(), String> {
+        let restored = super::tasks::run_blocking(may_block, move || -> Result<(), String> {
             sm.restore(Snapshot {
                 lsn: snap.lsn,
                 data: snap.data,
@@ -165,9 +175,9 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         ctx.metrics.snapshot_resync();
         tracing::info!(lsn = %ctx.sm.applied_lsn(), "restored from snapshot");
     }
-    tracing::info!(leader = %ctx.leader, epoch = %theirs.epoch, records_dropped = dropped, "rejoined as standby");
+    tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
-        epoch: theirs.epoch,
+        epoch,
         leader: ctx.leader.clone(),
     }))
 }

@@ -8,7 +8,7 @@ mod convert;
 mod server;
 
 pub use client::{GrpcPeer, channel_settings};
-pub use server::{Inbound, Refusal, RefusalKind, ReplicationService};
+pub use server::{AckWatch, Refusal, RefusalKind, ReplicationService};
 
 use crate::error::TransportError;
 use crate::node::{FenceReason, RoleKind, SyncState};

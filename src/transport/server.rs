@@ -1,16 +1,15 @@
 //! The tonic service every node serves. Handlers check what needs no state
-//! (cluster id, sender, well-formed messages), then forward to the node's
-//! actor with a oneshot for the reply; they never touch role state.
+//! (cluster id, sender, well-formed messages), then hand the request to the
+//! runtime's `Inbox` and wait for its answer; they never touch role state.
 
 use super::convert::{self, Malformed};
 use super::*;
 use crate::error::LeaderHint;
 use crate::pb;
 use crate::pb::replication_server::{Replication, ReplicationServer};
-use crate::runtime::Metrics;
+use crate::runtime::{Inbox, Metrics, NodeGone};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -150,59 +149,13 @@ pub(crate) fn transport_error_from_status(status: &Status) -> TransportError {
 
 pub type AckWatch = tokio::sync::watch::Receiver<Result<WalAck, Refusal>>;
 
-/// What the service hands to the node's actor.
-pub enum Inbound {
-    Heartbeat {
-        req: HeartbeatRequest,
-        reply: oneshot::Sender<Result<HeartbeatReply, Refusal>>,
-    },
-    Fence {
-        req: FenceRequest,
-        reply: oneshot::Sender<Result<FenceReply, Refusal>>,
-    },
-    Promote {
-        req: PromoteRequest,
-        reply: oneshot::Sender<Result<PromoteReply, Refusal>>,
-    },
-    Status {
-        reply: oneshot::Sender<StatusReply>,
-    },
-    History {
-        header: Header,
-        reply: oneshot::Sender<Result<HistoryReply, Refusal>>,
-    },
-    Snapshot {
-        header: Header,
-        reply: oneshot::Sender<Result<SnapshotTransfer, Refusal>>,
-    },
-    /// A primary opened a WAL stream; the actor answers with a session id
-    /// and a watch of the latest ack (its current value is the first ack).
-    /// A watch, not a queue: acks are cumulative, so only the latest counts
-    /// and the actor never blocks on a slow reader.
-    StreamOpened {
-        reply: oneshot::Sender<(u64, AckWatch)>,
-    },
-    Batch {
-        session: u64,
-        batch: WalBatch,
-    },
-    /// The stream sent something undecodable: end the session with `refusal`.
-    BadBatch {
-        session: u64,
-        refusal: Refusal,
-    },
-    StreamClosed {
-        session: u64,
-    },
-}
-
 /// The `Replication` gRPC service of one node: what its peer calls. Serve
 /// it with `serve`, or add `into_server()` to a tonic server of the
 /// engine's own. Until it is served, the peer cannot reach this node (a
 /// standby then never receives the WAL, a primary is never fenced).
 #[derive(Clone)]
 pub struct ReplicationService {
-    to_actor: mpsc::Sender<crate::runtime::Msg>,
+    node: Inbox,
     cluster_id: String,
     peer_id: NodeId,
     max_record_bytes: usize,
@@ -212,12 +165,12 @@ pub struct ReplicationService {
 
 impl ReplicationService {
     pub(crate) fn new(
-        to_actor: mpsc::Sender<crate::runtime::Msg>,
+        node: Inbox,
         cfg: &crate::Config,
         metrics: Arc<Metrics>,
     ) -> ReplicationService {
         ReplicationService {
-            to_actor,
+            node,
             cluster_id: cfg.cluster_id.clone(),
             peer_id: cfg.peer_id.clone(),
             max_record_bytes: cfg.max_record_bytes,
@@ -297,19 +250,13 @@ impl ReplicationService {
         Ok(())
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Inbound) -> Result<T, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.to_actor
-            .send(crate::runtime::Msg::Inbound(make(tx)))
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("node is shutting down"))
-    }
-
     fn answer<T>(&self, r: Result<T, Refusal>) -> Result<Response<T>, Status> {
         r.map(Response::new).map_err(|refusal| self.refuse(refusal))
     }
+}
+
+fn gone(_: NodeGone) -> Status {
+    Status::unavailable("node is shutting down")
 }
 
 type AckResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WalAck, Status>> + Send>>;
@@ -328,31 +275,22 @@ impl Replication for ReplicationService {
         request: Request<Streaming<pb::WalBatch>>,
     ) -> Result<Response<Self::StreamWalStream>, Status> {
         let mut incoming = request.into_inner();
-        let (session, acks) = self.ask(|reply| Inbound::StreamOpened { reply }).await?;
+        let (session, acks) = self.node.open_stream().await.map_err(gone)?;
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(batch)) = incoming.next().await {
-                let msg = match service.decode_batch(batch) {
-                    Ok(batch) => Inbound::Batch { session, batch },
-                    Err(refusal) => Inbound::BadBatch { session, refusal },
+                let sent = match service.decode_batch(batch) {
+                    Ok(batch) => service.node.batch(session, batch).await,
+                    Err(refusal) => {
+                        let _ = service.node.bad_batch(session, refusal).await;
+                        break;
+                    }
                 };
-                let bad = matches!(msg, Inbound::BadBatch { .. });
-                if service
-                    .to_actor
-                    .send(crate::runtime::Msg::Inbound(msg))
-                    .await
-                    .is_err()
-                    || bad
-                {
+                if sent.is_err() {
                     break;
                 }
             }
-            let _ = service
-                .to_actor
-                .send(crate::runtime::Msg::Inbound(Inbound::StreamClosed {
-                    session,
-                }))
-                .await;
+            let _ = service.node.stream_closed(session).await;
         });
         // Yields the current ack, then every change, and ends after a refusal
         // or when the actor drops the session.
@@ -384,7 +322,7 @@ impl Replication for ReplicationService {
             commit_lsn: Lsn(r.commit_lsn),
             sync: convert::sync_from_pb(r.sync_state).map_err(|m| self.malformed(m))?,
         };
-        let reply = self.ask(|reply| Inbound::Heartbeat { req, reply }).await?;
+        let reply = self.node.heartbeat(req).await.map_err(gone)?;
         self.answer(reply.map(|h| pb::HeartbeatReply {
             epoch: h.ack.epoch.0,
             written_lsn: h.ack.written.0,
@@ -406,7 +344,7 @@ impl Replication for ReplicationService {
             header,
             reason: convert::reason_from_pb(r.reason).map_err(|m| self.malformed(m))?,
         };
-        let reply = self.ask(|reply| Inbound::Fence { req, reply }).await?;
+        let reply = self.node.fence(req).await.map_err(gone)?;
         self.answer(reply.map(|f| pb::FenceReply {
             epoch: f.epoch.0,
             last_lsn: f.last_lsn.0,
@@ -432,7 +370,7 @@ impl Replication for ReplicationService {
             header,
             force: r.force,
         };
-        let reply = self.ask(|reply| Inbound::Promote { req, reply }).await?;
+        let reply = self.node.promote(req).await.map_err(gone)?;
         self.answer(reply.map(|p| pb::PromoteReply {
             epoch: p.epoch.0,
             message: p.message,
@@ -447,7 +385,7 @@ impl Replication for ReplicationService {
             let h = convert::header_from_pb(Some(h)).map_err(|m| self.malformed(m))?;
             self.check_sender(&h, false)?;
         }
-        let s = self.ask(|reply| Inbound::Status { reply }).await?;
+        let s = self.node.status().await.map_err(gone)?;
         Ok(Response::new(pb::StatusReply {
             node_id: s.node_id.0,
             role: convert::role_to_pb(s.role),
@@ -470,7 +408,7 @@ impl Replication for ReplicationService {
         let header =
             convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true)?;
-        let reply = self.ask(|reply| Inbound::History { header, reply }).await?;
+        let reply = self.node.history(header).await.map_err(gone)?;
         self.answer(reply.map(|h| pb::HistoryReply {
             epoch: h.epoch.0,
             history: convert::history_to_pb(&h.history),
@@ -487,9 +425,7 @@ impl Replication for ReplicationService {
         let header =
             convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true)?;
-        let snap = self
-            .ask(|reply| Inbound::Snapshot { header, reply })
-            .await?;
+        let snap = self.node.snapshot(header).await.map_err(gone)?;
         let snap = snap.map_err(|r| self.refuse(r))?;
         let crc = crc32c::crc32c(&snap.data);
         let total = snap.data.len();

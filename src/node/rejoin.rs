@@ -1,0 +1,105 @@
+//! Stepping back into the pair: the start-up check that the state machine
+//! and the WAL fit, the resync, and the rejoin plan and its end (G4).
+
+use super::event::{Effect, LocalLog, PeerLog, RejoinPlan, WaiterFailure};
+use super::{Node, Role, RoleKind, Standby};
+use crate::types::{Epoch, Lsn, NodeId, divergence_point};
+
+impl Node {
+    pub(super) fn on_rejoin_finished(&mut self, epoch: Epoch, leader: NodeId) {
+        if !matches!(self.role, Role::Fenced | Role::Rejoining) {
+            return;
+        }
+        if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
+            // `epoch` is the primary's when the rejoin checked its log; we
+            // may have adopted a newer one since (a heartbeat during the
+            // rewind), which stays.
+            self.persist(epoch.max(self.epoch), Some(leader));
+        }
+        self.change_role(Role::Standby(Standby::new()));
+    }
+
+    /// Whether the state machine and the WAL fit together at start.
+    pub(super) fn on_opened(&mut self, first_lsn: Lsn) {
+        let (applied, last) = (self.applied, self.last_lsn);
+        if applied > last {
+            // The engine applied records the WAL no longer has: its tail
+            // was cut (a torn write cut at recovery, a damaged disk) after
+            // the engine made them durable, or the WAL is another node's. A
+            // standby can always start over from the primary's snapshot. A
+            // node that was the primary may hold acknowledged writes no one
+            // else has, so the operator decides.
+            if !matches!(self.role, Role::Standby(_)) {
+                self.emit(Effect::CannotStart {
+                    reason: format!(
+                        "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"
+                    ),
+                });
+                return;
+            }
+            tracing::error!(
+                %applied,
+                wal_last = %last,
+                "the state machine has applied records the WAL no longer has (its tail was cut, or it is another node's WAL); resyncing from the peer's snapshot"
+            );
+            self.resync();
+        } else if applied.next() < first_lsn {
+            tracing::error!(
+                %applied,
+                wal_first = %first_lsn,
+                "the state machine is behind the oldest record in the WAL (the engine lost state the WAL no longer covers); resyncing from the peer's snapshot"
+            );
+            self.resync();
+        }
+    }
+
+    /// The state machine and the WAL do not fit together: whatever the
+    /// role, the node must resync from its peer before it can serve.
+    fn resync(&mut self) {
+        if !matches!(
+            self.role,
+            Role::Failed { .. } | Role::Fenced | Role::Rejoining
+        ) {
+            self.fail_all_waiters(WaiterFailure::NotPrimary);
+            self.change_role(Role::Fenced);
+            self.emit(Effect::StartRejoin {
+                leader: Some(self.cfg.peer_id.clone()),
+            });
+        }
+    }
+
+    /// Where our log and the primary's part, and what to drop (G4): the
+    /// records after the divergence point were never part of the primary's
+    /// log; if the state machine already applied past it, or the log can no
+    /// longer be continued from what the primary keeps, only a snapshot
+    /// restores a state the primary's log continues.
+    pub(super) fn on_peer_log_fetched(&mut self, peer: PeerLog, ours: LocalLog) {
+        if !matches!(self.role, Role::Rejoining) {
+            self.emit(Effect::Rejoin(RejoinPlan::Wait));
+            return;
+        }
+        if peer.role != RoleKind::Primary || peer.epoch < self.epoch {
+            tracing::debug!(role = %peer.role, epoch = %peer.epoch, "rejoin: peer is not yet the primary of our epoch");
+            self.emit(Effect::Rejoin(RejoinPlan::Wait));
+            return;
+        }
+        let point = divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
+        let truncate_after = (ours.last_lsn > point).then_some(point);
+        let resync = ours.applied > point
+            || peer.first_lsn > point.next()
+            || ours.applied.next() < ours.first_lsn;
+        if resync {
+            tracing::warn!(
+                applied = %ours.applied,
+                divergence = %point,
+                primary_first = %peer.first_lsn,
+                "resyncing from a snapshot of the primary"
+            );
+        }
+        self.emit(Effect::Rejoin(RejoinPlan::Rewind {
+            truncate_after,
+            resync,
+            epoch: peer.epoch,
+        }));
+    }
+}

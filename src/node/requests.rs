@@ -1,0 +1,272 @@
+//! Requests to the node: the engine's writes and fences, and the peer's
+//! heartbeats, WAL batches, history and snapshot requests. Every request
+//! from the peer passes the epoch rules first (`admit`).
+
+use super::event::{Effect, Refused};
+use super::{Node, Role, Time};
+use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
+use crate::types::{Epoch, Record};
+
+impl Node {
+    /// The epoch rules at the top of every request from the peer: a lower
+    /// epoch is refused with ours (G1); a higher one is adopted (persisted,
+    /// and a primary steps down) before the request is looked at. Returns
+    /// whether the request may go on.
+    pub(super) fn admit(&mut self, header: &Header) -> bool {
+        if header.epoch < self.epoch {
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::StaleEpoch,
+                format!(
+                    "epoch {} is older than this node's epoch {}; a newer primary exists",
+                    header.epoch, self.epoch
+                ),
+            ))));
+            return false;
+        }
+        if header.epoch > self.epoch {
+            let leader = header.leader_id.clone().or(Some(header.node_id.clone()));
+            self.on_higher_epoch(header.epoch, leader);
+        }
+        true
+    }
+
+    /// A peer that talks to us as its standby while we are the primary of
+    /// the same epoch: two writers in one epoch (G1) is a bug somewhere;
+    /// refuse and say so loudly.
+    fn refuse_two_primaries(&mut self, header: &Header, what: &str) {
+        tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");
+        self.emit(Effect::Answer(Err(Refused::new(
+            RefusalKind::NotStandby,
+            "this node is the primary of that epoch",
+        ))));
+    }
+
+    pub(super) fn on_heartbeat(&mut self, now: Time, req: HeartbeatRequest) {
+        if !self.admit(&req.header) {
+            return;
+        }
+        if matches!(self.role, Role::Primary(_)) {
+            self.refuse_two_primaries(&req.header, "heartbeat");
+            return;
+        }
+        self.on_primary_contact(
+            now,
+            req.header.epoch,
+            req.header.node_id,
+            req.last_lsn,
+            req.commit_lsn,
+            req.sync,
+        );
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    pub(super) fn on_snapshot_requested(&mut self, header: Header) {
+        if !self.admit(&header) {
+            return;
+        }
+        if !matches!(self.role, Role::Primary(_)) {
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::NotStandby,
+                "only the primary serves snapshots",
+            ))));
+            return;
+        }
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    /// The engine fences this node: only towards a newer epoch, which the
+    /// peer leads.
+    pub(super) fn on_fence_ordered(&mut self, epoch: Epoch) {
+        if epoch <= self.epoch {
+            let message = format!(
+                "fence epoch {epoch} must be above this node's epoch {}",
+                self.epoch
+            );
+            self.emit(Effect::Answer(Err(Refused::new(
+                RefusalKind::StaleEpoch,
+                message,
+            ))));
+            return;
+        }
+        self.on_higher_epoch(epoch, Some(self.cfg.peer_id.clone()));
+        self.emit(Effect::Answer(Ok(())));
+    }
+
+    /// Appends the writes as one run of records at our epoch, right after
+    /// our last record, if this node may write now.
+    pub(super) fn on_write_requested(&mut self, now: Time, payloads: Vec<bytes::Bytes>) {
+        if let Err(refusal) = self.check_writable() {
+            self.emit(Effect::RefuseWrites(refusal));
+            return;
+        }
+        if payloads.is_empty() {
+            return;
+        }
+        let epoch = self.epoch;
+        let mut lsn = self.last_lsn;
+        let records: Vec<Record> = payloads
+            .into_iter()
+            .map(|payload| {
+                lsn = lsn.next();
+                Record {
+                    lsn,
+                    epoch,
+                    payload,
+                }
+            })
+            .collect();
+        self.on_appended(now, lsn);
+        self.emit(Effect::Append {
+            records,
+            fsync_inline: false,
+        });
+    }
+
+    /// A batch from the primary: the epoch rules, then the log check (G3):
+    /// records we already hold are skipped if they match; a batch that does
+    /// not start inside our log, or that disagrees with it, is refused
+    /// whole, and a disagreement sends us to rejoin.
+    pub(super) fn on_batch(
+        &mut self,
+        now: Time,
+        mut batch: WalBatch,
+        local_at_prev: Option<Epoch>,
+        local: Vec<Option<Epoch>>,
+    ) {
+        if !self.admit(&batch.header) {
+            return;
+        }
+        match &self.role {
+            Role::Standby(_) => {}
+            Role::Primary(_) => return self.refuse_two_primaries(&batch.header, "WAL batch"),
+            other => {
+                let message = format!(
+                    "this node is {}, not a standby; retry after it has rejoined",
+                    other.kind()
+                );
+                self.emit(Effect::Answer(Err(Refused::new(
+                    RefusalKind::NotStandby,
+                    message,
+                ))));
+                return;
+            }
+        }
+        self.on_primary_contact(
+            now,
+            batch.header.epoch,
+            batch.header.node_id.clone(),
+            batch.last_lsn,
+            batch.commit_lsn,
+            batch.sync,
+        );
+        match self.check_batch(&batch, local_at_prev, &local) {
+            Ok(first_new) => {
+                let records = batch.records.split_off(first_new);
+                if let Some(last) = records.last().map(|r| r.lsn) {
+                    assert_eq!(
+                        records[0].lsn,
+                        self.last_lsn.next(),
+                        "node {}: a checked batch does not continue the log",
+                        self.cfg.node_id
+                    );
+                    self.on_appended(now, last);
+                    let fsync_inline = self.cfg.standby_sync_inline
+                        && matches!(
+                            self.cfg.commit_mode,
+                            crate::config::CommitMode::RemoteFlush
+                                | crate::config::CommitMode::RemoteApply
+                        );
+                    self.emit(Effect::Append {
+                        records,
+                        fsync_inline,
+                    });
+                }
+                // Always answer a batch, even one that changed nothing (the
+                // probe after a reconnect): the primary counts our
+                // positions only from acks to batches it sent.
+                self.emit(Effect::Answer(Ok(())));
+            }
+            Err(refused) => {
+                let diverged = matches!(
+                    refused.kind,
+                    RefusalKind::Diverged | RefusalKind::TooFarBehind
+                );
+                self.emit(Effect::Answer(Err(refused)));
+                if diverged {
+                    // Our log does not continue the primary's (or the
+                    // primary no longer has what we need): step aside and
+                    // rejoin.
+                    self.change_role(Role::Fenced);
+                    self.emit(Effect::StartRejoin {
+                        leader: self.leader.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Returns the index in `batch.records` of the first record we lack.
+    fn check_batch(
+        &self,
+        batch: &WalBatch,
+        local_at_prev: Option<Epoch>,
+        local: &[Option<Epoch>],
+    ) -> Result<usize, Refused> {
+        let last = self.last_lsn;
+        let brings_next = batch.records.first().is_some_and(|r| r.lsn <= last.next());
+        if batch.first_lsn > last.next() && !brings_next {
+            return Err(Refused::new(
+                RefusalKind::TooFarBehind,
+                format!(
+                    "this standby needs records from {} but the primary keeps only {} onwards; resyncing from a snapshot",
+                    last.next(),
+                    batch.first_lsn
+                ),
+            ));
+        }
+        if batch.prev_lsn > last {
+            return Err(Refused::new(
+                RefusalKind::Gap,
+                format!(
+                    "batch starts after record {} but this standby's log ends at {last}; resend from {}",
+                    batch.prev_lsn,
+                    last.next()
+                ),
+            ));
+        }
+        if let Some(ours) = local_at_prev.filter(|e| *e != batch.prev_epoch) {
+            return Err(Refused::new(
+                RefusalKind::Diverged,
+                format!(
+                    "record {} has epoch {ours} here but {} on the primary; rewinding",
+                    batch.prev_lsn, batch.prev_epoch
+                ),
+            ));
+        }
+        if batch.last_lsn < last {
+            // We hold records the primary does not have at all.
+            return Err(Refused::new(
+                RefusalKind::Diverged,
+                format!(
+                    "this node holds records up to {last} but the primary's log ends at {}; rewinding",
+                    batch.last_lsn
+                ),
+            ));
+        }
+        for (i, r) in batch.records.iter().enumerate() {
+            if r.lsn > last {
+                return Ok(i);
+            }
+            if let Some(ours) = local.get(i).copied().flatten().filter(|e| *e != r.epoch) {
+                return Err(Refused::new(
+                    RefusalKind::Diverged,
+                    format!(
+                        "record {} has epoch {ours} here but {} on the primary; rewinding",
+                        r.lsn, r.epoch
+                    ),
+                ));
+            }
+        }
+        Ok(batch.records.len())
+    }
+}

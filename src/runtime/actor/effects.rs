@@ -1,0 +1,217 @@
+//! Carrying out the node's effects, and the tasks some of them start
+//! (streamer and heartbeats, applier, rejoin, a fence to the peer).
+
+use crate::node::{Effect, Event, FenceOutcome, FenceReason, RoleKind};
+use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
+use crate::transport::{FenceReply, FenceRequest, RefusalKind};
+use crate::types::{Epoch, NodeId};
+use crate::wal::WalMeta;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use super::requests::reply_promote;
+use super::{Actor, Answering, Tasks, refusal_error};
+
+impl Actor {
+    pub(super) fn run_effects(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            self.run_effect(effect);
+        }
+    }
+
+    pub(super) fn run_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::PersistMeta { epoch, leader } => {
+                if let Err(e) = self.wal.set_meta(&WalMeta {
+                    epoch,
+                    leader: leader.clone(),
+                }) {
+                    // An epoch we cannot persist must not be acted on.
+                    let reason = format!("persisting epoch {epoch}: {e}");
+                    let effects = self.node.step(self.now(), Event::WalFailed { reason });
+                    self.run_effects(effects);
+                    return;
+                }
+                tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), "epoch persisted");
+            }
+            Effect::RoleChanged { from, to, epoch } => {
+                tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
+                self.metrics.transition(from, to);
+                if from == RoleKind::Standby && to != RoleKind::Standby {
+                    self.end_inbound_stream(to, epoch);
+                }
+            }
+            Effect::Commit { lsn } => {
+                self.commit_tx.send_replace(lsn);
+            }
+            Effect::FailWaiters { up_to, failure } => self.fail_waiters(up_to, &failure),
+            Effect::SendFence { epoch, reason } => self.send_fence(epoch, reason),
+            Effect::ReplyFence(outcome) => {
+                let Some(reply) = self.pending_fence.take() else {
+                    return;
+                };
+                let result = match outcome {
+                    FenceOutcome::Fenced { last_lsn } => Ok(FenceReply {
+                        epoch: self.node.epoch(),
+                        last_lsn,
+                        last_epoch: self.wal.epoch_at(last_lsn).unwrap_or(Epoch::ZERO),
+                    }),
+                    FenceOutcome::Refused { reason } => {
+                        Err(self.refusal(RefusalKind::StaleEpoch, reason))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Effect::ReplyPromote(result) => {
+                if let Some(to) = self.pending_promote.take() {
+                    reply_promote(to, result, self.node.epoch());
+                }
+            }
+            Effect::StartPrimaryTasks => self.start_primary_tasks(),
+            Effect::StopPrimaryTasks => {
+                if let Some(tasks) = self.primary_tasks.take() {
+                    tokio::spawn(tasks.stop());
+                }
+            }
+            Effect::StartRejoin { leader } => self.start_rejoin(leader),
+            Effect::Append {
+                records,
+                fsync_inline,
+            } => self.append(records, fsync_inline),
+            Effect::RefuseWrites(refusal) => {
+                let leader = self.leader_hint();
+                for (_, reply) in self.writing.take().into_iter().flatten() {
+                    let _ = reply.send(Err(refusal_error(refusal.clone(), leader.clone())));
+                }
+            }
+            Effect::Answer(result) => self.answer(result),
+            Effect::ForwardPromote => self.forward_promote(),
+            Effect::CannotStart { reason } => {
+                unreachable!("the node refuses to start only when opened: {reason}")
+            }
+            Effect::Rejoin(plan) => match self.answering.take() {
+                Some(Answering::Rejoin(reply)) => {
+                    let _ = reply.send(plan);
+                }
+                _ => tracing::error!("a rejoin plan with no rejoin asking for it"),
+            },
+        }
+    }
+
+    pub(super) fn send_fence(&mut self, epoch: Epoch, reason: FenceReason) {
+        let peer = self.peer.clone();
+        let tx = self.tx.clone();
+        let mut header = self.header();
+        header.epoch = epoch;
+        header.leader_id = Some(self.cfg.node_id.clone());
+        tracing::info!(%epoch, ?reason, peer = %self.cfg.peer_id, "sending fence");
+        tokio::spawn(async move {
+            let result = peer.fence(FenceRequest { header, reason }).await;
+            let confirmed = match result {
+                Ok(reply) => Some(reply.last_lsn),
+                Err(crate::TransportError::StaleEpoch { epoch, leader }) => {
+                    let leader = leader.map(|l| l.id);
+                    let _ = tx
+                        .send(Msg::Event(Event::HigherEpoch { epoch, leader }))
+                        .await;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fence not confirmed");
+                    None
+                }
+            };
+            let _ = tx
+                .send(Msg::Event(Event::FenceSent {
+                    confirmed_last_lsn: confirmed,
+                }))
+                .await;
+        });
+    }
+
+    pub(super) fn start_primary_tasks(&mut self) {
+        if self.primary_tasks.is_some() {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let reachable_again = Arc::new(tokio::sync::Notify::new());
+        let streamer = streamer::spawn(streamer::Ctx {
+            cfg: self.cfg.clone(),
+            wal: self.wal.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            health: self.health_tx.subscribe(),
+            last_lsn: self.last_lsn_tx.subscribe(),
+            header: self.header(),
+            reachable_again: reachable_again.clone(),
+            cancel: cancel.child_token(),
+        });
+        let heartbeats = heartbeat::spawn(heartbeat::Ctx {
+            cfg: self.cfg.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            health: self.health_tx.subscribe(),
+            header: self.header(),
+            metrics: self.metrics.clone(),
+            reachable_again,
+            cancel: cancel.child_token(),
+        });
+        self.primary_tasks = Some(Tasks::new(cancel, vec![streamer, heartbeats]));
+    }
+
+    pub(super) fn start_applier(&mut self) {
+        self.commit_tx.send_replace(self.node.commit_lsn());
+        self.applier = Some(applier::spawn(
+            self.wal.clone(),
+            self.sm.clone(),
+            self.commit_tx.subscribe(),
+            self.tx.clone(),
+        ));
+    }
+
+    pub(super) fn start_rejoin(&mut self, leader: Option<NodeId>) {
+        if self.rejoin.is_some() {
+            return;
+        }
+        self.session = None;
+        self.step(Event::RejoinStarted);
+        let cancel = CancellationToken::new();
+        let handle = rejoin::spawn(rejoin::Ctx {
+            cfg: self.cfg.clone(),
+            wal: self.wal.clone(),
+            sm: self.sm.clone(),
+            peer: self.peer.clone(),
+            tx: self.tx.clone(),
+            header: self.header(),
+            leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),
+            applier: self.applier.take(),
+            rewound_dir: self.rewound_dir.clone(),
+            metrics: self.metrics.clone(),
+            cancel: cancel.child_token(),
+        });
+        self.rejoin = Some(Tasks::new(cancel, vec![handle]));
+    }
+
+    pub(super) fn rejoin_done(&mut self, result: std::result::Result<rejoin::Outcome, String>) {
+        self.rejoin = None;
+        match result {
+            Ok(outcome) => {
+                self.last_lsn_tx.send_replace(self.wal.last_lsn());
+                self.step(Event::RejoinFinished {
+                    epoch: outcome.epoch,
+                    leader: outcome.leader,
+                    last_lsn: self.wal.last_lsn(),
+                    flushed: self.wal.flushed_lsn(),
+                    applied: self.sm.applied_lsn(),
+                });
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "rejoin stopped");
+                self.step(Event::WalFailed { reason });
+            }
+        }
+        if self.applier.is_none() {
+            self.start_applier();
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! What the node publishes (`Health` on a watch, the header it sends),
+//! and WAL retention.
+
+use crate::config::Config;
+use crate::error::LeaderHint;
+use crate::node::{RoleKind, StandbyPositions, SyncState, WriteRefusal};
+use crate::replicator::{Health, PeerHealth};
+use crate::transport::Header;
+use crate::types::{Epoch, Lsn};
+use tokio::time::Instant;
+
+use super::Actor;
+
+pub(super) fn placeholder_health(cfg: &Config) -> Health {
+    Health {
+        node_id: cfg.node_id.clone(),
+        role: RoleKind::Standby,
+        epoch: Epoch::ZERO,
+        leader: None,
+        writable: false,
+        solo: false,
+        sync_state: SyncState::NotSync,
+        eligible: false,
+        commit_mode: cfg.commit_mode,
+        first_lsn: Lsn::ZERO,
+        last_lsn: Lsn::ZERO,
+        flushed_lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        applied_lsn: Lsn::ZERO,
+        peer: PeerHealth::default(),
+        rewound_records: 0,
+        note: None,
+    }
+}
+
+impl Actor {
+    /// Lets go of WAL the engine's durable state covers and the standby
+    /// has flushed (or that exceeds the retention limit).
+    pub(super) fn retain_wal(&mut self) {
+        let durable = self.sm.durable_lsn().min(self.node.applied_lsn());
+        if durable == Lsn::ZERO {
+            return;
+        }
+        let mut keep_from = durable.next();
+        if let Some(standby) = self.node.standby_positions() {
+            let standby_next = standby.flushed.next();
+            if self.wal.bytes_from(standby_next) <= self.cfg.wal_retention_bytes {
+                keep_from = keep_from.min(standby_next);
+            }
+        }
+        if keep_from > self.wal.first_lsn()
+            && let Err(e) = self.wal.remove_before(keep_from)
+        {
+            tracing::warn!(error = %e, "could not remove old WAL segments");
+        }
+    }
+
+    pub(super) fn header(&self) -> Header {
+        Header {
+            cluster_id: self.cfg.cluster_id.clone(),
+            epoch: self.node.epoch(),
+            node_id: self.cfg.node_id.clone(),
+            node_addr: self.cfg.advertise_addr.clone(),
+            leader_id: self.node.leader().cloned(),
+            client_addr: self.cfg.advertise_client_addr.clone(),
+        }
+    }
+
+    pub(super) fn leader_hint(&self) -> Option<LeaderHint> {
+        let leader = self.node.leader()?;
+        Some(if *leader == self.cfg.node_id {
+            LeaderHint {
+                id: leader.clone(),
+                addr: self.cfg.advertise_addr.clone(),
+                client_addr: self.cfg.advertise_client_addr.clone(),
+            }
+        } else {
+            LeaderHint {
+                id: leader.clone(),
+                addr: self.cfg.peer_addr.clone(),
+                client_addr: self.peer_client_addr.clone(),
+            }
+        })
+    }
+
+    pub(super) fn health(&self) -> Health {
+        let role = self.node.role();
+        let last = self.node.last_lsn();
+        let now = Instant::now();
+        let primary = role == RoleKind::Primary;
+        let (connected, lag_records, lag_bytes) = match self.node.standby_positions() {
+            Some(StandbyPositions { flushed, .. }) => (
+                self.stream_up,
+                last.0.saturating_sub(flushed.0),
+                self.wal.bytes_from(flushed.next()),
+            ),
+            None => (
+                self.session.is_some(),
+                self.primary_last_lsn
+                    .0
+                    .saturating_sub(self.node.flushed_lsn().0),
+                0,
+            ),
+        };
+        let lag_seconds = if lag_records == 0 {
+            0.0
+        } else {
+            (now - self.caught_up_at).as_secs_f64()
+        };
+        let writable = self.node.check_writable().is_ok();
+        Health {
+            node_id: self.cfg.node_id.clone(),
+            role,
+            epoch: self.node.epoch(),
+            leader: self.leader_hint(),
+            writable,
+            solo: self.node.is_solo(),
+            sync_state: self.node.sync_state(),
+            eligible: self.node.is_eligible(),
+            commit_mode: self.cfg.commit_mode,
+            first_lsn: self.wal.first_lsn(),
+            last_lsn: last,
+            flushed_lsn: self.node.flushed_lsn(),
+            commit_lsn: self.node.commit_lsn(),
+            applied_lsn: self.node.applied_lsn(),
+            peer: PeerHealth {
+                node_id: self.cfg.peer_id.clone(),
+                connected,
+                lag_records,
+                lag_bytes,
+                lag_seconds,
+                last_contact: self.peer_contact.map(|t| now - t),
+                heartbeat_rtt: if primary {
+                    self.metrics.last_heartbeat_rtt()
+                } else {
+                    None
+                },
+            },
+            rewound_records: self.metrics.rewound_records(),
+            note: self.node.check_writable().err().map(|r| match r {
+                WriteRefusal::NotPrimary { .. } => format!("{role}: writes go to the primary"),
+                WriteRefusal::Fenced { epoch } => format!("fenced at epoch {epoch}; rejoining"),
+                WriteRefusal::Unavailable { reason } => reason,
+            }),
+        }
+    }
+
+    pub(super) fn publish(&self) {
+        let health = self.health();
+        self.health_tx.send_if_modified(|current| {
+            // Contact times move on every message; publish only real changes.
+            let same = current.role == health.role
+                && current.epoch == health.epoch
+                && current.leader == health.leader
+                && current.writable == health.writable
+                && current.solo == health.solo
+                && current.sync_state == health.sync_state
+                && current.eligible == health.eligible
+                && current.last_lsn == health.last_lsn
+                && current.first_lsn == health.first_lsn
+                && current.flushed_lsn == health.flushed_lsn
+                && current.commit_lsn == health.commit_lsn
+                && current.applied_lsn == health.applied_lsn
+                && current.peer.connected == health.peer.connected
+                && current.peer.lag_records == health.peer.lag_records
+                && current.rewound_records == health.rewound_records
+                && current.note == health.note;
+            *current = health;
+            !same
+        });
+    }
+}

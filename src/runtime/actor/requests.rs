@@ -1,0 +1,286 @@
+//! Requests from the peer and the operator: the node decides each answer
+//! (`Effect::Answer`, `ReplyFence`, `ReplyPromote`, `ForwardPromote`);
+//! this file routes it to the waiting caller.
+
+use crate::error::{Error, Result};
+use crate::node::{Event, PromoteFrom, Refused, RejoinPlan};
+use crate::runtime::Inbound;
+use crate::transport::{
+    FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, PromoteReply, PromoteRequest,
+    Refusal, RefusalKind, SnapshotTransfer, StatusReply,
+};
+use crate::types::{Epoch, Lsn};
+use tokio::sync::oneshot;
+
+use super::Actor;
+
+/// The request whose answer the node decides in the step being run
+/// (`Effect::Answer`, `Effect::Rejoin`).
+pub(super) enum Answering {
+    Heartbeat {
+        reply: oneshot::Sender<std::result::Result<HeartbeatReply, Refusal>>,
+        primary_last_lsn: Lsn,
+    },
+    Batch {
+        session: u64,
+        primary_last_lsn: Lsn,
+    },
+    History(oneshot::Sender<std::result::Result<HistoryReply, Refusal>>),
+    Snapshot(oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>),
+    Fence(oneshot::Sender<Result<()>>),
+    Rejoin(oneshot::Sender<RejoinPlan>),
+}
+
+pub(super) enum PromoteReplyTo {
+    Local(oneshot::Sender<Result<Epoch>>),
+    Remote(oneshot::Sender<std::result::Result<PromoteReply, Refusal>>),
+}
+
+impl Actor {
+    pub(super) fn refusal(&self, kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        let mut r = Refusal::new(kind, message, self.node.epoch());
+        r.leader = self.leader_hint();
+        r
+    }
+
+    pub(super) fn inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Heartbeat { req, reply } => {
+                self.note_peer_client_addr(&req.header);
+                let to = Answering::Heartbeat {
+                    reply,
+                    primary_last_lsn: req.last_lsn,
+                };
+                self.answer_with(to, Event::HeartbeatReceived { req });
+            }
+            Inbound::Fence { req, reply } => self.on_fence(req, reply),
+            Inbound::Promote { req, reply } => self.on_promote(req, reply),
+            Inbound::Status { reply } => {
+                let h = self.health();
+                let _ = reply.send(StatusReply {
+                    node_id: self.cfg.node_id.clone(),
+                    role: h.role,
+                    epoch: h.epoch,
+                    last_lsn: h.last_lsn,
+                    commit_lsn: h.commit_lsn,
+                    applied_lsn: h.applied_lsn,
+                    flushed_lsn: h.flushed_lsn,
+                    leader_id: h.leader.as_ref().map(|l| l.id.clone()),
+                    leader_addr: h.leader.map(|l| l.addr),
+                    peer_connected: h.peer.connected,
+                    lag_records: h.peer.lag_records,
+                });
+            }
+            Inbound::History { header, reply } => {
+                self.note_peer_client_addr(&header);
+                self.answer_with(
+                    Answering::History(reply),
+                    Event::HistoryRequested { header },
+                );
+            }
+            Inbound::Snapshot { header, reply } => {
+                self.note_peer_client_addr(&header);
+                self.answer_with(
+                    Answering::Snapshot(reply),
+                    Event::SnapshotRequested { header },
+                );
+            }
+            Inbound::StreamOpened { reply } => self.open_stream(reply),
+            Inbound::Batch { session, batch } => self.on_batch(session, batch),
+            Inbound::BadBatch { session, refusal } => self.end_session(session, refusal),
+            Inbound::StreamClosed { session } => self.close_stream(session),
+        }
+    }
+
+    pub(super) fn on_fence(
+        &mut self,
+        req: FenceRequest,
+        reply: oneshot::Sender<std::result::Result<FenceReply, Refusal>>,
+    ) {
+        if let Some(old) = self.pending_fence.take() {
+            let r = self.refusal(
+                RefusalKind::Unavailable,
+                "superseded by a newer fence request",
+            );
+            let _ = old.send(Err(r));
+        }
+        tracing::info!(epoch = %req.header.epoch, from = %req.header.node_id, reason = ?req.reason, "fence requested");
+        self.pending_fence = Some(reply);
+        self.step(Event::FenceRequested {
+            epoch: req.header.epoch,
+            leader: req.header.node_id,
+            reason: req.reason,
+        });
+    }
+
+    pub(super) fn on_promote(
+        &mut self,
+        req: PromoteRequest,
+        reply: oneshot::Sender<std::result::Result<PromoteReply, Refusal>>,
+    ) {
+        self.replace_pending_promote(PromoteReplyTo::Remote(reply));
+        self.step(Event::PromoteRequested {
+            force: req.force,
+            from: PromoteFrom::Rpc,
+        });
+    }
+
+    /// Carries out `Effect::ForwardPromote`: the standby is asked to take
+    /// over and its answer goes to the pending promote request.
+    pub(super) fn forward_promote(&mut self) {
+        let Some(to) = self.pending_promote.take() else {
+            return;
+        };
+        let peer = self.peer.clone();
+        let header = self.header();
+        let epoch = self.node.epoch();
+        tokio::spawn(async move {
+            let r = peer
+                .promote(PromoteRequest {
+                    header,
+                    force: false,
+                })
+                .await
+                .map(|reply| reply.epoch)
+                .map_err(|e| format!("the standby could not take over: {e}"));
+            reply_promote(to, r, epoch);
+        });
+    }
+
+    pub(super) fn replace_pending_promote(&mut self, new: PromoteReplyTo) {
+        if let Some(old) = self.pending_promote.replace(new) {
+            reply_promote(
+                old,
+                Err("superseded by a newer promote request".into()),
+                self.node.epoch(),
+            );
+        }
+    }
+
+    /// Carries out `Effect::Answer`: the reply to the request being
+    /// stepped, filled in from our state when the node served it.
+    pub(super) fn answer(&mut self, result: std::result::Result<(), Refused>) {
+        let Some(to) = self.answering.take() else {
+            return;
+        };
+        let result = result.map_err(|r| (r.kind, r.message));
+        match to {
+            Answering::Heartbeat {
+                reply,
+                primary_last_lsn,
+            } => {
+                let r = match result {
+                    Ok(()) => {
+                        self.note_primary_contact(primary_last_lsn);
+                        Ok(HeartbeatReply {
+                            ack: self.ack(),
+                            role: self.node.role(),
+                        })
+                    }
+                    Err((kind, message)) => Err(self.refusal(kind, message)),
+                };
+                let _ = reply.send(r);
+            }
+            Answering::Batch {
+                session,
+                primary_last_lsn,
+            } => match result {
+                Ok(()) => {
+                    self.note_primary_contact(primary_last_lsn);
+                    // With an inline fsync due, `sync_received` answers
+                    // after it.
+                    if !self.sync_due {
+                        self.send_ack_always();
+                    }
+                }
+                Err((kind, message)) => {
+                    tracing::warn!(reason = kind.as_str(), %message, "WAL batch refused");
+                    self.metrics.rejected(kind);
+                    let r = self.refusal(kind, message);
+                    self.end_session(session, r);
+                }
+            },
+            Answering::History(reply) => {
+                let r = match result {
+                    Ok(()) => Ok(HistoryReply {
+                        epoch: self.node.epoch(),
+                        history: self.wal.history(),
+                        last_lsn: self.wal.last_lsn(),
+                        first_lsn: self.wal.first_lsn(),
+                        role: self.node.role(),
+                    }),
+                    Err((kind, message)) => Err(self.refusal(kind, message)),
+                };
+                let _ = reply.send(r);
+            }
+            Answering::Snapshot(reply) => match result {
+                Ok(()) => self.serve_snapshot(reply),
+                Err((kind, message)) => {
+                    let _ = reply.send(Err(self.refusal(kind, message)));
+                }
+            },
+            Answering::Fence(reply) => {
+                let _ = reply.send(result.map_err(|(_, message)| Error::InvalidInput(message)));
+            }
+            Answering::Rejoin(_) => {
+                tracing::error!("the node answered a rejoin plan request with an answer");
+            }
+        }
+    }
+
+    pub(super) fn serve_snapshot(
+        &mut self,
+        reply: oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>,
+    ) {
+        let (sm, wal) = (self.sm.clone(), self.wal.clone());
+        let epoch = self.node.epoch();
+        let may_block = wal.may_block();
+        tokio::spawn(crate::runtime::tasks::run_blocking(may_block, move || {
+            let result = sm
+                .snapshot()
+                .map(|s| SnapshotTransfer {
+                    lsn: s.lsn,
+                    epoch: wal.epoch_at(s.lsn).unwrap_or(Epoch::ZERO),
+                    data: s.data,
+                })
+                .map_err(|e| {
+                    Refusal::new(
+                        RefusalKind::Unavailable,
+                        format!("the state machine could not take a snapshot: {e}"),
+                        epoch,
+                    )
+                });
+            let _ = reply.send(result);
+        }));
+    }
+
+    /// The peer's client address, for the leader hints we give; the
+    /// service checked that the sender is our peer.
+    pub(super) fn note_peer_client_addr(&mut self, header: &Header) {
+        if header.client_addr.is_some() {
+            self.peer_client_addr = header.client_addr.clone();
+        }
+    }
+}
+
+pub(super) fn reply_promote(
+    to: PromoteReplyTo,
+    result: std::result::Result<Epoch, String>,
+    epoch: Epoch,
+) {
+    match to {
+        PromoteReplyTo::Local(tx) => {
+            let _ = tx.send(result.map_err(|reason| Error::PromotionRefused { reason }));
+        }
+        PromoteReplyTo::Remote(tx) => {
+            let _ = tx.send(
+                result
+                    .map(|e| PromoteReply {
+                        epoch: e,
+                        message: format!("promoted: this node is now the primary of epoch {e}"),
+                    })
+                    .map_err(|reason| Refusal::new(RefusalKind::Unavailable, reason, epoch)),
+            );
+        }
+    }
+}

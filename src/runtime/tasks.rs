@@ -1,0 +1,82 @@
+//! Task plumbing shared by the runtime's tasks: a group of tasks stopped
+//! together, a worker woken by a watch, and blocking work that stays
+//! reproducible under simulation.
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Tasks started together and stopped together.
+pub(crate) struct Tasks {
+    cancel: CancellationToken,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub(crate) fn new(cancel: CancellationToken, handles: Vec<JoinHandle<()>>) -> Tasks {
+        Tasks { cancel, handles }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.cancel.cancel();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool when the WAL may block, inline otherwise
+/// (an in-memory WAL under simulation, where thread scheduling would make
+/// runs irreproducible).
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    may_block: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    if may_block {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| format!("blocking task failed: {e}"))
+    } else {
+        Ok(f())
+    }
+}
+
+/// Runs `work` with the watched value now and after every change until
+/// cancelled. `work` answers `Ok(true)` to run again at once (more may be
+/// due), or an error that stops the node: the WAL or the state machine can
+/// no longer be trusted, and `failed(reason)` is sent on `tx` before the
+/// worker ends.
+pub(crate) fn spawn_watch_worker<T, M, F, Fut>(
+    mut watched: watch::Receiver<T>,
+    tx: mpsc::Sender<M>,
+    failed: fn(String) -> M,
+    mut work: F,
+) -> Tasks
+where
+    T: Clone + Send + Sync + 'static,
+    M: Send + 'static,
+    F: FnMut(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<bool, String>> + Send,
+{
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            let value = watched.borrow_and_update().clone();
+            match work(value).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(reason) => {
+                    tracing::error!(%reason, "the node stops acknowledging writes");
+                    let _ = tx.send(failed(reason)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                changed = watched.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    Tasks::new(cancel, vec![handle])
+}
