@@ -33,7 +33,6 @@
 //! counted and kept in `rewound/`. `block` never loses an acknowledged write
 //! but stops writes while the standby is unreachable.
 
-
 mod event;
 mod primary;
 mod rejoin;

@@ -64,7 +64,6 @@
 //! The standby applies what it flushed the same way (13), and its acks
 //! carry the applied position that `remote-apply` commits on.
 
-
 mod actor;
 mod applier;
 mod flusher;
