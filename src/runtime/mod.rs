@@ -19,7 +19,7 @@
 //!    are ready get in, then drains the mailbox; `actor/writes.rs`
 //!    `queue_write` holds each write until `append_queued` hands them all
 //!    to the node as one `Event::WriteRequested`.
-//! 3. `node/mod.rs` `Node::on_write_requested`: refuses them all if this
+//! 3. `node/requests.rs` `Node::on_write_requested`: refuses them all if this
 //!    node may not write (`Effect::RefuseWrites`), or assigns the next LSNs
 //!    at its epoch (`Effect::Append`) and starts the write's sync timeout.
 //! 4. `actor/writes.rs` `Actor::append`: one `WalStore::append` for the
@@ -38,7 +38,7 @@
 //!    batch and hands it to `inbox.rs` `Inbox::batch`.
 //! 8. `actor/receive.rs` `Actor::on_batch`: reads the epochs of our records
 //!    the batch overlaps and feeds `Event::BatchReceived`.
-//! 9. `node/mod.rs` `Node::on_batch`: the epoch rules, then `check_batch`
+//! 9. `node/requests.rs` `Node::on_batch`: the epoch rules, then `check_batch`
 //!    (contiguity, `prev_lsn`/`prev_epoch`, re-delivery, G3): the new
 //!    records as `Effect::Append`, then `Effect::Answer`; a refusal ends the
 //!    stream, and a divergence sends the node to rejoin.
