@@ -75,7 +75,7 @@ mod replica;
 mod streamer;
 mod tasks;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use inbox::Inbound;
 pub(crate) use inbox::{Inbox, NodeGone};

@@ -164,6 +164,13 @@ pub struct ReplicationService {
 }
 
 impl ReplicationService {
+    /// The node's inbox, for runtime tests that hand it requests the way
+    /// this service does, in domain types.
+    #[cfg(test)]
+    pub(crate) fn inbox(&self) -> &Inbox {
+        &self.node
+    }
+
     pub(crate) fn new(
         node: Inbox,
         cfg: &crate::Config,
@@ -447,5 +454,72 @@ impl Replication for ReplicationService {
             }
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service's own checks, before anything reaches the node: who may
+    //! call it at all.
+
+    use crate::config::InitialRole;
+    use crate::pb;
+    use crate::pb::replication_server::Replication;
+    use crate::replicator::Replicator;
+    use crate::runtime::tests::{cfg, header, standby_wal, start, unreachable_peer, wal_at_epoch};
+    use crate::types::Lsn;
+
+    fn pb_header(epoch: u64, from: &str) -> pb::Header {
+        super::super::convert::header_to_pb(&header(epoch, from))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_from_another_cluster_or_node_are_refused() {
+        let (replica, service) =
+            start(cfg(InitialRole::Standby), standby_wal(), unreachable_peer());
+        let mut wrong_cluster = pb_header(1, "n2");
+        wrong_cluster.cluster_id = "other".into();
+        let status = service
+            .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+                header: Some(wrong_cluster),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let status = service
+            .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+                header: Some(pb_header(1, "intruder")),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let m = replica.metrics();
+        assert_eq!(m.rejected.get("wrong_cluster"), Some(&1));
+        assert_eq!(m.rejected.get("unknown_peer"), Some(&1));
+        assert_eq!(replica.health().last_lsn, Lsn::ZERO);
+        replica.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_epoch_is_failed_precondition_with_our_epoch_and_counted() {
+        let (replica, service) = start(
+            cfg(InitialRole::Standby),
+            wal_at_epoch(3),
+            unreachable_peer(),
+        );
+        let status = service
+            .heartbeat(tonic::Request::new(pb::HeartbeatRequest {
+                header: Some(pb_header(2, "n2")),
+                sync_state: pb::SyncState::Sync as i32,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.metadata().get("walrep-epoch").unwrap(), "3");
+        assert_eq!(replica.metrics().rejected.get("stale_epoch"), Some(&1));
+        replica.shutdown().await;
     }
 }
