@@ -132,8 +132,14 @@ pub(crate) enum Event {
     /// The local state machine applied up to `lsn`.
     Applied { lsn: Lsn },
     /// Primary: the standby acknowledged WAL on a stream whose start it
-    /// checked against its log, so these positions name records we share.
-    StandbyProgress { positions: StandbyPositions },
+    /// checked against its log, so these positions name records we share,
+    /// unless the standby answered from a newer `epoch` (it was promoted
+    /// while the stream stayed open): then they are in its own log and
+    /// must never commit ours.
+    StandbyProgress {
+        positions: StandbyPositions,
+        epoch: Epoch,
+    },
     /// Primary: the standby answered a heartbeat at our epoch. It proves the
     /// standby is reachable, not where its log is.
     StandbyReachable,

@@ -220,7 +220,15 @@ impl Node {
                 );
                 self.applied = lsn;
             }
-            Event::StandbyProgress { positions } => self.on_standby_progress(positions),
+            Event::StandbyProgress { positions, epoch } => {
+                if epoch > self.epoch {
+                    // G1, G2: a standby of a newer epoch holds its own log;
+                    // its positions say nothing about our records.
+                    self.on_higher_epoch(epoch, None);
+                } else {
+                    self.on_standby_progress(positions);
+                }
+            }
             Event::StandbyReachable => self.on_standby_reachable(),
             Event::StreamState { up } => {
                 if let Role::Primary(p) = &mut self.role {

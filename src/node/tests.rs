@@ -266,6 +266,38 @@ fn a_stale_fence_is_refused() {
     assert_eq!(node.epoch(), Epoch(3));
 }
 
+/// A standby promoted while our stream stayed open (across our pause)
+/// acknowledges from its own log: those positions must never commit our
+/// records (G1, G2); the primary learns the newer epoch and steps down.
+#[test]
+fn a_standby_ack_from_a_newer_epoch_commits_nothing_and_the_primary_steps_down() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_up_to(&node, 1));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
+    let everything = StandbyPositions {
+        written: Lsn(1),
+        flushed: Lsn(1),
+        applied: Lsn(1),
+    };
+    let effects = node.step(
+        t(4),
+        Event::StandbyProgress {
+            positions: everything,
+            epoch: Epoch(2),
+        },
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Commit { .. })),
+        "a newer epoch's positions committed our record: {effects:?}"
+    );
+    assert!(effects.contains(&Effect::PersistMeta {
+        epoch: Epoch(2),
+        leader: None
+    }));
+    assert_eq!(node.commit_lsn(), Lsn::ZERO);
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
 #[test]
 fn sync_commit_waits_for_the_standby_flush() {
     let mut node = primary_with_standby(cfg());
@@ -283,6 +315,7 @@ fn sync_commit_waits_for_the_standby_flush() {
         t(4),
         Event::StandbyProgress {
             positions: written_only,
+            epoch: node.epoch(),
         },
     );
     assert!(
@@ -293,7 +326,13 @@ fn sync_commit_waits_for_the_standby_flush() {
         flushed: Lsn(1),
         ..written_only
     };
-    let effects = node.step(t(5), Event::StandbyProgress { positions: flushed });
+    let effects = node.step(
+        t(5),
+        Event::StandbyProgress {
+            positions: flushed,
+            epoch: node.epoch(),
+        },
+    );
     assert_eq!(effects, vec![Effect::Commit { lsn: Lsn(1) }]);
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
@@ -344,7 +383,13 @@ fn each_commit_mode_commits_at_its_own_standby_position() {
         });
         node.step(t(2), writes_up_to(&node, 1));
         let mut effects = node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
-        effects.extend(node.step(t(4), Event::StandbyProgress { positions }));
+        effects.extend(node.step(
+            t(4),
+            Event::StandbyProgress {
+                positions,
+                epoch: node.epoch(),
+            },
+        ));
         assert_eq!(
             effects.contains(&Effect::Commit { lsn: Lsn(1) }),
             commits,
@@ -398,6 +443,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
                 flushed: Lsn(1),
                 applied: Lsn(1),
             },
+            epoch: node.epoch(),
         },
     );
     assert!(node.check_writable().is_ok());
@@ -425,6 +471,7 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
                 flushed: Lsn(1),
                 applied: Lsn(1),
             },
+            epoch: node.epoch(),
         },
     );
     assert!(!node.is_solo());
@@ -501,6 +548,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
                 flushed: Lsn(4),
                 applied: Lsn(3),
             },
+            epoch: node.epoch(),
         },
     );
     assert_eq!(
@@ -682,6 +730,7 @@ fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
                 flushed: Lsn(1),
                 applied: Lsn(1),
             },
+            epoch: node.epoch(),
         },
     );
     assert_eq!(node.commit_lsn(), Lsn(3));
@@ -702,6 +751,7 @@ fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_prim
             flushed: Lsn(lsn),
             applied: Lsn(lsn),
         },
+        epoch: Epoch(3),
     };
     node.step(t(1), Event::StandbyReachable);
     node.step(t(2), progress(6));

@@ -214,9 +214,15 @@ async fn session(ctx: &mut Ctx) -> End {
             ack = acks.next() => match ack {
                 Some(Ok(ack)) if ack.epoch > ctx.header.epoch => {
                     // The peer moved to a newer epoch (it was promoted while
-                    // this stream stayed open, e.g. across our pause): its
-                    // positions are in its own log, not ours, and must never
-                    // commit our records (G1, G2).
+                    // this stream stayed open, e.g. across our pause). The
+                    // node decides what that means (it steps down; the
+                    // positions never commit our records); this stream has
+                    // nothing more to send to a peer that will refuse it.
+                    let event = Event::StandbyProgress {
+                        positions: positions(&ack),
+                        epoch: ack.epoch,
+                    };
+                    let _ = ctx.tx.send(Msg::Event(event)).await;
                     return fail(
                         TransportError::StaleEpoch {
                             epoch: ack.epoch,
@@ -230,7 +236,10 @@ async fn session(ctx: &mut Ctx) -> End {
                         in_flight.pop_front();
                     }
                     progressed = true;
-                    let event = Event::StandbyProgress { positions: positions(&ack) };
+                    let event = Event::StandbyProgress {
+                        positions: positions(&ack),
+                        epoch: ack.epoch,
+                    };
                     if ctx.tx.send(Msg::Event(event)).await.is_err() {
                         return End::Cancelled;
                     }

@@ -285,7 +285,7 @@ impl Actor {
                 self.send_ack();
                 return;
             }
-            Event::StandbyProgress { positions } => {
+            Event::StandbyProgress { positions, .. } => {
                 self.peer_contact = Some(Instant::now());
                 if positions.flushed >= self.node.last_lsn() {
                     self.caught_up_at = Instant::now();
