@@ -195,6 +195,30 @@ struct Running<S> {
 impl<S: StateMachine + 'static> Pair<S> {
     /// A builder, for a WAL kind, commit mode or config change other than
     /// the defaults; `make_engine` makes a node's engine at each (re)start.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use walrep::testing::{MemStateMachine, Pair, PairWal};
+    /// use walrep::{CommitMode, NodeId, Replicator, RoleKind};
+    ///
+    /// # async fn test() -> walrep::Result<()> {
+    /// let mut pair = Pair::builder(|_id| Arc::new(MemStateMachine::new()))
+    ///     .wal(PairWal::File)
+    ///     .commit_mode(CommitMode::RemoteApply)
+    ///     .config(|cfg| cfg.sync_timeout = Duration::from_secs(2))
+    ///     .start()
+    ///     .await?;
+    /// pair.wait_streaming().await?;
+    /// pair.primary().replica().apply("x".into()).await?;
+    /// // The standby takes over; the old primary comes back as its standby.
+    /// let b = pair.failover().await?;
+    /// pair.restart(&NodeId::from("a")).await?;
+    /// pair.wait_streaming().await?;
+    /// assert_eq!(pair.node(&b).replica().role(), RoleKind::Primary);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(
         make_engine: impl Fn(&NodeId) -> Arc<S> + Send + Sync + 'static,
     ) -> PairBuilder<S> {
