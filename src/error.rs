@@ -142,6 +142,93 @@ pub enum Error {
     Transport(#[from] TransportError),
 }
 
+/// What an error says about the write it answered: whether it may exist.
+///
+/// `Ok` from `Replicator::apply` is the only answer that says a write
+/// committed, so no error says "written". See [`Error::outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteOutcome {
+    /// Nothing was written: a retry cannot apply the command twice.
+    NotWritten,
+    /// The write may have been appended and may survive (or be rewound):
+    /// a retry may apply the command twice unless it is idempotent or
+    /// carries a request id the engine checks.
+    MaybeWritten,
+}
+
+impl Error {
+    /// Whether repeating the call can succeed without anyone fixing
+    /// anything: at the leader (`NotPrimary`, `Fenced`), on another node or
+    /// later (`Unavailable`, `ShuttingDown`, `Timeout`, an unreachable
+    /// peer), or here (`SyncTimeout`). A retryable error is not a safe
+    /// retry: check [`Error::outcome`] before repeating a command that is
+    /// not idempotent.
+    ///
+    /// | variant | retryable | why |
+    /// |---|---|---|
+    /// | `NotPrimary` | yes | at `leader`, or at the node `wait_for_leader` finds |
+    /// | `Fenced` | yes | this node was deposed; the new primary accepts writes |
+    /// | `SyncTimeout` | yes | the standby was slow or gone; the node goes on |
+    /// | `Unavailable` | yes | a promotion, switchover or missing standby ends |
+    /// | `ShuttingDown` | yes | on the other node, or after a restart |
+    /// | `Timeout` | yes | wait again; the condition may still come |
+    /// | `Transport` | if the peer was unreachable | a refusal stays a refusal |
+    /// | `Corrupt`, `Io`, `StateMachine` | no | the node stopped; an operator must act |
+    /// | `PromotionRefused`, `InvalidInput`, `InvalidConfig`, `Config` | no | the same call gets the same answer |
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::NotPrimary { .. }
+            | Error::Fenced { .. }
+            | Error::SyncTimeout { .. }
+            | Error::Unavailable { .. }
+            | Error::ShuttingDown
+            | Error::Timeout(_) => true,
+            Error::Transport(e) => e.is_unreachable(),
+            Error::Corrupt { .. }
+            | Error::Io { .. }
+            | Error::StateMachine { .. }
+            | Error::PromotionRefused { .. }
+            | Error::InvalidInput(_)
+            | Error::InvalidConfig(_)
+            | Error::Config(_) => false,
+        }
+    }
+
+    /// What this error says about the write it answered.
+    ///
+    /// `NotWritten` only for errors that are always given before anything
+    /// is appended (`InvalidInput`, `InvalidConfig`, `Config`,
+    /// `PromotionRefused`). Every other variant can answer a write that
+    /// was already appended: `NotPrimary`, `Fenced` and `Unavailable` are
+    /// given both on arrival and to writes waiting when the node was
+    /// deposed or its WAL failed, and the variant does not say which;
+    /// `SyncTimeout` means the write is durable here but not acknowledged
+    /// (it reaches the standby later, or is rewound if the standby was
+    /// promoted meanwhile); `ShuttingDown`, `Corrupt`, `Io`,
+    /// `StateMachine`, `Timeout` and `Transport` may come after the
+    /// append. Those are `MaybeWritten`: retry only an idempotent command,
+    /// or one whose request id the engine can look up.
+    pub fn outcome(&self) -> WriteOutcome {
+        match self {
+            Error::InvalidInput(_)
+            | Error::InvalidConfig(_)
+            | Error::Config(_)
+            | Error::PromotionRefused { .. } => WriteOutcome::NotWritten,
+            Error::NotPrimary { .. }
+            | Error::Fenced { .. }
+            | Error::SyncTimeout { .. }
+            | Error::Unavailable { .. }
+            | Error::ShuttingDown
+            | Error::Corrupt { .. }
+            | Error::Io { .. }
+            | Error::StateMachine { .. }
+            | Error::Timeout(_)
+            | Error::Transport(_) => WriteOutcome::MaybeWritten,
+        }
+    }
+}
+
 fn leader_text(leader: &Option<LeaderHint>) -> String {
     match leader {
         Some(l) => format!(
@@ -196,5 +283,153 @@ impl TransportError {
             self,
             TransportError::Timeout | TransportError::Unreachable(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(e: Error, retryable: bool, outcome: WriteOutcome) {
+        assert_eq!(e.is_retryable(), retryable, "is_retryable of {e:?}");
+        assert_eq!(e.outcome(), outcome, "outcome of {e:?}");
+    }
+
+    #[test]
+    fn not_primary_is_retried_at_the_leader_and_may_have_been_written() {
+        let leader = Some(LeaderHint {
+            id: NodeId::from("b"),
+            addr: "127.0.0.1:1".into(),
+            client_addr: None,
+        });
+        check(
+            Error::NotPrimary { leader },
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+        check(
+            Error::NotPrimary { leader: None },
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn fenced_is_retried_at_the_new_primary_and_may_have_been_written() {
+        check(
+            Error::Fenced { epoch: Epoch(3) },
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn sync_timeout_is_retryable_but_may_apply_twice() {
+        check(
+            Error::SyncTimeout { lsn: Lsn(7) },
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn unavailable_is_retryable_and_may_have_been_written() {
+        check(
+            Error::Unavailable {
+                reason: "promoting".into(),
+            },
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn shutting_down_is_retried_elsewhere() {
+        check(Error::ShuttingDown, true, WriteOutcome::MaybeWritten);
+    }
+
+    #[test]
+    fn corrupt_io_and_state_machine_failures_are_not_retryable() {
+        check(
+            Error::Corrupt {
+                segment: PathBuf::from("wal/0001.seg"),
+                offset: 42,
+                detail: "crc".into(),
+            },
+            false,
+            WriteOutcome::MaybeWritten,
+        );
+        check(
+            Error::Io {
+                what: "fsync".into(),
+                source: std::io::Error::other("disk gone"),
+            },
+            false,
+            WriteOutcome::MaybeWritten,
+        );
+        check(
+            Error::StateMachine {
+                lsn: Lsn(1),
+                reason: "bad".into(),
+            },
+            false,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn refusals_before_anything_was_written_are_not_retryable() {
+        check(
+            Error::InvalidInput("too big".into()),
+            false,
+            WriteOutcome::NotWritten,
+        );
+        check(
+            Error::Config("state ahead of the WAL".into()),
+            false,
+            WriteOutcome::NotWritten,
+        );
+        check(
+            Error::PromotionRefused {
+                reason: "behind".into(),
+            },
+            false,
+            WriteOutcome::NotWritten,
+        );
+        let bad = crate::Config {
+            node_id: NodeId::from(""),
+            ..crate::Config::default()
+        }
+        .validate()
+        .expect_err("an empty node id is refused");
+        check(bad.into(), false, WriteOutcome::NotWritten);
+    }
+
+    #[test]
+    fn timeout_is_retryable() {
+        check(
+            Error::Timeout("leader".into()),
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+    }
+
+    #[test]
+    fn transport_is_retryable_only_when_the_peer_was_unreachable() {
+        check(
+            TransportError::Timeout.into(),
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+        check(
+            TransportError::Unreachable("refused".into()).into(),
+            true,
+            WriteOutcome::MaybeWritten,
+        );
+        check(
+            TransportError::Refused("wrong cluster".into()).into(),
+            false,
+            WriteOutcome::MaybeWritten,
+        );
     }
 }

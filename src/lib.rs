@@ -45,7 +45,7 @@ mod pb {
 }
 
 pub use config::{CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss, Setting};
-pub use error::{Error, LeaderHint, Result, TransportError};
+pub use error::{Error, LeaderHint, Result, TransportError, WriteOutcome};
 pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};

@@ -340,3 +340,107 @@ async fn a_standby_whose_wal_lost_records_its_state_applied_resyncs_instead_of_r
     assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
     assert_eq!(b.health().last_lsn, Lsn(11));
 }
+
+/// `walrep::testing::Pair`, as an engine's tests use it: `MemStateMachine`
+/// engines, made again at each restart.
+fn mem_engine(_: &walrep::NodeId) -> std::sync::Arc<walrep::testing::MemStateMachine> {
+    std::sync::Arc::new(walrep::testing::MemStateMachine::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_starts_and_the_standby_reads_the_primarys_writes() {
+    init_tracing();
+    let pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    assert_eq!(pair.primary().id(), &walrep::NodeId::from("a"));
+    assert_eq!(pair.standby().id(), &walrep::NodeId::from("b"));
+    for i in 0..20 {
+        let applied = pair
+            .primary()
+            .replica()
+            .apply(put_cmd(&format!("k{i}"), "v"))
+            .await
+            .unwrap();
+        pair.standby()
+            .replica()
+            .wait_for_lsn(applied.lsn, pair.wait_timeout())
+            .await
+            .unwrap();
+        assert_eq!(
+            pair.standby().engine().state_hash(),
+            pair.primary().engine().state_hash(),
+            "standby differs after {}",
+            applied.lsn
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_failover_after_killing_the_primary_keeps_acknowledged_writes() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let mut last = Lsn(0);
+    for i in 0..10 {
+        last = pair
+            .primary()
+            .replica()
+            .apply(put_cmd(&format!("k{i}"), "v"))
+            .await
+            .unwrap()
+            .lsn;
+    }
+    let hash = pair.primary().engine().state_hash();
+    let new = pair.failover().await.unwrap();
+    assert_eq!(new, walrep::NodeId::from("b"));
+    assert!(!pair.node(&walrep::NodeId::from("a")).is_running());
+    let b = pair.primary();
+    assert_eq!(b.id(), &new);
+    assert_eq!(b.replica().epoch(), walrep::Epoch(2));
+    b.replica().wait_for_lsn(last, WAIT).await.unwrap();
+    assert_eq!(b.engine().state_hash(), hash, "acknowledged writes lost");
+    let after = b
+        .replica()
+        .apply(put_cmd("after", "failover"))
+        .await
+        .unwrap();
+    assert!(after.lsn > last);
+}
+
+/// A killed node restarts from the same WAL directory (a `FileWal`),
+/// with a new engine that replays it, and rejoins as the standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_restarted_node_rejoins_from_its_file_wal_as_standby() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::builder(mem_engine)
+        .wal(walrep::testing::PairWal::File)
+        .start()
+        .await
+        .unwrap();
+    pair.wait_streaming().await.unwrap();
+    for i in 0..10 {
+        pair.primary()
+            .replica()
+            .apply(put_cmd(&format!("k{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    let new = pair.failover().await.unwrap();
+    let applied = pair
+        .node(&new)
+        .replica()
+        .apply(put_cmd("while", "a is down"))
+        .await
+        .unwrap();
+    let a = walrep::NodeId::from("a");
+    pair.restart(&a).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    assert_eq!(pair.standby().id(), &a);
+    let a = pair.node(&a);
+    a.replica().wait_for_lsn(applied.lsn, WAIT).await.unwrap();
+    assert_eq!(a.replica().health().last_lsn, Lsn(11));
+    assert_eq!(
+        a.engine().state_hash(),
+        pair.primary().engine().state_hash()
+    );
+}

@@ -2,22 +2,17 @@
 //! the test can cut, and the KV engine as state machine.
 #![allow(dead_code)]
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use walrep::testing::{
-    AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
-};
+use walrep::testing::{Link, MemWal, test_config};
 use walrep::{
     CommitMode, Config, GrpcPeer, Health, InitialRole, NodeId, Replica, Replicator, RoleKind,
-    TransportError, WalStore,
+    WalStore,
 };
 use walrep_daemon::kv::{Command, KvStore};
 
@@ -33,8 +28,8 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Test timings: fast enough to keep tests short, slow enough for a
-/// loaded 2-core CI machine.
+/// `walrep::testing::Pair`'s test timings, for a node `id` of a pair whose
+/// primary is `a`.
 pub fn config(
     id: &str,
     peer: &str,
@@ -43,91 +38,13 @@ pub fn config(
     mode: CommitMode,
 ) -> Config {
     Config {
-        node_id: NodeId::from(id),
-        peer_id: NodeId::from(peer),
-        peer_addr: peer_addr.to_string(),
-        advertise_addr: me.to_string(),
-        cluster_id: "test".into(),
         initial_role: if id == "a" {
             InitialRole::Primary
         } else {
             InitialRole::Standby
         },
         commit_mode: mode,
-        heartbeat_interval: Duration::from_millis(50),
-        failover_timeout: Duration::from_millis(500),
-        sync_timeout: Duration::from_secs(1),
-        rpc_timeout: Duration::from_millis(300),
-        switchover_timeout: Duration::from_secs(3),
-        ..Config::default()
-    }
-}
-
-/// A `Peer` whose link the test can cut: calls fail as a dead network
-/// would, and open streams end.
-pub struct Link {
-    inner: GrpcPeer,
-    cut: watch::Sender<bool>,
-}
-
-impl Link {
-    pub fn new(inner: GrpcPeer) -> Arc<Link> {
-        Arc::new(Link {
-            inner,
-            cut: watch::channel(false).0,
-        })
-    }
-
-    pub fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-
-    fn check(&self) -> Result<(), TransportError> {
-        if *self.cut.borrow() {
-            Err(TransportError::Unreachable("link cut by the test".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Peer for Link {
-    async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply, TransportError> {
-        self.check()?;
-        self.inner.heartbeat(req).await
-    }
-    async fn fence(&self, req: FenceRequest) -> Result<FenceReply, TransportError> {
-        self.check()?;
-        self.inner.fence(req).await
-    }
-    async fn promote(&self, req: PromoteRequest) -> Result<PromoteReply, TransportError> {
-        self.check()?;
-        self.inner.promote(req).await
-    }
-    async fn status(&self, header: Header) -> Result<StatusReply, TransportError> {
-        self.check()?;
-        self.inner.status(header).await
-    }
-    async fn history(&self, header: Header) -> Result<HistoryReply, TransportError> {
-        self.check()?;
-        self.inner.history(header).await
-    }
-    async fn open_wal_stream(
-        &self,
-        batches: mpsc::Receiver<WalBatch>,
-    ) -> Result<AckStream, TransportError> {
-        self.check()?;
-        let acks = self.inner.open_wal_stream(batches).await?;
-        let mut cut = self.cut.subscribe();
-        let ended = async move {
-            let _ = cut.wait_for(|c| *c).await;
-        };
-        Ok(Box::pin(acks.take_until(Box::pin(ended))))
-    }
-    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError> {
-        self.check()?;
-        self.inner.fetch_snapshot(header).await
+        ..test_config(&NodeId::from(id), &NodeId::from(peer), me, peer_addr)
     }
 }
 

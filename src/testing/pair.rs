@@ -1,0 +1,636 @@
+//! `Pair`: a primary and a standby in one process, over the real transport,
+//! for an engine's own tests.
+
+use crate::config::{CommitMode, Config, InitialRole};
+use crate::error::{Error, Result, TransportError};
+use crate::node::RoleKind;
+use crate::replicator::{Health, Replicator};
+use crate::runtime::{Replica, serve};
+use crate::state_machine::StateMachine;
+use crate::transport::{
+    AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
+    HistoryReply, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+};
+use crate::types::NodeId;
+use crate::wal::{FileWal, FileWalOptions, MemWal, WalStore};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Which WAL a [`Pair`]'s nodes keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PairWal {
+    /// A [`MemWal`]: [`Pair::kill`] keeps only what was fsynced, as a
+    /// machine crash would.
+    #[default]
+    Mem,
+    /// A [`FileWal`] in the node's directory: [`Pair::restart`] reopens it
+    /// and recovers it like a real restart.
+    File,
+}
+
+type MakeEngine<S> = Box<dyn Fn(&NodeId) -> Arc<S> + Send + Sync>;
+type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
+
+/// Builds a [`Pair`]: `Pair::builder(make_engine)`, then `start`.
+pub struct PairBuilder<S> {
+    make_engine: MakeEngine<S>,
+    wal: PairWal,
+    commit_mode: CommitMode,
+    tweak: Option<Tweak>,
+    wait: Duration,
+}
+
+impl<S: StateMachine + 'static> PairBuilder<S> {
+    /// The WAL the nodes keep (default [`PairWal::Mem`]).
+    pub fn wal(mut self, wal: PairWal) -> Self {
+        self.wal = wal;
+        self
+    }
+
+    /// Both nodes' `Config::commit_mode` (default `remote-flush`).
+    pub fn commit_mode(mut self, mode: CommitMode) -> Self {
+        self.commit_mode = mode;
+        self
+    }
+
+    /// Changes each node's `Config` before it starts (it sees `node_id`,
+    /// the addresses and the test timings [`test_config`] sets). It is kept
+    /// and applied again at each [`Pair::restart`].
+    pub fn config(mut self, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        self.tweak = Some(Box::new(tweak));
+        self
+    }
+
+    /// How long the `wait_*` helpers wait before they fail (default 20 s,
+    /// for a loaded CI machine).
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Starts the nodes (`a`, the primary, and `b`, its standby), each
+    /// served on its own `127.0.0.1` port, and returns at once: call
+    /// [`Pair::wait_streaming`] before writing.
+    pub async fn start(self) -> Result<Pair<S>> {
+        let ids = [NodeId::from("a"), NodeId::from("b")];
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for _ in &ids {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| io("binding 127.0.0.1:0", e))?;
+            addrs.push(l.local_addr().map_err(|e| io("a listener's address", e))?);
+            listeners.push(l);
+        }
+        let dir = TempDir::new()?;
+        let nodes = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                // Node `a` is the primary, every other node its standby.
+                let peer = if i == 0 { 1 } else { 0 };
+                let mut cfg = test_config(&ids[i], &ids[peer], addrs[i], addrs[peer]);
+                cfg.commit_mode = self.commit_mode;
+                cfg.initial_role = if i == 0 {
+                    InitialRole::Primary
+                } else {
+                    InitialRole::Standby
+                };
+                PairNode {
+                    dir: dir.path().join(&ids[i].0),
+                    cfg,
+                    wait: self.wait,
+                    mem_wal: None,
+                    running: None,
+                    pending_listener: Some(listener),
+                }
+            })
+            .collect();
+        let mut pair = Pair {
+            nodes,
+            make_engine: self.make_engine,
+            wal: self.wal,
+            tweak: self.tweak,
+            wait: self.wait,
+            dir,
+        };
+        for i in 0..pair.nodes.len() {
+            pair.launch(i).await?;
+        }
+        Ok(pair)
+    }
+}
+
+/// A primary `a` and a standby `b` in this process, over the real
+/// transport (tonic on `127.0.0.1`, served with [`serve`]), each with its
+/// own WAL in a temporary directory and its own engine from
+/// `make_engine`. For an engine's tests: write on the primary, read on the
+/// standby, kill and restart nodes, fail over.
+///
+/// Nodes are kept in a list so that more can come later; address them by
+/// [`NodeId`] or through [`Pair::primary`] and [`Pair::standby`]. Dropping
+/// the `Pair` stops the servers, shuts the nodes down in the background
+/// and removes the temporary directory; [`Pair::shutdown`] waits for the
+/// nodes. Built with the `testing` feature; walrep's own tests run it on
+/// a multi-threaded tokio runtime (`flavor = "multi_thread"`).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use walrep::testing::{MemStateMachine, Pair};
+/// use walrep::{Lsn, Replicator};
+///
+/// # async fn test() -> walrep::Result<()> {
+/// let pair = Pair::start(|_id| Arc::new(MemStateMachine::new())).await?;
+/// pair.wait_streaming().await?;
+/// let applied = pair.primary().replica().apply("put k v".into()).await?;
+/// // Read your writes on the standby:
+/// pair.standby().replica().wait_for_lsn(applied.lsn, pair.wait_timeout()).await?;
+/// assert_eq!(
+///     pair.standby().engine().state_hash(),
+///     pair.primary().engine().state_hash()
+/// );
+/// # Ok(())
+/// # }
+/// ```
+pub struct Pair<S> {
+    nodes: Vec<PairNode<S>>,
+    make_engine: MakeEngine<S>,
+    wal: PairWal,
+    tweak: Option<Tweak>,
+    wait: Duration,
+    dir: TempDir,
+}
+
+/// One node of a [`Pair`]: its configuration and, while it runs, its
+/// `Replica` and engine.
+pub struct PairNode<S> {
+    cfg: Config,
+    dir: PathBuf,
+    wait: Duration,
+    /// What a killed `MemWal` node kept, for its restart.
+    mem_wal: Option<Arc<MemWal>>,
+    running: Option<Running<S>>,
+    /// The listener bound before the configs were known (first start).
+    pending_listener: Option<TcpListener>,
+}
+
+struct Running<S> {
+    replica: Arc<Replica>,
+    engine: Arc<S>,
+    wal: Arc<dyn WalStore>,
+    /// The same WAL when it is a `MemWal`, for `kill`.
+    mem: Option<Arc<MemWal>>,
+    link: Arc<Link>,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl<S: StateMachine + 'static> Pair<S> {
+    /// A builder, for a WAL kind, commit mode or config change other than
+    /// the defaults; `make_engine` makes a node's engine at each (re)start.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use walrep::testing::{MemStateMachine, Pair, PairWal};
+    /// use walrep::{CommitMode, NodeId, Replicator, RoleKind};
+    ///
+    /// # async fn test() -> walrep::Result<()> {
+    /// let mut pair = Pair::builder(|_id| Arc::new(MemStateMachine::new()))
+    ///     .wal(PairWal::File)
+    ///     .commit_mode(CommitMode::RemoteApply)
+    ///     .config(|cfg| cfg.sync_timeout = Duration::from_secs(2))
+    ///     .start()
+    ///     .await?;
+    /// pair.wait_streaming().await?;
+    /// pair.primary().replica().apply("x".into()).await?;
+    /// // The standby takes over; the old primary comes back as its standby.
+    /// let b = pair.failover().await?;
+    /// pair.restart(&NodeId::from("a")).await?;
+    /// pair.wait_streaming().await?;
+    /// assert_eq!(pair.node(&b).replica().role(), RoleKind::Primary);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(
+        make_engine: impl Fn(&NodeId) -> Arc<S> + Send + Sync + 'static,
+    ) -> PairBuilder<S> {
+        PairBuilder {
+            make_engine: Box::new(make_engine),
+            wal: PairWal::Mem,
+            commit_mode: CommitMode::RemoteFlush,
+            tweak: None,
+            wait: Duration::from_secs(20),
+        }
+    }
+
+    /// Starts a pair with the defaults: `MemWal`s, `remote-flush`, test
+    /// timings. `make_engine` is called at each node's (re)start; an engine
+    /// with durable state opens it from a directory it keys by the id.
+    pub async fn start(
+        make_engine: impl Fn(&NodeId) -> Arc<S> + Send + Sync + 'static,
+    ) -> Result<Pair<S>> {
+        Pair::builder(make_engine).start().await
+    }
+
+    /// Starts node `i` (its listener already bound on the first start).
+    async fn launch(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let mut cfg = node.cfg.clone();
+        if let Some(tweak) = &self.tweak {
+            tweak(&mut cfg);
+        }
+        let listener = match node.pending_listener.take() {
+            Some(l) => l,
+            None => bind(&node.cfg.advertise_addr).await?,
+        };
+        let (wal, mem): (Arc<dyn WalStore>, _) = match self.wal {
+            PairWal::Mem => {
+                let mem = node.mem_wal.take().unwrap_or_default();
+                (mem.clone(), Some(mem))
+            }
+            PairWal::File => {
+                let wal = FileWal::open(node.dir.join("wal"), FileWalOptions::default())?;
+                (Arc::new(wal), None)
+            }
+        };
+        let engine = (self.make_engine)(&cfg.node_id);
+        let link = Link::new(GrpcPeer::connect_lazy(&cfg)?);
+        let (replica, service) = Replica::builder(cfg, wal.clone(), engine.clone())
+            .peer(link.clone())
+            .rewound_dir(node.dir.join("rewound"))
+            .start()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = serve(service, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        node.running = Some(Running {
+            replica: Arc::new(replica),
+            engine,
+            wal,
+            mem,
+            link,
+            server: Some((stop, server)),
+        });
+        Ok(())
+    }
+}
+
+impl<S> Pair<S> {
+    /// Every node, in start order (`a` first).
+    pub fn nodes(&self) -> &[PairNode<S>] {
+        &self.nodes
+    }
+
+    /// The node `id`. Panics if there is none.
+    pub fn node(&self, id: &NodeId) -> &PairNode<S> {
+        &self.nodes[self.index(id)]
+    }
+
+    fn index(&self, id: &NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| &n.cfg.node_id == id)
+            .unwrap_or_else(|| panic!("Pair has no node {id}"))
+    }
+
+    /// The running node whose role is primary now. Panics if none is
+    /// (call [`Pair::wait_streaming`] or [`Pair::failover`] first).
+    pub fn primary(&self) -> &PairNode<S> {
+        self.with_role(RoleKind::Primary)
+    }
+
+    /// The running node whose role is standby now. Panics if none is.
+    pub fn standby(&self) -> &PairNode<S> {
+        self.with_role(RoleKind::Standby)
+    }
+
+    fn with_role(&self, role: RoleKind) -> &PairNode<S> {
+        self.nodes
+            .iter()
+            .find(|n| n.running.as_ref().is_some_and(|r| r.replica.role() == role))
+            .unwrap_or_else(|| panic!("no running node is {role:?} now"))
+    }
+
+    /// How long the `wait_*` helpers wait (`PairBuilder::wait_timeout`);
+    /// handy for `wait_for_lsn`.
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait
+    }
+
+    /// The directory the nodes' files are in (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until a primary accepts writes and streams to a standby that
+    /// is in contact (eligible to take over, or in `async` mode following
+    /// the primary). Waits on the nodes' health `watch`, never sleeps.
+    pub async fn wait_streaming(&self) -> Result<()> {
+        let primary = self
+            .wait_any("a writable primary streaming to its standby", |h| {
+                h.role == RoleKind::Primary && h.writable && h.peer.connected
+            })
+            .await?;
+        for node in self.nodes.iter().filter(|n| n.running.is_some()) {
+            if node.cfg.node_id == primary.cfg.node_id {
+                continue;
+            }
+            node.wait("standby in contact with its primary", |h| {
+                h.role == RoleKind::Standby
+                    && (h.eligible || h.commit_mode == CommitMode::Async && h.leader.is_some())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until some running node satisfies `pred`; returns it.
+    async fn wait_any(&self, what: &str, pred: impl Fn(&Health) -> bool) -> Result<&PairNode<S>> {
+        let running: Vec<&PairNode<S>> =
+            self.nodes.iter().filter(|n| n.running.is_some()).collect();
+        let waits = running.iter().map(|n| {
+            let mut rx = n.running().replica.subscribe();
+            let pred = &pred;
+            Box::pin(async move { rx.wait_for(|h| pred(h)).await.map(|_| *n) })
+        });
+        match tokio::time::timeout(self.wait, futures::future::select_ok(waits)).await {
+            Ok(Ok((node, _))) => Ok(node),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Timeout(format!(
+                "{what} did not happen within {:?}",
+                self.wait
+            ))),
+        }
+    }
+
+    /// Stops node `id` as a crash would: its server goes away, its link to
+    /// the peer is cut, and its WAL keeps only what was fsynced (`MemWal`)
+    /// or what is on disk (`FileWal`). Its engine is dropped; `restart`
+    /// makes a new one. Panics if the node is not running.
+    pub async fn kill(&mut self, id: &NodeId) {
+        let i = self.index(id);
+        let node = &mut self.nodes[i];
+        let mut running = node
+            .running
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        running.link.set_cut(true);
+        if let Some((stop, handle)) = running.server.take() {
+            let _ = stop.send(());
+            handle.abort();
+            let _ = handle.await;
+        }
+        if let Some(mem) = &running.mem {
+            node.mem_wal = Some(Arc::new(mem.crash()));
+        }
+        running.replica.shutdown().await;
+    }
+
+    /// Kills the primary and waits until the other node promoted itself
+    /// and accepts writes; returns the new primary's id.
+    pub async fn failover(&mut self) -> Result<NodeId> {
+        let old = self.primary().cfg.node_id.clone();
+        self.kill(&old).await;
+        let new = self
+            .wait_any("a standby promoted and writable", |h| {
+                h.role == RoleKind::Primary && h.writable
+            })
+            .await?;
+        Ok(new.cfg.node_id.clone())
+    }
+
+    /// Cuts (`true`) or restores node `id`'s calls to its peer: they fail
+    /// as a dead network would and its open WAL stream ends. The peer's
+    /// calls to `id` are not cut; cut both for a full partition.
+    pub fn set_link_cut(&self, id: &NodeId, cut: bool) {
+        self.node(id).running().link.set_cut(cut);
+    }
+
+    /// Shuts every running node down cleanly (`Replicator::shutdown`) and
+    /// stops its server.
+    pub async fn shutdown(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut running) = node.running.take() {
+                running.replica.shutdown().await;
+                if let Some((stop, handle)) = running.server.take() {
+                    let _ = stop.send(());
+                    let _ = handle.await;
+                }
+            }
+        }
+    }
+}
+
+impl<S> Drop for Running<S> {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.server.take() {
+            let _ = stop.send(());
+            handle.abort();
+        }
+        // The node's tasks run until told to stop.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let replica = self.replica.clone();
+            rt.spawn(async move { replica.shutdown().await });
+        }
+    }
+}
+
+impl<S: StateMachine + 'static> Pair<S> {
+    /// Starts node `id` again from the WAL it kept, with a new engine from
+    /// `make_engine`, on the same address. Panics if it is running.
+    pub async fn restart(&mut self, id: &NodeId) -> Result<()> {
+        let i = self.index(id);
+        assert!(self.nodes[i].running.is_none(), "node {id} is running");
+        self.launch(i).await
+    }
+}
+
+impl<S> PairNode<S> {
+    /// The node's id (`a`, `b`).
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.node_id
+    }
+
+    /// The node's configuration, before the `config` hook.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether the node runs (it was not killed, or was restarted).
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn running(&self) -> &Running<S> {
+        self.running
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} is not running", self.cfg.node_id))
+    }
+
+    /// The node's `Replica`. Panics if the node is not running.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.running().replica
+    }
+
+    /// The node's engine. Panics if the node is not running.
+    pub fn engine(&self) -> &Arc<S> {
+        &self.running().engine
+    }
+
+    /// The node's WAL. Panics if the node is not running.
+    pub fn wal(&self) -> &Arc<dyn WalStore> {
+        &self.running().wal
+    }
+
+    /// Waits on the node's health `watch` until `pred` holds.
+    pub async fn wait(&self, what: &str, pred: impl FnMut(&Health) -> bool) -> Result<Health> {
+        self.replica()
+            .wait_for(self.wait, &format!("{}: {what}", self.cfg.node_id), pred)
+            .await
+    }
+}
+
+/// The test timings a [`Pair`] starts from: fast enough to keep tests
+/// short, slow enough for a loaded 2-core CI machine.
+pub fn test_config(id: &NodeId, peer: &NodeId, me: SocketAddr, peer_addr: SocketAddr) -> Config {
+    Config {
+        node_id: id.clone(),
+        peer_id: peer.clone(),
+        peer_addr: peer_addr.to_string(),
+        advertise_addr: me.to_string(),
+        cluster_id: "test".into(),
+        heartbeat_interval: Duration::from_millis(50),
+        failover_timeout: Duration::from_millis(500),
+        sync_timeout: Duration::from_secs(1),
+        rpc_timeout: Duration::from_millis(300),
+        switchover_timeout: Duration::from_secs(3),
+        ..Config::default()
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    // The port may still be held by the previous incarnation for a moment.
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(io(&format!("binding {addr}"), last.expect("tried")))
+}
+
+fn io(what: &str, source: std::io::Error) -> Error {
+    Error::Io {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "walrep-pair-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| io("creating the Pair's directory", e))?;
+        Ok(TempDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `Peer` whose link a test can cut: calls fail as a dead network
+/// would, and open WAL streams end.
+pub struct Link {
+    inner: Arc<dyn Peer>,
+    cut: watch::Sender<bool>,
+}
+
+impl Link {
+    /// A link over `inner`, not cut.
+    pub fn new(inner: impl Peer + 'static) -> Arc<Link> {
+        Arc::new(Link {
+            inner: Arc::new(inner),
+            cut: watch::channel(false).0,
+        })
+    }
+
+    /// Cuts (`true`) or restores the link.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+
+    fn check(&self) -> std::result::Result<(), TransportError> {
+        if *self.cut.borrow() {
+            Err(TransportError::Unreachable("link cut by the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+type TResult<T> = std::result::Result<T, TransportError>;
+
+#[async_trait]
+impl Peer for Link {
+    async fn heartbeat(&self, req: HeartbeatRequest) -> TResult<HeartbeatReply> {
+        self.check()?;
+        self.inner.heartbeat(req).await
+    }
+    async fn fence(&self, req: FenceRequest) -> TResult<FenceReply> {
+        self.check()?;
+        self.inner.fence(req).await
+    }
+    async fn promote(&self, req: PromoteRequest) -> TResult<PromoteReply> {
+        self.check()?;
+        self.inner.promote(req).await
+    }
+    async fn status(&self, header: Header) -> TResult<StatusReply> {
+        self.check()?;
+        self.inner.status(header).await
+    }
+    async fn history(&self, header: Header) -> TResult<HistoryReply> {
+        self.check()?;
+        self.inner.history(header).await
+    }
+    async fn open_wal_stream(&self, batches: mpsc::Receiver<WalBatch>) -> TResult<AckStream> {
+        self.check()?;
+        let acks = self.inner.open_wal_stream(batches).await?;
+        let mut cut = self.cut.subscribe();
+        let ended = async move {
+            let _ = cut.wait_for(|c| *c).await;
+        };
+        Ok(Box::pin(acks.take_until(Box::pin(ended))))
+    }
+    async fn fetch_snapshot(&self, header: Header) -> TResult<SnapshotTransfer> {
+        self.check()?;
+        self.inner.fetch_snapshot(header).await
+    }
+}
