@@ -1,16 +1,7 @@
 //! The engine's side: what walrep applies committed records to.
 
 use crate::types::Lsn;
-use bytes::Bytes;
-
-/// A copy of the engine's state covering every record up to `lsn`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The last record the state reflects.
-    pub lsn: Lsn,
-    /// The state, in the engine's own encoding (walrep only carries it).
-    pub data: Bytes,
-}
+use std::io::{Read, Write};
 
 /// A state machine's failure, in words; it stops the node.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +15,20 @@ pub struct StateMachineError(pub String);
 /// `applied_lsn()` are skipped), and only for committed records on the
 /// primary / flushed records on the standby. `snapshot` may run on another
 /// thread at the same time as `apply` (a primary serving its standby), so
-/// it must capture a consistent state as of one LSN. `restore` is called
-/// only while the node rejoins, never concurrently with `apply`. The
-/// engine's own readers may call into it at any time.
+/// it must capture a consistent state as of one LSN (how is the engine's
+/// choice: a read transaction, a checkpoint, a copy-on-write clone, a
+/// lock held while it writes). `restore` is called only while the node
+/// rejoins, never concurrently with `apply`. The engine's own readers may
+/// call into it at any time.
+///
+/// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
+/// (on the primary, a file in the snapshot directory that walrep then
+/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore` reads
+/// from a source (on the standby, the received file, checked for length
+/// and CRC32C before `restore` sees a byte). Both are blocking and walrep
+/// calls them on blocking threads, never on the runtime's threads; they
+/// may take as long as the state needs (the transfer's timeouts do not
+/// run while the primary's engine builds).
 ///
 /// Durability: walrep does not need `apply` to be durable. At start it
 /// replays the WAL from `applied_lsn() + 1`, so after a crash
@@ -51,11 +53,18 @@ pub trait StateMachine: Send + Sync + 'static {
         Lsn::ZERO
     }
 
-    /// A snapshot of the state as of `applied_lsn()`, for a standby that
-    /// must resync.
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError>;
+    /// Writes a consistent copy of the state, as of one LSN, into `out`
+    /// in the engine's own encoding (walrep only stores and carries the
+    /// bytes), and returns that LSN: every record up to it and none after
+    /// is in the copy. Write as you go; buffering is `out`'s business. An
+    /// error abandons the snapshot (the standby asks again later); it does
+    /// not stop the node.
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, StateMachineError>;
 
-    /// Replaces the whole state with `snapshot`; afterwards
-    /// `applied_lsn() == snapshot.lsn`.
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError>;
+    /// Replaces the whole state with the snapshot read from `input` (bytes
+    /// an earlier `snapshot` wrote, checked end to end), which covers every
+    /// record up to `lsn`; afterwards `applied_lsn() == lsn`. Read as you
+    /// go. An error stops the rejoin and the node: the state may be half
+    /// replaced.
+    fn restore(&self, lsn: Lsn, input: &mut dyn Read) -> Result<(), StateMachineError>;
 }

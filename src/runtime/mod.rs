@@ -72,6 +72,7 @@ mod inbox;
 mod metrics;
 mod rejoin;
 mod replica;
+mod snapshots;
 mod streamer;
 mod tasks;
 #[cfg(test)]
@@ -82,6 +83,7 @@ pub(crate) use inbox::{Inbox, NodeGone};
 pub(crate) use metrics::Metrics;
 pub use metrics::MetricsSnapshot;
 pub use replica::{Replica, ReplicaBuilder, serve};
+pub(crate) use snapshots::{BuiltSnapshot, PendingSnapshot, Snapshots};
 
 use crate::error::Result;
 use crate::node::{Event, PeerLog, RejoinPlan};

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use walrep::testing::{
     AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    MemWal, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+    MemWal, Peer, PromoteReply, PromoteRequest, SnapshotPart, SnapshotRequest, SnapshotStream,
+    StatusReply, WalBatch,
 };
 use walrep::{
     CommitMode, Config, GrpcPeer, Health, InitialRole, NodeId, Replica, Replicator, RoleKind,
@@ -68,6 +69,10 @@ pub fn config(
 pub struct Link {
     inner: GrpcPeer,
     cut: watch::Sender<bool>,
+    /// `(snapshot_id, offset)` of every snapshot request, in order.
+    pub snapshot_requests: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Cut the next snapshot transfer after this many data chunks.
+    pub cut_snapshot_after: std::sync::Mutex<Option<usize>>,
 }
 
 impl Link {
@@ -75,6 +80,8 @@ impl Link {
         Arc::new(Link {
             inner,
             cut: watch::channel(false).0,
+            snapshot_requests: Default::default(),
+            cut_snapshot_after: Default::default(),
         })
     }
 
@@ -125,9 +132,31 @@ impl Peer for Link {
         };
         Ok(Box::pin(acks.take_until(Box::pin(ended))))
     }
-    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError> {
+    async fn fetch_snapshot(&self, req: SnapshotRequest) -> Result<SnapshotStream, TransportError> {
         self.check()?;
-        self.inner.fetch_snapshot(header).await
+        self.snapshot_requests
+            .lock()
+            .unwrap()
+            .push((req.snapshot_id, req.offset));
+        let parts = self.inner.fetch_snapshot(req).await?;
+        // A cut after this many data chunks, once (then the link is fine).
+        let cut_after = self.cut_snapshot_after.lock().unwrap().take();
+        let mut data_seen = 0usize;
+        Ok(Box::pin(parts.scan(false, move |done, part| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            if let Ok(SnapshotPart::Data { .. }) = &part {
+                if cut_after == Some(data_seen) {
+                    *done = true;
+                    return futures::future::ready(Some(Err(TransportError::Unreachable(
+                        "snapshot transfer cut by the test".into(),
+                    ))));
+                }
+                data_seen += 1;
+            }
+            futures::future::ready(Some(part))
+        })))
     }
 }
 

@@ -50,6 +50,7 @@ pub(super) struct Parts {
     pub rx: mpsc::Receiver<Msg>,
     pub metrics: Arc<Metrics>,
     pub rewound_dir: Option<PathBuf>,
+    pub snapshots: Arc<super::Snapshots>,
 }
 
 struct Actor {
@@ -61,6 +62,8 @@ struct Actor {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
     rewound_dir: Option<PathBuf>,
+    /// Builds snapshots for the standby (primary), receives them (rejoin).
+    snapshots: Arc<super::Snapshots>,
     origin: Instant,
     waiters: BTreeMap<Lsn, Waiter>,
     /// Writes received but not yet appended (see `queue_write`).
@@ -126,6 +129,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         tx: parts.tx,
         metrics: parts.metrics,
         rewound_dir: parts.rewound_dir,
+        snapshots: parts.snapshots,
         origin,
         waiters: BTreeMap::new(),
         queued: Vec::new(),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use walrep::Lsn;
-use walrep::{Snapshot, StateMachine, StateMachineError};
+use walrep::{StateMachine, StateMachineError};
 
 #[derive(Default)]
 struct State {
@@ -181,21 +181,24 @@ impl StateMachine for KvStore {
         *self.durable.read().unwrap()
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError> {
+    /// Streams the map to `out` under the read lock: applies wait until
+    /// it is written (the engine's way of holding one consistent state;
+    /// walrep writes it to a local file).
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
         let s = self.state.read().unwrap();
-        Ok(Snapshot {
-            lsn: s.applied,
-            data: Bytes::from(snapshot_file::encode_map(&s.map)),
-        })
+        snapshot_file::write_map(&s.map, out)
+            .map_err(|e| StateMachineError(format!("writing the snapshot: {e}")))?;
+        Ok(s.applied)
     }
 
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError> {
-        let map = snapshot_file::decode_map(&snapshot.data)?;
+    /// Decodes the map as it is read, then swaps it in.
+    fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
+        let map = snapshot_file::read_map(input)?;
         {
             let mut s = self.state.write().unwrap();
             s.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
             s.map = map;
-            s.applied = snapshot.lsn;
+            s.applied = lsn;
         }
         // The WAL is reset to start after the snapshot, so the snapshot
         // must be on disk before anything relies on it.
@@ -297,8 +300,10 @@ mod tests {
                 }
             })
         };
+        let mut snap = Vec::new();
+        let lsn = source.snapshot(&mut snap).unwrap();
         for _ in 0..30 {
-            kv.restore(source.snapshot().unwrap())
+            kv.restore(lsn, &mut &snap[..])
                 .expect("the restore's snapshot failed");
         }
         periodic.join().unwrap();
@@ -315,7 +320,9 @@ mod tests {
         let b = KvStore::in_memory();
         b.apply(Lsn(1), &put("z", "9")).unwrap();
         b.apply(Lsn(2), &put("w", "9")).unwrap();
-        b.restore(a.snapshot().unwrap()).unwrap();
+        let mut snap = Vec::new();
+        let lsn = a.snapshot(&mut snap).unwrap();
+        b.restore(lsn, &mut &snap[..]).unwrap();
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.applied_lsn(), Lsn(1));
         assert!(b.get(b"z").is_none());
