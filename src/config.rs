@@ -696,6 +696,11 @@ mod tests {
                 ),
             ),
             ("wal_retention_bytes", readme_bytes(d.wal_retention_bytes)),
+            (
+                "snapshot_chunk_bytes",
+                readme_bytes(d.snapshot_chunk_bytes as u64),
+            ),
+            ("snapshot_timeout", readme_duration(d.snapshot_timeout)),
             ("switchover_timeout", readme_duration(d.switchover_timeout)),
         ];
         for (field, want) in expected {

@@ -420,3 +420,187 @@ fn keep_rewound(
     std::fs::File::open(dir)?.sync_all()?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStateMachine;
+    use crate::transport::{MockPeer, SnapshotStream};
+    use crate::wal::MemWal;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// The transfer the fake primary sends: the snapshot `data` announced
+    /// with `crc` and `total`, its bytes in chunks of 4, cut after `cut`
+    /// chunks (an error) if given; every request is recorded.
+    struct Primary {
+        data: Vec<u8>,
+        crc: u32,
+        total: u64,
+        cut: Mutex<Vec<Option<usize>>>,
+        requests: Mutex<Vec<(u64, u64)>>,
+    }
+
+    fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
+        p.requests
+            .lock()
+            .unwrap()
+            .push((req.snapshot_id, req.offset));
+        let offset = if req.snapshot_id == 7 { req.offset } else { 0 };
+        let mut parts = vec![Ok(SnapshotPart::Info(SnapshotInfo {
+            id: 7,
+            lsn: Lsn(5),
+            epoch: Epoch(1),
+            total_bytes: p.total,
+            crc: p.crc,
+            offset,
+        }))];
+        let cut = p.cut.lock().unwrap().remove(0);
+        let mut at = offset as usize;
+        for n in 0.. {
+            if at >= p.data.len() {
+                break;
+            }
+            if cut == Some(n) {
+                parts.push(Err(TransportError::Unreachable("cut".into())));
+                break;
+            }
+            let end = (at + 4).min(p.data.len());
+            parts.push(Ok(SnapshotPart::Data {
+                offset: at as u64,
+                data: Bytes::copy_from_slice(&p.data[at..end]),
+            }));
+            at = end;
+        }
+        Box::pin(futures::stream::iter(parts))
+    }
+
+    fn ctx(primary: Arc<Primary>, sm: Arc<MemStateMachine>, dir: &Path) -> Ctx {
+        let wal: Arc<dyn WalStore> = Arc::new(MemWal::new());
+        let mut peer = MockPeer::new();
+        peer.expect_fetch_snapshot()
+            .returning(move |req| Ok(stream(&primary, &req)));
+        Ctx {
+            cfg: Config::default(),
+            wal: wal.clone(),
+            sm: sm.clone(),
+            peer: Arc::new(peer),
+            tx: mpsc::channel(8).0,
+            header: header(),
+            leader: NodeId::from("n2"),
+            applier: None,
+            rewound_dir: None,
+            snapshots: Arc::new(super::super::Snapshots::new(
+                Some(dir.to_path_buf()),
+                sm,
+                wal,
+            )),
+            metrics: Arc::new(Metrics::default()),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            cluster_id: "c".into(),
+            epoch: Epoch(1),
+            node_id: NodeId::from("n1"),
+            node_addr: "127.0.0.1:1".into(),
+            leader_id: None,
+            client_addr: None,
+        }
+    }
+
+    /// A snapshot `MemStateMachine` restores: its hash, then padding.
+    fn snapshot_bytes() -> Vec<u8> {
+        let source = MemStateMachine::new();
+        source.apply(Lsn(1), b"a").unwrap();
+        source.set_snapshot_padding(30);
+        let mut out = Vec::new();
+        source.snapshot(&mut out).unwrap();
+        out
+    }
+
+    fn primary(data: Vec<u8>, crc: u32, total: u64, cuts: Vec<Option<usize>>) -> Arc<Primary> {
+        Arc::new(Primary {
+            data,
+            crc,
+            total,
+            cut: Mutex::new(cuts),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = primary(
+            data.clone(),
+            crc32c::crc32c(&data),
+            data.len() as u64,
+            vec![Some(3), None],
+        );
+        let sm = Arc::new(MemStateMachine::new());
+        let ctx = ctx(p.clone(), sm, dir.path());
+        let mut incoming = None;
+        let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+        assert_eq!(incoming.as_ref().unwrap().received, 12);
+        let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let info = match done {
+            Ok(Some(info)) => info,
+            _ => panic!("the resumed transfer completes"),
+        };
+        assert_eq!(info.lsn, Lsn(5));
+        assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+        let got = std::fs::read(&incoming.as_ref().unwrap().path).unwrap();
+        assert_eq!(got, data, "the file holds the snapshot, once");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
+        let data = snapshot_bytes();
+        let good = crc32c::crc32c(&data);
+        let cases = [
+            // A wrong checksum.
+            (data.clone(), good ^ 1, data.len() as u64),
+            // A flipped byte.
+            (
+                {
+                    let mut d = data.clone();
+                    d[13] ^= 0xff;
+                    d
+                },
+                good,
+                data.len() as u64,
+            ),
+            // More bytes than announced.
+            (data.clone(), good, data.len() as u64 - 4),
+        ];
+        for (sent, crc, total) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let sm = Arc::new(MemStateMachine::new());
+            let ctx = ctx(
+                primary(sent, crc, total, vec![None]),
+                sm.clone(),
+                dir.path(),
+            );
+            let mut incoming = None;
+            let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+            assert!(matches!(r, Ok(None)), "refused");
+            assert!(incoming.is_none(), "what arrived is dropped");
+            assert_eq!(sm.restores(), 0);
+        }
+        // Fewer bytes than announced: not done, kept for a resume.
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Arc::new(MemStateMachine::new());
+        let p = primary(data[..20].to_vec(), good, data.len() as u64, vec![None]);
+        let ctx = ctx(p, sm.clone(), dir.path());
+        let mut incoming = None;
+        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(r, Ok(None)), "a short transfer is not done");
+        assert_eq!(incoming.as_ref().unwrap().received, 20);
+        assert_eq!(sm.restores(), 0);
+    }
+}

@@ -269,3 +269,75 @@ impl<W: Write> Write for Checksummed<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStateMachine;
+    use crate::types::Record;
+    use crate::wal::MemWal;
+    use std::time::Duration;
+
+    fn store(sm: Arc<MemStateMachine>, wal: Arc<MemWal>) -> (Arc<Snapshots>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshots::new(Some(dir.path().to_path_buf()), sm, wal);
+        (Arc::new(s), dir)
+    }
+
+    fn append(wal: &MemWal, sm: &MemStateMachine, from: u64, to: u64) {
+        let records: Vec<Record> = (from..=to)
+            .map(|i| Record {
+                lsn: Lsn(i),
+                epoch: Epoch(1),
+                payload: Bytes::from_static(b"p"),
+            })
+            .collect();
+        wal.append(&records).unwrap();
+        for i in from..=to {
+            sm.apply(Lsn(i), b"p").unwrap();
+        }
+    }
+
+    /// Two requests while the engine builds join one build and get the
+    /// same snapshot; the file holds what the engine wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_build() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        sm.set_snapshot_delay(Duration::from_millis(200));
+        sm.set_snapshot_padding(100_000);
+        let (snapshots, _dir) = store(sm.clone(), wal);
+        let (a, b) = tokio::join!(snapshots.get(), snapshots.get());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(sm.snapshots_taken(), 1, "one build");
+        assert_eq!(a.id, b.id);
+        assert_eq!((a.lsn, a.epoch, a.len), (Lsn(3), Epoch(1), 100_012));
+        let bytes = std::fs::read(&a.path).unwrap();
+        assert_eq!(crc32c::crc32c(&bytes), a.crc);
+        let copy = MemStateMachine::new();
+        copy.restore(a.lsn, &mut &bytes[..]).unwrap();
+        assert_eq!(copy.state_hash(), sm.state_hash());
+    }
+
+    /// A build is reused while the WAL continues from it, and replaced
+    /// (its file removed once unused) when the WAL no longer does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        let (snapshots, _dir) = store(sm.clone(), wal.clone());
+        let first = snapshots.get().await.unwrap();
+        append(&wal, &sm, 4, 10);
+        let again = snapshots.get().await.unwrap();
+        assert_eq!(again.id, first.id, "the WAL still holds LSN 4: reused");
+        assert_eq!(sm.snapshots_taken(), 1);
+        let path = first.path.clone();
+        drop((first, again));
+        wal.sync().unwrap();
+        wal.remove_before(Lsn(6)).unwrap();
+        let newer = snapshots.get().await.unwrap();
+        assert_eq!(sm.snapshots_taken(), 2, "stale: rebuilt");
+        assert_eq!(newer.lsn, Lsn(10));
+        assert!(!path.exists(), "the stale build's file is gone");
+    }
+}
