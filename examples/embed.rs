@@ -24,7 +24,7 @@ impl StateMachine for Counter {
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError> {
         let n: [u8; 8] = payload
             .try_into()
-            .map_err(|_| StateMachineError(format!("record {lsn} is not a u64")))?;
+            .map_err(|_| StateMachineError::new(format!("record {lsn} is not a u64")))?;
         self.sum.fetch_add(u64::from_le_bytes(n), Ordering::SeqCst);
         self.applied.store(lsn.0, Ordering::SeqCst);
         Ok(())
@@ -38,7 +38,7 @@ impl StateMachine for Counter {
         let lsn = self.applied_lsn();
         let sum = self.sum.load(Ordering::SeqCst);
         out.write_all(&sum.to_le_bytes())
-            .map_err(|e| StateMachineError(format!("writing the snapshot: {e}")))?;
+            .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
         Ok(lsn)
     }
 
@@ -46,7 +46,7 @@ impl StateMachine for Counter {
         let mut n = [0u8; 8];
         input
             .read_exact(&mut n)
-            .map_err(|e| StateMachineError(format!("snapshot is not a u64: {e}")))?;
+            .map_err(|e| StateMachineError::new(format!("snapshot is not a u64: {e}")))?;
         self.sum.store(u64::from_le_bytes(n), Ordering::SeqCst);
         self.applied.store(lsn.0, Ordering::SeqCst);
         Ok(())

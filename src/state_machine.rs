@@ -1,16 +1,77 @@
 //! The engine's side: what walrep applies committed records to.
 
 use crate::types::Lsn;
+use bytes::Bytes;
 use std::io::{Read, Write};
 
-/// A state machine's failure, in words; it stops the node.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StateMachineError(pub String);
+/// A state machine's failure: what went wrong in words, and the error
+/// behind it if there was one (`std::error::Error::source`). What it does
+/// to the node depends on the call (see `StateMachine`).
+#[derive(Debug)]
+pub struct StateMachineError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StateMachineError {
+    /// A failure described by `message` alone.
+    pub fn new(message: impl Into<String>) -> StateMachineError {
+        StateMachineError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure described by `message`, caused by `source` (kept, and
+    /// returned by `source()`).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> StateMachineError {
+        StateMachineError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The message, without the source.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message and every source after it, `a: b: c`, for a log line or
+    /// a failure reason.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for StateMachineError {
+    /// The message only; the cause is `source()` (or see `chain`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StateMachineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Implemented by the engine: what a committed record does to its state.
 ///
-/// Order and concurrency: walrep calls `apply` from one task at a time, in
+/// Order and concurrency: walrep calls `apply_batch` (whose default calls
+/// `apply` per record) from one task at a time, on a blocking thread, in
 /// LSN order, exactly once per record (records at or below
 /// `applied_lsn()` are skipped), and only for committed records on the
 /// primary / flushed records on the standby. `snapshot` may run on another
@@ -36,12 +97,41 @@ pub struct StateMachineError(pub String);
 /// engine answers `Lsn::ZERO` and gets the whole log replayed, as long as
 /// `durable_lsn` lets walrep keep it.
 ///
-/// Methods may block briefly (`apply` runs on the replication runtime);
-/// keep `apply` fast or hand work to your own threads.
+/// Applies run on a blocking thread, never on the replication runtime's
+/// threads, so an engine may take a transaction's time per batch.
+///
+/// What an apply error does: the node stops as failed. Every record
+/// before the failing call stays applied (and `applied_lsn()` says how
+/// far); the records of the failing call count as not applied, so an
+/// engine that commits a batch in one transaction must commit none of it
+/// on error (one that applies record by record must leave `applied_lsn()`
+/// at the last record it did apply). From then on the node applies
+/// nothing, refuses every write and every promotion (`Error::Unavailable`
+/// naming the failure, also to the writers waiting on records not yet
+/// applied: their records are in the WAL and their outcome is unknown,
+/// as after a crash), and reports `RoleKind::Failed` in `Health`, where
+/// the operator (or the engine) sees it. Recovery is a restart: walrep replays the WAL
+/// from `applied_lsn() + 1`, so a transient failure (a full disk) clears;
+/// a record the engine can never apply must be fixed in the engine, or the
+/// node's state discarded so it resyncs from its peer's snapshot.
 pub trait StateMachine: Send + Sync + 'static {
-    /// Applies the record at `lsn`. An error stops the node: the state
-    /// machine and the log would disagree from then on.
+    /// Applies the record at `lsn`; an error is an apply error (above).
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError>;
+
+    /// Applies `records` (consecutive LSNs, ascending, all committed) in
+    /// one call, so the engine can commit them in one transaction, and
+    /// returns one output per record, in order: on the primary, the output
+    /// of a record written through `Replicator::apply` reaches its writer
+    /// as `Applied::output` (on a standby, and for records replayed at
+    /// start, outputs are dropped). Returning fewer or more outputs than
+    /// records is an apply error. The default calls `apply` for each
+    /// record and returns empty outputs.
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        for (lsn, payload) in records {
+            self.apply(*lsn, payload)?;
+        }
+        Ok(vec![Bytes::new(); records.len()])
+    }
 
     /// The last LSN applied.
     fn applied_lsn(&self) -> Lsn;

@@ -3,12 +3,15 @@
 
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::types::Lsn;
+use bytes::Bytes;
 use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Applies any payload by folding it into a running hash; a snapshot is the
+/// Applies any payload by folding it into a running hash, and answers each
+/// record with the hash after it (4 bytes, little-endian); a batch is
+/// applied whole or, on an error, not at all. A snapshot is the
 /// applied LSN's hash, then `snapshot_padding` bytes derived from it (so a
 /// test can make snapshots of any size). Two instances that applied the
 /// same records in the same order have equal
@@ -20,6 +23,8 @@ pub struct MemStateMachine {
     delay_micros: AtomicU64,
     snapshots: AtomicU64,
     restores: AtomicU64,
+    /// Applies of records at or after this LSN fail (0: none do).
+    fail_from: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,6 +67,12 @@ impl MemStateMachine {
         self.snapshots.load(Ordering::Relaxed)
     }
 
+    /// Makes every batch holding a record at or after `lsn` fail (an
+    /// engine that cannot apply it): none of that batch is applied.
+    pub fn fail_applies_from(&self, lsn: Lsn) {
+        self.fail_from.store(lsn.0, Ordering::Relaxed);
+    }
+
     /// How many times `restore` succeeded.
     pub fn restores(&self) -> u64 {
         self.restores.load(Ordering::Relaxed)
@@ -69,7 +80,7 @@ impl MemStateMachine {
 }
 
 fn io_error(e: std::io::Error) -> StateMachineError {
-    StateMachineError(format!("MemStateMachine snapshot: {e}"))
+    StateMachineError::new(format!("MemStateMachine snapshot: {e}"))
 }
 
 impl StateMachine for MemStateMachine {
@@ -83,6 +94,26 @@ impl StateMachine for MemStateMachine {
         state.hash = crc32c::crc32c_append(state.hash, payload);
         state.applied = lsn;
         Ok(())
+    }
+
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        let fail_from = self.fail_from.load(Ordering::Relaxed);
+        if let Some((lsn, _)) = records
+            .iter()
+            .find(|(lsn, _)| fail_from != 0 && lsn.0 >= fail_from)
+        {
+            return Err(StateMachineError::with_source(
+                format!("MemStateMachine: record {lsn}"),
+                std::io::Error::other("told to fail"),
+            ));
+        }
+        let mut outputs = Vec::with_capacity(records.len());
+        for (lsn, payload) in records {
+            self.apply(*lsn, payload)?;
+            let hash = self.state_hash();
+            outputs.push(Bytes::copy_from_slice(&hash.to_le_bytes()));
+        }
+        Ok(outputs)
     }
 
     fn applied_lsn(&self) -> Lsn {
@@ -122,7 +153,7 @@ impl StateMachine for MemStateMachine {
             let n = (padding - at).min(buf.len() as u64) as usize;
             input.read_exact(&mut buf[..n]).map_err(io_error)?;
             if let Some(i) = (0..n).find(|&i| buf[i] != pad(hash, at + i as u64)) {
-                return Err(StateMachineError(format!(
+                return Err(StateMachineError::new(format!(
                     "MemStateMachine snapshot: wrong byte at {}",
                     12 + at + i as u64
                 )));
@@ -130,8 +161,8 @@ impl StateMachine for MemStateMachine {
             at += n as u64;
         }
         if input.read(&mut buf).map_err(io_error)? != 0 {
-            return Err(StateMachineError(
-                "MemStateMachine snapshot: bytes after the end".into(),
+            return Err(StateMachineError::new(
+                "MemStateMachine snapshot: bytes after the end",
             ));
         }
         *self.state.lock().unwrap() = State { applied: lsn, hash };

@@ -66,6 +66,9 @@ struct Actor {
     snapshots: Arc<super::Snapshots>,
     origin: Instant,
     waiters: BTreeMap<Lsn, Waiter>,
+    /// The engine's outputs of applied records, until `resolve_waiters`
+    /// hands them to their writers (or drops them: no writer waits).
+    outputs: BTreeMap<Lsn, Bytes>,
     /// Writes received but not yet appended (see `queue_write`).
     queued: Vec<(Vec<Bytes>, WriteReply)>,
     queued_bytes: usize,
@@ -132,6 +135,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         snapshots: parts.snapshots,
         origin,
         waiters: BTreeMap::new(),
+        outputs: BTreeMap::new(),
         queued: Vec::new(),
         queued_bytes: 0,
         writing: None,
@@ -258,6 +262,10 @@ impl Actor {
                 );
             }
             Msg::Event(event) => self.on_event(event),
+            Msg::Applied { lsn, outputs } => {
+                self.keep_outputs(lsn, outputs);
+                self.on_event(Event::Applied { lsn });
+            }
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result),
             Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),

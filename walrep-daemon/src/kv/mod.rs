@@ -90,7 +90,7 @@ impl KvStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<KvStore, StateMachineError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
-            .map_err(|e| StateMachineError(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| StateMachineError::new(format!("creating {}: {e}", dir.display())))?;
         let mut state = State::default();
         if let Some((lsn, map)) = snapshot_file::load(&dir)? {
             state.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
@@ -140,37 +140,63 @@ impl KvStore {
     }
 }
 
+/// Applies `cmd` at `lsn` unless it was applied already; the value its key
+/// held before.
+fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
+    if lsn <= s.applied {
+        return None;
+    }
+    assert_eq!(lsn, s.applied.next(), "records applied out of order");
+    s.applied = lsn;
+    match cmd {
+        Command::Put { key, value } => {
+            let mut hash = entry_hash(&key, &value);
+            let old = match s.map.get_mut(&key) {
+                Some(old) => {
+                    hash ^= entry_hash(&key, old);
+                    Some(std::mem::replace(old, value))
+                }
+                None => {
+                    s.map.insert(key, value);
+                    None
+                }
+            };
+            s.hash ^= hash;
+            old
+        }
+        Command::Delete { key } => {
+            let old = s.map.remove(&key);
+            if let Some(old) = &old {
+                s.hash ^= entry_hash(&key, old);
+            }
+            old
+        }
+    }
+}
+
 impl StateMachine for KvStore {
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError> {
-        let cmd = Command::decode(payload)
-            .map_err(|e| StateMachineError(format!("record {lsn}: {e}")))?;
+        self.apply_batch(&[(lsn, payload)]).map(drop)
+    }
+
+    /// Decodes every command first (a bad one applies none of the batch),
+    /// then applies them all under one write lock. A record's output is
+    /// the value its key held before (empty if none, or if it was
+    /// applied already).
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        let commands = records
+            .iter()
+            .map(|(lsn, payload)| {
+                Command::decode(payload)
+                    .map_err(|e| StateMachineError::with_source(format!("record {lsn}"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut s = self.state.write().unwrap();
-        if lsn <= s.applied {
-            return Ok(());
+        let mut outputs = Vec::with_capacity(records.len());
+        for ((lsn, _), cmd) in records.iter().zip(commands) {
+            outputs.push(apply_one(&mut s, *lsn, cmd).unwrap_or_default());
         }
-        assert_eq!(lsn, s.applied.next(), "records applied out of order");
-        match cmd {
-            Command::Put { key, value } => {
-                let mut hash = entry_hash(&key, &value);
-                match s.map.get_mut(&key) {
-                    Some(old) => {
-                        hash ^= entry_hash(&key, old);
-                        *old = value;
-                    }
-                    None => {
-                        s.map.insert(key, value);
-                    }
-                }
-                s.hash ^= hash;
-            }
-            Command::Delete { key } => {
-                if let Some(old) = s.map.remove(&key) {
-                    s.hash ^= entry_hash(&key, &old);
-                }
-            }
-        }
-        s.applied = lsn;
-        Ok(())
+        Ok(outputs)
     }
 
     fn applied_lsn(&self) -> Lsn {
@@ -187,7 +213,7 @@ impl StateMachine for KvStore {
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
         let s = self.state.read().unwrap();
         snapshot_file::write_map(&s.map, out)
-            .map_err(|e| StateMachineError(format!("writing the snapshot: {e}")))?;
+            .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
         Ok(s.applied)
     }
 
@@ -215,6 +241,13 @@ mod tests {
         Command::Put {
             key: k.as_bytes().to_vec(),
             value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+        .encode()
+    }
+
+    fn del(k: &str) -> Vec<u8> {
+        Command::Delete {
+            key: k.as_bytes().to_vec(),
         }
         .encode()
     }
@@ -252,6 +285,22 @@ mod tests {
         let del = Command::Delete { key: b"y".to_vec() }.encode();
         a.apply(Lsn(3), &del).unwrap();
         assert_ne!(a.state_hash(), b.state_hash());
+    }
+
+    #[test]
+    fn a_batch_answers_each_put_with_the_value_it_replaced_and_a_bad_command_applies_none() {
+        let kv = KvStore::in_memory();
+        let (p1, p2, d) = (put("x", "1"), put("x", "2"), del("x"));
+        let out = kv
+            .apply_batch(&[(Lsn(1), &p1[..]), (Lsn(2), &p2[..]), (Lsn(3), &d[..])])
+            .unwrap();
+        assert_eq!(out, vec![Bytes::new(), Bytes::from("1"), Bytes::from("2")]);
+        let err = kv
+            .apply_batch(&[(Lsn(4), &p1[..]), (Lsn(5), &b"\xff"[..])])
+            .unwrap_err();
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
+        assert_eq!(kv.applied_lsn(), Lsn(3), "none of the bad batch applied");
+        assert!(kv.get(b"x").is_none());
     }
 
     #[test]
