@@ -87,7 +87,9 @@ impl std::error::Error for StateMachineError {
 /// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore` reads
 /// from a source (on the standby, the received file, checked for length
 /// and CRC32C before `restore` sees a byte). Both are blocking and walrep
-/// calls them on blocking threads, never on the runtime's threads; they
+/// calls them on blocking threads, never on the runtime's threads (except
+/// over a WAL whose `may_block()` is false, the in-memory test WAL, where
+/// every call runs inline so a simulation stays reproducible); they
 /// may take as long as the state needs (the transfer's timeouts do not
 /// run while the primary's engine builds).
 ///
@@ -98,7 +100,8 @@ impl std::error::Error for StateMachineError {
 /// `durable_lsn` lets walrep keep it.
 ///
 /// Applies run on a blocking thread, never on the replication runtime's
-/// threads, so an engine may take a transaction's time per batch.
+/// threads (the same exception for an in-memory WAL), so an engine may
+/// take a transaction's time per batch.
 ///
 /// What an apply error does: the node stops as failed. Every record
 /// before the failing call stays applied (and `applied_lsn()` says how
