@@ -9,8 +9,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use walrep::{
-    Config, FileWal, FileWalOptions, InitialRole, Lsn, NodeId, Replica, Replicator, Snapshot,
-    StateMachine, StateMachineError,
+    Config, FileWal, FileWalOptions, InitialRole, Lsn, NodeId, Replica, Replicator, StateMachine,
+    StateMachineError,
 };
 
 /// The engine's state: a sum of the numbers it was told to add.
@@ -24,7 +24,7 @@ impl StateMachine for Counter {
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError> {
         let n: [u8; 8] = payload
             .try_into()
-            .map_err(|_| StateMachineError(format!("record {lsn} is not a u64")))?;
+            .map_err(|_| StateMachineError::new(format!("record {lsn} is not a u64")))?;
         self.sum.fetch_add(u64::from_le_bytes(n), Ordering::SeqCst);
         self.applied.store(lsn.0, Ordering::SeqCst);
         Ok(())
@@ -34,19 +34,21 @@ impl StateMachine for Counter {
         Lsn(self.applied.load(Ordering::SeqCst))
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError> {
-        Ok(Snapshot {
-            lsn: self.applied_lsn(),
-            data: Bytes::copy_from_slice(&self.sum.load(Ordering::SeqCst).to_le_bytes()),
-        })
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
+        let lsn = self.applied_lsn();
+        let sum = self.sum.load(Ordering::SeqCst);
+        out.write_all(&sum.to_le_bytes())
+            .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
+        Ok(lsn)
     }
 
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError> {
-        let n: [u8; 8] = snapshot.data[..]
-            .try_into()
-            .map_err(|_| StateMachineError("snapshot is not a u64".into()))?;
+    fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
+        let mut n = [0u8; 8];
+        input
+            .read_exact(&mut n)
+            .map_err(|e| StateMachineError::new(format!("snapshot is not a u64: {e}")))?;
         self.sum.store(u64::from_le_bytes(n), Ordering::SeqCst);
-        self.applied.store(snapshot.lsn.0, Ordering::SeqCst);
+        self.applied.store(lsn.0, Ordering::SeqCst);
         Ok(())
     }
 }

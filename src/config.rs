@@ -197,6 +197,15 @@ pub struct Config {
     /// Bytes of WAL kept for a standby that has not flushed them; beyond
     /// that the oldest segments go and the standby resyncs from a snapshot.
     pub wal_retention_bytes: u64,
+    /// Bytes of snapshot in one message of a `FetchSnapshot` transfer
+    /// (default 1 MiB); must stay 64 KiB below `max_message_bytes`.
+    pub snapshot_chunk_bytes: usize,
+    /// Longest silence a snapshot transfer tolerates between two messages
+    /// (default 10 s). It bounds idle time, not the transfer: a snapshot
+    /// of any size keeps flowing as long as each chunk comes in time, and
+    /// the primary sends keep-alives while its engine builds the snapshot.
+    /// A transfer cut by it resumes from the bytes already received.
+    pub snapshot_timeout: Duration,
     /// First delay before reconnecting to the peer; it doubles per failure.
     pub reconnect_backoff_min: Duration,
     /// Cap of the reconnect delay.
@@ -250,6 +259,10 @@ impl Config {
     pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
     /// Default of `wal_retention_bytes`: 1 GiB.
     pub const DEFAULT_WAL_RETENTION_BYTES: u64 = 1 << 30;
+    /// Default of `snapshot_chunk_bytes`: 1 MiB.
+    pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+    /// Default of `snapshot_timeout`: 10 s.
+    pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default of `reconnect_backoff_min`: 20 ms.
     pub const DEFAULT_RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);
     /// Default of `reconnect_backoff_max`: 1 s.
@@ -293,6 +306,8 @@ impl Default for Config {
             max_message_bytes: Config::DEFAULT_MAX_MESSAGE_BYTES,
             max_record_bytes: Config::DEFAULT_MAX_RECORD_BYTES,
             wal_retention_bytes: Config::DEFAULT_WAL_RETENTION_BYTES,
+            snapshot_chunk_bytes: Config::DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            snapshot_timeout: Config::DEFAULT_SNAPSHOT_TIMEOUT,
             reconnect_backoff_min: Config::DEFAULT_RECONNECT_BACKOFF_MIN,
             reconnect_backoff_max: Config::DEFAULT_RECONNECT_BACKOFF_MAX,
             switchover_timeout: Config::DEFAULT_SWITCHOVER_TIMEOUT,
@@ -334,6 +349,10 @@ pub enum Setting {
     MaxMessageBytes,
     /// `Config::max_record_bytes`.
     MaxRecordBytes,
+    /// `Config::snapshot_chunk_bytes`.
+    SnapshotChunkBytes,
+    /// `Config::snapshot_timeout`.
+    SnapshotTimeout,
     /// `Config::reconnect_backoff_min`.
     ReconnectBackoffMin,
     /// `Config::reconnect_backoff_max`.
@@ -358,6 +377,8 @@ impl Setting {
             Setting::MaxBatchesInFlight => "max_batches_in_flight",
             Setting::MaxMessageBytes => "max_message_bytes",
             Setting::MaxRecordBytes => "max_record_bytes",
+            Setting::SnapshotChunkBytes => "snapshot_chunk_bytes",
+            Setting::SnapshotTimeout => "snapshot_timeout",
             Setting::ReconnectBackoffMin => "reconnect_backoff_min",
             Setting::ReconnectBackoffMax => "reconnect_backoff_max",
         }
@@ -450,6 +471,7 @@ impl Config {
             (S::RpcTimeout, self.rpc_timeout),
             (S::SyncTimeout, self.sync_timeout),
             (S::ReconnectBackoffMin, self.reconnect_backoff_min),
+            (S::SnapshotTimeout, self.snapshot_timeout),
         ];
         for (setting, value) in positive {
             if value.is_zero() {
@@ -470,6 +492,7 @@ impl Config {
             (S::MaxBatchRecords, self.max_batch_records),
             (S::MaxBatchBytes, self.max_batch_bytes),
             (S::MaxBatchesInFlight, self.max_batches_in_flight),
+            (S::SnapshotChunkBytes, self.snapshot_chunk_bytes),
         ];
         for (setting, value) in counts {
             if value == 0 {
@@ -503,6 +526,20 @@ impl Config {
                 format!(
                     "({}) must be at least 64 KiB below max_message_bytes ({})",
                     self.max_batch_bytes, self.max_message_bytes
+                ),
+            ));
+        }
+        if self
+            .snapshot_chunk_bytes
+            .saturating_add(Config::BATCH_FRAMING_BYTES)
+            > self.max_message_bytes
+        {
+            return Err(ConfigError::against(
+                S::SnapshotChunkBytes,
+                S::MaxMessageBytes,
+                format!(
+                    "({}) must be at least 64 KiB below max_message_bytes ({})",
+                    self.snapshot_chunk_bytes, self.max_message_bytes
                 ),
             ));
         }
@@ -558,7 +595,7 @@ mod tests {
     #[test]
     fn each_zero_or_empty_setting_is_refused_by_its_own_name() {
         type Break = fn(&mut Config);
-        let cases: [(Setting, Break); 8] = [
+        let cases: [(Setting, Break); 10] = [
             (Setting::ClusterId, |c| c.cluster_id = " ".into()),
             (Setting::PeerAddr, |c| c.peer_addr.clear()),
             (Setting::HeartbeatInterval, |c| {
@@ -568,6 +605,10 @@ mod tests {
             (Setting::SyncTimeout, |c| c.sync_timeout = Duration::ZERO),
             (Setting::MaxBatchBytes, |c| c.max_batch_bytes = 0),
             (Setting::MaxBatchesInFlight, |c| c.max_batches_in_flight = 0),
+            (Setting::SnapshotChunkBytes, |c| c.snapshot_chunk_bytes = 0),
+            (Setting::SnapshotTimeout, |c| {
+                c.snapshot_timeout = Duration::ZERO
+            }),
             (Setting::ReconnectBackoffMax, |c| {
                 c.reconnect_backoff_max = Duration::from_millis(1)
             }),
@@ -655,6 +696,11 @@ mod tests {
                 ),
             ),
             ("wal_retention_bytes", readme_bytes(d.wal_retention_bytes)),
+            (
+                "snapshot_chunk_bytes",
+                readme_bytes(d.snapshot_chunk_bytes as u64),
+            ),
+            ("snapshot_timeout", readme_duration(d.snapshot_timeout)),
             ("switchover_timeout", readme_duration(d.switchover_timeout)),
         ];
         for (field, want) in expected {

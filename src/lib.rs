@@ -49,7 +49,7 @@ pub use error::{Error, LeaderHint, Result, TransportError, WriteOutcome};
 pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
-pub use state_machine::{Snapshot, StateMachine, StateMachineError};
+pub use state_machine::{StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
 pub use wal::{FileWal, FileWalOptions, WalError, WalMeta, WalStore};

@@ -11,13 +11,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Where a write landed once the commit mode was met and the local state
-/// machine applied it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// machine applied it, and what the engine answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// The record's place in the log.
     pub lsn: Lsn,
     /// The epoch of the primary that wrote it.
     pub epoch: Epoch,
+    /// The engine's output for this record (`StateMachine::apply_batch`;
+    /// empty with the default, which calls `apply`).
+    pub output: Bytes,
 }
 
 /// The peer as this node sees it.

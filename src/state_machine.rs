@@ -2,31 +2,96 @@
 
 use crate::types::Lsn;
 use bytes::Bytes;
+use std::io::{Read, Write};
 
-/// A copy of the engine's state covering every record up to `lsn`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The last record the state reflects.
-    pub lsn: Lsn,
-    /// The state, in the engine's own encoding (walrep only carries it).
-    pub data: Bytes,
+/// A state machine's failure: what went wrong in words, and the error
+/// behind it if there was one (`std::error::Error::source`). What it does
+/// to the node depends on the call (see `StateMachine`).
+#[derive(Debug)]
+pub struct StateMachineError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
-/// A state machine's failure, in words; it stops the node.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StateMachineError(pub String);
+impl StateMachineError {
+    /// A failure described by `message` alone.
+    pub fn new(message: impl Into<String>) -> StateMachineError {
+        StateMachineError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure described by `message`, caused by `source` (kept, and
+    /// returned by `source()`).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> StateMachineError {
+        StateMachineError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The message, without the source.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message and every source after it, `a: b: c`, for a log line or
+    /// a failure reason.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for StateMachineError {
+    /// The message only; the cause is `source()` (or see `chain`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StateMachineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Implemented by the engine: what a committed record does to its state.
 ///
-/// Order and concurrency: walrep calls `apply` from one task at a time, in
+/// Order and concurrency: walrep calls `apply_batch` (whose default calls
+/// `apply` per record) from one task at a time, on a blocking thread, in
 /// LSN order, exactly once per record (records at or below
 /// `applied_lsn()` are skipped), and only for committed records on the
 /// primary / flushed records on the standby. `snapshot` may run on another
 /// thread at the same time as `apply` (a primary serving its standby), so
-/// it must capture a consistent state as of one LSN. `restore` is called
-/// only while the node rejoins, never concurrently with `apply`. The
-/// engine's own readers may call into it at any time.
+/// it must capture a consistent state as of one LSN (how is the engine's
+/// choice: a read transaction, a checkpoint, a copy-on-write clone, a
+/// lock held while it writes). `restore` is called only while the node
+/// rejoins, never concurrently with `apply`. The engine's own readers may
+/// call into it at any time.
+///
+/// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
+/// (on the primary, a file in the snapshot directory that walrep then
+/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore` reads
+/// from a source (on the standby, the received file, checked for length
+/// and CRC32C before `restore` sees a byte). Both are blocking and walrep
+/// calls them on blocking threads, never on the runtime's threads (except
+/// over a WAL whose `may_block()` is false, the in-memory test WAL, where
+/// every call runs inline so a simulation stays reproducible); they
+/// may take as long as the state needs (the transfer's timeouts do not
+/// run while the primary's engine builds).
 ///
 /// Durability: walrep does not need `apply` to be durable. At start it
 /// replays the WAL from `applied_lsn() + 1`, so after a crash
@@ -34,12 +99,42 @@ pub struct StateMachineError(pub String);
 /// engine answers `Lsn::ZERO` and gets the whole log replayed, as long as
 /// `durable_lsn` lets walrep keep it.
 ///
-/// Methods may block briefly (`apply` runs on the replication runtime);
-/// keep `apply` fast or hand work to your own threads.
+/// Applies run on a blocking thread, never on the replication runtime's
+/// threads (the same exception for an in-memory WAL), so an engine may
+/// take a transaction's time per batch.
+///
+/// What an apply error does: the node stops as failed. Every record
+/// before the failing call stays applied (and `applied_lsn()` says how
+/// far); the records of the failing call count as not applied, so an
+/// engine that commits a batch in one transaction must commit none of it
+/// on error (one that applies record by record must leave `applied_lsn()`
+/// at the last record it did apply). From then on the node applies
+/// nothing, refuses every write and every promotion (`Error::Unavailable`
+/// naming the failure, also to the writers waiting on records not yet
+/// applied: their records are in the WAL and their outcome is unknown,
+/// as after a crash), and reports `RoleKind::Failed` in `Health`, where
+/// the operator (or the engine) sees it. Recovery is a restart: walrep replays the WAL
+/// from `applied_lsn() + 1`, so a transient failure (a full disk) clears;
+/// a record the engine can never apply must be fixed in the engine, or the
+/// node's state discarded so it resyncs from its peer's snapshot.
 pub trait StateMachine: Send + Sync + 'static {
-    /// Applies the record at `lsn`. An error stops the node: the state
-    /// machine and the log would disagree from then on.
+    /// Applies the record at `lsn`; an error is an apply error (above).
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError>;
+
+    /// Applies `records` (consecutive LSNs, ascending, all committed) in
+    /// one call, so the engine can commit them in one transaction, and
+    /// returns one output per record, in order: on the primary, the output
+    /// of a record written through `Replicator::apply` reaches its writer
+    /// as `Applied::output` (on a standby, and for records replayed at
+    /// start, outputs are dropped). Returning fewer or more outputs than
+    /// records is an apply error. The default calls `apply` for each
+    /// record and returns empty outputs.
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        for (lsn, payload) in records {
+            self.apply(*lsn, payload)?;
+        }
+        Ok(vec![Bytes::new(); records.len()])
+    }
 
     /// The last LSN applied.
     fn applied_lsn(&self) -> Lsn;
@@ -51,11 +146,18 @@ pub trait StateMachine: Send + Sync + 'static {
         Lsn::ZERO
     }
 
-    /// A snapshot of the state as of `applied_lsn()`, for a standby that
-    /// must resync.
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError>;
+    /// Writes a consistent copy of the state, as of one LSN, into `out`
+    /// in the engine's own encoding (walrep only stores and carries the
+    /// bytes), and returns that LSN: every record up to it and none after
+    /// is in the copy. Write as you go; buffering is `out`'s business. An
+    /// error abandons the snapshot (the standby asks again later); it does
+    /// not stop the node.
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, StateMachineError>;
 
-    /// Replaces the whole state with `snapshot`; afterwards
-    /// `applied_lsn() == snapshot.lsn`.
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError>;
+    /// Replaces the whole state with the snapshot read from `input` (bytes
+    /// an earlier `snapshot` wrote, checked end to end), which covers every
+    /// record up to `lsn`; afterwards `applied_lsn() == lsn`. Read as you
+    /// go. An error stops the rejoin and the node: the state may be half
+    /// replaced.
+    fn restore(&self, lsn: Lsn, input: &mut dyn Read) -> Result<(), StateMachineError>;
 }

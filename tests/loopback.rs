@@ -236,6 +236,94 @@ async fn a_standby_behind_the_primarys_retained_wal_resyncs_from_a_snapshot() {
     assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
 }
 
+/// A primary whose WAL no longer covers the standby, a standby that must
+/// resync: the setup of the snapshot tests below. Returns the primary and
+/// what the standby needs to start again.
+async fn standby_needing_a_snapshot(
+    tweak: impl Fn(&mut walrep::Config),
+    value_bytes: usize,
+    records: usize,
+) -> (
+    TestNode,
+    (
+        walrep::Config,
+        std::sync::Arc<walrep::testing::MemWal>,
+        std::path::PathBuf,
+    ),
+) {
+    let (a, b) = pair_with(CommitMode::RemoteFlush, |c| {
+        c.wal_retention_bytes = 1024;
+        c.on_standby_loss = walrep::OnStandbyLoss::Solo;
+        tweak(c);
+    })
+    .await;
+    a.put("k", "v").await.unwrap();
+    converged(&a, &b).await;
+    let stopped = b.crash().await;
+    let value = "x".repeat(value_bytes);
+    for i in 0..records {
+        let _ = a.put(&format!("later{i}"), &value).await;
+    }
+    a.wait("solo", |h| h.solo).await;
+    a.kv.persist_snapshot().unwrap();
+    a.wait("WAL truncated", |h| h.first_lsn > Lsn(2)).await;
+    (a, stopped)
+}
+
+/// A snapshot larger than the chunk size and than the HTTP/2 windows (16
+/// MiB a connection) is cut mid-transfer: the standby's next request names
+/// the same snapshot and starts at the bytes it already has, the primary
+/// serves it from its one build, and the restored state is the primary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_cut_mid_transfer_resumes_from_the_bytes_received() {
+    const CHUNK: usize = 64 << 10;
+    let (a, (cfg_b, wal_b, dir_b)) =
+        standby_needing_a_snapshot(|c| c.snapshot_chunk_bytes = CHUNK, 64 << 10, 320).await;
+    let link = walrep::testing::Link::new(walrep::GrpcPeer::connect_lazy(&cfg_b).unwrap());
+    *link.cut_snapshot_after.lock().unwrap() = Some(40);
+    let b = TestNode::start_linked(cfg_b, wal_b, dir_b, link.clone()).await;
+    b.wait("standby again", |h| h.role == RoleKind::Standby)
+        .await;
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb, "the restored state is the primary's");
+    assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
+    let requests = link.snapshot_requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0], (0, 0), "the first request starts a transfer");
+    assert_ne!(requests[1].0, 0, "the second names the snapshot");
+    assert_eq!(
+        requests[1].1,
+        40 * CHUNK as u64,
+        "the second starts where the cut left it"
+    );
+    assert_eq!(
+        a.engine.snapshots.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the resumed transfer is served from the same build"
+    );
+}
+
+/// An engine that takes three RPC timeouts to write its snapshot: the
+/// transfer waits for it (keep-alives, not the RPC deadline) and the
+/// standby resyncs from one build, not one per abandoned request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_slower_than_rpc_timeout_to_snapshot_still_resyncs() {
+    let (a, (cfg_b, wal_b, dir_b)) =
+        standby_needing_a_snapshot(|c| c.snapshot_timeout = Duration::from_millis(400), 64, 200)
+            .await;
+    *a.engine.snapshot_delay.lock().unwrap() = a.cfg.rpc_timeout * 3;
+    let b = TestNode::start(cfg_b, wal_b, dir_b).await;
+    b.wait("standby again", |h| h.role == RoleKind::Standby)
+        .await;
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
+    assert_eq!(
+        a.engine.snapshots.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
 /// Both nodes on durable FileWals stop and start again: the primary resumes
 /// as primary once it hears from its standby, nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

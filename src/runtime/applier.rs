@@ -1,5 +1,8 @@
 //! The task that applies committed records to the state machine, in
-//! order, exactly once.
+//! order, exactly once: one `StateMachine::apply_batch` per chunk read
+//! from the WAL, on a blocking thread (inline under simulation, see
+//! `run_blocking`); the engine's outputs go to the actor with the applied
+//! position (`Msg::Applied`), for the writers waiting on them.
 
 use super::Msg;
 use super::tasks::Tasks;
@@ -23,15 +26,15 @@ pub(super) fn spawn(
     super::tasks::spawn_watch_worker(commit, tx, failed, move |target| {
         let (wal, sm, events) = (wal.clone(), sm.clone(), events.clone());
         async move {
-            apply_up_to(wal.as_ref(), sm.as_ref(), target, &events).await?;
+            apply_up_to(&wal, &sm, target, &events).await?;
             Ok(false)
         }
     })
 }
 
 async fn apply_up_to(
-    wal: &dyn WalStore,
-    sm: &dyn StateMachine,
+    wal: &Arc<dyn WalStore>,
+    sm: &Arc<dyn StateMachine>,
     target: Lsn,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<(), String> {
@@ -40,7 +43,7 @@ async fn apply_up_to(
         if applied >= target {
             return Ok(());
         }
-        let records = wal
+        let mut records = wal
             .read(applied.next(), APPLY_CHUNK_RECORDS, APPLY_CHUNK_BYTES)
             .map_err(|e| format!("reading record {} to apply it: {e}", applied.next()))?;
         if records.is_empty() {
@@ -50,18 +53,36 @@ async fn apply_up_to(
                 wal.last_lsn()
             ));
         }
-        let mut last = applied;
-        for r in records.iter().take_while(|r| r.lsn <= target) {
-            assert_eq!(r.lsn, last.next(), "WAL read returned records out of order");
-            sm.apply(r.lsn, &r.payload)
-                .map_err(|e| format!("state machine failed at {}: {e}", r.lsn))?;
-            last = r.lsn;
+        records.retain(|r| r.lsn <= target);
+        for (r, lsn) in records.iter().zip(applied.0 + 1..) {
+            assert_eq!(r.lsn, Lsn(lsn), "WAL read returned records out of order");
         }
-        if tx
-            .send(Msg::Event(Event::Applied { lsn: last }))
-            .await
-            .is_err()
-        {
+        let last = records.last().map_or(applied, |r| r.lsn);
+        let sm2 = sm.clone();
+        let outputs = super::tasks::run_blocking(wal.may_block(), move || {
+            let batch: Vec<(Lsn, &[u8])> =
+                records.iter().map(|r| (r.lsn, &r.payload[..])).collect();
+            let outputs = sm2.apply_batch(&batch).map_err(|e| {
+                format!(
+                    "state machine failed applying {}..={}: {}",
+                    batch[0].0,
+                    last,
+                    e.chain()
+                )
+            })?;
+            if outputs.len() != batch.len() {
+                return Err(format!(
+                    "state machine returned {} outputs for {} records ({}..={})",
+                    outputs.len(),
+                    batch.len(),
+                    batch[0].0,
+                    last
+                ));
+            }
+            Ok(outputs)
+        })
+        .await??;
+        if tx.send(Msg::Applied { lsn: last, outputs }).await.is_err() {
             return Ok(());
         }
     }

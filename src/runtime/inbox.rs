@@ -1,9 +1,9 @@
 //! How the gRPC service hands requests to the node's actor.
 
-use super::Msg;
+use super::{Msg, PendingSnapshot};
 use crate::transport::{
     AckWatch, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    PromoteReply, PromoteRequest, Refusal, SnapshotTransfer, StatusReply, WalBatch,
+    PromoteReply, PromoteRequest, Refusal, StatusReply, WalBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,7 +30,7 @@ pub(crate) enum Inbound {
     },
     Snapshot {
         header: Header,
-        reply: oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>,
+        reply: oneshot::Sender<std::result::Result<PendingSnapshot, Refusal>>,
     },
     /// A primary opened a WAL stream; the actor answers with a session id
     /// and a watch of the latest ack (its current value is the first ack).
@@ -127,7 +127,7 @@ impl Inbox {
     pub(crate) async fn snapshot(
         &self,
         header: Header,
-    ) -> Answer<std::result::Result<SnapshotTransfer, Refusal>> {
+    ) -> Answer<std::result::Result<PendingSnapshot, Refusal>> {
         self.ask(|reply| Inbound::Snapshot { header, reply }).await
     }
 

@@ -56,10 +56,12 @@
 //!     `recompute_commit` move the commit point to what both the local
 //!     flush and the standby's flush cover: `Effect::Commit`.
 //! 13. `actor/effects.rs` publishes the commit LSN on a watch;
-//!     `applier.rs` `apply_up_to` applies the records to the state machine
-//!     in order and reports `Event::Applied`.
-//! 14. `actor/mod.rs` `on_event` → `actor/writes.rs` `resolve_waiters`:
-//!     the caller of step 1 gets `Applied { lsn, epoch }`.
+//!     `applier.rs` `apply_up_to` hands the committed records it read to
+//!     `StateMachine::apply_batch` on a blocking thread, in order, and
+//!     sends `Msg::Applied` with the engine's outputs.
+//! 14. `actor/mod.rs` keeps the outputs and steps `Event::Applied`;
+//!     `on_event` → `actor/writes.rs` `resolve_waiters`: the caller of
+//!     step 1 gets `Applied { lsn, epoch, output }`.
 //!
 //! The standby applies what it flushed the same way (13), and its acks
 //! carry the applied position that `remote-apply` commits on.
@@ -72,6 +74,7 @@ mod inbox;
 mod metrics;
 mod rejoin;
 mod replica;
+mod snapshots;
 mod streamer;
 mod tasks;
 #[cfg(test)]
@@ -82,11 +85,12 @@ pub(crate) use inbox::{Inbox, NodeGone};
 pub(crate) use metrics::Metrics;
 pub use metrics::MetricsSnapshot;
 pub use replica::{Replica, ReplicaBuilder, serve};
+pub(crate) use snapshots::{BuiltSnapshot, PendingSnapshot, Snapshots};
 
 use crate::error::Result;
 use crate::node::{Event, PeerLog, RejoinPlan};
 use crate::replicator::Applied;
-use crate::types::Epoch;
+use crate::types::{Epoch, Lsn};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -110,6 +114,10 @@ pub(crate) enum Msg {
     },
     /// From the node's own tasks.
     Event(Event),
+    /// The applier applied every record up to `lsn`; `outputs` are the
+    /// engine's, one per record of the last `outputs.len()` up to `lsn`
+    /// (stepped as `Event::Applied`).
+    Applied { lsn: Lsn, outputs: Vec<Bytes> },
     /// From the gRPC service.
     Inbound(Inbound),
     /// A rejoin read the primary's log: how must ours change?

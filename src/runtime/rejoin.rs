@@ -5,17 +5,27 @@
 //! `rewound/` and out of the WAL, and a snapshot of the primary is restored
 //! when the plan says so. Where the logs part and whether a snapshot is
 //! needed is the node's decision, not this task's.
+//!
+//! A snapshot is received into `incoming.snapshot` in the snapshot
+//! directory, chunk by chunk, never whole in memory. A transfer that is cut
+//! (the link, the idle timeout) is resumed by the next attempt from the
+//! bytes already written, if the primary still serves that snapshot; if
+//! not, it starts over. Once every byte is in, the file is fsynced and its
+//! length and CRC32C checked, and only then does `StateMachine::restore`
+//! read it: a short or corrupt transfer restores nothing.
 
 use super::tasks::Tasks;
 use super::{Metrics, Msg};
 use crate::config::Config;
 use crate::error::TransportError;
 use crate::node::{Event, PeerLog, RejoinPlan};
-use crate::state_machine::{Snapshot, StateMachine};
-use crate::transport::{Header, Peer};
+use crate::state_machine::StateMachine;
+use crate::transport::{Header, Peer, SnapshotInfo, SnapshotPart, SnapshotRequest};
 use crate::types::{Epoch, Lsn, NodeId};
 use crate::wal::{WalStore, record};
+use futures::StreamExt;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +42,7 @@ pub(super) struct Ctx {
     pub leader: NodeId,
     pub applier: Option<Tasks>,
     pub rewound_dir: Option<PathBuf>,
+    pub snapshots: Arc<super::Snapshots>,
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
 }
@@ -51,11 +62,12 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
         let mut backoff = ctx.cfg.reconnect_backoff_min;
         let mut attempt = 0u32;
         let mut header = ctx.header.clone();
+        let mut incoming: Option<Incoming> = None;
         loop {
             attempt += 1;
             let result = tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
-                r = attempt_rejoin(&ctx, &mut header) => r,
+                r = attempt_rejoin(&ctx, &mut header, &mut incoming) => r,
             };
             match result {
                 Ok(Some(outcome)) => {
@@ -88,7 +100,11 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
 struct Fatal(String);
 
 /// One try: `Ok(None)` when the primary is not ready (retry later).
-async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome>, Fatal> {
+async fn attempt_rejoin(
+    ctx: &Ctx,
+    header: &mut Header,
+    incoming: &mut Option<Incoming>,
+) -> Result<Option<Outcome>, Fatal> {
     let theirs = match ctx.peer.history(header.clone()).await {
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
@@ -151,35 +167,220 @@ async fn attempt_rejoin(ctx: &Ctx, header: &mut Header) -> Result<Option<Outcome
         );
     }
     if resync {
-        let snap = match ctx.peer.fetch_snapshot(header.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot transfer failed; retrying");
-                return Ok(None);
-            }
+        let Some(info) = receive_snapshot(ctx, header, incoming).await? else {
+            return Ok(None);
         };
+        let path = incoming.take().expect("a received snapshot").path;
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();
         let restored = super::tasks::run_blocking(may_block, move || -> Result<(), String> {
-            sm.restore(Snapshot {
-                lsn: snap.lsn,
-                data: snap.data,
-            })
-            .map_err(|e| format!("state machine restore: {e}"))?;
-            wal.reset(snap.lsn, snap.epoch)
-                .map_err(|e| format!("WAL reset to {}: {e}", snap.lsn))
+            let file = std::fs::File::open(&path)
+                .map_err(|e| format!("opening the received snapshot: {e}"))?;
+            let mut input = std::io::BufReader::with_capacity(256 << 10, file);
+            sm.restore(info.lsn, &mut input)
+                .map_err(|e| format!("state machine restore: {e}"))?;
+            let _ = std::fs::remove_file(&path);
+            wal.reset(info.lsn, info.epoch)
+                .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
         })
         .await
         .map_err(Fatal)?;
         restored.map_err(Fatal)?;
+        // What this node built before is not its state any more.
+        ctx.snapshots.invalidate();
         ctx.metrics.snapshot_resync();
-        tracing::info!(lsn = %ctx.sm.applied_lsn(), "restored from snapshot");
+        tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, "restored from snapshot");
     }
     tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
         epoch,
         leader: ctx.leader.clone(),
     }))
+}
+
+/// A snapshot partly received: what the primary announced and how many
+/// of its bytes are in `path`. Kept between attempts so a cut transfer
+/// resumes.
+struct Incoming {
+    info: SnapshotInfo,
+    received: u64,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+}
+
+impl Incoming {
+    /// Throws away what was received: the next request starts over.
+    fn discard(slot: &mut Option<Incoming>) {
+        if let Some(i) = slot.take() {
+            let _ = std::fs::remove_file(&i.path);
+        }
+    }
+}
+
+/// Receives the primary's snapshot into the snapshot directory, resuming
+/// what `incoming` holds. `Ok(Some(info))` once every byte is in, fsynced
+/// and checked against the announced length and CRC (`incoming` then
+/// names the file); `Ok(None)` when the transfer was cut or refused (the
+/// caller retries: a cut keeps what arrived, a bad transfer drops it).
+async fn receive_snapshot(
+    ctx: &Ctx,
+    header: &Header,
+    incoming: &mut Option<Incoming>,
+) -> Result<Option<SnapshotInfo>, Fatal> {
+    let (snapshot_id, offset) = incoming
+        .as_ref()
+        .map_or((0, 0), |i| (i.info.id, i.received));
+    let req = SnapshotRequest {
+        header: header.clone(),
+        snapshot_id,
+        offset,
+    };
+    let mut parts = match ctx.peer.fetch_snapshot(req).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot request failed; retrying");
+            return Ok(None);
+        }
+    };
+    let may_block = ctx.wal.may_block();
+    let disk = |e: String| Fatal(format!("writing the received snapshot: {e}"));
+    let mut announced = false;
+    while let Some(part) = parts.next().await {
+        let part = match part {
+            Ok(part) => part,
+            Err(e) => {
+                let received = incoming.as_ref().map_or(0, |i| i.received);
+                tracing::warn!(error = %e, received, "snapshot transfer cut; resuming");
+                return Ok(None);
+            }
+        };
+        match part {
+            SnapshotPart::Info(info) if !announced => {
+                announced = true;
+                let resumes = incoming.as_ref().is_some_and(|i| {
+                    let same = SnapshotInfo {
+                        offset: i.received,
+                        ..i.info.clone()
+                    };
+                    info == same
+                });
+                if resumes {
+                    tracing::info!(
+                        id = info.id,
+                        from = info.offset,
+                        total = info.total_bytes,
+                        "resuming the snapshot transfer"
+                    );
+                    continue;
+                }
+                Incoming::discard(incoming);
+                if info.offset != 0 {
+                    tracing::warn!(
+                        offset = info.offset,
+                        "the primary resumed a snapshot we do not hold; starting over"
+                    );
+                    return Ok(None);
+                }
+                let dir = ctx.snapshots.dir().to_path_buf();
+                let path = dir.join("incoming.snapshot");
+                let p = path.clone();
+                let file = super::tasks::run_blocking(may_block, move || {
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&p)
+                })
+                .await
+                .map_err(disk)?
+                .map_err(|e| disk(e.to_string()))?;
+                tracing::info!(id = info.id, lsn = %info.lsn, total = info.total_bytes, "receiving a snapshot");
+                *incoming = Some(Incoming {
+                    info,
+                    received: 0,
+                    path,
+                    file: Arc::new(file),
+                });
+            }
+            SnapshotPart::Info(_) => {
+                tracing::warn!(
+                    "the primary announced a second snapshot in one transfer; starting over"
+                );
+                Incoming::discard(incoming);
+                return Ok(None);
+            }
+            SnapshotPart::Data { offset, data } => {
+                let Some(inc) = incoming.as_mut().filter(|_| announced) else {
+                    tracing::warn!("snapshot data before its description; starting over");
+                    return Ok(None);
+                };
+                let end = offset.saturating_add(data.len() as u64);
+                if offset != inc.received || end > inc.info.total_bytes {
+                    tracing::warn!(
+                        offset,
+                        expected = inc.received,
+                        total = inc.info.total_bytes,
+                        "snapshot data out of place; starting over"
+                    );
+                    Incoming::discard(incoming);
+                    return Ok(None);
+                }
+                let file = inc.file.clone();
+                super::tasks::run_blocking(may_block, move || file.write_all_at(&data, offset))
+                    .await
+                    .map_err(disk)?
+                    .map_err(|e| disk(e.to_string()))?;
+                inc.received = end;
+            }
+        }
+    }
+    let Some(inc) = incoming.as_ref().filter(|_| announced) else {
+        return Ok(None);
+    };
+    if inc.received < inc.info.total_bytes {
+        tracing::warn!(
+            received = inc.received,
+            total = inc.info.total_bytes,
+            "snapshot transfer ended early; resuming"
+        );
+        return Ok(None);
+    }
+    let (file, total) = (inc.file.clone(), inc.info.total_bytes);
+    let checked = super::tasks::run_blocking(may_block, move || check_file(&file))
+        .await
+        .map_err(disk)?
+        .map_err(|e| disk(e.to_string()))?;
+    if checked != (total, inc.info.crc) {
+        tracing::warn!(
+            length = checked.0,
+            crc = checked.1,
+            announced_length = total,
+            announced_crc = inc.info.crc,
+            "the received snapshot failed its length or checksum check; starting over"
+        );
+        Incoming::discard(incoming);
+        return Ok(None);
+    }
+    Ok(Some(inc.info.clone()))
+}
+
+/// Fsyncs the received file and reads it back: its length and CRC32C.
+fn check_file(file: &std::fs::File) -> std::io::Result<(u64, u32)> {
+    file.sync_all()?;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    Ok((len, crc))
 }
 
 /// Writes the records after `point` to `rewound/<epoch>-<from>-<to>.wal`
@@ -218,4 +419,188 @@ fn keep_rewound(
     std::fs::rename(&tmp, dir.join(&name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStateMachine;
+    use crate::transport::{MockPeer, SnapshotStream};
+    use crate::wal::MemWal;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// The transfer the fake primary sends: the snapshot `data` announced
+    /// with `crc` and `total`, its bytes in chunks of 4, cut after `cut`
+    /// chunks (an error) if given; every request is recorded.
+    struct Primary {
+        data: Vec<u8>,
+        crc: u32,
+        total: u64,
+        cut: Mutex<Vec<Option<usize>>>,
+        requests: Mutex<Vec<(u64, u64)>>,
+    }
+
+    fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
+        p.requests
+            .lock()
+            .unwrap()
+            .push((req.snapshot_id, req.offset));
+        let offset = if req.snapshot_id == 7 { req.offset } else { 0 };
+        let mut parts = vec![Ok(SnapshotPart::Info(SnapshotInfo {
+            id: 7,
+            lsn: Lsn(5),
+            epoch: Epoch(1),
+            total_bytes: p.total,
+            crc: p.crc,
+            offset,
+        }))];
+        let cut = p.cut.lock().unwrap().remove(0);
+        let mut at = offset as usize;
+        for n in 0.. {
+            if at >= p.data.len() {
+                break;
+            }
+            if cut == Some(n) {
+                parts.push(Err(TransportError::Unreachable("cut".into())));
+                break;
+            }
+            let end = (at + 4).min(p.data.len());
+            parts.push(Ok(SnapshotPart::Data {
+                offset: at as u64,
+                data: Bytes::copy_from_slice(&p.data[at..end]),
+            }));
+            at = end;
+        }
+        Box::pin(futures::stream::iter(parts))
+    }
+
+    fn ctx(primary: Arc<Primary>, sm: Arc<MemStateMachine>, dir: &Path) -> Ctx {
+        let wal: Arc<dyn WalStore> = Arc::new(MemWal::new());
+        let mut peer = MockPeer::new();
+        peer.expect_fetch_snapshot()
+            .returning(move |req| Ok(stream(&primary, &req)));
+        Ctx {
+            cfg: Config::default(),
+            wal: wal.clone(),
+            sm: sm.clone(),
+            peer: Arc::new(peer),
+            tx: mpsc::channel(8).0,
+            header: header(),
+            leader: NodeId::from("n2"),
+            applier: None,
+            rewound_dir: None,
+            snapshots: Arc::new(super::super::Snapshots::new(
+                Some(dir.to_path_buf()),
+                sm,
+                wal,
+            )),
+            metrics: Arc::new(Metrics::default()),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            cluster_id: "c".into(),
+            epoch: Epoch(1),
+            node_id: NodeId::from("n1"),
+            node_addr: "127.0.0.1:1".into(),
+            leader_id: None,
+            client_addr: None,
+        }
+    }
+
+    /// A snapshot `MemStateMachine` restores: its hash, then padding.
+    fn snapshot_bytes() -> Vec<u8> {
+        let source = MemStateMachine::new();
+        source.apply(Lsn(1), b"a").unwrap();
+        source.set_snapshot_padding(30);
+        let mut out = Vec::new();
+        source.snapshot(&mut out).unwrap();
+        out
+    }
+
+    fn primary(data: Vec<u8>, crc: u32, total: u64, cuts: Vec<Option<usize>>) -> Arc<Primary> {
+        Arc::new(Primary {
+            data,
+            crc,
+            total,
+            cut: Mutex::new(cuts),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = primary(
+            data.clone(),
+            crc32c::crc32c(&data),
+            data.len() as u64,
+            vec![Some(3), None],
+        );
+        let sm = Arc::new(MemStateMachine::new());
+        let ctx = ctx(p.clone(), sm, dir.path());
+        let mut incoming = None;
+        let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+        assert_eq!(incoming.as_ref().unwrap().received, 12);
+        let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let info = match done {
+            Ok(Some(info)) => info,
+            _ => panic!("the resumed transfer completes"),
+        };
+        assert_eq!(info.lsn, Lsn(5));
+        assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+        let got = std::fs::read(&incoming.as_ref().unwrap().path).unwrap();
+        assert_eq!(got, data, "the file holds the snapshot, once");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
+        let data = snapshot_bytes();
+        let good = crc32c::crc32c(&data);
+        let cases = [
+            // A wrong checksum.
+            (data.clone(), good ^ 1, data.len() as u64),
+            // A flipped byte.
+            (
+                {
+                    let mut d = data.clone();
+                    d[13] ^= 0xff;
+                    d
+                },
+                good,
+                data.len() as u64,
+            ),
+            // More bytes than announced.
+            (data.clone(), good, data.len() as u64 - 4),
+        ];
+        for (sent, crc, total) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let sm = Arc::new(MemStateMachine::new());
+            let ctx = ctx(
+                primary(sent, crc, total, vec![None]),
+                sm.clone(),
+                dir.path(),
+            );
+            let mut incoming = None;
+            let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+            assert!(matches!(r, Ok(None)), "refused");
+            assert!(incoming.is_none(), "what arrived is dropped");
+            assert_eq!(sm.restores(), 0);
+        }
+        // Fewer bytes than announced: not done, kept for a resume.
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Arc::new(MemStateMachine::new());
+        let p = primary(data[..20].to_vec(), good, data.len() as u64, vec![None]);
+        let ctx = ctx(p, sm.clone(), dir.path());
+        let mut incoming = None;
+        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(r, Ok(None)), "a short transfer is not done");
+        assert_eq!(incoming.as_ref().unwrap().received, 20);
+        assert_eq!(sm.restores(), 0);
+    }
 }

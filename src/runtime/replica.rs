@@ -25,6 +25,7 @@ pub struct ReplicaBuilder {
     sm: Arc<dyn StateMachine>,
     peer: Option<Arc<dyn Peer>>,
     rewound_dir: Option<PathBuf>,
+    snapshot_dir: Option<PathBuf>,
 }
 
 impl ReplicaBuilder {
@@ -40,6 +41,16 @@ impl ReplicaBuilder {
         self
     }
 
+    /// Where snapshots are built (primary) and received (standby): files
+    /// as large as the engine's state, so a disk with room for it. Files
+    /// left by an earlier run are removed at start. By default a
+    /// directory of its own under `std::env::temp_dir()`, removed when the
+    /// node stops.
+    pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshot_dir = Some(dir.into());
+        self
+    }
+
     /// Starts the node's tasks on the current tokio runtime. Serve the
     /// returned service (see `serve`) so the peer can reach this node.
     pub fn start(self) -> Result<(Replica, ReplicationService)> {
@@ -51,10 +62,16 @@ impl ReplicaBuilder {
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::channel(1024);
         let service = ReplicationService::new(Inbox::new(tx.clone()), &self.cfg, metrics.clone());
+        let snapshots = Arc::new(super::Snapshots::new(
+            self.snapshot_dir,
+            self.sm.clone(),
+            self.wal.clone(),
+        ));
         let (health, handle) = actor::spawn(actor::Parts {
             cfg: self.cfg.clone(),
             wal: self.wal,
             sm: self.sm,
+            snapshots,
             peer,
             tx: tx.clone(),
             rx,
@@ -99,6 +116,7 @@ impl Replica {
             sm,
             peer: None,
             rewound_dir: None,
+            snapshot_dir: None,
         }
     }
 

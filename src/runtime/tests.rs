@@ -325,6 +325,45 @@ async fn async_mode_acknowledges_without_any_standby() {
     replica.shutdown().await;
 }
 
+/// The engine's output for a record reaches its writer; an apply error
+/// fails the node: what was applied stays, the failing batch is not, and
+/// every write from then on is refused.
+#[tokio::test(start_paused = true)]
+async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node() {
+    let sm = Arc::new(MemStateMachine::new());
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = Replica::builder(cfg, Arc::new(MemWal::new()), sm.clone())
+        .peer(Arc::new(unreachable_peer()))
+        .start()
+        .unwrap();
+    let applied = replica.apply(put()).await.unwrap();
+    assert_eq!(applied.lsn, Lsn(1));
+    assert_eq!(&applied.output[..], &sm.state_hash().to_le_bytes()[..]);
+    let both = replica.apply_batch(vec![put(), put()]).await.unwrap();
+    assert_eq!(&both[1].output[..], &sm.state_hash().to_le_bytes()[..]);
+    assert_ne!(both[0].output, both[1].output);
+
+    sm.fail_applies_from(Lsn(4));
+    let err = replica.apply(put()).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    replica
+        .wait_for(Duration::from_secs(5), "failed", |h| {
+            h.role == RoleKind::Failed
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::StateMachine::applied_lsn(&*sm),
+        Lsn(3),
+        "the records before stay applied"
+    );
+    assert!(replica.apply(put()).await.is_err(), "writes are refused");
+    replica.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
     let wal = Arc::new(MemWal::new());

@@ -23,7 +23,8 @@ pub use crate::wal::MemWal;
 /// the wire protocol's, which may change in any release.
 pub use crate::transport::{
     AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalAck, WalBatch,
+    Peer, PromoteReply, PromoteRequest, SnapshotInfo, SnapshotPart, SnapshotRequest,
+    SnapshotStream, StatusReply, WalAck, WalBatch,
 };
 
 /// The on-disk framing of one WAL record, for crash tests that compute

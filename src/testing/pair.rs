@@ -9,7 +9,8 @@ use crate::runtime::{Replica, serve};
 use crate::state_machine::StateMachine;
 use crate::transport::{
     AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
-    HistoryReply, Peer, PromoteReply, PromoteRequest, SnapshotTransfer, StatusReply, WalBatch,
+    HistoryReply, Peer, PromoteReply, PromoteRequest, SnapshotPart, SnapshotRequest,
+    SnapshotStream, StatusReply, WalBatch,
 };
 use crate::types::NodeId;
 use crate::wal::{FileWal, FileWalOptions, MemWal, WalStore};
@@ -567,10 +568,16 @@ impl Drop for TempDir {
 }
 
 /// A `Peer` whose link a test can cut: calls fail as a dead network
-/// would, and open WAL streams end.
+/// would, and open WAL streams end. It also records snapshot requests and
+/// can cut one snapshot transfer part-way.
 pub struct Link {
     inner: Arc<dyn Peer>,
     cut: watch::Sender<bool>,
+    /// `(snapshot_id, offset)` of every snapshot request, in order.
+    pub snapshot_requests: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Cut the next snapshot transfer after this many data chunks (once;
+    /// the link is fine afterwards).
+    pub cut_snapshot_after: std::sync::Mutex<Option<usize>>,
 }
 
 impl Link {
@@ -579,6 +586,8 @@ impl Link {
         Arc::new(Link {
             inner: Arc::new(inner),
             cut: watch::channel(false).0,
+            snapshot_requests: Default::default(),
+            cut_snapshot_after: Default::default(),
         })
     }
 
@@ -629,8 +638,29 @@ impl Peer for Link {
         };
         Ok(Box::pin(acks.take_until(Box::pin(ended))))
     }
-    async fn fetch_snapshot(&self, header: Header) -> TResult<SnapshotTransfer> {
+    async fn fetch_snapshot(&self, req: SnapshotRequest) -> TResult<SnapshotStream> {
         self.check()?;
-        self.inner.fetch_snapshot(header).await
+        self.snapshot_requests
+            .lock()
+            .unwrap()
+            .push((req.snapshot_id, req.offset));
+        let parts = self.inner.fetch_snapshot(req).await?;
+        let cut_after = self.cut_snapshot_after.lock().unwrap().take();
+        let mut data_seen = 0usize;
+        Ok(Box::pin(parts.scan(false, move |done, part| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            if let Ok(SnapshotPart::Data { .. }) = &part {
+                if cut_after == Some(data_seen) {
+                    *done = true;
+                    return futures::future::ready(Some(Err(TransportError::Unreachable(
+                        "snapshot transfer cut by the test".into(),
+                    ))));
+                }
+                data_seen += 1;
+            }
+            futures::future::ready(Some(part))
+        })))
     }
 }

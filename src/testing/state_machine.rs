@@ -1,23 +1,41 @@
 //! A state machine kept in memory, for tests that need an engine but not
 //! its contents: it records which LSNs it applied and hashes the payloads.
 
-use crate::state_machine::{Snapshot, StateMachine, StateMachineError};
+use crate::state_machine::{StateMachine, StateMachineError};
 use crate::types::Lsn;
 use bytes::Bytes;
+use std::io::{Read, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Applies any payload by folding it into a running hash; a snapshot is the
-/// hash. Two instances that applied the same records in the same order have
-/// equal [`MemStateMachine::state_hash`]es.
+/// Applies any payload by folding it into a running hash, and answers each
+/// record with the hash after it (4 bytes, little-endian); a batch is
+/// applied whole or, on an error, not at all. A snapshot is the
+/// applied LSN's hash, then `snapshot_padding` bytes derived from it (so a
+/// test can make snapshots of any size). Two instances that applied the
+/// same records in the same order have equal
+/// [`MemStateMachine::state_hash`]es.
 #[derive(Debug, Default)]
 pub struct MemStateMachine {
     state: Mutex<State>,
+    padding: AtomicU64,
+    delay_micros: AtomicU64,
+    snapshots: AtomicU64,
+    restores: AtomicU64,
+    /// Applies of records at or after this LSN fail (0: none do).
+    fail_from: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct State {
     applied: Lsn,
     hash: u32,
+}
+
+/// The padding byte at `i` of a snapshot of `hash`.
+fn pad(hash: u32, i: u64) -> u8 {
+    (i as u32 ^ hash).to_le_bytes()[(i % 4) as usize]
 }
 
 impl MemStateMachine {
@@ -30,6 +48,39 @@ impl MemStateMachine {
     pub fn state_hash(&self) -> u32 {
         self.state.lock().unwrap().hash
     }
+
+    /// Makes each snapshot `bytes` longer (written and checked in small
+    /// pieces, never held whole).
+    pub fn set_snapshot_padding(&self, bytes: u64) {
+        self.padding.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Makes each `snapshot` call sleep `delay` first (an engine that is
+    /// slow to build; the call runs on a blocking thread).
+    pub fn set_snapshot_delay(&self, delay: Duration) {
+        self.delay_micros
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How many times `snapshot` was called.
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// Makes every batch holding a record at or after `lsn` fail (an
+    /// engine that cannot apply it): none of that batch is applied.
+    pub fn fail_applies_from(&self, lsn: Lsn) {
+        self.fail_from.store(lsn.0, Ordering::Relaxed);
+    }
+
+    /// How many times `restore` succeeded.
+    pub fn restores(&self) -> u64 {
+        self.restores.load(Ordering::Relaxed)
+    }
+}
+
+fn io_error(e: std::io::Error) -> StateMachineError {
+    StateMachineError::new(format!("MemStateMachine snapshot: {e}"))
 }
 
 impl StateMachine for MemStateMachine {
@@ -45,29 +96,77 @@ impl StateMachine for MemStateMachine {
         Ok(())
     }
 
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        let fail_from = self.fail_from.load(Ordering::Relaxed);
+        if let Some((lsn, _)) = records
+            .iter()
+            .find(|(lsn, _)| fail_from != 0 && lsn.0 >= fail_from)
+        {
+            return Err(StateMachineError::with_source(
+                format!("MemStateMachine: record {lsn}"),
+                std::io::Error::other("told to fail"),
+            ));
+        }
+        let mut outputs = Vec::with_capacity(records.len());
+        for (lsn, payload) in records {
+            self.apply(*lsn, payload)?;
+            let hash = self.state_hash();
+            outputs.push(Bytes::copy_from_slice(&hash.to_le_bytes()));
+        }
+        Ok(outputs)
+    }
+
     fn applied_lsn(&self) -> Lsn {
         self.state.lock().unwrap().applied
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError> {
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
         let state = *self.state.lock().unwrap();
-        Ok(Snapshot {
-            lsn: state.applied,
-            data: Bytes::copy_from_slice(&state.hash.to_le_bytes()),
-        })
+        std::thread::sleep(Duration::from_micros(
+            self.delay_micros.load(Ordering::Relaxed),
+        ));
+        let padding = self.padding.load(Ordering::Relaxed);
+        out.write_all(&state.hash.to_le_bytes()).map_err(io_error)?;
+        out.write_all(&padding.to_le_bytes()).map_err(io_error)?;
+        let mut buf = [0u8; 4096];
+        let mut at = 0;
+        while at < padding {
+            let n = (padding - at).min(buf.len() as u64) as usize;
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pad(state.hash, at + i as u64);
+            }
+            out.write_all(&buf[..n]).map_err(io_error)?;
+            at += n as u64;
+        }
+        Ok(state.applied)
     }
 
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError> {
-        let hash: [u8; 4] = snapshot.data.as_ref().try_into().map_err(|_| {
-            StateMachineError(format!(
-                "a MemStateMachine snapshot is 4 bytes, this one is {}",
-                snapshot.data.len()
-            ))
-        })?;
-        *self.state.lock().unwrap() = State {
-            applied: snapshot.lsn,
-            hash: u32::from_le_bytes(hash),
-        };
+    fn restore(&self, lsn: Lsn, input: &mut dyn Read) -> Result<(), StateMachineError> {
+        let mut head = [0u8; 12];
+        input.read_exact(&mut head).map_err(io_error)?;
+        let hash = u32::from_le_bytes(head[..4].try_into().unwrap());
+        let padding = u64::from_le_bytes(head[4..].try_into().unwrap());
+        let mut buf = [0u8; 4096];
+        let mut at = 0;
+        while at < padding {
+            let n = (padding - at).min(buf.len() as u64) as usize;
+            input.read_exact(&mut buf[..n]).map_err(io_error)?;
+            if let Some(i) = (0..n).find(|&i| buf[i] != pad(hash, at + i as u64)) {
+                return Err(StateMachineError::new(format!(
+                    "MemStateMachine snapshot: wrong byte at {}",
+                    12 + at + i as u64
+                )));
+            }
+            at += n as u64;
+        }
+        if input.read(&mut buf).map_err(io_error)? != 0 {
+            return Err(StateMachineError::new(
+                "MemStateMachine snapshot: bytes after the end",
+            ));
+        }
+        *self.state.lock().unwrap() = State { applied: lsn, hash };
+        self.restores.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -39,6 +39,7 @@ pub struct GrpcPeer {
     control: ReplicationClient<Channel>,
     rpc_timeout: Duration,
     long_timeout: Duration,
+    snapshot_timeout: Duration,
 }
 
 impl GrpcPeer {
@@ -77,6 +78,7 @@ impl GrpcPeer {
             control: client(control),
             rpc_timeout: cfg.rpc_timeout,
             long_timeout: cfg.switchover_timeout + cfg.rpc_timeout,
+            snapshot_timeout: cfg.snapshot_timeout,
         }
     }
 
@@ -233,192 +235,58 @@ impl Peer for GrpcPeer {
         })))
     }
 
-    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError> {
+    async fn fetch_snapshot(&self, req: SnapshotRequest) -> Result<SnapshotStream, TransportError> {
         let msg = pb::SnapshotRequest {
-            header: Some(convert::header_to_pb(&header)),
+            header: Some(convert::header_to_pb(&req.header)),
+            snapshot_id: req.snapshot_id,
+            offset: req.offset,
         };
         let mut client = self.control.clone();
-        let chunks = self
+        // The primary answers at once and builds while it sends keep-alives,
+        // so the call itself has the ordinary deadline.
+        let parts = self
             .call(self.rpc_timeout, client.fetch_snapshot(msg))
             .await?;
-        // Each chunk must come within a stall limit: a peer that stops
-        // mid-transfer would otherwise hang the rejoin waiting for it.
-        let stall = self.long_timeout;
-        let chunks = chunks.timeout(stall).map(move |r| {
-            r.unwrap_or_else(|_| {
-                Err(tonic::Status::deadline_exceeded(format!(
-                    "snapshot transfer stalled for {stall:?}"
-                )))
-            })
+        // Each message must come within `snapshot_timeout` of the last: a
+        // peer that stops mid-transfer would otherwise hang the rejoin. The
+        // whole transfer has no deadline.
+        let idle = self.snapshot_timeout;
+        let parts = parts.timeout(idle).filter_map(move |r| match r {
+            Err(_) => Some(Err(TransportError::Unreachable(format!(
+                "snapshot transfer idle for {idle:?}"
+            )))),
+            Ok(Err(status)) => Some(Err(transport_error_from_status(&status))),
+            Ok(Ok(chunk)) => snapshot_part_from_pb(chunk).transpose(),
         });
-        collect_snapshot(Box::pin(chunks), MAX_SNAPSHOT_BYTES).await
+        // The stream ends at its first error.
+        let mut failed = false;
+        Ok(Box::pin(parts.take_while(move |r| {
+            let go = !failed;
+            failed |= r.is_err();
+            go
+        })))
     }
 }
 
-/// The largest snapshot `fetch_snapshot` accepts. It is reassembled in
-/// memory, so an announced size above this is refused before any byte is
-/// kept, whatever the peer says.
-pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
-
-/// Reassembles a snapshot from its chunks. Memory grows with the bytes
-/// received, never from the announced total, and never past that total
-/// (itself at most `limit`); every chunk must describe the same snapshot,
-/// and the whole must match the announced length and CRC.
-async fn collect_snapshot<S>(mut chunks: S, limit: u64) -> Result<SnapshotTransfer, TransportError>
-where
-    S: futures::Stream<Item = Result<pb::SnapshotChunk, tonic::Status>> + Unpin,
-{
-    let mut data = bytes::BytesMut::new();
-    let mut meta: Option<(u64, u64, u64)> = None;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|s| transport_error_from_status(&s))?;
-        let (lsn, epoch, total) =
-            *meta.get_or_insert((chunk.last_lsn, chunk.last_epoch, chunk.total_bytes));
-        if total > limit {
-            return Err(TransportError::Remote(format!(
-                "snapshot of {total} bytes is above the limit of {limit} bytes"
-            )));
-        }
-        if chunk.last_lsn != lsn || chunk.last_epoch != epoch || chunk.total_bytes != total {
-            return Err(TransportError::Remote(
-                "snapshot chunks disagree about the snapshot they belong to".into(),
-            ));
-        }
-        if (data.len() + chunk.data.len()) as u64 > total {
-            return Err(TransportError::Remote(format!(
-                "snapshot larger than the announced {total} bytes"
-            )));
-        }
-        data.extend_from_slice(&chunk.data);
-        if chunk.last {
-            if data.len() as u64 != total || crc32c::crc32c(&data) != chunk.crc {
-                return Err(TransportError::Remote(
-                    "snapshot failed its checksum or length check; retrying".into(),
-                ));
-            }
-            return Ok(SnapshotTransfer {
-                lsn: Lsn(lsn),
-                epoch: Epoch(epoch),
-                data: data.freeze(),
-            });
-        }
-    }
-    Err(TransportError::Unreachable(
-        "snapshot stream ended early".into(),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::largest_allocation;
-    use bytes::Bytes;
-    use proptest::prelude::*;
-
-    fn collect(
-        chunks: Vec<pb::SnapshotChunk>,
-        limit: u64,
-    ) -> (Result<SnapshotTransfer, TransportError>, usize) {
-        let stream = tokio_stream::iter(chunks.into_iter().map(Ok));
-        largest_allocation(|| futures::executor::block_on(collect_snapshot(stream, limit)))
-    }
-
-    fn chunk(total: u64, data: &[u8], last: bool, crc: u32) -> pb::SnapshotChunk {
-        pb::SnapshotChunk {
-            last_lsn: 7,
-            last_epoch: 2,
-            total_bytes: total,
-            data: Bytes::copy_from_slice(data),
-            last,
-            crc,
-        }
-    }
-
-    #[test]
-    fn a_snapshot_in_chunks_is_reassembled() {
-        let crc = crc32c::crc32c(b"abcdef");
-        let chunks = vec![chunk(6, b"abc", false, 0), chunk(6, b"def", true, crc)];
-        let snap = collect(chunks, 100).0.unwrap();
-        assert_eq!((snap.lsn, snap.epoch), (Lsn(7), Epoch(2)));
-        assert_eq!(&snap.data[..], b"abcdef");
-    }
-
-    #[test]
-    fn an_announced_size_above_the_limit_is_refused_before_anything_is_kept() {
-        let (result, allocated) = collect(vec![chunk(u64::MAX, b"x", false, 0)], 1 << 20);
-        let err = result.unwrap_err().to_string();
-        assert!(err.contains("above the limit"), "{err}");
-        assert!(allocated < 1024, "allocated {allocated}");
-    }
-
-    #[derive(Clone, Debug)]
-    struct Plan {
-        total_error: Option<u64>,
-        cuts: Vec<prop::sample::Index>,
-        crc_error: u32,
-        other_lsn: bool,
-        drop_last: bool,
-        extra: Vec<u8>,
-    }
-
-    fn plan() -> impl Strategy<Value = Plan> {
-        (
-            prop::option::weighted(0.2, prop_oneof![0u64..8, any::<u64>()]),
-            prop::collection::vec(any::<prop::sample::Index>(), 0..4),
-            prop_oneof![6 => Just(0u32), 1 => any::<u32>()],
-            prop::bool::weighted(0.1),
-            prop::bool::weighted(0.1),
-            prop_oneof![6 => Just(Vec::new()), 1 => prop::collection::vec(any::<u8>(), 1..5)],
-        )
-            .prop_map(
-                |(total_error, cuts, crc_error, other_lsn, drop_last, extra)| Plan {
-                    total_error,
-                    cuts,
-                    crc_error,
-                    other_lsn,
-                    drop_last,
-                    extra,
-                },
-            )
-    }
-
-    proptest! {
-        /// Chunks as a sender might send them, right or wrong: a snapshot
-        /// comes out only if it is exactly the bytes sent, and memory
-        /// stays within what was received whatever total is announced.
-        #[test]
-        fn reassembly_yields_the_snapshot_sent_or_an_error(
-            snapshot in prop::collection::vec(any::<u8>(), 0..200),
-            plan in plan(),
-        ) {
-            let crc = crc32c::crc32c(&snapshot);
-            let total = (snapshot.len() as u64).wrapping_add(plan.total_error.unwrap_or(0));
-            let mut cuts: Vec<usize> = plan.cuts.iter().map(|c| c.index(snapshot.len() + 1)).collect();
-            cuts.push(0);
-            cuts.push(snapshot.len());
-            cuts.sort();
-            let mut chunks: Vec<pb::SnapshotChunk> = cuts
-                .windows(2)
-                .map(|w| chunk(total, &snapshot[w[0]..w[1]], false, 0))
-                .collect();
-            let last = chunks.last_mut().unwrap();
-            last.last = true;
-            last.crc = crc.wrapping_add(plan.crc_error);
-            last.data = [&last.data[..], &plan.extra].concat().into();
-            if plan.other_lsn {
-                chunks[0].last_lsn += 1;
-            }
-            if plan.drop_last {
-                chunks.pop();
-            }
-            let sent: usize = chunks.iter().map(|c| c.data.len()).sum();
-            let (result, allocated) = collect(chunks, 1 << 20);
-            prop_assert!(allocated <= 2 * sent + 1024, "allocated {allocated} for {sent} bytes");
-            if let Ok(snap) = result {
-                prop_assert_eq!(&snap.data[..], &snapshot[..]);
-                prop_assert_eq!(plan.total_error.unwrap_or(0), 0);
-                prop_assert!(plan.extra.is_empty() && !plan.drop_last && plan.crc_error == 0);
-            }
-        }
+/// One message of a snapshot transfer; `None` for a keep-alive.
+fn snapshot_part_from_pb(chunk: pb::SnapshotChunk) -> Result<Option<SnapshotPart>, TransportError> {
+    use pb::snapshot_chunk::Part;
+    match chunk.part {
+        None => Err(TransportError::Remote(
+            "a snapshot message with no part".into(),
+        )),
+        Some(Part::Building(_)) => Ok(None),
+        Some(Part::Info(i)) => Ok(Some(SnapshotPart::Info(SnapshotInfo {
+            id: i.snapshot_id,
+            lsn: Lsn(i.last_lsn),
+            epoch: Epoch(i.last_epoch),
+            total_bytes: i.total_bytes,
+            crc: i.crc,
+            offset: i.offset,
+        }))),
+        Some(Part::Data(d)) => Ok(Some(SnapshotPart::Data {
+            offset: d.offset,
+            data: d.data,
+        })),
     }
 }

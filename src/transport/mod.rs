@@ -173,16 +173,55 @@ pub struct StatusReply {
     pub lag_records: u64,
 }
 
-/// A snapshot received from the primary, checked end to end.
+/// A standby's request for the primary's snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotTransfer {
+pub struct SnapshotRequest {
+    /// The sender.
+    pub header: Header,
+    /// To resume a cut transfer: the id an earlier `SnapshotInfo`
+    /// announced, with `offset` the bytes of it already received; 0 and 0
+    /// ask for a new transfer.
+    pub snapshot_id: u64,
+    /// Bytes of snapshot `snapshot_id` already received.
+    pub offset: u64,
+}
+
+/// What a snapshot transfer announces before its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Names the snapshot for a resume; unique per build on the primary.
+    pub id: u64,
     /// The last record the snapshot covers.
     pub lsn: Lsn,
     /// That record's epoch.
     pub epoch: Epoch,
-    /// The state machine's snapshot.
-    pub data: bytes::Bytes,
+    /// The snapshot's length in bytes.
+    pub total_bytes: u64,
+    /// CRC32C of the whole snapshot.
+    pub crc: u32,
+    /// Where this transfer's data starts: the request's offset when it
+    /// resumes this snapshot, 0 when it starts over.
+    pub offset: u64,
 }
+
+/// One part of a snapshot transfer: one `Info`, then `Data` in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotPart {
+    /// The snapshot being sent; comes first, once.
+    Info(SnapshotInfo),
+    /// `data` is the snapshot's bytes from `offset`.
+    Data {
+        /// Where `data` starts in the snapshot.
+        offset: u64,
+        /// At most `Config::snapshot_chunk_bytes` bytes.
+        data: bytes::Bytes,
+    },
+}
+
+/// A snapshot transfer as the standby receives it. It ends after the last
+/// chunk; an error (the idle timeout included) ends it early, and a new
+/// request with the bytes received resumes it.
+pub type SnapshotStream = BoxStream<'static, Result<SnapshotPart, TransportError>>;
 
 /// The standby's acks on an open WAL stream.
 pub type AckStream = BoxStream<'static, Result<WalAck, TransportError>>;
@@ -221,6 +260,10 @@ pub trait Peer: Send + Sync + 'static {
         batches: mpsc::Receiver<WalBatch>,
     ) -> Result<AckStream, TransportError>;
 
-    /// A snapshot of the peer's (the primary's) state machine.
-    async fn fetch_snapshot(&self, header: Header) -> Result<SnapshotTransfer, TransportError>;
+    /// A snapshot of the peer's (the primary's) state machine, streamed.
+    /// The call returns once the primary accepts the request (within the
+    /// RPC deadline, however long its engine takes to build); the stream
+    /// must then yield something at least every `Config::
+    /// snapshot_timeout` or end with an error.
+    async fn fetch_snapshot(&self, req: SnapshotRequest) -> Result<SnapshotStream, TransportError>;
 }

@@ -7,7 +7,7 @@ use super::*;
 use crate::error::LeaderHint;
 use crate::pb;
 use crate::pb::replication_server::{Replication, ReplicationServer};
-use crate::runtime::{Inbox, Metrics, NodeGone};
+use crate::runtime::{BuiltSnapshot, Inbox, Metrics, NodeGone, PendingSnapshot};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt;
@@ -160,6 +160,8 @@ pub struct ReplicationService {
     peer_id: NodeId,
     max_record_bytes: usize,
     max_message_bytes: usize,
+    snapshot_chunk_bytes: usize,
+    snapshot_keepalive: std::time::Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -182,6 +184,10 @@ impl ReplicationService {
             peer_id: cfg.peer_id.clone(),
             max_record_bytes: cfg.max_record_bytes,
             max_message_bytes: cfg.max_message_bytes,
+            snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
+            // Several keep-alives per idle timeout, so one late does not
+            // end a transfer while the engine builds.
+            snapshot_keepalive: cfg.snapshot_timeout / 4,
             metrics,
         }
     }
@@ -268,9 +274,6 @@ fn gone(_: NodeGone) -> Status {
 
 type AckResponseStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WalAck, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
-
-/// Snapshot chunks on the wire stay well below the message limit.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 #[tonic::async_trait]
 impl Replication for ReplicationService {
@@ -429,32 +432,93 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::FetchSnapshotStream>, Status> {
-        let header =
-            convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
+        let req = request.into_inner();
+        let header = convert::header_from_pb(req.header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true)?;
-        let snap = self.node.snapshot(header).await.map_err(gone)?;
-        let snap = snap.map_err(|r| self.refuse(r))?;
-        let crc = crc32c::crc32c(&snap.data);
-        let total = snap.data.len();
-        let mut chunks = Vec::new();
-        let mut offset = 0;
-        loop {
-            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(total);
-            chunks.push(Ok(pb::SnapshotChunk {
-                last_lsn: snap.lsn.0,
-                last_epoch: snap.epoch.0,
-                total_bytes: total as u64,
-                data: snap.data.slice(offset..end),
-                last: end == total,
-                crc: if end == total { crc } else { 0 },
-            }));
-            offset = end;
-            if offset >= total {
-                break;
-            }
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let pending = self.node.snapshot(header).await.map_err(gone)?;
+        let pending = pending.map_err(|r| self.refuse(r))?;
+        Ok(Response::new(snapshot_stream(
+            pending,
+            (req.snapshot_id, req.offset),
+            self.snapshot_keepalive,
+            self.snapshot_chunk_bytes,
+        )))
     }
+}
+
+/// Where a snapshot transfer is: waiting for the build (keep-alives), or
+/// sending the built file from an offset.
+enum Sending {
+    Waiting(PendingSnapshot),
+    Data(Arc<BuiltSnapshot>, u64),
+    Done,
+}
+
+/// The transfer of one snapshot: keep-alives every `keepalive` while the
+/// build runs, the snapshot's description, then its bytes read from the
+/// file one chunk at a time, as the receiver takes them (gRPC flow control
+/// bounds what is in flight, so memory does not grow with the snapshot).
+/// `resume` is the request's (snapshot id, offset): the data starts at the
+/// offset only if that snapshot is the one being served.
+fn snapshot_stream(
+    pending: PendingSnapshot,
+    resume: (u64, u64),
+    keepalive: std::time::Duration,
+    chunk_bytes: usize,
+) -> ChunkStream {
+    use pb::snapshot_chunk::Part;
+    let part = |p: Part| pb::SnapshotChunk { part: Some(p) };
+    Box::pin(futures::stream::unfold(
+        Sending::Waiting(pending),
+        move |state| async move {
+            match state {
+                Sending::Waiting(pending) => {
+                    tokio::select! {
+                        built = pending.clone() => match built {
+                            Ok(b) => {
+                                let offset = if b.id == resume.0 { resume.1.min(b.len) } else { 0 };
+                                let info = pb::SnapshotInfo {
+                                    snapshot_id: b.id,
+                                    last_lsn: b.lsn.0,
+                                    last_epoch: b.epoch.0,
+                                    total_bytes: b.len,
+                                    crc: b.crc,
+                                    offset,
+                                };
+                                Some((Ok(part(Part::Info(info))), Sending::Data(b, offset)))
+                            }
+                            Err(e) => Some((
+                                Err(Status::unavailable(format!(
+                                    "the state machine could not take a snapshot: {e}"
+                                ))),
+                                Sending::Done,
+                            )),
+                        },
+                        _ = tokio::time::sleep(keepalive) => {
+                            Some((Ok(part(Part::Building(true))), Sending::Waiting(pending)))
+                        }
+                    }
+                }
+                Sending::Data(b, offset) => {
+                    if offset >= b.len {
+                        return None;
+                    }
+                    match b.read_chunk(offset, chunk_bytes).await {
+                        Ok(data) => {
+                            let next = offset + data.len() as u64;
+                            let msg = part(Part::Data(pb::SnapshotData { offset, data }));
+                            Some((Ok(msg), Sending::Data(b, next)))
+                        }
+                        Err(e) => Some((
+                            Err(Status::unavailable(format!("reading the snapshot: {e}"))),
+                            Sending::Done,
+                        )),
+                    }
+                }
+                Sending::Done => None,
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -48,10 +48,48 @@ pub fn config(
     }
 }
 
+/// The KV engine as the replicator sees it, with hooks on its snapshots:
+/// a delay (an engine slow to build one) and a count of builds.
+pub struct Engine {
+    pub kv: Arc<KvStore>,
+    pub snapshot_delay: std::sync::Mutex<Duration>,
+    pub snapshots: std::sync::atomic::AtomicU64,
+}
+
+impl walrep::StateMachine for Engine {
+    fn apply(&self, lsn: walrep::Lsn, payload: &[u8]) -> Result<(), walrep::StateMachineError> {
+        self.kv.apply(lsn, payload)
+    }
+    fn applied_lsn(&self) -> walrep::Lsn {
+        self.kv.applied_lsn()
+    }
+    fn durable_lsn(&self) -> walrep::Lsn {
+        self.kv.durable_lsn()
+    }
+    fn snapshot(
+        &self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<walrep::Lsn, walrep::StateMachineError> {
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The engine's own slowness (this runs on a blocking thread).
+        std::thread::sleep(*self.snapshot_delay.lock().unwrap());
+        self.kv.snapshot(out)
+    }
+    fn restore(
+        &self,
+        lsn: walrep::Lsn,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), walrep::StateMachineError> {
+        self.kv.restore(lsn, input)
+    }
+}
+
 pub struct TestNode {
     pub cfg: Config,
     pub replica: Arc<Replica>,
     pub kv: Arc<KvStore>,
+    pub engine: Arc<Engine>,
     pub wal: Arc<MemWal>,
     pub link: Arc<Link>,
     pub addr: SocketAddr,
@@ -61,11 +99,27 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(cfg: Config, wal: Arc<MemWal>, kv_dir: std::path::PathBuf) -> TestNode {
+        let link = Link::new(GrpcPeer::connect_lazy(&cfg).unwrap());
+        TestNode::start_linked(cfg, wal, kv_dir, link).await
+    }
+
+    /// `start` with a link the test prepared (to cut a snapshot transfer).
+    pub async fn start_linked(
+        cfg: Config,
+        wal: Arc<MemWal>,
+        kv_dir: std::path::PathBuf,
+        link: Arc<Link>,
+    ) -> TestNode {
         let kv = Arc::new(KvStore::open(&kv_dir).unwrap());
+        let engine = Arc::new(Engine {
+            kv: kv.clone(),
+            snapshot_delay: Default::default(),
+            snapshots: Default::default(),
+        });
         let addr: SocketAddr = cfg.advertise_addr.parse().unwrap();
         let listener = bind(addr).await;
-        let link = Link::new(GrpcPeer::connect_lazy(&cfg).unwrap());
-        let (replica, service) = Replica::builder(cfg.clone(), wal.clone(), kv.clone())
+        let (replica, service) = Replica::builder(cfg.clone(), wal.clone(), engine.clone())
+            .snapshot_dir(kv_dir.join("snapshots"))
             .peer(link.clone())
             .start()
             .expect("node starts");
@@ -81,6 +135,7 @@ impl TestNode {
             cfg,
             replica: Arc::new(replica),
             kv,
+            engine,
             wal,
             link,
             addr,

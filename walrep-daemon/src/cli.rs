@@ -149,6 +149,10 @@ pub struct NodeArgs {
     pub snapshot_interval_ms: Option<String>,
     #[arg(long, value_name = "BYTES", help = help("wal_retention_bytes", "WAL kept for a lagging standby before it must resync from a snapshot"))]
     pub wal_retention_bytes: Option<String>,
+    #[arg(long, value_name = "BYTES", help = help("snapshot_chunk_bytes", "Bytes per message when sending a snapshot to a resyncing standby"))]
+    pub snapshot_chunk_bytes: Option<String>,
+    #[arg(long, value_name = "MS", help = help("snapshot_timeout_ms", "Longest silence a snapshot transfer tolerates between messages (it resumes after)"))]
+    pub snapshot_timeout_ms: Option<String>,
     #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
 }
@@ -178,6 +182,8 @@ impl NodeArgs {
             ("snapshot_records", &self.snapshot_records),
             ("snapshot_interval_ms", &self.snapshot_interval_ms),
             ("wal_retention_bytes", &self.wal_retention_bytes),
+            ("snapshot_chunk_bytes", &self.snapshot_chunk_bytes),
+            ("snapshot_timeout_ms", &self.snapshot_timeout_ms),
             ("worker_threads", &self.worker_threads),
         ];
         let mut out: Vec<(&'static str, String)> = given

@@ -104,6 +104,14 @@ pub const SETTINGS: &[Setting] = &[
         Some(|| Config::DEFAULT_WAL_RETENTION_BYTES.to_string()),
     ),
     s(
+        "snapshot_chunk_bytes",
+        Some(|| Config::DEFAULT_SNAPSHOT_CHUNK_BYTES.to_string()),
+    ),
+    s(
+        "snapshot_timeout_ms",
+        Some(|| ms(Config::DEFAULT_SNAPSHOT_TIMEOUT)),
+    ),
+    s(
         "worker_threads",
         Some(|| DEFAULT_WORKER_THREADS.to_string()),
     ),
@@ -362,6 +370,8 @@ impl Layers {
             })
         })?;
         let wal_retention_bytes = self.with_default("wal_retention_bytes", count)?;
+        let snapshot_chunk_bytes = self.with_default("snapshot_chunk_bytes", count)?;
+        let snapshot_timeout = self.with_default("snapshot_timeout_ms", millis)?;
         let worker_threads = self.with_default("worker_threads", |v| {
             count(v).and_then(|n| match n {
                 1..=1024 => Ok(n as usize),
@@ -370,6 +380,8 @@ impl Layers {
         })?;
         let max_record_bytes = usize::try_from(max_record_bytes)
             .map_err(|_| DaemonError::Config("max_record_bytes is too large".into()))?;
+        let snapshot_chunk_bytes = usize::try_from(snapshot_chunk_bytes)
+            .map_err(|_| DaemonError::Config("snapshot_chunk_bytes is too large".into()))?;
         let defaults = Config::default();
         let cfg = Config {
             node_id,
@@ -389,10 +401,14 @@ impl Layers {
             rpc_timeout,
             max_record_bytes,
             wal_retention_bytes,
-            // Room for the largest record plus framing in one message.
+            snapshot_chunk_bytes,
+            snapshot_timeout,
+            // Room for the largest record, and for a snapshot chunk, plus
+            // framing in one message.
             max_message_bytes: defaults
                 .max_message_bytes
-                .max(max_record_bytes + (64 << 10)),
+                .max(max_record_bytes.saturating_add(64 << 10))
+                .max(snapshot_chunk_bytes.saturating_add(64 << 10)),
             // A planned switchover must outlast a sync-mode write.
             switchover_timeout: defaults.switchover_timeout.max(sync_timeout * 2),
             // The node's runtime serves nothing a standby's fsync could
@@ -451,6 +467,8 @@ fn daemon_key(setting: walrep::Setting) -> Option<&'static str> {
         S::SyncTimeout => "sync_timeout_ms",
         S::RpcTimeout => "rpc_timeout_ms",
         S::MaxRecordBytes | S::MaxMessageBytes => "max_record_bytes",
+        S::SnapshotChunkBytes => "snapshot_chunk_bytes",
+        S::SnapshotTimeout => "snapshot_timeout_ms",
         _ => return None,
     })
 }
@@ -757,6 +775,8 @@ mod tests {
         assert_eq!(s.cfg.rpc_timeout, lib.rpc_timeout);
         assert_eq!(s.cfg.max_record_bytes, lib.max_record_bytes);
         assert_eq!(s.cfg.wal_retention_bytes, lib.wal_retention_bytes);
+        assert_eq!(s.cfg.snapshot_chunk_bytes, lib.snapshot_chunk_bytes);
+        assert_eq!(s.cfg.snapshot_timeout, lib.snapshot_timeout);
         assert_eq!(s.cfg.max_lag_on_failover, lib.max_lag_on_failover);
         assert_eq!(s.cfg.cluster_id, lib.cluster_id);
         assert_eq!(s.cfg.commit_mode, lib.commit_mode);

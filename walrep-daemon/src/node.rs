@@ -6,6 +6,8 @@
 //! DIR/wal/       FileWal (meta + segments)
 //! DIR/kv/        KvStore snapshot (kv.snapshot)
 //! DIR/rewound/   records dropped by a rewind, for the operator
+//! DIR/snapshots/ snapshots built for (primary) or received from (standby)
+//!                the peer during a resync; emptied at start
 //! ```
 
 use super::config::NodeSettings;
@@ -96,6 +98,7 @@ impl RunningNode {
         );
         let (replica, service) = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
             .rewound_dir(dir.join("rewound"))
+            .snapshot_dir(dir.join("snapshots"))
             .start()?;
         let replica = Arc::new(replica);
 

@@ -186,6 +186,7 @@ impl Actor {
             leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),
             applier: self.applier.take(),
             rewound_dir: self.rewound_dir.clone(),
+            snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
             cancel: cancel.child_token(),
         });

@@ -50,6 +50,7 @@ pub(super) struct Parts {
     pub rx: mpsc::Receiver<Msg>,
     pub metrics: Arc<Metrics>,
     pub rewound_dir: Option<PathBuf>,
+    pub snapshots: Arc<super::Snapshots>,
 }
 
 struct Actor {
@@ -61,8 +62,13 @@ struct Actor {
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
     rewound_dir: Option<PathBuf>,
+    /// Builds snapshots for the standby (primary), receives them (rejoin).
+    snapshots: Arc<super::Snapshots>,
     origin: Instant,
     waiters: BTreeMap<Lsn, Waiter>,
+    /// The engine's outputs of applied records, until `resolve_waiters`
+    /// hands them to their writers (or drops them: no writer waits).
+    outputs: BTreeMap<Lsn, Bytes>,
     /// Writes received but not yet appended (see `queue_write`).
     queued: Vec<(Vec<Bytes>, WriteReply)>,
     queued_bytes: usize,
@@ -126,8 +132,10 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         tx: parts.tx,
         metrics: parts.metrics,
         rewound_dir: parts.rewound_dir,
+        snapshots: parts.snapshots,
         origin,
         waiters: BTreeMap::new(),
+        outputs: BTreeMap::new(),
         queued: Vec::new(),
         queued_bytes: 0,
         writing: None,
@@ -254,6 +262,10 @@ impl Actor {
                 );
             }
             Msg::Event(event) => self.on_event(event),
+            Msg::Applied { lsn, outputs } => {
+                self.keep_outputs(lsn, outputs);
+                self.on_event(Event::Applied { lsn });
+            }
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result),
             Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),

@@ -7,7 +7,7 @@ use crate::node::{Event, PromoteFrom, Refused, RejoinPlan};
 use crate::runtime::Inbound;
 use crate::transport::{
     FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, PromoteReply, PromoteRequest,
-    Refusal, RefusalKind, SnapshotTransfer, StatusReply,
+    Refusal, RefusalKind, StatusReply,
 };
 use crate::types::{Epoch, Lsn};
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ pub(super) enum Answering {
         primary_last_lsn: Lsn,
     },
     History(oneshot::Sender<std::result::Result<HistoryReply, Refusal>>),
-    Snapshot(oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>),
+    Snapshot(oneshot::Sender<std::result::Result<crate::runtime::PendingSnapshot, Refusal>>),
     Fence(oneshot::Sender<Result<()>>),
     Rejoin(oneshot::Sender<RejoinPlan>),
 }
@@ -228,30 +228,14 @@ impl Actor {
         }
     }
 
+    /// The node serves this snapshot request: the peer gets the snapshot
+    /// being built, a fresh one already built, or a new build; the service
+    /// streams it.
     pub(super) fn serve_snapshot(
         &mut self,
-        reply: oneshot::Sender<std::result::Result<SnapshotTransfer, Refusal>>,
+        reply: oneshot::Sender<std::result::Result<crate::runtime::PendingSnapshot, Refusal>>,
     ) {
-        let (sm, wal) = (self.sm.clone(), self.wal.clone());
-        let epoch = self.node.epoch();
-        let may_block = wal.may_block();
-        tokio::spawn(crate::runtime::tasks::run_blocking(may_block, move || {
-            let result = sm
-                .snapshot()
-                .map(|s| SnapshotTransfer {
-                    lsn: s.lsn,
-                    epoch: wal.epoch_at(s.lsn).unwrap_or(Epoch::ZERO),
-                    data: s.data,
-                })
-                .map_err(|e| {
-                    Refusal::new(
-                        RefusalKind::Unavailable,
-                        format!("the state machine could not take a snapshot: {e}"),
-                        epoch,
-                    )
-                });
-            let _ = reply.send(result);
-        }));
+        let _ = reply.send(Ok(self.snapshots.get()));
     }
 
     /// The peer's client address, for the leader hints we give; the

@@ -115,6 +115,12 @@ impl Actor {
         }
     }
 
+    /// Keeps the outputs of the records up to `last` for their writers.
+    pub(super) fn keep_outputs(&mut self, last: Lsn, outputs: Vec<Bytes>) {
+        let first = last.0 + 1 - outputs.len() as u64;
+        self.outputs.extend((first..).map(Lsn).zip(outputs));
+    }
+
     pub(super) fn resolve_waiters(&mut self, applied: Lsn) {
         while let Some(entry) = self.waiters.first_entry() {
             if *entry.key() > applied {
@@ -125,10 +131,14 @@ impl Actor {
                 .map(|lsn| Applied {
                     lsn: Lsn(lsn),
                     epoch: w.epoch,
+                    output: self.outputs.remove(&Lsn(lsn)).unwrap_or_default(),
                 })
                 .collect();
             let _ = w.reply.send(Ok(out));
         }
+        // Outputs no writer waits for (a standby, records replayed at
+        // start) go now.
+        self.outputs = self.outputs.split_off(&applied.next());
     }
 
     pub(super) fn fail_waiters(&mut self, up_to: Option<Lsn>, failure: &WaiterFailure) {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use walrep::Lsn;
-use walrep::{Snapshot, StateMachine, StateMachineError};
+use walrep::{StateMachine, StateMachineError};
 
 #[derive(Default)]
 struct State {
@@ -90,7 +90,7 @@ impl KvStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<KvStore, StateMachineError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
-            .map_err(|e| StateMachineError(format!("creating {}: {e}", dir.display())))?;
+            .map_err(|e| StateMachineError::new(format!("creating {}: {e}", dir.display())))?;
         let mut state = State::default();
         if let Some((lsn, map)) = snapshot_file::load(&dir)? {
             state.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
@@ -140,37 +140,63 @@ impl KvStore {
     }
 }
 
+/// Applies `cmd` at `lsn` unless it was applied already; the value its key
+/// held before.
+fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
+    if lsn <= s.applied {
+        return None;
+    }
+    assert_eq!(lsn, s.applied.next(), "records applied out of order");
+    s.applied = lsn;
+    match cmd {
+        Command::Put { key, value } => {
+            let mut hash = entry_hash(&key, &value);
+            let old = match s.map.get_mut(&key) {
+                Some(old) => {
+                    hash ^= entry_hash(&key, old);
+                    Some(std::mem::replace(old, value))
+                }
+                None => {
+                    s.map.insert(key, value);
+                    None
+                }
+            };
+            s.hash ^= hash;
+            old
+        }
+        Command::Delete { key } => {
+            let old = s.map.remove(&key);
+            if let Some(old) = &old {
+                s.hash ^= entry_hash(&key, old);
+            }
+            old
+        }
+    }
+}
+
 impl StateMachine for KvStore {
     fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), StateMachineError> {
-        let cmd = Command::decode(payload)
-            .map_err(|e| StateMachineError(format!("record {lsn}: {e}")))?;
+        self.apply_batch(&[(lsn, payload)]).map(drop)
+    }
+
+    /// Decodes every command first (a bad one applies none of the batch),
+    /// then applies them all under one write lock. A record's output is
+    /// the value its key held before (empty if none, or if it was
+    /// applied already).
+    fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        let commands = records
+            .iter()
+            .map(|(lsn, payload)| {
+                Command::decode(payload)
+                    .map_err(|e| StateMachineError::with_source(format!("record {lsn}"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut s = self.state.write().unwrap();
-        if lsn <= s.applied {
-            return Ok(());
+        let mut outputs = Vec::with_capacity(records.len());
+        for ((lsn, _), cmd) in records.iter().zip(commands) {
+            outputs.push(apply_one(&mut s, *lsn, cmd).unwrap_or_default());
         }
-        assert_eq!(lsn, s.applied.next(), "records applied out of order");
-        match cmd {
-            Command::Put { key, value } => {
-                let mut hash = entry_hash(&key, &value);
-                match s.map.get_mut(&key) {
-                    Some(old) => {
-                        hash ^= entry_hash(&key, old);
-                        *old = value;
-                    }
-                    None => {
-                        s.map.insert(key, value);
-                    }
-                }
-                s.hash ^= hash;
-            }
-            Command::Delete { key } => {
-                if let Some(old) = s.map.remove(&key) {
-                    s.hash ^= entry_hash(&key, &old);
-                }
-            }
-        }
-        s.applied = lsn;
-        Ok(())
+        Ok(outputs)
     }
 
     fn applied_lsn(&self) -> Lsn {
@@ -181,21 +207,24 @@ impl StateMachine for KvStore {
         *self.durable.read().unwrap()
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StateMachineError> {
+    /// Streams the map to `out` under the read lock: applies wait until
+    /// it is written (the engine's way of holding one consistent state;
+    /// walrep writes it to a local file).
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
         let s = self.state.read().unwrap();
-        Ok(Snapshot {
-            lsn: s.applied,
-            data: Bytes::from(snapshot_file::encode_map(&s.map)),
-        })
+        snapshot_file::write_map(&s.map, out)
+            .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
+        Ok(s.applied)
     }
 
-    fn restore(&self, snapshot: Snapshot) -> Result<(), StateMachineError> {
-        let map = snapshot_file::decode_map(&snapshot.data)?;
+    /// Decodes the map as it is read, then swaps it in.
+    fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
+        let map = snapshot_file::read_map(input)?;
         {
             let mut s = self.state.write().unwrap();
             s.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
             s.map = map;
-            s.applied = snapshot.lsn;
+            s.applied = lsn;
         }
         // The WAL is reset to start after the snapshot, so the snapshot
         // must be on disk before anything relies on it.
@@ -212,6 +241,13 @@ mod tests {
         Command::Put {
             key: k.as_bytes().to_vec(),
             value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+        .encode()
+    }
+
+    fn del(k: &str) -> Vec<u8> {
+        Command::Delete {
+            key: k.as_bytes().to_vec(),
         }
         .encode()
     }
@@ -249,6 +285,22 @@ mod tests {
         let del = Command::Delete { key: b"y".to_vec() }.encode();
         a.apply(Lsn(3), &del).unwrap();
         assert_ne!(a.state_hash(), b.state_hash());
+    }
+
+    #[test]
+    fn a_batch_answers_each_put_with_the_value_it_replaced_and_a_bad_command_applies_none() {
+        let kv = KvStore::in_memory();
+        let (p1, p2, d) = (put("x", "1"), put("x", "2"), del("x"));
+        let out = kv
+            .apply_batch(&[(Lsn(1), &p1[..]), (Lsn(2), &p2[..]), (Lsn(3), &d[..])])
+            .unwrap();
+        assert_eq!(out, vec![Bytes::new(), Bytes::from("1"), Bytes::from("2")]);
+        let err = kv
+            .apply_batch(&[(Lsn(4), &p1[..]), (Lsn(5), &b"\xff"[..])])
+            .unwrap_err();
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
+        assert_eq!(kv.applied_lsn(), Lsn(3), "none of the bad batch applied");
+        assert!(kv.get(b"x").is_none());
     }
 
     #[test]
@@ -297,8 +349,10 @@ mod tests {
                 }
             })
         };
+        let mut snap = Vec::new();
+        let lsn = source.snapshot(&mut snap).unwrap();
         for _ in 0..30 {
-            kv.restore(source.snapshot().unwrap())
+            kv.restore(lsn, &mut &snap[..])
                 .expect("the restore's snapshot failed");
         }
         periodic.join().unwrap();
@@ -315,7 +369,9 @@ mod tests {
         let b = KvStore::in_memory();
         b.apply(Lsn(1), &put("z", "9")).unwrap();
         b.apply(Lsn(2), &put("w", "9")).unwrap();
-        b.restore(a.snapshot().unwrap()).unwrap();
+        let mut snap = Vec::new();
+        let lsn = a.snapshot(&mut snap).unwrap();
+        b.restore(lsn, &mut &snap[..]).unwrap();
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.applied_lsn(), Lsn(1));
         assert!(b.get(b"z").is_none());

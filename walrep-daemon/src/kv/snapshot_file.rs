@@ -1,12 +1,14 @@
 //! The engine's snapshot: the same bytes on the wire (`StateMachine::
-//! snapshot`) and on disk (`kv.snapshot`, replaced atomically).
+//! snapshot`, streamed entry by entry) and on disk (`kv.snapshot`,
+//! replaced atomically). The format is unchanged from when the wire copy
+//! was one buffer; only how it is written and read changed.
 //!
 //! `| magic "WKV1" | count: u64 | (key_len u32, key, value_len u32, value)* | crc32c u32 |`
 //! On disk the file is prefixed by the snapshot's LSN (u64 LE).
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use walrep::Lsn;
 use walrep::StateMachineError;
@@ -15,53 +17,109 @@ const MAGIC: &[u8; 4] = b"WKV1";
 const FILE: &str = "kv.snapshot";
 
 fn err(msg: impl Into<String>) -> StateMachineError {
-    StateMachineError(msg.into())
+    StateMachineError::new(msg)
 }
 
 pub type Map = BTreeMap<Vec<u8>, Bytes>;
 
+/// The encoding of `map`, in memory (the durable snapshot's body).
 pub fn encode_map(map: &Map) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(map.len() as u64).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v);
-    }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    write_map(map, &mut out).expect("writing to a Vec");
     out
 }
 
-pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
-    if data.len() < 16 || &data[..4] != MAGIC {
-        return Err(err(
-            "snapshot is not a walrep KV snapshot (bad magic or too short)",
-        ));
+/// Streams the encoding of `map` into `out`, entry by entry.
+pub fn write_map(map: &Map, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut out = Crc { inner: out, crc: 0 };
+    out.write_all(MAGIC)?;
+    out.write_all(&(map.len() as u64).to_le_bytes())?;
+    for (k, v) in map {
+        out.write_all(&(k.len() as u32).to_le_bytes())?;
+        out.write_all(k)?;
+        out.write_all(&(v.len() as u32).to_le_bytes())?;
+        out.write_all(v)?;
     }
-    let (body, crc) = data.split_at(data.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
-        return Err(err("snapshot checksum mismatch: the snapshot is corrupt"));
+    let crc = out.crc;
+    out.inner.write_all(&crc.to_le_bytes())
+}
+
+/// Passes bytes through, CRC32C-ing them.
+struct Crc<T> {
+    inner: T,
+    crc: u32,
+}
+
+impl<T: Write> Write for Crc<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
     }
-    let count = u64::from_le_bytes(body[4..12].try_into().unwrap());
-    let mut rest = &body[12..];
-    let mut take = |n: usize| -> Result<&[u8], StateMachineError> {
-        if rest.len() < n {
-            return Err(err("snapshot ends inside an entry"));
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: Read> Crc<T> {
+    /// Fills `buf` or says the snapshot ends inside what it holds.
+    fn take(&mut self, buf: &mut [u8], what: &str) -> Result<(), StateMachineError> {
+        self.inner.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => err(format!("snapshot ends inside {what}")),
+            _ => err(format!("reading the snapshot: {e}")),
+        })?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        Ok(())
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, StateMachineError> {
+        let mut b = [0u8; 4];
+        self.take(&mut b, what)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// `len` bytes, allocated as they arrive (a length field that lies
+    /// about the bytes behind it costs no more than those bytes).
+    fn bytes(&mut self, len: usize, what: &str) -> Result<Vec<u8>, StateMachineError> {
+        let mut v = Vec::new();
+        while v.len() < len {
+            let at = v.len();
+            let step = (len - at).min(at.max(64));
+            v.resize(at + step, 0);
+            self.take(&mut v[at..], what)?;
         }
-        let (a, b) = rest.split_at(n);
-        rest = b;
-        Ok(a)
+        Ok(v)
+    }
+}
+
+/// Decodes an encoding held in memory.
+pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
+    read_map(&mut &data[..])
+}
+
+/// Decodes the encoding read from `input` as it arrives: the map is built
+/// entry by entry and the checksum checked at the end.
+pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
+    let mut input = Crc {
+        inner: input,
+        crc: 0,
     };
+    let not_ours = || err("snapshot is not a walrep KV snapshot (bad magic or too short)");
+    let mut head = [0u8; 12];
+    input
+        .take(&mut head, "its header")
+        .map_err(|_| not_ours())?;
+    if &head[..4] != MAGIC {
+        return Err(not_ours());
+    }
+    let count = u64::from_le_bytes(head[4..12].try_into().unwrap());
     let mut map = BTreeMap::new();
     for i in 0..count {
-        let klen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-        let key = take(klen)?.to_vec();
-        let vlen = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
-        let value = Bytes::copy_from_slice(take(vlen)?);
-        // `encode_map` writes keys in ascending order; a repeated key would
+        let klen = input.u32("an entry")? as usize;
+        let key = input.bytes(klen, "an entry")?;
+        let vlen = input.u32("an entry")? as usize;
+        let value = Bytes::from(input.bytes(vlen, "an entry")?);
+        // `write_map` writes keys in ascending order; a repeated key would
         // silently drop an entry.
         if map.last_key_value().is_some_and(|(last, _)| *last >= key) {
             return Err(err(format!(
@@ -70,10 +128,17 @@ pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
         }
         map.insert(key, value);
     }
-    if !rest.is_empty() {
-        return Err(err("snapshot has bytes after its last entry"));
+    let body_crc = input.crc;
+    let crc = input.u32("its checksum")?;
+    if crc != body_crc {
+        return Err(err("snapshot checksum mismatch: the snapshot is corrupt"));
     }
-    Ok(map)
+    let mut extra = [0u8; 1];
+    match input.inner.read(&mut extra) {
+        Ok(0) => Ok(map),
+        Ok(_) => Err(err("snapshot has bytes after its last entry")),
+        Err(e) => Err(err(format!("reading the snapshot: {e}"))),
+    }
 }
 
 pub fn store(dir: &Path, lsn: Lsn, data: &[u8]) -> Result<(), StateMachineError> {
@@ -131,7 +196,7 @@ mod tests {
             // What is accepted is exactly what `encode_map` writes, so no
             // entry can hide behind another with the same key.
             Ok(map) => prop_assert_eq!(encode_map(&map), data),
-            Err(e) => prop_assert!(!e.0.is_empty()),
+            Err(e) => prop_assert!(!e.message().is_empty()),
         }
         Ok(())
     }
@@ -195,14 +260,14 @@ mod tests {
     #[test]
     fn a_snapshot_repeating_a_key_is_refused_instead_of_dropping_an_entry() {
         let e = decode_map(&entries(&[b"a", b"b", b"b"])).unwrap_err();
-        assert!(e.0.contains("entry 2 repeats a key"), "{e}");
+        assert!(e.message().contains("entry 2 repeats a key"), "{e}");
         assert!(decode_map(&entries(&[b"a", b"b", b"c"])).is_ok());
     }
 
     #[test]
     fn a_snapshot_with_keys_out_of_order_is_refused() {
         let e = decode_map(&entries(&[b"b", b"a"])).unwrap_err();
-        assert!(e.0.contains("out of order"), "{e}");
+        assert!(e.message().contains("out of order"), "{e}");
     }
 
     proptest! {

@@ -1,0 +1,343 @@
+//! The primary's snapshots, built into files and served from them.
+//!
+//! One build at a time: a request that comes while the engine builds joins
+//! that build (`PendingSnapshot` is a shared future), and a built snapshot
+//! is reused for later requests while it is fresh: the WAL still has the
+//! record after it (`first_lsn <= lsn + 1`) and still agrees about its
+//! epoch, so a standby that restores it can continue with the stream. A
+//! build runs to its end even if every request that wanted it went away,
+//! so a standby that asks again (a cut transfer, a restart) finds it.
+//!
+//! A built snapshot is a file `snapshot-<id>.bin` in the snapshot
+//! directory holding exactly the engine's bytes; its LSN, epoch, length
+//! and CRC32C are kept beside it in memory and sent before the data. The
+//! file goes when the snapshot is replaced and its last transfer ends.
+//! The standby receives into `incoming.snapshot` in the same directory.
+
+use super::tasks::run_blocking;
+use crate::state_machine::StateMachine;
+use crate::types::{Epoch, Lsn};
+use crate::wal::WalStore;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A snapshot being built or built: every request for it awaits a clone.
+pub(crate) type PendingSnapshot = Shared<BoxFuture<'static, Result<Arc<BuiltSnapshot>, String>>>;
+
+/// A snapshot in a file of the snapshot directory, ready to send.
+#[derive(Debug)]
+pub(crate) struct BuiltSnapshot {
+    /// Unique per build, across restarts of the primary too.
+    pub id: u64,
+    /// The last record it covers.
+    pub lsn: Lsn,
+    /// That record's epoch.
+    pub epoch: Epoch,
+    /// Its length in bytes.
+    pub len: u64,
+    /// CRC32C of all of it.
+    pub crc: u32,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    may_block: bool,
+}
+
+impl BuiltSnapshot {
+    /// Up to `max` bytes from `offset`, read on a blocking thread.
+    pub(crate) async fn read_chunk(&self, offset: u64, max: usize) -> std::io::Result<Bytes> {
+        let len = (self.len - offset.min(self.len)).min(max as u64) as usize;
+        let file = self.file.clone();
+        run_blocking(self.may_block, move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for BuiltSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The node's snapshot directory: builds on the primary, the incoming
+/// file on the standby.
+pub(crate) struct Snapshots {
+    dir: PathBuf,
+    /// Removed with the store (a directory walrep made under the system's
+    /// temp dir), or kept (one the engine named).
+    remove_dir: bool,
+    sm: Arc<dyn StateMachine>,
+    wal: Arc<dyn WalStore>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    current: Option<Arc<BuiltSnapshot>>,
+    building: Option<PendingSnapshot>,
+    last_id: u64,
+}
+
+impl Snapshots {
+    /// Snapshots in `dir`, or without one in a fresh directory under
+    /// `std::env::temp_dir()`. What a previous run left in `dir` goes: a
+    /// build is only good for the run that made it, and a transfer starts
+    /// over after a restart.
+    pub(crate) fn new(
+        dir: Option<PathBuf>,
+        sm: Arc<dyn StateMachine>,
+        wal: Arc<dyn WalStore>,
+    ) -> Snapshots {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let remove_dir = dir.is_none();
+        let dir = dir.unwrap_or_else(|| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("walrep-snapshots-{}-{n}", std::process::id()))
+        });
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("snapshot-") || name.starts_with("incoming.") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Snapshots {
+            dir,
+            remove_dir,
+            sm,
+            wal,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A snapshot for a standby: the last one built if still fresh, the
+    /// one being built, or a new build (started here, on a blocking thread).
+    pub(crate) fn get(self: &Arc<Self>) -> PendingSnapshot {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(b) = &inner.current {
+            if self.fresh(b) {
+                let b = b.clone();
+                return async move { Ok(b) }.boxed().shared();
+            }
+            // Stale: no new transfer starts from it; those under way keep
+            // it until they end.
+            inner.current = None;
+        }
+        if let Some(p) = &inner.building {
+            return p.clone();
+        }
+        // Ids grow and start from the clock, so a standby resuming after a
+        // restart of the primary never matches a different snapshot.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let id = now.max(inner.last_id + 1);
+        inner.last_id = id;
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let (sm, wal, dir) = (this.sm.clone(), this.wal.clone(), this.dir.clone());
+            let may_block = wal.may_block();
+            let built = run_blocking(may_block, move || build(&dir, id, &*sm, &*wal, may_block))
+                .await
+                .and_then(|r| r)
+                .map(Arc::new);
+            let mut inner = this.inner.lock().unwrap();
+            inner.building = None;
+            match &built {
+                Ok(b) => {
+                    tracing::info!(id, lsn = %b.lsn, bytes = b.len, "snapshot built");
+                    inner.current = Some(b.clone());
+                }
+                Err(e) => tracing::warn!(error = %e, "building a snapshot failed"),
+            }
+            built
+        });
+        let pending = async move { task.await.map_err(|e| format!("snapshot build: {e}"))? }
+            .boxed()
+            .shared();
+        inner.building = Some(pending.clone());
+        pending
+    }
+
+    /// Forgets the last build (this node's state was replaced).
+    pub(crate) fn invalidate(&self) {
+        self.inner.lock().unwrap().current = None;
+    }
+
+    /// Whether a standby that restores `b` can continue from our WAL.
+    fn fresh(&self, b: &BuiltSnapshot) -> bool {
+        b.lsn.next() >= self.wal.first_lsn()
+            && self.wal.epoch_at(b.lsn) == Some(b.epoch)
+            && self.sm.applied_lsn() >= b.lsn
+    }
+}
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Builds snapshot `id` into `dir/snapshot-<id>.bin`: the engine writes
+/// through a buffer that counts and checksums what passes.
+fn build(
+    dir: &Path,
+    id: u64,
+    sm: &dyn StateMachine,
+    wal: &dyn WalStore,
+    may_block: bool,
+) -> Result<BuiltSnapshot, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("snapshot-{id:016x}.bin"));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut out = Checksummed::new(std::io::BufWriter::with_capacity(256 << 10, &file));
+    let written = sm
+        .snapshot(&mut out)
+        .map_err(|e| e.to_string())
+        .and_then(|lsn| out.flush().map(|()| lsn).map_err(|e| e.to_string()));
+    let (len, crc) = (out.len, out.crc);
+    drop(out);
+    let lsn = match written {
+        Ok(lsn) => lsn,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    Ok(BuiltSnapshot {
+        id,
+        lsn,
+        epoch: wal.epoch_at(lsn).unwrap_or(Epoch::ZERO),
+        len,
+        crc,
+        path,
+        file: Arc::new(file),
+        may_block,
+    })
+}
+
+/// A writer that counts and CRC32Cs the bytes it passes on.
+pub(crate) struct Checksummed<W> {
+    inner: W,
+    pub len: u64,
+    pub crc: u32,
+}
+
+impl<W> Checksummed<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Checksummed {
+            inner,
+            len: 0,
+            crc: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStateMachine;
+    use crate::types::Record;
+    use crate::wal::MemWal;
+    use std::time::Duration;
+
+    fn store(sm: Arc<MemStateMachine>, wal: Arc<MemWal>) -> (Arc<Snapshots>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshots::new(Some(dir.path().to_path_buf()), sm, wal);
+        (Arc::new(s), dir)
+    }
+
+    fn append(wal: &MemWal, sm: &MemStateMachine, from: u64, to: u64) {
+        let records: Vec<Record> = (from..=to)
+            .map(|i| Record {
+                lsn: Lsn(i),
+                epoch: Epoch(1),
+                payload: Bytes::from_static(b"p"),
+            })
+            .collect();
+        wal.append(&records).unwrap();
+        for i in from..=to {
+            sm.apply(Lsn(i), b"p").unwrap();
+        }
+    }
+
+    /// Two requests while the engine builds join one build and get the
+    /// same snapshot; the file holds what the engine wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_build() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        sm.set_snapshot_delay(Duration::from_millis(200));
+        sm.set_snapshot_padding(100_000);
+        let (snapshots, _dir) = store(sm.clone(), wal);
+        let (a, b) = tokio::join!(snapshots.get(), snapshots.get());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(sm.snapshots_taken(), 1, "one build");
+        assert_eq!(a.id, b.id);
+        assert_eq!((a.lsn, a.epoch, a.len), (Lsn(3), Epoch(1), 100_012));
+        let bytes = std::fs::read(&a.path).unwrap();
+        assert_eq!(crc32c::crc32c(&bytes), a.crc);
+        let copy = MemStateMachine::new();
+        copy.restore(a.lsn, &mut &bytes[..]).unwrap();
+        assert_eq!(copy.state_hash(), sm.state_hash());
+    }
+
+    /// A build is reused while the WAL continues from it, and replaced
+    /// (its file removed once unused) when the WAL no longer does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        let (snapshots, _dir) = store(sm.clone(), wal.clone());
+        let first = snapshots.get().await.unwrap();
+        append(&wal, &sm, 4, 10);
+        let again = snapshots.get().await.unwrap();
+        assert_eq!(again.id, first.id, "the WAL still holds LSN 4: reused");
+        assert_eq!(sm.snapshots_taken(), 1);
+        let path = first.path.clone();
+        drop((first, again));
+        wal.sync().unwrap();
+        wal.remove_before(Lsn(6)).unwrap();
+        let newer = snapshots.get().await.unwrap();
+        assert_eq!(sm.snapshots_taken(), 2, "stale: rebuilt");
+        assert_eq!(newer.lsn, Lsn(10));
+        assert!(!path.exists(), "the stale build's file is gone");
+    }
+}
