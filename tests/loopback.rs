@@ -340,3 +340,84 @@ async fn a_standby_whose_wal_lost_records_its_state_applied_resyncs_instead_of_r
     assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
     assert_eq!(b.health().last_lsn, Lsn(11));
 }
+
+/// An engine that never reports durability (the trait's default
+/// `durable_lsn`) on FileWals with small segments: under steady writes the
+/// WAL of both nodes stays within `wal_retention_bytes` plus one segment on
+/// disk, after many times that much was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_retention_bytes_bounds_the_wal_of_an_engine_that_never_reports_durability() {
+    use std::sync::Arc;
+    use walrep::testing::MemStateMachine;
+    use walrep::{FileWal, FileWalOptions, Replica};
+    const RETAIN: u64 = 64 << 10;
+    const SEGMENT: u64 = 16 << 10;
+    init_tracing();
+    let (addr_a, addr_b) = (free_addr().await, free_addr().await);
+    let dirs = [temp_dir(), temp_dir()];
+    let mut nodes = Vec::new();
+    for (i, cfg) in [
+        config("a", "b", addr_a, addr_b, CommitMode::RemoteFlush),
+        config("b", "a", addr_b, addr_a, CommitMode::RemoteFlush),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = walrep::Config {
+            wal_retention_bytes: RETAIN,
+            ..cfg
+        };
+        let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr)
+            .await
+            .unwrap();
+        let opts = FileWalOptions {
+            segment_bytes: SEGMENT,
+            preallocate: false,
+            ..FileWalOptions::default()
+        };
+        let wal = Arc::new(FileWal::open(dirs[i].join("wal"), opts).unwrap());
+        let (replica, service) = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+            .start()
+            .unwrap();
+        tokio::spawn(walrep::serve(service, listener, std::future::pending()));
+        nodes.push(Arc::new(replica));
+    }
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    a.wait_for(WAIT, "a streaming", |h| h.writable && h.peer.connected)
+        .await
+        .unwrap();
+    let wal_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    };
+    let bounded = |r: Arc<Replica>, dir: std::path::PathBuf| async move {
+        r.wait_for(WAIT, "the WAL trimmed to its bound", |_| {
+            wal_bytes(&dir) <= RETAIN + SEGMENT + 4096
+        })
+        .await
+        .unwrap();
+    };
+    let payload = bytes::Bytes::from(vec![7u8; 1000]);
+    let mut written = 0u64;
+    for round in 0..256 {
+        a.apply_batch(vec![payload.clone(); 4]).await.unwrap();
+        written += 4000;
+        if round % 32 == 31 {
+            // Both WALs come back under the bound (retention runs every
+            // heartbeat interval), however much was written before.
+            let last = a.health().last_lsn;
+            b.wait_for_lsn(last, WAIT).await.unwrap();
+            bounded(a.clone(), dirs[0].clone()).await;
+            bounded(b.clone(), dirs[1].clone()).await;
+        }
+    }
+    assert!(written > 15 * RETAIN);
+    assert!(a.health().first_lsn > Lsn(1) && b.health().first_lsn > Lsn(1));
+    for r in [a, b] {
+        r.shutdown().await;
+    }
+}

@@ -201,6 +201,16 @@ pub(crate) enum Event {
     },
     /// The WAL failed (fsync error, corruption on write path): stop.
     WalFailed { reason: String },
+    /// The runtime measured the WAL for retention (every tick): it keeps
+    /// records from `first_lsn`, the engine's state survives a restart up
+    /// to `durable_lsn` (`StateMachine::durable_lsn`), and from
+    /// `bounded_from` on the WAL holds at most `wal_retention_bytes`.
+    /// Answered with `Effect::TrimWal` when old records may go.
+    WalMeasured {
+        first_lsn: Lsn,
+        durable_lsn: Lsn,
+        bounded_from: Lsn,
+    },
 }
 
 /// A fenced node's reply to a fence request, sent once its outcome is known.
@@ -283,4 +293,7 @@ pub(crate) enum Effect {
     StopPrimaryTasks,
     /// Find the divergence point with `leader`, rewind, become a standby.
     StartRejoin { leader: Option<NodeId> },
+    /// Let go of WAL records before `keep_from` (whole segments, never
+    /// past what is flushed).
+    TrimWal { keep_from: Lsn },
 }

@@ -1280,3 +1280,89 @@ fn an_applied_lsn_going_backwards_is_a_bug() {
     let mut node = standby_with_log();
     node.step(t(1), Event::Applied { lsn: Lsn(2) });
 }
+
+// ---- WAL retention ----
+
+fn measured(first: u64, durable: u64, bounded_from: u64) -> Event {
+    Event::WalMeasured {
+        first_lsn: Lsn(first),
+        durable_lsn: Lsn(durable),
+        bounded_from: Lsn(bounded_from),
+    }
+}
+
+/// A primary at epoch 1 that wrote, committed and applied 1..=100, its
+/// standby having flushed up to `standby_flushed`.
+fn primary_applied_100(standby_flushed: u64) -> Node {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg()
+    };
+    let mut node = primary_with_standby(cfg);
+    node.step(t(2), writes_up_to(&node, 100));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(100) });
+    node.step(t(4), Event::Applied { lsn: Lsn(100) });
+    let flushed = Lsn(standby_flushed);
+    node.step(
+        t(5),
+        Event::StandbyProgress {
+            positions: StandbyPositions {
+                written: flushed,
+                flushed,
+                applied: flushed,
+            },
+        },
+    );
+    node
+}
+
+#[test]
+fn the_wal_keeps_what_the_engine_has_not_made_durable_or_the_standby_lacks() {
+    let mut node = primary_applied_100(60);
+    // Under the bound: the engine's durable point and the standby's flush
+    // decide, whichever needs more.
+    assert_eq!(
+        node.step(t(6), measured(1, 40, 1)),
+        vec![Effect::TrimWal { keep_from: Lsn(41) }]
+    );
+    assert_eq!(
+        node.step(t(7), measured(41, 80, 1)),
+        vec![Effect::TrimWal { keep_from: Lsn(61) }]
+    );
+    // Nothing new may go: no effect.
+    assert!(node.step(t(8), measured(61, 80, 1)).is_empty());
+}
+
+#[test]
+fn wal_retention_bytes_bounds_the_wal_whatever_the_engine_and_the_standby_need() {
+    // An engine that never reports durability, a standby far behind: the
+    // bound alone decides.
+    let mut node = primary_applied_100(10);
+    assert_eq!(
+        node.step(t(6), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(90) }]
+    );
+    // A standby behind the same way.
+    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(100), t(0));
+    assert_eq!(
+        standby.step(t(1), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(90) }]
+    );
+}
+
+#[test]
+fn records_the_state_machine_has_not_applied_are_never_trimmed() {
+    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(50), t(0));
+    assert_eq!(
+        standby.step(t(1), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(51) }]
+    );
+}
+
+#[test]
+fn a_node_that_is_not_primary_or_standby_leaves_its_wal_alone() {
+    let mut node = primary_applied_100(100);
+    node.step(t(6), Event::FenceOrdered { epoch: Epoch(2) });
+    assert_eq!(node.role(), RoleKind::Fenced);
+    assert!(node.step(t(7), measured(1, 100, 90)).is_empty());
+}

@@ -89,6 +89,11 @@ impl Actor {
             Effect::CannotStart { reason } => {
                 unreachable!("the node refuses to start only when opened: {reason}")
             }
+            Effect::TrimWal { keep_from } => {
+                if let Err(e) = self.wal.remove_before(keep_from) {
+                    tracing::warn!(error = %e, "could not remove old WAL segments");
+                }
+            }
             Effect::Rejoin(plan) => match self.answering.take() {
                 Some(Answering::Rejoin(reply)) => {
                     let _ = reply.send(plan);
