@@ -275,7 +275,9 @@ async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
     for i in 0..300 {
         a.apply(put_cmd(&format!("k{i}"), "v")).await.unwrap();
     }
-    for (r, stop, server) in [(a, stop_a, server_a), (b, stop_b, server_b)] {
+    // The standby first: a primary stopped while its standby is in sync
+    // would hand over to it (`shutting_down_a_primary_hands_over_...`).
+    for (r, stop, server) in [(b, stop_b, server_b), (a, stop_a, server_a)] {
         r.shutdown().await;
         let _ = stop.send(());
         let _ = server.await;
@@ -420,4 +422,74 @@ async fn wal_retention_bytes_bounds_the_wal_of_an_engine_that_never_reports_dura
     for r in [a, b] {
         r.shutdown().await;
     }
+}
+
+/// `Replicator::shutdown` of a primary with a healthy standby hands over
+/// through a planned switchover: by the time it returns the standby is the
+/// primary of the next epoch, the old primary persisted that it stepped
+/// down for it (a failover would leave its meta alone), and every write it
+/// acknowledged, up to the last moment, is on the new primary (G2, G6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_a_primary_hands_over_to_its_standby_first() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..20 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    b.wait("eligible", |h| h.eligible).await;
+    let epoch = a.health().epoch;
+    // Writers keep going while the primary stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (r, stop) = (a.replica.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let key = format!("during{i}");
+                match r.apply(put_cmd(&key, "v")).await {
+                    Ok(_) => acked.push(key),
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.replica.shutdown().await;
+    let h = b.health();
+    assert_eq!(h.role, RoleKind::Primary, "b: {h:?}");
+    assert_eq!(h.epoch, walrep::Epoch(epoch.0 + 1));
+    assert_eq!(
+        a.wal.meta().leader,
+        Some(walrep::NodeId::from("b")),
+        "the old primary stepped down for b"
+    );
+    assert_eq!(a.wal.meta().epoch, h.epoch);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    b.replica.wait_for_lsn(h.last_lsn, WAIT).await.unwrap();
+    for key in (0..20).map(|i| format!("k{i}")).chain(acked) {
+        assert!(
+            b.kv.get(key.as_bytes()).is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+    b.put("after", "handover").await.unwrap();
+}
+
+/// `Replicator::promote` asked of the primary by its own engine hands over
+/// to the standby, as a promote over the RPC does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_asked_of_the_primary_by_its_engine_hands_over_to_the_standby() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    a.put("k", "v").await.unwrap();
+    b.wait("eligible", |h| h.eligible).await;
+    let epoch = a.replica.promote(false).await.unwrap();
+    assert_eq!(epoch, walrep::Epoch(2));
+    let h = b.health();
+    assert_eq!((h.role, h.epoch), (RoleKind::Primary, epoch));
+    a.wait("a follows b", |h| h.role == RoleKind::Standby).await;
+    b.put("k2", "v").await.unwrap();
 }

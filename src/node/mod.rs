@@ -276,6 +276,7 @@ impl Node {
                 self.on_rejoin_finished(epoch, leader);
             }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
+            Event::StopRequested => self.on_stop_requested(),
             Event::WalMeasured {
                 first_lsn,
                 durable_lsn,

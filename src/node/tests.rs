@@ -1030,7 +1030,7 @@ fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
 }
 
 #[test]
-fn a_promote_asked_of_the_primary_by_its_engine_is_refused() {
+fn a_promote_asked_of_the_primary_by_its_engine_is_forwarded_to_the_standby() {
     let mut node = primary_with_standby(cfg());
     let effects = node.step(
         t(2),
@@ -1039,8 +1039,10 @@ fn a_promote_asked_of_the_primary_by_its_engine_is_refused() {
             from: PromoteFrom::Engine,
         },
     );
-    assert!(matches!(effects.as_slice(), [Effect::ReplyPromote(Err(_))]));
+    assert_eq!(effects, vec![Effect::ForwardPromote]);
+    // It keeps writing until the standby's switchover fences it.
     assert_eq!(node.role(), RoleKind::Primary);
+    assert!(node.check_writable().is_ok());
 }
 
 #[test]
@@ -1365,4 +1367,98 @@ fn a_node_that_is_not_primary_or_standby_leaves_its_wal_alone() {
     node.step(t(6), Event::FenceOrdered { epoch: Epoch(2) });
     assert_eq!(node.role(), RoleKind::Fenced);
     assert!(node.step(t(7), measured(1, 100, 90)).is_empty());
+}
+
+// ---- Stopping: a primary hands over first ----
+
+/// A primary that wrote 1..=5, all flushed by its standby over an open
+/// stream: the standby is in sync.
+fn primary_with_standby_in_sync() -> Node {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), Event::StreamState { up: true });
+    node.step(t(3), writes_up_to(&node, 5));
+    node.step(t(4), Event::LocalFlushed { lsn: Lsn(5) });
+    let positions = StandbyPositions {
+        written: Lsn(5),
+        flushed: Lsn(5),
+        applied: Lsn(5),
+    };
+    node.step(t(5), Event::StandbyProgress { positions });
+    assert_eq!(node.commit_lsn(), Lsn(5));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+    node
+}
+
+#[test]
+fn a_primary_asked_to_stop_hands_over_to_its_standby_in_sync() {
+    let mut node = primary_with_standby_in_sync();
+    assert_eq!(
+        node.step(t(6), Event::StopRequested),
+        vec![Effect::HandOver]
+    );
+    // Still the primary until the standby's switchover fences it, which
+    // then runs as any planned switchover.
+    assert_eq!(node.role(), RoleKind::Primary);
+    let effects = node.step(
+        t(7),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            reason: FenceReason::Switchover,
+        },
+    );
+    assert_eq!(
+        effects[0],
+        Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2"))
+        }
+    );
+    assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+        last_lsn: Lsn(5)
+    })));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+#[test]
+fn a_primary_asked_to_stop_just_stops_when_its_standby_is_not_in_sync() {
+    let mut node = primary_with_standby_in_sync();
+    // Written and committed nowhere else yet: the standby lags behind
+    // nothing acknowledged, so it is still in sync...
+    node.step(t(6), writes_up_to(&node, 6));
+    assert_eq!(
+        node.step(t(7), Event::StopRequested),
+        vec![Effect::HandOver]
+    );
+    // ...but not once the primary acknowledged alone.
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StandbyUnreachable);
+    tick_until(&mut node, 100, 2200);
+    assert!(node.is_solo());
+    node.step(t(2300), Event::StandbyReachable);
+    node.step(t(2301), writes_up_to(&node, 6));
+    node.step(t(2302), Event::LocalFlushed { lsn: Lsn(6) });
+    assert_eq!(node.sync_state(), SyncState::NotSync);
+    assert_eq!(node.step(t(2303), Event::StopRequested), vec![Effect::Stop]);
+}
+
+#[test]
+fn a_primary_asked_to_stop_just_stops_when_its_standby_is_unreachable() {
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StandbyUnreachable);
+    assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StreamState { up: false });
+    assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
+    // A restarted primary that has not heard from its standby yet.
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    node.step(t(1), Event::StreamState { up: true });
+    assert_eq!(node.step(t(2), Event::StopRequested), vec![Effect::Stop]);
+}
+
+#[test]
+fn a_standby_asked_to_stop_just_stops() {
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    assert_eq!(node.step(t(101), Event::StopRequested), vec![Effect::Stop]);
+    assert_eq!(node.role(), RoleKind::Standby);
 }

@@ -73,7 +73,13 @@ impl Actor {
                     tokio::spawn(tasks.stop());
                 }
             }
+            Effect::StartRejoin { .. } if self.handing_over => {
+                // Handed over while stopping: the next start rejoins.
+                tracing::info!("stepped down for the new primary; not rejoining while stopping");
+            }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
+            Effect::Stop => self.stop_now = true,
+            Effect::HandOver => self.hand_over(),
             Effect::Append {
                 records,
                 fsync_inline,
