@@ -458,9 +458,13 @@ async fn shutting_down_a_primary_hands_over_to_its_standby_first() {
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     a.replica.shutdown().await;
-    let h = b.health();
-    assert_eq!(h.role, RoleKind::Primary, "b: {h:?}");
-    assert_eq!(h.epoch, walrep::Epoch(epoch.0 + 1));
+    // b persists its new epoch, led by itself, before it answers the
+    // handover that `shutdown` waited for.
+    let next = walrep::Epoch(epoch.0 + 1);
+    assert_eq!(b.wal.meta().epoch, next);
+    assert_eq!(b.wal.meta().leader, Some(walrep::NodeId::from("b")));
+    let h = b.wait("primary", |h| h.role == RoleKind::Primary).await;
+    assert_eq!(h.epoch, next);
     assert_eq!(
         a.wal.meta().leader,
         Some(walrep::NodeId::from("b")),
