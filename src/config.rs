@@ -194,8 +194,17 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Largest payload of one record (bytes).
     pub max_record_bytes: usize,
-    /// Bytes of WAL kept for a standby that has not flushed them; beyond
-    /// that the oldest segments go and the standby resyncs from a snapshot.
+    /// Most bytes of WAL kept, whatever the engine or the standby still
+    /// needs. Below the bound the WAL keeps every record the engine has not
+    /// made durable (`StateMachine::durable_lsn`) or the standby has not
+    /// flushed; beyond it the oldest segments go anyway. A standby that
+    /// needed them resyncs from a snapshot; an engine that had not made
+    /// them durable resyncs from the peer's snapshot at its next start (see
+    /// `StateMachine::durable_lsn` for what that means after a restart).
+    /// Removal is by whole segments, never of records not yet applied
+    /// locally, and runs each heartbeat interval: on disk the WAL takes at
+    /// most this plus one segment (`FileWalOptions::segment_bytes`), plus
+    /// the unused rest of the active segment when segments are preallocated.
     pub wal_retention_bytes: u64,
     /// Bytes of snapshot in one message of a `FetchSnapshot` transfer
     /// (default 1 MiB); must stay 64 KiB below `max_message_bytes`.

@@ -155,10 +155,17 @@ pub trait Replicator: Send + Sync {
     /// Every change of role, epoch, positions: the latest `Health`.
     fn subscribe(&self) -> watch::Receiver<Health>;
 
-    /// Stops every task and returns once they stopped. Writes waiting for
-    /// their commit mode fail with `ShuttingDown` (appended, perhaps not
-    /// durable: fate unknown, see `Error`); later calls fail with
-    /// `ShuttingDown`. The WAL and the state machine are left as a crash
-    /// would leave them, which their own contracts make safe.
+    /// Stops every task and returns once they stopped. A primary whose
+    /// standby is reachable and in sync first hands over to it: a planned
+    /// switchover (as `promote` asked of the primary), so writes pause for
+    /// milliseconds rather than `failover_timeout`, and by the time this
+    /// returns the standby is the primary of the next epoch. The handover
+    /// is bounded by about `switchover_timeout`; if the standby is not in
+    /// sync, unreachable, or does not take over in time, the node just
+    /// stops (and logs why). Writes waiting for their commit mode fail with
+    /// `ShuttingDown` (appended, perhaps not durable: fate unknown, see
+    /// `Error`); later calls fail with `ShuttingDown`. The WAL and the
+    /// state machine are left as a crash would leave them, which their own
+    /// contracts make safe.
     async fn shutdown(&self);
 }

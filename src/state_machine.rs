@@ -96,8 +96,8 @@ impl std::error::Error for StateMachineError {
 /// Durability: walrep does not need `apply` to be durable. At start it
 /// replays the WAL from `applied_lsn() + 1`, so after a crash
 /// `applied_lsn()` must not claim more than the state holds; an in-memory
-/// engine answers `Lsn::ZERO` and gets the whole log replayed, as long as
-/// `durable_lsn` lets walrep keep it.
+/// engine answers `Lsn::ZERO` and gets the whole log replayed while the WAL
+/// still holds all of it (see `durable_lsn`).
 ///
 /// Applies run on a blocking thread, never on the replication runtime's
 /// threads (the same exception for an in-memory WAL), so an engine may
@@ -141,7 +141,33 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// The LSN up to which the engine's state survives a crash on its own
     /// (a durable snapshot); walrep may delete WAL records at or below it.
-    /// The default keeps the whole WAL.
+    ///
+    /// The WAL keeps a record while the engine has not made it durable
+    /// (above this LSN) or the standby has not flushed it, but never more
+    /// than `Config::wal_retention_bytes`: beyond that bound the oldest
+    /// records go whatever this returns. The default (`Lsn::ZERO`, "nothing
+    /// is durable") therefore keeps the newest `wal_retention_bytes` of WAL,
+    /// not the whole log. After a restart walrep replays the WAL from
+    /// `applied_lsn() + 1`; if that record is gone (the engine restarted
+    /// with less state than the trimmed WAL covers, as an engine with no
+    /// durable state of its own does once more than `wal_retention_bytes`
+    /// was written), walrep never applies the partial log: the node resyncs
+    /// its state from the peer's snapshot (`restore`) and serves only after
+    /// that. If the peer cannot serve one (it is down too, or it restarted
+    /// with no state either), the node waits as a fenced node for an
+    /// operator; records that only this node's trimmed WAL and lost memory
+    /// held are gone. Report durability to keep the WAL a restart needs.
+    ///
+    /// Exactly once across restarts: records at or below `applied_lsn()`
+    /// are not applied again, so the engine must store its applied LSN
+    /// atomically with the data it covers (in the same file, transaction or
+    /// batch) and return from both `applied_lsn()` and `durable_lsn()` what
+    /// that stored state holds after a restart. A state that holds a record's
+    /// effect but an older LSN gets the record applied twice; a newer LSN
+    /// without the effect loses it. The daemon's demo KV engine
+    /// (`walrep-daemon/src/kv/`: `KvStore::persist_snapshot` and
+    /// `snapshot_file.rs`) writes the map and its LSN into one file that it
+    /// replaces atomically, and answers `durable_lsn()` with that file's LSN.
     fn durable_lsn(&self) -> Lsn {
         Lsn::ZERO
     }

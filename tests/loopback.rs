@@ -363,7 +363,9 @@ async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
     for i in 0..300 {
         a.apply(put_cmd(&format!("k{i}"), "v")).await.unwrap();
     }
-    for (r, stop, server) in [(a, stop_a, server_a), (b, stop_b, server_b)] {
+    // The standby first: a primary stopped while its standby is in sync
+    // would hand over to it (`shutting_down_a_primary_hands_over_...`).
+    for (r, stop, server) in [(b, stop_b, server_b), (a, stop_a, server_a)] {
         r.shutdown().await;
         let _ = stop.send(());
         let _ = server.await;
@@ -531,4 +533,159 @@ async fn pair_restarted_node_rejoins_from_its_file_wal_as_standby() {
         a.engine().state_hash(),
         pair.primary().engine().state_hash()
     );
+}
+
+/// An engine that never reports durability (the trait's default
+/// `durable_lsn`) on FileWals with small segments: under steady writes the
+/// WAL of both nodes stays within `wal_retention_bytes` plus one segment on
+/// disk, after many times that much was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_retention_bytes_bounds_the_wal_of_an_engine_that_never_reports_durability() {
+    use std::sync::Arc;
+    use walrep::testing::MemStateMachine;
+    use walrep::{FileWal, FileWalOptions, Replica};
+    const RETAIN: u64 = 64 << 10;
+    const SEGMENT: u64 = 16 << 10;
+    init_tracing();
+    let (addr_a, addr_b) = (free_addr().await, free_addr().await);
+    let dirs = [temp_dir(), temp_dir()];
+    let mut nodes = Vec::new();
+    for (i, cfg) in [
+        config("a", "b", addr_a, addr_b, CommitMode::RemoteFlush),
+        config("b", "a", addr_b, addr_a, CommitMode::RemoteFlush),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = walrep::Config {
+            wal_retention_bytes: RETAIN,
+            ..cfg
+        };
+        let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr)
+            .await
+            .unwrap();
+        let opts = FileWalOptions {
+            segment_bytes: SEGMENT,
+            preallocate: false,
+            ..FileWalOptions::default()
+        };
+        let wal = Arc::new(FileWal::open(dirs[i].join("wal"), opts).unwrap());
+        let (replica, service) = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+            .start()
+            .unwrap();
+        tokio::spawn(walrep::serve(service, listener, std::future::pending()));
+        nodes.push(Arc::new(replica));
+    }
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    a.wait_for(WAIT, "a streaming", |h| h.writable && h.peer.connected)
+        .await
+        .unwrap();
+    let wal_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    };
+    let bounded = |r: Arc<Replica>, dir: std::path::PathBuf| async move {
+        r.wait_for(WAIT, "the WAL trimmed to its bound", |_| {
+            wal_bytes(&dir) <= RETAIN + SEGMENT + 4096
+        })
+        .await
+        .unwrap();
+    };
+    let payload = bytes::Bytes::from(vec![7u8; 1000]);
+    let mut written = 0u64;
+    for round in 0..256 {
+        a.apply_batch(vec![payload.clone(); 4]).await.unwrap();
+        written += 4000;
+        if round % 32 == 31 {
+            // Both WALs come back under the bound (retention runs every
+            // heartbeat interval), however much was written before.
+            let last = a.health().last_lsn;
+            b.wait_for_lsn(last, WAIT).await.unwrap();
+            bounded(a.clone(), dirs[0].clone()).await;
+            bounded(b.clone(), dirs[1].clone()).await;
+        }
+    }
+    assert!(written > 15 * RETAIN);
+    assert!(a.health().first_lsn > Lsn(1) && b.health().first_lsn > Lsn(1));
+    for r in [a, b] {
+        r.shutdown().await;
+    }
+}
+
+/// `Replicator::shutdown` of a primary with a healthy standby hands over
+/// through a planned switchover: by the time it returns the standby is the
+/// primary of the next epoch, the old primary persisted that it stepped
+/// down for it (a failover would leave its meta alone), and every write it
+/// acknowledged, up to the last moment, is on the new primary (G2, G6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_a_primary_hands_over_to_its_standby_first() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..20 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    b.wait("eligible", |h| h.eligible).await;
+    let epoch = a.health().epoch;
+    // Writers keep going while the primary stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (r, stop) = (a.replica.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let key = format!("during{i}");
+                match r.apply(put_cmd(&key, "v")).await {
+                    Ok(_) => acked.push(key),
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.replica.shutdown().await;
+    // b persists its new epoch, led by itself, before it answers the
+    // handover that `shutdown` waited for.
+    let next = walrep::Epoch(epoch.0 + 1);
+    assert_eq!(b.wal.meta().epoch, next);
+    assert_eq!(b.wal.meta().leader, Some(walrep::NodeId::from("b")));
+    let h = b.wait("primary", |h| h.role == RoleKind::Primary).await;
+    assert_eq!(h.epoch, next);
+    assert_eq!(
+        a.wal.meta().leader,
+        Some(walrep::NodeId::from("b")),
+        "the old primary stepped down for b"
+    );
+    assert_eq!(a.wal.meta().epoch, h.epoch);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    b.replica.wait_for_lsn(h.last_lsn, WAIT).await.unwrap();
+    for key in (0..20).map(|i| format!("k{i}")).chain(acked) {
+        assert!(
+            b.kv.get(key.as_bytes()).is_some(),
+            "acknowledged {key} lost"
+        );
+    }
+    b.put("after", "handover").await.unwrap();
+}
+
+/// `Replicator::promote` asked of the primary by its own engine hands over
+/// to the standby, as a promote over the RPC does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_asked_of_the_primary_by_its_engine_hands_over_to_the_standby() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    a.put("k", "v").await.unwrap();
+    b.wait("eligible", |h| h.eligible).await;
+    let epoch = a.replica.promote(false).await.unwrap();
+    assert_eq!(epoch, walrep::Epoch(2));
+    let h = b.health();
+    assert_eq!((h.role, h.epoch), (RoleKind::Primary, epoch));
+    a.wait("a follows b", |h| h.role == RoleKind::Standby).await;
+    b.put("k2", "v").await.unwrap();
 }

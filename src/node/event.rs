@@ -207,6 +207,20 @@ pub(crate) enum Event {
     },
     /// The WAL failed (fsync error, corruption on write path): stop.
     WalFailed { reason: String },
+    /// The engine asks this node to stop (`Replicator::shutdown`):
+    /// answered with `Effect::HandOver` (a primary with a reachable standby
+    /// in sync) or `Effect::Stop`.
+    StopRequested,
+    /// The runtime measured the WAL for retention (every tick): it keeps
+    /// records from `first_lsn`, the engine's state survives a restart up
+    /// to `durable_lsn` (`StateMachine::durable_lsn`), and from
+    /// `bounded_from` on the WAL holds at most `wal_retention_bytes`.
+    /// Answered with `Effect::TrimWal` when old records may go.
+    WalMeasured {
+        first_lsn: Lsn,
+        durable_lsn: Lsn,
+        bounded_from: Lsn,
+    },
 }
 
 /// A fenced node's reply to a fence request, sent once its outcome is known.
@@ -289,4 +303,15 @@ pub(crate) enum Effect {
     StopPrimaryTasks,
     /// Find the divergence point with `leader`, rewind, become a standby.
     StartRejoin { leader: Option<NodeId> },
+    /// Stop now (answer to `Event::StopRequested`).
+    Stop,
+    /// Stop after handing over (answer to `Event::StopRequested`): ask the
+    /// standby to take over with a planned switchover (the `Promote` RPC, as
+    /// `ForwardPromote`), wait for its answer at most about
+    /// `switchover_timeout`, then stop whatever it was. The switchover
+    /// fences this node through `Event::FenceRequested` meanwhile.
+    HandOver,
+    /// Let go of WAL records before `keep_from` (whole segments, never
+    /// past what is flushed).
+    TrimWal { keep_from: Lsn },
 }

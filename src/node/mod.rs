@@ -37,6 +37,7 @@ mod event;
 mod primary;
 mod rejoin;
 mod requests;
+mod retention;
 mod standby;
 #[cfg(test)]
 mod tests;
@@ -283,6 +284,12 @@ impl Node {
                 self.on_rejoin_finished(epoch, leader);
             }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
+            Event::StopRequested => self.on_stop_requested(),
+            Event::WalMeasured {
+                first_lsn,
+                durable_lsn,
+                bounded_from,
+            } => self.on_wal_retention(first_lsn, durable_lsn, bounded_from),
         }
         self.last_step = Some(now);
         std::mem::take(&mut self.out)

@@ -167,6 +167,25 @@ impl Primary {
         deadline
     }
 
+    /// Why this primary may not hand over to its standby before it stops
+    /// (`None`: it may). A handover is a planned switchover, so it never
+    /// loses an acknowledged write; it is only worth trying when the
+    /// standby is reachable and in sync, so it can finish in milliseconds.
+    pub(super) fn why_no_handover(&self, cfg: &Config, commit: Lsn) -> Option<String> {
+        if self.demotion.is_some() {
+            return Some("a planned switchover is already in progress".into());
+        }
+        if !self.streaming || !self.contact_this_life || self.unreachable_since.is_some() {
+            return Some("the standby is not reachable".into());
+        }
+        match self.sync_state(cfg, commit) {
+            SyncState::NotSync => {
+                Some("the standby is not in sync (it may lack acknowledged writes)".into())
+            }
+            SyncState::Sync | SyncState::Async => None,
+        }
+    }
+
     pub(super) fn begin_demotion(&mut self, epoch: Epoch, leader: NodeId, deadline: Time) {
         self.demotion = Some(Demotion {
             epoch,
@@ -303,6 +322,32 @@ impl Node {
                 up_to: Some(lsn),
                 failure: WaiterFailure::SyncTimeout,
             });
+        }
+    }
+
+    /// The engine asks us to stop: a primary hands over to a standby that
+    /// can take over at once (a planned switchover, so writes pause for a
+    /// round trip and a fence, not `failover_timeout`); otherwise, and on
+    /// any other role, the node just stops.
+    pub(super) fn on_stop_requested(&mut self) {
+        let (cfg, commit) = (self.cfg.clone(), self.commit);
+        let why_not = match &self.role {
+            Role::Primary(p) => p.why_no_handover(&cfg, commit),
+            other => {
+                tracing::info!(role = %other.kind(), "stopping");
+                self.emit(Effect::Stop);
+                return;
+            }
+        };
+        match why_not {
+            None => {
+                tracing::info!(peer = %cfg.peer_id, "stopping the primary: handing over to the standby first");
+                self.emit(Effect::HandOver);
+            }
+            Some(why) => {
+                tracing::warn!(%why, "stopping the primary without handing over; the standby takes over by failover if it may");
+                self.emit(Effect::Stop);
+            }
         }
     }
 

@@ -165,15 +165,15 @@ impl Node {
     pub(super) fn on_promote_requested(&mut self, now: Time, force: bool, from: PromoteFrom) {
         let cfg = self.cfg.clone();
         match &mut self.role {
-            // Asked of the primary: over the RPC it hands over to the
-            // standby, which runs the planned switchover; the engine is
-            // told where to ask.
-            Role::Primary(_) if !force => match from {
-                PromoteFrom::Rpc => self.emit(Effect::ForwardPromote),
-                PromoteFrom::Engine => self.emit(Effect::ReplyPromote(Err(
-                    "this node is already the primary; ask the standby, or use the Promote RPC to hand over".into(),
-                ))),
-            },
+            // Asked of the primary, by its engine or over the RPC: it hands
+            // over to the standby, which runs the planned switchover.
+            Role::Primary(_) if !force => {
+                tracing::info!(
+                    ?from,
+                    "promotion asked of the primary: asking the standby to take over"
+                );
+                self.emit(Effect::ForwardPromote);
+            }
             Role::Primary(_) => self.emit(Effect::ReplyPromote(Err(
                 "this node is already the primary".into(),
             ))),

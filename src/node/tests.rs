@@ -1080,7 +1080,7 @@ fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
 }
 
 #[test]
-fn a_promote_asked_of_the_primary_by_its_engine_is_refused() {
+fn a_promote_asked_of_the_primary_by_its_engine_is_forwarded_to_the_standby() {
     let mut node = primary_with_standby(cfg());
     let effects = node.step(
         t(2),
@@ -1089,8 +1089,10 @@ fn a_promote_asked_of_the_primary_by_its_engine_is_refused() {
             from: PromoteFrom::Engine,
         },
     );
-    assert!(matches!(effects.as_slice(), [Effect::ReplyPromote(Err(_))]));
+    assert_eq!(effects, vec![Effect::ForwardPromote]);
+    // It keeps writing until the standby's switchover fences it.
     assert_eq!(node.role(), RoleKind::Primary);
+    assert!(node.check_writable().is_ok());
 }
 
 #[test]
@@ -1329,4 +1331,191 @@ fn a_state_machine_ahead_of_the_wal_sends_a_standby_to_resync() {
 fn an_applied_lsn_going_backwards_is_a_bug() {
     let mut node = standby_with_log();
     node.step(t(1), Event::Applied { lsn: Lsn(2) });
+}
+
+// ---- WAL retention ----
+
+fn measured(first: u64, durable: u64, bounded_from: u64) -> Event {
+    Event::WalMeasured {
+        first_lsn: Lsn(first),
+        durable_lsn: Lsn(durable),
+        bounded_from: Lsn(bounded_from),
+    }
+}
+
+/// A primary at epoch 1 that wrote, committed and applied 1..=100, its
+/// standby having flushed up to `standby_flushed`.
+fn primary_applied_100(standby_flushed: u64) -> Node {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg()
+    };
+    let mut node = primary_with_standby(cfg);
+    node.step(t(2), writes_up_to(&node, 100));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(100) });
+    node.step(t(4), Event::Applied { lsn: Lsn(100) });
+    let flushed = Lsn(standby_flushed);
+    node.step(
+        t(5),
+        Event::StandbyProgress {
+            positions: StandbyPositions {
+                written: flushed,
+                flushed,
+                applied: flushed,
+            },
+            epoch: node.epoch(),
+        },
+    );
+    node
+}
+
+#[test]
+fn the_wal_keeps_what_the_engine_has_not_made_durable_or_the_standby_lacks() {
+    let mut node = primary_applied_100(60);
+    // Under the bound: the engine's durable point and the standby's flush
+    // decide, whichever needs more.
+    assert_eq!(
+        node.step(t(6), measured(1, 40, 1)),
+        vec![Effect::TrimWal { keep_from: Lsn(41) }]
+    );
+    assert_eq!(
+        node.step(t(7), measured(41, 80, 1)),
+        vec![Effect::TrimWal { keep_from: Lsn(61) }]
+    );
+    // Nothing new may go: no effect.
+    assert!(node.step(t(8), measured(61, 80, 1)).is_empty());
+}
+
+#[test]
+fn wal_retention_bytes_bounds_the_wal_whatever_the_engine_and_the_standby_need() {
+    // An engine that never reports durability, a standby far behind: the
+    // bound alone decides.
+    let mut node = primary_applied_100(10);
+    assert_eq!(
+        node.step(t(6), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(90) }]
+    );
+    // A standby behind the same way.
+    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(100), t(0));
+    assert_eq!(
+        standby.step(t(1), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(90) }]
+    );
+}
+
+#[test]
+fn records_the_state_machine_has_not_applied_are_never_trimmed() {
+    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(50), t(0));
+    assert_eq!(
+        standby.step(t(1), measured(1, 0, 90)),
+        vec![Effect::TrimWal { keep_from: Lsn(51) }]
+    );
+}
+
+#[test]
+fn a_node_that_is_not_primary_or_standby_leaves_its_wal_alone() {
+    let mut node = primary_applied_100(100);
+    node.step(t(6), Event::FenceOrdered { epoch: Epoch(2) });
+    assert_eq!(node.role(), RoleKind::Fenced);
+    assert!(node.step(t(7), measured(1, 100, 90)).is_empty());
+}
+
+// ---- Stopping: a primary hands over first ----
+
+/// A primary that wrote 1..=5, all flushed by its standby over an open
+/// stream: the standby is in sync.
+fn primary_with_standby_in_sync() -> Node {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), Event::StreamState { up: true });
+    node.step(t(3), writes_up_to(&node, 5));
+    node.step(t(4), Event::LocalFlushed { lsn: Lsn(5) });
+    let positions = StandbyPositions {
+        written: Lsn(5),
+        flushed: Lsn(5),
+        applied: Lsn(5),
+    };
+    node.step(
+        t(5),
+        Event::StandbyProgress {
+            positions,
+            epoch: node.epoch(),
+        },
+    );
+    assert_eq!(node.commit_lsn(), Lsn(5));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+    node
+}
+
+#[test]
+fn a_primary_asked_to_stop_hands_over_to_its_standby_in_sync() {
+    let mut node = primary_with_standby_in_sync();
+    assert_eq!(
+        node.step(t(6), Event::StopRequested),
+        vec![Effect::HandOver]
+    );
+    // Still the primary until the standby's switchover fences it, which
+    // then runs as any planned switchover.
+    assert_eq!(node.role(), RoleKind::Primary);
+    let effects = node.step(
+        t(7),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            reason: FenceReason::Switchover,
+        },
+    );
+    assert_eq!(
+        effects[0],
+        Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2"))
+        }
+    );
+    assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+        last_lsn: Lsn(5)
+    })));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+#[test]
+fn a_primary_asked_to_stop_just_stops_when_its_standby_is_not_in_sync() {
+    let mut node = primary_with_standby_in_sync();
+    // Written and committed nowhere else yet: the standby lags behind
+    // nothing acknowledged, so it is still in sync...
+    node.step(t(6), writes_up_to(&node, 6));
+    assert_eq!(
+        node.step(t(7), Event::StopRequested),
+        vec![Effect::HandOver]
+    );
+    // ...but not once the primary acknowledged alone.
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StandbyUnreachable);
+    tick_until(&mut node, 100, 2200);
+    assert!(node.is_solo());
+    node.step(t(2300), Event::StandbyReachable);
+    node.step(t(2301), writes_up_to(&node, 6));
+    node.step(t(2302), Event::LocalFlushed { lsn: Lsn(6) });
+    assert_eq!(node.sync_state(), SyncState::NotSync);
+    assert_eq!(node.step(t(2303), Event::StopRequested), vec![Effect::Stop]);
+}
+
+#[test]
+fn a_primary_asked_to_stop_just_stops_when_its_standby_is_unreachable() {
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StandbyUnreachable);
+    assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
+    let mut node = primary_with_standby_in_sync();
+    node.step(t(6), Event::StreamState { up: false });
+    assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
+    // A restarted primary that has not heard from its standby yet.
+    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    node.step(t(1), Event::StreamState { up: true });
+    assert_eq!(node.step(t(2), Event::StopRequested), vec![Effect::Stop]);
+}
+
+#[test]
+fn a_standby_asked_to_stop_just_stops() {
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    assert_eq!(node.step(t(101), Event::StopRequested), vec![Effect::Stop]);
+    assert_eq!(node.role(), RoleKind::Standby);
 }

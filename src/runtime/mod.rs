@@ -127,6 +127,10 @@ pub(crate) enum Msg {
     },
     /// The rejoin carried out its plan (or failed for good).
     RejoinDone(std::result::Result<rejoin::Outcome, String>),
-    /// Stop every task, sync the WAL, then answer.
+    /// Stop (a primary hands over to its standby first if it may: see
+    /// `Event::StopRequested`), stop every task, sync the WAL, then answer.
     Shutdown { reply: oneshot::Sender<()> },
+    /// The standby answered the handover of a stopping primary (its new
+    /// epoch), or did not in time.
+    HandOverDone(std::result::Result<Epoch, String>),
 }

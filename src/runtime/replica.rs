@@ -13,7 +13,7 @@ use crate::wal::WalStore;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -80,24 +80,35 @@ impl ReplicaBuilder {
         })?;
         Ok((
             Replica {
-                tx,
-                health,
-                metrics,
-                actor: Mutex::new(Some(handle)),
-                max_record_bytes: self.cfg.max_record_bytes,
-                promote_timeout: self.cfg.switchover_timeout + self.cfg.rpc_timeout * 4,
+                inner: Arc::new(Inner {
+                    tx,
+                    health,
+                    metrics,
+                    actor: tokio::sync::Mutex::new(Some(handle)),
+                    max_record_bytes: self.cfg.max_record_bytes,
+                    promote_timeout: self.cfg.switchover_timeout + self.cfg.rpc_timeout * 4,
+                }),
             },
             service,
         ))
     }
 }
 
-/// The handle an engine holds; implements `Replicator`.
+/// The handle an engine holds; implements `Replicator`. Cheap to clone
+/// (an `Arc` inside): every clone talks to the same node, so an engine can
+/// hand one to each of its tasks.
+#[derive(Clone)]
 pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     tx: mpsc::Sender<Msg>,
     health: watch::Receiver<Health>,
     metrics: Arc<Metrics>,
-    actor: Mutex<Option<JoinHandle<()>>>,
+    /// The actor's task, awaited by the first `shutdown`; the others wait
+    /// for that one on the lock.
+    actor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     max_record_bytes: usize,
     promote_timeout: Duration,
 }
@@ -122,7 +133,7 @@ impl Replica {
 
     /// The node's counters (role transitions, refusals, rewinds) now.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        self.inner.metrics.snapshot()
     }
 
     /// Waits until `pred` holds for the node's health, or `timeout`.
@@ -132,20 +143,21 @@ impl Replica {
         what: &str,
         mut pred: impl FnMut(&Health) -> bool,
     ) -> Result<Health> {
-        let mut rx = self.health.clone();
+        let mut rx = self.inner.health.clone();
         match tokio::time::timeout(timeout, rx.wait_for(|h| pred(h))).await {
             Ok(Ok(h)) => Ok(h.clone()),
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::Timeout(format!(
                 "{what} did not happen within {timeout:?} (last health: {:?})",
-                *self.health.borrow()
+                *self.inner.health.borrow()
             ))),
         }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx
+        self.inner
+            .tx
             .send(make(tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -164,11 +176,11 @@ impl Replicator for Replica {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(big) = cmds.iter().find(|c| c.len() > self.max_record_bytes) {
+        if let Some(big) = cmds.iter().find(|c| c.len() > self.inner.max_record_bytes) {
             return Err(Error::InvalidInput(format!(
                 "a command of {} bytes exceeds max_record_bytes ({}); nothing was written",
                 big.len(),
-                self.max_record_bytes
+                self.inner.max_record_bytes
             )));
         }
         self.ask(|reply| Msg::Apply {
@@ -179,23 +191,23 @@ impl Replicator for Replica {
     }
 
     fn role(&self) -> RoleKind {
-        self.health.borrow().role
+        self.inner.health.borrow().role
     }
 
     fn epoch(&self) -> Epoch {
-        self.health.borrow().epoch
+        self.inner.health.borrow().epoch
     }
 
     fn leader(&self) -> Option<LeaderHint> {
-        self.health.borrow().leader.clone()
+        self.inner.health.borrow().leader.clone()
     }
 
     fn health(&self) -> Health {
-        self.health.borrow().clone()
+        self.inner.health.borrow().clone()
     }
 
     async fn promote(&self, force: bool) -> Result<Epoch> {
-        let limit = self.promote_timeout;
+        let limit = self.inner.promote_timeout;
         match tokio::time::timeout(limit, self.ask(|reply| Msg::Promote { force, reply })).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(format!(
@@ -224,16 +236,22 @@ impl Replicator for Replica {
     }
 
     fn subscribe(&self) -> watch::Receiver<Health> {
-        self.health.clone()
+        self.inner.health.clone()
     }
 
     async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown { reply: tx }).await.is_ok() {
+        if self
+            .inner
+            .tx
+            .send(Msg::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
-        let handle = self.actor.lock().unwrap().take();
-        if let Some(handle) = handle {
+        let mut actor = self.inner.actor.lock().await;
+        if let Some(handle) = actor.take() {
             let _ = handle.await;
         }
     }

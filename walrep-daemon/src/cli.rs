@@ -147,7 +147,7 @@ pub struct NodeArgs {
     pub snapshot_records: Option<String>,
     #[arg(long, value_name = "MS", help = help("snapshot_interval_ms", "...or this often when anything new was applied"))]
     pub snapshot_interval_ms: Option<String>,
-    #[arg(long, value_name = "BYTES", help = help("wal_retention_bytes", "WAL kept for a lagging standby before it must resync from a snapshot"))]
+    #[arg(long, value_name = "BYTES", help = help("wal_retention_bytes", "most WAL kept, whatever a lagging standby or the KV snapshot still needs (they resync from a snapshot)"))]
     pub wal_retention_bytes: Option<String>,
     #[arg(long, value_name = "BYTES", help = help("snapshot_chunk_bytes", "Bytes per message when sending a snapshot to a resyncing standby"))]
     pub snapshot_chunk_bytes: Option<String>,

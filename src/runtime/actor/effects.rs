@@ -73,7 +73,13 @@ impl Actor {
                     tokio::spawn(tasks.stop());
                 }
             }
+            Effect::StartRejoin { .. } if self.handing_over => {
+                // Handed over while stopping: the next start rejoins.
+                tracing::info!("stepped down for the new primary; not rejoining while stopping");
+            }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
+            Effect::Stop => self.stop_now = true,
+            Effect::HandOver => self.hand_over(),
             Effect::Append {
                 records,
                 fsync_inline,
@@ -88,6 +94,11 @@ impl Actor {
             Effect::ForwardPromote => self.forward_promote(),
             Effect::CannotStart { reason } => {
                 unreachable!("the node refuses to start only when opened: {reason}")
+            }
+            Effect::TrimWal { keep_from } => {
+                if let Err(e) = self.wal.remove_before(keep_from) {
+                    tracing::warn!(error = %e, "could not remove old WAL segments");
+                }
             }
             Effect::Rejoin(plan) => match self.answering.take() {
                 Some(Answering::Rejoin(reply)) => {

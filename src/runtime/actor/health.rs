@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::error::LeaderHint;
-use crate::node::{RoleKind, StandbyPositions, SyncState, WriteRefusal};
+use crate::node::{Event, RoleKind, StandbyPositions, SyncState, WriteRefusal};
 use crate::replicator::{Health, PeerHealth};
 use crate::transport::Header;
 use crate::types::{Epoch, Lsn};
@@ -34,25 +34,36 @@ pub(super) fn placeholder_health(cfg: &Config) -> Health {
 }
 
 impl Actor {
-    /// Lets go of WAL the engine's durable state covers and the standby
-    /// has flushed (or that exceeds the retention limit).
+    /// Measures the WAL for retention; the node decides what may go
+    /// (`Effect::TrimWal`).
     pub(super) fn retain_wal(&mut self) {
-        let durable = self.sm.durable_lsn().min(self.node.applied_lsn());
-        if durable == Lsn::ZERO {
-            return;
+        let first_lsn = self.wal.first_lsn();
+        let bounded_from = self.bounded_from(first_lsn);
+        self.step(Event::WalMeasured {
+            first_lsn,
+            durable_lsn: self.sm.durable_lsn(),
+            bounded_from,
+        });
+    }
+
+    /// The oldest LSN from which the WAL holds at most
+    /// `wal_retention_bytes` (a binary search, only when over the bound).
+    fn bounded_from(&self, first_lsn: Lsn) -> Lsn {
+        let limit = self.cfg.wal_retention_bytes;
+        if self.wal.bytes_from(first_lsn) <= limit {
+            return first_lsn;
         }
-        let mut keep_from = durable.next();
-        if let Some(standby) = self.node.standby_positions() {
-            let standby_next = standby.flushed.next();
-            if self.wal.bytes_from(standby_next) <= self.cfg.wal_retention_bytes {
-                keep_from = keep_from.min(standby_next);
+        // bytes_from(lo) > limit >= bytes_from(hi)
+        let (mut lo, mut hi) = (first_lsn, self.wal.last_lsn().next());
+        while hi.0 - lo.0 > 1 {
+            let mid = Lsn(lo.0 + (hi.0 - lo.0) / 2);
+            if self.wal.bytes_from(mid) <= limit {
+                hi = mid;
+            } else {
+                lo = mid;
             }
         }
-        if keep_from > self.wal.first_lsn()
-            && let Err(e) = self.wal.remove_before(keep_from)
-        {
-            tracing::warn!(error = %e, "could not remove old WAL segments");
-        }
+        hi
     }
 
     pub(super) fn header(&self) -> Header {

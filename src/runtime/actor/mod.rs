@@ -9,7 +9,8 @@
 //!   decides;
 //! * `effects`: carrying out the node's effects and the tasks they start;
 //! * `health`: what the node publishes, and WAL retention;
-//! * `shutdown`: stopping every task and syncing the WAL.
+//! * `shutdown`: handing over to the standby (a stopping primary), then
+//!   stopping every task and syncing the WAL.
 
 mod effects;
 mod health;
@@ -97,6 +98,12 @@ struct Actor {
     /// Our WAL stream to the standby is open (primary).
     stream_up: bool,
     stopping: bool,
+    /// Callers of `Replica::shutdown`, answered once the node stopped.
+    stop_replies: Vec<oneshot::Sender<()>>,
+    /// Stopping: the standby is being asked to take over first.
+    handing_over: bool,
+    /// The node decided to stop (`Effect::Stop`, or the handover ended).
+    stop_now: bool,
 }
 
 pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle<()>)> {
@@ -158,6 +165,9 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         primary_last_lsn: last,
         stream_up: false,
         stopping: false,
+        stop_replies: Vec::new(),
+        handing_over: false,
+        stop_now: false,
     };
     tracing::info!(
         node = %actor.cfg.node_id,
@@ -206,16 +216,17 @@ impl Actor {
                     while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                         match msg {
                             Msg::Apply { payloads, reply } => self.queue_write(payloads, reply),
-                            Msg::Shutdown { reply } => {
-                                self.append_queued();
-                                self.shutdown().await;
-                                let _ = reply.send(());
-                                return;
-                            }
                             other => {
                                 self.append_queued();
                                 self.handle(other);
                             }
+                        }
+                        if self.stop_now {
+                            self.shutdown().await;
+                            for reply in self.stop_replies.drain(..) {
+                                let _ = reply.send(());
+                            }
+                            return;
                         }
                     }
                     self.append_queued();
@@ -268,7 +279,14 @@ impl Actor {
             }
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result),
-            Msg::Apply { .. } | Msg::Shutdown { .. } => unreachable!("handled by run"),
+            Msg::Shutdown { reply } => {
+                self.stop_replies.push(reply);
+                if !self.handing_over {
+                    self.step(Event::StopRequested);
+                }
+            }
+            Msg::HandOverDone(result) => self.hand_over_done(result),
+            Msg::Apply { .. } => unreachable!("handled by run"),
         }
     }
 

@@ -1,8 +1,11 @@
-//! `walrep bench-switchover`: the write pause of a planned switchover
-//! (`POST /promote` on the standby) under a steady write load, and a check
-//! that it loses nothing: every write acknowledged during the trial is read
-//! back from the new primary. The pause is the longest gap between two
-//! consecutive acknowledgements from the promotion request on.
+//! `walrep bench-switchover`: the write pause of a planned switchover under
+//! a steady write load, and a check that it loses nothing: every write
+//! acknowledged during the trial is read back from the new primary. The
+//! pause is the longest gap between two consecutive acknowledgements from
+//! the request on. `--via promote` (the default) asks the standby
+//! (`POST /promote`); `--via sigterm` is a planned restart: SIGTERM to the
+//! primary, which hands over to its standby before it stops, then the
+//! old primary starts again (and rejoins as the standby).
 
 use super::load::{self, Load, Percentiles};
 use super::{emit_json, r3};
@@ -26,6 +29,11 @@ pub struct SwitchoverArgs {
     /// Commit mode of both nodes.
     #[arg(long, default_value = "remote-flush")]
     pub commit_mode: CommitMode,
+    /// How the switchover is asked for: `promote` (`POST /promote` on
+    /// the standby) or `sigterm` (SIGTERM to the primary, then start it
+    /// again: a planned restart).
+    #[arg(long, default_value = "promote", value_parser = ["promote", "sigterm"])]
+    pub via: String,
     /// Also print the result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -39,6 +47,7 @@ pub struct SwitchoverArgs {
 struct SwitchoverResult {
     bench: &'static str,
     commit_mode: &'static str,
+    via: String,
     trials: usize,
     pause_p50_ms: f64,
     pause_max_ms: f64,
@@ -70,9 +79,10 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
     let (mut pauses, mut promotes) = (Vec::new(), Vec::new());
     let (mut acknowledged, mut lost) = (0, 0);
     for trial in 1..=a.trials {
-        let t = switch(primary, standby, mode, a.writers, trial).await?;
+        let sigterm = a.via == "sigterm";
+        let t = switch(primary, standby, mode, a.writers, trial, sigterm).await?;
         eprintln!(
-            "bench-switchover: trial {trial}: write pause {:.1} ms, promote answered in {:.1} ms, {} acknowledged, {} lost",
+            "bench-switchover: trial {trial}: write pause {:.1} ms, switchover answered in {:.1} ms, {} acknowledged, {} lost",
             t.pause.as_secs_f64() * 1e3,
             t.promote.as_secs_f64() * 1e3,
             t.acknowledged,
@@ -89,6 +99,7 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
     let result = SwitchoverResult {
         bench: "switchover",
         commit_mode: mode.as_str(),
+        via: a.via.clone(),
         trials: a.trials,
         pause_p50_ms: ms(pauses.at(0.5)),
         pause_max_ms: ms(pauses.max()),
@@ -97,7 +108,8 @@ pub async fn run(a: SwitchoverArgs) -> Result<(), DaemonError> {
         lost,
     };
     println!(
-        "planned switchover under {} writers: write pause p50 {:.1} ms, max {:.1} ms; promote answered in p50 {:.1} ms; {} acknowledged, {} lost",
+        "planned switchover (via {}) under {} writers: write pause p50 {:.1} ms, max {:.1} ms; switchover answered in p50 {:.1} ms; {} acknowledged, {} lost",
+        a.via,
         a.writers,
         result.pause_p50_ms,
         result.pause_max_ms,
@@ -128,6 +140,7 @@ async fn switch(
     mode: CommitMode,
     writers: usize,
     trial: usize,
+    sigterm: bool,
 ) -> Result<Trial, DaemonError> {
     wait_streaming(primary, standby, mode).await?;
     let writing = load::start(&Load::following(
@@ -139,8 +152,30 @@ async fn switch(
     // Steady load first, and after: the pause is measured inside it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
-    HttpClient::new(&standby.http).promote(false).await?;
-    let promote = asked.elapsed();
+    let promote = if sigterm {
+        // The old primary returns once the standby took over (or gave up).
+        primary
+            .signal(libc::SIGTERM)
+            .map_err(|e| DaemonError::io("sending SIGTERM to the primary", e))?;
+        let stopped = loop {
+            match primary.wait_exit(Duration::ZERO) {
+                Ok(status) => break status,
+                Err(e) if asked.elapsed() > Duration::from_secs(30) => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        };
+        let took = asked.elapsed();
+        if !stopped.success() {
+            return Err(DaemonError::Failed(format!(
+                "the primary exited with {stopped} on SIGTERM: {}",
+                primary.log_tail(20)
+            )));
+        }
+        took
+    } else {
+        HttpClient::new(&standby.http).promote(false).await?;
+        asked.elapsed()
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = writing.finish().await?;
     let pause = report
@@ -152,6 +187,10 @@ async fn switch(
         .unwrap_or_default();
 
     let lost = load::count_lost(&standby.http, &report).await?;
+    if sigterm {
+        // Started again with its original flags, it rejoins as the standby.
+        primary.spawn()?;
+    }
     Ok(Trial {
         pause,
         promote,

@@ -1,0 +1,37 @@
+//! WAL retention: which old records the node may let go of.
+//!
+//! A record is kept while the engine has not made it durable (its state
+//! would need it replayed after a restart) or while the standby has not
+//! flushed it (it would need it streamed). `wal_retention_bytes` bounds the
+//! WAL whatever either does: beyond it the oldest records go anyway, and
+//! whoever still needed them resyncs from a snapshot instead (a standby
+//! when it asks for them, this node's engine at its next start: see
+//! `on_opened`). Records the local state machine has not applied yet are
+//! never let go: the applier reads them from the WAL.
+
+use super::event::Effect;
+use super::{Node, Role};
+use crate::types::Lsn;
+
+impl Node {
+    /// `first_lsn`: the oldest record the WAL keeps; `durable`: the
+    /// engine's `durable_lsn()`; `bounded_from`: the oldest LSN from which
+    /// the WAL holds at most `wal_retention_bytes`.
+    pub(super) fn on_wal_retention(&mut self, first_lsn: Lsn, durable: Lsn, bounded_from: Lsn) {
+        let standby_needs = match &self.role {
+            Role::Primary(p) => Some(p.standby.flushed.next()),
+            Role::Standby(_) => None,
+            // A promotion, a rejoin or a failed WAL: leave the log alone.
+            _ => return,
+        };
+        let engine_needs = durable.min(self.applied).next();
+        let wanted = standby_needs.map_or(engine_needs, |s| s.min(engine_needs));
+        let keep_from = wanted.max(bounded_from).min(self.applied.next());
+        if keep_from > first_lsn {
+            if keep_from > wanted {
+                tracing::debug!(%keep_from, %wanted, "WAL over wal_retention_bytes: letting go of records still wanted");
+            }
+            self.emit(Effect::TrimWal { keep_from });
+        }
+    }
+}
