@@ -6,18 +6,30 @@
 //! ```
 
 use bytes::Bytes;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use walrep::{
     Config, FileWal, FileWalOptions, InitialRole, Lsn, NodeId, Replica, Replicator, StateMachine,
     StateMachineError,
 };
 
-/// The engine's state: a sum of the numbers it was told to add.
+/// The engine's state: a sum of the numbers it was told to add, and the
+/// last LSN it applied. One lock holds both, so a snapshot (which may run
+/// beside `apply`) sees a sum and the LSN it belongs to.
 #[derive(Default)]
 struct Counter {
-    sum: AtomicU64,
-    applied: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct State {
+    sum: u64,
+    applied: Lsn,
+}
+
+impl Counter {
+    fn sum(&self) -> u64 {
+        self.state.lock().unwrap().sum
+    }
 }
 
 impl StateMachine for Counter {
@@ -25,21 +37,21 @@ impl StateMachine for Counter {
         let n: [u8; 8] = payload
             .try_into()
             .map_err(|_| StateMachineError::new(format!("record {lsn} is not a u64")))?;
-        self.sum.fetch_add(u64::from_le_bytes(n), Ordering::SeqCst);
-        self.applied.store(lsn.0, Ordering::SeqCst);
+        let mut state = self.state.lock().unwrap();
+        state.sum += u64::from_le_bytes(n);
+        state.applied = lsn;
         Ok(())
     }
 
     fn applied_lsn(&self) -> Lsn {
-        Lsn(self.applied.load(Ordering::SeqCst))
+        self.state.lock().unwrap().applied
     }
 
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
-        let lsn = self.applied_lsn();
-        let sum = self.sum.load(Ordering::SeqCst);
-        out.write_all(&sum.to_le_bytes())
+        let state = *self.state.lock().unwrap();
+        out.write_all(&state.sum.to_le_bytes())
             .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
-        Ok(lsn)
+        Ok(state.applied)
     }
 
     fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
@@ -47,8 +59,10 @@ impl StateMachine for Counter {
         input
             .read_exact(&mut n)
             .map_err(|e| StateMachineError::new(format!("snapshot is not a u64: {e}")))?;
-        self.sum.store(u64::from_le_bytes(n), Ordering::SeqCst);
-        self.applied.store(lsn.0, Ordering::SeqCst);
+        *self.state.lock().unwrap() = State {
+            sum: u64::from_le_bytes(n),
+            applied: lsn,
+        };
         Ok(())
     }
 }
@@ -79,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .apply(Bytes::copy_from_slice(&1u64.to_le_bytes()))
             .await
         {
-            Ok(at) => println!("sum = {} at {:?}", counter.sum.load(Ordering::SeqCst), at),
+            Ok(at) => println!("sum = {} at {:?}", counter.sum(), at),
             Err(e) => println!("{e}"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
