@@ -141,6 +141,45 @@ async fn silent_primary_is_fenced_then_the_standby_promotes() {
     replica.shutdown().await;
 }
 
+/// A standby that cannot save its new epoch (a full disk) must not act on
+/// it (G1): no fence goes to the old primary, no primary tasks start, and
+/// the node stops as failed instead of primary.
+#[tokio::test(start_paused = true)]
+async fn a_promotion_whose_epoch_cannot_be_saved_sends_no_fence_and_fails_the_node() {
+    let fences = Arc::new(AtomicU32::new(0));
+    let mut peer = unreachable_peer();
+    let counted = fences.clone();
+    peer.expect_fence().returning(move |req| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(FenceReply {
+            epoch: req.header.epoch,
+            last_lsn: Lsn::ZERO,
+            last_epoch: Epoch::ZERO,
+        })
+    });
+    let wal = standby_wal();
+    let (replica, service) = start(cfg(InitialRole::Standby), wal.clone(), peer);
+    heartbeat_from_primary(&service, SyncState::Sync).await;
+    wal.fail_meta_writes(true);
+    let h = replica
+        .wait_for(Duration::from_secs(5), "the node fails", |h| {
+            h.role == RoleKind::Failed
+        })
+        .await
+        .unwrap();
+    assert!(!h.writable);
+    assert_eq!(wal.meta().epoch, Epoch(1));
+    // Paused time: this lets any fence the failed promotion had spawned
+    // reach the peer (it would within one rpc_timeout).
+    tokio::time::sleep(cfg(InitialRole::Standby).rpc_timeout * 2).await;
+    assert_eq!(
+        fences.load(Ordering::SeqCst),
+        0,
+        "a fence for an epoch that was never saved went out"
+    );
+    replica.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_standby_not_in_sync_never_promotes() {
     let mut peer = unreachable_peer();

@@ -16,6 +16,7 @@ pub struct MemWal {
     inner: Mutex<Inner>,
     fail_sync: AtomicBool,
     fail_append: AtomicBool,
+    fail_meta: AtomicBool,
     syncs: AtomicU64,
 }
 
@@ -82,6 +83,12 @@ impl MemWal {
     /// Makes every later `append` fail with an I/O error.
     pub fn fail_appends(&self, fail: bool) {
         self.fail_append.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `set_meta` fail with an I/O error, as a full disk
+    /// that cannot save a new epoch.
+    pub fn fail_meta_writes(&self, fail: bool) {
+        self.fail_meta.store(fail, Ordering::SeqCst);
     }
 
     /// How many times `sync` reached the (pretend) disk.
@@ -245,6 +252,12 @@ impl WalStore for MemWal {
     fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {
         let mut inner = self.inner.lock().unwrap();
         inner.check_poison()?;
+        if self.fail_meta.load(Ordering::SeqCst) {
+            return Err(WalError::Io {
+                what: "MemWal set_meta (injected)".into(),
+                source: std::io::Error::other("injected meta write failure"),
+            });
+        }
         inner.meta = meta.clone();
         Ok(())
     }

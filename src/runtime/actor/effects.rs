@@ -1,7 +1,7 @@
 //! Carrying out the node's effects, and the tasks some of them start
 //! (streamer and heartbeats, applier, rejoin, a fence to the peer).
 
-use crate::node::{Effect, Event, FenceOutcome, FenceReason, RoleKind};
+use crate::node::{Effect, Event, FenceOutcome, FenceReason, Refused, RoleKind};
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
 use crate::types::{Epoch, NodeId};
@@ -13,26 +13,64 @@ use super::requests::reply_promote;
 use super::{Actor, Answering, Tasks, refusal_error};
 
 impl Actor {
+    /// Carries out one step's effects in order. The node emits
+    /// `PersistMeta` before anything that acts on the new epoch (G1: persist
+    /// before a message goes out); if that write fails, the rest of the step
+    /// acted on an epoch this node does not hold durably, so what would tell
+    /// anyone about it (a fence, an accepting answer, the primary's tasks, a
+    /// rejoin) is not carried out; pending requests get a refusal instead.
     pub(super) fn run_effects(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
-            self.run_effect(effect);
+        let mut effects = effects.into_iter();
+        while let Some(effect) = effects.next() {
+            let Effect::PersistMeta { epoch, leader } = effect else {
+                self.run_effect(effect);
+                continue;
+            };
+            let meta = WalMeta {
+                epoch,
+                leader: leader.clone(),
+            };
+            if let Err(e) = self.wal.set_meta(&meta) {
+                let reason = format!("persisting epoch {epoch}: {e}");
+                for rest in effects {
+                    self.withhold(rest, &reason);
+                }
+                let failed = self.node.step(self.now(), Event::WalFailed { reason });
+                self.run_effects(failed);
+                return;
+            }
+            tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), "epoch persisted");
+        }
+    }
+
+    /// An effect of a step whose epoch could not be persisted: what only
+    /// tidies up still runs; what would act on the epoch does not, and a
+    /// waiting request is refused rather than left hanging.
+    fn withhold(&mut self, effect: Effect, reason: &str) {
+        let why = format!("this node could not persist its epoch ({reason})");
+        match effect {
+            Effect::FailWaiters { .. }
+            | Effect::RoleChanged { .. }
+            | Effect::StopPrimaryTasks
+            | Effect::RefuseWrites(_)
+            | Effect::Stop => self.run_effect(effect),
+            Effect::ReplyFence(_) => {
+                if let Some(reply) = self.pending_fence.take() {
+                    let _ = reply.send(Err(self.refusal(RefusalKind::Unavailable, why)));
+                }
+            }
+            Effect::ReplyPromote(_) => self.run_effect(Effect::ReplyPromote(Err(why))),
+            Effect::Answer(_) => self.answer(Err(Refused::new(RefusalKind::Unavailable, why))),
+            other => {
+                tracing::warn!(effect = ?other, %reason, "not carried out: the epoch it acts on was not persisted")
+            }
         }
     }
 
     pub(super) fn run_effect(&mut self, effect: Effect) {
         match effect {
-            Effect::PersistMeta { epoch, leader } => {
-                if let Err(e) = self.wal.set_meta(&WalMeta {
-                    epoch,
-                    leader: leader.clone(),
-                }) {
-                    // An epoch we cannot persist must not be acted on.
-                    let reason = format!("persisting epoch {epoch}: {e}");
-                    let effects = self.node.step(self.now(), Event::WalFailed { reason });
-                    self.run_effects(effects);
-                    return;
-                }
-                tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), "epoch persisted");
+            Effect::PersistMeta { .. } => {
+                unreachable!("run_effects persists the epoch itself")
             }
             Effect::RoleChanged { from, to, epoch } => {
                 tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
