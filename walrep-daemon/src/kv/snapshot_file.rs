@@ -141,13 +141,19 @@ pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
     }
 }
 
-pub fn store(dir: &Path, lsn: Lsn, data: &[u8]) -> Result<(), StateMachineError> {
+pub fn store(
+    dir: &Path,
+    lsn: Lsn,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), StateMachineError> {
     let io = |what: &str, e: std::io::Error| err(format!("{what} in {}: {e}", dir.display()));
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
-    f.write_all(&lsn.0.to_le_bytes())
-        .and_then(|_| f.write_all(data))
-        .and_then(|_| f.sync_all())
+    let f = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+    out.write_all(&lsn.0.to_le_bytes())
+        .and_then(|_| write(&mut out))
+        .and_then(|_| out.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| f.sync_all())
         .map_err(|e| io("writing snapshot", e))?;
     std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| io("renaming snapshot", e))?;
     std::fs::File::open(dir)
