@@ -10,7 +10,7 @@ mod state_machine;
 
 pub use alloc::{TrackingAllocator, largest_allocation};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
-pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, test_config};
+pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
 pub use state_machine::MemStateMachine;
 
 /// An in-memory [`WalStore`](crate::WalStore): nothing survives the

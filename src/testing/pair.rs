@@ -250,7 +250,7 @@ impl<S: StateMachine + 'static> Pair<S> {
         }
         let listener = match node.pending_listener.take() {
             Some(l) => l,
-            None => bind(&node.cfg.advertise_addr).await?,
+            None => rebind(&node.cfg.advertise_addr).await?,
         };
         let (wal, mem): (Arc<dyn WalStore>, _) = match self.wal {
             PairWal::Mem => {
@@ -520,8 +520,9 @@ pub fn test_config(id: &NodeId, peer: &NodeId, me: SocketAddr, peer_addr: Socket
     }
 }
 
-async fn bind(addr: &str) -> Result<TcpListener> {
-    // The port may still be held by the previous incarnation for a moment.
+/// Binds `addr` again for a restarted node: the port may still be held by
+/// the previous incarnation for a moment, so it retries for up to 5 s.
+pub async fn rebind(addr: &str) -> Result<TcpListener> {
     let mut last = None;
     for _ in 0..100 {
         match TcpListener::bind(addr).await {

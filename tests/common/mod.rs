@@ -117,7 +117,7 @@ impl TestNode {
             snapshots: Default::default(),
         });
         let addr: SocketAddr = cfg.advertise_addr.parse().unwrap();
-        let listener = bind(addr).await;
+        let listener = walrep::testing::rebind(&addr.to_string()).await.unwrap();
         let (replica, service) = Replica::builder(cfg.clone(), wal.clone(), engine.clone())
             .snapshot_dir(kv_dir.join("snapshots"))
             .peer(link.clone())
@@ -183,17 +183,6 @@ pub fn put_cmd(key: &str, value: &str) -> Bytes {
         }
         .encode(),
     )
-}
-
-async fn bind(addr: SocketAddr) -> TcpListener {
-    // The port may still be held by the previous incarnation for a moment.
-    for _ in 0..100 {
-        if let Ok(l) = TcpListener::bind(addr).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cannot bind {addr}");
 }
 
 pub fn temp_dir() -> std::path::PathBuf {
