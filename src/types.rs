@@ -42,10 +42,17 @@ impl Epoch {
     /// Before the first primary (a log with no record has it).
     pub const ZERO: Epoch = Epoch(0);
 
-    /// The largest epoch walrep takes from a peer. Epochs go up by one per
-    /// promotion, so no cluster gets near it; a node that adopted a larger
-    /// one could never promote again (`next()` would overflow).
+    /// The bound on epochs: every epoch in a cluster is below it. A node
+    /// takes no epoch at or above it from a peer and never promotes to it,
+    /// so whatever epoch a node holds can still be raised by a promotion.
+    /// Epochs go up by one per promotion: no honest cluster gets near it.
     pub const MAX: Epoch = Epoch(1 << 62);
+
+    /// Whether a promotion can still follow this epoch (`next()` stays
+    /// below `MAX`).
+    pub fn can_be_raised(self) -> bool {
+        self.0 + 1 < Self::MAX.0
+    }
 
     /// The epoch a promotion moves to.
     pub fn next(self) -> Epoch {

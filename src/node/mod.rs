@@ -479,10 +479,10 @@ impl Node {
         if epoch <= self.epoch {
             return;
         }
-        if epoch > Epoch::MAX {
+        if epoch >= Epoch::MAX {
             // No promotion could follow such an epoch; a peer that sends one
             // is broken or hostile, and adopting it would wedge this node.
-            tracing::warn!(%epoch, "ignoring an epoch above the largest allowed");
+            tracing::warn!(%epoch, bound = %Epoch::MAX, "ignoring an epoch at or above the bound");
             return;
         }
         let me = &self.cfg.node_id;

@@ -123,13 +123,19 @@ impl Node {
                 "switchover timed out: the primary did not confirm it stepped down; nothing changed".into(),
             )));
         }
+        let (epoch, raisable) = (self.epoch, self.epoch.can_be_raised());
         let Some(s) = self.standby() else { return };
         let Some(last) = s.last_contact else { return };
         let silent_for = now.saturating_sub(last);
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
             return;
         }
-        if s.eligible(&cfg) {
+        if !raisable {
+            if !s.reported_silence {
+                s.reported_silence = true;
+                tracing::error!(%epoch, bound = %Epoch::MAX, "primary silent for failover_timeout, but this node's epoch cannot be raised any more; not promoting");
+            }
+        } else if s.eligible(&cfg) {
             tracing::warn!(
                 silent_ms = silent_for.as_millis() as u64,
                 "primary silent for failover_timeout; promoting"
@@ -184,6 +190,11 @@ impl Node {
                 let msg = format!("the WAL failed ({reason}); restart the node first");
                 self.emit(Effect::ReplyPromote(Err(msg)));
             }
+            _ if !self.epoch.can_be_raised() => self.emit(Effect::ReplyPromote(Err(format!(
+                "epoch {} cannot be raised: a promotion would reach the bound {}",
+                self.epoch,
+                Epoch::MAX
+            )))),
             _ if force => {
                 tracing::warn!(
                     "forced promotion: writes the other node acknowledged after our last received record are lost if it was still primary"

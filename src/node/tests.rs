@@ -1066,6 +1066,52 @@ fn only_the_primary_serves_snapshots() {
 }
 
 #[test]
+fn an_epoch_at_the_bound_is_never_adopted() {
+    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let effects = node.step(
+        t(1),
+        Event::HistoryRequested {
+            header: header(Epoch::MAX.0, "n2"),
+        },
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::PersistMeta { .. } | Effect::StopPrimaryTasks)),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(2));
+    assert_eq!(node.role(), RoleKind::Primary);
+}
+
+#[test]
+fn a_standby_whose_epoch_cannot_be_raised_neither_promotes_nor_is_promoted() {
+    let last = Epoch::MAX.0 - 1;
+    let (mut node, _) = Node::new(cfg(), meta(last, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    node.step(t(100), heartbeat(last, "n2", 10, 10, SyncState::Sync));
+    let silent = tick_until(&mut node, 200, 3000);
+    assert!(
+        !silent
+            .iter()
+            .any(|e| matches!(e, Effect::PersistMeta { .. } | Effect::SendFence { .. })),
+        "{silent:?}"
+    );
+    let forced = node.step(
+        t(3100),
+        Event::PromoteRequested {
+            force: true,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    assert!(
+        matches!(&forced[..], [Effect::ReplyPromote(Err(msg))] if msg.contains("cannot be raised")),
+        "{forced:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!(node.epoch(), Epoch(last));
+}
+
+#[test]
 fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
     let mut node = primary_with_standby(cfg());
     let effects = node.step(

@@ -45,11 +45,11 @@ pub fn header_from_pb(h: Option<pb::Header>) -> Result<Header, Malformed> {
     if h.node_id.is_empty() {
         return Err(malformed("header", "node_id is empty"));
     }
-    if h.epoch > Epoch::MAX.0 {
+    if h.epoch >= Epoch::MAX.0 {
         return Err(malformed(
             "header",
             format!(
-                "epoch {} is beyond the largest epoch {}",
+                "epoch {} is at or beyond the bound {}: no promotion could ever follow it",
                 h.epoch,
                 Epoch::MAX
             ),
@@ -390,10 +390,21 @@ mod tests {
 
     #[test]
     fn a_header_with_an_epoch_no_promotion_could_follow_is_malformed() {
+        for epoch in [Epoch::MAX.0, Epoch::MAX.0 + 1, u64::MAX] {
+            let mut h = header_to_pb(&header());
+            h.epoch = epoch;
+            let err = header_from_pb(Some(h)).unwrap_err();
+            assert!(
+                err.detail.contains("no promotion could ever follow"),
+                "{err}"
+            );
+        }
         let mut h = header_to_pb(&header());
-        h.epoch = u64::MAX;
-        let err = header_from_pb(Some(h)).unwrap_err();
-        assert!(err.detail.contains("beyond the largest epoch"), "{err}");
+        h.epoch = Epoch::MAX.0 - 1;
+        assert_eq!(
+            header_from_pb(Some(h)).unwrap().epoch,
+            Epoch(Epoch::MAX.0 - 1)
+        );
     }
 
     #[test]
@@ -547,7 +558,7 @@ mod tests {
                 Ok(batch) => {
                     let header = batch.header.epoch;
                     let mut epoch = batch.prev_epoch;
-                    prop_assert!(epoch <= header && header <= Epoch::MAX);
+                    prop_assert!(epoch <= header && header < Epoch::MAX);
                     for (i, r) in batch.records.iter().enumerate() {
                         prop_assert_eq!(r.lsn.0 as u128, batch.prev_lsn.0 as u128 + 1 + i as u128);
                         prop_assert!(r.epoch >= epoch && r.epoch <= header);

@@ -13,6 +13,7 @@
 use super::config::NodeSettings;
 use super::error::DaemonError;
 use super::http::{AppState, router};
+use super::identity;
 use super::metrics::DaemonMetrics;
 use crate::kv::KvStore;
 use std::net::SocketAddr;
@@ -71,9 +72,17 @@ impl RunningNode {
             cfg.advertise_client_addr = Some(http_addr.to_string());
         }
 
+        identity::refuse_self_peer(&cfg.peer_addr, grpc_addr).await?;
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| DaemonError::io(format!("creating data dir {}", dir.display()), e))?;
+        identity::check_or_write(
+            dir,
+            &identity::Identity {
+                cluster_id: cfg.cluster_id.clone(),
+                node_id: cfg.node_id.0.clone(),
+            },
+        )?;
         let wal = FileWal::open(
             dir.join("wal"),
             FileWalOptions {

@@ -508,6 +508,57 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     assert!(!data.exists());
 }
 
+/// A data dir remembers whose it is, and a node never takes itself for
+/// its peer: both refuse to start with exit 2 and touch nothing.
+#[test]
+fn a_data_dir_of_another_cluster_or_a_peer_that_is_the_node_itself_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = free_ports(3);
+    let spec = |peer: u16| NodeSpec {
+        id: "n1",
+        peer_id: "n2",
+        role: "primary",
+        grpc: p[0],
+        http: p[1],
+        peer: format!("127.0.0.1:{peer}"),
+    };
+    let start = |spec: &NodeSpec, cluster_id: &str| {
+        let flags: Flags = node_flags(&test_options(&[]), &data, spec)
+            .into_iter()
+            .map(|(k, v)| match k {
+                "cluster_id" => (k, cluster_id.to_string()),
+                _ => (k, v),
+            })
+            .collect();
+        let args = walrep_daemon::process::node_args(&flags);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_bin(&args, &[])
+    };
+
+    let out = start(&spec(p[0]), "walrep");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("own replication listener"), "{stderr}");
+    assert!(!data.exists(), "the data dir was created");
+
+    let n1_dir = data.join("n1");
+    std::fs::create_dir_all(&n1_dir).unwrap();
+    let ours = walrep_daemon::identity::Identity {
+        cluster_id: "walrep".into(),
+        node_id: "n1".into(),
+    };
+    walrep_daemon::identity::check_or_write(&n1_dir, &ours).unwrap();
+    let out = start(&spec(p[2]), "beta");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("belongs to cluster \"walrep\"") && stderr.contains("\"beta\""),
+        "{stderr}"
+    );
+    assert!(!n1_dir.join("wal").exists(), "the WAL was created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_primary_fails_over_and_the_old_primary_rejoins() {
     let mut p = proc_pair(&[]).await;

@@ -135,10 +135,21 @@ impl FileWal {
         let dir = dir.as_ref().to_path_buf();
         let wal_dir = dir.join("wal");
         fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
-        let (meta, persisted_history) = meta::load(&dir)?.unwrap_or_default();
+        let loaded = meta::load(&dir)?;
+        let has_meta = loaded.is_some();
+        let (meta, persisted_history) = loaded.unwrap_or_default();
         let mut cache = TailCache::new(opts.tail_cache_bytes);
         let reserve = preallocate_bytes(&opts);
         let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache, reserve)?;
+        if !has_meta {
+            if !rec.segments.is_empty() {
+                return Err(WalError::MetaMissing { dir });
+            }
+            // A fresh log gets its meta before its first segment, so from
+            // now on segments without a meta mean the meta was lost.
+            meta::write_tmp(&dir, &meta::encode(&meta, &persisted_history))?;
+            meta::replace(&dir)?;
+        }
 
         // Leftovers of writes a crash interrupted; the files they were
         // meant to replace are intact.

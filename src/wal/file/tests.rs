@@ -999,6 +999,9 @@ mod arbitrary_files {
             let wal_dir = dir.path().join("wal");
             fs::create_dir_all(&wal_dir).unwrap();
             let (frames, largest) = write(&wal_dir, &files);
+            // Segments always come with a meta file (a log writes it before
+            // its first segment; one without is refused, tested above).
+            let meta = Some(meta.unwrap_or_default());
             if let Some(steps) = meta {
                 // A valid meta file with some history, right or wrong.
                 let (mut e, mut l) = (0, 1);
@@ -1034,4 +1037,38 @@ mod arbitrary_files {
             );
         }
     }
+}
+
+#[test]
+fn a_log_whose_meta_was_deleted_refuses_to_open_instead_of_forgetting_its_epoch() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert!(
+            meta::path(dir.path()).exists(),
+            "a fresh log writes its meta at once"
+        );
+        wal.set_meta(&WalMeta {
+            epoch: Epoch(3),
+            leader: Some("n1".into()),
+        })
+        .unwrap();
+        wal.append(&recs(1..=2, 3)).unwrap();
+        wal.sync().unwrap();
+    }
+    fs::remove_file(meta::path(dir.path())).unwrap();
+    match FileWal::open(dir.path(), FileWalOptions::default()) {
+        Err(e @ WalError::MetaMissing { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("no meta file") && msg.contains("resyncs"),
+                "{msg}"
+            );
+        }
+        Err(e) => panic!("expected MetaMissing, got {e}"),
+        Ok(_) => panic!("a log without its meta opened with a fresh epoch"),
+    }
+    // Nothing was recreated behind the operator's back.
+    assert!(!meta::path(dir.path()).exists());
+    assert_eq!(segment_files(&dir).len(), 1);
 }
