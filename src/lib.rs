@@ -48,8 +48,12 @@ pub use config::{CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss, Se
 pub use error::{Error, LeaderHint, Result, TransportError, WriteOutcome};
 pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
+#[cfg(feature = "tls")]
+pub use runtime::serve_tls;
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
 pub use state_machine::{StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
+#[cfg(feature = "tls")]
+pub use transport::{PeerIdentity, Tls, TlsError, TlsFiles};
 pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
 pub use wal::{FileWal, FileWalOptions, WalError, WalMeta, WalStore};

@@ -84,6 +84,8 @@ pub(crate) use inbox::Inbound;
 pub(crate) use inbox::{Inbox, NodeGone};
 pub(crate) use metrics::Metrics;
 pub use metrics::MetricsSnapshot;
+#[cfg(feature = "tls")]
+pub use replica::serve_tls;
 pub use replica::{Replica, ReplicaBuilder, serve};
 pub(crate) use snapshots::{BuiltSnapshot, PendingSnapshot, Snapshots};
 

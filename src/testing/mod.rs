@@ -18,6 +18,8 @@ pub use state_machine::MemStateMachine;
 /// deterministic. For tests only.
 pub use crate::wal::MemWal;
 
+/// Why a fence is sent, as the wire carries it.
+pub use crate::node::FenceReason;
 /// The peer seam, for tests that wrap `GrpcPeer` to cut links or reorder
 /// messages: pass a [`Peer`] to `ReplicaBuilder::peer`. The messages are
 /// the wire protocol's, which may change in any release.

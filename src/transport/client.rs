@@ -42,22 +42,46 @@ pub struct GrpcPeer {
     snapshot_timeout: Duration,
 }
 
+/// `cfg.peer_addr` as an endpoint (TLS, when used, is the connector's).
+fn peer_endpoint(cfg: &crate::Config) -> Result<Endpoint, crate::Error> {
+    let uri = format!("http://{}", cfg.peer_addr);
+    Endpoint::from_shared(uri).map_err(|e| {
+        crate::Error::InvalidConfig(crate::config::ConfigError {
+            setting: crate::config::Setting::PeerAddr,
+            related: None,
+            problem: format!("({:?}) is not a valid host:port: {e}", cfg.peer_addr),
+        })
+    })
+}
+
 impl GrpcPeer {
     /// Dials `cfg.peer_addr` lazily (the first call connects; a broken
     /// connection is re-established by the next call).
     pub fn connect_lazy(cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
-        let uri = format!("http://{}", cfg.peer_addr);
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| {
-            crate::Error::InvalidConfig(crate::config::ConfigError {
-                setting: crate::config::Setting::PeerAddr,
-                related: None,
-                problem: format!("({:?}) is not a valid host:port: {e}", cfg.peer_addr),
-            })
-        })?;
-        let endpoint = channel_settings(endpoint, cfg);
+        let endpoint = channel_settings(peer_endpoint(cfg)?, cfg);
         Ok(GrpcPeer::from_channels(
             endpoint.connect_lazy(),
             endpoint.connect_lazy(),
+            cfg,
+        ))
+    }
+
+    /// As `connect_lazy`, over mutual TLS: the peer must present a
+    /// certificate from `tls`'s CA naming `cfg.peer_id`, and this node
+    /// presents its own.
+    #[cfg(feature = "tls")]
+    pub fn connect_lazy_tls(
+        cfg: &crate::Config,
+        tls: &super::Tls,
+    ) -> Result<GrpcPeer, crate::Error> {
+        let endpoint = channel_settings(peer_endpoint(cfg)?, cfg);
+        let connector = super::tls::TlsConnector {
+            tls: tls.clone(),
+            timeout: cfg.rpc_timeout,
+        };
+        Ok(GrpcPeer::from_channels(
+            endpoint.connect_with_connector_lazy(connector.clone()),
+            endpoint.connect_with_connector_lazy(connector),
             cfg,
         ))
     }

@@ -6,9 +6,15 @@
 mod client;
 mod convert;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use client::{GrpcPeer, channel_settings};
 pub use server::{AckWatch, Refusal, RefusalKind, ReplicationService};
+#[cfg(feature = "tls")]
+pub(crate) use tls::incoming as tls_incoming;
+#[cfg(feature = "tls")]
+pub use tls::{PeerIdentity, Tls, TlsError, TlsFiles};
 
 use crate::error::TransportError;
 use crate::node::{FenceReason, RoleKind, SyncState};

@@ -27,6 +27,9 @@ pub enum RefusalKind {
     NotStandby,
     Unavailable,
     ShuttingDown,
+    /// Over TLS: no proven identity, or a request whose sender is not the
+    /// identity its connection proved.
+    Unauthenticated,
 }
 
 impl RefusalKind {
@@ -42,12 +45,14 @@ impl RefusalKind {
             RefusalKind::NotStandby => "not_standby",
             RefusalKind::Unavailable => "unavailable",
             RefusalKind::ShuttingDown => "shutting_down",
+            RefusalKind::Unauthenticated => "unauthenticated",
         }
     }
 
     fn code(self) -> tonic::Code {
         match self {
             RefusalKind::WrongCluster | RefusalKind::UnknownPeer => tonic::Code::PermissionDenied,
+            RefusalKind::Unauthenticated => tonic::Code::Unauthenticated,
             RefusalKind::StaleEpoch | RefusalKind::NotStandby => tonic::Code::FailedPrecondition,
             RefusalKind::Malformed => tonic::Code::InvalidArgument,
             RefusalKind::Gap | RefusalKind::TooFarBehind => tonic::Code::OutOfRange,
@@ -68,6 +73,7 @@ impl RefusalKind {
             RefusalKind::NotStandby,
             RefusalKind::Unavailable,
             RefusalKind::ShuttingDown,
+            RefusalKind::Unauthenticated,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -163,6 +169,9 @@ pub struct ReplicationService {
     snapshot_chunk_bytes: usize,
     snapshot_keepalive: std::time::Duration,
     metrics: Arc<Metrics>,
+    /// Served over TLS: every request must come from a connection that
+    /// proved it is the peer (`PeerIdentity` in its extensions).
+    require_identity: bool,
 }
 
 impl ReplicationService {
@@ -189,7 +198,23 @@ impl ReplicationService {
             // end a transfer while the engine builds.
             snapshot_keepalive: cfg.snapshot_timeout / 4,
             metrics,
+            require_identity: false,
         }
+    }
+
+    /// This service, refusing every request that does not come from a
+    /// connection authenticated as the peer (see `serve_tls`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn requiring_peer_identity(mut self) -> ReplicationService {
+        self.require_identity = true;
+        self
+    }
+
+    /// Counts a connection refused before it made a request.
+    #[cfg(feature = "tls")]
+    pub(crate) fn refusal_counter(&self) -> impl Fn() + Send + Sync + 'static {
+        let metrics = self.metrics.clone();
+        move || metrics.rejected(RefusalKind::Unauthenticated)
     }
 
     /// The tonic service, with `Config::max_message_bytes` as its message
@@ -212,10 +237,14 @@ impl ReplicationService {
         refusal.into_status()
     }
 
-    fn decode_batch(&self, batch: pb::WalBatch) -> Result<WalBatch, Refusal> {
+    fn decode_batch(
+        &self,
+        batch: pb::WalBatch,
+        proven: Option<&NodeId>,
+    ) -> Result<WalBatch, Refusal> {
         let header = convert::header_from_pb(batch.header.clone())
             .map_err(|m| Refusal::new(RefusalKind::Malformed, m.to_string(), Epoch::ZERO))?;
-        if let Err(status) = self.check_sender(&header, true) {
+        if let Err(status) = self.check_sender(&header, true, proven) {
             return Err(Refusal::new(
                 RefusalKind::UnknownPeer,
                 status.message(),
@@ -237,9 +266,45 @@ impl ReplicationService {
         ))
     }
 
+    /// The identity the request's connection proved (`serve_tls`), `None`
+    /// when the service is served without TLS. Served over TLS, a request
+    /// without one is refused (it did not come through `serve_tls`'s
+    /// handshake).
+    fn proven<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        if !self.require_identity {
+            return Ok(None);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(identity) = request.extensions().get::<super::PeerIdentity>() {
+            return Ok(Some(identity.node_id.clone()));
+        }
+        let _ = request;
+        Err(self.refuse(Refusal::new(
+            RefusalKind::Unauthenticated,
+            "this node requires mutual TLS: connect with a certificate of the cluster's CA naming this node's peer",
+            Epoch::ZERO,
+        )))
+    }
+
     /// G6: a request from another cluster or from a node that is not our
-    /// peer is refused before anything else looks at it.
-    fn check_sender(&self, header: &Header, peer_only: bool) -> Result<(), Status> {
+    /// peer is refused before anything else looks at it; over TLS, also
+    /// one whose sender is not the identity its connection proved.
+    fn check_sender(
+        &self,
+        header: &Header,
+        peer_only: bool,
+        proven: Option<&NodeId>,
+    ) -> Result<(), Status> {
+        if let Some(proven) = proven.filter(|p| **p != header.node_id) {
+            return Err(self.refuse(Refusal::new(
+                RefusalKind::Unauthenticated,
+                format!(
+                    "request says it is from {:?} but its connection proved {:?}",
+                    header.node_id.0, proven.0
+                ),
+                Epoch::ZERO,
+            )));
+        }
         if header.cluster_id != self.cluster_id {
             return Err(self.refuse(Refusal::new(
                 RefusalKind::WrongCluster,
@@ -284,12 +349,13 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<pb::WalBatch>>,
     ) -> Result<Response<Self::StreamWalStream>, Status> {
+        let proven = self.proven(&request)?;
         let mut incoming = request.into_inner();
         let (session, acks) = self.node.open_stream().await.map_err(gone)?;
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(batch)) = incoming.next().await {
-                let sent = match service.decode_batch(batch) {
+                let sent = match service.decode_batch(batch, proven.as_ref()) {
                     Ok(batch) => service.node.batch(session, batch).await,
                     Err(refusal) => {
                         let _ = service.node.bad_batch(session, refusal).await;
@@ -323,9 +389,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let proven = self.proven(&request)?;
         let r = request.into_inner();
         let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
-        self.check_sender(&header, true)?;
+        self.check_sender(&header, true, proven.as_ref())?;
         let req = HeartbeatRequest {
             header,
             last_lsn: Lsn(r.last_lsn),
@@ -347,9 +414,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::FenceRequest>,
     ) -> Result<Response<pb::FenceReply>, Status> {
+        let proven = self.proven(&request)?;
         let r = request.into_inner();
         let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
-        self.check_sender(&header, true)?;
+        self.check_sender(&header, true, proven.as_ref())?;
         let req = FenceRequest {
             header,
             reason: convert::reason_from_pb(r.reason).map_err(|m| self.malformed(m))?,
@@ -366,12 +434,13 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteReply>, Status> {
+        let proven = self.proven(&request)?;
         let r = request.into_inner();
         // The operator's CLI is not a node: any sender of our cluster may ask.
         let header = match r.header {
             Some(h) => {
                 let h = convert::header_from_pb(Some(h)).map_err(|m| self.malformed(m))?;
-                self.check_sender(&h, false)?;
+                self.check_sender(&h, false, proven.as_ref())?;
                 h
             }
             None => Header::default(),
@@ -391,9 +460,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        let proven = self.proven(&request)?;
         if let Some(h) = request.into_inner().header {
             let h = convert::header_from_pb(Some(h)).map_err(|m| self.malformed(m))?;
-            self.check_sender(&h, false)?;
+            self.check_sender(&h, false, proven.as_ref())?;
         }
         let s = self.node.status().await.map_err(gone)?;
         Ok(Response::new(pb::StatusReply {
@@ -415,9 +485,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
+        let proven = self.proven(&request)?;
         let header =
             convert::header_from_pb(request.into_inner().header).map_err(|m| self.malformed(m))?;
-        self.check_sender(&header, true)?;
+        self.check_sender(&header, true, proven.as_ref())?;
         let reply = self.node.history(header).await.map_err(gone)?;
         self.answer(reply.map(|h| pb::HistoryReply {
             epoch: h.epoch.0,
@@ -432,9 +503,10 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::FetchSnapshotStream>, Status> {
+        let proven = self.proven(&request)?;
         let req = request.into_inner();
         let header = convert::header_from_pb(req.header).map_err(|m| self.malformed(m))?;
-        self.check_sender(&header, true)?;
+        self.check_sender(&header, true, proven.as_ref())?;
         let pending = self.node.snapshot(header).await.map_err(gone)?;
         let pending = pending.map_err(|r| self.refuse(r))?;
         Ok(Response::new(snapshot_stream(

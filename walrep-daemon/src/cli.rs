@@ -66,6 +66,15 @@ pub enum Command {
     },
     /// Start two nodes, crash the primary, watch the failover, verify.
     Demo(demo::DemoArgs),
+    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos).
+    Certs {
+        /// Directory to write into (created; existing files are never overwritten).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// Node ids, comma-separated: each certificate names one.
+        #[arg(long, value_name = "NAMES", value_delimiter = ',', required = true)]
+        names: Vec<String>,
+    },
     /// Benchmark: commit latency and throughput per commit mode and writer count.
     BenchPair(bench::commit::CommitArgs),
     /// Benchmark: a standby catching up a WAL backlog (MB/s, peak RSS).
@@ -155,6 +164,12 @@ pub struct NodeArgs {
     pub snapshot_timeout_ms: Option<String>,
     #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("tls_ca", "Mutual TLS on the replication port: the cluster CA's certificate (PEM); with --tls-cert and --tls-key"))]
+    pub tls_ca: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("tls_cert", "This node's certificate (PEM), naming its --id; reread on SIGHUP"))]
+    pub tls_cert: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("tls_key", "The private key of --tls-cert (PEM); reread on SIGHUP"))]
+    pub tls_key: Option<String>,
 }
 
 impl NodeArgs {
@@ -185,6 +200,9 @@ impl NodeArgs {
             ("snapshot_chunk_bytes", &self.snapshot_chunk_bytes),
             ("snapshot_timeout_ms", &self.snapshot_timeout_ms),
             ("worker_threads", &self.worker_threads),
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -283,6 +301,12 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::Promote { addr, force } => {
             let epoch = HttpClient::new(&addr.addr).promote(force).await?;
             println!("{} is primary at epoch {epoch}", addr.addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { dir, names } => {
+            for file in super::certs::write_set(&dir, &names)? {
+                println!("wrote {}", file.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { addr } => {

@@ -115,6 +115,9 @@ pub const SETTINGS: &[Setting] = &[
         "worker_threads",
         Some(|| DEFAULT_WORKER_THREADS.to_string()),
     ),
+    s("tls_ca", None),
+    s("tls_cert", None),
+    s("tls_key", None),
 ];
 
 /// The default of `key` as text, `None` for a setting without one.
@@ -191,6 +194,9 @@ pub struct NodeSettings {
     /// thread each hand-off is a queue push where across threads it is a
     /// wake-up of a sleeping thread, tens of microseconds on a VM.
     pub worker_threads: usize,
+    /// Mutual TLS on the replication port (all three of `tls_ca`,
+    /// `tls_cert`, `tls_key`), or none: a trusted network.
+    pub tls: Option<walrep::TlsFiles>,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -417,6 +423,7 @@ impl Layers {
             ..defaults
         };
         cfg.validate().map_err(|e| self.explain(e))?;
+        let tls = self.tls_files()?;
         Ok(NodeSettings {
             cfg,
             data_dir,
@@ -427,7 +434,45 @@ impl Layers {
             snapshot_records,
             snapshot_interval,
             worker_threads,
+            tls,
         })
+    }
+
+    /// `tls_ca`, `tls_cert` and `tls_key` together, or none of them.
+    fn tls_files(&self) -> Result<Option<walrep::TlsFiles>, DaemonError> {
+        let path = |v: &str| {
+            if v.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        };
+        let ca = self.get("tls_ca", path)?;
+        let cert = self.get("tls_cert", path)?;
+        let key = self.get("tls_key", path)?;
+        match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(walrep::TlsFiles { ca, cert, key })),
+            (None, None, None) => Ok(None),
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("tls_ca", ca.is_none()),
+                    ("tls_cert", cert.is_none()),
+                    ("tls_key", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(k, m)| m.then_some(k))
+                .collect();
+                Err(DaemonError::Config(format!(
+                    "mutual TLS needs tls_ca, tls_cert and tls_key together; missing {}: give {} (`walrep certs` makes a set for tests and demos)",
+                    missing.join(", "),
+                    missing
+                        .iter()
+                        .map(|k| flag_name(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
     }
 
     /// `Config::validate` names the library's field as data; add the

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -105,19 +105,39 @@ impl RunningNode {
             snapshot_lsn = %kv.applied_lsn(),
             "starting node"
         );
-        let (replica, service) = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
+        let tls = match &settings.tls {
+            Some(files) => Some(walrep::Tls::load(files.clone(), &cfg).map_err(|e| {
+                DaemonError::Config(format!("mutual TLS (tls_ca, tls_cert, tls_key): {e}"))
+            })?),
+            None => {
+                warn!(
+                    "replication runs without TLS: anyone who can reach {grpc_addr} can act as the peer; give --tls-ca, --tls-cert and --tls-key on an untrusted network"
+                );
+                None
+            }
+        };
+        let mut builder = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
             .rewound_dir(dir.join("rewound"))
-            .snapshot_dir(dir.join("snapshots"))
-            .start()?;
+            .snapshot_dir(dir.join("snapshots"));
+        if let Some(tls) = &tls {
+            builder = builder.peer(Arc::new(walrep::GrpcPeer::connect_lazy_tls(&cfg, tls)?));
+        }
+        let (replica, service) = builder.start()?;
         let replica = Arc::new(replica);
 
         let stop_http = CancellationToken::new();
         let stop_rest = CancellationToken::new();
         let grpc = {
             let stop = stop_rest.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = walrep::serve(service, grpc_listener, stop.cancelled_owned()).await
-                {
+                let served = match &tls {
+                    Some(tls) => {
+                        walrep::serve_tls(service, grpc_listener, tls, stop.cancelled_owned()).await
+                    }
+                    None => walrep::serve(service, grpc_listener, stop.cancelled_owned()).await,
+                };
+                if let Err(e) = served {
                     warn!(error = %e, "replication server stopped");
                 }
             })
@@ -140,6 +160,9 @@ impl RunningNode {
                 }
             })
         };
+        if let Some(tls) = tls {
+            tokio::spawn(reload_on_sighup(tls, stop_rest.clone()));
+        }
         let snapshots = tokio::spawn(snapshot_loop(
             kv.clone(),
             replica.subscribe(),
@@ -210,6 +233,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+/// Rereads the TLS files on every SIGHUP (certificate rotation without a
+/// restart): new connections use them, open ones go on. A bad set is
+/// logged and the loaded one kept.
+async fn reload_on_sighup(tls: walrep::Tls, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGHUP; TLS files are read only at start");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => info!(cert = %tls.files().cert.display(), "SIGHUP: TLS files reloaded"),
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: TLS files not reloaded; the ones loaded before stay in use")
+            }
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! signals, the CLI and the demo.
 
 mod daemon_support;
+#[path = "trust/mod.rs"]
+mod trust;
 
 use daemon_support::*;
 use hyper::Method;

@@ -1,0 +1,463 @@
+//! Mutual TLS between the two nodes (feature `tls`).
+//!
+//! Both nodes hold a certificate from the cluster's CA whose subject
+//! alternative name is their node id. A node accepts a replication
+//! connection only from a certificate chaining to that CA **and** naming
+//! its configured peer; it dials its peer only if the peer's certificate
+//! names the peer. Anything else is refused during the handshake, before a
+//! request reaches the node: logged once a minute per reason and counted
+//! (`rejected{reason="unauthenticated"}`). On top, every request's
+//! `node_id` must be the identity its connection proved (checked by the
+//! service, `ReplicationService::check_sender`).
+//!
+//! TLS 1.3 only, rustls with ring, no OpenSSL. `Tls::reload` reads the
+//! three files again (certificate rotation without a restart): new
+//! connections use the new files, open ones go on with the old.
+
+use crate::config::Config;
+use crate::types::NodeId;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{self, RootCertStore};
+
+/// Where a node's TLS material is: PEM files, read at `Tls::load` and at
+/// every `Tls::reload`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate(s): the only issuer a peer's
+    /// certificate may chain to.
+    pub ca: PathBuf,
+    /// This node's certificate (chain), naming its node id.
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
+}
+
+/// Why TLS material could not be used. Nothing changed: `load` returns no
+/// `Tls`, a failed `reload` keeps the files loaded before.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("TLS {what} {path}: {detail}")]
+    File {
+        /// Which of the three files.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The files were read but do not make a working configuration.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A node's TLS identity and trust, shared by its server and its peer
+/// client; cheap to clone (clones see each other's reloads).
+#[derive(Clone)]
+pub struct Tls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    files: TlsFiles,
+    own_name: ServerName<'static>,
+    peer_id: NodeId,
+    peer_name: ServerName<'static>,
+    current: RwLock<Configs>,
+    refusals: RefusalLog,
+}
+
+#[derive(Clone)]
+struct Configs {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("files", &self.inner.files)
+            .field("peer_id", &self.inner.peer_id)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads `files` for the node `cfg.node_id` talking to `cfg.peer_id`.
+    /// Both ids must be DNS names (letters, digits, `-`, dots), because a
+    /// certificate names its holder that way, and this node's certificate
+    /// must name `cfg.node_id` (else the peer would refuse it).
+    pub fn load(files: TlsFiles, cfg: &Config) -> Result<Tls, TlsError> {
+        let own_name = dns_name(&cfg.node_id, "node_id")?;
+        let peer_name = dns_name(&cfg.peer_id, "peer_id")?;
+        let configs = build(&files, &own_name)?;
+        Ok(Tls {
+            inner: Arc::new(Inner {
+                files,
+                own_name,
+                peer_id: cfg.peer_id.clone(),
+                peer_name,
+                current: RwLock::new(configs),
+                refusals: RefusalLog::default(),
+            }),
+        })
+    }
+
+    /// Reads the files again, for certificate rotation. On error the
+    /// material loaded before stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let configs = build(&self.inner.files, &self.inner.own_name)?;
+        *self.inner.current.write().unwrap() = configs;
+        Ok(())
+    }
+
+    /// The files this `Tls` reads.
+    pub fn files(&self) -> &TlsFiles {
+        &self.inner.files
+    }
+
+    fn current(&self) -> Configs {
+        self.inner.current.read().unwrap().clone()
+    }
+
+    /// The TLS handshake of an accepted connection, then the check that
+    /// the client's certificate names our peer. `Err` says why, for the
+    /// refusal log.
+    async fn accept(&self, tcp: TcpStream) -> Result<PeerConnection, String> {
+        let remote = tcp.peer_addr().ok();
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.current().server);
+        let stream = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+        let Some(leaf) = certs.first() else {
+            return Err("the client sent no certificate".into());
+        };
+        names(leaf, &self.inner.peer_name).map_err(|e| {
+            format!(
+                "the client's certificate does not name this node's peer {:?}: {e}",
+                self.inner.peer_id.0
+            )
+        })?;
+        Ok(PeerConnection {
+            stream,
+            identity: PeerIdentity {
+                node_id: self.inner.peer_id.clone(),
+                remote,
+            },
+        })
+    }
+
+    /// Dials `addr` and runs the handshake, requiring the server's
+    /// certificate to name our peer.
+    async fn connect(
+        &self,
+        addr: String,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(self.current().client);
+        connector.connect(self.inner.peer_name.clone(), tcp).await
+    }
+}
+
+fn dns_name(id: &NodeId, setting: &str) -> Result<ServerName<'static>, TlsError> {
+    match ServerName::try_from(id.0.clone()) {
+        Ok(name @ ServerName::DnsName(_)) => Ok(name),
+        _ => Err(TlsError::Invalid(format!(
+            "{setting} {:?} cannot name a certificate: with TLS, node ids must be DNS names (letters, digits, '-' and '.')",
+            id.0
+        ))),
+    }
+}
+
+/// Whether `cert` is valid for `name` (its subject alternative names).
+fn names(cert: &CertificateDer<'_>, name: &ServerName<'_>) -> Result<(), String> {
+    let cert = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    cert.verify_is_valid_for_subject_name(name)
+        .map_err(|e| format!("{e}"))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |detail: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+fn build(files: &TlsFiles, own_name: &ServerName<'static>) -> Result<Configs, TlsError> {
+    let ca = read_certs("CA certificate", &files.ca)?;
+    let chain = read_certs("certificate", &files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
+        what: "key",
+        path: files.key.clone(),
+        detail: e.to_string(),
+    })?;
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert).map_err(|e| TlsError::File {
+            what: "CA certificate",
+            path: files.ca.clone(),
+            detail: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let roots = Arc::new(roots);
+    names(&chain[0], own_name).map_err(|e| {
+        TlsError::Invalid(format!(
+            "certificate {} does not name this node ({own_name:?}): {e}; issue it with the node id as a DNS subject alternative name",
+            files.cert.display()
+        ))
+    })?;
+    let invalid = |what: &str, e: rustls::Error| {
+        TlsError::Invalid(format!("TLS {what} configuration from {files:?}: {e}"))
+    };
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("CA {}: {e}", files.ca.display())))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| invalid("server", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| invalid("server", e))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| invalid("client", e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| invalid("client", e))?;
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Configs {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// Who is on the other end of an accepted connection, proven by its
+/// certificate: tonic puts it in every request's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The node id the certificate names (always our peer's).
+    pub node_id: NodeId,
+    /// The remote socket address.
+    pub remote: Option<SocketAddr>,
+}
+
+/// An accepted, authenticated connection.
+pub(crate) struct PeerConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    identity: PeerIdentity,
+}
+
+impl tonic::transport::server::Connected for PeerConnection {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.identity.clone()
+    }
+}
+
+impl AsyncRead for PeerConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// How long an accepted connection may take to finish its handshake; a
+/// slower one is dropped so it cannot hold a handshake slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes run at once; more connections wait in the kernel's backlog.
+const CONCURRENT_HANDSHAKES: usize = 32;
+
+/// Accepts connections on `listener`, runs their handshakes (at most
+/// `CONCURRENT_HANDSHAKES` at once, each within `HANDSHAKE_TIMEOUT`) and
+/// yields the authenticated ones. Refused ones are counted through
+/// `refused` and logged once a minute per reason. Ends when the returned
+/// stream is dropped.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    tls: Tls,
+    refused: impl Fn() + Send + Sync + 'static,
+) -> impl futures::Stream<Item = Result<PeerConnection, io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection>(CONCURRENT_HANDSHAKES);
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+    let refused = Arc::new(refused);
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let tcp = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let tcp = match tcp {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tls.inner
+                        .refusals
+                        .log("accept failed", &e.to_string(), None);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (tls, tx, refused) = (tls.clone(), tx.clone(), refused.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let remote = tcp.peer_addr().ok();
+                let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
+                };
+                match result {
+                    Ok(conn) => {
+                        let _ = tx.send(conn).await;
+                    }
+                    Err(why) => {
+                        refused();
+                        tls.inner
+                            .refusals
+                            .log("replication connection refused", &why, remote);
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
+}
+
+/// Logs each kind of refusal at most once a minute, so a flood of bad
+/// connections cannot flood the log (the counter still counts each).
+#[derive(Default)]
+struct RefusalLog {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn log(&self, what: &str, why: &str, remote: Option<SocketAddr>) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap();
+        if last.len() > 1024 {
+            last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        let key = format!("{what}: {why}");
+        if last
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < Self::EVERY)
+        {
+            return;
+        }
+        last.insert(key, now);
+        tracing::warn!(remote = ?remote, reason = why, "{what} (further ones like it are counted, not logged, for a minute)");
+    }
+}
+
+/// The client side: a connector for `Endpoint::connect_with_connector_lazy`
+/// that dials the URI's authority over TLS, requiring the server to be
+/// our peer, within `timeout`.
+#[derive(Clone)]
+pub(crate) struct TlsConnector {
+    pub(crate) tls: Tls,
+    pub(crate) timeout: Duration,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (tls, timeout) = (self.tls.clone(), self.timeout);
+        Box::pin(async move {
+            let addr = uri
+                .authority()
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("no host:port in {uri}"),
+                    )
+                })?
+                .to_string();
+            match tokio::time::timeout(timeout, tls.connect(addr)).await {
+                Ok(stream) => stream.map(hyper_util::rt::TokioIo::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS connect timed out",
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! `walrep certs`: a throwaway cluster CA and one certificate per node, for
+//! tests and demos of mutual TLS.
+//!
+//! Each node's certificate names the node id as its DNS subject
+//! alternative name (the identity walrep checks) and allows both server
+//! and client use (a node is both). The CA's key is never written: the set
+//! is issued in one go, and a new node means a new set. Production uses
+//! the organisation's own CA (README, "Security").
+
+use crate::error::DaemonError;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A CA held in memory, issuing node certificates.
+pub struct CertAuthority {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A node's certificate and key, PEM.
+pub struct NodeCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn failed(what: &str, e: rcgen::Error) -> DaemonError {
+    DaemonError::Failed(format!("{what}: {e}"))
+}
+
+impl CertAuthority {
+    /// A new CA with a fresh ECDSA P-256 key.
+    pub fn new() -> Result<CertAuthority, DaemonError> {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| failed("CA parameters", e))?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "walrep cluster CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().map_err(|e| failed("CA key", e))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| failed("CA certificate", e))?;
+        Ok(CertAuthority {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate, PEM (`ca.pem`).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A certificate naming `name`, for server and client use.
+    pub fn issue(&self, name: &str) -> Result<NodeCert, DaemonError> {
+        let mut params = CertificateParams::new(vec![name.to_string()])
+            .map_err(|e| failed(&format!("certificate parameters for {name:?}"), e))?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().map_err(|e| failed("node key", e))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| failed(&format!("certificate for {name:?}"), e))?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes `ca.pem` and, per name, `NAME.pem` and `NAME.key` (mode 0600)
+/// into `dir`. Refuses, writing nothing, if any of them exists or a name
+/// is not a DNS name. Returns the files written.
+pub fn write_set(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, DaemonError> {
+    if names.is_empty() {
+        return Err(DaemonError::Config(
+            "--names is empty: give the node ids, e.g. --names n1,n2".into(),
+        ));
+    }
+    for name in names {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid {
+            return Err(DaemonError::Config(format!(
+                "name {name:?} cannot name a certificate: node ids used with TLS must be DNS names (letters, digits, '-' and '.')"
+            )));
+        }
+    }
+    let mut files = vec![dir.join("ca.pem")];
+    for name in names {
+        files.push(dir.join(format!("{name}.pem")));
+        files.push(dir.join(format!("{name}.key")));
+    }
+    if let Some(existing) = files.iter().find(|f| f.exists()) {
+        return Err(DaemonError::Config(format!(
+            "{} already exists: walrep certs never overwrites; pick an empty --dir",
+            existing.display()
+        )));
+    }
+    let ca = CertAuthority::new()?;
+    let mut contents = vec![(files[0].clone(), ca.pem().to_string(), 0o644)];
+    for name in names {
+        let cert = ca.issue(name)?;
+        contents.push((dir.join(format!("{name}.pem")), cert.cert_pem, 0o644));
+        contents.push((dir.join(format!("{name}.key")), cert.key_pem, 0o600));
+    }
+    fs::create_dir_all(dir)
+        .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
+    for (path, text, mode) in &contents {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(*mode)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(|e| DaemonError::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_names_each_node_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["n1".to_string(), "n2".to_string()];
+        let files = write_set(dir.path(), &names).unwrap();
+        assert_eq!(files.len(), 5);
+        let key = dir.path().join("n1.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let before = fs::read(&key).unwrap();
+        let err = write_set(dir.path(), &names).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(fs::read(&key).unwrap(), before);
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_dns_name_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_set(dir.path(), &["n1".into(), "node one".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"node one\""), "{err}");
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+}
