@@ -90,6 +90,21 @@ pub struct AddrArg {
     /// The node's HTTP address (host:port).
     #[arg(long, default_value = DEFAULT_HTTP)]
     pub addr: String,
+    /// File holding the node's HTTP token (its --http-token-file), sent as
+    /// a bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+}
+
+impl AddrArg {
+    /// A client of the node, carrying the token when one is given.
+    pub fn client(&self) -> Result<HttpClient, DaemonError> {
+        let client = HttpClient::new(&self.addr);
+        Ok(match &self.http_token_file {
+            Some(path) => client.with_token(super::auth::HttpToken::from_file(path)?.as_str()),
+            None => client,
+        })
+    }
 }
 
 /// `walrep node`. Every setting is also read from `WALREP_<NAME>` and from
@@ -170,6 +185,8 @@ pub struct NodeArgs {
     pub tls_cert: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_key", "The private key of --tls-cert (PEM); reread on SIGHUP"))]
     pub tls_key: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("http_token_file", "HTTP writes and promotions need `Authorization: Bearer` with the token in this file"))]
+    pub http_token_file: Option<String>,
 }
 
 impl NodeArgs {
@@ -203,6 +220,7 @@ impl NodeArgs {
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
+            ("http_token_file", &self.http_token_file),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -259,14 +277,12 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
     match command {
         Command::Node(_) => unreachable!("prepare resolves a node's settings"),
         Command::Put { key, value, addr } => {
-            let reply = HttpClient::new(&addr.addr)
-                .put(&key, value.into_bytes().into())
-                .await?;
+            let reply = addr.client()?.put(&key, value.into_bytes().into()).await?;
             println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
             Ok(ExitCode::SUCCESS)
         }
         Command::Delete { key, addr } => {
-            let reply = HttpClient::new(&addr.addr).delete(&key).await?;
+            let reply = addr.client()?.delete(&key).await?;
             println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
             Ok(ExitCode::SUCCESS)
         }
@@ -299,7 +315,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             })
         }
         Command::Promote { addr, force } => {
-            let epoch = HttpClient::new(&addr.addr).promote(force).await?;
+            let epoch = addr.client()?.promote(force).await?;
             println!("{} is primary at epoch {epoch}", addr.addr);
             Ok(ExitCode::SUCCESS)
         }

@@ -57,6 +57,8 @@ pub struct HttpClient {
     addr: String,
     timeout: Duration,
     conn: Option<SendRequest<Full<Bytes>>>,
+    /// The `Authorization` header value, when the node needs a token.
+    token: Option<String>,
 }
 
 /// Percent-encodes a key for a URL path (every byte but the unreserved ones).
@@ -78,7 +80,14 @@ impl HttpClient {
             addr: addr.to_string(),
             timeout: Duration::from_secs(30),
             conn: None,
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: &str) -> HttpClient {
+        self.token = Some(format!("Bearer {token}"));
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
@@ -123,12 +132,14 @@ impl HttpClient {
             self.conn = Some(self.connect().await?);
         }
         let sender = self.conn.as_mut().expect("connected above");
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, &self.addr)
-            .body(Full::new(body))
-            .expect("a valid request");
+            .header(header::HOST, &self.addr);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, token);
+        }
+        let req = req.body(Full::new(body)).expect("a valid request");
         let result = async {
             let resp = sender.send_request(req).await?;
             let status = resp.status().as_u16();

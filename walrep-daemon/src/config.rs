@@ -118,6 +118,7 @@ pub const SETTINGS: &[Setting] = &[
     s("tls_ca", None),
     s("tls_cert", None),
     s("tls_key", None),
+    s("http_token_file", None),
 ];
 
 /// The default of `key` as text, `None` for a setting without one.
@@ -197,6 +198,8 @@ pub struct NodeSettings {
     /// Mutual TLS on the replication port (all three of `tls_ca`,
     /// `tls_cert`, `tls_key`), or none: a trusted network.
     pub tls: Option<walrep::TlsFiles>,
+    /// Writes and promotions over HTTP need the bearer token in this file.
+    pub http_token_file: Option<PathBuf>,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -424,6 +427,13 @@ impl Layers {
         };
         cfg.validate().map_err(|e| self.explain(e))?;
         let tls = self.tls_files()?;
+        let http_token_file = self.get("http_token_file", |v| {
+            if v.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        })?;
         Ok(NodeSettings {
             cfg,
             data_dir,
@@ -435,6 +445,7 @@ impl Layers {
             snapshot_interval,
             worker_threads,
             tls,
+            http_token_file,
         })
     }
 

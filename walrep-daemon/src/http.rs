@@ -38,13 +38,17 @@ pub struct AppState {
     pub metrics: DaemonMetrics,
     /// Largest encoded command (key + value + 5 bytes of framing).
     pub max_record_bytes: usize,
+    /// When set, writes and promotions need it (`auth`).
+    pub token: Option<crate::auth::HttpToken>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     // One byte over the limit is enough to know a body is too large; the
     // rejection becomes a 400 JSON error below, not axum's 413.
     let body_limit = state.max_record_bytes + 1;
-    Router::new()
+    let token = state.token.clone();
+    let counted = state.clone();
+    let router = Router::new()
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/kv", any(empty_key))
         .route("/kv/", any(empty_key))
@@ -55,7 +59,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/promote", post(promote))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    match token {
+        Some(token) => {
+            let rejected: Arc<dyn Fn() + Send + Sync> =
+                Arc::new(move || counted.metrics.http_rejected("unauthorized"));
+            router.layer(axum::middleware::from_fn_with_state(
+                (token, rejected),
+                crate::auth::require_token,
+            ))
+        }
+        None => router,
+    }
 }
 
 fn error(status: StatusCode, error: String, leader: Option<String>) -> Response {

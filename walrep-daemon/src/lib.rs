@@ -22,6 +22,7 @@
 //! The binary (`src/main.rs`) only calls [`main`].
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod certs;
 pub mod cli;

@@ -147,6 +147,10 @@ impl RunningNode {
             kv: kv.clone(),
             metrics: DaemonMetrics::new(replica.clone()),
             max_record_bytes: cfg.max_record_bytes,
+            token: match &settings.http_token_file {
+                Some(path) => Some(super::auth::HttpToken::from_file(path)?),
+                None => None,
+            },
         });
         let http = {
             let stop = stop_http.clone();

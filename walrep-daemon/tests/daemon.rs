@@ -119,6 +119,79 @@ async fn bad_input_is_400_and_writes_nothing() {
     assert_eq!(status, 200);
 }
 
+/// With an HTTP token, writes and promotions without it are 401 and change
+/// nothing; with it they work; reads and probes stay open; the CLI sends
+/// it from --http-token-file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_promotions_need_the_http_token_and_reads_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "s3cret-token-of-32-characters-xx";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let path = token_file.to_str().unwrap();
+    let p = pair(&[("http_token_file", path)]).await;
+
+    let refused: Vec<(Method, &str)> = vec![
+        (Method::PUT, "/kv/k"),
+        (Method::DELETE, "/kv/k"),
+        (Method::POST, "/promote?force=true"),
+    ];
+    for (method, path) in &refused {
+        for addr in [&p.a_http, &p.b_http] {
+            let (status, reply) = req(addr, method.clone(), path, b"v").await;
+            assert_eq!(status, 401, "{method} {path} on {addr}");
+            let e: ErrorReply = json(&reply);
+            assert!(e.error.contains("Authorization: Bearer"), "{e:?}");
+        }
+    }
+    let wrong = HttpClient::new(&p.a_http)
+        .with_token("s3cret-token-of-32-characters-xy")
+        .request(Method::PUT, "/kv/k", bytes::Bytes::from_static(b"v"))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 401, "a wrong token was accepted");
+    let right = HttpClient::new(&p.b_http)
+        .with_token(token)
+        .request(Method::PUT, "/kv/k", bytes::Bytes::from_static(b"v"))
+        .await
+        .unwrap();
+    assert_eq!(
+        right.status, 503,
+        "with the token, the standby answers as a standby"
+    );
+    let (a, b) = (health(&p.a_http).await, health(&p.b_http).await);
+    assert_eq!((a.last_lsn, a.role.as_str(), a.epoch), (0, "primary", 1));
+    assert_eq!((b.role.as_str(), b.epoch), ("standby", 1));
+    for path in ["/health", "/primary", "/replica", "/metrics", "/kv/k"] {
+        let (status, _) = req(&p.b_http, Method::GET, path, b"").await;
+        assert_ne!(status, 401, "GET {path} needs no token");
+    }
+    let (metrics, _) = scrape(&p.a_http).await;
+    assert!(
+        metrics.contains("reason=\"unauthorized\""),
+        "401s are counted"
+    );
+
+    let out = cli(args(&[
+        "put",
+        "k",
+        "v",
+        "--addr",
+        &p.a_http,
+        "--http-token-file",
+        path,
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(args(&["put", "k2", "v", "--addr", &p.a_http])).await;
+    assert!(!out.status.success(), "a put without the token succeeded");
+    assert_eq!(health(&p.a_http).await.last_lsn, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_replica_endpoints_follow_the_roles() {
     let p = pair(&[]).await;
