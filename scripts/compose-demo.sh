@@ -8,7 +8,9 @@
 # for the chosen on_standby_loss policy; it checks that nothing acknowledged
 # was lost (for solo: only what the cut-off primary acknowledged alone, and
 # no more than it rewound), one writer per epoch and equal state hashes, and
-# removes the containers, networks and volumes. On a machine without a
+# removes the containers, networks and volumes. Replication runs over
+# mutual TLS (a throwaway CA from `walrep certs`) and writes carry the
+# HTTP token. On a machine without a
 # Docker engine it says so and exits 0.
 #
 #   scripts/compose-demo.sh [KEYS [POLICY]]
@@ -64,16 +66,26 @@ OLD_ACKED=$CTX/old-acked # ... acknowledged by the cut-off primary (alone)
 OLD_REFUSED=$CTX/old-refused
 STOP=$CTX/stop
 WRITER=
+SECRETS=
 cleanup() {
   if [ -n "$WRITER" ]; then kill "$WRITER" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   step "cleaning up containers, networks and volumes"
   compose down -v --remove-orphans 2>&1 | sed 's/^/  /' || true
-  rm -rf "$CTX"
+  rm -rf "$CTX" ${SECRETS:+"$SECRETS"}
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+step "making a throwaway cluster CA, node certificates and an HTTP token"
+# Outside the image's build context, which holds the binary only.
+SECRETS=$(mktemp -d)
+export WALREP_SECRETS=$SECRETS
+"$BIN" certs --dir "$SECRETS" --names n1,n2 | sed 's/^/  /'
+TOKEN_FILE=$SECRETS/token
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE"
+AUTH=(--http-token-file "$TOKEN_FILE")
 
 step "building image $IMAGE (FROM scratch, context: the binary only)"
 cp "$BIN" "$CTX/walrep"
@@ -106,7 +118,7 @@ is_eligible() { [ "$(field eligible "$1")" = true ]; }
 LAST_ERR=
 put_once() { # put_once ADDR KEY FILE: one attempt; if acknowledged, appends "key value lsn epoch" to FILE
   local out lsn epoch
-  if ! out=$("$BIN" put "$2" "value-$2" --addr "$1" 2>&1); then
+  if ! out=$("$BIN" put "$2" "value-$2" --addr "$1" "${AUTH[@]}" 2>&1); then
     LAST_ERR=$out
     return 1
   fi
