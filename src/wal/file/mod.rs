@@ -139,7 +139,7 @@ impl FileWal {
         let has_meta = loaded.is_some();
         let (meta, persisted_history) = loaded.unwrap_or_default();
         let mut cache = TailCache::new(opts.tail_cache_bytes);
-        let reserve = preallocate_bytes(&opts);
+        let reserve = preallocate_bytes(&opts, &wal_dir);
         let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache, reserve)?;
         if !has_meta {
             if !rec.segments.is_empty() {
@@ -280,7 +280,7 @@ impl FileWal {
             base_epoch: st.last_epoch(),
         };
         let path = self.wal_dir.join(segment::file_name(header.first_lsn));
-        let reserve = preallocate_bytes(&self.opts);
+        let reserve = preallocate_bytes(&self.opts, &self.wal_dir);
         let seg = Segment::create(path.clone(), header, reserve).map_err(|e| {
             let _ = fs::remove_file(&path);
             io_err(format!("creating {}", path.display()))(e)
@@ -347,7 +347,7 @@ impl FileWal {
         // The segment appends go to now reserves its space again (an older
         // one gave its reserve back when the log rolled past it). Only a
         // speed-up: without it appends grow the file.
-        let reserve = preallocate_bytes(&self.opts);
+        let reserve = preallocate_bytes(&self.opts, &self.wal_dir);
         let seg = st.active();
         if let Err(e) = segment::preallocate(&seg.file, reserve) {
             tracing::warn!(segment = %seg.path.display(), "could not reserve space after truncating: {e}");
@@ -365,7 +365,7 @@ impl FileWal {
             first_lsn: base.next(),
             base_epoch,
         };
-        let reserve = preallocate_bytes(&self.opts);
+        let reserve = preallocate_bytes(&self.opts, &self.wal_dir);
         segment::write_pending(&self.wal_dir, header, reserve).map_err(io_err(format!(
             "preparing a new segment in {}",
             self.wal_dir.display()
@@ -689,12 +689,46 @@ impl WalStore for FileWal {
 }
 
 /// How many bytes a new segment reserves (0: none).
-fn preallocate_bytes(opts: &FileWalOptions) -> u64 {
-    if opts.preallocate {
-        opts.segment_bytes
-    } else {
-        0
+/// What a new segment in `dir` reserves: `segment_bytes` with
+/// `preallocate`, unless the file system has less than twice that free.
+/// Then nothing is reserved (appends grow the file; only slower), so a
+/// small or nearly full disk never fails a start or a roll for a
+/// reservation the log may never use.
+fn preallocate_bytes(opts: &FileWalOptions, dir: &Path) -> u64 {
+    let reserve = reserve_for(opts, free_bytes(dir));
+    if opts.preallocate && reserve == 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            segment_bytes = opts.segment_bytes,
+            "less than twice segment_bytes free on the WAL's disk; new segments are not preallocated"
+        );
     }
+    reserve
+}
+
+fn reserve_for(opts: &FileWalOptions, free: Option<u64>) -> u64 {
+    match free {
+        _ if !opts.preallocate => 0,
+        Some(free) if free < opts.segment_bytes.saturating_mul(2) => 0,
+        _ => opts.segment_bytes,
+    }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system;
+/// `None` if the OS does not say.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` is written by
+    // statvfs before it is read, only when it returns 0.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WalError {
