@@ -4,7 +4,7 @@
 use super::{Metrics, Msg};
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::node::Event;
+use crate::node::{Event, RoleKind};
 use crate::replicator::Health;
 use crate::transport::{Header, HeartbeatRequest, Peer};
 use std::sync::Arc;
@@ -51,6 +51,18 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                 r = ctx.peer.heartbeat(req) => r,
             };
             let event = match result {
+                // It answers, but cannot store what we send (its WAL
+                // failed: a full disk, an I/O error): as good as lost, so
+                // the on_standby_loss policy applies instead of every
+                // write waiting out sync_timeout.
+                Ok(reply) if reply.role == RoleKind::Failed => {
+                    ctx.metrics.heartbeat_error();
+                    if !failing {
+                        tracing::warn!(peer = %ctx.cfg.peer_id, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
+                        failing = true;
+                    }
+                    Event::StandbyUnreachable
+                }
                 Ok(_) => {
                     ctx.metrics.heartbeat_rtt(started.elapsed());
                     if failing {

@@ -297,6 +297,42 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
     replica.shutdown().await;
 }
 
+/// A standby whose WAL failed (its disk filled): it answers heartbeats, as
+/// a failed node, and never acks. The primary counts it as lost and its
+/// solo policy applies, instead of every write ending in `SyncTimeout`.
+#[tokio::test(start_paused = true)]
+async fn a_standby_that_answers_but_cannot_write_counts_as_lost() {
+    let mut peer = MockPeer::new();
+    // Healthy at first; then its disk fills.
+    let calls = Arc::new(AtomicU32::new(0));
+    peer.expect_heartbeat().returning(move |_| {
+        let healthy = calls.fetch_add(1, Ordering::SeqCst) == 0;
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: if healthy {
+                RoleKind::Standby
+            } else {
+                RoleKind::Failed
+            },
+        })
+    });
+    peer.expect_open_wal_stream().returning(|_| {
+        let first = futures::stream::once(async { Ok(WalAck::default()) });
+        Ok(Box::pin(futures::StreamExt::chain(
+            first,
+            futures::stream::pending(),
+        )))
+    });
+    let (replica, _service) = start(cfg(InitialRole::Primary), Arc::new(MemWal::new()), peer);
+    replica
+        .wait_for(Duration::from_secs(10), "solo", |h| h.solo)
+        .await
+        .unwrap();
+    let applied = replica.apply(put()).await.unwrap();
+    assert_eq!(applied.lsn, Lsn(1));
+    replica.shutdown().await;
+}
+
 /// Answers the first heartbeat, then the standby disappears.
 fn standby_lost_after_contact() -> MockPeer {
     let mut peer = MockPeer::new();
