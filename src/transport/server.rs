@@ -172,7 +172,14 @@ pub struct ReplicationService {
     /// Served over TLS: every request must come from a connection that
     /// proved it is the peer (`PeerIdentity` in its extensions).
     require_identity: bool,
+    /// Snapshot transfers running; more are refused (each holds a file
+    /// open and buffers in flight).
+    snapshot_transfers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most snapshot transfers served at once: the one standby's, plus one
+/// left over from a cut it has not noticed yet.
+const MAX_SNAPSHOT_TRANSFERS: usize = 2;
 
 impl ReplicationService {
     /// The node's inbox, for runtime tests that hand it requests the way
@@ -199,6 +206,7 @@ impl ReplicationService {
             snapshot_keepalive: cfg.snapshot_timeout / 4,
             metrics,
             require_identity: false,
+            snapshot_transfers: Arc::new(tokio::sync::Semaphore::new(MAX_SNAPSHOT_TRANSFERS)),
         }
     }
 
@@ -507,14 +515,26 @@ impl Replication for ReplicationService {
         let req = request.into_inner();
         let header = convert::header_from_pb(req.header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true, proven.as_ref())?;
+        let Ok(slot) = self.snapshot_transfers.clone().try_acquire_owned() else {
+            return Err(self.refuse(Refusal::new(
+                RefusalKind::Unavailable,
+                format!("{MAX_SNAPSHOT_TRANSFERS} snapshot transfers are already running; retry when one ends"),
+                Epoch::ZERO,
+            )));
+        };
         let pending = self.node.snapshot(header).await.map_err(gone)?;
         let pending = pending.map_err(|r| self.refuse(r))?;
-        Ok(Response::new(snapshot_stream(
+        let stream = snapshot_stream(
             pending,
             (req.snapshot_id, req.offset),
             self.snapshot_keepalive,
             self.snapshot_chunk_bytes,
-        )))
+        );
+        // The slot is held until the transfer's stream is dropped.
+        Ok(Response::new(Box::pin(stream.map(move |chunk| {
+            let _held = &slot;
+            chunk
+        }))))
     }
 }
 
@@ -656,6 +676,97 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert_eq!(status.metadata().get("walrep-epoch").unwrap(), "3");
         assert_eq!(replica.metrics().rejected.get("stale_epoch"), Some(&1));
+        replica.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    //! Bounds on what a caller can hold, and identity over TLS.
+
+    use super::MAX_SNAPSHOT_TRANSFERS;
+    use crate::config::InitialRole;
+    use crate::pb;
+    use crate::pb::replication_server::Replication;
+    use crate::replicator::Replicator;
+    use crate::runtime::tests::{cfg, header, start, unreachable_peer};
+    use crate::wal::MemWal;
+    use std::sync::Arc;
+
+    fn pb_header(epoch: u64, from: &str) -> pb::Header {
+        super::super::convert::header_to_pb(&header(epoch, from))
+    }
+
+    fn snapshot_request() -> tonic::Request<pb::SnapshotRequest> {
+        tonic::Request::new(pb::SnapshotRequest {
+            header: Some(pb_header(1, "n2")),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_transfers_beyond_the_cap_are_refused_until_one_ends() {
+        let (replica, service) = start(
+            cfg(InitialRole::Primary),
+            Arc::new(MemWal::new()),
+            unreachable_peer(),
+        );
+        let mut running = Vec::new();
+        for _ in 0..MAX_SNAPSHOT_TRANSFERS {
+            running.push(service.fetch_snapshot(snapshot_request()).await.unwrap());
+        }
+        let Err(status) = service.fetch_snapshot(snapshot_request()).await else {
+            panic!("a transfer beyond the cap was accepted");
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("already running"), "{status:?}");
+        assert_eq!(replica.metrics().rejected.get("unavailable"), Some(&1));
+        running.pop();
+        service.fetch_snapshot(snapshot_request()).await.unwrap();
+        replica.shutdown().await;
+    }
+
+    #[cfg(feature = "tls")]
+    #[tokio::test(start_paused = true)]
+    async fn over_tls_a_request_must_come_from_the_identity_its_connection_proved() {
+        use crate::transport::PeerIdentity;
+        use crate::types::NodeId;
+        let (replica, service) = start(
+            cfg(InitialRole::Standby),
+            crate::runtime::tests::standby_wal(),
+            unreachable_peer(),
+        );
+        let service = service.requiring_peer_identity();
+        let status_request = |from: &str, proven: Option<&str>| {
+            let mut r = tonic::Request::new(pb::StatusRequest {
+                header: Some(pb_header(1, from)),
+            });
+            if let Some(id) = proven {
+                r.extensions_mut().insert(PeerIdentity {
+                    node_id: NodeId::from(id),
+                    remote: None,
+                });
+            }
+            r
+        };
+        // Not through the TLS handshake at all.
+        let status = service
+            .status(status_request("n2", None))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        // Proved n2, says it is someone else.
+        let status = service
+            .status(status_request("n3", Some("n2")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("proved"), "{status:?}");
+        service
+            .status(status_request("n2", Some("n2")))
+            .await
+            .expect("the proven peer is answered");
+        assert_eq!(replica.metrics().rejected.get("unauthenticated"), Some(&2));
         replica.shutdown().await;
     }
 }
