@@ -187,6 +187,12 @@ pub struct NodeArgs {
     pub tls_key: Option<String>,
     #[arg(long, value_name = "FILE", help = help("http_token_file", "HTTP writes and promotions need `Authorization: Bearer` with the token in this file"))]
     pub http_token_file: Option<String>,
+    #[arg(long, value_name = "N", help = help("http_max_connections", "Open HTTP connections at most; more are closed on arrival [default: half the open-file limit, 16..4096]"))]
+    pub http_max_connections: Option<String>,
+    #[arg(long, value_name = "MS", help = help("http_idle_timeout_ms", "Longest wait for a request's headers, idle keep-alive included"))]
+    pub http_idle_timeout_ms: Option<String>,
+    #[arg(long, value_name = "MS", help = help("http_request_timeout_ms", "Longest an HTTP request may take, its body included (408 after)"))]
+    pub http_request_timeout_ms: Option<String>,
 }
 
 impl NodeArgs {
@@ -221,6 +227,9 @@ impl NodeArgs {
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
             ("http_token_file", &self.http_token_file),
+            ("http_max_connections", &self.http_max_connections),
+            ("http_idle_timeout_ms", &self.http_idle_timeout_ms),
+            ("http_request_timeout_ms", &self.http_request_timeout_ms),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()

@@ -128,10 +128,10 @@ impl HttpClient {
             Some(c) => c.ready().await.is_ok(),
             None => false,
         };
+        let mut reused = usable;
         if !usable {
             self.conn = Some(self.connect().await?);
         }
-        let sender = self.conn.as_mut().expect("connected above");
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -139,20 +139,39 @@ impl HttpClient {
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, token);
         }
-        let req = req.body(Full::new(body)).expect("a valid request");
-        let result = async {
-            let resp = sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>(Reply { status, body })
-        }
-        .await;
-        result.map_err(|e| {
+        let mut req = req.body(Full::new(body)).expect("a valid request");
+        let resp = loop {
+            let sender = self.conn.as_mut().expect("connected above");
+            match sender.try_send_request(req).await {
+                Ok(resp) => break resp,
+                // The node closed the idle connection as we sent on it,
+                // and nothing was written: one more try on a fresh one is
+                // safe, whatever the method.
+                Err(mut e) if reused && e.message().is_some() => {
+                    req = e.take_message().expect("checked above");
+                    reused = false;
+                    self.conn = Some(self.connect().await?);
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(ClientError::Protocol {
+                        addr: self.addr.clone(),
+                        msg: format!("the connection failed mid-request: {}", e.into_error()),
+                    });
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| {
             self.conn = None;
             ClientError::Protocol {
                 addr: self.addr.clone(),
-                msg: format!("the connection failed mid-request: {e}"),
+                msg: format!("the connection failed mid-answer: {e}"),
             }
+        })?;
+        Ok(Reply {
+            status,
+            body: body.to_bytes(),
         })
     }
 

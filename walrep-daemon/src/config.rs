@@ -119,6 +119,9 @@ pub const SETTINGS: &[Setting] = &[
     s("tls_cert", None),
     s("tls_key", None),
     s("http_token_file", None),
+    s("http_max_connections", None),
+    s("http_idle_timeout_ms", Some(|| "30000".to_string())),
+    s("http_request_timeout_ms", Some(|| "60000".to_string())),
 ];
 
 /// The default of `key` as text, `None` for a setting without one.
@@ -200,6 +203,12 @@ pub struct NodeSettings {
     pub tls: Option<walrep::TlsFiles>,
     /// Writes and promotions over HTTP need the bearer token in this file.
     pub http_token_file: Option<PathBuf>,
+    /// Open HTTP connections at most; `None`: half the file limit.
+    pub http_max_connections: Option<usize>,
+    /// Longest wait for a request's headers, idle keep-alive included.
+    pub http_idle_timeout: Duration,
+    /// Longest a request may take, its body included.
+    pub http_request_timeout: Duration,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -434,6 +443,23 @@ impl Layers {
                 Ok(PathBuf::from(v))
             }
         })?;
+        let positive = |v: &str| {
+            millis(v).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than 0".to_string())
+                } else {
+                    Ok(d)
+                }
+            })
+        };
+        let http_idle_timeout = self.with_default("http_idle_timeout_ms", positive)?;
+        let http_request_timeout = self.with_default("http_request_timeout_ms", positive)?;
+        let http_max_connections = self.get("http_max_connections", |v| {
+            count(v).and_then(|n| match usize::try_from(n) {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err("must be a positive number of connections".to_string()),
+            })
+        })?;
         Ok(NodeSettings {
             cfg,
             data_dir,
@@ -446,6 +472,9 @@ impl Layers {
             worker_threads,
             tls,
             http_token_file,
+            http_max_connections,
+            http_idle_timeout,
+            http_request_timeout,
         })
     }
 
@@ -816,7 +845,12 @@ mod tests {
             assert_eq!(cells[3], format!("`{}`", env_name(key)), "{row}");
             match setting.default {
                 Some(default) => assert_eq!(cells[4], format!("`{}`", default()), "{row}"),
-                None => assert!(cells[4] == "required" || cells[4].starts_with("`"), "{row}"),
+                None => assert!(
+                    cells[4] == "required"
+                        || cells[4].starts_with("none")
+                        || cells[4].starts_with("`"),
+                    "{row}"
+                ),
             }
         }
     }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod http_server;
 pub mod identity;
 pub mod kv;
 pub mod metrics;

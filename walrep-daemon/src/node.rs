@@ -154,15 +154,29 @@ impl RunningNode {
         });
         let http = {
             let stop = stop_http.clone();
+            let counted = state.clone();
             let app = router(state);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(http_listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                {
-                    warn!(error = %e, "HTTP server stopped");
-                }
-            })
+            let fd_limit = super::http_server::raise_fd_limit();
+            let defaults = super::http_server::HttpLimits::for_fd_limit(fd_limit);
+            let limits = super::http_server::HttpLimits {
+                max_connections: settings
+                    .http_max_connections
+                    .unwrap_or(defaults.max_connections),
+                header_timeout: settings.http_idle_timeout,
+                request_timeout: settings.http_request_timeout,
+            };
+            info!(
+                fd_limit,
+                max_connections = limits.max_connections,
+                "HTTP limits"
+            );
+            tokio::spawn(super::http_server::serve(
+                http_listener,
+                app,
+                limits,
+                move || counted.metrics.http_rejected("connection_limit"),
+                stop,
+            ))
         };
         if let Some(tls) = tls {
             tokio::spawn(reload_on_sighup(tls, stop_rest.clone()));

@@ -192,6 +192,64 @@ async fn writes_and_promotions_need_the_http_token_and_reads_do_not() {
     assert_eq!(health(&p.a_http).await.last_lsn, 1);
 }
 
+/// The HTTP port's bounds: beyond `http_max_connections` a connection is
+/// closed on arrival while the open ones go on writing and replication
+/// goes on; idle connections are closed after `http_idle_timeout_ms`; a
+/// request whose body stalls gets 408 after `http_request_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_capped_and_idle_or_slow_ones_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pair(&[
+        ("http_max_connections", "4"),
+        ("http_idle_timeout_ms", "400"),
+        ("http_request_timeout_ms", "600"),
+    ])
+    .await;
+    let connect = || tokio::net::TcpStream::connect(p.a_http.clone());
+    // Reads until the server closes the connection; what it sent first.
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .expect("the server closed the connection");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    // A writer with its connection open, then three idle connections: the
+    // cap is reached.
+    let mut writer = HttpClient::new(&p.a_http);
+    writer.put("w0", "v".into()).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect().await.unwrap());
+    }
+    let mut beyond = connect().await.unwrap();
+    assert_eq!(until_closed(&mut beyond).await, "", "served beyond the cap");
+    // The writer's connection goes on, and so does replication.
+    for i in 1..=5 {
+        writer.put(&format!("w{i}"), "v".into()).await.unwrap();
+    }
+    wait_health(&p.b_http, "replicated during the cap", |h| h.last_lsn >= 6).await;
+
+    // Idle connections are closed by the node, which frees their slots.
+    for s in &mut idle {
+        assert_eq!(until_closed(s).await, "");
+    }
+    let (metrics, _) = scrape(&p.a_http).await;
+    assert!(
+        metrics.contains("reason=\"connection_limit\""),
+        "refusal counted"
+    );
+    // A body that stalls: 408, and nothing written.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"PUT /kv/slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(health(&p.a_http).await.last_lsn, 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_replica_endpoints_follow_the_roles() {
     let p = pair(&[]).await;

@@ -163,7 +163,7 @@ async fn mutual_tls_lets_only_the_peer_in_and_rotates_on_sighup() {
     pair.n2.spawn().unwrap();
     wait_streaming(&pair.n1.http, &pair.n2.http).await;
     let acked = write_all(&pair.n1.http, "before", 20).await;
-    let standby = wait_health(&pair.n2.http, "caught up", |h| h.last_lsn >= 20).await;
+    let standby = wait_health(&pair.n2.http, "applied", |h| h.applied_lsn >= 20).await;
     let n2_grpc = listen_addr(&pair.n2.args);
 
     // Three attackers, all claiming to be n1 (the standby's primary).

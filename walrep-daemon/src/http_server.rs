@@ -1,0 +1,191 @@
+//! Serves the HTTP API with bounds a hostile or broken client cannot
+//! exceed: a cap on open connections (below the process's file limit, so
+//! the WAL and snapshots always get file handles), a deadline for a
+//! request's headers that also closes idle keep-alive connections, and a
+//! deadline for a whole request (a slow body included).
+//!
+//! At the cap a new connection is accepted and closed at once (counted as
+//! `walrep_rejected_requests_total{api="http",reason="connection_limit"}`),
+//! so the kernel's backlog does not fill with waiting clients; connections
+//! already open, and replication, go on.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The bounds of one HTTP port.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Connections open at once; more are closed on arrival.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, from the end of the previous
+    /// request on a keep-alive connection (so also the idle timeout).
+    pub header_timeout: Duration,
+    /// Longest a request may take, reading its body included.
+    pub request_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// Defaults sized from the process's file limit: at most half the
+    /// descriptors go to HTTP connections, the rest stays for the WAL,
+    /// snapshots, replication and the engine.
+    pub fn for_fd_limit(fd_limit: u64) -> HttpLimits {
+        HttpLimits {
+            max_connections: (fd_limit / 2).clamp(16, 4096) as usize,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (a service
+/// manager's default soft limit is often 1024) and returns the soft limit
+/// now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to / read from `lim`, a valid
+    // rlimit on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Ends a request that runs past `limit` with 408 (the client may retry:
+/// if it was a write, nothing it sent after the deadline is used).
+async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(crate::api::ErrorReply {
+                error: format!("the request took longer than {limit:?} (a slow body?); if it was a write, check whether it was applied before retrying"),
+                leader: None,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `stop` is cancelled,
+/// then lets open requests finish. `rejected` counts refused connections.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    rejected: impl Fn() + Send + Sync + 'static,
+    stop: CancellationToken,
+) {
+    let request_timeout = limits.request_timeout;
+    let app = app.layer(axum::middleware::from_fn(move |req, next| {
+        deadline(request_timeout, req, next)
+    }));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_refusal_log: Option<Instant> = None;
+    let mut open = Vec::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors or the like: back off, never spin.
+                warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            rejected();
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_refusal_log = Some(Instant::now());
+                warn!(
+                    max = limits.max_connections,
+                    "HTTP connection limit reached; closing new connections (counted; logged once a minute)"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        let header_timeout = limits.header_timeout;
+        open.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+        open.push(tokio::spawn(async move {
+            let _slot = slot;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }));
+    }
+    info!(
+        connections = open.len(),
+        "HTTP server stopping; finishing open requests"
+    );
+    for task in open {
+        let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_leave_half_the_descriptors_to_the_node() {
+        assert_eq!(HttpLimits::for_fd_limit(1024).max_connections, 512);
+        assert_eq!(HttpLimits::for_fd_limit(20).max_connections, 16);
+        assert_eq!(HttpLimits::for_fd_limit(1 << 20).max_connections, 4096);
+    }
+
+    #[test]
+    fn the_soft_file_limit_is_raised_to_the_hard_one() {
+        let soft = raise_fd_limit();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as in raise_fd_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft, lim.rlim_cur);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+    }
+}
