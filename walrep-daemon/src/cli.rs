@@ -70,6 +70,8 @@ pub enum Command {
     BenchPair(bench::commit::CommitArgs),
     /// Benchmark: a standby catching up a WAL backlog (MB/s, peak RSS).
     BenchCatchup(bench::catchup::CatchupArgs),
+    /// Benchmark: many writers of large values (step gaps, solo, peak RSS).
+    BenchBigValues(bench::big_values::BigValuesArgs),
     /// Benchmark: SIGKILL of the primary to the first write on the new one.
     BenchFailover(bench::failover::FailoverArgs),
     /// Benchmark: the write pause of a planned switchover.
@@ -304,6 +306,9 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::BenchPair(args) => bench_done(until_interrupted(bench::commit::run(args)).await),
         Command::BenchCatchup(args) => {
             bench_done(until_interrupted(bench::catchup::run(args)).await)
+        }
+        Command::BenchBigValues(args) => {
+            bench_done(until_interrupted(bench::big_values::run(args)).await)
         }
         Command::BenchFailover(args) => {
             bench_done(until_interrupted(bench::failover::run(args)).await)

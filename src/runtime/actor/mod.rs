@@ -66,6 +66,8 @@ struct Actor {
     /// Builds snapshots for the standby (primary), receives them (rejoin).
     snapshots: Arc<super::Snapshots>,
     origin: Instant,
+    /// When the node last stepped (since `origin`), for the step-gap metric.
+    last_step: std::time::Duration,
     waiters: BTreeMap<Lsn, Waiter>,
     /// The engine's outputs of applied records, until `resolve_waiters`
     /// hands them to their writers (or drops them: no writer waits).
@@ -141,6 +143,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         rewound_dir: parts.rewound_dir,
         snapshots: parts.snapshots,
         origin,
+        last_step: std::time::Duration::ZERO,
         waiters: BTreeMap::new(),
         outputs: BTreeMap::new(),
         queued: Vec::new(),
@@ -244,6 +247,8 @@ impl Actor {
 
     fn step(&mut self, event: Event) {
         let now = self.now();
+        self.metrics.step_gap(now.saturating_sub(self.last_step));
+        self.last_step = now;
         let effects = self.node.step(now, event);
         self.run_effects(effects);
     }
