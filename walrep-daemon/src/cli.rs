@@ -157,6 +157,8 @@ pub struct NodeArgs {
     pub snapshot_timeout_ms: Option<String>,
     #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
+    #[arg(long, value_name = "BYTES", help = help("http_write_budget_bytes", "Most bytes of PUT bodies held at once; writers wait for room, a larger write is refused"))]
+    pub http_write_budget_bytes: Option<String>,
 }
 
 impl NodeArgs {
@@ -187,6 +189,7 @@ impl NodeArgs {
             ("snapshot_chunk_bytes", &self.snapshot_chunk_bytes),
             ("snapshot_timeout_ms", &self.snapshot_timeout_ms),
             ("worker_threads", &self.worker_threads),
+            ("http_write_budget_bytes", &self.http_write_budget_bytes),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()

@@ -113,12 +113,13 @@ impl RunningNode {
                 }
             })
         };
-        let state = Arc::new(AppState {
-            replica: replica.clone(),
-            kv: kv.clone(),
-            metrics: DaemonMetrics::new(replica.clone()),
-            max_record_bytes: cfg.max_record_bytes,
-        });
+        let state = Arc::new(AppState::new(
+            replica.clone(),
+            kv.clone(),
+            DaemonMetrics::new(replica.clone()),
+            cfg.max_record_bytes,
+            settings.http_write_budget_bytes,
+        ));
         let http = {
             let stop = stop_http.clone();
             let app = router(state);

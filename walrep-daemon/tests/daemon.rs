@@ -118,6 +118,32 @@ async fn bad_input_is_400_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_above_the_write_budget_is_400_naming_it_and_writes_nothing() {
+    let p = pair(&[("http_write_budget_bytes", "65536")]).await;
+    let (status, reply) = req(&p.a_http, Method::PUT, "/kv/big", &vec![b'x'; 70_000]).await;
+    assert_eq!(status, 400);
+    let e: ErrorReply = json(&reply);
+    assert!(
+        e.error
+            .contains("more than http_write_budget_bytes (65536)")
+            && e.error.contains("nothing was written"),
+        "{e:?}"
+    );
+    assert_eq!(
+        health(&p.a_http).await.last_lsn,
+        0,
+        "the refused write was written"
+    );
+    assert_eq!(req(&p.a_http, Method::GET, "/kv/big", b"").await.0, 404);
+    // A write that fits the budget goes through, and gives its room back
+    // for the next one.
+    for _ in 0..2 {
+        let (status, _) = req(&p.a_http, Method::PUT, "/kv/small", &vec![b'x'; 60_000]).await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_replica_endpoints_follow_the_roles() {
     let p = pair(&[]).await;
     assert_eq!(req(&p.a_http, Method::GET, "/primary", b"").await.0, 200);
