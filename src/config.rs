@@ -262,10 +262,12 @@ impl Config {
     pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
     /// Default of `max_batches_in_flight`.
     pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: usize = 8;
-    /// Default of `max_message_bytes`: 8 MiB.
-    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
-    /// Default of `max_record_bytes`: 4 MiB.
-    pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+    /// Default of `max_message_bytes`: 17 MiB, the largest record with
+    /// room to spare for its framing.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = Config::DEFAULT_MAX_RECORD_BYTES + (1 << 20);
+    /// Default of `max_record_bytes`: 16 MiB (an engine's large values,
+    /// e.g. documents or blobs of a few MiB, fit whole in one record).
+    pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
     /// Default of `wal_retention_bytes`: 1 GiB.
     pub const DEFAULT_WAL_RETENTION_BYTES: u64 = 1 << 30;
     /// Default of `snapshot_chunk_bytes`: 1 MiB.

@@ -85,7 +85,10 @@ pub async fn run(a: BigValuesArgs) -> Result<(), DaemonError> {
         ));
     }
     let value_bytes = a.value_mib << 20;
-    let dir = a.dir.clone().unwrap_or_else(|| temp_dir("bench-big-values"));
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp_dir("bench-big-values"));
     let mode = CommitMode::RemoteFlush;
     let options = PairOptions {
         // A record holds the key and the command's framing beside the value.

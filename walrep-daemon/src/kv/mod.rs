@@ -445,7 +445,11 @@ mod tests {
         let (lsn, bytes) = snapshotting.join().unwrap();
         assert_eq!(lsn, Lsn(1));
         let map = snapshot_file::decode_map(&bytes).unwrap();
-        assert_eq!(map.get(&b"x"[..]), Some(&Bytes::from("1")), "the pre-apply state");
+        assert_eq!(
+            map.get(&b"x"[..]),
+            Some(&Bytes::from("1")),
+            "the pre-apply state"
+        );
         assert_eq!(kv.get(b"x"), Some(Bytes::from("2")));
     }
 
