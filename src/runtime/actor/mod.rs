@@ -87,6 +87,8 @@ struct Actor {
     flusher: Option<Tasks>,
     applier: Option<Tasks>,
     primary_tasks: Option<Tasks>,
+    /// The removal of old WAL segments under way, if any (see `trim_wal`).
+    trimming: Option<JoinHandle<()>>,
     rejoin: Option<Tasks>,
     session: Option<Session>,
     next_session: u64,
@@ -157,6 +159,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         flusher: None,
         applier: None,
         primary_tasks: None,
+        trimming: None,
         rejoin: None,
         session: None,
         next_session: 0,
