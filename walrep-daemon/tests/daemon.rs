@@ -854,6 +854,35 @@ fn bench_switchover_loses_no_acknowledged_write() {
 }
 
 #[test]
+fn bench_big_values_reports_step_gaps_solo_and_peak_rss_of_both_nodes() {
+    let results = bench_json(&[
+        "bench-big-values",
+        "--writers",
+        "2",
+        "--value-mib",
+        "1",
+        "--keys-per-writer",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    let [r] = &results[..] else {
+        panic!("one result expected: {results:?}")
+    };
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["went_solo"], false, "{r}");
+    for field in [
+        "primary_step_gap_max_ms",
+        "standby_step_gap_max_ms",
+        "primary_rss_mib",
+        "standby_rss_mib",
+    ] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
+    }
+}
+
+#[test]
 fn bench_commands_refuse_bad_values_by_name() {
     let out = run_bin(&["bench-pair", "--mode", "fast"], &[]);
     assert!(!out.status.success());
