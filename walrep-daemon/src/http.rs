@@ -68,8 +68,9 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    // One byte over the limit is enough to know a body is too large; the
-    // rejection becomes a 400 JSON error below, not axum's 413.
+    // For routes that take a body whole (none today): one byte over the
+    // limit is enough to know it is too large. `PUT` reads its body
+    // itself, within the write budget, and answers a 400 of its own.
     let body_limit = state.max_record_bytes + 1;
     Router::new()
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
