@@ -107,3 +107,18 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_step_gap_is_kept_whatever_comes_after_it() {
+        let m = Metrics::default();
+        assert_eq!(m.snapshot().longest_step_gap, Duration::ZERO);
+        m.step_gap(Duration::from_millis(120));
+        m.step_gap(Duration::from_millis(700));
+        m.step_gap(Duration::from_millis(3));
+        assert_eq!(m.snapshot().longest_step_gap, Duration::from_millis(700));
+    }
+}

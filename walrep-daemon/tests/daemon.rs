@@ -345,6 +345,7 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         "walrep_wal_last_lsn",
         "walrep_commit_latency_seconds",
         "walrep_rewound_records_total",
+        "walrep_step_gap_max_seconds",
     ] {
         assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
     }
@@ -357,6 +358,8 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
     assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
     assert_eq!(sample(&a, "walrep_commit_latency_seconds", &[]), Some(5.0));
     assert!(sample(&a, "walrep_heartbeat_rtt_seconds", &[]).unwrap() > 0.0);
+    // The node has stepped more than once: its longest gap is measured.
+    assert!(sample(&a, "walrep_step_gap_max_seconds", &[]).unwrap() > 0.0);
     assert_eq!(sample(&a, "walrep_role", &[("role", "primary")]), Some(1.0));
     assert_eq!(sample(&a, "walrep_role", &[("role", "standby")]), Some(0.0));
 
