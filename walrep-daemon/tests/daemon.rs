@@ -118,7 +118,7 @@ async fn bad_input_is_400_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_above_the_write_budget_is_400_naming_it_and_writes_nothing() {
+async fn a_put_above_the_write_budget_is_refused_and_smaller_ones_wait_their_turn() {
     let p = pair(&[("http_write_budget_bytes", "65536")]).await;
     let (status, reply) = req(&p.a_http, Method::PUT, "/kv/big", &vec![b'x'; 70_000]).await;
     assert_eq!(status, 400);
@@ -135,12 +135,27 @@ async fn a_put_above_the_write_budget_is_400_naming_it_and_writes_nothing() {
         "the refused write was written"
     );
     assert_eq!(req(&p.a_http, Method::GET, "/kv/big", b"").await.0, 404);
-    // A write that fits the budget goes through, and gives its room back
-    // for the next one.
-    for _ in 0..2 {
-        let (status, _) = req(&p.a_http, Method::PUT, "/kv/small", &vec![b'x'; 60_000]).await;
-        assert_eq!(status, 200);
+    // Writes that fit the budget one at a time but not together wait for
+    // each other's room instead of being refused.
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = p.a_http.clone();
+            tokio::spawn(async move {
+                req(
+                    &addr,
+                    Method::PUT,
+                    &format!("/kv/w{i}"),
+                    &vec![b'x'; 60_000],
+                )
+                .await
+            })
+        })
+        .collect();
+    for w in writers {
+        let (status, reply) = w.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
     }
+    assert_eq!(health(&p.a_http).await.last_lsn, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
