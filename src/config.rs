@@ -188,7 +188,9 @@ pub struct Config {
     pub max_batch_records: usize,
     /// Most payload bytes in one WAL batch.
     pub max_batch_bytes: usize,
-    /// Most batches sent and not yet acknowledged as written.
+    /// Most batches sent and not yet acknowledged as written; their
+    /// payloads together stay within this many times `max_batch_bytes`
+    /// (one batch is always allowed, however large its one record).
     pub max_batches_in_flight: usize,
     /// Largest gRPC message accepted or sent (bytes).
     pub max_message_bytes: usize,
