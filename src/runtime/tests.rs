@@ -644,3 +644,62 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
     drop(release);
     replica.shutdown().await;
 }
+
+/// A standby that takes the WAL stream and never acknowledges a batch: the
+/// batches the primary sent stay in `sent` for the test to count.
+fn standby_that_never_acks(
+    sent: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::transport::WalBatch>>>>,
+) -> MockPeer {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: RoleKind::Standby,
+        })
+    });
+    peer.expect_open_wal_stream().returning(move |batches| {
+        *sent.lock().unwrap() = Some(batches);
+        let first = futures::stream::once(async { Ok(WalAck::default()) });
+        Ok(Box::pin(futures::StreamExt::chain(
+            first,
+            futures::stream::pending(),
+        )))
+    });
+    peer
+}
+
+/// Batches of one record above `max_batch_bytes` each: the streamer stops
+/// sending once the unacknowledged payload reaches `max_batches_in_flight
+/// × max_batch_bytes`, well before the count allows.
+#[tokio::test(start_paused = true)]
+async fn the_streamer_bounds_unacknowledged_batches_by_bytes() {
+    let sent = Arc::new(std::sync::Mutex::new(None));
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        max_batch_bytes: 1024,
+        max_batches_in_flight: 8,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = Replica::builder(
+        cfg,
+        Arc::new(MemWal::new()),
+        Arc::new(MemStateMachine::new()),
+    )
+    .peer(Arc::new(standby_that_never_acks(sent.clone())))
+    .start()
+    .unwrap();
+    // 4 KiB records: two reach the 8 KiB bound, the count would allow 8.
+    for _ in 0..6 {
+        replica.apply(Bytes::from(vec![b'x'; 4096])).await.unwrap();
+    }
+    // With time paused this returns only once every task is idle: the
+    // streamer has sent all it may.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut batches = sent.lock().unwrap().take().expect("the stream opened");
+    let mut records = 0;
+    while let Ok(b) = batches.try_recv() {
+        records += b.records.len();
+    }
+    assert_eq!(records, 2, "records sent with none acknowledged");
+    replica.shutdown().await;
+}
