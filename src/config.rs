@@ -188,7 +188,9 @@ pub struct Config {
     pub max_batch_records: usize,
     /// Most payload bytes in one WAL batch.
     pub max_batch_bytes: usize,
-    /// Most batches sent and not yet acknowledged as written.
+    /// Most batches sent and not yet acknowledged as written; their
+    /// payloads together stay within this many times `max_batch_bytes`
+    /// (one batch is always allowed, however large its one record).
     pub max_batches_in_flight: usize,
     /// Largest gRPC message accepted or sent (bytes).
     pub max_message_bytes: usize,
@@ -262,10 +264,12 @@ impl Config {
     pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
     /// Default of `max_batches_in_flight`.
     pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: usize = 8;
-    /// Default of `max_message_bytes`: 8 MiB.
-    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
-    /// Default of `max_record_bytes`: 4 MiB.
-    pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+    /// Default of `max_message_bytes`: 17 MiB, the largest record with
+    /// room to spare for its framing.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = Config::DEFAULT_MAX_RECORD_BYTES + (1 << 20);
+    /// Default of `max_record_bytes`: 16 MiB (an engine's large values,
+    /// e.g. documents or blobs of a few MiB, fit whole in one record).
+    pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
     /// Default of `wal_retention_bytes`: 1 GiB.
     pub const DEFAULT_WAL_RETENTION_BYTES: u64 = 1 << 30;
     /// Default of `snapshot_chunk_bytes`: 1 MiB.

@@ -15,6 +15,7 @@ pub(crate) struct Metrics {
     heartbeat_rtt_micros: AtomicU64,
     rewound_records: AtomicU64,
     snapshot_resyncs: AtomicU64,
+    longest_step_gap_micros: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -32,6 +33,12 @@ pub struct MetricsSnapshot {
     pub rewound_records: u64,
     /// Times this node restored a snapshot of its peer to rejoin.
     pub snapshot_resyncs: u64,
+    /// The longest time between two steps of the node's role logic since
+    /// the node started. The node steps at least once per
+    /// `heartbeat_interval`; a gap well above that means its task did not
+    /// run (a blocked runtime thread, a paused process), and one above
+    /// `failover_timeout` makes it forget what it knew about its peer.
+    pub longest_step_gap: Duration,
 }
 
 impl Metrics {
@@ -70,6 +77,13 @@ impl Metrics {
         self.snapshot_resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Notes the time since the node's previous step.
+    pub(crate) fn step_gap(&self, gap: Duration) {
+        let micros = u64::try_from(gap.as_micros()).unwrap_or(u64::MAX);
+        self.longest_step_gap_micros
+            .fetch_max(micros, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_heartbeat_rtt(&self) -> Option<Duration> {
         let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
         (rtt > 0).then(|| Duration::from_micros(rtt))
@@ -87,6 +101,24 @@ impl Metrics {
             heartbeat_rtt: self.last_heartbeat_rtt(),
             rewound_records: self.rewound_records(),
             snapshot_resyncs: self.snapshot_resyncs.load(Ordering::Relaxed),
+            longest_step_gap: Duration::from_micros(
+                self.longest_step_gap_micros.load(Ordering::Relaxed),
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_step_gap_is_kept_whatever_comes_after_it() {
+        let m = Metrics::default();
+        assert_eq!(m.snapshot().longest_step_gap, Duration::ZERO);
+        m.step_gap(Duration::from_millis(120));
+        m.step_gap(Duration::from_millis(700));
+        m.step_gap(Duration::from_millis(3));
+        assert_eq!(m.snapshot().longest_step_gap, Duration::from_millis(700));
     }
 }

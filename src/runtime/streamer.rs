@@ -164,11 +164,21 @@ async fn session(ctx: &mut Ctx) -> End {
     if batches.send(probe).await.is_err() {
         return fail(TransportError::Unreachable("stream closed".into()), false);
     }
-    let mut in_flight: VecDeque<Lsn> = VecDeque::new();
+    // Batches sent and not yet acknowledged as written: their last LSN and
+    // payload bytes. Bounded by count and by bytes (as many as
+    // `max_batches_in_flight` batches of `max_batch_bytes`), so batches of
+    // one large record each cannot hold that many times a record in the
+    // stream's buffers; one batch is always allowed, whatever its size.
+    let mut in_flight: VecDeque<(Lsn, usize)> = VecDeque::new();
+    let mut in_flight_bytes = 0usize;
+    let window_bytes = window.saturating_mul(ctx.cfg.max_batch_bytes);
+    let has_room = |in_flight: &VecDeque<(Lsn, usize)>, bytes: usize| {
+        in_flight.is_empty() || (in_flight.len() < window && bytes < window_bytes)
+    };
     let mut progressed = false;
     let mut too_far_sent = false;
     loop {
-        while in_flight.len() < window && next <= ctx.wal.last_lsn() && !too_far_sent {
+        while has_room(&in_flight, in_flight_bytes) && next <= ctx.wal.last_lsn() && !too_far_sent {
             let records =
                 match ctx
                     .wal
@@ -196,6 +206,7 @@ async fn session(ctx: &mut Ctx) -> End {
                 };
             let last = records.last().expect("non-empty");
             let new_prev = (last.lsn, last.epoch);
+            let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
             let b = batch(ctx, prev, records);
             if batches.send(b).await.is_err() {
                 return fail(
@@ -203,11 +214,12 @@ async fn session(ctx: &mut Ctx) -> End {
                     progressed,
                 );
             }
-            in_flight.push_back(new_prev.0);
+            in_flight.push_back((new_prev.0, bytes));
+            in_flight_bytes += bytes;
             prev = new_prev;
             next = new_prev.0.next();
         }
-        let can_send = in_flight.len() < window;
+        let can_send = has_room(&in_flight, in_flight_bytes);
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return End::Cancelled,
@@ -232,8 +244,9 @@ async fn session(ctx: &mut Ctx) -> End {
                     );
                 }
                 Some(Ok(ack)) => {
-                    while in_flight.front().is_some_and(|l| *l <= ack.written) {
-                        in_flight.pop_front();
+                    while in_flight.front().is_some_and(|(l, _)| *l <= ack.written) {
+                        let (_, bytes) = in_flight.pop_front().expect("checked above");
+                        in_flight_bytes -= bytes;
                     }
                     progressed = true;
                     let event = Event::StandbyProgress {

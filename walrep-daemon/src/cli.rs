@@ -79,6 +79,8 @@ pub enum Command {
     BenchPair(bench::commit::CommitArgs),
     /// Benchmark: a standby catching up a WAL backlog (MB/s, peak RSS).
     BenchCatchup(bench::catchup::CatchupArgs),
+    /// Benchmark: many writers of large values (step gaps, solo, peak RSS).
+    BenchBigValues(bench::big_values::BigValuesArgs),
     /// Benchmark: SIGKILL of the primary to the first write on the new one.
     BenchFailover(bench::failover::FailoverArgs),
     /// Benchmark: the write pause of a planned switchover.
@@ -193,6 +195,8 @@ pub struct NodeArgs {
     pub http_idle_timeout_ms: Option<String>,
     #[arg(long, value_name = "MS", help = help("http_request_timeout_ms", "Longest an HTTP request may take, its body included (408 after)"))]
     pub http_request_timeout_ms: Option<String>,
+    #[arg(long, value_name = "BYTES", help = help("http_write_budget_bytes", "Most bytes of PUT bodies held at once; writers wait for room, a larger write is refused"))]
+    pub http_write_budget_bytes: Option<String>,
 }
 
 impl NodeArgs {
@@ -230,6 +234,7 @@ impl NodeArgs {
             ("http_max_connections", &self.http_max_connections),
             ("http_idle_timeout_ms", &self.http_idle_timeout_ms),
             ("http_request_timeout_ms", &self.http_request_timeout_ms),
+            ("http_write_budget_bytes", &self.http_write_budget_bytes),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -353,6 +358,9 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::BenchPair(args) => bench_done(until_interrupted(bench::commit::run(args)).await),
         Command::BenchCatchup(args) => {
             bench_done(until_interrupted(bench::catchup::run(args)).await)
+        }
+        Command::BenchBigValues(args) => {
+            bench_done(until_interrupted(bench::big_values::run(args)).await)
         }
         Command::BenchFailover(args) => {
             bench_done(until_interrupted(bench::failover::run(args)).await)

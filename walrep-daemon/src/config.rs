@@ -40,6 +40,8 @@ pub const DEFAULT_SNAPSHOT_RECORDS: u64 = 10_000;
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 /// Threads of the node's runtime by default (see `NodeSettings`).
 pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// Bytes of write bodies the HTTP API holds at once by default: 64 MiB.
+pub const DEFAULT_HTTP_WRITE_BUDGET_BYTES: u64 = 64 << 20;
 
 fn ms(d: Duration) -> String {
     d.as_millis().to_string()
@@ -122,6 +124,10 @@ pub const SETTINGS: &[Setting] = &[
     s("http_max_connections", None),
     s("http_idle_timeout_ms", Some(|| "30000".to_string())),
     s("http_request_timeout_ms", Some(|| "60000".to_string())),
+    s(
+        "http_write_budget_bytes",
+        Some(|| DEFAULT_HTTP_WRITE_BUDGET_BYTES.to_string()),
+    ),
 ];
 
 /// The default of `key` as text, `None` for a setting without one.
@@ -209,6 +215,12 @@ pub struct NodeSettings {
     pub http_idle_timeout: Duration,
     /// Longest a request may take, its body included.
     pub http_request_timeout: Duration,
+    /// Most bytes of `PUT` bodies the HTTP API holds at once, from before
+    /// a body is read until its write is answered: a writer waits for room
+    /// before its body is read, so many writers of large values cannot
+    /// grow the node's memory beyond this; a single write above it is
+    /// refused.
+    pub http_write_budget_bytes: usize,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -396,6 +408,12 @@ impl Layers {
                 _ => Err("must be between 1 and 1024".into()),
             })
         })?;
+        let http_write_budget_bytes = self.with_default("http_write_budget_bytes", |v| {
+            count(v).and_then(|n| match usize::try_from(n) {
+                Ok(n @ 1..=0xffff_ffff) => Ok(n),
+                _ => Err("must be between 1 and 4294967295 (4 GiB - 1)".into()),
+            })
+        })?;
         let max_record_bytes = usize::try_from(max_record_bytes)
             .map_err(|_| DaemonError::Config("max_record_bytes is too large".into()))?;
         let snapshot_chunk_bytes = usize::try_from(snapshot_chunk_bytes)
@@ -475,6 +493,7 @@ impl Layers {
             http_max_connections,
             http_idle_timeout,
             http_request_timeout,
+            http_write_budget_bytes,
         })
     }
 

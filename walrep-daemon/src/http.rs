@@ -17,14 +17,17 @@ use super::metrics::{CONTENT_TYPE, DaemonMetrics};
 use crate::kv::{Command, KvStore};
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use walrep::Error;
 use walrep::Replica;
 use walrep::Replicator;
@@ -40,11 +43,38 @@ pub struct AppState {
     pub max_record_bytes: usize,
     /// When set, writes and promotions need it (`auth`).
     pub token: Option<crate::auth::HttpToken>,
+    /// Bytes of `PUT` bodies held at once (`http_write_budget_bytes`):
+    /// a write takes its size from it before its body is read and gives it
+    /// back once answered.
+    pub write_budget: Arc<Semaphore>,
+    pub write_budget_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(
+        replica: Arc<Replica>,
+        kv: Arc<KvStore>,
+        metrics: DaemonMetrics,
+        max_record_bytes: usize,
+        write_budget_bytes: usize,
+        token: Option<crate::auth::HttpToken>,
+    ) -> AppState {
+        AppState {
+            replica,
+            kv,
+            metrics,
+            max_record_bytes,
+            token,
+            write_budget: Arc::new(Semaphore::new(write_budget_bytes)),
+            write_budget_bytes,
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    // One byte over the limit is enough to know a body is too large; the
-    // rejection becomes a 400 JSON error below, not axum's 413.
+    // For routes that take a body whole (none today): one byte over the
+    // limit is enough to know it is too large. `PUT` reads its body
+    // itself, within the write budget, and answers a 400 of its own.
     let body_limit = state.max_record_bytes + 1;
     let token = state.token.clone();
     let counted = state.clone();
@@ -140,7 +170,11 @@ impl AppState {
     }
 
     async fn write(&self, cmd: Command) -> Response {
-        let cmd = cmd.encode();
+        self.write_record(cmd.encode().into()).await
+    }
+
+    /// Replicates one encoded command and answers for it.
+    async fn write_record(&self, cmd: Bytes) -> Response {
         if cmd.len() > self.max_record_bytes {
             return self.bad_request(format!(
                 "key and value take {} bytes as a record, more than max_record_bytes ({})",
@@ -149,7 +183,7 @@ impl AppState {
             ));
         }
         let started = Instant::now();
-        match self.replica.apply(cmd.into()).await {
+        match self.replica.apply(cmd).await {
             Ok(applied) => {
                 self.metrics.observe_commit(started.elapsed());
                 Json(WriteReply {
@@ -167,25 +201,62 @@ impl AppState {
     }
 }
 
+/// Reads the value straight into the record after the command's header
+/// (no second copy of it), once the write budget has room for it: the
+/// budget bounds the bytes all writers hold together, from before their
+/// bodies are read until their writes are answered.
 async fn put_key(
     State(s): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let key = match AppState::check_key(key) {
         Ok(k) => k,
         Err(msg) => return s.bad_request(msg),
     };
-    let value = match body {
-        Ok(v) => v,
-        Err(e) => {
+    let limit = s.max_record_bytes;
+    let header_len = Command::put_header_len(&key);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared_record = declared.map(|len| header_len.saturating_add(len));
+    if let Some(record) = declared_record.filter(|&r| r > limit) {
+        return s.bad_request(format!(
+            "key and value take {record} bytes as a record, more than max_record_bytes ({limit})"
+        ));
+    }
+    // A body of unknown length may take up to the record limit.
+    let need = declared_record.unwrap_or(limit).max(1);
+    let budget = s.write_budget.clone();
+    let permits = match u32::try_from(need) {
+        Ok(n) if (n as usize) <= s.write_budget_bytes => n,
+        _ => {
             return s.bad_request(format!(
-                "cannot take the value ({e}); the largest record is {} bytes",
-                s.max_record_bytes
+                "the write needs {need} bytes in memory, more than http_write_budget_bytes ({}); raise it or write a smaller value",
+                s.write_budget_bytes
             ));
         }
     };
-    s.write(Command::Put { key, value }).await
+    let Ok(_held) = budget.acquire_many_owned(permits).await else {
+        unreachable!("the write budget is never closed");
+    };
+    let mut record = BytesMut::with_capacity(need);
+    Command::put_header(&key, &mut record);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => frame.into_data().unwrap_or_default(),
+            Err(e) => return s.bad_request(format!("cannot read the value ({e})")),
+        };
+        if record.len() + data.len() > limit {
+            return s.bad_request(format!(
+                "the value is too large: key, value and 5 bytes of framing must fit in max_record_bytes ({limit})"
+            ));
+        }
+        record.extend_from_slice(&data);
+    }
+    s.write_record(record.freeze()).await
 }
 
 async fn delete_key(

@@ -220,6 +220,13 @@ impl Collector for ReplicaCollector {
             Some(&secs),
             m.heartbeat_rtt.map_or(0.0, |d| d.as_secs_f64()),
         )?;
+        gauge(
+            &mut enc,
+            "walrep_step_gap_max",
+            "Longest time between two steps of the node's role logic since it started",
+            Some(&secs),
+            m.longest_step_gap.as_secs_f64(),
+        )?;
         counter(
             &mut enc,
             "walrep_heartbeat_errors",

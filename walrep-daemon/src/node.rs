@@ -142,16 +142,17 @@ impl RunningNode {
                 }
             })
         };
-        let state = Arc::new(AppState {
-            replica: replica.clone(),
-            kv: kv.clone(),
-            metrics: DaemonMetrics::new(replica.clone()),
-            max_record_bytes: cfg.max_record_bytes,
-            token: match &settings.http_token_file {
+        let state = Arc::new(AppState::new(
+            replica.clone(),
+            kv.clone(),
+            DaemonMetrics::new(replica.clone()),
+            cfg.max_record_bytes,
+            settings.http_write_budget_bytes,
+            match &settings.http_token_file {
                 Some(path) => Some(super::auth::HttpToken::from_file(path)?),
                 None => None,
             },
-        });
+        ));
         let http = {
             let stop = stop_http.clone();
             let counted = state.clone();
@@ -292,10 +293,9 @@ async fn persist(kv: &Arc<KvStore>) {
 /// Persists a KV snapshot every `every` applied records (or as many as the
 /// store has keys, if more), or every `interval` when anything new was
 /// applied, so a restart replays only the WAL after it (and the WAL before
-/// it may be removed). A snapshot writes the whole store and holds off
-/// applies while it encodes it: scaled to the store's size, its cost per
-/// applied record stays bounded (at 300k keys, a snapshot every 10k
-/// records stalled commits for tens of milliseconds several times a second).
+/// it may be removed). A snapshot writes the whole store (from a frozen
+/// copy: applies go on meanwhile), so it is scaled to the store's size to
+/// keep its disk and CPU cost per applied record bounded.
 async fn snapshot_loop(
     kv: Arc<KvStore>,
     mut health: watch::Receiver<Health>,

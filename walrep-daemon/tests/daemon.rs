@@ -251,6 +251,47 @@ async fn http_connections_are_capped_and_idle_or_slow_ones_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_above_the_write_budget_is_refused_and_smaller_ones_wait_their_turn() {
+    let p = pair(&[("http_write_budget_bytes", "65536")]).await;
+    let (status, reply) = req(&p.a_http, Method::PUT, "/kv/big", &vec![b'x'; 70_000]).await;
+    assert_eq!(status, 400);
+    let e: ErrorReply = json(&reply);
+    assert!(
+        e.error
+            .contains("more than http_write_budget_bytes (65536)")
+            && e.error.contains("nothing was written"),
+        "{e:?}"
+    );
+    assert_eq!(
+        health(&p.a_http).await.last_lsn,
+        0,
+        "the refused write was written"
+    );
+    assert_eq!(req(&p.a_http, Method::GET, "/kv/big", b"").await.0, 404);
+    // Writes that fit the budget one at a time but not together wait for
+    // each other's room instead of being refused.
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = p.a_http.clone();
+            tokio::spawn(async move {
+                req(
+                    &addr,
+                    Method::PUT,
+                    &format!("/kv/w{i}"),
+                    &vec![b'x'; 60_000],
+                )
+                .await
+            })
+        })
+        .collect();
+    for w in writers {
+        let (status, reply) = w.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    }
+    assert_eq!(health(&p.a_http).await.last_lsn, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_replica_endpoints_follow_the_roles() {
     let p = pair(&[]).await;
     assert_eq!(req(&p.a_http, Method::GET, "/primary", b"").await.0, 200);
@@ -452,6 +493,7 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         "walrep_wal_last_lsn",
         "walrep_commit_latency_seconds",
         "walrep_rewound_records_total",
+        "walrep_step_gap_max_seconds",
     ] {
         assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
     }
@@ -464,6 +506,8 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
     assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
     assert_eq!(sample(&a, "walrep_commit_latency_seconds", &[]), Some(5.0));
     assert!(sample(&a, "walrep_heartbeat_rtt_seconds", &[]).unwrap() > 0.0);
+    // The node has stepped more than once: its longest gap is measured.
+    assert!(sample(&a, "walrep_step_gap_max_seconds", &[]).unwrap() > 0.0);
     assert_eq!(sample(&a, "walrep_role", &[("role", "primary")]), Some(1.0));
     assert_eq!(sample(&a, "walrep_role", &[("role", "standby")]), Some(0.0));
 
@@ -1008,6 +1052,35 @@ fn bench_switchover_loses_no_acknowledged_write() {
         assert_eq!(r["trials"], 2, "{r}");
         assert_eq!(r["lost"], 0, "{r}");
         assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
+#[test]
+fn bench_big_values_reports_step_gaps_solo_and_peak_rss_of_both_nodes() {
+    let results = bench_json(&[
+        "bench-big-values",
+        "--writers",
+        "2",
+        "--value-mib",
+        "1",
+        "--keys-per-writer",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    let [r] = &results[..] else {
+        panic!("one result expected: {results:?}")
+    };
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["went_solo"], false, "{r}");
+    for field in [
+        "primary_step_gap_max_ms",
+        "standby_step_gap_max_ms",
+        "primary_rss_mib",
+        "standby_rss_mib",
+    ] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::node::{Effect, Event, FenceOutcome, FenceReason, Refused, RoleKind};
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
-use crate::types::{Epoch, NodeId};
+use crate::types::{Epoch, Lsn, NodeId};
 use crate::wal::WalMeta;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -133,11 +133,7 @@ impl Actor {
             Effect::CannotStart { reason } => {
                 unreachable!("the node refuses to start only when opened: {reason}")
             }
-            Effect::TrimWal { keep_from } => {
-                if let Err(e) = self.wal.remove_before(keep_from) {
-                    tracing::warn!(error = %e, "could not remove old WAL segments");
-                }
-            }
+            Effect::TrimWal { keep_from } => self.trim_wal(keep_from),
             Effect::Rejoin(plan) => match self.answering.take() {
                 Some(Answering::Rejoin(reply)) => {
                     let _ = reply.send(plan);
@@ -145,6 +141,32 @@ impl Actor {
                 _ => tracing::error!("a rejoin plan with no rejoin asking for it"),
             },
         }
+    }
+
+    /// Removes the WAL before `keep_from` on a blocking thread when the
+    /// WAL may block: removing a segment fsyncs, and the last close of an
+    /// unlinked 64 MiB file frees (and on a disk mounted with `discard`,
+    /// discards) its blocks before it returns, hundreds of milliseconds
+    /// while the disk is busy; on this task that stopped the node from
+    /// stepping (and, on one runtime thread, the whole node). One trim at
+    /// a time: the node asks again at a later tick for what is still due.
+    fn trim_wal(&mut self, keep_from: Lsn) {
+        let trim = {
+            let wal = self.wal.clone();
+            move || {
+                if let Err(e) = wal.remove_before(keep_from) {
+                    tracing::warn!(error = %e, "could not remove old WAL segments");
+                }
+            }
+        };
+        if !self.wal.may_block() {
+            trim();
+            return;
+        }
+        if self.trimming.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.trimming = Some(tokio::task::spawn_blocking(trim));
     }
 
     pub(super) fn send_fence(&mut self, epoch: Epoch, reason: FenceReason) {

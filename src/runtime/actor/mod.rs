@@ -66,6 +66,8 @@ struct Actor {
     /// Builds snapshots for the standby (primary), receives them (rejoin).
     snapshots: Arc<super::Snapshots>,
     origin: Instant,
+    /// When the node last stepped (since `origin`), for the step-gap metric.
+    last_step: std::time::Duration,
     waiters: BTreeMap<Lsn, Waiter>,
     /// The engine's outputs of applied records, until `resolve_waiters`
     /// hands them to their writers (or drops them: no writer waits).
@@ -85,6 +87,8 @@ struct Actor {
     flusher: Option<Tasks>,
     applier: Option<Tasks>,
     primary_tasks: Option<Tasks>,
+    /// The removal of old WAL segments under way, if any (see `trim_wal`).
+    trimming: Option<JoinHandle<()>>,
     rejoin: Option<Tasks>,
     session: Option<Session>,
     next_session: u64,
@@ -141,6 +145,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         rewound_dir: parts.rewound_dir,
         snapshots: parts.snapshots,
         origin,
+        last_step: std::time::Duration::ZERO,
         waiters: BTreeMap::new(),
         outputs: BTreeMap::new(),
         queued: Vec::new(),
@@ -154,6 +159,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         flusher: None,
         applier: None,
         primary_tasks: None,
+        trimming: None,
         rejoin: None,
         session: None,
         next_session: 0,
@@ -244,6 +250,8 @@ impl Actor {
 
     fn step(&mut self, event: Event) {
         let now = self.now();
+        self.metrics.step_gap(now.saturating_sub(self.last_step));
+        self.last_step = now;
         let effects = self.node.step(now, event);
         self.run_effects(effects);
     }

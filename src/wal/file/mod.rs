@@ -638,16 +638,22 @@ impl WalStore for FileWal {
                 return Err(st.poison(why));
             }
         }
-        // Oldest first, so what remains is always a gapless suffix.
+        // Oldest first, so what remains is always a gapless suffix. The
+        // removed segments are closed after the lock is released: the last
+        // close of an unlinked file frees its blocks (and may discard them)
+        // before it returns, and appends must not wait for that.
+        let mut removed = Vec::with_capacity(count);
         for _ in 0..count {
             let path = st.segments[0].path.clone();
             let what = || format!("removing {}", path.display());
             fs::remove_file(&path).map_err(io_err(what()))?;
-            st.segments.remove(0);
+            removed.push(st.segments.remove(0));
             let first = st.first_lsn();
             st.cache.remove_before(first);
             segment::sync_dir(&self.wal_dir).map_err(io_err(what()))?;
         }
+        drop(guard);
+        drop(removed);
         Ok(())
     }
 

@@ -111,7 +111,7 @@ fn a_fresh_log_is_empty_and_checks_appends() {
         Err(WalError::OutOfOrder { .. })
     ));
     let big = Record {
-        payload: Bytes::from(vec![0; 4 << 20 | 1]),
+        payload: Bytes::from(vec![0; crate::Config::DEFAULT_MAX_RECORD_BYTES + 1]),
         ..rec(1, 1)
     };
     assert!(matches!(wal.append(&[big]), Err(WalError::TooLarge { .. })));

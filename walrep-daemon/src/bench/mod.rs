@@ -5,6 +5,7 @@
 //! `benches/compare-postgres.sh` reads).
 //!
 //! ```text
+//! big_values.rs  bench-big-values: many writers of MiB values, step gaps, solo, peak RSS
 //! commit.rs      bench-pair: commit latency and throughput per mode and writer count
 //! catchup.rs     bench-catchup: a standby catching up a WAL backlog, MB/s and peak RSS
 //! failover.rs    bench-failover: SIGKILL of the primary to the first write on the new one
@@ -12,6 +13,7 @@
 //! load.rs        writers, latency percentiles, following the leader
 //! ```
 
+pub mod big_values;
 pub mod catchup;
 pub mod commit;
 pub mod failover;

@@ -1,7 +1,7 @@
 //! The engine's commands as WAL payloads:
 //! `| tag: u8 | key_len: u32 LE | key | value |` (value only for put).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -24,6 +24,20 @@ impl Command {
         out.extend_from_slice(key);
         out.extend_from_slice(value);
         out
+    }
+
+    /// Bytes a put of `key` takes before its value.
+    pub fn put_header_len(key: &[u8]) -> usize {
+        5 + key.len()
+    }
+
+    /// Writes a put's encoding up to its value: with the value's bytes
+    /// appended, `out` holds exactly `Command::Put { key, value }.encode()`.
+    /// Lets a caller read a large value straight into the record.
+    pub fn put_header(key: &[u8], out: &mut BytesMut) {
+        out.put_u8(PUT);
+        out.put_u32_le(key.len() as u32);
+        out.put_slice(key);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
@@ -71,6 +85,19 @@ mod tests {
         ] {
             assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
         }
+    }
+
+    #[test]
+    fn a_put_header_followed_by_the_value_is_the_puts_encoding() {
+        let cmd = Command::Put {
+            key: b"key".to_vec(),
+            value: Bytes::from_static(b"value"),
+        };
+        let mut out = BytesMut::new();
+        Command::put_header(b"key", &mut out);
+        assert_eq!(out.len(), Command::put_header_len(b"key"));
+        out.put_slice(b"value");
+        assert_eq!(out, cmd.encode());
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! `StateMachine`, with durable snapshots (atomic file replace) so a restart
 //! replays only the WAL after the snapshot, and a state hash two nodes can
 //! compare.
+//!
+//! The map is persistent (`imbl::OrdMap`): a snapshot, periodic or for a
+//! resyncing standby, clones it in O(1) under the lock and encodes the
+//! clone without it, so applies never wait for an encode. The clone keeps
+//! the values an apply replaces alive until the encode ends; nothing is
+//! copied for it.
 
 mod command;
 mod snapshot_file;
@@ -9,7 +15,7 @@ mod snapshot_file;
 pub use command::Command;
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use snapshot_file::Map;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use walrep::Lsn;
@@ -17,7 +23,7 @@ use walrep::{StateMachine, StateMachineError};
 
 #[derive(Default)]
 struct State {
-    map: BTreeMap<Vec<u8>, Bytes>,
+    map: Map,
     applied: Lsn,
     /// XOR of every entry's hash: updated in O(1) per command and
     /// independent of insertion order, so equal maps hash equal.
@@ -124,17 +130,30 @@ impl KvStore {
         self.state.read().unwrap().hash
     }
 
+    /// The map and the LSN it holds, at one moment: an O(1) clone taken
+    /// under the read lock, so the caller encodes it without the lock.
+    fn frozen(&self) -> (Lsn, Map) {
+        let s = self.state.read().unwrap();
+        (s.applied, s.map.clone())
+    }
+
     /// Writes the map to disk atomically; the WAL before it may then go.
+    /// It streams a frozen copy to the file, so applies go on meanwhile
+    /// and no second encoding of the state is held in memory.
     pub fn persist_snapshot(&self) -> Result<Lsn, StateMachineError> {
+        self.persist_snapshot_with(|_| {})
+    }
+
+    /// `persist_snapshot`, calling `encoding` once the map is frozen and
+    /// before it is written (tests: an apply while an encode runs).
+    fn persist_snapshot_with(&self, encoding: impl FnOnce(Lsn)) -> Result<Lsn, StateMachineError> {
         let Some(dir) = &self.dir else {
             return Ok(Lsn::ZERO);
         };
         let _one_at_a_time = self.persisting.lock().unwrap();
-        let (lsn, data) = {
-            let s = self.state.read().unwrap();
-            (s.applied, snapshot_file::encode_map(&s.map))
-        };
-        snapshot_file::store(dir, lsn, |out| out.write_all(&data))?;
+        let (lsn, map) = self.frozen();
+        encoding(lsn);
+        snapshot_file::store(dir, lsn, |out| snapshot_file::write_map(&map, out))?;
         *self.durable.write().unwrap() = lsn;
         Ok(lsn)
     }
@@ -150,22 +169,17 @@ fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
     s.applied = lsn;
     match cmd {
         Command::Put { key, value } => {
+            let key = Bytes::from(key);
             let mut hash = entry_hash(&key, &value);
-            let old = match s.map.get_mut(&key) {
-                Some(old) => {
-                    hash ^= entry_hash(&key, old);
-                    Some(std::mem::replace(old, value))
-                }
-                None => {
-                    s.map.insert(key, value);
-                    None
-                }
-            };
+            let old = s.map.insert(key.clone(), value);
+            if let Some(old) = &old {
+                hash ^= entry_hash(&key, old);
+            }
             s.hash ^= hash;
             old
         }
         Command::Delete { key } => {
-            let old = s.map.remove(&key);
+            let old = s.map.remove(key.as_slice());
             if let Some(old) = &old {
                 s.hash ^= entry_hash(&key, old);
             }
@@ -207,14 +221,13 @@ impl StateMachine for KvStore {
         *self.durable.read().unwrap()
     }
 
-    /// Streams the map to `out` under the read lock: applies wait until
-    /// it is written (the engine's way of holding one consistent state;
-    /// walrep writes it to a local file).
+    /// Streams a frozen copy of the map to `out`: one consistent state,
+    /// while applies go on.
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
-        let s = self.state.read().unwrap();
-        snapshot_file::write_map(&s.map, out)
+        let (lsn, map) = self.frozen();
+        snapshot_file::write_map(&map, out)
             .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
-        Ok(s.applied)
+        Ok(lsn)
     }
 
     /// Decodes the map as it is read, then swaps it in.
@@ -370,6 +383,92 @@ mod tests {
         let reopened = KvStore::open(dir.path()).unwrap();
         assert_eq!(reopened.applied_lsn(), Lsn(50));
         assert_eq!(reopened.state_hash(), source.state_hash());
+    }
+
+    /// Applies on another thread; whether it completed within a deadline
+    /// (an apply blocked by a snapshot fails the test instead of hanging it).
+    fn apply_elsewhere(kv: &std::sync::Arc<KvStore>, lsn: Lsn, payload: Vec<u8>) -> bool {
+        let (done, applied) = std::sync::mpsc::channel();
+        let kv = kv.clone();
+        std::thread::spawn(move || {
+            kv.apply(lsn, &payload).unwrap();
+            let _ = done.send(());
+        });
+        applied
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok()
+    }
+
+    /// A sink that, at its first write, says so and waits to be released:
+    /// a snapshot stopped in the middle of its encode.
+    struct HeldSink {
+        started: Option<std::sync::mpsc::Sender<()>>,
+        release: std::sync::mpsc::Receiver<()>,
+        bytes: Vec<u8>,
+    }
+
+    impl std::io::Write for HeldSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(started) = self.started.take() {
+                started.send(()).unwrap();
+                self.release.recv().unwrap();
+            }
+            self.bytes.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_apply_completes_while_a_snapshot_for_the_peer_is_being_encoded() {
+        let kv = std::sync::Arc::new(KvStore::in_memory());
+        kv.apply(Lsn(1), &put("x", "1")).unwrap();
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let snapshotting = {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let mut sink = HeldSink {
+                    started: Some(started),
+                    release: released,
+                    bytes: Vec::new(),
+                };
+                let lsn = kv.snapshot(&mut sink).unwrap();
+                (lsn, sink.bytes)
+            })
+        };
+        has_started.recv().unwrap();
+        let applied = apply_elsewhere(&kv, Lsn(2), put("x", "2"));
+        release.send(()).unwrap();
+        assert!(applied, "the apply waited for the snapshot's encode");
+        let (lsn, bytes) = snapshotting.join().unwrap();
+        assert_eq!(lsn, Lsn(1));
+        let map = snapshot_file::decode_map(&bytes).unwrap();
+        assert_eq!(
+            map.get(&b"x"[..]),
+            Some(&Bytes::from("1")),
+            "the pre-apply state"
+        );
+        assert_eq!(kv.get(b"x"), Some(Bytes::from("2")));
+    }
+
+    #[test]
+    fn an_apply_completes_while_the_periodic_snapshot_is_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = std::sync::Arc::new(KvStore::open(dir.path()).unwrap());
+        kv.apply(Lsn(1), &put("x", "1")).unwrap();
+        let mut applied = false;
+        let lsn = kv
+            .persist_snapshot_with(|_| applied = apply_elsewhere(&kv, Lsn(2), put("x", "2")))
+            .unwrap();
+        assert!(applied, "the apply waited for the snapshot's encode");
+        assert_eq!(lsn, Lsn(1));
+        assert_eq!(kv.durable_lsn(), Lsn(1));
+        drop(kv);
+        let reopened = KvStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.applied_lsn(), Lsn(1), "the pre-apply state");
+        assert_eq!(reopened.get(b"x"), Some(Bytes::from("1")));
     }
 
     #[test]
