@@ -34,7 +34,7 @@ pub(crate) fn start(
 ) -> (Replica, ReplicationService) {
     Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
         .peer(Arc::new(peer))
-        .start()
+        .start_without_server()
         .unwrap()
 }
 
@@ -376,7 +376,7 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
     };
     let (replica, _service) = Replica::builder(cfg, Arc::new(MemWal::new()), sm.clone())
         .peer(Arc::new(unreachable_peer()))
-        .start()
+        .start_without_server()
         .unwrap();
     let applied = replica.apply(put()).await.unwrap();
     assert_eq!(applied.lsn, Lsn(1));

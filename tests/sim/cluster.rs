@@ -134,7 +134,7 @@ pub fn add_hosts(
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let (replica, service) = Replica::builder(cfg, wal, kv.clone())
                     .peer(Arc::new(peer))
-                    .start()?;
+                    .start_without_server()?;
                 registry.up(
                     name,
                     Running {

@@ -40,7 +40,6 @@ pub struct RunningNode {
     stop_http: CancellationToken,
     stop_rest: CancellationToken,
     http: JoinHandle<()>,
-    grpc: JoinHandle<()>,
     snapshots: JoinHandle<()>,
 }
 
@@ -96,23 +95,17 @@ impl RunningNode {
             snapshot_lsn = %kv.applied_lsn(),
             "starting node"
         );
-        let (replica, service) = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
+        // The replica serves replication on the listener bound above and
+        // stops that server in its own shutdown.
+        let replica = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
             .rewound_dir(dir.join("rewound"))
             .snapshot_dir(dir.join("snapshots"))
+            .serve_on(grpc_listener)
             .start()?;
         let replica = Arc::new(replica);
 
         let stop_http = CancellationToken::new();
         let stop_rest = CancellationToken::new();
-        let grpc = {
-            let stop = stop_rest.clone();
-            tokio::spawn(async move {
-                if let Err(e) = walrep::serve(service, grpc_listener, stop.cancelled_owned()).await
-                {
-                    warn!(error = %e, "replication server stopped");
-                }
-            })
-        };
         let state = Arc::new(AppState {
             replica: replica.clone(),
             kv: kv.clone(),
@@ -146,20 +139,19 @@ impl RunningNode {
             stop_http,
             stop_rest,
             http,
-            grpc,
             snapshots,
         })
     }
 
-    /// Stops taking requests, stops the replica (pending writes fail),
-    /// stops replication and persists a last snapshot.
+    /// Stops taking requests, stops the replica (a primary hands over
+    /// first; pending writes fail; then its replication server stops) and
+    /// persists a last snapshot.
     pub async fn shutdown(self) {
         info!("shutting down");
         self.stop_http.cancel();
         drain(self.http, "HTTP server").await;
         self.replica.shutdown().await;
         self.stop_rest.cancel();
-        drain(self.grpc, "replication server").await;
         let _ = self.snapshots.await;
         persist(&self.kv).await;
         info!("stopped");
