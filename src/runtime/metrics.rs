@@ -15,6 +15,8 @@ pub(crate) struct Metrics {
     heartbeat_rtt_micros: AtomicU64,
     rewound_records: AtomicU64,
     snapshot_resyncs: AtomicU64,
+    snapshot_bytes_received: AtomicU64,
+    snapshot_bytes_resumed: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -32,6 +34,13 @@ pub struct MetricsSnapshot {
     pub rewound_records: u64,
     /// Times this node restored a snapshot of its peer to rejoin.
     pub snapshot_resyncs: u64,
+    /// Bytes of snapshots received from the peer and written to the
+    /// snapshot directory (a transfer's progress).
+    pub snapshot_bytes_received: u64,
+    /// Bytes of snapshots the peer did not send again because a cut
+    /// transfer resumed after them (in this run, or from what an earlier
+    /// run of this node had received).
+    pub snapshot_bytes_resumed: u64,
 }
 
 impl Metrics {
@@ -70,6 +79,16 @@ impl Metrics {
         self.snapshot_resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn snapshot_received(&self, bytes: u64) {
+        self.snapshot_bytes_received
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot_resumed(&self, bytes: u64) {
+        self.snapshot_bytes_resumed
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_heartbeat_rtt(&self) -> Option<Duration> {
         let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
         (rtt > 0).then(|| Duration::from_micros(rtt))
@@ -87,6 +106,8 @@ impl Metrics {
             heartbeat_rtt: self.last_heartbeat_rtt(),
             rewound_records: self.rewound_records(),
             snapshot_resyncs: self.snapshot_resyncs.load(Ordering::Relaxed),
+            snapshot_bytes_received: self.snapshot_bytes_received.load(Ordering::Relaxed),
+            snapshot_bytes_resumed: self.snapshot_bytes_resumed.load(Ordering::Relaxed),
         }
     }
 }
