@@ -545,3 +545,32 @@ async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_prima
     assert_eq!(h.commit_lsn, Lsn::ZERO);
     replica.shutdown().await;
 }
+
+/// A standby whose engine lost the state its trimmed WAL no longer covers
+/// (the WAL starts at 11, the engine applied nothing) must wait for its
+/// resync from the primary's snapshot: the applier may not first try to
+/// replay from record 1 and fail the node (found by the simulation's
+/// snapshot-cut scenario).
+#[tokio::test(start_paused = true)]
+async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missing_record() {
+    let wal = standby_wal();
+    let records: Vec<crate::types::Record> = (1..=20)
+        .map(|i| crate::types::Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            payload: put(),
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    wal.remove_before(Lsn(11)).unwrap();
+    let (replica, _service) = start(cfg(InitialRole::Standby), wal, unreachable_peer());
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "a failed node", |h| {
+            h.role == RoleKind::Failed
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+    assert_eq!(replica.health().role, RoleKind::Rejoining);
+    replica.shutdown().await;
+}
