@@ -1,13 +1,15 @@
 //! Running one node: bind both listeners (so a port in use fails before
-//! anything is written), open the data dir, start the replica, serve
-//! replication and the HTTP API, persist KV snapshots, shut down cleanly.
+//! anything is written), open the data dir, start the replica (which
+//! serves replication on its listener), serve the HTTP API, persist KV
+//! snapshots, shut down cleanly.
 //!
 //! ```text
 //! DIR/wal/       FileWal (meta + segments)
 //! DIR/kv/        KvStore snapshot (kv.snapshot)
 //! DIR/rewound/   records dropped by a rewind, for the operator
 //! DIR/snapshots/ snapshots built for (primary) or received from (standby)
-//!                the peer during a resync; emptied at start
+//!                the peer during a resync; builds are removed at start, a
+//!                partly received one resumes
 //! ```
 
 use super::config::NodeSettings;
