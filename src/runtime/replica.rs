@@ -97,6 +97,8 @@ impl ReplicaBuilder {
     /// Without `listen` or `serve_on` it fails: use
     /// `start_without_server` to serve the service yourself.
     pub fn start(mut self) -> Result<Replica> {
+        // A bad setting is reported before a port is taken.
+        self.cfg.validate()?;
         let listener = match self.server.take() {
             Some(ServerSocket::Listener(l)) => l,
             Some(ServerSocket::Address(addr)) => bind(&addr)?,
