@@ -238,7 +238,8 @@ mod tests {
     /// bit, and more data than announced: each is discarded, files and all.
     #[test]
     fn data_whose_sidecar_is_missing_torn_or_contradicted_is_discarded() {
-        let damage: [(&str, fn(&Path)); 4] = [
+        type Damage = fn(&Path);
+        let damage: [(&str, Damage); 4] = [
             ("missing", |d| {
                 std::fs::remove_file(d.join(SIDECAR_FILE)).unwrap()
             }),

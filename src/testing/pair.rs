@@ -38,6 +38,7 @@ pub enum PairWal {
 
 type MakeEngine<S> = Box<dyn Fn(&NodeId) -> Arc<S> + Send + Sync>;
 type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
+type PrepareLink = Box<dyn FnOnce(&Link) + Send>;
 
 /// Builds a [`Pair`]: `Pair::builder(make_engine)`, then `start`.
 pub struct PairBuilder<S> {
@@ -183,7 +184,7 @@ pub struct PairNode<S> {
     /// The listener bound before the configs were known (first start).
     pending_listener: Option<TcpListener>,
     /// Called on the link of the node's next start.
-    prepare_link: Option<Box<dyn FnOnce(&Link) + Send>>,
+    prepare_link: Option<PrepareLink>,
 }
 
 struct Running<S> {
