@@ -13,6 +13,8 @@ use std::time::Duration;
 use walrep::{CommitMode, FileWal, FileWalOptions, Replica, Replicator, RoleKind};
 use walrep_daemon::kv::KvStore;
 
+/// A node served on a server the benchmark stops when the `Node` drops,
+/// so each benchmark's pair stops serving when the next one starts.
 struct Node {
     replica: Arc<Replica>,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -24,7 +26,9 @@ async fn start(cfg: walrep::Config, dir: &std::path::Path) -> Node {
         .unwrap();
     let wal = Arc::new(FileWal::open(dir.join("wal"), FileWalOptions::default()).unwrap());
     let kv = Arc::new(KvStore::open(dir.join("kv")).unwrap());
-    let (replica, service) = Replica::builder(cfg, wal, kv).start().unwrap();
+    let (replica, service) = Replica::builder(cfg, wal, kv)
+        .start_without_server()
+        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(walrep::serve(service, listener, async {
         let _ = stopped.await;

@@ -84,9 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("walrep-embed-{id}"));
     let wal = Arc::new(FileWal::open(&dir, FileWalOptions::default())?);
     let counter = Arc::new(Counter::default());
-    let (replica, service) = Replica::builder(cfg, wal, counter.clone()).start()?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tokio::spawn(walrep::serve(service, listener, std::future::pending()));
+    // Binds `listen` and serves the peer on a task the replica owns.
+    let replica = Replica::builder(cfg, wal, counter.clone())
+        .listen(listen)
+        .start()?;
 
     loop {
         match replica

@@ -4,18 +4,36 @@
 //! machines, with automatic failover made safe by epochs.
 //!
 //! An engine implements [`StateMachine`] (what a committed record does to
-//! its state), opens a [`FileWal`] (or brings its own [`WalStore`]), starts
-//! a node with [`Replica::builder`] and serves the returned
-//! [`ReplicationService`] with [`serve`] so the peer can reach it. It then
-//! writes through [`Replicator::apply`] on the primary and follows the
-//! node's role in [`Replicator::subscribe`]. Every setting is in
-//! [`Config`]; the failure model is in `docs/GUARANTEES.md`.
+//! its state), opens a [`FileWal`] (or brings its own [`WalStore`]) and
+//! starts a node in one step: [`Replica::builder`], then
+//! [`ReplicaBuilder::listen`] on the replication address and
+//! [`ReplicaBuilder::start`], which binds it and serves the peer on a task
+//! the [`Replica`] owns until [`Replicator::shutdown`]. It then writes
+//! through [`Replicator::apply`] on the primary and follows the node's
+//! role in [`Replicator::subscribe`]. Every setting is in [`Config`]; the
+//! failure model is in `docs/GUARANTEES.md`.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use walrep::{Config, FileWal, FileWalOptions, Replica, Replicator};
+//! # async fn run(cfg: Config, engine: Arc<walrep::testing::MemStateMachine>) -> walrep::Result<()> {
+//! let wal = Arc::new(FileWal::open("/var/lib/engine/wal", FileWalOptions::default())?);
+//! let replica = Replica::builder(cfg, wal, engine)
+//!     .listen("0.0.0.0:7001")
+//!     .start()?;
+//! let applied = replica.apply("put k v".into()).await?; // Applied { lsn, epoch, output }
+//! replica.shutdown().await; // hands over if primary, then stops the server
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! A node dials its peer with a [`GrpcPeer`] made from `Config::peer_addr`;
 //! an engine that needs other channels (TLS, a proxy) makes them with
 //! [`channel_settings`], passes them to [`GrpcPeer::from_channels`] and
-//! that to [`ReplicaBuilder::peer`], and serves
-//! [`ReplicationService::into_server`] on a tonic server of its own.
+//! that to [`ReplicaBuilder::peer`]; to serve on a server of its own it
+//! starts the node with [`ReplicaBuilder::start_without_server`] and
+//! serves the returned [`ReplicationService`] with [`serve`] or
+//! [`ReplicationService::into_server`].
 //!
 //! Everything public is re-exported here, once. Helpers for tests and
 //! simulations (an in-memory WAL, the peer trait and wire messages to

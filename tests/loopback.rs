@@ -346,7 +346,9 @@ async fn both_nodes_restart_from_file_wals_and_resume_their_roles() {
                 .unwrap();
             let wal = Arc::new(FileWal::open(dir.join("wal"), FileWalOptions::default()).unwrap());
             let kv = Arc::new(KvStore::open(dir.join("kv")).unwrap());
-            let (replica, service) = Replica::builder(cfg, wal, kv.clone()).start().unwrap();
+            let (replica, service) = Replica::builder(cfg, wal, kv.clone())
+                .start_without_server()
+                .unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn(walrep::serve(service, listener, async {
                 let _ = stopped.await;
@@ -561,19 +563,17 @@ async fn wal_retention_bytes_bounds_the_wal_of_an_engine_that_never_reports_dura
             wal_retention_bytes: RETAIN,
             ..cfg
         };
-        let listener = tokio::net::TcpListener::bind(&cfg.advertise_addr)
-            .await
-            .unwrap();
         let opts = FileWalOptions {
             segment_bytes: SEGMENT,
             preallocate: false,
             ..FileWalOptions::default()
         };
         let wal = Arc::new(FileWal::open(dirs[i].join("wal"), opts).unwrap());
-        let (replica, service) = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+        let listen = cfg.advertise_addr.clone();
+        let replica = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+            .listen(listen)
             .start()
             .unwrap();
-        tokio::spawn(walrep::serve(service, listener, std::future::pending()));
         nodes.push(Arc::new(replica));
     }
     let (a, b) = (nodes[0].clone(), nodes[1].clone());
@@ -688,4 +688,159 @@ async fn a_promote_asked_of_the_primary_by_its_engine_hands_over_to_the_standby(
     assert_eq!((h.role, h.epoch), (RoleKind::Primary, epoch));
     a.wait("a follows b", |h| h.role == RoleKind::Standby).await;
     b.put("k2", "v").await.unwrap();
+}
+
+/// A node started in one step (`listen` on port 0) serves its peer on the
+/// port it bound: the peer streams to it and reads its `local_addr`.
+/// Dropping a clone of its `Replica` leaves it running; `shutdown` on
+/// another clone stops it, every clone then says so, and its port refuses
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listening_on_port_0_is_reachable_and_its_port_closes_at_shutdown() {
+    init_tracing();
+    let b_addr = free_addr().await;
+    let mut b_cfg = config("b", "a", b_addr, b_addr, CommitMode::RemoteFlush);
+    b_cfg.advertise_addr = "127.0.0.1:0".into();
+    let b = walrep::Replica::builder(
+        b_cfg,
+        std::sync::Arc::new(walrep::testing::MemWal::new()),
+        std::sync::Arc::new(walrep::testing::MemStateMachine::new()),
+    )
+    .listen("127.0.0.1:0")
+    .start()
+    .unwrap();
+    let bound = b
+        .local_addr()
+        .expect("a node started with listen has an address");
+    assert_ne!(bound.port(), 0, "port 0 was replaced by the one bound");
+    let a = walrep::Replica::builder(
+        config("a", "b", b_addr, bound, CommitMode::RemoteFlush),
+        std::sync::Arc::new(walrep::testing::MemWal::new()),
+        std::sync::Arc::new(walrep::testing::MemStateMachine::new()),
+    )
+    .listen("127.0.0.1:0")
+    .start()
+    .unwrap();
+    drop(b.clone());
+    a.wait_for(WAIT, "a streams to b", |h| {
+        h.role == RoleKind::Primary && h.writable && h.peer.connected
+    })
+    .await
+    .unwrap();
+    let applied = a.apply(put_cmd("k", "v")).await.unwrap();
+    b.wait_for_lsn(applied.lsn, WAIT).await.unwrap();
+
+    let other = b.clone();
+    b.shutdown().await;
+    assert!(
+        matches!(
+            other.apply(put_cmd("k", "v")).await,
+            Err(walrep::Error::ShuttingDown)
+        ),
+        "every clone is the node that stopped"
+    );
+    let refused = tokio::net::TcpStream::connect(bound).await;
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the port still accepts after shutdown: {refused:?}"
+    );
+    a.shutdown().await;
+}
+
+/// The standby's snapshot is larger than a chunk times the transfer's
+/// window (the HTTP/2 windows, 16 MiB a connection). The standby is
+/// restarted mid-transfer, its link dead since the cut: the new run finds
+/// the bytes received and their sidecar, asks the primary for the same
+/// snapshot from there, is served from the one build, and ends with the
+/// primary's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_restarted_mid_snapshot_transfer_resumes_from_the_bytes_it_has() {
+    init_tracing();
+    const CHUNK: usize = 64 << 10;
+    const CUT_AFTER: usize = 40;
+    let mut pair = walrep::testing::Pair::builder(mem_engine)
+        .config(|c| {
+            c.wal_retention_bytes = 1024;
+            c.snapshot_chunk_bytes = CHUNK;
+        })
+        .start()
+        .await
+        .unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = (walrep::NodeId::from("a"), walrep::NodeId::from("b"));
+    pair.node(&a).engine().set_snapshot_padding(20 << 20);
+    pair.node(&a)
+        .replica()
+        .apply(put_cmd("k", "v"))
+        .await
+        .unwrap();
+    pair.kill(&b).await;
+    // Alone (solo once sync_timeout passes), the primary writes on and its
+    // WAL moves past what b holds: b must resync from a snapshot.
+    for i in 0..200 {
+        let _ = pair
+            .node(&a)
+            .replica()
+            .apply(put_cmd(&format!("later{i}"), "some value"))
+            .await;
+    }
+    pair.node(&a)
+        .wait("WAL trimmed past b", |h| h.first_lsn > Lsn(2))
+        .await
+        .unwrap();
+
+    pair.restart_with_link(&b, |link| link.cut_link_after_snapshot_chunks(CUT_AFTER))
+        .await
+        .unwrap();
+    let first_link = pair.node(&b).link().clone();
+    tokio::time::timeout(pair.wait_timeout(), first_link.wait_snapshot_cut())
+        .await
+        .expect("the first transfer was cut");
+    assert_eq!(
+        pair.node(&b).replica().metrics().snapshot_bytes_received,
+        (CUT_AFTER * CHUNK) as u64,
+        "the chunks before the cut were written"
+    );
+    pair.kill(&b).await;
+
+    pair.restart(&b).await.unwrap();
+    pair.node(&b)
+        .wait("standby again", |h| h.role == RoleKind::Standby)
+        .await
+        .unwrap();
+    let target = pair.node(&a).replica().health().last_lsn;
+    pair.node(&b)
+        .replica()
+        .wait_for_lsn(target, pair.wait_timeout())
+        .await
+        .unwrap();
+    let restarted = pair.node(&b);
+    let m = restarted.replica().metrics();
+    assert_eq!(
+        m.snapshot_bytes_resumed,
+        (CUT_AFTER * CHUNK) as u64,
+        "the restarted standby resumed where the cut left it"
+    );
+    assert_eq!(m.snapshot_resyncs, 1);
+    let requests = restarted.link().snapshot_requests.lock().unwrap().clone();
+    let first_id = first_link.snapshot_requests.lock().unwrap()[0];
+    assert_eq!(first_id, (0, 0), "the first run asked for a new transfer");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_ne!(requests[0].0, 0, "the restarted run names the snapshot");
+    assert_eq!(requests[0].1, (CUT_AFTER * CHUNK) as u64);
+    assert_eq!(
+        pair.node(&a).engine().snapshots_taken(),
+        1,
+        "the resumed transfer is served from the same build"
+    );
+    assert_eq!(
+        restarted.engine().state_hash(),
+        pair.node(&a).engine().state_hash(),
+        "the restored state is the primary's"
+    );
+    assert!(
+        !pair.dir().join("b/snapshots/incoming.snapshot").exists()
+            && !pair.dir().join("b/snapshots/incoming.info").exists(),
+        "the received files are gone once restored"
+    );
 }

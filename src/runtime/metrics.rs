@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     rewound_records: AtomicU64,
     snapshot_resyncs: AtomicU64,
     longest_step_gap_micros: AtomicU64,
+    snapshot_bytes_received: AtomicU64,
+    snapshot_bytes_resumed: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -39,6 +41,13 @@ pub struct MetricsSnapshot {
     /// run (a blocked runtime thread, a paused process), and one above
     /// `failover_timeout` makes it forget what it knew about its peer.
     pub longest_step_gap: Duration,
+    /// Bytes of snapshots received from the peer and written to the
+    /// snapshot directory (a transfer's progress).
+    pub snapshot_bytes_received: u64,
+    /// Bytes of snapshots the peer did not send again because a cut
+    /// transfer resumed after them (in this run, or from what an earlier
+    /// run of this node had received).
+    pub snapshot_bytes_resumed: u64,
 }
 
 impl Metrics {
@@ -84,6 +93,16 @@ impl Metrics {
             .fetch_max(micros, Ordering::Relaxed);
     }
 
+    pub(crate) fn snapshot_received(&self, bytes: u64) {
+        self.snapshot_bytes_received
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot_resumed(&self, bytes: u64) {
+        self.snapshot_bytes_resumed
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_heartbeat_rtt(&self) -> Option<Duration> {
         let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
         (rtt > 0).then(|| Duration::from_micros(rtt))
@@ -104,6 +123,8 @@ impl Metrics {
             longest_step_gap: Duration::from_micros(
                 self.longest_step_gap_micros.load(Ordering::Relaxed),
             ),
+            snapshot_bytes_received: self.snapshot_bytes_received.load(Ordering::Relaxed),
+            snapshot_bytes_resumed: self.snapshot_bytes_resumed.load(Ordering::Relaxed),
         }
     }
 }

@@ -71,6 +71,7 @@ mod applier;
 mod flusher;
 mod heartbeat;
 mod inbox;
+mod incoming;
 mod metrics;
 mod rejoin;
 mod replica;

@@ -7,13 +7,16 @@
 //! needed is the node's decision, not this task's.
 //!
 //! A snapshot is received into `incoming.snapshot` in the snapshot
-//! directory, chunk by chunk, never whole in memory. A transfer that is cut
-//! (the link, the idle timeout) is resumed by the next attempt from the
-//! bytes already written, if the primary still serves that snapshot; if
-//! not, it starts over. Once every byte is in, the file is fsynced and its
-//! length and CRC32C checked, and only then does `StateMachine::restore`
-//! read it: a short or corrupt transfer restores nothing.
+//! directory, chunk by chunk, never whole in memory, beside a sidecar
+//! holding what the primary announced (`incoming.rs`). A transfer that is
+//! cut (the link, the idle timeout, a restart of this node) is resumed by
+//! the next attempt, in this run or the next, from the bytes already
+//! written, if the primary still serves that snapshot; if not, it starts
+//! over. Once every byte is in, the file is fsynced and its length and
+//! CRC32C checked, and only then does `StateMachine::restore` read it: a
+//! short or corrupt transfer restores nothing.
 
+use super::incoming::{self, Incoming};
 use super::tasks::Tasks;
 use super::{Metrics, Msg};
 use crate::config::Config;
@@ -62,7 +65,13 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
         let mut backoff = ctx.cfg.reconnect_backoff_min;
         let mut attempt = 0u32;
         let mut header = ctx.header.clone();
-        let mut incoming: Option<Incoming> = None;
+        // A transfer an earlier run of this node began, if any.
+        let dir = ctx.snapshots.dir().to_path_buf();
+        let mut incoming =
+            super::tasks::run_blocking(ctx.wal.may_block(), move || Incoming::recover(&dir))
+                .await
+                .ok()
+                .flatten();
         loop {
             attempt += 1;
             let result = tokio::select! {
@@ -171,6 +180,7 @@ async fn attempt_rejoin(
             return Ok(None);
         };
         let path = incoming.take().expect("a received snapshot").path;
+        let dir = ctx.snapshots.dir().to_path_buf();
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();
         let restored = super::tasks::run_blocking(may_block, move || -> Result<(), String> {
@@ -179,7 +189,7 @@ async fn attempt_rejoin(
             let mut input = std::io::BufReader::with_capacity(256 << 10, file);
             sm.restore(info.lsn, &mut input)
                 .map_err(|e| format!("state machine restore: {e}"))?;
-            let _ = std::fs::remove_file(&path);
+            incoming::discard_files(&dir);
             wal.reset(info.lsn, info.epoch)
                 .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
         })
@@ -190,31 +200,15 @@ async fn attempt_rejoin(
         ctx.snapshots.invalidate();
         ctx.metrics.snapshot_resync();
         tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, "restored from snapshot");
+    } else if incoming.is_some() {
+        // Left by an earlier run; this rejoin needed no snapshot.
+        Incoming::discard(incoming);
     }
     tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
         epoch,
         leader: ctx.leader.clone(),
     }))
-}
-
-/// A snapshot partly received: what the primary announced and how many
-/// of its bytes are in `path`. Kept between attempts so a cut transfer
-/// resumes.
-struct Incoming {
-    info: SnapshotInfo,
-    received: u64,
-    path: PathBuf,
-    file: Arc<std::fs::File>,
-}
-
-impl Incoming {
-    /// Throws away what was received: the next request starts over.
-    fn discard(slot: &mut Option<Incoming>) {
-        if let Some(i) = slot.take() {
-            let _ = std::fs::remove_file(&i.path);
-        }
-    }
 }
 
 /// Receives the primary's snapshot into the snapshot directory, resuming
@@ -265,6 +259,7 @@ async fn receive_snapshot(
                     info == same
                 });
                 if resumes {
+                    ctx.metrics.snapshot_resumed(info.offset);
                     tracing::info!(
                         id = info.id,
                         from = info.offset,
@@ -282,27 +277,13 @@ async fn receive_snapshot(
                     return Ok(None);
                 }
                 let dir = ctx.snapshots.dir().to_path_buf();
-                let path = dir.join("incoming.snapshot");
-                let p = path.clone();
-                let file = super::tasks::run_blocking(may_block, move || {
-                    std::fs::create_dir_all(&dir)?;
-                    std::fs::File::options()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&p)
-                })
-                .await
-                .map_err(disk)?
-                .map_err(|e| disk(e.to_string()))?;
                 tracing::info!(id = info.id, lsn = %info.lsn, total = info.total_bytes, "receiving a snapshot");
-                *incoming = Some(Incoming {
-                    info,
-                    received: 0,
-                    path,
-                    file: Arc::new(file),
-                });
+                let created =
+                    super::tasks::run_blocking(may_block, move || Incoming::create(&dir, info))
+                        .await
+                        .map_err(disk)?
+                        .map_err(|e| disk(e.to_string()))?;
+                *incoming = Some(created);
             }
             SnapshotPart::Info(_) => {
                 tracing::warn!(
@@ -332,6 +313,7 @@ async fn receive_snapshot(
                     .await
                     .map_err(disk)?
                     .map_err(|e| disk(e.to_string()))?;
+                ctx.metrics.snapshot_received(end - offset);
                 inc.received = end;
             }
         }

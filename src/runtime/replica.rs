@@ -1,5 +1,6 @@
-//! The handle an engine holds (`Replica`, built by `ReplicaBuilder`), and
-//! `serve` for the node's gRPC service.
+//! The handle an engine holds (`Replica`, built by `ReplicaBuilder`), the
+//! replication server it owns, and `serve` for an engine that runs the
+//! gRPC service on a server of its own.
 
 use super::{Inbox, Metrics, MetricsSnapshot, Msg, actor};
 use crate::config::Config;
@@ -12,13 +13,21 @@ use crate::types::{Epoch, Lsn};
 use crate::wal::WalStore;
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-/// Starts a node: `Replica::builder(cfg, wal, sm).start()`.
+/// How long `Replica::shutdown` lets the replication server finish the
+/// calls in flight once the node has stopped (they end at once: the node
+/// answers `shutting_down`, but a snapshot being sent would run to its
+/// end) before it drops their connections.
+const SERVER_DRAIN: Duration = Duration::from_secs(3);
+
+/// Starts a node: `Replica::builder(cfg, wal, sm).listen(addr).start()`.
 pub struct ReplicaBuilder {
     cfg: Config,
     wal: Arc<dyn WalStore>,
@@ -26,6 +35,17 @@ pub struct ReplicaBuilder {
     peer: Option<Arc<dyn Peer>>,
     rewound_dir: Option<PathBuf>,
     snapshot_dir: Option<PathBuf>,
+    server: Option<ServerSocket>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::Tls>,
+}
+
+/// Where `start` serves the replication service.
+enum ServerSocket {
+    /// Bound by `start`.
+    Address(String),
+    /// Bound by the engine.
+    Listener(tokio::net::TcpListener),
 }
 
 impl ReplicaBuilder {
@@ -42,21 +62,109 @@ impl ReplicaBuilder {
     }
 
     /// Where snapshots are built (primary) and received (standby): files
-    /// as large as the engine's state, so a disk with room for it. Files
-    /// left by an earlier run are removed at start. By default a
+    /// as large as the engine's state, so a disk with room for it. Builds
+    /// left by an earlier run are removed at start; a snapshot this node
+    /// was receiving when it stopped stays, and its transfer resumes from
+    /// the bytes received if the primary still serves it. By default a
     /// directory of its own under `std::env::temp_dir()`, removed when the
-    /// node stops.
+    /// node stops (so a restarted node starts a transfer over).
     pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.snapshot_dir = Some(dir.into());
         self
     }
 
-    /// Starts the node's tasks on the current tokio runtime. Serve the
-    /// returned service (see `serve`) so the peer can reach this node.
-    pub fn start(self) -> Result<(Replica, ReplicationService)> {
+    /// Serves the replication service on `addr` (e.g. `0.0.0.0:7001`;
+    /// port 0 picks a free one, see `Replica::local_addr`), bound by
+    /// `start`. The peer reaches this node at `Config::advertise_addr`,
+    /// which must lead here.
+    pub fn listen(mut self, addr: impl ToString) -> Self {
+        self.server = Some(ServerSocket::Address(addr.to_string()));
+        self
+    }
+
+    /// Mutual TLS for both directions: `start` serves with `serve_tls`,
+    /// and the default peer dials with `GrpcPeer::connect_lazy_tls` (a
+    /// peer given with `peer` is used as it is).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves the replication service on a listener the engine bound
+    /// (to retry a port still held by a previous run, or to pick the
+    /// socket's options).
+    pub fn serve_on(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.server = Some(ServerSocket::Listener(listener));
+        self
+    }
+
+    /// Starts the node's tasks on the current tokio runtime and serves
+    /// the replication service on the socket `listen` or `serve_on`
+    /// named, on a task the returned `Replica` owns until
+    /// `Replicator::shutdown`. A port that cannot be bound fails here,
+    /// before the node reads or writes anything.
+    ///
+    /// Without `listen` or `serve_on` it fails: use
+    /// `start_without_server` to serve the service yourself.
+    pub fn start(mut self) -> Result<Replica> {
+        // A bad setting is reported before a port is taken.
+        self.cfg.validate()?;
+        let listener = match self.server.take() {
+            Some(ServerSocket::Listener(l)) => l,
+            Some(ServerSocket::Address(addr)) => bind(&addr)?,
+            None => {
+                return Err(Error::InvalidInput(
+                    "ReplicaBuilder::start has no socket to serve replication on: call \
+                     listen(addr) or serve_on(listener) first, or start_without_server() \
+                     to serve the ReplicationService on a server of your own"
+                        .into(),
+                ));
+            }
+        };
+        let local_addr = listener.local_addr().map_err(|e| Error::Io {
+            what: "reading the replication listener's address".into(),
+            source: e,
+        })?;
+        #[cfg(feature = "tls")]
+        let tls = self.tls.clone();
+        let (mut replica, service) = self.start_without_server()?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            #[cfg(feature = "tls")]
+            let served = match tls {
+                Some(tls) => serve_tls(service, listener, &tls, stopped).await,
+                None => serve(service, listener, stopped).await,
+            };
+            #[cfg(not(feature = "tls"))]
+            let served = serve(service, listener, stopped).await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the replication server stopped");
+            }
+        });
+        let inner = Arc::get_mut(&mut replica.inner).expect("a Replica not shared yet");
+        inner.local_addr = Some(local_addr);
+        *inner.server.get_mut().expect("not poisoned") = Some(Server { stop, task });
+        tracing::info!(%local_addr, "serving replication");
+        Ok(replica)
+    }
+
+    /// Starts the node's tasks on the current tokio runtime, without a
+    /// server: serve the returned service so the peer can reach this node,
+    /// with `serve` or `ReplicationService::into_server` on a tonic server
+    /// of your own (TLS, a simulated network), and stop that server
+    /// yourself after `Replicator::shutdown`. `Replica::local_addr` is
+    /// then `None`.
+    pub fn start_without_server(self) -> Result<(Replica, ReplicationService)> {
         self.cfg.validate()?;
         let peer = match self.peer {
             Some(p) => p,
+            #[cfg(feature = "tls")]
+            None if self.tls.is_some() => Arc::new(GrpcPeer::connect_lazy_tls(
+                &self.cfg,
+                self.tls.as_ref().expect("checked"),
+            )?),
             None => Arc::new(GrpcPeer::connect_lazy(&self.cfg)?),
         };
         let metrics = Arc::new(Metrics::default());
@@ -85,6 +193,8 @@ impl ReplicaBuilder {
                     health,
                     metrics,
                     actor: tokio::sync::Mutex::new(Some(handle)),
+                    server: std::sync::Mutex::new(None),
+                    local_addr: None,
                     max_record_bytes: self.cfg.max_record_bytes,
                     promote_timeout: self.cfg.switchover_timeout + self.cfg.rpc_timeout * 4,
                 }),
@@ -94,9 +204,49 @@ impl ReplicaBuilder {
     }
 }
 
-/// The handle an engine holds; implements `Replicator`. Cheap to clone
-/// (an `Arc` inside): every clone talks to the same node, so an engine can
-/// hand one to each of its tasks.
+/// Binds the replication listener on `addr` (without blocking: resolving
+/// a name is the only wait, and a port in use fails at once).
+fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    let io = |source| Error::Io {
+        what: format!("listening for replication on {addr} (ReplicaBuilder::listen)"),
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(io)?;
+    std_listener.set_nonblocking(true).map_err(io)?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(io)
+}
+
+/// The replication server a `Replica` owns.
+struct Server {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, lets the calls in flight finish for up to
+    /// `SERVER_DRAIN`, then drops them.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(SERVER_DRAIN, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the replication server did not drain within {SERVER_DRAIN:?}; closing its connections"
+            );
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+}
+
+/// The handle an engine holds; implements `Replicator`.
+///
+/// Cheap to clone (an `Arc` inside): every clone is the same node, with
+/// the same mailbox, health, counters and server, so an engine can hand
+/// one to each of its tasks. The node runs until `Replicator::shutdown`
+/// is called on any clone (the others then answer `ShuttingDown`);
+/// dropping clones, even the last one, never stops it or its server.
 #[derive(Clone)]
 pub struct Replica {
     inner: Arc<Inner>,
@@ -109,6 +259,10 @@ struct Inner {
     /// The actor's task, awaited by the first `shutdown`; the others wait
     /// for that one on the lock.
     actor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The replication server `start` spawned, stopped by `shutdown`
+    /// after the actor (a primary's handover still hears its standby).
+    server: std::sync::Mutex<Option<Server>>,
+    local_addr: Option<SocketAddr>,
     max_record_bytes: usize,
     promote_timeout: Duration,
 }
@@ -128,6 +282,27 @@ impl Replica {
             peer: None,
             rewound_dir: None,
             snapshot_dir: None,
+            server: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The address the replication server bound (`ReplicaBuilder::listen`
+    /// with port 0 picks one), or `None` for a node started with
+    /// `start_without_server`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// Stops the replication server at once, without a handover: for
+    /// tests that kill a node as a crash would (the peer's calls fail
+    /// from now on). `shutdown` still stops the node.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn abort_server(&self) {
+        if let Some(server) = self.inner.server.lock().unwrap().take() {
+            server.stop.cancel();
+            server.task.abort();
         }
     }
 
@@ -250,9 +425,15 @@ impl Replicator for Replica {
         {
             let _ = rx.await;
         }
+        // Later callers wait on this lock until the first one stopped
+        // the actor and then the server.
         let mut actor = self.inner.actor.lock().await;
         if let Some(handle) = actor.take() {
             let _ = handle.await;
+        }
+        let server = self.inner.server.lock().unwrap().take();
+        if let Some(server) = server {
+            server.stop().await;
         }
     }
 }
@@ -268,7 +449,9 @@ fn tuned_server() -> tonic::transport::Server {
         .initial_connection_window_size(Some(16 << 20))
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// Serves `service` on `listener` until `shutdown` resolves: what
+/// `ReplicaBuilder::start` runs for a node, for an engine that started
+/// one with `start_without_server` and keeps the server in its own hands.
 pub async fn serve(
     service: ReplicationService,
     listener: tokio::net::TcpListener,

@@ -12,7 +12,9 @@
 //! directory holding exactly the engine's bytes; its LSN, epoch, length
 //! and CRC32C are kept beside it in memory and sent before the data. The
 //! file goes when the snapshot is replaced and its last transfer ends.
-//! The standby receives into `incoming.snapshot` in the same directory.
+//! The standby receives into `incoming.snapshot` in the same directory,
+//! beside its sidecar `incoming.info` (`incoming.rs`); those two outlive
+//! a restart so that the transfer resumes.
 
 use super::tasks::run_blocking;
 use crate::state_machine::StateMachine;
@@ -89,9 +91,9 @@ struct Inner {
 
 impl Snapshots {
     /// Snapshots in `dir`, or without one in a fresh directory under
-    /// `std::env::temp_dir()`. What a previous run left in `dir` goes: a
-    /// build is only good for the run that made it, and a transfer starts
-    /// over after a restart.
+    /// `std::env::temp_dir()`. The builds a previous run left in `dir` go
+    /// (a build is only good for the run that made it); a partly received
+    /// snapshot stays for the next rejoin to resume or discard.
     pub(crate) fn new(
         dir: Option<PathBuf>,
         sm: Arc<dyn StateMachine>,
@@ -107,7 +109,7 @@ impl Snapshots {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with("snapshot-") || name.starts_with("incoming.") {
+                if name.starts_with("snapshot-") || name == super::incoming::SIDECAR_TMP {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

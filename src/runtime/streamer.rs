@@ -256,6 +256,20 @@ async fn session(ctx: &mut Ctx) -> End {
                     if ctx.tx.send(Msg::Event(event)).await.is_err() {
                         return End::Cancelled;
                     }
+                    if too_far_sent && ack.flushed.next() >= ctx.wal.first_lsn() {
+                        // The standby answered "too far behind" with an ack:
+                        // it restored a snapshot while this stream was open
+                        // and now holds what follows our oldest record. This
+                        // session's cursor is behind it; start another from
+                        // the standby's position.
+                        return fail(
+                            TransportError::Remote(format!(
+                                "the standby moved to {} (a snapshot) while this stream pointed at {next}; restarting the stream from there",
+                                ack.flushed
+                            )),
+                            true,
+                        );
+                    }
                 }
                 Some(Err(e)) => return fail(e, progressed),
                 None => return fail(TransportError::Unreachable("standby closed the stream".into()), progressed),

@@ -34,7 +34,7 @@ pub(crate) fn start(
 ) -> (Replica, ReplicationService) {
     Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
         .peer(Arc::new(peer))
-        .start()
+        .start_without_server()
         .unwrap()
 }
 
@@ -412,7 +412,7 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
     };
     let (replica, _service) = Replica::builder(cfg, Arc::new(MemWal::new()), sm.clone())
         .peer(Arc::new(unreachable_peer()))
-        .start()
+        .start_without_server()
         .unwrap();
     let applied = replica.apply(put()).await.unwrap();
     assert_eq!(applied.lsn, Lsn(1));
@@ -665,7 +665,7 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
     };
     let (replica, _service) = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
         .peer(Arc::new(silent_standby()))
-        .start()
+        .start_without_server()
         .unwrap();
     replica.apply(put()).await.unwrap();
     replica.apply(put()).await.unwrap();
@@ -722,7 +722,7 @@ async fn the_streamer_bounds_unacknowledged_batches_by_bytes() {
         Arc::new(MemStateMachine::new()),
     )
     .peer(Arc::new(standby_that_never_acks(sent.clone())))
-    .start()
+    .start_without_server()
     .unwrap();
     // 4 KiB records: two reach the 8 KiB bound, the count would allow 8.
     for _ in 0..6 {
@@ -737,5 +737,34 @@ async fn the_streamer_bounds_unacknowledged_batches_by_bytes() {
         records += b.records.len();
     }
     assert_eq!(records, 2, "records sent with none acknowledged");
+    replica.shutdown().await;
+}
+
+/// A standby whose engine lost the state its trimmed WAL no longer covers
+/// (the WAL starts at 11, the engine applied nothing) must wait for its
+/// resync from the primary's snapshot: the applier may not first try to
+/// replay from record 1 and fail the node (found by the simulation's
+/// snapshot-cut scenario).
+#[tokio::test(start_paused = true)]
+async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missing_record() {
+    let wal = standby_wal();
+    let records: Vec<crate::types::Record> = (1..=20)
+        .map(|i| crate::types::Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            payload: put(),
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    wal.remove_before(Lsn(11)).unwrap();
+    let (replica, _service) = start(cfg(InitialRole::Standby), wal, unreachable_peer());
+    let waited = replica
+        .wait_for(Duration::from_secs(10), "a failed node", |h| {
+            h.role == RoleKind::Failed
+        })
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+    assert_eq!(replica.health().role, RoleKind::Rejoining);
     replica.shutdown().await;
 }

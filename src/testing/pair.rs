@@ -5,7 +5,7 @@ use crate::config::{CommitMode, Config, InitialRole};
 use crate::error::{Error, Result, TransportError};
 use crate::node::RoleKind;
 use crate::replicator::{Health, Replicator};
-use crate::runtime::{Replica, serve};
+use crate::runtime::Replica;
 use crate::state_machine::StateMachine;
 use crate::transport::{
     AckStream, FenceReply, FenceRequest, GrpcPeer, Header, HeartbeatReply, HeartbeatRequest,
@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 
 /// Which WAL a [`Pair`]'s nodes keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,6 +38,7 @@ pub enum PairWal {
 
 type MakeEngine<S> = Box<dyn Fn(&NodeId) -> Arc<S> + Send + Sync>;
 type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
+type PrepareLink = Box<dyn FnOnce(&Link) + Send>;
 
 /// Builds a [`Pair`]: `Pair::builder(make_engine)`, then `start`.
 pub struct PairBuilder<S> {
@@ -112,6 +112,7 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                     mem_wal: None,
                     running: None,
                     pending_listener: Some(listener),
+                    prepare_link: None,
                 }
             })
             .collect();
@@ -131,7 +132,8 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
 }
 
 /// A primary `a` and a standby `b` in this process, over the real
-/// transport (tonic on `127.0.0.1`, served with [`serve`]), each with its
+/// transport (tonic on `127.0.0.1`, each node serving on a server its
+/// `Replica` owns), each with its
 /// own WAL in a temporary directory and its own engine from
 /// `make_engine`. For an engine's tests: write on the primary, read on the
 /// standby, kill and restart nodes, fail over.
@@ -181,6 +183,8 @@ pub struct PairNode<S> {
     running: Option<Running<S>>,
     /// The listener bound before the configs were known (first start).
     pending_listener: Option<TcpListener>,
+    /// Called on the link of the node's next start.
+    prepare_link: Option<PrepareLink>,
 }
 
 struct Running<S> {
@@ -190,7 +194,6 @@ struct Running<S> {
     /// The same WAL when it is a `MemWal`, for `kill`.
     mem: Option<Arc<MemWal>>,
     link: Arc<Link>,
-    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl<S: StateMachine + 'static> Pair<S> {
@@ -264,24 +267,23 @@ impl<S: StateMachine + 'static> Pair<S> {
         };
         let engine = (self.make_engine)(&cfg.node_id);
         let link = Link::new(GrpcPeer::connect_lazy(&cfg)?);
-        let (replica, service) = Replica::builder(cfg, wal.clone(), engine.clone())
+        if let Some(prepare) = node.prepare_link.take() {
+            prepare(&link);
+        }
+        // The snapshot directory outlives the node, as a data directory
+        // would: a restarted standby resumes a transfer it had begun.
+        let replica = Replica::builder(cfg, wal.clone(), engine.clone())
             .peer(link.clone())
             .rewound_dir(node.dir.join("rewound"))
+            .snapshot_dir(node.dir.join("snapshots"))
+            .serve_on(listener)
             .start()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = serve(service, listener, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
         node.running = Some(Running {
             replica: Arc::new(replica),
             engine,
             wal,
             mem,
             link,
-            server: Some((stop, server)),
         });
         Ok(())
     }
@@ -382,16 +384,12 @@ impl<S> Pair<S> {
     pub async fn kill(&mut self, id: &NodeId) {
         let i = self.index(id);
         let node = &mut self.nodes[i];
-        let mut running = node
+        let running = node
             .running
             .take()
             .unwrap_or_else(|| panic!("node {id} is not running"));
         running.link.set_cut(true);
-        if let Some((stop, handle)) = running.server.take() {
-            let _ = stop.send(());
-            handle.abort();
-            let _ = handle.await;
-        }
+        running.replica.abort_server();
         if let Some(mem) = &running.mem {
             node.mem_wal = Some(Arc::new(mem.crash()));
         }
@@ -418,16 +416,12 @@ impl<S> Pair<S> {
         self.node(id).running().link.set_cut(cut);
     }
 
-    /// Shuts every running node down cleanly (`Replicator::shutdown`) and
-    /// stops its server.
+    /// Shuts every running node down cleanly (`Replicator::shutdown`,
+    /// which also stops its server).
     pub async fn shutdown(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut running) = node.running.take() {
+            if let Some(running) = node.running.take() {
                 running.replica.shutdown().await;
-                if let Some((stop, handle)) = running.server.take() {
-                    let _ = stop.send(());
-                    let _ = handle.await;
-                }
             }
         }
     }
@@ -435,10 +429,7 @@ impl<S> Pair<S> {
 
 impl<S> Drop for Running<S> {
     fn drop(&mut self) {
-        if let Some((stop, handle)) = self.server.take() {
-            let _ = stop.send(());
-            handle.abort();
-        }
+        self.replica.abort_server();
         // The node's tasks run until told to stop.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let replica = self.replica.clone();
@@ -454,6 +445,20 @@ impl<S: StateMachine + 'static> Pair<S> {
         let i = self.index(id);
         assert!(self.nodes[i].running.is_none(), "node {id} is running");
         self.launch(i).await
+    }
+
+    /// [`Pair::restart`], with `prepare` called on the node's new [`Link`]
+    /// before the node starts, so a fault set there (e.g.
+    /// [`Link::cut_link_after_snapshot_chunks`]) cannot miss the node's
+    /// first calls.
+    pub async fn restart_with_link(
+        &mut self,
+        id: &NodeId,
+        prepare: impl FnOnce(&Link) + Send + 'static,
+    ) -> Result<()> {
+        let i = self.index(id);
+        self.nodes[i].prepare_link = Some(Box::new(prepare));
+        self.restart(id).await
     }
 }
 
@@ -492,6 +497,12 @@ impl<S> PairNode<S> {
     /// The node's WAL. Panics if the node is not running.
     pub fn wal(&self) -> &Arc<dyn WalStore> {
         &self.running().wal
+    }
+
+    /// The node's link to its peer (its faults, its snapshot requests).
+    /// Panics if the node is not running.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.running().link
     }
 
     /// Waits on the node's health `watch` until `pred` holds.
@@ -573,12 +584,17 @@ impl Drop for TempDir {
 /// can cut one snapshot transfer part-way.
 pub struct Link {
     inner: Arc<dyn Peer>,
-    cut: watch::Sender<bool>,
+    cut: Arc<watch::Sender<bool>>,
     /// `(snapshot_id, offset)` of every snapshot request, in order.
     pub snapshot_requests: std::sync::Mutex<Vec<(u64, u64)>>,
     /// Cut the next snapshot transfer after this many data chunks (once;
     /// the link is fine afterwards).
     pub cut_snapshot_after: std::sync::Mutex<Option<usize>>,
+    /// With `cut_snapshot_after`: the whole link is cut at that moment too,
+    /// and stays cut (a network that died mid-transfer).
+    cut_link_with_snapshot: std::sync::atomic::AtomicBool,
+    /// How many snapshot transfers this link cut.
+    snapshot_cuts: Arc<watch::Sender<u64>>,
 }
 
 impl Link {
@@ -586,15 +602,35 @@ impl Link {
     pub fn new(inner: impl Peer + 'static) -> Arc<Link> {
         Arc::new(Link {
             inner: Arc::new(inner),
-            cut: watch::channel(false).0,
+            cut: Arc::new(watch::channel(false).0),
             snapshot_requests: Default::default(),
             cut_snapshot_after: Default::default(),
+            cut_link_with_snapshot: Default::default(),
+            snapshot_cuts: Arc::new(watch::channel(0).0),
         })
     }
 
     /// Cuts (`true`) or restores the link.
     pub fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Lets the next snapshot transfer deliver `chunks` data chunks, then
+    /// cuts the whole link (every call fails from then on, as a dead
+    /// network): the node keeps what it received and cannot resume it
+    /// while this link lives. [`Link::wait_snapshot_cut`] says when.
+    pub fn cut_link_after_snapshot_chunks(&self, chunks: usize) {
+        self.cut_link_with_snapshot
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.cut_snapshot_after.lock().unwrap() = Some(chunks);
+    }
+
+    /// Waits until this link has cut a snapshot transfer (the chunks
+    /// before the cut were all handed to the node, which wrote each one
+    /// before it asked for the next).
+    pub async fn wait_snapshot_cut(&self) {
+        let mut cuts = self.snapshot_cuts.subscribe();
+        let _ = cuts.wait_for(|n| *n > 0).await;
     }
 
     fn check(&self) -> std::result::Result<(), TransportError> {
@@ -647,6 +683,10 @@ impl Peer for Link {
             .push((req.snapshot_id, req.offset));
         let parts = self.inner.fetch_snapshot(req).await?;
         let cut_after = self.cut_snapshot_after.lock().unwrap().take();
+        let cut_link = self
+            .cut_link_with_snapshot
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let (link, cuts) = (self.cut.clone(), self.snapshot_cuts.clone());
         let mut data_seen = 0usize;
         Ok(Box::pin(parts.scan(false, move |done, part| {
             if *done {
@@ -655,6 +695,10 @@ impl Peer for Link {
             if let Ok(SnapshotPart::Data { .. }) = &part {
                 if cut_after == Some(data_seen) {
                     *done = true;
+                    if cut_link {
+                        link.send_replace(true);
+                    }
+                    cuts.send_modify(|n| *n += 1);
                     return futures::future::ready(Some(Err(TransportError::Unreachable(
                         "snapshot transfer cut by the test".into(),
                     ))));

@@ -121,7 +121,7 @@ impl TestNode {
         let (replica, service) = Replica::builder(cfg.clone(), wal.clone(), engine.clone())
             .snapshot_dir(kv_dir.join("snapshots"))
             .peer(link.clone())
-            .start()
+            .start_without_server()
             .expect("node starts");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

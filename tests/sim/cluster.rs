@@ -12,11 +12,15 @@ use walrep_daemon::kv::KvStore;
 pub const PORT: u16 = 7000;
 pub const NODES: [&str; 2] = ["n1", "n2"];
 
-/// A node's disk: the WAL as the last crash left it, and a directory for
-/// the engine's durable snapshots (written with fsync, so a crash keeps them).
+/// A node's disk: the WAL as the last crash left it, a directory for the
+/// engine's durable snapshots (written with fsync, so a crash keeps them),
+/// and the snapshot directory (a crash keeps what the process wrote: the
+/// simulation's crashes are process crashes for these files; a machine
+/// crash that lost part of them is caught by the transfer's CRC check).
 pub struct Disk {
     wal: Mutex<Arc<MemWal>>,
     engine_dir: tempfile::TempDir,
+    snapshot_dir: tempfile::TempDir,
 }
 
 impl Default for Disk {
@@ -24,6 +28,7 @@ impl Default for Disk {
         Disk {
             wal: Mutex::default(),
             engine_dir: tempfile::tempdir().unwrap(),
+            snapshot_dir: tempfile::tempdir().unwrap(),
         }
     }
 }
@@ -77,11 +82,21 @@ pub struct Mode {
     pub break_commit_rule: bool,
     /// `Config::standby_sync_inline`, as the daemon runs.
     pub standby_sync_inline: bool,
+    /// A WAL that keeps little (`RESYNC_WAL_RETENTION_BYTES`) and small
+    /// snapshot chunks (`RESYNC_CHUNK_BYTES`): a standby that was down
+    /// for a few seconds resyncs from a snapshot of many chunks.
+    pub small_wal_and_chunks: bool,
 }
+
+/// `Config::wal_retention_bytes` with `Mode::small_wal_and_chunks`: a few
+/// hundred of the client's writes.
+pub const RESYNC_WAL_RETENTION_BYTES: u64 = 128 << 10;
+/// `Config::snapshot_chunk_bytes` with `Mode::small_wal_and_chunks`.
+pub const RESYNC_CHUNK_BYTES: usize = 4 << 10;
 
 pub fn config(name: &str, mode: Mode) -> Config {
     let peer = if name == NODES[0] { NODES[1] } else { NODES[0] };
-    Config {
+    let mut cfg = Config {
         node_id: NodeId::from(name),
         peer_id: NodeId::from(peer),
         peer_addr: format!("{peer}:{PORT}"),
@@ -103,7 +118,14 @@ pub fn config(name: &str, mode: Mode) -> Config {
         testing_ack_before_standby_flush: mode.break_commit_rule,
         standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
+    };
+    if mode.small_wal_and_chunks {
+        cfg.wal_retention_bytes = RESYNC_WAL_RETENTION_BYTES;
+        cfg.snapshot_chunk_bytes = RESYNC_CHUNK_BYTES;
+        // A stalled transfer fails (and resumes) within the fault's span.
+        cfg.snapshot_timeout = Duration::from_secs(1);
     }
+    cfg
 }
 
 /// Registers both nodes as hosts of `sim`.
@@ -132,9 +154,11 @@ pub fn add_hosts(
                     &cfg,
                 );
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+                // Served below on the simulated network, hence no `listen`.
                 let (replica, service) = Replica::builder(cfg, wal, kv.clone())
                     .peer(Arc::new(peer))
-                    .start()?;
+                    .snapshot_dir(disk.snapshot_dir.path())
+                    .start_without_server()?;
                 registry.up(
                     name,
                     Running {

@@ -1,18 +1,25 @@
 //! A seeded schedule of faults: partitions (one-way too), stalls, latency,
 //! loss, crashes with restart. Printed with a failing seed so the run can be
-//! replayed exactly.
+//! replayed exactly. `TransferCuts` adds faults in reaction to what a node
+//! does (a snapshot transfer under way), from the same seed.
 
-use super::cluster::NODES;
+use super::cluster::{NODES, Running};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
+use walrep::{Replicator, RoleKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kinds {
     /// Crashes and latency only: no partition.
     CrashesOnly,
     All,
+    /// The standby is down long enough for the primary's WAL to move past
+    /// it, comes back and resyncs from a snapshot; `TransferCuts` breaks
+    /// that transfer part-way.
+    SnapshotCut,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +76,25 @@ fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
 /// while; faults do not overlap so each is undone by its own event.
 pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed);
+    if kinds == Kinds::SnapshotCut {
+        // n2, the standby, is down for 5 to 9 s: the primary goes solo
+        // after `sync_timeout` and writes past its WAL retention.
+        let down = Duration::from_secs(1) + ms(&mut rng, 0, 1000);
+        let up = down + ms(&mut rng, 5000, 9000);
+        return Schedule {
+            events: vec![
+                Event {
+                    at: down,
+                    action: Action::Crash(NODES[1]),
+                },
+                Event {
+                    at: up,
+                    action: Action::Restart(NODES[1]),
+                },
+            ],
+            quiet_after: up,
+        };
+    }
     let mut events = Vec::new();
     let mut t = Duration::from_secs(1);
     for _ in 0..count {
@@ -81,7 +107,7 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
         let other = if node == NODES[0] { NODES[1] } else { NODES[0] };
         let choice = match kinds {
             Kinds::CrashesOnly => rng.random_range(0..3),
-            Kinds::All => rng.random_range(0..7),
+            Kinds::All | Kinds::SnapshotCut => rng.random_range(0..7),
         };
         let (start, end) = match choice {
             0 => (Action::Crash(node), Action::Restart(node)),
@@ -140,5 +166,105 @@ pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action) {
         }
         Action::Crash(n) => sim.crash(n),
         Action::Restart(n) => sim.bounce(n),
+    }
+}
+
+/// Faults that strike while a node is receiving a snapshot: each time a
+/// rejoining node's received bytes grew since the last cut (or since it
+/// started), a cut chosen from the seed (a partition, one way or both, a
+/// held link, or a crash of the receiver) lasts 0.1 to 2 s and is undone.
+/// The primary keeps serving the same build while its WAL still follows
+/// it, so some transfers resume and others (longer cuts) start over.
+/// At most `remaining` cuts; every one is recorded for the report.
+pub struct TransferCuts {
+    rng: StdRng,
+    remaining: usize,
+    /// The undo of the cut in force, and when it is due.
+    active: Option<(Duration, Action)>,
+    /// Per node: (incarnation, bytes received) at the last cut.
+    baseline: BTreeMap<&'static str, (usize, u64)>,
+    pub fired: Vec<Event>,
+}
+
+impl TransferCuts {
+    pub fn new(seed: u64) -> TransferCuts {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c075);
+        let remaining = rng.random_range(1..=3);
+        TransferCuts {
+            rng,
+            remaining,
+            active: None,
+            baseline: BTreeMap::new(),
+            fired: Vec::new(),
+        }
+    }
+
+    /// Whether a cut is in force (its undo not yet applied).
+    pub fn in_force(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The actions due now: the undo of the cut in force once its time
+    /// came, or a new cut if a transfer is under way.
+    pub fn step(
+        &mut self,
+        now: Duration,
+        running: &[(&'static str, Running)],
+        incarnation: &BTreeMap<&'static str, usize>,
+    ) -> Vec<Action> {
+        if let Some((until, _)) = &self.active {
+            if now < *until {
+                return Vec::new();
+            }
+            let (_, undo) = self.active.take().expect("checked");
+            self.fired.push(Event {
+                at: now,
+                action: undo.clone(),
+            });
+            return vec![undo];
+        }
+        if self.remaining == 0 {
+            return Vec::new();
+        }
+        for (name, node) in running {
+            let life = incarnation.get(name).copied().unwrap_or(0);
+            let received = node.replica.metrics().snapshot_bytes_received;
+            let (seen_life, seen) = self.baseline.get(name).copied().unwrap_or((life, 0));
+            let since = if seen_life == life { seen } else { 0 };
+            if node.replica.health().role != RoleKind::Rejoining || received <= since {
+                continue;
+            }
+            let other = if *name == NODES[0] {
+                NODES[1]
+            } else {
+                NODES[0]
+            };
+            let (cut, undo) = match self.rng.random_range(0..4) {
+                0 => (Action::Partition, Action::Repair),
+                1 => (
+                    Action::PartitionOneway {
+                        from: other,
+                        to: name,
+                    },
+                    Action::RepairOneway {
+                        from: other,
+                        to: name,
+                    },
+                ),
+                2 => (Action::Hold, Action::Release),
+                _ => (Action::Crash(name), Action::Restart(name)),
+            };
+            let lasting = ms(&mut self.rng, 100, 2000);
+            self.remaining -= 1;
+            // A crash starts a new incarnation, whose counters start at 0.
+            self.baseline.insert(name, (life, received));
+            self.active = Some((now + lasting, undo));
+            self.fired.push(Event {
+                at: now,
+                action: cut.clone(),
+            });
+            return vec![cut];
+        }
+        Vec::new()
     }
 }

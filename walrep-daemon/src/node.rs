@@ -1,13 +1,15 @@
 //! Running one node: bind both listeners (so a port in use fails before
-//! anything is written), open the data dir, start the replica, serve
-//! replication and the HTTP API, persist KV snapshots, shut down cleanly.
+//! anything is written), open the data dir, start the replica (which
+//! serves replication on its listener), serve the HTTP API, persist KV
+//! snapshots, shut down cleanly.
 //!
 //! ```text
 //! DIR/wal/       FileWal (meta + segments)
 //! DIR/kv/        KvStore snapshot (kv.snapshot)
 //! DIR/rewound/   records dropped by a rewind, for the operator
 //! DIR/snapshots/ snapshots built for (primary) or received from (standby)
-//!                the peer during a resync; emptied at start
+//!                the peer during a resync; builds are removed at start, a
+//!                partly received one resumes
 //! ```
 
 use super::config::NodeSettings;
@@ -41,7 +43,6 @@ pub struct RunningNode {
     stop_http: CancellationToken,
     stop_rest: CancellationToken,
     http: JoinHandle<()>,
-    grpc: JoinHandle<()>,
     snapshots: JoinHandle<()>,
 }
 
@@ -116,42 +117,33 @@ impl RunningNode {
                 None
             }
         };
+        // Read before anything starts, so a bad file stops nothing running.
+        let token = match &settings.http_token_file {
+            Some(path) => Some(super::auth::HttpToken::from_file(path)?),
+            None => None,
+        };
+        // The replica serves replication on the listener bound above (over
+        // mutual TLS when configured) and stops that server in its own
+        // shutdown.
         let mut builder = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
             .rewound_dir(dir.join("rewound"))
-            .snapshot_dir(dir.join("snapshots"));
+            .snapshot_dir(dir.join("snapshots"))
+            .serve_on(grpc_listener);
         if let Some(tls) = &tls {
-            builder = builder.peer(Arc::new(walrep::GrpcPeer::connect_lazy_tls(&cfg, tls)?));
+            builder = builder.tls(tls.clone());
         }
-        let (replica, service) = builder.start()?;
+        let replica = builder.start()?;
         let replica = Arc::new(replica);
 
         let stop_http = CancellationToken::new();
         let stop_rest = CancellationToken::new();
-        let grpc = {
-            let stop = stop_rest.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let served = match &tls {
-                    Some(tls) => {
-                        walrep::serve_tls(service, grpc_listener, tls, stop.cancelled_owned()).await
-                    }
-                    None => walrep::serve(service, grpc_listener, stop.cancelled_owned()).await,
-                };
-                if let Err(e) = served {
-                    warn!(error = %e, "replication server stopped");
-                }
-            })
-        };
         let state = Arc::new(AppState::new(
             replica.clone(),
             kv.clone(),
             DaemonMetrics::new(replica.clone()),
             cfg.max_record_bytes,
             settings.http_write_budget_bytes,
-            match &settings.http_token_file {
-                Some(path) => Some(super::auth::HttpToken::from_file(path)?),
-                None => None,
-            },
+            token,
         ));
         let http = {
             let stop = stop_http.clone();
@@ -197,20 +189,19 @@ impl RunningNode {
             stop_http,
             stop_rest,
             http,
-            grpc,
             snapshots,
         })
     }
 
-    /// Stops taking requests, stops the replica (pending writes fail),
-    /// stops replication and persists a last snapshot.
+    /// Stops taking requests, stops the replica (a primary hands over
+    /// first; pending writes fail; then its replication server stops) and
+    /// persists a last snapshot.
     pub async fn shutdown(self) {
         info!("shutting down");
         self.stop_http.cancel();
         drain(self.http, "HTTP server").await;
         self.replica.shutdown().await;
         self.stop_rest.cancel();
-        drain(self.grpc, "replication server").await;
         let _ = self.snapshots.await;
         persist(&self.kv).await;
         info!("stopped");

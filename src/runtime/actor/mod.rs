@@ -188,8 +188,14 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         actor.last_lsn_tx.subscribe(),
         actor.tx.clone(),
     ));
-    actor.start_applier();
     actor.run_effects(effects);
+    // Not before the start-up effects: a node sent to rejoin at start
+    // (its engine is behind what its WAL still holds) must not replay a
+    // log whose beginning is gone; the rejoin starts the applier when it
+    // is done.
+    if actor.rejoin.is_none() {
+        actor.start_applier();
+    }
     actor.publish();
     let handle = tokio::spawn(actor.run(parts.rx));
     Ok((health_rx, handle))
