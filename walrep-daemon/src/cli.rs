@@ -107,9 +107,11 @@ pub struct NodeArgs {
     /// Where the other node serves replication (host:port). Required.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer: Option<String>,
-    /// Where this node keeps wal/, kv/ and rewound/. Required.
+    /// Where this node keeps wal/, its engine's state (kv/ or sqlite/) and rewound/. Required.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    #[arg(long, help = help("engine", "The engine the node hosts: kv (the in-memory demo map) or sqlite (one SQLite file)"))]
+    pub engine: Option<String>,
     #[arg(long, help = help("role", "Role on a fresh data dir: primary or standby"))]
     pub role: Option<String>,
     #[arg(long, value_name = "IP:PORT", help = help("listen", "Replication (gRPC) listen address"))]
@@ -165,6 +167,7 @@ impl NodeArgs {
             ("peer_id", &self.peer_id),
             ("peer", &self.peer),
             ("data_dir", &self.data_dir),
+            ("engine", &self.engine),
             ("role", &self.role),
             ("listen", &self.listen),
             ("http", &self.http),

@@ -1,10 +1,12 @@
 //! Running one node: bind both listeners (so a port in use fails before
 //! anything is written), open the data dir, start the replica, serve
-//! replication and the HTTP API, persist KV snapshots, shut down cleanly.
+//! replication and the HTTP API, persist the engine's state, shut down
+//! cleanly.
 //!
 //! ```text
 //! DIR/wal/       FileWal (meta + segments)
-//! DIR/kv/        KvStore snapshot (kv.snapshot)
+//! DIR/kv/        KvStore snapshot (kv.snapshot), with --engine kv
+//! DIR/sqlite/    SQLite database (store.db and its -wal), with --engine sqlite
 //! DIR/rewound/   records dropped by a rewind, for the operator
 //! DIR/snapshots/ snapshots built for (primary) or received from (standby)
 //!                the peer during a resync; emptied at start
@@ -14,7 +16,7 @@ use super::config::NodeSettings;
 use super::error::DaemonError;
 use super::http::{AppState, router};
 use super::metrics::DaemonMetrics;
-use crate::kv::KvStore;
+use crate::engine::Engine;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use walrep::Replica;
-use walrep::StateMachine;
 use walrep::{FileWal, FileWalOptions};
 use walrep::{Health, Replicator};
 
@@ -36,7 +37,7 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub replica: Arc<Replica>,
-    pub kv: Arc<KvStore>,
+    pub engine: Engine,
     stop_http: CancellationToken,
     stop_rest: CancellationToken,
     http: JoinHandle<()>,
@@ -82,9 +83,14 @@ impl RunningNode {
             },
         )
         .map_err(|e| DaemonError::Failed(format!("opening the WAL in {}: {e}", dir.display())))?;
-        let kv = Arc::new(KvStore::open(dir.join("kv")).map_err(|e| {
-            DaemonError::Failed(format!("opening the KV store in {}: {e}", dir.display()))
-        })?);
+        let engine = Engine::open(settings.engine, dir).map_err(|e| {
+            DaemonError::Failed(format!(
+                "opening the {} engine in {}: {}",
+                settings.engine,
+                dir.display(),
+                e.chain()
+            ))
+        })?;
         info!(
             node = %cfg.node_id,
             peer = %cfg.peer_id,
@@ -93,13 +99,15 @@ impl RunningNode {
             %http_addr,
             data_dir = %dir.display(),
             commit_mode = %cfg.commit_mode,
-            snapshot_lsn = %kv.applied_lsn(),
+            engine = %engine.kind(),
+            applied_lsn = %engine.state_machine().applied_lsn(),
             "starting node"
         );
-        let (replica, service) = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
-            .rewound_dir(dir.join("rewound"))
-            .snapshot_dir(dir.join("snapshots"))
-            .start()?;
+        let (replica, service) =
+            Replica::builder(cfg.clone(), Arc::new(wal), engine.state_machine())
+                .rewound_dir(dir.join("rewound"))
+                .snapshot_dir(dir.join("snapshots"))
+                .start()?;
         let replica = Arc::new(replica);
 
         let stop_http = CancellationToken::new();
@@ -115,7 +123,7 @@ impl RunningNode {
         };
         let state = Arc::new(AppState {
             replica: replica.clone(),
-            kv: kv.clone(),
+            engine: engine.clone(),
             metrics: DaemonMetrics::new(replica.clone()),
             max_record_bytes: cfg.max_record_bytes,
         });
@@ -132,7 +140,7 @@ impl RunningNode {
             })
         };
         let snapshots = tokio::spawn(snapshot_loop(
-            kv.clone(),
+            engine.clone(),
             replica.subscribe(),
             settings.snapshot_records,
             settings.snapshot_interval,
@@ -142,7 +150,7 @@ impl RunningNode {
             grpc_addr,
             http_addr,
             replica,
-            kv,
+            engine,
             stop_http,
             stop_rest,
             http,
@@ -161,7 +169,7 @@ impl RunningNode {
         self.stop_rest.cancel();
         drain(self.grpc, "replication server").await;
         let _ = self.snapshots.await;
-        persist(&self.kv).await;
+        persist(&self.engine).await;
         info!("stopped");
     }
 }
@@ -204,46 +212,47 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn persist(kv: &Arc<KvStore>) {
-    let kv = kv.clone();
-    match tokio::task::spawn_blocking(move || kv.persist_snapshot()).await {
-        Ok(Ok(lsn)) => tracing::debug!(%lsn, "KV snapshot persisted"),
-        Ok(Err(e)) => warn!(error = %e, "persisting the KV snapshot failed"),
+async fn persist(engine: &Engine) {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || engine.persist()).await {
+        Ok(Ok(lsn)) => tracing::debug!(%lsn, "engine state persisted"),
+        Ok(Err(e)) => warn!(error = %e.chain(), "persisting the engine's state failed"),
         Err(e) => warn!(error = %e, "the snapshot task panicked"),
     }
 }
 
-/// Persists a KV snapshot every `every` applied records (or as many as the
-/// store has keys, if more), or every `interval` when anything new was
-/// applied, so a restart replays only the WAL after it (and the WAL before
-/// it may be removed). A snapshot writes the whole store and holds off
-/// applies while it encodes it: scaled to the store's size, its cost per
-/// applied record stays bounded (at 300k keys, a snapshot every 10k
-/// records stalled commits for tens of milliseconds several times a second).
+/// Persists the engine's state (a KV snapshot, an SQLite checkpoint) every
+/// `every` applied records (a KV engine: or as many as the store has keys,
+/// if more), or every `interval` when anything new was applied, so a
+/// restart replays only the WAL after it (and the WAL before it may be
+/// removed). A KV snapshot writes the whole store and holds off applies
+/// while it encodes it: scaled to the store's size, its cost per applied
+/// record stays bounded (at 300k keys, a snapshot every 10k records
+/// stalled commits for tens of milliseconds several times a second).
 async fn snapshot_loop(
-    kv: Arc<KvStore>,
+    engine: Engine,
     mut health: watch::Receiver<Health>,
     every: u64,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let sm = engine.state_machine();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         let due = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => kv.applied_lsn() > kv.durable_lsn(),
+            _ = tick.tick() => sm.applied_lsn() > sm.durable_lsn(),
             changed = health.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let every = every.max(kv.len() as u64);
-                kv.applied_lsn().0 >= kv.durable_lsn().0 + every
+                sm.applied_lsn().0 >= sm.durable_lsn().0 + engine.persist_every(every)
             }
         };
         if due {
-            persist(&kv).await;
+            persist(&engine).await;
         }
     }
 }
