@@ -83,6 +83,12 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// What the store at `path` (another process's too: WAL mode lets a
+    /// reader in) holds in `walrep_state`, read without writing to it.
+    pub fn inspect(path: &Path) -> Result<StoredState, StateMachineError> {
+        schema::read_only(path).map(|(_, state)| state)
+    }
+
     /// The path of the database file.
     pub fn path(&self) -> PathBuf {
         self.dir.join(STORE_FILE)
