@@ -74,6 +74,8 @@ pub enum Command {
     BenchFailover(bench::failover::FailoverArgs),
     /// Benchmark: the write pause of a planned switchover.
     BenchSwitchover(bench::switchover::SwitchoverArgs),
+    /// Benchmark: loopback TCP copy and durable write of N bytes, the floor of a resync.
+    BenchFloor(bench::floor::FloorArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -314,6 +316,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::BenchSwitchover(args) => {
             bench_done(until_interrupted(bench::switchover::run(args)).await)
         }
+        Command::BenchFloor(args) => bench_done(until_interrupted(bench::floor::run(args)).await),
     }
 }
 

@@ -97,6 +97,7 @@ pub fn write(dir: &Path, store: &Path, out: &mut dyn Write) -> Result<Lsn, State
         let what = format!("{what} (snapshot copy {})", path.display());
         move |e: rusqlite::Error| StateMachineError::with_source(what, e)
     };
+    let started = std::time::Instant::now();
     let lsn = {
         let (source, _) = schema::read_only(store)?;
         let mut dest = Connection::open(&path).map_err(sql("creating"))?;
@@ -122,8 +123,16 @@ pub fn write(dir: &Path, store: &Path, out: &mut dyn Write) -> Result<Lsn, State
         dest.close().map_err(|(_, e)| e).map_err(sql("closing"))?;
         state.applied
     };
+    let copied = started.elapsed();
     let mut file = std::fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-    copy_all(&mut file, out).map_err(io(format!("streaming {}", path.display())))?;
+    let bytes = copy_all(&mut file, out).map_err(io(format!("streaming {}", path.display())))?;
+    tracing::info!(
+        %lsn,
+        bytes,
+        backup_ms = copied.as_millis() as u64,
+        stream_ms = (started.elapsed() - copied).as_millis() as u64,
+        "SQLite snapshot written"
+    );
     Ok(lsn)
 }
 
@@ -152,11 +161,19 @@ pub fn receive(dir: &Path, lsn: Lsn, input: &mut dyn Read) -> Result<Received, S
     let path = dir.join(RECEIVED);
     let shown = path.display();
     let tmp = TempFile(Some(path.clone()));
+    let started = std::time::Instant::now();
     let mut file = std::fs::File::create(&path).map_err(io(format!("creating {shown}")))?;
-    let len = copy_all(input, &mut file)
-        .and_then(|len| file.sync_all().map(|()| len))
-        .map_err(io(format!("writing the received snapshot to {shown}")))?;
+    let len = copy_all(input, &mut file).map_err(io(format!("writing {shown}")))?;
+    let written = started.elapsed();
+    file.sync_all().map_err(io(format!("syncing {shown}")))?;
     drop(file);
+    tracing::info!(
+        %lsn,
+        bytes = len,
+        write_ms = written.as_millis() as u64,
+        fsync_ms = (started.elapsed() - written).as_millis() as u64,
+        "SQLite snapshot received"
+    );
     check_file(&path, len)?;
     let (_, state) = schema::read_only(&path)
         .map_err(|e| StateMachineError::with_source("the snapshot is not a walrep store", e))?;
@@ -231,5 +248,7 @@ pub fn swap_in(
         .and_then(|d| d.sync_all())
         .map_err(io(format!("syncing {}", dir.display())))?;
     let _ = std::fs::remove_file(&replaced);
-    schema::open_store(&store)
+    let opened = schema::open_store(&store)?;
+    tracing::info!(lsn = %opened.1.applied, "SQLite store replaced by the snapshot");
+    Ok(opened)
 }
