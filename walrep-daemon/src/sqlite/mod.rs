@@ -25,6 +25,10 @@
 //!   records or `snapshot_interval_ms`) has put every committed frame into
 //!   the fsynced database file, and only then may walrep trim its WAL.
 //! - Snapshots beside applies and bounded memory: `snapshot.rs`.
+//!
+//! A snapshot holds SQLite's WAL from being checkpointed while it streams,
+//! so `durable_lsn` does not advance meanwhile (walrep keeps its own WAL a
+//! little longer).
 
 mod schema;
 mod snapshot;
@@ -212,11 +216,15 @@ impl StateMachine for SqliteStore {
         Lsn(self.durable.load(Ordering::Acquire))
     }
 
-    /// A copy of the database made with SQLite's online backup in one read
-    /// transaction of its own (applies go on), then streamed; the LSN is
-    /// the one the copy holds.
+    /// The database file, streamed while a read transaction holds it
+    /// still (`snapshot.rs`): applies wait only for a checkpoint, then go
+    /// on. The LSN is the one that state holds.
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
-        snapshot::write(&self.dir, &self.path(), out)
+        let pinned = {
+            let conn = self.conn.lock().unwrap();
+            snapshot::pin(&conn, &self.path())?
+        };
+        pinned.write(out)
     }
 
     /// Streams the snapshot into a temporary file, checks it is a walrep

@@ -155,6 +155,17 @@ pub fn lookup(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<(Vec<u8>
         .optional()
 }
 
+/// Checkpoints every frame of SQLite's WAL into the database file,
+/// waiting (busy timeout) for readers of older states to finish; true if
+/// it got them all. The caller holds the only writer.
+pub fn checkpoint_all(conn: &Connection) -> rusqlite::Result<bool> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(busy == 0 && log >= 0 && log == done)
+}
+
 /// Runs a passive checkpoint: true if every frame of SQLite's WAL is now
 /// in the database file (and so fsynced: in WAL mode SQLite syncs the WAL
 /// before a checkpoint and the database after it).

@@ -1,12 +1,17 @@
 //! Snapshots of the SQLite store: built beside applies, streamed, and
 //! swapped in atomically, with memory bounded by one copy buffer.
 //!
-//! Build (`write`): SQLite's online backup copies every page of the
-//! database into `snapshot-<n>.tmp` in one step, which is one read
-//! transaction on a connection of its own: in WAL journal mode the writer
-//! goes on meanwhile. The copy holds its own `walrep_state`, so its LSN is
-//! read from it: exactly what it covers. The file is then streamed to
-//! walrep and removed.
+//! Build (`pin`, then `Pinned::write`): with the writer held for a moment,
+//! a checkpoint puts every frame of SQLite's WAL into the database file,
+//! then a read transaction begins on a connection of its own. With the WAL
+//! fully checkpointed, SQLite has that reader read the database file alone
+//! under its read lock 0, and no checkpoint copies a frame into the file
+//! while that lock is held (`walTryBeginRead` and `walCheckpoint` in
+//! SQLite's wal.c): the file stays exactly the state the reader sees,
+//! whose `walrep_state` gives the LSN. The writer is released and applies
+//! go on (into SQLite's WAL) while the file's bytes stream to walrep: no
+//! copy of the store on disk, no per-page work (an online-backup copy to a
+//! temporary file first took longer than the transfer itself).
 //!
 //! Restore (`receive`, `swap_in`): the bytes stream into `restore.tmp`,
 //! which is fsynced and checked (the SQLite header, the length the header
@@ -23,10 +28,8 @@
 use super::STORE_FILE;
 use super::schema::{self, StoredState};
 use rusqlite::Connection;
-use rusqlite::backup::{Backup, StepResult};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use walrep::{Lsn, StateMachineError};
 
 /// Bytes moved per read and write when streaming a file.
@@ -57,7 +60,7 @@ impl Drop for TempFile {
     }
 }
 
-/// Removes what an interrupted snapshot or restore left in `dir`, and the
+/// Removes what an interrupted restore left in `dir`, and the
 /// `-wal`/`-shm` files of a store that is not there (a new store must not
 /// replay another file's WAL).
 pub fn clean_up(dir: &Path) -> Result<(), StateMachineError> {
@@ -86,54 +89,83 @@ fn remove_journal_files(dir: &Path) -> Result<(), StateMachineError> {
     Ok(())
 }
 
-/// Copies the store at `store` with the online backup and streams the
-/// copy to `out`; returns the LSN the copy holds.
-pub fn write(dir: &Path, store: &Path, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let copy = TempFile(Some(dir.join(format!("snapshot-{n}.tmp"))));
-    let path = copy.0.clone().expect("a path");
-    let sql = |what: &str| {
-        let what = format!("{what} (snapshot copy {})", path.display());
+/// Pins one state of the store at `store` and streams its file to `out`;
+/// returns the LSN that state holds. `writer` is the store's read-write
+/// connection, locked by the caller: no commit happens until `pin`
+/// returns.
+pub fn pin(writer: &Connection, store: &Path) -> Result<Pinned, StateMachineError> {
+    let sql = |what: &'static str| {
+        let what = format!("{what} for a snapshot of {}", store.display());
         move |e: rusqlite::Error| StateMachineError::with_source(what, e)
     };
-    let started = std::time::Instant::now();
-    let lsn = {
-        let (source, _) = schema::read_only(store)?;
-        let mut dest = Connection::open(&path).map_err(sql("creating"))?;
-        // A scratch file: no journal, no fsync (walrep checksums what it
-        // sends, and a copy cut short by a crash is removed at start).
-        dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-            .map_err(sql("configuring"))?;
-        {
-            let backup = Backup::new(&source, &mut dest).map_err(sql("starting the backup"))?;
-            // All pages in one step: one read transaction, one state.
-            match backup.step(-1).map_err(sql("copying"))? {
-                StepResult::Done => {}
-                other => {
-                    return Err(StateMachineError::new(format!(
-                        "copying {} for a snapshot did not finish ({other:?}); the next \
-                         request builds another",
-                        store.display()
-                    )));
-                }
-            }
+    // Every frame of SQLite's WAL into the database file...
+    if !schema::checkpoint_all(writer).map_err(sql("checkpointing"))? {
+        return Err(StateMachineError::new(format!(
+            "a snapshot of {} needs a complete checkpoint and another reader kept it from \
+             finishing; the next request tries again",
+            store.display()
+        )));
+    }
+    // ...so a read transaction begun now, with the WAL fully backfilled,
+    // reads the database file alone and holds SQLite's read lock 0, which
+    // no checkpoint can pass: the file stays this state until it ends
+    // (the writer goes on appending to the WAL).
+    let reader = Connection::open_with_flags(
+        store,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql("opening a reader"))?;
+    reader
+        .execute_batch("BEGIN")
+        .map_err(sql("beginning a read transaction"))?;
+    let state = schema::read_state(&reader).map_err(sql("reading walrep_state"))?;
+    let pages: u64 = reader
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .map_err(sql("reading the page count"))? as u64;
+    let page_size: u64 = reader
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+        .map_err(sql("reading the page size"))? as u64;
+    Ok(Pinned {
+        reader,
+        lsn: state.applied,
+        len: pages * page_size,
+        path: store.to_path_buf(),
+    })
+}
+
+/// A state of the store held still by an open read transaction.
+pub struct Pinned {
+    /// Ends the read transaction when dropped.
+    reader: Connection,
+    pub lsn: Lsn,
+    len: u64,
+    path: PathBuf,
+}
+
+impl Pinned {
+    /// Streams the pinned state's `len` bytes of the database file.
+    pub fn write(self, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
+        let started = std::time::Instant::now();
+        let shown = self.path.display();
+        let mut file = std::fs::File::open(&self.path)
+            .map_err(io(format!("opening {shown}")))?
+            .take(self.len);
+        let bytes = copy_all(&mut file, out).map_err(io(format!("streaming {shown}")))?;
+        if bytes != self.len {
+            return Err(StateMachineError::new(format!(
+                "{shown} ended after {bytes} of the {} bytes its header announced",
+                self.len
+            )));
         }
-        let state = schema::read_state(&dest).map_err(sql("reading walrep_state"))?;
-        dest.close().map_err(|(_, e)| e).map_err(sql("closing"))?;
-        state.applied
-    };
-    let copied = started.elapsed();
-    let mut file = std::fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-    let bytes = copy_all(&mut file, out).map_err(io(format!("streaming {}", path.display())))?;
-    tracing::info!(
-        %lsn,
-        bytes,
-        backup_ms = copied.as_millis() as u64,
-        stream_ms = (started.elapsed() - copied).as_millis() as u64,
-        "SQLite snapshot written"
-    );
-    Ok(lsn)
+        drop(self.reader);
+        tracing::info!(
+            lsn = %self.lsn,
+            bytes,
+            stream_ms = started.elapsed().as_millis() as u64,
+            "SQLite snapshot written"
+        );
+        Ok(self.lsn)
+    }
 }
 
 /// Copies `from` into `to` through one buffer of `COPY_BUFFER` bytes.
