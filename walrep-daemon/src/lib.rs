@@ -19,7 +19,7 @@
 //! error.rs    what a command can fail with, and its exit status
 //! engine.rs   the engine a node hosts: kv or sqlite (the `engine` setting)
 //! kv/         the demo key-value engine (a `StateMachine` over a file snapshot)
-//! sqlite/     the SQLite engine (one database file, snapshots by online backup)
+//! sqlite/     the SQLite engine (one database file, streamed as the snapshot)
 //! ```
 //!
 //! The binary (`src/main.rs`) only calls [`main`].
