@@ -89,10 +89,11 @@ fn remove_journal_files(dir: &Path) -> Result<(), StateMachineError> {
     Ok(())
 }
 
-/// Pins one state of the store at `store` and streams its file to `out`;
-/// returns the LSN that state holds. `writer` is the store's read-write
-/// connection, locked by the caller: no commit happens until `pin`
-/// returns.
+/// Pins the current state of the store at `store`: its database file
+/// holds that state, and only it, until the returned `Pinned` is written
+/// or dropped. `writer` is the store's read-write connection, locked by
+/// the caller so that no commit happens until `pin` returns; an error if
+/// another reader keeps the checkpoint from completing.
 pub fn pin(writer: &Connection, store: &Path) -> Result<Pinned, StateMachineError> {
     let sql = |what: &'static str| {
         let what = format!("{what} for a snapshot of {}", store.display());
