@@ -167,7 +167,10 @@ pub trait StateMachine: Send + Sync + 'static {
     /// without the effect loses it. The daemon's demo KV engine
     /// (`walrep-daemon/src/kv/`: `KvStore::persist_snapshot` and
     /// `snapshot_file.rs`) writes the map and its LSN into one file that it
-    /// replaces atomically, and answers `durable_lsn()` with that file's LSN.
+    /// replaces atomically, and answers `durable_lsn()` with that file's LSN;
+    /// its SQLite engine (`walrep-daemon/src/sqlite/`) writes the LSN in the
+    /// transaction of each batch and answers `durable_lsn()` with what its
+    /// last checkpoint fsynced.
     fn durable_lsn(&self) -> Lsn {
         Lsn::ZERO
     }

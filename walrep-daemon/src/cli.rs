@@ -85,6 +85,8 @@ pub enum Command {
     BenchFailover(bench::failover::FailoverArgs),
     /// Benchmark: the write pause of a planned switchover.
     BenchSwitchover(bench::switchover::SwitchoverArgs),
+    /// Benchmark: loopback TCP copy and durable write of N bytes, the floor of a resync.
+    BenchFloor(bench::floor::FloorArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,9 +135,11 @@ pub struct NodeArgs {
     /// Where the other node serves replication (host:port). Required.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer: Option<String>,
-    /// Where this node keeps wal/, kv/ and rewound/. Required.
+    /// Where this node keeps wal/, its engine's state (kv/ or sqlite/) and rewound/. Required.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    #[arg(long, help = help("engine", "The engine the node hosts: kv (the in-memory demo map) or sqlite (one SQLite file)"))]
+    pub engine: Option<String>,
     #[arg(long, help = help("role", "Role on a fresh data dir: primary or standby"))]
     pub role: Option<String>,
     #[arg(long, value_name = "IP:PORT", help = help("listen", "Replication (gRPC) listen address"))]
@@ -207,6 +211,7 @@ impl NodeArgs {
             ("peer_id", &self.peer_id),
             ("peer", &self.peer),
             ("data_dir", &self.data_dir),
+            ("engine", &self.engine),
             ("role", &self.role),
             ("listen", &self.listen),
             ("http", &self.http),
@@ -368,6 +373,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::BenchSwitchover(args) => {
             bench_done(until_interrupted(bench::switchover::run(args)).await)
         }
+        Command::BenchFloor(args) => bench_done(until_interrupted(bench::floor::run(args)).await),
     }
 }
 

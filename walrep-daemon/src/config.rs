@@ -9,6 +9,7 @@
 //! a bad value is refused with the setting's name and the layer it came
 //! from, before anything is bound or written.
 
+use super::engine::EngineKind;
 use super::error::DaemonError;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +54,7 @@ pub const SETTINGS: &[Setting] = &[
     s("peer_id", None),
     s("peer", None),
     s("data_dir", None),
+    s("engine", Some(|| EngineKind::default().to_string())),
     s("role", Some(|| InitialRole::default().to_string())),
     // The library's default advertised address is where it listens.
     s(
@@ -186,6 +188,8 @@ impl fmt::Display for Source {
 pub struct NodeSettings {
     pub cfg: Config,
     pub data_dir: PathBuf,
+    /// The engine the node hosts (its state in `data_dir/<engine>/`).
+    pub engine: EngineKind,
     /// Where gRPC (replication) is served.
     pub listen: SocketAddr,
     /// Where the HTTP API is served.
@@ -344,6 +348,7 @@ impl Layers {
                     Ok(PathBuf::from(v))
                 }
             })?;
+        let engine: EngineKind = self.with_default("engine", |v| v.parse())?;
         let initial_role: InitialRole = self.with_default("role", |v| v.parse())?;
         let listen: SocketAddr = self.with_default("listen", socket_addr)?;
         let http: SocketAddr = self.with_default("http", socket_addr)?;
@@ -481,6 +486,7 @@ impl Layers {
         Ok(NodeSettings {
             cfg,
             data_dir,
+            engine,
             listen,
             http,
             advertise_from_listen,
@@ -908,6 +914,22 @@ mod tests {
         assert_eq!(
             e,
             "invalid configuration: max_batch_bytes must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn the_engine_is_kv_unless_set_and_a_wrong_name_is_refused() {
+        assert_eq!(
+            resolve(base_flags(), None, &[]).unwrap().engine,
+            EngineKind::Kv
+        );
+        let s = resolve(base_flags(), Some("engine = \"sqlite\"\n"), &[]).unwrap();
+        assert_eq!(s.engine, EngineKind::Sqlite);
+        let e = err(resolve(base_flags(), None, &[("WALREP_ENGINE", "redb")]));
+        assert!(
+            e.contains("invalid value for engine (from WALREP_ENGINE)")
+                && e.contains("kv or sqlite"),
+            "{e}"
         );
     }
 

@@ -10,6 +10,7 @@
 //! way out (`Drop`), errors and panics included.
 
 use super::client::HttpClient;
+use super::engine::EngineKind;
 use super::error::DaemonError;
 use super::pair::{Pair, PairOptions, STEP};
 use clap::Args;
@@ -39,6 +40,9 @@ pub struct DemoArgs {
     /// Silence after which the standby promotes itself.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub failover_timeout_ms: u64,
+    /// The engine both nodes host: kv or sqlite.
+    #[arg(long, default_value_t = EngineKind::Kv)]
+    pub engine: EngineKind,
     /// Concurrent writers.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
@@ -125,6 +129,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         &PairOptions {
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
+            extra: vec![("engine", a.engine.to_string())],
             ..PairOptions::defaults(mode)
         },
     )?;
@@ -133,8 +138,8 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         println!("  {}: HTTP {}, log {}", n.name, n.http, n.log.display());
     }
     println!(
-        "  commit mode {mode}, heartbeat {} ms, failover after {} ms of silence",
-        a.heartbeat_ms, a.failover_timeout_ms
+        "  engine {}, commit mode {mode}, heartbeat {} ms, failover after {} ms of silence",
+        a.engine, a.heartbeat_ms, a.failover_timeout_ms
     );
     pair.start(mode).await?;
     let Pair { mut n1, mut n2, .. } = pair;

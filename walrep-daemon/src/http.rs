@@ -14,7 +14,8 @@
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
-use crate::kv::{Command, KvStore};
+use crate::engine::Engine;
+use crate::kv::Command;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -37,7 +38,7 @@ pub const MAX_KEY_BYTES: usize = 1024;
 
 pub struct AppState {
     pub replica: Arc<Replica>,
-    pub kv: Arc<KvStore>,
+    pub engine: Engine,
     pub metrics: DaemonMetrics,
     /// Largest encoded command (key + value + 5 bytes of framing).
     pub max_record_bytes: usize,
@@ -53,7 +54,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         replica: Arc<Replica>,
-        kv: Arc<KvStore>,
+        engine: Engine,
         metrics: DaemonMetrics,
         max_record_bytes: usize,
         write_budget_bytes: usize,
@@ -61,7 +62,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             replica,
-            kv,
+            engine,
             metrics,
             max_record_bytes,
             token,
@@ -197,7 +198,7 @@ impl AppState {
     }
 
     fn health(&self) -> HealthReport {
-        HealthReport::new(&self.replica.health(), self.kv.state_hash())
+        HealthReport::new(&self.replica.health(), self.engine.state_hash())
     }
 }
 
@@ -277,11 +278,19 @@ async fn get_key(
         Ok(k) => k,
         Err(msg) => return s.bad_request(msg),
     };
-    match s.kv.get(&key) {
-        Some(value) => {
+    match s.engine.get(&key) {
+        Ok(Some(value)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, "key not found".into(), None),
+        Ok(None) => error(StatusCode::NOT_FOUND, "key not found".into(), None),
+        Err(e) => {
+            s.metrics.http_rejected("internal");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the key failed: {}", e.chain()),
+                None,
+            )
+        }
     }
 }
 

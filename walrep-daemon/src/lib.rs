@@ -1,5 +1,6 @@
-//! The `walrep` daemon: hosts the demo KV engine on top of the library so
-//! two processes form a primary/standby pair with automatic failover.
+//! The `walrep` daemon: hosts a key-value engine (the demo KV engine or
+//! SQLite) on top of the library so two processes form a primary/standby
+//! pair with automatic failover.
 //!
 //! ```text
 //! cli.rs      the command line (clap): node, put/get/delete, status,
@@ -16,7 +17,9 @@
 //! demo.rs     `walrep demo`: two child processes, a crash, a failover
 //! bench/      `walrep bench-*`: the load generator and benchmarks
 //! error.rs    what a command can fail with, and its exit status
+//! engine.rs   the engine a node hosts: kv or sqlite (the `engine` setting)
 //! kv/         the demo key-value engine (a `StateMachine` over a file snapshot)
+//! sqlite/     the SQLite engine (one database file, streamed as the snapshot)
 //! ```
 //!
 //! The binary (`src/main.rs`) only calls [`main`].
@@ -29,6 +32,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod http_server;
@@ -38,6 +42,7 @@ pub mod metrics;
 pub mod node;
 pub mod pair;
 pub mod process;
+pub mod sqlite;
 
 pub use error::DaemonError;
 

@@ -1,11 +1,12 @@
 //! Running one node: bind both listeners (so a port in use fails before
 //! anything is written), open the data dir, start the replica (which
-//! serves replication on its listener), serve the HTTP API, persist KV
-//! snapshots, shut down cleanly.
+//! serves replication on its listener), serve the HTTP API, persist the
+//! engine's state, shut down cleanly.
 //!
 //! ```text
 //! DIR/wal/       FileWal (meta + segments)
-//! DIR/kv/        KvStore snapshot (kv.snapshot)
+//! DIR/kv/        KvStore snapshot (kv.snapshot), with --engine kv
+//! DIR/sqlite/    SQLite database (store.db and its -wal), with --engine sqlite
 //! DIR/rewound/   records dropped by a rewind, for the operator
 //! DIR/snapshots/ snapshots built for (primary) or received from (standby)
 //!                the peer during a resync; builds are removed at start, a
@@ -17,7 +18,7 @@ use super::error::DaemonError;
 use super::http::{AppState, router};
 use super::identity;
 use super::metrics::DaemonMetrics;
-use crate::kv::KvStore;
+use crate::engine::Engine;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use walrep::Replica;
-use walrep::StateMachine;
 use walrep::{FileWal, FileWalOptions};
 use walrep::{Health, Replicator};
 
@@ -39,7 +39,7 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub replica: Arc<Replica>,
-    pub kv: Arc<KvStore>,
+    pub engine: Engine,
     stop_http: CancellationToken,
     stop_rest: CancellationToken,
     http: JoinHandle<()>,
@@ -92,9 +92,14 @@ impl RunningNode {
             },
         )
         .map_err(|e| DaemonError::Failed(format!("opening the WAL in {}: {e}", dir.display())))?;
-        let kv = Arc::new(KvStore::open(dir.join("kv")).map_err(|e| {
-            DaemonError::Failed(format!("opening the KV store in {}: {e}", dir.display()))
-        })?);
+        let engine = Engine::open(settings.engine, dir).map_err(|e| {
+            DaemonError::Failed(format!(
+                "opening the {} engine in {}: {}",
+                settings.engine,
+                dir.display(),
+                e.chain()
+            ))
+        })?;
         info!(
             node = %cfg.node_id,
             peer = %cfg.peer_id,
@@ -103,7 +108,8 @@ impl RunningNode {
             %http_addr,
             data_dir = %dir.display(),
             commit_mode = %cfg.commit_mode,
-            snapshot_lsn = %kv.applied_lsn(),
+            engine = %engine.kind(),
+            applied_lsn = %engine.state_machine().applied_lsn(),
             "starting node"
         );
         let tls = match &settings.tls {
@@ -125,7 +131,7 @@ impl RunningNode {
         // The replica serves replication on the listener bound above (over
         // mutual TLS when configured) and stops that server in its own
         // shutdown.
-        let mut builder = Replica::builder(cfg.clone(), Arc::new(wal), kv.clone())
+        let mut builder = Replica::builder(cfg.clone(), Arc::new(wal), engine.state_machine())
             .rewound_dir(dir.join("rewound"))
             .snapshot_dir(dir.join("snapshots"))
             .serve_on(grpc_listener);
@@ -139,7 +145,7 @@ impl RunningNode {
         let stop_rest = CancellationToken::new();
         let state = Arc::new(AppState::new(
             replica.clone(),
-            kv.clone(),
+            engine.clone(),
             DaemonMetrics::new(replica.clone()),
             cfg.max_record_bytes,
             settings.http_write_budget_bytes,
@@ -175,7 +181,7 @@ impl RunningNode {
             tokio::spawn(reload_on_sighup(tls, stop_rest.clone()));
         }
         let snapshots = tokio::spawn(snapshot_loop(
-            kv.clone(),
+            engine.clone(),
             replica.subscribe(),
             settings.snapshot_records,
             settings.snapshot_interval,
@@ -185,7 +191,7 @@ impl RunningNode {
             grpc_addr,
             http_addr,
             replica,
-            kv,
+            engine,
             stop_http,
             stop_rest,
             http,
@@ -203,7 +209,7 @@ impl RunningNode {
         self.replica.shutdown().await;
         self.stop_rest.cancel();
         let _ = self.snapshots.await;
-        persist(&self.kv).await;
+        persist(&self.engine).await;
         info!("stopped");
     }
 }
@@ -272,45 +278,46 @@ async fn reload_on_sighup(tls: walrep::Tls, stop: CancellationToken) {
     }
 }
 
-async fn persist(kv: &Arc<KvStore>) {
-    let kv = kv.clone();
-    match tokio::task::spawn_blocking(move || kv.persist_snapshot()).await {
-        Ok(Ok(lsn)) => tracing::debug!(%lsn, "KV snapshot persisted"),
-        Ok(Err(e)) => warn!(error = %e, "persisting the KV snapshot failed"),
+async fn persist(engine: &Engine) {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || engine.persist()).await {
+        Ok(Ok(lsn)) => tracing::debug!(%lsn, "engine state persisted"),
+        Ok(Err(e)) => warn!(error = %e.chain(), "persisting the engine's state failed"),
         Err(e) => warn!(error = %e, "the snapshot task panicked"),
     }
 }
 
-/// Persists a KV snapshot every `every` applied records (or as many as the
-/// store has keys, if more), or every `interval` when anything new was
-/// applied, so a restart replays only the WAL after it (and the WAL before
-/// it may be removed). A snapshot writes the whole store (from a frozen
-/// copy: applies go on meanwhile), so it is scaled to the store's size to
-/// keep its disk and CPU cost per applied record bounded.
+/// Persists the engine's state (a KV snapshot, an SQLite checkpoint) every
+/// `every` applied records (a KV engine: or as many as the store has keys,
+/// if more), or every `interval` when anything new was applied, so a
+/// restart replays only the WAL after it (and the WAL before it may be
+/// removed). A KV snapshot writes the whole store (from a frozen copy:
+/// applies go on meanwhile), so it is scaled to the store's size to keep
+/// its disk and CPU cost per applied record bounded.
 async fn snapshot_loop(
-    kv: Arc<KvStore>,
+    engine: Engine,
     mut health: watch::Receiver<Health>,
     every: u64,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let sm = engine.state_machine();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         let due = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => kv.applied_lsn() > kv.durable_lsn(),
+            _ = tick.tick() => sm.applied_lsn() > sm.durable_lsn(),
             changed = health.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let every = every.max(kv.len() as u64);
-                kv.applied_lsn().0 >= kv.durable_lsn().0 + every
+                sm.applied_lsn().0 >= sm.durable_lsn().0 + engine.persist_every(every)
             }
         };
         if due {
-            persist(&kv).await;
+            persist(&engine).await;
         }
     }
 }

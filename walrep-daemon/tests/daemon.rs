@@ -1094,3 +1094,140 @@ fn bench_commands_refuse_bad_values_by_name() {
         "{stderr}"
     );
 }
+
+// ------------------------------------------------------ the SQLite engine
+
+/// What `walrep_state` of node `name`'s SQLite store holds.
+fn sqlite_state(dir: &std::path::Path) -> walrep_daemon::sqlite::StoredState {
+    let path = dir.join("sqlite").join(walrep_daemon::sqlite::STORE_FILE);
+    walrep_daemon::sqlite::SqliteStore::inspect(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {}", path.display(), e.chain()))
+}
+
+/// Writes `key` until the node acknowledges it (the first writes after
+/// the standby is lost wait `sync_timeout_ms`, then the primary goes on
+/// alone).
+async fn put_until_acked(client: &mut HttpClient, key: &str, value: bytes::Bytes) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.put(key, value.clone()).await {
+            Ok(reply) => return reply.lsn,
+            Err(e) => assert!(Instant::now() < deadline, "writing {key}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A standby SIGKILLed while writes stream to it has records in its WAL
+/// that SQLite has, or has not, committed; restarted, it replays only
+/// those after the LSN its database holds. `records_applied`, counted in
+/// the same transactions, would exceed `applied_lsn` after a double apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_a_sqlite_node_applies_nothing_twice() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut p = proc_pair(&[("engine", "sqlite"), ("snapshot_records", "50")]).await;
+    let (acks, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let writer = {
+        let (addr, acks, stop) = (p.n1.http.clone(), acks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut client = HttpClient::new(&addr);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                put_until_acked(&mut client, &format!("k{i}"), "v".into()).await;
+                acks.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        })
+    };
+    let acked_at_least = |n: u64| {
+        let acks = acks.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while acks.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "fewer than {n} writes acknowledged"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    acked_at_least(150).await;
+    p.n2.kill();
+    p.n2.spawn().expect("n2 restarts");
+    wait_health(&p.n2.http, "streaming standby again", is_streaming_standby).await;
+    let after = acks.load(Ordering::SeqCst);
+    acked_at_least(after + 100).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    let last = health(&p.n1.http).await.last_lsn;
+    let h2 = wait_health(&p.n2.http, "caught up", |h| h.applied_lsn == last).await;
+    assert_eq!(h2.state_hash, health(&p.n1.http).await.state_hash);
+    for node in [&p.n1, &p.n2] {
+        let state = sqlite_state(&node.data_dir);
+        assert_eq!(state.applied.0, last, "{}", node.name);
+        assert_eq!(
+            state.records_applied, last,
+            "{}: {} applies for {last} records",
+            node.name, state.records_applied
+        );
+    }
+}
+
+/// A standby wiped while the primary went on alone past its WAL bound
+/// resyncs from the primary's SQLite snapshot (many chunks), then takes
+/// over when the primary is SIGKILLed, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_sqlite_standby_resyncs_from_a_streamed_snapshot_and_takes_over() {
+    let mut p = proc_pair(&[
+        ("engine", "sqlite"),
+        ("snapshot_records", "10"),
+        ("snapshot_interval_ms", "100"),
+        ("wal_retention_bytes", "1048576"),
+        ("snapshot_chunk_bytes", "262144"),
+    ])
+    .await;
+    p.n2.kill();
+    // More than one 64 MiB WAL segment, so the first one goes.
+    let value = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    let mut client = p.n1.client();
+    let mut i = 0;
+    while health(&p.n1.http).await.first_lsn <= 1 {
+        assert!(
+            i < 200,
+            "the primary's WAL kept its first record after {i} MiB"
+        );
+        put_until_acked(&mut client, &format!("big{i}"), value.clone()).await;
+        i += 1;
+    }
+    let small = write_all(&p.n1.http, "small", 20).await;
+    std::fs::remove_dir_all(&p.n2.data_dir).unwrap();
+
+    p.n2.spawn().expect("n2 starts on an empty data dir");
+    let last = health(&p.n1.http).await.last_lsn;
+    let h2 = wait_health(&p.n2.http, "resynced standby", |h| {
+        h.role == "standby" && h.applied_lsn >= last
+    })
+    .await;
+    let log = std::fs::read_to_string(&p.n2.log).unwrap();
+    assert!(log.contains("restored from snapshot"), "{log}");
+    assert_eq!(h2.state_hash, health(&p.n1.http).await.state_hash);
+    let restored = sqlite_state(&p.n2.data_dir);
+    assert_eq!((restored.applied.0, restored.records_applied), (last, last));
+
+    wait_health(&p.n2.http, "streaming standby", is_streaming_standby).await;
+    let more = write_all(&p.n1.http, "more", 10).await;
+    p.n1.kill();
+    wait_health(&p.n2.http, "writable primary", is_writable_primary).await;
+    let after = write_all(&p.n2.http, "after", 10).await;
+    for acked in [&small, &more, &after] {
+        assert_all_readable(&p.n2.http, acked).await;
+    }
+    let mut c = HttpClient::new(&p.n2.http);
+    assert_eq!(c.get("big0").await.unwrap(), Some(value));
+}

@@ -5,6 +5,7 @@
 
 use super::load::{self, Keys, Load};
 use super::{emit_json, r3};
+use crate::engine::EngineKind;
 use crate::error::DaemonError;
 use crate::pair::{Pair, PairOptions, temp_dir};
 use clap::Args;
@@ -30,6 +31,9 @@ pub struct CommitArgs {
     /// Size of each written value.
     #[arg(long, default_value_t = 100)]
     pub value_bytes: usize,
+    /// The engine both nodes host: kv or sqlite.
+    #[arg(long, default_value_t = EngineKind::Kv)]
+    pub engine: EngineKind,
     /// Also print each result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -82,7 +86,8 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
     }
     let root = a.dir.clone().unwrap_or_else(|| temp_dir("bench-pair"));
     eprintln!(
-        "bench-pair: {} byte values, {} s per run after {} s of warm-up, nodes in {}",
+        "bench-pair: {} engine, {} byte values, {} s per run after {} s of warm-up, nodes in {}",
+        a.engine,
         a.value_bytes,
         a.seconds,
         a.warmup_seconds,
@@ -94,7 +99,11 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
     );
     for mode in modes {
         let dir = root.join(mode.as_str());
-        let mut pair = Pair::new(&dir, &PairOptions::defaults(mode))?;
+        let options = PairOptions {
+            extra: vec![("engine", a.engine.to_string())],
+            ..PairOptions::defaults(mode)
+        };
+        let mut pair = Pair::new(&dir, &options)?;
         pair.start(mode).await?;
         for &clients in &a.clients {
             let load = Load {

@@ -9,6 +9,7 @@
 //! commit.rs      bench-pair: commit latency and throughput per mode and writer count
 //! catchup.rs     bench-catchup: a standby catching up a WAL backlog, MB/s and peak RSS
 //! failover.rs    bench-failover: SIGKILL of the primary to the first write on the new one
+//! floor.rs       bench-floor: loopback TCP copy and durable write of N bytes (a resync's floor)
 //! switchover.rs  bench-switchover: the write pause of a planned switchover
 //! load.rs        writers, latency percentiles, following the leader
 //! ```
@@ -17,6 +18,7 @@ pub mod big_values;
 pub mod catchup;
 pub mod commit;
 pub mod failover;
+pub mod floor;
 pub mod load;
 pub mod switchover;
 

@@ -29,15 +29,22 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     walrep_daemon::pair::free_ports(n).expect("free loopback ports")
 }
 
-/// The pair settings of the tests: their timings, `extra` on top, the
-/// binary under test logging at info.
+/// Runs the process tests (and the chaos suite) on this engine, `kv` if
+/// unset: `WALREP_TEST_ENGINE=sqlite cargo test -p walrep-daemon --test chaos`.
+pub const ENGINE_ENV: &str = "WALREP_TEST_ENGINE";
+
+/// The pair settings of the tests: their timings, the engine of
+/// `WALREP_TEST_ENGINE`, `extra` on top, the binary under test logging at
+/// info.
 pub fn test_options(extra: &[(&'static str, &str)]) -> PairOptions {
     let mut extra: Flags = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let engine = std::env::var(ENGINE_ENV).unwrap_or_else(|_| "kv".into());
     extra.splice(
         0..0,
         [
             ("sync_timeout_ms", SYNC_TIMEOUT_MS.to_string()),
             ("rpc_timeout_ms", "300".into()),
+            ("engine", engine),
         ],
     );
     PairOptions {

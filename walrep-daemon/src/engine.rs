@@ -1,0 +1,138 @@
+//! The engine a node hosts: the demo KV engine (`kv`, the default) or
+//! SQLite (`sqlite`), chosen with the `engine` setting. Both serve the same
+//! HTTP KV API and WAL commands (`kv::Command`); this is all the node and
+//! the HTTP API see of them.
+//!
+//! A data dir holds one engine's state (`DIR/kv/` or `DIR/sqlite/`); a node
+//! started with the other engine on it is refused rather than left to
+//! resync everything.
+
+use crate::kv::KvStore;
+use crate::sqlite::SqliteStore;
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+use walrep::{Lsn, StateMachine, StateMachineError};
+
+/// Which engine a node runs (the `engine` setting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The in-memory demo map with file snapshots (`kv/`).
+    #[default]
+    Kv,
+    /// One SQLite database file (`sqlite/`).
+    Sqlite,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Kv, EngineKind::Sqlite];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Kv => "kv",
+            EngineKind::Sqlite => "sqlite",
+        }
+    }
+
+    /// Where its state lives in a node's data dir.
+    fn subdir(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EngineKind, String> {
+        EngineKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an engine (kv or sqlite)"))
+    }
+}
+
+/// An open engine, shared by the replicator, the HTTP API and the
+/// node's periodic persist.
+#[derive(Clone)]
+pub enum Engine {
+    Kv(Arc<KvStore>),
+    Sqlite(Arc<SqliteStore>),
+}
+
+impl Engine {
+    /// Opens `kind`'s state in `data_dir`, refusing a data dir that holds
+    /// the other engine's.
+    pub fn open(kind: EngineKind, data_dir: &Path) -> Result<Engine, StateMachineError> {
+        for other in EngineKind::ALL.into_iter().filter(|k| *k != kind) {
+            let theirs = data_dir.join(other.subdir());
+            if theirs.exists() {
+                return Err(StateMachineError::new(format!(
+                    "{} holds the state of the {other} engine ({}); start with --engine \
+                     {other}, or use another data dir for the {kind} engine",
+                    data_dir.display(),
+                    theirs.display()
+                )));
+            }
+        }
+        let dir = data_dir.join(kind.subdir());
+        Ok(match kind {
+            EngineKind::Kv => Engine::Kv(Arc::new(KvStore::open(dir)?)),
+            EngineKind::Sqlite => Engine::Sqlite(Arc::new(SqliteStore::open(dir)?)),
+        })
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Kv(_) => EngineKind::Kv,
+            Engine::Sqlite(_) => EngineKind::Sqlite,
+        }
+    }
+
+    /// What the replicator applies to.
+    pub fn state_machine(&self) -> Arc<dyn StateMachine> {
+        match self {
+            Engine::Kv(kv) => kv.clone(),
+            Engine::Sqlite(s) => s.clone(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StateMachineError> {
+        match self {
+            Engine::Kv(kv) => Ok(kv.get(key)),
+            Engine::Sqlite(s) => s.get(key),
+        }
+    }
+
+    /// Equal on two nodes of the same engine iff their states are.
+    pub fn state_hash(&self) -> u64 {
+        match self {
+            Engine::Kv(kv) => kv.state_hash(),
+            Engine::Sqlite(s) => s.state_hash(),
+        }
+    }
+
+    /// Makes the applied state durable (KV: writes its snapshot file;
+    /// SQLite: checkpoints) so walrep may trim the WAL before it.
+    pub fn persist(&self) -> Result<Lsn, StateMachineError> {
+        match self {
+            Engine::Kv(kv) => kv.persist_snapshot(),
+            Engine::Sqlite(s) => s.persist(),
+        }
+    }
+
+    /// Applied records between two persists when `every` is asked for: a
+    /// KV snapshot writes the whole map, so it waits for as many records
+    /// as the map has keys; a checkpoint costs what was written since the
+    /// last one.
+    pub fn persist_every(&self, every: u64) -> u64 {
+        match self {
+            Engine::Kv(kv) => every.max(kv.len() as u64),
+            Engine::Sqlite(_) => every,
+        }
+    }
+}
