@@ -229,7 +229,9 @@ pub struct Config {
     /// fsync. That saves two thread hand-offs and an ack per batch (on this
     /// project's machine: 1-writer commit latency 0.30 -> 0.27 ms, 16
     /// writers +12 % writes/s) but blocks that thread during each fsync, so
-    /// a slow disk stalls the standby's other tasks as long. Off for an
+    /// a slow disk stalls the standby's other tasks as long; an inline
+    /// fsync that stalls (1 ms or more) hands the fsyncs to the flusher for
+    /// the next second, which overlaps them with a stalled one. Off for an
     /// engine that embeds walrep on a shared runtime; the daemon turns it on.
     pub standby_sync_inline: bool,
     /// Breaks G2 on purpose: the primary acknowledges sync-mode writes at

@@ -1,5 +1,13 @@
 //! Makes appended records durable off the actor: one fsync covers every
 //! append that arrived while the previous one ran (group commit).
+//!
+//! On a real disk a second fsync may start while one is in flight, for
+//! what was appended since the first started: when the disk stalls, those
+//! records are durable soon after the stalled fsync ends rather than one
+//! whole fsync later (the WAL publishes the rounds in order, see
+//! `wal/file/rounds.rs`). At most `MAX_IN_FLIGHT`; a simulated WAL (whose
+//! sync does not block) syncs one at a time, inline, so runs stay
+//! reproducible.
 
 use super::Msg;
 use super::tasks::Tasks;
@@ -8,8 +16,83 @@ use crate::types::Lsn;
 use crate::wal::WalStore;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Fsyncs in flight at once on a WAL that may block.
+const MAX_IN_FLIGHT: usize = 2;
 
 pub(super) fn spawn(
+    wal: Arc<dyn WalStore>,
+    appended: watch::Receiver<Lsn>,
+    tx: mpsc::Sender<Msg>,
+) -> Tasks {
+    if !wal.may_block() {
+        return spawn_one_at_a_time(wal, appended, tx);
+    }
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(overlapping(wal, appended, tx, cancel.clone()));
+    Tasks::new(cancel, vec![handle])
+}
+
+/// The flusher on a real disk: starts an fsync whenever something was
+/// appended past what the fsyncs in flight cover and fewer than
+/// `MAX_IN_FLIGHT` are running. Not cancellation-safe by design: an fsync
+/// in progress runs to completion and its result is always reported.
+async fn overlapping(
+    wal: Arc<dyn WalStore>,
+    mut appended: watch::Receiver<Lsn>,
+    tx: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+) {
+    let mut in_flight: JoinSet<Result<Lsn, String>> = JoinSet::new();
+    // What the fsyncs started so far cover at least.
+    let mut covered = wal.flushed_lsn();
+    let mut reported = Lsn::ZERO;
+    let mut stopping = false;
+    loop {
+        let target = *appended.borrow_and_update();
+        if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(wal.flushed_lsn()) {
+            // The fsync covers at least `target`: it was appended before.
+            covered = target;
+            let w = wal.clone();
+            in_flight
+                .spawn_blocking(move || w.sync().map_err(|e| format!("WAL fsync failed: {e}")));
+            continue;
+        }
+        if stopping && in_flight.is_empty() {
+            return;
+        }
+        tokio::select! {
+            done = in_flight.join_next(), if !in_flight.is_empty() => {
+                let flushed = match done.expect("the set is not empty") {
+                    Ok(Ok(lsn)) => lsn,
+                    Ok(Err(reason)) => return fail(&tx, reason).await,
+                    Err(e) => return fail(&tx, format!("blocking task failed: {e}")).await,
+                };
+                // Fsyncs may end in any order; the node takes the highest.
+                if flushed > reported {
+                    reported = flushed;
+                    let event = Msg::Event(Event::LocalFlushed { lsn: flushed });
+                    if tx.send(event).await.is_err() {
+                        stopping = true;
+                    }
+                }
+            }
+            _ = cancel.cancelled(), if !stopping => stopping = true,
+            changed = appended.changed(), if !stopping => if changed.is_err() { stopping = true },
+        }
+    }
+}
+
+async fn fail(tx: &mpsc::Sender<Msg>, reason: String) {
+    tracing::error!(%reason, "the node stops acknowledging writes");
+    let _ = tx.send(Msg::Event(Event::WalFailed { reason })).await;
+}
+
+/// The flusher on a WAL that does not block (simulation): one sync at a
+/// time, inline.
+fn spawn_one_at_a_time(
     wal: Arc<dyn WalStore>,
     appended: watch::Receiver<Lsn>,
     tx: mpsc::Sender<Msg>,
@@ -21,8 +104,6 @@ pub(super) fn spawn(
             if wal.flushed_lsn() >= target && wal.flushed_lsn() >= wal.last_lsn() {
                 return Ok(false);
             }
-            // Not cancellation-safe by design: an fsync in progress runs to
-            // completion and its result is always reported.
             let w = wal.clone();
             let flushed = super::tasks::run_blocking(wal.may_block(), move || w.sync())
                 .await?
@@ -37,4 +118,147 @@ pub(super) fn spawn(
 
 fn failed(reason: String) -> Msg {
     Msg::Event(Event::WalFailed { reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Epoch, EpochHistory, Record};
+    use crate::wal::{MemWal, WalError, WalMeta};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// A WAL on a "disk" whose fsyncs stall until the test opens the gate,
+    /// and that tells the test when each one starts.
+    struct StallingWal {
+        inner: MemWal,
+        open: Mutex<bool>,
+        opened: Condvar,
+        started: mpsc::UnboundedSender<Lsn>,
+    }
+
+    impl WalStore for StallingWal {
+        fn append(&self, records: &[Record]) -> Result<(), WalError> {
+            self.inner.append(records)
+        }
+        fn sync(&self) -> Result<Lsn, WalError> {
+            let _ = self.started.send(self.inner.last_lsn());
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            drop(open);
+            self.inner.sync()
+        }
+        fn read(&self, from: Lsn, n: usize, bytes: usize) -> Result<Vec<Record>, WalError> {
+            self.inner.read(from, n, bytes)
+        }
+        fn last_lsn(&self) -> Lsn {
+            self.inner.last_lsn()
+        }
+        fn flushed_lsn(&self) -> Lsn {
+            self.inner.flushed_lsn()
+        }
+        fn first_lsn(&self) -> Lsn {
+            self.inner.first_lsn()
+        }
+        fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+            self.inner.epoch_at(lsn)
+        }
+        fn history(&self) -> EpochHistory {
+            self.inner.history()
+        }
+        fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError> {
+            self.inner.truncate_after(lsn)
+        }
+        fn remove_before(&self, lsn: Lsn) -> Result<(), WalError> {
+            self.inner.remove_before(lsn)
+        }
+        fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
+            self.inner.reset(base, base_epoch)
+        }
+        fn bytes_from(&self, from: Lsn) -> u64 {
+            self.inner.bytes_from(from)
+        }
+        fn meta(&self) -> WalMeta {
+            self.inner.meta()
+        }
+        fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {
+            self.inner.set_meta(meta)
+        }
+        fn may_block(&self) -> bool {
+            true
+        }
+    }
+
+    impl StallingWal {
+        fn open_gate(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    /// Opens the gate when the test ends, passed or failed: a stalled
+    /// fsync would otherwise keep the runtime from shutting down.
+    struct OpenOnDrop(Arc<StallingWal>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open_gate();
+        }
+    }
+
+    fn record(lsn: u64) -> Record {
+        Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            payload: bytes::Bytes::from_static(b"x"),
+        }
+    }
+
+    /// How long a test waits for what must happen before calling it lost.
+    const LOST: Duration = Duration::from_secs(10);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_appended_during_a_stalled_fsync_get_an_fsync_of_their_own_at_once() {
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let wal = Arc::new(StallingWal {
+            inner: MemWal::new(),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+            started: started_tx,
+        });
+        let _open_at_the_end = OpenOnDrop(wal.clone());
+        let (appended, watched) = watch::channel(Lsn::ZERO);
+        let (tx, mut rx) = mpsc::channel(16);
+        let flusher = spawn(wal.clone(), watched, tx);
+
+        wal.append(&[record(1)]).unwrap();
+        appended.send_replace(Lsn(1));
+        let first = tokio::time::timeout(LOST, started.recv()).await.unwrap();
+        assert_eq!(first, Some(Lsn(1)));
+
+        // The first fsync is stalled; what is appended now does not wait
+        // for it to end before its own starts.
+        wal.append(&[record(2)]).unwrap();
+        appended.send_replace(Lsn(2));
+        let second = tokio::time::timeout(LOST, started.recv())
+            .await
+            .expect("no second fsync started while the first stalled");
+        assert_eq!(second, Some(Lsn(2)));
+
+        wal.open_gate();
+        let mut flushed = Lsn::ZERO;
+        while flushed < Lsn(2) {
+            match tokio::time::timeout(LOST, rx.recv()).await.unwrap() {
+                Some(Msg::Event(Event::LocalFlushed { lsn })) => {
+                    assert!(lsn > flushed, "flushed positions are reported rising");
+                    flushed = lsn;
+                }
+                Some(_) => panic!("the flusher sent something other than LocalFlushed"),
+                None => panic!("the flusher stopped"),
+            }
+        }
+        flusher.stop().await;
+    }
 }

@@ -26,7 +26,8 @@
 //!    lot, one waiter per write, and the appended LSN published on a watch
 //!    that wakes the flusher and the streamer.
 //! 5. `flusher.rs`: one `WalStore::sync` covers every append since the last
-//!    (group commit), then `Event::LocalFlushed`.
+//!    (group commit), then `Event::LocalFlushed`; while one stalls, a second
+//!    starts for what was appended since.
 //! 6. `streamer.rs` `session`: reads the new records and sends a `WalBatch`
 //!    (`prev_lsn`/`prev_epoch` first) on the stream of
 //!    `transport/client.rs` `GrpcPeer::open_wal_stream`, a bounded window
@@ -44,7 +45,9 @@
 //!    stream, and a divergence sends the node to rejoin.
 //! 10. `actor/writes.rs` `Actor::append` appends; the fsync is the
 //!     flusher's (`Event::LocalFlushed`), or with `standby_sync_inline`
-//!     `actor/receive.rs` `sync_received` at the end of the drain.
+//!     `actor/receive.rs` `sync_received` at the end of the drain (the
+//!     flusher's for a second after an inline fsync stalled:
+//!     `actor/inline_sync.rs`).
 //! 11. `actor/receive.rs` `send_ack` / `send_ack_always`: the new written
 //!     and flushed positions go on the stream's ack watch, which
 //!     `stream_wal` sends back.

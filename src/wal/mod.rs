@@ -137,7 +137,9 @@ pub trait WalStore: Send + Sync + 'static {
     fn append(&self, records: &[Record]) -> Result<(), WalError>;
 
     /// Makes every appended record durable and returns the flushed LSN.
-    /// Concurrent callers share one fsync (group commit).
+    /// Concurrent callers share one fsync (group commit); a store may run a
+    /// second one beside a stalled one for what was appended since it
+    /// started (`FileWal` does), but the flushed LSN only ever rises.
     fn sync(&self) -> Result<Lsn, WalError>;
 
     /// Up to `max_records` records (and about `max_bytes` of payload, at

@@ -14,6 +14,7 @@
 
 mod effects;
 mod health;
+mod inline_sync;
 mod receive;
 mod requests;
 mod shutdown;
@@ -81,6 +82,8 @@ struct Actor {
     answering: Option<Answering>,
     /// WAL received since the last inline fsync (see `sync_received`).
     sync_due: bool,
+    /// Whether received WAL is fsynced inline or by the flusher now.
+    inline_sync: inline_sync::InlineSyncGate,
     health_tx: watch::Sender<Health>,
     last_lsn_tx: watch::Sender<Lsn>,
     commit_tx: watch::Sender<Lsn>,
@@ -153,6 +156,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         writing: None,
         answering: None,
         sync_due: false,
+        inline_sync: Default::default(),
         health_tx,
         last_lsn_tx,
         commit_tx,

@@ -74,12 +74,17 @@ impl Actor {
     /// Fsyncs, on this thread, the WAL received since the last call, and
     /// acknowledges it: once for every batch the mailbox held, with no
     /// hand-off to the flusher and back and no ack before the fsync that
-    /// the primary would only wait past.
+    /// the primary would only wait past. One that stalls hands the next
+    /// ones to the flusher for a while (`inline_sync`).
     pub(super) fn sync_received(&mut self) {
         if !std::mem::take(&mut self.sync_due) {
             return;
         }
-        match self.wal.sync() {
+        let started = Instant::now();
+        let synced = self.wal.sync();
+        let now = Instant::now();
+        self.inline_sync.record(now - started, now);
+        match synced {
             Ok(lsn) => {
                 self.step(Event::LocalFlushed { lsn });
                 self.last_lsn_tx.send_replace(self.wal.last_lsn());

@@ -108,7 +108,7 @@ impl Actor {
             );
             next = end;
         }
-        if fsync_inline {
+        if fsync_inline && self.inline_sync.allows(tokio::time::Instant::now()) {
             self.sync_due = true;
         } else {
             self.last_lsn_tx.send_replace(last);

@@ -14,6 +14,7 @@ mod cache;
 mod meta;
 mod read;
 mod recovery;
+mod rounds;
 mod segment;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use super::record;
 use super::{WalError, WalMeta, WalStore, check_append};
 use crate::types::{Epoch, EpochHistory, Lsn, Record};
 use cache::TailCache;
+use rounds::SyncRounds;
 use segment::{Segment, SegmentHeader};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -62,7 +64,8 @@ impl Default for FileWalOptions {
 
 /// The durable `WalStore`: a directory of segment files (`wal/`) and a
 /// meta file, fsynced as the trait's contract says, with group commit
-/// (concurrent `sync` calls share one fsync) and a cache of the tail so a
+/// (concurrent `sync` calls share one fsync, and at most two overlap: see
+/// `rounds`) and a cache of the tail so a
 /// standby that keeps up is served from memory. Open it with
 /// `FileWal::open`, which recovers what a crash left (a torn tail is cut).
 pub struct FileWal {
@@ -86,8 +89,9 @@ struct State {
     meta: WalMeta,
     /// What `dir/meta` holds, to skip rewriting it when retention runs.
     persisted_history: EpochHistory,
-    /// A sync round is in flight: join it instead of starting another.
-    syncing: bool,
+    /// The sync rounds in flight: a caller joins one that covers what it
+    /// wants, or starts one.
+    rounds: SyncRounds,
     /// A segment file was created since the last sync; its directory entry
     /// must be durable before its records can be.
     dir_dirty: bool,
@@ -202,7 +206,7 @@ impl FileWal {
                 flushed: last,
                 meta,
                 persisted_history,
-                syncing: false,
+                rounds: SyncRounds::default(),
                 dir_dirty: false,
                 generation: 0,
                 poisoned: None,
@@ -238,7 +242,7 @@ impl FileWal {
     /// replaced the records it covered.
     fn lock_idle(&self) -> MutexGuard<'_, State> {
         let mut st = self.lock();
-        while st.syncing {
+        while !st.rounds.is_idle() {
             st = self
                 .sync_done
                 .wait(st)
@@ -478,10 +482,11 @@ impl WalStore for FileWal {
             st.check_poison()?;
             // `min`: a truncation while we waited may have removed records
             // we wanted; later ones are not ours to wait for.
-            if st.flushed >= wanted.min(st.last) {
+            let wanted = wanted.min(st.last);
+            if st.flushed >= wanted {
                 return Ok(st.flushed);
             }
-            if !st.syncing {
+            if !st.rounds.will_cover(wanted) && st.rounds.may_start() {
                 break;
             }
             st = self
@@ -490,9 +495,10 @@ impl WalStore for FileWal {
                 .expect("FileWal state lock poisoned");
         }
         // Lead a round for everything appended so far, including what
-        // callers waiting behind us appended.
-        st.syncing = true;
+        // callers waiting behind us appended; it may overlap the round
+        // before it (see `rounds`).
         let target = st.last;
+        let round = st.rounds.start(target);
         let active = st.active();
         let (path, file) = (active.path.clone(), active.file.clone());
         let dir_dirty = std::mem::take(&mut st.dir_dirty);
@@ -502,20 +508,28 @@ impl WalStore for FileWal {
         let result = self.flush(&path, &file, dir_dirty);
 
         let mut st = self.lock();
-        st.syncing = false;
-        let out = match result {
-            Ok(()) => {
-                st.flushed = st.flushed.max(target);
-                Ok(st.flushed)
-            }
-            // The kernel may have dropped the dirty pages and marked them
-            // clean, so a retry could "succeed" without the data: never
-            // trust this log again in this process.
-            Err(why) => Err(st.poison(why)),
-        };
-        drop(st);
+        // The kernel may have dropped the dirty pages and marked them
+        // clean, so a retry could "succeed" without the data: never trust
+        // this log again in this process.
+        if let Err(why) = result {
+            st.poison(why);
+        }
+        let published = st.rounds.end(round, target);
+        if let Some(lsn) = published
+            && st.poisoned.is_none()
+        {
+            st.flushed = st.flushed.max(lsn);
+        }
         self.sync_done.notify_all();
-        out
+        // An older round still in flight holds ours back.
+        while st.poisoned.is_none() && st.flushed < target.min(st.last) {
+            st = self
+                .sync_done
+                .wait(st)
+                .expect("FileWal state lock poisoned");
+        }
+        st.check_poison()?;
+        Ok(st.flushed)
     }
 
     fn read(
