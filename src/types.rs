@@ -44,14 +44,17 @@ impl Epoch {
 
     /// The bound on epochs: every epoch in a cluster is below it. A node
     /// takes no epoch at or above it from a peer and never promotes to it,
-    /// so whatever epoch a node holds can still be raised by a promotion.
-    /// Epochs go up by one per promotion: no honest cluster gets near it.
+    /// so no message makes a node's epoch overflow or its peer refuse a
+    /// promotion as malformed. Epochs go up by one per promotion: no
+    /// honest cluster gets near it (a node at `MAX - 1` refuses to
+    /// promote, saying why; mutual TLS keeps others from sending such an
+    /// epoch at all).
     pub const MAX: Epoch = Epoch(1 << 62);
 
     /// Whether a promotion can still follow this epoch (`next()` stays
     /// below `MAX`).
     pub fn can_be_raised(self) -> bool {
-        self.0 + 1 < Self::MAX.0
+        self.0 < Self::MAX.0 - 1
     }
 
     /// The epoch a promotion moves to.

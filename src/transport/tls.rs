@@ -331,33 +331,74 @@ impl AsyncWrite for PeerConnection {
 /// How long an accepted connection may take to finish its handshake; a
 /// slower one is dropped so it cannot hold a handshake slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes run at once; more connections wait in the kernel's backlog.
-const CONCURRENT_HANDSHAKES: usize = 32;
+/// Handshakes running at once, in all. Past it new connections are closed
+/// on arrival (never left waiting in the backlog, where they would hold
+/// up the peer's).
+const CONCURRENT_HANDSHAKES: usize = 256;
+/// Handshakes running at once from one source address: a flood from
+/// elsewhere cannot take the slots the peer's connections need.
+const HANDSHAKES_PER_SOURCE: usize = 4;
+
+/// Handshakes under way per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+impl PerSource {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut map = self.0.lock().unwrap();
+        let n = map.entry(ip).or_default();
+        if *n >= HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake's place in `PerSource`, given back when dropped.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accepts connections on `listener`, runs their handshakes (at most
-/// `CONCURRENT_HANDSHAKES` at once, each within `HANDSHAKE_TIMEOUT`) and
-/// yields the authenticated ones. Refused ones are counted through
-/// `refused` and logged once a minute per reason. Ends when the returned
+/// `CONCURRENT_HANDSHAKES` at once and `HANDSHAKES_PER_SOURCE` per source
+/// address, each within `HANDSHAKE_TIMEOUT`) and yields the authenticated
+/// ones. Refused ones are counted through `refused` and logged once a
+/// minute per reason. Ends, releasing the listener, when the returned
 /// stream is dropped.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Tls,
     refused: impl Fn() + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = Result<PeerConnection, io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection>(CONCURRENT_HANDSHAKES);
+    let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection>(16);
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+    let per_source = Arc::new(PerSource::default());
     let refused = Arc::new(refused);
     tokio::spawn(async move {
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let tcp = tokio::select! {
+            let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
             };
-            let tcp = match tcp {
-                Ok((tcp, _)) => tcp,
+            let (tcp, remote) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off
                     // instead of spinning.
@@ -368,10 +409,26 @@ pub(crate) fn incoming(
                     continue;
                 }
             };
+            let Some(source) = per_source.enter(remote.ip()) else {
+                refused();
+                let why =
+                    format!("{HANDSHAKES_PER_SOURCE} handshakes from this address already running");
+                tls.inner
+                    .refusals
+                    .log("replication connection refused", &why, Some(remote));
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused();
+                let why = format!("{CONCURRENT_HANDSHAKES} handshakes already running");
+                tls.inner
+                    .refusals
+                    .log("replication connection refused", &why, Some(remote));
+                continue;
+            };
             let (tls, tx, refused) = (tls.clone(), tx.clone(), refused.clone());
             tokio::spawn(async move {
-                let _slot = slot;
-                let remote = tcp.peer_addr().ok();
+                let _slots = (slot, source);
                 let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                     Ok(result) => result,
                     Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
@@ -382,9 +439,11 @@ pub(crate) fn incoming(
                     }
                     Err(why) => {
                         refused();
-                        tls.inner
-                            .refusals
-                            .log("replication connection refused", &why, remote);
+                        tls.inner.refusals.log(
+                            "replication connection refused",
+                            &why,
+                            Some(remote),
+                        );
                     }
                 }
             });

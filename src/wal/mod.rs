@@ -49,11 +49,11 @@ pub enum WalError {
     /// so nothing written since can be trusted. Restart after checking the disk.
     #[error("WAL is unusable after a failed fsync ({0}); restart the node after checking the disk")]
     Poisoned(String),
-    /// The log has segments but its meta file is gone. The meta holds the
+    /// The log has records but its meta file is gone. The meta holds the
     /// epoch that keeps a deposed primary fenced, so the log refuses to
     /// guess it (a fresh meta would let this node act on an old epoch).
     #[error(
-        "{dir} holds WAL segments but no meta file: the epoch this node last saw is lost. Restore `meta` from a backup, or move {dir} away so the node starts empty and resyncs from its peer"
+        "{dir} holds WAL records but no meta file: the epoch this node last saw is lost. Restore `meta` from a backup, or move {dir} away so the node starts empty and resyncs from its peer"
     )]
     MetaMissing {
         /// The log's directory.

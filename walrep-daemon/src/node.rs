@@ -158,9 +158,20 @@ impl RunningNode {
             let fd_limit = super::http_server::raise_fd_limit();
             let defaults = super::http_server::HttpLimits::for_fd_limit(fd_limit);
             let limits = super::http_server::HttpLimits {
-                max_connections: settings
-                    .http_max_connections
-                    .unwrap_or(defaults.max_connections),
+                max_connections: match settings.http_max_connections {
+                    // Half the descriptors stay for the WAL, snapshots and
+                    // replication, whatever was asked.
+                    Some(n) if n as u64 > fd_limit / 2 => {
+                        warn!(
+                            asked = n,
+                            fd_limit,
+                            "http_max_connections is above half the open-file limit; using half"
+                        );
+                        (fd_limit / 2).max(1) as usize
+                    }
+                    Some(n) => n,
+                    None => defaults.max_connections,
+                },
                 header_timeout: settings.http_idle_timeout,
                 request_timeout: settings.http_request_timeout,
             };

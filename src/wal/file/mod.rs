@@ -146,7 +146,10 @@ impl FileWal {
         let reserve = preallocate_bytes(&opts, &wal_dir);
         let rec = recovery::recover(&wal_dir, &persisted_history, &mut cache, reserve)?;
         if !has_meta {
-            if !rec.segments.is_empty() {
+            // Records without a meta: the epoch that keeps a deposed
+            // primary fenced is gone. (Segments without records are a
+            // log an older version created before its first `set_meta`.)
+            if rec.last > Lsn::ZERO {
                 return Err(WalError::MetaMissing { dir });
             }
             // A fresh log gets its meta before its first segment, so from

@@ -187,6 +187,16 @@ async fn mutual_tls_lets_only_the_peer_in_and_rotates_on_sighup() {
     let stranger_dir = dir.path().join("stranger");
     issue(&stranger_dir, &ca, &["n3"]);
     let stranger = Tls::load(files(&stranger_dir, "n3"), &cfg_for("n3", "n2")).unwrap();
+    let stranger_to_n1 = Tls::load(files(&stranger_dir, "n3"), &cfg_for("n3", "n1")).unwrap();
+    issue(&elsewhere, &other, &["n2"]);
+    let other_ca_as_n2 = Tls::load(
+        TlsFiles {
+            ca: elsewhere.join("both.pem"),
+            ..files(&elsewhere, "n2")
+        },
+        &cfg_for("n2", "n1"),
+    )
+    .unwrap();
     let before = unauthenticated(&metrics_text(&pair.n2.http).await);
     attack(
         &client(&n2_grpc, "n2", "n1", None),
@@ -209,6 +219,28 @@ async fn mutual_tls_lets_only_the_peer_in_and_rotates_on_sighup() {
         "the right CA, named n3",
     )
     .await;
+
+    // The primary's store is only for its standby: a snapshot request
+    // from any of them, claiming to be n2, is refused too.
+    let n1_grpc = listen_addr(&pair.n1.args);
+    let to_primary = [
+        ("no certificate", None),
+        ("another CA", Some(&other_ca_as_n2)),
+        ("the right CA, named n3", Some(&stranger_to_n1)),
+    ];
+    for (what, tls) in to_primary {
+        let asked = client(&n1_grpc, "n1", "n2", tls)
+            .fetch_snapshot(SnapshotRequest {
+                header: header("n2", standby.epoch),
+                snapshot_id: 0,
+                offset: 0,
+            })
+            .await;
+        assert!(
+            asked.is_err(),
+            "{what}: the primary accepted a snapshot request"
+        );
+    }
 
     let after = crate::health(&pair.n2.http).await;
     assert_eq!(
@@ -261,7 +293,16 @@ async fn mutual_tls_lets_only_the_peer_in_and_rotates_on_sighup() {
     // its new one is let in (status is read-only).
     let old = dir.path().join("old");
     issue(&old, &ca, &["n1"]);
-    let old_tls = Tls::load(files(&old, "n1"), &cfg_for("n1", "n2")).unwrap();
+    // It trusts both CAs, so a refusal is n2's doing, not this client's.
+    std::fs::write(old.join("both.pem"), format!("{}{}", ca.pem(), ca2.pem())).unwrap();
+    let old_tls = Tls::load(
+        TlsFiles {
+            ca: old.join("both.pem"),
+            ..files(&old, "n1")
+        },
+        &cfg_for("n1", "n2"),
+    )
+    .unwrap();
     let new_tls = Tls::load(files(&certs, "n1"), &cfg_for("n1", "n2")).unwrap();
     let status = |tls: Tls| {
         let peer = client(&n2_grpc, "n2", "n1", Some(&tls));
