@@ -40,6 +40,21 @@ impl Command {
         out.put_slice(key);
     }
 
+    /// Decodes the commands of a batch of records, all or none: the first
+    /// that does not decode fails the batch, naming its LSN (so an engine
+    /// applies none of a batch with a bad record in it).
+    pub fn decode_batch(
+        records: &[(walrep::Lsn, &[u8])],
+    ) -> Result<Vec<Command>, walrep::StateMachineError> {
+        records
+            .iter()
+            .map(|(lsn, payload)| {
+                Command::decode(payload)
+                    .map_err(|e| walrep::StateMachineError::with_source(format!("record {lsn}"), e))
+            })
+            .collect()
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         let (&tag, rest) = bytes.split_first().ok_or("empty command")?;
         if rest.len() < 4 {

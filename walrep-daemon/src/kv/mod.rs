@@ -198,13 +198,7 @@ impl StateMachine for KvStore {
     /// the value its key held before (empty if none, or if it was
     /// applied already).
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
-        let commands = records
-            .iter()
-            .map(|(lsn, payload)| {
-                Command::decode(payload)
-                    .map_err(|e| StateMachineError::with_source(format!("record {lsn}"), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let commands = Command::decode_batch(records)?;
         let mut s = self.state.write().unwrap();
         let mut outputs = Vec::with_capacity(records.len());
         for ((lsn, _), cmd) in records.iter().zip(commands) {

@@ -146,13 +146,7 @@ impl StateMachine for SqliteStore {
     /// record's output is the value its key held before (empty if none, or
     /// if it was applied already), as with the KV engine.
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
-        let commands = records
-            .iter()
-            .map(|(lsn, payload)| {
-                Command::decode(payload)
-                    .map_err(|e| StateMachineError::with_source(format!("record {lsn}"), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let commands = Command::decode_batch(records)?;
         let mut conn = self.conn.lock().unwrap();
         let first = records.first().map_or(Lsn::ZERO, |r| r.0);
         let what = || format!("applying records {first}..");
