@@ -51,5 +51,5 @@ pub use replicator::{Applied, Health, PeerHealth, Replicator};
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
 pub use state_machine::{StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
-pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record};
+pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record, RequestId};
 pub use wal::{FileWal, FileWalOptions, WalError, WalMeta, WalStore};

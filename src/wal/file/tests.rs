@@ -10,6 +10,7 @@ fn rec(lsn: u64, epoch: u64) -> Record {
     Record {
         lsn: Lsn(lsn),
         epoch: Epoch(epoch),
+        request_id: None,
         payload: Bytes::from(format!("record {lsn:04} of epoch {epoch}")),
     }
 }
@@ -579,10 +580,7 @@ fn a_reset_interrupted_after_removing_the_old_segments_is_finished_at_open() {
     let dir = TempDir::new().unwrap();
     drop(open(&dir, tiny()));
     let wal_dir = dir.path().join("wal");
-    let header = SegmentHeader {
-        first_lsn: Lsn(51),
-        base_epoch: Epoch(4),
-    };
+    let header = SegmentHeader::new(Lsn(51), Epoch(4));
     segment::write_pending(&wal_dir, header, 256).unwrap();
     for f in segment_files(&dir) {
         fs::remove_file(f).unwrap();
@@ -602,10 +600,7 @@ fn a_torn_header_of_a_new_last_segment_is_removed() {
         wal.sync().unwrap();
     }
     let torn = dir.path().join("wal").join(segment::file_name(Lsn(4)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(4),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(4), Epoch(1));
     fs::write(&torn, &header.encode()[..20]).unwrap();
     let wal = open(&dir, FileWalOptions::default());
     assert!(!torn.exists());
@@ -622,10 +617,7 @@ fn a_segment_that_does_not_continue_the_log_fails_open() {
         wal.sync().unwrap();
     }
     let stray = dir.path().join("wal").join(segment::file_name(Lsn(6)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(6),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(6), Epoch(1));
     fs::write(&stray, header.encode()).unwrap();
     assert_eq!(corrupt_at(&dir, FileWalOptions::default()), (stray, 0));
 }
@@ -742,10 +734,7 @@ fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
     let dir = TempDir::new().unwrap();
     fs::create_dir_all(dir.path().join("wal")).unwrap();
     let bad = dir.path().join("wal").join(segment::file_name(Lsn::ZERO));
-    let header = SegmentHeader {
-        first_lsn: Lsn::ZERO,
-        base_epoch: Epoch::ZERO,
-    };
+    let header = SegmentHeader::new(Lsn::ZERO, Epoch::ZERO);
     fs::write(&bad, header.encode()).unwrap();
     match FileWal::open(dir.path(), FileWalOptions::default()) {
         Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, bad),
@@ -786,10 +775,7 @@ fn a_segment_starting_beyond_the_largest_lsn_fails_open_instead_of_overflowing()
         .path()
         .join("wal")
         .join(segment::file_name(Lsn(u64::MAX)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(u64::MAX),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(u64::MAX), Epoch(1));
     let mut bytes = header.encode().to_vec();
     record::encode(&rec(u64::MAX, 1), &mut bytes);
     bytes.push(0);
@@ -908,12 +894,9 @@ mod arbitrary_files {
             let base_epoch = epoch.wrapping_add(f.base_epoch_step);
             let mut buf = match &f.bad_header {
                 Some(raw) => raw.clone(),
-                None => SegmentHeader {
-                    first_lsn: Lsn(first),
-                    base_epoch: Epoch(base_epoch),
-                }
-                .encode()
-                .to_vec(),
+                None => SegmentHeader::new(Lsn(first), Epoch(base_epoch))
+                    .encode()
+                    .to_vec(),
             };
             (next, epoch) = (first, base_epoch);
             for p in &f.pieces {
@@ -926,6 +909,7 @@ mod arbitrary_files {
                         let r = Record {
                             lsn: Lsn(lsn.unwrap_or(next)),
                             epoch: Epoch(epoch.wrapping_add(*epoch_step)),
+                            request_id: None,
                             payload: Bytes::from(payload.clone()),
                         };
                         record::encode(&r, &mut buf);
@@ -937,6 +921,7 @@ mod arbitrary_files {
                         let r = Record {
                             lsn: Lsn(next),
                             epoch: Epoch(epoch),
+                            request_id: None,
                             payload: Bytes::from_static(b"torn frame"),
                         };
                         let mut frame = Vec::new();
