@@ -1020,3 +1020,94 @@ mod arbitrary_files {
         }
     }
 }
+
+// Request ids in the log, and logs written before they existed.
+
+fn with_id(lsn: u64, epoch: u64) -> Record {
+    Record {
+        request_id: Some(crate::types::RequestId::from(0xfeed_0000 + lsn as u128)),
+        ..rec(lsn, epoch)
+    }
+}
+
+#[test]
+fn records_with_request_ids_round_trip_and_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let no_cache = FileWalOptions {
+        tail_cache_bytes: 0,
+        ..tiny()
+    };
+    let written: Vec<Record> = (1..=12)
+        .map(|l| if l % 3 == 0 { rec(l, 1) } else { with_id(l, 1) })
+        .collect();
+    {
+        let wal = open(&dir, no_cache.clone());
+        wal.append(&written[..5]).unwrap();
+        wal.append(&written[5..]).unwrap();
+        wal.sync().unwrap();
+        assert!(segment_files(&dir).len() > 1, "the test wants rolled segments");
+        assert_eq!(all(&wal), written, "read back from the segment files");
+    }
+    let wal = open(&dir, no_cache);
+    assert_eq!(all(&wal), written, "after reopen");
+}
+
+/// A segment as a build before request ids wrote it: version 1, frames
+/// without the id flag.
+fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
+    let wal_dir = dir.path().join("wal");
+    fs::create_dir_all(&wal_dir).unwrap();
+    let header = SegmentHeader {
+        format: FrameFormat::V1,
+        ..SegmentHeader::new(Lsn(1), Epoch::ZERO)
+    };
+    let mut bytes = header.encode().to_vec();
+    assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+    for r in records {
+        assert!(r.request_id.is_none());
+        record::encode(r, &mut bytes);
+    }
+    let path = wal_dir.join(segment::file_name(Lsn(1)));
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn segment_version(path: &Path) -> u32 {
+    let bytes = fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
+#[test]
+fn a_version_1_log_still_reads_and_records_with_ids_go_to_a_version_2_segment() {
+    let dir = TempDir::new().unwrap();
+    let old = recs(1..=3, 1);
+    let v1 = write_version_1_segment(&dir, &old);
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert_eq!(all(&wal), old);
+        wal.append(&[with_id(4, 1), rec(5, 1)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    let mut expected = old;
+    expected.extend([with_id(4, 1), rec(5, 1)]);
+    assert_eq!(all(&wal), expected);
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 2, "the version-1 segment is closed, not appended to");
+    assert_eq!((segment_version(&v1), segment_version(&files[1])), (1, 2));
+}
+
+#[test]
+fn an_empty_version_1_segment_becomes_version_2_at_its_first_record_with_an_id() {
+    let dir = TempDir::new().unwrap();
+    let v1 = write_version_1_segment(&dir, &[]);
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&[with_id(1, 1)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(all(&wal), vec![with_id(1, 1)]);
+    assert_eq!(segment_files(&dir), vec![v1.clone()]);
+    assert_eq!(segment_version(&v1), 2);
+}
