@@ -689,3 +689,78 @@ async fn a_promote_asked_of_the_primary_by_its_engine_hands_over_to_the_standby(
     a.wait("a follows b", |h| h.role == RoleKind::Standby).await;
     b.put("k2", "v").await.unwrap();
 }
+
+/// A write whose answer is lost (the primary dies after the standby has
+/// it) is retried with its request id at the new primary: the retry finds
+/// the record the first attempt wrote, returns its LSN and epoch, and the
+/// command is applied once on every node, also on the old primary once it
+/// has rejoined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_with_a_request_id_is_applied_once_across_a_failover() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let before = pair
+        .primary()
+        .replica()
+        .apply(put_cmd("before", "v"))
+        .await
+        .unwrap();
+    let id = walrep::RequestId::from(0x5eed_u128 << 64 | 42);
+    let cmd = put_cmd("counter", "+1");
+
+    // The first attempt: nobody looks at its answer.
+    let first_try = {
+        let replica = pair.primary().replica().clone();
+        let cmd = cmd.clone();
+        tokio::spawn(async move { replica.apply_once(id, cmd).await })
+    };
+    let written = before.lsn.next();
+    pair.standby()
+        .wait("the standby holds the first attempt", |h| {
+            h.flushed_lsn >= written
+        })
+        .await
+        .unwrap();
+    let old = pair.primary().id().clone();
+    let new = pair.failover().await.unwrap();
+    drop(first_try);
+
+    let retry = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert!(retry.deduplicated, "{retry:?}");
+    assert_eq!((retry.lsn, retry.epoch), (written, before.epoch));
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 1);
+    // Retrying again changes nothing either; a new id is a new write.
+    let again = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert_eq!((again.lsn, again.deduplicated), (written, true));
+    let other = walrep::RequestId::from(43u128);
+    let fresh = pair
+        .node(&new)
+        .replica()
+        .apply_once(other, cmd.clone())
+        .await
+        .unwrap();
+    assert!(!fresh.deduplicated && fresh.lsn > written, "{fresh:?}");
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 2);
+
+    // The old primary rejoins and applies the record once, too.
+    pair.restart(&old).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let old = pair.node(&old);
+    old.replica().wait_for_lsn(fresh.lsn, WAIT).await.unwrap();
+    assert_eq!(old.engine().times_applied(&cmd), 2);
+    assert_eq!(
+        old.engine().state_hash(),
+        pair.primary().engine().state_hash()
+    );
+}

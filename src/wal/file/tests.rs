@@ -1045,7 +1045,10 @@ fn records_with_request_ids_round_trip_and_survive_reopen() {
         wal.append(&written[..5]).unwrap();
         wal.append(&written[5..]).unwrap();
         wal.sync().unwrap();
-        assert!(segment_files(&dir).len() > 1, "the test wants rolled segments");
+        assert!(
+            segment_files(&dir).len() > 1,
+            "the test wants rolled segments"
+        );
         assert_eq!(all(&wal), written, "read back from the segment files");
     }
     let wal = open(&dir, no_cache);
@@ -1093,7 +1096,11 @@ fn a_version_1_log_still_reads_and_records_with_ids_go_to_a_version_2_segment() 
     expected.extend([with_id(4, 1), rec(5, 1)]);
     assert_eq!(all(&wal), expected);
     let files = segment_files(&dir);
-    assert_eq!(files.len(), 2, "the version-1 segment is closed, not appended to");
+    assert_eq!(
+        files.len(),
+        2,
+        "the version-1 segment is closed, not appended to"
+    );
     assert_eq!((segment_version(&v1), segment_version(&files[1])), (1, 2));
 }
 
