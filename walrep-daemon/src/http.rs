@@ -3,7 +3,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `PUT /kv/{key}` (body: value) | 200 `{"lsn","epoch"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
+//! | `PUT /kv/{key}` (body: value; optional header `Idempotency-Key`) | 200 `{"lsn","epoch","deduplicated"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
 //! | `DELETE /kv/{key}` | the same |
 //! | `GET /kv/{key}` | 200 raw value, 404 (any role) |
 //! | `GET /health` | 200 `HealthReport` |
@@ -14,13 +14,14 @@
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
+use crate::idempotency;
 use crate::kv::{Command, KvStore};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use std::sync::Arc;
@@ -124,7 +125,16 @@ impl AppState {
         error(status, e.to_string(), leader)
     }
 
-    async fn write(&self, cmd: Command) -> Response {
+    /// Applies `cmd`, once per idempotency key when the request has one
+    /// (see `idempotency`).
+    async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
+        let request_id = match headers.get(idempotency::HEADER) {
+            None => None,
+            Some(key) => match idempotency::request_id(key.as_bytes()) {
+                Ok(id) => Some(id),
+                Err(msg) => return self.bad_request(msg),
+            },
+        };
         let cmd = cmd.encode();
         if cmd.len() > self.max_record_bytes {
             return self.bad_request(format!(
@@ -134,12 +144,17 @@ impl AppState {
             ));
         }
         let started = Instant::now();
-        match self.replica.apply(cmd.into()).await {
+        let result = match request_id {
+            Some(id) => self.replica.apply_once(id, cmd.into()).await,
+            None => self.replica.apply(cmd.into()).await,
+        };
+        match result {
             Ok(applied) => {
                 self.metrics.observe_commit(started.elapsed());
                 Json(WriteReply {
                     lsn: applied.lsn.0,
                     epoch: applied.epoch.0,
+                    deduplicated: applied.deduplicated,
                 })
                 .into_response()
             }
@@ -154,6 +169,7 @@ impl AppState {
 
 async fn put_key(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -170,15 +186,16 @@ async fn put_key(
             ));
         }
     };
-    s.write(Command::Put { key, value }).await
+    s.write(Command::Put { key, value }, &headers).await
 }
 
 async fn delete_key(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Response {
     match AppState::check_key(key) {
-        Ok(key) => s.write(Command::Delete { key }).await,
+        Ok(key) => s.write(Command::Delete { key }, &headers).await,
         Err(msg) => s.bad_request(msg),
     }
 }

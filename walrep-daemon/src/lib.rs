@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod kv;
 pub mod metrics;
 pub mod node;
