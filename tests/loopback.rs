@@ -764,3 +764,39 @@ async fn a_retried_write_with_a_request_id_is_applied_once_across_a_failover() {
         pair.primary().engine().state_hash()
     );
 }
+
+/// A node that restarts reads the request ids back from its WAL: the
+/// standby, restarted after the write, still recognises the retry once it
+/// is the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standby_rebuilds_its_request_ids_from_its_wal() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let id = walrep::RequestId::from(7u128);
+    let cmd = put_cmd("once", "only");
+    let first = pair
+        .primary()
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    let standby = pair.standby().id().clone();
+    pair.kill(&standby).await;
+    pair.restart(&standby).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let new = pair.failover().await.unwrap();
+    assert_eq!(new, standby);
+
+    let retry = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (retry.lsn, retry.epoch, retry.deduplicated),
+        (first.lsn, first.epoch, true)
+    );
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 1);
+}
