@@ -74,13 +74,11 @@ impl Actor {
         let count = queued.iter().map(|(p, _, _)| p.len()).sum();
         let mut payloads = Vec::with_capacity(count);
         let mut writers = Vec::with_capacity(queued.len());
-        // Only when some write has ids: one per payload then.
-        let mut request_ids = Vec::new();
-        if queued.iter().any(|(_, ids, _)| !ids.is_empty()) {
-            request_ids.reserve(count);
-        }
+        // Empty unless some write has ids (`apply_once`): one per payload then.
+        let with_ids = queued.iter().any(|(_, ids, _)| !ids.is_empty());
+        let mut request_ids = Vec::with_capacity(if with_ids { count } else { 0 });
         for (p, ids, reply) in queued {
-            if request_ids.capacity() > 0 {
+            if with_ids {
                 match ids.is_empty() {
                     true => request_ids.extend(std::iter::repeat_n(None, p.len())),
                     false => request_ids.extend(ids.into_iter().map(Some)),
