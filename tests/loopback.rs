@@ -800,3 +800,41 @@ async fn a_restarted_standby_rebuilds_its_request_ids_from_its_wal() {
     );
     assert_eq!(pair.node(&new).engine().times_applied(&cmd), 1);
 }
+
+/// `apply_batch_once` mixes new records and retries in one call: each
+/// command gets its own record's place, a retry (of an earlier call, or of
+/// a command earlier in the same batch) the first attempt's, with an empty
+/// output where a new record has the engine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_new_and_retried_request_ids_answers_each_command_with_its_record() {
+    init_tracing();
+    let pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let replica = pair.primary().replica();
+    let (old, new) = (
+        walrep::RequestId::from(1u128),
+        walrep::RequestId::from(2u128),
+    );
+    let (x, y) = (put_cmd("x", "1"), put_cmd("y", "2"));
+    let first = replica.apply_once(old, x.clone()).await.unwrap();
+    let batch = replica
+        .apply_batch_once(vec![(new, y.clone()), (old, x.clone()), (new, y.clone())])
+        .await
+        .unwrap();
+    let places: Vec<_> = batch
+        .iter()
+        .map(|a| (a.lsn, a.deduplicated, a.output.is_empty()))
+        .collect();
+    let y_lsn = first.lsn.next();
+    assert_eq!(
+        places,
+        vec![
+            (y_lsn, false, false),
+            (first.lsn, true, true),
+            (y_lsn, true, true)
+        ]
+    );
+    let engine = pair.primary().engine();
+    assert_eq!((engine.times_applied(&x), engine.times_applied(&y)), (1, 1));
+    assert_eq!(replica.health().last_lsn, y_lsn);
+}
