@@ -223,6 +223,15 @@ pub struct Config {
     pub reconnect_backoff_max: Duration,
     /// How long a planned switchover may pause writes before it gives up.
     pub switchover_timeout: Duration,
+    /// Most request ids a node remembers (`Replicator::apply_once`), the
+    /// newest (default 1 000 000). A retry is recognised while its record
+    /// is in the retained WAL *and* among the last this many records that
+    /// carry an id. Memory: ~70 bytes per id remembered, none for writes
+    /// without one, so at most ~70 MB at the default, which covers 25 s
+    /// of 40 000 id-carrying writes a second (more than a failover and a
+    /// client's retry take). 0 turns de-duplication off: `apply_once`
+    /// then writes every retry again.
+    pub max_request_ids: usize,
     /// A standby in `remote-flush` or `remote-apply` mode fsyncs the WAL it
     /// receives on the runtime thread that received it, once for all the
     /// batches that arrived together, and acknowledges once, after the
@@ -284,6 +293,8 @@ impl Config {
     pub const DEFAULT_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
     /// Default of `switchover_timeout`: 5 s.
     pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of `max_request_ids` (see the field for the memory it takes).
+    pub const DEFAULT_MAX_REQUEST_IDS: usize = 1_000_000;
     /// Default of `standby_sync_inline`: off (see the field for why).
     pub const DEFAULT_STANDBY_SYNC_INLINE: bool = false;
 
@@ -326,6 +337,7 @@ impl Default for Config {
             reconnect_backoff_min: Config::DEFAULT_RECONNECT_BACKOFF_MIN,
             reconnect_backoff_max: Config::DEFAULT_RECONNECT_BACKOFF_MAX,
             switchover_timeout: Config::DEFAULT_SWITCHOVER_TIMEOUT,
+            max_request_ids: Config::DEFAULT_MAX_REQUEST_IDS,
             standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
         }
@@ -717,6 +729,7 @@ mod tests {
             ),
             ("snapshot_timeout", readme_duration(d.snapshot_timeout)),
             ("switchover_timeout", readme_duration(d.switchover_timeout)),
+            ("max_request_ids", d.max_request_ids.to_string()),
         ];
         for (field, want) in expected {
             assert_eq!(cell(field), want, "README row {field}");

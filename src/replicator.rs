@@ -4,7 +4,7 @@
 use crate::config::CommitMode;
 use crate::error::{LeaderHint, Result};
 use crate::node::{RoleKind, SyncState};
-use crate::types::{Epoch, Lsn, NodeId};
+use crate::types::{Epoch, Lsn, NodeId, RequestId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
@@ -19,8 +19,14 @@ pub struct Applied {
     /// The epoch of the primary that wrote it.
     pub epoch: Epoch,
     /// The engine's output for this record (`StateMachine::apply_batch`;
-    /// empty with the default, which calls `apply`).
+    /// empty with the default, which calls `apply`). Empty when
+    /// `deduplicated`: outputs are not stored, so a retry cannot get the
+    /// first attempt's (read the state if the caller needs it).
     pub output: Bytes,
+    /// This call was a retry (`apply_once`) of a request id already in the
+    /// log: nothing new was written, and `lsn`/`epoch` are those of the
+    /// record the first attempt wrote (`epoch` may be an older primary's).
+    pub deduplicated: bool,
 }
 
 /// The peer as this node sees it.
@@ -110,10 +116,9 @@ pub trait Replicator: Send + Sync {
     /// replicated and applied on both nodes like any other write; only the
     /// answer is lost. Dropped before the node received it, nothing is
     /// written. The caller cannot tell the two apart from the future, and
-    /// no later call returns a dropped write's LSN: an engine that needs
-    /// to know a write's fate after a timeout or a dropped request puts its
-    /// own request id in the payload and looks for it in its state machine
-    /// (or retries only idempotent commands). Prefer `tokio::time::timeout`
+    /// no later `apply` returns a dropped write's LSN: an engine that needs
+    /// to retry a write whose fate is unknown uses `apply_once` (or
+    /// retries only idempotent commands). Prefer `tokio::time::timeout`
     /// around the call to learn *that* the answer is late, with this in mind.
     async fn apply(&self, cmd: Bytes) -> Result<Applied>;
 
@@ -123,6 +128,34 @@ pub trait Replicator: Send + Sync {
     /// none of them, and a refusal on arrival refuses all of them. An empty
     /// batch returns `Ok` at once and writes nothing.
     async fn apply_batch(&self, cmds: Vec<Bytes>) -> Result<Vec<Applied>>;
+
+    /// As `apply`, applied at most once per `id` while the id is
+    /// remembered: the way to retry a write whose outcome is unknown
+    /// (`Error::outcome()` is `MaybeWritten`: `SyncTimeout`, a lost
+    /// answer, a failover), at the same primary or at the next one.
+    ///
+    /// The id travels in the record, so every node that holds the record
+    /// knows it: the primary when it appends, the standby when it
+    /// receives, both again at start by scanning their WAL. A call whose id
+    /// a record of this node's log carries appends nothing and waits for
+    /// that record (committed, or still in flight: then it shares that
+    /// record's fate, with a `sync_timeout` of its own from the retry),
+    /// then returns its `lsn` and `epoch` with `deduplicated` set and an
+    /// empty `output`.
+    ///
+    /// The window: an id is remembered while its record is in the
+    /// retained WAL (`Config::wal_retention_bytes`, the engine's
+    /// `durable_lsn`) and among the newest `Config::max_request_ids`
+    /// records with ids. A retry after that applies the command again.
+    /// A record that a rewind dropped (the old primary's unreplicated tail
+    /// after a failover) takes its id with it: it was never committed, so
+    /// the retry writing it again applies it exactly once.
+    async fn apply_once(&self, id: RequestId, cmd: Bytes) -> Result<Applied>;
+
+    /// As `apply_batch`, each command with its request id, each
+    /// de-duplicated as `apply_once` says; a command whose id repeats one
+    /// earlier in the batch is a retry of it.
+    async fn apply_batch_once(&self, cmds: Vec<(RequestId, Bytes)>) -> Result<Vec<Applied>>;
 
     /// This node's role now (it changes at failover, fence, rejoin).
     fn role(&self) -> RoleKind;

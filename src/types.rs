@@ -85,6 +85,40 @@ impl From<&str> for NodeId {
     }
 }
 
+/// A caller's name for one logical write, so a retry of it is recognised
+/// (`Replicator::apply_once`). 16 bytes the client chooses: random (a
+/// `u128` from any random source, `RequestId::from`) or a hash of its own
+/// idempotency key. Two different writes must never share one: a write
+/// whose id is still remembered is not applied again, whatever its payload.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub [u8; 16]);
+
+impl RequestId {
+    /// Bytes a request id takes in a record (in a WAL frame, on the wire).
+    pub const LEN: usize = 16;
+}
+
+impl From<u128> for RequestId {
+    fn from(id: u128) -> Self {
+        RequestId(id.to_le_bytes())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One WAL record: the engine's payload, stamped with its place in the log and
 /// the epoch of the primary that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,16 +127,40 @@ pub struct Record {
     pub lsn: Lsn,
     /// The epoch of the primary that wrote it.
     pub epoch: Epoch,
+    /// The caller's request id (`Replicator::apply_once`), kept so every
+    /// node holding the record recognises a retry of it.
+    pub request_id: Option<RequestId>,
     /// The engine's command, as given to `Replicator::apply`.
     pub payload: Bytes,
 }
 
+/// What the checksum mixes in before a request id: a record with an id
+/// never checks as one without, even where the id's bytes could be read
+/// as the start of a payload.
+const REQUEST_ID_TAG: u8 = 0x01;
+
 impl Record {
-    /// CRC32C over the LSN, the epoch and the payload: the same checksum in
-    /// the WAL file and on the wire, so a record is checked end to end.
+    /// A record without a request id.
+    pub fn new(lsn: Lsn, epoch: Epoch, payload: Bytes) -> Record {
+        Record {
+            lsn,
+            epoch,
+            request_id: None,
+            payload,
+        }
+    }
+
+    /// CRC32C over the LSN, the epoch, the request id when there is one
+    /// (after a tag byte) and the payload: the same checksum in the WAL
+    /// file and on the wire, so a record is checked end to end. A record
+    /// without an id checks as before ids existed.
     pub fn checksum(&self) -> u32 {
         let crc = crc32c::crc32c(&self.lsn.0.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc, &self.epoch.0.to_le_bytes());
+        let mut crc = crc32c::crc32c_append(crc, &self.epoch.0.to_le_bytes());
+        if let Some(id) = &self.request_id {
+            crc = crc32c::crc32c_append(crc, &[REQUEST_ID_TAG]);
+            crc = crc32c::crc32c_append(crc, &id.0);
+        }
         crc32c::crc32c_append(crc, &self.payload)
     }
 }

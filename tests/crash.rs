@@ -98,6 +98,7 @@ fn expected(lsn: u64) -> Record {
     Record {
         lsn: Lsn(lsn),
         epoch: epoch_of(lsn),
+        request_id: None,
         payload: Bytes::from(payload),
     }
 }

@@ -844,3 +844,151 @@ async fn a_standby_restarted_mid_snapshot_transfer_resumes_from_the_bytes_it_has
         "the received files are gone once restored"
     );
 }
+/// A write whose answer is lost (the primary dies after the standby has
+/// it) is retried with its request id at the new primary: the retry finds
+/// the record the first attempt wrote, returns its LSN and epoch, and the
+/// command is applied once on every node, also on the old primary once it
+/// has rejoined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_with_a_request_id_is_applied_once_across_a_failover() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let before = pair
+        .primary()
+        .replica()
+        .apply(put_cmd("before", "v"))
+        .await
+        .unwrap();
+    let id = walrep::RequestId::from(0x5eed_u128 << 64 | 42);
+    let cmd = put_cmd("counter", "+1");
+
+    // The first attempt: nobody looks at its answer.
+    let first_try = {
+        let replica = pair.primary().replica().clone();
+        let cmd = cmd.clone();
+        tokio::spawn(async move { replica.apply_once(id, cmd).await })
+    };
+    let written = before.lsn.next();
+    pair.standby()
+        .wait("the standby holds the first attempt", |h| {
+            h.flushed_lsn >= written
+        })
+        .await
+        .unwrap();
+    let old = pair.primary().id().clone();
+    let new = pair.failover().await.unwrap();
+    drop(first_try);
+
+    let retry = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert!(retry.deduplicated, "{retry:?}");
+    assert_eq!((retry.lsn, retry.epoch), (written, before.epoch));
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 1);
+    // Retrying again changes nothing either; a new id is a new write.
+    let again = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert_eq!((again.lsn, again.deduplicated), (written, true));
+    let other = walrep::RequestId::from(43u128);
+    let fresh = pair
+        .node(&new)
+        .replica()
+        .apply_once(other, cmd.clone())
+        .await
+        .unwrap();
+    assert!(!fresh.deduplicated && fresh.lsn > written, "{fresh:?}");
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 2);
+
+    // The old primary rejoins and applies the record once, too.
+    pair.restart(&old).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let old = pair.node(&old);
+    old.replica().wait_for_lsn(fresh.lsn, WAIT).await.unwrap();
+    assert_eq!(old.engine().times_applied(&cmd), 2);
+    assert_eq!(
+        old.engine().state_hash(),
+        pair.primary().engine().state_hash()
+    );
+}
+
+/// A node that restarts reads the request ids back from its WAL: the
+/// standby, restarted after the write, still recognises the retry once it
+/// is the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standby_rebuilds_its_request_ids_from_its_wal() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let id = walrep::RequestId::from(7u128);
+    let cmd = put_cmd("once", "only");
+    let first = pair
+        .primary()
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    let standby = pair.standby().id().clone();
+    pair.kill(&standby).await;
+    pair.restart(&standby).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let new = pair.failover().await.unwrap();
+    assert_eq!(new, standby);
+
+    let retry = pair
+        .node(&new)
+        .replica()
+        .apply_once(id, cmd.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (retry.lsn, retry.epoch, retry.deduplicated),
+        (first.lsn, first.epoch, true)
+    );
+    assert_eq!(pair.node(&new).engine().times_applied(&cmd), 1);
+}
+
+/// `apply_batch_once` mixes new records and retries in one call: each
+/// command gets its own record's place, a retry (of an earlier call, or of
+/// a command earlier in the same batch) the first attempt's, with an empty
+/// output where a new record has the engine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_new_and_retried_request_ids_answers_each_command_with_its_record() {
+    init_tracing();
+    let pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let replica = pair.primary().replica();
+    let (old, new) = (
+        walrep::RequestId::from(1u128),
+        walrep::RequestId::from(2u128),
+    );
+    let (x, y) = (put_cmd("x", "1"), put_cmd("y", "2"));
+    let first = replica.apply_once(old, x.clone()).await.unwrap();
+    let batch = replica
+        .apply_batch_once(vec![(new, y.clone()), (old, x.clone()), (new, y.clone())])
+        .await
+        .unwrap();
+    let places: Vec<_> = batch
+        .iter()
+        .map(|a| (a.lsn, a.deduplicated, a.output.is_empty()))
+        .collect();
+    let y_lsn = first.lsn.next();
+    assert_eq!(
+        places,
+        vec![
+            (y_lsn, false, false),
+            (first.lsn, true, true),
+            (y_lsn, true, true)
+        ]
+    );
+    let engine = pair.primary().engine();
+    assert_eq!((engine.times_applied(&x), engine.times_applied(&y)), (1, 1));
+    assert_eq!(replica.health().last_lsn, y_lsn);
+}

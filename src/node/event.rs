@@ -1,7 +1,7 @@
 //! What the role logic consumes and what it asks the runtime to do.
 
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
-use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record, RequestId};
 use bytes::Bytes;
 
 /// Time as the role logic sees it: elapsed since the runtime started. The
@@ -125,8 +125,14 @@ pub(crate) enum Event {
     Tick,
     /// The engine's writes that arrived together, in order: appended as one
     /// run of records (`Effect::Append`) or all refused
-    /// (`Effect::RefuseWrites`).
-    WriteRequested { payloads: Vec<Bytes> },
+    /// (`Effect::RefuseWrites`). `request_ids` is empty when none of them
+    /// has an id (`apply`), else one per payload (`apply_once`): a write
+    /// whose id a record of our log carries is not appended again but
+    /// listed in `Effect::Append::retried`.
+    WriteRequested {
+        payloads: Vec<Bytes>,
+        request_ids: Vec<Option<RequestId>>,
+    },
     /// The local WAL is durable up to `lsn`.
     LocalFlushed { lsn: Lsn },
     /// The local state machine applied up to `lsn`.
@@ -197,10 +203,12 @@ pub(crate) enum Event {
     PeerLogFetched { peer: PeerLog, ours: LocalLog },
     /// A fenced node finished rejoining: it is a standby of `leader` at
     /// `epoch`, and its log and state machine now end at these positions
-    /// (lower than before when it rewound).
+    /// (lower than before when it rewound); its log now starts at
+    /// `first_lsn` (later than before when it resynced from a snapshot).
     RejoinFinished {
         epoch: Epoch,
         leader: NodeId,
+        first_lsn: Lsn,
         last_lsn: Lsn,
         flushed: Lsn,
         applied: Lsn,
@@ -221,6 +229,18 @@ pub(crate) enum Event {
         durable_lsn: Lsn,
         bounded_from: Lsn,
     },
+}
+
+/// A write of an `Event::WriteRequested` whose request id a record of the
+/// log already carries: its caller waits for that record, not a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Retried {
+    /// Its index among the event's writes.
+    pub write: usize,
+    /// The record written for the first attempt.
+    pub lsn: Lsn,
+    /// That record's epoch (an older one after a failover).
+    pub epoch: Epoch,
 }
 
 /// A fenced node's reply to a fence request, sent once its outcome is known.
@@ -255,9 +275,15 @@ pub(crate) enum Effect {
     /// before it answers (a standby's `standby_sync_inline`); otherwise the
     /// flusher makes them durable and reports `Event::LocalFlushed`. A
     /// failed append is reported as `Event::WalFailed`.
+    ///
+    /// `retried` (a primary's `Event::WriteRequested` only, else empty)
+    /// names the writes that are retries of records already in the log:
+    /// they get no record of their own (so `records` may be empty) and
+    /// wait for those records instead.
     Append {
         records: Vec<Record>,
         fsync_inline: bool,
+        retried: Vec<Retried>,
     },
     /// The node must not run on this data (answer to `Event::Opened`):
     /// the runtime refuses to start, with `reason`.

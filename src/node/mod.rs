@@ -36,6 +36,7 @@
 mod event;
 mod primary;
 mod rejoin;
+mod request_index;
 mod requests;
 mod retention;
 mod standby;
@@ -44,10 +45,11 @@ mod tests;
 
 pub(crate) use event::Time;
 pub(crate) use event::{
-    Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan,
+    Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan, Retried,
     StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
+pub(crate) use request_index::RequestIndex;
 
 use crate::config::{Config, InitialRole};
 use crate::types::{Epoch, Lsn, NodeId};
@@ -136,6 +138,8 @@ pub(crate) struct Node {
     flushed: Lsn,
     applied: Lsn,
     commit: Lsn,
+    /// The request ids our log's records carry (see `request_index`).
+    requests: RequestIndex,
     /// When the node last ran a step; a longer gap than `failover_timeout`
     /// means the process was paused (stopped, VM stalled) and evidence
     /// gathered before it is stale.
@@ -148,16 +152,19 @@ pub(crate) struct Node {
 
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
-    /// bootstrapping (a fresh primary persists epoch 1).
+    /// bootstrapping (a fresh primary persists epoch 1). `requests` holds
+    /// the ids of the records the WAL retains (the runtime scans it).
     pub(crate) fn new(
         cfg: Config,
         meta: WalMeta,
         last_lsn: Lsn,
         flushed: Lsn,
         applied: Lsn,
+        requests: RequestIndex,
         now: Time,
     ) -> (Node, Vec<Effect>) {
         let mut node = Node {
+            requests,
             epoch: meta.epoch,
             leader: meta.leader.clone(),
             role: Role::Fenced,
@@ -203,7 +210,10 @@ impl Node {
                 self.last_tick = now;
                 self.on_tick(now);
             }
-            Event::WriteRequested { payloads } => self.on_write_requested(now, payloads),
+            Event::WriteRequested {
+                payloads,
+                request_ids,
+            } => self.on_write_requested(now, payloads, request_ids),
             Event::LocalFlushed { lsn } => {
                 // Not an invariant: the flusher's fsync and a standby's
                 // inline one can finish in either order, so an older
@@ -271,12 +281,18 @@ impl Node {
             Event::RejoinFinished {
                 epoch,
                 leader,
+                first_lsn,
                 last_lsn,
                 flushed,
                 applied,
             } => {
                 // The rewind may have moved every position back: these
                 // are the log's and the state machine's as they now are.
+                // The ids of rewound records are forgotten (they were never
+                // committed: a retry writes them again, once), and so are
+                // those of records a snapshot replaced.
+                self.requests.truncate_after(last_lsn);
+                self.requests.remove_before(first_lsn);
                 self.last_lsn = last_lsn;
                 self.flushed = flushed;
                 self.applied = applied;
@@ -347,6 +363,13 @@ impl Node {
     /// Our state machine applied up to here, as the applier last reported.
     pub(crate) fn applied_lsn(&self) -> Lsn {
         self.applied
+    }
+
+    /// The record that carries request id `id`, if our log holds it and
+    /// the id is within the window (`Config::max_request_ids`).
+    #[cfg(test)]
+    pub(crate) fn request(&self, id: &crate::types::RequestId) -> Option<(Lsn, Epoch)> {
+        self.requests.get(id)
     }
 
     /// Where the primary believes the standby is (primary only).

@@ -36,7 +36,9 @@ pub(super) struct Primary {
     /// First failed call to the standby since its last answer.
     unreachable_since: Option<Time>,
     link: Link,
-    /// Appended, not yet committed: `(last lsn of the append, when)`.
+    /// Appended, not yet committed: `(last lsn of the append, when)`, in
+    /// time order. A retry that waits for an uncommitted record adds
+    /// `(its lsn, when)` too, so its LSN may be below an earlier entry's.
     pending: VecDeque<(Lsn, Time)>,
     demotion: Option<Demotion>,
     /// After a restart: the last record this node may have acknowledged
@@ -203,6 +205,18 @@ impl Node {
         }
     }
 
+    /// A retried write waits for the uncommitted record `lsn`: it gets a
+    /// `sync_timeout` of its own from now (the first attempt's may have
+    /// run out already), and shares the record's fate before that.
+    pub(super) fn on_retry_waits(&mut self, now: Time, lsn: Lsn) {
+        let commit = self.commit;
+        if let Some(p) = self.primary()
+            && lsn > commit
+        {
+            p.pending.push_back((lsn, now));
+        }
+    }
+
     pub(super) fn on_appended(&mut self, now: Time, last_lsn: Lsn) {
         assert!(
             last_lsn >= self.last_lsn,
@@ -306,12 +320,17 @@ impl Node {
 
         let commit = self.commit;
         let Some(p) = self.primary() else { return };
-        let mut timed_out = None;
+        let mut timed_out: Option<Lsn> = None;
         while let Some(&(lsn, at)) = p.pending.front() {
-            if lsn <= commit || now.saturating_sub(at) < cfg.sync_timeout {
+            if lsn <= commit {
+                // A retry's entry left behind a later append by `committed`.
+                p.pending.pop_front();
+                continue;
+            }
+            if now.saturating_sub(at) < cfg.sync_timeout {
                 break;
             }
-            timed_out = Some(lsn);
+            timed_out = Some(timed_out.map_or(lsn, |t| t.max(lsn)));
             p.pending.pop_front();
         }
         self.recompute_commit();

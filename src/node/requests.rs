@@ -2,10 +2,10 @@
 //! heartbeats, WAL batches, history and snapshot requests. Every request
 //! from the peer passes the epoch rules first (`admit`).
 
-use super::event::{Effect, Refused};
+use super::event::{Effect, Refused, Retried};
 use super::{Node, Role, Time};
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
-use crate::types::{Epoch, Record};
+use crate::types::{Epoch, Record, RequestId};
 
 impl Node {
     /// The epoch rules at the top of every request from the peer: a lower
@@ -93,8 +93,17 @@ impl Node {
     }
 
     /// Appends the writes as one run of records at our epoch, right after
-    /// our last record, if this node may write now.
-    pub(super) fn on_write_requested(&mut self, now: Time, payloads: Vec<bytes::Bytes>) {
+    /// our last record, if this node may write now. A write whose request
+    /// id a record of our log carries (a retry, even of a write the
+    /// previous primary made) is not appended again: it is listed as
+    /// retried and waits for that record, committed or still in flight.
+    /// Two writes with one id in the same run are one record.
+    pub(super) fn on_write_requested(
+        &mut self,
+        now: Time,
+        payloads: Vec<bytes::Bytes>,
+        request_ids: Vec<Option<RequestId>>,
+    ) {
         if let Err(refusal) = self.check_writable() {
             self.emit(Effect::RefuseWrites(refusal));
             return;
@@ -104,21 +113,36 @@ impl Node {
         }
         let epoch = self.epoch;
         let mut lsn = self.last_lsn;
-        let records: Vec<Record> = payloads
-            .into_iter()
-            .map(|payload| {
-                lsn = lsn.next();
-                Record {
-                    lsn,
-                    epoch,
-                    payload,
+        let mut records = Vec::with_capacity(payloads.len());
+        let mut retried = Vec::new();
+        for (write, payload) in payloads.into_iter().enumerate() {
+            let request_id = request_ids.get(write).copied().flatten();
+            if let Some(id) = &request_id {
+                if let Some((lsn, epoch)) = self.requests.get(id) {
+                    retried.push(Retried { write, lsn, epoch });
+                    continue;
                 }
-            })
-            .collect();
-        self.on_appended(now, lsn);
+                self.requests.insert(*id, lsn.next(), epoch);
+            }
+            lsn = lsn.next();
+            records.push(Record {
+                lsn,
+                epoch,
+                request_id,
+                payload,
+            });
+        }
+        if !records.is_empty() {
+            self.on_appended(now, lsn);
+        }
+        for r in &retried {
+            tracing::debug!(lsn = %r.lsn, epoch = %r.epoch, "a retried request id: waiting for its record instead of appending it again");
+            self.on_retry_waits(now, r.lsn);
+        }
         self.emit(Effect::Append {
             records,
             fsync_inline: false,
+            retried,
         });
     }
 
@@ -169,6 +193,11 @@ impl Node {
                         "node {}: a checked batch does not continue the log",
                         self.cfg.node_id
                     );
+                    for r in &records {
+                        if let Some(id) = r.request_id {
+                            self.requests.insert(id, r.lsn, r.epoch);
+                        }
+                    }
                     self.on_appended(now, last);
                     let fsync_inline = self.cfg.standby_sync_inline
                         && matches!(
@@ -179,6 +208,7 @@ impl Node {
                     self.emit(Effect::Append {
                         records,
                         fsync_inline,
+                        retried: Vec::new(),
                     });
                 }
                 // Always answer a batch, even one that changed nothing (the

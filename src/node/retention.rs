@@ -18,6 +18,8 @@ impl Node {
     /// engine's `durable_lsn()`; `bounded_from`: the oldest LSN from which
     /// the WAL holds at most `wal_retention_bytes`.
     pub(super) fn on_wal_retention(&mut self, first_lsn: Lsn, durable: Lsn, bounded_from: Lsn) {
+        // The ids of records the WAL let go of are no longer recognised.
+        self.requests.remove_before(first_lsn);
         let standby_needs = match &self.role {
             Role::Primary(p) => Some(p.standby.flushed.next()),
             Role::Standby(_) => None,

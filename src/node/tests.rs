@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::{CommitMode, OnStandbyLoss};
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
-use crate::types::{EpochHistory, Record};
+use crate::types::{EpochHistory, Record, RequestId};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -11,6 +11,19 @@ const MS: Duration = Duration::from_millis(1);
 
 fn cfg() -> Config {
     Config::default()
+}
+
+/// `Node::new` with an empty request index of the configured size.
+fn new_node(
+    cfg: Config,
+    meta: WalMeta,
+    last: Lsn,
+    flushed: Lsn,
+    applied: Lsn,
+    now: Time,
+) -> (Node, Vec<Effect>) {
+    let requests = RequestIndex::new(cfg.max_request_ids);
+    Node::new(cfg, meta, last, flushed, applied, requests, now)
 }
 
 fn t(ms: u64) -> Time {
@@ -49,12 +62,13 @@ fn writes_up_to(node: &Node, lsn: u64) -> Event {
     let count = lsn - node.last_lsn().0;
     Event::WriteRequested {
         payloads: (0..count).map(|_| Bytes::from_static(b"w")).collect(),
+        request_ids: Vec::new(),
     }
 }
 
 /// A standby of n2 at epoch 1 that has heard from the primary at `at`.
 fn standby_in_contact(cfg: Config, sync: SyncState, at: Time) -> Node {
-    let (mut node, effects) = Node::new(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let (mut node, effects) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     assert!(effects.iter().all(|e| matches!(e, Effect::Commit { .. })));
     node.step(at, heartbeat(1, "n2", 10, 10, sync));
     node
@@ -72,7 +86,7 @@ fn tick_until(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
 }
 
 fn primary_with_standby(cfg: Config) -> Node {
-    let (mut node, _) = Node::new(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
+    let (mut node, _) = new_node(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
     node.step(t(1), Event::StandbyReachable);
     node
 }
@@ -83,7 +97,7 @@ fn fresh_primary_persists_epoch_one_and_starts_streaming() {
         initial_role: crate::InitialRole::Primary,
         ..cfg()
     };
-    let (node, effects) = Node::new(cfg, WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0));
+    let (node, effects) = new_node(cfg, WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0));
     assert_eq!(
         effects,
         vec![
@@ -170,7 +184,7 @@ fn auto_failover_off_means_no_promotion() {
 
 #[test]
 fn restarted_standby_without_contact_never_promotes() {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     assert!(tick_until(&mut node, 100, 10_000).is_empty());
     assert_eq!(node.role(), RoleKind::Standby);
 }
@@ -183,11 +197,11 @@ fn async_standby_promotes_only_within_max_lag() {
         ..cfg()
     };
     let contact = |lag: u64| heartbeat(1, "n2", 10 + lag, 10, SyncState::Async);
-    let (mut far, _) = Node::new(cfg.clone(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let (mut far, _) = new_node(cfg.clone(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     far.step(t(100), contact(6));
     assert!(tick_until(&mut far, 200, 3000).is_empty());
 
-    let (mut near, _) = Node::new(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let (mut near, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     near.step(t(100), contact(5));
     let effects = tick_until(&mut near, 200, 1200);
     assert!(
@@ -249,7 +263,7 @@ fn higher_epoch_fences_a_primary_at_once_and_fails_its_waiters() {
 
 #[test]
 fn a_stale_fence_is_refused() {
-    let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
+    let (mut node, _) = new_node(cfg(), meta(3, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
     let effects = node.step(
         t(1),
         Event::FenceRequested {
@@ -480,7 +494,7 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
 
 #[test]
 fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(t(10), writes_up_to(&node, 6));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(6) });
     node.step(t(20), Event::StandbyUnreachable);
@@ -708,7 +722,7 @@ fn deadlines_a_node_cannot_act_on_do_not_make_it_spin() {
     tick_until(&mut node, 200, 2000);
     assert_eq!(node.next_deadline(t(2000)), t(2200));
     // Restarted primary that may not go solo: same.
-    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(t(10), Event::StandbyUnreachable);
     tick_until(&mut node, 100, 5000);
     assert_eq!(node.next_deadline(t(5000)), t(5200));
@@ -744,7 +758,7 @@ fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
 #[test]
 fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_primary_may_have_acknowledged()
  {
-    let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(10), Lsn(10), Lsn(0), t(0));
+    let (mut node, _) = new_node(cfg(), meta(3, "n1"), Lsn(10), Lsn(10), Lsn(0), t(0));
     let progress = |lsn| Event::StandbyProgress {
         positions: StandbyPositions {
             written: Lsn(lsn),
@@ -768,13 +782,14 @@ fn rec(lsn: u64, epoch: u64) -> Record {
     Record {
         lsn: Lsn(lsn),
         epoch: Epoch(epoch),
+        request_id: None,
         payload: Bytes::from_static(b"p"),
     }
 }
 
 /// A standby of n2 at epoch 2 whose log holds 1..=3, all from epoch 1.
 fn standby_with_log() -> Node {
-    let (node, _) = Node::new(cfg(), meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (node, _) = new_node(cfg(), meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
     node
 }
 
@@ -838,9 +853,16 @@ fn diverged_then_rejoins(effects: &[Effect], kind: RefusalKind) {
 
 #[test]
 fn a_primary_appends_writes_after_its_last_record_in_its_epoch() {
-    let (mut node, _) = Node::new(cfg(), meta(3, "n1"), Lsn(7), Lsn(7), Lsn(7), t(0));
+    let (mut node, _) = new_node(cfg(), meta(3, "n1"), Lsn(7), Lsn(7), Lsn(7), t(0));
     let payloads = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
-    let effects = node.step(t(1), Event::WriteRequested { payloads });
+    let request_ids = Vec::new();
+    let effects = node.step(
+        t(1),
+        Event::WriteRequested {
+            payloads,
+            request_ids,
+        },
+    );
     assert_eq!(
         effects,
         vec![Effect::Append {
@@ -848,15 +870,18 @@ fn a_primary_appends_writes_after_its_last_record_in_its_epoch() {
                 Record {
                     lsn: Lsn(8),
                     epoch: Epoch(3),
+                    request_id: None,
                     payload: Bytes::from_static(b"a")
                 },
                 Record {
                     lsn: Lsn(9),
                     epoch: Epoch(3),
+                    request_id: None,
                     payload: Bytes::from_static(b"b")
                 },
             ],
             fsync_inline: false,
+            retried: vec![],
         }]
     );
     assert_eq!(node.last_lsn(), Lsn(9));
@@ -885,7 +910,8 @@ fn a_contiguous_batch_is_appended_whole_and_answered() {
         vec![
             Effect::Append {
                 records,
-                fsync_inline: false
+                fsync_inline: false,
+                retried: vec![],
             },
             Effect::Answer(Ok(())),
         ]
@@ -899,7 +925,7 @@ fn a_standby_with_inline_fsync_asks_for_it_with_the_append() {
         standby_sync_inline: true,
         ..cfg()
     };
-    let (mut node, _) = Node::new(cfg, meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut node, _) = new_node(cfg, meta(2, "n2"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = receive(&mut node, t(1), batch((3, 1), vec![rec(4, 2)], 4, 1));
     assert!(matches!(
         effects[0],
@@ -923,7 +949,8 @@ fn redelivered_records_of_a_batch_are_skipped() {
         vec![
             Effect::Append {
                 records: vec![rec(4, 1)],
-                fsync_inline: false
+                fsync_inline: false,
+                retried: vec![],
             },
             Effect::Answer(Ok(())),
         ]
@@ -976,7 +1003,7 @@ fn a_primary_that_no_longer_has_our_next_record_sends_us_to_rejoin() {
 
 #[test]
 fn a_primary_refuses_a_batch_at_its_own_epoch_as_two_primaries() {
-    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut node, _) = new_node(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = receive(&mut node, t(1), batch((3, 1), vec![rec(4, 2)], 4, 1));
     assert_eq!(
         effects,
@@ -991,7 +1018,7 @@ fn a_primary_refuses_a_batch_at_its_own_epoch_as_two_primaries() {
 
 #[test]
 fn a_primary_refuses_a_heartbeat_at_its_own_epoch_as_two_primaries() {
-    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut node, _) = new_node(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = node.step(t(1), heartbeat(2, "n2", 3, 3, SyncState::Sync));
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
     assert_eq!(node.role(), RoleKind::Primary);
@@ -1026,7 +1053,7 @@ fn a_request_from_a_lower_epoch_is_refused_with_ours_and_changes_nothing() {
 
 #[test]
 fn a_request_from_a_higher_epoch_is_persisted_before_the_primary_steps_down() {
-    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut node, _) = new_node(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = node.step(
         t(1),
         Event::HistoryRequested {
@@ -1055,7 +1082,7 @@ fn only_the_primary_serves_snapshots() {
         },
     );
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
-    let (mut primary, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut primary, _) = new_node(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = primary.step(
         t(1),
         Event::SnapshotRequested {
@@ -1067,7 +1094,7 @@ fn only_the_primary_serves_snapshots() {
 
 #[test]
 fn an_epoch_at_the_bound_is_never_adopted() {
-    let (mut node, _) = Node::new(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
+    let (mut node, _) = new_node(cfg(), meta(2, "n1"), Lsn(3), Lsn(3), Lsn(3), t(0));
     let effects = node.step(
         t(1),
         Event::HistoryRequested {
@@ -1087,7 +1114,7 @@ fn an_epoch_at_the_bound_is_never_adopted() {
 #[test]
 fn a_standby_whose_epoch_cannot_be_raised_neither_promotes_nor_is_promoted() {
     let last = Epoch::MAX.0 - 1;
-    let (mut node, _) = Node::new(cfg(), meta(last, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let (mut node, _) = new_node(cfg(), meta(last, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     node.step(t(100), heartbeat(last, "n2", 10, 10, SyncState::Sync));
     let silent = tick_until(&mut node, 200, 3000);
     assert!(
@@ -1162,7 +1189,7 @@ fn a_fence_ordered_by_the_engine_must_raise_the_epoch() {
 /// A former primary of epoch 1 holding 1..=5, fenced by n2 at epoch 2 and
 /// rejoining.
 fn rejoining() -> Node {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(
         t(1),
         Event::HigherEpoch {
@@ -1306,6 +1333,7 @@ fn rejoin_finished_resets_positions_to_the_rewound_log_and_makes_a_standby() {
         Event::RejoinFinished {
             epoch: Epoch(2),
             leader: NodeId::from("n2"),
+            first_lsn: Lsn(1),
             last_lsn: Lsn(3),
             flushed: Lsn(3),
             applied: Lsn(3),
@@ -1327,7 +1355,7 @@ fn rejoin_finished_resets_positions_to_the_rewound_log_and_makes_a_standby() {
 
 #[test]
 fn a_former_primary_whose_state_is_ahead_of_its_wal_refuses_to_start() {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(9), t(0));
     let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(1) });
     assert!(
         matches!(effects.as_slice(), [Effect::CannotStart { .. }]),
@@ -1337,12 +1365,12 @@ fn a_former_primary_whose_state_is_ahead_of_its_wal_refuses_to_start() {
 
 #[test]
 fn a_standby_whose_state_is_behind_the_wal_it_keeps_resyncs() {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
     let effects = node.step(t(0), Event::Opened { first_lsn: Lsn(20) });
     assert!(effects.contains(&Effect::StartRejoin {
         leader: Some(NodeId::from("n2"))
     }));
-    let (mut fits, _) = Node::new(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
+    let (mut fits, _) = new_node(cfg(), meta(1, "n2"), Lsn(50), Lsn(50), Lsn(5), t(0));
     assert!(
         fits.step(t(0), Event::Opened { first_lsn: Lsn(6) })
             .is_empty()
@@ -1351,7 +1379,7 @@ fn a_standby_whose_state_is_behind_the_wal_it_keeps_resyncs() {
 
 #[test]
 fn a_state_machine_ahead_of_the_wal_sends_a_standby_to_resync() {
-    let (mut node, _) = Node::new(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
     let effects = node.step(t(1), Event::Opened { first_lsn: Lsn(1) });
     assert_eq!(
         effects,
@@ -1442,7 +1470,7 @@ fn wal_retention_bytes_bounds_the_wal_whatever_the_engine_and_the_standby_need()
         vec![Effect::TrimWal { keep_from: Lsn(90) }]
     );
     // A standby behind the same way.
-    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(100), t(0));
+    let (mut standby, _) = new_node(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(100), t(0));
     assert_eq!(
         standby.step(t(1), measured(1, 0, 90)),
         vec![Effect::TrimWal { keep_from: Lsn(90) }]
@@ -1451,7 +1479,7 @@ fn wal_retention_bytes_bounds_the_wal_whatever_the_engine_and_the_standby_need()
 
 #[test]
 fn records_the_state_machine_has_not_applied_are_never_trimmed() {
-    let (mut standby, _) = Node::new(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(50), t(0));
+    let (mut standby, _) = new_node(cfg(), meta(1, "n2"), Lsn(100), Lsn(100), Lsn(50), t(0));
     assert_eq!(
         standby.step(t(1), measured(1, 0, 90)),
         vec![Effect::TrimWal { keep_from: Lsn(51) }]
@@ -1554,7 +1582,7 @@ fn a_primary_asked_to_stop_just_stops_when_its_standby_is_unreachable() {
     node.step(t(6), Event::StreamState { up: false });
     assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
     // A restarted primary that has not heard from its standby yet.
-    let (mut node, _) = Node::new(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
+    let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(t(1), Event::StreamState { up: true });
     assert_eq!(node.step(t(2), Event::StopRequested), vec![Effect::Stop]);
 }
@@ -1564,4 +1592,169 @@ fn a_standby_asked_to_stop_just_stops() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
     assert_eq!(node.step(t(101), Event::StopRequested), vec![Effect::Stop]);
     assert_eq!(node.role(), RoleKind::Standby);
+}
+
+// Request ids (`apply_once`): the node's index of the ids its log carries.
+
+fn id(n: u128) -> RequestId {
+    RequestId::from(n)
+}
+
+/// Writes, each `(request id, payload)`; `None`: a plain `apply`.
+fn writes_with_ids(writes: &[(Option<u128>, &'static [u8])]) -> Event {
+    Event::WriteRequested {
+        payloads: writes.iter().map(|w| Bytes::from_static(w.1)).collect(),
+        request_ids: writes.iter().map(|w| w.0.map(id)).collect(),
+    }
+}
+
+fn appended(effects: &[Effect]) -> (Vec<(u64, Option<RequestId>)>, Vec<Retried>) {
+    match effects {
+        [
+            Effect::Append {
+                records, retried, ..
+            },
+        ] => (
+            records.iter().map(|r| (r.lsn.0, r.request_id)).collect(),
+            retried.clone(),
+        ),
+        other => panic!("expected one append, got {other:?}"),
+    }
+}
+
+/// The standby flushed (and so acknowledged) up to `lsn`.
+fn standby_flushed(lsn: u64) -> Event {
+    let at = Lsn(lsn);
+    Event::StandbyProgress {
+        positions: StandbyPositions {
+            written: at,
+            flushed: at,
+            applied: at,
+        },
+        epoch: Epoch(1),
+    }
+}
+
+#[test]
+fn a_retried_request_id_returns_its_records_lsn_without_a_second_append() {
+    let mut node = primary_with_standby(cfg());
+    let first = node.step(t(2), writes_with_ids(&[(Some(7), b"x")]));
+    assert_eq!(appended(&first), (vec![(1, Some(id(7)))], vec![]));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(t(4), standby_flushed(1));
+    assert_eq!(node.commit_lsn(), Lsn(1));
+
+    // The retry, beside a new write with an id and one without.
+    let retry = node.step(
+        t(5),
+        writes_with_ids(&[(None, b"plain"), (Some(7), b"x"), (Some(8), b"y")]),
+    );
+    let retried = Retried {
+        write: 1,
+        lsn: Lsn(1),
+        epoch: Epoch(1),
+    };
+    assert_eq!(
+        appended(&retry),
+        (vec![(2, None), (3, Some(id(8)))], vec![retried])
+    );
+    assert_eq!(node.last_lsn(), Lsn(3));
+}
+
+#[test]
+fn a_retry_of_a_record_still_in_flight_waits_for_that_record_with_a_timeout_of_its_own() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(&[(Some(7), b"x")]));
+    // Two writes with one id in one run are one record, too.
+    let same_run = node.step(t(3), writes_with_ids(&[(Some(9), b"a"), (Some(9), b"a")]));
+    let twin = Retried {
+        write: 1,
+        lsn: Lsn(2),
+        epoch: Epoch(1),
+    };
+    assert_eq!(appended(&same_run), (vec![(2, Some(id(9)))], vec![twin]));
+
+    // The first attempt of record 1 times out (the standby never acks).
+    let sync_timeout = cfg().sync_timeout.as_millis() as u64;
+    let timed_out = node.step(t(3 + sync_timeout), Event::Tick);
+    assert!(timed_out.contains(&Effect::FailWaiters {
+        up_to: Some(Lsn(2)),
+        failure: WaiterFailure::SyncTimeout,
+    }));
+
+    // Its retry appends nothing and waits for record 1 again...
+    let retry_at = 3000;
+    let retry = node.step(t(retry_at), writes_with_ids(&[(Some(7), b"x")]));
+    let waits = Retried {
+        write: 0,
+        lsn: Lsn(1),
+        epoch: Epoch(1),
+    };
+    assert_eq!(appended(&retry), (vec![], vec![waits]));
+    assert_eq!(node.last_lsn(), Lsn(2));
+    // ...for a sync_timeout from the retry, not from the first attempt.
+    let before = node.step(t(retry_at + sync_timeout - 1), Event::Tick);
+    assert!(
+        !before
+            .iter()
+            .any(|e| matches!(e, Effect::FailWaiters { .. }))
+    );
+    let after = node.step(t(retry_at + sync_timeout), Event::Tick);
+    assert!(after.contains(&Effect::FailWaiters {
+        up_to: Some(Lsn(1)),
+        failure: WaiterFailure::SyncTimeout,
+    }));
+}
+
+#[test]
+fn a_standby_learns_request_ids_from_the_records_it_receives() {
+    let mut node = standby_with_log();
+    let with_id = Record {
+        request_id: Some(id(5)),
+        ..rec(5, 2)
+    };
+    let effects = receive(
+        &mut node,
+        t(1),
+        batch((3, 1), vec![rec(4, 2), with_id], 5, 1),
+    );
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    assert_eq!(node.request(&id(5)), Some((Lsn(5), Epoch(2))));
+    assert_eq!(node.request(&id(4)), None);
+}
+
+#[test]
+fn a_rewind_forgets_the_request_ids_after_the_divergence_point() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(&[(Some(1), b"a"), (Some(2), b"b")]));
+    node.step(
+        t(3),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    node.step(t(4), Event::RejoinStarted);
+    node.step(
+        t(5),
+        Event::RejoinFinished {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(1),
+            flushed: Lsn(1),
+            applied: Lsn(1),
+        },
+    );
+    assert_eq!(node.request(&id(1)), Some((Lsn(1), Epoch(1))));
+    assert_eq!(node.request(&id(2)), None, "record 2 was rewound");
+}
+
+#[test]
+fn ids_of_records_the_wal_let_go_of_are_forgotten() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(&[(Some(1), b"a"), (Some(2), b"b")]));
+    node.step(t(3), measured(2, 0, 0));
+    assert_eq!(node.request(&id(1)), None);
+    assert_eq!(node.request(&id(2)), Some((Lsn(2), Epoch(1))));
 }

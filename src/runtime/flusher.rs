@@ -213,6 +213,7 @@ mod tests {
             lsn: Lsn(lsn),
             epoch: Epoch(1),
             payload: bytes::Bytes::from_static(b"x"),
+            request_id: None,
         }
     }
 

@@ -66,6 +66,12 @@
 //!     `on_event` → `actor/writes.rs` `resolve_waiters`: the caller of
 //!     step 1 gets `Applied { lsn, epoch, output }`.
 //!
+//! A write with a request id (`apply_once`) takes the same path; in step 3
+//! the node looks the id up in its `RequestIndex` and, when a record of
+//! the log carries it, appends nothing for it and lists it in
+//! `Effect::Append::retried`: step 4 makes its caller wait for that
+//! record (`RetryWaiter`), answered in step 14 with `deduplicated` set.
+//!
 //! The standby applies what it flushed the same way (13), and its acks
 //! carry the applied position that `remote-apply` commits on.
 
@@ -96,16 +102,18 @@ pub(crate) use snapshots::{BuiltSnapshot, PendingSnapshot, Snapshots};
 use crate::error::Result;
 use crate::node::{Event, PeerLog, RejoinPlan};
 use crate::replicator::Applied;
-use crate::types::{Epoch, Lsn};
+use crate::types::{Epoch, Lsn, RequestId};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 /// What the actor's mailbox carries. Every sender waits on a oneshot or
 /// a watch for what comes back; nothing else reaches the node.
 pub(crate) enum Msg {
-    /// The engine's writes (`Replicator::apply_batch`).
+    /// The engine's writes (`Replicator::apply_batch`); `request_ids` is
+    /// empty, or holds one per payload (`apply_batch_once`).
     Apply {
         payloads: Vec<Bytes>,
+        request_ids: Vec<RequestId>,
         reply: oneshot::Sender<Result<Vec<Applied>>>,
     },
     /// The engine asks this node to become primary.

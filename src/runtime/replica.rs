@@ -9,7 +9,7 @@ use crate::node::RoleKind;
 use crate::replicator::{Applied, Health, Replicator};
 use crate::state_machine::StateMachine;
 use crate::transport::{GrpcPeer, Peer, ReplicationService};
-use crate::types::{Epoch, Lsn};
+use crate::types::{Epoch, Lsn, RequestId};
 use crate::wal::WalStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -329,6 +329,26 @@ impl Replica {
         }
     }
 
+    /// The writes of `apply*`: `request_ids` empty, or one per command.
+    async fn write(&self, cmds: Vec<Bytes>, request_ids: Vec<RequestId>) -> Result<Vec<Applied>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(big) = cmds.iter().find(|c| c.len() > self.inner.max_record_bytes) {
+            return Err(Error::InvalidInput(format!(
+                "a command of {} bytes exceeds max_record_bytes ({}); nothing was written",
+                big.len(),
+                self.inner.max_record_bytes
+            )));
+        }
+        self.ask(|reply| Msg::Apply {
+            payloads: cmds,
+            request_ids,
+            reply,
+        })
+        .await
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -348,21 +368,17 @@ impl Replicator for Replica {
     }
 
     async fn apply_batch(&self, cmds: Vec<Bytes>) -> Result<Vec<Applied>> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(big) = cmds.iter().find(|c| c.len() > self.inner.max_record_bytes) {
-            return Err(Error::InvalidInput(format!(
-                "a command of {} bytes exceeds max_record_bytes ({}); nothing was written",
-                big.len(),
-                self.inner.max_record_bytes
-            )));
-        }
-        self.ask(|reply| Msg::Apply {
-            payloads: cmds,
-            reply,
-        })
-        .await
+        self.write(cmds, Vec::new()).await
+    }
+
+    async fn apply_once(&self, id: RequestId, cmd: Bytes) -> Result<Applied> {
+        let mut applied = self.write(vec![cmd], vec![id]).await?;
+        Ok(applied.remove(0))
+    }
+
+    async fn apply_batch_once(&self, cmds: Vec<(RequestId, Bytes)>) -> Result<Vec<Applied>> {
+        let (request_ids, cmds) = cmds.into_iter().unzip();
+        self.write(cmds, request_ids).await
     }
 
     fn role(&self) -> RoleKind {

@@ -291,6 +291,7 @@ mod tests {
             .map(|i| Record {
                 lsn: Lsn(i),
                 epoch: Epoch(1),
+                request_id: None,
                 payload: Bytes::from_static(b"p"),
             })
             .collect();

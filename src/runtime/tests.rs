@@ -753,6 +753,7 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
             lsn: Lsn(i),
             epoch: Epoch(1),
             payload: put(),
+            request_id: None,
         })
         .collect();
     wal.append(&records).unwrap();

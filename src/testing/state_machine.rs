@@ -4,6 +4,7 @@
 use crate::state_machine::{StateMachine, StateMachineError};
 use crate::types::Lsn;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ pub struct MemStateMachine {
     restores: AtomicU64,
     /// Applies of records at or after this LSN fail (0: none do).
     fail_from: AtomicU64,
+    /// How many times each payload was applied, by its CRC32C.
+    applies: Mutex<HashMap<u32, u64>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,6 +76,15 @@ impl MemStateMachine {
         self.fail_from.store(lsn.0, Ordering::Relaxed);
     }
 
+    /// How many times this instance applied `payload` (told apart from
+    /// other payloads by its CRC32C, which the distinct payloads of a test
+    /// do not share in practice; a restored snapshot counts nothing): what
+    /// a test of exactly-once writes asserts on.
+    pub fn times_applied(&self, payload: &[u8]) -> u64 {
+        let applies = self.applies.lock().unwrap();
+        applies.get(&crc32c::crc32c(payload)).copied().unwrap_or(0)
+    }
+
     /// How many times `restore` succeeded.
     pub fn restores(&self) -> u64 {
         self.restores.load(Ordering::Relaxed)
@@ -93,6 +105,12 @@ impl StateMachine for MemStateMachine {
         );
         state.hash = crc32c::crc32c_append(state.hash, payload);
         state.applied = lsn;
+        *self
+            .applies
+            .lock()
+            .unwrap()
+            .entry(crc32c::crc32c(payload))
+            .or_default() += 1;
         Ok(())
     }
 

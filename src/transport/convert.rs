@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::pb;
-use crate::types::EpochStart;
+use crate::types::{EpochStart, RequestId};
 
 /// A message that does not describe anything valid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +124,10 @@ pub fn record_to_pb(r: &Record) -> pb::WalRecord {
         epoch: r.epoch.0,
         payload: r.payload.clone(),
         crc: r.checksum(),
+        request_id: r
+            .request_id
+            .map(|id| bytes::Bytes::copy_from_slice(&id.0))
+            .unwrap_or_default(),
     }
 }
 
@@ -169,9 +173,24 @@ pub fn batch_from_pb(b: pb::WalBatch, max_record_bytes: usize) -> Result<WalBatc
     }
     let mut records = Vec::with_capacity(b.records.len());
     for r in b.records {
+        let request_id = match r.request_id.len() {
+            0 => None,
+            RequestId::LEN => Some(RequestId(r.request_id[..].try_into().unwrap())),
+            n => {
+                return Err(malformed(
+                    "record",
+                    format!(
+                        "record {} has a request id of {n} bytes; a request id has {} bytes, or none",
+                        r.lsn,
+                        RequestId::LEN
+                    ),
+                ));
+            }
+        };
         let record = Record {
             lsn: Lsn(r.lsn),
             epoch: Epoch(r.epoch),
+            request_id,
             payload: r.payload,
         };
         if record.payload.len() > max_record_bytes {
@@ -330,6 +349,7 @@ mod tests {
         Record {
             lsn: Lsn(lsn),
             epoch: Epoch(epoch),
+            request_id: None,
             payload: Bytes::from_static(b"x"),
         }
     }
@@ -476,6 +496,8 @@ mod tests {
             lsn: Option<u64>,
             epoch_step: u64,
             payload: Vec<u8>,
+            /// Mostly none or 16 bytes; sometimes a wrong length.
+            request_id: Vec<u8>,
             /// A CRC that is wrong by this much (mostly 0, right).
             crc_error: u32,
         }
@@ -485,13 +507,21 @@ mod tests {
                 prop::option::weighted(0.1, lsn()),
                 prop_oneof![8 => Just(0u64), 2 => Just(1u64), 1 => any::<u64>()],
                 prop::collection::vec(any::<u8>(), 0..40),
+                prop_oneof![
+                    6 => Just(Vec::new()),
+                    3 => prop::collection::vec(any::<u8>(), RequestId::LEN),
+                    1 => prop::collection::vec(any::<u8>(), 0..20),
+                ],
                 prop_oneof![9 => Just(0u32), 1 => any::<u32>()],
             )
-                .prop_map(|(lsn, epoch_step, payload, crc_error)| RecordPlan {
-                    lsn,
-                    epoch_step,
-                    payload,
-                    crc_error,
+                .prop_map(|(lsn, epoch_step, payload, request_id, crc_error)| {
+                    RecordPlan {
+                        lsn,
+                        epoch_step,
+                        payload,
+                        request_id,
+                        crc_error,
+                    }
                 })
         }
 
@@ -523,11 +553,13 @@ mod tests {
                                 let r = Record {
                                     lsn: Lsn(p.lsn.unwrap_or(next)),
                                     epoch: Epoch(epoch.wrapping_add(p.epoch_step)),
+                                    request_id: p.request_id[..].try_into().ok().map(RequestId),
                                     payload: Bytes::from(p.payload),
                                 };
                                 (next, epoch) = (r.lsn.0.wrapping_add(1), r.epoch.0);
                                 pb::WalRecord {
                                     crc: r.checksum().wrapping_add(p.crc_error),
+                                    request_id: Bytes::from(p.request_id),
                                     ..record_to_pb(&r)
                                 }
                             })

@@ -144,6 +144,9 @@ pub trait WalStore: Send + Sync + 'static {
 
     /// Up to `max_records` records (and about `max_bytes` of payload, at
     /// least one record) starting at `from`. Empty when `from > last_lsn`.
+    /// Each record exactly as appended, its `request_id` included: a store
+    /// that dropped ids would let a retried `apply_once` be applied again
+    /// after a restart or a failover.
     fn read(
         &self,
         from: Lsn,

@@ -59,6 +59,10 @@ pub struct PeerReport {
 pub struct WriteReply {
     pub lsn: u64,
     pub epoch: u64,
+    /// A retry of an `Idempotency-Key` already written: nothing new was
+    /// written, `lsn`/`epoch` are the first attempt's.
+    #[serde(default)]
+    pub deduplicated: bool,
 }
 
 /// Every non-2xx answer.

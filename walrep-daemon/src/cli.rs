@@ -1,6 +1,7 @@
 //! The command line: `walrep node` runs a node; the other commands talk to
 //! one over its HTTP API.
 
+use super::api::WriteReply;
 use super::client::{self, HttpClient};
 use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help};
 use super::error::DaemonError;
@@ -8,6 +9,7 @@ use super::{bench, demo, node};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +32,8 @@ pub enum Command {
         value: String,
         #[command(flatten)]
         addr: AddrArg,
+        #[command(flatten)]
+        once: OnceArgs,
     },
     /// Read KEY (on any node).
     Get {
@@ -42,6 +46,8 @@ pub enum Command {
         key: String,
         #[command(flatten)]
         addr: AddrArg,
+        #[command(flatten)]
+        once: OnceArgs,
     },
     /// Show a node's role, epoch, positions, lag and peer.
     Status {
@@ -89,6 +95,39 @@ pub enum Command {
     BenchFloor(bench::floor::FloorArgs),
 }
 
+/// How a write is made safe to retry (`put`, `delete`).
+#[derive(Args, Debug, Clone)]
+pub struct OnceArgs {
+    /// The write's idempotency key: sent again with the same key (by this
+    /// command's retries, or by running the command again, even at the
+    /// next primary after a failover), it is applied once. Default: a
+    /// fresh key, so only this command's own retries share it.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Retry for up to this many seconds while the node is unreachable or
+    /// answers 503 (not the primary, standby not confirming), following
+    /// the primary's address when the answer names it. 0: one attempt.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub retry_for: f64,
+}
+
+impl OnceArgs {
+    fn retry_for(&self) -> Result<Duration, DaemonError> {
+        Duration::try_from_secs_f64(self.retry_for).map_err(|_| {
+            DaemonError::Failed(format!(
+                "--retry-for {} is not a number of seconds >= 0",
+                self.retry_for
+            ))
+        })
+    }
+
+    fn key(&self) -> String {
+        self.idempotency_key
+            .clone()
+            .unwrap_or_else(crate::idempotency::new_key)
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AddrArg {
     /// The node's HTTP address (host:port).
@@ -101,11 +140,23 @@ pub struct AddrArg {
 }
 
 impl AddrArg {
+    /// The token from `--http-token-file`, if given.
+    pub fn token(&self) -> Result<Option<String>, DaemonError> {
+        self.http_token_file
+            .as_ref()
+            .map(|path| {
+                Ok(super::auth::HttpToken::from_file(path)?
+                    .as_str()
+                    .to_string())
+            })
+            .transpose()
+    }
+
     /// A client of the node, carrying the token when one is given.
     pub fn client(&self) -> Result<HttpClient, DaemonError> {
         let client = HttpClient::new(&self.addr);
-        Ok(match &self.http_token_file {
-            Some(path) => client.with_token(super::auth::HttpToken::from_file(path)?.as_str()),
+        Ok(match self.token()? {
+            Some(token) => client.with_token(&token),
             None => client,
         })
     }
@@ -275,6 +326,15 @@ impl Job {
     }
 }
 
+/// What `put` and `delete` print on success.
+fn written(reply: &WriteReply) -> String {
+    let mut line = format!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
+    if reply.deduplicated {
+        line.push_str(" (already written under this idempotency key; not applied again)");
+    }
+    line
+}
+
 pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
     Ok(match cli.command {
         Command::Node(args) => Job::Node(Box::new(
@@ -295,14 +355,36 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
     };
     match command {
         Command::Node(_) => unreachable!("prepare resolves a node's settings"),
-        Command::Put { key, value, addr } => {
-            let reply = addr.client()?.put(&key, value.into_bytes().into()).await?;
-            println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
+        Command::Put {
+            key,
+            value,
+            addr,
+            once,
+        } => {
+            let value = Some(value.into_bytes().into());
+            let reply = client::write_retrying(
+                &addr.addr,
+                addr.token()?.as_deref(),
+                &key,
+                value,
+                &once.key(),
+                once.retry_for()?,
+            )
+            .await?;
+            println!("{}", written(&reply));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Delete { key, addr } => {
-            let reply = addr.client()?.delete(&key).await?;
-            println!("ok: lsn {} epoch {}", reply.lsn, reply.epoch);
+        Command::Delete { key, addr, once } => {
+            let reply = client::write_retrying(
+                &addr.addr,
+                addr.token()?.as_deref(),
+                &key,
+                None,
+                &once.key(),
+                once.retry_for()?,
+            )
+            .await?;
+            println!("{}", written(&reply));
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { key, addr } => match HttpClient::new(&addr.addr).get(&key).await? {

@@ -3,6 +3,7 @@
 //! the tests use it. Each call is bounded by a timeout.
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
+use super::idempotency;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -106,7 +107,21 @@ impl HttpClient {
         path: &str,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        match tokio::time::timeout(self.timeout, self.send(method, path, body)).await {
+        self.request_with(method, path, body, None).await
+    }
+
+    /// As `request`, with an `Idempotency-Key` header when `idempotency_key`
+    /// is given.
+    async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        let timeout = self.timeout;
+        let send = self.send(method, path, body, idempotency_key);
+        match tokio::time::timeout(timeout, send).await {
             Ok(r) => r,
             Err(_) => {
                 self.conn = None;
@@ -123,6 +138,7 @@ impl HttpClient {
         method: Method,
         path: &str,
         body: Bytes,
+        idempotency_key: Option<&str>,
     ) -> Result<Reply, ClientError> {
         let usable = match self.conn.as_mut() {
             Some(c) => c.ready().await.is_ok(),
@@ -138,6 +154,9 @@ impl HttpClient {
             .header(header::HOST, &self.addr);
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, token);
+        }
+        if let Some(key) = idempotency_key {
+            req = req.header(idempotency::HEADER, key);
         }
         let mut req = req.body(Full::new(body)).expect("a valid request");
         let resp = loop {
@@ -225,9 +244,11 @@ impl HttpClient {
         method: Method,
         key: &str,
         value: Bytes,
+        idempotency_key: Option<&str>,
     ) -> Result<WriteReply, ClientError> {
+        let path = format!("/kv/{}", encode_key(key));
         let reply = self
-            .request(method, &format!("/kv/{}", encode_key(key)), value)
+            .request_with(method, &path, value, idempotency_key)
             .await?;
         match reply.status {
             200 => self.parse(&reply),
@@ -237,11 +258,35 @@ impl HttpClient {
 
     /// `PUT /kv/{key}`: returns once the commit mode is met.
     pub async fn put(&mut self, key: &str, value: Bytes) -> Result<WriteReply, ClientError> {
-        self.write(Method::PUT, key, value).await
+        self.write(Method::PUT, key, value, None).await
     }
 
     pub async fn delete(&mut self, key: &str) -> Result<WriteReply, ClientError> {
-        self.write(Method::DELETE, key, Bytes::new()).await
+        self.write(Method::DELETE, key, Bytes::new(), None).await
+    }
+
+    /// `PUT /kv/{key}` with an idempotency key: however often it is sent
+    /// with the same key (while the node remembers it), the write is
+    /// applied once. Use one key per logical write and resend it on every
+    /// retry, at this node or the next primary (`idempotency::new_key`).
+    pub async fn put_once(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        idempotency_key: &str,
+    ) -> Result<WriteReply, ClientError> {
+        self.write(Method::PUT, key, value, Some(idempotency_key))
+            .await
+    }
+
+    /// `DELETE /kv/{key}` with an idempotency key (as `put_once`).
+    pub async fn delete_once(
+        &mut self,
+        key: &str,
+        idempotency_key: &str,
+    ) -> Result<WriteReply, ClientError> {
+        self.write(Method::DELETE, key, Bytes::new(), Some(idempotency_key))
+            .await
     }
 
     /// `GET /kv/{key}`: `None` if the key is absent.
@@ -283,6 +328,64 @@ impl HttpClient {
 }
 
 /// `walrep status` as a table.
+/// Whether a failed write may succeed if sent again with the same
+/// idempotency key: the node was unreachable, did not answer, or answered
+/// 503 (not the primary, no standby confirmation, shutting down: the
+/// outcome is unknown or the node cannot write yet). Bad input (400) and
+/// internal errors (500) stay as they are.
+pub fn may_retry(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::Protocol { .. } => true,
+        ClientError::Refused { status, .. } => *status == 503,
+    }
+}
+
+/// One logical write (`value`: `Some` to put, `None` to delete) under
+/// `idempotency_key`, sent to `addr` and sent again with the same key while
+/// `may_retry` says so, for at most `retry_for`; a 503 that names the
+/// primary sends the next attempt there. However many attempts reached a
+/// primary, the write is applied once (see `idempotency`).
+pub async fn write_retrying(
+    addr: &str,
+    token: Option<&str>,
+    key: &str,
+    value: Option<Bytes>,
+    idempotency_key: &str,
+    retry_for: Duration,
+) -> Result<WriteReply, ClientError> {
+    /// Between attempts: a failover takes about `failover_timeout`.
+    const PAUSE: Duration = Duration::from_millis(100);
+    let deadline = std::time::Instant::now() + retry_for;
+    let client_of = |addr: &str| match token {
+        Some(token) => HttpClient::new(addr).with_token(token),
+        None => HttpClient::new(addr),
+    };
+    let mut client = client_of(addr);
+    loop {
+        let result = match &value {
+            Some(v) => client.put_once(key, v.clone(), idempotency_key).await,
+            None => client.delete_once(key, idempotency_key).await,
+        };
+        let e = match result {
+            Ok(reply) => return Ok(reply),
+            Err(e) if !may_retry(&e) || std::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => e,
+        };
+        tracing::debug!(error = %e, "write failed; retrying with the same idempotency key");
+        if let ClientError::Refused {
+            leader: Some(leader),
+            ..
+        } = &e
+            && leader != client.addr()
+        {
+            client = client_of(leader);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
 pub fn status_table(addr: &str, h: &HealthReport) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut rows: Vec<(&str, String)> = vec![

@@ -89,8 +89,11 @@ async fn write_keys(
                 let key = format!("{prefix}{i:06}");
                 let value = format!("value-of-{key}");
                 let deadline = Instant::now() + STEP;
+                // One idempotency key per key written, resent by every
+                // retry: a write whose answer was lost is not applied twice.
+                let once = crate::idempotency::new_key();
                 loop {
-                    match client.put(&key, value.clone().into()).await {
+                    match client.put_once(&key, value.clone().into(), &once).await {
                         Ok(_) => {
                             acked.lock().await.push((key, value));
                             bar.inc(1);

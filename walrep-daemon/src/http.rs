@@ -3,7 +3,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `PUT /kv/{key}` (body: value) | 200 `{"lsn","epoch"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
+//! | `PUT /kv/{key}` (body: value; optional header `Idempotency-Key`) | 200 `{"lsn","epoch","deduplicated"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
 //! | `DELETE /kv/{key}` | the same |
 //! | `GET /kv/{key}` | 200 raw value, 404 (any role) |
 //! | `GET /health` | 200 `HealthReport` |
@@ -15,6 +15,7 @@
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
 use crate::engine::Engine;
+use crate::idempotency;
 use crate::kv::Command;
 use axum::Json;
 use axum::Router;
@@ -170,12 +171,20 @@ impl AppState {
         error(status, e.to_string(), leader)
     }
 
-    async fn write(&self, cmd: Command) -> Response {
-        self.write_record(cmd.encode().into()).await
+    async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
+        self.write_record(cmd.encode().into(), headers).await
     }
 
-    /// Replicates one encoded command and answers for it.
-    async fn write_record(&self, cmd: Bytes) -> Response {
+    /// Replicates one encoded command and answers for it, once per
+    /// idempotency key when the request has one (see `idempotency`).
+    async fn write_record(&self, cmd: Bytes, headers: &HeaderMap) -> Response {
+        let request_id = match headers.get(idempotency::HEADER) {
+            None => None,
+            Some(key) => match idempotency::request_id(key.as_bytes()) {
+                Ok(id) => Some(id),
+                Err(msg) => return self.bad_request(msg),
+            },
+        };
         if cmd.len() > self.max_record_bytes {
             return self.bad_request(format!(
                 "key and value take {} bytes as a record, more than max_record_bytes ({})",
@@ -184,12 +193,17 @@ impl AppState {
             ));
         }
         let started = Instant::now();
-        match self.replica.apply(cmd).await {
+        let result = match request_id {
+            Some(id) => self.replica.apply_once(id, cmd).await,
+            None => self.replica.apply(cmd).await,
+        };
+        match result {
             Ok(applied) => {
                 self.metrics.observe_commit(started.elapsed());
                 Json(WriteReply {
                     lsn: applied.lsn.0,
                     epoch: applied.epoch.0,
+                    deduplicated: applied.deduplicated,
                 })
                 .into_response()
             }
@@ -257,15 +271,16 @@ async fn put_key(
         }
         record.extend_from_slice(&data);
     }
-    s.write_record(record.freeze()).await
+    s.write_record(record.freeze(), &headers).await
 }
 
 async fn delete_key(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Response {
     match AppState::check_key(key) {
-        Ok(key) => s.write(Command::Delete { key }).await,
+        Ok(key) => s.write(Command::Delete { key }, &headers).await,
         Err(msg) => s.bad_request(msg),
     }
 }

@@ -36,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod http_server;
+pub mod idempotency;
 pub mod identity;
 pub mod kv;
 pub mod metrics;

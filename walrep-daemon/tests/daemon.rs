@@ -91,6 +91,25 @@ async fn writes_to_the_standby_are_503_naming_the_primarys_http_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_retried_with_its_idempotency_key_is_applied_once() {
+    let p = pair(&[]).await;
+    let mut c = HttpClient::new(&p.a_http);
+    let first = c.put_once("k", "first".into(), "order-1").await.unwrap();
+    assert_eq!((first.lsn, first.deduplicated), (1, false));
+    // The retry (even with another value) returns the first write's place
+    // and writes nothing.
+    let retry = c.put_once("k", "second".into(), "order-1").await.unwrap();
+    assert_eq!((retry.lsn, retry.epoch, retry.deduplicated), (1, 1, true));
+    assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&b"first"[..]));
+    let other = c.delete_once("k", "order-2").await.unwrap();
+    assert_eq!((other.lsn, other.deduplicated), (2, false));
+    // A key that cannot be one is refused, naming why.
+    let err = c.put_once("k", "v".into(), "a b").await.unwrap_err();
+    assert!(err.to_string().contains("Idempotency-Key"), "{err}");
+    assert_eq!(health(&p.a_http).await.last_lsn, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_400_and_writes_nothing() {
     let p = pair(&[("max_record_bytes", "4096")]).await;
     let long_key = "k".repeat(walrep_daemon::http::MAX_KEY_BYTES + 1);
@@ -779,6 +798,43 @@ async fn sigkill_of_the_primary_fails_over_and_the_old_primary_rejoins() {
     let h2 = health(&p.n2.http).await;
     assert_eq!(h1.state_hash, h2.state_hash);
     assert_eq!(h2.applied_lsn, target);
+}
+
+/// `walrep put --idempotency-key` run again after a failover, at the new
+/// primary: the record the old primary replicated carries the key's id,
+/// so the second run is recognised and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_retried_with_its_idempotency_key_after_a_failover_applies_once() {
+    let mut p = proc_pair(&[]).await;
+    let (n1, n2) = (p.n1.http.clone(), p.n2.http.clone());
+    let put = |addr: &str, value: &str| {
+        args(&[
+            "put",
+            "k",
+            value,
+            "--addr",
+            addr,
+            "--idempotency-key",
+            "order-7",
+            "--retry-for",
+            "10",
+        ])
+    };
+    let out = cli(put(&n1, "v1")).await;
+    assert!(out.status.success(), "{out:?}");
+    wait_health(&n2, "applied 1", |h| h.applied_lsn >= 1).await;
+    p.n1.kill();
+    wait_health(&n2, "writable primary", is_writable_primary).await;
+
+    let out = cli(put(&n2, "v2")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("lsn 1 epoch 1") && stdout.contains("already written"),
+        "{stdout}"
+    );
+    let value = HttpClient::new(&n2).get("k").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"v1"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,7 +121,8 @@ impl Actor {
             Effect::Append {
                 records,
                 fsync_inline,
-            } => self.append(records, fsync_inline),
+                retried,
+            } => self.append(records, fsync_inline, retried),
             Effect::RefuseWrites(refusal) => {
                 let leader = self.leader_hint();
                 for (_, reply) in self.writing.take().into_iter().flatten() {
@@ -272,6 +273,7 @@ impl Actor {
                 self.step(Event::RejoinFinished {
                     epoch: outcome.epoch,
                     leader: outcome.leader,
+                    first_lsn: self.wal.first_lsn(),
                     last_lsn: self.wal.last_lsn(),
                     flushed: self.wal.flushed_lsn(),
                     applied: self.sm.applied_lsn(),

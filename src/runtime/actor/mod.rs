@@ -22,12 +22,12 @@ mod writes;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom};
+use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom, RequestIndex};
 use crate::replicator::Health;
 use crate::runtime::{Metrics, Msg, flusher};
 use crate::state_machine::StateMachine;
 use crate::transport::{FenceReply, Peer, Refusal};
-use crate::types::Lsn;
+use crate::types::{Lsn, RequestId};
 use crate::wal::WalStore;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ use crate::runtime::tasks::Tasks;
 use health::placeholder_health;
 use receive::Session;
 use requests::{Answering, PromoteReplyTo};
-use writes::{Waiter, WriteReply, refusal_error};
+use writes::{RetryWaiter, Waiter, WriteReply, refusal_error};
 
 pub(super) struct Parts {
     pub cfg: Config,
@@ -70,11 +70,14 @@ struct Actor {
     /// When the node last stepped (since `origin`), for the step-gap metric.
     last_step: std::time::Duration,
     waiters: BTreeMap<Lsn, Waiter>,
+    /// Writes that retry request ids, until their records are applied
+    /// (rare, so a list).
+    retry_waiters: Vec<RetryWaiter>,
     /// The engine's outputs of applied records, until `resolve_waiters`
     /// hands them to their writers (or drops them: no writer waits).
     outputs: BTreeMap<Lsn, Bytes>,
     /// Writes received but not yet appended (see `queue_write`).
-    queued: Vec<(Vec<Bytes>, WriteReply)>,
+    queued: Vec<(Vec<Bytes>, Vec<RequestId>, WriteReply)>,
     queued_bytes: usize,
     /// The writes of the `Event::WriteRequested` being stepped: how many
     /// records each brings, and where its outcome goes.
@@ -119,12 +122,14 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     let last = parts.wal.last_lsn();
     let flushed = parts.wal.flushed_lsn();
     let applied = parts.sm.applied_lsn();
+    let requests = index_request_ids(parts.wal.as_ref(), parts.cfg.max_request_ids)?;
     let (mut node, mut effects) = Node::new(
         parts.cfg.clone(),
         meta,
         last,
         flushed,
         applied,
+        requests,
         std::time::Duration::ZERO,
     );
     let first_lsn = parts.wal.first_lsn();
@@ -150,6 +155,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         origin,
         last_step: std::time::Duration::ZERO,
         waiters: BTreeMap::new(),
+        retry_waiters: Vec::new(),
         outputs: BTreeMap::new(),
         queued: Vec::new(),
         queued_bytes: 0,
@@ -205,6 +211,34 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     Ok((health_rx, handle))
 }
 
+/// The request ids of the records `wal` retains, for the node to
+/// recognise retries of writes made before this start (by this node or,
+/// on a standby, by the primary). One read of the retained WAL; a log
+/// without ids costs that read and no memory.
+fn index_request_ids(wal: &dyn WalStore, capacity: usize) -> Result<RequestIndex> {
+    let mut index = RequestIndex::new(capacity);
+    if capacity == 0 {
+        return Ok(index);
+    }
+    let (mut from, last) = (wal.first_lsn(), wal.last_lsn());
+    while from <= last {
+        let records = wal.read(from, 4096, 4 << 20)?;
+        let Some(end) = records.last().map(|r| r.lsn) else {
+            break;
+        };
+        for r in &records {
+            if let Some(id) = r.request_id {
+                index.insert(id, r.lsn, r.epoch);
+            }
+        }
+        from = end.next();
+    }
+    if index.len() > 0 {
+        tracing::info!(ids = index.len(), "request ids of the retained WAL indexed");
+    }
+    Ok(index)
+}
+
 impl Actor {
     fn now(&self) -> std::time::Duration {
         Instant::now() - self.origin
@@ -231,7 +265,11 @@ impl Actor {
                     let mut next = Some(msg);
                     while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                         match msg {
-                            Msg::Apply { payloads, reply } => self.queue_write(payloads, reply),
+                            Msg::Apply {
+                                payloads,
+                                request_ids,
+                                reply,
+                            } => self.queue_write(payloads, request_ids, reply),
                             other => {
                                 self.append_queued();
                                 self.handle(other);

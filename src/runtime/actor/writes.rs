@@ -4,10 +4,10 @@
 //! the node commits or fails them.
 
 use crate::error::{Error, LeaderHint, Result};
-use crate::node::{Event, WaiterFailure, WriteRefusal};
+use crate::node::{Event, Retried, WaiterFailure, WriteRefusal};
 use crate::replicator::Applied;
 use crate::transport::RefusalKind;
-use crate::types::{Epoch, Lsn, Record};
+use crate::types::{Epoch, Lsn, Record, RequestId};
 use crate::wal::WalError;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -26,6 +26,18 @@ pub(super) struct Waiter {
     reply: WriteReply,
 }
 
+/// A write with at least one retried request id (`Effect::Append::retried`):
+/// its commands wait for records that are not one run of its own (the
+/// first attempts' records, perhaps of an older epoch, perhaps shared with
+/// their still-waiting first callers). Answered once every one is applied.
+pub(super) struct RetryWaiter {
+    /// Per command: its record, and whether it is a retry's.
+    targets: Vec<(Lsn, Epoch, bool)>,
+    /// The highest of `targets`: applied up to it, all are.
+    last: Lsn,
+    reply: WriteReply,
+}
+
 /// The error a refused write's caller gets.
 pub(super) fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>) -> Error {
     match r {
@@ -39,9 +51,14 @@ impl Actor {
     /// Holds a write until `append_queued`, so the writes that arrived
     /// together cost one WAL append (one `pwrite`) and one wake-up of the
     /// streamer and the flusher, not one each.
-    pub(super) fn queue_write(&mut self, payloads: Vec<Bytes>, reply: WriteReply) {
+    pub(super) fn queue_write(
+        &mut self,
+        payloads: Vec<Bytes>,
+        request_ids: Vec<RequestId>,
+        reply: WriteReply,
+    ) {
         self.queued_bytes += payloads.iter().map(Bytes::len).sum::<usize>();
-        self.queued.push((payloads, reply));
+        self.queued.push((payloads, request_ids, reply));
         if self.queued_bytes >= self.cfg.max_batch_bytes {
             self.append_queued();
         }
@@ -54,22 +71,43 @@ impl Actor {
         }
         let queued = std::mem::take(&mut self.queued);
         self.queued_bytes = 0;
-        let mut payloads = Vec::with_capacity(queued.iter().map(|(p, _)| p.len()).sum());
+        let count = queued.iter().map(|(p, _, _)| p.len()).sum();
+        let mut payloads = Vec::with_capacity(count);
         let mut writers = Vec::with_capacity(queued.len());
-        for (p, reply) in queued {
+        // Empty unless some write has ids (`apply_once`): one per payload then.
+        let with_ids = queued.iter().any(|(_, ids, _)| !ids.is_empty());
+        let mut request_ids = Vec::with_capacity(if with_ids { count } else { 0 });
+        for (p, ids, reply) in queued {
+            if with_ids {
+                match ids.is_empty() {
+                    true => request_ids.extend(std::iter::repeat_n(None, p.len())),
+                    false => request_ids.extend(ids.into_iter().map(Some)),
+                }
+            }
             writers.push((p.len(), reply));
             payloads.extend(p);
         }
         self.writing = Some(writers);
-        self.step(Event::WriteRequested { payloads });
+        self.step(Event::WriteRequested {
+            payloads,
+            request_ids,
+        });
         self.writing = None;
     }
 
     /// Carries out `Effect::Append`: the records go to the WAL; the writes
     /// being stepped (if any) wait for their commit, and whoever makes the
     /// records durable is woken.
-    pub(super) fn append(&mut self, records: Vec<Record>, fsync_inline: bool) {
+    pub(super) fn append(
+        &mut self,
+        records: Vec<Record>,
+        fsync_inline: bool,
+        retried: Vec<Retried>,
+    ) {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            if !retried.is_empty() {
+                self.wait_for_retried(Lsn::ZERO, Epoch::ZERO, &retried);
+            }
             return;
         };
         let (first, epoch, last) = (first.lsn, first.epoch, last.lsn);
@@ -95,6 +133,9 @@ impl Actor {
             self.step(Event::WalFailed { reason });
             return;
         }
+        if !retried.is_empty() {
+            self.wait_for_retried(first, epoch, &retried);
+        }
         let mut next = first;
         for (count, reply) in self.writing.take().into_iter().flatten() {
             let end = Lsn(next.0 + count as u64);
@@ -115,6 +156,75 @@ impl Actor {
         }
     }
 
+    /// The writes being stepped, some of which are retries: each writer
+    /// waits for its commands' records, the new ones numbered from `first`
+    /// (at `epoch`) in order, the retried ones where the node found them.
+    /// Takes `writing`, so `append` registers no other waiter for them.
+    fn wait_for_retried(&mut self, first: Lsn, epoch: Epoch, retried: &[Retried]) {
+        let mut retried = retried.iter().peekable();
+        let (mut next, mut write) = (first, 0usize);
+        for (count, reply) in self.writing.take().into_iter().flatten() {
+            let mut targets = Vec::with_capacity(count);
+            for _ in 0..count {
+                match retried.next_if(|r| r.write == write) {
+                    Some(r) => targets.push((r.lsn, r.epoch, true)),
+                    None => {
+                        targets.push((next, epoch, false));
+                        next = next.next();
+                    }
+                }
+                write += 1;
+            }
+            let last = targets.iter().map(|t| t.0).max().unwrap_or(Lsn::ZERO);
+            if targets.iter().any(|t| t.2) {
+                self.retry_waiters.push(RetryWaiter {
+                    targets,
+                    last,
+                    reply,
+                });
+            } else {
+                let first = targets[0].0;
+                self.waiters.insert(
+                    last,
+                    Waiter {
+                        first,
+                        epoch,
+                        reply,
+                    },
+                );
+            }
+        }
+        // A retry of a record already applied is answered now.
+        self.resolve_retry_waiters(self.node.applied_lsn());
+    }
+
+    /// Answers the retries whose records are all applied.
+    fn resolve_retry_waiters(&mut self, applied: Lsn) {
+        if self.retry_waiters.is_empty() {
+            return;
+        }
+        for w in std::mem::take(&mut self.retry_waiters) {
+            if w.last > applied {
+                self.retry_waiters.push(w);
+                continue;
+            }
+            let out = w
+                .targets
+                .iter()
+                .map(|&(lsn, epoch, deduplicated)| Applied {
+                    lsn,
+                    epoch,
+                    output: match deduplicated {
+                        true => Bytes::new(),
+                        false => self.outputs.remove(&lsn).unwrap_or_default(),
+                    },
+                    deduplicated,
+                })
+                .collect();
+            let _ = w.reply.send(Ok(out));
+        }
+    }
+
     /// Keeps the outputs of the records up to `last` for their writers.
     pub(super) fn keep_outputs(&mut self, last: Lsn, outputs: Vec<Bytes>) {
         let first = last.0 + 1 - outputs.len() as u64;
@@ -132,10 +242,12 @@ impl Actor {
                     lsn: Lsn(lsn),
                     epoch: w.epoch,
                     output: self.outputs.remove(&Lsn(lsn)).unwrap_or_default(),
+                    deduplicated: false,
                 })
                 .collect();
             let _ = w.reply.send(Ok(out));
         }
+        self.resolve_retry_waiters(applied);
         // Outputs no writer waits for (a standby, records replayed at
         // start) go now.
         self.outputs = self.outputs.split_off(&applied.next());
@@ -147,7 +259,16 @@ impl Actor {
             None => BTreeMap::new(),
         };
         let failed = std::mem::replace(&mut self.waiters, keep);
-        for (last, w) in failed {
+        let (failed_retries, kept_retries) = std::mem::take(&mut self.retry_waiters)
+            .into_iter()
+            .partition(|w| up_to.is_none_or(|up_to| w.last <= up_to));
+        self.retry_waiters = kept_retries;
+        let failed = failed.into_iter().map(|(last, w)| (last, w.reply)).chain(
+            failed_retries
+                .into_iter()
+                .map(|w: RetryWaiter| (w.last, w.reply)),
+        );
+        for (last, reply) in failed {
             let err = match failure {
                 WaiterFailure::SyncTimeout => Error::SyncTimeout { lsn: last },
                 WaiterFailure::Fenced { epoch } => Error::Fenced { epoch: *epoch },
@@ -158,7 +279,7 @@ impl Actor {
                     reason: format!("the WAL failed: {reason}"),
                 },
             };
-            let _ = w.reply.send(Err(err));
+            let _ = reply.send(Err(err));
         }
     }
 
@@ -166,6 +287,9 @@ impl Actor {
     /// their outcome.
     pub(super) fn fail_waiters_shutting_down(&mut self) {
         for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.reply.send(Err(Error::ShuttingDown));
+        }
+        for w in std::mem::take(&mut self.retry_waiters) {
             let _ = w.reply.send(Err(Error::ShuttingDown));
         }
     }

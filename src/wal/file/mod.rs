@@ -19,7 +19,7 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
-use super::record;
+use super::record::{self, FrameFormat};
 use super::{WalError, WalMeta, WalStore, check_append};
 use crate::types::{Epoch, EpochHistory, Lsn, Record};
 use cache::TailCache;
@@ -171,10 +171,7 @@ impl FileWal {
         }
 
         let (segments, history, last) = if rec.segments.is_empty() {
-            let header = SegmentHeader {
-                first_lsn: Lsn(1),
-                base_epoch: Epoch::ZERO,
-            };
+            let header = SegmentHeader::new(Lsn(1), Epoch::ZERO);
             let seg = segment::write_pending(&wal_dir, header, reserve)
                 .and_then(|()| segment::commit_pending(&wal_dir, header))
                 .map_err(io_err(format!(
@@ -282,10 +279,7 @@ impl FileWal {
         if let Err(why) = self.fsync(&old.path, &old.file) {
             return Err(st.poison(why));
         }
-        let header = SegmentHeader {
-            first_lsn: st.last.next(),
-            base_epoch: st.last_epoch(),
-        };
+        let header = SegmentHeader::new(st.last.next(), st.last_epoch());
         let path = self.wal_dir.join(segment::file_name(header.first_lsn));
         let reserve = preallocate_bytes(&self.opts, &self.wal_dir);
         let seg = Segment::create(path.clone(), header, reserve).map_err(|e| {
@@ -294,6 +288,28 @@ impl FileWal {
         })?;
         st.dir_dirty = true;
         st.segments.push(seg);
+        Ok(())
+    }
+
+    /// The active segment is a version-1 one (written before request
+    /// ids) and a record with an id comes: a V1 frame has no room for it.
+    /// A segment holding records is closed and a new (V2) one started; an
+    /// empty one gets a V2 header in place, made durable by the sync that
+    /// makes its first records durable (a crash before leaves a V1 header
+    /// whose unsynced frames recovery cuts as a torn tail).
+    fn upgrade_active(&self, st: &mut State) -> Result<(), WalError> {
+        if !st.active().offsets.is_empty() {
+            return self.roll(st);
+        }
+        let seg = st.active();
+        let header = SegmentHeader::new(seg.header.first_lsn, seg.header.base_epoch);
+        seg.file
+            .write_all_at(&header.encode(), 0)
+            .map_err(io_err(format!(
+                "rewriting the header of {}",
+                seg.path.display()
+            )))?;
+        seg.header = header;
         Ok(())
     }
 
@@ -368,10 +384,7 @@ impl FileWal {
     }
 
     fn reset_locked(&self, st: &mut State, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
-        let header = SegmentHeader {
-            first_lsn: base.next(),
-            base_epoch,
-        };
+        let header = SegmentHeader::new(base.next(), base_epoch);
         let reserve = preallocate_bytes(&self.opts, &self.wal_dir);
         segment::write_pending(&self.wal_dir, header, reserve).map_err(io_err(format!(
             "preparing a new segment in {}",
@@ -433,7 +446,7 @@ impl WalStore for FileWal {
         let mut guard = self.lock();
         let st = &mut *guard;
         st.check_poison()?;
-        let limit = self.opts.max_record_bytes;
+        let limit = self.opts.max_record_bytes.min(record::MAX_PAYLOAD);
         if let Some(r) = records.iter().find(|r| r.payload.len() > limit) {
             return Err(WalError::TooLarge {
                 size: r.payload.len(),
@@ -445,6 +458,11 @@ impl WalStore for FileWal {
             return Ok(());
         };
         let batch: usize = records.iter().map(record::encoded_len).sum();
+        if st.active().header.format == FrameFormat::V1
+            && records.iter().any(|r| r.request_id.is_some())
+        {
+            self.upgrade_active(st)?;
+        }
         let active = st.active();
         if !active.offsets.is_empty() && active.len + batch as u64 > self.opts.segment_bytes {
             self.roll(st)?;

@@ -2,7 +2,7 @@
 //! log's lock from the in-memory index, then positioned reads without it.
 
 use super::super::WalError;
-use super::super::record::{self, HEADER_LEN as FRAME_HEADER_LEN};
+use super::super::record::{self, FrameFormat, HEADER_LEN as FRAME_HEADER_LEN};
 use super::{State, corrupt, io_err, recovery};
 use crate::types::{Lsn, Record};
 use std::fs::File;
@@ -18,6 +18,7 @@ pub(super) struct Chunk {
     end: u64,
     first: Lsn,
     count: usize,
+    format: FrameFormat,
 }
 
 /// Which frames a read of `from..` covers, within the limits, for a `from`
@@ -29,6 +30,7 @@ pub(super) fn plan_read(st: &State, from: Lsn, max_records: usize, max_bytes: us
     for seg in &st.segments[start..] {
         while lsn <= seg.last_lsn() {
             let (begin, end) = seg.frame(lsn);
+            // Counting a request id as payload: a bound on bytes read.
             let payload = (end - begin) as usize - FRAME_HEADER_LEN;
             if taken >= max_records || (taken > 0 && bytes + payload > max_bytes) {
                 return chunks;
@@ -45,6 +47,7 @@ pub(super) fn plan_read(st: &State, from: Lsn, max_records: usize, max_bytes: us
                     end,
                     first: lsn,
                     count: 1,
+                    format: seg.header.format,
                 }),
             }
             taken += 1;
@@ -68,7 +71,7 @@ pub(super) fn read_chunks(plan: &[Chunk]) -> Result<Vec<Record>, WalError> {
         for i in 0..chunk.count {
             let expected = Lsn(chunk.first.0 + i as u64);
             let offset = chunk.start + pos as u64;
-            let record = match record::decode(&buf[pos..], recovery::MAX_PAYLOAD) {
+            let record = match record::decode(&buf[pos..], recovery::MAX_PAYLOAD, chunk.format) {
                 Ok((r, used)) if r.lsn == expected => {
                     pos += used;
                     r

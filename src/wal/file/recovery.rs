@@ -25,7 +25,7 @@
 //! valid record proves was written.
 
 use super::super::WalError;
-use super::super::record::{self, HEADER_LEN as FRAME_HEADER_LEN};
+use super::super::record::{self, FrameFormat, HEADER_LEN as FRAME_HEADER_LEN};
 use super::segment::{self, HEADER_LEN, PENDING_NAME, Segment, SegmentHeader};
 use super::{TailCache, corrupt, io_err};
 use crate::types::{Epoch, EpochHistory, Lsn};
@@ -112,7 +112,7 @@ pub(super) fn recover(
                     true => name_lsn == Lsn(1),
                     false => name_lsn == last.next(),
                 };
-                if is_last && rolled && find_frame(&data, 0, name_lsn).is_none() {
+                if is_last && rolled && find_frame(&data, 0, name_lsn, FrameFormat::V2).is_none() {
                     tracing::warn!(
                         segment = %path.display(),
                         bytes = data.len(),
@@ -154,7 +154,7 @@ pub(super) fn recover(
         let mut pos = HEADER_LEN as usize;
         while pos < data.len() {
             let expected = last.next();
-            let problem = match record::decode(&data[pos..], MAX_PAYLOAD) {
+            let problem = match record::decode(&data[pos..], MAX_PAYLOAD, header.format) {
                 Ok((r, _)) if r.lsn != expected => {
                     format!("found record {} where record {expected} belongs", r.lsn)
                 }
@@ -179,7 +179,7 @@ pub(super) fn recover(
                 // must still continue exactly here (checked above).
                 break;
             }
-            if !is_last || find_frame(&data, pos + 1, expected).is_some() {
+            if !is_last || find_frame(&data, pos + 1, expected, header.format).is_some() {
                 return Err(corrupt(&seg.path, pos as u64, problem));
             }
             seg.file
@@ -278,7 +278,7 @@ fn merge_history(persisted: &EpochHistory, base: Lsn, base_epoch: Epoch) -> Epoc
 
 /// The offset of the first valid frame at or after `from` that could be
 /// record `expected` or a later one (see the module comment).
-fn find_frame(data: &[u8], from: usize, expected: Lsn) -> Option<usize> {
+fn find_frame(data: &[u8], from: usize, expected: Lsn, format: FrameFormat) -> Option<usize> {
     // Saturating: `expected` may come from a file name, which can say anything.
     let highest = expected
         .0
@@ -292,7 +292,8 @@ fn find_frame(data: &[u8], from: usize, expected: Lsn) -> Option<usize> {
         .min(last_written + 1);
     (from..end).find(|&off| {
         let lsn = u64::from_le_bytes(data[off + 4..off + 12].try_into().unwrap());
-        (expected.0..=highest).contains(&lsn) && record::decode(&data[off..], MAX_PAYLOAD).is_ok()
+        (expected.0..=highest).contains(&lsn)
+            && record::decode(&data[off..], MAX_PAYLOAD, format).is_ok()
     })
 }
 
@@ -308,6 +309,7 @@ mod tests {
             let r = Record {
                 lsn: Lsn(lsn),
                 epoch: Epoch(1),
+                request_id: None,
                 payload: Bytes::from(vec![lsn as u8; 10]),
             };
             record::encode(&r, &mut buf);
@@ -319,12 +321,20 @@ mod tests {
     fn a_later_frame_is_found_only_with_a_plausible_lsn() {
         let buf = frames(1..=3);
         let second = FRAME_HEADER_LEN + 10;
-        assert_eq!(find_frame(&buf, 1, Lsn(1)), Some(second));
-        assert_eq!(find_frame(&buf, 1, Lsn(3)), Some(2 * second));
-        // Records older than the one expected are stale, not a continuation.
-        assert_eq!(find_frame(&buf, 1, Lsn(4)), None);
+        assert_eq!(find_frame(&buf, 1, Lsn(1), FrameFormat::V2), Some(second));
         assert_eq!(
-            find_frame(&buf[..buf.len() - 1], 2 * second - 1, Lsn(3)),
+            find_frame(&buf, 1, Lsn(3), FrameFormat::V2),
+            Some(2 * second)
+        );
+        // Records older than the one expected are stale, not a continuation.
+        assert_eq!(find_frame(&buf, 1, Lsn(4), FrameFormat::V2), None);
+        assert_eq!(
+            find_frame(
+                &buf[..buf.len() - 1],
+                2 * second - 1,
+                Lsn(3),
+                FrameFormat::V2
+            ),
             None
         );
     }

@@ -5,10 +5,14 @@
 //! | magic "WALRSEG\0" | version: u32 LE | first_lsn: u64 LE | base_epoch: u64 LE | crc32c: u32 LE |
 //! ```
 //!
-//! The CRC covers the 28 bytes before it. The file is named after
+//! The CRC covers the 28 bytes before it. The version names the frames'
+//! layout (`record::FrameFormat`): 1 before request ids, 2 since. Both are
+//! read; new segments are written as 2, so a build that predates ids
+//! refuses them by their header instead of misreading a frame. The file is named after
 //! `first_lsn` (20 zero-padded digits), so listing the directory orders the
 //! log without opening anything.
 
+use super::super::record::FrameFormat;
 use crate::types::{Epoch, Lsn};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -18,7 +22,8 @@ use std::sync::Arc;
 
 pub(super) const HEADER_LEN: u64 = 32;
 const MAGIC: [u8; 8] = *b"WALRSEG\0";
-const VERSION: u32 = 1;
+/// The version new segments get: frames may carry request ids.
+const VERSION: u32 = 2;
 
 /// Where a new segment is prepared before it replaces the whole log
 /// (`reset`, first open): renaming it into place is the commit point.
@@ -31,13 +36,28 @@ pub(super) struct SegmentHeader {
     /// retained segment anchor the epoch history once older segments, or
     /// the whole log (after `reset`), are gone.
     pub base_epoch: Epoch,
+    /// How its frames are laid out (the header's version).
+    pub format: FrameFormat,
 }
 
 impl SegmentHeader {
+    /// The header of a new segment, in the current format.
+    pub fn new(first_lsn: Lsn, base_epoch: Epoch) -> SegmentHeader {
+        SegmentHeader {
+            first_lsn,
+            base_epoch,
+            format: FrameFormat::V2,
+        }
+    }
+
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let version: u32 = match self.format {
+            FrameFormat::V1 => 1,
+            FrameFormat::V2 => 2,
+        };
         let mut b = [0u8; HEADER_LEN as usize];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..20].copy_from_slice(&self.first_lsn.0.to_le_bytes());
         b[20..28].copy_from_slice(&self.base_epoch.0.to_le_bytes());
         let crc = crc32c::crc32c(&b[..28]);
@@ -64,14 +84,19 @@ impl SegmentHeader {
             ));
         }
         let version = u32::from_le_bytes(buf[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(format!(
-                "segment format version {version} is not supported (this build reads {VERSION})"
-            ));
-        }
+        let format = match version {
+            1 => FrameFormat::V1,
+            2 => FrameFormat::V2,
+            _ => {
+                return Err(format!(
+                    "segment format version {version} is not supported (this build reads 1 to {VERSION}); it was written by a newer walrep"
+                ));
+            }
+        };
         Ok(SegmentHeader {
             first_lsn: Lsn(u64::from_le_bytes(buf[12..20].try_into().unwrap())),
             base_epoch: Epoch(u64::from_le_bytes(buf[20..28].try_into().unwrap())),
+            format,
         })
     }
 }
@@ -229,16 +254,18 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_every_flipped_bit_is_caught() {
-        let h = SegmentHeader {
-            first_lsn: Lsn(12345),
-            base_epoch: Epoch(7),
-        };
-        let buf = h.encode();
-        assert_eq!(SegmentHeader::decode(&buf), Ok(h));
-        for bit in 0..buf.len() * 8 {
-            let mut bad = buf;
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&bad).is_err(), "bit {bit}");
+        for format in [FrameFormat::V1, FrameFormat::V2] {
+            let h = SegmentHeader {
+                format,
+                ..SegmentHeader::new(Lsn(12345), Epoch(7))
+            };
+            let buf = h.encode();
+            assert_eq!(SegmentHeader::decode(&buf), Ok(h));
+            for bit in 0..buf.len() * 8 {
+                let mut bad = buf;
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(SegmentHeader::decode(&bad).is_err(), "bit {bit}");
+            }
         }
     }
 
@@ -270,7 +297,7 @@ mod tests {
         proptest! {
             #[test]
             fn headers_round_trip(first in any::<u64>(), epoch in any::<u64>()) {
-                let h = SegmentHeader { first_lsn: Lsn(first), base_epoch: Epoch(epoch) };
+                let h = SegmentHeader::new(Lsn(first), Epoch(epoch));
                 prop_assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
             }
 
@@ -288,14 +315,14 @@ mod tests {
                 }
             }
 
-            /// Past magic and checksum, only version 1 is read.
+            /// Past magic and checksum, only versions 1 and 2 are read.
             #[test]
             fn an_unknown_version_is_named(raw in prop::array::uniform32(any::<u8>())) {
                 let buf = sealed(raw);
                 let version = u32::from_le_bytes(buf[8..12].try_into().unwrap());
                 match SegmentHeader::decode(&buf) {
                     Ok(h) => {
-                        prop_assert_eq!(version, VERSION);
+                        prop_assert!(version == 1 || version == VERSION, "{version}");
                         prop_assert_eq!(h.encode(), buf);
                     }
                     Err(e) => prop_assert!(e.contains(&format!("version {version}")), "{e}"),

@@ -10,6 +10,7 @@ fn rec(lsn: u64, epoch: u64) -> Record {
     Record {
         lsn: Lsn(lsn),
         epoch: Epoch(epoch),
+        request_id: None,
         payload: Bytes::from(format!("record {lsn:04} of epoch {epoch}")),
     }
 }
@@ -579,10 +580,7 @@ fn a_reset_interrupted_after_removing_the_old_segments_is_finished_at_open() {
     let dir = TempDir::new().unwrap();
     drop(open(&dir, tiny()));
     let wal_dir = dir.path().join("wal");
-    let header = SegmentHeader {
-        first_lsn: Lsn(51),
-        base_epoch: Epoch(4),
-    };
+    let header = SegmentHeader::new(Lsn(51), Epoch(4));
     segment::write_pending(&wal_dir, header, 256).unwrap();
     for f in segment_files(&dir) {
         fs::remove_file(f).unwrap();
@@ -602,10 +600,7 @@ fn a_torn_header_of_a_new_last_segment_is_removed() {
         wal.sync().unwrap();
     }
     let torn = dir.path().join("wal").join(segment::file_name(Lsn(4)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(4),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(4), Epoch(1));
     fs::write(&torn, &header.encode()[..20]).unwrap();
     let wal = open(&dir, FileWalOptions::default());
     assert!(!torn.exists());
@@ -622,10 +617,7 @@ fn a_segment_that_does_not_continue_the_log_fails_open() {
         wal.sync().unwrap();
     }
     let stray = dir.path().join("wal").join(segment::file_name(Lsn(6)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(6),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(6), Epoch(1));
     fs::write(&stray, header.encode()).unwrap();
     assert_eq!(corrupt_at(&dir, FileWalOptions::default()), (stray, 0));
 }
@@ -742,10 +734,7 @@ fn a_segment_claiming_record_0_fails_open_instead_of_panicking() {
     let dir = TempDir::new().unwrap();
     fs::create_dir_all(dir.path().join("wal")).unwrap();
     let bad = dir.path().join("wal").join(segment::file_name(Lsn::ZERO));
-    let header = SegmentHeader {
-        first_lsn: Lsn::ZERO,
-        base_epoch: Epoch::ZERO,
-    };
+    let header = SegmentHeader::new(Lsn::ZERO, Epoch::ZERO);
     fs::write(&bad, header.encode()).unwrap();
     match FileWal::open(dir.path(), FileWalOptions::default()) {
         Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, bad),
@@ -786,10 +775,7 @@ fn a_segment_starting_beyond_the_largest_lsn_fails_open_instead_of_overflowing()
         .path()
         .join("wal")
         .join(segment::file_name(Lsn(u64::MAX)));
-    let header = SegmentHeader {
-        first_lsn: Lsn(u64::MAX),
-        base_epoch: Epoch(1),
-    };
+    let header = SegmentHeader::new(Lsn(u64::MAX), Epoch(1));
     let mut bytes = header.encode().to_vec();
     record::encode(&rec(u64::MAX, 1), &mut bytes);
     bytes.push(0);
@@ -908,12 +894,9 @@ mod arbitrary_files {
             let base_epoch = epoch.wrapping_add(f.base_epoch_step);
             let mut buf = match &f.bad_header {
                 Some(raw) => raw.clone(),
-                None => SegmentHeader {
-                    first_lsn: Lsn(first),
-                    base_epoch: Epoch(base_epoch),
-                }
-                .encode()
-                .to_vec(),
+                None => SegmentHeader::new(Lsn(first), Epoch(base_epoch))
+                    .encode()
+                    .to_vec(),
             };
             (next, epoch) = (first, base_epoch);
             for p in &f.pieces {
@@ -926,6 +909,7 @@ mod arbitrary_files {
                         let r = Record {
                             lsn: Lsn(lsn.unwrap_or(next)),
                             epoch: Epoch(epoch.wrapping_add(*epoch_step)),
+                            request_id: None,
                             payload: Bytes::from(payload.clone()),
                         };
                         record::encode(&r, &mut buf);
@@ -937,6 +921,7 @@ mod arbitrary_files {
                         let r = Record {
                             lsn: Lsn(next),
                             epoch: Epoch(epoch),
+                            request_id: None,
                             payload: Bytes::from_static(b"torn frame"),
                         };
                         let mut frame = Vec::new();
@@ -1093,4 +1078,102 @@ fn segments_are_preallocated_only_with_twice_their_size_free() {
     // This machine's temp dir answers statvfs.
     let dir = TempDir::new().unwrap();
     assert!(free_bytes(dir.path()).is_some_and(|b| b > 0));
+}
+
+// Request ids in the log, and logs written before they existed.
+
+fn with_id(lsn: u64, epoch: u64) -> Record {
+    Record {
+        request_id: Some(crate::types::RequestId::from(0xfeed_0000 + lsn as u128)),
+        ..rec(lsn, epoch)
+    }
+}
+
+#[test]
+fn records_with_request_ids_round_trip_and_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let no_cache = FileWalOptions {
+        tail_cache_bytes: 0,
+        ..tiny()
+    };
+    let written: Vec<Record> = (1..=12)
+        .map(|l| if l % 3 == 0 { rec(l, 1) } else { with_id(l, 1) })
+        .collect();
+    {
+        let wal = open(&dir, no_cache.clone());
+        wal.append(&written[..5]).unwrap();
+        wal.append(&written[5..]).unwrap();
+        wal.sync().unwrap();
+        assert!(
+            segment_files(&dir).len() > 1,
+            "the test wants rolled segments"
+        );
+        assert_eq!(all(&wal), written, "read back from the segment files");
+    }
+    let wal = open(&dir, no_cache);
+    assert_eq!(all(&wal), written, "after reopen");
+}
+
+/// A segment as a build before request ids wrote it: version 1, frames
+/// without the id flag.
+fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
+    let wal_dir = dir.path().join("wal");
+    fs::create_dir_all(&wal_dir).unwrap();
+    let header = SegmentHeader {
+        format: FrameFormat::V1,
+        ..SegmentHeader::new(Lsn(1), Epoch::ZERO)
+    };
+    let mut bytes = header.encode().to_vec();
+    assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+    for r in records {
+        assert!(r.request_id.is_none());
+        record::encode(r, &mut bytes);
+    }
+    let path = wal_dir.join(segment::file_name(Lsn(1)));
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn segment_version(path: &Path) -> u32 {
+    let bytes = fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
+#[test]
+fn a_version_1_log_still_reads_and_records_with_ids_go_to_a_version_2_segment() {
+    let dir = TempDir::new().unwrap();
+    let old = recs(1..=3, 1);
+    let v1 = write_version_1_segment(&dir, &old);
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        assert_eq!(all(&wal), old);
+        wal.append(&[with_id(4, 1), rec(5, 1)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    let mut expected = old;
+    expected.extend([with_id(4, 1), rec(5, 1)]);
+    assert_eq!(all(&wal), expected);
+    let files = segment_files(&dir);
+    assert_eq!(
+        files.len(),
+        2,
+        "the version-1 segment is closed, not appended to"
+    );
+    assert_eq!((segment_version(&v1), segment_version(&files[1])), (1, 2));
+}
+
+#[test]
+fn an_empty_version_1_segment_becomes_version_2_at_its_first_record_with_an_id() {
+    let dir = TempDir::new().unwrap();
+    let v1 = write_version_1_segment(&dir, &[]);
+    {
+        let wal = open(&dir, FileWalOptions::default());
+        wal.append(&[with_id(1, 1)]).unwrap();
+        wal.sync().unwrap();
+    }
+    let wal = open(&dir, FileWalOptions::default());
+    assert_eq!(all(&wal), vec![with_id(1, 1)]);
+    assert_eq!(segment_files(&dir), vec![v1.clone()]);
+    assert_eq!(segment_version(&v1), 2);
 }

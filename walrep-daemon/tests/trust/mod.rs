@@ -108,6 +108,7 @@ async fn attack(peer: &Arc<dyn Peer>, claims: &str, h: &HealthReport, what: &str
         lsn: Lsn(h.last_lsn + 1),
         epoch: Epoch(h.epoch),
         payload: bytes::Bytes::from_static(b"forged"),
+        request_id: None,
     };
     let _ = tx
         .send(WalBatch {
