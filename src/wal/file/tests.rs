@@ -1131,6 +1131,16 @@ fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
     }
     let path = wal_dir.join(segment::file_name(Lsn(1)));
     fs::write(&path, bytes).unwrap();
+    // The meta such a log had (a log with records and no meta is refused).
+    let meta = WalMeta {
+        epoch: Epoch(1),
+        leader: None,
+    };
+    fs::write(
+        meta::path(dir.path()),
+        meta::encode(&meta, &EpochHistory::default()),
+    )
+    .unwrap();
     path
 }
 
