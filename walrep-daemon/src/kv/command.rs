@@ -185,3 +185,25 @@ mod tests {
         }
     }
 }
+
+/// Encoded commands for the engines' unit tests.
+#[cfg(test)]
+pub(crate) mod encoded {
+    use super::Command;
+    use bytes::Bytes;
+
+    pub(crate) fn put(k: &str, v: &str) -> Vec<u8> {
+        Command::Put {
+            key: k.as_bytes().to_vec(),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+        .encode()
+    }
+
+    pub(crate) fn del(k: &str) -> Vec<u8> {
+        Command::Delete {
+            key: k.as_bytes().to_vec(),
+        }
+        .encode()
+    }
+}

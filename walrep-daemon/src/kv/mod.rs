@@ -9,7 +9,7 @@
 //! the values an apply replaces alive until the encode ends; nothing is
 //! copied for it.
 
-mod command;
+pub(crate) mod command;
 mod snapshot_file;
 
 pub use command::Command;
@@ -254,20 +254,7 @@ impl StateMachine for KvStore {
 mod tests {
     use super::*;
 
-    fn put(k: &str, v: &str) -> Vec<u8> {
-        Command::Put {
-            key: k.as_bytes().to_vec(),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        }
-        .encode()
-    }
-
-    fn del(k: &str) -> Vec<u8> {
-        Command::Delete {
-            key: k.as_bytes().to_vec(),
-        }
-        .encode()
-    }
+    use crate::kv::command::encoded::{del, put};
 
     #[test]
     fn entries_that_differ_only_in_where_bytes_sit_hash_apart() {

@@ -1,20 +1,7 @@
 use super::*;
 use std::sync::Arc;
 
-fn put(k: &str, v: &str) -> Vec<u8> {
-    Command::Put {
-        key: k.as_bytes().to_vec(),
-        value: Bytes::copy_from_slice(v.as_bytes()),
-    }
-    .encode()
-}
-
-fn del(k: &str) -> Vec<u8> {
-    Command::Delete {
-        key: k.as_bytes().to_vec(),
-    }
-    .encode()
-}
+use crate::kv::command::encoded::{del, put};
 
 fn store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
