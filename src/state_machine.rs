@@ -3,6 +3,7 @@
 use crate::types::Lsn;
 use bytes::Bytes;
 use std::io::{Read, Write};
+use std::path::Path;
 
 /// A state machine's failure: what went wrong in words, and the error
 /// behind it if there was one (`std::error::Error::source`). What it does
@@ -84,9 +85,10 @@ impl std::error::Error for StateMachineError {
 ///
 /// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
 /// (on the primary, a file in the snapshot directory that walrep then
-/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore` reads
-/// from a source (on the standby, the received file, checked for length
-/// and CRC32C before `restore` sees a byte). Both are blocking and walrep
+/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore_file`
+/// gets the received file (on the standby, checked for length and CRC32C
+/// before the engine sees a byte), whose default reads it through
+/// `restore`. Both are blocking and walrep
 /// calls them on blocking threads, never on the runtime's threads (except
 /// over a WAL whose `may_block()` is false, the in-memory test WAL, where
 /// every call runs inline so a simulation stays reproducible); they
@@ -189,4 +191,33 @@ pub trait StateMachine: Send + Sync + 'static {
     /// go. An error stops the rejoin and the node: the state may be half
     /// replaced.
     fn restore(&self, lsn: Lsn, input: &mut dyn Read) -> Result<(), StateMachineError>;
+
+    /// Replaces the whole state with the snapshot in the file at `path`,
+    /// as `restore` does with a reader; this is what walrep calls on the
+    /// standby. The file holds exactly the bytes an earlier `snapshot`
+    /// wrote: walrep has fsynced it and checked its length and CRC32C
+    /// against what the primary announced. It lies in the snapshot
+    /// directory (`ReplicaBuilder::snapshot_dir`), which an engine can put on its
+    /// own file system so a rename is possible.
+    ///
+    /// The file is the engine's for the call: it may read it, or move it
+    /// (`rename`) into its own directory and keep it, which spares a
+    /// store-sized copy (the daemon's SQLite engine renames the received
+    /// database file into place). Once the call returns, success or
+    /// error, walrep removes whatever is still at `path`, so an engine
+    /// that keeps the file must have moved it away, and must not keep the
+    /// path itself. An error stops the rejoin and the node, as for
+    /// `restore`.
+    ///
+    /// The default opens the file and calls `restore` with it, through a
+    /// 256 KiB buffer.
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            StateMachineError::with_source(
+                format!("opening the received snapshot {}", path.display()),
+                e,
+            )
+        })?;
+        self.restore(lsn, &mut std::io::BufReader::with_capacity(256 << 10, file))
+    }
 }

@@ -231,6 +231,29 @@ impl StateMachine for SqliteStore {
     /// store at `lsn`, then swaps it in atomically and reopens it.
     fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
         let received = snapshot::receive(&self.dir, lsn, input)?;
+        self.swap_in(received)
+    }
+
+    /// Renames walrep's received file into place instead of copying it
+    /// (the snapshot directory is under the daemon's data directory, on
+    /// the same file system); checks it as `restore` does. Copies through
+    /// `restore` if the two are on different file systems.
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
+        match snapshot::adopt(&self.dir, lsn, path)? {
+            Some(received) => self.swap_in(received),
+            None => {
+                let file = std::fs::File::open(path).map_err(|e| {
+                    StateMachineError::with_source(format!("opening {}", path.display()), e)
+                })?;
+                self.restore(lsn, &mut std::io::BufReader::with_capacity(1 << 20, file))
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Puts a received, checked snapshot in place of the store.
+    fn swap_in(&self, received: snapshot::Received) -> Result<(), StateMachineError> {
         let mut conn = self.conn.lock().unwrap();
         let (new_conn, state) = snapshot::swap_in(&self.dir, &mut conn, received)?;
         *conn = new_conn;

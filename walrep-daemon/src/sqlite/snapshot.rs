@@ -13,9 +13,12 @@
 //! copy of the store on disk, no per-page work (an online-backup copy to a
 //! temporary file first took longer than the transfer itself).
 //!
-//! Restore (`receive`, `swap_in`): the bytes stream into `restore.tmp`,
-//! which is fsynced and checked (the SQLite header, the length the header
-//! announces, a walrep store, the announced LSN) before anything is
+//! Restore (`adopt` or `receive`, then `swap_in`): walrep's received file
+//! (fsynced and CRC-checked by walrep) is renamed to `restore.tmp`, no
+//! copy (`StateMachine::restore_file`; a reader given to `restore` is
+//! streamed into `restore.tmp` and fsynced instead); the file is checked
+//! (the SQLite header, the length the header announces, a walrep store,
+//! the announced LSN) before anything is
 //! touched: a corrupt or foreign snapshot is refused with the store as it
 //! was. Then the live connection closes, the old file is renamed to
 //! `replaced.tmp` (its `-wal` and `-shm` files removed: they belong to it),
@@ -207,8 +210,41 @@ pub fn receive(dir: &Path, lsn: Lsn, input: &mut dyn Read) -> Result<Received, S
         fsync_ms = (started.elapsed() - written).as_millis() as u64,
         "SQLite snapshot received"
     );
-    check_file(&path, len)?;
-    let (_, state) = schema::read_only(&path)
+    check_received(&path, len, lsn)?;
+    Ok(Received(tmp))
+}
+
+/// Moves the received snapshot at `from` (fsynced by walrep) to
+/// `dir/restore.tmp` without copying it, and checks that it is a whole
+/// walrep store holding `lsn`, as `receive` does. `Ok(None)` when `from`
+/// is on another file system (the caller copies instead).
+pub fn adopt(dir: &Path, lsn: Lsn, from: &Path) -> Result<Option<Received>, StateMachineError> {
+    let path = dir.join(RECEIVED);
+    match std::fs::rename(from, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => return Ok(None),
+        Err(e) => {
+            return Err(io(format!(
+                "moving the received snapshot {} to {}",
+                from.display(),
+                path.display()
+            ))(e));
+        }
+    }
+    let tmp = TempFile(Some(path.clone()));
+    let len = std::fs::metadata(&path)
+        .map_err(io(format!("reading the length of {}", path.display())))?
+        .len();
+    tracing::info!(%lsn, bytes = len, "SQLite snapshot adopted from walrep's file, not copied");
+    check_received(&path, len, lsn)?;
+    Ok(Some(Received(tmp)))
+}
+
+/// Checks that the received file at `path`, `len` bytes long, is an
+/// SQLite database of that length and a walrep store holding `lsn`.
+fn check_received(path: &Path, len: u64, lsn: Lsn) -> Result<(), StateMachineError> {
+    check_file(path, len)?;
+    let (_, state) = schema::read_only(path)
         .map_err(|e| StateMachineError::with_source("the snapshot is not a walrep store", e))?;
     if state.applied != lsn {
         return Err(StateMachineError::new(format!(
@@ -217,7 +253,7 @@ pub fn receive(dir: &Path, lsn: Lsn, input: &mut dyn Read) -> Result<Received, S
             state.applied
         )));
     }
-    Ok(Received(tmp))
+    Ok(())
 }
 
 /// Checks the SQLite header of the file at `path`, `len` bytes long: its
