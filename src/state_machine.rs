@@ -3,7 +3,7 @@
 use crate::types::Lsn;
 use bytes::Bytes;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A state machine's failure: what went wrong in words, and the error
 /// behind it if there was one (`std::error::Error::source`). What it does
@@ -66,6 +66,40 @@ impl std::error::Error for StateMachineError {
         self.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A snapshot the engine already holds in a file of its own, which walrep
+/// sends as it is instead of having `snapshot` copy it
+/// (`StateMachine::snapshot_file`).
+///
+/// The first `len` bytes of the file at `path` are the snapshot, in the
+/// encoding `snapshot` writes and `restore` reads, and cover every record
+/// up to `lsn` and none after. They must not change while `guard` lives
+/// (the daemon's SQLite engine: an open read transaction that no
+/// checkpoint passes). walrep reads them once for their CRC32C, then
+/// serves transfers from the file, and drops the guard when the snapshot
+/// is replaced, goes stale, or stays unused for a while (a held guard
+/// may hold back the engine's own housekeeping). walrep never writes,
+/// moves or deletes the file.
+pub struct SnapshotFile {
+    /// The file.
+    pub path: PathBuf,
+    /// How many of its first bytes are the snapshot.
+    pub len: u64,
+    /// The last record the snapshot covers.
+    pub lsn: Lsn,
+    /// Keeps the bytes unchanged until dropped.
+    pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for SnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("lsn", &self.lsn)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,6 +218,17 @@ pub trait StateMachine: Send + Sync + 'static {
     /// error abandons the snapshot (the standby asks again later); it does
     /// not stop the node.
     fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, StateMachineError>;
+
+    /// A consistent copy of the state that already lies in a file, for
+    /// walrep to send as it is, sparing the store-sized copy `snapshot`
+    /// makes into the snapshot directory (see `SnapshotFile` for what the
+    /// file and its guard must hold). Called on a blocking thread, like
+    /// `snapshot`, and tried first: `Ok(None)` means the engine has no
+    /// such file and walrep calls `snapshot`; an error abandons this
+    /// snapshot as `snapshot`'s does. The default is `Ok(None)`.
+    fn snapshot_file(&self) -> Result<Option<SnapshotFile>, StateMachineError> {
+        Ok(None)
+    }
 
     /// Replaces the whole state with the snapshot read from `input` (bytes
     /// an earlier `snapshot` wrote, checked end to end), which covers every

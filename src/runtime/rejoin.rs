@@ -182,6 +182,9 @@ async fn attempt_rejoin(
             return Ok(None);
         };
         let path = incoming.take().expect("a received snapshot").path;
+        // A build this node served as primary may hold the engine's file
+        // still (`StateMachine::snapshot_file`): let go of it first.
+        ctx.snapshots.invalidate();
         let dir = ctx.snapshots.dir().to_path_buf();
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();

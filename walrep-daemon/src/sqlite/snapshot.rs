@@ -1,7 +1,8 @@
 //! Snapshots of the SQLite store: built beside applies, streamed, and
 //! swapped in atomically, with memory bounded by one copy buffer.
 //!
-//! Build (`pin`, then `Pinned::write`): with the writer held for a moment,
+//! Build (`pin`, then `Pinned::into_file` for walrep to send the database
+//! file itself, or `Pinned::write` to stream it into a writer): with the writer held for a moment,
 //! a checkpoint puts every frame of SQLite's WAL into the database file,
 //! then a read transaction begins on a connection of its own. With the WAL
 //! fully checkpointed, SQLite has that reader read the database file alone
@@ -33,7 +34,7 @@ use super::schema::{self, StoredState};
 use rusqlite::Connection;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use walrep::{Lsn, StateMachineError};
+use walrep::{Lsn, SnapshotFile, StateMachineError};
 
 /// Bytes moved per read and write when streaming a file.
 const COPY_BUFFER: usize = 1 << 20;
@@ -146,7 +147,38 @@ pub struct Pinned {
     path: PathBuf,
 }
 
+/// Keeps a pinned state's database file unchanged while it lives (its
+/// read transaction), and counts itself in `pins` meanwhile.
+struct PinGuard {
+    _reader: std::sync::Mutex<Connection>,
+    pins: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.pins.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl Pinned {
+    /// The pinned state as the database file itself, for walrep to send
+    /// without a copy: its first `len` bytes stay this state until the
+    /// guard is dropped (which ends the read transaction). `pins` counts
+    /// the guards alive.
+    pub fn into_file(self, pins: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SnapshotFile {
+        pins.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::info!(lsn = %self.lsn, bytes = self.len, "SQLite snapshot pinned in place");
+        SnapshotFile {
+            path: self.path,
+            len: self.len,
+            lsn: self.lsn,
+            guard: Box::new(PinGuard {
+                _reader: std::sync::Mutex::new(self.reader),
+                pins,
+            }),
+        }
+    }
+
     /// Streams the pinned state's `len` bytes of the database file.
     pub fn write(self, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
         let started = std::time::Instant::now();

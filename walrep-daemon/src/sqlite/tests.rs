@@ -408,3 +408,43 @@ fn restore_file_refuses_a_corrupt_or_mislabelled_file_and_keeps_the_store() {
         assert!(!db.path().join("restore.tmp").exists(), "{what}");
     }
 }
+
+/// `snapshot_file` hands walrep the database file itself: while the guard
+/// lives, applies and checkpoints go on without changing its first `len`
+/// bytes (they restore to exactly the state at its LSN), a second pin is
+/// refused rather than waiting behind the first, and once the guard is
+/// dropped a checkpoint completes again.
+#[test]
+fn snapshot_file_pins_the_database_file_until_its_guard_is_dropped() {
+    let (a, _da) = store();
+    for i in 1..=50u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), &"z".repeat(1000)))
+            .unwrap();
+    }
+    let hash_at_50 = a.state_hash();
+    let f = a.snapshot_file().unwrap().expect("the database file");
+    assert_eq!(f.path, a.path());
+    assert_eq!(f.lsn, Lsn(50));
+    let before = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    for i in 51..=150u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), &"w".repeat(1000)))
+            .unwrap();
+    }
+    a.persist().unwrap();
+    assert!(a.durable_lsn() < Lsn(150), "no checkpoint passes the pin");
+    let during = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    assert!(during == before, "the pinned bytes did not change");
+    let err = a.snapshot_file().unwrap_err();
+    assert!(err.chain().contains("still held"), "{}", err.chain());
+    let (b, _db) = store();
+    b.restore(f.lsn, &mut &during[..]).unwrap();
+    assert_eq!(b.state_hash(), hash_at_50);
+    drop(f);
+    a.persist().unwrap();
+    assert_eq!(
+        a.durable_lsn(),
+        Lsn(150),
+        "released: the checkpoint completes"
+    );
+    assert!(a.snapshot_file().unwrap().is_some(), "and it can pin again");
+}
