@@ -113,8 +113,9 @@ impl std::fmt::Debug for SnapshotFile {
 /// thread at the same time as `apply` (a primary serving its standby), so
 /// it must capture a consistent state as of one LSN (how is the engine's
 /// choice: a read transaction, a checkpoint, a copy-on-write clone, a
-/// lock held while it writes). `restore` is called only while the node
-/// rejoins, never concurrently with `apply`. The engine's own readers may
+/// lock held while it writes); so may `snapshot_file`. `restore` and
+/// `restore_file` are called only while the node rejoins, never
+/// concurrently with `apply`. The engine's own readers may
 /// call into it at any time.
 ///
 /// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
