@@ -3,6 +3,7 @@
 use crate::types::Lsn;
 use bytes::Bytes;
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 /// A state machine's failure: what went wrong in words, and the error
 /// behind it if there was one (`std::error::Error::source`). What it does
@@ -68,6 +69,40 @@ impl std::error::Error for StateMachineError {
     }
 }
 
+/// A snapshot the engine already holds in a file of its own, which walrep
+/// sends as it is instead of having `snapshot` copy it
+/// (`StateMachine::snapshot_file`).
+///
+/// The first `len` bytes of the file at `path` are the snapshot, in the
+/// encoding `snapshot` writes and `restore` reads, and cover every record
+/// up to `lsn` and none after. They must not change while `guard` lives
+/// (the daemon's SQLite engine: an open read transaction that no
+/// checkpoint passes). walrep reads them once for their CRC32C, then
+/// serves transfers from the file, and drops the guard when the snapshot
+/// is replaced, goes stale, or stays unused for a while (a held guard
+/// may hold back the engine's own housekeeping). walrep never writes,
+/// moves or deletes the file.
+pub struct SnapshotFile {
+    /// The file.
+    pub path: PathBuf,
+    /// How many of its first bytes are the snapshot.
+    pub len: u64,
+    /// The last record the snapshot covers.
+    pub lsn: Lsn,
+    /// Keeps the bytes unchanged until dropped.
+    pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for SnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("lsn", &self.lsn)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Implemented by the engine: what a committed record does to its state.
 ///
 /// Order and concurrency: walrep calls `apply_batch` (whose default calls
@@ -78,15 +113,17 @@ impl std::error::Error for StateMachineError {
 /// thread at the same time as `apply` (a primary serving its standby), so
 /// it must capture a consistent state as of one LSN (how is the engine's
 /// choice: a read transaction, a checkpoint, a copy-on-write clone, a
-/// lock held while it writes). `restore` is called only while the node
-/// rejoins, never concurrently with `apply`. The engine's own readers may
+/// lock held while it writes); so may `snapshot_file`. `restore` and
+/// `restore_file` are called only while the node rejoins, never
+/// concurrently with `apply`. The engine's own readers may
 /// call into it at any time.
 ///
 /// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
 /// (on the primary, a file in the snapshot directory that walrep then
-/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore` reads
-/// from a source (on the standby, the received file, checked for length
-/// and CRC32C before `restore` sees a byte). Both are blocking and walrep
+/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore_file`
+/// gets the received file (on the standby, checked for length and CRC32C
+/// before the engine sees a byte), whose default reads it through
+/// `restore`. Both are blocking and walrep
 /// calls them on blocking threads, never on the runtime's threads (except
 /// over a WAL whose `may_block()` is false, the in-memory test WAL, where
 /// every call runs inline so a simulation stays reproducible); they
@@ -183,10 +220,50 @@ pub trait StateMachine: Send + Sync + 'static {
     /// not stop the node.
     fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, StateMachineError>;
 
+    /// A consistent copy of the state that already lies in a file, for
+    /// walrep to send as it is, sparing the store-sized copy `snapshot`
+    /// makes into the snapshot directory (see `SnapshotFile` for what the
+    /// file and its guard must hold). Called on a blocking thread, like
+    /// `snapshot`, and tried first: `Ok(None)` means the engine has no
+    /// such file and walrep calls `snapshot`; an error abandons this
+    /// snapshot as `snapshot`'s does. The default is `Ok(None)`.
+    fn snapshot_file(&self) -> Result<Option<SnapshotFile>, StateMachineError> {
+        Ok(None)
+    }
+
     /// Replaces the whole state with the snapshot read from `input` (bytes
     /// an earlier `snapshot` wrote, checked end to end), which covers every
     /// record up to `lsn`; afterwards `applied_lsn() == lsn`. Read as you
     /// go. An error stops the rejoin and the node: the state may be half
     /// replaced.
     fn restore(&self, lsn: Lsn, input: &mut dyn Read) -> Result<(), StateMachineError>;
+
+    /// Replaces the whole state with the snapshot in the file at `path`,
+    /// as `restore` does with a reader; this is what walrep calls on the
+    /// standby. The file holds exactly the bytes an earlier `snapshot`
+    /// wrote: walrep has fsynced it and checked its length and CRC32C
+    /// against what the primary announced. It lies in the snapshot
+    /// directory (`ReplicaBuilder::snapshot_dir`), which an engine can put on its
+    /// own file system so a rename is possible.
+    ///
+    /// The file is the engine's for the call: it may read it, or move it
+    /// (`rename`) into its own directory and keep it, which spares a
+    /// store-sized copy (the daemon's SQLite engine renames the received
+    /// database file into place). Once the call returns, success or
+    /// error, walrep removes whatever is still at `path`, so an engine
+    /// that keeps the file must have moved it away, and must not keep the
+    /// path itself. An error stops the rejoin and the node, as for
+    /// `restore`.
+    ///
+    /// The default opens the file and calls `restore` with it, through a
+    /// 256 KiB buffer.
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            StateMachineError::with_source(
+                format!("opening the received snapshot {}", path.display()),
+                e,
+            )
+        })?;
+        self.restore(lsn, &mut std::io::BufReader::with_capacity(256 << 10, file))
+    }
 }

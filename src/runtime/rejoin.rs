@@ -12,9 +12,11 @@
 //! cut (the link, the idle timeout, a restart of this node) is resumed by
 //! the next attempt, in this run or the next, from the bytes already
 //! written, if the primary still serves that snapshot; if not, it starts
-//! over. Once every byte is in, the file is fsynced and its length and
-//! CRC32C checked, and only then does `StateMachine::restore` read it: a
-//! short or corrupt transfer restores nothing.
+//! over. The CRC32C is taken as the bytes are written (`Incoming::crc`),
+//! not by reading the file back. Once every byte is in, the file is
+//! fsynced and its length and CRC32C checked, and only then is it handed
+//! to `StateMachine::restore_file` (which may move it into the engine's
+//! store): a short or corrupt transfer restores nothing.
 
 use super::incoming::{self, Incoming};
 use super::tasks::Tasks;
@@ -180,18 +182,15 @@ async fn attempt_rejoin(
             return Ok(None);
         };
         let path = incoming.take().expect("a received snapshot").path;
+        // A build this node served as primary may hold the engine's file
+        // still (`StateMachine::snapshot_file`): let go of it first.
+        ctx.snapshots.invalidate();
         let dir = ctx.snapshots.dir().to_path_buf();
         let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
         let may_block = wal.may_block();
-        let restored = super::tasks::run_blocking(may_block, move || -> Result<(), String> {
-            let file = std::fs::File::open(&path)
-                .map_err(|e| format!("opening the received snapshot: {e}"))?;
-            let mut input = std::io::BufReader::with_capacity(256 << 10, file);
-            sm.restore(info.lsn, &mut input)
-                .map_err(|e| format!("state machine restore: {e}"))?;
-            incoming::discard_files(&dir);
-            wal.reset(info.lsn, info.epoch)
-                .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
+        let announced = info.clone();
+        let restored = super::tasks::run_blocking(may_block, move || {
+            restore_received(&*sm, &*wal, &dir, &path, &announced)
         })
         .await
         .map_err(Fatal)?;
@@ -308,11 +307,14 @@ async fn receive_snapshot(
                     Incoming::discard(incoming);
                     return Ok(None);
                 }
-                let file = inc.file.clone();
-                super::tasks::run_blocking(may_block, move || file.write_all_at(&data, offset))
-                    .await
-                    .map_err(disk)?
-                    .map_err(|e| disk(e.to_string()))?;
+                let (file, crc) = (inc.file.clone(), inc.crc);
+                inc.crc = super::tasks::run_blocking(may_block, move || {
+                    file.write_all_at(&data, offset)
+                        .map(|()| crc32c::crc32c_append(crc, &data))
+                })
+                .await
+                .map_err(disk)?
+                .map_err(|e| disk(e.to_string()))?;
                 ctx.metrics.snapshot_received(end - offset);
                 inc.received = end;
             }
@@ -329,11 +331,12 @@ async fn receive_snapshot(
         );
         return Ok(None);
     }
-    let (file, total) = (inc.file.clone(), inc.info.total_bytes);
-    let checked = super::tasks::run_blocking(may_block, move || check_file(&file))
+    let (file, total, crc) = (inc.file.clone(), inc.info.total_bytes, inc.crc);
+    let checked = super::tasks::run_blocking(may_block, move || sync_and_measure(&file))
         .await
         .map_err(disk)?
         .map_err(|e| disk(e.to_string()))?;
+    let checked = (checked, crc);
     if checked != (total, inc.info.crc) {
         tracing::warn!(
             length = checked.0,
@@ -348,21 +351,30 @@ async fn receive_snapshot(
     Ok(Some(inc.info.clone()))
 }
 
-/// Fsyncs the received file and reads it back: its length and CRC32C.
-fn check_file(file: &std::fs::File) -> std::io::Result<(u64, u32)> {
+/// Hands the received, checked snapshot at `path` to the engine, removes
+/// the incoming files (the engine may have moved the data file away: it
+/// is its own during the call), and restarts the WAL after the
+/// snapshot's LSN (blocking).
+fn restore_received(
+    sm: &dyn StateMachine,
+    wal: &dyn WalStore,
+    dir: &Path,
+    path: &Path,
+    info: &SnapshotInfo,
+) -> Result<(), String> {
+    let restored = sm.restore_file(info.lsn, path);
+    incoming::discard_files(dir);
+    restored.map_err(|e| format!("state machine restore: {}", e.chain()))?;
+    wal.reset(info.lsn, info.epoch)
+        .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
+}
+
+/// Fsyncs the received file: its length on disk. Its CRC32C was taken
+/// as the bytes were written (`Incoming::crc`), so the file is not read
+/// back.
+fn sync_and_measure(file: &std::fs::File) -> std::io::Result<u64> {
     file.sync_all()?;
-    let len = file.metadata()?.len();
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut crc, mut at) = (0u32, 0u64);
-    while at < len {
-        let n = file.read_at(&mut buf, at)?;
-        if n == 0 {
-            break;
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        at += n as u64;
-    }
-    Ok((len, crc))
+    Ok(file.metadata()?.len())
 }
 
 /// Writes the records after `point` to `rewound/<epoch>-<from>-<to>.wal`
@@ -584,5 +596,141 @@ mod tests {
         assert!(matches!(r, Ok(None)), "a short transfer is not done");
         assert_eq!(incoming.as_ref().unwrap().received, 20);
         assert_eq!(sm.restores(), 0);
+    }
+
+    /// A standby restarted mid-transfer seeds its CRC from the prefix on
+    /// disk, not from what it believed it wrote: a prefix damaged while
+    /// the node was down (here, one flipped byte) fails the check at the
+    /// end of the resumed transfer, and nothing is restored.
+    #[tokio::test]
+    async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
+        let data = snapshot_bytes();
+        let crc = crc32c::crc32c(&data);
+        for damage in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = primary(data.clone(), crc, data.len() as u64, vec![Some(3), None]);
+            let sm = Arc::new(MemStateMachine::new());
+            let ctx = ctx(p.clone(), sm.clone(), dir.path());
+            let mut incoming = None;
+            let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+            assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+            // The node stops; the prefix may change on disk meanwhile.
+            drop(incoming.take());
+            if damage {
+                let path = dir.path().join(incoming::DATA_FILE);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[5] ^= 0xff;
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let mut incoming = Incoming::recover(dir.path());
+            assert_eq!(incoming.as_ref().unwrap().received, 12);
+            let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+            assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+            if damage {
+                assert!(matches!(done, Ok(None)), "the damaged prefix is caught");
+                assert!(incoming.is_none(), "and the transfer starts over");
+                assert!(!dir.path().join(incoming::DATA_FILE).exists());
+            } else {
+                assert!(matches!(done, Ok(Some(_))), "an intact prefix completes");
+            }
+            assert_eq!(sm.restores(), 0);
+        }
+    }
+
+    /// An engine that keeps the received file: it records the bytes it
+    /// was handed, moves the file into its own directory and restores
+    /// from there.
+    struct Keeper {
+        inner: MemStateMachine,
+        own_dir: PathBuf,
+        handed: Mutex<Vec<u8>>,
+    }
+
+    impl StateMachine for Keeper {
+        fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+            self.inner.apply(lsn, payload)
+        }
+        fn applied_lsn(&self) -> Lsn {
+            self.inner.applied_lsn()
+        }
+        fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+            self.inner.snapshot(out)
+        }
+        fn restore(
+            &self,
+            lsn: Lsn,
+            input: &mut dyn std::io::Read,
+        ) -> Result<(), crate::StateMachineError> {
+            self.inner.restore(lsn, input)
+        }
+        fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), crate::StateMachineError> {
+            *self.handed.lock().unwrap() = std::fs::read(path).unwrap();
+            let kept = self.own_dir.join("kept");
+            std::fs::rename(path, &kept).unwrap();
+            self.inner
+                .restore(lsn, &mut std::fs::File::open(&kept).unwrap())
+        }
+    }
+
+    /// The received, checked file is what the engine's `restore_file` gets
+    /// (byte for byte); a file it moved away stays where it put it, and
+    /// the incoming files are gone.
+    #[tokio::test]
+    async fn the_engine_gets_the_received_file_and_may_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = primary(
+            data.clone(),
+            crc32c::crc32c(&data),
+            data.len() as u64,
+            vec![None],
+        );
+        let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
+        let mut incoming = None;
+        let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+            Ok(Some(info)) => info,
+            _ => panic!("the transfer completes"),
+        };
+        let path = incoming.take().unwrap().path;
+        let keeper = Keeper {
+            inner: MemStateMachine::new(),
+            own_dir: own.path().to_path_buf(),
+            handed: Mutex::new(Vec::new()),
+        };
+        restore_received(&keeper, &*ctx.wal, dir.path(), &path, &info).unwrap();
+        assert_eq!(*keeper.handed.lock().unwrap(), data, "the snapshot's bytes");
+        assert_eq!(std::fs::read(own.path().join("kept")).unwrap(), data);
+        assert_eq!(keeper.applied_lsn(), info.lsn);
+        for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
+            assert!(!dir.path().join(name).exists(), "{name} removed");
+        }
+        assert_eq!(ctx.wal.last_lsn(), info.lsn, "the WAL goes on after it");
+    }
+
+    /// An engine with the default `restore_file` reads the received file
+    /// through `restore`; walrep then removes the file it left.
+    #[tokio::test]
+    async fn the_default_restore_file_reads_the_file_through_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = primary(
+            data.clone(),
+            crc32c::crc32c(&data),
+            data.len() as u64,
+            vec![None],
+        );
+        let sm = Arc::new(MemStateMachine::new());
+        let ctx = ctx(p, sm.clone(), dir.path());
+        let mut incoming = None;
+        let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+            Ok(Some(info)) => info,
+            _ => panic!("the transfer completes"),
+        };
+        let path = incoming.take().unwrap().path;
+        restore_received(&*sm, &*ctx.wal, dir.path(), &path, &info).unwrap();
+        assert_eq!(sm.restores(), 1);
+        assert_eq!(sm.applied_lsn(), info.lsn, "restored at the announced LSN");
+        assert!(!path.exists(), "the file the engine read is removed");
     }
 }

@@ -47,7 +47,27 @@ pub(crate) struct BuiltSnapshot {
     path: PathBuf,
     file: Arc<std::fs::File>,
     may_block: bool,
+    /// Set when the file is the engine's own (`StateMachine::
+    /// snapshot_file`): kept unchanged while this lives, never removed.
+    engine_guard: Option<EngineGuard>,
 }
+
+/// What keeps an engine's snapshot file unchanged; dropped with the build.
+struct EngineGuard(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for EngineGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineGuard")
+    }
+}
+
+/// How often a build served from the engine's file is checked, and how
+/// long it stays cached with no transfer reading it before its guard is
+/// dropped. A held guard holds back the engine (SQLite cannot checkpoint
+/// past it), so it is not kept like a build in a file of walrep's; long
+/// enough for a standby whose transfer was cut to come back and resume.
+const ENGINE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const ENGINE_FILE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl BuiltSnapshot {
     /// Up to `max` bytes from `offset`, read on a blocking thread.
@@ -66,7 +86,9 @@ impl BuiltSnapshot {
 
 impl Drop for BuiltSnapshot {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.engine_guard.is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -164,8 +186,12 @@ impl Snapshots {
             inner.building = None;
             match &built {
                 Ok(b) => {
-                    tracing::info!(id, lsn = %b.lsn, bytes = b.len, "snapshot built");
+                    let engine_file = b.engine_guard.is_some();
+                    tracing::info!(id, lsn = %b.lsn, bytes = b.len, engine_file, "snapshot built");
                     inner.current = Some(b.clone());
+                    if engine_file {
+                        release_engine_file_when_unused(Arc::downgrade(&this), id);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "building a snapshot failed"),
             }
@@ -199,9 +225,102 @@ impl Drop for Snapshots {
     }
 }
 
+/// Drops the cached build `id`, served from the engine's own file, once
+/// it is stale or no transfer has read it for `ENGINE_FILE_IDLE`: its
+/// guard goes with the last transfer that still holds it.
+fn release_engine_file_when_unused(snapshots: std::sync::Weak<Snapshots>, id: u64) {
+    tokio::spawn(async move {
+        let mut last_used = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(ENGINE_FILE_CHECK).await;
+            let Some(this) = snapshots.upgrade() else {
+                return;
+            };
+            let released = {
+                let mut inner = this.inner.lock().unwrap();
+                let Some(b) = inner.current.as_ref().filter(|b| b.id == id) else {
+                    return;
+                };
+                let stale = !this.fresh(b);
+                if Arc::strong_count(b) > 1 {
+                    last_used = tokio::time::Instant::now();
+                }
+                if stale || last_used.elapsed() >= ENGINE_FILE_IDLE {
+                    tracing::info!(id, stale, "releasing the engine's snapshot file");
+                    inner.current.take()
+                } else {
+                    None
+                }
+            };
+            if released.is_some() {
+                return;
+            }
+        }
+    });
+}
+
+/// Builds snapshot `id`: from the engine's own file if it has one
+/// (`StateMachine::snapshot_file`), else into `dir/snapshot-<id>.bin`.
+fn build(
+    dir: &Path,
+    id: u64,
+    sm: &dyn StateMachine,
+    wal: &dyn WalStore,
+    may_block: bool,
+) -> Result<BuiltSnapshot, String> {
+    match sm.snapshot_file().map_err(|e| e.chain())? {
+        Some(f) => from_engine_file(id, f, wal, may_block),
+        None => build_file(dir, id, sm, wal, may_block),
+    }
+}
+
+/// A build served from the engine's file: its first `len` bytes, read
+/// once here for their CRC32C.
+fn from_engine_file(
+    id: u64,
+    f: crate::state_machine::SnapshotFile,
+    wal: &dyn WalStore,
+    may_block: bool,
+) -> Result<BuiltSnapshot, String> {
+    let shown = f.path.display();
+    let file = std::fs::File::open(&f.path)
+        .map_err(|e| format!("opening the engine's snapshot file {shown}: {e}"))?;
+    let on_disk = file
+        .metadata()
+        .map_err(|e| format!("reading the length of {shown}: {e}"))?
+        .len();
+    if on_disk < f.len {
+        return Err(format!(
+            "the engine's snapshot file {shown} holds {on_disk} bytes, fewer than the {} it \
+             announced",
+            f.len
+        ));
+    }
+    let mut buf = vec![0u8; (1usize << 20).min(f.len as usize)];
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < f.len {
+        let want = ((f.len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..want], at)
+            .map_err(|e| format!("reading {shown}: {e}"))?;
+        crc = crc32c::crc32c_append(crc, &buf[..want]);
+        at += want as u64;
+    }
+    Ok(BuiltSnapshot {
+        id,
+        lsn: f.lsn,
+        epoch: wal.epoch_at(f.lsn).unwrap_or(Epoch::ZERO),
+        len: f.len,
+        crc,
+        path: f.path.clone(),
+        file: Arc::new(file),
+        may_block,
+        engine_guard: Some(EngineGuard(f.guard)),
+    })
+}
+
 /// Builds snapshot `id` into `dir/snapshot-<id>.bin`: the engine writes
 /// through a buffer that counts and checksums what passes.
-fn build(
+fn build_file(
     dir: &Path,
     id: u64,
     sm: &dyn StateMachine,
@@ -239,6 +358,7 @@ fn build(
         path,
         file: Arc::new(file),
         may_block,
+        engine_guard: None,
     })
 }
 
@@ -342,5 +462,102 @@ mod tests {
         assert_eq!(sm.snapshots_taken(), 2, "stale: rebuilt");
         assert_eq!(newer.lsn, Lsn(10));
         assert!(!path.exists(), "the stale build's file is gone");
+    }
+
+    /// An engine that holds its snapshot in a file of its own: it writes
+    /// `MemStateMachine`'s snapshot there, followed by bytes that are not
+    /// part of it, and hands out a guard that records its drop.
+    struct OwnFile {
+        inner: Arc<MemStateMachine>,
+        dir: tempfile::TempDir,
+        released: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct Guard(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl StateMachine for OwnFile {
+        fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+            self.inner.apply(lsn, payload)
+        }
+        fn applied_lsn(&self) -> Lsn {
+            self.inner.applied_lsn()
+        }
+        fn snapshot(&self, _: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+            panic!("an engine with its own file is not asked to copy it")
+        }
+        fn restore(
+            &self,
+            lsn: Lsn,
+            input: &mut dyn std::io::Read,
+        ) -> Result<(), crate::StateMachineError> {
+            self.inner.restore(lsn, input)
+        }
+        fn snapshot_file(
+            &self,
+        ) -> Result<Option<crate::state_machine::SnapshotFile>, crate::StateMachineError> {
+            let mut bytes = Vec::new();
+            let lsn = self.inner.snapshot(&mut bytes).unwrap();
+            let len = bytes.len() as u64;
+            bytes.extend_from_slice(b"not part of the snapshot");
+            let path = self.dir.path().join("own.db");
+            std::fs::write(&path, &bytes).unwrap();
+            self.released
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(crate::state_machine::SnapshotFile {
+                path,
+                len,
+                lsn,
+                guard: Box::new(Guard(self.released.clone())),
+            }))
+        }
+    }
+
+    /// A build from the engine's own file sends exactly its first `len`
+    /// bytes with their CRC, keeps the guard while cached, and once no
+    /// transfer has used it for `ENGINE_FILE_IDLE` drops the guard and
+    /// leaves the file where it was.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_from_the_engines_file_is_served_as_is_and_released_when_unused() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        sm.set_snapshot_padding(5000);
+        let engine = Arc::new(OwnFile {
+            inner: sm.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            released: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Arc::new(Snapshots::new(
+            Some(dir.path().to_path_buf()),
+            engine.clone(),
+            wal,
+        ));
+        let b = snapshots.get().await.unwrap();
+        let mut expected = Vec::new();
+        sm.snapshot(&mut expected).unwrap();
+        assert_eq!((b.lsn, b.len), (Lsn(3), expected.len() as u64));
+        assert_eq!(b.crc, crc32c::crc32c(&expected));
+        let sent = b.read_chunk(0, 1 << 20).await.unwrap();
+        assert_eq!(&sent[..], &expected[..], "the snapshot's bytes, no more");
+        let path = engine.dir.path().join("own.db");
+        assert_eq!(b.path, path, "served from the engine's file, not a copy");
+        let released = || engine.released.load(std::sync::atomic::Ordering::SeqCst);
+        // A transfer holds it past the idle time: kept.
+        tokio::time::sleep(ENGINE_FILE_IDLE * 2).await;
+        assert!(!released(), "held while a transfer reads it");
+        assert_eq!(snapshots.get().await.unwrap().id, b.id, "and reused");
+        drop(b);
+        tokio::time::sleep(ENGINE_FILE_IDLE / 2).await;
+        assert!(!released(), "cached a while for a resume");
+        tokio::time::sleep(ENGINE_FILE_IDLE).await;
+        assert!(released(), "the guard goes once unused");
+        assert!(path.exists(), "the engine's file is never removed");
+        assert!(snapshots.inner.lock().unwrap().current.is_none());
     }
 }

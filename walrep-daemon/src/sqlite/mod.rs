@@ -37,9 +37,9 @@ use crate::kv::Command;
 use bytes::Bytes;
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use walrep::{Lsn, StateMachine, StateMachineError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use walrep::{Lsn, SnapshotFile, StateMachine, StateMachineError};
 
 pub use schema::{APPLICATION_ID, StoredState};
 
@@ -59,6 +59,9 @@ pub struct SqliteStore {
     state_hash: AtomicU64,
     /// The last LSN a checkpoint put into the fsynced database file.
     durable: AtomicU64,
+    /// Snapshots handed to walrep as the database file itself whose guard
+    /// (a read transaction) is still alive.
+    pins: Arc<AtomicUsize>,
 }
 
 fn sql(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StateMachineError {
@@ -82,6 +85,7 @@ impl SqliteStore {
             applied: AtomicU64::new(state.applied.0),
             state_hash: AtomicU64::new(state.state_hash),
             durable: AtomicU64::new(0),
+            pins: Arc::new(AtomicUsize::new(0)),
         };
         store.persist()?;
         Ok(store)
@@ -221,10 +225,54 @@ impl StateMachine for SqliteStore {
         pinned.write(out)
     }
 
+    /// The database file itself, held still by a read transaction that
+    /// the returned guard keeps open (`snapshot.rs`): walrep sends it with
+    /// no copy. Refused while an earlier such guard lives: pinning again
+    /// needs a complete checkpoint, which would wait behind that reader
+    /// with the writer held; walrep drops its guard once the build is
+    /// stale or unused, and the standby asks again.
+    fn snapshot_file(&self) -> Result<Option<SnapshotFile>, StateMachineError> {
+        if self.pins.load(Ordering::Acquire) > 0 {
+            return Err(StateMachineError::new(format!(
+                "an earlier snapshot of {} is still held for a transfer; the next request tries \
+                 again once it is released",
+                self.path().display()
+            )));
+        }
+        let pinned = {
+            let conn = self.conn.lock().unwrap();
+            snapshot::pin(&conn, &self.path())?
+        };
+        Ok(Some(pinned.into_file(self.pins.clone())))
+    }
+
     /// Streams the snapshot into a temporary file, checks it is a walrep
     /// store at `lsn`, then swaps it in atomically and reopens it.
     fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
         let received = snapshot::receive(&self.dir, lsn, input)?;
+        self.swap_in(received)
+    }
+
+    /// Renames walrep's received file into place instead of copying it
+    /// (the snapshot directory is under the daemon's data directory, on
+    /// the same file system); checks it as `restore` does. Copies through
+    /// `restore` if the two are on different file systems.
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
+        match snapshot::adopt(&self.dir, lsn, path)? {
+            Some(received) => self.swap_in(received),
+            None => {
+                let file = std::fs::File::open(path).map_err(|e| {
+                    StateMachineError::with_source(format!("opening {}", path.display()), e)
+                })?;
+                self.restore(lsn, &mut std::io::BufReader::with_capacity(1 << 20, file))
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Puts a received, checked snapshot in place of the store.
+    fn swap_in(&self, received: snapshot::Received) -> Result<(), StateMachineError> {
         let mut conn = self.conn.lock().unwrap();
         let (new_conn, state) = snapshot::swap_in(&self.dir, &mut conn, received)?;
         *conn = new_conn;

@@ -1,7 +1,8 @@
 //! Snapshots of the SQLite store: built beside applies, streamed, and
 //! swapped in atomically, with memory bounded by one copy buffer.
 //!
-//! Build (`pin`, then `Pinned::write`): with the writer held for a moment,
+//! Build (`pin`, then `Pinned::into_file` for walrep to send the database
+//! file itself, or `Pinned::write` to stream it into a writer): with the writer held for a moment,
 //! a checkpoint puts every frame of SQLite's WAL into the database file,
 //! then a read transaction begins on a connection of its own. With the WAL
 //! fully checkpointed, SQLite has that reader read the database file alone
@@ -13,9 +14,12 @@
 //! copy of the store on disk, no per-page work (an online-backup copy to a
 //! temporary file first took longer than the transfer itself).
 //!
-//! Restore (`receive`, `swap_in`): the bytes stream into `restore.tmp`,
-//! which is fsynced and checked (the SQLite header, the length the header
-//! announces, a walrep store, the announced LSN) before anything is
+//! Restore (`adopt` or `receive`, then `swap_in`): walrep's received file
+//! (fsynced and CRC-checked by walrep) is renamed to `restore.tmp`, no
+//! copy (`StateMachine::restore_file`; a reader given to `restore` is
+//! streamed into `restore.tmp` and fsynced instead); the file is checked
+//! (the SQLite header, the length the header announces, a walrep store,
+//! the announced LSN) before anything is
 //! touched: a corrupt or foreign snapshot is refused with the store as it
 //! was. Then the live connection closes, the old file is renamed to
 //! `replaced.tmp` (its `-wal` and `-shm` files removed: they belong to it),
@@ -30,7 +34,7 @@ use super::schema::{self, StoredState};
 use rusqlite::Connection;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use walrep::{Lsn, StateMachineError};
+use walrep::{Lsn, SnapshotFile, StateMachineError};
 
 /// Bytes moved per read and write when streaming a file.
 const COPY_BUFFER: usize = 1 << 20;
@@ -143,7 +147,38 @@ pub struct Pinned {
     path: PathBuf,
 }
 
+/// Keeps a pinned state's database file unchanged while it lives (its
+/// read transaction), and counts itself in `pins` meanwhile.
+struct PinGuard {
+    _reader: std::sync::Mutex<Connection>,
+    pins: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.pins.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl Pinned {
+    /// The pinned state as the database file itself, for walrep to send
+    /// without a copy: its first `len` bytes stay this state until the
+    /// guard is dropped (which ends the read transaction). `pins` counts
+    /// the guards alive.
+    pub fn into_file(self, pins: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SnapshotFile {
+        pins.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::info!(lsn = %self.lsn, bytes = self.len, "SQLite snapshot pinned in place");
+        SnapshotFile {
+            path: self.path,
+            len: self.len,
+            lsn: self.lsn,
+            guard: Box::new(PinGuard {
+                _reader: std::sync::Mutex::new(self.reader),
+                pins,
+            }),
+        }
+    }
+
     /// Streams the pinned state's `len` bytes of the database file.
     pub fn write(self, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
         let started = std::time::Instant::now();
@@ -207,8 +242,41 @@ pub fn receive(dir: &Path, lsn: Lsn, input: &mut dyn Read) -> Result<Received, S
         fsync_ms = (started.elapsed() - written).as_millis() as u64,
         "SQLite snapshot received"
     );
-    check_file(&path, len)?;
-    let (_, state) = schema::read_only(&path)
+    check_received(&path, len, lsn)?;
+    Ok(Received(tmp))
+}
+
+/// Moves the received snapshot at `from` (fsynced by walrep) to
+/// `dir/restore.tmp` without copying it, and checks that it is a whole
+/// walrep store holding `lsn`, as `receive` does. `Ok(None)` when `from`
+/// is on another file system (the caller copies instead).
+pub fn adopt(dir: &Path, lsn: Lsn, from: &Path) -> Result<Option<Received>, StateMachineError> {
+    let path = dir.join(RECEIVED);
+    match std::fs::rename(from, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => return Ok(None),
+        Err(e) => {
+            return Err(io(format!(
+                "moving the received snapshot {} to {}",
+                from.display(),
+                path.display()
+            ))(e));
+        }
+    }
+    let tmp = TempFile(Some(path.clone()));
+    let len = std::fs::metadata(&path)
+        .map_err(io(format!("reading the length of {}", path.display())))?
+        .len();
+    tracing::info!(%lsn, bytes = len, "SQLite snapshot adopted from walrep's file, not copied");
+    check_received(&path, len, lsn)?;
+    Ok(Some(Received(tmp)))
+}
+
+/// Checks that the received file at `path`, `len` bytes long, is an
+/// SQLite database of that length and a walrep store holding `lsn`.
+fn check_received(path: &Path, len: u64, lsn: Lsn) -> Result<(), StateMachineError> {
+    check_file(path, len)?;
+    let (_, state) = schema::read_only(path)
         .map_err(|e| StateMachineError::with_source("the snapshot is not a walrep store", e))?;
     if state.applied != lsn {
         return Err(StateMachineError::new(format!(
@@ -217,7 +285,7 @@ pub fn receive(dir: &Path, lsn: Lsn, input: &mut dyn Read) -> Result<Received, S
             state.applied
         )));
     }
-    Ok(Received(tmp))
+    Ok(())
 }
 
 /// Checks the SQLite header of the file at `path`, `len` bytes long: its

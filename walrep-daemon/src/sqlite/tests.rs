@@ -327,3 +327,111 @@ async fn a_checkpointed_store_lets_walrep_trim_its_wal() {
     .first_lsn;
     assert!(trimmed <= last.next(), "{trimmed}");
 }
+
+/// `restore_file` takes walrep's received file as the store itself: the
+/// database file afterwards is the same inode (renamed, not copied), the
+/// received path is gone, and the state is the snapshot's.
+#[test]
+fn restore_file_moves_the_received_file_into_place_without_copying() {
+    use std::os::unix::fs::MetadataExt;
+    let (a, _da) = store();
+    for i in 1..=100u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), &"y".repeat(2000)))
+            .unwrap();
+    }
+    let (lsn, snap) = snapshot_of(&a);
+    let (b, db) = store();
+    b.apply(Lsn(1), &put("only-b", "1")).unwrap();
+    // walrep's snapshot directory is under the data directory, beside
+    // the engine's.
+    let snapshots = db.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    let received = snapshots.join("incoming.snapshot");
+    std::fs::write(&received, &snap).unwrap();
+    let inode = std::fs::metadata(&received).unwrap().ino();
+    b.restore_file(lsn, &received).unwrap();
+    assert!(
+        !received.exists(),
+        "the received file was moved, not copied"
+    );
+    assert_eq!(
+        std::fs::metadata(b.path()).unwrap().ino(),
+        inode,
+        "the store is the received file itself"
+    );
+    assert_eq!(b.applied_lsn(), lsn);
+    assert_eq!(b.state_hash(), a.state_hash());
+    assert_eq!(value(&b, "only-b"), None);
+    assert_one_state(&b);
+}
+
+/// A received file that is not the announced store is refused by
+/// `restore_file` as by `restore`: the store stays, and no temporary file
+/// is left.
+#[test]
+fn restore_file_refuses_a_corrupt_or_mislabelled_file_and_keeps_the_store() {
+    let (a, _da) = store();
+    for i in 1..=20u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), "v")).unwrap();
+    }
+    let (lsn, snap) = snapshot_of(&a);
+    let (b, db) = store();
+    b.apply(Lsn(1), &put("mine", "kept")).unwrap();
+    let received = db.path().join("incoming.snapshot");
+    for (what, bytes, lsn, expected) in [
+        ("garbage", vec![7u8; 10_000], lsn, "not an SQLite database"),
+        (
+            "other lsn",
+            snap.clone(),
+            Lsn(19),
+            "sent as the state at LSN 19",
+        ),
+    ] {
+        std::fs::write(&received, &bytes).unwrap();
+        let err = b.restore_file(lsn, &received).unwrap_err();
+        assert!(err.chain().contains(expected), "{what}: {}", err.chain());
+        assert_eq!(b.applied_lsn(), Lsn(1), "{what}");
+        assert_eq!(value(&b, "mine"), Some(Bytes::from("kept")), "{what}");
+        assert!(!db.path().join("restore.tmp").exists(), "{what}");
+    }
+}
+
+/// `snapshot_file` hands walrep the database file itself: while the guard
+/// lives, applies and checkpoints go on without changing its first `len`
+/// bytes (they restore to exactly the state at its LSN), a second pin is
+/// refused rather than waiting behind the first, and once the guard is
+/// dropped a checkpoint completes again.
+#[test]
+fn snapshot_file_pins_the_database_file_until_its_guard_is_dropped() {
+    let (a, _da) = store();
+    for i in 1..=50u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), &"z".repeat(1000)))
+            .unwrap();
+    }
+    let hash_at_50 = a.state_hash();
+    let f = a.snapshot_file().unwrap().expect("the database file");
+    assert_eq!(f.path, a.path());
+    assert_eq!(f.lsn, Lsn(50));
+    let before = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    for i in 51..=150u64 {
+        a.apply(Lsn(i), &put(&format!("k{i}"), &"w".repeat(1000)))
+            .unwrap();
+    }
+    a.persist().unwrap();
+    assert!(a.durable_lsn() < Lsn(150), "no checkpoint passes the pin");
+    let during = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    assert!(during == before, "the pinned bytes did not change");
+    let err = a.snapshot_file().unwrap_err();
+    assert!(err.chain().contains("still held"), "{}", err.chain());
+    let (b, _db) = store();
+    b.restore(f.lsn, &mut &during[..]).unwrap();
+    assert_eq!(b.state_hash(), hash_at_50);
+    drop(f);
+    a.persist().unwrap();
+    assert_eq!(
+        a.durable_lsn(),
+        Lsn(150),
+        "released: the checkpoint completes"
+    );
+    assert!(a.snapshot_file().unwrap().is_some(), "and it can pin again");
+}
