@@ -50,6 +50,8 @@ pub struct AppState {
     /// back once answered.
     pub write_budget: Arc<Semaphore>,
     pub write_budget_bytes: usize,
+    /// Longest a `PUT` body may take to arrive (`http_request_timeout_ms`).
+    pub body_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -60,6 +62,7 @@ impl AppState {
         max_record_bytes: usize,
         write_budget_bytes: usize,
         token: Option<crate::auth::HttpToken>,
+        body_timeout: std::time::Duration,
     ) -> AppState {
         AppState {
             replica,
@@ -69,6 +72,7 @@ impl AppState {
             token,
             write_budget: Arc::new(Semaphore::new(write_budget_bytes)),
             write_budget_bytes,
+            body_timeout,
         }
     }
 }
@@ -259,17 +263,38 @@ async fn put_key(
     let mut record = BytesMut::with_capacity(need);
     Command::put_header(&key, &mut record);
     let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let data = match frame {
-            Ok(frame) => frame.into_data().unwrap_or_default(),
-            Err(e) => return s.bad_request(format!("cannot read the value ({e})")),
-        };
-        if record.len() + data.len() > limit {
-            return s.bad_request(format!(
-                "the value is too large: key, value and 5 bytes of framing must fit in max_record_bytes ({limit})"
-            ));
+    // A body that trickles in would hold its budget and its connection:
+    // it gets `http_request_timeout_ms` to arrive whole.
+    let read = tokio::time::timeout(s.body_timeout, async {
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => frame.into_data().unwrap_or_default(),
+                Err(e) => return Err(s.bad_request(format!("cannot read the value ({e})"))),
+            };
+            if record.len() + data.len() > limit {
+                return Err(s.bad_request(format!(
+                    "the value is too large: key, value and 5 bytes of framing must fit in max_record_bytes ({limit})"
+                )));
+            }
+            record.extend_from_slice(&data);
         }
-        record.extend_from_slice(&data);
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(refused)) => return refused,
+        Err(_) => {
+            s.metrics.http_rejected("body_timeout");
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?} (http_request_timeout_ms); nothing was written",
+                    s.body_timeout
+                ),
+                None,
+            );
+        }
     }
     s.write_record(record.freeze(), &headers).await
 }

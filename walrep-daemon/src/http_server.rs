@@ -1,8 +1,8 @@
 //! Serves the HTTP API with bounds a hostile or broken client cannot
 //! exceed: a cap on open connections (below the process's file limit, so
-//! the WAL and snapshots always get file handles), a deadline for a
-//! request's headers that also closes idle keep-alive connections, and a
-//! deadline for a whole request (a slow body included).
+//! the WAL and snapshots always get file handles), and a deadline for a
+//! request's headers that also closes idle keep-alive connections. (A
+//! `PUT` body has a deadline of its own, in the handler that reads it.)
 //!
 //! At the cap a new connection is accepted and closed at once (counted as
 //! `walrep_rejected_requests_total{api="http",reason="connection_limit"}`),
@@ -10,10 +10,6 @@
 //! already open, and replication, go on.
 
 use axum::Router;
-use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -32,7 +28,7 @@ pub struct HttpLimits {
     /// Longest wait for a request's headers, from the end of the previous
     /// request on a keep-alive connection (so also the idle timeout).
     pub header_timeout: Duration,
-    /// Longest a request may take, reading its body included.
+    /// How long open requests get to finish when the server stops.
     pub request_timeout: Duration,
 }
 
@@ -76,22 +72,6 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Ends a request that runs past `limit` with 408 (the client may retry:
-/// if it was a write, nothing it sent after the deadline is used).
-async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            axum::Json(crate::api::ErrorReply {
-                error: format!("the request took longer than {limit:?} (a slow body?); if it was a write, check whether it was applied before retrying"),
-                leader: None,
-            }),
-        )
-            .into_response(),
-    }
-}
-
 /// Serves `app` on `listener` within `limits` until `stop` is cancelled,
 /// then lets open requests finish. `rejected` counts refused connections.
 pub async fn serve(
@@ -101,10 +81,6 @@ pub async fn serve(
     rejected: impl Fn() + Send + Sync + 'static,
     stop: CancellationToken,
 ) {
-    let request_timeout = limits.request_timeout;
-    let app = app.layer(axum::middleware::from_fn(move |req, next| {
-        deadline(request_timeout, req, next)
-    }));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_refusal_log: Option<Instant> = None;
     // Dropping the set aborts what is still in it.

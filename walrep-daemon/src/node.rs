@@ -150,6 +150,7 @@ impl RunningNode {
             cfg.max_record_bytes,
             settings.http_write_budget_bytes,
             token,
+            settings.http_request_timeout,
         ));
         let http = {
             let stop = stop_http.clone();
