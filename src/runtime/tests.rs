@@ -297,6 +297,133 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
     replica.shutdown().await;
 }
 
+/// An engine whose applies wait until `open` is called (a slow engine).
+struct GatedStateMachine {
+    inner: MemStateMachine,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedStateMachine {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl crate::StateMachine for GatedStateMachine {
+    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.inner.apply(lsn, payload)
+    }
+    fn applied_lsn(&self) -> Lsn {
+        self.inner.applied_lsn()
+    }
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, crate::StateMachineError> {
+        self.inner.snapshot(out)
+    }
+    fn restore(
+        &self,
+        lsn: Lsn,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), crate::StateMachineError> {
+        self.inner.restore(lsn, input)
+    }
+}
+
+/// A write that is committed but not yet applied when a later write times
+/// out is answered with its result, not with that later write's
+/// `SyncTimeout`: its caller would take "maybe written" for a reason to
+/// retry, and a plain retry would apply it twice. The standby confirms the
+/// first write's batch and nothing after; the engine holds every apply
+/// until the second write has failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeout() {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: RoleKind::Standby,
+        })
+    });
+    peer.expect_open_wal_stream().times(1).returning(|batches| {
+        // The start ack, then a flush ack for the first batch with records,
+        // then silence.
+        let acks = futures::stream::unfold((0u8, batches), |(step, mut batches)| async move {
+            match step {
+                0 => Some((Ok(WalAck::default()), (1, batches))),
+                1 => {
+                    let records = loop {
+                        let b = batches.recv().await?;
+                        if !b.records.is_empty() {
+                            break b.records;
+                        }
+                    };
+                    let last = records.last().unwrap();
+                    let ack = WalAck {
+                        epoch: last.epoch,
+                        written: last.lsn,
+                        flushed: last.lsn,
+                        applied: Lsn::ZERO,
+                        flushed_epoch: last.epoch,
+                    };
+                    Some((Ok(ack), (2, batches)))
+                }
+                _ => {
+                    // Keep receiving so the primary's sends never fail.
+                    while batches.recv().await.is_some() {}
+                    None
+                }
+            }
+        });
+        Ok(Box::pin(acks))
+    });
+    let engine = Arc::new(GatedStateMachine {
+        inner: MemStateMachine::new(),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+    });
+    let wal = Arc::new(MemWal::new());
+    wal.set_may_block(true);
+    let cfg = Config {
+        sync_timeout: Duration::from_millis(200),
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = Replica::builder(cfg, wal, engine.clone())
+        .peer(Arc::new(peer))
+        .start_without_server()
+        .unwrap();
+    replica
+        .wait_for(Duration::from_secs(10), "stream up", |h| h.peer.connected)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.apply(put()).await }
+    });
+    replica
+        .wait_for(Duration::from_secs(10), "first write committed", |h| {
+            h.commit_lsn == Lsn(1)
+        })
+        .await
+        .unwrap();
+    let second = replica.apply(put()).await.unwrap_err();
+    assert!(
+        matches!(second, Error::SyncTimeout { lsn: Lsn(2) }),
+        "{second}"
+    );
+    engine.open();
+    let first = first.await.unwrap();
+    assert!(
+        matches!(&first, Ok(a) if a.lsn == Lsn(1)),
+        "the committed write was answered {first:?}"
+    );
+    replica.shutdown().await;
+}
+
 /// A standby whose WAL failed (its disk filled): it answers heartbeats, as
 /// a failed node, and never acks. The primary counts it as lost and its
 /// solo policy applies, instead of every write ending in `SyncTimeout`.

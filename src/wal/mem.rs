@@ -17,6 +17,7 @@ pub struct MemWal {
     fail_sync: AtomicBool,
     fail_append: AtomicBool,
     fail_meta: AtomicBool,
+    blocking: AtomicBool,
     syncs: AtomicU64,
 }
 
@@ -89,6 +90,12 @@ impl MemWal {
     /// that cannot save a new epoch.
     pub fn fail_meta_writes(&self, fail: bool) {
         self.fail_meta.store(fail, Ordering::SeqCst);
+    }
+
+    /// Reports `may_block` as a disk would, so the node runs the WAL's and
+    /// the engine's work on the blocking pool (tests whose engine blocks).
+    pub fn set_may_block(&self, on: bool) {
+        self.blocking.store(on, Ordering::SeqCst);
     }
 
     /// How many times `sync` reached the (pretend) disk.
@@ -246,7 +253,7 @@ impl WalStore for MemWal {
     }
 
     fn may_block(&self) -> bool {
-        false
+        self.blocking.load(Ordering::SeqCst)
     }
 
     fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {

@@ -253,15 +253,25 @@ impl Actor {
         self.outputs = self.outputs.split_off(&applied.next());
     }
 
+    /// Fails the writes the node gave up on: those ending at most at
+    /// `up_to` (every one if `None`). On a sync timeout the node stays
+    /// primary and goes on applying, so a write wholly at or below the
+    /// commit point (committed, only not applied yet) is kept: it is
+    /// answered with its result once applied, never with a timeout its
+    /// caller would take for "maybe not written" and retry.
     pub(super) fn fail_waiters(&mut self, up_to: Option<Lsn>, failure: &WaiterFailure) {
-        let keep = match up_to {
-            Some(lsn) => self.waiters.split_off(&lsn.next()),
-            None => BTreeMap::new(),
+        let committed = match failure {
+            WaiterFailure::SyncTimeout => self.node.commit_lsn(),
+            _ => Lsn::ZERO,
         };
-        let failed = std::mem::replace(&mut self.waiters, keep);
+        let doomed = |last: Lsn| last > committed && up_to.is_none_or(|up_to| last <= up_to);
+        let (failed, keep): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(last, _)| doomed(*last));
+        self.waiters = keep;
         let (failed_retries, kept_retries) = std::mem::take(&mut self.retry_waiters)
             .into_iter()
-            .partition(|w| up_to.is_none_or(|up_to| w.last <= up_to));
+            .partition(|w| doomed(w.last));
         self.retry_waiters = kept_retries;
         let failed = failed.into_iter().map(|(last, w)| (last, w.reply)).chain(
             failed_retries
