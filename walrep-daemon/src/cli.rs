@@ -234,6 +234,8 @@ pub struct NodeArgs {
     pub snapshot_chunk_bytes: Option<String>,
     #[arg(long, value_name = "MS", help = help("snapshot_timeout_ms", "Longest silence a snapshot transfer tolerates between messages (it resumes after)"))]
     pub snapshot_timeout_ms: Option<String>,
+    #[arg(long, value_name = "IDS", help = help("max_request_ids", "Request ids (Idempotency-Key) remembered for de-duplicating retries, newest first; ~70 bytes each; 0 turns de-duplication off"))]
+    pub max_request_ids: Option<String>,
     #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_ca", "Mutual TLS on the replication port: the cluster CA's certificate (PEM); with --tls-cert and --tls-key"))]
@@ -282,6 +284,7 @@ impl NodeArgs {
             ("wal_retention_bytes", &self.wal_retention_bytes),
             ("snapshot_chunk_bytes", &self.snapshot_chunk_bytes),
             ("snapshot_timeout_ms", &self.snapshot_timeout_ms),
+            ("max_request_ids", &self.max_request_ids),
             ("worker_threads", &self.worker_threads),
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),

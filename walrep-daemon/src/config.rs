@@ -116,6 +116,10 @@ pub const SETTINGS: &[Setting] = &[
         Some(|| ms(Config::DEFAULT_SNAPSHOT_TIMEOUT)),
     ),
     s(
+        "max_request_ids",
+        Some(|| Config::DEFAULT_MAX_REQUEST_IDS.to_string()),
+    ),
+    s(
         "worker_threads",
         Some(|| DEFAULT_WORKER_THREADS.to_string()),
     ),
@@ -407,6 +411,11 @@ impl Layers {
         let wal_retention_bytes = self.with_default("wal_retention_bytes", count)?;
         let snapshot_chunk_bytes = self.with_default("snapshot_chunk_bytes", count)?;
         let snapshot_timeout = self.with_default("snapshot_timeout_ms", millis)?;
+        let max_request_ids = self.with_default("max_request_ids", |v| {
+            count(v).and_then(|n| {
+                usize::try_from(n).map_err(|_| "is too large for this machine".to_string())
+            })
+        })?;
         let worker_threads = self.with_default("worker_threads", |v| {
             count(v).and_then(|n| match n {
                 1..=1024 => Ok(n as usize),
@@ -444,6 +453,7 @@ impl Layers {
             wal_retention_bytes,
             snapshot_chunk_bytes,
             snapshot_timeout,
+            max_request_ids,
             // Room for the largest record, and for a snapshot chunk, plus
             // framing in one message.
             max_message_bytes: defaults
@@ -892,6 +902,7 @@ mod tests {
         assert_eq!(s.cfg.wal_retention_bytes, lib.wal_retention_bytes);
         assert_eq!(s.cfg.snapshot_chunk_bytes, lib.snapshot_chunk_bytes);
         assert_eq!(s.cfg.snapshot_timeout, lib.snapshot_timeout);
+        assert_eq!(s.cfg.max_request_ids, lib.max_request_ids);
         assert_eq!(s.cfg.max_lag_on_failover, lib.max_lag_on_failover);
         assert_eq!(s.cfg.cluster_id, lib.cluster_id);
         assert_eq!(s.cfg.commit_mode, lib.commit_mode);
