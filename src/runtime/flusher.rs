@@ -123,90 +123,9 @@ fn failed(reason: String) -> Msg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Epoch, EpochHistory, Record};
-    use crate::wal::{MemWal, WalError, WalMeta};
-    use std::sync::{Condvar, Mutex};
+    use crate::types::{Epoch, Record};
+    use crate::wal::gated::{GatedWal, Held};
     use std::time::Duration;
-
-    /// A WAL on a "disk" whose fsyncs stall until the test opens the gate,
-    /// and that tells the test when each one starts.
-    struct StallingWal {
-        inner: MemWal,
-        open: Mutex<bool>,
-        opened: Condvar,
-        started: mpsc::UnboundedSender<Lsn>,
-    }
-
-    impl WalStore for StallingWal {
-        fn append(&self, records: &[Record]) -> Result<(), WalError> {
-            self.inner.append(records)
-        }
-        fn sync(&self) -> Result<Lsn, WalError> {
-            let _ = self.started.send(self.inner.last_lsn());
-            let mut open = self.open.lock().unwrap();
-            while !*open {
-                open = self.opened.wait(open).unwrap();
-            }
-            drop(open);
-            self.inner.sync()
-        }
-        fn read(&self, from: Lsn, n: usize, bytes: usize) -> Result<Vec<Record>, WalError> {
-            self.inner.read(from, n, bytes)
-        }
-        fn last_lsn(&self) -> Lsn {
-            self.inner.last_lsn()
-        }
-        fn flushed_lsn(&self) -> Lsn {
-            self.inner.flushed_lsn()
-        }
-        fn first_lsn(&self) -> Lsn {
-            self.inner.first_lsn()
-        }
-        fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-            self.inner.epoch_at(lsn)
-        }
-        fn history(&self) -> EpochHistory {
-            self.inner.history()
-        }
-        fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError> {
-            self.inner.truncate_after(lsn)
-        }
-        fn remove_before(&self, lsn: Lsn) -> Result<(), WalError> {
-            self.inner.remove_before(lsn)
-        }
-        fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
-            self.inner.reset(base, base_epoch)
-        }
-        fn bytes_from(&self, from: Lsn) -> u64 {
-            self.inner.bytes_from(from)
-        }
-        fn meta(&self) -> WalMeta {
-            self.inner.meta()
-        }
-        fn set_meta(&self, meta: &WalMeta) -> Result<(), WalError> {
-            self.inner.set_meta(meta)
-        }
-        fn may_block(&self) -> bool {
-            true
-        }
-    }
-
-    impl StallingWal {
-        fn open_gate(&self) {
-            *self.open.lock().unwrap() = true;
-            self.opened.notify_all();
-        }
-    }
-
-    /// Opens the gate when the test ends, passed or failed: a stalled
-    /// fsync would otherwise keep the runtime from shutting down.
-    struct OpenOnDrop(Arc<StallingWal>);
-
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open_gate();
-        }
-    }
 
     fn record(lsn: u64) -> Record {
         Record {
@@ -222,14 +141,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_appended_during_a_stalled_fsync_get_an_fsync_of_their_own_at_once() {
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let wal = Arc::new(StallingWal {
-            inner: MemWal::new(),
-            open: Mutex::new(false),
-            opened: Condvar::new(),
-            started: started_tx,
-        });
-        let _open_at_the_end = OpenOnDrop(wal.clone());
+        let (wal, mut started) = GatedWal::new(Held::Syncs);
+        let wal = Arc::new(wal);
+        let _open_at_the_end = wal.open_on_drop();
         let (appended, watched) = watch::channel(Lsn::ZERO);
         let (tx, mut rx) = mpsc::channel(16);
         let flusher = spawn(wal.clone(), watched, tx);
@@ -248,7 +162,7 @@ mod tests {
             .expect("no second fsync started while the first stalled");
         assert_eq!(second, Some(Lsn(2)));
 
-        wal.open_gate();
+        wal.open();
         let mut flushed = Lsn::ZERO;
         while flushed < Lsn(2) {
             match tokio::time::timeout(LOST, rx.recv()).await.unwrap() {

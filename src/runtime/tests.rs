@@ -10,6 +10,7 @@ use crate::transport::{
     FenceReply, Header, HeartbeatReply, HeartbeatRequest, MockPeer, Refusal, RefusalKind, WalAck,
 };
 use crate::types::{Epoch, Lsn, NodeId};
+use crate::wal::gated::{GatedWal, Held};
 use crate::wal::{MemWal, WalMeta, WalStore};
 use crate::{Replica, ReplicationService};
 use bytes::Bytes;
@@ -709,102 +710,33 @@ async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_prima
     replica.shutdown().await;
 }
 
-/// A `MemWal` on a "disk": `may_block`, and `remove_before` says it
-/// started, then waits to be released (a segment removal stuck on a busy
-/// disk).
-struct StuckTrimWal {
-    inner: MemWal,
-    started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-}
-
-impl WalStore for StuckTrimWal {
-    fn append(&self, records: &[crate::types::Record]) -> Result<(), crate::wal::WalError> {
-        self.inner.append(records)
-    }
-    fn sync(&self) -> Result<Lsn, crate::wal::WalError> {
-        self.inner.sync()
-    }
-    fn read(
-        &self,
-        from: Lsn,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<crate::types::Record>, crate::wal::WalError> {
-        self.inner.read(from, max_records, max_bytes)
-    }
-    fn last_lsn(&self) -> Lsn {
-        self.inner.last_lsn()
-    }
-    fn flushed_lsn(&self) -> Lsn {
-        self.inner.flushed_lsn()
-    }
-    fn first_lsn(&self) -> Lsn {
-        self.inner.first_lsn()
-    }
-    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-        self.inner.epoch_at(lsn)
-    }
-    fn history(&self) -> crate::types::EpochHistory {
-        self.inner.history()
-    }
-    fn truncate_after(&self, lsn: Lsn) -> Result<u64, crate::wal::WalError> {
-        self.inner.truncate_after(lsn)
-    }
-    fn remove_before(&self, lsn: Lsn) -> Result<(), crate::wal::WalError> {
-        let _ = self.started.lock().unwrap().send(());
-        let _ = self.release.lock().unwrap().recv();
-        self.inner.remove_before(lsn)
-    }
-    fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), crate::wal::WalError> {
-        self.inner.reset(base, base_epoch)
-    }
-    fn bytes_from(&self, from: Lsn) -> u64 {
-        self.inner.bytes_from(from)
-    }
-    fn meta(&self) -> WalMeta {
-        self.inner.meta()
-    }
-    fn set_meta(&self, meta: &WalMeta) -> Result<(), crate::wal::WalError> {
-        self.inner.set_meta(meta)
-    }
-    fn may_block(&self) -> bool {
-        true
-    }
-}
-
 /// Removing old WAL can wait on the disk for long; the node's task must
 /// go on meanwhile (a write completes while a removal is stuck).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
-    let (started, has_started) = std::sync::mpsc::channel();
-    let (release, released) = std::sync::mpsc::channel();
-    let wal = Arc::new(StuckTrimWal {
-        inner: MemWal::new(),
-        started: std::sync::Mutex::new(started),
-        release: std::sync::Mutex::new(released),
-    });
+    let (wal, mut removals) = GatedWal::new(Held::Removals);
+    let wal = Arc::new(wal);
+    let _open_at_the_end = wal.open_on_drop();
     let cfg = Config {
         commit_mode: CommitMode::Async,
         // Over the bound at once: the node trims at its next tick.
         wal_retention_bytes: 1,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+    let (replica, _service) = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
         .peer(Arc::new(silent_standby()))
         .start_without_server()
         .unwrap();
     replica.apply(put()).await.unwrap();
     replica.apply(put()).await.unwrap();
-    tokio::task::spawn_blocking(move || has_started.recv())
+    removals
+        .recv()
         .await
-        .unwrap()
         .expect("the node never trimmed its WAL");
     let during = tokio::time::timeout(Duration::from_secs(10), replica.apply(put())).await;
-    release.send(()).unwrap();
+    wal.open();
     let during = during.expect("a write waited for the stuck WAL removal");
     assert_eq!(during.unwrap().lsn, Lsn(3));
-    drop(release);
     replica.shutdown().await;
 }
 

@@ -3,6 +3,8 @@
 
 mod file;
 #[cfg(any(test, feature = "testing"))]
+#[cfg(test)]
+pub(crate) mod gated;
 mod mem;
 pub(crate) mod record;
 
