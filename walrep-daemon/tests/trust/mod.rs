@@ -434,7 +434,9 @@ async fn https_serves_the_cli_with_the_ca_refuses_plain_http_and_untrusting_clie
     let token = dir.path().join("token");
     std::fs::write(&token, "0123456789abcdef-https-token").unwrap();
 
-    let mut pair = ProcessPair::new(&dir.path().join("pair"), &test_options(&[])).unwrap();
+    // A short idle timeout, to see a stalled handshake closed.
+    let options = test_options(&[("http_idle_timeout_ms", "2000")]);
+    let mut pair = ProcessPair::new(&dir.path().join("pair"), &options).unwrap();
     for node in [&mut pair.n1, &mut pair.n2] {
         let f = files(&certs, &node.name.clone());
         for (flag, path) in [
@@ -525,6 +527,21 @@ async fn https_serves_the_cli_with_the_ca_refuses_plain_http_and_untrusting_clie
             .lines()
             .any(|l| l.contains("reason=\"tls_handshake\"") && !l.ends_with(" 0")),
         "the failed handshakes are not counted"
+    );
+
+    // A connection that never starts its handshake is closed after
+    // http_idle_timeout_ms, giving its slot back.
+    let mut stalled = tokio::net::TcpStream::connect(&pair.n1.http).await.unwrap();
+    let opened = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stalled, &mut buf))
+        .await
+        .expect("a stalled handshake is never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let held = opened.elapsed();
+    assert!(
+        held >= std::time::Duration::from_millis(1500),
+        "closed after {held:?}, before the idle timeout"
     );
 
     // A client that trusts another CA refuses the node's certificate.
