@@ -15,7 +15,8 @@
 //! stalled handshake is closed like a stalled request. A failed handshake
 //! (plain HTTP to the HTTPS port, a client that does not trust the
 //! certificate) is counted as `reason="tls_handshake"` and logged once a
-//! minute.
+//! minute; a connection the client closes during the handshake (a load
+//! balancer's TCP health check) is neither.
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -160,6 +161,9 @@ pub async fn serve(
                 Ok(Ok(stream)) => {
                     return serve_connection(stream, service, header_timeout, stop).await;
                 }
+                // Closed by the client before the handshake ended: a TCP
+                // health check (a load balancer's), not a refusal.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no TLS handshake within {header_timeout:?} (http_idle_timeout_ms)"),
             };

@@ -511,6 +511,40 @@ async fn https_serves_the_cli_with_the_ca_refuses_plain_http_and_untrusting_clie
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
     let out = crate::cli(crate::args(&["get", "city", "--addr", &pair.n1.http])).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A TCP health check (connect, close) is not a failed handshake: after
+    // five of them, one plain-HTTP request counts one.
+    let tls_refused = |scrape: String| -> u64 {
+        scrape
+            .lines()
+            .find(|l| l.contains("reason=\"tls_handshake\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let scrape = |tls: ClientTls| {
+        let addr = pair.n1.http.clone();
+        async move {
+            let reply = HttpClient::new(&addr)
+                .with_tls(tls)
+                .request(hyper::Method::GET, "/metrics", bytes::Bytes::new())
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&reply.body).into_owned()
+        }
+    };
+    let before = tls_refused(scrape(trust.clone()).await);
+    for _ in 0..5 {
+        drop(tokio::net::TcpStream::connect(&pair.n1.http).await.unwrap());
+    }
+    assert!(HttpClient::new(&pair.n1.http).health().await.is_err());
+    let deadline = std::time::Instant::now() + WAIT;
+    let counted = loop {
+        let n = tls_refused(scrape(trust.clone()).await) - before;
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(counted, 1, "TCP health checks counted as failed handshakes");
     wait_until(|| {
         pair.n1
             .log_tail(200)
