@@ -16,12 +16,18 @@
 //! (plain HTTP to the HTTPS port, a client that does not trust the
 //! certificate) is counted as `reason="tls_handshake"` and logged once a
 //! minute; a connection the client closes during the handshake (a load
-//! balancer's TCP health check) is neither.
+//! balancer's TCP health check) is neither. At most
+//! `HANDSHAKES_PER_SOURCE` handshakes run at once from one address (more
+//! are closed on arrival, `reason="handshakes_per_source"`), so connections
+//! from one address that never finish their handshake cannot take every
+//! slot from the others.
 
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -97,10 +103,53 @@ impl OncePerMinute {
     }
 }
 
+/// HTTPS handshakes under way at once from one source address. A
+/// handshake takes milliseconds, so a load balancer opening many
+/// connections stays far below it; connections from one address that stall
+/// in their handshakes hold at most this many slots.
+pub const HANDSHAKES_PER_SOURCE: usize = 64;
+
+/// Handshakes under way per source address.
+#[derive(Default)]
+struct InHandshake(Mutex<HashMap<IpAddr, usize>>);
+
+impl InHandshake {
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut map = self.0.lock().unwrap();
+        let n = map.entry(ip).or_default();
+        if *n >= HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake's place in `InHandshake`, given back when dropped.
+struct HandshakeSlot {
+    table: Arc<InHandshake>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `stop` is cancelled,
 /// then lets open requests finish; over HTTPS when `tls` is given.
 /// `rejected` counts refused connections by reason (`connection_limit`,
-/// `tls_handshake`).
+/// `handshakes_per_source`, `tls_handshake`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -111,6 +160,8 @@ pub async fn serve(
 ) {
     let rejected = Arc::new(rejected);
     let handshake_log = Arc::new(OncePerMinute::default());
+    let per_source_log = OncePerMinute::default();
+    let in_handshake = Arc::new(InHandshake::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_refusal_log: Option<Instant> = None;
     // Dropping the set aborts what is still in it.
@@ -128,6 +179,24 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let source = match &tls {
+            None => None,
+            Some(_) => match in_handshake.enter(remote.ip()) {
+                Some(source) => Some(source),
+                None => {
+                    rejected("handshakes_per_source");
+                    if per_source_log.due() {
+                        warn!(
+                            %remote,
+                            max = HANDSHAKES_PER_SOURCE,
+                            "HTTPS handshakes from this address at their limit; closing its new connections (counted; logged once a minute)"
+                        );
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             rejected("connection_limit");
@@ -157,6 +226,7 @@ pub async fn serve(
                 _ = stop.cancelled() => return,
                 done = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => done,
             };
+            drop(source);
             let why = match handshake {
                 Ok(Ok(stream)) => {
                     return serve_connection(stream, service, header_timeout, stop).await;

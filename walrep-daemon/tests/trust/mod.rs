@@ -434,8 +434,13 @@ async fn https_serves_the_cli_with_the_ca_refuses_plain_http_and_untrusting_clie
     let token = dir.path().join("token");
     std::fs::write(&token, "0123456789abcdef-https-token").unwrap();
 
-    // A short idle timeout, to see a stalled handshake closed.
-    let options = test_options(&[("http_idle_timeout_ms", "2000")]);
+    // A short idle timeout, to see a stalled handshake closed, and a cap
+    // of 80 connections, to see one address's stalled handshakes leave
+    // room for others.
+    let options = test_options(&[
+        ("http_idle_timeout_ms", "2000"),
+        ("http_max_connections", "80"),
+    ]);
     let mut pair = ProcessPair::new(&dir.path().join("pair"), &options).unwrap();
     for node in [&mut pair.n1, &mut pair.n2] {
         let f = files(&certs, &node.name.clone());
@@ -577,6 +582,45 @@ async fn https_serves_the_cli_with_the_ca_refuses_plain_http_and_untrusting_clie
         held >= std::time::Duration::from_millis(1500),
         "closed after {held:?}, before the idle timeout"
     );
+
+    // 80 connections from 127.0.0.1 that never start their handshakes
+    // hold at most HANDSHAKES_PER_SOURCE slots: a client from 127.0.0.2
+    // still gets in.
+    let mut stalled = Vec::new();
+    for _ in 0..80 {
+        stalled.push(tokio::net::TcpStream::connect(&pair.n1.http).await.unwrap());
+    }
+    let other_source = async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let tcp = socket.connect(pair.n1.http.parse().unwrap()).await?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(trust.clone())
+            .connect(name, tcp)
+            .await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: n1\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), other_source)
+        .await
+        .expect("no answer to 127.0.0.2")
+        .expect("127.0.0.2 was refused");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let per_source = answer
+        .lines()
+        .find(|l| l.contains("reason=\"handshakes_per_source\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        per_source >= (80 - walrep_daemon::http_server::HANDSHAKES_PER_SOURCE) as f64,
+        "{per_source} connections refused by the per-address limit"
+    );
+    drop(stalled);
+    https_health(&pair.n1.http, &trust, "127.0.0.1 let in again", |_| true).await;
 
     // A client that trusts another CA refuses the node's certificate.
     let stranger = dir.path().join("stranger");
