@@ -19,7 +19,9 @@
 #     real primary);
 #   - PUT, DELETE, POST /promote?force=true without the token and with a
 #     wrong one;
-#   - 1,100 connections to n1's HTTP port; 500 connections each holding a
+#   - 1,100 connections to n1's HTTP port (and a write from 127.0.0.2
+#     meanwhile), 1,100 that finish their TLS handshake and then idle
+#     (the cap fills: a known gap); 500 connections each holding a
 #     partial 4 MB body (n1's RSS printed);
 # then stops the load and checks one primary, equal state hashes, every
 # acknowledged write readable on both nodes. Last, with the pair stopped:
@@ -323,9 +325,9 @@ echo '```'
 echo
 
 # ---------------------------------------------------------- connections
-fresh_write() { # fresh_write KEY: the status of one PUT over a new connection
+fresh_write() { # fresh_write KEY [SOURCE-IP]: the status of one PUT over a new connection
   curl -s --max-time 5 --cacert "$CA" -o /dev/null -w '%{http_code}' -X PUT --data fresh \
-    -H "Authorization: Bearer $TOKEN" "https://$N1/kv/$1" 2>/dev/null || true
+    --interface "${2:-127.0.0.1}" -H "Authorization: Bearer $TOKEN" "https://$N1/kv/$1" 2>/dev/null || true
 }
 cat >"$WORK/flood.py" <<'EOF'
 import json, os, socket, ssl, sys, time
@@ -354,6 +356,17 @@ if mode == "connections":
     open(sys.argv[6], "w").write("held")
     time.sleep(hold)
     print(json.dumps({"opened": len(socks), "connect_errors": errors, "closed_by_node_at_once": closed}))
+elif mode == "handshaken":
+    ctx = ssl.create_default_context(cafile=ca)
+    for _ in range(1100):
+        try:
+            raw = socket.create_connection((host, int(port)), timeout=2)
+            socks.append(ctx.wrap_socket(raw, server_hostname=host))
+        except (OSError, ssl.SSLError):
+            errors += 1
+    open(sys.argv[6], "w").write("held")
+    time.sleep(hold)
+    print(json.dumps({"handshakes_finished": len(socks), "refused_or_failed": errors}))
 else:
     ctx = ssl.create_default_context(cafile=ca)
     size = 4_000_000
@@ -388,23 +401,52 @@ python3 "$WORK/flood.py" connections "$N1" 3 "$CA" "$TOKEN" "$WORK/held1" >"$WOR
 FLOOD=$!
 wait_for "the flood" 30 test -f "$WORK/held1"
 during=$(fresh_write fresh-during-flood)
+during_other=$(fresh_write fresh-during-flood-other 127.0.0.2)
 fds_during=$(fds "$NODE1")
 sleep 2
 during_acked=$(($(wc -l <"$WORK/acked") - before_acked))
 wait $FLOOD
 echo "flood: $(cat "$WORK/flood1.out")"
-echo "n1 open files during the flood: $fds_during (limit 1024; the node keeps half for itself)"
-echo "a fresh write during the flood: $during (000: its connection was closed at the cap)"
+echo "n1 open files during the flood: $fds_during (limit 1024; the node keeps half for itself; 64 handshakes at most from one address)"
+echo "a fresh write during the flood from 127.0.0.1, the flood's address: $during (000: closed on arrival)"
+echo "a fresh write during the flood from 127.0.0.2: $during_other"
 echo "the load's writes acknowledged during the flood: $during_acked"
 sleep 0.5
 after=$(fresh_write fresh-after-flood)
 echo "a fresh write after the flood: $after"
 echo "n2: role $(field "$N2" role), n1: role $(field "$N1" role)"
+log=$(logged 2)
+echo "logged:"
+echo "$log"
+echo '```'
+echo
+log=${log//|/\\|}
+log=${log//$'\n'/<br>}
+row "1,100 connections to n1's HTTP port" "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["opened"], "opened,", d["closed_by_node_at_once"], "closed at once")' "$WORK/flood1.out"); load kept writing ($during_acked acked meanwhile); fresh write meanwhile from the flood's address $during, from 127.0.0.2 $during_other; after: $after; n2 $(field "$N2" role)" "$log"
+
+echo "## 1,100 connections that finish their TLS handshake, then send nothing"
+echo
+echo '```'
+mark
+before_acked=$(wc -l <"$WORK/acked")
+python3 "$WORK/flood.py" handshaken "$N1" 2 "$CA" "$TOKEN" "$WORK/held3" >"$WORK/flood3.out" &
+FLOOD=$!
+wait_for "the handshaken flood" 60 test -f "$WORK/held3"
+during=$(fresh_write fresh-during-tls-flood 127.0.0.2)
+sleep 1
+during_acked=$(($(wc -l <"$WORK/acked") - before_acked))
+wait $FLOOD
+echo "flood: $(cat "$WORK/flood3.out")"
+echo "a fresh write during the flood from 127.0.0.2: $during (000: the connection cap is full; this is the gap SECURITY.md names)"
+echo "the load's writes acknowledged meanwhile: $during_acked"
+sleep 0.5
+after=$(fresh_write fresh-after-tls-flood)
+echo "a fresh write after the flood: $after; n2: role $(field "$N2" role)"
 log=$(logged)
 echo "logged:  $log"
 echo '```'
 echo
-row "1,100 connections to n1's HTTP port" "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["opened"], "opened,", d["closed_by_node_at_once"], "closed at once by the cap")' "$WORK/flood1.out"); load kept writing ($during_acked acked meanwhile); fresh write after: $after; n2 $(field "$N2" role)" "${log//|/\\|}"
+row "1,100 connections that finish their handshake, then idle" "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["handshakes_finished"], "handshakes finished,", d["refused_or_failed"], "refused")' "$WORK/flood3.out"); fresh write meanwhile from 127.0.0.2: $during (the cap is full: a known gap); load kept writing ($during_acked acked); after: $after; n2 $(field "$N2" role)" "${log//|/\\|}"
 
 echo "## 500 connections each holding a partial 4 MB body (with the token)"
 echo
