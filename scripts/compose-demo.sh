@@ -9,8 +9,10 @@
 # was lost (for solo: only what the cut-off primary acknowledged alone, and
 # no more than it rewound), one writer per epoch and equal state hashes, and
 # removes the containers, networks and volumes. Replication runs over
-# mutual TLS (a throwaway CA from `walrep certs`) and writes carry the
-# HTTP token. On a machine without a
+# mutual TLS (a throwaway CA from `walrep certs`), the HTTP API over HTTPS
+# (a certificate from the same CA naming 127.0.0.1 and localhost; the
+# client commands trust the CA with --tls-ca) and writes carry the HTTP
+# token. On a machine without a
 # Docker engine it says so and exits 0.
 #
 #   scripts/compose-demo.sh [KEYS [POLICY]]
@@ -33,8 +35,8 @@ esac
 export WALREP_ON_STANDBY_LOSS=$POLICY
 PROJECT=walrepdemo
 IMAGE=walrep:local
-N1=127.0.0.1:8001
-N2=127.0.0.1:8002
+N1=https://127.0.0.1:8001
+N2=https://127.0.0.1:8002
 
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
   echo "compose-demo: no Docker engine on this machine; nothing to do."
@@ -78,14 +80,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step "making a throwaway cluster CA, node certificates and an HTTP token"
+step "making a throwaway cluster CA, node and HTTPS certificates and an HTTP token"
 # Outside the image's build context, which holds the binary only.
 SECRETS=$(mktemp -d)
 export WALREP_SECRETS=$SECRETS
-"$BIN" certs --dir "$SECRETS" --names n1,n2 | sed 's/^/  /'
+"$BIN" certs --dir "$SECRETS" --names n1,n2 --http-hosts 127.0.0.1,localhost | sed 's/^/  /'
 TOKEN_FILE=$SECRETS/token
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE"
 AUTH=(--http-token-file "$TOKEN_FILE")
+# The client commands talk HTTPS, trusting the throwaway CA.
+cli() { "$BIN" "$@" --tls-ca "$SECRETS/ca.pem"; }
 
 step "building image $IMAGE (FROM scratch, context: the binary only)"
 cp "$BIN" "$CTX/walrep"
@@ -94,7 +98,7 @@ docker image ls "$IMAGE" --format '  {{.Repository}}:{{.Tag}} {{.Size}}'
 rm "$CTX/walrep"
 
 field() { # field NAME ADDR: one field of /health
-  "$BIN" status --json --addr "$2" 2>/dev/null |
+  cli status --json --addr "$2" 2>/dev/null |
     sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
 }
 wait_until() { # wait_until WHAT SECONDS COMMAND...
@@ -118,7 +122,7 @@ is_eligible() { [ "$(field eligible "$1")" = true ]; }
 LAST_ERR=
 put_once() { # put_once ADDR KEY FILE: one attempt; if acknowledged, appends "key value lsn epoch" to FILE
   local out lsn epoch
-  if ! out=$("$BIN" put "$2" "value-$2" --addr "$1" "${AUTH[@]}" 2>&1); then
+  if ! out=$(cli put "$2" "value-$2" --addr "$1" "${AUTH[@]}" 2>&1); then
     LAST_ERR=$out
     return 1
   fi
@@ -134,7 +138,7 @@ write_keys() { # write_keys ADDR PREFIX COUNT [FILE]
 lost_in() { # lost_in FILE ADDR: the writes of FILE that do not read back on ADDR
   local key value rest
   while read -r key value rest; do
-    [ "$("$BIN" get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || echo "$key $value $rest"
+    [ "$(cli get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || echo "$key $value $rest"
   done <"$1"
 }
 count() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
@@ -147,7 +151,7 @@ wait_until "n2 standby" 60 is_standby $N2
 wait_until "n1 healthy (Docker health check)" 60 container_healthy n1
 wait_until "n2 healthy (Docker health check)" 60 container_healthy n2
 compose ps | sed 's/^/  /'
-"$BIN" status --addr $N1 | sed 's/^/  /'
+cli status --addr $N1 | sed 's/^/  /'
 
 step "writing $KEYS keys to n1"
 write_keys $N1 k "$KEYS"
@@ -160,7 +164,7 @@ docker kill "$N1_CID" >/dev/null
 until put_once $N2 failover-probe "$ACKED"; do sleep 0.02; done
 FAILOVER_MS=$(($(now_ms) - KILLED))
 echo "  n2 acknowledged its first write ${FAILOVER_MS} ms after the kill"
-"$BIN" status --addr $N2 | sed 's/^/  /'
+cli status --addr $N2 | sed 's/^/  /'
 
 step "writing $AFTER keys to n2"
 write_keys $N2 a "$AFTER"
@@ -170,7 +174,7 @@ docker start "$N1_CID" >/dev/null
 TARGET=$(field last_lsn $N2)
 caught_up() { is_standby $N1 && [ "$(field applied_lsn $N1)" -ge "$TARGET" ] 2>/dev/null; }
 wait_until "n1 rejoined and caught up to LSN $TARGET" 60 caught_up
-"$BIN" status --addr $N1 | sed 's/^/  /'
+cli status --addr $N1 | sed 's/^/  /'
 RESTART_REJOIN="$(field role $N1) at epoch $(field epoch $N1), $(field rewound_records $N1) records rewound"
 
 # The partition: n2 is the primary (epoch 2), n1 its standby. Cutting n2 off
@@ -189,7 +193,7 @@ REWOUND_BEFORE=$(field rewound_records $OLD_ADDR)
 step "partition: docker network disconnect $PEER_NET $OLD (on_standby_loss = $POLICY)"
 CUT=$(now_ms)
 docker network disconnect "$PEER_NET" "$OLD_CID"
-if "$BIN" healthcheck --addr $OLD_ADDR >/dev/null 2>&1; then
+if cli healthcheck --addr $OLD_ADDR >/dev/null 2>&1; then
   echo "  $OLD still answers the host on $OLD_ADDR (its port is on ${PROJECT}_$OLD-client)"
 else
   echo "compose-demo: $OLD no longer answers on $OLD_ADDR: the cut took its client port too" >&2
@@ -218,7 +222,7 @@ WRITER=$!
 until put_once $NEW_ADDR cut-probe "$NEW_ACKED"; do sleep 0.02; done
 CUT_FAILOVER_MS=$(($(now_ms) - CUT))
 echo "  $NEW promoted: it acknowledged its first write ${CUT_FAILOVER_MS} ms after the cut"
-"$BIN" status --addr $NEW_ADDR | sed 's/^/  /'
+cli status --addr $NEW_ADDR | sed 's/^/  /'
 write_keys $NEW_ADDR q "$AFTER" "$NEW_ACKED"
 echo "  $NEW acknowledged $(count "$NEW_ACKED") writes during the cut"
 
@@ -242,7 +246,7 @@ UNCLEAR_REFUSALS=$(grep -cv 'answered 503: .*\(sync_timeout\|on_standby_loss\)' 
 echo "  $OLD during the cut: $OLD_ACKED_N writes acknowledged alone, $OLD_REFUSED_N refused"
 [ -z "$FIRST_REFUSAL" ] || echo "  first refusal: $FIRST_REFUSAL"
 [ -z "$LAST_REFUSAL" ] || echo "  last refusal:  $LAST_REFUSAL"
-"$BIN" status --addr $OLD_ADDR | sed 's/^/  /'
+cli status --addr $OLD_ADDR | sed 's/^/  /'
 
 step "reconnect: docker network connect --alias $OLD $PEER_NET $OLD"
 HEALED=$(now_ms)
@@ -251,7 +255,7 @@ TARGET=$(field last_lsn $NEW_ADDR)
 old_caught_up() { is_standby $OLD_ADDR && [ "$(field applied_lsn $OLD_ADDR)" -ge "$TARGET" ] 2>/dev/null; }
 wait_until "$OLD rejoined as standby and caught up to LSN $TARGET" 60 old_caught_up
 REJOIN_MS=$(($(now_ms) - HEALED))
-"$BIN" status --addr $OLD_ADDR | sed 's/^/  /'
+cli status --addr $OLD_ADDR | sed 's/^/  /'
 
 step "writing $AFTER keys to $NEW after the heal: the pair must be back in sync"
 write_keys $NEW_ADDR h "$AFTER" "$NEW_ACKED"

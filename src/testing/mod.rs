@@ -7,11 +7,15 @@ mod alloc;
 mod history;
 mod pair;
 mod state_machine;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use alloc::{TrackingAllocator, largest_allocation};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
 pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
 pub use state_machine::MemStateMachine;
+#[cfg(feature = "tls")]
+pub use tls::peer_with_identity;
 
 /// An in-memory [`WalStore`](crate::WalStore): nothing survives the
 /// process, and its calls never block, so a simulation stays

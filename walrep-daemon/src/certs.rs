@@ -6,6 +6,11 @@
 //! and client use (a node is both). The CA's key is never written: the set
 //! is issued in one go, and a new node means a new set. Production uses
 //! the organisation's own CA (README, "Security").
+//!
+//! With `--http-hosts` it also issues `http.pem`/`http.key` for HTTPS on
+//! the client API: a server-only certificate (`serverAuth`, no
+//! `clientAuth`) naming the hosts clients dial, so the HTTP key, which may
+//! sit on a load balancer, can never act as a node on the replication port.
 
 use crate::error::DaemonError;
 use rcgen::{
@@ -64,13 +69,31 @@ impl CertAuthority {
 
     /// A certificate naming `name`, for server and client use.
     pub fn issue(&self, name: &str) -> Result<NodeCert, DaemonError> {
-        let mut params = CertificateParams::new(vec![name.to_string()])
-            .map_err(|e| failed(&format!("certificate parameters for {name:?}"), e))?;
+        self.issue_for(
+            &[name.to_string()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A server-only certificate naming `hosts` (DNS names or IP
+    /// addresses), for the HTTP API.
+    pub fn issue_http(&self, hosts: &[String]) -> Result<NodeCert, DaemonError> {
+        self.issue_for(hosts, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    fn issue_for(
+        &self,
+        names: &[String],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<NodeCert, DaemonError> {
+        let name = names.first().map(String::as_str).unwrap_or_default();
+        let mut params = CertificateParams::new(names.to_vec())
+            .map_err(|e| failed(&format!("certificate parameters for {names:?}"), e))?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(|e| failed("node key", e))?;
         let cert = params
@@ -84,9 +107,15 @@ impl CertAuthority {
 }
 
 /// Writes `ca.pem` and, per name, `NAME.pem` and `NAME.key` (mode 0600)
-/// into `dir`. Refuses, writing nothing, if any of them exists or a name
-/// is not a DNS name. Returns the files written.
-pub fn write_set(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, DaemonError> {
+/// into `dir`, and with `http_hosts` `http.pem` and `http.key` (see
+/// `CertAuthority::issue_http`). Refuses, writing nothing, if any of them
+/// exists, a name is not a DNS name, or an HTTP host is a node's name.
+/// Returns the files written.
+pub fn write_set(
+    dir: &Path,
+    names: &[String],
+    http_hosts: &[String],
+) -> Result<Vec<PathBuf>, DaemonError> {
     if names.is_empty() {
         return Err(DaemonError::Config(
             "--names is empty: give the node ids, e.g. --names n1,n2".into(),
@@ -104,10 +133,31 @@ pub fn write_set(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, DaemonErr
             )));
         }
     }
+    for host in http_hosts {
+        if names.contains(host) || host == "http" {
+            return Err(DaemonError::Config(format!(
+                "--http-hosts {host:?} is a node's name: the HTTP certificate must not name a node, or whoever holds its key could pose as that node to its peer; name the hosts clients dial (e.g. 127.0.0.1, db.example.com)"
+            )));
+        }
+        if tokio_rustls::rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+            return Err(DaemonError::Config(format!(
+                "--http-hosts {host:?} is neither an IP address nor a DNS name"
+            )));
+        }
+    }
+    if !http_hosts.is_empty() && names.iter().any(|n| n == "http") {
+        return Err(DaemonError::Config(
+            "a node named \"http\" would share http.pem with the HTTP certificate: rename the node or drop --http-hosts".into(),
+        ));
+    }
     let mut files = vec![dir.join("ca.pem")];
     for name in names {
         files.push(dir.join(format!("{name}.pem")));
         files.push(dir.join(format!("{name}.key")));
+    }
+    if !http_hosts.is_empty() {
+        files.push(dir.join("http.pem"));
+        files.push(dir.join("http.key"));
     }
     if let Some(existing) = files.iter().find(|f| f.exists()) {
         return Err(DaemonError::Config(format!(
@@ -121,6 +171,11 @@ pub fn write_set(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, DaemonErr
         let cert = ca.issue(name)?;
         contents.push((dir.join(format!("{name}.pem")), cert.cert_pem, 0o644));
         contents.push((dir.join(format!("{name}.key")), cert.key_pem, 0o600));
+    }
+    if !http_hosts.is_empty() {
+        let cert = ca.issue_http(http_hosts)?;
+        contents.push((dir.join("http.pem"), cert.cert_pem, 0o644));
+        contents.push((dir.join("http.key"), cert.key_pem, 0o600));
     }
     fs::create_dir_all(dir)
         .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
@@ -147,7 +202,7 @@ mod tests {
     fn a_set_names_each_node_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["n1".to_string(), "n2".to_string()];
-        let files = write_set(dir.path(), &names).unwrap();
+        let files = write_set(dir.path(), &names, &[]).unwrap();
         assert_eq!(files.len(), 5);
         let key = dir.path().join("n1.key");
         use std::os::unix::fs::PermissionsExt;
@@ -156,7 +211,7 @@ mod tests {
             0o600
         );
         let before = fs::read(&key).unwrap();
-        let err = write_set(dir.path(), &names).unwrap_err().to_string();
+        let err = write_set(dir.path(), &names, &[]).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(fs::read(&key).unwrap(), before);
     }
@@ -164,10 +219,28 @@ mod tests {
     #[test]
     fn a_name_that_is_not_a_dns_name_is_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_set(dir.path(), &["n1".into(), "node one".into()])
+        let err = write_set(dir.path(), &["n1".into(), "node one".into()], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"node one\""), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
+        let err = write_set(dir.path(), &["n1".into()], &["n1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a node's name"), "{err}");
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+
+    #[test]
+    fn the_http_certificate_is_written_when_hosts_are_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_set(
+            dir.path(),
+            &["n1".into()],
+            &["127.0.0.1".into(), "localhost".into()],
+        )
+        .unwrap();
+        assert!(files.contains(&dir.path().join("http.pem")), "{files:?}");
+        assert!(dir.path().join("http.key").exists());
     }
 }

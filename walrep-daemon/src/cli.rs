@@ -72,7 +72,7 @@ pub enum Command {
     },
     /// Start two nodes, crash the primary, watch the failover, verify.
     Demo(demo::DemoArgs),
-    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos).
+    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos); with --http-hosts also http.pem and http.key for HTTPS.
     Certs {
         /// Directory to write into (created; existing files are never overwritten).
         #[arg(long, value_name = "DIR")]
@@ -80,6 +80,11 @@ pub enum Command {
         /// Node ids, comma-separated: each certificate names one.
         #[arg(long, value_name = "NAMES", value_delimiter = ',', required = true)]
         names: Vec<String>,
+        /// Also write http.pem and http.key: a server-only certificate for
+        /// the HTTP API (--http-tls-cert) naming these hosts, comma-separated
+        /// DNS names or IP addresses clients dial (never a node's name).
+        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+        http_hosts: Vec<String>,
     },
     /// Benchmark: commit latency and throughput per commit mode and writer count.
     BenchPair(bench::commit::CommitArgs),
@@ -130,13 +135,57 @@ impl OnceArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AddrArg {
-    /// The node's HTTP address (host:port).
+    /// The node's HTTP address: HOST:PORT (HTTPS with --tls-ca, else plain
+    /// HTTP), https://HOST:PORT or http://HOST:PORT.
     #[arg(long, default_value = DEFAULT_HTTP)]
     pub addr: String,
+    /// Talk HTTPS, trusting only the CA certificate(s) in this PEM file
+    /// (the CA that issued the node's --http-tls-cert, which must name the
+    /// host of --addr).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// File holding the node's HTTP token (its --http-token-file), sent as
     /// a bearer token.
     #[arg(long, value_name = "FILE")]
     pub http_token_file: Option<PathBuf>,
+}
+
+/// `HOST:PORT` from `--addr`, checking that its scheme agrees with whether
+/// `--tls-ca` is given.
+pub fn host_port(addr: &str, tls_ca: bool) -> Result<String, DaemonError> {
+    let bad = |msg: String| Err(DaemonError::Config(msg));
+    let rest = if let Some(rest) = addr.strip_prefix("https://") {
+        if !tls_ca {
+            return bad(format!(
+                "--addr {addr} is HTTPS: give --tls-ca FILE, the CA certificate (PEM) that issued the node's HTTP certificate"
+            ));
+        }
+        rest
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        if tls_ca {
+            return bad(format!(
+                "--tls-ca is given but --addr {addr} is plain HTTP: use --addr https://{rest} to talk HTTPS, or drop --tls-ca"
+            ));
+        }
+        rest
+    } else if addr.contains("://") {
+        return bad(format!(
+            "--addr {addr}: unknown scheme; give HOST:PORT, http://HOST:PORT or https://HOST:PORT"
+        ));
+    } else {
+        addr
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    match rest.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+        {
+            Ok(rest.to_string())
+        }
+        _ => bad(format!(
+            "--addr {addr} is not HOST:PORT (e.g. 127.0.0.1:8001 or https://db1.example:8001)"
+        )),
+    }
 }
 
 impl AddrArg {
@@ -152,13 +201,25 @@ impl AddrArg {
             .transpose()
     }
 
-    /// A client of the node, carrying the token when one is given.
-    pub fn client(&self) -> Result<HttpClient, DaemonError> {
-        let client = HttpClient::new(&self.addr);
-        Ok(match self.token()? {
-            Some(token) => client.with_token(&token),
-            None => client,
+    /// `HOST:PORT` of `--addr`.
+    pub fn host_port(&self) -> Result<String, DaemonError> {
+        host_port(&self.addr, self.tls_ca.is_some())
+    }
+
+    /// The token and the CA, when given.
+    pub fn access(&self) -> Result<client::Access, DaemonError> {
+        Ok(client::Access {
+            token: self.token()?,
+            tls: match &self.tls_ca {
+                Some(ca) => Some(super::https::client_config(ca)?),
+                None => None,
+            },
         })
+    }
+
+    /// A client of the node, with the token and the CA when given.
+    pub fn client(&self) -> Result<HttpClient, DaemonError> {
+        Ok(HttpClient::new(&self.host_port()?).with_access(&self.access()?))
     }
 }
 
@@ -244,6 +305,10 @@ pub struct NodeArgs {
     pub tls_cert: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_key", "The private key of --tls-cert (PEM); reread on SIGHUP"))]
     pub tls_key: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("http_tls_cert", "Serve the HTTP API over HTTPS with this certificate (PEM, naming the hosts clients dial); with --http-tls-key; reread on SIGHUP"))]
+    pub http_tls_cert: Option<String>,
+    #[arg(long, value_name = "FILE", help = help("http_tls_key", "The private key of --http-tls-cert (PEM); reread on SIGHUP"))]
+    pub http_tls_key: Option<String>,
     #[arg(long, value_name = "FILE", help = help("http_token_file", "HTTP writes and promotions need `Authorization: Bearer` with the token in this file"))]
     pub http_token_file: Option<String>,
     #[arg(long, value_name = "N", help = help("http_max_connections", "Open HTTP connections at most; more are closed on arrival [default: half the open-file limit, 16..4096]"))]
@@ -289,6 +354,8 @@ impl NodeArgs {
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
+            ("http_tls_cert", &self.http_tls_cert),
+            ("http_tls_key", &self.http_tls_key),
             ("http_token_file", &self.http_token_file),
             ("http_max_connections", &self.http_max_connections),
             ("http_idle_timeout_ms", &self.http_idle_timeout_ms),
@@ -366,8 +433,8 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         } => {
             let value = Some(value.into_bytes().into());
             let reply = client::write_retrying(
-                &addr.addr,
-                addr.token()?.as_deref(),
+                &addr.host_port()?,
+                &addr.access()?,
                 &key,
                 value,
                 &once.key(),
@@ -379,8 +446,8 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         }
         Command::Delete { key, addr, once } => {
             let reply = client::write_retrying(
-                &addr.addr,
-                addr.token()?.as_deref(),
+                &addr.host_port()?,
+                &addr.access()?,
                 &key,
                 None,
                 &once.key(),
@@ -390,7 +457,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             println!("{}", written(&reply));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { key, addr } => match HttpClient::new(&addr.addr).get(&key).await? {
+        Command::Get { key, addr } => match addr.client()?.get(&key).await? {
             Some(value) => {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
@@ -403,7 +470,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             }
         },
         Command::Status { addr, json } => {
-            let (code, health) = HttpClient::new(&addr.addr).health().await?;
+            let (code, health) = addr.client()?.health().await?;
             if json {
                 println!(
                     "{}",
@@ -423,14 +490,19 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             println!("{} is primary at epoch {epoch}", addr.addr);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs { dir, names } => {
-            for file in super::certs::write_set(&dir, &names)? {
+        Command::Certs {
+            dir,
+            names,
+            http_hosts,
+        } => {
+            for file in super::certs::write_set(&dir, &names, &http_hosts)? {
                 println!("wrote {}", file.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { addr } => {
-            let healthy = HttpClient::new(&addr.addr)
+            let healthy = addr
+                .client()?
                 .with_timeout(std::time::Duration::from_secs(3))
                 .health()
                 .await
@@ -574,6 +646,33 @@ mod tests {
         );
         let c = cli(&["demo", "--keys", "10"]).unwrap();
         assert!(matches!(c.command, Command::Demo(ref d) if d.keys == 10));
+    }
+
+    #[test]
+    fn the_address_scheme_and_tls_ca_must_agree() {
+        assert_eq!(
+            host_port("127.0.0.1:8001", false).unwrap(),
+            "127.0.0.1:8001"
+        );
+        assert_eq!(host_port("127.0.0.1:8001", true).unwrap(), "127.0.0.1:8001");
+        assert_eq!(host_port("https://db1:8001/", true).unwrap(), "db1:8001");
+        assert_eq!(host_port("http://[::1]:8001", false).unwrap(), "[::1]:8001");
+        let e = host_port("http://127.0.0.1:8001", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--tls-ca is given but --addr http://127.0.0.1:8001 is plain HTTP")
+                && e.contains("https://127.0.0.1:8001"),
+            "{e}"
+        );
+        let e = host_port("https://127.0.0.1:8001", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give --tls-ca FILE"), "{e}");
+        for bad in ["ftp://h:1", "h", "https://h:1/kv", ":80", "h:port"] {
+            let e = host_port(bad, true).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
     }
 
     #[test]

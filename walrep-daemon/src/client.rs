@@ -1,6 +1,8 @@
 //! A small HTTP/1.1 client for a node's API (hyper's connection API over
 //! a tokio `TcpStream`, one kept-alive connection): the CLI, the demo and
-//! the tests use it. Each call is bounded by a timeout.
+//! the tests use it. Each call is bounded by a timeout. With a CA
+//! (`with_tls`, the CLI's `--tls-ca`) it speaks HTTPS and checks that the
+//! node's certificate names the host of the address it dials.
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::idempotency;
@@ -25,6 +27,14 @@ pub enum ClientError {
     Timeout { addr: String, timeout: Duration },
     #[error("walrep at {addr}: {msg}")]
     Protocol { addr: String, msg: String },
+    #[error(
+        "walrep at {addr}: TLS handshake failed: {source} (is --tls-ca the CA that issued the node's HTTP certificate, does that certificate name the host of --addr, and does the node serve HTTPS?)"
+    )]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("walrep at {addr} answered {status}: {error}{}", leader_text(.leader))]
     Refused {
         addr: String,
@@ -60,6 +70,24 @@ pub struct HttpClient {
     conn: Option<SendRequest<Full<Bytes>>>,
     /// The `Authorization` header value, when the node needs a token.
     token: Option<String>,
+    /// HTTPS, trusting this configuration's CA.
+    tls: Option<crate::https::ClientTls>,
+}
+
+/// How a client reaches a node beyond its address: the token for writes
+/// and the CA for HTTPS. Kept when a write follows the primary's address.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    pub tls: Option<crate::https::ClientTls>,
+}
+
+/// The host of `addr` (`HOST:PORT`, `[V6]:PORT`), as a TLS server name.
+fn server_name(addr: &str) -> Result<tokio_rustls::rustls::pki_types::ServerName<'static>, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
 }
 
 /// Percent-encodes a key for a URL path (every byte but the unreserved ones).
@@ -82,7 +110,23 @@ impl HttpClient {
             timeout: Duration::from_secs(30),
             conn: None,
             token: None,
+            tls: None,
         }
+    }
+
+    /// Speaks HTTPS, trusting `tls`'s CA.
+    pub fn with_tls(mut self, tls: crate::https::ClientTls) -> HttpClient {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// With `access`'s token and TLS, when given.
+    pub fn with_access(mut self, access: &Access) -> HttpClient {
+        if let Some(token) = &access.token {
+            self = self.with_token(token);
+        }
+        self.tls = access.tls.clone();
+        self
     }
 
     /// Sends `Authorization: Bearer <token>` with every request.
@@ -203,6 +247,29 @@ impl HttpClient {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => self.handshake(stream).await,
+            Some(tls) => {
+                let name = server_name(&self.addr).map_err(|msg| ClientError::Protocol {
+                    addr: self.addr.clone(),
+                    msg,
+                })?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| ClientError::Tls {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) =
             http1::handshake(TokioIo::new(stream))
                 .await
@@ -339,6 +406,8 @@ pub fn may_retry(e: &ClientError) -> bool {
         | ClientError::Timeout { .. }
         | ClientError::Protocol { .. } => true,
         ClientError::Refused { status, .. } => *status == 503,
+        // A certificate the client does not trust stays untrusted.
+        ClientError::Tls { .. } => false,
     }
 }
 
@@ -349,7 +418,7 @@ pub fn may_retry(e: &ClientError) -> bool {
 /// primary, the write is applied once (see `idempotency`).
 pub async fn write_retrying(
     addr: &str,
-    token: Option<&str>,
+    access: &Access,
     key: &str,
     value: Option<Bytes>,
     idempotency_key: &str,
@@ -358,10 +427,7 @@ pub async fn write_retrying(
     /// Between attempts: a failover takes about `failover_timeout`.
     const PAUSE: Duration = Duration::from_millis(100);
     let deadline = std::time::Instant::now() + retry_for;
-    let client_of = |addr: &str| match token {
-        Some(token) => HttpClient::new(addr).with_token(token),
-        None => HttpClient::new(addr),
-    };
+    let client_of = |addr: &str| HttpClient::new(addr).with_access(access);
     let mut client = client_of(addr);
     loop {
         let result = match &value {

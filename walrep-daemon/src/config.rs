@@ -126,6 +126,8 @@ pub const SETTINGS: &[Setting] = &[
     s("tls_ca", None),
     s("tls_cert", None),
     s("tls_key", None),
+    s("http_tls_cert", None),
+    s("http_tls_key", None),
     s("http_token_file", None),
     s("http_max_connections", None),
     s("http_idle_timeout_ms", Some(|| "30000".to_string())),
@@ -215,6 +217,9 @@ pub struct NodeSettings {
     /// Mutual TLS on the replication port (all three of `tls_ca`,
     /// `tls_cert`, `tls_key`), or none: a trusted network.
     pub tls: Option<walrep::TlsFiles>,
+    /// HTTPS for the client API (`http_tls_cert` and `http_tls_key`), or
+    /// plain HTTP.
+    pub http_tls: Option<crate::https::HttpTlsFiles>,
     /// Writes and promotions over HTTP need the bearer token in this file.
     pub http_token_file: Option<PathBuf>,
     /// Open HTTP connections at most; `None`: half the file limit.
@@ -469,6 +474,7 @@ impl Layers {
         };
         cfg.validate().map_err(|e| self.explain(e))?;
         let tls = self.tls_files()?;
+        let http_tls = self.http_tls_files()?;
         let http_token_file = self.get("http_token_file", |v| {
             if v.is_empty() {
                 Err("must not be empty".to_string())
@@ -505,12 +511,38 @@ impl Layers {
             snapshot_interval,
             worker_threads,
             tls,
+            http_tls,
             http_token_file,
             http_max_connections,
             http_idle_timeout,
             http_request_timeout,
             http_write_budget_bytes,
         })
+    }
+
+    /// `http_tls_cert` and `http_tls_key` together, or neither.
+    fn http_tls_files(&self) -> Result<Option<crate::https::HttpTlsFiles>, DaemonError> {
+        let path = |v: &str| {
+            if v.is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(PathBuf::from(v))
+            }
+        };
+        let cert = self.get("http_tls_cert", path)?;
+        let key = self.get("http_tls_key", path)?;
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::https::HttpTlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(DaemonError::Config(format!(
+                "HTTPS needs http_tls_cert and http_tls_key together: http_tls_cert is given (from {}) but http_tls_key is not; give --http-tls-key",
+                self.source("http_tls_cert")
+            ))),
+            (None, Some(_)) => Err(DaemonError::Config(format!(
+                "HTTPS needs http_tls_cert and http_tls_key together: http_tls_key is given (from {}) but http_tls_cert is not; give --http-tls-cert",
+                self.source("http_tls_key")
+            ))),
+        }
     }
 
     /// `tls_ca`, `tls_cert` and `tls_key` together, or none of them.
@@ -942,6 +974,24 @@ mod tests {
                 && e.contains("kv or sqlite"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn https_needs_its_certificate_and_key_together() {
+        let mut flags = base_flags();
+        flags.push(("http_tls_cert", "/c.pem".into()));
+        let e = err(resolve(flags.clone(), None, &[]));
+        assert!(
+            e.contains("http_tls_cert is given (from --http-tls-cert) but http_tls_key is not"),
+            "{e}"
+        );
+        let s = resolve(flags, None, &[("WALREP_HTTP_TLS_KEY", "/c.key")]).unwrap();
+        let files = s.http_tls.expect("HTTPS configured");
+        assert_eq!(
+            (files.cert.to_str(), files.key.to_str()),
+            (Some("/c.pem"), Some("/c.key"))
+        );
+        assert!(resolve(base_flags(), None, &[]).unwrap().http_tls.is_none());
     }
 
     #[test]

@@ -98,8 +98,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state);
     match token {
         Some(token) => {
-            let rejected: Arc<dyn Fn() + Send + Sync> =
-                Arc::new(move || counted.metrics.http_rejected("unauthorized"));
+            let last_log = std::sync::Mutex::new(None::<Instant>);
+            let rejected: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                counted.metrics.http_rejected("unauthorized");
+                let mut last = last_log.lock().unwrap();
+                if last.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(
+                        "HTTP request refused with 401: no valid bearer token (further ones are counted, not logged, for a minute)"
+                    );
+                }
+            });
             router.layer(axum::middleware::from_fn_with_state(
                 (token, rejected),
                 crate::auth::require_token,

@@ -8,12 +8,27 @@
 //! `walrep_rejected_requests_total{api="http",reason="connection_limit"}`),
 //! so the kernel's backlog does not fill with waiting clients; connections
 //! already open, and replication, go on.
+//!
+//! With a certificate (`http_tls_cert`, `http_tls_key`) every connection
+//! is HTTPS: its TLS handshake must finish within the header deadline
+//! (`http_idle_timeout_ms`) while it holds its connection slot, so a
+//! stalled handshake is closed like a stalled request. A failed handshake
+//! (plain HTTP to the HTTPS port, a client that does not trust the
+//! certificate) is counted as `reason="tls_handshake"` and logged once a
+//! minute; a connection the client closes during the handshake (a load
+//! balancer's TCP health check) is neither. At most
+//! `HANDSHAKES_PER_SOURCE` handshakes run at once from one address (more
+//! are closed on arrival, `reason="handshakes_per_source"`), so connections
+//! from one address that never finish their handshake cannot take every
+//! slot from the others.
 
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -72,15 +87,81 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Logs a kind of event at most once a minute.
+#[derive(Default)]
+struct OncePerMinute(Mutex<Option<Instant>>);
+
+impl OncePerMinute {
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap();
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// HTTPS handshakes under way at once from one source address. A
+/// handshake takes milliseconds, so a load balancer opening many
+/// connections stays far below it; connections from one address that stall
+/// in their handshakes hold at most this many slots.
+pub const HANDSHAKES_PER_SOURCE: usize = 64;
+
+/// Handshakes under way per source address.
+#[derive(Default)]
+struct InHandshake(Mutex<HashMap<IpAddr, usize>>);
+
+impl InHandshake {
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut map = self.0.lock().unwrap();
+        let n = map.entry(ip).or_default();
+        if *n >= HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake's place in `InHandshake`, given back when dropped.
+struct HandshakeSlot {
+    table: Arc<InHandshake>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `stop` is cancelled,
-/// then lets open requests finish. `rejected` counts refused connections.
+/// then lets open requests finish; over HTTPS when `tls` is given.
+/// `rejected` counts refused connections by reason (`connection_limit`,
+/// `handshakes_per_source`, `tls_handshake`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
-    rejected: impl Fn() + Send + Sync + 'static,
+    tls: Option<crate::https::HttpTls>,
+    rejected: impl Fn(&'static str) + Send + Sync + 'static,
     stop: CancellationToken,
 ) {
+    let rejected = Arc::new(rejected);
+    let handshake_log = Arc::new(OncePerMinute::default());
+    let per_source_log = OncePerMinute::default();
+    let in_handshake = Arc::new(InHandshake::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_refusal_log: Option<Instant> = None;
     // Dropping the set aborts what is still in it.
@@ -90,8 +171,8 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or the like: back off, never spin.
                 warn!(error = %e, "accepting an HTTP connection failed");
@@ -99,8 +180,26 @@ pub async fn serve(
                 continue;
             }
         };
+        let source = match &tls {
+            None => None,
+            Some(_) => match in_handshake.enter(remote.ip()) {
+                Some(source) => Some(source),
+                None => {
+                    rejected("handshakes_per_source");
+                    if per_source_log.due() {
+                        warn!(
+                            %remote,
+                            max = HANDSHAKES_PER_SOURCE,
+                            "HTTPS handshakes from this address at their limit; closing its new connections (counted; logged once a minute)"
+                        );
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            },
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            rejected();
+            rejected("connection_limit");
             if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_refusal_log = Some(Instant::now());
                 warn!(
@@ -116,20 +215,31 @@ pub async fn serve(
         let stop = stop.clone();
         let header_timeout = limits.header_timeout;
         while open.try_join_next().is_some() {}
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let (rejected, handshake_log) = (rejected.clone(), handshake_log.clone());
         open.spawn(async move {
             let _slot = slot;
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, service, header_timeout, stop).await;
+            };
+            let handshake = tokio::select! {
+                _ = stop.cancelled() => return,
+                done = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => done,
+            };
+            drop(source);
+            let why = match handshake {
+                Ok(Ok(stream)) => {
+                    return serve_connection(stream, service, header_timeout, stop).await;
                 }
+                // Closed by the client before the handshake ended: a TCP
+                // health check (a load balancer's), not a refusal.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no TLS handshake within {header_timeout:?} (http_idle_timeout_ms)"),
+            };
+            rejected("tls_handshake");
+            if handshake_log.due() {
+                warn!(%remote, reason = %why, "HTTPS connection refused: TLS handshake failed (further ones are counted, not logged, for a minute)");
             }
         });
     }
@@ -149,6 +259,30 @@ pub async fn serve(
             left = open.len(),
             "HTTP connections still open after http_request_timeout; closing them"
         );
+    }
+}
+
+/// One HTTP/1.1 connection (clear or TLS) until it ends or `stop`.
+async fn serve_connection<S>(
+    io: S,
+    service: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

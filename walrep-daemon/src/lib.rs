@@ -11,7 +11,11 @@
 //!             /metrics, /promote
 //! api.rs      the JSON shapes the HTTP API and the CLI share
 //! metrics.rs  the Prometheus registry of one node
-//! client.rs   a small HTTP/1.1 client for the CLI, the demo and tests
+//! http_server.rs  serving the API within bounds (connections, timeouts),
+//!             over HTTPS when given a certificate
+//! https.rs    HTTPS: the node's certificate (reloaded on SIGHUP), the CLI's CA
+//! client.rs   a small HTTP/1.1 client (HTTPS with a CA) for the CLI, the
+//!             demo and tests
 //! process.rs  one `walrep node` child process: spawn, signal, wait on
 //! pair.rs     two of them on loopback ports, a fresh primary and standby
 //! demo.rs     `walrep demo`: two child processes, a crash, a failover
@@ -36,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod http_server;
+pub mod https;
 pub mod idempotency;
 pub mod identity;
 pub mod kv;

@@ -124,10 +124,19 @@ impl RunningNode {
             }
         };
         // Read before anything starts, so a bad file stops nothing running.
+        let http_tls = match &settings.http_tls {
+            Some(files) => Some(super::https::HttpTls::load(files.clone())?),
+            None => None,
+        };
         let token = match &settings.http_token_file {
             Some(path) => Some(super::auth::HttpToken::from_file(path)?),
             None => None,
         };
+        if token.is_some() && http_tls.is_none() {
+            warn!(
+                "the HTTP token travels in clear text over plain HTTP: give --http-tls-cert and --http-tls-key, or keep {http_addr} on a network nobody else can read"
+            );
+        }
         // The replica serves replication on the listener bound above (over
         // mutual TLS when configured) and stops that server in its own
         // shutdown.
@@ -179,18 +188,20 @@ impl RunningNode {
             info!(
                 fd_limit,
                 max_connections = limits.max_connections,
+                https = http_tls.is_some(),
                 "HTTP limits"
             );
             tokio::spawn(super::http_server::serve(
                 http_listener,
                 app,
                 limits,
-                move || counted.metrics.http_rejected("connection_limit"),
+                http_tls.clone(),
+                move |reason| counted.metrics.http_rejected(reason),
                 stop,
             ))
         };
-        if let Some(tls) = tls {
-            tokio::spawn(reload_on_sighup(tls, stop_rest.clone()));
+        if tls.is_some() || http_tls.is_some() {
+            tokio::spawn(reload_on_sighup(tls, http_tls, stop_rest.clone()));
         }
         let snapshots = tokio::spawn(snapshot_loop(
             engine.clone(),
@@ -264,10 +275,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Rereads the TLS files on every SIGHUP (certificate rotation without a
-/// restart): new connections use them, open ones go on. A bad set is
-/// logged and the loaded one kept.
-async fn reload_on_sighup(tls: walrep::Tls, stop: CancellationToken) {
+/// Rereads the TLS files (replication's and the HTTP API's) on every
+/// SIGHUP (certificate rotation without a restart): new connections use
+/// them, open ones go on. A bad set is logged and the loaded one kept.
+async fn reload_on_sighup(
+    tls: Option<walrep::Tls>,
+    http_tls: Option<super::https::HttpTls>,
+    stop: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -281,10 +296,22 @@ async fn reload_on_sighup(tls: walrep::Tls, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        match tls.reload() {
-            Ok(()) => info!(cert = %tls.files().cert.display(), "SIGHUP: TLS files reloaded"),
-            Err(e) => {
-                warn!(error = %e, "SIGHUP: TLS files not reloaded; the ones loaded before stay in use")
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => info!(cert = %tls.files().cert.display(), "SIGHUP: TLS files reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: TLS files not reloaded; the ones loaded before stay in use")
+                }
+            }
+        }
+        if let Some(http_tls) = &http_tls {
+            match http_tls.reload() {
+                Ok(()) => {
+                    info!(cert = %http_tls.files().cert.display(), "SIGHUP: HTTPS certificate reloaded")
+                }
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: HTTPS certificate not reloaded; the one loaded before stays in use")
+                }
             }
         }
     }
