@@ -298,10 +298,13 @@ pub(crate) enum Effect {
     ForwardPromote,
     /// How to rewind (answer to `Event::PeerLogFetched`).
     Rejoin(RejoinPlan),
-    /// Persist epoch and leader before doing anything that follows.
+    /// Persist epoch and leader before doing anything that follows;
+    /// `confirmed` is `WalMeta::confirmed` (`false` only while a fresh
+    /// primary waits for its peer's confirmation).
     PersistMeta {
         epoch: Epoch,
         leader: Option<NodeId>,
+        confirmed: bool,
     },
     /// The role changed (log it, publish it).
     RoleChanged {

@@ -179,20 +179,29 @@ impl Node {
         };
         let me = node.cfg.node_id.clone();
         if meta.epoch == Epoch::ZERO && node.cfg.initial_role == InitialRole::Primary {
-            // A new cluster: nothing else can exist yet, so writes may start.
+            // A new cluster, as far as this node knows. Its peer may have
+            // been started as primary on a fresh directory too, so it takes
+            // writes only once the peer confirmed it follows it
+            // (`Primary::confirmed`); the heartbeats ask.
             node.epoch = Epoch(1);
             node.leader = Some(me.clone());
             node.emit(Effect::PersistMeta {
                 epoch: node.epoch,
                 leader: Some(me),
+                confirmed: false,
             });
             node.role = Role::Primary(Primary::new());
+            node.warn_unconfirmed();
             node.emit(Effect::StartPrimaryTasks);
         } else if meta.leader.as_ref() == Some(&me) {
             // We were primary before the restart. A sync-mode primary must
             // hear from its standby before it may commit alone: the standby
-            // may have promoted while we were down.
-            node.role = Role::Primary(Primary::restarted(flushed));
+            // may have promoted while we were down. One that was never
+            // confirmed still waits for its peer's confirmation.
+            node.role = Role::Primary(Primary::restarted(flushed, meta.confirmed));
+            if !meta.confirmed {
+                node.warn_unconfirmed();
+            }
             node.emit(Effect::StartPrimaryTasks);
         } else {
             node.role = Role::Standby(Standby::new());
@@ -237,6 +246,9 @@ impl Node {
                     // its positions say nothing about our records.
                     self.on_higher_epoch(epoch, None);
                 } else {
+                    if epoch == self.epoch {
+                        self.on_confirmed_by_peer();
+                    }
                     self.on_standby_progress(positions);
                 }
             }
@@ -402,7 +414,7 @@ impl Node {
     /// Whether this node accepts a write now, and if not, why.
     pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
-            Role::Primary(p) => p.check_writable(&self.cfg),
+            Role::Primary(p) => p.check_writable(&self.cfg, self.epoch),
             Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
             Role::Failed { reason } => Err(WriteRefusal::Unavailable {
                 reason: format!(
@@ -417,6 +429,14 @@ impl Node {
 
     fn emit(&mut self, effect: Effect) {
         self.out.push(effect);
+    }
+
+    fn warn_unconfirmed(&self) {
+        tracing::warn!(
+            epoch = %self.epoch,
+            peer = %self.cfg.peer_id,
+            "primary of a fresh data directory: refusing writes until the peer confirms it follows this node (start the peer as a standby, or `promote --force` this node for a deliberate single-node start)"
+        );
     }
 
     fn notice_pause(&mut self, now: Time) {
@@ -466,7 +486,11 @@ impl Node {
         );
         self.epoch = epoch;
         self.leader = leader.clone();
-        self.emit(Effect::PersistMeta { epoch, leader });
+        self.emit(Effect::PersistMeta {
+            epoch,
+            leader,
+            confirmed: true,
+        });
     }
 
     /// Moves the commit point forward (never back) and asks for the

@@ -79,6 +79,7 @@ fn reopen_after_clean_close_returns_the_same_log() {
     let meta = WalMeta {
         epoch: Epoch(2),
         leader: Some("node-a".into()),
+        confirmed: true,
     };
     let expected = [recs(1..=5, 1), recs(6..=9, 2)].concat();
     {
@@ -539,6 +540,7 @@ fn reset_then_append_then_reopen() {
         wal.set_meta(&WalMeta {
             epoch: Epoch(1),
             leader: None,
+            confirmed: true,
         })
         .unwrap();
         for l in 1..=20 {
@@ -628,6 +630,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
     let meta = WalMeta {
         epoch: Epoch(7),
         leader: Some("node-b".into()),
+        confirmed: true,
     };
     {
         let wal = open(&dir, FileWalOptions::default());
@@ -644,6 +647,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
         wal.set_meta(&WalMeta {
             epoch: Epoch(8),
             leader: None,
+            confirmed: true,
         })
         .unwrap();
     }
@@ -652,7 +656,8 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
         wal.meta(),
         WalMeta {
             epoch: Epoch(8),
-            leader: None
+            leader: None,
+            confirmed: true,
         }
     );
     drop(wal);
@@ -1036,6 +1041,7 @@ fn a_log_whose_meta_was_deleted_refuses_to_open_instead_of_forgetting_its_epoch(
         wal.set_meta(&WalMeta {
             epoch: Epoch(3),
             leader: Some("n1".into()),
+            confirmed: true,
         })
         .unwrap();
         wal.append(&recs(1..=2, 3)).unwrap();
@@ -1135,6 +1141,7 @@ fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
     let meta = WalMeta {
         epoch: Epoch(1),
         leader: None,
+        confirmed: true,
     };
     fs::write(
         meta::path(dir.path()),
