@@ -1066,3 +1066,51 @@ async fn two_fresh_nodes_both_started_as_primary_never_both_acknowledge_a_write(
     assert_eq!(ha, hb);
     assert_eq!(b.kv.len(), acked_a.len());
 }
+
+/// The standby's disk fills: its appends fail (the log stays as it was),
+/// it reports `failed`, and the primary goes on alone (`solo`). Once space
+/// is back the standby takes WAL again by itself, without a restart,
+/// catches up from its log's end, and the pair is in sync again: nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_disk_filled_catches_up_once_space_returns_without_a_restart() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..20 {
+        a.put(&format!("before{i}"), "v").await.unwrap();
+    }
+    b.wal.fail_appends(true);
+    let stuck_at = b.wal.last_lsn();
+    // The first write after the disk filled waits for the standby, which
+    // cannot store it; the primary counts it as lost and goes on alone.
+    let mut acked = Vec::new();
+    let r = a.replica.clone();
+    let waiting = tokio::spawn(async move { r.apply(put_cmd("during0", "v")).await });
+    b.wait("its WAL failed", |h| h.role == RoleKind::Failed)
+        .await;
+    a.wait("solo", |h| h.solo).await;
+    if let Ok(applied) = waiting.await.unwrap() {
+        acked.push(applied.lsn);
+    }
+    for i in 1..20 {
+        acked.push(a.put(&format!("during{i}"), "v").await.unwrap().lsn);
+    }
+    assert_eq!(b.wal.last_lsn(), stuck_at, "nothing was stored meanwhile");
+    // Space returns.
+    b.wal.fail_appends(false);
+    let target = a.health().last_lsn;
+    b.wait("a standby again, caught up", |h| {
+        h.role == RoleKind::Standby && h.flushed_lsn >= target
+    })
+    .await;
+    a.wait("in sync again", |h| {
+        !h.solo && h.sync_state == walrep::SyncState::Sync
+    })
+    .await;
+    // Commits wait for the standby again, and it has every acknowledged write.
+    let last = a.put("after", "v").await.unwrap();
+    assert!(b.wal.flushed_lsn() >= last.lsn);
+    assert!(acked.iter().all(|lsn| *lsn <= b.wal.flushed_lsn()));
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.kv.len(), 20 + 20 + 1);
+}

@@ -35,6 +35,9 @@ pub(super) struct Primary {
     contact_this_life: bool,
     /// First failed call to the standby since its last answer.
     unreachable_since: Option<Time>,
+    /// The standby's heartbeat answers say its WAL failed: until one says
+    /// it is a standby again, its stream acks are not contact.
+    standby_failed: bool,
     link: Link,
     /// Appended, not yet committed: `(last lsn of the append, when)`, in
     /// time order. A retry that waits for an uncommitted record adds
@@ -66,6 +69,7 @@ impl Primary {
             streaming: false,
             contact_this_life: false,
             unreachable_since: None,
+            standby_failed: false,
             link: Link::Sync,
             pending: VecDeque::new(),
             demotion: None,
@@ -277,6 +281,9 @@ impl Node {
     pub(super) fn on_standby_reachable(&mut self) {
         self.on_confirmed_by_peer();
         if let Some(p) = self.primary() {
+            if std::mem::take(&mut p.standby_failed) {
+                tracing::info!("the standby's WAL works again");
+            }
             p.unreachable_since = None;
             p.contact_this_life = true;
             if p.link == Link::Blocked {
@@ -291,10 +298,12 @@ impl Node {
         let commit = self.commit;
         let Some(p) = self.primary() else { return };
         p.standby = positions;
-        p.unreachable_since = None;
-        p.contact_this_life = true;
+        if !p.standby_failed {
+            p.unreachable_since = None;
+            p.contact_this_life = true;
+        }
         match p.link {
-            Link::Blocked => {
+            Link::Blocked if !p.standby_failed => {
                 tracing::info!("standby answered again; accepting writes");
                 p.link = Link::Sync;
             }
@@ -308,6 +317,13 @@ impl Node {
         }
         self.recompute_commit();
         self.try_finish_demotion();
+    }
+
+    pub(super) fn on_standby_failed(&mut self, now: Time) {
+        if let Some(p) = self.primary() {
+            p.standby_failed = true;
+        }
+        self.on_standby_unreachable(now);
     }
 
     pub(super) fn on_standby_unreachable(&mut self, now: Time) {

@@ -2016,3 +2016,113 @@ fn ids_of_records_the_wal_let_go_of_are_forgotten() {
     assert_eq!(node.request(&id(1)), None);
     assert_eq!(node.request(&id(2)), Some((Lsn(2), Epoch(1))));
 }
+
+#[test]
+fn a_standby_whose_append_failed_forgets_the_batch_and_takes_wal_again_after_a_backoff() {
+    let mut node = standby_with_log();
+    let four_five = || batch((3, 1), vec![rec(4, 2), rec(5, 2)], 5, 1);
+    let effects = receive(&mut node, t(0), four_five());
+    assert!(matches!(&effects[0], Effect::Append { records, .. } if records.len() == 2));
+    assert_eq!(node.last_lsn(), Lsn(5));
+    // The disk is full: the append failed and the log still ends at 3.
+    let effects = node.step(
+        t(1),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::RoleChanged {
+            from: RoleKind::Standby,
+            to: RoleKind::Failed,
+            epoch: Epoch(2),
+        }]
+    );
+    assert_eq!(node.last_lsn(), Lsn(3), "the records it could not store");
+    // Meanwhile WAL is refused, whole.
+    let effects = receive(&mut node, t(2), four_five());
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Append { .. })));
+    // The first backoff is one heartbeat interval (200 ms).
+    assert!(node.next_deadline(t(2)) <= t(201));
+    node.step(t(150), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Failed);
+    let effects = node.step(t(201), Event::Tick);
+    assert!(effects.contains(&Effect::RoleChanged {
+        from: RoleKind::Failed,
+        to: RoleKind::Standby,
+        epoch: Epoch(2),
+    }));
+    // The primary resends from our log's end; the disk is still full.
+    let effects = receive(&mut node, t(210), four_five());
+    assert!(matches!(&effects[0], Effect::Append { records, .. } if records[0].lsn == Lsn(4)));
+    node.step(
+        t(211),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    // The second wait is twice as long.
+    node.step(t(411), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Failed);
+    node.step(t(611), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Standby);
+    // Space is back: the append works, and the standby acknowledges it.
+    let effects = receive(&mut node, t(620), four_five());
+    assert!(matches!(&effects[0], Effect::Append { .. }));
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    node.step(t(621), Event::LocalFlushed { lsn: Lsn(5) });
+    assert_eq!(node.flushed_lsn(), Lsn(5));
+    assert!(
+        node.wal_retry.is_none(),
+        "the backoff starts over next time"
+    );
+}
+
+#[test]
+fn a_primary_whose_append_failed_fails_its_writes_and_does_not_retry() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_up_to(&node, 2));
+    let effects = node.step(
+        t(3),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(0),
+        },
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::FailWaiters { up_to: None, .. }))
+    );
+    assert_eq!(node.role(), RoleKind::Failed);
+    tick_until(&mut node, 100, 20_000);
+    assert_eq!(node.role(), RoleKind::Failed);
+}
+
+#[test]
+fn a_standby_trying_its_wal_again_tells_the_primary_it_failed_until_an_append_works() {
+    let mut node = standby_with_log();
+    receive(&mut node, t(0), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    node.step(
+        t(1),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    assert_eq!(node.role_for_primary(), RoleKind::Failed);
+    node.step(t(300), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!(
+        node.role_for_primary(),
+        RoleKind::Failed,
+        "not before an append worked"
+    );
+    receive(&mut node, t(301), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    node.step(t(302), Event::LocalFlushed { lsn: Lsn(4) });
+    assert_eq!(node.role_for_primary(), RoleKind::Standby);
+}

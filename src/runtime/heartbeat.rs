@@ -61,7 +61,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         tracing::warn!(peer = %ctx.cfg.peer_id, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
                         failing = true;
                     }
-                    Event::StandbyUnreachable
+                    Event::StandbyFailed
                 }
                 Ok(_) => {
                     ctx.metrics.heartbeat_rtt(started.elapsed());
