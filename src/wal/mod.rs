@@ -5,6 +5,7 @@ mod file;
 #[cfg(any(test, feature = "testing"))]
 mod mem;
 pub(crate) mod record;
+pub(crate) mod tmpfile;
 
 pub use file::{FileWal, FileWalOptions};
 #[cfg(any(test, feature = "testing"))]

@@ -22,7 +22,7 @@ use super::super::{WalError, WalMeta};
 use super::io_err;
 use super::segment::sync_dir;
 use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -73,19 +73,17 @@ pub(super) fn load(dir: &Path) -> Result<Option<(WalMeta, EpochHistory)>, WalErr
     }
 }
 
-/// Writes and fsyncs `meta.tmp`. Failing here leaves `meta` as it was.
+/// Writes and fsyncs `meta.tmp`. Failing here leaves `meta` as it was,
+/// and no `meta.tmp` (a full disk must not keep a partial one).
 pub(super) fn write_tmp(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
     let tmp = tmp_path(dir);
-    let result = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
-    result.map_err(io_err(format!("writing {}", tmp.display())))
+    let result = crate::wal::tmpfile::write_or_remove(&tmp, |f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    result
+        .map(drop)
+        .map_err(io_err(format!("writing {}", tmp.display())))
 }
 
 /// Renames `meta.tmp` over `meta` and makes the rename durable. Failing
