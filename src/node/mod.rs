@@ -11,6 +11,11 @@
 //!   other starts as standby. Promotion persists `epoch + 1` with itself as
 //!   leader *before* any message goes out, so a crash in the middle leaves a
 //!   node that will not accept the old epoch again (G1).
+//! * A node started as primary on a fresh data directory is unconfirmed: it
+//!   takes no write until its peer answered it at epoch 1 as a node that
+//!   follows it (which the peer persists first), so two nodes both started
+//!   as primary never both write. Of two such primaries the one with an
+//!   empty log and the greater node id steps down (`requests.rs`).
 //! * The primary counts a write as committed when the commit mode is met:
 //!   its own fsync (`async`) plus the standby's written / flushed / applied
 //!   position for the sync modes, unless it goes on alone (`solo`) after
