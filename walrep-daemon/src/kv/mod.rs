@@ -257,7 +257,6 @@ mod tests {
     use super::*;
 
     use crate::kv::command::encoded::{del, put};
-    use std::io::Write;
 
     /// A full disk while the snapshot is written: the write fails, no
     /// `kv.snapshot.tmp` stays behind, and the last whole snapshot is what
