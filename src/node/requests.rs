@@ -60,13 +60,21 @@ impl Node {
     /// to the peer with the smaller node id. The peer yields in no case we
     /// would, so the two converge on one primary; nothing is lost, as the
     /// node that steps down holds nothing. `peer_last` is the peer's last
-    /// LSN as its message says.
-    fn yields_to_peer_primary(&self, header: &Header, peer_last: crate::types::Lsn) -> bool {
+    /// LSN as its message says, `peer_confirmed` whether it says it is a
+    /// confirmed primary (a heartbeat does): we yield to one too.
+    fn yields_to_peer_primary(
+        &self,
+        header: &Header,
+        peer_last: crate::types::Lsn,
+        peer_confirmed: bool,
+    ) -> bool {
         let unconfirmed = matches!(&self.role, Role::Primary(p) if !p.confirmed);
         unconfirmed
             && header.epoch == self.epoch
             && self.last_lsn == crate::types::Lsn::ZERO
-            && (peer_last > crate::types::Lsn::ZERO || header.node_id < self.cfg.node_id)
+            && (peer_confirmed
+                || peer_last > crate::types::Lsn::ZERO
+                || header.node_id < self.cfg.node_id)
     }
 
     fn step_down_for_peer_primary(&mut self, header: &Header) {
@@ -81,7 +89,7 @@ impl Node {
             return;
         }
         if matches!(self.role, Role::Primary(_)) {
-            if !self.yields_to_peer_primary(&req.header, req.last_lsn) {
+            if !self.yields_to_peer_primary(&req.header, req.last_lsn, req.confirmed) {
                 self.refuse_two_primaries(&req.header, "heartbeat");
                 return;
             }
@@ -199,7 +207,7 @@ impl Node {
             return;
         }
         if matches!(self.role, Role::Primary(_))
-            && self.yields_to_peer_primary(&batch.header, batch.last_lsn)
+            && self.yields_to_peer_primary(&batch.header, batch.last_lsn, false)
         {
             self.step_down_for_peer_primary(&batch.header);
         }

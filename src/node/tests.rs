@@ -46,6 +46,7 @@ fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) ->
             last_lsn: Lsn(last),
             commit_lsn: Lsn(commit),
             sync,
+            confirmed: false,
         },
     }
 }
@@ -261,6 +262,17 @@ fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_recor
     n1.step(t(1), heartbeat(1, "n2", 7, 7, SyncState::NotSync));
     assert_eq!(n1.role(), RoleKind::Standby);
     assert_eq!(n1.leader(), Some(&NodeId::from("n2")));
+
+    // n1 again, and n2 a confirmed primary whose log is still empty: its
+    // heartbeat says it is confirmed, and n1 steps down for it too.
+    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    let mut confirmed_peer = heartbeat(1, "n2", 0, 0, SyncState::NotSync);
+    if let Event::HeartbeatReceived { req } = &mut confirmed_peer {
+        req.confirmed = true;
+    }
+    let effects = n1.step(t(1), confirmed_peer);
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    assert_eq!(n1.role(), RoleKind::Standby);
 
     // A primary that is not confirmed but holds records (its store lost
     // the flag) may have acknowledged them: it never steps down.

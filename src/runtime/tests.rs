@@ -68,6 +68,7 @@ async fn heartbeat(
             last_lsn: Lsn::ZERO,
             commit_lsn: Lsn::ZERO,
             sync,
+            confirmed: true,
         })
         .await
         .expect("the node answers")
@@ -244,7 +245,19 @@ async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
 /// takes a new epoch and writes.
 #[tokio::test(start_paused = true)]
 async fn a_fresh_primary_nobody_confirmed_refuses_writes_until_forced() {
-    let mut peer = unreachable_peer();
+    // What its heartbeats say about it: unconfirmed, then confirmed.
+    let said = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut peer = MockPeer::new();
+    let heard = said.clone();
+    peer.expect_heartbeat().returning(move |req| {
+        heard
+            .lock()
+            .unwrap()
+            .push((req.header.epoch, req.confirmed));
+        Err(TransportError::Unreachable("down".into()))
+    });
+    peer.expect_open_wal_stream()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
     peer.expect_fence()
         .returning(|_| Err(TransportError::Unreachable("down".into())));
     let cfg = Config {
@@ -275,10 +288,19 @@ async fn a_fresh_primary_nobody_confirmed_refuses_writes_until_forced() {
     );
     assert_eq!(wal.last_lsn(), Lsn::ZERO, "nothing was appended");
     assert!(!wal.meta().confirmed);
+    let before = std::mem::take(&mut *said.lock().unwrap());
+    assert!(
+        !before.is_empty() && before.iter().all(|s| *s == (Epoch(1), false)),
+        "{before:?}"
+    );
     // The operator means it: a forced promotion takes epoch 2.
     assert_eq!(replica.promote(true).await.unwrap(), Epoch(2));
     assert_eq!(replica.apply(put()).await.unwrap().epoch, Epoch(2));
     assert!(wal.meta().confirmed);
+    // Paused time: two heartbeat intervals pass, as soon as all is idle.
+    tokio::time::sleep(Config::default().heartbeat_interval * 2).await;
+    let after = said.lock().unwrap().clone();
+    assert!(after.contains(&(Epoch(2), true)), "{after:?}");
     replica.shutdown().await;
 }
 

@@ -230,6 +230,7 @@ impl Actor {
             tx: self.tx.clone(),
             health: self.health_tx.subscribe(),
             header: self.header(),
+            wal: self.wal.clone(),
             metrics: self.metrics.clone(),
             reachable_again,
             cancel: cancel.child_token(),

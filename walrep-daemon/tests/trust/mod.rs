@@ -77,6 +77,7 @@ async fn attack(peer: &Arc<dyn Peer>, claims: &str, h: &HealthReport, what: &str
             last_lsn: Lsn(h.last_lsn),
             commit_lsn: Lsn(h.last_lsn),
             sync: SyncState::NotSync,
+            confirmed: true,
         })
         .await;
     assert!(hb.is_err(), "{what}: heartbeat answered {hb:?}");
