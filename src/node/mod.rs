@@ -76,7 +76,9 @@ pub enum RoleKind {
     Fenced,
     /// Rewinding and resyncing to become a standby.
     Rejoining,
-    /// The WAL failed; the node refuses everything until restarted.
+    /// The WAL failed; the node refuses everything until restarted. A
+    /// standby whose append failed without changing its log (a full disk)
+    /// takes WAL again by itself after a backoff.
     Failed,
 }
 
