@@ -384,6 +384,7 @@ fn build_base(dir: &Path, records: u64, empty_last: bool, preallocate: bool) -> 
     wal.set_meta(&WalMeta {
         epoch: Epoch(3),
         leader: Some(NodeId::from("n1")),
+        confirmed: true,
     })
     .unwrap();
     for lsn in 1..=records {

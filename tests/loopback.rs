@@ -992,3 +992,125 @@ async fn a_batch_of_new_and_retried_request_ids_answers_each_command_with_its_re
     assert_eq!((engine.times_applied(&x), engine.times_applied(&y)), (1, 1));
     assert_eq!(replica.health().last_lsn, y_lsn);
 }
+
+/// Two nodes both started as primary on fresh directories, with writers
+/// hammering both from the first moment: only one of them ever
+/// acknowledges a write. The one with the smaller id (`a`) stays primary
+/// once `b` confirmed it; `b` steps down, follows it and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fresh_nodes_both_started_as_primary_never_both_acknowledge_a_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init_tracing();
+    // Async mode: before the confirmation rule, both took writes at once.
+    let (addr_a, addr_b) = (free_addr().await, free_addr().await);
+    let mut cfg_a = config("a", "b", addr_a, addr_b, CommitMode::Async);
+    let mut cfg_b = config("b", "a", addr_b, addr_a, CommitMode::Async);
+    cfg_a.initial_role = walrep::InitialRole::Primary;
+    cfg_b.initial_role = walrep::InitialRole::Primary;
+    // b starts first, so it has the longer chance to take a write alone.
+    let b = TestNode::start(cfg_b, Arc::new(walrep::testing::MemWal::new()), temp_dir()).await;
+    let b_refusal = b.put("early", "b").await.unwrap_err();
+    assert!(
+        b_refusal.to_string().contains("promote --force"),
+        "the refusal says what to do: {b_refusal}"
+    );
+    assert!(!b.health().writable);
+    let a = TestNode::start(cfg_a, Arc::new(walrep::testing::MemWal::new()), temp_dir()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = |node: &TestNode, name: &'static str| {
+        let (replica, stop) = (node.replica.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let cmd = put_cmd(&format!("{name}{i}"), name);
+                if let Ok(applied) = replica.apply(cmd).await {
+                    acknowledged.push((applied.lsn, applied.epoch));
+                }
+                // Pace the attempts; correctness does not depend on it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            acknowledged
+        })
+    };
+    let (writes_a, writes_b) = (writer(&a, "a"), writer(&b, "b"));
+    // The pair settles: a writable primary a, b its standby, in contact.
+    a.wait("a writable primary", |h| {
+        h.role == RoleKind::Primary && h.writable && h.peer.connected
+    })
+    .await;
+    b.wait("b following a", |h| {
+        h.role == RoleKind::Standby
+            && h.leader
+                .as_ref()
+                .is_some_and(|l| l.id == walrep::NodeId::from("a"))
+    })
+    .await;
+    // Let a take some writes while b's writer keeps trying.
+    let target = a.health().last_lsn.0 + 20;
+    a.wait("20 more writes on a", |h| h.last_lsn.0 >= target)
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let (acked_a, acked_b) = (writes_a.await.unwrap(), writes_b.await.unwrap());
+    assert!(
+        acked_b.is_empty(),
+        "b acknowledged writes as a second primary: {acked_b:?}"
+    );
+    assert!(!acked_a.is_empty());
+    assert!(acked_a.iter().all(|(_, e)| *e == walrep::Epoch(1)));
+    assert_eq!(b.health().epoch, walrep::Epoch(1));
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.kv.len(), acked_a.len());
+}
+
+/// The standby's disk fills: its appends fail (the log stays as it was),
+/// it reports `failed`, and the primary goes on alone (`solo`). Once space
+/// is back the standby takes WAL again by itself, without a restart,
+/// catches up from its log's end, and the pair is in sync again: nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_disk_filled_catches_up_once_space_returns_without_a_restart() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    for i in 0..20 {
+        a.put(&format!("before{i}"), "v").await.unwrap();
+    }
+    b.wal.fail_appends(true);
+    let stuck_at = b.wal.last_lsn();
+    // The first write after the disk filled waits for the standby, which
+    // cannot store it; the primary counts it as lost and goes on alone.
+    let mut acked = Vec::new();
+    let r = a.replica.clone();
+    let waiting = tokio::spawn(async move { r.apply(put_cmd("during0", "v")).await });
+    b.wait("its WAL failed", |h| h.role == RoleKind::Failed)
+        .await;
+    a.wait("solo", |h| h.solo).await;
+    if let Ok(applied) = waiting.await.unwrap() {
+        acked.push(applied.lsn);
+    }
+    for i in 1..20 {
+        acked.push(a.put(&format!("during{i}"), "v").await.unwrap().lsn);
+    }
+    assert_eq!(b.wal.last_lsn(), stuck_at, "nothing was stored meanwhile");
+    // Space returns.
+    b.wal.fail_appends(false);
+    let target = a.health().last_lsn;
+    b.wait("a standby again, caught up", |h| {
+        h.role == RoleKind::Standby && h.flushed_lsn >= target
+    })
+    .await;
+    a.wait("in sync again", |h| {
+        !h.solo && h.sync_state == walrep::SyncState::Sync
+    })
+    .await;
+    // Commits wait for the standby again, and it has every acknowledged write.
+    let last = a.put("after", "v").await.unwrap();
+    assert!(b.wal.flushed_lsn() >= last.lsn);
+    assert!(acked.iter().all(|lsn| *lsn <= b.wal.flushed_lsn()));
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    assert_eq!(b.kv.len(), 20 + 20 + 1);
+}

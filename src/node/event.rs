@@ -154,6 +154,11 @@ pub(crate) enum Event {
     StreamState { up: bool },
     /// Primary: a call to the standby failed without an answer.
     StandbyUnreachable,
+    /// Primary: the standby answered a heartbeat, but its WAL failed (a
+    /// full disk): it is as good as unreachable, and acks on the stream
+    /// (which a standby trying its WAL again still sends) do not count as
+    /// contact until a heartbeat answers as a standby again.
+    StandbyFailed,
     /// A heartbeat from the peer; answered with `Effect::Answer`.
     HeartbeatReceived { req: HeartbeatRequest },
     /// A WAL batch from the peer on the open stream; answered with
@@ -215,6 +220,12 @@ pub(crate) enum Event {
     },
     /// The WAL failed (fsync error, corruption on write path): stop.
     WalFailed { reason: String },
+    /// An append failed and left the log as it was, ending at `last_lsn`
+    /// (a full disk: the store refused the write, or cut what it had
+    /// written of it, and is not poisoned). A standby stops taking WAL and
+    /// takes the primary's next batch again after a backoff; any other
+    /// role fails as with `WalFailed`.
+    WalAppendFailed { reason: String, last_lsn: Lsn },
     /// The engine asks this node to stop (`Replicator::shutdown`):
     /// answered with `Effect::HandOver` (a primary with a reachable standby
     /// in sync) or `Effect::Stop`.
@@ -298,10 +309,13 @@ pub(crate) enum Effect {
     ForwardPromote,
     /// How to rewind (answer to `Event::PeerLogFetched`).
     Rejoin(RejoinPlan),
-    /// Persist epoch and leader before doing anything that follows.
+    /// Persist epoch and leader before doing anything that follows;
+    /// `confirmed` is `WalMeta::confirmed` (`false` only while a fresh
+    /// primary waits for its peer's confirmation).
     PersistMeta {
         epoch: Epoch,
         leader: Option<NodeId>,
+        confirmed: bool,
     },
     /// The role changed (log it, publish it).
     RoleChanged {

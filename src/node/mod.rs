@@ -11,6 +11,11 @@
 //!   other starts as standby. Promotion persists `epoch + 1` with itself as
 //!   leader *before* any message goes out, so a crash in the middle leaves a
 //!   node that will not accept the old epoch again (G1).
+//! * A node started as primary on a fresh data directory is unconfirmed: it
+//!   takes no write until its peer answered it at epoch 1 as a node that
+//!   follows it (which the peer persists first), so two nodes both started
+//!   as primary never both write. Of two such primaries the one with an
+//!   empty log and the greater node id steps down (`requests.rs`).
 //! * The primary counts a write as committed when the commit mode is met:
 //!   its own fsync (`async`) plus the standby's written / flushed / applied
 //!   position for the sync modes, unless it goes on alone (`solo`) after
@@ -71,7 +76,9 @@ pub enum RoleKind {
     Fenced,
     /// Rewinding and resyncing to become a standby.
     Rejoining,
-    /// The WAL failed; the node refuses everything until restarted.
+    /// The WAL failed; the node refuses everything until restarted. A
+    /// standby whose append failed without changing its log (a full disk)
+    /// takes WAL again by itself after a backoff.
     Failed,
 }
 
@@ -147,8 +154,27 @@ pub(crate) struct Node {
     /// When the last `Tick` ran: ticks are due every heartbeat interval
     /// however busy the node is with other events.
     last_tick: Time,
+    /// A standby whose WAL append failed (a full disk): when it takes WAL
+    /// again, and how many appends failed in a row.
+    wal_retry: Option<WalRetry>,
     out: Vec<Effect>,
 }
+
+/// A standby waiting to try its WAL again after an append failed.
+#[derive(Clone, Copy, Debug)]
+struct WalRetry {
+    /// Failed appends since the log last grew.
+    attempts: u32,
+    /// When it becomes a standby again (while `Role::Failed`).
+    at: Option<Time>,
+    /// The log's end when the last append failed: a flush beyond it means
+    /// appends work again.
+    stuck_at: Lsn,
+}
+
+/// The longest a standby waits before it takes WAL again after a failed
+/// append; the first wait is one heartbeat interval, doubling each time.
+pub(crate) const MAX_WAL_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
@@ -174,25 +200,35 @@ impl Node {
             commit: applied,
             last_step: Some(now),
             last_tick: now,
+            wal_retry: None,
             out: Vec::new(),
             cfg,
         };
         let me = node.cfg.node_id.clone();
         if meta.epoch == Epoch::ZERO && node.cfg.initial_role == InitialRole::Primary {
-            // A new cluster: nothing else can exist yet, so writes may start.
+            // A new cluster, as far as this node knows. Its peer may have
+            // been started as primary on a fresh directory too, so it takes
+            // writes only once the peer confirmed it follows it
+            // (`Primary::confirmed`); the heartbeats ask.
             node.epoch = Epoch(1);
             node.leader = Some(me.clone());
             node.emit(Effect::PersistMeta {
                 epoch: node.epoch,
                 leader: Some(me),
+                confirmed: false,
             });
             node.role = Role::Primary(Primary::new());
+            node.warn_unconfirmed();
             node.emit(Effect::StartPrimaryTasks);
         } else if meta.leader.as_ref() == Some(&me) {
             // We were primary before the restart. A sync-mode primary must
             // hear from its standby before it may commit alone: the standby
-            // may have promoted while we were down.
-            node.role = Role::Primary(Primary::restarted(flushed));
+            // may have promoted while we were down. One that was never
+            // confirmed still waits for its peer's confirmation.
+            node.role = Role::Primary(Primary::restarted(flushed, meta.confirmed));
+            if !meta.confirmed {
+                node.warn_unconfirmed();
+            }
             node.emit(Effect::StartPrimaryTasks);
         } else {
             node.role = Role::Standby(Standby::new());
@@ -219,6 +255,13 @@ impl Node {
                 // inline one can finish in either order, so an older
                 // position may be reported after a newer one.
                 self.flushed = self.flushed.max(lsn);
+                if self
+                    .wal_retry
+                    .is_some_and(|r| r.at.is_none() && lsn > r.stuck_at)
+                {
+                    tracing::info!(%lsn, "the WAL takes writes again");
+                    self.wal_retry = None;
+                }
                 self.recompute_commit();
                 self.try_finish_demotion();
             }
@@ -237,6 +280,9 @@ impl Node {
                     // its positions say nothing about our records.
                     self.on_higher_epoch(epoch, None);
                 } else {
+                    if epoch == self.epoch {
+                        self.on_confirmed_by_peer();
+                    }
                     self.on_standby_progress(positions);
                 }
             }
@@ -250,6 +296,7 @@ impl Node {
                 }
             }
             Event::StandbyUnreachable => self.on_standby_unreachable(now),
+            Event::StandbyFailed => self.on_standby_failed(now),
             Event::HeartbeatReceived { req } => self.on_heartbeat(now, req),
             Event::BatchReceived {
                 batch,
@@ -300,6 +347,9 @@ impl Node {
                 self.on_rejoin_finished(epoch, leader);
             }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
+            Event::WalAppendFailed { reason, last_lsn } => {
+                self.on_wal_append_failed(now, reason, last_lsn)
+            }
             Event::StopRequested => self.on_stop_requested(),
             Event::WalMeasured {
                 first_lsn,
@@ -320,6 +370,7 @@ impl Node {
         let role = match &self.role {
             Role::Primary(p) => p.next_deadline(&self.cfg),
             Role::Standby(s) => s.next_deadline(&self.cfg),
+            Role::Failed { .. } => self.wal_retry.and_then(|r| r.at),
             _ => None,
         };
         let deadline = match role {
@@ -332,6 +383,18 @@ impl Node {
     /// The role this node plays now.
     pub(crate) fn role(&self) -> RoleKind {
         self.role.kind()
+    }
+
+    /// The role our heartbeat answers tell the primary. A standby whose
+    /// last append failed says `failed` until an append works again, even
+    /// while it tries (a standby again): the primary counts it as lost, so
+    /// its `on_standby_loss` policy applies instead of every write waiting
+    /// out `sync_timeout` each time the standby tries a full disk again.
+    pub(crate) fn role_for_primary(&self) -> RoleKind {
+        match self.role {
+            Role::Standby(_) if self.wal_retry.is_some() => RoleKind::Failed,
+            _ => self.role.kind(),
+        }
     }
 
     /// The highest epoch this node has persisted.
@@ -402,8 +465,11 @@ impl Node {
     /// Whether this node accepts a write now, and if not, why.
     pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
-            Role::Primary(p) => p.check_writable(&self.cfg),
+            Role::Primary(p) => p.check_writable(&self.cfg, self.epoch),
             Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
+            Role::Failed { reason } if self.wal_retry.is_some() => Err(WriteRefusal::Unavailable {
+                reason: format!("the WAL failed ({reason})"),
+            }),
             Role::Failed { reason } => Err(WriteRefusal::Unavailable {
                 reason: format!(
                     "the WAL failed ({reason}); restart the node after checking the disk"
@@ -417,6 +483,14 @@ impl Node {
 
     fn emit(&mut self, effect: Effect) {
         self.out.push(effect);
+    }
+
+    fn warn_unconfirmed(&self) {
+        tracing::warn!(
+            epoch = %self.epoch,
+            peer = %self.cfg.peer_id,
+            "primary of a fresh data directory: refusing writes until the peer confirms it follows this node (start the peer as a standby, or `promote --force` this node for a deliberate single-node start)"
+        );
     }
 
     fn notice_pause(&mut self, now: Time) {
@@ -466,7 +540,11 @@ impl Node {
         );
         self.epoch = epoch;
         self.leader = leader.clone();
-        self.emit(Effect::PersistMeta { epoch, leader });
+        self.emit(Effect::PersistMeta {
+            epoch,
+            leader,
+            confirmed: true,
+        });
     }
 
     /// Moves the commit point forward (never back) and asks for the
@@ -494,8 +572,62 @@ impl Node {
         match &mut self.role {
             Role::Primary(_) => self.primary_tick(now),
             Role::Standby(_) => self.standby_tick(now),
+            Role::Failed { .. } => self.retry_wal(now),
             _ => {}
         }
+    }
+
+    /// A standby whose append failed takes WAL again once its backoff ran
+    /// out: the primary resends from our log's end, and the append either
+    /// works (the disk has room again) or fails and we wait longer.
+    fn retry_wal(&mut self, now: Time) {
+        let Some(retry) = self.wal_retry.as_mut() else {
+            return;
+        };
+        if retry.at.is_none_or(|at| now < at) {
+            return;
+        }
+        retry.at = None;
+        tracing::info!(attempt = retry.attempts + 1, last_lsn = %self.last_lsn, "trying the WAL again: taking the primary's WAL from our log's end");
+        self.change_role(Role::Standby(Standby::new()));
+    }
+
+    /// An append failed without changing the log (a full disk). The node
+    /// had counted the batch's records as ours: it forgets them. A standby
+    /// refuses WAL (its heartbeat answers say `failed`, so the primary
+    /// counts it as lost and its `on_standby_loss` policy applies) until a
+    /// backoff has passed; nothing it acknowledged is lost, since it
+    /// acknowledges only what its log holds.
+    fn on_wal_append_failed(&mut self, now: Time, reason: String, last_lsn: Lsn) {
+        if !matches!(self.role, Role::Standby(_)) {
+            return self.on_wal_failed(reason);
+        }
+        assert!(
+            last_lsn <= self.last_lsn && last_lsn >= self.flushed.min(self.last_lsn),
+            "node {}: a failed append left the log at {last_lsn}, outside {}..={}",
+            self.cfg.node_id,
+            self.flushed,
+            self.last_lsn
+        );
+        self.last_lsn = last_lsn;
+        self.requests.truncate_after(last_lsn);
+        let attempts = self.wal_retry.map_or(0, |r| r.attempts) + 1;
+        let backoff = self
+            .cfg
+            .heartbeat_interval
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(MAX_WAL_RETRY_BACKOFF);
+        self.wal_retry = Some(WalRetry {
+            attempts,
+            at: Some(now + backoff),
+            stuck_at: last_lsn,
+        });
+        tracing::error!(%reason, %last_lsn, attempts, retry_in_ms = backoff.as_millis() as u64, "WAL append failed (disk full?): refusing WAL until the retry; the log is as it was");
+        self.change_role(Role::Failed {
+            reason: format!(
+                "{reason}; the log is intact up to {last_lsn} and the standby tries again in {backoff:?} (free space on the disk)"
+            ),
+        });
     }
 
     fn on_higher_epoch(&mut self, epoch: Epoch, leader: Option<NodeId>) {
@@ -592,6 +724,8 @@ impl Node {
     }
 
     fn on_wal_failed(&mut self, reason: String) {
+        // Nothing to retry: the store itself failed.
+        self.wal_retry = None;
         tracing::error!(%reason, "WAL failure: refusing all writes and stepping down until restarted");
         self.fail_all_waiters(WaiterFailure::WalFailed {
             reason: reason.clone(),

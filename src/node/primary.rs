@@ -35,6 +35,9 @@ pub(super) struct Primary {
     contact_this_life: bool,
     /// First failed call to the standby since its last answer.
     unreachable_since: Option<Time>,
+    /// The standby's heartbeat answers say its WAL failed: until one says
+    /// it is a standby again, its stream acks are not contact.
+    standby_failed: bool,
     link: Link,
     /// Appended, not yet committed: `(last lsn of the append, when)`, in
     /// time order. A retry that waits for an uncommitted record adds
@@ -46,26 +49,41 @@ pub(super) struct Primary {
     /// acknowledged alone). Its commit LSN starts lower, so "in sync" must
     /// also cover this.
     may_have_acknowledged: Lsn,
+    /// Whether this node is known to be the only primary of its epoch. A
+    /// node started as primary on a fresh data directory is not: its peer
+    /// may have been started as primary on a fresh directory too, and both
+    /// would take writes in epoch 1. It refuses writes until its peer has
+    /// answered it as a node following it at this epoch (a heartbeat
+    /// answered, a batch acknowledged), which the peer does only after it
+    /// persisted this node as the leader of the epoch, so the peer can
+    /// never be a primary of it itself. A promoted primary is confirmed by
+    /// its promotion (the fence); a forced promotion by the operator.
+    pub(super) confirmed: bool,
 }
 
 impl Primary {
+    /// A primary started on a fresh data directory: not confirmed yet.
     pub(super) fn new() -> Primary {
         Primary {
             standby: StandbyPositions::default(),
             streaming: false,
             contact_this_life: false,
             unreachable_since: None,
+            standby_failed: false,
             link: Link::Sync,
             pending: VecDeque::new(),
             demotion: None,
             may_have_acknowledged: Lsn::ZERO,
+            confirmed: false,
         }
     }
 
-    /// A primary restarting with `durable` records on its disk.
-    pub(super) fn restarted(durable: Lsn) -> Primary {
+    /// A primary restarting with `durable` records on its disk, confirmed
+    /// or not as its meta says.
+    pub(super) fn restarted(durable: Lsn, confirmed: bool) -> Primary {
         Primary {
             may_have_acknowledged: durable,
+            confirmed,
             ..Primary::new()
         }
     }
@@ -75,6 +93,7 @@ impl Primary {
     pub(super) fn promoted() -> Primary {
         Primary {
             link: Link::Solo,
+            confirmed: true,
             ..Primary::new()
         }
     }
@@ -136,7 +155,15 @@ impl Primary {
         }
     }
 
-    pub(super) fn check_writable(&self, cfg: &Config) -> Result<(), WriteRefusal> {
+    pub(super) fn check_writable(&self, cfg: &Config, epoch: Epoch) -> Result<(), WriteRefusal> {
+        if !self.confirmed {
+            let peer = &cfg.peer_id;
+            return Err(WriteRefusal::Unavailable {
+                reason: format!(
+                    "this node was started as primary on a fresh data directory and takes writes only once its peer {peer} has confirmed it follows this node at epoch {epoch} (so two nodes both started as primary never both take writes); start {peer} as a standby and make sure the two can reach each other, or run `promote --force` on this node for a deliberate single-node start"
+                ),
+            });
+        }
         if self.demotion.is_some() {
             return Err(WriteRefusal::Unavailable {
                 reason: "a planned switchover is in progress; retry on the new primary shortly"
@@ -230,8 +257,33 @@ impl Node {
         }
     }
 
+    /// The peer answered us at our epoch as a node that follows us: a
+    /// fresh primary is confirmed (and persists it before it takes a write).
+    pub(super) fn on_confirmed_by_peer(&mut self) {
+        let (epoch, me, peer) = (
+            self.epoch,
+            self.cfg.node_id.clone(),
+            self.cfg.peer_id.clone(),
+        );
+        let Some(p) = self.primary() else { return };
+        if p.confirmed {
+            return;
+        }
+        p.confirmed = true;
+        tracing::info!(%epoch, %peer, "the peer confirmed it follows this node: accepting writes");
+        self.emit(Effect::PersistMeta {
+            epoch,
+            leader: Some(me),
+            confirmed: true,
+        });
+    }
+
     pub(super) fn on_standby_reachable(&mut self) {
+        self.on_confirmed_by_peer();
         if let Some(p) = self.primary() {
+            if std::mem::take(&mut p.standby_failed) {
+                tracing::info!("the standby's WAL works again");
+            }
             p.unreachable_since = None;
             p.contact_this_life = true;
             if p.link == Link::Blocked {
@@ -246,10 +298,12 @@ impl Node {
         let commit = self.commit;
         let Some(p) = self.primary() else { return };
         p.standby = positions;
-        p.unreachable_since = None;
-        p.contact_this_life = true;
+        if !p.standby_failed {
+            p.unreachable_since = None;
+            p.contact_this_life = true;
+        }
         match p.link {
-            Link::Blocked => {
+            Link::Blocked if !p.standby_failed => {
                 tracing::info!("standby answered again; accepting writes");
                 p.link = Link::Sync;
             }
@@ -263,6 +317,13 @@ impl Node {
         }
         self.recompute_commit();
         self.try_finish_demotion();
+    }
+
+    pub(super) fn on_standby_failed(&mut self, now: Time) {
+        if let Some(p) = self.primary() {
+            p.standby_failed = true;
+        }
+        self.on_standby_unreachable(now);
     }
 
     pub(super) fn on_standby_unreachable(&mut self, now: Time) {
@@ -295,7 +356,8 @@ impl Node {
                 .is_some_and(|since| now.saturating_sub(since) >= cfg.sync_timeout);
         if lost && p.link == Link::Sync {
             match cfg.on_standby_loss {
-                OnStandbyLoss::Solo if p.contact_this_life => {
+                // Never before the peer confirmed us: it may be a primary too.
+                OnStandbyLoss::Solo if p.contact_this_life && p.confirmed => {
                     tracing::warn!(
                         "standby unreachable for sync_timeout: acknowledging writes WITHOUT the standby (on_standby_loss = solo); a promotion on the other side would drop them"
                     );

@@ -31,14 +31,57 @@ impl Node {
     }
 
     /// A peer that talks to us as its standby while we are the primary of
-    /// the same epoch: two writers in one epoch (G1) is a bug somewhere;
-    /// refuse and say so loudly.
+    /// the same epoch: two writers in one epoch (G1) is a bug somewhere, or
+    /// two nodes both started as primary on fresh data directories; refuse
+    /// and say so loudly.
     fn refuse_two_primaries(&mut self, header: &Header, what: &str) {
-        tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");
+        let confirmed = matches!(&self.role, Role::Primary(p) if p.confirmed);
+        if confirmed {
+            tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");
+        } else {
+            tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "both nodes were started as primary: refusing the peer's {what}; this node takes no writes until the peer follows it (the peer steps down if its log is empty and its node id is the greater); otherwise restart one of them as standby on an empty data directory, or `promote --force` the one to keep");
+        }
         self.emit(Effect::Answer(Err(Refused::new(
             RefusalKind::NotStandby,
-            "this node is the primary of that epoch",
+            if confirmed {
+                "this node is the primary of that epoch"
+            } else {
+                "this node was started as primary too and takes no writes until one of the two follows the other"
+            },
         ))));
+    }
+
+    /// Two nodes both started as primary on fresh data directories meet
+    /// at epoch 1 (or a node whose directory was wiped is started as
+    /// primary beside the real one). Exactly one of them must step down,
+    /// and it must be one that never took a write: a primary not yet
+    /// confirmed, whose log is empty, yields to a peer whose log has
+    /// records (it was confirmed and took writes) or, when both are empty,
+    /// to the peer with the smaller node id. The peer yields in no case we
+    /// would, so the two converge on one primary; nothing is lost, as the
+    /// node that steps down holds nothing. `peer_last` is the peer's last
+    /// LSN as its message says, `peer_confirmed` whether it says it is a
+    /// confirmed primary (a heartbeat does): we yield to one too.
+    fn yields_to_peer_primary(
+        &self,
+        header: &Header,
+        peer_last: crate::types::Lsn,
+        peer_confirmed: bool,
+    ) -> bool {
+        let unconfirmed = matches!(&self.role, Role::Primary(p) if !p.confirmed);
+        unconfirmed
+            && header.epoch == self.epoch
+            && self.last_lsn == crate::types::Lsn::ZERO
+            && (peer_confirmed
+                || peer_last > crate::types::Lsn::ZERO
+                || header.node_id < self.cfg.node_id)
+    }
+
+    fn step_down_for_peer_primary(&mut self, header: &Header) {
+        let peer = header.node_id.clone();
+        tracing::warn!(epoch = %self.epoch, %peer, "both nodes were started as primary; this one never took a write and steps down to be the peer's standby (the node whose log has records, else the smaller node id, stays primary)");
+        self.persist(self.epoch, Some(peer));
+        self.change_role(Role::Standby(super::standby::Standby::new()));
     }
 
     pub(super) fn on_heartbeat(&mut self, now: Time, req: HeartbeatRequest) {
@@ -46,8 +89,11 @@ impl Node {
             return;
         }
         if matches!(self.role, Role::Primary(_)) {
-            self.refuse_two_primaries(&req.header, "heartbeat");
-            return;
+            if !self.yields_to_peer_primary(&req.header, req.last_lsn, req.confirmed) {
+                self.refuse_two_primaries(&req.header, "heartbeat");
+                return;
+            }
+            self.step_down_for_peer_primary(&req.header);
         }
         self.on_primary_contact(
             now,
@@ -159,6 +205,11 @@ impl Node {
     ) {
         if !self.admit(&batch.header) {
             return;
+        }
+        if matches!(self.role, Role::Primary(_))
+            && self.yields_to_peer_primary(&batch.header, batch.last_lsn, false)
+        {
+            self.step_down_for_peer_primary(&batch.header);
         }
         match &self.role {
             Role::Standby(_) => {}

@@ -102,6 +102,7 @@ impl Node {
             self.emit(Effect::PersistMeta {
                 epoch: self.epoch,
                 leader: Some(leader),
+                confirmed: true,
             });
         }
         let flushed = self.flushed;
@@ -171,6 +172,19 @@ impl Node {
     pub(super) fn on_promote_requested(&mut self, now: Time, force: bool, from: PromoteFrom) {
         let cfg = self.cfg.clone();
         match &mut self.role {
+            // A primary still waiting for its peer's confirmation: forcing
+            // it is the operator's deliberate single-node start. It
+            // promotes like a standby, to a new epoch, so a peer started as
+            // primary too is fenced by it and follows.
+            Role::Primary(p) if !p.confirmed && force => {
+                tracing::warn!(
+                    "forced promotion of a primary its peer never confirmed: taking a new epoch without the peer; a peer started as primary too is fenced"
+                );
+                self.start_promotion(true, true);
+            }
+            Role::Primary(p) if !p.confirmed => self.emit(Effect::ReplyPromote(Err(
+                "this node is a primary waiting for its peer to confirm it follows it; a planned switchover needs a standby: start the peer as a standby, or promote this node with force for a deliberate single-node start".into(),
+            ))),
             // Asked of the primary, by its engine or over the RPC: it hands
             // over to the standby, which runs the planned switchover.
             Role::Primary(_) if !force => {

@@ -34,6 +34,7 @@ fn meta(epoch: u64, leader: &str) -> WalMeta {
     WalMeta {
         epoch: Epoch(epoch),
         leader: Some(NodeId::from(leader)),
+        confirmed: true,
     }
 }
 
@@ -45,6 +46,7 @@ fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) ->
             last_lsn: Lsn(last),
             commit_lsn: Lsn(commit),
             sync,
+            confirmed: false,
         },
     }
 }
@@ -91,25 +93,285 @@ fn primary_with_standby(cfg: Config) -> Node {
     node
 }
 
-#[test]
-fn fresh_primary_persists_epoch_one_and_starts_streaming() {
+/// A node started as primary on a fresh data directory, as `id` with
+/// peer `peer`, in `mode`.
+fn fresh_primary(id: &str, peer: &str, mode: CommitMode) -> (Node, Vec<Effect>) {
     let cfg = Config {
         initial_role: crate::InitialRole::Primary,
+        node_id: NodeId::from(id),
+        peer_id: NodeId::from(peer),
+        commit_mode: mode,
         ..cfg()
     };
-    let (node, effects) = new_node(cfg, WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0));
+    new_node(cfg, WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0))
+}
+
+fn refuses_writes_until_confirmed(node: &Node) -> bool {
+    matches!(
+        node.check_writable(),
+        Err(WriteRefusal::Unavailable { reason })
+            if reason.contains("confirmed") && reason.contains("promote --force")
+    )
+}
+
+#[test]
+fn fresh_primary_persists_epoch_one_unconfirmed_and_starts_streaming() {
+    let (node, effects) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
     assert_eq!(
         effects,
         vec![
             Effect::PersistMeta {
                 epoch: Epoch(1),
-                leader: Some(NodeId::from("n1"))
+                leader: Some(NodeId::from("n1")),
+                confirmed: false,
             },
             Effect::StartPrimaryTasks
         ]
     );
     assert_eq!(node.role(), RoleKind::Primary);
+    assert!(refuses_writes_until_confirmed(&node));
+}
+
+#[test]
+fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_solo_before() {
+    for mode in [CommitMode::Async, CommitMode::RemoteFlush] {
+        for policy in [OnStandbyLoss::Solo, OnStandbyLoss::Block] {
+            let (mut node, _) = fresh_primary("n1", "n2", mode);
+            node.cfg.on_standby_loss = policy;
+            let effects = node.step(t(1), writes_up_to(&node, 1));
+            assert!(
+                matches!(
+                    &effects[..],
+                    [Effect::RefuseWrites(WriteRefusal::Unavailable { .. })]
+                ),
+                "{mode:?}: {effects:?}"
+            );
+            // The peer stays unreachable far beyond sync_timeout: a
+            // primary nobody confirmed never goes on alone.
+            node.step(t(20), Event::StandbyUnreachable);
+            let effects = tick_until(&mut node, 100, 10_000);
+            assert!(!node.is_solo(), "{mode:?} {policy:?}");
+            assert!(refuses_writes_until_confirmed(&node), "{mode:?} {policy:?}");
+            assert!(
+                !effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::Commit { .. } | Effect::Append { .. })),
+                "{mode:?} {policy:?}: {effects:?}"
+            );
+            // The peer answers a heartbeat at our epoch: confirmed,
+            // persisted before anything else, then writable.
+            let effects = node.step(t(10_050), Event::StandbyReachable);
+            assert_eq!(
+                effects,
+                vec![Effect::PersistMeta {
+                    epoch: Epoch(1),
+                    leader: Some(NodeId::from("n1")),
+                    confirmed: true,
+                }],
+                "{mode:?} {policy:?}"
+            );
+            assert!(node.check_writable().is_ok(), "{mode:?} {policy:?}");
+            let effects = node.step(t(10_060), writes_up_to(&node, 1));
+            assert!(matches!(&effects[..], [Effect::Append { .. }]));
+            // Confirmed once is confirmed: a second answer persists nothing.
+            assert!(node.step(t(10_070), Event::StandbyReachable).is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_fresh_primary_is_confirmed_by_its_standbys_ack_at_its_epoch_only() {
+    let (mut node, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    node.step(t(1), Event::StreamState { up: true });
+    let effects = node.step(
+        t(2),
+        Event::StandbyProgress {
+            positions: StandbyPositions::default(),
+            epoch: Epoch(1),
+        },
+    );
+    assert_eq!(
+        effects[0],
+        Effect::PersistMeta {
+            epoch: Epoch(1),
+            leader: Some(NodeId::from("n1")),
+            confirmed: true,
+        }
+    );
     assert!(node.check_writable().is_ok());
+}
+
+#[test]
+fn two_fresh_primaries_converge_on_one_and_never_both_take_writes() {
+    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::Async);
+    let (mut n2, _) = fresh_primary("n2", "n1", CommitMode::Async);
+    let both_writable =
+        |a: &Node, b: &Node| a.check_writable().is_ok() && b.check_writable().is_ok();
+    // Their first heartbeats cross. n1, the smaller id, refuses n2's and
+    // stays a primary that takes no writes.
+    let effects = n1.step(t(1), heartbeat(1, "n2", 0, 0, SyncState::Async));
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert_eq!(n1.role(), RoleKind::Primary);
+    assert!(refuses_writes_until_confirmed(&n1));
+    // n2 gets n1's: it never took a write and n1's id is smaller, so it
+    // steps down to be n1's standby, persisting that before it answers.
+    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::Async));
+    assert_eq!(
+        effects,
+        vec![
+            Effect::PersistMeta {
+                epoch: Epoch(1),
+                leader: Some(NodeId::from("n1")),
+                confirmed: true,
+            },
+            Effect::RoleChanged {
+                from: RoleKind::Primary,
+                to: RoleKind::Standby,
+                epoch: Epoch(1),
+            },
+            Effect::StopPrimaryTasks,
+            Effect::Answer(Ok(())),
+        ]
+    );
+    assert_eq!(n2.role(), RoleKind::Standby);
+    assert!(!both_writable(&n1, &n2));
+    // n2's answer confirms n1.
+    n1.step(t(2), Event::StandbyReachable);
+    assert!(n1.check_writable().is_ok());
+    assert!(n2.check_writable().is_err());
+    // Later heartbeats between them are the usual primary-standby ones.
+    let effects = n2.step(t(3), heartbeat(1, "n1", 0, 0, SyncState::Async));
+    assert_eq!(effects, vec![Effect::Answer(Ok(()))]);
+
+    // The same by WAL batch: a fresh primary that gets the peer's batch
+    // steps down the same way and stores it as a standby.
+    let (mut n2, _) = fresh_primary("n2", "n1", CommitMode::Async);
+    let mut b = batch((0, 0), vec![], 0, 0);
+    b.header = header(1, "n1");
+    let effects = receive(&mut n2, t(1), b);
+    assert_eq!(n2.role(), RoleKind::Standby);
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+}
+
+#[test]
+fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_records_of_its_own() {
+    // n1 has the smaller id, but n2's log has records: n2 was confirmed
+    // and took writes (n1 is a node whose directory was wiped and that
+    // was started as primary again). n1 steps down.
+    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    n1.step(t(1), heartbeat(1, "n2", 7, 7, SyncState::NotSync));
+    assert_eq!(n1.role(), RoleKind::Standby);
+    assert_eq!(n1.leader(), Some(&NodeId::from("n2")));
+
+    // n1 again, and n2 a confirmed primary whose log is still empty: its
+    // heartbeat says it is confirmed, and n1 steps down for it too.
+    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    let mut confirmed_peer = heartbeat(1, "n2", 0, 0, SyncState::NotSync);
+    if let Event::HeartbeatReceived { req } = &mut confirmed_peer {
+        req.confirmed = true;
+    }
+    let effects = n1.step(t(1), confirmed_peer);
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    assert_eq!(n1.role(), RoleKind::Standby);
+
+    // A primary that is not confirmed but holds records (its store lost
+    // the flag) may have acknowledged them: it never steps down.
+    let n2_cfg = Config {
+        node_id: NodeId::from("n2"),
+        peer_id: NodeId::from("n1"),
+        ..cfg()
+    };
+    let unconfirmed = WalMeta {
+        confirmed: false,
+        ..meta(1, "n2")
+    };
+    let (mut n2, _) = new_node(n2_cfg.clone(), unconfirmed, Lsn(3), Lsn(3), Lsn(3), t(0));
+    assert!(refuses_writes_until_confirmed(&n2));
+    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert_eq!(n2.role(), RoleKind::Primary);
+
+    // And a confirmed primary never steps down for an unconfirmed one.
+    let (mut n2, _) = new_node(n2_cfg, meta(1, "n2"), Lsn(0), Lsn(0), Lsn(0), t(0));
+    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert!(n2.check_writable().is_ok());
+}
+
+#[test]
+fn a_forced_promotion_of_an_unconfirmed_primary_takes_a_new_epoch_and_fences_the_peer() {
+    let (mut node, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    let effects = node.step(
+        t(1),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    assert!(
+        matches!(&effects[..], [Effect::ReplyPromote(Err(why))] if why.contains("force")),
+        "{effects:?}"
+    );
+    let effects = node.step(
+        t(2),
+        Event::PromoteRequested {
+            force: true,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![
+            Effect::PersistMeta {
+                epoch: Epoch(2),
+                leader: Some(NodeId::from("n1")),
+                confirmed: true,
+            },
+            Effect::RoleChanged {
+                from: RoleKind::Primary,
+                to: RoleKind::Promoting,
+                epoch: Epoch(2),
+            },
+            Effect::StopPrimaryTasks,
+            Effect::SendFence {
+                epoch: Epoch(2),
+                reason: FenceReason::Forced,
+            },
+        ]
+    );
+    let effects = node.step(
+        t(3),
+        Event::FenceSent {
+            confirmed_last_lsn: None,
+        },
+    );
+    assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))));
+    assert!(node.check_writable().is_ok());
+}
+
+#[test]
+fn a_restarted_primary_keeps_its_confirmation_or_waits_for_it_again() {
+    let async_cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg()
+    };
+    // Confirmed before the restart: writable at once, as before.
+    let (node, _) = new_node(
+        async_cfg.clone(),
+        meta(1, "n1"),
+        Lsn(0),
+        Lsn(0),
+        Lsn(0),
+        t(0),
+    );
+    assert!(node.check_writable().is_ok());
+    // Never confirmed: a restart does not make it writable.
+    let unconfirmed = WalMeta {
+        confirmed: false,
+        ..meta(1, "n1")
+    };
+    let (node, _) = new_node(async_cfg, unconfirmed, Lsn(0), Lsn(0), Lsn(0), t(0));
+    assert!(refuses_writes_until_confirmed(&node));
 }
 
 #[test]
@@ -123,7 +385,8 @@ fn heartbeat_silence_makes_an_eligible_standby_fence_then_promote() {
         vec![
             Effect::PersistMeta {
                 epoch: Epoch(2),
-                leader: Some(NodeId::from("n1"))
+                leader: Some(NodeId::from("n1")),
+                confirmed: true,
             },
             Effect::RoleChanged {
                 from: RoleKind::Standby,
@@ -238,7 +501,8 @@ fn higher_epoch_fences_a_primary_at_once_and_fails_its_waiters() {
         vec![
             Effect::PersistMeta {
                 epoch: Epoch(2),
-                leader: Some(NodeId::from("n2"))
+                leader: Some(NodeId::from("n2")),
+                confirmed: true,
             },
             Effect::FailWaiters {
                 up_to: None,
@@ -306,7 +570,8 @@ fn a_standby_ack_from_a_newer_epoch_commits_nothing_and_the_primary_steps_down()
     );
     assert!(effects.contains(&Effect::PersistMeta {
         epoch: Epoch(2),
-        leader: None
+        leader: None,
+        confirmed: true,
     }));
     assert_eq!(node.commit_lsn(), Lsn::ZERO);
     assert_eq!(node.role(), RoleKind::Fenced);
@@ -571,7 +836,8 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
             Effect::Commit { lsn: Lsn(4) },
             Effect::PersistMeta {
                 epoch: Epoch(2),
-                leader: Some(NodeId::from("n2"))
+                leader: Some(NodeId::from("n2")),
+                confirmed: true,
             },
             Effect::RoleChanged {
                 from: RoleKind::Primary,
@@ -638,7 +904,8 @@ fn planned_promotion_on_the_standby_persists_only_after_the_primary_stepped_down
         effects[0],
         Effect::PersistMeta {
             epoch: Epoch(2),
-            leader: Some(NodeId::from("n1"))
+            leader: Some(NodeId::from("n1")),
+            confirmed: true,
         }
     );
     assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))));
@@ -1064,7 +1331,8 @@ fn a_request_from_a_higher_epoch_is_persisted_before_the_primary_steps_down() {
         effects[0],
         Effect::PersistMeta {
             epoch: Epoch(3),
-            leader: Some(NodeId::from("n2"))
+            leader: Some(NodeId::from("n2")),
+            confirmed: true,
         }
     );
     assert!(effects.contains(&Effect::StopPrimaryTasks));
@@ -1179,7 +1447,8 @@ fn a_fence_ordered_by_the_engine_must_raise_the_epoch() {
         effects[0],
         Effect::PersistMeta {
             epoch: Epoch(2),
-            leader: Some(NodeId::from("n2"))
+            leader: Some(NodeId::from("n2")),
+            confirmed: true,
         }
     );
     assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
@@ -1542,7 +1811,8 @@ fn a_primary_asked_to_stop_hands_over_to_its_standby_in_sync() {
         effects[0],
         Effect::PersistMeta {
             epoch: Epoch(2),
-            leader: Some(NodeId::from("n2"))
+            leader: Some(NodeId::from("n2")),
+            confirmed: true,
         }
     );
     assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
@@ -1757,4 +2027,114 @@ fn ids_of_records_the_wal_let_go_of_are_forgotten() {
     node.step(t(3), measured(2, 0, 0));
     assert_eq!(node.request(&id(1)), None);
     assert_eq!(node.request(&id(2)), Some((Lsn(2), Epoch(1))));
+}
+
+#[test]
+fn a_standby_whose_append_failed_forgets_the_batch_and_takes_wal_again_after_a_backoff() {
+    let mut node = standby_with_log();
+    let four_five = || batch((3, 1), vec![rec(4, 2), rec(5, 2)], 5, 1);
+    let effects = receive(&mut node, t(0), four_five());
+    assert!(matches!(&effects[0], Effect::Append { records, .. } if records.len() == 2));
+    assert_eq!(node.last_lsn(), Lsn(5));
+    // The disk is full: the append failed and the log still ends at 3.
+    let effects = node.step(
+        t(1),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::RoleChanged {
+            from: RoleKind::Standby,
+            to: RoleKind::Failed,
+            epoch: Epoch(2),
+        }]
+    );
+    assert_eq!(node.last_lsn(), Lsn(3), "the records it could not store");
+    // Meanwhile WAL is refused, whole.
+    let effects = receive(&mut node, t(2), four_five());
+    assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Append { .. })));
+    // The first backoff is one heartbeat interval (200 ms).
+    assert!(node.next_deadline(t(2)) <= t(201));
+    node.step(t(150), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Failed);
+    let effects = node.step(t(201), Event::Tick);
+    assert!(effects.contains(&Effect::RoleChanged {
+        from: RoleKind::Failed,
+        to: RoleKind::Standby,
+        epoch: Epoch(2),
+    }));
+    // The primary resends from our log's end; the disk is still full.
+    let effects = receive(&mut node, t(210), four_five());
+    assert!(matches!(&effects[0], Effect::Append { records, .. } if records[0].lsn == Lsn(4)));
+    node.step(
+        t(211),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    // The second wait is twice as long.
+    node.step(t(411), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Failed);
+    node.step(t(611), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Standby);
+    // Space is back: the append works, and the standby acknowledges it.
+    let effects = receive(&mut node, t(620), four_five());
+    assert!(matches!(&effects[0], Effect::Append { .. }));
+    assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
+    node.step(t(621), Event::LocalFlushed { lsn: Lsn(5) });
+    assert_eq!(node.flushed_lsn(), Lsn(5));
+    assert!(
+        node.wal_retry.is_none(),
+        "the backoff starts over next time"
+    );
+}
+
+#[test]
+fn a_primary_whose_append_failed_fails_its_writes_and_does_not_retry() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_up_to(&node, 2));
+    let effects = node.step(
+        t(3),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(0),
+        },
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::FailWaiters { up_to: None, .. }))
+    );
+    assert_eq!(node.role(), RoleKind::Failed);
+    tick_until(&mut node, 100, 20_000);
+    assert_eq!(node.role(), RoleKind::Failed);
+}
+
+#[test]
+fn a_standby_trying_its_wal_again_tells_the_primary_it_failed_until_an_append_works() {
+    let mut node = standby_with_log();
+    receive(&mut node, t(0), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    node.step(
+        t(1),
+        Event::WalAppendFailed {
+            reason: "no space left on device".into(),
+            last_lsn: Lsn(3),
+        },
+    );
+    assert_eq!(node.role_for_primary(), RoleKind::Failed);
+    node.step(t(300), Event::Tick);
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!(
+        node.role_for_primary(),
+        RoleKind::Failed,
+        "not before an append worked"
+    );
+    receive(&mut node, t(301), batch((3, 1), vec![rec(4, 2)], 4, 1));
+    node.step(t(302), Event::LocalFlushed { lsn: Lsn(4) });
+    assert_eq!(node.role_for_primary(), RoleKind::Standby);
 }

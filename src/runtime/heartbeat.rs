@@ -19,6 +19,8 @@ pub(super) struct Ctx {
     pub tx: mpsc::Sender<Msg>,
     pub health: watch::Receiver<Health>,
     pub header: Header,
+    /// Our meta: whether we are a confirmed primary, as persisted.
+    pub wal: Arc<dyn crate::wal::WalStore>,
     pub metrics: Arc<Metrics>,
     /// Told when heartbeats are answered again after failing, so the WAL
     /// stream reconnects now instead of at the end of its backoff.
@@ -43,6 +45,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                     last_lsn: h.last_lsn,
                     commit_lsn: h.commit_lsn,
                     sync: h.sync_state,
+                    confirmed: ctx.wal.meta().confirmed,
                 }
             };
             let started = Instant::now();
@@ -61,7 +64,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         tracing::warn!(peer = %ctx.cfg.peer_id, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
                         failing = true;
                     }
-                    Event::StandbyUnreachable
+                    Event::StandbyFailed
                 }
                 Ok(_) => {
                     ctx.metrics.heartbeat_rtt(started.elapsed());

@@ -66,10 +66,20 @@ impl Incoming {
             .truncate(true)
             .open(&path)?;
         let tmp = dir.join(SIDECAR_TMP);
-        let mut out = std::fs::File::create(&tmp)?;
-        out.write_all(&encode(&info))?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, dir.join(SIDECAR_FILE))?;
+        let described = crate::wal::tmpfile::write_or_remove(&tmp, |out| {
+            out.write_all(&encode(&info))?;
+            out.sync_all()
+        })
+        .and_then(|_| {
+            std::fs::rename(&tmp, dir.join(SIDECAR_FILE)).inspect_err(|_| {
+                crate::wal::tmpfile::remove_after_failure(&tmp);
+            })
+        });
+        if let Err(e) = described {
+            // No sidecar, so the (empty) data file could never resume.
+            crate::wal::tmpfile::remove_after_failure(&path);
+            return Err(e);
+        }
         std::fs::File::open(dir)?.sync_all()?;
         Ok(Incoming {
             info,

@@ -390,27 +390,33 @@ fn keep_rewound(
     let count = last.0 - point.0;
     let Some(dir) = dir else { return Ok(count) };
     std::fs::create_dir_all(dir)?;
+    // What an earlier rewind interrupted by a crash left half written.
+    crate::wal::tmpfile::remove_stale(dir, ".wal.tmp");
     let name = format!("epoch{}-{:020}-{:020}.wal", epoch.0, point.0 + 1, last.0);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let mut next = point.next();
-    while next <= last {
-        let records = wal
-            .read(next, 1024, 4 << 20)
-            .map_err(std::io::Error::other)?;
-        if records.is_empty() {
-            break;
+    crate::wal::tmpfile::write_or_remove(&tmp, |file| {
+        let mut file = std::io::BufWriter::new(file);
+        let mut next = point.next();
+        while next <= last {
+            let records = wal
+                .read(next, 1024, 4 << 20)
+                .map_err(std::io::Error::other)?;
+            if records.is_empty() {
+                break;
+            }
+            let mut buf = Vec::new();
+            for r in &records {
+                record::encode(r, &mut buf);
+            }
+            file.write_all(&buf)?;
+            next = records.last().expect("non-empty").lsn.next();
         }
-        let mut buf = Vec::new();
-        for r in &records {
-            record::encode(r, &mut buf);
-        }
-        file.write_all(&buf)?;
-        next = records.last().expect("non-empty").lsn.next();
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })?;
+    if let Err(e) = std::fs::rename(&tmp, dir.join(&name)) {
+        crate::wal::tmpfile::remove_after_failure(&tmp);
+        return Err(e);
     }
-    let file = file.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(&name))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(count)
 }

@@ -175,6 +175,10 @@ impl ReplicaBuilder {
             self.sm.clone(),
             self.wal.clone(),
         ));
+        if let Some(dir) = &self.rewound_dir {
+            // A rewind a crash interrupted left its file half written.
+            crate::wal::tmpfile::remove_stale(dir, ".wal.tmp");
+        }
         let (health, handle) = actor::spawn(actor::Parts {
             cfg: self.cfg.clone(),
             wal: self.wal,

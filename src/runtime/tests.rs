@@ -69,6 +69,7 @@ async fn heartbeat(
             last_lsn: Lsn::ZERO,
             commit_lsn: Lsn::ZERO,
             sync,
+            confirmed: true,
         })
         .await
         .expect("the node answers")
@@ -87,6 +88,7 @@ pub(crate) fn wal_at_epoch(epoch: u64) -> Arc<MemWal> {
     wal.set_meta(&WalMeta {
         epoch: Epoch(epoch),
         leader: Some(NodeId::from("n2")),
+        confirmed: true,
     })
     .unwrap();
     Arc::new(wal)
@@ -95,6 +97,27 @@ pub(crate) fn wal_at_epoch(epoch: u64) -> Arc<MemWal> {
 /// A standby's WAL that has followed n2 to epoch 1.
 pub(crate) fn standby_wal() -> Arc<MemWal> {
     wal_at_epoch(1)
+}
+
+/// The WAL of a primary (n1) of epoch 1 that its peer confirmed before it
+/// restarted: it takes writes without waiting for the peer again.
+pub(crate) fn confirmed_primary_wal() -> Arc<MemWal> {
+    let wal = MemWal::new();
+    wal.set_meta(&WalMeta {
+        epoch: Epoch(1),
+        leader: Some(NodeId::from("n1")),
+        confirmed: true,
+    })
+    .unwrap();
+    Arc::new(wal)
+}
+
+/// Waits until a fresh primary's peer confirmed it and it takes writes.
+async fn writable(replica: &Replica) {
+    replica
+        .wait_for(Duration::from_secs(5), "writable", |h| h.writable)
+        .await
+        .unwrap();
 }
 
 /// Ten (paused) seconds pass and the node is still a standby.
@@ -179,6 +202,140 @@ async fn a_promotion_whose_epoch_cannot_be_saved_sends_no_fence_and_fails_the_no
         "a fence for an epoch that was never saved went out"
     );
     replica.shutdown().await;
+}
+
+/// A fence from a newer primary that this node cannot save is not
+/// accepted: the peer is told no, the node fails, its saved epoch stays.
+#[tokio::test(start_paused = true)]
+async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
+    for wal in [standby_wal(), confirmed_primary_wal()] {
+        let role = if wal.meta().leader == Some(NodeId::from("n1")) {
+            InitialRole::Primary
+        } else {
+            InitialRole::Standby
+        };
+        let mut peer = unreachable_peer();
+        peer.expect_fence().times(0);
+        let (replica, service) = start(cfg(role), wal.clone(), peer);
+        wal.fail_meta_writes(true);
+        let reply = service
+            .inbox()
+            .fence(crate::transport::FenceRequest {
+                header: header(2, "n2"),
+                reason: crate::node::FenceReason::Forced,
+            })
+            .await
+            .expect("the node answers");
+        let refusal = reply.expect_err("a fence to an unsaved epoch was accepted");
+        assert_eq!(refusal.kind, RefusalKind::Unavailable, "{refusal:?}");
+        assert!(refusal.message.contains("persist"), "{}", refusal.message);
+        let h = replica
+            .wait_for(Duration::from_secs(5), "the node fails", |h| {
+                h.role == RoleKind::Failed
+            })
+            .await
+            .unwrap();
+        assert!(!h.writable);
+        assert_eq!(wal.meta().epoch, Epoch(1));
+        replica.shutdown().await;
+    }
+}
+
+/// A node started as primary on a fresh directory whose peer never
+/// answers takes no write, in any mode, and says what to do; forced, it
+/// takes a new epoch and writes.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_primary_nobody_confirmed_refuses_writes_until_forced() {
+    // What its heartbeats say about it: unconfirmed, then confirmed.
+    let said = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut peer = MockPeer::new();
+    let heard = said.clone();
+    peer.expect_heartbeat().returning(move |req| {
+        heard
+            .lock()
+            .unwrap()
+            .push((req.header.epoch, req.confirmed));
+        Err(TransportError::Unreachable("down".into()))
+    });
+    peer.expect_open_wal_stream()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    peer.expect_fence()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let wal = Arc::new(MemWal::new());
+    let (replica, _service) = start(cfg, wal.clone(), peer);
+    // Far beyond sync_timeout and failover_timeout: still not writable.
+    let waited = replica
+        .wait_for(Duration::from_secs(30), "writable", |h| h.writable)
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
+    let h = replica.health();
+    assert_eq!(h.role, RoleKind::Primary);
+    assert!(!h.solo);
+    assert!(
+        h.note
+            .as_deref()
+            .is_some_and(|n| n.contains("promote --force")),
+        "{:?}",
+        h.note
+    );
+    let err = replica.apply(put()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable { reason } if reason.contains("n2") && reason.contains("promote --force")),
+        "{err}"
+    );
+    assert_eq!(wal.last_lsn(), Lsn::ZERO, "nothing was appended");
+    assert!(!wal.meta().confirmed);
+    let before = std::mem::take(&mut *said.lock().unwrap());
+    assert!(
+        !before.is_empty() && before.iter().all(|s| *s == (Epoch(1), false)),
+        "{before:?}"
+    );
+    // The operator means it: a forced promotion takes epoch 2.
+    assert_eq!(replica.promote(true).await.unwrap(), Epoch(2));
+    assert_eq!(replica.apply(put()).await.unwrap().epoch, Epoch(2));
+    assert!(wal.meta().confirmed);
+    // Paused time: two heartbeat intervals pass, as soon as all is idle.
+    tokio::time::sleep(Config::default().heartbeat_interval * 2).await;
+    let after = said.lock().unwrap().clone();
+    assert!(after.contains(&(Epoch(2), true)), "{after:?}");
+    replica.shutdown().await;
+}
+
+/// The peer's answer confirms a fresh primary, and the confirmation is on
+/// disk before the first write; one that cannot be saved takes no write.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_primary_saves_its_confirmation_before_its_first_write() {
+    for saving_fails in [false, true] {
+        let wal = Arc::new(MemWal::new());
+        // Start-up persists epoch 1, unconfirmed, before `start` returns;
+        // the peer's first answer comes once the test awaits.
+        let (replica, _service) = start(cfg(InitialRole::Primary), wal.clone(), silent_standby());
+        assert!(!wal.meta().confirmed);
+        wal.fail_meta_writes(saving_fails);
+        if saving_fails {
+            let h = replica
+                .wait_for(Duration::from_secs(5), "the node fails", |h| {
+                    h.role == RoleKind::Failed
+                })
+                .await
+                .unwrap();
+            assert!(!h.writable);
+            assert!(replica.apply(put()).await.is_err());
+            assert!(!wal.meta().confirmed);
+            assert_eq!(wal.last_lsn(), Lsn::ZERO);
+        } else {
+            writable(&replica).await;
+            assert!(
+                wal.meta().confirmed,
+                "writable before the confirmation was saved"
+            );
+        }
+        replica.shutdown().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,6 +444,7 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
         Arc::new(MemWal::new()),
         silent_standby(),
     );
+    writable(&replica).await;
     let err = replica.apply(put()).await.unwrap_err();
     assert!(matches!(err, Error::SyncTimeout { lsn: Lsn(1) }), "{err}");
     // Not applied here either: nothing half-applied.
@@ -503,6 +661,7 @@ async fn block_refuses_writes_after_the_standby_is_lost() {
         ..cfg(InitialRole::Primary)
     };
     let (replica, _service) = start(cfg, Arc::new(MemWal::new()), standby_lost_after_contact());
+    writable(&replica).await;
     let first = replica.apply(put()).await.unwrap_err();
     assert!(matches!(first, Error::SyncTimeout { .. }), "{first}");
     replica
@@ -521,7 +680,7 @@ async fn async_mode_acknowledges_without_any_standby() {
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = start(cfg, Arc::new(MemWal::new()), unreachable_peer());
+    let (replica, _service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
     for i in 1..=3 {
         assert_eq!(replica.apply(put()).await.unwrap().lsn, Lsn(i));
     }
@@ -538,7 +697,7 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = Replica::builder(cfg, Arc::new(MemWal::new()), sm.clone())
+    let (replica, _service) = Replica::builder(cfg, confirmed_primary_wal(), sm.clone())
         .peer(Arc::new(unreachable_peer()))
         .start_without_server()
         .unwrap();
@@ -569,7 +728,7 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
-    let wal = Arc::new(MemWal::new());
+    let wal = confirmed_primary_wal();
     let cfg = Config {
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
@@ -727,6 +886,7 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
         .peer(Arc::new(silent_standby()))
         .start_without_server()
         .unwrap();
+    writable(&replica).await;
     replica.apply(put()).await.unwrap();
     replica.apply(put()).await.unwrap();
     removals
@@ -783,6 +943,7 @@ async fn the_streamer_bounds_unacknowledged_batches_by_bytes() {
     .peer(Arc::new(standby_that_never_acks(sent.clone())))
     .start_without_server()
     .unwrap();
+    writable(&replica).await;
     // 4 KiB records: two reach the 8 KiB bound, the count would allow 8.
     for _ in 0..6 {
         replica.apply(Bytes::from(vec![b'x'; 4096])).await.unwrap();

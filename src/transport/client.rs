@@ -136,6 +136,7 @@ impl Peer for GrpcPeer {
             last_lsn: req.last_lsn.0,
             commit_lsn: req.commit_lsn.0,
             sync_state: convert::sync_to_pb(req.sync),
+            confirmed: req.confirmed,
             sent_at_micros: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)

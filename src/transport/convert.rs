@@ -86,7 +86,8 @@ pub fn role_to_pb(r: RoleKind) -> i32 {
     (match r {
         RoleKind::Primary => pb::Role::Primary,
         RoleKind::Standby => pb::Role::Standby,
-        RoleKind::Fenced | RoleKind::Failed => pb::Role::Fenced,
+        RoleKind::Fenced => pb::Role::Fenced,
+        RoleKind::Failed => pb::Role::Failed,
         RoleKind::Promoting | RoleKind::Rejoining => pb::Role::Rejoining,
     }) as i32
 }
@@ -97,6 +98,7 @@ pub fn role_from_pb(v: i32) -> Result<RoleKind, Malformed> {
         Ok(pb::Role::Standby) => Ok(RoleKind::Standby),
         Ok(pb::Role::Fenced) => Ok(RoleKind::Fenced),
         Ok(pb::Role::Rejoining) => Ok(RoleKind::Rejoining),
+        Ok(pb::Role::Failed) => Ok(RoleKind::Failed),
         _ => Err(malformed("role", format!("unknown value {v}"))),
     }
 }
@@ -351,6 +353,24 @@ mod tests {
             epoch: Epoch(epoch),
             request_id: None,
             payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    /// A failed standby must reach the primary as failed (it counts it as
+    /// lost), not as fenced.
+    #[test]
+    fn a_failed_node_is_failed_on_the_wire() {
+        assert_eq!(
+            role_from_pb(role_to_pb(RoleKind::Failed)).unwrap(),
+            RoleKind::Failed
+        );
+        for role in [
+            RoleKind::Primary,
+            RoleKind::Standby,
+            RoleKind::Fenced,
+            RoleKind::Rejoining,
+        ] {
+            assert_eq!(role_from_pb(role_to_pb(role)).unwrap(), role);
         }
     }
 

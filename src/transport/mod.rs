@@ -88,6 +88,10 @@ pub struct HeartbeatRequest {
     pub commit_lsn: Lsn,
     /// What the primary tells the standby about sync.
     pub sync: SyncState,
+    /// Whether the sender is a confirmed primary of its epoch (its peer
+    /// confirmed it follows it): a primary of a fresh data directory that
+    /// is not confirmed yet and holds nothing steps down for it.
+    pub confirmed: bool,
 }
 
 /// The standby's answer to a heartbeat.

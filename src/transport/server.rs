@@ -406,6 +406,7 @@ impl Replication for ReplicationService {
             last_lsn: Lsn(r.last_lsn),
             commit_lsn: Lsn(r.commit_lsn),
             sync: convert::sync_from_pb(r.sync_state).map_err(|m| self.malformed(m))?,
+            confirmed: r.confirmed,
         };
         let reply = self.node.heartbeat(req).await.map_err(gone)?;
         self.answer(reply.map(|h| pb::HeartbeatReply {

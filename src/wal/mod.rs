@@ -7,6 +7,7 @@ mod file;
 pub(crate) mod gated;
 mod mem;
 pub(crate) mod record;
+pub(crate) mod tmpfile;
 
 pub use file::{FileWal, FileWalOptions};
 #[cfg(any(test, feature = "testing"))]
@@ -15,14 +16,24 @@ pub use mem::MemWal;
 use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
 use std::path::PathBuf;
 
-/// What a node persists beside its log: the highest epoch it has seen and
-/// the leader of that epoch, if known. Written atomically.
+/// What a node persists beside its log: the highest epoch it has seen, the
+/// leader of that epoch, if known, and whether that leader is confirmed.
+/// Written atomically.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WalMeta {
     /// The highest epoch this node has seen.
     pub epoch: Epoch,
     /// The primary of that epoch, if known.
     pub leader: Option<NodeId>,
+    /// Whether the leader of `epoch` is known to be its only primary.
+    /// `false` only on a node started as primary on a fresh data directory
+    /// until its peer confirmed it follows it (or an operator forced a
+    /// promotion): such a primary refuses writes. Every other epoch comes
+    /// from a promotion, which fences the peer, so walrep writes `true`
+    /// for it. A `WalStore` must persist it; one that loses it (reads
+    /// `false`) makes a restarted primary of that epoch wait for its peer's
+    /// confirmation again, which is safe.
+    pub confirmed: bool,
 }
 
 /// How a `WalStore` call failed.

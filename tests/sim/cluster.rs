@@ -86,6 +86,10 @@ pub struct Mode {
     /// snapshot chunks (`RESYNC_CHUNK_BYTES`): a standby that was down
     /// for a few seconds resyncs from a snapshot of many chunks.
     pub small_wal_and_chunks: bool,
+    /// Both nodes are started with `InitialRole::Primary` (an operator's
+    /// mistake): the one the other confirms first takes writes, the other
+    /// follows it.
+    pub both_start_as_primary: bool,
 }
 
 /// `Config::wal_retention_bytes` with `Mode::small_wal_and_chunks`: a few
@@ -102,7 +106,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         peer_addr: format!("{peer}:{PORT}"),
         advertise_addr: format!("{name}:{PORT}"),
         cluster_id: "sim".into(),
-        initial_role: if name == NODES[0] {
+        initial_role: if name == NODES[0] || mode.both_start_as_primary {
             InitialRole::Primary
         } else {
             InitialRole::Standby

@@ -142,6 +142,7 @@ async fn call(a: &Args, peer: &Arc<dyn Peer>) -> Vec<Result<String, String>> {
                 last_lsn: Lsn(*lsn),
                 commit_lsn: Lsn(*lsn),
                 sync: SyncState::NotSync,
+                confirmed: true,
             })
             .await
             .map(|r| format!("{r:?}"))

@@ -895,10 +895,22 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_its_snapshot_survives() {
     let dir = tempfile::tempdir().unwrap();
-    // A lone async primary: it acknowledges without its (absent) standby.
+    // A lone async primary: it acknowledges without its (absent) standby,
+    // once the operator forced it (a fresh primary waits for its peer's
+    // confirmation, which an absent peer never gives, and says so).
     let pair = ProcessPair::new(dir.path(), &test_options(&[("commit_mode", "async")])).unwrap();
     let mut n1 = pair.n1;
     n1.spawn().expect("n1 starts");
+    wait_health(&n1.http, "started as primary", |h| h.role == "primary").await;
+    let (status, body) = req(&n1.http, Method::PUT, "/kv/early", b"v").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("promote --force"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, body) = req(&n1.http, Method::POST, "/promote?force=true", b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     wait_health(&n1.http, "writable", is_writable_primary).await;
     let acked = write_all(&n1.http, "k", 50).await;
     n1.signal(libc::SIGTERM).unwrap();

@@ -22,13 +22,19 @@ impl Actor {
     pub(super) fn run_effects(&mut self, effects: Vec<Effect>) {
         let mut effects = effects.into_iter();
         while let Some(effect) = effects.next() {
-            let Effect::PersistMeta { epoch, leader } = effect else {
+            let Effect::PersistMeta {
+                epoch,
+                leader,
+                confirmed,
+            } = effect
+            else {
                 self.run_effect(effect);
                 continue;
             };
             let meta = WalMeta {
                 epoch,
                 leader: leader.clone(),
+                confirmed,
             };
             if let Err(e) = self.wal.set_meta(&meta) {
                 let reason = format!("persisting epoch {epoch}: {e}");
@@ -39,7 +45,7 @@ impl Actor {
                 self.run_effects(failed);
                 return;
             }
-            tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), "epoch persisted");
+            tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.0), confirmed, "epoch persisted");
         }
     }
 
@@ -224,6 +230,7 @@ impl Actor {
             tx: self.tx.clone(),
             health: self.health_tx.subscribe(),
             header: self.header(),
+            wal: self.wal.clone(),
             metrics: self.metrics.clone(),
             reachable_again,
             cancel: cancel.child_token(),

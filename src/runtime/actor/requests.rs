@@ -174,7 +174,7 @@ impl Actor {
                         self.note_primary_contact(primary_last_lsn);
                         Ok(HeartbeatReply {
                             ack: self.ack(),
-                            role: self.node.role(),
+                            role: self.node.role_for_primary(),
                         })
                     }
                     Err((kind, message)) => Err(self.refusal(kind, message)),

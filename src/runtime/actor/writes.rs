@@ -112,6 +112,10 @@ impl Actor {
         };
         let (first, epoch, last) = (first.lsn, first.epoch, last.lsn);
         if let Err(e) = self.wal.append(&records) {
+            // An I/O error that left the log as it was (a full disk: the
+            // store refused the write or cut what it wrote of it) can be
+            // tried again; a poisoned or damaged store cannot.
+            let intact = matches!(e, WalError::Io { .. }) && self.wal.last_lsn() == first.prev();
             let reason = e.to_string();
             let kind = match &e {
                 WalError::Io { source, .. } => source.kind(),
@@ -130,7 +134,12 @@ impl Actor {
                 );
                 self.end_session(session, r);
             }
-            self.step(Event::WalFailed { reason });
+            if intact {
+                let last_lsn = self.wal.last_lsn();
+                self.step(Event::WalAppendFailed { reason, last_lsn });
+            } else {
+                self.step(Event::WalFailed { reason });
+            }
             return;
         }
         if !retried.is_empty() {

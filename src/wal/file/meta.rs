@@ -2,8 +2,15 @@
 //!
 //! ```text
 //! | magic "WALRMETA" | version: u32 | epoch: u64 | has_leader: u8 | leader_len: u32 | leader: UTF-8 |
+//! | confirmed: u8 (version 2 only) |
 //! | entries: u32 | entries × (epoch: u64, first_lsn: u64) | crc32c of everything before: u32 |
 //! ```
+//!
+//! Version 2 added `confirmed` (`WalMeta::confirmed`, 0 or 1). A version 1
+//! file, written before walrep asked a fresh primary to be confirmed by its
+//! peer, reads as confirmed: its primary was already taking writes. Only
+//! version 2 is written, so an older walrep refuses to open the directory
+//! instead of forgetting that its primary waits for confirmation.
 //!
 //! The history is here because segments forget it: once old segments are
 //! removed, nothing else says where the epochs before the first retained
@@ -15,12 +22,14 @@ use super::super::{WalError, WalMeta};
 use super::io_err;
 use super::segment::sync_dir;
 use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"WALRMETA";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The format before `confirmed`; still read.
+const VERSION_1: u32 = 1;
 const FILE: &str = "meta";
 const TMP: &str = "meta.tmp";
 
@@ -41,6 +50,7 @@ pub(super) fn encode(meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
     b.push(meta.leader.is_some() as u8);
     b.extend_from_slice(&(leader.len() as u32).to_le_bytes());
     b.extend_from_slice(leader.as_bytes());
+    b.push(meta.confirmed as u8);
     b.extend_from_slice(&(history.0.len() as u32).to_le_bytes());
     for e in &history.0 {
         b.extend_from_slice(&e.epoch.0.to_le_bytes());
@@ -63,19 +73,17 @@ pub(super) fn load(dir: &Path) -> Result<Option<(WalMeta, EpochHistory)>, WalErr
     }
 }
 
-/// Writes and fsyncs `meta.tmp`. Failing here leaves `meta` as it was.
+/// Writes and fsyncs `meta.tmp`. Failing here leaves `meta` as it was,
+/// and no `meta.tmp` (a full disk must not keep a partial one).
 pub(super) fn write_tmp(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
     let tmp = tmp_path(dir);
-    let result = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
-    result.map_err(io_err(format!("writing {}", tmp.display())))
+    let result = crate::wal::tmpfile::write_or_remove(&tmp, |f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    result
+        .map(drop)
+        .map_err(io_err(format!("writing {}", tmp.display())))
 }
 
 /// Renames `meta.tmp` over `meta` and makes the rename durable. Failing
@@ -121,10 +129,12 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
     let version = r
         .u32()
         .map_err(|o| corrupt(o, "meta file ends inside the version".into()))?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(corrupt(
             MAGIC.len(),
-            format!("meta format version {version} is not supported (this build reads {VERSION})"),
+            format!(
+                "meta format version {version} is not supported (this build reads {VERSION_1} and {VERSION})"
+            ),
         ));
     }
     let truncated = |what: &str| {
@@ -143,6 +153,16 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
             corrupt(name_at, "leader name is not UTF-8".into())
         })?)),
         _ => return Err(corrupt(flag_at, format!("bad leader flag {has_leader}"))),
+    };
+    let confirmed = if version == VERSION_1 {
+        true
+    } else {
+        let at = r.pos;
+        match r.bytes(1).map_err(truncated("the confirmed flag"))?[0] {
+            0 => false,
+            1 => true,
+            other => return Err(corrupt(at, format!("bad confirmed flag {other}"))),
+        }
     };
     let count = r.u32().map_err(truncated("the history"))?;
     let mut history = EpochHistory::default();
@@ -171,7 +191,14 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
             format!("{} unexpected bytes after the history", body_len - r.pos),
         ));
     }
-    Ok((WalMeta { epoch, leader }, history))
+    Ok((
+        WalMeta {
+            epoch,
+            leader,
+            confirmed,
+        },
+        history,
+    ))
 }
 
 /// A cursor whose errors are the offset where the input ran out.
@@ -206,6 +233,7 @@ mod tests {
         let meta = WalMeta {
             epoch: Epoch(9),
             leader: Some(NodeId("node b\nwith odd chars ✓".into())),
+            confirmed: true,
         };
         let history = EpochHistory(vec![
             EpochStart {
@@ -220,6 +248,30 @@ mod tests {
         (meta, history)
     }
 
+    /// What a version 1 build wrote: no `confirmed` byte.
+    fn encode_v1(meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
+        let mut b = encode(meta, history);
+        b.truncate(b.len() - 4);
+        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&VERSION_1.to_le_bytes());
+        let leader_len = meta.leader.as_ref().map_or(0, |l| l.0.len());
+        b.remove(MAGIC.len() + 4 + 8 + 1 + 4 + leader_len);
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_version_1_file_reads_as_confirmed() {
+        let (mut meta, history) = sample();
+        meta.confirmed = false;
+        let (read, read_history) = decode(&encode_v1(&meta, &history), Path::new("m")).unwrap();
+        assert!(read.confirmed, "a version 1 primary was already writable");
+        assert_eq!(
+            (read.epoch, read.leader, read_history),
+            (meta.epoch, meta.leader, history)
+        );
+    }
+
     #[test]
     fn round_trips_with_and_without_leader() {
         let (mut meta, history) = sample();
@@ -229,6 +281,7 @@ mod tests {
             (meta.clone(), history.clone())
         );
         meta.leader = None;
+        meta.confirmed = false;
         let empty = EpochHistory::default();
         assert_eq!(decode(&encode(&meta, &empty), p).unwrap(), (meta, empty));
     }
@@ -262,7 +315,14 @@ mod tests {
             // Error messages allocate a little; a length field must not.
             prop_assert!(allocated <= buf.len() + 256, "allocated {allocated}");
             match result {
-                // Whatever is accepted is exactly what `encode` writes.
+                // Whatever is accepted is exactly what `encode` writes (or
+                // what a version 1 build wrote).
+                Ok((meta, history))
+                    if buf[MAGIC.len()..MAGIC.len() + 4] == VERSION_1.to_le_bytes() =>
+                {
+                    prop_assert!(meta.confirmed);
+                    prop_assert_eq!(encode_v1(&meta, &history), buf)
+                }
                 Ok((meta, history)) => prop_assert_eq!(encode(&meta, &history), buf),
                 Err(WalError::Corrupt {
                     segment,
@@ -296,11 +356,23 @@ mod tests {
                 lie(any::<u32>()),
                 prop::option::weighted(0.1, prop::collection::vec(any::<u8>(), 1..3)),
                 prop::option::weighted(0.1, any::<prop::sample::Index>()),
+                (any::<bool>(), lie(any::<u8>())),
             )
                 .prop_map(
-                    |((meta, history), flag, name, len, entries, count, extra, cut)| {
+                    |(
+                        (meta, history),
+                        flag,
+                        name,
+                        len,
+                        entries,
+                        count,
+                        extra,
+                        cut,
+                        (v1, confirmed),
+                    )| {
                         let mut b = MAGIC.to_vec();
-                        b.extend_from_slice(&VERSION.to_le_bytes());
+                        let version = if v1 { VERSION_1 } else { VERSION };
+                        b.extend_from_slice(&version.to_le_bytes());
                         b.extend_from_slice(&meta.epoch.0.to_le_bytes());
                         b.push(flag.unwrap_or(meta.leader.is_some() as u8));
                         let name = name.unwrap_or_else(|| {
@@ -308,6 +380,9 @@ mod tests {
                         });
                         b.extend_from_slice(&len.unwrap_or(name.len() as u32).to_le_bytes());
                         b.extend_from_slice(&name);
+                        if !v1 {
+                            b.push(confirmed.unwrap_or(meta.confirmed as u8));
+                        }
                         let entries = entries.unwrap_or_else(|| {
                             history
                                 .0
@@ -336,8 +411,9 @@ mod tests {
                 any::<u64>(),
                 prop::option::of(".{0,12}"),
                 prop::collection::vec((1u64..4, 0u64..4), 0..6),
+                any::<bool>(),
             )
-                .prop_map(|(epoch, leader, steps)| {
+                .prop_map(|(epoch, leader, steps, confirmed)| {
                     let (mut e, mut l) = (0, 0);
                     let history = steps
                         .into_iter()
@@ -353,6 +429,7 @@ mod tests {
                     let meta = WalMeta {
                         epoch: Epoch(epoch),
                         leader: leader.map(NodeId),
+                        confirmed,
                     };
                     (meta, EpochHistory(history))
                 })

@@ -79,6 +79,7 @@ fn reopen_after_clean_close_returns_the_same_log() {
     let meta = WalMeta {
         epoch: Epoch(2),
         leader: Some("node-a".into()),
+        confirmed: true,
     };
     let expected = [recs(1..=5, 1), recs(6..=9, 2)].concat();
     {
@@ -539,6 +540,7 @@ fn reset_then_append_then_reopen() {
         wal.set_meta(&WalMeta {
             epoch: Epoch(1),
             leader: None,
+            confirmed: true,
         })
         .unwrap();
         for l in 1..=20 {
@@ -628,6 +630,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
     let meta = WalMeta {
         epoch: Epoch(7),
         leader: Some("node-b".into()),
+        confirmed: true,
     };
     {
         let wal = open(&dir, FileWalOptions::default());
@@ -644,6 +647,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
         wal.set_meta(&WalMeta {
             epoch: Epoch(8),
             leader: None,
+            confirmed: true,
         })
         .unwrap();
     }
@@ -652,7 +656,8 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
         wal.meta(),
         WalMeta {
             epoch: Epoch(8),
-            leader: None
+            leader: None,
+            confirmed: true,
         }
     );
     drop(wal);
@@ -1036,6 +1041,7 @@ fn a_log_whose_meta_was_deleted_refuses_to_open_instead_of_forgetting_its_epoch(
         wal.set_meta(&WalMeta {
             epoch: Epoch(3),
             leader: Some("n1".into()),
+            confirmed: true,
         })
         .unwrap();
         wal.append(&recs(1..=2, 3)).unwrap();
@@ -1135,6 +1141,7 @@ fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
     let meta = WalMeta {
         epoch: Epoch(1),
         leader: None,
+        confirmed: true,
     };
     fs::write(
         meta::path(dir.path()),
@@ -1186,4 +1193,44 @@ fn an_empty_version_1_segment_becomes_version_2_at_its_first_record_with_an_id()
     assert_eq!(all(&wal), vec![with_id(1, 1)]);
     assert_eq!(segment_files(&dir), vec![v1.clone()]);
     assert_eq!(segment_version(&v1), 2);
+}
+
+/// The disk refuses the next segment (as a full disk refuses its
+/// reservation): the append fails with an I/O error, the log is exactly as
+/// before and not poisoned, and once the segment can be created the same
+/// records append, sync and survive a reopen. A standby relies on this to
+/// take WAL again after its disk filled.
+#[test]
+fn an_append_that_cannot_create_its_segment_leaves_the_log_as_it_was_and_works_later() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    // Every segment the next appends could roll to cannot be created.
+    let blocked: Vec<PathBuf> = (1..=64)
+        .map(|l| dir.path().join("wal").join(segment::file_name(Lsn(l))))
+        .filter(|p| !p.exists())
+        .collect();
+    for p in &blocked {
+        fs::create_dir(p).unwrap();
+    }
+    let mut last = 0;
+    let err = loop {
+        match wal.append(&[rec(last + 1, 1)]) {
+            Ok(()) => last += 1,
+            Err(e) => break e,
+        }
+        assert!(last < 64, "the log never rolled");
+    };
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert_eq!(wal.last_lsn(), Lsn(last));
+    assert_eq!(all(&wal), recs(1..=last, 1));
+    assert!(wal.sync().is_ok(), "a failed append poisoned the log");
+    // Space is back.
+    for p in &blocked {
+        fs::remove_dir(p).unwrap();
+    }
+    wal.append(&recs(last + 1..=last + 3, 1)).unwrap();
+    assert_eq!(wal.sync().unwrap(), Lsn(last + 3));
+    drop(wal);
+    let wal = open(&dir, tiny());
+    assert_eq!(all(&wal), recs(1..=last + 3, 1));
 }

@@ -97,6 +97,8 @@ impl KvStore {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StateMachineError::new(format!("creating {}: {e}", dir.display())))?;
+        // A snapshot a crash (or a full disk) left half written.
+        snapshot_file::remove_tmp(&snapshot_file::tmp_path(&dir));
         let mut state = State::default();
         if let Some((lsn, map)) = snapshot_file::load(&dir)? {
             state.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
@@ -255,6 +257,34 @@ mod tests {
     use super::*;
 
     use crate::kv::command::encoded::{del, put};
+
+    /// A full disk while the snapshot is written: the write fails, no
+    /// `kv.snapshot.tmp` stays behind, and the last whole snapshot is what
+    /// the next open loads. One a crash left is removed at open.
+    #[test]
+    fn a_snapshot_that_cannot_be_written_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = snapshot_file::tmp_path(dir.path());
+        snapshot_file::store(dir.path(), Lsn(3), |out| {
+            snapshot_file::write_map(&Map::default(), out)
+        })
+        .unwrap();
+        let err = snapshot_file::store(dir.path(), Lsn(7), |out| {
+            out.write_all(&[0u8; 4 << 20])?;
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        })
+        .unwrap_err();
+        assert!(
+            err.message().contains("writing snapshot"),
+            "{}",
+            err.message()
+        );
+        assert!(!tmp.exists(), "a partial snapshot stayed behind");
+        std::fs::write(&tmp, b"what a crash left").unwrap();
+        let store = KvStore::open(dir.path()).unwrap();
+        assert!(!tmp.exists(), "a stale partial snapshot survived the open");
+        assert_eq!(store.applied_lsn(), Lsn(3));
+    }
 
     #[test]
     fn entries_that_differ_only_in_where_bytes_sit_hash_apart() {

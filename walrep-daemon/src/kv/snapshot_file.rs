@@ -146,24 +146,51 @@ pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
     }
 }
 
+/// The snapshot being written, renamed over `FILE` once whole and synced.
+pub(super) fn tmp_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("{FILE}.tmp"))
+}
+
+/// Writes the snapshot of `lsn` under a temporary name, syncs it and
+/// renames it into place. A write that fails (a full disk) removes the
+/// temporary file, so no partial snapshot keeps the space it took.
 pub fn store(
     dir: &Path,
     lsn: Lsn,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), StateMachineError> {
     let io = |what: &str, e: std::io::Error| err(format!("{what} in {}: {e}", dir.display()));
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    let tmp = tmp_path(dir);
     let f = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-    out.write_all(&lsn.0.to_le_bytes())
+    let written = out
+        .write_all(&lsn.0.to_le_bytes())
         .and_then(|_| write(&mut out))
         .and_then(|_| out.into_inner().map_err(|e| e.into_error()))
         .and_then(|f| f.sync_all())
-        .map_err(|e| io("writing snapshot", e))?;
-    std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| io("renaming snapshot", e))?;
+        .map_err(|e| io("writing snapshot", e))
+        .and_then(|()| {
+            std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| io("renaming snapshot", e))
+        });
+    if let Err(e) = written {
+        remove_tmp(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("syncing directory", e))
+}
+
+/// Removes a partial snapshot: one a failed write left, or one a crash
+/// interrupted (at open).
+pub(super) fn remove_tmp(tmp: &Path) {
+    match std::fs::remove_file(tmp) {
+        Ok(()) => tracing::info!(file = %tmp.display(), "removed a partly written snapshot"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %tmp.display(), "could not remove a partly written snapshot: {e}")
+        }
+    }
 }
 
 pub fn load(dir: &Path) -> Result<Option<(Lsn, Map)>, StateMachineError> {

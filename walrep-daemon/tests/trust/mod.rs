@@ -87,6 +87,7 @@ async fn call(
                 last_lsn: Lsn(h.last_lsn),
                 commit_lsn: Lsn(h.last_lsn),
                 sync: SyncState::NotSync,
+                confirmed: true,
             })
             .await
             .map(|r| format!("{r:?}")),
