@@ -99,6 +99,7 @@ async fn attack(peer: &Arc<dyn Peer>, claims: &str, h: &HealthReport, what: &str
             header: header(claims, h.epoch),
             snapshot_id: 0,
             offset: 0,
+            crc_after_data: true,
         })
         .await;
     assert!(snapshot.is_err(), "{what}: snapshot request accepted");
@@ -235,6 +236,7 @@ async fn mutual_tls_lets_only_the_peer_in_and_rotates_on_sighup() {
                 header: header("n2", standby.epoch),
                 snapshot_id: 0,
                 offset: 0,
+                crc_after_data: true,
             })
             .await;
         assert!(
