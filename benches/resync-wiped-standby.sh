@@ -30,9 +30,16 @@ rss_mib() { echo "$(grep VmHWM /proc/$1/status | awk '{print $2}') / 1024" | bc;
 P1=$(start n1 n2 primary 17601 18601 17602)
 P2=$(start n2 n1 standby 17602 18602 17601)
 trap 'kill $P1 $P2 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] && echo "kept $D" || rm -rf $D' EXIT
-# In sync with a standby it has heard from (a primary that never has does
-# not go on alone when it is lost, and would wait for it forever).
+# In sync with a standby it has heard from: a primary that never has does
+# not go on alone when it is lost, and would wait for it forever. A
+# "connected, in sync" /health can come before the standby's first answer,
+# so wait for the event itself: one write acknowledged, which in
+# remote-flush needs the standby's flush ack (curl blocks until it comes).
 for i in $(seq 200); do h=$(health 18601 || true); [[ $h == *'"sync_state":"sync"'* && $h == *'"connected":true'* ]] && break; sleep 0.1; done
+for i in $(seq 20); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary ready 127.0.0.1:18601/kv/ready)" = 200 ] && break
+  [ $i = 20 ] && { echo "the primary never acknowledged a write with its standby" >&2; exit 1; }
+done
 kill -9 $P2; wait $P2 2>/dev/null || true
 head -c 1048576 /dev/urandom > $D/value
 t0=$(date +%s.%N)

@@ -77,11 +77,14 @@ impl std::error::Error for StateMachineError {
 /// encoding `snapshot` writes and `restore` reads, and cover every record
 /// up to `lsn` and none after. They must not change while `guard` lives
 /// (the daemon's SQLite engine: an open read transaction that no
-/// checkpoint passes). walrep reads them once for their CRC32C, then
-/// serves transfers from the file, and drops the guard when the snapshot
-/// is replaced, goes stale, or stays unused for a while (a held guard
-/// may hold back the engine's own housekeeping). walrep never writes,
-/// moves or deletes the file.
+/// checkpoint passes; its KV engine: a hard link to its last durable
+/// snapshot file). `lsn` may be below `applied_lsn()`: walrep uses the
+/// file only if its WAL still holds every record after `lsn`, and calls
+/// `snapshot` otherwise. walrep serves transfers from the file, taking
+/// its CRC32C as the first transfer reads it (sent after the data), and
+/// drops the guard when the snapshot is replaced, goes stale, or stays
+/// unused for a while (a held guard may hold back the engine's own
+/// housekeeping). walrep never writes, moves or deletes the file.
 pub struct SnapshotFile {
     /// The file.
     pub path: PathBuf,

@@ -22,7 +22,9 @@ pub(super) struct Ctx {
     /// Our meta: whether we are a confirmed primary, as persisted.
     pub wal: Arc<dyn crate::wal::WalStore>,
     pub metrics: Arc<Metrics>,
-    /// Told when heartbeats are answered again after failing, so the WAL
+    /// Told when heartbeats are answered again after failing, or when the
+    /// standby answers as a standby after answering as something else
+    /// (rejoining, fenced: it refused the stream until now), so the WAL
     /// stream reconnects now instead of at the end of its backoff.
     pub reachable_again: Arc<Notify>,
     pub cancel: CancellationToken,
@@ -33,6 +35,8 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
         let mut ticker = tokio::time::interval(ctx.cfg.heartbeat_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failing = false;
+        // The role the standby answered with last, if it answered.
+        let mut last_role: Option<RoleKind> = None;
         loop {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
@@ -66,11 +70,20 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                     }
                     Event::StandbyFailed
                 }
-                Ok(_) => {
+                Ok(reply) => {
                     ctx.metrics.heartbeat_rtt(started.elapsed());
+                    let became_standby = reply.role == RoleKind::Standby
+                        && last_role.is_some_and(|r| r != RoleKind::Standby);
+                    last_role = Some(reply.role);
                     if failing {
                         tracing::info!(peer = %ctx.cfg.peer_id, "heartbeats answered again");
                         failing = false;
+                        ctx.reachable_again.notify_one();
+                    } else if became_standby {
+                        // It finished a rejoin (a resync, perhaps): the
+                        // stream it refused meanwhile may be in a long
+                        // backoff; stream to it now.
+                        tracing::info!(peer = %ctx.cfg.peer_id, "the standby answers as a standby again; reconnecting the WAL stream");
                         ctx.reachable_again.notify_one();
                     }
                     Event::StandbyReachable

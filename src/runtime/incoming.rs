@@ -6,9 +6,11 @@
 //! - `incoming.snapshot`: the snapshot's bytes received so far, each chunk
 //!   written at its offset; its length is what was received.
 //! - `incoming.info`, the sidecar: what the primary announced (id, LSN,
-//!   epoch, total length, CRC32C), written once per transfer, atomically
-//!   (a temporary file, fsync, rename, fsync of the directory) and
-//!   checked by its own CRC32C when read back.
+//!   epoch, total length, and the CRC32C, or that it comes after the
+//!   data), written once per transfer, atomically (a temporary file,
+//!   fsync, rename, fsync of the directory) and checked by its own CRC32C
+//!   when read back. A CRC that comes after the data is not written to
+//!   it: a transfer resumed after a restart gets it from the primary.
 //!
 //! A new transfer removes the sidecar, empties the data file, then writes
 //! the new sidecar: a crash at any point leaves either no sidecar (the
@@ -34,8 +36,11 @@ pub(super) const SIDECAR_FILE: &str = "incoming.info";
 /// The sidecar being written.
 pub(super) const SIDECAR_TMP: &str = "incoming.info.tmp";
 
-/// First bytes of a sidecar: the format and its version.
+/// First bytes of a sidecar: the format and its version. Version 1
+/// holds the announced CRC; version 2, the same layout, says the CRC
+/// comes after the data (its CRC field is 0 and unused).
 const MAGIC: &[u8; 8] = b"WRSNAPI1";
+const MAGIC_CRC_FOLLOWS: &[u8; 8] = b"WRSNAPI2";
 /// Magic, id, LSN, epoch, total bytes, CRC, then the sidecar's own CRC.
 const SIDECAR_LEN: usize = 8 + 8 * 4 + 4 + 4;
 
@@ -209,12 +214,16 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 
 fn encode(info: &SnapshotInfo) -> [u8; SIDECAR_LEN] {
     let mut out = [0u8; SIDECAR_LEN];
-    out[..8].copy_from_slice(MAGIC);
+    out[..8].copy_from_slice(if info.crc.is_some() {
+        MAGIC
+    } else {
+        MAGIC_CRC_FOLLOWS
+    });
     out[8..16].copy_from_slice(&info.id.to_le_bytes());
     out[16..24].copy_from_slice(&info.lsn.0.to_le_bytes());
     out[24..32].copy_from_slice(&info.epoch.0.to_le_bytes());
     out[32..40].copy_from_slice(&info.total_bytes.to_le_bytes());
-    out[40..44].copy_from_slice(&info.crc.to_le_bytes());
+    out[40..44].copy_from_slice(&info.crc.unwrap_or(0).to_le_bytes());
     let crc = crc32c::crc32c(&out[..44]);
     out[44..].copy_from_slice(&crc.to_le_bytes());
     out
@@ -229,9 +238,11 @@ fn decode(bytes: &[u8]) -> Result<SnapshotInfo, String> {
             bytes.len()
         ));
     }
-    if &bytes[..8] != MAGIC {
-        return Err("it does not start with the sidecar's magic bytes".into());
-    }
+    let crc_follows = match &bytes[..8] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_CRC_FOLLOWS => true,
+        _ => return Err("it does not start with the sidecar's magic bytes".into()),
+    };
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     if crc32c::crc32c(&bytes[..44]) != u32_at(44) {
@@ -242,7 +253,7 @@ fn decode(bytes: &[u8]) -> Result<SnapshotInfo, String> {
         lsn: Lsn(u64_at(16)),
         epoch: Epoch(u64_at(24)),
         total_bytes: u64_at(32),
-        crc: u32_at(40),
+        crc: (!crc_follows).then(|| u32_at(40)),
         offset: 0,
     })
 }
@@ -257,9 +268,23 @@ mod tests {
             lsn: Lsn(9),
             epoch: Epoch(3),
             total_bytes: 100,
-            crc: 0xdead_beef,
+            crc: Some(0xdead_beef),
             offset: 0,
         }
+    }
+
+    /// A sidecar of a transfer whose CRC comes after the data says so
+    /// when read back, rather than naming a CRC.
+    #[test]
+    fn a_sidecar_whose_crc_follows_the_data_comes_back_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let announced = SnapshotInfo {
+            crc: None,
+            ..info()
+        };
+        drop(Incoming::create(dir.path(), announced.clone()).unwrap());
+        let back = Incoming::recover(dir.path()).expect("recovered");
+        assert_eq!(back.info, announced);
     }
 
     /// What `create` announced and the bytes written since come back

@@ -97,7 +97,7 @@ pub use metrics::MetricsSnapshot;
 #[cfg(feature = "tls")]
 pub use replica::serve_tls;
 pub use replica::{Replica, ReplicaBuilder, serve};
-pub(crate) use snapshots::{BuiltSnapshot, PendingSnapshot, Snapshots};
+pub(crate) use snapshots::{PendingSnapshot, Snapshots};
 
 use crate::error::Result;
 use crate::node::{Event, PeerLog, RejoinPlan};

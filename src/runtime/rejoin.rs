@@ -178,9 +178,18 @@ async fn attempt_rejoin(
         );
     }
     if resync {
+        let started = std::time::Instant::now();
         let Some(info) = receive_snapshot(ctx, header, incoming).await? else {
             return Ok(None);
         };
+        let received_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            lsn = %info.lsn,
+            bytes = info.total_bytes,
+            received_ms,
+            "received and checked the snapshot; restoring"
+        );
+        let started = std::time::Instant::now();
         let path = incoming.take().expect("a received snapshot").path;
         // A build this node served as primary may hold the engine's file
         // still (`StateMachine::snapshot_file`): let go of it first.
@@ -198,7 +207,8 @@ async fn attempt_rejoin(
         // What this node built before is not its state any more.
         ctx.snapshots.invalidate();
         ctx.metrics.snapshot_resync();
-        tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, "restored from snapshot");
+        let restore_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
     } else if incoming.is_some() {
         // Left by an earlier run; this rejoin needed no snapshot.
         Incoming::discard(incoming);
@@ -210,11 +220,96 @@ async fn attempt_rejoin(
     }))
 }
 
+/// Chunk writes in flight on the standby: a chunk is written on a
+/// blocking thread while the next ones are received. Bounds the memory a
+/// transfer holds to this many chunks beyond what gRPC buffers.
+const WRITE_WINDOW: usize = 4;
+
+/// The received chunks being written, oldest first, each with the offset
+/// its write reaches. With a WAL that may not block (the simulation) each
+/// chunk is written at once, inline.
+struct Writes {
+    may_block: bool,
+    file: Arc<std::fs::File>,
+    inflight: std::collections::VecDeque<(u64, JoinHandle<std::io::Result<()>>)>,
+    /// Where the writes finished so far reach (all before it are written).
+    done: u64,
+}
+
+impl Writes {
+    fn new(may_block: bool, inc: &Incoming) -> Writes {
+        Writes {
+            may_block,
+            file: inc.file.clone(),
+            inflight: Default::default(),
+            done: inc.received,
+        }
+    }
+
+    /// Starts writing `data` at `offset`, once fewer than `WRITE_WINDOW`
+    /// writes are in flight.
+    async fn push(&mut self, offset: u64, data: bytes::Bytes) -> Result<(), String> {
+        let end = offset + data.len() as u64;
+        if !self.may_block {
+            self.file
+                .write_all_at(&data, offset)
+                .map_err(|e| e.to_string())?;
+            self.done = end;
+            return Ok(());
+        }
+        while self.inflight.len() >= WRITE_WINDOW {
+            self.finish_oldest().await?;
+        }
+        let file = self.file.clone();
+        let write = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset));
+        self.inflight.push_back((end, write));
+        Ok(())
+    }
+
+    async fn finish_oldest(&mut self) -> Result<(), String> {
+        let Some((end, write)) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        write
+            .await
+            .map_err(|e| format!("blocking task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        self.done = end;
+        Ok(())
+    }
+
+    /// Waits for every write in flight: `done` then covers every chunk
+    /// pushed.
+    async fn drain(&mut self) -> Result<(), String> {
+        while !self.inflight.is_empty() {
+            self.finish_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a transfer stopped before its end.
+enum Stop {
+    /// Cut (the link, the idle timeout): what arrived is kept.
+    Cut,
+    /// The primary broke the protocol or the check failed: what arrived
+    /// is dropped.
+    Discard,
+}
+
 /// Receives the primary's snapshot into the snapshot directory, resuming
 /// what `incoming` holds. `Ok(Some(info))` once every byte is in, fsynced
 /// and checked against the announced length and CRC (`incoming` then
 /// names the file); `Ok(None)` when the transfer was cut or refused (the
 /// caller retries: a cut keeps what arrived, a bad transfer drops it).
+///
+/// The CRC comes either in the announcement or, asked for with
+/// `crc_after_data`, in one `SnapshotPart::End` after the last byte (the
+/// primary then need not read its file for it first). An `End` anywhere
+/// else (before the last byte, twice, after an announced CRC) or data
+/// after it breaks the protocol: the transfer starts over. A transfer
+/// that ends after its last byte but before its `End` is resumed from its
+/// length; the primary then announces the CRC.
 async fn receive_snapshot(
     ctx: &Ctx,
     header: &Header,
@@ -227,6 +322,7 @@ async fn receive_snapshot(
         header: header.clone(),
         snapshot_id,
         offset,
+        crc_after_data: true,
     };
     let mut parts = match ctx.peer.fetch_snapshot(req).await {
         Ok(parts) => parts,
@@ -238,26 +334,46 @@ async fn receive_snapshot(
     let may_block = ctx.wal.may_block();
     let disk = |e: String| Fatal(format!("writing the received snapshot: {e}"));
     let mut announced = false;
-    while let Some(part) = parts.next().await {
+    // The CRC as this transfer's announcement gave it, and as `End` did.
+    let mut announced_crc = None;
+    let mut end_crc = None;
+    // Where the next chunk starts (chunks before it are written or being
+    // written), and the CRC32C of the bytes before it.
+    let mut queued = 0u64;
+    let mut writes: Option<Writes> = None;
+    let stop = loop {
+        let Some(part) = parts.next().await else {
+            break None;
+        };
         let part = match part {
             Ok(part) => part,
             Err(e) => {
-                let received = incoming.as_ref().map_or(0, |i| i.received);
-                tracing::warn!(error = %e, received, "snapshot transfer cut; resuming");
-                return Ok(None);
+                tracing::warn!(error = %e, received = queued, "snapshot transfer cut; resuming");
+                break Some(Stop::Cut);
             }
         };
         match part {
             SnapshotPart::Info(info) if !announced => {
                 announced = true;
+                announced_crc = info.crc;
                 let resumes = incoming.as_ref().is_some_and(|i| {
-                    let same = SnapshotInfo {
-                        offset: i.received,
-                        ..i.info.clone()
+                    let same_crc = match (i.info.crc, info.crc) {
+                        (Some(ours), Some(theirs)) => ours == theirs,
+                        _ => true,
                     };
-                    info == same
+                    same_crc
+                        && (info.id, info.lsn, info.epoch, info.total_bytes, info.offset)
+                            == (
+                                i.info.id,
+                                i.info.lsn,
+                                i.info.epoch,
+                                i.info.total_bytes,
+                                i.received,
+                            )
                 });
                 if resumes {
+                    let inc = incoming.as_mut().expect("resumes");
+                    inc.info.crc = inc.info.crc.or(info.crc);
                     ctx.metrics.snapshot_resumed(info.offset);
                     tracing::info!(
                         id = info.id,
@@ -265,6 +381,8 @@ async fn receive_snapshot(
                         total = info.total_bytes,
                         "resuming the snapshot transfer"
                     );
+                    queued = inc.received;
+                    writes = Some(Writes::new(may_block, inc));
                     continue;
                 }
                 Incoming::discard(incoming);
@@ -276,51 +394,77 @@ async fn receive_snapshot(
                     return Ok(None);
                 }
                 let dir = ctx.snapshots.dir().to_path_buf();
-                tracing::info!(id = info.id, lsn = %info.lsn, total = info.total_bytes, "receiving a snapshot");
+                tracing::info!(id = info.id, lsn = %info.lsn, total = info.total_bytes, crc_follows = info.crc.is_none(), "receiving a snapshot");
                 let created =
                     super::tasks::run_blocking(may_block, move || Incoming::create(&dir, info))
                         .await
                         .map_err(disk)?
                         .map_err(|e| disk(e.to_string()))?;
+                writes = Some(Writes::new(may_block, &created));
+                queued = 0;
                 *incoming = Some(created);
             }
             SnapshotPart::Info(_) => {
                 tracing::warn!(
                     "the primary announced a second snapshot in one transfer; starting over"
                 );
-                Incoming::discard(incoming);
-                return Ok(None);
+                break Some(Stop::Discard);
             }
             SnapshotPart::Data { offset, data } => {
-                let Some(inc) = incoming.as_mut().filter(|_| announced) else {
+                let (Some(inc), Some(w)) = (incoming.as_mut(), writes.as_mut()) else {
                     tracing::warn!("snapshot data before its description; starting over");
                     return Ok(None);
                 };
                 let end = offset.saturating_add(data.len() as u64);
-                if offset != inc.received || end > inc.info.total_bytes {
+                if offset != queued || end > inc.info.total_bytes || end_crc.is_some() {
                     tracing::warn!(
                         offset,
-                        expected = inc.received,
+                        expected = queued,
                         total = inc.info.total_bytes,
+                        after_end = end_crc.is_some(),
                         "snapshot data out of place; starting over"
                     );
-                    Incoming::discard(incoming);
-                    return Ok(None);
+                    break Some(Stop::Discard);
                 }
-                let (file, crc) = (inc.file.clone(), inc.crc);
-                inc.crc = super::tasks::run_blocking(may_block, move || {
-                    file.write_all_at(&data, offset)
-                        .map(|()| crc32c::crc32c_append(crc, &data))
-                })
-                .await
-                .map_err(disk)?
-                .map_err(|e| disk(e.to_string()))?;
+                inc.crc = crc32c::crc32c_append(inc.crc, &data);
+                w.push(offset, data).await.map_err(disk)?;
                 ctx.metrics.snapshot_received(end - offset);
-                inc.received = end;
+                queued = end;
+            }
+            SnapshotPart::End { crc } => {
+                let total = incoming.as_ref().map(|i| i.info.total_bytes);
+                if !announced
+                    || announced_crc.is_some()
+                    || end_crc.is_some()
+                    || total != Some(queued)
+                {
+                    tracing::warn!(
+                        received = queued,
+                        total,
+                        announced_crc,
+                        "the snapshot's CRC came where none was due; starting over"
+                    );
+                    break Some(Stop::Discard);
+                }
+                end_crc = Some(crc);
             }
         }
+    };
+    // Whatever happens next, the chunks received are on disk (or the
+    // disk failed): `received` and the CRC then agree.
+    if let (Some(inc), Some(w)) = (incoming.as_mut(), writes.as_mut()) {
+        w.drain().await.map_err(disk)?;
+        inc.received = w.done;
     }
-    let Some(inc) = incoming.as_ref().filter(|_| announced) else {
+    match stop {
+        Some(Stop::Discard) => {
+            Incoming::discard(incoming);
+            return Ok(None);
+        }
+        Some(Stop::Cut) => return Ok(None),
+        None => {}
+    }
+    let Some(inc) = incoming.as_mut().filter(|_| announced) else {
         return Ok(None);
     };
     if inc.received < inc.info.total_bytes {
@@ -331,18 +475,26 @@ async fn receive_snapshot(
         );
         return Ok(None);
     }
+    inc.info.crc = inc.info.crc.or(end_crc);
+    let Some(expected_crc) = inc.info.crc else {
+        tracing::warn!(
+            received = inc.received,
+            "snapshot transfer ended after its last byte but before its CRC; resuming"
+        );
+        return Ok(None);
+    };
     let (file, total, crc) = (inc.file.clone(), inc.info.total_bytes, inc.crc);
     let checked = super::tasks::run_blocking(may_block, move || sync_and_measure(&file))
         .await
         .map_err(disk)?
         .map_err(|e| disk(e.to_string()))?;
     let checked = (checked, crc);
-    if checked != (total, inc.info.crc) {
+    if checked != (total, expected_crc) {
         tracing::warn!(
             length = checked.0,
             crc = checked.1,
             announced_length = total,
-            announced_crc = inc.info.crc,
+            announced_crc = expected_crc,
             "the received snapshot failed its length or checksum check; starting over"
         );
         Incoming::discard(incoming);
@@ -432,37 +584,50 @@ mod tests {
 
     /// The transfer the fake primary sends: the snapshot `data` announced
     /// with `crc` and `total`, its bytes in chunks of 4, cut after `cut`
-    /// chunks (an error) if given; every request is recorded.
+    /// chunks (an error) if given; every request is recorded. With
+    /// `trailer`, a transfer from offset 0 announces no CRC and sends `crc`
+    /// in an `End` after the data, as a primary does for a standby that
+    /// asks for `crc_after_data`; `tamper` then changes the parts before
+    /// they go.
     struct Primary {
         data: Vec<u8>,
         crc: u32,
         total: u64,
         cut: Mutex<Vec<Option<usize>>>,
         requests: Mutex<Vec<(u64, u64)>>,
+        trailer: bool,
+        tamper: fn(&mut Vec<Result<SnapshotPart, TransportError>>),
     }
 
     fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
+        assert!(
+            req.crc_after_data,
+            "the standby takes the CRC after the data"
+        );
         p.requests
             .lock()
             .unwrap()
             .push((req.snapshot_id, req.offset));
         let offset = if req.snapshot_id == 7 { req.offset } else { 0 };
+        let trailing = p.trailer && offset == 0;
         let mut parts = vec![Ok(SnapshotPart::Info(SnapshotInfo {
             id: 7,
             lsn: Lsn(5),
             epoch: Epoch(1),
             total_bytes: p.total,
-            crc: p.crc,
+            crc: (!trailing).then_some(p.crc),
             offset,
         }))];
         let cut = p.cut.lock().unwrap().remove(0);
         let mut at = offset as usize;
+        let mut was_cut = false;
         for n in 0.. {
             if at >= p.data.len() {
                 break;
             }
             if cut == Some(n) {
                 parts.push(Err(TransportError::Unreachable("cut".into())));
+                was_cut = true;
                 break;
             }
             let end = (at + 4).min(p.data.len());
@@ -472,6 +637,10 @@ mod tests {
             }));
             at = end;
         }
+        if trailing && !was_cut {
+            parts.push(Ok(SnapshotPart::End { crc: p.crc }));
+        }
+        (p.tamper)(&mut parts);
         Box::pin(futures::stream::iter(parts))
     }
 
@@ -528,7 +697,128 @@ mod tests {
             total,
             cut: Mutex::new(cuts),
             requests: Mutex::new(Vec::new()),
+            trailer: false,
+            tamper: |_| {},
         })
+    }
+
+    /// A primary that sends the CRC after the data, its parts changed by
+    /// `tamper` on the first transfer.
+    fn trailing_primary(
+        data: Vec<u8>,
+        crc: u32,
+        cuts: Vec<Option<usize>>,
+        tamper: fn(&mut Vec<Result<SnapshotPart, TransportError>>),
+    ) -> Arc<Primary> {
+        let total = data.len() as u64;
+        Arc::new(Primary {
+            data,
+            crc,
+            total,
+            cut: Mutex::new(cuts),
+            requests: Mutex::new(Vec::new()),
+            trailer: true,
+            tamper,
+        })
+    }
+
+    /// The CRC after the data: announced without one, checked against
+    /// the `End` that follows the last byte; the file holds the snapshot.
+    #[tokio::test]
+    async fn a_crc_sent_after_the_data_is_checked_against_the_bytes_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None], |_| {});
+        let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
+        let mut incoming = None;
+        let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+            Ok(Some(info)) => info,
+            _ => panic!("the transfer completes"),
+        };
+        assert_eq!(info.crc, Some(crc32c::crc32c(&data)), "taken from the End");
+        let got = std::fs::read(&incoming.as_ref().unwrap().path).unwrap();
+        assert_eq!(got, data);
+    }
+
+    /// A trailing CRC that does not match, or an `End` out of place (before
+    /// the last byte, twice, after an announced CRC, followed by data):
+    /// the transfer is refused, its files deleted, nothing restored.
+    #[tokio::test]
+    async fn a_wrong_or_misplaced_trailing_crc_refuses_the_snapshot_and_deletes_it() {
+        type Tamper = fn(&mut Vec<Result<SnapshotPart, TransportError>>);
+        let cases: [(&str, bool, Tamper); 5] = [
+            ("a wrong CRC", true, |_| {}),
+            ("before the last byte", false, |p| {
+                let end = p.pop().unwrap();
+                p.insert(3, end);
+            }),
+            ("twice", false, |p| {
+                let Some(Ok(SnapshotPart::End { crc })) = p.last() else {
+                    panic!("ends with its CRC")
+                };
+                let crc = *crc;
+                p.push(Ok(SnapshotPart::End { crc }));
+            }),
+            ("after an announced CRC", false, |p| {
+                if let Ok(SnapshotPart::Info(i)) = &mut p[0] {
+                    i.crc = Some(0);
+                }
+            }),
+            ("followed by data", false, |p| {
+                let Ok(SnapshotPart::Data { offset, data }) = &p[1] else {
+                    panic!("data first")
+                };
+                let again = SnapshotPart::Data {
+                    offset: *offset,
+                    data: data.clone(),
+                };
+                p.push(Ok(again));
+            }),
+        ];
+        let data = snapshot_bytes();
+        for (what, wrong_crc, tamper) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let good = crc32c::crc32c(&data);
+            let crc = if wrong_crc { good ^ 1 } else { good };
+            let sm = Arc::new(MemStateMachine::new());
+            let p = trailing_primary(data.clone(), crc, vec![None], tamper);
+            let ctx = ctx(p, sm.clone(), dir.path());
+            let mut incoming = None;
+            let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+            assert!(matches!(r, Ok(None)), "{what}: refused");
+            assert!(incoming.is_none(), "{what}: what arrived is dropped");
+            for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
+                assert!(!dir.path().join(name).exists(), "{what}: {name} deleted");
+            }
+            assert_eq!(sm.restores(), 0, "{what}");
+        }
+    }
+
+    /// A transfer cut after its last byte but before its trailing CRC
+    /// keeps the bytes; the resume asks from the end, the primary then
+    /// announces the CRC, and the whole is checked.
+    #[tokio::test]
+    async fn a_transfer_cut_before_its_trailing_crc_resumes_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = snapshot_bytes();
+        let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None, None], |p| {
+            if let Some(Ok(SnapshotPart::End { .. })) = p.last() {
+                p.pop();
+            }
+        });
+        let ctx = ctx(p.clone(), Arc::new(MemStateMachine::new()), dir.path());
+        let mut incoming = None;
+        let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(first, Ok(None)), "not done without its CRC");
+        assert_eq!(incoming.as_ref().unwrap().received, data.len() as u64);
+        // The node restarts: the sidecar says the CRC comes after the data.
+        drop(incoming.take());
+        let mut incoming = Incoming::recover(dir.path());
+        assert_eq!(incoming.as_ref().unwrap().info.crc, None);
+        let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(done, Ok(Some(_))), "completed by the resume");
+        let len = data.len() as u64;
+        assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, len)]);
     }
 
     #[tokio::test]

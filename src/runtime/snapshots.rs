@@ -9,9 +9,15 @@
 //! so a standby that asks again (a cut transfer, a restart) finds it.
 //!
 //! A built snapshot is a file `snapshot-<id>.bin` in the snapshot
-//! directory holding exactly the engine's bytes; its LSN, epoch, length
-//! and CRC32C are kept beside it in memory and sent before the data. The
-//! file goes when the snapshot is replaced and its last transfer ends.
+//! directory holding exactly the engine's bytes, or the engine's own file
+//! (`StateMachine::snapshot_file`); its LSN, epoch and length are kept
+//! beside it in memory and sent before the data. Its CRC32C is known from
+//! the build for a file of walrep's (taken as the engine wrote it) and
+//! sent before the data; for the engine's file it is taken while the
+//! first transfer reads the data, and sent after it (`SnapshotPart::End`)
+//! to a standby that asks for that, so the file is read once, not once
+//! for the CRC and once more to send it. A walrep file goes when the
+//! snapshot is replaced and its last transfer ends.
 //! The standby receives into `incoming.snapshot` in the same directory,
 //! beside its sidecar `incoming.info` (`incoming.rs`); those two outlive
 //! a restart so that the transfer resumes.
@@ -42,8 +48,10 @@ pub(crate) struct BuiltSnapshot {
     pub epoch: Epoch,
     /// Its length in bytes.
     pub len: u64,
-    /// CRC32C of all of it.
-    pub crc: u32,
+    /// CRC32C of all of it, once known: from the build for a file of
+    /// walrep's, from the first full read (`crc_now` or a transfer that
+    /// sent every byte, `note_crc`) for the engine's.
+    crc: std::sync::OnceLock<u32>,
     path: PathBuf,
     file: Arc<std::fs::File>,
     may_block: bool,
@@ -70,6 +78,32 @@ const ENGINE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1)
 const ENGINE_FILE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl BuiltSnapshot {
+    /// The CRC32C of all of it, if known yet.
+    pub(crate) fn crc(&self) -> Option<u32> {
+        self.crc.get().copied()
+    }
+
+    /// Records the CRC32C a transfer took over every byte, in order.
+    pub(crate) fn note_crc(&self, crc: u32) {
+        let known = *self.crc.get_or_init(|| crc);
+        debug_assert_eq!(known, crc, "two reads of one snapshot disagree");
+    }
+
+    /// The CRC32C of all of it, reading the file for it if it is not
+    /// known yet (for a standby that wants it before the data: an older
+    /// one, or a resume from the middle).
+    pub(crate) async fn crc_now(&self) -> std::io::Result<u32> {
+        if let Some(crc) = self.crc() {
+            return Ok(crc);
+        }
+        let (file, len) = (self.file.clone(), self.len);
+        let crc = run_blocking(self.may_block, move || crc_of(&file, len))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.note_crc(crc);
+        Ok(crc)
+    }
+
     /// Up to `max` bytes from `offset`, read on a blocking thread.
     pub(crate) async fn read_chunk(&self, offset: u64, max: usize) -> std::io::Result<Bytes> {
         let len = (self.len - offset.min(self.len)).min(max as u64) as usize;
@@ -269,13 +303,34 @@ fn build(
     may_block: bool,
 ) -> Result<BuiltSnapshot, String> {
     match sm.snapshot_file().map_err(|e| e.chain())? {
-        Some(f) => from_engine_file(id, f, wal, may_block),
+        // A standby that restores it must be able to go on with our WAL.
+        Some(f) if f.lsn.next() >= wal.first_lsn() && wal.epoch_at(f.lsn).is_some() => {
+            from_engine_file(id, f, wal, may_block)
+        }
+        Some(f) => {
+            tracing::info!(lsn = %f.lsn, first_lsn = %wal.first_lsn(), "the engine's snapshot file is older than the WAL; building one");
+            drop(f);
+            build_file(dir, id, sm, wal, may_block)
+        }
         None => build_file(dir, id, sm, wal, may_block),
     }
 }
 
-/// A build served from the engine's file: its first `len` bytes, read
-/// once here for their CRC32C.
+/// CRC32C of the first `len` bytes of `file`, read in 1 MiB pieces.
+fn crc_of(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        let want = ((len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..want], at)?;
+        crc = crc32c::crc32c_append(crc, &buf[..want]);
+        at += want as u64;
+    }
+    Ok(crc)
+}
+
+/// A build served from the engine's file: its first `len` bytes, not
+/// read here (the CRC32C is taken as they are sent).
 fn from_engine_file(
     id: u64,
     f: crate::state_machine::SnapshotFile,
@@ -296,21 +351,12 @@ fn from_engine_file(
             f.len
         ));
     }
-    let mut buf = vec![0u8; (1usize << 20).min(f.len as usize)];
-    let (mut crc, mut at) = (0u32, 0u64);
-    while at < f.len {
-        let want = ((f.len - at) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..want], at)
-            .map_err(|e| format!("reading {shown}: {e}"))?;
-        crc = crc32c::crc32c_append(crc, &buf[..want]);
-        at += want as u64;
-    }
     Ok(BuiltSnapshot {
         id,
         lsn: f.lsn,
         epoch: wal.epoch_at(f.lsn).unwrap_or(Epoch::ZERO),
         len: f.len,
-        crc,
+        crc: std::sync::OnceLock::new(),
         path: f.path.clone(),
         file: Arc::new(file),
         may_block,
@@ -354,7 +400,7 @@ fn build_file(
         lsn,
         epoch: wal.epoch_at(lsn).unwrap_or(Epoch::ZERO),
         len,
-        crc,
+        crc: crc.into(),
         path,
         file: Arc::new(file),
         may_block,
@@ -436,7 +482,11 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_eq!((a.lsn, a.epoch, a.len), (Lsn(3), Epoch(1), 100_012));
         let bytes = std::fs::read(&a.path).unwrap();
-        assert_eq!(crc32c::crc32c(&bytes), a.crc);
+        assert_eq!(
+            Some(crc32c::crc32c(&bytes)),
+            a.crc(),
+            "known from the build"
+        );
         let copy = MemStateMachine::new();
         copy.restore(a.lsn, &mut &bytes[..]).unwrap();
         assert_eq!(copy.state_hash(), sm.state_hash());
@@ -471,6 +521,18 @@ mod tests {
         inner: Arc<MemStateMachine>,
         dir: tempfile::TempDir,
         released: Arc<std::sync::atomic::AtomicBool>,
+        /// The LSN it claims for its file, if not its applied one (an
+        /// older durable file).
+        reports: Mutex<Option<Lsn>>,
+    }
+
+    fn own_file(sm: &Arc<MemStateMachine>) -> Arc<OwnFile> {
+        Arc::new(OwnFile {
+            inner: sm.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            released: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            reports: Mutex::new(None),
+        })
     }
 
     struct Guard(Arc<std::sync::atomic::AtomicBool>);
@@ -503,6 +565,7 @@ mod tests {
         ) -> Result<Option<crate::state_machine::SnapshotFile>, crate::StateMachineError> {
             let mut bytes = Vec::new();
             let lsn = self.inner.snapshot(&mut bytes).unwrap();
+            let lsn = (*self.reports.lock().unwrap()).unwrap_or(lsn);
             let len = bytes.len() as u64;
             bytes.extend_from_slice(b"not part of the snapshot");
             let path = self.dir.path().join("own.db");
@@ -527,11 +590,7 @@ mod tests {
         let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
         append(&wal, &sm, 1, 3);
         sm.set_snapshot_padding(5000);
-        let engine = Arc::new(OwnFile {
-            inner: sm.clone(),
-            dir: tempfile::tempdir().unwrap(),
-            released: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        });
+        let engine = own_file(&sm);
         let dir = tempfile::tempdir().unwrap();
         let snapshots = Arc::new(Snapshots::new(
             Some(dir.path().to_path_buf()),
@@ -542,7 +601,9 @@ mod tests {
         let mut expected = Vec::new();
         sm.snapshot(&mut expected).unwrap();
         assert_eq!((b.lsn, b.len), (Lsn(3), expected.len() as u64));
-        assert_eq!(b.crc, crc32c::crc32c(&expected));
+        assert_eq!(b.crc(), None, "not read for the CRC before it is sent");
+        assert_eq!(b.crc_now().await.unwrap(), crc32c::crc32c(&expected));
+        assert_eq!(b.crc(), Some(crc32c::crc32c(&expected)), "kept");
         let sent = b.read_chunk(0, 1 << 20).await.unwrap();
         assert_eq!(&sent[..], &expected[..], "the snapshot's bytes, no more");
         let path = engine.dir.path().join("own.db");
@@ -559,5 +620,123 @@ mod tests {
         assert!(released(), "the guard goes once unused");
         assert!(path.exists(), "the engine's file is never removed");
         assert!(snapshots.inner.lock().unwrap().current.is_none());
+    }
+
+    /// An engine file older than the WAL (a standby that restored it
+    /// could not go on with the stream) is not served: walrep builds a
+    /// snapshot through `snapshot` instead. One the WAL continues from is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_file_older_than_the_wal_is_not_served() {
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 10);
+        wal.sync().unwrap();
+        wal.remove_before(Lsn(6)).unwrap();
+        let engine = own_file(&sm);
+        /// `OwnFile` that also answers `snapshot` (the fallback).
+        struct Both(Arc<OwnFile>);
+        impl StateMachine for Both {
+            fn apply(&self, lsn: Lsn, p: &[u8]) -> Result<(), crate::StateMachineError> {
+                self.0.apply(lsn, p)
+            }
+            fn applied_lsn(&self) -> Lsn {
+                self.0.applied_lsn()
+            }
+            fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+                self.0.inner.snapshot(out)
+            }
+            fn restore(
+                &self,
+                lsn: Lsn,
+                input: &mut dyn std::io::Read,
+            ) -> Result<(), crate::StateMachineError> {
+                self.0.restore(lsn, input)
+            }
+            fn snapshot_file(
+                &self,
+            ) -> Result<Option<crate::state_machine::SnapshotFile>, crate::StateMachineError>
+            {
+                self.0.snapshot_file()
+            }
+        }
+        for (claimed, served) in [(Lsn(4), false), (Lsn(5), true)] {
+            *engine.reports.lock().unwrap() = Some(claimed);
+            let dir = tempfile::tempdir().unwrap();
+            let snapshots = Arc::new(Snapshots::new(
+                Some(dir.path().to_path_buf()),
+                Arc::new(Both(engine.clone())),
+                wal.clone(),
+            ));
+            let b = snapshots.get().await.unwrap();
+            let from_engine = b.engine_guard.is_some();
+            assert_eq!(
+                from_engine, served,
+                "a file at {claimed} with the WAL from 6"
+            );
+            let expected = if served { claimed } else { Lsn(10) };
+            assert_eq!(b.lsn, expected);
+        }
+    }
+
+    /// What a transfer sends, by request: to a standby that takes the CRC
+    /// after the data, a snapshot whose CRC is not known yet (the
+    /// engine's file) is announced without one, and its CRC, taken while
+    /// sending, follows the last byte; an older standby, or a resume from
+    /// the middle, gets the CRC in the announcement and no `End`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_crc_follows_the_data_only_when_asked_for_and_not_known() {
+        use crate::pb::snapshot_chunk::Part;
+        use futures::StreamExt;
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        sm.set_snapshot_padding(3 << 20);
+        let mut expected = Vec::new();
+        sm.snapshot(&mut expected).unwrap();
+        let crc = crc32c::crc32c(&expected);
+        // (crc_after_data, resume offset) -> CRC announced, End sent.
+        let cases = [
+            (true, 0, None, Some(crc)),
+            (false, 0, Some(crc), None),
+            (true, 1000, Some(crc), None),
+        ];
+        for (after, resume, announced, end) in cases {
+            let engine = own_file(&sm);
+            let dir = tempfile::tempdir().unwrap();
+            let snapshots = Arc::new(Snapshots::new(
+                Some(dir.path().to_path_buf()),
+                engine.clone(),
+                wal.clone(),
+            ));
+            let id = snapshots.get().await.unwrap().id;
+            let parts: Vec<_> = crate::transport::server::snapshot_stream(
+                snapshots.get(),
+                (id, resume),
+                after,
+                Duration::from_secs(5),
+                1 << 20,
+            )
+            .map(|p| p.unwrap().part.unwrap())
+            .collect()
+            .await;
+            let what = format!("crc_after_data {after}, from {resume}");
+            let Part::Info(info) = &parts[0] else {
+                panic!("{what}: announced first")
+            };
+            assert_eq!((!info.crc_follows).then_some(info.crc), announced, "{what}");
+            let mut data = Vec::new();
+            let mut ended = None;
+            for p in &parts[1..] {
+                match p {
+                    Part::Data(d) => {
+                        assert!(ended.is_none(), "{what}: no data after the end");
+                        assert_eq!(d.offset as usize, resume as usize + data.len());
+                        data.extend_from_slice(&d.data);
+                    }
+                    Part::End(e) => ended = Some(e.crc),
+                    Part::Building(_) | Part::Info(_) => panic!("{what}: {p:?}"),
+                }
+            }
+            assert_eq!(data, expected[resume as usize..], "{what}: the bytes");
+            assert_eq!(ended, end, "{what}: the End");
+        }
     }
 }

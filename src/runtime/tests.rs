@@ -989,3 +989,66 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
     assert_eq!(replica.health().role, RoleKind::Rejoining);
     replica.shutdown().await;
 }
+
+/// A standby that refuses the WAL stream while it rejoins (a resync can
+/// take many backoff periods) and then answers heartbeats as a standby:
+/// the primary reopens the stream within a heartbeat interval of that
+/// answer, not at the end of its backoff (1 s by then).
+#[tokio::test(start_paused = true)]
+async fn the_stream_reconnects_when_the_standby_answers_as_a_standby_again() {
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+    let cfg = cfg(InitialRole::Primary);
+    let (interval, backoff_max) = (cfg.heartbeat_interval, cfg.reconnect_backoff_max);
+    // When the standby finished its rejoin, and when the stream opened.
+    let rejoined: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let opened: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut peer = MockPeer::new();
+    let done = rejoined.clone();
+    peer.expect_heartbeat().returning(move |_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: if done.lock().unwrap().is_some() {
+                RoleKind::Standby
+            } else {
+                RoleKind::Rejoining
+            },
+        })
+    });
+    let (done, open, refusals) = (rejoined.clone(), opened.clone(), AtomicU32::new(0));
+    peer.expect_open_wal_stream().returning(move |batches| {
+        let mut done = done.lock().unwrap();
+        if done.is_none() {
+            // Refused while rejoining; the rejoin ends right after the
+            // tenth refusal, when the backoff has reached its cap.
+            if refusals.fetch_add(1, Ordering::SeqCst) + 1 == 10 {
+                *done = Some(Instant::now());
+            }
+            return Err(TransportError::Refused("rejoining".into()));
+        }
+        open.lock().unwrap().get_or_insert(Instant::now());
+        let first = futures::stream::once(async { Ok(WalAck::default()) });
+        // The stream stays open while its batches are taken.
+        let acks = futures::StreamExt::chain(first, futures::stream::pending());
+        Ok(Box::pin(futures::StreamExt::map(acks, move |ack| {
+            let _open = &batches;
+            ack
+        })))
+    });
+    let (replica, _service) = start(cfg, Arc::new(MemWal::new()), peer);
+    replica
+        .wait_for(Duration::from_secs(60), "the stream up", |h| {
+            h.peer.connected
+        })
+        .await
+        .unwrap();
+    let rejoined = rejoined.lock().unwrap().expect("the rejoin ended");
+    let opened = opened.lock().unwrap().expect("the stream opened");
+    let waited = opened - rejoined;
+    assert!(
+        waited <= interval + Duration::from_millis(50),
+        "reopened {waited:?} after the standby became one again (heartbeat interval \
+         {interval:?}, backoff {backoff_max:?})"
+    );
+    replica.shutdown().await;
+}

@@ -265,6 +265,7 @@ impl Peer for GrpcPeer {
             header: Some(convert::header_to_pb(&req.header)),
             snapshot_id: req.snapshot_id,
             offset: req.offset,
+            crc_after_data: req.crc_after_data,
         };
         let mut client = self.control.clone();
         // The primary answers at once and builds while it sends keep-alives,
@@ -306,12 +307,13 @@ fn snapshot_part_from_pb(chunk: pb::SnapshotChunk) -> Result<Option<SnapshotPart
             lsn: Lsn(i.last_lsn),
             epoch: Epoch(i.last_epoch),
             total_bytes: i.total_bytes,
-            crc: i.crc,
+            crc: (!i.crc_follows).then_some(i.crc),
             offset: i.offset,
         }))),
         Some(Part::Data(d)) => Ok(Some(SnapshotPart::Data {
             offset: d.offset,
             data: d.data,
         })),
+        Some(Part::End(e)) => Ok(Some(SnapshotPart::End { crc: e.crc })),
     }
 }

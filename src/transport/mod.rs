@@ -5,7 +5,7 @@
 
 mod client;
 mod convert;
-mod server;
+pub(crate) mod server;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -194,6 +194,10 @@ pub struct SnapshotRequest {
     pub snapshot_id: u64,
     /// Bytes of snapshot `snapshot_id` already received.
     pub offset: u64,
+    /// The sender takes the CRC32C after the data (`SnapshotPart::End`),
+    /// so the primary can send before it has read the whole snapshot for
+    /// it. `false` (an older standby) asks for it in `SnapshotInfo`.
+    pub crc_after_data: bool,
 }
 
 /// What a snapshot transfer announces before its data.
@@ -207,14 +211,17 @@ pub struct SnapshotInfo {
     pub epoch: Epoch,
     /// The snapshot's length in bytes.
     pub total_bytes: u64,
-    /// CRC32C of the whole snapshot.
-    pub crc: u32,
+    /// CRC32C of the whole snapshot, or `None` when it comes after the
+    /// data (`SnapshotPart::End`; only to a request with
+    /// `crc_after_data`).
+    pub crc: Option<u32>,
     /// Where this transfer's data starts: the request's offset when it
     /// resumes this snapshot, 0 when it starts over.
     pub offset: u64,
 }
 
-/// One part of a snapshot transfer: one `Info`, then `Data` in order.
+/// One part of a snapshot transfer: one `Info`, then `Data` in order,
+/// then `End` if the `Info` had no CRC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotPart {
     /// The snapshot being sent; comes first, once.
@@ -225,6 +232,12 @@ pub enum SnapshotPart {
         offset: u64,
         /// At most `Config::snapshot_chunk_bytes` bytes.
         data: bytes::Bytes,
+    },
+    /// After the last byte, when `Info` announced no CRC: the CRC32C of
+    /// the whole snapshot.
+    End {
+        /// CRC32C of all `SnapshotInfo::total_bytes` bytes.
+        crc: u32,
     },
 }
 

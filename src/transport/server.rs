@@ -7,7 +7,7 @@ use super::*;
 use crate::error::LeaderHint;
 use crate::pb;
 use crate::pb::replication_server::{Replication, ReplicationServer};
-use crate::runtime::{BuiltSnapshot, Inbox, Metrics, NodeGone, PendingSnapshot};
+use crate::runtime::{Inbox, Metrics, NodeGone, PendingSnapshot};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::StreamExt;
@@ -528,6 +528,7 @@ impl Replication for ReplicationService {
         let stream = snapshot_stream(
             pending,
             (req.snapshot_id, req.offset),
+            req.crc_after_data,
             self.snapshot_keepalive,
             self.snapshot_chunk_bytes,
         );
@@ -539,79 +540,128 @@ impl Replication for ReplicationService {
     }
 }
 
-/// Where a snapshot transfer is: waiting for the build (keep-alives), or
-/// sending the built file from an offset.
-enum Sending {
-    Waiting(PendingSnapshot),
-    Data(Arc<BuiltSnapshot>, u64),
-    Done,
-}
+/// Chunks read ahead of the one being sent: the next chunk is read from
+/// the file while the last one is on the wire.
+const READ_AHEAD: usize = 2;
 
 /// The transfer of one snapshot: keep-alives every `keepalive` while the
 /// build runs, the snapshot's description, then its bytes read from the
-/// file one chunk at a time, as the receiver takes them (gRPC flow control
-/// bounds what is in flight, so memory does not grow with the snapshot).
+/// file one chunk at a time, a few chunks ahead of what the receiver has
+/// taken (`READ_AHEAD`; gRPC flow control bounds what is in flight, so
+/// memory does not grow with the snapshot), then, when the description
+/// had no CRC, the CRC32C taken over the bytes as they were read.
 /// `resume` is the request's (snapshot id, offset): the data starts at the
-/// offset only if that snapshot is the one being served.
-fn snapshot_stream(
+/// offset only if that snapshot is the one being served. The CRC comes
+/// after the data only to a receiver that asked for it
+/// (`crc_after_data`), only when the build does not know it yet, and only
+/// from offset 0 (a resume needs the CRC of bytes it does not send); else
+/// it is taken first, once per build.
+pub(crate) fn snapshot_stream(
     pending: PendingSnapshot,
     resume: (u64, u64),
+    crc_after_data: bool,
     keepalive: std::time::Duration,
     chunk_bytes: usize,
 ) -> ChunkStream {
     use pb::snapshot_chunk::Part;
-    let part = |p: Part| pb::SnapshotChunk { part: Some(p) };
-    Box::pin(futures::stream::unfold(
-        Sending::Waiting(pending),
-        move |state| async move {
-            match state {
-                Sending::Waiting(pending) => {
-                    tokio::select! {
-                        built = pending.clone() => match built {
-                            Ok(b) => {
-                                let offset = if b.id == resume.0 { resume.1.min(b.len) } else { 0 };
-                                let info = pb::SnapshotInfo {
-                                    snapshot_id: b.id,
-                                    last_lsn: b.lsn.0,
-                                    last_epoch: b.epoch.0,
-                                    total_bytes: b.len,
-                                    crc: b.crc,
-                                    offset,
-                                };
-                                Some((Ok(part(Part::Info(info))), Sending::Data(b, offset)))
-                            }
-                            Err(e) => Some((
-                                Err(Status::unavailable(format!(
-                                    "the state machine could not take a snapshot: {e}"
-                                ))),
-                                Sending::Done,
-                            )),
-                        },
-                        _ = tokio::time::sleep(keepalive) => {
-                            Some((Ok(part(Part::Building(true))), Sending::Waiting(pending)))
-                        }
+    let part = |p: Part| Ok(pb::SnapshotChunk { part: Some(p) });
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        // Every send fails once the receiver is gone (the transfer was
+        // cut): then this task ends.
+        let b = loop {
+            tokio::select! {
+                built = pending.clone() => match built {
+                    Ok(b) => break b,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::unavailable(format!(
+                            "the state machine could not take a snapshot: {e}"
+                        )))).await;
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep(keepalive) => {
+                    if tx.send(part(Part::Building(true))).await.is_err() {
+                        return;
                     }
                 }
-                Sending::Data(b, offset) => {
-                    if offset >= b.len {
-                        return None;
-                    }
-                    match b.read_chunk(offset, chunk_bytes).await {
-                        Ok(data) => {
-                            let next = offset + data.len() as u64;
-                            let msg = part(Part::Data(pb::SnapshotData { offset, data }));
-                            Some((Ok(msg), Sending::Data(b, next)))
-                        }
-                        Err(e) => Some((
-                            Err(Status::unavailable(format!("reading the snapshot: {e}"))),
-                            Sending::Done,
-                        )),
-                    }
-                }
-                Sending::Done => None,
+                _ = tx.closed() => return,
             }
-        },
-    ))
+        };
+        let offset = if b.id == resume.0 {
+            resume.1.min(b.len)
+        } else {
+            0
+        };
+        let trailing = crc_after_data && offset == 0 && b.crc().is_none();
+        let crc = if trailing {
+            None
+        } else {
+            // Keep-alives while the file is read for it: it may be large.
+            let known = b.crc_now();
+            tokio::pin!(known);
+            loop {
+                tokio::select! {
+                    crc = &mut known => match crc {
+                        Ok(crc) => break Some(crc),
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::unavailable(format!(
+                                "reading the snapshot for its CRC: {e}"
+                            )))).await;
+                            return;
+                        }
+                    },
+                    _ = tokio::time::sleep(keepalive) => {
+                        if tx.send(part(Part::Building(true))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let info = pb::SnapshotInfo {
+            snapshot_id: b.id,
+            last_lsn: b.lsn.0,
+            last_epoch: b.epoch.0,
+            total_bytes: b.len,
+            crc: crc.unwrap_or(0),
+            offset,
+            crc_follows: crc.is_none(),
+        };
+        if tx.send(part(Part::Info(info))).await.is_err() {
+            return;
+        }
+        let (mut at, mut running) = (offset, 0u32);
+        while at < b.len {
+            let data = match b.read_chunk(at, chunk_bytes).await {
+                Ok(data) => data,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "reading the snapshot: {e}"
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            if trailing {
+                running = crc32c::crc32c_append(running, &data);
+            }
+            let next = at + data.len() as u64;
+            let msg = part(Part::Data(pb::SnapshotData { offset: at, data }));
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            at = next;
+        }
+        if trailing {
+            b.note_crc(running);
+            let _ = tx
+                .send(part(Part::End(pb::SnapshotEnd { crc: running })))
+                .await;
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 #[cfg(test)]

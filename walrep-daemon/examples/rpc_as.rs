@@ -200,6 +200,7 @@ async fn call(a: &Args, peer: &Arc<dyn Peer>) -> Vec<Result<String, String>> {
                     header: header(a, *epoch),
                     snapshot_id: 0,
                     offset: 0,
+                    crc_after_data: true,
                 };
                 async move {
                     let mut parts = peer.fetch_snapshot(req).await.map_err(e)?;

@@ -99,6 +99,7 @@ impl KvStore {
             .map_err(|e| StateMachineError::new(format!("creating {}: {e}", dir.display())))?;
         // A snapshot a crash (or a full disk) left half written.
         snapshot_file::remove_tmp(&snapshot_file::tmp_path(&dir));
+        snapshot_file::remove_sending_links(&dir);
         let mut state = State::default();
         if let Some((lsn, map)) = snapshot_file::load(&dir)? {
             state.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
@@ -217,18 +218,50 @@ impl StateMachine for KvStore {
         *self.durable.read().unwrap()
     }
 
-    /// Streams a frozen copy of the map to `out`: one consistent state,
-    /// while applies go on.
+    /// Streams a frozen copy of the map to `out`, its LSN first, as the
+    /// snapshot file holds it: one consistent state, while applies go on.
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
         let (lsn, map) = self.frozen();
-        snapshot_file::write_map(&map, out)
+        out.write_all(&lsn.0.to_le_bytes())
+            .and_then(|()| snapshot_file::write_map(&map, out))
             .map_err(|e| StateMachineError::new(format!("writing the snapshot: {e}")))?;
         Ok(lsn)
     }
 
+    /// The durable snapshot file (`kv.snapshot`), through a hard link that
+    /// outlives a newer snapshot replacing the file; the link goes with
+    /// the guard. It may be older than the applied state: walrep sends it
+    /// only while its WAL continues from the file's LSN, else it calls
+    /// `snapshot`.
+    fn snapshot_file(&self) -> Result<Option<walrep::SnapshotFile>, StateMachineError> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let Some((path, lsn, len)) = snapshot_file::link_for_sending(dir)? else {
+            return Ok(None);
+        };
+        struct Unlink(PathBuf);
+        impl Drop for Unlink {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        Ok(Some(walrep::SnapshotFile {
+            path: path.clone(),
+            len,
+            lsn,
+            guard: Box::new(Unlink(path)),
+        }))
+    }
+
     /// Decodes the map as it is read, then swaps it in.
     fn restore(&self, lsn: Lsn, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
-        let map = snapshot_file::read_map(input)?;
+        let mut prefix = [0u8; 8];
+        let map = if snapshot_file::read_lsn(input, lsn, &mut prefix)? {
+            snapshot_file::read_map(input)?
+        } else {
+            snapshot_file::read_map(&mut std::io::Read::chain(&prefix[..], input))?
+        };
         // The WAL is reset to start after the snapshot, so the snapshot
         // must be on disk before anything relies on it. The map is still
         // ours alone: it streams to the file without a second copy in
@@ -242,6 +275,49 @@ impl StateMachine for KvStore {
         {
             let mut s = self.state.write().unwrap();
             s.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
+            s.map = map;
+            s.applied = lsn;
+        }
+        if self.dir.is_some() {
+            *self.durable.write().unwrap() = lsn;
+        }
+        Ok(())
+    }
+
+    /// The received file is what `kv.snapshot` holds: decoded in one
+    /// buffered pass (each value read in one piece, its hash taken as it
+    /// arrives), then renamed into place as the durable snapshot instead of
+    /// being written again. A file from a primary that sent no LSN goes
+    /// through `restore`.
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
+        let open = || -> std::io::Result<(std::fs::File, u64)> {
+            let f = std::fs::File::open(path)?;
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        };
+        let (file, len) = open().map_err(|e| {
+            StateMachineError::new(format!(
+                "opening the received snapshot {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut prefix = [0u8; 8];
+        if !snapshot_file::read_lsn(&mut input, lsn, &mut prefix)? {
+            return self.restore(lsn, &mut std::io::Read::chain(&prefix[..], input));
+        }
+        let mut hash = 0;
+        let map = snapshot_file::read_map_with(&mut input, Some(len - 8), &mut |k, v| {
+            hash ^= entry_hash(k, v)
+        })?;
+        drop(input);
+        let _one_at_a_time = self.persisting.lock().unwrap();
+        if let Some(dir) = &self.dir {
+            snapshot_file::install(dir, path)?;
+        }
+        {
+            let mut s = self.state.write().unwrap();
+            s.hash = hash;
             s.map = map;
             s.applied = lsn;
         }
@@ -455,7 +531,8 @@ mod tests {
         assert!(applied, "the apply waited for the snapshot's encode");
         let (lsn, bytes) = snapshotting.join().unwrap();
         assert_eq!(lsn, Lsn(1));
-        let map = snapshot_file::decode_map(&bytes).unwrap();
+        assert_eq!(bytes[..8], lsn.0.to_le_bytes(), "its LSN first");
+        let map = snapshot_file::decode_map(&bytes[8..]).unwrap();
         assert_eq!(
             map.get(&b"x"[..]),
             Some(&Bytes::from("1")),
@@ -495,5 +572,78 @@ mod tests {
         assert_eq!(b.state_hash(), a.state_hash());
         assert_eq!(b.applied_lsn(), Lsn(1));
         assert!(b.get(b"z").is_none());
+    }
+
+    /// A snapshot's bytes are the snapshot file's: the file a standby
+    /// receives is renamed into place as its durable snapshot (not written
+    /// again), the state is the primary's, and a restart loads it.
+    #[test]
+    fn a_received_snapshot_file_becomes_the_durable_snapshot_as_it_is() {
+        let a = KvStore::in_memory();
+        a.apply(Lsn(1), &put("x", "1")).unwrap();
+        a.apply(Lsn(2), &put("y", &"v".repeat(5000))).unwrap();
+        let mut snap = Vec::new();
+        let lsn = a.snapshot(&mut snap).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let b = KvStore::open(dir.path().join("kv")).unwrap();
+        b.apply(Lsn(1), &put("z", "9")).unwrap();
+        let received = dir.path().join("incoming.snapshot");
+        std::fs::write(&received, &snap).unwrap();
+        b.restore_file(lsn, &received).unwrap();
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!((b.applied_lsn(), b.durable_lsn()), (lsn, lsn));
+        assert!(!received.exists(), "moved, not copied");
+        let on_disk = std::fs::read(dir.path().join("kv").join(snapshot_file::FILE)).unwrap();
+        assert_eq!(on_disk, snap, "the durable snapshot is the received file");
+        drop(b);
+        let c = KvStore::open(dir.path().join("kv")).unwrap();
+        assert_eq!((c.state_hash(), c.applied_lsn()), (a.state_hash(), lsn));
+    }
+
+    /// A snapshot without its LSN (from a primary that sent none) is
+    /// still restored; one whose LSN is not the announced one is refused
+    /// and changes nothing.
+    #[test]
+    fn a_snapshot_without_an_lsn_restores_and_one_with_another_lsn_is_refused() {
+        let a = KvStore::in_memory();
+        a.apply(Lsn(1), &put("x", "1")).unwrap();
+        let mut snap = Vec::new();
+        let lsn = a.snapshot(&mut snap).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let b = KvStore::open(dir.path()).unwrap();
+        let received = dir.path().join("received");
+        std::fs::write(&received, &snap[8..]).unwrap();
+        b.restore_file(lsn, &received).unwrap();
+        assert_eq!(b.state_hash(), a.state_hash());
+        let c = KvStore::in_memory();
+        c.apply(Lsn(1), &put("z", "9")).unwrap();
+        std::fs::write(&received, &snap).unwrap();
+        let e = c.restore_file(Lsn(7), &received).unwrap_err();
+        assert!(e.message().contains("not the 7"), "{e}");
+        assert!(c.get(b"z").is_some(), "nothing replaced");
+    }
+
+    /// The primary serves its durable snapshot file through a link that
+    /// keeps the bytes while a newer snapshot replaces the file, and goes
+    /// with the guard.
+    #[test]
+    fn the_snapshot_file_served_stays_as_it_was_until_its_guard_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(dir.path()).unwrap();
+        assert!(kv.snapshot_file().unwrap().is_none(), "no snapshot yet");
+        kv.apply(Lsn(1), &put("x", "1")).unwrap();
+        kv.persist_snapshot().unwrap();
+        let f = kv.snapshot_file().unwrap().expect("a durable snapshot");
+        let served = std::fs::read(&f.path).unwrap();
+        assert_eq!((f.lsn, f.len), (Lsn(1), served.len() as u64));
+        kv.apply(Lsn(2), &put("x", "2")).unwrap();
+        kv.persist_snapshot().unwrap();
+        assert_eq!(std::fs::read(&f.path).unwrap(), served, "unchanged");
+        let copy = KvStore::in_memory();
+        copy.restore(f.lsn, &mut &served[..]).unwrap();
+        assert_eq!(copy.get(b"x").as_deref(), Some(&b"1"[..]));
+        let path = f.path.clone();
+        drop(f);
+        assert!(!path.exists(), "the link goes with the guard");
     }
 }

@@ -1,10 +1,12 @@
 //! The engine's snapshot: the same bytes on the wire (`StateMachine::
 //! snapshot`, streamed entry by entry) and on disk (`kv.snapshot`,
-//! replaced atomically). The format is unchanged from when the wire copy
-//! was one buffer; only how it is written and read changed.
+//! replaced atomically), so a primary sends its file as it is
+//! (`snapshot_file`) and a standby renames the file it received into place
+//! (`restore_file`) instead of writing the store again.
 //!
-//! `| magic "WKV1" | count: u64 | (key_len u32, key, value_len u32, value)* | crc32c u32 |`
-//! On disk the file is prefixed by the snapshot's LSN (u64 LE).
+//! `| lsn u64 LE | magic "WKV1" | count: u64 | (key_len u32, key, value_len u32, value)* | crc32c u32 |`
+//! (the CRC covers the magic up to the last entry). A snapshot from a
+//! primary that sent no LSN (it starts with the magic) is still restored.
 
 use bytes::Bytes;
 use std::io::{Read, Write};
@@ -13,7 +15,10 @@ use walrep::Lsn;
 use walrep::StateMachineError;
 
 const MAGIC: &[u8; 4] = b"WKV1";
-const FILE: &str = "kv.snapshot";
+pub(super) const FILE: &str = "kv.snapshot";
+/// Hard links to `FILE` that a transfer to a standby reads
+/// (`link_for_sending`), removed when it ends or at the next start.
+const SENDING: &str = "kv.snapshot.sending-";
 
 fn err(msg: impl Into<String>) -> StateMachineError {
     StateMachineError::new(msg)
@@ -81,8 +86,20 @@ impl<T: Read> Crc<T> {
     }
 
     /// `len` bytes, allocated as they arrive (a length field that lies
-    /// about the bytes behind it costs no more than those bytes).
-    fn bytes(&mut self, len: usize, what: &str) -> Result<Vec<u8>, StateMachineError> {
+    /// about the bytes behind it costs no more than those bytes), or at
+    /// once when `left` (what the input still holds, if known) covers them.
+    fn bytes(
+        &mut self,
+        len: usize,
+        left: &mut Option<u64>,
+        what: &str,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        if let Some(left) = left.as_mut().filter(|l| **l >= len as u64) {
+            let mut v = vec![0u8; len];
+            self.take(&mut v, what)?;
+            *left -= len as u64;
+            return Ok(v);
+        }
         let mut v = Vec::new();
         while v.len() < len {
             let at = v.len();
@@ -102,6 +119,17 @@ pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
 /// Decodes the encoding read from `input` as it arrives: the map is built
 /// entry by entry and the checksum checked at the end.
 pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
+    read_map_with(input, None, &mut |_, _| {})
+}
+
+/// `read_map` of an input that holds `len` bytes, if known (a value that
+/// fits in them is read in one piece), calling `each` with every entry.
+pub fn read_map_with(
+    input: &mut dyn Read,
+    len: Option<u64>,
+    each: &mut dyn FnMut(&[u8], &[u8]),
+) -> Result<Map, StateMachineError> {
+    let mut left = len;
     let mut input = Crc {
         inner: input,
         crc: 0,
@@ -116,11 +144,20 @@ pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
     }
     let count = u64::from_le_bytes(head[4..12].try_into().unwrap());
     let mut map = Map::new();
+    let took = |left: &mut Option<u64>, n: u64| {
+        if let Some(l) = left.as_mut() {
+            *l = l.saturating_sub(n)
+        }
+    };
+    took(&mut left, 12);
     for i in 0..count {
         let klen = input.u32("an entry")? as usize;
-        let key = input.bytes(klen, "an entry")?;
+        took(&mut left, 4);
+        let key = input.bytes(klen, &mut left, "an entry")?;
         let vlen = input.u32("an entry")? as usize;
-        let value = Bytes::from(input.bytes(vlen, "an entry")?);
+        took(&mut left, 4);
+        let value = Bytes::from(input.bytes(vlen, &mut left, "an entry")?);
+        each(&key, &value);
         // `write_map` writes keys in ascending order; a repeated key would
         // silently drop an entry.
         if map
@@ -144,6 +181,82 @@ pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
         Ok(_) => Err(err("snapshot has bytes after its last entry")),
         Err(e) => Err(err(format!("reading the snapshot: {e}"))),
     }
+}
+
+/// Reads the LSN a snapshot starts with, checked against `lsn`, the one
+/// walrep says it covers. `Ok(true)`: `input` continues with the
+/// encoding. `Ok(false)`: it held no LSN (a primary that sent none) and
+/// `prefix` holds the bytes read, which begin the encoding.
+pub fn read_lsn(
+    input: &mut dyn Read,
+    lsn: Lsn,
+    prefix: &mut [u8; 8],
+) -> Result<bool, StateMachineError> {
+    input
+        .read_exact(prefix)
+        .map_err(|_| err("snapshot is not a walrep KV snapshot (too short)"))?;
+    if *prefix == lsn.0.to_le_bytes() {
+        return Ok(true);
+    }
+    if prefix[..4] == MAGIC[..] {
+        return Ok(false);
+    }
+    Err(err(format!(
+        "snapshot is for LSN {}, not the {lsn} it was announced with",
+        u64::from_le_bytes(*prefix)
+    )))
+}
+
+/// A hard link to `dir`'s snapshot file for a transfer to read, with the
+/// LSN and length the file holds; the file itself may be replaced
+/// meanwhile. `None` if there is no snapshot file.
+pub fn link_for_sending(
+    dir: &Path,
+) -> Result<Option<(std::path::PathBuf, Lsn, u64)>, StateMachineError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let link = dir.join(format!("{SENDING}{n}"));
+    let _ = std::fs::remove_file(&link);
+    match std::fs::hard_link(dir.join(FILE), &link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("linking {}: {e}", link.display()))),
+    }
+    let read = || -> std::io::Result<(Lsn, u64)> {
+        let mut f = std::fs::File::open(&link)?;
+        let mut lsn = [0u8; 8];
+        f.read_exact(&mut lsn)?;
+        Ok((Lsn(u64::from_le_bytes(lsn)), f.metadata()?.len()))
+    };
+    match read() {
+        Ok((lsn, len)) => Ok(Some((link, lsn, len))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&link);
+            Err(err(format!("reading {}: {e}", link.display())))
+        }
+    }
+}
+
+/// Removes the links an earlier run left for transfers.
+pub fn remove_sending_links(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(SENDING) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Moves a received snapshot file (fsynced by walrep) into place as
+/// `dir`'s snapshot file, atomically.
+pub fn install(dir: &Path, received: &Path) -> Result<(), StateMachineError> {
+    let io = |what: &str, e: std::io::Error| err(format!("{what} in {}: {e}", dir.display()));
+    std::fs::rename(received, dir.join(FILE))
+        .map_err(|e| io("renaming the received snapshot", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing directory", e))
 }
 
 /// The snapshot being written, renamed over `FILE` once whole and synced.

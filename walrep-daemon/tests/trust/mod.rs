@@ -113,6 +113,7 @@ async fn call(
                 header: header(),
                 snapshot_id: 0,
                 offset: 0,
+                crc_after_data: true,
             })
             .await
             .map(|_| "a snapshot stream".to_string()),
