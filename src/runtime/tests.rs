@@ -456,6 +456,44 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
     replica.shutdown().await;
 }
 
+/// A standby that answers heartbeats as a standby and, on the WAL stream,
+/// sends its start ack, then `ack(last record)` once the first batch with
+/// records arrives, then nothing more (it keeps receiving, so the
+/// primary's sends never fail).
+fn standby_acking_first_batch(
+    ack: impl Fn(&crate::types::Record) -> WalAck + Send + Sync + Copy + 'static,
+) -> MockPeer {
+    let mut peer = MockPeer::new();
+    peer.expect_heartbeat().returning(|_| {
+        Ok(HeartbeatReply {
+            ack: WalAck::default(),
+            role: RoleKind::Standby,
+        })
+    });
+    peer.expect_open_wal_stream()
+        .times(1)
+        .returning(move |batches| {
+            let acks =
+                futures::stream::unfold((0u8, batches), move |(step, mut batches)| async move {
+                    match step {
+                        0 => Some((Ok(WalAck::default()), (1, batches))),
+                        1 => loop {
+                            let b = batches.recv().await?;
+                            if let Some(last) = b.records.last() {
+                                break Some((Ok(ack(last)), (2, batches)));
+                            }
+                        },
+                        _ => {
+                            while batches.recv().await.is_some() {}
+                            None
+                        }
+                    }
+                });
+            Ok(Box::pin(acks))
+        });
+    peer
+}
+
 /// An engine whose applies wait until `open` is called (a slow engine).
 struct GatedStateMachine {
     inner: MemStateMachine,
@@ -501,51 +539,20 @@ impl crate::StateMachine for GatedStateMachine {
 /// until the second write has failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeout() {
-    let mut peer = MockPeer::new();
-    peer.expect_heartbeat().returning(|_| {
-        Ok(HeartbeatReply {
-            ack: WalAck::default(),
-            role: RoleKind::Standby,
-        })
-    });
-    peer.expect_open_wal_stream().times(1).returning(|batches| {
-        // The start ack, then a flush ack for the first batch with records,
-        // then silence.
-        let acks = futures::stream::unfold((0u8, batches), |(step, mut batches)| async move {
-            match step {
-                0 => Some((Ok(WalAck::default()), (1, batches))),
-                1 => {
-                    let records = loop {
-                        let b = batches.recv().await?;
-                        if !b.records.is_empty() {
-                            break b.records;
-                        }
-                    };
-                    let last = records.last().unwrap();
-                    let ack = WalAck {
-                        epoch: last.epoch,
-                        written: last.lsn,
-                        flushed: last.lsn,
-                        applied: Lsn::ZERO,
-                        flushed_epoch: last.epoch,
-                    };
-                    Some((Ok(ack), (2, batches)))
-                }
-                _ => {
-                    // Keep receiving so the primary's sends never fail.
-                    while batches.recv().await.is_some() {}
-                    None
-                }
-            }
-        });
-        Ok(Box::pin(acks))
+    // The first batch's records are flushed on the standby, nothing after.
+    let peer = standby_acking_first_batch(|last| WalAck {
+        epoch: last.epoch,
+        written: last.lsn,
+        flushed: last.lsn,
+        applied: Lsn::ZERO,
+        flushed_epoch: last.epoch,
     });
     let engine = Arc::new(GatedStateMachine {
         inner: MemStateMachine::new(),
         open: std::sync::Mutex::new(false),
         opened: std::sync::Condvar::new(),
     });
-    let wal = Arc::new(MemWal::new());
+    let wal = confirmed_primary_wal();
     wal.set_may_block(true);
     let cfg = Config {
         sync_timeout: Duration::from_millis(200),
@@ -813,37 +820,14 @@ async fn a_standby_answering_heartbeats_again_is_streamed_to_without_waiting_out
 /// epoch must fence us (found by `chaos a_paused_primary_refuses_writes_once_it_learns_the_new_epoch`).
 #[tokio::test(start_paused = true)]
 async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_primary() {
-    let mut peer = MockPeer::new();
-    peer.expect_heartbeat().returning(|_| {
-        Ok(HeartbeatReply {
-            ack: WalAck::default(),
-            role: RoleKind::Standby,
-        })
-    });
-    peer.expect_open_wal_stream().times(1).returning(|batches| {
-        // The start ack, then, once our write's batch arrives, the
-        // positions of the promoted peer's own log at epoch 2.
-        let acks = futures::stream::unfold((0u8, batches), |(step, mut batches)| async move {
-            match step {
-                0 => Some((Ok(WalAck::default()), (1, batches))),
-                1 => {
-                    while batches.recv().await?.records.is_empty() {}
-                    let newer = WalAck {
-                        epoch: Epoch(2),
-                        written: Lsn(100),
-                        flushed: Lsn(100),
-                        applied: Lsn(100),
-                        flushed_epoch: Epoch(2),
-                    };
-                    Some((Ok(newer), (2, batches)))
-                }
-                _ => {
-                    std::future::pending::<()>().await;
-                    None
-                }
-            }
-        });
-        Ok(Box::pin(acks))
+    // Once our write's batch arrives, the positions of the promoted peer's
+    // own log at epoch 2.
+    let mut peer = standby_acking_first_batch(|_| WalAck {
+        epoch: Epoch(2),
+        written: Lsn(100),
+        flushed: Lsn(100),
+        applied: Lsn(100),
+        flushed_epoch: Epoch(2),
     });
     peer.expect_history()
         .returning(|_| Err(TransportError::Unreachable("down".into())));
