@@ -193,16 +193,7 @@ pub(super) fn discard_files(dir: &Path) {
 /// is one read of the prefix per restart that resumes, not per chunk (a
 /// CRC in the sidecar would need a sidecar rewrite with fsync per chunk).
 fn crc_of_prefix(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
-    let (mut crc, mut at) = (0u32, 0u64);
-    while at < len {
-        let want = ((len - at) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..want], at)?;
-        crc = crc32c::crc32c_append(crc, &buf[..want]);
-        at += want as u64;
-    }
-    Ok(crc)
+    super::snapshots::crc_of(file, len)
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {

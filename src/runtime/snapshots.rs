@@ -317,7 +317,7 @@ fn build(
 }
 
 /// CRC32C of the first `len` bytes of `file`, read in 1 MiB pieces.
-fn crc_of(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
+pub(super) fn crc_of(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
     let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
     let (mut crc, mut at) = (0u32, 0u64);
     while at < len {
