@@ -494,43 +494,6 @@ fn standby_acking_first_batch(
     peer
 }
 
-/// An engine whose applies wait until `open` is called (a slow engine).
-struct GatedStateMachine {
-    inner: MemStateMachine,
-    open: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-}
-
-impl GatedStateMachine {
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
-
-impl crate::StateMachine for GatedStateMachine {
-    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        self.inner.apply(lsn, payload)
-    }
-    fn applied_lsn(&self) -> Lsn {
-        self.inner.applied_lsn()
-    }
-    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, crate::StateMachineError> {
-        self.inner.snapshot(out)
-    }
-    fn restore(
-        &self,
-        lsn: Lsn,
-        input: &mut dyn std::io::Read,
-    ) -> Result<(), crate::StateMachineError> {
-        self.inner.restore(lsn, input)
-    }
-}
-
 /// A write that is committed but not yet applied when a later write times
 /// out is answered with its result, not with that later write's
 /// `SyncTimeout`: its caller would take "maybe written" for a reason to
@@ -547,11 +510,8 @@ async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeou
         applied: Lsn::ZERO,
         flushed_epoch: last.epoch,
     });
-    let engine = Arc::new(GatedStateMachine {
-        inner: MemStateMachine::new(),
-        open: std::sync::Mutex::new(false),
-        opened: std::sync::Condvar::new(),
-    });
+    let engine = Arc::new(MemStateMachine::new());
+    engine.hold_applies();
     let wal = confirmed_primary_wal();
     wal.set_may_block(true);
     let cfg = Config {
@@ -581,7 +541,7 @@ async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeou
         matches!(second, Error::SyncTimeout { lsn: Lsn(2) }),
         "{second}"
     );
-    engine.open();
+    engine.release_applies();
     let first = first.await.unwrap();
     assert!(
         matches!(&first, Ok(a) if a.lsn == Lsn(1)),

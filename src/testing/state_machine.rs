@@ -6,8 +6,8 @@ use crate::types::Lsn;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// Applies any payload by folding it into a running hash, and answers each
@@ -28,6 +28,9 @@ pub struct MemStateMachine {
     fail_from: AtomicU64,
     /// How many times each payload was applied, by its CRC32C.
     applies: Mutex<HashMap<u32, u64>>,
+    /// While true, applies wait (`hold_applies`).
+    held: Mutex<bool>,
+    released: Condvar,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,6 +88,20 @@ impl MemStateMachine {
         applies.get(&crc32c::crc32c(payload)).copied().unwrap_or(0)
     }
 
+    /// Makes every later apply wait until `release_applies` (a slow
+    /// engine: records committed but not applied yet). The applies wait
+    /// on the thread that calls them, so hold them only where the node
+    /// applies on the blocking pool (a WAL that `may_block`).
+    pub fn hold_applies(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+
+    /// Lets the held applies, and every later one, through.
+    pub fn release_applies(&self) {
+        *self.held.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+
     /// How many times `restore` succeeded.
     pub fn restores(&self) -> u64 {
         self.restores.load(Ordering::Relaxed)
@@ -115,6 +132,11 @@ impl StateMachine for MemStateMachine {
     }
 
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        let mut held = self.held.lock().unwrap();
+        while *held {
+            held = self.released.wait(held).unwrap();
+        }
+        drop(held);
         let fail_from = self.fail_from.load(Ordering::Relaxed);
         if let Some((lsn, _)) = records
             .iter()
