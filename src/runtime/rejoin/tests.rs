@@ -1,0 +1,454 @@
+use super::*;
+use crate::testing::MemStateMachine;
+use crate::transport::{MockPeer, SnapshotStream};
+use crate::wal::MemWal;
+use bytes::Bytes;
+use std::sync::Mutex;
+
+/// The transfer the fake primary sends: the snapshot `data` announced
+/// with `crc` and `total`, its bytes in chunks of 4, cut after `cut`
+/// chunks (an error) if given; every request is recorded. With
+/// `trailer`, a transfer from offset 0 announces no CRC and sends `crc`
+/// in an `End` after the data, as a primary does for a standby that
+/// asks for `crc_after_data`; `tamper` then changes the parts before
+/// they go.
+struct Primary {
+    data: Vec<u8>,
+    crc: u32,
+    total: u64,
+    cut: Mutex<Vec<Option<usize>>>,
+    requests: Mutex<Vec<(u64, u64)>>,
+    trailer: bool,
+    tamper: fn(&mut Vec<Result<SnapshotPart, TransportError>>),
+}
+
+fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
+    assert!(
+        req.crc_after_data,
+        "the standby takes the CRC after the data"
+    );
+    p.requests
+        .lock()
+        .unwrap()
+        .push((req.snapshot_id, req.offset));
+    let offset = if req.snapshot_id == 7 { req.offset } else { 0 };
+    let trailing = p.trailer && offset == 0;
+    let mut parts = vec![Ok(SnapshotPart::Info(SnapshotInfo {
+        id: 7,
+        lsn: Lsn(5),
+        epoch: Epoch(1),
+        total_bytes: p.total,
+        crc: (!trailing).then_some(p.crc),
+        offset,
+    }))];
+    let cut = p.cut.lock().unwrap().remove(0);
+    let mut at = offset as usize;
+    let mut was_cut = false;
+    for n in 0.. {
+        if at >= p.data.len() {
+            break;
+        }
+        if cut == Some(n) {
+            parts.push(Err(TransportError::Unreachable("cut".into())));
+            was_cut = true;
+            break;
+        }
+        let end = (at + 4).min(p.data.len());
+        parts.push(Ok(SnapshotPart::Data {
+            offset: at as u64,
+            data: Bytes::copy_from_slice(&p.data[at..end]),
+        }));
+        at = end;
+    }
+    if trailing && !was_cut {
+        parts.push(Ok(SnapshotPart::End { crc: p.crc }));
+    }
+    (p.tamper)(&mut parts);
+    Box::pin(futures::stream::iter(parts))
+}
+
+fn ctx(primary: Arc<Primary>, sm: Arc<MemStateMachine>, dir: &Path) -> Ctx {
+    let wal: Arc<dyn WalStore> = Arc::new(MemWal::new());
+    let mut peer = MockPeer::new();
+    peer.expect_fetch_snapshot()
+        .returning(move |req| Ok(stream(&primary, &req)));
+    Ctx {
+        cfg: Config::default(),
+        wal: wal.clone(),
+        sm: sm.clone(),
+        peer: Arc::new(peer),
+        tx: mpsc::channel(8).0,
+        header: header(),
+        leader: NodeId::from("n2"),
+        applier: None,
+        rewound_dir: None,
+        snapshots: Arc::new(super::super::Snapshots::new(
+            Some(dir.to_path_buf()),
+            sm,
+            wal,
+        )),
+        metrics: Arc::new(Metrics::default()),
+        cancel: CancellationToken::new(),
+    }
+}
+
+fn header() -> Header {
+    Header {
+        cluster_id: "c".into(),
+        epoch: Epoch(1),
+        node_id: NodeId::from("n1"),
+        node_addr: "127.0.0.1:1".into(),
+        leader_id: None,
+        client_addr: None,
+    }
+}
+
+/// A snapshot `MemStateMachine` restores: its hash, then padding.
+fn snapshot_bytes() -> Vec<u8> {
+    let source = MemStateMachine::new();
+    source.apply(Lsn(1), b"a").unwrap();
+    source.set_snapshot_padding(30);
+    let mut out = Vec::new();
+    source.snapshot(&mut out).unwrap();
+    out
+}
+
+fn primary(data: Vec<u8>, crc: u32, total: u64, cuts: Vec<Option<usize>>) -> Arc<Primary> {
+    Arc::new(Primary {
+        data,
+        crc,
+        total,
+        cut: Mutex::new(cuts),
+        requests: Mutex::new(Vec::new()),
+        trailer: false,
+        tamper: |_| {},
+    })
+}
+
+/// A primary that sends the CRC after the data, its parts changed by
+/// `tamper` on the first transfer.
+fn trailing_primary(
+    data: Vec<u8>,
+    crc: u32,
+    cuts: Vec<Option<usize>>,
+    tamper: fn(&mut Vec<Result<SnapshotPart, TransportError>>),
+) -> Arc<Primary> {
+    let total = data.len() as u64;
+    Arc::new(Primary {
+        data,
+        crc,
+        total,
+        cut: Mutex::new(cuts),
+        requests: Mutex::new(Vec::new()),
+        trailer: true,
+        tamper,
+    })
+}
+
+/// The CRC after the data: announced without one, checked against
+/// the `End` that follows the last byte; the file holds the snapshot.
+#[tokio::test]
+async fn a_crc_sent_after_the_data_is_checked_against_the_bytes_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None], |_| {});
+    let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
+    let mut incoming = None;
+    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+        Ok(Some(info)) => info,
+        _ => panic!("the transfer completes"),
+    };
+    assert_eq!(info.crc, Some(crc32c::crc32c(&data)), "taken from the End");
+    let got = std::fs::read(&incoming.as_ref().unwrap().path).unwrap();
+    assert_eq!(got, data);
+}
+
+/// A trailing CRC that does not match, or an `End` out of place (before
+/// the last byte, twice, after an announced CRC, followed by data):
+/// the transfer is refused, its files deleted, nothing restored.
+#[tokio::test]
+async fn a_wrong_or_misplaced_trailing_crc_refuses_the_snapshot_and_deletes_it() {
+    type Tamper = fn(&mut Vec<Result<SnapshotPart, TransportError>>);
+    let cases: [(&str, bool, Tamper); 5] = [
+        ("a wrong CRC", true, |_| {}),
+        ("before the last byte", false, |p| {
+            let end = p.pop().unwrap();
+            p.insert(3, end);
+        }),
+        ("twice", false, |p| {
+            let Some(Ok(SnapshotPart::End { crc })) = p.last() else {
+                panic!("ends with its CRC")
+            };
+            let crc = *crc;
+            p.push(Ok(SnapshotPart::End { crc }));
+        }),
+        ("after an announced CRC", false, |p| {
+            if let Ok(SnapshotPart::Info(i)) = &mut p[0] {
+                i.crc = Some(0);
+            }
+        }),
+        ("followed by data", false, |p| {
+            let Ok(SnapshotPart::Data { offset, data }) = &p[1] else {
+                panic!("data first")
+            };
+            let again = SnapshotPart::Data {
+                offset: *offset,
+                data: data.clone(),
+            };
+            p.push(Ok(again));
+        }),
+    ];
+    let data = snapshot_bytes();
+    for (what, wrong_crc, tamper) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let good = crc32c::crc32c(&data);
+        let crc = if wrong_crc { good ^ 1 } else { good };
+        let sm = Arc::new(MemStateMachine::new());
+        let p = trailing_primary(data.clone(), crc, vec![None], tamper);
+        let ctx = ctx(p, sm.clone(), dir.path());
+        let mut incoming = None;
+        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(r, Ok(None)), "{what}: refused");
+        assert!(incoming.is_none(), "{what}: what arrived is dropped");
+        for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
+            assert!(!dir.path().join(name).exists(), "{what}: {name} deleted");
+        }
+        assert_eq!(sm.restores(), 0, "{what}");
+    }
+}
+
+/// A transfer cut after its last byte but before its trailing CRC
+/// keeps the bytes; the resume asks from the end, the primary then
+/// announces the CRC, and the whole is checked.
+#[tokio::test]
+async fn a_transfer_cut_before_its_trailing_crc_resumes_from_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None, None], |p| {
+        if let Some(Ok(SnapshotPart::End { .. })) = p.last() {
+            p.pop();
+        }
+    });
+    let ctx = ctx(p.clone(), Arc::new(MemStateMachine::new()), dir.path());
+    let mut incoming = None;
+    let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    assert!(matches!(first, Ok(None)), "not done without its CRC");
+    assert_eq!(incoming.as_ref().unwrap().received, data.len() as u64);
+    // The node restarts: the sidecar says the CRC comes after the data.
+    drop(incoming.take());
+    let mut incoming = Incoming::recover(dir.path());
+    assert_eq!(incoming.as_ref().unwrap().info.crc, None);
+    let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    assert!(matches!(done, Ok(Some(_))), "completed by the resume");
+    let len = data.len() as u64;
+    assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, len)]);
+}
+
+#[tokio::test]
+async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary(
+        data.clone(),
+        crc32c::crc32c(&data),
+        data.len() as u64,
+        vec![Some(3), None],
+    );
+    let sm = Arc::new(MemStateMachine::new());
+    let ctx = ctx(p.clone(), sm, dir.path());
+    let mut incoming = None;
+    let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+    assert_eq!(incoming.as_ref().unwrap().received, 12);
+    let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let info = match done {
+        Ok(Some(info)) => info,
+        _ => panic!("the resumed transfer completes"),
+    };
+    assert_eq!(info.lsn, Lsn(5));
+    assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+    let got = std::fs::read(&incoming.as_ref().unwrap().path).unwrap();
+    assert_eq!(got, data, "the file holds the snapshot, once");
+}
+
+#[tokio::test]
+async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
+    let data = snapshot_bytes();
+    let good = crc32c::crc32c(&data);
+    let cases = [
+        // A wrong checksum.
+        (data.clone(), good ^ 1, data.len() as u64),
+        // A flipped byte.
+        (
+            {
+                let mut d = data.clone();
+                d[13] ^= 0xff;
+                d
+            },
+            good,
+            data.len() as u64,
+        ),
+        // More bytes than announced.
+        (data.clone(), good, data.len() as u64 - 4),
+    ];
+    for (sent, crc, total) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Arc::new(MemStateMachine::new());
+        let ctx = ctx(
+            primary(sent, crc, total, vec![None]),
+            sm.clone(),
+            dir.path(),
+        );
+        let mut incoming = None;
+        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(r, Ok(None)), "refused");
+        assert!(incoming.is_none(), "what arrived is dropped");
+        assert_eq!(sm.restores(), 0);
+    }
+    // Fewer bytes than announced: not done, kept for a resume.
+    let dir = tempfile::tempdir().unwrap();
+    let sm = Arc::new(MemStateMachine::new());
+    let p = primary(data[..20].to_vec(), good, data.len() as u64, vec![None]);
+    let ctx = ctx(p, sm.clone(), dir.path());
+    let mut incoming = None;
+    let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    assert!(matches!(r, Ok(None)), "a short transfer is not done");
+    assert_eq!(incoming.as_ref().unwrap().received, 20);
+    assert_eq!(sm.restores(), 0);
+}
+
+/// A standby restarted mid-transfer seeds its CRC from the prefix on
+/// disk, not from what it believed it wrote: a prefix damaged while
+/// the node was down (here, one flipped byte) fails the check at the
+/// end of the resumed transfer, and nothing is restored.
+#[tokio::test]
+async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
+    let data = snapshot_bytes();
+    let crc = crc32c::crc32c(&data);
+    for damage in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = primary(data.clone(), crc, data.len() as u64, vec![Some(3), None]);
+        let sm = Arc::new(MemStateMachine::new());
+        let ctx = ctx(p.clone(), sm.clone(), dir.path());
+        let mut incoming = None;
+        let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+        // The node stops; the prefix may change on disk meanwhile.
+        drop(incoming.take());
+        if damage {
+            let path = dir.path().join(incoming::DATA_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[5] ^= 0xff;
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let mut incoming = Incoming::recover(dir.path());
+        assert_eq!(incoming.as_ref().unwrap().received, 12);
+        let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+        if damage {
+            assert!(matches!(done, Ok(None)), "the damaged prefix is caught");
+            assert!(incoming.is_none(), "and the transfer starts over");
+            assert!(!dir.path().join(incoming::DATA_FILE).exists());
+        } else {
+            assert!(matches!(done, Ok(Some(_))), "an intact prefix completes");
+        }
+        assert_eq!(sm.restores(), 0);
+    }
+}
+
+/// An engine that keeps the received file: it records the bytes it
+/// was handed, moves the file into its own directory and restores
+/// from there.
+struct Keeper {
+    inner: MemStateMachine,
+    own_dir: PathBuf,
+    handed: Mutex<Vec<u8>>,
+}
+
+impl StateMachine for Keeper {
+    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+        self.inner.apply(lsn, payload)
+    }
+    fn applied_lsn(&self) -> Lsn {
+        self.inner.applied_lsn()
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+        self.inner.snapshot(out)
+    }
+    fn restore(
+        &self,
+        lsn: Lsn,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), crate::StateMachineError> {
+        self.inner.restore(lsn, input)
+    }
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), crate::StateMachineError> {
+        *self.handed.lock().unwrap() = std::fs::read(path).unwrap();
+        let kept = self.own_dir.join("kept");
+        std::fs::rename(path, &kept).unwrap();
+        self.inner
+            .restore(lsn, &mut std::fs::File::open(&kept).unwrap())
+    }
+}
+
+/// The received, checked file is what the engine's `restore_file` gets
+/// (byte for byte); a file it moved away stays where it put it, and
+/// the incoming files are gone.
+#[tokio::test]
+async fn the_engine_gets_the_received_file_and_may_keep_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary(
+        data.clone(),
+        crc32c::crc32c(&data),
+        data.len() as u64,
+        vec![None],
+    );
+    let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
+    let mut incoming = None;
+    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+        Ok(Some(info)) => info,
+        _ => panic!("the transfer completes"),
+    };
+    let path = incoming.take().unwrap().path;
+    let keeper = Keeper {
+        inner: MemStateMachine::new(),
+        own_dir: own.path().to_path_buf(),
+        handed: Mutex::new(Vec::new()),
+    };
+    restore_received(&keeper, &*ctx.wal, dir.path(), &path, &info).unwrap();
+    assert_eq!(*keeper.handed.lock().unwrap(), data, "the snapshot's bytes");
+    assert_eq!(std::fs::read(own.path().join("kept")).unwrap(), data);
+    assert_eq!(keeper.applied_lsn(), info.lsn);
+    for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
+        assert!(!dir.path().join(name).exists(), "{name} removed");
+    }
+    assert_eq!(ctx.wal.last_lsn(), info.lsn, "the WAL goes on after it");
+}
+
+/// An engine with the default `restore_file` reads the received file
+/// through `restore`; walrep then removes the file it left.
+#[tokio::test]
+async fn the_default_restore_file_reads_the_file_through_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary(
+        data.clone(),
+        crc32c::crc32c(&data),
+        data.len() as u64,
+        vec![None],
+    );
+    let sm = Arc::new(MemStateMachine::new());
+    let ctx = ctx(p, sm.clone(), dir.path());
+    let mut incoming = None;
+    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+        Ok(Some(info)) => info,
+        _ => panic!("the transfer completes"),
+    };
+    let path = incoming.take().unwrap().path;
+    restore_received(&*sm, &*ctx.wal, dir.path(), &path, &info).unwrap();
+    assert_eq!(sm.restores(), 1);
+    assert_eq!(sm.applied_lsn(), info.lsn, "restored at the announced LSN");
+    assert!(!path.exists(), "the file the engine read is removed");
+}
