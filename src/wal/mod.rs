@@ -2,9 +2,9 @@
 //! through, a durable segmented file implementation and an in-memory one.
 
 mod file;
-#[cfg(any(test, feature = "testing"))]
 #[cfg(test)]
 pub(crate) mod gated;
+#[cfg(any(test, feature = "testing"))]
 mod mem;
 pub(crate) mod record;
 pub(crate) mod tmpfile;
