@@ -5,13 +5,8 @@
 
 use crate::transport::GrpcPeer;
 use crate::{Config, TlsError};
-use std::future::Future;
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, RootCertStore};
@@ -62,9 +57,11 @@ pub fn peer_with_identity(
     client.alpn_protocols = vec![b"h2".to_vec()];
     let name = ServerName::try_from(cfg.peer_id.0.clone())
         .map_err(|e| TlsError::Invalid(format!("peer_id {:?}: {e}", cfg.peer_id.0)))?;
-    let connector = AnyIdentity {
-        config: Arc::new(client),
-        name,
+    let connector = crate::transport::tls::TlsConnector {
+        identity: crate::transport::tls::ClientIdentity::Fixed {
+            config: Arc::new(client),
+            server: name,
+        },
         timeout: cfg.rpc_timeout,
     };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.peer_addr))
@@ -72,45 +69,4 @@ pub fn peer_with_identity(
     let endpoint = crate::transport::channel_settings(endpoint, cfg);
     let channel = endpoint.connect_with_connector_lazy(connector);
     Ok(GrpcPeer::from_channels(channel.clone(), channel, cfg))
-}
-
-#[derive(Clone)]
-struct AnyIdentity {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-    timeout: std::time::Duration,
-}
-
-impl tower_service::Service<http::Uri> for AnyIdentity {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let addr = uri
-                .authority()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host:port"))?
-                .to_string();
-            let connect = async {
-                let tcp = TcpStream::connect(addr).await?;
-                tcp.set_nodelay(true)?;
-                tokio_rustls::TlsConnector::from(this.config)
-                    .connect(this.name, tcp)
-                    .await
-            };
-            match tokio::time::timeout(this.timeout, connect).await {
-                Ok(stream) => stream.map(hyper_util::rt::TokioIo::new),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS connect timed out",
-                )),
-            }
-        })
-    }
 }

@@ -76,7 +76,7 @@ impl GrpcPeer {
     ) -> Result<GrpcPeer, crate::Error> {
         let endpoint = channel_settings(peer_endpoint(cfg)?, cfg);
         let connector = super::tls::TlsConnector {
-            tls: tls.clone(),
+            identity: super::tls::ClientIdentity::Node(tls.clone()),
             timeout: cfg.rpc_timeout,
         };
         Ok(GrpcPeer::from_channels(

@@ -7,7 +7,7 @@ mod client;
 mod convert;
 pub(crate) mod server;
 #[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod tls;
 
 pub use client::{GrpcPeer, channel_settings};
 pub use server::{AckWatch, Refusal, RefusalKind, ReplicationService};

@@ -162,18 +162,6 @@ impl Tls {
             },
         })
     }
-
-    /// Dials `addr` and runs the handshake, requiring the server's
-    /// certificate to name our peer.
-    async fn connect(
-        &self,
-        addr: String,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let connector = tokio_rustls::TlsConnector::from(self.current().client);
-        connector.connect(self.inner.peer_name.clone(), tcp).await
-    }
 }
 
 fn dns_name(id: &NodeId, setting: &str) -> Result<ServerName<'static>, TlsError> {
@@ -480,12 +468,37 @@ impl RefusalLog {
     }
 }
 
+/// What a dial presents and requires: the client configuration (trusted
+/// CA, own certificate) and the name the server's certificate must carry,
+/// read at each dial.
+#[derive(Clone)]
+pub(crate) enum ClientIdentity {
+    /// A node's own `Tls`, as last (re)loaded; the server must be its peer.
+    Node(Tls),
+    /// One configuration and server name, fixed (tests that dial with
+    /// another identity than a node's).
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    Fixed {
+        config: Arc<rustls::ClientConfig>,
+        server: ServerName<'static>,
+    },
+}
+
+impl ClientIdentity {
+    fn now(&self) -> (Arc<rustls::ClientConfig>, ServerName<'static>) {
+        match self {
+            ClientIdentity::Node(tls) => (tls.current().client, tls.inner.peer_name.clone()),
+            ClientIdentity::Fixed { config, server } => (config.clone(), server.clone()),
+        }
+    }
+}
+
 /// The client side: a connector for `Endpoint::connect_with_connector_lazy`
-/// that dials the URI's authority over TLS, requiring the server to be
-/// our peer, within `timeout`.
+/// that dials the URI's authority over TLS as `identity`, within
+/// `timeout`.
 #[derive(Clone)]
 pub(crate) struct TlsConnector {
-    pub(crate) tls: Tls,
+    pub(crate) identity: ClientIdentity,
     pub(crate) timeout: Duration,
 }
 
@@ -499,7 +512,7 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let (tls, timeout) = (self.tls.clone(), self.timeout);
+        let ((config, server), timeout) = (self.identity.now(), self.timeout);
         Box::pin(async move {
             let addr = uri
                 .authority()
@@ -510,7 +523,14 @@ impl tower_service::Service<http::Uri> for TlsConnector {
                     )
                 })?
                 .to_string();
-            match tokio::time::timeout(timeout, tls.connect(addr)).await {
+            let connect = async {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(server, tcp)
+                    .await
+            };
+            match tokio::time::timeout(timeout, connect).await {
                 Ok(stream) => stream.map(hyper_util::rt::TokioIo::new),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
