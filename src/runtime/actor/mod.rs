@@ -366,8 +366,14 @@ impl Actor {
                 self.send_ack();
                 return;
             }
-            Event::LocalFlushed { .. } => {
-                self.step(event);
+            Event::LocalFlushed { lsn } => {
+                // The flusher's report crossed the channel after its fsync
+                // ended; a rewind may have truncated the log below it
+                // meanwhile (the WAL waits for the fsync, not for its
+                // report). What is durable is what the WAL says now: a
+                // stale report must not count removed records as flushed.
+                let lsn = (*lsn).min(self.wal.flushed_lsn());
+                self.step(Event::LocalFlushed { lsn });
                 self.send_ack();
                 return;
             }
