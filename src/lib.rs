@@ -42,6 +42,7 @@
 
 #![deny(missing_docs)]
 
+pub mod arbiter;
 mod config;
 mod error;
 mod node;

@@ -10,6 +10,7 @@ mod state_machine;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use crate::arbiter::MemArbiter;
 pub use alloc::{TrackingAllocator, largest_allocation};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
 pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};

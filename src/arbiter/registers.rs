@@ -1,0 +1,320 @@
+//! The registers of any number of clusters and the rules a swap must pass,
+//! without I/O: the witness keeps one `Registers` (and writes it to its
+//! file before it answers), tests keep one in memory.
+
+use super::{Caller, CasOutcome, Register};
+use crate::types::{Epoch, NodeId};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Registers keyed by cluster id.
+#[derive(Clone, Debug, Default)]
+pub struct Registers {
+    clusters: BTreeMap<String, Cluster>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cluster {
+    register: Register,
+    /// The highest epoch each node reported since this process started.
+    /// Only consulted while the register does not exist: a register is
+    /// created only once every member has reported, at an epoch no lower
+    /// than any of them, so a witness that lost its file is rebuilt from
+    /// the nodes instead of guessing.
+    reported: BTreeMap<NodeId, Epoch>,
+}
+
+/// Why a swap was refused whatever the version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwapRefusal {
+    /// A create named no members, or not the caller among them.
+    CallerNotMember {
+        /// Who asked.
+        caller: NodeId,
+    },
+    /// A create came before every member reported its epoch: one of them
+    /// may hold a higher epoch than the proposal.
+    MembersNotHeard {
+        /// The members not heard from yet.
+        missing: Vec<NodeId>,
+    },
+    /// A create proposed an epoch below one a member reported.
+    EpochBelowReported {
+        /// The proposal's epoch.
+        proposed: Epoch,
+        /// The highest epoch reported.
+        reported: Epoch,
+        /// Who reported it.
+        by: NodeId,
+    },
+    /// A swap would move the register's epoch back.
+    EpochGoesBack {
+        /// The register's epoch.
+        current: Epoch,
+        /// The proposal's.
+        proposed: Epoch,
+    },
+}
+
+impl fmt::Display for SwapRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwapRefusal::CallerNotMember { caller } => write!(
+                f,
+                "{caller} proposed a register whose members do not include it"
+            ),
+            SwapRefusal::MembersNotHeard { missing } => write!(
+                f,
+                "the register does not exist and members {} have not reported their epoch yet; \
+                 it is created once every member has asked",
+                missing
+                    .iter()
+                    .map(|n| n.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            SwapRefusal::EpochBelowReported {
+                proposed,
+                reported,
+                by,
+            } => write!(
+                f,
+                "a register at epoch {proposed} would be below epoch {reported} that {by} reported"
+            ),
+            SwapRefusal::EpochGoesBack { current, proposed } => write!(
+                f,
+                "the register is at epoch {current}; a swap to epoch {proposed} would move it back"
+            ),
+        }
+    }
+}
+
+impl Registers {
+    /// No registers.
+    pub fn new() -> Registers {
+        Registers::default()
+    }
+
+    /// Registers as read back from a file (their reports start empty).
+    pub fn from_registers(registers: impl IntoIterator<Item = (String, Register)>) -> Registers {
+        Registers {
+            clusters: registers
+                .into_iter()
+                .map(|(id, register)| {
+                    let cluster = Cluster {
+                        register,
+                        reported: BTreeMap::new(),
+                    };
+                    (id, cluster)
+                })
+                .collect(),
+        }
+    }
+
+    /// Every cluster's register, for writing to a file.
+    pub fn registers(&self) -> impl Iterator<Item = (&str, &Register)> {
+        self.clusters
+            .iter()
+            .filter(|(_, c)| c.register.exists())
+            .map(|(id, c)| (id.as_str(), &c.register))
+    }
+
+    /// How many clusters have a register.
+    pub fn len(&self) -> usize {
+        self.registers().count()
+    }
+
+    /// Whether no cluster has a register.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The register of `cluster_id`, noting the caller's epoch.
+    pub fn read(&mut self, cluster_id: &str, caller: &Caller) -> Register {
+        let cluster = self.report(cluster_id, caller);
+        cluster.register.clone()
+    }
+
+    /// Swaps the register of `cluster_id` to `next` (at version
+    /// `expected_version + 1`) if it is at `expected_version` and the swap
+    /// passes the rules. A `Swapped` answer changed `self`: the caller must
+    /// make it durable before it tells anyone.
+    pub fn compare_and_swap(
+        &mut self,
+        cluster_id: &str,
+        caller: &Caller,
+        expected_version: u64,
+        next: &Register,
+    ) -> Result<CasOutcome, SwapRefusal> {
+        let cluster = self.report(cluster_id, caller);
+        let current = &cluster.register;
+        if current.version != expected_version {
+            return Ok(CasOutcome::Conflict(current.clone()));
+        }
+        if current.exists() {
+            if next.epoch < current.epoch {
+                return Err(SwapRefusal::EpochGoesBack {
+                    current: current.epoch,
+                    proposed: next.epoch,
+                });
+            }
+        } else {
+            check_create(&cluster.reported, caller, next)?;
+        }
+        let swapped = current.successor(next);
+        cluster.register = swapped.clone();
+        Ok(CasOutcome::Swapped(swapped))
+    }
+
+    fn report(&mut self, cluster_id: &str, caller: &Caller) -> &mut Cluster {
+        let cluster = self.clusters.entry(cluster_id.to_string()).or_default();
+        let seen = cluster
+            .reported
+            .entry(caller.node_id.clone())
+            .or_insert(caller.epoch);
+        *seen = (*seen).max(caller.epoch);
+        cluster
+    }
+}
+
+fn check_create(
+    reported: &BTreeMap<NodeId, Epoch>,
+    caller: &Caller,
+    next: &Register,
+) -> Result<(), SwapRefusal> {
+    if !next.members.contains(&caller.node_id) {
+        return Err(SwapRefusal::CallerNotMember {
+            caller: caller.node_id.clone(),
+        });
+    }
+    let missing: Vec<NodeId> = next
+        .members
+        .iter()
+        .filter(|m| !reported.contains_key(*m))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(SwapRefusal::MembersNotHeard { missing });
+    }
+    // Every node that ever reported counts, members or not: a node left
+    // out of the proposal may still hold the highest epoch.
+    let highest = reported.iter().max_by_key(|(_, epoch)| **epoch);
+    if let Some((by, &reported)) = highest
+        && reported > next.epoch
+    {
+        return Err(SwapRefusal::EpochBelowReported {
+            proposed: next.epoch,
+            reported,
+            by: by.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(node: &str, epoch: u64) -> Caller {
+        Caller {
+            node_id: NodeId::from(node),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    fn pair_register(epoch: u64, primary: &str) -> Register {
+        Register::fresh(
+            Epoch(epoch),
+            &NodeId::from(primary),
+            &["n1".into(), "n2".into()],
+        )
+    }
+
+    #[test]
+    fn a_swap_at_the_expected_version_bumps_it_and_a_stale_one_gets_the_current_register() {
+        let mut regs = Registers::new();
+        regs.read("c", &caller("n2", 0));
+        let created = regs
+            .compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let CasOutcome::Swapped(v1) = created else {
+            panic!("create failed: {created:?}")
+        };
+        assert_eq!(v1.version, 1);
+        let mut with_standby = v1.clone();
+        with_standby.sync_set.insert("n2".into());
+        let stale = regs
+            .compare_and_swap("c", &caller("n2", 1), 0, &pair_register(2, "n2"))
+            .unwrap();
+        assert_eq!(stale, CasOutcome::Conflict(v1.clone()));
+        let swapped = regs
+            .compare_and_swap("c", &caller("n1", 1), 1, &with_standby)
+            .unwrap();
+        assert_eq!(swapped, CasOutcome::Swapped(v1.successor(&with_standby)));
+        assert_eq!(regs.read("c", &caller("n1", 1)).version, 2);
+    }
+
+    #[test]
+    fn a_register_is_created_only_once_every_member_reported_and_never_below_their_epochs() {
+        let mut regs = Registers::new();
+        // A witness that lost its file: the stale old primary (epoch 5)
+        // asks first; the new primary (epoch 6) has not asked yet.
+        let refused = regs.compare_and_swap("c", &caller("n1", 5), 0, &pair_register(5, "n1"));
+        assert_eq!(
+            refused,
+            Err(SwapRefusal::MembersNotHeard {
+                missing: vec!["n2".into()]
+            })
+        );
+        regs.read("c", &caller("n2", 6));
+        let refused = regs.compare_and_swap("c", &caller("n1", 5), 0, &pair_register(5, "n1"));
+        assert_eq!(
+            refused,
+            Err(SwapRefusal::EpochBelowReported {
+                proposed: Epoch(5),
+                reported: Epoch(6),
+                by: "n2".into()
+            })
+        );
+        let rebuilt = regs.compare_and_swap("c", &caller("n2", 6), 0, &pair_register(6, "n2"));
+        assert!(matches!(rebuilt, Ok(CasOutcome::Swapped(r)) if r.epoch == Epoch(6)));
+    }
+
+    #[test]
+    fn a_create_must_name_the_caller_and_a_swap_never_moves_the_epoch_back() {
+        let mut regs = Registers::new();
+        regs.read("c", &caller("n2", 0));
+        assert_eq!(
+            regs.compare_and_swap("c", &caller("n3", 1), 0, &pair_register(1, "n1")),
+            Err(SwapRefusal::CallerNotMember {
+                caller: "n3".into()
+            })
+        );
+        regs.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(3, "n1"))
+            .unwrap();
+        assert_eq!(
+            regs.compare_and_swap("c", &caller("n1", 3), 1, &pair_register(2, "n1")),
+            Err(SwapRefusal::EpochGoesBack {
+                current: Epoch(3),
+                proposed: Epoch(2)
+            })
+        );
+    }
+
+    #[test]
+    fn clusters_are_kept_apart() {
+        let mut regs = Registers::new();
+        for cluster in ["a", "b"] {
+            regs.read(cluster, &caller("n2", 0));
+            regs.compare_and_swap(cluster, &caller("n1", 1), 0, &pair_register(1, "n1"))
+                .unwrap();
+        }
+        let mut moved = regs.read("a", &caller("n1", 1));
+        moved.epoch = Epoch(2);
+        regs.compare_and_swap("a", &caller("n1", 1), 1, &moved)
+            .unwrap();
+        assert_eq!(regs.read("a", &caller("n1", 2)).version, 2);
+        assert_eq!(regs.read("b", &caller("n1", 1)).version, 1);
+        assert_eq!(regs.len(), 2);
+    }
+}
