@@ -22,6 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .bytes(".walrep.v1")
-        .compile_protos(&["proto/walrep/v1/replication.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/walrep/v1/replication.proto",
+                "proto/walrep/v1/witness.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -27,11 +27,13 @@
 #[cfg(any(test, feature = "testing"))]
 mod mem;
 mod registers;
+mod wire;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemArbiter;
 
 pub use registers::{Registers, SwapRefusal};
+pub use wire::{decode_register, encode_register};
 
 use crate::types::{Epoch, NodeId};
 use async_trait::async_trait;
