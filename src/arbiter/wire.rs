@@ -22,7 +22,7 @@ impl From<pb::ArbiterRegister> for Register {
         Register {
             version: r.version,
             epoch: Epoch(r.epoch),
-            primary: (!r.primary.is_empty()).then(|| NodeId(r.primary)),
+            primary: (!r.primary.is_empty()).then_some(NodeId(r.primary)),
             sync_set: r.sync_set.into_iter().map(NodeId).collect(),
             members: r.members.into_iter().map(NodeId).collect(),
         }
