@@ -243,6 +243,15 @@ pub struct Config {
     /// the next second, which overlaps them with a stalled one. Off for an
     /// engine that embeds walrep on a shared runtime; the daemon turns it on.
     pub standby_sync_inline: bool,
+    /// The arbiter: a compare-and-swap register that decides who may
+    /// promote and when the primary may acknowledge without its standby
+    /// (the built-in witness, etcd, or any [`Arbiter`](crate::arbiter::Arbiter)).
+    /// With one, a standby promotes only by a successful swap from the
+    /// register's sync set, and a primary acknowledges alone only after a
+    /// swap took the standby out of it, so no partition loses an
+    /// acknowledged write and the side the arbiter answers keeps working.
+    /// `None` (the default): the pair decides alone, by `on_standby_loss`.
+    pub arbiter: Option<std::sync::Arc<dyn crate::arbiter::Arbiter>>,
     /// Breaks G2 on purpose: the primary acknowledges sync-mode writes at
     /// its own fsync while telling the standby it is in sync. Only for the
     /// test that shows the fault checker catches a broken rule.
@@ -340,6 +349,7 @@ impl Default for Config {
             max_request_ids: Config::DEFAULT_MAX_REQUEST_IDS,
             standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
+            arbiter: None,
         }
     }
 }

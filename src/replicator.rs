@@ -86,6 +86,8 @@ pub struct Health {
     pub rewound_records: u64,
     /// Why the node refuses writes, when it does.
     pub note: Option<String>,
+    /// The arbiter as this node sees it (`None` without one).
+    pub arbiter: Option<crate::arbiter::ArbiterStatus>,
 }
 
 /// What an engine calls. One `Replicator` per node (`Replica` is the

@@ -32,6 +32,7 @@ mod wire;
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemArbiter;
 
+pub use crate::node::ArbiterStatus;
 pub use registers::{Registers, SwapRefusal};
 pub use wire::{decode_register, encode_register};
 

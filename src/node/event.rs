@@ -1,5 +1,6 @@
 //! What the role logic consumes and what it asks the runtime to do.
 
+use crate::arbiter::Register;
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
 use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record, RequestId};
 use bytes::Bytes;
@@ -230,6 +231,12 @@ pub(crate) enum Event {
     /// answered with `Effect::HandOver` (a primary with a reachable standby
     /// in sync) or `Effect::Stop`.
     StopRequested,
+    /// The arbiter answered the call of an `Effect::AskArbiter` (at most
+    /// one is in flight).
+    ArbiterAnswered {
+        purpose: ArbiterPurpose,
+        answer: ArbiterAnswer,
+    },
     /// The runtime measured the WAL for retention (every tick): it keeps
     /// records from `first_lsn`, the engine's state survives a restart up
     /// to `durable_lsn` (`StateMachine::durable_lsn`), and from
@@ -354,4 +361,71 @@ pub(crate) enum Effect {
     /// Let go of WAL records before `keep_from` (whole segments, never
     /// past what is flushed).
     TrimWal { keep_from: Lsn },
+    /// Call the arbiter (with this node's id and persisted epoch as the
+    /// caller, bounded by `rpc_timeout`), then report
+    /// `Event::ArbiterAnswered` with `purpose`.
+    AskArbiter {
+        purpose: ArbiterPurpose,
+        call: ArbiterCall,
+    },
+}
+
+/// Why the node calls the arbiter; its answer is handled accordingly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ArbiterPurpose {
+    /// A periodic read: it reports our epoch (a register is created only
+    /// once every member has), shows a newer epoch, feeds `/health`.
+    Refresh,
+    /// Create the register naming us, a primary: a fresh cluster's first
+    /// primary, or the register of a running pair (first use of an
+    /// arbiter, or a witness that lost its file).
+    Create,
+    /// The register is behind our epoch (a promotion it did not see: a
+    /// switchover or a forced promotion while it was unreachable).
+    CatchUp,
+    /// Take the next epoch with us as primary.
+    Promote(Promotion),
+    /// The standby is lost: take it out of the sync set, so that we may
+    /// acknowledge without it.
+    DropStandby,
+    /// The standby caught up: put it back into the sync set, so that it
+    /// may promote.
+    AddStandby,
+}
+
+/// Which promotion asks the arbiter for the next epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Promotion {
+    /// The primary fell silent: allowed only from the sync set.
+    Failover,
+    /// The old primary stepped down for us with everything on our disk.
+    Switchover,
+    /// The operator forced it.
+    Forced,
+}
+
+/// A call to the arbiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ArbiterCall {
+    /// Read the register.
+    Read,
+    /// Swap it to `next` if it is still at `expected_version`.
+    Swap {
+        expected_version: u64,
+        next: Register,
+    },
+}
+
+/// What the arbiter answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ArbiterAnswer {
+    /// The register, as read.
+    Read(Register),
+    /// The swap took effect; the register now holds this.
+    Swapped(Register),
+    /// The register had moved on; this is what it holds.
+    Conflict(Register),
+    /// No answer (`unreachable`: not reached or not in time, so a swap may
+    /// or may not have happened), or a refusal.
+    Failed { unreachable: bool, error: String },
 }

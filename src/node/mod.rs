@@ -38,6 +38,7 @@
 //! counted and kept in `rewound/`. `block` never loses an acknowledged write
 //! but stops writes while the standby is unreachable.
 
+mod arbiter;
 mod event;
 mod primary;
 mod rejoin;
@@ -48,10 +49,11 @@ mod standby;
 #[cfg(test)]
 mod tests;
 
+pub use arbiter::ArbiterStatus;
 pub(crate) use event::Time;
 pub(crate) use event::{
-    Effect, Event, FenceOutcome, LocalLog, PeerLog, PromoteFrom, Refused, RejoinPlan, Retried,
-    StandbyPositions, WaiterFailure,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, LocalLog, PeerLog,
+    PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
 pub(crate) use request_index::RequestIndex;
@@ -157,6 +159,8 @@ pub(crate) struct Node {
     /// A standby whose WAL append failed (a full disk): when it takes WAL
     /// again, and how many appends failed in a row.
     wal_retry: Option<WalRetry>,
+    /// What the node knows of the arbiter (`None` without one).
+    arbiter: Option<arbiter::ArbiterLink>,
     out: Vec<Effect>,
 }
 
@@ -201,6 +205,10 @@ impl Node {
             last_step: Some(now),
             last_tick: now,
             wal_retry: None,
+            arbiter: cfg
+                .arbiter
+                .as_ref()
+                .map(|_| arbiter::ArbiterLink::default()),
             out: Vec::new(),
             cfg,
         };
@@ -356,7 +364,9 @@ impl Node {
                 durable_lsn,
                 bounded_from,
             } => self.on_wal_retention(first_lsn, durable_lsn, bounded_from),
+            Event::ArbiterAnswered { purpose, answer } => self.on_arbiter_answered(purpose, answer),
         }
+        self.arbiter_work(now);
         self.last_step = Some(now);
         std::mem::take(&mut self.out)
     }
@@ -446,7 +456,10 @@ impl Node {
     /// What the primary tells the standby about its sync status.
     pub(crate) fn sync_state(&self) -> SyncState {
         match &self.role {
-            Role::Primary(p) => p.sync_state(&self.cfg, self.commit),
+            Role::Primary(p) => match p.sync_state(&self.cfg, self.commit) {
+                SyncState::Sync if !self.register_holds_standby() => SyncState::NotSync,
+                state => state,
+            },
             _ => SyncState::NotSync,
         }
     }
@@ -650,6 +663,14 @@ impl Node {
                 Role::Promoting { operator } => *operator,
                 _ => return,
             };
+            if self.has_arbiter() {
+                tracing::info!(%epoch, "peer stepped down in our favour; asking the arbiter for the epoch");
+                if let Role::Standby(s) = &mut self.role {
+                    s.planned_until = None;
+                }
+                self.promote_through_arbiter(Promotion::Switchover, operator_waits);
+                return;
+            }
             tracing::info!(%epoch, "peer stepped down in our favour; taking the epoch");
             self.persist(epoch, leader);
             self.become_primary_after_promotion();
@@ -658,6 +679,7 @@ impl Node {
             }
             return;
         }
+        self.drop_promotion(epoch);
         let was = self.role.kind();
         let operator_waits = match &self.role {
             Role::Standby(s) => s.planned_until.is_some(),

@@ -59,6 +59,10 @@ pub(super) struct Primary {
     /// never be a primary of it itself. A promoted primary is confirmed by
     /// its promotion (the fence); a forced promotion by the operator.
     pub(super) confirmed: bool,
+    /// With an arbiter: the standby is lost and the `solo` policy wants to
+    /// go on without it, which waits for the arbiter's swap taking it out
+    /// of the sync set.
+    pub(super) wants_solo: bool,
 }
 
 impl Primary {
@@ -75,6 +79,7 @@ impl Primary {
             demotion: None,
             may_have_acknowledged: Lsn::ZERO,
             confirmed: false,
+            wants_solo: false,
         }
     }
 
@@ -155,6 +160,21 @@ impl Primary {
         }
     }
 
+    /// Whether the standby holds every write this primary acknowledged
+    /// (or may have, before a restart) and commits wait for it again, so
+    /// the arbiter may put it into the sync set.
+    pub(super) fn may_join_sync_set(&self, cfg: &Config, commit: Lsn) -> bool {
+        cfg.commit_mode.is_sync()
+            && self.confirmed
+            && self.link == Link::Sync
+            && self.streaming
+            && self.contact_this_life
+            && self.unreachable_since.is_none()
+            && !self.standby_failed
+            && self.demotion.is_none()
+            && self.standby_position(cfg.commit_mode) >= commit.max(self.may_have_acknowledged)
+    }
+
     pub(super) fn check_writable(&self, cfg: &Config, epoch: Epoch) -> Result<(), WriteRefusal> {
         if !self.confirmed {
             let peer = &cfg.peer_id;
@@ -168,6 +188,14 @@ impl Primary {
             return Err(WriteRefusal::Unavailable {
                 reason: "a planned switchover is in progress; retry on the new primary shortly"
                     .into(),
+            });
+        }
+        if self.link == Link::Blocked && cfg.arbiter.is_some() {
+            return Err(WriteRefusal::Unavailable {
+                reason: format!(
+                    "the standby has been unreachable for more than sync_timeout ({:?}) and the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers",
+                    cfg.sync_timeout
+                ),
             });
         }
         if self.link == Link::Blocked {
@@ -259,18 +287,29 @@ impl Node {
 
     /// The peer answered us at our epoch as a node that follows us: a
     /// fresh primary is confirmed (and persists it before it takes a write).
+    /// With an arbiter only the register confirms a fresh primary: the
+    /// create swap that names it.
     pub(super) fn on_confirmed_by_peer(&mut self) {
-        let (epoch, me, peer) = (
-            self.epoch,
-            self.cfg.node_id.clone(),
-            self.cfg.peer_id.clone(),
+        if self.has_arbiter() {
+            return;
+        }
+        let why = format!(
+            "the peer {} confirmed it follows this node",
+            self.cfg.peer_id
         );
+        self.on_confirmed(&why);
+    }
+
+    /// A fresh primary learned it is the only primary of its epoch
+    /// (`why`): it persists that, then takes writes.
+    pub(super) fn on_confirmed(&mut self, why: &str) {
+        let (epoch, me) = (self.epoch, self.cfg.node_id.clone());
         let Some(p) = self.primary() else { return };
         if p.confirmed {
             return;
         }
         p.confirmed = true;
-        tracing::info!(%epoch, %peer, "the peer confirmed it follows this node: accepting writes");
+        tracing::info!(%epoch, "{why}: accepting writes");
         self.emit(Effect::PersistMeta {
             epoch,
             leader: Some(me),
@@ -286,11 +325,13 @@ impl Node {
             }
             p.unreachable_since = None;
             p.contact_this_life = true;
+            p.wants_solo = false;
             if p.link == Link::Blocked {
                 tracing::info!("standby answered again; accepting writes");
                 p.link = Link::Sync;
             }
         }
+        self.clear_held_back();
     }
 
     pub(super) fn on_standby_progress(&mut self, positions: StandbyPositions) {
@@ -301,6 +342,7 @@ impl Node {
         if !p.standby_failed {
             p.unreachable_since = None;
             p.contact_this_life = true;
+            p.wants_solo = false;
         }
         match p.link {
             Link::Blocked if !p.standby_failed => {
@@ -356,6 +398,18 @@ impl Node {
                 .is_some_and(|since| now.saturating_sub(since) >= cfg.sync_timeout);
         if lost && p.link == Link::Sync {
             match cfg.on_standby_loss {
+                // With an arbiter, only its swap taking the standby out of
+                // the sync set lets us go on alone (`arbiter.rs`): the
+                // swap fails if the standby promoted, so neither contact
+                // since start nor the peer's confirmation is needed.
+                OnStandbyLoss::Solo if cfg.arbiter.is_some() => {
+                    if !p.wants_solo {
+                        tracing::warn!(
+                            "standby unreachable for sync_timeout: asking the arbiter to take it out of the sync set before acknowledging without it"
+                        );
+                        p.wants_solo = true;
+                    }
+                }
                 // Never before the peer confirmed us: it may be a primary too.
                 OnStandbyLoss::Solo if p.contact_this_life && p.confirmed => {
                     tracing::warn!(
@@ -382,6 +436,11 @@ impl Node {
 
         let commit = self.commit;
         let Some(p) = self.primary() else { return };
+        if p.wants_solo && p.link == Link::Sync {
+            // The arbiter decides within its call's deadline whether these
+            // writes commit alone or fail (`block_without_arbiter`).
+            return;
+        }
         let mut timed_out: Option<Lsn> = None;
         while let Some(&(lsn, at)) = p.pending.front() {
             if lsn <= commit {
@@ -404,6 +463,43 @@ impl Node {
                 failure: WaiterFailure::SyncTimeout,
             });
         }
+    }
+
+    /// The arbiter took the lost standby out of the sync set: it can no
+    /// longer promote, so we acknowledge without it.
+    pub(super) fn go_solo_after_swap(&mut self) {
+        let Some(p) = self.primary() else { return };
+        if !std::mem::take(&mut p.wants_solo) {
+            return;
+        }
+        tracing::warn!(
+            "the arbiter recorded the standby out of the sync set: acknowledging writes WITHOUT the standby until it catches up"
+        );
+        p.link = Link::Solo;
+        self.clear_held_back();
+        self.recompute_commit();
+    }
+
+    /// The standby is lost and the arbiter did not take it out of the sync
+    /// set: we may not acknowledge alone, so writes fail until one of the
+    /// two answers (then the swap is tried again).
+    pub(super) fn block_without_arbiter(&mut self, error: &str) {
+        let Some(p) = self.primary() else { return };
+        if !p.wants_solo {
+            return;
+        }
+        if p.link == Link::Sync {
+            tracing::warn!(%error, "standby lost and the arbiter did not answer: refusing writes until one of them does");
+            p.link = Link::Blocked;
+            p.pending.clear();
+            self.emit(Effect::FailWaiters {
+                up_to: None,
+                failure: WaiterFailure::SyncTimeout,
+            });
+        }
+        self.hold_back(format!(
+            "the standby is lost, but the arbiter did not take it out of the sync set: {error}"
+        ));
     }
 
     /// The engine asks us to stop: a primary hands over to a standby that

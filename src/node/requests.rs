@@ -68,8 +68,10 @@ impl Node {
         peer_last: crate::types::Lsn,
         peer_confirmed: bool,
     ) -> bool {
+        // With an arbiter the register decides which of the two is primary.
         let unconfirmed = matches!(&self.role, Role::Primary(p) if !p.confirmed);
-        unconfirmed
+        !self.has_arbiter()
+            && unconfirmed
             && header.epoch == self.epoch
             && self.last_lsn == crate::types::Lsn::ZERO
             && (peer_confirmed

@@ -113,6 +113,7 @@ impl Node {
             s.primary_commit = commit_lsn;
             s.reported_silence = false;
         }
+        self.cancel_failover();
     }
 
     pub(super) fn standby_tick(&mut self, now: Time) {
@@ -125,6 +126,7 @@ impl Node {
             )));
         }
         let (epoch, raisable) = (self.epoch, self.epoch.can_be_raised());
+        let has_arbiter = self.has_arbiter();
         let Some(s) = self.standby() else { return };
         let Some(last) = s.last_contact else { return };
         let silent_for = now.saturating_sub(last);
@@ -136,6 +138,15 @@ impl Node {
                 s.reported_silence = true;
                 tracing::error!(%epoch, bound = %Epoch::MAX, "primary silent for failover_timeout, but this node's epoch cannot be raised any more; not promoting");
             }
+        } else if s.eligible(&cfg) && has_arbiter {
+            if !s.reported_silence {
+                s.reported_silence = true;
+                tracing::warn!(
+                    silent_ms = silent_for.as_millis() as u64,
+                    "primary silent for failover_timeout; asking the arbiter to promote"
+                );
+            }
+            self.promote_through_arbiter(super::Promotion::Failover, false);
         } else if s.eligible(&cfg) {
             tracing::warn!(
                 silent_ms = silent_for.as_millis() as u64,
@@ -169,6 +180,16 @@ impl Node {
         });
     }
 
+    /// An operator's forced promotion: through the arbiter when there is
+    /// one (it goes ahead without it if the arbiter does not answer).
+    fn start_forced_promotion(&mut self) {
+        if self.arbiter.is_some() {
+            self.promote_through_arbiter(super::Promotion::Forced, true);
+        } else {
+            self.start_promotion(true, true);
+        }
+    }
+
     pub(super) fn on_promote_requested(&mut self, now: Time, force: bool, from: PromoteFrom) {
         let cfg = self.cfg.clone();
         match &mut self.role {
@@ -180,7 +201,7 @@ impl Node {
                 tracing::warn!(
                     "forced promotion of a primary its peer never confirmed: taking a new epoch without the peer; a peer started as primary too is fenced"
                 );
-                self.start_promotion(true, true);
+                self.start_forced_promotion();
             }
             Role::Primary(p) if !p.confirmed => self.emit(Effect::ReplyPromote(Err(
                 "this node is a primary waiting for its peer to confirm it follows it; a planned switchover needs a standby: start the peer as a standby, or promote this node with force for a deliberate single-node start".into(),
@@ -213,7 +234,7 @@ impl Node {
                 tracing::warn!(
                     "forced promotion: writes the other node acknowledged after our last received record are lost if it was still primary"
                 );
-                self.start_promotion(true, true);
+                self.start_forced_promotion();
             }
             Role::Standby(s) => {
                 if s.planned_until.is_some() {
@@ -260,6 +281,9 @@ impl Node {
             Role::Standby(s) if s.planned_until.is_some() => {
                 s.planned_until = None;
                 match confirmed_last_lsn {
+                    Some(last) if self.flushed >= last && self.arbiter.is_some() => {
+                        self.promote_through_arbiter(super::Promotion::Switchover, true);
+                    }
                     Some(last) if self.flushed >= last => {
                         let epoch = self.epoch.next();
                         self.persist(epoch, Some(self.cfg.node_id.clone()));

@@ -2138,3 +2138,5 @@ fn a_standby_trying_its_wal_again_tells_the_primary_it_failed_until_an_append_wo
     node.step(t(302), Event::LocalFlushed { lsn: Lsn(4) });
     assert_eq!(node.role_for_primary(), RoleKind::Standby);
 }
+
+mod arbiter;

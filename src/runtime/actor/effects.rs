@@ -1,7 +1,11 @@
 //! Carrying out the node's effects, and the tasks some of them start
 //! (streamer and heartbeats, applier, rejoin, a fence to the peer).
 
-use crate::node::{Effect, Event, FenceOutcome, FenceReason, Refused, RoleKind};
+use crate::arbiter::{ArbiterError, Caller, CasOutcome};
+use crate::node::{
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason, Refused,
+    RoleKind,
+};
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
 use crate::types::{Epoch, Lsn, NodeId};
@@ -90,6 +94,7 @@ impl Actor {
             }
             Effect::FailWaiters { up_to, failure } => self.fail_waiters(up_to, &failure),
             Effect::SendFence { epoch, reason } => self.send_fence(epoch, reason),
+            Effect::AskArbiter { purpose, call } => self.ask_arbiter(purpose, call),
             Effect::ReplyFence(outcome) => {
                 let Some(reply) = self.pending_fence.take() else {
                     return;
@@ -203,6 +208,59 @@ impl Actor {
                 .send(Msg::Event(Event::FenceSent {
                     confirmed_last_lsn: confirmed,
                 }))
+                .await;
+        });
+    }
+
+    /// Calls the arbiter on a task of its own, bounded by `rpc_timeout`,
+    /// and reports its answer to the node: the arbiter is never on the
+    /// write path.
+    fn ask_arbiter(&mut self, purpose: ArbiterPurpose, call: ArbiterCall) {
+        let Some(arbiter) = self.cfg.arbiter.clone() else {
+            return;
+        };
+        let caller = Caller {
+            node_id: self.cfg.node_id.clone(),
+            epoch: self.node.epoch(),
+        };
+        let cluster = self.cfg.cluster_id.clone();
+        let deadline = self.cfg.rpc_timeout;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let call = async {
+                match call {
+                    ArbiterCall::Read => arbiter
+                        .read(&cluster, &caller)
+                        .await
+                        .map(ArbiterAnswer::Read),
+                    ArbiterCall::Swap {
+                        expected_version,
+                        next,
+                    } => arbiter
+                        .compare_and_swap(&cluster, &caller, expected_version, &next)
+                        .await
+                        .map(|outcome| match outcome {
+                            CasOutcome::Swapped(r) => ArbiterAnswer::Swapped(r),
+                            CasOutcome::Conflict(r) => ArbiterAnswer::Conflict(r),
+                        }),
+                }
+            };
+            let answer = match tokio::time::timeout(deadline, call).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => ArbiterAnswer::Failed {
+                    unreachable: matches!(e, ArbiterError::Unreachable(_)),
+                    error: e.to_string(),
+                },
+                Err(_) => ArbiterAnswer::Failed {
+                    unreachable: true,
+                    error: format!(
+                        "{} did not answer within rpc_timeout ({deadline:?})",
+                        arbiter.describe()
+                    ),
+                },
+            };
+            let _ = tx
+                .send(Msg::Event(Event::ArbiterAnswered { purpose, answer }))
                 .await;
         });
     }

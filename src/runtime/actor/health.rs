@@ -30,6 +30,7 @@ pub(super) fn placeholder_health(cfg: &Config) -> Health {
         peer: PeerHealth::default(),
         rewound_records: 0,
         note: None,
+        arbiter: None,
     }
 }
 
@@ -153,6 +154,7 @@ impl Actor {
                 WriteRefusal::Fenced { epoch } => format!("fenced at epoch {epoch}; rejoining"),
                 WriteRefusal::Unavailable { reason } => reason,
             }),
+            arbiter: self.node.arbiter_status(),
         }
     }
 
@@ -175,7 +177,8 @@ impl Actor {
                 && current.peer.connected == health.peer.connected
                 && current.peer.lag_records == health.peer.lag_records
                 && current.rewound_records == health.rewound_records
-                && current.note == health.note;
+                && current.note == health.note
+                && current.arbiter == health.arbiter;
             *current = health;
             !same
         });

@@ -1,0 +1,456 @@
+//! The node's side of the arbiter: which register change it asks for, and
+//! what an answer does to its role. Only with `Config::arbiter`.
+//!
+//! The rules, each a compare-and-swap on the register's version:
+//! * a standby promotes by a failover only by a swap `epoch -> epoch + 1,
+//!   primary -> self`, allowed only while it is in the sync set (async
+//!   mode: within the lag bound instead) and the register is at its epoch;
+//!   the new primary starts with an empty sync set;
+//! * a primary acknowledges without its standby only after a swap took
+//!   the standby out of the sync set; a swap that finds a newer epoch
+//!   fences it; with neither the standby nor the arbiter answering it
+//!   refuses writes;
+//! * the primary puts a standby back into the sync set only once it holds
+//!   every acknowledged write and commits wait for it again, and tells it
+//!   it is in sync only after that swap;
+//! * a fresh cluster's first primary is the node whose create swap wins;
+//!   the other steps down to follow it;
+//! * the arbiter unreachable: replication in sync goes on, but no failover
+//!   and no solo step happen. A planned switchover or a forced promotion
+//!   goes ahead without it (the old primary stepped down, or the operator
+//!   chose to), and the new primary brings the register up to its epoch
+//!   once it answers.
+//!
+//! Only a swap's answer changes what the node believes of the register; an
+//! unanswered swap may have taken effect, so the register is read again
+//! before the next one.
+
+use super::event::{ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Promotion, Time};
+use super::standby::Standby;
+use super::{Node, Role};
+use crate::arbiter::Register;
+use crate::config::CommitMode;
+use crate::types::{Epoch, NodeId};
+
+/// How often a node reads the register when it needs nothing from it, in
+/// heartbeat intervals (1 s at the defaults): it reports the node's epoch
+/// (a lost witness file is rebuilt from those reports), shows a newer
+/// epoch to a primary that cannot hear from its standby, and keeps
+/// `/health` current. A failed call is retried as often.
+const REFRESH_HEARTBEATS: u32 = 5;
+
+/// What the node knows of the arbiter.
+#[derive(Debug, Default)]
+pub(super) struct ArbiterLink {
+    /// The register as last answered; `None` before the first answer and
+    /// after a swap went unanswered (it may have taken effect).
+    known: Option<Register>,
+    /// The call in flight (at most one).
+    asking: Option<ArbiterPurpose>,
+    /// When the last call was made.
+    last_asked: Option<Time>,
+    /// Whether the last call was answered.
+    reachable: Option<bool>,
+    /// Why the last call failed.
+    last_error: Option<String>,
+    /// A promotion that waits for the arbiter's swap.
+    promotion: Option<PendingPromotion>,
+    /// Why a failover or a solo step did not happen (cleared once it did,
+    /// or is no longer wanted).
+    held_back: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingPromotion {
+    kind: Promotion,
+    /// An operator (or the engine) waits for the answer.
+    operator: bool,
+}
+
+/// The arbiter as a node sees it, for `health()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArbiterStatus {
+    /// Whether its last call was answered (`None`: not asked yet).
+    pub reachable: Option<bool>,
+    /// The register as last answered.
+    pub register: Option<Register>,
+    /// Why its last call failed.
+    pub last_error: Option<String>,
+    /// Why a failover or a solo step is not happening now.
+    pub held_back: Option<String>,
+}
+
+impl Node {
+    pub(super) fn has_arbiter(&self) -> bool {
+        self.arbiter.is_some()
+    }
+
+    /// The arbiter as this node sees it (`None` without one).
+    pub(crate) fn arbiter_status(&self) -> Option<ArbiterStatus> {
+        self.arbiter.as_ref().map(|link| ArbiterStatus {
+            reachable: link.reachable,
+            register: link.known.clone(),
+            last_error: link.last_error.clone(),
+            held_back: link.held_back.clone(),
+        })
+    }
+
+    /// The call in flight.
+    #[cfg(test)]
+    pub(super) fn arbiter_asking(&self) -> Option<ArbiterPurpose> {
+        self.arbiter.as_ref().and_then(|l| l.asking)
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        vec![self.cfg.node_id.clone(), self.cfg.peer_id.clone()]
+    }
+
+    /// Whether the standby may be told it is in sync: always without an
+    /// arbiter; with one, only while the register (at our epoch, naming
+    /// us) holds it in the sync set.
+    pub(super) fn register_holds_standby(&self) -> bool {
+        let Some(link) = &self.arbiter else {
+            return true;
+        };
+        link.known.as_ref().is_some_and(|r| {
+            r.epoch == self.epoch
+                && r.primary.as_ref() == Some(&self.cfg.node_id)
+                && r.sync_set.contains(&self.cfg.peer_id)
+        })
+    }
+
+    /// Asks the arbiter for what the node needs from it now, unless a
+    /// call is in flight. Runs after every event.
+    pub(super) fn arbiter_work(&mut self, now: Time) {
+        let Some(link) = &self.arbiter else { return };
+        if link.asking.is_some() {
+            return;
+        }
+        if let Some((purpose, call)) = self.arbiter_need(now) {
+            let link = self.arbiter.as_mut().expect("checked above");
+            link.asking = Some(purpose);
+            link.last_asked = Some(now);
+            self.emit(Effect::AskArbiter { purpose, call });
+        }
+    }
+
+    fn arbiter_need(&self, now: Time) -> Option<(ArbiterPurpose, ArbiterCall)> {
+        let link = self.arbiter.as_ref()?;
+        let interval = self.cfg.heartbeat_interval * REFRESH_HEARTBEATS;
+        let refresh_due = link.last_asked.is_none_or(|at| now >= at + interval);
+        // After a failed call, every call waits for the refresh interval.
+        let may_swap = link.reachable != Some(false) || refresh_due;
+        let refresh = refresh_due.then_some((ArbiterPurpose::Refresh, ArbiterCall::Read));
+        let Some(known) = &link.known else {
+            return refresh;
+        };
+        let swap = |purpose, expected_version, next| {
+            may_swap.then_some((
+                purpose,
+                ArbiterCall::Swap {
+                    expected_version,
+                    next,
+                },
+            ))
+        };
+        if let Some(promotion) = link.promotion {
+            return match self.promotion_register(known, promotion.kind) {
+                Ok(next) => swap(ArbiterPurpose::Promote(promotion.kind), known.version, next),
+                Err(_) => refresh,
+            };
+        }
+        let me = &self.cfg.node_id;
+        let Role::Primary(p) = &self.role else {
+            return refresh;
+        };
+        if !known.exists() {
+            let fresh = Register::fresh(self.epoch, me, &self.members());
+            return swap(ArbiterPurpose::Create, 0, fresh);
+        }
+        if known.epoch < self.epoch {
+            let ours = Register::fresh(self.epoch, me, &self.members());
+            return swap(ArbiterPurpose::CatchUp, known.version, ours);
+        }
+        if known.epoch != self.epoch || known.primary.as_ref() != Some(me) {
+            return refresh;
+        }
+        let peer = &self.cfg.peer_id;
+        if p.wants_solo {
+            let mut next = known.clone();
+            next.sync_set.remove(peer);
+            return swap(ArbiterPurpose::DropStandby, known.version, next);
+        }
+        if !known.sync_set.contains(peer) && p.may_join_sync_set(&self.cfg, self.commit) {
+            let mut next = known.clone();
+            next.sync_set.insert(peer.clone());
+            return swap(ArbiterPurpose::AddStandby, known.version, next);
+        }
+        refresh
+    }
+
+    /// The register a promotion of `kind` swaps to, or why `known` does
+    /// not allow it.
+    fn promotion_register(&self, known: &Register, kind: Promotion) -> Result<Register, String> {
+        let me = &self.cfg.node_id;
+        let next = Register::fresh(self.epoch.next(), me, &self.members());
+        if kind != Promotion::Failover {
+            // The old primary stepped down with everything on our disk, or
+            // the operator forces it: the sync set does not decide.
+            return Ok(next);
+        }
+        if !known.exists() {
+            return Err("the arbiter holds no register for this cluster yet".into());
+        }
+        if known.epoch != self.epoch {
+            return Err(format!(
+                "the arbiter's register is at epoch {}, this node at {}",
+                known.epoch, self.epoch
+            ));
+        }
+        if self.cfg.commit_mode != CommitMode::Async && !known.sync_set.contains(me) {
+            return Err(
+                "this standby is not in the arbiter's sync set: the primary may have acknowledged writes it lacks"
+                    .into(),
+            );
+        }
+        Ok(next)
+    }
+
+    /// A promotion of `kind` waits for the arbiter's swap (or, for a
+    /// switchover or a forced promotion, for its failure).
+    pub(super) fn promote_through_arbiter(&mut self, kind: Promotion, operator: bool) {
+        let Some(link) = self.arbiter.as_mut() else {
+            return;
+        };
+        if link.promotion.is_none() {
+            tracing::info!(?kind, "promotion: asking the arbiter for the next epoch");
+        }
+        link.promotion = Some(PendingPromotion { kind, operator });
+        self.explain_promotion_wait();
+    }
+
+    /// A promotion the register does not allow waits: say why.
+    fn explain_promotion_wait(&mut self) {
+        let Some(link) = self.arbiter.as_ref() else {
+            return;
+        };
+        let (Some(promotion), Some(known)) = (link.promotion, link.known.as_ref()) else {
+            return;
+        };
+        if let Err(why) = self.promotion_register(known, promotion.kind) {
+            self.hold_back(format!(
+                "the primary is silent but this standby may not promote: {why}"
+            ));
+        }
+    }
+
+    /// The primary spoke again: a failover that waited for the arbiter is
+    /// no longer wanted.
+    pub(super) fn cancel_failover(&mut self) {
+        if let Some(link) = self.arbiter.as_mut()
+            && link
+                .promotion
+                .is_some_and(|p| p.kind == Promotion::Failover)
+        {
+            tracing::info!("the primary spoke again: not promoting");
+            link.promotion = None;
+            link.held_back = None;
+        }
+    }
+
+    /// A newer epoch led by another node exists: a promotion waiting for
+    /// the arbiter is over; an operator waiting for it is told.
+    pub(super) fn drop_promotion(&mut self, epoch: Epoch) {
+        let Some(promotion) = self.arbiter.as_mut().and_then(|l| l.promotion.take()) else {
+            return;
+        };
+        if promotion.operator {
+            self.emit(Effect::ReplyPromote(Err(format!(
+                "epoch {epoch} appeared during the promotion; this node follows it"
+            ))));
+        }
+    }
+
+    pub(super) fn hold_back(&mut self, why: String) {
+        if let Some(link) = self.arbiter.as_mut()
+            && link.held_back.as_ref() != Some(&why)
+        {
+            tracing::warn!(reason = %why, "waiting for the arbiter");
+            link.held_back = Some(why);
+        }
+    }
+
+    pub(super) fn clear_held_back(&mut self) {
+        if let Some(link) = self.arbiter.as_mut() {
+            link.held_back = None;
+        }
+    }
+
+    pub(super) fn on_arbiter_answered(&mut self, purpose: ArbiterPurpose, answer: ArbiterAnswer) {
+        let Some(link) = self.arbiter.as_mut() else {
+            return;
+        };
+        link.asking = None;
+        let (register, swapped) = match answer {
+            ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
+            ArbiterAnswer::Swapped(r) => (r, true),
+            ArbiterAnswer::Failed { unreachable, error } => {
+                if unreachable && matches!(purpose, ArbiterPurpose::Refresh) {
+                    if link.reachable != Some(false) {
+                        tracing::warn!(%error, "the arbiter is unreachable");
+                    }
+                } else {
+                    tracing::warn!(?purpose, %error, "the arbiter did not answer the call");
+                }
+                link.reachable = Some(!unreachable);
+                link.last_error = Some(error.clone());
+                if unreachable && matches!(purpose, ArbiterPurpose::Refresh) {
+                    return;
+                }
+                if unreachable {
+                    // A swap may have taken effect without its answer.
+                    link.known = None;
+                }
+                return self.on_arbiter_failed(purpose, error);
+            }
+        };
+        if link.reachable == Some(false) {
+            tracing::info!(register = %register, "the arbiter answers again");
+        }
+        link.reachable = Some(true);
+        link.last_error = None;
+        if swapped {
+            tracing::info!(?purpose, register = %register, "the arbiter's register changed");
+        }
+        link.known = Some(register.clone());
+        self.on_register(purpose, register, swapped);
+    }
+
+    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, error: String) {
+        match purpose {
+            ArbiterPurpose::Promote(Promotion::Failover) => {
+                self.hold_back(format!(
+                    "the primary is silent but the arbiter did not grant the promotion: {error}"
+                ));
+            }
+            ArbiterPurpose::Promote(kind) => {
+                // The old primary stepped down for us, or the operator
+                // forces it: go ahead; the register catches up later.
+                let operator = self
+                    .arbiter
+                    .as_mut()
+                    .and_then(|l| l.promotion.take())
+                    .is_some_and(|p| p.operator);
+                tracing::warn!(?kind, %error, "promoting without the arbiter; it is brought up to this node's epoch once it answers");
+                let epoch = self.epoch.next();
+                self.take_epoch(epoch, kind, operator);
+            }
+            ArbiterPurpose::DropStandby => self.block_without_arbiter(&error),
+            _ => {}
+        }
+    }
+
+    /// What a register the arbiter answered means for this node.
+    fn on_register(&mut self, purpose: ArbiterPurpose, register: Register, swapped: bool) {
+        let me = self.cfg.node_id.clone();
+        if register.epoch > self.epoch && register.exists() {
+            if register.primary.as_ref() == Some(&me) {
+                // Our own promotion swap, or one whose answer a crash lost.
+                let pending = self.arbiter.as_mut().and_then(|l| l.promotion.take());
+                let kind = pending.map_or(Promotion::Failover, |p| p.kind);
+                let operator = pending.is_some_and(|p| p.operator);
+                self.take_epoch(register.epoch, kind, operator);
+            } else {
+                self.on_higher_epoch(register.epoch, register.primary.clone());
+            }
+            return;
+        }
+        if register.epoch == self.epoch
+            && register.exists()
+            && let Role::Primary(p) = &self.role
+        {
+            match register.primary.as_ref() {
+                Some(primary) if *primary == me => {
+                    if !p.confirmed {
+                        self.on_confirmed(&format!(
+                            "the arbiter names this node primary of epoch {}",
+                            self.epoch
+                        ));
+                    }
+                }
+                Some(primary) => {
+                    let primary = primary.clone();
+                    self.yield_to_registered_primary(primary);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if purpose == ArbiterPurpose::DropStandby && swapped {
+            self.go_solo_after_swap();
+        }
+        self.explain_promotion_wait();
+    }
+
+    /// The register granted us `epoch` (or a switchover or a forced
+    /// promotion goes ahead without it): persist it, then act as primary.
+    fn take_epoch(&mut self, epoch: Epoch, kind: Promotion, operator: bool) {
+        self.clear_held_back();
+        let promotable = match &self.role {
+            Role::Standby(_) => true,
+            Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
+            _ => false,
+        };
+        if !promotable {
+            tracing::warn!(%epoch, role = %self.role.kind(), "the arbiter granted an epoch this node can no longer take; ignoring it");
+            if operator {
+                self.emit(Effect::ReplyPromote(Err(format!(
+                    "this node became {} during the promotion",
+                    self.role.kind()
+                ))));
+            }
+            return;
+        }
+        let me = self.cfg.node_id.clone();
+        self.persist(epoch, Some(me));
+        match kind {
+            Promotion::Switchover => {
+                self.become_primary_after_promotion();
+                if operator {
+                    self.emit(Effect::ReplyPromote(Ok(epoch)));
+                }
+            }
+            Promotion::Failover | Promotion::Forced => {
+                self.change_role(Role::Promoting { operator });
+                self.emit(Effect::SendFence {
+                    epoch,
+                    reason: if kind == Promotion::Forced {
+                        super::FenceReason::Forced
+                    } else {
+                        super::FenceReason::Failover
+                    },
+                });
+            }
+        }
+    }
+
+    /// The register names the peer primary of our epoch while we act as
+    /// one: we never were its primary (an unconfirmed fresh start lost the
+    /// create race) or something is badly wrong; the register decides.
+    fn yield_to_registered_primary(&mut self, primary: NodeId) {
+        let confirmed = matches!(&self.role, Role::Primary(p) if p.confirmed);
+        if confirmed {
+            tracing::error!(epoch = %self.epoch, %primary, "the arbiter names another node primary of this node's epoch; stepping down and rejoining");
+            self.fail_all_waiters(super::WaiterFailure::Fenced { epoch: self.epoch });
+            self.persist(self.epoch, Some(primary.clone()));
+            self.change_role(Role::Fenced);
+            self.emit(Effect::StartRejoin {
+                leader: Some(primary),
+            });
+        } else {
+            tracing::warn!(epoch = %self.epoch, %primary, "the arbiter made the peer the first primary of this cluster; this node follows it");
+            self.persist(self.epoch, Some(primary));
+            self.change_role(Role::Standby(Standby::new()));
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The arbiter's rules in the role logic: a node asks the register for
+//! what it needs and acts only on its answers.
+
+use super::*;
+use crate::arbiter::{MemArbiter, Register};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+fn with_arbiter(cfg: Config) -> Config {
+    Config {
+        arbiter: Some(Arc::new(MemArbiter::new())),
+        ..cfg
+    }
+}
+
+fn register(version: u64, epoch: u64, primary: &str, sync_set: &[&str]) -> Register {
+    Register {
+        version,
+        epoch: Epoch(epoch),
+        primary: Some(NodeId::from(primary)),
+        sync_set: sync_set.iter().map(|n| NodeId::from(*n)).collect(),
+        members: ["n1", "n2"].into_iter().map(NodeId::from).collect(),
+    }
+}
+
+/// The arbiter calls among `effects`.
+fn asks(effects: &[Effect]) -> Vec<(ArbiterPurpose, ArbiterCall)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AskArbiter { purpose, call } => Some((*purpose, call.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one swap among `effects`, with its purpose.
+fn the_swap(effects: &[Effect]) -> (ArbiterPurpose, u64, Register) {
+    let swaps: Vec<_> = asks(effects)
+        .into_iter()
+        .filter_map(|(purpose, call)| match call {
+            ArbiterCall::Swap {
+                expected_version,
+                next,
+            } => Some((purpose, expected_version, next)),
+            ArbiterCall::Read => None,
+        })
+        .collect();
+    assert_eq!(swaps.len(), 1, "expected one swap in {effects:?}");
+    swaps.into_iter().next().unwrap()
+}
+
+fn answer(
+    node: &mut Node,
+    at: Time,
+    purpose: ArbiterPurpose,
+    answer: ArbiterAnswer,
+) -> Vec<Effect> {
+    node.step(at, Event::ArbiterAnswered { purpose, answer })
+}
+
+/// Answers the read every node makes first with `reg`.
+fn knows(node: &mut Node, at: Time, reg: Register) -> Vec<Effect> {
+    node.step(at, Event::Tick);
+    assert_eq!(
+        node.arbiter_asking(),
+        Some(ArbiterPurpose::Refresh),
+        "a node with an arbiter reads the register first"
+    );
+    answer(node, at, ArbiterPurpose::Refresh, ArbiterAnswer::Read(reg))
+}
+
+/// Ticks every 100 ms from `from` to `to` like `tick_until`, answering each
+/// periodic read with the register the node last learned.
+fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
+    let mut all = Vec::new();
+    let mut now = from;
+    while now <= to {
+        let effects = node.step(t(now), Event::Tick);
+        let reads = asks(&effects)
+            .into_iter()
+            .any(|ask| ask == (ArbiterPurpose::Refresh, ArbiterCall::Read));
+        all.extend(effects);
+        if reads {
+            let known = node.arbiter_status().unwrap().register.unwrap_or_default();
+            all.extend(answer(
+                node,
+                t(now),
+                ArbiterPurpose::Refresh,
+                ArbiterAnswer::Read(known),
+            ));
+        }
+        now += 100;
+    }
+    all
+}
+
+fn unreachable() -> ArbiterAnswer {
+    ArbiterAnswer::Failed {
+        unreachable: true,
+        error: "connection refused".into(),
+    }
+}
+
+fn persists(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::PersistMeta { .. }))
+}
+
+/// Standby n1 of n2 at epoch 1, told it is in sync at t=100, knowing `reg`.
+fn silent_primary_standby(reg: Register) -> Node {
+    let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
+    knows(&mut node, t(100), reg);
+    node
+}
+
+#[test]
+fn a_standby_promotes_by_a_failover_only_through_the_arbiters_swap_from_the_sync_set() {
+    let mut node = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    let effects = tick_answering_reads(&mut node, 200, 1100);
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Failover));
+    assert_eq!(expected, 3);
+    assert_eq!(
+        next,
+        Register::fresh(Epoch(2), &"n1".into(), &["n1".into(), "n2".into()])
+    );
+    assert!(
+        !persists(&effects),
+        "nothing is persisted before the swap: {effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+
+    let mut granted = next.clone();
+    granted.version = 4;
+    let effects = answer(&mut node, t(1150), purpose, ArbiterAnswer::Swapped(granted));
+    assert_eq!(
+        effects[..3],
+        [
+            Effect::PersistMeta {
+                epoch: Epoch(2),
+                leader: Some(NodeId::from("n1")),
+                confirmed: true,
+            },
+            Effect::RoleChanged {
+                from: RoleKind::Standby,
+                to: RoleKind::Promoting,
+                epoch: Epoch(2)
+            },
+            Effect::SendFence {
+                epoch: Epoch(2),
+                reason: FenceReason::Failover
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_standby_outside_the_sync_set_or_without_the_arbiter_never_promotes() {
+    // Told "in sync" by the primary, but the register says otherwise: the
+    // primary took it out before acknowledging alone.
+    let mut outside = silent_primary_standby(register(5, 1, "n2", &[]));
+    let effects = tick_answering_reads(&mut outside, 200, 5000);
+    assert!(
+        asks(&effects)
+            .iter()
+            .all(|(_, call)| *call == ArbiterCall::Read),
+        "no swap from outside the sync set: {effects:?}"
+    );
+    assert!(!persists(&effects));
+    assert_eq!(outside.role(), RoleKind::Standby);
+    let held = outside.arbiter_status().unwrap().held_back.unwrap();
+    assert!(held.contains("not in the arbiter's sync set"), "{held}");
+
+    // In the sync set, but the arbiter does not answer.
+    let mut cut_off = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    let effects = tick_answering_reads(&mut cut_off, 200, 1100);
+    let (purpose, ..) = the_swap(&effects);
+    let effects = answer(&mut cut_off, t(1150), purpose, unreachable());
+    assert!(!persists(&effects));
+    let later = tick_until(&mut cut_off, 1200, 5000);
+    for (purpose, call) in asks(&later) {
+        // It keeps asking (reading first: its swap may have happened) but
+        // never promotes without an answer.
+        let reply = answer(&mut cut_off, t(5000), purpose, unreachable());
+        assert!(!persists(&reply), "{call:?}");
+    }
+    assert_eq!(cut_off.role(), RoleKind::Standby);
+    assert!(cut_off.arbiter_status().unwrap().held_back.is_some());
+}
+
+#[test]
+fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out() {
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    node.step(t(10), writes_up_to(&node, 1));
+    node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(t(20), Event::StandbyUnreachable);
+    let effects = tick_answering_reads(&mut node, 100, 2100);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Commit { .. })),
+        "nothing committed without the standby before the swap: {effects:?}"
+    );
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 2));
+    assert_eq!(next.sync_set, BTreeSet::new());
+    assert_eq!(next.epoch, Epoch(1));
+
+    let mut swapped = next;
+    swapped.version = 3;
+    let effects = answer(&mut node, t(2150), purpose, ArbiterAnswer::Swapped(swapped));
+    assert!(
+        effects.contains(&Effect::Commit { lsn: Lsn(1) }),
+        "{effects:?}"
+    );
+    assert!(node.is_solo());
+}
+
+#[test]
+fn a_primary_whose_swap_finds_a_newer_epoch_steps_down_and_fails_its_waiters() {
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    node.step(t(10), writes_up_to(&node, 1));
+    node.step(t(20), Event::StandbyUnreachable);
+    let effects = tick_answering_reads(&mut node, 100, 2100);
+    let (purpose, ..) = the_swap(&effects);
+    // The standby promoted meanwhile (through the arbiter).
+    let effects = answer(
+        &mut node,
+        t(2150),
+        purpose,
+        ArbiterAnswer::Conflict(register(3, 2, "n2", &[])),
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Commit { .. })));
+    assert!(effects.contains(&Effect::FailWaiters {
+        up_to: None,
+        failure: WaiterFailure::Fenced { epoch: Epoch(2) }
+    }));
+    assert_eq!(node.role(), RoleKind::Fenced);
+    assert_eq!(node.epoch(), Epoch(2));
+}
+
+#[test]
+fn a_primary_that_reaches_neither_its_standby_nor_the_arbiter_refuses_writes_until_one_answers() {
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    node.step(t(10), writes_up_to(&node, 1));
+    node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(t(20), Event::StandbyUnreachable);
+    let effects = tick_answering_reads(&mut node, 100, 2100);
+    let (purpose, ..) = the_swap(&effects);
+    let effects = answer(&mut node, t(2150), purpose, unreachable());
+    assert!(effects.contains(&Effect::FailWaiters {
+        up_to: None,
+        failure: WaiterFailure::SyncTimeout
+    }));
+    assert!(matches!(
+        node.check_writable(),
+        Err(WriteRefusal::Unavailable { reason }) if reason.contains("arbiter")
+    ));
+    assert!(!node.is_solo());
+
+    // The arbiter answers again: it reads first (the unanswered swap may
+    // have happened), then swaps, then goes on alone.
+    let effects = tick_until(&mut node, 2200, 3200);
+    assert_eq!(
+        asks(&effects),
+        vec![(ArbiterPurpose::Refresh, ArbiterCall::Read)]
+    );
+    let effects = answer(
+        &mut node,
+        t(3200),
+        ArbiterPurpose::Refresh,
+        ArbiterAnswer::Read(register(2, 1, "n1", &["n2"])),
+    );
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 2));
+    let mut swapped = next;
+    swapped.version = 3;
+    answer(&mut node, t(3300), purpose, ArbiterAnswer::Swapped(swapped));
+    assert!(node.is_solo());
+    assert!(node.check_writable().is_ok());
+}
+
+#[test]
+fn a_standby_reenters_the_sync_set_caught_up_and_is_told_so_only_after_the_swap() {
+    // A primary acknowledging alone (as after its promotion), whose
+    // standby comes back behind.
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    node.role = Role::Primary(super::primary::Primary::promoted());
+    node.step(t(1), Event::StandbyReachable);
+    knows(&mut node, t(1), register(2, 1, "n1", &[]));
+    node.step(t(2), Event::StreamState { up: true });
+    node.step(t(10), writes_up_to(&node, 2));
+    let committed = node.step(t(11), Event::LocalFlushed { lsn: Lsn(2) });
+    assert!(committed.contains(&Effect::Commit { lsn: Lsn(2) }));
+    let progress = |lsn: u64| Event::StandbyProgress {
+        positions: StandbyPositions {
+            written: Lsn(lsn),
+            flushed: Lsn(lsn),
+            applied: Lsn(lsn),
+        },
+        epoch: Epoch(1),
+    };
+    let behind = node.step(t(20), progress(1));
+    assert!(asks(&behind).is_empty(), "not caught up yet: {behind:?}");
+    let effects = node.step(t(30), progress(2));
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::AddStandby, 2));
+    assert!(next.sync_set.contains(&NodeId::from("n2")));
+    assert_eq!(
+        node.sync_state(),
+        SyncState::NotSync,
+        "not told it is in sync before the swap"
+    );
+    let mut swapped = next;
+    swapped.version = 3;
+    answer(&mut node, t(40), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+}
+
+#[test]
+fn two_fresh_primaries_with_an_arbiter_converge_on_the_create_winner() {
+    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    let (mut n2, _) = fresh_primary("n2", "n1", CommitMode::RemoteFlush);
+    n1.cfg = with_arbiter(n1.cfg.clone());
+    n2.cfg = with_arbiter(n2.cfg.clone());
+    n1.arbiter = Some(Default::default());
+    n2.arbiter = Some(Default::default());
+    // Both read an empty register, both ask to create it.
+    let c1 = knows(&mut n1, t(10), Register::default());
+    let c2 = knows(&mut n2, t(10), Register::default());
+    let (p1, v1, next1) = the_swap(&c1);
+    let (p2, v2, _) = the_swap(&c2);
+    assert_eq!(
+        (p1, v1, p2, v2),
+        (ArbiterPurpose::Create, 0, ArbiterPurpose::Create, 0)
+    );
+    assert!(refuses_writes_until_confirmed(&n1) && refuses_writes_until_confirmed(&n2));
+    // n1's create wins.
+    let mut created = next1;
+    created.version = 1;
+    let won = answer(&mut n1, t(20), p1, ArbiterAnswer::Swapped(created.clone()));
+    assert!(won.contains(&Effect::PersistMeta {
+        epoch: Epoch(1),
+        leader: Some(NodeId::from("n1")),
+        confirmed: true,
+    }));
+    assert!(n1.check_writable().is_ok());
+    let lost = answer(&mut n2, t(20), p2, ArbiterAnswer::Conflict(created));
+    assert!(lost.contains(&Effect::PersistMeta {
+        epoch: Epoch(1),
+        leader: Some(NodeId::from("n1")),
+        confirmed: true,
+    }));
+    assert_eq!(n2.role(), RoleKind::Standby);
+    // A peer's heartbeat does not confirm a fresh primary with an arbiter,
+    // nor make one step down: only the register decides.
+    let (mut n3, _) = fresh_primary("n2", "n1", CommitMode::RemoteFlush);
+    n3.cfg = with_arbiter(n3.cfg.clone());
+    n3.arbiter = Some(Default::default());
+    n3.step(t(5), Event::StandbyReachable);
+    assert!(refuses_writes_until_confirmed(&n3));
+    n3.step(t(6), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
+    assert_eq!(n3.role(), RoleKind::Primary);
+}
+
+#[test]
+fn a_promotion_the_arbiter_granted_before_a_crash_is_taken_at_restart() {
+    // n1 restarted as standby of n2 at epoch 1; the register says the
+    // arbiter made it primary of epoch 2 (its swap's answer was lost).
+    let (mut node, _) = new_node(
+        with_arbiter(cfg()),
+        meta(1, "n2"),
+        Lsn(5),
+        Lsn(5),
+        Lsn(5),
+        t(0),
+    );
+    let effects = knows(&mut node, t(10), register(7, 2, "n1", &[]));
+    assert_eq!(
+        effects[..3],
+        [
+            Effect::PersistMeta {
+                epoch: Epoch(2),
+                leader: Some(NodeId::from("n1")),
+                confirmed: true,
+            },
+            Effect::RoleChanged {
+                from: RoleKind::Standby,
+                to: RoleKind::Promoting,
+                epoch: Epoch(2)
+            },
+            Effect::SendFence {
+                epoch: Epoch(2),
+                reason: FenceReason::Failover
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_node_reading_a_newer_epoch_from_the_arbiter_follows_it() {
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    node.step(t(10), writes_up_to(&node, 1));
+    let effects = knows(&mut node, t(20), register(4, 3, "n2", &[]));
+    assert!(effects.contains(&Effect::FailWaiters {
+        up_to: None,
+        failure: WaiterFailure::Fenced { epoch: Epoch(3) }
+    }));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+#[test]
+fn a_primary_ahead_of_the_register_brings_it_up_to_its_epoch_and_creates_a_missing_one() {
+    let mut ahead = primary_with_standby(with_arbiter(cfg()));
+    ahead.epoch = Epoch(3);
+    let effects = knows(&mut ahead, t(1), register(2, 2, "n2", &["n1"]));
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::CatchUp, 2));
+    assert_eq!(
+        next,
+        Register::fresh(Epoch(3), &"n1".into(), &["n1".into(), "n2".into()])
+    );
+
+    let mut lost_file = primary_with_standby(with_arbiter(cfg()));
+    let effects = knows(&mut lost_file, t(1), Register::default());
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::Create, 0));
+    assert_eq!(next.epoch, Epoch(1));
+}
+
+#[test]
+fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_too() {
+    // Planned switchover: the primary stepped down with everything on our
+    // disk, then the arbiter does not answer: promote anyway.
+    let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
+    knows(&mut node, t(100), register(3, 1, "n2", &["n1"]));
+    node.step(
+        t(200),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    let effects = node.step(
+        t(210),
+        Event::FenceSent {
+            confirmed_last_lsn: Some(Lsn(10)),
+        },
+    );
+    let (purpose, ..) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Switchover));
+    let effects = answer(&mut node, t(220), purpose, unreachable());
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))));
+
+    // Forced, arbiter unreachable: goes ahead and fences the peer.
+    let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
+    knows(&mut forced, t(100), register(3, 1, "n2", &[]));
+    let effects = forced.step(
+        t(200),
+        Event::PromoteRequested {
+            force: true,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    let (purpose, ..) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Forced));
+    let effects = answer(&mut forced, t(220), purpose, unreachable());
+    assert!(effects.contains(&Effect::SendFence {
+        epoch: Epoch(2),
+        reason: FenceReason::Forced
+    }));
+}
