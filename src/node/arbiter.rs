@@ -367,16 +367,15 @@ impl Node {
         }
         if register.epoch == self.epoch
             && register.exists()
-            && let Role::Primary(p) = &self.role
+            && matches!(self.role, Role::Primary(_))
         {
             match register.primary.as_ref() {
+                // Nothing to a primary confirmed already.
                 Some(primary) if *primary == me => {
-                    if !p.confirmed {
-                        self.on_confirmed(&format!(
-                            "the arbiter names this node primary of epoch {}",
-                            self.epoch
-                        ));
-                    }
+                    self.on_confirmed(&format!(
+                        "the arbiter names this node primary of epoch {}",
+                        self.epoch
+                    ));
                 }
                 Some(primary) => {
                     let primary = primary.clone();
