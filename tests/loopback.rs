@@ -1114,3 +1114,164 @@ async fn a_standby_whose_disk_filled_catches_up_once_space_returns_without_a_res
     assert_eq!(ha, hb);
     assert_eq!(b.kv.len(), 20 + 20 + 1);
 }
+
+/// Writes unique keys to a node until `stop`, keeping the keys it
+/// acknowledged (any error is a write not acknowledged).
+fn keep_writing(
+    node: &TestNode,
+    name: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let replica = node.replica.clone();
+    tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let key = format!("{name}-{i}");
+            if replica.apply(put_cmd(&key, name)).await.is_ok() {
+                acknowledged.push(key);
+            }
+            // Pace the attempts; correctness does not depend on it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        acknowledged
+    })
+}
+
+/// A pair sharing one in-memory arbiter, each node through its own handle
+/// (so a test can cut one of them from it), `a` primary, `b` in the sync
+/// set.
+async fn pair_with_arbiter() -> (
+    TestNode,
+    TestNode,
+    walrep::testing::MemArbiter,
+    walrep::testing::MemArbiter,
+) {
+    use std::sync::Arc;
+    let arbiter = walrep::testing::MemArbiter::new();
+    let (for_a, for_b) = (arbiter.handle(), arbiter.handle());
+    let (ha, hb) = (for_a.clone(), for_b.clone());
+    let (a, b) = pair_with(CommitMode::RemoteFlush, move |c| {
+        let handle = if c.node_id.0 == "a" { &ha } else { &hb };
+        c.arbiter = Some(Arc::new(handle.clone()));
+    })
+    .await;
+    a.wait("b in the arbiter's sync set", |h| {
+        h.arbiter
+            .as_ref()
+            .and_then(|s| s.register.as_ref())
+            .is_some_and(|r| r.sync_set.contains(&walrep::NodeId::from("b")))
+    })
+    .await;
+    b.wait("b eligible", |h| h.eligible).await;
+    (a, b, for_a, for_b)
+}
+
+/// With an arbiter, a cut between the two nodes (both still reach the
+/// arbiter) loses no acknowledged write, and writes go on on one side:
+/// whichever node's swap wins, the other can no longer acknowledge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_arbiter_a_cut_between_the_nodes_loses_no_acknowledged_write_and_one_side_goes_on()
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, b, _, _) = pair_with_arbiter().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (writes_a, writes_b) = (
+        keep_writing(&a, "a", stop.clone()),
+        keep_writing(&b, "b", stop.clone()),
+    );
+    let before = a.health().commit_lsn.0 + 10;
+    a.wait("10 writes before the cut", |h| h.commit_lsn.0 >= before)
+        .await;
+    a.link.set_cut(true);
+    b.link.set_cut(true);
+    // One side goes on: `a` alone after taking b out of the sync set, or
+    // `b` promoted from it.
+    let goes_on = |h: &walrep::Health| h.role == RoleKind::Primary && h.writable && h.solo;
+    let survivor = tokio::select! {
+        _ = a.wait("a acknowledging alone", goes_on) => &a,
+        _ = b.wait("b promoted", goes_on) => &b,
+    };
+    let target = survivor.health().commit_lsn.0 + 10;
+    survivor
+        .wait("10 writes on one side of the cut", |h| {
+            h.commit_lsn.0 >= target
+        })
+        .await;
+    // The other side has tried to go on too, and was stopped by the
+    // arbiter: a primary learned the newer epoch from its failed swap, a
+    // standby was refused the promotion.
+    let (survivor_id, survivor_epoch) = (survivor.cfg.node_id.clone(), survivor.health().epoch);
+    let other = if survivor_id.0 == "a" { &b } else { &a };
+    other
+        .wait("the other side stopped by the arbiter", |h| {
+            (h.role != RoleKind::Primary && h.epoch == survivor_epoch)
+                || h.arbiter.as_ref().is_some_and(|s| s.held_back.is_some())
+        })
+        .await;
+    a.link.set_cut(false);
+    b.link.set_cut(false);
+    other
+        .wait("the other side follows", |h| {
+            h.role == RoleKind::Standby && h.leader.as_ref().is_some_and(|l| l.id == survivor_id)
+        })
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged: Vec<String> = [writes_a.await.unwrap(), writes_b.await.unwrap()].concat();
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    for key in &acknowledged {
+        assert!(
+            a.kv.get(key.as_bytes()).is_some(),
+            "{key} was acknowledged but is gone after the cut healed (survivor {survivor_id})"
+        );
+    }
+}
+
+/// With an arbiter, a primary cut from both its standby and the arbiter
+/// acknowledges nothing more; the standby, in the sync set, takes over;
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_arbiter_a_primary_cut_from_both_stops_acknowledging_and_the_standby_takes_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, b, arbiter_of_a, _) = pair_with_arbiter().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes_a = keep_writing(&a, "a", stop.clone());
+    let before = a.health().commit_lsn.0 + 10;
+    a.wait("10 writes before the cut", |h| h.commit_lsn.0 >= before)
+        .await;
+    arbiter_of_a.set_unreachable(true);
+    a.link.set_cut(true);
+    b.link.set_cut(true);
+    b.wait("b promoted through the arbiter", |h| {
+        h.role == RoleKind::Primary && h.writable
+    })
+    .await;
+    a.wait("a refuses writes", |h| !h.writable).await;
+    let writes_b = keep_writing(&b, "b", stop.clone());
+    let target = b.health().commit_lsn.0 + 10;
+    b.wait("10 writes on b", |h| h.commit_lsn.0 >= target).await;
+    arbiter_of_a.set_unreachable(false);
+    a.link.set_cut(false);
+    b.link.set_cut(false);
+    a.wait("a follows b", |h| {
+        h.role == RoleKind::Standby
+            && h.leader
+                .as_ref()
+                .is_some_and(|l| l.id == walrep::NodeId::from("b"))
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged: Vec<String> = [writes_a.await.unwrap(), writes_b.await.unwrap()].concat();
+    let (ha, hb) = converged(&a, &b).await;
+    assert_eq!(ha, hb);
+    for key in &acknowledged {
+        assert!(
+            b.kv.get(key.as_bytes()).is_some(),
+            "{key} was acknowledged but is gone after the failover"
+        );
+    }
+}

@@ -6,17 +6,18 @@ use async_trait::async_trait;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// An in-memory [`Arbiter`]; clones share the registers, so the nodes of a
-/// test hold clones of one.
+/// An in-memory [`Arbiter`]. Clones share everything; a
+/// [`handle`](MemArbiter::handle) shares the registers but has its own
+/// reachability switch, so a test can cut one node from the arbiter.
 #[derive(Clone, Debug, Default)]
 pub struct MemArbiter {
     inner: Arc<Inner>,
+    unreachable: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     registers: Mutex<Registers>,
-    unreachable: AtomicBool,
     swaps: AtomicU64,
 }
 
@@ -26,10 +27,18 @@ impl MemArbiter {
         MemArbiter::default()
     }
 
-    /// Makes every call fail with [`ArbiterError::Unreachable`] (true) or
-    /// answer again (false).
+    /// Another way in to the same registers, reachable on its own.
+    pub fn handle(&self) -> MemArbiter {
+        MemArbiter {
+            inner: self.inner.clone(),
+            unreachable: Arc::default(),
+        }
+    }
+
+    /// Makes every call through this handle (and its clones) fail with
+    /// [`ArbiterError::Unreachable`] (true) or answer again (false).
     pub fn set_unreachable(&self, unreachable: bool) {
-        self.inner.unreachable.store(unreachable, Ordering::SeqCst);
+        self.unreachable.store(unreachable, Ordering::SeqCst);
     }
 
     /// The register of `cluster_id` as it stands, without reporting a caller.
@@ -53,7 +62,7 @@ impl MemArbiter {
     }
 
     fn reachable(&self) -> Result<(), ArbiterError> {
-        if self.inner.unreachable.load(Ordering::SeqCst) {
+        if self.unreachable.load(Ordering::SeqCst) {
             return Err(ArbiterError::Unreachable(
                 "the test made the arbiter unreachable".into(),
             ));

@@ -53,6 +53,8 @@ pub(super) struct ArbiterLink {
     reachable: Option<bool>,
     /// Why the last call failed.
     last_error: Option<String>,
+    /// Whether the last call failed: the next swap waits a while.
+    last_failed: bool,
     /// A promotion that waits for the arbiter's swap.
     promotion: Option<PendingPromotion>,
     /// Why a failover or a solo step did not happen (cleared once it did,
@@ -138,8 +140,16 @@ impl Node {
         let link = self.arbiter.as_ref()?;
         let interval = self.cfg.heartbeat_interval * REFRESH_HEARTBEATS;
         let refresh_due = link.last_asked.is_none_or(|at| now >= at + interval);
-        // After a failed call, every call waits for the refresh interval.
-        let may_swap = link.reachable != Some(false) || refresh_due;
+        // After a failed call the next swap waits: a heartbeat interval
+        // after a refusal (the arbiter answers; a create waits for the
+        // other member's first read), the refresh interval when it did not
+        // answer.
+        let backoff = if link.reachable == Some(false) {
+            interval
+        } else {
+            self.cfg.heartbeat_interval
+        };
+        let may_swap = !link.last_failed || link.last_asked.is_none_or(|at| now >= at + backoff);
         let refresh = refresh_due.then_some((ArbiterPurpose::Refresh, ArbiterCall::Read));
         let Some(known) = &link.known else {
             return refresh;
@@ -291,6 +301,7 @@ impl Node {
             return;
         };
         link.asking = None;
+        link.last_failed = matches!(answer, ArbiterAnswer::Failed { .. });
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
             ArbiterAnswer::Swapped(r) => (r, true),
