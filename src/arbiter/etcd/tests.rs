@@ -319,6 +319,60 @@ async fn two_etcd_clients_racing_for_one_version_swap_exactly_once() {
     assert_eq!(a.read("race", &caller("n1", 0)).await.unwrap(), current);
 }
 
+/// A proxy to `target` that passes the client's bytes on and throws the
+/// server's away: requests take effect, their answers never arrive.
+async fn answer_losing_proxy(target: String) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (mut from_client, _to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_server, &mut tokio::io::sink()).await;
+                drop(_to_client);
+            });
+        }
+    });
+    (addr.to_string(), task)
+}
+
+#[tokio::test]
+async fn a_swap_whose_answer_was_lost_is_recognised_when_retried_on_the_next_endpoint() {
+    let etcd = etcd_or_skip!();
+    let (proxy, task) = answer_losing_proxy(etcd.endpoint()).await;
+    let arb = arbiter(&[&proxy, &etcd.endpoint()], Duration::from_secs(2));
+    let n1 = caller("n1", 1);
+    // Through the proxy the create is applied but unanswered; the retry on
+    // the second endpoint finds the register this swap made.
+    let v1 = swapped(
+        arb.compare_and_swap("c", &n1, 0, &pair_register(1, "n1"))
+            .await,
+    );
+    assert_eq!(v1.version, 1);
+    let direct = arbiter(&[&etcd.endpoint()], Duration::from_secs(2));
+    assert_eq!(direct.read("c", &n1).await.unwrap(), v1);
+    // Someone else's register at that version is still a conflict.
+    swapped(
+        direct
+            .compare_and_swap("c", &n1, 1, &pair_register(2, "n1"))
+            .await,
+    );
+    let lost = arbiter(&[&proxy, &etcd.endpoint()], Duration::from_secs(2));
+    let mut stale = v1.clone();
+    stale.sync_set.insert("n2".into());
+    let current = conflict(lost.compare_and_swap("c", &n1, 1, &stale).await);
+    assert_eq!(current.version, 2);
+    assert_eq!(current.epoch, Epoch(2));
+    task.abort();
+}
+
 #[tokio::test]
 async fn an_unreachable_etcd_is_unreachable_within_the_deadline() {
     // Needs no etcd: one endpoint refuses connections, one never answers.
