@@ -1,4 +1,6 @@
-//! Generates the tonic/prost code for `proto/walrep/v1` at build time.
+//! Generates the tonic/prost code for `proto/walrep/v1` and for the client
+//! side of the subset of etcd's v3 API in `proto/etcd` (the etcd arbiter)
+//! at build time.
 //!
 //! Decision: the generated code is NOT checked in. It is generated here on
 //! every build, with `protoc` from the `protoc-bin-vendored`
@@ -28,6 +30,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/walrep/v1/witness.proto",
             ],
             &["proto"],
+        )?;
+    // etcd's KV service, client only: walrep only calls etcd. Its own
+    // include root, so its `import "mvccpb/kv.proto"` resolves as etcd's
+    // packages name it.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(
+            &[
+                "proto/etcd/etcdserverpb/rpc.proto",
+                "proto/etcd/mvccpb/kv.proto",
+            ],
+            &["proto/etcd"],
         )?;
     Ok(())
 }

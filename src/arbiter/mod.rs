@@ -22,18 +22,23 @@
 //! succeeds, however late or reordered their messages are.
 //!
 //! Backends implement [`Arbiter`]: the built-in witness (`walrep witness`),
-//! etcd, or [`MemArbiter`](crate::testing::MemArbiter) in tests.
+//! etcd ([`EtcdArbiter`]), or `MemArbiter` in tests (`walrep::testing`,
+//! with the `testing` feature). [`from_url`] makes the one a URL names.
 
+mod etcd;
 #[cfg(any(test, feature = "testing"))]
 mod mem;
 mod registers;
+mod url;
 mod wire;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemArbiter;
 
 pub use crate::node::ArbiterStatus;
+pub use etcd::{EtcdArbiter, EtcdEndpoint, EtcdTarget};
 pub use registers::{Registers, SwapRefusal};
+pub use url::{ArbiterUrlError, from_url};
 pub use wire::{decode_register, encode_register};
 
 use crate::types::{Epoch, NodeId};
