@@ -38,7 +38,7 @@ pub use mem::MemArbiter;
 pub use crate::node::ArbiterStatus;
 pub use etcd::{EtcdArbiter, EtcdEndpoint, EtcdTarget};
 pub use registers::{Registers, SwapRefusal};
-pub use url::{ArbiterUrlError, from_url};
+pub use url::{ArbiterUrl, ArbiterUrlError, from_url};
 pub use wire::{decode_register, encode_register};
 
 use crate::types::{Epoch, NodeId};

@@ -1,5 +1,5 @@
 //! An arbiter named by a URL, as a node's configuration gives it:
-//! `etcd://HOST:PORT[,HOST:PORT...][/PREFIX/]`.
+//! `witness://HOST:PORT` or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX/]`.
 
 use super::Arbiter;
 use super::etcd::{EtcdArbiter, EtcdEndpoint, EtcdTarget};
@@ -16,7 +16,7 @@ pub enum ArbiterUrlError {
         url: String,
     },
     /// A scheme no backend answers to.
-    #[error("arbiter URL scheme {scheme:?} is not supported (known: etcd)")]
+    #[error("arbiter URL scheme {scheme:?} is not supported (known: witness, etcd)")]
     UnsupportedScheme {
         /// The scheme as given.
         scheme: String,
@@ -63,6 +63,63 @@ pub enum ArbiterUrlError {
         /// The port part.
         port: String,
     },
+    /// A witness URL naming more than one endpoint.
+    #[error("arbiter URL {url:?}: a witness is one process; write witness://HOST:PORT")]
+    OneEndpointOnly {
+        /// The URL as given.
+        url: String,
+    },
+}
+
+/// An arbiter URL, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArbiterUrl {
+    /// `witness://HOST:PORT`: a `walrep witness`.
+    Witness(EtcdEndpoint),
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX/]`.
+    Etcd(EtcdTarget),
+}
+
+impl ArbiterUrl {
+    /// Checks `url`, saying precisely what is wrong with it.
+    pub fn parse(url: &str) -> Result<ArbiterUrl, ArbiterUrlError> {
+        match scheme(url)? {
+            ("etcd", _) => Ok(ArbiterUrl::Etcd(EtcdTarget::parse(url)?)),
+            ("witness", rest) => {
+                let endpoint = match parse_endpoints(url, rest.trim_end_matches('/'))?.as_slice() {
+                    [one] => one.clone(),
+                    _ => {
+                        return Err(ArbiterUrlError::OneEndpointOnly {
+                            url: url.to_string(),
+                        });
+                    }
+                };
+                Ok(ArbiterUrl::Witness(endpoint))
+            }
+            (other, _) => Err(ArbiterUrlError::UnsupportedScheme {
+                scheme: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ArbiterUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = |e: &EtcdEndpoint| {
+            if e.host.contains(':') {
+                format!("[{}]:{}", e.host, e.port)
+            } else {
+                format!("{}:{}", e.host, e.port)
+            }
+        };
+        match self {
+            ArbiterUrl::Witness(e) => write!(f, "witness://{}", endpoint(e)),
+            ArbiterUrl::Etcd(t) => {
+                let list: Vec<String> = t.endpoints.iter().map(endpoint).collect();
+                write!(f, "etcd://{}{}", list.join(","), t.prefix)
+            }
+        }
+    }
 }
 
 /// The arbiter `url` names, with its default settings (for etcd: a
@@ -302,5 +359,43 @@ mod tests {
             from_url("etcd://h:0"),
             Err(ArbiterUrlError::BadPort { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod witness_url_tests {
+    use super::*;
+
+    #[test]
+    fn a_witness_url_names_one_endpoint_and_prints_back_as_given() {
+        let url = ArbiterUrl::parse("witness://10.0.0.3:7010").unwrap();
+        assert_eq!(
+            url,
+            ArbiterUrl::Witness(EtcdEndpoint {
+                host: "10.0.0.3".into(),
+                port: 7010
+            })
+        );
+        assert_eq!(url.to_string(), "witness://10.0.0.3:7010");
+        assert_eq!(
+            ArbiterUrl::parse("witness://a:1,b:2"),
+            Err(ArbiterUrlError::OneEndpointOnly {
+                url: "witness://a:1,b:2".into()
+            })
+        );
+        assert!(matches!(
+            ArbiterUrl::parse("witness://a"),
+            Err(ArbiterUrlError::MissingPort { .. })
+        ));
+        assert_eq!(
+            ArbiterUrl::parse("etcd://a:1,[::1]:2").unwrap().to_string(),
+            "etcd://a:1,[::1]:2/walrep/"
+        );
+        assert_eq!(
+            ArbiterUrl::parse("zk://a:1"),
+            Err(ArbiterUrlError::UnsupportedScheme {
+                scheme: "zk".into()
+            })
+        );
     }
 }

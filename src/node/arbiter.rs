@@ -72,6 +72,8 @@ struct PendingPromotion {
 /// The arbiter as a node sees it, for `health()`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ArbiterStatus {
+    /// The arbiter, as `Arbiter::describe` names it.
+    pub arbiter: String,
     /// Whether its last call was answered (`None`: not asked yet).
     pub reachable: Option<bool>,
     /// The register as last answered.
@@ -89,7 +91,9 @@ impl Node {
 
     /// The arbiter as this node sees it (`None` without one).
     pub(crate) fn arbiter_status(&self) -> Option<ArbiterStatus> {
+        let arbiter = self.cfg.arbiter.as_ref()?.describe();
         self.arbiter.as_ref().map(|link| ArbiterStatus {
+            arbiter,
             reachable: link.reachable,
             register: link.known.clone(),
             last_error: link.last_error.clone(),

@@ -39,6 +39,35 @@ pub struct HealthReport {
     pub rewound_records: u64,
     /// Why the node refuses writes, when it does.
     pub note: Option<String>,
+    /// The arbiter as this node sees it; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterReport>,
+}
+
+/// The arbiter as a node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArbiterReport {
+    /// `witness://HOST:PORT` or `etcd://...`.
+    pub url: String,
+    /// Whether its last call was answered; null before the first.
+    pub reachable: Option<bool>,
+    /// The register as last answered; null before the first answer.
+    pub register: Option<RegisterReport>,
+    /// Why its last call failed.
+    pub last_error: Option<String>,
+    /// Why a failover or a solo step is not happening now.
+    pub held_back: Option<String>,
+}
+
+/// One cluster's register at the arbiter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegisterReport {
+    /// 0: the cluster has no register yet.
+    pub version: u64,
+    pub epoch: u64,
+    pub primary: Option<String>,
+    /// The standbys that may promote (they hold every acknowledged write).
+    pub sync_set: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -117,6 +146,18 @@ impl HealthReport {
             },
             rewound_records: h.rewound_records,
             note: h.note.clone(),
+            arbiter: h.arbiter.as_ref().map(|a| ArbiterReport {
+                url: a.arbiter.clone(),
+                reachable: a.reachable,
+                register: a.register.as_ref().map(|r| RegisterReport {
+                    version: r.version,
+                    epoch: r.epoch.0,
+                    primary: r.primary.as_ref().map(|p| p.0.clone()),
+                    sync_set: r.sync_set.iter().map(|n| n.0.clone()).collect(),
+                }),
+                last_error: a.last_error.clone(),
+                held_back: a.held_back.clone(),
+            }),
         }
     }
 

@@ -299,6 +299,8 @@ pub struct NodeArgs {
     pub max_request_ids: Option<String>,
     #[arg(long, value_name = "THREADS", help = help("worker_threads", "Threads running the node's tasks; fsyncs and snapshots run on threads of their own"))]
     pub worker_threads: Option<String>,
+    #[arg(long, value_name = "URL", help = help("arbiter", "The arbiter deciding failovers and solo steps: witness://HOST:PORT (a `walrep witness`) or etcd://HOST:PORT[,HOST:PORT...]; without one the pair decides alone (on_standby_loss)"))]
+    pub arbiter: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_ca", "Mutual TLS on the replication port: the cluster CA's certificate (PEM); with --tls-cert and --tls-key"))]
     pub tls_ca: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_cert", "This node's certificate (PEM), naming its --id; reread on SIGHUP"))]
@@ -351,6 +353,7 @@ impl NodeArgs {
             ("snapshot_timeout_ms", &self.snapshot_timeout_ms),
             ("max_request_ids", &self.max_request_ids),
             ("worker_threads", &self.worker_threads),
+            ("arbiter", &self.arbiter),
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),

@@ -510,6 +510,31 @@ pub fn status_table(addr: &str, h: &HealthReport) -> String {
         ),
         ("sync state", h.sync_state.clone()),
     ];
+    if let Some(a) = &h.arbiter {
+        let reach = match a.reachable {
+            Some(true) => "reachable",
+            Some(false) => "UNREACHABLE",
+            None => "not asked yet",
+        };
+        let register = match &a.register {
+            Some(r) if r.version > 0 => format!(
+                "register v{} epoch {} primary {} sync set [{}]",
+                r.version,
+                r.epoch,
+                r.primary.as_deref().unwrap_or("-"),
+                r.sync_set.join(", ")
+            ),
+            Some(_) => "no register yet".into(),
+            None => "register unknown".into(),
+        };
+        rows.push(("arbiter", format!("{} {reach}, {register}", a.url)));
+        if let Some(why) = &a.held_back {
+            rows.push(("held back", why.clone()));
+        }
+        if let Some(e) = a.last_error.as_ref().filter(|_| a.reachable != Some(true)) {
+            rows.push(("arbiter err", e.clone()));
+        }
+    }
     if h.rewound_records > 0 {
         rows.push(("rewound", format!("{} records", h.rewound_records)));
     }

@@ -123,6 +123,7 @@ pub const SETTINGS: &[Setting] = &[
         "worker_threads",
         Some(|| DEFAULT_WORKER_THREADS.to_string()),
     ),
+    s("arbiter", None),
     s("tls_ca", None),
     s("tls_cert", None),
     s("tls_key", None),
@@ -214,6 +215,10 @@ pub struct NodeSettings {
     /// thread each hand-off is a queue push where across threads it is a
     /// wake-up of a sleeping thread, tens of microseconds on a VM.
     pub worker_threads: usize,
+    /// The arbiter's URL (`etcd://HOST:PORT[,...]` or
+    /// `witness://HOST:PORT`), checked when read; `None`: the pair decides
+    /// alone (`on_standby_loss`).
+    pub arbiter: Option<walrep::arbiter::ArbiterUrl>,
     /// Mutual TLS on the replication port (all three of `tls_ca`,
     /// `tls_cert`, `tls_key`), or none: a trusted network.
     pub tls: Option<walrep::TlsFiles>,
@@ -474,6 +479,9 @@ impl Layers {
         };
         cfg.validate().map_err(|e| self.explain(e))?;
         let tls = self.tls_files()?;
+        let arbiter = self.get("arbiter", |v| {
+            walrep::arbiter::ArbiterUrl::parse(v).map_err(|e| e.to_string())
+        })?;
         let http_tls = self.http_tls_files()?;
         let http_token_file = self.get("http_token_file", |v| {
             if v.is_empty() {
@@ -510,6 +518,7 @@ impl Layers {
             snapshot_records,
             snapshot_interval,
             worker_threads,
+            arbiter,
             tls,
             http_tls,
             http_token_file,

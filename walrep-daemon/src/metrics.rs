@@ -131,6 +131,37 @@ impl Collector for ReplicaCollector {
             None,
             flag(h.solo),
         )?;
+        if let Some(a) = &h.arbiter {
+            let register = a.register.clone().unwrap_or_default();
+            gauge(
+                &mut enc,
+                "walrep_arbiter_reachable",
+                "1 if the arbiter answered this node's last call",
+                None,
+                flag(a.reachable == Some(true)),
+            )?;
+            gauge(
+                &mut enc,
+                "walrep_arbiter_epoch",
+                "The epoch in the arbiter's register as last answered (0: none yet)",
+                None,
+                register.epoch.0 as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "walrep_arbiter_sync_set_size",
+                "Standbys in the arbiter's sync set (they may promote)",
+                None,
+                register.sync_set.len() as i64,
+            )?;
+            gauge(
+                &mut enc,
+                "walrep_arbiter_held_back",
+                "1 if a failover or a solo step waits for the arbiter (see /health)",
+                None,
+                flag(a.held_back.is_some()),
+            )?;
+        }
         {
             let mut family = enc.encode_descriptor(
                 "walrep_role",

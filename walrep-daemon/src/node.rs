@@ -123,6 +123,10 @@ impl RunningNode {
                 None
             }
         };
+        cfg.arbiter = match &settings.arbiter {
+            Some(url) => Some(arbiter_of(url, &cfg)?),
+            None => None,
+        };
         // Read before anything starts, so a bad file stops nothing running.
         let http_tls = match &settings.http_tls {
             Some(files) => Some(super::https::HttpTls::load(files.clone())?),
@@ -358,5 +362,24 @@ async fn snapshot_loop(
         if due {
             persist(&engine).await;
         }
+    }
+}
+
+/// The arbiter a node's `--arbiter` names, dialled lazily (one that is down
+/// now delays nothing): each call is bounded by the node's `rpc_timeout`.
+fn arbiter_of(
+    url: &walrep::arbiter::ArbiterUrl,
+    cfg: &walrep::Config,
+) -> Result<Arc<dyn walrep::arbiter::Arbiter>, DaemonError> {
+    use walrep::arbiter::{ArbiterUrl, EtcdArbiter};
+    info!(arbiter = %url, "failovers and solo steps go through the arbiter");
+    match url {
+        ArbiterUrl::Etcd(target) => Ok(Arc::new(EtcdArbiter::connect_lazy(
+            target.clone(),
+            cfg.rpc_timeout,
+        ))),
+        ArbiterUrl::Witness(_) => Err(DaemonError::Config(format!(
+            "arbiter {url}: the witness client is not in this build"
+        ))),
     }
 }
