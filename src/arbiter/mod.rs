@@ -28,12 +28,16 @@
 mod mem;
 mod registers;
 mod wire;
+pub mod witness;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemArbiter;
 
+#[cfg(feature = "tls")]
+pub use crate::transport::{ClientCertificate, WITNESS_NAME};
 pub use registers::{Registers, SwapRefusal};
 pub use wire::{decode_register, encode_register};
+pub use witness::{WitnessClient, WitnessService};
 
 use crate::types::{Epoch, NodeId};
 use async_trait::async_trait;
