@@ -72,7 +72,7 @@ pub enum Command {
     },
     /// Start two nodes, crash the primary, watch the failover, verify.
     Demo(demo::DemoArgs),
-    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos); with --http-hosts also http.pem and http.key for HTTPS.
+    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos); with --witness also witness.pem and witness.key for `walrep witness`; with --http-hosts also http.pem and http.key for HTTPS.
     Certs {
         /// Directory to write into (created; existing files are never overwritten).
         #[arg(long, value_name = "DIR")]
@@ -80,6 +80,11 @@ pub enum Command {
         /// Node ids, comma-separated: each certificate names one.
         #[arg(long, value_name = "NAMES", value_delimiter = ',', required = true)]
         names: Vec<String>,
+        /// Also write witness.pem and witness.key: the built-in witness's
+        /// server-only certificate, naming `witness` (the name nodes require
+        /// of it).
+        #[arg(long)]
+        witness: bool,
         /// Also write http.pem and http.key: a server-only certificate for
         /// the HTTP API (--http-tls-cert) naming these hosts, comma-separated
         /// DNS names or IP addresses clients dial (never a node's name).
@@ -493,9 +498,10 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::Certs {
             dir,
             names,
+            witness,
             http_hosts,
         } => {
-            for file in super::certs::write_set(&dir, &names, &http_hosts)? {
+            for file in super::certs::write_set(&dir, &names, witness, &http_hosts)? {
                 println!("wrote {}", file.display());
             }
             Ok(ExitCode::SUCCESS)

@@ -5,7 +5,8 @@
 //! partition is noticed instead of hanging the connection. Errors map to
 //! what the role logic needs: no answer (connection refused or cut, a
 //! timeout, a witness that could not write) is `Unreachable`: the register
-//! may or may not have changed; `FAILED_PRECONDITION` is `Refused` with
+//! may or may not have changed (a refused TLS handshake looks the same
+//! from here: the witness counts and logs it); `FAILED_PRECONDITION` is `Refused` with
 //! the witness's [`SwapRefusal`]; anything else (a refused identity, a
 //! malformed request or reply) is `Invalid`.
 
@@ -149,9 +150,13 @@ impl WitnessClient {
         use tonic::Code;
         let at = self.describe();
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                ArbiterError::Unreachable(format!("{at}: {}", status.message()))
-            }
+            // Unknown: tonic's code for a connection that broke under the
+            // call (a TLS alert, a reset); the witness never answers it.
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown => ArbiterError::Unreachable(format!("{at}: {}", status.message())),
             Code::FailedPrecondition => {
                 let refusal = <pb::SwapRefused as prost::Message>::decode(status.details())
                     .ok()
