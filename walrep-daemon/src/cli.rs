@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: replication on --listen, the HTTP API on --http.
     Node(Box<NodeArgs>),
+    /// Run the built-in witness (the arbiter of any number of clusters): gRPC on --listen, registers in --data-dir, /health and /metrics on --http.
+    Witness(crate::witness::WitnessArgs),
     /// Write KEY=VALUE on the primary.
     Put {
         key: String,
@@ -388,6 +390,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
 /// refused before anything else happens.
 pub enum Job {
     Node(Box<NodeSettings>),
+    Witness(crate::witness::WitnessSettings),
     Other(Command),
 }
 
@@ -396,6 +399,8 @@ impl Job {
     pub fn worker_threads(&self) -> Option<usize> {
         match self {
             Job::Node(settings) => Some(settings.worker_threads),
+            // One fsync at a time under one lock: two threads are plenty.
+            Job::Witness(_) => Some(2),
             Job::Other(_) => None,
         }
     }
@@ -415,6 +420,7 @@ pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
         Command::Node(args) => Job::Node(Box::new(
             Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?.resolve()?,
         )),
+        Command::Witness(args) => Job::Witness(args.resolve(std::env::vars())?),
         other => Job::Other(other),
     })
 }
@@ -426,10 +432,16 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             node::run(*settings, node::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Job::Witness(settings) => {
+            super::init_logging();
+            crate::witness::run(settings, node::shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Job::Other(command) => command,
     };
     match command {
         Command::Node(_) => unreachable!("prepare resolves a node's settings"),
+        Command::Witness(_) => unreachable!("prepare resolves the witness's settings"),
         Command::Put {
             key,
             value,

@@ -278,7 +278,7 @@ pub async fn shutdown_signal() {
 /// Rereads the TLS files (replication's and the HTTP API's) on every
 /// SIGHUP (certificate rotation without a restart): new connections use
 /// them, open ones go on. A bad set is logged and the loaded one kept.
-async fn reload_on_sighup(
+pub(crate) async fn reload_on_sighup(
     tls: Option<walrep::Tls>,
     http_tls: Option<super::https::HttpTls>,
     stop: CancellationToken,
