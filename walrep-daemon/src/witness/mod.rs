@@ -131,6 +131,42 @@ impl RunningWitness {
     }
 }
 
+/// Polls the witness's `/health` at `addr` every 10 ms until it answers
+/// 200; an error if `limit` passes first or `gone` says why waiting is
+/// pointless (the process exited).
+pub async fn wait_healthy(
+    addr: &str,
+    limit: std::time::Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<http::WitnessHealth, DaemonError> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut client =
+        crate::client::HttpClient::new(addr).with_timeout(std::time::Duration::from_secs(2));
+    loop {
+        if let Some(why) = gone() {
+            return Err(DaemonError::Failed(format!("witness {addr}: {why}")));
+        }
+        let last = match client
+            .request(hyper::Method::GET, "/health", bytes::Bytes::new())
+            .await
+        {
+            Ok(r) if r.status == 200 => {
+                return serde_json::from_slice(&r.body).map_err(|e| {
+                    DaemonError::Failed(format!("witness {addr}: /health is not its JSON: {e}"))
+                });
+            }
+            Ok(r) => format!("{}: {}", r.status, String::from_utf8_lossy(&r.body)),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(DaemonError::Failed(format!(
+                "witness {addr}: not healthy within {limit:?}; last: {last}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs a witness until `shutdown` resolves.
 pub async fn run(
     settings: WitnessSettings,
