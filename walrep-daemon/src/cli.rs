@@ -105,6 +105,8 @@ pub enum Command {
     BenchSwitchover(bench::switchover::SwitchoverArgs),
     /// Benchmark: loopback TCP copy and durable write of N bytes, the floor of a resync.
     BenchFloor(bench::floor::FloorArgs),
+    /// Benchmark: a witness serving many clusters of simulated nodes: swap latency, throughput, RSS.
+    BenchWitness(bench::witness::WitnessBenchArgs),
 }
 
 /// How a write is made safe to retry (`put`, `delete`).
@@ -549,6 +551,9 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             bench_done(until_interrupted(bench::switchover::run(args)).await)
         }
         Command::BenchFloor(args) => bench_done(until_interrupted(bench::floor::run(args)).await),
+        Command::BenchWitness(args) => {
+            bench_done(until_interrupted(bench::witness::run(args)).await)
+        }
     }
 }
 
