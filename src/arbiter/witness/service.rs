@@ -12,8 +12,9 @@
 //! Status codes: a refused swap (`SwapRefusal`) is `FAILED_PRECONDITION`
 //! with the reason in the message and, structured, in the details; a
 //! malformed request (an empty or oversized name, an epoch at the bound,
-//! too many members) `INVALID_ARGUMENT`; over mutual TLS a node id the
-//! client's certificate does not name `PERMISSION_DENIED`.
+//! too many members) `INVALID_ARGUMENT`; a swap of an existing register
+//! by a node that is not one of its members, and over mutual TLS a node id
+//! the client's certificate does not name, `PERMISSION_DENIED`.
 
 use super::file::{RegisterFile, StoreError};
 use crate::arbiter::{Caller, CasOutcome, Register, Registers, SwapRefusal};
@@ -54,6 +55,10 @@ pub struct WitnessStats {
     /// Requests or connections whose identity was refused: no client
     /// certificate, another CA, or a node id the certificate does not name.
     pub unauthenticated: u64,
+    /// Swaps of an existing register by a node that is not one of its
+    /// members (`PERMISSION_DENIED`): another cluster's node, or a node
+    /// with a wrong cluster id.
+    pub not_members: u64,
     /// Swaps whose write to the file failed (`UNAVAILABLE`).
     pub write_failures: u64,
     /// The last failed write, until a write succeeds again.
@@ -241,6 +246,19 @@ impl WitnessService {
         // Applied to a copy: memory changes only once the file has.
         let mut registers = state.registers.clone();
         let old = registers.read(cluster_id, caller);
+        if old.exists() && !old.members.contains(&caller.node_id) {
+            self.count(|s| s.not_members += 1);
+            tracing::warn!(cluster = cluster_id, node = %caller.node_id, register = %old, "witness refused a swap by a node that is not a member of the cluster");
+            return Err(Status::permission_denied(format!(
+                "node {:?} is not a member of cluster {cluster_id:?} (members: {}); only a member may change its register",
+                caller.node_id.0,
+                old.members
+                    .iter()
+                    .map(|n| n.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let outcome = match registers.compare_and_swap(cluster_id, caller, expected_version, next) {
             Ok(outcome) => outcome,
             Err(refusal) => {
@@ -521,5 +539,29 @@ mod tests {
         );
         assert_eq!(w.stats().refused.get("members_not_heard"), Some(&1));
         assert!(w.registers().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_a_member_may_change_an_existing_register() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WitnessService::open(dir.path()).unwrap();
+        Witness::read(&w, read_req("c", "n2", 0)).await.unwrap();
+        Witness::compare_and_swap(&w, cas_req("c", "n1", 0, &pair(1, "n1")))
+            .await
+            .unwrap();
+        // x, a node of another cluster, tries to make itself primary.
+        let mut hijack = pair(2, "x");
+        hijack.members.insert("x".into());
+        let status = Witness::compare_and_swap(&w, cas_req("c", "x", 1, &hijack))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("not a member"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(w.stats().not_members, 1);
+        assert_eq!(w.registers().await[0].1.primary, Some("n1".into()));
     }
 }

@@ -148,10 +148,11 @@ impl Collector for StatsCollector {
         counter(
             &mut enc,
             "walrep_witness_rejected",
-            "Requests rejected before the registers were looked at: malformed (INVALID_ARGUMENT) or from an identity the witness refuses (no or a foreign certificate, a node id the certificate does not name)",
+            "Requests rejected: malformed (INVALID_ARGUMENT), from an identity the witness refuses (no or a foreign certificate, a node id the certificate does not name), or a swap by a node that is not a member of the register (PERMISSION_DENIED)",
             &[
                 (&[("reason", "invalid_argument")], s.invalid),
                 (&[("reason", "unauthenticated")], s.unauthenticated),
+                (&[("reason", "not_a_member")], s.not_members),
             ],
         )?;
         counter(
