@@ -339,10 +339,7 @@ mod tls {
         // A node that trusts another CA does not talk to this witness.
         let stranger_node = node_client(w.addr, stranger.path(), "n1");
         assert!(stranger_node.read("c", &caller("n1", 1)).await.is_err());
-        assert_eq!(
-            w.service.registers().await,
-            vec![("c".to_string(), created)]
-        );
+        assert_eq!(w.service.registers(), vec![("c".to_string(), created)]);
         w.stop().await;
     }
 }

@@ -1,13 +1,15 @@
 //! The server side of the `Witness` gRPC service: the rules of
 //! [`Registers`] over the witness's file.
 //!
-//! One lock serves every request: a swap is applied to a copy of the
-//! registers, the copy is written to the file (fsync and rename before the
-//! answer), and only then replaces the registers in memory. A write that
-//! fails answers `UNAVAILABLE` and changes nothing a later request sees.
-//! The fsync runs on the task that holds the lock, so swaps are one after
-//! the other: at one fsync each, far beyond what nodes ask (a node asks
-//! only to promote, to go on alone, to take its standby back).
+//! Swaps are decided one at a time, under one lock, and written to the
+//! file in groups: every answer waits until the file (fsync and rename,
+//! before the answer) holds every swap it could have seen, and one write
+//! covers every swap decided before it began, so many clusters swapping
+//! at once (a partition cutting many pairs) cost a few fsyncs, not one
+//! each (see `State`). A write that fails answers `UNAVAILABLE` to every
+//! swap it carried, and to every answer resting on them, and rolls the
+//! registers back to what the file held: nothing a later request sees
+//! changed.
 //!
 //! Status codes: a refused swap (`SwapRefusal`) is `FAILED_PRECONDITION`
 //! with the reason in the message and, structured, in the details; a
@@ -102,15 +104,46 @@ pub struct WitnessService {
 }
 
 struct Shared {
-    state: tokio::sync::Mutex<State>,
+    state: Mutex<State>,
+    /// Written only by the request that holds `State::writing`.
+    file: RegisterFile,
     stats: Mutex<WitnessStats>,
     path: PathBuf,
     observe_write: Option<WriteObserver>,
 }
 
+/// The registers, and the swaps not yet in the file (group commit).
+///
+/// Every decision is made on `pending`, which holds every swap decided so
+/// far; `durable` is what the file holds. A swap bumps `pending_gen`.
+/// An answer that depends on a generation the file does not hold yet
+/// waits (in `waiters`) for a write that covers it: one write of the file
+/// covers every swap decided before it began. The request that finds no
+/// write under way writes (sync, holding no lock, with no await between
+/// taking `writing` and giving it back, so a cancelled request cannot
+/// leave it taken) until nothing is pending. A failed write rolls
+/// `pending` back to `durable` and fails every waiter: nothing a request
+/// was told about the failed swaps holds.
 struct State {
-    registers: Registers,
-    file: RegisterFile,
+    pending: Registers,
+    pending_gen: u64,
+    durable: Registers,
+    durable_gen: u64,
+    writing: bool,
+    waiters: Vec<(u64, Waiter)>,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// What a request must wait for before it answers.
+enum Ticket {
+    /// Nothing: what it saw is in the file.
+    Now,
+    /// A write covering what it saw; `write` if this request must do it.
+    Wait {
+        done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+        write: bool,
+    },
 }
 
 impl fmt::Debug for WitnessService {
@@ -145,7 +178,15 @@ impl WitnessService {
         Ok(WitnessService {
             shared: Arc::new(Shared {
                 path: file.path().to_path_buf(),
-                state: tokio::sync::Mutex::new(State { registers, file }),
+                state: Mutex::new(State {
+                    pending: registers.clone(),
+                    pending_gen: 0,
+                    durable: registers,
+                    durable_gen: 0,
+                    writing: false,
+                    waiters: Vec::new(),
+                }),
+                file,
                 stats: Mutex::new(stats),
                 observe_write,
             }),
@@ -163,11 +204,12 @@ impl WitnessService {
         self.shared.stats.lock().expect("stats lock").clone()
     }
 
-    /// Every cluster's register as it stands (for tests and tools).
-    pub async fn registers(&self) -> Vec<(String, Register)> {
-        let state = self.shared.state.lock().await;
+    /// Every cluster's register as the file holds it (for tests and
+    /// tools).
+    pub fn registers(&self) -> Vec<(String, Register)> {
+        let state = self.shared.state.lock().expect("state lock");
         state
-            .registers
+            .durable
             .registers()
             .map(|(id, r)| (id.to_string(), r.clone()))
             .collect()
@@ -235,6 +277,118 @@ impl WitnessService {
         ))
     }
 
+    /// Runs `decide` on the pending registers and says what the answer
+    /// must wait for: a write of the file, if anything `decide` could
+    /// have seen is not in it yet.
+    fn decide<R>(&self, decide: impl FnOnce(&mut Registers) -> (R, bool)) -> (R, Ticket) {
+        let mut st = self.shared.state.lock().expect("state lock");
+        let (result, changed) = decide(&mut st.pending);
+        if changed {
+            st.pending_gen += 1;
+        }
+        if st.pending_gen == st.durable_gen {
+            return (result, Ticket::Now);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let generation = st.pending_gen;
+        st.waiters.push((generation, tx));
+        let write = !st.writing;
+        st.writing = true;
+        (result, Ticket::Wait { done: rx, write })
+    }
+
+    /// Waits until what a request saw is in the file (writing it if the
+    /// ticket says so); `Err` (UNAVAILABLE) if that write failed.
+    async fn settle(&self, ticket: Ticket) -> Result<(), Status> {
+        let (done, write) = match ticket {
+            Ticket::Now => return Ok(()),
+            Ticket::Wait { done, write } => (done, write),
+        };
+        if write {
+            self.write_pending();
+        }
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "the witness could not make the swap durable ({e}); the register may or may not have changed: read it again"
+            ))),
+            Err(_) => Err(Status::unavailable(
+                "the witness stopped before the swap was durable; read the register again",
+            )),
+        }
+    }
+
+    /// Writes the pending registers until the file holds all of them;
+    /// called by the one request that took `State::writing`.
+    fn write_pending(&self) {
+        loop {
+            let (snapshot, generation) = {
+                let mut st = self.shared.state.lock().expect("state lock");
+                if st.pending_gen == st.durable_gen {
+                    for (_, w) in st.waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
+                    st.writing = false;
+                    return;
+                }
+                (st.pending.clone(), st.pending_gen)
+            };
+            let started = Instant::now();
+            let written = self.shared.file.save(&snapshot);
+            let took = started.elapsed();
+            if let Some(observe) = &self.shared.observe_write {
+                observe(took);
+            }
+            let clusters = snapshot.len();
+            let mut st = self.shared.state.lock().expect("state lock");
+            match written {
+                Ok(()) => {
+                    st.durable = snapshot;
+                    st.durable_gen = generation;
+                    let (done, waiting): (Vec<_>, Vec<_>) =
+                        st.waiters.drain(..).partition(|(g, _)| *g <= generation);
+                    st.waiters = waiting;
+                    drop(st);
+                    for (_, w) in done {
+                        let _ = w.send(Ok(()));
+                    }
+                    self.count(|s| {
+                        s.write_error = None;
+                        s.clusters = clusters;
+                    });
+                }
+                Err(e) => {
+                    let failed = std::mem::take(&mut st.waiters);
+                    st.pending = st.durable.clone();
+                    st.pending_gen = st.durable_gen;
+                    drop(st);
+                    let e = e.to_string();
+                    tracing::error!(error = %e, swaps = failed.len(), "witness could not make swaps durable; answered UNAVAILABLE and kept the registers as they were");
+                    self.count(|s| {
+                        s.write_failures += 1;
+                        s.write_error = Some(e.clone());
+                    });
+                    for (_, w) in failed {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Swaps decided but not yet in the file.
+    #[cfg(test)]
+    fn pending(&self) -> u64 {
+        let st = self.shared.state.lock().expect("state lock");
+        st.pending_gen - st.durable_gen
+    }
+
+    async fn read_register(&self, cluster_id: &str, caller: &Caller) -> Result<Register, Status> {
+        let (register, ticket) = self.decide(|regs| (regs.read(cluster_id, caller), false));
+        self.settle(ticket).await?;
+        Ok(register)
+    }
+
     async fn swap(
         &self,
         cluster_id: &str,
@@ -242,11 +396,19 @@ impl WitnessService {
         expected_version: u64,
         next: &Register,
     ) -> Result<CasOutcome, Status> {
-        let mut state = self.shared.state.lock().await;
-        // Applied to a copy: memory changes only once the file has.
-        let mut registers = state.registers.clone();
-        let old = registers.read(cluster_id, caller);
-        if old.exists() && !old.members.contains(&caller.node_id) {
+        let ((old, outcome), ticket) = self.decide(|regs| {
+            let old = regs.read(cluster_id, caller);
+            if old.exists() && !old.members.contains(&caller.node_id) {
+                return ((old, None), false);
+            }
+            let outcome = regs.compare_and_swap(cluster_id, caller, expected_version, next);
+            let changed = matches!(outcome, Ok(CasOutcome::Swapped(_)));
+            ((old, Some(outcome)), changed)
+        });
+        // Whatever it saw must be durable before it answers, a refusal
+        // or a conflict too (it may rest on a swap not yet written).
+        let settled = self.settle(ticket).await;
+        let Some(outcome) = outcome else {
             self.count(|s| s.not_members += 1);
             tracing::warn!(cluster = cluster_id, node = %caller.node_id, register = %old, "witness refused a swap by a node that is not a member of the cluster");
             return Err(Status::permission_denied(format!(
@@ -258,54 +420,26 @@ impl WitnessService {
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
-        }
-        let outcome = match registers.compare_and_swap(cluster_id, caller, expected_version, next) {
-            Ok(outcome) => outcome,
+        };
+        settled?;
+        match outcome {
             Err(refusal) => {
-                // Keep the caller's report (it is what rebuilds a lost
-                // register); nothing to write.
-                state.registers = registers;
                 let reason = refusal_reason(&refusal);
                 self.count(|s| *s.refused.entry(reason).or_default() += 1);
                 tracing::warn!(cluster = cluster_id, node = %caller.node_id, caller_epoch = %caller.epoch, reason, "witness refused a swap: {refusal}");
-                return Err(refused_status(&refusal));
+                Err(refused_status(&refusal))
             }
-        };
-        let swapped = match outcome {
-            CasOutcome::Conflict(current) => {
-                state.registers = registers;
+            Ok(CasOutcome::Conflict(current)) => {
                 self.count(|s| s.conflicts += 1);
                 tracing::debug!(cluster = cluster_id, node = %caller.node_id, expected_version, current = %current, "witness swap at a stale version");
-                return Ok(CasOutcome::Conflict(current));
+                Ok(CasOutcome::Conflict(current))
             }
-            CasOutcome::Swapped(swapped) => swapped,
-        };
-        let started = Instant::now();
-        let written = state.file.save(&registers);
-        let took = started.elapsed();
-        if let Some(observe) = &self.shared.observe_write {
-            observe(took);
+            Ok(CasOutcome::Swapped(swapped)) => {
+                self.count(|s| s.swaps += 1);
+                tracing::info!(cluster = cluster_id, node = %caller.node_id, old = %old, new = %swapped, "witness swap");
+                Ok(CasOutcome::Swapped(swapped))
+            }
         }
-        if let Err(e) = written {
-            self.count(|s| {
-                s.write_failures += 1;
-                s.write_error = Some(e.to_string());
-            });
-            tracing::error!(cluster = cluster_id, error = %e, "witness could not make a swap durable; answered UNAVAILABLE and kept the register as it was");
-            return Err(Status::unavailable(format!(
-                "the witness could not make the swap durable ({e}); the register may or may not have changed: read it again"
-            )));
-        }
-        let clusters = registers.len();
-        state.registers = registers;
-        drop(state);
-        self.count(|s| {
-            s.swaps += 1;
-            s.write_error = None;
-            s.clusters = clusters;
-        });
-        tracing::info!(cluster = cluster_id, node = %caller.node_id, old = %old, new = %swapped, took_us = took.as_micros() as u64, "witness swap");
-        Ok(CasOutcome::Swapped(swapped))
     }
 }
 
@@ -395,14 +529,8 @@ impl Witness for WitnessService {
             checked.map_err(|e| self.invalid(e))?
         };
         self.check_identity(&request, &who)?;
-        let register = self
-            .shared
-            .state
-            .lock()
-            .await
-            .registers
-            .read(&cluster, &who);
         self.count(|s| s.reads += 1);
+        let register = self.read_register(&cluster, &who).await?;
         Ok(Response::new(pb::ReadRegisterReply {
             register: Some(pb::ArbiterRegister::from(&register)),
         }))
@@ -538,7 +666,7 @@ mod tests {
             })
         );
         assert_eq!(w.stats().refused.get("members_not_heard"), Some(&1));
-        assert!(w.registers().await.is_empty());
+        assert!(w.registers().is_empty());
     }
 
     #[tokio::test]
@@ -562,6 +690,141 @@ mod tests {
             status.message()
         );
         assert_eq!(w.stats().not_members, 1);
-        assert_eq!(w.registers().await[0].1.primary, Some("n1".into()));
+        assert_eq!(w.registers()[0].1.primary, Some("n1".into()));
+    }
+
+    /// Holds a write of the file (after it is done, before its swaps are
+    /// answered) once armed, and counts the writes.
+    #[derive(Default)]
+    struct Hold {
+        armed: std::sync::atomic::AtomicBool,
+        holding: std::sync::atomic::AtomicBool,
+        writes: std::sync::atomic::AtomicU64,
+        release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    fn held_witness(dir: &std::path::Path) -> (WitnessService, Arc<Hold>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let hold = Arc::new(Hold::default());
+        let h = hold.clone();
+        let observer: WriteObserver = Arc::new(move |_| {
+            h.writes.fetch_add(1, SeqCst);
+            if h.armed.swap(false, SeqCst) {
+                let release = h.release.lock().unwrap().take().unwrap();
+                h.holding.store(true, SeqCst);
+                let _ = release.recv();
+            }
+        });
+        (
+            WitnessService::open_observed(dir, Some(observer)).unwrap(),
+            hold,
+        )
+    }
+
+    type Swap = tokio::task::JoinHandle<Result<Response<pb::CompareAndSwapReply>, Status>>;
+
+    /// Creates `clusters` registers (n1 primary, n2 reported), then starts
+    /// a swap of each (n1 taking n2 into its sync set) such that c0's is
+    /// being written, held, while all the others are decided and wait.
+    /// Returns the swaps and the sender that releases the held write.
+    async fn swaps_behind_a_held_write(
+        w: &WitnessService,
+        hold: &Hold,
+        clusters: usize,
+    ) -> (Vec<Swap>, std::sync::mpsc::Sender<()>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        for c in 0..clusters {
+            let cluster = format!("c{c}");
+            Witness::read(w, read_req(&cluster, "n2", 0)).await.unwrap();
+            let created = Witness::compare_and_swap(w, cas_req(&cluster, "n1", 0, &pair(1, "n1")));
+            assert!(created.await.unwrap().into_inner().swapped);
+        }
+        let (release, released) = std::sync::mpsc::channel();
+        *hold.release.lock().unwrap() = Some(released);
+        hold.armed.store(true, SeqCst);
+        let mut with_standby = pair(1, "n1");
+        with_standby.sync_set.insert("n2".into());
+        let swap = |c: usize| {
+            let (w, next) = (w.clone(), with_standby.clone());
+            tokio::spawn(async move {
+                Witness::compare_and_swap(&w, cas_req(&format!("c{c}"), "n1", 1, &next)).await
+            })
+        };
+        let mut swaps = vec![swap(0)];
+        // c0's swap is written and held on one worker thread...
+        while !hold.holding.load(SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        // ...while the others decide on the other and wait (c0's is not
+        // marked durable until its write returns).
+        swaps.extend((1..clusters).map(swap));
+        while w.pending() != clusters as u64 {
+            tokio::task::yield_now().await;
+        }
+        (swaps, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swaps_decided_during_a_write_share_the_next_one() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let (w, hold) = held_witness(dir.path());
+        let (swaps, release) = swaps_behind_a_held_write(&w, &hold, 20).await;
+        let writes = hold.writes.load(SeqCst);
+        release.send(()).unwrap();
+        for s in swaps {
+            let reply = s.await.unwrap().unwrap().into_inner();
+            assert!(reply.swapped && reply.register.unwrap().version == 2);
+        }
+        assert_eq!(hold.writes.load(SeqCst), writes + 1, "19 swaps, one write");
+        assert!(
+            w.registers()
+                .iter()
+                .all(|(_, r)| r.sync_set.contains(&NodeId::from("n2")))
+        );
+        // And the file holds them.
+        drop(w);
+        let (w, _) = held_witness(dir.path());
+        assert_eq!(w.registers().len(), 20);
+        assert!(w.registers().iter().all(|(_, r)| r.version == 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_write_fails_every_swap_in_it_and_rolls_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, hold) = held_witness(dir.path());
+        let (swaps, release) = swaps_behind_a_held_write(&w, &hold, 10).await;
+        // The next write cannot create its temporary file.
+        std::fs::create_dir(dir.path().join("registers.tmp")).unwrap();
+        release.send(()).unwrap();
+        let mut outcomes = Vec::new();
+        for s in swaps {
+            outcomes.push(s.await.unwrap().map(|r| r.into_inner().swapped));
+        }
+        assert_eq!(
+            outcomes[0].as_ref().ok(),
+            Some(&true),
+            "c0's write was done"
+        );
+        for o in &outcomes[1..] {
+            assert_eq!(
+                o.as_ref().unwrap_err().code(),
+                tonic::Code::Unavailable,
+                "{o:?}"
+            );
+        }
+        let versions: Vec<u64> = w.registers().iter().map(|(_, r)| r.version).collect();
+        assert_eq!(versions, [2, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+        assert!(!w.stats().healthy());
+        // The rolled-back swaps are at version 1 again: retried, they swap.
+        std::fs::remove_dir(dir.path().join("registers.tmp")).unwrap();
+        let mut with_standby = pair(1, "n1");
+        with_standby.sync_set.insert("n2".into());
+        let again = Witness::compare_and_swap(&w, cas_req("c1", "n1", 1, &with_standby))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.swapped);
+        assert!(w.stats().healthy());
     }
 }
