@@ -305,7 +305,17 @@ impl WitnessService {
             Ticket::Wait { done, write } => (done, write),
         };
         if write {
-            self.write_pending();
+            // The write blocks (fsync). On a multi-threaded runtime the
+            // worker's other tasks move to another thread meanwhile (one
+            // left waiting behind a long run of writes would stall every
+            // request on its connection); on a single-threaded one (a
+            // simulation) the write simply runs here.
+            let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+            if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+                tokio::task::block_in_place(|| self.write_pending());
+            } else {
+                self.write_pending();
+            }
         }
         match done.await {
             Ok(Ok(())) => Ok(()),

@@ -51,6 +51,12 @@ struct WitnessBenchResult {
     swap_p99_ms: f64,
     swap_max_ms: f64,
     swaps_per_second: f64,
+    /// Writes of the register file, creates included (each covers every
+    /// swap decided before it began).
+    file_writes: u64,
+    file_write_mean_ms: f64,
+    /// Writes that took more than 100 ms (a slow fsync).
+    file_writes_over_100ms: u64,
     witness_peak_rss_mib: f64,
     file_bytes: u64,
 }
@@ -97,6 +103,42 @@ where
         all.extend(done.map_err(|e| failed("a client panicked", e))??);
     }
     Ok(all)
+}
+
+#[derive(Default)]
+struct WriteStats {
+    count: u64,
+    mean_ms: f64,
+    over_100ms: u64,
+}
+
+/// The witness's own account of its file writes, from `/metrics`.
+async fn write_stats(http: &str) -> WriteStats {
+    let mut client = crate::client::HttpClient::new(http);
+    let Ok(r) = client
+        .request(hyper::Method::GET, "/metrics", bytes::Bytes::new())
+        .await
+    else {
+        return WriteStats::default();
+    };
+    let text = String::from_utf8_lossy(&r.body);
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let count = metric("walrep_witness_write_latency_seconds_count");
+    let sum = metric("walrep_witness_write_latency_seconds_sum");
+    let under = metric("walrep_witness_write_latency_seconds_bucket{le=\"0.1024\"}");
+    WriteStats {
+        count: count as u64,
+        mean_ms: if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        },
+        over_100ms: (count - under).max(0.0) as u64,
+    }
 }
 
 pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
@@ -192,6 +234,7 @@ pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
     .await?;
     let elapsed = started.elapsed();
     let rss = witness.peak_rss_mib().unwrap_or(0.0);
+    let writes = write_stats(&http).await;
     let file_bytes = std::fs::metadata(
         dir.join("witness")
             .join(walrep::arbiter::witness::REGISTER_FILE),
@@ -217,11 +260,14 @@ pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
         swap_p99_ms: ms(swaps.at(0.99)),
         swap_max_ms: ms(swaps.max()),
         swaps_per_second: r3(count as f64 / elapsed.as_secs_f64()),
+        file_writes: writes.count,
+        file_write_mean_ms: r3(writes.mean_ms),
+        file_writes_over_100ms: writes.over_100ms,
         witness_peak_rss_mib: r3(rss),
         file_bytes,
     };
     println!(
-        "witness with {} clusters, {} swaps by {} clients: swap p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {:.0} swaps/s; create p99 {:.3} ms; witness peak RSS {:.1} MiB; register file {} bytes",
+        "witness with {} clusters, {} swaps by {} clients: swap p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {:.0} swaps/s; create p99 {:.3} ms; {} file writes (mean {:.3} ms, {} over 100 ms); witness peak RSS {:.1} MiB; register file {} bytes",
         result.clusters,
         result.swaps,
         result.concurrency,
@@ -230,6 +276,9 @@ pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
         result.swap_max_ms,
         result.swaps_per_second,
         result.create_p99_ms,
+        result.file_writes,
+        result.file_write_mean_ms,
+        result.file_writes_over_100ms,
         result.witness_peak_rss_mib,
         result.file_bytes
     );
