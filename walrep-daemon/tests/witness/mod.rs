@@ -251,3 +251,101 @@ fn a_damaged_register_file_stops_the_witness_naming_it() {
         "left as it was"
     );
 }
+
+/// Writes `name.pem`/`name.key` (and `ca.pem`) issued by `ca` into `dir`,
+/// replacing what is there (rename over, as an operator's rotation would).
+fn put_cert(dir: &Path, ca: &walrep_daemon::certs::CertAuthority, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let put = |file: &str, text: &str| {
+        let tmp = dir.join(format!("{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(file)).unwrap();
+    };
+    put("ca.pem", ca.pem());
+    let cert = if name == walrep::arbiter::WITNESS_NAME {
+        ca.issue_witness().unwrap()
+    } else {
+        ca.issue(name).unwrap()
+    };
+    put(&format!("{name}.pem"), &cert.cert_pem);
+    put(&format!("{name}.key"), &cert.key_pem);
+}
+
+fn tls_client(grpc: u16, dir: &Path) -> WitnessClient {
+    let cfg = Config {
+        node_id: NodeId::from("n1"),
+        peer_id: NodeId::from("n2"),
+        rpc_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let tls = walrep::Tls::load(
+        walrep::TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("n1.pem"),
+            key: dir.join("n1.key"),
+        },
+        &cfg,
+    )
+    .unwrap();
+    WitnessClient::connect_lazy_tls(&format!("127.0.0.1:{grpc}"), &cfg, &tls).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_witness_serves_its_cas_nodes_and_rotates_on_sighup() {
+    use walrep_daemon::certs::CertAuthority;
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, node_old, node_new) = (
+        dir.path().join("tls"),
+        dir.path().join("n1-old"),
+        dir.path().join("n1-new"),
+    );
+    let (old_ca, new_ca) = (CertAuthority::new().unwrap(), CertAuthority::new().unwrap());
+    put_cert(&tls, &old_ca, "witness");
+    put_cert(&node_old, &old_ca, "n1");
+    put_cert(&node_new, &new_ca, "n1");
+    let p = free_ports(2);
+    let file = |f: &str| tls.join(f).display().to_string();
+    let mut w = witness_proc(
+        dir.path(),
+        p[0],
+        p[1],
+        &[
+            ("tls_ca", file("ca.pem")),
+            ("tls_cert", file("witness.pem")),
+            ("tls_key", file("witness.key")),
+        ],
+    );
+    w.spawn().unwrap();
+    healthy(&mut w).await;
+    tls_client(p[0], &node_old)
+        .read("c", &caller("n1", 0))
+        .await
+        .expect("a node of the witness's CA is served");
+    assert!(
+        tls_client(p[0], &node_new)
+            .read("c", &caller("n1", 0))
+            .await
+            .is_err(),
+        "a node of another CA is refused"
+    );
+
+    // Rotation to the new CA: files replaced, then SIGHUP.
+    put_cert(&tls, &new_ca, "witness");
+    w.signal(libc::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !w.log_tail(50).contains("SIGHUP: TLS files reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", w.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tls_client(p[0], &node_new)
+        .read("c", &caller("n1", 0))
+        .await
+        .expect("new connections use the new files");
+    assert!(
+        tls_client(p[0], &node_old)
+            .read("c", &caller("n1", 0))
+            .await
+            .is_err()
+    );
+    w.terminate(Duration::from_secs(10));
+}
