@@ -82,6 +82,8 @@ async fn the_witness_serves_health_and_metrics_and_keeps_its_swaps_across_a_rest
     w.spawn().unwrap();
     let h = healthy(&mut w).await;
     assert_eq!((h.status.as_str(), h.clusters, h.swaps), ("ok", 0, 0));
+    let out = super::cli(super::args(&["healthcheck", "--addr", &w.http])).await;
+    assert!(out.status.success(), "{out:?}");
 
     let (n1, n2) = (client(p[0], "n1"), client(p[0], "n2"));
     n2.read("c", &caller("n2", 0)).await.unwrap();
