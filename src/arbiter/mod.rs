@@ -22,7 +22,7 @@
 //! succeeds, however late or reordered their messages are.
 //!
 //! Backends implement [`Arbiter`]: the built-in witness (`walrep witness`),
-//! etcd, or [`MemArbiter`](crate::testing::MemArbiter) in tests.
+//! etcd, or `MemArbiter` (`walrep::testing`, feature `testing`) in tests.
 
 #[cfg(any(test, feature = "testing"))]
 mod mem;
