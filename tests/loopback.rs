@@ -1,7 +1,9 @@
 //! Two nodes over real tonic on 127.0.0.1: streaming, commit modes,
-//! failover, rejoin, switchover, snapshot resync.
+//! failover, rejoin, switchover, snapshot resync; and the built-in witness
+//! (`witness/`).
 
 mod common;
+mod witness;
 
 use common::*;
 use std::time::Duration;

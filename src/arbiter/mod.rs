@@ -31,15 +31,19 @@ mod mem;
 mod registers;
 mod url;
 mod wire;
+pub mod witness;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemArbiter;
 
 pub use crate::node::ArbiterStatus;
+#[cfg(feature = "tls")]
+pub use crate::transport::{ClientCertificate, WITNESS_NAME};
 pub use etcd::{EtcdArbiter, EtcdEndpoint, EtcdTarget};
 pub use registers::{Registers, SwapRefusal};
 pub use url::{ArbiterUrl, ArbiterUrlError, from_url};
 pub use wire::{decode_register, encode_register};
+pub use witness::{WitnessClient, WitnessService};
 
 use crate::types::{Epoch, NodeId};
 use async_trait::async_trait;

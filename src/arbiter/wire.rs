@@ -1,8 +1,9 @@
 //! The register and the caller as the witness's wire carries them (also the
 //! value an etcd key holds).
 
-use super::{Caller, Register};
+use super::{Caller, Register, SwapRefusal};
 use crate::pb;
+use crate::pb::swap_refused::Reason;
 use crate::types::{Epoch, NodeId};
 
 impl From<&Register> for pb::ArbiterRegister {
@@ -47,6 +48,64 @@ impl From<pb::ArbiterCaller> for Caller {
     }
 }
 
+impl From<&SwapRefusal> for pb::SwapRefused {
+    fn from(r: &SwapRefusal) -> Self {
+        use pb::swap_refused as p;
+        let reason = match r {
+            SwapRefusal::CallerNotMember { caller } => {
+                Reason::CallerNotMember(p::CallerNotMember {
+                    caller: caller.0.clone(),
+                })
+            }
+            SwapRefusal::MembersNotHeard { missing } => {
+                Reason::MembersNotHeard(p::MembersNotHeard {
+                    missing: missing.iter().map(|n| n.0.clone()).collect(),
+                })
+            }
+            SwapRefusal::EpochBelowReported {
+                proposed,
+                reported,
+                by,
+            } => Reason::EpochBelowReported(p::EpochBelowReported {
+                proposed: proposed.0,
+                reported: reported.0,
+                by: by.0.clone(),
+            }),
+            SwapRefusal::EpochGoesBack { current, proposed } => {
+                Reason::EpochGoesBack(p::EpochGoesBack {
+                    current: current.0,
+                    proposed: proposed.0,
+                })
+            }
+        };
+        pb::SwapRefused {
+            reason: Some(reason),
+        }
+    }
+}
+
+/// The refusal a [`pb::SwapRefused`] carries; `None` when it names none
+/// this build knows.
+pub(crate) fn refusal_from_pb(r: pb::SwapRefused) -> Option<SwapRefusal> {
+    Some(match r.reason? {
+        Reason::CallerNotMember(c) => SwapRefusal::CallerNotMember {
+            caller: NodeId(c.caller),
+        },
+        Reason::MembersNotHeard(m) => SwapRefusal::MembersNotHeard {
+            missing: m.missing.into_iter().map(NodeId).collect(),
+        },
+        Reason::EpochBelowReported(e) => SwapRefusal::EpochBelowReported {
+            proposed: Epoch(e.proposed),
+            reported: Epoch(e.reported),
+            by: NodeId(e.by),
+        },
+        Reason::EpochGoesBack(e) => SwapRefusal::EpochGoesBack {
+            current: Epoch(e.current),
+            proposed: Epoch(e.proposed),
+        },
+    })
+}
+
 /// The register encoded as bytes (protobuf), for a backend that stores it
 /// as an opaque value.
 pub fn encode_register(register: &Register) -> Vec<u8> {
@@ -72,5 +131,32 @@ mod tests {
             decode_register(&encode_register(&Register::default())).unwrap(),
             Register::default()
         );
+    }
+
+    #[test]
+    fn every_refusal_survives_the_wire() {
+        let refusals = [
+            SwapRefusal::CallerNotMember {
+                caller: "n3".into(),
+            },
+            SwapRefusal::MembersNotHeard {
+                missing: vec!["n1".into(), "n2".into()],
+            },
+            SwapRefusal::EpochBelowReported {
+                proposed: Epoch(5),
+                reported: Epoch(6),
+                by: "n2".into(),
+            },
+            SwapRefusal::EpochGoesBack {
+                current: Epoch(3),
+                proposed: Epoch(2),
+            },
+        ];
+        for r in refusals {
+            let bytes = prost::Message::encode_to_vec(&pb::SwapRefused::from(&r));
+            let back = <pb::SwapRefused as prost::Message>::decode(bytes.as_slice()).unwrap();
+            assert_eq!(refusal_from_pb(back), Some(r));
+        }
+        assert_eq!(refusal_from_pb(pb::SwapRefused::default()), None);
     }
 }

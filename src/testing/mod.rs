@@ -16,7 +16,7 @@ pub use history::{AckedWrite, Durability, FinalState, History, Observation, Viol
 pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
 pub use state_machine::MemStateMachine;
 #[cfg(feature = "tls")]
-pub use tls::peer_with_identity;
+pub use tls::{peer_with_identity, witness_with_identity};
 
 /// An in-memory [`WalStore`](crate::WalStore): nothing survives the
 /// process, and its calls never block, so a simulation stays

@@ -1,7 +1,8 @@
-//! A replication client with any TLS identity, for tests (and attack
-//! replays) that check what a node lets in: no client certificate, one
-//! from another CA, one naming another node. Not for running a node: a
-//! node uses `GrpcPeer::connect_lazy_tls`.
+//! A replication client (and a witness client) with any TLS identity, for
+//! tests (and attack replays) that check what a node or a witness lets
+//! in: no client certificate, one from another CA, one naming another
+//! node. Not for running a node: a node uses `GrpcPeer::connect_lazy_tls`
+//! and `WitnessClient::connect_lazy_tls`.
 
 use crate::transport::GrpcPeer;
 use crate::{Config, TlsError};
@@ -21,6 +22,48 @@ pub fn peer_with_identity(
     trust: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<GrpcPeer, TlsError> {
+    let name = ServerName::try_from(cfg.peer_id.0.clone())
+        .map_err(|e| TlsError::Invalid(format!("peer_id {:?}: {e}", cfg.peer_id.0)))?;
+    let connector = crate::transport::tls::TlsConnector {
+        identity: crate::transport::tls::ClientIdentity::Fixed {
+            config: client_config(trust, identity)?,
+            server: name,
+        },
+        timeout: cfg.rpc_timeout,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.peer_addr))
+        .map_err(|e| TlsError::Invalid(format!("peer_addr {:?}: {e}", cfg.peer_addr)))?;
+    let endpoint = crate::transport::channel_settings(endpoint, cfg);
+    let channel = endpoint.connect_with_connector_lazy(connector);
+    Ok(GrpcPeer::from_channels(channel.clone(), channel, cfg))
+}
+
+/// A `WitnessClient` dialing the witness at `addr` over TLS, trusting the
+/// CA certificate(s) in `trust` for the witness (whose certificate must
+/// name `WITNESS_NAME`) and presenting `identity`, or no client
+/// certificate when `None`; with `cfg`'s deadlines. It asks as whatever
+/// caller its calls name.
+pub fn witness_with_identity(
+    addr: &str,
+    cfg: &Config,
+    trust: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<crate::arbiter::WitnessClient, TlsError> {
+    let connector = crate::transport::tls::TlsConnector {
+        identity: crate::transport::tls::ClientIdentity::Fixed {
+            config: client_config(trust, identity)?,
+            server: ServerName::try_from(crate::transport::WITNESS_NAME).expect("a DNS name"),
+        },
+        timeout: cfg.rpc_timeout,
+    };
+    crate::arbiter::WitnessClient::connect_with(addr, cfg, connector)
+        .map_err(|e| TlsError::Invalid(e.to_string()))
+}
+
+fn client_config(
+    trust: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let file_err = |what: &'static str, path: &Path, e: String| TlsError::File {
         what,
         path: path.to_path_buf(),
@@ -55,18 +98,5 @@ pub fn peer_with_identity(
         }
     };
     client.alpn_protocols = vec![b"h2".to_vec()];
-    let name = ServerName::try_from(cfg.peer_id.0.clone())
-        .map_err(|e| TlsError::Invalid(format!("peer_id {:?}: {e}", cfg.peer_id.0)))?;
-    let connector = crate::transport::tls::TlsConnector {
-        identity: crate::transport::tls::ClientIdentity::Fixed {
-            config: Arc::new(client),
-            server: name,
-        },
-        timeout: cfg.rpc_timeout,
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.peer_addr))
-        .map_err(|e| TlsError::Invalid(format!("peer_addr {:?}: {e}", cfg.peer_addr)))?;
-    let endpoint = crate::transport::channel_settings(endpoint, cfg);
-    let channel = endpoint.connect_with_connector_lazy(connector);
-    Ok(GrpcPeer::from_channels(channel.clone(), channel, cfg))
+    Ok(Arc::new(client))
 }

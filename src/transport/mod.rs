@@ -14,7 +14,9 @@ pub use server::{AckWatch, Refusal, RefusalKind, ReplicationService};
 #[cfg(feature = "tls")]
 pub(crate) use tls::incoming as tls_incoming;
 #[cfg(feature = "tls")]
-pub use tls::{PeerIdentity, Tls, TlsError, TlsFiles};
+pub(crate) use tls::witness_incoming;
+#[cfg(feature = "tls")]
+pub use tls::{ClientCertificate, PeerIdentity, Tls, TlsError, TlsFiles, WITNESS_NAME};
 
 use crate::error::TransportError;
 use crate::node::{FenceReason, RoleKind, SyncState};

@@ -74,11 +74,27 @@ pub struct Tls {
 struct Inner {
     files: TlsFiles,
     own_name: ServerName<'static>,
-    peer_id: NodeId,
-    peer_name: ServerName<'static>,
+    /// A node's peer: the only identity its server lets in and the name
+    /// its peer client requires. `None` for a witness, which serves every
+    /// node of its CA and checks each request's node id instead.
+    peer: Option<Peer>,
     current: RwLock<Configs>,
     refusals: RefusalLog,
 }
+
+struct Peer {
+    id: NodeId,
+    name: ServerName<'static>,
+}
+
+/// The name a witness's certificate carries (a DNS subject alternative
+/// name), and the one a node requires of the witness it dials. A fixed
+/// name rather than the witness's host: the witness stays the same
+/// identity whatever address or proxy the nodes reach it through, and,
+/// since `walrep certs` refuses a node named `witness` and issues the
+/// witness a server-only certificate, no node's key can pose as the
+/// witness and the witness's key cannot pose as a node.
+pub const WITNESS_NAME: &str = "witness";
 
 #[derive(Clone)]
 struct Configs {
@@ -90,7 +106,8 @@ impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
             .field("files", &self.inner.files)
-            .field("peer_id", &self.inner.peer_id)
+            .field("own_name", &self.inner.own_name)
+            .field("peer_id", &self.inner.peer.as_ref().map(|p| &p.id))
             .finish()
     }
 }
@@ -103,13 +120,33 @@ impl Tls {
     pub fn load(files: TlsFiles, cfg: &Config) -> Result<Tls, TlsError> {
         let own_name = dns_name(&cfg.node_id, "node_id")?;
         let peer_name = dns_name(&cfg.peer_id, "peer_id")?;
+        let peer = Peer {
+            id: cfg.peer_id.clone(),
+            name: peer_name,
+        };
+        Tls::new(files, own_name, Some(peer))
+    }
+
+    /// Reads `files` for the built-in witness: its certificate must name
+    /// [`WITNESS_NAME`]; it accepts a client certificate of any node its
+    /// CA issued, and the witness checks each request's node id against
+    /// the names that certificate carries.
+    pub fn load_witness(files: TlsFiles) -> Result<Tls, TlsError> {
+        let own_name = dns_name(&NodeId::from(WITNESS_NAME), "the witness's name")?;
+        Tls::new(files, own_name, None)
+    }
+
+    fn new(
+        files: TlsFiles,
+        own_name: ServerName<'static>,
+        peer: Option<Peer>,
+    ) -> Result<Tls, TlsError> {
         let configs = build(&files, &own_name)?;
         Ok(Tls {
             inner: Arc::new(Inner {
                 files,
                 own_name,
-                peer_id: cfg.peer_id.clone(),
-                peer_name,
+                peer,
                 current: RwLock::new(configs),
                 refusals: RefusalLog::default(),
             }),
@@ -137,6 +174,46 @@ impl Tls {
     /// the client's certificate names our peer. `Err` says why, for the
     /// refusal log.
     async fn accept(&self, tcp: TcpStream) -> Result<PeerConnection, String> {
+        let Some(peer) = &self.inner.peer else {
+            return Err("this TLS configuration is a witness's, not a node's".into());
+        };
+        let (stream, client) = self.handshake(tcp).await?;
+        names(&client.leaf, &peer.name).map_err(|e| {
+            format!(
+                "the client's certificate does not name this node's peer {:?}: {e}",
+                peer.id.0
+            )
+        })?;
+        Ok(PeerConnection {
+            stream,
+            identity: PeerIdentity {
+                node_id: peer.id.clone(),
+                remote: client.remote,
+            },
+        })
+    }
+
+    /// The TLS handshake of an accepted connection, whose client must
+    /// present a certificate chaining to the CA (any name: the witness
+    /// checks the name each request claims).
+    async fn accept_any_node(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<PeerConnection<ClientCertificate>, String> {
+        let (stream, identity) = self.handshake(tcp).await?;
+        Ok(PeerConnection { stream, identity })
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<
+        (
+            tokio_rustls::server::TlsStream<TcpStream>,
+            ClientCertificate,
+        ),
+        String,
+    > {
         let remote = tcp.peer_addr().ok();
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.current().server);
@@ -148,19 +225,28 @@ impl Tls {
         let Some(leaf) = certs.first() else {
             return Err("the client sent no certificate".into());
         };
-        names(leaf, &self.inner.peer_name).map_err(|e| {
-            format!(
-                "the client's certificate does not name this node's peer {:?}: {e}",
-                self.inner.peer_id.0
-            )
-        })?;
-        Ok(PeerConnection {
-            stream,
-            identity: PeerIdentity {
-                node_id: self.inner.peer_id.clone(),
-                remote,
-            },
-        })
+        let leaf = leaf.clone().into_owned();
+        Ok((stream, ClientCertificate { leaf, remote }))
+    }
+}
+
+/// The certificate a client presented on an accepted connection (it
+/// chains to the CA): what the witness checks each request's node id
+/// against. tonic puts it in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    leaf: CertificateDer<'static>,
+    /// The remote socket address.
+    pub remote: Option<SocketAddr>,
+}
+
+impl ClientCertificate {
+    /// Whether the certificate names `node_id` (a DNS subject alternative
+    /// name): `Err` says why not.
+    pub fn proves(&self, node_id: &NodeId) -> Result<(), String> {
+        let name = ServerName::try_from(node_id.0.as_str())
+            .map_err(|_| format!("{:?} is not a name a certificate can carry", node_id.0))?;
+        names(&self.leaf, &name)
     }
 }
 
@@ -220,8 +306,16 @@ fn build(files: &TlsFiles, own_name: &ServerName<'static>) -> Result<Configs, Tl
     }
     let roots = Arc::new(roots);
     names(&chain[0], own_name).map_err(|e| {
+        let what = match own_name {
+            ServerName::DnsName(n) if n.as_ref() == WITNESS_NAME => format!(
+                "the witness ({WITNESS_NAME:?}): {e}; issue it with {WITNESS_NAME:?} as a DNS subject alternative name (walrep certs --witness)"
+            ),
+            _ => format!(
+                "this node ({own_name:?}): {e}; issue it with the node id as a DNS subject alternative name"
+            ),
+        };
         TlsError::Invalid(format!(
-            "certificate {} does not name this node ({own_name:?}): {e}; issue it with the node id as a DNS subject alternative name",
+            "certificate {} does not name {what}",
             files.cert.display()
         ))
     })?;
@@ -262,21 +356,22 @@ pub struct PeerIdentity {
     pub remote: Option<SocketAddr>,
 }
 
-/// An accepted, authenticated connection.
-pub(crate) struct PeerConnection {
+/// An accepted, authenticated connection: a node's peer (`PeerIdentity`)
+/// or, at a witness, any node of the CA (`ClientCertificate`).
+pub(crate) struct PeerConnection<I = PeerIdentity> {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
-    identity: PeerIdentity,
+    identity: I,
 }
 
-impl tonic::transport::server::Connected for PeerConnection {
-    type ConnectInfo = PeerIdentity;
+impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for PeerConnection<I> {
+    type ConnectInfo = I;
 
-    fn connect_info(&self) -> PeerIdentity {
+    fn connect_info(&self) -> I {
         self.identity.clone()
     }
 }
 
-impl AsyncRead for PeerConnection {
+impl<I: Unpin> AsyncRead for PeerConnection<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -286,7 +381,7 @@ impl AsyncRead for PeerConnection {
     }
 }
 
-impl AsyncWrite for PeerConnection {
+impl<I: Unpin> AsyncWrite for PeerConnection<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -375,7 +470,45 @@ pub(crate) fn incoming(
     tls: Tls,
     refused: impl Fn() + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = Result<PeerConnection, io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection>(16);
+    accepting(
+        listener,
+        tls,
+        "replication connection refused",
+        |tls, tcp| async move { tls.accept(tcp).await },
+        refused,
+    )
+}
+
+/// As `incoming`, for the witness: a connection is let in with any client
+/// certificate chaining to the CA, and carries it to the requests.
+pub(crate) fn witness_incoming(
+    listener: TcpListener,
+    tls: Tls,
+    refused: impl Fn() + Send + Sync + 'static,
+) -> impl futures::Stream<Item = Result<PeerConnection<ClientCertificate>, io::Error>> + Send + 'static
+{
+    accepting(
+        listener,
+        tls,
+        "witness connection refused",
+        |tls, tcp| async move { tls.accept_any_node(tcp).await },
+        refused,
+    )
+}
+
+fn accepting<I, F, Fut>(
+    listener: TcpListener,
+    tls: Tls,
+    what: &'static str,
+    accept: F,
+    refused: impl Fn() + Send + Sync + 'static,
+) -> impl futures::Stream<Item = Result<PeerConnection<I>, io::Error>> + Send + 'static
+where
+    I: Send + 'static,
+    F: Fn(Tls, TcpStream) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<PeerConnection<I>, String>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection<I>>(16);
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
     let per_source = Arc::new(PerSource::default());
     let refused = Arc::new(refused);
@@ -401,37 +534,31 @@ pub(crate) fn incoming(
                 refused();
                 let why =
                     format!("{HANDSHAKES_PER_SOURCE} handshakes from this address already running");
-                tls.inner
-                    .refusals
-                    .log("replication connection refused", &why, Some(remote));
+                tls.inner.refusals.log(what, &why, Some(remote));
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 refused();
                 let why = format!("{CONCURRENT_HANDSHAKES} handshakes already running");
-                tls.inner
-                    .refusals
-                    .log("replication connection refused", &why, Some(remote));
+                tls.inner.refusals.log(what, &why, Some(remote));
                 continue;
             };
-            let (tls, tx, refused) = (tls.clone(), tx.clone(), refused.clone());
+            let (tls, tx, refused, accept) =
+                (tls.clone(), tx.clone(), refused.clone(), accept.clone());
             tokio::spawn(async move {
                 let _slots = (slot, source);
-                let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
-                };
+                let result =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tls.clone(), tcp)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
+                    };
                 match result {
                     Ok(conn) => {
                         let _ = tx.send(conn).await;
                     }
                     Err(why) => {
                         refused();
-                        tls.inner.refusals.log(
-                            "replication connection refused",
-                            &why,
-                            Some(remote),
-                        );
+                        tls.inner.refusals.log(what, &why, Some(remote));
                     }
                 }
             });
@@ -475,6 +602,12 @@ impl RefusalLog {
 pub(crate) enum ClientIdentity {
     /// A node's own `Tls`, as last (re)loaded; the server must be its peer.
     Node(Tls),
+    /// A node's own `Tls`, as last (re)loaded, dialing another server than
+    /// its peer (the witness, which must carry `server`).
+    NodeTo {
+        tls: Tls,
+        server: ServerName<'static>,
+    },
     /// One configuration and server name, fixed (tests that dial with
     /// another identity than a node's).
     #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
@@ -485,11 +618,20 @@ pub(crate) enum ClientIdentity {
 }
 
 impl ClientIdentity {
-    fn now(&self) -> (Arc<rustls::ClientConfig>, ServerName<'static>) {
-        match self {
-            ClientIdentity::Node(tls) => (tls.current().client, tls.inner.peer_name.clone()),
+    fn now(&self) -> io::Result<(Arc<rustls::ClientConfig>, ServerName<'static>)> {
+        Ok(match self {
+            ClientIdentity::Node(tls) => {
+                let Some(peer) = &tls.inner.peer else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a witness's TLS configuration cannot dial a node's peer",
+                    ));
+                };
+                (tls.current().client, peer.name.clone())
+            }
+            ClientIdentity::NodeTo { tls, server } => (tls.current().client, server.clone()),
             ClientIdentity::Fixed { config, server } => (config.clone(), server.clone()),
-        }
+        })
     }
 }
 
@@ -512,8 +654,9 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let ((config, server), timeout) = (self.identity.now(), self.timeout);
+        let (now, timeout) = (self.identity.now(), self.timeout);
         Box::pin(async move {
+            let (config, server) = now?;
             let addr = uri
                 .authority()
                 .ok_or_else(|| {

@@ -4,8 +4,31 @@
 //! leftovers of a crash are removed when their directory is next used.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+
+/// Writes `bytes` to `tmp` and fsyncs it: the first half of a durable
+/// replacement. Failing, it leaves no `tmp` behind (a full disk must not
+/// keep a partial one) and the file `tmp` was meant to replace as it was.
+pub(crate) fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_or_remove(tmp, |f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    })
+    .map(drop)
+}
+
+/// Renames `tmp` over `target` (both in `dir`) and fsyncs `dir`, so the
+/// rename survives a crash: the second half of a durable replacement.
+/// Failing here leaves it unknown which of the two a restart will find.
+pub(crate) fn replace_synced(tmp: &Path, target: &Path, dir: &Path) -> io::Result<()> {
+    std::fs::rename(tmp, target).and_then(|()| sync_dir(dir))
+}
+
+/// Makes creations, renames and removals in `dir` survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
 
 /// Creates (or truncates) `path` and runs `write` on it; if creating or
 /// writing fails, removes `path` before returning the error.
@@ -53,7 +76,6 @@ pub(crate) fn remove_stale(dir: &Path, suffix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn a_write_that_fails_part_way_leaves_no_file() {

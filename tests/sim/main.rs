@@ -15,6 +15,7 @@ mod checks;
 mod cluster;
 mod faults;
 mod net;
+mod witness;
 
 use bytes::Bytes;
 use checks::Observed;

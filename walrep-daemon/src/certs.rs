@@ -7,6 +7,13 @@
 //! is issued in one go, and a new node means a new set. Production uses
 //! the organisation's own CA (README, "Security").
 //!
+//! With `--witness` it also issues `witness.pem`/`witness.key` for the
+//! built-in witness (`walrep witness`): a server-only certificate naming
+//! `witness` (`walrep::arbiter::WITNESS_NAME`), the name every node
+//! requires of the witness whatever address it dials. Server-only, so the
+//! witness's key cannot act as a node; and no node may be named `witness`,
+//! so no node's key can act as the witness.
+//!
 //! With `--http-hosts` it also issues `http.pem`/`http.key` for HTTPS on
 //! the client API: a server-only certificate (`serverAuth`, no
 //! `clientAuth`) naming the hosts clients dial, so the HTTP key, which may
@@ -78,6 +85,15 @@ impl CertAuthority {
         )
     }
 
+    /// The witness's server-only certificate, naming
+    /// `walrep::arbiter::WITNESS_NAME`.
+    pub fn issue_witness(&self) -> Result<NodeCert, DaemonError> {
+        self.issue_for(
+            &[walrep::arbiter::WITNESS_NAME.to_string()],
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
     /// A server-only certificate naming `hosts` (DNS names or IP
     /// addresses), for the HTTP API.
     pub fn issue_http(&self, hosts: &[String]) -> Result<NodeCert, DaemonError> {
@@ -107,15 +123,23 @@ impl CertAuthority {
 }
 
 /// Writes `ca.pem` and, per name, `NAME.pem` and `NAME.key` (mode 0600)
-/// into `dir`, and with `http_hosts` `http.pem` and `http.key` (see
-/// `CertAuthority::issue_http`). Refuses, writing nothing, if any of them
-/// exists, a name is not a DNS name, or an HTTP host is a node's name.
-/// Returns the files written.
+/// into `dir`, with `witness` `witness.pem` and `witness.key` (see
+/// `CertAuthority::issue_witness`), and with `http_hosts` `http.pem` and
+/// `http.key` (see `CertAuthority::issue_http`). Refuses, writing nothing,
+/// if any of them exists, a name is not a DNS name or is `witness`, or an
+/// HTTP host is a node's name. Returns the files written.
 pub fn write_set(
     dir: &Path,
     names: &[String],
+    witness: bool,
     http_hosts: &[String],
 ) -> Result<Vec<PathBuf>, DaemonError> {
+    let witness_name = walrep::arbiter::WITNESS_NAME;
+    if let Some(name) = names.iter().find(|n| n.as_str() == witness_name) {
+        return Err(DaemonError::Config(format!(
+            "a node named {name:?} would carry the name every node requires of the witness: its key could pose as the witness; rename the node (use --witness for the witness's certificate)"
+        )));
+    }
     if names.is_empty() {
         return Err(DaemonError::Config(
             "--names is empty: give the node ids, e.g. --names n1,n2".into(),
@@ -134,7 +158,7 @@ pub fn write_set(
         }
     }
     for host in http_hosts {
-        if names.contains(host) || host == "http" {
+        if names.contains(host) || host == "http" || host == witness_name {
             return Err(DaemonError::Config(format!(
                 "--http-hosts {host:?} is a node's name: the HTTP certificate must not name a node, or whoever holds its key could pose as that node to its peer; name the hosts clients dial (e.g. 127.0.0.1, db.example.com)"
             )));
@@ -155,6 +179,10 @@ pub fn write_set(
         files.push(dir.join(format!("{name}.pem")));
         files.push(dir.join(format!("{name}.key")));
     }
+    if witness {
+        files.push(dir.join(format!("{witness_name}.pem")));
+        files.push(dir.join(format!("{witness_name}.key")));
+    }
     if !http_hosts.is_empty() {
         files.push(dir.join("http.pem"));
         files.push(dir.join("http.key"));
@@ -171,6 +199,15 @@ pub fn write_set(
         let cert = ca.issue(name)?;
         contents.push((dir.join(format!("{name}.pem")), cert.cert_pem, 0o644));
         contents.push((dir.join(format!("{name}.key")), cert.key_pem, 0o600));
+    }
+    if witness {
+        let cert = ca.issue_witness()?;
+        contents.push((
+            dir.join(format!("{witness_name}.pem")),
+            cert.cert_pem,
+            0o644,
+        ));
+        contents.push((dir.join(format!("{witness_name}.key")), cert.key_pem, 0o600));
     }
     if !http_hosts.is_empty() {
         let cert = ca.issue_http(http_hosts)?;
@@ -202,7 +239,7 @@ mod tests {
     fn a_set_names_each_node_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["n1".to_string(), "n2".to_string()];
-        let files = write_set(dir.path(), &names, &[]).unwrap();
+        let files = write_set(dir.path(), &names, false, &[]).unwrap();
         assert_eq!(files.len(), 5);
         let key = dir.path().join("n1.key");
         use std::os::unix::fs::PermissionsExt;
@@ -211,7 +248,9 @@ mod tests {
             0o600
         );
         let before = fs::read(&key).unwrap();
-        let err = write_set(dir.path(), &names, &[]).unwrap_err().to_string();
+        let err = write_set(dir.path(), &names, false, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(fs::read(&key).unwrap(), before);
     }
@@ -219,12 +258,12 @@ mod tests {
     #[test]
     fn a_name_that_is_not_a_dns_name_is_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_set(dir.path(), &["n1".into(), "node one".into()], &[])
+        let err = write_set(dir.path(), &["n1".into(), "node one".into()], false, &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"node one\""), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
-        let err = write_set(dir.path(), &["n1".into()], &["n1".into()])
+        let err = write_set(dir.path(), &["n1".into()], false, &["n1".into()])
             .unwrap_err()
             .to_string();
         assert!(err.contains("is a node's name"), "{err}");
@@ -237,10 +276,37 @@ mod tests {
         let files = write_set(
             dir.path(),
             &["n1".into()],
+            false,
             &["127.0.0.1".into(), "localhost".into()],
         )
         .unwrap();
         assert!(files.contains(&dir.path().join("http.pem")), "{files:?}");
         assert!(dir.path().join("http.key").exists());
+    }
+
+    #[test]
+    fn the_witness_gets_its_own_certificate_and_no_node_may_take_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_set(dir.path(), &["n1".into(), "witness".into()], true, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pose as the witness"), "{err}");
+        assert!(!dir.path().join("ca.pem").exists());
+        let files = write_set(dir.path(), &["n1".into(), "n2".into()], true, &[]).unwrap();
+        assert!(files.contains(&dir.path().join("witness.pem")), "{files:?}");
+        let files = walrep::TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("witness.pem"),
+            key: dir.path().join("witness.key"),
+        };
+        walrep::Tls::load_witness(files).unwrap();
+        // A node's certificate does not name the witness.
+        let as_node = walrep::TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("n1.pem"),
+            key: dir.path().join("n1.key"),
+        };
+        let err = walrep::Tls::load_witness(as_node).unwrap_err().to_string();
+        assert!(err.contains("does not name the witness"), "{err}");
     }
 }

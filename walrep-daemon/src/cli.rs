@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: replication on --listen, the HTTP API on --http.
     Node(Box<NodeArgs>),
+    /// Run the built-in witness (the arbiter of any number of clusters): gRPC on --listen, registers in --data-dir, /health and /metrics on --http.
+    Witness(crate::witness::WitnessArgs),
     /// Write KEY=VALUE on the primary.
     Put {
         key: String,
@@ -65,14 +67,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Exit 0 iff the node's /health answers 200 (for container health checks).
+    /// Exit 0 iff the node's (or the witness's) /health answers 200 (for container health checks).
     Healthcheck {
         #[command(flatten)]
         addr: AddrArg,
     },
     /// Start two nodes, crash the primary, watch the failover, verify.
     Demo(demo::DemoArgs),
-    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos); with --http-hosts also http.pem and http.key for HTTPS.
+    /// Write a cluster CA (ca.pem) and, per name, NAME.pem and NAME.key for mutual TLS (tests and demos); with --witness also witness.pem and witness.key for `walrep witness`; with --http-hosts also http.pem and http.key for HTTPS.
     Certs {
         /// Directory to write into (created; existing files are never overwritten).
         #[arg(long, value_name = "DIR")]
@@ -80,6 +82,11 @@ pub enum Command {
         /// Node ids, comma-separated: each certificate names one.
         #[arg(long, value_name = "NAMES", value_delimiter = ',', required = true)]
         names: Vec<String>,
+        /// Also write witness.pem and witness.key: the built-in witness's
+        /// server-only certificate, naming `witness` (the name nodes require
+        /// of it).
+        #[arg(long)]
+        witness: bool,
         /// Also write http.pem and http.key: a server-only certificate for
         /// the HTTP API (--http-tls-cert) naming these hosts, comma-separated
         /// DNS names or IP addresses clients dial (never a node's name).
@@ -98,6 +105,8 @@ pub enum Command {
     BenchSwitchover(bench::switchover::SwitchoverArgs),
     /// Benchmark: loopback TCP copy and durable write of N bytes, the floor of a resync.
     BenchFloor(bench::floor::FloorArgs),
+    /// Benchmark: a witness serving many clusters of simulated nodes: swap latency, throughput, RSS.
+    BenchWitness(bench::witness::WitnessBenchArgs),
 }
 
 /// How a write is made safe to retry (`put`, `delete`).
@@ -386,6 +395,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
 /// refused before anything else happens.
 pub enum Job {
     Node(Box<NodeSettings>),
+    Witness(crate::witness::WitnessSettings),
     Other(Command),
 }
 
@@ -394,6 +404,8 @@ impl Job {
     pub fn worker_threads(&self) -> Option<usize> {
         match self {
             Job::Node(settings) => Some(settings.worker_threads),
+            // One fsync at a time under one lock: two threads are plenty.
+            Job::Witness(_) => Some(2),
             Job::Other(_) => None,
         }
     }
@@ -413,6 +425,7 @@ pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
         Command::Node(args) => Job::Node(Box::new(
             Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?.resolve()?,
         )),
+        Command::Witness(args) => Job::Witness(args.resolve(std::env::vars())?),
         other => Job::Other(other),
     })
 }
@@ -424,10 +437,16 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             node::run(*settings, node::shutdown_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Job::Witness(settings) => {
+            super::init_logging();
+            crate::witness::run(settings, node::shutdown_signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Job::Other(command) => command,
     };
     match command {
         Command::Node(_) => unreachable!("prepare resolves a node's settings"),
+        Command::Witness(_) => unreachable!("prepare resolves the witness's settings"),
         Command::Put {
             key,
             value,
@@ -496,20 +515,22 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::Certs {
             dir,
             names,
+            witness,
             http_hosts,
         } => {
-            for file in super::certs::write_set(&dir, &names, &http_hosts)? {
+            for file in super::certs::write_set(&dir, &names, witness, &http_hosts)? {
                 println!("wrote {}", file.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { addr } => {
+            // The status alone: a witness's /health answers too.
             let healthy = addr
                 .client()?
                 .with_timeout(std::time::Duration::from_secs(3))
-                .health()
+                .request(hyper::Method::GET, "/health", bytes::Bytes::new())
                 .await
-                .map(|(code, _)| code == 200);
+                .map(|reply| reply.status == 200);
             Ok(match healthy {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -534,6 +555,9 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             bench_done(until_interrupted(bench::switchover::run(args)).await)
         }
         Command::BenchFloor(args) => bench_done(until_interrupted(bench::floor::run(args)).await),
+        Command::BenchWitness(args) => {
+            bench_done(until_interrupted(bench::witness::run(args)).await)
+        }
     }
 }
 

@@ -242,20 +242,31 @@ pub struct NodeSettings {
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
-#[derive(Default, Debug)]
+#[derive(Debug, Default)]
 pub struct Layers {
     values: BTreeMap<&'static str, (String, Source)>,
 }
 
-fn known(key: &str) -> Option<&'static str> {
-    SETTINGS.iter().find(|s| s.key == key).map(|s| s.key)
+fn known(table: &'static [Setting], key: &str) -> Option<&'static str> {
+    table.iter().find(|s| s.key == key).map(|s| s.key)
 }
 
 impl Layers {
-    /// Merges every layer. `flags` holds (setting name, value) pairs given
-    /// on the command line, `config_flag` the `--config` path, `env` the
-    /// process environment.
+    /// Merges every layer of a node's settings. `flags` holds (setting
+    /// name, value) pairs given on the command line, `config_flag` the
+    /// `--config` path, `env` the process environment.
     pub fn gather(
+        flags: Vec<(&'static str, String)>,
+        config_flag: Option<PathBuf>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Layers, DaemonError> {
+        Layers::gather_for(SETTINGS, flags, config_flag, env)
+    }
+
+    /// As `gather`, for the settings of another command (`table`, e.g.
+    /// the witness's), named and layered the same way.
+    pub fn gather_for(
+        table: &'static [Setting],
         flags: Vec<(&'static str, String)>,
         config_flag: Option<PathBuf>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -265,25 +276,25 @@ impl Layers {
             .filter(|(k, _)| k.starts_with("WALREP_"))
             .collect();
         let mut layers = Layers::default();
-        for setting in SETTINGS {
+        for setting in table {
             if let Some(d) = setting.default {
                 layers.set(setting.key, d(), Source::Default);
             }
         }
         let file = config_flag.or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
         if let Some(path) = file {
-            for (key, value) in read_file(&path)? {
+            for (key, value) in read_file(table, &path)? {
                 layers.set(key, value, Source::File(path.clone()));
             }
         }
-        for setting in SETTINGS {
+        for setting in table {
             let name = env_name(setting.key);
             if let Some(v) = env.get(&name) {
                 layers.set(setting.key, v.clone(), Source::Env(name));
             }
         }
         for (key, value) in flags {
-            let key = known(key).expect("flags name known settings");
+            let key = known(table, key).expect("flags name known settings");
             layers.set(key, value, Source::Flag(flag_name(key)));
         }
         Ok(layers)
@@ -297,14 +308,14 @@ impl Layers {
         self.values.get(key)
     }
 
-    fn source(&self, key: &str) -> Source {
+    pub(crate) fn source(&self, key: &str) -> Source {
         self.raw(key)
             .map(|(_, s)| s.clone())
             .unwrap_or(Source::Default)
     }
 
     /// The value of `key`, parsed; `None` if no layer gave one.
-    fn get<T>(
+    pub(crate) fn get<T>(
         &self,
         key: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
@@ -317,7 +328,7 @@ impl Layers {
         }
     }
 
-    fn required<T>(
+    pub(crate) fn required<T>(
         &self,
         key: &str,
         what: &str,
@@ -555,7 +566,7 @@ impl Layers {
     }
 
     /// `tls_ca`, `tls_cert` and `tls_key` together, or none of them.
-    fn tls_files(&self) -> Result<Option<walrep::TlsFiles>, DaemonError> {
+    pub(crate) fn tls_files(&self) -> Result<Option<walrep::TlsFiles>, DaemonError> {
         let path = |v: &str| {
             if v.is_empty() {
                 Err("must not be empty".to_string())
@@ -636,7 +647,10 @@ fn daemon_key(setting: walrep::Setting) -> Option<&'static str> {
 
 /// Reads a TOML file of settings; unknown keys are refused (a typo would
 /// otherwise be silently ignored).
-fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, DaemonError> {
+fn read_file(
+    settings: &'static [Setting],
+    path: &Path,
+) -> Result<Vec<(&'static str, String)>, DaemonError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         DaemonError::Config(format!("cannot read config file {}: {e}", path.display()))
     })?;
@@ -648,8 +662,8 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, DaemonError> {
     })?;
     let mut out = Vec::new();
     for (key, value) in table {
-        let Some(key) = known(&key) else {
-            let names: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        let Some(key) = known(settings, &key) else {
+            let names: Vec<&str> = settings.iter().map(|s| s.key).collect();
             return Err(DaemonError::Config(format!(
                 "unknown setting {key:?} in config file {}; known settings: {}",
                 path.display(),
@@ -689,7 +703,7 @@ fn node_name(v: &str) -> Result<NodeId, String> {
     }
 }
 
-fn socket_addr(v: &str) -> Result<SocketAddr, String> {
+pub(crate) fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     SocketAddr::from_str(v).map_err(|_| {
         format!("{v:?} is not an IP:PORT to listen on (e.g. 127.0.0.1:7001 or 0.0.0.0:7001)")
     })

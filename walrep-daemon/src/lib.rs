@@ -3,8 +3,8 @@
 //! pair with automatic failover.
 //!
 //! ```text
-//! cli.rs      the command line (clap): node, put/get/delete, status,
-//!             promote, healthcheck, demo, bench-*
+//! cli.rs      the command line (clap): node, witness, put/get/delete,
+//!             status, promote, healthcheck, demo, certs, bench-*
 //! config.rs   a node's settings: defaults < TOML file < WALREP_* env < flags
 //! node.rs     running a node: data dir, listeners, snapshots, shutdown
 //! http.rs     the client API (axum): /kv, /health, /primary, /replica,
@@ -24,6 +24,8 @@
 //! engine.rs   the engine a node hosts: kv or sqlite (the `engine` setting)
 //! kv/         the demo key-value engine (a `StateMachine` over a file snapshot)
 //! sqlite/     the SQLite engine (one database file, streamed as the snapshot)
+//! witness/    `walrep witness`: the built-in arbiter, its settings, /health
+//!             and /metrics
 //! ```
 //!
 //! The binary (`src/main.rs`) only calls [`main`].
@@ -49,6 +51,7 @@ pub mod node;
 pub mod pair;
 pub mod process;
 pub mod sqlite;
+pub mod witness;
 
 pub use error::DaemonError;
 

@@ -124,7 +124,7 @@ impl RunningNode {
             }
         };
         cfg.arbiter = match &settings.arbiter {
-            Some(url) => Some(arbiter_of(url, &cfg)?),
+            Some(url) => Some(arbiter_of(url, &cfg, tls.as_ref())?),
             None => None,
         };
         // Read before anything starts, so a bad file stops nothing running.
@@ -282,7 +282,7 @@ pub async fn shutdown_signal() {
 /// Rereads the TLS files (replication's and the HTTP API's) on every
 /// SIGHUP (certificate rotation without a restart): new connections use
 /// them, open ones go on. A bad set is logged and the loaded one kept.
-async fn reload_on_sighup(
+pub(crate) async fn reload_on_sighup(
     tls: Option<walrep::Tls>,
     http_tls: Option<super::https::HttpTls>,
     stop: CancellationToken,
@@ -367,19 +367,30 @@ async fn snapshot_loop(
 
 /// The arbiter a node's `--arbiter` names, dialled lazily (one that is down
 /// now delays nothing): each call is bounded by the node's `rpc_timeout`.
+/// A witness is dialled over mutual TLS with the node's own certificate
+/// when the node has one (the witness must present its `walrep certs
+/// --witness` certificate); etcd in clear text.
 fn arbiter_of(
     url: &walrep::arbiter::ArbiterUrl,
     cfg: &walrep::Config,
+    tls: Option<&walrep::Tls>,
 ) -> Result<Arc<dyn walrep::arbiter::Arbiter>, DaemonError> {
-    use walrep::arbiter::{ArbiterUrl, EtcdArbiter};
-    info!(arbiter = %url, "failovers and solo steps go through the arbiter");
+    use walrep::arbiter::{ArbiterUrl, EtcdArbiter, WitnessClient};
+    info!(arbiter = %url, tls = tls.is_some(), "failovers and solo steps go through the arbiter");
+    let addr = url.to_string();
     match url {
         ArbiterUrl::Etcd(target) => Ok(Arc::new(EtcdArbiter::connect_lazy(
             target.clone(),
             cfg.rpc_timeout,
         ))),
-        ArbiterUrl::Witness(_) => Err(DaemonError::Config(format!(
-            "arbiter {url}: the witness client is not in this build"
-        ))),
+        ArbiterUrl::Witness(_) => {
+            let client = match tls {
+                Some(tls) => WitnessClient::connect_lazy_tls(&addr, cfg, tls),
+                None => WitnessClient::connect_lazy(&addr, cfg),
+            };
+            let client = client
+                .map_err(|e| DaemonError::Config(format!("arbiter {url}: {e}")))?;
+            Ok(Arc::new(client))
+        }
     }
 }

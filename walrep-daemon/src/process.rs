@@ -91,6 +91,19 @@ impl NodeProc {
         }
     }
 
+    /// `walrep witness` with `flags` (which must set `http` and
+    /// `data_dir`), logging to `log_dir/<name>.log`.
+    pub fn witness(
+        name: &str,
+        flags: &[(&'static str, String)],
+        log_dir: &Path,
+        launch: &Launch,
+    ) -> NodeProc {
+        let mut proc = NodeProc::new(name, flags, log_dir, launch);
+        proc.args[0] = "witness".into();
+        proc
+    }
+
     /// Starts the process (again, after a kill); an error if it runs.
     pub fn spawn(&mut self) -> Result<(), DaemonError> {
         if self.child.is_some() {
@@ -183,7 +196,8 @@ impl NodeProc {
         }
     }
 
-    fn exited(&mut self) -> Option<ExitStatus> {
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())

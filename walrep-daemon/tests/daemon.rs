@@ -5,6 +5,8 @@
 mod daemon_support;
 #[path = "trust/mod.rs"]
 mod trust;
+#[path = "witness/mod.rs"]
+mod witness;
 
 use daemon_support::*;
 use hyper::Method;

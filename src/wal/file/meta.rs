@@ -20,10 +20,10 @@
 
 use super::super::{WalError, WalMeta};
 use super::io_err;
-use super::segment::sync_dir;
 use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId};
+use crate::wal::tmpfile;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"WALRMETA";
@@ -77,21 +77,14 @@ pub(super) fn load(dir: &Path) -> Result<Option<(WalMeta, EpochHistory)>, WalErr
 /// and no `meta.tmp` (a full disk must not keep a partial one).
 pub(super) fn write_tmp(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
     let tmp = tmp_path(dir);
-    let result = crate::wal::tmpfile::write_or_remove(&tmp, |f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    result
-        .map(drop)
-        .map_err(io_err(format!("writing {}", tmp.display())))
+    tmpfile::write_synced(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))
 }
 
 /// Renames `meta.tmp` over `meta` and makes the rename durable. Failing
 /// here leaves it unknown which of the two a restart will find.
 pub(super) fn replace(dir: &Path) -> Result<(), WalError> {
     let target = path(dir);
-    fs::rename(tmp_path(dir), &target)
-        .and_then(|()| sync_dir(dir))
+    tmpfile::replace_synced(&tmp_path(dir), &target, dir)
         .map_err(io_err(format!("replacing {}", target.display())))
 }
 

@@ -113,10 +113,7 @@ pub(super) fn parse_file_name(name: &str) -> Option<Lsn> {
     digits.parse().ok().map(Lsn)
 }
 
-/// Makes creations, renames and removals in `dir` survive a crash.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(super) use crate::wal::tmpfile::sync_dir;
 
 /// A segment as the log keeps it in memory.
 pub(super) struct Segment {

@@ -11,6 +11,7 @@
 //! failover.rs    bench-failover: SIGKILL of the primary to the first write on the new one
 //! floor.rs       bench-floor: loopback TCP copy and durable write of N bytes (a resync's floor)
 //! switchover.rs  bench-switchover: the write pause of a planned switchover
+//! witness.rs     bench-witness: a witness serving many clusters, swap latency and RSS
 //! load.rs        writers, latency percentiles, following the leader
 //! ```
 
@@ -21,6 +22,7 @@ pub mod failover;
 pub mod floor;
 pub mod load;
 pub mod switchover;
+pub mod witness;
 
 use serde::Serialize;
 
