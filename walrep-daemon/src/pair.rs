@@ -199,3 +199,32 @@ pub fn temp_dir(what: &str) -> PathBuf {
         .unwrap_or(0);
     std::env::temp_dir().join(format!("walrep-{what}-{}-{stamp}", std::process::id()))
 }
+
+/// A `walrep witness` beside a pair: the process, and the URL its nodes
+/// give as `--arbiter`.
+pub struct WitnessProc {
+    pub proc: NodeProc,
+    pub url: String,
+}
+
+/// Starts a `walrep witness` on free loopback ports, its register file in
+/// `dir/witness`, its log in `dir`, and waits until its `/health` answers.
+pub async fn start_witness(dir: &Path, launch: &Launch) -> Result<WitnessProc, DaemonError> {
+    let ports = free_ports(2)?;
+    let flags = vec![
+        ("listen", format!("127.0.0.1:{}", ports[0])),
+        ("data_dir", dir.join("witness").display().to_string()),
+        ("http", format!("127.0.0.1:{}", ports[1])),
+    ];
+    let mut proc = NodeProc::witness("witness", &flags, dir, launch);
+    proc.spawn()?;
+    let http = proc.http.clone();
+    super::witness::wait_healthy(&http, Duration::from_secs(20), || {
+        proc.exited().map(|s| format!("exited ({s})"))
+    })
+    .await?;
+    Ok(WitnessProc {
+        proc,
+        url: format!("witness://127.0.0.1:{}", ports[0]),
+    })
+}

@@ -14,7 +14,7 @@ use super::load::{self, Keys, Load, Percentiles};
 use super::{emit_json, r3};
 use crate::client::HttpClient;
 use crate::error::DaemonError;
-use crate::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
+use crate::pair::{NodeProc, Pair, PairOptions, STEP, start_witness, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -41,6 +41,14 @@ pub struct FailoverArgs {
     /// Writers during the loaded phase (one busy thread per core joins them).
     #[arg(long, default_value_t = 16)]
     pub load_writers: usize,
+    /// Run a `walrep witness` beside the pair and give both nodes
+    /// `--arbiter witness://...`: failovers go through its register.
+    #[arg(long, conflicts_with = "arbiter")]
+    pub witness: bool,
+    /// Give both nodes this `--arbiter` (e.g. `etcd://127.0.0.1:2379` of
+    /// an etcd you run).
+    #[arg(long, value_name = "URL")]
+    pub arbiter: Option<String>,
     /// Also print the result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +62,8 @@ pub struct FailoverArgs {
 struct FailoverResult {
     bench: &'static str,
     commit_mode: &'static str,
+    /// `none`, or the arbiter's URL.
+    arbiter: String,
     heartbeat_ms: u64,
     failover_timeout_ms: u64,
     trials: usize,
@@ -72,19 +82,31 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     }
     let dir = a.dir.clone().unwrap_or_else(|| temp_dir("bench-failover"));
     let mode = a.commit_mode;
+    let defaults = PairOptions::defaults(mode);
+    let witness = if a.witness {
+        Some(start_witness(&dir, &defaults.launch).await?)
+    } else {
+        None
+    };
+    let arbiter = witness
+        .as_ref()
+        .map(|w| w.url.clone())
+        .or(a.arbiter.clone());
     let mut pair = Pair::new(
         &dir,
         &PairOptions {
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
-            ..PairOptions::defaults(mode)
+            extra: arbiter.iter().map(|url| ("arbiter", url.clone())).collect(),
+            ..defaults
         },
     )?;
     eprintln!(
-        "bench-failover: {} trials, heartbeat {} ms, failover after {} ms, {mode}, nodes in {}",
+        "bench-failover: {} trials, heartbeat {} ms, failover after {} ms, {mode}, arbiter {}, nodes in {}",
         a.trials,
         a.heartbeat_ms,
         a.failover_timeout_ms,
+        arbiter.as_deref().unwrap_or("none"),
         dir.display()
     );
     pair.start(mode).await?;
@@ -114,6 +136,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     let result = FailoverResult {
         bench: "failover",
         commit_mode: mode.as_str(),
+        arbiter: arbiter.clone().unwrap_or_else(|| "none".into()),
         heartbeat_ms: a.heartbeat_ms,
         failover_timeout_ms: a.failover_timeout_ms,
         trials: a.trials,
@@ -126,7 +149,8 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
         false_failovers,
     };
     println!(
-        "failover (SIGKILL -> first acknowledged write), heartbeat {} ms, timeout {} ms: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} trials; {} acknowledged, {} lost; {} false failovers in {} s under load",
+        "failover (SIGKILL -> first acknowledged write), arbiter {}, heartbeat {} ms, timeout {} ms: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} trials; {} acknowledged, {} lost; {} false failovers in {} s under load",
+        result.arbiter,
         result.heartbeat_ms,
         result.failover_timeout_ms,
         result.p50_s,
@@ -140,6 +164,9 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     );
     emit_json(a.json, &result);
     pair.finish(a.dir.is_some());
+    if let Some(mut w) = witness {
+        w.proc.kill();
+    }
     if lost > 0 && mode.is_sync() {
         return Err(DaemonError::Failed(format!(
             "{lost} acknowledged writes were lost in {mode} mode"

@@ -10,7 +10,7 @@
 use super::load::Percentiles;
 use super::{emit_json, r3};
 use crate::error::DaemonError;
-use crate::process::{Launch, NodeProc};
+use crate::process::Launch;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -156,26 +156,17 @@ pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
     };
     std::fs::create_dir_all(&dir)
         .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
-    let ports = crate::pair::free_ports(2)?;
-    let flags = vec![
-        ("listen", format!("127.0.0.1:{}", ports[0])),
-        ("data_dir", dir.join("witness").display().to_string()),
-        ("http", format!("127.0.0.1:{}", ports[1])),
-    ];
-    let mut witness = NodeProc::witness("witness", &flags, &dir, &Launch::default());
-    witness.spawn()?;
-    let http = witness.http.clone();
-    super::super::witness::wait_healthy(&http, Duration::from_secs(20), || {
-        witness.exited().map(|s| format!("exited ({s})"))
-    })
-    .await?;
+    let crate::pair::WitnessProc {
+        proc: mut witness,
+        url,
+    } = crate::pair::start_witness(&dir, &Launch::default()).await?;
+    let addr = url.trim_start_matches("witness://").to_string();
 
     let cfg = |node: &str| Config {
         node_id: NodeId::from(node),
         rpc_timeout: Duration::from_secs(10),
         ..Config::default()
     };
-    let addr = format!("127.0.0.1:{}", ports[0]);
     let n1 = WitnessClient::connect_lazy(&addr, &cfg("n1")).map_err(|e| failed("dialing", e))?;
     let n2 = WitnessClient::connect_lazy(&addr, &cfg("n2")).map_err(|e| failed("dialing", e))?;
 
@@ -234,7 +225,7 @@ pub async fn run(a: WitnessBenchArgs) -> Result<(), DaemonError> {
     .await?;
     let elapsed = started.elapsed();
     let rss = witness.peak_rss_mib().unwrap_or(0.0);
-    let writes = write_stats(&http).await;
+    let writes = write_stats(&witness.http).await;
     let file_bytes = std::fs::metadata(
         dir.join("witness")
             .join(walrep::arbiter::witness::REGISTER_FILE),
