@@ -129,6 +129,25 @@ impl Registers {
         self.len() == 0
     }
 
+    /// Whether a request of `node` about `cluster_id` stays within the
+    /// bounds: at most `max_clusters` clusters tracked (with a register
+    /// or with reports only) and `max_reporters` nodes reporting for one
+    /// cluster. A known cluster and a node that already reported always
+    /// are; a witness refuses the others, so no sender can grow its memory
+    /// without bound.
+    pub fn admits(
+        &self,
+        cluster_id: &str,
+        node: &NodeId,
+        max_clusters: usize,
+        max_reporters: usize,
+    ) -> bool {
+        match self.clusters.get(cluster_id) {
+            None => self.clusters.len() < max_clusters,
+            Some(c) => c.reported.contains_key(node) || c.reported.len() < max_reporters,
+        }
+    }
+
     /// The register of `cluster_id`, noting the caller's epoch.
     pub fn read(&mut self, cluster_id: &str, caller: &Caller) -> Register {
         let cluster = self.report(cluster_id, caller);

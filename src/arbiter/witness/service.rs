@@ -34,6 +34,12 @@ use tonic::{Request, Response, Status};
 pub const MAX_NAME_BYTES: usize = 255;
 /// Most members (and so most standbys in a sync set) of one cluster.
 pub const MAX_MEMBERS: usize = 64;
+/// Most clusters the witness tracks (with a register, or with reports
+/// only): past it, requests about a new cluster are `RESOURCE_EXHAUSTED`.
+pub const MAX_CLUSTERS: usize = 100_000;
+/// Most nodes reporting for one cluster since start: past it, requests of
+/// a new node about that cluster are `RESOURCE_EXHAUSTED`.
+pub const MAX_REPORTERS: usize = 2 * MAX_MEMBERS;
 /// Largest request the witness decodes: a register of `MAX_MEMBERS`
 /// names of `MAX_NAME_BYTES`, twice (members and sync set), and change.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
@@ -61,6 +67,9 @@ pub struct WitnessStats {
     /// members (`PERMISSION_DENIED`): another cluster's node, or a node
     /// with a wrong cluster id.
     pub not_members: u64,
+    /// Requests past `MAX_CLUSTERS` or `MAX_REPORTERS`
+    /// (`RESOURCE_EXHAUSTED`).
+    pub over_limit: u64,
     /// Swaps whose write to the file failed (`UNAVAILABLE`).
     pub write_failures: u64,
     /// The last failed write, until a write succeeds again.
@@ -280,21 +289,38 @@ impl WitnessService {
     /// Runs `decide` on the pending registers and says what the answer
     /// must wait for: a write of the file, if anything `decide` could
     /// have seen is not in it yet.
-    fn decide<R>(&self, decide: impl FnOnce(&mut Registers) -> (R, bool)) -> (R, Ticket) {
+    fn decide<R>(
+        &self,
+        cluster_id: &str,
+        caller: &Caller,
+        decide: impl FnOnce(&mut Registers) -> (R, bool),
+    ) -> Result<(R, Ticket), Status> {
         let mut st = self.shared.state.lock().expect("state lock");
+        if !st
+            .pending
+            .admits(cluster_id, &caller.node_id, MAX_CLUSTERS, MAX_REPORTERS)
+        {
+            drop(st);
+            self.count(|s| s.over_limit += 1);
+            tracing::warn!(cluster = cluster_id, node = %caller.node_id, "witness request refused: past its bounds of {MAX_CLUSTERS} clusters or {MAX_REPORTERS} nodes per cluster");
+            return Err(Status::resource_exhausted(format!(
+                "the witness tracks at most {MAX_CLUSTERS} clusters and {MAX_REPORTERS} nodes per cluster; cluster {cluster_id:?} or node {:?} would be past them",
+                caller.node_id.0
+            )));
+        }
         let (result, changed) = decide(&mut st.pending);
         if changed {
             st.pending_gen += 1;
         }
         if st.pending_gen == st.durable_gen {
-            return (result, Ticket::Now);
+            return Ok((result, Ticket::Now));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let generation = st.pending_gen;
         st.waiters.push((generation, tx));
         let write = !st.writing;
         st.writing = true;
-        (result, Ticket::Wait { done: rx, write })
+        Ok((result, Ticket::Wait { done: rx, write }))
     }
 
     /// Waits until what a request saw is in the file (writing it if the
@@ -394,7 +420,9 @@ impl WitnessService {
     }
 
     async fn read_register(&self, cluster_id: &str, caller: &Caller) -> Result<Register, Status> {
-        let (register, ticket) = self.decide(|regs| (regs.read(cluster_id, caller), false));
+        let (register, ticket) = self.decide(cluster_id, caller, |regs| {
+            (regs.read(cluster_id, caller), false)
+        })?;
         self.settle(ticket).await?;
         Ok(register)
     }
@@ -406,7 +434,7 @@ impl WitnessService {
         expected_version: u64,
         next: &Register,
     ) -> Result<CasOutcome, Status> {
-        let ((old, outcome), ticket) = self.decide(|regs| {
+        let ((old, outcome), ticket) = self.decide(cluster_id, caller, |regs| {
             let old = regs.read(cluster_id, caller);
             if old.exists() && !old.members.contains(&caller.node_id) {
                 return ((old, None), false);
@@ -414,7 +442,7 @@ impl WitnessService {
             let outcome = regs.compare_and_swap(cluster_id, caller, expected_version, next);
             let changed = matches!(outcome, Ok(CasOutcome::Swapped(_)));
             ((old, Some(outcome)), changed)
-        });
+        })?;
         // Whatever it saw must be durable before it answers, a refusal
         // or a conflict too (it may rest on a swap not yet written).
         let settled = self.settle(ticket).await;
@@ -836,5 +864,27 @@ mod tests {
             .into_inner();
         assert!(again.swapped);
         assert!(w.stats().healthy());
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_bounds_are_refused_and_known_ones_still_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WitnessService::open(dir.path()).unwrap();
+        for n in 0..MAX_REPORTERS {
+            Witness::read(&w, read_req("c", &format!("n{n}"), 0))
+                .await
+                .unwrap();
+        }
+        let status = Witness::read(&w, read_req("c", "one-too-many", 0))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        // A node that reported before is still served.
+        Witness::read(&w, read_req("c", "n1", 1)).await.unwrap();
+        assert_eq!(w.stats().over_limit, 1);
+        let regs = w.shared.state.lock().unwrap().pending.clone();
+        assert!(!regs.admits("c", &"x".into(), MAX_CLUSTERS, MAX_REPORTERS));
+        assert!(!regs.admits("new", &"n1".into(), 1, MAX_REPORTERS));
+        assert!(regs.admits("c", &"n1".into(), 1, MAX_REPORTERS));
     }
 }

@@ -153,6 +153,7 @@ impl Collector for StatsCollector {
                 (&[("reason", "invalid_argument")], s.invalid),
                 (&[("reason", "unauthenticated")], s.unauthenticated),
                 (&[("reason", "not_a_member")], s.not_members),
+                (&[("reason", "over_limit")], s.over_limit),
             ],
         )?;
         counter(
