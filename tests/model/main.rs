@@ -1,0 +1,738 @@
+//! A model of the arbiter protocol, checked exhaustively with stateright.
+//!
+//! Two data nodes and the arbiter's compare-and-swap register are actors on
+//! a lossy network that reorders and duplicates messages; any actor may
+//! crash and restart with only its durable state; every timer (client
+//! write, heartbeat, "standby lost", failover) may fire at any moment, so
+//! only safety is checked, plus reachability of the interesting states.
+//! The rules modelled are those of docs/DESIGN.md, "The arbiter"; the
+//! model is standalone: it models the rules, not walrep's code. Each rule
+//! has a switch (`Mutant`) that breaks it, and a test per switch shows the
+//! checker finds the counterexample the rule exists to prevent.
+//!
+//! `cargo test --test model -- --nocapture` prints the state counts.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use stateright::actor::{
+    Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out, model_timeout,
+};
+use stateright::{Checker, Expectation, Model};
+
+/// The data nodes are actors 0 and 1 (the cluster's `members`); the
+/// register is actor 2; the client that receives acknowledgements is not
+/// an actor, only an address.
+const NODES: [u8; 2] = [0, 1];
+const REGISTER: usize = 2;
+
+/// Bounds: a log holds at most this many records (so the client makes at
+/// most that many writes per primary), and no promotion goes past this
+/// epoch (bootstrap is epoch 1, a failover 2, a failback 3).
+const MAX_LOG: usize = 2;
+const MAX_EPOCH: u8 = 3;
+
+/// One broken rule, to show that the checker catches its consequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mutant {
+    /// The rules as designed.
+    None,
+    /// A primary that loses its standby drops it from its own view of the
+    /// sync set and acknowledges alone, without the register's CAS.
+    SoloWithoutCas,
+    /// A standby whose primary is silent promotes whether or not it is in
+    /// the register's sync set.
+    PromoteOutsideSyncSet,
+    /// A primary puts a standby back in the sync set (and tells it it is
+    /// eligible) as soon as it answers, before it has caught up.
+    RejoinSyncSetBeforeCaughtUp,
+    /// Nodes started as primary take epoch 1 and write at once, without
+    /// creating the register.
+    BootstrapWithoutRegister,
+}
+
+/// A log record: the epoch it was written in and the node that wrote it
+/// (the writer tells two records of one epoch apart, which only a broken
+/// rule can produce). Its LSN is its position in the log, from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Rec {
+    epoch: u8,
+    by: u8,
+}
+
+/// The arbiter's register. `sync` is a bit set of node ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Reg {
+    version: u8,
+    epoch: u8,
+    primary: u8,
+    sync: u8,
+}
+
+impl Reg {
+    fn has(&self, node: u8) -> bool {
+        self.sync & (1 << node) != 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Msg {
+    /// Node → register: replace the register by `new` if it holds
+    /// `expect` (`None`: no register yet).
+    Cas { expect: Option<Reg>, new: Reg },
+    /// Register → node: the answer, with the request it answers and the
+    /// register's value after it.
+    CasReply {
+        expect: Option<Reg>,
+        new: Reg,
+        ok: bool,
+        cur: Option<Reg>,
+    },
+    /// Primary → standby: its log (a stream from the divergence point
+    /// abstracted as the whole log), where its epoch began (`base`: its
+    /// log's length when it was promoted) and its view of the register,
+    /// which tells the standby whether it is eligible.
+    Append {
+        epoch: u8,
+        base: u8,
+        log: Vec<Rec>,
+        reg: Reg,
+    },
+    /// Standby → primary: "I hold your first `len` records durably".
+    Ack { epoch: u8, len: u8 },
+    /// Answer to a message from a lower epoch.
+    Fence { epoch: u8 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// The client offers a write to whoever is primary.
+    Write,
+    /// Heartbeat / stream tick of a primary; retry of a pending CAS.
+    Tick,
+    /// A primary's `sync_timeout` ran out with a write waiting.
+    StandbyLost,
+    /// A standby's `failover_timeout` ran out.
+    Failover,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    /// Started as primary of a fresh cluster: bootstrapping through the
+    /// register.
+    Init,
+    Standby {
+        leader: Option<u8>,
+        /// Told by the primary, in this lifetime, that it is in the sync
+        /// set.
+        eligible: bool,
+    },
+    Primary {
+        /// The log's length when this node became primary.
+        base: u8,
+        /// How much of our log the standby holds durably (its acks).
+        matched: u8,
+        /// Records up to here are committed.
+        commit: u8,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum State {
+    Node(NodeState),
+    Register(Option<Reg>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct NodeState {
+    /// Mirrors of the durable state.
+    epoch: u8,
+    log: Vec<Rec>,
+    role: Role,
+    /// The last register value this node learned (volatile).
+    reg: Option<Reg>,
+    /// The CAS this node is waiting for (volatile).
+    pending: Option<(Option<Reg>, Reg)>,
+    /// Ghost: the writes this node acknowledged to the client, as (lsn,
+    /// record). Only the properties read it.
+    acked: BTreeSet<(u8, Rec)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Storage {
+    Node {
+        epoch: u8,
+        log: Vec<Rec>,
+        acked: BTreeSet<(u8, Rec)>,
+    },
+    Register(Option<Reg>),
+}
+
+#[derive(Clone)]
+enum Arbiter {
+    Node { mutant: Mutant },
+    Register,
+}
+
+fn other(me: u8) -> u8 {
+    1 - me
+}
+
+impl NodeState {
+    fn save(&self, o: &mut Out<Arbiter>) {
+        o.save(Storage::Node {
+            epoch: self.epoch,
+            log: self.log.clone(),
+            acked: self.acked.clone(),
+        });
+    }
+
+    fn send_cas(&mut self, expect: Option<Reg>, new: Reg, o: &mut Out<Arbiter>) {
+        self.pending = Some((expect, new));
+        o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+    }
+
+    /// Persists a higher epoch, then acts on it: a primary stops writing.
+    fn adopt_epoch(&mut self, epoch: u8, leader: Option<u8>, o: &mut Out<Arbiter>) {
+        debug_assert!(epoch > self.epoch);
+        self.epoch = epoch;
+        self.save(o);
+        self.role = Role::Standby {
+            leader,
+            eligible: false,
+        };
+        self.pending = None;
+    }
+
+    /// A successful CAS made us primary of `reg.epoch`: persist, then act.
+    fn become_primary(&mut self, reg: Reg, o: &mut Out<Arbiter>) {
+        if reg.epoch > self.epoch {
+            self.epoch = reg.epoch;
+            self.save(o);
+        }
+        let len = self.log.len() as u8;
+        self.role = Role::Primary {
+            base: len,
+            matched: 0,
+            commit: len,
+        };
+        self.reg = Some(reg);
+        self.pending = None;
+    }
+
+    /// Whether the standby's flush is needed for a commit: it is in the
+    /// sync set, or a CAS putting it there is on its way.
+    fn standby_counts(&self, me: u8) -> bool {
+        let s = other(me);
+        self.reg.is_some_and(|r| r.has(s)) || self.pending.is_some_and(|(_, new)| new.has(s))
+    }
+
+    /// Advances the commit point and acknowledges what this primary wrote.
+    fn advance_commit(&mut self, me: u8, o: &mut Out<Arbiter>) {
+        let counts = self.standby_counts(me);
+        let len = self.log.len() as u8;
+        let epoch = self.epoch;
+        let Role::Primary {
+            matched, commit, ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        let reach = if counts { len.min(*matched) } else { len };
+        if reach <= *commit {
+            return;
+        }
+        for lsn in *commit + 1..=reach {
+            let rec = self.log[usize::from(lsn) - 1];
+            if rec.epoch == epoch {
+                self.acked.insert((lsn, rec));
+            }
+        }
+        *commit = reach;
+        self.save(o);
+    }
+
+    fn send_append(&self, me: u8, o: &mut Out<Arbiter>) {
+        if let (Role::Primary { base, .. }, Some(reg)) = (&self.role, self.reg) {
+            o.send(
+                Id::from(usize::from(other(me))),
+                Msg::Append {
+                    epoch: self.epoch,
+                    base: *base,
+                    log: self.log.clone(),
+                    reg,
+                },
+            );
+        }
+    }
+
+    /// A register value learned from a failed CAS.
+    fn learn(&mut self, me: u8, cur: Reg, o: &mut Out<Arbiter>) {
+        if cur.epoch > self.epoch {
+            if cur.primary == me {
+                // Our promotion went through but its answer was lost.
+                self.become_primary(cur, o);
+            } else {
+                self.adopt_epoch(cur.epoch, Some(cur.primary), o);
+                self.reg = Some(cur);
+            }
+            return;
+        }
+        if cur.epoch < self.epoch {
+            return;
+        }
+        match self.role {
+            Role::Primary { .. } if cur.primary == me => {
+                self.reg = Some(cur);
+                self.advance_commit(me, o);
+            }
+            Role::Primary { .. } => {}
+            Role::Init => {
+                self.role = Role::Standby {
+                    leader: Some(cur.primary),
+                    eligible: false,
+                };
+                self.reg = Some(cur);
+            }
+            Role::Standby { .. } => self.reg = Some(cur),
+        }
+    }
+}
+
+/// Brings `mine` in line with a primary of `epoch` whose log is `theirs`
+/// and whose epoch began after `base` records: drops our records after
+/// the divergence point (a record the primary does not hold, or one of an
+/// older epoch past `base`, which the primary can never hold), then takes
+/// what we lack. A stale, shorter `theirs` leaves our newer records.
+fn reconcile(mine: &mut Vec<Rec>, epoch: u8, base: u8, theirs: &[Rec]) {
+    let mut keep = 0;
+    while keep < mine.len() {
+        let r = mine[keep];
+        let diverged = match theirs.get(keep) {
+            Some(t) => *t != r,
+            None => keep >= usize::from(base) && r.epoch < epoch,
+        };
+        if diverged {
+            break;
+        }
+        keep += 1;
+    }
+    mine.truncate(keep);
+    if theirs.len() > mine.len() {
+        mine.extend_from_slice(&theirs[mine.len()..]);
+    }
+}
+
+impl Arbiter {
+    fn mutant(&self) -> Mutant {
+        match self {
+            Arbiter::Node { mutant } => *mutant,
+            Arbiter::Register => Mutant::None,
+        }
+    }
+}
+
+impl Actor for Arbiter {
+    type Msg = Msg;
+    type State = State;
+    type Timer = Timer;
+    type Storage = Storage;
+    type Random = ();
+
+    fn on_start(&self, id: Id, storage: &Option<Storage>, o: &mut Out<Self>) -> State {
+        let me = usize::from(id) as u8;
+        match self {
+            Arbiter::Register => match storage {
+                Some(Storage::Register(r)) => State::Register(*r),
+                _ => State::Register(None),
+            },
+            Arbiter::Node { mutant } => {
+                for t in [Timer::Write, Timer::Tick, Timer::StandbyLost, Timer::Failover] {
+                    o.set_timer(t, model_timeout());
+                }
+                let (epoch, log, acked) = match storage {
+                    Some(Storage::Node { epoch, log, acked }) => {
+                        (*epoch, log.clone(), acked.clone())
+                    }
+                    _ => (0, Vec::new(), BTreeSet::new()),
+                };
+                let mut s = NodeState {
+                    epoch,
+                    log,
+                    role: Role::Standby {
+                        leader: None,
+                        eligible: false,
+                    },
+                    reg: None,
+                    pending: None,
+                    acked,
+                };
+                if epoch == 0 {
+                    if *mutant == Mutant::BootstrapWithoutRegister {
+                        let reg = Reg {
+                            version: 1,
+                            epoch: 1,
+                            primary: me,
+                            sync: 0,
+                        };
+                        s.become_primary(reg, o);
+                    } else {
+                        s.role = Role::Init;
+                        let new = Reg {
+                            version: 1,
+                            epoch: 1,
+                            primary: me,
+                            sync: 0,
+                        };
+                        s.send_cas(None, new, o);
+                    }
+                }
+                State::Node(s)
+            }
+        }
+    }
+
+    fn on_msg(
+        &self,
+        id: Id,
+        state: &mut Cow<State>,
+        src: Id,
+        msg: Msg,
+        o: &mut Out<Self>,
+    ) {
+        let me = usize::from(id) as u8;
+        let from = usize::from(src) as u8;
+        let mutant = self.mutant();
+        if let State::Register(cur) = &**state {
+            let cur = *cur;
+            if let Msg::Cas { expect, new } = msg {
+                let ok = cur == expect;
+                if ok {
+                    *state.to_mut() = State::Register(Some(new));
+                    o.save(Storage::Register(Some(new)));
+                }
+                let cur = if ok { Some(new) } else { cur };
+                o.send(
+                    src,
+                    Msg::CasReply {
+                        expect,
+                        new,
+                        ok,
+                        cur,
+                    },
+                );
+            }
+            return;
+        }
+        let State::Node(s) = &**state else {
+            return;
+        };
+        let mut s = s.clone();
+        match msg {
+            Msg::CasReply {
+                expect,
+                new,
+                ok,
+                cur,
+            } => {
+                if s.pending != Some((expect, new)) {
+                    return; // an answer to a request we no longer wait for
+                }
+                s.pending = None;
+                if ok {
+                    if new.primary != me {
+                        return;
+                    }
+                    match s.role {
+                        Role::Primary { .. } if new.epoch == s.epoch => {
+                            s.reg = Some(new);
+                            s.advance_commit(me, o);
+                        }
+                        _ if new.epoch >= s.epoch => s.become_primary(new, o),
+                        _ => {}
+                    }
+                } else if let Some(cur) = cur {
+                    s.learn(me, cur, o);
+                }
+            }
+            Msg::Append {
+                epoch,
+                base,
+                log,
+                reg,
+            } => {
+                if epoch < s.epoch {
+                    o.send(src, Msg::Fence { epoch: s.epoch });
+                    return;
+                }
+                if epoch > s.epoch {
+                    s.adopt_epoch(epoch, Some(from), o);
+                }
+                match s.role {
+                    // Another primary in our own epoch: only a broken rule
+                    // makes one; refuse its records.
+                    Role::Primary { .. } => return,
+                    Role::Init | Role::Standby { leader: None, .. } => {
+                        s.role = Role::Standby {
+                            leader: Some(from),
+                            eligible: false,
+                        };
+                        s.pending = None;
+                    }
+                    Role::Standby { .. } => {}
+                }
+                let before = s.log.clone();
+                reconcile(&mut s.log, epoch, base, &log);
+                if s.log != before {
+                    s.save(o);
+                }
+                // The primary's view of the register, if it is not older
+                // than ours, says whether we are eligible.
+                if reg.epoch == s.epoch
+                    && s.reg
+                        .is_none_or(|r| r.epoch < reg.epoch || r.version <= reg.version)
+                {
+                    s.reg = Some(reg);
+                    s.role = Role::Standby {
+                        leader: Some(from),
+                        eligible: reg.has(me),
+                    };
+                }
+                o.send(
+                    src,
+                    Msg::Ack {
+                        epoch: s.epoch,
+                        len: s.log.len() as u8,
+                    },
+                );
+            }
+            Msg::Ack { epoch, len } => {
+                if epoch > s.epoch {
+                    s.adopt_epoch(epoch, None, o);
+                } else if epoch == s.epoch {
+                    if let Role::Primary { matched, .. } = &mut s.role {
+                        *matched = (*matched).max(len);
+                        s.advance_commit(me, o);
+                    }
+                }
+            }
+            Msg::Fence { epoch } => {
+                if epoch > s.epoch {
+                    s.adopt_epoch(epoch, None, o);
+                }
+            }
+            Msg::Cas { .. } => {}
+        }
+        let _ = mutant;
+        if **state != State::Node(s.clone()) {
+            *state = Cow::Owned(State::Node(s));
+        }
+    }
+
+    fn on_timeout(&self, id: Id, state: &mut Cow<State>, timer: &Timer, o: &mut Out<Self>) {
+        o.set_timer(timer.clone(), model_timeout());
+        let me = usize::from(id) as u8;
+        let mutant = self.mutant();
+        let State::Node(s) = &**state else {
+            return;
+        };
+        let mut s = s.clone();
+        match (timer, &s.role) {
+            (Timer::Write, Role::Primary { .. }) if s.log.len() < MAX_LOG => {
+                s.log.push(Rec {
+                    epoch: s.epoch,
+                    by: me,
+                });
+                s.save(o);
+                s.send_append(me, o);
+                s.advance_commit(me, o);
+            }
+            (Timer::Tick, Role::Init) => {
+                if let Some((expect, new)) = s.pending {
+                    o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+                }
+            }
+            (Timer::Tick, Role::Primary { matched, commit, .. }) => {
+                s.send_append(me, o);
+                if let Some((expect, new)) = s.pending {
+                    o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+                } else if let Some(reg) = s.reg {
+                    let caught_up =
+                        *matched >= *commit || mutant == Mutant::RejoinSyncSetBeforeCaughtUp;
+                    if !reg.has(other(me)) && caught_up {
+                        let new = Reg {
+                            version: reg.version + 1,
+                            sync: reg.sync | (1 << other(me)),
+                            ..reg
+                        };
+                        s.send_cas(Some(reg), new, o);
+                    }
+                }
+            }
+            (Timer::StandbyLost, Role::Primary { commit, .. })
+                if usize::from(*commit) < s.log.len() && s.pending.is_none() =>
+            {
+                let Some(reg) = s.reg else { return };
+                if !reg.has(other(me)) {
+                    return;
+                }
+                let new = Reg {
+                    version: reg.version + 1,
+                    sync: reg.sync & !(1 << other(me)),
+                    ..reg
+                };
+                if mutant == Mutant::SoloWithoutCas {
+                    s.reg = Some(new);
+                    s.advance_commit(me, o);
+                } else {
+                    s.send_cas(Some(reg), new, o);
+                }
+            }
+            (Timer::Failover, Role::Standby { eligible, .. }) if s.pending.is_none() => {
+                let Some(reg) = s.reg else { return };
+                let allowed = (*eligible && reg.has(me)) || mutant == Mutant::PromoteOutsideSyncSet;
+                if !allowed || reg.epoch != s.epoch || reg.primary == me || reg.epoch >= MAX_EPOCH
+                {
+                    return;
+                }
+                let new = Reg {
+                    version: reg.version + 1,
+                    epoch: reg.epoch + 1,
+                    primary: me,
+                    sync: 0,
+                };
+                s.send_cas(Some(reg), new, o);
+            }
+            _ => return,
+        }
+        if **state != State::Node(s.clone()) {
+            *state = Cow::Owned(State::Node(s));
+        }
+    }
+}
+
+type Sys = ActorModelState<Arbiter>;
+type ArbiterModel = ActorModel<Arbiter, Mutant>;
+
+/// A node's state as the properties see it: its durable state whether it
+/// is up or not, and its role only while it is up.
+fn durable(state: &Sys, n: u8) -> Option<(u8, &Vec<Rec>, &BTreeSet<(u8, Rec)>)> {
+    match &state.actor_storages[usize::from(n)] {
+        Some(Storage::Node { epoch, log, acked }) => Some((*epoch, log, acked)),
+        _ => None,
+    }
+}
+
+fn live(state: &Sys, n: u8) -> Option<&NodeState> {
+    let i = usize::from(n);
+    match &*state.actor_states[i] {
+        State::Node(s) if !state.crashed[i] => Some(s),
+        _ => None,
+    }
+}
+
+/// Every write any node acknowledged, with the node.
+fn acknowledged(state: &Sys) -> impl Iterator<Item = (u8, u8, Rec)> + '_ {
+    NODES.iter().flat_map(move |&n| {
+        durable(state, n)
+            .into_iter()
+            .flat_map(move |(_, _, acked)| acked.iter().map(move |(lsn, rec)| (n, *lsn, *rec)))
+    })
+}
+
+fn one_writer_per_epoch(_: &ArbiterModel, state: &Sys) -> bool {
+    let writers: BTreeSet<(u8, u8)> = acknowledged(state).map(|(n, _, r)| (r.epoch, n)).collect();
+    let epochs: BTreeSet<u8> = writers.iter().map(|(e, _)| *e).collect();
+    epochs.len() == writers.len()
+}
+
+fn no_acknowledged_write_lost(_: &ArbiterModel, state: &Sys) -> bool {
+    NODES.iter().filter_map(|&n| live(state, n)).all(|s| {
+        !matches!(s.role, Role::Primary { .. })
+            || acknowledged(state).all(|(_, lsn, rec)| {
+                rec.epoch >= s.epoch || s.log.get(usize::from(lsn) - 1) == Some(&rec)
+            })
+    })
+}
+
+fn a_failover_happens(_: &ArbiterModel, state: &Sys) -> bool {
+    NODES
+        .iter()
+        .filter_map(|&n| live(state, n))
+        .any(|s| matches!(s.role, Role::Primary { .. }) && s.epoch >= 2)
+}
+
+fn a_write_is_acknowledged_after_a_failover(_: &ArbiterModel, state: &Sys) -> bool {
+    acknowledged(state).any(|(_, _, rec)| rec.epoch >= 2)
+}
+
+const ONE_WRITER: &str = "at most one node acknowledges writes in an epoch";
+const NOTHING_LOST: &str = "a primary's log holds every write acknowledged in an earlier epoch";
+const FAILOVER: &str = "a standby becomes primary at a higher epoch";
+const WRITE_AFTER_FAILOVER: &str = "a write is acknowledged after a failover";
+
+fn model(mutant: Mutant) -> ArbiterModel {
+    ActorModel::new(mutant, ())
+        .actors(NODES.iter().map(|_| Arbiter::Node { mutant }))
+        .actor(Arbiter::Register)
+        .init_network(Network::new_unordered_nonduplicating([]))
+        .lossy_network(LossyNetwork::Yes)
+        .max_crashes(1)
+        .within_boundary(within_bounds)
+        .property(Expectation::Always, ONE_WRITER, one_writer_per_epoch)
+        .property(Expectation::Always, NOTHING_LOST, no_acknowledged_write_lost)
+        .property(Expectation::Sometimes, FAILOVER, a_failover_happens)
+        .property(
+            Expectation::Sometimes,
+            WRITE_AFTER_FAILOVER,
+            a_write_is_acknowledged_after_a_failover,
+        )
+}
+
+fn within_bounds(_: &Mutant, state: &Sys) -> bool {
+    state.network.len() <= max_in_flight() && !state.crashed[REGISTER]
+}
+
+fn max_in_flight() -> usize {
+    std::env::var("MODEL_IN_FLIGHT").map_or(4, |v| v.parse().unwrap())
+}
+
+/// Runs the full breadth-first check and prints what it covered.
+fn check(mutant: Mutant) -> impl Checker<ArbiterModel> {
+    let started = Instant::now();
+    let checker = model(mutant).checker().spawn_bfs().join();
+    println!(
+        "{mutant:?}: {} states ({} unique), depth {}, {:?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        started.elapsed()
+    );
+    checker
+}
+
+#[test]
+fn the_arbiter_rules_keep_one_writer_per_epoch_and_lose_no_acknowledged_write() {
+    let checker = check(Mutant::None);
+    checker.assert_properties();
+}
+
+#[test]
+#[ignore]
+fn explore_depth() {
+    let depth: usize = std::env::var("MODEL_DEPTH").unwrap().parse().unwrap();
+    let started = Instant::now();
+    let checker = model(Mutant::None)
+        .checker()
+        .target_max_depth(depth)
+        .spawn_bfs()
+        .join();
+    println!(
+        "depth {depth}: {} states ({} unique), {:?}; {:?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        started.elapsed(),
+        checker.discoveries().keys().collect::<Vec<_>>()
+    );
+}
