@@ -19,7 +19,7 @@ use std::time::Instant;
 use stateright::actor::{
     Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out, model_timeout,
 };
-use stateright::{Checker, Expectation, Model};
+use stateright::{Checker, Expectation, HasDiscoveries, Model};
 
 /// The data nodes are actors 0 and 1 (the cluster's `members`); the
 /// register is actor 2; the client that receives acknowledgements is not
@@ -90,15 +90,12 @@ enum Msg {
         cur: Option<Reg>,
     },
     /// Primary → standby: its log (a stream from the divergence point
-    /// abstracted as the whole log), where its epoch began (`base`: its
-    /// log's length when it was promoted) and its view of the register,
-    /// which tells the standby whether it is eligible.
-    Append {
-        epoch: u8,
-        base: u8,
-        log: Vec<Rec>,
-        reg: Reg,
-    },
+    /// abstracted as the whole log) and where its epoch began (`base`: its
+    /// log's length when it was promoted).
+    Append { epoch: u8, base: u8, log: Vec<Rec> },
+    /// Primary → standby: its view of the register, which tells the
+    /// standby whether it is in the sync set, so eligible.
+    Heartbeat { epoch: u8, reg: Reg },
     /// Standby → primary: "I hold your first `len` records durably".
     Ack { epoch: u8, len: u8 },
     /// Answer to a message from a lower epoch.
@@ -109,8 +106,11 @@ enum Msg {
 enum Timer {
     /// The client offers a write to whoever is primary.
     Write,
-    /// Heartbeat / stream tick of a primary; retry of a pending CAS.
-    Tick,
+    /// A primary's heartbeat (which also puts a caught-up standby back
+    /// in the sync set); a retry of a pending CAS.
+    Heartbeat,
+    /// A primary (re)sends its log to the standby.
+    Stream,
     /// A primary's `sync_timeout` ran out with a write waiting.
     StandbyLost,
     /// A standby's `failover_timeout` ran out.
@@ -254,17 +254,45 @@ impl NodeState {
     }
 
     fn send_append(&self, me: u8, o: &mut Out<Arbiter>) {
-        if let (Role::Primary { base, .. }, Some(reg)) = (&self.role, self.reg) {
+        if let Role::Primary { base, .. } = self.role {
             o.send(
                 Id::from(usize::from(other(me))),
                 Msg::Append {
                     epoch: self.epoch,
-                    base: *base,
+                    base,
                     log: self.log.clone(),
-                    reg,
                 },
             );
         }
+    }
+
+    /// A message from a primary of `epoch`: refuse it if the epoch is
+    /// older than ours (false), else follow that primary.
+    fn follow(&mut self, epoch: u8, from: u8, o: &mut Out<Arbiter>) -> bool {
+        if epoch < self.epoch {
+            o.send(
+                Id::from(usize::from(from)),
+                Msg::Fence { epoch: self.epoch },
+            );
+            return false;
+        }
+        if epoch > self.epoch {
+            self.adopt_epoch(epoch, Some(from), o);
+        }
+        match self.role {
+            // Another primary in our own epoch: only a broken rule makes
+            // one; refuse it.
+            Role::Primary { .. } => return false,
+            Role::Init | Role::Standby { leader: None, .. } => {
+                self.role = Role::Standby {
+                    leader: Some(from),
+                    eligible: false,
+                };
+                self.pending = None;
+            }
+            Role::Standby { .. } => {}
+        }
+        true
     }
 
     /// A register value learned from a failed CAS.
@@ -348,7 +376,13 @@ impl Actor for Arbiter {
                 _ => State::Register(None),
             },
             Arbiter::Node { mutant } => {
-                for t in [Timer::Write, Timer::Tick, Timer::StandbyLost, Timer::Failover] {
+                for t in [
+                    Timer::Write,
+                    Timer::Heartbeat,
+                    Timer::Stream,
+                    Timer::StandbyLost,
+                    Timer::Failover,
+                ] {
                     o.set_timer(t, model_timeout());
                 }
                 let (epoch, log, acked) = match storage {
@@ -456,36 +490,26 @@ impl Actor for Arbiter {
                     s.learn(me, cur, o);
                 }
             }
-            Msg::Append {
-                epoch,
-                base,
-                log,
-                reg,
-            } => {
-                if epoch < s.epoch {
-                    o.send(src, Msg::Fence { epoch: s.epoch });
+            Msg::Append { epoch, base, log } => {
+                if !s.follow(epoch, from, o) {
                     return;
-                }
-                if epoch > s.epoch {
-                    s.adopt_epoch(epoch, Some(from), o);
-                }
-                match s.role {
-                    // Another primary in our own epoch: only a broken rule
-                    // makes one; refuse its records.
-                    Role::Primary { .. } => return,
-                    Role::Init | Role::Standby { leader: None, .. } => {
-                        s.role = Role::Standby {
-                            leader: Some(from),
-                            eligible: false,
-                        };
-                        s.pending = None;
-                    }
-                    Role::Standby { .. } => {}
                 }
                 let before = s.log.clone();
                 reconcile(&mut s.log, epoch, base, &log);
                 if s.log != before {
                     s.save(o);
+                }
+                o.send(
+                    src,
+                    Msg::Ack {
+                        epoch: s.epoch,
+                        len: s.log.len() as u8,
+                    },
+                );
+            }
+            Msg::Heartbeat { epoch, reg } => {
+                if !s.follow(epoch, from, o) {
+                    return;
                 }
                 // The primary's view of the register, if it is not older
                 // than ours, says whether we are eligible.
@@ -499,13 +523,6 @@ impl Actor for Arbiter {
                         eligible: reg.has(me),
                     };
                 }
-                o.send(
-                    src,
-                    Msg::Ack {
-                        epoch: s.epoch,
-                        len: s.log.len() as u8,
-                    },
-                );
             }
             Msg::Ack { epoch, len } => {
                 if epoch > s.epoch {
@@ -548,13 +565,22 @@ impl Actor for Arbiter {
                 s.send_append(me, o);
                 s.advance_commit(me, o);
             }
-            (Timer::Tick, Role::Init) => {
+            (Timer::Heartbeat, Role::Init) => {
                 if let Some((expect, new)) = s.pending {
                     o.send(Id::from(REGISTER), Msg::Cas { expect, new });
                 }
             }
-            (Timer::Tick, Role::Primary { matched, commit, .. }) => {
-                s.send_append(me, o);
+            (Timer::Stream, Role::Primary { .. }) => s.send_append(me, o),
+            (Timer::Heartbeat, Role::Primary { matched, commit, .. }) => {
+                if let Some(reg) = s.reg {
+                    o.send(
+                        Id::from(usize::from(other(me))),
+                        Msg::Heartbeat {
+                            epoch: s.epoch,
+                            reg,
+                        },
+                    );
+                }
                 if let Some((expect, new)) = s.pending {
                     o.send(Id::from(REGISTER), Msg::Cas { expect, new });
                 } else if let Some(reg) = s.reg {
@@ -718,6 +744,57 @@ fn the_arbiter_rules_keep_one_writer_per_epoch_and_lose_no_acknowledged_write() 
     checker.assert_properties();
 }
 
+/// Runs the check with one rule broken until a property fails, and
+/// returns the property's counterexample, printed.
+fn counterexample(mutant: Mutant, property: &'static str) -> bool {
+    let started = Instant::now();
+    let checker = model(mutant)
+        .checker()
+        .finish_when(HasDiscoveries::AnyFailures)
+        .spawn_bfs()
+        .join();
+    println!(
+        "{mutant:?}: {} states ({} unique), depth {}, {:?}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        started.elapsed()
+    );
+    match checker.discovery(property) {
+        Some(path) => {
+            let actions = path.into_actions();
+            println!("{property}: counterexample in {} steps", actions.len());
+            for action in actions {
+                println!("  {action:?}");
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn going_solo_without_the_cas_loses_an_acknowledged_write() {
+    assert!(counterexample(Mutant::SoloWithoutCas, NOTHING_LOST));
+}
+
+#[test]
+fn promoting_outside_the_sync_set_loses_an_acknowledged_write() {
+    assert!(counterexample(Mutant::PromoteOutsideSyncSet, NOTHING_LOST));
+}
+
+#[test]
+fn rejoining_the_sync_set_before_catching_up_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Mutant::RejoinSyncSetBeforeCaughtUp,
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn bootstrapping_without_the_register_lets_two_nodes_write_in_one_epoch() {
+    assert!(counterexample(Mutant::BootstrapWithoutRegister, ONE_WRITER));
+}
 #[test]
 #[ignore]
 fn explore_depth() {
