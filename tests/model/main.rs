@@ -50,6 +50,9 @@ enum Mutant {
     /// Nodes started as primary take epoch 1 and write at once, without
     /// creating the register.
     BootstrapWithoutRegister,
+    /// A witness that lost its file accepts the first create, whatever
+    /// epoch the nodes report.
+    CreateRegisterOverHigherEpoch,
 }
 
 /// A log record: the epoch it was written in and the node that wrote it
@@ -79,8 +82,12 @@ impl Reg {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Msg {
     /// Node → register: replace the register by `new` if it holds
-    /// `expect` (`None`: no register yet).
-    Cas { expect: Option<Reg>, new: Reg },
+    /// `expect` (`None`: no register yet). `epoch` is the sender's.
+    Cas {
+        epoch: u8,
+        expect: Option<Reg>,
+        new: Reg,
+    },
     /// Register → node: the answer, with the request it answers and the
     /// register's value after it.
     CasReply {
@@ -115,6 +122,8 @@ enum Timer {
     StandbyLost,
     /// A standby's `failover_timeout` ran out.
     Failover,
+    /// The witness loses its file.
+    LoseFile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -141,7 +150,18 @@ enum Role {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum State {
     Node(NodeState),
-    Register(Option<Reg>),
+    Register(Witness),
+}
+
+/// The register's keeper (the witness); its state is all durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Witness {
+    reg: Option<Reg>,
+    /// Set when the witness has lost its file (which the model lets happen
+    /// at most once): the highest epoch each member has reported since.
+    /// It accepts no CAS until a create that no report contradicts.
+    rebuilding: Option<[Option<u8>; 2]>,
+    lost: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -166,7 +186,7 @@ enum Storage {
         log: Vec<Rec>,
         acked: BTreeSet<(u8, Rec)>,
     },
-    Register(Option<Reg>),
+    Register(Witness),
 }
 
 /// Where a check starts.
@@ -178,7 +198,19 @@ enum Start {
     /// Just after bootstrap: node 0 is primary of epoch 1 with an empty
     /// sync set, node 1 its standby (not in the sync set yet).
     Bootstrapped,
+    /// Just after a failover that node 0 has not heard of: it is still
+    /// primary of epoch 1 and has acknowledged record 1 with node 1 in
+    /// the sync set; node 1 is primary of epoch 2 through the register.
+    FailedOver,
 }
+
+/// The register after node 1's promotion, in `Start::FailedOver`.
+const FAILED_OVER: Reg = Reg {
+    version: 3,
+    epoch: 2,
+    primary: 1,
+    sync: 0,
+};
 
 /// The register as bootstrap leaves it.
 const BOOTSTRAPPED: Reg = Reg {
@@ -190,8 +222,16 @@ const BOOTSTRAPPED: Reg = Reg {
 
 #[derive(Clone)]
 enum Arbiter {
-    Node { mutant: Mutant, start: Start },
-    Register { start: Start },
+    Node {
+        mutant: Mutant,
+        start: Start,
+    },
+    Register {
+        mutant: Mutant,
+        start: Start,
+        /// Whether the witness may lose its file.
+        may_lose_file: bool,
+    },
 }
 
 fn other(me: u8) -> u8 {
@@ -209,7 +249,14 @@ impl NodeState {
 
     fn send_cas(&mut self, expect: Option<Reg>, new: Reg, o: &mut Out<Arbiter>) {
         self.pending = Some((expect, new));
-        o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+        o.send(
+            Id::from(REGISTER),
+            Msg::Cas {
+                epoch: self.epoch,
+                expect,
+                new,
+            },
+        );
     }
 
     /// Persists a higher epoch, then acts on it: a primary stops writing.
@@ -374,8 +421,7 @@ fn reconcile(mine: &mut Vec<Rec>, epoch: u8, base: u8, theirs: &[Rec]) {
 impl Arbiter {
     fn mutant(&self) -> Mutant {
         match self {
-            Arbiter::Node { mutant, .. } => *mutant,
-            Arbiter::Register { .. } => Mutant::None,
+            Arbiter::Node { mutant, .. } | Arbiter::Register { mutant, .. } => *mutant,
         }
     }
 }
@@ -390,14 +436,32 @@ impl Actor for Arbiter {
     fn on_start(&self, id: Id, storage: &Option<Storage>, o: &mut Out<Self>) -> State {
         let me = usize::from(id) as u8;
         match self {
-            Arbiter::Register { start } => match (storage, start) {
-                (Some(Storage::Register(r)), _) => State::Register(*r),
-                (_, Start::Fresh) => State::Register(None),
-                (_, Start::Bootstrapped) => {
-                    o.save(Storage::Register(Some(BOOTSTRAPPED)));
-                    State::Register(Some(BOOTSTRAPPED))
+            Arbiter::Register {
+                start,
+                may_lose_file,
+                ..
+            } => {
+                let w = match (storage, start) {
+                    (Some(Storage::Register(w)), _) => *w,
+                    (_, start) => {
+                        let w = Witness {
+                            reg: match start {
+                                Start::Fresh => None,
+                                Start::Bootstrapped => Some(BOOTSTRAPPED),
+                                Start::FailedOver => Some(FAILED_OVER),
+                            },
+                            rebuilding: None,
+                            lost: false,
+                        };
+                        o.save(Storage::Register(w));
+                        w
+                    }
+                };
+                if *may_lose_file && !w.lost {
+                    o.set_timer(Timer::LoseFile, model_timeout());
                 }
-            },
+                State::Register(w)
+            }
             Arbiter::Node { mutant, start } => {
                 for t in [
                     Timer::Write,
@@ -425,7 +489,28 @@ impl Actor for Arbiter {
                     pending: None,
                     acked,
                 };
-                if storage.is_none() && *start == Start::Bootstrapped {
+                if storage.is_none() && *start == Start::FailedOver {
+                    let a = Rec { epoch: 1, by: 0 };
+                    s.log = vec![a];
+                    if me == 0 {
+                        s.epoch = 1;
+                        s.reg = Some(Reg {
+                            version: 2,
+                            epoch: 1,
+                            primary: 0,
+                            sync: 1 << 1,
+                        });
+                        s.role = Role::Primary {
+                            base: 0,
+                            matched: 1,
+                            commit: 1,
+                        };
+                        s.acked.insert((1, a));
+                    } else {
+                        s.become_primary(FAILED_OVER, o);
+                    }
+                    s.save(o);
+                } else if storage.is_none() && *start == Start::Bootstrapped {
                     s.epoch = 1;
                     s.reg = Some(BOOTSTRAPPED);
                     if me == BOOTSTRAPPED.primary {
@@ -462,26 +547,34 @@ impl Actor for Arbiter {
         }
     }
 
-    fn on_msg(
-        &self,
-        id: Id,
-        state: &mut Cow<State>,
-        src: Id,
-        msg: Msg,
-        o: &mut Out<Self>,
-    ) {
+    fn on_msg(&self, id: Id, state: &mut Cow<State>, src: Id, msg: Msg, o: &mut Out<Self>) {
         let me = usize::from(id) as u8;
         let from = usize::from(src) as u8;
         let mutant = self.mutant();
-        if let State::Register(cur) = &**state {
-            let cur = *cur;
-            if let Msg::Cas { expect, new } = msg {
-                let ok = cur == expect;
-                if ok {
-                    *state.to_mut() = State::Register(Some(new));
-                    o.save(Storage::Register(Some(new)));
+        if let State::Register(w) = &**state {
+            let mut w = *w;
+            if let Msg::Cas { epoch, expect, new } = msg {
+                let mut ok = w.reg == expect;
+                if let Some(reports) = &mut w.rebuilding {
+                    let report = &mut reports[usize::from(from)];
+                    *report = (*report).max(Some(epoch));
+                    // Rebuilt from the members' highest epoch, once every
+                    // member has reported: never guessed.
+                    let all_reported = reports.iter().all(Option::is_some);
+                    let highest = reports.iter().flatten().max().copied().unwrap_or(0);
+                    ok = ok
+                        && (mutant == Mutant::CreateRegisterOverHigherEpoch
+                            || (all_reported && new.epoch >= highest));
                 }
-                let cur = if ok { Some(new) } else { cur };
+                if ok {
+                    w.reg = Some(new);
+                    w.rebuilding = None;
+                }
+                let cur = w.reg;
+                if State::Register(w) != **state {
+                    *state.to_mut() = State::Register(w);
+                    o.save(Storage::Register(w));
+                }
                 o.send(
                     src,
                     Msg::CasReply {
@@ -523,6 +616,22 @@ impl Actor for Arbiter {
                     }
                 } else if let Some(cur) = cur {
                     s.learn(me, cur, o);
+                } else if s.epoch > 0 {
+                    // The register is gone: re-create it from what we know.
+                    let (primary, sync) = match s.role {
+                        Role::Primary { .. } => (me, s.reg.map_or(0, |r| r.sync)),
+                        Role::Standby {
+                            leader: Some(l), ..
+                        } => (l, 0),
+                        _ => return,
+                    };
+                    let new = Reg {
+                        version: s.reg.map_or(0, |r| r.version) + 1,
+                        epoch: s.epoch,
+                        primary,
+                        sync,
+                    };
+                    s.send_cas(None, new, o);
                 }
             }
             Msg::Append { epoch, base, log } => {
@@ -586,6 +695,19 @@ impl Actor for Arbiter {
         o.set_timer(timer.clone(), model_timeout());
         let me = usize::from(id) as u8;
         let mutant = self.mutant();
+        if let State::Register(w) = &**state {
+            if *timer == Timer::LoseFile && !w.lost {
+                let w = Witness {
+                    reg: None,
+                    rebuilding: Some([None, None]),
+                    lost: true,
+                };
+                *state.to_mut() = State::Register(w);
+                o.save(Storage::Register(w));
+                o.cancel_timer(Timer::LoseFile);
+            }
+            return;
+        }
         let State::Node(s) = &**state else {
             return;
         };
@@ -602,7 +724,7 @@ impl Actor for Arbiter {
             }
             (Timer::Heartbeat, Role::Init) => {
                 if let Some((expect, new)) = s.pending {
-                    o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+                    s.send_cas(expect, new, o);
                 }
             }
             (Timer::Stream, Role::Primary { matched, .. })
@@ -610,7 +732,12 @@ impl Actor for Arbiter {
             {
                 s.send_append(me, o)
             }
-            (Timer::Heartbeat, Role::Primary { matched, commit, .. }) => {
+            (
+                Timer::Heartbeat,
+                Role::Primary {
+                    matched, commit, ..
+                },
+            ) => {
                 if let Some(reg) = s.reg {
                     o.send(
                         Id::from(usize::from(other(me))),
@@ -621,7 +748,7 @@ impl Actor for Arbiter {
                     );
                 }
                 if let Some((expect, new)) = s.pending {
-                    o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+                    s.send_cas(expect, new, o);
                 } else if let Some(reg) = s.reg {
                     let caught_up =
                         *matched >= *commit || mutant == Mutant::RejoinSyncSetBeforeCaughtUp;
@@ -657,8 +784,7 @@ impl Actor for Arbiter {
             (Timer::Failover, Role::Standby { eligible, .. }) if s.pending.is_none() => {
                 let Some(reg) = s.reg else { return };
                 let allowed = (*eligible && reg.has(me)) || mutant == Mutant::PromoteOutsideSyncSet;
-                if !allowed || reg.epoch != s.epoch || reg.primary == me || reg.epoch >= MAX_EPOCH
-                {
+                if !allowed || reg.epoch != s.epoch || reg.primary == me || reg.epoch >= MAX_EPOCH {
                     return;
                 }
                 let new = Reg {
@@ -748,6 +874,8 @@ struct Cfg {
     in_flight: usize,
     /// Breadth-first search stops at this many steps from the start.
     depth: usize,
+    /// Whether the witness may lose its file (once).
+    lose_file: bool,
 }
 
 impl Cfg {
@@ -757,6 +885,7 @@ impl Cfg {
             start,
             in_flight: 3,
             depth: 16,
+            lose_file: false,
         }
     }
 }
@@ -765,13 +894,21 @@ fn model(cfg: Cfg) -> ArbiterModel {
     let Cfg { mutant, start, .. } = cfg;
     ActorModel::new(cfg, ())
         .actors(NODES.iter().map(|_| Arbiter::Node { mutant, start }))
-        .actor(Arbiter::Register { start })
+        .actor(Arbiter::Register {
+            mutant,
+            start,
+            may_lose_file: cfg.lose_file,
+        })
         .init_network(Network::new_unordered_nonduplicating([]))
         .lossy_network(LossyNetwork::Yes)
         .max_crashes(1)
         .within_boundary(within_bounds)
         .property(Expectation::Always, ONE_WRITER, one_writer_per_epoch)
-        .property(Expectation::Always, NOTHING_LOST, no_acknowledged_write_lost)
+        .property(
+            Expectation::Always,
+            NOTHING_LOST,
+            no_acknowledged_write_lost,
+        )
         .property(Expectation::Sometimes, FAILOVER, a_failover_happens)
         .property(
             Expectation::Sometimes,
@@ -829,8 +966,8 @@ fn two_nodes_started_as_primary_never_both_write() {
 /// Runs the check with one rule broken until a property fails, prints
 /// the counterexample, and says whether `property` is the one that
 /// failed.
-fn counterexample(mutant: Mutant, start: Start, property: &'static str) -> bool {
-    let checker = check(Cfg::new(mutant, start), HasDiscoveries::AnyFailures);
+fn counterexample(cfg: Cfg, property: &'static str) -> bool {
+    let checker = check(cfg, HasDiscoveries::AnyFailures);
     let Some(path) = checker.discovery(property) else {
         return false;
     };
@@ -845,8 +982,7 @@ fn counterexample(mutant: Mutant, start: Start, property: &'static str) -> bool 
 #[test]
 fn going_solo_without_the_cas_loses_an_acknowledged_write() {
     assert!(counterexample(
-        Mutant::SoloWithoutCas,
-        Start::Bootstrapped,
+        Cfg::new(Mutant::SoloWithoutCas, Start::Bootstrapped),
         NOTHING_LOST
     ));
 }
@@ -854,8 +990,7 @@ fn going_solo_without_the_cas_loses_an_acknowledged_write() {
 #[test]
 fn promoting_outside_the_sync_set_loses_an_acknowledged_write() {
     assert!(counterexample(
-        Mutant::PromoteOutsideSyncSet,
-        Start::Bootstrapped,
+        Cfg::new(Mutant::PromoteOutsideSyncSet, Start::Bootstrapped),
         NOTHING_LOST
     ));
 }
@@ -863,8 +998,7 @@ fn promoting_outside_the_sync_set_loses_an_acknowledged_write() {
 #[test]
 fn rejoining_the_sync_set_before_catching_up_loses_an_acknowledged_write() {
     assert!(counterexample(
-        Mutant::RejoinSyncSetBeforeCaughtUp,
-        Start::Bootstrapped,
+        Cfg::new(Mutant::RejoinSyncSetBeforeCaughtUp, Start::Bootstrapped),
         NOTHING_LOST
     ));
 }
@@ -872,24 +1006,42 @@ fn rejoining_the_sync_set_before_catching_up_loses_an_acknowledged_write() {
 #[test]
 fn bootstrapping_without_the_register_lets_two_nodes_write_in_one_epoch() {
     assert!(counterexample(
-        Mutant::BootstrapWithoutRegister,
-        Start::Fresh,
+        Cfg::new(Mutant::BootstrapWithoutRegister, Start::Fresh),
         ONE_WRITER
     ));
+}
+
+#[test]
+fn recreating_a_lost_register_below_the_nodes_epoch_loses_an_acknowledged_write() {
+    let cfg = Cfg {
+        lose_file: true,
+        ..Cfg::new(Mutant::CreateRegisterOverHigherEpoch, Start::FailedOver)
+    };
+    assert!(counterexample(cfg, NOTHING_LOST));
+}
+
+#[test]
+fn a_witness_that_lost_its_file_is_rebuilt_from_the_highest_epoch() {
+    let cfg = Cfg {
+        lose_file: true,
+        ..Cfg::new(Mutant::None, Start::FailedOver)
+    };
+    let checker = check(cfg, HasDiscoveries::All);
+    checker.assert_no_discovery(ONE_WRITER);
+    checker.assert_no_discovery(NOTHING_LOST);
 }
 
 #[test]
 #[ignore]
 fn explore() {
     let var = |name: &str| std::env::var(name).ok().map(|v| v.parse().unwrap());
-    let mut cfg = Cfg::new(
-        Mutant::None,
-        if var("MODEL_FRESH") == Some(1) {
-            Start::Fresh
-        } else {
-            Start::Bootstrapped
-        },
-    );
+    let start = match var("MODEL_START") {
+        Some(0) => Start::Fresh,
+        Some(2) => Start::FailedOver,
+        _ => Start::Bootstrapped,
+    };
+    let mut cfg = Cfg::new(Mutant::None, start);
+    cfg.lose_file = var("MODEL_LOSE") == Some(1);
     cfg.depth = var("MODEL_DEPTH").unwrap_or(cfg.depth);
     cfg.in_flight = var("MODEL_IN_FLIGHT").unwrap_or(cfg.in_flight);
     let checker = check(cfg, HasDiscoveries::All);
