@@ -53,6 +53,10 @@ enum Mutant {
     /// A witness that lost its file accepts the first create, whatever
     /// epoch the nodes report.
     CreateRegisterOverHigherEpoch,
+    /// A primary goes on acknowledging alone while its CAS putting the
+    /// caught-up standby back in the sync set is on its way: the standby
+    /// was caught up when the CAS was sent, not when it took effect.
+    AcknowledgeAloneWhileAddingStandby,
 }
 
 /// A log record: the epoch it was written in and the node that wrote it
@@ -289,14 +293,16 @@ impl NodeState {
 
     /// Whether the standby's flush is needed for a commit: it is in the
     /// sync set, or a CAS putting it there is on its way.
-    fn standby_counts(&self, me: u8) -> bool {
+    fn standby_counts(&self, me: u8, mutant: Mutant) -> bool {
         let s = other(me);
-        self.reg.is_some_and(|r| r.has(s)) || self.pending.is_some_and(|(_, new)| new.has(s))
+        self.reg.is_some_and(|r| r.has(s))
+            || (self.pending.is_some_and(|(_, new)| new.has(s))
+                && mutant != Mutant::AcknowledgeAloneWhileAddingStandby)
     }
 
     /// Advances the commit point and acknowledges what this primary wrote.
-    fn advance_commit(&mut self, me: u8, o: &mut Out<Arbiter>) {
-        let counts = self.standby_counts(me);
+    fn advance_commit(&mut self, me: u8, mutant: Mutant, o: &mut Out<Arbiter>) {
+        let counts = self.standby_counts(me, mutant);
         let len = self.log.len() as u8;
         let epoch = self.epoch;
         let Role::Primary {
@@ -362,7 +368,7 @@ impl NodeState {
     }
 
     /// A register value learned from a failed CAS.
-    fn learn(&mut self, me: u8, cur: Reg, o: &mut Out<Arbiter>) {
+    fn learn(&mut self, me: u8, mutant: Mutant, cur: Reg, o: &mut Out<Arbiter>) {
         if cur.epoch > self.epoch {
             if cur.primary == me {
                 // Our promotion went through but its answer was lost.
@@ -379,7 +385,7 @@ impl NodeState {
         match self.role {
             Role::Primary { .. } if cur.primary == me => {
                 self.reg = Some(cur);
-                self.advance_commit(me, o);
+                self.advance_commit(me, mutant, o);
             }
             Role::Primary { .. } => {}
             Role::Init => {
@@ -609,13 +615,13 @@ impl Actor for Arbiter {
                     match s.role {
                         Role::Primary { .. } if new.epoch == s.epoch => {
                             s.reg = Some(new);
-                            s.advance_commit(me, o);
+                            s.advance_commit(me, mutant, o);
                         }
                         _ if new.epoch >= s.epoch => s.become_primary(new, o),
                         _ => {}
                     }
                 } else if let Some(cur) = cur {
-                    s.learn(me, cur, o);
+                    s.learn(me, mutant, cur, o);
                 } else if s.epoch > 0 {
                     // The register is gone: re-create it from what we know.
                     let (primary, sync) = match s.role {
@@ -674,7 +680,7 @@ impl Actor for Arbiter {
                 } else if epoch == s.epoch {
                     if let Role::Primary { matched, .. } = &mut s.role {
                         *matched = (*matched).max(len);
-                        s.advance_commit(me, o);
+                        s.advance_commit(me, mutant, o);
                     }
                 }
             }
@@ -720,7 +726,7 @@ impl Actor for Arbiter {
                 });
                 s.save(o);
                 s.send_append(me, o);
-                s.advance_commit(me, o);
+                s.advance_commit(me, mutant, o);
             }
             (Timer::Heartbeat, Role::Init) => {
                 if let Some((expect, new)) = s.pending {
@@ -776,7 +782,7 @@ impl Actor for Arbiter {
                 };
                 if mutant == Mutant::SoloWithoutCas {
                     s.reg = Some(new);
-                    s.advance_commit(me, o);
+                    s.advance_commit(me, mutant, o);
                 } else {
                     s.send_cas(Some(reg), new, o);
                 }
@@ -806,15 +812,16 @@ impl Actor for Arbiter {
 type Sys = ActorModelState<Arbiter>;
 type ArbiterModel = ActorModel<Arbiter, Cfg>;
 
-/// A node's state as the properties see it: its durable state whether it
-/// is up or not, and its role only while it is up.
-fn durable(state: &Sys, n: u8) -> Option<(u8, &Vec<Rec>, &BTreeSet<(u8, Rec)>)> {
+/// The writes node `n` acknowledged, whether it is up or not (the ghost
+/// is kept with its durable state so that a crash does not forget it).
+fn acked_by(state: &Sys, n: u8) -> Option<&BTreeSet<(u8, Rec)>> {
     match &state.actor_storages[usize::from(n)] {
-        Some(Storage::Node { epoch, log, acked }) => Some((*epoch, log, acked)),
+        Some(Storage::Node { acked, .. }) => Some(acked),
         _ => None,
     }
 }
 
+/// A node's state while it is up.
 fn live(state: &Sys, n: u8) -> Option<&NodeState> {
     let i = usize::from(n);
     match &*state.actor_states[i] {
@@ -826,9 +833,9 @@ fn live(state: &Sys, n: u8) -> Option<&NodeState> {
 /// Every write any node acknowledged, with the node.
 fn acknowledged(state: &Sys) -> impl Iterator<Item = (u8, u8, Rec)> + '_ {
     NODES.iter().flat_map(move |&n| {
-        durable(state, n)
+        acked_by(state, n)
             .into_iter()
-            .flat_map(move |(_, _, acked)| acked.iter().map(move |(lsn, rec)| (n, *lsn, *rec)))
+            .flat_map(move |acked| acked.iter().map(move |(lsn, rec)| (n, *lsn, *rec)))
     })
 }
 
@@ -949,10 +956,11 @@ fn check(cfg: Cfg, finish: HasDiscoveries) -> impl Checker<ArbiterModel> {
 
 #[test]
 fn the_arbiter_rules_keep_one_writer_per_epoch_and_lose_no_acknowledged_write() {
-    let checker = check(
-        Cfg::new(Mutant::None, Start::Bootstrapped),
-        HasDiscoveries::All,
-    );
+    let cfg = Cfg {
+        depth: 20,
+        ..Cfg::new(Mutant::None, Start::Bootstrapped)
+    };
+    let checker = check(cfg, HasDiscoveries::All);
     checker.assert_properties();
 }
 
@@ -1046,4 +1054,15 @@ fn explore() {
     cfg.in_flight = var("MODEL_IN_FLIGHT").unwrap_or(cfg.in_flight);
     let checker = check(cfg, HasDiscoveries::All);
     println!("{:?}", checker.discoveries().keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn acknowledging_alone_while_the_standby_is_being_added_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(
+            Mutant::AcknowledgeAloneWhileAddingStandby,
+            Start::Bootstrapped
+        ),
+        NOTHING_LOST
+    ));
 }
