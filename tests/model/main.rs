@@ -1,10 +1,12 @@
 //! A model of the arbiter protocol, checked exhaustively with stateright.
 //!
 //! Two data nodes and the arbiter's compare-and-swap register are actors on
-//! a lossy network that reorders and duplicates messages; any actor may
-//! crash and restart with only its durable state; every timer (client
-//! write, heartbeat, "standby lost", failover) may fire at any moment, so
-//! only safety is checked, plus reachability of the interesting states.
+//! a network that loses and reorders messages (a resend can put a second
+//! copy in flight); a data node may crash and restart with only its
+//! durable state; every timer (client write, heartbeat, stream, "standby
+//! lost", failover) may fire at any moment, so only safety is checked,
+//! plus reachability of the interesting states (a failover, a write
+//! acknowledged after it).
 //! The rules modelled are those of docs/DESIGN.md, "The arbiter"; the
 //! model is standalone: it models the rules, not walrep's code. Each rule
 //! has a switch (`Mutant`) that breaks it, and a test per switch shows the
@@ -22,8 +24,9 @@ use stateright::actor::{
 use stateright::{Checker, Expectation, HasDiscoveries, Model};
 
 /// The data nodes are actors 0 and 1 (the cluster's `members`); the
-/// register is actor 2; the client that receives acknowledgements is not
-/// an actor, only an address.
+/// register is actor 2. The client is not an actor: a primary's timer
+/// offers it a write, and what a primary acknowledges is recorded in a
+/// ghost variable only the properties read.
 const NODES: [u8; 2] = [0, 1];
 const REGISTER: usize = 2;
 
@@ -787,7 +790,12 @@ impl Actor for Arbiter {
                     s.send_cas(Some(reg), new, o);
                 }
             }
-            (Timer::Failover, Role::Standby { eligible, .. }) if s.pending.is_none() => {
+            (Timer::Failover, Role::Standby { .. }) if s.pending.is_some() => {
+                if let Some((expect, new)) = s.pending {
+                    s.send_cas(expect, new, o);
+                }
+            }
+            (Timer::Failover, Role::Standby { eligible, .. }) => {
                 let Some(reg) = s.reg else { return };
                 let allowed = (*eligible && reg.has(me)) || mutant == Mutant::PromoteOutsideSyncSet;
                 if !allowed || reg.epoch != s.epoch || reg.primary == me || reg.epoch >= MAX_EPOCH {
@@ -942,7 +950,7 @@ fn check(cfg: Cfg, finish: HasDiscoveries) -> impl Checker<ArbiterModel> {
         .spawn_bfs()
         .join();
     println!(
-        "{:?} from {:?}, at most {} messages in flight, depth {}: {} states ({} unique) in {:?}",
+        "{:?} from {:?}, at most {} messages in flight, depth bound {}: {} states ({} unique) in {:?}",
         cfg.mutant,
         cfg.start,
         cfg.in_flight,
