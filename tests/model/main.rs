@@ -60,6 +60,9 @@ enum Mutant {
     /// caught-up standby back in the sync set is on its way: the standby
     /// was caught up when the CAS was sent, not when it took effect.
     AcknowledgeAloneWhileAddingStandby,
+    /// A primary whose CAS failed takes the register's value for a newer
+    /// view of its own, whatever its epoch, instead of being fenced.
+    NotFencedByFailedCas,
 }
 
 /// A log record: the epoch it was written in and the node that wrote it
@@ -372,6 +375,12 @@ impl NodeState {
 
     /// A register value learned from a failed CAS.
     fn learn(&mut self, me: u8, mutant: Mutant, cur: Reg, o: &mut Out<Arbiter>) {
+        if mutant == Mutant::NotFencedByFailedCas && matches!(self.role, Role::Primary { .. }) {
+            // Takes the answer for a stale view of its own register.
+            self.reg = Some(cur);
+            self.advance_commit(me, mutant, o);
+            return;
+        }
         if cur.epoch > self.epoch {
             if cur.primary == me {
                 // Our promotion went through but its answer was lost.
@@ -1084,6 +1093,14 @@ fn acknowledging_alone_while_the_standby_is_being_added_loses_an_acknowledged_wr
             Mutant::AcknowledgeAloneWhileAddingStandby,
             Start::Bootstrapped
         ),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn a_primary_not_fenced_by_a_failed_cas_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(Mutant::NotFencedByFailedCas, Start::Bootstrapped),
         NOTHING_LOST
     ));
 }
