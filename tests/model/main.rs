@@ -621,10 +621,8 @@ impl Actor for Arbiter {
                 }
                 s.pending = None;
                 if ok {
-                    if new.primary != me {
-                        return;
-                    }
                     match s.role {
+                        _ if new.primary != me => {}
                         Role::Primary { .. } if new.epoch == s.epoch => {
                             s.reg = Some(new);
                             s.advance_commit(me, mutant, o);
@@ -636,20 +634,22 @@ impl Actor for Arbiter {
                     s.learn(me, mutant, cur, o);
                 } else if s.epoch > 0 {
                     // The register is gone: re-create it from what we know.
-                    let (primary, sync) = match s.role {
-                        Role::Primary { .. } => (me, s.reg.map_or(0, |r| r.sync)),
+                    let known = match s.role {
+                        Role::Primary { .. } => Some((me, s.reg.map_or(0, |r| r.sync))),
                         Role::Standby {
                             leader: Some(l), ..
-                        } => (l, 0),
-                        _ => return,
+                        } => Some((l, 0)),
+                        _ => None,
                     };
-                    let new = Reg {
-                        version: s.reg.map_or(0, |r| r.version) + 1,
-                        epoch: s.epoch,
-                        primary,
-                        sync,
-                    };
-                    s.send_cas(None, new, o);
+                    if let Some((primary, sync)) = known {
+                        let new = Reg {
+                            version: s.reg.map_or(0, |r| r.version) + 1,
+                            epoch: s.epoch,
+                            primary,
+                            sync,
+                        };
+                        s.send_cas(None, new, o);
+                    }
                 }
             }
             Msg::Append { epoch, base, log } => {
@@ -703,7 +703,6 @@ impl Actor for Arbiter {
             }
             Msg::Cas { .. } => {}
         }
-        let _ = mutant;
         if **state != State::Node(s.clone()) {
             *state = Cow::Owned(State::Node(s));
         }
