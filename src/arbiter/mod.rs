@@ -123,6 +123,22 @@ pub struct Caller {
     pub node_id: NodeId,
     /// The highest epoch the node has persisted.
     pub epoch: Epoch,
+    /// The highest register version the node has been answered (0: none).
+    /// A witness re-creating a register it lost starts above every
+    /// member's, so a node's stale compare-and-swap can never match a
+    /// version of the new register.
+    pub seen_version: u64,
+}
+
+impl Caller {
+    /// `node_id` at `epoch`, having seen no register yet.
+    pub fn new(node_id: impl Into<NodeId>, epoch: Epoch) -> Caller {
+        Caller {
+            node_id: node_id.into(),
+            epoch,
+            seen_version: 0,
+        }
+    }
 }
 
 /// The answer to a compare-and-swap.

@@ -22,6 +22,9 @@ struct Cluster {
     /// than any of them, so a witness that lost its file is rebuilt from
     /// the nodes instead of guessing.
     reported: BTreeMap<NodeId, Epoch>,
+    /// The highest register version any caller reported having seen: a
+    /// register created while none exists starts above it.
+    seen_version: u64,
 }
 
 /// Why a swap was refused whatever the version.
@@ -103,7 +106,7 @@ impl Registers {
                 .map(|(id, register)| {
                     let cluster = Cluster {
                         register,
-                        reported: BTreeMap::new(),
+                        ..Cluster::default()
                     };
                     (id, cluster)
                 })
@@ -180,7 +183,17 @@ impl Registers {
         } else {
             check_create(&cluster.reported, caller, next)?;
         }
-        let swapped = current.successor(next);
+        // A register lost and re-created continues above every version a
+        // member still holds, so no stale swap can match one of its own.
+        let base = Register {
+            version: if current.exists() {
+                current.version
+            } else {
+                cluster.seen_version
+            },
+            ..Register::default()
+        };
+        let swapped = base.successor(next);
         cluster.register = swapped.clone();
         Ok(CasOutcome::Swapped(swapped))
     }
@@ -192,6 +205,7 @@ impl Registers {
             .entry(caller.node_id.clone())
             .or_insert(caller.epoch);
         *seen = (*seen).max(caller.epoch);
+        cluster.seen_version = cluster.seen_version.max(caller.seen_version);
         cluster
     }
 }
@@ -235,10 +249,7 @@ mod tests {
     use super::*;
 
     fn caller(node: &str, epoch: u64) -> Caller {
-        Caller {
-            node_id: NodeId::from(node),
-            epoch: Epoch(epoch),
-        }
+        Caller::new(node, Epoch(epoch))
     }
 
     fn pair_register(epoch: u64, primary: &str) -> Register {
@@ -297,6 +308,37 @@ mod tests {
         );
         let rebuilt = regs.compare_and_swap("c", &caller("n2", 6), 0, &pair_register(6, "n2"));
         assert!(matches!(rebuilt, Ok(CasOutcome::Swapped(r)) if r.epoch == Epoch(6)));
+    }
+
+    #[test]
+    fn a_register_re_created_after_a_loss_starts_above_every_version_its_members_saw() {
+        // Before the loss the register reached version 7; the standby n2
+        // still holds it, with itself in the sync set.
+        let seen = |node: &str, version: u64| Caller {
+            seen_version: version,
+            ..caller(node, 1)
+        };
+        let mut regs = Registers::new();
+        regs.read("c", &seen("n2", 7));
+        let created = regs
+            .compare_and_swap("c", &seen("n1", 7), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let CasOutcome::Swapped(created) = created else {
+            panic!("create failed: {created:?}")
+        };
+        assert_eq!(created.version, 8);
+        // The primary takes n2 out, then changes it more: no version of
+        // the new register is one n2 may still hold, so n2's promotion
+        // from its stale version 7 cannot match.
+        let stale = regs
+            .compare_and_swap("c", &seen("n2", 7), 7, &pair_register(2, "n2"))
+            .unwrap();
+        assert!(matches!(stale, CasOutcome::Conflict(r) if r.version == 8));
+        // A swap of an existing register still goes one up.
+        let next = regs
+            .compare_and_swap("c", &seen("n1", 99), 8, &pair_register(1, "n1"))
+            .unwrap();
+        assert!(matches!(next, CasOutcome::Swapped(r) if r.version == 9));
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl From<&Caller> for pb::ArbiterCaller {
         pb::ArbiterCaller {
             node_id: c.node_id.0.clone(),
             epoch: c.epoch.0,
+            seen_version: c.seen_version,
         }
     }
 }
@@ -44,6 +45,7 @@ impl From<pb::ArbiterCaller> for Caller {
         Caller {
             node_id: NodeId(c.node_id),
             epoch: Epoch(c.epoch),
+            seen_version: c.seen_version,
         }
     }
 }

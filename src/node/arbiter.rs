@@ -55,6 +55,9 @@ pub(super) struct ArbiterLink {
     last_error: Option<String>,
     /// Whether the last call failed: the next swap waits a while.
     last_failed: bool,
+    /// The highest register version answered (kept when `known` is
+    /// forgotten): a re-created register starts above it.
+    seen_version: u64,
     /// A promotion that waits for the arbiter's swap.
     promotion: Option<PendingPromotion>,
     /// Why a failover or a solo step did not happen (cleared once it did,
@@ -99,6 +102,11 @@ impl Node {
             last_error: link.last_error.clone(),
             held_back: link.held_back.clone(),
         })
+    }
+
+    /// The highest register version the arbiter answered this node.
+    pub(crate) fn arbiter_seen_version(&self) -> u64 {
+        self.arbiter.as_ref().map_or(0, |l| l.seen_version)
     }
 
     /// The call in flight.
@@ -337,6 +345,7 @@ impl Node {
         if swapped {
             tracing::info!(?purpose, register = %register, "the arbiter's register changed");
         }
+        link.seen_version = link.seen_version.max(register.version);
         link.known = Some(register.clone());
         self.on_register(purpose, register, swapped);
     }

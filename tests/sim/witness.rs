@@ -11,15 +11,12 @@ use std::time::Duration;
 use walrep::arbiter::{
     Arbiter, ArbiterError, Caller, CasOutcome, Register, WitnessClient, WitnessService,
 };
-use walrep::{Config, Epoch, NodeId};
+use walrep::{Config, Epoch};
 
 const PORT: u16 = 7010;
 
 fn caller(node: &str, epoch: u64) -> Caller {
-    Caller {
-        node_id: NodeId::from(node),
-        epoch: Epoch(epoch),
-    }
+    Caller::new(node, Epoch(epoch))
 }
 
 fn pair(epoch: u64, primary: &str) -> Register {

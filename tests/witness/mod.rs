@@ -70,10 +70,7 @@ fn client(addr: SocketAddr, node: &str) -> WitnessClient {
 }
 
 fn caller(node: &str, epoch: u64) -> Caller {
-    Caller {
-        node_id: NodeId::from(node),
-        epoch: Epoch(epoch),
-    }
+    Caller::new(node, Epoch(epoch))
 }
 
 fn pair(epoch: u64, primary: &str) -> Register {

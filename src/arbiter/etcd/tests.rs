@@ -135,10 +135,7 @@ fn arbiter(endpoints: &[&str], timeout: Duration) -> EtcdArbiter {
 }
 
 fn caller(node: &str, epoch: u64) -> Caller {
-    Caller {
-        node_id: NodeId::from(node),
-        epoch: Epoch(epoch),
-    }
+    Caller::new(node, Epoch(epoch))
 }
 
 fn pair_register(epoch: u64, primary: &str) -> Register {

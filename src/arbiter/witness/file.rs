@@ -242,13 +242,10 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Registers, String> {
 mod tests {
     use super::*;
     use crate::arbiter::{Caller, CasOutcome};
-    use crate::types::{Epoch, NodeId};
+    use crate::types::Epoch;
 
     fn caller(node: &str, epoch: u64) -> Caller {
-        Caller {
-            node_id: NodeId::from(node),
-            epoch: Epoch(epoch),
-        }
+        Caller::new(node, Epoch(epoch))
     }
 
     /// Registers holding a register for each of `clusters`, created by n1

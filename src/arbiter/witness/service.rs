@@ -530,6 +530,7 @@ fn caller(c: Option<pb::ArbiterCaller>) -> Result<Caller, String> {
     Ok(Caller {
         epoch: epoch("caller.epoch", c.epoch)?,
         node_id: NodeId(c.node_id),
+        seen_version: c.seen_version,
     })
 }
 
@@ -609,6 +610,7 @@ mod tests {
             caller: Some(pb::ArbiterCaller {
                 node_id: node.into(),
                 epoch,
+                seen_version: 0,
             }),
         })
     }
@@ -624,6 +626,7 @@ mod tests {
             caller: Some(pb::ArbiterCaller {
                 node_id: node.into(),
                 epoch: next.epoch.0,
+                seen_version: 0,
             }),
             expected_version,
             next: Some(pb::ArbiterRegister::from(next)),

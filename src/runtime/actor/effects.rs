@@ -222,6 +222,7 @@ impl Actor {
         let caller = Caller {
             node_id: self.cfg.node_id.clone(),
             epoch: self.node.epoch(),
+            seen_version: self.node.arbiter_seen_version(),
         };
         let cluster = self.cfg.cluster_id.clone();
         let deadline = self.cfg.rpc_timeout;

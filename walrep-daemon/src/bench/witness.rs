@@ -62,10 +62,7 @@ struct WitnessBenchResult {
 }
 
 fn caller(node: &str) -> Caller {
-    Caller {
-        node_id: NodeId::from(node),
-        epoch: Epoch(1),
-    }
+    Caller::new(node, Epoch(1))
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> DaemonError {

@@ -35,10 +35,7 @@ async fn healthy(w: &mut NodeProc) -> WitnessHealth {
 }
 
 fn caller(node: &str, epoch: u64) -> Caller {
-    Caller {
-        node_id: NodeId::from(node),
-        epoch: Epoch(epoch),
-    }
+    Caller::new(node, Epoch(epoch))
 }
 
 fn client(grpc: u16, node: &str) -> WitnessClient {
