@@ -210,6 +210,8 @@ pub struct WitnessProc {
 /// Starts a `walrep witness` on free loopback ports, its register file in
 /// `dir/witness`, its log in `dir`, and waits until its `/health` answers.
 pub async fn start_witness(dir: &Path, launch: &Launch) -> Result<WitnessProc, DaemonError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
     let ports = free_ports(2)?;
     let flags = vec![
         ("listen", format!("127.0.0.1:{}", ports[0])),
