@@ -34,6 +34,8 @@ pub struct CommitArgs {
     /// The engine both nodes host: kv or sqlite.
     #[arg(long, default_value_t = EngineKind::Kv)]
     pub engine: EngineKind,
+    #[command(flatten)]
+    pub arbiter: super::ArbiterArgs,
     /// Also print each result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +49,8 @@ pub struct CommitArgs {
 struct CommitResult {
     bench: &'static str,
     mode: &'static str,
+    /// `none`, or the arbiter's URL.
+    arbiter: String,
     clients: usize,
     seconds: f64,
     ops: usize,
@@ -99,9 +103,13 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
     );
     for mode in modes {
         let dir = root.join(mode.as_str());
+        let defaults = PairOptions::defaults(mode);
+        let arbiter = a.arbiter.start(&dir, &defaults.launch).await?;
         let options = PairOptions {
-            extra: vec![("engine", a.engine.to_string())],
-            ..PairOptions::defaults(mode)
+            extra: std::iter::once(("engine", a.engine.to_string()))
+                .chain(arbiter.setting())
+                .collect(),
+            ..defaults
         };
         let mut pair = Pair::new(&dir, &options)?;
         pair.start(mode).await?;
@@ -128,6 +136,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             let result = CommitResult {
                 bench: "pair",
                 mode: mode.as_str(),
+                arbiter: arbiter.name(),
                 clients,
                 seconds: r3(report.elapsed.as_secs_f64()),
                 ops: lat.len(),
@@ -156,6 +165,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             emit_json(a.json, &result);
         }
         pair.finish(true);
+        arbiter.stop();
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);

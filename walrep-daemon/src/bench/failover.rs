@@ -14,7 +14,7 @@ use super::load::{self, Keys, Load, Percentiles};
 use super::{emit_json, r3};
 use crate::client::HttpClient;
 use crate::error::DaemonError;
-use crate::pair::{NodeProc, Pair, PairOptions, STEP, start_witness, temp_dir, wait_streaming};
+use crate::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -41,14 +41,8 @@ pub struct FailoverArgs {
     /// Writers during the loaded phase (one busy thread per core joins them).
     #[arg(long, default_value_t = 16)]
     pub load_writers: usize,
-    /// Run a `walrep witness` beside the pair and give both nodes
-    /// `--arbiter witness://...`: failovers go through its register.
-    #[arg(long, conflicts_with = "arbiter")]
-    pub witness: bool,
-    /// Give both nodes this `--arbiter` (e.g. `etcd://127.0.0.1:2379` of
-    /// an etcd you run).
-    #[arg(long, value_name = "URL")]
-    pub arbiter: Option<String>,
+    #[command(flatten)]
+    pub arbiter: super::ArbiterArgs,
     /// Also print the result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -83,21 +77,13 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     let dir = a.dir.clone().unwrap_or_else(|| temp_dir("bench-failover"));
     let mode = a.commit_mode;
     let defaults = PairOptions::defaults(mode);
-    let witness = if a.witness {
-        Some(start_witness(&dir, &defaults.launch).await?)
-    } else {
-        None
-    };
-    let arbiter = witness
-        .as_ref()
-        .map(|w| w.url.clone())
-        .or(a.arbiter.clone());
+    let arbiter = a.arbiter.start(&dir, &defaults.launch).await?;
     let mut pair = Pair::new(
         &dir,
         &PairOptions {
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
-            extra: arbiter.iter().map(|url| ("arbiter", url.clone())).collect(),
+            extra: arbiter.setting().into_iter().collect(),
             ..defaults
         },
     )?;
@@ -106,7 +92,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
         a.trials,
         a.heartbeat_ms,
         a.failover_timeout_ms,
-        arbiter.as_deref().unwrap_or("none"),
+        arbiter.name(),
         dir.display()
     );
     pair.start(mode).await?;
@@ -136,7 +122,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     let result = FailoverResult {
         bench: "failover",
         commit_mode: mode.as_str(),
-        arbiter: arbiter.clone().unwrap_or_else(|| "none".into()),
+        arbiter: arbiter.name(),
         heartbeat_ms: a.heartbeat_ms,
         failover_timeout_ms: a.failover_timeout_ms,
         trials: a.trials,
@@ -164,9 +150,7 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     );
     emit_json(a.json, &result);
     pair.finish(a.dir.is_some());
-    if let Some(mut w) = witness {
-        w.proc.kill();
-    }
+    arbiter.stop();
     if lost > 0 && mode.is_sync() {
         return Err(DaemonError::Failed(format!(
             "{lost} acknowledged writes were lost in {mode} mode"

@@ -24,7 +24,65 @@ pub mod load;
 pub mod switchover;
 pub mod witness;
 
+use crate::error::DaemonError;
+use crate::pair::{Launch, WitnessProc, start_witness};
 use serde::Serialize;
+use std::path::Path;
+
+/// The arbiter a benchmark's nodes use, if any.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ArbiterArgs {
+    /// Run a `walrep witness` beside the pair and give both nodes
+    /// `--arbiter witness://...`.
+    #[arg(long, conflicts_with = "arbiter")]
+    pub witness: bool,
+    /// Give both nodes this `--arbiter` (e.g. `etcd://127.0.0.1:2379` of
+    /// an etcd you run).
+    #[arg(long, value_name = "URL")]
+    pub arbiter: Option<String>,
+}
+
+/// The arbiter of a benchmark's pair, and the witness it started (kill it
+/// when done).
+pub struct BenchArbiter {
+    pub url: Option<String>,
+    pub witness: Option<WitnessProc>,
+}
+
+impl ArbiterArgs {
+    /// Starts the witness if asked (its files in `dir`).
+    pub async fn start(&self, dir: &Path, launch: &Launch) -> Result<BenchArbiter, DaemonError> {
+        let witness = if self.witness {
+            Some(start_witness(dir, launch).await?)
+        } else {
+            None
+        };
+        let url = witness
+            .as_ref()
+            .map(|w| w.url.clone())
+            .or(self.arbiter.clone());
+        Ok(BenchArbiter { url, witness })
+    }
+}
+
+impl BenchArbiter {
+    /// The node setting that names it, if any.
+    pub fn setting(&self) -> Option<(&'static str, String)> {
+        self.url.as_ref().map(|url| ("arbiter", url.clone()))
+    }
+
+    /// How results name it.
+    pub fn name(&self) -> String {
+        self.url.clone().unwrap_or_else(|| "none".into())
+    }
+
+    /// Stops the witness it started.
+    pub fn stop(self) {
+        if let Some(mut w) = self.witness {
+            w.proc.kill();
+        }
+    }
+}
 
 /// Prints one result as a JSON line when asked to.
 fn emit_json(json: bool, value: &impl Serialize) {
