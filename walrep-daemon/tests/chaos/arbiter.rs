@@ -10,14 +10,14 @@ use crate::harness::*;
 use std::time::{Duration, Instant};
 use walrep_daemon::api::HealthReport;
 
-/// What the sampled node said while `during` held, the first report that
-/// breaks `ok`, if any.
-fn first_sample_breaking<'a>(
-    samples: &'a [Sample],
+/// The first of node `node`'s sampled reports that `during` selects and
+/// that breaks `ok`, if any.
+fn first_sample_breaking(
+    samples: &[Sample],
     node: usize,
     during: impl Fn(&Sample) -> bool,
     ok: impl Fn(&HealthReport) -> bool,
-) -> Option<&'a Sample> {
+) -> Option<&Sample> {
     samples
         .iter()
         .find(|s| s.node == node && during(s) && !ok(&s.health))
