@@ -101,10 +101,8 @@ impl Witness {
             rpc_timeout: Duration::from_secs(2),
             ..Config::default()
         };
-        let caller = Caller {
-            node_id: observer,
-            epoch: Epoch(0),
-        };
+        // Epoch 0 and no version seen: nothing a rebuild goes by.
+        let caller = Caller::new(observer, Epoch(0));
         WitnessClient::connect_lazy(&format!("witness://{}", self.grpc), &cfg)
             .expect("a witness client")
             .read(cluster, &caller)
