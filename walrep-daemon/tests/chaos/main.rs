@@ -16,6 +16,11 @@
 //! simulation uses too, `walrep::testing::History`) and one line of figures
 //! is printed per scenario.
 //!
+//! With an arbiter (`arbiter.rs`), a third process, `walrep witness`, holds
+//! the register; each node's `--arbiter` is a proxy of its own in front of
+//! it, so a test can cut one node from the witness, and the witness is
+//! killed, restarted from its file or from nothing like a node.
+//!
 //! `harness/` is what the scenarios share (the cluster behind proxies, the
 //! load, the checks, the figures); each other module is one family of
 //! faults.
@@ -24,6 +29,7 @@
 mod daemon_support;
 mod harness;
 
+mod arbiter;
 mod crashes;
 mod partitions;
 mod pauses;

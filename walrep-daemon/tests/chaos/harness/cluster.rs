@@ -1,5 +1,6 @@
 //! Two `walrep node` processes (`walrep_daemon::pair`) whose peer links
-//! run through proxies the test controls.
+//! run through proxies the test controls; with an arbiter, a third
+//! process, the witness, each node dialling it through a proxy of its own.
 
 use super::*;
 use crate::daemon_support::*;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use walrep_daemon::api::HealthReport;
 use walrep_daemon::client::HttpClient;
-use walrep_daemon::pair::{NodeProc, Pair, PairPorts};
+use walrep_daemon::pair::{NodeProc, PairPorts, node_flags, pair_specs, with};
 
 pub const NAMES: [&str; 2] = ["n1", "n2"];
 
@@ -18,6 +19,8 @@ pub struct Cluster {
     pub http: Vec<String>,
     /// `links[0]` is n1's `--peer` (forwards to n2), `links[1]` is n2's.
     pub links: Vec<Proxy>,
+    /// The arbiter both nodes dial (`--arbiter`), if the cluster has one.
+    pub witness: Option<Witness>,
     /// Holds the nodes' data and logs until the test ends.
     _dir: tempfile::TempDir,
 }
@@ -54,12 +57,52 @@ pub fn listen_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// How a cluster starts.
+#[derive(Clone, Copy, Default)]
+pub struct Setup<'a> {
+    /// Node settings on top of the test settings.
+    pub extra: &'a [(&'static str, &'a str)],
+    /// A witness as the nodes' arbiter.
+    pub witness: bool,
+    /// Both nodes started as primary on their fresh data directories (else
+    /// n1 primary, n2 standby).
+    pub both_primary: bool,
+}
+
 impl Cluster {
     /// n1 primary, n2 standby, streaming through the proxies; the test
     /// settings with `extra` on top.
     pub async fn start(name: &'static str, extra: &[(&'static str, &str)]) -> Cluster {
+        Cluster::start_with(
+            name,
+            Setup {
+                extra,
+                ..Setup::default()
+            },
+        )
+        .await
+    }
+
+    /// As `start`, with a witness as the arbiter of both nodes: streaming
+    /// (the standby in the register's sync set) when it returns.
+    pub async fn with_witness(name: &'static str, extra: &[(&'static str, &str)]) -> Cluster {
+        Cluster::start_with(
+            name,
+            Setup {
+                extra,
+                witness: true,
+                ..Setup::default()
+            },
+        )
+        .await
+    }
+
+    /// A cluster laid out as `setup` says, its processes started. Unless
+    /// both nodes start as primary, n1 is a writable primary streaming to
+    /// n2 when it returns; with both as primary it returns at once.
+    pub async fn start_with(name: &'static str, setup: Setup<'_>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let p = listen_ports(4);
+        let p = listen_ports(6);
         let (grpc, http) = ([p[0], p[2]], [p[1], p[3]]);
         let to_n2 = Proxy::start(local(grpc[1])).await;
         let to_n1 = Proxy::start(local(grpc[0])).await;
@@ -68,31 +111,63 @@ impl Cluster {
             http,
             peer: [to_n2.addr.to_string(), to_n1.addr.to_string()],
         };
-        let pair =
-            Pair::on_ports(dir.path(), &test_options(extra), &ports).expect("a pair laid out");
-        let mut nodes = vec![pair.n1, pair.n2];
+        let options = test_options(setup.extra);
+        let witness = if setup.witness {
+            Some(Witness::start(dir.path(), p[4], p[5], &options.launch).await)
+        } else {
+            None
+        };
+        let mut nodes: Vec<NodeProc> = pair_specs(&ports)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut spec)| {
+                if setup.both_primary {
+                    spec.role = "primary";
+                }
+                let mut flags = node_flags(&options, dir.path(), &spec);
+                if let Some(w) = &witness {
+                    flags = with(flags, &[("arbiter", w.url_for(i))]);
+                }
+                NodeProc::new(spec.id, &flags, dir.path(), &options.launch)
+            })
+            .collect();
         for n in &mut nodes {
             n.spawn().expect("walrep starts");
         }
         let http: Vec<String> = nodes.iter().map(|n| n.http.clone()).collect();
-        wait_streaming(&http[0], &http[1]).await;
+        if !setup.both_primary {
+            wait_streaming(&http[0], &http[1]).await;
+        }
         Cluster {
             name,
             nodes,
             http,
             links: vec![to_n2, to_n1],
+            witness,
             _dir: dir,
         }
     }
 
+    /// The witness; panics if the cluster has none.
+    pub fn witness(&mut self) -> &mut Witness {
+        self.witness.as_mut().expect("a cluster with a witness")
+    }
+
+    /// Sets both peer links (the nodes' links to the witness stay as they
+    /// are).
     pub fn cut(&self, mode: LinkMode) {
         for link in &self.links {
             link.set(mode);
         }
     }
 
+    /// Every link passes again: the peer links and the nodes' links to
+    /// the witness.
     pub fn heal(&self) {
         self.cut(LinkMode::Pass);
+        for link in self.witness.iter().flat_map(|w| &w.links) {
+            link.set(LinkMode::Pass);
+        }
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {

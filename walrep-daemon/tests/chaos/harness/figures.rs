@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Figures {
     pub failovers: Vec<Duration>,
+    /// The longest stretch without an acknowledged write, see
+    /// [`write_pause`].
+    pub pause: Option<Duration>,
     pub lost: usize,
     pub rewound: u64,
     pub converge: Option<Duration>,
@@ -41,6 +44,25 @@ pub fn failover_time(writes: &[Write], fault: Instant, old_epoch: u64) -> Durati
         .expect("no write acknowledged at a newer epoch after the fault")
 }
 
+/// The longest stretch from `from` to `to` in which no write was
+/// acknowledged (by the time its answer came, on either node): from `from`
+/// to the first acknowledgement, between two, from the last to `to`.
+pub fn write_pause(writes: &[Write], from: Instant, to: Instant) -> Duration {
+    let mut acked: Vec<Instant> = writes
+        .iter()
+        .filter(|w| w.acked().is_some() && w.ended >= from && w.ended <= to)
+        .map(|w| w.ended)
+        .collect();
+    acked.sort();
+    let mut longest = Duration::ZERO;
+    let mut last = from;
+    for at in acked.into_iter().chain([to]) {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
@@ -67,8 +89,11 @@ pub fn report(c: &Cluster, writes: &[Write], f: &Figures) {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let pause = f
+        .pause
+        .map_or(String::new(), |d| format!(" | write pause {}", ms(d)));
     let line = format!(
-        "chaos {:<28} failover {failover} | acked {acked} failed {failed} unknown {unknown} | lost {} rewound {} | converged in {}\n",
+        "chaos {:<28} failover {failover}{pause} | acked {acked} failed {failed} unknown {unknown} | lost {} rewound {} | converged in {}\n",
         c.name,
         f.lost,
         f.rewound,

@@ -147,6 +147,34 @@ impl Load {
         }
     }
 
+    /// Waits until `n` writes sent to node `node` after `since` were
+    /// refused with a 503.
+    pub async fn wait_refusals(&self, node: usize, since: Instant, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self
+                .writes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|w| {
+                    w.node == node
+                        && w.started >= since
+                        && matches!(w.outcome, Outcome::Failed { status: 503, .. })
+                })
+                .count();
+            if got >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {got} of {n} writes refused by {} within {WAIT:?}",
+                NAMES[node]
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the writers (each finishes its write in flight) and samplers.
     pub async fn stop(self) -> (Vec<Write>, Vec<Sample>) {
         self.stop.store(true, Ordering::SeqCst);

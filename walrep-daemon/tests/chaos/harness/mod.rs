@@ -1,5 +1,5 @@
 //! Everything the scenarios share: the cluster of two processes behind
-//! proxies, the load that records outcomes, the checks and the figures.
+//! proxies (and a witness, for the arbiter's scenarios), the load that records outcomes, the checks and the figures.
 
 mod cluster;
 mod figures;
@@ -8,6 +8,7 @@ mod invariants;
 mod load;
 mod node_files;
 mod proxy;
+mod witness;
 
 pub use cluster::*;
 pub use figures::*;
@@ -16,3 +17,4 @@ pub use invariants::*;
 pub use load::*;
 pub use node_files::*;
 pub use proxy::*;
+pub use witness::*;
