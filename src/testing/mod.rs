@@ -4,6 +4,7 @@
 //! it may change in any release.
 
 mod alloc;
+mod etcd;
 mod history;
 mod pair;
 mod state_machine;
@@ -12,6 +13,7 @@ mod tls;
 
 pub use crate::arbiter::MemArbiter;
 pub use alloc::{TrackingAllocator, largest_allocation};
+pub use etcd::{EtcdServer, free_port};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
 pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
 pub use state_machine::MemStateMachine;

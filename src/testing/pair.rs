@@ -553,22 +553,28 @@ fn io(what: &str, source: std::io::Error) -> Error {
 }
 
 /// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    /// `walrep-<what>-<pid>-<n>`, created empty.
+    pub(super) fn named(what: &str) -> Result<TempDir> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
-            "walrep-pair-{}-{}",
+            "walrep-{what}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| io("creating the Pair's directory", e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| io(&format!("creating the {what} directory"), e))?;
         Ok(TempDir(path))
     }
 
-    fn path(&self) -> &Path {
+    fn new() -> Result<TempDir> {
+        TempDir::named("pair")
+    }
+
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -80,7 +80,26 @@ async fn one_side_goes_on(c: &Cluster) -> (usize, HealthReport) {
 /// other is stopped by the register, nothing acknowledged is lost, and the
 /// other rejoins once healed.
 async fn cut_between_the_nodes(name: &'static str, extra: &[(&'static str, &str)]) -> usize {
-    let c = Cluster::with_witness(name, extra).await;
+    cut_between_the_nodes_with(name, extra, None).await.0
+}
+
+/// `cut_between_the_nodes` with a witness (`etcd: None`) or the etcd at
+/// that URL as the arbiter; which side went on, and the write pause.
+async fn cut_between_the_nodes_with(
+    name: &'static str,
+    extra: &[(&'static str, &str)],
+    etcd: Option<String>,
+) -> (usize, Duration) {
+    let c = Cluster::start_with(
+        name,
+        Setup {
+            extra,
+            witness: etcd.is_none(),
+            arbiter_url: etcd,
+            ..Setup::default()
+        },
+    )
+    .await;
     let load = Load::start(&c, &writers(4, &[0, 1]));
     load.wait_acks(0, 1, Instant::now(), 50).await;
 
@@ -110,15 +129,64 @@ async fn cut_between_the_nodes(name: &'static str, extra: &[(&'static str, &str)
     assert_eq!(conv.primary, survivor);
     nothing_acked_by_after(&writes, other, fault, "the side the witness stopped");
     g2_nothing_acked_lost(&c, survivor, &writes).await;
+    let pause = write_pause(&writes, fault, healed);
     let mut figures = Figures {
-        pause: Some(write_pause(&writes, fault, healed)),
+        pause: Some(pause),
         ..Figures::of(&conv)
     };
     if survivor == 1 {
         figures = figures.with_failover(&writes, fault, 1);
     }
     report(&c, &writes, &figures);
-    survivor
+    (survivor, pause)
+}
+
+/// A benchmark more than a test, so ignored: the link between the nodes
+/// cut `WALREP_CHAOS_TRIALS` times (20 by default), each time on a fresh
+/// pair, with the witness and then with etcd (when installed: it says
+/// SKIPPED otherwise); every trial asserts 0 acknowledged writes lost and
+/// that one side went on. Prints the write pause p50 / p99 / max and how
+/// often each side went on. Run it with
+/// `cargo nextest run -p walrep-daemon --test chaos --run-ignored ignored-only --no-capture partition_trials`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn partition_trials_with_an_arbiter() {
+    let trials: usize = std::env::var("WALREP_CHAOS_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for kind in ["witness", "etcd"] {
+        let etcd = match kind {
+            "etcd" => match walrep::testing::EtcdServer::start().await {
+                Some(server) => Some(server),
+                None => continue,
+            },
+            _ => None,
+        };
+        let (mut pauses, mut sides) = (Vec::new(), [0usize; 2]);
+        for trial in 0..trials {
+            // A cluster id per trial: etcd keeps the last trial's register.
+            let cluster = format!("trial{trial}");
+            let (survivor, pause) = cut_between_the_nodes_with(
+                "arbiter_partition_trials",
+                &[("cluster_id", cluster.as_str())],
+                etcd.as_ref().map(|e| e.url()),
+            )
+            .await;
+            sides[survivor] += 1;
+            pauses.push(pause);
+        }
+        pauses.sort();
+        let at = |q: f64| pauses[((pauses.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "partition trials with {kind}: {trials} cuts of the node link, 0 acknowledged writes lost; write pause p50 {} ms, p99 {} ms, max {} ms; the standby went on {} times, the primary {} times",
+            at(0.5).as_millis(),
+            at(0.99).as_millis(),
+            pauses.last().unwrap().as_millis(),
+            sides[1],
+            sides[0]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ pub fn listen_ports(n: usize) -> Vec<u16> {
 }
 
 /// How a cluster starts.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct Setup<'a> {
     /// Node settings on top of the test settings.
     pub extra: &'a [(&'static str, &'a str)],
@@ -67,6 +67,9 @@ pub struct Setup<'a> {
     /// Both nodes started as primary on their fresh data directories (else
     /// n1 primary, n2 standby).
     pub both_primary: bool,
+    /// An arbiter of the test's own (an etcd) that both nodes dial
+    /// directly, instead of a witness behind proxies.
+    pub arbiter_url: Option<String>,
 }
 
 impl Cluster {
@@ -127,6 +130,9 @@ impl Cluster {
                 let mut flags = node_flags(&options, dir.path(), &spec);
                 if let Some(w) = &witness {
                     flags = with(flags, &[("arbiter", w.url_for(i))]);
+                }
+                if let Some(url) = &setup.arbiter_url {
+                    flags = with(flags, &[("arbiter", url.clone())]);
                 }
                 NodeProc::new(spec.id, &flags, dir.path(), &options.launch)
             })
