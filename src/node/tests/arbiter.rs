@@ -95,6 +95,27 @@ fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
     all
 }
 
+/// What a standby n1 does once the arbiter granted it epoch 2: persist
+/// it, then fence the old primary.
+fn promotes_n1_to_epoch_two() -> [Effect; 3] {
+    [
+        Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n1")),
+            confirmed: true,
+        },
+        Effect::RoleChanged {
+            from: RoleKind::Standby,
+            to: RoleKind::Promoting,
+            epoch: Epoch(2),
+        },
+        Effect::SendFence {
+            epoch: Epoch(2),
+            reason: FenceReason::Failover,
+        },
+    ]
+}
+
 fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,
@@ -135,25 +156,7 @@ fn a_standby_promotes_by_a_failover_only_through_the_arbiters_swap_from_the_sync
     let mut granted = next.clone();
     granted.version = 4;
     let effects = answer(&mut node, t(1150), purpose, ArbiterAnswer::Swapped(granted));
-    assert_eq!(
-        effects[..3],
-        [
-            Effect::PersistMeta {
-                epoch: Epoch(2),
-                leader: Some(NodeId::from("n1")),
-                confirmed: true,
-            },
-            Effect::RoleChanged {
-                from: RoleKind::Standby,
-                to: RoleKind::Promoting,
-                epoch: Epoch(2)
-            },
-            Effect::SendFence {
-                epoch: Epoch(2),
-                reason: FenceReason::Failover
-            },
-        ]
-    );
+    assert_eq!(effects[..3], promotes_n1_to_epoch_two());
 }
 
 #[test]
@@ -379,25 +382,7 @@ fn a_promotion_the_arbiter_granted_before_a_crash_is_taken_at_restart() {
         t(0),
     );
     let effects = knows(&mut node, t(10), register(7, 2, "n1", &[]));
-    assert_eq!(
-        effects[..3],
-        [
-            Effect::PersistMeta {
-                epoch: Epoch(2),
-                leader: Some(NodeId::from("n1")),
-                confirmed: true,
-            },
-            Effect::RoleChanged {
-                from: RoleKind::Standby,
-                to: RoleKind::Promoting,
-                epoch: Epoch(2)
-            },
-            Effect::SendFence {
-                epoch: Epoch(2),
-                reason: FenceReason::Failover
-            },
-        ]
-    );
+    assert_eq!(effects[..3], promotes_n1_to_epoch_two());
 }
 
 #[test]

@@ -122,34 +122,33 @@ impl Load {
     /// Waits until `n` writes acknowledged by node `node` with an epoch of
     /// at least `epoch` were started after `since`.
     pub async fn wait_acks(&self, node: usize, epoch: u64, since: Instant, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = self
-                .writes
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|w| {
-                    w.node == node
-                        && w.started >= since
-                        && w.acked().is_some_and(|(_, e)| e >= epoch)
-                })
-                .count();
-            if got >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {got} of {n} writes acknowledged by {} at epoch >= {epoch} within {WAIT:?}",
-                NAMES[node]
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("acknowledged by {} at epoch >= {epoch}", NAMES[node]);
+        self.wait_writes(node, since, n, &what, |w| {
+            w.acked().is_some_and(|(_, e)| e >= epoch)
+        })
+        .await
     }
 
     /// Waits until `n` writes sent to node `node` after `since` were
     /// refused with a 503.
     pub async fn wait_refusals(&self, node: usize, since: Instant, n: usize) {
+        let what = format!("refused by {}", NAMES[node]);
+        self.wait_writes(node, since, n, &what, |w| {
+            matches!(w.outcome, Outcome::Failed { status: 503, .. })
+        })
+        .await
+    }
+
+    /// Waits until `n` writes sent to node `node` after `since` are
+    /// `counted`; panics after `WAIT`, saying how many were `what`.
+    async fn wait_writes(
+        &self,
+        node: usize,
+        since: Instant,
+        n: usize,
+        what: &str,
+        counted: impl Fn(&Write) -> bool,
+    ) {
         let deadline = Instant::now() + WAIT;
         loop {
             let got = self
@@ -157,19 +156,14 @@ impl Load {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|w| {
-                    w.node == node
-                        && w.started >= since
-                        && matches!(w.outcome, Outcome::Failed { status: 503, .. })
-                })
+                .filter(|w| w.node == node && w.started >= since && counted(w))
                 .count();
             if got >= n {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "only {got} of {n} writes refused by {} within {WAIT:?}",
-                NAMES[node]
+                "only {got} of {n} writes {what} within {WAIT:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
