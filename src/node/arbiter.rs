@@ -104,6 +104,13 @@ impl Node {
         })
     }
 
+    /// Whether the swap taking the standby out of the sync set is in flight.
+    pub(super) fn arbiter_asking_to_drop_standby(&self) -> bool {
+        self.arbiter
+            .as_ref()
+            .is_some_and(|l| l.asking == Some(ArbiterPurpose::DropStandby))
+    }
+
     /// The highest register version the arbiter answered this node.
     pub(crate) fn arbiter_seen_version(&self) -> u64 {
         self.arbiter.as_ref().map_or(0, |l| l.seen_version)
@@ -137,6 +144,19 @@ impl Node {
     /// call is in flight. Runs after every event.
     pub(super) fn arbiter_work(&mut self, now: Time) {
         let Some(link) = &self.arbiter else { return };
+        if let Some(p) = link.promotion
+            && !self.may_take_promotion(p.kind)
+        {
+            let role = self.role.kind();
+            self.arbiter.as_mut().expect("checked above").promotion = None;
+            tracing::info!(kind = ?p.kind, %role, "not promoting: this node can no longer take the epoch");
+            if p.operator {
+                self.emit(Effect::ReplyPromote(Err(format!(
+                    "this node became {role} during the promotion"
+                ))));
+            }
+        }
+        let Some(link) = &self.arbiter else { return };
         if link.asking.is_some() {
             return;
         }
@@ -164,6 +184,10 @@ impl Node {
         let may_swap = !link.last_failed || link.last_asked.is_none_or(|at| now >= at + backoff);
         let refresh = refresh_due.then_some((ArbiterPurpose::Refresh, ArbiterCall::Read));
         let Some(known) = &link.known else {
+            // A promotion waits for nobody's refresh interval.
+            if link.promotion.is_some() && may_swap {
+                return Some((ArbiterPurpose::Refresh, ArbiterCall::Read));
+            }
             return refresh;
         };
         let swap = |purpose, expected_version, next| {
@@ -238,16 +262,38 @@ impl Node {
         Ok(next)
     }
 
+    /// Whether this node's role can take a new epoch by a promotion of
+    /// `kind`: a standby always; an operator's force also a primary its
+    /// peer never confirmed and a fenced or rejoining node (as without an
+    /// arbiter); a failed node never.
+    fn may_take_promotion(&self, kind: Promotion) -> bool {
+        match &self.role {
+            Role::Standby(_) => true,
+            Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
+            Role::Fenced | Role::Rejoining => kind == Promotion::Forced,
+            Role::Promoting { .. } | Role::Failed { .. } => false,
+        }
+    }
+
     /// A promotion of `kind` waits for the arbiter's swap (or, for a
     /// switchover or a forced promotion, for its failure).
     pub(super) fn promote_through_arbiter(&mut self, kind: Promotion, operator: bool) {
         let Some(link) = self.arbiter.as_mut() else {
             return;
         };
-        if link.promotion.is_none() {
-            tracing::info!(?kind, "promotion: asking the arbiter for the next epoch");
-        }
-        link.promotion = Some(PendingPromotion { kind, operator });
+        let pending = match link.promotion {
+            None => {
+                tracing::info!(?kind, "promotion: asking the arbiter for the next epoch");
+                PendingPromotion { kind, operator }
+            }
+            // A stronger kind is never lost to a weaker one (a failover
+            // noticed while a switchover waits), nor a waiting operator.
+            Some(p) => PendingPromotion {
+                kind: p.kind.max(kind),
+                operator: p.operator || operator,
+            },
+        };
+        link.promotion = Some(pending);
         self.explain_promotion_wait();
     }
 
@@ -327,14 +373,11 @@ impl Node {
                 }
                 link.reachable = Some(!unreachable);
                 link.last_error = Some(error.clone());
-                if unreachable && matches!(purpose, ArbiterPurpose::Refresh) {
-                    return;
-                }
-                if unreachable {
+                if unreachable && !matches!(purpose, ArbiterPurpose::Refresh) {
                     // A swap may have taken effect without its answer.
                     link.known = None;
                 }
-                return self.on_arbiter_failed(purpose, error);
+                return self.on_arbiter_failed(purpose, unreachable, error);
             }
         };
         if link.reachable == Some(false) {
@@ -350,26 +393,40 @@ impl Node {
         self.on_register(purpose, register, swapped);
     }
 
-    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, error: String) {
-        match purpose {
-            ArbiterPurpose::Promote(Promotion::Failover) => {
+    /// A call failed: `unreachable` (no answer; a swap may or may not have
+    /// happened) or refused.
+    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, unreachable: bool, error: String) {
+        // A primary whose standby is lost waits on the arbiter whatever the
+        // call was (a read, a create, a catch-up): with no swap it refuses
+        // writes rather than leave them waiting.
+        self.block_without_arbiter(&error);
+        let pending = self.arbiter.as_ref().and_then(|l| l.promotion);
+        match (purpose, pending) {
+            (_, Some(p)) if p.kind == Promotion::Failover => {
                 self.hold_back(format!(
                     "the primary is silent but the arbiter did not grant the promotion: {error}"
                 ));
             }
-            ArbiterPurpose::Promote(kind) => {
-                // The old primary stepped down for us, or the operator
-                // forces it: go ahead; the register catches up later.
-                let operator = self
-                    .arbiter
-                    .as_mut()
-                    .and_then(|l| l.promotion.take())
-                    .is_some_and(|p| p.operator);
-                tracing::warn!(?kind, %error, "promoting without the arbiter; it is brought up to this node's epoch once it answers");
+            // A planned switchover (the old primary stepped down with
+            // everything on our disk) or a forced promotion goes ahead
+            // without an arbiter that does not answer, whichever call found
+            // it down; the register is brought up to our epoch once it
+            // answers. One the arbiter refused does not.
+            (ArbiterPurpose::Promote(_) | ArbiterPurpose::Refresh, Some(p)) if unreachable => {
+                self.arbiter.as_mut().expect("pending above").promotion = None;
+                tracing::warn!(kind = ?p.kind, %error, "promoting without the arbiter, which does not answer; it is brought up to this node's epoch once it answers");
                 let epoch = self.epoch.next();
-                self.take_epoch(epoch, kind, operator);
+                self.take_epoch(epoch, p.kind, p.operator);
             }
-            ArbiterPurpose::DropStandby => self.block_without_arbiter(&error),
+            (ArbiterPurpose::Promote(kind), Some(p)) => {
+                self.arbiter.as_mut().expect("pending above").promotion = None;
+                tracing::warn!(?kind, %error, "the arbiter refused the promotion; not promoting");
+                if p.operator {
+                    self.emit(Effect::ReplyPromote(Err(format!(
+                        "the arbiter refused the promotion: {error}"
+                    ))));
+                }
+            }
             _ => {}
         }
     }
@@ -419,12 +476,7 @@ impl Node {
     /// promotion goes ahead without it): persist it, then act as primary.
     fn take_epoch(&mut self, epoch: Epoch, kind: Promotion, operator: bool) {
         self.clear_held_back();
-        let promotable = match &self.role {
-            Role::Standby(_) => true,
-            Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
-            _ => false,
-        };
-        if !promotable {
+        if !self.may_take_promotion(kind) {
             tracing::warn!(%epoch, role = %self.role.kind(), "the arbiter granted an epoch this node can no longer take; ignoring it");
             if operator {
                 self.emit(Effect::ReplyPromote(Err(format!(

@@ -393,8 +393,9 @@ pub(crate) enum ArbiterPurpose {
     AddStandby,
 }
 
-/// Which promotion asks the arbiter for the next epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which promotion asks the arbiter for the next epoch, weakest first: a
+/// stronger one pending is never replaced by a weaker one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Promotion {
     /// The primary fell silent: allowed only from the sync set.
     Failover,

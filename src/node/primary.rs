@@ -435,10 +435,12 @@ impl Node {
         }
 
         let commit = self.commit;
+        let dropping_standby = self.arbiter_asking_to_drop_standby();
         let Some(p) = self.primary() else { return };
-        if p.wants_solo && p.link == Link::Sync {
-            // The arbiter decides within its call's deadline whether these
-            // writes commit alone or fail (`block_without_arbiter`).
+        if p.wants_solo && p.link == Link::Sync && dropping_standby {
+            // The arbiter's answer decides, within the call's deadline,
+            // whether these writes commit alone or fail
+            // (`block_without_arbiter`).
             return;
         }
         let mut timed_out: Option<Lsn> = None;

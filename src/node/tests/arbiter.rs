@@ -59,15 +59,20 @@ fn answer(
     node.step(at, Event::ArbiterAnswered { purpose, answer })
 }
 
-/// Answers the read every node makes first with `reg`.
-fn knows(node: &mut Node, at: Time, reg: Register) -> Vec<Effect> {
+/// Answers the read every node makes first with `answer_with`.
+fn first_read(node: &mut Node, at: Time, answer_with: ArbiterAnswer) -> Vec<Effect> {
     node.step(at, Event::Tick);
     assert_eq!(
         node.arbiter_asking(),
         Some(ArbiterPurpose::Refresh),
         "a node with an arbiter reads the register first"
     );
-    answer(node, at, ArbiterPurpose::Refresh, ArbiterAnswer::Read(reg))
+    answer(node, at, ArbiterPurpose::Refresh, answer_with)
+}
+
+/// Answers the read every node makes first with `reg`.
+fn knows(node: &mut Node, at: Time, reg: Register) -> Vec<Effect> {
+    first_read(node, at, ArbiterAnswer::Read(reg))
 }
 
 /// Ticks every 100 ms from `from` to `to` like `tick_until`, answering each
@@ -458,4 +463,177 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
         epoch: Epoch(2),
         reason: FenceReason::Forced
     }));
+}
+
+fn refused(why: &str) -> ArbiterAnswer {
+    ArbiterAnswer::Failed {
+        unreachable: false,
+        error: why.into(),
+    }
+}
+
+/// Answers every arbiter call among `effects` with `answer`, returning the
+/// effects of the answers.
+fn answer_all(
+    node: &mut Node,
+    at: Time,
+    effects: &[Effect],
+    answer_with: &ArbiterAnswer,
+) -> Vec<Effect> {
+    asks(effects)
+        .into_iter()
+        .flat_map(|(purpose, _)| answer(node, at, purpose, answer_with.clone()))
+        .collect()
+}
+
+#[test]
+fn a_primary_that_loses_its_standby_refuses_writes_whatever_call_finds_the_arbiter_down_or_refusing()
+ {
+    // It never had an answer (the arbiter was down since it started), or
+    // the register is missing and its create is refused: either way there
+    // is no swap to go solo with, so its writes fail instead of waiting.
+    let down = unreachable();
+    let create_refused = refused("members b have not reported their epoch yet");
+    for (case, register_read, failure) in [
+        ("never answered", None, &down),
+        ("create refused", Some(Register::default()), &create_refused),
+    ] {
+        let mut node = primary_with_standby(with_arbiter(cfg()));
+        match &register_read {
+            Some(reg) => {
+                let created = first_read(&mut node, t(1), ArbiterAnswer::Read(reg.clone()));
+                assert_eq!(the_swap(&created).0, ArbiterPurpose::Create, "{case}");
+                answer(&mut node, t(1), ArbiterPurpose::Create, failure.clone());
+            }
+            None => {
+                first_read(&mut node, t(1), failure.clone());
+            }
+        }
+        node.step(t(10), writes_up_to(&node, 1));
+        node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
+        node.step(t(20), Event::StandbyUnreachable);
+        let mut failed = false;
+        for now in (100..=6000).step_by(100) {
+            let effects = node.step(t(now), Event::Tick);
+            let answered = answer_all(&mut node, t(now), &effects, failure);
+            let all: Vec<&Effect> = effects.iter().chain(&answered).collect();
+            failed |= all.iter().any(|e| {
+                matches!(
+                    e,
+                    Effect::FailWaiters {
+                        failure: WaiterFailure::SyncTimeout,
+                        ..
+                    }
+                )
+            });
+            assert!(
+                !all.iter().any(|e| matches!(e, Effect::Commit { .. })),
+                "{case}: committed without the standby or a swap"
+            );
+        }
+        assert!(failed, "{case}: the waiting write was never failed");
+        assert!(
+            matches!(node.check_writable(), Err(WriteRefusal::Unavailable { reason }) if reason.contains("arbiter")),
+            "{case}: {:?}",
+            node.check_writable()
+        );
+    }
+}
+
+#[test]
+fn a_switchover_or_a_forced_promotion_goes_ahead_when_the_arbiter_never_answered() {
+    // Forced, the standby never had an answer from the arbiter.
+    let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
+    first_read(&mut forced, t(100), unreachable());
+    let asked = forced.step(
+        t(2000),
+        Event::PromoteRequested {
+            force: true,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    let mut all = answer_all(&mut forced, t(2000), &asked, &unreachable());
+    for now in (2000..=4000).step_by(100) {
+        let effects = forced.step(t(now), Event::Tick);
+        all.extend(answer_all(&mut forced, t(now), &effects, &unreachable()));
+        all.extend(effects);
+    }
+    assert!(
+        all.contains(&Effect::SendFence {
+            epoch: Epoch(2),
+            reason: FenceReason::Forced
+        }),
+        "{all:?}"
+    );
+
+    // A switchover: the primary stepped down for us; the arbiter, down
+    // since we started, never answered.
+    let mut planned = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
+    first_read(&mut planned, t(100), unreachable());
+    planned.step(
+        t(200),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    let asked = planned.step(
+        t(210),
+        Event::FenceSent {
+            confirmed_last_lsn: Some(Lsn(10)),
+        },
+    );
+    let mut all = answer_all(&mut planned, t(210), &asked, &unreachable());
+    for now in (300..=4000).step_by(100) {
+        let effects = planned.step(t(now), Event::Tick);
+        all.extend(answer_all(&mut planned, t(now), &effects, &unreachable()));
+        all.extend(effects);
+    }
+    assert_eq!(planned.role(), RoleKind::Primary);
+    assert!(all.contains(&Effect::ReplyPromote(Ok(Epoch(2)))), "{all:?}");
+}
+
+#[test]
+fn a_promotion_refused_by_the_arbiter_or_that_the_role_can_no_longer_take_is_dropped() {
+    // Forced, refused (not unreachable): the operator is told, nothing
+    // is persisted.
+    let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
+    knows(&mut forced, t(100), register(3, 1, "n2", &[]));
+    let effects = forced.step(
+        t(200),
+        Event::PromoteRequested {
+            force: true,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    let (purpose, ..) = the_swap(&effects);
+    let answered = answer(&mut forced, t(210), purpose, refused("permission denied"));
+    assert!(!persists(&answered));
+    assert!(
+        matches!(
+            answered.as_slice(),
+            [Effect::ReplyPromote(Err(why))] if why.contains("refused")
+        ),
+        "{answered:?}"
+    );
+
+    // A failover waiting for the arbiter, then the standby's WAL fails:
+    // the promotion is dropped, no swap deposes the healthy primary.
+    let mut failing = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    let effects = tick_answering_reads(&mut failing, 200, 1100);
+    let (purpose, ..) = the_swap(&effects);
+    answer(&mut failing, t(1150), purpose, unreachable());
+    failing.step(
+        t(1200),
+        Event::WalFailed {
+            reason: "fsync failed".into(),
+        },
+    );
+    let later = tick_answering_reads(&mut failing, 1300, 6000);
+    assert!(
+        asks(&later)
+            .iter()
+            .all(|(_, call)| *call == ArbiterCall::Read),
+        "a failed node asks for no promotion: {later:?}"
+    );
 }
