@@ -388,8 +388,7 @@ fn arbiter_of(
                 Some(tls) => WitnessClient::connect_lazy_tls(&addr, cfg, tls),
                 None => WitnessClient::connect_lazy(&addr, cfg),
             };
-            let client = client
-                .map_err(|e| DaemonError::Config(format!("arbiter {url}: {e}")))?;
+            let client = client.map_err(|e| DaemonError::Config(format!("arbiter {url}: {e}")))?;
             Ok(Arc::new(client))
         }
     }
