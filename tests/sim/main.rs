@@ -6,6 +6,14 @@
 //! One scenario breaks a standby's snapshot resync part-way (partitions,
 //! held links, crashes of the receiver) and checks that it resumes and
 //! converges with no acknowledged write lost.
+//! Two scenarios add the arbiter: the real witness (`WitnessService`) as a
+//! third turmoil host `w`, each node's `Config::arbiter` a `WitnessClient`
+//! over the simulated network, with faults between any two of the three
+//! hosts, crashes of any one, a host cut off from both others and, rarer,
+//! the witness restarted from nothing (the nodes must rebuild its
+//! register). `remote-flush/solo/arbiter/all-faults` promises that nothing
+//! acknowledged is lost in `solo` under any of them; at the end the
+//! witness's register must name the primary with the standby in sync.
 //!
 //! `cargo test --test sim` runs a fixed seed set. More seeds:
 //! `WALREP_SIM_SEEDS=2000 cargo test --release --test sim -- --nocapture many_seeds`
