@@ -54,7 +54,7 @@ struct Scenario {
 }
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
-// two scenarios that promise no loss run that way, the others offload.
+// scenarios that promise no loss run that way, the others offload.
 const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "remote-flush/block/all-faults",
