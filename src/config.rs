@@ -257,6 +257,13 @@ pub struct Config {
     /// test that shows the fault checker catches a broken rule.
     #[doc(hidden)]
     pub testing_ack_before_standby_flush: bool,
+    /// Breaks G2 on purpose with an arbiter: under `on_standby_loss =
+    /// solo` the primary acknowledges without its lost standby without
+    /// first swapping it out of the arbiter's sync set (so the standby may
+    /// still promote). Only for the test that shows the simulation's
+    /// checker catches it.
+    #[doc(hidden)]
+    pub testing_solo_without_arbiter_swap: bool,
 }
 
 impl Config {
@@ -349,6 +356,7 @@ impl Default for Config {
             max_request_ids: Config::DEFAULT_MAX_REQUEST_IDS,
             standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
+            testing_solo_without_arbiter_swap: false,
             arbiter: None,
         }
     }

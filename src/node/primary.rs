@@ -402,7 +402,9 @@ impl Node {
                 // the sync set lets us go on alone (`arbiter.rs`): the
                 // swap fails if the standby promoted, so neither contact
                 // since start nor the peer's confirmation is needed.
-                OnStandbyLoss::Solo if cfg.arbiter.is_some() => {
+                OnStandbyLoss::Solo
+                    if cfg.arbiter.is_some() && !cfg.testing_solo_without_arbiter_swap =>
+                {
                     if !p.wants_solo {
                         tracing::warn!(
                             "standby unreachable for sync_timeout: asking the arbiter to take it out of the sync set before acknowledging without it"

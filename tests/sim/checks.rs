@@ -6,8 +6,9 @@
 use super::cluster::Running;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use walrep::arbiter::Register;
 use walrep::testing::{FinalState, History, Observation, Violation};
-use walrep::{Lsn, NodeId, Replicator, RoleKind};
+use walrep::{CommitMode, Lsn, NodeId, Replicator, RoleKind};
 
 /// What the checks remember between steps.
 #[derive(Default)]
@@ -121,4 +122,40 @@ pub fn converged(running: &[(&'static str, Running)]) -> Result<(), Violation> {
         .map(|(name, node)| final_state(name, node, []))
         .collect();
     walrep::testing::converged(&states)
+}
+
+/// With the witness, once the nodes converged: its register (rebuilt by
+/// the nodes if it restarted from nothing) names the primary at its
+/// epoch and, where commits wait for the standby, holds the standby in
+/// the sync set again.
+pub fn register_agrees(
+    running: &[(&'static str, Running)],
+    register: Option<Register>,
+    commit: CommitMode,
+) -> Result<(), String> {
+    let Some(register) = register else {
+        return Err("the witness holds no register".into());
+    };
+    let Some((primary, node)) = running
+        .iter()
+        .find(|(_, n)| n.replica.health().role == RoleKind::Primary)
+    else {
+        return Err("no primary".into());
+    };
+    let epoch = node.replica.health().epoch;
+    if register.epoch != epoch || register.primary != Some(NodeId::from(*primary)) {
+        return Err(format!(
+            "the witness's register {register} does not name {primary}, primary of epoch {epoch}"
+        ));
+    }
+    if commit.is_sync() {
+        for (name, _) in running.iter().filter(|(n, _)| n != primary) {
+            if !register.sync_set.contains(&NodeId::from(*name)) {
+                return Err(format!(
+                    "the witness's register {register} does not hold the standby {name} in its sync set"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

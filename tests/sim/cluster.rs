@@ -1,16 +1,74 @@
 //! Two walrep nodes as turmoil hosts. Each host boots from its simulated
-//! disk, where only what was fsynced survives a crash.
+//! disk, where only what was fsynced survives a crash. With an arbiter, a
+//! third host runs the built-in witness over the simulated network, its
+//! register file in a directory that survives its crashes.
 
 use super::net;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use walrep::arbiter::{Register, WitnessClient, WitnessService};
 use walrep::testing::MemWal;
 use walrep::{CommitMode, Config, GrpcPeer, InitialRole, NodeId, OnStandbyLoss, Replica};
 use walrep_daemon::kv::KvStore;
 
 pub const PORT: u16 = 7000;
 pub const NODES: [&str; 2] = ["n1", "n2"];
+pub const CLUSTER: &str = "sim";
+/// The witness's host and port, with `Mode::arbiter`.
+pub const WITNESS: &str = "w";
+pub const WITNESS_PORT: u16 = 7010;
+
+/// The witness's data directory. Its file is written with fsync before
+/// the witness answers, and a crash of the host is a process crash, so a
+/// crash keeps it; `wipe` loses it (the witness restarted from nothing).
+pub struct WitnessDisk {
+    dir: tempfile::TempDir,
+    /// The service of the witness's running incarnation, for the checks
+    /// (its file is locked while it runs, so they cannot open it).
+    live: Mutex<Option<WitnessService>>,
+}
+
+impl Default for WitnessDisk {
+    fn default() -> WitnessDisk {
+        WitnessDisk {
+            dir: tempfile::tempdir().unwrap(),
+            live: Mutex::default(),
+        }
+    }
+}
+
+impl WitnessDisk {
+    /// The witness crashed: the checks let go of its service (and so of
+    /// its file's lock, which the next incarnation takes).
+    pub fn down(&self) {
+        self.live.lock().unwrap().take();
+    }
+
+    /// Empties the directory (while the witness is down).
+    pub fn wipe(&self) {
+        self.down();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+
+    /// The cluster's register as the running witness's file holds it
+    /// (`None`: the witness is down or holds none).
+    pub fn register(&self) -> Option<Register> {
+        let live = self.live.lock().unwrap();
+        let registers = live.as_ref()?.registers();
+        registers
+            .into_iter()
+            .find(|(c, _)| c == CLUSTER)
+            .map(|(_, r)| r)
+    }
+}
 
 /// A node's disk: the WAL as the last crash left it, a directory for the
 /// engine's durable snapshots (written with fsync, so a crash keeps them),
@@ -90,6 +148,29 @@ pub struct Mode {
     /// mistake): the one the other confirms first takes writes, the other
     /// follows it.
     pub both_start_as_primary: bool,
+    /// Each node's `Config::arbiter` is a `WitnessClient` of the witness
+    /// host.
+    pub arbiter: bool,
+    /// The deliberately broken arbiter rule
+    /// (`Config::testing_solo_without_arbiter_swap`), for the test that
+    /// shows the checker catches it.
+    pub break_solo_rule: bool,
+}
+
+impl Mode {
+    /// The common case: no broken rule, no arbiter, one primary started.
+    pub const fn new(commit: CommitMode, on_standby_loss: OnStandbyLoss) -> Mode {
+        Mode {
+            commit,
+            on_standby_loss,
+            break_commit_rule: false,
+            standby_sync_inline: false,
+            small_wal_and_chunks: false,
+            both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
+        }
+    }
 }
 
 /// `Config::wal_retention_bytes` with `Mode::small_wal_and_chunks`: a few
@@ -105,7 +186,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         peer_id: NodeId::from(peer),
         peer_addr: format!("{peer}:{PORT}"),
         advertise_addr: format!("{name}:{PORT}"),
-        cluster_id: "sim".into(),
+        cluster_id: CLUSTER.into(),
         initial_role: if name == NODES[0] || mode.both_start_as_primary {
             InitialRole::Primary
         } else {
@@ -120,6 +201,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         switchover_timeout: Duration::from_secs(2),
         reconnect_backoff_max: Duration::from_millis(200),
         testing_ack_before_standby_flush: mode.break_commit_rule,
+        testing_solo_without_arbiter_swap: mode.break_solo_rule,
         standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
     };
@@ -129,7 +211,42 @@ pub fn config(name: &str, mode: Mode) -> Config {
         // A stalled transfer fails (and resumes) within the fault's span.
         cfg.snapshot_timeout = Duration::from_secs(1);
     }
+    if mode.arbiter {
+        // Over a simulated channel with the peer channel's settings; made
+        // inside the node's host, whose runtime the channel needs.
+        let channel = net::channel(WITNESS, WITNESS_PORT, &cfg);
+        let addr = format!("{WITNESS}:{WITNESS_PORT}");
+        cfg.arbiter = Some(Arc::new(WitnessClient::from_channel(
+            channel,
+            &addr,
+            cfg.rpc_timeout,
+        )));
+    }
     cfg
+}
+
+/// Registers the witness as the host `WITNESS` of `sim`, serving the
+/// real `WitnessService` over the simulated network from `disk`.
+pub fn add_witness(sim: &mut turmoil::Sim<'_>, disk: &Arc<WitnessDisk>) {
+    let disk = disk.clone();
+    sim.host(WITNESS, move || {
+        let disk = disk.clone();
+        async move {
+            let service = WitnessService::open(disk.dir.path())?;
+            *disk.live.lock().unwrap() = Some(service.clone());
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", WITNESS_PORT)).await?;
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_millis(500)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(1)))
+                .serve_with_incoming_shutdown(
+                    service.into_server(),
+                    net::incoming(listener),
+                    std::future::pending(),
+                )
+                .await?;
+            Ok(())
+        }
+    });
 }
 
 /// Registers both nodes as hosts of `sim`.

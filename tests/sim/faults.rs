@@ -1,9 +1,12 @@
 //! A seeded schedule of faults: partitions (one-way too), stalls, latency,
 //! loss, crashes with restart. Printed with a failing seed so the run can be
 //! replayed exactly. `TransferCuts` adds faults in reaction to what a node
-//! does (a snapshot transfer under way), from the same seed.
+//! does (a snapshot transfer under way), from the same seed. With the
+//! witness (`Kinds::Arbiter`), link faults strike any two of the three
+//! hosts, crashes any one, and, more rarely, one host is cut off from both
+//! others or the witness restarts from nothing.
 
-use super::cluster::{NODES, Running};
+use super::cluster::{NODES, Running, WITNESS, WitnessDisk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -20,12 +23,14 @@ pub enum Kinds {
     /// it, comes back and resyncs from a snapshot; `TransferCuts` breaks
     /// that transfer part-way.
     SnapshotCut,
+    /// As `All`, over the three hosts of a cluster with the witness.
+    Arbiter,
 }
 
 #[derive(Clone, Debug)]
 pub enum Action {
-    Partition,
-    Repair,
+    Partition(&'static str, &'static str),
+    Repair(&'static str, &'static str),
     PartitionOneway {
         from: &'static str,
         to: &'static str,
@@ -34,15 +39,21 @@ pub enum Action {
         from: &'static str,
         to: &'static str,
     },
-    /// Messages between the nodes are held (a stalled link), then released.
-    Hold,
-    Release,
-    Latency(Duration),
+    /// Messages between two hosts are held (a stalled link), then released.
+    Hold(&'static str, &'static str),
+    Release(&'static str, &'static str),
+    Latency(&'static str, &'static str, Duration),
     /// The link partitions at random with this probability per tick (and
     /// heals at the builder's repair rate): a flapping link.
-    Flap(f64),
-    Steady,
+    Flap(&'static str, &'static str, f64),
+    Steady(&'static str, &'static str),
+    /// A host cut off from both others, then let back.
+    Isolate(&'static str),
+    Rejoin(&'static str),
     Crash(&'static str),
+    /// The witness crashes and its data directory is emptied; `Restart`
+    /// starts it from nothing.
+    WipeWitness,
     Restart(&'static str),
 }
 
@@ -95,8 +106,12 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
             quiet_after: up,
         };
     }
+    if kinds == Kinds::Arbiter {
+        return generate_with_witness(&mut rng, count, window);
+    }
     let mut events = Vec::new();
     let mut t = Duration::from_secs(1);
+    let [a, b] = NODES;
     for _ in 0..count {
         t += ms(&mut rng, 100, 1500);
         if t >= window {
@@ -107,22 +122,22 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
         let other = if node == NODES[0] { NODES[1] } else { NODES[0] };
         let choice = match kinds {
             Kinds::CrashesOnly => rng.random_range(0..3),
-            Kinds::All | Kinds::SnapshotCut => rng.random_range(0..7),
+            Kinds::All | Kinds::SnapshotCut | Kinds::Arbiter => rng.random_range(0..7),
         };
         let (start, end) = match choice {
             0 => (Action::Crash(node), Action::Restart(node)),
             // Latency beyond the RPC deadlines is a partition in effect, so
             // the crash-only schedule keeps it well below them.
             1 if kinds == Kinds::CrashesOnly => (
-                Action::Latency(ms(&mut rng, 2, 30)),
-                Action::Latency(Duration::from_millis(1)),
+                Action::Latency(a, b, ms(&mut rng, 2, 30)),
+                Action::Latency(a, b, Duration::from_millis(1)),
             ),
             1 => (
-                Action::Latency(ms(&mut rng, 5, 300)),
-                Action::Latency(Duration::from_millis(1)),
+                Action::Latency(a, b, ms(&mut rng, 5, 300)),
+                Action::Latency(a, b, Duration::from_millis(1)),
             ),
             2 => (Action::Crash(node), Action::Restart(node)),
-            3 => (Action::Partition, Action::Repair),
+            3 => (Action::Partition(a, b), Action::Repair(a, b)),
             4 => (
                 Action::PartitionOneway {
                     from: node,
@@ -133,8 +148,11 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
                     to: other,
                 },
             ),
-            5 => (Action::Hold, Action::Release),
-            _ => (Action::Flap(rng.random_range(0.001..0.02)), Action::Steady),
+            5 => (Action::Hold(a, b), Action::Release(a, b)),
+            _ => (
+                Action::Flap(a, b, rng.random_range(0.001..0.02)),
+                Action::Steady(a, b),
+            ),
         };
         events.push(Event {
             at: t,
@@ -149,22 +167,102 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
     }
 }
 
-pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action) {
-    let [a, b] = NODES;
+/// The three hosts of a cluster with the witness.
+const HOSTS: [&str; 3] = [NODES[0], NODES[1], WITNESS];
+
+/// Two different hosts of the three, chosen from `rng`.
+fn pair(rng: &mut StdRng) -> (&'static str, &'static str) {
+    let i = rng.random_range(0..3);
+    let j = (i + rng.random_range(1..3)) % 3;
+    (HOSTS[i], HOSTS[j])
+}
+
+/// `generate` with the witness: as `Kinds::All`, each link fault on a
+/// pair of the three hosts and each crash of any one of them; also one
+/// host cut off from both others (the primary cut from its standby and
+/// the arbiter), and, rarer, the witness restarted from nothing.
+fn generate_with_witness(rng: &mut StdRng, count: usize, window: Duration) -> Schedule {
+    let mut events = Vec::new();
+    let mut t = Duration::from_secs(1);
+    for _ in 0..count {
+        t += ms(rng, 100, 1500);
+        if t >= window {
+            break;
+        }
+        let lasting = ms(rng, 200, 3000);
+        let host = HOSTS[rng.random_range(0..3)];
+        let (a, b) = pair(rng);
+        let (start, end) = if rng.random_bool(0.04) {
+            (Action::WipeWitness, Action::Restart(WITNESS))
+        } else {
+            match rng.random_range(0..8) {
+                0 | 1 => (Action::Crash(host), Action::Restart(host)),
+                2 => (
+                    Action::Latency(a, b, ms(rng, 5, 300)),
+                    Action::Latency(a, b, Duration::from_millis(1)),
+                ),
+                3 => (Action::Partition(a, b), Action::Repair(a, b)),
+                4 => (
+                    Action::PartitionOneway { from: a, to: b },
+                    Action::RepairOneway { from: a, to: b },
+                ),
+                5 => (Action::Hold(a, b), Action::Release(a, b)),
+                6 => (
+                    Action::Flap(a, b, rng.random_range(0.001..0.02)),
+                    Action::Steady(a, b),
+                ),
+                _ => (Action::Isolate(host), Action::Rejoin(host)),
+            }
+        };
+        events.push(Event {
+            at: t,
+            action: start,
+        });
+        t += lasting;
+        events.push(Event { at: t, action: end });
+    }
+    Schedule {
+        quiet_after: t,
+        events,
+    }
+}
+
+/// Applies `action` to `sim`; `witness` is the witness's directory, for
+/// `WipeWitness`.
+pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, witness: Option<&WitnessDisk>) {
     match *action {
-        Action::Partition => sim.partition(a, b),
-        Action::Repair => sim.repair(a, b),
+        Action::Partition(a, b) => sim.partition(a, b),
+        Action::Repair(a, b) => sim.repair(a, b),
         Action::PartitionOneway { from, to } => sim.partition_oneway(from, to),
         Action::RepairOneway { from, to } => sim.repair_oneway(from, to),
-        Action::Hold => sim.hold(a, b),
-        Action::Release => sim.release(a, b),
-        Action::Latency(d) => sim.set_link_latency(a, b, d),
-        Action::Flap(rate) => sim.set_link_fail_rate(a, b, rate),
-        Action::Steady => {
+        Action::Hold(a, b) => sim.hold(a, b),
+        Action::Release(a, b) => sim.release(a, b),
+        Action::Latency(a, b, d) => sim.set_link_latency(a, b, d),
+        Action::Flap(a, b, rate) => sim.set_link_fail_rate(a, b, rate),
+        Action::Steady(a, b) => {
             sim.set_link_fail_rate(a, b, 0.0);
             sim.repair(a, b);
         }
-        Action::Crash(n) => sim.crash(n),
+        Action::Isolate(host) => {
+            for other in HOSTS.into_iter().filter(|h| *h != host) {
+                sim.partition(host, other);
+            }
+        }
+        Action::Rejoin(host) => {
+            for other in HOSTS.into_iter().filter(|h| *h != host) {
+                sim.repair(host, other);
+            }
+        }
+        Action::Crash(n) => {
+            sim.crash(n);
+            if n == WITNESS {
+                witness.expect("a witness in this scenario").down();
+            }
+        }
+        Action::WipeWitness => {
+            sim.crash(WITNESS);
+            witness.expect("a witness to wipe in this scenario").wipe();
+        }
         Action::Restart(n) => sim.bounce(n),
     }
 }
@@ -240,7 +338,7 @@ impl TransferCuts {
                 NODES[0]
             };
             let (cut, undo) = match self.rng.random_range(0..4) {
-                0 => (Action::Partition, Action::Repair),
+                0 => (Action::Partition(name, other), Action::Repair(name, other)),
                 1 => (
                     Action::PartitionOneway {
                         from: other,
@@ -251,7 +349,7 @@ impl TransferCuts {
                         to: name,
                     },
                 ),
-                2 => (Action::Hold, Action::Release),
+                2 => (Action::Hold(name, other), Action::Release(name, other)),
                 _ => (Action::Crash(name), Action::Restart(name)),
             };
             let lasting = ms(&mut self.rng, 100, 2000);

@@ -6,6 +6,14 @@
 //! One scenario breaks a standby's snapshot resync part-way (partitions,
 //! held links, crashes of the receiver) and checks that it resumes and
 //! converges with no acknowledged write lost.
+//! Two scenarios add the arbiter: the real witness (`WitnessService`) as a
+//! third turmoil host `w`, each node's `Config::arbiter` a `WitnessClient`
+//! over the simulated network, with faults between any two of the three
+//! hosts, crashes of any one, a host cut off from both others and, rarer,
+//! the witness restarted from nothing (the nodes must rebuild its
+//! register). `remote-flush/solo/arbiter/all-faults` promises that nothing
+//! acknowledged is lost in `solo` under any of them; at the end the
+//! witness's register must name the primary with the standby in sync.
 //!
 //! `cargo test --test sim` runs a fixed seed set. More seeds:
 //! `WALREP_SIM_SEEDS=2000 cargo test --release --test sim -- --nocapture many_seeds`
@@ -19,7 +27,7 @@ mod witness;
 
 use bytes::Bytes;
 use checks::Observed;
-use cluster::{Disk, Mode, Registry};
+use cluster::{Disk, Mode, Registry, WitnessDisk};
 use faults::{Kinds, Schedule, TransferCuts};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -46,8 +54,8 @@ struct Scenario {
 }
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
-// two scenarios that promise no loss run that way, the others offload.
-const SCENARIOS: [Scenario; 5] = [
+// scenarios that promise no loss run that way, the others offload.
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "remote-flush/block/all-faults",
         mode: Mode {
@@ -57,6 +65,8 @@ const SCENARIOS: [Scenario; 5] = [
             standby_sync_inline: true,
             small_wal_and_chunks: false,
             both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -71,6 +81,8 @@ const SCENARIOS: [Scenario; 5] = [
             standby_sync_inline: true,
             small_wal_and_chunks: false,
             both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -87,6 +99,8 @@ const SCENARIOS: [Scenario; 5] = [
             standby_sync_inline: false,
             small_wal_and_chunks: false,
             both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -104,6 +118,8 @@ const SCENARIOS: [Scenario; 5] = [
             standby_sync_inline: false,
             small_wal_and_chunks: false,
             both_start_as_primary: true,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -122,12 +138,46 @@ const SCENARIOS: [Scenario; 5] = [
             standby_sync_inline: true,
             small_wal_and_chunks: true,
             both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::SnapshotCut,
         durability: Durability::NoAcknowledgedWriteLost,
         value_bytes: 512,
     },
+    Scenario {
+        // With the witness as a third host, `solo` goes on alone only
+        // after a swap took the standby out of the sync set, and a standby
+        // promotes only from it: no partition of any two hosts, no crash
+        // of any one, not even the witness restarted from nothing, loses
+        // an acknowledged write.
+        name: ARBITER_SCENARIO,
+        mode: ARBITER_MODE,
+        kinds: Kinds::Arbiter,
+        durability: Durability::NoAcknowledgedWriteLost,
+        value_bytes: 0,
+    },
+    Scenario {
+        // Both nodes started as primary on fresh disks, with the witness:
+        // only the one whose create swap wins takes writes (G1 all along).
+        name: "async/all-faults/both-started-as-primary/arbiter",
+        mode: Mode {
+            both_start_as_primary: true,
+            arbiter: true,
+            ..Mode::new(CommitMode::Async, OnStandbyLoss::Solo)
+        },
+        kinds: Kinds::Arbiter,
+        durability: Durability::LossAllowed,
+        value_bytes: 0,
+    },
 ];
+
+const ARBITER_SCENARIO: &str = "remote-flush/solo/arbiter/all-faults";
+const ARBITER_MODE: Mode = Mode {
+    standby_sync_inline: true,
+    arbiter: true,
+    ..Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Solo)
+};
 
 /// What one run did, for the summary.
 #[derive(Default, Debug)]
@@ -143,6 +193,10 @@ struct Report {
     resumed_bytes: u64,
     /// Snapshots restored.
     resyncs: u64,
+    /// The witness was restarted from nothing.
+    witness_wiped: bool,
+    /// The witness's file holds the cluster's register at the end.
+    witness_rebuilt: bool,
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -217,6 +271,13 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         .build();
     let disks = [Arc::new(Disk::default()), Arc::new(Disk::default())];
     let registry = Registry::default();
+    let witness = scenario
+        .mode
+        .arbiter
+        .then(|| Arc::new(WitnessDisk::default()));
+    if let Some(witness) = &witness {
+        cluster::add_witness(&mut sim, witness);
+    }
     cluster::add_hosts(&mut sim, scenario.mode, &disks, &registry);
     let log = Arc::new(Mutex::new(ClientLog::default()));
     sim.client(
@@ -231,6 +292,10 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
 
     let mut report = Report {
         faults: schedule.events.len() / 2,
+        witness_wiped: schedule
+            .events
+            .iter()
+            .any(|e| matches!(e.action, faults::Action::WipeWitness)),
         ..Report::default()
     };
     let mut obs = Observed::default();
@@ -260,7 +325,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         let now = sim.elapsed();
         while let Some(e) = schedule.events.get(next_event).filter(|e| e.at <= now) {
             crash(&registry, &mut incarnation, &e.action);
-            faults::apply(&mut sim, &e.action);
+            faults::apply(&mut sim, &e.action, witness.as_deref());
             next_event += 1;
         }
         sim.step().map_err(|e| format!("simulation error: {e}"))?;
@@ -268,7 +333,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         if let Some(cuts) = cuts.as_mut() {
             for action in cuts.step(sim.elapsed(), &running, &incarnation) {
                 crash(&registry, &mut incarnation, &action);
-                faults::apply(&mut sim, &action);
+                faults::apply(&mut sim, &action, witness.as_deref());
             }
             if cuts.in_force() {
                 quiet_at = quiet_at.max(sim.elapsed());
@@ -284,13 +349,19 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         checks::applied_within_flushed(&mut obs, &running, &incarnation)
             .map_err(|v| format!("{v}\nsnapshot transfer cuts:\n{}", cut_log(&cuts)))?;
         obs.checks += 1;
-        if now > quiet_at && checks::converged(&running).is_ok() {
+        // With the witness, convergence includes its register.
+        let register_agrees = || match &witness {
+            Some(w) => checks::register_agrees(&running, w.register(), scenario.mode.commit),
+            None => Ok(()),
+        };
+        if now > quiet_at && checks::converged(&running).is_ok() && register_agrees().is_ok() {
             report.converged_after = now - quiet_at;
             break;
         }
         if now > quiet_at + CONVERGE_WITHIN {
             checks::converged(&running)
                 .map_err(|v| format!("{v}\nsnapshot transfer cuts:\n{}", cut_log(&cuts)))?;
+            register_agrees().map_err(|v| format!("G4: {v}"))?;
         }
     }
     report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
@@ -317,6 +388,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         )
     })?;
     report.checks = obs.checks;
+    report.witness_rebuilt = witness.as_ref().is_some_and(|w| w.register().is_some());
     Ok(report)
 }
 
@@ -335,6 +407,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     // Seeds with a snapshot cut part-way, seeds that resumed one, cuts,
     // bytes resumed, resyncs.
     let mut transfers: BTreeMap<&str, (u64, u64, usize, u64, u64)> = BTreeMap::new();
+    // Seeds that restarted the witness from nothing, and those whose
+    // witness held the register again at the end.
+    let mut wipes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut worst_converge = Duration::ZERO;
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
     for seed in seeds {
@@ -350,6 +425,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                     t.2 += r.acked;
                     t.3 += r.checks;
                     worst_converge = worst_converge.max(r.converged_after);
+                    if scenario.mode.arbiter {
+                        let w = wipes.entry(scenario.name).or_default();
+                        w.0 += u64::from(r.witness_wiped);
+                        w.1 += u64::from(r.witness_wiped && r.witness_rebuilt);
+                    }
                     if scenario.kinds == Kinds::SnapshotCut {
                         let s = transfers.entry(scenario.name).or_default();
                         s.0 += u64::from(r.snapshot_cuts > 0);
@@ -380,6 +460,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     for (name, (cut, resumed, cuts, bytes, resyncs)) in &transfers {
         println!(
             "  {name}: {cut} seeds cut a snapshot transfer part-way ({cuts} cuts), {resumed} resumed one ({bytes} bytes not sent again), {resyncs} snapshots restored"
+        );
+    }
+    for (name, (wiped, rebuilt)) in &wipes {
+        println!(
+            "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end"
         );
     }
     println!("  slowest convergence after the last fault: {worst_converge:?}");
@@ -438,6 +523,8 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             standby_sync_inline: false,
             small_wal_and_chunks: false,
             both_start_as_primary: false,
+            arbiter: false,
+            break_solo_rule: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -445,6 +532,31 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
     };
     let caught = (0..20).find_map(|seed| run(seed, broken).err());
     let violation = caught.expect("no seed exposed the broken rule");
+    assert!(violation.contains("\nG2: "), "{violation}");
+}
+
+/// The arbiter scenario is not blind either: with the primary going on
+/// alone without first swapping its standby out of the sync set, a
+/// partition between the nodes lets the standby promote through the
+/// witness while the old primary acknowledges alone, and G2 says so.
+#[test]
+fn the_checker_catches_going_solo_without_the_arbiters_swap() {
+    let broken = Scenario {
+        name: "broken-solo-rule",
+        mode: Mode {
+            break_solo_rule: true,
+            ..ARBITER_MODE
+        },
+        kinds: Kinds::Arbiter,
+        durability: Durability::NoAcknowledgedWriteLost,
+        value_bytes: 0,
+    };
+    // Seed 11 is the first of 0..20 whose schedule cuts the primary off
+    // long enough (a seed of 8..12 keeps the debug run short).
+    let caught = (8..12).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
+    let (seed, violation) = caught.expect("no seed exposed the broken rule");
+    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
+    println!("seed {seed} exposed the broken rule: {first}");
     assert!(violation.contains("\nG2: "), "{violation}");
 }
 
