@@ -451,6 +451,27 @@ impl Node {
             && matches!(self.role, Role::Primary(_))
         {
             match register.primary.as_ref() {
+                // A primary never confirmed, named by a register whose sync
+                // set holds its standby (only a confirmed primary puts one
+                // there; a create or a rebuild leaves it empty), lost the
+                // data it was confirmed with: its directory was wiped. It
+                // must not take writes over what its standby holds.
+                Some(primary)
+                    if *primary == me
+                        && !register.sync_set.is_empty()
+                        && matches!(&self.role, Role::Primary(p) if !p.confirmed) =>
+                {
+                    let why = format!(
+                        "the arbiter's register (v{}) names this node primary of epoch {} with its standby in the sync set, but this node's data directory is fresh: it was wiped after the node took writes, and the standby holds acknowledged writes it lacks; refusing writes: start this node as a standby on an empty data directory (it resyncs from the standby once that promotes), or `promote --force` it to keep it as it is",
+                        register.version, self.epoch
+                    );
+                    if let Some(link) = self.arbiter.as_mut()
+                        && link.held_back.as_ref() != Some(&why)
+                    {
+                        tracing::error!("{why}");
+                        link.held_back = Some(why);
+                    }
+                }
                 // Nothing to a primary confirmed already.
                 Some(primary) if *primary == me => {
                     self.on_confirmed(&format!(

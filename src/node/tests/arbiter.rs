@@ -637,3 +637,28 @@ fn a_promotion_refused_by_the_arbiter_or_that_the_role_can_no_longer_take_is_dro
         "a failed node asks for no promotion: {later:?}"
     );
 }
+
+#[test]
+fn a_primary_whose_data_directory_was_wiped_is_not_confirmed_by_the_register_naming_it() {
+    // n1 was the primary of epoch 1, took writes and put n2 into the sync
+    // set (register v2); its directory was wiped and it was started as
+    // primary again: a fresh node, which the register names.
+    let (mut wiped, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    wiped.cfg = with_arbiter(wiped.cfg.clone());
+    wiped.arbiter = Some(Default::default());
+    knows(&mut wiped, t(10), register(2, 1, "n1", &["n2"]));
+    assert!(refuses_writes_until_confirmed(&wiped));
+    let held = wiped.arbiter_status().unwrap().held_back.unwrap();
+    assert!(held.contains("wiped"), "{held}");
+
+    // A fresh primary that crashed after its create swap, before it saved
+    // the confirmation, finds the register as it created it (v1, or above
+    // after a witness rebuilt it), its sync set empty: confirmed.
+    for version in [1, 5] {
+        let (mut restarted, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+        restarted.cfg = with_arbiter(restarted.cfg.clone());
+        restarted.arbiter = Some(Default::default());
+        knows(&mut restarted, t(10), register(version, 1, "n1", &[]));
+        assert!(restarted.check_writable().is_ok(), "v{version}");
+    }
+}
