@@ -148,13 +148,8 @@ impl Node {
             && !self.may_take_promotion(p.kind)
         {
             let role = self.role.kind();
-            self.arbiter.as_mut().expect("checked above").promotion = None;
             tracing::info!(kind = ?p.kind, %role, "not promoting: this node can no longer take the epoch");
-            if p.operator {
-                self.emit(Effect::ReplyPromote(Err(format!(
-                    "this node became {role} during the promotion"
-                ))));
-            }
+            self.abandon_promotion(format!("this node became {role} during the promotion"));
         }
         let Some(link) = &self.arbiter else { return };
         if link.asking.is_some() {
@@ -329,13 +324,19 @@ impl Node {
     /// A newer epoch led by another node exists: a promotion waiting for
     /// the arbiter is over; an operator waiting for it is told.
     pub(super) fn drop_promotion(&mut self, epoch: Epoch) {
+        self.abandon_promotion(format!(
+            "epoch {epoch} appeared during the promotion; this node follows it"
+        ));
+    }
+
+    /// The promotion waiting for the arbiter will not happen: an operator
+    /// waiting for it is told `why`.
+    fn abandon_promotion(&mut self, why: String) {
         let Some(promotion) = self.arbiter.as_mut().and_then(|l| l.promotion.take()) else {
             return;
         };
         if promotion.operator {
-            self.emit(Effect::ReplyPromote(Err(format!(
-                "epoch {epoch} appeared during the promotion; this node follows it"
-            ))));
+            self.emit(Effect::ReplyPromote(Err(why)));
         }
     }
 
@@ -418,14 +419,9 @@ impl Node {
                 let epoch = self.epoch.next();
                 self.take_epoch(epoch, p.kind, p.operator);
             }
-            (ArbiterPurpose::Promote(kind), Some(p)) => {
-                self.arbiter.as_mut().expect("pending above").promotion = None;
+            (ArbiterPurpose::Promote(kind), Some(_)) => {
                 tracing::warn!(?kind, %error, "the arbiter refused the promotion; not promoting");
-                if p.operator {
-                    self.emit(Effect::ReplyPromote(Err(format!(
-                        "the arbiter refused the promotion: {error}"
-                    ))));
-                }
+                self.abandon_promotion(format!("the arbiter refused the promotion: {error}"));
             }
             _ => {}
         }

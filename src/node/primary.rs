@@ -190,18 +190,17 @@ impl Primary {
                     .into(),
             });
         }
-        if self.link == Link::Blocked && cfg.arbiter.is_some() {
-            return Err(WriteRefusal::Unavailable {
-                reason: format!(
-                    "the standby has been unreachable for more than sync_timeout ({:?}) and the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers",
-                    cfg.sync_timeout
-                ),
-            });
-        }
         if self.link == Link::Blocked {
+            // Blocked waiting to go solo: only the arbiter's swap was
+            // missing (`block_without_arbiter`); else the `block` policy.
+            let why = if self.wants_solo {
+                "the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers"
+            } else {
+                "on_standby_loss = block; writes resume when it is back"
+            };
             return Err(WriteRefusal::Unavailable {
                 reason: format!(
-                    "the standby has been unreachable for more than sync_timeout ({:?}) and on_standby_loss = block; writes resume when it is back",
+                    "the standby has been unreachable for more than sync_timeout ({:?}) and {why}",
                     cfg.sync_timeout
                 ),
             });
@@ -426,12 +425,7 @@ impl Node {
                     tracing::warn!(
                         "standby unreachable for sync_timeout: refusing writes (on_standby_loss = block)"
                     );
-                    p.link = Link::Blocked;
-                    p.pending.clear();
-                    self.emit(Effect::FailWaiters {
-                        up_to: None,
-                        failure: WaiterFailure::SyncTimeout,
-                    });
+                    self.refuse_writes_until_answered();
                 }
             }
         }
@@ -469,6 +463,20 @@ impl Node {
         }
     }
 
+    /// The standby is lost and we may not go on alone: every waiting write
+    /// fails (`SyncTimeout`: its outcome is unknown) and new ones are
+    /// refused until the standby (or, with an arbiter, the arbiter)
+    /// answers.
+    fn refuse_writes_until_answered(&mut self) {
+        let Some(p) = self.primary() else { return };
+        p.link = Link::Blocked;
+        p.pending.clear();
+        self.emit(Effect::FailWaiters {
+            up_to: None,
+            failure: WaiterFailure::SyncTimeout,
+        });
+    }
+
     /// The arbiter took the lost standby out of the sync set: it can no
     /// longer promote, so we acknowledge without it.
     pub(super) fn go_solo_after_swap(&mut self) {
@@ -494,12 +502,7 @@ impl Node {
         }
         if p.link == Link::Sync {
             tracing::warn!(%error, "standby lost and the arbiter did not answer: refusing writes until one of them does");
-            p.link = Link::Blocked;
-            p.pending.clear();
-            self.emit(Effect::FailWaiters {
-                up_to: None,
-                failure: WaiterFailure::SyncTimeout,
-            });
+            self.refuse_writes_until_answered();
         }
         self.hold_back(format!(
             "the standby is lost, but the arbiter did not take it out of the sync set: {error}"

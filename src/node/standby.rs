@@ -183,7 +183,7 @@ impl Node {
     /// An operator's forced promotion: through the arbiter when there is
     /// one (it goes ahead without it if the arbiter does not answer).
     fn start_forced_promotion(&mut self) {
-        if self.arbiter.is_some() {
+        if self.has_arbiter() {
             self.promote_through_arbiter(super::Promotion::Forced, true);
         } else {
             self.start_promotion(true, true);
@@ -281,7 +281,7 @@ impl Node {
             Role::Standby(s) if s.planned_until.is_some() => {
                 s.planned_until = None;
                 match confirmed_last_lsn {
-                    Some(last) if self.flushed >= last && self.arbiter.is_some() => {
+                    Some(last) if self.flushed >= last && self.has_arbiter() => {
                         self.promote_through_arbiter(super::Promotion::Switchover, true);
                     }
                     Some(last) if self.flushed >= last => {
