@@ -13,6 +13,26 @@ fn with_arbiter(cfg: Config) -> Config {
     }
 }
 
+/// A node started as primary on a fresh data directory, as `id` with peer
+/// `peer`, with an arbiter.
+fn fresh_primary_with_arbiter(id: &str, peer: &str) -> Node {
+    let cfg = Config {
+        initial_role: crate::InitialRole::Primary,
+        node_id: NodeId::from(id),
+        peer_id: NodeId::from(peer),
+        ..with_arbiter(cfg())
+    };
+    new_node(cfg, WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0)).0
+}
+
+/// An operator's promotion over the RPC, forced or planned.
+fn promote(force: bool) -> Event {
+    Event::PromoteRequested {
+        force,
+        from: PromoteFrom::Rpc,
+    }
+}
+
 fn register(version: u64, epoch: u64, primary: &str, sync_set: &[&str]) -> Register {
     Register {
         version,
@@ -330,12 +350,8 @@ fn a_standby_reenters_the_sync_set_caught_up_and_is_told_so_only_after_the_swap(
 
 #[test]
 fn two_fresh_primaries_with_an_arbiter_converge_on_the_create_winner() {
-    let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-    let (mut n2, _) = fresh_primary("n2", "n1", CommitMode::RemoteFlush);
-    n1.cfg = with_arbiter(n1.cfg.clone());
-    n2.cfg = with_arbiter(n2.cfg.clone());
-    n1.arbiter = Some(Default::default());
-    n2.arbiter = Some(Default::default());
+    let mut n1 = fresh_primary_with_arbiter("n1", "n2");
+    let mut n2 = fresh_primary_with_arbiter("n2", "n1");
     // Both read an empty register, both ask to create it.
     let c1 = knows(&mut n1, t(10), Register::default());
     let c2 = knows(&mut n2, t(10), Register::default());
@@ -365,9 +381,7 @@ fn two_fresh_primaries_with_an_arbiter_converge_on_the_create_winner() {
     assert_eq!(n2.role(), RoleKind::Standby);
     // A peer's heartbeat does not confirm a fresh primary with an arbiter,
     // nor make one step down: only the register decides.
-    let (mut n3, _) = fresh_primary("n2", "n1", CommitMode::RemoteFlush);
-    n3.cfg = with_arbiter(n3.cfg.clone());
-    n3.arbiter = Some(Default::default());
+    let mut n3 = fresh_primary_with_arbiter("n2", "n1");
     n3.step(t(5), Event::StandbyReachable);
     assert!(refuses_writes_until_confirmed(&n3));
     n3.step(t(6), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
@@ -427,13 +441,7 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
     // disk, then the arbiter does not answer: promote anyway.
     let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
     knows(&mut node, t(100), register(3, 1, "n2", &["n1"]));
-    node.step(
-        t(200),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    node.step(t(200), promote(false));
     let effects = node.step(
         t(210),
         Event::FenceSent {
@@ -449,13 +457,7 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
     // Forced, arbiter unreachable: goes ahead and fences the peer.
     let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
     knows(&mut forced, t(100), register(3, 1, "n2", &[]));
-    let effects = forced.step(
-        t(200),
-        Event::PromoteRequested {
-            force: true,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let effects = forced.step(t(200), promote(true));
     let (purpose, ..) = the_swap(&effects);
     assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Forced));
     let effects = answer(&mut forced, t(220), purpose, unreachable());
@@ -545,13 +547,7 @@ fn a_switchover_or_a_forced_promotion_goes_ahead_when_the_arbiter_never_answered
     // Forced, the standby never had an answer from the arbiter.
     let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
     first_read(&mut forced, t(100), unreachable());
-    let asked = forced.step(
-        t(2000),
-        Event::PromoteRequested {
-            force: true,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let asked = forced.step(t(2000), promote(true));
     let mut all = answer_all(&mut forced, t(2000), &asked, &unreachable());
     for now in (2000..=4000).step_by(100) {
         let effects = forced.step(t(now), Event::Tick);
@@ -570,13 +566,7 @@ fn a_switchover_or_a_forced_promotion_goes_ahead_when_the_arbiter_never_answered
     // since we started, never answered.
     let mut planned = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
     first_read(&mut planned, t(100), unreachable());
-    planned.step(
-        t(200),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    planned.step(t(200), promote(false));
     let asked = planned.step(
         t(210),
         Event::FenceSent {
@@ -599,13 +589,7 @@ fn a_promotion_refused_by_the_arbiter_or_that_the_role_can_no_longer_take_is_dro
     // is persisted.
     let mut forced = standby_in_contact(with_arbiter(cfg()), SyncState::NotSync, t(100));
     knows(&mut forced, t(100), register(3, 1, "n2", &[]));
-    let effects = forced.step(
-        t(200),
-        Event::PromoteRequested {
-            force: true,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let effects = forced.step(t(200), promote(true));
     let (purpose, ..) = the_swap(&effects);
     let answered = answer(&mut forced, t(210), purpose, refused("permission denied"));
     assert!(!persists(&answered));
@@ -643,9 +627,7 @@ fn a_primary_whose_data_directory_was_wiped_is_not_confirmed_by_the_register_nam
     // n1 was the primary of epoch 1, took writes and put n2 into the sync
     // set (register v2); its directory was wiped and it was started as
     // primary again: a fresh node, which the register names.
-    let (mut wiped, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-    wiped.cfg = with_arbiter(wiped.cfg.clone());
-    wiped.arbiter = Some(Default::default());
+    let mut wiped = fresh_primary_with_arbiter("n1", "n2");
     knows(&mut wiped, t(10), register(2, 1, "n1", &["n2"]));
     assert!(refuses_writes_until_confirmed(&wiped));
     let held = wiped.arbiter_status().unwrap().held_back.unwrap();
@@ -655,9 +637,7 @@ fn a_primary_whose_data_directory_was_wiped_is_not_confirmed_by_the_register_nam
     // the confirmation, finds the register as it created it (v1, or above
     // after a witness rebuilt it), its sync set empty: confirmed.
     for version in [1, 5] {
-        let (mut restarted, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-        restarted.cfg = with_arbiter(restarted.cfg.clone());
-        restarted.arbiter = Some(Default::default());
+        let mut restarted = fresh_primary_with_arbiter("n1", "n2");
         knows(&mut restarted, t(10), register(version, 1, "n1", &[]));
         assert!(restarted.check_writable().is_ok(), "v{version}");
     }
