@@ -105,17 +105,10 @@ impl ArbiterUrl {
 
 impl fmt::Display for ArbiterUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoint = |e: &EtcdEndpoint| {
-            if e.host.contains(':') {
-                format!("[{}]:{}", e.host, e.port)
-            } else {
-                format!("{}:{}", e.host, e.port)
-            }
-        };
         match self {
-            ArbiterUrl::Witness(e) => write!(f, "witness://{}", endpoint(e)),
+            ArbiterUrl::Witness(e) => write!(f, "witness://{e}"),
             ArbiterUrl::Etcd(t) => {
-                let list: Vec<String> = t.endpoints.iter().map(endpoint).collect();
+                let list: Vec<String> = t.endpoints.iter().map(ToString::to_string).collect();
                 write!(f, "etcd://{}{}", list.join(","), t.prefix)
             }
         }

@@ -40,19 +40,18 @@ impl fmt::Debug for WitnessClient {
 /// `HOST:PORT` of a witness address given as `HOST:PORT` or
 /// `witness://HOST:PORT`.
 pub fn witness_host_port(addr: &str) -> Result<String, crate::Error> {
-    let rest = addr.strip_prefix("witness://").unwrap_or(addr);
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    match rest.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty()
-                && !host.contains('/')
-                && !rest.contains("://")
-                && port.parse::<u16>().is_ok() =>
-        {
-            Ok(rest.to_string())
-        }
-        _ => Err(crate::Error::InvalidInput(format!(
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("witness://{addr}")
+    };
+    match crate::arbiter::ArbiterUrl::parse(&url) {
+        Ok(crate::arbiter::ArbiterUrl::Witness(endpoint)) => Ok(endpoint.to_string()),
+        Ok(_) => Err(crate::Error::InvalidInput(format!(
             "witness address {addr:?} is not HOST:PORT or witness://HOST:PORT"
+        ))),
+        Err(e) => Err(crate::Error::InvalidInput(format!(
+            "witness address {addr:?} is not HOST:PORT or witness://HOST:PORT: {e}"
         ))),
     }
 }
