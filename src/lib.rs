@@ -70,7 +70,7 @@ pub use replicator::{Applied, Health, PeerHealth, Replicator};
 #[cfg(feature = "tls")]
 pub use runtime::serve_tls;
 pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
-pub use state_machine::{SnapshotFile, StateMachine, StateMachineError};
+pub use state_machine::{SnapshotFile, SnapshotSource, StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 #[cfg(feature = "tls")]
 pub use transport::{PeerIdentity, Tls, TlsError, TlsFiles};

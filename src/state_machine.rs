@@ -106,6 +106,33 @@ impl std::fmt::Debug for SnapshotFile {
     }
 }
 
+/// A consistent copy of the state that the engine produces on demand,
+/// from a frozen view of it, instead of writing it out first
+/// (`StateMachine::snapshot_source`): a copy-on-write clone of an
+/// in-memory map, an MVCC read view. walrep sends its bytes as it reads
+/// them, so the transfer starts at once and no store-sized copy is made
+/// on the primary.
+///
+/// The bytes are the encoding `snapshot` would write and `restore` reads,
+/// and cover every record up to `lsn()` and none after. Every reader
+/// opened at an offset yields exactly the bytes from that offset to
+/// `total_bytes()`, the same each time, whatever the engine applied since:
+/// walrep opens one reader per transfer, from offset 0 or from where a cut
+/// transfer stopped, and several transfers may read at once on different
+/// threads. walrep drops the source (and with it the view) when it is
+/// replaced, goes stale, or stays unused for a while.
+pub trait SnapshotSource: Send + Sync {
+    /// The last record the copy covers.
+    fn lsn(&self) -> Lsn;
+
+    /// Its length in bytes, known before any byte is produced.
+    fn total_bytes(&self) -> u64;
+
+    /// A reader of the bytes from `offset` (at most `total_bytes()`) to
+    /// the end. Called on a blocking thread; the reader is read there too.
+    fn read_from(&self, offset: u64) -> Result<Box<dyn Read + Send>, StateMachineError>;
+}
+
 /// Implemented by the engine: what a committed record does to its state.
 ///
 /// Order and concurrency: walrep calls `apply_batch` (whose default calls
@@ -234,6 +261,16 @@ pub trait StateMachine: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A consistent copy of the state that the engine produces as it is
+    /// read (see `SnapshotSource`), sparing both the copy `snapshot` makes
+    /// and the disk. Called on a blocking thread and tried before
+    /// `snapshot_file` and `snapshot`: `Ok(None)` (the default) means the
+    /// engine has none; an error abandons this snapshot as `snapshot`'s
+    /// does.
+    fn snapshot_source(&self) -> Result<Option<Box<dyn SnapshotSource>>, StateMachineError> {
+        Ok(None)
+    }
+
     /// Replaces the whole state with the snapshot read from `input` (bytes
     /// an earlier `snapshot` wrote, checked end to end), which covers every
     /// record up to `lsn`; afterwards `applied_lsn() == lsn`. Read as you
@@ -268,5 +305,48 @@ pub trait StateMachine: Send + Sync + 'static {
             )
         })?;
         self.restore(lsn, &mut std::io::BufReader::with_capacity(256 << 10, file))
+    }
+
+    /// Whether walrep should call `restore_while_receiving` on a standby
+    /// instead of `restore_file`: an engine that can build its new state
+    /// while the snapshot arrives says `true`, and the restore then
+    /// overlaps the transfer instead of following it. The default is
+    /// `false`.
+    fn restores_while_receiving(&self) -> bool {
+        false
+    }
+
+    /// Replaces the whole state with the snapshot that `incoming` yields
+    /// as it arrives from the primary: `len` bytes (as the primary
+    /// announced them) covering every record up to `lsn`; afterwards
+    /// `applied_lsn() == lsn`. Called on a blocking
+    /// thread instead of `restore_file` when `restores_while_receiving`
+    /// says so, as soon as the transfer starts.
+    ///
+    /// `incoming` ends (`Ok(0)`) only once every byte arrived and the
+    /// whole snapshot is in the file at `path`, fsynced and checked for
+    /// length and CRC32C, exactly as `restore_file` would get it; until
+    /// then the file is being written and the engine must not touch it.
+    /// After the end the file is the engine's, as in `restore_file` (it
+    /// may move it into its store). If the transfer fails (cut, corrupt,
+    /// refused), `incoming` returns an error instead of its end: the
+    /// engine must then return an error and leave its state as it was
+    /// (build the new state aside and swap it in only after the end), and
+    /// walrep starts the restore again with the next transfer, whose
+    /// `incoming` yields the snapshot from its first byte. An error after
+    /// the end stops the rejoin and the node, as for `restore`.
+    ///
+    /// The default reads `incoming` to its end and calls `restore_file`.
+    fn restore_while_receiving(
+        &self,
+        lsn: Lsn,
+        len: u64,
+        incoming: &mut dyn Read,
+        path: &Path,
+    ) -> Result<(), StateMachineError> {
+        let _ = len;
+        std::io::copy(incoming, &mut std::io::sink())
+            .map_err(|e| StateMachineError::with_source("receiving the snapshot", e))?;
+        self.restore_file(lsn, path)
     }
 }

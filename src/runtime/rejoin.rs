@@ -178,37 +178,20 @@ async fn attempt_rejoin(
         );
     }
     if resync {
-        let started = std::time::Instant::now();
-        let Some(info) = receive_snapshot(ctx, header, incoming).await? else {
-            return Ok(None);
-        };
-        let received_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(
-            lsn = %info.lsn,
-            bytes = info.total_bytes,
-            received_ms,
-            "received and checked the snapshot; restoring"
-        );
-        let started = std::time::Instant::now();
-        let path = incoming.take().expect("a received snapshot").path;
         // A build this node served as primary may hold the engine's file
-        // still (`StateMachine::snapshot_file`): let go of it first.
+        // or view still (`StateMachine::snapshot_file`, `snapshot_source`):
+        // let go of it first.
         ctx.snapshots.invalidate();
-        let dir = ctx.snapshots.dir().to_path_buf();
-        let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
-        let may_block = wal.may_block();
-        let announced = info.clone();
-        let restored = super::tasks::run_blocking(may_block, move || {
-            restore_received(&*sm, &*wal, &dir, &path, &announced)
-        })
-        .await
-        .map_err(Fatal)?;
-        restored.map_err(Fatal)?;
+        let restoring = Restoring::for_node(ctx);
+        if resync_from_snapshot(ctx, header, incoming, restoring)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
         // What this node built before is not its state any more.
         ctx.snapshots.invalidate();
         ctx.metrics.snapshot_resync();
-        let restore_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
     } else if incoming.is_some() {
         // Left by an earlier run; this rejoin needed no snapshot.
         Incoming::discard(incoming);
@@ -218,6 +201,64 @@ async fn attempt_rejoin(
         epoch,
         leader: ctx.leader.clone(),
     }))
+}
+
+/// Receives the primary's snapshot and has the engine restore it, as
+/// `restoring` says; then the WAL starts after it. `Ok(None)` when the
+/// transfer was cut or refused (the caller retries; the engine's state is
+/// as it was).
+async fn resync_from_snapshot(
+    ctx: &Ctx,
+    header: &Header,
+    incoming: &mut Option<Incoming>,
+    mut restoring: Restoring,
+) -> Result<Option<SnapshotInfo>, Fatal> {
+    let started = std::time::Instant::now();
+    let received = receive_snapshot(ctx, header, incoming, &mut restoring).await;
+    let info = match received {
+        Ok(Some(info)) => info,
+        failed => {
+            // The engine's restore, if one ran, sees its input fail and
+            // leaves the state as it was; wait for it before retrying.
+            if let Restoring::WhileReceiving(Some(restore)) = restoring {
+                restore.abandon().await;
+            }
+            return failed.map(|_| None);
+        }
+    };
+    let received_ms = started.elapsed().as_millis() as u64;
+    let while_receiving = matches!(restoring, Restoring::WhileReceiving(Some(_)));
+    tracing::info!(
+        lsn = %info.lsn,
+        bytes = info.total_bytes,
+        received_ms,
+        while_receiving,
+        "received and checked the snapshot; restoring"
+    );
+    let started = std::time::Instant::now();
+    let path = incoming.take().expect("a received snapshot").path;
+    let dir = ctx.snapshots.dir().to_path_buf();
+    let (sm, wal) = (ctx.sm.clone(), ctx.wal.clone());
+    let announced = info.clone();
+    let restored = match restoring {
+        Restoring::WhileReceiving(Some(restore)) => {
+            let restored = restore.finish().await;
+            super::tasks::run_blocking(wal.may_block(), move || {
+                after_restore(restored, &*wal, &dir, &announced)
+            })
+            .await
+        }
+        _ => {
+            super::tasks::run_blocking(wal.may_block(), move || {
+                restore_received(&*sm, &*wal, &dir, &path, &announced)
+            })
+            .await
+        }
+    };
+    restored.and_then(|r| r).map_err(Fatal)?;
+    let restore_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
+    Ok(Some(info))
 }
 
 /// Chunk writes in flight on the standby: a chunk is written on a
@@ -314,6 +355,7 @@ async fn receive_snapshot(
     ctx: &Ctx,
     header: &Header,
     incoming: &mut Option<Incoming>,
+    restoring: &mut Restoring,
 ) -> Result<Option<SnapshotInfo>, Fatal> {
     let (snapshot_id, offset) = incoming
         .as_ref()
@@ -383,6 +425,7 @@ async fn receive_snapshot(
                     );
                     queued = inc.received;
                     writes = Some(Writes::new(may_block, inc));
+                    restoring.start(&ctx.sm, inc);
                     continue;
                 }
                 Incoming::discard(incoming);
@@ -402,6 +445,7 @@ async fn receive_snapshot(
                         .map_err(|e| disk(e.to_string()))?;
                 writes = Some(Writes::new(may_block, &created));
                 queued = 0;
+                restoring.start(&ctx.sm, &created);
                 *incoming = Some(created);
             }
             SnapshotPart::Info(_) => {
@@ -427,6 +471,7 @@ async fn receive_snapshot(
                     break Some(Stop::Discard);
                 }
                 inc.crc = crc32c::crc32c_append(inc.crc, &data);
+                restoring.push(&data).await;
                 w.push(offset, data).await.map_err(disk)?;
                 ctx.metrics.snapshot_received(end - offset);
                 queued = end;
@@ -503,10 +548,8 @@ async fn receive_snapshot(
     Ok(Some(inc.info.clone()))
 }
 
-/// Hands the received, checked snapshot at `path` to the engine, removes
-/// the incoming files (the engine may have moved the data file away: it
-/// is its own during the call), and restarts the WAL after the
-/// snapshot's LSN (blocking).
+/// Hands the received, checked snapshot at `path` to the engine
+/// (`StateMachine::restore_file`), then `after_restore` (blocking).
 fn restore_received(
     sm: &dyn StateMachine,
     wal: &dyn WalStore,
@@ -514,11 +557,179 @@ fn restore_received(
     path: &Path,
     info: &SnapshotInfo,
 ) -> Result<(), String> {
-    let restored = sm.restore_file(info.lsn, path);
+    let restored = sm
+        .restore_file(info.lsn, path)
+        .map_err(|e| format!("state machine restore: {}", e.chain()));
+    after_restore(restored, wal, dir, info)
+}
+
+/// After the engine restored the received snapshot (or failed to):
+/// removes the incoming files (the engine may have moved the data file
+/// away: it was its own during the call), and restarts the WAL after the
+/// snapshot's LSN (blocking).
+fn after_restore(
+    restored: Result<(), String>,
+    wal: &dyn WalStore,
+    dir: &Path,
+    info: &SnapshotInfo,
+) -> Result<(), String> {
     incoming::discard_files(dir);
-    restored.map_err(|e| format!("state machine restore: {}", e.chain()))?;
+    restored?;
     wal.reset(info.lsn, info.epoch)
         .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
+}
+
+/// Received bytes handed to a restore running while the snapshot arrives,
+/// a few chunks ahead of it at most.
+const FEED_WINDOW: usize = 8;
+
+/// What a restore running while the snapshot arrives reads: the bytes in
+/// order, then `End` once the whole file is in, fsynced and checked. The
+/// channel closing without `End` means the transfer failed.
+enum Feed {
+    Data(bytes::Bytes),
+    End,
+}
+
+/// The engine restoring while the snapshot arrives
+/// (`StateMachine::restore_while_receiving`), on a blocking thread.
+struct StreamedRestore {
+    feed: Option<mpsc::Sender<Feed>>,
+    task: JoinHandle<Result<(), crate::StateMachineError>>,
+}
+
+/// How the engine restores the snapshot of one transfer.
+enum Restoring {
+    /// From the received file, once it is whole and checked
+    /// (`StateMachine::restore_file`).
+    AfterTransfer,
+    /// As the bytes arrive (`StateMachine::restore_while_receiving`):
+    /// started once the transfer is announced.
+    WhileReceiving(Option<StreamedRestore>),
+}
+
+impl Restoring {
+    /// While receiving if the engine can, and this node can give it a
+    /// thread that may block on the transfer (not with a WAL that may not
+    /// block: the simulation).
+    fn for_node(ctx: &Ctx) -> Restoring {
+        if ctx.sm.restores_while_receiving() && ctx.wal.may_block() {
+            Restoring::WhileReceiving(None)
+        } else {
+            Restoring::AfterTransfer
+        }
+    }
+
+    /// Starts the engine's restore of `inc` if it restores while receiving.
+    fn start(&mut self, sm: &Arc<dyn StateMachine>, inc: &Incoming) {
+        if let Restoring::WhileReceiving(slot @ None) = self {
+            *slot = Some(StreamedRestore::start(sm.clone(), inc));
+        }
+    }
+
+    /// Hands the running restore, if any, the next bytes.
+    async fn push(&mut self, data: &bytes::Bytes) {
+        if let Restoring::WhileReceiving(Some(restore)) = self {
+            restore.push(data.clone()).await;
+        }
+    }
+}
+
+impl StreamedRestore {
+    /// Starts the engine's restore of `inc`'s snapshot: it first reads the
+    /// bytes already on disk (a resumed transfer), then what `feed` brings.
+    fn start(sm: Arc<dyn StateMachine>, inc: &Incoming) -> StreamedRestore {
+        let (tx, rx) = mpsc::channel(FEED_WINDOW);
+        let mut input = FeedReader {
+            file: inc.file.clone(),
+            on_disk: inc.received,
+            at: 0,
+            rx,
+            chunk: bytes::Bytes::new(),
+            ended: false,
+        };
+        let (lsn, len, path) = (inc.info.lsn, inc.info.total_bytes, inc.path.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            sm.restore_while_receiving(lsn, len, &mut input, &path)
+        });
+        StreamedRestore {
+            feed: Some(tx),
+            task,
+        }
+    }
+
+    /// Hands it the next bytes. If the engine stopped reading (it failed),
+    /// the bytes are dropped: its error comes out of `finish`.
+    async fn push(&mut self, data: bytes::Bytes) {
+        if let Some(feed) = &self.feed {
+            if feed.send(Feed::Data(data)).await.is_err() {
+                self.feed = None;
+            }
+        }
+    }
+
+    /// Tells it the whole snapshot is in and checked, and waits for it.
+    async fn finish(mut self) -> Result<(), String> {
+        if let Some(feed) = self.feed.take() {
+            let _ = feed.send(Feed::End).await;
+        }
+        self.task
+            .await
+            .map_err(|e| format!("blocking task failed: {e}"))?
+            .map_err(|e| format!("state machine restore: {}", e.chain()))
+    }
+
+    /// Tells it the transfer failed and waits for it to give up.
+    async fn abandon(mut self) {
+        self.feed = None;
+        if let Ok(Err(e)) = self.task.await {
+            tracing::debug!(error = %e.chain(), "the restore while receiving stopped with the transfer");
+        }
+    }
+}
+
+/// The input of a restore while receiving: the first `on_disk` bytes
+/// from the file (a resumed transfer), then the chunks fed to it.
+struct FeedReader {
+    file: Arc<std::fs::File>,
+    on_disk: u64,
+    at: u64,
+    rx: mpsc::Receiver<Feed>,
+    chunk: bytes::Bytes,
+    ended: bool,
+}
+
+impl std::io::Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() || self.ended {
+            return Ok(0);
+        }
+        if self.at < self.on_disk {
+            let want = ((self.on_disk - self.at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..want], self.at)?;
+            self.at += want as u64;
+            return Ok(want);
+        }
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Feed::Data(data)) => self.chunk = data,
+                Some(Feed::End) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the snapshot transfer stopped before its end",
+                    ));
+                }
+            }
+        }
+        let n = self.chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// Fsyncs the received file: its length on disk. Its CRC32C was taken

@@ -1,4 +1,4 @@
-//! The primary's snapshots, built into files and served from them.
+//! The primary's snapshots, built (or borrowed from the engine) and served.
 //!
 //! One build at a time: a request that comes while the engine builds joins
 //! that build (`PendingSnapshot` is a shared future), and a built snapshot
@@ -8,13 +8,15 @@
 //! build runs to its end even if every request that wanted it went away,
 //! so a standby that asks again (a cut transfer, a restart) finds it.
 //!
-//! A built snapshot is a file `snapshot-<id>.bin` in the snapshot
-//! directory holding exactly the engine's bytes, or the engine's own file
-//! (`StateMachine::snapshot_file`); its LSN, epoch and length are kept
-//! beside it in memory and sent before the data. Its CRC32C is known from
-//! the build for a file of walrep's (taken as the engine wrote it) and
-//! sent before the data; for the engine's file it is taken while the
-//! first transfer reads the data, and sent after it (`SnapshotPart::End`)
+//! A built snapshot is the engine's source, read as it is sent
+//! (`StateMachine::snapshot_source`: no copy at all), or the engine's own
+//! file (`StateMachine::snapshot_file`), or else a file
+//! `snapshot-<id>.bin` in the snapshot directory holding exactly the
+//! bytes `StateMachine::snapshot` wrote; its LSN, epoch and length are
+//! kept beside it in memory and sent before the data. Its CRC32C is known
+//! from the build for a file of walrep's (taken as the engine wrote it)
+//! and sent before the data; for the engine's source or file it is taken
+//! while the first transfer reads the data, and sent after it (`SnapshotPart::End`)
 //! to a standby that asks for that, so the file is read once, not once
 //! for the CRC and once more to send it. A walrep file goes when the
 //! snapshot is replaced and its last transfer ends.
@@ -23,13 +25,14 @@
 //! a restart so that the transfer resumes.
 
 use super::tasks::run_blocking;
+use crate::state_machine::SnapshotSource;
 use crate::state_machine::StateMachine;
 use crate::types::{Epoch, Lsn};
 use crate::wal::WalStore;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,7 +40,8 @@ use std::sync::{Arc, Mutex};
 /// A snapshot being built or built: every request for it awaits a clone.
 pub(crate) type PendingSnapshot = Shared<BoxFuture<'static, Result<Arc<BuiltSnapshot>, String>>>;
 
-/// A snapshot in a file of the snapshot directory, ready to send.
+/// A snapshot ready to send: in a file, or produced by the engine as it
+/// is read.
 #[derive(Debug)]
 pub(crate) struct BuiltSnapshot {
     /// Unique per build, across restarts of the primary too.
@@ -50,32 +54,53 @@ pub(crate) struct BuiltSnapshot {
     pub len: u64,
     /// CRC32C of all of it, once known: from the build for a file of
     /// walrep's, from the first full read (`crc_now` or a transfer that
-    /// sent every byte, `note_crc`) for the engine's.
+    /// sent every byte, `note_crc`) for the engine's file or source.
     crc: std::sync::OnceLock<u32>,
-    path: PathBuf,
-    file: Arc<std::fs::File>,
+    data: SnapshotData,
     may_block: bool,
-    /// Set when the file is the engine's own (`StateMachine::
-    /// snapshot_file`): kept unchanged while this lives, never removed.
-    engine_guard: Option<EngineGuard>,
 }
 
-/// What keeps an engine's snapshot file unchanged; dropped with the build.
-struct EngineGuard(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>);
+/// Where a built snapshot's bytes are.
+enum SnapshotData {
+    /// A file of walrep's in the snapshot directory, removed with the build.
+    Built {
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+    },
+    /// The engine's own file (`StateMachine::snapshot_file`), kept
+    /// unchanged while the guard lives, never removed.
+    EngineFile {
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+        _guard: Box<dyn std::any::Any + Send + Sync>,
+    },
+    /// Produced by the engine as it is read (`StateMachine::
+    /// snapshot_source`); the engine's view goes with it.
+    EngineSource(Arc<dyn SnapshotSource>),
+}
 
-impl std::fmt::Debug for EngineGuard {
+impl std::fmt::Debug for SnapshotData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EngineGuard")
+        match self {
+            SnapshotData::Built { path, .. } => write!(f, "Built({})", path.display()),
+            SnapshotData::EngineFile { path, .. } => write!(f, "EngineFile({})", path.display()),
+            SnapshotData::EngineSource(s) => write!(f, "EngineSource(lsn {})", s.lsn()),
+        }
     }
 }
 
-/// How often a build served from the engine's file is checked, and how
-/// long it stays cached with no transfer reading it before its guard is
-/// dropped. A held guard holds back the engine (SQLite cannot checkpoint
-/// past it), so it is not kept like a build in a file of walrep's; long
-/// enough for a standby whose transfer was cut to come back and resume.
-const ENGINE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
-const ENGINE_FILE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a build held by the engine (its file or its source) is
+/// checked, and how long it stays cached with no transfer reading it
+/// before it is dropped. A held file holds back the engine (SQLite cannot
+/// checkpoint past it) and a held source keeps the engine's frozen view
+/// (memory that applies no longer share), so they are not kept like a
+/// build in a file of walrep's; long enough for a standby whose transfer
+/// was cut to come back and resume.
+const ENGINE_HELD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const ENGINE_HELD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// CRC reads and reads of a whole snapshot go in pieces of this size.
+const READ_PIECE: usize = 1 << 20;
 
 impl BuiltSnapshot {
     /// The CRC32C of all of it, if known yet.
@@ -89,40 +114,150 @@ impl BuiltSnapshot {
         debug_assert_eq!(known, crc, "two reads of one snapshot disagree");
     }
 
-    /// The CRC32C of all of it, reading the file for it if it is not
-    /// known yet (for a standby that wants it before the data: an older
-    /// one, or a resume from the middle).
+    /// Whether the engine holds it (its file or its source), so a cached
+    /// build must let go of it once unused.
+    fn held_by_engine(&self) -> bool {
+        !matches!(self.data, SnapshotData::Built { .. })
+    }
+
+    /// The CRC32C of all of it, reading it for that if it is not known yet
+    /// (for a standby that wants it before the data: an older one, or a
+    /// resume from the middle).
     pub(crate) async fn crc_now(&self) -> std::io::Result<u32> {
         if let Some(crc) = self.crc() {
             return Ok(crc);
         }
-        let (file, len) = (self.file.clone(), self.len);
-        let crc = run_blocking(self.may_block, move || crc_of(&file, len))
-            .await
-            .map_err(std::io::Error::other)??;
+        let (mut from, len) = (self.read_from(), self.len);
+        let crc = run_blocking(self.may_block, move || {
+            crc_of_reads(len, |at, buf| from.read_at(at, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.note_crc(crc);
         Ok(crc)
     }
 
-    /// Up to `max` bytes from `offset`, read on a blocking thread.
-    pub(crate) async fn read_chunk(&self, offset: u64, max: usize) -> std::io::Result<Bytes> {
-        let len = (self.len - offset.min(self.len)).min(max as u64) as usize;
-        let file = self.file.clone();
-        run_blocking(self.may_block, move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)?
+    /// A reader of its bytes from `offset`, one chunk at a time (one per
+    /// transfer: a source's reader keeps its place between chunks).
+    pub(crate) fn reader(&self, offset: u64) -> SnapshotReader {
+        SnapshotReader {
+            from: Some(self.read_from()),
+            at: offset.min(self.len),
+            len: self.len,
+            may_block: self.may_block,
+        }
+    }
+
+    fn read_from(&self) -> ReadFrom {
+        match &self.data {
+            SnapshotData::Built { file, .. } | SnapshotData::EngineFile { file, .. } => {
+                ReadFrom::File(file.clone())
+            }
+            SnapshotData::EngineSource(source) => ReadFrom::Source {
+                source: source.clone(),
+                reader: None,
+                next: 0,
+            },
+        }
+    }
+
+    /// The file it is served from, if any.
+    #[cfg(test)]
+    fn path(&self) -> Option<&Path> {
+        match &self.data {
+            SnapshotData::Built { path, .. } | SnapshotData::EngineFile { path, .. } => Some(path),
+            SnapshotData::EngineSource(_) => None,
+        }
     }
 }
 
 impl Drop for BuiltSnapshot {
     fn drop(&mut self) {
-        if self.engine_guard.is_none() {
-            let _ = std::fs::remove_file(&self.path);
+        if let SnapshotData::Built { path, .. } = &self.data {
+            let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// Blocking reads of a snapshot's bytes.
+enum ReadFrom {
+    File(Arc<std::fs::File>),
+    /// The engine's reader, opened at the first read and again only when a
+    /// read does not continue where the last one ended.
+    Source {
+        source: Arc<dyn SnapshotSource>,
+        reader: Option<Box<dyn std::io::Read + Send>>,
+        next: u64,
+    },
+}
+
+impl ReadFrom {
+    /// Fills `buf` with the bytes at `at`.
+    fn read_at(&mut self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            ReadFrom::File(file) => file.read_exact_at(buf, at),
+            ReadFrom::Source {
+                source,
+                reader,
+                next,
+            } => {
+                if reader.is_none() || *next != at {
+                    *reader = Some(source.read_from(at).map_err(|e| {
+                        std::io::Error::other(format!(
+                            "opening the engine's snapshot source at {at}: {}",
+                            e.chain()
+                        ))
+                    })?);
+                    *next = at;
+                }
+                let r = reader.as_mut().expect("opened above");
+                r.read_exact(buf).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the engine's snapshot source failed at byte {at} of {}: {e}",
+                            source.total_bytes()
+                        ),
+                    )
+                })?;
+                *next = at + buf.len() as u64;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One transfer's reads of a built snapshot, in order.
+pub(crate) struct SnapshotReader {
+    /// Moved to the blocking thread for each read and back.
+    from: Option<ReadFrom>,
+    at: u64,
+    len: u64,
+    may_block: bool,
+}
+
+impl SnapshotReader {
+    /// The next up to `max` bytes (empty at the end), read on a blocking
+    /// thread.
+    pub(crate) async fn next_chunk(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let want = (self.len - self.at).min(max as u64) as usize;
+        let Some(mut from) = self.from.take() else {
+            return Err(std::io::Error::other(
+                "an earlier read of the snapshot failed",
+            ));
+        };
+        let at = self.at;
+        let (from, read) = run_blocking(self.may_block, move || {
+            let mut buf = vec![0u8; want];
+            let read = from.read_at(at, &mut buf).map(|()| Bytes::from(buf));
+            (from, read)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let data = read?;
+        self.from = Some(from);
+        self.at += data.len() as u64;
+        Ok(data)
     }
 }
 
@@ -220,11 +355,10 @@ impl Snapshots {
             inner.building = None;
             match &built {
                 Ok(b) => {
-                    let engine_file = b.engine_guard.is_some();
-                    tracing::info!(id, lsn = %b.lsn, bytes = b.len, engine_file, "snapshot built");
+                    tracing::info!(id, lsn = %b.lsn, bytes = b.len, from = ?b.data, "snapshot built");
                     inner.current = Some(b.clone());
-                    if engine_file {
-                        release_engine_file_when_unused(Arc::downgrade(&this), id);
+                    if b.held_by_engine() {
+                        release_engine_held_when_unused(Arc::downgrade(&this), id);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "building a snapshot failed"),
@@ -259,14 +393,15 @@ impl Drop for Snapshots {
     }
 }
 
-/// Drops the cached build `id`, served from the engine's own file, once
-/// it is stale or no transfer has read it for `ENGINE_FILE_IDLE`: its
-/// guard goes with the last transfer that still holds it.
-fn release_engine_file_when_unused(snapshots: std::sync::Weak<Snapshots>, id: u64) {
+/// Drops the cached build `id`, served from the engine's own file or
+/// source, once it is stale or no transfer has read it for
+/// `ENGINE_HELD_IDLE`: the engine's guard or view goes with the last
+/// transfer that still holds it.
+fn release_engine_held_when_unused(snapshots: std::sync::Weak<Snapshots>, id: u64) {
     tokio::spawn(async move {
         let mut last_used = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(ENGINE_FILE_CHECK).await;
+            tokio::time::sleep(ENGINE_HELD_CHECK).await;
             let Some(this) = snapshots.upgrade() else {
                 return;
             };
@@ -279,8 +414,8 @@ fn release_engine_file_when_unused(snapshots: std::sync::Weak<Snapshots>, id: u6
                 if Arc::strong_count(b) > 1 {
                     last_used = tokio::time::Instant::now();
                 }
-                if stale || last_used.elapsed() >= ENGINE_FILE_IDLE {
-                    tracing::info!(id, stale, "releasing the engine's snapshot file");
+                if stale || last_used.elapsed() >= ENGINE_HELD_IDLE {
+                    tracing::info!(id, stale, "releasing the engine's snapshot file or source");
                     inner.current.take()
                 } else {
                     None
@@ -293,8 +428,11 @@ fn release_engine_file_when_unused(snapshots: std::sync::Weak<Snapshots>, id: u6
     });
 }
 
-/// Builds snapshot `id`: from the engine's own file if it has one
-/// (`StateMachine::snapshot_file`), else into `dir/snapshot-<id>.bin`.
+/// Builds snapshot `id`: from the engine's source if it has one
+/// (`StateMachine::snapshot_source`), else from its own file if it has
+/// one (`StateMachine::snapshot_file`), else into
+/// `dir/snapshot-<id>.bin`. A source or file the WAL does not continue
+/// from is not used: a standby that restored it could not go on.
 fn build(
     dir: &Path,
     id: u64,
@@ -302,11 +440,28 @@ fn build(
     wal: &dyn WalStore,
     may_block: bool,
 ) -> Result<BuiltSnapshot, String> {
+    let continues = |lsn: Lsn| lsn.next() >= wal.first_lsn() && wal.epoch_at(lsn).is_some();
+    match sm.snapshot_source().map_err(|e| e.chain())? {
+        Some(source) if continues(source.lsn()) => {
+            let lsn = source.lsn();
+            return Ok(BuiltSnapshot {
+                id,
+                lsn,
+                epoch: wal.epoch_at(lsn).unwrap_or(Epoch::ZERO),
+                len: source.total_bytes(),
+                crc: std::sync::OnceLock::new(),
+                data: SnapshotData::EngineSource(source.into()),
+                may_block,
+            });
+        }
+        Some(source) => {
+            tracing::info!(lsn = %source.lsn(), first_lsn = %wal.first_lsn(), "the engine's snapshot source is older than the WAL; trying its file");
+        }
+        None => {}
+    }
     match sm.snapshot_file().map_err(|e| e.chain())? {
         // A standby that restores it must be able to go on with our WAL.
-        Some(f) if f.lsn.next() >= wal.first_lsn() && wal.epoch_at(f.lsn).is_some() => {
-            from_engine_file(id, f, wal, may_block)
-        }
+        Some(f) if continues(f.lsn) => from_engine_file(id, f, wal, may_block),
         Some(f) => {
             tracing::info!(lsn = %f.lsn, first_lsn = %wal.first_lsn(), "the engine's snapshot file is older than the WAL; building one");
             drop(f);
@@ -318,11 +473,19 @@ fn build(
 
 /// CRC32C of the first `len` bytes of `file`, read in 1 MiB pieces.
 pub(super) fn crc_of(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
-    let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
+    crc_of_reads(len, |at, buf| file.read_exact_at(buf, at))
+}
+
+/// CRC32C of `len` bytes that `read` fills in, in order, a piece at a time.
+fn crc_of_reads(
+    len: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; READ_PIECE.min(len as usize)];
     let (mut crc, mut at) = (0u32, 0u64);
     while at < len {
         let want = ((len - at) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..want], at)?;
+        read(at, &mut buf[..want])?;
         crc = crc32c::crc32c_append(crc, &buf[..want]);
         at += want as u64;
     }
@@ -357,10 +520,12 @@ fn from_engine_file(
         epoch: wal.epoch_at(f.lsn).unwrap_or(Epoch::ZERO),
         len: f.len,
         crc: std::sync::OnceLock::new(),
-        path: f.path.clone(),
-        file: Arc::new(file),
+        data: SnapshotData::EngineFile {
+            path: f.path.clone(),
+            file: Arc::new(file),
+            _guard: f.guard,
+        },
         may_block,
-        engine_guard: Some(EngineGuard(f.guard)),
     })
 }
 
@@ -401,10 +566,11 @@ fn build_file(
         epoch: wal.epoch_at(lsn).unwrap_or(Epoch::ZERO),
         len,
         crc: crc.into(),
-        path,
-        file: Arc::new(file),
+        data: SnapshotData::Built {
+            path,
+            file: Arc::new(file),
+        },
         may_block,
-        engine_guard: None,
     })
 }
 
@@ -481,7 +647,7 @@ mod tests {
         assert_eq!(sm.snapshots_taken(), 1, "one build");
         assert_eq!(a.id, b.id);
         assert_eq!((a.lsn, a.epoch, a.len), (Lsn(3), Epoch(1), 100_012));
-        let bytes = std::fs::read(&a.path).unwrap();
+        let bytes = std::fs::read(a.path().unwrap()).unwrap();
         assert_eq!(
             Some(crc32c::crc32c(&bytes)),
             a.crc(),
@@ -504,7 +670,7 @@ mod tests {
         let again = snapshots.get().await.unwrap();
         assert_eq!(again.id, first.id, "the WAL still holds LSN 4: reused");
         assert_eq!(sm.snapshots_taken(), 1);
-        let path = first.path.clone();
+        let path = first.path().unwrap().to_path_buf();
         drop((first, again));
         wal.sync().unwrap();
         wal.remove_before(Lsn(6)).unwrap();
@@ -583,7 +749,7 @@ mod tests {
 
     /// A build from the engine's own file sends exactly its first `len`
     /// bytes with their CRC, keeps the guard while cached, and once no
-    /// transfer has used it for `ENGINE_FILE_IDLE` drops the guard and
+    /// transfer has used it for `ENGINE_HELD_IDLE` drops the guard and
     /// leaves the file where it was.
     #[tokio::test(start_paused = true)]
     async fn a_build_from_the_engines_file_is_served_as_is_and_released_when_unused() {
@@ -604,19 +770,23 @@ mod tests {
         assert_eq!(b.crc(), None, "not read for the CRC before it is sent");
         assert_eq!(b.crc_now().await.unwrap(), crc32c::crc32c(&expected));
         assert_eq!(b.crc(), Some(crc32c::crc32c(&expected)), "kept");
-        let sent = b.read_chunk(0, 1 << 20).await.unwrap();
+        let sent = b.reader(0).next_chunk(1 << 20).await.unwrap();
         assert_eq!(&sent[..], &expected[..], "the snapshot's bytes, no more");
         let path = engine.dir.path().join("own.db");
-        assert_eq!(b.path, path, "served from the engine's file, not a copy");
+        assert_eq!(
+            b.path(),
+            Some(path.as_path()),
+            "served from the engine's file, not a copy"
+        );
         let released = || engine.released.load(std::sync::atomic::Ordering::SeqCst);
         // A transfer holds it past the idle time: kept.
-        tokio::time::sleep(ENGINE_FILE_IDLE * 2).await;
+        tokio::time::sleep(ENGINE_HELD_IDLE * 2).await;
         assert!(!released(), "held while a transfer reads it");
         assert_eq!(snapshots.get().await.unwrap().id, b.id, "and reused");
         drop(b);
-        tokio::time::sleep(ENGINE_FILE_IDLE / 2).await;
+        tokio::time::sleep(ENGINE_HELD_IDLE / 2).await;
         assert!(!released(), "cached a while for a resume");
-        tokio::time::sleep(ENGINE_FILE_IDLE).await;
+        tokio::time::sleep(ENGINE_HELD_IDLE).await;
         assert!(released(), "the guard goes once unused");
         assert!(path.exists(), "the engine's file is never removed");
         assert!(snapshots.inner.lock().unwrap().current.is_none());
@@ -667,7 +837,7 @@ mod tests {
                 wal.clone(),
             ));
             let b = snapshots.get().await.unwrap();
-            let from_engine = b.engine_guard.is_some();
+            let from_engine = matches!(b.data, SnapshotData::EngineFile { .. });
             assert_eq!(
                 from_engine, served,
                 "a file at {claimed} with the WAL from 6"
@@ -738,5 +908,152 @@ mod tests {
             assert_eq!(data, expected[resume as usize..], "{what}: the bytes");
             assert_eq!(ended, end, "{what}: the End");
         }
+    }
+
+    /// An engine that produces its snapshot from a source: `MemStateMachine`'s
+    /// bytes, recording where each reader was opened and whether the
+    /// source (its frozen view) was dropped.
+    struct FromSource {
+        inner: Arc<MemStateMachine>,
+        opened_at: Arc<Mutex<Vec<u64>>>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct BytesSource {
+        lsn: Lsn,
+        bytes: Arc<Vec<u8>>,
+        opened_at: Arc<Mutex<Vec<u64>>>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Drop for BytesSource {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl SnapshotSource for BytesSource {
+        fn lsn(&self) -> Lsn {
+            self.lsn
+        }
+        fn total_bytes(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read_from(
+            &self,
+            offset: u64,
+        ) -> Result<Box<dyn std::io::Read + Send>, crate::StateMachineError> {
+            self.opened_at.lock().unwrap().push(offset);
+            let mut cursor = std::io::Cursor::new(self.bytes.clone().to_vec());
+            cursor.set_position(offset);
+            Ok(Box::new(cursor))
+        }
+    }
+
+    impl StateMachine for FromSource {
+        fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+            self.inner.apply(lsn, payload)
+        }
+        fn applied_lsn(&self) -> Lsn {
+            self.inner.applied_lsn()
+        }
+        fn snapshot(&self, _: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+            panic!("an engine with a source is not asked to write a copy")
+        }
+        fn restore(
+            &self,
+            lsn: Lsn,
+            input: &mut dyn std::io::Read,
+        ) -> Result<(), crate::StateMachineError> {
+            self.inner.restore(lsn, input)
+        }
+        fn snapshot_source(
+            &self,
+        ) -> Result<Option<Box<dyn SnapshotSource>>, crate::StateMachineError> {
+            let mut bytes = Vec::new();
+            let lsn = self.inner.snapshot(&mut bytes).unwrap();
+            self.dropped
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(Box::new(BytesSource {
+                lsn,
+                bytes: Arc::new(bytes),
+                opened_at: self.opened_at.clone(),
+                dropped: self.dropped.clone(),
+            })))
+        }
+    }
+
+    /// A build from the engine's source writes no file: a transfer reads
+    /// the source as it sends (one reader per transfer, opened where the
+    /// transfer starts), the CRC follows the data when asked for, a resume
+    /// from the middle reads from there; once no transfer has used it for
+    /// `ENGINE_HELD_IDLE` the source goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_build_from_the_engines_source_is_read_as_it_is_sent_and_makes_no_file() {
+        use crate::pb::snapshot_chunk::Part;
+        use futures::StreamExt;
+        let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+        append(&wal, &sm, 1, 3);
+        sm.set_snapshot_padding(3 << 20);
+        let mut expected = Vec::new();
+        sm.snapshot(&mut expected).unwrap();
+        let engine = Arc::new(FromSource {
+            inner: sm.clone(),
+            opened_at: Arc::default(),
+            dropped: Arc::default(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Arc::new(Snapshots::new(
+            Some(dir.path().to_path_buf()),
+            engine.clone(),
+            wal,
+        ));
+        let b = snapshots.get().await.unwrap();
+        assert_eq!(
+            (b.lsn, b.len, b.path()),
+            (Lsn(3), expected.len() as u64, None)
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file");
+        let id = b.id;
+        drop(b);
+        for (resume, crc_follows) in [(0, true), (1000, false)] {
+            let parts: Vec<_> = crate::transport::server::snapshot_stream(
+                snapshots.get(),
+                (id, resume),
+                true,
+                Duration::from_secs(5),
+                1 << 20,
+            )
+            .map(|p| p.unwrap().part.unwrap())
+            .collect()
+            .await;
+            let Part::Info(info) = &parts[0] else {
+                panic!("announced first")
+            };
+            assert_eq!(info.crc_follows, crc_follows, "from {resume}");
+            let mut data = Vec::new();
+            let mut end = None;
+            for p in &parts[1..] {
+                match p {
+                    Part::Data(d) => data.extend_from_slice(&d.data),
+                    Part::End(e) => end = Some(e.crc),
+                    _ => panic!("{p:?}"),
+                }
+            }
+            assert_eq!(data, expected[resume as usize..], "from {resume}");
+            if crc_follows {
+                assert_eq!(end, Some(crc32c::crc32c(&expected)));
+            }
+        }
+        assert_eq!(
+            *engine.opened_at.lock().unwrap(),
+            vec![0, 1000],
+            "one reader per transfer, where it starts (the CRC is known after the first)"
+        );
+        let dropped = || engine.dropped.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(!dropped(), "cached for a resume");
+        tokio::time::sleep(ENGINE_HELD_IDLE + ENGINE_HELD_CHECK * 2).await;
+        assert!(dropped(), "the source goes once unused");
     }
 }

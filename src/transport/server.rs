@@ -632,8 +632,9 @@ pub(crate) fn snapshot_stream(
             return;
         }
         let (mut at, mut running) = (offset, 0u32);
+        let mut reader = b.reader(offset);
         while at < b.len {
-            let data = match b.read_chunk(at, chunk_bytes).await {
+            let data = match reader.next_chunk(chunk_bytes).await {
                 Ok(data) => data,
                 Err(e) => {
                     let _ = tx

@@ -67,7 +67,7 @@ fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
     Box::pin(futures::stream::iter(parts))
 }
 
-fn ctx(primary: Arc<Primary>, sm: Arc<MemStateMachine>, dir: &Path) -> Ctx {
+fn ctx(primary: Arc<Primary>, sm: Arc<dyn StateMachine>, dir: &Path) -> Ctx {
     let wal: Arc<dyn WalStore> = Arc::new(MemWal::new());
     let mut peer = MockPeer::new();
     peer.expect_fetch_snapshot()
@@ -154,7 +154,14 @@ async fn a_crc_sent_after_the_data_is_checked_against_the_bytes_received() {
     let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None], |_| {});
     let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+    let info = match receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await
+    {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -207,7 +214,13 @@ async fn a_wrong_or_misplaced_trailing_crc_refuses_the_snapshot_and_deletes_it()
         let p = trailing_primary(data.clone(), crc, vec![None], tamper);
         let ctx = ctx(p, sm.clone(), dir.path());
         let mut incoming = None;
-        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let r = receive_snapshot(
+            &ctx,
+            &header(),
+            &mut incoming,
+            &mut Restoring::AfterTransfer,
+        )
+        .await;
         assert!(matches!(r, Ok(None)), "{what}: refused");
         assert!(incoming.is_none(), "{what}: what arrived is dropped");
         for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
@@ -231,14 +244,26 @@ async fn a_transfer_cut_before_its_trailing_crc_resumes_from_its_end() {
     });
     let ctx = ctx(p.clone(), Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let first = receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await;
     assert!(matches!(first, Ok(None)), "not done without its CRC");
     assert_eq!(incoming.as_ref().unwrap().received, data.len() as u64);
     // The node restarts: the sidecar says the CRC comes after the data.
     drop(incoming.take());
     let mut incoming = Incoming::recover(dir.path());
     assert_eq!(incoming.as_ref().unwrap().info.crc, None);
-    let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let done = receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await;
     assert!(matches!(done, Ok(Some(_))), "completed by the resume");
     let len = data.len() as u64;
     assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, len)]);
@@ -257,10 +282,22 @@ async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p.clone(), sm, dir.path());
     let mut incoming = None;
-    let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let first = receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await;
     assert!(matches!(first, Ok(None)), "the cut transfer is not done");
     assert_eq!(incoming.as_ref().unwrap().received, 12);
-    let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let done = receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await;
     let info = match done {
         Ok(Some(info)) => info,
         _ => panic!("the resumed transfer completes"),
@@ -300,7 +337,13 @@ async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
             dir.path(),
         );
         let mut incoming = None;
-        let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let r = receive_snapshot(
+            &ctx,
+            &header(),
+            &mut incoming,
+            &mut Restoring::AfterTransfer,
+        )
+        .await;
         assert!(matches!(r, Ok(None)), "refused");
         assert!(incoming.is_none(), "what arrived is dropped");
         assert_eq!(sm.restores(), 0);
@@ -311,7 +354,13 @@ async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
     let p = primary(data[..20].to_vec(), good, data.len() as u64, vec![None]);
     let ctx = ctx(p, sm.clone(), dir.path());
     let mut incoming = None;
-    let r = receive_snapshot(&ctx, &header(), &mut incoming).await;
+    let r = receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await;
     assert!(matches!(r, Ok(None)), "a short transfer is not done");
     assert_eq!(incoming.as_ref().unwrap().received, 20);
     assert_eq!(sm.restores(), 0);
@@ -331,7 +380,13 @@ async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
         let sm = Arc::new(MemStateMachine::new());
         let ctx = ctx(p.clone(), sm.clone(), dir.path());
         let mut incoming = None;
-        let first = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let first = receive_snapshot(
+            &ctx,
+            &header(),
+            &mut incoming,
+            &mut Restoring::AfterTransfer,
+        )
+        .await;
         assert!(matches!(first, Ok(None)), "the cut transfer is not done");
         // The node stops; the prefix may change on disk meanwhile.
         drop(incoming.take());
@@ -343,7 +398,13 @@ async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
         }
         let mut incoming = Incoming::recover(dir.path());
         assert_eq!(incoming.as_ref().unwrap().received, 12);
-        let done = receive_snapshot(&ctx, &header(), &mut incoming).await;
+        let done = receive_snapshot(
+            &ctx,
+            &header(),
+            &mut incoming,
+            &mut Restoring::AfterTransfer,
+        )
+        .await;
         assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
         if damage {
             assert!(matches!(done, Ok(None)), "the damaged prefix is caught");
@@ -407,7 +468,14 @@ async fn the_engine_gets_the_received_file_and_may_keep_it() {
     );
     let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+    let info = match receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await
+    {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -442,7 +510,14 @@ async fn the_default_restore_file_reads_the_file_through_restore() {
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p, sm.clone(), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(&ctx, &header(), &mut incoming).await {
+    let info = match receive_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        &mut Restoring::AfterTransfer,
+    )
+    .await
+    {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -451,4 +526,173 @@ async fn the_default_restore_file_reads_the_file_through_restore() {
     assert_eq!(sm.restores(), 1);
     assert_eq!(sm.applied_lsn(), info.lsn, "restored at the announced LSN");
     assert!(!path.exists(), "the file the engine read is removed");
+}
+
+/// An engine that restores while receiving: it reads `incoming` to its
+/// end, records each attempt (the bytes it read, whether the input ended
+/// or failed, and the file at `path` when it ended), and restores only
+/// after the end.
+struct WhileReceiving {
+    inner: MemStateMachine,
+    attempts: Mutex<Vec<Attempt>>,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    read: Vec<u8>,
+    ended: bool,
+    file_at_end: Option<Vec<u8>>,
+}
+
+impl StateMachine for WhileReceiving {
+    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
+        self.inner.apply(lsn, payload)
+    }
+    fn applied_lsn(&self) -> Lsn {
+        self.inner.applied_lsn()
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+        self.inner.snapshot(out)
+    }
+    fn restore(
+        &self,
+        lsn: Lsn,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), crate::StateMachineError> {
+        self.inner.restore(lsn, input)
+    }
+    fn restores_while_receiving(&self) -> bool {
+        true
+    }
+    fn restore_while_receiving(
+        &self,
+        lsn: Lsn,
+        len: u64,
+        incoming: &mut dyn std::io::Read,
+        path: &Path,
+    ) -> Result<(), crate::StateMachineError> {
+        let mut read = Vec::new();
+        let ended = incoming.read_to_end(&mut read);
+        let file_at_end = ended.is_ok().then(|| std::fs::read(path).unwrap());
+        self.attempts.lock().unwrap().push(Attempt {
+            read: read.clone(),
+            ended: ended.is_ok(),
+            file_at_end,
+        });
+        ended.map_err(|e| crate::StateMachineError::with_source("receiving", e))?;
+        assert_eq!(read.len() as u64, len, "the announced length");
+        self.inner.restore(lsn, &mut &read[..])
+    }
+}
+
+fn while_receiving() -> Arc<WhileReceiving> {
+    Arc::new(WhileReceiving {
+        inner: MemStateMachine::new(),
+        attempts: Mutex::new(Vec::new()),
+    })
+}
+
+/// An engine that restores while receiving reads every byte of the
+/// snapshot as it arrives, and its input ends only once the whole file
+/// is in and checked (the file then holds exactly those bytes); then it
+/// restores and the WAL goes on after the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_while_receiving_reads_every_byte_and_ends_after_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None], |_| {});
+    let engine = while_receiving();
+    let ctx = ctx(p, engine.clone(), dir.path());
+    let mut incoming = None;
+    let restoring = Restoring::WhileReceiving(None);
+    let done = resync_from_snapshot(&ctx, &header(), &mut incoming, restoring).await;
+    let info = match done {
+        Ok(Some(info)) => info,
+        _ => panic!("the transfer completes"),
+    };
+    let attempts = engine.attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].ended, "{attempts:?}");
+    assert_eq!(attempts[0].read, data, "every byte, in order");
+    assert_eq!(
+        attempts[0].file_at_end.as_deref(),
+        Some(&data[..]),
+        "at the end the file is whole"
+    );
+    assert_eq!(engine.applied_lsn(), info.lsn);
+    assert_eq!(ctx.wal.last_lsn(), info.lsn, "the WAL goes on after it");
+    assert!(!dir.path().join(incoming::DATA_FILE).exists());
+}
+
+/// A transfer cut in the middle fails the running restore (its input
+/// errors instead of ending, and nothing is restored); the resumed
+/// transfer's restore reads the snapshot again from its first byte (the
+/// prefix from disk, the rest as it arrives) and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_transfer_fails_the_restore_while_receiving_and_the_resume_restores_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary(
+        data.clone(),
+        crc32c::crc32c(&data),
+        data.len() as u64,
+        vec![Some(3), None],
+    );
+    let engine = while_receiving();
+    let ctx = ctx(p.clone(), engine.clone(), dir.path());
+    let mut incoming = None;
+    let first = resync_from_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        Restoring::WhileReceiving(None),
+    )
+    .await;
+    assert!(matches!(first, Ok(None)), "the cut transfer is not done");
+    assert_eq!(engine.applied_lsn(), Lsn::ZERO, "nothing restored");
+    let done = resync_from_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        Restoring::WhileReceiving(None),
+    )
+    .await;
+    assert!(matches!(done, Ok(Some(_))), "the resume completes");
+    assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
+    let attempts = engine.attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(!attempts[0].ended, "the cut fails the first restore");
+    assert_eq!(attempts[0].read, data[..12], "what arrived before the cut");
+    assert!(attempts[1].ended);
+    assert_eq!(attempts[1].read, data, "the resumed restore reads it whole");
+    assert_eq!(engine.applied_lsn(), Lsn(5));
+}
+
+/// A corrupt transfer (a flipped byte, caught by the CRC at the end) fails
+/// the running restore instead of ending its input: nothing is restored
+/// although the engine read every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_transfer_fails_the_restore_while_receiving_and_restores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let mut sent = data.clone();
+    sent[13] ^= 0xff;
+    let p = primary(sent, crc32c::crc32c(&data), data.len() as u64, vec![None]);
+    let engine = while_receiving();
+    let ctx = ctx(p, engine.clone(), dir.path());
+    let mut incoming = None;
+    let r = resync_from_snapshot(
+        &ctx,
+        &header(),
+        &mut incoming,
+        Restoring::WhileReceiving(None),
+    )
+    .await;
+    assert!(matches!(r, Ok(None)), "refused");
+    let attempts = engine.attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(!attempts[0].ended, "the input failed instead of ending");
+    assert_eq!(attempts[0].read.len(), data.len(), "it read every byte");
+    assert_eq!(engine.applied_lsn(), Lsn::ZERO, "nothing restored");
+    assert_eq!(engine.inner.restores(), 0);
 }

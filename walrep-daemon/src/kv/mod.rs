@@ -228,30 +228,13 @@ impl StateMachine for KvStore {
         Ok(lsn)
     }
 
-    /// The durable snapshot file (`kv.snapshot`), through a hard link that
-    /// outlives a newer snapshot replacing the file; the link goes with
-    /// the guard. It may be older than the applied state: walrep sends it
-    /// only while its WAL continues from the file's LSN, else it calls
-    /// `snapshot`.
-    fn snapshot_file(&self) -> Result<Option<walrep::SnapshotFile>, StateMachineError> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        let Some((path, lsn, len)) = snapshot_file::link_for_sending(dir)? else {
-            return Ok(None);
-        };
-        struct Unlink(PathBuf);
-        impl Drop for Unlink {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        Ok(Some(walrep::SnapshotFile {
-            path: path.clone(),
-            len,
-            lsn,
-            guard: Box::new(Unlink(path)),
-        }))
+    /// The frozen map, encoded as it is read: the transfer starts at once
+    /// and nothing is copied or written first.
+    fn snapshot_source(
+        &self,
+    ) -> Result<Option<Box<dyn walrep::SnapshotSource>>, StateMachineError> {
+        let (lsn, map) = self.frozen();
+        Ok(Some(Box::new(snapshot_file::MapSource::new(lsn, map))))
     }
 
     /// Decodes the map as it is read, then swaps it in.
@@ -285,10 +268,7 @@ impl StateMachine for KvStore {
     }
 
     /// The received file is what `kv.snapshot` holds: decoded in one
-    /// buffered pass (each value read in one piece, its hash taken as it
-    /// arrives), then renamed into place as the durable snapshot instead of
-    /// being written again. A file from a primary that sent no LSN goes
-    /// through `restore`.
+    /// buffered pass, then renamed into place (`restore_received`).
     fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), StateMachineError> {
         let open = || -> std::io::Result<(std::fs::File, u64)> {
             let f = std::fs::File::open(path)?;
@@ -302,15 +282,50 @@ impl StateMachine for KvStore {
             ))
         })?;
         let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+        self.restore_received(lsn, len, &mut input, path)
+    }
+
+    fn restores_while_receiving(&self) -> bool {
+        true
+    }
+
+    /// Decodes the map while it arrives, so the restore ends right after
+    /// the transfer instead of starting then (`restore_received`).
+    fn restore_while_receiving(
+        &self,
+        lsn: Lsn,
+        len: u64,
+        incoming: &mut dyn std::io::Read,
+        path: &Path,
+    ) -> Result<(), StateMachineError> {
+        self.restore_received(lsn, len, incoming, path)
+    }
+}
+
+impl KvStore {
+    /// Restores from `input`, the `len` bytes of a received snapshot that
+    /// walrep is writing, or wrote, to `path`: decodes the map (each value
+    /// read in one piece, its hash taken as it arrives), and once `input`
+    /// ended (walrep checked the whole file) renames the file into place
+    /// as the durable snapshot instead of writing the store again, then
+    /// swaps the map in. A failure before the end leaves the state as it
+    /// was. A snapshot from a primary that sent no LSN goes through
+    /// `restore`.
+    fn restore_received(
+        &self,
+        lsn: Lsn,
+        len: u64,
+        input: &mut dyn std::io::Read,
+        path: &Path,
+    ) -> Result<(), StateMachineError> {
         let mut prefix = [0u8; 8];
-        if !snapshot_file::read_lsn(&mut input, lsn, &mut prefix)? {
+        if !snapshot_file::read_lsn(input, lsn, &mut prefix)? {
             return self.restore(lsn, &mut std::io::Read::chain(&prefix[..], input));
         }
         let mut hash = 0;
-        let map = snapshot_file::read_map_with(&mut input, Some(len - 8), &mut |k, v| {
+        let map = snapshot_file::read_map_with(input, Some(len.saturating_sub(8)), &mut |k, v| {
             hash ^= entry_hash(k, v)
         })?;
-        drop(input);
         let _one_at_a_time = self.persisting.lock().unwrap();
         if let Some(dir) = &self.dir {
             snapshot_file::install(dir, path)?;
@@ -623,27 +638,74 @@ mod tests {
         assert!(c.get(b"z").is_some(), "nothing replaced");
     }
 
-    /// The primary serves its durable snapshot file through a link that
-    /// keeps the bytes while a newer snapshot replaces the file, and goes
-    /// with the guard.
+    /// The primary's snapshot source is the state frozen when it was
+    /// taken: applies after it change neither its LSN nor its bytes, which
+    /// are what `snapshot` writes (the snapshot file's format).
     #[test]
-    fn the_snapshot_file_served_stays_as_it_was_until_its_guard_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = KvStore::open(dir.path()).unwrap();
-        assert!(kv.snapshot_file().unwrap().is_none(), "no snapshot yet");
+    fn the_snapshot_source_is_the_state_when_taken_whatever_is_applied_after() {
+        use std::io::Read;
+        let kv = KvStore::in_memory();
         kv.apply(Lsn(1), &put("x", "1")).unwrap();
-        kv.persist_snapshot().unwrap();
-        let f = kv.snapshot_file().unwrap().expect("a durable snapshot");
-        let served = std::fs::read(&f.path).unwrap();
-        assert_eq!((f.lsn, f.len), (Lsn(1), served.len() as u64));
+        let mut written = Vec::new();
+        kv.snapshot(&mut written).unwrap();
+        let source = kv.snapshot_source().unwrap().expect("always one");
         kv.apply(Lsn(2), &put("x", "2")).unwrap();
-        kv.persist_snapshot().unwrap();
-        assert_eq!(std::fs::read(&f.path).unwrap(), served, "unchanged");
-        let copy = KvStore::in_memory();
-        copy.restore(f.lsn, &mut &served[..]).unwrap();
-        assert_eq!(copy.get(b"x").as_deref(), Some(&b"1"[..]));
-        let path = f.path.clone();
-        drop(f);
-        assert!(!path.exists(), "the link goes with the guard");
+        kv.apply(Lsn(3), &put("y", "3")).unwrap();
+        let mut read = Vec::new();
+        source.read_from(0).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(
+            (source.lsn(), source.total_bytes()),
+            (Lsn(1), read.len() as u64)
+        );
+        assert_eq!(read, written);
+    }
+
+    /// A restore while receiving whose input fails before its end (a cut
+    /// or corrupt transfer) changes nothing: the old state and durable
+    /// snapshot stay. One whose input ends installs the received file as
+    /// the durable snapshot, as `restore_file` does.
+    #[test]
+    fn a_restore_while_receiving_changes_nothing_until_its_input_ends() {
+        struct FailsAfter<'a>(&'a [u8]);
+        impl std::io::Read for FailsAfter<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("the transfer stopped"));
+                }
+                let n = self.0.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let a = KvStore::in_memory();
+        a.apply(Lsn(1), &put("x", "1")).unwrap();
+        a.apply(Lsn(2), &put("y", &"v".repeat(5000))).unwrap();
+        let mut snap = Vec::new();
+        let lsn = a.snapshot(&mut snap).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let b = KvStore::open(dir.path().join("kv")).unwrap();
+        b.apply(Lsn(1), &put("z", "9")).unwrap();
+        b.persist_snapshot().unwrap();
+        let before = b.state_hash();
+        let received = dir.path().join("incoming.snapshot");
+        std::fs::write(&received, &snap).unwrap();
+        let len = snap.len() as u64;
+        for cut in [0, 8, 20, snap.len() - 4, snap.len()] {
+            let err = b
+                .restore_while_receiving(lsn, len, &mut FailsAfter(&snap[..cut]), &received)
+                .unwrap_err();
+            assert!(!err.message().is_empty());
+            assert_eq!(b.state_hash(), before, "cut at {cut}: nothing replaced");
+            assert_eq!(b.applied_lsn(), Lsn(1));
+            assert!(received.exists(), "cut at {cut}: the file is not taken");
+        }
+        b.restore_while_receiving(lsn, len, &mut &snap[..], &received)
+            .unwrap();
+        assert_eq!(b.state_hash(), a.state_hash());
+        assert_eq!((b.applied_lsn(), b.durable_lsn()), (lsn, lsn));
+        assert!(!received.exists(), "moved, not copied");
+        let on_disk = std::fs::read(dir.path().join("kv").join(snapshot_file::FILE)).unwrap();
+        assert_eq!(on_disk, snap, "the durable snapshot is the received file");
     }
 }

@@ -1,8 +1,9 @@
 //! The engine's snapshot: the same bytes on the wire (`StateMachine::
-//! snapshot`, streamed entry by entry) and on disk (`kv.snapshot`,
-//! replaced atomically), so a primary sends its file as it is
-//! (`snapshot_file`) and a standby renames the file it received into place
-//! (`restore_file`) instead of writing the store again.
+//! snapshot_source`, produced from a frozen map as they are sent) and on
+//! disk (`kv.snapshot`, replaced atomically), so a standby decodes the
+//! bytes as they arrive and then renames the file walrep received them
+//! into in place (`restore_while_receiving`) instead of writing the store
+//! again.
 //!
 //! `| lsn u64 LE | magic "WKV1" | count: u64 | (key_len u32, key, value_len u32, value)* | crc32c u32 |`
 //! (the CRC covers the magic up to the last entry). A snapshot from a
@@ -16,8 +17,8 @@ use walrep::StateMachineError;
 
 const MAGIC: &[u8; 4] = b"WKV1";
 pub(super) const FILE: &str = "kv.snapshot";
-/// Hard links to `FILE` that a transfer to a standby reads
-/// (`link_for_sending`), removed when it ends or at the next start.
+/// Hard links to `FILE` that earlier versions made for a transfer to a
+/// standby to read; removed at start.
 const SENDING: &str = "kv.snapshot.sending-";
 
 fn err(msg: impl Into<String>) -> StateMachineError {
@@ -49,6 +50,138 @@ pub fn write_map(map: &Map, out: &mut dyn Write) -> std::io::Result<()> {
     }
     let crc = out.crc;
     out.inner.write_all(&crc.to_le_bytes())
+}
+
+/// The snapshot of a frozen map, produced as it is read
+/// (`StateMachine::snapshot_source`): the bytes `kv.snapshot` holds
+/// (LSN first, then `write_map`'s encoding), with no copy of the map made
+/// first. The map is an O(1) clone of the engine's, sharing every node
+/// with it until applies change them.
+pub struct MapSource {
+    lsn: Lsn,
+    map: Map,
+    total: u64,
+}
+
+impl MapSource {
+    pub fn new(lsn: Lsn, map: Map) -> MapSource {
+        let entries: u64 = map
+            .iter()
+            .map(|(k, v)| 8 + k.len() as u64 + v.len() as u64)
+            .sum();
+        MapSource {
+            total: 8 + MAGIC.len() as u64 + 8 + entries + 4,
+            lsn,
+            map,
+        }
+    }
+}
+
+impl walrep::SnapshotSource for MapSource {
+    fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    fn read_from(&self, offset: u64) -> Result<Box<dyn Read + Send>, StateMachineError> {
+        if offset > self.total {
+            return Err(err(format!(
+                "a read from byte {offset} of a {}-byte snapshot",
+                self.total
+            )));
+        }
+        let mut head = MAGIC.to_vec();
+        head.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+        let mut reader = MapReader {
+            pieces: [
+                (Bytes::copy_from_slice(&self.lsn.0.to_le_bytes()), false),
+                (Bytes::from(head), true),
+            ]
+            .into(),
+            entries: self.map.clone().into_iter(),
+            crc: 0,
+            crc_queued: false,
+        };
+        reader.consume(offset, None);
+        Ok(Box::new(reader))
+    }
+}
+
+/// Walks a frozen map's encoding piece by piece (the LSN; the magic and
+/// count; each entry's length fields, key and value; the CRC), copying
+/// only the bytes read: keys and values are shared with the map. The CRC
+/// is taken over every piece it covers as the piece is passed, skipped
+/// ones too, so a read from the middle still ends with the right one.
+struct MapReader {
+    /// Pieces not yet passed, with whether the CRC covers them.
+    pieces: std::collections::VecDeque<(Bytes, bool)>,
+    entries: imbl::ordmap::ConsumingIter<Bytes, Bytes, imbl::shared_ptr::DefaultSharedPtr>,
+    crc: u32,
+    /// The CRC's own piece was queued: what follows is the end.
+    crc_queued: bool,
+}
+
+impl MapReader {
+    /// Queues the next entry's pieces, or the CRC after the last entry;
+    /// `false` at the end.
+    fn refill(&mut self) -> bool {
+        if let Some((k, v)) = self.entries.next() {
+            self.pieces.extend([
+                (
+                    Bytes::copy_from_slice(&(k.len() as u32).to_le_bytes()),
+                    true,
+                ),
+                (k, true),
+                (
+                    Bytes::copy_from_slice(&(v.len() as u32).to_le_bytes()),
+                    true,
+                ),
+                (v, true),
+            ]);
+            return true;
+        }
+        if self.crc_queued {
+            return false;
+        }
+        self.crc_queued = true;
+        self.pieces
+            .push_back((Bytes::copy_from_slice(&self.crc.to_le_bytes()), false));
+        true
+    }
+
+    /// Passes up to `n` bytes, copying them into `out` if given; how many
+    /// it passed (fewer only at the end).
+    fn consume(&mut self, n: u64, mut out: Option<&mut [u8]>) -> usize {
+        let mut passed = 0usize;
+        while (passed as u64) < n {
+            if self.pieces.is_empty() && !self.refill() {
+                break;
+            }
+            let (piece, covered) = self.pieces.front_mut().expect("refilled");
+            let take = piece.len().min((n - passed as u64) as usize);
+            let bytes = piece.split_to(take);
+            if *covered {
+                self.crc = crc32c::crc32c_append(self.crc, &bytes);
+            }
+            if let Some(out) = out.as_deref_mut() {
+                out[passed..passed + take].copy_from_slice(&bytes);
+            }
+            passed += take;
+            if piece.is_empty() {
+                self.pieces.pop_front();
+            }
+        }
+        passed
+    }
+}
+
+impl Read for MapReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(self.consume(buf.len() as u64, Some(buf)))
+    }
 }
 
 /// Passes bytes through, CRC32C-ing them.
@@ -207,37 +340,8 @@ pub fn read_lsn(
     )))
 }
 
-/// A hard link to `dir`'s snapshot file for a transfer to read, with the
-/// LSN and length the file holds; the file itself may be replaced
-/// meanwhile. `None` if there is no snapshot file.
-pub fn link_for_sending(
-    dir: &Path,
-) -> Result<Option<(std::path::PathBuf, Lsn, u64)>, StateMachineError> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let link = dir.join(format!("{SENDING}{n}"));
-    let _ = std::fs::remove_file(&link);
-    match std::fs::hard_link(dir.join(FILE), &link) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err(format!("linking {}: {e}", link.display()))),
-    }
-    let read = || -> std::io::Result<(Lsn, u64)> {
-        let mut f = std::fs::File::open(&link)?;
-        let mut lsn = [0u8; 8];
-        f.read_exact(&mut lsn)?;
-        Ok((Lsn(u64::from_le_bytes(lsn)), f.metadata()?.len()))
-    };
-    match read() {
-        Ok((lsn, len)) => Ok(Some((link, lsn, len))),
-        Err(e) => {
-            let _ = std::fs::remove_file(&link);
-            Err(err(format!("reading {}: {e}", link.display())))
-        }
-    }
-}
-
-/// Removes the links an earlier run left for transfers.
+/// Removes the hard links to `FILE` that earlier versions made for
+/// transfers and a crash may have left behind.
 pub fn remove_sending_links(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -427,6 +531,35 @@ mod tests {
         #[test]
         fn any_map_round_trips(map in any_map()) {
             prop_assert_eq!(decode_map(&encode_map(&map)).unwrap(), map);
+        }
+
+        /// The source's bytes, read whole from any offset in pieces of
+        /// any size, are the snapshot file's bytes from that offset: LSN,
+        /// encoding and CRC included.
+        #[test]
+        fn a_map_source_reads_as_the_snapshot_file_from_any_offset(
+            map in any_map(),
+            lsn in any::<u64>(),
+            cut in any::<prop::sample::Index>(),
+            piece in 1usize..40,
+        ) {
+            use walrep::SnapshotSource;
+            let mut file = lsn.to_le_bytes().to_vec();
+            file.extend(encode_map(&map));
+            let source = MapSource::new(Lsn(lsn), map);
+            prop_assert_eq!(source.total_bytes(), file.len() as u64);
+            let offset = cut.index(file.len() + 1);
+            let mut reader = source.read_from(offset as u64).unwrap();
+            let mut read = Vec::new();
+            let mut buf = vec![0u8; piece];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&buf[..n]);
+            }
+            prop_assert_eq!(&read[..], &file[offset..]);
         }
 
         #[test]
