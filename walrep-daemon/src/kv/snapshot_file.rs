@@ -252,67 +252,162 @@ pub fn decode_map(data: &[u8]) -> Result<Map, StateMachineError> {
 /// Decodes the encoding read from `input` as it arrives: the map is built
 /// entry by entry and the checksum checked at the end.
 pub fn read_map(input: &mut dyn Read) -> Result<Map, StateMachineError> {
-    read_map_with(input, None, &mut |_, _| {})
+    let mut entries = Entries::new(input, None)?;
+    let mut map = Map::new();
+    while let Some((key, value_len)) = entries.next_key()? {
+        map.insert(key, Bytes::from(entries.value(value_len)?));
+    }
+    entries.finish()?;
+    Ok(map)
 }
 
-/// `read_map` of an input that holds `len` bytes, if known (a value that
-/// fits in them is read in one piece), calling `each` with every entry.
-pub fn read_map_with(
+/// Where a decoded entry's value lies in the encoding (`locate_entries`).
+pub struct Located {
+    pub key: Bytes,
+    /// Its first byte's offset from the start of the encoding (the magic).
+    pub value_at: u64,
+    pub value_len: usize,
+}
+
+/// Checks the encoding read from `input` (`len` bytes, if known) without
+/// keeping the values: each is read into one reused buffer and handed to
+/// `each` with its key, and where it lies is returned, for values to be
+/// taken from the file that holds the same bytes.
+pub fn locate_entries(
     input: &mut dyn Read,
     len: Option<u64>,
     each: &mut dyn FnMut(&[u8], &[u8]),
-) -> Result<Map, StateMachineError> {
-    let mut left = len;
-    let mut input = Crc {
-        inner: input,
-        crc: 0,
-    };
-    let not_ours = || err("snapshot is not a walrep KV snapshot (bad magic or too short)");
-    let mut head = [0u8; 12];
-    input
-        .take(&mut head, "its header")
-        .map_err(|_| not_ours())?;
-    if &head[..4] != MAGIC {
-        return Err(not_ours());
-    }
-    let count = u64::from_le_bytes(head[4..12].try_into().unwrap());
-    let mut map = Map::new();
-    let took = |left: &mut Option<u64>, n: u64| {
-        if let Some(l) = left.as_mut() {
-            *l = l.saturating_sub(n)
-        }
-    };
-    took(&mut left, 12);
-    for i in 0..count {
-        let klen = input.u32("an entry")? as usize;
-        took(&mut left, 4);
-        let key = input.bytes(klen, &mut left, "an entry")?;
-        let vlen = input.u32("an entry")? as usize;
-        took(&mut left, 4);
-        let value = Bytes::from(input.bytes(vlen, &mut left, "an entry")?);
+) -> Result<Vec<Located>, StateMachineError> {
+    let mut entries = Entries::new(input, len)?;
+    let mut located = Vec::new();
+    let mut value = Vec::new();
+    while let Some((key, value_len)) = entries.next_key()? {
+        let value_at = entries.value_into(value_len, &mut value)?;
         each(&key, &value);
+        located.push(Located {
+            key,
+            value_at,
+            value_len,
+        });
+    }
+    entries.finish()?;
+    Ok(located)
+}
+
+/// The entries of an encoding, read one at a time from `input`: the
+/// header checked first, each key checked to ascend, the checksum and the
+/// end checked by `finish`. A length field that lies about the bytes
+/// behind it costs no more memory than those bytes.
+struct Entries<'a> {
+    input: Crc<&'a mut dyn Read>,
+    /// What the input still holds, if known.
+    left: Option<u64>,
+    count: u64,
+    next: u64,
+    /// Bytes read so far, from the magic on.
+    at: u64,
+    last_key: Option<Bytes>,
+}
+
+impl<'a> Entries<'a> {
+    fn new(input: &'a mut dyn Read, len: Option<u64>) -> Result<Entries<'a>, StateMachineError> {
+        let mut input = Crc {
+            inner: input,
+            crc: 0,
+        };
+        let not_ours = || err("snapshot is not a walrep KV snapshot (bad magic or too short)");
+        let mut head = [0u8; 12];
+        input
+            .take(&mut head, "its header")
+            .map_err(|_| not_ours())?;
+        if &head[..4] != MAGIC {
+            return Err(not_ours());
+        }
+        Ok(Entries {
+            input,
+            left: len.map(|l| l.saturating_sub(12)),
+            count: u64::from_le_bytes(head[4..12].try_into().unwrap()),
+            next: 0,
+            at: 12,
+            last_key: None,
+        })
+    }
+
+    fn took(&mut self, n: usize) {
+        self.at += n as u64;
+        if let Some(l) = self.left.as_mut() {
+            *l = l.saturating_sub(n as u64);
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, StateMachineError> {
+        let n = self.input.u32("an entry")?;
+        self.took(4);
+        Ok(n)
+    }
+
+    /// The next entry's key and its value's length, `None` after the
+    /// last; its value must be read next (`value` or `value_into`).
+    fn next_key(&mut self) -> Result<Option<(Bytes, usize)>, StateMachineError> {
+        if self.next == self.count {
+            return Ok(None);
+        }
+        let i = self.next;
+        self.next += 1;
+        let klen = self.u32()? as usize;
+        let key = Bytes::from(self.input.bytes(klen, &mut self.left, "an entry")?);
+        self.at += klen as u64;
         // `write_map` writes keys in ascending order; a repeated key would
         // silently drop an entry.
-        if map
-            .get_max()
-            .is_some_and(|(last, _)| last.as_ref() >= key.as_slice())
-        {
+        if self.last_key.as_ref().is_some_and(|last| last >= &key) {
             return Err(err(format!(
                 "snapshot entry {i} repeats a key or is out of order (keys must ascend)"
             )));
         }
-        map.insert(Bytes::from(key), value);
+        self.last_key = Some(key.clone());
+        let vlen = self.u32()? as usize;
+        Ok(Some((key, vlen)))
     }
-    let body_crc = input.crc;
-    let crc = input.u32("its checksum")?;
-    if crc != body_crc {
-        return Err(err("snapshot checksum mismatch: the snapshot is corrupt"));
+
+    /// The value of `len` bytes, in a buffer of its own.
+    fn value(&mut self, len: usize) -> Result<Vec<u8>, StateMachineError> {
+        let value = self.input.bytes(len, &mut self.left, "an entry")?;
+        self.at += len as u64;
+        Ok(value)
     }
-    let mut extra = [0u8; 1];
-    match input.inner.read(&mut extra) {
-        Ok(0) => Ok(map),
-        Ok(_) => Err(err("snapshot has bytes after its last entry")),
-        Err(e) => Err(err(format!("reading the snapshot: {e}"))),
+
+    /// The value of `len` bytes, read into `buf` (reused); where it starts.
+    fn value_into(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<u64, StateMachineError> {
+        let at = self.at;
+        match self.left {
+            Some(left) if left < len as u64 => return Err(err("snapshot ends inside an entry")),
+            Some(_) => {
+                buf.clear();
+                buf.resize(len, 0);
+                self.input.take(buf, "an entry")?;
+                self.took(len);
+            }
+            None => {
+                *buf = self.input.bytes(len, &mut None, "an entry")?;
+                self.at += len as u64;
+            }
+        }
+        Ok(at)
+    }
+
+    /// Checks the checksum and that nothing follows it.
+    fn finish(mut self) -> Result<(), StateMachineError> {
+        let body_crc = self.input.crc;
+        let crc = self.input.u32("its checksum")?;
+        if crc != body_crc {
+            return Err(err("snapshot checksum mismatch: the snapshot is corrupt"));
+        }
+        let mut extra = [0u8; 1];
+        match self.input.inner.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(err("snapshot has bytes after its last entry")),
+            Err(e) => Err(err(format!("reading the snapshot: {e}"))),
+        }
     }
 }
 
@@ -350,6 +445,21 @@ pub fn remove_sending_links(dir: &Path) {
             }
         }
     }
+}
+
+/// The whole snapshot file at `path`, mapped read-only, as `Bytes` whose
+/// slices keep the mapping alive (the values of a map restored from it).
+/// Safe because a snapshot file is never changed in place: a newer one
+/// replaces it by a rename, and the mapping keeps the old one's bytes. A
+/// file truncated by hand while mapped would crash the node (SIGBUS),
+/// like any mapped store.
+pub fn map_file(path: &Path) -> Result<Bytes, StateMachineError> {
+    let map = std::fs::File::open(path).and_then(|f| {
+        // SAFETY: the file is not modified in place while mapped (above).
+        unsafe { memmap2::Mmap::map(&f) }
+    });
+    map.map(Bytes::from_owner)
+        .map_err(|e| err(format!("mapping {}: {e}", path.display())))
 }
 
 /// Moves a received snapshot file (fsynced by walrep) into place as
