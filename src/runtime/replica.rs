@@ -333,6 +333,33 @@ impl Replica {
         }
     }
 
+    /// Pauses (`true`) or resumes (`false`) automatic failover on this
+    /// node: maintenance mode. While paused, this node as a standby keeps
+    /// following a primary that fell silent instead of promoting itself
+    /// (`Health::note` says so); a planned switchover and a forced
+    /// `promote` still work. Resumed, a standby whose primary is still
+    /// silent promotes at once if it is eligible. The pause is this node's
+    /// alone (pause both nodes to cover a switchover during maintenance),
+    /// outlives role changes, and is forgotten when the process restarts.
+    /// Returns once `Health::failover_paused` shows it.
+    pub async fn set_failover_paused(&self, paused: bool) -> Result<()> {
+        self.inner
+            .tx
+            .send(Msg::Event(crate::node::Event::FailoverPaused { paused }))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let what = if paused {
+            "pausing failover"
+        } else {
+            "resuming failover"
+        };
+        self.wait_for(Duration::from_secs(5), what, |h| {
+            h.failover_paused == paused
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The writes of `apply*`: `request_ids` empty, or one per command.
     async fn write(&self, cmds: Vec<Bytes>, request_ids: Vec<RequestId>) -> Result<Vec<Applied>> {
         if cmds.is_empty() {
