@@ -7,8 +7,10 @@
 //!             status, promote, healthcheck, demo, certs, bench-*
 //! config.rs   a node's settings: defaults < TOML file < WALREP_* env < flags
 //! node.rs     running a node: data dir, listeners, snapshots, shutdown
-//! http.rs     the client API (axum): /kv, /health, /primary, /replica,
-//!             /metrics, /promote
+//! http.rs     the client API (axum): /kv, the health probes, /metrics,
+//!             /promote, /maintenance
+//! probes.rs   the health probes' rules (/health, /primary, /replica,
+//!             /read-only, /sync, /async, /liveness, /readiness; ?lag=)
 //! api.rs      the JSON shapes the HTTP API and the CLI share
 //! metrics.rs  the Prometheus registry of one node
 //! http_server.rs  serving the API within bounds (connections, timeouts),
@@ -48,6 +50,7 @@ pub mod identity;
 pub mod kv;
 pub mod metrics;
 pub mod node;
+pub mod probes;
 pub mod pair;
 pub mod process;
 pub mod sqlite;
