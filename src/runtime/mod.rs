@@ -78,6 +78,7 @@
 mod actor;
 mod applier;
 mod flusher;
+mod grpc_health;
 mod heartbeat;
 mod inbox;
 mod incoming;
@@ -96,6 +97,7 @@ pub(crate) use metrics::Metrics;
 pub use metrics::MetricsSnapshot;
 #[cfg(feature = "tls")]
 pub use replica::serve_tls;
+pub use grpc_health::{LIVENESS_SERVICE, REPLICATION_SERVICE};
 pub use replica::{Replica, ReplicaBuilder, serve};
 pub(crate) use snapshots::{PendingSnapshot, Snapshots};
 

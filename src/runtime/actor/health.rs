@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Actor;
 
-pub(super) fn placeholder_health(cfg: &Config) -> Health {
+pub(crate) fn placeholder_health(cfg: &Config) -> Health {
     Health {
         node_id: cfg.node_id.clone(),
         role: RoleKind::Standby,

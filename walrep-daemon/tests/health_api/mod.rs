@@ -317,3 +317,5 @@ async fn status_with_several_nodes_prints_one_table_of_the_pair() {
     assert_eq!(table.matches("UNREACHABLE").count(), 2, "{table}");
     assert!(table.contains("cannot reach walrep"), "{table}");
 }
+
+mod grpc;
