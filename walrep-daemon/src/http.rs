@@ -67,6 +67,9 @@ pub struct AppState {
     pub write_budget_bytes: usize,
     /// Longest a `PUT` body may take to arrive (`http_request_timeout_ms`).
     pub body_timeout: std::time::Duration,
+    /// Where maintenance mode is kept across restarts (`with_pause_file`);
+    /// without it the pause lasts as long as the process.
+    pub pause_file: Option<crate::maintenance::PauseFile>,
 }
 
 impl AppState {
@@ -88,7 +91,14 @@ impl AppState {
             write_budget: Arc::new(Semaphore::new(write_budget_bytes)),
             write_budget_bytes,
             body_timeout,
+            pause_file: None,
         }
+    }
+
+    /// Keeps maintenance mode in `file` (`POST`/`DELETE /maintenance`).
+    pub fn with_pause_file(mut self, file: crate::maintenance::PauseFile) -> AppState {
+        self.pause_file = Some(file);
+        self
     }
 }
 
@@ -445,6 +455,17 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
         );
     }
     tracing::info!(pause, "maintenance asked over HTTP");
+    // On disk first: what the node does after a restart is what was asked.
+    if let Some(file) = &s.pause_file
+        && let Err(e) = file.set(pause)
+    {
+        s.metrics.http_rejected("internal");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e}; automatic failover is unchanged"),
+            None,
+        );
+    }
     match s.replica.set_failover_paused(pause).await {
         Ok(()) => s.maintenance_reply(),
         Err(e) => s.refused(e),

@@ -9,6 +9,7 @@
 //! node.rs     running a node: data dir, listeners, snapshots, shutdown
 //! http.rs     the client API (axum): /kv, the health probes, /metrics,
 //!             /promote, /maintenance
+//! maintenance.rs  DIR/failover-paused: maintenance mode kept across restarts
 //! probes.rs   the health probes' rules (/health, /primary, /replica,
 //!             /read-only, /sync, /async, /liveness, /readiness; ?lag=)
 //! api.rs      the JSON shapes the HTTP API and the CLI share
@@ -48,6 +49,7 @@ pub mod https;
 pub mod idempotency;
 pub mod identity;
 pub mod kv;
+pub mod maintenance;
 pub mod metrics;
 pub mod node;
 pub mod probes;

@@ -3,7 +3,7 @@
 //! from either node, maintenance mode over HTTP and the CLI, and the
 //! cluster view of `walrep status` with several nodes.
 
-use super::{args, cli, json, req};
+use super::{args, cli, health, json, req};
 use crate::daemon_support::*;
 use hyper::Method;
 use walrep_daemon::api::{ErrorReply, MaintenanceReply, ProbeReply};
@@ -233,15 +233,21 @@ async fn maintenance_needs_the_token_and_shows_in_health_and_metrics() {
     assert_eq!(metric(&text).as_deref(), Some("walrep_failover_paused 0"));
 }
 
-/// The real binary: a standby paused for maintenance whose primary is
-/// killed keeps following it, says why, and takes over once resumed; the
-/// cluster view shows the dead node as unreachable.
+/// The real binary: a pause survives a restart; a standby paused for
+/// maintenance whose primary is killed keeps following it, says why, and
+/// takes over once resumed; the cluster view shows the dead node as
+/// unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed() {
     let mut p = proc_pair(&[]).await;
     let (n1, n2) = (p.n1.http.clone(), p.n2.http.clone());
     let out = cli(args(&["maintenance", "pause", "--addr", &n1, "--addr", &n2])).await;
     assert!(out.status.success(), "{out:?}");
+    // The pause is kept in the data directory: a restart keeps it.
+    p.n2.kill();
+    p.n2.spawn().unwrap();
+    wait_streaming(&n1, &n2).await;
+    assert!(health(&n2).await.failover_paused, "paused after a restart");
     HttpClient::new(&n1).put("k", "v".into()).await.unwrap();
     wait_health(&n2, "has the write", |h| h.flushed_lsn >= 1).await;
 
@@ -274,6 +280,11 @@ async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed(
     assert!(out.status.success(), "{out:?}");
     let h = wait_health(&n2, "promoted", is_writable_primary).await;
     assert_eq!(h.epoch, 2);
+    assert!(!h.failover_paused);
+    assert!(
+        !p.n2.data_dir.join(walrep_daemon::maintenance::FILE_NAME).exists(),
+        "resuming removes the file"
+    );
     assert_eq!(
         HttpClient::new(&n2).get("k").await.unwrap().as_deref(),
         Some(&b"v"[..])
