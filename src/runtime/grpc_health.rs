@@ -149,7 +149,9 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         match &mut self.health {
             Some(health) if req.uri().path().starts_with(HEALTH_PATH) => {
-                futures::future::Either::Right(tonic::codegen::Service::<Request>::call(health, req))
+                futures::future::Either::Right(tonic::codegen::Service::<Request>::call(
+                    health, req,
+                ))
             }
             _ => futures::future::Either::Left(self.replication.call(req)),
         }

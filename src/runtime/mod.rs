@@ -91,13 +91,13 @@ mod tasks;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use grpc_health::{LIVENESS_SERVICE, REPLICATION_SERVICE};
 pub(crate) use inbox::Inbound;
 pub(crate) use inbox::{Inbox, NodeGone};
 pub(crate) use metrics::Metrics;
 pub use metrics::MetricsSnapshot;
 #[cfg(feature = "tls")]
 pub use replica::serve_tls;
-pub use grpc_health::{LIVENESS_SERVICE, REPLICATION_SERVICE};
 pub use replica::{Replica, ReplicaBuilder, serve};
 pub(crate) use snapshots::{PendingSnapshot, Snapshots};
 

@@ -624,7 +624,11 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
                         addr.addr,
                         r.node_id,
                         r.role,
-                        if r.failover_paused { "paused" } else { "resumed" }
+                        if r.failover_paused {
+                            "paused"
+                        } else {
+                            "resumed"
+                        }
                     ),
                     Err(e) => {
                         failed += 1;
@@ -708,7 +712,10 @@ async fn cluster_status(nodes: &[AddrArg]) -> Result<Vec<client::ClusterRow>, Da
             health: answer.map(|(_, h)| h).map_err(|e| e.to_string()),
         });
     }
-    Ok(rows.into_iter().map(|r| r.expect("every node answered or failed")).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| r.expect("every node answered or failed"))
+        .collect())
 }
 
 async fn until_interrupted<T>(

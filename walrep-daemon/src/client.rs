@@ -487,7 +487,13 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..HEAD.len())
-        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &table {

@@ -34,7 +34,8 @@ impl PauseFile {
     pub fn set(&self, paused: bool) -> Result<(), DaemonError> {
         let what = |verb: &str| format!("{verb} {} (maintenance mode)", self.0.display());
         if paused {
-            let file = std::fs::File::create(&self.0).map_err(|e| DaemonError::io(what("creating"), e))?;
+            let file =
+                std::fs::File::create(&self.0).map_err(|e| DaemonError::io(what("creating"), e))?;
             file.sync_all()
                 .map_err(|e| DaemonError::io(what("syncing"), e))?;
         } else {

@@ -338,7 +338,16 @@ mod tests {
         ] {
             assert_eq!(parse_size(text), Ok(bytes), "{text}");
         }
-        for bad in ["", "MB", "-1", "1.5MB", "1 MB", "16mb", "1TB", "99999999999999999999"] {
+        for bad in [
+            "",
+            "MB",
+            "-1",
+            "1.5MB",
+            "1 MB",
+            "16mb",
+            "1TB",
+            "99999999999999999999",
+        ] {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains("lag=16MB"), "{bad}: {e}");
         }
@@ -413,13 +422,37 @@ mod tests {
         use Probe::*;
         let table: [(&str, &HealthReport, [u16; 8]); 7] = [
             // Primary Replica ReadOnly Sync Async Liveness Readiness Health
-            ("primary", &primary, [200, 503, 200, 503, 503, 200, 200, 200]),
-            ("standby", &standby, [503, 200, 200, 503, 200, 200, 200, 200]),
-            ("sync standby", &sync_standby, [503, 200, 200, 200, 503, 200, 200, 200]),
-            ("cut off", &cut_off, [503, 503, 503, 503, 503, 200, 503, 200]),
-            ("blocked", &blocked, [503, 503, 503, 503, 503, 200, 503, 200]),
+            (
+                "primary",
+                &primary,
+                [200, 503, 200, 503, 503, 200, 200, 200],
+            ),
+            (
+                "standby",
+                &standby,
+                [503, 200, 200, 503, 200, 200, 200, 200],
+            ),
+            (
+                "sync standby",
+                &sync_standby,
+                [503, 200, 200, 200, 503, 200, 200, 200],
+            ),
+            (
+                "cut off",
+                &cut_off,
+                [503, 503, 503, 503, 503, 200, 503, 200],
+            ),
+            (
+                "blocked",
+                &blocked,
+                [503, 503, 503, 503, 503, 200, 503, 200],
+            ),
             ("failed", &failed, [503, 503, 503, 503, 503, 503, 503, 503]),
-            ("rejoining", &rejoining, [503, 503, 503, 503, 503, 200, 503, 200]),
+            (
+                "rejoining",
+                &rejoining,
+                [503, 503, 503, 503, 503, 200, 503, 200],
+            ),
         ];
         let probes = [
             Primary, Replica, ReadOnly, Sync, Async, Liveness, Readiness, Health,

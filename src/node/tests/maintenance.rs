@@ -30,7 +30,8 @@ fn a_paused_standby_whose_primary_falls_silent_does_not_promote() {
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!(node.epoch(), Epoch(1), "fences nothing, takes no epoch");
     assert!(
-        node.held_by_pause().is_some_and(|why| why.contains("paused")),
+        node.held_by_pause()
+            .is_some_and(|why| why.contains("paused")),
         "the node says why it does not promote"
     );
 }
@@ -143,7 +144,10 @@ fn a_planned_switchover_works_while_paused() {
             confirmed_last_lsn: Some(Lsn(10)),
         },
     );
-    assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))), "{effects:?}");
+    assert!(
+        effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))),
+        "{effects:?}"
+    );
     assert_eq!(node.role(), RoleKind::Primary);
     assert!(node.failover_paused(), "the pause outlives the role change");
 }

@@ -2,9 +2,9 @@
 //! with tonic-health's own client, as Kubernetes' gRPC probe asks it.
 
 use crate::daemon_support::*;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use walrep_daemon::client::HttpClient;
 use walrep_daemon::pair::{Pair as ProcessPair, PairPorts};
 
@@ -64,7 +64,11 @@ async fn grpc_health_serves_by_role_on_the_replication_port() {
     let (mut c1, mut c2) = (client(ports.grpc[0]).await, client(ports.grpc[1]).await);
     for c in [&mut c1, &mut c2] {
         for service in ["", walrep::REPLICATION_SERVICE, walrep::LIVENESS_SERVICE] {
-            assert_eq!(check(c, service).await, ServingStatus::Serving, "{service:?}");
+            assert_eq!(
+                check(c, service).await,
+                ServingStatus::Serving,
+                "{service:?}"
+            );
         }
         let unknown = c
             .check(HealthCheckRequest {
@@ -75,7 +79,10 @@ async fn grpc_health_serves_by_role_on_the_replication_port() {
         assert_eq!(unknown.code(), tonic::Code::NotFound);
     }
     // Replication still works beside it on the same port.
-    HttpClient::new(&p.n1.http).put("k", "v".into()).await.unwrap();
+    HttpClient::new(&p.n1.http)
+        .put("k", "v".into())
+        .await
+        .unwrap();
     wait_health(&p.n2.http, "replicated", |h| h.applied_lsn == 1).await;
 
     // A standby cut off from its primary (held back by maintenance, so it

@@ -6,8 +6,8 @@
 use super::{args, cli, health, json, req};
 use crate::daemon_support::*;
 use hyper::Method;
-use walrep_daemon::api::{ErrorReply, MaintenanceReply, ProbeReply};
 use walrep::Replicator;
+use walrep_daemon::api::{ErrorReply, MaintenanceReply, ProbeReply};
 use walrep_daemon::client::{HttpClient, Reply};
 
 const PROBES: [&str; 10] = [
@@ -65,7 +65,10 @@ async fn every_probe_answers_get_head_and_options_by_role() {
     let (a, b) = (p.a_http.as_str(), p.b_http.as_str());
     HttpClient::new(a).put("k", "v".into()).await.unwrap();
     // Caught up: the standby flushed the primary's last record.
-    wait_health(b, "caught up", |h| h.last_lsn == 1 && h.peer.lag_records == 0).await;
+    wait_health(b, "caught up", |h| {
+        h.last_lsn == 1 && h.peer.lag_records == 0
+    })
+    .await;
     // In remote-flush the primary calls its standby in sync.
     let want: [(&str, u16, u16); 10] = [
         ("/health", 200, 200),
@@ -179,12 +182,19 @@ async fn maintenance_needs_the_token_and_shows_in_health_and_metrics() {
 
     let paused = with_token.set_maintenance(true).await.unwrap();
     assert_eq!(
-        (paused.node_id.as_str(), paused.role.as_str(), paused.failover_paused),
+        (
+            paused.node_id.as_str(),
+            paused.role.as_str(),
+            paused.failover_paused
+        ),
         ("b", "standby", true)
     );
     let h = wait_health(b, "paused", |h| h.failover_paused).await;
     assert_eq!(h.role, "standby");
-    assert!(!p.a.replica.health().failover_paused, "the pause is per node");
+    assert!(
+        !p.a.replica.health().failover_paused,
+        "the pause is per node"
+    );
     let metric = |text: &str| {
         text.lines()
             .find(|l| l.starts_with("walrep_failover_paused "))
@@ -216,7 +226,10 @@ async fn maintenance_needs_the_token_and_shows_in_health_and_metrics() {
     assert!(p.a.replica.health().failover_paused);
     let out = cli(args(&["maintenance", "resume", "--addr", b])).await;
     assert!(!out.status.success(), "no token: refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
     let out = cli(args(&[
         "maintenance",
         "resume",
@@ -241,7 +254,15 @@ async fn maintenance_needs_the_token_and_shows_in_health_and_metrics() {
 async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed() {
     let mut p = proc_pair(&[]).await;
     let (n1, n2) = (p.n1.http.clone(), p.n2.http.clone());
-    let out = cli(args(&["maintenance", "pause", "--addr", &n1, "--addr", &n2])).await;
+    let out = cli(args(&[
+        "maintenance",
+        "pause",
+        "--addr",
+        &n1,
+        "--addr",
+        &n2,
+    ]))
+    .await;
     assert!(out.status.success(), "{out:?}");
     // The pause is kept in the data directory: a restart keeps it.
     p.n2.kill();
@@ -269,8 +290,14 @@ async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed(
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows.len(), 3, "{table}");
-    assert!(rows[0].starts_with("NODE") && rows[0].contains("PAUSED"), "{table}");
-    assert!(rows[1].contains(&n1) && rows[1].contains("UNREACHABLE"), "{table}");
+    assert!(
+        rows[0].starts_with("NODE") && rows[0].contains("PAUSED"),
+        "{table}"
+    );
+    assert!(
+        rows[1].contains(&n1) && rows[1].contains("UNREACHABLE"),
+        "{table}"
+    );
     assert!(
         rows[2].starts_with("n2") && rows[2].contains("standby") && rows[2].contains("yes"),
         "{table}"
@@ -282,7 +309,10 @@ async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed(
     assert_eq!(h.epoch, 2);
     assert!(!h.failover_paused);
     assert!(
-        !p.n2.data_dir.join(walrep_daemon::maintenance::FILE_NAME).exists(),
+        !p.n2
+            .data_dir
+            .join(walrep_daemon::maintenance::FILE_NAME)
+            .exists(),
         "resuming removes the file"
     );
     assert_eq!(
@@ -312,8 +342,16 @@ async fn status_with_several_nodes_prints_one_table_of_the_pair() {
         ],
         "{table}"
     );
-    assert_eq!(rows[1][..8], ["a", a, "primary", "1", "1", "1", "1", "1"], "{table}");
-    assert_eq!(rows[2][..8], ["b", b, "standby", "1", "1", "1", "1", "1"], "{table}");
+    assert_eq!(
+        rows[1][..8],
+        ["a", a, "primary", "1", "1", "1", "1", "1"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[2][..8],
+        ["b", b, "standby", "1", "1", "1", "1", "1"],
+        "{table}"
+    );
     assert!(table.lines().nth(2).unwrap().contains(" sync "), "{table}");
 
     let out = cli(args(&["status", "--json", "--addr", a, "--addr", b])).await;
