@@ -141,9 +141,10 @@ impl Node {
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
             return;
         }
-        if paused {
+        if paused && s.eligible(&cfg) {
             // Maintenance: keep following (the primary may come back, or
-            // the operator promotes); fence nothing.
+            // the operator promotes); fence nothing. (Not eligible, the
+            // standby would not promote anyway, and says why below.)
             if !s.held_by_pause {
                 s.held_by_pause = true;
                 tracing::warn!(

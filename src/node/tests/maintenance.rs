@@ -167,3 +167,16 @@ fn the_pause_is_kept_across_a_demotion_to_standby() {
     assert!(node.failover_paused());
     assert_ne!(node.role(), RoleKind::Primary);
 }
+
+#[test]
+fn a_paused_standby_that_is_not_eligible_blames_eligibility_not_the_pause() {
+    let mut node = standby_in_contact(cfg(), SyncState::NotSync, t(100));
+    node.step(t(150), pause(true));
+    assert!(!tick_until(&mut node, 200, 5000).iter().any(is_promotion));
+    assert_eq!(node.held_by_pause(), None);
+    assert!(
+        node.step(t(5050), pause(false)).is_empty(),
+        "still not eligible"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+}
