@@ -225,12 +225,17 @@ impl HealthReport {
     }
 
     /// A streaming standby its primary calls in sync: every acknowledged
-    /// write is on its disk. The primary's word reaches the standby in
-    /// heartbeats; `eligible` on a standby in a sync commit mode means the
-    /// last one said `sync`, which counts too while `sync_state` on a
-    /// standby does not carry it.
+    /// write is on its disk (what `/sync` checks).
     pub fn is_sync_standby(&self) -> bool {
-        self.is_streaming_replica()
+        self.is_streaming_replica() && self.was_called_in_sync()
+    }
+
+    /// A standby whose primary called it in sync at their last contact.
+    /// The primary's word reaches the standby in heartbeats; `eligible` on
+    /// a standby in a sync commit mode means the last one said `sync`,
+    /// which counts too while `sync_state` on a standby does not carry it.
+    pub fn was_called_in_sync(&self) -> bool {
+        self.role == "standby"
             && self.commit_mode != "async"
             && (self.sync_state == "sync" || self.eligible)
     }

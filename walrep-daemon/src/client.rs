@@ -417,7 +417,9 @@ pub struct ClusterRow {
 
 /// `walrep status --addr A --addr B ...`: one line per node, like
 /// `patronictl list`. Lag is records (and bytes when known) behind the
-/// primary: a standby's own, or on the primary its standby's.
+/// primary: a standby's own, or on the primary its standby's. A standby's
+/// sync state is what its primary last called it (it may be cut off now:
+/// see `peer.connected`).
 pub fn cluster_table(rows: &[ClusterRow]) -> String {
     const HEAD: [&str; 14] = [
         "NODE", "ADDR", "ROLE", "EPOCH", "FIRST", "LAST", "COMMIT", "APPLIED", "LAG", "SYNC",
@@ -452,7 +454,7 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
             None => "-".into(),
         };
         let sync = match h.role.as_str() {
-            "standby" if h.is_sync_standby() => "sync".to_string(),
+            "standby" if h.was_called_in_sync() => "sync".to_string(),
             "standby" if h.commit_mode == "async" => "async".to_string(),
             "standby" => "not_sync".to_string(),
             _ => h.sync_state.clone(),

@@ -299,7 +299,10 @@ async fn a_paused_standby_outlives_a_killed_primary_and_takes_over_when_resumed(
         "{table}"
     );
     assert!(
-        rows[2].starts_with("n2") && rows[2].contains("standby") && rows[2].contains("yes"),
+        rows[2].starts_with("n2")
+            && rows[2].contains("standby")
+            && rows[2].contains(" sync ")
+            && rows[2].contains("yes"),
         "{table}"
     );
 
