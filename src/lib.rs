@@ -69,7 +69,9 @@ pub use node::{RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
 #[cfg(feature = "tls")]
 pub use runtime::serve_tls;
-pub use runtime::{MetricsSnapshot, Replica, ReplicaBuilder, serve};
+pub use runtime::{
+    LIVENESS_SERVICE, MetricsSnapshot, REPLICATION_SERVICE, Replica, ReplicaBuilder, serve,
+};
 pub use state_machine::{SnapshotFile, SnapshotSource, StateMachine, StateMachineError};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 #[cfg(feature = "tls")]

@@ -88,6 +88,11 @@ pub struct Health {
     pub note: Option<String>,
     /// The arbiter as this node sees it (`None` without one).
     pub arbiter: Option<crate::arbiter::ArbiterStatus>,
+    /// Automatic failover is paused on this node (maintenance mode,
+    /// `Replica::set_failover_paused`): as a standby it does not promote
+    /// itself when the primary falls silent (`note` says so when that
+    /// happens).
+    pub failover_paused: bool,
 }
 
 /// What an engine calls. One `Replicator` per node (`Replica` is the

@@ -231,6 +231,13 @@ pub(crate) enum Event {
     /// answered with `Effect::HandOver` (a primary with a reachable standby
     /// in sync) or `Effect::Stop`.
     StopRequested,
+    /// The operator paused (`true`) or resumed (`false`) automatic
+    /// failover (maintenance mode, `Replica::set_failover_paused`). While
+    /// paused, a standby whose primary falls silent keeps following it and
+    /// does not promote itself; a planned switchover and a forced promotion
+    /// still work. Resumed, a standby whose primary is still silent
+    /// promotes at once if it is eligible.
+    FailoverPaused { paused: bool },
     /// The arbiter answered the call of an `Effect::AskArbiter` (at most
     /// one is in flight).
     ArbiterAnswered {

@@ -161,6 +161,10 @@ pub(crate) struct Node {
     wal_retry: Option<WalRetry>,
     /// What the node knows of the arbiter (`None` without one).
     arbiter: Option<arbiter::ArbiterLink>,
+    /// Automatic failover is paused by the operator (maintenance mode):
+    /// a standby does not promote itself when the primary falls silent.
+    /// Kept across role changes, forgotten at restart.
+    failover_paused: bool,
     out: Vec<Effect>,
 }
 
@@ -209,6 +213,7 @@ impl Node {
                 .arbiter
                 .as_ref()
                 .map(|_| arbiter::ArbiterLink::default()),
+            failover_paused: false,
             out: Vec::new(),
             cfg,
         };
@@ -365,6 +370,7 @@ impl Node {
                 bounded_from,
             } => self.on_wal_retention(first_lsn, durable_lsn, bounded_from),
             Event::ArbiterAnswered { purpose, answer } => self.on_arbiter_answered(purpose, answer),
+            Event::FailoverPaused { paused } => self.on_failover_paused(now, paused),
         }
         self.arbiter_work(now);
         self.last_step = Some(now);
@@ -379,7 +385,7 @@ impl Node {
         let periodic = self.last_tick + self.cfg.heartbeat_interval;
         let role = match &self.role {
             Role::Primary(p) => p.next_deadline(&self.cfg),
-            Role::Standby(s) => s.next_deadline(&self.cfg),
+            Role::Standby(s) => s.next_deadline(&self.cfg, self.failover_paused),
             Role::Failed { .. } => self.wal_retry.and_then(|r| r.at),
             _ => None,
         };
@@ -473,6 +479,22 @@ impl Node {
     /// silent (standby only).
     pub(crate) fn is_eligible(&self) -> bool {
         matches!(&self.role, Role::Standby(s) if s.eligible(&self.cfg))
+    }
+
+    /// Whether automatic failover is paused (maintenance mode).
+    pub(crate) fn failover_paused(&self) -> bool {
+        self.failover_paused
+    }
+
+    /// Why this standby is not promoting although its primary fell
+    /// silent for `failover_timeout`: failover is paused. `None` otherwise.
+    pub(crate) fn held_by_pause(&self) -> Option<&'static str> {
+        match &self.role {
+            Role::Standby(s) if self.failover_paused && s.held_by_pause => Some(
+                "the primary has been silent for failover_timeout, but automatic failover is paused (maintenance): not promoting; resume failover or promote with force",
+            ),
+            _ => None,
+        }
     }
 
     /// Whether this node accepts a write now, and if not, why.

@@ -17,6 +17,9 @@ pub(super) struct Standby {
     reported_silence: bool,
     /// A planned switchover we asked for: answer the operator by then.
     pub(super) planned_until: Option<Time>,
+    /// The primary fell silent for `failover_timeout` while failover was
+    /// paused: we did not promote, and say so in `Health`.
+    pub(super) held_by_pause: bool,
 }
 
 impl Standby {
@@ -28,6 +31,7 @@ impl Standby {
             primary_commit: Lsn::ZERO,
             reported_silence: false,
             planned_until: None,
+            held_by_pause: false,
         }
     }
 
@@ -61,10 +65,12 @@ impl Standby {
         }
     }
 
-    pub(super) fn next_deadline(&self, cfg: &Config) -> Option<Time> {
+    /// `paused`: automatic failover is paused, so silence is no deadline
+    /// (resuming it runs the check at once).
+    pub(super) fn next_deadline(&self, cfg: &Config, paused: bool) -> Option<Time> {
         let silence = self
             .last_contact
-            .filter(|_| cfg.auto_failover && !self.reported_silence)
+            .filter(|_| cfg.auto_failover && !paused && !self.reported_silence)
             .map(|t| t + cfg.failover_timeout);
         match (silence, self.planned_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -112,6 +118,7 @@ impl Node {
             s.lag_at_contact = primary_last_lsn.0.saturating_sub(flushed.0);
             s.primary_commit = commit_lsn;
             s.reported_silence = false;
+            s.held_by_pause = false;
         }
         self.cancel_failover();
     }
@@ -127,10 +134,24 @@ impl Node {
         }
         let (epoch, raisable) = (self.epoch, self.epoch.can_be_raised());
         let has_arbiter = self.has_arbiter();
+        let paused = self.failover_paused;
         let Some(s) = self.standby() else { return };
         let Some(last) = s.last_contact else { return };
         let silent_for = now.saturating_sub(last);
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
+            return;
+        }
+        if paused && s.eligible(&cfg) {
+            // Maintenance: keep following (the primary may come back, or
+            // the operator promotes); fence nothing. (Not eligible, the
+            // standby would not promote anyway, and says why below.)
+            if !s.held_by_pause {
+                s.held_by_pause = true;
+                tracing::warn!(
+                    silent_ms = silent_for.as_millis() as u64,
+                    "primary silent for failover_timeout, but automatic failover is paused; not promoting (resume failover, or promote with force)"
+                );
+            }
             return;
         }
         if !raisable {
@@ -161,6 +182,29 @@ impl Node {
                 reason = %why,
                 "primary silent for failover_timeout, but this standby is not eligible to promote; waiting (an operator can force it)"
             );
+        }
+    }
+
+    /// Pauses or resumes automatic failover. Resumed, a standby whose
+    /// primary is still silent decides at once, as a tick would.
+    pub(super) fn on_failover_paused(&mut self, now: Time, paused: bool) {
+        if self.failover_paused == paused {
+            return;
+        }
+        self.failover_paused = paused;
+        tracing::info!(
+            paused,
+            role = %self.role(),
+            "automatic failover {}",
+            if paused { "paused (maintenance)" } else { "resumed" }
+        );
+        if let Some(s) = self.standby() {
+            s.held_by_pause = false;
+            // The silence check runs again from the start (its log line too).
+            s.reported_silence = false;
+        }
+        if !paused {
+            self.standby_tick(now);
         }
     }
 

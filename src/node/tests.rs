@@ -2140,3 +2140,4 @@ fn a_standby_trying_its_wal_again_tells_the_primary_it_failed_until_an_append_wo
 }
 
 mod arbiter;
+mod maintenance;

@@ -78,6 +78,7 @@
 mod actor;
 mod applier;
 mod flusher;
+mod grpc_health;
 mod heartbeat;
 mod inbox;
 mod incoming;
@@ -90,6 +91,7 @@ mod tasks;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use grpc_health::{LIVENESS_SERVICE, REPLICATION_SERVICE};
 pub(crate) use inbox::Inbound;
 pub(crate) use inbox::{Inbox, NodeGone};
 pub(crate) use metrics::Metrics;

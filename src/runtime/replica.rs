@@ -102,7 +102,8 @@ impl ReplicaBuilder {
     /// Starts the node's tasks on the current tokio runtime and serves
     /// the replication service on the socket `listen` or `serve_on`
     /// named, on a task the returned `Replica` owns until
-    /// `Replicator::shutdown`. A port that cannot be bound fails here,
+    /// `Replicator::shutdown`. The same server answers gRPC health checks
+    /// (`grpc.health.v1`: see `Replica::grpc_health_service`). A port that cannot be bound fails here,
     /// before the node reads or writes anything.
     ///
     /// Without `listen` or `serve_on` it fails: use
@@ -129,16 +130,17 @@ impl ReplicaBuilder {
         #[cfg(feature = "tls")]
         let tls = self.tls.clone();
         let (mut replica, service) = self.start_without_server()?;
+        let grpc_health = Some(super::grpc_health::service(replica.subscribe()));
         let stop = CancellationToken::new();
         let stopped = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
             #[cfg(feature = "tls")]
             let served = match tls {
-                Some(tls) => serve_tls(service, listener, &tls, stopped).await,
-                None => serve(service, listener, stopped).await,
+                Some(tls) => serve_tls_with(service, grpc_health, listener, &tls, stopped).await,
+                None => serve_with(service, grpc_health, listener, stopped).await,
             };
             #[cfg(not(feature = "tls"))]
-            let served = serve(service, listener, stopped).await;
+            let served = serve_with(service, grpc_health, listener, stopped).await;
             if let Err(e) = served {
                 tracing::warn!(error = %e, "the replication server stopped");
             }
@@ -310,6 +312,21 @@ impl Replica {
         }
     }
 
+    /// The `grpc.health.v1.Health` service for this node, for an engine
+    /// that serves replication on a server of its own
+    /// (`start_without_server`): add it beside `ReplicationService` and
+    /// Kubernetes' gRPC probes can ask it. `start` serves it already.
+    ///
+    /// Service `""` and `REPLICATION_SERVICE` (`walrep.v1.Replication`) are
+    /// `SERVING` while the node is a primary or a standby receiving the
+    /// WAL stream (a readiness probe); `LIVENESS_SERVICE` (`liveness`) is
+    /// `SERVING` unless the node failed (a liveness probe: a standby cut off
+    /// from its primary is alive and must not be restarted). After
+    /// `shutdown` every name is `NOT_SERVING`.
+    pub fn grpc_health_service(&self) -> HealthServer<tonic_health::server::HealthService> {
+        super::grpc_health::service(self.subscribe())
+    }
+
     /// The node's counters (role transitions, refusals, rewinds) now.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
@@ -331,6 +348,33 @@ impl Replica {
                 *self.inner.health.borrow()
             ))),
         }
+    }
+
+    /// Pauses (`true`) or resumes (`false`) automatic failover on this
+    /// node: maintenance mode. While paused, this node as a standby keeps
+    /// following a primary that fell silent instead of promoting itself
+    /// (`Health::note` says so); a planned switchover and a forced
+    /// `promote` still work. Resumed, a standby whose primary is still
+    /// silent promotes at once if it is eligible. The pause is this node's
+    /// alone (pause both nodes to cover a switchover during maintenance),
+    /// outlives role changes, and is forgotten when the process restarts.
+    /// Returns once `Health::failover_paused` shows it.
+    pub async fn set_failover_paused(&self, paused: bool) -> Result<()> {
+        self.inner
+            .tx
+            .send(Msg::Event(crate::node::Event::FailoverPaused { paused }))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let what = if paused {
+            "pausing failover"
+        } else {
+            "resuming failover"
+        };
+        self.wait_for(Duration::from_secs(5), what, |h| {
+            h.failover_paused == paused
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The writes of `apply*`: `request_ids` empty, or one per command.
@@ -477,9 +521,31 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    serve_with(service, no_health(), listener, shutdown).await
+}
+
+/// No gRPC health service (`serve` and `serve_tls`, whose callers add
+/// `Replica::grpc_health_service` to a server of their own if they want it).
+fn no_health() -> Option<HealthServer<tonic_health::server::HealthService>> {
+    None
+}
+
+type HealthServer<H> = tonic_health::pb::health_server::HealthServer<H>;
+
+/// As `serve`, with the gRPC health service beside replication.
+async fn serve_with(
+    service: ReplicationService,
+    health: Option<HealthServer<tonic_health::server::HealthService>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
+    let service = super::grpc_health::WithHealth {
+        replication: service.into_server(),
+        health,
+    };
     tuned_server()
         .serve_with_incoming_shutdown(
-            service.into_server(),
+            service,
             // The server's own tcp_nodelay applies only to sockets it binds;
             // without it small acks wait for delayed ACKs (~40 ms).
             tokio_stream::StreamExt::map(
@@ -506,11 +572,29 @@ pub async fn serve_tls(
     tls: &crate::transport::Tls,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    serve_tls_with(service, no_health(), listener, tls, shutdown).await
+}
+
+/// As `serve_tls`, with the gRPC health service beside replication: it is
+/// reached over the same mutual TLS, so only a holder of a certificate
+/// the node accepts (its peer's) can ask it.
+#[cfg(feature = "tls")]
+async fn serve_tls_with(
+    service: ReplicationService,
+    health: Option<HealthServer<tonic_health::server::HealthService>>,
+    listener: tokio::net::TcpListener,
+    tls: &crate::transport::Tls,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
     let service = service.requiring_peer_identity();
     let refused = service.refusal_counter();
+    let service = super::grpc_health::WithHealth {
+        replication: service.into_server(),
+        health,
+    };
     tuned_server()
         .serve_with_incoming_shutdown(
-            service.into_server(),
+            service,
             crate::transport::tls_incoming(listener, tls.clone(), refused),
             shutdown,
         )

@@ -42,6 +42,10 @@ pub struct HealthReport {
     /// The arbiter as this node sees it; absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arbiter: Option<ArbiterReport>,
+    /// Automatic failover is paused on this node (maintenance mode:
+    /// `POST /maintenance`): as a standby it does not promote itself.
+    #[serde(default)]
+    pub failover_paused: bool,
 }
 
 /// The arbiter as a node sees it.
@@ -108,6 +112,37 @@ pub struct PromoteReply {
     pub epoch: u64,
 }
 
+/// The probes' body (`/health`, `/primary`, `/replica` ...): the health
+/// report, and why the answer is 503 when it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    #[serde(flatten)]
+    pub health: HealthReport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST`/`DELETE /maintenance`: the node's pause after the call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceReply {
+    pub node_id: String,
+    pub role: String,
+    pub failover_paused: bool,
+}
+
+/// How far a standby is behind its primary, as it knows it: what the
+/// lag bounds of `/replica`, `/read-only`, `/readiness`, `/sync` and
+/// `/async` compare against, and the cluster view shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandbyLag {
+    /// Records the primary has (as of its last message) that this
+    /// standby has not flushed.
+    pub records: u64,
+    /// The same in bytes of WAL, when the node knows it: `None` while it
+    /// knows only the record count.
+    pub bytes: Option<u64>,
+}
+
 pub fn sync_state_str(s: SyncState) -> &'static str {
     match s {
         SyncState::Sync => "sync",
@@ -158,11 +193,50 @@ impl HealthReport {
                 last_error: a.last_error.clone(),
                 held_back: a.held_back.clone(),
             }),
+            failover_paused: h.failover_paused,
         }
     }
 
     /// What `GET /replica` checks: a standby receiving the WAL stream.
     pub fn is_streaming_replica(&self) -> bool {
         self.role == "standby" && self.peer.connected
+    }
+
+    /// A standby's lag behind its primary (`None` on any other role): the
+    /// one place every probe and view reads it from.
+    ///
+    /// Records: the primary's last LSN from its last message minus our
+    /// flushed LSN (`peer.lag_records`). Bytes: `peer.lag_bytes` where the
+    /// node measures it; a standby caught up in records is 0 bytes behind;
+    /// otherwise unknown.
+    pub fn standby_lag(&self) -> Option<StandbyLag> {
+        if self.role != "standby" {
+            return None;
+        }
+        let records = self.peer.lag_records;
+        let bytes = if records == 0 {
+            Some(0)
+        } else if self.peer.lag_bytes > 0 {
+            Some(self.peer.lag_bytes)
+        } else {
+            None
+        };
+        Some(StandbyLag { records, bytes })
+    }
+
+    /// A streaming standby its primary calls in sync: every acknowledged
+    /// write is on its disk (what `/sync` checks).
+    pub fn is_sync_standby(&self) -> bool {
+        self.is_streaming_replica() && self.was_called_in_sync()
+    }
+
+    /// A standby whose primary called it in sync at their last contact.
+    /// The primary's word reaches the standby in heartbeats; `eligible` on
+    /// a standby in a sync commit mode means the last one said `sync`,
+    /// which counts too while `sync_state` on a standby does not carry it.
+    pub fn was_called_in_sync(&self) -> bool {
+        self.role == "standby"
+            && self.commit_mode != "async"
+            && (self.sync_state == "sync" || self.eligible)
     }
 }

@@ -1,9 +1,11 @@
 //! The HTTP API's bearer token: a request that writes or changes roles
-//! (any method but GET and HEAD: `PUT`/`DELETE /kv/{key}`, `POST /promote`)
-//! must carry `Authorization: Bearer <token>`, else 401 and nothing
-//! happens. Reads, `/health`, `/primary`, `/replica` and `/metrics` stay
-//! open: load balancers and Prometheus probe them without secrets, and
-//! they change nothing (metrics hold counters, never data).
+//! (any method but GET, HEAD and OPTIONS: `PUT`/`DELETE /kv/{key}`,
+//! `POST /promote`, `POST`/`DELETE /maintenance`) must carry
+//! `Authorization: Bearer <token>`, else 401 and nothing happens. Reads,
+//! the health probes (`/health`, `/primary`, `/replica` ..., also as
+//! `OPTIONS`, HAProxy's usual check) and `/metrics` stay open: load
+//! balancers and Prometheus probe them without secrets, and they change
+//! nothing (metrics hold counters, never data).
 //!
 //! The token is read from a file (`--http-token-file`), so it is not in
 //! the process list or the environment.
@@ -78,7 +80,7 @@ impl HttpToken {
 
 /// Whether a request of `method` needs the token.
 pub fn needs_token(method: &Method) -> bool {
-    method != Method::GET && method != Method::HEAD
+    method != Method::GET && method != Method::HEAD && method != Method::OPTIONS
 }
 
 /// The middleware: 401 with a JSON error for a write without the token.

@@ -51,11 +51,13 @@ pub enum Command {
         #[command(flatten)]
         once: OnceArgs,
     },
-    /// Show a node's role, epoch, positions, lag and peer.
+    /// Show a node's role, epoch, positions, lag and peer; with --addr
+    /// repeated, one table of every node (exit status 1 only if none answers).
     Status {
         #[command(flatten)]
-        addr: AddrArg,
-        /// Print the raw /health JSON instead of a table.
+        addrs: AddrsArg,
+        /// Print the raw /health JSON instead of a table (one object per
+        /// node; with several nodes, a JSON array of {addr, health|error}).
         #[arg(long)]
         json: bool,
     },
@@ -66,6 +68,24 @@ pub enum Command {
         /// Promote even if the node may lack acknowledged writes.
         #[arg(long)]
         force: bool,
+    },
+    /// Planned switchover: the standby becomes primary once it holds every
+    /// write, the primary steps down and follows it. --addr may be either
+    /// node (asked of the primary, it hands over to its standby).
+    Switchover {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Pause or resume automatic failover (maintenance mode) on every node
+    /// named by --addr (give both nodes: the pause is per node).
+    Maintenance {
+        /// pause: a standby whose primary falls silent does not promote by
+        /// itself (switchover and promote --force still work); resume: back
+        /// to automatic failover.
+        #[arg(value_enum)]
+        action: MaintenanceAction,
+        #[command(flatten)]
+        addrs: AddrsArg,
     },
     /// Exit 0 iff the node's (or the witness's) /health answers 200 (for container health checks).
     Healthcheck {
@@ -139,6 +159,43 @@ impl OnceArgs {
         self.idempotency_key
             .clone()
             .unwrap_or_else(crate::idempotency::new_key)
+    }
+}
+
+/// `walrep maintenance pause|resume`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaintenanceAction {
+    Pause,
+    Resume,
+}
+
+/// Several nodes (`--addr` repeated), reached with the same CA and token.
+#[derive(Args, Debug, Clone)]
+pub struct AddrsArg {
+    /// A node's HTTP address: HOST:PORT (HTTPS with --tls-ca, else plain
+    /// HTTP), https://HOST:PORT or http://HOST:PORT. Repeat for each node.
+    #[arg(long = "addr", value_name = "ADDR", default_value = DEFAULT_HTTP)]
+    pub addrs: Vec<String>,
+    /// Talk HTTPS, trusting only the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// File holding the nodes' HTTP token (their --http-token-file), sent
+    /// as a bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+}
+
+impl AddrsArg {
+    /// One `AddrArg` per `--addr`, each with the CA and the token.
+    pub fn each(&self) -> Vec<AddrArg> {
+        self.addrs
+            .iter()
+            .map(|addr| AddrArg {
+                addr: addr.clone(),
+                tls_ca: self.tls_ca.clone(),
+                http_token_file: self.http_token_file.clone(),
+            })
+            .collect()
     }
 }
 
@@ -491,17 +548,41 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Status { addr, json } => {
-            let (code, health) = addr.client()?.health().await?;
+        Command::Status { addrs, json } => {
+            let nodes = addrs.each();
+            if let [addr] = &nodes[..] {
+                let (code, health) = addr.client()?.health().await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&health).expect("health serializes")
+                    );
+                } else {
+                    print!("{}", client::status_table(&addr.addr, &health));
+                }
+                return Ok(if code == 200 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            let rows = cluster_status(&nodes).await?;
             if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|r| match &r.health {
+                        Ok(h) => serde_json::json!({"addr": r.addr, "health": h}),
+                        Err(e) => serde_json::json!({"addr": r.addr, "error": e}),
+                    })
+                    .collect();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&health).expect("health serializes")
+                    serde_json::to_string_pretty(&list).expect("health serializes")
                 );
             } else {
-                print!("{}", client::status_table(&addr.addr, &health));
+                print!("{}", client::cluster_table(&rows));
             }
-            Ok(if code == 200 {
+            Ok(if rows.iter().any(|r| r.health.is_ok()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -510,6 +591,58 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         Command::Promote { addr, force } => {
             let epoch = addr.client()?.promote(force).await?;
             println!("{} is primary at epoch {epoch}", addr.addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Switchover { addr } => {
+            let mut client = addr.client()?;
+            let before = client.health().await?.1;
+            let epoch = client.promote(false).await?;
+            if before.role == "primary" {
+                println!(
+                    "{} ({}) handed over to its standby {}: the primary of epoch {epoch}",
+                    addr.addr, before.node_id, before.peer.id
+                );
+            } else {
+                println!(
+                    "{} ({}) is primary at epoch {epoch}",
+                    addr.addr, before.node_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Maintenance { action, addrs } => {
+            let pause = action == MaintenanceAction::Pause;
+            let mut failed = 0;
+            for addr in addrs.each() {
+                let result = match addr.client() {
+                    Ok(mut c) => c.set_maintenance(pause).await.map_err(DaemonError::from),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(r) => println!(
+                        "{} ({}, {}): automatic failover {}",
+                        addr.addr,
+                        r.node_id,
+                        r.role,
+                        if r.failover_paused {
+                            "paused"
+                        } else {
+                            "resumed"
+                        }
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("walrep: {}: {e}", addr.addr);
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(DaemonError::Failed(format!(
+                    "{failed} of {} nodes did not {}: run the command again for them",
+                    addrs.addrs.len(),
+                    if pause { "pause" } else { "resume" }
+                )));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs {
@@ -563,6 +696,28 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
 
 /// Runs a command that starts child nodes. Interrupted, its future is
 /// dropped, and with it the child processes (their Drop kills them).
+/// Every node's health, asked at once (a node that does not answer
+/// within a few seconds is a row saying so).
+async fn cluster_status(nodes: &[AddrArg]) -> Result<Vec<client::ClusterRow>, DaemonError> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, addr) in nodes.iter().enumerate() {
+        let mut c = addr.client()?.with_timeout(Duration::from_secs(5));
+        asks.spawn(async move { (i, c.health().await) });
+    }
+    let mut rows: Vec<Option<client::ClusterRow>> = nodes.iter().map(|_| None).collect();
+    while let Some(done) = asks.join_next().await {
+        let (i, answer) = done.expect("a status query does not panic");
+        rows[i] = Some(client::ClusterRow {
+            addr: nodes[i].addr.clone(),
+            health: answer.map(|(_, h)| h).map_err(|e| e.to_string()),
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| r.expect("every node answered or failed"))
+        .collect())
+}
+
 async fn until_interrupted<T>(
     command: impl std::future::Future<Output = Result<T, DaemonError>>,
 ) -> Result<T, DaemonError> {

@@ -4,7 +4,7 @@
 //! (`with_tls`, the CLI's `--tls-ca`) it speaks HTTPS and checks that the
 //! node's certificate names the host of the address it dials.
 
-use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
+use super::api::{ErrorReply, HealthReport, MaintenanceReply, PromoteReply, WriteReply};
 use super::idempotency;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -55,6 +55,7 @@ fn leader_text(leader: &Option<String>) -> String {
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -225,7 +226,8 @@ impl HttpClient {
             }
         };
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| {
             self.conn = None;
             ClientError::Protocol {
                 addr: self.addr.clone(),
@@ -234,6 +236,7 @@ impl HttpClient {
         })?;
         Ok(Reply {
             status,
+            headers: parts.headers,
             body: body.to_bytes(),
         })
     }
@@ -392,9 +395,124 @@ impl HttpClient {
             _ => Err(self.refused(&reply)),
         }
     }
+
+    /// `POST /maintenance` (`pause`) or `DELETE /maintenance`: pauses or
+    /// resumes automatic failover on this node.
+    pub async fn set_maintenance(&mut self, pause: bool) -> Result<MaintenanceReply, ClientError> {
+        let method = if pause { Method::POST } else { Method::DELETE };
+        let reply = self.request(method, "/maintenance", Bytes::new()).await?;
+        match reply.status {
+            200 => self.parse(&reply),
+            _ => Err(self.refused(&reply)),
+        }
+    }
 }
 
-/// `walrep status` as a table.
+/// One row of `walrep status` with several nodes: what a node answered,
+/// or why it did not.
+pub struct ClusterRow {
+    pub addr: String,
+    pub health: Result<HealthReport, String>,
+}
+
+/// `walrep status --addr A --addr B ...`: one line per node, like
+/// `patronictl list`. Lag is records (and bytes when known) behind the
+/// primary: a standby's own, or on the primary its standby's. A standby's
+/// sync state is what its primary last called it (it may be cut off now:
+/// see `peer.connected`).
+pub fn cluster_table(rows: &[ClusterRow]) -> String {
+    const HEAD: [&str; 14] = [
+        "NODE", "ADDR", "ROLE", "EPOCH", "FIRST", "LAST", "COMMIT", "APPLIED", "LAG", "SYNC",
+        "ELIGIBLE", "ARBITER", "PAUSED", "NOTE",
+    ];
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut table: Vec<Vec<String>> = vec![HEAD.iter().map(|h| h.to_string()).collect()];
+    for row in rows {
+        let h = match &row.health {
+            Ok(h) => h,
+            Err(e) => {
+                let mut cells = vec!["?".to_string(), row.addr.clone(), "UNREACHABLE".into()];
+                cells.extend((3..HEAD.len() - 1).map(|_| "-".to_string()));
+                cells.push(e.clone());
+                table.push(cells);
+                continue;
+            }
+        };
+        let role = match (h.role.as_str(), h.writable, h.solo) {
+            ("primary", true, true) => "primary (solo)".to_string(),
+            ("primary", false, _) => "primary (read-only)".to_string(),
+            (role, _, _) => role.to_string(),
+        };
+        let lag = match h.standby_lag() {
+            Some(lag) => match lag.bytes {
+                Some(bytes) => format!("{} rec, {bytes} B", lag.records),
+                None => format!("{} rec", lag.records),
+            },
+            None if h.role == "primary" => {
+                format!("{} rec, {} B", h.peer.lag_records, h.peer.lag_bytes)
+            }
+            None => "-".into(),
+        };
+        let sync = match h.role.as_str() {
+            "standby" if h.was_called_in_sync() => "sync".to_string(),
+            "standby" if h.commit_mode == "async" => "async".to_string(),
+            "standby" => "not_sync".to_string(),
+            _ => h.sync_state.clone(),
+        };
+        let arbiter = match &h.arbiter {
+            None => "-".to_string(),
+            Some(a) => match a.reachable {
+                Some(true) => "reachable".into(),
+                Some(false) => "UNREACHABLE".into(),
+                None => "not asked yet".into(),
+            },
+        };
+        table.push(vec![
+            h.node_id.clone(),
+            row.addr.clone(),
+            role,
+            h.epoch.to_string(),
+            h.first_lsn.to_string(),
+            h.last_lsn.to_string(),
+            h.commit_lsn.to_string(),
+            h.applied_lsn.to_string(),
+            lag,
+            sync,
+            if h.role == "standby" {
+                yes_no(h.eligible)
+            } else {
+                "-".into()
+            },
+            arbiter,
+            yes_no(h.failover_paused),
+            h.note.clone().unwrap_or_default(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..HEAD.len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Whether a failed write may succeed if sent again with the same
 /// idempotency key: the node was unreachable, did not answer, or answered
 /// 503 (not the primary, no standby confirmation, shutting down: the
@@ -452,6 +570,7 @@ pub async fn write_retrying(
     }
 }
 
+/// `walrep status` of one node, as a table of its fields.
 pub fn status_table(addr: &str, h: &HealthReport) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut rows: Vec<(&str, String)> = vec![
@@ -509,6 +628,14 @@ pub fn status_table(addr: &str, h: &HealthReport) -> String {
                 .map_or("never".into(), |ms| format!("{ms} ms ago")),
         ),
         ("sync state", h.sync_state.clone()),
+        (
+            "failover",
+            if h.failover_paused {
+                "PAUSED (maintenance): this node does not promote by itself".into()
+            } else {
+                "not paused".into()
+            },
+        ),
     ];
     if let Some(a) = &h.arbiter {
         let reach = match a.reachable {

@@ -6,14 +6,29 @@
 //! | `PUT /kv/{key}` (body: value; optional header `Idempotency-Key`) | 200 `{"lsn","epoch","deduplicated"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
 //! | `DELETE /kv/{key}` | the same |
 //! | `GET /kv/{key}` | 200 raw value, 404 (any role) |
-//! | `GET /health` | 200 `HealthReport` |
-//! | `GET /primary` | 200 iff a primary that accepts writes, else 503 |
-//! | `GET /replica` | 200 iff a standby receiving the WAL stream, else 503 |
+//! | `GET /health` | 200 `HealthReport`; 503 (same body, with `reason`) when the node is `failed` |
+//! | `/primary`, `/read-write` | 200 iff a primary that accepts writes, else 503 |
+//! | `/replica[?lag=SIZE&lag_records=N]` | 200 iff a standby receiving the WAL stream within the bounds, else 503 |
+//! | `/read-only[?lag=..]` | 200 iff a writable primary or what `/replica` accepts, else 503 |
+//! | `/sync[?lag=..]`, `/async[?lag=..]` | 200 iff what `/replica` accepts, that the primary calls in sync (`/sync`) or not (`/async`), else 503 |
+//! | `/liveness` | 200 unless the node is `failed` (503) |
+//! | `/readiness[?lag=..]` | as `/read-only` |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /promote[?force=true]` | 200 `{"epoch"}` after a switchover (or forced promotion) |
+//! | `POST /promote[?force=true]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby |
+//! | `GET /maintenance` | 200 `{"node_id","role","failover_paused"}` |
+//! | `POST /maintenance`, `DELETE /maintenance` | pause / resume automatic failover on this node: 200 `{"node_id","role","failover_paused"}` |
+//!
+//! The probes (`/health` to `/readiness`) answer `GET`, `HEAD` (no body)
+//! and `OPTIONS` with the same status; their body is the `HealthReport`
+//! with a `reason` on 503, and a 503 that waiting can fix carries
+//! `Retry-After`. A bad query string is a 400 naming what was wrong.
+//! `probes` has their rules.
 
-use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
+use super::api::{
+    ErrorReply, HealthReport, MaintenanceReply, ProbeReply, PromoteReply, WriteReply,
+};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
+use super::probes::{self, Probe};
 use crate::engine::Engine;
 use crate::idempotency;
 use crate::kv::Command;
@@ -24,7 +39,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodRouter, any, get, post};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -52,6 +67,9 @@ pub struct AppState {
     pub write_budget_bytes: usize,
     /// Longest a `PUT` body may take to arrive (`http_request_timeout_ms`).
     pub body_timeout: std::time::Duration,
+    /// Where maintenance mode is kept across restarts (`with_pause_file`);
+    /// without it the pause lasts as long as the process.
+    pub pause_file: Option<crate::maintenance::PauseFile>,
 }
 
 impl AppState {
@@ -73,7 +91,14 @@ impl AppState {
             write_budget: Arc::new(Semaphore::new(write_budget_bytes)),
             write_budget_bytes,
             body_timeout,
+            pause_file: None,
         }
+    }
+
+    /// Keeps maintenance mode in `file` (`POST`/`DELETE /maintenance`).
+    pub fn with_pause_file(mut self, file: crate::maintenance::PauseFile) -> AppState {
+        self.pause_file = Some(file);
+        self
     }
 }
 
@@ -88,11 +113,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/kv", any(empty_key))
         .route("/kv/", any(empty_key))
-        .route("/health", get(health))
-        .route("/primary", get(primary))
-        .route("/replica", get(replica))
+        .route("/health", probe(Probe::Health))
+        .route("/primary", probe(Probe::Primary))
+        .route("/read-write", probe(Probe::Primary))
+        .route("/replica", probe(Probe::Replica))
+        .route("/read-only", probe(Probe::ReadOnly))
+        .route("/sync", probe(Probe::Sync))
+        .route("/async", probe(Probe::Async))
+        .route("/liveness", probe(Probe::Liveness))
+        .route("/readiness", probe(Probe::Readiness))
         .route("/metrics", get(metrics))
         .route("/promote", post(promote))
+        .route(
+            "/maintenance",
+            get(maintenance_state)
+                .post(|s: State<Arc<AppState>>, uri: Uri| maintenance(s, uri, true))
+                .delete(|s: State<Arc<AppState>>, uri: Uri| maintenance(s, uri, false)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
@@ -355,28 +392,84 @@ async fn not_found(uri: Uri) -> Response {
     )
 }
 
-async fn health(State(s): State<Arc<AppState>>) -> Response {
-    Json(s.health()).into_response()
+/// A probe's route: `GET` (and so `HEAD`, which axum answers without
+/// the body) and `OPTIONS`, all with the probe's status.
+fn probe(probe: Probe) -> MethodRouter<Arc<AppState>> {
+    let answer =
+        move |State(s): State<Arc<AppState>>, uri: Uri| async move { s.probe(probe, uri.query()) };
+    get(answer).options(answer)
 }
 
-async fn primary(State(s): State<Arc<AppState>>) -> Response {
-    let h = s.health();
-    let status = if h.writable {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(h)).into_response()
+impl AppState {
+    fn probe(&self, probe: Probe, query: Option<&str>) -> Response {
+        let bounds = match probes::parse_query(probe, query) {
+            Ok(b) => b,
+            Err(msg) => {
+                self.metrics.http_rejected("bad_request");
+                return error(StatusCode::BAD_REQUEST, msg, None);
+            }
+        };
+        let health = self.health();
+        let verdict = probes::judge(probe, &health, &bounds);
+        let body = Json(ProbeReply {
+            health,
+            reason: verdict.reason,
+        });
+        match verdict.retry_after {
+            Some(secs) => (
+                verdict.status,
+                [(header::RETRY_AFTER, secs.to_string())],
+                body,
+            )
+                .into_response(),
+            None => (verdict.status, body).into_response(),
+        }
+    }
+
+    fn maintenance_reply(&self) -> Response {
+        let h = self.replica.health();
+        Json(MaintenanceReply {
+            node_id: h.node_id.0.clone(),
+            role: h.role.as_str().to_string(),
+            failover_paused: h.failover_paused,
+        })
+        .into_response()
+    }
 }
 
-async fn replica(State(s): State<Arc<AppState>>) -> Response {
-    let h = s.health();
-    let status = if h.is_streaming_replica() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(h)).into_response()
+async fn maintenance_state(State(s): State<Arc<AppState>>) -> Response {
+    s.maintenance_reply()
+}
+
+/// `POST /maintenance` pauses automatic failover on this node, `DELETE`
+/// resumes it.
+async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> Response {
+    if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
+        s.metrics.http_rejected("bad_request");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "/maintenance takes no query string (got {q:?}): POST pauses automatic failover, DELETE resumes it"
+            ),
+            None,
+        );
+    }
+    tracing::info!(pause, "maintenance asked over HTTP");
+    // On disk first: what the node does after a restart is what was asked.
+    if let Some(file) = &s.pause_file
+        && let Err(e) = file.set(pause)
+    {
+        s.metrics.http_rejected("internal");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e}; automatic failover is unchanged"),
+            None,
+        );
+    }
+    match s.replica.set_failover_paused(pause).await {
+        Ok(()) => s.maintenance_reply(),
+        Err(e) => s.refused(e),
+    }
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

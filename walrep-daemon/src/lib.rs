@@ -7,8 +7,11 @@
 //!             status, promote, healthcheck, demo, certs, bench-*
 //! config.rs   a node's settings: defaults < TOML file < WALREP_* env < flags
 //! node.rs     running a node: data dir, listeners, snapshots, shutdown
-//! http.rs     the client API (axum): /kv, /health, /primary, /replica,
-//!             /metrics, /promote
+//! http.rs     the client API (axum): /kv, the health probes, /metrics,
+//!             /promote, /maintenance
+//! maintenance.rs  DIR/failover-paused: maintenance mode kept across restarts
+//! probes.rs   the health probes' rules (/health, /primary, /replica,
+//!             /read-only, /sync, /async, /liveness, /readiness; ?lag=)
 //! api.rs      the JSON shapes the HTTP API and the CLI share
 //! metrics.rs  the Prometheus registry of one node
 //! http_server.rs  serving the API within bounds (connections, timeouts),
@@ -46,9 +49,11 @@ pub mod https;
 pub mod idempotency;
 pub mod identity;
 pub mod kv;
+pub mod maintenance;
 pub mod metrics;
 pub mod node;
 pub mod pair;
+pub mod probes;
 pub mod process;
 pub mod sqlite;
 pub mod witness;

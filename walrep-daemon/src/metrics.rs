@@ -131,6 +131,13 @@ impl Collector for ReplicaCollector {
             None,
             flag(h.solo),
         )?;
+        gauge(
+            &mut enc,
+            "walrep_failover_paused",
+            "1 if automatic failover is paused on this node (maintenance mode)",
+            None,
+            flag(h.failover_paused),
+        )?;
         if let Some(a) = &h.arbiter {
             let register = a.register.clone().unwrap_or_default();
             gauge(

@@ -11,6 +11,8 @@
 //! DIR/snapshots/ snapshots built for (primary) or received from (standby)
 //!                the peer during a resync; builds are removed at start, a
 //!                partly received one resumes
+//! DIR/failover-paused  present while automatic failover is paused
+//!                (maintenance mode), so a restart keeps it paused
 //! ```
 
 use super::config::NodeSettings;
@@ -153,18 +155,29 @@ impl RunningNode {
         }
         let replica = builder.start()?;
         let replica = Arc::new(replica);
+        let pause_file = crate::maintenance::PauseFile::in_dir(dir);
+        if pause_file.is_set() {
+            replica.set_failover_paused(true).await?;
+            warn!(
+                file = %pause_file.path().display(),
+                "automatic failover is paused (maintenance mode, kept from before the restart): resume it with `walrep maintenance resume`"
+            );
+        }
 
         let stop_http = CancellationToken::new();
         let stop_rest = CancellationToken::new();
-        let state = Arc::new(AppState::new(
-            replica.clone(),
-            engine.clone(),
-            DaemonMetrics::new(replica.clone()),
-            cfg.max_record_bytes,
-            settings.http_write_budget_bytes,
-            token,
-            settings.http_request_timeout,
-        ));
+        let state = Arc::new(
+            AppState::new(
+                replica.clone(),
+                engine.clone(),
+                DaemonMetrics::new(replica.clone()),
+                cfg.max_record_bytes,
+                settings.http_write_budget_bytes,
+                token,
+                settings.http_request_timeout,
+            )
+            .with_pause_file(pause_file),
+        );
         let http = {
             let stop = stop_http.clone();
             let counted = state.clone();

@@ -3,6 +3,8 @@
 //! signals, the CLI and the demo.
 
 mod daemon_support;
+#[path = "health_api/mod.rs"]
+mod health_api;
 #[path = "trust/mod.rs"]
 mod trust;
 #[path = "witness/mod.rs"]

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Actor;
 
-pub(super) fn placeholder_health(cfg: &Config) -> Health {
+pub(crate) fn placeholder_health(cfg: &Config) -> Health {
     Health {
         node_id: cfg.node_id.clone(),
         role: RoleKind::Standby,
@@ -31,6 +31,7 @@ pub(super) fn placeholder_health(cfg: &Config) -> Health {
         rewound_records: 0,
         note: None,
         arbiter: None,
+        failover_paused: false,
     }
 }
 
@@ -150,11 +151,15 @@ impl Actor {
             },
             rewound_records: self.metrics.rewound_records(),
             note: self.node.check_writable().err().map(|r| match r {
-                WriteRefusal::NotPrimary { .. } => format!("{role}: writes go to the primary"),
+                WriteRefusal::NotPrimary { .. } => match self.node.held_by_pause() {
+                    Some(why) => format!("{role}: writes go to the primary; {why}"),
+                    None => format!("{role}: writes go to the primary"),
+                },
                 WriteRefusal::Fenced { epoch } => format!("fenced at epoch {epoch}; rejoining"),
                 WriteRefusal::Unavailable { reason } => reason,
             }),
             arbiter: self.node.arbiter_status(),
+            failover_paused: self.node.failover_paused(),
         }
     }
 
@@ -178,7 +183,8 @@ impl Actor {
                 && current.peer.lag_records == health.peer.lag_records
                 && current.rewound_records == health.rewound_records
                 && current.note == health.note
-                && current.arbiter == health.arbiter;
+                && current.arbiter == health.arbiter
+                && current.failover_paused == health.failover_paused;
             *current = health;
             !same
         });

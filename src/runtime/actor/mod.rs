@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::runtime::tasks::Tasks;
-use health::placeholder_health;
+pub(crate) use health::placeholder_health;
 use receive::Session;
 use requests::{Answering, PromoteReplyTo};
 use writes::{RetryWaiter, Waiter, WriteReply, refusal_error};
