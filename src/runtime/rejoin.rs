@@ -36,6 +36,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use writes::Writes;
 
 pub(super) struct Ctx {
     pub cfg: Config,
@@ -259,74 +260,6 @@ async fn resync_from_snapshot(
     let restore_ms = started.elapsed().as_millis() as u64;
     tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
     Ok(Some(info))
-}
-
-/// Chunk writes in flight on the standby: a chunk is written on a
-/// blocking thread while the next ones are received. Bounds the memory a
-/// transfer holds to this many chunks beyond what gRPC buffers.
-const WRITE_WINDOW: usize = 4;
-
-/// The received chunks being written, oldest first, each with the offset
-/// its write reaches. With a WAL that may not block (the simulation) each
-/// chunk is written at once, inline.
-struct Writes {
-    may_block: bool,
-    file: Arc<std::fs::File>,
-    inflight: std::collections::VecDeque<(u64, JoinHandle<std::io::Result<()>>)>,
-    /// Where the writes finished so far reach (all before it are written).
-    done: u64,
-}
-
-impl Writes {
-    fn new(may_block: bool, inc: &Incoming) -> Writes {
-        Writes {
-            may_block,
-            file: inc.file.clone(),
-            inflight: Default::default(),
-            done: inc.received,
-        }
-    }
-
-    /// Starts writing `data` at `offset`, once fewer than `WRITE_WINDOW`
-    /// writes are in flight.
-    async fn push(&mut self, offset: u64, data: bytes::Bytes) -> Result<(), String> {
-        let end = offset + data.len() as u64;
-        if !self.may_block {
-            self.file
-                .write_all_at(&data, offset)
-                .map_err(|e| e.to_string())?;
-            self.done = end;
-            return Ok(());
-        }
-        while self.inflight.len() >= WRITE_WINDOW {
-            self.finish_oldest().await?;
-        }
-        let file = self.file.clone();
-        let write = tokio::task::spawn_blocking(move || file.write_all_at(&data, offset));
-        self.inflight.push_back((end, write));
-        Ok(())
-    }
-
-    async fn finish_oldest(&mut self) -> Result<(), String> {
-        let Some((end, write)) = self.inflight.pop_front() else {
-            return Ok(());
-        };
-        write
-            .await
-            .map_err(|e| format!("blocking task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        self.done = end;
-        Ok(())
-    }
-
-    /// Waits for every write in flight: `done` then covers every chunk
-    /// pushed.
-    async fn drain(&mut self) -> Result<(), String> {
-        while !self.inflight.is_empty() {
-            self.finish_oldest().await?;
-        }
-        Ok(())
-    }
 }
 
 /// Why a transfer stopped before its end.
@@ -786,3 +719,4 @@ fn keep_rewound(
 
 #[cfg(test)]
 mod tests;
+mod writes;
