@@ -9,11 +9,11 @@
 //! | `GET /health` | 200 `HealthReport` |
 //! | `GET /primary` | 200 iff a primary that accepts writes, else 503 |
 //! | `GET /replica` | 200 iff a standby receiving the WAL stream, else 503 |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when `Accept` asks for `application/openmetrics-text` |
 //! | `POST /promote[?force=true]` | 200 `{"epoch"}` after a switchover (or forced promotion) |
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
-use super::metrics::{CONTENT_TYPE, DaemonMetrics};
+use super::metrics::DaemonMetrics;
 use crate::engine::Engine;
 use crate::idempotency;
 use crate::kv::Command;
@@ -379,8 +379,9 @@ async fn replica(State(s): State<Arc<AppState>>) -> Response {
     (status, Json(h)).into_response()
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+/// Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it.
+async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    super::metrics::respond(&headers, s.metrics.encode())
 }
 
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {

@@ -3,6 +3,8 @@
 //! signals, the CLI and the demo.
 
 mod daemon_support;
+#[path = "operations/mod.rs"]
+mod operations;
 #[path = "trust/mod.rs"]
 mod trust;
 #[path = "witness/mod.rs"]
@@ -523,9 +525,19 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
     }
     assert!(text.contains("# TYPE walrep_commit_latency_seconds histogram"));
-    // No role change yet on a fresh pair: the family is there, empty.
-    assert!(text.contains("# TYPE walrep_state_transitions counter"));
-    assert!(text.contains("# TYPE walrep_rejected_requests counter"));
+    // The classic text format (no Accept header): counters are announced
+    // by their samples' names. No role change yet on a fresh pair: every
+    // pair of roles is there, at 0.
+    assert!(text.contains("# TYPE walrep_state_transitions_total counter"));
+    assert!(text.contains("# TYPE walrep_rejected_requests_total counter"));
+    assert_eq!(
+        sample(
+            &a,
+            "walrep_state_transitions_total",
+            &[("from", "promoting"), ("to", "primary")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(sample(&a, "walrep_is_primary", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_epoch", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
@@ -550,8 +562,11 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
     );
     assert_eq!(sample(&b, "walrep_commit_latency_seconds", &[]), Some(0.0));
 
-    if strict_openmetrics_parse(&text) {
-        strict_openmetrics_parse(&text_b);
+    let openmetrics = "application/openmetrics-text; version=1.0.0";
+    let (_, om_a) = operations::scrape_as(&p.a_http, Some(openmetrics)).await;
+    let (_, om_b) = operations::scrape_as(&p.b_http, Some(openmetrics)).await;
+    if strict_openmetrics_parse(&om_a) {
+        strict_openmetrics_parse(&om_b);
     }
 }
 

@@ -7,9 +7,8 @@
 //! swaps, conflicts, refusals by reason, rejected requests, write
 //! failures, clusters, and the latency of each durable write of the file.
 
-use crate::metrics::CONTENT_TYPE;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -225,6 +224,6 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+async fn metrics_text(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    crate::metrics::respond(&headers, s.metrics.encode())
 }
