@@ -3,7 +3,8 @@
 //!
 //! `/health` is 200 while the witness can make swaps durable (no write of
 //! its file has failed since the last one that succeeded), 503 otherwise,
-//! with a JSON body either way. `/metrics` is Prometheus text: requests,
+//! with a JSON body either way. `/metrics` is Prometheus text (OpenMetrics
+//! when `Accept` asks for it, `crate::metrics::respond`): requests,
 //! swaps, conflicts, refusals by reason, rejected requests, write
 //! failures, clusters, and the latency of each durable write of the file.
 

@@ -461,11 +461,12 @@ async fn every_dashboard_and_rule_query_names_only_metrics_walrep_exports() {
     }
     // A pair with a witness, so the arbiter's gauges are exported too.
     let dir = tempfile::tempdir().unwrap();
-    let witness_port = free_ports(1)[0];
+    let ports = free_ports(2);
+    let witness_port = ports[0];
     let witness = RunningWitness::start(WitnessSettings {
         listen: format!("127.0.0.1:{witness_port}").parse().unwrap(),
         data_dir: dir.path().join("witness"),
-        http: None,
+        http: Some(format!("127.0.0.1:{}", ports[1]).parse().unwrap()),
         tls: None,
     })
     .await
@@ -486,6 +487,14 @@ async fn every_dashboard_and_rule_query_names_only_metrics_walrep_exports() {
         exported.contains("walrep_arbiter_reachable"),
         "{exported:?}"
     );
+    // The witness's own /metrics passes promtool too.
+    let witness_http = witness.http_addr.expect("served").to_string();
+    let (_, classic) = scrape_as(&witness_http, None).await;
+    promtool(&["check", "metrics"], dir.path(), &classic);
+    let (_, om) = scrape_as(&witness_http, Some(OPENMETRICS)).await;
+    let om_dir = dir.path().join("witness-openmetrics");
+    std::fs::create_dir_all(&om_dir).unwrap();
+    check_openmetrics(&om, &om_dir);
     let (rule_exprs, records) = rules_of(&deploy("prometheus/walrep-rules.yml"));
     exported.extend(records);
     // Made by Prometheus for every target.
