@@ -4,8 +4,8 @@
 //! query of those rules and of the Grafana dashboard checked against the
 //! metric names a live pair exports.
 //!
-//! Each test prints `SKIPPED: promtool not installed` and returns when
-//! `promtool` (Debian's `prometheus` package) is missing.
+//! Each test prints `SKIPPED: promtool not installed` (or `prometheus`)
+//! and returns when the tool (Debian's `prometheus` package) is missing.
 
 use crate::daemon_support::*;
 use std::collections::BTreeSet;
@@ -26,18 +26,22 @@ fn deploy(path: &str) -> PathBuf {
     repo_root().join("deploy").join(path)
 }
 
-/// Whether `promtool` runs here; says so loudly when it does not.
-fn have_promtool() -> bool {
-    let ok = Command::new("promtool")
+/// Whether `tool --version` runs here; says so loudly when it does not.
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED: promtool not installed");
+        eprintln!("SKIPPED: {tool} not installed");
     }
     ok
+}
+
+fn have_promtool() -> bool {
+    have("promtool")
 }
 
 /// Runs `promtool args`, `stdin` on its standard input; panics with its
@@ -538,4 +542,178 @@ async fn every_dashboard_and_rule_query_names_only_metrics_walrep_exports() {
     let said = promtool(&["check", "rules", file.to_str().unwrap()], dir.path(), "");
     println!("{said}");
     witness.shutdown().await;
+}
+
+/// A `prometheus` server of this test, stopped when dropped.
+struct PrometheusServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PrometheusServer {
+    /// Scrapes `targets` every second and evaluates the shipped rules
+    /// every second, on loopback, its data in `dir`.
+    fn start(dir: &Path, targets: &[&str]) -> PrometheusServer {
+        let port = free_ports(1)[0];
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+rule_files: [{rules:?}]\n\
+scrape_configs:\n  - job_name: walrep\n    static_configs: [{{targets: [{targets}]}}]\n",
+            rules = deploy("prometheus/walrep-rules.yml").display().to_string(),
+            targets = targets.join(", "),
+        );
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts");
+        PrometheusServer { child, addr }
+    }
+
+    /// `GET path` of its API, as JSON (`None` while it does not answer).
+    async fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let reply = walrep_daemon::client::HttpClient::new(&self.addr)
+            .request(hyper::Method::GET, path, bytes::Bytes::new())
+            .await
+            .ok()?;
+        serde_json::from_slice(&reply.body).ok()
+    }
+
+    /// The result of an instant query.
+    async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let answer = self
+            .api(&format!("/api/v1/query?query={encoded}"))
+            .await
+            .unwrap_or_else(|| panic!("prometheus answered no JSON to {promql}"));
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        answer["data"]["result"].as_array().unwrap().clone()
+    }
+
+    /// Polls `promql` until `done` holds of its result; panics after `WAIT`.
+    async fn wait_for(
+        &self,
+        promql: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let result = self.query(promql).await;
+            if done(&result) {
+                return result;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{promql} is still {result:?} after {WAIT:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The value of one sample of a query result.
+fn number(sample: &serde_json::Value) -> f64 {
+    sample["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_both_nodes_and_its_rules_see_the_first_promotion() {
+    if !have("prometheus") {
+        return;
+    }
+    let p = pair(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = PrometheusServer::start(dir.path(), &[&p.a_http, &p.b_http]);
+    // Prometheus asks for OpenMetrics: both targets scraped without error.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let targets = match prometheus.api("/api/v1/targets").await {
+            Some(t) => t["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let up = targets.iter().filter(|t| t["health"] == "up").count();
+        if targets.len() == 2 && up == 2 {
+            for t in &targets {
+                assert_eq!(t["lastError"], "", "{t}");
+            }
+            break;
+        }
+        for t in &targets {
+            assert_ne!(t["health"], "down", "a target failed: {t}");
+        }
+        assert!(std::time::Instant::now() < deadline, "targets: {targets:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Two scrapes of every counter at 0 before anything happens.
+    prometheus
+        .wait_for("count_over_time(walrep_role_changes_total[1m])", |r| {
+            r.len() == 2 && r.iter().all(|s| number(s) >= 2.0)
+        })
+        .await;
+
+    // A planned switchover: b becomes primary at epoch 2.
+    let mut client = walrep_daemon::client::HttpClient::new(&p.b_http);
+    assert_eq!(client.promote(false).await.unwrap(), 2);
+    wait_health(&p.a_http, "a follows b", |h| h.role == "standby").await;
+
+    let promoted = prometheus
+        .wait_for(
+            r#"increase(walrep_state_transitions_total{to="primary"}[1m]) > 0"#,
+            |r| !r.is_empty(),
+        )
+        .await;
+    assert_eq!(promoted.len(), 1, "{promoted:?}");
+    assert_eq!(promoted[0]["metric"]["from"], "standby");
+    assert_eq!(promoted[0]["metric"]["instance"], p.b_http.as_str());
+    prometheus
+        .wait_for(
+            r#"ALERTS{alertname="WalrepFailover",alertstate="firing"}"#,
+            |r| !r.is_empty(),
+        )
+        .await;
+    // Scraped a few milliseconds apart, the two nodes may both say
+    // writable for one evaluation (the old primary before it stepped down,
+    // the new one after): the epochs differ, so the same-epoch alert never
+    // even goes pending, and the other one needs a minute of it to fire.
+    let same_epoch = prometheus
+        .query(r#"count_over_time(ALERTS{alertname="WalrepSplitBrainSameEpoch"}[5m])"#)
+        .await;
+    assert!(same_epoch.is_empty(), "{same_epoch:?}");
+    let fired = prometheus
+        .query(r#"count_over_time(ALERTS{alertstate="firing",alertname="WalrepTwoWritablePrimaries"}[5m])"#)
+        .await;
+    assert!(fired.is_empty(), "{fired:?}");
+    let skew = prometheus
+        .query("max_over_time(job:walrep_writable:sum[5m])")
+        .await;
+    println!("most writable nodes in one evaluation across the switchover: {skew:?}");
 }
