@@ -36,11 +36,19 @@ pub struct PeerHealth {
     pub node_id: NodeId,
     /// A WAL stream is open (primary: to the standby; standby: from the primary).
     pub connected: bool,
-    /// How far the standby is behind the primary's last LSN.
+    /// Records the standby lacks. On a primary: its records after the
+    /// last one the standby's log holds, as the standby's latest stream
+    /// ack or heartbeat answer says (a standby with an older primary's
+    /// tail lacks ours from where our newer epoch began); just after a
+    /// promotion, until the peer answers, the records written since; on a
+    /// primary since start whose standby never answered, all of them. On
+    /// a standby: how far its durable log is behind the last LSN the
+    /// primary told it.
     pub lag_records: u64,
-    /// Bytes of WAL the standby has not flushed (known on the primary).
+    /// Bytes of WAL those records take (known on the primary; 0 on a
+    /// standby).
     pub lag_bytes: u64,
-    /// How long the standby has not been caught up.
+    /// How long the standby has not been caught up (0 while it is).
     pub lag_seconds: f64,
     /// Time since the peer last answered or spoke to us.
     pub last_contact: Option<Duration>,

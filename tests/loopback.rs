@@ -151,6 +151,61 @@ async fn old_primary_rewinds_its_unreplicated_suffix_and_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primary_counts_as_lag_what_its_old_primary_lacks_not_its_whole_wal() {
+    let (a, b) = pair(CommitMode::Async).await;
+    for i in 0..20 {
+        a.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    converged(&a, &b).await;
+    a.link.set_cut(true);
+    b.link.set_cut(true);
+    for i in 0..5 {
+        a.put(&format!("lost{i}"), "v").await.unwrap();
+    }
+    let promoted = b
+        .wait("promoted", |h| h.role == RoleKind::Primary && h.writable)
+        .await;
+    for i in 0..3 {
+        b.put(&format!("new{i}"), "v").await.unwrap();
+    }
+    let after = promoted.last_lsn.0 + 3;
+    let h = b
+        .wait("three writes since the promotion", |h| {
+            h.last_lsn.0 == after
+        })
+        .await;
+    // The old primary sent b everything b held at its promotion: it lacks
+    // the three writes since, not b's whole WAL.
+    assert_eq!(h.peer.lag_records, 3, "{h:?}");
+    assert!(h.peer.lag_bytes > 0, "{h:?}");
+
+    // It comes back with an unreplicated tail of its own (epoch 1 from
+    // LSN 21): what it lacks of b's log is still counted from where b's
+    // epoch began, then nothing once it rejoined.
+    let (cfg, wal, kv_dir) = a.crash().await;
+    b.link.set_cut(false);
+    let a = TestNode::start(cfg, wal, kv_dir).await;
+    a.wait("rejoined as standby", |h| h.role == RoleKind::Standby)
+        .await;
+    let h = b
+        .wait("standby caught up", |h| h.peer.lag_records == 0)
+        .await;
+    assert_eq!(h.peer.lag_bytes, 0, "{h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_reports_the_sync_state_its_primary_tells_it() {
+    let (a, b) = pair(CommitMode::RemoteFlush).await;
+    a.put("k", "v").await.unwrap();
+    a.wait("in sync", |h| h.sync_state == walrep::SyncState::Sync)
+        .await;
+    b.wait("told it is in sync", |h| {
+        h.sync_state == walrep::SyncState::Sync
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_both_ways_loses_no_acknowledged_write() {
     let (a, b) = pair(CommitMode::RemoteFlush).await;
     let nodes = [a.replica.clone(), b.replica.clone()];
@@ -686,8 +741,11 @@ async fn a_promote_asked_of_the_primary_by_its_engine_hands_over_to_the_standby(
     b.wait("eligible", |h| h.eligible).await;
     let epoch = a.replica.promote(false).await.unwrap();
     assert_eq!(epoch, walrep::Epoch(2));
-    let h = b.health();
-    assert_eq!((h.role, h.epoch), (RoleKind::Primary, epoch));
+    // b answers the handover before it publishes its new health.
+    b.wait("b is the primary of the new epoch", |h| {
+        (h.role, h.epoch) == (RoleKind::Primary, epoch)
+    })
+    .await;
     a.wait("a follows b", |h| h.role == RoleKind::Standby).await;
     b.put("k2", "v").await.unwrap();
 }

@@ -85,6 +85,16 @@ pub enum RoleKind {
 }
 
 impl RoleKind {
+    /// Every role, in the order above (metrics export a series for each).
+    pub const ALL: [RoleKind; 6] = [
+        RoleKind::Primary,
+        RoleKind::Standby,
+        RoleKind::Promoting,
+        RoleKind::Fenced,
+        RoleKind::Rejoining,
+        RoleKind::Failed,
+    ];
+
     /// The role's name as logs, metrics and the API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -459,13 +469,16 @@ impl Node {
         }
     }
 
-    /// What the primary tells the standby about its sync status.
+    /// On a primary, what it tells the standby about its sync status; on
+    /// a standby, what the primary told it at the last contact (what its
+    /// eligibility rests on); `NotSync` on every other role.
     pub(crate) fn sync_state(&self) -> SyncState {
         match &self.role {
             Role::Primary(p) => match p.sync_state(&self.cfg, self.commit) {
                 SyncState::Sync if !self.register_holds_standby() => SyncState::NotSync,
                 state => state,
             },
+            Role::Standby(s) => s.sync_at_contact(),
             _ => SyncState::NotSync,
         }
     }

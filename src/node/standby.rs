@@ -41,6 +41,16 @@ impl Standby {
         }
     }
 
+    /// What the primary said of our sync status at its last contact, as
+    /// long as that contact still counts: `NotSync` before any contact in
+    /// this role and after a pause made us forget it (as for eligibility).
+    pub(super) fn sync_at_contact(&self) -> SyncState {
+        match self.last_contact {
+            Some(_) => self.sync_at_contact,
+            None => SyncState::NotSync,
+        }
+    }
+
     pub(super) fn forget_contact(&mut self) {
         self.last_contact = None;
     }

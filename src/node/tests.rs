@@ -486,6 +486,27 @@ fn a_pause_longer_than_failover_timeout_costs_the_standby_its_eligibility() {
 }
 
 #[test]
+fn a_standby_reports_the_sync_state_its_primary_told_it_at_the_last_contact() {
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(
+        node.sync_state(),
+        SyncState::NotSync,
+        "no contact yet: nothing to report"
+    );
+    node.step(t(100), heartbeat(1, "n2", 10, 10, SyncState::Sync));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+    node.step(t(200), heartbeat(1, "n2", 12, 10, SyncState::NotSync));
+    assert_eq!(node.sync_state(), SyncState::NotSync);
+    node.step(t(300), heartbeat(1, "n2", 12, 12, SyncState::Async));
+    assert_eq!(node.sync_state(), SyncState::Async);
+    node.step(t(400), heartbeat(1, "n2", 12, 12, SyncState::Sync));
+    assert_eq!(node.sync_state(), SyncState::Sync);
+    // A pause longer than failover_timeout: the contact no longer counts.
+    node.step(t(5000), Event::Tick);
+    assert_eq!(node.sync_state(), SyncState::NotSync);
+}
+
+#[test]
 fn higher_epoch_fences_a_primary_at_once_and_fails_its_waiters() {
     let mut node = primary_with_standby(cfg());
     node.step(t(2), writes_up_to(&node, 1));

@@ -57,6 +57,9 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                 _ = ctx.cancel.cancelled() => return,
                 r = ctx.peer.heartbeat(req) => r,
             };
+            if let Ok(reply) = &result {
+                let _ = ctx.tx.send(Msg::StandbyReported(reply.ack)).await;
+            }
             let event = match result {
                 // It answers, but cannot store what we send (its WAL
                 // failed: a full disk, an I/O error): as good as lost, so

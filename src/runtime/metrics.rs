@@ -5,11 +5,13 @@ use crate::transport::RefusalKind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-#[derive(Default)]
 pub(crate) struct Metrics {
     transitions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// When the last role change happened (microseconds since the Unix
+    /// epoch; 0: none since start).
+    last_transition_unix_micros: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     heartbeat_errors: AtomicU64,
     heartbeat_rtt_micros: AtomicU64,
@@ -23,9 +25,14 @@ pub(crate) struct Metrics {
 /// A copy of the counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
-    /// `(from, to) -> count`, role names as in `RoleKind::as_str`.
+    /// `(from, to) -> count`, role names as in `RoleKind::as_str`: every
+    /// pair of two different roles, at 0 until it happens (so a rate over
+    /// the counter sees the first change).
     pub transitions: BTreeMap<(&'static str, &'static str), u64>,
-    /// `reason -> count` of refused requests (G6).
+    /// When this node last changed role (`None`: not since it started).
+    pub last_transition: Option<SystemTime>,
+    /// `reason -> count` of refused requests (G6): every `RefusalKind`,
+    /// at 0 until it happens.
     pub rejected: BTreeMap<&'static str, u64>,
     /// Heartbeats to the standby that failed without an answer.
     pub heartbeat_errors: u64,
@@ -50,6 +57,30 @@ pub struct MetricsSnapshot {
     pub snapshot_bytes_resumed: u64,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let transitions = RoleKind::ALL
+            .iter()
+            .flat_map(|from| RoleKind::ALL.iter().map(move |to| (*from, *to)))
+            .filter(|(from, to)| from != to)
+            .map(|(from, to)| ((from.as_str(), to.as_str()), 0))
+            .collect();
+        let rejected = RefusalKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+        Metrics {
+            transitions: Mutex::new(transitions),
+            last_transition_unix_micros: AtomicU64::new(0),
+            rejected: Mutex::new(rejected),
+            heartbeat_errors: AtomicU64::new(0),
+            heartbeat_rtt_micros: AtomicU64::new(0),
+            rewound_records: AtomicU64::new(0),
+            snapshot_resyncs: AtomicU64::new(0),
+            longest_step_gap_micros: AtomicU64::new(0),
+            snapshot_bytes_received: AtomicU64::new(0),
+            snapshot_bytes_resumed: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
     pub(crate) fn transition(&self, from: RoleKind, to: RoleKind) {
         *self
@@ -58,6 +89,13 @@ impl Metrics {
             .unwrap()
             .entry((from.as_str(), to.as_str()))
             .or_default() += 1;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| {
+                u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+            });
+        self.last_transition_unix_micros
+            .store(now, Ordering::Relaxed);
     }
 
     pub(crate) fn rejected(&self, kind: RefusalKind) {
@@ -115,6 +153,10 @@ impl Metrics {
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             transitions: self.transitions.lock().unwrap().clone(),
+            last_transition: match self.last_transition_unix_micros.load(Ordering::Relaxed) {
+                0 => None,
+                micros => Some(SystemTime::UNIX_EPOCH + Duration::from_micros(micros)),
+            },
             rejected: self.rejected.lock().unwrap().clone(),
             heartbeat_errors: self.heartbeat_errors.load(Ordering::Relaxed),
             heartbeat_rtt: self.last_heartbeat_rtt(),
@@ -132,6 +174,26 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_role_change_and_refusal_is_counted_from_zero_before_it_happens() {
+        let m = Metrics::default();
+        let s = m.snapshot();
+        assert_eq!(s.transitions.len(), 6 * 5, "{:?}", s.transitions);
+        assert!(s.transitions.values().all(|n| *n == 0));
+        assert_eq!(s.transitions.get(&("standby", "promoting")), Some(&0));
+        assert_eq!(s.rejected.len(), RefusalKind::ALL.len());
+        assert_eq!(s.rejected.get("stale_epoch"), Some(&0));
+        assert_eq!(s.last_transition, None);
+
+        m.transition(RoleKind::Promoting, RoleKind::Primary);
+        m.rejected(RefusalKind::StaleEpoch);
+        let s = m.snapshot();
+        assert_eq!(s.transitions.get(&("promoting", "primary")), Some(&1));
+        assert_eq!(s.transitions.values().sum::<u64>(), 1);
+        assert_eq!(s.rejected.get("stale_epoch"), Some(&1));
+        assert!(s.last_transition.is_some());
+    }
 
     #[test]
     fn the_longest_step_gap_is_kept_whatever_comes_after_it() {

@@ -149,4 +149,8 @@ pub(crate) enum Msg {
     /// The standby answered the handover of a stopping primary (its new
     /// epoch), or did not in time.
     HandOverDone(std::result::Result<Epoch, String>),
+    /// Primary: where the standby's log ends, as its heartbeat answer
+    /// says. Only for the lag the node reports (it may hold records of an
+    /// older epoch that a rejoin will drop); commits never rest on it.
+    StandbyReported(crate::transport::WalAck),
 }

@@ -33,6 +33,21 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
+    /// Every kind (metrics count each from 0).
+    pub const ALL: [RefusalKind; 11] = [
+        RefusalKind::WrongCluster,
+        RefusalKind::UnknownPeer,
+        RefusalKind::StaleEpoch,
+        RefusalKind::Malformed,
+        RefusalKind::Gap,
+        RefusalKind::Diverged,
+        RefusalKind::TooFarBehind,
+        RefusalKind::NotStandby,
+        RefusalKind::Unavailable,
+        RefusalKind::ShuttingDown,
+        RefusalKind::Unauthenticated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalKind::WrongCluster => "wrong_cluster",

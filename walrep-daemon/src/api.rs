@@ -230,13 +230,10 @@ impl HealthReport {
         self.is_streaming_replica() && self.was_called_in_sync()
     }
 
-    /// A standby whose primary called it in sync at their last contact.
-    /// The primary's word reaches the standby in heartbeats; `eligible` on
-    /// a standby in a sync commit mode means the last one said `sync`,
-    /// which counts too while `sync_state` on a standby does not carry it.
+    /// A standby whose primary called it in sync at their last contact
+    /// (a standby's `sync_state` is the primary's word, from its
+    /// heartbeats).
     pub fn was_called_in_sync(&self) -> bool {
-        self.role == "standby"
-            && self.commit_mode != "async"
-            && (self.sync_state == "sync" || self.eligible)
+        self.role == "standby" && self.commit_mode != "async" && self.sync_state == "sync"
     }
 }

@@ -453,12 +453,8 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
             }
             None => "-".into(),
         };
-        let sync = match h.role.as_str() {
-            "standby" if h.was_called_in_sync() => "sync".to_string(),
-            "standby" if h.commit_mode == "async" => "async".to_string(),
-            "standby" => "not_sync".to_string(),
-            _ => h.sync_state.clone(),
-        };
+        // On a standby, what its primary called it at their last contact.
+        let sync = h.sync_state.clone();
         let arbiter = match &h.arbiter {
             None => "-".to_string(),
             Some(a) => match a.reachable {

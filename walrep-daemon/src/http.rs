@@ -13,7 +13,7 @@
 //! | `/sync[?lag=..]`, `/async[?lag=..]` | 200 iff what `/replica` accepts, that the primary calls in sync (`/sync`) or not (`/async`), else 503 |
 //! | `/liveness` | 200 unless the node is `failed` (503) |
 //! | `/readiness[?lag=..]` | as `/read-only` |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when `Accept` asks for `application/openmetrics-text` |
 //! | `POST /promote[?force=true]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby |
 //! | `GET /maintenance` | 200 `{"node_id","role","failover_paused"}` |
 //! | `POST /maintenance`, `DELETE /maintenance` | pause / resume automatic failover on this node: 200 `{"node_id","role","failover_paused"}` |
@@ -27,7 +27,7 @@
 use super::api::{
     ErrorReply, HealthReport, MaintenanceReply, ProbeReply, PromoteReply, WriteReply,
 };
-use super::metrics::{CONTENT_TYPE, DaemonMetrics};
+use super::metrics::DaemonMetrics;
 use super::probes::{self, Probe};
 use crate::engine::Engine;
 use crate::idempotency;
@@ -472,8 +472,9 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
     }
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+/// Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it.
+async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    super::metrics::respond(&headers, s.metrics.encode())
 }
 
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {

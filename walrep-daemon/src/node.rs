@@ -19,7 +19,7 @@ use super::config::NodeSettings;
 use super::error::DaemonError;
 use super::http::{AppState, router};
 use super::identity;
-use super::metrics::DaemonMetrics;
+use super::metrics::{DaemonMetrics, NodeInfo};
 use crate::engine::Engine;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +170,7 @@ impl RunningNode {
             AppState::new(
                 replica.clone(),
                 engine.clone(),
-                DaemonMetrics::new(replica.clone()),
+                DaemonMetrics::new(replica.clone(), NodeInfo::of(&cfg)),
                 cfg.max_record_bytes,
                 settings.http_write_budget_bytes,
                 token,

@@ -5,6 +5,8 @@
 mod daemon_support;
 #[path = "health_api/mod.rs"]
 mod health_api;
+#[path = "operations/mod.rs"]
+mod operations;
 #[path = "trust/mod.rs"]
 mod trust;
 #[path = "witness/mod.rs"]
@@ -525,9 +527,19 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
     }
     assert!(text.contains("# TYPE walrep_commit_latency_seconds histogram"));
-    // No role change yet on a fresh pair: the family is there, empty.
-    assert!(text.contains("# TYPE walrep_state_transitions counter"));
-    assert!(text.contains("# TYPE walrep_rejected_requests counter"));
+    // The classic text format (no Accept header): counters are announced
+    // by their samples' names. No role change yet on a fresh pair: every
+    // pair of roles is there, at 0.
+    assert!(text.contains("# TYPE walrep_state_transitions_total counter"));
+    assert!(text.contains("# TYPE walrep_rejected_requests_total counter"));
+    assert_eq!(
+        sample(
+            &a,
+            "walrep_state_transitions_total",
+            &[("from", "promoting"), ("to", "primary")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(sample(&a, "walrep_is_primary", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_epoch", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
@@ -552,8 +564,11 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
     );
     assert_eq!(sample(&b, "walrep_commit_latency_seconds", &[]), Some(0.0));
 
-    if strict_openmetrics_parse(&text) {
-        strict_openmetrics_parse(&text_b);
+    let openmetrics = "application/openmetrics-text; version=1.0.0";
+    let (_, om_a) = operations::scrape_as(&p.a_http, Some(openmetrics)).await;
+    let (_, om_b) = operations::scrape_as(&p.b_http, Some(openmetrics)).await;
+    if strict_openmetrics_parse(&om_a) {
+        strict_openmetrics_parse(&om_b);
     }
 }
 
@@ -781,10 +796,20 @@ async fn sigkill_of_the_primary_fails_over_and_the_old_primary_rejoins() {
     let (text, m) = scrape(&p.n2.http).await;
     assert_eq!(sample(&m, "walrep_is_primary", &[]), Some(1.0));
     assert_eq!(sample(&m, "walrep_epoch", &[]), Some(2.0));
-    assert!(
-        sample(&m, "walrep_state_transitions_total", &[("to", "primary")]).unwrap_or(0.0) >= 1.0,
-        "no transition to primary counted:\n{text}"
-    );
+    // One series per pair of roles, each from 0: the promotion counts in
+    // one of those into primary.
+    let into_primary: f64 = m
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "walrep_state_transitions_total" && s.labels.get("to") == Some("primary")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(into_primary, 1.0, "one transition to primary:\n{text}");
     acked.extend(write_all(&p.n2.http, "after", 100).await);
 
     // The old primary, restarted with its original flags (--role primary

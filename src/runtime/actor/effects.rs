@@ -85,6 +85,13 @@ impl Actor {
             Effect::RoleChanged { from, to, epoch } => {
                 tracing::info!(node = %self.cfg.node_id, %from, %to, %epoch, "role changed");
                 self.metrics.transition(from, to);
+                if to == RoleKind::Primary {
+                    // Every record we hold came from the peer, which held
+                    // it when it sent it: until the peer answers, it lacks
+                    // what we write from now on (what it reported while we
+                    // were not primary is about another stream).
+                    self.note_standby_matched(self.node.last_lsn());
+                }
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }

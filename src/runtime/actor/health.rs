@@ -3,10 +3,11 @@
 
 use crate::config::Config;
 use crate::error::LeaderHint;
-use crate::node::{Event, RoleKind, StandbyPositions, SyncState, WriteRefusal};
+use crate::node::{Event, RoleKind, SyncState, WriteRefusal};
 use crate::replicator::{Health, PeerHealth};
 use crate::transport::Header;
-use crate::types::{Epoch, Lsn};
+use crate::transport::WalAck;
+use crate::types::{Epoch, EpochHistory, Lsn};
 use tokio::time::Instant;
 
 use super::Actor;
@@ -102,11 +103,16 @@ impl Actor {
         let now = Instant::now();
         let primary = role == RoleKind::Primary;
         let (connected, lag_records, lag_bytes) = match self.node.standby_positions() {
-            Some(StandbyPositions { flushed, .. }) => (
-                self.stream_up,
-                last.0.saturating_sub(flushed.0),
-                self.wal.bytes_from(flushed.next()),
-            ),
+            // A primary since start whose standby has not answered yet
+            // cannot tell what it holds: everything, as far as it knows.
+            Some(_) => {
+                let matched = self.standby_matched.unwrap_or(Lsn::ZERO);
+                (
+                    self.stream_up,
+                    last.0.saturating_sub(matched.0),
+                    self.wal.bytes_from(matched.next()),
+                )
+            }
             None => (
                 self.session.is_some(),
                 self.primary_last_lsn
@@ -163,6 +169,28 @@ impl Actor {
         }
     }
 
+    /// Primary: the standby answered a heartbeat with where its log ends.
+    pub(super) fn note_standby_report(&mut self, ack: &WalAck) {
+        if self.node.role() != RoleKind::Primary || ack.epoch > self.node.epoch() {
+            return;
+        }
+        let matched = matched_prefix(
+            &self.wal.history(),
+            self.wal.last_lsn(),
+            ack.flushed,
+            ack.flushed_epoch,
+        );
+        self.note_standby_matched(matched);
+    }
+
+    /// Primary: the standby's log holds ours up to `matched` now.
+    pub(super) fn note_standby_matched(&mut self, matched: Lsn) {
+        self.standby_matched = Some(matched);
+        if matched >= self.node.last_lsn() {
+            self.caught_up_at = Instant::now();
+        }
+    }
+
     pub(super) fn publish(&self) {
         let health = self.health();
         self.health_tx.send_if_modified(|current| {
@@ -188,5 +216,72 @@ impl Actor {
             *current = health;
             !same
         });
+    }
+}
+
+/// The last LSN up to which a log whose durable end is `their_last`, a
+/// record of `their_epoch`, holds the records of ours (`ours`, ending at
+/// `our_last`), as far as those two facts tell.
+///
+/// Two logs that hold a record of the same epoch at one LSN hold the same
+/// records up to it, so a standby whose last record has the epoch ours has
+/// there holds ours up to it. Otherwise its tail was written by an older
+/// primary than the one that wrote ours there (the old primary's
+/// unreplicated records after a failover): our records of epochs up to
+/// `their_epoch` end where our first newer epoch begins, and the standby
+/// lacks everything after that (at most).
+pub(crate) fn matched_prefix(
+    ours: &EpochHistory,
+    our_last: Lsn,
+    their_last: Lsn,
+    their_epoch: Epoch,
+) -> Lsn {
+    let end = their_last.min(our_last);
+    if their_last <= our_last && ours.epoch_at(their_last) == Some(their_epoch) {
+        return their_last;
+    }
+    match ours.0.iter().find(|e| e.epoch > their_epoch) {
+        Some(newer) => end.min(Lsn(newer.first_lsn.0.saturating_sub(1))),
+        None => end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EpochStart;
+
+    fn history(entries: &[(u64, u64)]) -> EpochHistory {
+        EpochHistory(
+            entries
+                .iter()
+                .map(|&(epoch, first)| EpochStart {
+                    epoch: Epoch(epoch),
+                    first_lsn: Lsn(first),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_standby_on_our_log_lacks_what_follows_its_last_record() {
+        let ours = history(&[(1, 1), (2, 10)]);
+        assert_eq!(matched_prefix(&ours, Lsn(20), Lsn(15), Epoch(2)), Lsn(15));
+        assert_eq!(matched_prefix(&ours, Lsn(20), Lsn(7), Epoch(1)), Lsn(7));
+        assert_eq!(matched_prefix(&ours, Lsn(20), Lsn(0), Epoch(0)), Lsn(0));
+    }
+
+    #[test]
+    fn an_old_primary_lacks_everything_after_the_point_where_our_epoch_began() {
+        // We promoted at 9 into epoch 2; the old primary had written up
+        // to 14 in epoch 1, and 10..=14 are not ours.
+        let ours = history(&[(1, 1), (2, 10)]);
+        assert_eq!(matched_prefix(&ours, Lsn(20), Lsn(14), Epoch(1)), Lsn(9));
+        // Its tail runs past our whole log.
+        assert_eq!(matched_prefix(&ours, Lsn(12), Lsn(30), Epoch(1)), Lsn(9));
+        // Nothing newer than its epoch in our log: it holds ours up to
+        // where either log ends.
+        let same = history(&[(1, 1)]);
+        assert_eq!(matched_prefix(&same, Lsn(12), Lsn(30), Epoch(1)), Lsn(12));
     }
 }

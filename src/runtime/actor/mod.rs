@@ -107,6 +107,12 @@ struct Actor {
     primary_last_lsn: Lsn,
     /// Our WAL stream to the standby is open (primary).
     stream_up: bool,
+    /// Primary: the last LSN up to which the standby's log holds ours, as
+    /// its latest stream ack or heartbeat answer says; after a promotion,
+    /// until it answers, our last LSN then (we got those records from it).
+    /// `None`: a primary since start whose standby has not answered yet.
+    /// What the lag figures measure.
+    standby_matched: Option<Lsn>,
     stopping: bool,
     /// Callers of `Replica::shutdown`, answered once the node stopped.
     stop_replies: Vec<oneshot::Sender<()>>,
@@ -180,6 +186,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         caught_up_at: origin,
         primary_last_lsn: last,
         stream_up: false,
+        standby_matched: None,
         stopping: false,
         stop_replies: Vec::new(),
         handing_over: false,
@@ -342,6 +349,7 @@ impl Actor {
                 }
             }
             Msg::HandOverDone(result) => self.hand_over_done(result),
+            Msg::StandbyReported(ack) => self.note_standby_report(&ack),
             Msg::Apply { .. } => unreachable!("handled by run"),
         }
     }
@@ -377,10 +385,12 @@ impl Actor {
                 self.send_ack();
                 return;
             }
-            Event::StandbyProgress { positions, .. } => {
+            Event::StandbyProgress { positions, epoch } => {
                 self.peer_contact = Some(Instant::now());
-                if positions.flushed >= self.node.last_lsn() {
-                    self.caught_up_at = Instant::now();
+                if *epoch <= self.node.epoch() {
+                    // A stream ack follows a batch the standby checked
+                    // against its log: it holds ours up to there.
+                    self.note_standby_matched(positions.flushed);
                 }
             }
             Event::StandbyReachable => self.peer_contact = Some(Instant::now()),

@@ -3,13 +3,13 @@
 //!
 //! `/health` is 200 while the witness can make swaps durable (no write of
 //! its file has failed since the last one that succeeded), 503 otherwise,
-//! with a JSON body either way. `/metrics` is Prometheus text: requests,
+//! with a JSON body either way. `/metrics` is Prometheus text (OpenMetrics
+//! when `Accept` asks for it, `crate::metrics::respond`): requests,
 //! swaps, conflicts, refusals by reason, rejected requests, write
 //! failures, clusters, and the latency of each durable write of the file.
 
-use crate::metrics::CONTENT_TYPE;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -225,6 +225,6 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+async fn metrics_text(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    crate::metrics::respond(&headers, s.metrics.encode())
 }
