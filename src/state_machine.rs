@@ -148,12 +148,17 @@ pub trait SnapshotSource: Send + Sync {
 /// concurrently with `apply`. The engine's own readers may
 /// call into it at any time.
 ///
-/// Snapshots are streamed, never one buffer: `snapshot` writes into a sink
-/// (on the primary, a file in the snapshot directory that walrep then
-/// sends in chunks of `Config::snapshot_chunk_bytes`) and `restore_file`
-/// gets the received file (on the standby, checked for length and CRC32C
-/// before the engine sees a byte), whose default reads it through
-/// `restore`. Both are blocking and walrep
+/// Snapshots are streamed, never one buffer. On the primary, walrep takes
+/// the first the engine offers of: `snapshot_source` (bytes produced from
+/// a frozen view as they are sent: no copy, the transfer starts at once),
+/// `snapshot_file` (a file of the engine's, sent as it is), `snapshot`
+/// (written into a sink: a file in the snapshot directory that walrep then
+/// sends), each in chunks of `Config::snapshot_chunk_bytes`. On the
+/// standby, `restore_file` gets the received file once it is whole
+/// (checked for length and CRC32C before the engine sees a byte; its
+/// default reads it through `restore`), or, for an engine that says it
+/// `restores_while_receiving`, `restore_while_receiving` reads the bytes
+/// as they arrive and ends with the same check. All are blocking and walrep
 /// calls them on blocking threads, never on the runtime's threads (except
 /// over a WAL whose `may_block()` is false, the in-memory test WAL, where
 /// every call runs inline so a simulation stays reproducible); they

@@ -413,7 +413,7 @@ mod tests {
         let primary = node("primary", true, 0, 0);
         let standby = node("standby", true, 0, 0);
         let mut sync_standby = standby.clone();
-        sync_standby.eligible = true;
+        sync_standby.sync_state = "sync".into();
         let cut_off = node("standby", false, 0, 0);
         let mut blocked = node("primary", false, 0, 0);
         blocked.writable = false;
