@@ -164,6 +164,7 @@ impl RunningNode {
             settings.http_write_budget_bytes,
             token,
             settings.http_request_timeout,
+            settings.http_refusal_hold,
         ));
         let http = {
             let stop = stop_http.clone();
