@@ -398,7 +398,16 @@ async fn a_higher_epoch_in_a_heartbeat_reply_fences_the_primary() {
         .unwrap();
     assert!(matches!(h.role, RoleKind::Fenced | RoleKind::Rejoining));
     let err = replica.apply(put()).await.unwrap_err();
-    assert!(matches!(err, Error::Fenced { epoch: Epoch(5), appended: false }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                epoch: Epoch(5),
+                appended: false
+            }
+        ),
+        "{err}"
+    );
     replica.shutdown().await;
 }
 
@@ -637,7 +646,13 @@ async fn block_refuses_writes_after_the_standby_is_lost() {
         .unwrap();
     let next = replica.apply(put()).await.unwrap_err();
     assert!(
-        matches!(next, Error::Unavailable { appended: false, .. }),
+        matches!(
+            next,
+            Error::Unavailable {
+                appended: false,
+                ..
+            }
+        ),
         "refused on arrival, so not written: {next:?}"
     );
     assert!(!replica.health().solo);

@@ -302,8 +302,7 @@ impl AppState {
         e: &Error,
         again: impl std::future::Future<Output = walrep::Result<T>>,
     ) -> Option<walrep::Result<T>> {
-        if e.outcome() != WriteOutcome::NotWritten || !e.is_retryable() || !self.changing_roles()
-        {
+        if e.outcome() != WriteOutcome::NotWritten || !e.is_retryable() || !self.changing_roles() {
             return None;
         }
         let writable = self

@@ -54,7 +54,11 @@ pub struct Frontends {
 
 /// `shipped` with n1 and n2 at `nodes` and the frontends at `frontends`;
 /// an error naming the address the file no longer contains.
-pub fn render(shipped: &str, nodes: [&str; 2], frontends: &Frontends) -> Result<String, DaemonError> {
+pub fn render(
+    shipped: &str,
+    nodes: [&str; 2],
+    frontends: &Frontends,
+) -> Result<String, DaemonError> {
     let swaps = [
         (NODE_ADDRS[0], nodes[0]),
         (NODE_ADDRS[1], nodes[1]),
@@ -88,7 +92,11 @@ impl Haproxy {
     /// `dir/haproxy.cfg`, starts `binary` on it (logging to
     /// `dir/haproxy.log`) and waits until the write frontend accepts
     /// connections.
-    pub async fn start(binary: &Path, dir: &Path, nodes: [&str; 2]) -> Result<Haproxy, DaemonError> {
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        nodes: [&str; 2],
+    ) -> Result<Haproxy, DaemonError> {
         let ports = free_ports(3)?;
         let frontends = Frontends {
             write: format!("127.0.0.1:{}", ports[0]),
@@ -167,11 +175,17 @@ impl Drop for Haproxy {
 /// What one write through the load balancer got.
 #[derive(Clone, Debug)]
 pub enum Answer {
-    Acked { lsn: u64, epoch: u64 },
+    Acked {
+        lsn: u64,
+        epoch: u64,
+    },
     /// An HTTP answer other than 200: `kind` is walrep's (`not_primary`,
     /// `sync_timeout`, ...) or, for HAProxy's own answers (no JSON body),
     /// `haproxy_<status>`.
-    Refused { status: u16, kind: String },
+    Refused {
+        status: u16,
+        kind: String,
+    },
     /// No HTTP answer (connection refused or reset, client timeout).
     NoAnswer(String),
 }
@@ -322,18 +336,32 @@ impl Writers {
         epoch: u64,
         limit: Duration,
     ) -> Result<Written, DaemonError> {
+        self.acks_after(since, epoch, 1, limit).await
+    }
+
+    /// Waits for `n` writes started after `since` and acknowledged at an
+    /// epoch of at least `epoch`; returns the one answered last, or an
+    /// error after `limit`.
+    pub async fn acks_after(
+        &self,
+        since: Instant,
+        epoch: u64,
+        n: usize,
+        limit: Duration,
+    ) -> Result<Written, DaemonError> {
         let deadline = Instant::now() + limit;
         loop {
-            let found = self
+            let mut acked: Vec<Written> = self
                 .log
                 .lock()
                 .unwrap()
                 .iter()
                 .filter(|w| w.started >= since && w.acked_epoch().is_some_and(|e| e >= epoch))
-                .min_by_key(|w| w.ended)
-                .cloned();
-            if let Some(w) = found {
-                return Ok(w);
+                .cloned()
+                .collect();
+            if acked.len() >= n.max(1) {
+                acked.sort_by_key(|w| w.ended);
+                return Ok(acked.swap_remove(n.max(1) - 1));
             }
             if Instant::now() > deadline {
                 let errors = count_errors(
@@ -344,7 +372,8 @@ impl Writers {
                         .filter(|w| w.started >= since),
                 );
                 return Err(DaemonError::Failed(format!(
-                    "no write acknowledged at epoch >= {epoch} within {limit:?} through the load balancer; errors meanwhile: {}",
+                    "only {} of {n} writes acknowledged at epoch >= {epoch} within {limit:?} through the load balancer; errors meanwhile: {}",
+                    acked.len(),
                     counts_text(&errors)
                 )));
             }
@@ -407,7 +436,10 @@ mod tests {
             &frontends(),
         )
         .unwrap();
-        for gone in NODE_ADDRS.iter().chain(&[WRITE_ADDR, READ_ADDR, STATS_ADDR]) {
+        for gone in NODE_ADDRS
+            .iter()
+            .chain(&[WRITE_ADDR, READ_ADDR, STATS_ADDR])
+        {
             assert!(!out.contains(gone), "{gone} left in the rendered config");
         }
         assert!(out.contains("server n1 127.0.0.1:18001 check"), "{out}");

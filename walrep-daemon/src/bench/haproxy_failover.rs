@@ -13,7 +13,9 @@
 //! one and a second passed. Every acknowledged write is then read back
 //! from the final primary.
 
-use super::haproxy::{Haproxy, Writers, Written, count_errors, counts_text, find_haproxy, lost_writes};
+use super::haproxy::{
+    Haproxy, Writers, Written, count_errors, counts_text, find_haproxy, lost_writes,
+};
 use super::load::Percentiles;
 use super::{emit_json, r3};
 use crate::error::DaemonError;
@@ -220,9 +222,9 @@ async fn crash_primary(
     let first = writers
         .first_ack_after(killed, promoted.epoch, STEP)
         .await?;
-    let last = writers.last_ack_before(killed).ok_or_else(|| {
-        DaemonError::Failed("no write was acknowledged before the kill".into())
-    })?;
+    let last = writers
+        .last_ack_before(killed)
+        .ok_or_else(|| DaemonError::Failed("no write was acknowledged before the kill".into()))?;
     let window = first.ended - last.ended;
     let written = writers.written();
     let errors = count_errors(between(&written, last.ended, first.ended));
