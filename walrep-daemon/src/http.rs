@@ -89,6 +89,14 @@ pub struct AppState {
     role_watch: tokio::task::JoinHandle<()>,
 }
 
+impl AppState {
+    /// Sets `http_refusal_hold_ms` (zero until set: refuse at once).
+    pub fn with_refusal_hold(mut self, hold: Duration) -> AppState {
+        self.refusal_hold = hold;
+        self
+    }
+}
+
 impl Drop for AppState {
     fn drop(&mut self) {
         self.role_watch.abort();
@@ -122,7 +130,6 @@ impl AppState {
         write_budget_bytes: usize,
         token: Option<crate::auth::HttpToken>,
         body_timeout: std::time::Duration,
-        refusal_hold: Duration,
     ) -> AppState {
         let left_primary = Arc::new(Mutex::new(None));
         let role_watch = tokio::spawn(track_role_changes(replica.clone(), left_primary.clone()));
@@ -135,7 +142,7 @@ impl AppState {
             write_budget: Arc::new(Semaphore::new(write_budget_bytes)),
             write_budget_bytes,
             body_timeout,
-            refusal_hold,
+            refusal_hold: Duration::ZERO,
             left_primary,
             role_watch,
         }

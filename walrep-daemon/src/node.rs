@@ -156,16 +156,18 @@ impl RunningNode {
 
         let stop_http = CancellationToken::new();
         let stop_rest = CancellationToken::new();
-        let state = Arc::new(AppState::new(
-            replica.clone(),
-            engine.clone(),
-            DaemonMetrics::new(replica.clone()),
-            cfg.max_record_bytes,
-            settings.http_write_budget_bytes,
-            token,
-            settings.http_request_timeout,
-            settings.http_refusal_hold,
-        ));
+        let state = Arc::new(
+            AppState::new(
+                replica.clone(),
+                engine.clone(),
+                DaemonMetrics::new(replica.clone()),
+                cfg.max_record_bytes,
+                settings.http_write_budget_bytes,
+                token,
+                settings.http_request_timeout,
+            )
+            .with_refusal_hold(settings.http_refusal_hold),
+        );
         let http = {
             let stop = stop_http.clone();
             let counted = state.clone();

@@ -32,11 +32,11 @@ const HAPROXY_PATHS: [&str; 3] = [
     "/usr/bin/haproxy",
 ];
 
-/// The HAProxy binary: `WALREP_HAPROXY` if set, else the first of the
-/// usual places that exists.
+/// The HAProxy binary: `WALREP_HAPROXY` if set (`None` if no such file),
+/// else the first of the usual places that exists.
 pub fn find_haproxy() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WALREP_HAPROXY") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     HAPROXY_PATHS
         .iter()

@@ -31,7 +31,7 @@ fn started_between(writes: &[Written], from: Instant, to: Instant) -> Vec<Writte
 async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_passes_no_refusal_to_clients() {
     let Some(binary) = find_haproxy() else {
         eprintln!(
-            "SKIPPED: haproxy not installed (looked at WALREP_HAPROXY and /usr/sbin/haproxy)"
+            "SKIPPED: haproxy not installed (WALREP_HAPROXY names no file, or none in /usr/sbin, /usr/local/sbin, /usr/bin)"
         );
         return;
     };
