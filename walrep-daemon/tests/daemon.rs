@@ -928,6 +928,64 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
     }
 }
 
+/// A write refused on arrival while the node changes roles is held (up to
+/// `http_refusal_hold_ms`, here far longer than the test) and applied once
+/// the node can write; a standby that never was the primary refuses at
+/// once, with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_while_the_node_cannot_write_yet_is_applied_once_it_can() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HOLD_MS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hold = HOLD_MS.to_string();
+    let pair = ProcessPair::new(
+        dir.path(),
+        &test_options(&[("http_refusal_hold_ms", &hold)]),
+    )
+    .unwrap();
+    let (mut n1, mut n2) = (pair.n1, pair.n2);
+    // A fresh primary takes writes only once its peer confirmed it.
+    n1.spawn().expect("n1 starts");
+    let h = wait_health(&n1.http, "started as primary", |h| h.role == "primary").await;
+    assert!(!h.writable, "{h:?}");
+    let mut held = tokio::net::TcpStream::connect(&n1.http).await.unwrap();
+    let put = format!(
+        "PUT /kv/held HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue",
+        n1.http
+    );
+    held.write_all(put.as_bytes()).await.unwrap();
+    // The write is at n1, refused and held; the peer confirms n1.
+    n2.spawn().expect("n2 starts");
+    let mut answer = Vec::new();
+    held.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the held write was not applied once n1 could write: {answer}"
+    );
+    wait_streaming(&n1.http, &n2.http).await;
+    assert_eq!(
+        HttpClient::new(&n1.http)
+            .get("held")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"value"[..])
+    );
+    // n2 has only ever been a standby: no hold, a 503 at once.
+    let asked = Instant::now();
+    let (status, body) = req(&n2.http, Method::PUT, "/kv/elsewhere", b"v").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        asked.elapsed() < Duration::from_millis(HOLD_MS),
+        "a standby that never was the primary held its refusal"
+    );
+    let e: ErrorReply = json(&body);
+    assert_eq!(e.kind.as_deref(), Some("not_primary"), "{e:?}");
+    n1.terminate(Duration::from_secs(5));
+    n2.terminate(Duration::from_secs(5));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_its_snapshot_survives() {
     let dir = tempfile::tempdir().unwrap();
