@@ -31,13 +31,15 @@
 //! (no server up): nothing was sent to a node.
 //!
 //! While the node changes roles (a planned switchover pausing its writes,
-//! promoting, or not primary for less than `http_refusal_hold_ms`), a write
+//! promoting, a standby whose primary fell silent, or not primary for less
+//! than `http_refusal_hold_ms`), a write
 //! refused on arrival waits up to `http_refusal_hold_ms` first: if the node
 //! becomes writable meanwhile (the promotion ends, the switchover is
 //! abandoned) the write is applied here; else its 503 comes late enough
 //! that a load balancer has seen the new primary and resends the write
-//! there, so a switchover passes no refusal to clients. A standby that has
-//! been one for longer answers at once.
+//! there, so a switchover passes no refusal to clients. A standby streaming
+//! from its primary, and not the primary for longer than the hold, answers
+//! at once.
 
 use super::api::{ErrorReply, HealthReport, PromoteReply, WriteReply};
 use super::metrics::{CONTENT_TYPE, DaemonMetrics};
@@ -288,13 +290,17 @@ impl AppState {
     }
 
     /// Whether a write refused on arrival should wait before its 503: the
-    /// node is changing roles (not a standby, or a standby that stopped
-    /// being the primary less than `refusal_hold` ago).
+    /// node is changing roles (not a standby, a standby out of contact with
+    /// its primary, or one that stopped being the primary less than
+    /// `refusal_hold` ago).
     fn changing_roles(&self) -> bool {
         if self.refusal_hold.is_zero() {
             return false;
         }
-        if self.replica.role() != RoleKind::Standby {
+        let h = self.replica.health();
+        if h.role != RoleKind::Standby || !h.peer.connected {
+            // Not a standby, or one whose primary fell silent: it may
+            // promote itself within failover_timeout.
             return true;
         }
         let left = *self.left_primary.lock().unwrap();

@@ -218,6 +218,16 @@ impl Written {
     }
 }
 
+/// The writes in flight at some moment from `from` to `to` (started by
+/// `to`, answered from `from` on): those an event in between may have hit.
+pub fn in_flight_during(writes: &[Written], from: Instant, to: Instant) -> Vec<Written> {
+    writes
+        .iter()
+        .filter(|w| w.ended >= from && w.started <= to)
+        .cloned()
+        .collect()
+}
+
 /// The error kinds among `writes`, counted.
 pub fn count_errors<'a>(writes: impl IntoIterator<Item = &'a Written>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();

@@ -5,16 +5,16 @@
 //! Paced writers write through HAProxy's write frontend for the whole run.
 //! Each trial: both nodes streaming, SIGKILL of the primary, the window
 //! from the last write acknowledged before the kill to the first one
-//! acknowledged after it (at the new epoch), the errors of the writes
-//! started in between, then the killed node restarted until it has
+//! acknowledged after it (at the new epoch), the errors of the writes in
+//! flight from the kill to that acknowledgement, then the killed node restarted until it has
 //! rejoined as an eligible standby; the next trial kills the other node.
 //! Last, a planned switchover (`POST /promote` on the standby) and the
-//! errors of the writes started from it until the new primary acknowledged
-//! one and a second passed. Every acknowledged write is then read back
+//! errors of the writes in flight from it until a second after the new
+//! primary acknowledged one. Every acknowledged write is then read back
 //! from the final primary.
 
 use super::haproxy::{
-    Haproxy, Writers, Written, count_errors, counts_text, find_haproxy, lost_writes,
+    Haproxy, Writers, count_errors, counts_text, find_haproxy, in_flight_during, lost_writes,
 };
 use super::load::Percentiles;
 use super::{emit_json, r3};
@@ -195,13 +195,6 @@ struct Trial {
     errors: BTreeMap<String, usize>,
 }
 
-/// The writes started from `from` until `to`.
-fn between(writes: &[Written], from: Instant, to: Instant) -> impl Iterator<Item = &Written> {
-    writes
-        .iter()
-        .filter(move |w| w.started >= from && w.started <= to)
-}
-
 async fn crash_primary(
     writers: &Writers,
     primary: &mut NodeProc,
@@ -227,7 +220,7 @@ async fn crash_primary(
         .ok_or_else(|| DaemonError::Failed("no write was acknowledged before the kill".into()))?;
     let window = first.ended - last.ended;
     let written = writers.written();
-    let errors = count_errors(between(&written, last.ended, first.ended));
+    let errors = count_errors(&in_flight_during(&written, killed, first.ended));
     primary.spawn()?;
     primary
         .wait_for("rejoined as a standby", STEP, |h| {
@@ -241,7 +234,7 @@ async fn crash_primary(
     })
 }
 
-/// A planned switchover to `standby`; the errors of the writes started
+/// A planned switchover to `standby`; the errors of the writes in flight
 /// from the request until a second after the new primary's first ack.
 async fn switch_over(
     writers: &Writers,
@@ -258,5 +251,9 @@ async fn switch_over(
     let first = writers.first_ack_after(asked, epoch, STEP).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let end = first.ended + Duration::from_secs(1);
-    Ok(count_errors(between(&writers.written(), asked, end)))
+    Ok(count_errors(&in_flight_during(
+        &writers.written(),
+        asked,
+        end,
+    )))
 }

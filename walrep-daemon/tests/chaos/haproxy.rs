@@ -10,7 +10,7 @@ use crate::daemon_support::*;
 use crate::harness::*;
 use std::time::Instant;
 use walrep_daemon::bench::haproxy::{
-    Haproxy, Writers, Written, count_errors, counts_text, find_haproxy, lost_writes,
+    Haproxy, Writers, count_errors, counts_text, find_haproxy, in_flight_during, lost_writes,
 };
 use walrep_daemon::client::HttpClient;
 
@@ -18,14 +18,6 @@ use walrep_daemon::client::HttpClient;
 /// hundred a second in all.
 const WRITERS: usize = 8;
 const RATE: f64 = 50.0;
-
-fn started_between(writes: &[Written], from: Instant, to: Instant) -> Vec<Written> {
-    writes
-        .iter()
-        .filter(|w| w.started >= from && w.started <= to)
-        .cloned()
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_passes_no_refusal_to_clients() {
@@ -83,8 +75,8 @@ async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_passes_no_refusal
     let written = writers.stop().await;
     lb.stop();
 
-    let kill_errors = count_errors(&started_between(&written, killed, after_kill.ended));
-    let switch_writes = started_between(&written, asked, settled);
+    let kill_errors = count_errors(&in_flight_during(&written, killed, after_kill.ended));
+    let switch_writes = in_flight_during(&written, asked, settled);
     let switch_errors = count_errors(&switch_writes);
     let acked = written.iter().filter(|w| w.acked_epoch().is_some()).count();
     println!(
