@@ -20,14 +20,15 @@ pub struct LeaderHint {
 /// message says what happened to the write and what to do.
 ///
 /// Only `Ok` from `Replicator::apply` means a write committed. A write
-/// refused before it was appended (`NotPrimary`, `Fenced`, `Unavailable`,
-/// `InvalidInput` on arrival) was not written. A write that was already
-/// appended and waiting for its commit mode when the node was deposed
-/// (`NotPrimary`, `Fenced`), its standby stayed silent (`SyncTimeout`), its
-/// WAL failed (`Unavailable`) or it shut down (`ShuttingDown`) has an
-/// unknown fate: it may survive on the new primary or be rewound here.
-/// An engine that must know carries its own request id in the payload and
-/// looks for it in its state machine.
+/// refused before it was appended (`NotPrimary`, `Fenced`, `Unavailable`
+/// with `appended: false`, `InvalidInput` on arrival) was not written. A
+/// write that was already appended and waiting for its commit mode when
+/// the node was deposed (`NotPrimary`, `Fenced` with `appended: true`), its
+/// standby stayed silent (`SyncTimeout`), its WAL failed (`Unavailable`
+/// with `appended: true`) or it shut down (`ShuttingDown`) has an unknown
+/// fate: it may survive on the new primary or be rewound here. An engine
+/// that must know carries its own request id in the payload and looks for
+/// it in its state machine. [`Error::outcome`] tells the two apart.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// This node is not (or no longer) the primary. Send the write to
@@ -36,6 +37,9 @@ pub enum Error {
     NotPrimary {
         /// The primary as this node knows it.
         leader: Option<LeaderHint>,
+        /// The write was appended here before the node stepped down (its
+        /// fate is unknown); `false`: refused on arrival, nothing written.
+        appended: bool,
     },
 
     /// A newer epoch exists elsewhere: this node was deposed and rejoins
@@ -47,6 +51,9 @@ pub enum Error {
     Fenced {
         /// The newer epoch.
         epoch: Epoch,
+        /// The write was appended here before the node was deposed (its
+        /// fate is unknown); `false`: refused on arrival, nothing written.
+        appended: bool,
     },
 
     /// A sync-mode write was appended and made durable here but the standby
@@ -67,6 +74,9 @@ pub enum Error {
     Unavailable {
         /// Why, in words.
         reason: String,
+        /// The write was appended here before the WAL failed (its fate is
+        /// unknown); `false`: refused on arrival, nothing written.
+        appended: bool,
     },
 
     /// The node is stopping or stopped; retry on the other node.
@@ -197,28 +207,37 @@ impl Error {
 
     /// What this error says about the write it answered.
     ///
-    /// `NotWritten` only for errors that are always given before anything
-    /// is appended (`InvalidInput`, `InvalidConfig`, `Config`,
-    /// `PromotionRefused`). Every other variant can answer a write that
-    /// was already appended: `NotPrimary`, `Fenced` and `Unavailable` are
-    /// given both on arrival and to writes waiting when the node was
-    /// deposed or its WAL failed, and the variant does not say which;
-    /// `SyncTimeout` means the write is durable here but not acknowledged
-    /// (it reaches the standby later, or is rewound if the standby was
-    /// promoted meanwhile); `ShuttingDown`, `Corrupt`, `Io`,
-    /// `StateMachine`, `Timeout` and `Transport` may come after the
-    /// append. Those are `MaybeWritten`: retry only an idempotent command,
-    /// or one whose request id the engine can look up.
+    /// `NotWritten` for errors always given before anything is appended
+    /// (`InvalidInput`, `InvalidConfig`, `Config`, `PromotionRefused`), and
+    /// for `NotPrimary`, `Fenced` and `Unavailable` given on arrival
+    /// (`appended: false`): a load balancer may send such a write to the
+    /// other node at once. The same three given to a write waiting when
+    /// the node was deposed or its WAL failed (`appended: true`) are
+    /// `MaybeWritten`, and so are the variants that can come after the
+    /// append: `SyncTimeout` (the write is durable here but not
+    /// acknowledged: it reaches the standby later, or is rewound if the
+    /// standby was promoted meanwhile), `ShuttingDown`, `Corrupt`, `Io`,
+    /// `StateMachine`, `Timeout` and `Transport`. Retry those only for an
+    /// idempotent command, or one whose request id the engine can look up.
     pub fn outcome(&self) -> WriteOutcome {
         match self {
             Error::InvalidInput(_)
             | Error::InvalidConfig(_)
             | Error::Config(_)
-            | Error::PromotionRefused { .. } => WriteOutcome::NotWritten,
-            Error::NotPrimary { .. }
-            | Error::Fenced { .. }
+            | Error::PromotionRefused { .. }
+            | Error::NotPrimary {
+                appended: false, ..
+            }
+            | Error::Fenced {
+                appended: false, ..
+            }
+            | Error::Unavailable {
+                appended: false, ..
+            } => WriteOutcome::NotWritten,
+            Error::NotPrimary { appended: true, .. }
+            | Error::Fenced { appended: true, .. }
+            | Error::Unavailable { appended: true, .. }
             | Error::SyncTimeout { .. }
-            | Error::Unavailable { .. }
             | Error::ShuttingDown
             | Error::Corrupt { .. }
             | Error::Io { .. }
@@ -296,28 +315,53 @@ mod tests {
     }
 
     #[test]
-    fn not_primary_is_retried_at_the_leader_and_may_have_been_written() {
+    fn not_primary_is_retried_at_the_leader_and_says_whether_it_was_appended() {
         let leader = Some(LeaderHint {
             id: NodeId::from("b"),
             addr: "127.0.0.1:1".into(),
             client_addr: None,
         });
         check(
-            Error::NotPrimary { leader },
+            Error::NotPrimary {
+                leader: leader.clone(),
+                appended: false,
+            },
+            true,
+            WriteOutcome::NotWritten,
+        );
+        check(
+            Error::NotPrimary {
+                leader,
+                appended: true,
+            },
             true,
             WriteOutcome::MaybeWritten,
         );
         check(
-            Error::NotPrimary { leader: None },
+            Error::NotPrimary {
+                leader: None,
+                appended: true,
+            },
             true,
             WriteOutcome::MaybeWritten,
         );
     }
 
     #[test]
-    fn fenced_is_retried_at_the_new_primary_and_may_have_been_written() {
+    fn fenced_is_retried_at_the_new_primary_and_says_whether_it_was_appended() {
         check(
-            Error::Fenced { epoch: Epoch(3) },
+            Error::Fenced {
+                epoch: Epoch(3),
+                appended: false,
+            },
+            true,
+            WriteOutcome::NotWritten,
+        );
+        check(
+            Error::Fenced {
+                epoch: Epoch(3),
+                appended: true,
+            },
             true,
             WriteOutcome::MaybeWritten,
         );
@@ -333,10 +377,19 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_is_retryable_and_may_have_been_written() {
+    fn unavailable_is_retryable_and_says_whether_it_was_appended() {
         check(
             Error::Unavailable {
                 reason: "promoting".into(),
+                appended: false,
+            },
+            true,
+            WriteOutcome::NotWritten,
+        );
+        check(
+            Error::Unavailable {
+                reason: "the WAL failed".into(),
+                appended: true,
             },
             true,
             WriteOutcome::MaybeWritten,

@@ -284,7 +284,7 @@ async fn a_fresh_primary_nobody_confirmed_refuses_writes_until_forced() {
     );
     let err = replica.apply(put()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Unavailable { reason } if reason.contains("n2") && reason.contains("promote --force")),
+        matches!(&err, Error::Unavailable { reason, appended: false } if reason.contains("n2") && reason.contains("promote --force")),
         "{err}"
     );
     assert_eq!(wal.last_lsn(), Lsn::ZERO, "nothing was appended");
@@ -398,7 +398,16 @@ async fn a_higher_epoch_in_a_heartbeat_reply_fences_the_primary() {
         .unwrap();
     assert!(matches!(h.role, RoleKind::Fenced | RoleKind::Rejoining));
     let err = replica.apply(put()).await.unwrap_err();
-    assert!(matches!(err, Error::Fenced { epoch: Epoch(5) }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                epoch: Epoch(5),
+                appended: false
+            }
+        ),
+        "{err}"
+    );
     replica.shutdown().await;
 }
 
@@ -636,7 +645,16 @@ async fn block_refuses_writes_after_the_standby_is_lost() {
         .await
         .unwrap();
     let next = replica.apply(put()).await.unwrap_err();
-    assert!(matches!(next, Error::Unavailable { .. }), "{next}");
+    assert!(
+        matches!(
+            next,
+            Error::Unavailable {
+                appended: false,
+                ..
+            }
+        ),
+        "refused on arrival, so not written: {next:?}"
+    );
     assert!(!replica.health().solo);
     replica.shutdown().await;
 }
@@ -704,7 +722,10 @@ async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
     replica.apply(put()).await.unwrap();
     wal.fail_syncs(true);
     let err = replica.apply(put()).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Unavailable { appended: true, .. }),
+        "appended before its fsync failed, so maybe written: {err:?}"
+    );
     let h = replica
         .wait_for(Duration::from_secs(5), "failed", |h| {
             h.role == RoleKind::Failed
@@ -798,8 +819,11 @@ async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_prima
         .unwrap();
     let result = replica.apply(put()).await;
     assert!(
-        result.is_err(),
-        "acknowledged on the positions of a newer epoch: {result:?}"
+        matches!(
+            result,
+            Err(Error::Fenced { appended: true, .. } | Error::NotPrimary { appended: true, .. })
+        ),
+        "the write was appended, then the node was deposed: its fate is unknown, not 'not written' ({result:?})"
     );
     let h = replica
         .wait_for(Duration::from_secs(5), "fenced", |h| h.epoch == Epoch(2))

@@ -104,6 +104,10 @@ pub struct ErrorReply {
     pub error: String,
     /// The primary's HTTP address when known: where to send writes.
     pub leader: Option<String>,
+    /// The refusal's kind (`not_primary`, `sync_timeout`, ...: the `reason`
+    /// label of `walrep_http_rejected_total`), absent on other errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// `POST /promote`.

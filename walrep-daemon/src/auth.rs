@@ -99,6 +99,7 @@ pub async fn require_token(
             let reply = crate::api::ErrorReply {
                 error: "this request writes or changes roles: send `Authorization: Bearer <token>` with the node's http token (--http-token-file); nothing was done".into(),
                 leader: None,
+                kind: Some("unauthorized".into()),
             };
             return (
                 StatusCode::UNAUTHORIZED,

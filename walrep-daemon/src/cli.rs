@@ -123,6 +123,8 @@ pub enum Command {
     BenchFailover(bench::failover::FailoverArgs),
     /// Benchmark: the write pause of a planned switchover.
     BenchSwitchover(bench::switchover::SwitchoverArgs),
+    /// Benchmark: writes through HAProxy (the shipped config): unavailability per SIGKILL of the primary, errors clients see then and at a switchover.
+    BenchHaproxy(bench::haproxy_failover::HaproxyArgs),
     /// Benchmark: loopback TCP copy and durable write of N bytes, the floor of a resync.
     BenchFloor(bench::floor::FloorArgs),
     /// Benchmark: a witness serving many clusters of simulated nodes: swap latency, throughput, RSS.
@@ -387,6 +389,8 @@ pub struct NodeArgs {
     pub http_request_timeout_ms: Option<String>,
     #[arg(long, value_name = "BYTES", help = help("http_write_budget_bytes", "Most bytes of PUT bodies held at once; writers wait for room, a larger write is refused"))]
     pub http_write_budget_bytes: Option<String>,
+    #[arg(long, value_name = "MS", help = help("http_refusal_hold_ms", "While roles change, how long a write refused on arrival waits (applied here if the node becomes writable) before its 503"))]
+    pub http_refusal_hold_ms: Option<String>,
 }
 
 impl NodeArgs {
@@ -430,6 +434,7 @@ impl NodeArgs {
             ("http_idle_timeout_ms", &self.http_idle_timeout_ms),
             ("http_request_timeout_ms", &self.http_request_timeout_ms),
             ("http_write_budget_bytes", &self.http_write_budget_bytes),
+            ("http_refusal_hold_ms", &self.http_refusal_hold_ms),
         ];
         let mut out: Vec<(&'static str, String)> = given
             .into_iter()
@@ -686,6 +691,9 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         }
         Command::BenchSwitchover(args) => {
             bench_done(until_interrupted(bench::switchover::run(args)).await)
+        }
+        Command::BenchHaproxy(args) => {
+            bench_done(until_interrupted(bench::haproxy_failover::run(args)).await)
         }
         Command::BenchFloor(args) => bench_done(until_interrupted(bench::floor::run(args)).await),
         Command::BenchWitness(args) => {

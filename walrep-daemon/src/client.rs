@@ -510,16 +510,17 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
 }
 
 /// Whether a failed write may succeed if sent again with the same
-/// idempotency key: the node was unreachable, did not answer, or answered
-/// 503 (not the primary, no standby confirmation, shutting down: the
-/// outcome is unknown or the node cannot write yet). Bad input (400) and
-/// internal errors (500) stay as they are.
+/// idempotency key: the node was unreachable, did not answer, answered 503
+/// (nothing written: not the primary, fenced, a switchover in progress) or
+/// 504 (outcome unknown: no standby confirmation, deposed while waiting,
+/// shutting down; the same key applies it at most once). Bad input (400)
+/// and internal errors (500) stay as they are.
 pub fn may_retry(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable { .. }
         | ClientError::Timeout { .. }
         | ClientError::Protocol { .. } => true,
-        ClientError::Refused { status, .. } => *status == 503,
+        ClientError::Refused { status, .. } => matches!(*status, 503 | 504),
         // A certificate the client does not trust stays untrusted.
         ClientError::Tls { .. } => false,
     }

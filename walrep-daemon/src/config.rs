@@ -137,7 +137,16 @@ pub const SETTINGS: &[Setting] = &[
         "http_write_budget_bytes",
         Some(|| DEFAULT_HTTP_WRITE_BUDGET_BYTES.to_string()),
     ),
+    s(
+        "http_refusal_hold_ms",
+        Some(|| DEFAULT_HTTP_REFUSAL_HOLD_MS.to_string()),
+    ),
 ];
+
+/// `http_refusal_hold_ms`: longer than a load balancer needs to see the new
+/// primary (the shipped HAProxy checks a down server every 50 ms) after the
+/// few milliseconds a planned switchover takes.
+pub const DEFAULT_HTTP_REFUSAL_HOLD_MS: u64 = 250;
 
 /// The default of `key` as text, `None` for a setting without one.
 pub fn default_of(key: &str) -> Option<String> {
@@ -239,6 +248,13 @@ pub struct NodeSettings {
     /// grow the node's memory beyond this; a single write above it is
     /// refused.
     pub http_write_budget_bytes: usize,
+    /// How long a write refused on arrival (nothing written) waits before
+    /// its 503 while the node is changing roles (a switchover pausing
+    /// writes, promoting, or not primary for less than this long): if the
+    /// node becomes writable meanwhile the write is applied here, else the
+    /// 503 comes late enough for a load balancer to have seen the new
+    /// primary and resend the write there. 0: refuse at once.
+    pub http_refusal_hold: Duration,
 }
 
 /// The raw layers, merged: setting name -> (text, where it came from).
@@ -512,6 +528,7 @@ impl Layers {
         };
         let http_idle_timeout = self.with_default("http_idle_timeout_ms", positive)?;
         let http_request_timeout = self.with_default("http_request_timeout_ms", positive)?;
+        let http_refusal_hold = self.with_default("http_refusal_hold_ms", millis)?;
         let http_max_connections = self.get("http_max_connections", |v| {
             count(v).and_then(|n| match usize::try_from(n) {
                 Ok(n) if n > 0 => Ok(n),
@@ -537,6 +554,7 @@ impl Layers {
             http_idle_timeout,
             http_request_timeout,
             http_write_budget_bytes,
+            http_refusal_hold,
         })
     }
 

@@ -3,7 +3,7 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `PUT /kv/{key}` (body: value; optional header `Idempotency-Key`) | 200 `{"lsn","epoch","deduplicated"}` once the commit mode is met; 503 `{"error","leader"}` if not primary or the standby did not confirm; 400 bad input |
+//! | `PUT /kv/{key}` (body: value; optional header `Idempotency-Key`) | 200 `{"lsn","epoch","deduplicated"}` once the commit mode is met; a refusal as below; 400 bad input |
 //! | `DELETE /kv/{key}` | the same |
 //! | `GET /kv/{key}` | 200 raw value, 404 (any role) |
 //! | `GET /health` | 200 `HealthReport`; 503 (same body, with `reason`) when the node is `failed` |
@@ -23,6 +23,35 @@
 //! with a `reason` on 503, and a 503 that waiting can fix carries
 //! `Retry-After`. A bad query string is a 400 naming what was wrong.
 //! `probes` has their rules.
+//!
+//! # A refused write: nothing written (503) or outcome unknown (504)
+//!
+//! The status of a refused write says whether a load balancer may resend
+//! it to the other node on its own, from what `walrep::Error::outcome`
+//! says of the refusal:
+//!
+//! | status | `error` kinds (the `http_rejected` label) | the write | resend it |
+//! |---|---|---|---|
+//! | 503 + `Retry-After: 1` | `not_primary`, `fenced`, `unavailable` given on arrival | nothing of it was written | anywhere, at once: the shipped HAProxy config (`retry-on conn-failure 503`) resends it to the other node |
+//! | 504 | `not_primary`, `fenced`, `unavailable` given to a write already appended when the node was deposed or its WAL failed; `sync_timeout`, `shutting_down`, `timeout`, `peer_error` | may exist, now or later (it may survive on the new primary, or be rewound) | only with the same `Idempotency-Key` (written at most once), or once a read shows it is not there; never by a load balancer |
+//! | 500 | `internal` (damaged WAL, I/O error, state machine failure) | may exist | an operator must look first |
+//! | 400 / 408 | `bad_request`, `body_timeout` | nothing written | not as it is |
+//! | 409 | `promotion_refused` (`POST /promote`) | roles unchanged | not as it is |
+//!
+//! HAProxy itself answers 504 when `timeout server` strikes: the same
+//! meaning, outcome unknown. A 503 without a JSON body comes from HAProxy
+//! (no server up): nothing was sent to a node.
+//!
+//! While the node changes roles (a planned switchover pausing its writes,
+//! promoting, a standby whose primary fell silent, or not primary for less
+//! than `http_refusal_hold_ms`), a write
+//! refused on arrival waits up to `http_refusal_hold_ms` first: if the node
+//! becomes writable meanwhile (the promotion ends, the switchover is
+//! abandoned) the write is applied here; else its 503 comes late enough
+//! that a load balancer has seen the new primary and resends the write
+//! there, so a switchover passes no refusal to clients. A standby streaming
+//! from its primary, and not the primary for longer than the hold, answers
+//! at once.
 
 use super::api::{
     ErrorReply, HealthReport, MaintenanceReply, ProbeReply, PromoteReply, WriteReply,
@@ -42,12 +71,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use bytes::BytesMut;
 use http_body_util::BodyExt;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use walrep::Error;
 use walrep::Replica;
 use walrep::Replicator;
+use walrep::{Error, RoleKind, WriteOutcome};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -70,6 +99,46 @@ pub struct AppState {
     /// Where maintenance mode is kept across restarts (`with_pause_file`);
     /// without it the pause lasts as long as the process.
     pub pause_file: Option<crate::maintenance::PauseFile>,
+    /// `http_refusal_hold_ms`: how long a write refused on arrival waits
+    /// while the node changes roles (see the module doc).
+    pub refusal_hold: Duration,
+    /// When this node last stopped being the primary, kept by
+    /// `track_role_changes`.
+    left_primary: Arc<Mutex<Option<Instant>>>,
+    /// The task that keeps `left_primary`; stopped with the state.
+    role_watch: tokio::task::JoinHandle<()>,
+}
+
+impl AppState {
+    /// Sets `http_refusal_hold_ms` (zero until set: refuse at once).
+    pub fn with_refusal_hold(mut self, hold: Duration) -> AppState {
+        self.refusal_hold = hold;
+        self
+    }
+}
+
+impl Drop for AppState {
+    fn drop(&mut self) {
+        self.role_watch.abort();
+    }
+}
+
+/// Records in `left_primary` each moment `replica` stops being the
+/// primary, until it shuts down.
+async fn track_role_changes(replica: Arc<Replica>, left_primary: Arc<Mutex<Option<Instant>>>) {
+    loop {
+        let was_primary = replica.role() == RoleKind::Primary;
+        let changed = replica
+            .wait_for(Duration::from_secs(3600), "a role change", |h| {
+                (h.role == RoleKind::Primary) != was_primary
+            })
+            .await;
+        match changed {
+            Ok(_) if was_primary => *left_primary.lock().unwrap() = Some(Instant::now()),
+            Ok(_) | Err(Error::Timeout(_)) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 impl AppState {
@@ -82,6 +151,8 @@ impl AppState {
         token: Option<crate::auth::HttpToken>,
         body_timeout: std::time::Duration,
     ) -> AppState {
+        let left_primary = Arc::new(Mutex::new(None));
+        let role_watch = tokio::spawn(track_role_changes(replica.clone(), left_primary.clone()));
         AppState {
             replica,
             engine,
@@ -92,6 +163,9 @@ impl AppState {
             write_budget_bytes,
             body_timeout,
             pause_file: None,
+            refusal_hold: Duration::ZERO,
+            left_primary,
+            role_watch,
         }
     }
 
@@ -156,7 +230,22 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn error(status: StatusCode, error: String, leader: Option<String>) -> Response {
-    (status, Json(ErrorReply { error, leader })).into_response()
+    let reply = ErrorReply {
+        error,
+        leader,
+        kind: None,
+    };
+    (status, Json(reply)).into_response()
+}
+
+/// A refusal of kind `kind` (the `http_rejected` label, also in the body).
+fn refusal(status: StatusCode, kind: &str, error: String, leader: Option<String>) -> Response {
+    let reply = ErrorReply {
+        error,
+        leader,
+        kind: Some(kind.to_string()),
+    };
+    (status, Json(reply)).into_response()
 }
 
 impl AppState {
@@ -166,8 +255,9 @@ impl AppState {
 
     fn bad_request(&self, msg: String) -> Response {
         self.metrics.http_rejected("bad_request");
-        error(
+        refusal(
             StatusCode::BAD_REQUEST,
+            "bad_request",
             format!("{msg}; nothing was written"),
             None,
         )
@@ -191,23 +281,32 @@ impl AppState {
         Ok(key.into_bytes())
     }
 
-    /// Maps a refused or failed write to its status, counting it.
+    /// Maps a refused or failed write (or promotion) to its status,
+    /// counting it: 503 with `Retry-After` when nothing was written (a
+    /// load balancer may resend it elsewhere), 504 when the write may
+    /// exist (see the module doc).
     fn refused(&self, e: Error) -> Response {
+        let not_written = e.outcome() == WriteOutcome::NotWritten;
+        let unavailable = if not_written {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::GATEWAY_TIMEOUT
+        };
         let (status, reason, leader) = match &e {
-            Error::NotPrimary { leader } => (
-                StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotPrimary { leader, .. } => (
+                unavailable,
                 "not_primary",
                 leader
                     .as_ref()
                     .and_then(|l| l.client_addr.clone())
                     .or_else(|| self.leader_http()),
             ),
-            Error::Fenced { .. } => (StatusCode::SERVICE_UNAVAILABLE, "fenced", None),
-            Error::SyncTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sync_timeout", None),
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", None),
-            Error::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
-            Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "peer_error", None),
+            Error::Fenced { .. } => (unavailable, "fenced", None),
+            Error::Unavailable { .. } => (unavailable, "unavailable", None),
+            Error::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout", None),
+            Error::ShuttingDown => (StatusCode::GATEWAY_TIMEOUT, "shutting_down", None),
+            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
+            Error::Transport(_) => (StatusCode::GATEWAY_TIMEOUT, "peer_error", None),
             Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "bad_request", None),
             Error::PromotionRefused { .. } => (StatusCode::CONFLICT, "promotion_refused", None),
             Error::Corrupt { .. }
@@ -218,7 +317,52 @@ impl AppState {
         };
         self.metrics.http_rejected(reason);
         let leader = leader.or_else(|| self.leader_http());
-        error(status, e.to_string(), leader)
+        let mut reply = refusal(status, reason, e.to_string(), leader);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            reply
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        reply
+    }
+
+    /// Whether a write refused on arrival should wait before its 503: the
+    /// node is changing roles (not a standby, a standby out of contact with
+    /// its primary, or one that stopped being the primary less than
+    /// `refusal_hold` ago).
+    fn changing_roles(&self) -> bool {
+        if self.refusal_hold.is_zero() {
+            return false;
+        }
+        let h = self.replica.health();
+        if h.role != RoleKind::Standby || !h.peer.connected {
+            // Not a standby, or one whose primary fell silent: it may
+            // promote itself within failover_timeout.
+            return true;
+        }
+        let left = *self.left_primary.lock().unwrap();
+        left.is_some_and(|at| at.elapsed() < self.refusal_hold)
+    }
+
+    /// A write refused on arrival while the node changes roles: waits up
+    /// to `refusal_hold` for the node to become writable, then tries once
+    /// more (the node may be the new primary); `None` if it did not.
+    async fn after_hold<T>(
+        &self,
+        e: &Error,
+        again: impl std::future::Future<Output = walrep::Result<T>>,
+    ) -> Option<walrep::Result<T>> {
+        if e.outcome() != WriteOutcome::NotWritten || !e.is_retryable() || !self.changing_roles() {
+            return None;
+        }
+        let writable = self
+            .replica
+            .wait_for(self.refusal_hold, "writable", |h| h.writable)
+            .await;
+        match writable {
+            Ok(_) => Some(again.await),
+            Err(_) => None,
+        }
     }
 
     async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
@@ -243,9 +387,18 @@ impl AppState {
             ));
         }
         let started = Instant::now();
-        let result = match request_id {
-            Some(id) => self.replica.apply_once(id, cmd).await,
-            None => self.replica.apply(cmd).await,
+        let apply = || async {
+            match request_id {
+                Some(id) => self.replica.apply_once(id, cmd.clone()).await,
+                None => self.replica.apply(cmd.clone()).await,
+            }
+        };
+        let result = match apply().await {
+            Err(e) => match self.after_hold(&e, apply()).await {
+                Some(again) => again,
+                None => Err(e),
+            },
+            ok => ok,
         };
         match result {
             Ok(applied) => {
@@ -332,8 +485,9 @@ async fn put_key(
         Ok(Err(refused)) => return refused,
         Err(_) => {
             s.metrics.http_rejected("body_timeout");
-            return error(
+            return refusal(
                 StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
                 format!(
                     "the body did not arrive within {:?} (http_request_timeout_ms); nothing was written",
                     s.body_timeout

@@ -176,7 +176,8 @@ impl RunningNode {
                 token,
                 settings.http_request_timeout,
             )
-            .with_pause_file(pause_file),
+            .with_pause_file(pause_file)
+            .with_refusal_hold(settings.http_refusal_hold),
         );
         let http = {
             let stop = stop_http.clone();

@@ -38,12 +38,21 @@ pub(super) struct RetryWaiter {
     reply: WriteReply,
 }
 
-/// The error a refused write's caller gets.
+/// The error a write refused on arrival gets: nothing of it was appended.
 pub(super) fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>) -> Error {
     match r {
-        WriteRefusal::NotPrimary { .. } => Error::NotPrimary { leader },
-        WriteRefusal::Fenced { epoch } => Error::Fenced { epoch },
-        WriteRefusal::Unavailable { reason } => Error::Unavailable { reason },
+        WriteRefusal::NotPrimary { .. } => Error::NotPrimary {
+            leader,
+            appended: false,
+        },
+        WriteRefusal::Fenced { epoch } => Error::Fenced {
+            epoch,
+            appended: false,
+        },
+        WriteRefusal::Unavailable { reason } => Error::Unavailable {
+            reason,
+            appended: false,
+        },
     }
 }
 
@@ -290,12 +299,17 @@ impl Actor {
         for (last, reply) in failed {
             let err = match failure {
                 WaiterFailure::SyncTimeout => Error::SyncTimeout { lsn: last },
-                WaiterFailure::Fenced { epoch } => Error::Fenced { epoch: *epoch },
+                WaiterFailure::Fenced { epoch } => Error::Fenced {
+                    epoch: *epoch,
+                    appended: true,
+                },
                 WaiterFailure::NotPrimary => Error::NotPrimary {
                     leader: self.leader_hint(),
+                    appended: true,
                 },
                 WaiterFailure::WalFailed { reason } => Error::Unavailable {
                     reason: format!("the WAL failed: {reason}"),
+                    appended: true,
                 },
             };
             let _ = reply.send(Err(err));

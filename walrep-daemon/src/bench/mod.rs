@@ -10,6 +10,8 @@
 //! catchup.rs     bench-catchup: a standby catching up a WAL backlog, MB/s and peak RSS
 //! failover.rs    bench-failover: SIGKILL of the primary to the first write on the new one
 //! floor.rs       bench-floor: loopback TCP copy and durable write of N bytes (a resync's floor)
+//! haproxy.rs     the shipped HAProxy config rendered and run, paced writers through it
+//! haproxy_failover.rs  bench-haproxy: write unavailability through HAProxy per SIGKILL, switchover errors
 //! switchover.rs  bench-switchover: the write pause of a planned switchover
 //! witness.rs     bench-witness: a witness serving many clusters, swap latency and RSS
 //! load.rs        writers, latency percentiles, following the leader
@@ -20,6 +22,8 @@ pub mod catchup;
 pub mod commit;
 pub mod failover;
 pub mod floor;
+pub mod haproxy;
+pub mod haproxy_failover;
 pub mod load;
 pub mod switchover;
 pub mod witness;

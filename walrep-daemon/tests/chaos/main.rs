@@ -21,6 +21,9 @@
 //! it, so a test can cut one node from the witness, and the witness is
 //! killed, restarted from its file or from nothing like a node.
 //!
+//! `haproxy.rs` puts real HAProxy (the shipped config) in front of the
+//! pair and writes through it only.
+//!
 //! `harness/` is what the scenarios share (the cluster behind proxies, the
 //! load, the checks, the figures); each other module is one family of
 //! faults.
@@ -31,6 +34,7 @@ mod harness;
 
 mod arbiter;
 mod crashes;
+mod haproxy;
 mod partitions;
 mod pauses;
 mod restarts;
