@@ -462,11 +462,33 @@ async fn receive_snapshot(
         return Ok(None);
     };
     let (file, total, crc) = (inc.file.clone(), inc.info.total_bytes, inc.crc);
-    let checked = super::tasks::run_blocking(may_block, move || sync_and_measure(&file))
-        .await
-        .map_err(disk)?
-        .map_err(|e| disk(e.to_string()))?;
-    let checked = (checked, crc);
+    let read_back = writes
+        .as_ref()
+        .is_some_and(|w| w.direct())
+        .then(|| inc.path.clone());
+    let checked = super::tasks::run_blocking(may_block, move || {
+        let len = sync_and_measure(&file)?;
+        // Written with direct I/O: check what the device holds, not only
+        // what arrived.
+        let on_disk = match read_back {
+            Some(path) if len == total => writes::crc_on_disk(&path, len)?,
+            _ => None,
+        };
+        Ok::<_, std::io::Error>((len, on_disk))
+    })
+    .await
+    .map_err(disk)?
+    .map_err(|e| disk(e.to_string()))?;
+    if let Some(on_disk) = checked.1.filter(|c| *c != crc) {
+        tracing::warn!(
+            received_crc = crc,
+            on_disk_crc = on_disk,
+            "the received snapshot differs on disk from what arrived; starting over"
+        );
+        Incoming::discard(incoming);
+        return Ok(None);
+    }
+    let checked = (checked.0, crc);
     if checked != (total, expected_crc) {
         tracing::warn!(
             length = checked.0,
@@ -666,8 +688,9 @@ impl std::io::Read for FeedReader {
 }
 
 /// Fsyncs the received file: its length on disk. Its CRC32C was taken
-/// as the bytes were written (`Incoming::crc`), so the file is not read
-/// back.
+/// as the bytes were written (`Incoming::crc`); a file written through
+/// the page cache is not read back (the read would come from the same
+/// pages), one written with direct I/O is (`writes::crc_on_disk`).
 fn sync_and_measure(file: &std::fs::File) -> std::io::Result<u64> {
     file.sync_all()?;
     Ok(file.metadata()?.len())

@@ -128,7 +128,12 @@ impl Writes {
                 .start(end, move || file.write_all_at(&data, offset).map(|()| None))
                 .await;
         };
-        debug_assert_eq!(offset, self.stage_at + self.stage.len as u64);
+        let expected = self.stage_at + self.stage.len as u64;
+        if offset != expected {
+            return Err(format!(
+                "a chunk at {offset} does not continue the file at {expected}"
+            ));
+        }
         let mut rest = &data[..];
         // A transfer resumed at an unaligned offset: up to the next block
         // through the page cache.
@@ -152,9 +157,9 @@ impl Writes {
                 let full = std::mem::replace(&mut self.stage, next);
                 let at = self.stage_at;
                 self.stage_at += STAGE as u64;
-                let direct = direct.clone();
+                let (direct, file) = (direct.clone(), self.file.clone());
                 self.start(self.stage_at, move || {
-                    direct.write_all_at(full.bytes(), at).map(|()| Some(full))
+                    write_direct(&direct, &file, full.bytes(), at).map(|()| Some(full))
                 })
                 .await?;
             }
@@ -193,6 +198,11 @@ impl Writes {
         Ok(())
     }
 
+    /// Whether the chunks go to disk with direct I/O.
+    pub(super) fn direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// Writes what is gathered (its whole blocks directly, the rest
     /// through the page cache) and waits for every write in flight:
     /// `done` then covers every chunk pushed.
@@ -204,7 +214,7 @@ impl Writes {
             self.stage_at += last.len as u64;
             self.start(self.stage_at, move || {
                 let whole = last.len / BLOCK * BLOCK;
-                direct.write_all_at(&last.bytes()[..whole], at)?;
+                write_direct(&direct, &file, &last.bytes()[..whole], at)?;
                 file.write_all_at(&last.bytes()[whole..], at + whole as u64)?;
                 Ok(Some(last))
             })
@@ -215,6 +225,60 @@ impl Writes {
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` (whole blocks, from an aligned buffer) at `at` with
+/// direct I/O, or through the page cache if the file system refuses this
+/// direct write after all (it accepted direct I/O at open but wants
+/// another alignment).
+fn write_direct(
+    direct: &std::fs::File,
+    file: &std::fs::File,
+    bytes: &[u8],
+    at: u64,
+) -> std::io::Result<()> {
+    match direct.write_at(bytes, at) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        // A short direct write: the rest, unaligned now, the other way.
+        Ok(n) => file.write_all_at(&bytes[n..], at + n as u64),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => file.write_all_at(bytes, at),
+        Err(e) => Err(e),
+    }
+}
+
+/// The CRC32C of the first `len` bytes of the file at `path`, read back
+/// from the device with direct I/O (not from the page cache, which direct
+/// writes bypassed): what the file really holds. `None` if the file system
+/// refuses direct reads.
+pub(super) fn crc_on_disk(path: &std::path::Path, len: u64) -> std::io::Result<Option<u32>> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut stage = Stage::new();
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        // Whole blocks, also for the last piece: a direct read past the
+        // end returns what there is.
+        stage.len = STAGE;
+        let start = stage.start;
+        let got = file.read_at(&mut stage.buf[start..start + STAGE], at)?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the received snapshot holds {at} bytes, not {len}"),
+            ));
+        }
+        let take = (got as u64).min(len - at) as usize;
+        crc = crc32c::crc32c_append(crc, &stage.buf[start..start + take]);
+        at += take as u64;
+    }
+    Ok(Some(crc))
 }
 
 #[cfg(test)]
@@ -273,5 +337,33 @@ mod tests {
         w.drain().await.unwrap();
         assert_eq!(w.done, data.len() as u64);
         assert_eq!(std::fs::read(&inc.path).unwrap(), data);
+        // Read back from the device, the file's CRC is the data's; a byte
+        // changed on disk changes it.
+        let len = data.len() as u64;
+        if let Some(crc) = crc_on_disk(&inc.path, len).unwrap() {
+            assert_eq!(crc, crc32c::crc32c(&data));
+            inc.file
+                .write_all_at(&[data[STAGE + 7] ^ 1], (STAGE + 7) as u64)
+                .unwrap();
+            inc.file.sync_all().unwrap();
+            assert_ne!(crc_on_disk(&inc.path, len).unwrap(), Some(crc));
+        }
+    }
+
+    /// A chunk that does not continue the file is refused, not written
+    /// elsewhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_that_does_not_continue_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inc = Incoming::create(dir.path(), info(100)).unwrap();
+        let mut w = Writes::new(true, &inc);
+        w.push(0, bytes::Bytes::from_static(b"abc")).await.unwrap();
+        if w.direct() {
+            let e = w
+                .push(10, bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap_err();
+            assert!(e.contains("does not continue"), "{e}");
+        }
     }
 }

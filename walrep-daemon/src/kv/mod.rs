@@ -329,15 +329,14 @@ impl KvStore {
             snapshot_file::locate_entries(input, Some(len.saturating_sub(8)), &mut |k, v| {
                 hash ^= entry_hash(k, v)
             })?;
+        // Mapped before it is moved (the mapping follows the file): once
+        // it is the durable snapshot, nothing may fail before the state in
+        // memory is the one it holds.
+        let file = snapshot_file::map_file(path)?;
         let _one_at_a_time = self.persisting.lock().unwrap();
-        let kept = match &self.dir {
-            Some(dir) => {
-                snapshot_file::install(dir, path)?;
-                dir.join(snapshot_file::FILE)
-            }
-            None => path.to_path_buf(),
-        };
-        let file = snapshot_file::map_file(&kept)?;
+        if let Some(dir) = &self.dir {
+            snapshot_file::install(dir, path)?;
+        }
         let map: Map = located
             .into_iter()
             .map(|e| {
@@ -351,7 +350,11 @@ impl KvStore {
             s.map = map;
             s.applied = lsn;
         }
-        if self.dir.is_some() {
+        if let Some(dir) = &self.dir {
+            // The rename is made durable last: if that fails, memory
+            // already holds what the file holds, and the error stops the
+            // node as any failed restore does.
+            snapshot_file::sync_dir(dir)?;
             *self.durable.write().unwrap() = lsn;
         }
         Ok(())

@@ -463,14 +463,22 @@ pub fn map_file(path: &Path) -> Result<Bytes, StateMachineError> {
 }
 
 /// Moves a received snapshot file (fsynced by walrep) into place as
-/// `dir`'s snapshot file, atomically.
+/// `dir`'s snapshot file, atomically; `sync_dir` then makes the rename
+/// durable.
 pub fn install(dir: &Path, received: &Path) -> Result<(), StateMachineError> {
-    let io = |what: &str, e: std::io::Error| err(format!("{what} in {}: {e}", dir.display()));
-    std::fs::rename(received, dir.join(FILE))
-        .map_err(|e| io("renaming the received snapshot", e))?;
+    std::fs::rename(received, dir.join(FILE)).map_err(|e| {
+        err(format!(
+            "renaming the received snapshot in {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Fsyncs `dir`, so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StateMachineError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing directory", e))
+        .map_err(|e| err(format!("syncing directory {}: {e}", dir.display())))
 }
 
 /// The snapshot being written, renamed over `FILE` once whole and synced.
