@@ -462,16 +462,17 @@ async fn receive_snapshot(
         return Ok(None);
     };
     let (file, total, crc) = (inc.file.clone(), inc.info.total_bytes, inc.crc);
-    let read_back = writes
-        .as_ref()
-        .is_some_and(|w| w.direct())
-        .then(|| inc.path.clone());
+    // Written with direct I/O: check what the device holds, not only what
+    // arrived; read back as the writes went, or, after a resume, now.
+    let read_back = match writes.as_ref() {
+        Some(w) if w.direct() => Some(w.crc_on_disk().ok_or_else(|| inc.path.clone())),
+        _ => None,
+    };
     let checked = super::tasks::run_blocking(may_block, move || {
         let len = sync_and_measure(&file)?;
-        // Written with direct I/O: check what the device holds, not only
-        // what arrived.
         let on_disk = match read_back {
-            Some(path) if len == total => writes::crc_on_disk(&path, len)?,
+            Some(Ok(crc)) => Some(crc),
+            Some(Err(path)) if len == total => writes::crc_on_disk(&path, len)?,
             _ => None,
         };
         Ok::<_, std::io::Error>((len, on_disk))

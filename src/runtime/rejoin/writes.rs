@@ -8,7 +8,11 @@
 //! write) nor leaves gigabytes of dirty pages for writeback to throttle.
 //! The few bytes that do not fill a block (before the first aligned
 //! offset of a resumed transfer, after the last whole block) go through
-//! the page cache. The caller fsyncs the file at the end as before, which
+//! the page cache. Each direct write is read back from the device (into
+//! the same buffer) as soon as it is done, so the CRC32C of what the file
+//! really holds is known when the last byte is, and the caller compares it
+//! with the CRC of what arrived; reading back through the page cache would
+//! check nothing. The caller fsyncs the file at the end as before, which
 //! also makes the direct writes' metadata durable.
 
 use super::super::incoming::Incoming;
@@ -54,7 +58,10 @@ impl Stage {
     }
 }
 
-type Job = JoinHandle<std::io::Result<Option<Stage>>>;
+/// A write on a blocking thread: the buffer to reuse, if any, and the
+/// CRC32C of the bytes its range holds afterwards (read back from the
+/// device for a direct write) with the range's length.
+type Job = JoinHandle<std::io::Result<(Option<Stage>, u32, usize)>>;
 
 /// The received chunks being written, oldest first, each with the offset
 /// its write reaches. With a WAL that may not block (the simulation) each
@@ -72,6 +79,10 @@ pub(super) struct Writes {
     spare: Vec<Stage>,
     /// Where the writes finished so far reach (all before it are written).
     pub done: u64,
+    /// The CRC32C of what the file holds before `done`, as read back after
+    /// each direct write; `None` when the writes did not start at the
+    /// file's first byte (a resume: `crc_on_disk` reads it all instead).
+    on_disk: Option<u32>,
 }
 
 impl Writes {
@@ -79,6 +90,7 @@ impl Writes {
         let direct = may_block
             .then(|| {
                 std::fs::OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .custom_flags(libc::O_DIRECT)
                     .open(&inc.path)
@@ -107,7 +119,15 @@ impl Writes {
             stage_at: inc.received,
             spare: Vec::new(),
             done: inc.received,
+            on_disk: (inc.received == 0).then_some(0),
         }
+    }
+
+    /// The CRC32C of everything written, as the device holds it, when it
+    /// is known: direct writes read back as they went, from the first
+    /// byte.
+    pub(super) fn crc_on_disk(&self) -> Option<u32> {
+        self.on_disk.filter(|_| self.direct.is_some())
     }
 
     /// Writes `data` at `offset`, the end of what was pushed before:
@@ -125,7 +145,10 @@ impl Writes {
         let Some(direct) = self.direct.clone() else {
             let file = self.file.clone();
             return self
-                .start(end, move || file.write_all_at(&data, offset).map(|()| None))
+                .start(end, move || {
+                    file.write_all_at(&data, offset)?;
+                    Ok((None, crc32c::crc32c(&data), data.len()))
+                })
                 .await;
         };
         let expected = self.stage_at + self.stage.len as u64;
@@ -145,7 +168,8 @@ impl Writes {
             self.stage_at += head as u64;
             rest = &rest[head..];
             self.start(at + head as u64, move || {
-                file.write_all_at(&bytes, at).map(|()| None)
+                file.write_all_at(&bytes, at)?;
+                Ok((None, crc32c::crc32c(&bytes), bytes.len()))
             })
             .await?;
         }
@@ -159,7 +183,9 @@ impl Writes {
                 self.stage_at += STAGE as u64;
                 let (direct, file) = (direct.clone(), self.file.clone());
                 self.start(self.stage_at, move || {
-                    write_direct(&direct, &file, full.bytes(), at).map(|()| Some(full))
+                    let mut full = full;
+                    let crc = write_and_read_back(&direct, &file, &mut full, at)?;
+                    Ok((Some(full), crc, STAGE))
                 })
                 .await?;
             }
@@ -172,7 +198,7 @@ impl Writes {
     async fn start(
         &mut self,
         end: u64,
-        write: impl FnOnce() -> std::io::Result<Option<Stage>> + Send + 'static,
+        write: impl FnOnce() -> std::io::Result<(Option<Stage>, u32, usize)> + Send + 'static,
     ) -> Result<(), String> {
         while self.inflight.len() >= WRITE_WINDOW {
             self.finish_oldest().await?;
@@ -186,7 +212,7 @@ impl Writes {
         let Some((end, write)) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let stage = write
+        let (stage, crc, len) = write
             .await
             .map_err(|e| format!("blocking task failed: {e}"))?
             .map_err(|e| e.to_string())?;
@@ -194,6 +220,9 @@ impl Writes {
             stage.len = 0;
             self.spare.push(stage);
         }
+        self.on_disk = self
+            .on_disk
+            .map(|before| crc32c::crc32c_combine(before, crc, len));
         self.done = end;
         Ok(())
     }
@@ -213,10 +242,14 @@ impl Writes {
             let (file, at) = (self.file.clone(), self.stage_at);
             self.stage_at += last.len as u64;
             self.start(self.stage_at, move || {
-                let whole = last.len / BLOCK * BLOCK;
-                write_direct(&direct, &file, &last.bytes()[..whole], at)?;
-                file.write_all_at(&last.bytes()[whole..], at + whole as u64)?;
-                Ok(Some(last))
+                let mut last = last;
+                let len = last.len;
+                let whole = len / BLOCK * BLOCK;
+                let tail = last.bytes()[whole..].to_vec();
+                file.write_all_at(&tail, at + whole as u64)?;
+                last.len = whole;
+                let crc = write_and_read_back(&direct, &file, &mut last, at)?;
+                Ok((Some(last), crc32c::crc32c_append(crc, &tail), len))
             })
             .await?;
         }
@@ -225,6 +258,26 @@ impl Writes {
         }
         Ok(())
     }
+}
+
+/// Writes the stage's bytes (whole blocks) at `at` with direct I/O, then
+/// reads them back from the device into the same buffer: the CRC32C of
+/// what the file holds there. Where direct I/O is refused after all, both
+/// go through the page cache.
+fn write_and_read_back(
+    direct: &std::fs::File,
+    file: &std::fs::File,
+    stage: &mut Stage,
+    at: u64,
+) -> std::io::Result<u32> {
+    write_direct(direct, file, stage.bytes(), at)?;
+    let (start, len) = (stage.start, stage.len);
+    let buf = &mut stage.buf[start..start + len];
+    match direct.read_exact_at(buf, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => file.read_exact_at(buf, at)?,
+        other => other?,
+    }
+    Ok(crc32c::crc32c(buf))
 }
 
 /// Writes `bytes` (whole blocks, from an aligned buffer) at `at` with
@@ -326,6 +379,13 @@ mod tests {
         }
         w.drain().await.unwrap();
         assert_eq!(w.done, cut as u64);
+        if w.direct() {
+            assert_eq!(
+                w.crc_on_disk(),
+                Some(crc32c::crc32c(&data[..cut])),
+                "read back as written"
+            );
+        }
         inc.received = w.done;
         let mut w = Writes::new(true, &inc);
         for chunk in data[cut..].chunks(999_999) {
@@ -336,6 +396,11 @@ mod tests {
         }
         w.drain().await.unwrap();
         assert_eq!(w.done, data.len() as u64);
+        assert_eq!(
+            w.crc_on_disk(),
+            None,
+            "a resume reads the file back at the end"
+        );
         assert_eq!(std::fs::read(&inc.path).unwrap(), data);
         // Read back from the device, the file's CRC is the data's; a byte
         // changed on disk changes it.
