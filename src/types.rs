@@ -268,19 +268,27 @@ pub fn divergence_point(
 }
 
 #[cfg(test)]
+impl EpochHistory {
+    /// A history of `(epoch, first_lsn)` entries, for tests.
+    pub(crate) fn of(entries: &[(u64, u64)]) -> EpochHistory {
+        EpochHistory(
+            entries
+                .iter()
+                .map(|&(epoch, first)| EpochStart {
+                    epoch: Epoch(epoch),
+                    first_lsn: Lsn(first),
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn history(entries: &[(u64, u64)]) -> EpochHistory {
-        EpochHistory(
-            entries
-                .iter()
-                .map(|&(e, l)| EpochStart {
-                    epoch: Epoch(e),
-                    first_lsn: Lsn(l),
-                })
-                .collect(),
-        )
+        EpochHistory::of(entries)
     }
 
     #[test]

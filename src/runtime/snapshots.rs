@@ -710,21 +710,9 @@ mod tests {
     }
 
     impl StateMachine for OwnFile {
-        fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
-            self.inner.apply(lsn, payload)
-        }
-        fn applied_lsn(&self) -> Lsn {
-            self.inner.applied_lsn()
-        }
+        crate::testing::pass_through_to!(inner);
         fn snapshot(&self, _: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
             panic!("an engine with its own file is not asked to copy it")
-        }
-        fn restore(
-            &self,
-            lsn: Lsn,
-            input: &mut dyn std::io::Read,
-        ) -> Result<(), crate::StateMachineError> {
-            self.inner.restore(lsn, input)
         }
         fn snapshot_file(
             &self,
@@ -805,21 +793,9 @@ mod tests {
         /// `OwnFile` that also answers `snapshot` (the fallback).
         struct Both(Arc<OwnFile>);
         impl StateMachine for Both {
-            fn apply(&self, lsn: Lsn, p: &[u8]) -> Result<(), crate::StateMachineError> {
-                self.0.apply(lsn, p)
-            }
-            fn applied_lsn(&self) -> Lsn {
-                self.0.applied_lsn()
-            }
+            crate::testing::pass_through_to!(0);
             fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
                 self.0.inner.snapshot(out)
-            }
-            fn restore(
-                &self,
-                lsn: Lsn,
-                input: &mut dyn std::io::Read,
-            ) -> Result<(), crate::StateMachineError> {
-                self.0.restore(lsn, input)
             }
             fn snapshot_file(
                 &self,
@@ -952,21 +928,9 @@ mod tests {
     }
 
     impl StateMachine for FromSource {
-        fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
-            self.inner.apply(lsn, payload)
-        }
-        fn applied_lsn(&self) -> Lsn {
-            self.inner.applied_lsn()
-        }
+        crate::testing::pass_through_to!(inner);
         fn snapshot(&self, _: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
             panic!("an engine with a source is not asked to write a copy")
-        }
-        fn restore(
-            &self,
-            lsn: Lsn,
-            input: &mut dyn std::io::Read,
-        ) -> Result<(), crate::StateMachineError> {
-            self.inner.restore(lsn, input)
         }
         fn snapshot_source(
             &self,

@@ -41,3 +41,31 @@ pub use crate::transport::{
 pub mod wal_record {
     pub use crate::wal::record::{HEADER_LEN, encoded_len};
 }
+
+/// In a test engine that wraps another in its field `$inner`, the
+/// `StateMachine` methods that only pass through to it: `apply`,
+/// `applied_lsn` and `restore`.
+#[cfg(test)]
+macro_rules! pass_through_to {
+    ($inner:tt) => {
+        fn apply(
+            &self,
+            lsn: crate::types::Lsn,
+            payload: &[u8],
+        ) -> Result<(), crate::StateMachineError> {
+            self.$inner.apply(lsn, payload)
+        }
+        fn applied_lsn(&self) -> crate::types::Lsn {
+            self.$inner.applied_lsn()
+        }
+        fn restore(
+            &self,
+            lsn: crate::types::Lsn,
+            input: &mut dyn std::io::Read,
+        ) -> Result<(), crate::StateMachineError> {
+            self.$inner.restore(lsn, input)
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use pass_through_to;

@@ -77,21 +77,7 @@ impl RefusalKind {
     }
 
     fn parse(s: &str) -> Option<RefusalKind> {
-        [
-            RefusalKind::WrongCluster,
-            RefusalKind::UnknownPeer,
-            RefusalKind::StaleEpoch,
-            RefusalKind::Malformed,
-            RefusalKind::Gap,
-            RefusalKind::Diverged,
-            RefusalKind::TooFarBehind,
-            RefusalKind::NotStandby,
-            RefusalKind::Unavailable,
-            RefusalKind::ShuttingDown,
-            RefusalKind::Unauthenticated,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        RefusalKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

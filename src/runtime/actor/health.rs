@@ -249,18 +249,9 @@ pub(crate) fn matched_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EpochStart;
 
     fn history(entries: &[(u64, u64)]) -> EpochHistory {
-        EpochHistory(
-            entries
-                .iter()
-                .map(|&(epoch, first)| EpochStart {
-                    epoch: Epoch(epoch),
-                    first_lsn: Lsn(first),
-                })
-                .collect(),
-        )
+        EpochHistory::of(entries)
     }
 
     #[test]

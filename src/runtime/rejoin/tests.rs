@@ -427,21 +427,9 @@ struct Keeper {
 }
 
 impl StateMachine for Keeper {
-    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
-        self.inner.apply(lsn, payload)
-    }
-    fn applied_lsn(&self) -> Lsn {
-        self.inner.applied_lsn()
-    }
+    crate::testing::pass_through_to!(inner);
     fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
         self.inner.snapshot(out)
-    }
-    fn restore(
-        &self,
-        lsn: Lsn,
-        input: &mut dyn std::io::Read,
-    ) -> Result<(), crate::StateMachineError> {
-        self.inner.restore(lsn, input)
     }
     fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), crate::StateMachineError> {
         *self.handed.lock().unwrap() = std::fs::read(path).unwrap();
@@ -545,21 +533,9 @@ struct Attempt {
 }
 
 impl StateMachine for WhileReceiving {
-    fn apply(&self, lsn: Lsn, payload: &[u8]) -> Result<(), crate::StateMachineError> {
-        self.inner.apply(lsn, payload)
-    }
-    fn applied_lsn(&self) -> Lsn {
-        self.inner.applied_lsn()
-    }
+    crate::testing::pass_through_to!(inner);
     fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
         self.inner.snapshot(out)
-    }
-    fn restore(
-        &self,
-        lsn: Lsn,
-        input: &mut dyn std::io::Read,
-    ) -> Result<(), crate::StateMachineError> {
-        self.inner.restore(lsn, input)
     }
     fn restores_while_receiving(&self) -> bool {
         true
