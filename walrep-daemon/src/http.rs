@@ -51,7 +51,11 @@
 //! that a load balancer has seen the new primary and resends the write
 //! there, so a switchover passes no refusal to clients. A standby streaming
 //! from its primary, and not the primary for longer than the hold, answers
-//! at once.
+//! at once. A request that came straight to the node (no
+//! `X-Forwarded-For` or `Forwarded` header; the shipped HAProxy config
+//! adds `X-Forwarded-For`) is held only until another node is known to be
+//! the primary: its client follows the 503's leader hint itself, so a
+//! switchover pauses it for milliseconds, not for the hold.
 
 use super::api::{
     ErrorReply, HealthReport, MaintenanceReply, ProbeReply, PromoteReply, WriteReply,
@@ -347,22 +351,51 @@ impl AppState {
     /// A write refused on arrival while the node changes roles: waits up
     /// to `refusal_hold` for the node to become writable, then tries once
     /// more (the node may be the new primary); `None` if it did not.
+    ///
+    /// A client that came straight to the node (no `X-Forwarded-For` or
+    /// `Forwarded` header: not through a load balancer) follows the
+    /// leader hint of the 503 itself, so its hold ends as soon as another
+    /// node is known to be the primary (`led_elsewhere`): a switchover
+    /// then pauses it for the switchover's milliseconds, not the hold.
     async fn after_hold<T>(
         &self,
         e: &Error,
+        proxied: bool,
         again: impl std::future::Future<Output = walrep::Result<T>>,
     ) -> Option<walrep::Result<T>> {
         if e.outcome() != WriteOutcome::NotWritten || !e.is_retryable() || !self.changing_roles() {
             return None;
         }
-        let writable = self
-            .replica
-            .wait_for(self.refusal_hold, "writable", |h| h.writable)
-            .await;
-        match writable {
-            Ok(_) => Some(again.await),
-            Err(_) => None,
+        let direct_elsewhere = |h: &walrep::Health| !proxied && self.led_elsewhere(h);
+        if direct_elsewhere(&self.replica.health()) {
+            return None;
         }
+        let settled = self
+            .replica
+            .wait_for(self.refusal_hold, "writable", |h| {
+                h.writable || direct_elsewhere(h)
+            })
+            .await;
+        match settled {
+            Ok(h) if h.writable => Some(again.await),
+            _ => None,
+        }
+    }
+
+    /// Another node is the primary and this one will not take writes
+    /// soon: it names another leader, and is not a standby whose primary
+    /// fell silent (which may promote itself) unless it just stopped being
+    /// the primary (demoted: it follows the new one).
+    fn led_elsewhere(&self, h: &walrep::Health) -> bool {
+        let other = h.leader.as_ref().is_some_and(|l| l.id != h.node_id);
+        let may_promote = h.role == RoleKind::Standby
+            && !h.peer.connected
+            && !self
+                .left_primary
+                .lock()
+                .unwrap()
+                .is_some_and(|at| at.elapsed() < self.refusal_hold);
+        other && !may_promote
     }
 
     async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
@@ -393,8 +426,10 @@ impl AppState {
                 None => self.replica.apply(cmd.clone()).await,
             }
         };
+        let proxied =
+            headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
         let result = match apply().await {
-            Err(e) => match self.after_hold(&e, apply()).await {
+            Err(e) => match self.after_hold(&e, proxied, apply()).await {
                 Some(again) => again,
                 None => Err(e),
             },

@@ -1009,6 +1009,20 @@ async fn a_write_held_while_the_node_cannot_write_yet_is_applied_once_it_can() {
     );
     let e: ErrorReply = json(&body);
     assert_eq!(e.kind.as_deref(), Some("not_primary"), "{e:?}");
+    // A switchover demotes n1. A client that comes straight to n1 (no
+    // X-Forwarded-For: not through a load balancer) is not held for the
+    // hold: n1 knows n2 is the primary, and the 503 names it.
+    let (status, body) = req(&n2.http, Method::POST, "/promote", b"").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let asked = Instant::now();
+    let (status, body) = req(&n1.http, Method::PUT, "/kv/direct", b"v").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        asked.elapsed() < Duration::from_millis(HOLD_MS),
+        "a direct client was held by a demoted node that knows the new primary"
+    );
+    let e: ErrorReply = json(&body);
+    assert_eq!(e.leader.as_deref(), Some(&n2.http[..]), "{e:?}");
     n1.terminate(Duration::from_secs(5));
     n2.terminate(Duration::from_secs(5));
 }
