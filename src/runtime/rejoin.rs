@@ -12,8 +12,10 @@
 //! cut (the link, the idle timeout, a restart of this node) is resumed by
 //! the next attempt, in this run or the next, from the bytes already
 //! written, if the primary still serves that snapshot; if not, it starts
-//! over. The CRC32C is taken as the bytes are written (`Incoming::crc`),
-//! not by reading the file back. Once every byte is in, the file is
+//! over. The CRC32C is taken as the bytes are written (`Incoming::crc`);
+//! where the file is written with direct I/O (`writes`), each write is
+//! also read back from the device, and what the file holds must have the
+//! same CRC. Once every byte is in, the file is
 //! fsynced and its length and CRC32C checked, and only then is it handed
 //! to `StateMachine::restore_file` (which may move it into the engine's
 //! store): a short or corrupt transfer restores nothing.
