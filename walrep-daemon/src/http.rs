@@ -383,11 +383,16 @@ impl AppState {
     }
 
     /// Another node is the primary and this one will not take writes
-    /// soon: it names another leader, and is not a standby whose primary
-    /// fell silent (which may promote itself) unless it just stopped being
-    /// the primary (demoted: it follows the new one).
+    /// soon: it names another leader whose client address it knows (the
+    /// hint a direct client follows; a node fenced by the new epoch may
+    /// know the new leader's id before its address), and is not a standby
+    /// whose primary fell silent (which may promote itself) unless it just
+    /// stopped being the primary (demoted: it follows the new one).
     fn led_elsewhere(&self, h: &walrep::Health) -> bool {
-        let other = h.leader.as_ref().is_some_and(|l| l.id != h.node_id);
+        let other = h
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.id != h.node_id && l.client_addr.is_some());
         let may_promote = h.role == RoleKind::Standby
             && !h.peer.connected
             && !self
