@@ -41,6 +41,9 @@
 mod arbiter;
 mod event;
 mod primary;
+// The multi-standby primary is its user; the pair uses `CommitRule::pair`.
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
+mod quorum;
 mod rejoin;
 mod request_index;
 mod requests;
