@@ -43,8 +43,10 @@
 //! while the sync set holds it, and the standby promotes alone
 //! (|counted| − k' + 1 = 1).
 
+mod commit;
 mod rule;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use commit::StandbyLsns;
 pub(crate) use rule::{CommitRule, CommitRuleError, Method};
