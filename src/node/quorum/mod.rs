@@ -44,9 +44,13 @@
 //! (|counted| − k' + 1 = 1).
 
 mod commit;
+mod promotion;
 mod rule;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use commit::StandbyLsns;
+pub(crate) use promotion::{
+    Ineligible, LogEnd, PromotionDecision, decide_promotion, positions_needed, rank_candidates,
+};
 pub(crate) use rule::{CommitRule, CommitRuleError, Method};

@@ -3,6 +3,8 @@
 //! histories in `properties.rs`.
 
 mod commit;
+mod promotion;
+mod properties;
 mod rule;
 
 use super::{CommitRule, StandbyLsns};
