@@ -39,9 +39,14 @@
 //!   once only one counts. That is the pair's `solo`, decided through the
 //!   arbiter; PostgreSQL instead blocks until k standbys are connected.
 //!
-//! The pair is the rule `ANY 1 (peer)`: the primary waits for its standby
-//! while the sync set holds it, and the standby promotes alone
-//! (|counted| − k' + 1 = 1).
+//! The pair is the rule `ANY 1 (peer)` (`CommitRule::pair`): its primary
+//! commits through `acknowledgeable` over the standby while commits wait
+//! for it, and admits the standby to the register's sync set through
+//! `may_join`. Its other decisions are this module's with one standby:
+//! the last member of a sync set may always leave (going solo), and a
+//! standby in the sync set promotes hearing from nobody else
+//! (|counted| − k' + 1 = 1), which is the register check the pair makes.
+//! The rest waits for the multi-standby primary.
 
 mod commit;
 mod promotion;
