@@ -181,9 +181,9 @@ pub(crate) enum CommitRuleError {
     /// A character no unquoted name holds, outside quotes.
     #[error("column {at}: {found:?} cannot appear in an unquoted name: double-quote the name")]
     UnquotedCharacter {
-        /// The character.
+        /// Where the character is.
         at: usize,
-        /// It.
+        /// The character.
         found: char,
     },
     /// PostgreSQL's `*`.
@@ -199,15 +199,15 @@ pub(crate) enum CommitRuleError {
         "column {at}: `{word}` is a keyword: double-quote a standby of that name, `\"{word}\"`"
     )]
     KeywordAsName {
-        /// The keyword.
+        /// Where the keyword is.
         at: usize,
-        /// As written.
+        /// The keyword, as written.
         word: String,
     },
     /// A number of standbys that does not fit in a `usize`.
     #[error("column {at}: {text} is not a usable number of standbys: it is far above any list")]
     CountTooLarge {
-        /// The number.
+        /// Where the number is.
         at: usize,
         /// As written.
         text: String,
