@@ -2,7 +2,8 @@
 //! PostgreSQL's `synchronous_standby_names` (`FIRST k (...)`, `ANY k (...)`)
 //! over the arbiter's sync set.
 //!
-//! * `rule.rs` — the rule, its syntax and its checks.
+//! * `rule.rs` — the rule and its checks; `syntax.rs` — its text form;
+//!   `error.rs` — what can be wrong with it.
 //! * `commit.rs` — what the primary may acknowledge, and when a standby may
 //!   leave or enter the sync set.
 //! * `promotion.rs` — whether a standby may promote, and who tries first.
@@ -49,13 +50,16 @@
 //! The rest waits for the multi-standby primary.
 
 mod commit;
+mod error;
 mod promotion;
 mod rule;
+mod syntax;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use commit::StandbyLsns;
+pub(crate) use error::CommitRuleError;
 pub(crate) use promotion::{
     Ineligible, LogEnd, PromotionDecision, decide_promotion, positions_needed, rank_candidates,
 };
-pub(crate) use rule::{CommitRule, CommitRuleError, Method};
+pub(crate) use rule::{CommitRule, Method};
