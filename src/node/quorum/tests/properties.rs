@@ -6,6 +6,7 @@
 
 use super::super::{
     CommitRule, LogEnd, Method, PromotionDecision, StandbyLsns, decide_promotion, positions_needed,
+    rank_candidates,
 };
 use crate::types::{Epoch, Lsn, NodeId};
 use proptest::prelude::*;
@@ -266,6 +267,22 @@ proptest! {
         let (held, need) = holders(&cluster.rule, &cluster.sync_set, &positions, acked);
         prop_assert!(held >= need);
         check_promotions(&cluster, &cluster.sync_set, &history, &positions, acked, answering)?;
+
+        // The best-ranked candidate, hearing from everyone, has nothing to
+        // fetch; every standby that counts is ranked, and no other.
+        let ends: BTreeMap<NodeId, LogEnd> = positions
+            .iter()
+            .map(|(n, p)| (n.clone(), history.end_at(*p)))
+            .collect();
+        let ranked = rank_candidates(&cluster.rule, &cluster.sync_set, &ends);
+        let counted: BTreeSet<NodeId> = cluster.rule.counted(&cluster.sync_set).cloned().collect();
+        prop_assert_eq!(ranked.iter().cloned().collect::<BTreeSet<_>>(), counted);
+        if let Some(best) = ranked.first() {
+            prop_assert_eq!(
+                decide_promotion(&cluster.rule, &cluster.sync_set, best, ends[best], &ends),
+                PromotionDecision::Promote
+            );
+        }
     }
 
     /// Writes, acknowledgments, standbys leaving and joining the sync set
