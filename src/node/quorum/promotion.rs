@@ -141,11 +141,13 @@ pub(crate) fn decide_promotion(
 }
 
 /// The standbys that may promote, best first: those in `sync_set` the rule
-/// names and whose log end is known (`ends`), the most advanced first (it
-/// has the least to fetch), then by priority (FIRST's order), then by name.
-/// Any of them may promote safely (`decide_promotion` makes it fetch what
-/// it lacks); the order only makes the failover shorter and keeps two
-/// standbys from both trying at once.
+/// names and whose log end is known (`ends`), by candidate priority first
+/// (FIRST's order; with ANY every named standby has the same), then the
+/// most advanced (it has the least to fetch), then by name. This is the
+/// operator's preference before speed: a preferred standby that is behind
+/// still wins, and fetches what it lacks first (`decide_promotion`). Any of
+/// them may promote safely; the order only picks one, so that two standbys
+/// do not both try at once.
 pub(crate) fn rank_candidates(
     rule: &CommitRule,
     sync_set: &BTreeSet<NodeId>,
@@ -155,6 +157,6 @@ pub(crate) fn rank_candidates(
         .counted(sync_set)
         .filter_map(|n| ends.get(n).map(|end| (n, *end, rule.priority(n))))
         .collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(b.0)));
+    ranked.sort_by(|a, b| a.2.cmp(&b.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
     ranked.into_iter().map(|(n, _, _)| n.clone()).collect()
 }

@@ -222,7 +222,7 @@ fn the_pairs_standby_in_the_sync_set_promotes_alone() {
 }
 
 #[test]
-fn candidates_rank_by_progress_then_priority_then_name() {
+fn candidates_rank_by_priority_then_progress_then_name() {
     let ends = answers(&[
         ("a", end(1, 10)),
         ("b", end(1, 12)),
@@ -231,16 +231,25 @@ fn candidates_rank_by_progress_then_priority_then_name() {
         ("x", end(9, 99)),
     ]);
     let names = |v: Vec<NodeId>| v.into_iter().map(|n| n.0).collect::<Vec<_>>();
-    // d's newer epoch first; b and c tie, and FIRST puts c before b.
+    // FIRST's order decides, whoever is ahead: c before d's newer epoch.
     assert_eq!(
         names(rank_candidates(
             &rule("FIRST 1 (c, d, b, a)"),
             &set(&["a", "b", "c", "d", "x"]),
             &ends
         )),
-        ["d", "c", "b", "a"]
+        ["c", "d", "b", "a"]
     );
-    // With ANY every named standby has priority 1: the name decides.
+    // With ANY every named standby has priority 1: the most advanced
+    // first (d's newer epoch), then b and c tie and the name decides.
+    assert_eq!(
+        names(rank_candidates(
+            &rule("ANY 1 (c, d, b, a)"),
+            &set(&["a", "b", "c", "d"]),
+            &ends
+        )),
+        ["d", "b", "c", "a"]
+    );
     assert_eq!(
         names(rank_candidates(
             &rule("ANY 1 (c, b, a)"),

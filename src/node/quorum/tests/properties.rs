@@ -268,18 +268,29 @@ proptest! {
         prop_assert!(held >= need);
         check_promotions(&cluster, &cluster.sync_set, &history, &positions, acked, answering)?;
 
-        // The best-ranked candidate, hearing from everyone, has nothing to
-        // fetch; every standby that counts is ranked, and no other.
+        // Every standby that counts is ranked, and no other; the best has
+        // the best priority and, among those, nothing to fetch; hearing
+        // from everyone it promotes, after at most one fetch.
         let ends: BTreeMap<NodeId, LogEnd> = positions
             .iter()
             .map(|(n, p)| (n.clone(), history.end_at(*p)))
             .collect();
         let ranked = rank_candidates(&cluster.rule, &cluster.sync_set, &ends);
         let counted: BTreeSet<NodeId> = cluster.rule.counted(&cluster.sync_set).cloned().collect();
-        prop_assert_eq!(ranked.iter().cloned().collect::<BTreeSet<_>>(), counted);
+        prop_assert_eq!(ranked.iter().cloned().collect::<BTreeSet<_>>(), counted.clone());
         if let Some(best) = ranked.first() {
+            let top = counted.iter().map(|n| cluster.rule.priority(n)).min().unwrap();
+            prop_assert_eq!(cluster.rule.priority(best), top);
+            for n in counted.iter().filter(|n| cluster.rule.priority(n) == top) {
+                prop_assert!(ends[best] >= ends[n], "{best} ranked before the more advanced {n}");
+            }
+            let mine = match decide_promotion(&cluster.rule, &cluster.sync_set, best, ends[best], &ends) {
+                PromotionDecision::Promote => ends[best],
+                PromotionDecision::FetchFirst { up_to, .. } => up_to,
+                other => return Err(TestCaseError::fail(format!("{best} hearing from everyone: {other:?}"))),
+            };
             prop_assert_eq!(
-                decide_promotion(&cluster.rule, &cluster.sync_set, best, ends[best], &ends),
+                decide_promotion(&cluster.rule, &cluster.sync_set, best, mine, &ends),
                 PromotionDecision::Promote
             );
         }
