@@ -221,7 +221,9 @@ impl Node {
             next.sync_set.remove(peer);
             return swap(ArbiterPurpose::DropStandby, known.version, next);
         }
-        if !known.sync_set.contains(peer) && p.may_join_sync_set(&self.cfg, self.commit) {
+        if !known.sync_set.contains(peer)
+            && p.may_join_sync_set(&self.cfg, &self.commit_rule, self.commit)
+        {
             let mut next = known.clone();
             next.sync_set.insert(peer.clone());
             return swap(ArbiterPurpose::AddStandby, known.version, next);

@@ -41,6 +41,11 @@
 mod arbiter;
 mod event;
 mod primary;
+// The pair's primary commits and admits its standby through the rule
+// `ANY 1 (peer)`; the rest (promotion with positions, removal under a
+// quorum, ranking) waits for the multi-standby primary, its user.
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
+mod quorum;
 mod rejoin;
 mod request_index;
 mod requests;
@@ -150,6 +155,9 @@ impl Role {
 /// The role logic of one node.
 pub(crate) struct Node {
     cfg: Config,
+    /// `ANY 1 (peer)`: the primary waits for its one standby while commits
+    /// wait for it at all (`Primary::commit_target`).
+    commit_rule: quorum::CommitRule,
     epoch: Epoch,
     leader: Option<NodeId>,
     role: Role,
@@ -225,6 +233,7 @@ impl Node {
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
             out: Vec::new(),
+            commit_rule: quorum::CommitRule::pair(&cfg.peer_id),
             cfg,
         };
         let me = node.cfg.node_id.clone();
@@ -599,7 +608,7 @@ impl Node {
     /// records up to it to be applied.
     fn recompute_commit(&mut self) {
         let target = match &mut self.role {
-            Role::Primary(p) => p.commit_target(&self.cfg, self.flushed),
+            Role::Primary(p) => p.commit_target(&self.cfg, &self.commit_rule, self.flushed),
             // A standby applies everything it has flushed: the primary's
             // commit in remote-apply mode waits for exactly that.
             Role::Standby(_) => Some(self.flushed),

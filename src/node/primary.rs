@@ -2,10 +2,11 @@
 //! planned step-down.
 
 use super::event::{Effect, FenceOutcome, StandbyPositions, SyncState, Time, WaiterFailure};
+use super::quorum::{CommitRule, StandbyLsns};
 use super::{Node, Role, WriteRefusal};
 use crate::config::{CommitMode, Config, OnStandbyLoss};
 use crate::types::{Epoch, Lsn, NodeId};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// Whether commits wait for the standby.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,14 +129,27 @@ impl Primary {
         }
     }
 
-    pub(super) fn commit_target(&self, cfg: &Config, flushed: Lsn) -> Option<Lsn> {
-        if !cfg.commit_mode.is_sync()
-            || self.link == Link::Solo
-            || cfg.testing_ack_before_standby_flush
-        {
-            return Some(flushed);
-        }
-        Some(flushed.min(self.standby_position(cfg.commit_mode)))
+    /// What may be acknowledged: the pair's `rule` (`ANY 1 (peer)`) over
+    /// the standbys commits wait for, which is the standby unless the mode
+    /// is async, we go on alone, or the testing switch acknowledges before
+    /// the standby's flush; with none, our own durable end `flushed`.
+    pub(super) fn commit_target(
+        &self,
+        cfg: &Config,
+        rule: &CommitRule,
+        flushed: Lsn,
+    ) -> Option<Lsn> {
+        let waits_for_standby = cfg.commit_mode.is_sync()
+            && self.link != Link::Solo
+            && !cfg.testing_ack_before_standby_flush;
+        let sync_set = if waits_for_standby {
+            BTreeSet::from([cfg.peer_id.clone()])
+        } else {
+            BTreeSet::new()
+        };
+        let positions =
+            StandbyLsns::from([(cfg.peer_id.clone(), self.standby_position(cfg.commit_mode))]);
+        Some(rule.acknowledgeable(&sync_set, &positions, flushed))
     }
 
     pub(super) fn committed(&mut self, lsn: Lsn) {
@@ -163,7 +177,7 @@ impl Primary {
     /// Whether the standby holds every write this primary acknowledged
     /// (or may have, before a restart) and commits wait for it again, so
     /// the arbiter may put it into the sync set.
-    pub(super) fn may_join_sync_set(&self, cfg: &Config, commit: Lsn) -> bool {
+    pub(super) fn may_join_sync_set(&self, cfg: &Config, rule: &CommitRule, commit: Lsn) -> bool {
         cfg.commit_mode.is_sync()
             && self.confirmed
             && self.link == Link::Sync
@@ -172,7 +186,13 @@ impl Primary {
             && self.unreachable_since.is_none()
             && !self.standby_failed
             && self.demotion.is_none()
-            && self.standby_position(cfg.commit_mode) >= commit.max(self.may_have_acknowledged)
+            && rule
+                .may_join(
+                    &cfg.peer_id,
+                    self.standby_position(cfg.commit_mode),
+                    commit.max(self.may_have_acknowledged),
+                )
+                .is_ok()
     }
 
     pub(super) fn check_writable(&self, cfg: &Config, epoch: Epoch) -> Result<(), WriteRefusal> {

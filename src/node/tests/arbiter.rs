@@ -348,6 +348,41 @@ fn a_standby_reenters_the_sync_set_caught_up_and_is_told_so_only_after_the_swap(
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
 
+/// The arbiter's side of the rule for a restarted primary: before its
+/// crash it may have acknowledged everything its disk holds (alone), so its
+/// standby enters the sync set only once it holds all of that, not merely
+/// what was committed since the restart.
+#[test]
+fn a_restarted_primary_lets_its_standby_into_the_sync_set_only_once_it_holds_all_it_may_have_acknowledged()
+ {
+    let (mut node, _) = new_node(
+        with_arbiter(cfg()),
+        meta(3, "n1"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(0),
+        t(0),
+    );
+    knows(&mut node, t(1), register(5, 3, "n1", &[]));
+    let progress = |lsn: u64| Event::StandbyProgress {
+        positions: StandbyPositions {
+            written: Lsn(lsn),
+            flushed: Lsn(lsn),
+            applied: Lsn(lsn),
+        },
+        epoch: Epoch(3),
+    };
+    let mut behind = node.step(t(2), Event::StandbyReachable);
+    behind.extend(node.step(t(2), Event::StreamState { up: true }));
+    behind.extend(node.step(t(3), progress(6)));
+    assert_eq!(node.commit_lsn(), Lsn(6));
+    assert!(asks(&behind).is_empty(), "not caught up yet: {behind:?}");
+    let caught_up = node.step(t(4), progress(10));
+    let (purpose, expected, next) = the_swap(&caught_up);
+    assert_eq!((purpose, expected), (ArbiterPurpose::AddStandby, 5));
+    assert!(next.sync_set.contains(&NodeId::from("n2")));
+}
+
 #[test]
 fn two_fresh_primaries_with_an_arbiter_converge_on_the_create_winner() {
     let mut n1 = fresh_primary_with_arbiter("n1", "n2");
