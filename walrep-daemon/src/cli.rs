@@ -308,12 +308,15 @@ pub struct NodeArgs {
     /// This node's name, unique in the pair. Required.
     #[arg(long)]
     pub id: Option<String>,
-    /// The other node's name (its --id). Required: a wrong guess would make
-    /// the peer refuse every request.
+    /// The other node's name (its --id), when --peer gives only HOST:PORT.
+    /// A wrong guess would make the peer refuse every request, so there is
+    /// no default.
     #[arg(long)]
     pub peer_id: Option<String>,
-    /// Where the other node serves replication (host:port). Required.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The other node: its name (its --id) and where it serves
+    /// replication, as ID=HOST:PORT (e.g. n2=n2:7001). The older HOST:PORT
+    /// with --peer-id ID works too. Required.
+    #[arg(long, value_name = "ID=HOST:PORT")]
     pub peer: Option<String>,
     /// Where this node keeps wal/, its engine's state (kv/ or sqlite/) and rewound/. Required.
     #[arg(long, value_name = "DIR")]

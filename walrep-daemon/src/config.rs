@@ -375,12 +375,30 @@ impl Layers {
         // No default on purpose: a guessed peer name (n1 <-> n2) that is
         // wrong makes the peer refuse every request as an unknown node,
         // which looks like a network fault. The operator names both ends.
-        let peer_id = self.required("peer_id", "the other node's name (its --id)", node_name)?;
-        let peer = self.required(
+        let (named, peer) = self.required(
             "peer",
-            "where the other node serves replication (host:port)",
-            host_port,
+            "the other node as ID=HOST:PORT (its name and where it serves replication)",
+            peer_entry,
         )?;
+        let peer_id = match (named, self.get("peer_id", node_name)?) {
+            (Some(named), Some(given)) if named != given => {
+                return Err(DaemonError::Config(format!(
+                    "peer names the node {named} (from {}) but peer_id says {given} (from {}); give the name once, in peer as ID=HOST:PORT",
+                    self.source("peer"),
+                    self.source("peer_id")
+                )));
+            }
+            (Some(named), _) => named,
+            (None, Some(given)) => given,
+            (None, None) => {
+                return Err(DaemonError::Config(format!(
+                    "missing the peer's name: peer (from {}) gives only its address; write it as ID=HOST:PORT (e.g. --peer n2=n2:7001), or give {} or {}",
+                    self.source("peer"),
+                    flag_name("peer_id"),
+                    env_name("peer_id")
+                )));
+            }
+        };
         let data_dir =
             self.required("data_dir", "where this node keeps its WAL and state", |v| {
                 if v.is_empty() {
@@ -727,6 +745,33 @@ pub(crate) fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `--peer`: `ID=HOST:PORT` (the form for any number of peers), or the
+/// pair's older `HOST:PORT` with the name in `--peer-id`. A node streams to
+/// one standby in this version, so a list of several is refused here
+/// rather than half-used.
+fn peer_entry(v: &str) -> Result<(Option<NodeId>, String), String> {
+    let entries: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.len() > 1 {
+        return Err(format!(
+            "{v:?} names {} peers; a node has exactly one peer in this version (a primary streams to one standby): give one ID=HOST:PORT",
+            entries.len()
+        ));
+    }
+    match v.split_once('=') {
+        Some((id, addr)) => {
+            let id = node_name(id.trim())?;
+            let addr = host_port(addr.trim())
+                .map_err(|e| format!("{e}, after the peer's name {id} (ID=HOST:PORT)"))?;
+            Ok((Some(id), addr))
+        }
+        None => Ok((None, host_port(v)?)),
+    }
+}
+
 fn host_port(v: &str) -> Result<String, String> {
     match v.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.into()),
@@ -898,17 +943,67 @@ mod tests {
     }
 
     #[test]
-    fn peer_id_is_required() {
+    fn a_peer_without_its_name_needs_peer_id() {
         let flags = base_flags()
             .into_iter()
             .filter(|(k, _)| *k != "peer_id")
             .collect();
         let e = err(resolve(flags, None, &[]));
-        assert!(e.contains("missing setting peer_id"), "{e}");
+        assert!(e.contains("missing the peer's name"), "{e}");
+        assert!(e.contains("ID=HOST:PORT"), "{e}");
         assert!(
             e.contains("--peer-id") && e.contains("WALREP_PEER_ID"),
             "{e}"
         );
+    }
+
+    fn without_peer() -> Vec<(&'static str, String)> {
+        base_flags()
+            .into_iter()
+            .filter(|(k, _)| *k != "peer_id" && *k != "peer")
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_given_as_id_equals_host_port_names_it() {
+        let mut flags = without_peer();
+        flags.push(("peer", "n2=127.0.0.1:7002".into()));
+        let s = resolve(flags, None, &[]).unwrap();
+        assert_eq!(s.cfg.peer_id, NodeId::from("n2"));
+        assert_eq!(s.cfg.peer_addr, "127.0.0.1:7002");
+        // The same name in peer_id as well is fine; another is refused.
+        let mut flags = without_peer();
+        flags.push(("peer", "n2=127.0.0.1:7002".into()));
+        flags.push(("peer_id", "n2".into()));
+        assert_eq!(
+            resolve(flags, None, &[]).unwrap().cfg.peer_id,
+            NodeId::from("n2")
+        );
+        let mut flags = without_peer();
+        flags.push(("peer", "n2=127.0.0.1:7002".into()));
+        flags.push(("peer_id", "n3".into()));
+        let e = err(resolve(flags, None, &[]));
+        assert!(
+            e.contains("names the node n2") && e.contains("peer_id says n3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_or_plural_peer_says_what_to_write() {
+        for (value, expect) in [
+            ("n2=", "is not a HOST:PORT"),
+            ("n2=host", "after the peer's name n2"),
+            ("=h:1", "is not a node name"),
+            ("n 2=h:1", "is not a node name"),
+            ("n2=h:1,n3=h:2", "names 2 peers"),
+        ] {
+            let mut flags = without_peer();
+            flags.push(("peer", value.into()));
+            let e = err(resolve(flags, None, &[]));
+            assert!(e.contains("invalid value for peer"), "{value}: {e}");
+            assert!(e.contains(expect), "{value}: {e}");
+        }
     }
 
     #[test]
