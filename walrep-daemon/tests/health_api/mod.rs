@@ -140,8 +140,22 @@ async fn promote_on_the_primary_hands_over_and_switchover_works_from_either_node
     );
     wait_streaming(a, b).await;
 
-    // Asked of the standby (now b).
-    let out = cli(args(&["switchover", "--addr", b])).await;
+    // --to naming a node the switchover would not promote: refused before
+    // anything changes (exit 2), the primary (a) stays.
+    for wrong in ["a", "z"] {
+        let out = cli(args(&["switchover", "--addr", b, "--to", wrong])).await;
+        assert_eq!(out.status.code(), Some(2), "--to {wrong}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not the node this switchover would promote"),
+            "{stderr}"
+        );
+    }
+    let h = health(a).await;
+    assert_eq!((h.role.as_str(), h.epoch), ("primary", 3), "{h:?}");
+
+    // Asked of the standby (now b), --to naming it.
+    let out = cli(args(&["switchover", "--addr", b, "--to", "b"])).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("is primary at epoch 4"), "{stdout}");
