@@ -464,6 +464,13 @@ impl Collector for ReplicaCollector {
         )?;
         gauge(
             &mut enc,
+            "walrep_standbys_connected",
+            "Standbys with an open WAL stream from this primary (0 on a standby)",
+            None,
+            flag(h.role == RoleKind::Primary && h.peer.connected),
+        )?;
+        gauge(
+            &mut enc,
             "walrep_peer_last_contact",
             "Time since the peer last answered or spoke to this node (since the daemon started, before the first contact)",
             Some(&secs),

@@ -296,6 +296,11 @@ async fn metrics_of_a_primary_and_a_standby_pass_promtool_and_the_openmetrics_pa
         assert!(value(&s, "walrep_peer_last_contact_seconds", &[]).unwrap() < 10.0);
         let standby = node == "b";
         assert_eq!(
+            value(&s, "walrep_standbys_connected", &[]),
+            Some(f64::from(u8::from(!standby))),
+            "{node}: the primary streams to its one standby"
+        );
+        assert_eq!(
             value(&s, "walrep_eligible", &[]),
             Some(f64::from(u8::from(standby)))
         );
