@@ -1,0 +1,1163 @@
+//! A model of the rules for more than one standby, checked with
+//! stateright: three data nodes and the arbiter's compare-and-swap
+//! register, on a network that loses and reorders messages; a data node
+//! may crash and restart with only its durable state (one node down at a
+//! time); every timer may fire at any moment.
+//!
+//! The rules are those of docs/DESIGN.md, "More than one standby", with
+//! the commit rule `ANY k` or `FIRST k` over the primary's two other
+//! nodes (priority order: node id), and k' = min(k, |sync_set|):
+//! - a primary acknowledges a write once k' members of the register's
+//!   sync set (as it knows it) hold it durably (`FIRST`: the first k' in
+//!   priority order); with an empty sync set it acknowledges alone;
+//! - the sync set changes only by the primary's CAS. It removes a member
+//!   only if every write it has acknowledged is held by k' members of the
+//!   rest (by their acks, lower bounds); it adds a node only once that node
+//!   holds every acknowledged write, and tells it it is in the set only
+//!   after the CAS succeeded (its heartbeats carry the register as it
+//!   knows it, which changes only on a successful CAS). While a CAS
+//!   changing the set is on its way, it acknowledges only what the rule
+//!   allows for both the old and the new set;
+//! - a standby whose primary is silent (a timer) promotes only if it is in
+//!   the sync set: it asks the other members for their positions (last
+//!   record's epoch, then length) until it has |sync_set| − k' + 1 of them
+//!   (itself included), fetches the log of the most advanced if that one is
+//!   ahead of its own, then CASes `epoch + 1, primary: self, sync_set: {}`;
+//! - a member that reports its position to a candidate is **sealed**: it
+//!   persists the register value the candidate is promoting from and
+//!   accepts no more records (so sends no more acks) in that epoch until it
+//!   learns a newer value of the register in that epoch (the candidate's
+//!   CAS, which expects the old value, can then no longer succeed) or a
+//!   higher epoch. Without the seal the positions a candidate gathers are
+//!   stale by the time its CAS succeeds: the primary goes on acknowledging
+//!   on the strength of the members that answered, and `ANY 1` loses a
+//!   write (`Mutant::NoSeal` shows it);
+//! - everyone else follows the primary of the highest epoch it hears of,
+//!   dropping a diverged suffix; a primary that learns of a higher epoch is
+//!   fenced and becomes a standby.
+//!
+//! What is explored: from `Start` (node 0 primary of epoch 1, empty logs,
+//! a given sync set), every interleaving up to a depth bound, with at most
+//! `in_flight` messages on the network, logs of at most `MAX_LOG` records
+//! and one promotion (epoch 2; epoch 3 with `MAX_EPOCH` raised by hand in
+//! `explore`). A primary may try to remove any member at any time (a
+//! superset of "its `sync_timeout` ran out"). What is abstracted away: the
+//! register's own failures and a lost witness file (the two-node model
+//! checks those); streams are whole logs; the client is a timer and a
+//! ghost set of acknowledged writes kept with each node's durable state.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use stateright::actor::{
+    Actor, ActorModel, ActorModelState, Id, LossyNetwork, Network, Out, model_timeout,
+};
+use stateright::{Checker, Expectation, HasDiscoveries, Model};
+
+use super::{Rec, Reg, reconcile};
+
+/// Data nodes 0, 1 and 2; the register is actor 3.
+const NODES: [u8; 3] = [0, 1, 2];
+const REGISTER: usize = 3;
+
+/// At most this many records in a log; no promotion past this epoch.
+const MAX_LOG: usize = 2;
+const MAX_EPOCH: u8 = 2;
+
+/// How many of the sync set must hold a write before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Rule {
+    /// Any k members.
+    Any(u8),
+    /// The first k members in priority order.
+    First(u8),
+}
+
+/// One broken rule, to show that the checker catches its consequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mutant {
+    None,
+    /// A candidate CASes at once, without gathering any position.
+    PromoteWithoutGathering,
+    /// A candidate behind the most advanced position it gathered promotes
+    /// without fetching what it lacks.
+    PromoteWithoutFetching,
+    /// A member that reported its position to a candidate goes on
+    /// accepting (and acknowledging) the old primary's records: the rules
+    /// as first written, without the seal.
+    NoSeal,
+    /// The primary acknowledges once k' − 1 members hold a write.
+    AcknowledgeWithFewer,
+    /// The primary removes a member even if an acknowledged write is not
+    /// on k' of the rest.
+    RemoveUnchecked,
+    /// The primary adds a node to the sync set before it holds every
+    /// acknowledged write.
+    AddBeforeCaughtUp,
+    /// While a CAS changing the sync set is on its way, the primary
+    /// acknowledges by the old set alone.
+    AcknowledgeByOldSetWhileChanging,
+    /// `FIRST k`: the primary acknowledges once any k' members hold a write
+    /// instead of the first k'.
+    FirstAsAny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Msg {
+    /// Node → register: replace `expect` by `new`.
+    Cas { expect: Reg, new: Reg },
+    /// Register → node: the answer and the register's value after it.
+    CasReply {
+        expect: Reg,
+        new: Reg,
+        ok: bool,
+        cur: Reg,
+    },
+    /// Primary → node: its log (a stream abstracted as the whole log) and
+    /// its log's length when its epoch began.
+    Append { epoch: u8, base: u8, log: Vec<Rec> },
+    /// Primary → node: the register as the primary knows it.
+    Heartbeat { epoch: u8, reg: Reg },
+    /// Node → primary: "I hold your first `len` records durably".
+    Ack { epoch: u8, len: u8 },
+    /// Answer to a message from a lower epoch.
+    Fence { epoch: u8 },
+    /// Candidate → member: "your position, please; I am promoting from
+    /// `reg`".
+    Probe { reg: Reg },
+    /// Member → candidate: its position, sealed against `reg`.
+    Position { reg: Reg, pos: Pos },
+    /// Candidate → the most advanced member: "your log, please".
+    Fetch { reg: Reg },
+    FetchReply { reg: Reg, log: Vec<Rec> },
+}
+
+/// How advanced a log is: its last record's epoch, then its length.
+type Pos = (u8, u8);
+
+fn pos(log: &[Rec]) -> Pos {
+    (log.last().map_or(0, |r| r.epoch), log.len() as u8)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// The client offers a write to whoever is primary.
+    Write,
+    /// A primary's heartbeat (which also adds a caught-up node to the
+    /// sync set); a retry of a pending CAS.
+    Heartbeat,
+    /// A primary (re)sends its log to the nodes behind it.
+    Stream,
+    /// A primary gives up on this member of the sync set.
+    StandbyLost(u8),
+    /// A standby's `failover_timeout` ran out (a candidate's retry).
+    Failover,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    Standby {
+        leader: Option<u8>,
+    },
+    /// Promoting from `reg`: the members whose position it has (a bit
+    /// set, itself included) and the most advanced of them.
+    Candidate {
+        reg: Reg,
+        heard: u8,
+        best: Option<(Pos, u8)>,
+    },
+    Primary {
+        base: u8,
+        /// How much of our log each node holds durably (its acks).
+        matched: [u8; 3],
+        /// Records up to here are acknowledged.
+        commit: u8,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum State {
+    Node(NodeState),
+    Register(Reg),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct NodeState {
+    /// Mirrors of the durable state.
+    epoch: u8,
+    log: Vec<Rec>,
+    /// The register value a candidate is promoting from, which this node
+    /// reported its position against.
+    sealed: Option<Reg>,
+    role: Role,
+    /// The last register value this node learned (volatile).
+    reg: Option<Reg>,
+    /// The CAS this node waits for (volatile).
+    pending: Option<(Reg, Reg)>,
+    /// Ghost: the writes this node acknowledged, as (lsn, record).
+    acked: BTreeSet<(u8, Rec)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Storage {
+    Node {
+        epoch: u8,
+        log: Vec<Rec>,
+        sealed: Option<Reg>,
+        acked: BTreeSet<(u8, Rec)>,
+    },
+    Register(Reg),
+}
+
+/// Where a check starts: node 0 is primary of epoch 1 with this sync set
+/// (a bit set) in the register, every log empty, every node knowing the
+/// register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Start {
+    sync: u8,
+}
+
+/// Both standbys in the sync set.
+const BOTH: Start = Start {
+    sync: 1 << 1 | 1 << 2,
+};
+/// Only node 1 in the sync set.
+const ONLY_1: Start = Start { sync: 1 << 1 };
+
+impl Start {
+    fn reg(self) -> Reg {
+        Reg {
+            version: 1,
+            epoch: 1,
+            primary: 0,
+            sync: self.sync,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Standbys {
+    Node { cfg: Cfg },
+    Register { start: Start },
+}
+
+fn members(sync: u8) -> impl Iterator<Item = u8> {
+    NODES.into_iter().filter(move |&n| sync & (1 << n) != 0)
+}
+
+/// k' = min(k, |sync|).
+fn effective_k(rule: Rule, sync: u8) -> u8 {
+    let k = match rule {
+        Rule::Any(k) | Rule::First(k) => k,
+    };
+    k.min(sync.count_ones() as u8)
+}
+
+/// Whether the rule lets a primary acknowledge record `lsn` with this sync
+/// set, given what each node holds.
+fn holds(rule: Rule, mutant: Mutant, sync: u8, matched: &[u8; 3], lsn: u8) -> bool {
+    let mut k = effective_k(rule, sync);
+    if mutant == Mutant::AcknowledgeWithFewer {
+        k = k.saturating_sub(1);
+    }
+    let has = |n: u8| matched[usize::from(n)] >= lsn;
+    match rule {
+        Rule::First(_) if mutant != Mutant::FirstAsAny => {
+            members(sync).take(usize::from(k)).all(has)
+        }
+        _ => members(sync).filter(|&n| has(n)).count() >= usize::from(k),
+    }
+}
+
+/// How many positions (its own included) a candidate needs.
+fn quorum(rule: Rule, sync: u8) -> u32 {
+    sync.count_ones() - u32::from(effective_k(rule, sync)) + 1
+}
+
+impl NodeState {
+    fn save(&self, o: &mut Out<Standbys>) {
+        o.save(Storage::Node {
+            epoch: self.epoch,
+            log: self.log.clone(),
+            sealed: self.sealed,
+            acked: self.acked.clone(),
+        });
+    }
+
+    fn send_cas(&mut self, expect: Reg, new: Reg, o: &mut Out<Standbys>) {
+        self.pending = Some((expect, new));
+        o.send(Id::from(REGISTER), Msg::Cas { expect, new });
+    }
+
+    /// Persists a higher epoch (which lifts any seal), then follows.
+    fn adopt_epoch(&mut self, epoch: u8, leader: Option<u8>, o: &mut Out<Standbys>) {
+        self.epoch = epoch;
+        self.sealed = None;
+        self.save(o);
+        self.role = Role::Standby { leader };
+        self.pending = None;
+    }
+
+    fn become_primary(&mut self, reg: Reg, o: &mut Out<Standbys>) {
+        self.epoch = reg.epoch;
+        self.sealed = None;
+        self.save(o);
+        let len = self.log.len() as u8;
+        self.role = Role::Primary {
+            base: len,
+            matched: [0; 3],
+            commit: len,
+        };
+        self.reg = Some(reg);
+        self.pending = None;
+    }
+
+    /// A register value of our epoch newer than the one we are sealed
+    /// against, or promoting from: that promotion can no longer happen.
+    fn learn_newer(&mut self, reg: Reg, o: &mut Out<Standbys>) {
+        if reg.epoch != self.epoch {
+            return;
+        }
+        if self.reg.is_none_or(|r| r.version < reg.version) {
+            self.reg = Some(reg);
+        }
+        if let Role::Candidate { reg: from, .. } = self.role {
+            if reg.version > from.version {
+                self.role = Role::Standby {
+                    leader: Some(reg.primary),
+                };
+                self.pending = None;
+            }
+        }
+        if self.sealed.is_some_and(|s| reg.version > s.version) {
+            self.sealed = None;
+            self.save(o);
+        }
+    }
+
+    /// Advances the commit point and acknowledges what this primary wrote.
+    fn advance_commit(&mut self, cfg: &Cfg, o: &mut Out<Standbys>) {
+        let Some(reg) = self.reg else { return };
+        let changing = self
+            .pending
+            .map(|(_, new)| new.sync)
+            .filter(|_| cfg.mutant != Mutant::AcknowledgeByOldSetWhileChanging);
+        let len = self.log.len() as u8;
+        let epoch = self.epoch;
+        let Role::Primary {
+            matched, commit, ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        let ok = |lsn| {
+            holds(cfg.rule, cfg.mutant, reg.sync, matched, lsn)
+                && changing.is_none_or(|sync| holds(cfg.rule, cfg.mutant, sync, matched, lsn))
+        };
+        let mut reach = *commit;
+        while reach < len && ok(reach + 1) {
+            reach += 1;
+        }
+        if reach == *commit {
+            return;
+        }
+        for lsn in *commit + 1..=reach {
+            let rec = self.log[usize::from(lsn) - 1];
+            if rec.epoch == epoch {
+                self.acked.insert((lsn, rec));
+            }
+        }
+        *commit = reach;
+        self.save(o);
+    }
+
+    fn send_append(&self, to: u8, o: &mut Out<Standbys>) {
+        if let Role::Primary { base, .. } = self.role {
+            o.send(
+                Id::from(usize::from(to)),
+                Msg::Append {
+                    epoch: self.epoch,
+                    base,
+                    log: self.log.clone(),
+                },
+            );
+        }
+    }
+
+    /// A message from a primary of `epoch`: refuse it if older than ours
+    /// (false), else follow that primary.
+    fn follow(&mut self, epoch: u8, from: u8, o: &mut Out<Standbys>) -> bool {
+        if epoch < self.epoch {
+            o.send(
+                Id::from(usize::from(from)),
+                Msg::Fence { epoch: self.epoch },
+            );
+            return false;
+        }
+        if epoch > self.epoch {
+            self.adopt_epoch(epoch, Some(from), o);
+        }
+        match self.role {
+            // Another primary in our epoch: only a broken rule makes one.
+            Role::Primary { .. } => return false,
+            Role::Standby { leader: None } => self.role = Role::Standby { leader: Some(from) },
+            _ => {}
+        }
+        true
+    }
+
+    /// The candidate's next step once it has enough positions: fetch from
+    /// the most advanced if that one is ahead, else CAS.
+    fn proceed(&mut self, me: u8, cfg: &Cfg, o: &mut Out<Standbys>) {
+        let Role::Candidate { reg, heard, best } = self.role else {
+            return;
+        };
+        if heard.count_ones() < quorum(cfg.rule, reg.sync) {
+            return;
+        }
+        match best {
+            Some((p, n)) if p > pos(&self.log) && cfg.mutant != Mutant::PromoteWithoutFetching => {
+                o.send(Id::from(usize::from(n)), Msg::Fetch { reg });
+            }
+            _ => {
+                let new = Reg {
+                    version: reg.version + 1,
+                    epoch: reg.epoch + 1,
+                    primary: me,
+                    sync: 0,
+                };
+                self.send_cas(reg, new, o);
+            }
+        }
+    }
+
+    /// The answer to a CAS this node waited for.
+    fn cas_reply(&mut self, me: u8, cfg: &Cfg, new: Reg, ok: bool, cur: Reg, o: &mut Out<Standbys>) {
+        self.pending = None;
+        if ok {
+            match self.role {
+                Role::Primary { .. } if new.epoch == self.epoch => {
+                    self.reg = Some(new);
+                    self.advance_commit(cfg, o);
+                }
+                Role::Candidate { .. } => self.become_primary(new, o),
+                _ => {}
+            }
+            return;
+        }
+        if cur.epoch > self.epoch {
+            if cur.primary == me {
+                // Our promotion went through but its answer was lost.
+                self.become_primary(cur, o);
+            } else {
+                self.adopt_epoch(cur.epoch, Some(cur.primary), o);
+                self.reg = Some(cur);
+            }
+        } else if matches!(self.role, Role::Primary { .. }) && cur.epoch == self.epoch {
+            // Our own earlier CAS, whose answer was lost.
+            self.reg = Some(cur);
+            self.advance_commit(cfg, o);
+        } else {
+            self.learn_newer(cur, o);
+        }
+    }
+}
+
+impl Actor for Standbys {
+    type Msg = Msg;
+    type State = State;
+    type Timer = Timer;
+    type Storage = Storage;
+    type Random = ();
+
+    fn on_start(&self, id: Id, storage: &Option<Storage>, o: &mut Out<Self>) -> State {
+        let me = usize::from(id) as u8;
+        match self {
+            Standbys::Register { start } => {
+                let reg = match storage {
+                    Some(Storage::Register(r)) => *r,
+                    _ => {
+                        o.save(Storage::Register(start.reg()));
+                        start.reg()
+                    }
+                };
+                State::Register(reg)
+            }
+            Standbys::Node { cfg } => {
+                o.set_timer(Timer::Write, model_timeout());
+                o.set_timer(Timer::Heartbeat, model_timeout());
+                o.set_timer(Timer::Stream, model_timeout());
+                o.set_timer(Timer::Failover, model_timeout());
+                for n in NODES.into_iter().filter(|&n| n != me) {
+                    o.set_timer(Timer::StandbyLost(n), model_timeout());
+                }
+                if let Some(Storage::Node {
+                    epoch,
+                    log,
+                    sealed,
+                    acked,
+                }) = storage
+                {
+                    return State::Node(NodeState {
+                        epoch: *epoch,
+                        log: log.clone(),
+                        sealed: *sealed,
+                        role: Role::Standby { leader: None },
+                        reg: None,
+                        pending: None,
+                        acked: acked.clone(),
+                    });
+                }
+                let reg = cfg.start.reg();
+                let mut s = NodeState {
+                    epoch: 1,
+                    log: Vec::new(),
+                    sealed: None,
+                    role: Role::Standby {
+                        leader: Some(reg.primary),
+                    },
+                    reg: Some(reg),
+                    pending: None,
+                    acked: BTreeSet::new(),
+                };
+                if me == reg.primary {
+                    s.become_primary(reg, o);
+                }
+                s.save(o);
+                State::Node(s)
+            }
+        }
+    }
+
+    fn on_msg(&self, id: Id, state: &mut Cow<State>, src: Id, msg: Msg, o: &mut Out<Self>) {
+        let me = usize::from(id) as u8;
+        let from = usize::from(src) as u8;
+        let cfg = match self {
+            Standbys::Node { cfg } => cfg,
+            Standbys::Register { .. } => {
+                let State::Register(reg) = **state else {
+                    return;
+                };
+                if let Msg::Cas { expect, new } = msg {
+                    let ok = reg == expect;
+                    if ok {
+                        *state.to_mut() = State::Register(new);
+                        o.save(Storage::Register(new));
+                    }
+                    let cur = if ok { new } else { reg };
+                    o.send(
+                        src,
+                        Msg::CasReply {
+                            expect,
+                            new,
+                            ok,
+                            cur,
+                        },
+                    );
+                }
+                return;
+            }
+        };
+        let State::Node(s) = &**state else {
+            return;
+        };
+        let mut s = s.clone();
+        match msg {
+            Msg::CasReply {
+                expect,
+                new,
+                ok,
+                cur,
+            } => {
+                if s.pending != Some((expect, new)) {
+                    return; // an answer to a request we no longer wait for
+                }
+                s.cas_reply(me, cfg, new, ok, cur, o);
+            }
+            Msg::Append { epoch, base, log } => {
+                if !s.follow(epoch, from, o) {
+                    return;
+                }
+                if s.sealed.is_some() && cfg.mutant != Mutant::NoSeal {
+                    return; // we may not accept what the old primary sends
+                }
+                let before = s.log.clone();
+                reconcile(&mut s.log, epoch, base, &log);
+                if s.log != before {
+                    s.save(o);
+                }
+                o.send(
+                    src,
+                    Msg::Ack {
+                        epoch: s.epoch,
+                        len: s.log.len() as u8,
+                    },
+                );
+            }
+            Msg::Heartbeat { epoch, reg } => {
+                if !s.follow(epoch, from, o) {
+                    return;
+                }
+                if let Role::Standby { .. } = s.role {
+                    s.role = Role::Standby { leader: Some(from) };
+                }
+                s.learn_newer(reg, o);
+            }
+            Msg::Ack { epoch, len } => {
+                if epoch > s.epoch {
+                    s.adopt_epoch(epoch, None, o);
+                } else if epoch == s.epoch {
+                    if let Role::Primary { matched, .. } = &mut s.role {
+                        let m = &mut matched[usize::from(from)];
+                        *m = (*m).max(len);
+                        s.advance_commit(cfg, o);
+                    }
+                }
+            }
+            Msg::Fence { epoch } => {
+                if epoch > s.epoch {
+                    s.adopt_epoch(epoch, None, o);
+                }
+            }
+            Msg::Probe { reg } => {
+                if reg.epoch < s.epoch {
+                    o.send(src, Msg::Fence { epoch: s.epoch });
+                    return;
+                }
+                if reg.epoch > s.epoch {
+                    s.adopt_epoch(reg.epoch, Some(reg.primary), o);
+                }
+                if matches!(s.role, Role::Primary { .. })
+                    || s.reg.is_some_and(|r| r.version > reg.version)
+                {
+                    return; // that promotion cannot succeed
+                }
+                if cfg.mutant != Mutant::NoSeal && s.sealed.is_none_or(|r| r.version < reg.version)
+                {
+                    s.sealed = Some(reg);
+                    s.save(o);
+                }
+                o.send(
+                    src,
+                    Msg::Position {
+                        reg,
+                        pos: pos(&s.log),
+                    },
+                );
+            }
+            Msg::Position { reg, pos: p } => {
+                let Role::Candidate {
+                    reg: r,
+                    heard,
+                    best,
+                } = &mut s.role
+                else {
+                    return;
+                };
+                let bit = 1 << from;
+                if *r != reg || *heard & bit != 0 || s.pending.is_some() {
+                    return;
+                }
+                let enough = heard.count_ones() >= quorum(cfg.rule, r.sync);
+                *heard |= bit;
+                if best.is_none_or(|(b, _)| p > b) {
+                    *best = Some((p, from));
+                }
+                if !enough {
+                    s.proceed(me, cfg, o);
+                }
+            }
+            Msg::Fetch { reg } => {
+                if reg.epoch < s.epoch {
+                    o.send(src, Msg::Fence { epoch: s.epoch });
+                } else if reg.epoch == s.epoch {
+                    o.send(
+                        src,
+                        Msg::FetchReply {
+                            reg,
+                            log: s.log.clone(),
+                        },
+                    );
+                }
+            }
+            Msg::FetchReply { reg, log } => {
+                let Role::Candidate { reg: r, best, .. } = s.role else {
+                    return;
+                };
+                if r != reg || s.pending.is_some() || pos(&log) <= pos(&s.log) {
+                    return;
+                }
+                // Drops our records after the first difference, takes the
+                // rest: the more advanced log holds every acknowledged write.
+                s.log = log;
+                s.save(o);
+                if best.is_some_and(|(b, _)| pos(&s.log) >= b) {
+                    s.proceed(me, cfg, o);
+                }
+            }
+            Msg::Cas { .. } => {}
+        }
+        if **state != State::Node(s.clone()) {
+            *state = Cow::Owned(State::Node(s));
+        }
+    }
+
+    fn on_timeout(&self, id: Id, state: &mut Cow<State>, timer: &Timer, o: &mut Out<Self>) {
+        o.set_timer(timer.clone(), model_timeout());
+        let me = usize::from(id) as u8;
+        let Standbys::Node { cfg } = self else {
+            return;
+        };
+        let State::Node(s) = &**state else {
+            return;
+        };
+        let mut s = s.clone();
+        match (timer, &s.role) {
+            (Timer::Write, Role::Primary { .. }) if s.log.len() < MAX_LOG => {
+                s.log.push(Rec {
+                    epoch: s.epoch,
+                    by: me,
+                });
+                s.save(o);
+                for n in NODES.into_iter().filter(|&n| n != me) {
+                    s.send_append(n, o);
+                }
+                s.advance_commit(cfg, o);
+            }
+            (Timer::Stream, Role::Primary { matched, .. }) => {
+                let len = s.log.len() as u8;
+                let behind: Vec<u8> = NODES
+                    .into_iter()
+                    .filter(|&n| n != me && matched[usize::from(n)] < len)
+                    .collect();
+                if behind.is_empty() {
+                    return;
+                }
+                for n in behind {
+                    s.send_append(n, o);
+                }
+            }
+            (
+                Timer::Heartbeat,
+                Role::Primary {
+                    matched, commit, ..
+                },
+            ) => {
+                let Some(reg) = s.reg else { return };
+                for n in NODES.into_iter().filter(|&n| n != me) {
+                    o.send(
+                        Id::from(usize::from(n)),
+                        Msg::Heartbeat {
+                            epoch: s.epoch,
+                            reg,
+                        },
+                    );
+                }
+                if let Some((expect, new)) = s.pending {
+                    s.send_cas(expect, new, o);
+                } else {
+                    let caught_up = |n: u8| {
+                        matched[usize::from(n)] >= *commit || cfg.mutant == Mutant::AddBeforeCaughtUp
+                    };
+                    let add = NODES
+                        .into_iter()
+                        .find(|&n| n != me && !reg.has(n) && caught_up(n));
+                    if let Some(n) = add {
+                        let new = Reg {
+                            version: reg.version + 1,
+                            sync: reg.sync | 1 << n,
+                            ..reg
+                        };
+                        s.send_cas(reg, new, o);
+                    }
+                }
+            }
+            (
+                Timer::StandbyLost(n),
+                Role::Primary {
+                    matched, commit, ..
+                },
+            ) if s.pending.is_none() => {
+                let Some(reg) = s.reg else { return };
+                if !reg.has(*n) {
+                    return;
+                }
+                let sync = reg.sync & !(1 << n);
+                if !holds(cfg.rule, cfg.mutant, sync, matched, *commit)
+                    && cfg.mutant != Mutant::RemoveUnchecked
+                {
+                    return;
+                }
+                let new = Reg {
+                    version: reg.version + 1,
+                    sync,
+                    ..reg
+                };
+                s.send_cas(reg, new, o);
+            }
+            (Timer::Failover, Role::Candidate { reg, heard, .. }) => {
+                // A retry: the CAS, else the probes not answered, else the
+                // fetch.
+                if let Some((expect, new)) = s.pending {
+                    s.send_cas(expect, new, o);
+                } else {
+                    for n in members(reg.sync).filter(|&n| heard & (1 << n) == 0) {
+                        o.send(Id::from(usize::from(n)), Msg::Probe { reg: *reg });
+                    }
+                    s.proceed(me, cfg, o);
+                }
+            }
+            (Timer::Failover, Role::Standby { .. }) => {
+                let Some(reg) = s.reg else { return };
+                if !reg.has(me) || reg.epoch != s.epoch || reg.epoch >= MAX_EPOCH {
+                    return;
+                }
+                if cfg.mutant == Mutant::PromoteWithoutGathering {
+                    let new = Reg {
+                        version: reg.version + 1,
+                        epoch: reg.epoch + 1,
+                        primary: me,
+                        sync: 0,
+                    };
+                    s.role = Role::Candidate {
+                        reg,
+                        heard: 1 << me,
+                        best: None,
+                    };
+                    s.send_cas(reg, new, o);
+                } else {
+                    if cfg.mutant != Mutant::NoSeal {
+                        s.sealed = Some(reg);
+                        s.save(o);
+                    }
+                    s.role = Role::Candidate {
+                        reg,
+                        heard: 1 << me,
+                        best: None,
+                    };
+                    for n in members(reg.sync).filter(|&n| n != me) {
+                        o.send(Id::from(usize::from(n)), Msg::Probe { reg });
+                    }
+                    s.proceed(me, cfg, o);
+                }
+            }
+            _ => return,
+        }
+        if **state != State::Node(s.clone()) {
+            *state = Cow::Owned(State::Node(s));
+        }
+    }
+}
+
+type Sys = ActorModelState<Standbys>;
+type StandbysModel = ActorModel<Standbys, Cfg>;
+
+fn durable(state: &Sys, n: u8) -> Option<(&Vec<Rec>, &BTreeSet<(u8, Rec)>)> {
+    match &state.actor_storages[usize::from(n)] {
+        Some(Storage::Node { log, acked, .. }) => Some((log, acked)),
+        _ => None,
+    }
+}
+
+fn live(state: &Sys, n: u8) -> Option<&NodeState> {
+    let i = usize::from(n);
+    match &*state.actor_states[i] {
+        State::Node(s) if !state.crashed[i] => Some(s),
+        _ => None,
+    }
+}
+
+/// Every write any node acknowledged, with the node.
+fn acknowledged(state: &Sys) -> impl Iterator<Item = (u8, u8, Rec)> + '_ {
+    NODES.iter().flat_map(move |&n| {
+        durable(state, n)
+            .into_iter()
+            .flat_map(move |(_, acked)| acked.iter().map(move |(lsn, rec)| (n, *lsn, *rec)))
+    })
+}
+
+/// No two nodes acknowledge in one epoch, and no log holds records of one
+/// epoch written by two nodes.
+fn one_writer_per_epoch(_: &StandbysModel, state: &Sys) -> bool {
+    let mut writers: BTreeSet<(u8, u8)> =
+        acknowledged(state).map(|(n, _, r)| (r.epoch, n)).collect();
+    for n in NODES {
+        if let Some((log, _)) = durable(state, n) {
+            writers.extend(log.iter().map(|r| (r.epoch, r.by)));
+        }
+    }
+    let epochs: BTreeSet<u8> = writers.iter().map(|(e, _)| *e).collect();
+    epochs.len() == writers.len()
+}
+
+fn no_acknowledged_write_lost(_: &StandbysModel, state: &Sys) -> bool {
+    NODES.iter().filter_map(|&n| live(state, n)).all(|s| {
+        !matches!(s.role, Role::Primary { .. })
+            || acknowledged(state).all(|(_, lsn, rec)| {
+                rec.epoch >= s.epoch || s.log.get(usize::from(lsn) - 1) == Some(&rec)
+            })
+    })
+}
+
+fn new_primary(state: &Sys) -> Option<(u8, &NodeState)> {
+    NODES
+        .iter()
+        .filter_map(|&n| live(state, n).map(|s| (n, s)))
+        .find(|(_, s)| matches!(s.role, Role::Primary { .. }) && s.epoch >= 2)
+}
+
+fn a_failover_happens(_: &StandbysModel, state: &Sys) -> bool {
+    new_primary(state).is_some()
+}
+
+fn a_write_is_acknowledged_after_a_failover(_: &StandbysModel, state: &Sys) -> bool {
+    acknowledged(state).any(|(_, _, rec)| rec.epoch >= 2)
+}
+
+/// The node that was neither primary follows the new primary and holds
+/// what it wrote.
+fn the_third_node_follows(_: &StandbysModel, state: &Sys) -> bool {
+    let Some((p, primary)) = new_primary(state) else {
+        return false;
+    };
+    let third = NODES.into_iter().find(|&n| n != 0 && n != p);
+    third.and_then(|n| live(state, n)).is_some_and(|s| {
+        s.epoch == primary.epoch
+            && s.role == Role::Standby { leader: Some(p) }
+            && s.log == primary.log
+            && s.log.iter().any(|r| r.epoch == primary.epoch)
+    })
+}
+
+/// The old primary, fenced, follows the new one and holds what it wrote.
+fn the_old_primary_follows(_: &StandbysModel, state: &Sys) -> bool {
+    let Some((p, primary)) = new_primary(state) else {
+        return false;
+    };
+    live(state, 0).is_some_and(|s| {
+        s.epoch == primary.epoch
+            && s.log == primary.log
+            && s.log.iter().any(|r| r.epoch == primary.epoch)
+            && s.role == Role::Standby { leader: Some(p) }
+    })
+}
+
+const ONE_WRITER: &str = "at most one node writes and acknowledges in an epoch";
+const NOTHING_LOST: &str = "a primary's log holds every write acknowledged in an earlier epoch";
+const FAILOVER: &str = "a standby becomes primary at a higher epoch";
+const WRITE_AFTER_FAILOVER: &str = "a write is acknowledged after a failover";
+const THIRD_FOLLOWS: &str = "the third node follows the new primary";
+const OLD_FOLLOWS: &str = "the old primary follows the new primary";
+
+/// One check: the commit rule, the rules (at most one broken), the start
+/// and the bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Cfg {
+    rule: Rule,
+    mutant: Mutant,
+    start: Start,
+    /// At most this many messages in flight at once.
+    in_flight: usize,
+    /// Breadth-first search stops at this many steps from the start.
+    depth: usize,
+    /// How many nodes may be down at once.
+    crashes: usize,
+}
+
+impl Cfg {
+    fn new(rule: Rule, mutant: Mutant, start: Start) -> Self {
+        Cfg {
+            rule,
+            mutant,
+            start,
+            in_flight: 3,
+            depth: 12,
+            crashes: 1,
+        }
+    }
+}
+
+fn model(cfg: Cfg) -> StandbysModel {
+    ActorModel::new(cfg, ())
+        .actors(NODES.iter().map(|_| Standbys::Node { cfg }))
+        .actor(Standbys::Register { start: cfg.start })
+        .init_network(Network::new_unordered_nonduplicating([]))
+        .lossy_network(LossyNetwork::Yes)
+        .max_crashes(cfg.crashes)
+        .within_boundary(within_bounds)
+        .property(Expectation::Always, ONE_WRITER, one_writer_per_epoch)
+        .property(
+            Expectation::Always,
+            NOTHING_LOST,
+            no_acknowledged_write_lost,
+        )
+        .property(Expectation::Sometimes, FAILOVER, a_failover_happens)
+        .property(
+            Expectation::Sometimes,
+            WRITE_AFTER_FAILOVER,
+            a_write_is_acknowledged_after_a_failover,
+        )
+        .property(Expectation::Sometimes, THIRD_FOLLOWS, the_third_node_follows)
+        .property(Expectation::Sometimes, OLD_FOLLOWS, the_old_primary_follows)
+}
+
+/// The register does not crash: its state is all durable, so a crash is
+/// only a time it does not answer, which the lossy network covers.
+fn within_bounds(cfg: &Cfg, state: &Sys) -> bool {
+    state.network.len() <= cfg.in_flight && !state.crashed[REGISTER]
+}
+
+fn check(cfg: Cfg, finish: HasDiscoveries) -> impl Checker<StandbysModel> {
+    let started = Instant::now();
+    let checker = model(cfg)
+        .checker()
+        .target_max_depth(cfg.depth)
+        .finish_when(finish)
+        .spawn_bfs()
+        .join();
+    println!(
+        "{:?} {:?} from sync set {:#b}, at most {} messages in flight, {} down at once, \
+         depth bound {}: {} states ({} unique) in {:?}",
+        cfg.rule,
+        cfg.mutant,
+        cfg.start.sync,
+        cfg.in_flight,
+        cfg.crashes,
+        cfg.depth,
+        checker.state_count(),
+        checker.unique_state_count(),
+        started.elapsed()
+    );
+    checker
+}
+
+/// Runs the check with one rule broken until a property fails, prints the
+/// counterexample, and says whether `property` is the one that failed.
+fn counterexample(cfg: Cfg, property: &'static str) -> bool {
+    let checker = check(cfg, HasDiscoveries::AnyFailures);
+    let Some(path) = checker.discovery(property) else {
+        return false;
+    };
+    let actions = path.into_actions();
+    println!("{property}: counterexample in {} steps", actions.len());
+    for action in actions {
+        println!("  {action:?}");
+    }
+    true
+}
+
+/// The same check without crashes, deeper: for counterexamples that take
+/// a set change, a write and a promotion.
+fn deeper(cfg: Cfg) -> Cfg {
+    Cfg {
+        crashes: 0,
+        depth: std::env::var("MODEL_DEPTH").map_or(14, |v| v.parse().unwrap()),
+        ..cfg
+    }
+}
+
+/// A search with other bounds, by hand: `MODEL_RULE` (`any1`, `first2`,
+/// ...), `MODEL_SYNC` (the start's sync set, a bit set), `MODEL_DEPTH`,
+/// `MODEL_IN_FLIGHT`, `MODEL_CRASHES`.
+#[test]
+#[ignore]
+fn explore_standbys() {
+    let var = |name: &str| std::env::var(name).ok();
+    let num = |name: &str| var(name).map(|v| v.parse().unwrap());
+    let rule = match var("MODEL_RULE").as_deref() {
+        Some("any2") => Rule::Any(2),
+        Some("first1") => Rule::First(1),
+        Some("first2") => Rule::First(2),
+        _ => Rule::Any(1),
+    };
+    let sync = num("MODEL_SYNC").map_or(BOTH.sync, |s: usize| s as u8);
+    let mut cfg = Cfg::new(rule, Mutant::None, Start { sync });
+    cfg.depth = num("MODEL_DEPTH").unwrap_or(cfg.depth);
+    cfg.in_flight = num("MODEL_IN_FLIGHT").unwrap_or(cfg.in_flight);
+    cfg.crashes = num("MODEL_CRASHES").unwrap_or(cfg.crashes);
+    let checker = check(cfg, HasDiscoveries::All);
+    println!("{:?}", checker.discoveries().keys().collect::<Vec<_>>());
+}
+
+const ANY_1: Rule = Rule::Any(1);
+const FIRST_2: Rule = Rule::First(2);
+
+fn the_rules_hold(rule: Rule) {
+    let checker = check(Cfg::new(rule, Mutant::None, BOTH), HasDiscoveries::All);
+    checker.assert_properties();
+}
+
+#[test]
+fn any_1_of_two_standbys_keeps_one_writer_per_epoch_and_loses_no_acknowledged_write() {
+    the_rules_hold(ANY_1);
+}
+
+#[test]
+fn first_2_of_two_standbys_keeps_one_writer_per_epoch_and_loses_no_acknowledged_write() {
+    the_rules_hold(FIRST_2);
+}
+
+#[test]
+fn a_candidate_that_gathers_no_positions_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(ANY_1, Mutant::PromoteWithoutGathering, BOTH),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn a_candidate_that_promotes_behind_without_fetching_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(ANY_1, Mutant::PromoteWithoutFetching, BOTH),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn members_that_are_not_sealed_by_the_candidate_lose_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(ANY_1, Mutant::NoSeal, BOTH),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn acknowledging_with_fewer_than_k_members_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        Cfg::new(FIRST_2, Mutant::AcknowledgeWithFewer, BOTH),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn removing_a_member_that_holds_an_acknowledged_write_alone_loses_it() {
+    assert!(counterexample(
+        deeper(Cfg::new(ANY_1, Mutant::RemoveUnchecked, BOTH)),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn adding_a_member_before_it_caught_up_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        deeper(Cfg::new(FIRST_2, Mutant::AddBeforeCaughtUp, ONLY_1)),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn acknowledging_by_the_old_set_while_removing_a_member_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        deeper(Cfg::new(ANY_1, Mutant::AcknowledgeByOldSetWhileChanging, BOTH)),
+        NOTHING_LOST
+    ));
+}
+
+#[test]
+fn acknowledging_by_the_old_set_while_adding_a_member_loses_an_acknowledged_write() {
+    assert!(counterexample(
+        deeper(Cfg::new(FIRST_2, Mutant::AcknowledgeByOldSetWhileChanging, ONLY_1)),
+        NOTHING_LOST
+    ));
+}
