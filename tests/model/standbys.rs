@@ -61,9 +61,9 @@ use super::{Rec, Reg, reconcile};
 const NODES: [u8; 3] = [0, 1, 2];
 const REGISTER: usize = 3;
 
-/// At most this many records in a log; no promotion past this epoch.
+/// At most this many records in a log (so at most that many writes per
+/// primary).
 const MAX_LOG: usize = 2;
-const MAX_EPOCH: u8 = 2;
 
 /// How many of the sync set must hold a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,7 +101,23 @@ enum Mutant {
     /// `FIRST k`: the primary acknowledges once any k' members hold a write
     /// instead of the first k'.
     FirstAsAny,
+    /// A candidate compares positions by log length alone, not by the last
+    /// record's epoch first.
+    CompareLengthOnly,
 }
+
+const MUTANTS: [Mutant; 10] = [
+    Mutant::None,
+    Mutant::PromoteWithoutGathering,
+    Mutant::PromoteWithoutFetching,
+    Mutant::NoSeal,
+    Mutant::AcknowledgeWithFewer,
+    Mutant::RemoveUnchecked,
+    Mutant::AddBeforeCaughtUp,
+    Mutant::AcknowledgeByOldSetWhileChanging,
+    Mutant::FirstAsAny,
+    Mutant::CompareLengthOnly,
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Msg {
@@ -138,6 +154,15 @@ type Pos = (u8, u8);
 
 fn pos(log: &[Rec]) -> Pos {
     (log.last().map_or(0, |r| r.epoch), log.len() as u8)
+}
+
+/// What a candidate compares positions by.
+fn rank(mutant: Mutant, p: Pos) -> Pos {
+    if mutant == Mutant::CompareLengthOnly {
+        (0, p.1)
+    } else {
+        p
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -210,28 +235,59 @@ enum Storage {
     Register(Reg),
 }
 
-/// Where a check starts: node 0 is primary of epoch 1 with this sync set
-/// (a bit set) in the register, every log empty, every node knowing the
-/// register.
+/// Where a check starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Start {
-    sync: u8,
+enum Start {
+    /// Node 0 is primary of epoch 1 with this sync set (a bit set) in the
+    /// register, every log empty, every node knowing the register. One
+    /// promotion is explored (to epoch 2).
+    Synced { sync: u8 },
+    /// Just after a failover, as the rules can leave it: node 1 is
+    /// primary of epoch 2 with an empty log (what node 0 wrote last in
+    /// epoch 1 was acknowledged nowhere), and has put both others in the
+    /// sync set, node 0 while it still holds its stale epoch-1 record
+    /// (it holds every acknowledged write: there is none yet). Both
+    /// follow node 1 and know the register. One more promotion is
+    /// explored (to epoch 3): positions of different epochs are compared
+    /// and stale records rewound.
+    AfterFailover,
 }
 
 /// Both standbys in the sync set.
-const BOTH: Start = Start {
+const BOTH: Start = Start::Synced {
     sync: 1 << 1 | 1 << 2,
 };
 /// Only node 1 in the sync set.
-const ONLY_1: Start = Start { sync: 1 << 1 };
+const ONLY_1: Start = Start::Synced { sync: 1 << 1 };
 
 impl Start {
     fn reg(self) -> Reg {
-        Reg {
-            version: 1,
-            epoch: 1,
-            primary: 0,
-            sync: self.sync,
+        match self {
+            Start::Synced { sync } => Reg {
+                version: 1,
+                epoch: 1,
+                primary: 0,
+                sync,
+            },
+            Start::AfterFailover => Reg {
+                version: 4,
+                epoch: 2,
+                primary: 1,
+                sync: 1 << 0 | 1 << 2,
+            },
+        }
+    }
+
+    /// No promotion goes past this epoch: one promotion.
+    fn max_epoch(self) -> u8 {
+        self.reg().epoch + 1
+    }
+
+    /// A node's log at the start.
+    fn log(self, n: u8) -> Vec<Rec> {
+        match self {
+            Start::AfterFailover if n == 0 => vec![Rec { epoch: 1, by: 0 }],
+            _ => Vec::new(),
         }
     }
 }
@@ -417,7 +473,10 @@ impl NodeState {
             return;
         }
         match best {
-            Some((p, n)) if p > pos(&self.log) && cfg.mutant != Mutant::PromoteWithoutFetching => {
+            Some((p, n))
+                if rank(cfg.mutant, p) > rank(cfg.mutant, pos(&self.log))
+                    && cfg.mutant != Mutant::PromoteWithoutFetching =>
+            {
                 o.send(Id::from(usize::from(n)), Msg::Fetch { reg });
             }
             _ => {
@@ -511,8 +570,8 @@ impl Actor for Standbys {
                 }
                 let reg = cfg.start.reg();
                 let mut s = NodeState {
-                    epoch: 1,
-                    log: Vec::new(),
+                    epoch: reg.epoch,
+                    log: cfg.start.log(me),
                     sealed: None,
                     role: Role::Standby {
                         leader: Some(reg.primary),
@@ -661,7 +720,7 @@ impl Actor for Standbys {
                 }
                 let enough = heard.count_ones() >= quorum(cfg.rule, r.sync);
                 *heard |= bit;
-                if best.is_none_or(|(b, _)| p > b) {
+                if best.is_none_or(|(b, _)| rank(cfg.mutant, p) > rank(cfg.mutant, b)) {
                     *best = Some((p, from));
                 }
                 if !enough {
@@ -685,14 +744,15 @@ impl Actor for Standbys {
                 let Role::Candidate { reg: r, best, .. } = s.role else {
                     return;
                 };
-                if r != reg || s.pending.is_some() || pos(&log) <= pos(&s.log) {
+                let mine = rank(cfg.mutant, pos(&s.log));
+                if r != reg || s.pending.is_some() || rank(cfg.mutant, pos(&log)) <= mine {
                     return;
                 }
                 // Drops our records after the first difference, takes the
                 // rest: the more advanced log holds every acknowledged write.
                 s.log = log;
                 s.save(o);
-                if best.is_some_and(|(b, _)| pos(&s.log) >= b) {
+                if best.is_some_and(|(b, _)| rank(cfg.mutant, pos(&s.log)) >= rank(cfg.mutant, b)) {
                     s.proceed(me, cfg, o);
                 }
             }
@@ -810,7 +870,7 @@ impl Actor for Standbys {
             }
             (Timer::Failover, Role::Standby { .. }) => {
                 let Some(reg) = s.reg else { return };
-                if !reg.has(me) || reg.epoch != s.epoch || reg.epoch >= MAX_EPOCH {
+                if !reg.has(me) || reg.epoch != s.epoch || reg.epoch >= cfg.start.max_epoch() {
                     return;
                 }
                 if cfg.mutant == Mutant::PromoteWithoutGathering {
@@ -900,28 +960,31 @@ fn no_acknowledged_write_lost(_: &StandbysModel, state: &Sys) -> bool {
     })
 }
 
-fn new_primary(state: &Sys) -> Option<(u8, &NodeState)> {
+/// A primary of an epoch above the start's.
+fn new_primary<'a>(m: &StandbysModel, state: &'a Sys) -> Option<(u8, &'a NodeState)> {
+    let epoch = m.cfg.start.reg().epoch;
     NODES
         .iter()
         .filter_map(|&n| live(state, n).map(|s| (n, s)))
-        .find(|(_, s)| matches!(s.role, Role::Primary { .. }) && s.epoch >= 2)
+        .find(|(_, s)| matches!(s.role, Role::Primary { .. }) && s.epoch > epoch)
 }
 
-fn a_failover_happens(_: &StandbysModel, state: &Sys) -> bool {
-    new_primary(state).is_some()
+fn a_failover_happens(m: &StandbysModel, state: &Sys) -> bool {
+    new_primary(m, state).is_some()
 }
 
-fn a_write_is_acknowledged_after_a_failover(_: &StandbysModel, state: &Sys) -> bool {
-    acknowledged(state).any(|(_, _, rec)| rec.epoch >= 2)
+fn a_write_is_acknowledged_after_a_failover(m: &StandbysModel, state: &Sys) -> bool {
+    acknowledged(state).any(|(_, _, rec)| rec.epoch > m.cfg.start.reg().epoch)
 }
 
 /// The node that was neither primary follows the new primary and holds
 /// what it wrote.
-fn the_third_node_follows(_: &StandbysModel, state: &Sys) -> bool {
-    let Some((p, primary)) = new_primary(state) else {
+fn the_third_node_follows(m: &StandbysModel, state: &Sys) -> bool {
+    let Some((p, primary)) = new_primary(m, state) else {
         return false;
     };
-    let third = NODES.into_iter().find(|&n| n != 0 && n != p);
+    let old = m.cfg.start.reg().primary;
+    let third = NODES.into_iter().find(|&n| n != old && n != p);
     third.and_then(|n| live(state, n)).is_some_and(|s| {
         s.epoch == primary.epoch
             && s.role == Role::Standby { leader: Some(p) }
@@ -931,11 +994,11 @@ fn the_third_node_follows(_: &StandbysModel, state: &Sys) -> bool {
 }
 
 /// The old primary, fenced, follows the new one and holds what it wrote.
-fn the_old_primary_follows(_: &StandbysModel, state: &Sys) -> bool {
-    let Some((p, primary)) = new_primary(state) else {
+fn the_old_primary_follows(m: &StandbysModel, state: &Sys) -> bool {
+    let Some((p, primary)) = new_primary(m, state) else {
         return false;
     };
-    live(state, 0).is_some_and(|s| {
+    live(state, m.cfg.start.reg().primary).is_some_and(|s| {
         s.epoch == primary.epoch
             && s.log == primary.log
             && s.log.iter().any(|r| r.epoch == primary.epoch)
@@ -1017,11 +1080,11 @@ fn check(cfg: Cfg, finish: HasDiscoveries) -> impl Checker<StandbysModel> {
         .spawn_bfs()
         .join();
     println!(
-        "{:?} {:?} from sync set {:#b}, at most {} messages in flight, {} down at once, \
+        "{:?} {:?} from {:?}, at most {} messages in flight, {} down at once, \
          depth bound {}: {} states ({} unique) in {:?}",
         cfg.rule,
         cfg.mutant,
-        cfg.start.sync,
+        cfg.start,
         cfg.in_flight,
         cfg.crashes,
         cfg.depth,
@@ -1058,8 +1121,9 @@ fn deeper(cfg: Cfg) -> Cfg {
 }
 
 /// A search with other bounds, by hand: `MODEL_RULE` (`any1`, `first2`,
-/// ...), `MODEL_SYNC` (the start's sync set, a bit set), `MODEL_DEPTH`,
-/// `MODEL_IN_FLIGHT`, `MODEL_CRASHES`.
+/// ...), `MODEL_SYNC` (the start's sync set, a bit set; 0 for
+/// `Start::AfterFailover`), `MODEL_DEPTH`,
+/// `MODEL_IN_FLIGHT`, `MODEL_CRASHES`, `MODEL_MUTANT` (a `Mutant`'s name).
 #[test]
 #[ignore]
 fn explore_standbys() {
@@ -1071,8 +1135,18 @@ fn explore_standbys() {
         Some("first2") => Rule::First(2),
         _ => Rule::Any(1),
     };
-    let sync = num("MODEL_SYNC").map_or(BOTH.sync, |s: usize| s as u8);
-    let mut cfg = Cfg::new(rule, Mutant::None, Start { sync });
+    let start = match num("MODEL_SYNC") {
+        Some(0) => Start::AfterFailover,
+        Some(sync) => Start::Synced { sync: sync as u8 },
+        None => BOTH,
+    };
+    let mutant = var("MODEL_MUTANT").map_or(Mutant::None, |name| {
+        MUTANTS
+            .into_iter()
+            .find(|m| format!("{m:?}") == name)
+            .expect("a Mutant's name")
+    });
+    let mut cfg = Cfg::new(rule, mutant, start);
     cfg.depth = num("MODEL_DEPTH").unwrap_or(cfg.depth);
     cfg.in_flight = num("MODEL_IN_FLIGHT").unwrap_or(cfg.in_flight);
     cfg.crashes = num("MODEL_CRASHES").unwrap_or(cfg.crashes);
