@@ -104,9 +104,13 @@ enum Mutant {
     /// A candidate compares positions by log length alone, not by the last
     /// record's epoch first.
     CompareLengthOnly,
+    /// The primary's heartbeats carry the register value its pending CAS
+    /// asks for: a node hears it is in the sync set before the CAS
+    /// succeeded.
+    TellBeforeCas,
 }
 
-const MUTANTS: [Mutant; 10] = [
+const MUTANTS: [Mutant; 11] = [
     Mutant::None,
     Mutant::PromoteWithoutGathering,
     Mutant::PromoteWithoutFetching,
@@ -117,12 +121,16 @@ const MUTANTS: [Mutant; 10] = [
     Mutant::AcknowledgeByOldSetWhileChanging,
     Mutant::FirstAsAny,
     Mutant::CompareLengthOnly,
+    Mutant::TellBeforeCas,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Msg {
     /// Node → register: replace `expect` by `new`.
-    Cas { expect: Reg, new: Reg },
+    Cas {
+        expect: Reg,
+        new: Reg,
+    },
     /// Register → node: the answer and the register's value after it.
     CasReply {
         expect: Reg,
@@ -132,21 +140,43 @@ enum Msg {
     },
     /// Primary → node: its log (a stream abstracted as the whole log) and
     /// its log's length when its epoch began.
-    Append { epoch: u8, base: u8, log: Vec<Rec> },
+    Append {
+        epoch: u8,
+        base: u8,
+        log: Vec<Rec>,
+    },
     /// Primary → node: the register as the primary knows it.
-    Heartbeat { epoch: u8, reg: Reg },
+    Heartbeat {
+        epoch: u8,
+        reg: Reg,
+    },
     /// Node → primary: "I hold your first `len` records durably".
-    Ack { epoch: u8, len: u8 },
+    Ack {
+        epoch: u8,
+        len: u8,
+    },
     /// Answer to a message from a lower epoch.
-    Fence { epoch: u8 },
+    Fence {
+        epoch: u8,
+    },
     /// Candidate → member: "your position, please; I am promoting from
     /// `reg`".
-    Probe { reg: Reg },
+    Probe {
+        reg: Reg,
+    },
     /// Member → candidate: its position, sealed against `reg`.
-    Position { reg: Reg, pos: Pos },
+    Position {
+        reg: Reg,
+        pos: Pos,
+    },
     /// Candidate → the most advanced member: "your log, please".
-    Fetch { reg: Reg },
-    FetchReply { reg: Reg, log: Vec<Rec> },
+    Fetch {
+        reg: Reg,
+    },
+    FetchReply {
+        reg: Reg,
+        log: Vec<Rec>,
+    },
 }
 
 /// How advanced a log is: its last record's epoch, then its length.
@@ -492,7 +522,15 @@ impl NodeState {
     }
 
     /// The answer to a CAS this node waited for.
-    fn cas_reply(&mut self, me: u8, cfg: &Cfg, new: Reg, ok: bool, cur: Reg, o: &mut Out<Standbys>) {
+    fn cas_reply(
+        &mut self,
+        me: u8,
+        cfg: &Cfg,
+        new: Reg,
+        ok: bool,
+        cur: Reg,
+        o: &mut Out<Standbys>,
+    ) {
         self.pending = None;
         if ok {
             match self.role {
@@ -805,12 +843,16 @@ impl Actor for Standbys {
                 },
             ) => {
                 let Some(reg) = s.reg else { return };
+                let told = match s.pending {
+                    Some((_, new)) if cfg.mutant == Mutant::TellBeforeCas => new,
+                    _ => reg,
+                };
                 for n in NODES.into_iter().filter(|&n| n != me) {
                     o.send(
                         Id::from(usize::from(n)),
                         Msg::Heartbeat {
                             epoch: s.epoch,
-                            reg,
+                            reg: told,
                         },
                     );
                 }
@@ -818,7 +860,8 @@ impl Actor for Standbys {
                     s.send_cas(expect, new, o);
                 } else {
                     let caught_up = |n: u8| {
-                        matched[usize::from(n)] >= *commit || cfg.mutant == Mutant::AddBeforeCaughtUp
+                        matched[usize::from(n)] >= *commit
+                            || cfg.mutant == Mutant::AddBeforeCaughtUp
                     };
                     let add = NODES
                         .into_iter()
@@ -911,11 +954,15 @@ impl Actor for Standbys {
 }
 
 type Sys = ActorModelState<Standbys>;
+type Acked = BTreeSet<(u8, Rec)>;
 type StandbysModel = ActorModel<Standbys, Cfg>;
 
-fn durable(state: &Sys, n: u8) -> Option<(&Vec<Rec>, &BTreeSet<(u8, Rec)>)> {
+/// A node's durable log and acknowledged writes, whether it is up or not
+/// (the ghost is kept with the durable state so that a crash does not
+/// forget an acknowledgement).
+fn durable(state: &Sys, n: u8) -> Option<(&[Rec], &Acked)> {
     match &state.actor_storages[usize::from(n)] {
-        Some(Storage::Node { log, acked, .. }) => Some((log, acked)),
+        Some(Storage::Node { log, acked, .. }) => Some((log.as_slice(), acked)),
         _ => None,
     }
 }
@@ -1062,7 +1109,11 @@ fn model(cfg: Cfg) -> StandbysModel {
             WRITE_AFTER_FAILOVER,
             a_write_is_acknowledged_after_a_failover,
         )
-        .property(Expectation::Sometimes, THIRD_FOLLOWS, the_third_node_follows)
+        .property(
+            Expectation::Sometimes,
+            THIRD_FOLLOWS,
+            the_third_node_follows,
+        )
         .property(Expectation::Sometimes, OLD_FOLLOWS, the_old_primary_follows)
 }
 
