@@ -690,21 +690,21 @@ impl Actor for Standbys {
                 if !s.follow(epoch, from, o) {
                     return;
                 }
-                if s.sealed.is_some() && cfg.mutant != Mutant::NoSeal {
-                    return; // we may not accept what the old primary sends
+                // Sealed, we accept nothing from the primary of our epoch.
+                if s.sealed.is_none() || cfg.mutant == Mutant::NoSeal {
+                    let before = s.log.clone();
+                    reconcile(&mut s.log, epoch, base, &log);
+                    if s.log != before {
+                        s.save(o);
+                    }
+                    o.send(
+                        src,
+                        Msg::Ack {
+                            epoch: s.epoch,
+                            len: s.log.len() as u8,
+                        },
+                    );
                 }
-                let before = s.log.clone();
-                reconcile(&mut s.log, epoch, base, &log);
-                if s.log != before {
-                    s.save(o);
-                }
-                o.send(
-                    src,
-                    Msg::Ack {
-                        epoch: s.epoch,
-                        len: s.log.len() as u8,
-                    },
-                );
             }
             Msg::Heartbeat { epoch, reg } => {
                 if !s.follow(epoch, from, o) {
@@ -739,23 +739,25 @@ impl Actor for Standbys {
                 if reg.epoch > s.epoch {
                     s.adopt_epoch(reg.epoch, Some(reg.primary), o);
                 }
-                if matches!(s.role, Role::Primary { .. })
-                    || s.reg.is_some_and(|r| r.version > reg.version)
-                {
-                    return; // that promotion cannot succeed
+                // A primary, or a node that knows a newer register value:
+                // that promotion cannot succeed, no answer.
+                let hopeless = matches!(s.role, Role::Primary { .. })
+                    || s.reg.is_some_and(|r| r.version > reg.version);
+                if !hopeless {
+                    if cfg.mutant != Mutant::NoSeal
+                        && s.sealed.is_none_or(|r| r.version < reg.version)
+                    {
+                        s.sealed = Some(reg);
+                        s.save(o);
+                    }
+                    o.send(
+                        src,
+                        Msg::Position {
+                            reg,
+                            pos: pos(&s.log),
+                        },
+                    );
                 }
-                if cfg.mutant != Mutant::NoSeal && s.sealed.is_none_or(|r| r.version < reg.version)
-                {
-                    s.sealed = Some(reg);
-                    s.save(o);
-                }
-                o.send(
-                    src,
-                    Msg::Position {
-                        reg,
-                        pos: pos(&s.log),
-                    },
-                );
             }
             Msg::Position { reg, pos: p } => {
                 let Role::Candidate {
