@@ -23,6 +23,8 @@ use stateright::actor::{
 };
 use stateright::{Checker, Expectation, HasDiscoveries, Model};
 
+mod standbys;
+
 /// The data nodes are actors 0 and 1 (the cluster's `members`); the
 /// register is actor 2. The client is not an actor: a primary's timer
 /// offers it a write, and what a primary acknowledges is recorded in a
