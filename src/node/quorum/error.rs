@@ -162,14 +162,6 @@ pub(crate) enum CommitRuleError {
         /// As written.
         text: String,
     },
-    /// The rule names the node it is checked for.
-    #[error(
-        "the rule names this node ({name}): it lists the standbys this node waits for as a primary, so name only its peers"
-    )]
-    NamesThisNode {
-        /// This node.
-        name: String,
-    },
     /// The rule names a node outside the cluster.
     #[error(
         "the rule names {name:?}, which is not a peer of this node (peers: {peers}): correct the name or add the node to the cluster"

@@ -23,14 +23,28 @@
 //! ## What the runtime must add
 //!
 //! * The positions a candidate hears must be final: each standby stops
-//!   taking the old primary's WAL before it answers (it adopts the new
-//!   epoch, as a fence does). Positions collected from standbys that still
-//!   follow the old primary are not enough: it could acknowledge a later
-//!   write with k' of them.
+//!   taking the old primary's WAL before it answers. Positions collected
+//!   from standbys that still follow the old primary are not enough: it
+//!   could acknowledge a later write with k' of them (the model of more
+//!   than one standby finds this in 8 steps). Two ways pass the model: the
+//!   standby adopts the new epoch, as a fence does; or it *seals* itself
+//!   against the register value the candidate promotes from (persisted
+//!   before it answers; it takes no record of that epoch until it hears of
+//!   a newer register value or epoch), which does not fence the old
+//!   primary when the promotion fails.
+//! * The candidate's swap must expect the exact register version whose
+//!   sync set it judged by. Meanwhile the old primary may legitimately
+//!   shrink the set (take the candidate's answerers out, then acknowledge
+//!   with the rest); only the version comparison makes the decision stale.
 //! * Every node must judge with the same rule and the same sync set: a
 //!   candidate that believed k larger than the primary's would ask too few
 //!   standbys. The register's sync set is shared; the rule must be too
-//!   (the same configuration everywhere, or better, in the register).
+//!   (one text on every node, which may name every node including itself,
+//!   or better, in the register).
+//! * The sync set must hold only standbys the rule names: the promotion
+//!   gate that checks membership alone would let an unnamed member (left
+//!   over from a rule change) promote while writes were acknowledged
+//!   without it. The primary takes unnamed members out first.
 //! * With `remote-write` a standby's position is in its OS cache, not on
 //!   its disk: a standby whose machine crashes may lose what it reported,
 //!   and so the lower bound. The pair accepts this (a restarted standby is

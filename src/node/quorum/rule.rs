@@ -128,20 +128,19 @@ impl CommitRule {
         self.count.min(self.counted(sync_set).count())
     }
 
-    /// Checks the rule for the primary `me` of a cluster whose other data
-    /// nodes are `peers`: it names only peers.
+    /// Checks the rule for the node `me` of a cluster whose other data
+    /// nodes are `peers`: it names only nodes of the cluster. It may name
+    /// `me` (as PostgreSQL's list may name the primary itself), so that
+    /// every node can be given the same rule text: a primary is never in
+    /// its own sync set, so its own name never counts while it is the
+    /// primary, and as a candidate it must be named to promote.
     pub(crate) fn validate_for(
         &self,
         me: &NodeId,
         peers: &[NodeId],
     ) -> Result<(), CommitRuleError> {
         for name in &self.standbys {
-            if name == me {
-                return Err(CommitRuleError::NamesThisNode {
-                    name: name.0.clone(),
-                });
-            }
-            if !peers.contains(name) {
+            if name != me && !peers.contains(name) {
                 return Err(CommitRuleError::NotAPeer {
                     name: name.0.clone(),
                     peers: peers

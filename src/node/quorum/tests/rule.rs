@@ -1,7 +1,7 @@
 //! The commit rule's syntax, its errors and its checks.
 
 use super::super::{CommitRule, CommitRuleError, Method};
-use super::{ids, rule};
+use super::{ids, rule, set};
 use crate::types::NodeId;
 use proptest::prelude::*;
 
@@ -232,17 +232,15 @@ fn columns_count_characters_not_bytes() {
 }
 
 #[test]
-fn the_rule_names_only_peers_of_the_node_it_is_checked_for() {
+fn the_rule_names_only_nodes_of_the_cluster_and_may_name_every_one() {
     let peers = ids(&["b", "c"]);
     let me = NodeId::from("a");
     assert_eq!(rule("ANY 1 (b, c)").validate_for(&me, &peers), Ok(()));
-    assert_eq!(
-        rule("ANY 1 (b, a)")
-            .validate_for(&me, &peers)
-            .unwrap_err()
-            .to_string(),
-        "the rule names this node (a): it lists the standbys this node waits for as a primary, so name only its peers"
-    );
+    // One text for every node: a's own name is allowed, and never counts
+    // while a is the primary (it is not in its own sync set).
+    let everyone = rule("ANY 1 (a, b, c)");
+    assert_eq!(everyone.validate_for(&me, &peers), Ok(()));
+    assert_eq!(everyone.effective_count(&set(&["b", "c"])), 1);
     assert_eq!(
         rule("FIRST 1 (b, d)")
             .validate_for(&me, &peers)
