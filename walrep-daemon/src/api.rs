@@ -241,3 +241,117 @@ impl HealthReport {
         self.role == "standby" && self.commit_mode != "async" && self.sync_state == "sync"
     }
 }
+
+/// Whether a switchover asked of the node `node_id` in `role` (whose peer
+/// is `peer_id`) would make `to` the primary: a primary hands over to its
+/// standby, a standby promotes itself. Otherwise says which node would;
+/// the caller then changes nothing. `walrep switchover --to` checks it
+/// before it asks, and `POST /promote?to=` again on arrival.
+pub fn switchover_target_check(
+    node_id: &str,
+    role: &str,
+    peer_id: &str,
+    to: &str,
+) -> Result<(), String> {
+    let (target, which) = match role {
+        "primary" => (peer_id, "its standby"),
+        "standby" => (node_id, "the standby asked"),
+        other => {
+            return Err(format!(
+                "{node_id} is {other}, neither primary nor standby: it cannot switch over now; ask again once it is (walrep status)"
+            ));
+        }
+    };
+    if to == target {
+        return Ok(());
+    }
+    if role == "primary" && to == node_id {
+        return Err(format!(
+            "{to} is already the primary; name the standby that should take over ({target}); nothing was changed"
+        ));
+    }
+    Err(format!(
+        "{to} is not the node this switchover would promote: that is {which}, {target}; nothing was changed"
+    ))
+}
+
+/// A query value with every byte outside `A-Z a-z 0-9 - _ . ~` as `%XX`.
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The inverse of `percent_encode` (a `%` not followed by two hex digits
+/// stays as it is; `+` is a space, as in forms).
+pub fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switchover_to_checks_the_node_it_would_promote() {
+        // Asked of either node, to the standby is what happens.
+        assert_eq!(switchover_target_check("n1", "primary", "n2", "n2"), Ok(()));
+        assert_eq!(switchover_target_check("n2", "standby", "n1", "n2"), Ok(()));
+        let e = switchover_target_check("n1", "primary", "n2", "n1").unwrap_err();
+        assert!(
+            e.contains("n1 is already the primary") && e.contains("(n2)"),
+            "{e}"
+        );
+        let e = switchover_target_check("n2", "standby", "n1", "n1").unwrap_err();
+        assert!(
+            e.contains("the standby asked, n2") && e.contains("nothing was changed"),
+            "{e}"
+        );
+        let e = switchover_target_check("n1", "primary", "n2", "n9").unwrap_err();
+        assert!(
+            e.contains("n9 is not the node") && e.contains("its standby, n2"),
+            "{e}"
+        );
+        let e = switchover_target_check("n1", "fenced", "n2", "n2").unwrap_err();
+        assert!(e.contains("n1 is fenced"), "{e}");
+    }
+
+    #[test]
+    fn a_query_value_survives_encoding() {
+        for v in ["n2", "db-2.eu_west~1", "a&b=c d%e/ü", ""] {
+            assert_eq!(percent_decode(&percent_encode(v)), v, "{v}");
+        }
+        assert_eq!(percent_encode("a&b"), "a%26b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("a+b%2x"), "a b%2x");
+    }
+}

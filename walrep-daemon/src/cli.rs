@@ -1,7 +1,7 @@
 //! The command line: `walrep node` runs a node; the other commands talk to
 //! one over its HTTP API.
 
-use super::api::{HealthReport, WriteReply};
+use super::api::{self, WriteReply};
 use super::client::{self, HttpClient};
 use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help};
 use super::error::DaemonError;
@@ -610,9 +610,11 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             let mut client = addr.client()?;
             let before = client.health().await?.1;
             if let Some(to) = &to {
-                check_switchover_target(&before, to).map_err(DaemonError::Config)?;
+                api::switchover_target_check(&before.node_id, &before.role, &before.peer.id, to)
+                    .map_err(DaemonError::Config)?;
             }
-            let epoch = client.promote(false).await?;
+            // The node checks `to` again as it sees its role on arrival.
+            let epoch = client.promote_to(false, to.as_deref()).await?;
             if before.role == "primary" {
                 println!(
                     "{} ({}) handed over to its standby {}: the primary of epoch {epoch}",
@@ -752,73 +754,9 @@ fn bench_done(r: Result<(), DaemonError>) -> Result<ExitCode, DaemonError> {
     r.map(|()| ExitCode::SUCCESS)
 }
 
-/// Whether `walrep switchover --to ID`, asked of the node whose health is
-/// `asked`, would make `to` the primary: a primary hands over to its
-/// standby, a standby promotes itself. Otherwise says which node would,
-/// and nothing is asked of the node.
-fn check_switchover_target(asked: &HealthReport, to: &str) -> Result<(), String> {
-    let (target, role) = match asked.role.as_str() {
-        "primary" => (&asked.peer.id, "its standby"),
-        "standby" => (&asked.node_id, "the standby asked"),
-        other => {
-            return Err(format!(
-                "{} is {other}, neither primary nor standby: it cannot switch over now; ask again once it is (walrep status)",
-                asked.node_id
-            ));
-        }
-    };
-    if to == target.as_str() {
-        return Ok(());
-    }
-    if asked.role == "primary" && to == asked.node_id {
-        return Err(format!(
-            "{to} is already the primary; --to names the standby that should take over ({target})"
-        ));
-    }
-    Err(format!(
-        "--to {to} is not the node this switchover would promote: that is {role}, {target}; nothing was changed"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn health_of(node: &str, role: &str, peer: &str) -> HealthReport {
-        let mut h = HealthReport {
-            node_id: node.into(),
-            role: role.into(),
-            ..HealthReport::default()
-        };
-        h.peer.id = peer.into();
-        h
-    }
-
-    #[test]
-    fn switchover_to_checks_the_node_it_would_promote() {
-        let primary = health_of("n1", "primary", "n2");
-        let standby = health_of("n2", "standby", "n1");
-        // Asked of either node, --to the standby is what happens.
-        assert_eq!(check_switchover_target(&primary, "n2"), Ok(()));
-        assert_eq!(check_switchover_target(&standby, "n2"), Ok(()));
-        let e = check_switchover_target(&primary, "n1").unwrap_err();
-        assert!(
-            e.contains("n1 is already the primary") && e.contains("(n2)"),
-            "{e}"
-        );
-        let e = check_switchover_target(&standby, "n1").unwrap_err();
-        assert!(
-            e.contains("the standby asked, n2") && e.contains("nothing was changed"),
-            "{e}"
-        );
-        let e = check_switchover_target(&primary, "n9").unwrap_err();
-        assert!(
-            e.contains("--to n9") && e.contains("its standby, n2"),
-            "{e}"
-        );
-        let e = check_switchover_target(&health_of("n1", "fenced", "n2"), "n2").unwrap_err();
-        assert!(e.contains("n1 is fenced"), "{e}");
-    }
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
         parse(

@@ -384,12 +384,26 @@ impl HttpClient {
 
     /// `POST /promote`: the new epoch.
     pub async fn promote(&mut self, force: bool) -> Result<u64, ClientError> {
-        let path = if force {
-            "/promote?force=true"
+        self.promote_to(force, None).await
+    }
+
+    /// `POST /promote?to=ID`: a switchover only if it would make `to` the
+    /// primary, as the node sees its role when the request arrives (409
+    /// `promotion_refused` otherwise, nothing changed).
+    pub async fn promote_to(&mut self, force: bool, to: Option<&str>) -> Result<u64, ClientError> {
+        let mut query = Vec::new();
+        if force {
+            query.push("force=true".to_string());
+        }
+        if let Some(to) = to {
+            query.push(format!("to={}", crate::api::percent_encode(to)));
+        }
+        let path = if query.is_empty() {
+            "/promote".to_string()
         } else {
-            "/promote"
+            format!("/promote?{}", query.join("&"))
         };
-        let reply = self.request(Method::POST, path, Bytes::new()).await?;
+        let reply = self.request(Method::POST, &path, Bytes::new()).await?;
         match reply.status {
             200 => Ok(self.parse::<PromoteReply>(&reply)?.epoch),
             _ => Err(self.refused(&reply)),

@@ -188,6 +188,19 @@ pub enum Source {
     Flag(String),
 }
 
+impl Source {
+    /// Precedence: a flag wins over the environment, which wins over the
+    /// file, which wins over the default.
+    fn rank(&self) -> u8 {
+        match self {
+            Source::Default => 0,
+            Source::File(_) => 1,
+            Source::Env(_) => 2,
+            Source::Flag(_) => 3,
+        }
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -380,8 +393,21 @@ impl Layers {
             "the other node as ID=HOST:PORT (its name and where it serves replication)",
             peer_entry,
         )?;
-        let peer_id = match (named, self.get("peer_id", node_name)?) {
-            (Some(named), Some(given)) if named != given => {
+        let given = self.get("peer_id", node_name)?;
+        let peer_id = match (named, given) {
+            (Some(named), _) if named == node_id => {
+                return Err(DaemonError::Config(format!(
+                    "peer (from {}) names {named}, this node's own id; --peer names the other node (ID=HOST:PORT)",
+                    self.source("peer")
+                )));
+            }
+            // A peer_id that disagrees is refused unless it comes from a
+            // lower layer (flags win over the environment and the file, as
+            // for every setting), where it gives way.
+            (Some(named), Some(given))
+                if named != given
+                    && self.source("peer_id").rank() >= self.source("peer").rank() =>
+            {
                 return Err(DaemonError::Config(format!(
                     "peer names the node {named} (from {}) but peer_id says {given} (from {}); give the name once, in peer as ID=HOST:PORT",
                     self.source("peer"),
@@ -761,22 +787,33 @@ fn peer_entry(v: &str) -> Result<(Option<NodeId>, String), String> {
             entries.len()
         ));
     }
-    match v.split_once('=') {
+    let entry = entries.first().copied().unwrap_or(v);
+    match entry.split_once('=') {
         Some((id, addr)) => {
             let id = node_name(id.trim())?;
             let addr = host_port(addr.trim())
                 .map_err(|e| format!("{e}, after the peer's name {id} (ID=HOST:PORT)"))?;
             Ok((Some(id), addr))
         }
-        None => Ok((None, host_port(v)?)),
+        None => Ok((None, host_port(entry)?)),
     }
 }
 
+/// `HOST:PORT`: a host name or IPv4 address, or an IPv6 address in
+/// brackets (`[::1]:7001`), and a port. Nothing that could be two entries
+/// run together (spaces, `=`, `,`) passes as a host.
 fn host_port(v: &str) -> Result<String, String> {
-    match v.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.into()),
-        _ => Err(format!("{v:?} is not a HOST:PORT (e.g. n2:7001)")),
+    let bad = || format!("{v:?} is not a HOST:PORT (e.g. n2:7001, or [::1]:7001 for IPv6)");
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
+    let plain = !host.is_empty()
+        && !host.contains(':')
+        && !host.contains(['[', ']'])
+        && !host.contains(|c: char| c.is_whitespace() || c == '=' || c == ',');
+    if port.parse::<u16>().is_err() || !(bracketed || plain) {
+        return Err(bad());
     }
+    Ok(v.into())
 }
 
 fn millis(v: &str) -> Result<Duration, String> {
@@ -990,6 +1027,58 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_id_from_a_lower_layer_gives_way_to_the_peer_flag() {
+        let mut flags = without_peer();
+        flags.push(("peer", "n3=127.0.0.1:7003".into()));
+        let s = resolve(
+            flags,
+            Some("peer_id = \"n2\"\n"),
+            &[("WALREP_PEER_ID", "n2")],
+        )
+        .unwrap();
+        assert_eq!(s.cfg.peer_id, NodeId::from("n3"));
+        // The same layer, or a higher one, disagreeing: refused.
+        let e = err(resolve(
+            without_peer(),
+            None,
+            &[
+                ("WALREP_PEER", "n3=127.0.0.1:7003"),
+                ("WALREP_PEER_ID", "n2"),
+            ],
+        ));
+        assert!(e.contains("peer_id says n2 (from WALREP_PEER_ID)"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_named_as_this_node_says_so() {
+        let mut flags = without_peer();
+        flags.push(("peer", "n1=127.0.0.1:7002".into()));
+        let e = err(resolve(flags, None, &[]));
+        assert!(
+            e.contains("names n1, this node's own id") && e.contains("from --peer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_peer_address_is_one_host_and_port() {
+        for good in [
+            "n2=127.0.0.1:7002",
+            "n2=[::1]:7002",
+            "[::1]:7002",
+            "n2=n2.example:7001",
+            "n2=h:1,",
+        ] {
+            let mut flags = without_peer();
+            flags.push(("peer", good.into()));
+            if !good.contains('=') {
+                flags.push(("peer_id", "n2".into()));
+            }
+            assert!(resolve(flags, None, &[]).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn a_bad_or_plural_peer_says_what_to_write() {
         for (value, expect) in [
             ("n2=", "is not a HOST:PORT"),
@@ -997,6 +1086,10 @@ mod tests {
             ("=h:1", "is not a node name"),
             ("n 2=h:1", "is not a node name"),
             ("n2=h:1,n3=h:2", "names 2 peers"),
+            ("n2=a:7001 n3=b:7001", "is not a HOST:PORT"),
+            ("n2=h=x:1", "is not a HOST:PORT"),
+            ("n2=::1:7001", "[::1]:7001 for IPv6"),
+            ("n2=[]:7001", "is not a HOST:PORT"),
         ] {
             let mut flags = without_peer();
             flags.push(("peer", value.into()));

@@ -14,7 +14,7 @@
 //! | `/liveness` | 200 unless the node is `failed` (503) |
 //! | `/readiness[?lag=..]` | as `/read-only` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when `Accept` asks for `application/openmetrics-text` |
-//! | `POST /promote[?force=true]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby |
+//! | `POST /promote[?force=true][&to=ID]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby; with `to`, 409 unless that would make ID the primary |
 //! | `GET /maintenance` | 200 `{"node_id","role","failover_paused"}` |
 //! | `POST /maintenance`, `DELETE /maintenance` | pause / resume automatic failover on this node: 200 `{"node_id","role","failover_paused"}` |
 //!
@@ -355,8 +355,11 @@ impl AppState {
     /// A client that came straight to the node (no `X-Forwarded-For` or
     /// `Forwarded` header: not through a load balancer) follows the
     /// leader hint of the 503 itself, so its hold ends as soon as another
-    /// node is known to be the primary (`led_elsewhere`): a switchover
-    /// then pauses it for the switchover's milliseconds, not the hold.
+    /// node is known to be the primary and its client address is known
+    /// (`led_elsewhere`): a switchover then pauses it for the switchover's
+    /// milliseconds, not the hold. (A peer that never says its client
+    /// address, as a library node without one, holds direct clients for
+    /// the whole hold.)
     async fn after_hold<T>(
         &self,
         e: &Error,
@@ -677,7 +680,25 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
         .unwrap_or("")
         .split('&')
         .any(|kv| matches!(kv, "force" | "force=true" | "force=1" | "force=yes"));
-    tracing::info!(force, "promotion asked over HTTP");
+    let to = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))
+        .map(crate::api::percent_decode);
+    tracing::info!(force, to = ?to, "promotion asked over HTTP");
+    if let Some(to) = to {
+        let h = s.replica.health();
+        if let Err(why) = crate::api::switchover_target_check(
+            &h.node_id.0,
+            h.role.as_str(),
+            &h.peer.node_id.0,
+            &to,
+        ) {
+            s.metrics.http_rejected("promotion_refused");
+            return refusal(StatusCode::CONFLICT, "promotion_refused", why, None);
+        }
+    }
     match s.replica.promote(force).await {
         Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),
         Err(e) => s.refused(e),

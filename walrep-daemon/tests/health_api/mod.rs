@@ -151,6 +151,13 @@ async fn promote_on_the_primary_hands_over_and_switchover_works_from_either_node
             "{stderr}"
         );
     }
+    // The node checks `to` itself on arrival (the CLI's check and the
+    // request are two steps): 409, nothing changed.
+    let (status, body) = req(b, Method::POST, "/promote?to=a", b"").await;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let e: ErrorReply = json(&body);
+    assert_eq!(e.kind.as_deref(), Some("promotion_refused"), "{e:?}");
+    assert!(e.error.contains("the standby asked, b"), "{e:?}");
     let h = health(a).await;
     assert_eq!((h.role.as_str(), h.epoch), ("primary", 3), "{h:?}");
 
