@@ -158,6 +158,8 @@ pub(crate) struct Node {
     /// `ANY 1 (peer)`: the primary waits for its one standby while commits
     /// wait for it at all (`Primary::commit_target`).
     commit_rule: quorum::CommitRule,
+    /// `{peer_id}`: the pair's sync set while commits wait for the standby.
+    peer_set: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,
     leader: Option<NodeId>,
     role: Role,
@@ -234,6 +236,7 @@ impl Node {
             failover_paused: false,
             out: Vec::new(),
             commit_rule: quorum::CommitRule::pair(&cfg.peer_id),
+            peer_set: std::collections::BTreeSet::from([cfg.peer_id.clone()]),
             cfg,
         };
         let me = node.cfg.node_id.clone();
@@ -608,7 +611,9 @@ impl Node {
     /// records up to it to be applied.
     fn recompute_commit(&mut self) {
         let target = match &mut self.role {
-            Role::Primary(p) => p.commit_target(&self.cfg, &self.commit_rule, self.flushed),
+            Role::Primary(p) => {
+                p.commit_target(&self.cfg, &self.commit_rule, &self.peer_set, self.flushed)
+            }
             // A standby applies everything it has flushed: the primary's
             // commit in remote-apply mode waits for exactly that.
             Role::Standby(_) => Some(self.flushed),

@@ -2,7 +2,7 @@
 //! planned step-down.
 
 use super::event::{Effect, FenceOutcome, StandbyPositions, SyncState, Time, WaiterFailure};
-use super::quorum::{CommitRule, StandbyLsns};
+use super::quorum::CommitRule;
 use super::{Node, Role, WriteRefusal};
 use crate::config::{CommitMode, Config, OnStandbyLoss};
 use crate::types::{Epoch, Lsn, NodeId};
@@ -133,23 +133,21 @@ impl Primary {
     /// the standbys commits wait for, which is the standby unless the mode
     /// is async, we go on alone, or the testing switch acknowledges before
     /// the standby's flush; with none, our own durable end `flushed`.
+    /// `peer_set` is `{peer}`, built once (this runs on every ack).
     pub(super) fn commit_target(
         &self,
         cfg: &Config,
         rule: &CommitRule,
+        peer_set: &BTreeSet<NodeId>,
         flushed: Lsn,
     ) -> Option<Lsn> {
         let waits_for_standby = cfg.commit_mode.is_sync()
             && self.link != Link::Solo
             && !cfg.testing_ack_before_standby_flush;
-        let sync_set = if waits_for_standby {
-            BTreeSet::from([cfg.peer_id.clone()])
-        } else {
-            BTreeSet::new()
-        };
-        let positions =
-            StandbyLsns::from([(cfg.peer_id.clone(), self.standby_position(cfg.commit_mode))]);
-        Some(rule.acknowledgeable(&sync_set, &positions, flushed))
+        let none = BTreeSet::new();
+        let sync_set = if waits_for_standby { peer_set } else { &none };
+        let standby = self.standby_position(cfg.commit_mode);
+        Some(rule.acknowledgeable_by(sync_set, |_| standby, flushed))
     }
 
     pub(super) fn committed(&mut self, lsn: Lsn) {

@@ -35,13 +35,26 @@ impl CommitRule {
         positions: &StandbyLsns,
         own_flushed: Lsn,
     ) -> Lsn {
+        self.acknowledgeable_by(sync_set, |n| position(positions, n), own_flushed)
+    }
+
+    /// `acknowledgeable` with each standby's position from `position_of`
+    /// (the primary's own records, without building a map: this runs on
+    /// every acknowledgement the primary receives).
+    pub(crate) fn acknowledgeable_by(
+        &self,
+        sync_set: &BTreeSet<NodeId>,
+        position_of: impl Fn(&NodeId) -> Lsn,
+        own_flushed: Lsn,
+    ) -> Lsn {
         let k = self.effective_count(sync_set);
         if k == 0 {
             return own_flushed;
         }
-        let counted = self.counted(sync_set).map(|n| position(positions, n));
+        let counted = self.counted(sync_set).map(position_of);
         let held = match self.method() {
             Method::First => counted.take(k).min().expect("k >= 1 standbys count"),
+            Method::Any if k == 1 => counted.max().expect("k >= 1 standbys count"),
             Method::Any => {
                 let mut held: Vec<Lsn> = counted.collect();
                 let (_, kth, _) = held.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
