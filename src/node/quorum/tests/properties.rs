@@ -57,13 +57,32 @@ fn members(n: usize, mask: u64) -> BTreeSet<NodeId> {
 }
 
 /// Where each epoch of the primary's log begins: epoch 1 at LSN 1, then
-/// one more at each boundary. Every log in the cluster is a prefix of it.
+/// one more at each boundary. Every log in the cluster is a prefix of it,
+/// except that a standby whose prefix ends just before a boundary may
+/// also hold a stale tail of `stale[standby]` records of the epoch before
+/// it (written by a primary that lost, never acknowledged): its log end
+/// is then further than its prefix, in an older epoch.
 #[derive(Clone, Debug)]
 struct History {
     boundaries: Vec<u64>,
+    stale: BTreeMap<NodeId, u64>,
 }
 
 impl History {
+    /// Where the log of `standby` ends, its prefix at `positions`, with its
+    /// stale tail if it has one.
+    fn end_of(&self, standby: &NodeId, positions: &StandbyLsns) -> LogEnd {
+        let prefix = positions.get(standby).copied().unwrap_or(Lsn::ZERO);
+        let next = prefix.next();
+        match self.stale.get(standby) {
+            Some(&extra) if extra > 0 && self.boundaries.contains(&next.0) => LogEnd {
+                epoch: Epoch(self.end_at(next).epoch.0 - 1),
+                lsn: Lsn(prefix.0 + extra),
+            },
+            _ => self.end_at(prefix),
+        }
+    }
+
     fn end_at(&self, lsn: Lsn) -> LogEnd {
         let epoch = if lsn == Lsn::ZERO {
             Epoch::ZERO
@@ -78,8 +97,9 @@ impl History {
 /// `answering` (true log ends for those that count; for the others,
 /// far-ahead ends of logs no primary of this epoch wrote, which must be
 /// ignored), fetching whenever told to. Checks each decision and returns
-/// where the candidate's log ends when it promotes, or `None` when it
-/// needs more answers.
+/// the prefix of the true history the candidate's log holds when it
+/// promotes (its own, or that of the standby it fetched from last), or
+/// `None` when it needs more answers.
 fn promote(
     cluster: &Cluster,
     sync_set: &BTreeSet<NodeId>,
@@ -87,13 +107,13 @@ fn promote(
     positions: &StandbyLsns,
     me: &NodeId,
     answering: u64,
-) -> Result<Option<LogEnd>, TestCaseError> {
+) -> Result<Option<Lsn>, TestCaseError> {
     let counted: Vec<&NodeId> = cluster.rule.counted(sync_set).collect();
     let answers: BTreeMap<NodeId, LogEnd> = members(cluster.n, answering)
         .into_iter()
         .map(|m| {
             let end = if counted.contains(&&m) {
-                history.end_at(positions.get(&m).copied().unwrap_or(Lsn::ZERO))
+                history.end_of(&m, positions)
             } else {
                 LogEnd {
                     epoch: Epoch(99),
@@ -103,14 +123,18 @@ fn promote(
             (m, end)
         })
         .collect();
-    let mut mine = history.end_at(positions.get(me).copied().unwrap_or(Lsn::ZERO));
+    let mut mine = history.end_of(me, positions);
+    let mut holder = me.clone();
     for _ in 0..=MAX_STANDBYS {
         match decide_promotion(&cluster.rule, sync_set, me, mine, &answers) {
-            PromotionDecision::Promote => return Ok(Some(mine)),
+            PromotionDecision::Promote => {
+                return Ok(Some(positions.get(&holder).copied().unwrap_or(Lsn::ZERO)));
+            }
             PromotionDecision::FetchFirst { from, up_to } => {
                 prop_assert!(counted.contains(&&from) && from != *me, "fetch from {from}");
                 prop_assert!(up_to > mine && answers.get(&from) == Some(&up_to));
                 mine = up_to;
+                holder = from;
             }
             PromotionDecision::NeedPositions { have, need } => {
                 prop_assert_eq!(need, positions_needed(&cluster.rule, sync_set));
@@ -146,11 +170,12 @@ fn check_promotions(
     for me in &candidates {
         for mask in [answering, u64::MAX] {
             let promoted = promote(cluster, sync_set, history, positions, me, mask)?;
-            if let Some(end) = promoted {
+            if let Some(held) = promoted {
                 prop_assert!(
-                    end.lsn >= acknowledged,
-                    "{me} promoted at {end:?} without the writes acknowledged up to {acknowledged} (rule {}, sync set {sync_set:?}, positions {positions:?}, answering {mask:#b})",
-                    cluster.rule
+                    held >= acknowledged,
+                    "{me} promoted holding {held} of the history, without the writes acknowledged up to {acknowledged} (rule {}, sync set {sync_set:?}, positions {positions:?}, stale tails {:?}, answering {mask:#b})",
+                    cluster.rule,
+                    history.stale
                 );
             } else {
                 prop_assert!(mask != u64::MAX, "{me} heard from everyone yet waits");
@@ -253,9 +278,9 @@ proptest! {
         end in 0u64..40,
         boundaries in prop::collection::vec(1u64..40, 0..4),
         raw in prop::collection::vec(0u64..40, MAX_STANDBYS),
+        tails in prop::collection::vec(0u64..6, MAX_STANDBYS),
         answering in any::<u64>(),
     ) {
-        let history = History { boundaries };
         let own = Lsn(end);
         let positions: StandbyLsns = raw
             .iter()
@@ -263,6 +288,18 @@ proptest! {
             .enumerate()
             .map(|(i, p)| (standby(i), Lsn(*p).min(own)))
             .collect();
+        // A standby whose prefix ends just before a boundary may hold a
+        // stale tail; make that common by moving some prefixes there.
+        let positions: StandbyLsns = positions
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, p))| match boundaries.get(i % boundaries.len().max(1)) {
+                Some(&b) if tails[i] % 2 == 1 && b >= 1 && Lsn(b - 1) <= own => (n, Lsn(b - 1)),
+                _ => (n, p),
+            })
+            .collect();
+        let stale = (0..cluster.n).map(|i| (standby(i), tails[i])).collect();
+        let history = History { boundaries, stale };
         let acked = cluster.rule.acknowledgeable(&cluster.sync_set, &positions, own);
         let (held, need) = holders(&cluster.rule, &cluster.sync_set, &positions, acked);
         prop_assert!(held >= need);
@@ -272,8 +309,8 @@ proptest! {
         // the best priority and, among those, nothing to fetch; hearing
         // from everyone it promotes, after at most one fetch.
         let ends: BTreeMap<NodeId, LogEnd> = positions
-            .iter()
-            .map(|(n, p)| (n.clone(), history.end_at(*p)))
+            .keys()
+            .map(|n| (n.clone(), history.end_of(n, &positions)))
             .collect();
         let ranked = rank_candidates(&cluster.rule, &cluster.sync_set, &ends);
         let counted: BTreeSet<NodeId> = cluster.rule.counted(&cluster.sync_set).cloned().collect();
@@ -308,7 +345,7 @@ proptest! {
         masks in prop::collection::vec(any::<u64>(), 1..8),
     ) {
         let rule = &cluster.rule;
-        let history = History { boundaries: Vec::new() };
+        let history = History { boundaries: Vec::new(), stale: BTreeMap::new() };
         let mut own = Lsn::ZERO;
         let mut positions = StandbyLsns::new();
         let mut set = cluster.sync_set.clone();
