@@ -103,6 +103,24 @@ fn header() -> Header {
     }
 }
 
+/// One transfer into `incoming`, the engine restoring from the file after
+/// it (`receive_snapshot` as a node whose engine does not restore while
+/// receiving).
+async fn receive(
+    ctx: &Ctx,
+    incoming: &mut Option<Incoming>,
+) -> Result<Option<SnapshotInfo>, Fatal> {
+    receive_snapshot(ctx, &ctx.header, incoming, &mut Restoring::AfterTransfer).await
+}
+
+/// One resync whose engine restores while the transfer arrives.
+async fn resync_while_receiving(
+    ctx: &Ctx,
+    incoming: &mut Option<Incoming>,
+) -> Result<Option<SnapshotInfo>, Fatal> {
+    resync_from_snapshot(ctx, &ctx.header, incoming, Restoring::WhileReceiving(None)).await
+}
+
 /// A snapshot `MemStateMachine` restores: its hash, then padding.
 fn snapshot_bytes() -> Vec<u8> {
     let source = MemStateMachine::new();
@@ -154,14 +172,7 @@ async fn a_crc_sent_after_the_data_is_checked_against_the_bytes_received() {
     let p = trailing_primary(data.clone(), crc32c::crc32c(&data), vec![None], |_| {});
     let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await
-    {
+    let info = match receive(&ctx, &mut incoming).await {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -214,13 +225,7 @@ async fn a_wrong_or_misplaced_trailing_crc_refuses_the_snapshot_and_deletes_it()
         let p = trailing_primary(data.clone(), crc, vec![None], tamper);
         let ctx = ctx(p, sm.clone(), dir.path());
         let mut incoming = None;
-        let r = receive_snapshot(
-            &ctx,
-            &header(),
-            &mut incoming,
-            &mut Restoring::AfterTransfer,
-        )
-        .await;
+        let r = receive(&ctx, &mut incoming).await;
         assert!(matches!(r, Ok(None)), "{what}: refused");
         assert!(incoming.is_none(), "{what}: what arrived is dropped");
         for name in [incoming::DATA_FILE, incoming::SIDECAR_FILE] {
@@ -244,26 +249,14 @@ async fn a_transfer_cut_before_its_trailing_crc_resumes_from_its_end() {
     });
     let ctx = ctx(p.clone(), Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let first = receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await;
+    let first = receive(&ctx, &mut incoming).await;
     assert!(matches!(first, Ok(None)), "not done without its CRC");
     assert_eq!(incoming.as_ref().unwrap().received, data.len() as u64);
     // The node restarts: the sidecar says the CRC comes after the data.
     drop(incoming.take());
     let mut incoming = Incoming::recover(dir.path());
     assert_eq!(incoming.as_ref().unwrap().info.crc, None);
-    let done = receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await;
+    let done = receive(&ctx, &mut incoming).await;
     assert!(matches!(done, Ok(Some(_))), "completed by the resume");
     let len = data.len() as u64;
     assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, len)]);
@@ -282,22 +275,10 @@ async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p.clone(), sm, dir.path());
     let mut incoming = None;
-    let first = receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await;
+    let first = receive(&ctx, &mut incoming).await;
     assert!(matches!(first, Ok(None)), "the cut transfer is not done");
     assert_eq!(incoming.as_ref().unwrap().received, 12);
-    let done = receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await;
+    let done = receive(&ctx, &mut incoming).await;
     let info = match done {
         Ok(Some(info)) => info,
         _ => panic!("the resumed transfer completes"),
@@ -337,13 +318,7 @@ async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
             dir.path(),
         );
         let mut incoming = None;
-        let r = receive_snapshot(
-            &ctx,
-            &header(),
-            &mut incoming,
-            &mut Restoring::AfterTransfer,
-        )
-        .await;
+        let r = receive(&ctx, &mut incoming).await;
         assert!(matches!(r, Ok(None)), "refused");
         assert!(incoming.is_none(), "what arrived is dropped");
         assert_eq!(sm.restores(), 0);
@@ -354,13 +329,7 @@ async fn a_corrupt_or_short_transfer_is_refused_and_nothing_restored() {
     let p = primary(data[..20].to_vec(), good, data.len() as u64, vec![None]);
     let ctx = ctx(p, sm.clone(), dir.path());
     let mut incoming = None;
-    let r = receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await;
+    let r = receive(&ctx, &mut incoming).await;
     assert!(matches!(r, Ok(None)), "a short transfer is not done");
     assert_eq!(incoming.as_ref().unwrap().received, 20);
     assert_eq!(sm.restores(), 0);
@@ -380,13 +349,7 @@ async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
         let sm = Arc::new(MemStateMachine::new());
         let ctx = ctx(p.clone(), sm.clone(), dir.path());
         let mut incoming = None;
-        let first = receive_snapshot(
-            &ctx,
-            &header(),
-            &mut incoming,
-            &mut Restoring::AfterTransfer,
-        )
-        .await;
+        let first = receive(&ctx, &mut incoming).await;
         assert!(matches!(first, Ok(None)), "the cut transfer is not done");
         // The node stops; the prefix may change on disk meanwhile.
         drop(incoming.take());
@@ -398,13 +361,7 @@ async fn a_resumed_transfer_checks_the_prefix_already_on_disk() {
         }
         let mut incoming = Incoming::recover(dir.path());
         assert_eq!(incoming.as_ref().unwrap().received, 12);
-        let done = receive_snapshot(
-            &ctx,
-            &header(),
-            &mut incoming,
-            &mut Restoring::AfterTransfer,
-        )
-        .await;
+        let done = receive(&ctx, &mut incoming).await;
         assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
         if damage {
             assert!(matches!(done, Ok(None)), "the damaged prefix is caught");
@@ -456,14 +413,7 @@ async fn the_engine_gets_the_received_file_and_may_keep_it() {
     );
     let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await
-    {
+    let info = match receive(&ctx, &mut incoming).await {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -498,14 +448,7 @@ async fn the_default_restore_file_reads_the_file_through_restore() {
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p, sm.clone(), dir.path());
     let mut incoming = None;
-    let info = match receive_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        &mut Restoring::AfterTransfer,
-    )
-    .await
-    {
+    let info = match receive(&ctx, &mut incoming).await {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
     };
@@ -580,8 +523,7 @@ async fn a_restore_while_receiving_reads_every_byte_and_ends_after_the_check() {
     let engine = while_receiving();
     let ctx = ctx(p, engine.clone(), dir.path());
     let mut incoming = None;
-    let restoring = Restoring::WhileReceiving(None);
-    let done = resync_from_snapshot(&ctx, &header(), &mut incoming, restoring).await;
+    let done = resync_while_receiving(&ctx, &mut incoming).await;
     let info = match done {
         Ok(Some(info)) => info,
         _ => panic!("the transfer completes"),
@@ -617,22 +559,10 @@ async fn a_cut_transfer_fails_the_restore_while_receiving_and_the_resume_restore
     let engine = while_receiving();
     let ctx = ctx(p.clone(), engine.clone(), dir.path());
     let mut incoming = None;
-    let first = resync_from_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        Restoring::WhileReceiving(None),
-    )
-    .await;
+    let first = resync_while_receiving(&ctx, &mut incoming).await;
     assert!(matches!(first, Ok(None)), "the cut transfer is not done");
     assert_eq!(engine.applied_lsn(), Lsn::ZERO, "nothing restored");
-    let done = resync_from_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        Restoring::WhileReceiving(None),
-    )
-    .await;
+    let done = resync_while_receiving(&ctx, &mut incoming).await;
     assert!(matches!(done, Ok(Some(_))), "the resume completes");
     assert_eq!(*p.requests.lock().unwrap(), vec![(0, 0), (7, 12)]);
     let attempts = engine.attempts.lock().unwrap();
@@ -657,13 +587,7 @@ async fn a_corrupt_transfer_fails_the_restore_while_receiving_and_restores_nothi
     let engine = while_receiving();
     let ctx = ctx(p, engine.clone(), dir.path());
     let mut incoming = None;
-    let r = resync_from_snapshot(
-        &ctx,
-        &header(),
-        &mut incoming,
-        Restoring::WhileReceiving(None),
-    )
-    .await;
+    let r = resync_while_receiving(&ctx, &mut incoming).await;
     assert!(matches!(r, Ok(None)), "refused");
     let attempts = engine.attempts.lock().unwrap();
     assert_eq!(attempts.len(), 1);
