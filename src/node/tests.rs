@@ -380,25 +380,7 @@ fn heartbeat_silence_makes_an_eligible_standby_fence_then_promote() {
     // Silence just short of the timeout: nothing happens.
     assert!(tick_until(&mut node, 200, 1000).is_empty());
     let effects = node.step(t(1100), Event::Tick);
-    assert_eq!(
-        effects,
-        vec![
-            Effect::PersistMeta {
-                epoch: Epoch(2),
-                leader: Some(NodeId::from("n1")),
-                confirmed: true,
-            },
-            Effect::RoleChanged {
-                from: RoleKind::Standby,
-                to: RoleKind::Promoting,
-                epoch: Epoch(2)
-            },
-            Effect::SendFence {
-                epoch: Epoch(2),
-                reason: FenceReason::Failover
-            },
-        ]
-    );
+    assert_eq!(effects, promotes_n1_to_epoch_two());
     assert!(
         node.check_writable().is_err(),
         "no writes before the fence is sent"
@@ -2158,6 +2140,28 @@ fn a_standby_trying_its_wal_again_tells_the_primary_it_failed_until_an_append_wo
     receive(&mut node, t(301), batch((3, 1), vec![rec(4, 2)], 4, 1));
     node.step(t(302), Event::LocalFlushed { lsn: Lsn(4) });
     assert_eq!(node.role_for_primary(), RoleKind::Standby);
+}
+
+/// What a standby n1 does when it promotes itself to epoch 2 (its primary
+/// fell silent, or the arbiter granted the epoch): persist it, then fence
+/// the old primary.
+fn promotes_n1_to_epoch_two() -> [Effect; 3] {
+    [
+        Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n1")),
+            confirmed: true,
+        },
+        Effect::RoleChanged {
+            from: RoleKind::Standby,
+            to: RoleKind::Promoting,
+            epoch: Epoch(2),
+        },
+        Effect::SendFence {
+            epoch: Epoch(2),
+            reason: FenceReason::Failover,
+        },
+    ]
 }
 
 mod arbiter;

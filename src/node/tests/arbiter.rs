@@ -120,27 +120,6 @@ fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
     all
 }
 
-/// What a standby n1 does once the arbiter granted it epoch 2: persist
-/// it, then fence the old primary.
-fn promotes_n1_to_epoch_two() -> [Effect; 3] {
-    [
-        Effect::PersistMeta {
-            epoch: Epoch(2),
-            leader: Some(NodeId::from("n1")),
-            confirmed: true,
-        },
-        Effect::RoleChanged {
-            from: RoleKind::Standby,
-            to: RoleKind::Promoting,
-            epoch: Epoch(2),
-        },
-        Effect::SendFence {
-            epoch: Epoch(2),
-            reason: FenceReason::Failover,
-        },
-    ]
-}
-
 fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,

@@ -55,25 +55,7 @@ fn resuming_failover_promotes_a_standby_whose_primary_is_still_silent() {
     node.step(t(150), pause(true));
     assert!(!tick_until(&mut node, 200, 5000).iter().any(is_promotion));
     let effects = node.step(t(5050), pause(false));
-    assert_eq!(
-        effects,
-        vec![
-            Effect::PersistMeta {
-                epoch: Epoch(2),
-                leader: Some(NodeId::from("n1")),
-                confirmed: true,
-            },
-            Effect::RoleChanged {
-                from: RoleKind::Standby,
-                to: RoleKind::Promoting,
-                epoch: Epoch(2)
-            },
-            Effect::SendFence {
-                epoch: Epoch(2),
-                reason: FenceReason::Failover
-            },
-        ]
-    );
+    assert_eq!(effects, promotes_n1_to_epoch_two());
     assert!(!node.failover_paused());
 }
 
