@@ -120,21 +120,31 @@ async fn standby_promotes_when_the_primary_stops_and_accepts_writes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_primary_rewinds_its_unreplicated_suffix_and_converges() {
-    let (a, b) = pair(CommitMode::Async).await;
+/// An async pair with 20 writes on both nodes, then cut apart: `a` keeps
+/// acknowledging alone (`lost0`..`lost4`, LSNs 21 to 25, never
+/// replicated) while `b` promotes to epoch 2. Returns `b`'s health as it
+/// became a writable primary.
+async fn split_with_five_writes_only_on_the_old_primary(
+    a: &TestNode,
+    b: &TestNode,
+) -> walrep::Health {
     for i in 0..20 {
         a.put(&format!("k{i}"), "v").await.unwrap();
     }
-    converged(&a, &b).await;
-    // Cut a off from b: a keeps acknowledging alone (async), b promotes.
+    converged(a, b).await;
     a.link.set_cut(true);
     b.link.set_cut(true);
     for i in 0..5 {
         a.put(&format!("lost{i}"), "v").await.unwrap();
     }
     b.wait("promoted", |h| h.role == RoleKind::Primary && h.writable)
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_rewinds_its_unreplicated_suffix_and_converges() {
+    let (a, b) = pair(CommitMode::Async).await;
+    split_with_five_writes_only_on_the_old_primary(&a, &b).await;
     b.put("new", "epoch").await.unwrap();
     // a crashes and comes back with its own suffix on disk.
     let (cfg, wal, kv_dir) = a.crash().await;
@@ -153,18 +163,7 @@ async fn old_primary_rewinds_its_unreplicated_suffix_and_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_primary_counts_as_lag_what_its_old_primary_lacks_not_its_whole_wal() {
     let (a, b) = pair(CommitMode::Async).await;
-    for i in 0..20 {
-        a.put(&format!("k{i}"), "v").await.unwrap();
-    }
-    converged(&a, &b).await;
-    a.link.set_cut(true);
-    b.link.set_cut(true);
-    for i in 0..5 {
-        a.put(&format!("lost{i}"), "v").await.unwrap();
-    }
-    let promoted = b
-        .wait("promoted", |h| h.role == RoleKind::Primary && h.writable)
-        .await;
+    let promoted = split_with_five_writes_only_on_the_old_primary(&a, &b).await;
     for i in 0..3 {
         b.put(&format!("new{i}"), "v").await.unwrap();
     }
