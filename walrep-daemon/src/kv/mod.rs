@@ -607,16 +607,23 @@ mod tests {
         assert!(b.get(b"z").is_none());
     }
 
-    /// A snapshot's bytes are the snapshot file's: the file a standby
-    /// receives is renamed into place as its durable snapshot (not written
-    /// again), the state is the primary's, and a restart loads it.
-    #[test]
-    fn a_received_snapshot_file_becomes_the_durable_snapshot_as_it_is() {
+    /// A primary's store holding a small and a 5,000-byte value, and its
+    /// snapshot (bytes and LSN) for a standby to receive.
+    fn primary_with_a_large_value() -> (KvStore, Vec<u8>, Lsn) {
         let a = KvStore::in_memory();
         a.apply(Lsn(1), &put("x", "1")).unwrap();
         a.apply(Lsn(2), &put("y", &"v".repeat(5000))).unwrap();
         let mut snap = Vec::new();
         let lsn = a.snapshot(&mut snap).unwrap();
+        (a, snap, lsn)
+    }
+
+    /// A snapshot's bytes are the snapshot file's: the file a standby
+    /// receives is renamed into place as its durable snapshot (not written
+    /// again), the state is the primary's, and a restart loads it.
+    #[test]
+    fn a_received_snapshot_file_becomes_the_durable_snapshot_as_it_is() {
+        let (a, snap, lsn) = primary_with_a_large_value();
         let dir = tempfile::tempdir().unwrap();
         let b = KvStore::open(dir.path().join("kv")).unwrap();
         b.apply(Lsn(1), &put("z", "9")).unwrap();
@@ -696,11 +703,7 @@ mod tests {
                 Ok(n)
             }
         }
-        let a = KvStore::in_memory();
-        a.apply(Lsn(1), &put("x", "1")).unwrap();
-        a.apply(Lsn(2), &put("y", &"v".repeat(5000))).unwrap();
-        let mut snap = Vec::new();
-        let lsn = a.snapshot(&mut snap).unwrap();
+        let (a, snap, lsn) = primary_with_a_large_value();
         let dir = tempfile::tempdir().unwrap();
         let b = KvStore::open(dir.path().join("kv")).unwrap();
         b.apply(Lsn(1), &put("z", "9")).unwrap();
