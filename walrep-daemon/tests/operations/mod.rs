@@ -7,6 +7,7 @@
 //! Each test prints `SKIPPED: promtool not installed` (or `prometheus`)
 //! and returns when the tool (Debian's `prometheus` package) is missing.
 
+use super::sample;
 use crate::daemon_support::*;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -114,18 +115,6 @@ fn sample_names(text: &str) -> BTreeSet<String> {
 fn parse(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .unwrap_or_else(|e| panic!("prometheus-parse refused /metrics: {e}\n{text}"))
-}
-
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    use prometheus_parse::Value;
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            _ => f64::NAN,
-        })
 }
 
 /// OpenMetrics rules the classic tools do not check: `# EOF` last, one
@@ -243,12 +232,12 @@ async fn metrics_of_a_primary_and_a_standby_pass_promtool_and_the_openmetrics_pa
             ("arbiter", "none"),
         ];
         assert_eq!(
-            value(&s, "walrep_build_info", &build),
+            sample(&s, "walrep_build_info", &build),
             Some(1.0),
             "{classic}"
         );
         assert_eq!(
-            value(
+            sample(
                 &s,
                 "walrep_node_info",
                 &[("node_id", node), ("cluster_id", "test")]
@@ -263,7 +252,7 @@ async fn metrics_of_a_primary_and_a_standby_pass_promtool_and_the_openmetrics_pa
             .count();
         assert_eq!(transitions, 30, "{classic}");
         assert_eq!(
-            value(
+            sample(
                 &s,
                 "walrep_state_transitions_total",
                 &[("from", "standby"), ("to", "promoting")]
@@ -271,7 +260,7 @@ async fn metrics_of_a_primary_and_a_standby_pass_promtool_and_the_openmetrics_pa
             Some(0.0)
         );
         assert_eq!(
-            value(
+            sample(
                 &s,
                 "walrep_rejected_requests_total",
                 &[("api", "http"), ("reason", "sync_timeout")]
@@ -279,29 +268,29 @@ async fn metrics_of_a_primary_and_a_standby_pass_promtool_and_the_openmetrics_pa
             Some(0.0)
         );
         assert_eq!(
-            value(
+            sample(
                 &s,
                 "walrep_rejected_requests_total",
                 &[("api", "grpc"), ("reason", "stale_epoch")]
             ),
             Some(0.0)
         );
-        assert_eq!(value(&s, "walrep_role_changes_total", &[]), Some(0.0));
+        assert_eq!(sample(&s, "walrep_role_changes_total", &[]), Some(0.0));
         assert_eq!(
-            value(&s, "walrep_sync_state", &[("state", "sync")]),
+            sample(&s, "walrep_sync_state", &[("state", "sync")]),
             Some(1.0),
             "{node}: the primary calls its standby in sync, and the standby says what it was told"
         );
-        assert_eq!(value(&s, "walrep_replication_lag_records", &[]), Some(0.0));
-        assert!(value(&s, "walrep_peer_last_contact_seconds", &[]).unwrap() < 10.0);
+        assert_eq!(sample(&s, "walrep_replication_lag_records", &[]), Some(0.0));
+        assert!(sample(&s, "walrep_peer_last_contact_seconds", &[]).unwrap() < 10.0);
         let standby = node == "b";
         assert_eq!(
-            value(&s, "walrep_standbys_connected", &[]),
+            sample(&s, "walrep_standbys_connected", &[]),
             Some(f64::from(u8::from(!standby))),
             "{node}: the primary streams to its one standby"
         );
         assert_eq!(
-            value(&s, "walrep_eligible", &[]),
+            sample(&s, "walrep_eligible", &[]),
             Some(f64::from(u8::from(standby)))
         );
     }
@@ -325,21 +314,8 @@ fn the_shipped_prometheus_rules_pass_promtool_check_and_their_unit_tests() {
 /// functions, keywords, label names (in `{...}`, `by (...)`, `on (...)`
 /// and the like), strings, durations or numbers.
 fn metric_names_in(expr: &str) -> BTreeSet<String> {
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ];
+    // Besides LABEL_LISTS, which are keywords too.
+    const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
     const LABEL_LISTS: &[&str] = &[
         "by",
         "without",
@@ -381,6 +357,7 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
+            let lower = word.to_ascii_lowercase();
             let mut next = i;
             while next < chars.len() && chars[next].is_whitespace() {
                 next += 1;
@@ -394,7 +371,10 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
             let called = chars.get(next) == Some(&'(') || clause_first;
             if LABEL_LISTS.contains(&word.as_str()) && called {
                 i = skip_to(next, ')');
-            } else if !called && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            } else if !called
+                && !KEYWORDS.contains(&lower.as_str())
+                && !LABEL_LISTS.contains(&lower.as_str())
+            {
                 names.insert(word);
             }
         } else {
