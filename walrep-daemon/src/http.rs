@@ -675,14 +675,11 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
 }
 
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
-    let force = uri
-        .query()
-        .unwrap_or("")
+    let query = uri.query().unwrap_or("");
+    let force = query
         .split('&')
         .any(|kv| matches!(kv, "force" | "force=true" | "force=1" | "force=yes"));
-    let to = uri
-        .query()
-        .unwrap_or("")
+    let to = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("to="))
         .map(crate::api::percent_decode);
