@@ -252,6 +252,21 @@ pub struct Config {
     /// acknowledged write and the side the arbiter answers keeps working.
     /// `None` (the default): the pair decides alone, by `on_standby_loss`.
     pub arbiter: Option<std::sync::Arc<dyn crate::arbiter::Arbiter>>,
+    /// The third and later data nodes of a cluster, beyond `peer_id`: each
+    /// with its name and the address this node dials. Empty (the default)
+    /// for a pair. A primary streams to every other node, each on its own
+    /// stream. More than one standby needs an `arbiter`: two standbys that
+    /// lose the primary must not both promote.
+    pub more_peers: Vec<PeerAddress>,
+    /// Which standbys must confirm a write in the sync modes, as
+    /// PostgreSQL's `synchronous_standby_names`: `FIRST k (n2, n3)` or
+    /// `ANY k (n2, n3)`. `None` (the default): every other node. The rule
+    /// may name this node too, so every node can be given the same text.
+    /// A standby the rule does not name never counts and never promotes.
+    /// In this version the rule must wait for every standby it names
+    /// (k = the named nodes other than this one): a promotion then holds
+    /// every acknowledged write without asking the other standbys.
+    pub sync_standbys: Option<crate::CommitRule>,
     /// Breaks G2 on purpose: the primary acknowledges sync-mode writes at
     /// its own fsync while telling the standby it is in sync. Only for the
     /// test that shows the fault checker catches a broken rule.
@@ -358,6 +373,8 @@ impl Default for Config {
             testing_ack_before_standby_flush: false,
             testing_solo_without_arbiter_swap: false,
             arbiter: None,
+            more_peers: Vec::new(),
+            sync_standbys: None,
         }
     }
 }
@@ -402,6 +419,10 @@ pub enum Setting {
     ReconnectBackoffMin,
     /// `Config::reconnect_backoff_max`.
     ReconnectBackoffMax,
+    /// `Config::more_peers`.
+    MorePeers,
+    /// `Config::sync_standbys`.
+    SyncStandbys,
 }
 
 impl Setting {
@@ -426,6 +447,8 @@ impl Setting {
             Setting::SnapshotTimeout => "snapshot_timeout",
             Setting::ReconnectBackoffMin => "reconnect_backoff_min",
             Setting::ReconnectBackoffMax => "reconnect_backoff_max",
+            Setting::MorePeers => "more_peers",
+            Setting::SyncStandbys => "sync_standbys",
         }
     }
 }
@@ -598,8 +621,92 @@ impl Config {
                 ),
             ));
         }
+        self.validate_cluster()
+    }
+
+    /// Every other data node, by name: `peer_id` first, then `more_peers`.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        std::iter::once(self.peer_id.clone())
+            .chain(self.more_peers.iter().map(|p| p.id.clone()))
+            .collect()
+    }
+
+    /// The commit rule in force: `sync_standbys`, or by default one that
+    /// waits for every other node (`ANY 1 (peer)` for a pair).
+    pub fn commit_rule(&self) -> crate::CommitRule {
+        match &self.sync_standbys {
+            Some(rule) => rule.clone(),
+            None => crate::CommitRule::all_of(self.peer_ids()),
+        }
+    }
+
+    /// The peers and the commit rule of a cluster of three or more.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        use Setting as S;
+        let peers = self.peer_ids();
+        for (i, extra) in self.more_peers.iter().enumerate() {
+            if extra.id.0.trim().is_empty() || extra.addr.trim().is_empty() {
+                return Err(ConfigError::new(
+                    S::MorePeers,
+                    format!("entry {} needs both a name and an address", i + 1),
+                ));
+            }
+            if extra.id == self.node_id {
+                return Err(ConfigError::against(
+                    S::MorePeers,
+                    S::NodeId,
+                    format!(
+                        "names {}, this node itself; list only the other nodes",
+                        extra.id
+                    ),
+                ));
+            }
+            if peers.iter().filter(|p| **p == extra.id).count() > 1 {
+                return Err(ConfigError::against(
+                    S::MorePeers,
+                    S::PeerId,
+                    format!("names {} twice; each other node once", extra.id),
+                ));
+            }
+        }
+        if !self.more_peers.is_empty() && self.arbiter.is_none() {
+            return Err(ConfigError::new(
+                S::MorePeers,
+                format!(
+                    "lists {} more nodes, but there is no arbiter: with two or more standbys, two of them could promote when the primary falls silent; configure the witness or etcd (Config::arbiter), or run a pair",
+                    self.more_peers.len()
+                ),
+            ));
+        }
+        let rule = self.commit_rule();
+        rule.validate_for(&self.node_id, &peers)
+            .map_err(|e| ConfigError::new(S::SyncStandbys, format!("{rule}: {e}")))?;
+        let others = rule
+            .standbys()
+            .iter()
+            .filter(|n| **n != self.node_id)
+            .count();
+        if rule.count() < others {
+            return Err(ConfigError::new(
+                S::SyncStandbys,
+                format!(
+                    "{rule} waits for {} of the {others} standbys it names; this version promotes a standby without asking the others, which is safe only when every named standby confirms each write: write {} {others} (...) with the same names, or name fewer standbys (unnamed ones stay asynchronous)",
+                    rule.count(),
+                    rule.method().keyword()
+                ),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Another data node of a cluster of three or more (`Config::more_peers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// Its name (its `node_id`).
+    pub id: NodeId,
+    /// Where it serves `Replication` (host:port), as this node dials it.
+    pub addr: String,
 }
 
 #[cfg(test)]

@@ -63,9 +63,11 @@ mod pb {
     tonic::include_proto!("walrep.v1");
 }
 
-pub use config::{CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss, Setting};
+pub use config::{
+    CommitMode, Config, ConfigError, InitialRole, OnStandbyLoss, PeerAddress, Setting,
+};
 pub use error::{Error, LeaderHint, Result, TransportError, WriteOutcome};
-pub use node::{RoleKind, SyncState};
+pub use node::{CommitMethod, CommitRule, CommitRuleError, RoleKind, SyncState};
 pub use replicator::{Applied, Health, PeerHealth, Replicator};
 #[cfg(feature = "tls")]
 pub use runtime::serve_tls;

@@ -26,6 +26,8 @@
 //! before the next one.
 
 use super::event::{ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Promotion, Time};
+use super::primary::Primary;
+use super::quorum::StandbyLsns;
 use super::standby::Standby;
 use super::{Node, Role};
 use crate::arbiter::Register;
@@ -123,20 +125,22 @@ impl Node {
     }
 
     fn members(&self) -> Vec<NodeId> {
-        vec![self.cfg.node_id.clone(), self.cfg.peer_id.clone()]
+        std::iter::once(self.cfg.node_id.clone())
+            .chain(self.standbys.iter().cloned())
+            .collect()
     }
 
-    /// Whether the standby may be told it is in sync: always without an
+    /// Whether `standby` may be told it is in sync: always without an
     /// arbiter; with one, only while the register (at our epoch, naming
     /// us) holds it in the sync set.
-    pub(super) fn register_holds_standby(&self) -> bool {
+    pub(super) fn register_holds_standby(&self, standby: &NodeId) -> bool {
         let Some(link) = &self.arbiter else {
             return true;
         };
         link.known.as_ref().is_some_and(|r| {
             r.epoch == self.epoch
                 && r.primary.as_ref() == Some(&self.cfg.node_id)
-                && r.sync_set.contains(&self.cfg.peer_id)
+                && r.sync_set.contains(standby)
         })
     }
 
@@ -215,20 +219,65 @@ impl Node {
         if known.epoch != self.epoch || known.primary.as_ref() != Some(me) {
             return refresh;
         }
-        let peer = &self.cfg.peer_id;
-        if p.wants_solo {
-            let mut next = known.clone();
-            next.sync_set.remove(peer);
+        if let Some(next) = self.sync_set_without_lost(p, known) {
             return swap(ArbiterPurpose::DropStandby, known.version, next);
         }
-        if !known.sync_set.contains(peer)
-            && p.may_join_sync_set(&self.cfg, &self.commit_rule, self.commit)
-        {
+        let joining: Vec<&NodeId> = p
+            .links()
+            .map(|(id, _)| id)
+            .filter(|id| {
+                !known.sync_set.contains(*id)
+                    && p.may_join_sync_set(&self.cfg, &self.commit_rule, id, self.commit)
+            })
+            .collect();
+        if !joining.is_empty() {
             let mut next = known.clone();
-            next.sync_set.insert(peer.clone());
+            next.sync_set.extend(joining.into_iter().cloned());
             return swap(ArbiterPurpose::AddStandby, known.version, next);
         }
         refresh
+    }
+
+    /// The sync set with the lost standbys that want out taken out, as
+    /// many as the rule allows without leaving an acknowledged write on
+    /// fewer standbys than it needs (the most behind first); `None` when
+    /// none wants out or none may leave yet.
+    fn sync_set_without_lost(&self, p: &Primary, known: &Register) -> Option<Register> {
+        let mode = self.cfg.commit_mode;
+        let positions: StandbyLsns = p
+            .links()
+            .map(|(id, l)| (id.clone(), l.position(mode)))
+            .collect();
+        let mut leaving: Vec<&NodeId> = p
+            .links()
+            .filter(|(_, l)| l.wants_out)
+            .map(|(id, _)| id)
+            .collect();
+        leaving.sort_by_key(|id| (positions[*id], (*id).clone()));
+        let acknowledged = p.acknowledged(self.commit);
+        let mut next = known.clone();
+        let mut changed = false;
+        for id in leaving {
+            if !next.sync_set.contains(id) {
+                // Out already (a swap whose answer we missed): go on
+                // without it once the register is read back.
+                changed = true;
+                continue;
+            }
+            match self
+                .commit_rule
+                .may_remove(&next.sync_set, id, &positions, acknowledged)
+            {
+                Ok(()) => {
+                    next.sync_set.remove(id);
+                    changed = true;
+                }
+                Err(why) => {
+                    tracing::debug!(standby = %id, %why, "lost standby stays in the sync set for now")
+                }
+            }
+        }
+        changed.then_some(next)
     }
 
     /// The register a promotion of `kind` swaps to, or why `known` does
@@ -486,7 +535,7 @@ impl Node {
             }
         }
         if purpose == ArbiterPurpose::DropStandby && swapped {
-            self.go_solo_after_swap();
+            self.go_on_without_removed(&register.sync_set);
         }
         self.explain_promotion_wait();
     }

@@ -144,22 +144,23 @@ pub(crate) enum Event {
     /// while the stream stayed open): then they are in its own log and
     /// must never commit ours.
     StandbyProgress {
+        standby: NodeId,
         positions: StandbyPositions,
         epoch: Epoch,
     },
     /// Primary: the standby answered a heartbeat at our epoch. It proves the
     /// standby is reachable, not where its log is.
-    StandbyReachable,
+    StandbyReachable { standby: NodeId },
     /// Primary: the WAL stream to the standby opened or closed. Opening
     /// forgets the standby's positions until its first checked ack.
-    StreamState { up: bool },
+    StreamState { standby: NodeId, up: bool },
     /// Primary: a call to the standby failed without an answer.
-    StandbyUnreachable,
+    StandbyUnreachable { standby: NodeId },
     /// Primary: the standby answered a heartbeat, but its WAL failed (a
     /// full disk): it is as good as unreachable, and acks on the stream
     /// (which a standby trying its WAL again still sends) do not count as
     /// contact until a heartbeat answers as a standby again.
-    StandbyFailed,
+    StandbyFailed { standby: NodeId },
     /// A heartbeat from the peer; answered with `Effect::Answer`.
     HeartbeatReceived { req: HeartbeatRequest },
     /// A WAL batch from the peer on the open stream; answered with
@@ -363,8 +364,9 @@ pub(crate) enum Effect {
     /// standby to take over with a planned switchover (the `Promote` RPC, as
     /// `ForwardPromote`), wait for its answer at most about
     /// `switchover_timeout`, then stop whatever it was. The switchover
-    /// fences this node through `Event::FenceRequested` meanwhile.
-    HandOver,
+    /// fences this node through `Event::FenceRequested` meanwhile. `to`
+    /// is the standby chosen: reachable, in sync, the most advanced.
+    HandOver { to: NodeId },
     /// Let go of WAL records before `keep_from` (whole segments, never
     /// past what is flushed).
     TrimWal { keep_from: Lsn },

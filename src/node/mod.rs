@@ -51,6 +51,7 @@ mod request_index;
 mod requests;
 mod retention;
 mod standby;
+mod standby_link;
 #[cfg(test)]
 mod tests;
 
@@ -61,6 +62,7 @@ pub(crate) use event::{
     PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
+pub use quorum::{CommitRule, CommitRuleError, Method as CommitMethod};
 pub(crate) use request_index::RequestIndex;
 
 use crate::config::{Config, InitialRole};
@@ -155,11 +157,11 @@ impl Role {
 /// The role logic of one node.
 pub(crate) struct Node {
     cfg: Config,
-    /// `ANY 1 (peer)`: the primary waits for its one standby while commits
-    /// wait for it at all (`Primary::commit_target`).
+    /// Which standbys must confirm a write (`Primary::commit_target`):
+    /// `ANY 1 (peer)` for a pair.
     commit_rule: quorum::CommitRule,
-    /// `{peer_id}`: the pair's sync set while commits wait for the standby.
-    peer_set: std::collections::BTreeSet<NodeId>,
+    /// Every other data node: the standbys a primary streams to.
+    standbys: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,
     leader: Option<NodeId>,
     role: Role,
@@ -235,8 +237,8 @@ impl Node {
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
             out: Vec::new(),
-            commit_rule: quorum::CommitRule::pair(&cfg.peer_id),
-            peer_set: std::collections::BTreeSet::from([cfg.peer_id.clone()]),
+            commit_rule: cfg.commit_rule(),
+            standbys: cfg.peer_ids().into_iter().collect(),
             cfg,
         };
         let me = node.cfg.node_id.clone();
@@ -252,7 +254,7 @@ impl Node {
                 leader: Some(me),
                 confirmed: false,
             });
-            node.role = Role::Primary(Primary::new());
+            node.role = Role::Primary(Primary::new(&node.standbys));
             node.warn_unconfirmed();
             node.emit(Effect::StartPrimaryTasks);
         } else if meta.leader.as_ref() == Some(&me) {
@@ -260,7 +262,7 @@ impl Node {
             // hear from its standby before it may commit alone: the standby
             // may have promoted while we were down. One that was never
             // confirmed still waits for its peer's confirmation.
-            node.role = Role::Primary(Primary::restarted(flushed, meta.confirmed));
+            node.role = Role::Primary(Primary::restarted(&node.standbys, flushed, meta.confirmed));
             if !meta.confirmed {
                 node.warn_unconfirmed();
             }
@@ -309,29 +311,26 @@ impl Node {
                 );
                 self.applied = lsn;
             }
-            Event::StandbyProgress { positions, epoch } => {
+            Event::StandbyProgress {
+                standby,
+                positions,
+                epoch,
+            } => {
                 if epoch > self.epoch {
                     // G1, G2: a standby of a newer epoch holds its own log;
                     // its positions say nothing about our records.
                     self.on_higher_epoch(epoch, None);
                 } else {
                     if epoch == self.epoch {
-                        self.on_confirmed_by_peer();
+                        self.on_confirmed_by_peer(&standby);
                     }
-                    self.on_standby_progress(positions);
+                    self.on_standby_progress(&standby, positions);
                 }
             }
-            Event::StandbyReachable => self.on_standby_reachable(),
-            Event::StreamState { up } => {
-                if let Role::Primary(p) = &mut self.role {
-                    p.streaming = up;
-                    if up {
-                        p.standby = StandbyPositions::default();
-                    }
-                }
-            }
-            Event::StandbyUnreachable => self.on_standby_unreachable(now),
-            Event::StandbyFailed => self.on_standby_failed(now),
+            Event::StandbyReachable { standby } => self.on_standby_reachable(&standby),
+            Event::StreamState { standby, up } => self.on_stream_state(&standby, up),
+            Event::StandbyUnreachable { standby } => self.on_standby_unreachable(&standby, now),
+            Event::StandbyFailed { standby } => self.on_standby_failed(&standby, now),
             Event::HeartbeatReceived { req } => self.on_heartbeat(now, req),
             Event::BatchReceived {
                 batch,
@@ -473,10 +472,13 @@ impl Node {
         self.requests.get(id)
     }
 
-    /// Where the primary believes the standby is (primary only).
+    /// Where the primary believes the pair's standby is (primary only).
     pub(crate) fn standby_positions(&self) -> Option<StandbyPositions> {
         match &self.role {
-            Role::Primary(p) => Some(p.standby),
+            Role::Primary(p) => Some(
+                p.link(&self.cfg.peer_id)
+                    .map_or_else(StandbyPositions::default, |l| l.positions),
+            ),
             _ => None,
         }
     }
@@ -486,11 +488,21 @@ impl Node {
     /// eligibility rests on); `NotSync` on every other role.
     pub(crate) fn sync_state(&self) -> SyncState {
         match &self.role {
-            Role::Primary(p) => match p.sync_state(&self.cfg, self.commit) {
-                SyncState::Sync if !self.register_holds_standby() => SyncState::NotSync,
+            Role::Primary(_) => self.sync_state_of(&self.cfg.peer_id),
+            Role::Standby(s) => s.sync_at_contact(),
+            _ => SyncState::NotSync,
+        }
+    }
+
+    /// On a primary, what it tells `standby` about its sync status:
+    /// `Sync` only while the standby holds every acknowledged write, counts
+    /// for commits and (with an arbiter) is in the register's sync set.
+    pub(crate) fn sync_state_of(&self, standby: &NodeId) -> SyncState {
+        match &self.role {
+            Role::Primary(p) => match p.sync_state_of(&self.cfg, standby, self.commit) {
+                SyncState::Sync if !self.register_holds_standby(standby) => SyncState::NotSync,
                 state => state,
             },
-            Role::Standby(s) => s.sync_at_contact(),
             _ => SyncState::NotSync,
         }
     }
@@ -525,7 +537,7 @@ impl Node {
     /// Whether this node accepts a write now, and if not, why.
     pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
-            Role::Primary(p) => p.check_writable(&self.cfg, self.epoch),
+            Role::Primary(p) => p.check_writable(&self.cfg, &self.commit_rule, self.epoch),
             Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
             Role::Failed { reason } if self.wal_retry.is_some() => Err(WriteRefusal::Unavailable {
                 reason: format!("the WAL failed ({reason})"),
@@ -611,9 +623,7 @@ impl Node {
     /// records up to it to be applied.
     fn recompute_commit(&mut self) {
         let target = match &mut self.role {
-            Role::Primary(p) => {
-                p.commit_target(&self.cfg, &self.commit_rule, &self.peer_set, self.flushed)
-            }
+            Role::Primary(p) => Some(p.commit_target(&self.cfg, &self.commit_rule, self.flushed)),
             // A standby applies everything it has flushed: the primary's
             // commit in remote-apply mode waits for exactly that.
             Role::Standby(_) => Some(self.flushed),
@@ -817,8 +827,6 @@ impl Node {
     fn become_primary_after_promotion(&mut self) {
         // Everything we hold is ours to commit now; the old primary's
         // uncommitted tail that we did receive becomes committed.
-        let mut p = Primary::promoted();
-        p.note_promoted_contact();
-        self.change_role(Role::Primary(p));
+        self.change_role(Role::Primary(Primary::promoted(&self.standbys)));
     }
 }

@@ -1,24 +1,13 @@
-//! The primary's side of the role logic: commit, the standby link and the
-//! planned step-down.
+//! The primary's side of the role logic: commit under the rule, one link
+//! per standby, and the planned step-down.
 
 use super::event::{Effect, FenceOutcome, StandbyPositions, SyncState, Time, WaiterFailure};
 use super::quorum::CommitRule;
+use super::standby_link::{Counting, StandbyLink};
 use super::{Node, Role, WriteRefusal};
-use crate::config::{CommitMode, Config, OnStandbyLoss};
+use crate::config::{Config, OnStandbyLoss};
 use crate::types::{Epoch, Lsn, NodeId};
-use std::collections::{BTreeSet, VecDeque};
-
-/// Whether commits wait for the standby.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    /// Commits wait for the standby (sync modes).
-    Sync,
-    /// Commits do not wait: the standby was lost with `solo`, or we were
-    /// just promoted. Back to `Sync` once the standby has caught up.
-    Solo,
-    /// The standby was lost with `block`: writes are refused until it is back.
-    Blocked,
-}
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 struct Demotion {
     epoch: Epoch,
@@ -27,19 +16,11 @@ struct Demotion {
 }
 
 pub(super) struct Primary {
-    pub(super) standby: StandbyPositions,
-    pub(super) streaming: bool,
-    /// Set when the standby answered at our epoch since this process
-    /// started (or last woke from a pause). Going on alone needs it: a
-    /// primary that has not heard from its standby cannot know whether the
-    /// standby promoted meanwhile.
-    contact_this_life: bool,
-    /// First failed call to the standby since its last answer.
-    unreachable_since: Option<Time>,
-    /// The standby's heartbeat answers say its WAL failed: until one says
-    /// it is a standby again, its stream acks are not contact.
-    standby_failed: bool,
-    link: Link,
+    /// One link per standby this node streams to, by node id.
+    links: BTreeMap<NodeId, StandbyLink>,
+    /// The ids of the links that count (`StandbyLink::is_counted`), kept
+    /// beside `links` so the commit on every ack allocates nothing.
+    counted: BTreeSet<NodeId>,
     /// Appended, not yet committed: `(last lsn of the append, when)`, in
     /// time order. A retry that waits for an uncommitted record adds
     /// `(its lsn, when)` too, so its LSN may be below an earlier entry's.
@@ -53,101 +34,113 @@ pub(super) struct Primary {
     /// Whether this node is known to be the only primary of its epoch. A
     /// node started as primary on a fresh data directory is not: its peer
     /// may have been started as primary on a fresh directory too, and both
-    /// would take writes in epoch 1. It refuses writes until its peer has
+    /// would take writes in epoch 1. It refuses writes until a standby has
     /// answered it as a node following it at this epoch (a heartbeat
-    /// answered, a batch acknowledged), which the peer does only after it
-    /// persisted this node as the leader of the epoch, so the peer can
-    /// never be a primary of it itself. A promoted primary is confirmed by
-    /// its promotion (the fence); a forced promotion by the operator.
+    /// answered, a batch acknowledged), which the standby does only after
+    /// it persisted this node as the leader of the epoch, so it can never
+    /// be a primary of it itself. A promoted primary is confirmed by its
+    /// promotion (the fence); a forced promotion by the operator.
     pub(super) confirmed: bool,
-    /// With an arbiter: the standby is lost and the `solo` policy wants to
-    /// go on without it, which waits for the arbiter's swap taking it out
-    /// of the sync set.
-    pub(super) wants_solo: bool,
 }
 
 impl Primary {
-    /// A primary started on a fresh data directory: not confirmed yet.
-    pub(super) fn new() -> Primary {
-        Primary {
-            standby: StandbyPositions::default(),
-            streaming: false,
-            contact_this_life: false,
-            unreachable_since: None,
-            standby_failed: false,
-            link: Link::Sync,
+    fn with_links(standbys: &BTreeSet<NodeId>, counting: Counting) -> Primary {
+        let mut p = Primary {
+            links: standbys
+                .iter()
+                .map(|id| (id.clone(), StandbyLink::new(counting)))
+                .collect(),
+            counted: BTreeSet::new(),
             pending: VecDeque::new(),
             demotion: None,
             may_have_acknowledged: Lsn::ZERO,
             confirmed: false,
-            wants_solo: false,
-        }
+        };
+        p.refresh_counted();
+        p
+    }
+
+    /// A primary started on a fresh data directory: not confirmed yet.
+    pub(super) fn new(standbys: &BTreeSet<NodeId>) -> Primary {
+        Primary::with_links(standbys, Counting::Counted)
     }
 
     /// A primary restarting with `durable` records on its disk, confirmed
     /// or not as its meta says.
-    pub(super) fn restarted(durable: Lsn, confirmed: bool) -> Primary {
+    pub(super) fn restarted(standbys: &BTreeSet<NodeId>, durable: Lsn, confirmed: bool) -> Primary {
         Primary {
             may_have_acknowledged: durable,
             confirmed,
-            ..Primary::new()
+            ..Primary::new(standbys)
         }
     }
 
-    /// A primary just promoted: it may acknowledge alone until its peer
-    /// rejoins and catches up.
-    pub(super) fn promoted() -> Primary {
-        Primary {
-            link: Link::Solo,
-            confirmed: true,
-            ..Primary::new()
+    /// A primary just promoted: it acknowledges without its standbys
+    /// until each has rejoined and caught up. The node it fenced answered
+    /// it, so contact counts as made.
+    pub(super) fn promoted(standbys: &BTreeSet<NodeId>) -> Primary {
+        let mut p = Primary::with_links(standbys, Counting::NotCounted);
+        p.confirmed = true;
+        for link in p.links.values_mut() {
+            link.contact_this_life = true;
         }
+        p
     }
 
-    pub(super) fn note_promoted_contact(&mut self) {
-        self.contact_this_life = true;
+    fn refresh_counted(&mut self) {
+        self.counted = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.is_counted())
+            .map(|(id, _)| id.clone())
+            .collect();
+    }
+
+    fn set_counting(&mut self, standby: &NodeId, counting: Counting) {
+        if let Some(link) = self.links.get_mut(standby) {
+            link.counting = counting;
+        }
+        self.refresh_counted();
+    }
+
+    pub(super) fn link(&self, standby: &NodeId) -> Option<&StandbyLink> {
+        self.links.get(standby)
+    }
+
+    pub(super) fn links(&self) -> impl Iterator<Item = (&NodeId, &StandbyLink)> {
+        self.links.iter()
     }
 
     pub(super) fn forget_contact(&mut self) {
-        self.contact_this_life = false;
-        self.unreachable_since = None;
+        for link in self.links.values_mut() {
+            link.contact_this_life = false;
+            link.unreachable_since = None;
+        }
     }
 
+    /// Commits wait for no standby (the pair's "solo").
     pub(super) fn is_solo(&self) -> bool {
-        self.link == Link::Solo
+        self.counted.is_empty()
     }
 
     pub(super) fn clear_pending(&mut self) {
         self.pending.clear();
     }
 
-    fn standby_position(&self, mode: CommitMode) -> Lsn {
-        match mode {
-            CommitMode::Async | CommitMode::RemoteFlush => self.standby.flushed,
-            CommitMode::RemoteWrite => self.standby.written,
-            CommitMode::RemoteApply => self.standby.applied,
-        }
-    }
-
-    /// What may be acknowledged: the pair's `rule` (`ANY 1 (peer)`) over
-    /// the standbys commits wait for, which is the standby unless the mode
-    /// is async, we go on alone, or the testing switch acknowledges before
-    /// the standby's flush; with none, our own durable end `flushed`.
-    /// `peer_set` is `{peer}`, built once (this runs on every ack).
-    pub(super) fn commit_target(
-        &self,
-        cfg: &Config,
-        rule: &CommitRule,
-        peer_set: &BTreeSet<NodeId>,
-        flushed: Lsn,
-    ) -> Option<Lsn> {
-        let waits_for_standby = cfg.commit_mode.is_sync()
-            && self.link != Link::Solo
-            && !cfg.testing_ack_before_standby_flush;
+    /// What may be acknowledged: the commit `rule` over the standbys that
+    /// count, unless the mode is async or the testing switch acknowledges
+    /// before the standbys' flush; with none, our own durable end
+    /// `flushed`.
+    pub(super) fn commit_target(&self, cfg: &Config, rule: &CommitRule, flushed: Lsn) -> Lsn {
+        let waits = cfg.commit_mode.is_sync() && !cfg.testing_ack_before_standby_flush;
         let none = BTreeSet::new();
-        let sync_set = if waits_for_standby { peer_set } else { &none };
-        let standby = self.standby_position(cfg.commit_mode);
-        Some(rule.acknowledgeable_by(sync_set, |_| standby, flushed))
+        let sync_set = if waits { &self.counted } else { &none };
+        let mode = cfg.commit_mode;
+        rule.acknowledgeable_by(
+            sync_set,
+            |id| self.links.get(id).map_or(Lsn::ZERO, |l| l.position(mode)),
+            flushed,
+        )
     }
 
     pub(super) fn committed(&mut self, lsn: Lsn) {
@@ -156,7 +149,8 @@ impl Primary {
         }
     }
 
-    pub(super) fn sync_state(&self, cfg: &Config, commit: Lsn) -> SyncState {
+    /// What we tell `standby` of its sync status.
+    pub(super) fn sync_state_of(&self, cfg: &Config, standby: &NodeId, commit: Lsn) -> SyncState {
         if !cfg.commit_mode.is_sync() {
             return SyncState::Async;
         }
@@ -165,40 +159,68 @@ impl Primary {
         // live standby that promotes keeps (only a crash of its OS would
         // lose it, and a restarted standby is not eligible anyway).
         let acknowledged = commit.max(self.may_have_acknowledged);
-        if self.link != Link::Solo && self.standby_position(cfg.commit_mode) >= acknowledged {
-            SyncState::Sync
-        } else {
-            SyncState::NotSync
+        match self.links.get(standby) {
+            Some(l) if l.is_counted() && l.position(cfg.commit_mode) >= acknowledged => {
+                SyncState::Sync
+            }
+            _ => SyncState::NotSync,
         }
     }
 
-    /// Whether the standby holds every write this primary acknowledged
-    /// (or may have, before a restart) and commits wait for it again, so
-    /// the arbiter may put it into the sync set.
-    pub(super) fn may_join_sync_set(&self, cfg: &Config, rule: &CommitRule, commit: Lsn) -> bool {
+    /// Whether `standby` holds every write this primary acknowledged (or
+    /// may have, before a restart) and commits wait for it again, so the
+    /// arbiter may put it into the sync set.
+    pub(super) fn may_join_sync_set(
+        &self,
+        cfg: &Config,
+        rule: &CommitRule,
+        standby: &NodeId,
+        commit: Lsn,
+    ) -> bool {
+        let Some(link) = self.links.get(standby) else {
+            return false;
+        };
         cfg.commit_mode.is_sync()
             && self.confirmed
-            && self.link == Link::Sync
-            && self.streaming
-            && self.contact_this_life
-            && self.unreachable_since.is_none()
-            && !self.standby_failed
+            && link.counting == Counting::Counted
+            && link.is_reachable()
             && self.demotion.is_none()
             && rule
                 .may_join(
-                    &cfg.peer_id,
-                    self.standby_position(cfg.commit_mode),
+                    standby,
+                    link.position(cfg.commit_mode),
                     commit.max(self.may_have_acknowledged),
                 )
                 .is_ok()
     }
 
-    pub(super) fn check_writable(&self, cfg: &Config, epoch: Epoch) -> Result<(), WriteRefusal> {
+    /// Every write this primary acknowledged, or may have before a restart.
+    pub(super) fn acknowledged(&self, commit: Lsn) -> Lsn {
+        commit.max(self.may_have_acknowledged)
+    }
+
+    /// The links that cannot confirm now (`Blocked`) leave fewer counted
+    /// standbys than the rule needs: nothing can commit until one answers.
+    fn rule_unmeetable(&self, rule: &CommitRule) -> bool {
+        let need = rule.effective_count(&self.counted);
+        let able = rule
+            .counted(&self.counted)
+            .filter(|id| self.links[*id].counting == Counting::Counted)
+            .count();
+        able < need
+    }
+
+    pub(super) fn check_writable(
+        &self,
+        cfg: &Config,
+        rule: &CommitRule,
+        epoch: Epoch,
+    ) -> Result<(), WriteRefusal> {
         if !self.confirmed {
-            let peer = &cfg.peer_id;
+            let peers = self.names();
             return Err(WriteRefusal::Unavailable {
                 reason: format!(
-                    "this node was started as primary on a fresh data directory and takes writes only once its peer {peer} has confirmed it follows this node at epoch {epoch} (so two nodes both started as primary never both take writes); start {peer} as a standby and make sure the two can reach each other, or run `promote --force` on this node for a deliberate single-node start"
+                    "this node was started as primary on a fresh data directory and takes writes only once its peer {peers} has confirmed it follows this node at epoch {epoch} (so two nodes both started as primary never both take writes); start {peers} as a standby and make sure they can reach each other, or run `promote --force` on this node for a deliberate single-node start"
                 ),
             });
         }
@@ -208,22 +230,39 @@ impl Primary {
                     .into(),
             });
         }
-        if self.link == Link::Blocked {
-            // Blocked waiting to go solo: only the arbiter's swap was
-            // missing (`block_without_arbiter`); else the `block` policy.
-            let why = if self.wants_solo {
+        if cfg.commit_mode.is_sync() && self.rule_unmeetable(rule) {
+            let blocked: Vec<(&NodeId, &StandbyLink)> = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.counting == Counting::Blocked)
+                .collect();
+            // Blocked waiting to go on without it: only the arbiter's swap
+            // was missing (`block_without_arbiter`); else the `block` policy.
+            let why = if blocked.iter().any(|(_, l)| l.wants_out) {
                 "the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers"
             } else {
                 "on_standby_loss = block; writes resume when it is back"
             };
+            let names: Vec<&str> = blocked.iter().map(|(id, _)| id.0.as_str()).collect();
+            let who = if self.links.len() == 1 {
+                "the standby has".to_string()
+            } else {
+                format!("the standby {} has", names.join(", "))
+            };
             return Err(WriteRefusal::Unavailable {
                 reason: format!(
-                    "the standby has been unreachable for more than sync_timeout ({:?}) and {why}",
+                    "{who} been unreachable for more than sync_timeout ({:?}) and {why}",
                     cfg.sync_timeout
                 ),
             });
         }
         Ok(())
+    }
+
+    /// The standbys' names, for messages.
+    fn names(&self) -> String {
+        let names: Vec<&str> = self.links.keys().map(|id| id.0.as_str()).collect();
+        names.join(", ")
     }
 
     pub(super) fn next_deadline(&self, cfg: &Config) -> Option<Time> {
@@ -232,8 +271,10 @@ impl Primary {
         if let Some((_, at)) = self.pending.front() {
             consider(*at + cfg.sync_timeout);
         }
-        if let Some(since) = self.unreachable_since {
-            consider(since + cfg.sync_timeout);
+        for link in self.links.values() {
+            if let Some(since) = link.unreachable_since {
+                consider(since + cfg.sync_timeout);
+            }
         }
         if let Some(d) = &self.demotion {
             consider(d.deadline);
@@ -241,23 +282,32 @@ impl Primary {
         deadline
     }
 
-    /// Why this primary may not hand over to its standby before it stops
-    /// (`None`: it may). A handover is a planned switchover, so it never
-    /// loses an acknowledged write; it is only worth trying when the
-    /// standby is reachable and in sync, so it can finish in milliseconds.
-    pub(super) fn why_no_handover(&self, cfg: &Config, commit: Lsn) -> Option<String> {
+    /// The standby this primary hands over to before it stops, or why it
+    /// may not. A handover is a planned switchover, so it never loses an
+    /// acknowledged write; it is only worth trying to a standby that is
+    /// reachable and in sync, so it can finish in milliseconds. Of several,
+    /// the most advanced (then the first by name).
+    pub(super) fn handover_target(&self, cfg: &Config, commit: Lsn) -> Result<NodeId, String> {
         if self.demotion.is_some() {
-            return Some("a planned switchover is already in progress".into());
+            return Err("a planned switchover is already in progress".into());
         }
-        if !self.streaming || !self.contact_this_life || self.unreachable_since.is_some() {
-            return Some("the standby is not reachable".into());
+        let reachable: Vec<(&NodeId, &StandbyLink)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.streaming && l.contact_this_life && l.unreachable_since.is_none())
+            .collect();
+        if reachable.is_empty() {
+            return Err("the standby is not reachable".into());
         }
-        match self.sync_state(cfg, commit) {
-            SyncState::NotSync => {
-                Some("the standby is not in sync (it may lack acknowledged writes)".into())
-            }
-            SyncState::Sync | SyncState::Async => None,
-        }
+        reachable
+            .into_iter()
+            .filter(|(id, _)| self.sync_state_of(cfg, id, commit) != SyncState::NotSync)
+            .max_by(|(a, la), (b, lb)| {
+                let (pa, pb) = (la.position(cfg.commit_mode), lb.position(cfg.commit_mode));
+                pa.cmp(&pb).then_with(|| b.cmp(a))
+            })
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| "the standby is not in sync (it may lack acknowledged writes)".into())
     }
 
     pub(super) fn begin_demotion(&mut self, epoch: Epoch, leader: NodeId, deadline: Time) {
@@ -275,6 +325,19 @@ impl Node {
             Role::Primary(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// The link to `standby` on a primary; `None` on any other role or for
+    /// a node that is not one of our standbys (its event is ignored).
+    fn standby_link(&mut self, standby: &NodeId) -> Option<&mut StandbyLink> {
+        let Role::Primary(p) = &mut self.role else {
+            return None;
+        };
+        let link = p.links.get_mut(standby);
+        if link.is_none() {
+            tracing::warn!(%standby, "an event about a node that is not one of this primary's standbys; ignored");
+        }
+        link
     }
 
     /// A retried write waits for the uncommitted record `lsn`: it gets a
@@ -302,18 +365,15 @@ impl Node {
         }
     }
 
-    /// The peer answered us at our epoch as a node that follows us: a
-    /// fresh primary is confirmed (and persists it before it takes a write).
-    /// With an arbiter only the register confirms a fresh primary: the
-    /// create swap that names it.
-    pub(super) fn on_confirmed_by_peer(&mut self) {
+    /// `standby` answered us at our epoch as a node that follows us: a
+    /// fresh primary is confirmed (and persists it before it takes a
+    /// write). With an arbiter only the register confirms a fresh primary:
+    /// the create swap that names it.
+    pub(super) fn on_confirmed_by_peer(&mut self, standby: &NodeId) {
         if self.has_arbiter() {
             return;
         }
-        let why = format!(
-            "the peer {} confirmed it follows this node",
-            self.cfg.peer_id
-        );
+        let why = format!("the peer {standby} confirmed it follows this node");
         self.on_confirmed(&why);
     }
 
@@ -334,62 +394,88 @@ impl Node {
         });
     }
 
-    pub(super) fn on_standby_reachable(&mut self) {
-        self.on_confirmed_by_peer();
-        if let Some(p) = self.primary() {
-            if std::mem::take(&mut p.standby_failed) {
-                tracing::info!("the standby's WAL works again");
-            }
-            p.unreachable_since = None;
-            p.contact_this_life = true;
-            p.wants_solo = false;
-            if p.link == Link::Blocked {
-                tracing::info!("standby answered again; accepting writes");
-                p.link = Link::Sync;
-            }
+    /// Whether some standby still waits on the arbiter (it is lost and its
+    /// removal from the sync set has not happened) or blocks writes.
+    fn some_standby_waits_on_arbiter(&self) -> bool {
+        match &self.role {
+            Role::Primary(p) => p
+                .links
+                .values()
+                .any(|l| l.wants_out || l.counting == Counting::Blocked),
+            _ => false,
         }
-        self.clear_held_back();
     }
 
-    pub(super) fn on_standby_progress(&mut self, positions: StandbyPositions) {
-        let cfg = self.cfg.clone();
-        let commit = self.commit;
-        let Some(p) = self.primary() else { return };
-        p.standby = positions;
-        if !p.standby_failed {
-            p.unreachable_since = None;
-            p.contact_this_life = true;
-            p.wants_solo = false;
+    pub(super) fn on_standby_reachable(&mut self, standby: &NodeId) {
+        if self.standby_link(standby).is_none() {
+            return;
         }
-        match p.link {
-            Link::Blocked if !p.standby_failed => {
-                tracing::info!("standby answered again; accepting writes");
-                p.link = Link::Sync;
+        self.on_confirmed_by_peer(standby);
+        let Some(p) = self.primary() else { return };
+        let link = p.links.get_mut(standby).expect("checked above");
+        if std::mem::take(&mut link.failed) {
+            tracing::info!(%standby, "the standby's WAL works again");
+        }
+        link.answered();
+        if link.counting == Counting::Blocked {
+            tracing::info!(%standby, "standby answered again; accepting writes");
+            p.set_counting(standby, Counting::Counted);
+        }
+        if !self.some_standby_waits_on_arbiter() {
+            self.clear_held_back();
+        }
+    }
+
+    pub(super) fn on_standby_progress(&mut self, standby: &NodeId, positions: StandbyPositions) {
+        let (mode, commit) = (self.cfg.commit_mode, self.commit);
+        let Some(link) = self.standby_link(standby) else {
+            return;
+        };
+        link.positions = positions;
+        if !link.failed {
+            link.answered();
+        }
+        let counting = match link.counting {
+            Counting::Blocked if !link.failed => {
+                tracing::info!(%standby, "standby answered again; accepting writes");
+                Some(Counting::Counted)
             }
-            Link::Solo
-                if cfg.commit_mode.is_sync() && p.standby_position(cfg.commit_mode) >= commit =>
-            {
-                tracing::info!(%commit, "standby caught up; commits wait for it again");
-                p.link = Link::Sync;
+            Counting::NotCounted if mode.is_sync() && link.position(mode) >= commit => {
+                tracing::info!(%standby, %commit, "standby caught up; commits wait for it again");
+                Some(Counting::Counted)
             }
-            _ => {}
+            _ => None,
+        };
+        if let (Some(counting), Some(p)) = (counting, self.primary()) {
+            p.set_counting(standby, counting);
         }
         self.recompute_commit();
         self.try_finish_demotion();
     }
 
-    pub(super) fn on_standby_failed(&mut self, now: Time) {
-        if let Some(p) = self.primary() {
-            p.standby_failed = true;
+    /// The WAL stream to `standby` opened (`up`) or closed. Opening
+    /// forgets its positions until its first checked ack.
+    pub(super) fn on_stream_state(&mut self, standby: &NodeId, up: bool) {
+        if let Some(link) = self.standby_link(standby) {
+            link.streaming = up;
+            if up {
+                link.positions = StandbyPositions::default();
+            }
         }
-        self.on_standby_unreachable(now);
     }
 
-    pub(super) fn on_standby_unreachable(&mut self, now: Time) {
-        if let Some(p) = self.primary()
-            && p.unreachable_since.is_none()
+    pub(super) fn on_standby_failed(&mut self, standby: &NodeId, now: Time) {
+        if let Some(link) = self.standby_link(standby) {
+            link.failed = true;
+        }
+        self.on_standby_unreachable(standby, now);
+    }
+
+    pub(super) fn on_standby_unreachable(&mut self, standby: &NodeId, now: Time) {
+        if let Some(link) = self.standby_link(standby)
+            && link.unreachable_since.is_none()
         {
-            p.unreachable_since = Some(now);
+            link.unreachable_since = Some(now);
         }
     }
 
@@ -409,51 +495,33 @@ impl Node {
             }));
         }
 
-        let Some(p) = self.primary() else { return };
-        let lost = cfg.commit_mode.is_sync()
-            && p.unreachable_since
-                .is_some_and(|since| now.saturating_sub(since) >= cfg.sync_timeout);
-        if lost && p.link == Link::Sync {
-            match cfg.on_standby_loss {
-                // With an arbiter, only its swap taking the standby out of
-                // the sync set lets us go on alone (`arbiter.rs`): the
-                // swap fails if the standby promoted, so neither contact
-                // since start nor the peer's confirmation is needed.
-                OnStandbyLoss::Solo
-                    if cfg.arbiter.is_some() && !cfg.testing_solo_without_arbiter_swap =>
-                {
-                    if !p.wants_solo {
-                        tracing::warn!(
-                            "standby unreachable for sync_timeout: asking the arbiter to take it out of the sync set before acknowledging without it"
-                        );
-                        p.wants_solo = true;
-                    }
-                }
-                // Never before the peer confirmed us: it may be a primary too.
-                OnStandbyLoss::Solo if p.contact_this_life && p.confirmed => {
-                    tracing::warn!(
-                        "standby unreachable for sync_timeout: acknowledging writes WITHOUT the standby (on_standby_loss = solo); a promotion on the other side would drop them"
-                    );
-                    p.link = Link::Solo;
-                }
-                OnStandbyLoss::Solo => {
-                    // No contact since start: the standby may have promoted.
-                }
-                OnStandbyLoss::Block => {
-                    tracing::warn!(
-                        "standby unreachable for sync_timeout: refusing writes (on_standby_loss = block)"
-                    );
-                    self.refuse_writes_until_answered();
-                }
-            }
+        let lost: Vec<NodeId> = match &self.role {
+            Role::Primary(p) if cfg.commit_mode.is_sync() => p
+                .links
+                .iter()
+                .filter(|(_, l)| {
+                    l.counting == Counting::Counted
+                        && l.unreachable_for(now)
+                            .is_some_and(|d| d >= cfg.sync_timeout)
+                })
+                .map(|(id, _)| id.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for standby in &lost {
+            self.on_standby_lost(standby);
         }
 
         let commit = self.commit;
         let dropping_standby = self.arbiter_asking_to_drop_standby();
         let Some(p) = self.primary() else { return };
-        if p.wants_solo && p.link == Link::Sync && dropping_standby {
+        if dropping_standby
+            && p.links
+                .values()
+                .any(|l| l.wants_out && l.counting == Counting::Counted)
+        {
             // The arbiter's answer decides, within the call's deadline,
-            // whether these writes commit alone or fail
+            // whether these writes commit without the lost standby or fail
             // (`block_without_arbiter`).
             return;
         }
@@ -481,46 +549,123 @@ impl Node {
         }
     }
 
-    /// The standby is lost and we may not go on alone: every waiting write
-    /// fails (`SyncTimeout`: its outcome is unknown) and new ones are
-    /// refused until the standby (or, with an arbiter, the arbiter)
-    /// answers.
-    fn refuse_writes_until_answered(&mut self) {
+    /// `standby`, which counts, has been unreachable for `sync_timeout`:
+    /// the `on_standby_loss` policy decides whether commits go on without
+    /// it.
+    fn on_standby_lost(&mut self, standby: &NodeId) {
+        let cfg = self.cfg.clone();
         let Some(p) = self.primary() else { return };
-        p.link = Link::Blocked;
-        p.pending.clear();
-        self.emit(Effect::FailWaiters {
-            up_to: None,
-            failure: WaiterFailure::SyncTimeout,
-        });
+        let confirmed = p.confirmed;
+        let link = &p.links[standby];
+        let (wants_out, contact) = (link.wants_out, link.contact_this_life);
+        match cfg.on_standby_loss {
+            // With an arbiter, only its swap taking the standby out of the
+            // sync set lets us go on without it (`arbiter.rs`): the swap
+            // fails if the standby promoted, so neither contact since
+            // start nor the peer's confirmation is needed.
+            OnStandbyLoss::Solo
+                if cfg.arbiter.is_some() && !cfg.testing_solo_without_arbiter_swap =>
+            {
+                if !wants_out {
+                    tracing::warn!(
+                        %standby,
+                        "standby unreachable for sync_timeout: asking the arbiter to take it out of the sync set before acknowledging without it"
+                    );
+                    p.links.get_mut(standby).expect("listed").wants_out = true;
+                }
+            }
+            // Never before the standby confirmed us: it may be a primary too.
+            OnStandbyLoss::Solo if contact && confirmed => {
+                tracing::warn!(
+                    %standby,
+                    "standby unreachable for sync_timeout: acknowledging writes WITHOUT it (on_standby_loss = solo); a promotion on its side would drop them"
+                );
+                p.set_counting(standby, Counting::NotCounted);
+            }
+            OnStandbyLoss::Solo => {
+                // No contact since start: the standby may have promoted.
+            }
+            OnStandbyLoss::Block => {
+                tracing::warn!(
+                    %standby,
+                    "standby unreachable for sync_timeout: it still counts (on_standby_loss = block)"
+                );
+                self.block_on(standby);
+            }
+        }
     }
 
-    /// The arbiter took the lost standby out of the sync set: it can no
-    /// longer promote, so we acknowledge without it.
-    pub(super) fn go_solo_after_swap(&mut self) {
+    /// `standby` counts but cannot confirm writes until it (or, when it
+    /// waits for its removal, the arbiter) answers. If the rule cannot be
+    /// met without it, every waiting write fails (`SyncTimeout`: its
+    /// outcome is unknown) and new ones are refused.
+    fn block_on(&mut self, standby: &NodeId) {
+        let rule = self.commit_rule.clone();
         let Some(p) = self.primary() else { return };
-        if !std::mem::take(&mut p.wants_solo) {
+        let was_meetable = !p.rule_unmeetable(&rule);
+        p.set_counting(standby, Counting::Blocked);
+        if was_meetable && p.rule_unmeetable(&rule) {
+            tracing::warn!(
+                "too few standbys can confirm writes for the commit rule: refusing writes until one answers"
+            );
+            p.pending.clear();
+            self.emit(Effect::FailWaiters {
+                up_to: None,
+                failure: WaiterFailure::SyncTimeout,
+            });
+        }
+    }
+
+    /// The arbiter's register now holds `sync_set`: each lost standby it
+    /// took out can no longer promote, so we acknowledge without it.
+    pub(super) fn go_on_without_removed(&mut self, sync_set: &BTreeSet<NodeId>) {
+        let Some(p) = self.primary() else { return };
+        let removed: Vec<NodeId> = p
+            .links
+            .iter()
+            .filter(|(id, l)| l.wants_out && !sync_set.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for standby in &removed {
+            tracing::warn!(
+                %standby,
+                "the arbiter recorded the standby out of the sync set: acknowledging writes WITHOUT it until it catches up"
+            );
+            p.links.get_mut(standby).expect("listed above").wants_out = false;
+            p.set_counting(standby, Counting::NotCounted);
+        }
+        if removed.is_empty() {
             return;
         }
-        tracing::warn!(
-            "the arbiter recorded the standby out of the sync set: acknowledging writes WITHOUT the standby until it catches up"
-        );
-        p.link = Link::Solo;
-        self.clear_held_back();
+        if !self.some_standby_waits_on_arbiter() {
+            self.clear_held_back();
+        }
         self.recompute_commit();
     }
 
-    /// The standby is lost and the arbiter did not take it out of the sync
-    /// set: we may not acknowledge alone, so writes fail until one of the
-    /// two answers (then the swap is tried again).
+    /// A lost standby waits for its removal from the sync set and the
+    /// arbiter did not do it: we may not acknowledge without it, so it
+    /// blocks (writes fail if the rule needs it) until one of the two
+    /// answers (then the swap is tried again).
     pub(super) fn block_without_arbiter(&mut self, error: &str) {
         let Some(p) = self.primary() else { return };
-        if !p.wants_solo {
+        let waiting: Vec<NodeId> = p
+            .links
+            .iter()
+            .filter(|(_, l)| l.wants_out)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if waiting.is_empty() {
             return;
         }
-        if p.link == Link::Sync {
-            tracing::warn!(%error, "standby lost and the arbiter did not answer: refusing writes until one of them does");
-            self.refuse_writes_until_answered();
+        for standby in &waiting {
+            if self
+                .primary()
+                .is_some_and(|p| p.links[standby].counting == Counting::Counted)
+            {
+                tracing::warn!(%standby, %error, "standby lost and the arbiter did not answer: it blocks writes until one of them does");
+                self.block_on(standby);
+            }
         }
         self.hold_back(format!(
             "the standby is lost, but the arbiter did not take it out of the sync set: {error}"
@@ -533,34 +678,37 @@ impl Node {
     /// any other role, the node just stops.
     pub(super) fn on_stop_requested(&mut self) {
         let (cfg, commit) = (self.cfg.clone(), self.commit);
-        let why_not = match &self.role {
-            Role::Primary(p) => p.why_no_handover(&cfg, commit),
+        let target = match &self.role {
+            Role::Primary(p) => p.handover_target(&cfg, commit),
             other => {
                 tracing::info!(role = %other.kind(), "stopping");
                 self.emit(Effect::Stop);
                 return;
             }
         };
-        match why_not {
-            None => {
-                tracing::info!(peer = %cfg.peer_id, "stopping the primary: handing over to the standby first");
-                self.emit(Effect::HandOver);
+        match target {
+            Ok(to) => {
+                tracing::info!(standby = %to, "stopping the primary: handing over to the standby first");
+                self.emit(Effect::HandOver { to });
             }
-            Some(why) => {
+            Err(why) => {
                 tracing::warn!(%why, "stopping the primary without handing over; the standby takes over by failover if it may");
                 self.emit(Effect::Stop);
             }
         }
     }
 
-    /// Ends a planned step-down once the standby holds everything we wrote.
+    /// Ends a planned step-down once the new leader holds everything we
+    /// wrote.
     pub(super) fn try_finish_demotion(&mut self) {
         let mode = self.cfg.commit_mode;
         let (flushed, last) = (self.flushed, self.last_lsn);
         let Some(p) = self.primary() else { return };
         let Some(d) = &p.demotion else { return };
-        let caught_up =
-            flushed >= last && p.standby.flushed >= last && p.standby_position(mode) >= last;
+        let caught_up = flushed >= last
+            && p.links
+                .get(&d.leader)
+                .is_some_and(|l| l.positions.flushed >= last && l.position(mode) >= last);
         if !caught_up {
             return;
         }

@@ -21,7 +21,8 @@ impl Node {
         // The ids of records the WAL let go of are no longer recognised.
         self.requests.remove_before(first_lsn);
         let standby_needs = match &self.role {
-            Role::Primary(p) => Some(p.standby.flushed.next()),
+            // The most behind standby's next record (none: our own needs).
+            Role::Primary(p) => p.links().map(|(_, l)| l.positions.flushed.next()).min(),
             Role::Standby(_) => None,
             // A promotion, a rejoin or a failed WAL: leave the log alone.
             _ => return,

@@ -89,7 +89,12 @@ fn tick_until(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
 
 fn primary_with_standby(cfg: Config) -> Node {
     let (mut node, _) = new_node(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
-    node.step(t(1), Event::StandbyReachable);
+    node.step(
+        t(1),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     node
 }
 
@@ -148,7 +153,12 @@ fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_s
             );
             // The peer stays unreachable far beyond sync_timeout: a
             // primary nobody confirmed never goes on alone.
-            node.step(t(20), Event::StandbyUnreachable);
+            node.step(
+                t(20),
+                Event::StandbyUnreachable {
+                    standby: NodeId::from("n2"),
+                },
+            );
             let effects = tick_until(&mut node, 100, 10_000);
             assert!(!node.is_solo(), "{mode:?} {policy:?}");
             assert!(refuses_writes_until_confirmed(&node), "{mode:?} {policy:?}");
@@ -160,7 +170,12 @@ fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_s
             );
             // The peer answers a heartbeat at our epoch: confirmed,
             // persisted before anything else, then writable.
-            let effects = node.step(t(10_050), Event::StandbyReachable);
+            let effects = node.step(
+                t(10_050),
+                Event::StandbyReachable {
+                    standby: NodeId::from("n2"),
+                },
+            );
             assert_eq!(
                 effects,
                 vec![Effect::PersistMeta {
@@ -174,7 +189,15 @@ fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_s
             let effects = node.step(t(10_060), writes_up_to(&node, 1));
             assert!(matches!(&effects[..], [Effect::Append { .. }]));
             // Confirmed once is confirmed: a second answer persists nothing.
-            assert!(node.step(t(10_070), Event::StandbyReachable).is_empty());
+            assert!(
+                node.step(
+                    t(10_070),
+                    Event::StandbyReachable {
+                        standby: NodeId::from("n2")
+                    }
+                )
+                .is_empty()
+            );
         }
     }
 }
@@ -182,10 +205,17 @@ fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_s
 #[test]
 fn a_fresh_primary_is_confirmed_by_its_standbys_ack_at_its_epoch_only() {
     let (mut node, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-    node.step(t(1), Event::StreamState { up: true });
+    node.step(
+        t(1),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    );
     let effects = node.step(
         t(2),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions::default(),
             epoch: Epoch(1),
         },
@@ -236,7 +266,12 @@ fn two_fresh_primaries_converge_on_one_and_never_both_take_writes() {
     assert_eq!(n2.role(), RoleKind::Standby);
     assert!(!both_writable(&n1, &n2));
     // n2's answer confirms n1.
-    n1.step(t(2), Event::StandbyReachable);
+    n1.step(
+        t(2),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     assert!(n1.check_writable().is_ok());
     assert!(n2.check_writable().is_err());
     // Later heartbeats between them are the usual primary-standby ones.
@@ -563,6 +598,7 @@ fn a_standby_ack_from_a_newer_epoch_commits_nothing_and_the_primary_steps_down()
     let effects = node.step(
         t(4),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: everything,
             epoch: Epoch(2),
         },
@@ -596,6 +632,7 @@ fn sync_commit_waits_for_the_standby_flush() {
     let effects = node.step(
         t(4),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: written_only,
             epoch: node.epoch(),
         },
@@ -611,6 +648,7 @@ fn sync_commit_waits_for_the_standby_flush() {
     let effects = node.step(
         t(5),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: flushed,
             epoch: node.epoch(),
         },
@@ -668,6 +706,7 @@ fn each_commit_mode_commits_at_its_own_standby_position() {
         effects.extend(node.step(
             t(4),
             Event::StandbyProgress {
+                standby: NodeId::from("n2"),
                 positions,
                 epoch: node.epoch(),
             },
@@ -705,7 +744,12 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
     });
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let effects = tick_until(&mut node, 100, 2100);
     assert!(effects.contains(&Effect::FailWaiters {
         up_to: None,
@@ -720,6 +764,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
     node.step(
         t(2200),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions {
                 written: Lsn(1),
                 flushed: Lsn(1),
@@ -736,7 +781,12 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
     let mut node = primary_with_standby(cfg());
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let before = tick_until(&mut node, 100, 2000);
     assert!(before.is_empty(), "{before:?}");
     let effects = node.step(t(2020), Event::Tick);
@@ -748,6 +798,7 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
     node.step(
         t(3000),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions {
                 written: Lsn(1),
                 flushed: Lsn(1),
@@ -765,7 +816,12 @@ fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
     let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(t(10), writes_up_to(&node, 6));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(6) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let effects = tick_until(&mut node, 100, 5000);
     assert!(!effects.iter().any(|e| matches!(e, Effect::Commit { .. })));
     assert!(effects.contains(&Effect::FailWaiters {
@@ -780,10 +836,20 @@ fn a_paused_primary_asks_the_standby_before_going_solo() {
     let mut node = primary_with_standby(cfg());
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     // Paused from 20 ms to 10 s: the failures before the pause are stale,
     // and the contact before it no longer counts.
-    let effects = node.step(t(10_000), Event::StandbyUnreachable);
+    let effects = node.step(
+        t(10_000),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     assert!(effects.is_empty());
     let effects = tick_until(&mut node, 10_100, 15_000);
     assert!(!effects.iter().any(|e| matches!(e, Effect::Commit { .. })));
@@ -825,6 +891,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
     let effects = node.step(
         t(5),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions {
                 written: Lsn(4),
                 flushed: Lsn(4),
@@ -993,7 +1060,12 @@ fn deadlines_a_node_cannot_act_on_do_not_make_it_spin() {
     assert_eq!(node.next_deadline(t(2000)), t(2200));
     // Restarted primary that may not go solo: same.
     let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
-    node.step(t(10), Event::StandbyUnreachable);
+    node.step(
+        t(10),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     tick_until(&mut node, 100, 5000);
     assert_eq!(node.next_deadline(t(5000)), t(5200));
 }
@@ -1009,6 +1081,7 @@ fn remote_write_standby_is_in_sync_once_it_has_written_everything() {
     node.step(
         t(4),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions {
                 written: Lsn(3),
                 flushed: Lsn(1),
@@ -1030,6 +1103,7 @@ fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_prim
  {
     let (mut node, _) = new_node(cfg(), meta(3, "n1"), Lsn(10), Lsn(10), Lsn(0), t(0));
     let progress = |lsn| Event::StandbyProgress {
+        standby: NodeId::from("n2"),
         positions: StandbyPositions {
             written: Lsn(lsn),
             flushed: Lsn(lsn),
@@ -1037,7 +1111,12 @@ fn a_restarted_primary_calls_its_standby_in_sync_only_once_it_holds_all_the_prim
         },
         epoch: Epoch(3),
     };
-    node.step(t(1), Event::StandbyReachable);
+    node.step(
+        t(1),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     node.step(t(2), progress(6));
     assert_eq!(node.commit_lsn(), Lsn(6));
     assert_eq!(node.sync_state(), SyncState::NotSync);
@@ -1704,6 +1783,7 @@ fn primary_applied_100(standby_flushed: u64) -> Node {
     node.step(
         t(5),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions: StandbyPositions {
                 written: flushed,
                 flushed,
@@ -1772,7 +1852,13 @@ fn a_node_that_is_not_primary_or_standby_leaves_its_wal_alone() {
 /// stream: the standby is in sync.
 fn primary_with_standby_in_sync() -> Node {
     let mut node = primary_with_standby(cfg());
-    node.step(t(2), Event::StreamState { up: true });
+    node.step(
+        t(2),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    );
     node.step(t(3), writes_up_to(&node, 5));
     node.step(t(4), Event::LocalFlushed { lsn: Lsn(5) });
     let positions = StandbyPositions {
@@ -1783,6 +1869,7 @@ fn primary_with_standby_in_sync() -> Node {
     node.step(
         t(5),
         Event::StandbyProgress {
+            standby: NodeId::from("n2"),
             positions,
             epoch: node.epoch(),
         },
@@ -1797,7 +1884,9 @@ fn a_primary_asked_to_stop_hands_over_to_its_standby_in_sync() {
     let mut node = primary_with_standby_in_sync();
     assert_eq!(
         node.step(t(6), Event::StopRequested),
-        vec![Effect::HandOver]
+        vec![Effect::HandOver {
+            to: NodeId::from("n2")
+        }]
     );
     // Still the primary until the standby's switchover fences it, which
     // then runs as any planned switchover.
@@ -1832,14 +1921,26 @@ fn a_primary_asked_to_stop_just_stops_when_its_standby_is_not_in_sync() {
     node.step(t(6), writes_up_to(&node, 6));
     assert_eq!(
         node.step(t(7), Event::StopRequested),
-        vec![Effect::HandOver]
+        vec![Effect::HandOver {
+            to: NodeId::from("n2")
+        }]
     );
     // ...but not once the primary acknowledged alone.
     let mut node = primary_with_standby_in_sync();
-    node.step(t(6), Event::StandbyUnreachable);
+    node.step(
+        t(6),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     tick_until(&mut node, 100, 2200);
     assert!(node.is_solo());
-    node.step(t(2300), Event::StandbyReachable);
+    node.step(
+        t(2300),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     node.step(t(2301), writes_up_to(&node, 6));
     node.step(t(2302), Event::LocalFlushed { lsn: Lsn(6) });
     assert_eq!(node.sync_state(), SyncState::NotSync);
@@ -1849,14 +1950,31 @@ fn a_primary_asked_to_stop_just_stops_when_its_standby_is_not_in_sync() {
 #[test]
 fn a_primary_asked_to_stop_just_stops_when_its_standby_is_unreachable() {
     let mut node = primary_with_standby_in_sync();
-    node.step(t(6), Event::StandbyUnreachable);
+    node.step(
+        t(6),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
     let mut node = primary_with_standby_in_sync();
-    node.step(t(6), Event::StreamState { up: false });
+    node.step(
+        t(6),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: false,
+        },
+    );
     assert_eq!(node.step(t(7), Event::StopRequested), vec![Effect::Stop]);
     // A restarted primary that has not heard from its standby yet.
     let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
-    node.step(t(1), Event::StreamState { up: true });
+    node.step(
+        t(1),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    );
     assert_eq!(node.step(t(2), Event::StopRequested), vec![Effect::Stop]);
 }
 
@@ -1899,6 +2017,7 @@ fn appended(effects: &[Effect]) -> (Vec<(u64, Option<RequestId>)>, Vec<Retried>)
 fn standby_flushed(lsn: u64) -> Event {
     let at = Lsn(lsn);
     Event::StandbyProgress {
+        standby: NodeId::from("n2"),
         positions: StandbyPositions {
             written: at,
             flushed: at,
@@ -2166,3 +2285,4 @@ fn promotes_n1_to_epoch_two() -> [Effect; 3] {
 
 mod arbiter;
 mod maintenance;
+mod standbys;

@@ -71,7 +71,9 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         tracing::warn!(peer = %ctx.cfg.peer_id, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
                         failing = true;
                     }
-                    Event::StandbyFailed
+                    Event::StandbyFailed {
+                        standby: ctx.cfg.peer_id.clone(),
+                    }
                 }
                 Ok(reply) => {
                     ctx.metrics.heartbeat_rtt(started.elapsed());
@@ -89,7 +91,9 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         tracing::info!(peer = %ctx.cfg.peer_id, "the standby answers as a standby again; reconnecting the WAL stream");
                         ctx.reachable_again.notify_one();
                     }
-                    Event::StandbyReachable
+                    Event::StandbyReachable {
+                        standby: ctx.cfg.peer_id.clone(),
+                    }
                 }
                 Err(TransportError::StaleEpoch { epoch, leader }) => Event::HigherEpoch {
                     epoch,
@@ -101,7 +105,9 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         tracing::warn!(peer = %ctx.cfg.peer_id, error = %e, "heartbeat failed");
                         failing = true;
                     }
-                    Event::StandbyUnreachable
+                    Event::StandbyUnreachable {
+                        standby: ctx.cfg.peer_id.clone(),
+                    }
                 }
             };
             if ctx.tx.send(Msg::Event(event)).await.is_err() {

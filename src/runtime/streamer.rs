@@ -50,7 +50,10 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                 End::Failed { error, progressed } => {
                     let _ = ctx
                         .tx
-                        .send(Msg::Event(Event::StreamState { up: false }))
+                        .send(Msg::Event(Event::StreamState {
+                            standby: ctx.cfg.peer_id.clone(),
+                            up: false,
+                        }))
                         .await;
                     match &error {
                         TransportError::StaleEpoch { epoch, leader } => {
@@ -62,7 +65,12 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                             let _ = ctx.tx.send(Msg::Event(event)).await;
                         }
                         e if e.is_unreachable() => {
-                            let _ = ctx.tx.send(Msg::Event(Event::StandbyUnreachable)).await;
+                            let _ = ctx
+                                .tx
+                                .send(Msg::Event(Event::StandbyUnreachable {
+                                    standby: ctx.cfg.peer_id.clone(),
+                                }))
+                                .await;
                         }
                         _ => {}
                     }
@@ -149,7 +157,10 @@ async fn session(ctx: &mut Ctx) -> End {
     }
     let _ = ctx
         .tx
-        .send(Msg::Event(Event::StreamState { up: true }))
+        .send(Msg::Event(Event::StreamState {
+            standby: ctx.cfg.peer_id.clone(),
+            up: true,
+        }))
         .await;
     // Resume from what the standby has durably; the first batch's prev
     // tells it where that is in our log, so it can refuse if its log went
@@ -231,6 +242,7 @@ async fn session(ctx: &mut Ctx) -> End {
                     // positions never commit our records); this stream has
                     // nothing more to send to a peer that will refuse it.
                     let event = Event::StandbyProgress {
+                        standby: ctx.cfg.peer_id.clone(),
                         positions: positions(&ack),
                         epoch: ack.epoch,
                     };
@@ -250,6 +262,7 @@ async fn session(ctx: &mut Ctx) -> End {
                     }
                     progressed = true;
                     let event = Event::StandbyProgress {
+                        standby: ctx.cfg.peer_id.clone(),
                         positions: positions(&ack),
                         epoch: ack.epoch,
                     };

@@ -3,7 +3,8 @@
 /// What is wrong with a commit rule, where (`at`: the 1-based character
 /// column in the text), and what to write instead.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum CommitRuleError {
+#[non_exhaustive]
+pub enum CommitRuleError {
     /// Nothing but whitespace.
     #[error(
         "the commit rule is empty: name the standbys to wait for, e.g. `ANY 1 (b, c)` or `FIRST 1 (b, c)`"

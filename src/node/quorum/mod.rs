@@ -72,8 +72,8 @@ mod syntax;
 mod tests;
 
 pub(crate) use commit::StandbyLsns;
-pub(crate) use error::CommitRuleError;
+pub use error::CommitRuleError;
 pub(crate) use promotion::{
     Ineligible, LogEnd, PromotionDecision, decide_promotion, positions_needed, rank_candidates,
 };
-pub(crate) use rule::{CommitRule, Method};
+pub use rule::{CommitRule, Method};

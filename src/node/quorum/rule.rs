@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 /// How the rule picks the standbys that must confirm a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Method {
+pub enum Method {
     /// The first k standbys that count, in the rule's order (priority).
     First,
     /// Any k standbys that count (a quorum).
@@ -17,7 +17,7 @@ pub(crate) enum Method {
 
 impl Method {
     /// The keyword, as `Display` writes it.
-    pub(crate) fn keyword(self) -> &'static str {
+    pub fn keyword(self) -> &'static str {
         match self {
             Method::First => "FIRST",
             Method::Any => "ANY",
@@ -29,7 +29,7 @@ impl Method {
 /// twice, and `1 <= k <= names.len()` (`CommitRule::new` and `FromStr`
 /// refuse anything else).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct CommitRule {
+pub struct CommitRule {
     method: Method,
     count: usize,
     standbys: Vec<NodeId>,
@@ -47,8 +47,15 @@ impl CommitRule {
     }
 
     /// `ANY 1 (peer)`: the pair's rule (the primary waits for its one standby).
-    pub(crate) fn pair(peer: &NodeId) -> CommitRule {
+    pub fn pair(peer: &NodeId) -> CommitRule {
         CommitRule::new(Method::Any, 1, vec![peer.clone()]).expect("one name, k = 1")
+    }
+
+    /// `ANY n (standbys)`: every one of the `n` standbys confirms each
+    /// write (the default rule, `Config::commit_rule`).
+    pub fn all_of(standbys: Vec<NodeId>) -> CommitRule {
+        let n = standbys.len().max(1);
+        CommitRule::new(Method::Any, n, standbys).expect("the default rule names every peer once")
     }
 
     /// `columns[i]`: where `standbys[i]` appears in the text (0 when built
@@ -85,18 +92,18 @@ impl CommitRule {
     }
 
     /// FIRST or ANY.
-    pub(crate) fn method(&self) -> Method {
+    pub fn method(&self) -> Method {
         self.method
     }
 
     /// k: how many standbys must confirm a write (fewer when fewer count,
     /// see `effective_count`).
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.count
     }
 
     /// The named standbys, in the rule's order.
-    pub(crate) fn standbys(&self) -> &[NodeId] {
+    pub fn standbys(&self) -> &[NodeId] {
         &self.standbys
     }
 
@@ -104,7 +111,7 @@ impl CommitRule {
     /// rule does not name (it never counts and never promotes); with
     /// FIRST its place in the list from 1 (lower waits first); with ANY 1
     /// for every named standby.
-    pub(crate) fn priority(&self, standby: &NodeId) -> usize {
+    pub fn priority(&self, standby: &NodeId) -> usize {
         match self.standbys.iter().position(|n| n == standby) {
             None => 0,
             Some(_) if self.method == Method::Any => 1,

@@ -6,7 +6,7 @@ use crate::arbiter::{MemArbiter, Register};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-fn with_arbiter(cfg: Config) -> Config {
+pub(super) fn with_arbiter(cfg: Config) -> Config {
     Config {
         arbiter: Some(Arc::new(MemArbiter::new())),
         ..cfg
@@ -33,7 +33,7 @@ fn promote(force: bool) -> Event {
     }
 }
 
-fn register(version: u64, epoch: u64, primary: &str, sync_set: &[&str]) -> Register {
+pub(super) fn register(version: u64, epoch: u64, primary: &str, sync_set: &[&str]) -> Register {
     Register {
         version,
         epoch: Epoch(epoch),
@@ -44,7 +44,7 @@ fn register(version: u64, epoch: u64, primary: &str, sync_set: &[&str]) -> Regis
 }
 
 /// The arbiter calls among `effects`.
-fn asks(effects: &[Effect]) -> Vec<(ArbiterPurpose, ArbiterCall)> {
+pub(super) fn asks(effects: &[Effect]) -> Vec<(ArbiterPurpose, ArbiterCall)> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -55,7 +55,7 @@ fn asks(effects: &[Effect]) -> Vec<(ArbiterPurpose, ArbiterCall)> {
 }
 
 /// The one swap among `effects`, with its purpose.
-fn the_swap(effects: &[Effect]) -> (ArbiterPurpose, u64, Register) {
+pub(super) fn the_swap(effects: &[Effect]) -> (ArbiterPurpose, u64, Register) {
     let swaps: Vec<_> = asks(effects)
         .into_iter()
         .filter_map(|(purpose, call)| match call {
@@ -70,7 +70,7 @@ fn the_swap(effects: &[Effect]) -> (ArbiterPurpose, u64, Register) {
     swaps.into_iter().next().unwrap()
 }
 
-fn answer(
+pub(super) fn answer(
     node: &mut Node,
     at: Time,
     purpose: ArbiterPurpose,
@@ -80,7 +80,7 @@ fn answer(
 }
 
 /// Answers the read every node makes first with `answer_with`.
-fn first_read(node: &mut Node, at: Time, answer_with: ArbiterAnswer) -> Vec<Effect> {
+pub(super) fn first_read(node: &mut Node, at: Time, answer_with: ArbiterAnswer) -> Vec<Effect> {
     node.step(at, Event::Tick);
     assert_eq!(
         node.arbiter_asking(),
@@ -91,13 +91,13 @@ fn first_read(node: &mut Node, at: Time, answer_with: ArbiterAnswer) -> Vec<Effe
 }
 
 /// Answers the read every node makes first with `reg`.
-fn knows(node: &mut Node, at: Time, reg: Register) -> Vec<Effect> {
+pub(super) fn knows(node: &mut Node, at: Time, reg: Register) -> Vec<Effect> {
     first_read(node, at, ArbiterAnswer::Read(reg))
 }
 
 /// Ticks every 100 ms from `from` to `to` like `tick_until`, answering each
 /// periodic read with the register the node last learned.
-fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
+pub(super) fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<Effect> {
     let mut all = Vec::new();
     let mut now = from;
     while now <= to {
@@ -203,7 +203,12 @@ fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out()
     knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let effects = tick_answering_reads(&mut node, 100, 2100);
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::Commit { .. })),
@@ -229,7 +234,12 @@ fn a_primary_whose_swap_finds_a_newer_epoch_steps_down_and_fails_its_waiters() {
     let mut node = primary_with_standby(with_arbiter(cfg()));
     knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
     node.step(t(10), writes_up_to(&node, 1));
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let effects = tick_answering_reads(&mut node, 100, 2100);
     let (purpose, ..) = the_swap(&effects);
     // The standby promoted meanwhile (through the arbiter).
@@ -254,7 +264,12 @@ fn a_primary_that_reaches_neither_its_standby_nor_the_arbiter_refuses_writes_unt
     knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(t(20), Event::StandbyUnreachable);
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     let effects = tick_answering_reads(&mut node, 100, 2100);
     let (purpose, ..) = the_swap(&effects);
     let effects = answer(&mut node, t(2150), purpose, unreachable());
@@ -295,14 +310,26 @@ fn a_standby_reenters_the_sync_set_caught_up_and_is_told_so_only_after_the_swap(
     // A primary acknowledging alone (as after its promotion), whose
     // standby comes back behind.
     let mut node = primary_with_standby(with_arbiter(cfg()));
-    node.role = Role::Primary(super::primary::Primary::promoted());
-    node.step(t(1), Event::StandbyReachable);
+    node.role = Role::Primary(super::primary::Primary::promoted(&node.standbys));
+    node.step(
+        t(1),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
     knows(&mut node, t(1), register(2, 1, "n1", &[]));
-    node.step(t(2), Event::StreamState { up: true });
+    node.step(
+        t(2),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    );
     node.step(t(10), writes_up_to(&node, 2));
     let committed = node.step(t(11), Event::LocalFlushed { lsn: Lsn(2) });
     assert!(committed.contains(&Effect::Commit { lsn: Lsn(2) }));
     let progress = |lsn: u64| Event::StandbyProgress {
+        standby: NodeId::from("n2"),
         positions: StandbyPositions {
             written: Lsn(lsn),
             flushed: Lsn(lsn),
@@ -344,6 +371,7 @@ fn a_restarted_primary_lets_its_standby_into_the_sync_set_only_once_it_holds_all
     );
     knows(&mut node, t(1), register(5, 3, "n1", &[]));
     let progress = |lsn: u64| Event::StandbyProgress {
+        standby: NodeId::from("n2"),
         positions: StandbyPositions {
             written: Lsn(lsn),
             flushed: Lsn(lsn),
@@ -351,8 +379,19 @@ fn a_restarted_primary_lets_its_standby_into_the_sync_set_only_once_it_holds_all
         },
         epoch: Epoch(3),
     };
-    let mut behind = node.step(t(2), Event::StandbyReachable);
-    behind.extend(node.step(t(2), Event::StreamState { up: true }));
+    let mut behind = node.step(
+        t(2),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
+    behind.extend(node.step(
+        t(2),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    ));
     behind.extend(node.step(t(3), progress(6)));
     assert_eq!(node.commit_lsn(), Lsn(6));
     assert!(asks(&behind).is_empty(), "not caught up yet: {behind:?}");
@@ -396,7 +435,12 @@ fn two_fresh_primaries_with_an_arbiter_converge_on_the_create_winner() {
     // A peer's heartbeat does not confirm a fresh primary with an arbiter,
     // nor make one step down: only the register decides.
     let mut n3 = fresh_primary_with_arbiter("n2", "n1");
-    n3.step(t(5), Event::StandbyReachable);
+    n3.step(
+        t(5),
+        Event::StandbyReachable {
+            standby: NodeId::from("n1"),
+        },
+    );
     assert!(refuses_writes_until_confirmed(&n3));
     n3.step(t(6), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
     assert_eq!(n3.role(), RoleKind::Primary);
@@ -527,7 +571,12 @@ fn a_primary_that_loses_its_standby_refuses_writes_whatever_call_finds_the_arbit
         }
         node.step(t(10), writes_up_to(&node, 1));
         node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-        node.step(t(20), Event::StandbyUnreachable);
+        node.step(
+            t(20),
+            Event::StandbyUnreachable {
+                standby: NodeId::from("n2"),
+            },
+        );
         let mut failed = false;
         for now in (100..=6000).step_by(100) {
             let effects = node.step(t(now), Event::Tick);

@@ -135,7 +135,8 @@ impl Actor {
             }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
             Effect::Stop => self.stop_now = true,
-            Effect::HandOver => self.hand_over(),
+            // The pair hands over to its one peer.
+            Effect::HandOver { .. } => self.hand_over(),
             Effect::Append {
                 records,
                 fsync_inline,

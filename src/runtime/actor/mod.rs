@@ -385,7 +385,9 @@ impl Actor {
                 self.send_ack();
                 return;
             }
-            Event::StandbyProgress { positions, epoch } => {
+            Event::StandbyProgress {
+                positions, epoch, ..
+            } => {
                 self.peer_contact = Some(Instant::now());
                 if *epoch <= self.node.epoch() {
                     // A stream ack follows a batch the standby checked
@@ -393,8 +395,8 @@ impl Actor {
                     self.note_standby_matched(positions.flushed);
                 }
             }
-            Event::StandbyReachable => self.peer_contact = Some(Instant::now()),
-            Event::StreamState { up } => self.stream_up = *up,
+            Event::StandbyReachable { .. } => self.peer_contact = Some(Instant::now()),
+            Event::StreamState { up, .. } => self.stream_up = *up,
             _ => {}
         }
         self.step(event);

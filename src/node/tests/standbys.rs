@@ -1,0 +1,288 @@
+//! A primary with two standbys: one link each, commits under the rule,
+//! one lost standby taken out of the sync set alone, the handover target.
+
+use super::arbiter::{answer, knows, register, the_swap, tick_answering_reads, with_arbiter};
+use super::*;
+use crate::config::PeerAddress;
+
+fn n(id: &str) -> NodeId {
+    NodeId::from(id)
+}
+
+/// n1, primary of epoch 1, with standbys n2 and n3 under `rule`, an
+/// arbiter, both standbys answering and streaming.
+fn primary_of_two(rule: &str, loss: OnStandbyLoss) -> Node {
+    let cfg = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: "n3:7001".into(),
+        }],
+        sync_standbys: Some(rule.parse().unwrap()),
+        on_standby_loss: loss,
+        ..with_arbiter(cfg())
+    };
+    cfg.validate().unwrap();
+    let (mut node, _) = new_node(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
+    for s in ["n2", "n3"] {
+        node.step(t(1), Event::StandbyReachable { standby: n(s) });
+        node.step(
+            t(1),
+            Event::StreamState {
+                standby: n(s),
+                up: true,
+            },
+        );
+    }
+    node
+}
+
+/// Steps `event`, answering a read of the register it asks with the
+/// register the node knows (as `tick_answering_reads` does for ticks).
+fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Effect> {
+    let mut effects = node.step(now, event);
+    if effects.contains(&Effect::AskArbiter {
+        purpose: ArbiterPurpose::Refresh,
+        call: ArbiterCall::Read,
+    }) {
+        let known = node.arbiter_status().unwrap().register.unwrap_or_default();
+        effects.extend(answer(
+            node,
+            now,
+            ArbiterPurpose::Refresh,
+            ArbiterAnswer::Read(known),
+        ));
+    }
+    effects
+}
+
+fn at(standby: &str, lsn: u64, node: &Node) -> Event {
+    let l = Lsn(lsn);
+    Event::StandbyProgress {
+        standby: n(standby),
+        positions: StandbyPositions {
+            written: l,
+            flushed: l,
+            applied: l,
+        },
+        epoch: node.epoch(),
+    }
+}
+
+#[test]
+fn a_write_commits_only_once_every_standby_the_rule_waits_for_has_it() {
+    for rule in ["ANY 2 (n2, n3)", "FIRST 2 (n2, n3)", "ANY 3 (n1, n2, n3)"] {
+        let mut node = primary_of_two(rule, OnStandbyLoss::Solo);
+        node.step(t(2), writes_up_to(&node, 3));
+        node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
+        let e = node.step(t(4), at("n2", 3, &node));
+        assert!(
+            !e.iter().any(|e| matches!(e, Effect::Commit { .. })),
+            "{rule}: committed with n2 alone: {e:?}"
+        );
+        assert_eq!(node.commit_lsn(), Lsn(0), "{rule}");
+        let e = node.step(t(5), at("n3", 2, &node));
+        assert!(e.contains(&Effect::Commit { lsn: Lsn(2) }), "{rule}: {e:?}");
+        node.step(t(6), at("n3", 3, &node));
+        assert_eq!(node.commit_lsn(), Lsn(3), "{rule}");
+        // Each standby is told its own state: both hold everything.
+        assert_eq!(node.standby_positions().unwrap().flushed, Lsn(3));
+    }
+}
+
+#[test]
+fn positions_of_a_node_that_is_not_a_standby_of_ours_commit_nothing() {
+    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Solo);
+    node.step(t(2), writes_up_to(&node, 3));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
+    node.step(t(4), at("n2", 3, &node));
+    node.step(t(5), at("n9", 3, &node));
+    assert_eq!(node.commit_lsn(), Lsn(0));
+}
+
+#[test]
+fn one_lost_standby_leaves_the_sync_set_alone_and_the_other_still_confirms() {
+    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
+    node.step(t(4), at("n2", 2, &node));
+    node.step(t(4), at("n3", 2, &node));
+    assert_eq!(node.commit_lsn(), Lsn(2));
+    assert_eq!(node.sync_state_of(&n("n2")), SyncState::Sync);
+    assert_eq!(node.sync_state_of(&n("n3")), SyncState::Sync);
+
+    // n3 falls silent; a write waits for it.
+    node.step(t(10), Event::StandbyUnreachable { standby: n("n3") });
+    tick_answering_reads(&mut node, 100, 1000);
+    let write = writes_up_to(&node, 3);
+    step_answering(&mut node, t(1000), write);
+    step_answering(&mut node, t(1001), Event::LocalFlushed { lsn: Lsn(3) });
+    let n2_has_it = at("n2", 3, &node);
+    step_answering(&mut node, t(1002), n2_has_it);
+    assert_eq!(
+        node.commit_lsn(),
+        Lsn(2),
+        "ANY 2 waits for n3 while it counts"
+    );
+
+    // After sync_timeout the primary asks to take n3 (only n3) out.
+    let effects = tick_answering_reads(&mut node, 1100, 2100);
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 2));
+    assert_eq!(next.sync_set, [n("n2")].into_iter().collect());
+    assert_eq!(node.commit_lsn(), Lsn(2), "nothing commits before the swap");
+
+    // Once the register says so, n2 alone confirms (k' = 1).
+    let mut swapped = next;
+    swapped.version = 3;
+    let e = answer(&mut node, t(2200), purpose, ArbiterAnswer::Swapped(swapped));
+    assert!(e.contains(&Effect::Commit { lsn: Lsn(3) }), "{e:?}");
+    assert!(!node.is_solo(), "n2 still counts");
+    assert_eq!(node.sync_state_of(&n("n2")), SyncState::Sync);
+    assert_eq!(node.sync_state_of(&n("n3")), SyncState::NotSync);
+
+    // n3 comes back behind: it counts again once caught up, and the
+    // primary asks for it to re-enter the sync set.
+    step_answering(
+        &mut node,
+        t(2300),
+        Event::StandbyReachable { standby: n("n3") },
+    );
+    let behind = at("n3", 1, &node);
+    step_answering(&mut node, t(2300), behind);
+    assert_eq!(node.sync_state_of(&n("n3")), SyncState::NotSync);
+    let caught_up = at("n3", 3, &node);
+    let mut effects = step_answering(&mut node, t(2400), caught_up);
+    effects.extend(tick_answering_reads(&mut node, 2500, 3600));
+    let (purpose, _, next) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::AddStandby);
+    assert_eq!(next.sync_set, [n("n2"), n("n3")].into_iter().collect());
+}
+
+#[test]
+fn a_lost_standby_that_holds_writes_the_other_lacks_stays_in_the_sync_set() {
+    // FIRST 2 with the rule's k = named: while n2 is behind, taking n3
+    // out would leave acknowledged writes on no standby that counts.
+    let mut node = primary_of_two("FIRST 2 (n2, n3)", OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
+    node.step(t(4), at("n2", 2, &node));
+    node.step(t(4), at("n3", 2, &node));
+    assert_eq!(node.commit_lsn(), Lsn(2));
+    // Both are reported behind after a reconnect, then n3 is lost.
+    node.step(
+        t(5),
+        Event::StreamState {
+            standby: n("n2"),
+            up: true,
+        },
+    );
+    node.step(t(10), Event::StandbyUnreachable { standby: n("n3") });
+    let effects = tick_answering_reads(&mut node, 100, 10_100);
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::AskArbiter {
+                purpose: ArbiterPurpose::DropStandby,
+                ..
+            }
+        )),
+        "n3 may not leave while n2 lacks acknowledged writes: {effects:?}"
+    );
+    // n2 reports it holds them: now n3 may leave.
+    let n2_caught_up = at("n2", 2, &node);
+    let effects = step_answering(&mut node, t(10_150), n2_caught_up);
+    let (purpose, _, next) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::DropStandby);
+    assert_eq!(next.sync_set, [n("n2")].into_iter().collect());
+}
+
+#[test]
+fn with_block_a_lost_standby_the_rule_needs_refuses_writes_until_it_answers() {
+    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Block);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
+    node.step(t(2), writes_up_to(&node, 1));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(t(4), at("n2", 1, &node));
+    node.step(t(10), Event::StandbyUnreachable { standby: n("n3") });
+    let effects = tick_until(&mut node, 100, 10_100);
+    assert!(
+        effects.contains(&Effect::FailWaiters {
+            up_to: None,
+            failure: WaiterFailure::SyncTimeout
+        }),
+        "{effects:?}"
+    );
+    let refusal = node.check_writable().unwrap_err();
+    assert!(
+        matches!(&refusal, WriteRefusal::Unavailable { reason } if reason.contains("n3") && reason.contains("block")),
+        "{refusal:?}"
+    );
+    node.step(t(10_200), Event::StandbyReachable { standby: n("n3") });
+    assert!(node.check_writable().is_ok());
+}
+
+#[test]
+fn a_stopping_primary_hands_over_to_the_most_advanced_standby_in_sync() {
+    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Solo);
+    let cfg = Config {
+        arbiter: None,
+        ..node.cfg.clone()
+    };
+    node.cfg = cfg;
+    node.arbiter = None;
+    node.step(t(2), writes_up_to(&node, 4));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(4) });
+    node.step(t(4), at("n2", 4, &node));
+    node.step(t(4), at("n3", 3, &node));
+    assert_eq!(node.commit_lsn(), Lsn(3));
+    assert_eq!(
+        node.step(t(5), Event::StopRequested),
+        vec![Effect::HandOver { to: n("n2") }]
+    );
+}
+
+#[test]
+fn more_peers_need_an_arbiter_and_a_rule_that_waits_for_every_standby_it_names() {
+    let three = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: "n3:7001".into(),
+        }],
+        ..cfg()
+    };
+    let e = three.validate().unwrap_err();
+    assert_eq!(e.setting, crate::Setting::MorePeers);
+    assert!(e.to_string().contains("arbiter"), "{e}");
+    let with = with_arbiter(three);
+    with.validate().unwrap();
+    assert_eq!(with.commit_rule().to_string(), "ANY 2 (n2, n3)");
+    for (rule, says) in [
+        ("ANY 1 (n2, n3)", "waits for 1 of the 2"),
+        ("FIRST 1 (n2, n3)", "waits for 1 of the 2"),
+        ("ANY 2 (n2, n4)", "n4"),
+    ] {
+        let cfg = Config {
+            sync_standbys: Some(rule.parse().unwrap()),
+            ..with.clone()
+        };
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.setting, crate::Setting::SyncStandbys, "{rule}");
+        assert!(e.to_string().contains(says), "{rule}: {e}");
+    }
+    // Naming fewer standbys is fine: n3 stays asynchronous.
+    let cfg = Config {
+        sync_standbys: Some("FIRST 1 (n1, n2)".parse().unwrap()),
+        ..with.clone()
+    };
+    cfg.validate().unwrap();
+    let dup = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n2"),
+            addr: "x:1".into(),
+        }],
+        ..with
+    };
+    assert!(dup.validate().unwrap_err().to_string().contains("twice"));
+}
