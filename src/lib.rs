@@ -68,7 +68,7 @@ pub use config::{
 };
 pub use error::{Error, LeaderHint, Result, TransportError, WriteOutcome};
 pub use node::{CommitMethod, CommitRule, CommitRuleError, RoleKind, SyncState};
-pub use replicator::{Applied, Health, PeerHealth, Replicator};
+pub use replicator::{Applied, Health, PeerHealth, Replicator, StandbyHealth};
 #[cfg(feature = "tls")]
 pub use runtime::serve_tls;
 pub use runtime::{

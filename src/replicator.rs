@@ -56,6 +56,25 @@ pub struct PeerHealth {
     pub heartbeat_rtt: Option<Duration>,
 }
 
+/// One standby as its primary sees it (`Health::standbys`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandbyHealth {
+    /// The standby's id.
+    pub node_id: NodeId,
+    /// Its WAL stream is open and it answered since this process started.
+    pub connected: bool,
+    /// Where its log is durable, as it last reported.
+    pub flushed_lsn: Lsn,
+    /// Records of ours it does not hold durably yet.
+    pub lag_records: u64,
+    /// What the primary tells it: `Sync` while it holds every
+    /// acknowledged write and commits wait for it.
+    pub sync_state: SyncState,
+    /// Commits wait for it under the commit rule (it was not dropped as
+    /// lost, and the rule names it).
+    pub counted: bool,
+}
+
 /// A snapshot of the node's state, published on every change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Health {
@@ -88,8 +107,11 @@ pub struct Health {
     pub commit_lsn: Lsn,
     /// Newest record the local state machine applied.
     pub applied_lsn: Lsn,
-    /// The peer as this node sees it.
+    /// The peer as this node sees it (`Config::peer_id`).
     pub peer: PeerHealth,
+    /// On a primary, every standby (the pair's peer among them) as it
+    /// sees it; empty on other roles.
+    pub standbys: Vec<StandbyHealth>,
     /// Records dropped by rewinds since start (also kept in `rewound/`).
     pub rewound_records: u64,
     /// Why the node refuses writes, when it does.

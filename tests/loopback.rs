@@ -3,6 +3,7 @@
 //! (`witness/`).
 
 mod common;
+mod three_nodes;
 mod witness;
 
 use common::*;

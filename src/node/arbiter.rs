@@ -555,6 +555,7 @@ impl Node {
             return;
         }
         let me = self.cfg.node_id.clone();
+        let old = self.previous_leader();
         self.persist(epoch, Some(me));
         match kind {
             Promotion::Switchover => {
@@ -572,6 +573,7 @@ impl Node {
                     } else {
                         super::FenceReason::Failover
                     },
+                    to: old,
                 });
             }
         }

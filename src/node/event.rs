@@ -347,7 +347,13 @@ pub(crate) enum Effect {
     },
     /// Send `Fence(epoch)` to the peer, bounded in time, then report
     /// `Event::FenceSent`.
-    SendFence { epoch: Epoch, reason: FenceReason },
+    SendFence {
+        epoch: Epoch,
+        reason: FenceReason,
+        /// The primary being replaced, as this node last knew it (`None`:
+        /// unknown; the pair's peer is fenced).
+        to: Option<NodeId>,
+    },
     /// Answer the pending fence request from the peer.
     ReplyFence(FenceOutcome),
     /// Answer the pending operator promotion.

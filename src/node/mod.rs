@@ -507,6 +507,23 @@ impl Node {
         }
     }
 
+    /// On a primary, each standby as it sees it; empty on other roles.
+    pub(crate) fn standby_health(&self) -> Vec<crate::replicator::StandbyHealth> {
+        let Role::Primary(p) = &self.role else {
+            return Vec::new();
+        };
+        p.links()
+            .map(|(id, link)| crate::replicator::StandbyHealth {
+                node_id: id.clone(),
+                connected: link.is_reachable(),
+                flushed_lsn: link.positions.flushed,
+                lag_records: self.last_lsn.0.saturating_sub(link.positions.flushed.0),
+                sync_state: self.sync_state_of(id),
+                counted: link.is_counted() && self.commit_rule.priority(id) > 0,
+            })
+            .collect()
+    }
+
     /// Whether a primary acknowledges writes without its standby right now.
     pub(crate) fn is_solo(&self) -> bool {
         matches!(&self.role, Role::Primary(p) if p.is_solo())
@@ -601,6 +618,12 @@ impl Node {
             self.emit(Effect::StartPrimaryTasks);
         }
         self.recompute_commit();
+    }
+
+    /// The leader of our epoch unless it is this node: the primary a
+    /// promotion replaces.
+    fn previous_leader(&self) -> Option<NodeId> {
+        self.leader.clone().filter(|l| *l != self.cfg.node_id)
     }
 
     fn persist(&mut self, epoch: Epoch, leader: Option<NodeId>) {

@@ -222,6 +222,7 @@ impl Node {
     /// primary; `on_fence_sent` finishes the promotion.
     fn start_promotion(&mut self, operator: bool, force: bool) {
         let epoch = self.epoch.next();
+        let old = self.previous_leader();
         self.persist(epoch, Some(self.cfg.node_id.clone()));
         self.change_role(Role::Promoting { operator });
         self.emit(Effect::SendFence {
@@ -231,6 +232,7 @@ impl Node {
             } else {
                 FenceReason::Failover
             },
+            to: old,
         });
     }
 
@@ -303,9 +305,11 @@ impl Node {
                     s.planned_until = Some(now + cfg.switchover_timeout + cfg.rpc_timeout);
                     let epoch = self.epoch.next();
                     tracing::info!(%epoch, "planned switchover: asking the primary to step down");
+                    let to = self.previous_leader();
                     self.emit(Effect::SendFence {
                         epoch,
                         reason: FenceReason::Switchover,
+                        to,
                     });
                 }
             }

@@ -368,9 +368,11 @@ fn a_forced_promotion_of_an_unconfirmed_primary_takes_a_new_epoch_and_fences_the
                 epoch: Epoch(2),
             },
             Effect::StopPrimaryTasks,
+            // It replaces no known primary: the runtime fences the peer.
             Effect::SendFence {
                 epoch: Epoch(2),
                 reason: FenceReason::Forced,
+                to: None,
             },
         ]
     );
@@ -960,7 +962,8 @@ fn planned_promotion_on_the_standby_persists_only_after_the_primary_stepped_down
         effects,
         vec![Effect::SendFence {
             epoch: Epoch(2),
-            reason: FenceReason::Switchover
+            reason: FenceReason::Switchover,
+            to: Some(NodeId::from("n2")),
         }]
     );
     assert_eq!(node.epoch(), Epoch(1));
@@ -2279,6 +2282,7 @@ fn promotes_n1_to_epoch_two() -> [Effect; 3] {
         Effect::SendFence {
             epoch: Epoch(2),
             reason: FenceReason::Failover,
+            to: Some(NodeId::from("n2")),
         },
     ]
 }

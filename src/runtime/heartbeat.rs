@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(super) struct Ctx {
     pub cfg: Config,
+    /// The standby this task serves.
+    pub standby: crate::types::NodeId,
     pub peer: Arc<dyn Peer>,
     pub tx: mpsc::Sender<Msg>,
     pub health: watch::Receiver<Health>,
@@ -48,7 +50,12 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                     header: ctx.header.clone(),
                     last_lsn: h.last_lsn,
                     commit_lsn: h.commit_lsn,
-                    sync: h.sync_state,
+                    // What the node tells this standby of its own state.
+                    sync: h
+                        .standbys
+                        .iter()
+                        .find(|s| s.node_id == ctx.standby)
+                        .map_or(h.sync_state, |s| s.sync_state),
                     confirmed: ctx.wal.meta().confirmed,
                 }
             };
@@ -58,7 +65,10 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                 r = ctx.peer.heartbeat(req) => r,
             };
             if let Ok(reply) = &result {
-                let _ = ctx.tx.send(Msg::StandbyReported(reply.ack)).await;
+                let _ = ctx
+                    .tx
+                    .send(Msg::StandbyReported(ctx.standby.clone(), reply.ack))
+                    .await;
             }
             let event = match result {
                 // It answers, but cannot store what we send (its WAL
@@ -68,11 +78,11 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                 Ok(reply) if reply.role == RoleKind::Failed => {
                     ctx.metrics.heartbeat_error();
                     if !failing {
-                        tracing::warn!(peer = %ctx.cfg.peer_id, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
+                        tracing::warn!(peer = %ctx.standby, "the standby answers but its WAL failed (disk full or I/O error); counting it as lost");
                         failing = true;
                     }
                     Event::StandbyFailed {
-                        standby: ctx.cfg.peer_id.clone(),
+                        standby: ctx.standby.clone(),
                     }
                 }
                 Ok(reply) => {
@@ -81,18 +91,18 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         && last_role.is_some_and(|r| r != RoleKind::Standby);
                     last_role = Some(reply.role);
                     if failing {
-                        tracing::info!(peer = %ctx.cfg.peer_id, "heartbeats answered again");
+                        tracing::info!(peer = %ctx.standby, "heartbeats answered again");
                         failing = false;
                         ctx.reachable_again.notify_one();
                     } else if became_standby {
                         // It finished a rejoin (a resync, perhaps): the
                         // stream it refused meanwhile may be in a long
                         // backoff; stream to it now.
-                        tracing::info!(peer = %ctx.cfg.peer_id, "the standby answers as a standby again; reconnecting the WAL stream");
+                        tracing::info!(peer = %ctx.standby, "the standby answers as a standby again; reconnecting the WAL stream");
                         ctx.reachable_again.notify_one();
                     }
                     Event::StandbyReachable {
-                        standby: ctx.cfg.peer_id.clone(),
+                        standby: ctx.standby.clone(),
                     }
                 }
                 Err(TransportError::StaleEpoch { epoch, leader }) => Event::HigherEpoch {
@@ -102,11 +112,11 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                 Err(e) => {
                     ctx.metrics.heartbeat_error();
                     if !failing {
-                        tracing::warn!(peer = %ctx.cfg.peer_id, error = %e, "heartbeat failed");
+                        tracing::warn!(peer = %ctx.standby, error = %e, "heartbeat failed");
                         failing = true;
                     }
                     Event::StandbyUnreachable {
-                        standby: ctx.cfg.peer_id.clone(),
+                        standby: ctx.standby.clone(),
                     }
                 }
             };

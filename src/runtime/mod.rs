@@ -152,5 +152,5 @@ pub(crate) enum Msg {
     /// Primary: where the standby's log ends, as its heartbeat answer
     /// says. Only for the lag the node reports (it may hold records of an
     /// older epoch that a rejoin will drop); commits never rest on it.
-    StandbyReported(crate::transport::WalAck),
+    StandbyReported(crate::types::NodeId, crate::transport::WalAck),
 }

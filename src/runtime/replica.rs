@@ -9,7 +9,7 @@ use crate::node::RoleKind;
 use crate::replicator::{Applied, Health, Replicator};
 use crate::state_machine::StateMachine;
 use crate::transport::{GrpcPeer, Peer, ReplicationService};
-use crate::types::{Epoch, Lsn, RequestId};
+use crate::types::{Epoch, Lsn, NodeId, RequestId};
 use crate::wal::WalStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,6 +33,7 @@ pub struct ReplicaBuilder {
     wal: Arc<dyn WalStore>,
     sm: Arc<dyn StateMachine>,
     peer: Option<Arc<dyn Peer>>,
+    more_peers: std::collections::BTreeMap<NodeId, Arc<dyn Peer>>,
     rewound_dir: Option<PathBuf>,
     snapshot_dir: Option<PathBuf>,
     server: Option<ServerSocket>,
@@ -52,6 +53,13 @@ impl ReplicaBuilder {
     /// The peer to talk to; by default a `GrpcPeer` dialing `cfg.peer_addr`.
     pub fn peer(mut self, peer: Arc<dyn Peer>) -> Self {
         self.peer = Some(peer);
+        self
+    }
+
+    /// The peer to talk to for `id`, one of `Config::more_peers`; by
+    /// default a `GrpcPeer` dialing its address.
+    pub fn more_peer(mut self, id: NodeId, peer: Arc<dyn Peer>) -> Self {
+        self.more_peers.insert(id, peer);
         self
     }
 
@@ -158,7 +166,7 @@ impl ReplicaBuilder {
     /// of your own (TLS, a simulated network), and stop that server
     /// yourself after `Replicator::shutdown`. `Replica::local_addr` is
     /// then `None`.
-    pub fn start_without_server(self) -> Result<(Replica, ReplicationService)> {
+    pub fn start_without_server(mut self) -> Result<(Replica, ReplicationService)> {
         self.cfg.validate()?;
         let peer = match self.peer {
             Some(p) => p,
@@ -169,6 +177,22 @@ impl ReplicaBuilder {
             )?),
             None => Arc::new(GrpcPeer::connect_lazy(&self.cfg)?),
         };
+        let mut peers = std::collections::BTreeMap::from([(self.cfg.peer_id.clone(), peer)]);
+        for more in &self.cfg.more_peers {
+            let peer = match self.more_peers.remove(&more.id) {
+                Some(p) => p,
+                #[cfg(feature = "tls")]
+                None if self.tls.is_some() => {
+                    return Err(crate::Error::InvalidConfig(crate::ConfigError {
+                        setting: crate::Setting::MorePeers,
+                        related: None,
+                        problem: "cannot be used with TLS in this version: a node's certificate check names one peer; run the cluster of three or more on a private network, or a pair with TLS".into(),
+                    }));
+                }
+                None => Arc::new(GrpcPeer::connect_lazy_to(&more.addr, &self.cfg)?),
+            };
+            peers.insert(more.id.clone(), peer);
+        }
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::channel(1024);
         let service = ReplicationService::new(Inbox::new(tx.clone()), &self.cfg, metrics.clone());
@@ -186,7 +210,7 @@ impl ReplicaBuilder {
             wal: self.wal,
             sm: self.sm,
             snapshots,
-            peer,
+            peers,
             tx: tx.clone(),
             rx,
             metrics: metrics.clone(),
@@ -286,6 +310,7 @@ impl Replica {
             wal,
             sm,
             peer: None,
+            more_peers: Default::default(),
             rewound_dir: None,
             snapshot_dir: None,
             server: None,

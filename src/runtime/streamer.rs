@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(super) struct Ctx {
     pub cfg: Config,
+    /// The standby this task serves.
+    pub standby: crate::types::NodeId,
     pub wal: Arc<dyn WalStore>,
     pub peer: Arc<dyn Peer>,
     pub tx: mpsc::Sender<Msg>,
@@ -51,7 +53,7 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                     let _ = ctx
                         .tx
                         .send(Msg::Event(Event::StreamState {
-                            standby: ctx.cfg.peer_id.clone(),
+                            standby: ctx.standby.clone(),
                             up: false,
                         }))
                         .await;
@@ -68,7 +70,7 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                             let _ = ctx
                                 .tx
                                 .send(Msg::Event(Event::StandbyUnreachable {
-                                    standby: ctx.cfg.peer_id.clone(),
+                                    standby: ctx.standby.clone(),
                                 }))
                                 .await;
                         }
@@ -80,7 +82,7 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                     }
                     attempts += 1;
                     if attempts == 1 || attempts.is_power_of_two() {
-                        tracing::info!(peer = %ctx.cfg.peer_id, error = %error, attempts, retry_in_ms = backoff.as_millis() as u64, "WAL stream to standby down; reconnecting");
+                        tracing::info!(peer = %ctx.standby, error = %error, attempts, retry_in_ms = backoff.as_millis() as u64, "WAL stream to standby down; reconnecting");
                     }
                 }
             }
@@ -158,7 +160,7 @@ async fn session(ctx: &mut Ctx) -> End {
     let _ = ctx
         .tx
         .send(Msg::Event(Event::StreamState {
-            standby: ctx.cfg.peer_id.clone(),
+            standby: ctx.standby.clone(),
             up: true,
         }))
         .await;
@@ -170,7 +172,7 @@ async fn session(ctx: &mut Ctx) -> End {
         start.flushed,
         ctx.wal.epoch_at(start.flushed).unwrap_or(Epoch::ZERO),
     );
-    tracing::info!(peer = %ctx.cfg.peer_id, from = %next, "streaming WAL to standby");
+    tracing::info!(peer = %ctx.standby, from = %next, "streaming WAL to standby");
     let probe = batch(ctx, prev, Vec::new());
     if batches.send(probe).await.is_err() {
         return fail(TransportError::Unreachable("stream closed".into()), false);
@@ -242,7 +244,7 @@ async fn session(ctx: &mut Ctx) -> End {
                     // positions never commit our records); this stream has
                     // nothing more to send to a peer that will refuse it.
                     let event = Event::StandbyProgress {
-                        standby: ctx.cfg.peer_id.clone(),
+                        standby: ctx.standby.clone(),
                         positions: positions(&ack),
                         epoch: ack.epoch,
                     };
@@ -262,7 +264,7 @@ async fn session(ctx: &mut Ctx) -> End {
                     }
                     progressed = true;
                     let event = Event::StandbyProgress {
-                        standby: ctx.cfg.peer_id.clone(),
+                        standby: ctx.standby.clone(),
                         positions: positions(&ack),
                         epoch: ack.epoch,
                     };

@@ -47,9 +47,21 @@ pub struct PairBuilder<S> {
     commit_mode: CommitMode,
     tweak: Option<Tweak>,
     wait: Duration,
+    nodes: usize,
 }
 
 impl<S: StateMachine + 'static> PairBuilder<S> {
+    /// How many data nodes (default 2): `a` the primary, `b`, `c`, ... its
+    /// standbys, each knowing every other (`Config::more_peers`). With
+    /// more than two, the nodes share a [`MemArbiter`](crate::arbiter::MemArbiter)
+    /// (a cluster with several standbys needs one) and the default rule,
+    /// which waits for every standby. At least 2, at most 26.
+    pub fn nodes(mut self, nodes: usize) -> Self {
+        assert!((2..=26).contains(&nodes), "a Pair has 2 to 26 nodes");
+        self.nodes = nodes;
+        self
+    }
+
     /// The WAL the nodes keep (default [`PairWal::Mem`]).
     pub fn wal(mut self, wal: PairWal) -> Self {
         self.wal = wal;
@@ -81,7 +93,13 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
     /// served on its own `127.0.0.1` port, and returns at once: call
     /// [`Pair::wait_streaming`] before writing.
     pub async fn start(self) -> Result<Pair<S>> {
-        let ids = [NodeId::from("a"), NodeId::from("b")];
+        let ids: Vec<NodeId> = (b'a'..)
+            .take(self.nodes)
+            .map(|c| NodeId::from((c as char).to_string().as_str()))
+            .collect();
+        let arbiter: Option<Arc<dyn crate::arbiter::Arbiter>> = (self.nodes > 2).then(|| {
+            Arc::new(crate::arbiter::MemArbiter::new()) as Arc<dyn crate::arbiter::Arbiter>
+        });
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for _ in &ids {
@@ -100,6 +118,14 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                 let peer = if i == 0 { 1 } else { 0 };
                 let mut cfg = test_config(&ids[i], &ids[peer], addrs[i], addrs[peer]);
                 cfg.commit_mode = self.commit_mode;
+                cfg.more_peers = (0..ids.len())
+                    .filter(|&j| j != i && j != peer)
+                    .map(|j| crate::config::PeerAddress {
+                        id: ids[j].clone(),
+                        addr: addrs[j].to_string(),
+                    })
+                    .collect();
+                cfg.arbiter = arbiter.clone();
                 cfg.initial_role = if i == 0 {
                     InitialRole::Primary
                 } else {
@@ -232,6 +258,7 @@ impl<S: StateMachine + 'static> Pair<S> {
             commit_mode: CommitMode::RemoteFlush,
             tweak: None,
             wait: Duration::from_secs(20),
+            nodes: 2,
         }
     }
 
@@ -342,7 +369,10 @@ impl<S> Pair<S> {
     pub async fn wait_streaming(&self) -> Result<()> {
         let primary = self
             .wait_any("a writable primary streaming to its standby", |h| {
-                h.role == RoleKind::Primary && h.writable && h.peer.connected
+                h.role == RoleKind::Primary
+                    && h.writable
+                    && h.peer.connected
+                    && h.standbys.iter().all(|s| s.connected)
             })
             .await?;
         for node in self.nodes.iter().filter(|n| n.running.is_some()) {

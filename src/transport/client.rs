@@ -44,12 +44,16 @@ pub struct GrpcPeer {
 
 /// `cfg.peer_addr` as an endpoint (TLS, when used, is the connector's).
 fn peer_endpoint(cfg: &crate::Config) -> Result<Endpoint, crate::Error> {
-    let uri = format!("http://{}", cfg.peer_addr);
+    endpoint_of(&cfg.peer_addr, crate::config::Setting::PeerAddr)
+}
+
+fn endpoint_of(addr: &str, setting: crate::config::Setting) -> Result<Endpoint, crate::Error> {
+    let uri = format!("http://{addr}");
     Endpoint::from_shared(uri).map_err(|e| {
         crate::Error::InvalidConfig(crate::config::ConfigError {
-            setting: crate::config::Setting::PeerAddr,
+            setting,
             related: None,
-            problem: format!("({:?}) is not a valid host:port: {e}", cfg.peer_addr),
+            problem: format!("({addr:?}) is not a valid host:port: {e}"),
         })
     })
 }
@@ -59,6 +63,16 @@ impl GrpcPeer {
     /// connection is re-established by the next call).
     pub fn connect_lazy(cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
         let endpoint = channel_settings(peer_endpoint(cfg)?, cfg);
+        Ok(GrpcPeer::from_channels(
+            endpoint.connect_lazy(),
+            endpoint.connect_lazy(),
+            cfg,
+        ))
+    }
+
+    /// Dials `addr` (one of `cfg.more_peers`) lazily, as `connect_lazy`.
+    pub fn connect_lazy_to(addr: &str, cfg: &crate::Config) -> Result<GrpcPeer, crate::Error> {
+        let endpoint = channel_settings(endpoint_of(addr, crate::config::Setting::MorePeers)?, cfg);
         Ok(GrpcPeer::from_channels(
             endpoint.connect_lazy(),
             endpoint.connect_lazy(),

@@ -164,7 +164,8 @@ pub type AckWatch = tokio::sync::watch::Receiver<Result<WalAck, Refusal>>;
 pub struct ReplicationService {
     node: Inbox,
     cluster_id: String,
-    peer_id: NodeId,
+    /// Every other data node; requests from any other name are refused.
+    peer_ids: Vec<NodeId>,
     max_record_bytes: usize,
     max_message_bytes: usize,
     snapshot_chunk_bytes: usize,
@@ -198,7 +199,7 @@ impl ReplicationService {
         ReplicationService {
             node,
             cluster_id: cfg.cluster_id.clone(),
-            peer_id: cfg.peer_id.clone(),
+            peer_ids: cfg.peer_ids(),
             max_record_bytes: cfg.max_record_bytes,
             max_message_bytes: cfg.max_message_bytes,
             snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
@@ -324,12 +325,18 @@ impl ReplicationService {
                 Epoch::ZERO,
             )));
         }
-        if peer_only && header.node_id != self.peer_id {
+        if peer_only && !self.peer_ids.contains(&header.node_id) {
+            let peers: Vec<&str> = self.peer_ids.iter().map(|p| p.0.as_str()).collect();
+            let (noun, names) = if peers.len() == 1 {
+                ("this node's peer", format!("{:?}", peers[0]))
+            } else {
+                ("one of this node's peers", format!("{peers:?}"))
+            };
             return Err(self.refuse(Refusal::new(
                 RefusalKind::UnknownPeer,
                 format!(
-                    "node {:?} is not this node's peer ({:?}); check --peer on both nodes",
-                    header.node_id.0, self.peer_id.0
+                    "node {:?} is not {noun} ({names}); check --peer on both nodes",
+                    header.node_id.0
                 ),
                 Epoch::ZERO,
             )));

@@ -521,7 +521,8 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
     let effects = answer(&mut forced, t(220), purpose, unreachable());
     assert!(effects.contains(&Effect::SendFence {
         epoch: Epoch(2),
-        reason: FenceReason::Forced
+        reason: FenceReason::Forced,
+        to: Some(NodeId::from("n2")),
     }));
 }
 
@@ -620,7 +621,8 @@ fn a_switchover_or_a_forced_promotion_goes_ahead_when_the_arbiter_never_answered
     assert!(
         all.contains(&Effect::SendFence {
             epoch: Epoch(2),
-            reason: FenceReason::Forced
+            reason: FenceReason::Forced,
+            to: Some(NodeId::from("n2")),
         }),
         "{all:?}"
     );

@@ -73,7 +73,8 @@ fn resumed_before_the_timeout_the_standby_promotes_at_the_usual_deadline() {
     assert!(
         effects.contains(&Effect::SendFence {
             epoch: Epoch(2),
-            reason: FenceReason::Failover
+            reason: FenceReason::Failover,
+            to: Some(NodeId::from("n2")),
         }),
         "{effects:?}"
     );
@@ -94,7 +95,8 @@ fn a_forced_promotion_works_while_paused() {
     assert!(
         effects.contains(&Effect::SendFence {
             epoch: Epoch(2),
-            reason: FenceReason::Forced
+            reason: FenceReason::Forced,
+            to: Some(NodeId::from("n2")),
         }),
         "{effects:?}"
     );
@@ -116,7 +118,8 @@ fn a_planned_switchover_works_while_paused() {
         effects,
         vec![Effect::SendFence {
             epoch: Epoch(2),
-            reason: FenceReason::Switchover
+            reason: FenceReason::Switchover,
+            to: Some(NodeId::from("n2")),
         }]
     );
     // The old primary confirms it stopped at our last record.

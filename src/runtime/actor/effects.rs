@@ -100,7 +100,7 @@ impl Actor {
                 self.commit_tx.send_replace(lsn);
             }
             Effect::FailWaiters { up_to, failure } => self.fail_waiters(up_to, &failure),
-            Effect::SendFence { epoch, reason } => self.send_fence(epoch, reason),
+            Effect::SendFence { epoch, reason, to } => self.send_fence(epoch, reason, to),
             Effect::AskArbiter { purpose, call } => self.ask_arbiter(purpose, call),
             Effect::ReplyFence(outcome) => {
                 let Some(reply) = self.pending_fence.take() else {
@@ -135,8 +135,7 @@ impl Actor {
             }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
             Effect::Stop => self.stop_now = true,
-            // The pair hands over to its one peer.
-            Effect::HandOver { .. } => self.hand_over(),
+            Effect::HandOver { to } => self.hand_over(to),
             Effect::Append {
                 records,
                 fsync_inline,
@@ -189,13 +188,25 @@ impl Actor {
         self.trimming = Some(tokio::task::spawn_blocking(trim));
     }
 
-    pub(super) fn send_fence(&mut self, epoch: Epoch, reason: FenceReason) {
-        let peer = self.peer.clone();
+    /// The peer named `id`, or the pair's peer for a name that is none of
+    /// ours (`None`: the pair's peer).
+    pub(super) fn peer_named(
+        &self,
+        id: Option<&NodeId>,
+    ) -> (NodeId, Arc<dyn crate::transport::Peer>) {
+        match id.and_then(|id| self.peers.get_key_value(id)) {
+            Some((id, peer)) => (id.clone(), peer.clone()),
+            None => (self.cfg.peer_id.clone(), self.peer.clone()),
+        }
+    }
+
+    pub(super) fn send_fence(&mut self, epoch: Epoch, reason: FenceReason, to: Option<NodeId>) {
+        let (to, peer) = self.peer_named(to.as_ref());
         let tx = self.tx.clone();
         let mut header = self.header();
         header.epoch = epoch;
         header.leader_id = Some(self.cfg.node_id.clone());
-        tracing::info!(%epoch, ?reason, peer = %self.cfg.peer_id, "sending fence");
+        tracing::info!(%epoch, ?reason, peer = %to, "sending fence");
         tokio::spawn(async move {
             let result = peer.fence(FenceRequest { header, reason }).await;
             let confirmed = match result {
@@ -279,30 +290,38 @@ impl Actor {
             return;
         }
         let cancel = CancellationToken::new();
-        let reachable_again = Arc::new(tokio::sync::Notify::new());
-        let streamer = streamer::spawn(streamer::Ctx {
-            cfg: self.cfg.clone(),
-            wal: self.wal.clone(),
-            peer: self.peer.clone(),
-            tx: self.tx.clone(),
-            health: self.health_tx.subscribe(),
-            last_lsn: self.last_lsn_tx.subscribe(),
-            header: self.header(),
-            reachable_again: reachable_again.clone(),
-            cancel: cancel.child_token(),
-        });
-        let heartbeats = heartbeat::spawn(heartbeat::Ctx {
-            cfg: self.cfg.clone(),
-            peer: self.peer.clone(),
-            tx: self.tx.clone(),
-            health: self.health_tx.subscribe(),
-            header: self.header(),
-            wal: self.wal.clone(),
-            metrics: self.metrics.clone(),
-            reachable_again,
-            cancel: cancel.child_token(),
-        });
-        self.primary_tasks = Some(Tasks::new(cancel, vec![streamer, heartbeats]));
+        // Each standby has its own stream, window and heartbeats, so one
+        // slow or dead standby holds up only what the commit rule waits
+        // for it.
+        let mut handles = Vec::new();
+        for (standby, peer) in &self.peers {
+            let reachable_again = Arc::new(tokio::sync::Notify::new());
+            handles.push(streamer::spawn(streamer::Ctx {
+                cfg: self.cfg.clone(),
+                standby: standby.clone(),
+                wal: self.wal.clone(),
+                peer: peer.clone(),
+                tx: self.tx.clone(),
+                health: self.health_tx.subscribe(),
+                last_lsn: self.last_lsn_tx.subscribe(),
+                header: self.header(),
+                reachable_again: reachable_again.clone(),
+                cancel: cancel.child_token(),
+            }));
+            handles.push(heartbeat::spawn(heartbeat::Ctx {
+                cfg: self.cfg.clone(),
+                standby: standby.clone(),
+                peer: peer.clone(),
+                tx: self.tx.clone(),
+                health: self.health_tx.subscribe(),
+                header: self.header(),
+                wal: self.wal.clone(),
+                metrics: self.metrics.clone(),
+                reachable_again,
+                cancel: cancel.child_token(),
+            }));
+        }
+        self.primary_tasks = Some(Tasks::new(cancel, handles));
     }
 
     pub(super) fn start_applier(&mut self) {
@@ -326,7 +345,7 @@ impl Actor {
             cfg: self.cfg.clone(),
             wal: self.wal.clone(),
             sm: self.sm.clone(),
-            peer: self.peer.clone(),
+            peer: self.peer_named(leader.as_ref()).1,
             tx: self.tx.clone(),
             header: self.header(),
             leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),

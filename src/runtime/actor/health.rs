@@ -29,6 +29,7 @@ pub(crate) fn placeholder_health(cfg: &Config) -> Health {
         commit_lsn: Lsn::ZERO,
         applied_lsn: Lsn::ZERO,
         peer: PeerHealth::default(),
+        standbys: Vec::new(),
         rewound_records: 0,
         note: None,
         arbiter: None,
@@ -155,6 +156,7 @@ impl Actor {
                     None
                 },
             },
+            standbys: self.node.standby_health(),
             rewound_records: self.metrics.rewound_records(),
             note: self.node.check_writable().err().map(|r| match r {
                 WriteRefusal::NotPrimary { .. } => match self.node.held_by_pause() {
@@ -209,6 +211,7 @@ impl Actor {
                 && current.applied_lsn == health.applied_lsn
                 && current.peer.connected == health.peer.connected
                 && current.peer.lag_records == health.peer.lag_records
+                && current.standbys == health.standbys
                 && current.rewound_records == health.rewound_records
                 && current.note == health.note
                 && current.arbiter == health.arbiter

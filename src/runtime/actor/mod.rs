@@ -27,7 +27,7 @@ use crate::replicator::Health;
 use crate::runtime::{Metrics, Msg, flusher};
 use crate::state_machine::StateMachine;
 use crate::transport::{FenceReply, Peer, Refusal};
-use crate::types::{Lsn, RequestId};
+use crate::types::{Lsn, NodeId, RequestId};
 use crate::wal::WalStore;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -47,7 +47,8 @@ pub(super) struct Parts {
     pub cfg: Config,
     pub wal: Arc<dyn WalStore>,
     pub sm: Arc<dyn StateMachine>,
-    pub peer: Arc<dyn Peer>,
+    /// Every other data node, by name (`Config::peer_ids`).
+    pub peers: BTreeMap<NodeId, Arc<dyn Peer>>,
     pub tx: mpsc::Sender<Msg>,
     pub rx: mpsc::Receiver<Msg>,
     pub metrics: Arc<Metrics>,
@@ -60,7 +61,10 @@ struct Actor {
     node: Node,
     wal: Arc<dyn WalStore>,
     sm: Arc<dyn StateMachine>,
+    /// The pair's peer (`Config::peer_id`).
     peer: Arc<dyn Peer>,
+    /// Every other data node, by name, the pair's peer among them.
+    peers: BTreeMap<NodeId, Arc<dyn Peer>>,
     tx: mpsc::Sender<Msg>,
     metrics: Arc<Metrics>,
     rewound_dir: Option<PathBuf>,
@@ -118,6 +122,8 @@ struct Actor {
     stop_replies: Vec<oneshot::Sender<()>>,
     /// Stopping: the standby is being asked to take over first.
     handing_over: bool,
+    /// The standby the handover asked to take over.
+    handing_over_to: Option<NodeId>,
     /// The node decided to stop (`Effect::Stop`, or the handover ended).
     stop_now: bool,
 }
@@ -148,12 +154,14 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
     let (health_tx, health_rx) = watch::channel(placeholder_health(&parts.cfg));
     let (last_lsn_tx, _) = watch::channel(last);
     let (commit_tx, _) = watch::channel(node.commit_lsn());
+    let pair_peer = parts.peers[&parts.cfg.peer_id].clone();
     let mut actor = Actor {
         cfg: parts.cfg,
         node,
         wal: parts.wal,
         sm: parts.sm,
-        peer: parts.peer,
+        peer: pair_peer,
+        peers: parts.peers,
         tx: parts.tx,
         metrics: parts.metrics,
         rewound_dir: parts.rewound_dir,
@@ -190,6 +198,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         stopping: false,
         stop_replies: Vec::new(),
         handing_over: false,
+        handing_over_to: None,
         stop_now: false,
     };
     tracing::info!(
@@ -349,7 +358,11 @@ impl Actor {
                 }
             }
             Msg::HandOverDone(result) => self.hand_over_done(result),
-            Msg::StandbyReported(ack) => self.note_standby_report(&ack),
+            // The pair's lag view follows `peer_id`.
+            Msg::StandbyReported(standby, ack) if standby == self.cfg.peer_id => {
+                self.note_standby_report(&ack)
+            }
+            Msg::StandbyReported(..) => {}
             Msg::Apply { .. } => unreachable!("handled by run"),
         }
     }
@@ -385,9 +398,13 @@ impl Actor {
                 self.send_ack();
                 return;
             }
+            // The pair's health view follows `peer_id`; every standby's
+            // positions are in the node (`Node::standby_views`).
             Event::StandbyProgress {
-                positions, epoch, ..
-            } => {
+                standby,
+                positions,
+                epoch,
+            } if *standby == self.cfg.peer_id => {
                 self.peer_contact = Some(Instant::now());
                 if *epoch <= self.node.epoch() {
                     // A stream ack follows a batch the standby checked
@@ -395,8 +412,12 @@ impl Actor {
                     self.note_standby_matched(positions.flushed);
                 }
             }
-            Event::StandbyReachable { .. } => self.peer_contact = Some(Instant::now()),
-            Event::StreamState { up, .. } => self.stream_up = *up,
+            Event::StandbyReachable { standby } if *standby == self.cfg.peer_id => {
+                self.peer_contact = Some(Instant::now())
+            }
+            Event::StreamState { standby, up } if *standby == self.cfg.peer_id => {
+                self.stream_up = *up
+            }
             _ => {}
         }
         self.step(event);

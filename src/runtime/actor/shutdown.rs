@@ -9,13 +9,14 @@ use crate::types::Epoch;
 use super::Actor;
 
 impl Actor {
-    /// Carries out `Effect::HandOver`: asks the standby to take over (a
+    /// Carries out `Effect::HandOver`: asks the standby `to` to take over (a
     /// planned switchover that fences us meanwhile) and stops once it
     /// answered, or after about `switchover_timeout` whatever happened.
     /// The actor keeps serving the fence and the stream until then.
-    pub(super) fn hand_over(&mut self) {
+    pub(super) fn hand_over(&mut self, to: crate::types::NodeId) {
         self.handing_over = true;
-        let peer = self.peer.clone();
+        let (to, peer) = self.peer_named(Some(&to));
+        self.handing_over_to = Some(to);
         let header = self.header();
         let tx = self.tx.clone();
         let limit = self.cfg.switchover_timeout + self.cfg.rpc_timeout * 2;
@@ -42,7 +43,7 @@ impl Actor {
     pub(super) fn hand_over_done(&mut self, result: std::result::Result<Epoch, String>) {
         match result {
             Ok(epoch) => {
-                tracing::info!(node = %self.cfg.node_id, peer = %self.cfg.peer_id, %epoch, role = %self.node.role(), "handed over: the standby is the primary of the new epoch; stopping")
+                tracing::info!(node = %self.cfg.node_id, peer = ?self.handing_over_to, %epoch, role = %self.node.role(), "handed over: the standby is the primary of the new epoch; stopping")
             }
             Err(why) => {
                 tracing::warn!(node = %self.cfg.node_id, %why, role = %self.node.role(), "handover failed; stopping anyway (the standby takes over by failover if it may)")
