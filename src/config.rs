@@ -511,6 +511,13 @@ impl Config {
     /// `ConfigError::setting`) and the fix. `ReplicaBuilder::start` calls
     /// it first: a node never starts with a configuration it refuses.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_expecting_arbiter(self.arbiter.is_some())
+    }
+
+    /// `validate`, for settings whose arbiter is attached later (a daemon
+    /// that resolves an arbiter's address at start): `arbiter` says
+    /// whether there will be one.
+    pub fn validate_expecting_arbiter(&self, arbiter: bool) -> Result<(), ConfigError> {
         use Setting as S;
         let nonempty = [
             (S::NodeId, &self.node_id.0),
@@ -621,7 +628,7 @@ impl Config {
                 ),
             ));
         }
-        self.validate_cluster()
+        self.validate_cluster(arbiter)
     }
 
     /// Every other data node, by name: `peer_id` first, then `more_peers`.
@@ -641,7 +648,7 @@ impl Config {
     }
 
     /// The peers and the commit rule of a cluster of three or more.
-    fn validate_cluster(&self) -> Result<(), ConfigError> {
+    fn validate_cluster(&self, arbiter: bool) -> Result<(), ConfigError> {
         use Setting as S;
         let peers = self.peer_ids();
         for (i, extra) in self.more_peers.iter().enumerate() {
@@ -669,11 +676,11 @@ impl Config {
                 ));
             }
         }
-        if !self.more_peers.is_empty() && self.arbiter.is_none() {
+        if !self.more_peers.is_empty() && !arbiter {
             return Err(ConfigError::new(
                 S::MorePeers,
                 format!(
-                    "lists {} more nodes, but there is no arbiter: with two or more standbys, two of them could promote when the primary falls silent; configure the witness or etcd (Config::arbiter), or run a pair",
+                    "lists {} more nodes, but there is no arbiter: with two or more standbys, two of them could promote when the primary falls silent; give the cluster an arbiter (the witness or etcd), or run a pair",
                     self.more_peers.len()
                 ),
             ));

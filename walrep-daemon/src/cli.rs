@@ -318,11 +318,12 @@ pub struct NodeArgs {
     /// no default.
     #[arg(long)]
     pub peer_id: Option<String>,
-    /// The other node: its name (its --id) and where it serves
-    /// replication, as ID=HOST:PORT (e.g. n2=n2:7001). The older HOST:PORT
-    /// with --peer-id ID works too. Required.
+    /// Another node: its name (its --id) and where it serves replication,
+    /// as ID=HOST:PORT (e.g. n2=n2:7001). Repeat it for each other node of
+    /// a cluster of three or more (which needs --arbiter). A pair's older
+    /// HOST:PORT with --peer-id ID works too. Required.
     #[arg(long, value_name = "ID=HOST:PORT")]
-    pub peer: Option<String>,
+    pub peer: Vec<String>,
     /// Where this node keeps wal/, its engine's state (kv/ or sqlite/) and rewound/. Required.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
@@ -377,6 +378,8 @@ pub struct NodeArgs {
     pub worker_threads: Option<String>,
     #[arg(long, value_name = "URL", help = help("arbiter", "The arbiter deciding failovers and solo steps: witness://HOST:PORT (a `walrep witness`) or etcd://HOST:PORT[,HOST:PORT...]; without one the pair decides alone (on_standby_loss)"))]
     pub arbiter: Option<String>,
+    #[arg(long, value_name = "RULE", help = help("sync_standbys", "Which standbys confirm each write, as PostgreSQL's synchronous_standby_names: 'ANY k (n2, n3)' or 'FIRST k (n2, n3)'; in this version k must be every standby named [default: every other node]"))]
+    pub sync_standbys: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_ca", "Mutual TLS on the replication port: the cluster CA's certificate (PEM); with --tls-cert and --tls-key"))]
     pub tls_ca: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_cert", "This node's certificate (PEM), naming its --id; reread on SIGHUP"))]
@@ -407,7 +410,6 @@ impl NodeArgs {
         let given = [
             ("id", &self.id),
             ("peer_id", &self.peer_id),
-            ("peer", &self.peer),
             ("data_dir", &self.data_dir),
             ("engine", &self.engine),
             ("role", &self.role),
@@ -432,6 +434,7 @@ impl NodeArgs {
             ("max_request_ids", &self.max_request_ids),
             ("worker_threads", &self.worker_threads),
             ("arbiter", &self.arbiter),
+            ("sync_standbys", &self.sync_standbys),
             ("tls_ca", &self.tls_ca),
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
@@ -448,6 +451,10 @@ impl NodeArgs {
             .into_iter()
             .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
             .collect();
+        if !self.peer.is_empty() {
+            // Repeated flags are one list, as the environment's commas.
+            out.push(("peer", self.peer.join(",")));
+        }
         if self.no_auto_failover {
             debug_assert_eq!(flag_name("auto_failover"), "--no-auto-failover");
             out.push(("auto_failover", "false".into()));

@@ -124,6 +124,7 @@ pub const SETTINGS: &[Setting] = &[
         Some(|| DEFAULT_WORKER_THREADS.to_string()),
     ),
     s("arbiter", None),
+    s("sync_standbys", None),
     s("tls_ca", None),
     s("tls_cert", None),
     s("tls_key", None),
@@ -388,11 +389,19 @@ impl Layers {
         // No default on purpose: a guessed peer name (n1 <-> n2) that is
         // wrong makes the peer refuse every request as an unknown node,
         // which looks like a network fault. The operator names both ends.
-        let (named, peer) = self.required(
+        let (first, more) = self.required(
             "peer",
             "the other node as ID=HOST:PORT (its name and where it serves replication)",
-            peer_entry,
+            peer_entries,
         )?;
+        let (named, peer) = first;
+        if let Some(more) = more.iter().find(|p| p.id == node_id) {
+            return Err(DaemonError::Config(format!(
+                "peer (from {}) names {}, this node's own id; --peer names the other nodes (ID=HOST:PORT)",
+                self.source("peer"),
+                more.id
+            )));
+        }
         let given = self.get("peer_id", node_name)?;
         let peer_id = match (named, given) {
             (Some(named), _) if named == node_id => {
@@ -518,6 +527,10 @@ impl Layers {
             node_id,
             peer_id,
             peer_addr: peer,
+            more_peers: more,
+            sync_standbys: self.get("sync_standbys", |v| {
+                v.parse::<walrep::CommitRule>().map_err(|e| e.to_string())
+            })?,
             advertise_addr: advertise,
             advertise_client_addr: Some(advertise_http),
             cluster_id,
@@ -548,11 +561,14 @@ impl Layers {
             standby_sync_inline: true,
             ..defaults
         };
-        cfg.validate().map_err(|e| self.explain(e))?;
-        let tls = self.tls_files()?;
         let arbiter = self.get("arbiter", |v| {
             walrep::arbiter::ArbiterUrl::parse(v).map_err(|e| e.to_string())
         })?;
+        // The arbiter the URL names is attached at start (a cluster of
+        // three or more needs one).
+        cfg.validate_expecting_arbiter(arbiter.is_some())
+            .map_err(|e| self.explain(e))?;
+        let tls = self.tls_files()?;
         let http_tls = self.http_tls_files()?;
         let http_token_file = self.get("http_token_file", |v| {
             if v.is_empty() {
@@ -693,7 +709,8 @@ fn daemon_key(setting: walrep::Setting) -> Option<&'static str> {
     Some(match setting {
         S::NodeId => "id",
         S::PeerId => "peer_id",
-        S::PeerAddr => "peer",
+        S::PeerAddr | S::MorePeers => "peer",
+        S::SyncStandbys => "sync_standbys",
         S::AdvertiseAddr => "advertise",
         S::ClusterId => "cluster_id",
         S::HeartbeatInterval => "heartbeat_ms",
@@ -736,6 +753,13 @@ fn read_file(
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A list (`peer = ["n2=a:7001", "n3=b:7001"]`) is the flag
+            // repeated; only strings may be in it.
+            toml::Value::Array(items) if items.iter().all(|i| i.is_str()) => items
+                .iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             other => {
                 return Err(DaemonError::Config(format!(
                     "invalid value for {key} (from config file {}): expected a string, an integer or a boolean, not {}",
@@ -771,23 +795,48 @@ pub(crate) fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// `--peer`: `ID=HOST:PORT` (the form for any number of peers), or the
-/// pair's older `HOST:PORT` with the name in `--peer-id`. A node streams to
-/// one standby in this version, so a list of several is refused here
-/// rather than half-used.
-fn peer_entry(v: &str) -> Result<(Option<NodeId>, String), String> {
+/// `--peer` (repeatable; a list separated by commas in the environment
+/// or the file): each other node as `ID=HOST:PORT`. A pair may give its
+/// one peer as the older `HOST:PORT` with the name in `--peer-id`. The
+/// first is `Config::peer_id`, the rest `Config::more_peers`.
+fn peer_entries(v: &str) -> Result<((Option<NodeId>, String), Vec<walrep::PeerAddress>), String> {
     let entries: Vec<&str> = v
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .collect();
-    if entries.len() > 1 {
+    let Some((first, rest)) = entries.split_first() else {
+        return peer_entry(v).map(|p| (p, Vec::new()));
+    };
+    let first = peer_entry(first)?;
+    let mut more = Vec::new();
+    for entry in rest {
+        match peer_entry(entry)? {
+            (Some(id), addr) => more.push(walrep::PeerAddress { id, addr }),
+            (None, _) => {
+                return Err(format!(
+                    "{entry:?} has no name: with several peers, give each as ID=HOST:PORT"
+                ));
+            }
+        }
+    }
+    if !more.is_empty() && first.0.is_none() {
         return Err(format!(
-            "{v:?} names {} peers; a node has exactly one peer in this version (a primary streams to one standby): give one ID=HOST:PORT",
-            entries.len()
+            "{:?} has no name: with several peers, give each as ID=HOST:PORT",
+            entries[0]
         ));
     }
-    let entry = entries.first().copied().unwrap_or(v);
+    let mut seen = std::collections::BTreeSet::new();
+    for id in first.0.iter().chain(more.iter().map(|p| &p.id)) {
+        if !seen.insert(id.clone()) {
+            return Err(format!("names the node {id} twice; give each other node once"));
+        }
+    }
+    Ok((first, more))
+}
+
+/// One `--peer` entry: `ID=HOST:PORT`, or `HOST:PORT`.
+fn peer_entry(entry: &str) -> Result<(Option<NodeId>, String), String> {
     match entry.split_once('=') {
         Some((id, addr)) => {
             let id = node_name(id.trim())?;
@@ -1085,7 +1134,9 @@ mod tests {
             ("n2=host", "after the peer's name n2"),
             ("=h:1", "is not a node name"),
             ("n 2=h:1", "is not a node name"),
-            ("n2=h:1,n3=h:2", "names 2 peers"),
+            ("n2=h:1,n2=h:2", "names the node n2 twice"),
+            ("n2=h:1,h:2", "with several peers, give each as ID=HOST:PORT"),
+            ("h:1,n3=h:2", "with several peers, give each as ID=HOST:PORT"),
             ("n2=a:7001 n3=b:7001", "is not a HOST:PORT"),
             ("n2=h=x:1", "is not a HOST:PORT"),
             ("n2=::1:7001", "[::1]:7001 for IPv6"),
@@ -1097,6 +1148,45 @@ mod tests {
             assert!(e.contains("invalid value for peer"), "{value}: {e}");
             assert!(e.contains(expect), "{value}: {e}");
         }
+    }
+
+    #[test]
+    fn several_peers_from_flags_the_environment_or_the_file_make_a_cluster_with_an_arbiter() {
+        // Repeated flags arrive joined by commas, as the environment gives them.
+        let mut flags = without_peer();
+        flags.push(("peer", "n2=h:1,n3=h:2".into()));
+        let e = err(resolve(flags.clone(), None, &[]));
+        assert!(e.contains("arbiter"), "{e}");
+        flags.push(("arbiter", "witness://w:7100".into()));
+        let s = resolve(flags.clone(), None, &[]).unwrap();
+        assert_eq!(s.cfg.peer_id, NodeId::from("n2"));
+        assert_eq!(
+            s.cfg.more_peers,
+            vec![walrep::PeerAddress {
+                id: NodeId::from("n3"),
+                addr: "h:2".into()
+            }]
+        );
+        assert_eq!(s.cfg.commit_rule().to_string(), "ANY 2 (n2, n3)");
+        // The rule: PostgreSQL's text, checked against the peers.
+        flags.push(("sync_standbys", "FIRST 2 (n2, n3)".into()));
+        let s = resolve(flags.clone(), None, &[]).unwrap();
+        assert_eq!(s.cfg.commit_rule().to_string(), "FIRST 2 (n2, n3)");
+        for (rule, says) in [
+            ("ANY 1 (n2, n3)", "waits for 1 of the 2"),
+            ("ANY 2 (n2, n9)", "n9"),
+            ("ANY 2 (n2,", "sync_standbys"),
+        ] {
+            let mut f = flags.clone();
+            f.retain(|(k, _)| *k != "sync_standbys");
+            f.push(("sync_standbys", rule.into()));
+            let e = err(resolve(f, None, &[]));
+            assert!(e.contains("sync_standbys") && e.contains(says), "{rule}: {e}");
+        }
+        // The file may give the list as an array.
+        let file = "peer = [\"n2=h:1\", \"n3=h:2\"]\narbiter = \"witness://w:7100\"\n";
+        let s = resolve(without_peer(), Some(file), &[]).unwrap();
+        assert_eq!(s.cfg.more_peers.len(), 1);
     }
 
     #[test]

@@ -467,8 +467,29 @@ impl Collector for ReplicaCollector {
             "walrep_standbys_connected",
             "Standbys with an open WAL stream from this primary (0 on a standby)",
             None,
-            flag(h.role == RoleKind::Primary && h.peer.connected),
+            h.standbys.iter().filter(|s| s.connected).count() as f64,
         )?;
+        // One series per standby of a primary (none on a standby).
+        let mut lag = enc.encode_descriptor(
+            "walrep_standby_lag_records",
+            "Records of this primary's WAL a standby has not made durable yet, by standby",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &h.standbys {
+            ConstGauge::new(s.lag_records as i64)
+                .encode(lag.encode_family(&[("standby", s.node_id.0.as_str())])?)?;
+        }
+        let mut sync = enc.encode_descriptor(
+            "walrep_standby_sync",
+            "1 while a standby holds every acknowledged write and commits wait for it (the primary tells it it is in sync), by standby",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &h.standbys {
+            ConstGauge::new(i64::from(s.sync_state == SyncState::Sync))
+                .encode(sync.encode_family(&[("standby", s.node_id.0.as_str())])?)?;
+        }
         gauge(
             &mut enc,
             "walrep_peer_last_contact",

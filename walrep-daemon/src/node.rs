@@ -76,6 +76,9 @@ impl RunningNode {
         }
 
         identity::refuse_self_peer(&cfg.peer_addr, grpc_addr).await?;
+        for more in &cfg.more_peers {
+            identity::refuse_self_peer(&more.addr, grpc_addr).await?;
+        }
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| DaemonError::io(format!("creating data dir {}", dir.display()), e))?;
@@ -106,6 +109,8 @@ impl RunningNode {
             node = %cfg.node_id,
             peer = %cfg.peer_id,
             peer_addr = %cfg.peer_addr,
+            more_peers = cfg.more_peers.len(),
+            commit_rule = %cfg.commit_rule(),
             %grpc_addr,
             %http_addr,
             data_dir = %dir.display(),
