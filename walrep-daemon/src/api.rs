@@ -35,6 +35,9 @@ pub struct HealthReport {
     pub leader: Option<String>,
     pub leader_id: Option<String>,
     pub peer: PeerReport,
+    /// On a primary, every standby (the peer among them); empty elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbyReport>,
     /// Records dropped by rewinds since start (kept in DIR/rewound).
     pub rewound_records: u64,
     /// Why the node refuses writes, when it does.
@@ -85,6 +88,20 @@ pub struct PeerReport {
     /// Milliseconds since the peer last answered or spoke; null if never.
     pub last_contact_ms: Option<u64>,
     pub heartbeat_rtt_ms: Option<f64>,
+}
+
+/// One standby as its primary sees it (`HealthReport::standbys`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyReport {
+    pub id: String,
+    /// Its WAL stream is open and it answered since the primary started.
+    pub connected: bool,
+    pub flushed_lsn: u64,
+    pub lag_records: u64,
+    /// sync, not_sync or async: what the primary tells it.
+    pub sync_state: String,
+    /// Commits wait for it under the commit rule.
+    pub counted: bool,
 }
 
 /// `PUT`/`DELETE /kv/{key}`: where the write landed.
@@ -183,6 +200,18 @@ impl HealthReport {
                 last_contact_ms: h.peer.last_contact.map(|d| d.as_millis() as u64),
                 heartbeat_rtt_ms: h.peer.heartbeat_rtt.map(|d| d.as_secs_f64() * 1e3),
             },
+            standbys: h
+                .standbys
+                .iter()
+                .map(|s| StandbyReport {
+                    id: s.node_id.0.clone(),
+                    connected: s.connected,
+                    flushed_lsn: s.flushed_lsn.0,
+                    lag_records: s.lag_records,
+                    sync_state: sync_state_str(s.sync_state).to_string(),
+                    counted: s.counted,
+                })
+                .collect(),
             rewound_records: h.rewound_records,
             note: h.note.clone(),
             arbiter: h.arbiter.as_ref().map(|a| ArbiterReport {

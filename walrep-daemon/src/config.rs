@@ -799,7 +799,7 @@ pub(crate) fn socket_addr(v: &str) -> Result<SocketAddr, String> {
 /// or the file): each other node as `ID=HOST:PORT`. A pair may give its
 /// one peer as the older `HOST:PORT` with the name in `--peer-id`. The
 /// first is `Config::peer_id`, the rest `Config::more_peers`.
-fn peer_entries(v: &str) -> Result<((Option<NodeId>, String), Vec<walrep::PeerAddress>), String> {
+fn peer_entries(v: &str) -> Result<(PeerEntry, Vec<walrep::PeerAddress>), String> {
     let entries: Vec<&str> = v
         .split(',')
         .map(str::trim)
@@ -829,14 +829,19 @@ fn peer_entries(v: &str) -> Result<((Option<NodeId>, String), Vec<walrep::PeerAd
     let mut seen = std::collections::BTreeSet::new();
     for id in first.0.iter().chain(more.iter().map(|p| &p.id)) {
         if !seen.insert(id.clone()) {
-            return Err(format!("names the node {id} twice; give each other node once"));
+            return Err(format!(
+                "names the node {id} twice; give each other node once"
+            ));
         }
     }
     Ok((first, more))
 }
 
+/// One `--peer` entry: its name if it gave one, and its address.
+type PeerEntry = (Option<NodeId>, String);
+
 /// One `--peer` entry: `ID=HOST:PORT`, or `HOST:PORT`.
-fn peer_entry(entry: &str) -> Result<(Option<NodeId>, String), String> {
+fn peer_entry(entry: &str) -> Result<PeerEntry, String> {
     match entry.split_once('=') {
         Some((id, addr)) => {
             let id = node_name(id.trim())?;
@@ -1135,8 +1140,14 @@ mod tests {
             ("=h:1", "is not a node name"),
             ("n 2=h:1", "is not a node name"),
             ("n2=h:1,n2=h:2", "names the node n2 twice"),
-            ("n2=h:1,h:2", "with several peers, give each as ID=HOST:PORT"),
-            ("h:1,n3=h:2", "with several peers, give each as ID=HOST:PORT"),
+            (
+                "n2=h:1,h:2",
+                "with several peers, give each as ID=HOST:PORT",
+            ),
+            (
+                "h:1,n3=h:2",
+                "with several peers, give each as ID=HOST:PORT",
+            ),
             ("n2=a:7001 n3=b:7001", "is not a HOST:PORT"),
             ("n2=h=x:1", "is not a HOST:PORT"),
             ("n2=::1:7001", "[::1]:7001 for IPv6"),
@@ -1181,7 +1192,10 @@ mod tests {
             f.retain(|(k, _)| *k != "sync_standbys");
             f.push(("sync_standbys", rule.into()));
             let e = err(resolve(f, None, &[]));
-            assert!(e.contains("sync_standbys") && e.contains(says), "{rule}: {e}");
+            assert!(
+                e.contains("sync_standbys") && e.contains(says),
+                "{rule}: {e}"
+            );
         }
         // The file may give the list as an array.
         let file = "peer = [\"n2=h:1\", \"n3=h:2\"]\narbiter = \"witness://w:7100\"\n";

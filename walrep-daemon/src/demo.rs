@@ -1,7 +1,8 @@
 //! `walrep demo`: the failover story on one machine, no Docker needed.
 //!
-//! Starts two nodes as child processes (this same binary) on free loopback
-//! ports, writes keys to the primary recording every acknowledged write,
+//! Starts two nodes (or, with `--nodes N`, N nodes and a `walrep
+//! witness` as their arbiter) as child processes (this same binary) on
+//! free loopback ports, writes keys to the primary recording every acknowledged write,
 //! SIGKILLs the primary, measures the failover (kill -> first acknowledged
 //! write on the new primary), writes more, restarts the old primary with
 //! its original flags, waits until it has rejoined as a standby and caught
@@ -10,9 +11,10 @@
 //! way out (`Drop`), errors and panics included.
 
 use super::client::HttpClient;
+use super::cluster::Cluster;
 use super::engine::EngineKind;
 use super::error::DaemonError;
-use super::pair::{Pair, PairOptions, STEP};
+use super::pair::{NodeProc, Pair, PairOptions, STEP, is_standby_in_contact, is_streaming_primary};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -31,7 +33,11 @@ pub struct DemoArgs {
     /// Keys written on the new primary after the failover [default: keys / 3].
     #[arg(long, value_name = "KEYS")]
     pub keys_after: Option<usize>,
-    /// Commit mode of both nodes.
+    /// Data nodes: 2 (a pair, no arbiter) or 3 to 5 (with a `walrep
+    /// witness` as arbiter; each write waits for every standby).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
+    pub nodes: u8,
+    /// Commit mode of every node.
     #[arg(long, default_value = "remote-flush")]
     pub commit_mode: CommitMode,
     /// Heartbeat interval of both nodes.
@@ -121,37 +127,124 @@ async fn write_keys(
     Ok(())
 }
 
+/// The nodes the demo runs: a pair, or a cluster with its witness.
+struct Nodes {
+    procs: Vec<NodeProc>,
+    /// Kept running while the cluster runs; stopped when dropped.
+    _witness: Option<super::pair::WitnessProc>,
+}
+
+/// Starts `count` nodes in `dir` with `o` and waits until n1 is a
+/// writable primary streaming to every standby and each standby is in
+/// contact (in a sync mode, eligible to take over).
+async fn start_nodes(
+    dir: &std::path::Path,
+    o: &PairOptions,
+    count: usize,
+) -> Result<Nodes, DaemonError> {
+    let (mut procs, witness) = if count == 2 {
+        let pair = Pair::new(dir, o)?;
+        (vec![pair.n1, pair.n2], None)
+    } else {
+        let cluster = Cluster::new(dir, o, count).await?;
+        (cluster.nodes, Some(cluster.witness))
+    };
+    for p in &mut procs {
+        p.spawn()?;
+    }
+    let standbys = count - 1;
+    procs[0]
+        .wait_for("a writable primary streaming to every standby", STEP, |h| {
+            is_streaming_primary(h)
+                && h.standbys.len() == standbys
+                && h.standbys.iter().all(|s| s.connected)
+        })
+        .await?;
+    for p in &mut procs[1..] {
+        p.wait_for("a standby in contact", STEP, |h| {
+            is_standby_in_contact(h, o.commit_mode)
+        })
+        .await?;
+    }
+    Ok(Nodes {
+        procs,
+        _witness: witness,
+    })
+}
+
+/// Writes one key to whichever of `addrs` takes it first, retrying until
+/// one does (the new primary, once a standby has taken over); returns
+/// the index of the node that acknowledged it.
+async fn first_write_anywhere(addrs: &[String], acked: Acked) -> Result<usize, DaemonError> {
+    let deadline = Instant::now() + STEP;
+    let mut clients: Vec<HttpClient> = addrs
+        .iter()
+        .map(|a| HttpClient::new(a).with_timeout(Duration::from_secs(2)))
+        .collect();
+    let (key, value) = ("a000000".to_string(), "value-of-a000000".to_string());
+    let once = crate::idempotency::new_key();
+    loop {
+        for (i, client) in clients.iter_mut().enumerate() {
+            if client
+                .put_once(&key, value.clone().into(), &once)
+                .await
+                .is_ok()
+            {
+                acked.lock().await.push((key, value));
+                return Ok(i);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(DaemonError::Failed(format!(
+                "no node took a write within {STEP:?} of the kill"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     let dir = a
         .dir
         .clone()
         .unwrap_or_else(|| super::pair::temp_dir("demo"));
     let mode = a.commit_mode;
-    let mut pair = Pair::new(
-        &dir,
-        &PairOptions {
-            heartbeat_ms: a.heartbeat_ms,
-            failover_timeout_ms: a.failover_timeout_ms,
-            extra: vec![("engine", a.engine.to_string())],
-            ..PairOptions::defaults(mode)
-        },
-    )?;
-    println!("walrep demo: two nodes in {}", dir.display());
-    for n in [&pair.n1, &pair.n2] {
-        println!("  {}: HTTP {}, log {}", n.name, n.http, n.log.display());
-    }
+    let count = usize::from(a.nodes);
+    let options = PairOptions {
+        heartbeat_ms: a.heartbeat_ms,
+        failover_timeout_ms: a.failover_timeout_ms,
+        extra: vec![("engine", a.engine.to_string())],
+        ..PairOptions::defaults(mode)
+    };
+    let what = if count == 2 {
+        "two nodes".to_string()
+    } else {
+        format!("{count} nodes and a witness (the arbiter)")
+    };
+    println!("walrep demo: {what} in {}", dir.display());
     println!(
         "  engine {}, commit mode {mode}, heartbeat {} ms, failover after {} ms of silence",
         a.engine, a.heartbeat_ms, a.failover_timeout_ms
     );
-    pair.start(mode).await?;
-    let Pair { mut n1, mut n2, .. } = pair;
-    println!("both nodes up: n1 primary, n2 standby");
+    let Nodes {
+        procs: mut nodes,
+        _witness,
+    } = start_nodes(&dir, &options, count).await?;
+    for n in &nodes {
+        println!("  {}: HTTP {}, log {}", n.name, n.http, n.log.display());
+    }
+    if count == 2 {
+        println!("both nodes up: n1 primary, n2 standby");
+    } else {
+        println!(
+            "all {count} nodes up: n1 primary, every other node its standby (each write waits for every standby)"
+        );
+    }
 
     let acked: Acked = Arc::default();
     println!("writing {} keys to n1...", a.keys);
     let started = Instant::now();
-    write_keys(&n1.http, "k", 0..a.keys, a.concurrency, acked.clone()).await?;
+    write_keys(&nodes[0].http, "k", 0..a.keys, a.concurrency, acked.clone()).await?;
     let before = acked.lock().await.len();
     println!(
         "  {before} writes acknowledged in {:.2} s",
@@ -161,53 +254,96 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
     // A standby promotes itself only if the primary's last word was that
     // it is in sync (async: lag small enough). In remote-write mode a
     // standby that has written but not yet flushed the last commits is not:
-    // crash the primary once n2 would take over, as an operator would check.
-    n2.wait_for("eligible to take over", STEP, |h| h.eligible)
-        .await?;
+    // crash the primary once one would take over, as an operator would check.
+    for n in &mut nodes[1..] {
+        n.wait_for("eligible to take over", STEP, |h| h.eligible)
+            .await?;
+    }
     println!("killing n1 (SIGKILL)...");
     let killed = Instant::now();
-    n1.kill();
+    nodes[0].kill();
     let after = a.keys_after.unwrap_or(a.keys / 3).max(1);
-    // The first write after the crash: retried on n2 until it is primary.
-    write_keys(&n2.http, "a", 0..1, 1, acked.clone()).await?;
+    // The first write after the crash: retried on every survivor until
+    // one of them is primary.
+    let survivors: Vec<String> = nodes[1..].iter().map(|n| n.http.clone()).collect();
+    let new = 1 + first_write_anywhere(&survivors, acked.clone()).await?;
     let failover = killed.elapsed();
-    let h = n2
+    let h = nodes[new]
         .wait_for("primary", STEP, |h| h.role == "primary")
         .await?;
+    let (new_name, epoch) = (nodes[new].name.clone(), h.epoch);
     println!(
-        "n2 took over: first write acknowledged {:.3} s after the kill (epoch {})",
-        failover.as_secs_f64(),
-        h.epoch
+        "{new_name} took over: first write acknowledged {:.3} s after the kill (epoch {epoch})",
+        failover.as_secs_f64()
     );
-    println!("writing {} more keys to n2...", after - 1);
-    write_keys(&n2.http, "a", 1..after, a.concurrency, acked.clone()).await?;
+    // Every other survivor follows the new primary without an operator.
+    let mut followed = Duration::ZERO;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i == 0 || i == new {
+            continue;
+        }
+        n.wait_for("following the new primary", STEP, |h| {
+            h.role == "standby" && h.epoch == epoch && h.leader_id.as_deref() == Some(&new_name)
+        })
+        .await?;
+        followed = followed.max(killed.elapsed());
+        println!(
+            "{} follows {new_name} at epoch {epoch} ({:.3} s after the kill)",
+            n.name,
+            followed.as_secs_f64()
+        );
+    }
+    println!("writing {} more keys to {new_name}...", after - 1);
+    write_keys(
+        &nodes[new].http,
+        "a",
+        1..after,
+        a.concurrency,
+        acked.clone(),
+    )
+    .await?;
 
     println!("restarting n1 with its original flags...");
-    n1.spawn()?;
-    let target = n2
+    nodes[0].spawn()?;
+    let target = nodes[new]
         .wait_for("its last write committed", STEP, |h| {
             h.commit_lsn >= h.last_lsn
         })
         .await?
         .last_lsn;
-    let h1_final = n1
-        .wait_for("a standby caught up with n2", STEP, |h| {
-            h.role == "standby" && h.peer.connected && h.applied_lsn >= target
+    let mut standbys_final = Vec::new();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i == new {
+            continue;
+        }
+        let h = n
+            .wait_for(&format!("a standby caught up with {new_name}"), STEP, |h| {
+                h.role == "standby" && h.peer.connected && h.applied_lsn >= target
+            })
+            .await?;
+        standbys_final.push((n.name.clone(), h));
+    }
+    let standby_count = count - 1;
+    let primary_final = nodes[new]
+        .wait_for("streaming to every standby and applied", STEP, |h| {
+            h.standbys.len() == standby_count
+                && h.standbys.iter().all(|s| s.connected)
+                && h.applied_lsn >= target
         })
         .await?;
-    let h2_final = n2
-        .wait_for("streaming to n1 and applied", STEP, |h| {
-            h.peer.connected && h.applied_lsn >= target
-        })
-        .await?;
+    let h1_final = &standbys_final
+        .iter()
+        .find(|(name, _)| name == "n1")
+        .expect("n1 is a standby now")
+        .1;
     println!(
         "n1 rejoined as standby at epoch {} and caught up to LSN {target}",
         h1_final.epoch
     );
 
-    println!("verifying every acknowledged write on n2...");
+    println!("verifying every acknowledged write on {new_name}...");
     let acked = acked.lock().await.clone();
-    let mut client = HttpClient::new(&n2.http);
+    let mut client = HttpClient::new(&nodes[new].http);
     let (mut lost, mut wrong) = (0usize, 0usize);
     for (key, value) in &acked {
         match client.get(key).await? {
@@ -216,12 +352,15 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
             Some(_) => {}
         }
     }
-    let hashes_equal = h1_final.state_hash == h2_final.state_hash;
+    let hashes_equal = standbys_final
+        .iter()
+        .all(|(_, h)| h.state_hash == primary_final.state_hash);
     let loss_allowed = mode == CommitMode::Async;
     let pass = hashes_equal && wrong == 0 && (lost == 0 || loss_allowed);
 
     println!();
     println!("walrep demo report");
+    println!("  nodes                     {count}");
     println!("  commit mode               {mode}");
     println!(
         "  writes acknowledged       {} ({before} before the crash, {} after)",
@@ -229,9 +368,15 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         acked.len() - before
     );
     println!(
-        "  failover time             {:.3} s (SIGKILL of n1 -> first acknowledged write on n2)",
+        "  failover time             {:.3} s (SIGKILL of n1 -> first acknowledged write on {new_name})",
         failover.as_secs_f64()
     );
+    if count > 2 {
+        println!(
+            "  every standby following   {:.3} s after the kill",
+            followed.max(failover).as_secs_f64()
+        );
+    }
     println!(
         "  acknowledged writes lost  {lost}{}",
         if loss_allowed && lost > 0 {
@@ -245,18 +390,25 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         "  n1 rejoined               standby at epoch {}, {} records rewound",
         h1_final.epoch, h1_final.rewound_records
     );
+    let hashes: Vec<String> = std::iter::once(format!("{new_name} {}", primary_final.state_hash))
+        .chain(
+            standbys_final
+                .iter()
+                .map(|(name, h)| format!("{name} {}", h.state_hash)),
+        )
+        .collect();
     println!(
-        "  state hashes equal        {} (n1 {}, n2 {} at LSN {})",
+        "  state hashes equal        {} ({} at LSN {})",
         if hashes_equal { "yes" } else { "NO" },
-        h1_final.state_hash,
-        h2_final.state_hash,
-        h2_final.applied_lsn
+        hashes.join(", "),
+        primary_final.applied_lsn
     );
     println!("  data and logs kept in     {}", dir.display());
     println!("RESULT: {}", if pass { "PASS" } else { "FAIL" });
     // A clean stop persists each node's KV snapshot.
-    n1.terminate(Duration::from_secs(5));
-    n2.terminate(Duration::from_secs(5));
+    for n in &mut nodes {
+        n.terminate(Duration::from_secs(5));
+    }
     Ok(if pass {
         ExitCode::SUCCESS
     } else {

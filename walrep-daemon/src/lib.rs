@@ -39,6 +39,7 @@ pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -1169,30 +1169,39 @@ async fn cli_commands_talk_to_a_node_and_say_when_it_is_unreachable() {
 
 #[test]
 fn the_demo_fails_over_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_bin(
-        &[
-            "demo",
-            "--keys",
-            "300",
-            "--heartbeat-ms",
-            "50",
-            "--failover-timeout-ms",
-            "500",
-            "--dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("acknowledged writes lost  0"), "{stdout}");
-    assert!(stdout.contains("state hashes equal        yes"), "{stdout}");
-    assert!(stdout.contains("RESULT: PASS"), "{stdout}");
+    for nodes in ["2", "3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_bin(
+            &[
+                "demo",
+                "--nodes",
+                nodes,
+                "--keys",
+                "300",
+                "--heartbeat-ms",
+                "50",
+                "--failover-timeout-ms",
+                "500",
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{nodes} nodes: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("acknowledged writes lost  0"), "{stdout}");
+        assert!(stdout.contains("state hashes equal        yes"), "{stdout}");
+        assert!(stdout.contains("RESULT: PASS"), "{stdout}");
+        if nodes == "3" {
+            // The standby that did not promote follows the one that did.
+            assert!(stdout.contains("every standby following"), "{stdout}");
+            assert!(stdout.contains(" follows n"), "{stdout}");
+        }
+    }
 }
 
 /// Runs a `walrep bench-*` command and returns its JSON result lines.
