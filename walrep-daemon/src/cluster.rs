@@ -3,10 +3,15 @@
 //! cluster, n2, n3, ... its standbys, each naming every other as a peer.
 //! What `walrep demo --nodes N` runs (a pair is `pair.rs`).
 
+use super::api::HealthReport;
 use super::error::DaemonError;
-use super::pair::{PairOptions, WitnessProc, start_witness};
+use super::pair::{
+    Pair, PairOptions, STEP, WitnessProc, is_standby_in_contact, is_streaming_primary,
+    start_witness,
+};
 use super::process::{NodeProc, free_ports, with};
 use std::path::Path;
+use walrep::CommitMode;
 
 /// The nodes (n1 first) and their witness, laid out but not started.
 pub struct Cluster {
@@ -55,4 +60,66 @@ impl Cluster {
             .collect();
         Ok(Cluster { nodes, witness })
     }
+}
+
+/// The node processes of a pair or a cluster, n1 first, and the witness
+/// a cluster runs (stopped when this is dropped).
+pub struct Nodes {
+    pub procs: Vec<NodeProc>,
+    pub witness: Option<WitnessProc>,
+}
+
+impl Nodes {
+    /// Lays out `count` nodes in `dir` with `o`: a [`Pair`] for two, a
+    /// [`Cluster`] (which starts its witness) for more; none started yet.
+    pub async fn new(dir: &Path, o: &PairOptions, count: usize) -> Result<Nodes, DaemonError> {
+        if count == 2 {
+            let pair = Pair::new(dir, o)?;
+            return Ok(Nodes {
+                procs: vec![pair.n1, pair.n2],
+                witness: None,
+            });
+        }
+        let cluster = Cluster::new(dir, o, count).await?;
+        Ok(Nodes {
+            procs: cluster.nodes,
+            witness: Some(cluster.witness),
+        })
+    }
+
+    /// Starts every node and waits until n1 streams to all the others
+    /// (see [`wait_streaming_all`]).
+    pub async fn start(&mut self, mode: CommitMode) -> Result<HealthReport, DaemonError> {
+        for p in &mut self.procs {
+            p.spawn()?;
+        }
+        wait_streaming_all(&mut self.procs, 0, mode).await
+    }
+}
+
+/// Waits until `nodes[primary]` is a writable primary streaming to every
+/// other node, and each of them a standby in contact (in a sync `mode`,
+/// eligible to take over); returns the primary's health then.
+pub async fn wait_streaming_all(
+    nodes: &mut [NodeProc],
+    primary: usize,
+    mode: CommitMode,
+) -> Result<HealthReport, DaemonError> {
+    let standbys = nodes.len() - 1;
+    let h = nodes[primary]
+        .wait_for("a writable primary streaming to every standby", STEP, |h| {
+            is_streaming_primary(h)
+                && h.standbys.len() == standbys
+                && h.standbys.iter().all(|s| s.connected)
+        })
+        .await?;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != primary {
+            n.wait_for("a standby in contact", STEP, |h| {
+                is_standby_in_contact(h, mode)
+            })
+            .await?;
+        }
+    }
+    Ok(h)
 }

@@ -11,10 +11,10 @@
 //! way out (`Drop`), errors and panics included.
 
 use super::client::HttpClient;
-use super::cluster::Cluster;
+use super::cluster::Nodes;
 use super::engine::EngineKind;
 use super::error::DaemonError;
-use super::pair::{NodeProc, Pair, PairOptions, STEP, is_standby_in_contact, is_streaming_primary};
+use super::pair::{PairOptions, STEP};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -127,51 +127,6 @@ async fn write_keys(
     Ok(())
 }
 
-/// The nodes the demo runs: a pair, or a cluster with its witness.
-struct Nodes {
-    procs: Vec<NodeProc>,
-    /// Kept running while the cluster runs; stopped when dropped.
-    _witness: Option<super::pair::WitnessProc>,
-}
-
-/// Starts `count` nodes in `dir` with `o` and waits until n1 is a
-/// writable primary streaming to every standby and each standby is in
-/// contact (in a sync mode, eligible to take over).
-async fn start_nodes(
-    dir: &std::path::Path,
-    o: &PairOptions,
-    count: usize,
-) -> Result<Nodes, DaemonError> {
-    let (mut procs, witness) = if count == 2 {
-        let pair = Pair::new(dir, o)?;
-        (vec![pair.n1, pair.n2], None)
-    } else {
-        let cluster = Cluster::new(dir, o, count).await?;
-        (cluster.nodes, Some(cluster.witness))
-    };
-    for p in &mut procs {
-        p.spawn()?;
-    }
-    let standbys = count - 1;
-    procs[0]
-        .wait_for("a writable primary streaming to every standby", STEP, |h| {
-            is_streaming_primary(h)
-                && h.standbys.len() == standbys
-                && h.standbys.iter().all(|s| s.connected)
-        })
-        .await?;
-    for p in &mut procs[1..] {
-        p.wait_for("a standby in contact", STEP, |h| {
-            is_standby_in_contact(h, o.commit_mode)
-        })
-        .await?;
-    }
-    Ok(Nodes {
-        procs,
-        _witness: witness,
-    })
-}
-
 /// Writes one key to whichever of `addrs` takes it first, retrying until
 /// one does (the new primary, once a standby has taken over); returns
 /// the index of the node that acknowledged it.
@@ -226,10 +181,12 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
         "  engine {}, commit mode {mode}, heartbeat {} ms, failover after {} ms of silence",
         a.engine, a.heartbeat_ms, a.failover_timeout_ms
     );
+    let mut cluster = Nodes::new(&dir, &options, count).await?;
+    cluster.start(mode).await?;
     let Nodes {
         procs: mut nodes,
-        _witness,
-    } = start_nodes(&dir, &options, count).await?;
+        witness: _witness,
+    } = cluster;
     for n in &nodes {
         println!("  {}: HTTP {}, log {}", n.name, n.http, n.log.display());
     }

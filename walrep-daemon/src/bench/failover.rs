@@ -8,13 +8,16 @@
 //! the primary, SIGKILL of the primary, the first acknowledgement from the
 //! new one, every acknowledged write of the trial read back from it, the
 //! killed node restarted with its original flags until it has rejoined as
-//! an eligible standby; the next trial kills the other node.
+//! an eligible standby; the next trial kills the new primary. With
+//! `--nodes N` (3 or more, with their own witness), each trial also times
+//! until every other standby follows the new primary.
 
 use super::load::{self, Keys, Load, Percentiles};
 use super::{emit_json, r3};
 use crate::client::HttpClient;
 use crate::error::DaemonError;
-use crate::pair::{NodeProc, Pair, PairOptions, STEP, temp_dir, wait_streaming};
+use crate::cluster::{Nodes, wait_streaming_all};
+use crate::pair::{NodeProc, PairOptions, STEP, temp_dir};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -28,6 +31,10 @@ pub struct FailoverArgs {
     /// Crashes of the primary to time.
     #[arg(long, default_value_t = 20)]
     pub trials: usize,
+    /// Data nodes: 2 (a pair) or 3 to 5 (a cluster with its own witness
+    /// as arbiter; --witness and --arbiter are for a pair).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
+    pub nodes: u8,
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub heartbeat_ms: u64,
     #[arg(long, value_name = "MS", default_value_t = 1000)]
@@ -58,12 +65,19 @@ struct FailoverResult {
     commit_mode: &'static str,
     /// `none`, or the arbiter's URL.
     arbiter: String,
+    nodes: usize,
     heartbeat_ms: u64,
     failover_timeout_ms: u64,
     trials: usize,
     p50_s: f64,
     p99_s: f64,
     max_s: f64,
+    /// With three or more nodes: from the kill until every other standby
+    /// followed the new primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow_p99_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow_max_s: Option<f64>,
     acknowledged: usize,
     lost: usize,
     load_seconds: u64,
@@ -77,8 +91,14 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     let dir = a.dir.clone().unwrap_or_else(|| temp_dir("bench-failover"));
     let mode = a.commit_mode;
     let defaults = PairOptions::defaults(mode);
+    let count = usize::from(a.nodes);
+    if count > 2 && (a.arbiter.witness || a.arbiter.arbiter.is_some()) {
+        return Err(DaemonError::Config(
+            "--witness and --arbiter are for a pair: a cluster of --nodes 3 or more runs its own witness".into(),
+        ));
+    }
     let arbiter = a.arbiter.start(&dir, &defaults.launch).await?;
-    let mut pair = Pair::new(
+    let mut cluster = Nodes::new(
         &dir,
         &PairOptions {
             heartbeat_ms: a.heartbeat_ms,
@@ -86,56 +106,80 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
             extra: arbiter.setting().into_iter().collect(),
             ..defaults
         },
-    )?;
+        count,
+    )
+    .await?;
+    let arbiter_name = match &cluster.witness {
+        Some(w) => w.url.clone(),
+        None => arbiter.name(),
+    };
     eprintln!(
-        "bench-failover: {} trials, heartbeat {} ms, failover after {} ms, {mode}, arbiter {}, nodes in {}",
+        "bench-failover: {} trials, {count} nodes, heartbeat {} ms, failover after {} ms, {mode}, arbiter {arbiter_name}, nodes in {}",
         a.trials,
         a.heartbeat_ms,
         a.failover_timeout_ms,
-        arbiter.name(),
         dir.display()
     );
-    pair.start(mode).await?;
-    let false_failovers = loaded_phase(&a, &pair).await?;
+    cluster.start(mode).await?;
+    let nodes = &mut cluster.procs;
+    let false_failovers = loaded_phase(&a, nodes).await?;
     eprintln!(
         "bench-failover: {false_failovers} false failovers in {} s under load",
         a.load_seconds
     );
 
     let mut times = Vec::with_capacity(a.trials);
+    let mut follows = Vec::with_capacity(a.trials);
     let (mut acknowledged, mut lost) = (0usize, 0usize);
-    let (mut primary, mut standby) = (&mut pair.n1, &mut pair.n2);
+    let mut primary = 0;
     for trial in 1..=a.trials {
-        let t = crash_primary(primary, standby, mode, trial).await?;
+        let t = crash_primary(nodes, primary, mode, trial).await?;
+        let follow = t
+            .followed
+            .map(|d| format!(", every standby following after {:.3} s", d.as_secs_f64()))
+            .unwrap_or_default();
         eprintln!(
-            "bench-failover: trial {trial}: {:.3} s, {} acknowledged, {} lost",
+            "bench-failover: trial {trial}: {} took over in {:.3} s{follow}, {} acknowledged, {} lost",
+            nodes[t.new_primary].name,
             t.failover.as_secs_f64(),
             t.acknowledged,
             t.lost
         );
         times.push(t.failover);
+        follows.extend(t.followed);
         acknowledged += t.acknowledged;
         lost += t.lost;
-        std::mem::swap(&mut primary, &mut standby);
+        primary = t.new_primary;
     }
     let p = Percentiles::new(times);
+    let f = (!follows.is_empty()).then(|| Percentiles::new(follows));
     let result = FailoverResult {
         bench: "failover",
         commit_mode: mode.as_str(),
-        arbiter: arbiter.name(),
+        arbiter: arbiter_name,
+        nodes: count,
         heartbeat_ms: a.heartbeat_ms,
         failover_timeout_ms: a.failover_timeout_ms,
         trials: a.trials,
         p50_s: r3(p.at(0.5).as_secs_f64()),
         p99_s: r3(p.at(0.99).as_secs_f64()),
         max_s: r3(p.max().as_secs_f64()),
+        follow_p99_s: f.as_ref().map(|f| r3(f.at(0.99).as_secs_f64())),
+        follow_max_s: f.as_ref().map(|f| r3(f.max().as_secs_f64())),
         acknowledged,
         lost,
         load_seconds: a.load_seconds,
         false_failovers,
     };
+    let follow = match (result.follow_p99_s, result.follow_max_s) {
+        (Some(p99), Some(max)) => {
+            format!("; every standby following: p99 {p99:.3} s, max {max:.3} s")
+        }
+        _ => String::new(),
+    };
     println!(
-        "failover (SIGKILL -> first acknowledged write), arbiter {}, heartbeat {} ms, timeout {} ms: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} trials; {} acknowledged, {} lost; {} false failovers in {} s under load",
+        "failover (SIGKILL -> first acknowledged write), {} nodes, arbiter {}, heartbeat {} ms, timeout {} ms: p50 {:.3} s, p99 {:.3} s, max {:.3} s over {} trials{follow}; {} acknowledged, {} lost; {} false failovers in {} s under load",
+        result.nodes,
         result.arbiter,
         result.heartbeat_ms,
         result.failover_timeout_ms,
@@ -149,7 +193,13 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
         result.load_seconds
     );
     emit_json(a.json, &result);
-    pair.finish(a.dir.is_some());
+    for n in nodes.iter_mut() {
+        n.terminate(Duration::from_secs(5));
+    }
+    drop(cluster);
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     arbiter.stop();
     if lost > 0 && mode.is_sync() {
         return Err(DaemonError::Failed(format!(
@@ -159,8 +209,8 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Writers and busy threads on a healthy pair; the promotions seen.
-async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError> {
+/// Writers and busy threads on healthy nodes; the promotions seen.
+async fn loaded_phase(a: &FailoverArgs, nodes: &[NodeProc]) -> Result<u64, DaemonError> {
     if a.load_seconds == 0 {
         return Ok(0);
     }
@@ -181,11 +231,13 @@ async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError>
         value_bytes: 100,
         keys: Keys::Unique,
         prefix: "loaded".into(),
-        addrs: vec![pair.n1.http.clone(), pair.n2.http.clone()],
+        addrs: nodes.iter().map(|n| n.http.clone()).collect(),
         keep_keys: false,
     });
-    let mut clients = [&pair.n1.http, &pair.n2.http]
-        .map(|addr| HttpClient::new(addr).with_timeout(Duration::from_secs(5)));
+    let mut clients: Vec<HttpClient> = nodes
+        .iter()
+        .map(|n| HttpClient::new(&n.http).with_timeout(Duration::from_secs(5)))
+        .collect();
     let mut start_epoch = None;
     let mut max_epoch = 0;
     let deadline = Instant::now() + Duration::from_secs(a.load_seconds);
@@ -213,31 +265,86 @@ async fn loaded_phase(a: &FailoverArgs, pair: &Pair) -> Result<u64, DaemonError>
 }
 
 struct Trial {
+    new_primary: usize,
     failover: Duration,
+    /// With three or more nodes: until every other standby followed.
+    followed: Option<Duration>,
     acknowledged: usize,
     lost: usize,
 }
 
+/// Polls every node but `except` until one is a writable primary.
+async fn wait_any_primary(nodes: &[NodeProc], except: usize) -> Result<usize, DaemonError> {
+    let deadline = Instant::now() + STEP;
+    let mut clients: Vec<(usize, HttpClient)> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != except)
+        .map(|(i, n)| (i, HttpClient::new(&n.http).with_timeout(Duration::from_secs(1))))
+        .collect();
+    loop {
+        for (i, c) in &mut clients {
+            if let Ok((_, h)) = c.health().await
+                && h.role == "primary"
+                && h.writable
+            {
+                return Ok(*i);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(DaemonError::Failed(format!(
+                "no node became a writable primary within {STEP:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn crash_primary(
-    primary: &mut NodeProc,
-    standby: &mut NodeProc,
+    nodes: &mut [NodeProc],
+    primary: usize,
     mode: CommitMode,
     trial: usize,
 ) -> Result<Trial, DaemonError> {
-    let before = wait_streaming(primary, standby, mode).await?;
-    let writing = load::start(&Load::following(
-        4,
-        format!("trial{trial}"),
-        primary,
-        standby,
-    ));
+    let before = wait_streaming_all(nodes, primary, mode).await?;
+    // Writers follow the primary over every node's address, its own first.
+    let mut addrs = vec![nodes[primary].http.clone()];
+    addrs.extend(
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != primary)
+            .map(|(_, n)| n.http.clone()),
+    );
+    let writing = load::start(&Load {
+        writers: 4,
+        value_bytes: 100,
+        keys: Keys::Unique,
+        prefix: format!("trial{trial}"),
+        addrs,
+        keep_keys: true,
+    });
     // Let the writers reach full speed before the crash.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
-    primary.kill();
-    standby
+    nodes[primary].kill();
+    let new = wait_any_primary(nodes, primary).await?;
+    let epoch = nodes[new]
         .wait_for("primary", STEP, |h| h.role == "primary" && h.writable)
+        .await?
+        .epoch;
+    let new_name = nodes[new].name.clone();
+    let mut followed = None;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i == primary || i == new {
+            continue;
+        }
+        n.wait_for("following the new primary", STEP, |h| {
+            h.role == "standby" && h.epoch == epoch && h.leader_id.as_deref() == Some(&new_name)
+        })
         .await?;
+        followed = Some(killed.elapsed());
+    }
     // The writers retry every millisecond: give them time to land their
     // first writes in the new epoch, then look at when the first did.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -254,15 +361,17 @@ async fn crash_primary(
         })?;
     let failover = first_new.at - killed;
 
-    let lost = load::count_lost(&standby.http, &acks).await?;
-    primary.spawn()?;
-    primary
+    let lost = load::count_lost(&nodes[new].http, &acks).await?;
+    nodes[primary].spawn()?;
+    nodes[primary]
         .wait_for("rejoined as a standby", STEP, |h| {
             h.role == "standby" && h.peer.connected
         })
         .await?;
     Ok(Trial {
+        new_primary: new,
         failover,
+        followed,
         acknowledged: acks.acks.len(),
         lost,
     })
