@@ -7,7 +7,8 @@ use super::load::{self, Keys, Load};
 use super::{emit_json, r3};
 use crate::engine::EngineKind;
 use crate::error::DaemonError;
-use crate::pair::{Pair, PairOptions, temp_dir};
+use crate::cluster::Nodes;
+use crate::pair::{PairOptions, temp_dir};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ pub struct CommitArgs {
     pub engine: EngineKind,
     #[command(flatten)]
     pub arbiter: super::ArbiterArgs,
+    /// Data nodes: 2 (a pair) or 3 to 5 (a cluster with its own witness,
+    /// each write waiting for every standby; --witness and --arbiter are
+    /// for a pair).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
+    pub nodes: u8,
     /// Also print each result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -51,6 +57,7 @@ struct CommitResult {
     mode: &'static str,
     /// `none`, or the arbiter's URL.
     arbiter: String,
+    nodes: usize,
     clients: usize,
     seconds: f64,
     ops: usize,
@@ -88,9 +95,15 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             "--clients and --seconds must be at least 1".into(),
         ));
     }
+    let count = usize::from(a.nodes);
+    if count > 2 && (a.arbiter.witness || a.arbiter.arbiter.is_some()) {
+        return Err(DaemonError::Config(
+            "--witness and --arbiter are for a pair: a cluster of --nodes 3 or more runs its own witness".into(),
+        ));
+    }
     let root = a.dir.clone().unwrap_or_else(|| temp_dir("bench-pair"));
     eprintln!(
-        "bench-pair: {} engine, {} byte values, {} s per run after {} s of warm-up, nodes in {}",
+        "bench-pair: {count} nodes, {} engine, {} byte values, {} s per run after {} s of warm-up, nodes in {}",
         a.engine,
         a.value_bytes,
         a.seconds,
@@ -111,15 +124,19 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
                 .collect(),
             ..defaults
         };
-        let mut pair = Pair::new(&dir, &options)?;
-        pair.start(mode).await?;
+        let mut cluster = Nodes::new(&dir, &options, count).await?;
+        cluster.start(mode).await?;
+        let arbiter_name = match &cluster.witness {
+            Some(w) => w.url.clone(),
+            None => arbiter.name(),
+        };
         for &clients in &a.clients {
             let load = Load {
                 writers: clients,
                 value_bytes: a.value_bytes,
                 keys: Keys::Unique,
                 prefix: format!("c{clients}"),
-                addrs: vec![pair.n1.http.clone()],
+                addrs: vec![cluster.procs[0].http.clone()],
                 keep_keys: false,
             };
             load::run_for(
@@ -136,7 +153,8 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             let result = CommitResult {
                 bench: "pair",
                 mode: mode.as_str(),
-                arbiter: arbiter.name(),
+                arbiter: arbiter_name.clone(),
+                nodes: count,
                 clients,
                 seconds: r3(report.elapsed.as_secs_f64()),
                 ops: lat.len(),
@@ -164,7 +182,10 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             }
             emit_json(a.json, &result);
         }
-        pair.finish(true);
+        for n in &mut cluster.procs {
+            n.terminate(Duration::from_secs(5));
+        }
+        drop(cluster);
         arbiter.stop();
     }
     if a.dir.is_none() {
