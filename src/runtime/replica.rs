@@ -182,13 +182,12 @@ impl ReplicaBuilder {
             let peer = match self.more_peers.remove(&more.id) {
                 Some(p) => p,
                 #[cfg(feature = "tls")]
-                None if self.tls.is_some() => {
-                    return Err(crate::Error::InvalidConfig(crate::ConfigError {
-                        setting: crate::Setting::MorePeers,
-                        related: None,
-                        problem: "cannot be used with TLS in this version: a node's certificate check names one peer; run the cluster of three or more on a private network, or a pair with TLS".into(),
-                    }));
-                }
+                None if self.tls.is_some() => Arc::new(GrpcPeer::connect_lazy_tls_to(
+                    &more.id,
+                    &more.addr,
+                    &self.cfg,
+                    self.tls.as_ref().expect("checked"),
+                )?),
                 None => Arc::new(GrpcPeer::connect_lazy_to(&more.addr, &self.cfg)?),
             };
             peers.insert(more.id.clone(), peer);

@@ -80,6 +80,38 @@ impl GrpcPeer {
         ))
     }
 
+    /// Dials `addr`, the address of `id` (one of `cfg.more_peers`), over
+    /// mutual TLS as `connect_lazy_tls` does: its certificate must name
+    /// `id`.
+    #[cfg(feature = "tls")]
+    pub fn connect_lazy_tls_to(
+        id: &crate::NodeId,
+        addr: &str,
+        cfg: &crate::Config,
+        tls: &super::Tls,
+    ) -> Result<GrpcPeer, crate::Error> {
+        let endpoint = channel_settings(endpoint_of(addr, crate::config::Setting::MorePeers)?, cfg);
+        let server = tls.peer_name(id).ok_or_else(|| {
+            crate::Error::InvalidConfig(crate::config::ConfigError {
+                setting: crate::config::Setting::MorePeers,
+                related: None,
+                problem: format!("{id} is not a peer the TLS configuration was loaded for"),
+            })
+        })?;
+        let connector = super::tls::TlsConnector {
+            identity: super::tls::ClientIdentity::NodeTo {
+                tls: tls.clone(),
+                server,
+            },
+            timeout: cfg.rpc_timeout,
+        };
+        Ok(GrpcPeer::from_channels(
+            endpoint.connect_with_connector_lazy(connector.clone()),
+            endpoint.connect_with_connector_lazy(connector),
+            cfg,
+        ))
+    }
+
     /// As `connect_lazy`, over mutual TLS: the peer must present a
     /// certificate from `tls`'s CA naming `cfg.peer_id`, and this node
     /// presents its own.

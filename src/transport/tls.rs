@@ -74,10 +74,11 @@ pub struct Tls {
 struct Inner {
     files: TlsFiles,
     own_name: ServerName<'static>,
-    /// A node's peer: the only identity its server lets in and the name
-    /// its peer client requires. `None` for a witness, which serves every
-    /// node of its CA and checks each request's node id instead.
-    peer: Option<Peer>,
+    /// A node's peers (`peer_id` first, then `more_peers`): the only
+    /// identities its server lets in, and the names its clients require
+    /// of the peer each dials. Empty for a witness, which serves every node
+    /// of its CA and checks each request's node id instead.
+    peers: Vec<Peer>,
     current: RwLock<Configs>,
     refusals: RefusalLog,
 }
@@ -107,24 +108,42 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("files", &self.inner.files)
             .field("own_name", &self.inner.own_name)
-            .field("peer_id", &self.inner.peer.as_ref().map(|p| &p.id))
+            .field(
+                "peer_ids",
+                &self.inner.peers.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
 impl Tls {
-    /// Reads `files` for the node `cfg.node_id` talking to `cfg.peer_id`.
-    /// Both ids must be DNS names (letters, digits, `-`, dots), because a
-    /// certificate names its holder that way, and this node's certificate
-    /// must name `cfg.node_id` (else the peer would refuse it).
+    /// The name `id`'s certificate must carry, if `id` is one of our peers.
+    pub(crate) fn peer_name(&self, id: &NodeId) -> Option<ServerName<'static>> {
+        self.inner
+            .peers
+            .iter()
+            .find(|p| p.id == *id)
+            .map(|p| p.name.clone())
+    }
+
+    /// Reads `files` for the node `cfg.node_id` talking to `cfg.peer_id`
+    /// (and `cfg.more_peers`). Every id must be a DNS name (letters,
+    /// digits, `-`, dots), because a certificate names its holder that way,
+    /// and this node's certificate must name `cfg.node_id` (else its peers
+    /// would refuse it).
     pub fn load(files: TlsFiles, cfg: &Config) -> Result<Tls, TlsError> {
         let own_name = dns_name(&cfg.node_id, "node_id")?;
-        let peer_name = dns_name(&cfg.peer_id, "peer_id")?;
-        let peer = Peer {
+        let mut peers = vec![Peer {
             id: cfg.peer_id.clone(),
-            name: peer_name,
-        };
-        Tls::new(files, own_name, Some(peer))
+            name: dns_name(&cfg.peer_id, "peer_id")?,
+        }];
+        for more in &cfg.more_peers {
+            peers.push(Peer {
+                id: more.id.clone(),
+                name: dns_name(&more.id, "more_peers")?,
+            });
+        }
+        Tls::new(files, own_name, peers)
     }
 
     /// Reads `files` for the built-in witness: its certificate must name
@@ -133,20 +152,20 @@ impl Tls {
     /// the names that certificate carries.
     pub fn load_witness(files: TlsFiles) -> Result<Tls, TlsError> {
         let own_name = dns_name(&NodeId::from(WITNESS_NAME), "the witness's name")?;
-        Tls::new(files, own_name, None)
+        Tls::new(files, own_name, Vec::new())
     }
 
     fn new(
         files: TlsFiles,
         own_name: ServerName<'static>,
-        peer: Option<Peer>,
+        peers: Vec<Peer>,
     ) -> Result<Tls, TlsError> {
         let configs = build(&files, &own_name)?;
         Ok(Tls {
             inner: Arc::new(Inner {
                 files,
                 own_name,
-                peer,
+                peers,
                 current: RwLock::new(configs),
                 refusals: RefusalLog::default(),
             }),
@@ -171,19 +190,32 @@ impl Tls {
     }
 
     /// The TLS handshake of an accepted connection, then the check that
-    /// the client's certificate names our peer. `Err` says why, for the
+    /// the client's certificate names one of our peers (the first it
+    /// names, in `peer_id`, `more_peers` order). `Err` says why, for the
     /// refusal log.
     async fn accept(&self, tcp: TcpStream) -> Result<PeerConnection, String> {
-        let Some(peer) = &self.inner.peer else {
+        if self.inner.peers.is_empty() {
             return Err("this TLS configuration is a witness's, not a node's".into());
-        };
+        }
         let (stream, client) = self.handshake(tcp).await?;
-        names(&client.leaf, &peer.name).map_err(|e| {
-            format!(
-                "the client's certificate does not name this node's peer {:?}: {e}",
-                peer.id.0
-            )
-        })?;
+        let peer = self
+            .inner
+            .peers
+            .iter()
+            .find(|p| names(&client.leaf, &p.name).is_ok())
+            .ok_or_else(|| {
+                let first = &self.inner.peers[0];
+                let why = names(&client.leaf, &first.name).err().unwrap_or_default();
+                if self.inner.peers.len() == 1 {
+                    format!(
+                        "the client's certificate does not name this node's peer {:?}: {why}",
+                        first.id.0
+                    )
+                } else {
+                    let ids: Vec<&str> = self.inner.peers.iter().map(|p| p.id.0.as_str()).collect();
+                    format!("the client's certificate names none of this node's peers {ids:?}")
+                }
+            })?;
         Ok(PeerConnection {
             stream,
             identity: PeerIdentity {
@@ -350,7 +382,7 @@ fn build(files: &TlsFiles, own_name: &ServerName<'static>) -> Result<Configs, Tl
 /// certificate: tonic puts it in every request's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The node id the certificate names (always our peer's).
+    /// The node id the certificate names (always one of our peers').
     pub node_id: NodeId,
     /// The remote socket address.
     pub remote: Option<SocketAddr>,
@@ -600,7 +632,8 @@ impl RefusalLog {
 /// read at each dial.
 #[derive(Clone)]
 pub(crate) enum ClientIdentity {
-    /// A node's own `Tls`, as last (re)loaded; the server must be its peer.
+    /// A node's own `Tls`, as last (re)loaded; the server must be its
+    /// peer (`peer_id`).
     Node(Tls),
     /// A node's own `Tls`, as last (re)loaded, dialing another server than
     /// its peer (the witness, which must carry `server`).
@@ -621,7 +654,7 @@ impl ClientIdentity {
     fn now(&self) -> io::Result<(Arc<rustls::ClientConfig>, ServerName<'static>)> {
         Ok(match self {
             ClientIdentity::Node(tls) => {
-                let Some(peer) = &tls.inner.peer else {
+                let Some(peer) = tls.inner.peers.first() else {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         "a witness's TLS configuration cannot dial a node's peer",

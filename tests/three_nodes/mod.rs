@@ -107,3 +107,101 @@ async fn a_killed_primary_is_replaced_by_one_standby_and_the_other_follows_it() 
     );
     cluster.shutdown().await;
 }
+
+/// Writes a CA and a certificate per name into `dir`.
+fn issue(dir: &std::path::Path, names: &[&str]) -> walrep_daemon::certs::CertAuthority {
+    let ca = walrep_daemon::certs::CertAuthority::new().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for name in names {
+        let cert = ca.issue(name).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), &cert.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &cert.key_pem).unwrap();
+    }
+    ca
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_over_mutual_tls_each_admitting_every_peer_it_names() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c"];
+    issue(dir.path(), &names);
+    let listeners: Vec<std::net::TcpListener> = names
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> =
+        listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    drop(listeners);
+    let arbiter: std::sync::Arc<dyn walrep::arbiter::Arbiter> =
+        std::sync::Arc::new(walrep::arbiter::MemArbiter::new());
+    let mut replicas = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // Each node's `peer_id` is the next one, so `b` admits `a` and `a`
+        // dials `c` as peers of `more_peers`, not as `peer_id`.
+        let others = [(i + 1) % 3, (i + 2) % 3];
+        let cfg = walrep::Config {
+            initial_role: if i == 0 {
+                walrep::InitialRole::Primary
+            } else {
+                walrep::InitialRole::Standby
+            },
+            more_peers: vec![walrep::PeerAddress {
+                id: id(names[others[1]]),
+                addr: addrs[others[1]].to_string(),
+            }],
+            arbiter: Some(arbiter.clone()),
+            ..walrep::testing::test_config(
+                &id(name),
+                &id(names[others[0]]),
+                addrs[i],
+                addrs[others[0]],
+            )
+        };
+        let tls = walrep::Tls::load(
+            walrep::TlsFiles {
+                ca: dir.path().join("ca.pem"),
+                cert: dir.path().join(format!("{name}.pem")),
+                key: dir.path().join(format!("{name}.key")),
+            },
+            &cfg,
+        )
+        .unwrap();
+        let replica = walrep::Replica::builder(
+            cfg,
+            std::sync::Arc::new(walrep::testing::MemWal::new()),
+            mem_engine(&id(name)),
+        )
+        .tls(tls)
+        .serve_on(
+            walrep::testing::rebind(&addrs[i].to_string())
+                .await
+                .unwrap(),
+        )
+        .start()
+        .unwrap();
+        replicas.push(replica);
+    }
+    // `a` streams to `b` and `c`: `a` checks that `c`'s certificate names
+    // `c`, and `b` admits `a`, which is one of its `more_peers`.
+    let mut health = replicas[0].subscribe();
+    tokio::time::timeout(
+        WAIT,
+        health.wait_for(|h| {
+            h.role == RoleKind::Primary
+                && h.writable
+                && h.standbys.len() == 2
+                && h.standbys.iter().all(|s| s.connected)
+        }),
+    )
+    .await
+    .expect("a streams to both standbys over TLS")
+    .unwrap();
+    let applied = replicas[0].apply(put_cmd("k", "v")).await.unwrap();
+    for standby in &replicas[1..] {
+        standby.wait_for_lsn(applied.lsn, WAIT).await.unwrap();
+    }
+    for r in &replicas {
+        r.shutdown().await;
+    }
+}

@@ -5,9 +5,9 @@
 
 use super::load::{self, Keys, Load};
 use super::{emit_json, r3};
+use crate::cluster::Nodes;
 use crate::engine::EngineKind;
 use crate::error::DaemonError;
-use crate::cluster::Nodes;
 use crate::pair::{PairOptions, temp_dir};
 use clap::Args;
 use serde::Serialize;

@@ -15,8 +15,8 @@
 use super::load::{self, Keys, Load, Percentiles};
 use super::{emit_json, r3};
 use crate::client::HttpClient;
-use crate::error::DaemonError;
 use crate::cluster::{Nodes, wait_streaming_all};
+use crate::error::DaemonError;
 use crate::pair::{NodeProc, PairOptions, STEP, temp_dir};
 use clap::Args;
 use serde::Serialize;
@@ -280,7 +280,12 @@ async fn wait_any_primary(nodes: &[NodeProc], except: usize) -> Result<usize, Da
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != except)
-        .map(|(i, n)| (i, HttpClient::new(&n.http).with_timeout(Duration::from_secs(1))))
+        .map(|(i, n)| {
+            (
+                i,
+                HttpClient::new(&n.http).with_timeout(Duration::from_secs(1)),
+            )
+        })
         .collect();
     loop {
         for (i, c) in &mut clients {
