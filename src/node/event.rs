@@ -196,6 +196,9 @@ pub(crate) enum Event {
     FenceOrdered { epoch: Epoch },
     /// Operator asks this node to become primary.
     PromoteRequested { force: bool, from: PromoteFrom },
+    /// The engine asks this primary to hand over to `standby` (a planned
+    /// switchover to a named standby); answered with `Effect::ReplyPromote`.
+    SwitchoverTo { standby: NodeId },
     /// Standby promoting: the fence we sent to the old primary finished.
     /// `Some(last_lsn)` when it confirmed it stopped at `last_lsn`.
     FenceSent { confirmed_last_lsn: Option<Lsn> },
@@ -321,7 +324,10 @@ pub(crate) enum Effect {
     Answer(Result<(), Refused>),
     /// A promotion was asked of the primary: ask the standby to take over
     /// (it runs the planned switchover) and pass its answer on.
-    ForwardPromote,
+    ForwardPromote {
+        /// The standby asked; `None`: the pair's peer.
+        to: Option<NodeId>,
+    },
     /// How to rewind (answer to `Event::PeerLogFetched`).
     Rejoin(RejoinPlan),
     /// Persist epoch and leader before doing anything that follows;

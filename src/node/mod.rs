@@ -351,6 +351,7 @@ impl Node {
             } => self.on_fence_requested(now, epoch, leader, reason),
             Event::FenceOrdered { epoch } => self.on_fence_ordered(epoch),
             Event::PromoteRequested { force, from } => self.on_promote_requested(now, force, from),
+            Event::SwitchoverTo { standby } => self.on_switchover_to(standby),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
             Event::Opened { first_lsn } => self.on_opened(first_lsn),
             Event::RejoinStarted => {

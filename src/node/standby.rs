@@ -246,6 +246,36 @@ impl Node {
         }
     }
 
+    /// A planned switchover to `standby`, asked of this primary: it asks
+    /// that standby to take over (which fences this node once it holds
+    /// everything), or says why it cannot.
+    pub(super) fn on_switchover_to(&mut self, standby: NodeId) {
+        let refusal = match &self.role {
+            Role::Primary(p) if !p.confirmed => Some(
+                "this node is a primary waiting for its peer to confirm it follows it; a planned switchover needs a standby".to_string(),
+            ),
+            Role::Primary(p) if p.link(&standby).is_none() => {
+                let names: Vec<String> = p.links().map(|(id, _)| id.to_string()).collect();
+                Some(format!(
+                    "{standby} is not a standby of this primary (its standbys: {}); nothing was changed",
+                    names.join(", ")
+                ))
+            }
+            Role::Primary(_) => None,
+            other => Some(format!(
+                "this node is {}, not the primary: ask the primary, or ask {standby} itself to take over",
+                other.kind()
+            )),
+        };
+        match refusal {
+            Some(why) => self.emit(Effect::ReplyPromote(Err(why))),
+            None => {
+                tracing::info!(%standby, "switchover asked of the primary: asking the standby named to take over");
+                self.emit(Effect::ForwardPromote { to: Some(standby) });
+            }
+        }
+    }
+
     pub(super) fn on_promote_requested(&mut self, now: Time, force: bool, from: PromoteFrom) {
         let cfg = self.cfg.clone();
         match &mut self.role {
@@ -269,7 +299,7 @@ impl Node {
                     ?from,
                     "promotion asked of the primary: asking the standby to take over"
                 );
-                self.emit(Effect::ForwardPromote);
+                self.emit(Effect::ForwardPromote { to: None });
             }
             Role::Primary(_) => self.emit(Effect::ReplyPromote(Err(
                 "this node is already the primary".into(),

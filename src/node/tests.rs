@@ -1501,7 +1501,7 @@ fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
             from: PromoteFrom::Rpc,
         },
     );
-    assert_eq!(effects, vec![Effect::ForwardPromote]);
+    assert_eq!(effects, vec![Effect::ForwardPromote { to: None }]);
     assert_eq!(node.role(), RoleKind::Primary);
 }
 
@@ -1515,7 +1515,7 @@ fn a_promote_asked_of_the_primary_by_its_engine_is_forwarded_to_the_standby() {
             from: PromoteFrom::Engine,
         },
     );
-    assert_eq!(effects, vec![Effect::ForwardPromote]);
+    assert_eq!(effects, vec![Effect::ForwardPromote { to: None }]);
     // It keeps writing until the standby's switchover fences it.
     assert_eq!(node.role(), RoleKind::Primary);
     assert!(node.check_writable().is_ok());

@@ -123,6 +123,11 @@ pub(crate) enum Msg {
         force: bool,
         reply: oneshot::Sender<Result<Epoch>>,
     },
+    /// The engine asks this primary to hand over to `standby`.
+    SwitchoverTo {
+        standby: crate::types::NodeId,
+        reply: oneshot::Sender<Result<Epoch>>,
+    },
     /// The engine asks this node to step down to `epoch`.
     Fence {
         epoch: Epoch,

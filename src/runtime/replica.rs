@@ -318,6 +318,27 @@ impl Replica {
         }
     }
 
+    /// A planned switchover to `standby`, asked of the primary: that
+    /// standby takes over once it holds everything this node wrote (as
+    /// `Replicator::promote` asked of a primary does with its peer);
+    /// returns the new epoch. Refused on any other role, or for a node
+    /// that is not one of this primary's standbys, with nothing changed.
+    pub async fn switchover_to(&self, standby: &NodeId) -> Result<Epoch> {
+        let limit = self.inner.promote_timeout;
+        let standby = standby.clone();
+        match tokio::time::timeout(
+            limit,
+            self.ask(|reply| Msg::SwitchoverTo { standby, reply }),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "the switchover did not finish within {limit:?}; check the nodes' health for its outcome"
+            ))),
+        }
+    }
+
     /// The address the replication server bound (`ReplicaBuilder::listen`
     /// with port 0 picks one), or `None` for a node started with
     /// `start_without_server`.

@@ -205,3 +205,47 @@ async fn three_nodes_replicate_over_mutual_tls_each_admitting_every_peer_it_name
         r.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_to_a_named_standby_hands_over_to_it_and_the_other_follows() {
+    init_tracing();
+    let mut cluster = Pair::builder(mem_engine).nodes(3).start().await.unwrap();
+    cluster.wait_streaming().await.unwrap();
+    let a = cluster.node(&id("a")).replica().clone();
+    let mut last = Lsn(0);
+    for i in 0..10 {
+        last = a.apply(put_cmd(&format!("k{i}"), "v")).await.unwrap().lsn;
+    }
+    // A name that is not one of its standbys changes nothing.
+    let refused = a.switchover_to(&id("x")).await.unwrap_err();
+    assert!(refused.to_string().contains("not a standby"), "{refused}");
+    assert_eq!(a.role(), RoleKind::Primary);
+
+    // `c` is not the primary's `peer_id`: the switchover goes to it.
+    let epoch = a.switchover_to(&id("c")).await.unwrap();
+    assert_eq!(epoch, walrep::Epoch(2));
+    let c = cluster.node(&id("c")).replica().clone();
+    assert_eq!(c.role(), RoleKind::Primary);
+    c.wait_for_lsn(last, WAIT).await.unwrap();
+    for other in ["a", "b"] {
+        cluster
+            .node(&id(other))
+            .wait("following c", |h| {
+                h.role == RoleKind::Standby
+                    && h.epoch == walrep::Epoch(2)
+                    && h.leader.as_ref().is_some_and(|l| l.id == id("c"))
+            })
+            .await
+            .unwrap();
+    }
+    let after = c.apply(put_cmd("after", "switchover")).await.unwrap();
+    for other in ["a", "b"] {
+        let node = cluster.node(&id(other));
+        node.replica().wait_for_lsn(after.lsn, WAIT).await.unwrap();
+        assert_eq!(
+            node.engine().state_hash(),
+            cluster.node(&id("c")).engine().state_hash()
+        );
+    }
+    cluster.shutdown().await;
+}

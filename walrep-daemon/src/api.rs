@@ -279,11 +279,16 @@ impl HealthReport {
 pub fn switchover_target_check(
     node_id: &str,
     role: &str,
-    peer_id: &str,
+    standbys: &[&str],
     to: &str,
 ) -> Result<(), String> {
+    if role == "primary" && standbys.contains(&to) {
+        return Ok(());
+    }
+    let listed = standbys.join(", ");
     let (target, which) = match role {
-        "primary" => (peer_id, "its standby"),
+        "primary" if standbys.len() == 1 => (listed.as_str(), "its standby"),
+        "primary" => (listed.as_str(), "one of its standbys"),
         "standby" => (node_id, "the standby asked"),
         other => {
             return Err(format!(
@@ -302,6 +307,16 @@ pub fn switchover_target_check(
     Err(format!(
         "{to} is not the node this switchover would promote: that is {which}, {target}; nothing was changed"
     ))
+}
+
+/// The standbys a primary may hand over to (its view of each), or the
+/// peer on any other role, as `switchover_target_check` takes them.
+pub fn standby_ids(h: &walrep::Health) -> Vec<&str> {
+    if h.standbys.is_empty() {
+        vec![h.peer.node_id.0.as_str()]
+    } else {
+        h.standbys.iter().map(|s| s.node_id.0.as_str()).collect()
+    }
 }
 
 /// A query value with every byte outside `A-Z a-z 0-9 - _ . ~` as `%XX`.
@@ -353,24 +368,37 @@ mod tests {
     #[test]
     fn switchover_to_checks_the_node_it_would_promote() {
         // Asked of either node, to the standby is what happens.
-        assert_eq!(switchover_target_check("n1", "primary", "n2", "n2"), Ok(()));
-        assert_eq!(switchover_target_check("n2", "standby", "n1", "n2"), Ok(()));
-        let e = switchover_target_check("n1", "primary", "n2", "n1").unwrap_err();
+        assert_eq!(
+            switchover_target_check("n1", "primary", &["n2"], "n2"),
+            Ok(())
+        );
+        assert_eq!(
+            switchover_target_check("n2", "standby", &["n1"], "n2"),
+            Ok(())
+        );
+        // A cluster's primary hands over to any of its standbys.
+        assert_eq!(
+            switchover_target_check("n1", "primary", &["n2", "n3"], "n3"),
+            Ok(())
+        );
+        let e = switchover_target_check("n1", "primary", &["n2", "n3"], "n9").unwrap_err();
+        assert!(e.contains("one of its standbys, n2, n3"), "{e}");
+        let e = switchover_target_check("n1", "primary", &["n2"], "n1").unwrap_err();
         assert!(
             e.contains("n1 is already the primary") && e.contains("(n2)"),
             "{e}"
         );
-        let e = switchover_target_check("n2", "standby", "n1", "n1").unwrap_err();
+        let e = switchover_target_check("n2", "standby", &["n1"], "n1").unwrap_err();
         assert!(
             e.contains("the standby asked, n2") && e.contains("nothing was changed"),
             "{e}"
         );
-        let e = switchover_target_check("n1", "primary", "n2", "n9").unwrap_err();
+        let e = switchover_target_check("n1", "primary", &["n2"], "n9").unwrap_err();
         assert!(
             e.contains("n9 is not the node") && e.contains("its standby, n2"),
             "{e}"
         );
-        let e = switchover_target_check("n1", "fenced", "n2", "n2").unwrap_err();
+        let e = switchover_target_check("n1", "fenced", &["n2"], "n2").unwrap_err();
         assert!(e.contains("n1 is fenced"), "{e}");
     }
 

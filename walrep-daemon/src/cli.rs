@@ -617,15 +617,21 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             let mut client = addr.client()?;
             let before = client.health().await?.1;
             if let Some(to) = &to {
-                api::switchover_target_check(&before.node_id, &before.role, &before.peer.id, to)
+                let standbys: Vec<&str> = if before.standbys.is_empty() {
+                    vec![before.peer.id.as_str()]
+                } else {
+                    before.standbys.iter().map(|s| s.id.as_str()).collect()
+                };
+                api::switchover_target_check(&before.node_id, &before.role, &standbys, to)
                     .map_err(DaemonError::Config)?;
             }
             // The node checks `to` again as it sees its role on arrival.
             let epoch = client.promote_to(false, to.as_deref()).await?;
             if before.role == "primary" {
+                let new = to.as_deref().unwrap_or(before.peer.id.as_str());
                 println!(
-                    "{} ({}) handed over to its standby {}: the primary of epoch {epoch}",
-                    addr.addr, before.node_id, before.peer.id
+                    "{} ({}) handed over to its standby {new}: the primary of epoch {epoch}",
+                    addr.addr, before.node_id
                 );
             } else {
                 println!(

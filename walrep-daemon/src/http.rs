@@ -14,7 +14,7 @@
 //! | `/liveness` | 200 unless the node is `failed` (503) |
 //! | `/readiness[?lag=..]` | as `/read-only` |
 //! | `GET /metrics` | Prometheus text 0.0.4; OpenMetrics 1.0 when `Accept` asks for `application/openmetrics-text` |
-//! | `POST /promote[?force=true][&to=ID]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby; with `to`, 409 unless that would make ID the primary |
+//! | `POST /promote[?force=true][&to=ID]` | 200 `{"epoch"}` after a switchover (or forced promotion); asked of the primary, it hands over to its standby (with `to`, the standby named: any of a cluster's); with `to`, 409 unless that would make ID the primary |
 //! | `GET /maintenance` | 200 `{"node_id","role","failover_paused"}` |
 //! | `POST /maintenance`, `DELETE /maintenance` | pause / resume automatic failover on this node: 200 `{"node_id","role","failover_paused"}` |
 //!
@@ -684,16 +684,27 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
         .find_map(|kv| kv.strip_prefix("to="))
         .map(crate::api::percent_decode);
     tracing::info!(force, to = ?to, "promotion asked over HTTP");
-    if let Some(to) = to {
+    if let Some(to) = &to {
         let h = s.replica.health();
         if let Err(why) = crate::api::switchover_target_check(
             &h.node_id.0,
             h.role.as_str(),
-            &h.peer.node_id.0,
-            &to,
+            &crate::api::standby_ids(&h),
+            to,
         ) {
             s.metrics.http_rejected("promotion_refused");
             return refusal(StatusCode::CONFLICT, "promotion_refused", why, None);
+        }
+        if h.role == walrep::RoleKind::Primary && !force {
+            // A cluster's primary hands over to the standby named.
+            return match s
+                .replica
+                .switchover_to(&walrep::NodeId::from(to.as_str()))
+                .await
+            {
+                Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),
+                Err(e) => s.refused(e),
+            };
         }
     }
     match s.replica.promote(force).await {

@@ -148,7 +148,7 @@ impl Actor {
                 }
             }
             Effect::Answer(result) => self.answer(result),
-            Effect::ForwardPromote => self.forward_promote(),
+            Effect::ForwardPromote { to } => self.forward_promote(to),
             Effect::CannotStart { reason } => {
                 unreachable!("the node refuses to start only when opened: {reason}")
             }

@@ -329,6 +329,10 @@ impl Actor {
                     from: PromoteFrom::Engine,
                 });
             }
+            Msg::SwitchoverTo { standby, reply } => {
+                self.replace_pending_promote(PromoteReplyTo::Local(reply));
+                self.step(Event::SwitchoverTo { standby });
+            }
             Msg::Fence { epoch, reply } => {
                 self.answer_with(Answering::Fence(reply), Event::FenceOrdered { epoch })
             }

@@ -127,11 +127,11 @@ impl Actor {
 
     /// Carries out `Effect::ForwardPromote`: the standby is asked to take
     /// over and its answer goes to the pending promote request.
-    pub(super) fn forward_promote(&mut self) {
+    pub(super) fn forward_promote(&mut self, standby: Option<crate::types::NodeId>) {
         let Some(to) = self.pending_promote.take() else {
             return;
         };
-        let peer = self.peer.clone();
+        let (_, peer) = self.peer_named(standby.as_ref());
         let header = self.header();
         let epoch = self.node.epoch();
         tokio::spawn(async move {
