@@ -44,10 +44,17 @@ pub(super) struct Ctx {
     pub cfg: Config,
     pub wal: Arc<dyn WalStore>,
     pub sm: Arc<dyn StateMachine>,
+    /// The leader's peer, as far as the node knows who leads; the rejoin
+    /// moves to whichever of `others` answers as the primary instead.
     pub peer: Arc<dyn Peer>,
     pub tx: mpsc::Sender<Msg>,
     pub header: Header,
     pub leader: NodeId,
+    /// Every other peer of a cluster, asked in turn when `peer` does not
+    /// answer as the primary (the leader unknown, or learned wrong: a
+    /// standby of the new epoch may tell a rejoining node the epoch but
+    /// not who leads it). Empty for a pair.
+    pub others: Vec<(NodeId, Arc<dyn Peer>)>,
     pub applier: Option<Tasks>,
     pub rewound_dir: Option<PathBuf>,
     pub snapshots: Arc<super::Snapshots>,
@@ -79,9 +86,10 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                 .flatten();
         loop {
             attempt += 1;
+            let cancel = ctx.cancel.clone();
             let result = tokio::select! {
-                _ = ctx.cancel.cancelled() => return,
-                r = attempt_rejoin(&ctx, &mut header, &mut incoming) => r,
+                _ = cancel.cancelled() => return,
+                r = attempt_rejoin(&mut ctx, &mut header, &mut incoming) => r,
             };
             match result {
                 Ok(Some(outcome)) => {
@@ -110,16 +118,51 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
     })
 }
 
+/// The log of the peer that answers as the primary of an epoch at least
+/// ours: `ctx.peer` first, then each of `ctx.others`, which becomes
+/// `ctx.peer` (and its id `ctx.leader`) when it is the one. With no
+/// primary among them, the first answer (the node then waits).
+async fn history_of_the_primary(
+    ctx: &mut Ctx,
+    header: &Header,
+) -> Result<crate::transport::HistoryReply, TransportError> {
+    let first = ctx.peer.history(header.clone()).await;
+    let is_primary = |h: &crate::transport::HistoryReply| {
+        h.role == crate::node::RoleKind::Primary && h.epoch >= header.epoch
+    };
+    match &first {
+        Ok(h) if is_primary(h) => return first,
+        Err(TransportError::StaleEpoch { .. }) => return first,
+        _ => {}
+    }
+    for i in 0..ctx.others.len() {
+        let (id, peer) = ctx.others[i].clone();
+        match peer.history(header.clone()).await {
+            Ok(h) if is_primary(&h) => {
+                tracing::info!(primary = %id, asked_first = %ctx.leader, "rejoin: found the primary among the other peers");
+                let old = (ctx.leader.clone(), ctx.peer.clone());
+                ctx.leader = id;
+                ctx.peer = peer;
+                ctx.others[i] = old;
+                return Ok(h);
+            }
+            stale @ Err(TransportError::StaleEpoch { .. }) => return stale,
+            _ => {}
+        }
+    }
+    first
+}
+
 /// A failure that retrying will not fix (the disk).
 struct Fatal(String);
 
 /// One try: `Ok(None)` when the primary is not ready (retry later).
 async fn attempt_rejoin(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     header: &mut Header,
     incoming: &mut Option<Incoming>,
 ) -> Result<Option<Outcome>, Fatal> {
-    let theirs = match ctx.peer.history(header.clone()).await {
+    let theirs = match history_of_the_primary(ctx, header).await {
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
             // A newer epoch than the one we are rejoining for: adopt it

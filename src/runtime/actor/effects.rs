@@ -348,6 +348,12 @@ impl Actor {
             peer: self.peer_named(leader.as_ref()).1,
             tx: self.tx.clone(),
             header: self.header(),
+            others: self
+                .peers
+                .iter()
+                .filter(|(id, _)| *id != &self.peer_named(leader.as_ref()).0)
+                .map(|(id, p)| (id.clone(), p.clone()))
+                .collect(),
             leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),
             applier: self.applier.take(),
             rewound_dir: self.rewound_dir.clone(),

@@ -80,6 +80,7 @@ fn ctx(primary: Arc<Primary>, sm: Arc<dyn StateMachine>, dir: &Path) -> Ctx {
         tx: mpsc::channel(8).0,
         header: header(),
         leader: NodeId::from("n2"),
+        others: Vec::new(),
         applier: None,
         rewound_dir: None,
         snapshots: Arc::new(super::super::Snapshots::new(
@@ -595,4 +596,48 @@ async fn a_corrupt_transfer_fails_the_restore_while_receiving_and_restores_nothi
     assert_eq!(attempts[0].read.len(), data.len(), "it read every byte");
     assert_eq!(engine.applied_lsn(), Lsn::ZERO, "nothing restored");
     assert_eq!(engine.inner.restores(), 0);
+}
+
+/// A peer whose `history` answers as `role` at `epoch`.
+fn answering_as(role: crate::node::RoleKind, epoch: u64) -> Arc<dyn Peer> {
+    let mut peer = MockPeer::new();
+    peer.expect_history().returning(move |_| {
+        Ok(crate::transport::HistoryReply {
+            epoch: Epoch(epoch),
+            history: crate::types::EpochHistory::default(),
+            last_lsn: Lsn(0),
+            first_lsn: Lsn(1),
+            role,
+        })
+    });
+    Arc::new(peer)
+}
+
+#[tokio::test]
+async fn a_rejoin_asked_of_a_standby_finds_the_primary_among_the_other_peers() {
+    use crate::node::RoleKind;
+    let dir = tempfile::tempdir().unwrap();
+    let sm: Arc<dyn StateMachine> = Arc::new(MemStateMachine::new());
+    let mut ctx = ctx(primary(Vec::new(), 0, 0, vec![]), sm, dir.path());
+    // The node believes n2 leads (its pair peer), but n2 is a standby of
+    // epoch 2 and n3 its primary.
+    ctx.peer = answering_as(RoleKind::Standby, 2);
+    ctx.others = vec![(NodeId::from("n3"), answering_as(RoleKind::Primary, 2))];
+    let mut h = header();
+    h.epoch = Epoch(2);
+    let theirs = history_of_the_primary(&mut ctx, &h).await.unwrap();
+    assert_eq!(theirs.role, RoleKind::Primary);
+    assert_eq!(ctx.leader, NodeId::from("n3"), "the rejoin moves to n3");
+    assert_eq!(ctx.others[0].0, NodeId::from("n2"));
+    // A primary of an older epoch is not the one to rejoin.
+    ctx.peer = answering_as(RoleKind::Standby, 2);
+    ctx.others = vec![(NodeId::from("n4"), answering_as(RoleKind::Primary, 1))];
+    ctx.leader = NodeId::from("n2");
+    let theirs = history_of_the_primary(&mut ctx, &h).await.unwrap();
+    assert_eq!(
+        theirs.role,
+        RoleKind::Standby,
+        "the first answer: the node waits"
+    );
+    assert_eq!(ctx.leader, NodeId::from("n2"));
 }
