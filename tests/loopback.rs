@@ -529,16 +529,7 @@ async fn pair_failover_after_killing_the_primary_keeps_acknowledged_writes() {
     init_tracing();
     let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
     pair.wait_streaming().await.unwrap();
-    let mut last = Lsn(0);
-    for i in 0..10 {
-        last = pair
-            .primary()
-            .replica()
-            .apply(put_cmd(&format!("k{i}"), "v"))
-            .await
-            .unwrap()
-            .lsn;
-    }
+    let last = put_keys(pair.primary().replica(), 10).await;
     let hash = pair.primary().engine().state_hash();
     let new = pair.failover().await.unwrap();
     assert_eq!(new, walrep::NodeId::from("b"));
@@ -567,13 +558,7 @@ async fn pair_restarted_node_rejoins_from_its_file_wal_as_standby() {
         .await
         .unwrap();
     pair.wait_streaming().await.unwrap();
-    for i in 0..10 {
-        pair.primary()
-            .replica()
-            .apply(put_cmd(&format!("k{i}"), "v"))
-            .await
-            .unwrap();
-    }
+    put_keys(pair.primary().replica(), 10).await;
     let new = pair.failover().await.unwrap();
     let applied = pair
         .node(&new)

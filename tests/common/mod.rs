@@ -175,6 +175,19 @@ impl TestNode {
     }
 }
 
+/// Puts `k0`..`k{count-1}` (value `v`) on `replica`; returns the last LSN.
+pub async fn put_keys(replica: &Replica, count: usize) -> walrep::Lsn {
+    let mut last = walrep::Lsn(0);
+    for i in 0..count {
+        last = replica
+            .apply(put_cmd(&format!("k{i}"), "v"))
+            .await
+            .unwrap()
+            .lsn;
+    }
+    last
+}
+
 pub fn put_cmd(key: &str, value: &str) -> Bytes {
     Bytes::from(
         Command::Put {

@@ -5,7 +5,7 @@
 use crate::common::*;
 use crate::mem_engine;
 use walrep::testing::Pair;
-use walrep::{Lsn, NodeId, Replicator, RoleKind};
+use walrep::{NodeId, Replicator, RoleKind};
 
 fn id(s: &str) -> NodeId {
     NodeId::from(s)
@@ -46,16 +46,7 @@ async fn a_killed_primary_is_replaced_by_one_standby_and_the_other_follows_it() 
     init_tracing();
     let mut cluster = Pair::builder(mem_engine).nodes(3).start().await.unwrap();
     cluster.wait_streaming().await.unwrap();
-    let mut last = Lsn(0);
-    for i in 0..10 {
-        last = cluster
-            .primary()
-            .replica()
-            .apply(put_cmd(&format!("k{i}"), "v"))
-            .await
-            .unwrap()
-            .lsn;
-    }
+    let last = put_keys(cluster.primary().replica(), 10).await;
     let hash = cluster.primary().engine().state_hash();
 
     let new = cluster.failover().await.unwrap();
@@ -212,10 +203,7 @@ async fn a_switchover_to_a_named_standby_hands_over_to_it_and_the_other_follows(
     let mut cluster = Pair::builder(mem_engine).nodes(3).start().await.unwrap();
     cluster.wait_streaming().await.unwrap();
     let a = cluster.node(&id("a")).replica().clone();
-    let mut last = Lsn(0);
-    for i in 0..10 {
-        last = a.apply(put_cmd(&format!("k{i}"), "v")).await.unwrap().lsn;
-    }
+    let last = put_keys(&a, 10).await;
     // A name that is not one of its standbys changes nothing.
     let refused = a.switchover_to(&id("x")).await.unwrap_err();
     assert!(refused.to_string().contains("not a standby"), "{refused}");

@@ -55,6 +55,19 @@ fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Effect> {
     effects
 }
 
+/// `primary_of_two` with `solo`, both standbys in the register's sync set
+/// and two writes committed on both.
+fn two_writes_on_both(rule: &str) -> Node {
+    let mut node = primary_of_two(rule, OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
+    node.step(t(4), at("n2", 2, &node));
+    node.step(t(4), at("n3", 2, &node));
+    assert_eq!(node.commit_lsn(), Lsn(2));
+    node
+}
+
 fn at(standby: &str, lsn: u64, node: &Node) -> Event {
     let l = Lsn(lsn);
     Event::StandbyProgress {
@@ -101,13 +114,7 @@ fn positions_of_a_node_that_is_not_a_standby_of_ours_commit_nothing() {
 
 #[test]
 fn one_lost_standby_leaves_the_sync_set_alone_and_the_other_still_confirms() {
-    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Solo);
-    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
-    node.step(t(2), writes_up_to(&node, 2));
-    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
-    node.step(t(4), at("n2", 2, &node));
-    node.step(t(4), at("n3", 2, &node));
-    assert_eq!(node.commit_lsn(), Lsn(2));
+    let mut node = two_writes_on_both("ANY 2 (n2, n3)");
     assert_eq!(node.sync_state_of(&n("n2")), SyncState::Sync);
     assert_eq!(node.sync_state_of(&n("n3")), SyncState::Sync);
 
@@ -163,13 +170,7 @@ fn one_lost_standby_leaves_the_sync_set_alone_and_the_other_still_confirms() {
 fn a_lost_standby_that_holds_writes_the_other_lacks_stays_in_the_sync_set() {
     // FIRST 2 with the rule's k = named: while n2 is behind, taking n3
     // out would leave acknowledged writes on no standby that counts.
-    let mut node = primary_of_two("FIRST 2 (n2, n3)", OnStandbyLoss::Solo);
-    knows(&mut node, t(1), register(2, 1, "n1", &["n2", "n3"]));
-    node.step(t(2), writes_up_to(&node, 2));
-    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
-    node.step(t(4), at("n2", 2, &node));
-    node.step(t(4), at("n3", 2, &node));
-    assert_eq!(node.commit_lsn(), Lsn(2));
+    let mut node = two_writes_on_both("FIRST 2 (n2, n3)");
     // Both are reported behind after a reconnect, then n3 is lost.
     node.step(
         t(5),
