@@ -7,7 +7,7 @@ use crate::node::{Event, RoleKind, SyncState, WriteRefusal};
 use crate::replicator::{Health, PeerHealth};
 use crate::transport::Header;
 use crate::transport::WalAck;
-use crate::types::{Epoch, EpochHistory, Lsn};
+use crate::types::{Epoch, EpochHistory, Lsn, NodeId};
 use tokio::time::Instant;
 
 use super::Actor;
@@ -81,6 +81,15 @@ impl Actor {
         }
     }
 
+    /// Where `peer` serves replication, as this node dials it.
+    fn peer_addr(&self, peer: &NodeId) -> String {
+        self.cfg
+            .more_peers
+            .iter()
+            .find(|p| p.id == *peer)
+            .map_or_else(|| self.cfg.peer_addr.clone(), |p| p.addr.clone())
+    }
+
     pub(super) fn leader_hint(&self) -> Option<LeaderHint> {
         let leader = self.node.leader()?;
         Some(if *leader == self.cfg.node_id {
@@ -92,8 +101,8 @@ impl Actor {
         } else {
             LeaderHint {
                 id: leader.clone(),
-                addr: self.cfg.peer_addr.clone(),
-                client_addr: self.peer_client_addr.clone(),
+                addr: self.peer_addr(leader),
+                client_addr: self.peer_client_addrs.get(leader).cloned(),
             }
         })
     }

@@ -105,7 +105,8 @@ struct Actor {
     pending_fence: Option<oneshot::Sender<std::result::Result<FenceReply, Refusal>>>,
     pending_promote: Option<PromoteReplyTo>,
     peer_contact: Option<Instant>,
-    peer_client_addr: Option<String>,
+    /// Each peer's client address, as its last request said it.
+    peer_client_addrs: BTreeMap<NodeId, String>,
     /// When the standby (or we, on a standby) last had everything.
     caught_up_at: Instant,
     primary_last_lsn: Lsn,
@@ -190,7 +191,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         pending_fence: None,
         pending_promote: None,
         peer_contact: None,
-        peer_client_addr: None,
+        peer_client_addrs: BTreeMap::new(),
         caught_up_at: origin,
         primary_last_lsn: last,
         stream_up: false,

@@ -238,11 +238,12 @@ impl Actor {
         let _ = reply.send(Ok(self.snapshots.get()));
     }
 
-    /// The peer's client address, for the leader hints we give; the
-    /// service checked that the sender is our peer.
+    /// Each peer's client address, for the leader hints we give; the
+    /// service checked that the sender is one of our peers.
     pub(super) fn note_peer_client_addr(&mut self, header: &Header) {
-        if header.client_addr.is_some() {
-            self.peer_client_addr = header.client_addr.clone();
+        if let Some(addr) = &header.client_addr {
+            self.peer_client_addrs
+                .insert(header.node_id.clone(), addr.clone());
         }
     }
 }
