@@ -230,6 +230,25 @@ impl Cluster {
         }
     }
 
+    /// The proxy node `from` dials node `to` through (`from != to`).
+    pub fn link(&self, from: usize, to: usize) -> &Proxy {
+        assert_ne!(from, to, "no link from a node to itself");
+        let others = self.nodes.len() - 1;
+        &self.links[from * others + if to < from { to } else { to - 1 }]
+    }
+
+    /// Node `i` cut from every other node, both directions of each of its
+    /// peer links; with `witness_too`, from the witness as well.
+    pub fn isolate(&self, i: usize, mode: LinkMode, witness_too: bool) {
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+            self.link(i, j).set(mode);
+            self.link(j, i).set(mode);
+        }
+        if witness_too {
+            self.witness.as_ref().expect("a witness").links[i].set(mode);
+        }
+    }
+
     /// The witness; panics if the cluster has none.
     pub fn witness(&mut self) -> &mut Witness {
         self.witness.as_mut().expect("a cluster with a witness")
@@ -273,5 +292,82 @@ impl Cluster {
             is_streaming_standby(h) && h.epoch >= epoch
         })
         .await
+    }
+}
+
+impl Cluster {
+    /// Waits until one of the nodes `among` is a writable primary at an
+    /// epoch above `above`; returns it and its report.
+    pub async fn wait_new_primary(&self, among: &[usize], above: u64) -> (usize, HealthReport) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let mut last = Vec::new();
+            for &i in among {
+                let h = self.health(i).await;
+                if let Some(h) = &h
+                    && is_writable_primary(h)
+                    && h.epoch > above
+                {
+                    return (i, h.clone());
+                }
+                last.push(format!("{}: {h:?}", NAMES[i]));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: none of {:?} became a writable primary above epoch {above} within {WAIT:?}; last:\n{}",
+                self.name,
+                among.iter().map(|&i| NAMES[i]).collect::<Vec<_>>(),
+                last.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until node `i` is a standby at `epoch` that names node
+    /// `primary` as its leader (it followed it; not yet necessarily
+    /// streaming or in sync).
+    pub async fn wait_follows(&self, i: usize, primary: usize, epoch: u64) -> HealthReport {
+        let what = format!("{} following {} at epoch {epoch}", NAMES[i], NAMES[primary]);
+        wait_health(&self.http[i], &what, |h| {
+            h.role == "standby"
+                && h.epoch == epoch
+                && h.leader_id.as_deref() == Some(NAMES[primary])
+        })
+        .await
+    }
+
+    /// Waits until node `primary` is a writable primary at `epoch`
+    /// streaming to every other node, each counted by its commit rule and
+    /// told it is in sync, and each other node a standby at `epoch`
+    /// following it, in contact and eligible to take over. Returns the
+    /// primary's report.
+    pub async fn wait_all_streaming(&self, primary: usize, epoch: u64) -> HealthReport {
+        let others = self.nodes.len() - 1;
+        let what = format!(
+            "{} a writable primary at epoch {epoch}, every standby counted and in sync",
+            NAMES[primary]
+        );
+        let h = wait_health(&self.http[primary], &what, |h| {
+            is_writable_primary(h)
+                && h.epoch == epoch
+                && h.standbys.len() == others
+                && h.standbys
+                    .iter()
+                    .all(|s| s.connected && s.counted && s.sync_state == "sync")
+        })
+        .await;
+        for i in (0..self.nodes.len()).filter(|&i| i != primary) {
+            let what = format!(
+                "{} a streaming, eligible standby of {} at epoch {epoch}",
+                NAMES[i], NAMES[primary]
+            );
+            wait_health(&self.http[i], &what, |h| {
+                is_streaming_standby(h)
+                    && h.epoch == epoch
+                    && h.leader_id.as_deref() == Some(NAMES[primary])
+            })
+            .await;
+        }
+        h
     }
 }
