@@ -295,3 +295,143 @@ async fn partitioning_each_node_of_three_in_turn_loses_nothing_and_converges() {
     figures.converge = Some(conv.took);
     report(&c, &writes, &figures);
 }
+
+/// Waits until some node acknowledged `n` writes sent after `since`, all
+/// at one epoch; returns that node and epoch.
+async fn wait_someone_goes_on(load: &Load, since: Instant, n: usize) -> (usize, u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut counts = std::collections::BTreeMap::new();
+        for w in load.writes().iter().filter(|w| w.started >= since) {
+            if let Some((_, epoch)) = w.acked() {
+                *counts.entry((w.node, epoch)).or_insert(0usize) += 1;
+            }
+        }
+        if let Some((&(node, epoch), _)) = counts.iter().find(|(_, c)| **c >= n) {
+            return (node, epoch);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node acknowledged {n} writes at one epoch within {WAIT:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until one node is a writable primary whose standbys all stream
+/// and count, the others following it at its epoch; returns it and its
+/// epoch.
+async fn wait_settled(c: &Cluster) -> (usize, u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut all = Vec::new();
+        for i in 0..NODES {
+            all.push(c.health(i).await);
+        }
+        let primary = all
+            .iter()
+            .position(|h| h.as_ref().is_some_and(is_writable_primary));
+        if let Some(p) = primary {
+            let h = all[p].as_ref().unwrap();
+            let epoch = h.epoch;
+            let in_sync = h.standbys.len() == NODES - 1
+                && h.standbys
+                    .iter()
+                    .all(|s| s.connected && s.counted && s.sync_state == "sync");
+            let following = (0..NODES).filter(|&i| i != p).all(|i| {
+                all[i].as_ref().is_some_and(|s| {
+                    is_streaming_standby(s)
+                        && s.epoch == epoch
+                        && s.leader_id.as_deref() == Some(NAMES[p])
+                })
+            });
+            if in_sync && following {
+                return (p, epoch);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: no primary with every standby in sync within {WAIT:?}; last:\n{all:#?}",
+            c.name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As `partitioning_each_node_of_three_in_turn...`, but each node cut from
+/// the two other data nodes only, its link to the witness left up. Who
+/// goes on is then a race at the witness (a cut standby, silent primary
+/// for `failover_timeout`, may swap itself in as primary before the
+/// primary takes it out of the sync set after `sync_timeout`; the others
+/// then stop or follow a primary they cannot reach, which goes on
+/// alone), so this asserts only that some node goes on during the cut
+/// and what must hold whoever it is: no acknowledged write lost, one
+/// writer per epoch, and all three converged in sync once healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioning_each_node_of_three_from_the_others_with_the_witness_reachable_loses_nothing()
+{
+    let c = three_nodes("three_nodes_partitions_witness_up").await;
+    let load = Load::start(&c, &writers(3, &[0, 1, 2]));
+    load.wait_acks(0, 1, Instant::now(), 50).await;
+    let mut figures = Figures::default();
+    let (mut primary, mut epoch) = (0, 1);
+    let mut healed = Instant::now();
+    // The primary (n1) first, then a standby not cut yet, then the last
+    // node, whichever it is by then: both roles are cut at least once.
+    let mut not_cut: Vec<usize> = (0..NODES).collect();
+    for round in 0..NODES {
+        let cut = match round {
+            0 => primary,
+            1 => *not_cut.iter().find(|&&i| i != primary).unwrap(),
+            _ => not_cut[0],
+        };
+        not_cut.retain(|&i| i != cut);
+        let fault = Instant::now();
+        c.isolate(cut, LinkMode::Blackhole, false);
+        let (went_on, at) =
+            wait_someone_goes_on(&load, fault + Duration::from_millis(100), 30).await;
+        let pause = first_ack_after(&load.writes(), fault, went_on, at);
+        healed = Instant::now();
+        c.heal();
+        let (next, next_epoch) = wait_settled(&c).await;
+        say(format!(
+            "chaos three_nodes_partitions_witness_up cut {} ({} at epoch {epoch}): {} went on at epoch {at} (first write acknowledged after {}); healed, {} primary at epoch {next_epoch}, all in sync {} after healing",
+            NAMES[cut],
+            if cut == primary {
+                "the primary"
+            } else {
+                "a standby"
+            },
+            NAMES[went_on],
+            ms(pause),
+            NAMES[next],
+            ms(healed.elapsed())
+        ));
+        if at > epoch {
+            figures.failovers.push(pause);
+        }
+        (primary, epoch) = (next, next_epoch);
+    }
+    let (writes, _samples, conv) = finish(&c, load, healed).await;
+    assert_eq!(
+        (conv.primary, conv.reports[primary].epoch),
+        (primary, epoch)
+    );
+    g2_nothing_acked_lost(&c, primary, &writes).await;
+    figures.rewound = Figures::of(&conv).rewound;
+    figures.converge = Some(conv.took);
+    report(&c, &writes, &figures);
+}
+
+/// From `fault` to the first write node `node` acknowledged at `epoch`
+/// that was sent after it.
+fn first_ack_after(writes: &[Write], fault: Instant, node: usize, epoch: u64) -> Duration {
+    writes
+        .iter()
+        .filter(|w| {
+            w.node == node && w.started >= fault && w.acked().is_some_and(|(_, e)| e == epoch)
+        })
+        .map(|w| w.ended - fault)
+        .min()
+        .expect("a write acknowledged after the fault")
+}
