@@ -347,21 +347,22 @@ impl Cluster {
             "{} a writable primary at epoch {epoch}, every standby counted and in sync",
             NAMES[primary]
         );
-        let h = wait_health(&self.http[primary], &what, |h| {
-            is_writable_primary(h)
-                && h.epoch == epoch
-                && h.standbys.len() == others
-                && h.standbys
-                    .iter()
-                    .all(|s| s.connected && s.counted && s.sync_state == "sync")
-        })
-        .await;
+        let h = self
+            .wait_or_show_evidence(primary, &what, |h| {
+                is_writable_primary(h)
+                    && h.epoch == epoch
+                    && h.standbys.len() == others
+                    && h.standbys
+                        .iter()
+                        .all(|s| s.connected && s.counted && s.sync_state == "sync")
+            })
+            .await;
         for i in (0..self.nodes.len()).filter(|&i| i != primary) {
             let what = format!(
                 "{} a streaming, eligible standby of {} at epoch {epoch}",
                 NAMES[i], NAMES[primary]
             );
-            wait_health(&self.http[i], &what, |h| {
+            self.wait_or_show_evidence(i, &what, |h| {
                 is_streaming_standby(h)
                     && h.epoch == epoch
                     && h.leader_id.as_deref() == Some(NAMES[primary])
@@ -369,5 +370,51 @@ impl Cluster {
             .await;
         }
         h
+    }
+
+    /// Polls node `i`'s `/health` until `pred` holds; after `WAIT` panics
+    /// with every node's report and log tail, the logs kept in a folder it
+    /// names.
+    pub async fn wait_or_show_evidence(
+        &self,
+        i: usize,
+        what: &str,
+        pred: impl Fn(&HealthReport) -> bool,
+    ) -> HealthReport {
+        match walrep_daemon::process::poll_health(&self.http[i], what, WAIT, pred, || None).await {
+            Ok(h) => h,
+            Err(e) => panic!("{e}\n{}", self.evidence().await),
+        }
+    }
+
+    /// Every node's report and log tail, and the folder the logs (of the
+    /// nodes and the witness) were copied to, which outlives the test.
+    pub async fn evidence(&self) -> String {
+        let kept = std::env::temp_dir().join(format!(
+            "walrep-chaos-evidence-{}-{}",
+            self.name,
+            std::process::id()
+        ));
+        let _ = std::fs::create_dir_all(&kept);
+        let mut out = format!("logs kept in {}", kept.display());
+        let logs = self
+            .nodes
+            .iter()
+            .chain(self.witness.iter().map(|w| &w.proc))
+            .map(|n| &n.log);
+        for log in logs {
+            if let Some(file) = log.file_name() {
+                let _ = std::fs::copy(log, kept.join(file));
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            out += &format!(
+                "\n--- {}: {:?}\n{}",
+                NAMES[i],
+                self.health(i).await,
+                n.log_tail(30)
+            );
+        }
+        out
     }
 }
