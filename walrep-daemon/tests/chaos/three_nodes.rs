@@ -435,3 +435,63 @@ fn first_ack_after(writes: &[Write], fault: Instant, node: usize, epoch: u64) ->
         .min()
         .expect("a write acknowledged after the fault")
 }
+
+/// The killed primary restarted while it can reach only the standby that
+/// followed the new primary (its links to the new primary and to the
+/// witness cut): it hears of the new epoch from that standby, which does
+/// not name the leader, and steps down. Once every link heals it must
+/// rejoin the new primary. (Found by the repeated kills above: a restarted
+/// node that learned the epoch with no leader stayed `rejoining`, asking
+/// the standby it first heard from for the primary's history.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_that_hears_of_the_new_epoch_from_a_standby_rejoins_the_new_primary() {
+    let mut c = three_nodes("three_nodes_rejoin_via_standby").await;
+    let load = Load::start(&c, &writers(4, &[]));
+    load.wait_acks(0, 1, Instant::now(), 50).await;
+
+    // n3 must be the one to promote: n2 is n1's first `--peer`, the one
+    // a node that knows of no leader asks (with n2 the new primary that
+    // guess is right by luck). n2's failover paused until n3 took over.
+    let mut n2 = walrep_daemon::client::HttpClient::new(&c.http[1]);
+    n2.set_maintenance(true).await.expect("n2 paused");
+    let fault = Instant::now();
+    c.nodes[0].kill();
+    let (next, h) = c.wait_new_primary(&[2], 1).await;
+    assert_eq!(h.epoch, 2);
+    let follower = third(0, next);
+    c.wait_follows(follower, next, 2).await;
+    n2.set_maintenance(false).await.expect("n2 resumed");
+    load.wait_acks(next, 2, fault, 30).await;
+
+    // n1 comes back reaching only the follower.
+    c.link(0, next).set(LinkMode::Blackhole);
+    c.link(next, 0).set(LinkMode::Blackhole);
+    c.witness.as_ref().unwrap().links[0].set(LinkMode::Blackhole);
+    c.nodes[0].spawn().expect("walrep restarts");
+    let stepped_down = c
+        .wait_or_show_evidence(0, "n1 stepped down to epoch 2", |h| {
+            h.epoch == 2 && h.role != "primary"
+        })
+        .await;
+    say(format!(
+        "chaos three_nodes_rejoin_via_standby: n1 restarted, learned epoch 2 from {} only: role {}, leader {:?}",
+        NAMES[follower], stepped_down.role, stepped_down.leader_id
+    ));
+
+    let healed = Instant::now();
+    c.heal();
+    c.wait_all_streaming(next, 2).await;
+    say(format!(
+        "chaos three_nodes_rejoin_via_standby: n1 rejoined {} and in sync {} after healing",
+        NAMES[next],
+        ms(healed.elapsed())
+    ));
+    let (writes, _, conv) = finish(&c, load, healed).await;
+    assert_eq!(conv.primary, next);
+    g2_nothing_acked_lost(&c, next, &writes).await;
+    report(
+        &c,
+        &writes,
+        &Figures::of(&conv).with_failover(&writes, fault, 1),
+    );
+}
