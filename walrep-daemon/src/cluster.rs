@@ -9,7 +9,7 @@ use super::pair::{
     Pair, PairOptions, STEP, WitnessProc, is_standby_in_contact, is_streaming_primary,
     start_witness,
 };
-use super::process::{NodeProc, free_ports, with};
+use super::process::{Flags, NodeProc, free_ports, with};
 use std::path::Path;
 use walrep::CommitMode;
 
@@ -35,31 +35,60 @@ impl Cluster {
         let name = |i: usize| format!("n{}", i + 1);
         let nodes = (0..count)
             .map(|i| {
-                let peers: Vec<String> = (0..count)
+                let peers: Vec<(String, String)> = (0..count)
                     .filter(|&j| j != i)
-                    .map(|j| format!("{}=127.0.0.1:{}", name(j), grpc(j)))
+                    .map(|j| (name(j), format!("127.0.0.1:{}", grpc(j))))
                     .collect();
-                let flags = vec![
-                    ("id", name(i)),
-                    ("data_dir", dir.join(name(i)).display().to_string()),
-                    ("listen", format!("127.0.0.1:{}", grpc(i))),
-                    ("http", format!("127.0.0.1:{}", ports[2 * i + 1])),
-                    ("peer", peers.join(",")),
-                    ("arbiter", witness.url.clone()),
-                    (
-                        "role",
-                        if i == 0 { "primary" } else { "standby" }.to_string(),
-                    ),
-                    ("cluster_id", o.cluster_id.to_string()),
-                    ("commit_mode", o.commit_mode.as_str().to_string()),
-                    ("heartbeat_ms", o.heartbeat_ms.to_string()),
-                    ("failover_timeout_ms", o.failover_timeout_ms.to_string()),
-                ];
-                NodeProc::new(&name(i), &with(flags, &o.extra), dir, &o.launch)
+                let member = Member {
+                    id: name(i),
+                    primary: i == 0,
+                    grpc: grpc(i),
+                    http: ports[2 * i + 1],
+                    peers,
+                    arbiter: witness.url.clone(),
+                };
+                NodeProc::new(&name(i), &member_flags(o, dir, &member), dir, &o.launch)
             })
             .collect();
         Ok(Cluster { nodes, witness })
     }
+}
+
+/// One node of a cluster, as [`member_flags`] lays it out.
+pub struct Member {
+    pub id: String,
+    /// The primary of a fresh cluster (else a standby).
+    pub primary: bool,
+    pub grpc: u16,
+    pub http: u16,
+    /// Every other node: its id and where this node dials it (its gRPC
+    /// address, or a proxy to it).
+    pub peers: Vec<(String, String)>,
+    /// `--arbiter`: `witness://HOST:PORT` or `etcd://...`.
+    pub arbiter: String,
+}
+
+/// The flags of node `m` of a cluster with the options a pair takes, its
+/// data in `dir/<id>`.
+pub fn member_flags(o: &PairOptions, dir: &Path, m: &Member) -> Flags {
+    let peers: Vec<String> = m.peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
+    let flags = vec![
+        ("id", m.id.clone()),
+        ("data_dir", dir.join(&m.id).display().to_string()),
+        ("listen", format!("127.0.0.1:{}", m.grpc)),
+        ("http", format!("127.0.0.1:{}", m.http)),
+        ("peer", peers.join(",")),
+        ("arbiter", m.arbiter.clone()),
+        (
+            "role",
+            if m.primary { "primary" } else { "standby" }.to_string(),
+        ),
+        ("cluster_id", o.cluster_id.to_string()),
+        ("commit_mode", o.commit_mode.as_str().to_string()),
+        ("heartbeat_ms", o.heartbeat_ms.to_string()),
+        ("failover_timeout_ms", o.failover_timeout_ms.to_string()),
+    ];
+    with(flags, &o.extra)
 }
 
 /// The node processes of a pair or a cluster, n1 first, and the witness

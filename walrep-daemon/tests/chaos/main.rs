@@ -21,6 +21,10 @@
 //! it, so a test can cut one node from the witness, and the witness is
 //! killed, restarted from its file or from nothing like a node.
 //!
+//! `three_nodes.rs` runs three nodes and a witness
+//! (`walrep_daemon::cluster`), a proxy on each directed peer link (each
+//! node's `--peer` list points each other node at a proxy of its own).
+//!
 //! `haproxy.rs` puts real HAProxy (the shipped config) in front of the
 //! pair and writes through it only.
 //!
@@ -38,4 +42,5 @@ mod haproxy;
 mod partitions;
 mod pauses;
 mod restarts;
+mod three_nodes;
 mod torn_tails;

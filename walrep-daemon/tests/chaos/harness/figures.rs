@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Figures {
     pub failovers: Vec<Duration>,
+    /// Per failover of a cluster of three or more: from the fault until
+    /// every other standby followed the new primary.
+    pub followed: Vec<Duration>,
     /// The longest stretch without an acknowledged write, see
     /// [`write_pause`].
     pub pause: Option<Duration>,
@@ -17,10 +20,16 @@ pub struct Figures {
 
 impl Figures {
     /// What every scenario tells once converged: how long that took and
-    /// how many records the final standby rewound.
+    /// how many records the final standby (of several, the one that
+    /// rewound most) rewound.
     pub fn of(conv: &Converged) -> Figures {
+        let standbys = conv.reports.iter().enumerate();
         Figures {
-            rewound: conv.reports[1 - conv.primary].rewound_records,
+            rewound: standbys
+                .filter(|(i, _)| *i != conv.primary)
+                .map(|(_, h)| h.rewound_records)
+                .max()
+                .unwrap_or(0),
             converge: Some(conv.took),
             ..Figures::default()
         }
@@ -89,11 +98,17 @@ pub fn report(c: &Cluster, writes: &[Write], f: &Figures) {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let followed = if f.followed.is_empty() {
+        String::new()
+    } else {
+        let all: Vec<String> = f.followed.iter().map(|d| ms(*d)).collect();
+        format!(" | all followed {}", all.join(", "))
+    };
     let pause = f
         .pause
         .map_or(String::new(), |d| format!(" | write pause {}", ms(d)));
     let line = format!(
-        "chaos {:<28} failover {failover}{pause} | acked {acked} failed {failed} unknown {unknown} | lost {} rewound {} | converged in {}\n",
+        "chaos {:<28} failover {failover}{followed}{pause} | acked {acked} failed {failed} unknown {unknown} | lost {} rewound {} | converged in {}\n",
         c.name,
         f.lost,
         f.rewound,

@@ -84,40 +84,58 @@ pub async fn g2_nothing_acked_lost(c: &Cluster, primary: usize, writes: &[Write]
     }
 }
 
-/// The final state once faults stopped: which node is primary and both
-/// reports, when they agree.
+/// The final state once faults stopped: which node is primary and every
+/// node's report (n1 first), when they agree.
 pub struct Converged {
     pub primary: usize,
-    pub reports: [HealthReport; 2],
+    pub reports: Vec<HealthReport>,
     pub took: Duration,
 }
 
-/// G4 (one writable primary, one standby at its epoch, both having applied
-/// everything, equal state hashes), with the standby streaming, within
-/// `CONVERGE_WITHIN` of `since`.
+/// G4 (one writable primary, every other node a standby at its epoch, all
+/// having applied everything, equal state hashes), with every standby
+/// streaming, within `CONVERGE_WITHIN` of `since`.
 pub async fn g4_converge(c: &Cluster, since: Instant) -> Converged {
     let deadline = since + CONVERGE_WITHIN;
     loop {
-        let (a, b) = (c.health(0).await, c.health(1).await);
-        let mut last = format!("n1: {a:?}\nn2: {b:?}");
-        if let (Some(a), Some(b)) = (a, b) {
-            let states = [
-                final_state(0, &a, BTreeMap::new()),
-                final_state(1, &b, BTreeMap::new()),
-            ];
-            let reports = [a, b];
+        let mut all = Vec::new();
+        for i in 0..c.http.len() {
+            all.push(c.health(i).await);
+        }
+        let mut last = all
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{}: {h:?}", NAMES[i]))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if all.iter().all(Option::is_some) {
+            let reports: Vec<HealthReport> = all.into_iter().flatten().collect();
+            let states: Vec<_> = reports
+                .iter()
+                .enumerate()
+                .map(|(i, h)| final_state(i, h, BTreeMap::new()))
+                .collect();
             match converged(&states) {
                 Ok(()) => {
-                    let primary = usize::from(states[1].role == RoleKind::Primary);
-                    let standby = &reports[1 - primary];
-                    if reports[primary].writable && standby.is_streaming_replica() {
-                        return Converged {
-                            primary,
-                            reports,
-                            took: since.elapsed(),
-                        };
+                    let primary = states
+                        .iter()
+                        .position(|s| s.role == RoleKind::Primary)
+                        .expect("converged: one primary");
+                    let lagging = reports
+                        .iter()
+                        .enumerate()
+                        .find(|(i, h)| *i != primary && !h.is_streaming_replica());
+                    match lagging {
+                        None if reports[primary].writable => {
+                            return Converged {
+                                primary,
+                                reports,
+                                took: since.elapsed(),
+                            };
+                        }
+                        None => last = format!("not writable yet: {:?}", reports[primary]),
+                        Some((_, standby)) => last = format!("not streaming yet: {standby:?}"),
                     }
-                    last = format!("not streaming yet: {standby:?}");
                 }
                 Err(v) => last = format!("{v}"),
             }

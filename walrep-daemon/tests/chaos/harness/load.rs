@@ -59,7 +59,7 @@ impl Write {
 #[derive(Clone, Copy, Debug)]
 pub enum Aim {
     /// Writes where the last answer pointed: the leader named in a 503, or
-    /// the other node after any other failure.
+    /// the next node (in a pair, the other one) after any other failure.
     Follow,
     /// Always the same node, whatever it answers (probes the node that
     /// should refuse, and keeps writing to an isolated old primary).
@@ -99,7 +99,7 @@ impl Load {
                 writes.clone(),
             )));
         }
-        for node in 0..2 {
+        for node in 0..c.http.len() {
             tasks.push(tokio::spawn(sampler(
                 node,
                 c.http[node].clone(),
@@ -211,7 +211,7 @@ pub async fn writer(
             )
             .await;
         let ended = Instant::now();
-        let other = 1 - at;
+        let other = (at + 1) % http.len();
         let (outcome, next) = match reply {
             Ok(r) if r.status == 200 => match r.json::<WriteReply>() {
                 Some(w) => (

@@ -1,4 +1,4 @@
-//! The third process: `walrep witness`, the arbiter both nodes swap its
+//! One more process: `walrep witness`, the arbiter the nodes swap its
 //! register at. Each node dials it through a proxy of its own, so a test
 //! can cut one node from it and not the other.
 
@@ -28,8 +28,15 @@ pub struct Witness {
 
 impl Witness {
     /// Lays out and starts a witness on `grpc` and `http` (loopback), its
-    /// data and log in `dir`, with one proxy per node in front of it.
-    pub async fn start(dir: &std::path::Path, grpc: u16, http: u16, launch: &Launch) -> Witness {
+    /// data and log in `dir`, with one proxy per node (`nodes` of them) in
+    /// front of it.
+    pub async fn start(
+        dir: &std::path::Path,
+        grpc: u16,
+        http: u16,
+        launch: &Launch,
+        nodes: usize,
+    ) -> Witness {
         let data_dir = dir.join("witness");
         let flags = vec![
             ("listen", format!("127.0.0.1:{grpc}")),
@@ -37,7 +44,7 @@ impl Witness {
             ("http", format!("127.0.0.1:{http}")),
         ];
         let mut links = Vec::new();
-        for _ in NAMES {
+        for _ in 0..nodes {
             links.push(Proxy::start(local(grpc)).await);
         }
         let mut w = Witness {
