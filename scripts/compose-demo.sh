@@ -45,37 +45,17 @@ IMAGE=walrep:local
 N1=https://127.0.0.1:8001
 N2=https://127.0.0.1:8002
 
-if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-  echo "compose-demo: no Docker engine on this machine; nothing to do."
-  exit 0
-fi
-if command -v docker-compose >/dev/null 2>&1; then
-  COMPOSE=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-  COMPOSE=(docker compose)
-else
-  echo "compose-demo: Docker is here but neither docker-compose nor 'docker compose'; nothing to do."
-  exit 0
-fi
-compose() { WALREP_IMAGE=$IMAGE "${COMPOSE[@]}" -p "$PROJECT" -f deploy/docker-compose.yml "$@"; }
+COMPOSE_FILE=deploy/docker-compose.yml
+NAMES=n1,n2
+# shellcheck source=scripts/compose-lib.sh
+. scripts/compose-lib.sh
 
-step() { printf '\n== %s\n' "$*"; }
-now_ms() { date +%s%3N; }
-
-START=$(date +%s)
-step "building a static walrep (release, +crt-static)"
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --quiet --release --target x86_64-unknown-linux-gnu --bin walrep
-BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/walrep
-CTX=$(mktemp -d)
 ACKED=$CTX/acked         # "key value lsn epoch" per acknowledged write, before the cut
 NEW_ACKED=$CTX/new-acked # ... acknowledged by the new primary during the cut
 OLD_ACKED=$CTX/old-acked # ... acknowledged by the cut-off primary (alone)
 OLD_REFUSED=$CTX/old-refused
 STOP=$CTX/stop
 WRITER=
-SECRETS=
 cleanup() {
   if [ -n "$WRITER" ]; then kill "$WRITER" 2>/dev/null || true; fi
   wait 2>/dev/null || true
@@ -87,71 +67,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step "making a throwaway cluster CA, node, witness and HTTPS certificates and an HTTP token"
-# Outside the image's build context, which holds the binary only.
-SECRETS=$(mktemp -d)
-export WALREP_SECRETS=$SECRETS
-"$BIN" certs --dir "$SECRETS" --names n1,n2 --witness --http-hosts 127.0.0.1,localhost | sed 's/^/  /'
-TOKEN_FILE=$SECRETS/token
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE"
-AUTH=(--http-token-file "$TOKEN_FILE")
-# The client commands talk HTTPS, trusting the throwaway CA.
-cli() { "$BIN" "$@" --tls-ca "$SECRETS/ca.pem"; }
-
-step "building image $IMAGE (FROM scratch, context: the binary only)"
-cp "$BIN" "$CTX/walrep"
-docker build --quiet -t "$IMAGE" -f deploy/Dockerfile "$CTX" | sed 's/^/  /'
-docker image ls "$IMAGE" --format '  {{.Repository}}:{{.Tag}} {{.Size}}'
-rm "$CTX/walrep"
-
-field() { # field NAME ADDR: one field of /health
-  cli status --json --addr "$2" 2>/dev/null |
-    sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
-}
-wait_until() { # wait_until WHAT SECONDS COMMAND...
-  local what=$1 limit=$2
-  shift 2
-  local deadline=$(($(date +%s) + limit))
-  until "$@"; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "compose-demo: timed out waiting for $what" >&2
-      compose ps >&2 || true
-      compose logs --tail=30 >&2 || true
-      exit 1
-    fi
-    sleep 0.2
-  done
-}
-is_writable_primary() { [ "$(field writable "$1")" = true ]; }
-is_standby() { [ "$(field role "$1")" = standby ]; }
-container_healthy() { [ "$(docker inspect --format '{{.State.Health.Status}}' "$(compose ps -q "$1")")" = healthy ]; }
-is_eligible() { [ "$(field eligible "$1")" = true ]; }
-# The node's view of the arbiter: "witness://... reachable, register vV epoch E primary P sync set [...]".
-arbiter_of() { cli status --addr "$1" 2>/dev/null | sed -n 's/^arbiter \{2,\}//p'; }
-register_epoch() { arbiter_of "$1" | sed -n 's/.* register v[0-9]* epoch \([0-9]*\) .*/\1/p'; }
-LAST_ERR=
-put_once() { # put_once ADDR KEY FILE: one attempt; if acknowledged, appends "key value lsn epoch" to FILE
-  local out lsn epoch
-  if ! out=$(cli put "$2" "value-$2" --addr "$1" "${AUTH[@]}" 2>&1); then
-    LAST_ERR=$out
-    return 1
-  fi
-  read -r _ _ lsn _ epoch <<<"$out" # "ok: lsn N epoch E"
-  echo "$2 value-$2 $lsn $epoch" >>"$3"
-}
-write_keys() { # write_keys ADDR PREFIX COUNT [FILE]
-  local i
-  for ((i = 0; i < $3; i++)); do
-    until put_once "$1" "$2$i" "${4:-$ACKED}"; do sleep 0.05; done
-  done
-}
-lost_in() { # lost_in FILE ADDR: the writes of FILE that do not read back on ADDR
-  local key value rest
-  while read -r key value rest; do
-    [ "$(cli get "$key" --addr "$2" 2>/dev/null || true)" = "$value" ] || echo "$key $value $rest"
-  done <"$1"
-}
-count() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+build_image
 
 step "starting the witness, n1 (primary) and n2 (standby), both with --arbiter witness://witness:7010"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
@@ -167,7 +83,7 @@ compose ps | sed 's/^/  /'
 cli status --addr $N1 | sed 's/^/  /'
 
 step "writing $KEYS keys to n1"
-write_keys $N1 k "$KEYS"
+write_keys $N1 k "$KEYS" "$ACKED"
 echo "  $(wc -l <"$ACKED") writes acknowledged; n1 last_lsn $(field last_lsn $N1), n2 applied_lsn $(field applied_lsn $N2)"
 
 step "docker kill n1 (SIGKILL)"
@@ -175,24 +91,13 @@ wait_until "n2 in the witness's sync set" 30 is_eligible $N2
 N1_CID=$(compose ps -q n1) # before the clock starts: docker-compose alone takes ~1 s to start
 KILLED=$(now_ms)
 docker kill "$N1_CID" >/dev/null
-put_until() { # put_until WHAT SECONDS ADDR KEY FILE: put_once until acknowledged
-  local deadline=$(($(date +%s) + $2))
-  until put_once "$3" "$4" "$5"; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "compose-demo: timed out waiting for $1; last error: $LAST_ERR" >&2
-      compose logs --tail=30 >&2 || true
-      exit 1
-    fi
-    sleep 0.02
-  done
-}
 put_until "n2 to take over" 60 $N2 failover-probe "$ACKED"
 FAILOVER_MS=$(($(now_ms) - KILLED))
 echo "  n2 acknowledged its first write ${FAILOVER_MS} ms after the kill"
 cli status --addr $N2 | sed 's/^/  /'
 
 step "writing $AFTER keys to n2"
-write_keys $N2 a "$AFTER"
+write_keys $N2 a "$AFTER" "$ACKED"
 
 step "docker start n1 (same settings: WALREP_ROLE=primary, but its data says epoch 1)"
 docker start "$N1_CID" >/dev/null
@@ -210,7 +115,7 @@ PEER_NET=${PROJECT}_peer
 OLD_CID=$(compose ps -q $OLD)
 
 step "writing $AFTER keys to $OLD until $NEW is eligible to take over"
-write_keys $OLD_ADDR b "$AFTER"
+write_keys $OLD_ADDR b "$AFTER" "$ACKED"
 wait_until "$NEW eligible" 30 is_eligible $NEW_ADDR
 OLD_EPOCH=$(field epoch $OLD_ADDR)
 REWOUND_BEFORE=$(field rewound_records $OLD_ADDR)
