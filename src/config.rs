@@ -261,7 +261,8 @@ pub struct Config {
     /// Which standbys must confirm a write in the sync modes, as
     /// PostgreSQL's `synchronous_standby_names`: `FIRST k (n2, n3)` or
     /// `ANY k (n2, n3)`. `None` (the default): every other node. The rule
-    /// may name this node too, so every node can be given the same text.
+    /// may name this node too, so a rule naming every node (`ANY 2 (n1,
+    /// n2, n3)`) can be given to every node as the same text.
     /// A standby the rule does not name never counts and never promotes.
     /// In this version the rule must wait for every standby it names
     /// (k = the named nodes other than this one): a promotion then holds
@@ -693,6 +694,14 @@ impl Config {
             .iter()
             .filter(|n| **n != self.node_id)
             .count();
+        if others == 0 && self.commit_mode.is_sync() {
+            return Err(ConfigError::new(
+                S::SyncStandbys,
+                format!(
+                    "{rule} names no other node: no standby would ever confirm a write, yet each would be told it holds every acknowledged one; name the standbys to wait for, or use commit_mode async"
+                ),
+            ));
+        }
         if rule.count() < others {
             return Err(ConfigError::new(
                 S::SyncStandbys,

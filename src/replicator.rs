@@ -61,7 +61,7 @@ pub struct PeerHealth {
 pub struct StandbyHealth {
     /// The standby's id.
     pub node_id: NodeId,
-    /// Its WAL stream is open and it answered since this process started.
+    /// Its WAL stream is open.
     pub connected: bool,
     /// Where its log is durable, as it last reported.
     pub flushed_lsn: Lsn,

@@ -459,6 +459,18 @@ impl Node {
                     "the primary is silent but the arbiter did not grant the promotion: {error}"
                 ));
             }
+            // With more than one standby a planned switchover needs the
+            // register's swap: another member of the old sync set, cut off
+            // from us, could still swap itself in as primary of the epoch
+            // we would take (the operator's force is left to the operator).
+            (ArbiterPurpose::Promote(_) | ArbiterPurpose::Refresh, Some(p))
+                if unreachable && p.kind == Promotion::Switchover && self.standbys.len() > 1 =>
+            {
+                tracing::warn!(%error, "not taking over: with more than one standby a switchover needs the arbiter's swap, and it does not answer");
+                self.abandon_promotion(format!(
+                    "the arbiter does not answer ({error}); with more than one standby a switchover needs its swap, so nothing was changed here (the old primary may have stepped down: a standby takes over through the arbiter once it answers)"
+                ));
+            }
             // A planned switchover (the old primary stepped down with
             // everything on our disk) or a forced promotion goes ahead
             // without an arbiter that does not answer, whichever call found

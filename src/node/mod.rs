@@ -500,10 +500,12 @@ impl Node {
     /// for commits and (with an arbiter) is in the register's sync set.
     pub(crate) fn sync_state_of(&self, standby: &NodeId) -> SyncState {
         match &self.role {
-            Role::Primary(p) => match p.sync_state_of(&self.cfg, standby, self.commit) {
-                SyncState::Sync if !self.register_holds_standby(standby) => SyncState::NotSync,
-                state => state,
-            },
+            Role::Primary(p) => {
+                match p.sync_state_of(&self.cfg, &self.commit_rule, standby, self.commit) {
+                    SyncState::Sync if !self.register_holds_standby(standby) => SyncState::NotSync,
+                    state => state,
+                }
+            }
             _ => SyncState::NotSync,
         }
     }
@@ -516,7 +518,7 @@ impl Node {
         p.links()
             .map(|(id, link)| crate::replicator::StandbyHealth {
                 node_id: id.clone(),
-                connected: link.is_reachable(),
+                connected: link.streaming,
                 flushed_lsn: link.positions.flushed,
                 lag_records: self.last_lsn.0.saturating_sub(link.positions.flushed.0),
                 sync_state: self.sync_state_of(id),
@@ -527,7 +529,7 @@ impl Node {
 
     /// Whether a primary acknowledges writes without its standby right now.
     pub(crate) fn is_solo(&self) -> bool {
-        matches!(&self.role, Role::Primary(p) if p.is_solo())
+        matches!(&self.role, Role::Primary(p) if p.is_solo(&self.commit_rule))
     }
 
     /// Whether the standby could promote itself now if the primary fell

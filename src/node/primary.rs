@@ -118,9 +118,10 @@ impl Primary {
         }
     }
 
-    /// Commits wait for no standby (the pair's "solo").
-    pub(super) fn is_solo(&self) -> bool {
-        self.counted.is_empty()
+    /// Commits wait for no standby (the pair's "solo"): none the rule
+    /// names counts.
+    pub(super) fn is_solo(&self, rule: &CommitRule) -> bool {
+        rule.counted(&self.counted).next().is_none()
     }
 
     pub(super) fn clear_pending(&mut self) {
@@ -149,8 +150,15 @@ impl Primary {
         }
     }
 
-    /// What we tell `standby` of its sync status.
-    pub(super) fn sync_state_of(&self, cfg: &Config, standby: &NodeId, commit: Lsn) -> SyncState {
+    /// What we tell `standby` of its sync status. A standby the rule does
+    /// not name is never in sync: no write waits for it.
+    pub(super) fn sync_state_of(
+        &self,
+        cfg: &Config,
+        rule: &CommitRule,
+        standby: &NodeId,
+        commit: Lsn,
+    ) -> SyncState {
         if !cfg.commit_mode.is_sync() {
             return SyncState::Async;
         }
@@ -160,7 +168,11 @@ impl Primary {
         // lose it, and a restarted standby is not eligible anyway).
         let acknowledged = commit.max(self.may_have_acknowledged);
         match self.links.get(standby) {
-            Some(l) if l.is_counted() && l.position(cfg.commit_mode) >= acknowledged => {
+            Some(l)
+                if l.is_counted()
+                    && rule.priority(standby) > 0
+                    && l.position(cfg.commit_mode) >= acknowledged =>
+            {
                 SyncState::Sync
             }
             _ => SyncState::NotSync,
@@ -287,7 +299,12 @@ impl Primary {
     /// acknowledged write; it is only worth trying to a standby that is
     /// reachable and in sync, so it can finish in milliseconds. Of several,
     /// the most advanced (then the first by name).
-    pub(super) fn handover_target(&self, cfg: &Config, commit: Lsn) -> Result<NodeId, String> {
+    pub(super) fn handover_target(
+        &self,
+        cfg: &Config,
+        rule: &CommitRule,
+        commit: Lsn,
+    ) -> Result<NodeId, String> {
         if self.demotion.is_some() {
             return Err("a planned switchover is already in progress".into());
         }
@@ -301,7 +318,7 @@ impl Primary {
         }
         reachable
             .into_iter()
-            .filter(|(id, _)| self.sync_state_of(cfg, id, commit) != SyncState::NotSync)
+            .filter(|(id, _)| self.sync_state_of(cfg, rule, id, commit) != SyncState::NotSync)
             .max_by(|(a, la), (b, lb)| {
                 let (pa, pb) = (la.position(cfg.commit_mode), lb.position(cfg.commit_mode));
                 pa.cmp(&pb).then_with(|| b.cmp(a))
@@ -499,8 +516,10 @@ impl Node {
             Role::Primary(p) if cfg.commit_mode.is_sync() => p
                 .links
                 .iter()
-                .filter(|(_, l)| {
-                    l.counting == Counting::Counted
+                .filter(|(id, l)| {
+                    // A standby the rule does not name holds up nothing.
+                    self.commit_rule.priority(id) > 0
+                        && l.counting == Counting::Counted
                         && l.unreachable_for(now)
                             .is_some_and(|d| d >= cfg.sync_timeout)
                 })
@@ -679,7 +698,7 @@ impl Node {
     pub(super) fn on_stop_requested(&mut self) {
         let (cfg, commit) = (self.cfg.clone(), self.commit);
         let target = match &self.role {
-            Role::Primary(p) => p.handover_target(&cfg, commit),
+            Role::Primary(p) => p.handover_target(&cfg, &self.commit_rule, commit),
             other => {
                 tracing::info!(role = %other.kind(), "stopping");
                 self.emit(Effect::Stop);

@@ -55,7 +55,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         .standbys
                         .iter()
                         .find(|s| s.node_id == ctx.standby)
-                        .map_or(h.sync_state, |s| s.sync_state),
+                        .map_or(crate::node::SyncState::NotSync, |s| s.sync_state),
                     confirmed: ctx.wal.meta().confirmed,
                 }
             };

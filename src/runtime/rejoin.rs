@@ -118,10 +118,13 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
     })
 }
 
-/// The log of the peer that answers as the primary of an epoch at least
-/// ours: `ctx.peer` first, then each of `ctx.others`, which becomes
-/// `ctx.peer` (and its id `ctx.leader`) when it is the one. With no
-/// primary among them, the first answer (the node then waits).
+/// The log of the peer that answers as the primary of the highest epoch,
+/// at least ours: `ctx.peer` is asked first, then each of `ctx.others` (a
+/// cluster's), and the one that wins becomes `ctx.peer` (its id
+/// `ctx.leader`). Asking every peer keeps a stale primary of an older
+/// epoch, one that has not heard of the newer one yet, from holding the
+/// rejoin. With no primary among them, the first answer (the node then
+/// waits).
 async fn history_of_the_primary(
     ctx: &mut Ctx,
     header: &Header,
@@ -130,27 +133,32 @@ async fn history_of_the_primary(
     let is_primary = |h: &crate::transport::HistoryReply| {
         h.role == crate::node::RoleKind::Primary && h.epoch >= header.epoch
     };
-    match &first {
-        Ok(h) if is_primary(h) => return first,
-        Err(TransportError::StaleEpoch { .. }) => return first,
-        _ => {}
+    if matches!(first, Err(TransportError::StaleEpoch { .. })) || ctx.others.is_empty() {
+        return first;
     }
+    let mut best: Option<(usize, crate::transport::HistoryReply)> = None;
     for i in 0..ctx.others.len() {
-        let (id, peer) = ctx.others[i].clone();
+        let peer = ctx.others[i].1.clone();
         match peer.history(header.clone()).await {
-            Ok(h) if is_primary(&h) => {
-                tracing::info!(primary = %id, asked_first = %ctx.leader, "rejoin: found the primary among the other peers");
-                let old = (ctx.leader.clone(), ctx.peer.clone());
-                ctx.leader = id;
-                ctx.peer = peer;
-                ctx.others[i] = old;
-                return Ok(h);
+            Ok(h) if is_primary(&h) && best.as_ref().is_none_or(|(_, b)| h.epoch > b.epoch) => {
+                best = Some((i, h));
             }
             stale @ Err(TransportError::StaleEpoch { .. }) => return stale,
             _ => {}
         }
     }
-    first
+    match (first, best) {
+        (Ok(h), Some((_, b))) if is_primary(&h) && h.epoch >= b.epoch => Ok(h),
+        (_, Some((i, b))) => {
+            let (id, peer) = ctx.others[i].clone();
+            tracing::info!(primary = %id, epoch = %b.epoch, asked_first = %ctx.leader, "rejoin: found the primary among the other peers");
+            ctx.others[i] = (ctx.leader.clone(), ctx.peer.clone());
+            ctx.leader = id;
+            ctx.peer = peer;
+            Ok(b)
+        }
+        (first, None) => first,
+    }
 }
 
 /// A failure that retrying will not fix (the disk).

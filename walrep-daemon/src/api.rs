@@ -94,7 +94,7 @@ pub struct PeerReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StandbyReport {
     pub id: String,
-    /// Its WAL stream is open and it answered since the primary started.
+    /// Its WAL stream is open.
     pub connected: bool,
     pub flushed_lsn: u64,
     pub lag_records: u64,

@@ -26,7 +26,7 @@ fn fresh_primary_with_arbiter(id: &str, peer: &str) -> Node {
 }
 
 /// An operator's promotion over the RPC, forced or planned.
-fn promote(force: bool) -> Event {
+pub(super) fn promote(force: bool) -> Event {
     Event::PromoteRequested {
         force,
         from: PromoteFrom::Rpc,
@@ -120,7 +120,7 @@ pub(super) fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<E
     all
 }
 
-fn unreachable() -> ArbiterAnswer {
+pub(super) fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,
         error: "connection refused".into(),

@@ -287,3 +287,83 @@ fn more_peers_need_an_arbiter_and_a_rule_that_waits_for_every_standby_it_names()
     };
     assert!(dup.validate().unwrap_err().to_string().contains("twice"));
 }
+
+#[test]
+fn a_switchover_in_a_cluster_never_takes_the_epoch_without_the_arbiters_swap() {
+    // n1, a standby of n2 with n3 beside it; the primary stepped down for
+    // it, then the arbiter does not answer. Another member of the old
+    // sync set (n3) could still swap itself in: no epoch without the swap.
+    let cfg = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: "n3:7001".into(),
+        }],
+        ..with_arbiter(cfg())
+    };
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
+    knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
+    node.step(t(200), super::arbiter::promote(false));
+    let effects = node.step(
+        t(210),
+        Event::FenceSent {
+            confirmed_last_lsn: Some(Lsn(10)),
+        },
+    );
+    let (purpose, ..) = the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Switchover));
+    let effects = answer(&mut node, t(220), purpose, super::arbiter::unreachable());
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!(node.epoch(), Epoch(1));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReplyPromote(Err(why)) if why.contains("needs its swap"))),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_standby_the_rule_does_not_name_is_never_told_it_is_in_sync() {
+    // FIRST 1 (n2): n3 is asynchronous. It holds everything, yet no
+    // write waits for it, so it must not believe it may take over.
+    let mut node = primary_of_two("FIRST 1 (n2)", OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
+    node.step(t(4), at("n2", 2, &node));
+    node.step(t(4), at("n3", 2, &node));
+    assert_eq!(node.commit_lsn(), Lsn(2));
+    assert_eq!(node.sync_state_of(&n("n2")), SyncState::Sync);
+    assert_eq!(node.sync_state_of(&n("n3")), SyncState::NotSync);
+    // Lost, it changes nothing: no swap, no refusal, no hold.
+    node.step(t(10), Event::StandbyUnreachable { standby: n("n3") });
+    let effects = tick_answering_reads(&mut node, 100, 3000);
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::AskArbiter {
+                purpose: ArbiterPurpose::DropStandby,
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert!(node.check_writable().is_ok());
+    assert_eq!(node.arbiter_status().unwrap().held_back, None);
+}
+
+#[test]
+fn a_rule_naming_no_other_node_is_refused_in_a_sync_mode() {
+    let cfg = Config {
+        sync_standbys: Some("ANY 1 (n1)".parse().unwrap()),
+        ..cfg()
+    };
+    let e = cfg.validate().unwrap_err();
+    assert_eq!(e.setting, crate::Setting::SyncStandbys);
+    assert!(e.to_string().contains("names no other node"), "{e}");
+    let async_mode = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg
+    };
+    async_mode.validate().unwrap();
+}

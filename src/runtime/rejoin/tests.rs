@@ -629,6 +629,13 @@ async fn a_rejoin_asked_of_a_standby_finds_the_primary_among_the_other_peers() {
     assert_eq!(theirs.role, RoleKind::Primary);
     assert_eq!(ctx.leader, NodeId::from("n3"), "the rejoin moves to n3");
     assert_eq!(ctx.others[0].0, NodeId::from("n2"));
+    // A stale primary of epoch 2 asked first loses to the primary of 3.
+    ctx.peer = answering_as(RoleKind::Primary, 2);
+    ctx.leader = NodeId::from("n2");
+    ctx.others = vec![(NodeId::from("n3"), answering_as(RoleKind::Primary, 3))];
+    let theirs = history_of_the_primary(&mut ctx, &h).await.unwrap();
+    assert_eq!(theirs.epoch, Epoch(3));
+    assert_eq!(ctx.leader, NodeId::from("n3"));
     // A primary of an older epoch is not the one to rejoin.
     ctx.peer = answering_as(RoleKind::Standby, 2);
     ctx.others = vec![(NodeId::from("n4"), answering_as(RoleKind::Primary, 1))];
