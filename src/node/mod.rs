@@ -338,7 +338,7 @@ impl Node {
                 local,
             } => self.on_batch(now, batch, local_at_prev, local),
             Event::HistoryRequested { header } => {
-                if self.admit(&header) {
+                if self.admit_from_follower(&header) {
                     self.emit(Effect::Answer(Ok(())));
                 }
             }

@@ -13,6 +13,20 @@ impl Node {
     /// and a primary steps down) before the request is looked at. Returns
     /// whether the request may go on.
     pub(super) fn admit(&mut self, header: &Header) -> bool {
+        self.admit_naming(header, true)
+    }
+
+    /// `admit` for a request from a node that follows (a rejoining node
+    /// asking for our log or a snapshot): in a cluster its newer epoch is
+    /// adopted with the leader it names, never with itself as leader (a
+    /// third node may lead it). In a pair the epoch's leader can only be
+    /// the sender, as `admit` assumes.
+    pub(super) fn admit_from_follower(&mut self, header: &Header) -> bool {
+        let pair = self.standbys.len() == 1;
+        self.admit_naming(header, pair)
+    }
+
+    fn admit_naming(&mut self, header: &Header, sender_may_lead: bool) -> bool {
         if header.epoch < self.epoch {
             self.emit(Effect::Answer(Err(Refused::new(
                 RefusalKind::StaleEpoch,
@@ -24,7 +38,10 @@ impl Node {
             return false;
         }
         if header.epoch > self.epoch {
-            let leader = header.leader_id.clone().or(Some(header.node_id.clone()));
+            let leader = header
+                .leader_id
+                .clone()
+                .or_else(|| sender_may_lead.then(|| header.node_id.clone()));
             self.on_higher_epoch(header.epoch, leader);
         }
         true
@@ -109,7 +126,7 @@ impl Node {
     }
 
     pub(super) fn on_snapshot_requested(&mut self, header: Header) {
-        if !self.admit(&header) {
+        if !self.admit_from_follower(&header) {
             return;
         }
         if !matches!(self.role, Role::Primary(_)) {

@@ -367,3 +367,33 @@ fn a_rule_naming_no_other_node_is_refused_in_a_sync_mode() {
     };
     async_mode.validate().unwrap();
 }
+
+#[test]
+fn a_rejoining_node_asking_for_our_log_is_not_taken_for_the_leader_of_its_epoch() {
+    // n1, a standby of n2 at epoch 1, is asked for its log by n3 at epoch
+    // 2 (n3 rejoins and knows no leader): the epoch is adopted, but n3 is
+    // not its leader (in a cluster the leader may be anyone).
+    let cfg = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: "n3:7001".into(),
+        }],
+        ..with_arbiter(cfg())
+    };
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
+    let effects = node.step(
+        t(200),
+        Event::HistoryRequested {
+            header: header(2, "n3"),
+        },
+    );
+    assert!(
+        effects.contains(&Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: None,
+            confirmed: true,
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(node.leader(), None);
+}
