@@ -56,23 +56,15 @@ OLD_ACKED=$CTX/old-acked # ... acknowledged by the cut-off primary (alone)
 OLD_REFUSED=$CTX/old-refused
 STOP=$CTX/stop
 WRITER=
-cleanup() {
+cleanup_extra() {
   if [ -n "$WRITER" ]; then kill "$WRITER" 2>/dev/null || true; fi
   wait 2>/dev/null || true
-  step "cleaning up containers, networks and volumes"
-  compose down -v --remove-orphans 2>&1 | sed 's/^/  /' || true
-  rm -rf "$CTX" ${SECRETS:+"$SECRETS"}
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 build_image
 
 step "starting the witness, n1 (primary) and n2 (standby), both with --arbiter witness://witness:7010"
-compose down -v --remove-orphans >/dev/null 2>&1 || true
-compose up -d 2>&1 | sed 's/^/  /'
-wait_until "witness healthy (Docker health check)" 60 container_healthy witness
+compose_up
 wait_until "n1 writable" 60 is_writable_primary $N1
 wait_until "n2 standby" 60 is_standby $N2
 # Eligible: the witness holds n2 in the sync set, so it may promote.
@@ -272,11 +264,4 @@ echo "  rewound on $OLD            $REWOUND records (written, never acknowledged
 echo "  lost acknowledged writes  $LOST before the cut, $LOST_NEW of the new primary's, $LOST_ALONE of the old primary's alone"
 echo "  one writer per epoch      $SAME_RECORD (lsn, epoch) acknowledged twice, $SHARED_EPOCHS epoch(s) with writes acknowledged by both"
 echo "  state hashes              n1 $H1, n2 $H2"
-echo "  wall time                 $(($(date +%s) - START)) s (build, image, run; the cleanup follows)"
-if [ ${#FAIL[@]} -eq 0 ]; then
-  echo "RESULT: PASS"
-else
-  printf '  FAILED: %s\n' "${FAIL[@]}"
-  echo "RESULT: FAIL"
-  exit 1
-fi
+finish

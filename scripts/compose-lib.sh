@@ -26,6 +26,26 @@ START=$(date +%s)
 CTX=$(mktemp -d)
 SECRETS=
 
+# On any exit: what the script adds (cleanup_extra, which it may
+# redefine), then the containers, networks, volumes and temporary files.
+cleanup_extra() { :; }
+cleanup() {
+  cleanup_extra
+  step "cleaning up containers, networks and volumes"
+  compose down -v --remove-orphans 2>&1 | sed 's/^/  /' || true
+  rm -rf "$CTX" ${SECRETS:+"$SECRETS"}
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts the compose file's services afresh and waits for the witness.
+compose_up() {
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  compose up -d 2>&1 | sed 's/^/  /'
+  wait_until "witness healthy (Docker health check)" 60 container_healthy witness
+}
+
 # Builds a static walrep and the image; sets BIN.
 build_image() {
   step "building a static walrep (release, +crt-static)"
@@ -110,3 +130,16 @@ lost_in() { # lost_in FILE ADDR: the writes of FILE that do not read back on ADD
   done <"$1"
 }
 count() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# The report's last lines: the wall time, then PASS, or FAIL with each
+# entry of the FAIL array, and a non-zero exit.
+finish() {
+  echo "  wall time                 $(($(date +%s) - START)) s (build, image, run; the cleanup follows)"
+  if [ ${#FAIL[@]} -eq 0 ]; then
+    echo "RESULT: PASS"
+  else
+    printf '  FAILED: %s\n' "${FAIL[@]}"
+    echo "RESULT: FAIL"
+    exit 1
+  fi
+}

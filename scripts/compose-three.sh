@@ -33,21 +33,11 @@ ADDR_n3=https://127.0.0.1:8003
 addr() { local v=ADDR_$1; echo "${!v}"; }
 
 ACKED=$CTX/acked # "key value lsn epoch" per acknowledged write
-cleanup() {
-  step "cleaning up containers, networks and volumes"
-  compose down -v --remove-orphans 2>&1 | sed 's/^/  /' || true
-  rm -rf "$CTX" ${SECRETS:+"$SECRETS"}
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 build_image
 
 step "starting the witness, n1 (primary), n2 and n3 (standbys), each with --arbiter witness://witness:7010"
-compose down -v --remove-orphans >/dev/null 2>&1 || true
-compose up -d 2>&1 | sed 's/^/  /'
-wait_until "witness healthy (Docker health check)" 60 container_healthy witness
+compose_up
 wait_until "n1 writable" 60 is_writable_primary "$ADDR_n1"
 for n in n2 n3; do
   wait_until "$n standby" 60 is_standby "$(addr $n)"
@@ -132,11 +122,4 @@ echo "  n1 after its restart      $N1_REJOIN"
 echo "  lost acknowledged writes  $LOST"
 echo "  one writer per epoch      $SAME_RECORD (lsn, epoch) acknowledged twice"
 echo "  state hashes              n1 $H1, n2 $H2, n3 $H3"
-echo "  wall time                 $(($(date +%s) - START)) s (build, image, run; the cleanup follows)"
-if [ ${#FAIL[@]} -eq 0 ]; then
-  echo "RESULT: PASS"
-else
-  printf '  FAILED: %s\n' "${FAIL[@]}"
-  echo "RESULT: FAIL"
-  exit 1
-fi
+finish

@@ -9,17 +9,24 @@ fn n(id: &str) -> NodeId {
     NodeId::from(id)
 }
 
-/// n1, primary of epoch 1, with standbys n2 and n3 under `rule`, an
-/// arbiter, both standbys answering and streaming.
-fn primary_of_two(rule: &str, loss: OnStandbyLoss) -> Node {
-    let cfg = Config {
+/// `cfg` with n3 as a third node (n2 is `peer_id`).
+fn with_n3(cfg: Config) -> Config {
+    Config {
         more_peers: vec![PeerAddress {
             id: n("n3"),
             addr: "n3:7001".into(),
         }],
+        ..cfg
+    }
+}
+
+/// n1, primary of epoch 1, with standbys n2 and n3 under `rule`, an
+/// arbiter, both standbys answering and streaming.
+fn primary_of_two(rule: &str, loss: OnStandbyLoss) -> Node {
+    let cfg = Config {
         sync_standbys: Some(rule.parse().unwrap()),
         on_standby_loss: loss,
-        ..with_arbiter(cfg())
+        ..with_n3(with_arbiter(cfg()))
     };
     cfg.validate().unwrap();
     let (mut node, _) = new_node(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
@@ -246,13 +253,7 @@ fn a_stopping_primary_hands_over_to_the_most_advanced_standby_in_sync() {
 
 #[test]
 fn more_peers_need_an_arbiter_and_a_rule_that_waits_for_every_standby_it_names() {
-    let three = Config {
-        more_peers: vec![PeerAddress {
-            id: n("n3"),
-            addr: "n3:7001".into(),
-        }],
-        ..cfg()
-    };
+    let three = with_n3(cfg());
     let e = three.validate().unwrap_err();
     assert_eq!(e.setting, crate::Setting::MorePeers);
     assert!(e.to_string().contains("arbiter"), "{e}");
@@ -293,13 +294,7 @@ fn a_switchover_in_a_cluster_never_takes_the_epoch_without_the_arbiters_swap() {
     // n1, a standby of n2 with n3 beside it; the primary stepped down for
     // it, then the arbiter does not answer. Another member of the old
     // sync set (n3) could still swap itself in: no epoch without the swap.
-    let cfg = Config {
-        more_peers: vec![PeerAddress {
-            id: n("n3"),
-            addr: "n3:7001".into(),
-        }],
-        ..with_arbiter(cfg())
-    };
+    let cfg = with_n3(with_arbiter(cfg()));
     let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
     knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
     node.step(t(200), super::arbiter::promote(false));
@@ -373,13 +368,7 @@ fn a_rejoining_node_asking_for_our_log_is_not_taken_for_the_leader_of_its_epoch(
     // n1, a standby of n2 at epoch 1, is asked for its log by n3 at epoch
     // 2 (n3 rejoins and knows no leader): the epoch is adopted, but n3 is
     // not its leader (in a cluster the leader may be anyone).
-    let cfg = Config {
-        more_peers: vec![PeerAddress {
-            id: n("n3"),
-            addr: "n3:7001".into(),
-        }],
-        ..with_arbiter(cfg())
-    };
+    let cfg = with_n3(with_arbiter(cfg()));
     let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
     let effects = node.step(
         t(200),
