@@ -7,7 +7,7 @@ use super::cluster::Running;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use walrep::arbiter::Register;
-use walrep::testing::{FinalState, History, Observation, Violation};
+use walrep::testing::{AckedWrite, FinalState, History, Observation, Violation};
 use walrep::{CommitMode, Lsn, NodeId, Replicator, RoleKind};
 
 /// What the checks remember between steps.
@@ -109,25 +109,65 @@ pub fn final_state<'k>(
     }
 }
 
-/// G4 over both nodes, which must both be running.
-pub fn converged(running: &[(&'static str, Running)]) -> Result<(), Violation> {
-    if running.len() != 2 {
-        return Err(Violation::NotConverged(format!(
-            "{} nodes running",
-            running.len()
-        )));
+/// G4 over the data nodes `nodes`, which must all be running: one
+/// primary, the others standbys at its epoch that name it as their leader,
+/// all having applied the same log to the same state.
+pub fn converged(
+    running: &[(&'static str, Running)],
+    nodes: &[&'static str],
+) -> Result<(), Violation> {
+    let down: Vec<&str> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !running.iter().any(|(r, _)| r == n))
+        .collect();
+    if !down.is_empty() {
+        return Err(Violation::NotConverged(format!("{down:?} not running")));
     }
     let states: Vec<FinalState> = running
         .iter()
         .map(|(name, node)| final_state(name, node, []))
         .collect();
-    walrep::testing::converged(&states)
+    walrep::testing::converged(&states)?;
+    let primary = states
+        .iter()
+        .find(|s| s.role == RoleKind::Primary)
+        .map(|s| s.node.clone());
+    for (name, node) in running {
+        let h = node.replica.health();
+        let leader = h.leader.map(|l| l.id);
+        if h.role == RoleKind::Standby && leader != primary {
+            return Err(Violation::NotConverged(format!(
+                "the standby {name} follows {leader:?}, not the primary {primary:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// G2 on every node, once they converged: each acknowledged write with
+/// its value on each of them (not only on the final primary).
+pub fn held_everywhere(writes: &[AckedWrite], finals: &[FinalState]) -> Vec<String> {
+    finals
+        .iter()
+        .flat_map(|s| {
+            writes
+                .iter()
+                .filter(|w| s.values.get(&w.key) != Some(&w.value))
+                .map(move |w| {
+                    format!(
+                        "G2: {}, acknowledged by {} as ({}, {}), is not on {} ({:?} at the end)",
+                        w.key, w.node, w.lsn, w.epoch, s.node, s.role
+                    )
+                })
+        })
+        .collect()
 }
 
 /// With the witness, once the nodes converged: its register (rebuilt by
 /// the nodes if it restarted from nothing) names the primary at its
-/// epoch and, where commits wait for the standby, holds the standby in
-/// the sync set again.
+/// epoch and, where commits wait for the standbys, holds every standby
+/// in the sync set again.
 pub fn register_agrees(
     running: &[(&'static str, Running)],
     register: Option<Register>,

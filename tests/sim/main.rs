@@ -14,6 +14,14 @@
 //! register). `remote-flush/solo/arbiter/all-faults` promises that nothing
 //! acknowledged is lost in `solo` under any of them; at the end the
 //! witness's register must name the primary with the standby in sync.
+//! `remote-flush/solo/arbiter/three-nodes/all-faults` runs three data
+//! nodes (n1 primary, n2 and n3 its standbys, both confirming each write)
+//! with the witness: the same faults between any two of the four hosts,
+//! also the primary of the moment crashed or cut off from all others and
+//! the hosts split two against two. One standby promotes, the other
+//! follows it, a rejoining old primary rewinds; G1 and G2 hold all along,
+//! and at the end the three nodes converge on one primary whose register
+//! holds both standbys in sync, each holding every acknowledged write.
 //!
 //! `cargo test --test sim` runs a fixed seed set. More seeds:
 //! `WALREP_SIM_SEEDS=2000 cargo test --release --test sim -- --nocapture many_seeds`
@@ -33,7 +41,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use walrep::testing::{AckedWrite, Durability, History};
-use walrep::{CommitMode, NodeId, OnStandbyLoss, Replicator};
+use walrep::{CommitMode, NodeId, OnStandbyLoss, Replicator, RoleKind};
 use walrep_daemon::kv::Command;
 
 /// How long faults are injected, and how long the cluster then has to
@@ -55,7 +63,7 @@ struct Scenario {
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
 // scenarios that promise no loss run that way, the others offload.
-const SCENARIOS: [Scenario; 7] = [
+const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "remote-flush/block/all-faults",
         mode: Mode {
@@ -67,6 +75,7 @@ const SCENARIOS: [Scenario; 7] = [
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::All,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -83,6 +92,7 @@ const SCENARIOS: [Scenario; 7] = [
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -101,6 +111,7 @@ const SCENARIOS: [Scenario; 7] = [
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -120,6 +131,7 @@ const SCENARIOS: [Scenario; 7] = [
             both_start_as_primary: true,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -140,6 +152,7 @@ const SCENARIOS: [Scenario; 7] = [
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::SnapshotCut,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -170,7 +183,26 @@ const SCENARIOS: [Scenario; 7] = [
         durability: Durability::LossAllowed,
         value_bytes: 0,
     },
+    Scenario {
+        // Three data nodes with the witness: each write waits for both
+        // standbys, a standby promotes only from the register's sync set
+        // and the other follows it, and the primary goes on alone (or with
+        // one standby) only after a swap took the others out of it. No
+        // fault of any two of the four hosts, no crash of any one (the
+        // primary of the moment included), no split loses an acknowledged
+        // write.
+        name: THREE_NODES_SCENARIO,
+        mode: Mode {
+            data_nodes: 3,
+            ..ARBITER_MODE
+        },
+        kinds: Kinds::Cluster,
+        durability: Durability::NoAcknowledgedWriteLost,
+        value_bytes: 0,
+    },
 ];
+
+const THREE_NODES_SCENARIO: &str = "remote-flush/solo/arbiter/three-nodes/all-faults";
 
 const ARBITER_SCENARIO: &str = "remote-flush/solo/arbiter/all-faults";
 const ARBITER_MODE: Mode = Mode {
@@ -197,6 +229,10 @@ struct Report {
     witness_wiped: bool,
     /// The witness's file holds the cluster's register at the end.
     witness_rebuilt: bool,
+    /// Crashes or cut-offs that struck the node primary at the time.
+    primary_faults: usize,
+    /// Promotions: the final primary's epoch beyond the first.
+    promotions: u64,
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -259,9 +295,22 @@ async fn client(
     Ok(())
 }
 
+/// The fault schedule of `seed` for `scenario`.
+fn schedule(seed: u64, scenario: Scenario) -> Schedule {
+    faults::generate(
+        seed,
+        scenario.kinds,
+        &scenario.mode.hosts(),
+        12,
+        FAULT_WINDOW,
+    )
+}
+
 /// Runs one seed; `Err` carries the violation.
 fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
-    let schedule: Schedule = faults::generate(seed, scenario.kinds, 12, FAULT_WINDOW);
+    let schedule = schedule(seed, scenario);
+    let hosts = scenario.mode.hosts();
+    let nodes = scenario.mode.nodes();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(FAULT_WINDOW + CONVERGE_WITHIN + Duration::from_secs(30))
@@ -269,7 +318,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         .max_message_latency(Duration::from_millis(3))
         .repair_rate(0.05)
         .build();
-    let disks = [Arc::new(Disk::default()), Arc::new(Disk::default())];
+    let disks: Vec<Arc<Disk>> = nodes.iter().map(|_| Arc::new(Disk::default())).collect();
     let registry = Registry::default();
     let witness = scenario
         .mode
@@ -304,14 +353,29 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     let mut next_event = 0;
     let mut quiet_at = schedule.quiet_after.max(FAULT_WINDOW);
     let mut cuts = (scenario.kinds == Kinds::SnapshotCut).then(|| TransferCuts::new(seed));
+    // The faults aimed at the primary of the moment, and each of them as
+    // it struck (which node), for the report of a failing seed.
+    let mut primary = faults::Primary::default();
+    let mut aimed: Vec<faults::Event> = Vec::new();
     // Per incarnation of a node: (snapshot bytes resumed, resyncs).
     let mut snapshot_work: BTreeMap<(&'static str, usize), (u64, u64)> = BTreeMap::new();
-    let cut_log = |cuts: &Option<TransferCuts>| {
-        let fired = cuts.as_ref().map(|c| c.fired.clone()).unwrap_or_default();
-        Schedule {
-            quiet_after: Duration::ZERO,
-            events: fired,
+    let context = |cuts: &Option<TransferCuts>, aimed: &[faults::Event]| {
+        let mut text = String::new();
+        if let Some(cuts) = cuts {
+            let fired = Schedule {
+                quiet_after: Duration::ZERO,
+                events: cuts.fired.clone(),
+            };
+            text += &format!("\nsnapshot transfer cuts:\n{fired}");
         }
+        if !aimed.is_empty() {
+            let aimed = Schedule {
+                quiet_after: Duration::ZERO,
+                events: aimed.to_vec(),
+            };
+            text += &format!("\nfaults aimed at the primary, as they struck:\n{aimed}");
+        }
+        text
     };
     let crash = |registry: &Registry,
                  incarnation: &mut BTreeMap<&'static str, usize>,
@@ -324,16 +388,37 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     loop {
         let now = sim.elapsed();
         while let Some(e) = schedule.events.get(next_event).filter(|e| e.at <= now) {
-            crash(&registry, &mut incarnation, &e.action);
-            faults::apply(&mut sim, &e.action, witness.as_deref());
             next_event += 1;
+            let Some(action) = primary.resolve(&e.action, &registry) else {
+                // No primary to strike (nor, then, to undo): skipped.
+                aimed.push(faults::Event {
+                    at: now,
+                    action: e.action.clone(),
+                });
+                continue;
+            };
+            if let faults::Action::Crash(n) | faults::Action::Isolate(n) = action {
+                let running = registry.running();
+                let struck = running.iter().find(|(name, _)| *name == n);
+                report.primary_faults += usize::from(
+                    struck.is_some_and(|(_, node)| node.replica.role() == RoleKind::Primary),
+                );
+            }
+            if e.action.aimed_at_primary() {
+                aimed.push(faults::Event {
+                    at: now,
+                    action: action.clone(),
+                });
+            }
+            crash(&registry, &mut incarnation, &action);
+            faults::apply(&mut sim, &action, &hosts, witness.as_deref());
         }
         sim.step().map_err(|e| format!("simulation error: {e}"))?;
         let running = registry.running();
         if let Some(cuts) = cuts.as_mut() {
             for action in cuts.step(sim.elapsed(), &running, &incarnation) {
                 crash(&registry, &mut incarnation, &action);
-                faults::apply(&mut sim, &action, witness.as_deref());
+                faults::apply(&mut sim, &action, &hosts, witness.as_deref());
             }
             if cuts.in_force() {
                 quiet_at = quiet_at.max(sim.elapsed());
@@ -347,27 +432,29 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         let running = registry.running();
         checks::observe(&mut obs, &mut history, &running, sim.elapsed());
         checks::applied_within_flushed(&mut obs, &running, &incarnation)
-            .map_err(|v| format!("{v}\nsnapshot transfer cuts:\n{}", cut_log(&cuts)))?;
+            .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
         obs.checks += 1;
         // With the witness, convergence includes its register.
         let register_agrees = || match &witness {
             Some(w) => checks::register_agrees(&running, w.register(), scenario.mode.commit),
             None => Ok(()),
         };
-        if now > quiet_at && checks::converged(&running).is_ok() && register_agrees().is_ok() {
+        if now > quiet_at && checks::converged(&running, nodes).is_ok() && register_agrees().is_ok()
+        {
             report.converged_after = now - quiet_at;
             break;
         }
         if now > quiet_at + CONVERGE_WITHIN {
-            checks::converged(&running)
-                .map_err(|v| format!("{v}\nsnapshot transfer cuts:\n{}", cut_log(&cuts)))?;
-            register_agrees().map_err(|v| format!("G4: {v}"))?;
+            checks::converged(&running, nodes)
+                .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
+            register_agrees().map_err(|v| format!("G4: {v}{}", context(&cuts, &aimed)))?;
         }
     }
     report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
     report.resumed_bytes = snapshot_work.values().map(|w| w.0).sum();
     report.resyncs = snapshot_work.values().map(|w| w.1).sum();
-    // G1 over the whole run, G2 where promised, G4 at the end.
+    // G1 over the whole run, G2 where promised (on the final primary, and
+    // on every node, all of them having converged), G4 at the end.
     let log = std::mem::take(&mut *log.lock().unwrap());
     report.acked = log.acked.len();
     report.not_acked = log.not_acked;
@@ -375,18 +462,32 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         history.acknowledged(w);
     }
     let keys: Vec<String> = history.writes().iter().map(|w| w.key.clone()).collect();
-    for (name, node) in registry.running() {
-        history.finished(checks::final_state(name, &node, &keys));
+    let finals: Vec<_> = registry
+        .running()
+        .into_iter()
+        .map(|(name, node)| checks::final_state(name, &node, &keys))
+        .collect();
+    for state in &finals {
+        history.finished(state.clone());
+        if state.role == RoleKind::Primary {
+            report.promotions = state.epoch.0.saturating_sub(1);
+        }
     }
-    history.check(scenario.durability).map_err(|found| {
-        let lines: Vec<String> = found.iter().map(|v| v.to_string()).collect();
-        format!(
-            "{} violations:\n{}\nsnapshot transfer cuts:\n{}",
+    let mut found: Vec<String> = match history.check(scenario.durability) {
+        Ok(()) => Vec::new(),
+        Err(found) => found.iter().map(|v| v.to_string()).collect(),
+    };
+    if scenario.durability == Durability::NoAcknowledgedWriteLost {
+        found.extend(checks::held_everywhere(history.writes(), &finals));
+    }
+    if !found.is_empty() {
+        return Err(format!(
+            "{} violations:\n{}{}",
             found.len(),
-            lines.join("\n"),
-            cut_log(&cuts)
-        )
-    })?;
+            found.join("\n"),
+            context(&cuts, &aimed)
+        ));
+    }
     report.checks = obs.checks;
     report.witness_rebuilt = witness.as_ref().is_some_and(|w| w.register().is_some());
     Ok(report)
@@ -410,6 +511,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     // Seeds that restarted the witness from nothing, and those whose
     // witness held the register again at the end.
     let mut wipes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    // With three nodes: faults that struck the primary of the moment,
+    // promotions, seeds that ended with another primary than n1.
+    let mut failovers: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     let mut worst_converge = Duration::ZERO;
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
     for seed in seeds {
@@ -430,6 +534,12 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                         w.0 += u64::from(r.witness_wiped);
                         w.1 += u64::from(r.witness_wiped && r.witness_rebuilt);
                     }
+                    if scenario.mode.data_nodes > 2 {
+                        let f = failovers.entry(scenario.name).or_default();
+                        f.0 += r.primary_faults;
+                        f.1 += r.promotions;
+                        f.2 += u64::from(r.promotions > 0);
+                    }
                     if scenario.kinds == Kinds::SnapshotCut {
                         let s = transfers.entry(scenario.name).or_default();
                         s.0 += u64::from(r.snapshot_cuts > 0);
@@ -440,7 +550,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                     }
                 }
                 Err(violation) => {
-                    let schedule = faults::generate(seed, scenario.kinds, 12, FAULT_WINDOW);
+                    let schedule = schedule(seed, scenario);
                     panic!(
                         "seed {seed}, scenario {}: {violation}\nfault schedule:\n{schedule}replay: WALREP_SIM_SEED={seed} cargo test --test sim -- --nocapture replay",
                         scenario.name
@@ -465,6 +575,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     for (name, (wiped, rebuilt)) in &wipes {
         println!(
             "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end"
+        );
+    }
+    for (name, (struck, promotions, seeds)) in &failovers {
+        println!(
+            "  {name}: {struck} crashes or cut-offs of the primary of the moment, {promotions} promotions, {seeds} seeds with at least one"
         );
     }
     println!("  slowest convergence after the last fault: {worst_converge:?}");
@@ -525,6 +640,7 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
