@@ -25,7 +25,14 @@
 //!
 //! `cargo test --test sim` runs a fixed seed set. More seeds:
 //! `WALREP_SIM_SEEDS=2000 cargo test --release --test sim -- --nocapture many_seeds`
-//! (`WALREP_SIM_FIRST_SEED` picks where to start; `WALREP_SIM_SEED=N` replays one).
+//! (`WALREP_SIM_FIRST_SEED` picks where to start; `WALREP_SIM_SEED=N` replays one;
+//! `WALREP_SIM_SCENARIO=three-nodes` runs only the scenarios whose name
+//! holds it; `WALREP_SIM_KEEP_GOING=1` goes on past a failing seed and
+//! lists every failure at the end; `RUST_LOG=info` logs with the
+//! simulation's clock). Replays are exact only with
+//! `RUSTFLAGS="--cfg tokio_unstable"`, which lets turmoil seed each host's
+//! runtime (without it, `select!` polls its ready branches in a random
+//! order, and a seed may fail in one run and pass in the next).
 
 mod checks;
 mod cluster;
@@ -306,6 +313,12 @@ fn schedule(seed: u64, scenario: Scenario) -> Schedule {
     )
 }
 
+/// The key of every write the client tried, acknowledged or not, when it
+/// tried `attempts` of them (it numbers them from 1).
+fn log_attempts(attempts: usize) -> Vec<String> {
+    (1..=attempts).map(|i| format!("k{i}")).collect()
+}
+
 /// Runs one seed; `Err` carries the violation.
 fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     let schedule = schedule(seed, scenario);
@@ -377,6 +390,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         }
         text
     };
+    let mut not_converged: Option<String> = None;
     let crash = |registry: &Registry,
                  incarnation: &mut BTreeMap<&'static str, usize>,
                  action: &faults::Action| {
@@ -445,9 +459,14 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             break;
         }
         if now > quiet_at + CONVERGE_WITHIN {
-            checks::converged(&running, nodes)
-                .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
-            register_agrees().map_err(|v| format!("G4: {v}{}", context(&cuts, &aimed)))?;
+            // Not converged: G1 and G2 are still judged below, and the
+            // nodes' states are shown, before the run fails.
+            let converged = checks::converged(&running, nodes).map_err(|v| v.to_string());
+            not_converged = Some(match converged {
+                Err(v) => v,
+                Ok(()) => format!("G4: {}", register_agrees().unwrap_err()),
+            });
+            break;
         }
     }
     report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
@@ -473,18 +492,25 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             report.promotions = state.epoch.0.saturating_sub(1);
         }
     }
-    let mut found: Vec<String> = match history.check(scenario.durability) {
-        Ok(()) => Vec::new(),
-        Err(found) => found.iter().map(|v| v.to_string()).collect(),
-    };
-    if scenario.durability == Durability::NoAcknowledgedWriteLost {
+    let mut found: Vec<String> = not_converged.iter().cloned().collect();
+    if let Err(violations) = history.check(scenario.durability) {
+        found.extend(
+            violations
+                .iter()
+                .map(|v| v.to_string())
+                .filter(|v| not_converged.as_ref() != Some(v)),
+        );
+    }
+    if scenario.durability == Durability::NoAcknowledgedWriteLost && not_converged.is_none() {
         found.extend(checks::held_everywhere(history.writes(), &finals));
     }
     if !found.is_empty() {
+        let written = log_attempts(history.writes().len() + report.not_acked);
         return Err(format!(
-            "{} violations:\n{}{}",
+            "{} violations:\n{}\nthe nodes at the end:\n{}{}",
             found.len(),
             found.join("\n"),
+            checks::describe(&registry.running(), &written),
             context(&cuts, &aimed)
         ));
     }
@@ -493,8 +519,22 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     Ok(report)
 }
 
+/// Log lines stamped with the simulation's clock (`RUST_LOG=info`), so
+/// they line up with the fault schedule.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.4}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
+        .with_timer(SimTime)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
@@ -516,6 +556,10 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     let mut failovers: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     let mut worst_converge = Duration::ZERO;
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
+    // With WALREP_SIM_KEEP_GOING set, a failing seed is printed and the
+    // run goes on; the test still fails at the end, listing them all.
+    let keep_going = std::env::var_os("WALREP_SIM_KEEP_GOING").is_some();
+    let mut failed: Vec<(u64, &str, String)> = Vec::new();
     for seed in seeds {
         for scenario in SCENARIOS {
             if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
@@ -551,10 +595,16 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                 }
                 Err(violation) => {
                     let schedule = schedule(seed, scenario);
-                    panic!(
-                        "seed {seed}, scenario {}: {violation}\nfault schedule:\n{schedule}replay: WALREP_SIM_SEED={seed} cargo test --test sim -- --nocapture replay",
-                        scenario.name
+                    let report = format!(
+                        "seed {seed}, scenario {}: {violation}\nfault schedule:\n{schedule}replay: WALREP_SIM_SEED={seed} WALREP_SIM_SCENARIO={} cargo test --test sim -- --nocapture replay",
+                        scenario.name, scenario.name
                     );
+                    if !keep_going {
+                        panic!("{report}");
+                    }
+                    println!("FAILED {report}\n");
+                    let first = violation.lines().next().unwrap_or_default().to_string();
+                    failed.push((seed, scenario.name, first));
                 }
             }
         }
@@ -583,6 +633,13 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
         );
     }
     println!("  slowest convergence after the last fault: {worst_converge:?}");
+    if !failed.is_empty() {
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|(seed, name, first)| format!("  seed {seed}, {name}: {first}"))
+            .collect();
+        panic!("{} seeds failed:\n{}", failed.len(), lines.join("\n"));
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
