@@ -240,6 +240,8 @@ struct Report {
     primary_faults: usize,
     /// Promotions: the final primary's epoch beyond the first.
     promotions: u64,
+    /// Records rewound, over every node and incarnation.
+    rewound: u64,
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -370,8 +372,9 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     // it struck (which node), for the report of a failing seed.
     let mut primary = faults::Primary::default();
     let mut aimed: Vec<faults::Event> = Vec::new();
-    // Per incarnation of a node: (snapshot bytes resumed, resyncs).
-    let mut snapshot_work: BTreeMap<(&'static str, usize), (u64, u64)> = BTreeMap::new();
+    // Per incarnation of a node: (snapshot bytes resumed, resyncs,
+    // records rewound).
+    let mut snapshot_work: BTreeMap<(&'static str, usize), (u64, u64, u64)> = BTreeMap::new();
     let context = |cuts: &Option<TransferCuts>, aimed: &[faults::Event]| {
         let mut text = String::new();
         if let Some(cuts) = cuts {
@@ -441,7 +444,12 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         for (name, node) in &running {
             let m = node.replica.metrics();
             let life = incarnation.get(name).copied().unwrap_or(0);
-            snapshot_work.insert((name, life), (m.snapshot_bytes_resumed, m.snapshot_resyncs));
+            let work = (
+                m.snapshot_bytes_resumed,
+                m.snapshot_resyncs,
+                m.rewound_records,
+            );
+            snapshot_work.insert((name, life), work);
         }
         let running = registry.running();
         checks::observe(&mut obs, &mut history, &running, sim.elapsed());
@@ -472,6 +480,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
     report.resumed_bytes = snapshot_work.values().map(|w| w.0).sum();
     report.resyncs = snapshot_work.values().map(|w| w.1).sum();
+    report.rewound = snapshot_work.values().map(|w| w.2).sum();
     // G1 over the whole run, G2 where promised (on the final primary, and
     // on every node, all of them having converged), G4 at the end.
     let log = std::mem::take(&mut *log.lock().unwrap());
@@ -552,8 +561,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     // witness held the register again at the end.
     let mut wipes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     // With three nodes: faults that struck the primary of the moment,
-    // promotions, seeds that ended with another primary than n1.
-    let mut failovers: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
+    // promotions, seeds with at least one, records rewound, snapshots
+    // restored.
+    let mut failovers: BTreeMap<&str, (usize, u64, u64, u64, u64)> = BTreeMap::new();
     let mut worst_converge = Duration::ZERO;
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
     // With WALREP_SIM_KEEP_GOING set, a failing seed is printed and the
@@ -583,6 +593,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                         f.0 += r.primary_faults;
                         f.1 += r.promotions;
                         f.2 += u64::from(r.promotions > 0);
+                        f.3 += r.rewound;
+                        f.4 += r.resyncs;
                     }
                     if scenario.kinds == Kinds::SnapshotCut {
                         let s = transfers.entry(scenario.name).or_default();
@@ -627,9 +639,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
             "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end"
         );
     }
-    for (name, (struck, promotions, seeds)) in &failovers {
+    for (name, (struck, promotions, seeds, rewound, resyncs)) in &failovers {
         println!(
-            "  {name}: {struck} crashes or cut-offs of the primary of the moment, {promotions} promotions, {seeds} seeds with at least one"
+            "  {name}: {struck} crashes or cut-offs of the primary of the moment, {promotions} promotions, {seeds} seeds with at least one, {rewound} records rewound, {resyncs} snapshots restored"
         );
     }
     println!("  slowest convergence after the last fault: {worst_converge:?}");
