@@ -745,6 +745,30 @@ fn the_checker_catches_going_solo_without_the_arbiters_swap() {
     assert!(violation.contains("\nG2: "), "{violation}");
 }
 
+/// With three nodes too: a primary that goes on alone without swapping
+/// its lost standbys out of the sync set lets one of them promote without
+/// what it acknowledged alone, and G2 says so.
+#[test]
+fn the_checker_catches_going_solo_without_the_arbiters_swap_among_three_nodes() {
+    let three = SCENARIOS
+        .into_iter()
+        .find(|s| s.name == THREE_NODES_SCENARIO)
+        .expect("the scenario exists");
+    let broken = Scenario {
+        name: "broken-solo-rule/three-nodes",
+        mode: Mode {
+            break_solo_rule: true,
+            ..three.mode
+        },
+        ..three
+    };
+    let caught = (0..8).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
+    let (seed, violation) = caught.expect("no seed exposed the broken rule");
+    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
+    println!("seed {seed} exposed the broken rule: {first}");
+    assert!(violation.contains("\nG2: "), "{violation}");
+}
+
 /// The snapshot-cut scenario does what it says: in every seed the standby
 /// restores a snapshot, transfers are cut part-way, and the resumed ones
 /// start after the bytes already received (G1–G4 are checked by `run`).
