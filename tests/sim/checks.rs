@@ -130,6 +130,17 @@ pub fn converged(
         .iter()
         .map(|(name, node)| final_state(name, node, []))
         .collect();
+    // A node neither primary nor standby first: while one is stuck, the
+    // others' positions and hashes (the client still writes) say little.
+    if let Some(s) = states
+        .iter()
+        .find(|s| s.role != RoleKind::Primary && s.role != RoleKind::Standby)
+    {
+        return Err(Violation::NotConverged(format!(
+            "{} is {:?}",
+            s.node, s.role
+        )));
+    }
     walrep::testing::converged(&states)?;
     let primary = states
         .iter()
