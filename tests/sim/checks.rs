@@ -208,6 +208,12 @@ pub fn describe(running: &[(&'static str, Running)], written: &[String]) -> Stri
             node.kv.len(),
             node.kv.state_hash()
         );
+        for s in &h.standbys {
+            out += &format!(
+                "; standby {} connected {} {:?} counted {} flushed {}",
+                s.node_id, s.connected, s.sync_state, s.counted, s.flushed_lsn
+            );
+        }
         if let Some((other, r)) = reference.filter(|(other, _)| other != name) {
             let differ: Vec<&String> = written
                 .iter()
