@@ -7,8 +7,8 @@ use super::cluster::Running;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use walrep::arbiter::Register;
-use walrep::testing::{FinalState, History, Observation, Violation};
-use walrep::{CommitMode, Lsn, NodeId, Replicator, RoleKind};
+use walrep::testing::{AckedWrite, FinalState, History, Observation, Violation};
+use walrep::{CommitMode, Lsn, NodeId, Replicator, RoleKind, StateMachine};
 
 /// What the checks remember between steps.
 #[derive(Default)]
@@ -88,7 +88,9 @@ pub fn applied_within_flushed(
 }
 
 /// A running node as the history's final state, holding the values it has
-/// under `keys`.
+/// under `keys`. The applied LSN is the engine's own, read with its state
+/// hash: the one the node publishes in its health may lag the engine by a
+/// batch while the client writes, and the two would not match.
 pub fn final_state<'k>(
     name: &'static str,
     node: &Running,
@@ -99,7 +101,7 @@ pub fn final_state<'k>(
         node: NodeId::from(name),
         role: h.role,
         epoch: h.epoch,
-        applied: h.applied_lsn,
+        applied: StateMachine::applied_lsn(&*node.kv),
         last: h.last_lsn,
         state_hash: format!("{:016x}", node.kv.state_hash()),
         values: keys
@@ -109,25 +111,132 @@ pub fn final_state<'k>(
     }
 }
 
-/// G4 over both nodes, which must both be running.
-pub fn converged(running: &[(&'static str, Running)]) -> Result<(), Violation> {
-    if running.len() != 2 {
-        return Err(Violation::NotConverged(format!(
-            "{} nodes running",
-            running.len()
-        )));
+/// G4 over the data nodes `nodes`, which must all be running: one
+/// primary, the others standbys at its epoch that name it as their leader,
+/// all having applied the same log to the same state.
+pub fn converged(
+    running: &[(&'static str, Running)],
+    nodes: &[&'static str],
+) -> Result<(), Violation> {
+    let down: Vec<&str> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !running.iter().any(|(r, _)| r == n))
+        .collect();
+    if !down.is_empty() {
+        return Err(Violation::NotConverged(format!("{down:?} not running")));
     }
     let states: Vec<FinalState> = running
         .iter()
         .map(|(name, node)| final_state(name, node, []))
         .collect();
-    walrep::testing::converged(&states)
+    // A node neither primary nor standby first: while one is stuck, the
+    // others' positions and hashes (the client still writes) say little.
+    if let Some(s) = states
+        .iter()
+        .find(|s| s.role != RoleKind::Primary && s.role != RoleKind::Standby)
+    {
+        return Err(Violation::NotConverged(format!(
+            "{} is {:?}",
+            s.node, s.role
+        )));
+    }
+    walrep::testing::converged(&states)?;
+    let primary = states
+        .iter()
+        .find(|s| s.role == RoleKind::Primary)
+        .map(|s| s.node.clone());
+    for (name, node) in running {
+        let h = node.replica.health();
+        let leader = h.leader.map(|l| l.id);
+        if h.role == RoleKind::Standby && leader != primary {
+            return Err(Violation::NotConverged(format!(
+                "the standby {name} follows {leader:?}, not the primary {primary:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// G2 on every node, once they converged: each acknowledged write with
+/// its value on each of them (not only on the final primary); one line
+/// per node that lacks some.
+pub fn held_everywhere(writes: &[AckedWrite], finals: &[FinalState]) -> Vec<String> {
+    finals
+        .iter()
+        .filter_map(|s| {
+            let lacking: Vec<&AckedWrite> = writes
+                .iter()
+                .filter(|w| s.values.get(&w.key) != Some(&w.value))
+                .collect();
+            let first = lacking.first()?;
+            Some(format!(
+                "G2: {} ({:?} at the end) lacks {} acknowledged writes, the first {}, acknowledged by {} as ({}, {})",
+                s.node,
+                s.role,
+                lacking.len(),
+                first.key,
+                first.node,
+                first.lsn,
+                first.epoch
+            ))
+        })
+        .collect()
+}
+
+/// What each running node holds, for a failing seed: role, epoch,
+/// positions, state hash, and the keys of `written` on which it differs
+/// from the primary (or from the first node, with no primary).
+pub fn describe(running: &[(&'static str, Running)], written: &[String]) -> String {
+    let reference = running
+        .iter()
+        .find(|(_, n)| n.replica.health().role == RoleKind::Primary)
+        .or(running.first());
+    let mut out = String::new();
+    for (name, node) in running {
+        let h = node.replica.health();
+        out += &format!(
+            "  {name}: {} epoch {} leader {:?} first {} last {} flushed {} commit {} applied {} keys {} hash {:016x}",
+            h.role,
+            h.epoch,
+            h.leader.map(|l| l.id.0),
+            h.first_lsn,
+            h.last_lsn,
+            h.flushed_lsn,
+            h.commit_lsn,
+            h.applied_lsn,
+            node.kv.len(),
+            node.kv.state_hash()
+        );
+        for s in &h.standbys {
+            out += &format!(
+                "; standby {} connected {} {:?} counted {} flushed {}",
+                s.node_id, s.connected, s.sync_state, s.counted, s.flushed_lsn
+            );
+        }
+        if let Some((other, r)) = reference.filter(|(other, _)| other != name) {
+            let differ: Vec<&String> = written
+                .iter()
+                .filter(|k| node.kv.get(k.as_bytes()) != r.kv.get(k.as_bytes()))
+                .collect();
+            if !differ.is_empty() {
+                let shown: Vec<&str> = differ.iter().take(8).map(|k| k.as_str()).collect();
+                out += &format!(
+                    "; differs from {other} on {} keys: {}",
+                    differ.len(),
+                    shown.join(" ")
+                );
+            }
+        }
+        out += "\n";
+    }
+    out
 }
 
 /// With the witness, once the nodes converged: its register (rebuilt by
 /// the nodes if it restarted from nothing) names the primary at its
-/// epoch and, where commits wait for the standby, holds the standby in
-/// the sync set again.
+/// epoch and, where commits wait for the standbys, holds every standby
+/// in the sync set again.
 pub fn register_agrees(
     running: &[(&'static str, Running)],
     register: Option<Register>,

@@ -1,7 +1,8 @@
-//! Two walrep nodes as turmoil hosts. Each host boots from its simulated
-//! disk, where only what was fsynced survives a crash. With an arbiter, a
-//! third host runs the built-in witness over the simulated network, its
-//! register file in a directory that survives its crashes.
+//! The data nodes of a scenario (a pair, or three with the arbiter) as
+//! turmoil hosts. Each host boots from its simulated disk, where only what
+//! was fsynced survives a crash. With an arbiter, one more host runs the
+//! built-in witness over the simulated network, its register file in a
+//! directory that survives its crashes.
 
 use super::net;
 use std::collections::BTreeMap;
@@ -9,11 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use walrep::arbiter::{Register, WitnessClient, WitnessService};
 use walrep::testing::MemWal;
-use walrep::{CommitMode, Config, GrpcPeer, InitialRole, NodeId, OnStandbyLoss, Replica};
+use walrep::{
+    CommitMode, Config, GrpcPeer, InitialRole, NodeId, OnStandbyLoss, PeerAddress, Replica,
+};
 use walrep_daemon::kv::KvStore;
 
 pub const PORT: u16 = 7000;
-pub const NODES: [&str; 2] = ["n1", "n2"];
+/// Every data node a scenario may run; one of `Mode::data_nodes` runs the
+/// first that many. The first is started as the primary.
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 pub const CLUSTER: &str = "sim";
 /// The witness's host and port, with `Mode::arbiter`.
 pub const WITNESS: &str = "w";
@@ -155,6 +160,9 @@ pub struct Mode {
     /// (`Config::testing_solo_without_arbiter_swap`), for the test that
     /// shows the checker catches it.
     pub break_solo_rule: bool,
+    /// How many of `NODES` run: 2, a pair; 3 (needs `arbiter`), a primary
+    /// streaming to two standbys that both confirm each write.
+    pub data_nodes: usize,
 }
 
 impl Mode {
@@ -169,7 +177,23 @@ impl Mode {
             both_start_as_primary: false,
             arbiter: false,
             break_solo_rule: false,
+            data_nodes: 2,
         }
+    }
+
+    /// The data nodes that run.
+    pub fn nodes(&self) -> &'static [&'static str] {
+        &NODES[..self.data_nodes]
+    }
+
+    /// Every host of the cluster the faults may strike: the data nodes,
+    /// and the witness with `arbiter`.
+    pub fn hosts(&self) -> Vec<&'static str> {
+        let mut hosts = self.nodes().to_vec();
+        if self.arbiter {
+            hosts.push(WITNESS);
+        }
+        hosts
     }
 }
 
@@ -179,12 +203,27 @@ pub const RESYNC_WAL_RETENTION_BYTES: u64 = 128 << 10;
 /// `Config::snapshot_chunk_bytes` with `Mode::small_wal_and_chunks`.
 pub const RESYNC_CHUNK_BYTES: usize = 4 << 10;
 
+/// `name`'s configuration: its peer is the first other node, the rest
+/// (with three nodes) its `more_peers`.
 pub fn config(name: &str, mode: Mode) -> Config {
-    let peer = if name == NODES[0] { NODES[1] } else { NODES[0] };
+    let others: Vec<&str> = mode
+        .nodes()
+        .iter()
+        .copied()
+        .filter(|n| *n != name)
+        .collect();
+    let peer = others[0];
     let mut cfg = Config {
         node_id: NodeId::from(name),
         peer_id: NodeId::from(peer),
         peer_addr: format!("{peer}:{PORT}"),
+        more_peers: others[1..]
+            .iter()
+            .map(|n| PeerAddress {
+                id: NodeId::from(*n),
+                addr: format!("{n}:{PORT}"),
+            })
+            .collect(),
         advertise_addr: format!("{name}:{PORT}"),
         cluster_id: CLUSTER.into(),
         initial_role: if name == NODES[0] || mode.both_start_as_primary {
@@ -249,14 +288,11 @@ pub fn add_witness(sim: &mut turmoil::Sim<'_>, disk: &Arc<WitnessDisk>) {
     });
 }
 
-/// Registers both nodes as hosts of `sim`.
-pub fn add_hosts(
-    sim: &mut turmoil::Sim<'_>,
-    mode: Mode,
-    disks: &[Arc<Disk>; 2],
-    registry: &Registry,
-) {
-    for (i, name) in NODES.into_iter().enumerate() {
+/// Registers the data nodes as hosts of `sim`, each on its disk of
+/// `disks` (one per node, in the order of `Mode::nodes`).
+pub fn add_hosts(sim: &mut turmoil::Sim<'_>, mode: Mode, disks: &[Arc<Disk>], registry: &Registry) {
+    assert_eq!(disks.len(), mode.data_nodes, "one disk per node");
+    for (i, &name) in mode.nodes().iter().enumerate() {
         let disk = disks[i].clone();
         let registry = registry.clone();
         sim.host(name, move || {
@@ -268,18 +304,24 @@ pub fn add_hosts(
                 // The engine keeps its durable snapshot (written when a
                 // rejoin restores one) and replays the WAL after it.
                 let kv = Arc::new(KvStore::open(disk.engine_dir.path())?);
-                let peer_name = cfg.peer_id.0.clone();
-                let peer = GrpcPeer::from_channels(
-                    net::channel(&peer_name, PORT, &cfg),
-                    net::channel(&peer_name, PORT, &cfg),
-                    &cfg,
-                );
+                // Each peer over simulated channels: one for data, one
+                // for control.
+                let peer = |id: &NodeId| {
+                    Arc::new(GrpcPeer::from_channels(
+                        net::channel(&id.0, PORT, &cfg),
+                        net::channel(&id.0, PORT, &cfg),
+                        &cfg,
+                    ))
+                };
+                let mut builder = Replica::builder(cfg.clone(), wal, kv.clone())
+                    .peer(peer(&cfg.peer_id))
+                    .snapshot_dir(disk.snapshot_dir.path());
+                for more in &cfg.more_peers {
+                    builder = builder.more_peer(more.id.clone(), peer(&more.id));
+                }
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 // Served below on the simulated network, hence no `listen`.
-                let (replica, service) = Replica::builder(cfg, wal, kv.clone())
-                    .peer(Arc::new(peer))
-                    .snapshot_dir(disk.snapshot_dir.path())
-                    .start_without_server()?;
+                let (replica, service) = builder.start_without_server()?;
                 registry.up(
                     name,
                     Running {

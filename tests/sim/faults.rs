@@ -2,11 +2,14 @@
 //! loss, crashes with restart. Printed with a failing seed so the run can be
 //! replayed exactly. `TransferCuts` adds faults in reaction to what a node
 //! does (a snapshot transfer under way), from the same seed. With the
-//! witness (`Kinds::Arbiter`), link faults strike any two of the three
-//! hosts, crashes any one, and, more rarely, one host is cut off from both
-//! others or the witness restarts from nothing.
+//! witness (`Kinds::Arbiter`), link faults strike any two of the hosts
+//! (the data nodes and the witness), crashes any one, and, more rarely,
+//! one host is cut off from all others or the witness restarts from
+//! nothing. `Kinds::Cluster` adds, for three data nodes, faults aimed at
+//! the primary of the moment (crashed, or cut off from all others) and
+//! splits of the four hosts into two halves.
 
-use super::cluster::{NODES, Running, WITNESS, WitnessDisk};
+use super::cluster::{NODES, Registry, Running, WITNESS, WitnessDisk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -23,8 +26,11 @@ pub enum Kinds {
     /// it, comes back and resyncs from a snapshot; `TransferCuts` breaks
     /// that transfer part-way.
     SnapshotCut,
-    /// As `All`, over the three hosts of a cluster with the witness.
+    /// As `All`, over the hosts of a cluster with the witness.
     Arbiter,
+    /// As `Arbiter`, and also the primary of the moment crashed or cut
+    /// off, and two hosts split from the others.
+    Cluster,
 }
 
 #[derive(Clone, Debug)]
@@ -47,14 +53,38 @@ pub enum Action {
     /// heals at the builder's repair rate): a flapping link.
     Flap(&'static str, &'static str, f64),
     Steady(&'static str, &'static str),
-    /// A host cut off from both others, then let back.
+    /// A host cut off from all others, then let back.
     Isolate(&'static str),
     Rejoin(&'static str),
+    /// Two hosts cut off from the others (but not from each other), then
+    /// let back.
+    Split(&'static str, &'static str),
+    Heal(&'static str, &'static str),
     Crash(&'static str),
+    /// Whichever node is primary when it strikes is crashed, or cut off
+    /// from all others; `Primary::resolve` names it, and its undo
+    /// (`RestartPrimary`, `RejoinPrimary`) acts on the same node.
+    CrashPrimary,
+    RestartPrimary,
+    IsolatePrimary,
+    RejoinPrimary,
     /// The witness crashes and its data directory is emptied; `Restart`
     /// starts it from nothing.
     WipeWitness,
     Restart(&'static str),
+}
+
+impl Action {
+    /// Whether it strikes the primary of the moment, or undoes that.
+    pub fn aimed_at_primary(&self) -> bool {
+        matches!(
+            self,
+            Action::CrashPrimary
+                | Action::RestartPrimary
+                | Action::IsolatePrimary
+                | Action::RejoinPrimary
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -84,8 +114,15 @@ fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
 }
 
 /// Up to `count` faults between 1 s and `window`, each undone after a
-/// while; faults do not overlap so each is undone by its own event.
-pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Schedule {
+/// while, on `hosts` (`Mode::hosts`); faults do not overlap so each is
+/// undone by its own event.
+pub fn generate(
+    seed: u64,
+    kinds: Kinds,
+    hosts: &[&'static str],
+    count: usize,
+    window: Duration,
+) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed);
     if kinds == Kinds::SnapshotCut {
         // n2, the standby, is down for 5 to 9 s: the primary goes solo
@@ -106,12 +143,12 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
             quiet_after: up,
         };
     }
-    if kinds == Kinds::Arbiter {
-        return generate_with_witness(&mut rng, count, window);
+    if kinds == Kinds::Arbiter || kinds == Kinds::Cluster {
+        return generate_with_witness(&mut rng, hosts, kinds == Kinds::Cluster, count, window);
     }
     let mut events = Vec::new();
     let mut t = Duration::from_secs(1);
-    let [a, b] = NODES;
+    let (a, b) = (NODES[0], NODES[1]);
     for _ in 0..count {
         t += ms(&mut rng, 100, 1500);
         if t >= window {
@@ -122,7 +159,9 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
         let other = if node == NODES[0] { NODES[1] } else { NODES[0] };
         let choice = match kinds {
             Kinds::CrashesOnly => rng.random_range(0..3),
-            Kinds::All | Kinds::SnapshotCut | Kinds::Arbiter => rng.random_range(0..7),
+            Kinds::All | Kinds::SnapshotCut | Kinds::Arbiter | Kinds::Cluster => {
+                rng.random_range(0..7)
+            }
         };
         let (start, end) = match choice {
             0 => (Action::Crash(node), Action::Restart(node)),
@@ -167,21 +206,27 @@ pub fn generate(seed: u64, kinds: Kinds, count: usize, window: Duration) -> Sche
     }
 }
 
-/// The three hosts of a cluster with the witness.
-const HOSTS: [&str; 3] = [NODES[0], NODES[1], WITNESS];
-
-/// Two different hosts of the three, chosen from `rng`.
-fn pair(rng: &mut StdRng) -> (&'static str, &'static str) {
-    let i = rng.random_range(0..3);
-    let j = (i + rng.random_range(1..3)) % 3;
-    (HOSTS[i], HOSTS[j])
+/// Two different hosts of `hosts`, chosen from `rng`.
+fn pair(rng: &mut StdRng, hosts: &[&'static str]) -> (&'static str, &'static str) {
+    let n = hosts.len();
+    let i = rng.random_range(0..n);
+    let j = (i + rng.random_range(1..n)) % n;
+    (hosts[i], hosts[j])
 }
 
 /// `generate` with the witness: as `Kinds::All`, each link fault on a
-/// pair of the three hosts and each crash of any one of them; also one
-/// host cut off from both others (the primary cut from its standby and
-/// the arbiter), and, rarer, the witness restarted from nothing.
-fn generate_with_witness(rng: &mut StdRng, count: usize, window: Duration) -> Schedule {
+/// pair of the hosts and each crash of any one of them; also one host cut
+/// off from all others (the primary cut from its standbys and the
+/// arbiter), and, rarer, the witness restarted from nothing. With
+/// `cluster` (`Kinds::Cluster`), also the primary of the moment crashed
+/// or cut off, and two hosts split from the others.
+fn generate_with_witness(
+    rng: &mut StdRng,
+    hosts: &[&'static str],
+    cluster: bool,
+    count: usize,
+    window: Duration,
+) -> Schedule {
     let mut events = Vec::new();
     let mut t = Duration::from_secs(1);
     for _ in 0..count {
@@ -190,12 +235,12 @@ fn generate_with_witness(rng: &mut StdRng, count: usize, window: Duration) -> Sc
             break;
         }
         let lasting = ms(rng, 200, 3000);
-        let host = HOSTS[rng.random_range(0..3)];
-        let (a, b) = pair(rng);
+        let host = hosts[rng.random_range(0..hosts.len())];
+        let (a, b) = pair(rng, hosts);
         let (start, end) = if rng.random_bool(0.04) {
             (Action::WipeWitness, Action::Restart(WITNESS))
         } else {
-            match rng.random_range(0..8) {
+            match rng.random_range(0..if cluster { 11 } else { 8 }) {
                 0 | 1 => (Action::Crash(host), Action::Restart(host)),
                 2 => (
                     Action::Latency(a, b, ms(rng, 5, 300)),
@@ -211,7 +256,10 @@ fn generate_with_witness(rng: &mut StdRng, count: usize, window: Duration) -> Sc
                     Action::Flap(a, b, rng.random_range(0.001..0.02)),
                     Action::Steady(a, b),
                 ),
-                _ => (Action::Isolate(host), Action::Rejoin(host)),
+                7 => (Action::Isolate(host), Action::Rejoin(host)),
+                8 => (Action::CrashPrimary, Action::RestartPrimary),
+                9 => (Action::IsolatePrimary, Action::RejoinPrimary),
+                _ => (Action::Split(a, b), Action::Heal(a, b)),
             }
         };
         events.push(Event {
@@ -227,9 +275,65 @@ fn generate_with_witness(rng: &mut StdRng, count: usize, window: Duration) -> Sc
     }
 }
 
-/// Applies `action` to `sim`; `witness` is the witness's directory, for
-/// `WipeWitness`.
-pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, witness: Option<&WitnessDisk>) {
+/// The node the faults aimed at the primary of the moment strike: named
+/// when the fault starts, kept for its undo (faults do not overlap).
+#[derive(Default)]
+pub struct Primary(Option<&'static str>);
+
+impl Primary {
+    /// `action` with the primary of the moment named: the writable
+    /// primary, or else a node that says it is primary; `None` when no
+    /// node is (the fault is skipped, and so is its undo).
+    pub fn resolve(&mut self, action: &Action, registry: &Registry) -> Option<Action> {
+        let now = || {
+            let running = registry.running();
+            let primary = |writable: bool| {
+                running.iter().find(|(_, n)| {
+                    let h = n.replica.health();
+                    h.role == RoleKind::Primary && (h.writable || !writable)
+                })
+            };
+            primary(true)
+                .or_else(|| primary(false))
+                .map(|(name, _)| *name)
+        };
+        match action {
+            Action::CrashPrimary => {
+                self.0 = now();
+                self.0.map(Action::Crash)
+            }
+            Action::IsolatePrimary => {
+                self.0 = now();
+                self.0.map(Action::Isolate)
+            }
+            Action::RestartPrimary => self.0.take().map(Action::Restart),
+            Action::RejoinPrimary => self.0.take().map(Action::Rejoin),
+            other => Some(other.clone()),
+        }
+    }
+}
+
+/// Applies `action` to `sim`, whose hosts are `hosts`; `witness` is the
+/// witness's directory, for `WipeWitness`. The actions aimed at the
+/// primary must be resolved first (`Primary::resolve`).
+pub fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    action: &Action,
+    hosts: &[&'static str],
+    witness: Option<&WitnessDisk>,
+) {
+    let others = |host: &'static str| hosts.iter().copied().filter(move |h| *h != host);
+    // The links between the half {a, b} and the rest of the hosts.
+    let across = |a: &'static str, b: &'static str| {
+        let rest: Vec<&'static str> = hosts
+            .iter()
+            .copied()
+            .filter(|h| ![a, b].contains(h))
+            .collect();
+        [a, b]
+            .into_iter()
+            .flat_map(move |x| rest.clone().into_iter().map(move |y| (x, y)))
+    };
     match *action {
         Action::Partition(a, b) => sim.partition(a, b),
         Action::Repair(a, b) => sim.repair(a, b),
@@ -244,13 +348,23 @@ pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, witness: Option<&Witne
             sim.repair(a, b);
         }
         Action::Isolate(host) => {
-            for other in HOSTS.into_iter().filter(|h| *h != host) {
+            for other in others(host) {
                 sim.partition(host, other);
             }
         }
         Action::Rejoin(host) => {
-            for other in HOSTS.into_iter().filter(|h| *h != host) {
+            for other in others(host) {
                 sim.repair(host, other);
+            }
+        }
+        Action::Split(a, b) => {
+            for (x, y) in across(a, b) {
+                sim.partition(x, y);
+            }
+        }
+        Action::Heal(a, b) => {
+            for (x, y) in across(a, b) {
+                sim.repair(x, y);
             }
         }
         Action::Crash(n) => {
@@ -264,6 +378,10 @@ pub fn apply(sim: &mut turmoil::Sim<'_>, action: &Action, witness: Option<&Witne
             witness.expect("a witness to wipe in this scenario").wipe();
         }
         Action::Restart(n) => sim.bounce(n),
+        Action::CrashPrimary
+        | Action::RestartPrimary
+        | Action::IsolatePrimary
+        | Action::RejoinPrimary => unreachable!("{action:?} must be resolved first"),
     }
 }
 
