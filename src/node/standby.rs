@@ -294,12 +294,21 @@ impl Node {
             ))),
             // Asked of the primary, by its engine or over the RPC: it hands
             // over to the standby, which runs the planned switchover.
-            Role::Primary(_) if !force => {
+            Role::Primary(p) if !force => {
+                // In a cluster, the standby that can take over at once: the
+                // most advanced one reachable and in sync; failing that (and
+                // in a pair) the peer, which says why it cannot.
+                let to = if self.standbys.len() > 1 {
+                    p.handover_target(&cfg, &self.commit_rule, self.commit).ok()
+                } else {
+                    None
+                };
                 tracing::info!(
                     ?from,
+                    standby = ?to,
                     "promotion asked of the primary: asking the standby to take over"
                 );
-                self.emit(Effect::ForwardPromote { to: None });
+                self.emit(Effect::ForwardPromote { to });
             }
             Role::Primary(_) => self.emit(Effect::ReplyPromote(Err(
                 "this node is already the primary".into(),

@@ -252,6 +252,23 @@ fn a_stopping_primary_hands_over_to_the_most_advanced_standby_in_sync() {
 }
 
 #[test]
+fn a_promotion_asked_of_a_clusters_primary_goes_to_the_most_advanced_standby_in_sync() {
+    let mut node = primary_of_two("ANY 2 (n2, n3)", OnStandbyLoss::Solo);
+    node.cfg.arbiter = None;
+    node.arbiter = None;
+    node.step(t(2), writes_up_to(&node, 4));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(4) });
+    node.step(t(4), at("n2", 3, &node));
+    node.step(t(4), at("n3", 4, &node));
+    assert_eq!(node.commit_lsn(), Lsn(3));
+    // n3 (not `peer_id`) holds more: it is asked.
+    assert_eq!(
+        node.step(t(5), super::arbiter::promote(false)),
+        vec![Effect::ForwardPromote { to: Some(n("n3")) }]
+    );
+}
+
+#[test]
 fn more_peers_need_an_arbiter_and_a_rule_that_waits_for_every_standby_it_names() {
     let three = with_n3(cfg());
     let e = three.validate().unwrap_err();
