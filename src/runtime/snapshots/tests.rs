@@ -7,7 +7,12 @@ use crate::types::Record;
 use crate::wal::MemWal;
 use std::time::Duration;
 
-fn store(sm: Arc<MemStateMachine>, wal: Arc<MemWal>) -> (Arc<Snapshots>, tempfile::TempDir) {
+/// Snapshots of `sm` over `wal`, built in a temporary directory (returned:
+/// it lives as long as the test holds it).
+fn store(
+    sm: Arc<dyn crate::StateMachine>,
+    wal: Arc<MemWal>,
+) -> (Arc<Snapshots>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let s = Snapshots::new(Some(dir.path().to_path_buf()), sm, wal);
     (Arc::new(s), dir)
@@ -181,12 +186,7 @@ async fn a_build_from_the_engines_file_is_served_as_is_and_released_when_unused(
     append(&wal, &sm, 1, 3);
     sm.set_snapshot_padding(5000);
     let engine = own_file(&sm);
-    let dir = tempfile::tempdir().unwrap();
-    let snapshots = Arc::new(Snapshots::new(
-        Some(dir.path().to_path_buf()),
-        engine.clone(),
-        wal,
-    ));
+    let (snapshots, _dir) = store(engine.clone(), wal);
     let b = snapshots.get().await.unwrap();
     let mut expected = Vec::new();
     sm.snapshot(&mut expected).unwrap();
@@ -241,12 +241,7 @@ async fn an_engine_file_older_than_the_wal_is_not_served() {
     }
     for (claimed, served) in [(Lsn(4), false), (Lsn(5), true)] {
         *engine.reports.lock().unwrap() = Some(claimed);
-        let dir = tempfile::tempdir().unwrap();
-        let snapshots = Arc::new(Snapshots::new(
-            Some(dir.path().to_path_buf()),
-            Arc::new(Both(engine.clone())),
-            wal.clone(),
-        ));
+        let (snapshots, _dir) = store(Arc::new(Both(engine.clone())), wal.clone());
         let b = snapshots.get().await.unwrap();
         let from_engine = matches!(b.data, SnapshotData::EngineFile { .. });
         assert_eq!(
@@ -279,12 +274,7 @@ async fn the_crc_follows_the_data_only_when_asked_for_and_not_known() {
     ];
     for (after, resume, announced, end) in cases {
         let engine = own_file(&sm);
-        let dir = tempfile::tempdir().unwrap();
-        let snapshots = Arc::new(Snapshots::new(
-            Some(dir.path().to_path_buf()),
-            engine.clone(),
-            wal.clone(),
-        ));
+        let (snapshots, _dir) = store(engine.clone(), wal.clone());
         let id = snapshots.get().await.unwrap().id;
         let what = format!("crc_after_data {after}, from {resume}");
         let (info, data, ended) = transfer(&snapshots, id, resume, after).await;
@@ -371,12 +361,7 @@ async fn a_build_from_the_engines_source_is_read_as_it_is_sent_and_makes_no_file
         opened_at: Arc::default(),
         dropped: Arc::default(),
     });
-    let dir = tempfile::tempdir().unwrap();
-    let snapshots = Arc::new(Snapshots::new(
-        Some(dir.path().to_path_buf()),
-        engine.clone(),
-        wal,
-    ));
+    let (snapshots, dir) = store(engine.clone(), wal);
     let b = snapshots.get().await.unwrap();
     assert_eq!(
         (b.lsn, b.len, b.path()),
