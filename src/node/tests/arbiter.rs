@@ -493,12 +493,11 @@ fn a_primary_ahead_of_the_register_brings_it_up_to_its_epoch_and_creates_a_missi
     assert_eq!(next.epoch, Epoch(1));
 }
 
-#[test]
-fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_too() {
-    // Planned switchover: the primary stepped down with everything on our
-    // disk, then the arbiter does not answer: promote anyway.
-    let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
-    knows(&mut node, t(100), register(3, 1, "n2", &["n1"]));
+/// A planned switchover asked of standby `node` (which knows the
+/// register): the primary steps down with everything on its disk, then
+/// the arbiter does not answer the promotion's swap. Returns the effects
+/// of that answer.
+pub(super) fn switchover_the_arbiter_does_not_answer(node: &mut Node) -> Vec<Effect> {
     node.step(t(200), promote(false));
     let effects = node.step(
         t(210),
@@ -508,7 +507,16 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
     );
     let (purpose, ..) = the_swap(&effects);
     assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Switchover));
-    let effects = answer(&mut node, t(220), purpose, unreachable());
+    answer(node, t(220), purpose, unreachable())
+}
+
+#[test]
+fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_too() {
+    // Planned switchover: the primary stepped down with everything on our
+    // disk, then the arbiter does not answer: promote anyway.
+    let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
+    knows(&mut node, t(100), register(3, 1, "n2", &["n1"]));
+    let effects = switchover_the_arbiter_does_not_answer(&mut node);
     assert_eq!(node.role(), RoleKind::Primary);
     assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))));
 

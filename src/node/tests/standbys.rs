@@ -314,16 +314,7 @@ fn a_switchover_in_a_cluster_never_takes_the_epoch_without_the_arbiters_swap() {
     let cfg = with_n3(with_arbiter(cfg()));
     let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
     knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
-    node.step(t(200), super::arbiter::promote(false));
-    let effects = node.step(
-        t(210),
-        Event::FenceSent {
-            confirmed_last_lsn: Some(Lsn(10)),
-        },
-    );
-    let (purpose, ..) = the_swap(&effects);
-    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Switchover));
-    let effects = answer(&mut node, t(220), purpose, super::arbiter::unreachable());
+    let effects = super::arbiter::switchover_the_arbiter_does_not_answer(&mut node);
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!(node.epoch(), Epoch(1));
     assert!(
