@@ -341,17 +341,18 @@ impl Actor {
         self.session = None;
         self.step(Event::RejoinStarted);
         let cancel = CancellationToken::new();
+        let (asked, peer) = self.peer_named(leader.as_ref());
         let handle = rejoin::spawn(rejoin::Ctx {
             cfg: self.cfg.clone(),
             wal: self.wal.clone(),
             sm: self.sm.clone(),
-            peer: self.peer_named(leader.as_ref()).1,
+            peer,
             tx: self.tx.clone(),
             header: self.header(),
             others: self
                 .peers
                 .iter()
-                .filter(|(id, _)| *id != &self.peer_named(leader.as_ref()).0)
+                .filter(|(id, _)| **id != asked)
                 .map(|(id, p)| (id.clone(), p.clone()))
                 .collect(),
             leader: leader.unwrap_or_else(|| self.cfg.peer_id.clone()),
