@@ -441,8 +441,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The segment files of the log in `dir`, in order; none while the log
+/// does not exist yet (a writer killed before it opened its WAL).
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("wal"))
+    let wal = dir.join("wal");
+    if !wal.exists() {
+        return Vec::new();
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(wal)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
