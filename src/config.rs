@@ -264,9 +264,10 @@ pub struct Config {
     /// may name this node too, so a rule naming every node (`ANY 2 (n1,
     /// n2, n3)`) can be given to every node as the same text.
     /// A standby the rule does not name never counts and never promotes.
-    /// In this version the rule must wait for every standby it names
-    /// (k = the named nodes other than this one): a promotion then holds
-    /// every acknowledged write without asking the other standbys.
+    /// With k below the standbys that count, a standby promotes only
+    /// after |counted| − k + 1 of them (itself included) gave their final
+    /// positions, and fetches what it lacks from the most advanced first:
+    /// every node must then be given the same rule text.
     pub sync_standbys: Option<crate::CommitRule>,
     /// Breaks G2 on purpose: the primary acknowledges sync-mode writes at
     /// its own fsync while telling the standby it is in sync. Only for the
@@ -699,16 +700,6 @@ impl Config {
                 S::SyncStandbys,
                 format!(
                     "{rule} names no other node: no standby would ever confirm a write, yet each would be told it holds every acknowledged one; name the standbys to wait for, or use commit_mode async"
-                ),
-            ));
-        }
-        if rule.count() < others {
-            return Err(ConfigError::new(
-                S::SyncStandbys,
-                format!(
-                    "{rule} waits for {} of the {others} standbys it names; this version promotes a standby without asking the others, which is safe only when every named standby confirms each write: write {} {others} (...) with the same names, or name fewer standbys (unnamed ones stay asynchronous)",
-                    rule.count(),
-                    rule.method().keyword()
                 ),
             ));
         }

@@ -155,6 +155,10 @@ impl Node {
             tracing::info!(kind = ?p.kind, %role, "not promoting: this node can no longer take the epoch");
             self.abandon_promotion(format!("this node became {role} during the promotion"));
         }
+        match self.failover_register() {
+            Some(known) if self.needs_quorum_promotion(&known) => self.candidacy_work(now, &known),
+            _ => self.end_candidacy(),
+        }
         let Some(link) = &self.arbiter else { return };
         if link.asking.is_some() {
             return;
@@ -200,6 +204,15 @@ impl Node {
         };
         if let Some(promotion) = link.promotion {
             return match self.promotion_register(known, promotion.kind) {
+                // A quorum promotion swaps only once its candidacy decided
+                // with this very version's sync set (`candidacy.rs`).
+                Ok(_)
+                    if promotion.kind == Promotion::Failover
+                        && self.needs_quorum_promotion(known)
+                        && !self.candidacy_allows_swap(known) =>
+                {
+                    refresh
+                }
                 Ok(next) => swap(ArbiterPurpose::Promote(promotion.kind), known.version, next),
                 Err(_) => refresh,
             };
@@ -293,7 +306,11 @@ impl Node {
         if !known.exists() {
             return Err("the arbiter holds no register for this cluster yet".into());
         }
-        if known.epoch != self.epoch {
+        // A standby sealed by a candidate whose promotion never came holds
+        // an epoch above the register's, led by nobody: it may still be
+        // the next candidate (it took nothing of that epoch).
+        let sealed = known.epoch < self.epoch && self.leader.is_none();
+        if known.epoch != self.epoch && !sealed {
             return Err(format!(
                 "the arbiter's register is at epoch {}, this node at {}",
                 known.epoch, self.epoch
@@ -306,6 +323,18 @@ impl Node {
             );
         }
         Ok(next)
+    }
+
+    /// The register a pending failover of this node would swap from, when
+    /// the arbiter answers and the register allows it.
+    pub(super) fn failover_register(&self) -> Option<Register> {
+        let link = self.arbiter.as_ref()?;
+        let promotion = link.promotion?;
+        let known = link.known.as_ref()?;
+        let usable = promotion.kind == Promotion::Failover
+            && link.reachable != Some(false)
+            && self.promotion_register(known, Promotion::Failover).is_ok();
+        usable.then(|| known.clone())
     }
 
     /// Whether this node's role can take a new epoch by a promotion of
@@ -370,6 +399,7 @@ impl Node {
             link.promotion = None;
             link.held_back = None;
         }
+        self.end_candidacy();
     }
 
     /// A newer epoch led by another node exists: a promotion waiting for
@@ -382,7 +412,8 @@ impl Node {
 
     /// The promotion waiting for the arbiter will not happen: an operator
     /// waiting for it is told `why`.
-    fn abandon_promotion(&mut self, why: String) {
+    pub(super) fn abandon_promotion(&mut self, why: String) {
+        self.end_candidacy();
         let Some(promotion) = self.arbiter.as_mut().and_then(|l| l.promotion.take()) else {
             return;
         };
@@ -556,6 +587,7 @@ impl Node {
     /// promotion goes ahead without it): persist it, then act as primary.
     fn take_epoch(&mut self, epoch: Epoch, kind: Promotion, operator: bool) {
         self.clear_held_back();
+        self.end_candidacy();
         if !self.may_take_promotion(kind) {
             tracing::warn!(%epoch, role = %self.role.kind(), "the arbiter granted an epoch this node can no longer take; ignoring it");
             if operator {

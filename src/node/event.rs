@@ -1,5 +1,6 @@
 //! What the role logic consumes and what it asks the runtime to do.
 
+use super::quorum::LogEnd;
 use crate::arbiter::Register;
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
 use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record, RequestId};
@@ -32,6 +33,11 @@ pub enum FenceReason {
     Switchover,
     /// The operator forced a promotion; the receiver steps down at once.
     Forced,
+    /// A standby asks another standby for its final position before it
+    /// promotes (more than one standby, `ANY k` with k below the standbys
+    /// that count): the receiver adopts the epoch, so it takes no more of
+    /// the old primary's WAL, and answers with its log's end.
+    Candidate,
 }
 
 /// Where the standby is, as last reported to the primary.
@@ -206,6 +212,21 @@ pub(crate) enum Event {
     /// is the oldest record its WAL keeps. The node checks that its state
     /// machine and its WAL fit together.
     Opened { first_lsn: Lsn },
+    /// A standby asked by `Effect::SealStandbys` adopted the candidate's
+    /// epoch and answered with its log's end (`Err`: it refused, or did
+    /// not answer). `mine` is this node's log end now.
+    SealAnswered {
+        from: NodeId,
+        answer: Result<LogEnd, String>,
+        mine: LogEnd,
+    },
+    /// Records fetched by `Effect::FetchWal` from `from`, continuing our
+    /// log if `prev_matches` (our record before the first has the epoch
+    /// `from` has there); `Err` when the fetch failed.
+    WalFetched {
+        from: NodeId,
+        fetched: Result<(Vec<Record>, bool), String>,
+    },
     /// The runtime started the rejoin work asked for by `Effect::StartRejoin`.
     RejoinStarted,
     /// Rejoining: the peer's log as it described it; answered with
@@ -359,6 +380,18 @@ pub(crate) enum Effect {
         /// The primary being replaced, as this node last knew it (`None`:
         /// unknown; the pair's peer is fenced).
         to: Option<NodeId>,
+    },
+    /// Send `Fence(epoch, Candidate)` to each of `to` and report each
+    /// answer as `Event::SealAnswered`.
+    SealStandbys { epoch: Epoch, to: Vec<NodeId> },
+    /// Read the records after `after` up to `up_to` from `from` (a
+    /// standby that adopted `epoch`), reporting them as they come as
+    /// `Event::WalFetched`.
+    FetchWal {
+        from: NodeId,
+        epoch: Epoch,
+        after: Lsn,
+        up_to: Lsn,
     },
     /// Answer the pending fence request from the peer.
     ReplyFence(FenceOutcome),

@@ -39,6 +39,7 @@
 //! but stops writes while the standby is unreachable.
 
 mod arbiter;
+mod candidacy;
 mod event;
 mod primary;
 // The pair's primary commits and admits its standby through the rule
@@ -62,6 +63,7 @@ pub(crate) use event::{
     PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
+pub(crate) use quorum::LogEnd;
 pub use quorum::{CommitRule, CommitRuleError, Method as CommitMethod};
 pub(crate) use request_index::RequestIndex;
 
@@ -187,6 +189,8 @@ pub(crate) struct Node {
     /// a standby does not promote itself when the primary falls silent.
     /// Kept across role changes, forgotten at restart.
     failover_paused: bool,
+    /// A quorum promotion in progress (`candidacy.rs`).
+    candidacy: Option<candidacy::Candidacy>,
     out: Vec<Effect>,
 }
 
@@ -236,6 +240,7 @@ impl Node {
                 .as_ref()
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
+            candidacy: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             standbys: cfg.peer_ids().into_iter().collect(),
@@ -354,6 +359,10 @@ impl Node {
             Event::SwitchoverTo { standby } => self.on_switchover_to(standby),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
             Event::Opened { first_lsn } => self.on_opened(first_lsn),
+            Event::SealAnswered { from, answer, mine } => {
+                self.on_seal_answered(now, from, answer, mine)
+            }
+            Event::WalFetched { from, fetched } => self.on_wal_fetched(now, from, fetched),
             Event::RejoinStarted => {
                 if matches!(self.role, Role::Fenced) {
                     self.change_role(Role::Rejoining);
@@ -800,6 +809,9 @@ impl Node {
     }
 
     fn on_fence_requested(&mut self, now: Time, epoch: Epoch, leader: NodeId, reason: FenceReason) {
+        if reason == FenceReason::Candidate {
+            return self.on_sealed(now, epoch, leader);
+        }
         if epoch <= self.epoch {
             let reason = format!(
                 "fence to epoch {epoch} refused: this node is already at epoch {}",

@@ -51,6 +51,15 @@ impl Standby {
         }
     }
 
+    /// Counts from `now` before this standby may fail over (a candidate
+    /// asked for its position and gets a whole `failover_timeout`).
+    pub(super) fn restart_failover_clock(&mut self, now: Time) {
+        if self.last_contact.is_some() {
+            self.last_contact = Some(now);
+        }
+        self.reported_silence = false;
+    }
+
     pub(super) fn forget_contact(&mut self) {
         self.last_contact = None;
     }

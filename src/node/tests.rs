@@ -2288,5 +2288,6 @@ fn promotes_n1_to_epoch_two() -> [Effect; 3] {
 }
 
 mod arbiter;
+mod candidacy;
 mod maintenance;
 mod standbys;

@@ -28,6 +28,13 @@ pub(crate) enum Inbound {
         header: Header,
         reply: oneshot::Sender<std::result::Result<HistoryReply, Refusal>>,
     },
+    /// A candidate reads our log (`Peer::read_wal`).
+    ReadWal {
+        header: Header,
+        after: crate::types::Lsn,
+        up_to: crate::types::Lsn,
+        reply: oneshot::Sender<std::result::Result<WalBatch, Refusal>>,
+    },
     Snapshot {
         header: Header,
         reply: oneshot::Sender<std::result::Result<PendingSnapshot, Refusal>>,
@@ -121,6 +128,22 @@ impl Inbox {
         header: Header,
     ) -> Answer<std::result::Result<HistoryReply, Refusal>> {
         self.ask(|reply| Inbound::History { header, reply }).await
+    }
+
+    /// Records of our log, for a candidate we gave our final position.
+    pub(crate) async fn read_wal(
+        &self,
+        header: Header,
+        after: crate::types::Lsn,
+        up_to: crate::types::Lsn,
+    ) -> Answer<std::result::Result<WalBatch, Refusal>> {
+        self.ask(|reply| Inbound::ReadWal {
+            header,
+            after,
+            up_to,
+            reply,
+        })
+        .await
     }
 
     /// A snapshot of our state machine, for a peer that must resync.

@@ -141,6 +141,18 @@ pub(crate) enum Msg {
     Applied { lsn: Lsn, outputs: Vec<Bytes> },
     /// From the gRPC service.
     Inbound(Inbound),
+    /// A standby's answer to our candidate's fence (stepped as
+    /// `Event::SealAnswered` with our log end read then).
+    SealAnswer {
+        from: crate::types::NodeId,
+        answer: std::result::Result<crate::node::LogEnd, String>,
+    },
+    /// Records a candidate read from a standby (stepped as
+    /// `Event::WalFetched`, checked against our log then).
+    Fetched {
+        from: crate::types::NodeId,
+        batch: std::result::Result<crate::transport::WalBatch, String>,
+    },
     /// A rejoin read the primary's log: how must ours change?
     RejoinPlan {
         peer: PeerLog,

@@ -12,7 +12,7 @@ use crate::transport::{
     HistoryReply, Peer, PromoteReply, PromoteRequest, SnapshotPart, SnapshotRequest,
     SnapshotStream, StatusReply, WalBatch,
 };
-use crate::types::NodeId;
+use crate::types::{Lsn, NodeId};
 use crate::wal::{FileWal, FileWalOptions, MemWal, WalStore};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -220,6 +220,8 @@ struct Running<S> {
     /// The same WAL when it is a `MemWal`, for `kill`.
     mem: Option<Arc<MemWal>>,
     link: Arc<Link>,
+    /// The links to the other nodes of a cluster (`Config::more_peers`).
+    more_links: std::collections::BTreeMap<NodeId, Arc<Link>>,
 }
 
 impl<S: StateMachine + 'static> Pair<S> {
@@ -299,7 +301,16 @@ impl<S: StateMachine + 'static> Pair<S> {
         }
         // The snapshot directory outlives the node, as a data directory
         // would: a restarted standby resumes a transfer it had begun.
-        let replica = Replica::builder(cfg, wal.clone(), engine.clone())
+        let mut more_links = std::collections::BTreeMap::new();
+        for other in &cfg.more_peers {
+            let l = Link::new(GrpcPeer::connect_lazy_to(&other.addr, &cfg)?);
+            more_links.insert(other.id.clone(), l);
+        }
+        let mut builder = Replica::builder(cfg, wal.clone(), engine.clone());
+        for (id, l) in &more_links {
+            builder = builder.more_peer(id.clone(), l.clone());
+        }
+        let replica = builder
             .peer(link.clone())
             .rewound_dir(node.dir.join("rewound"))
             .snapshot_dir(node.dir.join("snapshots"))
@@ -311,6 +322,7 @@ impl<S: StateMachine + 'static> Pair<S> {
             wal,
             mem,
             link,
+            more_links,
         });
         Ok(())
     }
@@ -419,6 +431,9 @@ impl<S> Pair<S> {
             .take()
             .unwrap_or_else(|| panic!("node {id} is not running"));
         running.link.set_cut(true);
+        for l in running.more_links.values() {
+            l.set_cut(true);
+        }
         running.replica.abort_server();
         if let Some(mem) = &running.mem {
             node.mem_wal = Some(Arc::new(mem.crash()));
@@ -444,6 +459,21 @@ impl<S> Pair<S> {
     /// calls to `id` are not cut; cut both for a full partition.
     pub fn set_link_cut(&self, id: &NodeId, cut: bool) {
         self.node(id).running().link.set_cut(cut);
+    }
+
+    /// Cuts (`true`) or restores node `id`'s calls to node `to` alone
+    /// (any node of a cluster; `set_link_cut` is the link to `peer_id`).
+    pub fn set_link_cut_to(&self, id: &NodeId, to: &NodeId, cut: bool) {
+        let running = self.node(id).running();
+        if *to == self.node(id).cfg.peer_id {
+            running.link.set_cut(cut);
+        } else {
+            running
+                .more_links
+                .get(to)
+                .unwrap_or_else(|| panic!("{to} is not a peer of {id}"))
+                .set_cut(cut);
+        }
     }
 
     /// Shuts every running node down cleanly (`Replicator::shutdown`,
@@ -701,6 +731,10 @@ impl Peer for Link {
     async fn history(&self, header: Header) -> TResult<HistoryReply> {
         self.check()?;
         self.inner.history(header).await
+    }
+    async fn read_wal(&self, header: Header, after: Lsn, up_to: Lsn) -> TResult<WalBatch> {
+        self.check()?;
+        self.inner.read_wal(header, after, up_to).await
     }
     async fn open_wal_stream(&self, batches: mpsc::Receiver<WalBatch>) -> TResult<AckStream> {
         self.check()?;

@@ -40,6 +40,7 @@ pub struct GrpcPeer {
     rpc_timeout: Duration,
     long_timeout: Duration,
     snapshot_timeout: Duration,
+    max_record_bytes: usize,
 }
 
 /// `cfg.peer_addr` as an endpoint (TLS, when used, is the connector's).
@@ -149,6 +150,7 @@ impl GrpcPeer {
             rpc_timeout: cfg.rpc_timeout,
             long_timeout: cfg.switchover_timeout + cfg.rpc_timeout,
             snapshot_timeout: cfg.snapshot_timeout,
+            max_record_bytes: cfg.max_record_bytes,
         }
     }
 
@@ -289,6 +291,27 @@ impl Peer for GrpcPeer {
             first_lsn: Lsn(r.first_lsn),
             role: convert::role_from_pb(r.role).map_err(bad_reply)?,
         })
+    }
+
+    async fn read_wal(
+        &self,
+        header: Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> Result<WalBatch, TransportError> {
+        let msg = pb::ReadWalRequest {
+            header: Some(convert::header_to_pb(&header)),
+            after_lsn: after.0,
+            up_to_lsn: up_to.0,
+        };
+        let mut client = self.control.clone();
+        let r = self
+            .call(
+                self.rpc_timeout,
+                client.read_wal(request(msg, self.rpc_timeout)),
+            )
+            .await?;
+        convert::batch_from_pb(r, self.max_record_bytes).map_err(bad_reply)
     }
 
     async fn open_wal_stream(

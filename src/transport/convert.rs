@@ -14,7 +14,7 @@ pub struct Malformed {
     pub detail: String,
 }
 
-fn malformed(what: &'static str, detail: impl Into<String>) -> Malformed {
+pub(crate) fn malformed(what: &'static str, detail: impl Into<String>) -> Malformed {
     Malformed {
         what,
         detail: detail.into(),
@@ -108,6 +108,7 @@ pub fn reason_to_pb(r: FenceReason) -> i32 {
         FenceReason::Failover => pb::FenceReason::Failover,
         FenceReason::Switchover => pb::FenceReason::Switchover,
         FenceReason::Forced => pb::FenceReason::Forced,
+        FenceReason::Candidate => pb::FenceReason::Candidate,
     }) as i32
 }
 
@@ -116,6 +117,7 @@ pub fn reason_from_pb(v: i32) -> Result<FenceReason, Malformed> {
         Ok(pb::FenceReason::Failover) => Ok(FenceReason::Failover),
         Ok(pb::FenceReason::Switchover) => Ok(FenceReason::Switchover),
         Ok(pb::FenceReason::Forced) => Ok(FenceReason::Forced),
+        Ok(pb::FenceReason::Candidate) => Ok(FenceReason::Candidate),
         _ => Err(malformed("fence reason", format!("unknown value {v}"))),
     }
 }

@@ -278,6 +278,17 @@ pub trait Peer: Send + Sync + 'static {
     /// The peer's log history.
     async fn history(&self, header: Header) -> Result<HistoryReply, TransportError>;
 
+    /// The records after `after` up to `up_to` from the peer's log, as one
+    /// batch of at most the peer's batch size (ask again for the rest):
+    /// a candidate fetches what it lacks from a standby that gave it its
+    /// final position. `header.epoch` is the epoch that standby adopted.
+    async fn read_wal(
+        &self,
+        header: Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> Result<WalBatch, TransportError>;
+
     /// Opens the WAL stream: `batches` go out, acks come back. The first
     /// ack arrives before any batch and gives the standby's positions.
     async fn open_wal_stream(

@@ -516,6 +516,33 @@ impl Replication for ReplicationService {
         }))
     }
 
+    async fn read_wal(
+        &self,
+        request: Request<pb::ReadWalRequest>,
+    ) -> Result<Response<pb::WalBatch>, Status> {
+        let proven = self.proven(&request)?;
+        let r = request.into_inner();
+        let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true, proven.as_ref())?;
+        if r.up_to_lsn > Lsn::MAX.0 || r.after_lsn >= r.up_to_lsn {
+            return Err(self.malformed(convert::malformed(
+                "read_wal",
+                format!(
+                    "after_lsn {} must be below up_to_lsn {}, at most {}",
+                    r.after_lsn,
+                    r.up_to_lsn,
+                    Lsn::MAX
+                ),
+            )));
+        }
+        let reply = self
+            .node
+            .read_wal(header, Lsn(r.after_lsn), Lsn(r.up_to_lsn))
+            .await
+            .map_err(gone)?;
+        self.answer(reply.map(|b| convert::batch_to_pb(&b)))
+    }
+
     async fn fetch_snapshot(
         &self,
         request: Request<pb::SnapshotRequest>,

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crate::mem_engine;
-use walrep::testing::Pair;
+use walrep::testing::{MemStateMachine, Pair, PairBuilder};
 use walrep::{NodeId, Replicator, RoleKind};
 
 fn id(s: &str) -> NodeId {
@@ -235,5 +235,108 @@ async fn a_switchover_to_a_named_standby_hands_over_to_it_and_the_other_follows(
             cluster.node(&id("c")).engine().state_hash()
         );
     }
+    cluster.shutdown().await;
+}
+
+/// `ANY 1` over both standbys: a write is acknowledged once either has it.
+fn any_one(cluster: PairBuilder<MemStateMachine>) -> PairBuilder<MemStateMachine> {
+    cluster.config(|cfg| {
+        cfg.sync_standbys = Some("ANY 1 (a, b, c)".parse().unwrap());
+        // Long enough that the lagging standby stays in the sync set.
+        cfg.sync_timeout = std::time::Duration::from_secs(30);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_it_lacks() {
+    init_tracing();
+    let mut cluster = any_one(Pair::builder(mem_engine).nodes(3))
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_streaming().await.unwrap();
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    cluster
+        .node(&a)
+        .wait("both standbys in the register's sync set", |h| {
+            h.arbiter
+                .as_ref()
+                .and_then(|s| s.register.as_ref())
+                .is_some_and(|r| r.sync_set.len() == 2)
+        })
+        .await
+        .unwrap();
+    // Only c may fail over, and c falls behind: a stops reaching it, and
+    // its writes are acknowledged with b alone.
+    for n in [&b, &c] {
+        cluster
+            .node(n)
+            .replica()
+            .set_failover_paused(true)
+            .await
+            .unwrap();
+    }
+    cluster.set_link_cut_to(&a, &c, true);
+    let before = cluster.node(&c).wal().last_lsn();
+    let last = put_keys(cluster.primary().replica(), 10).await;
+    assert!(
+        cluster.node(&c).wal().last_lsn() < last,
+        "c was meant to miss acknowledged writes (it has {}, acknowledged {last}, had {before})",
+        cluster.node(&c).wal().last_lsn()
+    );
+    let hash = cluster.primary().engine().state_hash();
+    cluster.kill(&a).await;
+
+    // c cannot reach b: it may not promote, as b alone may hold the
+    // acknowledged writes.
+    cluster.set_link_cut_to(&c, &b, true);
+    let candidate = cluster.node(&c);
+    candidate
+        .replica()
+        .set_failover_paused(false)
+        .await
+        .unwrap();
+    let waiting = candidate
+        .wait("c holds back for b's position", |h| {
+            h.arbiter
+                .as_ref()
+                .and_then(|s| s.held_back.as_ref())
+                .is_some_and(|w| w.contains("heard from 1 of the 2"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(waiting.role, RoleKind::Standby);
+
+    // b answers: c adopts nothing before it fetched b's records, then
+    // promotes with every acknowledged write, and b follows it.
+    cluster.set_link_cut_to(&c, &b, false);
+    candidate
+        .wait("c promoted", |h| h.role == RoleKind::Primary && h.writable)
+        .await
+        .unwrap();
+    let promoted = candidate.replica().clone();
+    promoted.wait_for_lsn(last, WAIT).await.unwrap();
+    assert_eq!(
+        candidate.engine().state_hash(),
+        hash,
+        "an acknowledged write is missing on the new primary"
+    );
+    let after = promoted.apply(put_cmd("after", "failover")).await.unwrap();
+    let follower = cluster.node(&b);
+    follower
+        .wait("b follows c", |h| {
+            h.role == RoleKind::Standby && h.leader.as_ref().is_some_and(|l| l.id == c)
+        })
+        .await
+        .unwrap();
+    follower
+        .replica()
+        .wait_for_lsn(after.lsn, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        follower.engine().state_hash(),
+        candidate.engine().state_hash()
+    );
     cluster.shutdown().await;
 }

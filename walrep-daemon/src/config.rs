@@ -1183,11 +1183,10 @@ mod tests {
         flags.push(("sync_standbys", "FIRST 2 (n2, n3)".into()));
         let s = resolve(flags.clone(), None, &[]).unwrap();
         assert_eq!(s.cfg.commit_rule().to_string(), "FIRST 2 (n2, n3)");
-        for (rule, says) in [
-            ("ANY 1 (n2, n3)", "waits for 1 of the 2"),
-            ("ANY 2 (n2, n9)", "n9"),
-            ("ANY 2 (n2,", "sync_standbys"),
-        ] {
+        flags.push(("sync_standbys", "ANY 1 (n1, n2, n3)".into()));
+        let s = resolve(flags.clone(), None, &[]).unwrap();
+        assert_eq!(s.cfg.commit_rule().to_string(), "ANY 1 (n1, n2, n3)");
+        for (rule, says) in [("ANY 2 (n2, n9)", "n9"), ("ANY 2 (n2,", "sync_standbys")] {
             let mut f = flags.clone();
             f.retain(|(k, _)| *k != "sync_standbys");
             f.push(("sync_standbys", rule.into()));

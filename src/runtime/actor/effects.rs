@@ -3,8 +3,8 @@
 
 use crate::arbiter::{ArbiterError, Caller, CasOutcome};
 use crate::node::{
-    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason, Refused,
-    RoleKind,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason, LogEnd,
+    Refused, RoleKind,
 };
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
@@ -101,6 +101,13 @@ impl Actor {
             }
             Effect::FailWaiters { up_to, failure } => self.fail_waiters(up_to, &failure),
             Effect::SendFence { epoch, reason, to } => self.send_fence(epoch, reason, to),
+            Effect::SealStandbys { epoch, to } => self.seal_standbys(epoch, to),
+            Effect::FetchWal {
+                from,
+                epoch,
+                after,
+                up_to,
+            } => self.fetch_wal(from, epoch, after, up_to),
             Effect::AskArbiter { purpose, call } => self.ask_arbiter(purpose, call),
             Effect::ReplyFence(outcome) => {
                 let Some(reply) = self.pending_fence.take() else {
@@ -228,6 +235,72 @@ impl Actor {
                     confirmed_last_lsn: confirmed,
                 }))
                 .await;
+        });
+    }
+
+    /// A candidate's fences of reason `Candidate`, one task per standby;
+    /// each answer comes back as `Msg::SealAnswer` (stepped with this
+    /// node's log end then).
+    fn seal_standbys(&mut self, epoch: Epoch, to: Vec<NodeId>) {
+        let mut header = self.header();
+        header.epoch = epoch;
+        header.leader_id = None;
+        for standby in to {
+            let (standby, peer) = self.peer_named(Some(&standby));
+            let (tx, header) = (self.tx.clone(), header.clone());
+            tracing::debug!(%epoch, %standby, "asking a standby for its final position");
+            tokio::spawn(async move {
+                let req = FenceRequest {
+                    header,
+                    reason: FenceReason::Candidate,
+                };
+                let answer = peer
+                    .fence(req)
+                    .await
+                    .map(|r| LogEnd {
+                        epoch: r.last_epoch,
+                        lsn: r.last_lsn,
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = tx
+                    .send(Msg::SealAnswer {
+                        from: standby,
+                        answer,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// A candidate reads what it lacks from the standby `from`, one batch
+    /// per call, until it holds `up_to` (or a call fails); each batch
+    /// comes back as `Msg::Fetched`.
+    fn fetch_wal(&mut self, from: NodeId, epoch: Epoch, after: Lsn, up_to: Lsn) {
+        let (from, peer) = self.peer_named(Some(&from));
+        let mut header = self.header();
+        header.epoch = epoch;
+        header.leader_id = None;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut after = after;
+            while after < up_to {
+                let batch = peer.read_wal(header.clone(), after, up_to).await;
+                let next = match &batch {
+                    Ok(b) => b.records.last().map(|r| r.lsn),
+                    Err(_) => None,
+                };
+                let msg = Msg::Fetched {
+                    from: from.clone(),
+                    batch: batch.map_err(|e| e.to_string()),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(lsn) if lsn > after => after = lsn,
+                    _ => return,
+                }
+            }
         });
     }
 

@@ -70,6 +70,15 @@ impl Actor {
         hi
     }
 
+    /// Our log's end: its last record's epoch and LSN.
+    pub(super) fn log_end(&self) -> crate::node::LogEnd {
+        let lsn = self.wal.last_lsn();
+        crate::node::LogEnd {
+            epoch: self.wal.epoch_at(lsn).unwrap_or(crate::types::Epoch::ZERO),
+            lsn,
+        }
+    }
+
     pub(super) fn header(&self) -> Header {
         Header {
             cluster_id: self.cfg.cluster_id.clone(),

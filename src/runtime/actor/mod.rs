@@ -350,6 +350,22 @@ impl Actor {
                 );
             }
             Msg::Event(event) => self.on_event(event),
+            Msg::SealAnswer { from, answer } => {
+                let mine = self.log_end();
+                self.step(Event::SealAnswered { from, answer, mine });
+            }
+            Msg::Fetched { from, batch } => {
+                let fetched = batch.map(|b| {
+                    let continues = self.wal.last_lsn() == b.prev_lsn
+                        && self
+                            .wal
+                            .epoch_at(b.prev_lsn)
+                            .unwrap_or(crate::types::Epoch::ZERO)
+                            == b.prev_epoch;
+                    (b.records, continues)
+                });
+                self.step(Event::WalFetched { from, fetched });
+            }
             Msg::Applied { lsn, outputs } => {
                 self.keep_outputs(lsn, outputs);
                 self.on_event(Event::Applied { lsn });

@@ -43,6 +43,66 @@ impl Actor {
         r
     }
 
+    /// The records after `after` (up to `up_to`, one batch's worth) for a
+    /// candidate this node gave its final position: only at the epoch it
+    /// adopted for it, so a candidate of an older round reads nothing.
+    fn read_wal_for_candidate(
+        &self,
+        header: &Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> std::result::Result<crate::transport::WalBatch, Refusal> {
+        let epoch = self.node.epoch();
+        if header.epoch != epoch {
+            let kind = if header.epoch < epoch {
+                RefusalKind::StaleEpoch
+            } else {
+                RefusalKind::Unavailable
+            };
+            return Err(self.refusal(
+                kind,
+                format!(
+                    "this node is at epoch {epoch}, not {}: it gave no position for that epoch",
+                    header.epoch
+                ),
+            ));
+        }
+        if after.next() < self.wal.first_lsn() {
+            return Err(self.refusal(
+                RefusalKind::TooFarBehind,
+                format!(
+                    "record {} is no longer in this node's WAL (it keeps {} onwards)",
+                    after.next(),
+                    self.wal.first_lsn()
+                ),
+            ));
+        }
+        let mut records = self
+            .wal
+            .read(
+                after.next(),
+                self.cfg.max_batch_records,
+                self.cfg.max_batch_bytes,
+            )
+            .map_err(|e| {
+                self.refusal(
+                    RefusalKind::Unavailable,
+                    format!("reading record {}: {e}", after.next()),
+                )
+            })?;
+        records.retain(|r| r.lsn <= up_to);
+        Ok(crate::transport::WalBatch {
+            header: self.header(),
+            prev_lsn: after,
+            prev_epoch: self.wal.epoch_at(after).unwrap_or(Epoch::ZERO),
+            records,
+            commit_lsn: self.node.commit_lsn(),
+            sync: crate::node::SyncState::NotSync,
+            last_lsn: self.wal.last_lsn(),
+            first_lsn: self.wal.first_lsn(),
+        })
+    }
+
     pub(super) fn inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Heartbeat { req, reply } => {
@@ -54,6 +114,14 @@ impl Actor {
                 self.answer_with(to, Event::HeartbeatReceived { req });
             }
             Inbound::Fence { req, reply } => self.on_fence(req, reply),
+            Inbound::ReadWal {
+                header,
+                after,
+                up_to,
+                reply,
+            } => {
+                let _ = reply.send(self.read_wal_for_candidate(&header, after, up_to));
+            }
             Inbound::Promote { req, reply } => self.on_promote(req, reply),
             Inbound::Status { reply } => {
                 let h = self.health();

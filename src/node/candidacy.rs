@@ -1,0 +1,325 @@
+//! A standby's failover with more than one standby, where it must first
+//! hear from others: the quorum promotion.
+//!
+//! Under `ANY k` with k' below the standbys that count (see `quorum`), an
+//! acknowledged write may be on k' standbys that do not include the
+//! candidate. Before its swap, the candidate:
+//!
+//! 1. **seals** the other standbys that count: it sends each a fence of
+//!    reason `Candidate` at the epoch it will take. A standby adopts that
+//!    epoch (persisted, with no leader yet), so it takes no more of the
+//!    old primary's WAL, and answers with its log's end, which is now
+//!    final (`quorum::promotion` says why it must be);
+//! 2. **decides** with `decide_promotion` once |counted| − k' + 1 of them
+//!    (itself included) answered: one of them holds each acknowledged
+//!    write;
+//! 3. **fetches** what it lacks from the most advanced that answered,
+//!    when one is ahead, and decides again;
+//! 4. **swaps** the register from the exact version whose sync set it
+//!    judged by (`arbiter.rs`); a newer version makes it decide again.
+//!
+//! A sealed standby restarts its own failover clock: the candidate gets a
+//! full `failover_timeout` before another standby tries. Two candidates
+//! of one round (both sealing at the same epoch) are ordered by the rule's
+//! priority, then node id: the later one yields to the earlier. A seal
+//! steps the old primary down even when the promotion then fails (its
+//! standbys refuse its epoch): availability, never safety, is what a
+//! failed round costs.
+
+use super::event::{Effect, Time};
+use super::quorum::{LogEnd, PromotionDecision, decide_promotion, positions_needed};
+use super::{Node, Role};
+use crate::arbiter::Register;
+use crate::types::{Epoch, NodeId, Record};
+use std::collections::BTreeMap;
+
+/// A quorum promotion in progress (between the first seal and the swap).
+#[derive(Debug)]
+pub(super) struct Candidacy {
+    /// The epoch the sealed standbys adopt, and the one this node swaps to.
+    seal: Epoch,
+    /// The log ends of the standbys that adopted `seal`.
+    answers: BTreeMap<NodeId, LogEnd>,
+    /// This node's log end, as last reported.
+    mine: Option<LogEnd>,
+    /// When seals were last sent: those unanswered go again every
+    /// heartbeat interval.
+    asked_at: Option<Time>,
+    /// The fetch in flight: from whom, up to where, since when.
+    fetching: Option<(NodeId, LogEnd, Time)>,
+    /// The register version whose sync set allowed the swap.
+    ready_for: Option<u64>,
+}
+
+impl Candidacy {
+    fn new(seal: Epoch) -> Candidacy {
+        Candidacy {
+            seal,
+            answers: BTreeMap::new(),
+            mine: None,
+            asked_at: None,
+            fetching: None,
+            ready_for: None,
+        }
+    }
+}
+
+impl Node {
+    /// Whether a failover from `known` must first hear from other
+    /// standbys (and so waits for `candidacy_allows_swap`).
+    pub(super) fn needs_quorum_promotion(&self, known: &Register) -> bool {
+        positions_needed(&self.commit_rule, &known.sync_set) > 1
+    }
+
+    /// Whether the candidacy decided that this node holds every
+    /// acknowledged write, judged by `known`'s sync set.
+    pub(super) fn candidacy_allows_swap(&self, known: &Register) -> bool {
+        self.candidacy
+            .as_ref()
+            .is_some_and(|c| c.ready_for == Some(known.version) && c.seal == self.epoch.next())
+    }
+
+    pub(super) fn end_candidacy(&mut self) {
+        if let Some(c) = self.candidacy.take() {
+            tracing::debug!(seal = %c.seal, "quorum promotion ended");
+        }
+    }
+
+    /// The candidacy's work for this step: seal who has not answered,
+    /// fetch, decide. `known` allows a failover of this node.
+    pub(super) fn candidacy_work(&mut self, now: Time, known: &Register) {
+        let seal = self.epoch.next();
+        if self.candidacy.as_ref().is_none_or(|c| c.seal != seal) {
+            tracing::info!(%seal, need = positions_needed(&self.commit_rule, &known.sync_set), "failover: asking the other standbys in sync for their final positions first");
+            self.candidacy = Some(Candidacy::new(seal));
+        }
+        let me = self.cfg.node_id.clone();
+        let interval = self.cfg.heartbeat_interval;
+        let c = self.candidacy.as_mut().expect("set above");
+        let unanswered: Vec<NodeId> = self
+            .commit_rule
+            .counted(&known.sync_set)
+            .filter(|n| **n != me && !c.answers.contains_key(*n))
+            .cloned()
+            .collect();
+        if !unanswered.is_empty() && c.asked_at.is_none_or(|at| now >= at + interval) {
+            c.asked_at = Some(now);
+            self.emit(Effect::SealStandbys {
+                epoch: seal,
+                to: unanswered,
+            });
+        }
+        // A fetch that went quiet is asked again.
+        let c = self.candidacy.as_mut().expect("set above");
+        if c.fetching
+            .as_ref()
+            .is_some_and(|(_, _, since)| now >= *since + self.cfg.rpc_timeout * 4)
+        {
+            c.fetching = None;
+        }
+        self.decide_candidacy(now, known);
+    }
+
+    fn decide_candidacy(&mut self, now: Time, known: &Register) {
+        let me = self.cfg.node_id.clone();
+        let epoch = self.epoch;
+        let Some(c) = self.candidacy.as_mut() else {
+            return;
+        };
+        // Before any answer (each brings our log end) nobody answered: the
+        // decision is then to wait for positions.
+        let mine = c.mine.unwrap_or_default();
+        if c.ready_for == Some(known.version) || c.fetching.is_some() {
+            return;
+        }
+        c.ready_for = None;
+        let why = match decide_promotion(&self.commit_rule, &known.sync_set, &me, mine, &c.answers)
+        {
+            PromotionDecision::Promote => {
+                tracing::info!(
+                    heard = c.answers.len(),
+                    register = known.version,
+                    "failover: this standby holds every acknowledged write"
+                );
+                c.ready_for = Some(known.version);
+                return;
+            }
+            PromotionDecision::NotEligible { why } => why.to_string(),
+            PromotionDecision::NeedPositions { have, need } => format!(
+                "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion"
+            ),
+            PromotionDecision::FetchFirst { from, up_to } if up_to.epoch > epoch => format!(
+                "{from} holds records of epoch {}: a newer primary exists",
+                up_to.epoch
+            ),
+            PromotionDecision::FetchFirst { from, up_to } if up_to.lsn <= mine.lsn => format!(
+                "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}); {from} may promote instead"
+            ),
+            PromotionDecision::FetchFirst { from, up_to } => {
+                tracing::info!(%from, after = %mine.lsn, up_to = %up_to.lsn, "failover: fetching the records this standby lacks from the most advanced standby first");
+                c.fetching = Some((from.clone(), up_to, now));
+                let seal = c.seal;
+                self.emit(Effect::FetchWal {
+                    from,
+                    epoch: seal,
+                    after: mine.lsn,
+                    up_to: up_to.lsn,
+                });
+                return;
+            }
+        };
+        self.hold_back(format!(
+            "the primary is silent but this standby may not promote yet: {why}"
+        ));
+    }
+
+    /// A sealed standby answered (or refused).
+    pub(super) fn on_seal_answered(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        answer: Result<LogEnd, String>,
+        mine: LogEnd,
+    ) {
+        let Some(c) = self.candidacy.as_mut() else {
+            return;
+        };
+        match answer {
+            Ok(end) => {
+                tracing::info!(standby = %from, last_lsn = %end.lsn, last_epoch = %end.epoch, "failover: a standby adopted the candidate's epoch and gave its final position");
+                c.answers.insert(from, end);
+            }
+            Err(why) => {
+                tracing::info!(standby = %from, %why, "failover: a standby did not give its position");
+            }
+        }
+        if c.fetching.is_none() {
+            c.mine = Some(mine);
+        }
+        if let Some(known) = self.failover_register() {
+            self.decide_candidacy(now, &known);
+        }
+    }
+
+    /// Records fetched from the most advanced standby: appended when they
+    /// continue our log; the candidacy decides again once they reach the
+    /// end it fetched up to.
+    pub(super) fn on_wal_fetched(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        fetched: Result<(Vec<Record>, bool), String>,
+    ) {
+        let Some(c) = self.candidacy.as_mut() else {
+            return;
+        };
+        let Some((source, up_to, _)) = c.fetching.clone() else {
+            return;
+        };
+        if source != from {
+            return;
+        }
+        let records = match fetched {
+            Ok((records, true)) => records,
+            Ok((_, false)) => {
+                c.fetching = None;
+                let why = format!(
+                    "this standby's log diverges from {from}'s before its last record; {from} may promote instead"
+                );
+                tracing::warn!(%from, "failover: {why}");
+                return self.hold_back(format!(
+                    "the primary is silent but this standby may not promote yet: {why}"
+                ));
+            }
+            Err(why) => {
+                tracing::warn!(%from, %why, "failover: fetching the missing records failed; trying again");
+                c.fetching = None;
+                return;
+            }
+        };
+        let Some(first) = records.first() else {
+            return;
+        };
+        if first.lsn != self.last_lsn.next() || !matches!(self.role, Role::Standby(_)) {
+            // Our log moved meanwhile (the old primary's stream came back):
+            // the next decision starts over from where it is now.
+            c.fetching = None;
+            return;
+        }
+        let last = records.last().map_or(self.last_lsn, |r| r.lsn);
+        for r in &records {
+            if let Some(id) = r.request_id {
+                self.requests.insert(id, r.lsn, r.epoch);
+            }
+        }
+        self.on_appended(now, last);
+        self.emit(Effect::Append {
+            records,
+            fsync_inline: true,
+            retried: Vec::new(),
+        });
+        if last >= up_to.lsn {
+            let c = self.candidacy.as_mut().expect("checked above");
+            c.fetching = None;
+            c.mine = Some(up_to);
+            tracing::info!(%from, %last, "failover: fetched every record the most advanced standby holds");
+            if let Some(known) = self.failover_register() {
+                self.decide_candidacy(now, &known);
+            }
+        }
+    }
+
+    /// A fence of reason `Candidate`: another standby promotes and asks
+    /// for our final position. Answered with `Effect::ReplyFence`.
+    pub(super) fn on_sealed(&mut self, now: Time, epoch: Epoch, candidate: NodeId) {
+        let refuse = |node: &mut Node, reason: String| {
+            node.emit(Effect::ReplyFence(super::FenceOutcome::Refused { reason }));
+        };
+        if !matches!(self.role, Role::Standby(_)) {
+            let kind = self.role.kind();
+            return refuse(
+                self,
+                format!("this node is {kind}, not a standby: its position is not a standby's"),
+            );
+        }
+        if epoch < self.epoch || (epoch == self.epoch && self.leader.is_some()) {
+            let reason = format!(
+                "this node is at epoch {} (leader {:?}): a candidate for epoch {epoch} is too late",
+                self.epoch, self.leader
+            );
+            return refuse(self, reason);
+        }
+        if self.candidacy.as_ref().is_some_and(|c| c.seal == epoch) && self.ranks_before(&candidate)
+        {
+            return refuse(
+                self,
+                format!("this standby is a candidate for epoch {epoch} too, and comes first"),
+            );
+        }
+        if epoch > self.epoch {
+            tracing::info!(%epoch, %candidate, "a standby promotes and asked for this node's final position: adopting its epoch; the old primary's WAL is refused from now on");
+            self.abandon_promotion(format!("{candidate} is promoting at epoch {epoch}"));
+            self.end_candidacy();
+            self.persist(epoch, None);
+        }
+        if let Role::Standby(s) = &mut self.role {
+            // The candidate gets a whole failover_timeout before we try.
+            s.restart_failover_clock(now);
+        }
+        self.emit(Effect::ReplyFence(super::FenceOutcome::Fenced {
+            last_lsn: self.last_lsn,
+        }));
+    }
+
+    /// Whether this node goes before `other` when both are candidates of
+    /// one round: the rule's priority, then the node id.
+    fn ranks_before(&self, other: &NodeId) -> bool {
+        // Priority 0 (never a candidate) goes last.
+        let rank = |n: &NodeId| match self.commit_rule.priority(n) {
+            0 => usize::MAX,
+            p => p,
+        };
+        let me = &self.cfg.node_id;
+        (rank(me), me) < (rank(other), other)
+    }
+}

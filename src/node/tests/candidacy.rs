@@ -1,0 +1,278 @@
+//! A standby's failover under `ANY 1` over two standbys: it hears the
+//! other's final position before its swap, and fetches what it lacks.
+
+use super::arbiter::{asks, register, tick_answering_reads, with_arbiter};
+use super::*;
+use crate::config::PeerAddress;
+use crate::node::LogEnd;
+
+fn n(id: &str) -> NodeId {
+    NodeId::from(id)
+}
+
+/// Standby n1 of primary n2 at epoch 1 (log at 10, told it is in sync at
+/// t=100) with n3 the other standby, under `ANY 1 (n1, n2, n3)`, knowing
+/// the register (v3) with both standbys in its sync set.
+fn candidate() -> Node {
+    let cfg = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: "n3:7001".into(),
+        }],
+        sync_standbys: Some("ANY 1 (n1, n2, n3)".parse().unwrap()),
+        ..with_arbiter(cfg())
+    };
+    cfg.validate().unwrap();
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
+    super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
+    node
+}
+
+fn end(epoch: u64, lsn: u64) -> LogEnd {
+    LogEnd {
+        epoch: Epoch(epoch),
+        lsn: Lsn(lsn),
+    }
+}
+
+fn swaps(effects: &[Effect]) -> bool {
+    asks(effects)
+        .iter()
+        .any(|(_, call)| matches!(call, ArbiterCall::Swap { .. }))
+}
+
+fn records(from: u64, to: u64) -> Vec<Record> {
+    (from..=to)
+        .map(|l| Record {
+            lsn: Lsn(l),
+            epoch: Epoch(1),
+            request_id: None,
+            payload: Bytes::from_static(b"w"),
+        })
+        .collect()
+}
+
+/// `candidate()` once its silence check ran: it asked n3 for its
+/// position.
+fn sealing() -> Node {
+    let mut node = candidate();
+    let effects = tick_answering_reads(&mut node, 200, 1300);
+    assert!(
+        effects.contains(&Effect::SealStandbys {
+            epoch: Epoch(2),
+            to: vec![n("n3")],
+        }),
+        "{effects:?}"
+    );
+    assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
+    node
+}
+
+#[test]
+fn a_candidate_swaps_only_after_the_other_standbys_final_position_and_fetches_first_when_behind() {
+    let mut node = sealing();
+    // No answer: it never swaps, and says why.
+    let effects = tick_answering_reads(&mut node, 1400, 4000);
+    assert!(!swaps(&effects), "{effects:?}");
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(held.contains("heard from 1 of the 2"), "{held}");
+
+    // n3 is ahead: fetch from it before anything else.
+    let effects = node.step(
+        t(4050),
+        Event::SealAnswered {
+            from: n("n3"),
+            answer: Ok(end(1, 14)),
+            mine: end(1, 10),
+        },
+    );
+    assert!(
+        effects.contains(&Effect::FetchWal {
+            from: n("n3"),
+            epoch: Epoch(2),
+            after: Lsn(10),
+            up_to: Lsn(14),
+        }),
+        "{effects:?}"
+    );
+    let effects = tick_answering_reads(&mut node, 4100, 4500);
+    assert!(!swaps(&effects), "swapped before the fetch: {effects:?}");
+
+    // The fetched records continue its log: appended, then the swap from
+    // the version it judged by.
+    let mut effects = node.step(
+        t(4550),
+        Event::WalFetched {
+            from: n("n3"),
+            fetched: Ok((records(11, 14), true)),
+        },
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Append { records, .. } if records.len() == 4)),
+        "{effects:?}"
+    );
+    assert_eq!(node.last_lsn(), Lsn(14));
+    effects.extend(tick_answering_reads(&mut node, 4600, 4800));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Failover));
+    assert_eq!(expected, 3);
+    assert_eq!(next.epoch, Epoch(2));
+    assert_eq!(next.primary, Some(n("n1")));
+}
+
+#[test]
+fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
+    // n3's log ends in the same epoch further on, but what it sends does
+    // not continue ours: no swap, whatever else happens.
+    let mut node = sealing();
+    node.step(
+        t(1400),
+        Event::SealAnswered {
+            from: n("n3"),
+            answer: Ok(end(1, 14)),
+            mine: end(1, 10),
+        },
+    );
+    let effects = node.step(
+        t(1450),
+        Event::WalFetched {
+            from: n("n3"),
+            fetched: Ok((records(11, 14), false)),
+        },
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Append { .. })),
+        "{effects:?}"
+    );
+    let effects = tick_answering_reads(&mut node, 1500, 5000);
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!(node.last_lsn(), Lsn(10));
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(held.contains("diverges"), "{held}");
+
+    // A position only as far as ours: nothing to fetch, it may swap.
+    let mut level = sealing();
+    let mut effects = level.step(
+        t(1400),
+        Event::SealAnswered {
+            from: n("n3"),
+            answer: Ok(end(1, 10)),
+            mine: end(1, 10),
+        },
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::FetchWal { .. })),
+        "{effects:?}"
+    );
+    effects.extend(tick_answering_reads(&mut level, 1500, 1700));
+    assert!(swaps(&effects), "{effects:?}");
+}
+
+#[test]
+fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primary() {
+    let mut node = candidate();
+    let effects = node.step(
+        t(150),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: n("n3"),
+            reason: FenceReason::Candidate,
+        },
+    );
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::PersistMeta {
+                epoch: Epoch(2),
+                leader: None,
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert!(
+        effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+            last_lsn: Lsn(10)
+        })),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!(node.leader(), None);
+    // The old primary's WAL is refused from now on: its position is final.
+    let effects = node.step(t(200), heartbeat(1, "n2", 12, 12, SyncState::Sync));
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::Answer(Err(r)) if r.kind == RefusalKind::StaleEpoch
+        )),
+        "{effects:?}"
+    );
+    // Asked again for the same epoch (a lost reply, or a second candidate
+    // of the round), it answers again.
+    let effects = node.step(
+        t(250),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: n("n3"),
+            reason: FenceReason::Candidate,
+        },
+    );
+    assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+        last_lsn: Lsn(10)
+    })));
+
+    // The candidate never swapped: after a whole failover_timeout this
+    // standby tries itself, from the register still at epoch 1, sealing
+    // at the epoch after the one it adopted.
+    let effects = tick_answering_reads(&mut node, 300, 2000);
+    assert!(
+        effects.contains(&Effect::SealStandbys {
+            epoch: Epoch(3),
+            to: vec![n("n3")],
+        }),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn of_two_candidates_of_one_round_the_later_in_the_rules_order_yields() {
+    let mut node = sealing();
+    // n3 asks n1 for the same epoch: n1 comes first (same priority under
+    // ANY, then the node id) and refuses.
+    let effects = node.step(
+        t(1400),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: n("n3"),
+            reason: FenceReason::Candidate,
+        },
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReplyFence(FenceOutcome::Refused { .. }))),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(1));
+    // A candidate of a later round (a higher epoch) is answered, and ends
+    // this node's own attempt.
+    let effects = node.step(
+        t(1450),
+        Event::FenceRequested {
+            epoch: Epoch(3),
+            leader: n("n3"),
+            reason: FenceReason::Candidate,
+        },
+    );
+    assert!(
+        effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+            last_lsn: Lsn(10)
+        })),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(3));
+    let effects = tick_answering_reads(&mut node, 1500, 2000);
+    assert!(!swaps(&effects), "{effects:?}");
+}
