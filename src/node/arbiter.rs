@@ -325,6 +325,25 @@ impl Node {
         Ok(next)
     }
 
+    /// Whether a standby's eligibility to fail over is the register's
+    /// alone: in a cluster with an arbiter, whose sync set holds only
+    /// standbys that have every acknowledged write on disk (a sync mode
+    /// that waits for the standby's flush). Its promotion checks sync set
+    /// membership, and a quorum rule the other standbys' positions; what
+    /// the primary last said to this standby, or whether it spoke in this
+    /// process's life, adds nothing (a restarted member still holds what
+    /// it flushed), and requiring it would leave a cluster whose members
+    /// all restarted, or all learnt of an epoch nobody leads, with no
+    /// standby that may promote. A pair keeps its stricter rule.
+    pub(super) fn register_decides_eligibility(&self) -> bool {
+        self.has_arbiter()
+            && self.standbys.len() > 1
+            && matches!(
+                self.cfg.commit_mode,
+                CommitMode::RemoteFlush | CommitMode::RemoteApply
+            )
+    }
+
     /// The register a pending failover of this node would swap from, when
     /// the arbiter answers and the register allows it.
     pub(super) fn failover_register(&self) -> Option<Register> {

@@ -296,6 +296,20 @@ impl Node {
                 format!("this standby is a candidate for epoch {epoch} too, and comes first"),
             );
         }
+        if epoch > self.epoch
+            && let Role::Standby(s) = &self.role
+            && s.heard_primary_within(now, self.cfg.failover_timeout)
+        {
+            // The primary (or the last candidate) is alive to us: a
+            // candidate that cannot reach it, or a seal delayed in the
+            // network, must not step it down.
+            return refuse(
+                self,
+                format!(
+                    "this standby heard from its primary (or a candidate) less than failover_timeout ago; not adopting epoch {epoch}"
+                ),
+            );
+        }
         if epoch > self.epoch {
             tracing::info!(%epoch, %candidate, "a standby promotes and asked for this node's final position: adopting its epoch; the old primary's WAL is refused from now on");
             self.abandon_promotion(format!("{candidate} is promoting at epoch {epoch}"));

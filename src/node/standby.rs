@@ -10,6 +10,10 @@ pub(super) struct Standby {
     /// Last time the primary spoke to us, in this process's lifetime (and
     /// not before a pause).
     last_contact: Option<Time>,
+    /// Without any contact in this role: since when the standby counts the
+    /// primary's silence, where the register alone decides whether it may
+    /// promote (`Node::register_decides_eligibility`).
+    silent_since: Option<Time>,
     sync_at_contact: SyncState,
     lag_at_contact: u64,
     pub(super) primary_commit: Lsn,
@@ -26,6 +30,7 @@ impl Standby {
     pub(super) fn new() -> Standby {
         Standby {
             last_contact: None,
+            silent_since: None,
             sync_at_contact: SyncState::NotSync,
             lag_at_contact: u64::MAX,
             primary_commit: Lsn::ZERO,
@@ -62,6 +67,14 @@ impl Standby {
 
     pub(super) fn forget_contact(&mut self) {
         self.last_contact = None;
+        self.silent_since = None;
+    }
+
+    /// Whether the primary spoke to this standby within `within` of `now`
+    /// (in this process's lifetime).
+    pub(super) fn heard_primary_within(&self, now: Time, within: std::time::Duration) -> bool {
+        self.last_contact
+            .is_some_and(|at| now.saturating_sub(at) < within)
     }
 
     pub(super) fn eligible(&self, cfg: &Config) -> bool {
@@ -89,6 +102,7 @@ impl Standby {
     pub(super) fn next_deadline(&self, cfg: &Config, paused: bool) -> Option<Time> {
         let silence = self
             .last_contact
+            .or(self.silent_since)
             .filter(|_| cfg.auto_failover && !paused && !self.reported_silence)
             .map(|t| t + cfg.failover_timeout);
         match (silence, self.planned_until) {
@@ -133,6 +147,7 @@ impl Node {
         let flushed = self.flushed;
         if let Some(s) = self.standby() {
             s.last_contact = Some(now);
+            s.silent_since = None;
             s.sync_at_contact = sync;
             s.lag_at_contact = primary_last_lsn.0.saturating_sub(flushed.0);
             s.primary_commit = commit_lsn;
@@ -153,14 +168,23 @@ impl Node {
         }
         let (epoch, raisable) = (self.epoch, self.epoch.can_be_raised());
         let has_arbiter = self.has_arbiter();
+        let register_decides = self.register_decides_eligibility();
         let paused = self.failover_paused;
         let Some(s) = self.standby() else { return };
-        let Some(last) = s.last_contact else { return };
+        // A cluster's standby that has not heard the primary in this role
+        // (restarted, or it learnt a newer epoch nobody leads yet) counts
+        // the silence from its first tick: the register decides.
+        let last = match s.last_contact {
+            Some(at) => at,
+            None if register_decides => *s.silent_since.get_or_insert(now),
+            None => return,
+        };
         let silent_for = now.saturating_sub(last);
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
             return;
         }
-        if paused && s.eligible(&cfg) {
+        let eligible = s.eligible(&cfg) || register_decides;
+        if paused && eligible {
             // Maintenance: keep following (the primary may come back, or
             // the operator promotes); fence nothing. (Not eligible, the
             // standby would not promote anyway, and says why below.)
@@ -178,7 +202,7 @@ impl Node {
                 s.reported_silence = true;
                 tracing::error!(%epoch, bound = %Epoch::MAX, "primary silent for failover_timeout, but this node's epoch cannot be raised any more; not promoting");
             }
-        } else if s.eligible(&cfg) && has_arbiter {
+        } else if eligible && has_arbiter {
             if !s.reported_silence {
                 s.reported_silence = true;
                 tracing::warn!(
@@ -187,7 +211,7 @@ impl Node {
                 );
             }
             self.promote_through_arbiter(super::Promotion::Failover, false);
-        } else if s.eligible(&cfg) {
+        } else if eligible {
             tracing::warn!(
                 silent_ms = silent_for.as_millis() as u64,
                 "primary silent for failover_timeout; promoting"

@@ -163,6 +163,10 @@ pub struct Mode {
     /// How many of `NODES` run: 2, a pair; 3 (needs `arbiter`), a primary
     /// streaming to two standbys that both confirm each write.
     pub data_nodes: usize,
+    /// With three nodes: the rule `ANY 1 (n1, n2, n3)`, so a write waits
+    /// for one standby and a candidate must hear from the other (the
+    /// quorum promotion) instead of every standby confirming each write.
+    pub any_one: bool,
 }
 
 impl Mode {
@@ -178,6 +182,7 @@ impl Mode {
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         }
     }
 
@@ -244,6 +249,9 @@ pub fn config(name: &str, mode: Mode) -> Config {
         standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
     };
+    if mode.any_one {
+        cfg.sync_standbys = Some("ANY 1 (n1, n2, n3)".parse().expect("a valid rule"));
+    }
     if mode.small_wal_and_chunks {
         cfg.wal_retention_bytes = RESYNC_WAL_RETENTION_BYTES;
         cfg.snapshot_chunk_bytes = RESYNC_CHUNK_BYTES;

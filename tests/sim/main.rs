@@ -22,6 +22,10 @@
 //! follows it, a rejoining old primary rewinds; G1 and G2 hold all along,
 //! and at the end the three nodes converge on one primary whose register
 //! holds both standbys in sync, each holding every acknowledged write.
+//! `remote-flush/solo/arbiter/three-nodes-any-1/all-faults` is the same
+//! under `ANY 1 (n1, n2, n3)`: a write waits for one standby, and a
+//! candidate hears the other's final position and fetches what it lacks
+//! before it promotes.
 //!
 //! `cargo test --test sim` runs a fixed seed set. More seeds:
 //! `WALREP_SIM_SEEDS=2000 cargo test --release --test sim -- --nocapture many_seeds`
@@ -70,7 +74,7 @@ struct Scenario {
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
 // scenarios that promise no loss run that way, the others offload.
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "remote-flush/block/all-faults",
         mode: Mode {
@@ -83,6 +87,7 @@ const SCENARIOS: [Scenario; 8] = [
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::All,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -100,6 +105,7 @@ const SCENARIOS: [Scenario; 8] = [
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -119,6 +125,7 @@ const SCENARIOS: [Scenario; 8] = [
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -139,6 +146,7 @@ const SCENARIOS: [Scenario; 8] = [
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -160,6 +168,7 @@ const SCENARIOS: [Scenario; 8] = [
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::SnapshotCut,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -201,6 +210,22 @@ const SCENARIOS: [Scenario; 8] = [
         name: THREE_NODES_SCENARIO,
         mode: Mode {
             data_nodes: 3,
+            ..ARBITER_MODE
+        },
+        kinds: Kinds::Cluster,
+        durability: Durability::NoAcknowledgedWriteLost,
+        value_bytes: 0,
+    },
+    Scenario {
+        // The same cluster under `ANY 1 (n1, n2, n3)`: a write waits for
+        // either standby, so an acknowledged write may be on one alone; a
+        // candidate takes the other's final position (sealing it at its
+        // new epoch) and fetches what it lacks before its swap. The same
+        // faults lose no acknowledged write.
+        name: "remote-flush/solo/arbiter/three-nodes-any-1/all-faults",
+        mode: Mode {
+            data_nodes: 3,
+            any_one: true,
             ..ARBITER_MODE
         },
         kinds: Kinds::Cluster,
@@ -718,6 +743,7 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             arbiter: false,
             break_solo_rule: false,
             data_nodes: 2,
+            any_one: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,

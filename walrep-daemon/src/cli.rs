@@ -378,7 +378,7 @@ pub struct NodeArgs {
     pub worker_threads: Option<String>,
     #[arg(long, value_name = "URL", help = help("arbiter", "The arbiter deciding failovers and solo steps: witness://HOST:PORT (a `walrep witness`) or etcd://HOST:PORT[,HOST:PORT...]; without one the pair decides alone (on_standby_loss)"))]
     pub arbiter: Option<String>,
-    #[arg(long, value_name = "RULE", help = help("sync_standbys", "Which standbys confirm each write, as PostgreSQL's synchronous_standby_names: 'ANY k (n2, n3)' or 'FIRST k (n2, n3)'; in this version k must be every standby named [default: every other node]"))]
+    #[arg(long, value_name = "RULE", help = help("sync_standbys", "Which standbys confirm each write, as PostgreSQL's synchronous_standby_names: 'ANY k (n2, n3)' or 'FIRST k (n2, n3)'; with k below those named, a promotion first takes the others' final positions (give every node the same text) [default: every other node]"))]
     pub sync_standbys: Option<String>,
     #[arg(long, value_name = "FILE", help = help("tls_ca", "Mutual TLS on the replication port: the cluster CA's certificate (PEM); with --tls-cert and --tls-key"))]
     pub tls_ca: Option<String>,

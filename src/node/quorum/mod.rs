@@ -20,7 +20,7 @@
 //! hears from |counted| − k' + 1 of them, a set that meets every k'
 //! holders, and fetches from the most advanced before it promotes.
 //!
-//! ## What the runtime must add
+//! ## What the runtime adds (and where)
 //!
 //! * The positions a candidate hears must be final: each standby stops
 //!   taking the old primary's WAL before it answers. Positions collected
@@ -31,16 +31,19 @@
 //!   against the register value the candidate promotes from (persisted
 //!   before it answers; it takes no record of that epoch until it hears of
 //!   a newer register value or epoch), which does not fence the old
-//!   primary when the promotion fails.
+//!   primary when the promotion fails. The node takes the first way
+//!   (`candidacy.rs`: a fence of reason `Candidate`).
 //! * The candidate's swap must expect the exact register version whose
 //!   sync set it judged by. Meanwhile the old primary may legitimately
 //!   shrink the set (take the candidate's answerers out, then acknowledge
 //!   with the rest); only the version comparison makes the decision stale.
+//!   (`arbiter.rs` swaps only from the version the candidacy judged by.)
 //! * Every node must judge with the same rule and the same sync set: a
 //!   candidate that believed k larger than the primary's would ask too few
 //!   standbys. The register's sync set is shared; the rule must be too
 //!   (one text on every node, which may name every node including itself,
-//!   or better, in the register).
+//!   or better, in the register). Today the operator gives every node the
+//!   same text; nothing checks it across nodes.
 //! * The sync set must hold only standbys the rule names: the promotion
 //!   gate that checks membership alone would let an unnamed member (left
 //!   over from a rule change) promote while writes were acknowledged
@@ -61,7 +64,6 @@
 //! the last member of a sync set may always leave (going solo), and a
 //! standby in the sync set promotes hearing from nobody else
 //! (|counted| − k' + 1 = 1), which is the register check the pair makes.
-//! The rest waits for the multi-standby primary.
 
 mod commit;
 mod error;

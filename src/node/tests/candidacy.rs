@@ -14,6 +14,13 @@ fn n(id: &str) -> NodeId {
 /// t=100) with n3 the other standby, under `ANY 1 (n1, n2, n3)`, knowing
 /// the register (v3) with both standbys in its sync set.
 fn candidate() -> Node {
+    let mut node = standby_in_contact(candidate_config(), SyncState::Sync, t(100));
+    super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
+    node
+}
+
+/// n1's configuration in `candidate()`.
+fn candidate_config() -> Config {
     let cfg = Config {
         more_peers: vec![PeerAddress {
             id: n("n3"),
@@ -23,9 +30,16 @@ fn candidate() -> Node {
         ..with_arbiter(cfg())
     };
     cfg.validate().unwrap();
-    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
-    super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
-    node
+    cfg
+}
+
+/// A fence of reason `Candidate` from `candidate` for `epoch`.
+fn seal(epoch: u64, candidate: &str) -> Event {
+    Event::FenceRequested {
+        epoch: Epoch(epoch),
+        leader: n(candidate),
+        reason: FenceReason::Candidate,
+    }
 }
 
 fn end(epoch: u64, lsn: u64) -> LogEnd {
@@ -173,14 +187,19 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
 #[test]
 fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primary() {
     let mut node = candidate();
-    let effects = node.step(
-        t(150),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: n("n3"),
-            reason: FenceReason::Candidate,
-        },
+    // Heard from its primary at t=100: a seal before failover_timeout is
+    // refused (the primary is alive to it), and nothing changes.
+    let effects = node.step(t(600), seal(2, "n3"));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::ReplyFence(FenceOutcome::Refused { .. }))),
+        "{effects:?}"
     );
+    assert_eq!(node.epoch(), Epoch(1));
+    assert_eq!(node.leader(), Some(&n("n2")));
+
+    let effects = node.step(t(1200), seal(2, "n3"));
     assert!(
         effects.iter().any(|e| matches!(
             e,
@@ -201,7 +220,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!(node.leader(), None);
     // The old primary's WAL is refused from now on: its position is final.
-    let effects = node.step(t(200), heartbeat(1, "n2", 12, 12, SyncState::Sync));
+    let effects = node.step(t(1250), heartbeat(1, "n2", 12, 12, SyncState::Sync));
     assert!(
         effects.iter().any(|e| matches!(
             e,
@@ -211,27 +230,74 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     );
     // Asked again for the same epoch (a lost reply, or a second candidate
     // of the round), it answers again.
-    let effects = node.step(
-        t(250),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: n("n3"),
-            reason: FenceReason::Candidate,
-        },
-    );
+    let effects = node.step(t(1300), seal(2, "n3"));
     assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
         last_lsn: Lsn(10)
     })));
 
-    // The candidate never swapped: after a whole failover_timeout this
-    // standby tries itself, from the register still at epoch 1, sealing
-    // at the epoch after the one it adopted.
-    let effects = tick_answering_reads(&mut node, 300, 2000);
+    // The candidate never swapped: a whole failover_timeout after the
+    // seal this standby tries itself, from the register still at epoch 1,
+    // sealing at the epoch after the one it adopted.
+    let effects = tick_answering_reads(&mut node, 1400, 2100);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::SealStandbys { .. })),
+        "tried before failover_timeout: {effects:?}"
+    );
+    let effects = tick_answering_reads(&mut node, 2200, 3000);
     assert!(
         effects.contains(&Effect::SealStandbys {
             epoch: Epoch(3),
             to: vec![n("n3")],
         }),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_cluster_standby_that_never_heard_the_primary_in_this_life_lets_the_register_decide() {
+    // n1 restarted (no contact in this process) while the primary is
+    // dead: the register's sync set holds it, so it may try once the
+    // silence lasted failover_timeout from its first tick.
+    let cfg = candidate_config();
+    let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    super::arbiter::knows(&mut node, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let effects = tick_answering_reads(&mut node, 100, 1000);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::SealStandbys { .. })),
+        "{effects:?}"
+    );
+    let effects = tick_answering_reads(&mut node, 1100, 1500);
+    assert!(
+        effects.contains(&Effect::SealStandbys {
+            epoch: Epoch(2),
+            to: vec![n("n3")],
+        }),
+        "{effects:?}"
+    );
+    // Outside the sync set it does not.
+    let (mut outside, _) = new_node(
+        candidate_config(),
+        meta(1, "n2"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    super::arbiter::knows(&mut outside, t(10), register(3, 1, "n2", &["n3"]));
+    let effects = tick_answering_reads(&mut outside, 100, 3000);
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::SealStandbys { .. }
+                | Effect::AskArbiter {
+                    call: ArbiterCall::Swap { .. },
+                    ..
+                }
+        )),
         "{effects:?}"
     );
 }

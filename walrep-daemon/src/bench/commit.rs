@@ -42,6 +42,16 @@ pub struct CommitArgs {
     /// for a pair).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
     pub nodes: u8,
+    /// The commit rule of a cluster (`--sync-standbys` of every node),
+    /// e.g. `ANY 1 (n1, n2, n3)` [default: every standby confirms each
+    /// write].
+    #[arg(long)]
+    pub sync_standbys: Option<String>,
+    /// After each healthy run, run again with the last standby stopped
+    /// (SIGSTOP) for the whole measured run, then continued (SIGCONT); the
+    /// row says whether the primary stayed primary of its epoch.
+    #[arg(long)]
+    pub stop_standby: bool,
     /// Also print each result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +68,12 @@ struct CommitResult {
     /// `none`, or the arbiter's URL.
     arbiter: String,
     nodes: usize,
+    /// The commit rule given, if any.
+    sync_standbys: Option<String>,
+    /// A standby was stopped (SIGSTOP) during the run.
+    standby_stopped: bool,
+    /// The primary stayed primary of its epoch through the run.
+    no_failover: bool,
     clients: usize,
     seconds: f64,
     ops: usize,
@@ -101,6 +117,11 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             "--witness and --arbiter are for a pair: a cluster of --nodes 3 or more runs its own witness".into(),
         ));
     }
+    if count == 2 && (a.sync_standbys.is_some() || a.stop_standby) {
+        return Err(DaemonError::Config(
+            "--sync-standbys and --stop-standby are for a cluster: give --nodes 3 or more".into(),
+        ));
+    }
     let root = a.dir.clone().unwrap_or_else(|| temp_dir("bench-pair"));
     eprintln!(
         "bench-pair: {count} nodes, {} engine, {} byte values, {} s per run after {} s of warm-up, nodes in {}",
@@ -121,6 +142,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
         let options = PairOptions {
             extra: std::iter::once(("engine", a.engine.to_string()))
                 .chain(arbiter.setting())
+                .chain(a.sync_standbys.clone().map(|r| ("sync_standbys", r)))
                 .collect(),
             ..defaults
         };
@@ -147,40 +169,68 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
                 Duration::from_secs(a.warmup_seconds),
             )
             .await;
-            let report = load::run_for(&load, Duration::from_secs(a.seconds)).await;
-            let lat = report.latencies();
-            let ms = |d: Duration| r3(d.as_secs_f64() * 1000.0);
-            let result = CommitResult {
-                bench: "pair",
-                mode: mode.as_str(),
-                arbiter: arbiter_name.clone(),
-                nodes: count,
-                clients,
-                seconds: r3(report.elapsed.as_secs_f64()),
-                ops: lat.len(),
-                errors: report.errors,
-                tps: r3(report.per_second()),
-                p50_ms: ms(lat.at(0.5)),
-                p99_ms: ms(lat.at(0.99)),
-                p999_ms: ms(lat.at(0.999)),
-                max_ms: ms(lat.max()),
+            let runs: &[bool] = if a.stop_standby {
+                &[false, true]
+            } else {
+                &[false]
             };
-            println!(
-                "{:<13} {:>7} {:>9} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6}",
-                result.mode,
-                clients,
-                result.ops,
-                result.tps,
-                result.p50_ms,
-                result.p99_ms,
-                result.p999_ms,
-                result.max_ms,
-                result.errors
-            );
-            if let Some(e) = &report.last_error {
-                eprintln!("bench-pair: {} failed writes; the last: {e}", report.errors);
+            for &stopped in runs {
+                let before = primary_epoch(&cluster.procs[0]).await;
+                let paused = cluster.procs.last().expect("two nodes or more");
+                if stopped {
+                    paused
+                        .signal(libc::SIGSTOP)
+                        .map_err(|e| DaemonError::io("stopping the last standby", e))?;
+                }
+                let report = load::run_for(&load, Duration::from_secs(a.seconds)).await;
+                if stopped {
+                    paused
+                        .signal(libc::SIGCONT)
+                        .map_err(|e| DaemonError::io("continuing the last standby", e))?;
+                }
+                let after = primary_epoch(&cluster.procs[0]).await;
+                let lat = report.latencies();
+                let ms = |d: Duration| r3(d.as_secs_f64() * 1000.0);
+                let result = CommitResult {
+                    bench: "pair",
+                    mode: mode.as_str(),
+                    arbiter: arbiter_name.clone(),
+                    nodes: count,
+                    sync_standbys: a.sync_standbys.clone(),
+                    standby_stopped: stopped,
+                    no_failover: before.is_some() && before == after,
+                    clients,
+                    seconds: r3(report.elapsed.as_secs_f64()),
+                    ops: lat.len(),
+                    errors: report.errors,
+                    tps: r3(report.per_second()),
+                    p50_ms: ms(lat.at(0.5)),
+                    p99_ms: ms(lat.at(0.99)),
+                    p999_ms: ms(lat.at(0.999)),
+                    max_ms: ms(lat.max()),
+                };
+                println!(
+                    "{:<13} {:>7} {:>9} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6}{}",
+                    result.mode,
+                    clients,
+                    result.ops,
+                    result.tps,
+                    result.p50_ms,
+                    result.p99_ms,
+                    result.p999_ms,
+                    result.max_ms,
+                    result.errors,
+                    match (stopped, result.no_failover) {
+                        (false, _) => "",
+                        (true, true) => "  (last standby stopped; no failover)",
+                        (true, false) => "  (last standby stopped; THE PRIMARY CHANGED)",
+                    }
+                );
+                if let Some(e) = &report.last_error {
+                    eprintln!("bench-pair: {} failed writes; the last: {e}", report.errors);
+                }
+                emit_json(a.json, &result);
             }
-            emit_json(a.json, &result);
         }
         for n in &mut cluster.procs {
             n.terminate(Duration::from_secs(5));
@@ -192,4 +242,13 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
         let _ = std::fs::remove_dir_all(&root);
     }
     Ok(())
+}
+
+/// The epoch of `node` while it is a primary (`None` otherwise, or when
+/// it does not answer).
+async fn primary_epoch(node: &crate::process::NodeProc) -> Option<u64> {
+    match node.client().health().await {
+        Ok((_, h)) if h.role == "primary" => Some(h.epoch),
+        _ => None,
+    }
 }

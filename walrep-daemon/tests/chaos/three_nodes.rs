@@ -14,16 +14,25 @@ use std::time::{Duration, Instant};
 const NODES: usize = 3;
 
 async fn three_nodes(name: &'static str) -> Cluster {
+    three_nodes_with(name, &[]).await
+}
+
+async fn three_nodes_with(name: &'static str, extra: &[(&'static str, &str)]) -> Cluster {
     Cluster::start_with(
         name,
         Setup {
             witness: true,
             nodes: NODES,
+            extra,
             ..Setup::default()
         },
     )
     .await
 }
+
+/// A write waits for either standby; a candidate must first take the
+/// other's final position and fetch what it lacks.
+const ANY_1: &[(&str, &str)] = &[("sync_standbys", "ANY 1 (n1, n2, n3)")];
 
 /// The nodes other than `i`.
 fn others(i: usize) -> Vec<usize> {
@@ -73,8 +82,19 @@ fn first_sample_breaking(
 /// kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_of_three_nodes_killed_repeatedly_loses_nothing_and_the_others_follow() {
+    kill_the_primary_repeatedly("three_nodes_kills", &[]).await;
+}
+
+/// The same under `ANY 1 (n1, n2, n3)`: each promotion goes through the
+/// quorum promotion (the candidate seals the other standby first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_any_1_the_primary_of_three_nodes_killed_repeatedly_loses_nothing() {
+    kill_the_primary_repeatedly("three_nodes_kills_any_1", ANY_1).await;
+}
+
+async fn kill_the_primary_repeatedly(name: &'static str, extra: &[(&'static str, &str)]) {
     const KILLS: usize = 5;
-    let mut c = three_nodes("three_nodes_kills").await;
+    let mut c = three_nodes_with(name, extra).await;
     let load = Load::start(&c, &writers(4, &[]));
     load.wait_acks(0, 1, Instant::now(), 50).await;
     let mut figures = Figures::default();
@@ -106,7 +126,7 @@ async fn the_primary_of_three_nodes_killed_repeatedly_loses_nothing_and_the_othe
         let rejoined = back.elapsed();
         load.wait_acks(next, epoch + 1, back, 30).await;
         say(format!(
-            "chaos three_nodes_kills kill {kill}: {} killed, {} promoted to epoch {} in {}, first write acknowledged after {}, {} followed after {}, {} rejoined and in sync {} after its restart",
+            "chaos {name} kill {kill}: {} killed, {} promoted to epoch {} in {}, first write acknowledged after {}, {} followed after {}, {} rejoined and in sync {} after its restart",
             NAMES[primary],
             NAMES[next],
             epoch + 1,
