@@ -206,6 +206,9 @@ impl Node {
             return match self.promotion_register(known, promotion.kind) {
                 // A quorum promotion swaps only once its candidacy decided
                 // with this very version's sync set (`candidacy.rs`).
+                Ok(_) if self.candidacy_needs_fresh_register() => {
+                    Some((ArbiterPurpose::Refresh, ArbiterCall::Read))
+                }
                 Ok(_)
                     if promotion.kind == Promotion::Failover
                         && self.needs_quorum_promotion(known)
@@ -492,6 +495,8 @@ impl Node {
         }
         link.seen_version = link.seen_version.max(register.version);
         link.known = Some(register.clone());
+        let asked_at = link.last_asked;
+        self.candidacy_saw_register(asked_at);
         self.on_register(purpose, register, swapped);
     }
 

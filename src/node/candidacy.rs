@@ -31,34 +31,59 @@ use super::quorum::{LogEnd, PromotionDecision, decide_promotion, positions_neede
 use super::{Node, Role};
 use crate::arbiter::Register;
 use crate::types::{Epoch, NodeId, Record};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A quorum promotion in progress (between the first seal and the swap).
 #[derive(Debug)]
 pub(super) struct Candidacy {
     /// The epoch the sealed standbys adopt, and the one this node swaps to.
     seal: Epoch,
+    /// When it began: the register must be read after it before the first
+    /// seal, so that a standby that learnt of a newer primary late does not
+    /// step it down on an old register.
+    started: Time,
+    /// The register was read since `started`.
+    fresh: bool,
     /// The log ends of the standbys that adopted `seal`.
     answers: BTreeMap<NodeId, LogEnd>,
-    /// This node's log end, as last reported.
+    /// This node's log end, as last reported (or fetched up to).
     mine: Option<LogEnd>,
     /// When seals were last sent: those unanswered go again every
     /// heartbeat interval.
     asked_at: Option<Time>,
-    /// The fetch in flight: from whom, up to where, since when.
-    fetching: Option<(NodeId, LogEnd, Time)>,
+    /// The fetch in flight.
+    fetch: Option<Fetch>,
+    /// After a failed fetch, not before this.
+    fetch_again_at: Option<Time>,
+    /// Standbys whose records do not continue our log: not fetched from
+    /// again in this candidacy (they may promote instead).
+    diverged_from: BTreeSet<NodeId>,
     /// The register version whose sync set allowed the swap.
     ready_for: Option<u64>,
 }
 
+/// Records being fetched from a standby ahead of us.
+#[derive(Clone, Debug)]
+struct Fetch {
+    from: NodeId,
+    up_to: LogEnd,
+    /// When it began or last brought records: one quiet for long is asked
+    /// again from where our log ends.
+    progress_at: Time,
+}
+
 impl Candidacy {
-    fn new(seal: Epoch) -> Candidacy {
+    fn new(seal: Epoch, now: Time) -> Candidacy {
         Candidacy {
             seal,
+            started: now,
+            fresh: false,
             answers: BTreeMap::new(),
             mine: None,
             asked_at: None,
-            fetching: None,
+            fetch: None,
+            fetch_again_at: None,
+            diverged_from: BTreeSet::new(),
             ready_for: None,
         }
     }
@@ -72,11 +97,29 @@ impl Node {
     }
 
     /// Whether the candidacy decided that this node holds every
-    /// acknowledged write, judged by `known`'s sync set.
+    /// acknowledged write, judged by `known`'s sync set, and holds it on
+    /// its disk (a crash after the swap must not lose what it fetched).
     pub(super) fn candidacy_allows_swap(&self, known: &Register) -> bool {
-        self.candidacy
-            .as_ref()
-            .is_some_and(|c| c.ready_for == Some(known.version) && c.seal == self.epoch.next())
+        self.flushed >= self.last_lsn
+            && self
+                .candidacy
+                .as_ref()
+                .is_some_and(|c| c.ready_for == Some(known.version) && c.seal == self.epoch.next())
+    }
+
+    /// Whether the candidacy waits for a register read made after it
+    /// began (see `Candidacy::started`).
+    pub(super) fn candidacy_needs_fresh_register(&self) -> bool {
+        self.candidacy.as_ref().is_some_and(|c| !c.fresh)
+    }
+
+    /// The arbiter answered a call made at `asked_at`.
+    pub(super) fn candidacy_saw_register(&mut self, asked_at: Option<Time>) {
+        if let Some(c) = self.candidacy.as_mut()
+            && asked_at.is_some_and(|at| at >= c.started)
+        {
+            c.fresh = true;
+        }
     }
 
     pub(super) fn end_candidacy(&mut self) {
@@ -91,11 +134,15 @@ impl Node {
         let seal = self.epoch.next();
         if self.candidacy.as_ref().is_none_or(|c| c.seal != seal) {
             tracing::info!(%seal, need = positions_needed(&self.commit_rule, &known.sync_set), "failover: asking the other standbys in sync for their final positions first");
-            self.candidacy = Some(Candidacy::new(seal));
+            self.candidacy = Some(Candidacy::new(seal, now));
         }
         let me = self.cfg.node_id.clone();
         let interval = self.cfg.heartbeat_interval;
+        let quiet = self.cfg.rpc_timeout * 4;
         let c = self.candidacy.as_mut().expect("set above");
+        if !c.fresh {
+            return;
+        }
         let unanswered: Vec<NodeId> = self
             .commit_rule
             .counted(&known.sync_set)
@@ -109,27 +156,27 @@ impl Node {
                 to: unanswered,
             });
         }
-        // A fetch that went quiet is asked again.
+        // A fetch that went quiet is asked again, from where our log ends.
         let c = self.candidacy.as_mut().expect("set above");
-        if c.fetching
+        if c.fetch
             .as_ref()
-            .is_some_and(|(_, _, since)| now >= *since + self.cfg.rpc_timeout * 4)
+            .is_some_and(|f| now >= f.progress_at + quiet)
         {
-            c.fetching = None;
+            c.fetch = None;
         }
         self.decide_candidacy(now, known);
     }
 
     fn decide_candidacy(&mut self, now: Time, known: &Register) {
         let me = self.cfg.node_id.clone();
-        let epoch = self.epoch;
+        let (epoch, last) = (self.epoch, self.last_lsn);
         let Some(c) = self.candidacy.as_mut() else {
             return;
         };
         // Before any answer (each brings our log end) nobody answered: the
         // decision is then to wait for positions.
         let mine = c.mine.unwrap_or_default();
-        if c.ready_for == Some(known.version) || c.fetching.is_some() {
+        if !c.fresh || c.ready_for == Some(known.version) || c.fetch.is_some() {
             return;
         }
         c.ready_for = None;
@@ -152,17 +199,28 @@ impl Node {
                 "{from} holds records of epoch {}: a newer primary exists",
                 up_to.epoch
             ),
-            PromotionDecision::FetchFirst { from, up_to } if up_to.lsn <= mine.lsn => format!(
-                "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}); {from} may promote instead"
-            ),
+            PromotionDecision::FetchFirst { from, up_to }
+                if up_to.lsn <= mine.lsn || c.diverged_from.contains(&from) =>
+            {
+                format!(
+                    "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}), which holds records it lacks; {from} may promote instead"
+                )
+            }
+            PromotionDecision::FetchFirst { .. } if c.fetch_again_at.is_some_and(|at| now < at) => {
+                return;
+            }
             PromotionDecision::FetchFirst { from, up_to } => {
-                tracing::info!(%from, after = %mine.lsn, up_to = %up_to.lsn, "failover: fetching the records this standby lacks from the most advanced standby first");
-                c.fetching = Some((from.clone(), up_to, now));
+                tracing::info!(%from, after = %last, up_to = %up_to.lsn, "failover: fetching the records this standby lacks from the most advanced standby first");
+                c.fetch = Some(Fetch {
+                    from: from.clone(),
+                    up_to,
+                    progress_at: now,
+                });
                 let seal = c.seal;
                 self.emit(Effect::FetchWal {
                     from,
                     epoch: seal,
-                    after: mine.lsn,
+                    after: last,
                     up_to: up_to.lsn,
                 });
                 return;
@@ -193,7 +251,7 @@ impl Node {
                 tracing::info!(standby = %from, %why, "failover: a standby did not give its position");
             }
         }
-        if c.fetching.is_none() {
+        if c.fetch.is_none() {
             c.mine = Some(mine);
         }
         if let Some(known) = self.failover_register() {
@@ -203,26 +261,30 @@ impl Node {
 
     /// Records fetched from the most advanced standby: appended when they
     /// continue our log; the candidacy decides again once they reach the
-    /// end it fetched up to.
+    /// end it fetched up to. A failed or empty fetch forgets that
+    /// standby's answer (it is asked again: its log may have changed, a
+    /// crash may have cut an unflushed tail) and waits a heartbeat
+    /// interval; records that do not continue our log end fetching from it.
     pub(super) fn on_wal_fetched(
         &mut self,
         now: Time,
         from: NodeId,
         fetched: Result<(Vec<Record>, bool), String>,
     ) {
+        let interval = self.cfg.heartbeat_interval;
+        let last_lsn = self.last_lsn;
+        let standby = matches!(self.role, Role::Standby(_));
         let Some(c) = self.candidacy.as_mut() else {
             return;
         };
-        let Some((source, up_to, _)) = c.fetching.clone() else {
+        let Some(fetch) = c.fetch.clone().filter(|f| f.from == from) else {
             return;
         };
-        if source != from {
-            return;
-        }
         let records = match fetched {
-            Ok((records, true)) => records,
+            Ok((records, true)) if !records.is_empty() => records,
             Ok((_, false)) => {
-                c.fetching = None;
+                c.fetch = None;
+                c.diverged_from.insert(from.clone());
                 let why = format!(
                     "this standby's log diverges from {from}'s before its last record; {from} may promote instead"
                 );
@@ -231,38 +293,46 @@ impl Node {
                     "the primary is silent but this standby may not promote yet: {why}"
                 ));
             }
-            Err(why) => {
-                tracing::warn!(%from, %why, "failover: fetching the missing records failed; trying again");
-                c.fetching = None;
+            failed => {
+                let why = failed.err().unwrap_or_else(|| "it sent no records".into());
+                tracing::warn!(%from, %why, "failover: fetching the missing records failed; asking that standby for its position again");
+                c.fetch = None;
+                c.answers.remove(&from);
+                c.fetch_again_at = Some(now + interval);
                 return;
             }
         };
-        let Some(first) = records.first() else {
-            return;
-        };
-        if first.lsn != self.last_lsn.next() || !matches!(self.role, Role::Standby(_)) {
+        if records[0].lsn != last_lsn.next() || !standby {
             // Our log moved meanwhile (the old primary's stream came back):
             // the next decision starts over from where it is now.
-            c.fetching = None;
+            c.fetch = None;
             return;
         }
-        let last = records.last().map_or(self.last_lsn, |r| r.lsn);
+        let end = records.last().map(|r| LogEnd {
+            epoch: r.epoch,
+            lsn: r.lsn,
+        });
+        let end = end.expect("not empty");
+        c.mine = Some(end);
+        let done = end.lsn >= fetch.up_to.lsn;
+        if done {
+            c.fetch = None;
+        } else if let Some(f) = c.fetch.as_mut() {
+            f.progress_at = now;
+        }
         for r in &records {
             if let Some(id) = r.request_id {
                 self.requests.insert(id, r.lsn, r.epoch);
             }
         }
-        self.on_appended(now, last);
+        self.on_appended(now, end.lsn);
         self.emit(Effect::Append {
             records,
             fsync_inline: true,
             retried: Vec::new(),
         });
-        if last >= up_to.lsn {
-            let c = self.candidacy.as_mut().expect("checked above");
-            c.fetching = None;
-            c.mine = Some(up_to);
-            tracing::info!(%from, %last, "failover: fetched every record the most advanced standby holds");
+        if done {
+            tracing::info!(%from, last = %end.lsn, "failover: fetched every record the most advanced standby holds");
             if let Some(known) = self.failover_register() {
                 self.decide_candidacy(now, &known);
             }

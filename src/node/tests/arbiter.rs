@@ -120,6 +120,25 @@ pub(super) fn tick_answering_reads(node: &mut Node, from: u64, to: u64) -> Vec<E
     all
 }
 
+/// Steps `event`, answering a read of the register it asks with the
+/// register the node knows (as `tick_answering_reads` does for ticks).
+pub(super) fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Effect> {
+    let mut effects = node.step(now, event);
+    if effects.contains(&Effect::AskArbiter {
+        purpose: ArbiterPurpose::Refresh,
+        call: ArbiterCall::Read,
+    }) {
+        let known = node.arbiter_status().unwrap().register.unwrap_or_default();
+        effects.extend(answer(
+            node,
+            now,
+            ArbiterPurpose::Refresh,
+            ArbiterAnswer::Read(known),
+        ));
+    }
+    effects
+}
+
 pub(super) fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,

@@ -1,7 +1,7 @@
 //! A standby's failover under `ANY 1` over two standbys: it hears the
 //! other's final position before its swap, and fetches what it lacks.
 
-use super::arbiter::{asks, register, tick_answering_reads, with_arbiter};
+use super::arbiter::{asks, register, step_answering, tick_answering_reads, with_arbiter};
 use super::*;
 use crate::config::PeerAddress;
 use crate::node::LogEnd;
@@ -128,7 +128,15 @@ fn a_candidate_swaps_only_after_the_other_standbys_final_position_and_fetches_fi
         "{effects:?}"
     );
     assert_eq!(node.last_lsn(), Lsn(14));
+    // Not before what it fetched is on its disk: a crash after the swap
+    // must not lose it.
     effects.extend(tick_answering_reads(&mut node, 4600, 4800));
+    assert!(
+        !swaps(&effects),
+        "swapped before the fetched records were flushed: {effects:?}"
+    );
+    let mut effects = node.step(t(4850), Event::LocalFlushed { lsn: Lsn(14) });
+    effects.extend(tick_answering_reads(&mut node, 4900, 5100));
     let (purpose, expected, next) = super::arbiter::the_swap(&effects);
     assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Failover));
     assert_eq!(expected, 3);
@@ -189,7 +197,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     let mut node = candidate();
     // Heard from its primary at t=100: a seal before failover_timeout is
     // refused (the primary is alive to it), and nothing changes.
-    let effects = node.step(t(600), seal(2, "n3"));
+    let effects = step_answering(&mut node, t(600), seal(2, "n3"));
     assert!(
         effects
             .iter()
@@ -199,7 +207,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     assert_eq!(node.epoch(), Epoch(1));
     assert_eq!(node.leader(), Some(&n("n2")));
 
-    let effects = node.step(t(1200), seal(2, "n3"));
+    let effects = step_answering(&mut node, t(1200), seal(2, "n3"));
     assert!(
         effects.iter().any(|e| matches!(
             e,
@@ -220,7 +228,11 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!(node.leader(), None);
     // The old primary's WAL is refused from now on: its position is final.
-    let effects = node.step(t(1250), heartbeat(1, "n2", 12, 12, SyncState::Sync));
+    let effects = step_answering(
+        &mut node,
+        t(1250),
+        heartbeat(1, "n2", 12, 12, SyncState::Sync),
+    );
     assert!(
         effects.iter().any(|e| matches!(
             e,
@@ -230,7 +242,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     );
     // Asked again for the same epoch (a lost reply, or a second candidate
     // of the round), it answers again.
-    let effects = node.step(t(1300), seal(2, "n3"));
+    let effects = step_answering(&mut node, t(1300), seal(2, "n3"));
     assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
         last_lsn: Lsn(10)
     })));

@@ -1,7 +1,9 @@
 //! A primary with two standbys: one link each, commits under the rule,
 //! one lost standby taken out of the sync set alone, the handover target.
 
-use super::arbiter::{answer, knows, register, the_swap, tick_answering_reads, with_arbiter};
+use super::arbiter::{
+    answer, knows, register, step_answering, the_swap, tick_answering_reads, with_arbiter,
+};
 use super::*;
 use crate::config::PeerAddress;
 
@@ -41,25 +43,6 @@ fn primary_of_two(rule: &str, loss: OnStandbyLoss) -> Node {
         );
     }
     node
-}
-
-/// Steps `event`, answering a read of the register it asks with the
-/// register the node knows (as `tick_answering_reads` does for ticks).
-fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Effect> {
-    let mut effects = node.step(now, event);
-    if effects.contains(&Effect::AskArbiter {
-        purpose: ArbiterPurpose::Refresh,
-        call: ArbiterCall::Read,
-    }) {
-        let known = node.arbiter_status().unwrap().register.unwrap_or_default();
-        effects.extend(answer(
-            node,
-            now,
-            ArbiterPurpose::Refresh,
-            ArbiterAnswer::Read(known),
-        ));
-    }
-    effects
 }
 
 /// `primary_of_two` with `solo`, both standbys in the register's sync set

@@ -254,14 +254,16 @@ impl Actor {
                     header,
                     reason: FenceReason::Candidate,
                 };
-                let answer = peer
-                    .fence(req)
-                    .await
-                    .map(|r| LogEnd {
+                // An answer for another epoch (a late one, of an earlier
+                // round) says nothing final about this one.
+                let answer = match peer.fence(req).await {
+                    Ok(r) if r.epoch == epoch => Ok(LogEnd {
                         epoch: r.last_epoch,
                         lsn: r.last_lsn,
-                    })
-                    .map_err(|e| e.to_string());
+                    }),
+                    Ok(r) => Err(format!("it answered for epoch {}, not {epoch}", r.epoch)),
+                    Err(e) => Err(e.to_string()),
+                };
                 let _ = tx
                     .send(Msg::SealAnswer {
                         from: standby,
