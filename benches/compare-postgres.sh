@@ -14,6 +14,9 @@
 #      `bench-failover`, each with --json); a missing subcommand or binary gives "n/a";
 #   6. prints one markdown table (PostgreSQL, walrep, walrep/PostgreSQL) with the machine in a
 #      header, and writes it to benches/results/compare-<date>.md;
+#   2b. with ANY1_CLIENTS, adds a second synchronous standby, sets synchronous_standby_names to
+#      'ANY 1 (standby1, standby2)' and runs pgbench again for those client counts, then takes the
+#      second standby away; walrep runs `bench-pair --nodes 3 --sync-standbys 'ANY 1 (n1, n2, n3)'`;
 #   7. prints pg_test_fsync's 8 kB fdatasync line as a reference for the disk, and the loopback
 #      round trip between two processes (benches/loopback-rtt.c, built with cc) beside it;
 #   8. judges the run against the project's performance targets, in a last table.
@@ -35,6 +38,7 @@
 #   AGGR_HEARTBEAT_MS=50 AGGR_FAILOVER_TIMEOUT_MS=250  the aggressive setting, measured too
 #   LOAD_SECONDS=10        walrep bench-failover --load-seconds (false failovers under load)
 #   SWITCHOVER_TRIALS=10   walrep bench-switchover --trials
+#   ANY1_CLIENTS="1 16"    client counts for the two-standby ANY 1 comparison ("" to skip it)
 #   FSYNC_TEST=1           run `pg_test_fsync -s 2` for the reference line (0 to skip, saves ~30 s)
 #   PG_BIN=...             directory holding PostgreSQL 15's initdb, pg_ctl, postgres, psql,
 #                          pg_basebackup, pgbench (default: found under /usr/lib/postgresql/15/bin,
@@ -64,6 +68,7 @@ AGGR_HEARTBEAT_MS=${AGGR_HEARTBEAT_MS:-50}
 AGGR_FAILOVER_TIMEOUT_MS=${AGGR_FAILOVER_TIMEOUT_MS:-250}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
 SWITCHOVER_TRIALS=${SWITCHOVER_TRIALS:-10}
+ANY1_CLIENTS=${ANY1_CLIENTS-"1 16"}
 HEARTBEAT_MS=${HEARTBEAT_MS:-200}
 FAILOVER_TIMEOUT_MS=${FAILOVER_TIMEOUT_MS:-1000}
 FSYNC_TEST=${FSYNC_TEST:-1}
@@ -88,11 +93,12 @@ WORK=""
 CREATED_USER=""
 PRIMARY_DATA=""
 STANDBY_DATA=""
+STANDBY2_DATA=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local d pid
-  for d in "$STANDBY_DATA" "$PRIMARY_DATA"; do
+  for d in "$STANDBY2_DATA" "$STANDBY_DATA" "$PRIMARY_DATA"; do
     [[ -n "$d" && -f "$d/postmaster.pid" ]] || continue
     as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate -w -t 20 stop >/dev/null 2>&1 || true
     if [[ -f "$d/postmaster.pid" ]]; then
@@ -320,9 +326,11 @@ percentiles() {
     }'
 }
 declare -A PG WR
-for c in $CLIENTS; do
+# pg_bench KEY CLIENTS: pgbench against the primary, into PG[tps_KEY], PG[p50_KEY]...
+pg_bench() {
+  local key=$1 c=$2 j dir p50 p99 p999 tps
   j=$((c < 2 ? c : 2))
-  dir=$WORK/pgbench-c$c
+  dir=$WORK/pgbench-$key
   mkdir -p "$dir"
   log "pgbench: $c client(s), $j thread(s), ${DURATION}s"
   (cd "$dir" && "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$c" -j "$j" \
@@ -333,13 +341,45 @@ for c in $CLIENTS; do
   read -r p50 p99 p999 < <(percentiles "$dir/lat_us.txt")
   tps=$(awk '/^tps = / { print $3; exit }' "$dir/out.txt")
   [[ -n "$tps" ]] || tps=$(awk -v n="$(wc -l <"$dir/lat_us.txt")" -v d="$DURATION" 'BEGIN { printf "%.1f", n / d }')
-  PG[tps_$c]=$(printf '%.1f' "$tps")
-  PG[p50_$c]=$p50
-  PG[p99_$c]=$p99
-  PG[p999_$c]=$p999
-  log "  PostgreSQL $c client(s): tps ${PG[tps_$c]}, p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms ($(wc -l <"$dir/lat_us.txt") txns)"
+  PG[tps_$key]=$(printf '%.1f' "$tps")
+  PG[p50_$key]=$p50
+  PG[p99_$key]=$p99
+  PG[p999_$key]=$p999
+  log "  PostgreSQL $key: tps ${PG[tps_$key]}, p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms ($(wc -l <"$dir/lat_us.txt") txns)"
   rm -f "$dir"/lat.*
-done
+}
+for c in $CLIENTS; do pg_bench "$c" "$c"; done
+
+# ---------------------------------------------------------------------------------------------
+# 2b. Two synchronous standbys under ANY 1: a second standby from a base backup, the primary's
+# synchronous_standby_names switched to a quorum of one, pgbench again; then the second standby
+# and its slot go away, and the primary waits for standby1 alone again.
+if [[ -n "$ANY1_CLIENTS" ]]; then
+  STANDBY2_PORT=$(free_port)
+  STANDBY2_DATA=$WORK/standby2
+  log "ANY 1: pg_basebackup -R for standby2 (port $STANDBY2_PORT)"
+  as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$STANDBY2_DATA" \
+    -R -X stream -C -S standby2 -c fast >"$WORK/logs/basebackup2.log" 2>&1 ||
+    { cat "$WORK/logs/basebackup2.log" >&2; die "pg_basebackup of standby2 failed"; }
+  printf '\n# --- compare-postgres.sh: standby2 ---\nport = %s\ncluster_name = '"'"'standby2'"'"'\nsynchronous_standby_names = '"''"'\n' \
+    "$STANDBY2_PORT" >>"$STANDBY2_DATA/postgresql.conf"
+  pg_start "$STANDBY2_DATA" standby2
+  psql_at "$PRIMARY_PORT" -c "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (standby1, standby2)'" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+  quorum=0
+  for i in $(seq 1 200); do
+    quorum=$(psql_at "$PRIMARY_PORT" -c "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'" || true)
+    [[ "$quorum" == 2 ]] && break
+    sleep 0.1
+  done
+  [[ "$quorum" == 2 ]] || die "the two standbys did not become a synchronous quorum (${quorum:-0} of 2)"
+  log "ANY 1: standby1 and standby2 form the synchronous quorum"
+  for c in $ANY1_CLIENTS; do pg_bench "any1_$c" "$c"; done
+  as_pg "$PG_BIN/pg_ctl" -D "$STANDBY2_DATA" -m fast -w stop >/dev/null
+  psql_at "$PRIMARY_PORT" -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" \
+    -c "SELECT pg_drop_replication_slot('standby2')" >/dev/null
+  wait_sync
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Catch-up: a WAL backlog written while the standby is down, then timed until received and
@@ -480,6 +520,19 @@ for c in $CLIENTS; do
   WR[p99_$c]=$(json_num "$js" p99_ms)
   WR[p999_$c]=$(json_num "$js" p999_ms)
 done
+for c in $ANY1_CLIENTS; do
+  WR[tps_any1_$c]="n/a" WR[p50_any1_$c]="n/a" WR[p99_any1_$c]="n/a" WR[p999_any1_$c]="n/a"
+  [[ -n "$WALREP" ]] || continue
+  log "walrep bench-pair, three nodes under ANY 1: $c client(s), ${DURATION}s"
+  js=$(walrep_json "any1-c$c" bench-pair --mode remote-flush --nodes 3 \
+    --sync-standbys 'ANY 1 (n1, n2, n3)' --clients "$c" --seconds "$DURATION" \
+    --value-bytes "$VALUE_BYTES" --json)
+  [[ -n "$js" ]] || continue
+  WR[tps_any1_$c]=$(json_num "$js" tps)
+  WR[p50_any1_$c]=$(json_num "$js" p50_ms)
+  WR[p99_any1_$c]=$(json_num "$js" p99_ms)
+  WR[p999_any1_$c]=$(json_num "$js" p999_ms)
+done
 WR[recv_mb_s]="n/a" WR[apply_mb_s]="n/a" WR[primary_rss_mb]="n/a" WR[standby_rss_mb]="n/a"
 if [[ -n "$WALREP" ]]; then
   log "walrep bench-catchup: ${BACKLOG_MB} MiB"
@@ -546,6 +599,7 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo "- round-trip reference, 100 bytes between two processes over loopback TCP (benches/loopback-rtt.c): p50 $RTT_P50 us, p99 $RTT_P99 us"
   echo "- PostgreSQL: $("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL)/PostgreSQL/'), primary + 1 synchronous standby on 127.0.0.1 (synchronous_commit = on, fsync = on, shared_buffers = $PG_SHARED_BUFFERS), pgbench over TCP, -j min(clients, 2)"
   echo "- walrep: ${WALREP:-not available} (mode remote-flush)"
+  [[ -z "$ANY1_CLIENTS" ]] || echo "- ANY 1 rows: PostgreSQL with two synchronous standbys, synchronous_standby_names = 'ANY 1 (standby1, standby2)'; walrep with three data nodes and its witness, --sync-standbys 'ANY 1 (n1, n2, n3)'"
   echo "- load: one single-row INSERT of a ${VALUE_BYTES}-byte value per transaction, ${DURATION} s per client count; catch-up backlog ${BACKLOG_MB} MiB (PostgreSQL: ${BACKLOG_REAL_MB} MiB of WAL measured by LSN)"
   echo "- ratio = walrep / PostgreSQL for every row: above 1 is better for TPS and MB/s, below 1 is better for latencies and times"
   echo "- promotion: PostgreSQL is \`pg_ctl promote\` (issued by hand, no failure detection) until the first INSERT commits; walrep is automatic failover p50 from SIGKILL of the primary to the first acknowledged write on the new one, detection included (heartbeat ${HEARTBEAT_MS} ms, failover timeout ${FAILOVER_TIMEOUT_MS} ms): not like for like"
@@ -558,6 +612,13 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
     row "sync commit, $n: p50 ms" "${PG[p50_$c]}" "${WR[p50_$c]}"
     row "sync commit, $n: p99 ms" "${PG[p99_$c]}" "${WR[p99_$c]}"
     row "sync commit, $n: p99.9 ms" "${PG[p999_$c]}" "${WR[p999_$c]}"
+  done
+  for c in $ANY1_CLIENTS; do
+    n="$c client"; [[ "$c" == 1 ]] || n="${c} clients"
+    row "ANY 1 of two sync standbys, $n: TPS" "${PG[tps_any1_$c]}" "${WR[tps_any1_$c]}"
+    row "ANY 1 of two sync standbys, $n: p50 ms" "${PG[p50_any1_$c]}" "${WR[p50_any1_$c]}"
+    row "ANY 1 of two sync standbys, $n: p99 ms" "${PG[p99_any1_$c]}" "${WR[p99_any1_$c]}"
+    row "ANY 1 of two sync standbys, $n: p99.9 ms" "${PG[p999_any1_$c]}" "${WR[p999_any1_$c]}"
   done
   row "catch-up: receive MB/s" "${PG[recv_mb_s]}" "${WR[recv_mb_s]}"
   row "catch-up: replay/apply MB/s" "${PG[apply_mb_s]}" "${WR[apply_mb_s]}"
