@@ -16,7 +16,19 @@
 //! 3. **fetches** what it lacks from the most advanced that answered,
 //!    when one is ahead, and decides again;
 //! 4. **swaps** the register from the exact version whose sync set it
-//!    judged by (`arbiter.rs`); a newer version makes it decide again.
+//!    judged by (`arbiter.rs`), once its whole log is on its disk; a
+//!    newer version makes it decide again.
+//!
+//! Before its first seal the candidate reads the register again, so that
+//! a standby that learnt of a newer primary late does not seal the others
+//! on an old register. A standby that heard its primary (or a candidate)
+//! within half of `failover_timeout` refuses a seal: a candidate cut off
+//! from a live primary, or a seal delayed in the network, never steps it
+//! down (half: the standbys' heartbeats are out of phase by up to an
+//! interval, and a dead primary's candidate should not wait for that).
+//! A failed or empty fetch forgets that standby's answer (it is asked
+//! again) and waits a heartbeat interval; records that do not continue
+//! the candidate's log end fetching from that standby (it may promote).
 //!
 //! A sealed standby restarts its own failover clock: the candidate gets a
 //! full `failover_timeout` before another standby tries. Two candidates
@@ -368,7 +380,7 @@ impl Node {
         }
         if epoch > self.epoch
             && let Role::Standby(s) = &self.role
-            && s.heard_primary_within(now, self.cfg.failover_timeout)
+            && s.heard_primary_within(now, self.cfg.failover_timeout / 2)
         {
             // The primary (or the last candidate) is alive to us: a
             // candidate that cannot reach it, or a seal delayed in the
@@ -376,7 +388,7 @@ impl Node {
             return refuse(
                 self,
                 format!(
-                    "this standby heard from its primary (or a candidate) less than failover_timeout ago; not adopting epoch {epoch}"
+                    "this standby heard from its primary (or a candidate) less than half of failover_timeout ago; not adopting epoch {epoch}"
                 ),
             );
         }

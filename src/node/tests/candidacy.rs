@@ -195,9 +195,10 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
 #[test]
 fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primary() {
     let mut node = candidate();
-    // Heard from its primary at t=100: a seal before failover_timeout is
-    // refused (the primary is alive to it), and nothing changes.
-    let effects = step_answering(&mut node, t(600), seal(2, "n3"));
+    // Heard from its primary at t=100: a seal within half of
+    // failover_timeout is refused (the primary is alive to it), and
+    // nothing changes.
+    let effects = step_answering(&mut node, t(400), seal(2, "n3"));
     assert!(
         effects
             .iter()

@@ -42,11 +42,8 @@ pub struct CommitArgs {
     /// for a pair).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=5))]
     pub nodes: u8,
-    /// The commit rule of a cluster (`--sync-standbys` of every node),
-    /// e.g. `ANY 1 (n1, n2, n3)` [default: every standby confirms each
-    /// write].
-    #[arg(long)]
-    pub sync_standbys: Option<String>,
+    #[command(flatten)]
+    pub rule: super::RuleArgs,
     /// After each healthy run, run again with the last standby stopped
     /// (SIGSTOP) for the whole measured run, then continued (SIGCONT); the
     /// row says whether the primary stayed primary of its epoch.
@@ -117,9 +114,10 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
             "--witness and --arbiter are for a pair: a cluster of --nodes 3 or more runs its own witness".into(),
         ));
     }
-    if count == 2 && (a.sync_standbys.is_some() || a.stop_standby) {
+    let rule = a.rule.setting(count)?;
+    if count == 2 && a.stop_standby {
         return Err(DaemonError::Config(
-            "--sync-standbys and --stop-standby are for a cluster: give --nodes 3 or more".into(),
+            "--stop-standby is for a cluster: give --nodes 3 or more".into(),
         ));
     }
     let root = a.dir.clone().unwrap_or_else(|| temp_dir("bench-pair"));
@@ -142,7 +140,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
         let options = PairOptions {
             extra: std::iter::once(("engine", a.engine.to_string()))
                 .chain(arbiter.setting())
-                .chain(a.sync_standbys.clone().map(|r| ("sync_standbys", r)))
+                .chain(rule.clone())
                 .collect(),
             ..defaults
         };
@@ -196,7 +194,7 @@ pub async fn run(a: CommitArgs) -> Result<(), DaemonError> {
                     mode: mode.as_str(),
                     arbiter: arbiter_name.clone(),
                     nodes: count,
-                    sync_standbys: a.sync_standbys.clone(),
+                    sync_standbys: a.rule.sync_standbys.clone(),
                     standby_stopped: stopped,
                     no_failover: before.is_some() && before == after,
                     clients,

@@ -50,6 +50,8 @@ pub struct FailoverArgs {
     pub load_writers: usize,
     #[command(flatten)]
     pub arbiter: super::ArbiterArgs,
+    #[command(flatten)]
+    pub rule: super::RuleArgs,
     /// Also print the result as a JSON line.
     #[arg(long)]
     pub json: bool,
@@ -97,13 +99,14 @@ pub async fn run(a: FailoverArgs) -> Result<(), DaemonError> {
             "--witness and --arbiter are for a pair: a cluster of --nodes 3 or more runs its own witness".into(),
         ));
     }
+    let rule = a.rule.setting(count)?;
     let arbiter = a.arbiter.start(&dir, &defaults.launch).await?;
     let mut cluster = Nodes::new(
         &dir,
         &PairOptions {
             heartbeat_ms: a.heartbeat_ms,
             failover_timeout_ms: a.failover_timeout_ms,
-            extra: arbiter.setting().into_iter().collect(),
+            extra: arbiter.setting().into_iter().chain(rule).collect(),
             ..defaults
         },
         count,

@@ -33,6 +33,32 @@ use crate::pair::{Launch, WitnessProc, start_witness};
 use serde::Serialize;
 use std::path::Path;
 
+/// The commit rule of a cluster's nodes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RuleArgs {
+    /// The commit rule of a cluster (`--sync-standbys` of every node),
+    /// e.g. `ANY 1 (n1, n2, n3)` [default: every standby confirms each
+    /// write].
+    #[arg(long)]
+    pub sync_standbys: Option<String>,
+}
+
+impl RuleArgs {
+    /// The node setting for a run of `nodes` data nodes, if a rule was
+    /// given; a pair takes none.
+    pub fn setting(
+        &self,
+        nodes: usize,
+    ) -> Result<Option<(&'static str, String)>, crate::error::DaemonError> {
+        match &self.sync_standbys {
+            Some(_) if nodes < 3 => Err(crate::error::DaemonError::Config(
+                "--sync-standbys is for a cluster: give --nodes 3 or more".into(),
+            )),
+            rule => Ok(rule.clone().map(|r| ("sync_standbys", r))),
+        }
+    }
+}
+
 /// The arbiter a benchmark's nodes use, if any.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ArbiterArgs {
