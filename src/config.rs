@@ -281,6 +281,12 @@ pub struct Config {
     /// checker catches it.
     #[doc(hidden)]
     pub testing_solo_without_arbiter_swap: bool,
+    /// Breaks G2 on purpose under a quorum rule: a candidate swaps the
+    /// register without the other standbys' positions (as if every
+    /// standby that counts held every acknowledged write). Only for the
+    /// test that shows the simulation's checker catches it.
+    #[doc(hidden)]
+    pub testing_quorum_promotion_without_positions: bool,
 }
 
 impl Config {
@@ -374,6 +380,7 @@ impl Default for Config {
             standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
             testing_solo_without_arbiter_swap: false,
+            testing_quorum_promotion_without_positions: false,
             arbiter: None,
             more_peers: Vec::new(),
             sync_standbys: None,

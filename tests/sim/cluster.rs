@@ -167,6 +167,10 @@ pub struct Mode {
     /// for one standby and a candidate must hear from the other (the
     /// quorum promotion) instead of every standby confirming each write.
     pub any_one: bool,
+    /// The deliberately broken quorum promotion
+    /// (`Config::testing_quorum_promotion_without_positions`), for the
+    /// test that shows the checker catches it.
+    pub break_quorum_rule: bool,
 }
 
 impl Mode {
@@ -183,6 +187,7 @@ impl Mode {
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         }
     }
 
@@ -246,6 +251,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         reconnect_backoff_max: Duration::from_millis(200),
         testing_ack_before_standby_flush: mode.break_commit_rule,
         testing_solo_without_arbiter_swap: mode.break_solo_rule,
+        testing_quorum_promotion_without_positions: mode.break_quorum_rule,
         standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
     };

@@ -88,6 +88,7 @@ const SCENARIOS: [Scenario; 9] = [
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -106,6 +107,7 @@ const SCENARIOS: [Scenario; 9] = [
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -126,6 +128,7 @@ const SCENARIOS: [Scenario; 9] = [
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -147,6 +150,7 @@ const SCENARIOS: [Scenario; 9] = [
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -169,6 +173,7 @@ const SCENARIOS: [Scenario; 9] = [
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::SnapshotCut,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -226,6 +231,7 @@ const SCENARIOS: [Scenario; 9] = [
         mode: Mode {
             data_nodes: 3,
             any_one: true,
+            break_quorum_rule: false,
             ..ARBITER_MODE
         },
         kinds: Kinds::Cluster,
@@ -744,6 +750,7 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
             break_solo_rule: false,
             data_nodes: 2,
             any_one: false,
+            break_quorum_rule: false,
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -795,6 +802,30 @@ fn the_checker_catches_going_solo_without_the_arbiters_swap_among_three_nodes() 
             ..three.mode
         },
         ..three
+    };
+    let caught = (0..8).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
+    let (seed, violation) = caught.expect("no seed exposed the broken rule");
+    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
+    println!("seed {seed} exposed the broken rule: {first}");
+    assert!(violation.contains("\nG2: "), "{violation}");
+}
+
+/// Under `ANY 1`, a candidate that swaps without the other standby's
+/// final position (and fetching what it lacks) promotes without writes
+/// acknowledged with the other standby alone, and G2 says so.
+#[test]
+fn the_checker_catches_a_quorum_promotion_without_positions() {
+    let any_one = SCENARIOS
+        .into_iter()
+        .find(|s| s.mode.any_one)
+        .expect("the scenario exists");
+    let broken = Scenario {
+        name: "broken-quorum-rule/three-nodes-any-1",
+        mode: Mode {
+            break_quorum_rule: true,
+            ..any_one.mode
+        },
+        ..any_one
     };
     let caught = (0..8).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
     let (seed, violation) = caught.expect("no seed exposed the broken rule");
