@@ -390,7 +390,22 @@ async fn wait_settled(c: &Cluster) -> (usize, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioning_each_node_of_three_from_the_others_with_the_witness_reachable_loses_nothing()
 {
-    let c = three_nodes("three_nodes_partitions_witness_up").await;
+    cut_each_node_with_the_witness_up("three_nodes_partitions_witness_up", &[]).await;
+}
+
+/// The same under `ANY 1 (n1, n2, n3)`, where a candidate needs the
+/// other standby's position: a cut standby can no longer win at the
+/// witness, so when a standby is cut the primary goes on at its epoch
+/// (the majority side goes on), and when the primary is cut a standby
+/// takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_any_1_a_cut_standby_never_wins_and_the_primary_goes_on() {
+    cut_each_node_with_the_witness_up("three_nodes_partitions_witness_up_any_1", ANY_1).await;
+}
+
+async fn cut_each_node_with_the_witness_up(name: &'static str, extra: &[(&'static str, &str)]) {
+    let quorum = !extra.is_empty();
+    let c = three_nodes_with(name, extra).await;
     let load = Load::start(&c, &writers(3, &[0, 1, 2]));
     load.wait_acks(0, 1, Instant::now(), 50).await;
     let mut figures = Figures::default();
@@ -411,11 +426,25 @@ async fn partitioning_each_node_of_three_from_the_others_with_the_witness_reacha
         let (went_on, at) =
             wait_someone_goes_on(&load, fault + Duration::from_millis(100), 30).await;
         let pause = first_ack_after(&load.writes(), fault, went_on, at);
+        if quorum && cut != primary {
+            assert_eq!(
+                (NAMES[went_on], at),
+                (NAMES[primary], epoch),
+                "{name}: with {} cut, the primary must go on at its epoch",
+                NAMES[cut]
+            );
+        }
+        if quorum && cut == primary {
+            assert!(
+                at > epoch && went_on != cut,
+                "{name}: a standby takes over from the cut primary"
+            );
+        }
         healed = Instant::now();
         c.heal();
         let (next, next_epoch) = wait_settled(&c).await;
         say(format!(
-            "chaos three_nodes_partitions_witness_up cut {} ({} at epoch {epoch}): {} went on at epoch {at} (first write acknowledged after {}); healed, {} primary at epoch {next_epoch}, all in sync {} after healing",
+            "chaos {name} cut {} ({} at epoch {epoch}): {} went on at epoch {at} (first write acknowledged after {}); healed, {} primary at epoch {next_epoch}, all in sync {} after healing",
             NAMES[cut],
             if cut == primary {
                 "the primary"
