@@ -4,11 +4,34 @@
 
 use crate::common::*;
 use crate::mem_engine;
-use walrep::testing::{MemStateMachine, Pair, PairBuilder};
+use walrep::testing::{MemStateMachine, Pair, PairBuilder, PairNode};
 use walrep::{NodeId, Replicator, RoleKind};
 
 fn id(s: &str) -> NodeId {
     NodeId::from(s)
+}
+
+/// A write on `primary` reaches `follower`, whose state then equals the
+/// primary's; returns the write's LSN.
+async fn writes_reach(
+    primary: &PairNode<MemStateMachine>,
+    follower: &PairNode<MemStateMachine>,
+) -> walrep::Lsn {
+    let after = primary
+        .replica()
+        .apply(put_cmd("after", "failover"))
+        .await
+        .unwrap();
+    follower
+        .replica()
+        .wait_for_lsn(after.lsn, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        follower.engine().state_hash(),
+        primary.engine().state_hash()
+    );
+    after.lsn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,16 +95,7 @@ async fn a_killed_primary_is_replaced_by_one_standby_and_the_other_follows_it() 
         })
         .await
         .unwrap();
-    let after = promoted.apply(put_cmd("after", "failover")).await.unwrap();
-    follower
-        .replica()
-        .wait_for_lsn(after.lsn, WAIT)
-        .await
-        .unwrap();
-    assert_eq!(
-        follower.engine().state_hash(),
-        cluster.node(&new).engine().state_hash()
-    );
+    let after = writes_reach(cluster.node(&new), follower).await;
 
     // The old primary comes back as a standby of the new one.
     cluster.restart(&id("a")).await.unwrap();
@@ -91,7 +105,7 @@ async fn a_killed_primary_is_replaced_by_one_standby_and_the_other_follows_it() 
     })
     .await
     .unwrap();
-    old.replica().wait_for_lsn(after.lsn, WAIT).await.unwrap();
+    old.replica().wait_for_lsn(after, WAIT).await.unwrap();
     assert_eq!(
         old.engine().state_hash(),
         cluster.node(&new).engine().state_hash()
@@ -321,7 +335,6 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
         hash,
         "an acknowledged write is missing on the new primary"
     );
-    let after = promoted.apply(put_cmd("after", "failover")).await.unwrap();
     let follower = cluster.node(&b);
     follower
         .wait("b follows c", |h| {
@@ -329,14 +342,6 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
         })
         .await
         .unwrap();
-    follower
-        .replica()
-        .wait_for_lsn(after.lsn, WAIT)
-        .await
-        .unwrap();
-    assert_eq!(
-        follower.engine().state_hash(),
-        candidate.engine().state_hash()
-    );
+    writes_reach(candidate, follower).await;
     cluster.shutdown().await;
 }
