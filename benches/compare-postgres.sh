@@ -508,31 +508,23 @@ walrep_json() {
     log "walrep $1 failed or is missing: $(tail -n 2 "$WORK/logs/walrep-$name.err" | tr '\n' ' ')"
   fi
 }
-for c in $CLIENTS; do
-  WR[tps_$c]="n/a" WR[p50_$c]="n/a" WR[p99_$c]="n/a" WR[p999_$c]="n/a"
-  [[ -n "$WALREP" ]] || continue
-  log "walrep bench-pair: $c client(s), ${DURATION}s"
-  js=$(walrep_json "pair-c$c" bench-pair --mode remote-flush --clients "$c" --seconds "$DURATION" \
-    --value-bytes "$VALUE_BYTES" --json)
-  [[ -n "$js" ]] || continue
-  WR[tps_$c]=$(json_num "$js" tps)
-  WR[p50_$c]=$(json_num "$js" p50_ms)
-  WR[p99_$c]=$(json_num "$js" p99_ms)
-  WR[p999_$c]=$(json_num "$js" p999_ms)
-done
-for c in $ANY1_CLIENTS; do
-  WR[tps_any1_$c]="n/a" WR[p50_any1_$c]="n/a" WR[p99_any1_$c]="n/a" WR[p999_any1_$c]="n/a"
-  [[ -n "$WALREP" ]] || continue
-  log "walrep bench-pair, three nodes under ANY 1: $c client(s), ${DURATION}s"
-  js=$(walrep_json "any1-c$c" bench-pair --mode remote-flush --nodes 3 \
-    --sync-standbys 'ANY 1 (n1, n2, n3)' --clients "$c" --seconds "$DURATION" \
-    --value-bytes "$VALUE_BYTES" --json)
-  [[ -n "$js" ]] || continue
-  WR[tps_any1_$c]=$(json_num "$js" tps)
-  WR[p50_any1_$c]=$(json_num "$js" p50_ms)
-  WR[p99_any1_$c]=$(json_num "$js" p99_ms)
-  WR[p999_any1_$c]=$(json_num "$js" p999_ms)
-done
+# walrep_pair KEY CLIENTS [ARGS...]: bench-pair (remote-flush) into WR[tps_KEY], WR[p50_KEY]...
+walrep_pair() {
+  local key=$1 c=$2 js
+  shift 2
+  WR[tps_$key]="n/a" WR[p50_$key]="n/a" WR[p99_$key]="n/a" WR[p999_$key]="n/a"
+  [[ -n "$WALREP" ]] || return 0
+  log "walrep bench-pair $*: $c client(s), ${DURATION}s"
+  js=$(walrep_json "pair-$key" bench-pair --mode remote-flush --clients "$c" --seconds "$DURATION" \
+    --value-bytes "$VALUE_BYTES" --json "$@")
+  [[ -n "$js" ]] || return 0
+  WR[tps_$key]=$(json_num "$js" tps)
+  WR[p50_$key]=$(json_num "$js" p50_ms)
+  WR[p99_$key]=$(json_num "$js" p99_ms)
+  WR[p999_$key]=$(json_num "$js" p999_ms)
+}
+for c in $CLIENTS; do walrep_pair "$c" "$c"; done
+for c in $ANY1_CLIENTS; do walrep_pair "any1_$c" "$c" --nodes 3 --sync-standbys 'ANY 1 (n1, n2, n3)'; done
 WR[recv_mb_s]="n/a" WR[apply_mb_s]="n/a" WR[primary_rss_mb]="n/a" WR[standby_rss_mb]="n/a"
 if [[ -n "$WALREP" ]]; then
   log "walrep bench-catchup: ${BACKLOG_MB} MiB"

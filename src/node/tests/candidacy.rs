@@ -57,6 +57,15 @@ fn seals(effects: &[Effect], epoch: Option<u64>) -> bool {
     })
 }
 
+/// n3 answers the seal: its log ends at `lsn` (epoch 1), ours at 10.
+fn n3_answers(lsn: u64) -> Event {
+    Event::SealAnswered {
+        from: n("n3"),
+        answer: Ok(end(1, lsn)),
+        mine: end(1, 10),
+    }
+}
+
 fn swaps(effects: &[Effect]) -> bool {
     asks(effects)
         .iter()
@@ -94,14 +103,7 @@ fn a_candidate_swaps_only_after_the_other_standbys_final_position_and_fetches_fi
     assert!(held.contains("heard from 1 of the 2"), "{held}");
 
     // n3 is ahead: fetch from it before anything else.
-    let effects = node.step(
-        t(4050),
-        Event::SealAnswered {
-            from: n("n3"),
-            answer: Ok(end(1, 14)),
-            mine: end(1, 10),
-        },
-    );
+    let effects = node.step(t(4050), n3_answers(14));
     assert!(
         effects.contains(&Effect::FetchWal {
             from: n("n3"),
@@ -151,14 +153,7 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
     // n3's log ends in the same epoch further on, but what it sends does
     // not continue ours: no swap, whatever else happens.
     let mut node = sealing();
-    node.step(
-        t(1400),
-        Event::SealAnswered {
-            from: n("n3"),
-            answer: Ok(end(1, 14)),
-            mine: end(1, 10),
-        },
-    );
+    node.step(t(1400), n3_answers(14));
     let effects = node.step(
         t(1450),
         Event::WalFetched {
@@ -178,14 +173,7 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
 
     // A position only as far as ours: nothing to fetch, it may swap.
     let mut level = sealing();
-    let mut effects = level.step(
-        t(1400),
-        Event::SealAnswered {
-            from: n("n3"),
-            answer: Ok(end(1, 10)),
-            mine: end(1, 10),
-        },
-    );
+    let mut effects = level.step(t(1400), n3_answers(10));
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::FetchWal { .. })),
         "{effects:?}"
