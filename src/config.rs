@@ -656,6 +656,29 @@ impl Config {
         }
     }
 
+    /// The commit rule in the form every node of a cluster of three or
+    /// more must share, for comparing it across nodes: the text given
+    /// (`sync_standbys`), or for the default the rule naming every node
+    /// with k = the others (`ANY 2 (n1, n2, n3)`), which every node's
+    /// default means alike. Empty for a pair.
+    pub fn cluster_rule_text(&self) -> String {
+        if self.more_peers.is_empty() {
+            return String::new();
+        }
+        match &self.sync_standbys {
+            Some(rule) => rule.to_string(),
+            None => {
+                let mut all = self.peer_ids();
+                all.push(self.node_id.clone());
+                all.sort();
+                let k = all.len() - 1;
+                crate::CommitRule::new(crate::CommitMethod::Any, k, all)
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
     /// The peers and the commit rule of a cluster of three or more.
     fn validate_cluster(&self, arbiter: bool) -> Result<(), ConfigError> {
         use Setting as S;

@@ -122,7 +122,30 @@ impl Node {
             req.commit_lsn,
             req.sync,
         );
+        self.note_primary_rule(req.commit_rule);
         self.emit(Effect::Answer(Ok(())));
+    }
+
+    /// The primary's commit rule, as its heartbeat gives it: a standby of
+    /// a cluster whose own differs says so once and does not promote by a
+    /// failover until they agree (a rule waiting for fewer standbys than
+    /// its own would need positions it would not ask for).
+    fn note_primary_rule(&mut self, theirs: String) {
+        let ours = self.cfg.cluster_rule_text();
+        let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != ours).then_some(theirs);
+        if let Role::Standby(s) = &mut self.role
+            && s.foreign_rule != foreign
+        {
+            match &foreign {
+                Some(theirs) => {
+                    tracing::error!(primary_rule = %theirs, this_node_rule = %ours, "the primary's commit rule is not this node's: this standby will not promote by a failover until every node has the same sync_standbys")
+                }
+                None => {
+                    tracing::info!(rule = %ours, "the primary's commit rule is this node's again")
+                }
+            }
+            s.foreign_rule = foreign;
+        }
     }
 
     pub(super) fn on_snapshot_requested(&mut self, header: Header) {

@@ -14,6 +14,11 @@ pub(super) struct Standby {
     /// primary's silence, where the register alone decides whether it may
     /// promote (`Node::register_decides_eligibility`).
     silent_since: Option<Time>,
+    /// The primary's commit rule, when its last heartbeat named one other
+    /// than this node's (`Config::cluster_rule_text`): this standby then
+    /// does not promote by a failover, as it cannot tell how many
+    /// standbys hold each acknowledged write.
+    pub(super) foreign_rule: Option<String>,
     sync_at_contact: SyncState,
     lag_at_contact: u64,
     pub(super) primary_commit: Lsn,
@@ -31,6 +36,7 @@ impl Standby {
         Standby {
             last_contact: None,
             silent_since: None,
+            foreign_rule: None,
             sync_at_contact: SyncState::NotSync,
             lag_at_contact: u64::MAX,
             primary_commit: Lsn::ZERO,
@@ -87,6 +93,12 @@ impl Standby {
     }
 
     fn why_not_eligible(&self, cfg: &Config) -> String {
+        if let Some(theirs) = &self.foreign_rule {
+            return format!(
+                "the primary's commit rule ({theirs}) is not this node's ({}): give every node the same sync_standbys",
+                cfg.cluster_rule_text()
+            );
+        }
         match self.sync_at_contact {
             SyncState::NotSync => "the primary said at its last contact that this standby was not in sync (it may have acknowledged writes we lack)".into(),
             SyncState::Async => format!(
@@ -183,7 +195,7 @@ impl Node {
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {
             return;
         }
-        let eligible = s.eligible(&cfg) || register_decides;
+        let eligible = (s.eligible(&cfg) || register_decides) && s.foreign_rule.is_none();
         if paused && eligible {
             // Maintenance: keep following (the primary may come back, or
             // the operator promotes); fence nothing. (Not eligible, the

@@ -47,6 +47,7 @@ fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) ->
             commit_lsn: Lsn(commit),
             sync,
             confirmed: false,
+            commit_rule: String::new(),
         },
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Ctx {
     /// Our meta: whether we are a confirmed primary, as persisted.
     pub wal: Arc<dyn crate::wal::WalStore>,
     pub metrics: Arc<Metrics>,
+    /// `Config::cluster_rule_text`, sent with each heartbeat.
+    pub rule_text: String,
     /// Told when heartbeats are answered again after failing, or when the
     /// standby answers as a standby after answering as something else
     /// (rejoining, fenced: it refused the stream until now), so the WAL
@@ -57,6 +59,7 @@ pub(super) fn spawn(ctx: Ctx) -> JoinHandle<()> {
                         .find(|s| s.node_id == ctx.standby)
                         .map_or(crate::node::SyncState::NotSync, |s| s.sync_state),
                     confirmed: ctx.wal.meta().confirmed,
+                    commit_rule: ctx.rule_text.clone(),
                 }
             };
             let started = Instant::now();

@@ -70,6 +70,7 @@ async fn heartbeat(
             commit_lsn: Lsn::ZERO,
             sync,
             confirmed: true,
+            commit_rule: String::new(),
         })
         .await
         .expect("the node answers")

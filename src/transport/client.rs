@@ -185,6 +185,7 @@ impl Peer for GrpcPeer {
             commit_lsn: req.commit_lsn.0,
             sync_state: convert::sync_to_pb(req.sync),
             confirmed: req.confirmed,
+            commit_rule: req.commit_rule.clone(),
             sent_at_micros: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)

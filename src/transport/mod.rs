@@ -94,6 +94,8 @@ pub struct HeartbeatRequest {
     /// confirmed it follows it): a primary of a fresh data directory that
     /// is not confirmed yet and holds nothing steps down for it.
     pub confirmed: bool,
+    /// The sender's `Config::cluster_rule_text` (empty for a pair).
+    pub commit_rule: String,
 }
 
 /// The standby's answer to a heartbeat.

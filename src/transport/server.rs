@@ -349,6 +349,24 @@ impl ReplicationService {
     }
 }
 
+/// The longest rule text a heartbeat may carry: far above any real rule
+/// (a few dozen node names), so a hostile sender cannot make every
+/// heartbeat allocate much.
+const MAX_RULE_TEXT: usize = 4096;
+
+fn bounded_rule_text(text: String) -> Result<String, convert::Malformed> {
+    if text.len() > MAX_RULE_TEXT {
+        return Err(convert::malformed(
+            "heartbeat",
+            format!(
+                "commit_rule is {} bytes, above the bound of {MAX_RULE_TEXT}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 fn gone(_: NodeGone) -> Status {
     Status::unavailable("node is shutting down")
 }
@@ -415,6 +433,7 @@ impl Replication for ReplicationService {
             commit_lsn: Lsn(r.commit_lsn),
             sync: convert::sync_from_pb(r.sync_state).map_err(|m| self.malformed(m))?,
             confirmed: r.confirmed,
+            commit_rule: bounded_rule_text(r.commit_rule).map_err(|m| self.malformed(m))?,
         };
         let reply = self.node.heartbeat(req).await.map_err(gone)?;
         self.answer(reply.map(|h| pb::HeartbeatReply {

@@ -143,6 +143,7 @@ async fn call(a: &Args, peer: &Arc<dyn Peer>) -> Vec<Result<String, String>> {
                 commit_lsn: Lsn(*lsn),
                 sync: SyncState::NotSync,
                 confirmed: true,
+                commit_rule: String::new(),
             })
             .await
             .map(|r| format!("{r:?}"))

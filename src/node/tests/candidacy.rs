@@ -326,3 +326,30 @@ fn of_two_candidates_of_one_round_the_later_in_the_rules_order_yields() {
     let effects = tick_answering_reads(&mut node, 1500, 2000);
     assert!(!swaps(&effects), "{effects:?}");
 }
+
+#[test]
+fn a_cluster_standby_whose_primary_has_another_rule_does_not_promote() {
+    // The primary commits under ANY 1, this standby believes ANY 2 (every
+    // standby confirms each write) and would promote without asking n3:
+    // it must not.
+    let cfg = Config {
+        sync_standbys: None,
+        ..candidate_config()
+    };
+    assert_eq!(cfg.cluster_rule_text(), "ANY 2 (n1, n2, n3)");
+    let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    let mut beat = heartbeat(1, "n2", 10, 10, SyncState::Sync);
+    if let Event::HeartbeatReceived { req } = &mut beat {
+        req.commit_rule = "ANY 1 (n1, n2, n3)".into();
+    }
+    node.step(t(100), beat);
+    super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
+    let effects = tick_answering_reads(&mut node, 200, 3000);
+    assert!(!swaps(&effects) && !seals(&effects, None), "{effects:?}");
+    assert_eq!(node.role(), RoleKind::Standby);
+
+    // With the primary's rule the same as its own, it promotes.
+    let mut same = candidate();
+    let effects = tick_answering_reads(&mut same, 200, 1300);
+    assert!(seals(&effects, Some(2)), "{effects:?}");
+}

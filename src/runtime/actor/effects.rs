@@ -392,6 +392,7 @@ impl Actor {
                 header: self.header(),
                 wal: self.wal.clone(),
                 metrics: self.metrics.clone(),
+                rule_text: self.cfg.cluster_rule_text(),
                 reachable_again,
                 cancel: cancel.child_token(),
             }));

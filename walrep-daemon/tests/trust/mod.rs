@@ -88,6 +88,7 @@ async fn call(
                 commit_lsn: Lsn(h.last_lsn),
                 sync: SyncState::NotSync,
                 confirmed: true,
+                commit_rule: String::new(),
             })
             .await
             .map(|r| format!("{r:?}")),
