@@ -32,7 +32,8 @@ use super::standby::Standby;
 use super::{Node, Role};
 use crate::arbiter::Register;
 use crate::config::CommitMode;
-use crate::types::{Epoch, NodeId};
+use crate::types::{Epoch, Lsn, NodeId};
+use std::collections::BTreeSet;
 
 /// How often a node reads the register when it needs nothing from it, in
 /// heartbeat intervals (1 s at the defaults): it reports the node's epoch
@@ -65,6 +66,12 @@ pub(super) struct ArbiterLink {
     /// Why a failover or a solo step did not happen (cleared once it did,
     /// or is no longer wanted).
     held_back: Option<String>,
+    /// The sync sets the register may hold now: the last one answered,
+    /// and the target of each swap asked since (answered or not, it may
+    /// have taken effect). Empty before the first answer. A cluster's
+    /// primary acknowledges only what the rule allows over every one of
+    /// them (`register_commit_bound`).
+    possible_sync_sets: Vec<BTreeSet<NodeId>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +172,11 @@ impl Node {
         }
         if let Some((purpose, call)) = self.arbiter_need(now) {
             let link = self.arbiter.as_mut().expect("checked above");
+            if let ArbiterCall::Swap { next, .. } = &call
+                && !link.possible_sync_sets.contains(&next.sync_set)
+            {
+                link.possible_sync_sets.push(next.sync_set.clone());
+            }
             link.asking = Some(purpose);
             link.last_asked = Some(now);
             self.emit(Effect::AskArbiter { purpose, call });
@@ -326,6 +338,44 @@ impl Node {
             );
         }
         Ok(next)
+    }
+
+    /// In a cluster with an arbiter, in a sync mode: the most a primary may
+    /// acknowledge by the register's sync set, whatever it holds now (see
+    /// `possible_sync_sets`); before the register was first read, every
+    /// standby the rule names must hold it. A standby whose confirmations
+    /// the primary counts (caught up, its swap into the set asked) but
+    /// that the register does not hold yet must not be enough on its own:
+    /// under a rule waiting for fewer standbys than count, a member of the
+    /// register's set that lacks the write could then promote. (With every
+    /// counted standby confirming, as in a pair, waiting for an extra one
+    /// is only stricter; the pair keeps its own rule.)
+    pub(super) fn register_commit_bound(&self, p: &Primary) -> Option<Lsn> {
+        let link = self.arbiter.as_ref()?;
+        if self.standbys.len() < 2
+            || !self.cfg.commit_mode.is_sync()
+            || self.cfg.testing_ack_before_standby_flush
+        {
+            return None;
+        }
+        let mode = self.cfg.commit_mode;
+        let position = |id: &NodeId| p.link(id).map_or(Lsn::ZERO, |l| l.position(mode));
+        if link.possible_sync_sets.is_empty() {
+            let every = self
+                .commit_rule
+                .counted(&self.standbys)
+                .map(position)
+                .min()
+                .unwrap_or(self.flushed);
+            return Some(every.min(self.flushed));
+        }
+        link.possible_sync_sets
+            .iter()
+            .map(|set| {
+                self.commit_rule
+                    .acknowledgeable_by(set, position, self.flushed)
+            })
+            .min()
     }
 
     /// Whether a standby's eligibility to fail over is the register's
@@ -495,9 +545,14 @@ impl Node {
         }
         link.seen_version = link.seen_version.max(register.version);
         link.known = Some(register.clone());
+        link.possible_sync_sets = vec![register.sync_set.clone()];
         let asked_at = link.last_asked;
         self.candidacy_saw_register(asked_at);
         self.on_register(purpose, register, swapped);
+        // What the register holds may let more be acknowledged.
+        if matches!(self.role, Role::Primary(_)) {
+            self.recompute_commit();
+        }
     }
 
     /// A call failed: `unreachable` (no answer; a swap may or may not have

@@ -657,8 +657,14 @@ impl Node {
     /// Moves the commit point forward (never back) and asks for the
     /// records up to it to be applied.
     fn recompute_commit(&mut self) {
-        let target = match &mut self.role {
-            Role::Primary(p) => Some(p.commit_target(&self.cfg, &self.commit_rule, self.flushed)),
+        let target = match &self.role {
+            Role::Primary(p) => {
+                let by_links = p.commit_target(&self.cfg, &self.commit_rule, self.flushed);
+                Some(match self.register_commit_bound(p) {
+                    Some(bound) => by_links.min(bound),
+                    None => by_links,
+                })
+            }
             // A standby applies everything it has flushed: the primary's
             // commit in remote-apply mode waits for exactly that.
             Role::Standby(_) => Some(self.flushed),

@@ -379,3 +379,39 @@ fn a_rejoining_node_asking_for_our_log_is_not_taken_for_the_leader_of_its_epoch(
     );
     assert_eq!(node.leader(), None);
 }
+
+#[test]
+fn under_any_1_a_standby_the_register_does_not_hold_yet_acknowledges_nothing_alone() {
+    // The register holds n2 alone (n3 was taken out while lost); n3 has
+    // caught up and its swap back in is not answered. n2 is silent: n3's
+    // confirmation alone must not acknowledge, or n2, which the register
+    // lets promote, would lack the write.
+    let mut node = primary_of_two("ANY 1 (n1, n2, n3)", OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    node.step(t(2), writes_up_to(&node, 3));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
+    let e = node.step(t(4), at("n3", 3, &node));
+    assert!(
+        !e.iter().any(|e| matches!(e, Effect::Commit { .. })),
+        "acknowledged with n3, outside the register's sync set: {e:?}"
+    );
+    assert_eq!(node.commit_lsn(), Lsn(0));
+    // Once the register holds n3 too (its swap answered), n3 alone is
+    // enough.
+    let asking = node.arbiter_asking().expect("the swap that adds n3");
+    assert_eq!(asking, ArbiterPurpose::AddStandby);
+    let e = answer(
+        &mut node,
+        t(5),
+        asking,
+        ArbiterAnswer::Swapped(register(3, 1, "n1", &["n2", "n3"])),
+    );
+    assert!(e.contains(&Effect::Commit { lsn: Lsn(3) }), "{e:?}");
+    // And n2 confirming is enough whatever else happens.
+    let mut other = primary_of_two("ANY 1 (n1, n2, n3)", OnStandbyLoss::Solo);
+    knows(&mut other, t(1), register(2, 1, "n1", &["n2"]));
+    other.step(t(2), writes_up_to(&other, 3));
+    other.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
+    let e = other.step(t(4), at("n2", 3, &other));
+    assert!(e.contains(&Effect::Commit { lsn: Lsn(3) }), "{e:?}");
+}
