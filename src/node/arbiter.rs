@@ -66,12 +66,25 @@ pub(super) struct ArbiterLink {
     /// Why a failover or a solo step did not happen (cleared once it did,
     /// or is no longer wanted).
     held_back: Option<String>,
-    /// The sync sets the register may hold now: the last one answered,
-    /// and the target of each swap asked since (answered or not, it may
-    /// have taken effect). Empty before the first answer. A cluster's
-    /// primary acknowledges only what the rule allows over every one of
-    /// them (`register_commit_bound`).
-    possible_sync_sets: Vec<BTreeSet<NodeId>>,
+    /// What the register may hold now: the last value answered, and the
+    /// target of each swap asked that may still take effect (unanswered,
+    /// and expecting a version no answer has passed: a call that timed out
+    /// may still reach the arbiter). Empty before the first answer. A
+    /// cluster's primary acknowledges only what the rule allows over the
+    /// sync set of each one that names it primary of its epoch
+    /// (`register_commit_bound`).
+    possible: Vec<PossibleRegister>,
+}
+
+/// A value the register may hold (see `ArbiterLink::possible`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PossibleRegister {
+    /// For a swap's target: the version the swap expects (it can take
+    /// effect only while the register is at it). `None`: answered.
+    expects: Option<u64>,
+    epoch: Epoch,
+    primary: Option<NodeId>,
+    sync_set: BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,10 +185,17 @@ impl Node {
         }
         if let Some((purpose, call)) = self.arbiter_need(now) {
             let link = self.arbiter.as_mut().expect("checked above");
-            if let ArbiterCall::Swap { next, .. } = &call
-                && !link.possible_sync_sets.contains(&next.sync_set)
+            if let ArbiterCall::Swap {
+                expected_version,
+                next,
+            } = &call
             {
-                link.possible_sync_sets.push(next.sync_set.clone());
+                link.possible.push(PossibleRegister {
+                    expects: Some(*expected_version),
+                    epoch: next.epoch,
+                    primary: next.primary.clone(),
+                    sync_set: next.sync_set.clone(),
+                });
             }
             link.asking = Some(purpose);
             link.last_asked = Some(now);
@@ -342,7 +362,7 @@ impl Node {
 
     /// In a cluster with an arbiter, in a sync mode: the most a primary may
     /// acknowledge by the register's sync set, whatever it holds now (see
-    /// `possible_sync_sets`); before the register was first read, every
+    /// `ArbiterLink::possible`); before the register was first read, every
     /// standby the rule names must hold it. A standby whose confirmations
     /// the primary counts (caught up, its swap into the set asked) but
     /// that the register does not hold yet must not be enough on its own:
@@ -355,12 +375,13 @@ impl Node {
         if self.standbys.len() < 2
             || !self.cfg.commit_mode.is_sync()
             || self.cfg.testing_ack_before_standby_flush
+            || self.cfg.testing_solo_without_arbiter_swap
         {
             return None;
         }
         let mode = self.cfg.commit_mode;
         let position = |id: &NodeId| p.link(id).map_or(Lsn::ZERO, |l| l.position(mode));
-        if link.possible_sync_sets.is_empty() {
+        if link.possible.is_empty() {
             let every = self
                 .commit_rule
                 .counted(&self.standbys)
@@ -369,11 +390,17 @@ impl Node {
                 .unwrap_or(self.flushed);
             return Some(every.min(self.flushed));
         }
-        link.possible_sync_sets
+        // Only a value naming this node primary of its epoch describes its
+        // writes: one of an older epoch (after a forced promotion the
+        // arbiter has not caught up with, which the operator chose) does
+        // not, and with none that does the links decide.
+        let me = Some(&self.cfg.node_id);
+        link.possible
             .iter()
-            .map(|set| {
+            .filter(|r| r.epoch == self.epoch && r.primary.as_ref() == me)
+            .map(|r| {
                 self.commit_rule
-                    .acknowledgeable_by(set, position, self.flushed)
+                    .acknowledgeable_by(&r.sync_set, position, self.flushed)
             })
             .min()
     }
@@ -519,6 +546,14 @@ impl Node {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
             ArbiterAnswer::Swapped(r) => (r, true),
             ArbiterAnswer::Failed { unreachable, error } => {
+                // A swap the arbiter refused never takes effect; one that
+                // went unanswered may have.
+                if !unreachable
+                    && purpose != ArbiterPurpose::Refresh
+                    && link.possible.last().is_some_and(|p| p.expects.is_some())
+                {
+                    link.possible.pop();
+                }
                 if unreachable && matches!(purpose, ArbiterPurpose::Refresh) {
                     if link.reachable != Some(false) {
                         tracing::warn!(%error, "the arbiter is unreachable");
@@ -545,7 +580,16 @@ impl Node {
         }
         link.seen_version = link.seen_version.max(register.version);
         link.known = Some(register.clone());
-        link.possible_sync_sets = vec![register.sync_set.clone()];
+        // A swap expecting a version below the one answered can no longer
+        // take effect; one expecting this very version still can.
+        link.possible
+            .retain(|p| p.expects.is_some_and(|v| v >= register.version));
+        link.possible.push(PossibleRegister {
+            expects: None,
+            epoch: register.epoch,
+            primary: register.primary.clone(),
+            sync_set: register.sync_set.clone(),
+        });
         let asked_at = link.last_asked;
         self.candidacy_saw_register(asked_at);
         self.on_register(purpose, register, swapped);
