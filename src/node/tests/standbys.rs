@@ -2,7 +2,7 @@
 //! one lost standby taken out of the sync set alone, the handover target.
 
 use super::arbiter::{
-    answer, knows, register, step_answering, the_swap, tick_answering_reads, with_arbiter,
+    answer, asks, knows, register, step_answering, the_swap, tick_answering_reads, with_arbiter,
 };
 use super::*;
 use crate::config::PeerAddress;
@@ -414,4 +414,57 @@ fn under_any_1_a_standby_the_register_does_not_hold_yet_acknowledges_nothing_alo
     other.step(t(3), Event::LocalFlushed { lsn: Lsn(3) });
     let e = other.step(t(4), at("n2", 3, &other));
     assert!(e.contains(&Effect::Commit { lsn: Lsn(3) }), "{e:?}");
+}
+
+#[test]
+fn a_swap_that_went_unanswered_bounds_the_commit_until_an_answer_passes_its_version() {
+    // Under ANY 1 the primary asks to take lost n2 out ({n3} left); the
+    // call times out, and a read still shows {n2, n3}: the swap may yet
+    // land. n2 comes back: its confirmation alone must not acknowledge,
+    // as the register may soon hold n3 alone, which lacks the write.
+    let mut node = two_writes_on_both("ANY 1 (n1, n2, n3)");
+    node.step(t(10), Event::StandbyUnreachable { standby: n("n2") });
+    let effects = tick_answering_reads(&mut node, 100, 2100);
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 2));
+    assert_eq!(next.sync_set, [n("n3")].into_iter().collect());
+    answer(
+        &mut node,
+        t(2150),
+        purpose,
+        ArbiterAnswer::Failed {
+            unreachable: true,
+            error: "timed out".into(),
+        },
+    );
+    // n2 answers again before the read: it no longer wants out, so no
+    // new swap is asked, but the old one may still land.
+    node.step(t(2160), Event::StandbyReachable { standby: n("n2") });
+    let n2_at_2 = at("n2", 2, &node);
+    node.step(t(2160), n2_at_2);
+    let effects = answer(
+        &mut node,
+        t(2200),
+        ArbiterPurpose::Refresh,
+        ArbiterAnswer::Read(register(2, 1, "n1", &["n2", "n3"])),
+    );
+    assert!(
+        !asks(&effects)
+            .iter()
+            .any(|(p, _)| *p == ArbiterPurpose::DropStandby),
+        "{effects:?}"
+    );
+    let write = writes_up_to(&node, 3);
+    step_answering(&mut node, t(2400), write);
+    step_answering(&mut node, t(2401), Event::LocalFlushed { lsn: Lsn(3) });
+    let n2_has_it = at("n2", 3, &node);
+    step_answering(&mut node, t(2402), n2_has_it);
+    assert_eq!(
+        node.commit_lsn(),
+        Lsn(2),
+        "acknowledged with n2 while the register may come to hold n3 alone"
+    );
+    let n3_has_it = at("n3", 3, &node);
+    step_answering(&mut node, t(2403), n3_has_it);
+    assert_eq!(node.commit_lsn(), Lsn(3));
 }
