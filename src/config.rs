@@ -658,14 +658,23 @@ impl Config {
 
     /// The commit rule in the form every node of a cluster of three or
     /// more must share, for comparing it across nodes: the text given
-    /// (`sync_standbys`), or for the default the rule naming every node
-    /// with k = the others (`ANY 2 (n1, n2, n3)`), which every node's
-    /// default means alike. Empty for a pair.
+    /// (`sync_standbys`, with an `ANY` rule's names in order), or for the
+    /// default the rule naming every node with k = the others (`ANY 2 (n1,
+    /// n2, n3)`), which every node's default means alike. Empty for a
+    /// pair.
     pub fn cluster_rule_text(&self) -> String {
         if self.more_peers.is_empty() {
             return String::new();
         }
         match &self.sync_standbys {
+            // ANY names a set: its order means nothing, so it is left out.
+            Some(rule) if rule.method() == crate::CommitMethod::Any => {
+                let mut names = rule.standbys().to_vec();
+                names.sort();
+                crate::CommitRule::new(crate::CommitMethod::Any, rule.count(), names)
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|_| rule.to_string())
+            }
             Some(rule) => rule.to_string(),
             None => {
                 let mut all = self.peer_ids();

@@ -337,6 +337,16 @@ fn a_cluster_standby_whose_primary_has_another_rule_does_not_promote() {
         ..candidate_config()
     };
     assert_eq!(cfg.cluster_rule_text(), "ANY 2 (n1, n2, n3)");
+    // The order of an ANY rule's names does not matter; FIRST's does.
+    let reordered = |rule: &str| {
+        Config {
+            sync_standbys: Some(rule.parse().unwrap()),
+            ..candidate_config()
+        }
+        .cluster_rule_text()
+    };
+    assert_eq!(reordered("ANY 1 (n3, n1, n2)"), "ANY 1 (n1, n2, n3)");
+    assert_eq!(reordered("FIRST 1 (n3, n1, n2)"), "FIRST 1 (n3, n1, n2)");
     let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
     let mut beat = heartbeat(1, "n2", 10, 10, SyncState::Sync);
     if let Event::HeartbeatReceived { req } = &mut beat {
