@@ -666,26 +666,20 @@ impl Config {
         if self.more_peers.is_empty() {
             return String::new();
         }
-        match &self.sync_standbys {
-            // ANY names a set: its order means nothing, so it is left out.
-            Some(rule) if rule.method() == crate::CommitMethod::Any => {
-                let mut names = rule.standbys().to_vec();
-                names.sort();
-                crate::CommitRule::new(crate::CommitMethod::Any, rule.count(), names)
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|_| rule.to_string())
-            }
-            Some(rule) => rule.to_string(),
+        let (count, mut names) = match &self.sync_standbys {
+            Some(rule) if rule.method() != crate::CommitMethod::Any => return rule.to_string(),
+            Some(rule) => (rule.count(), rule.standbys().to_vec()),
             None => {
                 let mut all = self.peer_ids();
                 all.push(self.node_id.clone());
-                all.sort();
-                let k = all.len() - 1;
-                crate::CommitRule::new(crate::CommitMethod::Any, k, all)
-                    .map(|r| r.to_string())
-                    .unwrap_or_default()
+                (all.len() - 1, all)
             }
-        }
+        };
+        // ANY names a set: its order means nothing, so it is left out.
+        names.sort();
+        crate::CommitRule::new(crate::CommitMethod::Any, count, names)
+            .map(|r| r.to_string())
+            .unwrap_or_default()
     }
 
     /// The peers and the commit rule of a cluster of three or more.

@@ -321,11 +321,11 @@ impl Node {
             c.fetch = None;
             return;
         }
-        let end = records.last().map(|r| LogEnd {
-            epoch: r.epoch,
-            lsn: r.lsn,
-        });
-        let end = end.expect("not empty");
+        let last = &records[records.len() - 1];
+        let end = LogEnd {
+            epoch: last.epoch,
+            lsn: last.lsn,
+        };
         c.mine = Some(end);
         let done = end.lsn >= fetch.up_to.lsn;
         if done {
@@ -333,17 +333,7 @@ impl Node {
         } else if let Some(f) = c.fetch.as_mut() {
             f.progress_at = now;
         }
-        for r in &records {
-            if let Some(id) = r.request_id {
-                self.requests.insert(id, r.lsn, r.epoch);
-            }
-        }
-        self.on_appended(now, end.lsn);
-        self.emit(Effect::Append {
-            records,
-            fsync_inline: true,
-            retried: Vec::new(),
-        });
+        self.append_received(now, records, true);
         if done {
             tracing::info!(%from, last = %end.lsn, "failover: fetched every record the most advanced standby holds");
             if let Some(known) = self.failover_register() {
@@ -395,8 +385,8 @@ impl Node {
         }
         if epoch > self.epoch {
             tracing::info!(%epoch, %candidate, "a standby promotes and asked for this node's final position: adopting its epoch; the old primary's WAL is refused from now on");
+            // Ends our own candidacy too.
             self.abandon_promotion(format!("{candidate} is promoting at epoch {epoch}"));
-            self.end_candidacy();
             self.persist(epoch, None);
         }
         if let Role::Standby(s) = &mut self.role {

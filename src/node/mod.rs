@@ -162,6 +162,8 @@ pub(crate) struct Node {
     /// Which standbys must confirm a write (`Primary::commit_target`):
     /// `ANY 1 (peer)` for a pair.
     commit_rule: quorum::CommitRule,
+    /// `Config::cluster_rule_text`, compared with each heartbeat's.
+    cluster_rule: String,
     /// Every other data node: the standbys a primary streams to.
     standbys: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,
@@ -243,6 +245,7 @@ impl Node {
             candidacy: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
+            cluster_rule: cfg.cluster_rule_text(),
             standbys: cfg.peer_ids().into_iter().collect(),
             cfg,
         };

@@ -131,8 +131,8 @@ impl Node {
     /// failover until they agree (a rule waiting for fewer standbys than
     /// its own would need positions it would not ask for).
     fn note_primary_rule(&mut self, theirs: String) {
-        let ours = self.cfg.cluster_rule_text();
-        let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != ours).then_some(theirs);
+        let ours = &self.cluster_rule;
+        let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != *ours).then_some(theirs);
         if let Role::Standby(s) = &mut self.role
             && s.foreign_rule != foreign
         {
@@ -279,30 +279,14 @@ impl Node {
         match self.check_batch(&batch, local_at_prev, &local) {
             Ok(first_new) => {
                 let records = batch.records.split_off(first_new);
-                if let Some(last) = records.last().map(|r| r.lsn) {
-                    assert_eq!(
-                        records[0].lsn,
-                        self.last_lsn.next(),
-                        "node {}: a checked batch does not continue the log",
-                        self.cfg.node_id
-                    );
-                    for r in &records {
-                        if let Some(id) = r.request_id {
-                            self.requests.insert(id, r.lsn, r.epoch);
-                        }
-                    }
-                    self.on_appended(now, last);
+                if !records.is_empty() {
                     let fsync_inline = self.cfg.standby_sync_inline
                         && matches!(
                             self.cfg.commit_mode,
                             crate::config::CommitMode::RemoteFlush
                                 | crate::config::CommitMode::RemoteApply
                         );
-                    self.emit(Effect::Append {
-                        records,
-                        fsync_inline,
-                        retried: Vec::new(),
-                    });
+                    self.append_received(now, records, fsync_inline);
                 }
                 // Always answer a batch, even one that changed nothing (the
                 // probe after a reconnect): the primary counts our
@@ -326,6 +310,32 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Appends `records` another node sent (the primary's batch, or what a
+    /// candidate fetched), which continue our log: their request ids are
+    /// indexed, the log's end moves, the runtime writes them.
+    pub(super) fn append_received(&mut self, now: Time, records: Vec<Record>, fsync_inline: bool) {
+        let Some(last) = records.last().map(|r| r.lsn) else {
+            return;
+        };
+        assert_eq!(
+            records[0].lsn,
+            self.last_lsn.next(),
+            "node {}: received records do not continue the log",
+            self.cfg.node_id
+        );
+        for r in &records {
+            if let Some(id) = r.request_id {
+                self.requests.insert(id, r.lsn, r.epoch);
+            }
+        }
+        self.on_appended(now, last);
+        self.emit(Effect::Append {
+            records,
+            fsync_inline,
+            retried: Vec::new(),
+        });
     }
 
     /// Returns the index in `batch.records` of the first record we lack.

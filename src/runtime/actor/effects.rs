@@ -238,13 +238,20 @@ impl Actor {
         });
     }
 
+    /// Our header as a candidate for `epoch`: that epoch, which nobody
+    /// leads yet.
+    fn candidate_header(&self, epoch: Epoch) -> crate::transport::Header {
+        let mut header = self.header();
+        header.epoch = epoch;
+        header.leader_id = None;
+        header
+    }
+
     /// A candidate's fences of reason `Candidate`, one task per standby;
     /// each answer comes back as `Msg::SealAnswer` (stepped with this
     /// node's log end then).
     fn seal_standbys(&mut self, epoch: Epoch, to: Vec<NodeId>) {
-        let mut header = self.header();
-        header.epoch = epoch;
-        header.leader_id = None;
+        let header = self.candidate_header(epoch);
         for standby in to {
             let (standby, peer) = self.peer_named(Some(&standby));
             let (tx, header) = (self.tx.clone(), header.clone());
@@ -279,9 +286,7 @@ impl Actor {
     /// comes back as `Msg::Fetched`.
     fn fetch_wal(&mut self, from: NodeId, epoch: Epoch, after: Lsn, up_to: Lsn) {
         let (from, peer) = self.peer_named(Some(&from));
-        let mut header = self.header();
-        header.epoch = epoch;
-        header.leader_id = None;
+        let header = self.candidate_header(epoch);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let mut after = after;
