@@ -66,6 +66,20 @@ fn n3_answers(lsn: u64) -> Event {
     }
 }
 
+/// Whether the node refused a seal.
+fn refuses(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::ReplyFence(FenceOutcome::Refused { .. })))
+}
+
+/// Whether the node gave its final position (its log ends at 10).
+fn answers_at_10(effects: &[Effect]) -> bool {
+    effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+        last_lsn: Lsn(10),
+    }))
+}
+
 fn swaps(effects: &[Effect]) -> bool {
     asks(effects)
         .iter()
@@ -189,12 +203,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     // failover_timeout is refused (the primary is alive to it), and
     // nothing changes.
     let effects = step_answering(&mut node, t(400), seal(2, "n3"));
-    assert!(
-        effects
-            .iter()
-            .any(|e| matches!(e, Effect::ReplyFence(FenceOutcome::Refused { .. }))),
-        "{effects:?}"
-    );
+    assert!(refuses(&effects), "{effects:?}");
     assert_eq!(node.epoch(), Epoch(1));
     assert_eq!(node.leader(), Some(&n("n2")));
 
@@ -210,12 +219,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
         )),
         "{effects:?}"
     );
-    assert!(
-        effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
-            last_lsn: Lsn(10)
-        })),
-        "{effects:?}"
-    );
+    assert!(answers_at_10(&effects), "{effects:?}");
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!(node.leader(), None);
     // The old primary's WAL is refused from now on: its position is final.
@@ -234,9 +238,7 @@ fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primar
     // Asked again for the same epoch (a lost reply, or a second candidate
     // of the round), it answers again.
     let effects = step_answering(&mut node, t(1300), seal(2, "n3"));
-    assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
-        last_lsn: Lsn(10)
-    })));
+    assert!(answers_at_10(&effects));
 
     // The candidate never swapped: a whole failover_timeout after the
     // seal this standby tries itself, from the register still at epoch 1,
@@ -291,37 +293,13 @@ fn of_two_candidates_of_one_round_the_later_in_the_rules_order_yields() {
     let mut node = sealing();
     // n3 asks n1 for the same epoch: n1 comes first (same priority under
     // ANY, then the node id) and refuses.
-    let effects = node.step(
-        t(1400),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: n("n3"),
-            reason: FenceReason::Candidate,
-        },
-    );
-    assert!(
-        effects
-            .iter()
-            .any(|e| matches!(e, Effect::ReplyFence(FenceOutcome::Refused { .. }))),
-        "{effects:?}"
-    );
+    let effects = node.step(t(1400), seal(2, "n3"));
+    assert!(refuses(&effects), "{effects:?}");
     assert_eq!(node.epoch(), Epoch(1));
     // A candidate of a later round (a higher epoch) is answered, and ends
     // this node's own attempt.
-    let effects = node.step(
-        t(1450),
-        Event::FenceRequested {
-            epoch: Epoch(3),
-            leader: n("n3"),
-            reason: FenceReason::Candidate,
-        },
-    );
-    assert!(
-        effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
-            last_lsn: Lsn(10)
-        })),
-        "{effects:?}"
-    );
+    let effects = node.step(t(1450), seal(3, "n3"));
+    assert!(answers_at_10(&effects), "{effects:?}");
     assert_eq!(node.epoch(), Epoch(3));
     let effects = tick_answering_reads(&mut node, 1500, 2000);
     assert!(!swaps(&effects), "{effects:?}");
