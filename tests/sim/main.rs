@@ -78,17 +78,8 @@ const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "remote-flush/block/all-faults",
         mode: Mode {
-            commit: CommitMode::RemoteFlush,
-            on_standby_loss: OnStandbyLoss::Block,
-            break_commit_rule: false,
             standby_sync_inline: true,
-            small_wal_and_chunks: false,
-            both_start_as_primary: false,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
+            ..Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Block)
         },
         kinds: Kinds::All,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -97,17 +88,8 @@ const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "remote-apply/solo/crashes",
         mode: Mode {
-            commit: CommitMode::RemoteApply,
-            on_standby_loss: OnStandbyLoss::Solo,
-            break_commit_rule: false,
             standby_sync_inline: true,
-            small_wal_and_chunks: false,
-            both_start_as_primary: false,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
+            ..Mode::new(CommitMode::RemoteApply, OnStandbyLoss::Solo)
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -117,19 +99,7 @@ const SCENARIOS: [Scenario; 9] = [
         // A true partition under solo may lose what the old primary
         // acknowledged alone (DESIGN.md); G1, G3 and G4 still hold.
         name: "remote-flush/solo/all-faults",
-        mode: Mode {
-            commit: CommitMode::RemoteFlush,
-            on_standby_loss: OnStandbyLoss::Solo,
-            break_commit_rule: false,
-            standby_sync_inline: false,
-            small_wal_and_chunks: false,
-            both_start_as_primary: false,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
-        },
+        mode: Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Solo),
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
         value_bytes: 0,
@@ -140,17 +110,8 @@ const SCENARIOS: [Scenario; 9] = [
         // one its peer confirmed may take writes (G1 is checked all along).
         name: "async/all-faults/both-started-as-primary",
         mode: Mode {
-            commit: CommitMode::Async,
-            on_standby_loss: OnStandbyLoss::Solo,
-            break_commit_rule: false,
-            standby_sync_inline: false,
-            small_wal_and_chunks: false,
             both_start_as_primary: true,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
+            ..Mode::new(CommitMode::Async, OnStandbyLoss::Solo)
         },
         kinds: Kinds::All,
         durability: Durability::LossAllowed,
@@ -163,17 +124,9 @@ const SCENARIOS: [Scenario; 9] = [
         // up, so even `solo` loses nothing here.
         name: "remote-flush/solo/snapshot-cut",
         mode: Mode {
-            commit: CommitMode::RemoteFlush,
-            on_standby_loss: OnStandbyLoss::Solo,
-            break_commit_rule: false,
             standby_sync_inline: true,
             small_wal_and_chunks: true,
-            both_start_as_primary: false,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
+            ..Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Solo)
         },
         kinds: Kinds::SnapshotCut,
         durability: Durability::NoAcknowledgedWriteLost,
@@ -742,6 +695,19 @@ fn replay() {
     }
 }
 
+/// The first of `seeds` whose run of `broken` fails must fail G2 (an
+/// acknowledged write lost): the negative controls below, each a rule
+/// broken on purpose, show the checker is not blind to it.
+fn assert_some_seed_loses_a_write(broken: Scenario, seeds: std::ops::Range<u64>) {
+    let caught = seeds
+        .into_iter()
+        .find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
+    let (seed, violation) = caught.expect("no seed exposed the broken rule");
+    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
+    println!("seed {seed} exposed the broken rule: {first}");
+    assert!(violation.contains("\nG2: "), "{violation}");
+}
+
 /// The checker is not blind: with the primary acknowledging before the
 /// standby's flush, crashing the primary loses acknowledged writes, and the
 /// G2 check says so.
@@ -750,25 +716,14 @@ fn the_checker_catches_acknowledging_before_the_standby_flush() {
     let broken = Scenario {
         name: "broken-commit-rule",
         mode: Mode {
-            commit: CommitMode::RemoteFlush,
-            on_standby_loss: OnStandbyLoss::Block,
             break_commit_rule: true,
-            standby_sync_inline: false,
-            small_wal_and_chunks: false,
-            both_start_as_primary: false,
-            arbiter: false,
-            break_solo_rule: false,
-            data_nodes: 2,
-            any_one: false,
-            break_quorum_rule: false,
+            ..Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Block)
         },
         kinds: Kinds::CrashesOnly,
         durability: Durability::NoAcknowledgedWriteLost,
         value_bytes: 0,
     };
-    let caught = (0..20).find_map(|seed| run(seed, broken).err());
-    let violation = caught.expect("no seed exposed the broken rule");
-    assert!(violation.contains("\nG2: "), "{violation}");
+    assert_some_seed_loses_a_write(broken, 0..20);
 }
 
 /// The arbiter scenario is not blind either: with the primary going on
@@ -789,11 +744,7 @@ fn the_checker_catches_going_solo_without_the_arbiters_swap() {
     };
     // Seed 11 is the first of 0..20 whose schedule cuts the primary off
     // long enough (a seed of 8..12 keeps the debug run short).
-    let caught = (8..12).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
-    let (seed, violation) = caught.expect("no seed exposed the broken rule");
-    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
-    println!("seed {seed} exposed the broken rule: {first}");
-    assert!(violation.contains("\nG2: "), "{violation}");
+    assert_some_seed_loses_a_write(broken, 8..12);
 }
 
 /// With three nodes too: a primary that goes on alone without swapping
@@ -813,11 +764,7 @@ fn the_checker_catches_going_solo_without_the_arbiters_swap_among_three_nodes() 
         },
         ..three
     };
-    let caught = (0..8).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
-    let (seed, violation) = caught.expect("no seed exposed the broken rule");
-    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
-    println!("seed {seed} exposed the broken rule: {first}");
-    assert!(violation.contains("\nG2: "), "{violation}");
+    assert_some_seed_loses_a_write(broken, 0..8);
 }
 
 /// Under `ANY 1`, a candidate that swaps without the other standby's
@@ -837,11 +784,7 @@ fn the_checker_catches_a_quorum_promotion_without_positions() {
         },
         ..any_one
     };
-    let caught = (0..8).find_map(|seed| run(seed, broken).err().map(|v| (seed, v)));
-    let (seed, violation) = caught.expect("no seed exposed the broken rule");
-    let first = violation.lines().take(2).collect::<Vec<_>>().join("; ");
-    println!("seed {seed} exposed the broken rule: {first}");
-    assert!(violation.contains("\nG2: "), "{violation}");
+    assert_some_seed_loses_a_write(broken, 0..8);
 }
 
 /// The snapshot-cut scenario does what it says: in every seed the standby
