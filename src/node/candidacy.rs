@@ -33,7 +33,8 @@
 //! A sealed standby restarts its own failover clock: the candidate gets a
 //! full `failover_timeout` before another standby tries. Two candidates
 //! of one round (both sealing at the same epoch) are ordered by the rule's
-//! priority, then node id: the later one yields to the earlier. A seal
+//! priority, then the more advanced log (each seal carries its sender's),
+//! then node id: the later one yields to the earlier. A seal
 //! steps the old primary down even when the promotion then fails (its
 //! standbys refuse its epoch): availability, never safety, is what a
 //! failed round costs.
@@ -43,6 +44,7 @@ use super::quorum::{LogEnd, PromotionDecision, decide_promotion, positions_neede
 use super::{Node, Role};
 use crate::arbiter::Register;
 use crate::types::{Epoch, NodeId, Record};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A quorum promotion in progress (between the first seal and the swap).
@@ -344,7 +346,14 @@ impl Node {
 
     /// A fence of reason `Candidate`: another standby promotes and asks
     /// for our final position. Answered with `Effect::ReplyFence`.
-    pub(super) fn on_sealed(&mut self, now: Time, epoch: Epoch, candidate: NodeId) {
+    pub(super) fn on_sealed(
+        &mut self,
+        now: Time,
+        epoch: Epoch,
+        candidate: NodeId,
+        candidate_end: Option<LogEnd>,
+        mine: LogEnd,
+    ) {
         let refuse = |node: &mut Node, reason: String| {
             node.emit(Effect::ReplyFence(super::FenceOutcome::Refused { reason }));
         };
@@ -362,7 +371,8 @@ impl Node {
             );
             return refuse(self, reason);
         }
-        if self.candidacy.as_ref().is_some_and(|c| c.seal == epoch) && self.ranks_before(&candidate)
+        if self.candidacy.as_ref().is_some_and(|c| c.seal == epoch)
+            && self.ranks_before(mine, &candidate, candidate_end)
         {
             return refuse(
                 self,
@@ -398,15 +408,25 @@ impl Node {
         }));
     }
 
-    /// Whether this node goes before `other` when both are candidates of
-    /// one round: the rule's priority, then the node id.
-    fn ranks_before(&self, other: &NodeId) -> bool {
+    /// Whether this node, whose log ends at `mine`, goes before `other`
+    /// (whose seal said `other_end`) when both are candidates of one
+    /// round: the rule's priority, then the more advanced log (it has the
+    /// least to fetch), then the node id. Both sides compare the same
+    /// pair of values once each has the other's latest seal (seals go
+    /// again every heartbeat interval with the sender's log end then), so
+    /// exactly one yields. Without `other_end` (a sender that predates it)
+    /// the logs are left out, as that sender leaves them out.
+    fn ranks_before(&self, mine: LogEnd, other: &NodeId, other_end: Option<LogEnd>) -> bool {
         // Priority 0 (never a candidate) goes last.
         let rank = |n: &NodeId| match self.commit_rule.priority(n) {
             0 => usize::MAX,
             p => p,
         };
         let me = &self.cfg.node_id;
-        (rank(me), me) < (rank(other), other)
+        let (mine, theirs) = match other_end {
+            Some(theirs) => (Reverse(mine), Reverse(theirs)),
+            None => (Reverse(LogEnd::default()), Reverse(LogEnd::default())),
+        };
+        (rank(me), mine, me) < (rank(other), theirs, other)
     }
 }

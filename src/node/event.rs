@@ -197,6 +197,16 @@ pub(crate) enum Event {
         leader: NodeId,
         reason: FenceReason,
     },
+    /// Another standby, a candidate for `epoch`, asks for this node's final
+    /// position (a fence of reason `Candidate`); answered with
+    /// `Effect::ReplyFence`. `candidate_end` is its log end (`None` from a
+    /// sender that predates it), `mine` this node's now.
+    Sealed {
+        epoch: Epoch,
+        candidate: NodeId,
+        candidate_end: Option<LogEnd>,
+        mine: LogEnd,
+    },
     /// The engine asks this node to step down to `epoch` (led by the
     /// peer); answered with `Effect::Answer`.
     FenceOrdered { epoch: Epoch },

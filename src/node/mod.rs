@@ -63,7 +63,7 @@ pub(crate) use event::{
     PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
-pub(crate) use quorum::LogEnd;
+pub use quorum::LogEnd;
 pub use quorum::{CommitRule, CommitRuleError, Method as CommitMethod};
 pub(crate) use request_index::RequestIndex;
 
@@ -357,6 +357,12 @@ impl Node {
                 leader,
                 reason,
             } => self.on_fence_requested(now, epoch, leader, reason),
+            Event::Sealed {
+                epoch,
+                candidate,
+                candidate_end,
+                mine,
+            } => self.on_sealed(now, epoch, candidate, candidate_end, mine),
             Event::FenceOrdered { epoch } => self.on_fence_ordered(epoch),
             Event::PromoteRequested { force, from } => self.on_promote_requested(now, force, from),
             Event::SwitchoverTo { standby } => self.on_switchover_to(standby),
@@ -819,7 +825,10 @@ impl Node {
 
     fn on_fence_requested(&mut self, now: Time, epoch: Epoch, leader: NodeId, reason: FenceReason) {
         if reason == FenceReason::Candidate {
-            return self.on_sealed(now, epoch, leader);
+            // The runtime steps a seal as `Event::Sealed`, with the log
+            // ends that rank two candidates; a bare one cannot be ranked.
+            let reason = "a candidate's seal must come with its log end (Event::Sealed)".into();
+            return self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
         }
         if epoch <= self.epoch {
             let reason = format!(

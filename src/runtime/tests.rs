@@ -224,6 +224,7 @@ async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
             .fence(crate::transport::FenceRequest {
                 header: header(2, "n2"),
                 reason: crate::node::FenceReason::Forced,
+                candidate_end: None,
             })
             .await
             .expect("the node answers");

@@ -27,6 +27,9 @@ pub use crate::wal::MemWal;
 
 /// Why a fence is sent, as the wire carries it.
 pub use crate::node::FenceReason;
+/// Where a log ends (its last record and that record's epoch), as a
+/// candidate's seal carries it.
+pub use crate::node::LogEnd;
 /// The peer seam, for tests that wrap `GrpcPeer` to cut links or reorder
 /// messages: pass a [`Peer`] to `ReplicaBuilder::peer`. The messages are
 /// the wire protocol's, which may change in any release.

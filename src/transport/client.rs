@@ -220,6 +220,10 @@ impl Peer for GrpcPeer {
         let msg = pb::FenceRequest {
             header: Some(convert::header_to_pb(&req.header)),
             reason: convert::reason_to_pb(req.reason),
+            candidate_end: req.candidate_end.map(|e| pb::LogPosition {
+                lsn: e.lsn.0,
+                epoch: e.epoch.0,
+            }),
         };
         let mut client = self.control.clone();
         let r = self

@@ -114,6 +114,9 @@ pub struct FenceRequest {
     pub header: Header,
     /// Why.
     pub reason: FenceReason,
+    /// With `FenceReason::Candidate`: the candidate's log end, which ranks
+    /// two candidates of one round (`None` from a sender that predates it).
+    pub candidate_end: Option<crate::node::LogEnd>,
 }
 
 /// The fenced node's log position, once it adopted the epoch.

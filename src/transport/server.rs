@@ -457,6 +457,10 @@ impl Replication for ReplicationService {
         let req = FenceRequest {
             header,
             reason: convert::reason_from_pb(r.reason).map_err(|m| self.malformed(m))?,
+            candidate_end: r.candidate_end.map(|e| crate::node::LogEnd {
+                epoch: Epoch(e.epoch),
+                lsn: Lsn(e.lsn),
+            }),
         };
         let reply = self.node.fence(req).await.map_err(gone)?;
         self.answer(reply.map(|f| pb::FenceReply {

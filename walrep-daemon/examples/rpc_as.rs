@@ -131,6 +131,7 @@ async fn call(a: &Args, peer: &Arc<dyn Peer>) -> Vec<Result<String, String>> {
             peer.fence(FenceRequest {
                 header: header(a, *epoch),
                 reason: FenceReason::Forced,
+                candidate_end: None,
             })
             .await
             .map(|r| format!("{r:?}"))

@@ -75,7 +75,8 @@ mod tests;
 
 pub(crate) use commit::StandbyLsns;
 pub use error::CommitRuleError;
+pub use promotion::LogEnd;
 pub(crate) use promotion::{
-    Ineligible, LogEnd, PromotionDecision, decide_promotion, positions_needed, rank_candidates,
+    Ineligible, PromotionDecision, decide_promotion, positions_needed, rank_candidates,
 };
 pub use rule::{CommitRule, Method};

@@ -28,7 +28,7 @@ use std::fmt;
 /// tail is one no later primary wrote, so it holds nothing acknowledged
 /// that the newer log lacks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct LogEnd {
+pub struct LogEnd {
     /// The epoch of the last record (`Epoch::ZERO` for an empty log).
     pub epoch: Epoch,
     /// The last record.

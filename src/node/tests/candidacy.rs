@@ -33,12 +33,20 @@ fn candidate_config() -> Config {
     cfg
 }
 
-/// A fence of reason `Candidate` from `candidate` for `epoch`.
+/// A fence of reason `Candidate` from `candidate` for `epoch`, whose log
+/// ends where the candidate's own does (epoch 1, LSN 10).
 fn seal(epoch: u64, candidate: &str) -> Event {
-    Event::FenceRequested {
+    seal_from(epoch, candidate, Some(end(1, 10)))
+}
+
+/// A seal from a candidate whose log ends at `candidate_end`, to a node
+/// whose log ends at epoch 1, LSN 10.
+fn seal_from(epoch: u64, candidate: &str, candidate_end: Option<LogEnd>) -> Event {
+    Event::Sealed {
         epoch: Epoch(epoch),
-        leader: n(candidate),
-        reason: FenceReason::Candidate,
+        candidate: n(candidate),
+        candidate_end,
+        mine: end(1, 10),
     }
 }
 
@@ -289,18 +297,33 @@ fn a_cluster_standby_that_never_heard_the_primary_in_this_life_lets_the_register
 }
 
 #[test]
-fn of_two_candidates_of_one_round_the_later_in_the_rules_order_yields() {
+fn of_two_candidates_of_one_round_the_later_by_priority_then_log_then_id_yields() {
     let mut node = sealing();
     // n3 asks n1 for the same epoch: n1 comes first (same priority under
-    // ANY, then the node id) and refuses.
-    let effects = node.step(t(1400), seal(2, "n3"));
+    // ANY, logs as advanced, then the node id) and refuses; so it does
+    // against a sender that does not say where its log ends.
+    for seal in [seal(2, "n3"), seal_from(2, "n3", None)] {
+        let effects = node.step(t(1400), seal);
+        assert!(refuses(&effects), "{effects:?}");
+        assert_eq!(node.epoch(), Epoch(1));
+    }
+    // Behind it by a record, n3 is refused again.
+    let effects = node.step(t(1400), seal_from(2, "n3", Some(end(1, 9))));
     assert!(refuses(&effects), "{effects:?}");
-    assert_eq!(node.epoch(), Epoch(1));
     // A candidate of a later round (a higher epoch) is answered, and ends
     // this node's own attempt.
     let effects = node.step(t(1450), seal(3, "n3"));
     assert!(answers_at_10(&effects), "{effects:?}");
     assert_eq!(node.epoch(), Epoch(3));
+    let effects = tick_answering_reads(&mut node, 1500, 2000);
+    assert!(!swaps(&effects), "{effects:?}");
+
+    // A candidate of the same round whose log is ahead comes first (it has
+    // nothing to fetch): n1 yields although its id comes first.
+    let mut node = sealing();
+    let effects = node.step(t(1400), seal_from(2, "n3", Some(end(1, 12))));
+    assert!(answers_at_10(&effects), "{effects:?}");
+    assert_eq!(node.epoch(), Epoch(2));
     let effects = tick_answering_reads(&mut node, 1500, 2000);
     assert!(!swaps(&effects), "{effects:?}");
 }

@@ -215,7 +215,13 @@ impl Actor {
         header.leader_id = Some(self.cfg.node_id.clone());
         tracing::info!(%epoch, ?reason, peer = %to, "sending fence");
         tokio::spawn(async move {
-            let result = peer.fence(FenceRequest { header, reason }).await;
+            let result = peer
+                .fence(FenceRequest {
+                    header,
+                    reason,
+                    candidate_end: None,
+                })
+                .await;
             let confirmed = match result {
                 Ok(reply) => Some(reply.last_lsn),
                 Err(crate::TransportError::StaleEpoch { epoch, leader }) => {
@@ -252,6 +258,7 @@ impl Actor {
     /// node's log end then).
     fn seal_standbys(&mut self, epoch: Epoch, to: Vec<NodeId>) {
         let header = self.candidate_header(epoch);
+        let mine = self.log_end();
         for standby in to {
             let (standby, peer) = self.peer_named(Some(&standby));
             let (tx, header) = (self.tx.clone(), header.clone());
@@ -260,6 +267,7 @@ impl Actor {
                 let req = FenceRequest {
                     header,
                     reason: FenceReason::Candidate,
+                    candidate_end: Some(mine),
                 };
                 // An answer for another epoch (a late one, of an earlier
                 // round) says nothing final about this one.

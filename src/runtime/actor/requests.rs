@@ -3,7 +3,7 @@
 //! this file routes it to the waiting caller.
 
 use crate::error::{Error, Result};
-use crate::node::{Event, PromoteFrom, Refused, RejoinPlan};
+use crate::node::{Event, FenceReason, PromoteFrom, Refused, RejoinPlan};
 use crate::runtime::Inbound;
 use crate::transport::{
     FenceReply, FenceRequest, Header, HeartbeatReply, HistoryReply, PromoteReply, PromoteRequest,
@@ -174,6 +174,15 @@ impl Actor {
         }
         tracing::info!(epoch = %req.header.epoch, from = %req.header.node_id, reason = ?req.reason, "fence requested");
         self.pending_fence = Some(reply);
+        if req.reason == FenceReason::Candidate {
+            let mine = self.log_end();
+            return self.step(Event::Sealed {
+                epoch: req.header.epoch,
+                candidate: req.header.node_id,
+                candidate_end: req.candidate_end,
+                mine,
+            });
+        }
         self.step(Event::FenceRequested {
             epoch: req.header.epoch,
             leader: req.header.node_id,

@@ -99,6 +99,7 @@ async fn call(
                     ..header()
                 },
                 reason: FenceReason::Forced,
+                candidate_end: None,
             })
             .await
             .map(|r| format!("{r:?}")),
