@@ -40,10 +40,13 @@
 //! failed round costs.
 
 use super::event::{Effect, Time};
-use super::quorum::{LogEnd, PromotionDecision, decide_promotion, positions_needed};
+use super::quorum::{
+    CommitRule, LogEnd, Method, PromotionDecision, decide_promotion, positions_needed,
+};
 use super::{Node, Role};
 use crate::arbiter::Register;
 use crate::types::{Epoch, NodeId, Record};
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -108,7 +111,30 @@ impl Node {
     /// standbys (and so waits for `candidacy_allows_swap`).
     pub(super) fn needs_quorum_promotion(&self, known: &Register) -> bool {
         !self.cfg.testing_quorum_promotion_without_positions
-            && positions_needed(&self.commit_rule, &known.sync_set) > 1
+            && positions_needed(&self.promotion_rule(known), &known.sync_set) > 1
+    }
+
+    /// The rule a failover judges by. This node's own once a primary's
+    /// heartbeat in this process's life named the same (a heartbeat naming
+    /// another makes the standby ineligible: `Standby::foreign_rule`).
+    /// Before that (a restarted member, while the primary is dead) the
+    /// primary may have committed under a rule waiting for fewer standbys
+    /// than ours, so it judges by `ANY 1` over the register's sync set,
+    /// which holds for any rule the primary had: it hears from every
+    /// member before it swaps. A member its own `sync_standbys` does not
+    /// name keeps that rule (it never promotes); a pair has one member.
+    pub(super) fn promotion_rule(&self, known: &Register) -> Cow<'_, CommitRule> {
+        let me = &self.cfg.node_id;
+        let named = (self.cfg.sync_standbys.as_ref()).is_none_or(|r| r.priority(me) > 0);
+        let pair = self.cluster_rule.is_empty();
+        if self.primary_rule_heard || !named || pair || known.sync_set.is_empty() {
+            return Cow::Borrowed(&self.commit_rule);
+        }
+        let members = known.sync_set.iter().cloned().collect();
+        Cow::Owned(
+            CommitRule::new(Method::Any, 1, members)
+                .expect("a sync set names each member once and is not empty"),
+        )
     }
 
     /// Whether the candidacy decided that this node holds every
@@ -148,18 +174,20 @@ impl Node {
     pub(super) fn candidacy_work(&mut self, now: Time, known: &Register) {
         let seal = self.epoch.next();
         if self.candidacy.as_ref().is_none_or(|c| c.seal != seal) {
-            tracing::info!(%seal, need = positions_needed(&self.commit_rule, &known.sync_set), "failover: asking the other standbys in sync for their final positions first");
+            let rule = self.promotion_rule(known);
+            let need = positions_needed(&rule, &known.sync_set);
+            tracing::info!(%seal, need, %rule, "failover: asking the other standbys in sync for their final positions first");
             self.candidacy = Some(Candidacy::new(seal, now));
         }
         let me = self.cfg.node_id.clone();
         let interval = self.cfg.heartbeat_interval;
         let quiet = self.cfg.rpc_timeout * 4;
-        let c = self.candidacy.as_mut().expect("set above");
-        if !c.fresh {
+        if self.candidacy.as_ref().is_some_and(|c| !c.fresh) {
             return;
         }
-        let unanswered: Vec<NodeId> = self
-            .commit_rule
+        let rule = self.promotion_rule(known).into_owned();
+        let c = self.candidacy.as_mut().expect("set above");
+        let unanswered: Vec<NodeId> = rule
             .counted(&known.sync_set)
             .filter(|n| **n != me && !c.answers.contains_key(*n))
             .cloned()
@@ -185,6 +213,7 @@ impl Node {
     fn decide_candidacy(&mut self, now: Time, known: &Register) {
         let me = self.cfg.node_id.clone();
         let (epoch, last) = (self.epoch, self.last_lsn);
+        let rule = self.promotion_rule(known).into_owned();
         let Some(c) = self.candidacy.as_mut() else {
             return;
         };
@@ -195,8 +224,7 @@ impl Node {
             return;
         }
         c.ready_for = None;
-        let why = match decide_promotion(&self.commit_rule, &known.sync_set, &me, mine, &c.answers)
-        {
+        let why = match decide_promotion(&rule, &known.sync_set, &me, mine, &c.answers) {
             PromotionDecision::Promote => {
                 tracing::info!(
                     heard = c.answers.len(),

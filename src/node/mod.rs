@@ -164,6 +164,10 @@ pub(crate) struct Node {
     commit_rule: quorum::CommitRule,
     /// `Config::cluster_rule_text`, compared with each heartbeat's.
     cluster_rule: String,
+    /// A primary's heartbeat in this process's life named `cluster_rule`,
+    /// and none since named another: the candidacy may judge by this
+    /// node's own rule (`Node::promotion_rule`).
+    primary_rule_heard: bool,
     /// Every other data node: the standbys a primary streams to.
     standbys: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,
@@ -246,6 +250,7 @@ impl Node {
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),
+            primary_rule_heard: false,
             standbys: cfg.peer_ids().into_iter().collect(),
             cfg,
         };

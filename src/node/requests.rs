@@ -132,6 +132,9 @@ impl Node {
     /// its own would need positions it would not ask for).
     fn note_primary_rule(&mut self, theirs: String) {
         let ours = &self.cluster_rule;
+        // An empty rule comes from a primary that predates the field: it
+        // confirms nothing.
+        self.primary_rule_heard = !theirs.is_empty() && theirs == *ours;
         let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != *ours).then_some(theirs);
         if let Role::Standby(s) = &mut self.role
             && s.foreign_rule != foreign

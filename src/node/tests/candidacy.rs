@@ -349,11 +349,7 @@ fn a_cluster_standby_whose_primary_has_another_rule_does_not_promote() {
     assert_eq!(reordered("ANY 1 (n3, n1, n2)"), "ANY 1 (n1, n2, n3)");
     assert_eq!(reordered("FIRST 1 (n3, n1, n2)"), "FIRST 1 (n3, n1, n2)");
     let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
-    let mut beat = heartbeat(1, "n2", 10, 10, SyncState::Sync);
-    if let Event::HeartbeatReceived { req } = &mut beat {
-        req.commit_rule = "ANY 1 (n1, n2, n3)".into();
-    }
-    node.step(t(100), beat);
+    node.step(t(100), heartbeat_naming("ANY 1 (n1, n2, n3)"));
     super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut node, 200, 3000);
     assert!(!swaps(&effects) && !seals(&effects, None), "{effects:?}");
@@ -363,4 +359,60 @@ fn a_cluster_standby_whose_primary_has_another_rule_does_not_promote() {
     let mut same = candidate();
     let effects = tick_answering_reads(&mut same, 200, 1300);
     assert!(seals(&effects, Some(2)), "{effects:?}");
+}
+
+/// n2's heartbeat (epoch 1, LSN 10, in sync) naming `rule` as its commit rule.
+fn heartbeat_naming(rule: &str) -> Event {
+    let mut beat = heartbeat(1, "n2", 10, 10, SyncState::Sync);
+    if let Event::HeartbeatReceived { req } = &mut beat {
+        req.commit_rule = rule.into();
+    }
+    beat
+}
+
+#[test]
+fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set() {
+    // Its own rule (the default: every standby confirms) would let it swap
+    // alone; but the dead primary may have run ANY 1 and acknowledged
+    // writes that only n3 holds. Restarted, it has heard no rule: it seals
+    // every other member first.
+    let every_standby = || Config {
+        sync_standbys: None,
+        ..candidate_config()
+    };
+    let (mut restarted, _) = new_node(
+        every_standby(),
+        meta(1, "n2"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    super::arbiter::knows(&mut restarted, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let effects = tick_answering_reads(&mut restarted, 100, 1500);
+    assert!(seals(&effects, Some(2)), "{effects:?}");
+    assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
+    let mut effects = restarted.step(t(1550), n3_answers(10));
+    effects.extend(tick_answering_reads(&mut restarted, 1600, 1800));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::FetchWal { .. })),
+        "{effects:?}"
+    );
+    assert!(swaps(&effects), "{effects:?}");
+
+    // Once the primary's heartbeat named its own rule, that rule decides:
+    // every standby confirmed each write, so it swaps without asking.
+    let (mut heard, _) = new_node(
+        every_standby(),
+        meta(1, "n2"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    heard.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
+    super::arbiter::knows(&mut heard, t(100), register(3, 1, "n2", &["n1", "n3"]));
+    let effects = tick_answering_reads(&mut heard, 200, 1500);
+    assert!(!seals(&effects, None), "{effects:?}");
+    assert!(swaps(&effects), "{effects:?}");
 }
