@@ -139,6 +139,7 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                     running: None,
                     pending_listener: Some(listener),
                     prepare_link: None,
+                    cfg_is_whole: false,
                 }
             })
             .collect();
@@ -211,6 +212,9 @@ pub struct PairNode<S> {
     pending_listener: Option<TcpListener>,
     /// Called on the link of the node's next start.
     prepare_link: Option<PrepareLink>,
+    /// `cfg` already holds the builder's tweak and a later change
+    /// (`Pair::restart_with_config`): the tweak is not applied again.
+    cfg_is_whole: bool,
 }
 
 struct Running<S> {
@@ -277,7 +281,7 @@ impl<S: StateMachine + 'static> Pair<S> {
     async fn launch(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
         let mut cfg = node.cfg.clone();
-        if let Some(tweak) = &self.tweak {
+        if let Some(tweak) = self.tweak.as_ref().filter(|_| !node.cfg_is_whole) {
             tweak(&mut cfg);
         }
         let listener = match node.pending_listener.take() {
@@ -505,6 +509,23 @@ impl<S: StateMachine + 'static> Pair<S> {
         let i = self.index(id);
         assert!(self.nodes[i].running.is_none(), "node {id} is running");
         self.launch(i).await
+    }
+
+    /// [`Pair::restart`], with the node's configuration changed by `tweak`
+    /// first (e.g. an operator's edit between two runs).
+    pub async fn restart_with_config(
+        &mut self,
+        id: &NodeId,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<()> {
+        let i = self.index(id);
+        let node = &mut self.nodes[i];
+        if let Some(builder_tweak) = self.tweak.as_ref().filter(|_| !node.cfg_is_whole) {
+            builder_tweak(&mut node.cfg);
+        }
+        tweak(&mut node.cfg);
+        node.cfg_is_whole = true;
+        self.restart(id).await
     }
 
     /// [`Pair::restart`], with `prepare` called on the node's new [`Link`]

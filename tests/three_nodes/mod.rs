@@ -345,3 +345,72 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
     writes_reach(candidate, follower).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_with_another_rule_while_the_primary_is_dead_still_asks_for_positions() {
+    // The primary ran ANY 1 and acknowledged ten writes with b alone. c,
+    // which lacks them, restarts with the default rule (every standby
+    // confirms each write), under which it would believe it holds every
+    // acknowledged write and promote alone. Having heard no primary's
+    // rule since, it must ask b first.
+    init_tracing();
+    let mut cluster = any_one(Pair::builder(mem_engine).nodes(3))
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_streaming().await.unwrap();
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    cluster
+        .node(&a)
+        .wait("both standbys in the register's sync set", |h| {
+            h.arbiter
+                .as_ref()
+                .and_then(|s| s.register.as_ref())
+                .is_some_and(|r| r.sync_set.len() == 2)
+        })
+        .await
+        .unwrap();
+    for n in [&b, &c] {
+        cluster
+            .node(n)
+            .replica()
+            .set_failover_paused(true)
+            .await
+            .unwrap();
+    }
+    cluster.set_link_cut_to(&a, &c, true);
+    let last = put_keys(cluster.primary().replica(), 10).await;
+    assert!(cluster.node(&c).wal().last_lsn() < last);
+    let hash = cluster.primary().engine().state_hash();
+    cluster.kill(&a).await;
+    cluster.kill(&c).await;
+    cluster
+        .restart_with_config(&c, |cfg| cfg.sync_standbys = None)
+        .await
+        .unwrap();
+    cluster.set_link_cut_to(&c, &b, true);
+    let candidate = cluster.node(&c);
+    let waiting = candidate
+        .wait("c holds back for b's position", |h| {
+            h.arbiter
+                .as_ref()
+                .and_then(|s| s.held_back.as_ref())
+                .is_some_and(|w| w.contains("heard from 1 of the 2"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(waiting.role, RoleKind::Standby);
+
+    cluster.set_link_cut_to(&c, &b, false);
+    candidate
+        .wait("c promoted", |h| h.role == RoleKind::Primary)
+        .await
+        .unwrap();
+    candidate.replica().wait_for_lsn(last, WAIT).await.unwrap();
+    assert_eq!(
+        candidate.engine().state_hash(),
+        hash,
+        "an acknowledged write is missing on the new primary"
+    );
+    cluster.shutdown().await;
+}
