@@ -114,12 +114,13 @@ impl Node {
             && positions_needed(&self.promotion_rule(known), &known.sync_set) > 1
     }
 
-    /// The rule a failover judges by. This node's own once a primary's
-    /// heartbeat in this process's life named the same (a heartbeat naming
-    /// another makes the standby ineligible: `Standby::foreign_rule`).
-    /// Before that (a restarted member, while the primary is dead) the
-    /// primary may have committed under a rule waiting for fewer standbys
-    /// than ours, so it judges by `ANY 1` over the register's sync set,
+    /// The rule a failover judges by. This node's own once the heartbeat of
+    /// the register's primary, at the register's epoch, named the same in
+    /// this process's life (a heartbeat naming another makes the standby
+    /// ineligible: `Standby::foreign_rule`). Otherwise (a restarted member
+    /// while the primary is dead, or a primary this node heard only by its
+    /// WAL) that primary may have committed under a rule waiting for fewer
+    /// standbys than ours, so it judges by `ANY 1` over the sync set,
     /// which holds for any rule the primary had: it hears from every
     /// member before it swaps. A member its own `sync_standbys` does not
     /// name keeps that rule (it never promotes); a pair has one member.
@@ -127,7 +128,13 @@ impl Node {
         let me = &self.cfg.node_id;
         let named = (self.cfg.sync_standbys.as_ref()).is_none_or(|r| r.priority(me) > 0);
         let pair = self.cluster_rule.is_empty();
-        if self.primary_rule_heard || !named || pair || known.sync_set.is_empty() {
+        let heard = self
+            .primary_rule_heard
+            .as_ref()
+            .is_some_and(|(epoch, primary)| {
+                *epoch == known.epoch && known.primary.as_ref() == Some(primary)
+            });
+        if heard || !named || pair || known.sync_set.is_empty() {
             return Cow::Borrowed(&self.commit_rule);
         }
         let members = known.sync_set.iter().cloned().collect();
@@ -445,10 +452,14 @@ impl Node {
     /// exactly one yields. Without `other_end` (a sender that predates it)
     /// the logs are left out, as that sender leaves them out.
     fn ranks_before(&self, mine: LogEnd, other: &NodeId, other_end: Option<LogEnd>) -> bool {
-        // Priority 0 (never a candidate) goes last.
-        let rank = |n: &NodeId| match self.commit_rule.priority(n) {
-            0 => usize::MAX,
-            p => p,
+        // Priority 0 (never a candidate) goes last. The default rule names
+        // every node alike (each node's own names only its peers).
+        let rank = |n: &NodeId| match &self.cfg.sync_standbys {
+            None => 1,
+            Some(rule) => match rule.priority(n) {
+                0 => usize::MAX,
+                p => p,
+            },
         };
         let me = &self.cfg.node_id;
         let (mine, theirs) = match other_end {

@@ -164,10 +164,11 @@ pub(crate) struct Node {
     commit_rule: quorum::CommitRule,
     /// `Config::cluster_rule_text`, compared with each heartbeat's.
     cluster_rule: String,
-    /// A primary's heartbeat in this process's life named `cluster_rule`,
-    /// and none since named another: the candidacy may judge by this
-    /// node's own rule (`Node::promotion_rule`).
-    primary_rule_heard: bool,
+    /// The epoch and primary whose heartbeat, in this process's life, last
+    /// named `cluster_rule` (none since named another): a failover from
+    /// the register of that epoch and primary may judge by this node's own
+    /// rule (`Node::promotion_rule`).
+    primary_rule_heard: Option<(Epoch, NodeId)>,
     /// Every other data node: the standbys a primary streams to.
     standbys: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,
@@ -250,7 +251,7 @@ impl Node {
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),
-            primary_rule_heard: false,
+            primary_rule_heard: None,
             standbys: cfg.peer_ids().into_iter().collect(),
             cfg,
         };

@@ -114,6 +114,7 @@ impl Node {
             }
             self.step_down_for_peer_primary(&req.header);
         }
+        let primary = req.header.node_id.clone();
         self.on_primary_contact(
             now,
             req.header.epoch,
@@ -122,7 +123,9 @@ impl Node {
             req.commit_lsn,
             req.sync,
         );
-        self.note_primary_rule(req.commit_rule);
+        // After the contact, which may make this node another primary's
+        // standby: the rule is that primary's.
+        self.note_primary_rule(req.header.epoch, &primary, req.commit_rule);
         self.emit(Effect::Answer(Ok(())));
     }
 
@@ -130,11 +133,12 @@ impl Node {
     /// a cluster whose own differs says so once and does not promote by a
     /// failover until they agree (a rule waiting for fewer standbys than
     /// its own would need positions it would not ask for).
-    fn note_primary_rule(&mut self, theirs: String) {
+    fn note_primary_rule(&mut self, epoch: Epoch, primary: &crate::types::NodeId, theirs: String) {
         let ours = &self.cluster_rule;
         // An empty rule comes from a primary that predates the field: it
         // confirms nothing.
-        self.primary_rule_heard = !theirs.is_empty() && theirs == *ours;
+        self.primary_rule_heard =
+            (!theirs.is_empty() && theirs == *ours).then(|| (epoch, primary.clone()));
         let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != *ours).then_some(theirs);
         if let Role::Standby(s) = &mut self.role
             && s.foreign_rule != foreign

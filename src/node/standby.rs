@@ -68,6 +68,11 @@ impl Standby {
         if self.last_contact.is_some() {
             self.last_contact = Some(now);
         }
+        // A member counting the silence from its first tick (no contact in
+        // this life: `Node::register_decides_eligibility`) waits as long.
+        if self.silent_since.is_some() {
+            self.silent_since = Some(now);
+        }
         self.reported_silence = false;
     }
 

@@ -128,7 +128,9 @@ impl Nodes {
 
 /// Waits until `nodes[primary]` is a writable primary streaming to every
 /// other node, and each of them a standby in contact (in a sync `mode`,
-/// eligible to take over); returns the primary's health then.
+/// eligible to take over, unless the commit rule does not name it: the
+/// primary tells such a standby it is asynchronous, and it never is);
+/// returns the primary's health then.
 pub async fn wait_streaming_all(
     nodes: &mut [NodeProc],
     primary: usize,
@@ -144,6 +146,11 @@ pub async fn wait_streaming_all(
         .await?;
     for (i, n) in nodes.iter_mut().enumerate() {
         if i != primary {
+            let unnamed = h
+                .standbys
+                .iter()
+                .any(|s| s.id == n.name && s.sync_state == "async");
+            let mode = if unnamed { CommitMode::Async } else { mode };
             n.wait_for("a standby in contact", STEP, |h| {
                 is_standby_in_contact(h, mode)
             })

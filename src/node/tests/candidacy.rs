@@ -3,6 +3,7 @@
 
 use super::arbiter::{asks, register, step_answering, tick_answering_reads, with_arbiter};
 use super::*;
+use crate::arbiter::Register;
 use crate::config::PeerAddress;
 use crate::node::LogEnd;
 
@@ -15,6 +16,8 @@ fn n(id: &str) -> NodeId {
 /// the register (v3) with both standbys in its sync set.
 fn candidate() -> Node {
     let mut node = standby_in_contact(candidate_config(), SyncState::Sync, t(100));
+    // The primary's heartbeat names this node's rule: the rule decides.
+    node.step(t(100), heartbeat_naming("ANY 1 (n1, n2, n3)"));
     super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
     node
 }
@@ -415,4 +418,109 @@ fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set
     let effects = tick_answering_reads(&mut heard, 200, 1500);
     assert!(!seals(&effects, None), "{effects:?}");
     assert!(swaps(&effects), "{effects:?}");
+}
+
+/// n1 under the default rule (every standby confirms each write), restarted
+/// while the primary n2 is dead, with the register at `reg`: it has heard
+/// no rule, so it asks the other members for their positions.
+fn restarted_under_the_default_rule(meta_epoch: u64, leader: &str, reg: Register) -> Node {
+    let cfg = Config {
+        sync_standbys: None,
+        ..candidate_config()
+    };
+    let (mut node, _) = new_node(
+        cfg,
+        meta(meta_epoch, leader),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    super::arbiter::knows(&mut node, t(10), reg);
+    node
+}
+
+#[test]
+fn under_the_default_rule_two_candidates_of_one_round_do_not_both_yield() {
+    // Each node's default rule names only its peers; ranked by it, n1 and
+    // n3 would each put the other first and both give way, every round.
+    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let effects = tick_answering_reads(&mut node, 100, 1500);
+    assert!(seals(&effects, Some(2)), "{effects:?}");
+    // n3 seals at the same epoch, its log as advanced: n1 comes first by id.
+    let effects = node.step(t(1550), seal(2, "n3"));
+    assert!(refuses(&effects), "{effects:?}");
+    assert_eq!(node.epoch(), Epoch(1));
+    // n1 seals at the same epoch to n3, whose log is as advanced: n3
+    // comes after n1 and answers (seen from n3: the same ranking).
+    let cfg3 = Config {
+        node_id: n("n3"),
+        peer_id: n("n2"),
+        more_peers: vec![PeerAddress {
+            id: n("n1"),
+            addr: "n1:7001".into(),
+        }],
+        sync_standbys: None,
+        ..candidate_config()
+    };
+    let (mut n3, _) = new_node(cfg3, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    super::arbiter::knows(&mut n3, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    tick_answering_reads(&mut n3, 100, 1500);
+    let effects = n3.step(t(1550), seal(2, "n1"));
+    assert!(answers_at_10(&effects), "{effects:?}");
+}
+
+#[test]
+fn a_rule_heard_from_an_earlier_primary_does_not_decide_a_failover_from_a_later_one() {
+    // n1 heard n2 name its rule at epoch 1; the register says n3 leads
+    // epoch 2, whose heartbeat n1 never heard (it may follow n3 by its WAL
+    // alone). n3 may run another rule: n1 asks n2 before its swap.
+    let cfg = Config {
+        sync_standbys: None,
+        ..candidate_config()
+    };
+    let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    node.step(t(5), heartbeat_naming("ANY 2 (n1, n2, n3)"));
+    let mut later = register(5, 2, "n3", &["n1", "n2"]);
+    later.members.insert(n("n3"));
+    super::arbiter::knows(&mut node, t(10), later);
+    assert_eq!(node.epoch(), Epoch(2));
+    let effects = tick_answering_reads(&mut node, 100, 2000);
+    let asks_n2 = effects
+        .iter()
+        .any(|e| matches!(e, Effect::SealStandbys { epoch: Epoch(3), to } if to == &vec![n("n2")]));
+    assert!(
+        asks_n2,
+        "{effects:?} {:?} {:?} {:?}",
+        node.arbiter_status(),
+        node.role(),
+        node.leader()
+    );
+    assert!(!swaps(&effects), "swapped before hearing n2: {effects:?}");
+}
+
+#[test]
+fn a_restarted_member_that_is_sealed_waits_a_whole_failover_timeout_too() {
+    // No contact in this life: it counts the silence from its first tick
+    // (t=100). A candidate's seal at t=700 restarts that count, so it does
+    // not start its own round at t=1100 and seal the candidate mid-fetch.
+    let (mut node, _) = new_node(
+        candidate_config(),
+        meta(1, "n2"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    super::arbiter::knows(&mut node, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    tick_answering_reads(&mut node, 100, 600);
+    let effects = step_answering(&mut node, t(700), seal(2, "n3"));
+    assert!(answers_at_10(&effects), "{effects:?}");
+    let effects = tick_answering_reads(&mut node, 800, 1600);
+    assert!(
+        !seals(&effects, None),
+        "tried before failover_timeout: {effects:?}"
+    );
+    let effects = tick_answering_reads(&mut node, 1700, 2500);
+    assert!(seals(&effects, Some(3)), "{effects:?}");
 }
