@@ -129,7 +129,7 @@ impl Nodes {
 /// Waits until `nodes[primary]` is a writable primary streaming to every
 /// other node, and each of them a standby in contact (in a sync `mode`,
 /// eligible to take over, unless the commit rule does not name it: the
-/// primary tells such a standby it is asynchronous, and it never is);
+/// primary does not count it, and it is never eligible);
 /// returns the primary's health then.
 pub async fn wait_streaming_all(
     nodes: &mut [NodeProc],
@@ -149,7 +149,7 @@ pub async fn wait_streaming_all(
             let unnamed = h
                 .standbys
                 .iter()
-                .any(|s| s.id == n.name && s.sync_state == "async");
+                .any(|s| s.id == n.name && !s.counted);
             let mode = if unnamed { CommitMode::Async } else { mode };
             n.wait_for("a standby in contact", STEP, |h| {
                 is_standby_in_contact(h, mode)
