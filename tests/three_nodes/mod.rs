@@ -5,7 +5,7 @@
 use crate::common::*;
 use crate::mem_engine;
 use walrep::testing::{MemStateMachine, Pair, PairBuilder, PairNode};
-use walrep::{NodeId, Replicator, RoleKind};
+use walrep::{Lsn, NodeId, Replicator, RoleKind};
 
 fn id(s: &str) -> NodeId {
     NodeId::from(s)
@@ -261,10 +261,12 @@ fn any_one(cluster: PairBuilder<MemStateMachine>) -> PairBuilder<MemStateMachine
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_it_lacks() {
-    init_tracing();
-    let mut cluster = any_one(Pair::builder(mem_engine).nodes(3))
+/// Three nodes under `ANY 1 (a, b, c)`, both standbys in the sync set and
+/// their failover paused, where a acknowledged ten writes with b alone (it
+/// stopped reaching c). Returns the cluster, the last acknowledged LSN and
+/// a's state hash then.
+async fn any_one_where_c_lacks_acknowledged_writes() -> (Pair<MemStateMachine>, Lsn, u32) {
+    let cluster = any_one(Pair::builder(mem_engine).nodes(3))
         .start()
         .await
         .unwrap();
@@ -280,8 +282,6 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
         })
         .await
         .unwrap();
-    // Only c may fail over, and c falls behind: a stops reaching it, and
-    // its writes are acknowledged with b alone.
     for n in [&b, &c] {
         cluster
             .node(n)
@@ -299,6 +299,15 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
         cluster.node(&c).wal().last_lsn()
     );
     let hash = cluster.primary().engine().state_hash();
+    (cluster, last, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_it_lacks() {
+    init_tracing();
+    // Only c may fail over, and c is behind.
+    let (mut cluster, last, hash) = any_one_where_c_lacks_acknowledged_writes().await;
+    let (a, b, c) = (id("a"), id("b"), id("c"));
     cluster.kill(&a).await;
 
     // c cannot reach b: it may not promote, as b alone may hold the
@@ -354,34 +363,8 @@ async fn a_member_restarted_with_another_rule_while_the_primary_is_dead_still_as
     // acknowledged write and promote alone. Having heard no primary's
     // rule since, it must ask b first.
     init_tracing();
-    let mut cluster = any_one(Pair::builder(mem_engine).nodes(3))
-        .start()
-        .await
-        .unwrap();
-    cluster.wait_streaming().await.unwrap();
+    let (mut cluster, last, hash) = any_one_where_c_lacks_acknowledged_writes().await;
     let (a, b, c) = (id("a"), id("b"), id("c"));
-    cluster
-        .node(&a)
-        .wait("both standbys in the register's sync set", |h| {
-            h.arbiter
-                .as_ref()
-                .and_then(|s| s.register.as_ref())
-                .is_some_and(|r| r.sync_set.len() == 2)
-        })
-        .await
-        .unwrap();
-    for n in [&b, &c] {
-        cluster
-            .node(n)
-            .replica()
-            .set_failover_paused(true)
-            .await
-            .unwrap();
-    }
-    cluster.set_link_cut_to(&a, &c, true);
-    let last = put_keys(cluster.primary().replica(), 10).await;
-    assert!(cluster.node(&c).wal().last_lsn() < last);
-    let hash = cluster.primary().engine().state_hash();
     cluster.kill(&a).await;
     cluster.kill(&c).await;
     cluster

@@ -146,10 +146,7 @@ pub async fn wait_streaming_all(
         .await?;
     for (i, n) in nodes.iter_mut().enumerate() {
         if i != primary {
-            let unnamed = h
-                .standbys
-                .iter()
-                .any(|s| s.id == n.name && !s.counted);
+            let unnamed = h.standbys.iter().any(|s| s.id == n.name && !s.counted);
             let mode = if unnamed { CommitMode::Async } else { mode };
             n.wait_for("a standby in contact", STEP, |h| {
                 is_standby_in_contact(h, mode)
