@@ -261,6 +261,21 @@ fn any_one(cluster: PairBuilder<MemStateMachine>) -> PairBuilder<MemStateMachine
     })
 }
 
+/// Waits until `candidate` holds back its failover for the other standby's
+/// position, still a standby.
+async fn holds_back_for_a_position(candidate: &PairNode<MemStateMachine>) {
+    let waiting = candidate
+        .wait("c holds back for b's position", |h| {
+            h.arbiter
+                .as_ref()
+                .and_then(|s| s.held_back.as_ref())
+                .is_some_and(|w| w.contains("heard from 1 of the 2"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(waiting.role, RoleKind::Standby);
+}
+
 /// Three nodes under `ANY 1 (a, b, c)`, both standbys in the sync set and
 /// their failover paused, where a acknowledged ten writes with b alone (it
 /// stopped reaching c). Returns the cluster, the last acknowledged LSN and
@@ -319,16 +334,7 @@ async fn under_any_1_a_behind_candidate_waits_for_a_position_then_fetches_what_i
         .set_failover_paused(false)
         .await
         .unwrap();
-    let waiting = candidate
-        .wait("c holds back for b's position", |h| {
-            h.arbiter
-                .as_ref()
-                .and_then(|s| s.held_back.as_ref())
-                .is_some_and(|w| w.contains("heard from 1 of the 2"))
-        })
-        .await
-        .unwrap();
-    assert_eq!(waiting.role, RoleKind::Standby);
+    holds_back_for_a_position(candidate).await;
 
     // b answers: c adopts nothing before it fetched b's records, then
     // promotes with every acknowledged write, and b follows it.
@@ -373,16 +379,7 @@ async fn a_member_restarted_with_another_rule_while_the_primary_is_dead_still_as
         .unwrap();
     cluster.set_link_cut_to(&c, &b, true);
     let candidate = cluster.node(&c);
-    let waiting = candidate
-        .wait("c holds back for b's position", |h| {
-            h.arbiter
-                .as_ref()
-                .and_then(|s| s.held_back.as_ref())
-                .is_some_and(|w| w.contains("heard from 1 of the 2"))
-        })
-        .await
-        .unwrap();
-    assert_eq!(waiting.role, RoleKind::Standby);
+    holds_back_for_a_position(candidate).await;
 
     cluster.set_link_cut_to(&c, &b, false);
     candidate

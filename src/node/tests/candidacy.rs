@@ -385,19 +385,8 @@ fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set
     // alone; but the dead primary may have run ANY 1 and acknowledged
     // writes that only n3 holds. Restarted, it has heard no rule: it seals
     // every other member first.
-    let every_standby = || Config {
-        sync_standbys: None,
-        ..candidate_config()
-    };
-    let (mut restarted, _) = new_node(
-        every_standby(),
-        meta(1, "n2"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
-    super::arbiter::knows(&mut restarted, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let mut restarted =
+        restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut restarted, 100, 1500);
     assert!(seals(&effects, Some(2)), "{effects:?}");
     assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
@@ -411,16 +400,8 @@ fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set
 
     // Once the primary's heartbeat named its own rule, that rule decides:
     // every standby confirmed each write, so it swaps without asking.
-    let (mut heard, _) = new_node(
-        every_standby(),
-        meta(1, "n2"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
+    let mut heard = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
     heard.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
-    super::arbiter::knows(&mut heard, t(100), register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut heard, 200, 1500);
     assert!(!seals(&effects, None), "{effects:?}");
     assert!(swaps(&effects), "{effects:?}");
