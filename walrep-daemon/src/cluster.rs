@@ -11,7 +11,7 @@ use super::pair::{
 };
 use super::process::{Flags, NodeProc, free_ports, with};
 use std::path::Path;
-use walrep::CommitMode;
+use walrep::{CommitMode, CommitRule, NodeId};
 
 /// The nodes (n1 first) and their witness, laid out but not started.
 pub struct Cluster {
@@ -128,8 +128,8 @@ impl Nodes {
 
 /// Waits until `nodes[primary]` is a writable primary streaming to every
 /// other node, and each of them a standby in contact (in a sync `mode`,
-/// eligible to take over, unless the commit rule does not name it: the
-/// primary does not count it, and it is never eligible);
+/// eligible to take over, unless the primary's `sync_standbys` does not
+/// name it: it is never eligible);
 /// returns the primary's health then.
 pub async fn wait_streaming_all(
     nodes: &mut [NodeProc],
@@ -144,9 +144,16 @@ pub async fn wait_streaming_all(
                 && h.standbys.iter().all(|s| s.connected)
         })
         .await?;
+    // A standby the primary's rule does not name, by the rule itself (a
+    // named one may not be counted yet, e.g. right after a failover).
+    let rule: Option<CommitRule> = nodes[primary]
+        .flag("sync_standbys")
+        .and_then(|r| r.parse().ok());
     for (i, n) in nodes.iter_mut().enumerate() {
         if i != primary {
-            let unnamed = h.standbys.iter().any(|s| s.id == n.name && !s.counted);
+            let unnamed = rule
+                .as_ref()
+                .is_some_and(|r| r.priority(&NodeId::from(n.name.as_str())) == 0);
             let mode = if unnamed { CommitMode::Async } else { mode };
             n.wait_for("a standby in contact", STEP, |h| {
                 is_standby_in_contact(h, mode)

@@ -104,6 +104,15 @@ impl NodeProc {
         proc
     }
 
+    /// The value this process was given for the setting `key`, if any.
+    pub fn flag(&self, key: &str) -> Option<&str> {
+        let flag = super::config::flag_name(key);
+        self.args
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+    }
+
     /// Starts the process (again, after a kill); an error if it runs.
     pub fn spawn(&mut self) -> Result<(), DaemonError> {
         if self.child.is_some() {
