@@ -114,13 +114,15 @@ impl Node {
             && positions_needed(&self.promotion_rule(known), &known.sync_set) > 1
     }
 
-    /// The rule a failover judges by. This node's own once the heartbeat of
-    /// the register's primary, at the register's epoch, named the same in
-    /// this process's life (a heartbeat naming another makes the standby
-    /// ineligible: `Standby::foreign_rule`). Otherwise (a restarted member
-    /// while the primary is dead, or a primary this node heard only by its
-    /// WAL) that primary may have committed under a rule waiting for fewer
-    /// standbys than ours, so it judges by `ANY 1` over the sync set,
+    /// The rule a failover judges by. This node's own when the heartbeat of
+    /// the register's primary, at the register's epoch, named the same
+    /// within the last two `failover_timeout`s (a heartbeat naming another
+    /// makes the standby ineligible: `Standby::foreign_rule`). Otherwise (a
+    /// restarted member while the primary is dead, a primary this node
+    /// heard only by its WAL, or one that may have restarted with another
+    /// rule while this node was cut off) that primary may have committed
+    /// under a rule waiting for fewer standbys than ours, so it judges by
+    /// `ANY 1` over the sync set,
     /// which holds for any rule the primary had: it hears from every
     /// member before it swaps. A member its own `sync_standbys` does not
     /// name keeps that rule (it never promotes); a pair has one member.
@@ -128,11 +130,17 @@ impl Node {
         let me = &self.cfg.node_id;
         let named = (self.cfg.sync_standbys.as_ref()).is_none_or(|r| r.priority(me) > 0);
         let pair = self.cluster_rule.is_empty();
+        // Heard lately: a primary that restarted with another rule keeps
+        // its epoch, and a standby cut off meanwhile would not know.
+        let now = self.last_step.unwrap_or_default();
+        let fresh_for = self.cfg.failover_timeout * 2;
         let heard = self
             .primary_rule_heard
             .as_ref()
-            .is_some_and(|(epoch, primary)| {
-                *epoch == known.epoch && known.primary.as_ref() == Some(primary)
+            .is_some_and(|(epoch, primary, at)| {
+                *epoch == known.epoch
+                    && known.primary.as_ref() == Some(primary)
+                    && now.saturating_sub(*at) <= fresh_for
             });
         if heard || !named || pair || known.sync_set.is_empty() {
             return Cow::Borrowed(&self.commit_rule);

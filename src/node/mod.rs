@@ -165,10 +165,10 @@ pub(crate) struct Node {
     /// `Config::cluster_rule_text`, compared with each heartbeat's.
     cluster_rule: String,
     /// The epoch and primary whose heartbeat, in this process's life, last
-    /// named `cluster_rule` (none since named another): a failover from
-    /// the register of that epoch and primary may judge by this node's own
-    /// rule (`Node::promotion_rule`).
-    primary_rule_heard: Option<(Epoch, NodeId)>,
+    /// named `cluster_rule` (none since named another), and when: a
+    /// failover from the register of that epoch and primary, soon after,
+    /// may judge by this node's own rule (`Node::promotion_rule`).
+    primary_rule_heard: Option<(Epoch, NodeId, Time)>,
     /// Every other data node: the standbys a primary streams to.
     standbys: std::collections::BTreeSet<NodeId>,
     epoch: Epoch,

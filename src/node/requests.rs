@@ -125,7 +125,7 @@ impl Node {
         );
         // After the contact, which may make this node another primary's
         // standby: the rule is that primary's.
-        self.note_primary_rule(req.header.epoch, &primary, req.commit_rule);
+        self.note_primary_rule(now, req.header.epoch, &primary, req.commit_rule);
         self.emit(Effect::Answer(Ok(())));
     }
 
@@ -133,12 +133,18 @@ impl Node {
     /// a cluster whose own differs says so once and does not promote by a
     /// failover until they agree (a rule waiting for fewer standbys than
     /// its own would need positions it would not ask for).
-    fn note_primary_rule(&mut self, epoch: Epoch, primary: &crate::types::NodeId, theirs: String) {
+    fn note_primary_rule(
+        &mut self,
+        now: Time,
+        epoch: Epoch,
+        primary: &crate::types::NodeId,
+        theirs: String,
+    ) {
         let ours = &self.cluster_rule;
         // An empty rule comes from a primary that predates the field: it
         // confirms nothing.
         self.primary_rule_heard =
-            (!theirs.is_empty() && theirs == *ours).then(|| (epoch, primary.clone()));
+            (!theirs.is_empty() && theirs == *ours).then(|| (epoch, primary.clone(), now));
         let foreign = (!ours.is_empty() && !theirs.is_empty() && theirs != *ours).then_some(theirs);
         if let Role::Standby(s) = &mut self.role
             && s.foreign_rule != foreign

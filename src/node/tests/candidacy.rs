@@ -505,3 +505,29 @@ fn a_restarted_member_that_is_sealed_waits_a_whole_failover_timeout_too() {
     assert!(answers_at_10(&effects), "{effects:?}");
     next_round_waits_a_failover_timeout_from(&mut node, 700);
 }
+
+#[test]
+fn a_rule_heard_long_ago_does_not_decide_a_failover() {
+    // n1 heard n2 name its rule at t=100, then nothing (cut off, with its
+    // failover paused meanwhile). n2 may have restarted with another rule
+    // at the same epoch since: past two failover_timeouts, n1 asks n3
+    // before its swap instead of trusting what it heard.
+    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    node.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
+    node.step(t(150), Event::FailoverPaused { paused: true });
+    tick_answering_reads(&mut node, 200, 2400);
+    let mut effects = step_answering(&mut node, t(2450), Event::FailoverPaused { paused: false });
+    effects.extend(tick_answering_reads(&mut node, 2500, 3000));
+    assert!(seals(&effects, Some(2)), "{effects:?}");
+    assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
+
+    // Resumed within two failover_timeouts, it trusts the rule it heard.
+    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    node.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
+    node.step(t(150), Event::FailoverPaused { paused: true });
+    tick_answering_reads(&mut node, 200, 1800);
+    let mut effects = step_answering(&mut node, t(1850), Event::FailoverPaused { paused: false });
+    effects.extend(tick_answering_reads(&mut node, 1900, 2000));
+    assert!(!seals(&effects, None), "{effects:?}");
+    assert!(swaps(&effects), "{effects:?}");
+}
