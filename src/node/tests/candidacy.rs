@@ -274,23 +274,13 @@ fn a_cluster_standby_that_never_heard_the_primary_in_this_life_lets_the_register
     // n1 restarted (no contact in this process) while the primary is
     // dead: the register's sync set holds it, so it may try once the
     // silence lasted failover_timeout from its first tick.
-    let cfg = candidate_config();
-    let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
-    super::arbiter::knows(&mut node, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let mut node = restarted(candidate_config(), register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut node, 100, 1000);
     assert!(!seals(&effects, None), "{effects:?}");
     let effects = tick_answering_reads(&mut node, 1100, 1500);
     assert!(seals(&effects, Some(2)), "{effects:?}");
     // Outside the sync set it does not.
-    let (mut outside, _) = new_node(
-        candidate_config(),
-        meta(1, "n2"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
-    super::arbiter::knows(&mut outside, t(10), register(3, 1, "n2", &["n3"]));
+    let mut outside = restarted(candidate_config(), register(3, 1, "n2", &["n3"]));
     let effects = tick_answering_reads(&mut outside, 100, 3000);
     assert!(
         !effects.iter().any(|e| matches!(
@@ -385,8 +375,7 @@ fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set
     // alone; but the dead primary may have run ANY 1 and acknowledged
     // writes that only n3 holds. Restarted, it has heard no rule: it seals
     // every other member first.
-    let mut restarted =
-        restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let mut restarted = restarted_under_the_default_rule(register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut restarted, 100, 1500);
     assert!(seals(&effects, Some(2)), "{effects:?}");
     assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
@@ -400,38 +389,37 @@ fn a_member_that_never_heard_the_primarys_rule_asks_every_member_of_the_sync_set
 
     // Once the primary's heartbeat named its own rule, that rule decides:
     // every standby confirmed each write, so it swaps without asking.
-    let mut heard = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let mut heard = restarted_under_the_default_rule(register(3, 1, "n2", &["n1", "n3"]));
     heard.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
     let effects = tick_answering_reads(&mut heard, 200, 1500);
     assert!(!seals(&effects, None), "{effects:?}");
     assert!(swaps(&effects), "{effects:?}");
 }
 
-/// n1 under the default rule (every standby confirms each write), restarted
-/// while the primary n2 is dead, with the register at `reg`: it has heard
-/// no rule, so it asks the other members for their positions.
-fn restarted_under_the_default_rule(meta_epoch: u64, leader: &str, reg: Register) -> Node {
+/// A node with `cfg`, restarted (no contact in this life) while its
+/// primary n2 of epoch 1 is dead, its log at 10, with the register at `reg`.
+fn restarted(cfg: Config, reg: Register) -> Node {
+    let (mut node, _) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    super::arbiter::knows(&mut node, t(10), reg);
+    node
+}
+
+/// n1 under the default rule (every standby confirms each write),
+/// `restarted`: it has heard no rule, so it asks the other members for
+/// their positions.
+fn restarted_under_the_default_rule(reg: Register) -> Node {
     let cfg = Config {
         sync_standbys: None,
         ..candidate_config()
     };
-    let (mut node, _) = new_node(
-        cfg,
-        meta(meta_epoch, leader),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
-    super::arbiter::knows(&mut node, t(10), reg);
-    node
+    restarted(cfg, reg)
 }
 
 #[test]
 fn under_the_default_rule_two_candidates_of_one_round_do_not_both_yield() {
     // Each node's default rule names only its peers; ranked by it, n1 and
     // n3 would each put the other first and both give way, every round.
-    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let mut node = restarted_under_the_default_rule(register(3, 1, "n2", &["n1", "n3"]));
     let effects = tick_answering_reads(&mut node, 100, 1500);
     assert!(seals(&effects, Some(2)), "{effects:?}");
     // n3 seals at the same epoch, its log as advanced: n1 comes first by id.
@@ -450,8 +438,7 @@ fn under_the_default_rule_two_candidates_of_one_round_do_not_both_yield() {
         sync_standbys: None,
         ..candidate_config()
     };
-    let (mut n3, _) = new_node(cfg3, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
-    super::arbiter::knows(&mut n3, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let mut n3 = restarted(cfg3, register(3, 1, "n2", &["n1", "n3"]));
     tick_answering_reads(&mut n3, 100, 1500);
     let effects = n3.step(t(1550), seal(2, "n1"));
     assert!(answers_at_10(&effects), "{effects:?}");
@@ -491,15 +478,7 @@ fn a_restarted_member_that_is_sealed_waits_a_whole_failover_timeout_too() {
     // No contact in this life: it counts the silence from its first tick
     // (t=100). A candidate's seal at t=700 restarts that count, so it does
     // not start its own round at t=1100 and seal the candidate mid-fetch.
-    let (mut node, _) = new_node(
-        candidate_config(),
-        meta(1, "n2"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
-    super::arbiter::knows(&mut node, t(10), register(3, 1, "n2", &["n1", "n3"]));
+    let mut node = restarted(candidate_config(), register(3, 1, "n2", &["n1", "n3"]));
     tick_answering_reads(&mut node, 100, 600);
     let effects = step_answering(&mut node, t(700), seal(2, "n3"));
     assert!(answers_at_10(&effects), "{effects:?}");
@@ -512,7 +491,7 @@ fn a_rule_heard_long_ago_does_not_decide_a_failover() {
     // failover paused meanwhile). n2 may have restarted with another rule
     // at the same epoch since: past two failover_timeouts, n1 asks n3
     // before its swap instead of trusting what it heard.
-    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let mut node = restarted_under_the_default_rule(register(3, 1, "n2", &["n1", "n3"]));
     node.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
     node.step(t(150), Event::FailoverPaused { paused: true });
     tick_answering_reads(&mut node, 200, 2400);
@@ -522,7 +501,7 @@ fn a_rule_heard_long_ago_does_not_decide_a_failover() {
     assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
 
     // Resumed within two failover_timeouts, it trusts the rule it heard.
-    let mut node = restarted_under_the_default_rule(1, "n2", register(3, 1, "n2", &["n1", "n3"]));
+    let mut node = restarted_under_the_default_rule(register(3, 1, "n2", &["n1", "n3"]));
     node.step(t(100), heartbeat_naming("ANY 2 (n1, n2, n3)"));
     node.step(t(150), Event::FailoverPaused { paused: true });
     tick_answering_reads(&mut node, 200, 1800);
