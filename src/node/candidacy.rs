@@ -127,8 +127,7 @@ impl Node {
     /// member before it swaps. A member its own `sync_standbys` does not
     /// name keeps that rule (it never promotes); a pair has one member.
     pub(super) fn promotion_rule(&self, known: &Register) -> Cow<'_, CommitRule> {
-        let me = &self.cfg.node_id;
-        let named = (self.cfg.sync_standbys.as_ref()).is_none_or(|r| r.priority(me) > 0);
+        let named = self.candidate_priority(&self.cfg.node_id) > 0;
         let pair = self.cluster_rule.is_empty();
         // Heard lately: a primary that restarted with another rule keeps
         // its epoch, and a standby cut off meanwhile would not know.
@@ -451,6 +450,18 @@ impl Node {
         }));
     }
 
+    /// `node`'s candidate priority by this node's `sync_standbys`: 0 for a
+    /// node it does not name (it never promotes), its place in a `FIRST`
+    /// list, 1 for each node an `ANY` rule names, and 1 for every node
+    /// under the default rule (which names every node alike; this node's
+    /// own `commit_rule` then names only its peers).
+    fn candidate_priority(&self, node: &NodeId) -> usize {
+        self.cfg
+            .sync_standbys
+            .as_ref()
+            .map_or(1, |r| r.priority(node))
+    }
+
     /// Whether this node, whose log ends at `mine`, goes before `other`
     /// (whose seal said `other_end`) when both are candidates of one
     /// round: the rule's priority, then the more advanced log (it has the
@@ -460,14 +471,10 @@ impl Node {
     /// exactly one yields. Without `other_end` (a sender that predates it)
     /// the logs are left out, as that sender leaves them out.
     fn ranks_before(&self, mine: LogEnd, other: &NodeId, other_end: Option<LogEnd>) -> bool {
-        // Priority 0 (never a candidate) goes last. The default rule names
-        // every node alike (each node's own names only its peers).
-        let rank = |n: &NodeId| match &self.cfg.sync_standbys {
-            None => 1,
-            Some(rule) => match rule.priority(n) {
-                0 => usize::MAX,
-                p => p,
-            },
+        // Priority 0 (never a candidate) goes last.
+        let rank = |n: &NodeId| match self.candidate_priority(n) {
+            0 => usize::MAX,
+            p => p,
         };
         let me = &self.cfg.node_id;
         let (mine, theirs) = match other_end {
