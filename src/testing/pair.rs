@@ -75,8 +75,9 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
     }
 
     /// Changes each node's `Config` before it starts (it sees `node_id`,
-    /// the addresses and the test timings [`test_config`] sets). It is kept
-    /// and applied again at each [`Pair::restart`].
+    /// the addresses and the test timings [`test_config`] sets). It is
+    /// applied once, when the nodes are laid out; every [`Pair::restart`]
+    /// starts a node with the configuration it made.
     pub fn config(mut self, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
         self.tweak = Some(Box::new(tweak));
         self
@@ -131,6 +132,9 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                 } else {
                     InitialRole::Standby
                 };
+                if let Some(tweak) = &self.tweak {
+                    tweak(&mut cfg);
+                }
                 PairNode {
                     dir: dir.path().join(&ids[i].0),
                     cfg,
@@ -139,7 +143,6 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                     running: None,
                     pending_listener: Some(listener),
                     prepare_link: None,
-                    cfg_is_whole: false,
                 }
             })
             .collect();
@@ -147,7 +150,6 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
             nodes,
             make_engine: self.make_engine,
             wal: self.wal,
-            tweak: self.tweak,
             wait: self.wait,
             dir,
         };
@@ -194,7 +196,6 @@ pub struct Pair<S> {
     nodes: Vec<PairNode<S>>,
     make_engine: MakeEngine<S>,
     wal: PairWal,
-    tweak: Option<Tweak>,
     wait: Duration,
     dir: TempDir,
 }
@@ -212,9 +213,6 @@ pub struct PairNode<S> {
     pending_listener: Option<TcpListener>,
     /// Called on the link of the node's next start.
     prepare_link: Option<PrepareLink>,
-    /// `cfg` already holds the builder's tweak and a later change
-    /// (`Pair::restart_with_config`): the tweak is not applied again.
-    cfg_is_whole: bool,
 }
 
 struct Running<S> {
@@ -280,10 +278,7 @@ impl<S: StateMachine + 'static> Pair<S> {
     /// Starts node `i` (its listener already bound on the first start).
     async fn launch(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
-        let mut cfg = node.cfg.clone();
-        if let Some(tweak) = self.tweak.as_ref().filter(|_| !node.cfg_is_whole) {
-            tweak(&mut cfg);
-        }
+        let cfg = node.cfg.clone();
         let listener = match node.pending_listener.take() {
             Some(l) => l,
             None => rebind(&node.cfg.advertise_addr).await?,
@@ -519,12 +514,7 @@ impl<S: StateMachine + 'static> Pair<S> {
         tweak: impl FnOnce(&mut Config),
     ) -> Result<()> {
         let i = self.index(id);
-        let node = &mut self.nodes[i];
-        if let Some(builder_tweak) = self.tweak.as_ref().filter(|_| !node.cfg_is_whole) {
-            builder_tweak(&mut node.cfg);
-        }
-        tweak(&mut node.cfg);
-        node.cfg_is_whole = true;
+        tweak(&mut self.nodes[i].cfg);
         self.restart(id).await
     }
 
@@ -549,7 +539,8 @@ impl<S> PairNode<S> {
         &self.cfg.node_id
     }
 
-    /// The node's configuration, before the `config` hook.
+    /// The node's configuration: the builder's `config` hook applied, and
+    /// any [`Pair::restart_with_config`] edit.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
