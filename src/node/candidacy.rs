@@ -39,7 +39,7 @@
 //! standbys refuse its epoch): availability, never safety, is what a
 //! failed round costs.
 
-use super::event::{Effect, Time};
+use super::event::{Effect, FetchFailed, Time};
 use super::quorum::{
     CommitRule, LogEnd, Method, PromotionDecision, decide_promotion, positions_needed,
 };
@@ -48,7 +48,7 @@ use crate::arbiter::Register;
 use crate::types::{Epoch, NodeId, Record};
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A quorum promotion in progress (between the first seal and the swap).
 #[derive(Debug)]
@@ -72,9 +72,11 @@ pub(super) struct Candidacy {
     fetch: Option<Fetch>,
     /// After a failed fetch, not before this.
     fetch_again_at: Option<Time>,
-    /// Standbys whose records do not continue our log: not fetched from
-    /// again in this candidacy (they may promote instead).
-    diverged_from: BTreeSet<NodeId>,
+    /// Standbys we cannot take the records we lack from, and why: their
+    /// records do not continue our log, or they trimmed them from their
+    /// WAL. Not fetched from again in this candidacy (they may promote
+    /// instead: they hold those records).
+    cannot_fetch_from: BTreeMap<NodeId, String>,
     /// The register version whose sync set allowed the swap.
     ready_for: Option<u64>,
 }
@@ -100,7 +102,7 @@ impl Candidacy {
             asked_at: None,
             fetch: None,
             fetch_again_at: None,
-            diverged_from: BTreeSet::new(),
+            cannot_fetch_from: BTreeMap::new(),
             ready_for: None,
         }
     }
@@ -256,11 +258,15 @@ impl Node {
                 "{from} holds records of epoch {}: a newer primary exists",
                 up_to.epoch
             ),
+            PromotionDecision::FetchFirst { from, up_to } if up_to.lsn <= mine.lsn => format!(
+                "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}), which holds records it lacks; {from} may promote instead"
+            ),
             PromotionDecision::FetchFirst { from, up_to }
-                if up_to.lsn <= mine.lsn || c.diverged_from.contains(&from) =>
+                if c.cannot_fetch_from.contains_key(&from) =>
             {
                 format!(
-                    "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}), which holds records it lacks; {from} may promote instead"
+                    "{from} ({up_to:?}) holds records this standby ({mine:?}) lacks and cannot take from it: {}; {from} may promote instead",
+                    c.cannot_fetch_from[&from]
                 )
             }
             PromotionDecision::FetchFirst { .. } if c.fetch_again_at.is_some_and(|at| now < at) => {
@@ -321,12 +327,13 @@ impl Node {
     /// end it fetched up to. A failed or empty fetch forgets that
     /// standby's answer (it is asked again: its log may have changed, a
     /// crash may have cut an unflushed tail) and waits a heartbeat
-    /// interval; records that do not continue our log end fetching from it.
+    /// interval; records that do not continue our log, or a standby that
+    /// trimmed them from its WAL, end fetching from it.
     pub(super) fn on_wal_fetched(
         &mut self,
         now: Time,
         from: NodeId,
-        fetched: Result<(Vec<Record>, bool), String>,
+        fetched: Result<(Vec<Record>, bool), FetchFailed>,
     ) {
         let interval = self.cfg.heartbeat_interval;
         let last_lsn = self.last_lsn;
@@ -341,17 +348,31 @@ impl Node {
             Ok((records, true)) if !records.is_empty() => records,
             Ok((_, false)) => {
                 c.fetch = None;
-                c.diverged_from.insert(from.clone());
-                let why = format!(
-                    "this standby's log diverges from {from}'s before its last record; {from} may promote instead"
-                );
-                tracing::warn!(%from, "failover: {why}");
+                let why = "its log diverges from ours before its last record".to_string();
+                c.cannot_fetch_from.insert(from.clone(), why.clone());
+                tracing::warn!(%from, "failover: {why}; {from} may promote instead");
                 return self.hold_back(format!(
-                    "the primary is silent but this standby may not promote yet: {why}"
+                    "the primary is silent but this standby may not promote yet: {from}'s log diverges from this standby's before its last record; {from} may promote instead"
+                ));
+            }
+            // Asking again cannot bring them: that standby made them
+            // durable in its engine and trimmed them from its WAL. It holds
+            // them, so it may promote instead (our seal stops, so its own
+            // failover clock runs out); we would otherwise fetch forever
+            // and, sealing it again each time, keep it from trying itself.
+            Err(FetchFailed::Trimmed(why)) => {
+                c.fetch = None;
+                let why = format!("it no longer keeps them in its WAL ({why})");
+                c.cannot_fetch_from.insert(from.clone(), why.clone());
+                tracing::warn!(%from, "failover: cannot fetch the records this standby lacks: {why}; {from} may promote instead");
+                return self.hold_back(format!(
+                    "the primary is silent but this standby may not promote yet: {from} holds records it lacks and {why}; {from} may promote instead"
                 ));
             }
             failed => {
-                let why = failed.err().unwrap_or_else(|| "it sent no records".into());
+                let why = failed
+                    .err()
+                    .map_or_else(|| "it sent no records".into(), |e| e.to_string());
                 tracing::warn!(%from, %why, "failover: fetching the missing records failed; asking that standby for its position again");
                 c.fetch = None;
                 c.answers.remove(&from);

@@ -124,6 +124,26 @@ impl Refused {
     }
 }
 
+/// Why a fetch of `Effect::FetchWal` brought no records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FetchFailed {
+    /// That standby no longer keeps the first record asked for: it
+    /// trimmed its WAL once its engine held the records, so asking again
+    /// cannot bring them.
+    Trimmed(String),
+    /// Anything else (no answer, a refusal, a broken connection): asking
+    /// again may bring them.
+    Other(String),
+}
+
+impl std::fmt::Display for FetchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchFailed::Trimmed(why) | FetchFailed::Other(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What the role logic is told: time, what the runtime did, what the
 /// peer and the engine asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,7 +255,7 @@ pub(crate) enum Event {
     /// `from` has there); `Err` when the fetch failed.
     WalFetched {
         from: NodeId,
-        fetched: Result<(Vec<Record>, bool), String>,
+        fetched: Result<(Vec<Record>, bool), FetchFailed>,
     },
     /// The runtime started the rejoin work asked for by `Effect::StartRejoin`.
     RejoinStarted,

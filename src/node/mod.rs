@@ -59,8 +59,8 @@ mod tests;
 pub use arbiter::ArbiterStatus;
 pub(crate) use event::Time;
 pub(crate) use event::{
-    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, LocalLog, PeerLog,
-    PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FetchFailed, LocalLog,
+    PeerLog, PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
 pub use quorum::LogEnd;

@@ -151,7 +151,7 @@ pub(crate) enum Msg {
     /// `Event::WalFetched`, checked against our log then).
     Fetched {
         from: crate::types::NodeId,
-        batch: std::result::Result<crate::transport::WalBatch, String>,
+        batch: std::result::Result<crate::transport::WalBatch, crate::node::FetchFailed>,
     },
     /// A rejoin read the primary's log: how must ours change?
     RejoinPlan {

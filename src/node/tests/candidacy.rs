@@ -207,6 +207,58 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
     assert!(swaps(&effects), "{effects:?}");
 }
 
+/// Whether the node asked to fetch records from n3.
+fn fetches(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::FetchWal { from, .. } if *from == n("n3")))
+}
+
+#[test]
+fn a_candidate_whose_missing_records_the_other_standby_trimmed_leaves_the_failover_to_it() {
+    // A failed fetch is asked again: the other standby may answer next
+    // time.
+    let mut node = sealing();
+    assert!(fetches(&node.step(t(1400), n3_answers(14))));
+    node.step(
+        t(1450),
+        Event::WalFetched {
+            from: n("n3"),
+            fetched: Err(FetchFailed::Other("peer did not answer in time".into())),
+        },
+    );
+    let effects = tick_answering_reads(&mut node, 1500, 2500);
+    assert!(
+        seals(&effects, Some(2)),
+        "a failed fetch asks for the position again: {effects:?}"
+    );
+
+    // n3 trimmed the records n1 lacks (its engine made them durable):
+    // asking again cannot bring them. n1 stops fetching and stops sealing
+    // n3, so n3's own failover clock runs out and it promotes with them.
+    let mut node = sealing();
+    node.step(t(1400), n3_answers(14));
+    node.step(
+        t(1450),
+        Event::WalFetched {
+            from: n("n3"),
+            fetched: Err(FetchFailed::Trimmed(
+                "record 11 is no longer in this node's WAL (it keeps 12 onwards)".into(),
+            )),
+        },
+    );
+    let effects = tick_answering_reads(&mut node, 1500, 5000);
+    assert!(!fetches(&effects), "fetched again: {effects:?}");
+    assert!(!seals(&effects, None), "sealed n3 again: {effects:?}");
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!(node.last_lsn(), Lsn(10));
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(
+        held.contains("no longer keeps them") && held.contains("n3 may promote instead"),
+        "{held}"
+    );
+}
+
 #[test]
 fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primary() {
     let mut node = candidate();

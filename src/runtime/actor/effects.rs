@@ -1,10 +1,11 @@
 //! Carrying out the node's effects, and the tasks some of them start
 //! (streamer and heartbeats, applier, rejoin, a fence to the peer).
 
+use crate::TransportError;
 use crate::arbiter::{ArbiterError, Caller, CasOutcome};
 use crate::node::{
-    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason, LogEnd,
-    Refused, RoleKind,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason,
+    FetchFailed, LogEnd, Refused, RoleKind,
 };
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
@@ -306,7 +307,10 @@ impl Actor {
                 };
                 let msg = Msg::Fetched {
                     from: from.clone(),
-                    batch: batch.map_err(|e| e.to_string()),
+                    batch: batch.map_err(|e| match e {
+                        TransportError::TooFarBehind(_) => FetchFailed::Trimmed(e.to_string()),
+                        other => FetchFailed::Other(other.to_string()),
+                    }),
                 };
                 if tx.send(msg).await.is_err() {
                     return;
