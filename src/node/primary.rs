@@ -298,15 +298,18 @@ impl Primary {
     /// may not. A handover is a planned switchover, so it never loses an
     /// acknowledged write; it is only worth trying to a standby that is
     /// reachable and in sync, so it can finish in milliseconds. Of several,
-    /// the most advanced (then the first by name).
+    /// the most advanced (then the first by name). During a planned
+    /// switchover, the standby taking over: asked to, it answers once that
+    /// switchover ends, so the node stops after it rather than abandon it
+    /// with writes already paused.
     pub(super) fn handover_target(
         &self,
         cfg: &Config,
         rule: &CommitRule,
         commit: Lsn,
     ) -> Result<NodeId, String> {
-        if self.demotion.is_some() {
-            return Err("a planned switchover is already in progress".into());
+        if let Some(d) = &self.demotion {
+            return Ok(d.leader.clone());
         }
         let reachable: Vec<(&NodeId, &StandbyLink)> = self
             .links

@@ -383,9 +383,10 @@ impl Node {
             }
             Role::Standby(s) => {
                 if s.planned_until.is_some() {
-                    self.emit(Effect::ReplyPromote(Err(
-                        "a switchover is already in progress".into(),
-                    )));
+                    // Asked again (an operator, or the old primary handing
+                    // over as it stops): the request joins the switchover
+                    // under way and gets its outcome.
+                    tracing::info!(?from, "promotion asked during a planned switchover: it waits for that switchover");
                 } else if s.last_contact.is_none() {
                     self.emit(Effect::ReplyPromote(Err(
                         "the primary is not reachable, so a planned switchover cannot check that nothing is lost; use force to promote anyway".into(),

@@ -1982,6 +1982,90 @@ fn a_primary_asked_to_stop_just_stops_when_its_standby_is_unreachable() {
     assert_eq!(node.step(t(2), Event::StopRequested), vec![Effect::Stop]);
 }
 
+/// A stop asked while the standby's planned switchover is under way (its
+/// fence came first, writes are paused) hands over to that standby, whose
+/// answer comes when the switchover ends: stopping at once would refuse
+/// its fence and leave the cluster without a primary until a failover.
+#[test]
+fn a_primary_asked_to_stop_during_a_planned_switchover_waits_for_it() {
+    let mut node = primary_with_standby_in_sync();
+    // Record 6 is appended here, not yet on the standby: the switchover
+    // waits for it.
+    node.step(t(6), writes_up_to(&node, 6));
+    node.step(t(7), Event::LocalFlushed { lsn: Lsn(6) });
+    let effects = node.step(
+        t(8),
+        Event::FenceRequested {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            reason: FenceReason::Switchover,
+        },
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::ReplyFence(_))),
+        "{effects:?}"
+    );
+    assert_eq!(
+        node.step(t(9), Event::StopRequested),
+        vec![Effect::HandOver {
+            to: NodeId::from("n2")
+        }]
+    );
+    let positions = StandbyPositions {
+        written: Lsn(6),
+        flushed: Lsn(6),
+        applied: Lsn(6),
+    };
+    let effects = node.step(
+        t(10),
+        Event::StandbyProgress {
+            standby: NodeId::from("n2"),
+            positions,
+            epoch: Epoch(1),
+        },
+    );
+    assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
+        last_lsn: Lsn(6)
+    })));
+    assert_eq!(node.role(), RoleKind::Fenced);
+}
+
+/// A second promote request during a planned switchover (the old primary
+/// handing over as it stops, or an operator asking again) is not refused:
+/// it waits for the switchover, whose one `ReplyPromote` the runtime gives
+/// every request waiting.
+#[test]
+fn a_promote_asked_during_a_planned_switchover_joins_it() {
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    node.step(
+        t(150),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Engine,
+        },
+    );
+    let effects = node.step(
+        t(155),
+        Event::PromoteRequested {
+            force: false,
+            from: PromoteFrom::Rpc,
+        },
+    );
+    assert!(effects.is_empty(), "{effects:?}");
+    let effects = node.step(
+        t(160),
+        Event::FenceSent {
+            confirmed_last_lsn: Some(Lsn(10)),
+        },
+    );
+    let replies: Vec<_> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::ReplyPromote(_)))
+        .collect();
+    assert_eq!(replies, vec![&Effect::ReplyPromote(Ok(Epoch(2)))]);
+    assert_eq!(node.role(), RoleKind::Primary);
+}
+
 #[test]
 fn a_standby_asked_to_stop_just_stops() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));

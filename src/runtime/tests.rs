@@ -166,6 +166,48 @@ async fn silent_primary_is_fenced_then_the_standby_promotes() {
     replica.shutdown().await;
 }
 
+/// A promote request that arrives during a planned switchover (here the
+/// old primary's handover as it stops) waits for that switchover, and both
+/// requests get its outcome: neither is refused nor superseded. The
+/// primary refuses the fence, so the outcome is "nothing changed", once.
+#[tokio::test(start_paused = true)]
+async fn a_promote_during_a_planned_switchover_gets_that_switchovers_outcome() {
+    let mut peer = unreachable_peer();
+    peer.expect_fence()
+        .times(1)
+        .returning(|_| Err(TransportError::Unreachable("stopping".into())));
+    let (replica, service) = start(cfg(InitialRole::Standby), standby_wal(), peer);
+    heartbeat_from_primary(&service, SyncState::Sync).await;
+    let operator = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.promote(false).await }
+    });
+    let handover = tokio::spawn({
+        let service = service.clone();
+        async move {
+            service
+                .inbox()
+                .promote(crate::transport::PromoteRequest {
+                    header: header(1, "n2"),
+                    force: false,
+                })
+                .await
+        }
+    });
+    let operator = operator.await.unwrap();
+    let handover = handover.await.unwrap().expect("the node answers");
+    let outcome = "the primary refused or did not answer the switchover";
+    assert!(
+        matches!(&operator, Err(Error::PromotionRefused { reason }) if reason.contains(outcome)),
+        "{operator:?}"
+    );
+    assert!(
+        matches!(&handover, Err(r) if r.message.contains(outcome)),
+        "{handover:?}"
+    );
+    replica.shutdown().await;
+}
+
 /// A standby that cannot save its new epoch (a full disk) must not act on
 /// it (G1): no fence goes to the old primary, no primary tasks start, and
 /// the node stops as failed instead of primary.

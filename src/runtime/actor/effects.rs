@@ -14,7 +14,6 @@ use crate::wal::WalMeta;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::requests::reply_promote;
 use super::{Actor, Answering, Tasks, refusal_error};
 
 impl Actor {
@@ -126,11 +125,7 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
-            Effect::ReplyPromote(result) => {
-                if let Some(to) = self.pending_promote.take() {
-                    reply_promote(to, result, self.node.epoch());
-                }
-            }
+            Effect::ReplyPromote(result) => self.reply_promotes(result),
             Effect::StartPrimaryTasks => self.start_primary_tasks(),
             Effect::StopPrimaryTasks => {
                 if let Some(tasks) = self.primary_tasks.take() {

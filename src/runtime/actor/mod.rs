@@ -103,7 +103,12 @@ struct Actor {
     session: Option<Session>,
     next_session: u64,
     pending_fence: Option<oneshot::Sender<std::result::Result<FenceReply, Refusal>>>,
-    pending_promote: Option<PromoteReplyTo>,
+    /// The promote request being stepped: a `ReplyPromote` of that step
+    /// answers it (a refusal, or the promotion it finished at once).
+    promote_asking: Option<PromoteReplyTo>,
+    /// Promote requests waiting for the promotion or switchover under way,
+    /// which each started or joined: all get its outcome.
+    pending_promotes: Vec<PromoteReplyTo>,
     peer_contact: Option<Instant>,
     /// Each peer's client address, as its last request said it.
     peer_client_addrs: BTreeMap<NodeId, String>,
@@ -189,7 +194,8 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         session: None,
         next_session: 0,
         pending_fence: None,
-        pending_promote: None,
+        promote_asking: None,
+        pending_promotes: Vec::new(),
         peer_contact: None,
         peer_client_addrs: BTreeMap::new(),
         caught_up_at: origin,
@@ -323,17 +329,17 @@ impl Actor {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Promote { force, reply } => {
-                self.replace_pending_promote(PromoteReplyTo::Local(reply));
-                self.step(Event::PromoteRequested {
+            Msg::Promote { force, reply } => self.step_promote_request(
+                PromoteReplyTo::Local(reply),
+                Event::PromoteRequested {
                     force,
                     from: PromoteFrom::Engine,
-                });
-            }
-            Msg::SwitchoverTo { standby, reply } => {
-                self.replace_pending_promote(PromoteReplyTo::Local(reply));
-                self.step(Event::SwitchoverTo { standby });
-            }
+                },
+            ),
+            Msg::SwitchoverTo { standby, reply } => self.step_promote_request(
+                PromoteReplyTo::Local(reply),
+                Event::SwitchoverTo { standby },
+            ),
             Msg::Fence { epoch, reply } => {
                 self.answer_with(Answering::Fence(reply), Event::FenceOrdered { epoch })
             }

@@ -36,6 +36,16 @@ pub(super) enum PromoteReplyTo {
     Remote(oneshot::Sender<std::result::Result<PromoteReply, Refusal>>),
 }
 
+impl PromoteReplyTo {
+    /// The asker gave up (its call was dropped or timed out).
+    fn is_closed(&self) -> bool {
+        match self {
+            PromoteReplyTo::Local(tx) => tx.is_closed(),
+            PromoteReplyTo::Remote(tx) => tx.is_closed(),
+        }
+    }
+}
+
 impl Actor {
     pub(super) fn refusal(&self, kind: RefusalKind, message: impl Into<String>) -> Refusal {
         let mut r = Refusal::new(kind, message, self.node.epoch());
@@ -195,19 +205,57 @@ impl Actor {
         req: PromoteRequest,
         reply: oneshot::Sender<std::result::Result<PromoteReply, Refusal>>,
     ) {
-        self.replace_pending_promote(PromoteReplyTo::Remote(reply));
-        self.step(Event::PromoteRequested {
-            force: req.force,
-            from: PromoteFrom::Rpc,
-        });
+        self.step_promote_request(
+            PromoteReplyTo::Remote(reply),
+            Event::PromoteRequested {
+                force: req.force,
+                from: PromoteFrom::Rpc,
+            },
+        );
+    }
+
+    /// Steps a promote request (or a switchover asked of this node). A
+    /// request the step did not answer waits for the promotion or
+    /// switchover under way, which it started or joined: a second request
+    /// during a planned switchover (an operator asking again, or the old
+    /// primary handing over as it stops) gets that switchover's outcome.
+    pub(super) fn step_promote_request(&mut self, reply: PromoteReplyTo, event: Event) {
+        self.promote_asking = Some(reply);
+        self.step(event);
+        if let Some(waiting) = self.promote_asking.take() {
+            self.pending_promotes.retain(|r| !r.is_closed());
+            self.pending_promotes.push(waiting);
+        }
+    }
+
+    /// Carries out `Effect::ReplyPromote`. In the step of a promote request
+    /// it answers that request, and a promotion it finished answers the
+    /// waiting ones too; outside one, it is the outcome of the promotion or
+    /// switchover under way, for every waiting request.
+    pub(super) fn reply_promotes(&mut self, result: std::result::Result<Epoch, String>) {
+        let epoch = self.node.epoch();
+        let asking = self.promote_asking.take();
+        if asking.is_none() || result.is_ok() {
+            for to in self.pending_promotes.drain(..) {
+                reply_promote(to, result.clone(), epoch);
+            }
+        }
+        if let Some(to) = asking {
+            reply_promote(to, result, epoch);
+        }
     }
 
     /// Carries out `Effect::ForwardPromote`: the standby is asked to take
-    /// over and its answer goes to the pending promote request.
+    /// over and its answer goes to the promote request being stepped (or,
+    /// outside one, to every waiting request).
     pub(super) fn forward_promote(&mut self, standby: Option<crate::types::NodeId>) {
-        let Some(to) = self.pending_promote.take() else {
-            return;
+        let to: Vec<PromoteReplyTo> = match self.promote_asking.take() {
+            Some(asking) => vec![asking],
+            None => self.pending_promotes.drain(..).collect(),
         };
+        if to.is_empty() {
+            return;
+        }
         let (_, peer) = self.peer_named(standby.as_ref());
         let header = self.header();
         let epoch = self.node.epoch();
@@ -220,18 +268,10 @@ impl Actor {
                 .await
                 .map(|reply| reply.epoch)
                 .map_err(|e| format!("the standby could not take over: {e}"));
-            reply_promote(to, r, epoch);
+            for to in to {
+                reply_promote(to, r.clone(), epoch);
+            }
         });
-    }
-
-    pub(super) fn replace_pending_promote(&mut self, new: PromoteReplyTo) {
-        if let Some(old) = self.pending_promote.replace(new) {
-            reply_promote(
-                old,
-                Err("superseded by a newer promote request".into()),
-                self.node.epoch(),
-            );
-        }
     }
 
     /// Carries out `Effect::Answer`: the reply to the request being
@@ -325,11 +365,7 @@ impl Actor {
     }
 }
 
-pub(super) fn reply_promote(
-    to: PromoteReplyTo,
-    result: std::result::Result<Epoch, String>,
-    epoch: Epoch,
-) {
+fn reply_promote(to: PromoteReplyTo, result: std::result::Result<Epoch, String>, epoch: Epoch) {
     match to {
         PromoteReplyTo::Local(tx) => {
             let _ = tx.send(result.map_err(|reason| Error::PromotionRefused { reason }));
