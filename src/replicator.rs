@@ -180,10 +180,11 @@ pub trait Replicator: Send + Sync {
     /// then returns its `lsn` and `epoch` with `deduplicated` set and an
     /// empty `output`.
     ///
-    /// The window: an id is remembered while its record is in the
-    /// retained WAL (`Config::wal_retention_bytes`, the engine's
-    /// `durable_lsn`) and among the newest `Config::max_request_ids`
-    /// records with ids. A retry after that applies the command again.
+    /// The window: the newest `Config::max_request_ids` records with ids.
+    /// The WAL keeps those records (and so their ids, across restarts)
+    /// whatever the engine's `durable_lsn` says; only
+    /// `Config::wal_retention_bytes` may cut the window shorter. A retry
+    /// after that applies the command again.
     /// A record that a rewind dropped (the old primary's unreplicated tail
     /// after a failover) takes its id with it: it was never committed, so
     /// the retry writing it again applies it exactly once.

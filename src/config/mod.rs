@@ -229,8 +229,8 @@ pub struct Config {
     pub switchover_timeout: Duration,
     /// Most request ids a node remembers (`Replicator::apply_once`), the
     /// newest (default 1 000 000). A retry is recognised while its record
-    /// is in the retained WAL *and* among the last this many records that
-    /// carry an id. Memory: ~70 bytes per id remembered, none for writes
+    /// is among the last this many records that carry an id; the WAL keeps
+    /// those records for it, up to `wal_retention_bytes`. Memory: ~70 bytes per id remembered, none for writes
     /// without one, so at most ~70 MB at the default, which covers 25 s
     /// of 40 000 id-carrying writes a second (more than a failover and a
     /// client's retry take). 0 turns de-duplication off: `apply_once`

@@ -11,7 +11,9 @@
 //! It also keeps at most `Config::max_request_ids` ids, the newest: the
 //! window is the retained WAL *and* that count, whichever is smaller,
 //! because the WAL may hold far more records than memory should index
-//! (1 GiB of 100-byte records is ten million ids, ~0.5 GB here).
+//! (1 GiB of 100-byte records is ten million ids, ~0.5 GB here). Retention
+//! keeps the records of the ids remembered (`oldest`), so the engine's
+//! checkpoints do not shrink the window; only `wal_retention_bytes` does.
 
 use crate::types::{Epoch, Lsn, RequestId};
 use std::collections::{HashMap, VecDeque};
@@ -80,6 +82,12 @@ impl RequestIndex {
                 self.by_id.remove(&id);
             }
         }
+    }
+
+    /// The oldest record whose id is remembered: retention keeps it, so
+    /// the window does not shrink when the engine checkpoints.
+    pub(crate) fn oldest(&self) -> Option<Lsn> {
+        self.in_order.front().map(|(lsn, _)| *lsn)
     }
 
     /// How many ids are remembered.

@@ -1,8 +1,11 @@
 //! WAL retention: which old records the node may let go of.
 //!
 //! A record is kept while the engine has not made it durable (its state
-//! would need it replayed after a restart) or while the standby has not
-//! flushed it (it would need it streamed). `wal_retention_bytes` bounds the
+//! would need it replayed after a restart), while the standby has not
+//! flushed it (it would need it streamed), or while it or a later record
+//! carries a request id the node remembers (a retry of that write must be
+//! recognised: `RequestIndex`, up to `max_request_ids` ids, so a write
+//! retried after the engine's checkpoint is not applied twice). `wal_retention_bytes` bounds the
 //! WAL whatever either does: beyond it the oldest records go anyway, and
 //! whoever still needed them resyncs from a snapshot instead (a standby
 //! when it asks for them, this node's engine at its next start: see
@@ -28,7 +31,10 @@ impl Node {
             _ => return,
         };
         let engine_needs = durable.min(self.applied).next();
-        let wanted = standby_needs.map_or(engine_needs, |s| s.min(engine_needs));
+        let ids_need = self.requests.oldest().unwrap_or(engine_needs);
+        let wanted = standby_needs
+            .map_or(engine_needs, |s| s.min(engine_needs))
+            .min(ids_need);
         let keep_from = wanted.max(bounded_from).min(self.applied.next());
         if keep_from > first_lsn {
             if keep_from > wanted {

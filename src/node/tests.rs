@@ -2230,6 +2230,36 @@ fn a_rewind_forgets_the_request_ids_after_the_divergence_point() {
     assert_eq!(node.request(&id(2)), None, "record 2 was rewound");
 }
 
+/// The engine made every record durable and the standby has them all:
+/// retention still keeps the records whose ids the node remembers, so a
+/// retry after the engine's checkpoint is recognised; `wal_retention_bytes`
+/// alone lets them go.
+#[test]
+fn the_wal_keeps_the_records_whose_request_ids_are_remembered() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(
+        t(3),
+        writes_with_ids(&[(Some(1), b"a"), (None, b"b"), (Some(2), b"c")]),
+    );
+    node.step(t(4), Event::LocalFlushed { lsn: Lsn(5) });
+    node.step(t(5), standby_flushed(5));
+    node.step(t(6), Event::Applied { lsn: Lsn(5) });
+    assert_eq!(
+        node.step(t(7), measured(1, 5, 1)),
+        vec![Effect::TrimWal { keep_from: Lsn(3) }]
+    );
+    assert_eq!(node.request(&id(1)), Some((Lsn(3), Epoch(1))));
+    // Over the bound, the oldest go anyway, with their ids.
+    assert_eq!(
+        node.step(t(8), measured(3, 5, 5)),
+        vec![Effect::TrimWal { keep_from: Lsn(5) }]
+    );
+    node.step(t(9), measured(5, 5, 5));
+    assert_eq!(node.request(&id(1)), None);
+    assert_eq!(node.request(&id(2)), Some((Lsn(5), Epoch(1))));
+}
+
 #[test]
 fn ids_of_records_the_wal_let_go_of_are_forgotten() {
     let mut node = primary_with_standby(cfg());
