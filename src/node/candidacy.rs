@@ -240,7 +240,17 @@ impl Node {
             return;
         }
         c.ready_for = None;
-        let why = match decide_promotion(&rule, &known.sync_set, &me, mine, &c.answers) {
+        // A standby we cannot take records from counts as if it had not
+        // answered: enough others may still decide (under a quorum, what
+        // only it holds was never acknowledged); if not, we hold back and it
+        // may promote instead.
+        let usable: BTreeMap<NodeId, LogEnd> = c
+            .answers
+            .iter()
+            .filter(|(n, _)| !c.cannot_fetch_from.contains_key(*n))
+            .map(|(n, end)| (n.clone(), *end))
+            .collect();
+        let why = match decide_promotion(&rule, &known.sync_set, &me, mine, &usable) {
             PromotionDecision::Promote => {
                 tracing::info!(
                     heard = c.answers.len(),
@@ -251,6 +261,19 @@ impl Node {
                 return;
             }
             PromotionDecision::NotEligible { why } => why.to_string(),
+            PromotionDecision::NeedPositions { have, need } if !c.cannot_fetch_from.is_empty() => {
+                let blocked: Vec<String> = c
+                    .cannot_fetch_from
+                    .iter()
+                    .map(|(from, why)| {
+                        format!("{from} holds records this standby lacks and {why}; {from} may promote instead")
+                    })
+                    .collect();
+                format!(
+                    "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion, not counting: {}",
+                    blocked.join("; ")
+                )
+            }
             PromotionDecision::NeedPositions { have, need } => format!(
                 "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion"
             ),
@@ -261,14 +284,6 @@ impl Node {
             PromotionDecision::FetchFirst { from, up_to } if up_to.lsn <= mine.lsn => format!(
                 "this standby's log ({mine:?}) diverges from {from}'s ({up_to:?}), which holds records it lacks; {from} may promote instead"
             ),
-            PromotionDecision::FetchFirst { from, up_to }
-                if c.cannot_fetch_from.contains_key(&from) =>
-            {
-                format!(
-                    "{from} ({up_to:?}) holds records this standby ({mine:?}) lacks and cannot take from it: {}; {from} may promote instead",
-                    c.cannot_fetch_from[&from]
-                )
-            }
             PromotionDecision::FetchFirst { .. } if c.fetch_again_at.is_some_and(|at| now < at) => {
                 return;
             }
@@ -348,7 +363,7 @@ impl Node {
             Ok((records, true)) if !records.is_empty() => records,
             Ok((_, false)) => {
                 c.fetch = None;
-                let why = "its log diverges from ours before its last record".to_string();
+                let why = "its log diverges from this standby's before its last record".to_string();
                 c.cannot_fetch_from.insert(from.clone(), why.clone());
                 tracing::warn!(%from, "failover: {why}; {from} may promote instead");
                 return self.hold_back(format!(

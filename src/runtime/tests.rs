@@ -208,6 +208,35 @@ async fn a_promote_during_a_planned_switchover_gets_that_switchovers_outcome() {
     replica.shutdown().await;
 }
 
+/// A promote from a node of an older epoch asks for a switchover that is
+/// over (an old primary's handover that arrives after it finished): it is
+/// refused, and no switchover starts (the mocked peer takes no fence).
+#[tokio::test(start_paused = true)]
+async fn a_promote_from_an_older_epoch_is_refused_as_stale() {
+    let (replica, service) = start(
+        cfg(InitialRole::Standby),
+        wal_at_epoch(2),
+        unreachable_peer(),
+    );
+    heartbeat(&service, 2, "n2", SyncState::Sync)
+        .await
+        .expect("heartbeat accepted");
+    let refused = service
+        .inbox()
+        .promote(crate::transport::PromoteRequest {
+            header: header(1, "n2"),
+            force: false,
+        })
+        .await
+        .expect("the node answers");
+    assert!(
+        matches!(&refused, Err(r) if r.kind == RefusalKind::StaleEpoch),
+        "{refused:?}"
+    );
+    assert_eq!(replica.health().role, RoleKind::Standby);
+    replica.shutdown().await;
+}
+
 /// A standby that cannot save its new epoch (a full disk) must not act on
 /// it (G1): no fence goes to the old primary, no primary tasks start, and
 /// the node stops as failed instead of primary.

@@ -259,6 +259,58 @@ fn a_candidate_whose_missing_records_the_other_standby_trimmed_leaves_the_failov
     );
 }
 
+/// Under `ANY 2` over three standbys two positions decide: a standby
+/// whose records n1 cannot fetch (trimmed) counts as unanswered, and the
+/// two others still decide. What only it holds was never acknowledged
+/// (every acknowledged write is on two of the three).
+#[test]
+fn a_candidate_decides_without_a_standby_it_cannot_fetch_from_when_the_others_suffice() {
+    let rule = "ANY 2 (n1, n2, n3, n4)";
+    let cfg = Config {
+        more_peers: ["n3", "n4"]
+            .into_iter()
+            .map(|id| PeerAddress {
+                id: n(id),
+                addr: format!("{id}:7001"),
+            })
+            .collect(),
+        sync_standbys: Some(rule.parse().unwrap()),
+        ..with_arbiter(cfg())
+    };
+    cfg.validate().unwrap();
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
+    node.step(t(100), heartbeat_naming(rule));
+    super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3", "n4"]));
+    tick_answering_reads(&mut node, 200, 1300);
+    let answer = |from: &str, lsn: u64| Event::SealAnswered {
+        from: n(from),
+        answer: Ok(end(1, lsn)),
+        mine: end(1, 10),
+    };
+    // n3 answers first and is ahead: fetch from it, which fails for good.
+    assert!(fetches(&node.step(t(1400), answer("n3", 14))));
+    node.step(
+        t(1450),
+        Event::WalFetched {
+            from: n("n3"),
+            fetched: Err(FetchFailed::Trimmed(
+                "record 11 is no longer in its WAL".into(),
+            )),
+        },
+    );
+    let effects = tick_answering_reads(&mut node, 1500, 1700);
+    assert!(!swaps(&effects), "{effects:?}");
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(held.contains("not counting: n3"), "{held}");
+    // n4's position, as far as ours: n1 and n4 decide.
+    let mut effects = node.step(t(1750), answer("n4", 10));
+    effects.extend(tick_answering_reads(&mut node, 1800, 2500));
+    assert!(!fetches(&effects), "{effects:?}");
+    let (purpose, _, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(purpose, ArbiterPurpose::Promote(Promotion::Failover));
+    assert_eq!(next.primary, Some(n("n1")));
+}
+
 #[test]
 fn a_sealed_standby_adopts_the_epoch_without_a_leader_and_refuses_the_old_primary() {
     let mut node = candidate();

@@ -205,6 +205,19 @@ impl Actor {
         req: PromoteRequest,
         reply: oneshot::Sender<std::result::Result<PromoteReply, Refusal>>,
     ) {
+        // A node asking from an older epoch asks for a switchover that is
+        // over (an old primary's handover whose switchover already
+        // finished): acting on it would start another. The operator's CLI
+        // sends no header and is never stale.
+        let epoch = self.node.epoch();
+        if !req.header.node_id.0.is_empty() && req.header.epoch < epoch {
+            let message = format!(
+                "{} asked for a promotion at epoch {}, older than this node's {epoch}: it is over",
+                req.header.node_id, req.header.epoch
+            );
+            let _ = reply.send(Err(self.refusal(RefusalKind::StaleEpoch, message)));
+            return;
+        }
         self.step_promote_request(
             PromoteReplyTo::Remote(reply),
             Event::PromoteRequested {
