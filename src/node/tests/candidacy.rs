@@ -207,6 +207,16 @@ fn a_candidate_that_cannot_hold_the_other_standbys_records_never_swaps() {
     assert!(swaps(&effects), "{effects:?}");
 }
 
+/// n3 refuses the fetch: it trimmed record 11 from its WAL.
+fn n3_trimmed_what_n1_lacks() -> Event {
+    Event::WalFetched {
+        from: n("n3"),
+        fetched: Err(FetchFailed::Trimmed(
+            "record 11 is no longer in this node's WAL (it keeps 12 onwards)".into(),
+        )),
+    }
+}
+
 /// Whether the node asked to fetch records from n3.
 fn fetches(effects: &[Effect]) -> bool {
     effects
@@ -238,15 +248,7 @@ fn a_candidate_whose_missing_records_the_other_standby_trimmed_leaves_the_failov
     // n3, so n3's own failover clock runs out and it promotes with them.
     let mut node = sealing();
     node.step(t(1400), n3_answers(14));
-    node.step(
-        t(1450),
-        Event::WalFetched {
-            from: n("n3"),
-            fetched: Err(FetchFailed::Trimmed(
-                "record 11 is no longer in this node's WAL (it keeps 12 onwards)".into(),
-            )),
-        },
-    );
+    node.step(t(1450), n3_trimmed_what_n1_lacks());
     let effects = tick_answering_reads(&mut node, 1500, 5000);
     assert!(!fetches(&effects), "fetched again: {effects:?}");
     assert!(!seals(&effects, None), "sealed n3 again: {effects:?}");
@@ -289,15 +291,7 @@ fn a_candidate_decides_without_a_standby_it_cannot_fetch_from_when_the_others_su
     };
     // n3 answers first and is ahead: fetch from it, which fails for good.
     assert!(fetches(&node.step(t(1400), answer("n3", 14))));
-    node.step(
-        t(1450),
-        Event::WalFetched {
-            from: n("n3"),
-            fetched: Err(FetchFailed::Trimmed(
-                "record 11 is no longer in its WAL".into(),
-            )),
-        },
-    );
+    node.step(t(1450), n3_trimmed_what_n1_lacks());
     let effects = tick_answering_reads(&mut node, 1500, 1700);
     assert!(!swaps(&effects), "{effects:?}");
     let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
