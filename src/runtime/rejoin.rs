@@ -60,6 +60,11 @@ pub(super) struct Ctx {
     pub snapshots: Arc<super::Snapshots>,
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
+    /// Held by the blocking work that restores the engine and resets the
+    /// WAL: a cancelled rejoin waits for it before it returns, so a node
+    /// that stops (and may start again in the same process, on the same
+    /// files) never leaves that work running behind it.
+    pub restoring: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Where a finished rejoin left the node: a standby of `leader` at `epoch`.
@@ -84,11 +89,15 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                 .await
                 .ok()
                 .flatten();
+        let restoring = ctx.restoring.clone();
         loop {
             attempt += 1;
             let cancel = ctx.cancel.clone();
             let result = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    let _restored = restoring.lock().await;
+                    return;
+                }
                 r = attempt_rejoin(&mut ctx, &mut header, &mut incoming) => r,
             };
             match result {
@@ -297,13 +306,17 @@ async fn resync_from_snapshot(
     let restored = match restoring {
         Restoring::WhileReceiving(Some(restore)) => {
             let restored = restore.finish().await;
+            let held = ctx.restoring.clone().lock_owned().await;
             super::tasks::run_blocking(wal.may_block(), move || {
+                let _held = held;
                 after_restore(restored, &*wal, &dir, &announced)
             })
             .await
         }
         _ => {
+            let held = ctx.restoring.clone().lock_owned().await;
             super::tasks::run_blocking(wal.may_block(), move || {
+                let _held = held;
                 restore_received(&*sm, &*wal, &dir, &path, &announced)
             })
             .await
@@ -411,7 +424,7 @@ async fn receive_snapshot(
                     );
                     queued = inc.received;
                     writes = Some(Writes::new(may_block, inc));
-                    restoring.start(&ctx.sm, inc);
+                    restoring.start(&ctx.sm, inc, &ctx.restoring);
                     continue;
                 }
                 Incoming::discard(incoming);
@@ -431,7 +444,7 @@ async fn receive_snapshot(
                         .map_err(|e| disk(e.to_string()))?;
                 writes = Some(Writes::new(may_block, &created));
                 queued = 0;
-                restoring.start(&ctx.sm, &created);
+                restoring.start(&ctx.sm, &created, &ctx.restoring);
                 *incoming = Some(created);
             }
             SnapshotPart::Info(_) => {
@@ -629,10 +642,16 @@ impl Restoring {
         }
     }
 
-    /// Starts the engine's restore of `inc` if it restores while receiving.
-    fn start(&mut self, sm: &Arc<dyn StateMachine>, inc: &Incoming) {
+    /// Starts the engine's restore of `inc` if it restores while receiving;
+    /// it holds `restoring` until it ends.
+    fn start(
+        &mut self,
+        sm: &Arc<dyn StateMachine>,
+        inc: &Incoming,
+        restoring: &Arc<tokio::sync::Mutex<()>>,
+    ) {
         if let Restoring::WhileReceiving(slot @ None) = self {
-            *slot = Some(StreamedRestore::start(sm.clone(), inc));
+            *slot = Some(StreamedRestore::start(sm.clone(), inc, restoring));
         }
     }
 
@@ -647,7 +666,14 @@ impl Restoring {
 impl StreamedRestore {
     /// Starts the engine's restore of `inc`'s snapshot: it first reads the
     /// bytes already on disk (a resumed transfer), then what `feed` brings.
-    fn start(sm: Arc<dyn StateMachine>, inc: &Incoming) -> StreamedRestore {
+    fn start(
+        sm: Arc<dyn StateMachine>,
+        inc: &Incoming,
+        restoring: &Arc<tokio::sync::Mutex<()>>,
+    ) -> StreamedRestore {
+        // One restore at a time: an earlier one was awaited (`finish`,
+        // `abandon`) before this one starts, so the lock is free.
+        let held = restoring.clone().try_lock_owned().ok();
         let (tx, rx) = mpsc::channel(FEED_WINDOW);
         let mut input = FeedReader {
             file: inc.file.clone(),
@@ -659,6 +685,7 @@ impl StreamedRestore {
         };
         let (lsn, len, path) = (inc.info.lsn, inc.info.total_bytes, inc.path.clone());
         let task = tokio::task::spawn_blocking(move || {
+            let _held = held;
             sm.restore_while_receiving(lsn, len, &mut input, &path)
         });
         StreamedRestore {

@@ -90,6 +90,7 @@ fn ctx(primary: Arc<Primary>, sm: Arc<dyn StateMachine>, dir: &Path) -> Ctx {
         )),
         metrics: Arc::new(Metrics::default()),
         cancel: CancellationToken::new(),
+        restoring: Default::default(),
     }
 }
 
@@ -647,4 +648,96 @@ async fn a_rejoin_asked_of_a_standby_finds_the_primary_among_the_other_peers() {
         "the first answer: the node waits"
     );
     assert_eq!(ctx.leader, NodeId::from("n2"));
+}
+
+/// An engine whose `restore_file` reports that it began, then waits until
+/// the test lets it go on (a restore of a large store, still running).
+struct SlowRestore {
+    inner: MemStateMachine,
+    began: Mutex<Option<oneshot::Sender<()>>>,
+    go_on: std::sync::Barrier,
+}
+
+impl StateMachine for SlowRestore {
+    crate::testing::pass_through_to!(inner);
+    fn snapshot(&self, out: &mut dyn Write) -> Result<Lsn, crate::StateMachineError> {
+        self.inner.snapshot(out)
+    }
+    fn restore_file(&self, lsn: Lsn, path: &Path) -> Result<(), crate::StateMachineError> {
+        if let Some(began) = self.began.lock().unwrap().take() {
+            let _ = began.send(());
+        }
+        self.go_on.wait();
+        self.inner.restore_file(lsn, path)
+    }
+}
+
+/// A rejoin cancelled (its node stopping) while the engine restores does
+/// not return before that restore and the WAL's reset end: a node started
+/// again in the same process on the same files would otherwise find them
+/// changing under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary(
+        data.clone(),
+        crc32c::crc32c(&data),
+        data.len() as u64,
+        vec![None],
+    );
+    let (began, restore_began) = oneshot::channel();
+    let engine = Arc::new(SlowRestore {
+        inner: MemStateMachine::new(),
+        began: Mutex::new(Some(began)),
+        go_on: std::sync::Barrier::new(2),
+    });
+    let mut ctx = ctx(p.clone(), engine.clone(), dir.path());
+    let wal = Arc::new(MemWal::new());
+    wal.set_may_block(true);
+    ctx.wal = wal.clone();
+    let mut peer = MockPeer::new();
+    peer.expect_history().returning(|_| {
+        Ok(crate::transport::HistoryReply {
+            epoch: Epoch(1),
+            history: Default::default(),
+            last_lsn: Lsn(5),
+            first_lsn: Lsn(5),
+            role: crate::node::RoleKind::Primary,
+        })
+    });
+    peer.expect_fetch_snapshot()
+        .returning(move |req| Ok(stream(&p, &req)));
+    ctx.peer = Arc::new(peer);
+    let (tx, mut rx) = mpsc::channel(8);
+    ctx.tx = tx;
+    let cancel = ctx.cancel.clone();
+    let rejoin = spawn(ctx);
+    // The node's plan: resync from a snapshot.
+    match rx.recv().await {
+        Some(Msg::RejoinPlan { reply, .. }) => {
+            let _ = reply.send(RejoinPlan::Rewind {
+                truncate_after: None,
+                resync: true,
+                epoch: Epoch(1),
+            });
+        }
+        _ => panic!("the rejoin asks for its plan"),
+    }
+    restore_began.await.expect("the engine's restore begins");
+    cancel.cancel();
+    let mut rejoin = std::pin::pin!(rejoin);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(200), rejoin.as_mut()).await;
+    // Let the restore end either way, so a failure does not hang the test.
+    engine.go_on.wait();
+    assert!(
+        early.is_err(),
+        "the rejoin returned while the engine was still restoring"
+    );
+    rejoin.await.unwrap();
+    assert_eq!(
+        wal.last_lsn(),
+        Lsn(5),
+        "the WAL was reset to the snapshot before the rejoin returned"
+    );
 }
