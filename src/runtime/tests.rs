@@ -538,6 +538,45 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
     replica.shutdown().await;
 }
 
+/// A retry of a write still waiting for its record has a `sync_timeout`
+/// of its own, counted from the retry: the first attempt's timeout ends
+/// the first attempt only, and the retry fails a whole `sync_timeout`
+/// after it arrived (paused time: the check is exact).
+#[tokio::test(start_paused = true)]
+async fn a_retry_times_out_a_whole_sync_timeout_after_it_arrived() {
+    let cfg = cfg(InitialRole::Primary);
+    let sync_timeout = cfg.sync_timeout;
+    let (replica, _service) = start(cfg, Arc::new(MemWal::new()), silent_standby());
+    writable(&replica).await;
+    let id = crate::types::RequestId::from(7u128);
+    let first = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.apply_once(id, put()).await }
+    });
+    tokio::time::sleep(sync_timeout / 2).await;
+    let retried_at = tokio::time::Instant::now();
+    let retry = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.apply_once(id, put()).await }
+    });
+    let first = first.await.unwrap();
+    assert!(
+        matches!(first, Err(Error::SyncTimeout { lsn: Lsn(1) })),
+        "{first:?}"
+    );
+    let retry = retry.await.unwrap();
+    assert!(
+        matches!(retry, Err(Error::SyncTimeout { lsn: Lsn(1) })),
+        "{retry:?}"
+    );
+    assert!(
+        retried_at.elapsed() >= sync_timeout,
+        "the retry failed {:?} after it arrived, before its own sync_timeout ({sync_timeout:?})",
+        retried_at.elapsed()
+    );
+    replica.shutdown().await;
+}
+
 /// A standby that answers heartbeats as a standby and, on the WAL stream,
 /// sends its start ack, then `ack(last record)` once the first batch with
 /// records arrives, then nothing more (it keeps receiving, so the

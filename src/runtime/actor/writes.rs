@@ -35,6 +35,10 @@ pub(super) struct RetryWaiter {
     targets: Vec<(Lsn, Epoch, bool)>,
     /// The highest of `targets`: applied up to it, all are.
     last: Lsn,
+    /// The step it arrived in: it has a `sync_timeout` of its own from then
+    /// (the node keeps a pending entry for it), so the timeout of an
+    /// earlier attempt of the same record does not fail it.
+    since: std::time::Duration,
     reply: WriteReply,
 }
 
@@ -198,6 +202,7 @@ impl Actor {
                 self.retry_waiters.push(RetryWaiter {
                     targets,
                     last,
+                    since: self.last_step,
                     reply,
                 });
             } else {
@@ -287,9 +292,19 @@ impl Actor {
             .into_iter()
             .partition(|(last, _)| doomed(*last));
         self.waiters = keep;
+        // A retry's own `sync_timeout` runs from its arrival: the timeout
+        // of the first attempt (or of a later record) does not end it. Both
+        // times are the node's steps' (the node timed the retry's pending
+        // entry from the same step), so its own timeout always ends it.
+        let (now, sync_timeout) = (self.last_step, self.cfg.sync_timeout);
+        let retry_doomed = |w: &RetryWaiter| {
+            doomed(w.last)
+                && !(matches!(failure, WaiterFailure::SyncTimeout)
+                    && now.saturating_sub(w.since) < sync_timeout)
+        };
         let (failed_retries, kept_retries) = std::mem::take(&mut self.retry_waiters)
             .into_iter()
-            .partition(|w| doomed(w.last));
+            .partition(|w| retry_doomed(w));
         self.retry_waiters = kept_retries;
         let failed = failed.into_iter().map(|(last, w)| (last, w.reply)).chain(
             failed_retries
