@@ -162,10 +162,14 @@ impl ReplicaBuilder {
 
     /// Starts the node's tasks on the current tokio runtime, without a
     /// server: serve the returned service so the peer can reach this node,
-    /// with `serve` or `ReplicationService::into_server` on a tonic server
-    /// of your own (TLS, a simulated network), and stop that server
-    /// yourself after `Replicator::shutdown`. `Replica::local_addr` is
-    /// then `None`.
+    /// with `serve`, `serve_tls` or `ReplicationService::into_server` on a
+    /// tonic server of your own (a simulated network, a private one), and
+    /// stop that server yourself after `Replicator::shutdown`.
+    /// `Replica::local_addr` is then `None`. Given `tls`, the service
+    /// requires each request's proven identity
+    /// (`ReplicationService::requiring_peer_identity`): serve it with
+    /// `serve_tls`, or on a TLS server of your own that puts the identity
+    /// it proved into each request's extensions.
     pub fn start_without_server(mut self) -> Result<(Replica, ReplicationService)> {
         self.cfg.validate()?;
         let peer = match self.peer {
@@ -195,6 +199,15 @@ impl ReplicaBuilder {
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::channel(1024);
         let service = ReplicationService::new(Inbox::new(tx.clone()), &self.cfg, metrics.clone());
+        // Given TLS, the service fails closed: served anywhere but through
+        // `serve_tls` (or a server that proves identities the same way),
+        // it refuses requests instead of trusting the node id they claim.
+        #[cfg(feature = "tls")]
+        let service = if self.tls.is_some() {
+            service.requiring_peer_identity()
+        } else {
+            service
+        };
         let snapshots = Arc::new(super::Snapshots::new(
             self.snapshot_dir,
             self.sm.clone(),

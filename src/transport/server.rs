@@ -212,10 +212,16 @@ impl ReplicationService {
         }
     }
 
-    /// This service, refusing every request that does not come from a
-    /// connection authenticated as the peer (see `serve_tls`).
+    /// This service, refusing every request whose extensions hold no
+    /// `PeerIdentity` (the node its connection's certificate proved), and
+    /// every request claiming another sender than that identity.
+    /// `serve_tls` puts the identity there after its mutual-TLS handshake.
+    /// A TLS server of your own must do the same (a tower layer inserting
+    /// the `PeerIdentity` your handshake proved); without it every request
+    /// is refused, never trusted on the node id it claims. On by default
+    /// for the service of a `ReplicaBuilder` given `tls`.
     #[cfg(feature = "tls")]
-    pub(crate) fn requiring_peer_identity(mut self) -> ReplicationService {
+    pub fn requiring_peer_identity(mut self) -> ReplicationService {
         self.require_identity = true;
         self
     }
@@ -229,7 +235,9 @@ impl ReplicationService {
 
     /// The tonic service, with `Config::max_message_bytes` as its message
     /// limit, for an engine that serves replication on its own
-    /// `tonic::transport::Server` (beside its own services, behind TLS):
+    /// `tonic::transport::Server` (beside its own services; over TLS only
+    /// with `requiring_peer_identity`, else it trusts the sender each
+    /// request names):
     /// `Server::builder().add_service(service.into_server())`. `serve` does
     /// this with the HTTP/2 settings walrep is tuned for (no Nagle delay,
     /// keepalive so a partition is noticed, large flow-control windows);

@@ -125,6 +125,70 @@ fn issue(dir: &std::path::Path, names: &[&str]) -> walrep_daemon::certs::CertAut
     ca
 }
 
+/// A node given TLS whose service the engine serves on a server of its
+/// own that proves no identity (here plain gRPC) refuses every request:
+/// it never trusts the node id a request claims. Before, such a service
+/// took a fence or a batch from anyone who named the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_nodes_service_on_a_server_that_proves_no_identity_refuses_every_request() {
+    use walrep::testing::Peer;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    issue(dir.path(), &["a", "b"]);
+    let listener = walrep::testing::rebind("127.0.0.1:0").await.unwrap();
+    let a_addr = listener.local_addr().unwrap();
+    let b_addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cfg = walrep::testing::test_config(&id("a"), &id("b"), a_addr, b_addr);
+    let tls = walrep::Tls::load(
+        walrep::TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("a.pem"),
+            key: dir.path().join("a.key"),
+        },
+        &cfg,
+    )
+    .unwrap();
+    let (replica, service) = walrep::Replica::builder(
+        cfg,
+        std::sync::Arc::new(walrep::testing::MemWal::new()),
+        mem_engine(&id("a")),
+    )
+    .tls(tls)
+    .start_without_server()
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(walrep::serve(service, listener, async {
+        let _ = stopped.await;
+    }));
+    // "b", as the header claims, over a connection that proves nothing.
+    let as_b = walrep::testing::test_config(&id("b"), &id("a"), b_addr, a_addr);
+    let peer = walrep::GrpcPeer::connect_lazy(&as_b).unwrap();
+    let header = walrep::testing::Header {
+        cluster_id: as_b.cluster_id.clone(),
+        epoch: walrep::Epoch(5),
+        node_id: id("b"),
+        node_addr: b_addr.to_string(),
+        leader_id: Some(id("b")),
+        client_addr: None,
+    };
+    let refused = peer
+        .fence(walrep::testing::FenceRequest {
+            header,
+            reason: walrep::testing::FenceReason::Forced,
+            candidate_end: None,
+        })
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("mutual TLS")),
+        "{refused:?}"
+    );
+    assert!(replica.health().epoch < walrep::Epoch(5), "the fence took");
+    assert_eq!(replica.metrics().rejected.get("unauthenticated"), Some(&1));
+    replica.shutdown().await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_over_mutual_tls_each_admitting_every_peer_it_names() {
     init_tracing();
