@@ -135,7 +135,10 @@ pub fn write_set(
     http_hosts: &[String],
 ) -> Result<Vec<PathBuf>, DaemonError> {
     let witness_name = walrep::arbiter::WITNESS_NAME;
-    if let Some(name) = names.iter().find(|n| n.as_str() == witness_name) {
+    // Certificate names match without regard to ASCII case (`Witness`
+    // passes for `witness`), so every check here compares that way.
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    if let Some(name) = names.iter().find(|n| same(n, witness_name)) {
         return Err(DaemonError::Config(format!(
             "a node named {name:?} would carry the name every node requires of the witness: its key could pose as the witness; rename the node (use --witness for the witness's certificate)"
         )));
@@ -157,8 +160,15 @@ pub fn write_set(
             )));
         }
     }
+    for (i, name) in names.iter().enumerate() {
+        if let Some(other) = names[..i].iter().find(|n| same(n, name)) {
+            return Err(DaemonError::Config(format!(
+                "names {other:?} and {name:?} differ only in case, and certificate names match without regard to case: each node's key could pose as the other; give the nodes different names"
+            )));
+        }
+    }
     for host in http_hosts {
-        if names.contains(host) || host == "http" || host == witness_name {
+        if names.iter().any(|n| same(n, host)) || same(host, "http") || same(host, witness_name) {
             return Err(DaemonError::Config(format!(
                 "--http-hosts {host:?} is a node's name: the HTTP certificate must not name a node, or whoever holds its key could pose as that node to its peer; name the hosts clients dial (e.g. 127.0.0.1, db.example.com)"
             )));
@@ -169,7 +179,7 @@ pub fn write_set(
             )));
         }
     }
-    if !http_hosts.is_empty() && names.iter().any(|n| n == "http") {
+    if !http_hosts.is_empty() && names.iter().any(|n| same(n, "http")) {
         return Err(DaemonError::Config(
             "a node named \"http\" would share http.pem with the HTTP certificate: rename the node or drop --http-hosts".into(),
         ));
@@ -263,10 +273,17 @@ mod tests {
             .to_string();
         assert!(err.contains("\"node one\""), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
-        let err = write_set(dir.path(), &["n1".into()], false, &["n1".into()])
+        // Certificate names match without regard to case: so do the checks.
+        for host in ["n1", "N1", "WITNESS"] {
+            let err = write_set(dir.path(), &["n1".into()], false, &[host.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is a node's name"), "{host}: {err}");
+        }
+        let err = write_set(dir.path(), &["n1".into(), "N1".into()], false, &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is a node's name"), "{err}");
+        assert!(err.contains("differ only in case"), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
     }
 
@@ -287,10 +304,12 @@ mod tests {
     #[test]
     fn the_witness_gets_its_own_certificate_and_no_node_may_take_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_set(dir.path(), &["n1".into(), "witness".into()], true, &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("pose as the witness"), "{err}");
+        for witness in ["witness", "Witness"] {
+            let err = write_set(dir.path(), &["n1".into(), witness.into()], true, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("pose as the witness"), "{witness}: {err}");
+        }
         assert!(!dir.path().join("ca.pem").exists());
         let files = write_set(dir.path(), &["n1".into(), "n2".into()], true, &[]).unwrap();
         assert!(files.contains(&dir.path().join("witness.pem")), "{files:?}");
