@@ -116,7 +116,8 @@ impl fmt::Display for ArbiterUrl {
 }
 
 /// The arbiter `url` names, with its default settings (for etcd: a
-/// 2-second deadline per call, keys under `/walrep/`). Connections are made
+/// deadline per call of the default `rpc_timeout`, keys under `/walrep/`;
+/// with another `rpc_timeout`, build it with `EtcdArbiter::connect_lazy`). Connections are made
 /// lazily, at the first call, so an arbiter that is down now does not fail
 /// this; it must be called within a Tokio runtime.
 ///

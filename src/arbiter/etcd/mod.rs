@@ -201,8 +201,13 @@ enum Failure {
 }
 
 impl EtcdArbiter {
-    /// The default deadline of a call, all attempts included.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// The default deadline of a call, all attempts included: the default
+    /// `Config::rpc_timeout`, which cuts every arbiter call of a node. A
+    /// longer deadline is never reached there: the node would cancel each
+    /// call while its first endpoint's share runs, so a silent endpoint
+    /// would be tried first forever. Give `connect_lazy` your
+    /// `rpc_timeout` when you change it.
+    pub const DEFAULT_TIMEOUT: Duration = crate::Config::DEFAULT_RPC_TIMEOUT;
 
     /// An arbiter over `target`, with a deadline of `timeout` per call.
     /// Connects lazily (at the first call, and again after a failure);

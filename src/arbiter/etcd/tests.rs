@@ -392,3 +392,28 @@ async fn etcd_cas_latency() {
         took[took.len() - 1]
     );
 }
+
+/// A node cuts each arbiter call at its `rpc_timeout`. At the default
+/// deadline a call still gets past a silent first endpoint within that
+/// cut: with a deadline above it, the first endpoint's share outlasted
+/// the cut, so every call was cancelled on the silent endpoint and the
+/// working one was never reached.
+#[tokio::test]
+async fn at_the_default_deadline_a_call_gets_past_a_silent_endpoint_within_the_nodes_cut() {
+    let etcd = etcd_or_skip!();
+    let (silent, task) = silent_endpoint().await;
+    let arb = EtcdArbiter::from_url(&format!("etcd://{silent},{}", etcd.endpoint())).unwrap();
+    let cut = crate::Config::DEFAULT_RPC_TIMEOUT;
+    let swap = tokio::time::timeout(
+        cut,
+        arb.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1")),
+    )
+    .await;
+    match swap {
+        Ok(outcome) => {
+            swapped(outcome);
+        }
+        Err(_) => panic!("the node's {cut:?} cut the call before it left the silent endpoint"),
+    }
+    task.abort();
+}

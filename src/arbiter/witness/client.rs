@@ -149,13 +149,16 @@ impl WitnessClient {
         use tonic::Code;
         let at = self.describe();
         match status.code() {
-            // Unknown: tonic's code for a connection that broke under the
-            // call (a TLS alert, a reset); the witness never answers it.
+            // Unknown and Internal: tonic's codes for a connection that
+            // broke under the call (a TLS alert, an HTTP/2 reset or
+            // GOAWAY); the witness never answers either. The swap may have
+            // landed: an unknown outcome, never a refusal.
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
             | Code::Aborted
-            | Code::Unknown => ArbiterError::Unreachable(format!("{at}: {}", status.message())),
+            | Code::Unknown
+            | Code::Internal => ArbiterError::Unreachable(format!("{at}: {}", status.message())),
             Code::FailedPrecondition => {
                 let refusal = <pb::SwapRefused as prost::Message>::decode(status.details())
                     .ok()
@@ -236,6 +239,24 @@ impl Arbiter for WitnessClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection broken under a call (tonic says Unknown or Internal
+    /// for a reset or a GOAWAY) leaves the swap's outcome unknown: it is
+    /// `Unreachable`, which the node treats as "may have landed", never a
+    /// refusal.
+    #[tokio::test]
+    async fn a_call_broken_under_it_is_unreachable_not_a_refusal() {
+        let client = WitnessClient::connect_lazy("127.0.0.1:9", &crate::Config::default()).unwrap();
+        for code in [tonic::Code::Unknown, tonic::Code::Internal] {
+            let err = client.error(tonic::Status::new(code, "h2 protocol error: stream reset"));
+            assert!(
+                matches!(err, ArbiterError::Unreachable(_)),
+                "{code:?}: {err:?}"
+            );
+        }
+        let err = client.error(tonic::Status::permission_denied("not a member"));
+        assert!(matches!(err, ArbiterError::Invalid(_)), "{err:?}");
+    }
 
     #[test]
     fn a_witness_address_is_host_port_with_or_without_its_scheme() {

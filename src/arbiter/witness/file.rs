@@ -42,9 +42,10 @@ pub enum StoreError {
     /// The file exists but is not a register file this build can read.
     #[error(
         "witness register file {path} is damaged: {detail}. The witness does not start empty over it \
-         (a stale node could then re-create its cluster's register). Restore the file from a backup; \
-         or, to rebuild every register from the nodes, move the file out of the data directory and \
-         start again: each cluster's register is re-created once all its members have reported their epoch"
+         (a stale node could then re-create its cluster's register). To rebuild every register from \
+         the nodes, move the file out of the data directory and start again: each cluster's register \
+         is re-created once all its members have reported their epoch. Do not restore an old backup \
+         of the file: its versions may be reused, and a deposed primary could then swap its standby out"
     )]
     Corrupt {
         /// The file.
