@@ -205,10 +205,18 @@ impl Registers {
             .entry(caller.node_id.clone())
             .or_insert(caller.epoch);
         *seen = (*seen).max(caller.epoch);
-        cluster.seen_version = cluster.seen_version.max(caller.seen_version);
+        // No register goes one swap at a time anywhere near this: a higher
+        // claim comes from a bug or a hostile member, and is held to it so
+        // a rebuilt register's version can never wrap to 0 ("no register",
+        // which would let a second create through).
+        let plausible = caller.seen_version.min(MAX_SEEN_VERSION);
+        cluster.seen_version = cluster.seen_version.max(plausible);
         cluster
     }
 }
+
+/// The highest version a member's report may say it saw.
+const MAX_SEEN_VERSION: u64 = u64::MAX / 2;
 
 fn check_create(
     reported: &BTreeMap<NodeId, Epoch>,
@@ -339,6 +347,28 @@ mod tests {
             .compare_and_swap("c", &seen("n1", 99), 8, &pair_register(1, "n1"))
             .unwrap();
         assert!(matches!(next, CasOutcome::Swapped(r) if r.version == 9));
+    }
+
+    #[test]
+    fn a_member_claiming_it_saw_an_impossible_version_cannot_wrap_the_rebuilt_register() {
+        let seen = |node: &str, version: u64| Caller {
+            seen_version: version,
+            ..caller(node, 1)
+        };
+        let mut regs = Registers::new();
+        regs.read("c", &seen("n2", u64::MAX));
+        let created = regs
+            .compare_and_swap("c", &seen("n1", 0), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let CasOutcome::Swapped(created) = created else {
+            panic!("create failed: {created:?}")
+        };
+        assert!(created.exists() && created.version > 0, "{created:?}");
+        // The register exists: a second create conflicts.
+        let again = regs
+            .compare_and_swap("c", &seen("n2", 0), 0, &pair_register(1, "n2"))
+            .unwrap();
+        assert!(matches!(again, CasOutcome::Conflict(_)), "{again:?}");
     }
 
     #[test]
