@@ -133,6 +133,11 @@ fn snapshot_bytes() -> Vec<u8> {
     out
 }
 
+/// A primary sending `data` whole, its CRC announced, cut as `cuts` say.
+fn primary_of(data: &[u8], cuts: Vec<Option<usize>>) -> Arc<Primary> {
+    primary(data.to_vec(), crc32c::crc32c(data), data.len() as u64, cuts)
+}
+
 fn primary(data: Vec<u8>, crc: u32, total: u64, cuts: Vec<Option<usize>>) -> Arc<Primary> {
     Arc::new(Primary {
         data,
@@ -268,12 +273,7 @@ async fn a_transfer_cut_before_its_trailing_crc_resumes_from_its_end() {
 async fn a_cut_transfer_resumes_at_the_bytes_received_and_checks_the_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
-    let p = primary(
-        data.clone(),
-        crc32c::crc32c(&data),
-        data.len() as u64,
-        vec![Some(3), None],
-    );
+    let p = primary_of(&data, vec![Some(3), None]);
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p.clone(), sm, dir.path());
     let mut incoming = None;
@@ -407,12 +407,7 @@ async fn the_engine_gets_the_received_file_and_may_keep_it() {
     let dir = tempfile::tempdir().unwrap();
     let own = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
-    let p = primary(
-        data.clone(),
-        crc32c::crc32c(&data),
-        data.len() as u64,
-        vec![None],
-    );
+    let p = primary_of(&data, vec![None]);
     let ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
     let mut incoming = None;
     let info = match receive(&ctx, &mut incoming).await {
@@ -441,12 +436,7 @@ async fn the_engine_gets_the_received_file_and_may_keep_it() {
 async fn the_default_restore_file_reads_the_file_through_restore() {
     let dir = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
-    let p = primary(
-        data.clone(),
-        crc32c::crc32c(&data),
-        data.len() as u64,
-        vec![None],
-    );
+    let p = primary_of(&data, vec![None]);
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p, sm.clone(), dir.path());
     let mut incoming = None;
@@ -552,12 +542,7 @@ async fn a_restore_while_receiving_reads_every_byte_and_ends_after_the_check() {
 async fn a_cut_transfer_fails_the_restore_while_receiving_and_the_resume_restores_it_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
-    let p = primary(
-        data.clone(),
-        crc32c::crc32c(&data),
-        data.len() as u64,
-        vec![Some(3), None],
-    );
+    let p = primary_of(&data, vec![Some(3), None]);
     let engine = while_receiving();
     let ctx = ctx(p.clone(), engine.clone(), dir.path());
     let mut incoming = None;
@@ -680,12 +665,7 @@ impl StateMachine for SlowRestore {
 async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
     let dir = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
-    let p = primary(
-        data.clone(),
-        crc32c::crc32c(&data),
-        data.len() as u64,
-        vec![None],
-    );
+    let p = primary_of(&data, vec![None]);
     let (began, restore_began) = oneshot::channel();
     let engine = Arc::new(SlowRestore {
         inner: MemStateMachine::new(),
