@@ -265,9 +265,7 @@ impl Node {
                 let blocked: Vec<String> = c
                     .cannot_fetch_from
                     .iter()
-                    .map(|(from, why)| {
-                        format!("{from} holds records this standby lacks and {why}; {from} may promote instead")
-                    })
+                    .map(|(from, why)| cannot_fetch(from, why))
                     .collect();
                 format!(
                     "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion, not counting: {}",
@@ -359,31 +357,31 @@ impl Node {
         let Some(fetch) = c.fetch.clone().filter(|f| f.from == from) else {
             return;
         };
+        // Records that do not continue our log, or a standby that trimmed
+        // them (its engine made them durable): asking again cannot bring
+        // them. That standby holds them, so it may promote instead (our
+        // seal stops, so its own failover clock runs out); fetching again
+        // would seal it each time and keep it from trying itself.
+        let cannot = match &fetched {
+            Ok((_, false)) => {
+                Some("its log diverges from this standby's before its last record".to_string())
+            }
+            Err(FetchFailed::Trimmed(why)) => {
+                Some(format!("it no longer keeps them in its WAL ({why})"))
+            }
+            _ => None,
+        };
+        if let Some(why) = cannot {
+            c.fetch = None;
+            let blocked = cannot_fetch(&from, &why);
+            c.cannot_fetch_from.insert(from, why);
+            tracing::warn!("failover: {blocked}");
+            return self.hold_back(format!(
+                "the primary is silent but this standby may not promote yet: {blocked}"
+            ));
+        }
         let records = match fetched {
             Ok((records, true)) if !records.is_empty() => records,
-            Ok((_, false)) => {
-                c.fetch = None;
-                let why = "its log diverges from this standby's before its last record".to_string();
-                c.cannot_fetch_from.insert(from.clone(), why.clone());
-                tracing::warn!(%from, "failover: {why}; {from} may promote instead");
-                return self.hold_back(format!(
-                    "the primary is silent but this standby may not promote yet: {from}'s log diverges from this standby's before its last record; {from} may promote instead"
-                ));
-            }
-            // Asking again cannot bring them: that standby made them
-            // durable in its engine and trimmed them from its WAL. It holds
-            // them, so it may promote instead (our seal stops, so its own
-            // failover clock runs out); we would otherwise fetch forever
-            // and, sealing it again each time, keep it from trying itself.
-            Err(FetchFailed::Trimmed(why)) => {
-                c.fetch = None;
-                let why = format!("it no longer keeps them in its WAL ({why})");
-                c.cannot_fetch_from.insert(from.clone(), why.clone());
-                tracing::warn!(%from, "failover: cannot fetch the records this standby lacks: {why}; {from} may promote instead");
-                return self.hold_back(format!(
-                    "the primary is silent but this standby may not promote yet: {from} holds records it lacks and {why}; {from} may promote instead"
-                ));
-            }
             failed => {
                 let why = failed
                     .err()
@@ -519,4 +517,10 @@ impl Node {
         };
         (rank(me), mine, me) < (rank(other), theirs, other)
     }
+}
+
+/// Why a candidacy cannot take the records it lacks from `from` (`why`
+/// says what stops it), for its logs and its held-back reason.
+fn cannot_fetch(from: &NodeId, why: &str) -> String {
+    format!("{from} holds records this standby lacks and {why}; {from} may promote instead")
 }

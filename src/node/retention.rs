@@ -2,14 +2,14 @@
 //!
 //! A record is kept while the engine has not made it durable (its state
 //! would need it replayed after a restart), while the standby has not
-//! flushed it (it would need it streamed), or while it or a later record
-//! carries a request id the node remembers (a retry of that write must be
-//! recognised: `RequestIndex`, up to `max_request_ids` ids, so a write
-//! retried after the engine's checkpoint is not applied twice). `wal_retention_bytes` bounds the
-//! WAL whatever either does: beyond it the oldest records go anyway, and
-//! whoever still needed them resyncs from a snapshot instead (a standby
-//! when it asks for them, this node's engine at its next start: see
-//! `on_opened`). Records the local state machine has not applied yet are
+//! flushed it (it would need it streamed), or while it is at or after the
+//! oldest record whose request id the node remembers (a retry of that
+//! write must be recognised: `RequestIndex`, up to `max_request_ids` ids,
+//! so a write retried after the engine's checkpoint is not applied twice).
+//! `wal_retention_bytes` bounds the WAL whatever these need: beyond it the
+//! oldest records go anyway, and whoever still needed them resyncs from a
+//! snapshot instead (a standby when it asks for them, this node's engine
+//! at its next start: see `on_opened`). Records the local state machine has not applied yet are
 //! never let go: the applier reads them from the WAL.
 
 use super::event::Effect;

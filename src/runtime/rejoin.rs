@@ -64,7 +64,7 @@ pub(super) struct Ctx {
     /// WAL: a cancelled rejoin waits for it before it returns, so a node
     /// that stops (and may start again in the same process, on the same
     /// files) never leaves that work running behind it.
-    pub restoring: Arc<tokio::sync::Mutex<()>>,
+    pub restore_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Where a finished rejoin left the node: a standby of `leader` at `epoch`.
@@ -89,13 +89,13 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
                 .await
                 .ok()
                 .flatten();
-        let restoring = ctx.restoring.clone();
+        let restore_lock = ctx.restore_lock.clone();
         loop {
             attempt += 1;
             let cancel = ctx.cancel.clone();
             let result = tokio::select! {
                 _ = cancel.cancelled() => {
-                    let _restored = restoring.lock().await;
+                    let _restored = restore_lock.lock().await;
                     return;
                 }
                 r = attempt_rejoin(&mut ctx, &mut header, &mut incoming) => r,
@@ -306,17 +306,13 @@ async fn resync_from_snapshot(
     let restored = match restoring {
         Restoring::WhileReceiving(Some(restore)) => {
             let restored = restore.finish().await;
-            let held = ctx.restoring.clone().lock_owned().await;
-            super::tasks::run_blocking(wal.may_block(), move || {
-                let _held = held;
+            holding_the_restore_lock(ctx, move || {
                 after_restore(restored, &*wal, &dir, &announced)
             })
             .await
         }
         _ => {
-            let held = ctx.restoring.clone().lock_owned().await;
-            super::tasks::run_blocking(wal.may_block(), move || {
-                let _held = held;
+            holding_the_restore_lock(ctx, move || {
                 restore_received(&*sm, &*wal, &dir, &path, &announced)
             })
             .await
@@ -326,6 +322,21 @@ async fn resync_from_snapshot(
     let restore_ms = started.elapsed().as_millis() as u64;
     tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
     Ok(Some(info))
+}
+
+/// Runs `work` (the engine's restore, the WAL's reset) as blocking work
+/// that holds `Ctx::restore_lock` until it ends, so a cancelled rejoin
+/// waits for it.
+async fn holding_the_restore_lock<T: Send + 'static>(
+    ctx: &Ctx,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let held = ctx.restore_lock.clone().lock_owned().await;
+    super::tasks::run_blocking(ctx.wal.may_block(), move || {
+        let _held = held;
+        work()
+    })
+    .await
 }
 
 /// Why a transfer stopped before its end.
@@ -424,7 +435,7 @@ async fn receive_snapshot(
                     );
                     queued = inc.received;
                     writes = Some(Writes::new(may_block, inc));
-                    restoring.start(&ctx.sm, inc, &ctx.restoring);
+                    restoring.start(&ctx.sm, inc, &ctx.restore_lock);
                     continue;
                 }
                 Incoming::discard(incoming);
@@ -444,7 +455,7 @@ async fn receive_snapshot(
                         .map_err(|e| disk(e.to_string()))?;
                 writes = Some(Writes::new(may_block, &created));
                 queued = 0;
-                restoring.start(&ctx.sm, &created, &ctx.restoring);
+                restoring.start(&ctx.sm, &created, &ctx.restore_lock);
                 *incoming = Some(created);
             }
             SnapshotPart::Info(_) => {
@@ -643,15 +654,15 @@ impl Restoring {
     }
 
     /// Starts the engine's restore of `inc` if it restores while receiving;
-    /// it holds `restoring` until it ends.
+    /// it holds `restore_lock` until it ends.
     fn start(
         &mut self,
         sm: &Arc<dyn StateMachine>,
         inc: &Incoming,
-        restoring: &Arc<tokio::sync::Mutex<()>>,
+        restore_lock: &Arc<tokio::sync::Mutex<()>>,
     ) {
         if let Restoring::WhileReceiving(slot @ None) = self {
-            *slot = Some(StreamedRestore::start(sm.clone(), inc, restoring));
+            *slot = Some(StreamedRestore::start(sm.clone(), inc, restore_lock));
         }
     }
 
@@ -669,11 +680,11 @@ impl StreamedRestore {
     fn start(
         sm: Arc<dyn StateMachine>,
         inc: &Incoming,
-        restoring: &Arc<tokio::sync::Mutex<()>>,
+        restore_lock: &Arc<tokio::sync::Mutex<()>>,
     ) -> StreamedRestore {
         // One restore at a time: an earlier one was awaited (`finish`,
         // `abandon`) before this one starts, so the lock is free.
-        let held = restoring.clone().try_lock_owned().ok();
+        let held = restore_lock.clone().try_lock_owned().ok();
         let (tx, rx) = mpsc::channel(FEED_WINDOW);
         let mut input = FeedReader {
             file: inc.file.clone(),

@@ -447,7 +447,7 @@ impl Actor {
             applier: self.applier.take(),
             rewound_dir: self.rewound_dir.clone(),
             snapshots: self.snapshots.clone(),
-            restoring: Default::default(),
+            restore_lock: Default::default(),
             metrics: self.metrics.clone(),
             cancel: cancel.child_token(),
         });

@@ -304,7 +304,7 @@ impl Actor {
         };
         let (failed_retries, kept_retries) = std::mem::take(&mut self.retry_waiters)
             .into_iter()
-            .partition(|w| retry_doomed(w));
+            .partition(retry_doomed);
         self.retry_waiters = kept_retries;
         let failed = failed.into_iter().map(|(last, w)| (last, w.reply)).chain(
             failed_retries

@@ -90,7 +90,7 @@ fn ctx(primary: Arc<Primary>, sm: Arc<dyn StateMachine>, dir: &Path) -> Ctx {
         )),
         metrics: Arc::new(Metrics::default()),
         cancel: CancellationToken::new(),
-        restoring: Default::default(),
+        restore_lock: Default::default(),
     }
 }
 
