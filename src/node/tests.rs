@@ -69,6 +69,11 @@ fn writes_up_to(node: &Node, lsn: u64) -> Event {
     }
 }
 
+/// A promotion asked without force (a planned switchover) by `from`.
+fn planned_promote(from: PromoteFrom) -> Event {
+    Event::PromoteRequested { force: false, from }
+}
+
 /// A standby of n2 at epoch 1 that has heard from the primary at `at`.
 fn standby_in_contact(cfg: Config, sync: SyncState, at: Time) -> Node {
     let (mut node, effects) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
@@ -337,13 +342,7 @@ fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_recor
 #[test]
 fn a_forced_promotion_of_an_unconfirmed_primary_takes_a_new_epoch_and_fences_the_peer() {
     let (mut node, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-    let effects = node.step(
-        t(1),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let effects = node.step(t(1), planned_promote(PromoteFrom::Rpc));
     assert!(
         matches!(&effects[..], [Effect::ReplyPromote(Err(why))] if why.contains("force")),
         "{effects:?}"
@@ -952,13 +951,7 @@ fn planned_switchover_gives_up_after_its_timeout_and_writes_resume() {
 #[test]
 fn planned_promotion_on_the_standby_persists_only_after_the_primary_stepped_down() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    let effects = node.step(
-        t(150),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Engine,
-        },
-    );
+    let effects = node.step(t(150), planned_promote(PromoteFrom::Engine));
     assert_eq!(
         effects,
         vec![Effect::SendFence {
@@ -1023,13 +1016,7 @@ fn wal_failure_stops_writes_and_fails_waiters() {
 #[test]
 fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fence_reply() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    node.step(
-        t(150),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Engine,
-        },
-    );
+    node.step(t(150), planned_promote(PromoteFrom::Engine));
     // The old primary fenced itself and its rejoin request reached us first.
     let effects = node.step(
         t(160),
@@ -1495,13 +1482,7 @@ fn a_standby_whose_epoch_cannot_be_raised_neither_promotes_nor_is_promoted() {
 #[test]
 fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
     let mut node = primary_with_standby(cfg());
-    let effects = node.step(
-        t(2),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let effects = node.step(t(2), planned_promote(PromoteFrom::Rpc));
     assert_eq!(effects, vec![Effect::ForwardPromote { to: None }]);
     assert_eq!(node.role(), RoleKind::Primary);
 }
@@ -1509,13 +1490,7 @@ fn a_promote_asked_of_the_primary_over_rpc_is_forwarded_to_the_standby() {
 #[test]
 fn a_promote_asked_of_the_primary_by_its_engine_is_forwarded_to_the_standby() {
     let mut node = primary_with_standby(cfg());
-    let effects = node.step(
-        t(2),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Engine,
-        },
-    );
+    let effects = node.step(t(2), planned_promote(PromoteFrom::Engine));
     assert_eq!(effects, vec![Effect::ForwardPromote { to: None }]);
     // It keeps writing until the standby's switchover fences it.
     assert_eq!(node.role(), RoleKind::Primary);
@@ -2037,20 +2012,8 @@ fn a_primary_asked_to_stop_during_a_planned_switchover_waits_for_it() {
 #[test]
 fn a_promote_asked_during_a_planned_switchover_joins_it() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
-    node.step(
-        t(150),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Engine,
-        },
-    );
-    let effects = node.step(
-        t(155),
-        Event::PromoteRequested {
-            force: false,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    node.step(t(150), planned_promote(PromoteFrom::Engine));
+    let effects = node.step(t(155), planned_promote(PromoteFrom::Rpc));
     assert!(effects.is_empty(), "{effects:?}");
     let effects = node.step(
         t(160),
