@@ -69,6 +69,15 @@ fn writes_up_to(node: &Node, lsn: u64) -> Event {
     }
 }
 
+/// Standby n2's fence of a planned switchover to epoch 2.
+fn switchover_fence_from_n2() -> Event {
+    Event::FenceRequested {
+        epoch: Epoch(2),
+        leader: NodeId::from("n2"),
+        reason: FenceReason::Switchover,
+    }
+}
+
 /// A promotion asked without force (a planned switchover) by `from`.
 fn planned_promote(from: PromoteFrom) -> Event {
     Event::PromoteRequested { force: false, from }
@@ -877,14 +886,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
     let mut node = primary_with_standby(cfg());
     node.step(t(2), writes_up_to(&node, 4));
     node.step(t(3), Event::LocalFlushed { lsn: Lsn(4) });
-    let effects = node.step(
-        t(4),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: NodeId::from("n2"),
-            reason: FenceReason::Switchover,
-        },
-    );
+    let effects = node.step(t(4), switchover_fence_from_n2());
     assert!(effects.is_empty(), "{effects:?}");
     assert!(matches!(
         node.check_writable(),
@@ -929,14 +931,7 @@ fn planned_switchover_steps_down_only_when_the_standby_has_everything() {
 fn planned_switchover_gives_up_after_its_timeout_and_writes_resume() {
     let mut node = primary_with_standby(cfg());
     node.step(t(2), writes_up_to(&node, 4));
-    node.step(
-        t(4),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: NodeId::from("n2"),
-            reason: FenceReason::Switchover,
-        },
-    );
+    node.step(t(4), switchover_fence_from_n2());
     let effects = tick_until(&mut node, 100, 5100);
     assert!(
         effects
@@ -1870,14 +1865,7 @@ fn a_primary_asked_to_stop_hands_over_to_its_standby_in_sync() {
     // Still the primary until the standby's switchover fences it, which
     // then runs as any planned switchover.
     assert_eq!(node.role(), RoleKind::Primary);
-    let effects = node.step(
-        t(7),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: NodeId::from("n2"),
-            reason: FenceReason::Switchover,
-        },
-    );
+    let effects = node.step(t(7), switchover_fence_from_n2());
     assert_eq!(
         effects[0],
         Effect::PersistMeta {
@@ -1968,14 +1956,7 @@ fn a_primary_asked_to_stop_during_a_planned_switchover_waits_for_it() {
     // waits for it.
     node.step(t(6), writes_up_to(&node, 6));
     node.step(t(7), Event::LocalFlushed { lsn: Lsn(6) });
-    let effects = node.step(
-        t(8),
-        Event::FenceRequested {
-            epoch: Epoch(2),
-            leader: NodeId::from("n2"),
-            reason: FenceReason::Switchover,
-        },
-    );
+    let effects = node.step(t(8), switchover_fence_from_n2());
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::ReplyFence(_))),
         "{effects:?}"
