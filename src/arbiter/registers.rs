@@ -260,6 +260,14 @@ mod tests {
         Caller::new(node, Epoch(epoch))
     }
 
+    /// A caller at epoch 1 that says it saw the register at `version`.
+    fn seen(node: &str, version: u64) -> Caller {
+        Caller {
+            seen_version: version,
+            ..caller(node, 1)
+        }
+    }
+
     fn pair_register(epoch: u64, primary: &str) -> Register {
         Register::fresh(
             Epoch(epoch),
@@ -322,10 +330,6 @@ mod tests {
     fn a_register_re_created_after_a_loss_starts_above_every_version_its_members_saw() {
         // Before the loss the register reached version 7; the standby n2
         // still holds it, with itself in the sync set.
-        let seen = |node: &str, version: u64| Caller {
-            seen_version: version,
-            ..caller(node, 1)
-        };
         let mut regs = Registers::new();
         regs.read("c", &seen("n2", 7));
         let created = regs
@@ -351,10 +355,6 @@ mod tests {
 
     #[test]
     fn a_member_claiming_it_saw_an_impossible_version_cannot_wrap_the_rebuilt_register() {
-        let seen = |node: &str, version: u64| Caller {
-            seen_version: version,
-            ..caller(node, 1)
-        };
         let mut regs = Registers::new();
         regs.read("c", &seen("n2", u64::MAX));
         let created = regs
