@@ -302,7 +302,7 @@ fn write_direct(
 /// The CRC32C of the first `len` bytes of the file at `path`, read back
 /// from the device with direct I/O (not from the page cache, which direct
 /// writes bypassed): what the file really holds. `None` if the file system
-/// refuses direct reads.
+/// refuses direct reads, at open or at a read.
 pub(super) fn crc_on_disk(path: &std::path::Path, len: u64) -> std::io::Result<Option<u32>> {
     let file = match std::fs::OpenOptions::new()
         .read(true)
@@ -313,6 +313,17 @@ pub(super) fn crc_on_disk(path: &std::path::Path, len: u64) -> std::io::Result<O
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
         Err(e) => return Err(e),
     };
+    crc_of_direct_reads(len, |buf, at| file.read_at(buf, at))
+}
+
+/// `crc_on_disk` over `read` (a direct read of whole blocks into an
+/// aligned buffer at an offset). A file system may accept `O_DIRECT` at
+/// open and still refuse a read's alignment (`EINVAL`): the check is then
+/// left to the bytes as they arrived (`None`), and the transfer goes on.
+fn crc_of_direct_reads(
+    len: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+) -> std::io::Result<Option<u32>> {
     let mut stage = Stage::new();
     let (mut crc, mut at) = (0u32, 0u64);
     while at < len {
@@ -320,7 +331,16 @@ pub(super) fn crc_on_disk(path: &std::path::Path, len: u64) -> std::io::Result<O
         // end returns what there is.
         stage.len = STAGE;
         let start = stage.start;
-        let got = file.read_at(&mut stage.buf[start..start + STAGE], at)?;
+        let got = match read(&mut stage.buf[start..start + STAGE], at) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(
+                    at,
+                    "direct reads refused; checking the snapshot as it arrived"
+                );
+                return Ok(None);
+            }
+            other => other?,
+        };
         if got == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -413,6 +433,32 @@ mod tests {
             inc.file.sync_all().unwrap();
             assert_ne!(crc_on_disk(&inc.path, len).unwrap(), Some(crc));
         }
+    }
+
+    /// A file system that accepted `O_DIRECT` at open but refuses a read's
+    /// alignment leaves the check to the bytes as they arrived, rather
+    /// than failing the resumed transfer; other read errors still fail it.
+    #[test]
+    fn a_refused_direct_read_falls_back_to_the_arrived_bytes() {
+        let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+        let mut reads = 0;
+        let refused_later = crc_of_direct_reads(3 * STAGE as u64, |buf, _| {
+            reads += 1;
+            if reads == 1 {
+                Ok(buf.len())
+            } else {
+                Err(einval())
+            }
+        });
+        assert_eq!(refused_later.unwrap(), None);
+        assert_eq!(crc_of_direct_reads(10, |_, _| Err(einval())).unwrap(), None);
+        let eio = crc_of_direct_reads(10, |_, _| Err(std::io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(eio.unwrap_err().raw_os_error(), Some(libc::EIO));
+        let whole = crc_of_direct_reads(5, |buf, _| {
+            buf[..5].copy_from_slice(b"hello");
+            Ok(5)
+        });
+        assert_eq!(whole.unwrap(), Some(crc32c::crc32c(b"hello")));
     }
 
     /// A chunk that does not continue the file is refused, not written
