@@ -198,15 +198,6 @@ pub(crate) struct Node {
     failover_paused: bool,
     /// A quorum promotion in progress (`candidacy.rs`).
     candidacy: Option<candidacy::Candidacy>,
-    /// The highest LSN up to which this node holds records that a primary
-    /// told it were committed, in batches our log continued, with that
-    /// primary's epoch; in memory, so a restart forgets it. A primary of
-    /// that epoch whose log ends below it lost writes it acknowledged
-    /// (`Node::lost_acknowledged_writes`).
-    commit_heard: Option<(Epoch, Lsn)>,
-    /// The epoch whose primary this node last reported for losing
-    /// acknowledged writes: the error is logged once per epoch.
-    reported_lost_writes: Option<Epoch>,
     out: Vec<Effect>,
 }
 
@@ -257,8 +248,6 @@ impl Node {
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
             candidacy: None,
-            commit_heard: None,
-            reported_lost_writes: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),

@@ -84,14 +84,6 @@ impl Node {
             return;
         }
         let point = divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
-        let leader = self.leader.clone();
-        if self
-            .lost_acknowledged_writes(peer.epoch, leader.as_ref(), point)
-            .is_some()
-        {
-            self.emit(Effect::Rejoin(RejoinPlan::Wait));
-            return;
-        }
         let truncate_after = (ours.last_lsn > point).then_some(point);
         let resync = ours.applied > point
             || peer.first_lsn > point.next()

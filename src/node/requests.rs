@@ -114,15 +114,6 @@ impl Node {
             }
             self.step_down_for_peer_primary(&req.header);
         }
-        if let Some(reason) =
-            self.lost_acknowledged_writes(req.header.epoch, Some(&req.header.node_id), req.last_lsn)
-        {
-            // No contact: the silence goes on counting toward a failover.
-            return self.emit(Effect::Answer(Err(Refused::new(
-                RefusalKind::NotStandby,
-                reason,
-            ))));
-        }
         let primary = req.header.node_id.clone();
         self.on_primary_contact(
             now,
@@ -290,16 +281,6 @@ impl Node {
                 return;
             }
         }
-        if let Some(reason) = self.lost_acknowledged_writes(
-            batch.header.epoch,
-            Some(&batch.header.node_id),
-            batch.last_lsn,
-        ) {
-            return self.emit(Effect::Answer(Err(Refused::new(
-                RefusalKind::NotStandby,
-                reason,
-            ))));
-        }
         self.on_primary_contact(
             now,
             batch.header.epoch,
@@ -310,10 +291,6 @@ impl Node {
         );
         match self.check_batch(&batch, local_at_prev, &local) {
             Ok(first_new) => {
-                // Our log holds the primary's up to the batch's end now
-                // (records it held matched, the rest is appended).
-                let matched = batch.records.last().map_or(batch.prev_lsn, |r| r.lsn);
-                self.note_commit_heard(batch.header.epoch, matched, batch.commit_lsn);
                 let records = batch.records.split_off(first_new);
                 if !records.is_empty() {
                     let fsync_inline = self.cfg.standby_sync_inline

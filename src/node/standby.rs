@@ -174,49 +174,6 @@ impl Node {
         self.cancel_failover();
     }
 
-    /// A batch from the primary of `epoch` that our log continues: our
-    /// log holds the primary's up to `matched`, and the primary says it
-    /// committed up to `commit`. A commit heard at an older epoch says
-    /// nothing of this primary's log.
-    pub(super) fn note_commit_heard(&mut self, epoch: Epoch, matched: Lsn, commit: Lsn) {
-        let held = matched.min(commit);
-        self.commit_heard = match self.commit_heard {
-            Some((heard, lsn)) if heard == epoch => Some((epoch, lsn.max(held))),
-            _ => Some((epoch, held)),
-        };
-    }
-
-    /// Why this node must not follow `primary`, the primary of `epoch`
-    /// whose log holds ours only up to `kept_up_to` (its last LSN, or where
-    /// it parts from ours), if that primary told this node that records
-    /// past `kept_up_to` were committed. A primary never loses a record it
-    /// acknowledged, as it made each durable first: one that did lost its
-    /// data directory (wiped, or restored from an older copy) and came back
-    /// at the same epoch, and following it would rewind acknowledged writes
-    /// here too. A primary of a newer epoch may legitimately lack what an
-    /// older one committed (it was promoted without them: async, solo or
-    /// forced); that is not this rule. Logs the error once per epoch.
-    pub(super) fn lost_acknowledged_writes(
-        &mut self,
-        epoch: Epoch,
-        primary: Option<&NodeId>,
-        kept_up_to: Lsn,
-    ) -> Option<String> {
-        let (heard, commit) = self.commit_heard?;
-        if heard != epoch || kept_up_to >= commit {
-            return None;
-        }
-        let primary = primary.map_or_else(|| "the primary".to_string(), |id| id.to_string());
-        let reason = format!(
-            "{primary}, the primary of epoch {epoch}, holds this node's records only up to {kept_up_to}, but it told this node that records up to {commit} were committed: it lost writes it acknowledged (its data directory was wiped, or restored from an older copy). This node keeps its log and does not follow it. Restart {primary} as a standby on an empty data directory; this node promotes by failover when it is eligible, or promote it with force"
-        );
-        if self.reported_lost_writes != Some(epoch) {
-            self.reported_lost_writes = Some(epoch);
-            tracing::error!(%epoch, %primary, %kept_up_to, committed = %commit, "{reason}");
-        }
-        Some(reason)
-    }
-
     pub(super) fn standby_tick(&mut self, now: Time) {
         let cfg = self.cfg.clone();
         let Some(s) = self.standby() else { return };

@@ -2348,6 +2348,5 @@ fn promotes_n1_to_epoch_two() -> [Effect; 3] {
 
 mod arbiter;
 mod candidacy;
-mod lost_writes;
 mod maintenance;
 mod standbys;
