@@ -558,8 +558,15 @@ impl Node {
                     if link.reachable != Some(false) {
                         tracing::warn!(%error, "the arbiter is unreachable");
                     }
-                } else {
+                } else if link.last_error.as_ref() == Some(&error) {
+                    // The same failure again (a refusal repeats every
+                    // heartbeat until what it waits for happens): once at
+                    // warn is enough.
+                    tracing::debug!(?purpose, %error, unreachable, "the arbiter call failed again");
+                } else if unreachable {
                     tracing::warn!(?purpose, %error, "the arbiter did not answer the call");
+                } else {
+                    tracing::warn!(?purpose, %error, "the arbiter refused the call");
                 }
                 link.reachable = Some(!unreachable);
                 link.last_error = Some(error.clone());
