@@ -447,6 +447,14 @@ impl Node {
         self.role.kind()
     }
 
+    /// Why the node failed, while it is `Failed`.
+    pub(crate) fn failure(&self) -> Option<&str> {
+        match &self.role {
+            Role::Failed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
     /// The role our heartbeat answers tell the primary. A standby whose
     /// last append failed says `failed` until an append works again, even
     /// while it tries (a standby again): the primary counts it as lost, so

@@ -276,6 +276,29 @@ async fn a_promotion_whose_epoch_cannot_be_saved_sends_no_fence_and_fails_the_no
     replica.shutdown().await;
 }
 
+/// A forced promotion whose epoch cannot be saved fails the node, and
+/// the caller is told why at once rather than at its own timeout.
+#[tokio::test(start_paused = true)]
+async fn a_promotion_whose_epoch_cannot_be_saved_tells_its_caller_why() {
+    let wal = standby_wal();
+    let (replica, service) = start(cfg(InitialRole::Standby), wal.clone(), unreachable_peer());
+    heartbeat_from_primary(&service, SyncState::Sync).await;
+    wal.fail_meta_writes(true);
+    let err = replica
+        .promote(true)
+        .await
+        .expect_err("a promotion to an unsaved epoch succeeded");
+    match err {
+        Error::PromotionRefused { reason } => assert!(
+            reason.contains("failed before the promotion finished") && reason.contains("persist"),
+            "{reason}"
+        ),
+        other => panic!("the caller waited for its timeout instead: {other}"),
+    }
+    assert_eq!(replica.health().role, RoleKind::Failed);
+    replica.shutdown().await;
+}
+
 /// A fence from a newer primary that this node cannot save is not
 /// accepted: the peer is told no, the node fails, its saved epoch stays.
 #[tokio::test(start_paused = true)]

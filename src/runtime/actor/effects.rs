@@ -95,6 +95,14 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
+                if to == RoleKind::Failed {
+                    // A failed node drops the promotion or switchover under
+                    // way: its callers learn why now, not at their timeout.
+                    let reason = self.node.failure().unwrap_or("see its health").to_string();
+                    self.fail_promotes(format!(
+                        "this node failed before the promotion finished: {reason}"
+                    ));
+                }
             }
             Effect::Commit { lsn } => {
                 self.commit_tx.send_replace(lsn);

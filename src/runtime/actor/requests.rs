@@ -258,6 +258,16 @@ impl Actor {
         }
     }
 
+    /// Answers every promote request, the one being stepped and the
+    /// waiting ones, with `reason`: none of them can succeed any more.
+    pub(super) fn fail_promotes(&mut self, reason: String) {
+        let epoch = self.node.epoch();
+        let asking = self.promote_asking.take();
+        for to in asking.into_iter().chain(self.pending_promotes.drain(..)) {
+            reply_promote(to, Err(reason.clone()), epoch);
+        }
+    }
+
     /// Carries out `Effect::ForwardPromote`: the standby is asked to take
     /// over and its answer goes to the promote request being stepped (or,
     /// outside one, to every waiting request).
