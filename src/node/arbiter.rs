@@ -56,6 +56,11 @@ pub(super) struct ArbiterLink {
     reachable: Option<bool>,
     /// Why the last call failed.
     last_error: Option<String>,
+    /// The failed call last logged at warn, and its error, until a call
+    /// succeeds: the same failure of the same call again is logged at
+    /// debug (a refusal repeats every heartbeat until what it waits for
+    /// happens).
+    last_warned: Option<(ArbiterPurpose, String)>,
     /// Whether the last call failed: the next swap waits a while.
     last_failed: bool,
     /// The highest register version answered (kept when `known` is
@@ -558,15 +563,15 @@ impl Node {
                     if link.reachable != Some(false) {
                         tracing::warn!(%error, "the arbiter is unreachable");
                     }
-                } else if link.last_error.as_ref() == Some(&error) {
-                    // The same failure again (a refusal repeats every
-                    // heartbeat until what it waits for happens): once at
-                    // warn is enough.
+                } else if link.last_warned.as_ref() == Some(&(purpose, error.clone())) {
                     tracing::debug!(?purpose, %error, unreachable, "the arbiter call failed again");
-                } else if unreachable {
-                    tracing::warn!(?purpose, %error, "the arbiter did not answer the call");
                 } else {
-                    tracing::warn!(?purpose, %error, "the arbiter refused the call");
+                    if unreachable {
+                        tracing::warn!(?purpose, %error, "the arbiter did not answer the call");
+                    } else {
+                        tracing::warn!(?purpose, %error, "the arbiter refused the call");
+                    }
+                    link.last_warned = Some((purpose, error.clone()));
                 }
                 link.reachable = Some(!unreachable);
                 link.last_error = Some(error.clone());
@@ -582,6 +587,7 @@ impl Node {
         }
         link.reachable = Some(true);
         link.last_error = None;
+        link.last_warned = None;
         if swapped {
             tracing::info!(?purpose, register = %register, "the arbiter's register changed");
         }

@@ -447,10 +447,12 @@ impl Node {
         self.role.kind()
     }
 
-    /// Why the node failed, while it is `Failed`.
-    pub(crate) fn failure(&self) -> Option<&str> {
+    /// Why the node failed, while it is `Failed` for good: not a standby
+    /// that will try its WAL again (`WalRetry`) and may go on with what
+    /// was under way.
+    pub(crate) fn failed_for_good(&self) -> Option<&str> {
         match &self.role {
-            Role::Failed { reason } => Some(reason),
+            Role::Failed { reason } if self.wal_retry.is_none() => Some(reason),
             _ => None,
         }
     }

@@ -1006,6 +1006,7 @@ fn wal_failure_stops_writes_and_fails_waiters() {
     }));
     assert_eq!(node.role(), RoleKind::Failed);
     assert!(node.check_writable().is_err());
+    assert_eq!(node.failed_for_good(), Some("fsync: EIO"));
 }
 
 #[test]
@@ -2237,6 +2238,11 @@ fn a_standby_whose_append_failed_forgets_the_batch_and_takes_wal_again_after_a_b
         }]
     );
     assert_eq!(node.last_lsn(), Lsn(3), "the records it could not store");
+    assert_eq!(
+        node.failed_for_good(),
+        None,
+        "it will try again: a switchover under way may still finish"
+    );
     // Meanwhile WAL is refused, whole.
     let effects = receive(&mut node, t(2), four_five());
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));

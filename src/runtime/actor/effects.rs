@@ -95,10 +95,11 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
-                if to == RoleKind::Failed {
-                    // A failed node drops the promotion or switchover under
-                    // way: its callers learn why now, not at their timeout.
-                    let reason = self.node.failure().unwrap_or("see its health").to_string();
+                if let Some(reason) = self.node.failed_for_good().map(str::to_string) {
+                    // A node failed for good drops the promotion or
+                    // switchover under way: its callers learn why now, not
+                    // at their timeout. (A standby that will try its WAL
+                    // again may still finish it: they keep waiting.)
                     self.fail_promotes(format!(
                         "this node failed before the promotion finished: {reason}"
                     ));
