@@ -1836,19 +1836,7 @@ fn primary_with_standby_in_sync() -> Node {
     );
     node.step(t(3), writes_up_to(&node, 5));
     node.step(t(4), Event::LocalFlushed { lsn: Lsn(5) });
-    let positions = StandbyPositions {
-        written: Lsn(5),
-        flushed: Lsn(5),
-        applied: Lsn(5),
-    };
-    node.step(
-        t(5),
-        Event::StandbyProgress {
-            standby: NodeId::from("n2"),
-            positions,
-            epoch: node.epoch(),
-        },
-    );
+    node.step(t(5), standby_flushed(5));
     assert_eq!(node.commit_lsn(), Lsn(5));
     assert_eq!(node.sync_state(), SyncState::Sync);
     node
@@ -1968,19 +1956,7 @@ fn a_primary_asked_to_stop_during_a_planned_switchover_waits_for_it() {
             to: NodeId::from("n2")
         }]
     );
-    let positions = StandbyPositions {
-        written: Lsn(6),
-        flushed: Lsn(6),
-        applied: Lsn(6),
-    };
-    let effects = node.step(
-        t(10),
-        Event::StandbyProgress {
-            standby: NodeId::from("n2"),
-            positions,
-            epoch: Epoch(1),
-        },
-    );
+    let effects = node.step(t(10), standby_flushed(6));
     assert!(effects.contains(&Effect::ReplyFence(FenceOutcome::Fenced {
         last_lsn: Lsn(6)
     })));
