@@ -55,6 +55,7 @@ mod standby;
 mod standby_link;
 #[cfg(test)]
 mod tests;
+mod wal_failure;
 
 pub use arbiter::ArbiterStatus;
 pub(crate) use event::Time;
@@ -189,7 +190,7 @@ pub(crate) struct Node {
     last_tick: Time,
     /// A standby whose WAL append failed (a full disk): when it takes WAL
     /// again, and how many appends failed in a row.
-    wal_retry: Option<WalRetry>,
+    wal_retry: Option<wal_failure::WalRetry>,
     /// What the node knows of the arbiter (`None` without one).
     arbiter: Option<arbiter::ArbiterLink>,
     /// Automatic failover is paused by the operator (maintenance mode):
@@ -200,22 +201,6 @@ pub(crate) struct Node {
     candidacy: Option<candidacy::Candidacy>,
     out: Vec<Effect>,
 }
-
-/// A standby waiting to try its WAL again after an append failed.
-#[derive(Clone, Copy, Debug)]
-struct WalRetry {
-    /// Failed appends since the log last grew.
-    attempts: u32,
-    /// When it becomes a standby again (while `Role::Failed`).
-    at: Option<Time>,
-    /// The log's end when the last append failed: a flush beyond it means
-    /// appends work again.
-    stuck_at: Lsn,
-}
-
-/// The longest a standby waits before it takes WAL again after a failed
-/// append; the first wait is one heartbeat interval, doubling each time.
-pub(crate) const MAX_WAL_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
@@ -306,13 +291,7 @@ impl Node {
                 // inline one can finish in either order, so an older
                 // position may be reported after a newer one.
                 self.flushed = self.flushed.max(lsn);
-                if self
-                    .wal_retry
-                    .is_some_and(|r| r.at.is_none() && lsn > r.stuck_at)
-                {
-                    tracing::info!(%lsn, "the WAL takes writes again");
-                    self.wal_retry = None;
-                }
+                self.end_wal_retry_past(lsn);
                 self.recompute_commit();
                 self.try_finish_demotion();
             }
@@ -432,7 +411,7 @@ impl Node {
         let role = match &self.role {
             Role::Primary(p) => p.next_deadline(&self.cfg),
             Role::Standby(s) => s.next_deadline(&self.cfg, self.failover_paused),
-            Role::Failed { .. } => self.wal_retry.and_then(|r| r.at),
+            Role::Failed { .. } => self.wal_retry_due(),
             _ => None,
         };
         let deadline = match role {
@@ -445,16 +424,6 @@ impl Node {
     /// The role this node plays now.
     pub(crate) fn role(&self) -> RoleKind {
         self.role.kind()
-    }
-
-    /// Why the node failed, while it is `Failed` for good: not a standby
-    /// that will try its WAL again (`WalRetry`) and may go on with what
-    /// was under way.
-    pub(crate) fn failed_for_good(&self) -> Option<&str> {
-        match &self.role {
-            Role::Failed { reason } if self.wal_retry.is_none() => Some(reason),
-            _ => None,
-        }
     }
 
     /// The role our heartbeat answers tell the primary. A standby whose
@@ -715,59 +684,6 @@ impl Node {
         }
     }
 
-    /// A standby whose append failed takes WAL again once its backoff ran
-    /// out: the primary resends from our log's end, and the append either
-    /// works (the disk has room again) or fails and we wait longer.
-    fn retry_wal(&mut self, now: Time) {
-        let Some(retry) = self.wal_retry.as_mut() else {
-            return;
-        };
-        if retry.at.is_none_or(|at| now < at) {
-            return;
-        }
-        retry.at = None;
-        tracing::info!(attempt = retry.attempts + 1, last_lsn = %self.last_lsn, "trying the WAL again: taking the primary's WAL from our log's end");
-        self.change_role(Role::Standby(Standby::new()));
-    }
-
-    /// An append failed without changing the log (a full disk). The node
-    /// had counted the batch's records as ours: it forgets them. A standby
-    /// refuses WAL (its heartbeat answers say `failed`, so the primary
-    /// counts it as lost and its `on_standby_loss` policy applies) until a
-    /// backoff has passed; nothing it acknowledged is lost, since it
-    /// acknowledges only what its log holds.
-    fn on_wal_append_failed(&mut self, now: Time, reason: String, last_lsn: Lsn) {
-        if !matches!(self.role, Role::Standby(_)) {
-            return self.on_wal_failed(reason);
-        }
-        assert!(
-            last_lsn <= self.last_lsn && last_lsn >= self.flushed.min(self.last_lsn),
-            "node {}: a failed append left the log at {last_lsn}, outside {}..={}",
-            self.cfg.node_id,
-            self.flushed,
-            self.last_lsn
-        );
-        self.last_lsn = last_lsn;
-        self.requests.truncate_after(last_lsn);
-        let attempts = self.wal_retry.map_or(0, |r| r.attempts) + 1;
-        let backoff = self
-            .cfg
-            .heartbeat_interval
-            .saturating_mul(1 << (attempts - 1).min(16))
-            .min(MAX_WAL_RETRY_BACKOFF);
-        self.wal_retry = Some(WalRetry {
-            attempts,
-            at: Some(now + backoff),
-            stuck_at: last_lsn,
-        });
-        tracing::error!(%reason, %last_lsn, attempts, retry_in_ms = backoff.as_millis() as u64, "WAL append failed (disk full?): refusing WAL until the retry; the log is as it was");
-        self.change_role(Role::Failed {
-            reason: format!(
-                "{reason}; the log is intact up to {last_lsn} and the standby tries again in {backoff:?} (free space on the disk)"
-            ),
-        });
-    }
-
     fn on_higher_epoch(&mut self, epoch: Epoch, leader: Option<NodeId>) {
         if epoch <= self.epoch {
             return;
@@ -874,16 +790,6 @@ impl Node {
         self.emit(Effect::ReplyFence(FenceOutcome::Fenced {
             last_lsn: self.last_lsn,
         }));
-    }
-
-    fn on_wal_failed(&mut self, reason: String) {
-        // Nothing to retry: the store itself failed.
-        self.wal_retry = None;
-        tracing::error!(%reason, "WAL failure: refusing all writes and stepping down until restarted");
-        self.fail_all_waiters(WaiterFailure::WalFailed {
-            reason: reason.clone(),
-        });
-        self.change_role(Role::Failed { reason });
     }
 
     fn fail_all_waiters(&mut self, failure: WaiterFailure) {
