@@ -261,20 +261,21 @@ impl Node {
                 return;
             }
             PromotionDecision::NotEligible { why } => why.to_string(),
-            PromotionDecision::NeedPositions { have, need } if !c.cannot_fetch_from.is_empty() => {
-                let blocked: Vec<String> = c
-                    .cannot_fetch_from
-                    .iter()
-                    .map(|(from, why)| cannot_fetch(from, why))
-                    .collect();
-                format!(
-                    "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion, not counting: {}",
-                    blocked.join("; ")
-                )
+            PromotionDecision::NeedPositions { have, need } => {
+                let mut why = format!(
+                    "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion"
+                );
+                if !c.cannot_fetch_from.is_empty() {
+                    let blocked: Vec<String> = c
+                        .cannot_fetch_from
+                        .iter()
+                        .map(|(from, why)| cannot_fetch(from, why))
+                        .collect();
+                    why.push_str(", not counting: ");
+                    why.push_str(&blocked.join("; "));
+                }
+                why
             }
-            PromotionDecision::NeedPositions { have, need } => format!(
-                "heard from {have} of the {need} standbys in sync (this one included) that must give their final positions before a promotion"
-            ),
             PromotionDecision::FetchFirst { from, up_to } if up_to.epoch > epoch => format!(
                 "{from} holds records of epoch {}: a newer primary exists",
                 up_to.epoch

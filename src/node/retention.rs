@@ -9,8 +9,9 @@
 //! `wal_retention_bytes` bounds the WAL whatever these need: beyond it the
 //! oldest records go anyway, and whoever still needed them resyncs from a
 //! snapshot instead (a standby when it asks for them, this node's engine
-//! at its next start: see `on_opened`). Records the local state machine has not applied yet are
-//! never let go: the applier reads them from the WAL.
+//! at its next start: see `on_opened`). Records the local state machine
+//! has not applied yet are never let go: the applier reads them from the
+//! WAL.
 
 use super::event::Effect;
 use super::{Node, Role};
