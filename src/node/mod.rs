@@ -56,6 +56,7 @@ mod standby_link;
 #[cfg(test)]
 mod tests;
 mod wal_failure;
+mod wiped_peer;
 
 pub use arbiter::ArbiterStatus;
 pub(crate) use event::Time;
@@ -199,6 +200,9 @@ pub(crate) struct Node {
     failover_paused: bool,
     /// A quorum promotion in progress (`candidacy.rs`).
     candidacy: Option<candidacy::Candidacy>,
+    /// The unconfirmed primary this node, holding records, last refused
+    /// (`wiped_peer.rs`): said at error level once, not per message.
+    refusing_unconfirmed: Option<NodeId>,
     out: Vec<Effect>,
 }
 
@@ -233,6 +237,7 @@ impl Node {
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
             candidacy: None,
+            refusing_unconfirmed: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),

@@ -104,7 +104,8 @@ impl Node {
     }
 
     pub(super) fn on_heartbeat(&mut self, now: Time, req: HeartbeatRequest) {
-        if !self.admit(&req.header) {
+        if self.refuses_unconfirmed_primary(&req.header, req.confirmed) || !self.admit(&req.header)
+        {
             return;
         }
         if matches!(self.role, Role::Primary(_)) {
@@ -258,7 +259,9 @@ impl Node {
         local_at_prev: Option<Epoch>,
         local: Vec<Option<Epoch>>,
     ) {
-        if !self.admit(&batch.header) {
+        if self.refuses_unconfirmed_primary(&batch.header, !batch.unconfirmed)
+            || !self.admit(&batch.header)
+        {
             return;
         }
         if matches!(self.role, Role::Primary(_))

@@ -38,7 +38,8 @@ fn meta(epoch: u64, leader: &str) -> WalMeta {
     }
 }
 
-/// A heartbeat from `from` at `epoch`.
+/// A heartbeat from `from` at `epoch`, a confirmed primary (one that took
+/// writes).
 fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) -> Event {
     Event::HeartbeatReceived {
         req: HeartbeatRequest {
@@ -46,10 +47,20 @@ fn heartbeat(epoch: u64, from: &str, last: u64, commit: u64, sync: SyncState) ->
             last_lsn: Lsn(last),
             commit_lsn: Lsn(commit),
             sync,
-            confirmed: false,
+            confirmed: true,
             commit_rule: String::new(),
         },
     }
+}
+
+/// A heartbeat from `from`, a primary of a fresh data directory at epoch 1
+/// that no peer confirmed yet (so it took no write).
+fn fresh_heartbeat(from: &str, last: u64) -> Event {
+    let mut event = heartbeat(1, from, last, 0, SyncState::Async);
+    if let Event::HeartbeatReceived { req } = &mut event {
+        req.confirmed = false;
+    }
+    event
 }
 
 fn header(epoch: u64, from: &str) -> Header {
@@ -254,13 +265,13 @@ fn two_fresh_primaries_converge_on_one_and_never_both_take_writes() {
         |a: &Node, b: &Node| a.check_writable().is_ok() && b.check_writable().is_ok();
     // Their first heartbeats cross. n1, the smaller id, refuses n2's and
     // stays a primary that takes no writes.
-    let effects = n1.step(t(1), heartbeat(1, "n2", 0, 0, SyncState::Async));
+    let effects = n1.step(t(1), fresh_heartbeat("n2", 0));
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
     assert_eq!(n1.role(), RoleKind::Primary);
     assert!(refuses_writes_until_confirmed(&n1));
     // n2 gets n1's: it never took a write and n1's id is smaller, so it
     // steps down to be n1's standby, persisting that before it answers.
-    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::Async));
+    let effects = n2.step(t(1), fresh_heartbeat("n1", 0));
     assert_eq!(
         effects,
         vec![
@@ -298,6 +309,7 @@ fn two_fresh_primaries_converge_on_one_and_never_both_take_writes() {
     let (mut n2, _) = fresh_primary("n2", "n1", CommitMode::Async);
     let mut b = batch((0, 0), vec![], 0, 0);
     b.header = header(1, "n1");
+    b.unconfirmed = true;
     let effects = receive(&mut n2, t(1), b);
     assert_eq!(n2.role(), RoleKind::Standby);
     assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
@@ -316,11 +328,7 @@ fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_recor
     // n1 again, and n2 a confirmed primary whose log is still empty: its
     // heartbeat says it is confirmed, and n1 steps down for it too.
     let (mut n1, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
-    let mut confirmed_peer = heartbeat(1, "n2", 0, 0, SyncState::NotSync);
-    if let Event::HeartbeatReceived { req } = &mut confirmed_peer {
-        req.confirmed = true;
-    }
-    let effects = n1.step(t(1), confirmed_peer);
+    let effects = n1.step(t(1), heartbeat(1, "n2", 0, 0, SyncState::NotSync));
     assert_eq!(effects.last(), Some(&Effect::Answer(Ok(()))));
     assert_eq!(n1.role(), RoleKind::Standby);
 
@@ -337,13 +345,13 @@ fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_recor
     };
     let (mut n2, _) = new_node(n2_cfg.clone(), unconfirmed, Lsn(3), Lsn(3), Lsn(3), t(0));
     assert!(refuses_writes_until_confirmed(&n2));
-    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
+    let effects = n2.step(t(1), fresh_heartbeat("n1", 0));
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
     assert_eq!(n2.role(), RoleKind::Primary);
 
     // And a confirmed primary never steps down for an unconfirmed one.
     let (mut n2, _) = new_node(n2_cfg, meta(1, "n2"), Lsn(0), Lsn(0), Lsn(0), t(0));
-    let effects = n2.step(t(1), heartbeat(1, "n1", 0, 0, SyncState::NotSync));
+    let effects = n2.step(t(1), fresh_heartbeat("n1", 0));
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::NotStandby));
     assert!(n2.check_writable().is_ok());
 }
@@ -1139,6 +1147,7 @@ fn batch(prev: (u64, u64), records: Vec<Record>, primary_last: u64, first: u64) 
         sync: SyncState::Sync,
         last_lsn: Lsn(primary_last),
         first_lsn: Lsn(first),
+        unconfirmed: false,
     }
 }
 
@@ -2332,3 +2341,4 @@ mod arbiter;
 mod candidacy;
 mod maintenance;
 mod standbys;
+mod wiped_peer;

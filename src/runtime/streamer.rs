@@ -118,6 +118,10 @@ fn batch(ctx: &Ctx, prev: (Lsn, Epoch), records: Vec<crate::Record>) -> WalBatch
         sync,
         last_lsn: ctx.wal.last_lsn(),
         first_lsn: ctx.wal.first_lsn(),
+        // Read after the records: a primary persists its confirmation
+        // before its first write, so a batch with records never says
+        // unconfirmed.
+        unconfirmed: !ctx.wal.meta().confirmed,
     }
 }
 

@@ -145,6 +145,7 @@ pub fn batch_to_pb(b: &WalBatch) -> pb::WalBatch {
         sync_state: sync_to_pb(b.sync),
         last_lsn: b.last_lsn.0,
         first_lsn: b.first_lsn.0,
+        unconfirmed: b.unconfirmed,
     }
 }
 
@@ -249,6 +250,7 @@ pub fn batch_from_pb(b: pb::WalBatch, max_record_bytes: usize) -> Result<WalBatc
         sync: sync_from_pb(b.sync_state)?,
         last_lsn: Lsn(b.last_lsn),
         first_lsn: Lsn(b.first_lsn),
+        unconfirmed: b.unconfirmed,
     })
 }
 
@@ -346,6 +348,7 @@ mod tests {
             sync: SyncState::Sync,
             last_lsn: Lsn(6),
             first_lsn: Lsn(1),
+            unconfirmed: false,
         }
     }
 
@@ -380,6 +383,15 @@ mod tests {
     fn a_batch_round_trips() {
         let b = batch(vec![rec(5, 1), rec(6, 2)]);
         assert_eq!(batch_from_pb(batch_to_pb(&b), 1024).unwrap(), b);
+        // The flag a standby refuses a wiped primary by survives the wire.
+        let unconfirmed = WalBatch {
+            unconfirmed: true,
+            ..batch(vec![])
+        };
+        assert_eq!(
+            batch_from_pb(batch_to_pb(&unconfirmed), 1024).unwrap(),
+            unconfirmed
+        );
     }
 
     #[test]
@@ -600,6 +612,7 @@ mod tests {
                             sync_state: sync,
                             last_lsn: last,
                             first_lsn: first,
+                            unconfirmed: false,
                         }
                     },
                 )

@@ -62,6 +62,10 @@ pub struct WalBatch {
     pub last_lsn: Lsn,
     /// The primary's oldest retained LSN.
     pub first_lsn: Lsn,
+    /// The sender is a primary of a fresh data directory that no peer has
+    /// confirmed yet, so it never took a write: a standby whose log holds
+    /// records refuses it (the sender's directory was wiped).
+    pub unconfirmed: bool,
 }
 
 /// The standby's positions.

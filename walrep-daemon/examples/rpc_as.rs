@@ -177,6 +177,7 @@ async fn call(a: &Args, peer: &Arc<dyn Peer>) -> Vec<Result<String, String>> {
                     sync: SyncState::NotSync,
                     last_lsn: Lsn(*lsn),
                     first_lsn: Lsn(1),
+                    unconfirmed: false,
                 })
                 .await;
             let result = match peer.open_wal_stream(rx).await {

@@ -1447,3 +1447,49 @@ async fn a_wiped_sqlite_standby_resyncs_from_a_streamed_snapshot_and_takes_over(
     let mut c = HttpClient::new(&p.n2.http);
     assert_eq!(c.get("big0").await.unwrap(), Some(value));
 }
+
+/// A primary restarted on a wiped data directory, as primary again (so at
+/// epoch 1, unconfirmed, like a new cluster), while its standby's failover
+/// is paused: the standby, whose log holds records a confirmed primary
+/// wrote, refuses to follow it instead of rewinding them, and the wiped
+/// node, never confirmed, takes no write. Once failover resumes the
+/// standby takes over and the wiped node rejoins it with everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_on_a_wiped_directory_does_not_rewind_its_standby() {
+    let mut p = proc_pair(&[]).await;
+    let acked = write_all(&p.n1.http, "before", 20).await;
+    let mut n2 = HttpClient::new(&p.n2.http);
+    n2.set_maintenance(true).await.expect("n2 paused");
+    p.n1.kill();
+    std::fs::remove_dir_all(&p.n1.data_dir).unwrap();
+    p.n1.spawn().expect("n1 starts on an empty data dir");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read_to_string(&p.n2.log).unwrap();
+        if log.contains("refusing to follow n1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n2 never refused the wiped primary:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (h1, h2) = (health(&p.n1.http).await, health(&p.n2.http).await);
+    assert!(!h1.writable, "the wiped node was confirmed: {h1:?}");
+    assert_eq!(h2.role, "standby");
+    assert!(h2.last_lsn >= 20, "n2 rewound: {h2:?}");
+    assert_all_readable(&p.n2.http, &acked).await;
+
+    n2.set_maintenance(false).await.expect("n2 resumed");
+    wait_health(&p.n2.http, "writable primary", is_writable_primary).await;
+    wait_health(&p.n1.http, "rejoined standby", is_streaming_standby).await;
+    let after = write_all(&p.n2.http, "after", 5).await;
+    let last = health(&p.n2.http).await.last_lsn;
+    wait_health(&p.n1.http, "caught-up standby", |h| h.applied_lsn >= last).await;
+    for node in [&p.n1.http, &p.n2.http] {
+        assert_all_readable(node, &acked).await;
+        assert_all_readable(node, &after).await;
+    }
+}

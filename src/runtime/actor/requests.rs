@@ -110,6 +110,7 @@ impl Actor {
             sync: crate::node::SyncState::NotSync,
             last_lsn: self.wal.last_lsn(),
             first_lsn: self.wal.first_lsn(),
+            unconfirmed: !self.wal.meta().confirmed,
         })
     }
 

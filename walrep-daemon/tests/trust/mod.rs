@@ -138,6 +138,7 @@ async fn call(
                 sync: SyncState::NotSync,
                 last_lsn: Lsn(h.last_lsn + 1),
                 first_lsn: Lsn(1),
+                unconfirmed: false,
             })
             .await
             .unwrap();
