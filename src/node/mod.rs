@@ -319,7 +319,11 @@ impl Node {
                     // its positions say nothing about our records.
                     self.on_higher_epoch(epoch, None);
                 } else {
-                    if epoch == self.epoch {
+                    // A standby holding records we lack is not one that
+                    // follows an unconfirmed primary: we lost our data
+                    // directory (`wiped_peer.rs`), and its stream's acks
+                    // before it refuses our first batch confirm nothing.
+                    if epoch == self.epoch && positions.flushed <= self.last_lsn {
                         self.on_confirmed_by_peer(&standby);
                     }
                     self.on_standby_progress(&standby, positions);

@@ -232,7 +232,7 @@ impl Primary {
             let peers = self.names();
             return Err(WriteRefusal::Unavailable {
                 reason: format!(
-                    "this node was started as primary on a fresh data directory and takes writes only once its peer {peers} has confirmed it follows this node at epoch {epoch} (so two nodes both started as primary never both take writes); start {peers} as a standby and make sure they can reach each other, or run `promote --force` on this node for a deliberate single-node start"
+                    "this node was started as primary on a fresh data directory and takes writes only once its peer {peers} has confirmed it follows this node at epoch {epoch} (so two nodes both started as primary never both take writes); start {peers} as a standby and make sure they can reach each other, or run `promote --force` on this node for a deliberate single-node start (not if {peers} holds data: it refuses this node then, and forcing would discard that data)"
                 ),
             });
         }

@@ -52,13 +52,13 @@ impl Node {
                 peer = %header.node_id,
                 epoch = %header.epoch,
                 last_lsn = %self.last_lsn,
-                "refusing to follow {}: it was started as primary on a fresh data directory, but this node holds records up to {} that a confirmed primary wrote, so its data directory was lost; this node keeps its log and takes over by failover if it may, otherwise restart {} as a standby (it copies this node's data) or `promote --force` this node",
-                header.node_id, self.last_lsn, header.node_id
+                "refusing to follow {}: it was started as primary on a fresh data directory, but this node holds records up to {} that a confirmed primary wrote, so its data directory was lost; this node keeps its log and takes over by failover if it may; otherwise `promote --force` this node, or empty the data directory of {} again and start it as a standby (it then copies this node's data); never force {}",
+                header.node_id, self.last_lsn, header.node_id, header.node_id
             );
             self.refusing_unconfirmed = Some(header.node_id.clone());
         }
         let message = format!(
-            "this node holds records up to {} written by a confirmed primary, and {} was started as primary on a fresh data directory: its data directory was lost or wiped; restart it as a standby to copy this node's data",
+            "this node holds records up to {} written by a confirmed primary, and {} was started as primary on a fresh data directory: its data directory was lost or wiped; do not force it, empty its data directory again and start it as a standby to copy this node's data",
             self.last_lsn, header.node_id
         );
         self.emit(Effect::Answer(Err(Refused::new(

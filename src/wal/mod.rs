@@ -30,9 +30,11 @@ pub struct WalMeta {
     /// until its peer confirmed it follows it (or an operator forced a
     /// promotion): such a primary refuses writes. Every other epoch comes
     /// from a promotion, which fences the peer, so walrep writes `true`
-    /// for it. A `WalStore` must persist it; one that loses it (reads
+    /// for it. A `WalStore` must persist it. One that loses it (reads
     /// `false`) makes a restarted primary of that epoch wait for its peer's
-    /// confirmation again, which is safe.
+    /// confirmation again, and a peer whose log holds records refuses it
+    /// as a primary that lost its data directory: no write is lost, but
+    /// the pair fails over to the peer if it may, or waits for an operator.
     pub confirmed: bool,
 }
 

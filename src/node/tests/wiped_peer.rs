@@ -90,3 +90,42 @@ fn an_unconfirmed_primary_of_an_older_epoch_is_told_a_newer_primary_exists() {
     let effects = node.step(t(1), fresh_heartbeat("n1", 0));
     assert_eq!(refusal_kind(&effects), Some(RefusalKind::StaleEpoch));
 }
+
+#[test]
+fn the_wiped_primary_is_not_confirmed_by_an_ack_from_a_standby_holding_records() {
+    // The standby's stream acks positions (its applies moving, say) before
+    // it refuses the wiped node's first batch: they show a log the wiped
+    // node lacks, so they confirm nothing.
+    let (mut wiped, _) = fresh_primary("n1", "n2", CommitMode::RemoteFlush);
+    wiped.step(
+        t(1),
+        Event::StreamState {
+            standby: NodeId::from("n2"),
+            up: true,
+        },
+    );
+    let held = StandbyPositions {
+        written: Lsn(20),
+        flushed: Lsn(20),
+        applied: Lsn(12),
+    };
+    let effects = wiped.step(
+        t(2),
+        Event::StandbyProgress {
+            standby: NodeId::from("n2"),
+            positions: held,
+            epoch: Epoch(1),
+        },
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::PersistMeta {
+                confirmed: true,
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert!(refuses_writes_until_confirmed(&wiped));
+}
