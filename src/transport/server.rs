@@ -177,6 +177,33 @@ pub struct ReplicationService {
     /// Snapshot transfers running; more are refused (each holds a file
     /// open and buffers in flight).
     snapshot_transfers: Arc<tokio::sync::Semaphore>,
+    /// The refusal last logged at warn: a peer that retries the same
+    /// refused heartbeat five times a second is logged at warn once a
+    /// minute, at debug in between.
+    last_warned: Arc<LastWarned>,
+}
+
+/// How often the same refusal, repeated, is logged at warn.
+const REPEATED_REFUSAL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The last refusal logged at warn, and when.
+#[derive(Default)]
+struct LastWarned(std::sync::Mutex<Option<(RefusalKind, String, std::time::Instant)>>);
+
+impl LastWarned {
+    /// Whether a refusal of `kind` with `message` at `now` is worth a
+    /// warning: another than the last one warned about, or that one again
+    /// after `REPEATED_REFUSAL_WARN_EVERY`. Records it when it is.
+    fn is_news(&self, kind: RefusalKind, message: &str, now: std::time::Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let repeated = last.as_ref().is_some_and(|(k, m, at)| {
+            *k == kind && m == message && now.duration_since(*at) < REPEATED_REFUSAL_WARN_EVERY
+        });
+        if !repeated {
+            *last = Some((kind, message.to_owned(), now));
+        }
+        !repeated
+    }
 }
 
 /// Most snapshot transfers served at once: the one standby's, plus one
@@ -209,6 +236,7 @@ impl ReplicationService {
             metrics,
             require_identity: false,
             snapshot_transfers: Arc::new(tokio::sync::Semaphore::new(MAX_SNAPSHOT_TRANSFERS)),
+            last_warned: Arc::default(),
         }
     }
 
@@ -251,7 +279,15 @@ impl ReplicationService {
 
     fn refuse(&self, refusal: Refusal) -> Status {
         self.metrics.rejected(refusal.kind);
-        tracing::warn!(reason = refusal.kind.as_str(), message = %refusal.message, "request refused");
+        let now = std::time::Instant::now();
+        if self
+            .last_warned
+            .is_news(refusal.kind, &refusal.message, now)
+        {
+            tracing::warn!(reason = refusal.kind.as_str(), message = %refusal.message, "request refused (the same refusal again is counted, and logged at debug only, for a minute)");
+        } else {
+            tracing::debug!(reason = refusal.kind.as_str(), message = %refusal.message, "request refused");
+        }
         refusal.into_status()
     }
 
@@ -745,6 +781,24 @@ mod tests {
 
     fn pb_header(epoch: u64, from: &str) -> pb::Header {
         super::super::convert::header_to_pb(&header(epoch, from))
+    }
+
+    #[test]
+    fn a_repeated_refusal_is_news_once_a_minute_and_another_one_at_once() {
+        use super::{LastWarned, REPEATED_REFUSAL_WARN_EVERY};
+        use crate::transport::RefusalKind;
+        let warned = LastWarned::default();
+        let t0 = std::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        assert!(warned.is_news(RefusalKind::NotStandby, "a", t0));
+        assert!(!warned.is_news(RefusalKind::NotStandby, "a", t0 + second));
+        // Another message, or another kind, is news at once.
+        assert!(warned.is_news(RefusalKind::NotStandby, "b", t0 + 2 * second));
+        assert!(warned.is_news(RefusalKind::StaleEpoch, "b", t0 + 3 * second));
+        assert!(!warned.is_news(RefusalKind::StaleEpoch, "b", t0 + 4 * second));
+        // The same one again after the interval is news again.
+        let later = t0 + 3 * second + REPEATED_REFUSAL_WARN_EVERY;
+        assert!(warned.is_news(RefusalKind::StaleEpoch, "b", later));
     }
 
     #[tokio::test(start_paused = true)]
