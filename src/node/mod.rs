@@ -200,9 +200,10 @@ pub(crate) struct Node {
     failover_paused: bool,
     /// A quorum promotion in progress (`candidacy.rs`).
     candidacy: Option<candidacy::Candidacy>,
-    /// The unconfirmed primary this node, holding records, last refused
-    /// (`wiped_peer.rs`): said at error level once, not per message.
-    refusing_unconfirmed: Option<NodeId>,
+    /// The peer this node last refused loudly, why, and at which epoch: a
+    /// peer retries five times a second, so it is said at error level
+    /// once, not at every message (`requests.rs` `first_time_said`).
+    said_loudly: Option<(requests::Loud, NodeId, Epoch)>,
     out: Vec<Effect>,
 }
 
@@ -237,7 +238,7 @@ impl Node {
                 .map(|_| arbiter::ArbiterLink::default()),
             failover_paused: false,
             candidacy: None,
-            refusing_unconfirmed: None,
+            said_loudly: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),

@@ -7,6 +7,16 @@ use super::{Node, Role, Time};
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
 use crate::types::{Epoch, Record, RequestId};
 
+/// Why a peer's messages were refused loudly (at error level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loud {
+    /// It is a primary of our epoch, as we are.
+    TwoPrimaries,
+    /// It is an unconfirmed primary and our log holds records
+    /// (`wiped_peer.rs`).
+    UnconfirmedPrimary,
+}
+
 impl Node {
     /// The epoch rules at the top of every request from the peer: a lower
     /// epoch is refused with ours (G1); a higher one is adopted (persisted,
@@ -47,13 +57,26 @@ impl Node {
         true
     }
 
+    /// Whether refusing `header`'s sender for `why` is news: not what this
+    /// node last said loudly of that peer at that epoch. Records it.
+    pub(super) fn first_time_said(&mut self, why: Loud, header: &Header) -> bool {
+        let said = (why, header.node_id.clone(), header.epoch);
+        if self.said_loudly.as_ref() == Some(&said) {
+            return false;
+        }
+        self.said_loudly = Some(said);
+        true
+    }
+
     /// A peer that talks to us as its standby while we are the primary of
     /// the same epoch: two writers in one epoch (G1) is a bug somewhere, or
     /// two nodes both started as primary on fresh data directories; refuse
     /// and say so loudly.
     fn refuse_two_primaries(&mut self, header: &Header, what: &str) {
         let confirmed = matches!(&self.role, Role::Primary(p) if p.confirmed);
-        if confirmed {
+        if !self.first_time_said(Loud::TwoPrimaries, header) {
+            // Said at error level at the first of these messages.
+        } else if confirmed {
             tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");
         } else {
             tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "both nodes were started as primary: refusing the peer's {what}; this node takes no writes until the peer follows it (the peer steps down if its log is empty and its node id is the greater); otherwise restart one of them as standby on an empty data directory, or `promote --force` the one to keep");

@@ -25,6 +25,7 @@
 //! whose sync set was empty is the one case it cannot see (DESIGN
 //! "Limits").
 
+use super::requests::Loud;
 use super::{Effect, Node, Refused, Role};
 use crate::transport::{Header, RefusalKind};
 use crate::types::Lsn;
@@ -41,12 +42,17 @@ impl Node {
             && self.last_lsn > Lsn::ZERO
             && !matches!(self.role, Role::Primary(_));
         if !refuse {
-            if confirmed && self.refusing_unconfirmed.take().is_some() {
+            if confirmed
+                && self
+                    .said_loudly
+                    .take_if(|(why, ..)| *why == Loud::UnconfirmedPrimary)
+                    .is_some()
+            {
                 tracing::info!(peer = %header.node_id, epoch = %header.epoch, "a confirmed primary reached this node: following it");
             }
             return false;
         }
-        if self.refusing_unconfirmed.as_ref() != Some(&header.node_id) {
+        if self.first_time_said(Loud::UnconfirmedPrimary, header) {
             tracing::error!(
                 node = %self.cfg.node_id,
                 peer = %header.node_id,
@@ -55,7 +61,6 @@ impl Node {
                 "refusing to follow {}: it was started as primary on a fresh data directory, but this node holds records up to {} that a confirmed primary wrote, so its data directory was lost; this node keeps its log and takes over by failover if it may; otherwise `promote --force` this node, or empty the data directory of {} again and start it as a standby (it then copies this node's data); never force {}",
                 header.node_id, self.last_lsn, header.node_id, header.node_id
             );
-            self.refusing_unconfirmed = Some(header.node_id.clone());
         }
         let message = format!(
             "this node holds records up to {} written by a confirmed primary, and {} was started as primary on a fresh data directory: its data directory was lost or wiped; do not force it, empty its data directory again and start it as a standby to copy this node's data",
