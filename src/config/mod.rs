@@ -291,6 +291,12 @@ pub struct Config {
     /// test that shows the simulation's checker catches it.
     #[doc(hidden)]
     pub testing_quorum_promotion_without_positions: bool,
+    /// Breaks G2 on purpose: a node whose log holds records follows an
+    /// unconfirmed primary (a node wiped and started as primary again),
+    /// and such a primary is confirmed by an ack beyond its log. Only for
+    /// the test that shows the simulation's checker catches it.
+    #[doc(hidden)]
+    pub testing_follow_an_unconfirmed_primary: bool,
 }
 
 impl Config {
@@ -384,6 +390,7 @@ impl Default for Config {
             standby_sync_inline: Config::DEFAULT_STANDBY_SYNC_INLINE,
             testing_ack_before_standby_flush: false,
             testing_solo_without_arbiter_swap: false,
+            testing_follow_an_unconfirmed_primary: false,
             testing_quorum_promotion_without_positions: false,
             arbiter: None,
             more_peers: Vec::new(),

@@ -324,7 +324,9 @@ impl Node {
                     // follows an unconfirmed primary: we lost our data
                     // directory (`wiped_peer.rs`), and its stream's acks
                     // before it refuses our first batch confirm nothing.
-                    if epoch == self.epoch && positions.flushed <= self.last_lsn {
+                    let holds_ours = positions.flushed <= self.last_lsn
+                        || self.cfg.testing_follow_an_unconfirmed_primary;
+                    if epoch == self.epoch && holds_ours {
                         self.on_confirmed_by_peer(&standby);
                     }
                     self.on_standby_progress(&standby, positions);

@@ -40,7 +40,8 @@ impl Node {
         let refuse = !confirmed
             && header.epoch >= self.epoch
             && self.last_lsn > Lsn::ZERO
-            && !matches!(self.role, Role::Primary(_));
+            && !matches!(self.role, Role::Primary(_))
+            && !self.cfg.testing_follow_an_unconfirmed_primary;
         if !refuse {
             if confirmed
                 && self

@@ -188,6 +188,10 @@ pub struct History {
     writes: Vec<AckedWrite>,
     observations: Vec<Observation>,
     finals: Vec<FinalState>,
+    /// Nodes whose data directory was wiped, each with the number of
+    /// observations recorded before: from there the node starts again at
+    /// epoch 1, which is no epoch going back.
+    wipes: Vec<(usize, NodeId)>,
 }
 
 impl History {
@@ -205,6 +209,12 @@ impl History {
     /// those states.
     pub fn observed(&mut self, observation: Observation) {
         self.observations.push(observation);
+    }
+
+    /// Records that `node` lost its data directory (wiped by a test, and
+    /// started again): the epochs it reports from now on start afresh.
+    pub fn wiped(&mut self, node: NodeId) {
+        self.wipes.push((self.observations.len(), node));
     }
 
     /// Records where a node ended; one per node, after the faults stopped.
@@ -300,7 +310,10 @@ impl History {
     fn epochs_going_back(&self) -> Vec<Violation> {
         let mut highest: BTreeMap<&NodeId, Epoch> = BTreeMap::new();
         let mut found = Vec::new();
-        for o in &self.observations {
+        for (i, o) in self.observations.iter().enumerate() {
+            for (_, wiped) in self.wipes.iter().filter(|(at, _)| *at == i) {
+                highest.remove(wiped);
+            }
             let seen = highest.entry(&o.node).or_default();
             if o.epoch < *seen {
                 found.push(Violation::EpochWentBack {
@@ -504,6 +517,26 @@ mod tests {
             only(&h, Durability::LossAllowed),
             Violation::EpochWentBack {
                 node: node("n1"),
+                from: Epoch(2),
+                to: Epoch(1)
+            }
+        );
+    }
+
+    #[test]
+    fn a_wiped_node_starts_its_epochs_afresh_but_only_from_its_wipe() {
+        let mut h = History::new();
+        h.observed(seen("n1", RoleKind::Primary, 2, 0));
+        h.observed(seen("n2", RoleKind::Standby, 2, 0));
+        h.wiped(node("n1"));
+        h.observed(seen("n1", RoleKind::Primary, 1, 10));
+        assert_eq!(h.check(Durability::LossAllowed), Ok(()));
+        // Another node's epoch going back is still one.
+        h.observed(seen("n2", RoleKind::Standby, 1, 20));
+        assert_eq!(
+            only(&h, Durability::LossAllowed),
+            Violation::EpochWentBack {
+                node: node("n2"),
                 from: Epoch(2),
                 to: Epoch(1)
             }

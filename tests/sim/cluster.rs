@@ -80,29 +80,43 @@ impl WitnessDisk {
 /// and the snapshot directory (a crash keeps what the process wrote: the
 /// simulation's crashes are process crashes for these files; a machine
 /// crash that lost part of them is caught by the transfer's CRC check).
+#[derive(Default)]
 pub struct Disk {
     wal: Mutex<Arc<MemWal>>,
-    engine_dir: tempfile::TempDir,
-    snapshot_dir: tempfile::TempDir,
+    dirs: Mutex<Arc<Dirs>>,
 }
 
-impl Default for Disk {
-    fn default() -> Disk {
-        Disk {
-            wal: Mutex::default(),
-            engine_dir: tempfile::tempdir().unwrap(),
-            snapshot_dir: tempfile::tempdir().unwrap(),
+/// The engine's directory and the snapshot directory of a disk.
+pub struct Dirs {
+    engine: tempfile::TempDir,
+    snapshots: tempfile::TempDir,
+}
+
+impl Default for Dirs {
+    fn default() -> Dirs {
+        Dirs {
+            engine: tempfile::tempdir().unwrap(),
+            snapshots: tempfile::tempdir().unwrap(),
         }
     }
 }
 
 impl Disk {
     /// What a booting node finds: only the synced part of what it had.
-    fn boot(&self) -> Arc<MemWal> {
+    fn boot(&self) -> (Arc<MemWal>, Arc<Dirs>) {
         let mut wal = self.wal.lock().unwrap();
         let survived = Arc::new(wal.crash());
         *wal = survived.clone();
-        survived
+        (survived, self.dirs.lock().unwrap().clone())
+    }
+
+    /// Empties the disk of a crashed node, as an operator wiping its data
+    /// directory: the next boot finds an empty WAL and empty directories
+    /// (new ones, so a late write of the crashed incarnation lands in the
+    /// old).
+    pub fn wipe(&self) {
+        *self.wal.lock().unwrap() = Arc::default();
+        *self.dirs.lock().unwrap() = Arc::default();
     }
 }
 
@@ -171,6 +185,10 @@ pub struct Mode {
     /// (`Config::testing_quorum_promotion_without_positions`), for the
     /// test that shows the checker catches it.
     pub break_quorum_rule: bool,
+    /// The deliberately broken refusal of a wiped primary
+    /// (`Config::testing_follow_an_unconfirmed_primary`), for the test
+    /// that shows the checker catches it.
+    pub break_wiped_primary_rule: bool,
 }
 
 impl Mode {
@@ -188,6 +206,7 @@ impl Mode {
             data_nodes: 2,
             any_one: false,
             break_quorum_rule: false,
+            break_wiped_primary_rule: false,
         }
     }
 
@@ -252,6 +271,7 @@ pub fn config(name: &str, mode: Mode) -> Config {
         testing_ack_before_standby_flush: mode.break_commit_rule,
         testing_solo_without_arbiter_swap: mode.break_solo_rule,
         testing_quorum_promotion_without_positions: mode.break_quorum_rule,
+        testing_follow_an_unconfirmed_primary: mode.break_wiped_primary_rule,
         standby_sync_inline: mode.standby_sync_inline,
         ..Config::default()
     };
@@ -314,10 +334,10 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, mode: Mode, disks: &[Arc<Disk>], re
             let registry = registry.clone();
             async move {
                 let cfg = config(name, mode);
-                let wal = disk.boot();
+                let (wal, dirs) = disk.boot();
                 // The engine keeps its durable snapshot (written when a
                 // rejoin restores one) and replays the WAL after it.
-                let kv = Arc::new(KvStore::open(disk.engine_dir.path())?);
+                let kv = Arc::new(KvStore::open(dirs.engine.path())?);
                 // Each peer over simulated channels: one for data, one
                 // for control.
                 let peer = |id: &NodeId| {
@@ -329,7 +349,7 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, mode: Mode, disks: &[Arc<Disk>], re
                 };
                 let mut builder = Replica::builder(cfg.clone(), wal, kv.clone())
                     .peer(peer(&cfg.peer_id))
-                    .snapshot_dir(disk.snapshot_dir.path());
+                    .snapshot_dir(dirs.snapshots.path());
                 for more in &cfg.more_peers {
                     builder = builder.more_peer(more.id.clone(), peer(&more.id));
                 }

@@ -31,6 +31,10 @@ pub enum Kinds {
     /// As `Arbiter`, and also the primary of the moment crashed or cut
     /// off, and two hosts split from the others.
     Cluster,
+    /// The primary of the moment crashes, its disk is wiped, and it starts
+    /// again with its own settings (n1 as primary, n2 as standby), twice,
+    /// far enough apart for the pair to be in sync again in between.
+    WipedPrimary,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +75,12 @@ pub enum Action {
     /// The witness crashes and its data directory is emptied; `Restart`
     /// starts it from nothing.
     WipeWitness,
+    /// Whichever node is primary when it strikes crashes and its disk is
+    /// emptied (`Wipe`); `RestartPrimary` starts it again.
+    WipePrimary,
+    /// A data node crashes and its disk is emptied (the caller empties
+    /// it: `Disk::wipe`); `Restart` starts it from nothing.
+    Wipe(&'static str),
     Restart(&'static str),
 }
 
@@ -83,6 +93,7 @@ impl Action {
                 | Action::RestartPrimary
                 | Action::IsolatePrimary
                 | Action::RejoinPrimary
+                | Action::WipePrimary
         )
     }
 }
@@ -143,6 +154,29 @@ pub fn generate(
             quiet_after: up,
         };
     }
+    if kinds == Kinds::WipedPrimary {
+        // Back before the standby's failover or after it, at random; the
+        // second wipe strikes whichever node is primary by then.
+        let mut events = Vec::new();
+        let mut t = Duration::from_secs(1) + ms(&mut rng, 0, 1000);
+        for _ in 0..2 {
+            events.push(Event {
+                at: t,
+                action: Action::WipePrimary,
+            });
+            t += ms(&mut rng, 50, 900);
+            events.push(Event {
+                at: t,
+                action: Action::RestartPrimary,
+            });
+            t += ms(&mut rng, 5000, 6000);
+        }
+        let quiet_after = events.last().expect("two wipes").at;
+        return Schedule {
+            events,
+            quiet_after,
+        };
+    }
     if kinds == Kinds::Arbiter || kinds == Kinds::Cluster {
         return generate_with_witness(&mut rng, hosts, kinds == Kinds::Cluster, count, window);
     }
@@ -159,9 +193,11 @@ pub fn generate(
         let other = if node == NODES[0] { NODES[1] } else { NODES[0] };
         let choice = match kinds {
             Kinds::CrashesOnly => rng.random_range(0..3),
-            Kinds::All | Kinds::SnapshotCut | Kinds::Arbiter | Kinds::Cluster => {
-                rng.random_range(0..7)
-            }
+            Kinds::All
+            | Kinds::SnapshotCut
+            | Kinds::Arbiter
+            | Kinds::Cluster
+            | Kinds::WipedPrimary => rng.random_range(0..7),
         };
         let (start, end) = match choice {
             0 => (Action::Crash(node), Action::Restart(node)),
@@ -306,6 +342,10 @@ impl Primary {
                 self.0 = now();
                 self.0.map(Action::Isolate)
             }
+            Action::WipePrimary => {
+                self.0 = now();
+                self.0.map(Action::Wipe)
+            }
             Action::RestartPrimary => self.0.take().map(Action::Restart),
             Action::RejoinPrimary => self.0.take().map(Action::Rejoin),
             other => Some(other.clone()),
@@ -367,7 +407,7 @@ pub fn apply(
                 sim.repair(x, y);
             }
         }
-        Action::Crash(n) => {
+        Action::Crash(n) | Action::Wipe(n) => {
             sim.crash(n);
             if n == WITNESS {
                 witness.expect("a witness in this scenario").down();
@@ -381,7 +421,8 @@ pub fn apply(
         Action::CrashPrimary
         | Action::RestartPrimary
         | Action::IsolatePrimary
-        | Action::RejoinPrimary => unreachable!("{action:?} must be resolved first"),
+        | Action::RejoinPrimary
+        | Action::WipePrimary => unreachable!("{action:?} must be resolved first"),
     }
 }
 

@@ -74,7 +74,7 @@ struct Scenario {
 
 // The daemon's standby fsyncs inline (`Config::standby_sync_inline`); the
 // scenarios that promise no loss run that way, the others offload.
-const SCENARIOS: [Scenario; 9] = [
+const SCENARIOS: [Scenario; 10] = [
     Scenario {
         name: "remote-flush/block/all-faults",
         mode: Mode {
@@ -191,9 +191,26 @@ const SCENARIOS: [Scenario; 9] = [
         durability: Durability::NoAcknowledgedWriteLost,
         value_bytes: 0,
     },
+    Scenario {
+        // The primary of the moment crashes, its data directory is wiped,
+        // and it starts again with its own settings: n1 as primary (at
+        // epoch 1, unconfirmed) beside a standby holding every
+        // acknowledged write, which must not follow it; later n2 as a
+        // fresh standby. Under `block` every acknowledged write is on both
+        // nodes, so the wipes lose none.
+        name: WIPED_PRIMARY_SCENARIO,
+        mode: Mode {
+            standby_sync_inline: true,
+            ..Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Block)
+        },
+        kinds: Kinds::WipedPrimary,
+        durability: Durability::NoAcknowledgedWriteLost,
+        value_bytes: 0,
+    },
 ];
 
 const THREE_NODES_SCENARIO: &str = "remote-flush/solo/arbiter/three-nodes/all-faults";
+const WIPED_PRIMARY_SCENARIO: &str = "remote-flush/block/wiped-primary";
 
 const ARBITER_SCENARIO: &str = "remote-flush/solo/arbiter/all-faults";
 const ARBITER_MODE: Mode = Mode {
@@ -381,7 +398,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     let crash = |registry: &Registry,
                  incarnation: &mut BTreeMap<&'static str, usize>,
                  action: &faults::Action| {
-        if let faults::Action::Crash(n) = *action {
+        if let faults::Action::Crash(n) | faults::Action::Wipe(n) = *action {
             registry.down(n);
             *incarnation.entry(n).or_default() += 1;
         }
@@ -398,7 +415,9 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
                 });
                 continue;
             };
-            if let faults::Action::Crash(n) | faults::Action::Isolate(n) = action {
+            if let faults::Action::Crash(n) | faults::Action::Isolate(n) | faults::Action::Wipe(n) =
+                action
+            {
                 let running = registry.running();
                 let struck = running.iter().find(|(name, _)| *name == n);
                 report.primary_faults += usize::from(
@@ -413,6 +432,11 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             }
             crash(&registry, &mut incarnation, &action);
             faults::apply(&mut sim, &action, &hosts, witness.as_deref());
+            if let faults::Action::Wipe(n) = action {
+                let disk = nodes.iter().position(|x| *x == n).expect("a data node");
+                disks[disk].wipe();
+                history.wiped(NodeId::from(n));
+            }
         }
         sim.step().map_err(|e| format!("simulation error: {e}"))?;
         let running = registry.running();
@@ -785,6 +809,26 @@ fn the_checker_catches_a_quorum_promotion_without_positions() {
         ..any_one
     };
     assert_some_seed_loses_a_write(broken, 0..8);
+}
+
+/// The wiped-primary scenario is not blind: with a standby that follows
+/// an unconfirmed primary beside its records, a wiped n1 back before the
+/// standby's failover rewinds it, and G2 says so.
+#[test]
+fn the_checker_catches_a_standby_following_a_wiped_primary() {
+    let wiped = SCENARIOS
+        .into_iter()
+        .find(|s| s.name == WIPED_PRIMARY_SCENARIO)
+        .expect("the scenario exists");
+    let broken = Scenario {
+        name: "broken-wiped-primary-rule",
+        mode: Mode {
+            break_wiped_primary_rule: true,
+            ..wiped.mode
+        },
+        ..wiped
+    };
+    assert_some_seed_loses_a_write(broken, 0..16);
 }
 
 /// The snapshot-cut scenario does what it says: in every seed the standby
