@@ -204,6 +204,9 @@ pub(crate) struct Node {
     /// peer retries five times a second, so it is said at error level
     /// once, not at every message (`requests.rs` `first_time_said`).
     said_loudly: Option<(requests::Loud, NodeId, Epoch)>,
+    /// Retention lets go of records the engine has not made durable
+    /// (`retention.rs`): said when it starts and ends, not every tick.
+    trimming_past_engine: bool,
     out: Vec<Effect>,
 }
 
@@ -239,6 +242,7 @@ impl Node {
             failover_paused: false,
             candidacy: None,
             said_loudly: None,
+            trimming_past_engine: false,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),

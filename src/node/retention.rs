@@ -37,6 +37,17 @@ impl Node {
             .map_or(engine_needs, |s| s.min(engine_needs))
             .min(ids_need);
         let keep_from = wanted.max(bounded_from).min(self.applied.next());
+        // Past what the engine made durable, this node's own restart needs
+        // a peer's snapshot: said when it starts and when it ends.
+        let past_engine = keep_from > engine_needs && keep_from > first_lsn;
+        if past_engine != self.trimming_past_engine {
+            self.trimming_past_engine = past_engine;
+            if past_engine {
+                tracing::warn!(%keep_from, engine_durable = %durable, "the WAL is over wal_retention_bytes and lets go of records the engine has not made durable: a restart of this node now rebuilds its engine from a peer's snapshot, and one with no peer holding them (running alone, or both nodes restarting) loses those writes; make the engine report durable_lsn, checkpoint it more often, or raise wal_retention_bytes");
+            } else {
+                tracing::info!(%keep_from, engine_durable = %durable, "the WAL again keeps every record the engine has not made durable");
+            }
+        }
         if keep_from > first_lsn {
             if keep_from > wanted {
                 tracing::debug!(%keep_from, %wanted, "WAL over wal_retention_bytes: letting go of records still wanted");

@@ -788,9 +788,12 @@ fn sync_and_measure(file: &std::fs::File) -> std::io::Result<u64> {
     Ok(file.metadata()?.len())
 }
 
-/// Writes the records after `point` to `rewound/<epoch>-<from>-<to>.wal`
-/// (same frames as the WAL) and returns how many there were. Without a
-/// directory they are only counted.
+/// Writes the records after `point` that the WAL still holds to
+/// `rewound/<epoch>-<from>-<to>.wal` (same frames as the WAL) and returns
+/// how many there were. Without a directory they are only counted. Those
+/// retention trimmed already are gone (the divergence point may lie below
+/// our first record: a stale standby promoted by force); asking the WAL
+/// for them would fail the rejoin at every try.
 fn keep_rewound(
     wal: &dyn WalStore,
     point: Lsn,
@@ -798,7 +801,11 @@ fn keep_rewound(
     epoch: Epoch,
 ) -> std::io::Result<u64> {
     let last = wal.last_lsn();
-    let count = last.0 - point.0;
+    let point = point.max(wal.first_lsn().prev());
+    let count = last.0.saturating_sub(point.0);
+    if count == 0 {
+        return Ok(0);
+    }
     let Some(dir) = dir else { return Ok(count) };
     std::fs::create_dir_all(dir)?;
     // What an earlier rewind interrupted by a crash left half written.

@@ -721,3 +721,38 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
         "the WAL was reset to the snapshot before the rejoin returned"
     );
 }
+
+#[test]
+fn a_rewind_below_the_trimmed_wal_keeps_what_is_left_instead_of_failing() {
+    // Records 1..=10, the first five trimmed; the divergence point is 2
+    // (a stale standby promoted by force): 6..=10 are kept, 3..=5 are gone.
+    let wal = MemWal::new();
+    let records: Vec<crate::types::Record> = (1..=10)
+        .map(|i| crate::types::Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            payload: Bytes::from(format!("r{i}")),
+            request_id: None,
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    wal.remove_before(Lsn(6)).unwrap();
+    assert_eq!(wal.first_lsn(), Lsn(6));
+    let dir = tempfile::tempdir().unwrap();
+    let kept = keep_rewound(&wal, Lsn(2), Some(dir.path()), Epoch(1)).expect("kept");
+    assert_eq!(kept, 5);
+    let file = dir.path().join(format!("epoch1-{:020}-{:020}.wal", 6, 10));
+    let bytes = std::fs::read(&file).expect("the rewound file");
+    let mut framed = Vec::new();
+    for r in &records[5..] {
+        crate::wal::record::encode(r, &mut framed);
+    }
+    assert_eq!(bytes, framed);
+    // Nothing after the point left at all: nothing to keep.
+    let empty = MemWal::new();
+    assert_eq!(
+        keep_rewound(&empty, Lsn(0), Some(dir.path()), Epoch(1)).unwrap(),
+        0
+    );
+}
