@@ -449,7 +449,7 @@ impl Node {
         match &self.role {
             Role::Standby(_) => true,
             Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
-            Role::Fenced | Role::Rejoining => kind == Promotion::Forced,
+            Role::Fenced | Role::Rejoining => kind == Promotion::Forced && !self.rejoin_rewinding,
             Role::Promoting { .. } | Role::Failed { .. } => false,
         }
     }

@@ -338,6 +338,11 @@ pub(crate) enum FenceOutcome {
 pub(crate) enum WaiterFailure {
     /// The commit mode was not met within `sync_timeout`.
     SyncTimeout,
+    /// The commit rule can no longer be met (a lost standby under
+    /// `block`, or an arbiter that does not answer): answered as
+    /// `SyncTimeout`, retries of a waiting record too, however recent,
+    /// since nothing commits until a standby answers.
+    Blocked,
     /// A newer `epoch` exists: this node stepped down.
     Fenced { epoch: Epoch },
     /// This node is no longer the primary (it must resync).

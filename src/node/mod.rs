@@ -204,6 +204,10 @@ pub(crate) struct Node {
     /// peer retries five times a second, so it is said at error level
     /// once, not at every message (`requests.rs` `first_time_said`).
     said_loudly: Option<(requests::Loud, NodeId, Epoch)>,
+    /// The rejoin was given its plan and is rewriting the log or the engine
+    /// (a rewind, a snapshot restore): no promotion, forced or not, may
+    /// take the half-rewritten state until it ends (`rejoin.rs`).
+    rejoin_rewinding: bool,
     /// Retention lets go of records the engine has not made durable
     /// (`retention.rs`): said when it starts and ends, not every tick.
     trimming_past_engine: bool,
@@ -243,6 +247,7 @@ impl Node {
             candidacy: None,
             said_loudly: None,
             trimming_past_engine: false,
+            rejoin_rewinding: false,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),
@@ -626,6 +631,9 @@ impl Node {
         let to_kind = to.kind();
         let was_primary = from == RoleKind::Primary;
         self.role = to;
+        if to_kind != RoleKind::Rejoining {
+            self.rejoin_rewinding = false;
+        }
         if from != to_kind {
             self.emit(Effect::RoleChanged {
                 from,

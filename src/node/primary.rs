@@ -633,7 +633,7 @@ impl Node {
             p.pending.clear();
             self.emit(Effect::FailWaiters {
                 up_to: None,
-                failure: WaiterFailure::SyncTimeout,
+                failure: WaiterFailure::Blocked,
             });
         }
     }

@@ -96,6 +96,7 @@ impl Node {
                 "resyncing from a snapshot of the primary"
             );
         }
+        self.rejoin_rewinding = true;
         self.emit(Effect::Rejoin(RejoinPlan::Rewind {
             truncate_after,
             resync,

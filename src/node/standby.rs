@@ -375,6 +375,9 @@ impl Node {
                 self.epoch,
                 Epoch::MAX
             )))),
+            _ if force && self.rejoin_rewinding => self.emit(Effect::ReplyPromote(Err(
+                "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it".into(),
+            ))),
             _ if force => {
                 tracing::warn!(
                     "forced promotion: writes the other node acknowledged after our last received record are lost if it was still primary"

@@ -772,7 +772,7 @@ fn block_policy_refuses_writes_after_the_standby_is_lost() {
     let effects = tick_until(&mut node, 100, 2100);
     assert!(effects.contains(&Effect::FailWaiters {
         up_to: None,
-        failure: WaiterFailure::SyncTimeout
+        failure: WaiterFailure::Blocked
     }));
     assert!(!effects.iter().any(|e| matches!(e, Effect::Commit { .. })));
     assert!(matches!(
@@ -1323,6 +1323,67 @@ fn an_epoch_mismatch_at_prev_is_divergence_and_the_standby_rejoins() {
     let mut node = standby_with_log();
     let effects = receive(&mut node, t(1), batch((3, 2), vec![rec(4, 2)], 4, 1));
     diverged_then_rejoins(&effects, RefusalKind::Diverged);
+}
+
+/// A node sent to rejoin, then rejoining (waiting for the primary's log).
+fn rejoining_node() -> Node {
+    let mut node = standby_with_log();
+    let effects = receive(&mut node, t(1), batch((3, 2), vec![rec(4, 2)], 4, 1));
+    diverged_then_rejoins(&effects, RefusalKind::Diverged);
+    node.step(t(2), Event::RejoinStarted);
+    assert_eq!(node.role(), RoleKind::Rejoining);
+    node
+}
+
+#[test]
+fn a_forced_promotion_of_a_rejoining_node_waits_while_its_log_is_rewritten() {
+    let force = Event::PromoteRequested {
+        force: true,
+        from: PromoteFrom::Rpc,
+    };
+    // Still waiting for the primary: nothing of ours changed, so the
+    // operator's force goes ahead (the runtime ends the rejoin).
+    let mut waiting = rejoining_node();
+    let effects = waiting.step(t(3), force.clone());
+    assert!(
+        effects.contains(&Effect::RoleChanged {
+            from: RoleKind::Rejoining,
+            to: RoleKind::Promoting,
+            epoch: Epoch(3),
+        }),
+        "{effects:?}"
+    );
+    // Given its plan, the rejoin rewrites the log (and may restore a
+    // snapshot): a promotion then would take a half-rewritten state.
+    let mut rewinding = rejoining_node();
+    let effects = rewinding.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: PeerLog {
+                epoch: Epoch(2),
+                role: RoleKind::Primary,
+                history: history(&[(1, 1), (2, 3)]),
+                first_lsn: Lsn(1),
+                last_lsn: Lsn(4),
+            },
+            ours: LocalLog {
+                history: history(&[(1, 1)]),
+                first_lsn: Lsn(1),
+                last_lsn: Lsn(3),
+                applied: Lsn(2),
+            },
+        },
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Rejoin(RejoinPlan::Rewind { .. })]),
+        "{effects:?}"
+    );
+    let effects = rewinding.step(t(4), force);
+    assert!(
+        matches!(&effects[..], [Effect::ReplyPromote(Err(why))] if why.contains("rewinding")),
+        "{effects:?}"
+    );
+    assert_eq!(rewinding.role(), RoleKind::Rejoining);
 }
 
 #[test]

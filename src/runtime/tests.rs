@@ -600,6 +600,45 @@ async fn a_retry_times_out_a_whole_sync_timeout_after_it_arrived() {
     replica.shutdown().await;
 }
 
+/// A retry that arrives while its record waits, shortly before the
+/// primary blocks on its lost standby (`on_standby_loss = block`), is
+/// answered when it blocks: the block drops the retry's own timeout, and
+/// nothing commits until the standby answers.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_when_the_primary_blocks_on_its_lost_standby_is_answered() {
+    let cfg = Config {
+        on_standby_loss: crate::config::OnStandbyLoss::Block,
+        ..cfg(InitialRole::Primary)
+    };
+    let sync_timeout = cfg.sync_timeout;
+    let (replica, _service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
+    writable(&replica).await;
+    let id = crate::types::RequestId::from(9u128);
+    let first = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.apply_once(id, put()).await }
+    });
+    tokio::time::sleep(sync_timeout / 2).await;
+    let retry = tokio::spawn({
+        let replica = replica.clone();
+        async move { replica.apply_once(id, put()).await }
+    });
+    let first = first.await.unwrap();
+    assert!(
+        matches!(first, Err(Error::SyncTimeout { lsn: Lsn(1) })),
+        "{first:?}"
+    );
+    let retry = tokio::time::timeout(sync_timeout * 10, retry)
+        .await
+        .expect("the retry was never answered")
+        .unwrap();
+    assert!(
+        matches!(retry, Err(Error::SyncTimeout { lsn: Lsn(1) })),
+        "{retry:?}"
+    );
+    replica.shutdown().await;
+}
+
 /// A standby that answers heartbeats as a standby and, on the WAL stream,
 /// sends its start ack, then `ack(last record)` once the first batch with
 /// records arrives, then nothing more (it keeps receiving, so the
@@ -1090,6 +1129,48 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
         .await;
     assert!(matches!(waited, Err(Error::Timeout(_))), "{waited:?}");
     assert_eq!(replica.health().role, RoleKind::Rejoining);
+    replica.shutdown().await;
+}
+
+/// A primary fenced by a newer one that then vanished rejoins and waits;
+/// the operator forces it to promote: the rejoin ends and the applier,
+/// which the rejoin had stopped, runs again, so its writes are applied
+/// and answered (they waited forever).
+#[tokio::test(start_paused = true)]
+async fn a_rejoining_node_forced_to_promote_applies_its_writes() {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let mut peer = unreachable_peer();
+    peer.expect_fence()
+        .returning(|_| Err(TransportError::Unreachable("down".into())));
+    let (replica, service) = start(cfg, confirmed_primary_wal(), peer);
+    writable(&replica).await;
+    replica.apply(put()).await.unwrap();
+    let reply = service
+        .inbox()
+        .fence(crate::transport::FenceRequest {
+            header: header(2, "n2"),
+            reason: crate::node::FenceReason::Forced,
+            candidate_end: None,
+        })
+        .await
+        .expect("the node answers");
+    assert!(reply.is_ok(), "{reply:?}");
+    replica
+        .wait_for(Duration::from_secs(5), "rejoining", |h| {
+            h.role == RoleKind::Rejoining
+        })
+        .await
+        .unwrap();
+    assert_eq!(replica.promote(true).await.unwrap(), Epoch(3));
+    writable(&replica).await;
+    let applied = tokio::time::timeout(Duration::from_secs(10), replica.apply(put()))
+        .await
+        .expect("the write was never applied")
+        .unwrap();
+    assert_eq!(applied.epoch, Epoch(3));
     replica.shutdown().await;
 }
 

@@ -294,7 +294,7 @@ fn a_primary_that_reaches_neither_its_standby_nor_the_arbiter_refuses_writes_unt
     let effects = answer(&mut node, t(2150), purpose, unreachable());
     assert!(effects.contains(&Effect::FailWaiters {
         up_to: None,
-        failure: WaiterFailure::SyncTimeout
+        failure: WaiterFailure::Blocked
     }));
     assert!(matches!(
         node.check_writable(),

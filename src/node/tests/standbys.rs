@@ -201,7 +201,7 @@ fn with_block_a_lost_standby_the_rule_needs_refuses_writes_until_it_answers() {
     assert!(
         effects.contains(&Effect::FailWaiters {
             up_to: None,
-            failure: WaiterFailure::SyncTimeout
+            failure: WaiterFailure::Blocked
         }),
         "{effects:?}"
     );

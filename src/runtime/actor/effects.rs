@@ -95,6 +95,11 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
+                if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)
+                    && matches!(to, RoleKind::Promoting | RoleKind::Primary)
+                {
+                    self.end_rejoin_for_promotion();
+                }
                 if let Some(reason) = self.node.failed_for_good().map(str::to_string) {
                     // A node failed for good drops the promotion or
                     // switchover under way: its callers learn why now, not
@@ -461,6 +466,30 @@ impl Actor {
             cancel: cancel.child_token(),
         });
         self.rejoin = Some(Tasks::new(cancel, vec![handle]));
+    }
+
+    /// A forced promotion of a node that was rejoining (still waiting for
+    /// the primary: the node refuses one while the plan rewrites the log):
+    /// the rejoin stops, and once it has (with the applier it stopped),
+    /// `rejoin_stopped` starts the applier again. Stopping waits for the
+    /// task, so it runs beside the actor.
+    fn end_rejoin_for_promotion(&mut self) {
+        let Some(rejoin) = self.rejoin.take() else {
+            return;
+        };
+        tracing::info!("a forced promotion ends the rejoin under way");
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            rejoin.stop().await;
+            let _ = tx.send(Msg::RejoinStopped).await;
+        });
+    }
+
+    pub(super) fn rejoin_stopped(&mut self) {
+        let promoted = matches!(self.node.role(), RoleKind::Promoting | RoleKind::Primary);
+        if promoted && self.rejoin.is_none() && self.applier.is_none() {
+            self.start_applier();
+        }
     }
 
     pub(super) fn rejoin_done(&mut self, result: std::result::Result<rejoin::Outcome, String>) {

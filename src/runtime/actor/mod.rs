@@ -378,6 +378,7 @@ impl Actor {
             }
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result),
+            Msg::RejoinStopped => self.rejoin_stopped(),
             Msg::Shutdown { reply } => {
                 self.stop_replies.push(reply);
                 if !self.handing_over {

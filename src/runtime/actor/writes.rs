@@ -284,7 +284,7 @@ impl Actor {
     /// caller would take for "maybe not written" and retry.
     pub(super) fn fail_waiters(&mut self, up_to: Option<Lsn>, failure: &WaiterFailure) {
         let committed = match failure {
-            WaiterFailure::SyncTimeout => self.node.commit_lsn(),
+            WaiterFailure::SyncTimeout | WaiterFailure::Blocked => self.node.commit_lsn(),
             _ => Lsn::ZERO,
         };
         let doomed = |last: Lsn| last > committed && up_to.is_none_or(|up_to| last <= up_to);
@@ -296,6 +296,7 @@ impl Actor {
         // of the first attempt (or of a later record) does not end it. Both
         // times are the node's steps' (the node timed the retry's pending
         // entry from the same step), so its own timeout always ends it.
+        // A primary that blocks drops those entries: it fails every retry.
         let (now, sync_timeout) = (self.last_step, self.cfg.sync_timeout);
         let retry_doomed = |w: &RetryWaiter| {
             doomed(w.last)
@@ -313,7 +314,9 @@ impl Actor {
         );
         for (last, reply) in failed {
             let err = match failure {
-                WaiterFailure::SyncTimeout => Error::SyncTimeout { lsn: last },
+                WaiterFailure::SyncTimeout | WaiterFailure::Blocked => {
+                    Error::SyncTimeout { lsn: last }
+                }
                 WaiterFailure::Fenced { epoch } => Error::Fenced {
                     epoch: *epoch,
                     appended: true,
