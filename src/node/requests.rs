@@ -10,8 +10,9 @@ use crate::types::{Epoch, Record, RequestId};
 /// Why a peer's messages were refused loudly (at error level).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Loud {
-    /// It is a primary of our epoch, as we are.
-    TwoPrimaries,
+    /// It is a primary of our epoch, as we are (`confirmed` or not: the
+    /// first is the worse news, said again when it becomes true).
+    TwoPrimaries { confirmed: bool },
     /// It is an unconfirmed primary and our log holds records
     /// (`wiped_peer.rs`).
     UnconfirmedPrimary,
@@ -74,7 +75,7 @@ impl Node {
     /// and say so loudly.
     fn refuse_two_primaries(&mut self, header: &Header, what: &str) {
         let confirmed = matches!(&self.role, Role::Primary(p) if p.confirmed);
-        if !self.first_time_said(Loud::TwoPrimaries, header) {
+        if !self.first_time_said(Loud::TwoPrimaries { confirmed }, header) {
             // Said at error level at the first of these messages.
         } else if confirmed {
             tracing::error!(node = %self.cfg.node_id, peer = %header.node_id, epoch = %header.epoch, "two primaries in one epoch: refusing the peer's {what}");

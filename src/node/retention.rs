@@ -39,7 +39,7 @@ impl Node {
         let keep_from = wanted.max(bounded_from).min(self.applied.next());
         // Past what the engine made durable, this node's own restart needs
         // a peer's snapshot: said when it starts and when it ends.
-        let past_engine = keep_from > engine_needs && keep_from > first_lsn;
+        let past_engine = keep_from.max(first_lsn) > engine_needs;
         if past_engine != self.trimming_past_engine {
             self.trimming_past_engine = past_engine;
             if past_engine {

@@ -376,7 +376,7 @@ impl Node {
                 Epoch::MAX
             )))),
             _ if force && self.rejoin_rewinding => self.emit(Effect::ReplyPromote(Err(
-                "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it".into(),
+                "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it (if the primary is gone for good, restart this node: its rejoin then waits for a plan again, and may be forced)".into(),
             ))),
             _ if force => {
                 tracing::warn!(

@@ -160,9 +160,6 @@ pub(crate) enum Msg {
     },
     /// The rejoin carried out its plan (or failed for good).
     RejoinDone(std::result::Result<rejoin::Outcome, String>),
-    /// A rejoin that a forced promotion ended has stopped (and the
-    /// applier it had stopped with it): the primary may apply again.
-    RejoinStopped,
     /// Stop (a primary hands over to its standby first if it may: see
     /// `Event::StopRequested`), stop every task, sync the WAL, then answer.
     Shutdown { reply: oneshot::Sender<()> },

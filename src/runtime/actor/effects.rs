@@ -440,6 +440,11 @@ impl Actor {
         if self.rejoin.is_some() {
             return;
         }
+        if self.rejoin_stopping.is_some() {
+            // Two rejoins must not rewrite the log at once.
+            self.rejoin_deferred = Some(leader);
+            return;
+        }
         self.session = None;
         self.step(Event::RejoinStarted);
         let cancel = CancellationToken::new();
@@ -470,24 +475,37 @@ impl Actor {
 
     /// A forced promotion of a node that was rejoining (still waiting for
     /// the primary: the node refuses one while the plan rewrites the log):
-    /// the rejoin stops, and once it has (with the applier it stopped),
-    /// `rejoin_stopped` starts the applier again. Stopping waits for the
-    /// task, so it runs beside the actor.
+    /// the rejoin stops beside the actor (it waits for the applier it took
+    /// to stop), and the tick that finds it stopped starts the applier
+    /// again (`rejoin_stopped`).
     fn end_rejoin_for_promotion(&mut self) {
         let Some(rejoin) = self.rejoin.take() else {
             return;
         };
         tracing::info!("a forced promotion ends the rejoin under way");
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            rejoin.stop().await;
-            let _ = tx.send(Msg::RejoinStopped).await;
-        });
+        self.rejoin_stopping = Some(tokio::spawn(rejoin.stop()));
     }
 
+    /// Once a rejoin a forced promotion ended has stopped: the rejoin asked
+    /// for meanwhile starts (it takes no applier), or else the applier.
     pub(super) fn rejoin_stopped(&mut self) {
-        let promoted = matches!(self.node.role(), RoleKind::Promoting | RoleKind::Primary);
-        if promoted && self.rejoin.is_none() && self.applier.is_none() {
+        if self
+            .rejoin_stopping
+            .as_ref()
+            .is_none_or(|h| !h.is_finished())
+        {
+            return;
+        }
+        self.rejoin_stopping = None;
+        if let Some(leader) = self.rejoin_deferred.take() {
+            self.start_rejoin(leader);
+        } else if self.rejoin.is_none()
+            && self.applier.is_none()
+            && !matches!(
+                self.node.role(),
+                RoleKind::Fenced | RoleKind::Rejoining | RoleKind::Failed
+            )
+        {
             self.start_applier();
         }
     }

@@ -100,6 +100,13 @@ struct Actor {
     /// The removal of old WAL segments under way, if any (see `trim_wal`).
     trimming: Option<JoinHandle<()>>,
     rejoin: Option<Tasks>,
+    /// A rejoin a forced promotion ended, still stopping (it stops the
+    /// applier it took first, which may be applying a backlog): no other
+    /// rejoin and no applier starts before it has (`rejoin_stopped`).
+    rejoin_stopping: Option<JoinHandle<()>>,
+    /// A rejoin asked for while the last one was still stopping: started
+    /// once it has, for this leader.
+    rejoin_deferred: Option<Option<NodeId>>,
     session: Option<Session>,
     next_session: u64,
     pending_fence: Option<oneshot::Sender<std::result::Result<FenceReply, Refusal>>>,
@@ -191,6 +198,8 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         primary_tasks: None,
         trimming: None,
         rejoin: None,
+        rejoin_stopping: None,
+        rejoin_deferred: None,
         session: None,
         next_session: 0,
         pending_fence: None,
@@ -312,6 +321,7 @@ impl Actor {
                 _ = tokio::time::sleep_until(deadline) => {
                     self.step(Event::Tick);
                     self.retain_wal();
+                    self.rejoin_stopped();
                 }
             }
             self.publish();
@@ -378,7 +388,6 @@ impl Actor {
             }
             Msg::Inbound(inbound) => self.inbound(inbound),
             Msg::RejoinDone(result) => self.rejoin_done(result),
-            Msg::RejoinStopped => self.rejoin_stopped(),
             Msg::Shutdown { reply } => {
                 self.stop_replies.push(reply);
                 if !self.handing_over {

@@ -67,6 +67,9 @@ impl Actor {
             )));
         }
         self.session = None;
+        if let Some(stopping) = self.rejoin_stopping.take() {
+            let _ = stopping.await;
+        }
         for tasks in [
             self.primary_tasks.take(),
             self.rejoin.take(),
