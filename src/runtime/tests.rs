@@ -299,6 +299,21 @@ async fn a_promotion_whose_epoch_cannot_be_saved_tells_its_caller_why() {
     replica.shutdown().await;
 }
 
+/// n2's forced promotion to epoch 2 fences this node: its answer.
+async fn forced_fence_from_n2(
+    service: &crate::transport::ReplicationService,
+) -> std::result::Result<crate::transport::FenceReply, crate::transport::Refusal> {
+    service
+        .inbox()
+        .fence(crate::transport::FenceRequest {
+            header: header(2, "n2"),
+            reason: crate::node::FenceReason::Forced,
+            candidate_end: None,
+        })
+        .await
+        .expect("the node answers")
+}
+
 /// A fence from a newer primary that this node cannot save is not
 /// accepted: the peer is told no, the node fails, its saved epoch stays.
 #[tokio::test(start_paused = true)]
@@ -313,16 +328,9 @@ async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
         peer.expect_fence().times(0);
         let (replica, service) = start(cfg(role), wal.clone(), peer);
         wal.fail_meta_writes(true);
-        let reply = service
-            .inbox()
-            .fence(crate::transport::FenceRequest {
-                header: header(2, "n2"),
-                reason: crate::node::FenceReason::Forced,
-                candidate_end: None,
-            })
+        let refusal = forced_fence_from_n2(&service)
             .await
-            .expect("the node answers");
-        let refusal = reply.expect_err("a fence to an unsaved epoch was accepted");
+            .expect_err("a fence to an unsaved epoch was accepted");
         assert_eq!(refusal.kind, RefusalKind::Unavailable, "{refusal:?}");
         assert!(refusal.message.contains("persist"), "{}", refusal.message);
         let h = replica
@@ -1148,15 +1156,7 @@ async fn a_rejoining_node_forced_to_promote_applies_its_writes() {
     let (replica, service) = start(cfg, confirmed_primary_wal(), peer);
     writable(&replica).await;
     replica.apply(put()).await.unwrap();
-    let reply = service
-        .inbox()
-        .fence(crate::transport::FenceRequest {
-            header: header(2, "n2"),
-            reason: crate::node::FenceReason::Forced,
-            candidate_end: None,
-        })
-        .await
-        .expect("the node answers");
+    let reply = forced_fence_from_n2(&service).await;
     assert!(reply.is_ok(), "{reply:?}");
     replica
         .wait_for(Duration::from_secs(5), "rejoining", |h| {
