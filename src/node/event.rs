@@ -374,7 +374,15 @@ pub(crate) enum Effect {
     /// the runtime refuses to start, with `reason`.
     CannotStart { reason: String },
     /// Refuse every write of the `Event::WriteRequested` being handled.
-    RefuseWrites(super::WriteRefusal),
+    /// `in_log` is one per payload when some write has a request id (else
+    /// empty): whether a record of our log carries that id. Such a write
+    /// is a retry whose first attempt may still commit (or did, at a new
+    /// primary), so its caller must not read the refusal as "nothing
+    /// written".
+    RefuseWrites {
+        refusal: super::WriteRefusal,
+        in_log: Vec<bool>,
+    },
     /// Answer the request being handled: `Ok` to serve it (the runtime
     /// fills in the reply from its state), or refuse it.
     Answer(Result<(), Refused>),

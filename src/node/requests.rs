@@ -231,7 +231,11 @@ impl Node {
         request_ids: Vec<Option<RequestId>>,
     ) {
         if let Err(refusal) = self.check_writable() {
-            self.emit(Effect::RefuseWrites(refusal));
+            let in_log = request_ids
+                .iter()
+                .map(|id| id.is_some_and(|id| self.requests.get(&id).is_some()))
+                .collect();
+            self.emit(Effect::RefuseWrites { refusal, in_log });
             return;
         }
         if payloads.is_empty() {

@@ -173,7 +173,10 @@ fn a_fresh_primary_takes_writes_only_once_its_peer_confirmed_it_and_never_goes_s
             assert!(
                 matches!(
                     &effects[..],
-                    [Effect::RefuseWrites(WriteRefusal::Unavailable { .. })]
+                    [Effect::RefuseWrites {
+                        refusal: WriteRefusal::Unavailable { .. },
+                        ..
+                    }]
                 ),
                 "{mode:?}: {effects:?}"
             );
@@ -1238,9 +1241,12 @@ fn a_write_is_refused_whole_by_a_node_that_may_not_write() {
     let effects = node.step(t(1), writes_up_to(&node, 5));
     assert_eq!(
         effects,
-        vec![Effect::RefuseWrites(WriteRefusal::NotPrimary {
-            leader: Some(NodeId::from("n2"))
-        })]
+        vec![Effect::RefuseWrites {
+            refusal: WriteRefusal::NotPrimary {
+                leader: Some(NodeId::from("n2"))
+            },
+            in_log: vec![],
+        }]
     );
     assert_eq!(node.last_lsn(), Lsn(3));
 }
@@ -2130,6 +2136,31 @@ fn a_retried_request_id_returns_its_records_lsn_without_a_second_append() {
         (vec![(2, None), (3, Some(id(8)))], vec![retried])
     );
     assert_eq!(node.last_lsn(), Lsn(3));
+}
+
+#[test]
+fn a_retry_refused_by_a_node_that_holds_its_record_is_not_told_nothing_was_written() {
+    // Record 1 carries id 7; then a newer epoch fences this primary (its
+    // record may be committed at the new primary, or rewound later).
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(&[(Some(7), b"x")]));
+    node.step(
+        t(3),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    // The retry of 7, beside a write with a new id: refused, and the
+    // node says which of them its log holds.
+    let effects = node.step(t(4), writes_with_ids(&[(Some(7), b"x"), (Some(8), b"y")]));
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::RefuseWrites { in_log, .. }] if *in_log == vec![true, false]
+        ),
+        "{effects:?}"
+    );
 }
 
 #[test]

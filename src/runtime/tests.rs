@@ -1140,6 +1140,39 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
     replica.shutdown().await;
 }
 
+/// A retry that reaches the old primary after a newer one fenced it: its
+/// record is in the old primary's log (and may be committed at the new
+/// one), so the refusal says "maybe written", while a write it never saw
+/// is "nothing written".
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_after_a_fence_reports_that_it_may_be_written() {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
+    writable(&replica).await;
+    let (seen, unseen) = (
+        crate::types::RequestId::from(7u128),
+        crate::types::RequestId::from(8u128),
+    );
+    replica.apply_once(seen, put()).await.unwrap();
+    assert!(forced_fence_from_n2(&service).await.is_ok());
+    let retry = replica.apply_once(seen, put()).await.unwrap_err();
+    assert_eq!(
+        retry.outcome(),
+        crate::WriteOutcome::MaybeWritten,
+        "{retry:?}"
+    );
+    let fresh = replica.apply_once(unseen, put()).await.unwrap_err();
+    assert_eq!(
+        fresh.outcome(),
+        crate::WriteOutcome::NotWritten,
+        "{fresh:?}"
+    );
+    replica.shutdown().await;
+}
+
 /// A primary fenced by a newer one that then vanished rejoins and waits;
 /// the operator forces it to promote: the rejoin ends and the applier,
 /// which the rejoin had stopped, runs again, so its writes are applied

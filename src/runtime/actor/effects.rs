@@ -62,7 +62,7 @@ impl Actor {
             Effect::FailWaiters { .. }
             | Effect::RoleChanged { .. }
             | Effect::StopPrimaryTasks
-            | Effect::RefuseWrites(_)
+            | Effect::RefuseWrites { .. }
             | Effect::Stop => self.run_effect(effect),
             Effect::ReplyFence(_) => {
                 if let Some(reply) = self.pending_fence.take() {
@@ -158,10 +158,18 @@ impl Actor {
                 fsync_inline,
                 retried,
             } => self.append(records, fsync_inline, retried),
-            Effect::RefuseWrites(refusal) => {
+            Effect::RefuseWrites { refusal, in_log } => {
                 let leader = self.leader_hint();
-                for (_, reply) in self.writing.take().into_iter().flatten() {
-                    let _ = reply.send(Err(refusal_error(refusal.clone(), leader.clone())));
+                let mut first = 0;
+                for (count, reply) in self.writing.take().into_iter().flatten() {
+                    // A retry of a record our log holds may still be (or
+                    // already be) written: not "nothing written".
+                    let retried = in_log
+                        .get(first..first + count)
+                        .is_some_and(|own| own.contains(&true));
+                    first += count;
+                    let error = refusal_error(refusal.clone(), leader.clone(), retried);
+                    let _ = reply.send(Err(error));
                 }
             }
             Effect::Answer(result) => self.answer(result),

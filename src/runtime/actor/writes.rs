@@ -42,21 +42,14 @@ pub(super) struct RetryWaiter {
     reply: WriteReply,
 }
 
-/// The error a write refused on arrival gets: nothing of it was appended.
-pub(super) fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>) -> Error {
+/// The error a write refused on arrival gets: nothing of it was appended
+/// now; `appended` when it retries a record our log holds (its first
+/// attempt's outcome is unknown).
+pub(super) fn refusal_error(r: WriteRefusal, leader: Option<LeaderHint>, appended: bool) -> Error {
     match r {
-        WriteRefusal::NotPrimary { .. } => Error::NotPrimary {
-            leader,
-            appended: false,
-        },
-        WriteRefusal::Fenced { epoch } => Error::Fenced {
-            epoch,
-            appended: false,
-        },
-        WriteRefusal::Unavailable { reason } => Error::Unavailable {
-            reason,
-            appended: false,
-        },
+        WriteRefusal::NotPrimary { .. } => Error::NotPrimary { leader, appended },
+        WriteRefusal::Fenced { epoch } => Error::Fenced { epoch, appended },
+        WriteRefusal::Unavailable { reason } => Error::Unavailable { reason, appended },
     }
 }
 
