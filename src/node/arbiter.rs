@@ -449,7 +449,8 @@ impl Node {
         match &self.role {
             Role::Standby(_) => true,
             Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
-            Role::Fenced | Role::Rejoining => kind == Promotion::Forced && !self.rejoin_rewinding,
+            Role::Fenced | Role::Rejoining { rewriting: false } => kind == Promotion::Forced,
+            Role::Rejoining { rewriting: true } => false,
             Role::Promoting { .. } | Role::Failed { .. } => false,
         }
     }

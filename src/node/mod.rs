@@ -139,10 +139,19 @@ pub(crate) enum WriteRefusal {
 enum Role {
     Primary(Primary),
     Standby(Standby),
-    Promoting { operator: bool },
+    Promoting {
+        operator: bool,
+    },
     Fenced,
-    Rejoining,
-    Failed { reason: String },
+    /// `rewriting` once the rejoin has its plan and rewrites the log or
+    /// the engine (a rewind, a snapshot restore): no promotion, forced or
+    /// not, may take that half-rewritten state until it ends.
+    Rejoining {
+        rewriting: bool,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Role {
@@ -152,7 +161,7 @@ impl Role {
             Role::Standby(_) => RoleKind::Standby,
             Role::Promoting { .. } => RoleKind::Promoting,
             Role::Fenced => RoleKind::Fenced,
-            Role::Rejoining => RoleKind::Rejoining,
+            Role::Rejoining { .. } => RoleKind::Rejoining,
             Role::Failed { .. } => RoleKind::Failed,
         }
     }
@@ -204,10 +213,6 @@ pub(crate) struct Node {
     /// peer retries five times a second, so it is said at error level
     /// once, not at every message (`requests.rs` `first_time_said`).
     said_loudly: Option<(requests::Loud, NodeId, Epoch)>,
-    /// The rejoin was given its plan and is rewriting the log or the engine
-    /// (a rewind, a snapshot restore): no promotion, forced or not, may
-    /// take the half-rewritten state until it ends (`rejoin.rs`).
-    rejoin_rewinding: bool,
     /// Retention lets go of records the engine has not made durable
     /// (`retention.rs`): said when it starts and ends, not every tick.
     trimming_past_engine: bool,
@@ -247,7 +252,6 @@ impl Node {
             candidacy: None,
             said_loudly: None,
             trimming_past_engine: false,
-            rejoin_rewinding: false,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),
@@ -380,7 +384,7 @@ impl Node {
             Event::WalFetched { from, fetched } => self.on_wal_fetched(now, from, fetched),
             Event::RejoinStarted => {
                 if matches!(self.role, Role::Fenced) {
-                    self.change_role(Role::Rejoining);
+                    self.change_role(Role::Rejoining { rewriting: false });
                 }
             }
             Event::PeerLogFetched { peer, ours } => self.on_peer_log_fetched(peer, ours),
@@ -582,7 +586,9 @@ impl Node {
     pub(crate) fn check_writable(&self) -> Result<(), WriteRefusal> {
         match &self.role {
             Role::Primary(p) => p.check_writable(&self.cfg, &self.commit_rule, self.epoch),
-            Role::Fenced | Role::Rejoining => Err(WriteRefusal::Fenced { epoch: self.epoch }),
+            Role::Fenced | Role::Rejoining { .. } => {
+                Err(WriteRefusal::Fenced { epoch: self.epoch })
+            }
             Role::Failed { reason } if self.wal_retry.is_some() => Err(WriteRefusal::Unavailable {
                 reason: format!("the WAL failed ({reason})"),
             }),
@@ -631,9 +637,6 @@ impl Node {
         let to_kind = to.kind();
         let was_primary = from == RoleKind::Primary;
         self.role = to;
-        if to_kind != RoleKind::Rejoining {
-            self.rejoin_rewinding = false;
-        }
         if from != to_kind {
             // A new role: a peer refused loudly before is news again.
             self.said_loudly = None;

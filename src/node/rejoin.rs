@@ -7,7 +7,7 @@ use crate::types::{Epoch, Lsn, NodeId, divergence_point};
 
 impl Node {
     pub(super) fn on_rejoin_finished(&mut self, epoch: Epoch, leader: NodeId) {
-        if !matches!(self.role, Role::Fenced | Role::Rejoining) {
+        if !matches!(self.role, Role::Fenced | Role::Rejoining { .. }) {
             return;
         }
         if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
@@ -58,7 +58,7 @@ impl Node {
     fn resync(&mut self) {
         if !matches!(
             self.role,
-            Role::Failed { .. } | Role::Fenced | Role::Rejoining
+            Role::Failed { .. } | Role::Fenced | Role::Rejoining { .. }
         ) {
             self.fail_all_waiters(WaiterFailure::NotPrimary);
             self.change_role(Role::Fenced);
@@ -74,7 +74,7 @@ impl Node {
     /// longer be continued from what the primary keeps, only a snapshot
     /// restores a state the primary's log continues.
     pub(super) fn on_peer_log_fetched(&mut self, peer: PeerLog, ours: LocalLog) {
-        if !matches!(self.role, Role::Rejoining) {
+        if !matches!(self.role, Role::Rejoining { .. }) {
             self.emit(Effect::Rejoin(RejoinPlan::Wait));
             return;
         }
@@ -96,7 +96,8 @@ impl Node {
                 "resyncing from a snapshot of the primary"
             );
         }
-        self.rejoin_rewinding = true;
+        // The same role, now rewriting: no RoleChanged.
+        self.role = Role::Rejoining { rewriting: true };
         self.emit(Effect::Rejoin(RejoinPlan::Rewind {
             truncate_after,
             resync,

@@ -375,7 +375,7 @@ impl Node {
                 self.epoch,
                 Epoch::MAX
             )))),
-            _ if force && self.rejoin_rewinding => self.emit(Effect::ReplyPromote(Err(
+            Role::Rejoining { rewriting: true } if force => self.emit(Effect::ReplyPromote(Err(
                 "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it (if the primary is gone for good, restart this node: its rejoin then waits for a plan again, and may be forced)".into(),
             ))),
             _ if force => {
@@ -406,7 +406,7 @@ impl Node {
                     });
                 }
             }
-            Role::Fenced | Role::Rejoining => self.emit(Effect::ReplyPromote(Err(
+            Role::Fenced | Role::Rejoining { .. } => self.emit(Effect::ReplyPromote(Err(
                 "this node is fenced and rejoining; wait until it is a standby, or force".into(),
             ))),
         }
