@@ -3,7 +3,7 @@
 //! deadline.
 
 use super::convert;
-use super::server::transport_error_from_status;
+use super::refusal::transport_error_from_status;
 use super::*;
 use crate::pb;
 use crate::pb::replication_client::ReplicationClient;

@@ -5,12 +5,14 @@
 
 mod client;
 mod convert;
+mod refusal;
 pub(crate) mod server;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
 pub use client::{GrpcPeer, channel_settings};
-pub use server::{AckWatch, Refusal, RefusalKind, ReplicationService};
+pub use refusal::{Refusal, RefusalKind};
+pub use server::{AckWatch, ReplicationService};
 #[cfg(feature = "tls")]
 pub(crate) use tls::incoming as tls_incoming;
 #[cfg(feature = "tls")]
