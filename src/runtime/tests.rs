@@ -843,11 +843,7 @@ async fn block_refuses_writes_after_the_standby_is_lost() {
 
 #[tokio::test(start_paused = true)]
 async fn async_mode_acknowledges_without_any_standby() {
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, _service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
+    let (replica, _service) = async_primary(unreachable_peer()).await;
     for i in 1..=3 {
         assert_eq!(replica.apply(put()).await.unwrap().lsn, Lsn(i));
     }
@@ -1140,18 +1136,25 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
     replica.shutdown().await;
 }
 
+/// A confirmed primary in `async` mode (its writes commit on its own
+/// fsync) with `peer`, taking writes.
+async fn async_primary(peer: MockPeer) -> (Replica, ReplicationService) {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, service) = start(cfg, confirmed_primary_wal(), peer);
+    writable(&replica).await;
+    (replica, service)
+}
+
 /// A retry that reaches the old primary after a newer one fenced it: its
 /// record is in the old primary's log (and may be committed at the new
 /// one), so the refusal says "maybe written", while a write it never saw
 /// is "nothing written".
 #[tokio::test(start_paused = true)]
 async fn a_retry_refused_after_a_fence_reports_that_it_may_be_written() {
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
-    writable(&replica).await;
+    let (replica, service) = async_primary(unreachable_peer()).await;
     let (seen, unseen) = (
         crate::types::RequestId::from(7u128),
         crate::types::RequestId::from(8u128),
@@ -1179,15 +1182,10 @@ async fn a_retry_refused_after_a_fence_reports_that_it_may_be_written() {
 /// and answered (they waited forever).
 #[tokio::test(start_paused = true)]
 async fn a_rejoining_node_forced_to_promote_applies_its_writes() {
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
     let mut peer = unreachable_peer();
     peer.expect_fence()
         .returning(|_| Err(TransportError::Unreachable("down".into())));
-    let (replica, service) = start(cfg, confirmed_primary_wal(), peer);
-    writable(&replica).await;
+    let (replica, service) = async_primary(peer).await;
     replica.apply(put()).await.unwrap();
     let reply = forced_fence_from_n2(&service).await;
     assert!(reply.is_ok(), "{reply:?}");
