@@ -74,7 +74,9 @@ pub use runtime::serve_tls;
 pub use runtime::{
     LIVENESS_SERVICE, MetricsSnapshot, REPLICATION_SERVICE, Replica, ReplicaBuilder, serve,
 };
-pub use state_machine::{SnapshotFile, SnapshotSource, StateMachine, StateMachineError};
+pub use state_machine::{
+    INLINE_APPLY_MAX_BYTES, SnapshotFile, SnapshotSource, StateMachine, StateMachineError,
+};
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 #[cfg(feature = "tls")]
 pub use transport::{PeerIdentity, Tls, TlsError, TlsFiles};

@@ -1,13 +1,15 @@
 //! The task that applies committed records to the state machine, in
 //! order, exactly once: one `StateMachine::apply_batch` per chunk read
 //! from the WAL, on a blocking thread (inline under simulation, see
-//! `run_blocking`); the engine's outputs go to the actor with the applied
+//! `run_blocking`, and for a small chunk of an engine whose applies never
+//! block, `StateMachine::apply_never_blocks`); the engine's outputs go to
+//! the actor with the applied
 //! position (`Msg::Applied`), for the writers waiting on them.
 
 use super::Msg;
 use super::tasks::Tasks;
 use crate::node::Event;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{INLINE_APPLY_MAX_BYTES, StateMachine};
 use crate::types::Lsn;
 use crate::wal::WalStore;
 use std::sync::Arc;
@@ -58,8 +60,11 @@ async fn apply_up_to(
             assert_eq!(r.lsn, Lsn(lsn), "WAL read returned records out of order");
         }
         let last = records.last().map_or(applied, |r| r.lsn);
+        let payload: usize = records.iter().map(|r| r.payload.len()).sum();
+        let off_thread =
+            wal.may_block() && !(sm.apply_never_blocks() && payload <= INLINE_APPLY_MAX_BYTES);
         let sm2 = sm.clone();
-        let outputs = super::tasks::run_blocking(wal.may_block(), move || {
+        let outputs = super::tasks::run_blocking(off_thread, move || {
             let batch: Vec<(Lsn, &[u8])> =
                 records.iter().map(|r| (r.lsn, &r.payload[..])).collect();
             let outputs = sm2.apply_batch(&batch).map_err(|e| {

@@ -1148,6 +1148,47 @@ async fn async_primary(peer: MockPeer) -> (Replica, ReplicationService) {
     (replica, service)
 }
 
+/// Where the engine's applies run: on a blocking thread, except a small
+/// batch of an engine whose applies never block, which runs on the
+/// runtime's own thread (two thread hand-offs fewer per commit). A test
+/// runtime of one thread is where the node's tasks run, so an apply on
+/// that thread ran inline.
+#[tokio::test]
+async fn only_small_batches_of_an_engine_that_never_blocks_are_applied_on_the_runtime_thread() {
+    let runtime_thread = std::thread::current().id();
+    for never_blocks in [false, true] {
+        let engine = Arc::new(MemStateMachine::new());
+        engine.set_apply_never_blocks(never_blocks);
+        let wal = confirmed_primary_wal();
+        wal.set_may_block(true);
+        let cfg = Config {
+            commit_mode: CommitMode::Async,
+            ..cfg(InitialRole::Primary)
+        };
+        let (replica, _service) = Replica::builder(cfg, wal, engine.clone())
+            .peer(Arc::new(unreachable_peer()))
+            .start_without_server()
+            .unwrap();
+        writable(&replica).await;
+        replica.apply(put()).await.unwrap();
+        let big = Bytes::from(vec![7u8; crate::INLINE_APPLY_MAX_BYTES + 1]);
+        replica.apply(big).await.unwrap();
+        let threads = engine.apply_threads();
+        assert_eq!(threads.len(), 2, "one apply per write: {threads:?}");
+        assert_eq!(
+            threads[0] == runtime_thread,
+            never_blocks,
+            "a small batch ran inline: {}, for an engine that never blocks: {never_blocks}",
+            threads[0] == runtime_thread
+        );
+        assert_ne!(
+            threads[1], runtime_thread,
+            "a batch over INLINE_APPLY_MAX_BYTES runs on a blocking thread (never_blocks: {never_blocks})"
+        );
+        replica.shutdown().await;
+    }
+}
+
 /// A retry that reaches the old primary after a newer one fenced it: its
 /// record is in the old primary's log (and may be committed at the new
 /// one), so the refusal says "maybe written", while a write it never saw

@@ -6,8 +6,9 @@ use crate::types::Lsn;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 /// Applies any payload by folding it into a running hash, and answers each
@@ -31,6 +32,10 @@ pub struct MemStateMachine {
     /// While true, applies wait (`hold_applies`).
     held: Mutex<bool>,
     released: Condvar,
+    /// What `apply_never_blocks` answers.
+    never_blocks: AtomicBool,
+    /// The thread of each `apply_batch` call, in order.
+    apply_threads: Mutex<Vec<ThreadId>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -102,6 +107,17 @@ impl MemStateMachine {
         self.released.notify_all();
     }
 
+    /// Makes `apply_never_blocks` answer `on` (an engine whose applies
+    /// only touch memory, so the node may run small ones inline).
+    pub fn set_apply_never_blocks(&self, on: bool) {
+        self.never_blocks.store(on, Ordering::Relaxed);
+    }
+
+    /// The thread each `apply_batch` call ran on, in order.
+    pub fn apply_threads(&self) -> Vec<ThreadId> {
+        self.apply_threads.lock().unwrap().clone()
+    }
+
     /// How many times `restore` succeeded.
     pub fn restores(&self) -> u64 {
         self.restores.load(Ordering::Relaxed)
@@ -132,6 +148,10 @@ impl StateMachine for MemStateMachine {
     }
 
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
+        self.apply_threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
         let mut held = self.held.lock().unwrap();
         while *held {
             held = self.released.wait(held).unwrap();
@@ -154,6 +174,10 @@ impl StateMachine for MemStateMachine {
             outputs.push(Bytes::copy_from_slice(&hash.to_le_bytes()));
         }
         Ok(outputs)
+    }
+
+    fn apply_never_blocks(&self) -> bool {
+        self.never_blocks.load(Ordering::Relaxed)
     }
 
     fn applied_lsn(&self) -> Lsn {

@@ -13,10 +13,15 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// An inline fsync this slow is a stall, not the disk's normal pace (an
-/// fdatasync into reserved space takes ~0.1 ms on this project's machine,
-/// and its stalls under other I/O last milliseconds).
-pub(super) const SLOW: Duration = Duration::from_millis(1);
+/// An inline fsync this slow is a stall (another process's writes, a
+/// journal commit), not the disk's pace under our own load. An fdatasync
+/// into reserved space takes 0.1 ms on a quiet disk of this project's
+/// machine, but with both nodes of a pair syncing at once under 16 writers
+/// it took 0.4 ms at the median and over 1 ms once in thirty, while real
+/// stalls last 10 to 100 ms. A 1 ms threshold paused inline fsyncs almost
+/// all the time there, and the hand-offs to the flusher and back then cost
+/// the standby half again its CPU per write.
+pub(super) const SLOW: Duration = Duration::from_millis(10);
 
 /// How long the flusher takes over after a slow inline fsync: stalls come
 /// in bursts while another process writes to the same disk.
