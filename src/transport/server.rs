@@ -35,32 +35,48 @@ pub struct ReplicationService {
     /// Snapshot transfers running; more are refused (each holds a file
     /// open and buffers in flight).
     snapshot_transfers: Arc<tokio::sync::Semaphore>,
-    /// The refusal last logged at warn: a peer that retries the same
+    /// The refusals last logged at warn: a peer that retries the same
     /// refused heartbeat five times a second is logged at warn once a
-    /// minute, at debug in between.
+    /// minute, at debug in between, even while another peer's refusals
+    /// alternate with its own.
     last_warned: Arc<LastWarned>,
 }
 
 /// How often the same refusal, repeated, is logged at warn.
 const REPEATED_REFUSAL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The last refusal logged at warn, and when.
+/// How many distinct refusals `LastWarned` remembers: more than the
+/// peers and reasons of a misconfigured cluster, few enough that a
+/// hostile sender varying its messages costs no memory to speak of (it
+/// only gets its refusals logged at warn).
+const REFUSALS_REMEMBERED: usize = 32;
+
+/// The refusals recently logged at warn, each with when, oldest first.
 #[derive(Default)]
-struct LastWarned(std::sync::Mutex<Option<(RefusalKind, String, std::time::Instant)>>);
+struct LastWarned(
+    std::sync::Mutex<std::collections::VecDeque<(RefusalKind, String, std::time::Instant)>>,
+);
 
 impl LastWarned {
     /// Whether a refusal of `kind` with `message` at `now` is worth a
-    /// warning: another than the last one warned about, or that one again
-    /// after `REPEATED_REFUSAL_WARN_EVERY`. Records it when it is.
+    /// warning: not among those warned about within the last
+    /// `REPEATED_REFUSAL_WARN_EVERY`. Records it when it is.
     fn is_news(&self, kind: RefusalKind, message: &str, now: std::time::Instant) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let repeated = last.as_ref().is_some_and(|(k, m, at)| {
-            *k == kind && m == message && now.duration_since(*at) < REPEATED_REFUSAL_WARN_EVERY
-        });
-        if !repeated {
-            *last = Some((kind, message.to_owned(), now));
+        let mut warned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = warned
+            .iter()
+            .position(|(k, m, _)| *k == kind && m == message);
+        if let Some(i) = seen {
+            if now.duration_since(warned[i].2) < REPEATED_REFUSAL_WARN_EVERY {
+                return false;
+            }
+            warned.remove(i);
         }
-        !repeated
+        warned.push_back((kind, message.to_owned(), now));
+        if warned.len() > REFUSALS_REMEMBERED {
+            warned.pop_front();
+        }
+        true
     }
 }
 
@@ -657,6 +673,34 @@ mod tests {
         // The same one again after the interval is news again.
         let later = t0 + 3 * second + REPEATED_REFUSAL_WARN_EVERY;
         assert!(warned.is_news(RefusalKind::StaleEpoch, "b", later));
+    }
+
+    /// Two peers refused over and over, their refusals alternating: each
+    /// is logged at warn once, not every time the other came between.
+    #[test]
+    fn alternating_refusals_are_each_news_once_a_minute() {
+        use super::{LastWarned, REFUSALS_REMEMBERED};
+        use crate::transport::RefusalKind;
+        let warned = LastWarned::default();
+        let t0 = std::time::Instant::now();
+        let mut news = 0;
+        for i in 0..10u32 {
+            let at = t0 + std::time::Duration::from_millis(200 * u64::from(i));
+            for peer in ["node \"x\" is not this node's peer", "cluster id \"y\""] {
+                news += usize::from(warned.is_news(RefusalKind::UnknownPeer, peer, at));
+            }
+        }
+        assert_eq!(news, 2, "each of the two refusals is news once");
+        // More distinct refusals than it remembers: the oldest is
+        // forgotten, so it is news again (memory stays bounded).
+        for i in 0..REFUSALS_REMEMBERED {
+            assert!(warned.is_news(RefusalKind::Malformed, &format!("m{i}"), t0));
+        }
+        assert!(warned.is_news(
+            RefusalKind::UnknownPeer,
+            "node \"x\" is not this node's peer",
+            t0
+        ));
     }
 
     #[tokio::test(start_paused = true)]
