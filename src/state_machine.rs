@@ -134,8 +134,8 @@ pub trait SnapshotSource: Send + Sync {
 }
 
 /// The most payload bytes a batch may hold to be applied on the runtime's
-/// thread, for an engine whose applies never block
-/// (`StateMachine::apply_never_blocks`): a batch of small writes, whose
+/// thread, for an engine that says it can be
+/// (`StateMachine::can_apply_inline`): a batch of small writes, whose
 /// apply takes microseconds; large values go to a blocking thread.
 pub const INLINE_APPLY_MAX_BYTES: usize = 64 << 10;
 
@@ -143,7 +143,7 @@ pub const INLINE_APPLY_MAX_BYTES: usize = 64 << 10;
 ///
 /// Order and concurrency: walrep calls `apply_batch` (whose default calls
 /// `apply` per record) from one task at a time, on a blocking thread (see
-/// `apply_never_blocks` for an exception), in
+/// `can_apply_inline` for an exception), in
 /// LSN order, exactly once per record (records at or below
 /// `applied_lsn()` are skipped), and only for committed records on the
 /// primary / flushed records on the standby. `snapshot` may run on another
@@ -181,7 +181,7 @@ pub const INLINE_APPLY_MAX_BYTES: usize = 64 << 10;
 /// Applies run on a blocking thread, never on the replication runtime's
 /// threads (the same exception for an in-memory WAL), so an engine may
 /// take a transaction's time per batch. An engine whose applies only touch
-/// memory says so (`apply_never_blocks`), and then its small batches are
+/// memory says so (`can_apply_inline`), and then its small batches are
 /// applied on the runtime's thread instead, which saves two thread
 /// hand-offs per commit.
 ///
@@ -218,18 +218,21 @@ pub trait StateMachine: Send + Sync + 'static {
         Ok(vec![Bytes::new(); records.len()])
     }
 
-    /// Whether `apply_batch` of a small batch takes microseconds and never
-    /// waits: no I/O, no fsync, no lock that slow work holds (an in-memory
-    /// map behind a lock held only briefly). If so, walrep applies batches
-    /// of up to `INLINE_APPLY_MAX_BYTES` of payload on the replication
-    /// runtime's thread that read them, instead of handing each to a
-    /// blocking thread and back: on a small machine those two hand-offs
-    /// cost a standby about a third of its CPU per write. Bigger batches
-    /// still go to a blocking thread. An engine that answers `true` and
-    /// then blocks stalls the node's heartbeats and replication while it
-    /// does. The default, `false`, applies every batch on a blocking
-    /// thread.
-    fn apply_never_blocks(&self) -> bool {
+    /// Whether `apply_batch(records)` would take microseconds and never
+    /// wait: no I/O, no fsync, no lock that slow work holds (an in-memory
+    /// map behind a lock held only briefly, touching no more than these
+    /// records' bytes and as many again of the values they replace). If
+    /// so, walrep applies the batch on the replication runtime's thread
+    /// that read it, instead of handing it to a blocking thread and back:
+    /// on a small machine those two hand-offs cost a standby about a third
+    /// of its CPU per write. walrep asks only about batches of at most
+    /// `INLINE_APPLY_MAX_BYTES` of payload, so the engine judges only what
+    /// the payloads do not show (a delete of a large value, say). An
+    /// engine that answers `true` and then blocks stalls the node's
+    /// heartbeats and replication while it does. The default, `false`,
+    /// applies every batch on a blocking thread.
+    fn can_apply_inline(&self, records: &[(Lsn, &[u8])]) -> bool {
+        let _ = records;
         false
     }
 

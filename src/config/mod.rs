@@ -243,7 +243,7 @@ pub struct Config {
     /// project's machine: 1-writer commit latency 0.30 -> 0.27 ms, 16
     /// writers +12 % writes/s) but blocks that thread during each fsync, so
     /// a slow disk stalls the standby's other tasks as long; an inline
-    /// fsync that stalls (1 ms or more) hands the fsyncs to the flusher for
+    /// fsync that stalls (10 ms or more) hands the fsyncs to the flusher for
     /// the next second, which overlaps them with a stalled one. Off for an
     /// engine that embeds walrep on a shared runtime; the daemon turns it on.
     pub standby_sync_inline: bool,

@@ -1,8 +1,8 @@
 //! The task that applies committed records to the state machine, in
 //! order, exactly once: one `StateMachine::apply_batch` per chunk read
 //! from the WAL, on a blocking thread (inline under simulation, see
-//! `run_blocking`, and for a small chunk of an engine whose applies never
-//! block, `StateMachine::apply_never_blocks`); the engine's outputs go to
+//! `run_blocking`, and for a small chunk the engine says it can apply at
+//! once, `StateMachine::can_apply_inline`); the engine's outputs go to
 //! the actor with the applied
 //! position (`Msg::Applied`), for the writers waiting on them.
 
@@ -61,8 +61,15 @@ async fn apply_up_to(
         }
         let last = records.last().map_or(applied, |r| r.lsn);
         let payload: usize = records.iter().map(|r| r.payload.len()).sum();
-        let off_thread =
-            wal.may_block() && !(sm.apply_never_blocks() && payload <= INLINE_APPLY_MAX_BYTES);
+        // On a blocking thread unless the engine can apply this small
+        // chunk at once (an in-memory WAL, under simulation, applies
+        // everything inline anyway).
+        let inline = wal.may_block() && payload <= INLINE_APPLY_MAX_BYTES && {
+            let batch: Vec<(Lsn, &[u8])> =
+                records.iter().map(|r| (r.lsn, &r.payload[..])).collect();
+            sm.can_apply_inline(&batch)
+        };
+        let off_thread = wal.may_block() && !inline;
         let sm2 = sm.clone();
         let outputs = super::tasks::run_blocking(off_thread, move || {
             let batch: Vec<(Lsn, &[u8])> =
@@ -89,6 +96,12 @@ async fn apply_up_to(
         .await??;
         if tx.send(Msg::Applied { lsn: last, outputs }).await.is_err() {
             return Ok(());
+        }
+        if inline {
+            // An apply on the runtime's thread awaited nothing: let the
+            // actor (heartbeats, the stream) run before the next chunk of
+            // a backlog.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -60,8 +60,9 @@
 //!     flush and the standby's flush cover: `Effect::Commit`.
 //! 13. `actor/effects.rs` publishes the commit LSN on a watch;
 //!     `applier.rs` `apply_up_to` hands the committed records it read to
-//!     `StateMachine::apply_batch` on a blocking thread, in order, and
-//!     sends `Msg::Applied` with the engine's outputs.
+//!     `StateMachine::apply_batch` on a blocking thread (on its own thread
+//!     if the chunk is small and `StateMachine::can_apply_inline` says
+//!     so), in order, and sends `Msg::Applied` with the engine's outputs.
 //! 14. `actor/mod.rs` keeps the outputs and steps `Event::Applied`;
 //!     `on_event` → `actor/writes.rs` `resolve_waiters`: the caller of
 //!     step 1 gets `Applied { lsn, epoch, output }`.

@@ -1149,16 +1149,17 @@ async fn async_primary(peer: MockPeer) -> (Replica, ReplicationService) {
 }
 
 /// Where the engine's applies run: on a blocking thread, except a small
-/// batch of an engine whose applies never block, which runs on the
-/// runtime's own thread (two thread hand-offs fewer per commit). A test
-/// runtime of one thread is where the node's tasks run, so an apply on
-/// that thread ran inline.
+/// batch the engine says it can apply at once, which runs on the runtime's
+/// own thread (two thread hand-offs fewer per commit). A test runtime of
+/// one thread is where the node's tasks run, so an apply on that thread
+/// ran inline.
 #[tokio::test]
-async fn only_small_batches_of_an_engine_that_never_blocks_are_applied_on_the_runtime_thread() {
+async fn only_small_batches_an_engine_can_apply_inline_are_applied_on_the_runtime_thread() {
     let runtime_thread = std::thread::current().id();
-    for never_blocks in [false, true] {
+    for can_inline in [false, true] {
         let engine = Arc::new(MemStateMachine::new());
-        engine.set_apply_never_blocks(never_blocks);
+        engine.set_can_apply_inline(can_inline);
+        engine.track_apply_threads();
         let wal = confirmed_primary_wal();
         wal.set_may_block(true);
         let cfg = Config {
@@ -1177,13 +1178,13 @@ async fn only_small_batches_of_an_engine_that_never_blocks_are_applied_on_the_ru
         assert_eq!(threads.len(), 2, "one apply per write: {threads:?}");
         assert_eq!(
             threads[0] == runtime_thread,
-            never_blocks,
-            "a small batch ran inline: {}, for an engine that never blocks: {never_blocks}",
+            can_inline,
+            "a small batch ran inline: {}, for an engine that can apply it inline: {can_inline}",
             threads[0] == runtime_thread
         );
         assert_ne!(
             threads[1], runtime_thread,
-            "a batch over INLINE_APPLY_MAX_BYTES runs on a blocking thread (never_blocks: {never_blocks})"
+            "a batch over INLINE_APPLY_MAX_BYTES runs on a blocking thread (can_inline: {can_inline})"
         );
         replica.shutdown().await;
     }

@@ -32,9 +32,11 @@ pub struct MemStateMachine {
     /// While true, applies wait (`hold_applies`).
     held: Mutex<bool>,
     released: Condvar,
-    /// What `apply_never_blocks` answers.
-    never_blocks: AtomicBool,
-    /// The thread of each `apply_batch` call, in order.
+    /// What `can_apply_inline` answers.
+    inline: AtomicBool,
+    /// Whether `apply_batch` notes its thread in `apply_threads`.
+    tracking_threads: AtomicBool,
+    /// The thread of each `apply_batch` call, in order, once tracked.
     apply_threads: Mutex<Vec<ThreadId>>,
 }
 
@@ -107,13 +109,19 @@ impl MemStateMachine {
         self.released.notify_all();
     }
 
-    /// Makes `apply_never_blocks` answer `on` (an engine whose applies
+    /// Makes `can_apply_inline` answer `on` (an engine whose applies
     /// only touch memory, so the node may run small ones inline).
-    pub fn set_apply_never_blocks(&self, on: bool) {
-        self.never_blocks.store(on, Ordering::Relaxed);
+    pub fn set_can_apply_inline(&self, on: bool) {
+        self.inline.store(on, Ordering::Relaxed);
     }
 
-    /// The thread each `apply_batch` call ran on, in order.
+    /// Makes every later `apply_batch` note the thread it runs on.
+    pub fn track_apply_threads(&self) {
+        self.tracking_threads.store(true, Ordering::Relaxed);
+    }
+
+    /// The thread each `apply_batch` call ran on since
+    /// `track_apply_threads`, in order.
     pub fn apply_threads(&self) -> Vec<ThreadId> {
         self.apply_threads.lock().unwrap().clone()
     }
@@ -148,10 +156,12 @@ impl StateMachine for MemStateMachine {
     }
 
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
-        self.apply_threads
-            .lock()
-            .unwrap()
-            .push(std::thread::current().id());
+        if self.tracking_threads.load(Ordering::Relaxed) {
+            self.apply_threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+        }
         let mut held = self.held.lock().unwrap();
         while *held {
             held = self.released.wait(held).unwrap();
@@ -176,8 +186,8 @@ impl StateMachine for MemStateMachine {
         Ok(outputs)
     }
 
-    fn apply_never_blocks(&self) -> bool {
-        self.never_blocks.load(Ordering::Relaxed)
+    fn can_apply_inline(&self, _records: &[(Lsn, &[u8])]) -> bool {
+        self.inline.load(Ordering::Relaxed)
     }
 
     fn applied_lsn(&self) -> Lsn {

@@ -162,8 +162,15 @@ pub fn write_set(
     }
     for (i, name) in names.iter().enumerate() {
         if let Some(other) = names[..i].iter().find(|n| same(n, name)) {
+            let why = if other == name {
+                format!("name {name:?} is given twice")
+            } else {
+                format!(
+                    "names {other:?} and {name:?} differ only in case, and certificate names match without regard to case"
+                )
+            };
             return Err(DaemonError::Config(format!(
-                "names {other:?} and {name:?} differ only in case, and certificate names match without regard to case: each node's key could pose as the other; give the nodes different names"
+                "{why}: each node's key could pose as the other; give every node its own name"
             )));
         }
     }
@@ -284,6 +291,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("differ only in case"), "{err}");
+        let err = write_set(dir.path(), &["n1".into(), "n1".into()], false, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"n1\" is given twice"), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
     }
 

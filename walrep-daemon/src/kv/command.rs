@@ -55,6 +55,13 @@ impl Command {
             .collect()
     }
 
+    /// The key a command's encoding names, without decoding (or copying)
+    /// the rest; `None` if the header is malformed.
+    pub fn key_of(bytes: &[u8]) -> Option<&[u8]> {
+        let key_len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
+        bytes.get(5..5usize.checked_add(key_len)?)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         let (&tag, rest) = bytes.split_first().ok_or("empty command")?;
         if rest.len() < 4 {
@@ -84,6 +91,19 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_read_without_decoding() {
+        let put = Command::Put {
+            key: b"key".to_vec(),
+            value: Bytes::from_static(b"value"),
+        };
+        assert_eq!(Command::key_of(&put.encode()), Some(&b"key"[..]));
+        let del = Command::Delete { key: Vec::new() }.encode();
+        assert_eq!(Command::key_of(&del), Some(&b""[..]));
+        assert_eq!(Command::key_of(&[PUT, 9, 0, 0, 0, b'k']), None);
+        assert_eq!(Command::key_of(&[PUT, 1]), None);
+    }
 
     #[test]
     fn commands_round_trip() {

@@ -212,8 +212,23 @@ impl StateMachine for KvStore {
 
     /// An apply decodes its commands and updates the map under the write
     /// lock, which readers, snapshots (an O(1) clone) and persisting hold
-    /// only briefly: microseconds for a batch of small values.
-    fn apply_never_blocks(&self) -> bool {
+    /// only briefly: microseconds for a batch of small values. It also
+    /// hashes each value it replaces (the state hash), so a batch that
+    /// would overwrite or delete more than `INLINE_APPLY_MAX_BYTES` of
+    /// values goes to a blocking thread, and so does one with a malformed
+    /// record (its error is the blocking apply's to report).
+    fn can_apply_inline(&self, records: &[(Lsn, &[u8])]) -> bool {
+        let s = self.state.read().unwrap();
+        let mut replaced = 0usize;
+        for (_, payload) in records {
+            let Some(key) = Command::key_of(payload) else {
+                return false;
+            };
+            replaced += s.map.get(key).map_or(0, |v| v.len());
+            if replaced > walrep::INLINE_APPLY_MAX_BYTES {
+                return false;
+            }
+        }
         true
     }
 
@@ -460,6 +475,28 @@ mod tests {
         kv.apply(Lsn(2), &put("x", "2")).unwrap();
         kv.apply(Lsn(2), &put("x", "3")).unwrap();
         assert_eq!(kv.get(b"x").unwrap(), Bytes::from_static(b"2"));
+    }
+
+    /// Small writes apply inline; a batch that would replace (and so
+    /// hash) more than `INLINE_APPLY_MAX_BYTES` of stored values does not,
+    /// however small its own payload, nor does a malformed one.
+    #[test]
+    fn only_batches_replacing_little_may_be_applied_inline() {
+        let kv = KvStore::in_memory();
+        let big = "v".repeat(walrep::INLINE_APPLY_MAX_BYTES + 1);
+        kv.apply(Lsn(1), &put("big", &big)).unwrap();
+        kv.apply(Lsn(2), &put("small", "1")).unwrap();
+        let (overwrite_small, new_key) = (put("small", "2"), put("fresh", "1"));
+        let small: [(Lsn, &[u8]); 2] = [(Lsn(3), &overwrite_small), (Lsn(4), &new_key)];
+        assert!(kv.can_apply_inline(&small));
+        let delete_big = del("big");
+        assert!(
+            !kv.can_apply_inline(&[(Lsn(3), &delete_big)]),
+            "a tiny delete of a large value"
+        );
+        let overwrite_big = put("big", "x");
+        assert!(!kv.can_apply_inline(&[(Lsn(3), &overwrite_big)]));
+        assert!(!kv.can_apply_inline(&[(Lsn(3), &[9u8][..])]), "malformed");
     }
 
     #[test]
