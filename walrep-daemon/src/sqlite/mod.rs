@@ -39,7 +39,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use walrep::{Lsn, SnapshotFile, StateMachine, StateMachineError};
+use walrep::{Lsn, StateMachine, StateMachineError};
 
 pub use schema::{APPLICATION_ID, StoredState};
 
@@ -62,6 +62,19 @@ pub struct SqliteStore {
     /// Snapshots handed to walrep as the database file itself whose guard
     /// (a read transaction) is still alive.
     pins: Arc<AtomicUsize>,
+    /// The store's own handle on its database file, opened with the store
+    /// and replaced only after its connection was (declared after `conn`,
+    /// so it also closes after it): snapshots read the file through it and
+    /// never open one of their own, whose close would drop the process's
+    /// SQLite locks on the file (`snapshot.rs`).
+    file: Mutex<Arc<std::fs::File>>,
+}
+
+/// A handle on the database file at `path`, for reading snapshots.
+fn open_file(path: &Path) -> Result<Arc<std::fs::File>, StateMachineError> {
+    std::fs::File::open(path)
+        .map(Arc::new)
+        .map_err(|e| StateMachineError::with_source(format!("opening {}", path.display()), e))
 }
 
 fn sql(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StateMachineError {
@@ -79,6 +92,7 @@ impl SqliteStore {
         })?;
         snapshot::clean_up(&dir)?;
         let (conn, state) = schema::open_store(&dir.join(STORE_FILE))?;
+        let file = open_file(&dir.join(STORE_FILE))?;
         let store = SqliteStore {
             dir,
             conn: Mutex::new(conn),
@@ -86,6 +100,7 @@ impl SqliteStore {
             state_hash: AtomicU64::new(state.state_hash),
             durable: AtomicU64::new(0),
             pins: Arc::new(AtomicUsize::new(0)),
+            file: Mutex::new(file),
         };
         store.persist()?;
         Ok(store)
@@ -218,20 +233,18 @@ impl StateMachine for SqliteStore {
     /// still (`snapshot.rs`): applies wait only for a checkpoint, then go
     /// on. The LSN is the one that state holds.
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<Lsn, StateMachineError> {
-        let pinned = {
-            let conn = self.conn.lock().unwrap();
-            snapshot::pin(&conn, &self.path())?
-        };
-        pinned.write(out)
+        self.pin()?.write(out)
     }
 
-    /// The database file itself, held still by a read transaction that
-    /// the returned guard keeps open (`snapshot.rs`): walrep sends it with
-    /// no copy. Refused while an earlier such guard lives: pinning again
-    /// needs a complete checkpoint, which would wait behind that reader
-    /// with the writer held; walrep drops its guard once the build is
-    /// stale or unused, and the standby asks again.
-    fn snapshot_file(&self) -> Result<Option<SnapshotFile>, StateMachineError> {
+    /// The database file itself, read in place while a read transaction
+    /// that the source keeps open holds it still (`snapshot.rs`): walrep
+    /// sends it with no copy. Refused while an earlier pinned state lives:
+    /// pinning again needs a complete checkpoint, which would wait behind
+    /// that reader with the writer held; walrep drops its source once the
+    /// build is stale or unused, and the standby asks again.
+    fn snapshot_source(
+        &self,
+    ) -> Result<Option<Box<dyn walrep::SnapshotSource>>, StateMachineError> {
         if self.pins.load(Ordering::Acquire) > 0 {
             return Err(StateMachineError::new(format!(
                 "an earlier snapshot of {} is still held for a transfer; the next request tries \
@@ -239,11 +252,7 @@ impl StateMachine for SqliteStore {
                 self.path().display()
             )));
         }
-        let pinned = {
-            let conn = self.conn.lock().unwrap();
-            snapshot::pin(&conn, &self.path())?
-        };
-        Ok(Some(pinned.into_file(self.pins.clone())))
+        Ok(Some(Box::new(self.pin()?.into_source(self.pins.clone()))))
     }
 
     /// Streams the snapshot into a temporary file, checks it is a walrep
@@ -271,11 +280,40 @@ impl StateMachine for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The current state pinned in the database file, with the writer held
+    /// only for the checkpoint that needs.
+    fn pin(&self) -> Result<snapshot::Pinned, StateMachineError> {
+        let conn = self.conn.lock().unwrap();
+        let file = {
+            let mut file = self.file.lock().unwrap();
+            // A handle on a file the store no longer is (a restore whose
+            // reopening failed) would send another state's bytes.
+            let path = self.path();
+            let same = |f: &std::fs::File| -> std::io::Result<bool> {
+                use std::os::unix::fs::MetadataExt;
+                let (held, live) = (f.metadata()?, std::fs::metadata(&path)?);
+                Ok((held.dev(), held.ino()) == (live.dev(), live.ino()))
+            };
+            if !same(&file).map_err(|e| {
+                StateMachineError::with_source(format!("checking {}", path.display()), e)
+            })? {
+                *file = open_file(&path)?;
+            }
+            file.clone()
+        };
+        snapshot::pin(&conn, &self.path(), file)
+    }
+
     /// Puts a received, checked snapshot in place of the store.
     fn swap_in(&self, received: snapshot::Received) -> Result<(), StateMachineError> {
         let mut conn = self.conn.lock().unwrap();
         let (new_conn, state) = snapshot::swap_in(&self.dir, &mut conn, received)?;
         *conn = new_conn;
+        // The old file's handle goes only now, after its connection (if
+        // this fails, the next snapshot opens it).
+        if let Ok(file) = open_file(&self.path()) {
+            *self.file.lock().unwrap() = file;
+        }
         self.state_hash.store(state.state_hash, Ordering::Release);
         self.applied.store(state.applied.0, Ordering::Release);
         // The received file was fsynced before the rename.

@@ -1,8 +1,9 @@
 //! Snapshots of the SQLite store: built beside applies, streamed, and
 //! swapped in atomically, with memory bounded by one copy buffer.
 //!
-//! Build (`pin`, then `Pinned::into_file` for walrep to send the database
-//! file itself, or `Pinned::write` to stream it into a writer): with the writer held for a moment,
+//! Build (`pin`, then `Pinned::into_source` for walrep to read the
+//! database file itself, or `Pinned::write` to stream it into a writer):
+//! with the writer held for a moment,
 //! a checkpoint puts every frame of SQLite's WAL into the database file,
 //! then a read transaction begins on a connection of its own. With the WAL
 //! fully checkpointed, SQLite has that reader read the database file alone
@@ -13,6 +14,15 @@
 //! go on (into SQLite's WAL) while the file's bytes stream to walrep: no
 //! copy of the store on disk, no per-page work (an online-backup copy to a
 //! temporary file first took longer than the transfer itself).
+//!
+//! The bytes are read through the store's own handle on the database file
+//! (`SqliteStore::file`, opened with the store and closed only after its
+//! connection), never through a descriptor opened for the snapshot: SQLite
+//! locks with POSIX advisory locks, which belong to the process, and
+//! closing *any* descriptor of the file drops all of them. A snapshot that
+//! opened and closed the file would leave the store's connection without
+//! its locks, and another process's SQLite client (an operator's `sqlite3`)
+//! could then checkpoint and delete the WAL under the running node.
 //!
 //! Restore (`adopt` or `receive`, then `swap_in`): walrep's received file
 //! (fsynced and CRC-checked by walrep) is renamed to `restore.tmp`, no
@@ -32,9 +42,13 @@
 use super::STORE_FILE;
 use super::schema::{self, StoredState};
 use rusqlite::Connection;
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use walrep::{Lsn, SnapshotFile, StateMachineError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use walrep::{Lsn, SnapshotSource, StateMachineError};
 
 /// Bytes moved per read and write when streaming a file.
 const COPY_BUFFER: usize = 1 << 20;
@@ -96,9 +110,15 @@ fn remove_journal_files(dir: &Path) -> Result<(), StateMachineError> {
 /// Pins the current state of the store at `store`: its database file
 /// holds that state, and only it, until the returned `Pinned` is written
 /// or dropped. `writer` is the store's read-write connection, locked by
-/// the caller so that no commit happens until `pin` returns; an error if
-/// another reader keeps the checkpoint from completing.
-pub fn pin(writer: &Connection, store: &Path) -> Result<Pinned, StateMachineError> {
+/// the caller so that no commit happens until `pin` returns, and `file`
+/// the store's own handle on the database file (the bytes are read
+/// through it); an error if another reader keeps the checkpoint from
+/// completing.
+pub fn pin(
+    writer: &Connection,
+    store: &Path,
+    file: Arc<File>,
+) -> Result<Pinned, StateMachineError> {
     let sql = |what: &'static str| {
         let what = format!("{what} for a snapshot of {}", store.display());
         move |e: rusqlite::Error| StateMachineError::with_source(what, e)
@@ -135,6 +155,7 @@ pub fn pin(writer: &Connection, store: &Path) -> Result<Pinned, StateMachineErro
         lsn: state.applied,
         len: pages * page_size,
         path: store.to_path_buf(),
+        file,
     })
 }
 
@@ -145,34 +166,36 @@ pub struct Pinned {
     pub lsn: Lsn,
     len: u64,
     path: PathBuf,
+    /// The store's own handle on the database file.
+    file: Arc<File>,
 }
 
 /// Keeps a pinned state's database file unchanged while it lives (its
 /// read transaction), and counts itself in `pins` meanwhile.
 struct PinGuard {
     _reader: std::sync::Mutex<Connection>,
-    pins: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pins: Arc<AtomicUsize>,
 }
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
-        self.pins.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Pinned {
-    /// The pinned state as the database file itself, for walrep to send
-    /// without a copy: its first `len` bytes stay this state until the
-    /// guard is dropped (which ends the read transaction). `pins` counts
-    /// the guards alive.
-    pub fn into_file(self, pins: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SnapshotFile {
-        pins.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// The pinned state as a source walrep reads the database file's
+    /// first `len` bytes from, without a copy: they stay this state while
+    /// the source or any reader it opened lives (the read transaction).
+    /// `pins` counts the pinned states alive.
+    pub fn into_source(self, pins: Arc<AtomicUsize>) -> PinnedSource {
+        pins.fetch_add(1, Ordering::AcqRel);
         tracing::info!(lsn = %self.lsn, bytes = self.len, "SQLite snapshot pinned in place");
-        SnapshotFile {
-            path: self.path,
-            len: self.len,
+        PinnedSource {
             lsn: self.lsn,
-            guard: Box::new(PinGuard {
+            len: self.len,
+            file: self.file,
+            guard: Arc::new(PinGuard {
                 _reader: std::sync::Mutex::new(self.reader),
                 pins,
             }),
@@ -183,10 +206,13 @@ impl Pinned {
     pub fn write(self, out: &mut dyn Write) -> Result<Lsn, StateMachineError> {
         let started = std::time::Instant::now();
         let shown = self.path.display();
-        let mut file = std::fs::File::open(&self.path)
-            .map_err(io(format!("opening {shown}")))?
-            .take(self.len);
-        let bytes = copy_all(&mut file, out).map_err(io(format!("streaming {shown}")))?;
+        let mut bytes_of = FileRange {
+            file: self.file.clone(),
+            at: 0,
+            end: self.len,
+            _guard: None,
+        };
+        let bytes = copy_all(&mut bytes_of, out).map_err(io(format!("streaming {shown}")))?;
         if bytes != self.len {
             return Err(StateMachineError::new(format!(
                 "{shown} ended after {bytes} of the {} bytes its header announced",
@@ -201,6 +227,55 @@ impl Pinned {
             "SQLite snapshot written"
         );
         Ok(self.lsn)
+    }
+}
+
+/// A pinned state of the store, read from the database file in place.
+pub struct PinnedSource {
+    lsn: Lsn,
+    len: u64,
+    file: Arc<File>,
+    guard: Arc<PinGuard>,
+}
+
+impl SnapshotSource for PinnedSource {
+    fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.len
+    }
+
+    fn read_from(&self, offset: u64) -> Result<Box<dyn Read + Send>, StateMachineError> {
+        Ok(Box::new(FileRange {
+            file: self.file.clone(),
+            at: offset.min(self.len),
+            end: self.len,
+            _guard: Some(self.guard.clone()),
+        }))
+    }
+}
+
+/// Bytes `at..end` of a file read at their offsets (`pread`), through a
+/// shared handle that reading never closes; holds the pin, if any, while
+/// it lives.
+struct FileRange {
+    file: Arc<File>,
+    at: u64,
+    end: u64,
+    _guard: Option<Arc<PinGuard>>,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min((self.end - self.at) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

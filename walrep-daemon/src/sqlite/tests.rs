@@ -396,42 +396,117 @@ fn restore_file_refuses_a_corrupt_or_mislabelled_file_and_keeps_the_store() {
     }
 }
 
-/// `snapshot_file` hands walrep the database file itself: while the guard
-/// lives, applies and checkpoints go on without changing its first `len`
-/// bytes (they restore to exactly the state at its LSN), a second pin is
-/// refused rather than waiting behind the first, and once the guard is
-/// dropped a checkpoint completes again.
+/// The bytes of a snapshot source, read as walrep reads them.
+fn read_source(source: &dyn walrep::SnapshotSource) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    source
+        .read_from(0)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert_eq!(bytes.len() as u64, source.total_bytes());
+    bytes
+}
+
+/// `snapshot_source` hands walrep the database file itself, read in
+/// place: while the source lives, applies and checkpoints go on without
+/// changing its bytes (they restore to exactly the state at its LSN), a
+/// second pin is refused rather than waiting behind the first, and once
+/// the source is dropped a checkpoint completes again.
 #[test]
-fn snapshot_file_pins_the_database_file_until_its_guard_is_dropped() {
+fn a_snapshot_source_pins_the_database_file_until_it_is_dropped() {
     let (a, _da) = store();
     for i in 1..=50u64 {
         a.apply(Lsn(i), &put(&format!("k{i}"), &"z".repeat(1000)))
             .unwrap();
     }
     let hash_at_50 = a.state_hash();
-    let f = a.snapshot_file().unwrap().expect("the database file");
-    assert_eq!(f.path, a.path());
-    assert_eq!(f.lsn, Lsn(50));
-    let before = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    let source = a.snapshot_source().unwrap().expect("the database file");
+    assert_eq!(source.lsn(), Lsn(50));
+    let before = read_source(&*source);
     for i in 51..=150u64 {
         a.apply(Lsn(i), &put(&format!("k{i}"), &"w".repeat(1000)))
             .unwrap();
     }
     a.persist().unwrap();
     assert!(a.durable_lsn() < Lsn(150), "no checkpoint passes the pin");
-    let during = std::fs::read(&f.path).unwrap()[..f.len as usize].to_vec();
+    let during = read_source(&*source);
     assert!(during == before, "the pinned bytes did not change");
-    let err = a.snapshot_file().unwrap_err();
+    let mut tail = Vec::new();
+    source
+        .read_from(100)
+        .unwrap()
+        .read_to_end(&mut tail)
+        .unwrap();
+    assert!(
+        tail[..] == before[100..],
+        "a reader from an offset reads the rest"
+    );
+    let Err(err) = a.snapshot_source() else {
+        panic!("a second pin while the first lives")
+    };
     assert!(err.chain().contains("still held"), "{}", err.chain());
     let (b, _db) = store();
-    b.restore(f.lsn, &mut &during[..]).unwrap();
+    b.restore(source.lsn(), &mut &during[..]).unwrap();
     assert_eq!(b.state_hash(), hash_at_50);
-    drop(f);
+    drop(source);
     a.persist().unwrap();
     assert_eq!(
         a.durable_lsn(),
         Lsn(150),
         "released: the checkpoint completes"
     );
-    assert!(a.snapshot_file().unwrap().is_some(), "and it can pin again");
+    assert!(
+        a.snapshot_source().unwrap().is_some(),
+        "and it can pin again"
+    );
+}
+
+/// Whether another process sees a lock held on SQLite's shared-lock bytes
+/// of the database file at `path` (what SQLite's own connection holds for
+/// its whole life), asked with `fcntl(F_GETLK)` from python3; `None`
+/// without python3.
+fn shared_lock_held_by_another_process(path: &std::path::Path) -> Option<bool> {
+    let script = "import fcntl, os, struct, sys\n\
+fd = os.open(sys.argv[1], os.O_RDWR)\n\
+q = struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0x40000002, 510, 0)\n\
+t = struct.unpack('hhqqi', fcntl.fcntl(fd, fcntl.F_GETLK, q))[0]\n\
+print('held' if t != fcntl.F_UNLCK else 'free')\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim() == "held")
+}
+
+/// SQLite's locks are POSIX locks, which a process loses on the close of
+/// any descriptor of the file: a snapshot that opened and closed the
+/// database file itself left the store's connection unlocked, and an
+/// operator's `sqlite3` could then checkpoint and delete the WAL under the
+/// running node. Serving and writing snapshots keeps the lock.
+#[test]
+fn serving_a_snapshot_keeps_the_stores_sqlite_lock() {
+    let (a, _da) = store();
+    a.apply(Lsn(1), &put("k", "v")).unwrap();
+    let Some(before) = shared_lock_held_by_another_process(&a.path()) else {
+        eprintln!("SKIPPED serving_a_snapshot_keeps_the_stores_sqlite_lock: python3 not found");
+        return;
+    };
+    assert!(before, "an open store holds SQLite's shared lock");
+    let source = a.snapshot_source().unwrap().expect("the database file");
+    read_source(&*source);
+    drop(source);
+    let _ = snapshot_of(&a);
+    assert_eq!(
+        shared_lock_held_by_another_process(&a.path()),
+        Some(true),
+        "the store still holds its lock after serving snapshots"
+    );
 }
