@@ -101,10 +101,20 @@ impl Engine {
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StateMachineError> {
+    /// The value of `key`. The KV engine's map answers at once; SQLite's
+    /// read waits for the store's connection, which a batch's commit or a
+    /// checkpoint (fsyncs) may hold for milliseconds or more, so it runs
+    /// on a blocking thread: the node's runtime thread, which also carries
+    /// heartbeats and replication, never waits for it.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Bytes>, StateMachineError> {
         match self {
-            Engine::Kv(kv) => Ok(kv.get(key)),
-            Engine::Sqlite(s) => s.get(key),
+            Engine::Kv(kv) => Ok(kv.get(&key)),
+            Engine::Sqlite(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.get(&key))
+                    .await
+                    .map_err(|e| StateMachineError::with_source("reading a key", e))?
+            }
         }
     }
 
@@ -134,5 +144,48 @@ impl Engine {
             Engine::Kv(kv) => every.max(kv.len() as u64),
             Engine::Sqlite(_) => every,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use walrep::{Lsn, StateMachine};
+
+    /// A GET on the SQLite engine while its connection is busy (a commit,
+    /// a checkpoint) waits on a blocking thread, not on the runtime's
+    /// thread: the test's one-thread runtime, as the node's, goes on
+    /// meanwhile. The connection is held until that runtime signals it ran
+    /// on while the read was pending (or 10 s pass, which is the failure:
+    /// a read on the runtime's thread leaves it no way to signal).
+    #[tokio::test]
+    async fn a_sqlite_read_waits_for_a_busy_store_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let Engine::Sqlite(store) = Engine::open(EngineKind::Sqlite, dir.path()).unwrap() else {
+            panic!("an SQLite engine")
+        };
+        store
+            .apply(Lsn(1), &crate::kv::command::encoded::put("k", "v"))
+            .unwrap();
+        let engine = Engine::Sqlite(store.clone());
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (ran_on_tx, ran_on_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            store.with_connection_held(|| {
+                locked_tx.send(()).unwrap();
+                ran_on_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+        });
+        locked_rx.recv().unwrap();
+        let read = tokio::spawn(async move { engine.get(b"k".to_vec()).await });
+        tokio::task::yield_now().await;
+        let _ = ran_on_tx.send(());
+        let value = read.await.unwrap().unwrap();
+        assert_eq!(value.as_deref(), Some(&b"v"[..]));
+        assert!(
+            holder.join().unwrap(),
+            "the runtime ran on while the read waited for the busy store"
+        );
     }
 }

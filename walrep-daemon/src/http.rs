@@ -561,7 +561,7 @@ async fn get_key(
         Ok(k) => k,
         Err(msg) => return s.bad_request(msg),
     };
-    match s.engine.get(&key) {
+    match s.engine.get(key).await {
         Ok(Some(value)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
         }

@@ -130,6 +130,14 @@ impl SqliteStore {
         Ok(found.map(Bytes::from))
     }
 
+    /// Runs `f` while holding the store's connection, as a batch's commit
+    /// or a checkpoint does (tests of what waits for it).
+    #[cfg(test)]
+    pub(crate) fn with_connection_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = self.conn.lock().unwrap();
+        f()
+    }
+
     /// A hash of every (key, value): equal on two nodes iff their stores
     /// are (up to collisions). Kept in `walrep_state`, updated per record.
     pub fn state_hash(&self) -> u64 {
