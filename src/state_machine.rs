@@ -76,9 +76,14 @@ impl std::error::Error for StateMachineError {
 /// The first `len` bytes of the file at `path` are the snapshot, in the
 /// encoding `snapshot` writes and `restore` reads, and cover every record
 /// up to `lsn` and none after. They must not change while `guard` lives
-/// (the daemon's SQLite engine: an open read transaction that no
-/// checkpoint passes; its KV engine: a hard link to its last durable
-/// snapshot file). `lsn` may be below `applied_lsn()`: walrep uses the
+/// (a hard link to a snapshot file the engine never rewrites in place, an
+/// open read transaction that no checkpoint passes). walrep opens the file
+/// itself and closes it when done: a file the engine's own process holds
+/// POSIX locks on, as SQLite's database file, must not be offered here,
+/// because closing any descriptor of it drops all of that process's
+/// locks. Offer a `SnapshotSource` reading through the engine's own
+/// handle instead (the daemon's SQLite engine does). `lsn` may be below
+/// `applied_lsn()`: walrep uses the
 /// file only if its WAL still holds every record after `lsn`, and calls
 /// `snapshot` otherwise. walrep serves transfers from the file, taking
 /// its CRC32C as the first transfer reads it (sent after the data), and

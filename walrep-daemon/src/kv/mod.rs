@@ -162,6 +162,21 @@ impl KvStore {
     }
 }
 
+/// Puts a restored `map` (whose hash is `hash`, as of `lsn`) in place of
+/// the state. The write lock is held for the swap alone: the hash was
+/// computed before it, and the old map, millions of entries perhaps, is
+/// freed after it, so readers (GETs, on the node's runtime thread) wait
+/// for neither.
+fn swap_state(state: &RwLock<State>, map: Map, hash: u64, lsn: Lsn) {
+    let old = {
+        let mut s = state.write().unwrap();
+        s.hash = hash;
+        s.applied = lsn;
+        std::mem::replace(&mut s.map, map)
+    };
+    drop(old);
+}
+
 /// Applies `cmd` at `lsn` unless it was applied already; the value its key
 /// held before.
 fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
@@ -215,8 +230,9 @@ impl StateMachine for KvStore {
     /// only briefly: microseconds for a batch of small values. It also
     /// hashes each value it replaces (the state hash), so a batch that
     /// would overwrite or delete more than `INLINE_APPLY_MAX_BYTES` of
-    /// values goes to a blocking thread, and so does one with a malformed
-    /// record (its error is the blocking apply's to report).
+    /// values goes to a blocking thread, and so does one with a record
+    /// whose key cannot be read (a bad record fails the apply wherever it
+    /// runs).
     fn can_apply_inline(&self, records: &[(Lsn, &[u8])]) -> bool {
         let s = self.state.read().unwrap();
         let mut replaced = 0usize;
@@ -277,12 +293,8 @@ impl StateMachine for KvStore {
         if let Some(dir) = &self.dir {
             snapshot_file::store(dir, lsn, |out| snapshot_file::write_map(&map, out))?;
         }
-        {
-            let mut s = self.state.write().unwrap();
-            s.hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
-            s.map = map;
-            s.applied = lsn;
-        }
+        let hash = map.iter().fold(0, |h, (k, v)| h ^ entry_hash(k, v));
+        swap_state(&self.state, map, hash, lsn);
         if self.dir.is_some() {
             *self.durable.write().unwrap() = lsn;
         }
@@ -366,12 +378,7 @@ impl KvStore {
                 (e.key, file.slice(at..at + e.value_len))
             })
             .collect();
-        {
-            let mut s = self.state.write().unwrap();
-            s.hash = hash;
-            s.map = map;
-            s.applied = lsn;
-        }
+        swap_state(&self.state, map, hash, lsn);
         if let Some(dir) = &self.dir {
             // The rename is made durable last: if that fails, memory
             // already holds what the file holds, and the error stops the
