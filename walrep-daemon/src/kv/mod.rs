@@ -179,7 +179,9 @@ fn swap_state(state: &RwLock<State>, map: Map, hash: u64, lsn: Lsn) {
 
 /// Applies `cmd` at `lsn` unless it was applied already; the value its key
 /// held before.
-fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
+/// `new_hash` is a put's `entry_hash`, computed before the state's lock
+/// was taken (0 for a delete).
+fn apply_one(s: &mut State, lsn: Lsn, cmd: Command, new_hash: u64) -> Option<Bytes> {
     if lsn <= s.applied {
         return None;
     }
@@ -188,7 +190,7 @@ fn apply_one(s: &mut State, lsn: Lsn, cmd: Command) -> Option<Bytes> {
     match cmd {
         Command::Put { key, value } => {
             let key = Bytes::from(key);
-            let mut hash = entry_hash(&key, &value);
+            let mut hash = new_hash;
             let old = s.map.insert(key.clone(), value);
             if let Some(old) = &old {
                 hash ^= entry_hash(&key, old);
@@ -211,16 +213,24 @@ impl StateMachine for KvStore {
         self.apply_batch(&[(lsn, payload)]).map(drop)
     }
 
-    /// Decodes every command first (a bad one applies none of the batch),
-    /// then applies them all under one write lock. A record's output is
-    /// the value its key held before (empty if none, or if it was
-    /// applied already).
+    /// Decodes every command and hashes every new value first (a bad
+    /// command applies none of the batch; a large value is hashed while
+    /// readers go on), then applies them all under one write lock. A
+    /// record's output is the value its key held before (empty if none,
+    /// or if it was applied already).
     fn apply_batch(&self, records: &[(Lsn, &[u8])]) -> Result<Vec<Bytes>, StateMachineError> {
         let commands = Command::decode_batch(records)?;
+        let new_hashes: Vec<u64> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Put { key, value } => entry_hash(key, value),
+                Command::Delete { .. } => 0,
+            })
+            .collect();
         let mut s = self.state.write().unwrap();
         let mut outputs = Vec::with_capacity(records.len());
-        for ((lsn, _), cmd) in records.iter().zip(commands) {
-            outputs.push(apply_one(&mut s, *lsn, cmd).unwrap_or_default());
+        for (((lsn, _), cmd), new_hash) in records.iter().zip(commands).zip(new_hashes) {
+            outputs.push(apply_one(&mut s, *lsn, cmd, new_hash).unwrap_or_default());
         }
         Ok(outputs)
     }
