@@ -106,6 +106,10 @@ pub struct AppState {
     /// `http_refusal_hold_ms`: how long a write refused on arrival waits
     /// while the node changes roles (see the module doc).
     pub refusal_hold: Duration,
+    /// Whether the node de-duplicates request ids (`max_request_ids` above
+    /// 0): without it an `Idempotency-Key` would be taken and ignored, and
+    /// a retry applied twice, so a write carrying one is refused.
+    pub deduplicates: bool,
     /// When this node last stopped being the primary, kept by
     /// `track_role_changes`.
     left_primary: Arc<Mutex<Option<Instant>>>,
@@ -117,6 +121,12 @@ impl AppState {
     /// Sets `http_refusal_hold_ms` (zero until set: refuse at once).
     pub fn with_refusal_hold(mut self, hold: Duration) -> AppState {
         self.refusal_hold = hold;
+        self
+    }
+
+    /// Whether the node de-duplicates request ids (`deduplicates`).
+    pub fn with_deduplication(mut self, on: bool) -> AppState {
+        self.deduplicates = on;
         self
     }
 }
@@ -168,6 +178,7 @@ impl AppState {
             body_timeout,
             pause_file: None,
             refusal_hold: Duration::ZERO,
+            deduplicates: true,
             left_primary,
             role_watch,
         }
@@ -413,12 +424,9 @@ impl AppState {
     /// Replicates one encoded command and answers for it, once per
     /// idempotency key when the request has one (see `idempotency`).
     async fn write_record(&self, cmd: Bytes, headers: &HeaderMap) -> Response {
-        let request_id = match headers.get(idempotency::HEADER) {
-            None => None,
-            Some(key) => match idempotency::request_id(key.as_bytes()) {
-                Ok(id) => Some(id),
-                Err(msg) => return self.bad_request(msg),
-            },
+        let request_id = match idempotency::request_id_of(headers, &cmd, self.deduplicates) {
+            Ok(id) => id,
+            Err(msg) => return self.bad_request(msg),
         };
         if cmd.len() > self.max_record_bytes {
             return self.bad_request(format!(

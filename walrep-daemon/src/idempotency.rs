@@ -14,15 +14,53 @@ pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 255;
 
-/// The request id of an idempotency key, or why the key is refused. A key
-/// is 1 to 255 visible ASCII characters (what fits an HTTP header as is).
+/// The request id of the write `cmd` (an encoded command) under the
+/// `Idempotency-Key` in `headers`: none without one, or why it is refused.
+/// Refused: the header twice (which one the client meant is unknown), a
+/// key that is not 1 to 255 visible ASCII characters, and any key when
+/// the node does not de-duplicate (`deduplicates` false: the key would be
+/// taken and ignored, and a retry applied twice).
+pub fn request_id_of(
+    headers: &axum::http::HeaderMap,
+    cmd: &[u8],
+    deduplicates: bool,
+) -> Result<Option<RequestId>, String> {
+    let mut keys = headers.get_all(HEADER).iter();
+    let Some(key) = keys.next() else {
+        return Ok(None);
+    };
+    if keys.next().is_some() {
+        return Err(
+            "the request has more than one Idempotency-Key header; send exactly one".into(),
+        );
+    }
+    if !deduplicates {
+        return Err(
+            "this node does not de-duplicate retries (max_request_ids = 0), so an \
+             Idempotency-Key would be ignored; send the write without one, or set \
+             max_request_ids above 0"
+                .into(),
+        );
+    }
+    request_id(key.as_bytes(), cmd).map(Some)
+}
+
+/// The request id of an idempotency key for the write `cmd` (an encoded
+/// command), or why the key is refused. A key is 1 to 255 visible ASCII
+/// characters (what fits an HTTP header as is).
 ///
-/// The id is the key's 128-bit FNV-1a hash: distinct keys of honest
-/// clients do not collide in practice (one pair in 2^64 keys). It is not a
-/// cryptographic hash, and needs not be: a client that can choose a key can
-/// already write any key and value, so colliding with another client's key
-/// gains it nothing it could not do directly.
-pub fn request_id(key: &[u8]) -> Result<RequestId, String> {
+/// The id is the 128-bit FNV-1a hash of the key, then the command's kind
+/// and its key (everything of `cmd` before a put's value): the same
+/// Idempotency-Key sent again for another key or method is another write,
+/// written, not taken for the first one and silently dropped. (The value
+/// is not hashed: a retry carries the same one, and a value changed under
+/// one key and path is the client's mistake, answered with the first.)
+/// Distinct keys of honest clients do not collide in practice (one pair
+/// in 2^64 keys). It is not a cryptographic hash, and needs not be: a
+/// client that can choose a key can already write any key and value, so
+/// colliding with another client's key gains it nothing it could not do
+/// directly.
+pub fn request_id(key: &[u8], cmd: &[u8]) -> Result<RequestId, String> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(format!(
             "the Idempotency-Key header has {} bytes; it must have 1 to {MAX_KEY_BYTES}",
@@ -34,7 +72,13 @@ pub fn request_id(key: &[u8]) -> Result<RequestId, String> {
             "the Idempotency-Key header holds the byte {b:#04x}; use visible ASCII characters only (e.g. a UUID)"
         ));
     }
-    Ok(RequestId::from(fnv1a_128(key)))
+    let target_len = crate::kv::command::Command::key_of(cmd).map_or(cmd.len(), |k| {
+        crate::kv::command::Command::put_header_len(k)
+    });
+    // A visible-ASCII key never holds 0xff: the two parts cannot run
+    // into each other.
+    let scoped: Vec<u8> = [key, &[0xff], &cmd[..target_len]].concat();
+    Ok(RequestId::from(fnv1a_128(&scoped)))
 }
 
 fn fnv1a_128(bytes: &[u8]) -> u128 {
@@ -64,27 +108,75 @@ pub fn new_key() -> String {
 mod tests {
     use super::*;
 
+    use crate::kv::command::Command;
+    use bytes::Bytes;
+
+    fn put(k: &str, v: &str) -> Vec<u8> {
+        Command::Put {
+            key: k.as_bytes().to_vec(),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+        .encode()
+    }
+
     #[test]
     fn a_key_maps_to_one_id_and_different_keys_to_different_ids() {
-        let a = request_id(b"order-1").unwrap();
-        assert_eq!(a, request_id(b"order-1").unwrap());
-        assert_ne!(a, request_id(b"order-2").unwrap());
+        let a = request_id(b"order-1", &put("k", "v")).unwrap();
+        assert_eq!(a, request_id(b"order-1", &put("k", "v")).unwrap());
+        assert_ne!(a, request_id(b"order-2", &put("k", "v")).unwrap());
         // The FNV-1a 128 reference value for "a".
         assert_eq!(fnv1a_128(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
     }
 
+    /// The same Idempotency-Key sent for another key or another method is
+    /// another write (a client reusing a key by mistake gets its write
+    /// done, not the first one's answer); the same write again, with any
+    /// value, is the retry.
+    #[test]
+    fn an_id_names_the_key_and_the_write_it_came_with() {
+        let id = |cmd: &[u8]| request_id(b"order-1", cmd).unwrap();
+        let first = id(&put("a", "1"));
+        assert_eq!(first, id(&put("a", "1")), "the retry");
+        assert_eq!(first, id(&put("a", "2")), "the value is not part of it");
+        assert_ne!(first, id(&put("b", "1")), "another key");
+        assert_ne!(first, id(&put("ab", "")), "the key's end is part of it");
+        let delete = Command::Delete { key: b"a".to_vec() }.encode();
+        assert_ne!(first, id(&delete), "another method");
+    }
+
     #[test]
     fn keys_that_do_not_fit_a_header_are_refused_with_the_reason() {
-        assert!(request_id(b"").unwrap_err().contains("1 to 255"));
-        assert!(request_id(&[b'k'; 256]).unwrap_err().contains("256 bytes"));
-        assert!(request_id(b"a b").unwrap_err().contains("0x20"));
-        assert!(request_id(&[b'k'; 255]).is_ok());
+        let cmd = put("k", "v");
+        assert!(request_id(b"", &cmd).unwrap_err().contains("1 to 255"));
+        assert!(
+            request_id(&[b'k'; 256], &cmd)
+                .unwrap_err()
+                .contains("256 bytes")
+        );
+        assert!(request_id(b"a b", &cmd).unwrap_err().contains("0x20"));
+        assert!(request_id(&[b'k'; 255], &cmd).is_ok());
+    }
+
+    /// A header sent twice, or any key to a node that does not
+    /// de-duplicate, is refused with the reason; no header, no id.
+    #[test]
+    fn a_second_key_or_a_node_without_deduplication_refuses_the_write() {
+        let cmd = put("k", "v");
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(request_id_of(&headers, &cmd, true), Ok(None));
+        headers.append(HEADER, "order-1".parse().unwrap());
+        assert!(request_id_of(&headers, &cmd, true).unwrap().is_some());
+        let off = request_id_of(&headers, &cmd, false).unwrap_err();
+        assert!(off.contains("max_request_ids = 0"), "{off}");
+        headers.append(HEADER, "order-2".parse().unwrap());
+        let twice = request_id_of(&headers, &cmd, true).unwrap_err();
+        assert!(twice.contains("more than one"), "{twice}");
     }
 
     #[test]
     fn new_keys_are_distinct_and_valid() {
         let (a, b) = (new_key(), new_key());
         assert_ne!(a, b);
-        assert!(request_id(a.as_bytes()).is_ok());
+        assert!(request_id(a.as_bytes(), &put("k", "v")).is_ok());
     }
 }

@@ -182,7 +182,8 @@ impl RunningNode {
                 settings.http_request_timeout,
             )
             .with_pause_file(pause_file)
-            .with_refusal_hold(settings.http_refusal_hold),
+            .with_refusal_hold(settings.http_refusal_hold)
+            .with_deduplication(cfg.max_request_ids > 0),
         );
         let http = {
             let stop = stop_http.clone();
