@@ -141,8 +141,10 @@ pub enum Command {
 pub struct OnceArgs {
     /// The write's idempotency key: sent again with the same key (by this
     /// command's retries, or by running the command again, even at the
-    /// next primary after a failover), it is applied once. Default: a
-    /// fresh key, so only this command's own retries share it.
+    /// next primary after a failover), it is applied once. Default: with
+    /// `--retry-for`, a fresh key that only this command's own retries
+    /// share; without, none (a node with `max_request_ids = 0` refuses a
+    /// key, which it could not honour).
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
     /// Retry for up to this many seconds while the node is unreachable or
@@ -162,10 +164,10 @@ impl OnceArgs {
         })
     }
 
-    fn key(&self) -> String {
+    fn key(&self) -> Option<String> {
         self.idempotency_key
             .clone()
-            .unwrap_or_else(crate::idempotency::new_key)
+            .or_else(|| (self.retry_for > 0.0).then(crate::idempotency::new_key))
     }
 }
 
@@ -536,7 +538,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
                 &addr.access()?,
                 &key,
                 value,
-                &once.key(),
+                once.key().as_deref(),
                 once.retry_for()?,
             )
             .await?;
@@ -549,7 +551,7 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
                 &addr.access()?,
                 &key,
                 None,
-                &once.key(),
+                once.key().as_deref(),
                 once.retry_for()?,
             )
             .await?;

@@ -543,14 +543,16 @@ pub fn may_retry(e: &ClientError) -> bool {
 /// One logical write (`value`: `Some` to put, `None` to delete) under
 /// `idempotency_key`, sent to `addr` and sent again with the same key while
 /// `may_retry` says so, for at most `retry_for`; a 503 that names the
-/// primary sends the next attempt there. However many attempts reached a
-/// primary, the write is applied once (see `idempotency`).
+/// primary sends the next attempt there. With a key, however many attempts
+/// reached a primary, the write is applied once (see `idempotency`);
+/// without one, only a 503 ("nothing written") is retried safely, so give
+/// one whenever `retry_for` is not zero.
 pub async fn write_retrying(
     addr: &str,
     access: &Access,
     key: &str,
     value: Option<Bytes>,
-    idempotency_key: &str,
+    idempotency_key: Option<&str>,
     retry_for: Duration,
 ) -> Result<WriteReply, ClientError> {
     /// Between attempts: a failover takes about `failover_timeout`.
@@ -558,14 +560,27 @@ pub async fn write_retrying(
     let deadline = std::time::Instant::now() + retry_for;
     let client_of = |addr: &str| HttpClient::new(addr).with_access(access);
     let mut client = client_of(addr);
+    // Without a key a resend is safe only where nothing was written.
+    let retryable = |e: &ClientError| match idempotency_key {
+        Some(_) => may_retry(e),
+        None => matches!(e, ClientError::Refused { status: 503, .. }),
+    };
     loop {
         let result = match &value {
-            Some(v) => client.put_once(key, v.clone(), idempotency_key).await,
-            None => client.delete_once(key, idempotency_key).await,
+            Some(v) => {
+                client
+                    .write(Method::PUT, key, v.clone(), idempotency_key)
+                    .await
+            }
+            None => {
+                client
+                    .write(Method::DELETE, key, Bytes::new(), idempotency_key)
+                    .await
+            }
         };
         let e = match result {
             Ok(reply) => return Ok(reply),
-            Err(e) if !may_retry(&e) || std::time::Instant::now() >= deadline => return Err(e),
+            Err(e) if !retryable(&e) || std::time::Instant::now() >= deadline => return Err(e),
             Err(e) => e,
         };
         tracing::debug!(error = %e, "write failed; retrying with the same idempotency key");
