@@ -151,6 +151,21 @@ impl Registers {
         }
     }
 
+    /// Puts every cluster's register back to what `durable` holds (a write
+    /// that failed: its swaps never happened), keeping what nodes reported
+    /// meanwhile. Reports only grow and are never written to a file:
+    /// forgetting one (a node's newer epoch) would let a stale node
+    /// re-create a lost register below it.
+    pub fn roll_back_registers_to(&mut self, durable: &Registers) {
+        for (id, cluster) in &mut self.clusters {
+            cluster.register = durable
+                .clusters
+                .get(id)
+                .map(|c| c.register.clone())
+                .unwrap_or_default();
+        }
+    }
+
     /// The register of `cluster_id`, noting the caller's epoch.
     pub fn read(&mut self, cluster_id: &str, caller: &Caller) -> Register {
         let cluster = self.report(cluster_id, caller);
@@ -274,6 +289,31 @@ mod tests {
             &NodeId::from(primary),
             &["n1".into(), "n2".into()],
         )
+    }
+
+    /// A write of the witness failed: its swaps are undone, but an epoch a
+    /// node reported since the last write that succeeded still counts, so
+    /// the stale node cannot re-create the register below it.
+    #[test]
+    fn rolling_back_a_failed_write_keeps_what_nodes_reported_since() {
+        let mut durable = Registers::new();
+        durable.read("c", &caller("n1", 5));
+        durable.read("c", &caller("n2", 5));
+        let mut pending = durable.clone();
+        pending.read("c", &caller("n2", 6));
+        pending.read("other", &caller("n1", 1));
+        pending.roll_back_registers_to(&durable);
+        let stale = pending.compare_and_swap("c", &caller("n1", 5), 0, &pair_register(5, "n1"));
+        assert!(
+            matches!(
+                stale,
+                Err(SwapRefusal::EpochBelowReported {
+                    reported: Epoch(6),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
     }
 
     #[test]

@@ -193,12 +193,19 @@ async fn a_witness_restarted_from_nothing_rebuilds_once_both_members_reported_ne
             by: "n2".into()
         })
     );
+    // n2 had seen the old register at the version of its promotion: the
+    // rebuilt one lands above it, and the client takes that as the swap
+    // it asked for (a create), not as a malformed answer.
+    let seen = Caller {
+        seen_version: v1.version + 1,
+        ..caller("n2", 6)
+    };
     let rebuilt = n2
-        .compare_and_swap("c", &caller("n2", 6), 0, &pair(6, "n2"))
+        .compare_and_swap("c", &seen, 0, &pair(6, "n2"))
         .await
         .unwrap();
     assert!(
-        matches!(&rebuilt, CasOutcome::Swapped(r) if r.epoch == Epoch(6) && r.primary == Some("n2".into())),
+        matches!(&rebuilt, CasOutcome::Swapped(r) if r.epoch == Epoch(6) && r.primary == Some("n2".into()) && r.version > seen.seen_version),
         "{rebuilt:?}"
     );
     let stats = w.service.stats();

@@ -395,8 +395,11 @@ impl WitnessService {
                 }
                 Err(e) => {
                     let failed = std::mem::take(&mut st.waiters);
-                    st.pending = st.durable.clone();
-                    st.pending_gen = st.durable_gen;
+                    {
+                        let st = &mut *st;
+                        st.pending.roll_back_registers_to(&st.durable);
+                        st.pending_gen = st.durable_gen;
+                    }
                     drop(st);
                     let e = e.to_string();
                     tracing::error!(error = %e, swaps = failed.len(), "witness could not make swaps durable; answered UNAVAILABLE and kept the registers as they were");
