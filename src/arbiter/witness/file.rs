@@ -64,6 +64,19 @@ pub enum StoreError {
         /// Its lock file.
         lock: PathBuf,
     },
+    /// The registers would not fit a file the witness could read back.
+    #[error(
+        "the witness's registers would take {bytes} bytes, more than the {max} a register file may \
+         hold (the witness reads no larger one at start); the change is refused and the file kept. \
+         That many clusters or member names suggests a node creating clusters that are not its own: \
+         check the clusters the witness reports and who holds certificates of its CA"
+    )]
+    Full {
+        /// The encoded size.
+        bytes: u64,
+        /// The most a register file may hold.
+        max: u64,
+    },
     /// The OS refused an operation.
     #[error("{what}: {source}")]
     Io {
@@ -87,6 +100,8 @@ pub struct RegisterFile {
     dir: PathBuf,
     path: PathBuf,
     tmp: PathBuf,
+    /// The most bytes the file may hold, written or read.
+    max_bytes: u64,
     _lock: File,
 }
 
@@ -124,6 +139,7 @@ impl RegisterFile {
             path: dir.join(FILE),
             tmp: dir.join(TMP),
             dir,
+            max_bytes: MAX_FILE_BYTES,
             _lock: lock,
         };
         if file.tmp.exists() {
@@ -147,7 +163,7 @@ impl RegisterFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Registers::new()),
             Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
         };
-        if len > MAX_FILE_BYTES {
+        if len > self.max_bytes {
             return Err(StoreError::Corrupt {
                 path: path.clone(),
                 detail: format!("{len} bytes, more than a register file can hold"),
@@ -165,6 +181,14 @@ impl RegisterFile {
     /// registers before or these.
     pub fn save(&self, registers: &Registers) -> Result<(), StoreError> {
         let bytes = encode(registers);
+        // Written, it could not be read back: the witness would refuse to
+        // start over its own file.
+        if bytes.len() as u64 > self.max_bytes {
+            return Err(StoreError::Full {
+                bytes: bytes.len() as u64,
+                max: self.max_bytes,
+            });
+        }
         tmpfile::write_synced(&self.tmp, &bytes)
             .map_err(io_err(format!("writing {}", self.tmp.display())))?;
         tmpfile::replace_synced(&self.tmp, &self.path, &self.dir)
@@ -279,6 +303,27 @@ mod tests {
         let (_file, back) = RegisterFile::open(dir.path()).unwrap();
         assert_eq!(all(&back), all(&regs));
         assert_eq!(back.len(), 2);
+    }
+
+    /// Registers past the size a register file may hold are refused, not
+    /// written: the file (which the witness reads back at start only up to
+    /// that size) keeps what it held.
+    #[test]
+    fn registers_too_large_to_read_back_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = RegisterFile::open(dir.path()).unwrap();
+        let small = with_clusters(&["a"], 1);
+        let big = with_clusters(&["a", "b", "c", "d"], 1);
+        let file = RegisterFile {
+            max_bytes: encode(&small).len() as u64,
+            ..file
+        };
+        file.save(&small).unwrap();
+        let err = file.save(&big).unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        drop(file);
+        let (_file, back) = RegisterFile::open(dir.path()).unwrap();
+        assert_eq!(all(&back), all(&small));
     }
 
     #[test]
