@@ -640,8 +640,6 @@ impl Node {
         if from != to_kind {
             // A new role: a peer refused loudly before is news again.
             self.said_loudly = None;
-        }
-        if from != to_kind {
             self.emit(Effect::RoleChanged {
                 from,
                 to: to_kind,

@@ -10,7 +10,7 @@ use super::Msg;
 use super::tasks::Tasks;
 use crate::node::Event;
 use crate::state_machine::{INLINE_APPLY_MAX_BYTES, StateMachine};
-use crate::types::Lsn;
+use crate::types::{Lsn, Record};
 use crate::wal::WalStore;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -64,16 +64,13 @@ async fn apply_up_to(
         // On a blocking thread unless the engine can apply this small
         // chunk at once (an in-memory WAL, under simulation, applies
         // everything inline anyway).
-        let inline = wal.may_block() && payload <= INLINE_APPLY_MAX_BYTES && {
-            let batch: Vec<(Lsn, &[u8])> =
-                records.iter().map(|r| (r.lsn, &r.payload[..])).collect();
-            sm.can_apply_inline(&batch)
-        };
+        let inline = wal.may_block()
+            && payload <= INLINE_APPLY_MAX_BYTES
+            && sm.can_apply_inline(&batch_of(&records));
         let off_thread = wal.may_block() && !inline;
         let sm2 = sm.clone();
         let outputs = super::tasks::run_blocking(off_thread, move || {
-            let batch: Vec<(Lsn, &[u8])> =
-                records.iter().map(|r| (r.lsn, &r.payload[..])).collect();
+            let batch = batch_of(&records);
             let outputs = sm2.apply_batch(&batch).map_err(|e| {
                 format!(
                     "state machine failed applying {}..={}: {}",
@@ -104,6 +101,11 @@ async fn apply_up_to(
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// The engine's view of `records`: each one's LSN and payload.
+fn batch_of(records: &[Record]) -> Vec<(Lsn, &[u8])> {
+    records.iter().map(|r| (r.lsn, &r.payload[..])).collect()
 }
 
 fn failed(reason: String) -> Msg {

@@ -569,6 +569,15 @@ async fn a_write_the_standby_does_not_confirm_fails_with_sync_timeout() {
     replica.shutdown().await;
 }
 
+/// `put()` written with request id `id`, in a task of its own.
+fn spawn_apply_once(
+    replica: &Replica,
+    id: crate::types::RequestId,
+) -> tokio::task::JoinHandle<Result<crate::Applied, Error>> {
+    let replica = replica.clone();
+    tokio::spawn(async move { replica.apply_once(id, put()).await })
+}
+
 /// A retry of a write still waiting for its record has a `sync_timeout`
 /// of its own, counted from the retry: the first attempt's timeout ends
 /// the first attempt only, and the retry fails a whole `sync_timeout`
@@ -580,16 +589,10 @@ async fn a_retry_times_out_a_whole_sync_timeout_after_it_arrived() {
     let (replica, _service) = start(cfg, Arc::new(MemWal::new()), silent_standby());
     writable(&replica).await;
     let id = crate::types::RequestId::from(7u128);
-    let first = tokio::spawn({
-        let replica = replica.clone();
-        async move { replica.apply_once(id, put()).await }
-    });
+    let first = spawn_apply_once(&replica, id);
     tokio::time::sleep(sync_timeout / 2).await;
     let retried_at = tokio::time::Instant::now();
-    let retry = tokio::spawn({
-        let replica = replica.clone();
-        async move { replica.apply_once(id, put()).await }
-    });
+    let retry = spawn_apply_once(&replica, id);
     let first = first.await.unwrap();
     assert!(
         matches!(first, Err(Error::SyncTimeout { lsn: Lsn(1) })),
@@ -622,15 +625,9 @@ async fn a_retry_waiting_when_the_primary_blocks_on_its_lost_standby_is_answered
     let (replica, _service) = start(cfg, confirmed_primary_wal(), unreachable_peer());
     writable(&replica).await;
     let id = crate::types::RequestId::from(9u128);
-    let first = tokio::spawn({
-        let replica = replica.clone();
-        async move { replica.apply_once(id, put()).await }
-    });
+    let first = spawn_apply_once(&replica, id);
     tokio::time::sleep(sync_timeout / 2).await;
-    let retry = tokio::spawn({
-        let replica = replica.clone();
-        async move { replica.apply_once(id, put()).await }
-    });
+    let retry = spawn_apply_once(&replica, id);
     let first = first.await.unwrap();
     assert!(
         matches!(first, Err(Error::SyncTimeout { lsn: Lsn(1) })),
@@ -1136,14 +1133,18 @@ async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missin
     replica.shutdown().await;
 }
 
+/// A primary in `async` mode: its writes commit on its own fsync.
+fn async_primary_cfg() -> Config {
+    Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    }
+}
+
 /// A confirmed primary in `async` mode (its writes commit on its own
 /// fsync) with `peer`, taking writes.
 async fn async_primary(peer: MockPeer) -> (Replica, ReplicationService) {
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, service) = start(cfg, confirmed_primary_wal(), peer);
+    let (replica, service) = start(async_primary_cfg(), confirmed_primary_wal(), peer);
     writable(&replica).await;
     (replica, service)
 }
@@ -1162,11 +1163,7 @@ async fn only_small_batches_an_engine_can_apply_inline_are_applied_on_the_runtim
         engine.track_apply_threads();
         let wal = confirmed_primary_wal();
         wal.set_may_block(true);
-        let cfg = Config {
-            commit_mode: CommitMode::Async,
-            ..cfg(InitialRole::Primary)
-        };
-        let (replica, _service) = Replica::builder(cfg, wal, engine.clone())
+        let (replica, _service) = Replica::builder(async_primary_cfg(), wal, engine.clone())
             .peer(Arc::new(unreachable_peer()))
             .start_without_server()
             .unwrap();

@@ -108,16 +108,7 @@ pub fn new_key() -> String {
 mod tests {
     use super::*;
 
-    use crate::kv::command::Command;
-    use bytes::Bytes;
-
-    fn put(k: &str, v: &str) -> Vec<u8> {
-        Command::Put {
-            key: k.as_bytes().to_vec(),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        }
-        .encode()
-    }
+    use crate::kv::command::encoded::{del, put};
 
     #[test]
     fn a_key_maps_to_one_id_and_different_keys_to_different_ids() {
@@ -140,8 +131,7 @@ mod tests {
         assert_eq!(first, id(&put("a", "2")), "the value is not part of it");
         assert_ne!(first, id(&put("b", "1")), "another key");
         assert_ne!(first, id(&put("ab", "")), "the key's end is part of it");
-        let delete = Command::Delete { key: b"a".to_vec() }.encode();
-        assert_ne!(first, id(&delete), "another method");
+        assert_ne!(first, id(&del("a")), "another method");
     }
 
     #[test]

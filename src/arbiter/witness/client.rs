@@ -223,7 +223,7 @@ impl Arbiter for WitnessClient {
             // rebuilt continues above every version a member reported
             // seeing, so it lands above the caller's, not at 1.
             let fits = if expected_version == 0 {
-                register.version > caller.seen_version.max(expected_version)
+                register.version > caller.seen_version
             } else {
                 register.version == expected_version.wrapping_add(1)
             };

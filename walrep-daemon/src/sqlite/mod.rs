@@ -292,11 +292,11 @@ impl SqliteStore {
     /// only for the checkpoint that needs.
     fn pin(&self) -> Result<snapshot::Pinned, StateMachineError> {
         let conn = self.conn.lock().unwrap();
+        let path = self.path();
         let file = {
             let mut file = self.file.lock().unwrap();
             // A handle on a file the store no longer is (a restore whose
             // reopening failed) would send another state's bytes.
-            let path = self.path();
             let same = |f: &std::fs::File| -> std::io::Result<bool> {
                 use std::os::unix::fs::MetadataExt;
                 let (held, live) = (f.metadata()?, std::fs::metadata(&path)?);
@@ -309,7 +309,7 @@ impl SqliteStore {
             }
             file.clone()
         };
-        snapshot::pin(&conn, &self.path(), file)
+        snapshot::pin(&conn, &path, file)
     }
 
     /// Puts a received, checked snapshot in place of the store.
