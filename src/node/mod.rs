@@ -216,6 +216,10 @@ pub(crate) struct Node {
     /// Retention lets go of records the engine has not made durable
     /// (`retention.rs`): said when it starts and ends, not every tick.
     trimming_past_engine: bool,
+    /// Why the state machine and the WAL did not fit together at start
+    /// (`rejoin.rs` `on_opened`), until a rejoin made them fit: no
+    /// promotion, forced or not, may serve that state.
+    state_misfit: Option<String>,
     out: Vec<Effect>,
 }
 
@@ -252,6 +256,7 @@ impl Node {
             candidacy: None,
             said_loudly: None,
             trimming_past_engine: false,
+            state_misfit: None,
             out: Vec::new(),
             commit_rule: cfg.commit_rule(),
             cluster_rule: cfg.cluster_rule_text(),

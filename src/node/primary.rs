@@ -314,7 +314,7 @@ impl Primary {
         let reachable: Vec<(&NodeId, &StandbyLink)> = self
             .links
             .iter()
-            .filter(|(_, l)| l.streaming && l.contact_this_life && l.unreachable_since.is_none())
+            .filter(|(_, l)| l.is_reachable())
             .collect();
         if reachable.is_empty() {
             return Err("the standby is not reachable".into());

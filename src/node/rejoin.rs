@@ -10,12 +10,16 @@ impl Node {
         if !matches!(self.role, Role::Fenced | Role::Rejoining { .. }) {
             return;
         }
-        if epoch > self.epoch || self.leader.as_ref() != Some(&leader) {
-            // `epoch` is the primary's when the rejoin checked its log; we
-            // may have adopted a newer one since (a heartbeat during the
-            // rewind), which stays.
-            self.persist(epoch.max(self.epoch), Some(leader));
+        if epoch > self.epoch {
+            self.persist(epoch, Some(leader));
+        } else if epoch == self.epoch && self.leader.as_ref() != Some(&leader) {
+            self.persist(epoch, Some(leader));
         }
+        // Otherwise `epoch` is the primary's when the rejoin checked its
+        // log and we adopted a newer one since (a heartbeat during the
+        // rewind): that epoch stays with the leader it came with, not the
+        // one the rejoin followed.
+        self.state_misfit = None;
         self.change_role(Role::Standby(Standby::new()));
     }
 
@@ -37,6 +41,9 @@ impl Node {
                 });
                 return;
             }
+            self.state_misfit = Some(format!(
+                "its state machine has applied up to {applied} but its WAL ends at {last}"
+            ));
             tracing::error!(
                 %applied,
                 wal_last = %last,
@@ -44,6 +51,9 @@ impl Node {
             );
             self.resync();
         } else if applied.next() < first_lsn {
+            self.state_misfit = Some(format!(
+                "its state machine has applied up to {applied} but its WAL begins at {first_lsn}"
+            ));
             tracing::error!(
                 %applied,
                 wal_first = %first_lsn,

@@ -378,6 +378,12 @@ impl Node {
             Role::Rejoining { rewriting: true } if force => self.emit(Effect::ReplyPromote(Err(
                 "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it (if the primary is gone for good, restart this node: its rejoin then waits for a plan again, and may be forced)".into(),
             ))),
+            _ if let Some(misfit) = &self.state_misfit => {
+                let msg = format!(
+                    "this node cannot serve as primary: {misfit}, so it would skip or repeat records (a rewind or a cut tail left them apart); it waits for a resync from the primary. If no primary will come back, this node's data cannot be made whole from itself: restore it from another node or a backup"
+                );
+                self.emit(Effect::ReplyPromote(Err(msg)));
+            }
             _ if force => {
                 tracing::warn!(
                     "forced promotion: writes the other node acknowledged after our last received record are lost if it was still primary"

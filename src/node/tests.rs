@@ -2434,3 +2434,103 @@ mod candidacy;
 mod maintenance;
 mod standbys;
 mod wiped_peer;
+
+#[test]
+fn a_rejoin_ending_after_a_newer_epoch_was_adopted_keeps_that_epochs_leader() {
+    let mut node = rejoining();
+    node.step(
+        t(3),
+        Event::HigherEpoch {
+            epoch: Epoch(3),
+            leader: Some(NodeId::from("n3")),
+        },
+    );
+    assert_eq!(
+        (node.epoch(), node.leader()),
+        (Epoch(3), Some(&NodeId::from("n3")))
+    );
+    let effects = node.step(
+        t(4),
+        Event::RejoinFinished {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(3),
+            flushed: Lsn(3),
+            applied: Lsn(3),
+        },
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::PersistMeta { .. })),
+        "epoch 3 is n3's, not the leader the rejoin followed at epoch 2: {effects:?}"
+    );
+    assert_eq!(
+        (node.epoch(), node.leader()),
+        (Epoch(3), Some(&NodeId::from("n3")))
+    );
+}
+
+#[test]
+fn a_node_whose_state_does_not_fit_its_wal_is_never_promoted_even_by_force() {
+    // Ahead: applied 9 over a WAL ending at 5 (a rewind cut the WAL before
+    // the snapshot came, then a restart). Behind: applied 5 under a WAL
+    // beginning at 20. Promoted, the first would skip records 6..9 and keep
+    // effects no log holds; the second would serve a state missing 6..19.
+    for (last, applied, first) in [(5, 9, 1), (50, 5, 20)] {
+        let (mut node, _) = new_node(
+            cfg(),
+            meta(1, "n2"),
+            Lsn(last),
+            Lsn(last),
+            Lsn(applied),
+            t(0),
+        );
+        node.step(
+            t(1),
+            Event::Opened {
+                first_lsn: Lsn(first),
+            },
+        );
+        for force in [true, false] {
+            let effects = node.step(
+                t(2),
+                Event::PromoteRequested {
+                    force,
+                    from: PromoteFrom::Rpc,
+                },
+            );
+            assert!(
+                matches!(effects.as_slice(), [Effect::ReplyPromote(Err(msg))] if msg.contains("cannot serve as primary")),
+                "applied {applied}, WAL {first}..={last}, force {force}: {effects:?}"
+            );
+        }
+        // A rejoin that made them fit lifts it.
+        node.step(t(3), Event::RejoinStarted);
+        node.step(
+            t(4),
+            Event::RejoinFinished {
+                epoch: Epoch(1),
+                leader: NodeId::from("n2"),
+                first_lsn: Lsn(1),
+                last_lsn: Lsn(9),
+                flushed: Lsn(9),
+                applied: Lsn(9),
+            },
+        );
+        let effects = node.step(
+            t(5),
+            Event::PromoteRequested {
+                force: true,
+                from: PromoteFrom::Rpc,
+            },
+        );
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::PersistMeta { .. })),
+            "{effects:?}"
+        );
+    }
+}
