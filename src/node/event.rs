@@ -73,6 +73,8 @@ pub(crate) struct PeerLog {
     pub first_lsn: Lsn,
     /// The peer's last record.
     pub last_lsn: Lsn,
+    /// The peer says no node has confirmed it yet (`wiped_peer.rs`).
+    pub unconfirmed: bool,
 }
 
 /// What this node's own log and state machine hold, read by the runtime

@@ -2,6 +2,7 @@
 //! and the WAL fit, the resync, and the rejoin plan and its end (G4).
 
 use super::event::{Effect, LocalLog, PeerLog, RejoinPlan, WaiterFailure};
+use super::requests::Loud;
 use super::{Node, Role, RoleKind, Standby};
 use crate::types::{Epoch, Lsn, NodeId, divergence_point};
 
@@ -10,9 +11,7 @@ impl Node {
         if !matches!(self.role, Role::Fenced | Role::Rejoining { .. }) {
             return;
         }
-        if epoch > self.epoch {
-            self.persist(epoch, Some(leader));
-        } else if epoch == self.epoch && self.leader.as_ref() != Some(&leader) {
+        if epoch > self.epoch || (epoch == self.epoch && self.leader.as_ref() != Some(&leader)) {
             self.persist(epoch, Some(leader));
         }
         // Otherwise `epoch` is the primary's when the rejoin checked its
@@ -90,6 +89,26 @@ impl Node {
         }
         if peer.role != RoleKind::Primary || peer.epoch < self.epoch {
             tracing::debug!(role = %peer.role, epoch = %peer.epoch, "rejoin: peer is not yet the primary of our epoch");
+            self.emit(Effect::Rejoin(RejoinPlan::Wait));
+            return;
+        }
+        if peer.unconfirmed
+            && ours.last_lsn > Lsn::ZERO
+            && !self.cfg.testing_follow_an_unconfirmed_primary
+        {
+            // A primary nobody confirmed never wrote a record (see
+            // `wiped_peer.rs`): this one lost its data directory. Rewinding
+            // to its log would drop every record ours holds.
+            let peer_id = self.cfg.peer_id.clone();
+            if self.first_time_said_of(Loud::UnconfirmedPrimary, &peer_id, peer.epoch) {
+                tracing::error!(
+                    node = %self.cfg.node_id,
+                    epoch = %peer.epoch,
+                    last_lsn = %ours.last_lsn,
+                    "rejoin: the primary found was started on a fresh data directory (no node confirmed it), but this node holds records up to {} that a confirmed primary wrote; not rewinding to its empty log. Empty that node's data directory again and start it as a standby (it then copies this node's data), or `promote --force` this node; never force the other",
+                    ours.last_lsn
+                );
+            }
             self.emit(Effect::Rejoin(RejoinPlan::Wait));
             return;
         }

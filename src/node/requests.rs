@@ -5,7 +5,7 @@
 use super::event::{Effect, Refused, Retried};
 use super::{Node, Role, Time};
 use crate::transport::{Header, HeartbeatRequest, RefusalKind, WalBatch};
-use crate::types::{Epoch, Record, RequestId};
+use crate::types::{Epoch, NodeId, Record, RequestId};
 
 /// Why a peer's messages were refused loudly (at error level).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +61,12 @@ impl Node {
     /// Whether refusing `header`'s sender for `why` is news: not what this
     /// node last said loudly of that peer at that epoch. Records it.
     pub(super) fn first_time_said(&mut self, why: Loud, header: &Header) -> bool {
-        let said = (why, header.node_id.clone(), header.epoch);
+        self.first_time_said_of(why, &header.node_id, header.epoch)
+    }
+
+    /// `first_time_said` for a peer known by its id and epoch.
+    pub(super) fn first_time_said_of(&mut self, why: Loud, peer: &NodeId, epoch: Epoch) -> bool {
+        let said = (why, peer.clone(), epoch);
         if self.said_loudly.as_ref() == Some(&said) {
             return false;
         }

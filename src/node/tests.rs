@@ -1371,6 +1371,7 @@ fn a_forced_promotion_of_a_rejoining_node_waits_while_its_log_is_rewritten() {
                 history: history(&[(1, 1), (2, 3)]),
                 first_lsn: Lsn(1),
                 last_lsn: Lsn(4),
+                unconfirmed: false,
             },
             ours: LocalLog {
                 history: history(&[(1, 1)]),
@@ -1631,6 +1632,7 @@ fn promoted_peer() -> PeerLog {
         history: history(&[(1, 1), (2, 4)]),
         first_lsn: Lsn(1),
         last_lsn: Lsn(6),
+        unconfirmed: false,
     }
 }
 
@@ -2533,4 +2535,52 @@ fn a_node_whose_state_does_not_fit_its_wal_is_never_promoted_even_by_force() {
             "{effects:?}"
         );
     }
+}
+
+#[test]
+fn a_rejoin_never_rewinds_to_an_unconfirmed_primary_while_our_log_holds_records() {
+    // n2 lost its data directory and came back as a fresh primary: epoch
+    // 1, empty log, never confirmed. Following it would rewind records
+    // 1..=5 (every acknowledged write) to match its empty log.
+    // This standby of n2 restarted with its engine ahead of its WAL, so it
+    // resyncs (rejoins) whatever n2 says.
+    let wiped = PeerLog {
+        epoch: Epoch(1),
+        role: RoleKind::Primary,
+        history: EpochHistory::default(),
+        first_lsn: Lsn(1),
+        last_lsn: Lsn(0),
+        unconfirmed: true,
+    };
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
+    node.step(t(1), Event::Opened { first_lsn: Lsn(1) });
+    node.step(t(2), Event::RejoinStarted);
+    assert_eq!(node.role(), RoleKind::Rejoining);
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: wiped.clone(),
+            ours: our_log(5),
+        },
+    );
+    assert_eq!(effects, vec![Effect::Rejoin(RejoinPlan::Wait)]);
+    // The same primary, confirmed (it was, before it wrote anything), is
+    // followed: the rule keys on the confirmation alone.
+    let effects = node.step(
+        t(4),
+        Event::PeerLogFetched {
+            peer: PeerLog {
+                unconfirmed: false,
+                ..wiped
+            },
+            ours: our_log(5),
+        },
+    );
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::Rejoin(RejoinPlan::Rewind { .. })]
+        ),
+        "{effects:?}"
+    );
 }

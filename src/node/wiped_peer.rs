@@ -11,7 +11,8 @@
 //! would make the node follow it and rewind everything it holds (every
 //! acknowledged write) to match its empty log.
 //!
-//! The node refuses its heartbeats and batches instead. It keeps its log,
+//! The node refuses its heartbeats and batches instead, and a rejoin does
+//! not rewind to its log (`rejoin.rs`). It keeps its log,
 //! the unconfirmed primary is never confirmed (so it takes no write), and
 //! the refused messages are no contact: a standby eligible to promote takes
 //! over when `failover_timeout` passes, fences the wiped node, and the

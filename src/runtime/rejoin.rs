@@ -206,6 +206,7 @@ async fn attempt_rejoin(
         history: theirs.history,
         first_lsn: theirs.first_lsn,
         last_lsn: theirs.last_lsn,
+        unconfirmed: theirs.unconfirmed,
     };
     if ctx.tx.send(Msg::RejoinPlan { peer, reply }).await.is_err() {
         return Ok(None);

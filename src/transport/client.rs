@@ -295,6 +295,7 @@ impl Peer for GrpcPeer {
             last_lsn: Lsn(r.last_lsn),
             first_lsn: Lsn(r.first_lsn),
             role: convert::role_from_pb(r.role).map_err(bad_reply)?,
+            unconfirmed: r.unconfirmed,
         })
     }
 

@@ -167,6 +167,8 @@ pub struct HistoryReply {
     pub first_lsn: Lsn,
     /// Its role.
     pub role: RoleKind,
+    /// It is a primary no peer has confirmed yet (its persisted meta).
+    pub unconfirmed: bool,
 }
 
 /// The receiver's state, for a switchover.

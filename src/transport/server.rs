@@ -454,6 +454,7 @@ impl Replication for ReplicationService {
             last_lsn: h.last_lsn.0,
             first_lsn: h.first_lsn.0,
             role: convert::role_to_pb(h.role),
+            unconfirmed: h.unconfirmed,
         }))
     }
 

@@ -349,6 +349,7 @@ impl Actor {
                         last_lsn: self.wal.last_lsn(),
                         first_lsn: self.wal.first_lsn(),
                         role: self.node.role(),
+                        unconfirmed: !self.wal.meta().confirmed,
                     }),
                     Err((kind, message)) => Err(self.refusal(kind, message)),
                 };

@@ -594,6 +594,7 @@ fn answering_as(role: crate::node::RoleKind, epoch: u64) -> Arc<dyn Peer> {
             last_lsn: Lsn(0),
             first_lsn: Lsn(1),
             role,
+            unconfirmed: false,
         })
     });
     Arc::new(peer)
@@ -684,6 +685,7 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
             last_lsn: Lsn(5),
             first_lsn: Lsn(5),
             role: crate::node::RoleKind::Primary,
+            unconfirmed: false,
         })
     });
     peer.expect_fetch_snapshot()
