@@ -1320,3 +1320,63 @@ async fn with_an_arbiter_a_primary_cut_from_both_stops_acknowledging_and_the_sta
         );
     }
 }
+
+/// A switchover cut short by both nodes stopping at once (`docker compose
+/// stop` sends SIGTERM to both): the old primary saw that the standby held
+/// everything, saved the next epoch led by the standby and stopped, and
+/// the standby stopped before that answer reached it. Restarted, each is
+/// a standby of the other, and no primary speaks to either; the standby
+/// asks its peers, learns the epoch that names it, and takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_restart() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
+    for i in 0..10 {
+        let cmd = put_cmd(&format!("k{i}"), "v");
+        pair.primary().replica().apply(cmd).await.unwrap();
+    }
+    let epoch = pair.primary().replica().health().epoch;
+    pair.kill(&b).await;
+    pair.node(&a)
+        .wal()
+        .set_meta(&walrep::WalMeta {
+            epoch: epoch.next(),
+            leader: Some(b.clone()),
+            confirmed: true,
+        })
+        .unwrap();
+    pair.kill(&a).await;
+    pair.restart(&a).await.unwrap();
+    pair.restart(&b).await.unwrap();
+
+    let health = pair
+        .node(&b)
+        .wait("b took the epoch a handed it", |h| {
+            h.role == RoleKind::Primary && h.writable
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.epoch, epoch.next());
+    let after = pair
+        .node(&b)
+        .replica()
+        .apply(put_cmd("after", "v"))
+        .await
+        .unwrap();
+    pair.node(&a)
+        .wait("a follows b and holds its write", |h| {
+            h.role == RoleKind::Standby && h.applied_lsn >= after.lsn
+        })
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let cmd = put_cmd(&format!("k{i}"), "v");
+        assert_eq!(pair.node(&a).engine().times_applied(&cmd), 1, "write {i}");
+    }
+    assert_eq!(
+        pair.node(&a).engine().state_hash(),
+        pair.node(&b).engine().state_hash()
+    );
+}

@@ -448,6 +448,10 @@ pub(crate) enum Effect {
     StopPrimaryTasks,
     /// Find the divergence point with `leader`, rewind, become a standby.
     StartRejoin { leader: Option<NodeId> },
+    /// Ask every peer, with our header, whether it holds a newer epoch: a
+    /// peer that does refuses us as stale and names its leader, which
+    /// comes back as `Event::HigherEpoch`. Nothing else comes back.
+    AskPeersForNewerEpoch,
     /// Stop now (answer to `Event::StopRequested`).
     Stop,
     /// Stop after handing over (answer to `Event::StopRequested`): ask the

@@ -29,6 +29,9 @@ pub(super) struct Standby {
     /// The primary fell silent for `failover_timeout` while failover was
     /// paused: we did not promote, and say so in `Health`.
     pub(super) held_by_pause: bool,
+    /// Without any contact in this role: when the standby next asks its
+    /// peers whether a newer epoch exists (`Effect::AskPeersForNewerEpoch`).
+    ask_peers_at: Option<Time>,
 }
 
 impl Standby {
@@ -43,6 +46,7 @@ impl Standby {
             reported_silence: false,
             planned_until: None,
             held_by_pause: false,
+            ask_peers_at: None,
         }
     }
 
@@ -194,7 +198,22 @@ impl Node {
         let last = match s.last_contact {
             Some(at) => at,
             None if register_decides => *s.silent_since.get_or_insert(now),
-            None => return,
+            None => {
+                // No primary has spoken to us in this role: it may be down,
+                // or there may be none to speak. A switchover cut short by
+                // a stop (both nodes stopped at once) leaves the old
+                // primary a standby of our next epoch, led by us, and us a
+                // standby of the old one: each would wait for the other
+                // forever. So once per `failover_timeout` of silence we ask
+                // the peers; one with a newer epoch names its leader
+                // (`Event::HigherEpoch`), and when that is us, we take it.
+                let due = *s.ask_peers_at.get_or_insert(now + cfg.failover_timeout);
+                if now >= due {
+                    s.ask_peers_at = Some(now + cfg.failover_timeout);
+                    self.emit(Effect::AskPeersForNewerEpoch);
+                }
+                return;
+            }
         };
         let silent_for = now.saturating_sub(last);
         if !cfg.auto_failover || silent_for < cfg.failover_timeout || s.planned_until.is_some() {

@@ -487,8 +487,15 @@ fn auto_failover_off_means_no_promotion() {
 #[test]
 fn restarted_standby_without_contact_never_promotes() {
     let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
-    assert!(tick_until(&mut node, 100, 10_000).is_empty());
+    let effects = tick_until(&mut node, 100, 10_000);
+    assert!(only_asks_for_newer_epochs(&effects), "{effects:?}");
     assert_eq!(node.role(), RoleKind::Standby);
+}
+
+/// Whether a silent standby did nothing but ask its peers whether a newer
+/// epoch exists (no fence, no promotion).
+fn only_asks_for_newer_epochs(effects: &[Effect]) -> bool {
+    effects.iter().all(|e| *e == Effect::AskPeersForNewerEpoch)
 }
 
 #[test]
@@ -519,7 +526,8 @@ fn a_pause_longer_than_failover_timeout_costs_the_standby_its_eligibility() {
     // The process did not run from 100 ms to 5 s (SIGSTOP, stalled VM).
     let effects = node.step(t(5000), Event::Tick);
     assert!(effects.is_empty(), "{effects:?}");
-    assert!(tick_until(&mut node, 5100, 10_000).is_empty());
+    let effects = tick_until(&mut node, 5100, 10_000);
+    assert!(only_asks_for_newer_epochs(&effects), "{effects:?}");
     assert_eq!(node.role(), RoleKind::Standby);
     assert!(!node.is_eligible());
 }
@@ -2583,4 +2591,54 @@ fn a_rejoin_never_rewinds_to_an_unconfirmed_primary_while_our_log_holds_records(
         ),
         "{effects:?}"
     );
+}
+
+#[test]
+fn a_standby_no_primary_spoke_to_asks_its_peers_for_a_newer_epoch_and_takes_one_handed_to_it() {
+    // n2 was the primary of epoch 1 and handed over to us: it saved epoch
+    // 2 led by us and stopped, and we stopped too before its answer came.
+    // Restarted, it is a standby of epoch 2 and we one of epoch 1: no
+    // primary speaks to either.
+    let asks = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| **e == Effect::AskPeersForNewerEpoch)
+            .count()
+    };
+    let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(
+        asks(&tick_until(&mut node, 0, 900)),
+        0,
+        "not before failover_timeout of silence"
+    );
+    assert_eq!(
+        asks(&tick_until(&mut node, 1000, 2900)),
+        2,
+        "then once per failover_timeout"
+    );
+    let effects = node.step(
+        t(3000),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n1")),
+        },
+    );
+    assert!(
+        effects.contains(&Effect::PersistMeta {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n1")),
+            confirmed: true,
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+
+    // A standby its primary speaks to asks nothing.
+    let mut heard = standby_in_contact(cfg(), SyncState::Sync, t(0));
+    let mut effects = Vec::new();
+    for now in (100..3000).step_by(100) {
+        effects.extend(heard.step(t(now), heartbeat(1, "n2", 10, 10, SyncState::Sync)));
+        effects.extend(heard.step(t(now), Event::Tick));
+    }
+    assert_eq!(asks(&effects), 0, "{effects:?}");
 }

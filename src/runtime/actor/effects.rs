@@ -151,6 +151,7 @@ impl Actor {
                 tracing::info!("stepped down for the new primary; not rejoining while stopping");
             }
             Effect::StartRejoin { leader } => self.start_rejoin(leader),
+            Effect::AskPeersForNewerEpoch => self.ask_peers_for_newer_epoch(),
             Effect::Stop => self.stop_now = true,
             Effect::HandOver { to } => self.hand_over(to),
             Effect::Append {
@@ -259,6 +260,32 @@ impl Actor {
                     confirmed_last_lsn: confirmed,
                 }))
                 .await;
+        });
+    }
+
+    /// Carries out `Effect::AskPeersForNewerEpoch`: each peer is asked for
+    /// its log's history (the cheapest call that checks our epoch), beside
+    /// the actor. Only a stale-epoch refusal matters; any answer or other
+    /// failure says nothing new.
+    fn ask_peers_for_newer_epoch(&self) {
+        let header = self.header();
+        let peers: Vec<_> = std::iter::once(self.peer.clone())
+            .chain(self.peers.values().cloned())
+            .collect();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            for peer in peers {
+                if let Err(TransportError::StaleEpoch { epoch, leader }) =
+                    peer.history(header.clone()).await
+                {
+                    tracing::info!(%epoch, leader = ?leader.as_ref().map(|l| &l.id), "a peer holds a newer epoch");
+                    let leader = leader.map(|l| l.id);
+                    let _ = tx
+                        .send(Msg::Event(Event::HigherEpoch { epoch, leader }))
+                        .await;
+                    return;
+                }
+            }
         });
     }
 
