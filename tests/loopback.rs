@@ -1380,3 +1380,80 @@ async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_re
         pair.node(&b).engine().state_hash()
     );
 }
+
+/// The primary's machine crashes while its standby holds a record its own
+/// fsync had not covered yet (it streams before it syncs). Restarted, the
+/// primary writes other records under the same LSNs and epoch. The
+/// standby must drop the lost record rather than take the new ones after
+/// it: epochs alone cannot tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_a_restart() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::builder(mem_engine)
+        .commit_mode(CommitMode::Async)
+        .start()
+        .await
+        .unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
+    for i in 0..5 {
+        let cmd = put_cmd(&format!("k{i}"), "v");
+        pair.primary().replica().apply(cmd).await.unwrap();
+    }
+    // b must not take over while a is down and then cut off from it.
+    pair.node(&b)
+        .replica()
+        .set_failover_paused(true)
+        .await
+        .unwrap();
+    let base = pair.node(&a).replica().health().last_lsn;
+    pair.node(&a).mem_wal().unwrap().hold_syncs(true);
+    let writer = {
+        let replica = pair.node(&a).replica().clone();
+        tokio::spawn(async move { replica.apply(put_cmd("lost", "x")).await })
+    };
+    pair.node(&b)
+        .wait("b holds a record a has not made durable", |h| {
+            h.flushed_lsn > base
+        })
+        .await
+        .unwrap();
+    pair.kill(&a).await;
+    assert!(
+        writer.await.unwrap().is_err(),
+        "the lost record was never acknowledged"
+    );
+
+    // Restarted and cut off from b, a writes alone under the same LSNs.
+    pair.restart_with_link(&a, |link| link.set_cut(true))
+        .await
+        .unwrap();
+    pair.node(&a)
+        .wait("a is the primary again", |h| {
+            h.role == RoleKind::Primary && h.writable
+        })
+        .await
+        .unwrap();
+    let mut last = Lsn(0);
+    for i in 0..3 {
+        let cmd = put_cmd(&format!("new{i}"), "v");
+        last = pair.node(&a).replica().apply(cmd).await.unwrap().lsn;
+    }
+    assert_eq!(
+        last,
+        Lsn(base.0 + 3),
+        "a's new records took the lost one's place"
+    );
+    pair.set_link_cut(&a, false);
+    pair.node(&b)
+        .wait("b applied a's new records", |h| {
+            h.role == RoleKind::Standby && h.applied_lsn >= last
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.node(&b).engine().state_hash(),
+        pair.node(&a).engine().state_hash(),
+        "b's state is a's (it dropped the lost record and took the new ones)"
+    );
+}

@@ -75,6 +75,9 @@ pub(crate) struct PeerLog {
     pub last_lsn: Lsn,
     /// The peer says no node has confirmed it yet (`wiped_peer.rs`).
     pub unconfirmed: bool,
+    /// The peer restarted as primary with its log ending here, and has
+    /// not streamed to us since (`HistoryReply::restart_lsn`).
+    pub restart_lsn: Option<Lsn>,
 }
 
 /// What this node's own log and state machine hold, read by the runtime

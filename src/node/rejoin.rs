@@ -112,7 +112,20 @@ impl Node {
             self.emit(Effect::Rejoin(RejoinPlan::Wait));
             return;
         }
-        let point = divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
+        let mut point =
+            divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
+        if let Some(restart) = peer.restart_lsn
+            && restart < point
+        {
+            // The primary restarted with its log ending at `restart` and
+            // has not streamed to us since: our records after it may be
+            // ones it sent and then lost, while it wrote others under the
+            // same LSNs and epoch. Epochs cannot tell them apart; keep
+            // nothing after `restart` (what the primary does hold after it
+            // comes back in the stream).
+            tracing::warn!(%restart, divergence = %point, "rejoin: the primary restarted; keeping nothing after its log's end at the restart");
+            point = restart;
+        }
         let truncate_after = (ours.last_lsn > point).then_some(point);
         let resync = ours.applied > point
             || peer.first_lsn > point.next()

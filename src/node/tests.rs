@@ -1380,6 +1380,7 @@ fn a_forced_promotion_of_a_rejoining_node_waits_while_its_log_is_rewritten() {
                 first_lsn: Lsn(1),
                 last_lsn: Lsn(4),
                 unconfirmed: false,
+                restart_lsn: None,
             },
             ours: LocalLog {
                 history: history(&[(1, 1)]),
@@ -1641,6 +1642,7 @@ fn promoted_peer() -> PeerLog {
         first_lsn: Lsn(1),
         last_lsn: Lsn(6),
         unconfirmed: false,
+        restart_lsn: None,
     }
 }
 
@@ -2559,6 +2561,7 @@ fn a_rejoin_never_rewinds_to_an_unconfirmed_primary_while_our_log_holds_records(
         first_lsn: Lsn(1),
         last_lsn: Lsn(0),
         unconfirmed: true,
+        restart_lsn: None,
     };
     let (mut node, _) = new_node(cfg(), meta(1, "n2"), Lsn(5), Lsn(5), Lsn(9), t(0));
     node.step(t(1), Event::Opened { first_lsn: Lsn(1) });
@@ -2641,4 +2644,61 @@ fn a_standby_no_primary_spoke_to_asks_its_peers_for_a_newer_epoch_and_takes_one_
         effects.extend(heard.step(t(now), Event::Tick));
     }
     assert_eq!(asks(&effects), 0, "{effects:?}");
+}
+
+#[test]
+fn a_rejoin_keeps_nothing_after_a_restarted_primarys_log_end_at_its_restart() {
+    // Our 1..=5 match the primary's as far as epochs tell, but it
+    // restarted with its log ending at 3 and has not streamed to us since:
+    // our 4 and 5 may be ones it sent and lost, its own 4 and 5 others
+    // written since under the same epoch.
+    let peer = |restart_lsn| PeerLog {
+        epoch: Epoch(2),
+        role: RoleKind::Primary,
+        history: history(&[(1, 1), (2, 6)]),
+        first_lsn: Lsn(1),
+        last_lsn: Lsn(8),
+        unconfirmed: false,
+        restart_lsn,
+    };
+    let mut node = rejoining();
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: peer(Some(Lsn(3))),
+            ours: our_log(5),
+        },
+    );
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::Rejoin(RejoinPlan::Rewind {
+                truncate_after: Some(Lsn(3)),
+                resync: true,
+                ..
+            })]
+        ),
+        "{effects:?}"
+    );
+    // A primary that did not restart, or has streamed to us since: epochs
+    // decide, and nothing is dropped.
+    let mut node = rejoining();
+    let effects = node.step(
+        t(3),
+        Event::PeerLogFetched {
+            peer: peer(None),
+            ours: our_log(5),
+        },
+    );
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::Rejoin(RejoinPlan::Rewind {
+                truncate_after: None,
+                resync: false,
+                ..
+            })]
+        ),
+        "{effects:?}"
+    );
 }

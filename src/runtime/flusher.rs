@@ -101,13 +101,20 @@ fn spawn_one_at_a_time(
     super::tasks::spawn_watch_worker(appended, tx, failed, move |target| {
         let (wal, events) = (wal.clone(), events.clone());
         async move {
-            if wal.flushed_lsn() >= target && wal.flushed_lsn() >= wal.last_lsn() {
+            let before = wal.flushed_lsn();
+            if before >= target && before >= wal.last_lsn() {
                 return Ok(false);
             }
             let w = wal.clone();
             let flushed = super::tasks::run_blocking(wal.may_block(), move || w.sync())
                 .await?
                 .map_err(|e| format!("WAL fsync failed: {e}"))?;
+            if flushed <= before {
+                // Nothing more is durable (a disk whose fsync has not come
+                // back, as a test's `MemWal::hold_syncs` pretends): wait
+                // for the next append instead of asking again at once.
+                return Ok(false);
+            }
             let sent = events
                 .send(Msg::Event(Event::LocalFlushed { lsn: flushed }))
                 .await;

@@ -86,6 +86,7 @@ mod incoming;
 mod metrics;
 mod rejoin;
 mod replica;
+mod restart_point;
 mod snapshots;
 mod streamer;
 mod tasks;

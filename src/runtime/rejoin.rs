@@ -207,6 +207,7 @@ async fn attempt_rejoin(
         first_lsn: theirs.first_lsn,
         last_lsn: theirs.last_lsn,
         unconfirmed: theirs.unconfirmed,
+        restart_lsn: theirs.restart_lsn,
     };
     if ctx.tx.send(Msg::RejoinPlan { peer, reply }).await.is_err() {
         return Ok(None);

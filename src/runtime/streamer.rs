@@ -3,6 +3,7 @@
 //! after every reconnect, with capped exponential backoff.
 
 use super::Msg;
+use super::restart_point::RestartPoint;
 use crate::config::Config;
 use crate::error::TransportError;
 use crate::node::{Event, StandbyPositions};
@@ -30,6 +31,9 @@ pub(super) struct Ctx {
     /// The heartbeats reach the standby again: retry without waiting out
     /// the backoff (a restarted standby is streamed to at once).
     pub reachable_again: Arc<Notify>,
+    /// We restarted as the primary of our epoch: where our log ended then
+    /// (see `restart_point.rs`).
+    pub restart_point: Option<Arc<RestartPoint>>,
     pub cancel: CancellationToken,
 }
 
@@ -176,6 +180,18 @@ async fn session(ctx: &mut Ctx) -> End {
         start.flushed,
         ctx.wal.epoch_at(start.flushed).unwrap_or(Epoch::ZERO),
     );
+    let restart = ctx.restart_point.clone();
+    let lost_records = restart
+        .as_ref()
+        .is_some_and(|r| r.holds_lost_records(&ctx.standby, start.written));
+    if let Some(r) = restart.as_ref().filter(|_| lost_records) {
+        // It holds records past where our log ended at our restart, sent
+        // before it and lost by us: epochs cannot tell them from the ones
+        // we wrote since. A position it cannot match makes it rejoin, and
+        // our history answer tells it to keep nothing after the point.
+        tracing::warn!(peer = %ctx.standby, standby_last = %start.written, restart_lsn = %r.lsn(), "the standby holds records past our log's end at our restart (lost here before they were durable); it must rewind to that point");
+        prev = (start.written, Epoch::ZERO);
+    }
     tracing::info!(peer = %ctx.standby, from = %next, "streaming WAL to standby");
     let probe = batch(ctx, prev, Vec::new());
     if batches.send(probe).await.is_err() {
@@ -262,6 +278,11 @@ async fn session(ctx: &mut Ctx) -> End {
                     );
                 }
                 Some(Ok(ack)) => {
+                    if !progressed && !lost_records && let Some(r) = &restart {
+                        // Our first batch (the probe) was accepted: what it
+                        // holds from now on came from this life.
+                        r.reached_by_stream(&ctx.standby);
+                    }
                     while in_flight.front().is_some_and(|(l, _)| *l <= ack.written) {
                         let (_, bytes) = in_flight.pop_front().expect("checked above");
                         in_flight_bytes -= bytes;

@@ -571,6 +571,13 @@ impl<S> PairNode<S> {
         &self.running().wal
     }
 
+    /// The node's WAL as the `MemWal` it is ([`PairWal::Mem`], the
+    /// default), for its fault knobs; `None` on files. Panics if the node
+    /// is not running.
+    pub fn mem_wal(&self) -> Option<&Arc<MemWal>> {
+        self.running().mem.as_ref()
+    }
+
     /// The node's link to its peer (its faults, its snapshot requests).
     /// Panics if the node is not running.
     pub fn link(&self) -> &Arc<Link> {

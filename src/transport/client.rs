@@ -296,6 +296,7 @@ impl Peer for GrpcPeer {
             first_lsn: Lsn(r.first_lsn),
             role: convert::role_from_pb(r.role).map_err(bad_reply)?,
             unconfirmed: r.unconfirmed,
+            restart_lsn: r.restart_lsn.map(Lsn),
         })
     }
 

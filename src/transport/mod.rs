@@ -169,6 +169,11 @@ pub struct HistoryReply {
     pub role: RoleKind,
     /// It is a primary no peer has confirmed yet (its persisted meta).
     pub unconfirmed: bool,
+    /// A primary that restarted in its epoch, answering a node it has not
+    /// streamed to since: where its log ended at the restart. Records the
+    /// asker holds after it may be ones the primary lost (sent, not yet
+    /// durable) and wrote otherwise since, under the same `(lsn, epoch)`.
+    pub restart_lsn: Option<Lsn>,
 }
 
 /// The receiver's state, for a switchover.

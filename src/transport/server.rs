@@ -455,6 +455,7 @@ impl Replication for ReplicationService {
             first_lsn: h.first_lsn.0,
             role: convert::role_to_pb(h.role),
             unconfirmed: h.unconfirmed,
+            restart_lsn: h.restart_lsn.map(|l| l.0),
         }))
     }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct MemWal {
     inner: Mutex<Inner>,
     fail_sync: AtomicBool,
+    hold_sync: AtomicBool,
     fail_append: AtomicBool,
     fail_meta: AtomicBool,
     blocking: AtomicBool,
@@ -81,6 +82,13 @@ impl MemWal {
         self.fail_sync.store(fail, Ordering::SeqCst);
     }
 
+    /// Holds every later `sync` back (`true`): it makes nothing more durable
+    /// and reports the flushed LSN as it was, as a disk whose fsync has not
+    /// come back yet. What it held back is lost in a `crash`.
+    pub fn hold_syncs(&self, hold: bool) {
+        self.hold_sync.store(hold, Ordering::SeqCst);
+    }
+
     /// Makes every later `append` fail with an I/O error.
     pub fn fail_appends(&self, fail: bool) {
         self.fail_append.store(fail, Ordering::SeqCst);
@@ -125,7 +133,7 @@ impl WalStore for MemWal {
     fn sync(&self) -> Result<Lsn, WalError> {
         let mut inner = self.inner.lock().unwrap();
         inner.check_poison()?;
-        if inner.flushed == inner.last_lsn() {
+        if inner.flushed == inner.last_lsn() || self.hold_sync.load(Ordering::SeqCst) {
             return Ok(inner.flushed);
         }
         self.syncs.fetch_add(1, Ordering::SeqCst);

@@ -95,6 +95,11 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
+                if from == RoleKind::Primary {
+                    // Primary again later means a new epoch, whose records
+                    // are all of this life.
+                    self.restart_point = None;
+                }
                 if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)
                     && matches!(to, RoleKind::Promoting | RoleKind::Primary)
                 {
@@ -269,9 +274,7 @@ impl Actor {
     /// failure says nothing new.
     fn ask_peers_for_newer_epoch(&self) {
         let header = self.header();
-        let peers: Vec<_> = std::iter::once(self.peer.clone())
-            .chain(self.peers.values().cloned())
-            .collect();
+        let peers: Vec<_> = self.peers.values().cloned().collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             for peer in peers {
@@ -442,6 +445,7 @@ impl Actor {
                 last_lsn: self.last_lsn_tx.subscribe(),
                 header: self.header(),
                 reachable_again: reachable_again.clone(),
+                restart_point: self.restart_point.clone(),
                 cancel: cancel.child_token(),
             }));
             handles.push(heartbeat::spawn(heartbeat::Ctx {

@@ -22,7 +22,7 @@ mod writes;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom, RequestIndex};
+use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom, RequestIndex, RoleKind};
 use crate::replicator::Health;
 use crate::runtime::{Metrics, Msg, flusher};
 use crate::state_machine::StateMachine;
@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::runtime::restart_point::RestartPoint;
 use crate::runtime::tasks::Tasks;
 pub(crate) use health::placeholder_health;
 use receive::Session;
@@ -139,6 +140,9 @@ struct Actor {
     handing_over_to: Option<NodeId>,
     /// The node decided to stop (`Effect::Stop`, or the handover ended).
     stop_now: bool,
+    /// A node that started as the primary of its epoch: where its log
+    /// ended then, for as long as it stays that primary.
+    restart_point: Option<Arc<RestartPoint>>,
 }
 
 pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle<()>)> {
@@ -216,7 +220,11 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         handing_over: false,
         handing_over_to: None,
         stop_now: false,
+        restart_point: None,
     };
+    if actor.node.role() == RoleKind::Primary {
+        actor.restart_point = Some(Arc::new(RestartPoint::new(last)));
+    }
     tracing::info!(
         node = %actor.cfg.node_id,
         role = %actor.node.role(),

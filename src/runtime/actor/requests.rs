@@ -25,7 +25,11 @@ pub(super) enum Answering {
         session: u64,
         primary_last_lsn: Lsn,
     },
-    History(oneshot::Sender<std::result::Result<HistoryReply, Refusal>>),
+    /// A history request from `asker`.
+    History {
+        asker: crate::types::NodeId,
+        reply: oneshot::Sender<std::result::Result<HistoryReply, Refusal>>,
+    },
     Snapshot(oneshot::Sender<std::result::Result<crate::runtime::PendingSnapshot, Refusal>>),
     Fence(oneshot::Sender<Result<()>>),
     Rejoin(oneshot::Sender<RejoinPlan>),
@@ -153,7 +157,10 @@ impl Actor {
             Inbound::History { header, reply } => {
                 self.note_peer_client_addr(&header);
                 self.answer_with(
-                    Answering::History(reply),
+                    Answering::History {
+                        asker: header.node_id.clone(),
+                        reply,
+                    },
                     Event::HistoryRequested { header },
                 );
             }
@@ -341,7 +348,7 @@ impl Actor {
                     self.end_session(session, r);
                 }
             },
-            Answering::History(reply) => {
+            Answering::History { asker, reply } => {
                 let r = match result {
                     Ok(()) => Ok(HistoryReply {
                         epoch: self.node.epoch(),
@@ -350,6 +357,7 @@ impl Actor {
                         first_lsn: self.wal.first_lsn(),
                         role: self.node.role(),
                         unconfirmed: !self.wal.meta().confirmed,
+                        restart_lsn: self.restart_point.as_ref().and_then(|r| r.told_to(&asker)),
                     }),
                     Err((kind, message)) => Err(self.refusal(kind, message)),
                 };

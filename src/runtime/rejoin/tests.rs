@@ -595,6 +595,7 @@ fn answering_as(role: crate::node::RoleKind, epoch: u64) -> Arc<dyn Peer> {
             first_lsn: Lsn(1),
             role,
             unconfirmed: false,
+            restart_lsn: None,
         })
     });
     Arc::new(peer)
@@ -686,6 +687,7 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
             first_lsn: Lsn(5),
             role: crate::node::RoleKind::Primary,
             unconfirmed: false,
+            restart_lsn: None,
         })
     });
     peer.expect_fetch_snapshot()
