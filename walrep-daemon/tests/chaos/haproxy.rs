@@ -1,10 +1,12 @@
 //! Real HAProxy (the shipped `deploy/haproxy/haproxy.cfg`, rendered with
 //! this pair's ports) in front of the pair: a SIGKILL of the primary, its
-//! restart, then a planned switchover, all under writes through HAProxy's
+//! restart, a planned switchover, then a planned restart of the primary
+//! (SIGTERM: it hands over first), all under writes through HAProxy's
 //! write frontend. No acknowledged write is lost, writes succeed again
-//! after each event, and the switchover passes no refusal of a node (503
-//! `not_primary`, `fenced`, `unavailable`) to clients: the demoted node
-//! holds them until HAProxy sees the new primary, which they are resent to.
+//! after each event, and neither the switchover nor the planned restart
+//! passes a refusal of a node (503 `not_primary`, `fenced`, `unavailable`)
+//! to clients: the demoted node holds them until HAProxy sees the new
+//! primary, and HAProxy resends what a stopped node refused to connect.
 
 use crate::daemon_support::*;
 use crate::harness::*;
@@ -20,7 +22,8 @@ const WRITERS: usize = 8;
 const RATE: f64 = 50.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_passes_no_refusal_to_clients() {
+async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_or_planned_restart_passes_no_refusal_to_clients()
+ {
     let Some(binary) = find_haproxy() else {
         eprintln!(
             "SKIPPED: haproxy not installed (WALREP_HAPROXY names no file, or none in /usr/sbin, /usr/local/sbin, /usr/bin)"
@@ -72,34 +75,56 @@ async fn haproxy_fails_writes_over_on_a_crash_and_a_switchover_passes_no_refusal
         .await
         .expect("writes succeed through HAProxy after the switchover")
         .ended;
+
+    // A planned restart of n1: SIGTERM, as `docker stop` sends. It hands
+    // over to n2 before it stops, then starts again as n2's standby.
+    let terminated = Instant::now();
+    tokio::task::block_in_place(|| c.nodes[0].terminate(WAIT));
+    let took_over = c.wait_primary(1).await;
+    let restart_settled = writers
+        .acks_after(terminated, took_over.epoch, 100, WAIT)
+        .await
+        .expect("writes succeed through HAProxy after the planned restart")
+        .ended;
+    c.nodes[0].spawn().expect("walrep restarts");
+    c.wait_rejoined(0, took_over.epoch).await;
     let written = writers.stop().await;
     lb.stop();
 
     let kill_errors = count_errors(&in_flight_during(&written, killed, after_kill.ended));
     let switch_writes = in_flight_during(&written, asked, settled);
     let switch_errors = count_errors(&switch_writes);
+    let restart_writes = in_flight_during(&written, terminated, restart_settled);
+    let restart_errors = count_errors(&restart_writes);
     let acked = written.iter().filter(|w| w.acked_epoch().is_some()).count();
     println!(
-        "haproxy: {} writes, {acked} acknowledged; errors at the kill: {}; at the switchover ({} writes): {}; all: {}",
+        "haproxy: {} writes, {acked} acknowledged; errors at the kill: {}; at the switchover ({} writes): {}; at the planned restart ({} writes): {}; all: {}",
         written.len(),
         counts_text(&kill_errors),
         switch_writes.len(),
         counts_text(&switch_errors),
+        restart_writes.len(),
+        counts_text(&restart_errors),
         counts_text(&count_errors(&written)),
     );
 
-    let lost = lost_writes(&c.http[0], &written).await.unwrap();
+    let lost = lost_writes(&c.http[1], &written).await.unwrap();
     assert!(
         lost.is_empty(),
-        "{} acknowledged writes missing or different on the final primary n1, e.g. {:?}",
+        "{} acknowledged writes missing or different on the final primary n2, e.g. {:?}",
         lost.len(),
         &lost[..lost.len().min(5)]
     );
-    for refusal in ["not_primary", "fenced", "unavailable"] {
-        assert!(
-            !switch_errors.keys().any(|k| k.ends_with(refusal)),
-            "the switchover passed {refusal} to clients through HAProxy: {}",
-            counts_text(&switch_errors)
-        );
+    for (what, errors) in [
+        ("the switchover", &switch_errors),
+        ("the planned restart", &restart_errors),
+    ] {
+        for refusal in ["not_primary", "fenced", "unavailable"] {
+            assert!(
+                !errors.keys().any(|k| k.ends_with(refusal)),
+                "{what} passed {refusal} to clients through HAProxy: {}",
+                counts_text(errors)
+            );
+        }
     }
 }
