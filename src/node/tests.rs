@@ -94,6 +94,14 @@ fn planned_promote(from: PromoteFrom) -> Event {
     Event::PromoteRequested { force: false, from }
 }
 
+/// A promotion asked with force over the RPC.
+fn forced_promote() -> Event {
+    Event::PromoteRequested {
+        force: true,
+        from: PromoteFrom::Rpc,
+    }
+}
+
 /// A standby of n2 at epoch 1 that has heard from the primary at `at`.
 fn standby_in_contact(cfg: Config, sync: SyncState, at: Time) -> Node {
     let (mut node, effects) = new_node(cfg, meta(1, "n2"), Lsn(10), Lsn(10), Lsn(10), t(0));
@@ -367,13 +375,7 @@ fn a_forced_promotion_of_an_unconfirmed_primary_takes_a_new_epoch_and_fences_the
         matches!(&effects[..], [Effect::ReplyPromote(Err(why))] if why.contains("force")),
         "{effects:?}"
     );
-    let effects = node.step(
-        t(2),
-        Event::PromoteRequested {
-            force: true,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let effects = node.step(t(2), forced_promote());
     assert_eq!(
         effects,
         vec![
@@ -1351,10 +1353,7 @@ fn rejoining_node() -> Node {
 
 #[test]
 fn a_forced_promotion_of_a_rejoining_node_waits_while_its_log_is_rewritten() {
-    let force = Event::PromoteRequested {
-        force: true,
-        from: PromoteFrom::Rpc,
-    };
+    let force = forced_promote();
     // Still waiting for the primary: nothing of ours changed, so the
     // operator's force goes ahead (the runtime ends the rejoin).
     let mut waiting = rejoining_node();
@@ -1546,13 +1545,7 @@ fn a_standby_whose_epoch_cannot_be_raised_neither_promotes_nor_is_promoted() {
             .any(|e| matches!(e, Effect::PersistMeta { .. } | Effect::SendFence { .. })),
         "{silent:?}"
     );
-    let forced = node.step(
-        t(3100),
-        Event::PromoteRequested {
-            force: true,
-            from: PromoteFrom::Rpc,
-        },
-    );
+    let forced = node.step(t(3100), forced_promote());
     assert!(
         matches!(&forced[..], [Effect::ReplyPromote(Err(msg))] if msg.contains("cannot be raised")),
         "{forced:?}"
@@ -2531,13 +2524,7 @@ fn a_node_whose_state_does_not_fit_its_wal_is_never_promoted_even_by_force() {
                 applied: Lsn(9),
             },
         );
-        let effects = node.step(
-            t(5),
-            Event::PromoteRequested {
-                force: true,
-                from: PromoteFrom::Rpc,
-            },
-        );
+        let effects = node.step(t(5), forced_promote());
         assert!(
             effects
                 .iter()
