@@ -114,7 +114,10 @@ impl Node {
         }
         let mut point =
             divergence_point(&ours.history, ours.last_lsn, &peer.history, peer.last_lsn);
-        if let Some(restart) = peer.restart_lsn
+        // Only our WAL's records can be lost ones: a state restored from a
+        // snapshot (our log begins after it) never holds a record its
+        // primary had not made durable.
+        if let Some(restart) = peer.restart_lsn.map(|r| r.max(ours.first_lsn.prev()))
             && restart < point
         {
             // The primary restarted with its log ending at `restart` and

@@ -49,11 +49,14 @@ impl RestartPoint {
         (!self.reached(asker)).then_some(self.lsn)
     }
 
-    /// Whether `standby`, whose log ends at `written`, holds records this
-    /// primary may have lost: past the restart point, with no stream of
-    /// this life to it yet.
-    pub(crate) fn holds_lost_records(&self, standby: &NodeId, written: Lsn) -> bool {
-        written > self.lsn && !self.reached(standby)
+    /// Whether `standby`, whose log keeps `first..=written`, holds records
+    /// this primary may have lost: past the restart point, with no stream
+    /// of this life to it yet. A log holding nothing (restored from a
+    /// snapshot, which never holds a record its primary had not made
+    /// durable) holds none; `first` 0 (an older standby) counts as
+    /// holding records.
+    pub(crate) fn holds_lost_records(&self, standby: &NodeId, first: Lsn, written: Lsn) -> bool {
+        written > self.lsn && first <= written && !self.reached(standby)
     }
 
     /// A stream of this life reached `standby`.
@@ -75,15 +78,26 @@ mod tests {
         let point = RestartPoint::new(Lsn(18));
         let b = NodeId::from("b");
         assert!(
-            !point.holds_lost_records(&b, Lsn(18)),
+            !point.holds_lost_records(&b, Lsn(1), Lsn(18)),
             "nothing past the point"
         );
-        assert!(point.holds_lost_records(&b, Lsn(20)));
+        assert!(point.holds_lost_records(&b, Lsn(1), Lsn(20)));
+        assert!(
+            point.holds_lost_records(&b, Lsn::ZERO, Lsn(20)),
+            "an older standby"
+        );
+        assert!(
+            !point.holds_lost_records(&b, Lsn(31), Lsn(30)),
+            "a log restored from a snapshot at 30 holds no record"
+        );
         assert_eq!(point.told_to(&b), Some(Lsn(18)));
         point.reached_by_stream(&b);
-        assert!(!point.holds_lost_records(&b, Lsn(20)), "sent by this life");
+        assert!(
+            !point.holds_lost_records(&b, Lsn(1), Lsn(20)),
+            "sent by this life"
+        );
         assert_eq!(point.told_to(&b), None);
         let c = NodeId::from("c");
-        assert!(point.holds_lost_records(&c, Lsn(19)), "per standby");
+        assert!(point.holds_lost_records(&c, Lsn(1), Lsn(19)), "per standby");
     }
 }

@@ -183,7 +183,7 @@ async fn session(ctx: &mut Ctx) -> End {
     let restart = ctx.restart_point.clone();
     let lost_records = restart
         .as_ref()
-        .is_some_and(|r| r.holds_lost_records(&ctx.standby, start.written));
+        .is_some_and(|r| r.holds_lost_records(&ctx.standby, start.first, start.written));
     if let Some(r) = restart.as_ref().filter(|_| lost_records) {
         // It holds records past where our log ended at our restart, sent
         // before it and lost by us: epochs cannot tell them from the ones

@@ -697,6 +697,7 @@ async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeou
         flushed: last.lsn,
         applied: Lsn::ZERO,
         flushed_epoch: last.epoch,
+        first: Lsn(1),
     });
     let engine = Arc::new(MemStateMachine::new());
     engine.hold_applies();
@@ -984,6 +985,7 @@ async fn an_ack_from_a_higher_epoch_is_not_standby_progress_and_fences_the_prima
         flushed: Lsn(100),
         applied: Lsn(100),
         flushed_epoch: Epoch(2),
+        first: Lsn(1),
     });
     peer.expect_history()
         .returning(|_| Err(TransportError::Unreachable("down".into())));

@@ -205,6 +205,7 @@ impl Peer for GrpcPeer {
                 flushed_lsn: r.flushed_lsn,
                 applied_lsn: r.applied_lsn,
                 flushed_epoch: r.flushed_epoch,
+                first_lsn: 0,
             })
             .map_err(bad_reply)?,
             role: convert::role_from_pb(r.role).map_err(bad_reply)?,

@@ -261,19 +261,21 @@ pub fn ack_to_pb(a: &WalAck) -> pb::WalAck {
         flushed_lsn: a.flushed.0,
         applied_lsn: a.applied.0,
         flushed_epoch: a.flushed_epoch.0,
+        first_lsn: a.first.0,
     }
 }
 
 pub fn ack_from_pb(a: pb::WalAck) -> Result<WalAck, Malformed> {
     // The primary counts on from these positions (`flushed + 1` is where
     // the standby's next record is); no log reaches past `Lsn::MAX`.
-    if a.written_lsn > Lsn::MAX.0 {
+    if a.written_lsn > Lsn::MAX.0 || a.first_lsn > a.written_lsn.saturating_add(1) {
         return Err(malformed(
             "ack",
             format!(
-                "written_lsn {} is beyond the largest LSN {}",
+                "written_lsn {} is beyond the largest LSN {}, or first_lsn {} past it",
                 a.written_lsn,
-                Lsn::MAX
+                Lsn::MAX,
+                a.first_lsn
             ),
         ));
     }
@@ -292,6 +294,7 @@ pub fn ack_from_pb(a: pb::WalAck) -> Result<WalAck, Malformed> {
         flushed: Lsn(a.flushed_lsn),
         applied: Lsn(a.applied_lsn),
         flushed_epoch: Epoch(a.flushed_epoch),
+        first: Lsn(a.first_lsn),
     })
 }
 
@@ -469,6 +472,7 @@ mod tests {
             flushed_lsn: u64::MAX,
             applied_lsn: 0,
             flushed_epoch: 1,
+            first_lsn: 1,
         };
         let err = ack_from_pb(ack).unwrap_err();
         assert!(err.detail.contains("beyond the largest LSN"), "{err}");
@@ -692,6 +696,7 @@ mod tests {
                 flushed in lsn(),
                 applied in lsn(),
                 flushed_epoch in any::<u64>(),
+                first in lsn(),
             ) {
                 let a = pb::WalAck {
                     epoch,
@@ -699,11 +704,13 @@ mod tests {
                     flushed_lsn: flushed,
                     applied_lsn: applied,
                     flushed_epoch,
+                    first_lsn: first,
                 };
                 match ack_from_pb(a) {
                     Ok(ack) => {
                         prop_assert!(ack.applied <= ack.flushed && ack.flushed <= ack.written);
                         prop_assert!(ack.written <= Lsn::MAX);
+                        prop_assert!(ack.first <= ack.written.next());
                         prop_assert_eq!(ack_to_pb(&ack), a);
                     }
                     Err(m) => prop_assert_eq!(m.what, "ack"),

@@ -83,6 +83,9 @@ pub struct WalAck {
     pub applied: Lsn,
     /// The epoch of the record at `flushed`.
     pub flushed_epoch: Epoch,
+    /// The oldest record its WAL keeps (`written + 1` when it holds none);
+    /// `Lsn::ZERO` when not known (an older node, a heartbeat's answer).
+    pub first: Lsn,
 }
 
 /// The primary's heartbeat.

@@ -110,6 +110,7 @@ impl Actor {
             flushed,
             applied: self.node.applied_lsn().min(flushed),
             flushed_epoch: self.wal.epoch_at(flushed).unwrap_or(Epoch::ZERO),
+            first: self.wal.first_lsn(),
         }
     }
 
