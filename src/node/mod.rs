@@ -718,7 +718,7 @@ impl Node {
         }
     }
 
-    fn on_higher_epoch(&mut self, epoch: Epoch, leader: Option<NodeId>) {
+    fn on_higher_epoch(&mut self, epoch: Epoch, mut leader: Option<NodeId>) {
         if epoch <= self.epoch {
             return;
         }
@@ -729,6 +729,22 @@ impl Node {
             return;
         }
         let me = &self.cfg.node_id;
+        // Only a switchover hands us an epoch: the old primary fenced
+        // itself for us, after we flushed all it had, and its answer was
+        // lost. That epoch is our next one, and we were in the one before.
+        // A peer naming us the leader of any other (a node of epoch 0, say:
+        // we led that epoch, then lost our data directory and were started
+        // again) is no such evidence: taking it would make an empty log the
+        // primary's, and the peer would rewind every record to it.
+        let handed_to_us = epoch == self.epoch.next() && self.epoch > Epoch::ZERO;
+        if leader.as_ref() == Some(me) && !handed_to_us {
+            tracing::warn!(
+                %epoch,
+                ours = %self.epoch,
+                "a peer names this node the leader of an epoch nobody handed it (it led that epoch before losing its data directory?); adopting the epoch without a leader"
+            );
+            leader = None;
+        }
         if leader.as_ref() == Some(me) {
             // The old primary fenced itself for us (a switchover whose reply
             // was lost): it stopped after we flushed all it had, so taking

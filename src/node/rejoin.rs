@@ -105,7 +105,7 @@ impl Node {
                     node = %self.cfg.node_id,
                     epoch = %peer.epoch,
                     last_lsn = %ours.last_lsn,
-                    "rejoin: the primary found was started on a fresh data directory (no node confirmed it), but this node holds records up to {} that a confirmed primary wrote; not rewinding to its empty log. Empty that node's data directory again and start it as a standby (it then copies this node's data), or `promote --force` this node; never force the other",
+                    "rejoin: the primary found was started on a fresh data directory (no node confirmed it), but this node holds records up to {} that a confirmed primary wrote; not rewinding to its empty log. `promote --force` this node (it says so if its own state cannot serve), then start the other on an empty data directory as its standby, which copies this node's data; never force the other",
                     ours.last_lsn
                 );
             }

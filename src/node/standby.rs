@@ -395,7 +395,7 @@ impl Node {
                 Epoch::MAX
             )))),
             Role::Rejoining { rewriting: true } if force => self.emit(Effect::ReplyPromote(Err(
-                "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it (if the primary is gone for good, restart this node: its rejoin then waits for a plan again, and may be forced)".into(),
+                "this node is rewinding or resyncing its log from the primary; a promotion now would take a half-rewritten log: wait until it is a standby, then promote it (if the primary is gone for good, restart this node: its rejoin then waits for a plan again, and may be forced, unless the rewind already left its state ahead of its log, which only a resync mends)".into(),
             ))),
             _ if let Some(misfit) = &self.state_misfit => {
                 let msg = format!(

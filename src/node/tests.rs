@@ -2689,3 +2689,36 @@ fn a_rejoin_keeps_nothing_after_a_restarted_primarys_log_end_at_its_restart() {
         "{effects:?}"
     );
 }
+
+#[test]
+fn a_node_started_on_an_empty_directory_never_takes_an_epoch_a_peer_says_it_led() {
+    // n1 led epoch 3, lost its data directory and was started as a standby
+    // (epoch 0, empty log). n2, its standby holding every record, names n1
+    // as epoch 3's leader: in its history request, and in its refusal of
+    // n1's own. Taking that epoch would make n1's empty log the primary's.
+    let me = NodeId::from("n1");
+    for event in [
+        Event::HigherEpoch {
+            epoch: Epoch(3),
+            leader: Some(me.clone()),
+        },
+        Event::HistoryRequested {
+            header: Header {
+                leader_id: Some(me.clone()),
+                ..header(3, "n2")
+            },
+        },
+    ] {
+        let (mut node, _) = new_node(cfg(), WalMeta::default(), Lsn(0), Lsn(0), Lsn(0), t(0));
+        let effects = node.step(t(1), event);
+        assert!(
+            !effects.iter().any(|e| matches!(
+                e,
+                Effect::PersistMeta { leader: Some(l), .. } if *l == me
+            )),
+            "{effects:?}"
+        );
+        assert_eq!(node.role(), RoleKind::Standby);
+        assert_eq!((node.epoch(), node.leader()), (Epoch(3), None));
+    }
+}
