@@ -1456,4 +1456,18 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
         pair.node(&a).engine().state_hash(),
         "b's state is a's (it dropped the lost record and took the new ones)"
     );
+    // b had applied the lost record, so it resynced from a's snapshot,
+    // once: the stream that followed reached it, and the next write comes
+    // by that stream, not by another rejoin.
+    let more = pair
+        .node(&a)
+        .replica()
+        .apply(put_cmd("more", "v"))
+        .await
+        .unwrap();
+    pair.node(&b)
+        .wait("b applied a's next write", |h| h.applied_lsn >= more.lsn)
+        .await
+        .unwrap();
+    assert_eq!(pair.node(&b).engine().restores(), 1);
 }
