@@ -1471,3 +1471,73 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
         .unwrap();
     assert_eq!(pair.node(&b).engine().restores(), 1);
 }
+
+/// The mirror of the case above: the standby promoted with the record the
+/// primary lost, and the primary, restarted and cut off, wrote others
+/// under the same LSNs and epoch before it learnt of the new epoch. Its
+/// rejoin must drop them, though epochs say both logs agree there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
+    for i in 0..5 {
+        let cmd = put_cmd(&format!("k{i}"), "v");
+        pair.primary().replica().apply(cmd).await.unwrap();
+    }
+    let base = pair.node(&a).replica().health().last_lsn;
+    pair.node(&a).mem_wal().unwrap().hold_syncs(true);
+    let lost = {
+        let replica = pair.node(&a).replica().clone();
+        tokio::spawn(async move { replica.apply(put_cmd("lost", "x")).await })
+    };
+    pair.node(&b)
+        .wait("b holds a record a has not made durable", |h| {
+            h.flushed_lsn > base
+        })
+        .await
+        .unwrap();
+    let promoted = pair.failover().await.unwrap();
+    assert_eq!(promoted, b);
+    assert!(lost.await.unwrap().is_err(), "never acknowledged");
+
+    // a restarts cut off from b both ways, and takes two writes it
+    // appends at the LSNs of the record it lost and the one after.
+    pair.set_link_cut(&b, true);
+    pair.restart_with_link(&a, |link| link.set_cut(true))
+        .await
+        .unwrap();
+    let writes: Vec<_> = (0..2)
+        .map(|i| {
+            let replica = pair.node(&a).replica().clone();
+            tokio::spawn(async move { replica.apply(put_cmd(&format!("new{i}"), "v")).await })
+        })
+        .collect();
+    pair.node(&a)
+        .wait("a appended both", |h| h.last_lsn >= Lsn(base.0 + 2))
+        .await
+        .unwrap();
+    pair.set_link_cut(&a, false);
+    pair.set_link_cut(&b, false);
+    for w in writes {
+        let _ = w.await.unwrap();
+    }
+    let next = pair
+        .node(&b)
+        .replica()
+        .apply(put_cmd("after", "v"))
+        .await
+        .unwrap();
+    pair.node(&a)
+        .wait("a rejoined b and applied its write", |h| {
+            h.role == RoleKind::Standby && h.applied_lsn >= next.lsn
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.node(&a).engine().state_hash(),
+        pair.node(&b).engine().state_hash(),
+        "a's state is b's (it dropped what it wrote over the lost record)"
+    );
+}

@@ -93,6 +93,11 @@ pub(crate) struct LocalLog {
     /// Where the state machine is (it may be ahead of what the node was
     /// told through `Event::Applied`).
     pub applied: Lsn,
+    /// This node started as the primary with its log ending here and has
+    /// not rejoined since: what its log holds after it was written in this
+    /// life, and a peer holding records under the same LSNs and epoch may
+    /// hold ones this node sent before and lost (`restart_point.rs`).
+    pub restarted_at: Option<Lsn>,
 }
 
 /// How a rejoining node makes its log a prefix of the primary's (G4).

@@ -129,6 +129,16 @@ impl Node {
             tracing::warn!(%restart, divergence = %point, "rejoin: the primary restarted; keeping nothing after its log's end at the restart");
             point = restart;
         }
+        if let Some(restart) = ours.restarted_at
+            && restart < point
+        {
+            // The mirror case: we restarted as the primary and wrote
+            // records after our log's end then, which the peer may hold
+            // others under (ones we sent before and lost, it kept, and it
+            // promoted with). Our records after it go to `rewound/`.
+            tracing::warn!(%restart, divergence = %point, "rejoin: this node wrote records since its restart as primary; keeping nothing after its log's end at the restart");
+            point = restart;
+        }
         let truncate_after = (ours.last_lsn > point).then_some(point);
         let resync = ours.applied > point
             || peer.first_lsn > point.next()

@@ -1386,6 +1386,7 @@ fn a_forced_promotion_of_a_rejoining_node_waits_while_its_log_is_rewritten() {
                 first_lsn: Lsn(1),
                 last_lsn: Lsn(3),
                 applied: Lsn(2),
+                restarted_at: None,
             },
         },
     );
@@ -1645,6 +1646,7 @@ fn our_log(applied: u64) -> LocalLog {
         first_lsn: Lsn(1),
         last_lsn: Lsn(5),
         applied: Lsn(applied),
+        restarted_at: None,
     }
 }
 
@@ -2720,5 +2722,37 @@ fn a_node_started_on_an_empty_directory_never_takes_an_epoch_a_peer_says_it_led(
         );
         assert_eq!(node.role(), RoleKind::Standby);
         assert_eq!((node.epoch(), node.leader()), (Epoch(3), None));
+    }
+}
+
+#[test]
+fn a_rejoin_of_a_node_that_wrote_since_its_restart_as_primary_keeps_nothing_after_that_point() {
+    // We restarted as the primary with our log ending at 3 and wrote 4 and
+    // 5 since; the peer's 4 and 5 (same epoch) may be ones we sent before
+    // the restart and lost, with which it promoted.
+    let peer = PeerLog {
+        history: history(&[(1, 1), (2, 6)]),
+        last_lsn: Lsn(8),
+        ..promoted_peer()
+    };
+    for (restarted_at, truncate_after) in [(Some(Lsn(3)), Some(Lsn(3))), (None, None)] {
+        let mut node = rejoining();
+        let effects = node.step(
+            t(3),
+            Event::PeerLogFetched {
+                peer: peer.clone(),
+                ours: LocalLog {
+                    restarted_at,
+                    ..our_log(3)
+                },
+            },
+        );
+        assert!(
+            matches!(
+                effects.as_slice(),
+                [Effect::Rejoin(RejoinPlan::Rewind { truncate_after: t, resync: false, .. })] if *t == truncate_after
+            ),
+            "restarted at {restarted_at:?}: {effects:?}"
+        );
     }
 }

@@ -158,6 +158,8 @@ pub(crate) enum Msg {
     /// A rejoin read the primary's log: how must ours change?
     RejoinPlan {
         peer: PeerLog,
+        /// Who answered with that log.
+        peer_id: crate::types::NodeId,
         reply: oneshot::Sender<RejoinPlan>,
     },
     /// The rejoin carried out its plan (or failed for good).

@@ -209,7 +209,17 @@ async fn attempt_rejoin(
         unconfirmed: theirs.unconfirmed,
         restart_lsn: theirs.restart_lsn,
     };
-    if ctx.tx.send(Msg::RejoinPlan { peer, reply }).await.is_err() {
+    let peer_id = ctx.leader.clone();
+    if ctx
+        .tx
+        .send(Msg::RejoinPlan {
+            peer,
+            peer_id,
+            reply,
+        })
+        .await
+        .is_err()
+    {
         return Ok(None);
     }
     let (truncate_after, resync, epoch) = match plan.await {

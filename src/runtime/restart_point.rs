@@ -46,7 +46,7 @@ impl RestartPoint {
     /// What a history answer to `asker` says of the restart: its point,
     /// until a stream of this life reached `asker`.
     pub(crate) fn told_to(&self, asker: &NodeId) -> Option<Lsn> {
-        (!self.reached(asker)).then_some(self.lsn)
+        (!self.was_reached(asker)).then_some(self.lsn)
     }
 
     /// Whether `standby`, whose log keeps `first..=written`, holds records
@@ -56,7 +56,7 @@ impl RestartPoint {
     /// durable) holds none; `first` 0 (an older standby) counts as
     /// holding records.
     pub(crate) fn holds_lost_records(&self, standby: &NodeId, first: Lsn, written: Lsn) -> bool {
-        written > self.lsn && first <= written && !self.reached(standby)
+        written > self.lsn && first <= written && !self.was_reached(standby)
     }
 
     /// A stream of this life reached `standby`.
@@ -64,7 +64,8 @@ impl RestartPoint {
         self.streamed.lock().unwrap().insert(standby.clone());
     }
 
-    fn reached(&self, standby: &NodeId) -> bool {
+    /// Whether a stream of this life reached `standby`.
+    pub(crate) fn was_reached(&self, standby: &NodeId) -> bool {
         self.streamed.lock().unwrap().contains(standby)
     }
 }

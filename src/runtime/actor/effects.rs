@@ -95,9 +95,10 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
-                if from == RoleKind::Primary {
-                    // Primary again later means a new epoch, whose records
-                    // are all of this life.
+                if to == RoleKind::Primary && from != RoleKind::Primary {
+                    // A promotion: a new epoch, whose records are all of
+                    // this life. (Kept when we step down, for our own
+                    // rejoin: `LocalLog::restarted_at`.)
                     self.restart_point = None;
                 }
                 if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)
@@ -553,6 +554,8 @@ impl Actor {
         self.rejoin = None;
         match result {
             Ok(outcome) => {
+                // Our log is now a prefix of the primary's.
+                self.restart_point = None;
                 self.last_lsn_tx.send_replace(self.wal.last_lsn());
                 self.step(Event::RejoinFinished {
                     epoch: outcome.epoch,

@@ -142,6 +142,8 @@ struct Actor {
     stop_now: bool,
     /// A node that started as the primary of its epoch: where its log
     /// ended then, for as long as it stays that primary.
+    /// Kept when it steps down, until its first rejoin ends, for that
+    /// rejoin (`LocalLog::restarted_at`); dropped at a promotion.
     restart_point: Option<Arc<RestartPoint>>,
 }
 
@@ -361,12 +363,23 @@ impl Actor {
             Msg::Fence { epoch, reply } => {
                 self.answer_with(Answering::Fence(reply), Event::FenceOrdered { epoch })
             }
-            Msg::RejoinPlan { peer, reply } => {
+            Msg::RejoinPlan {
+                peer,
+                peer_id,
+                reply,
+            } => {
                 let ours = LocalLog {
                     history: self.wal.history(),
                     first_lsn: self.wal.first_lsn(),
                     last_lsn: self.wal.last_lsn(),
                     applied: self.sm.applied_lsn(),
+                    // A peer our stream reached in this life holds, after
+                    // the point, what we sent since.
+                    restarted_at: self
+                        .restart_point
+                        .as_ref()
+                        .filter(|r| !r.was_reached(&peer_id))
+                        .map(|r| r.lsn()),
                 };
                 self.answer_with(
                     Answering::Rejoin(reply),

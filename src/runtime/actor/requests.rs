@@ -357,7 +357,11 @@ impl Actor {
                         first_lsn: self.wal.first_lsn(),
                         role: self.node.role(),
                         unconfirmed: !self.wal.meta().confirmed,
-                        restart_lsn: self.restart_point.as_ref().and_then(|r| r.told_to(&asker)),
+                        restart_lsn: self
+                            .restart_point
+                            .as_ref()
+                            .filter(|_| self.node.role() == crate::node::RoleKind::Primary)
+                            .and_then(|r| r.told_to(&asker)),
                     }),
                     Err((kind, message)) => Err(self.refusal(kind, message)),
                 };
