@@ -734,3 +734,28 @@ fn a_primary_whose_data_directory_was_wiped_is_not_confirmed_by_the_register_nam
         assert!(restarted.check_writable().is_ok(), "v{version}");
     }
 }
+
+#[test]
+fn a_node_started_on_an_empty_directory_never_takes_an_epoch_the_register_says_it_led() {
+    // n1 led epoch 3 and lost its data directory; started as a standby
+    // (epoch 0, empty log), it reads a register naming it primary of 3.
+    // Taking that epoch would make its empty log the primary's.
+    let (mut node, _) = new_node(
+        with_arbiter(cfg()),
+        WalMeta::default(),
+        Lsn(0),
+        Lsn(0),
+        Lsn(0),
+        t(0),
+    );
+    let effects = knows(&mut node, t(1), register(5, 3, "n1", &["n2"]));
+    assert!(
+        !effects.iter().any(|e| matches!(
+            e,
+            Effect::PersistMeta { leader: Some(l), .. } if *l == NodeId::from("n1")
+        ) || matches!(e, Effect::SendFence { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert_eq!((node.epoch(), node.leader()), (Epoch(3), None));
+}

@@ -95,10 +95,13 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
-                if to == RoleKind::Primary && from != RoleKind::Primary {
+                if (to == RoleKind::Primary && from != RoleKind::Primary) || to == RoleKind::Standby
+                {
                     // A promotion: a new epoch, whose records are all of
-                    // this life. (Kept when we step down, for our own
-                    // rejoin: `LocalLog::restarted_at`.)
+                    // this life. A standby: it either rejoined (its log is
+                    // a prefix of the primary's) or was an unconfirmed
+                    // primary that wrote nothing. (Kept when we are fenced,
+                    // for our own rejoin: `LocalLog::restarted_at`.)
                     self.restart_point = None;
                 }
                 if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)
