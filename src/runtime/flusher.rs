@@ -52,6 +52,13 @@ async fn overlapping(
     let mut stopping = false;
     loop {
         let target = *appended.borrow_and_update();
+        if target < covered && in_flight.is_empty() {
+            // The log was cut below what we covered (a rejoin's rewind):
+            // the records appended from here on are new, and what counts as
+            // covered and reported starts again from the log's own.
+            covered = wal.flushed_lsn();
+            reported = covered;
+        }
         if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(wal.flushed_lsn()) {
             // The fsync covers at least `target`: it was appended before.
             covered = target;
@@ -181,6 +188,40 @@ mod tests {
                 None => panic!("the flusher stopped"),
             }
         }
+        flusher.stop().await;
+    }
+
+    /// Waits for a `LocalFlushed` at `lsn` or past it.
+    async fn flushed_to(rx: &mut mpsc::Receiver<Msg>, lsn: Lsn) {
+        loop {
+            match tokio::time::timeout(LOST, rx.recv()).await {
+                Ok(Some(Msg::Event(Event::LocalFlushed { lsn: l }))) if l >= lsn => return,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the flusher stopped"),
+                Err(_) => panic!("{lsn} was never reported flushed"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_appended_after_a_rewind_below_what_was_flushed_are_flushed_and_reported() {
+        let wal = Arc::new(crate::wal::MemWal::new());
+        wal.set_may_block(true);
+        let (appended, watched) = watch::channel(Lsn::ZERO);
+        let (tx, mut rx) = mpsc::channel(16);
+        let flusher = spawn(wal.clone(), watched, tx);
+        wal.append(&(1..=5).map(record).collect::<Vec<_>>())
+            .unwrap();
+        appended.send_replace(Lsn(5));
+        flushed_to(&mut rx, Lsn(5)).await;
+
+        // A rejoin cuts the log after 2; the new primary's 3 and 4 follow.
+        wal.truncate_after(Lsn(2)).unwrap();
+        appended.send_replace(Lsn(2));
+        wal.append(&[record(3), record(4)]).unwrap();
+        appended.send_replace(Lsn(4));
+        flushed_to(&mut rx, Lsn(4)).await;
+        assert_eq!(wal.flushed_lsn(), Lsn(4));
         flusher.stop().await;
     }
 }

@@ -1308,3 +1308,46 @@ async fn the_stream_reconnects_when_the_standby_answers_as_a_standby_again() {
     );
     replica.shutdown().await;
 }
+
+/// A standby publishes no ack on a new stream before it accepted one of
+/// its batches: the primary counts the positions it gets as progress in
+/// its own log, and ours may hold records its log does not (the next
+/// batch would find out and rewind them). An apply finishing meanwhile
+/// published them anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_sends_no_ack_on_a_stream_before_it_accepted_a_batch_of_it() {
+    let wal = standby_wal();
+    wal.set_may_block(true);
+    let records: Vec<_> = (1..=3)
+        .map(|lsn| crate::Record {
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+            payload: put(),
+            request_id: None,
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    let engine = Arc::new(MemStateMachine::new());
+    engine.hold_applies();
+    let (replica, service) = Replica::builder(cfg(InitialRole::Standby), wal, engine.clone())
+        .peer(Arc::new(unreachable_peer()))
+        .start_without_server()
+        .unwrap();
+    let (_session, mut acks) = service.inbox().open_stream().await.unwrap();
+    let opening = acks.borrow_and_update().clone().unwrap();
+    assert_eq!(opening.applied, Lsn::ZERO, "the applies are held");
+
+    engine.release_applies();
+    replica
+        .wait_for(Duration::from_secs(10), "applied 3", |h| {
+            h.applied_lsn == Lsn(3)
+        })
+        .await
+        .unwrap();
+    assert!(
+        !acks.has_changed().unwrap(),
+        "an ack went out before any batch was checked: {:?}",
+        *acks.borrow()
+    );
+}

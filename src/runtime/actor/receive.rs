@@ -14,6 +14,12 @@ use crate::transport::AckWatch;
 pub(super) struct Session {
     id: u64,
     acks: watch::Sender<std::result::Result<WalAck, Refusal>>,
+    /// A batch of this session was accepted: its `prev` matched our log.
+    /// Until then no ack but the opening one goes out: the primary counts
+    /// the positions it receives as progress in its own log, and ours may
+    /// hold records it does not (a flush or an apply before the first
+    /// batch's check would otherwise publish them).
+    checked: bool,
 }
 
 impl Actor {
@@ -25,7 +31,11 @@ impl Actor {
         if self.session.is_some() {
             tracing::info!("a new WAL stream replaces the previous one");
         }
-        self.session = Some(Session { id, acks });
+        self.session = Some(Session {
+            id,
+            acks,
+            checked: false,
+        });
         let _ = reply.send((id, rx));
     }
 
@@ -116,8 +126,15 @@ impl Actor {
 
     pub(super) fn send_ack_always(&mut self) {
         let ack = self.ack();
-        if let Some(s) = &self.session {
+        if let Some(s) = self.session.as_ref().filter(|s| s.checked) {
             let _previous = s.acks.send_replace(Ok(ack));
+        }
+    }
+
+    /// A batch of session `session` was accepted: its acks may go out.
+    pub(super) fn session_checked(&mut self, session: u64) {
+        if let Some(s) = self.session.as_mut().filter(|s| s.id == session) {
+            s.checked = true;
         }
     }
 
@@ -145,7 +162,7 @@ impl Actor {
             return;
         }
         let ack = self.ack();
-        if let Some(s) = &self.session {
+        if let Some(s) = self.session.as_ref().filter(|s| s.checked) {
             s.acks.send_if_modified(|current| {
                 if current.as_ref().ok() == Some(&ack) {
                     false

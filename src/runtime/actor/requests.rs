@@ -334,6 +334,7 @@ impl Actor {
                 primary_last_lsn,
             } => match result {
                 Ok(()) => {
+                    self.session_checked(session);
                     self.note_primary_contact(primary_last_lsn);
                     // With an inline fsync due, `sync_received` answers
                     // after it.
