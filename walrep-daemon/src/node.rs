@@ -396,7 +396,16 @@ fn arbiter_of(
     tls: Option<&walrep::Tls>,
 ) -> Result<Arc<dyn walrep::arbiter::Arbiter>, DaemonError> {
     use walrep::arbiter::{ArbiterUrl, EtcdArbiter, WitnessClient};
-    info!(arbiter = %url, tls = tls.is_some(), "failovers and solo steps go through the arbiter");
+    let encrypted = tls.is_some() && matches!(url, ArbiterUrl::Witness(_));
+    info!(arbiter = %url, tls = encrypted, "failovers and solo steps go through the arbiter");
+    if tls.is_some() && !encrypted {
+        // The node's certificate secures its peers and the witness, not
+        // etcd: say so rather than let `tls` suggest the register is too.
+        warn!(
+            arbiter = %url,
+            "this node has TLS, but walrep speaks to etcd in clear text and without authentication: keep etcd on a network only the nodes reach (docs/ARBITER-ETCD.md)"
+        );
+    }
     let addr = url.to_string();
     match url {
         ArbiterUrl::Etcd(target) => Ok(Arc::new(EtcdArbiter::connect_lazy(
