@@ -1321,6 +1321,72 @@ async fn with_an_arbiter_a_primary_cut_from_both_stops_acknowledging_and_the_sta
     }
 }
 
+type MemPair = walrep::testing::Pair<walrep::testing::MemStateMachine>;
+
+/// Ten writes on the pair's primary, acknowledged; returns its id and
+/// its standby's.
+async fn ten_writes(pair: &MemPair) -> (walrep::NodeId, walrep::NodeId) {
+    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
+    for i in 0..10 {
+        let cmd = put_cmd(&format!("k{i}"), "v");
+        pair.primary().replica().apply(cmd).await.unwrap();
+    }
+    (a, b)
+}
+
+/// Holds `a`'s fsyncs and writes a record that `b`, its standby, makes
+/// durable and `a` does not; returns `a`'s log end before it and the
+/// write, which is never acknowledged.
+async fn a_record_only_the_standby_made_durable(
+    pair: &MemPair,
+    a: &walrep::NodeId,
+    b: &walrep::NodeId,
+) -> (
+    Lsn,
+    tokio::task::JoinHandle<walrep::Result<walrep::Applied>>,
+) {
+    let base = pair.node(a).replica().health().last_lsn;
+    pair.node(a).mem_wal().unwrap().hold_syncs(true);
+    let writer = {
+        let replica = pair.node(a).replica().clone();
+        tokio::spawn(async move { replica.apply(put_cmd("lost", "x")).await })
+    };
+    pair.node(b)
+        .wait("b holds a record a has not made durable", |h| {
+            h.flushed_lsn > base
+        })
+        .await
+        .unwrap();
+    (base, writer)
+}
+
+/// Writes on `primary` and waits until `standby` applied the write as a
+/// standby; then their states must be one.
+async fn write_and_converge(
+    pair: &MemPair,
+    primary: &walrep::NodeId,
+    standby: &walrep::NodeId,
+) -> Lsn {
+    let written = pair
+        .node(primary)
+        .replica()
+        .apply(put_cmd("after", "v"))
+        .await
+        .unwrap();
+    pair.node(standby)
+        .wait("the standby applied the primary's write", |h| {
+            h.role == RoleKind::Standby && h.applied_lsn >= written.lsn
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.node(standby).engine().state_hash(),
+        pair.node(primary).engine().state_hash(),
+        "the standby's state is the primary's"
+    );
+    written.lsn
+}
+
 /// A switchover cut short by both nodes stopping at once (`docker compose
 /// stop` sends SIGTERM to both): the old primary saw that the standby held
 /// everything, saved the next epoch led by the standby and stopped, and
@@ -1332,11 +1398,7 @@ async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_re
     init_tracing();
     let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
     pair.wait_streaming().await.unwrap();
-    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
-    for i in 0..10 {
-        let cmd = put_cmd(&format!("k{i}"), "v");
-        pair.primary().replica().apply(cmd).await.unwrap();
-    }
+    let (a, b) = ten_writes(&pair).await;
     let epoch = pair.primary().replica().health().epoch;
     pair.kill(&b).await;
     pair.node(&a)
@@ -1359,26 +1421,11 @@ async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_re
         .await
         .unwrap();
     assert_eq!(health.epoch, epoch.next());
-    let after = pair
-        .node(&b)
-        .replica()
-        .apply(put_cmd("after", "v"))
-        .await
-        .unwrap();
-    pair.node(&a)
-        .wait("a follows b and holds its write", |h| {
-            h.role == RoleKind::Standby && h.applied_lsn >= after.lsn
-        })
-        .await
-        .unwrap();
+    write_and_converge(&pair, &b, &a).await;
     for i in 0..10 {
         let cmd = put_cmd(&format!("k{i}"), "v");
         assert_eq!(pair.node(&a).engine().times_applied(&cmd), 1, "write {i}");
     }
-    assert_eq!(
-        pair.node(&a).engine().state_hash(),
-        pair.node(&b).engine().state_hash()
-    );
 }
 
 /// The primary's machine crashes while its standby holds a record its own
@@ -1395,34 +1442,16 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
         .await
         .unwrap();
     pair.wait_streaming().await.unwrap();
-    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
-    for i in 0..5 {
-        let cmd = put_cmd(&format!("k{i}"), "v");
-        pair.primary().replica().apply(cmd).await.unwrap();
-    }
+    let (a, b) = ten_writes(&pair).await;
     // b must not take over while a is down and then cut off from it.
     pair.node(&b)
         .replica()
         .set_failover_paused(true)
         .await
         .unwrap();
-    let base = pair.node(&a).replica().health().last_lsn;
-    pair.node(&a).mem_wal().unwrap().hold_syncs(true);
-    let writer = {
-        let replica = pair.node(&a).replica().clone();
-        tokio::spawn(async move { replica.apply(put_cmd("lost", "x")).await })
-    };
-    pair.node(&b)
-        .wait("b holds a record a has not made durable", |h| {
-            h.flushed_lsn > base
-        })
-        .await
-        .unwrap();
+    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
     pair.kill(&a).await;
-    assert!(
-        writer.await.unwrap().is_err(),
-        "the lost record was never acknowledged"
-    );
+    assert!(lost.await.unwrap().is_err(), "never acknowledged");
 
     // Restarted and cut off from b, a writes alone under the same LSNs.
     pair.restart_with_link(&a, |link| link.set_cut(true))
@@ -1445,30 +1474,12 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
         "a's new records took the lost one's place"
     );
     pair.set_link_cut(&a, false);
-    pair.node(&b)
-        .wait("b applied a's new records", |h| {
-            h.role == RoleKind::Standby && h.applied_lsn >= last
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        pair.node(&b).engine().state_hash(),
-        pair.node(&a).engine().state_hash(),
-        "b's state is a's (it dropped the lost record and took the new ones)"
-    );
+    // b dropped the lost record and took the new ones.
+    write_and_converge(&pair, &a, &b).await;
     // b had applied the lost record, so it resynced from a's snapshot,
     // once: the stream that followed reached it, and the next write comes
     // by that stream, not by another rejoin.
-    let more = pair
-        .node(&a)
-        .replica()
-        .apply(put_cmd("more", "v"))
-        .await
-        .unwrap();
-    pair.node(&b)
-        .wait("b applied a's next write", |h| h.applied_lsn >= more.lsn)
-        .await
-        .unwrap();
+    write_and_converge(&pair, &a, &b).await;
     assert_eq!(pair.node(&b).engine().restores(), 1);
 }
 
@@ -1481,23 +1492,8 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
     init_tracing();
     let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
     pair.wait_streaming().await.unwrap();
-    let (a, b) = (pair.primary().id().clone(), pair.standby().id().clone());
-    for i in 0..5 {
-        let cmd = put_cmd(&format!("k{i}"), "v");
-        pair.primary().replica().apply(cmd).await.unwrap();
-    }
-    let base = pair.node(&a).replica().health().last_lsn;
-    pair.node(&a).mem_wal().unwrap().hold_syncs(true);
-    let lost = {
-        let replica = pair.node(&a).replica().clone();
-        tokio::spawn(async move { replica.apply(put_cmd("lost", "x")).await })
-    };
-    pair.node(&b)
-        .wait("b holds a record a has not made durable", |h| {
-            h.flushed_lsn > base
-        })
-        .await
-        .unwrap();
+    let (a, b) = ten_writes(&pair).await;
+    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
     let promoted = pair.failover().await.unwrap();
     assert_eq!(promoted, b);
     assert!(lost.await.unwrap().is_err(), "never acknowledged");
@@ -1523,21 +1519,6 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
     for w in writes {
         let _ = w.await.unwrap();
     }
-    let next = pair
-        .node(&b)
-        .replica()
-        .apply(put_cmd("after", "v"))
-        .await
-        .unwrap();
-    pair.node(&a)
-        .wait("a rejoined b and applied its write", |h| {
-            h.role == RoleKind::Standby && h.applied_lsn >= next.lsn
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        pair.node(&a).engine().state_hash(),
-        pair.node(&b).engine().state_hash(),
-        "a's state is b's (it dropped what it wrote over the lost record)"
-    );
+    // a rejoined b and dropped what it wrote over the lost record.
+    write_and_converge(&pair, &b, &a).await;
 }
