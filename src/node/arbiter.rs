@@ -662,10 +662,7 @@ impl Node {
     fn on_register(&mut self, purpose: ArbiterPurpose, register: Register, swapped: bool) {
         let me = self.cfg.node_id.clone();
         if register.epoch > self.epoch && register.exists() {
-            // Our swaps ask for the epoch after ours, never 0's: a register
-            // naming us at any other (we led it, then lost our data
-            // directory) is no promotion of ours (see `on_higher_epoch`).
-            let ours = register.epoch == self.epoch.next() && self.epoch > Epoch::ZERO;
+            let ours = self.may_be_handed(register.epoch);
             if register.primary.as_ref() == Some(&me) && !ours {
                 tracing::warn!(epoch = %register.epoch, mine = %self.epoch, "the register names this node the primary of an epoch it never asked for (it led it before losing its data directory?); adopting the epoch without a leader");
                 self.on_higher_epoch(register.epoch, None);

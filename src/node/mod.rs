@@ -718,6 +718,18 @@ impl Node {
         }
     }
 
+    /// Whether `epoch`, named as ours by a peer or by the register, can be
+    /// one handed to us: by a switchover (the old primary fenced itself
+    /// for us after we flushed all it had, and its answer was lost) or by
+    /// our own promotion swap. Either asks for the epoch after ours, and we
+    /// were in that one. Any other (we are at epoch 0, say: we led it, then
+    /// lost our data directory and were started again) is no such evidence:
+    /// taking it would make an empty log the primary's, and the peers would
+    /// rewind every record to it.
+    pub(super) fn may_be_handed(&self, epoch: Epoch) -> bool {
+        epoch == self.epoch.next() && self.epoch > Epoch::ZERO
+    }
+
     fn on_higher_epoch(&mut self, epoch: Epoch, mut leader: Option<NodeId>) {
         if epoch <= self.epoch {
             return;
@@ -729,15 +741,7 @@ impl Node {
             return;
         }
         let me = &self.cfg.node_id;
-        // Only a switchover hands us an epoch: the old primary fenced
-        // itself for us, after we flushed all it had, and its answer was
-        // lost. That epoch is our next one, and we were in the one before.
-        // A peer naming us the leader of any other (a node of epoch 0, say:
-        // we led that epoch, then lost our data directory and were started
-        // again) is no such evidence: taking it would make an empty log the
-        // primary's, and the peer would rewind every record to it.
-        let handed_to_us = epoch == self.epoch.next() && self.epoch > Epoch::ZERO;
-        if leader.as_ref() == Some(me) && !handed_to_us {
+        if leader.as_ref() == Some(me) && !self.may_be_handed(epoch) {
             tracing::warn!(
                 %epoch,
                 ours = %self.epoch,

@@ -100,6 +100,22 @@ pub(crate) fn standby_wal() -> Arc<MemWal> {
     wal_at_epoch(1)
 }
 
+/// `standby_wal` holding records `1..=last` of epoch 1, made durable.
+fn standby_wal_holding(last: u64) -> Arc<MemWal> {
+    let wal = standby_wal();
+    let records: Vec<crate::types::Record> = (1..=last)
+        .map(|i| crate::types::Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            payload: put(),
+            request_id: None,
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    wal
+}
+
 /// The WAL of a primary (n1) of epoch 1 that its peer confirmed before it
 /// restarted: it takes writes without waiting for the peer again.
 pub(crate) fn confirmed_primary_wal() -> Arc<MemWal> {
@@ -1112,17 +1128,7 @@ async fn the_streamer_bounds_unacknowledged_batches_by_bytes() {
 /// snapshot-cut scenario).
 #[tokio::test(start_paused = true)]
 async fn a_standby_behind_its_trimmed_wal_rejoins_instead_of_failing_on_a_missing_record() {
-    let wal = standby_wal();
-    let records: Vec<crate::types::Record> = (1..=20)
-        .map(|i| crate::types::Record {
-            lsn: Lsn(i),
-            epoch: Epoch(1),
-            payload: put(),
-            request_id: None,
-        })
-        .collect();
-    wal.append(&records).unwrap();
-    wal.sync().unwrap();
+    let wal = standby_wal_holding(20);
     wal.remove_before(Lsn(11)).unwrap();
     let (replica, _service) = start(cfg(InitialRole::Standby), wal, unreachable_peer());
     let waited = replica
@@ -1316,18 +1322,8 @@ async fn the_stream_reconnects_when_the_standby_answers_as_a_standby_again() {
 /// published them anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_sends_no_ack_on_a_stream_before_it_accepted_a_batch_of_it() {
-    let wal = standby_wal();
+    let wal = standby_wal_holding(3);
     wal.set_may_block(true);
-    let records: Vec<_> = (1..=3)
-        .map(|lsn| crate::Record {
-            lsn: Lsn(lsn),
-            epoch: Epoch(1),
-            payload: put(),
-            request_id: None,
-        })
-        .collect();
-    wal.append(&records).unwrap();
-    wal.sync().unwrap();
     let engine = Arc::new(MemStateMachine::new());
     engine.hold_applies();
     let (replica, service) = Replica::builder(cfg(InitialRole::Standby), wal, engine.clone())

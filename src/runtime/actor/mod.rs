@@ -141,9 +141,9 @@ struct Actor {
     /// The node decided to stop (`Effect::Stop`, or the handover ended).
     stop_now: bool,
     /// A node that started as the primary of its epoch: where its log
-    /// ended then, for as long as it stays that primary.
-    /// Kept when it steps down, until its first rejoin ends, for that
-    /// rejoin (`LocalLog::restarted_at`); dropped at a promotion.
+    /// ended then. Kept when it is fenced, until its first rejoin ends, for
+    /// that rejoin (`LocalLog::restarted_at`); dropped when it becomes a
+    /// standby or is promoted to a new epoch.
     restart_point: Option<Arc<RestartPoint>>,
 }
 
