@@ -433,7 +433,8 @@ impl Node {
         self.on_confirmed_by_peer(standby);
         let Some(p) = self.primary() else { return };
         let link = p.links.get_mut(standby).expect("checked above");
-        if std::mem::take(&mut link.failed) {
+        let recovered = std::mem::take(&mut link.failed);
+        if recovered {
             tracing::info!(%standby, "the standby's WAL works again");
         }
         link.answered();
@@ -441,34 +442,52 @@ impl Node {
             tracing::info!(%standby, "standby answered again; accepting writes");
             p.set_counting(standby, Counting::Counted);
         }
+        if recovered {
+            // It may have acked everything while it still failed, and no
+            // further ack comes while nothing is written.
+            self.count_again_if_caught_up(standby);
+            self.recompute_commit();
+        }
         if !self.some_standby_waits_on_arbiter() {
             self.clear_held_back();
         }
     }
 
-    pub(super) fn on_standby_progress(&mut self, standby: &NodeId, positions: StandbyPositions) {
+    /// A standby that does not count, works (its WAL has not failed) and
+    /// holds every committed record at the mode's position counts again:
+    /// commits wait for it. A failed one's acks are of flushes it did
+    /// before: it would be lost again at the next tick while its failure
+    /// keeps it unreachable, and then nothing would count it back.
+    fn count_again_if_caught_up(&mut self, standby: &NodeId) {
         let (mode, commit) = (self.cfg.commit_mode, self.commit);
+        let Some(p) = self.primary() else { return };
+        let Some(link) = p.links.get(standby) else {
+            return;
+        };
+        if mode.is_sync()
+            && link.counting == Counting::NotCounted
+            && !link.failed
+            && link.position(mode) >= commit
+        {
+            tracing::info!(%standby, %commit, "standby caught up; commits wait for it again");
+            p.set_counting(standby, Counting::Counted);
+        }
+    }
+
+    pub(super) fn on_standby_progress(&mut self, standby: &NodeId, positions: StandbyPositions) {
         let Some(link) = self.standby_link(standby) else {
             return;
         };
         link.positions = positions;
+        let answered_again = !link.failed && link.counting == Counting::Blocked;
         if !link.failed {
             link.answered();
         }
-        let counting = match link.counting {
-            Counting::Blocked if !link.failed => {
-                tracing::info!(%standby, "standby answered again; accepting writes");
-                Some(Counting::Counted)
-            }
-            Counting::NotCounted if mode.is_sync() && link.position(mode) >= commit => {
-                tracing::info!(%standby, %commit, "standby caught up; commits wait for it again");
-                Some(Counting::Counted)
-            }
-            _ => None,
-        };
-        if let (Some(counting), Some(p)) = (counting, self.primary()) {
-            p.set_counting(standby, counting);
+        if answered_again && let Some(p) = self.primary() {
+            tracing::info!(%standby, "standby answered again; accepting writes");
+            p.set_counting(standby, Counting::Counted);
         }
+        self.count_again_if_caught_up(standby);
         self.recompute_commit();
         self.try_finish_demotion();
     }

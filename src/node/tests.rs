@@ -843,6 +843,50 @@ fn solo_policy_commits_alone_only_after_fresh_failures_for_sync_timeout() {
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
 
+/// A standby whose WAL failed is lost after `sync_timeout`; an ack it sends
+/// while still failed (the last flush it finished) does not make it count
+/// again, but once it answers heartbeats as working again, holding every
+/// committed record, commits wait for it again: no further ack may come
+/// when nothing is written meanwhile.
+#[test]
+fn a_standby_whose_wal_failed_counts_again_once_it_works_and_holds_every_commit() {
+    let mut node = primary_with_standby(cfg());
+    let n2 = NodeId::from("n2");
+    node.step(t(10), writes_up_to(&node, 1));
+    node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(
+        t(20),
+        Event::StandbyFailed {
+            standby: n2.clone(),
+        },
+    );
+    tick_until(&mut node, 100, 2000);
+    node.step(t(2020), Event::Tick);
+    assert!(node.is_solo(), "lost after sync_timeout");
+
+    // Its last ack arrives while it still answers as failed.
+    node.step(
+        t(2100),
+        Event::StandbyProgress {
+            standby: n2.clone(),
+            positions: StandbyPositions {
+                written: Lsn(1),
+                flushed: Lsn(1),
+                applied: Lsn(1),
+            },
+            epoch: node.epoch(),
+        },
+    );
+    node.step(t(2200), Event::Tick);
+    assert!(node.is_solo(), "a failed standby confirms nothing new");
+
+    // Its WAL works again: it answers heartbeats as a standby.
+    node.step(t(3000), Event::StandbyReachable { standby: n2 });
+    node.step(t(3100), Event::Tick);
+    assert!(!node.is_solo());
+    assert_eq!(node.sync_state(), SyncState::Sync);
+}
+
 #[test]
 fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
     let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
