@@ -385,6 +385,7 @@ fn build_base(dir: &Path, records: u64, empty_last: bool, preallocate: bool) -> 
         epoch: Epoch(3),
         leader: Some(NodeId::from("n1")),
         confirmed: true,
+        restart_points: Default::default(),
     })
     .unwrap();
     for lsn in 1..=records {

@@ -1407,6 +1407,7 @@ async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_re
             epoch: epoch.next(),
             leader: Some(b.clone()),
             confirmed: true,
+            restart_points: Default::default(),
         })
         .unwrap();
     pair.kill(&a).await;
@@ -1483,6 +1484,74 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
     assert_eq!(pair.node(&b).engine().restores(), 1);
 }
 
+/// The case above, with the primary restarting a second time before its
+/// stream reached the standby: its log then ends after the records it
+/// wrote since the first restart, which the standby does not hold, while
+/// the standby's lost record lies below that end. The first restart's
+/// point, kept in the WAL's meta, still makes the standby drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarting_twice_before_reaching_its_standby_still_makes_it_drop_the_lost_record()
+ {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::builder(mem_engine)
+        .commit_mode(CommitMode::Async)
+        .start()
+        .await
+        .unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = ten_writes(&pair).await;
+    pair.node(&b)
+        .replica()
+        .set_failover_paused(true)
+        .await
+        .unwrap();
+    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
+    pair.kill(&a).await;
+    assert!(lost.await.unwrap().is_err(), "never acknowledged");
+
+    // Restarted and cut off from b, a makes three records durable under
+    // the lost one's LSN and after it; then it restarts again, still cut
+    // off, its log ending past the lost record.
+    for _ in 0..2 {
+        pair.restart_with_link(&a, |link| link.set_cut(true))
+            .await
+            .unwrap();
+        pair.node(&a)
+            .wait("a is the primary again", |h| {
+                h.role == RoleKind::Primary && h.writable
+            })
+            .await
+            .unwrap();
+        if pair.node(&a).replica().health().last_lsn == base {
+            for i in 0..3 {
+                let cmd = put_cmd(&format!("new{i}"), "v");
+                pair.node(&a).replica().apply(cmd).await.unwrap();
+            }
+            pair.kill(&a).await;
+        }
+    }
+    assert_eq!(pair.node(&a).replica().health().last_lsn, Lsn(base.0 + 3));
+    assert_eq!(
+        pair.node(&a).wal().meta().restart_points.get(&b),
+        Some(&base),
+        "the first restart's point"
+    );
+    pair.set_link_cut(&a, false);
+    write_and_converge(&pair, &a, &b).await;
+    let last = write_and_converge(&pair, &a, &b).await;
+    pair.node(&a)
+        .wait("a heard b's ack of its last write", |h| {
+            h.standbys.iter().any(|s| s.flushed_lsn >= last)
+        })
+        .await
+        .unwrap();
+    let meta = pair.node(&a).wal().meta();
+    assert!(
+        meta.restart_points.is_empty(),
+        "dropped once the stream reached b: {meta:?}"
+    );
+}
+
 /// The mirror of the case above: the standby promoted with the record the
 /// primary lost, and the primary, restarted and cut off, wrote others
 /// under the same LSNs and epoch before it learnt of the new epoch. Its
@@ -1520,5 +1589,53 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
         let _ = w.await.unwrap();
     }
     // a rejoined b and dropped what it wrote over the lost record.
+    write_and_converge(&pair, &b, &a).await;
+}
+
+/// The case above, with the old primary stopping after it learnt of the
+/// new epoch and before its rejoin settled what it wrote. Restarted, it
+/// must rejoin before it follows the new primary: a stream's checks
+/// cannot tell its records from the lost ones under the same LSNs and
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_wrote_over_records_it_lost_and_stopped_before_its_rejoin_drops_them_at_its_next_start()
+ {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b) = ten_writes(&pair).await;
+    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
+    assert_eq!(pair.failover().await.unwrap(), b);
+    assert!(lost.await.unwrap().is_err(), "never acknowledged");
+    let epoch = pair.node(&b).replica().health().epoch;
+
+    pair.set_link_cut(&b, true);
+    pair.restart_with_link(&a, |link| link.set_cut(true))
+        .await
+        .unwrap();
+    let writes: Vec<_> = (0..2)
+        .map(|i| {
+            let replica = pair.node(&a).replica().clone();
+            tokio::spawn(async move { replica.apply(put_cmd(&format!("new{i}"), "v")).await })
+        })
+        .collect();
+    pair.node(&a)
+        .wait("a made both durable", |h| h.flushed_lsn >= Lsn(base.0 + 2))
+        .await
+        .unwrap();
+    // b reaches a, a cannot reach b: a learns the new epoch and steps
+    // down, and its rejoin cannot ask b anything. Then it stops.
+    pair.set_link_cut(&b, false);
+    pair.node(&a)
+        .wait("a stepped down for b's epoch", |h| {
+            h.epoch == epoch && h.role != RoleKind::Primary
+        })
+        .await
+        .unwrap();
+    pair.kill(&a).await;
+    for w in writes {
+        assert!(w.await.unwrap().is_err(), "never acknowledged");
+    }
+    pair.restart(&a).await.unwrap();
     write_and_converge(&pair, &b, &a).await;
 }

@@ -223,6 +223,18 @@ pub(crate) struct Node {
     out: Vec<Effect>,
 }
 
+/// The restart point kept in `meta` that a node not starting as the
+/// primary must rejoin past: the one for the leader it would follow (for
+/// any peer, when it knows none), if its log holds records after it
+/// (`runtime/restart_point.rs`).
+fn kept_point_to_rejoin(meta: &WalMeta, last_lsn: Lsn) -> Option<Lsn> {
+    let point = match &meta.leader {
+        Some(leader) => meta.restart_points.get(leader).copied(),
+        None => meta.restart_points.values().min().copied(),
+    };
+    point.filter(|p| last_lsn > *p)
+}
+
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
     /// bootstrapping (a fresh primary persists epoch 1). `requests` holds
@@ -290,6 +302,18 @@ impl Node {
                 node.warn_unconfirmed();
             }
             node.emit(Effect::StartPrimaryTasks);
+        } else if let Some(restart) = kept_point_to_rejoin(&meta, last_lsn) {
+            // We restarted as the primary, wrote after our log's end then,
+            // and stepped down (or were fenced) before a rejoin settled it.
+            // The new primary may hold other records under those LSNs and
+            // epoch (ones we sent before a crash of our machine and lost),
+            // which a stream's checks cannot tell apart: rejoin first,
+            // which keeps nothing after the point (`LocalLog::restarted_at`).
+            tracing::warn!(%restart, %last_lsn, "this node wrote records since it restarted as the primary and has not rejoined since; rejoining before it follows anyone");
+            node.role = Role::Fenced;
+            node.emit(Effect::StartRejoin {
+                leader: meta.leader.clone(),
+            });
         } else {
             node.role = Role::Standby(Standby::new());
         }

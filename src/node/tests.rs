@@ -35,6 +35,7 @@ fn meta(epoch: u64, leader: &str) -> WalMeta {
         epoch: Epoch(epoch),
         leader: Some(NodeId::from(leader)),
         confirmed: true,
+        restart_points: Default::default(),
     }
 }
 
@@ -352,6 +353,7 @@ fn an_unconfirmed_primary_yields_to_a_peer_that_took_writes_but_never_with_recor
     };
     let unconfirmed = WalMeta {
         confirmed: false,
+        restart_points: Default::default(),
         ..meta(1, "n2")
     };
     let (mut n2, _) = new_node(n2_cfg.clone(), unconfirmed, Lsn(3), Lsn(3), Lsn(3), t(0));
@@ -427,6 +429,7 @@ fn a_restarted_primary_keeps_its_confirmation_or_waits_for_it_again() {
     // Never confirmed: a restart does not make it writable.
     let unconfirmed = WalMeta {
         confirmed: false,
+        restart_points: Default::default(),
         ..meta(1, "n1")
     };
     let (node, _) = new_node(async_cfg, unconfirmed, Lsn(0), Lsn(0), Lsn(0), t(0));
@@ -2767,6 +2770,34 @@ fn a_node_started_on_an_empty_directory_never_takes_an_epoch_a_peer_says_it_led(
         assert_eq!(node.role(), RoleKind::Standby);
         assert_eq!((node.epoch(), node.leader()), (Epoch(3), None));
     }
+}
+
+/// A node that wrote records since it restarted as the primary, and
+/// stopped before a rejoin settled them (its WAL's meta still holds the
+/// restart point below its log's end), rejoins before it follows anyone:
+/// a stream's checks cannot tell its records from others under the same
+/// LSNs and epoch. Without records after the point it is a plain standby.
+#[test]
+fn a_node_holding_records_after_a_kept_restart_point_rejoins_at_start() {
+    let mut kept = meta(3, "n2");
+    kept.restart_points = [(NodeId::from("n2"), Lsn(7))].into();
+    let (node, effects) = new_node(cfg(), kept.clone(), Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(node.role(), RoleKind::Fenced);
+    assert_eq!(
+        effects,
+        vec![Effect::StartRejoin {
+            leader: Some(NodeId::from("n2"))
+        }]
+    );
+    let mut not_after = kept.clone();
+    not_after.restart_points = [(NodeId::from("n2"), Lsn(10))].into();
+    let (node, effects) = new_node(cfg(), not_after, Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(node.role(), RoleKind::Standby);
+    assert!(effects.is_empty(), "{effects:?}");
+    // A point for another peer says nothing of the leader's log.
+    kept.restart_points = [(NodeId::from("n3"), Lsn(7))].into();
+    let (node, _) = new_node(cfg(), kept, Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(node.role(), RoleKind::Standby);
 }
 
 #[test]

@@ -189,7 +189,7 @@ async fn session(ctx: &mut Ctx) -> End {
         // before it and lost by us: epochs cannot tell them from the ones
         // we wrote since. A position it cannot match makes it rejoin, and
         // our history answer tells it to keep nothing after the point.
-        tracing::warn!(peer = %ctx.standby, standby_last = %start.written, restart_lsn = %r.lsn(), "the standby holds records past our log's end at our restart (lost here before they were durable); it must rewind to that point");
+        tracing::warn!(peer = %ctx.standby, standby_last = %start.written, restart_lsn = ?r.lsn_for(&ctx.standby), "the standby holds records past our log's end at our restart (lost here before they were durable); it must rewind to that point");
         prev = (start.written, Epoch::ZERO);
     }
     tracing::info!(peer = %ctx.standby, from = %next, "streaming WAL to standby");

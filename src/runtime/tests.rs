@@ -90,6 +90,7 @@ pub(crate) fn wal_at_epoch(epoch: u64) -> Arc<MemWal> {
         epoch: Epoch(epoch),
         leader: Some(NodeId::from("n2")),
         confirmed: true,
+        restart_points: Default::default(),
     })
     .unwrap();
     Arc::new(wal)
@@ -124,6 +125,7 @@ pub(crate) fn confirmed_primary_wal() -> Arc<MemWal> {
         epoch: Epoch(1),
         leader: Some(NodeId::from("n1")),
         confirmed: true,
+        restart_points: Default::default(),
     })
     .unwrap();
     Arc::new(wal)

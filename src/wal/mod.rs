@@ -36,6 +36,18 @@ pub struct WalMeta {
     /// as a primary that lost its data directory: no write is lost, but
     /// the pair fails over to the peer if it may, or waits for an operator.
     pub confirmed: bool,
+    /// Where this node's log ended when it started as the primary, per
+    /// standby that no stream of that life (or a later one) has reached
+    /// yet. Records such a standby holds after its point may be ones this
+    /// node sent before a crash of its machine and lost, and this node's
+    /// own records after it may stand under the same LSNs and epoch: until
+    /// a stream reached the standby, neither side keeps records after it
+    /// at a rejoin. Kept here so that a second restart before then keeps
+    /// the earlier, lower point. Empty on most nodes. A `WalStore` that
+    /// loses it (reads it empty) takes its log's end at the next start
+    /// instead, which is right unless the node restarted twice in that
+    /// window.
+    pub restart_points: std::collections::BTreeMap<NodeId, Lsn>,
 }
 
 /// How a `WalStore` call failed.

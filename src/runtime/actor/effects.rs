@@ -39,6 +39,11 @@ impl Actor {
                 epoch,
                 leader: leader.clone(),
                 confirmed,
+                restart_points: self
+                    .restart_point
+                    .as_ref()
+                    .map(|p| p.unreached())
+                    .unwrap_or_default(),
             };
             if let Err(e) = self.wal.set_meta(&meta) {
                 let reason = format!("persisting epoch {epoch}: {e}");
@@ -102,7 +107,7 @@ impl Actor {
                     // a prefix of the primary's) or was an unconfirmed
                     // primary that wrote nothing. (Kept when we are fenced,
                     // for our own rejoin: `LocalLog::restarted_at`.)
-                    self.restart_point = None;
+                    self.drop_restart_points();
                 }
                 if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)
                     && matches!(to, RoleKind::Promoting | RoleKind::Primary)
@@ -558,7 +563,7 @@ impl Actor {
         match result {
             Ok(outcome) => {
                 // Our log is now a prefix of the primary's.
-                self.restart_point = None;
+                self.drop_restart_points();
                 self.last_lsn_tx.send_replace(self.wal.last_lsn());
                 self.step(Event::RejoinFinished {
                     epoch: outcome.epoch,

@@ -9,6 +9,8 @@
 //!   decides;
 //! * `effects`: carrying out the node's effects and the tasks they start;
 //! * `health`: what the node publishes, and WAL retention;
+//! * `restart`: the restart point's life (taken at start, kept in the
+//!   WAL's meta, dropped once every standby heard from this life);
 //! * `shutdown`: handing over to the standby (a stopping primary), then
 //!   stopping every task and syncing the WAL.
 
@@ -17,12 +19,13 @@ mod health;
 mod inline_sync;
 mod receive;
 mod requests;
+mod restart;
 mod shutdown;
 mod writes;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom, RequestIndex, RoleKind};
+use crate::node::{Effect, Event, LocalLog, Node, PromoteFrom, RequestIndex};
 use crate::replicator::Health;
 use crate::runtime::{Metrics, Msg, flusher};
 use crate::state_machine::StateMachine;
@@ -141,10 +144,15 @@ struct Actor {
     /// The node decided to stop (`Effect::Stop`, or the handover ended).
     stop_now: bool,
     /// A node that started as the primary of its epoch: where its log
-    /// ended then. Kept when it is fenced, until its first rejoin ends, for
-    /// that rejoin (`LocalLog::restarted_at`); dropped when it becomes a
-    /// standby or is promoted to a new epoch.
+    /// ended then, per standby (or at an earlier start, `restart.rs`).
+    /// Kept when it is fenced, until its first rejoin ends, for that
+    /// rejoin (`LocalLog::restarted_at`); dropped when it becomes a
+    /// standby, is promoted to a new epoch, or a stream of this life
+    /// reached every standby. The WAL's meta keeps the points of the
+    /// standbys not reached yet.
     restart_point: Option<Arc<RestartPoint>>,
+    /// How many points the WAL's meta keeps.
+    restart_points_saved: usize,
 }
 
 pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle<()>)> {
@@ -223,10 +231,9 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         handing_over_to: None,
         stop_now: false,
         restart_point: None,
+        restart_points_saved: 0,
     };
-    if actor.node.role() == RoleKind::Primary {
-        actor.restart_point = Some(Arc::new(RestartPoint::new(last)));
-    }
+    actor.take_restart_points(last);
     tracing::info!(
         node = %actor.cfg.node_id,
         role = %actor.node.role(),
@@ -378,8 +385,7 @@ impl Actor {
                     restarted_at: self
                         .restart_point
                         .as_ref()
-                        .filter(|r| !r.was_reached(&peer_id))
-                        .map(|r| r.lsn()),
+                        .and_then(|r| r.lsn_for(&peer_id)),
                 };
                 self.answer_with(
                     Answering::Rejoin(reply),
@@ -437,6 +443,9 @@ impl Actor {
     /// An event from one of our tasks, with the bookkeeping the runtime
     /// keeps beside the node (contact times, waiters, acks).
     fn on_event(&mut self, event: Event) {
+        if matches!(event, Event::StandbyProgress { .. }) {
+            self.note_standby_reached();
+        }
         match &event {
             Event::Applied { lsn } => {
                 let lsn = *lsn;

@@ -362,7 +362,7 @@ impl Actor {
                             .restart_point
                             .as_ref()
                             .filter(|_| self.node.role() == crate::node::RoleKind::Primary)
-                            .and_then(|r| r.told_to(&asker)),
+                            .and_then(|r| r.lsn_for(&asker)),
                     }),
                     Err((kind, message)) => Err(self.refusal(kind, message)),
                 };

@@ -2,15 +2,19 @@
 //!
 //! ```text
 //! | magic "WALRMETA" | version: u32 | epoch: u64 | has_leader: u8 | leader_len: u32 | leader: UTF-8 |
-//! | confirmed: u8 (version 2 only) |
+//! | confirmed: u8 (version 2 on) |
+//! | points: u32 | points × (name_len: u32, name: UTF-8, lsn: u64) (version 3) |
 //! | entries: u32 | entries × (epoch: u64, first_lsn: u64) | crc32c of everything before: u32 |
 //! ```
 //!
 //! Version 2 added `confirmed` (`WalMeta::confirmed`, 0 or 1). A version 1
 //! file, written before walrep asked a fresh primary to be confirmed by its
-//! peer, reads as confirmed: its primary was already taking writes. Only
-//! version 2 is written, so an older walrep refuses to open the directory
-//! instead of forgetting that its primary waits for confirmation.
+//! peer, reads as confirmed: its primary was already taking writes.
+//! Version 3 added the restart points (`WalMeta::restart_points`, one per
+//! standby, in name order); older files read as having none, as the
+//! builds that wrote them kept them in memory only. Only version 3 is
+//! written, so an older walrep refuses to open the directory instead of
+//! forgetting what it says.
 //!
 //! The history is here because segments forget it: once old segments are
 //! removed, nothing else says where the epochs before the first retained
@@ -27,9 +31,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"WALRMETA";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The format before `confirmed`; still read.
 const VERSION_1: u32 = 1;
+/// The format before the restart points; still read.
+const VERSION_2: u32 = 2;
 const FILE: &str = "meta";
 const TMP: &str = "meta.tmp";
 
@@ -51,6 +57,12 @@ pub(super) fn encode(meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
     b.extend_from_slice(&(leader.len() as u32).to_le_bytes());
     b.extend_from_slice(leader.as_bytes());
     b.push(meta.confirmed as u8);
+    b.extend_from_slice(&(meta.restart_points.len() as u32).to_le_bytes());
+    for (standby, lsn) in &meta.restart_points {
+        b.extend_from_slice(&(standby.0.len() as u32).to_le_bytes());
+        b.extend_from_slice(standby.0.as_bytes());
+        b.extend_from_slice(&lsn.0.to_le_bytes());
+    }
     b.extend_from_slice(&(history.0.len() as u32).to_le_bytes());
     for e in &history.0 {
         b.extend_from_slice(&e.epoch.0.to_le_bytes());
@@ -122,11 +134,11 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
     let version = r
         .u32()
         .map_err(|o| corrupt(o, "meta file ends inside the version".into()))?;
-    if version != VERSION && version != VERSION_1 {
+    if ![VERSION_1, VERSION_2, VERSION].contains(&version) {
         return Err(corrupt(
             MAGIC.len(),
             format!(
-                "meta format version {version} is not supported (this build reads {VERSION_1} and {VERSION})"
+                "meta format version {version} is not supported (this build reads {VERSION_1} to {VERSION}); a newer walrep wrote it: run that one"
             ),
         ));
     }
@@ -157,6 +169,26 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
             other => return Err(corrupt(at, format!("bad confirmed flag {other}"))),
         }
     };
+    let mut restart_points = std::collections::BTreeMap::new();
+    if version == VERSION {
+        let points = r.u32().map_err(truncated("the restart points"))?;
+        for _ in 0..points {
+            let len = r.u32().map_err(truncated("the restart points"))? as usize;
+            let name_at = r.pos;
+            let name = r.bytes(len).map_err(truncated("the restart points"))?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| corrupt(name_at, "restart point's node name is not UTF-8".into()))?;
+            let lsn = Lsn(r.u64().map_err(truncated("the restart points"))?);
+            let name = NodeId(name);
+            if restart_points.keys().next_back() >= Some(&name) {
+                return Err(corrupt(
+                    name_at,
+                    format!("restart points out of order at node {name}"),
+                ));
+            }
+            restart_points.insert(name, lsn);
+        }
+    }
     let count = r.u32().map_err(truncated("the history"))?;
     let mut history = EpochHistory::default();
     for _ in 0..count {
@@ -189,6 +221,7 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
             epoch,
             leader,
             confirmed,
+            restart_points,
         },
         history,
     ))
@@ -227,6 +260,7 @@ mod tests {
             epoch: Epoch(9),
             leader: Some(NodeId("node b\nwith odd chars ✓".into())),
             confirmed: true,
+            restart_points: [("c".into(), Lsn(70)), ("node d ✓".into(), Lsn(3))].into(),
         };
         let history = EpochHistory(vec![
             EpochStart {
@@ -241,13 +275,23 @@ mod tests {
         (meta, history)
     }
 
-    /// What a version 1 build wrote: no `confirmed` byte.
-    fn encode_v1(meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
+    /// What an older build wrote: version 2 has no restart points, version
+    /// 1 no `confirmed` byte either.
+    fn encode_older(version: u32, meta: &WalMeta, history: &EpochHistory) -> Vec<u8> {
         let mut b = encode(meta, history);
         b.truncate(b.len() - 4);
-        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&VERSION_1.to_le_bytes());
+        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&version.to_le_bytes());
         let leader_len = meta.leader.as_ref().map_or(0, |l| l.0.len());
-        b.remove(MAGIC.len() + 4 + 8 + 1 + 4 + leader_len);
+        let confirmed_at = MAGIC.len() + 4 + 8 + 1 + 4 + leader_len;
+        let points_len: usize = 4 + meta
+            .restart_points
+            .keys()
+            .map(|s| 4 + s.0.len() + 8)
+            .sum::<usize>();
+        b.drain(confirmed_at + 1..confirmed_at + 1 + points_len);
+        if version == VERSION_1 {
+            b.remove(confirmed_at);
+        }
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -257,12 +301,29 @@ mod tests {
     fn a_version_1_file_reads_as_confirmed() {
         let (mut meta, history) = sample();
         meta.confirmed = false;
-        let (read, read_history) = decode(&encode_v1(&meta, &history), Path::new("m")).unwrap();
+        let bytes = encode_older(VERSION_1, &meta, &history);
+        let (read, read_history) = decode(&bytes, Path::new("m")).unwrap();
         assert!(read.confirmed, "a version 1 primary was already writable");
+        assert!(read.restart_points.is_empty());
         assert_eq!(
             (read.epoch, read.leader, read_history),
             (meta.epoch, meta.leader, history)
         );
+    }
+
+    #[test]
+    fn a_version_2_file_reads_as_having_no_restart_points() {
+        let (meta, history) = sample();
+        let bytes = encode_older(VERSION_2, &meta, &history);
+        let (read, read_history) = decode(&bytes, Path::new("m")).unwrap();
+        assert_eq!(
+            read,
+            WalMeta {
+                restart_points: Default::default(),
+                ..meta
+            }
+        );
+        assert_eq!(read_history, history);
     }
 
     #[test]
@@ -275,6 +336,7 @@ mod tests {
         );
         meta.leader = None;
         meta.confirmed = false;
+        meta.restart_points.clear();
         let empty = EpochHistory::default();
         assert_eq!(decode(&encode(&meta, &empty), p).unwrap(), (meta, empty));
     }
@@ -305,16 +367,23 @@ mod tests {
         fn check(buf: &[u8]) -> Result<(), TestCaseError> {
             let p = Path::new("/x/meta");
             let (result, allocated) = largest_allocation(|| decode(buf, p));
-            // Error messages allocate a little; a length field must not.
-            prop_assert!(allocated <= buf.len() + 256, "allocated {allocated}");
+            // Error messages allocate a little, and so does a node of the
+            // restart points' map (~370 bytes); a length field must not.
+            prop_assert!(allocated <= buf.len() + 512, "allocated {allocated}");
             match result {
                 // Whatever is accepted is exactly what `encode` writes (or
-                // what a version 1 build wrote).
+                // what a version 1 or 2 build wrote).
                 Ok((meta, history))
                     if buf[MAGIC.len()..MAGIC.len() + 4] == VERSION_1.to_le_bytes() =>
                 {
                     prop_assert!(meta.confirmed);
-                    prop_assert_eq!(encode_v1(&meta, &history), buf)
+                    prop_assert_eq!(encode_older(VERSION_1, &meta, &history), buf)
+                }
+                Ok((meta, history))
+                    if buf[MAGIC.len()..MAGIC.len() + 4] == VERSION_2.to_le_bytes() =>
+                {
+                    prop_assert!(meta.restart_points.is_empty());
+                    prop_assert_eq!(encode_older(VERSION_2, &meta, &history), buf)
                 }
                 Ok((meta, history)) => prop_assert_eq!(encode(&meta, &history), buf),
                 Err(WalError::Corrupt {
@@ -405,8 +474,9 @@ mod tests {
                 prop::option::of(".{0,12}"),
                 prop::collection::vec((1u64..4, 0u64..4), 0..6),
                 any::<bool>(),
+                prop::collection::btree_map(".{0,6}", any::<u64>(), 0..3),
             )
-                .prop_map(|(epoch, leader, steps, confirmed)| {
+                .prop_map(|(epoch, leader, steps, confirmed, restart)| {
                     let (mut e, mut l) = (0, 0);
                     let history = steps
                         .into_iter()
@@ -423,6 +493,10 @@ mod tests {
                         epoch: Epoch(epoch),
                         leader: leader.map(NodeId),
                         confirmed,
+                        restart_points: restart
+                            .into_iter()
+                            .map(|(name, lsn)| (NodeId(name), Lsn(lsn)))
+                            .collect(),
                     };
                     (meta, EpochHistory(history))
                 })

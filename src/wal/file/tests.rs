@@ -80,6 +80,7 @@ fn reopen_after_clean_close_returns_the_same_log() {
         epoch: Epoch(2),
         leader: Some("node-a".into()),
         confirmed: true,
+        restart_points: Default::default(),
     };
     let expected = [recs(1..=5, 1), recs(6..=9, 2)].concat();
     {
@@ -541,6 +542,7 @@ fn reset_then_append_then_reopen() {
             epoch: Epoch(1),
             leader: None,
             confirmed: true,
+            restart_points: Default::default(),
         })
         .unwrap();
         for l in 1..=20 {
@@ -631,6 +633,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
         epoch: Epoch(7),
         leader: Some("node-b".into()),
         confirmed: true,
+        restart_points: Default::default(),
     };
     {
         let wal = open(&dir, FileWalOptions::default());
@@ -648,6 +651,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
             epoch: Epoch(8),
             leader: None,
             confirmed: true,
+            restart_points: Default::default(),
         })
         .unwrap();
     }
@@ -658,6 +662,7 @@ fn meta_round_trips_and_a_corrupt_meta_file_is_refused() {
             epoch: Epoch(8),
             leader: None,
             confirmed: true,
+            restart_points: Default::default(),
         }
     );
     drop(wal);
@@ -1042,6 +1047,7 @@ fn a_log_whose_meta_was_deleted_refuses_to_open_instead_of_forgetting_its_epoch(
             epoch: Epoch(3),
             leader: Some("n1".into()),
             confirmed: true,
+            restart_points: Default::default(),
         })
         .unwrap();
         wal.append(&recs(1..=2, 3)).unwrap();
@@ -1142,6 +1148,7 @@ fn write_version_1_segment(dir: &TempDir, records: &[Record]) -> PathBuf {
         epoch: Epoch(1),
         leader: None,
         confirmed: true,
+        restart_points: Default::default(),
     };
     fs::write(
         meta::path(dir.path()),
