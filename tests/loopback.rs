@@ -1592,19 +1592,16 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
     write_and_converge(&pair, &b, &a).await;
 }
 
-/// The case above, with the old primary stopping after it learnt of the
-/// new epoch and before its rejoin settled what it wrote. Restarted, it
-/// must rejoin before it follows the new primary: a stream's checks
-/// cannot tell its records from the lost ones under the same LSNs and
-/// epoch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_that_wrote_over_records_it_lost_and_stopped_before_its_rejoin_drops_them_at_its_next_start()
- {
-    init_tracing();
-    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
-    pair.wait_streaming().await.unwrap();
-    let (a, b) = ten_writes(&pair).await;
-    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
+/// The case above, up to the old primary stopping after it learnt of the
+/// new epoch and before its rejoin settled what it wrote: `a` wrote two
+/// records over the one it lost (which `b`, the new primary, holds), then
+/// stepped down and was killed. Returns `a`, `b` and `a`'s log end before
+/// the lost record.
+async fn wrote_over_a_lost_record_and_stopped_before_its_rejoin(
+    pair: &mut MemPair,
+) -> (walrep::NodeId, walrep::NodeId, Lsn) {
+    let (a, b) = ten_writes(pair).await;
+    let (base, lost) = a_record_only_the_standby_made_durable(pair, &a, &b).await;
     assert_eq!(pair.failover().await.unwrap(), b);
     assert!(lost.await.unwrap().is_err(), "never acknowledged");
     let epoch = pair.node(&b).replica().health().epoch;
@@ -1636,6 +1633,43 @@ async fn a_primary_that_wrote_over_records_it_lost_and_stopped_before_its_rejoin
     for w in writes {
         assert!(w.await.unwrap().is_err(), "never acknowledged");
     }
+    (a, b, base)
+}
+
+/// Restarted after stopping before its rejoin, the old primary must rejoin
+/// before it follows the new one: a stream's checks cannot tell its
+/// records from the lost ones under the same LSNs and epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_wrote_over_records_it_lost_and_stopped_before_its_rejoin_drops_them_at_its_next_start()
+ {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b, _) = wrote_over_a_lost_record_and_stopped_before_its_rejoin(&mut pair).await;
     pair.restart(&a).await.unwrap();
     write_and_converge(&pair, &b, &a).await;
+}
+
+/// The same, but restarted cut off from the new primary, the old one is
+/// promoted by force before its rejoin could run: it keeps its restart
+/// point, so the new primary, stepping down for it, drops the record the
+/// old one lost and wrote over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_forced_to_take_over_before_its_rejoin_makes_its_peer_drop_the_record_it_lost() {
+    init_tracing();
+    let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
+    pair.wait_streaming().await.unwrap();
+    let (a, b, _) = wrote_over_a_lost_record_and_stopped_before_its_rejoin(&mut pair).await;
+    pair.restart_with_link(&a, |link| link.set_cut(true))
+        .await
+        .unwrap();
+    pair.node(&a)
+        .wait("a starts with a rejoin", |h| {
+            matches!(h.role, RoleKind::Fenced | RoleKind::Rejoining)
+        })
+        .await
+        .unwrap();
+    pair.node(&a).replica().promote(true).await.unwrap();
+    pair.set_link_cut(&a, false);
+    write_and_converge(&pair, &a, &b).await;
 }

@@ -224,13 +224,18 @@ pub(crate) struct Node {
 }
 
 /// The restart point kept in `meta` that a node not starting as the
-/// primary must rejoin past: the one for the leader it would follow (for
-/// any peer, when it knows none), if its log holds records after it
+/// primary must rejoin past: the one for the leader it would follow (the
+/// lowest of its peers', when it knows none), if its log holds records
+/// after it
 /// (`runtime/restart_point.rs`).
-fn kept_point_to_rejoin(meta: &WalMeta, last_lsn: Lsn) -> Option<Lsn> {
+fn kept_point_to_rejoin(meta: &WalMeta, last_lsn: Lsn, peers: &[NodeId]) -> Option<Lsn> {
     let point = match &meta.leader {
         Some(leader) => meta.restart_points.get(leader).copied(),
-        None => meta.restart_points.values().min().copied(),
+        None => peers
+            .iter()
+            .filter_map(|p| meta.restart_points.get(p))
+            .min()
+            .copied(),
     };
     point.filter(|p| last_lsn > *p)
 }
@@ -302,7 +307,7 @@ impl Node {
                 node.warn_unconfirmed();
             }
             node.emit(Effect::StartPrimaryTasks);
-        } else if let Some(restart) = kept_point_to_rejoin(&meta, last_lsn) {
+        } else if let Some(restart) = kept_point_to_rejoin(&meta, last_lsn, &node.cfg.peer_ids()) {
             // We restarted as the primary, wrote after our log's end then,
             // and stepped down (or were fenced) before a rejoin settled it.
             // The new primary may hold other records under those LSNs and

@@ -29,10 +29,12 @@ impl Node {
             // The engine applied records the WAL no longer has: its tail
             // was cut (a torn write cut at recovery, a damaged disk) after
             // the engine made them durable, or the WAL is another node's. A
-            // standby can always start over from the primary's snapshot. A
-            // node that was the primary may hold acknowledged writes no one
-            // else has, so the operator decides.
-            if !matches!(self.role, Role::Standby(_)) {
+            // standby can always start over from the primary's snapshot, and
+            // so can a node that stepped down and starts with a rejoin
+            // (`kept_point_to_rejoin`): the primary it followed holds what
+            // it applied. A node that was the primary may hold acknowledged
+            // writes no one else has, so the operator decides.
+            if matches!(self.role, Role::Primary(_)) {
                 self.emit(Effect::CannotStart {
                     reason: format!(
                         "the state machine has applied up to {applied} but the WAL ends at {last}; the WAL does not belong to this state (wrong data directory?)"

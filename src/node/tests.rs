@@ -2794,6 +2794,26 @@ fn a_node_holding_records_after_a_kept_restart_point_rejoins_at_start() {
     let (node, effects) = new_node(cfg(), not_after, Lsn(10), Lsn(10), Lsn(10), t(0));
     assert_eq!(node.role(), RoleKind::Standby);
     assert!(effects.is_empty(), "{effects:?}");
+    // One whose engine applied past its WAL's end (a tail cut at
+    // recovery) starts too: the rejoin restores the primary's snapshot.
+    let (mut node, _) = new_node(cfg(), kept.clone(), Lsn(10), Lsn(10), Lsn(12), t(0));
+    let opened = node.step(t(0), Event::Opened { first_lsn: Lsn(1) });
+    assert!(
+        !opened
+            .iter()
+            .any(|e| matches!(e, Effect::CannotStart { .. })),
+        "{opened:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Fenced);
+    // Knowing no leader, the lowest point of its peers counts; one for a
+    // node that is no peer (any more) says nothing of their logs.
+    let mut no_leader = kept.clone();
+    no_leader.leader = None;
+    let (node, _) = new_node(cfg(), no_leader.clone(), Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(node.role(), RoleKind::Fenced);
+    no_leader.restart_points = [(NodeId::from("n9"), Lsn(7))].into();
+    let (node, _) = new_node(cfg(), no_leader, Lsn(10), Lsn(10), Lsn(10), t(0));
+    assert_eq!(node.role(), RoleKind::Standby);
     // A point for another peer says nothing of the leader's log.
     kept.restart_points = [(NodeId::from("n3"), Lsn(7))].into();
     let (node, _) = new_node(cfg(), kept, Lsn(10), Lsn(10), Lsn(10), t(0));

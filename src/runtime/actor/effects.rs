@@ -100,13 +100,15 @@ impl Actor {
                 if from == RoleKind::Standby && to != RoleKind::Standby {
                     self.end_inbound_stream(to, epoch);
                 }
-                if (to == RoleKind::Primary && from != RoleKind::Primary) || to == RoleKind::Standby
-                {
-                    // A promotion: a new epoch, whose records are all of
-                    // this life. A standby: it either rejoined (its log is
-                    // a prefix of the primary's) or was an unconfirmed
-                    // primary that wrote nothing. (Kept when we are fenced,
-                    // for our own rejoin: `LocalLog::restarted_at`.)
+                if to == RoleKind::Standby {
+                    // It either rejoined (its log is a prefix of the
+                    // primary's) or was an unconfirmed primary that wrote
+                    // nothing. Kept when we are fenced, for our own rejoin
+                    // (`LocalLog::restarted_at`), and at a promotion: only
+                    // a forced one comes before that rejoin ended, and the
+                    // peer that led meanwhile may hold the records we lost
+                    // under the LSNs we wrote since, which our stream must
+                    // then make it drop.
                     self.drop_restart_points();
                 }
                 if matches!(from, RoleKind::Fenced | RoleKind::Rejoining)

@@ -146,9 +146,9 @@ struct Actor {
     /// A node that started as the primary of its epoch: where its log
     /// ended then, per standby (or at an earlier start, `restart.rs`).
     /// Kept when it is fenced, until its first rejoin ends, for that
-    /// rejoin (`LocalLog::restarted_at`); dropped when it becomes a
-    /// standby, is promoted to a new epoch, or a stream of this life
-    /// reached every standby. The WAL's meta keeps the points of the
+    /// rejoin (`LocalLog::restarted_at`), and across a forced promotion
+    /// before it; dropped when it becomes a standby or a stream of this
+    /// life reached every standby. The WAL's meta keeps the points of the
     /// standbys not reached yet.
     restart_point: Option<Arc<RestartPoint>>,
     /// How many points the WAL's meta keeps.

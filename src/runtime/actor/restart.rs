@@ -2,7 +2,7 @@
 //! what they are for): taken when the node starts, kept in the WAL's meta
 //! for the standbys no stream of this life reached yet (so that a second
 //! restart keeps their lower points), and dropped once every standby was
-//! reached or the node's role no longer needs them.
+//! reached or the node became a standby.
 
 use super::Actor;
 use crate::node::RoleKind;
@@ -80,14 +80,19 @@ impl Actor {
             .as_ref()
             .map(|p| p.unreached())
             .unwrap_or_default();
-        self.restart_points_saved = points.len();
         let mut meta = self.wal.meta();
         if meta.restart_points == points {
+            self.restart_points_saved = points.len();
             return;
         }
+        let count = points.len();
         meta.restart_points = points;
-        if let Err(e) = self.wal.set_meta(&meta) {
-            tracing::warn!(error = %e, "could not save the restart points in the WAL's meta; going on with them in memory");
+        match self.wal.set_meta(&meta) {
+            // Counted only once saved, so the next ack tries again.
+            Ok(()) => self.restart_points_saved = count,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not save the restart points in the WAL's meta; going on with them in memory")
+            }
         }
     }
 }
