@@ -68,6 +68,11 @@ pub(super) struct ArbiterLink {
     seen_version: u64,
     /// A promotion that waits for the arbiter's swap.
     promotion: Option<PendingPromotion>,
+    /// The epoch a promotion swap of this life asked for, naming this
+    /// node primary: a register found naming us primary of it is that
+    /// swap's doing, even if its answer was lost and a seal made us adopt
+    /// the epoch meanwhile (`on_register`).
+    promotion_asked: Option<Epoch>,
     /// Why a failover or a solo step did not happen (cleared once it did,
     /// or is no longer wanted).
     held_back: Option<String>,
@@ -144,7 +149,6 @@ impl Node {
     }
 
     /// The call in flight.
-    #[cfg(test)]
     pub(super) fn arbiter_asking(&self) -> Option<ArbiterPurpose> {
         self.arbiter.as_ref().and_then(|l| l.asking)
     }
@@ -195,6 +199,9 @@ impl Node {
                 next,
             } = &call
             {
+                if matches!(purpose, ArbiterPurpose::Promote(_)) {
+                    link.promotion_asked = Some(next.epoch);
+                }
                 link.possible.push(PossibleRegister {
                     expects: Some(*expected_version),
                     epoch: next.epoch,
@@ -675,6 +682,24 @@ impl Node {
             } else {
                 self.on_higher_epoch(register.epoch, register.primary.clone());
             }
+            return;
+        }
+        if register.epoch == self.epoch
+            && register.exists()
+            && register.primary.as_ref() == Some(&me)
+            && self.leader.is_none()
+            && matches!(self.role, Role::Standby(_))
+            && self
+                .arbiter
+                .as_ref()
+                .is_some_and(|l| l.promotion_asked == Some(register.epoch))
+        {
+            // Our promotion swap took effect but its answer was lost, and
+            // a candidate's seal made us adopt the epoch meanwhile (its own
+            // swap cannot succeed now): the epoch is ours to take, or no
+            // one ever leads it.
+            tracing::warn!(epoch = %register.epoch, "the register names this node primary of the epoch its own promotion asked for; taking it");
+            self.take_epoch(register.epoch, Promotion::Failover, false);
             return;
         }
         if register.epoch == self.epoch

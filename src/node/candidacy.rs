@@ -39,7 +39,7 @@
 //! standbys refuse its epoch): availability, never safety, is what a
 //! failed round costs.
 
-use super::event::{Effect, FetchFailed, Time};
+use super::event::{ArbiterPurpose, Effect, FetchFailed, Time};
 use super::quorum::{
     CommitRule, LogEnd, Method, PromotionDecision, decide_promotion, positions_needed,
 };
@@ -313,12 +313,19 @@ impl Node {
         &mut self,
         now: Time,
         from: NodeId,
+        epoch: Epoch,
         answer: Result<LogEnd, String>,
         mine: LogEnd,
     ) {
         let Some(c) = self.candidacy.as_mut() else {
             return;
         };
+        if c.seal != epoch {
+            // An answer to an earlier round's seal, late: the standby may
+            // have taken records from a primary of that epoch since.
+            tracing::info!(standby = %from, %epoch, seal = %c.seal, "failover: ignoring an answer to an earlier seal");
+            return;
+        }
         match answer {
             Ok(end) => {
                 tracing::info!(standby = %from, last_lsn = %end.lsn, last_epoch = %end.epoch, "failover: a standby adopted the candidate's epoch and gave its final position");
@@ -447,6 +454,17 @@ impl Node {
                 self.epoch, self.leader
             );
             return refuse(self, reason);
+        }
+        if matches!(self.arbiter_asking(), Some(ArbiterPurpose::Promote(_))) {
+            // Our own swap is in flight: yielding now would leave a
+            // register naming us primary of an epoch nobody leads, and the
+            // candidate's swap fails against it. Its answer decides first.
+            return refuse(
+                self,
+                format!(
+                    "this node's own promotion is being recorded by the arbiter; ask again once it answered (a candidate for epoch {epoch})"
+                ),
+            );
         }
         if self.candidacy.as_ref().is_some_and(|c| c.seal == epoch)
             && self.ranks_before(mine, &candidate, candidate_end)

@@ -254,9 +254,12 @@ pub(crate) enum Event {
     Opened { first_lsn: Lsn },
     /// A standby asked by `Effect::SealStandbys` adopted the candidate's
     /// epoch and answered with its log's end (`Err`: it refused, or did
-    /// not answer). `mine` is this node's log end now.
+    /// not answer). `mine` is this node's log end now. `epoch` is the one
+    /// the seal asked for: an answer of an earlier round says nothing of
+    /// this one's.
     SealAnswered {
         from: NodeId,
+        epoch: Epoch,
         answer: Result<LogEnd, String>,
         mine: LogEnd,
     },

@@ -412,9 +412,12 @@ impl Node {
             Event::SwitchoverTo { standby } => self.on_switchover_to(standby),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
             Event::Opened { first_lsn } => self.on_opened(first_lsn),
-            Event::SealAnswered { from, answer, mine } => {
-                self.on_seal_answered(now, from, answer, mine)
-            }
+            Event::SealAnswered {
+                from,
+                epoch,
+                answer,
+                mine,
+            } => self.on_seal_answered(now, from, epoch, answer, mine),
             Event::WalFetched { from, fetched } => self.on_wal_fetched(now, from, fetched),
             Event::RejoinStarted => {
                 if matches!(self.role, Role::Fenced) {

@@ -147,6 +147,7 @@ pub(crate) enum Msg {
     /// `Event::SealAnswered` with our log end read then).
     SealAnswer {
         from: crate::types::NodeId,
+        epoch: crate::types::Epoch,
         answer: std::result::Result<crate::node::LogEnd, String>,
     },
     /// Records a candidate read from a standby (stepped as

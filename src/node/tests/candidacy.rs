@@ -72,6 +72,7 @@ fn seals(effects: &[Effect], epoch: Option<u64>) -> bool {
 fn n3_answers(lsn: u64) -> Event {
     Event::SealAnswered {
         from: n("n3"),
+        epoch: Epoch(2),
         answer: Ok(end(1, lsn)),
         mine: end(1, 10),
     }
@@ -286,6 +287,7 @@ fn a_candidate_decides_without_a_standby_it_cannot_fetch_from_when_the_others_su
     tick_answering_reads(&mut node, 200, 1300);
     let answer = |from: &str, lsn: u64| Event::SealAnswered {
         from: n(from),
+        epoch: Epoch(2),
         answer: Ok(end(1, lsn)),
         mine: end(1, 10),
     };
@@ -607,4 +609,101 @@ fn a_rule_heard_long_ago_does_not_decide_a_failover() {
     effects.extend(tick_answering_reads(&mut node, 1900, 2000));
     assert!(!seals(&effects, None), "{effects:?}");
     assert!(swaps(&effects), "{effects:?}");
+}
+
+/// `sealing()` once n3 answered as far as it and its tick sent the
+/// promotion swap, which is in flight.
+fn swapping() -> (Node, Register) {
+    let mut node = sealing();
+    let mut effects = node.step(t(1400), n3_answers(10));
+    effects.extend(tick_answering_reads(&mut node, 1500, 2000));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(
+        (purpose, expected, next.epoch),
+        (ArbiterPurpose::Promote(Promotion::Failover), 3, Epoch(2))
+    );
+    assert_eq!(node.arbiter_asking(), Some(purpose));
+    (node, next)
+}
+
+/// A seal of a candidate that comes first arriving while this node's own
+/// swap is in flight: yielding would leave the register naming this node
+/// primary of an epoch nobody leads (the other's swap then fails against
+/// it), for good. The swap's answer decides first.
+#[test]
+fn a_seal_arriving_while_the_candidates_own_swap_is_in_flight_is_refused() {
+    let (mut node, next) = swapping();
+    let effects = node.step(t(2050), seal_from(2, "n3", Some(end(1, 12))));
+    assert!(refuses(&effects), "{effects:?}");
+    assert_eq!(node.epoch(), Epoch(1));
+    let mut swapped = next;
+    swapped.version = 4;
+    super::arbiter::answer(
+        &mut node,
+        t(2100),
+        ArbiterPurpose::Promote(Promotion::Failover),
+        ArbiterAnswer::Swapped(swapped),
+    );
+    assert_eq!(node.epoch(), Epoch(2));
+    assert!(
+        matches!(node.role(), RoleKind::Promoting | RoleKind::Primary),
+        "{:?}",
+        node.role()
+    );
+}
+
+/// The same race when the swap's answer was lost: the seal is answered,
+/// and the register read later names this node primary of the epoch it
+/// asked for and adopted from the seal. It takes it.
+#[test]
+fn a_candidate_whose_swap_answer_was_lost_takes_the_epoch_the_register_names_it_primary_of() {
+    let (mut node, next) = swapping();
+    super::arbiter::answer(
+        &mut node,
+        t(2050),
+        ArbiterPurpose::Promote(Promotion::Failover),
+        ArbiterAnswer::Failed {
+            unreachable: true,
+            error: "timed out".into(),
+        },
+    );
+    let effects = node.step(t(2100), seal_from(2, "n3", Some(end(1, 12))));
+    assert!(answers_at_10(&effects), "{effects:?}");
+    assert_eq!((node.epoch(), node.role()), (Epoch(2), RoleKind::Standby));
+    let mut swapped = next;
+    swapped.version = 4;
+    node.step(t(2200), Event::Tick);
+    super::arbiter::answer(
+        &mut node,
+        t(2200),
+        ArbiterPurpose::Refresh,
+        ArbiterAnswer::Read(swapped),
+    );
+    assert_eq!(node.epoch(), Epoch(2));
+    assert!(
+        matches!(node.role(), RoleKind::Promoting | RoleKind::Primary),
+        "{:?}",
+        node.role()
+    );
+}
+
+/// A late answer to an earlier round's seal says nothing of this round's:
+/// the standby may have taken records from a primary of that epoch since.
+#[test]
+fn an_answer_to_an_earlier_rounds_seal_is_not_counted() {
+    let mut node = sealing();
+    let late = Event::SealAnswered {
+        from: n("n3"),
+        epoch: Epoch(1),
+        answer: Ok(end(1, 14)),
+        mine: end(1, 10),
+    };
+    let mut effects = node.step(t(1400), late);
+    effects.extend(tick_answering_reads(&mut node, 1450, 2000));
+    assert!(!fetches(&effects), "{effects:?}");
+    assert!(!swaps(&effects), "{effects:?}");
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(held.contains("heard from 1 of the 2"), "{held}");
+    // This round's answer counts.
+    assert!(fetches(&node.step(t(2050), n3_answers(14))));
 }

@@ -341,6 +341,7 @@ impl Actor {
                 let _ = tx
                     .send(Msg::SealAnswer {
                         from: standby,
+                        epoch,
                         answer,
                     })
                     .await;

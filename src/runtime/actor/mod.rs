@@ -393,9 +393,18 @@ impl Actor {
                 );
             }
             Msg::Event(event) => self.on_event(event),
-            Msg::SealAnswer { from, answer } => {
+            Msg::SealAnswer {
+                from,
+                epoch,
+                answer,
+            } => {
                 let mine = self.log_end();
-                self.step(Event::SealAnswered { from, answer, mine });
+                self.step(Event::SealAnswered {
+                    from,
+                    epoch,
+                    answer,
+                    mine,
+                });
             }
             Msg::Fetched { from, batch } => {
                 let fetched = batch.map(|b| {
