@@ -279,6 +279,11 @@ impl Node {
         if known.epoch != self.epoch || known.primary.as_ref() != Some(me) {
             return refresh;
         }
+        if p.retake {
+            let mut next = known.clone();
+            next.epoch = self.epoch.next();
+            return swap(ArbiterPurpose::Retake, known.version, next);
+        }
         if let Some(next) = self.sync_set_without_lost(p, known) {
             return swap(ArbiterPurpose::DropStandby, known.version, next);
         }
@@ -668,6 +673,15 @@ impl Node {
     /// What a register the arbiter answered means for this node.
     fn on_register(&mut self, purpose: ArbiterPurpose, register: Register, swapped: bool) {
         let me = self.cfg.node_id.clone();
+        if register.epoch == self.epoch.next()
+            && register.primary.as_ref() == Some(&me)
+            && matches!(&self.role, Role::Primary(p) if p.retake)
+        {
+            // Our retake swap (or one whose answer was lost: nothing else
+            // names a running primary leader of the next epoch).
+            self.retake_epoch(register.epoch);
+            return;
+        }
         if register.epoch > self.epoch && register.exists() {
             let ours = self.may_be_handed(register.epoch);
             if register.primary.as_ref() == Some(&me) && !ours {
@@ -747,6 +761,20 @@ impl Node {
             self.go_on_without_removed(&register.sync_set);
         }
         self.explain_promotion_wait();
+    }
+
+    /// A primary restarted in a cluster got the next epoch from the
+    /// register: it persists it and streams in it from now on (its tasks
+    /// start again with the new epoch in their headers), then writes.
+    fn retake_epoch(&mut self, epoch: Epoch) {
+        let me = self.cfg.node_id.clone();
+        tracing::info!(%epoch, previous = %self.epoch, "restarted as the primary: took the next epoch through the arbiter; accepting writes");
+        self.persist(epoch, Some(me));
+        if let Role::Primary(p) = &mut self.role {
+            p.retake = false;
+        }
+        self.emit(Effect::StopPrimaryTasks);
+        self.emit(Effect::StartPrimaryTasks);
     }
 
     /// The register granted us `epoch` (or a switchover or a forced

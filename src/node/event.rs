@@ -499,6 +499,9 @@ pub(crate) enum ArbiterPurpose {
     CatchUp,
     /// Take the next epoch with us as primary.
     Promote(Promotion),
+    /// A primary restarted in a cluster takes the next epoch, staying
+    /// primary, before it writes (`Primary::retake`).
+    Retake,
     /// The standby is lost: take it out of the sync set, so that we may
     /// acknowledge without it.
     DropStandby,

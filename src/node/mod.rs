@@ -302,7 +302,14 @@ impl Node {
             // hear from its standby before it may commit alone: the standby
             // may have promoted while we were down. One that was never
             // confirmed still waits for its peer's confirmation.
-            node.role = Role::Primary(Primary::restarted(&node.standbys, flushed, meta.confirmed));
+            // In a cluster it takes the next epoch before it writes.
+            let retake = node.cfg.arbiter.is_some() && node.standbys.len() > 1;
+            node.role = Role::Primary(Primary::restarted(
+                &node.standbys,
+                flushed,
+                meta.confirmed,
+                retake,
+            ));
             if !meta.confirmed {
                 node.warn_unconfirmed();
             }

@@ -41,6 +41,16 @@ pub(super) struct Primary {
     /// be a primary of it itself. A promoted primary is confirmed by its
     /// promotion (the fence); a forced promotion by the operator.
     pub(super) confirmed: bool,
+    /// A primary restarted in a cluster takes the next epoch through the
+    /// arbiter's register before it writes (`arbiter.rs`, `Retake`). A
+    /// crash of its machine may have lost records some standby holds
+    /// (it streams before its own fsync covers them); records it writes
+    /// from now on then never share an `(lsn, epoch)` with those, so every
+    /// log check and a candidacy's ranking tell them apart. A pair has
+    /// one standby and its restart points (`runtime/restart_point.rs`)
+    /// cover it; with two or more, one standby may hold the lost records
+    /// while another takes the new ones and then leads.
+    pub(super) retake: bool,
 }
 
 impl Primary {
@@ -55,6 +65,7 @@ impl Primary {
             demotion: None,
             may_have_acknowledged: Lsn::ZERO,
             confirmed: false,
+            retake: false,
         };
         p.refresh_counted();
         p
@@ -67,10 +78,16 @@ impl Primary {
 
     /// A primary restarting with `durable` records on its disk, confirmed
     /// or not as its meta says.
-    pub(super) fn restarted(standbys: &BTreeSet<NodeId>, durable: Lsn, confirmed: bool) -> Primary {
+    pub(super) fn restarted(
+        standbys: &BTreeSet<NodeId>,
+        durable: Lsn,
+        confirmed: bool,
+        retake: bool,
+    ) -> Primary {
         Primary {
             may_have_acknowledged: durable,
             confirmed,
+            retake: retake && confirmed,
             ..Primary::new(standbys)
         }
     }
@@ -240,6 +257,14 @@ impl Primary {
             return Err(WriteRefusal::Unavailable {
                 reason: "a planned switchover is in progress; retry on the new primary shortly"
                     .into(),
+            });
+        }
+        if self.retake {
+            return Err(WriteRefusal::Unavailable {
+                reason: format!(
+                    "this node restarted as the primary of epoch {epoch} and takes epoch {} through the arbiter before it writes (a standby may hold records it lost in a crash); retry shortly, or check that the arbiter answers",
+                    epoch.next()
+                ),
             });
         }
         if cfg.commit_mode.is_sync() && self.rule_unmeetable(rule) {

@@ -707,3 +707,94 @@ fn an_answer_to_an_earlier_rounds_seal_is_not_counted() {
     // This round's answer counts.
     assert!(fetches(&node.step(t(2050), n3_answers(14))));
 }
+
+/// A primary restarted in a cluster takes the next epoch through the
+/// register before it writes: a crash of its machine may have lost
+/// records one standby holds, and records it writes from now on must
+/// never share an `(lsn, epoch)` with those (another standby could take
+/// the new ones and then lead, or rank below the one holding the lost
+/// ones by log length alone).
+#[test]
+fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
+    let (mut node, _) = new_node(
+        candidate_config(),
+        meta(3, "n1"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+    let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2", "n3"]));
+    assert!(
+        matches!(node.check_writable(), Err(WriteRefusal::Unavailable { reason }) if reason.contains("takes epoch 4")),
+        "{:?}",
+        node.check_writable()
+    );
+    effects.extend(tick_answering_reads(&mut node, 100, 300));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::Retake, 5));
+    assert_eq!(
+        (next.epoch, next.primary.clone()),
+        (Epoch(4), Some(n("n1")))
+    );
+    assert_eq!(next.sync_set, register(5, 3, "n1", &["n2", "n3"]).sync_set);
+    let mut swapped = next;
+    swapped.version = 6;
+    let effects =
+        super::arbiter::answer(&mut node, t(350), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!((node.epoch(), node.role()), (Epoch(4), RoleKind::Primary));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::PersistMeta { epoch, .. } if *epoch == Epoch(4))),
+        "{effects:?}"
+    );
+    let restarts = [Effect::StopPrimaryTasks, Effect::StartPrimaryTasks];
+    assert!(effects.windows(2).any(|w| w == restarts), "{effects:?}");
+    assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
+}
+
+/// The retake loses to a standby's promotion swap at the same version: the
+/// restarted primary follows the register and never wrote in either epoch.
+#[test]
+fn a_restarted_primary_whose_retake_loses_to_a_promotion_steps_down() {
+    let (mut node, _) = new_node(
+        candidate_config(),
+        meta(3, "n1"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2", "n3"]));
+    effects.extend(tick_answering_reads(&mut node, 100, 300));
+    let (purpose, _, _) = super::arbiter::the_swap(&effects);
+    super::arbiter::answer(
+        &mut node,
+        t(350),
+        purpose,
+        ArbiterAnswer::Conflict(register(6, 4, "n3", &["n2"])),
+    );
+    assert_eq!(node.epoch(), Epoch(4));
+    assert_ne!(node.role(), RoleKind::Primary);
+}
+
+/// A pair has one standby, and its restart points cover it: a restarted
+/// primary of a pair with an arbiter writes in its epoch at once.
+#[test]
+fn a_primary_restarted_in_a_pair_keeps_its_epoch() {
+    let (mut node, _) = new_node(
+        super::arbiter::with_arbiter(cfg()),
+        meta(3, "n1"),
+        Lsn(10),
+        Lsn(10),
+        Lsn(10),
+        t(0),
+    );
+    let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2"]));
+    effects.extend(tick_answering_reads(&mut node, 100, 300));
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!(node.epoch(), Epoch(3));
+    assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
+}

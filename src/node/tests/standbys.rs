@@ -32,6 +32,11 @@ fn primary_of_two(rule: &str, loss: OnStandbyLoss) -> Node {
     };
     cfg.validate().unwrap();
     let (mut node, _) = new_node(cfg, meta(1, "n1"), Lsn(0), Lsn(0), Lsn(0), t(0));
+    // A primary running in its epoch, not one just restarted (which takes
+    // the next epoch first: `candidacy::a_primary_restarted_in_a_cluster_…`).
+    if let Role::Primary(p) = &mut node.role {
+        p.retake = false;
+    }
     for s in ["n2", "n3"] {
         node.step(t(1), Event::StandbyReachable { standby: n(s) });
         node.step(
