@@ -3,7 +3,7 @@
 
 use super::api::{self, WriteReply};
 use super::client::{self, HttpClient};
-use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help};
+use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help, walrep_env};
 use super::error::DaemonError;
 use super::{bench, demo, node};
 use clap::{Args, Parser, Subcommand};
@@ -502,9 +502,16 @@ fn written(reply: &WriteReply) -> String {
 pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
     Ok(match cli.command {
         Command::Node(args) => Job::Node(Box::new(
-            Layers::gather(args.flag_values(), args.config.clone(), std::env::vars())?.resolve()?,
+            Layers::gather(
+                args.flag_values(),
+                args.config.clone(),
+                walrep_env(crate::config::SETTINGS)?,
+            )?
+            .resolve()?,
         )),
-        Command::Witness(args) => Job::Witness(args.resolve(std::env::vars())?),
+        Command::Witness(args) => {
+            Job::Witness(args.resolve(walrep_env(crate::witness::settings::WITNESS_SETTINGS)?)?)
+        }
         other => Job::Other(other),
     })
 }

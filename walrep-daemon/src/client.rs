@@ -203,7 +203,12 @@ impl HttpClient {
         if let Some(key) = idempotency_key {
             req = req.header(idempotency::HEADER, key);
         }
-        let mut req = req.body(Full::new(body)).expect("a valid request");
+        let mut req = req.body(Full::new(body)).map_err(|e| ClientError::Protocol {
+            addr: self.addr.clone(),
+            msg: format!(
+                "cannot send this request: {e} (an --idempotency-key or token must be printable text, with no control characters)"
+            ),
+        })?;
         let resp = loop {
             let sender = self.conn.as_mut().expect("connected above");
             match sender.try_send_request(req).await {

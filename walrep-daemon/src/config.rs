@@ -173,6 +173,55 @@ pub fn env_name(key: &str) -> String {
     format!("WALREP_{}", key.to_ascii_uppercase())
 }
 
+/// The variable filtering the logs (beside `RUST_LOG`).
+pub const LOG_ENV: &str = "WALREP_LOG";
+
+/// The process's `WALREP_*` variables, for a command whose settings are
+/// `table`. A value that is not UTF-8 is refused naming the variable
+/// (`std::env::vars` would panic on it, or on any other variable that is
+/// not UTF-8, which are skipped here). A variable that names no setting
+/// (a misspelling such as `WALREP_FAILOVER_TIMEOUT` for
+/// `WALREP_FAILOVER_TIMEOUT_MS`) is otherwise ignored, so each gets a
+/// warning on stderr naming the setting it may have meant.
+pub fn walrep_env(table: &'static [Setting]) -> Result<Vec<(String, String)>, DaemonError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with("WALREP_")) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| {
+            DaemonError::Config(format!(
+                "the environment variable {name} is not valid UTF-8: give it as text, or unset it"
+            ))
+        })?;
+        if let Some(warning) = unknown_variable(table, name) {
+            eprintln!("walrep: warning: {warning}");
+        }
+        vars.push((name.to_string(), value));
+    }
+    Ok(vars)
+}
+
+/// Why `name`, a `WALREP_*` variable, is ignored, if it is: it names no
+/// setting of `table`, nor the config file or the log filter.
+fn unknown_variable(table: &'static [Setting], name: &str) -> Option<String> {
+    if name == CONFIG_ENV || name == LOG_ENV || table.iter().any(|s| env_name(s.key) == name) {
+        return None;
+    }
+    let near: Vec<String> = table
+        .iter()
+        .map(|s| env_name(s.key))
+        .filter(|known| known.starts_with(name) || name.starts_with(known.as_str()))
+        .collect();
+    let hint = match near.as_slice() {
+        [] => "see --help for the settings".to_string(),
+        some => format!("did you mean {}?", some.join(" or ")),
+    };
+    Some(format!(
+        "the environment variable {name} names no setting and is ignored ({hint})"
+    ))
+}
+
 pub fn flag_name(key: &str) -> String {
     match key {
         "auto_failover" => "--no-auto-failover".into(),
@@ -1129,6 +1178,21 @@ mod tests {
                 flags.push(("peer_id", "n2".into()));
             }
             assert!(resolve(flags, None, &[]).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_walrep_variable_naming_no_setting_is_warned_of_with_the_one_it_may_mean() {
+        let warning = unknown_variable(SETTINGS, "WALREP_FAILOVER_TIMEOUT").unwrap();
+        assert!(
+            warning.contains("WALREP_FAILOVER_TIMEOUT names no setting")
+                && warning.contains("did you mean WALREP_FAILOVER_TIMEOUT_MS"),
+            "{warning}"
+        );
+        let warning = unknown_variable(SETTINGS, "WALREP_NO_AUTO_FAILOVER").unwrap();
+        assert!(warning.contains("see --help"), "{warning}");
+        for known in ["WALREP_HEARTBEAT_MS", CONFIG_ENV, LOG_ENV] {
+            assert_eq!(unknown_variable(SETTINGS, known), None, "{known}");
         }
     }
 

@@ -682,15 +682,38 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
     super::metrics::respond(&headers, s.metrics.encode())
 }
 
+/// `POST /promote`'s query: `force` (alone, or `=true`, `=1`, `=yes`)
+/// and `to=NODE`. Anything else is refused: `?force=True` taken for a
+/// planned switchover would do something other than what was asked.
+fn promote_query(query: &str) -> Result<(bool, Option<String>), String> {
+    let (mut force, mut to) = (false, None);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv {
+            "force" | "force=true" | "force=1" | "force=yes" => force = true,
+            "force=false" | "force=0" | "force=no" => {}
+            _ => match kv.strip_prefix("to=") {
+                Some(node) if to.is_none() && !node.is_empty() => {
+                    to = Some(crate::api::percent_decode(node))
+                }
+                _ => {
+                    return Err(format!(
+                        "/promote does not understand {kv:?}: it takes force (or force=true, force=1, force=yes; false, 0 or no for none) and to=NODE once"
+                    ));
+                }
+            },
+        }
+    }
+    Ok((force, to))
+}
+
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
-    let query = uri.query().unwrap_or("");
-    let force = query
-        .split('&')
-        .any(|kv| matches!(kv, "force" | "force=true" | "force=1" | "force=yes"));
-    let to = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("to="))
-        .map(crate::api::percent_decode);
+    let (force, to) = match promote_query(uri.query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(msg) => {
+            s.metrics.http_rejected("bad_request");
+            return error(StatusCode::BAD_REQUEST, msg, None);
+        }
+    };
     tracing::info!(force, to = ?to, "promotion asked over HTTP");
     if let Some(to) = &to {
         let h = s.replica.health();
@@ -718,5 +741,22 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
     match s.replica.promote(force).await {
         Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),
         Err(e) => s.refused(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::promote_query;
+
+    #[test]
+    fn promote_takes_force_and_one_target_and_refuses_anything_else() {
+        assert_eq!(promote_query(""), Ok((false, None)));
+        assert_eq!(promote_query("force"), Ok((true, None)));
+        assert_eq!(promote_query("force=1&to=n2"), Ok((true, Some("n2".into()))));
+        assert_eq!(promote_query("force=no"), Ok((false, None)));
+        for bad in ["force=True", "forced", "to=", "to=n2&to=n3", "switch=1"] {
+            let err = promote_query(bad).unwrap_err();
+            assert!(err.contains("/promote does not understand"), "{bad}: {err}");
+        }
     }
 }

@@ -655,6 +655,12 @@ async fn the_node_persists_a_kv_snapshot_every_snapshot_records() {
 
 /// Runs the binary to completion, killing it if it outlives `WAIT * 3`.
 fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    run_bin_os(args, &env)
+}
+
+/// `run_bin` with values that need not be UTF-8.
+fn run_bin_os(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
     use std::io::Read;
     use std::process::Stdio;
     let mut cmd = std::process::Command::new(BIN);
@@ -727,6 +733,40 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("invalid value for heartbeat_ms (from WALREP_HEARTBEAT_MS)"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "the data dir was created");
+
+    // A variable that is not UTF-8: another program's is skipped (it made
+    // the process panic), one of walrep's is refused by name; a
+    // misspelled one is warned of with the setting it may mean.
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff");
+    let soon = std::ffi::OsStr::new("soon");
+    let out = run_bin_os(
+        &args,
+        &[
+            ("SOME_OTHER_PROGRAMS", not_utf8),
+            ("WALREP_FAILOVER_TIMEOUT", std::ffi::OsStr::new("3000")),
+            ("WALREP_HEARTBEAT_MS", soon),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value for heartbeat_ms"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("WALREP_FAILOVER_TIMEOUT names no setting")
+            && stderr.contains("did you mean WALREP_FAILOVER_TIMEOUT_MS"),
+        "{stderr}"
+    );
+    let out = run_bin_os(&args, &[("WALREP_HEARTBEAT_MS", not_utf8)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WALREP_HEARTBEAT_MS is not valid UTF-8"),
         "{stderr}"
     );
     assert!(!data.exists(), "the data dir was created");
@@ -896,6 +936,22 @@ async fn the_cli_retried_with_its_idempotency_key_after_a_failover_applies_once(
     );
     let value = HttpClient::new(&n2).get("k").await.unwrap();
     assert_eq!(value.as_deref(), Some(&b"v1"[..]));
+
+    // A key with a control character (a CRLF file's \r) cannot go in a
+    // header: said so, exit 1, no panic.
+    let out = cli(args(&[
+        "put",
+        "k2",
+        "v",
+        "--addr",
+        &n2,
+        "--idempotency-key",
+        "order-8\r",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("control characters"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
