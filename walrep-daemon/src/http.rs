@@ -752,7 +752,10 @@ mod tests {
     fn promote_takes_force_and_one_target_and_refuses_anything_else() {
         assert_eq!(promote_query(""), Ok((false, None)));
         assert_eq!(promote_query("force"), Ok((true, None)));
-        assert_eq!(promote_query("force=1&to=n2"), Ok((true, Some("n2".into()))));
+        assert_eq!(
+            promote_query("force=1&to=n2"),
+            Ok((true, Some("n2".into())))
+        );
         assert_eq!(promote_query("force=no"), Ok((false, None)));
         for bad in ["force=True", "forced", "to=", "to=n2&to=n3", "switch=1"] {
             let err = promote_query(bad).unwrap_err();

@@ -278,6 +278,10 @@ struct Inner {
     current: Option<Arc<BuiltSnapshot>>,
     building: Option<PendingSnapshot>,
     last_id: u64,
+    /// Moved on by `invalidate`: a build started before is of a state
+    /// this node no longer has, and its epoch, read from the WAL after
+    /// the engine wrote it, may be the new log's.
+    generation: u64,
 }
 
 impl Snapshots {
@@ -343,6 +347,7 @@ impl Snapshots {
             .unwrap_or(0);
         let id = now.max(inner.last_id + 1);
         inner.last_id = id;
+        let generation = inner.generation;
         let this = self.clone();
         let task = tokio::spawn(async move {
             let (sm, wal, dir) = (this.sm.clone(), this.wal.clone(), this.dir.clone());
@@ -352,6 +357,17 @@ impl Snapshots {
                 .and_then(|r| r)
                 .map(Arc::new);
             let mut inner = this.inner.lock().unwrap();
+            if inner.generation != generation {
+                // Its waiters ask again and get a build of the state the
+                // node has now (`invalidate` let go of this one).
+                tracing::info!(
+                    id,
+                    "a snapshot built while this node's state was replaced is dropped"
+                );
+                return Err(
+                    "this node's state was replaced while the snapshot was built; ask again".into(),
+                );
+            }
             inner.building = None;
             match &built {
                 Ok(b) => {
@@ -372,9 +388,13 @@ impl Snapshots {
         pending
     }
 
-    /// Forgets the last build (this node's state was replaced).
+    /// Forgets the last build and any build under way (this node's state
+    /// is being, or was, replaced).
     pub(crate) fn invalidate(&self) {
-        self.inner.lock().unwrap().current = None;
+        let mut inner = self.inner.lock().unwrap();
+        inner.current = None;
+        inner.building = None;
+        inner.generation += 1;
     }
 
     /// Whether a standby that restores `b` can continue from our WAL.

@@ -99,6 +99,27 @@ async fn concurrent_requests_share_one_build() {
     assert_eq!(copy.state_hash(), sm.state_hash());
 }
 
+/// A build under way when the node's state is replaced (a rejoin restores
+/// a snapshot and resets the WAL) is of a state the node no longer has:
+/// its waiters get an error, never that build, and the next request
+/// builds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_under_way_when_the_state_is_replaced_is_never_served() {
+    let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
+    append(&wal, &sm, 1, 3);
+    sm.set_snapshot_delay(Duration::from_millis(300));
+    let (snapshots, _dir) = store(sm.clone(), wal);
+    let pending = snapshots.get();
+    snapshots.invalidate();
+    let err = pending.await.unwrap_err();
+    assert!(err.contains("state was replaced"), "{err}");
+    assert!(snapshots.inner.lock().unwrap().current.is_none());
+    sm.set_snapshot_delay(Duration::ZERO);
+    let again = snapshots.get().await.unwrap();
+    assert_eq!(sm.snapshots_taken(), 2, "built again");
+    assert_eq!(again.lsn, Lsn(3));
+}
+
 /// A build is reused while the WAL continues from it, and replaced
 /// (its file removed once unused) when the WAL no longer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
