@@ -1429,14 +1429,12 @@ async fn a_switchover_cut_short_by_both_nodes_stopping_leaves_a_primary_after_re
     }
 }
 
-/// The primary's machine crashes while its standby holds a record its own
-/// fsync had not covered yet (it streams before it syncs). Restarted, the
-/// primary writes other records under the same LSNs and epoch. The
-/// standby must drop the lost record rather than take the new ones after
-/// it: epochs alone cannot tell the two apart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_a_restart() {
-    init_tracing();
+/// An async pair after ten writes: `a` crashed (its machine: what its
+/// fsync had not covered is gone) with one more record only `b` made
+/// durable, never acknowledged; `b` does not take over meanwhile. Returns
+/// the pair, `a`, `b` and `a`'s log end (before the lost record).
+async fn an_async_primary_crashed_losing_a_record_its_standby_holds()
+-> (MemPair, walrep::NodeId, walrep::NodeId, Lsn) {
     let mut pair = walrep::testing::Pair::builder(mem_engine)
         .commit_mode(CommitMode::Async)
         .start()
@@ -1444,7 +1442,6 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
         .unwrap();
     pair.wait_streaming().await.unwrap();
     let (a, b) = ten_writes(&pair).await;
-    // b must not take over while a is down and then cut off from it.
     pair.node(&b)
         .replica()
         .set_failover_paused(true)
@@ -1453,17 +1450,35 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
     let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
     pair.kill(&a).await;
     assert!(lost.await.unwrap().is_err(), "never acknowledged");
+    (pair, a, b, base)
+}
 
-    // Restarted and cut off from b, a writes alone under the same LSNs.
-    pair.restart_with_link(&a, |link| link.set_cut(true))
+/// Restarts `a` cut off from its peer, and waits until it writes as the
+/// primary again.
+async fn restart_cut_off_as_writable_primary(pair: &mut MemPair, a: &walrep::NodeId) {
+    pair.restart_with_link(a, |link| link.set_cut(true))
         .await
         .unwrap();
-    pair.node(&a)
+    pair.node(a)
         .wait("a is the primary again", |h| {
             h.role == RoleKind::Primary && h.writable
         })
         .await
         .unwrap();
+}
+
+/// The primary's machine crashes while its standby holds a record its own
+/// fsync had not covered yet (it streams before it syncs). Restarted, the
+/// primary writes other records under the same LSNs and epoch. The
+/// standby must drop the lost record rather than take the new ones after
+/// it: epochs alone cannot tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_a_restart() {
+    init_tracing();
+    let (mut pair, a, b, base) = an_async_primary_crashed_losing_a_record_its_standby_holds().await;
+
+    // Restarted and cut off from b, a writes alone under the same LSNs.
+    restart_cut_off_as_writable_primary(&mut pair, &a).await;
     let mut last = Lsn(0);
     for i in 0..3 {
         let cmd = put_cmd(&format!("new{i}"), "v");
@@ -1493,35 +1508,13 @@ async fn a_primary_that_lost_records_its_standby_holds_makes_it_drop_them_after_
 async fn a_primary_restarting_twice_before_reaching_its_standby_still_makes_it_drop_the_lost_record()
  {
     init_tracing();
-    let mut pair = walrep::testing::Pair::builder(mem_engine)
-        .commit_mode(CommitMode::Async)
-        .start()
-        .await
-        .unwrap();
-    pair.wait_streaming().await.unwrap();
-    let (a, b) = ten_writes(&pair).await;
-    pair.node(&b)
-        .replica()
-        .set_failover_paused(true)
-        .await
-        .unwrap();
-    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
-    pair.kill(&a).await;
-    assert!(lost.await.unwrap().is_err(), "never acknowledged");
+    let (mut pair, a, b, base) = an_async_primary_crashed_losing_a_record_its_standby_holds().await;
 
     // Restarted and cut off from b, a makes three records durable under
     // the lost one's LSN and after it; then it restarts again, still cut
     // off, its log ending past the lost record.
     for _ in 0..2 {
-        pair.restart_with_link(&a, |link| link.set_cut(true))
-            .await
-            .unwrap();
-        pair.node(&a)
-            .wait("a is the primary again", |h| {
-                h.role == RoleKind::Primary && h.writable
-            })
-            .await
-            .unwrap();
+        restart_cut_off_as_writable_primary(&mut pair, &a).await;
         if pair.node(&a).replica().health().last_lsn == base {
             for i in 0..3 {
                 let cmd = put_cmd(&format!("new{i}"), "v");
@@ -1561,28 +1554,7 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
     init_tracing();
     let mut pair = walrep::testing::Pair::start(mem_engine).await.unwrap();
     pair.wait_streaming().await.unwrap();
-    let (a, b) = ten_writes(&pair).await;
-    let (base, lost) = a_record_only_the_standby_made_durable(&pair, &a, &b).await;
-    let promoted = pair.failover().await.unwrap();
-    assert_eq!(promoted, b);
-    assert!(lost.await.unwrap().is_err(), "never acknowledged");
-
-    // a restarts cut off from b both ways, and takes two writes it
-    // appends at the LSNs of the record it lost and the one after.
-    pair.set_link_cut(&b, true);
-    pair.restart_with_link(&a, |link| link.set_cut(true))
-        .await
-        .unwrap();
-    let writes: Vec<_> = (0..2)
-        .map(|i| {
-            let replica = pair.node(&a).replica().clone();
-            tokio::spawn(async move { replica.apply(put_cmd(&format!("new{i}"), "v")).await })
-        })
-        .collect();
-    pair.node(&a)
-        .wait("a appended both", |h| h.last_lsn >= Lsn(base.0 + 2))
-        .await
-        .unwrap();
+    let (a, b, _, writes) = restarted_cut_off_over_a_lost_record(&mut pair).await;
     pair.set_link_cut(&a, false);
     pair.set_link_cut(&b, false);
     for w in writes {
@@ -1592,20 +1564,23 @@ async fn a_primary_that_wrote_over_records_it_lost_drops_them_when_it_rejoins() 
     write_and_converge(&pair, &b, &a).await;
 }
 
-/// The case above, up to the old primary stopping after it learnt of the
-/// new epoch and before its rejoin settled what it wrote: `a` wrote two
-/// records over the one it lost (which `b`, the new primary, holds), then
-/// stepped down and was killed. Returns `a`, `b` and `a`'s log end before
-/// the lost record.
-async fn wrote_over_a_lost_record_and_stopped_before_its_rejoin(
+/// Ten writes on `a`, then one only `b` made durable; `b` takes over, and
+/// `a` restarts cut off from it both ways and makes two writes durable at
+/// the LSNs of the record it lost and the one after (never acknowledged:
+/// returned, waiting). Returns `a`, `b`, `a`'s log end before the lost
+/// record and the two writes.
+async fn restarted_cut_off_over_a_lost_record(
     pair: &mut MemPair,
-) -> (walrep::NodeId, walrep::NodeId, Lsn) {
+) -> (
+    walrep::NodeId,
+    walrep::NodeId,
+    Lsn,
+    Vec<tokio::task::JoinHandle<walrep::Result<walrep::Applied>>>,
+) {
     let (a, b) = ten_writes(pair).await;
     let (base, lost) = a_record_only_the_standby_made_durable(pair, &a, &b).await;
     assert_eq!(pair.failover().await.unwrap(), b);
     assert!(lost.await.unwrap().is_err(), "never acknowledged");
-    let epoch = pair.node(&b).replica().health().epoch;
-
     pair.set_link_cut(&b, true);
     pair.restart_with_link(&a, |link| link.set_cut(true))
         .await
@@ -1620,6 +1595,19 @@ async fn wrote_over_a_lost_record_and_stopped_before_its_rejoin(
         .wait("a made both durable", |h| h.flushed_lsn >= Lsn(base.0 + 2))
         .await
         .unwrap();
+    (a, b, base, writes)
+}
+
+/// The case above, up to the old primary stopping after it learnt of the
+/// new epoch and before its rejoin settled what it wrote: `a` wrote two
+/// records over the one it lost (which `b`, the new primary, holds), then
+/// stepped down and was killed. Returns `a`, `b` and `a`'s log end before
+/// the lost record.
+async fn wrote_over_a_lost_record_and_stopped_before_its_rejoin(
+    pair: &mut MemPair,
+) -> (walrep::NodeId, walrep::NodeId, Lsn) {
+    let (a, b, base, writes) = restarted_cut_off_over_a_lost_record(pair).await;
+    let epoch = pair.node(&b).replica().health().epoch;
     // b reaches a, a cannot reach b: a learns the new epoch and steps
     // down, and its rejoin cannot ask b anything. Then it stops.
     pair.set_link_cut(&b, false);

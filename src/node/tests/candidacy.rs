@@ -636,14 +636,19 @@ fn a_seal_arriving_while_the_candidates_own_swap_is_in_flight_is_refused() {
     let effects = node.step(t(2050), seal_from(2, "n3", Some(end(1, 12))));
     assert!(refuses(&effects), "{effects:?}");
     assert_eq!(node.epoch(), Epoch(1));
-    let mut swapped = next;
-    swapped.version = 4;
-    super::arbiter::answer(
-        &mut node,
-        t(2100),
-        ArbiterPurpose::Promote(Promotion::Failover),
-        ArbiterAnswer::Swapped(swapped),
-    );
+    let purpose = ArbiterPurpose::Promote(Promotion::Failover);
+    takes_epoch_2_when_answered(&mut node, purpose, ArbiterAnswer::Swapped(applied(next)));
+}
+
+/// The swap's target as the register holds it once it took effect.
+fn applied(mut next: Register) -> Register {
+    next.version = 4;
+    next
+}
+
+/// Answered `answer` to its call `purpose`, the node promotes at epoch 2.
+fn takes_epoch_2_when_answered(node: &mut Node, purpose: ArbiterPurpose, answer: ArbiterAnswer) {
+    super::arbiter::answer(node, t(2200), purpose, answer);
     assert_eq!(node.epoch(), Epoch(2));
     assert!(
         matches!(node.role(), RoleKind::Promoting | RoleKind::Primary),
@@ -670,21 +675,9 @@ fn a_candidate_whose_swap_answer_was_lost_takes_the_epoch_the_register_names_it_
     let effects = node.step(t(2100), seal_from(2, "n3", Some(end(1, 12))));
     assert!(answers_at_10(&effects), "{effects:?}");
     assert_eq!((node.epoch(), node.role()), (Epoch(2), RoleKind::Standby));
-    let mut swapped = next;
-    swapped.version = 4;
     node.step(t(2200), Event::Tick);
-    super::arbiter::answer(
-        &mut node,
-        t(2200),
-        ArbiterPurpose::Refresh,
-        ArbiterAnswer::Read(swapped),
-    );
-    assert_eq!(node.epoch(), Epoch(2));
-    assert!(
-        matches!(node.role(), RoleKind::Promoting | RoleKind::Primary),
-        "{:?}",
-        node.role()
-    );
+    let read = ArbiterAnswer::Read(applied(next));
+    takes_epoch_2_when_answered(&mut node, ArbiterPurpose::Refresh, read);
 }
 
 /// A late answer to an earlier round's seal says nothing of this round's:
@@ -708,22 +701,13 @@ fn an_answer_to_an_earlier_rounds_seal_is_not_counted() {
     assert!(fetches(&node.step(t(2050), n3_answers(14))));
 }
 
-/// A primary restarted in a cluster takes the next epoch through the
-/// register before it writes: a crash of its machine may have lost
-/// records one standby holds, and records it writes from now on must
-/// never share an `(lsn, epoch)` with those (another standby could take
-/// the new ones and then lead, or rank below the one holding the lost
-/// ones by log length alone).
-#[test]
-fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
-    let (mut node, _) = new_node(
-        candidate_config(),
-        meta(3, "n1"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
+/// n1 restarted as the primary of epoch 3 (log at 10) in `candidate()`'s
+/// cluster, the register (v5) naming it with both standbys; it refuses
+/// writes meanwhile. Returns it and its effects once it read the register
+/// and ticked to 300 ms.
+fn restarted_primary_of_epoch_3() -> (Node, Vec<Effect>) {
+    let cfg = candidate_config();
+    let (mut node, _) = new_node(cfg, meta(3, "n1"), Lsn(10), Lsn(10), Lsn(10), t(0));
     assert_eq!(node.role(), RoleKind::Primary);
     let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2", "n3"]));
     assert!(
@@ -732,6 +716,18 @@ fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
         node.check_writable()
     );
     effects.extend(tick_answering_reads(&mut node, 100, 300));
+    (node, effects)
+}
+
+/// A primary restarted in a cluster takes the next epoch through the
+/// register before it writes: a crash of its machine may have lost
+/// records one standby holds, and records it writes from now on must
+/// never share an `(lsn, epoch)` with those (another standby could take
+/// the new ones and then lead, or rank below the one holding the lost
+/// ones by log length alone).
+#[test]
+fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
+    let (mut node, effects) = restarted_primary_of_epoch_3();
     let (purpose, expected, next) = super::arbiter::the_swap(&effects);
     assert_eq!((purpose, expected), (ArbiterPurpose::Retake, 5));
     assert_eq!(
@@ -759,16 +755,7 @@ fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
 /// restarted primary follows the register and never wrote in either epoch.
 #[test]
 fn a_restarted_primary_whose_retake_loses_to_a_promotion_steps_down() {
-    let (mut node, _) = new_node(
-        candidate_config(),
-        meta(3, "n1"),
-        Lsn(10),
-        Lsn(10),
-        Lsn(10),
-        t(0),
-    );
-    let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2", "n3"]));
-    effects.extend(tick_answering_reads(&mut node, 100, 300));
+    let (mut node, effects) = restarted_primary_of_epoch_3();
     let (purpose, _, _) = super::arbiter::the_swap(&effects);
     super::arbiter::answer(
         &mut node,
