@@ -143,6 +143,15 @@ impl RunningNode {
             Some(path) => Some(super::auth::HttpToken::from_file(path)?),
             None => None,
         };
+        if settings.http_write_budget_bytes < settings.cfg.max_record_bytes {
+            // A PUT without Content-Length (chunked) holds the record limit
+            // of the budget while its body arrives.
+            warn!(
+                budget = settings.http_write_budget_bytes,
+                max_record_bytes = settings.cfg.max_record_bytes,
+                "http_write_budget_bytes is below max_record_bytes: every PUT that does not announce its size (chunked) is refused; raise the budget, or lower max_record_bytes on every node"
+            );
+        }
         if token.is_some() && http_tls.is_none() {
             warn!(
                 "the HTTP token travels in clear text over plain HTTP: give --http-tls-cert and --http-tls-key, or keep {http_addr} on a network nobody else can read"
