@@ -199,7 +199,7 @@ impl Node {
                 next,
             } = &call
             {
-                if matches!(purpose, ArbiterPurpose::Promote(_)) {
+                if matches!(purpose, ArbiterPurpose::Promote(_) | ArbiterPurpose::Retake) {
                     link.promotion_asked = Some(next.epoch);
                 }
                 link.possible.push(PossibleRegister {
@@ -673,12 +673,17 @@ impl Node {
     /// What a register the arbiter answered means for this node.
     fn on_register(&mut self, purpose: ArbiterPurpose, register: Register, swapped: bool) {
         let me = self.cfg.node_id.clone();
+        let retake_asked = self
+            .arbiter
+            .as_ref()
+            .is_some_and(|l| l.promotion_asked == Some(register.epoch));
         if register.epoch == self.epoch.next()
             && register.primary.as_ref() == Some(&me)
-            && matches!(&self.role, Role::Primary(p) if p.retake)
+            && matches!(&self.role, Role::Primary(p) if p.retake || retake_asked)
         {
             // Our retake swap (or one whose answer was lost: nothing else
-            // names a running primary leader of the next epoch).
+            // names a running primary leader of the next epoch), also once
+            // every standby was reached meanwhile.
             self.retake_epoch(register.epoch);
             return;
         }
@@ -761,6 +766,19 @@ impl Node {
             self.go_on_without_removed(&register.sync_set);
         }
         self.explain_promotion_wait();
+    }
+
+    /// Every standby was reached by a stream of this life, each holder of
+    /// records this node lost having dropped them: writing in our epoch is
+    /// safe again, so a restarted primary waiting for the arbiter's swap
+    /// (it may not answer) goes on without it. A swap already asked may
+    /// still land; its answer then moves us to the next epoch as planned.
+    pub(super) fn on_every_standby_reached(&mut self) {
+        if let Role::Primary(p) = &mut self.role
+            && std::mem::take(&mut p.retake)
+        {
+            tracing::info!(epoch = %self.epoch, "restarted as the primary: every standby heard from it since, so it writes in its epoch without taking the next");
+        }
     }
 
     /// A primary restarted in a cluster got the next epoch from the

@@ -248,6 +248,12 @@ pub(crate) enum Event {
     /// Standby promoting: the fence we sent to the old primary finished.
     /// `Some(last_lsn)` when it confirmed it stopped at `last_lsn`.
     FenceSent { confirmed_last_lsn: Option<Lsn> },
+    /// A stream of this life reached every standby since this node started
+    /// as the primary (`runtime/restart_point.rs`): each one that held
+    /// records this node may have lost dropped them first. A restarted
+    /// primary of a cluster may then write in its epoch without taking
+    /// the next one (`Primary::retake`).
+    EveryStandbyReached,
     /// The runtime opened the node (right after `Node::new`); `first_lsn`
     /// is the oldest record its WAL keeps. The node checks that its state
     /// machine and its WAL fit together.

@@ -419,6 +419,7 @@ impl Node {
             Event::SwitchoverTo { standby } => self.on_switchover_to(standby),
             Event::FenceSent { confirmed_last_lsn } => self.on_fence_sent(confirmed_last_lsn),
             Event::Opened { first_lsn } => self.on_opened(first_lsn),
+            Event::EveryStandbyReached => self.on_every_standby_reached(),
             Event::SealAnswered {
                 from,
                 epoch,

@@ -745,6 +745,15 @@ impl Node {
     pub(super) fn on_stop_requested(&mut self) {
         let (cfg, commit) = (self.cfg.clone(), self.commit);
         let target = match &self.role {
+            Role::Primary(p) if p.retake => {
+                // Restarted and not yet writing: nothing to hand over, and
+                // a switchover swap would race the retake's.
+                tracing::info!(
+                    "stopping a restarted primary that has not taken its next epoch yet: nothing to hand over"
+                );
+                self.emit(Effect::Stop);
+                return;
+            }
             Role::Primary(p) => p.handover_target(&cfg, &self.commit_rule, commit),
             other => {
                 tracing::info!(role = %other.kind(), "stopping");

@@ -53,6 +53,7 @@ pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
         loop {
             match session(&mut ctx).await {
                 End::Cancelled => return,
+                End::Failed { .. } if ctx.cancel.is_cancelled() => return,
                 End::Failed { error, progressed } => {
                     let _ = ctx
                         .tx

@@ -17,6 +17,13 @@ impl Tasks {
         Tasks { cancel, handles }
     }
 
+    /// Tells every task to stop now; `stop` then waits for them. A task
+    /// told so sends nothing more (a new set started after it must not
+    /// see its last words after its own).
+    pub(crate) fn cancel_now(&self) {
+        self.cancel.cancel();
+    }
+
     pub(crate) async fn stop(self) {
         self.cancel.cancel();
         for h in self.handles {

@@ -785,3 +785,62 @@ fn a_primary_restarted_in_a_pair_keeps_its_epoch() {
     assert_eq!(node.epoch(), Epoch(3));
     assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
 }
+
+/// Once a stream of this life reached every standby (each that held
+/// records it lost dropped them first), the restarted primary writes in
+/// its epoch without waiting for the arbiter, which may not answer. A
+/// retake swap already asked that lands later still moves it on.
+#[test]
+fn a_restarted_primary_every_standby_heard_from_writes_without_the_arbiter() {
+    let (mut node, effects) = restarted_primary_of_epoch_3();
+    let (purpose, _, next) = super::arbiter::the_swap(&effects);
+    node.step(t(320), Event::EveryStandbyReached);
+    assert_eq!(node.epoch(), Epoch(3));
+    assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
+    let mut swapped = next;
+    swapped.version = 6;
+    let effects =
+        super::arbiter::answer(&mut node, t(350), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!((node.epoch(), node.role()), (Epoch(4), RoleKind::Primary));
+    let restarts = [Effect::StopPrimaryTasks, Effect::StartPrimaryTasks];
+    assert!(effects.windows(2).any(|w| w == restarts), "{effects:?}");
+    // Reached before it asked: it never asks.
+    let cfg = candidate_config();
+    let (mut node, _) = new_node(cfg, meta(3, "n1"), Lsn(10), Lsn(10), Lsn(10), t(0));
+    node.step(t(5), Event::EveryStandbyReached);
+    let mut effects = super::arbiter::knows(&mut node, t(10), register(5, 3, "n1", &["n2", "n3"]));
+    effects.extend(tick_answering_reads(&mut node, 100, 300));
+    assert!(!swaps(&effects), "{effects:?}");
+    assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
+}
+
+/// A restarted primary asked to stop before it took its next epoch has
+/// written nothing in this life: it just stops (a switchover swap would
+/// race the retake's).
+#[test]
+fn a_restarted_primary_asked_to_stop_before_its_retake_just_stops() {
+    let (mut node, _) = restarted_primary_of_epoch_3();
+    // n2 answers, streams and holds all the primary may have acknowledged:
+    // a primary that wrote would hand over to it.
+    node.step(t(310), Event::StandbyReachable { standby: n("n2") });
+    node.step(
+        t(310),
+        Event::StreamState {
+            standby: n("n2"),
+            up: true,
+        },
+    );
+    node.step(
+        t(315),
+        Event::StandbyProgress {
+            standby: n("n2"),
+            positions: StandbyPositions {
+                written: Lsn(10),
+                flushed: Lsn(10),
+                applied: Lsn(10),
+            },
+            epoch: Epoch(3),
+        },
+    );
+    assert_eq!(node.step(t(320), Event::StopRequested), vec![Effect::Stop]);
+}

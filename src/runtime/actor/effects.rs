@@ -159,6 +159,11 @@ impl Actor {
             Effect::StartPrimaryTasks => self.start_primary_tasks(),
             Effect::StopPrimaryTasks => {
                 if let Some(tasks) = self.primary_tasks.take() {
+                    // Now, not when the spawned stop first runs: a
+                    // `StartPrimaryTasks` may follow in this step (a retake
+                    // of the epoch), and an old stream's "down" must not
+                    // arrive after the new one's "up".
+                    tasks.cancel_now();
                     tokio::spawn(tasks.stop());
                 }
             }

@@ -64,6 +64,7 @@ impl Actor {
                 "a stream reached every standby since this node started as the primary: dropping its restart points"
             );
             self.drop_restart_points();
+            self.step(crate::node::Event::EveryStandbyReached);
         } else if unreached.len() != self.restart_points_saved {
             self.persist_restart_points();
         }
