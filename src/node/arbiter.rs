@@ -673,10 +673,7 @@ impl Node {
     /// What a register the arbiter answered means for this node.
     fn on_register(&mut self, purpose: ArbiterPurpose, register: Register, swapped: bool) {
         let me = self.cfg.node_id.clone();
-        let retake_asked = self
-            .arbiter
-            .as_ref()
-            .is_some_and(|l| l.promotion_asked == Some(register.epoch));
+        let retake_asked = self.swap_asked_for(register.epoch);
         if register.epoch == self.epoch.next()
             && register.primary.as_ref() == Some(&me)
             && matches!(&self.role, Role::Primary(p) if p.retake || retake_asked)
@@ -708,10 +705,7 @@ impl Node {
             && register.primary.as_ref() == Some(&me)
             && self.leader.is_none()
             && matches!(self.role, Role::Standby(_))
-            && self
-                .arbiter
-                .as_ref()
-                .is_some_and(|l| l.promotion_asked == Some(register.epoch))
+            && self.swap_asked_for(register.epoch)
         {
             // Our promotion swap took effect but its answer was lost, and
             // a candidate's seal made us adopt the epoch meanwhile (its own
@@ -766,6 +760,14 @@ impl Node {
             self.go_on_without_removed(&register.sync_set);
         }
         self.explain_promotion_wait();
+    }
+
+    /// Whether a swap of this life (a promotion or a retake) asked for
+    /// `epoch` naming this node primary (`ArbiterLink::promotion_asked`).
+    fn swap_asked_for(&self, epoch: Epoch) -> bool {
+        self.arbiter
+            .as_ref()
+            .is_some_and(|l| l.promotion_asked == Some(epoch))
     }
 
     /// Every standby was reached by a stream of this life, each holder of

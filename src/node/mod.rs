@@ -223,23 +223,6 @@ pub(crate) struct Node {
     out: Vec<Effect>,
 }
 
-/// The restart point kept in `meta` that a node not starting as the
-/// primary must rejoin past: the one for the leader it would follow (the
-/// lowest of its peers', when it knows none), if its log holds records
-/// after it
-/// (`runtime/restart_point.rs`).
-fn kept_point_to_rejoin(meta: &WalMeta, last_lsn: Lsn, peers: &[NodeId]) -> Option<Lsn> {
-    let point = match &meta.leader {
-        Some(leader) => meta.restart_points.get(leader).copied(),
-        None => peers
-            .iter()
-            .filter_map(|p| meta.restart_points.get(p))
-            .min()
-            .copied(),
-    };
-    point.filter(|p| last_lsn > *p)
-}
-
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
     /// bootstrapping (a fresh primary persists epoch 1). `requests` holds
@@ -314,7 +297,9 @@ impl Node {
                 node.warn_unconfirmed();
             }
             node.emit(Effect::StartPrimaryTasks);
-        } else if let Some(restart) = kept_point_to_rejoin(&meta, last_lsn, &node.cfg.peer_ids()) {
+        } else if let Some(restart) =
+            rejoin::kept_point_to_rejoin(&meta, last_lsn, &node.cfg.peer_ids())
+        {
             // We restarted as the primary, wrote after our log's end then,
             // and stepped down (or were fenced) before a rejoin settled it.
             // The new primary may hold other records under those LSNs and

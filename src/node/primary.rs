@@ -463,10 +463,7 @@ impl Node {
             tracing::info!(%standby, "the standby's WAL works again");
         }
         link.answered();
-        if link.counting == Counting::Blocked {
-            tracing::info!(%standby, "standby answered again; accepting writes");
-            p.set_counting(standby, Counting::Counted);
-        }
+        self.count_again_if_answered(standby);
         if recovered {
             // It may have acked everything while it still failed, and no
             // further ack comes while nothing is written.
@@ -475,6 +472,20 @@ impl Node {
         }
         if !self.some_standby_waits_on_arbiter() {
             self.clear_held_back();
+        }
+    }
+
+    /// A standby that blocked writes (`on_standby_loss = block`, or lost
+    /// while the arbiter did not answer) answered and works: it confirms
+    /// writes again.
+    fn count_again_if_answered(&mut self, standby: &NodeId) {
+        let Some(p) = self.primary() else { return };
+        if p.links
+            .get(standby)
+            .is_some_and(|l| l.counting == Counting::Blocked && !l.failed)
+        {
+            tracing::info!(%standby, "standby answered again; accepting writes");
+            p.set_counting(standby, Counting::Counted);
         }
     }
 
@@ -504,14 +515,10 @@ impl Node {
             return;
         };
         link.positions = positions;
-        let answered_again = !link.failed && link.counting == Counting::Blocked;
         if !link.failed {
             link.answered();
         }
-        if answered_again && let Some(p) = self.primary() {
-            tracing::info!(%standby, "standby answered again; accepting writes");
-            p.set_counting(standby, Counting::Counted);
-        }
+        self.count_again_if_answered(standby);
         self.count_again_if_caught_up(standby);
         self.recompute_commit();
         self.try_finish_demotion();

@@ -1,10 +1,28 @@
-//! Stepping back into the pair: the start-up check that the state machine
-//! and the WAL fit, the resync, and the rejoin plan and its end (G4).
+//! Stepping back into the pair: the start-up checks (the state machine
+//! and the WAL fit, a kept restart point to rejoin past), the resync, and
+//! the rejoin plan and its end (G4).
 
 use super::event::{Effect, LocalLog, PeerLog, RejoinPlan, WaiterFailure};
 use super::requests::Loud;
 use super::{Node, Role, RoleKind, Standby};
 use crate::types::{Epoch, Lsn, NodeId, divergence_point};
+use crate::wal::WalMeta;
+
+/// The restart point kept in `meta` that a node not starting as the
+/// primary must rejoin past: the one for the leader it would follow (the
+/// lowest of its peers', when it knows none), if its log holds records
+/// after it (`runtime/restart_point.rs`).
+pub(super) fn kept_point_to_rejoin(meta: &WalMeta, last_lsn: Lsn, peers: &[NodeId]) -> Option<Lsn> {
+    let point = match &meta.leader {
+        Some(leader) => meta.restart_points.get(leader).copied(),
+        None => peers
+            .iter()
+            .filter_map(|p| meta.restart_points.get(p))
+            .min()
+            .copied(),
+    };
+    point.filter(|p| last_lsn > *p)
+}
 
 impl Node {
     pub(super) fn on_rejoin_finished(&mut self, epoch: Epoch, leader: NodeId) {

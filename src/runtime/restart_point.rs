@@ -95,6 +95,16 @@ impl RestartPoint {
         self.streamed.lock().unwrap().contains(standby)
     }
 
+    /// How many standbys no stream of this life reached yet (what
+    /// `unreached` holds, without building it: asked on every ack).
+    pub(crate) fn unreached_count(&self) -> usize {
+        let streamed = self.streamed.lock().unwrap();
+        self.points
+            .keys()
+            .filter(|s| !streamed.contains(*s))
+            .count()
+    }
+
     /// The points of the standbys not reached yet: what the WAL's meta
     /// keeps for the next start.
     pub(crate) fn unreached(&self) -> BTreeMap<NodeId, Lsn> {
@@ -142,6 +152,7 @@ mod tests {
         let c = NodeId::from("c");
         assert!(point.holds_lost_records(&c, Lsn(1), Lsn(19)), "per standby");
         assert_eq!(point.unreached(), BTreeMap::from([(c, Lsn(18))]));
+        assert_eq!(point.unreached_count(), 1);
     }
 
     #[test]

@@ -39,11 +39,7 @@ impl Actor {
                 epoch,
                 leader: leader.clone(),
                 confirmed,
-                restart_points: self
-                    .restart_point
-                    .as_ref()
-                    .map(|p| p.unreached())
-                    .unwrap_or_default(),
+                restart_points: self.restart_points_to_keep(),
             };
             if let Err(e) = self.wal.set_meta(&meta) {
                 let reason = format!("persisting epoch {epoch}: {e}");

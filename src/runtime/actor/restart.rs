@@ -58,16 +58,25 @@ impl Actor {
         if self.node.role() != RoleKind::Primary {
             return;
         }
-        let unreached = point.unreached();
-        if unreached.is_empty() {
+        let unreached = point.unreached_count();
+        if unreached == 0 {
             tracing::info!(
                 "a stream reached every standby since this node started as the primary: dropping its restart points"
             );
             self.drop_restart_points();
             self.step(crate::node::Event::EveryStandbyReached);
-        } else if unreached.len() != self.restart_points_saved {
+        } else if unreached != self.restart_points_saved {
             self.persist_restart_points();
         }
+    }
+
+    /// The points the WAL's meta keeps now: those of the standbys not
+    /// reached yet, none once the points are dropped.
+    pub(super) fn restart_points_to_keep(&self) -> BTreeMap<NodeId, Lsn> {
+        self.restart_point
+            .as_ref()
+            .map(|p| p.unreached())
+            .unwrap_or_default()
     }
 
     /// Writes the points of the standbys not reached yet into the WAL's
@@ -76,11 +85,7 @@ impl Actor {
     /// point makes a standby drop records after it, which are streamed to
     /// it again); the node goes on with its points in memory.
     fn persist_restart_points(&mut self) {
-        let points = self
-            .restart_point
-            .as_ref()
-            .map(|p| p.unreached())
-            .unwrap_or_default();
+        let points = self.restart_points_to_keep();
         let mut meta = self.wal.meta();
         if meta.restart_points == points {
             self.restart_points_saved = points.len();
