@@ -905,6 +905,32 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
     replica.shutdown().await;
 }
 
+/// A write of more records than the applier applies in one chunk (256)
+/// gets every record's output, not only those of its last chunk: the
+/// outputs of its first chunk wait for it.
+#[tokio::test(start_paused = true)]
+async fn a_write_applied_over_several_chunks_gets_every_records_output() {
+    let sm = Arc::new(MemStateMachine::new());
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = Replica::builder(cfg, confirmed_primary_wal(), sm.clone())
+        .peer(Arc::new(unreachable_peer()))
+        .start_without_server()
+        .unwrap();
+    let applied = replica.apply_batch(vec![put(); 600]).await.unwrap();
+    assert_eq!(applied.len(), 600);
+    let empty: Vec<u64> = applied
+        .iter()
+        .filter(|a| a.output.is_empty())
+        .map(|a| a.lsn.0)
+        .collect();
+    assert!(empty.is_empty(), "records without their output: {empty:?}");
+    assert_eq!(&applied[599].output[..], &sm.state_hash().to_le_bytes()[..]);
+    replica.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
     let wal = confirmed_primary_wal();

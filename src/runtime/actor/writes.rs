@@ -265,8 +265,22 @@ impl Actor {
         }
         self.resolve_retry_waiters(applied);
         // Outputs no writer waits for (a standby, records replayed at
-        // start) go now.
-        self.outputs = self.outputs.split_off(&applied.next());
+        // start) go now. A write applied over several chunks (or
+        // committed in several steps) waits for the outputs of its first
+        // records past their chunk's `Applied`: they stay.
+        // (Waiters hold runs in log order: the first holds the lowest.)
+        let kept_from = self
+            .waiters
+            .first_key_value()
+            .map(|(_, w)| w.first)
+            .into_iter()
+            .chain(
+                self.retry_waiters
+                    .iter()
+                    .flat_map(|w| w.targets.iter().filter(|t| !t.2).map(|t| t.0)),
+            )
+            .fold(applied.next(), Lsn::min);
+        self.outputs = self.outputs.split_off(&kept_from);
     }
 
     /// Fails the writes the node gave up on: those ending at most at
