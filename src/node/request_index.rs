@@ -24,9 +24,13 @@ pub(crate) struct RequestIndex {
     by_id: HashMap<RequestId, (Lsn, Epoch)>,
     /// The same entries in LSN order, so trimming, truncating and the
     /// count bound each drop from one end. An id written twice (a retry
-    /// after it was forgotten) has two entries here and the newest in
-    /// `by_id`.
+    /// after it was forgotten) has two entries here, the newest in `by_id`
+    /// and the older ones in `older`.
     in_order: VecDeque<(Lsn, RequestId)>,
+    /// Per id written more than once, its records before the newest,
+    /// oldest first: when a rewind drops the newest, the log still holds
+    /// these, and a retry must still find one. Rare, so kept apart.
+    older: HashMap<RequestId, VecDeque<(Lsn, Epoch)>>,
     capacity: usize,
 }
 
@@ -57,7 +61,9 @@ impl RequestIndex {
         if self.capacity == 0 {
             return;
         }
-        self.by_id.insert(id, (lsn, epoch));
+        if let Some(previous) = self.by_id.insert(id, (lsn, epoch)) {
+            self.older.entry(id).or_default().push_back(previous);
+        }
         self.in_order.push_back((lsn, id));
         while self.in_order.len() > self.capacity {
             self.pop_front();
@@ -79,7 +85,12 @@ impl RequestIndex {
             }
             self.in_order.pop_back();
             if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
-                self.by_id.remove(&id);
+                // The newest copy goes; an older one the log still holds
+                // takes its place.
+                match self.take_older(id, |older| older.pop_back()) {
+                    Some(previous) => self.by_id.insert(id, previous),
+                    None => self.by_id.remove(&id),
+                };
             }
         }
     }
@@ -96,11 +107,30 @@ impl RequestIndex {
     }
 
     fn pop_front(&mut self) {
-        if let Some((l, id)) = self.in_order.pop_front()
-            && self.by_id.get(&id).is_some_and(|(at, _)| *at == l)
-        {
+        let Some((l, id)) = self.in_order.pop_front() else {
+            return;
+        };
+        if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
             self.by_id.remove(&id);
+        } else {
+            // An older copy: the oldest of its id's.
+            self.take_older(id, |older| older.pop_front());
         }
+    }
+
+    /// Takes one of `id`'s older records with `take`, forgetting the id's
+    /// entry in `older` once none is left.
+    fn take_older(
+        &mut self,
+        id: RequestId,
+        take: impl FnOnce(&mut VecDeque<(Lsn, Epoch)>) -> Option<(Lsn, Epoch)>,
+    ) -> Option<(Lsn, Epoch)> {
+        let older = self.older.get_mut(&id)?;
+        let taken = take(older);
+        if older.is_empty() {
+            self.older.remove(&id);
+        }
+        taken
     }
 }
 
@@ -145,5 +175,23 @@ mod tests {
         assert_eq!(index.get(&id(7)), Some((Lsn(2), Epoch(1))));
         index.truncate_after(Lsn(1));
         assert_eq!(index.get(&id(7)), None);
+        assert!(index.older.is_empty());
+    }
+
+    /// A log can hold one id twice only after a retry missed the window;
+    /// a rewind of the second copy must leave the first findable, or a
+    /// third attempt is written again.
+    #[test]
+    fn a_rewind_of_an_ids_newest_record_leaves_its_older_record_findable() {
+        let mut index = RequestIndex::new(10);
+        index.insert(id(7), Lsn(5), Epoch(1));
+        index.insert(id(8), Lsn(6), Epoch(1));
+        index.insert(id(7), Lsn(20), Epoch(2));
+        index.truncate_after(Lsn(10));
+        assert_eq!(index.get(&id(7)), Some((Lsn(5), Epoch(1))));
+        index.remove_before(Lsn(6));
+        assert_eq!(index.get(&id(7)), None);
+        assert_eq!(index.get(&id(8)), Some((Lsn(6), Epoch(1))));
+        assert!(index.older.is_empty(), "nothing left behind");
     }
 }
