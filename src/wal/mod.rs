@@ -72,9 +72,14 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
-    /// An earlier fsync failed: the kernel may have dropped the dirty pages,
-    /// so nothing written since can be trusted. Restart after checking the disk.
-    #[error("WAL is unusable after a failed fsync ({0}); restart the node after checking the disk")]
+    /// An earlier write to the log's files failed part-way (an fsync, whose
+    /// dirty pages the kernel may have dropped, or a removal, rename or cut
+    /// that left the files unlike what memory describes), so nothing more
+    /// can be trusted. The reason says which. Restart after checking the
+    /// disk: opening the log recovers from what the files hold.
+    #[error(
+        "WAL is unusable after a failed write to its files ({0}); restart the node after checking the disk"
+    )]
     Poisoned(String),
     /// The log has records but its meta file is gone. The meta holds the
     /// epoch that keeps a deposed primary fenced, so the log refuses to

@@ -102,8 +102,12 @@ struct State {
 }
 
 impl State {
+    /// Where the log starts; past its end when a failed reset left it
+    /// no segment (it is poisoned then, and holds nothing readable).
     fn first_lsn(&self) -> Lsn {
-        self.segments[0].first_lsn()
+        self.segments
+            .first()
+            .map_or(self.last.next(), Segment::first_lsn)
     }
 
     fn last_epoch(&self) -> Epoch {
@@ -417,12 +421,16 @@ impl FileWal {
         st.generation += 1;
         // Only so a reopen shows exactly this history: a stale copy is
         // already harmless (recovery drops one that disagrees with the new
-        // base), so failing here does not undo or fail the reset.
+        // base), so failing to write it does not undo or fail the reset.
+        // A failed replace of the meta file poisons the log, though, and a
+        // reset must not then report success to a caller about to append.
         let meta = st.meta.clone();
-        if let Err(e) = self.persist_meta(st, &meta) {
-            tracing::warn!(
+        match self.persist_meta(st, &meta) {
+            Err(e @ WalError::Poisoned(_)) => return Err(e),
+            Err(e) => tracing::warn!(
                 "WAL reset done, but recording its history in the meta file failed: {e}"
-            );
+            ),
+            Ok(()) => {}
         }
         Ok(())
     }
@@ -562,6 +570,11 @@ impl WalStore for FileWal {
         loop {
             let (plan, generation) = {
                 let st = self.lock();
+                if st.segments.is_empty() {
+                    // A reset removed the log and could not install its
+                    // new segment: nothing is readable.
+                    st.check_poison()?;
+                }
                 if from > st.last {
                     return Ok(Vec::new());
                 }

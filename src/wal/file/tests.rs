@@ -1241,3 +1241,50 @@ fn an_append_that_cannot_create_its_segment_leaves_the_log_as_it_was_and_works_l
     let wal = open(&dir, tiny());
     assert_eq!(all(&wal), recs(1..=last + 3, 1));
 }
+
+/// A reset that removed the old log but could not install its new
+/// segment poisons the log and answers every later call with that error
+/// (no panic on the missing segments); reopening finishes the reset.
+#[test]
+fn a_reset_that_cannot_install_its_segment_fails_the_log_without_panicking() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=3, 1)).unwrap();
+    wal.sync().unwrap();
+    // Renaming the prepared segment onto a directory fails.
+    let blocked = dir.path().join("wal").join(segment::file_name(Lsn(101)));
+    fs::create_dir(&blocked).unwrap();
+    let err = wal.reset(Lsn(100), Epoch(2)).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    let _ = wal.first_lsn();
+    let _ = wal.bytes_from(Lsn(1));
+    assert!(matches!(
+        wal.read(Lsn(1), 10, 1 << 20),
+        Err(WalError::Poisoned(_))
+    ));
+    assert!(wal.append(&[rec(101, 2)]).is_err());
+    assert!(wal.truncate_after(Lsn(0)).is_err());
+    drop(wal);
+    fs::remove_dir(&blocked).unwrap();
+    let wal = open(&dir, tiny());
+    assert_eq!(wal.first_lsn(), Lsn(101), "the reset finishes at open");
+    assert_eq!(wal.last_lsn(), Lsn(100));
+}
+
+/// A reset whose meta file cannot be replaced has poisoned the log: it
+/// says so instead of reporting success to a caller about to append.
+#[test]
+fn a_reset_whose_meta_cannot_be_replaced_reports_the_failure() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=3, 1)).unwrap();
+    wal.sync().unwrap();
+    // Renaming the new meta over a non-empty directory fails.
+    let meta = dir.path().join("meta");
+    fs::remove_file(&meta).unwrap();
+    fs::create_dir(&meta).unwrap();
+    fs::write(meta.join("keep"), b"x").unwrap();
+    let err = wal.reset(Lsn(100), Epoch(2)).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    assert!(wal.append(&[rec(101, 2)]).is_err());
+}
