@@ -50,14 +50,24 @@ async fn overlapping(
     let mut covered = wal.flushed_lsn();
     let mut reported = Lsn::ZERO;
     let mut stopping = false;
+    // The log's flushed position as last seen, and whether it was seen to
+    // drop since: only a rewind lowers it.
+    let mut seen_flushed = covered;
+    let mut rewound = false;
     loop {
         let target = *appended.borrow_and_update();
-        if target < covered && in_flight.is_empty() {
+        let flushed_now = wal.flushed_lsn();
+        rewound |= flushed_now < seen_flushed;
+        seen_flushed = flushed_now;
+        if (target < covered || rewound) && in_flight.is_empty() {
             // The log was cut below what we covered (a rejoin's rewind):
             // the records appended from here on are new, and what counts as
-            // covered and reported starts again from the log's own.
-            covered = wal.flushed_lsn();
+            // covered and reported starts again from the log's own. The
+            // appended position alone may not show the cut: it can move
+            // from the old end to as far again before we look.
+            covered = flushed_now;
             reported = covered;
+            rewound = false;
         }
         if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(wal.flushed_lsn()) {
             // The fsync covers at least `target`: it was appended before.
@@ -222,6 +232,31 @@ mod tests {
         appended.send_replace(Lsn(4));
         flushed_to(&mut rx, Lsn(4)).await;
         assert_eq!(wal.flushed_lsn(), Lsn(4));
+        flusher.stop().await;
+    }
+
+    /// The appended position may go from the old end straight back to it
+    /// (cut after 2, then 3 to 5 appended again) before the flusher looks:
+    /// the new records are still fsynced and reported, not left until the
+    /// next append.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewind_the_appended_position_does_not_show_still_gets_its_records_flushed() {
+        let wal = Arc::new(crate::wal::MemWal::new());
+        wal.set_may_block(true);
+        let (appended, watched) = watch::channel(Lsn::ZERO);
+        let (tx, mut rx) = mpsc::channel(16);
+        let flusher = spawn(wal.clone(), watched, tx);
+        wal.append(&(1..=5).map(record).collect::<Vec<_>>())
+            .unwrap();
+        appended.send_replace(Lsn(5));
+        flushed_to(&mut rx, Lsn(5)).await;
+
+        wal.truncate_after(Lsn(2)).unwrap();
+        wal.append(&(3..=5).map(record).collect::<Vec<_>>())
+            .unwrap();
+        appended.send_replace(Lsn(5));
+        flushed_to(&mut rx, Lsn(5)).await;
+        assert_eq!(wal.flushed_lsn(), Lsn(5));
         flusher.stop().await;
     }
 }
