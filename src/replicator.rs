@@ -123,6 +123,10 @@ pub struct Health {
     /// itself when the primary falls silent (`note` says so when that
     /// happens).
     pub failover_paused: bool,
+    /// `role` is `Failed` only until the node's next attempt: a standby
+    /// whose WAL append failed (a full disk) takes WAL again by itself,
+    /// with a backoff, and needs no restart. A liveness probe passes.
+    pub retrying_wal: bool,
 }
 
 /// What an engine calls. One `Replicator` per node (`Replica` is the

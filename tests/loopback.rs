@@ -1130,8 +1130,12 @@ async fn a_standby_whose_disk_filled_catches_up_once_space_returns_without_a_res
     let mut acked = Vec::new();
     let r = a.replica.clone();
     let waiting = tokio::spawn(async move { r.apply(put_cmd("during0", "v")).await });
-    b.wait("its WAL failed", |h| h.role == RoleKind::Failed)
-        .await;
+    // Failed for now, but it tries again by itself: a liveness probe
+    // must not have it restarted.
+    b.wait("its WAL failed, to be retried", |h| {
+        h.role == RoleKind::Failed && h.retrying_wal
+    })
+    .await;
     a.wait("solo", |h| h.solo).await;
     if let Ok(applied) = waiting.await.unwrap() {
         acked.push(applied.lsn);

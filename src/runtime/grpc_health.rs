@@ -45,9 +45,10 @@ fn ready(h: &Health) -> bool {
     }
 }
 
-/// Whether the node can still do it without a restart.
+/// Whether the node can still do it without a restart: a standby that
+/// tries its WAL again after a full disk can.
 fn alive(h: &Health) -> bool {
-    h.role != RoleKind::Failed
+    h.role != RoleKind::Failed || h.retrying_wal
 }
 
 /// The `grpc.health.v1.Health` service of the node whose health `rx`
@@ -85,7 +86,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_on_a_primary_or_a_streaming_standby_alive_unless_failed() {
+    fn ready_on_a_primary_or_a_streaming_standby_alive_unless_failed_for_good() {
         let mut h = crate::runtime::actor::placeholder_health(&crate::Config::default());
         let cases = [
             (RoleKind::Primary, false, true, true),
@@ -105,6 +106,10 @@ mod tests {
                 "{role} connected={connected}"
             );
         }
+        // A standby retrying its WAL after a full disk needs no restart.
+        h.role = RoleKind::Failed;
+        h.retrying_wal = true;
+        assert_eq!((ready(&h), alive(&h)), (false, true));
         assert_eq!(REPLICATION_SERVICE, "walrep.v1.Replication");
     }
 }

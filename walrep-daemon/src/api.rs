@@ -49,6 +49,10 @@ pub struct HealthReport {
     /// `POST /maintenance`): as a standby it does not promote itself.
     #[serde(default)]
     pub failover_paused: bool,
+    /// `role` is `failed` only until the node tries again by itself (a
+    /// standby whose disk filled): `/liveness` passes, no restart needed.
+    #[serde(default)]
+    pub retrying_wal: bool,
 }
 
 /// The arbiter as a node sees it.
@@ -227,6 +231,7 @@ impl HealthReport {
                 held_back: a.held_back.clone(),
             }),
             failover_paused: h.failover_paused,
+            retrying_wal: h.retrying_wal,
         }
     }
 

@@ -181,6 +181,9 @@ fn transient(role: &str) -> bool {
 /// Whether the node passes `probe` under `bounds`, and if not, why.
 pub fn judge(probe: Probe, h: &HealthReport, bounds: &LagBounds) -> Verdict {
     match probe {
+        // A standby retrying its WAL after a full disk is failed for now,
+        // but a restart would not help it: liveness passes.
+        Probe::Liveness if h.retrying_wal => Verdict::ok(),
         Probe::Liveness | Probe::Health => {
             if h.role == "failed" {
                 Verdict::down(
@@ -418,9 +421,13 @@ mod tests {
         let mut blocked = node("primary", false, 0, 0);
         blocked.writable = false;
         let failed = node("failed", false, 0, 0);
+        let retrying_wal = HealthReport {
+            retrying_wal: true,
+            ..failed.clone()
+        };
         let rejoining = node("rejoining", false, 0, 0);
         use Probe::*;
-        let table: [(&str, &HealthReport, [u16; 8]); 7] = [
+        let table: [(&str, &HealthReport, [u16; 8]); 8] = [
             // Primary Replica ReadOnly Sync Async Liveness Readiness Health
             (
                 "primary",
@@ -448,6 +455,11 @@ mod tests {
                 [503, 503, 503, 503, 503, 200, 503, 200],
             ),
             ("failed", &failed, [503, 503, 503, 503, 503, 503, 503, 503]),
+            (
+                "failed, retrying its WAL",
+                &retrying_wal,
+                [503, 503, 503, 503, 503, 200, 503, 503],
+            ),
             (
                 "rejoining",
                 &rejoining,

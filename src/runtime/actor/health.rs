@@ -34,6 +34,7 @@ pub(crate) fn placeholder_health(cfg: &Config) -> Health {
         note: None,
         arbiter: None,
         failover_paused: false,
+        retrying_wal: false,
     }
 }
 
@@ -186,6 +187,7 @@ impl Actor {
             }),
             arbiter: self.node.arbiter_status(),
             failover_paused: self.node.failover_paused(),
+            retrying_wal: role == RoleKind::Failed && self.node.failed_for_good().is_none(),
         }
     }
 
