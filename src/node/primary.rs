@@ -277,6 +277,8 @@ impl Primary {
             // was missing (`block_without_arbiter`); else the `block` policy.
             let why = if blocked.iter().any(|(_, l)| l.wants_out) {
                 "the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers"
+            } else if cfg.on_standby_loss == OnStandbyLoss::Solo {
+                "this node has not heard from it since it started, so it may have promoted meanwhile and on_standby_loss = solo cannot go on without it; writes resume when it answers (`promote --force` here takes writes without it, discarding whatever it acknowledged since)"
             } else {
                 "on_standby_loss = block; writes resume when it is back"
             };
@@ -656,7 +658,16 @@ impl Node {
                 p.set_counting(standby, Counting::NotCounted);
             }
             OnStandbyLoss::Solo => {
-                // No contact since start: the standby may have promoted.
+                // No contact since start: the standby may have promoted,
+                // so commits cannot go on without it. Waiting on it would
+                // time every write out (outcome unknown) while probes
+                // call this node writable: refuse writes instead (a 503 a
+                // load balancer sends elsewhere) until it answers.
+                tracing::warn!(
+                    %standby,
+                    "standby unreachable for sync_timeout and not heard from since this node started: it may have promoted, so writes are refused until it answers (on_standby_loss = solo needs contact first)"
+                );
+                self.block_on(standby);
             }
             OnStandbyLoss::Block => {
                 tracing::warn!(

@@ -890,8 +890,14 @@ fn a_standby_whose_wal_failed_counts_again_once_it_works_and_holds_every_commit(
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
 
+/// A primary restarted without an arbiter may not go solo before its
+/// standby answered (it may have promoted meanwhile). Once the standby is
+/// lost it refuses writes, so probes stop calling it writable and clients
+/// get a refusal to take elsewhere, not a sync timeout per write; the
+/// standby's answer lets writes in again.
 #[test]
-fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
+fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby_and_refuses_writes_meanwhile()
+ {
     let (mut node, _) = new_node(cfg(), meta(1, "n1"), Lsn(5), Lsn(5), Lsn(5), t(0));
     node.step(t(10), writes_up_to(&node, 6));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(6) });
@@ -904,10 +910,26 @@ fn a_restarted_primary_never_goes_solo_before_hearing_from_its_standby() {
     let effects = tick_until(&mut node, 100, 5000);
     assert!(!effects.iter().any(|e| matches!(e, Effect::Commit { .. })));
     assert!(effects.contains(&Effect::FailWaiters {
-        up_to: Some(Lsn(6)),
-        failure: WaiterFailure::SyncTimeout
+        up_to: None,
+        failure: WaiterFailure::Blocked
     }));
     assert!(!node.is_solo());
+    match node.check_writable() {
+        Err(WriteRefusal::Unavailable { reason }) => {
+            assert!(
+                reason.contains("not heard from it since it started"),
+                "{reason}"
+            )
+        }
+        other => panic!("writable without its standby: {other:?}"),
+    }
+    node.step(
+        t(5100),
+        Event::StandbyReachable {
+            standby: NodeId::from("n2"),
+        },
+    );
+    assert_eq!(node.check_writable(), Ok(()));
 }
 
 #[test]
