@@ -1,6 +1,8 @@
 //! The health probes load balancers and orchestrators ask (the routes of
-//! Patroni's REST API, so HAProxy, Kubernetes and scripts written for it
-//! work unchanged): each answers 200 or 503 from the node's `/health`,
+//! Patroni's REST API, so HAProxy and Kubernetes checks written for it
+//! work unchanged, but for one bound: a standby knows its lag in records,
+//! not bytes, so `?lag=SIZE` passes only a standby with nothing to catch
+//! up; use `?lag_records=N`): each answers 200 or 503 from the node's `/health`,
 //! the same for `GET`, `HEAD` (no body) and `OPTIONS` (HAProxy's usual
 //! `option httpchk OPTIONS /primary`).
 //!
