@@ -184,11 +184,16 @@ pub trait Replicator: Send + Sync {
     /// then returns its `lsn` and `epoch` with `deduplicated` set and an
     /// empty `output`.
     ///
-    /// The window: the newest `Config::max_request_ids` records with ids.
-    /// The WAL keeps those records (and so their ids, across restarts)
-    /// whatever the engine's `durable_lsn` says; only
-    /// `Config::wal_retention_bytes` may cut the window shorter. A retry
-    /// after that applies the command again.
+    /// The window: the newest `Config::max_request_ids` records with ids,
+    /// as the node answering the retry counts them (give every node the
+    /// same setting: a failover to a node with a smaller one shrinks the
+    /// window). The WAL keeps those records (and so their ids, across
+    /// restarts) whatever the engine's `durable_lsn` says; only
+    /// `Config::wal_retention_bytes` may cut the window shorter, and a
+    /// standby resynced from a snapshot knows no id of the records the
+    /// snapshot covers (a snapshot carries state, not ids): should it
+    /// promote before the retry arrives, the retry is applied again. A
+    /// retry outside the window applies the command again.
     /// A record that a rewind dropped (the old primary's unreplicated tail
     /// after a failover) takes its id with it: it was never committed, so
     /// the retry writing it again applies it exactly once.
