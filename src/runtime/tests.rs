@@ -931,6 +931,30 @@ async fn a_write_applied_over_several_chunks_gets_every_records_output() {
     replica.shutdown().await;
 }
 
+/// A write the primary's WAL refused (a full disk) is answered "not
+/// written, retry": the log holds none of it, so a load balancer or a
+/// client may send it to the next primary, keyed or not.
+#[tokio::test(start_paused = true)]
+async fn a_write_the_primarys_wal_refused_is_not_written_and_may_be_retried() {
+    let wal = confirmed_primary_wal();
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
+    replica.apply(put()).await.unwrap();
+    wal.fail_appends(true);
+    let err = replica.apply(put()).await.unwrap_err();
+    assert_eq!(
+        err.outcome(),
+        crate::error::WriteOutcome::NotWritten,
+        "{err:?}"
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(wal.last_lsn(), Lsn(1));
+    replica.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
     let wal = confirmed_primary_wal();

@@ -123,14 +123,13 @@ impl Actor {
             // tried again; a poisoned or damaged store cannot.
             let intact = matches!(e, WalError::Io { .. }) && self.wal.last_lsn() == first.prev();
             let reason = e.to_string();
-            let kind = match &e {
-                WalError::Io { source, .. } => source.kind(),
-                _ => std::io::ErrorKind::Other,
-            };
+            // A log left as it was holds none of these writes: nothing
+            // written, and a retry (at the next primary: this one stops
+            // taking writes) is safe with or without a request id.
             for (_, reply) in self.writing.take().into_iter().flatten() {
-                let _ = reply.send(Err(Error::Io {
-                    what: "appending to the WAL".into(),
-                    source: std::io::Error::new(kind, reason.clone()),
+                let _ = reply.send(Err(Error::Unavailable {
+                    reason: format!("appending to the WAL failed: {reason}"),
+                    appended: !intact,
                 }));
             }
             if let Some(Answering::Batch { session, .. }) = self.answering.take() {
