@@ -244,14 +244,17 @@ impl HealthReport {
     /// one place every probe and view reads it from.
     ///
     /// Records: the primary's last LSN from its last message minus our
-    /// flushed LSN (`peer.lag_records`). Bytes: `peer.lag_bytes` where the
+    /// applied LSN: what a read here misses (`peer.lag_records`, counted
+    /// to our flushed LSN, plus what we flushed and not applied yet, as an
+    /// engine slow to apply leaves). Bytes: `peer.lag_bytes` where the
     /// node measures it; a standby caught up in records is 0 bytes behind;
     /// otherwise unknown.
     pub fn standby_lag(&self) -> Option<StandbyLag> {
         if self.role != "standby" {
             return None;
         }
-        let records = self.peer.lag_records;
+        let unapplied = self.flushed_lsn.saturating_sub(self.applied_lsn);
+        let records = self.peer.lag_records + unapplied;
         let bytes = if records == 0 {
             Some(0)
         } else if self.peer.lag_bytes > 0 {

@@ -411,6 +411,16 @@ mod tests {
         // Caught up: 0 bytes behind whatever the node measures.
         let caught_up = node("standby", true, 0, 0);
         assert_eq!(status(Probe::Replica, &caught_up, "lag=0"), 200);
+        // Flushed everything but applied less (an engine slow to apply):
+        // reads here miss those records, so they count.
+        let slow_apply = HealthReport {
+            flushed_lsn: 500,
+            applied_lsn: 490,
+            ..caught_up.clone()
+        };
+        assert_eq!(status(Probe::Replica, &slow_apply, "lag_records=9"), 503);
+        assert_eq!(status(Probe::Replica, &slow_apply, "lag_records=10"), 200);
+        assert_eq!(status(Probe::Replica, &slow_apply, "lag=0"), 503);
     }
 
     #[test]
