@@ -1,6 +1,7 @@
 //! The write-ahead log: the trait the replication logic reads and writes
 //! through, a durable segmented file implementation and an in-memory one.
 
+pub(crate) mod dir_lock;
 mod file;
 #[cfg(test)]
 pub(crate) mod gated;
@@ -81,6 +82,17 @@ pub enum WalError {
         "WAL is unusable after a failed write to its files ({0}); restart the node after checking the disk"
     )]
     Poisoned(String),
+    /// Another open `FileWal` (another node process, most likely) holds
+    /// the directory: two writers of one log would corrupt it.
+    #[error(
+        "{dir} is in use by another process (it holds the lock {lock}): two nodes on one data directory would corrupt its WAL; stop the other one, or give this one its own data directory"
+    )]
+    Locked {
+        /// The log's directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
     /// The log has records but its meta file is gone. The meta holds the
     /// epoch that keeps a deposed primary fenced, so the log refuses to
     /// guess it (a fresh meta would let this node act on an old epoch).

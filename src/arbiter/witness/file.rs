@@ -23,7 +23,6 @@ use prost::Message;
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"WALRWITN";
@@ -118,23 +117,14 @@ impl RegisterFile {
             tmpfile::sync_dir(parent).map_err(io_err(format!("syncing {}", parent.display())))?;
         }
         let lock_path = dir.join(LOCK);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(format!("opening {}", lock_path.display())))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Err(StoreError::Locked {
-                    dir,
-                    lock: lock_path,
-                });
-            }
-            return Err(io_err(format!("locking {}", lock_path.display()))(e));
-        }
+        let Some(lock) = crate::wal::dir_lock::lock_exclusive(&lock_path)
+            .map_err(io_err(format!("locking {}", lock_path.display())))?
+        else {
+            return Err(StoreError::Locked {
+                dir,
+                lock: lock_path,
+            });
+        };
         let file = RegisterFile {
             path: dir.join(FILE),
             tmp: dir.join(TMP),

@@ -1,6 +1,7 @@
 //! `FileWal`: the durable `WalStore`, a directory of segment files.
 //!
 //! ```text
+//! dir/lock                          held (flock) while the log is open
 //! dir/meta                          WalMeta + epoch history (meta.rs)
 //! dir/wal/<first lsn, 20 digits>.seg   header + frames (segment.rs)
 //! ```
@@ -77,6 +78,10 @@ pub struct FileWal {
     sync_done: Condvar,
     syncs: AtomicU64,
     fail_next_sync: AtomicBool,
+    /// Holds `dir/lock` while the log is open: a second process opening
+    /// it (two nodes given one data directory) is refused before its
+    /// recovery could cut what this one is writing.
+    _lock: File,
 }
 
 struct State {
@@ -143,6 +148,15 @@ impl FileWal {
         let dir = dir.as_ref().to_path_buf();
         let wal_dir = dir.join("wal");
         fs::create_dir_all(&wal_dir).map_err(io_err(format!("creating {}", wal_dir.display())))?;
+        let lock_path = dir.join("lock");
+        let Some(lock) = super::dir_lock::lock_exclusive(&lock_path)
+            .map_err(io_err(format!("locking {}", lock_path.display())))?
+        else {
+            return Err(WalError::Locked {
+                dir,
+                lock: lock_path,
+            });
+        };
         let loaded = meta::load(&dir)?;
         let has_meta = loaded.is_some();
         let (meta, persisted_history) = loaded.unwrap_or_default();
@@ -218,6 +232,7 @@ impl FileWal {
             sync_done: Condvar::new(),
             syncs: AtomicU64::new(0),
             fail_next_sync: AtomicBool::new(false),
+            _lock: lock,
         })
     }
 

@@ -1288,3 +1288,22 @@ fn a_reset_whose_meta_cannot_be_replaced_reports_the_failure() {
     assert!(matches!(err, WalError::Poisoned(_)), "{err}");
     assert!(wal.append(&[rec(101, 2)]).is_err());
 }
+
+/// A second open of a log that is open (two nodes given one data
+/// directory) is refused before its recovery touches anything; the lock
+/// goes with the first, however it ends.
+#[test]
+fn a_log_open_elsewhere_is_refused_until_it_is_closed() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(&dir, tiny());
+    wal.append(&recs(1..=3, 1)).unwrap();
+    let err = FileWal::open(dir.path(), tiny())
+        .err()
+        .expect("a second open is refused");
+    assert!(matches!(err, WalError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("another process"), "{err}");
+    assert_eq!(wal.last_lsn(), Lsn(3), "the first is untouched");
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(open(&dir, tiny()).last_lsn(), Lsn(3));
+}
