@@ -520,12 +520,12 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
     let command = match job {
         Job::Node(settings) => {
             super::init_logging();
-            node::run(*settings, node::shutdown_signal()).await?;
+            node::run(*settings, crate::signals::StopSignals::install()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Job::Witness(settings) => {
             super::init_logging();
-            crate::witness::run(settings, node::shutdown_signal()).await?;
+            crate::witness::run(settings, crate::signals::first_stop_signal()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Job::Other(command) => command,
@@ -766,7 +766,7 @@ async fn until_interrupted<T>(
 ) -> Result<T, DaemonError> {
     tokio::select! {
         r = command => r,
-        _ = node::shutdown_signal() => {
+        _ = crate::signals::first_stop_signal() => {
             Err(DaemonError::Failed("interrupted; the nodes it started were stopped".into()))
         }
     }

@@ -56,6 +56,7 @@ pub mod node;
 pub mod pair;
 pub mod probes;
 pub mod process;
+pub mod signals;
 pub mod sqlite;
 pub mod witness;
 

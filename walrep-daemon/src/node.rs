@@ -21,6 +21,7 @@ use super::http::{AppState, router};
 use super::identity;
 use super::metrics::{DaemonMetrics, NodeInfo};
 use crate::engine::Engine;
+use crate::signals::StopSignals;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,34 +279,23 @@ async fn drain(mut task: JoinHandle<()>, what: &str) {
     }
 }
 
-/// Runs a node until `shutdown` resolves.
-pub async fn run(
-    settings: NodeSettings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+/// Runs a node until the first stop signal (one that came while it
+/// started included), then stops it cleanly: a primary hands over first.
+/// A second signal during that stop ends the process at once, as a crash
+/// would (what the WAL made durable is safe; a handover under way is
+/// left to the failover).
+pub async fn run(settings: NodeSettings, mut signals: StopSignals) -> Result<(), DaemonError> {
     let node = RunningNode::start(settings).await?;
-    shutdown.await;
+    let name = signals.next().await;
+    info!("{name} received; stopping (again to stop at once)");
+    let force = tokio::spawn(async move {
+        let name = signals.next().await;
+        warn!("{name} received again: stopping at once, without finishing the clean stop");
+        std::process::exit(1);
+    });
     node.shutdown().await;
+    force.abort();
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT. In a container the binary is PID 1, and
-/// PID 1 gets no default signal handling: without this `docker stop`
-/// would wait and then kill.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
 }
 
 /// Rereads the TLS files (replication's and the HTTP API's) on every

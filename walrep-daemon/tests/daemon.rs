@@ -1156,6 +1156,48 @@ async fn sigterm_of_a_primary_hands_over_to_its_standby_and_loses_nothing() {
     assert_all_readable(&p.n2.http, &acked).await;
 }
 
+/// A second SIGTERM while the primary is still handing over (its standby
+/// stopped answering mid-way) stops it at once, as a crash would, instead
+/// of being ignored until the handover gives up; the standby then takes
+/// over by failover with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_handover_stops_the_primary_at_once() {
+    // Calls to the stopped standby hang for their whole deadline, so the
+    // handover is still under way when the second signal comes.
+    let mut p = proc_pair(&[("rpc_timeout_ms", "3000")]).await;
+    let acked = write_all(&p.n1.http, "k", 20).await;
+    wait_health(&p.n2.http, "eligible standby", |h| h.eligible).await;
+    p.n2.signal(libc::SIGSTOP).unwrap();
+    p.n1.signal(libc::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p
+        .n1
+        .log_tail(40)
+        .contains("handing over to the standby first")
+    {
+        assert!(
+            std::time::Instant::now() < deadline && p.n1.exited().is_none(),
+            "no handover started: {}",
+            p.n1.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.n1.signal(libc::SIGTERM).unwrap();
+    let status = p.n1.wait_exit(Duration::from_secs(2)).unwrap();
+    assert!(
+        !status.success(),
+        "a forced stop is not a clean one: {status}"
+    );
+    assert!(
+        p.n1.log_tail(40).contains("received again"),
+        "{}",
+        p.n1.log_tail(40)
+    );
+    p.n2.signal(libc::SIGCONT).unwrap();
+    wait_health(&p.n2.http, "the standby took over", is_writable_primary).await;
+    assert_all_readable(&p.n2.http, &acked).await;
+}
+
 async fn cli(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
