@@ -453,13 +453,23 @@ pub fn remove_sending_links(dir: &Path) {
 /// replaces it by a rename, and the mapping keeps the old one's bytes. A
 /// file truncated by hand while mapped would crash the node (SIGBUS),
 /// like any mapped store.
+///
+/// The file was written past the page cache (a received snapshot goes to
+/// disk with direct I/O), so its pages start cold; the kernel is asked to
+/// read them ahead now. Otherwise the first applies that overwrite a
+/// restored key (each hashes the value it replaces, on the node's thread
+/// when the batch is small) and the first reads would each wait for a disk
+/// read, stalling the thread that also carries the node's heartbeats.
 pub fn map_file(path: &Path) -> Result<Bytes, StateMachineError> {
     let map = std::fs::File::open(path).and_then(|f| {
         // SAFETY: the file is not modified in place while mapped (above).
         unsafe { memmap2::Mmap::map(&f) }
     });
-    map.map(Bytes::from_owner)
-        .map_err(|e| err(format!("mapping {}: {e}", path.display())))
+    let map = map.map_err(|e| err(format!("mapping {}: {e}", path.display())))?;
+    if let Err(e) = map.advise(memmap2::Advice::WillNeed) {
+        tracing::warn!(file = %path.display(), "cannot ask the kernel to read the snapshot ahead ({e}): the first applies over it may wait for the disk");
+    }
+    Ok(Bytes::from_owner(map))
 }
 
 /// Moves a received snapshot file (fsynced by walrep) into place as

@@ -34,9 +34,9 @@
 //! was. Then the live connection closes, the old file is renamed to
 //! `replaced.tmp` (its `-wal` and `-shm` files removed: they belong to it),
 //! `restore.tmp` is renamed to `store.db`, the directory fsynced, and the
-//! store reopened. A crash anywhere in between leaves the old store, or no
-//! store: an empty one at LSN 0 after the restart, which walrep resyncs
-//! again, never a mix. `clean_up` at open removes every `*.tmp*`, and a
+//! store reopened. A crash anywhere in between leaves the old store (put
+//! back at open if it was moved aside already, `clean_up`) or the new one,
+//! never a mix. `clean_up` at open removes every `*.tmp*`, and a
 //! `-wal` left without its database.
 
 use super::STORE_FILE;
@@ -80,8 +80,23 @@ impl Drop for TempFile {
 
 /// Removes what an interrupted restore left in `dir`, and the
 /// `-wal`/`-shm` files of a store that is not there (a new store must not
-/// replay another file's WAL).
+/// replay another file's WAL). A restore interrupted after it moved the
+/// store aside and before the snapshot took its place left no store but
+/// the old one, whole, as `replaced.tmp`: it goes back (with any `-wal`
+/// still beside it, which is its own), rather than starting empty and
+/// needing a peer's snapshot again. The node's WAL was not reset yet
+/// then, so it still follows the old store.
 pub fn clean_up(dir: &Path) -> Result<(), StateMachineError> {
+    let (store, replaced) = (dir.join(STORE_FILE), dir.join(REPLACED));
+    if !store.exists() && replaced.exists() {
+        std::fs::rename(&replaced, &store)
+            .and_then(|()| File::open(dir)?.sync_all())
+            .map_err(io(format!(
+                "putting back {} that an interrupted restore moved aside",
+                replaced.display()
+            )))?;
+        tracing::info!(store = %store.display(), "a restore was interrupted before the snapshot replaced the store: the store it moved aside is back");
+    }
     let entries = std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
     for e in entries.flatten() {
         if e.file_name().to_string_lossy().contains(".tmp") {

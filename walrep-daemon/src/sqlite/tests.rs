@@ -288,6 +288,25 @@ fn leftovers_of_an_interrupted_snapshot_or_restore_go_at_open() {
     assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
 }
 
+/// A restore interrupted after it moved the store aside, before the
+/// snapshot took its place: the old store comes back at open, with its
+/// LSN, not an empty store that would need a peer's snapshot again.
+#[test]
+fn a_store_a_crashed_restore_moved_aside_comes_back_at_open() {
+    let (s, d) = store();
+    s.apply_batch(&[(Lsn(1), &put("x", "1")), (Lsn(2), &put("y", "2"))])
+        .unwrap();
+    let hash = s.state_hash();
+    drop(s);
+    std::fs::rename(d.path().join(STORE_FILE), d.path().join("replaced.tmp")).unwrap();
+    std::fs::write(d.path().join("restore.tmp"), b"half a snapshot").unwrap();
+    let s = SqliteStore::open(d.path()).unwrap();
+    assert_eq!(s.applied_lsn(), Lsn(2));
+    assert_eq!(s.state_hash(), hash);
+    assert!(!d.path().join("replaced.tmp").exists());
+    assert!(!d.path().join("restore.tmp").exists());
+}
+
 /// With the engine reporting what its checkpoints made durable, walrep
 /// lets go of the WAL before it although the retention bound is far away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
