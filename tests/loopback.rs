@@ -4,6 +4,7 @@
 
 mod common;
 mod three_nodes;
+mod tls_flood;
 mod witness;
 
 use common::*;

@@ -446,20 +446,36 @@ impl<I: Unpin> AsyncWrite for PeerConnection<I> {
 /// How long an accepted connection may take to finish its handshake; a
 /// slower one is dropped so it cannot hold a handshake slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes running at once, in all. Past it new connections are closed
-/// on arrival (never left waiting in the backlog, where they would hold
-/// up the peer's).
+/// Handshakes running at once, in all. A connection arriving past it
+/// takes the place of the oldest handshake still running, which is
+/// dropped: connections that never finish their handshake (from many
+/// addresses, each under `HANDSHAKES_PER_SOURCE`) cannot keep a peer out
+/// by holding every slot, since a peer's handshake takes milliseconds and
+/// evicting it would take this many newer connections within them.
 const CONCURRENT_HANDSHAKES: usize = 256;
 /// Handshakes running at once from one source address: a flood from
 /// elsewhere cannot take the slots the peer's connections need.
 const HANDSHAKES_PER_SOURCE: usize = 4;
 
-/// Handshakes under way per source address.
+/// Handshakes under way per source: an IPv4 address, or an IPv6 /64 (one
+/// host usually has a whole /64 to pick addresses from).
 #[derive(Default)]
 struct PerSource(Mutex<HashMap<std::net::IpAddr, usize>>);
 
+/// The source `ip` counts as.
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)).into(),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerSource {
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let ip = source_of(ip);
         let mut map = self.0.lock().unwrap();
         let n = map.entry(ip).or_default();
         if *n >= HANDSHAKES_PER_SOURCE {
@@ -541,7 +557,9 @@ where
     Fut: Future<Output = Result<PeerConnection<I>, String>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection<I>>(16);
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HANDSHAKES));
+    // The handshakes running, oldest first.
+    let mut running: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
     let per_source = Arc::new(PerSource::default());
     let refused = Arc::new(refused);
     tokio::spawn(async move {
@@ -569,16 +587,21 @@ where
                 tls.inner.refusals.log(what, &why, Some(remote));
                 continue;
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            running.retain(|h| !h.is_finished());
+            if running.len() >= CONCURRENT_HANDSHAKES
+                && let Some(oldest) = running.pop_front()
+            {
+                oldest.abort();
                 refused();
-                let why = format!("{CONCURRENT_HANDSHAKES} handshakes already running");
+                let why = format!(
+                    "{CONCURRENT_HANDSHAKES} handshakes already running: the oldest was dropped for a new connection"
+                );
                 tls.inner.refusals.log(what, &why, Some(remote));
-                continue;
-            };
+            }
             let (tls, tx, refused, accept) =
                 (tls.clone(), tx.clone(), refused.clone(), accept.clone());
-            tokio::spawn(async move {
-                let _slots = (slot, source);
+            let handshake = tokio::spawn(async move {
+                let _slot = source;
                 let result =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tls.clone(), tcp)).await {
                         Ok(result) => result,
@@ -594,6 +617,7 @@ where
                     }
                 }
             });
+            running.push_back(handshake.abort_handle());
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
@@ -714,5 +738,24 @@ impl tower_service::Service<http::Uri> for TlsConnector {
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn an_ipv6_source_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(source_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(source_of(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(source_of(ip("10.0.0.7")), ip("10.0.0.7"));
     }
 }

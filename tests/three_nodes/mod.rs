@@ -114,7 +114,7 @@ async fn a_killed_primary_is_replaced_by_one_standby_and_the_other_follows_it() 
 }
 
 /// Writes a CA and a certificate per name into `dir`.
-fn issue(dir: &std::path::Path, names: &[&str]) -> walrep_daemon::certs::CertAuthority {
+pub(crate) fn issue(dir: &std::path::Path, names: &[&str]) -> walrep_daemon::certs::CertAuthority {
     let ca = walrep_daemon::certs::CertAuthority::new().unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     for name in names {
