@@ -292,12 +292,74 @@ fn dns_name(id: &NodeId, setting: &str) -> Result<ServerName<'static>, TlsError>
     }
 }
 
-/// Whether `cert` is valid for `name` (its subject alternative names).
+/// Whether `cert` names `name` among its DNS subject alternative names,
+/// literally: a wildcard name (`*.db.example`) proves no node id, or one
+/// certificate an organisation's CA issued for a whole domain would let
+/// its holder act as any node of it.
 fn names(cert: &CertificateDer<'_>, name: &ServerName<'_>) -> Result<(), String> {
     let cert = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| format!("unreadable certificate: {e}"))?;
-    cert.verify_is_valid_for_subject_name(name)
-        .map_err(|e| format!("{e}"))
+    let ServerName::DnsName(wanted) = name else {
+        return Err(format!("{name:?} is not a DNS name"));
+    };
+    let mut presented = cert.valid_dns_names();
+    if presented.any(|n| n.eq_ignore_ascii_case(wanted.as_ref())) {
+        return Ok(());
+    }
+    let listed: Vec<&str> = cert.valid_dns_names().collect();
+    Err(format!(
+        "it names {listed:?}, not {:?} (wildcard names prove no node)",
+        wanted.as_ref()
+    ))
+}
+
+/// The server check of a node dialing a peer, or the witness: the chain
+/// and signatures as rustls' own verifier checks them, and the name as
+/// `names` does (literally, no wildcard).
+#[derive(Debug)]
+struct LiteralNameVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for LiteralNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        names(end_entity, server_name).map_err(rustls::Error::General)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -365,10 +427,15 @@ fn build(files: &TlsFiles, own_name: &ServerName<'static>) -> Result<Configs, Tl
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| invalid("server", e))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| TlsError::Invalid(format!("CA {}: {e}", files.ca.display())))?;
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid("client", e))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LiteralNameVerifier(server_verifier)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| invalid("client", e))?;
     client.alpn_protocols = vec![b"h2".to_vec()];
@@ -757,5 +824,25 @@ mod tests {
         assert_ne!(source_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
         assert_eq!(source_of(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
         assert_eq!(source_of(ip("10.0.0.7")), ip("10.0.0.7"));
+    }
+
+    /// A wildcard certificate from the CA (`*.c.example`, as an
+    /// organisation's CA may issue for a domain) proves no node id: its
+    /// holder could otherwise fence, promote or stream WAL as any node.
+    #[test]
+    fn a_certificate_proves_only_the_names_it_lists_literally() {
+        use rustls::pki_types::pem::PemObject;
+        let ca = walrep_daemon::certs::CertAuthority::new().unwrap();
+        let der = |name: &str| {
+            CertificateDer::from_pem_slice(ca.issue(name).unwrap().cert_pem.as_bytes()).unwrap()
+        };
+        let name = |n: &'static str| ServerName::try_from(n).unwrap();
+        let wildcard = der("*.c.example");
+        let err = names(&wildcard, &name("a.c.example")).unwrap_err();
+        assert!(err.contains("wildcard"), "{err}");
+        let literal = der("a.c.example");
+        assert_eq!(names(&literal, &name("a.c.example")), Ok(()));
+        assert_eq!(names(&literal, &name("A.C.Example")), Ok(()));
+        assert!(names(&literal, &name("b.c.example")).is_err());
     }
 }
