@@ -153,6 +153,11 @@ impl RunningNode {
                 "http_write_budget_bytes is below max_record_bytes: every PUT that does not announce its size (chunked) is refused; raise the budget, or lower max_record_bytes on every node"
             );
         }
+        if token.is_none() && !http_addr.ip().is_loopback() {
+            warn!(
+                "the HTTP API on {http_addr} takes writes, deletes, promotions and maintenance from anyone who can reach it: give --http-token-file (and HTTPS), or listen on a loopback address"
+            );
+        }
         if token.is_some() && http_tls.is_none() {
             warn!(
                 "the HTTP token travels in clear text over plain HTTP: give --http-tls-cert and --http-tls-key, or keep {http_addr} on a network nobody else can read"
