@@ -132,6 +132,21 @@ impl Tls {
     /// and this node's certificate must name `cfg.node_id` (else its peers
     /// would refuse it).
     pub fn load(files: TlsFiles, cfg: &Config) -> Result<Tls, TlsError> {
+        // A node's certificate naming the witness could serve as the
+        // arbiter's; one trusting a peer of that name could take the
+        // witness's certificate for a node's.
+        let ids = std::iter::once(&cfg.node_id)
+            .chain(std::iter::once(&cfg.peer_id))
+            .chain(cfg.more_peers.iter().map(|p| &p.id));
+        if let Some(id) = ids
+            .into_iter()
+            .find(|id| id.0.eq_ignore_ascii_case(WITNESS_NAME))
+        {
+            return Err(TlsError::Invalid(format!(
+                "node id {:?} is the witness's name: with TLS no node may carry it; rename the node",
+                id.0
+            )));
+        }
         let own_name = dns_name(&cfg.node_id, "node_id")?;
         let mut peers = vec![Peer {
             id: cfg.peer_id.clone(),
@@ -824,6 +839,26 @@ mod tests {
         assert_ne!(source_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
         assert_eq!(source_of(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
         assert_eq!(source_of(ip("10.0.0.7")), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn no_node_or_peer_may_carry_the_witness_name() {
+        let files = TlsFiles {
+            ca: "ca.pem".into(),
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+        };
+        for (node, peer) in [("witness", "n2"), ("n1", "Witness")] {
+            let cfg = crate::Config {
+                node_id: NodeId::from(node),
+                peer_id: NodeId::from(peer),
+                ..crate::Config::default()
+            };
+            let Err(err) = Tls::load(files.clone(), &cfg) else {
+                panic!("{node}/{peer}: accepted");
+            };
+            assert!(err.to_string().contains("witness's name"), "{err}");
+        }
     }
 
     /// A wildcard certificate from the CA (`*.c.example`, as an
