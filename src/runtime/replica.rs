@@ -561,9 +561,13 @@ impl Replicator for Replica {
 }
 
 /// The tonic server settings walrep is tuned for: no Nagle delay, HTTP/2
-/// keepalive so a partition is noticed, large flow-control windows.
+/// keepalive so a partition is noticed, large flow-control windows, and a
+/// bound on the streams one connection may hold open (a peer uses a
+/// handful: the WAL stream, a snapshot transfer, its calls; without one, a
+/// connection could open any number, each buffering up to a message).
 fn tuned_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(64))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(Duration::from_secs(1)))

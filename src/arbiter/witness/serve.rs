@@ -7,10 +7,12 @@
 use super::WitnessService;
 use std::time::Duration;
 
-/// HTTP/2 keepalive so a node cut off by a partition is noticed, and no
-/// Nagle delay.
+/// HTTP/2 keepalive so a node cut off by a partition is noticed, no Nagle
+/// delay, and a bound on the streams one connection may hold open (a node
+/// makes one call at a time, its register small).
 fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(16))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(Duration::from_secs(1)))
