@@ -81,7 +81,11 @@ impl Actor {
         {
             tasks.stop().await;
         }
-        // Whatever was appended is made durable before we go.
-        let _ = self.wal.sync();
+        // Whatever was appended is made durable before we go. A failure
+        // here is the last word on records this node may have reported
+        // written (remote-write) but not flushed: say so loudly.
+        if let Err(e) = self.wal.sync() {
+            tracing::error!(node = %self.cfg.node_id, "the last fsync before stopping failed ({e}): records appended since the last successful one may not be on disk; check the disk before starting this node again");
+        }
     }
 }
