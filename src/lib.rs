@@ -35,7 +35,8 @@
 //! serves the returned [`ReplicationService`] with [`serve`] or
 //! [`ReplicationService::into_server`].
 //!
-//! Everything public is re-exported here, once. Helpers for tests and
+//! Everything public is re-exported here, once, but the arbiters, which
+//! have their own public module (`arbiter`). Helpers for tests and
 //! simulations (an in-memory WAL, the peer trait and wire messages to
 //! inject faults with, a tracking allocator) are in `testing`, built with
 //! the `testing` feature.

@@ -23,7 +23,9 @@
 //!
 //! Backends implement [`Arbiter`]: the built-in witness (`walrep witness`),
 //! etcd ([`EtcdArbiter`]), or `MemArbiter` in tests (`walrep::testing`,
-//! with the `testing` feature). [`from_url`] makes the one a URL names.
+//! with the `testing` feature). [`from_url`] makes an etcd arbiter from its
+//! URL; the witness's client is [`WitnessClient::connect_lazy`] (or
+//! `connect_lazy_tls`, feature `tls`).
 
 mod etcd;
 #[cfg(any(test, feature = "testing"))]
