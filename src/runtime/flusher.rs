@@ -213,8 +213,14 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn records_appended_after_a_rewind_below_what_was_flushed_are_flushed_and_reported() {
+    /// A flusher on a WAL that blocks (so it overlaps fsyncs), after
+    /// records 1 to 5 were appended and reported flushed.
+    async fn flushed_through_5() -> (
+        Arc<crate::wal::MemWal>,
+        watch::Sender<Lsn>,
+        mpsc::Receiver<Msg>,
+        Tasks,
+    ) {
         let wal = Arc::new(crate::wal::MemWal::new());
         wal.set_may_block(true);
         let (appended, watched) = watch::channel(Lsn::ZERO);
@@ -224,7 +230,12 @@ mod tests {
             .unwrap();
         appended.send_replace(Lsn(5));
         flushed_to(&mut rx, Lsn(5)).await;
+        (wal, appended, rx, flusher)
+    }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_appended_after_a_rewind_below_what_was_flushed_are_flushed_and_reported() {
+        let (wal, appended, mut rx, flusher) = flushed_through_5().await;
         // A rejoin cuts the log after 2; the new primary's 3 and 4 follow.
         wal.truncate_after(Lsn(2)).unwrap();
         appended.send_replace(Lsn(2));
@@ -241,16 +252,7 @@ mod tests {
     /// next append.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rewind_the_appended_position_does_not_show_still_gets_its_records_flushed() {
-        let wal = Arc::new(crate::wal::MemWal::new());
-        wal.set_may_block(true);
-        let (appended, watched) = watch::channel(Lsn::ZERO);
-        let (tx, mut rx) = mpsc::channel(16);
-        let flusher = spawn(wal.clone(), watched, tx);
-        wal.append(&(1..=5).map(record).collect::<Vec<_>>())
-            .unwrap();
-        appended.send_replace(Lsn(5));
-        flushed_to(&mut rx, Lsn(5)).await;
-
+        let (wal, appended, mut rx, flusher) = flushed_through_5().await;
         wal.truncate_after(Lsn(2)).unwrap();
         wal.append(&(3..=5).map(record).collect::<Vec<_>>())
             .unwrap();

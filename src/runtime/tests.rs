@@ -931,17 +931,24 @@ async fn a_write_applied_over_several_chunks_gets_every_records_output() {
     replica.shutdown().await;
 }
 
-/// A write the primary's WAL refused (a full disk) is answered "not
-/// written, retry": the log holds none of it, so a load balancer or a
-/// client may send it to the next primary, keyed or not.
-#[tokio::test(start_paused = true)]
-async fn a_write_the_primarys_wal_refused_is_not_written_and_may_be_retried() {
+/// An `async` primary alone (its peer unreachable) on a `MemWal` the test
+/// can make fail.
+fn lone_async_primary() -> (Replica, ReplicationService, Arc<MemWal>) {
     let wal = confirmed_primary_wal();
     let cfg = Config {
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
+    let (replica, service) = start(cfg, wal.clone(), unreachable_peer());
+    (replica, service, wal)
+}
+
+/// A write the primary's WAL refused (a full disk) is answered "not
+/// written, retry": the log holds none of it, so a load balancer or a
+/// client may send it to the next primary, keyed or not.
+#[tokio::test(start_paused = true)]
+async fn a_write_the_primarys_wal_refused_is_not_written_and_may_be_retried() {
+    let (replica, _service, wal) = lone_async_primary();
     replica.apply(put()).await.unwrap();
     wal.fail_appends(true);
     let err = replica.apply(put()).await.unwrap_err();
@@ -957,12 +964,7 @@ async fn a_write_the_primarys_wal_refused_is_not_written_and_may_be_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_fsync_stops_acknowledgements_and_steps_down() {
-    let wal = confirmed_primary_wal();
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
+    let (replica, _service, wal) = lone_async_primary();
     replica.apply(put()).await.unwrap();
     wal.fail_syncs(true);
     let err = replica.apply(put()).await.unwrap_err();
