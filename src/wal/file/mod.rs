@@ -7,9 +7,11 @@
 //! ```
 //!
 //! One lock guards the in-memory state; the slow parts (fsync, reads of
-//! old records) run outside it on shared file handles so appends keep
-//! flowing. Operations that rewrite the log (truncate, reset) are rare and
-//! keep the lock for their I/O, which makes them simple to reason about.
+//! old records, removing trimmed segments) run outside it on shared file
+//! handles so appends keep flowing. Operations that rewrite the log
+//! (truncate, reset) are rare and keep the lock for their I/O, which makes
+//! them simple to reason about; a second lock (`rewriting`) keeps them
+//! from running while a trim removes files outside the first.
 
 mod cache;
 mod meta;
@@ -78,6 +80,15 @@ pub struct FileWal {
     sync_done: Condvar,
     syncs: AtomicU64,
     fail_next_sync: AtomicBool,
+    /// Held by whatever changes which segment files exist other than by
+    /// appending (trimming, truncating, resetting), for its whole run:
+    /// a trim removes its segments' files after it let go of `state`, and
+    /// a truncation or reset must not list the directory's files meanwhile.
+    rewriting: Mutex<()>,
+    /// Test hook: the next trim stops before removing its files, says so
+    /// on the first channel and waits for the second.
+    #[cfg(test)]
+    hold_removal: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
     /// Holds `dir/lock` while the log is open: a second process opening
     /// it (two nodes given one data directory) is refused before its
     /// recovery could cut what this one is writing.
@@ -232,6 +243,9 @@ impl FileWal {
             sync_done: Condvar::new(),
             syncs: AtomicU64::new(0),
             fail_next_sync: AtomicBool::new(false),
+            rewriting: Mutex::new(()),
+            #[cfg(test)]
+            hold_removal: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -643,6 +657,10 @@ impl WalStore for FileWal {
     }
 
     fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError> {
+        let _rewriting = self
+            .rewriting
+            .lock()
+            .expect("FileWal rewrite lock poisoned");
         let mut guard = self.lock_idle();
         let st = &mut *guard;
         st.check_poison()?;
@@ -668,6 +686,10 @@ impl WalStore for FileWal {
     }
 
     fn remove_before(&self, lsn: Lsn) -> Result<(), WalError> {
+        let _rewriting = self
+            .rewriting
+            .lock()
+            .expect("FileWal rewrite lock poisoned");
         let mut guard = self.lock();
         let st = &mut *guard;
         st.check_poison()?;
@@ -701,26 +723,36 @@ impl WalStore for FileWal {
                 return Err(st.poison(why));
             }
         }
-        // Oldest first, so what remains is always a gapless suffix. The
-        // removed segments are closed after the lock is released: the last
-        // close of an unlinked file frees its blocks (and may discard them)
-        // before it returns, and appends must not wait for that.
-        let mut removed = Vec::with_capacity(count);
-        for _ in 0..count {
-            let path = st.segments[0].path.clone();
-            let what = || format!("removing {}", path.display());
-            fs::remove_file(&path).map_err(io_err(what()))?;
-            removed.push(st.segments.remove(0));
-            let first = st.first_lsn();
-            st.cache.remove_before(first);
+        // The log lets go of them in memory first, and their files go
+        // after the lock is released: each removal waits for a directory
+        // fsync, and the last close of an unlinked file frees its blocks,
+        // which appends must not wait for. `rewriting` keeps truncation
+        // and reset out until the files are gone. A crash part-way leaves
+        // a longer log, which recovery accepts; oldest first, so what
+        // remains on disk is always a gapless suffix. A failed removal
+        // leaves its file to the next start's retention.
+        let removed: Vec<Segment> = st.segments.drain(..count).collect();
+        let first = st.first_lsn();
+        st.cache.remove_before(first);
+        drop(guard);
+        #[cfg(test)]
+        if let Some((stuck, release)) = self.hold_removal.lock().unwrap().take() {
+            let _ = stuck.send(());
+            let _ = release.recv();
+        }
+        for seg in removed {
+            let what = || format!("removing {}", seg.path.display());
+            fs::remove_file(&seg.path).map_err(io_err(what()))?;
             segment::sync_dir(&self.wal_dir).map_err(io_err(what()))?;
         }
-        drop(guard);
-        drop(removed);
         Ok(())
     }
 
     fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
+        let _rewriting = self
+            .rewriting
+            .lock()
+            .expect("FileWal rewrite lock poisoned");
         let mut guard = self.lock_idle();
         guard.check_poison()?;
         self.reset_locked(&mut guard, base, base_epoch)

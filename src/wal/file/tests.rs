@@ -1307,3 +1307,43 @@ fn a_log_open_elsewhere_is_refused_until_it_is_closed() {
     drop(wal);
     assert_eq!(open(&dir, tiny()).last_lsn(), Lsn(3));
 }
+
+/// A trim removes its segments' files after it let go of the log's state:
+/// appends and syncs go on while those removals wait for the disk (each
+/// waits for a directory fsync), and the log it leaves reopens whole.
+#[test]
+fn appends_go_on_while_a_trim_removes_its_files() {
+    use std::sync::mpsc;
+    let dir = TempDir::new().unwrap();
+    let wal = std::sync::Arc::new(open(&dir, tiny()));
+    for l in 1..=30 {
+        wal.append(&[rec(l, 1)]).unwrap();
+    }
+    wal.sync().unwrap();
+    assert!(segment_files(&dir).len() > 3);
+    let (stuck_tx, stuck) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *wal.hold_removal.lock().unwrap() = Some((stuck_tx, release_rx));
+    let w = wal.clone();
+    let trim = std::thread::spawn(move || w.remove_before(Lsn(15)));
+    stuck
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the trim never reached its removals");
+    let (done_tx, done) = mpsc::channel();
+    let w = wal.clone();
+    std::thread::spawn(move || {
+        let first = w.first_lsn();
+        w.append(&[rec(31, 1)]).unwrap();
+        done_tx.send((first, w.sync().unwrap())).unwrap();
+    });
+    let during = done.recv_timeout(std::time::Duration::from_secs(10));
+    release.send(()).unwrap();
+    trim.join().unwrap().unwrap();
+    let (first, flushed) = during.expect("the log's state waited for the trim's removals");
+    assert!(first > Lsn(1) && first <= Lsn(15), "{first}");
+    assert_eq!(flushed, Lsn(31));
+    drop(wal);
+    let wal = open(&dir, tiny());
+    assert_eq!(wal.first_lsn(), first);
+    assert_eq!(all(&wal), recs(first.0..=31, 1));
+}
