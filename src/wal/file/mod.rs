@@ -89,6 +89,9 @@ pub struct FileWal {
     /// on the first channel and waits for the second.
     #[cfg(test)]
     hold_removal: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// Test hook: a trim's removals fail as a disk refusing them would.
+    #[cfg(test)]
+    fail_removals: AtomicBool,
     /// Holds `dir/lock` while the log is open: a second process opening
     /// it (two nodes given one data directory) is refused before its
     /// recovery could cut what this one is writing.
@@ -111,6 +114,11 @@ struct State {
     /// A segment file was created since the last sync; its directory entry
     /// must be durable before its records can be.
     dir_dirty: bool,
+    /// Files of segments a trim let go of whose removal failed, oldest
+    /// first: older than every listed segment, so the next trim removes
+    /// them first and a reset removes them with the rest (a reset that
+    /// left them would leave a gap before its new segment).
+    leftover: Vec<PathBuf>,
     /// Bumped whenever records are rewritten in place (truncate, reset), so
     /// a read done outside the lock can tell it may have seen a mix.
     generation: u64,
@@ -237,6 +245,7 @@ impl FileWal {
                 persisted_history,
                 rounds: SyncRounds::default(),
                 dir_dirty: false,
+                leftover: Vec::new(),
                 generation: 0,
                 poisoned: None,
             }),
@@ -246,6 +255,8 @@ impl FileWal {
             rewriting: Mutex::new(()),
             #[cfg(test)]
             hold_removal: Mutex::new(None),
+            #[cfg(test)]
+            fail_removals: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -425,12 +436,23 @@ impl FileWal {
         )))?;
         // Newest first, as in truncation: until the rename below, a crash
         // leaves a prefix of the old log and recovery drops the new file.
+        // A failed trim's leftovers are the oldest: they go last.
         while let Some(seg) = st.segments.last() {
             if let Err(e) = self.remove_segment(&seg.path) {
                 let why = format!("reset could not remove {}: {e}", seg.path.display());
                 return Err(st.poison(why));
             }
             st.segments.pop();
+        }
+        while let Some(path) = st.leftover.last() {
+            match self.remove_segment(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    let why = format!("reset could not remove {}: {e}", path.display());
+                    return Err(st.poison(why));
+                }
+                _ => {}
+            }
+            st.leftover.pop();
         }
         match segment::commit_pending(&self.wal_dir, header) {
             Ok(seg) => st.segments.push(seg),
@@ -516,8 +538,11 @@ impl WalStore for FileWal {
             // A partial write can leave whole frames past `start`; if a
             // later, shorter batch did not cover them, recovery would
             // take them for records that follow it.
+            // The cut is made durable: the writers are told nothing was
+            // written, and frames a crash kept past an undone cut would
+            // come back as records.
             let err = io_err(format!("appending to {}", seg.path.display()))(e);
-            if let Err(cut) = seg.file.set_len(start) {
+            if let Err(cut) = seg.file.set_len(start).and_then(|()| seg.file.sync_all()) {
                 let why = format!("{err}, and cutting the partial write failed: {cut}");
                 return Err(st.poison(why));
             }
@@ -734,17 +759,34 @@ impl WalStore for FileWal {
         let removed: Vec<Segment> = st.segments.drain(..count).collect();
         let first = st.first_lsn();
         st.cache.remove_before(first);
+        let mut paths = std::mem::take(&mut st.leftover);
+        paths.extend(removed.iter().map(|s| s.path.clone()));
         drop(guard);
         #[cfg(test)]
         if let Some((stuck, release)) = self.hold_removal.lock().unwrap().take() {
             let _ = stuck.send(());
             let _ = release.recv();
         }
-        for seg in removed {
-            let what = || format!("removing {}", seg.path.display());
-            fs::remove_file(&seg.path).map_err(io_err(what()))?;
-            segment::sync_dir(&self.wal_dir).map_err(io_err(what()))?;
+        for (i, path) in paths.iter().enumerate() {
+            #[cfg(test)]
+            if self.fail_removals.load(Ordering::SeqCst) {
+                self.lock().leftover = paths[i..].to_vec();
+                return Err(io_err(format!("removing {}", path.display()))(
+                    std::io::Error::other("injected removal failure"),
+                ));
+            }
+            let removed = match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => segment::sync_dir(&self.wal_dir),
+            };
+            if let Err(e) = removed {
+                // Older than every segment still listed: the next trim,
+                // or a reset, removes them first.
+                self.lock().leftover = paths[i..].to_vec();
+                return Err(io_err(format!("removing {}", path.display()))(e));
+            }
         }
+        drop(removed);
         Ok(())
     }
 

@@ -1347,3 +1347,37 @@ fn appends_go_on_while_a_trim_removes_its_files() {
     assert_eq!(wal.first_lsn(), first);
     assert_eq!(all(&wal), recs(first.0..=31, 1));
 }
+
+/// A trim whose removals failed leaves their files on disk while the log
+/// let go of them: the next trim removes them first, and a reset (a
+/// rejoin's) removes them with the rest, never leaving a gap before its new
+/// segment that would stop the next start.
+#[test]
+fn a_trim_whose_removals_failed_leaves_no_gap_behind() {
+    for then_reset in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let wal = open(&dir, tiny());
+        for l in 1..=30 {
+            wal.append(&[rec(l, 1)]).unwrap();
+        }
+        wal.sync().unwrap();
+        let files = segment_files(&dir).len();
+        wal.fail_removals.store(true, Ordering::SeqCst);
+        assert!(wal.remove_before(Lsn(15)).is_err());
+        wal.fail_removals.store(false, Ordering::SeqCst);
+        assert_eq!(segment_files(&dir).len(), files, "nothing was removed");
+        if then_reset {
+            wal.reset(Lsn(100), Epoch(2)).unwrap();
+            drop(wal);
+            let wal = open(&dir, tiny());
+            assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(101), Lsn(100)));
+        } else {
+            wal.remove_before(Lsn(20)).unwrap();
+            let first = wal.first_lsn();
+            drop(wal);
+            let wal = open(&dir, tiny());
+            assert_eq!(wal.first_lsn(), first, "the leftovers went first");
+            assert_eq!(all(&wal), recs(first.0..=30, 1));
+        }
+    }
+}
