@@ -64,10 +64,22 @@ async fn overlapping(
             // the records appended from here on are new, and what counts as
             // covered and reported starts again from the log's own. The
             // appended position alone may not show the cut: it can move
-            // from the old end to as far again before we look.
+            // from the old end to as far again before we look. An fsync
+            // that ran across the cut may have made new records durable
+            // and been dropped as "not above what was reported": the
+            // log's own flushed position is reported again, so the node
+            // hears of them.
             covered = flushed_now;
-            reported = covered;
             rewound = false;
+            if flushed_now > Lsn::ZERO && flushed_now != reported {
+                reported = flushed_now;
+                let event = Msg::Event(Event::LocalFlushed { lsn: flushed_now });
+                if tx.send(event).await.is_err() {
+                    stopping = true;
+                }
+            } else {
+                reported = flushed_now;
+            }
         }
         if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(wal.flushed_lsn()) {
             // The fsync covers at least `target`: it was appended before.
@@ -241,6 +253,39 @@ mod tests {
         appended.send_replace(Lsn(2));
         wal.append(&[record(3), record(4)]).unwrap();
         appended.send_replace(Lsn(4));
+        flushed_to(&mut rx, Lsn(4)).await;
+        assert_eq!(wal.flushed_lsn(), Lsn(4));
+        flusher.stop().await;
+    }
+
+    /// An fsync that started before a rewind and ended after the new
+    /// records were appended covers them, but returns less than what was
+    /// reported before the cut: the flusher still tells the node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_fsync_that_ran_across_a_rewind_still_gets_its_records_reported() {
+        let (wal, mut started) = GatedWal::new(Held::Syncs);
+        let wal = Arc::new(wal);
+        let _open_at_the_end = wal.open_on_drop();
+        wal.open();
+        let (appended, watched) = watch::channel(Lsn::ZERO);
+        let (tx, mut rx) = mpsc::channel(16);
+        let flusher = spawn(wal.clone(), watched, tx);
+        wal.append(&(1..=5).map(record).collect::<Vec<_>>())
+            .unwrap();
+        appended.send_replace(Lsn(5));
+        flushed_to(&mut rx, Lsn(5)).await;
+        while started.try_recv().is_ok() {}
+
+        // An fsync for 6 starts and is held; meanwhile the log is cut after
+        // 2 and the new primary's 3 and 4 are appended.
+        wal.close();
+        wal.append(&[record(6)]).unwrap();
+        appended.send_replace(Lsn(6));
+        let held = tokio::time::timeout(LOST, started.recv()).await.unwrap();
+        assert_eq!(held, Some(Lsn(6)));
+        wal.truncate_after(Lsn(2)).unwrap();
+        wal.append(&[record(3), record(4)]).unwrap();
+        wal.open();
         flushed_to(&mut rx, Lsn(4)).await;
         assert_eq!(wal.flushed_lsn(), Lsn(4));
         flusher.stop().await;

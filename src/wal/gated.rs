@@ -52,6 +52,11 @@ impl GatedWal {
         self.opened.notify_all();
     }
 
+    /// Holds the next calls again.
+    pub(crate) fn close(&self) {
+        *self.open.lock().unwrap() = false;
+    }
+
     fn pass(&self, held: Held, lsn: Lsn) {
         if held != self.held {
             return;
