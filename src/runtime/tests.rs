@@ -960,6 +960,25 @@ async fn a_write_the_primarys_wal_refused_is_not_written_and_may_be_retried() {
     assert!(err.is_retryable(), "{err:?}");
     assert_eq!(wal.last_lsn(), Lsn(1));
     replica.shutdown().await;
+    // A writer whose command retries a record the log holds is not told
+    // "nothing written": that record may be, whatever the new one's fate.
+    let (replica, _service, wal) = lone_async_primary();
+    let id = crate::types::RequestId::from(7u128);
+    replica.apply_once(id, put()).await.unwrap();
+    wal.fail_appends(true);
+    let err = replica
+        .apply_batch_once(vec![
+            (id, put()),
+            (crate::types::RequestId::from(8u128), put()),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.outcome(),
+        crate::error::WriteOutcome::MaybeWritten,
+        "{err:?}"
+    );
+    replica.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -123,13 +123,20 @@ impl Actor {
             // tried again; a poisoned or damaged store cannot.
             let intact = matches!(e, WalError::Io { .. }) && self.wal.last_lsn() == first.prev();
             let reason = e.to_string();
-            // A log left as it was holds none of these writes: nothing
-            // written, and a retry (at the next primary: this one stops
-            // taking writes) is safe with or without a request id.
-            for (_, reply) in self.writing.take().into_iter().flatten() {
+            // A log left as it was holds none of these new records:
+            // nothing written, and a retry (at the next primary: this one
+            // stops taking writes) is safe with or without a request id.
+            // A writer retrying a record the log already held is another
+            // matter: that record may be written, whatever became of the
+            // rest.
+            let mut command = 0usize;
+            for (count, reply) in self.writing.take().into_iter().flatten() {
+                let commands = command..command + count;
+                command += count;
+                let retries_a_record = retried.iter().any(|r| commands.contains(&r.write));
                 let _ = reply.send(Err(Error::Unavailable {
                     reason: format!("appending to the WAL failed: {reason}"),
-                    appended: !intact,
+                    appended: !intact || retries_a_record,
                 }));
             }
             if let Some(Answering::Batch { session, .. }) = self.answering.take() {
