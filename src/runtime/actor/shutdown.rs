@@ -81,6 +81,12 @@ impl Actor {
         {
             tasks.stop().await;
         }
+        // A trim still removing old segments holds the WAL (and with a
+        // `FileWal`, its directory's lock): the node is stopped only once
+        // it is done, so the WAL can be opened again at once.
+        if let Some(trimming) = self.trimming.take() {
+            let _ = trimming.await;
+        }
         // Whatever was appended is made durable before we go. A failure
         // here is the last word on records this node may have reported
         // written (remote-write) but not flushed: say so loudly.
