@@ -278,7 +278,7 @@ impl Primary {
             let why = if blocked.iter().any(|(_, l)| l.wants_out) {
                 "the arbiter has not recorded it out of the sync set (it is unreachable or refused); writes resume when either answers"
             } else if cfg.on_standby_loss == OnStandbyLoss::Solo {
-                "this node has not heard from it since it started, so it may have promoted meanwhile and on_standby_loss = solo cannot go on without it; writes resume when it answers (`promote --force` here takes writes without it, discarding whatever it acknowledged since)"
+                "this node has not heard from it since it started (or woke from a pause), so it may have promoted meanwhile and on_standby_loss = solo cannot go on without it; writes resume when it answers (start it again if it is down)"
             } else {
                 "on_standby_loss = block; writes resume when it is back"
             };

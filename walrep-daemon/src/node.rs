@@ -290,8 +290,28 @@ async fn drain(mut task: JoinHandle<()>, what: &str) {
 /// would (what the WAL made durable is safe; a handover under way is
 /// left to the failover).
 pub async fn run(settings: NodeSettings, mut signals: StopSignals) -> Result<(), DaemonError> {
-    let node = RunningNode::start(settings).await?;
-    let name = signals.next().await;
+    let start = RunningNode::start(settings);
+    tokio::pin!(start);
+    let mut asked: Option<&str> = None;
+    let node = loop {
+        tokio::select! {
+            node = &mut start => break node?,
+            name = signals.next() => match asked {
+                Some(_) => {
+                    warn!("{name} received again while starting: stopping at once");
+                    std::process::exit(1);
+                }
+                None => {
+                    info!("{name} received while starting: stopping once started (again to stop at once)");
+                    asked = Some(name);
+                }
+            },
+        }
+    };
+    let name = match asked {
+        Some(name) => name,
+        None => signals.next().await,
+    };
     info!("{name} received; stopping (again to stop at once)");
     let force = tokio::spawn(async move {
         let name = signals.next().await;
