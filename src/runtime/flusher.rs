@@ -51,13 +51,14 @@ async fn overlapping(
     let mut reported = Lsn::ZERO;
     let mut stopping = false;
     // The log's flushed position as last seen, and whether it was seen to
-    // drop since: only a rewind lowers it.
+    // drop since, below it or below what a sync returned: only a rewind
+    // lowers it.
     let mut seen_flushed = covered;
     let mut rewound = false;
     loop {
         let target = *appended.borrow_and_update();
         let flushed_now = wal.flushed_lsn();
-        rewound |= flushed_now < seen_flushed;
+        rewound |= flushed_now < seen_flushed.max(reported);
         seen_flushed = flushed_now;
         if (target < covered || rewound) && in_flight.is_empty() {
             // The log was cut below what we covered (a rejoin's rewind):
@@ -225,16 +226,11 @@ mod tests {
         }
     }
 
-    /// A flusher on a WAL that blocks (so it overlaps fsyncs), after
+    /// A flusher on `wal` (one that blocks, so it overlaps fsyncs), after
     /// records 1 to 5 were appended and reported flushed.
-    async fn flushed_through_5() -> (
-        Arc<crate::wal::MemWal>,
-        watch::Sender<Lsn>,
-        mpsc::Receiver<Msg>,
-        Tasks,
-    ) {
-        let wal = Arc::new(crate::wal::MemWal::new());
-        wal.set_may_block(true);
+    async fn flushed_through_5(
+        wal: Arc<dyn WalStore>,
+    ) -> (watch::Sender<Lsn>, mpsc::Receiver<Msg>, Tasks) {
         let (appended, watched) = watch::channel(Lsn::ZERO);
         let (tx, mut rx) = mpsc::channel(16);
         let flusher = spawn(wal.clone(), watched, tx);
@@ -242,12 +238,19 @@ mod tests {
             .unwrap();
         appended.send_replace(Lsn(5));
         flushed_to(&mut rx, Lsn(5)).await;
-        (wal, appended, rx, flusher)
+        (appended, rx, flusher)
+    }
+
+    fn blocking_mem_wal() -> Arc<crate::wal::MemWal> {
+        let wal = Arc::new(crate::wal::MemWal::new());
+        wal.set_may_block(true);
+        wal
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_appended_after_a_rewind_below_what_was_flushed_are_flushed_and_reported() {
-        let (wal, appended, mut rx, flusher) = flushed_through_5().await;
+        let wal = blocking_mem_wal();
+        let (appended, mut rx, flusher) = flushed_through_5(wal.clone()).await;
         // A rejoin cuts the log after 2; the new primary's 3 and 4 follow.
         wal.truncate_after(Lsn(2)).unwrap();
         appended.send_replace(Lsn(2));
@@ -267,13 +270,7 @@ mod tests {
         let wal = Arc::new(wal);
         let _open_at_the_end = wal.open_on_drop();
         wal.open();
-        let (appended, watched) = watch::channel(Lsn::ZERO);
-        let (tx, mut rx) = mpsc::channel(16);
-        let flusher = spawn(wal.clone(), watched, tx);
-        wal.append(&(1..=5).map(record).collect::<Vec<_>>())
-            .unwrap();
-        appended.send_replace(Lsn(5));
-        flushed_to(&mut rx, Lsn(5)).await;
+        let (appended, mut rx, flusher) = flushed_through_5(wal.clone()).await;
         while started.try_recv().is_ok() {}
 
         // An fsync for 6 starts and is held; meanwhile the log is cut after
@@ -297,7 +294,8 @@ mod tests {
     /// next append.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rewind_the_appended_position_does_not_show_still_gets_its_records_flushed() {
-        let (wal, appended, mut rx, flusher) = flushed_through_5().await;
+        let wal = blocking_mem_wal();
+        let (appended, mut rx, flusher) = flushed_through_5(wal.clone()).await;
         wal.truncate_after(Lsn(2)).unwrap();
         wal.append(&(3..=5).map(record).collect::<Vec<_>>())
             .unwrap();

@@ -866,20 +866,25 @@ async fn async_mode_acknowledges_without_any_standby() {
     replica.shutdown().await;
 }
 
+/// An `async` primary alone (its peer unreachable) applying to `sm`.
+fn lone_async_primary_applying_to(sm: Arc<MemStateMachine>) -> (Replica, ReplicationService) {
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    Replica::builder(cfg, confirmed_primary_wal(), sm)
+        .peer(Arc::new(unreachable_peer()))
+        .start_without_server()
+        .unwrap()
+}
+
 /// The engine's output for a record reaches its writer; an apply error
 /// fails the node: what was applied stays, the failing batch is not, and
 /// every write from then on is refused.
 #[tokio::test(start_paused = true)]
 async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node() {
     let sm = Arc::new(MemStateMachine::new());
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, _service) = Replica::builder(cfg, confirmed_primary_wal(), sm.clone())
-        .peer(Arc::new(unreachable_peer()))
-        .start_without_server()
-        .unwrap();
+    let (replica, _service) = lone_async_primary_applying_to(sm.clone());
     let applied = replica.apply(put()).await.unwrap();
     assert_eq!(applied.lsn, Lsn(1));
     assert_eq!(&applied.output[..], &sm.state_hash().to_le_bytes()[..]);
@@ -911,14 +916,7 @@ async fn the_engines_output_reaches_the_writer_and_an_apply_error_fails_the_node
 #[tokio::test(start_paused = true)]
 async fn a_write_applied_over_several_chunks_gets_every_records_output() {
     let sm = Arc::new(MemStateMachine::new());
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
-    let (replica, _service) = Replica::builder(cfg, confirmed_primary_wal(), sm.clone())
-        .peer(Arc::new(unreachable_peer()))
-        .start_without_server()
-        .unwrap();
+    let (replica, _service) = lone_async_primary_applying_to(sm.clone());
     let applied = replica.apply_batch(vec![put(); 600]).await.unwrap();
     assert_eq!(applied.len(), 600);
     let empty: Vec<u64> = applied
