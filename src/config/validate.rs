@@ -44,11 +44,16 @@ pub enum Setting {
     ReconnectBackoffMin,
     /// `Config::reconnect_backoff_max`.
     ReconnectBackoffMax,
+    /// `Config::switchover_timeout`.
+    SwitchoverTimeout,
     /// `Config::more_peers`.
     MorePeers,
     /// `Config::sync_standbys`.
     SyncStandbys,
 }
+
+/// The longest deadline a setting may have.
+const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 impl Setting {
     /// The field's name in `Config` (`"heartbeat_interval"`).
@@ -72,6 +77,7 @@ impl Setting {
             Setting::SnapshotTimeout => "snapshot_timeout",
             Setting::ReconnectBackoffMin => "reconnect_backoff_min",
             Setting::ReconnectBackoffMax => "reconnect_backoff_max",
+            Setting::SwitchoverTimeout => "switchover_timeout",
             Setting::MorePeers => "more_peers",
             Setting::SyncStandbys => "sync_standbys",
         }
@@ -178,6 +184,28 @@ impl Config {
                 return Err(ConfigError::new(setting, "must be greater than 0"));
             }
         }
+        // Deadlines are added to instants and multiplied: past a day they
+        // could overflow, and no deadline of this protocol needs that long.
+        let bounded = [
+            (S::HeartbeatInterval, self.heartbeat_interval),
+            (S::FailoverTimeout, self.failover_timeout),
+            (S::SyncTimeout, self.sync_timeout),
+            (S::RpcTimeout, self.rpc_timeout),
+            (S::SwitchoverTimeout, self.switchover_timeout),
+            (S::SnapshotTimeout, self.snapshot_timeout),
+            (S::ReconnectBackoffMin, self.reconnect_backoff_min),
+            (S::ReconnectBackoffMax, self.reconnect_backoff_max),
+        ];
+        for (setting, value) in bounded {
+            if value > MAX_DEADLINE {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "({value:?}) must be at most 24 h; to turn automatic failover off, set auto_failover = false"
+                    ),
+                ));
+            }
+        }
         if self.failover_timeout < self.heartbeat_interval * 2 {
             return Err(ConfigError::against(
                 S::FailoverTimeout,
@@ -185,6 +213,27 @@ impl Config {
                 format!(
                     "({:?}) must be at least twice heartbeat_interval ({:?}), or one late heartbeat causes a failover",
                     self.failover_timeout, self.heartbeat_interval
+                ),
+            ));
+        }
+        // Going solo waits only for sync_timeout, and a paused standby
+        // forgets its last contact (and with it its "in sync") only after
+        // failover_timeout. Were sync_timeout the shorter, a standby paused
+        // between the two would resume still "in sync" while the primary
+        // acknowledged alone, and could promote without those writes
+        // should the primary die before telling it. With an arbiter, going
+        // solo needs its swap instead, which the standby's promotion races.
+        if self.commit_mode.is_sync()
+            && self.on_standby_loss == crate::config::OnStandbyLoss::Solo
+            && !arbiter
+            && self.sync_timeout <= self.failover_timeout
+        {
+            return Err(ConfigError::against(
+                S::SyncTimeout,
+                S::FailoverTimeout,
+                format!(
+                    "({:?}) must be longer than failover_timeout ({:?}) with on_standby_loss = solo and no arbiter: else the primary may acknowledge alone while its standby still counts itself in sync and promotes without those writes",
+                    self.sync_timeout, self.failover_timeout
                 ),
             ));
         }
@@ -284,6 +333,23 @@ impl Config {
                     format!("names {} twice; each other node once", extra.id),
                 ));
             }
+            // Without TLS nothing ties an answer to the node it came from:
+            // two names at one address would count one node's
+            // acknowledgements as two nodes'.
+            let earlier = std::iter::once((&self.peer_id, &self.peer_addr))
+                .chain(self.more_peers[..i].iter().map(|p| (&p.id, &p.addr)));
+            for (id, addr) in earlier {
+                if addr.trim() == extra.addr.trim() {
+                    return Err(ConfigError::against(
+                        S::MorePeers,
+                        S::PeerAddr,
+                        format!(
+                            "gives {} the address of {id} ({addr}); each node needs its own",
+                            extra.id
+                        ),
+                    ));
+                }
+            }
         }
         if !self.more_peers.is_empty() && !arbiter {
             return Err(ConfigError::new(
@@ -379,6 +445,60 @@ mod tests {
             assert_eq!(err.setting, setting, "{err}");
             assert!(err.to_string().starts_with(setting.field_name()), "{err}");
         }
+    }
+
+    /// Without an arbiter, `solo` may go on alone only after a standby that
+    /// paused has forgotten it was in sync: sync_timeout must outlast
+    /// failover_timeout. With `block`, or an arbiter, the order is free.
+    #[test]
+    fn solo_without_an_arbiter_needs_sync_timeout_longer_than_failover_timeout() {
+        let solo = Config {
+            sync_timeout: Duration::from_millis(500),
+            failover_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let err = solo.validate().unwrap_err();
+        let involved: Vec<Setting> = err.settings().collect();
+        assert_eq!(involved, [Setting::SyncTimeout, Setting::FailoverTimeout]);
+        assert!(
+            err.to_string().contains("promotes without those writes"),
+            "{err}"
+        );
+        let block = Config {
+            on_standby_loss: crate::config::OnStandbyLoss::Block,
+            ..solo.clone()
+        };
+        assert!(block.validate().is_ok());
+        let asynchronous = Config {
+            commit_mode: crate::config::CommitMode::Async,
+            ..solo
+        };
+        assert!(asynchronous.validate().is_ok());
+        assert!(
+            Config::default().validate().is_ok(),
+            "the defaults keep the order"
+        );
+    }
+
+    /// A deadline past a day is refused by name instead of overflowing an
+    /// instant or a product later (`Duration::MAX` as "never").
+    #[test]
+    fn a_deadline_past_a_day_is_refused() {
+        let cfg = Config {
+            failover_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.setting, Setting::FailoverTimeout, "{err}");
+        assert!(err.to_string().contains("auto_failover"), "{err}");
+        let cfg = Config {
+            switchover_timeout: Duration::from_secs(2 * 86_400),
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg.validate().unwrap_err().setting,
+            Setting::SwitchoverTimeout
+        );
     }
 
     #[test]

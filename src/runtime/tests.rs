@@ -723,6 +723,9 @@ async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeou
     wal.set_may_block(true);
     let cfg = Config {
         sync_timeout: Duration::from_millis(200),
+        // Shorter still, as solo without an arbiter needs (see validate).
+        failover_timeout: Duration::from_millis(150),
+        heartbeat_interval: Duration::from_millis(50),
         ..cfg(InitialRole::Primary)
     };
     let (replica, _service) = Replica::builder(cfg, wal, engine.clone())

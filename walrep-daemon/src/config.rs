@@ -1049,7 +1049,7 @@ mod tests {
 
     #[test]
     fn flags_override_env_and_file_and_env_overrides_file() {
-        let file = "heartbeat_ms = 100\nfailover_timeout_ms = 900\nsync_timeout_ms = 700\ncluster_id = \"from-file\"\n";
+        let file = "heartbeat_ms = 100\nfailover_timeout_ms = 900\nsync_timeout_ms = 1700\ncluster_id = \"from-file\"\n";
         let vars = [
             ("WALREP_HEARTBEAT_MS", "110"),
             ("WALREP_FAILOVER_TIMEOUT_MS", "800"),
@@ -1059,7 +1059,7 @@ mod tests {
         let s = resolve(flags, Some(file), &vars).unwrap();
         assert_eq!(s.cfg.heartbeat_interval, Duration::from_millis(120), "flag");
         assert_eq!(s.cfg.failover_timeout, Duration::from_millis(800), "env");
-        assert_eq!(s.cfg.sync_timeout, Duration::from_millis(700), "file");
+        assert_eq!(s.cfg.sync_timeout, Duration::from_millis(1700), "file");
         assert_eq!(s.cfg.cluster_id, "from-file");
     }
 

@@ -153,6 +153,26 @@ impl RunningNode {
                 "http_write_budget_bytes is below max_record_bytes: every PUT that does not announce its size (chunked) is refused; raise the budget, or lower max_record_bytes on every node"
             );
         }
+        if settings.cfg.rpc_timeout + settings.cfg.heartbeat_interval
+            >= settings.cfg.failover_timeout
+        {
+            // Heartbeats go one at a time: one call stuck for its whole
+            // deadline silences the primary for that long.
+            warn!(
+                rpc_timeout_ms = settings.cfg.rpc_timeout.as_millis() as u64,
+                heartbeat_ms = settings.cfg.heartbeat_interval.as_millis() as u64,
+                failover_timeout_ms = settings.cfg.failover_timeout.as_millis() as u64,
+                "rpc_timeout plus heartbeat_ms is not below failover_timeout: one heartbeat stuck on a lost packet can make the standby fail over; lower rpc_timeout_ms"
+            );
+        }
+        if settings.arbiter.is_some()
+            && settings.cfg.cluster_id == walrep::Config::DEFAULT_CLUSTER_ID
+        {
+            warn!(
+                "an arbiter with the default cluster_id {:?}: the arbiter keys its register by cluster_id, so two clusters left at the default share one register and depose each other's primaries; give each cluster its own --cluster-id",
+                walrep::Config::DEFAULT_CLUSTER_ID
+            );
+        }
         if token.is_none() && !http_addr.ip().is_loopback() {
             warn!(
                 "the HTTP API on {http_addr} takes writes, deletes, promotions and maintenance from anyone who can reach it: give --http-token-file (and HTTPS), or listen on a loopback address"

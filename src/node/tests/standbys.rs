@@ -291,9 +291,21 @@ fn more_peers_need_an_arbiter_and_a_rule_naming_known_nodes() {
             id: n("n2"),
             addr: "x:1".into(),
         }],
-        ..with
+        ..with.clone()
     };
     assert!(dup.validate().unwrap_err().to_string().contains("twice"));
+    // Two names at one address: without TLS one node's answers would
+    // count as two nodes'.
+    let shared = Config {
+        more_peers: vec![PeerAddress {
+            id: n("n3"),
+            addr: with.peer_addr.clone(),
+        }],
+        ..with
+    };
+    let e = shared.validate().unwrap_err();
+    assert_eq!(e.setting, crate::Setting::MorePeers);
+    assert!(e.to_string().contains("its own"), "{e}");
 }
 
 #[test]
