@@ -89,7 +89,8 @@ pub struct FileWal {
     /// on the first channel and waits for the second.
     #[cfg(test)]
     hold_removal: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
-    /// Test hook: a trim's removals fail as a disk refusing them would.
+    /// Test hook: removals of files a trim let go of fail, as a disk
+    /// refusing them would.
     #[cfg(test)]
     fail_removals: AtomicBool,
     /// Holds `dir/lock` while the log is open: a second process opening
@@ -366,6 +367,19 @@ impl FileWal {
         segment::sync_dir(&self.wal_dir)
     }
 
+    /// `remove_segment` for a file a trim let go of, which an earlier
+    /// attempt may already have removed.
+    fn remove_let_go(&self, path: &Path) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_removals.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected removal failure"));
+        }
+        match self.remove_segment(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            removed => removed,
+        }
+    }
+
     /// Every fsync of a segment's records goes through here, so the test
     /// hook reaches each of them.
     fn fsync(&self, path: &Path, file: &File) -> Result<(), String> {
@@ -445,12 +459,9 @@ impl FileWal {
             st.segments.pop();
         }
         while let Some(path) = st.leftover.last() {
-            match self.remove_segment(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    let why = format!("reset could not remove {}: {e}", path.display());
-                    return Err(st.poison(why));
-                }
-                _ => {}
+            if let Err(e) = self.remove_let_go(path) {
+                let why = format!("reset could not remove {}: {e}", path.display());
+                return Err(st.poison(why));
             }
             st.leftover.pop();
         }
@@ -755,7 +766,7 @@ impl WalStore for FileWal {
         // and reset out until the files are gone. A crash part-way leaves
         // a longer log, which recovery accepts; oldest first, so what
         // remains on disk is always a gapless suffix. A failed removal
-        // leaves its file to the next start's retention.
+        // leaves its file, and those after it, in `leftover`.
         let removed: Vec<Segment> = st.segments.drain(..count).collect();
         let first = st.first_lsn();
         st.cache.remove_before(first);
@@ -768,18 +779,7 @@ impl WalStore for FileWal {
             let _ = release.recv();
         }
         for (i, path) in paths.iter().enumerate() {
-            #[cfg(test)]
-            if self.fail_removals.load(Ordering::SeqCst) {
-                self.lock().leftover = paths[i..].to_vec();
-                return Err(io_err(format!("removing {}", path.display()))(
-                    std::io::Error::other("injected removal failure"),
-                ));
-            }
-            let removed = match fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => segment::sync_dir(&self.wal_dir),
-            };
-            if let Err(e) = removed {
+            if let Err(e) = self.remove_let_go(path) {
                 // Older than every segment still listed: the next trim,
                 // or a reset, removes them first.
                 self.lock().leftover = paths[i..].to_vec();
