@@ -72,17 +72,15 @@ async fn overlapping(
             // hears of them.
             covered = flushed_now;
             rewound = false;
-            if flushed_now > Lsn::ZERO && flushed_now != reported {
-                reported = flushed_now;
+            let changed = std::mem::replace(&mut reported, flushed_now) != flushed_now;
+            if changed && flushed_now > Lsn::ZERO {
                 let event = Msg::Event(Event::LocalFlushed { lsn: flushed_now });
                 if tx.send(event).await.is_err() {
                     stopping = true;
                 }
-            } else {
-                reported = flushed_now;
             }
         }
-        if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(wal.flushed_lsn()) {
+        if !stopping && in_flight.len() < MAX_IN_FLIGHT && target > covered.max(flushed_now) {
             // The fsync covers at least `target`: it was appended before.
             covered = target;
             let w = wal.clone();
