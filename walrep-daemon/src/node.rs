@@ -310,36 +310,22 @@ async fn drain(mut task: JoinHandle<()>, what: &str) {
 /// would (what the WAL made durable is safe; a handover under way is
 /// left to the failover).
 pub async fn run(settings: NodeSettings, mut signals: StopSignals) -> Result<(), DaemonError> {
-    let start = RunningNode::start(settings);
-    tokio::pin!(start);
-    let mut asked: Option<&str> = None;
-    let node = loop {
-        tokio::select! {
-            node = &mut start => break node?,
-            name = signals.next() => match asked {
-                Some(_) => {
-                    warn!("{name} received again while starting: stopping at once");
-                    std::process::exit(1);
-                }
-                None => {
-                    info!("{name} received while starting: stopping once started (again to stop at once)");
-                    asked = Some(name);
-                }
-            },
-        }
-    };
-    let name = match asked {
-        Some(name) => name,
-        None => signals.next().await,
-    };
-    info!("{name} received; stopping (again to stop at once)");
-    let force = tokio::spawn(async move {
+    // One watcher for both signals, whatever the node is doing when they
+    // come: the first asks for the clean stop (kept until the node has
+    // started), the second ends the process.
+    let (stop_asked, asked) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let name = signals.next().await;
+        info!("{name} received; stopping once started (again to stop at once)");
+        let _ = stop_asked.send(());
         let name = signals.next().await;
         warn!("{name} received again: stopping at once, without finishing the clean stop");
         std::process::exit(1);
     });
+    let node = RunningNode::start(settings).await?;
+    let _ = asked.await;
     node.shutdown().await;
-    force.abort();
+    watcher.abort();
     Ok(())
 }
 
