@@ -729,8 +729,7 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let out = run_bin(&args, &[("WALREP_HEARTBEAT_MS", "soon")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("invalid value for heartbeat_ms (from WALREP_HEARTBEAT_MS)"),
         "{stderr}"
@@ -751,8 +750,7 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
             ("WALREP_HEARTBEAT_MS", soon),
         ],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("invalid value for heartbeat_ms"),
         "{stderr}"
@@ -763,8 +761,7 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
         "{stderr}"
     );
     let out = run_bin_os(&args, &[("WALREP_HEARTBEAT_MS", not_utf8)]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("WALREP_HEARTBEAT_MS is not valid UTF-8"),
         "{stderr}"
@@ -776,8 +773,7 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     let mut bad = args.clone();
     bad.extend(["--failover-timeout-ms", "60"]);
     let out = run_bin(&bad, &[("WALREP_FAILOVER_TIMEOUT_MS", "5000")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("failover_timeout_ms from --failover-timeout-ms"),
         "{stderr}"
@@ -790,8 +786,7 @@ fn a_bad_setting_is_refused_by_name_with_exit_2_and_nothing_written() {
     let mut with_file = args.clone();
     with_file.extend(["--config", file.to_str().unwrap()]);
     let out = run_bin(&with_file, &[("WALREP_COMMIT_MODE", "eventually")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("invalid value for commit_mode (from WALREP_COMMIT_MODE)"),
         "{stderr}"
@@ -828,8 +823,7 @@ fn a_data_dir_of_another_cluster_or_a_peer_that_is_the_node_itself_refuses_to_st
     };
 
     let out = start(&spec(p[0]), "walrep");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(stderr.contains("own replication listener"), "{stderr}");
     assert!(!data.exists(), "the data dir was created");
 
@@ -841,8 +835,7 @@ fn a_data_dir_of_another_cluster_or_a_peer_that_is_the_node_itself_refuses_to_st
     };
     walrep_daemon::identity::check_or_write(&n1_dir, &ours).unwrap();
     let out = start(&spec(p[2]), "beta");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_as_bad_input(&out);
     assert!(
         stderr.contains("belongs to cluster \"walrep\"") && stderr.contains("\"beta\""),
         "{stderr}"
@@ -1196,6 +1189,15 @@ async fn a_second_sigterm_during_the_handover_stops_the_primary_at_once() {
     p.n2.signal(libc::SIGCONT).unwrap();
     wait_health(&p.n2.http, "the standby took over", is_writable_primary).await;
     assert_all_readable(&p.n2.http, &acked).await;
+}
+
+/// The stderr of a process that refused its input: exit code 2 (what
+/// the daemon gives bad configuration), or the assertion names its stderr.
+#[track_caller]
+fn refused_as_bad_input(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
 }
 
 async fn cli(args: Vec<String>) -> std::process::Output {
