@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, watch};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PairWal {
     /// A [`MemWal`]: [`Pair::kill`] keeps only what was fsynced, as a
-    /// machine crash would.
+    /// machine crash would. It says it may block (`WalStore::may_block`),
+    /// as a disk does, so the engine's applies, snapshots and restores run
+    /// on blocking threads as they would with a [`FileWal`]: a slow engine
+    /// delays no heartbeat in a test either.
     #[default]
     Mem,
     /// A [`FileWal`] in the node's directory: [`Pair::restart`] reopens it
@@ -286,6 +289,7 @@ impl<S: StateMachine + 'static> Pair<S> {
         let (wal, mem): (Arc<dyn WalStore>, _) = match self.wal {
             PairWal::Mem => {
                 let mem = node.mem_wal.take().unwrap_or_default();
+                mem.set_may_block(true);
                 (mem.clone(), Some(mem))
             }
             PairWal::File => {
@@ -435,6 +439,11 @@ impl<S> Pair<S> {
         }
         running.replica.abort_server();
         if let Some(mem) = &running.mem {
+            // The crash point: from here the dying node (its open streams
+            // still run until its shutdown ends them) makes nothing more
+            // durable, so it can acknowledge nothing its restart lacks.
+            mem.hold_syncs(true);
+            mem.fail_meta_writes(true);
             node.mem_wal = Some(Arc::new(mem.crash()));
         }
         running.replica.shutdown().await;
@@ -476,11 +485,15 @@ impl<S> Pair<S> {
     }
 
     /// Shuts every running node down cleanly (`Replicator::shutdown`,
-    /// which also stops its server).
+    /// which also stops its server). Each keeps its WAL: a later
+    /// [`Pair::restart`] starts from it.
     pub async fn shutdown(&mut self) {
         for node in &mut self.nodes {
             if let Some(running) = node.running.take() {
                 running.replica.shutdown().await;
+                if let Some(mem) = &running.mem {
+                    node.mem_wal = Some(Arc::new(mem.crash()));
+                }
             }
         }
     }
@@ -796,5 +809,106 @@ impl Peer for Link {
             }
             futures::future::ready(Some(part))
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Replicator;
+    use crate::testing::MemStateMachine;
+    use crate::types::Record;
+    use bytes::Bytes;
+
+    fn engine(_: &NodeId) -> Arc<MemStateMachine> {
+        Arc::new(MemStateMachine::new())
+    }
+
+    /// A pair shut down cleanly and started again comes back with every
+    /// write: each node starts from the WAL it kept, not an empty one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pair_shut_down_and_restarted_keeps_its_writes() {
+        let mut pair = Pair::start(engine).await.unwrap();
+        pair.wait_streaming().await.unwrap();
+        let mut last = Lsn::ZERO;
+        for i in 0..10u8 {
+            last = pair
+                .primary()
+                .replica()
+                .apply(Bytes::from(vec![i]))
+                .await
+                .unwrap()
+                .lsn;
+        }
+        let hash = pair.primary().engine().state_hash();
+        pair.shutdown().await;
+        for id in ["a", "b"] {
+            pair.restart(&NodeId::from(id)).await.unwrap();
+        }
+        pair.wait_streaming().await.unwrap();
+        for node in pair.nodes() {
+            node.replica()
+                .wait_for_lsn(last, pair.wait_timeout())
+                .await
+                .unwrap();
+            assert_eq!(
+                node.engine().state_hash(),
+                hash,
+                "{} lost writes",
+                node.id()
+            );
+        }
+        pair.shutdown().await;
+    }
+
+    /// A killed node's crash image is its disk at the kill: the dying
+    /// node, whose open streams and in-flight fsyncs go on until its
+    /// shutdown ends them, makes nothing durable after that point, so it
+    /// cannot acknowledge a record its restart would lack. The window is
+    /// too short to hit reliably with real writes, so the test plays the
+    /// late fsync itself on the old disk once the kill returned, under
+    /// writes that flow throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_node_makes_nothing_durable_after_its_crash_image() {
+        let mut pair = Pair::start(engine).await.unwrap();
+        pair.wait_streaming().await.unwrap();
+        let writes: Vec<_> = (0..16u32)
+            .map(|w| {
+                let primary = pair.primary().replica().clone();
+                tokio::spawn(async move {
+                    for i in 0..1_000_000u32 {
+                        let write = Bytes::from([w.to_le_bytes(), i.to_le_bytes()].concat());
+                        if primary.apply(write).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let b = NodeId::from("b");
+        pair.node(&b)
+            .wait("applying the stream", |h| h.applied_lsn >= Lsn(200))
+            .await
+            .unwrap();
+        let old = pair.node(&b).mem_wal().unwrap().clone();
+        pair.kill(&b).await;
+        let image = pair.nodes[1].mem_wal.clone().expect("the crash image");
+        let late = Record::new(
+            old.last_lsn().next(),
+            old.history().last_epoch().unwrap(),
+            Bytes::from_static(b"late"),
+        );
+        old.append(&[late]).unwrap();
+        old.sync().unwrap();
+        assert_eq!(
+            old.flushed_lsn(),
+            image.last_lsn(),
+            "the killed node fsynced past its crash image"
+        );
+        assert!(image.may_block(), "the image is still a disk");
+        for w in writes {
+            w.abort();
+        }
+        pair.shutdown().await;
     }
 }

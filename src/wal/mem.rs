@@ -71,8 +71,11 @@ impl MemWal {
         let last = survived.last_lsn();
         survived.history.truncate_after(last);
         survived.flushed = last;
+        // The failure switches model the old process's disk trouble and
+        // end with it; whether the store may block is what it is.
         MemWal {
             inner: Mutex::new(survived),
+            blocking: AtomicBool::new(self.blocking.load(Ordering::SeqCst)),
             ..MemWal::default()
         }
     }
