@@ -109,16 +109,6 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// `StateMachine::apply` (or `restore`) failed: the node stops, since
-    /// the state and the log would disagree from then on.
-    #[error("the state machine failed at LSN {lsn}: {reason}")]
-    StateMachine {
-        /// The record it failed on.
-        lsn: Lsn,
-        /// Its error, in words.
-        reason: String,
-    },
-
     /// `Replicator::promote` refused; the roles are unchanged.
     #[error("promotion refused: {reason}")]
     PromotionRefused {
@@ -180,11 +170,11 @@ impl Error {
     /// | `NotPrimary` | yes | at `leader`, or at the node `wait_for_leader` finds |
     /// | `Fenced` | yes | this node was deposed; the new primary accepts writes |
     /// | `SyncTimeout` | yes | the standby was slow or gone; the node goes on |
-    /// | `Unavailable` | yes | a promotion, switchover or missing standby ends |
+    /// | `Unavailable` | yes | a promotion, switchover or missing standby ends; a node whose WAL or engine failed is replaced by its standby |
     /// | `ShuttingDown` | yes | on the other node, or after a restart |
     /// | `Timeout` | yes | wait again; the condition may still come |
     /// | `Transport` | if the peer was unreachable | a refusal stays a refusal |
-    /// | `Corrupt`, `Io`, `StateMachine` | no | the node stopped; an operator must act |
+    /// | `Corrupt`, `Io` | no | the node stopped; an operator must act |
     /// | `PromotionRefused`, `InvalidInput`, `InvalidConfig`, `Config` | no | the same call gets the same answer |
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -197,7 +187,6 @@ impl Error {
             Error::Transport(e) => e.is_unreachable(),
             Error::Corrupt { .. }
             | Error::Io { .. }
-            | Error::StateMachine { .. }
             | Error::PromotionRefused { .. }
             | Error::InvalidInput(_)
             | Error::InvalidConfig(_)
@@ -217,7 +206,7 @@ impl Error {
     /// append: `SyncTimeout` (the write is durable here but not
     /// acknowledged: it reaches the standby later, or is rewound if the
     /// standby was promoted meanwhile), `ShuttingDown`, `Corrupt`, `Io`,
-    /// `StateMachine`, `Timeout` and `Transport`. Retry those only for an
+    /// `Timeout` and `Transport`. Retry those only for an
     /// idempotent command, or one whose request id the engine can look up.
     pub fn outcome(&self) -> WriteOutcome {
         match self {
@@ -241,7 +230,6 @@ impl Error {
             | Error::ShuttingDown
             | Error::Corrupt { .. }
             | Error::Io { .. }
-            | Error::StateMachine { .. }
             | Error::Timeout(_)
             | Error::Transport(_) => WriteOutcome::MaybeWritten,
         }
@@ -416,14 +404,6 @@ mod tests {
             Error::Io {
                 what: "fsync".into(),
                 source: std::io::Error::other("disk gone"),
-            },
-            false,
-            WriteOutcome::MaybeWritten,
-        );
-        check(
-            Error::StateMachine {
-                lsn: Lsn(1),
-                reason: "bad".into(),
             },
             false,
             WriteOutcome::MaybeWritten,

@@ -293,7 +293,9 @@ pub(crate) enum Event {
         flushed: Lsn,
         applied: Lsn,
     },
-    /// The WAL failed (fsync error, corruption on write path): stop.
+    /// The WAL failed (fsync error, corruption on write path), or the
+    /// engine failed to apply a committed record: stop. `reason` names
+    /// which.
     WalFailed { reason: String },
     /// An append failed and left the log as it was, ending at `last_lsn`
     /// (a full disk: the store refused the write, or cut what it had
@@ -366,7 +368,8 @@ pub(crate) enum WaiterFailure {
     Fenced { epoch: Epoch },
     /// This node is no longer the primary (it must resync).
     NotPrimary,
-    /// The WAL failed; nothing more is acknowledged until a restart.
+    /// The WAL or the engine failed; nothing more is acknowledged until a
+    /// restart.
     WalFailed { reason: String },
 }
 

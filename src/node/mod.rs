@@ -89,7 +89,8 @@ pub enum RoleKind {
     Fenced,
     /// Rewinding and resyncing to become a standby.
     Rejoining,
-    /// The WAL failed; the node refuses everything until restarted. A
+    /// The WAL (or the engine's apply) failed; the node refuses
+    /// everything until restarted. A
     /// standby whose append failed without changing its log (a full disk)
     /// takes WAL again by itself after a backoff.
     Failed,
@@ -623,9 +624,7 @@ impl Node {
                 reason: format!("the WAL failed ({reason})"),
             }),
             Role::Failed { reason } => Err(WriteRefusal::Unavailable {
-                reason: format!(
-                    "the WAL failed ({reason}); restart the node after checking the disk"
-                ),
+                reason: format!("this node failed ({reason}); restart it once the cause is fixed"),
             }),
             Role::Standby(_) | Role::Promoting { .. } => Err(WriteRefusal::NotPrimary {
                 leader: self.leader.clone().filter(|l| *l != self.cfg.node_id),

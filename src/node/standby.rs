@@ -386,7 +386,7 @@ impl Node {
                 "a promotion is already in progress".into(),
             ))),
             Role::Failed { reason } => {
-                let msg = format!("the WAL failed ({reason}); restart the node first");
+                let msg = format!("this node failed ({reason}); restart it first");
                 self.emit(Effect::ReplyPromote(Err(msg)));
             }
             _ if !self.epoch.can_be_raised() => self.emit(Effect::ReplyPromote(Err(format!(

@@ -326,7 +326,6 @@ impl AppState {
             Error::PromotionRefused { .. } => (StatusCode::CONFLICT, "promotion_refused", None),
             Error::Corrupt { .. }
             | Error::Io { .. }
-            | Error::StateMachine { .. }
             | Error::Config(_)
             | Error::InvalidConfig(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
@@ -706,6 +705,26 @@ fn promote_query(query: &str) -> Result<(bool, Option<String>), String> {
     Ok((force, to))
 }
 
+impl AppState {
+    /// The answer to a promotion that returned `epoch`: which node is its
+    /// primary, as this one knows it now (a primary asked to promote hands
+    /// over, so the answer names the standby that took over).
+    fn promoted(&self, epoch: walrep::Epoch) -> Response {
+        let h = self.replica.health();
+        let primary = if h.role == walrep::RoleKind::Primary && h.epoch == epoch {
+            Some(h.node_id.0.clone())
+        } else {
+            h.leader.map(|l| l.id.0)
+        };
+        Json(PromoteReply {
+            epoch: epoch.0,
+            node: h.node_id.0,
+            primary,
+        })
+        .into_response()
+    }
+}
+
 async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
     let (force, to) = match promote_query(uri.query().unwrap_or("")) {
         Ok(q) => q,
@@ -733,13 +752,13 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
                 .switchover_to(&walrep::NodeId::from(to.as_str()))
                 .await
             {
-                Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),
+                Ok(epoch) => s.promoted(epoch),
                 Err(e) => s.refused(e),
             };
         }
     }
     match s.replica.promote(force).await {
-        Ok(epoch) => Json(PromoteReply { epoch: epoch.0 }).into_response(),
+        Ok(epoch) => s.promoted(epoch),
         Err(e) => s.refused(e),
     }
 }

@@ -339,7 +339,7 @@ impl Actor {
                     appended: true,
                 },
                 WaiterFailure::WalFailed { reason } => Error::Unavailable {
-                    reason: format!("the WAL failed: {reason}"),
+                    reason: format!("this node failed: {reason}"),
                     appended: true,
                 },
             };
