@@ -228,8 +228,11 @@ impl Arbiter for WitnessClient {
                 register.version == expected_version.wrapping_add(1)
             };
             if !fits {
-                return Err(ArbiterError::Invalid(format!(
-                    "{at} answered a swap at version {expected_version} with a register at version {}",
+                // It says the swap was made, yet not the one asked for: the
+                // outcome is unknown, so the node keeps counting on a swap
+                // that may have landed rather than forgetting it.
+                return Err(ArbiterError::Unreachable(format!(
+                    "{at} answered a swap at version {expected_version} with a register at version {}; the swap's outcome is unknown",
                     register.version
                 )));
             }

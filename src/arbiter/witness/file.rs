@@ -76,6 +76,20 @@ pub enum StoreError {
         /// The most a register file may hold.
         max: u64,
     },
+    /// The new file was renamed into place but the fsync of its
+    /// directory failed: a crash may bring back either file, so what the
+    /// disk holds is unknown.
+    #[error(
+        "{what}: {source}; the new register file is in place but may not survive a crash, so the \
+         witness cannot tell which registers a restart would find"
+    )]
+    Unsettled {
+        /// The operation, naming the directory.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The OS refused an operation.
     #[error("{what}: {source}")]
     Io {
@@ -102,6 +116,9 @@ pub struct RegisterFile {
     /// The most bytes the file may hold, written or read.
     max_bytes: u64,
     _lock: File,
+    /// Test hook: the directory's fsync after a rename fails.
+    #[cfg(test)]
+    pub(crate) fail_dir_syncs: std::sync::atomic::AtomicBool,
 }
 
 impl RegisterFile {
@@ -131,6 +148,8 @@ impl RegisterFile {
             dir,
             max_bytes: MAX_FILE_BYTES,
             _lock: lock,
+            #[cfg(test)]
+            fail_dir_syncs: Default::default(),
         };
         if file.tmp.exists() {
             tracing::info!(file = %file.tmp.display(), "removing a register file a crash left half-replaced; the previous one is intact");
@@ -181,8 +200,23 @@ impl RegisterFile {
         }
         tmpfile::write_synced(&self.tmp, &bytes)
             .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        tmpfile::replace_synced(&self.tmp, &self.path, &self.dir)
-            .map_err(io_err(format!("replacing {}", self.path.display())))
+        // A failed rename did not happen: the old file stays, certainly.
+        fs::rename(&self.tmp, &self.path)
+            .map_err(io_err(format!("replacing {}", self.path.display())))?;
+        #[cfg(test)]
+        if self
+            .fail_dir_syncs
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unsettled {
+                what: format!("syncing {}", self.dir.display()),
+                source: io::Error::other("injected fsync failure"),
+            });
+        }
+        tmpfile::sync_dir(&self.dir).map_err(|source| StoreError::Unsettled {
+            what: format!("syncing {}", self.dir.display()),
+            source,
+        })
     }
 }
 

@@ -140,6 +140,11 @@ struct State {
     durable_gen: u64,
     writing: bool,
     waiters: Vec<(u64, Waiter)>,
+    /// Why the witness answers nothing more until restarted: a write
+    /// whose outcome on disk is unknown (or that panicked), after which
+    /// neither the registers in memory before it nor those after it are
+    /// known to be what a restart reads.
+    stopped: Option<String>,
 }
 
 type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -153,6 +158,23 @@ enum Ticket {
         done: tokio::sync::oneshot::Receiver<Result<(), String>>,
         write: bool,
     },
+}
+
+/// Stops the witness if the writer unwinds (see `write_pending`).
+struct WriterGuard<'a>(&'a WitnessService);
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let st = match self.0.shared.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        tracing::error!(
+            "a write of the witness's register file panicked: it answers nothing until restarted"
+        );
+        self.0
+            .stop(st, "a write of the register file panicked".into());
+    }
 }
 
 impl fmt::Debug for WitnessService {
@@ -194,6 +216,7 @@ impl WitnessService {
                     durable_gen: 0,
                     writing: false,
                     waiters: Vec::new(),
+                    stopped: None,
                 }),
                 file,
                 stats: Mutex::new(stats),
@@ -296,6 +319,11 @@ impl WitnessService {
         decide: impl FnOnce(&mut Registers) -> (R, bool),
     ) -> Result<(R, Ticket), Status> {
         let mut st = self.shared.state.lock().expect("state lock");
+        if let Some(why) = &st.stopped {
+            return Err(Status::unavailable(format!(
+                "the witness answers nothing until it is restarted ({why}); a restart reads the register file again"
+            )));
+        }
         if !st
             .pending
             .admits(cluster_id, &caller.node_id, MAX_CLUSTERS, MAX_REPORTERS)
@@ -355,8 +383,16 @@ impl WitnessService {
     }
 
     /// Writes the pending registers until the file holds all of them;
-    /// called by the one request that took `State::writing`.
+    /// called by the one request that took `State::writing`. Should it
+    /// panic, its guard stops the witness rather than leave `writing` set
+    /// (every later swap would wait for a write that never comes).
     fn write_pending(&self) {
+        let guard = WriterGuard(self);
+        self.write_pending_until_done();
+        std::mem::forget(guard);
+    }
+
+    fn write_pending_until_done(&self) {
         loop {
             let (snapshot, generation) = {
                 let mut st = self.shared.state.lock().expect("state lock");
@@ -393,6 +429,12 @@ impl WitnessService {
                         s.clusters = clusters;
                     });
                 }
+                Err(e @ StoreError::Unsettled { .. }) => {
+                    let e = e.to_string();
+                    tracing::error!(error = %e, "witness could not make its register file durable and cannot tell which registers a restart would read: it answers nothing until restarted");
+                    self.stop(st, e);
+                    return;
+                }
                 Err(e) => {
                     let failed = std::mem::take(&mut st.waiters);
                     {
@@ -412,6 +454,22 @@ impl WitnessService {
                     }
                 }
             }
+        }
+    }
+
+    /// Stops answering: every waiting request gets UNAVAILABLE, every
+    /// later one too (`decide`), and health reports `why` until a restart.
+    fn stop(&self, mut st: std::sync::MutexGuard<'_, State>, why: String) {
+        st.stopped = Some(why.clone());
+        st.writing = false;
+        let failed = std::mem::take(&mut st.waiters);
+        drop(st);
+        self.count(|s| {
+            s.write_failures += 1;
+            s.write_error = Some(why.clone());
+        });
+        for (_, w) in failed {
+            let _ = w.send(Err(why.clone()));
         }
     }
 
@@ -447,8 +505,9 @@ impl WitnessService {
             ((old, Some(outcome)), changed)
         })?;
         // Whatever it saw must be durable before it answers, a refusal
-        // or a conflict too (it may rest on a swap not yet written).
-        let settled = self.settle(ticket).await;
+        // or a conflict too (it may rest on a swap not yet written, such as
+        // the create that made the caller a non-member).
+        self.settle(ticket).await?;
         let Some(outcome) = outcome else {
             self.count(|s| s.not_members += 1);
             tracing::warn!(cluster = cluster_id, node = %caller.node_id, register = %old, "witness refused a swap by a node that is not a member of the cluster");
@@ -462,7 +521,6 @@ impl WitnessService {
                     .join(", ")
             )));
         };
-        settled?;
         match outcome {
             Err(refusal) => {
                 let reason = refusal_reason(&refusal);
@@ -672,6 +730,66 @@ mod tests {
             .into_inner();
         assert!(again.swapped && again.register.unwrap().version == 2);
         assert!(w.stats().healthy());
+    }
+
+    /// A write whose rename happened but whose directory fsync failed
+    /// leaves the file's contents after a crash unknown: answering from
+    /// the old registers (the rename may survive) or the new ones (it may
+    /// not) could each show a register a restart then contradicts. The
+    /// witness answers nothing more, reads included, until a restart
+    /// reads the file again.
+    #[tokio::test]
+    async fn a_write_whose_directory_fsync_failed_stops_answering_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WitnessService::open(dir.path()).unwrap();
+        Witness::read(&w, read_req("c", "n2", 0)).await.unwrap();
+        Witness::compare_and_swap(&w, cas_req("c", "n1", 0, &pair(1, "n1")))
+            .await
+            .unwrap();
+        w.shared
+            .file
+            .fail_dir_syncs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let status = Witness::compare_and_swap(&w, cas_req("c", "n2", 1, &pair(2, "n2")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let read = Witness::read(&w, read_req("c", "n1", 1)).await.unwrap_err();
+        assert_eq!(read.code(), tonic::Code::Unavailable, "{read:?}");
+        assert!(read.message().contains("restarted"), "{read:?}");
+        assert!(!w.stats().healthy());
+        drop(w);
+        // Here the rename survived (no crash): the restart answers it.
+        let w = WitnessService::open(dir.path()).unwrap();
+        let r = Witness::read(&w, read_req("c", "n1", 2))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.register.unwrap().version, 2);
+    }
+
+    /// A writer that panics stops the witness instead of leaving every
+    /// later swap waiting for a write that never comes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_panics_stops_the_witness_instead_of_hanging_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let observe: WriteObserver = Arc::new(|_| panic!("an observer that panics"));
+        let w = Arc::new(WitnessService::open_observed(dir.path(), Some(observe)).unwrap());
+        Witness::read(&*w, read_req("c", "n2", 0)).await.unwrap();
+        let writer = w.clone();
+        let first = tokio::spawn(async move {
+            Witness::compare_and_swap(&*writer, cas_req("c", "n1", 0, &pair(1, "n1"))).await
+        });
+        assert!(first.await.is_err(), "the writing request panicked");
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            Witness::read(&*w, read_req("c", "n1", 0)),
+        )
+        .await
+        .expect("a request after the panic was answered")
+        .unwrap_err();
+        assert_eq!(next.code(), tonic::Code::Unavailable, "{next:?}");
+        assert!(!w.stats().healthy());
     }
 
     #[tokio::test]
