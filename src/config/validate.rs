@@ -242,6 +242,8 @@ impl Config {
             (S::MaxBatchBytes, self.max_batch_bytes),
             (S::MaxBatchesInFlight, self.max_batches_in_flight),
             (S::SnapshotChunkBytes, self.snapshot_chunk_bytes),
+            // Zero would refuse every write, each with a 400.
+            (S::MaxRecordBytes, self.max_record_bytes),
         ];
         for (setting, value) in counts {
             if value == 0 {
@@ -420,7 +422,7 @@ mod tests {
     #[test]
     fn each_zero_or_empty_setting_is_refused_by_its_own_name() {
         type Break = fn(&mut Config);
-        let cases: [(Setting, Break); 10] = [
+        let cases: [(Setting, Break); 11] = [
             (Setting::ClusterId, |c| c.cluster_id = " ".into()),
             (Setting::PeerAddr, |c| c.peer_addr.clear()),
             (Setting::HeartbeatInterval, |c| {
@@ -431,6 +433,7 @@ mod tests {
             (Setting::MaxBatchBytes, |c| c.max_batch_bytes = 0),
             (Setting::MaxBatchesInFlight, |c| c.max_batches_in_flight = 0),
             (Setting::SnapshotChunkBytes, |c| c.snapshot_chunk_bytes = 0),
+            (Setting::MaxRecordBytes, |c| c.max_record_bytes = 0),
             (Setting::SnapshotTimeout, |c| {
                 c.snapshot_timeout = Duration::ZERO
             }),

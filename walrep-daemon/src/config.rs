@@ -927,7 +927,7 @@ fn millis(v: &str) -> Result<Duration, String> {
 
 fn count(v: &str) -> Result<u64, String> {
     v.parse::<u64>()
-        .map_err(|_| format!("{v:?} is not a whole number"))
+        .map_err(|_| format!("{v:?} is not a whole number (sizes are in bytes, without a unit)"))
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
