@@ -132,9 +132,17 @@ pub struct ErrorReply {
 }
 
 /// `POST /promote`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromoteReply {
     pub epoch: u64,
+    /// The node that answered.
+    #[serde(default)]
+    pub node: String,
+    /// The primary of `epoch` as the answering node knows it when the
+    /// promotion returns: itself, or the standby it handed over to
+    /// (absent if it does not know yet, or from an older node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 /// The probes' body (`/health`, `/primary`, `/replica` ...): the health

@@ -186,6 +186,11 @@ pub fn write_set(
             )));
         }
     }
+    if let Some(name) = names.iter().find(|n| same(n, "ca")) {
+        return Err(DaemonError::Config(format!(
+            "a node named {name:?} would write {name}.pem over the CA's ca.pem: rename the node"
+        )));
+    }
     if !http_hosts.is_empty() && names.iter().any(|n| same(n, "http")) {
         return Err(DaemonError::Config(
             "a node named \"http\" would share http.pem with the HTTP certificate: rename the node or drop --http-hosts".into(),
@@ -233,8 +238,8 @@ pub fn write_set(
     }
     fs::create_dir_all(dir)
         .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
-    for (path, text, mode) in &contents {
-        fs::OpenOptions::new()
+    for (i, (path, text, mode)) in contents.iter().enumerate() {
+        let written = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(*mode)
@@ -242,8 +247,21 @@ pub fn write_set(
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
                 f.sync_all()
-            })
-            .map_err(|e| DaemonError::io(format!("writing {}", path.display()), e))?;
+            });
+        if let Err(e) = written {
+            // Half a set would block every rerun ("already exists"): take
+            // back what this run wrote (all created here, `create_new`).
+            // The file that failed is ours unless it existed already.
+            let ours = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                i
+            } else {
+                i + 1
+            };
+            for (p, _, _) in &contents[..ours] {
+                let _ = fs::remove_file(p);
+            }
+            return Err(DaemonError::io(format!("writing {}", path.display()), e));
+        }
     }
     Ok(files)
 }
@@ -295,7 +313,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"n1\" is given twice"), "{err}");
+        // A node named ca would write over the CA's certificate.
+        let err = write_set(dir.path(), &["CA".into(), "n1".into()], false, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("over the CA's ca.pem"), "{err}");
         assert!(!dir.path().join("ca.pem").exists());
+    }
+
+    /// A write that fails half way takes back the files this run wrote,
+    /// so a rerun is not refused over a partial set, and leaves what was
+    /// there before (here a dangling link where n1.key goes, which the
+    /// up-front check does not see).
+    #[test]
+    fn a_set_that_fails_half_way_leaves_nothing_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("n1.key")).unwrap();
+        let err = write_set(dir.path(), &["n1".into()], false, &[]).unwrap_err();
+        assert!(err.to_string().contains("n1.key"), "{err}");
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["n1.key"], "only the link that was there");
     }
 
     #[test]

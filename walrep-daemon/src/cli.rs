@@ -1,7 +1,7 @@
 //! The command line: `walrep node` runs a node; the other commands talk to
 //! one over its HTTP API.
 
-use super::api::{self, WriteReply};
+use super::api::{self, PromoteReply, WriteReply};
 use super::client::{self, HttpClient};
 use super::config::{DEFAULT_HTTP, Layers, NodeSettings, flag_name, help, walrep_env};
 use super::error::DaemonError;
@@ -156,12 +156,15 @@ pub struct OnceArgs {
 
 impl OnceArgs {
     fn retry_for(&self) -> Result<Duration, DaemonError> {
-        Duration::try_from_secs_f64(self.retry_for).map_err(|_| {
-            DaemonError::Failed(format!(
-                "--retry-for {} is not a number of seconds >= 0",
+        /// A day: longer is a typo, and no clock deadline overflows.
+        const MAX_SECS: f64 = 86_400.0;
+        match Duration::try_from_secs_f64(self.retry_for) {
+            Ok(d) if self.retry_for <= MAX_SECS => Ok(d),
+            _ => Err(DaemonError::Config(format!(
+                "--retry-for {} is not a number of seconds from 0 to {MAX_SECS}",
                 self.retry_for
-            ))
-        })
+            ))),
+        }
     }
 
     fn key(&self) -> Option<String> {
@@ -499,6 +502,22 @@ fn written(reply: &WriteReply) -> String {
     line
 }
 
+/// What `promote` and `switchover` print on success: the node the
+/// primary of the new epoch is, as the node asked knows it (a primary
+/// asked hands over, so it names the standby that took over).
+fn promoted(addr: &str, reply: &PromoteReply) -> String {
+    let (epoch, asked) = (reply.epoch, &reply.node);
+    match &reply.primary {
+        Some(p) if p == asked => format!("{addr} ({asked}) is primary at epoch {epoch}"),
+        Some(p) => {
+            format!("{addr} ({asked}) handed over to its standby {p}: the primary of epoch {epoch}")
+        }
+        None => format!(
+            "{addr} ({asked}): epoch {epoch} has a primary it does not know yet; `walrep status` names it"
+        ),
+    }
+}
+
 pub fn prepare(cli: Cli) -> Result<Job, DaemonError> {
     Ok(match cli.command {
         Command::Node(args) => Job::Node(Box::new(
@@ -618,8 +637,8 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             })
         }
         Command::Promote { addr, force } => {
-            let epoch = addr.client()?.promote(force).await?;
-            println!("{} is primary at epoch {epoch}", addr.addr);
+            let reply = addr.client()?.promote_to(force, None).await?;
+            println!("{}", promoted(&addr.addr, &reply));
             Ok(ExitCode::SUCCESS)
         }
         Command::Switchover { addr, to } => {
@@ -635,19 +654,8 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
                     .map_err(DaemonError::Config)?;
             }
             // The node checks `to` again as it sees its role on arrival.
-            let epoch = client.promote_to(false, to.as_deref()).await?;
-            if before.role == "primary" {
-                let new = to.as_deref().unwrap_or(before.peer.id.as_str());
-                println!(
-                    "{} ({}) handed over to its standby {new}: the primary of epoch {epoch}",
-                    addr.addr, before.node_id
-                );
-            } else {
-                println!(
-                    "{} ({}) is primary at epoch {epoch}",
-                    addr.addr, before.node_id
-                );
-            }
+            let reply = client.promote_to(false, to.as_deref()).await?;
+            println!("{}", promoted(&addr.addr, &reply));
             Ok(ExitCode::SUCCESS)
         }
         Command::Maintenance { action, addrs } => {
@@ -697,9 +705,17 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { addr } => {
+            // Docker reserves exit code 2: a healthcheck exits 0 or 1
+            // only, bad flags included (said on stderr).
+            let client = match addr.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("walrep: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             // The status alone: a witness's /health answers too.
-            let healthy = addr
-                .client()?
+            let healthy = client
                 .with_timeout(std::time::Duration::from_secs(3))
                 .request(hyper::Method::GET, "/health", bytes::Bytes::new())
                 .await

@@ -104,6 +104,9 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
+/// How long `promote_to` waits for the node's answer.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl HttpClient {
     pub fn new(addr: &str) -> HttpClient {
         HttpClient {
@@ -389,13 +392,17 @@ impl HttpClient {
 
     /// `POST /promote`: the new epoch.
     pub async fn promote(&mut self, force: bool) -> Result<u64, ClientError> {
-        self.promote_to(force, None).await
+        Ok(self.promote_to(force, None).await?.epoch)
     }
 
     /// `POST /promote?to=ID`: a switchover only if it would make `to` the
     /// primary, as the node sees its role when the request arrives (409
     /// `promotion_refused` otherwise, nothing changed).
-    pub async fn promote_to(&mut self, force: bool, to: Option<&str>) -> Result<u64, ClientError> {
+    pub async fn promote_to(
+        &mut self,
+        force: bool,
+        to: Option<&str>,
+    ) -> Result<PromoteReply, ClientError> {
         let mut query = Vec::new();
         if force {
             query.push("force=true".to_string());
@@ -408,9 +415,16 @@ impl HttpClient {
         } else {
             format!("/promote?{}", query.join("&"))
         };
-        let reply = self.request(Method::POST, &path, Bytes::new()).await?;
+        // The node bounds a promotion itself (a switchover waits up to
+        // twice its sync_timeout plus four rpc_timeouts, more than this
+        // client's usual 30 s with long settings): wait for its answer.
+        let usual = self.timeout;
+        self.timeout = usual.max(PROMOTE_TIMEOUT);
+        let reply = self.request(Method::POST, &path, Bytes::new()).await;
+        self.timeout = usual;
+        let reply = reply?;
         match reply.status {
-            200 => Ok(self.parse::<PromoteReply>(&reply)?.epoch),
+            200 => self.parse::<PromoteReply>(&reply),
             _ => Err(self.refused(&reply)),
         }
     }
@@ -562,8 +576,22 @@ pub async fn write_retrying(
 ) -> Result<WriteReply, ClientError> {
     /// Between attempts: a failover takes about `failover_timeout`.
     const PAUSE: Duration = Duration::from_millis(100);
+    /// The least an attempt gets, however little of `retry_for` is left.
+    const MIN_ATTEMPT: Duration = Duration::from_millis(500);
     let deadline = std::time::Instant::now() + retry_for;
     let client_of = |addr: &str| HttpClient::new(addr).with_access(access);
+    // Retrying, no attempt outlasts the time left (a node that accepts and
+    // never answers must not hold the write past `retry_for`); one attempt
+    // keeps the client's own bound.
+    let bounded = |client: HttpClient| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if retry_for.is_zero() {
+            client
+        } else {
+            let timeout = client.timeout.min(left.max(MIN_ATTEMPT));
+            client.with_timeout(timeout)
+        }
+    };
     let mut client = client_of(addr);
     // Without a key a resend is safe only where nothing was written.
     let retryable = |e: &ClientError| match idempotency_key {
@@ -571,6 +599,7 @@ pub async fn write_retrying(
         None => matches!(e, ClientError::Refused { status: 503, .. }),
     };
     loop {
+        client = bounded(client);
         let result = match &value {
             Some(v) => {
                 client

@@ -53,7 +53,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
     /// Folder for the nodes' data and logs [default: a new folder in the
-    /// system's temporary directory]. It is kept afterwards.
+    /// system's temporary directory]: it must not exist or be empty (the
+    /// demo starts a new cluster). It is kept afterwards.
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
@@ -159,6 +160,16 @@ async fn first_write_anywhere(addrs: &[String], acked: Acked) -> Result<usize, D
 }
 
 pub async fn run(a: DemoArgs) -> Result<ExitCode, DaemonError> {
+    if let Some(dir) = &a.dir
+        && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        // Its nodes would start from an earlier run's data, where the
+        // demo's roles no longer hold.
+        return Err(DaemonError::Config(format!(
+            "--dir {} is not empty: the demo starts a new cluster; give a new or empty folder, or none",
+            dir.display()
+        )));
+    }
     let dir = a
         .dir
         .clone()

@@ -947,6 +947,48 @@ async fn the_cli_retried_with_its_idempotency_key_after_a_failover_applies_once(
     assert!(stderr.contains("control characters"), "{stderr}");
 }
 
+/// `--retry-for` bounds the whole write, each attempt included: against a
+/// node that accepts connections and never answers, no attempt waits the
+/// client's usual 30 s. A span that is not a number of seconds from 0 to
+/// a day is bad input (exit 2), not a failure or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_retrying_for_a_while_bounds_each_attempt_by_it() {
+    // The kernel completes connections into the backlog; nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = cli(args(&[
+        "put",
+        "k",
+        "v",
+        "--addr",
+        &addr,
+        "--retry-for",
+        "1",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("no answer within"), "{stderr}");
+    assert!(
+        !stderr.contains("30s"),
+        "an attempt outlasted --retry-for: {stderr}"
+    );
+    for span in ["1e19", "-1", "NaN"] {
+        let out = cli(args(&[
+            "put",
+            "k",
+            "v",
+            "--addr",
+            &addr,
+            &format!("--retry-for={span}"),
+        ]))
+        .await;
+        let stderr = refused_as_bad_input(&out);
+        assert!(stderr.contains("--retry-for"), "{span}: {stderr}");
+    }
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
     let p = proc_pair(&[]).await;
@@ -1260,6 +1302,11 @@ async fn cli_commands_talk_to_a_node_and_say_when_it_is_unreachable() {
             "{cmd}: {stderr}"
         );
     }
+    // Docker reserves exit code 2: a healthcheck given a bad address
+    // exits 1 too, saying why.
+    let out = cli(args(&["healthcheck", "--addr", "no-port"])).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!out.stderr.is_empty());
 
     let out = cli(args(&["promote", "--addr", b])).await;
     assert!(out.status.success(), "{out:?}");
@@ -1301,6 +1348,13 @@ fn the_demo_fails_over_and_loses_nothing() {
             assert!(stdout.contains("every standby following"), "{stdout}");
             assert!(stdout.contains(" follows n"), "{stdout}");
         }
+        // Again in the same folder: refused at once (its nodes would start
+        // from this run's data), the folder as it was.
+        let before = std::fs::read_dir(dir.path()).unwrap().count();
+        let out = run_bin(&["demo", "--dir", dir.path().to_str().unwrap()], &[]);
+        let stderr = refused_as_bad_input(&out);
+        assert!(stderr.contains("is not empty"), "{stderr}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
     }
 }
 

@@ -117,8 +117,9 @@ async fn every_probe_answers_get_head_and_options_by_role() {
     }
 }
 
-/// `POST /promote` asked of the primary hands over to its standby;
-/// `walrep switchover` works asked of either node.
+/// `POST /promote` (and `walrep promote`) asked of the primary hands over
+/// to its standby and names it; `walrep switchover` works asked of either
+/// node and names the primary it made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_on_the_primary_hands_over_and_switchover_works_from_either_node() {
     let p = pair(&[]).await;
@@ -127,15 +128,22 @@ async fn promote_on_the_primary_hands_over_and_switchover_works_from_either_node
 
     let (status, body) = req(a, Method::POST, "/promote", b"").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(json::<walrep_daemon::api::PromoteReply>(&body).epoch, 2);
+    let reply = json::<walrep_daemon::api::PromoteReply>(&body);
+    assert_eq!(reply.epoch, 2);
+    // The primary asked handed over: the answer names the node that took
+    // over, not the one asked.
+    assert_eq!(
+        (reply.node.as_str(), reply.primary.as_deref()),
+        ("a", Some("b"))
+    );
     wait_streaming(b, a).await;
 
-    // Asked of the primary (now b).
-    let out = cli(args(&["switchover", "--addr", b])).await;
+    // `walrep promote` asked of the primary (b) says who took over (a).
+    let out = cli(args(&["promote", "--addr", b])).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("handed over to its standby a") && stdout.contains("epoch 3"),
+        stdout.contains("(b) handed over to its standby a") && stdout.contains("epoch 3"),
         "{stdout}"
     );
     wait_streaming(a, b).await;
@@ -165,8 +173,18 @@ async fn promote_on_the_primary_hands_over_and_switchover_works_from_either_node
     let out = cli(args(&["switchover", "--addr", b, "--to", "b"])).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("is primary at epoch 4"), "{stdout}");
+    assert!(stdout.contains("(b) is primary at epoch 4"), "{stdout}");
     wait_streaming(b, a).await;
+
+    // `walrep switchover` asked of the primary (now b).
+    let out = cli(args(&["switchover", "--addr", b])).await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("(b) handed over to its standby a") && stdout.contains("epoch 5"),
+        "{stdout}"
+    );
+    wait_streaming(a, b).await;
     assert_eq!(
         HttpClient::new(b).get("before").await.unwrap().as_deref(),
         Some(&b"1"[..]),
