@@ -263,8 +263,10 @@ struct ClientLog {
     not_acked: usize,
 }
 
-/// Writes unique keys to whichever node says it is a writable primary,
-/// recording every outcome.
+/// Writes unique keys to the nodes that say they are the primary, in turn
+/// (a stale primary too, writable or not: G1's check of acknowledgements
+/// in an old epoch needs writes to reach it), recording every outcome and
+/// when each write was sent.
 async fn client(
     registry: Registry,
     log: Arc<Mutex<ClientLog>>,
@@ -275,13 +277,16 @@ async fn client(
     let start = tokio::time::Instant::now();
     let mut i = 0u64;
     while start.elapsed() < until {
-        let primary = registry
+        let primaries: Vec<_> = registry
             .running()
             .into_iter()
-            .find(|(_, n)| n.replica.health().writable);
-        if let Some((name, node)) = primary {
+            .filter(|(_, n)| n.replica.role() == RoleKind::Primary)
+            .collect();
+        if !primaries.is_empty() {
+            let (name, node) = &primaries[i as usize % primaries.len()];
             i += 1;
             let (key, value) = (format!("k{i}"), format!("v{i}{padding}"));
+            let sent = turmoil::sim_elapsed();
             let r = tokio::time::timeout(
                 Duration::from_secs(3),
                 node.replica.apply(put(&key, &value)),
@@ -292,10 +297,10 @@ async fn client(
                 Ok(Ok(a)) => log.acked.push(AckedWrite {
                     key,
                     value: value.into_bytes(),
-                    node: NodeId::from(name),
+                    node: NodeId::from(*name),
                     lsn: a.lsn,
                     epoch: a.epoch,
-                    sent: None,
+                    sent,
                 }),
                 _ => log.not_acked += 1,
             }
