@@ -37,6 +37,11 @@ pub struct AckedWrite {
     /// When the client sent it, on the run's clock (any origin, as long as
     /// [`Observation::by`] uses the same one); `None` if not known.
     pub sent: Option<Duration>,
+    /// The answer was a retry's (`Replicator::apply_once` recognised its
+    /// request id): `lsn` and `epoch` are the original record's, which
+    /// another node may have written, so G1's checks leave it out; G2's
+    /// keep it.
+    pub deduplicated: bool,
 }
 
 /// What a node said it was.
@@ -274,7 +279,11 @@ impl History {
 
     fn two_writers_in_one_epoch(&self) -> Vec<Violation> {
         let mut writers: BTreeMap<Epoch, BTreeSet<NodeId>> = BTreeMap::new();
-        let acks = self.writes.iter().map(|w| (w.epoch, &w.node));
+        let acks = self
+            .writes
+            .iter()
+            .filter(|w| !w.deduplicated)
+            .map(|w| (w.epoch, &w.node));
         let primaries = self
             .observations
             .iter()
@@ -329,7 +338,7 @@ impl History {
 
     fn acks_in_an_old_epoch(&self) -> Vec<Violation> {
         let mut found = Vec::new();
-        for w in &self.writes {
+        for w in self.writes.iter().filter(|w| !w.deduplicated) {
             let Some(sent) = w.sent else { continue };
             let newer = self.observations.iter().find(|o| {
                 o.node == w.node && o.epoch > w.epoch && o.by.is_some_and(|by| by < sent)
@@ -399,6 +408,7 @@ mod tests {
             lsn: Lsn(lsn),
             epoch: Epoch(epoch),
             sent: None,
+            deduplicated: false,
         }
     }
 
@@ -569,6 +579,38 @@ mod tests {
             ..ack("early", "n1", 9, 1)
         });
         assert_eq!(h.check(Durability::LossAllowed), Ok(()));
+    }
+
+    /// A retry recognised by its request id answers with the original
+    /// record's epoch, which the node that answers may not have written:
+    /// no second writer, and no ack in an old epoch. Still a write that
+    /// must not be lost.
+    #[test]
+    fn a_deduplicated_retry_at_the_next_primary_is_not_a_second_writer() {
+        // Write `a` (n1's record 1 in epoch 1) retried at n2, epoch 2's
+        // primary, long after n2 reported epoch 2.
+        let retried = AckedWrite {
+            sent: Some(Duration::from_secs(3600)),
+            deduplicated: true,
+            ..ack("a", "n2", 1, 1)
+        };
+        let mut h = a_clean_failover();
+        h.acknowledged(retried.clone());
+        assert_eq!(h.check(Durability::NoAcknowledgedWriteLost), Ok(()));
+        // The same answer, not marked a retry, is a second writer of epoch 1.
+        let mut h = a_clean_failover();
+        h.acknowledged(AckedWrite {
+            deduplicated: false,
+            ..retried
+        });
+        assert!(h.check(Durability::NoAcknowledgedWriteLost).is_err());
+        // A retried write the cluster lost is still lost.
+        let mut not_kept = a_clean_failover();
+        not_kept.acknowledged(AckedWrite {
+            deduplicated: true,
+            ..ack("missing", "n2", 3, 1)
+        });
+        assert!(not_kept.check(Durability::NoAcknowledgedWriteLost).is_err());
     }
 
     #[test]

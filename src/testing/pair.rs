@@ -114,6 +114,15 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
             listeners.push(l);
         }
         let dir = TempDir::new()?;
+        // Its own cluster id: a port a killed node freed may be taken by
+        // another test's node of the same name, which must then be refused
+        // as another cluster's, not taken for the peer.
+        static PAIRS: AtomicU64 = AtomicU64::new(0);
+        let cluster_id = format!(
+            "test-{}-{}",
+            std::process::id(),
+            PAIRS.fetch_add(1, Ordering::Relaxed)
+        );
         let nodes = listeners
             .into_iter()
             .enumerate()
@@ -121,6 +130,7 @@ impl<S: StateMachine + 'static> PairBuilder<S> {
                 // Node `a` is the primary, every other node its standby.
                 let peer = if i == 0 { 1 } else { 0 };
                 let mut cfg = test_config(&ids[i], &ids[peer], addrs[i], addrs[peer]);
+                cfg.cluster_id = cluster_id.clone();
                 cfg.commit_mode = self.commit_mode;
                 cfg.more_peers = (0..ids.len())
                     .filter(|&j| j != i && j != peer)
@@ -407,6 +417,9 @@ impl<S> Pair<S> {
     async fn wait_any(&self, what: &str, pred: impl Fn(&Health) -> bool) -> Result<&PairNode<S>> {
         let running: Vec<&PairNode<S>> =
             self.nodes.iter().filter(|n| n.running.is_some()).collect();
+        if running.is_empty() {
+            return Err(Error::Timeout(format!("{what}: no node is running")));
+        }
         let waits = running.iter().map(|n| {
             let mut rx = n.running().replica.subscribe();
             let pred = &pred;
@@ -415,10 +428,27 @@ impl<S> Pair<S> {
         match tokio::time::timeout(self.wait, futures::future::select_ok(waits)).await {
             Ok(Ok((node, _))) => Ok(node),
             Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::Timeout(format!(
-                "{what} did not happen within {:?}",
-                self.wait
-            ))),
+            Err(_) => {
+                // What each node was instead, as `Replica::wait_for` says.
+                let nodes: Vec<String> = running
+                    .iter()
+                    .map(|n| {
+                        let h = n.running().replica.health();
+                        format!(
+                            "{} {:?} at epoch {}{}",
+                            n.id(),
+                            h.role,
+                            h.epoch,
+                            h.note.map(|note| format!(" ({note})")).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                Err(Error::Timeout(format!(
+                    "{what} did not happen within {:?}: {}",
+                    self.wait,
+                    nodes.join("; ")
+                )))
+            }
         }
     }
 

@@ -301,6 +301,7 @@ async fn client(
                     lsn: a.lsn,
                     epoch: a.epoch,
                     sent,
+                    deduplicated: false,
                 }),
                 _ => log.not_acked += 1,
             }

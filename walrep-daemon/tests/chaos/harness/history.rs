@@ -52,6 +52,8 @@ pub fn history(writes: &[Write], samples: &[Sample]) -> History {
                 lsn: Lsn(lsn),
                 epoch: Epoch(epoch),
                 sent: Some(w.started - origin),
+                // The chaos clients send no request ids.
+                deduplicated: false,
             });
         }
     }
