@@ -126,7 +126,9 @@ fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
 
 /// Up to `count` faults between 1 s and `window`, each undone after a
 /// while, on `hosts` (`Mode::hosts`); faults do not overlap so each is
-/// undone by its own event.
+/// undone by its own event, except the pair's compound ones (both nodes
+/// crashed; a crash and restart during a partition), whose parts are
+/// undone together.
 pub fn generate(
     seed: u64,
     kinds: Kinds,
@@ -192,13 +194,68 @@ pub fn generate(
         let node = NODES[rng.random_range(0..2)];
         let other = if node == NODES[0] { NODES[1] } else { NODES[0] };
         let choice = match kinds {
-            Kinds::CrashesOnly => rng.random_range(0..3),
+            // 7: both nodes crash.
+            Kinds::CrashesOnly => [0, 1, 2, 7][rng.random_range(0..4)],
             Kinds::All
             | Kinds::SnapshotCut
             | Kinds::Arbiter
             | Kinds::Cluster
-            | Kinds::WipedPrimary => rng.random_range(0..7),
+            | Kinds::WipedPrimary => rng.random_range(0..9),
         };
+        // Two faults at once, each undone by its own event: most losses
+        // need two (DESIGN's "both crash"; a crash while cut off).
+        if choice == 7 {
+            // Both nodes down within 50 ms of each other, back in either
+            // order.
+            let (first, second) = (node, other);
+            events.push(Event {
+                at: t,
+                action: Action::Crash(first),
+            });
+            events.push(Event {
+                at: t + ms(&mut rng, 0, 50),
+                action: Action::Crash(second),
+            });
+            t += lasting;
+            let (up1, up2) = if rng.random_bool(0.5) {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            events.push(Event {
+                at: t,
+                action: Action::Restart(up1),
+            });
+            t += ms(&mut rng, 0, 300);
+            events.push(Event {
+                at: t,
+                action: Action::Restart(up2),
+            });
+            continue;
+        }
+        if choice == 8 {
+            // One node crashes and comes back while the two are cut apart.
+            let crash_at = t + ms(&mut rng, 0, lasting.as_millis() as u64 / 2 + 1);
+            let back_at = crash_at + ms(&mut rng, 50, lasting.as_millis() as u64 / 2 + 51);
+            events.push(Event {
+                at: t,
+                action: Action::Partition(a, b),
+            });
+            events.push(Event {
+                at: crash_at,
+                action: Action::Crash(node),
+            });
+            events.push(Event {
+                at: back_at,
+                action: Action::Restart(node),
+            });
+            t = (t + lasting).max(back_at + Duration::from_millis(1));
+            events.push(Event {
+                at: t,
+                action: Action::Repair(a, b),
+            });
+            continue;
+        }
         let (start, end) = match choice {
             0 => (Action::Crash(node), Action::Restart(node)),
             // Latency beyond the RPC deadlines is a partition in effect, so
