@@ -58,6 +58,8 @@ pub struct Observation {
     /// The node was in this state by then (when its answer arrived), on
     /// the clock of [`AckedWrite::sent`]; `None` if not known.
     pub by: Option<Duration>,
+    /// It said it was going on without its standby (`Health::solo`).
+    pub solo: bool,
 }
 
 /// Where a node ended once the faults stopped.
@@ -183,6 +185,11 @@ impl fmt::Display for Violation {
 pub enum Durability {
     /// Every acknowledged write must be on the final primary.
     NoAcknowledgedWriteLost,
+    /// Only writes a node acknowledged while it went on alone (`solo`,
+    /// observed in the write's epoch) may be lost: what `on_standby_loss
+    /// = solo` without an arbiter risks under a partition, and nothing
+    /// more.
+    OnlyWritesAcknowledgedAlone,
     /// Acknowledged writes may be lost (G2 is not checked).
     LossAllowed,
 }
@@ -241,11 +248,28 @@ impl History {
             if let Err(v) = converged(&self.finals) {
                 found.push(v);
             }
-            if durability == Durability::NoAcknowledgedWriteLost {
-                found.extend(self.lost_writes());
+            match durability {
+                Durability::NoAcknowledgedWriteLost => found.extend(self.lost_writes()),
+                Durability::OnlyWritesAcknowledgedAlone => found.extend(
+                    self.lost_writes()
+                        .into_iter()
+                        .filter(|v| !self.acknowledged_alone(v)),
+                ),
+                Durability::LossAllowed => {}
             }
         }
         if found.is_empty() { Ok(()) } else { Err(found) }
+    }
+
+    /// Whether the node that acknowledged a lost write was seen going on
+    /// alone (`solo`) in the write's epoch.
+    fn acknowledged_alone(&self, lost: &Violation) -> bool {
+        let Violation::AcknowledgedWriteLost { node, epoch, .. } = lost else {
+            return false;
+        };
+        self.observations
+            .iter()
+            .any(|o| o.node == *node && o.epoch == *epoch && o.solo)
     }
 
     /// The G1 rules alone, cheap enough to run as the history grows.
@@ -419,6 +443,7 @@ mod tests {
             epoch: Epoch(epoch),
             writable: role == RoleKind::Primary,
             by: Some(Duration::from_millis(by_ms)),
+            solo: false,
         }
     }
 
@@ -632,7 +657,23 @@ mod tests {
         assert!(v.to_string().starts_with("G2"), "{v}");
         // Where loss is allowed the check passes, and the loss is still told.
         assert_eq!(h.check(Durability::LossAllowed), Ok(()));
-        assert_eq!(h.lost_writes(), vec![v]);
+        assert_eq!(h.lost_writes(), vec![v.clone()]);
+        // Where only writes acknowledged alone may be lost, this one (n2
+        // was never seen solo) is a violation...
+        assert_eq!(only(&h, Durability::OnlyWritesAcknowledgedAlone), v);
+        // ...unless n2 went on alone in its epoch; solo in another epoch
+        // does not count.
+        let mut elsewhere = h.clone();
+        elsewhere.observed(Observation {
+            solo: true,
+            ..seen("n2", RoleKind::Primary, 3, 80)
+        });
+        assert_eq!(only(&elsewhere, Durability::OnlyWritesAcknowledgedAlone), v);
+        h.observed(Observation {
+            solo: true,
+            ..seen("n2", RoleKind::Primary, 2, 80)
+        });
+        assert_eq!(h.check(Durability::OnlyWritesAcknowledgedAlone), Ok(()));
     }
 
     #[test]

@@ -38,9 +38,11 @@ pub fn observe(
             epoch: h.epoch,
             writable: h.writable,
             by: Some(now),
+            solo: h.solo,
         };
         let changed = obs.last_seen.get(name).is_none_or(|last| {
-            (last.role, last.epoch, last.writable) != (seen.role, seen.epoch, seen.writable)
+            (last.role, last.epoch, last.writable, last.solo)
+                != (seen.role, seen.epoch, seen.writable, seen.solo)
         });
         if changed {
             obs.last_seen.insert(name, seen.clone());

@@ -97,11 +97,12 @@ const SCENARIOS: [Scenario; 10] = [
     },
     Scenario {
         // A true partition under solo may lose what the old primary
-        // acknowledged alone (DESIGN.md); G1, G3 and G4 still hold.
+        // acknowledged alone (DESIGN.md), and nothing else; G1, G3 and G4
+        // still hold.
         name: "remote-flush/solo/all-faults",
         mode: Mode::new(CommitMode::RemoteFlush, OnStandbyLoss::Solo),
         kinds: Kinds::All,
-        durability: Durability::LossAllowed,
+        durability: Durability::OnlyWritesAcknowledgedAlone,
         value_bytes: 0,
     },
     Scenario {

@@ -41,6 +41,7 @@ pub fn history(writes: &[Write], samples: &[Sample]) -> History {
             epoch: Epoch(s.health.epoch),
             writable: s.health.writable,
             by: Some(s.at - origin),
+            solo: s.health.solo,
         });
     }
     for w in writes {
