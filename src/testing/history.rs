@@ -37,6 +37,9 @@ pub struct AckedWrite {
     /// When the client sent it, on the run's clock (any origin, as long as
     /// [`Observation::by`] uses the same one); `None` if not known.
     pub sent: Option<Duration>,
+    /// When its acknowledgement came back, on the same clock; `None` if
+    /// not known.
+    pub answered: Option<Duration>,
     /// The answer was a retry's (`Replicator::apply_once` recognised its
     /// request id): `lsn` and `epoch` are the original record's, which
     /// another node may have written, so G1's checks leave it out; G2's
@@ -261,15 +264,38 @@ impl History {
         if found.is_empty() { Ok(()) } else { Err(found) }
     }
 
-    /// Whether the node that acknowledged a lost write was seen going on
-    /// alone (`solo`) in the write's epoch.
+    /// Whether the node that acknowledged a lost write was going on alone
+    /// (`solo`, in the write's epoch) while the write waited: its state
+    /// when the write was sent, or any state it was seen in before the
+    /// answer came back (observations come after the fact, so one up to
+    /// `OBSERVED_WITHIN` after the answer counts). A write whose times are
+    /// not known counts if the node was solo at any time in its epoch.
     fn acknowledged_alone(&self, lost: &Violation) -> bool {
-        let Violation::AcknowledgedWriteLost { node, epoch, .. } = lost else {
+        /// How late the observation of the state a write was answered in
+        /// may come (the simulation observes after each step).
+        const OBSERVED_WITHIN: Duration = Duration::from_millis(50);
+        let Violation::AcknowledgedWriteLost {
+            key, node, epoch, ..
+        } = lost
+        else {
             return false;
         };
-        self.observations
-            .iter()
-            .any(|o| o.node == *node && o.epoch == *epoch && o.solo)
+        let seen = self.observations.iter().filter(|o| o.node == *node);
+        let write = self.writes.iter().find(|w| w.key == *key);
+        let Some((sent, answered)) = write.and_then(|w| w.sent.zip(w.answered)) else {
+            return seen.filter(|o| o.epoch == *epoch).any(|o| o.solo);
+        };
+        let solo = |o: &Observation| o.epoch == *epoch && o.solo;
+        let mut at_send = None;
+        for o in seen {
+            let Some(by) = o.by else { continue };
+            if by <= sent {
+                at_send = Some(o);
+            } else if by <= answered + OBSERVED_WITHIN && solo(o) {
+                return true;
+            }
+        }
+        at_send.is_some_and(solo)
     }
 
     /// The G1 rules alone, cheap enough to run as the history grows.
@@ -432,6 +458,7 @@ mod tests {
             lsn: Lsn(lsn),
             epoch: Epoch(epoch),
             sent: None,
+            answered: None,
             deduplicated: false,
         }
     }
@@ -669,11 +696,40 @@ mod tests {
             ..seen("n2", RoleKind::Primary, 3, 80)
         });
         assert_eq!(only(&elsewhere, Durability::OnlyWritesAcknowledgedAlone), v);
+        let mut solo_later = h.clone();
         h.observed(Observation {
             solo: true,
             ..seen("n2", RoleKind::Primary, 2, 80)
         });
         assert_eq!(h.check(Durability::OnlyWritesAcknowledgedAlone), Ok(()));
+        // With its times known, only a solo stretch while the write waited
+        // counts: not one that began after its answer.
+        solo_later.observed(Observation {
+            solo: true,
+            ..seen("n2", RoleKind::Primary, 2, 500)
+        });
+        let mut timed = History::new();
+        for o in &solo_later.observations {
+            timed.observed(o.clone());
+        }
+        for w in &solo_later.writes {
+            timed.acknowledged(AckedWrite {
+                sent: Some(Duration::from_millis(45)),
+                answered: Some(Duration::from_millis(60)),
+                ..w.clone()
+            });
+        }
+        for f in &solo_later.finals {
+            timed.finished(f.clone());
+        }
+        assert_eq!(only(&timed, Durability::OnlyWritesAcknowledgedAlone), v);
+        // Solo when it was sent, or seen solo before the answer: alone.
+        let mut alone = timed.clone();
+        alone.observed(Observation {
+            solo: true,
+            ..seen("n2", RoleKind::Primary, 2, 55)
+        });
+        assert_eq!(alone.check(Durability::OnlyWritesAcknowledgedAlone), Ok(()));
     }
 
     #[test]

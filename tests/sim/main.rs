@@ -302,6 +302,7 @@ async fn client(
                     lsn: a.lsn,
                     epoch: a.epoch,
                     sent,
+                    answered: turmoil::sim_elapsed(),
                     deduplicated: false,
                 }),
                 _ => log.not_acked += 1,

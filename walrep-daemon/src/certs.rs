@@ -239,24 +239,23 @@ pub fn write_set(
     fs::create_dir_all(dir)
         .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
     for (i, (path, text, mode)) in contents.iter().enumerate() {
-        let written = fs::OpenOptions::new()
+        // Only a file this run created (`create_new`) is its own to take
+        // back: one whose creation failed is someone else's or none.
+        let (ours, written) = match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(*mode)
             .open(path)
-            .and_then(|mut f| {
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            });
+        {
+            Ok(mut f) => (
+                i + 1,
+                f.write_all(text.as_bytes()).and_then(|()| f.sync_all()),
+            ),
+            Err(e) => (i, Err(e)),
+        };
         if let Err(e) = written {
             // Half a set would block every rerun ("already exists"): take
-            // back what this run wrote (all created here, `create_new`).
-            // The file that failed is ours unless it existed already.
-            let ours = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                i
-            } else {
-                i + 1
-            };
+            // back what this run wrote.
             for (p, _, _) in &contents[..ours] {
                 let _ = fs::remove_file(p);
             }

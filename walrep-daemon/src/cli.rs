@@ -507,6 +507,10 @@ fn written(reply: &WriteReply) -> String {
 /// asked hands over, so it names the standby that took over).
 fn promoted(addr: &str, reply: &PromoteReply) -> String {
     let (epoch, asked) = (reply.epoch, &reply.node);
+    if asked.is_empty() {
+        // An older node names no one.
+        return format!("{addr}: the primary of epoch {epoch} (`walrep status` names it)");
+    }
     match &reply.primary {
         Some(p) if p == asked => format!("{addr} ({asked}) is primary at epoch {epoch}"),
         Some(p) => {
@@ -706,7 +710,8 @@ pub async fn run(job: Job) -> Result<ExitCode, DaemonError> {
         }
         Command::Healthcheck { addr } => {
             // Docker reserves exit code 2: a healthcheck exits 0 or 1
-            // only, bad flags included (said on stderr).
+            // only, a bad address or CA included (said on stderr; flags
+            // clap refuses are too, in `crate::main`).
             let client = match addr.client() {
                 Ok(c) => c,
                 Err(e) => {

@@ -104,14 +104,18 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
-/// How long `promote_to` waits for the node's answer.
+/// How long a call waits for its answer unless `with_timeout` says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `promote_to` waits for the node's answer, unless
+/// `with_timeout` set a bound of the caller's own.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl HttpClient {
     pub fn new(addr: &str) -> HttpClient {
         HttpClient {
             addr: addr.to_string(),
-            timeout: Duration::from_secs(30),
+            timeout: DEFAULT_TIMEOUT,
             conn: None,
             token: None,
             tls: None,
@@ -419,7 +423,9 @@ impl HttpClient {
         // twice its sync_timeout plus four rpc_timeouts, more than this
         // client's usual 30 s with long settings): wait for its answer.
         let usual = self.timeout;
-        self.timeout = usual.max(PROMOTE_TIMEOUT);
+        if usual == DEFAULT_TIMEOUT {
+            self.timeout = PROMOTE_TIMEOUT;
+        }
         let reply = self.request(Method::POST, &path, Bytes::new()).await;
         self.timeout = usual;
         let reply = reply?;

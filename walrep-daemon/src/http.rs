@@ -713,8 +713,14 @@ impl AppState {
         let h = self.replica.health();
         let primary = if h.role == walrep::RoleKind::Primary && h.epoch == epoch {
             Some(h.node_id.0.clone())
+        } else if h.epoch == epoch {
+            // The leader it follows in that epoch (not an older one's).
+            h.leader
+                .map(|l| l.id)
+                .filter(|id| *id != h.node_id)
+                .map(|id| id.0)
         } else {
-            h.leader.map(|l| l.id.0)
+            None
         };
         Json(PromoteReply {
             epoch: epoch.0,

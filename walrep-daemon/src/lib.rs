@@ -67,8 +67,15 @@ use std::process::ExitCode;
 /// Runs the command line in `args` (the program name first) and returns
 /// the process's exit status.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    let cli = match cli::parse(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match cli::parse(args.clone()) {
         Ok(cli) => cli,
+        // Docker reserves exit code 2, so a healthcheck's usage error
+        // exits with 1 (said on stderr).
+        Err(e) if e.use_stderr() && args.get(1).is_some_and(|a| a == "healthcheck") => {
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
         // Usage errors exit with 2, --help and --version with 0.
         Err(e) => e.exit(),
     };

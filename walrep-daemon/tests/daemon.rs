@@ -1304,9 +1304,13 @@ async fn cli_commands_talk_to_a_node_and_say_when_it_is_unreachable() {
     }
     // Docker reserves exit code 2: a healthcheck given a bad address
     // exits 1 too, saying why.
-    let out = cli(args(&["healthcheck", "--addr", "no-port"])).await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(!out.stderr.is_empty());
+    for bad in [&["--addr", "no-port"][..], &["--addr", a, "--bogus"]] {
+        let mut all = vec!["healthcheck"];
+        all.extend_from_slice(bad);
+        let out = cli(args(&all)).await;
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{bad:?}");
+    }
 
     let out = cli(args(&["promote", "--addr", b])).await;
     assert!(out.status.success(), "{out:?}");

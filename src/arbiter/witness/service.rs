@@ -26,7 +26,7 @@ use crate::types::{Epoch, NodeId};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
@@ -160,15 +160,19 @@ enum Ticket {
     },
 }
 
-/// Stops the witness if the writer unwinds (see `write_pending`).
+/// Stops the witness if the writer unwinds (see `write_pending`). The
+/// service's locks are taken past a poisoning everywhere, so a panic under
+/// one leaves the witness refusing requests, not panicking on each.
 struct WriterGuard<'a>(&'a WitnessService);
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        let st = match self.0.shared.state.lock() {
-            Ok(st) => st,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let st = self
+            .0
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         tracing::error!(
             "a write of the witness's register file panicked: it answers nothing until restarted"
         );
@@ -233,13 +237,23 @@ impl WitnessService {
 
     /// What it has answered so far.
     pub fn stats(&self) -> WitnessStats {
-        self.shared.stats.lock().expect("stats lock").clone()
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every cluster's register as the file holds it (for tests and
-    /// tools).
+    /// tools); once a write's outcome on disk is unknown (the witness
+    /// answers nothing until restarted), as the file held it before that
+    /// write, which a restart may or may not find.
     pub fn registers(&self) -> Vec<(String, Register)> {
-        let state = self.shared.state.lock().expect("state lock");
+        let state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         state
             .durable
             .registers()
@@ -269,11 +283,21 @@ impl WitnessService {
     #[cfg(feature = "tls")]
     pub(crate) fn refusal_counter(&self) -> impl Fn() + Send + Sync + 'static {
         let shared = self.shared.clone();
-        move || shared.stats.lock().expect("stats lock").unauthenticated += 1
+        move || {
+            shared
+                .stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unauthenticated += 1
+        }
     }
 
     fn count(&self, f: impl FnOnce(&mut WitnessStats)) {
-        f(&mut self.shared.stats.lock().expect("stats lock"));
+        f(&mut self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner));
     }
 
     fn invalid(&self, what: String) -> Status {
@@ -318,7 +342,11 @@ impl WitnessService {
         caller: &Caller,
         decide: impl FnOnce(&mut Registers) -> (R, bool),
     ) -> Result<(R, Ticket), Status> {
-        let mut st = self.shared.state.lock().expect("state lock");
+        let mut st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &st.stopped {
             return Err(Status::unavailable(format!(
                 "the witness answers nothing until it is restarted ({why}); a restart reads the register file again"
@@ -395,7 +423,11 @@ impl WitnessService {
     fn write_pending_until_done(&self) {
         loop {
             let (snapshot, generation) = {
-                let mut st = self.shared.state.lock().expect("state lock");
+                let mut st = self
+                    .shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if st.pending_gen == st.durable_gen {
                     for (_, w) in st.waiters.drain(..) {
                         let _ = w.send(Ok(()));
@@ -412,7 +444,11 @@ impl WitnessService {
                 observe(took);
             }
             let clusters = snapshot.len();
-            let mut st = self.shared.state.lock().expect("state lock");
+            let mut st = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match written {
                 Ok(()) => {
                     st.durable = snapshot;
@@ -476,7 +512,11 @@ impl WitnessService {
     /// Swaps decided but not yet in the file.
     #[cfg(test)]
     fn pending(&self) -> u64 {
-        let st = self.shared.state.lock().expect("state lock");
+        let st = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         st.pending_gen - st.durable_gen
     }
 

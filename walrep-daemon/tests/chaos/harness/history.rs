@@ -53,6 +53,7 @@ pub fn history(writes: &[Write], samples: &[Sample]) -> History {
                 lsn: Lsn(lsn),
                 epoch: Epoch(epoch),
                 sent: Some(w.started - origin),
+                answered: Some(w.ended - origin),
                 // The chaos clients send no request ids.
                 deduplicated: false,
             });
