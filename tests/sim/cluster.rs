@@ -110,6 +110,11 @@ impl Disk {
         (survived, self.dirs.lock().unwrap().clone())
     }
 
+    /// The log the running incarnation writes to (its fault switches).
+    pub fn wal(&self) -> Arc<MemWal> {
+        self.wal.lock().unwrap().clone()
+    }
+
     /// Empties the disk of a crashed node, as an operator wiping its data
     /// directory: the next boot finds an empty WAL and empty directories
     /// (new ones, so a late write of the crashed incarnation lands in the

@@ -7,7 +7,8 @@
 //! one host is cut off from all others or the witness restarts from
 //! nothing. `Kinds::Cluster` adds, for three data nodes, faults aimed at
 //! the primary of the moment (crashed, or cut off from all others) and
-//! splits of the four hosts into two halves.
+//! splits of the four hosts into two halves. The pair's schedules also
+//! fail a node's disk (every fsync, or a full disk) until it is repaired.
 
 use super::cluster::{NODES, Registry, Running, WITNESS, WitnessDisk};
 use rand::rngs::StdRng;
@@ -82,6 +83,15 @@ pub enum Action {
     /// it: `Disk::wipe`); `Restart` starts it from nothing.
     Wipe(&'static str),
     Restart(&'static str),
+    /// A data node's disk starts failing every fsync (an I/O error): the
+    /// node fails for good. The main loop acts on the disk.
+    FailSyncs(&'static str),
+    /// A data node's disk fills: appends and meta writes fail, the log
+    /// left as it was. The main loop acts on the disk.
+    FillDisk(&'static str),
+    /// The disk works again; a node it failed for good is restarted, as
+    /// an operator (or a liveness probe) would.
+    RepairDisk(&'static str),
 }
 
 impl Action {
@@ -200,7 +210,7 @@ pub fn generate(
             | Kinds::SnapshotCut
             | Kinds::Arbiter
             | Kinds::Cluster
-            | Kinds::WipedPrimary => rng.random_range(0..9),
+            | Kinds::WipedPrimary => rng.random_range(0..11),
         };
         // Two faults at once, each undone by its own event: most losses
         // need two (DESIGN's "both crash"; a crash while cut off).
@@ -257,6 +267,8 @@ pub fn generate(
             continue;
         }
         let (start, end) = match choice {
+            9 => (Action::FailSyncs(node), Action::RepairDisk(node)),
+            10 => (Action::FillDisk(node), Action::RepairDisk(node)),
             0 => (Action::Crash(node), Action::Restart(node)),
             // Latency beyond the RPC deadlines is a partition in effect, so
             // the crash-only schedule keeps it well below them.
@@ -464,6 +476,8 @@ pub fn apply(
                 sim.repair(x, y);
             }
         }
+        // The main loop acts on the node's disk.
+        Action::FailSyncs(_) | Action::FillDisk(_) | Action::RepairDisk(_) => {}
         Action::Crash(n) | Action::Wipe(n) => {
             sim.crash(n);
             if n == WITNESS {

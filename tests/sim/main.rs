@@ -440,10 +440,43 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             }
             crash(&registry, &mut incarnation, &action);
             faults::apply(&mut sim, &action, &hosts, witness.as_deref());
-            if let faults::Action::Wipe(n) = action {
-                let disk = nodes.iter().position(|x| *x == n).expect("a data node");
-                disks[disk].wipe();
-                history.wiped(NodeId::from(n));
+            let disk_of =
+                |n: &str| &disks[nodes.iter().position(|x| *x == n).expect("a data node")];
+            match action {
+                faults::Action::Wipe(n) => {
+                    disk_of(n).wipe();
+                    history.wiped(NodeId::from(n));
+                }
+                faults::Action::FailSyncs(n) => disk_of(n).wal().fail_syncs(true),
+                faults::Action::FillDisk(n) => {
+                    let wal = disk_of(n).wal();
+                    wal.fail_appends(true);
+                    wal.fail_meta_writes(true);
+                }
+                faults::Action::RepairDisk(n) => {
+                    let wal = disk_of(n).wal();
+                    wal.fail_syncs(false);
+                    wal.fail_appends(false);
+                    wal.fail_meta_writes(false);
+                    // A node the disk failed for good waits for a restart
+                    // (a standby whose append failed retries by itself).
+                    let failed = registry.running().into_iter().any(|(name, node)| {
+                        let h = node.replica.health();
+                        name == n && h.role == RoleKind::Failed && !h.retrying_wal
+                    });
+                    if failed {
+                        let crash_it = faults::Action::Crash(n);
+                        crash(&registry, &mut incarnation, &crash_it);
+                        faults::apply(&mut sim, &crash_it, &hosts, witness.as_deref());
+                        faults::apply(
+                            &mut sim,
+                            &faults::Action::Restart(n),
+                            &hosts,
+                            witness.as_deref(),
+                        );
+                    }
+                }
+                _ => {}
             }
         }
         sim.step().map_err(|e| format!("simulation error: {e}"))?;
