@@ -20,6 +20,9 @@ pub(crate) struct Metrics {
     longest_step_gap_micros: AtomicU64,
     snapshot_bytes_received: AtomicU64,
     snapshot_bytes_resumed: AtomicU64,
+    solo_episodes: AtomicU64,
+    /// The epoch of the last one (0: none).
+    last_solo_epoch: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -55,6 +58,12 @@ pub struct MetricsSnapshot {
     /// transfer resumed after them (in this run, or from what an earlier
     /// run of this node had received).
     pub snapshot_bytes_resumed: u64,
+    /// Times this node, as primary, began acknowledging writes without a
+    /// standby its commit rule waits for (`Health::solo` turned on): what
+    /// it acknowledges then is on its disk alone.
+    pub solo_episodes: u64,
+    /// The epoch of the last of them (`None`: none since start).
+    pub last_solo_epoch: Option<crate::types::Epoch>,
 }
 
 impl Default for Metrics {
@@ -77,6 +86,8 @@ impl Default for Metrics {
             longest_step_gap_micros: AtomicU64::new(0),
             snapshot_bytes_received: AtomicU64::new(0),
             snapshot_bytes_resumed: AtomicU64::new(0),
+            solo_episodes: AtomicU64::new(0),
+            last_solo_epoch: AtomicU64::new(0),
         }
     }
 }
@@ -141,6 +152,12 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// The primary at `epoch` went solo.
+    pub(crate) fn went_solo(&self, epoch: crate::types::Epoch) {
+        self.last_solo_epoch.store(epoch.0, Ordering::Relaxed);
+        self.solo_episodes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn last_heartbeat_rtt(&self) -> Option<Duration> {
         let rtt = self.heartbeat_rtt_micros.load(Ordering::Relaxed);
         (rtt > 0).then(|| Duration::from_micros(rtt))
@@ -167,6 +184,11 @@ impl Metrics {
             ),
             snapshot_bytes_received: self.snapshot_bytes_received.load(Ordering::Relaxed),
             snapshot_bytes_resumed: self.snapshot_bytes_resumed.load(Ordering::Relaxed),
+            solo_episodes: self.solo_episodes.load(Ordering::Relaxed),
+            last_solo_epoch: match self.last_solo_epoch.load(Ordering::Relaxed) {
+                0 => None,
+                e => Some(crate::types::Epoch(e)),
+            },
         }
     }
 }

@@ -762,7 +762,8 @@ async fn a_committed_write_waiting_for_its_apply_is_not_failed_by_a_later_timeou
 
 /// A standby whose WAL failed (its disk filled): it answers heartbeats, as
 /// a failed node, and never acks. The primary counts it as lost and its
-/// solo policy applies, instead of every write ending in `SyncTimeout`.
+/// solo policy applies, instead of every write ending in `SyncTimeout`;
+/// the episode is counted, with its epoch.
 #[tokio::test(start_paused = true)]
 async fn a_standby_that_answers_but_cannot_write_counts_as_lost() {
     let mut peer = MockPeer::new();
@@ -787,10 +788,13 @@ async fn a_standby_that_answers_but_cannot_write_counts_as_lost() {
         )))
     });
     let (replica, _service) = start(cfg(InitialRole::Primary), Arc::new(MemWal::new()), peer);
-    replica
+    assert_eq!(replica.metrics().solo_episodes, 0);
+    let solo = replica
         .wait_for(Duration::from_secs(10), "solo", |h| h.solo)
         .await
         .unwrap();
+    let m = replica.metrics();
+    assert_eq!((m.solo_episodes, m.last_solo_epoch), (1, Some(solo.epoch)));
     let applied = replica.apply(put()).await.unwrap();
     assert_eq!(applied.lsn, Lsn(1));
     replica.shutdown().await;

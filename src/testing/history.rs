@@ -202,6 +202,10 @@ pub enum Durability {
 pub struct History {
     writes: Vec<AckedWrite>,
     observations: Vec<Observation>,
+    /// Solo episodes counted by a node (`Metrics::solo_episodes`) that no
+    /// observation caught (they began and ended between two): node, epoch,
+    /// and by when it was known.
+    solo_episodes: Vec<(NodeId, Epoch, Option<Duration>)>,
     finals: Vec<FinalState>,
     /// Nodes whose data directory was wiped, each with the number of
     /// observations recorded before: from there the node starts again at
@@ -230,6 +234,13 @@ impl History {
     /// started again): the epochs it reports from now on start afresh.
     pub fn wiped(&mut self, node: NodeId) {
         self.wipes.push((self.observations.len(), node));
+    }
+
+    /// Records that `node` went on alone (`solo`) at `epoch`, by `by`,
+    /// though no observation may show it: the node counted the episode
+    /// (`Metrics::solo_episodes`) between two observations.
+    pub fn went_solo(&mut self, node: NodeId, epoch: Epoch, by: Option<Duration>) {
+        self.solo_episodes.push((node, epoch, by));
     }
 
     /// Records where a node ended; one per node, after the faults stopped.
@@ -281,10 +292,20 @@ impl History {
             return false;
         };
         let seen = self.observations.iter().filter(|o| o.node == *node);
+        let episodes = self
+            .solo_episodes
+            .iter()
+            .filter(|(n, e, _)| n == node && e == epoch);
         let write = self.writes.iter().find(|w| w.key == *key);
         let Some((sent, answered)) = write.and_then(|w| w.sent.zip(w.answered)) else {
-            return seen.filter(|o| o.epoch == *epoch).any(|o| o.solo);
+            return seen.filter(|o| o.epoch == *epoch).any(|o| o.solo) || episodes.count() > 0;
         };
+        if episodes
+            .filter_map(|(_, _, by)| *by)
+            .any(|by| by > sent && by <= answered + OBSERVED_WITHIN)
+        {
+            return true;
+        }
         let solo = |o: &Observation| o.epoch == *epoch && o.solo;
         let mut at_send = None;
         for o in seen {
@@ -723,6 +744,14 @@ mod tests {
             timed.finished(f.clone());
         }
         assert_eq!(only(&timed, Durability::OnlyWritesAcknowledgedAlone), v);
+        // An episode no observation caught, counted by the node before the
+        // answer: alone too.
+        let mut counted = timed.clone();
+        counted.went_solo(node("n2"), Epoch(2), Some(Duration::from_millis(61)));
+        assert_eq!(
+            counted.check(Durability::OnlyWritesAcknowledgedAlone),
+            Ok(())
+        );
         // Solo when it was sent, or seen solo before the answer: alone.
         let mut alone = timed.clone();
         alone.observed(Observation {

@@ -5,6 +5,7 @@
 
 use super::cluster::Running;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use walrep::arbiter::Register;
 use walrep::testing::{AckedWrite, FinalState, History, Observation, Violation};
@@ -19,6 +20,9 @@ pub struct Observed {
     /// The last observation recorded per node: only changes are recorded,
     /// so the history stays small over thousands of steps.
     last_seen: BTreeMap<&'static str, Observation>,
+    /// Per node, its incarnation (the replica's address) and the solo
+    /// episodes it had counted at the last step.
+    solo_counted: BTreeMap<&'static str, (usize, u64)>,
     pub checks: u64,
 }
 
@@ -46,7 +50,21 @@ pub fn observe(
         });
         if changed {
             obs.last_seen.insert(name, seen.clone());
-            history.observed(seen);
+            history.observed(seen.clone());
+        }
+        // An episode that began and ended within the step shows in the
+        // node's count only.
+        let m = node.replica.metrics();
+        let life = Arc::as_ptr(&node.replica) as usize;
+        let before = match obs.solo_counted.insert(name, (life, m.solo_episodes)) {
+            Some((l, n)) if l == life => n,
+            _ => 0,
+        };
+        if m.solo_episodes > before
+            && !seen.solo
+            && let Some(epoch) = m.last_solo_epoch
+        {
+            history.went_solo(NodeId::from(*name), epoch, Some(now));
         }
     }
 }

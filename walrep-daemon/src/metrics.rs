@@ -558,6 +558,12 @@ impl Collector for ReplicaCollector {
         )?;
         counter(
             &mut enc,
+            "walrep_solo_episodes",
+            "Times this node, as primary, began acknowledging writes without a standby its commit rule waits for",
+            m.solo_episodes,
+        )?;
+        counter(
+            &mut enc,
             "walrep_snapshot_resyncs",
             "Resyncs from a snapshot of the primary",
             m.snapshot_resyncs,

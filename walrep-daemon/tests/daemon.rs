@@ -549,6 +549,7 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         "walrep_wal_last_lsn",
         "walrep_commit_latency_seconds",
         "walrep_rewound_records_total",
+        "walrep_solo_episodes_total",
         "walrep_step_gap_max_seconds",
     ] {
         assert!(sample(&a, name, &[]).is_some(), "no {name} in\n{text}");
@@ -567,6 +568,7 @@ async fn metrics_parse_as_prometheus_text_and_tell_the_roles_apart() {
         ),
         Some(0.0)
     );
+    assert_eq!(sample(&a, "walrep_solo_episodes_total", &[]), Some(0.0));
     assert_eq!(sample(&a, "walrep_is_primary", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_epoch", &[]), Some(1.0));
     assert_eq!(sample(&a, "walrep_wal_last_lsn", &[]), Some(5.0));
