@@ -402,7 +402,12 @@ impl History {
                     to: o.epoch,
                 });
             }
-            *seen = (*seen).max(o.epoch);
+            // A failed node's epoch binds nothing: it refuses every
+            // request, and one it learned but could not persist (its disk
+            // failed) is gone after its restart.
+            if o.role != RoleKind::Failed {
+                *seen = (*seen).max(o.epoch);
+            }
         }
         found
     }
@@ -622,6 +627,28 @@ mod tests {
                 node: node("n2"),
                 from: Epoch(2),
                 to: Epoch(1)
+            }
+        );
+    }
+
+    /// A node that learned an epoch and failed to persist it (its disk
+    /// failed) reports it while failed and not after its restart: no
+    /// epoch went back. A node that worked at an epoch may not forget it.
+    #[test]
+    fn an_epoch_a_failed_node_could_not_persist_may_be_gone_after_its_restart() {
+        let mut h = History::new();
+        h.observed(seen("n1", RoleKind::Primary, 3, 0));
+        h.observed(seen("n1", RoleKind::Failed, 4, 10));
+        h.observed(seen("n1", RoleKind::Primary, 3, 20));
+        assert_eq!(h.check(Durability::LossAllowed), Ok(()));
+        h.observed(seen("n1", RoleKind::Standby, 4, 30));
+        h.observed(seen("n1", RoleKind::Standby, 3, 40));
+        assert_eq!(
+            only(&h, Durability::LossAllowed),
+            Violation::EpochWentBack {
+                node: node("n1"),
+                from: Epoch(4),
+                to: Epoch(3)
             }
         );
     }
