@@ -93,7 +93,7 @@ pub fn check_or_write(dir: &Path, want: &Identity) -> Result<(), DaemonError> {
             }
             if found.node_id != want.node_id {
                 return Err(DaemonError::Config(format!(
-                    "data dir {} belongs to node {:?}, but this node is configured as {:?}: each node needs its own data dir; fix --data-dir or --node-id",
+                    "data dir {} belongs to node {:?}, but this node is configured as {:?}: each node needs its own data dir; fix --data-dir or --id",
                     dir.display(),
                     found.node_id,
                     want.node_id

@@ -169,7 +169,7 @@ impl RunningNode {
             && settings.cfg.cluster_id == walrep::Config::DEFAULT_CLUSTER_ID
         {
             warn!(
-                "an arbiter with the default cluster_id {:?}: the arbiter keys its register by cluster_id, so two clusters left at the default share one register and depose each other's primaries; give each cluster its own --cluster-id",
+                "an arbiter with the default cluster_id {:?}: the arbiter keys its register by cluster_id, so two clusters left at the default share one register and depose each other's primaries; give every other cluster on this arbiter its own --cluster-id (a running pair's data directories record theirs, so the id of an existing pair cannot change without emptying them)",
                 walrep::Config::DEFAULT_CLUSTER_ID
             );
         }
@@ -259,9 +259,8 @@ impl RunningNode {
                 stop,
             ))
         };
-        if tls.is_some() || http_tls.is_some() {
-            tokio::spawn(reload_on_sighup(tls, http_tls, stop_rest.clone()));
-        }
+        // With TLS or without: a SIGHUP must never stop the node.
+        tokio::spawn(reload_on_sighup(tls, http_tls, stop_rest.clone()));
         let snapshots = tokio::spawn(snapshot_loop(
             engine.clone(),
             replica.subscribe(),
@@ -329,7 +328,7 @@ pub async fn run(settings: NodeSettings, mut signals: StopSignals) -> Result<(),
     Ok(())
 }
 
-/// Rereads the TLS files (replication's and the HTTP API's) on every
+/// Rereads the TLS files (replication's and the HTTP API's, if any) on every
 /// SIGHUP (certificate rotation without a restart): new connections use
 /// them, open ones go on. A bad set is logged and the loaded one kept.
 pub(crate) async fn reload_on_sighup(
@@ -349,6 +348,11 @@ pub(crate) async fn reload_on_sighup(
         tokio::select! {
             _ = stop.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
+        }
+        if tls.is_none() && http_tls.is_none() {
+            info!(
+                "SIGHUP received: no TLS files to reread (every other setting is read only at start)"
+            );
         }
         if let Some(tls) = &tls {
             match tls.reload() {

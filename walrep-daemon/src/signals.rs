@@ -1,4 +1,5 @@
-//! SIGTERM and SIGINT: the requests to stop. Watched from the moment
+//! SIGTERM and SIGINT: the requests to stop (and SIGHUP, which must not
+//! stop anything). Watched from the moment
 //! `StopSignals::install` returns, so one that arrives while a node is
 //! still starting (opening a large WAL takes seconds) is kept and acted on
 //! once it has started, instead of killing the process as an unhandled
@@ -8,10 +9,14 @@
 
 use tracing::{info, warn};
 
-/// The stop signals, watched since `install`.
+/// The stop signals, watched since `install`; SIGHUP too, so that from
+/// then on it never ends the process (its default action) while the node
+/// starts; once started, the node rereads its TLS files on it
+/// (`node::reload_on_sighup`).
 pub struct StopSignals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
+    _hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
@@ -28,6 +33,7 @@ impl StopSignals {
         StopSignals {
             term: watch(SignalKind::terminate(), "SIGTERM"),
             int: watch(SignalKind::interrupt(), "SIGINT"),
+            _hangup: watch(SignalKind::hangup(), "SIGHUP"),
         }
     }
 

@@ -1235,6 +1235,25 @@ async fn a_second_sigterm_during_the_handover_stops_the_primary_at_once() {
     assert_all_readable(&p.n2.http, &acked).await;
 }
 
+/// SIGHUP (a `systemctl reload`, a terminal closing) never stops a node,
+/// one without TLS included: it says it got it and goes on taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_a_node_without_tls() {
+    let mut p = proc_pair(&[]).await;
+    p.n1.signal(libc::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.n1.log_tail(40).contains("SIGHUP received") {
+        assert!(
+            std::time::Instant::now() < deadline && p.n1.exited().is_none(),
+            "the node did not take SIGHUP: {}",
+            p.n1.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.n1.exited().is_none(), "{}", p.n1.log_tail(40));
+    write_all(&p.n1.http, "after-hup", 3).await;
+}
+
 /// The stderr of a process that refused its input: exit code 2 (what
 /// the daemon gives bad configuration), or the assertion names its stderr.
 #[track_caller]

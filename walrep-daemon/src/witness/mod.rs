@@ -106,9 +106,8 @@ impl RunningWitness {
                 stop.clone(),
             ))
         });
-        if tls.is_some() {
-            tokio::spawn(crate::node::reload_on_sighup(tls, None, stop.clone()));
-        }
+        // With TLS or without: a SIGHUP must never stop the witness.
+        tokio::spawn(crate::node::reload_on_sighup(tls, None, stop.clone()));
         Ok(RunningWitness {
             grpc_addr,
             http_addr,
