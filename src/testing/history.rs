@@ -416,8 +416,12 @@ impl History {
         let mut found = Vec::new();
         for w in self.writes.iter().filter(|w| !w.deduplicated) {
             let Some(sent) = w.sent else { continue };
+            // A failed node's epoch binds nothing (see `epochs_going_back`).
             let newer = self.observations.iter().find(|o| {
-                o.node == w.node && o.epoch > w.epoch && o.by.is_some_and(|by| by < sent)
+                o.node == w.node
+                    && o.role != RoleKind::Failed
+                    && o.epoch > w.epoch
+                    && o.by.is_some_and(|by| by < sent)
             });
             if let Some(o) = newer {
                 found.push(Violation::AckedInAnOldEpoch {
@@ -671,6 +675,15 @@ mod tests {
                 known: Epoch(2)
             }
         );
+        // A newer epoch it reported only while failed (it could not persist
+        // it) does not bind its next incarnation.
+        let mut h = History::new();
+        h.observed(seen("n1", RoleKind::Failed, 2, 10));
+        h.acknowledged(AckedWrite {
+            sent: Some(Duration::from_millis(20)),
+            ..ack("after-restart", "n1", 9, 1)
+        });
+        assert_eq!(h.check(Durability::LossAllowed), Ok(()));
         // The same ack sent before the node reported the newer epoch is fine.
         let mut h = History::new();
         h.observed(seen("n1", RoleKind::Fenced, 2, 10));
