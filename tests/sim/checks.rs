@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use walrep::arbiter::Register;
+use walrep::testing::MemWal;
 use walrep::testing::{AckedWrite, FinalState, History, Observation, Violation};
-use walrep::{CommitMode, Lsn, NodeId, Replicator, RoleKind, StateMachine};
+use walrep::{CommitMode, Lsn, NodeId, Replicator, RequestId, RoleKind, StateMachine, WalStore};
 
 /// What the checks remember between steps.
 #[derive(Default)]
@@ -202,6 +203,45 @@ pub fn held_everywhere(writes: &[AckedWrite], finals: &[FinalState]) -> Vec<Stri
             ))
         })
         .collect()
+}
+
+/// G7 on every node's log: no request id in two records (a retry applied
+/// twice); one line per node that has one.
+pub fn each_request_id_once(
+    logs: impl IntoIterator<Item = (&'static str, Arc<MemWal>)>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, wal) in logs {
+        let mut first_at: BTreeMap<RequestId, Lsn> = BTreeMap::new();
+        let mut next = wal.first_lsn();
+        let last = wal.last_lsn();
+        let mut twice = None;
+        while next <= last && twice.is_none() {
+            let records = match wal.read(next, 4096, usize::MAX) {
+                Ok(r) if !r.is_empty() => r,
+                Ok(_) => break,
+                Err(e) => {
+                    found.push(format!("G7: {name}'s log could not be read at {next}: {e}"));
+                    break;
+                }
+            };
+            next = Lsn(records.last().expect("not empty").lsn.0 + 1);
+            for r in records {
+                if let Some(id) = r.request_id
+                    && let Some(earlier) = first_at.insert(id, r.lsn)
+                {
+                    twice = Some((earlier, r.lsn));
+                    break;
+                }
+            }
+        }
+        if let Some((a, b)) = twice {
+            found.push(format!(
+                "G7: {name}'s log holds one request id in records {a} and {b}: a retry applied twice"
+            ));
+        }
+    }
+    found
 }
 
 /// What each running node holds, for a failing seed: role, epoch,

@@ -52,7 +52,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use walrep::testing::{AckedWrite, Durability, History};
-use walrep::{CommitMode, NodeId, OnStandbyLoss, Replicator, RoleKind};
+use walrep::{CommitMode, NodeId, OnStandbyLoss, Replicator, RequestId, RoleKind};
 use walrep_daemon::kv::Command;
 
 /// How long faults are injected, and how long the cluster then has to
@@ -267,45 +267,77 @@ struct ClientLog {
 /// Writes unique keys to the nodes that say they are the primary, in turn
 /// (a stale primary too, writable or not: G1's check of acknowledgements
 /// in an old epoch needs writes to reach it), recording every outcome and
-/// when each write was sent.
+/// when each write was sent. Each write carries a request id and is sent
+/// again, up to `ATTEMPTS` times, at the primary of the moment while its
+/// answer is retryable (a timeout too): G7 says it is applied once.
 async fn client(
     registry: Registry,
     log: Arc<Mutex<ClientLog>>,
     until: Duration,
     value_bytes: usize,
 ) -> turmoil::Result {
+    const ATTEMPTS: usize = 3;
     let padding = "x".repeat(value_bytes);
     let start = tokio::time::Instant::now();
     let mut i = 0u64;
-    while start.elapsed() < until {
+    let mut turn = 0usize;
+    let mut primary = || {
         let primaries: Vec<_> = registry
             .running()
             .into_iter()
             .filter(|(_, n)| n.replica.role() == RoleKind::Primary)
             .collect();
-        if !primaries.is_empty() {
-            let (name, node) = &primaries[i as usize % primaries.len()];
-            i += 1;
-            let (key, value) = (format!("k{i}"), format!("v{i}{padding}"));
+        turn += 1;
+        (!primaries.is_empty()).then(|| primaries[turn % primaries.len()].clone())
+    };
+    while start.elapsed() < until {
+        let Some(mut target) = primary() else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        i += 1;
+        let (key, value) = (format!("k{i}"), format!("v{i}{padding}"));
+        let id = RequestId::from(u128::from(i));
+        let mut acked = None;
+        for attempt in 1..=ATTEMPTS {
+            let (name, node) = &target;
             let sent = turmoil::sim_elapsed();
             let r = tokio::time::timeout(
                 Duration::from_secs(3),
-                node.replica.apply(put(&key, &value)),
+                node.replica.apply_once(id, put(&key, &value)),
             )
             .await;
+            let retry = match r {
+                Ok(Ok(a)) => {
+                    acked = Some(AckedWrite {
+                        key: key.clone(),
+                        value: value.clone().into_bytes(),
+                        node: NodeId::from(*name),
+                        lsn: a.lsn,
+                        epoch: a.epoch,
+                        sent,
+                        answered: turmoil::sim_elapsed(),
+                        deduplicated: a.deduplicated,
+                    });
+                    false
+                }
+                Ok(Err(e)) => e.is_retryable(),
+                Err(_) => true,
+            };
+            if !retry || attempt == ATTEMPTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match primary() {
+                Some(next) => target = next,
+                None => break,
+            }
+        }
+        {
             let mut log = log.lock().unwrap();
-            match r {
-                Ok(Ok(a)) => log.acked.push(AckedWrite {
-                    key,
-                    value: value.into_bytes(),
-                    node: NodeId::from(*name),
-                    lsn: a.lsn,
-                    epoch: a.epoch,
-                    sent,
-                    answered: turmoil::sim_elapsed(),
-                    deduplicated: false,
-                }),
-                _ => log.not_acked += 1,
+            match acked {
+                Some(w) => log.acked.push(w),
+                None => log.not_acked += 1,
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -564,6 +596,11 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     if scenario.durability == Durability::NoAcknowledgedWriteLost && not_converged.is_none() {
         found.extend(checks::held_everywhere(history.writes(), &finals));
     }
+    // G7: a retried write is applied once: no node's log holds a request
+    // id twice.
+    found.extend(checks::each_request_id_once(
+        nodes.iter().zip(&disks).map(|(n, d)| (*n, d.wal())),
+    ));
     if !found.is_empty() {
         let written = log_attempts(history.writes().len() + report.not_acked);
         return Err(format!(
