@@ -244,6 +244,9 @@ struct Report {
     promotions: u64,
     /// Records rewound, over every node and incarnation.
     rewound: u64,
+    /// Planned switchovers the operator asked for, and those that
+    /// completed.
+    switchovers: (usize, usize),
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -345,6 +348,41 @@ async fn client(
     Ok(())
 }
 
+/// An operator asking for planned switchovers while the faults strike:
+/// every 2 to 6 s (seeded) a standby of the moment is asked to promote
+/// (`promote(false)`, bounded at 5 s), as `walrep switchover` would.
+/// Counts (asked, completed) into `done`.
+async fn operator(
+    registry: Registry,
+    seed: u64,
+    until: Duration,
+    done: Arc<Mutex<(usize, usize)>>,
+) -> turmoil::Result {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x09e2_a70e);
+    let start = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
+        if start.elapsed() >= until {
+            return Ok(());
+        }
+        let standbys: Vec<_> = registry
+            .running()
+            .into_iter()
+            .filter(|(_, n)| n.replica.role() == RoleKind::Standby)
+            .collect();
+        if standbys.is_empty() {
+            continue;
+        }
+        let (_, node) = &standbys[rng.random_range(0..standbys.len())];
+        done.lock().unwrap().0 += 1;
+        let r = tokio::time::timeout(Duration::from_secs(5), node.replica.promote(false)).await;
+        if matches!(r, Ok(Ok(_))) {
+            done.lock().unwrap().1 += 1;
+        }
+    }
+}
+
 /// The fault schedule of `seed` for `scenario`.
 fn schedule(seed: u64, scenario: Scenario) -> Schedule {
     faults::generate(
@@ -394,6 +432,15 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             scenario.value_bytes,
         ),
     );
+    // Switchovers during the faults, where the schedule does not follow
+    // roles of its own (a snapshot cut, the wiped primary).
+    let switchovers = Arc::new(Mutex::new((0, 0)));
+    if matches!(scenario.kinds, Kinds::All | Kinds::Arbiter | Kinds::Cluster) {
+        sim.client(
+            "operator",
+            operator(registry.clone(), seed, FAULT_WINDOW, switchovers.clone()),
+        );
+    }
 
     let mut report = Report {
         faults: schedule.events.len() / 2,
@@ -613,6 +660,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     }
     report.checks = obs.checks;
     report.witness_rebuilt = witness.as_ref().is_some_and(|w| w.register().is_some());
+    report.switchovers = *switchovers.lock().unwrap();
     Ok(report)
 }
 
@@ -642,6 +690,8 @@ fn init_tracing() {
 fn run_seeds(seeds: impl Iterator<Item = u64>) {
     init_tracing();
     let mut totals: BTreeMap<&str, (u64, usize, usize, u64)> = BTreeMap::new();
+    // Switchovers the operator asked for, and those that completed.
+    let mut switchovers: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     // Seeds with a snapshot cut part-way, seeds that resumed one, cuts,
     // bytes resumed, resyncs.
     let mut transfers: BTreeMap<&str, (u64, u64, usize, u64, u64)> = BTreeMap::new();
@@ -671,6 +721,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                     t.2 += r.acked;
                     t.3 += r.checks;
                     worst_converge = worst_converge.max(r.converged_after);
+                    if r.switchovers.0 > 0 {
+                        let w = switchovers.entry(scenario.name).or_default();
+                        w.0 += r.switchovers.0;
+                        w.1 += r.switchovers.1;
+                    }
                     if scenario.mode.arbiter {
                         let w = wipes.entry(scenario.name).or_default();
                         w.0 += u64::from(r.witness_wiped);
@@ -716,6 +771,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
         println!(
             "  {name}: {runs} seeds, {faults} faults injected, {acked} writes acknowledged, {checks} invariant checks"
         );
+    }
+    for (name, (asked, completed)) in &switchovers {
+        println!("  {name}: {asked} switchovers asked during the faults, {completed} completed");
     }
     for (name, (cut, resumed, cuts, bytes, resyncs)) in &transfers {
         println!(
