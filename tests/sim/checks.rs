@@ -24,6 +24,9 @@ pub struct Observed {
     /// Per node, its incarnation (the replica's address) and the solo
     /// episodes it had counted at the last step.
     solo_counted: BTreeMap<&'static str, (usize, u64)>,
+    /// Per primary: its incarnation, commit position and solo episodes
+    /// at the last step (`commits_on_both_disks`).
+    commits: BTreeMap<&'static str, (usize, Lsn, u64)>,
     pub checks: u64,
 }
 
@@ -104,6 +107,67 @@ pub fn applied_within_flushed(
             ));
         }
         obs.applied.insert(name, now);
+    }
+    Ok(())
+}
+
+/// G2 as each commit happens, for a pair in a sync mode: when a primary
+/// that is not solo (and counted no solo episode since the last step)
+/// moves its commit position, the record there is already durable on both
+/// disks (`MemWal::flushed_lsn`), from the same epoch. The end-of-run
+/// check sees only what survived; this one sees a commit that ran ahead
+/// of the standby even if a later fault hid it.
+pub fn commits_on_both_disks(
+    obs: &mut Observed,
+    running: &[(&'static str, Running)],
+    disks: &[(&'static str, Arc<MemWal>)],
+) -> Result<(), String> {
+    for (name, node) in running {
+        let h = node.replica.health();
+        if h.role != RoleKind::Primary {
+            obs.commits.remove(name);
+            continue;
+        }
+        let m = node.replica.metrics();
+        let life = Arc::as_ptr(&node.replica) as usize;
+        let before = obs
+            .commits
+            .insert(name, (life, h.commit_lsn, m.solo_episodes));
+        let Some((l, was, solo_episodes)) = before else {
+            continue;
+        };
+        if l != life || h.commit_lsn <= was || h.solo || m.solo_episodes != solo_episodes {
+            continue;
+        }
+        let at = h.commit_lsn;
+        let record = |wal: &MemWal| {
+            wal.read(at, 1, usize::MAX)
+                .ok()
+                .and_then(|r| r.first().map(|r| r.epoch))
+        };
+        let own = disks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, w)| w.clone());
+        let Some(ours) = own.as_deref().and_then(record) else {
+            continue;
+        };
+        for (other, wal) in disks {
+            if wal.flushed_lsn() < at {
+                return Err(format!(
+                    "G2: {name} committed {at} at epoch {} while {other}'s disk had flushed only {}",
+                    h.epoch,
+                    wal.flushed_lsn()
+                ));
+            }
+            if let Some(theirs) = record(wal)
+                && theirs != ours
+            {
+                return Err(format!(
+                    "G2: {name} committed {at} (epoch {ours}) while {other}'s disk holds epoch {theirs}'s record there"
+                ));
+            }
+        }
     }
     Ok(())
 }

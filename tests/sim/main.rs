@@ -583,6 +583,15 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         checks::observe(&mut obs, &mut history, &running, sim.elapsed());
         checks::applied_within_flushed(&mut obs, &running, &incarnation)
             .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
+        if scenario.mode.data_nodes == 2 && scenario.mode.commit != CommitMode::Async {
+            let logs: Vec<_> = nodes
+                .iter()
+                .zip(&disks)
+                .map(|(n, d)| (*n, d.wal()))
+                .collect();
+            checks::commits_on_both_disks(&mut obs, &running, &logs)
+                .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
+        }
         obs.checks += 1;
         // With the witness, convergence includes its register.
         let register_agrees = || match &witness {
