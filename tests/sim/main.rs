@@ -1,8 +1,16 @@
 //! Deterministic simulation: two walrep nodes and a client as turmoil
 //! hosts, running the real library over tonic, under a seeded schedule of
-//! partitions, stalls, latency, flapping links and crashes (only fsynced
-//! data survives). After every step and at the end the checker verifies
-//! G1–G4; a failing seed prints the seed and the schedule to replay it.
+//! partitions, stalls, latency, flapping links, crashes (only fsynced
+//! data survives; both nodes at once too, or one during a partition) and
+//! failing disks (every fsync, or a full disk), while an operator asks for
+//! planned switchovers. The client sends each write with a request id to
+//! whichever node says it is primary (a stale one too) and retries it
+//! while retryable. After every step and at the end the checker verifies
+//! G1–G4 and G7: one writer per epoch and no acknowledgement in an epoch
+//! the node had left; each commit of a sync-mode pair already flushed on
+//! both disks; under `solo`, a lost write only if acknowledged alone; no
+//! request id twice in a log. A failing seed prints the seed and the
+//! schedule to replay it.
 //! One scenario breaks a standby's snapshot resync part-way (partitions,
 //! held links, crashes of the receiver) and checks that it resumes and
 //! converges with no acknowledged write lost.
