@@ -308,6 +308,52 @@ pub fn each_request_id_once(
     found
 }
 
+/// G4 on the logs, once the nodes converged: over the range every log
+/// still holds, each node's records equal the primary's (LSN, epoch,
+/// payload, request id). Equal states could hide logs that differ (a
+/// record under another epoch), which a later failover would misjudge.
+pub fn logs_agree(primary: &str, logs: &[(&'static str, Arc<MemWal>)]) -> Vec<String> {
+    let Some((_, reference)) = logs.iter().find(|(n, _)| *n == primary) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (name, wal) in logs.iter().filter(|(n, _)| *n != primary) {
+        let from = reference.first_lsn().max(wal.first_lsn());
+        let to = reference.last_lsn().min(wal.last_lsn());
+        let mut next = from;
+        'range: while next <= to {
+            let (Ok(ours), Ok(theirs)) = (
+                reference.read(next, 4096, usize::MAX),
+                wal.read(next, 4096, usize::MAX),
+            ) else {
+                found.push(format!(
+                    "G4: the logs of {primary} and {name} could not be read at {next}"
+                ));
+                break;
+            };
+            if ours.is_empty() || theirs.is_empty() {
+                break;
+            }
+            for (a, b) in ours.iter().zip(&theirs) {
+                if a.lsn > to {
+                    break 'range;
+                }
+                if (a.lsn, a.epoch, &a.payload, a.request_id)
+                    != (b.lsn, b.epoch, &b.payload, b.request_id)
+                {
+                    found.push(format!(
+                        "G4: {name}'s record {} (epoch {}) differs from the primary {primary}'s (epoch {})",
+                        b.lsn, b.epoch, a.epoch
+                    ));
+                    break 'range;
+                }
+                next = Lsn(a.lsn.0 + 1);
+            }
+        }
+    }
+    found
+}
+
 /// What each running node holds, for a failing seed: role, epoch,
 /// positions, state hash, and the keys of `written` on which it differs
 /// from the primary (or from the first node, with no primary).

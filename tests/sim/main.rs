@@ -660,6 +660,16 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     if scenario.durability == Durability::NoAcknowledgedWriteLost && not_converged.is_none() {
         found.extend(checks::held_everywhere(history.writes(), &finals));
     }
+    if not_converged.is_none()
+        && let Some(primary) = finals.iter().find(|s| s.role == RoleKind::Primary)
+    {
+        let logs: Vec<_> = nodes
+            .iter()
+            .zip(&disks)
+            .map(|(n, d)| (*n, d.wal()))
+            .collect();
+        found.extend(checks::logs_agree(&primary.node.0, &logs));
+    }
     // G7: a retried write is applied once: no node's log holds a request
     // id twice.
     found.extend(checks::each_request_id_once(
