@@ -284,21 +284,25 @@ impl History {
     fn acknowledged_alone(&self, lost: &Violation) -> bool {
         /// How late the observation of the state a write was answered in
         /// may come (the simulation observes after each step).
-        const OBSERVED_WITHIN: Duration = Duration::from_millis(50);
+        const OBSERVED_WITHIN: Duration = Duration::from_millis(5);
         let Violation::AcknowledgedWriteLost {
             key, node, epoch, ..
         } = lost
         else {
             return false;
         };
+        let write = self.writes.iter().find(|w| w.key == *key);
+        // A deduplicated answer carries the original record's epoch, not
+        // the one the answering node was solo in.
+        let any_epoch = write.is_some_and(|w| w.deduplicated);
+        let in_epoch = move |e: Epoch| any_epoch || e == *epoch;
         let seen = self.observations.iter().filter(|o| o.node == *node);
         let episodes = self
             .solo_episodes
             .iter()
-            .filter(|(n, e, _)| n == node && e == epoch);
-        let write = self.writes.iter().find(|w| w.key == *key);
+            .filter(|(n, e, _)| n == node && in_epoch(*e));
         let Some((sent, answered)) = write.and_then(|w| w.sent.zip(w.answered)) else {
-            return seen.filter(|o| o.epoch == *epoch).any(|o| o.solo) || episodes.count() > 0;
+            return seen.filter(|o| in_epoch(o.epoch)).any(|o| o.solo) || episodes.count() > 0;
         };
         if episodes
             .filter_map(|(_, _, by)| *by)
@@ -306,7 +310,7 @@ impl History {
         {
             return true;
         }
-        let solo = |o: &Observation| o.epoch == *epoch && o.solo;
+        let solo = |o: &Observation| in_epoch(o.epoch) && o.solo;
         let mut at_send = None;
         for o in seen {
             let Some(by) = o.by else { continue };

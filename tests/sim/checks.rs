@@ -21,8 +21,8 @@ pub struct Observed {
     /// The last observation recorded per node: only changes are recorded,
     /// so the history stays small over thousands of steps.
     last_seen: BTreeMap<&'static str, Observation>,
-    /// Per node, its incarnation (the replica's address) and the solo
-    /// episodes it had counted at the last step.
+    /// Per node, its incarnation and the solo episodes it had counted at
+    /// the last step.
     solo_counted: BTreeMap<&'static str, (usize, u64)>,
     /// Per primary: its incarnation, commit position and solo episodes
     /// at the last step (`commits_on_both_disks`).
@@ -36,6 +36,7 @@ pub fn observe(
     obs: &mut Observed,
     history: &mut History,
     running: &[(&'static str, Running)],
+    incarnation: &BTreeMap<&'static str, usize>,
     now: Duration,
 ) {
     for (name, node) in running {
@@ -59,7 +60,7 @@ pub fn observe(
         // An episode that began and ended within the step shows in the
         // node's count only.
         let m = node.replica.metrics();
-        let life = Arc::as_ptr(&node.replica) as usize;
+        let life = incarnation.get(name).copied().unwrap_or(0);
         let before = match obs.solo_counted.insert(name, (life, m.solo_episodes)) {
             Some((l, n)) if l == life => n,
             _ => 0,
@@ -120,6 +121,7 @@ pub fn applied_within_flushed(
 pub fn commits_on_both_disks(
     obs: &mut Observed,
     running: &[(&'static str, Running)],
+    incarnation: &BTreeMap<&'static str, usize>,
     disks: &[(&'static str, Arc<MemWal>)],
 ) -> Result<(), String> {
     for (name, node) in running {
@@ -129,7 +131,7 @@ pub fn commits_on_both_disks(
             continue;
         }
         let m = node.replica.metrics();
-        let life = Arc::as_ptr(&node.replica) as usize;
+        let life = incarnation.get(name).copied().unwrap_or(0);
         let before = obs
             .commits
             .insert(name, (life, h.commit_lsn, m.solo_episodes));

@@ -194,6 +194,10 @@ pub struct Mode {
     /// (`Config::testing_follow_an_unconfirmed_primary`), for the test
     /// that shows the checker catches it.
     pub break_wiped_primary_rule: bool,
+    /// No request ids remembered (`Config::max_request_ids = 0`), so a
+    /// retry is written again: for the test that shows G7's check
+    /// catches it.
+    pub break_request_ids: bool,
 }
 
 impl Mode {
@@ -212,6 +216,7 @@ impl Mode {
             any_one: false,
             break_quorum_rule: false,
             break_wiped_primary_rule: false,
+            break_request_ids: false,
         }
     }
 
@@ -278,6 +283,11 @@ pub fn config(name: &str, mode: Mode) -> Config {
         testing_quorum_promotion_without_positions: mode.break_quorum_rule,
         testing_follow_an_unconfirmed_primary: mode.break_wiped_primary_rule,
         standby_sync_inline: mode.standby_sync_inline,
+        max_request_ids: if mode.break_request_ids {
+            0
+        } else {
+            Config::DEFAULT_MAX_REQUEST_IDS
+        },
         ..Config::default()
     };
     if mode.any_one {

@@ -216,11 +216,6 @@ impl Actor {
     pub(super) fn publish(&self) {
         let health = self.health();
         self.health_tx.send_if_modified(|current| {
-            // Published after every wake-up, so no solo episode, however
-            // short, goes uncounted.
-            if health.solo && !current.solo {
-                self.metrics.went_solo(health.epoch);
-            }
             // Contact times move on every message; publish only real changes.
             let same = current.role == health.role
                 && current.epoch == health.epoch

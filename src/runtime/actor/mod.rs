@@ -77,6 +77,9 @@ struct Actor {
     origin: Instant,
     /// When the node last stepped (since `origin`), for the step-gap metric.
     last_step: std::time::Duration,
+    /// Whether the node was solo after its last step: each rising edge is
+    /// a solo episode (`Metrics::solo_episodes`), however soon it ends.
+    was_solo: bool,
     waiters: BTreeMap<Lsn, Waiter>,
     /// Writes that retry request ids, until their records are applied
     /// (rare, so a list).
@@ -195,6 +198,7 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
         snapshots: parts.snapshots,
         origin,
         last_step: std::time::Duration::ZERO,
+        was_solo: false,
         waiters: BTreeMap::new(),
         retry_waiters: Vec::new(),
         outputs: BTreeMap::new(),
@@ -351,6 +355,11 @@ impl Actor {
         self.metrics.step_gap(now.saturating_sub(self.last_step));
         self.last_step = now;
         let effects = self.node.step(now, event);
+        let solo = self.node.is_solo();
+        if solo && !self.was_solo {
+            self.metrics.went_solo(self.node.epoch());
+        }
+        self.was_solo = solo;
         self.run_effects(effects);
     }
 
