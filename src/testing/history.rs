@@ -546,6 +546,14 @@ mod tests {
         h
     }
 
+    fn went_back(n: &str, from: u64, to: u64) -> Violation {
+        Violation::EpochWentBack {
+            node: node(n),
+            from: Epoch(from),
+            to: Epoch(to),
+        }
+    }
+
     fn only(h: &History, durability: Durability) -> Violation {
         let found = h.check(durability).expect_err("a violation");
         assert_eq!(found.len(), 1, "{found:?}");
@@ -609,14 +617,7 @@ mod tests {
         let mut h = History::new();
         h.observed(seen("n1", RoleKind::Standby, 2, 0));
         h.observed(seen("n1", RoleKind::Standby, 1, 10));
-        assert_eq!(
-            only(&h, Durability::LossAllowed),
-            Violation::EpochWentBack {
-                node: node("n1"),
-                from: Epoch(2),
-                to: Epoch(1)
-            }
-        );
+        assert_eq!(only(&h, Durability::LossAllowed), went_back("n1", 2, 1));
     }
 
     #[test]
@@ -629,14 +630,7 @@ mod tests {
         assert_eq!(h.check(Durability::LossAllowed), Ok(()));
         // Another node's epoch going back is still one.
         h.observed(seen("n2", RoleKind::Standby, 1, 20));
-        assert_eq!(
-            only(&h, Durability::LossAllowed),
-            Violation::EpochWentBack {
-                node: node("n2"),
-                from: Epoch(2),
-                to: Epoch(1)
-            }
-        );
+        assert_eq!(only(&h, Durability::LossAllowed), went_back("n2", 2, 1));
     }
 
     /// A node that learned an epoch and failed to persist it (its disk
@@ -651,14 +645,7 @@ mod tests {
         assert_eq!(h.check(Durability::LossAllowed), Ok(()));
         h.observed(seen("n1", RoleKind::Standby, 4, 30));
         h.observed(seen("n1", RoleKind::Standby, 3, 40));
-        assert_eq!(
-            only(&h, Durability::LossAllowed),
-            Violation::EpochWentBack {
-                node: node("n1"),
-                from: Epoch(4),
-                to: Epoch(3)
-            }
-        );
+        assert_eq!(only(&h, Durability::LossAllowed), went_back("n1", 4, 3));
     }
 
     #[test]

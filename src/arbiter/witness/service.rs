@@ -738,6 +738,18 @@ mod tests {
         Register::fresh(Epoch(epoch), &primary.into(), &["n1".into(), "n2".into()])
     }
 
+    /// A witness in a new directory whose cluster `c` (n1 primary at
+    /// epoch 1, n2 its standby) was created: register version 1.
+    async fn with_cluster_c() -> (tempfile::TempDir, WitnessService) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WitnessService::open(dir.path()).unwrap();
+        Witness::read(&w, read_req("c", "n2", 0)).await.unwrap();
+        Witness::compare_and_swap(&w, cas_req("c", "n1", 0, &pair(1, "n1")))
+            .await
+            .unwrap();
+        (dir, w)
+    }
+
     #[tokio::test]
     async fn a_failed_write_answers_unavailable_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,12 +792,7 @@ mod tests {
     /// reads the file again.
     #[tokio::test]
     async fn a_write_whose_directory_fsync_failed_stops_answering_until_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = WitnessService::open(dir.path()).unwrap();
-        Witness::read(&w, read_req("c", "n2", 0)).await.unwrap();
-        Witness::compare_and_swap(&w, cas_req("c", "n1", 0, &pair(1, "n1")))
-            .await
-            .unwrap();
+        let (dir, w) = with_cluster_c().await;
         w.shared
             .file
             .fail_dir_syncs
@@ -873,12 +880,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_member_may_change_an_existing_register() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = WitnessService::open(dir.path()).unwrap();
-        Witness::read(&w, read_req("c", "n2", 0)).await.unwrap();
-        Witness::compare_and_swap(&w, cas_req("c", "n1", 0, &pair(1, "n1")))
-            .await
-            .unwrap();
+        let (_dir, w) = with_cluster_c().await;
         // x, a node of another cluster, tries to make itself primary.
         let mut hijack = pair(2, "x");
         hijack.members.insert("x".into());
