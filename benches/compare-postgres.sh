@@ -27,6 +27,9 @@
 #
 # Environment:
 #   DURATION=20            seconds of load for each client count (PostgreSQL and walrep)
+#   WARMUP_SECONDS=2       unmeasured load before each measured run, on both sides (pgbench runs
+#                          with -M prepared and as many threads as walrep's load generator, one
+#                          per CPU; walrep's nodes keep their data under the same temp dir)
 #   CLIENTS="1 16 64"      client counts
 #   BACKLOG_MB=1024        WAL backlog for the catch-up measurement, MiB
 #   CATCHUP_TIMEOUT=600    longest wait for the standby to catch up, seconds
@@ -58,6 +61,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-20}
+WARMUP_SECONDS=${WARMUP_SECONDS:-2}
 CLIENTS=${CLIENTS:-"1 16 64"}
 BACKLOG_MB=${BACKLOG_MB:-1024}
 CATCHUP_TIMEOUT=${CATCHUP_TIMEOUT:-600}
@@ -329,12 +333,19 @@ declare -A PG WR
 # pg_bench KEY CLIENTS: pgbench against the primary, into PG[tps_KEY], PG[p50_KEY]...
 pg_bench() {
   local key=$1 c=$2 j dir p50 p99 p999 tps
-  j=$((c < 2 ? c : 2))
+  # As many client threads as walrep's load generator gets (one runtime
+  # worker per CPU), and the extended protocol with prepared statements,
+  # as a real application would use.
+  j=$((c < NPROC ? c : NPROC))
   dir=$WORK/pgbench-$key
   mkdir -p "$dir"
-  log "pgbench: $c client(s), $j thread(s), ${DURATION}s"
+  # Unmeasured warm-up, as bench-pair's: backends started, caches warm.
+  "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$c" -j "$j" -M prepared \
+    -T "$WARMUP_SECONDS" -f "$WORK/insert.sql" postgres >"$dir/warmup.txt" 2>&1 ||
+    { cat "$dir/warmup.txt" >&2; die "pgbench warm-up failed for $c clients"; }
+  log "pgbench: $c client(s), $j thread(s), ${DURATION}s (after ${WARMUP_SECONDS}s of warm-up)"
   (cd "$dir" && "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -c "$c" -j "$j" \
-    -T "$DURATION" -f "$WORK/insert.sql" -l --log-prefix="$dir/lat" postgres) >"$dir/out.txt" 2>&1 ||
+    -M prepared -T "$DURATION" -f "$WORK/insert.sql" -l --log-prefix="$dir/lat" postgres) >"$dir/out.txt" 2>&1 ||
     { cat "$dir/out.txt" >&2; die "pgbench failed for $c clients"; }
   # Log line: client_id transaction_no latency_us script_no epoch_s epoch_us
   cat "$dir"/lat.* | awk '{ print $3 }' >"$dir/lat_us.txt"
@@ -502,7 +513,8 @@ walrep_json() {
   local name=$1
   shift
   [[ -n "$WALREP" ]] || return 0
-  if "$WALREP" "$@" >"$WORK/logs/walrep-$name.out" 2>"$WORK/logs/walrep-$name.err"; then
+  # The nodes' data directories under $WORK, on PostgreSQL's disk.
+  if TMPDIR="$WORK" "$WALREP" "$@" >"$WORK/logs/walrep-$name.out" 2>"$WORK/logs/walrep-$name.err"; then
     grep '^[[:space:]]*{' "$WORK/logs/walrep-$name.out" | tail -n 1 || true
   else
     log "walrep $1 failed or is missing: $(tail -n 2 "$WORK/logs/walrep-$name.err" | tr '\n' ' ')"
@@ -516,12 +528,19 @@ walrep_pair() {
   [[ -n "$WALREP" ]] || return 0
   log "walrep bench-pair $*: $c client(s), ${DURATION}s"
   js=$(walrep_json "pair-$key" bench-pair --mode remote-flush --clients "$c" --seconds "$DURATION" \
-    --value-bytes "$VALUE_BYTES" --json "$@")
+    --warmup-seconds "$WARMUP_SECONDS" --value-bytes "$VALUE_BYTES" --json "$@")
   [[ -n "$js" ]] || return 0
   WR[tps_$key]=$(json_num "$js" tps)
   WR[p50_$key]=$(json_num "$js" p50_ms)
   WR[p99_$key]=$(json_num "$js" p99_ms)
   WR[p999_$key]=$(json_num "$js" p999_ms)
+  WR[errors_$key]=$(json_num "$js" errors)
+  # Failed writes are not in walrep's latencies or TPS (a pgbench error
+  # ends its run instead): such a row is not comparable.
+  if [[ "${WR[errors_$key]}" != 0 && "${WR[errors_$key]}" != "n/a" ]]; then
+    log "walrep bench-pair $c client(s): ${WR[errors_$key]} failed writes; its row is marked n/a"
+    WR[tps_$key]="n/a" WR[p50_$key]="n/a" WR[p99_$key]="n/a" WR[p999_$key]="n/a"
+  fi
 }
 for c in $CLIENTS; do walrep_pair "$c" "$c"; done
 for c in $ANY1_CLIENTS; do walrep_pair "any1_$c" "$c" --nodes 3 --sync-standbys 'ANY 1 (n1, n2, n3)'; done
@@ -571,6 +590,13 @@ ratio() {
     printf "%.2f", w / p }'
 }
 row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$3" "$2")"; }
+# exact_ratio W P: as `ratio`, unrounded, for judging targets (0.504 is
+# not within 0.5 just because it prints as 0.50).
+exact_ratio() {
+  awk -v w="$1" -v p="$2" 'BEGIN {
+    if (w == "n/a" || p == "n/a" || w !~ /^-?[0-9.eE+-]+$/ || p !~ /^-?[0-9.eE+-]+$/ || p + 0 == 0) { print "n/a"; exit }
+    printf "%.6f", w / p }'
+}
 # verdict VALUE OP LIMIT: yes, no, or n/a when either is not a number.
 verdict() {
   awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
@@ -580,6 +606,8 @@ verdict() {
 }
 # target NAME SHOWN VALUE OP LIMIT: one row of the targets table.
 target() { printf '| %s | %s | %s |\n' "$1" "$2" "$(verdict "$3" "$4" "$5")"; }
+# target_ratio LABEL W P OP LIMIT: a ratio target, shown rounded, judged exact.
+target_ratio() { target "$1" "$(ratio "$2" "$3") x" "$(exact_ratio "$2" "$3")" "$4" "$5"; }
 mkdir -p "$RESULTS_DIR"
 OUT=$RESULTS_DIR/compare-$STAMP.md
 {
@@ -632,21 +660,17 @@ OUT=$RESULTS_DIR/compare-$STAMP.md
   echo
   echo "| target | this run | met |"
   echo "| --- | --- | :---: |"
-  r=$(ratio "${WR[p50_1]}" "${PG[p50_1]}")
-  target "remote-flush, 1 writer: p50 <= 0.5 x PostgreSQL's" "$r x" "$r" "<=" 0.5
-  r=$(ratio "${WR[p99_1]}" "${PG[p99_1]}")
-  target "remote-flush, 1 writer: p99 <= 0.5 x PostgreSQL's" "$r x" "$r" "<=" 0.5
+  target_ratio "remote-flush, 1 writer: p50 <= 0.5 x PostgreSQL's" "${WR[p50_1]}" "${PG[p50_1]}" "<=" 0.5
+  target_ratio "remote-flush, 1 writer: p99 <= 0.5 x PostgreSQL's" "${WR[p99_1]}" "${PG[p99_1]}" "<=" 0.5
   bound=$(awk -v f="$FSYNC_US" -v r="$RTT_P50" 'BEGIN {
     if (f !~ /^[0-9.]+$/ || r !~ /^[0-9.]+$/) { print "n/a"; exit } printf "%.3f", 2 * (f + r) / 1000 }')
   target "remote-flush, 1 writer: p50 <= 2 x (one fdatasync + one loopback round trip)" \
     "${WR[p50_1]} ms against 2 x ($FSYNC_US + $RTT_P50) us = $bound ms" "${WR[p50_1]}" "<=" "$bound"
   for c in $CLIENTS; do
     [[ "$c" == 1 ]] && continue
-    r=$(ratio "${WR[tps_$c]}" "${PG[tps_$c]}")
-    target "remote-flush, $c writers: >= 3 x PostgreSQL's TPS" "$r x" "$r" ">=" 3
+    target_ratio "remote-flush, $c writers: >= 3 x PostgreSQL's TPS" "${WR[tps_$c]}" "${PG[tps_$c]}" ">=" 3
   done
-  r=$(ratio "${WR[recv_mb_s]}" "${PG[recv_mb_s]}")
-  target "catch-up: >= 2 x PostgreSQL's receive rate" "$r x" "$r" ">=" 2
+  target_ratio "catch-up: >= 2 x PostgreSQL's receive rate" "${WR[recv_mb_s]}" "${PG[recv_mb_s]}" ">=" 2
   rss=$(awk -v a="${WR[primary_rss_mb]}" -v b="${WR[standby_rss_mb]}" 'BEGIN {
     if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) { print "n/a"; exit } print (a > b ? a : b) }')
   target "catch-up: peak RSS < 200 MB on both nodes" "$rss MiB at most" "$rss" "<" 200
