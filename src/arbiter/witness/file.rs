@@ -185,9 +185,23 @@ impl RegisterFile {
         })
     }
 
+    /// Fsyncs the directory, so a rename in it survives a crash (fails
+    /// at will in tests: `fail_dir_syncs`).
+    fn sync_dir(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_dir_syncs
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        tmpfile::sync_dir(&self.dir)
+    }
+
     /// Writes `registers` in place of the file, durably: when this returns
-    /// `Ok` a crash keeps them. On `Err` the file holds either the
-    /// registers before or these.
+    /// `Ok` a crash keeps them. On `StoreError::Unsettled` a crash may
+    /// bring back either the registers before or these; on any other
+    /// `Err` the file holds the registers before.
     pub fn save(&self, registers: &Registers) -> Result<(), StoreError> {
         let bytes = encode(registers);
         // Written, it could not be read back: the witness would refuse to
@@ -203,17 +217,7 @@ impl RegisterFile {
         // A failed rename did not happen: the old file stays, certainly.
         fs::rename(&self.tmp, &self.path)
             .map_err(io_err(format!("replacing {}", self.path.display())))?;
-        #[cfg(test)]
-        if self
-            .fail_dir_syncs
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(StoreError::Unsettled {
-                what: format!("syncing {}", self.dir.display()),
-                source: io::Error::other("injected fsync failure"),
-            });
-        }
-        tmpfile::sync_dir(&self.dir).map_err(|source| StoreError::Unsettled {
+        self.sync_dir().map_err(|source| StoreError::Unsettled {
             what: format!("syncing {}", self.dir.display()),
             source,
         })
