@@ -6,6 +6,7 @@
 mod alloc;
 mod etcd;
 mod history;
+mod link;
 mod pair;
 mod state_machine;
 #[cfg(feature = "tls")]
@@ -15,7 +16,8 @@ pub use crate::arbiter::MemArbiter;
 pub use alloc::{TrackingAllocator, largest_allocation};
 pub use etcd::{EtcdServer, free_port};
 pub use history::{AckedWrite, Durability, FinalState, History, Observation, Violation, converged};
-pub use pair::{Link, Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
+pub use link::Link;
+pub use pair::{Pair, PairBuilder, PairNode, PairWal, rebind, test_config};
 pub use state_machine::MemStateMachine;
 #[cfg(feature = "tls")]
 pub use tls::{peer_with_identity, witness_with_identity};
