@@ -3,14 +3,16 @@
 //! needs the live nodes, and the translation of the live nodes into the
 //! history's terms.
 
-use super::cluster::Running;
+use super::cluster::{Disk, Running};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use walrep::arbiter::Register;
 use walrep::testing::MemWal;
 use walrep::testing::{AckedWrite, FinalState, History, Observation, Violation};
-use walrep::{CommitMode, Lsn, NodeId, Replicator, RequestId, RoleKind, StateMachine, WalStore};
+use walrep::{
+    CommitMode, Lsn, NodeId, Record, Replicator, RequestId, RoleKind, StateMachine, WalStore,
+};
 
 /// What the checks remember between steps.
 #[derive(Default)]
@@ -271,36 +273,38 @@ pub fn held_everywhere(writes: &[AckedWrite], finals: &[FinalState]) -> Vec<Stri
         .collect()
 }
 
+/// The records of `wal` from `from` through `to`, in order.
+fn records(wal: &MemWal, from: Lsn, to: Lsn) -> Result<Vec<Record>, String> {
+    let mut all = Vec::new();
+    let mut next = from;
+    while next <= to {
+        let chunk = wal
+            .read(next, 4096, usize::MAX)
+            .map_err(|e| format!("its log could not be read at {next}: {e}"))?;
+        let Some(last) = chunk.last() else { break };
+        next = last.lsn.next();
+        all.extend(chunk.into_iter().filter(|r| r.lsn <= to));
+    }
+    Ok(all)
+}
+
 /// G7 on every node's log: no request id in two records (a retry applied
 /// twice); one line per node that has one.
-pub fn each_request_id_once(
-    logs: impl IntoIterator<Item = (&'static str, Arc<MemWal>)>,
-) -> Vec<String> {
+pub fn each_request_id_once(logs: &[(&'static str, Arc<MemWal>)]) -> Vec<String> {
     let mut found = Vec::new();
     for (name, wal) in logs {
-        let mut first_at: BTreeMap<RequestId, Lsn> = BTreeMap::new();
-        let mut next = wal.first_lsn();
-        let last = wal.last_lsn();
-        let mut twice = None;
-        while next <= last && twice.is_none() {
-            let records = match wal.read(next, 4096, usize::MAX) {
-                Ok(r) if !r.is_empty() => r,
-                Ok(_) => break,
-                Err(e) => {
-                    found.push(format!("G7: {name}'s log could not be read at {next}: {e}"));
-                    break;
-                }
-            };
-            next = Lsn(records.last().expect("not empty").lsn.0 + 1);
-            for r in records {
-                if let Some(id) = r.request_id
-                    && let Some(earlier) = first_at.insert(id, r.lsn)
-                {
-                    twice = Some((earlier, r.lsn));
-                    break;
-                }
+        let all = match records(wal, wal.first_lsn(), wal.last_lsn()) {
+            Ok(all) => all,
+            Err(e) => {
+                found.push(format!("G7: {name}: {e}"));
+                continue;
             }
-        }
+        };
+        let mut first_at: BTreeMap<RequestId, Lsn> = BTreeMap::new();
+        let twice = all.iter().find_map(|r| {
+            let earlier = first_at.insert(r.request_id?, r.lsn)?;
+            Some((earlier, r.lsn))
+        });
         if let Some((a, b)) = twice {
             found.push(format!(
                 "G7: {name}'s log holds one request id in records {a} and {b}: a retry applied twice"
@@ -322,38 +326,34 @@ pub fn logs_agree(primary: &str, logs: &[(&'static str, Arc<MemWal>)]) -> Vec<St
     for (name, wal) in logs.iter().filter(|(n, _)| *n != primary) {
         let from = reference.first_lsn().max(wal.first_lsn());
         let to = reference.last_lsn().min(wal.last_lsn());
-        let mut next = from;
-        'range: while next <= to {
-            let (Ok(ours), Ok(theirs)) = (
-                reference.read(next, 4096, usize::MAX),
-                wal.read(next, 4096, usize::MAX),
-            ) else {
-                found.push(format!(
-                    "G4: the logs of {primary} and {name} could not be read at {next}"
-                ));
-                break;
-            };
-            if ours.is_empty() || theirs.is_empty() {
-                break;
+        let (ours, theirs) = match (records(reference, from, to), records(wal, from, to)) {
+            (Ok(ours), Ok(theirs)) => (ours, theirs),
+            (Err(e), _) | (_, Err(e)) => {
+                found.push(format!("G4: the logs of {primary} and {name}: {e}"));
+                continue;
             }
-            for (a, b) in ours.iter().zip(&theirs) {
-                if a.lsn > to {
-                    break 'range;
-                }
-                if (a.lsn, a.epoch, &a.payload, a.request_id)
-                    != (b.lsn, b.epoch, &b.payload, b.request_id)
-                {
-                    found.push(format!(
-                        "G4: {name}'s record {} (epoch {}) differs from the primary {primary}'s (epoch {})",
-                        b.lsn, b.epoch, a.epoch
-                    ));
-                    break 'range;
-                }
-                next = Lsn(a.lsn.0 + 1);
-            }
+        };
+        let differs = ours.iter().zip(&theirs).find(|(a, b)| {
+            (a.lsn, a.epoch, &a.payload, a.request_id) != (b.lsn, b.epoch, &b.payload, b.request_id)
+        });
+        if let Some((a, b)) = differs {
+            found.push(format!(
+                "G4: {name}'s record {} (epoch {}) differs from the primary {primary}'s (epoch {})",
+                b.lsn, b.epoch, a.epoch
+            ));
         }
     }
     found
+}
+
+/// Each data node's log, as its disk holds it now (a restart replaces a
+/// disk's log with what survived).
+pub fn logs(nodes: &[&'static str], disks: &[Arc<Disk>]) -> Vec<(&'static str, Arc<MemWal>)> {
+    nodes
+        .iter()
+        .zip(disks)
+        .map(|(n, d)| (*n, d.wal()))
+        .collect()
 }
 
 /// What each running node holds, for a failing seed: role, epoch,

@@ -617,11 +617,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
                 CommitMode::RemoteFlush | CommitMode::RemoteApply
             )
         {
-            let logs: Vec<_> = nodes
-                .iter()
-                .zip(&disks)
-                .map(|(n, d)| (*n, d.wal()))
-                .collect();
+            let logs = checks::logs(nodes, &disks);
             checks::commits_on_both_disks(&mut obs, &running, &incarnation, &logs)
                 .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
         }
@@ -685,21 +681,15 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     if scenario.durability == Durability::NoAcknowledgedWriteLost && not_converged.is_none() {
         found.extend(checks::held_everywhere(history.writes(), &finals));
     }
+    let logs = checks::logs(nodes, &disks);
     if not_converged.is_none()
         && let Some(primary) = finals.iter().find(|s| s.role == RoleKind::Primary)
     {
-        let logs: Vec<_> = nodes
-            .iter()
-            .zip(&disks)
-            .map(|(n, d)| (*n, d.wal()))
-            .collect();
         found.extend(checks::logs_agree(&primary.node.0, &logs));
     }
     // G7: a retried write is applied once: no node's log holds a request
     // id twice.
-    found.extend(checks::each_request_id_once(
-        nodes.iter().zip(&disks).map(|(n, d)| (*n, d.wal())),
-    ));
+    found.extend(checks::each_request_id_once(&logs));
     if !found.is_empty() {
         let written = log_attempts(history.writes().len() + report.not_acked);
         return Err(format!(
