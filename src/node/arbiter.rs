@@ -84,6 +84,8 @@ pub(super) struct ArbiterLink {
     /// sync set of each one that names it primary of its epoch
     /// (`register_commit_bound`).
     possible: Vec<PossibleRegister>,
+    /// The epoch a reclaim swap of this life asked for.
+    reclaim_asked: Option<Epoch>,
 }
 
 /// A value the register may hold (see `ArbiterLink::possible`).
@@ -199,8 +201,12 @@ impl Node {
                 next,
             } = &call
             {
-                if matches!(purpose, ArbiterPurpose::Promote(_) | ArbiterPurpose::Retake) {
-                    link.promotion_asked = Some(next.epoch);
+                match purpose {
+                    ArbiterPurpose::Promote(_) | ArbiterPurpose::Retake => {
+                        link.promotion_asked = Some(next.epoch);
+                    }
+                    ArbiterPurpose::Reclaim => link.reclaim_asked = Some(next.epoch),
+                    _ => {}
                 }
                 link.possible.push(PossibleRegister {
                     expects: Some(*expected_version),
@@ -261,11 +267,17 @@ impl Node {
                     refresh
                 }
                 Ok(next) => swap(ArbiterPurpose::Promote(promotion.kind), known.version, next),
-                Err(_) => refresh,
+                Err(_) => match self.reclaim_call(link) {
+                    Some((expected, next)) => swap(ArbiterPurpose::Reclaim, expected, next),
+                    None => refresh,
+                },
             };
         }
         let me = &self.cfg.node_id;
         let Role::Primary(p) = &self.role else {
+            if let Some((expected_version, next)) = self.reclaim_call(link) {
+                return swap(ArbiterPurpose::Reclaim, expected_version, next);
+            }
             return refresh;
         };
         if !known.exists() {
@@ -343,6 +355,55 @@ impl Node {
             }
         }
         changed.then_some(next)
+    }
+
+    /// The swap (expected version, next register) by which a node that led
+    /// an epoch takes the cluster back when nobody else may: a candidate's
+    /// seal stepped it down to an epoch nobody leads (that promotion then
+    /// failed), and the register still names it primary of the epoch it
+    /// led, with an empty sync set (it had gone solo), so no standby may
+    /// promote from it and only this node's log holds every write that
+    /// epoch acknowledged (`Node::led_evidence`). Without it the cluster
+    /// would wait for an operator. It takes the epoch after its own, with
+    /// an empty sync set, as a promotion does; the swap fails if anything
+    /// changed the register meanwhile. Not after the witness lost its
+    /// file: a promotion may have gone through the register since this
+    /// node last read it, so it waits for an operator (`promote --force`)
+    /// rather than re-create it. Only in a sync mode (in async mode a
+    /// standby within the lag bound may promote), and not in maintenance
+    /// mode or with a state that does not fit the log. A failover this
+    /// node wanted as a standby (after a restart its clock runs out: the
+    /// primary is itself) does not stop it.
+    fn reclaim_call(&self, link: &ArbiterLink) -> Option<(u64, Register)> {
+        let me = &self.cfg.node_id;
+        let role_may = match &self.role {
+            Role::Standby(s) => s.planned_until.is_none(),
+            Role::Fenced | Role::Rejoining { rewriting: false } => true,
+            _ => false,
+        };
+        let wanted = link
+            .promotion
+            .is_some_and(|p| p.kind != Promotion::Failover || p.operator);
+        if !role_may
+            || self.leader.is_some()
+            || wanted
+            || self.failover_paused
+            || self.state_misfit.is_some()
+            || !self.cfg.commit_mode.is_sync()
+        {
+            return None;
+        }
+        let known = link.known.as_ref().filter(|r| r.exists())?;
+        let led = self.led_evidence?;
+        if known.primary.as_ref() != Some(me)
+            || known.epoch != led
+            || !known.sync_set.is_empty()
+            || known.epoch >= self.epoch
+        {
+            return None;
+        }
+        let next = Register::fresh(self.epoch.next(), me, &self.members());
+        Some((known.version, next))
     }
 
     /// The register a promotion of `kind` swaps to, or why `known` does
@@ -684,6 +745,24 @@ impl Node {
             self.retake_epoch(register.epoch);
             return;
         }
+        let reclaimed = self
+            .arbiter
+            .as_ref()
+            .is_some_and(|l| l.reclaim_asked == Some(register.epoch));
+        if reclaimed
+            && register.epoch == self.epoch.next()
+            && register.primary.as_ref() == Some(&me)
+            && self.leader.is_none()
+            && matches!(
+                self.role,
+                Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
+            )
+        {
+            // Our reclaim swap (or one whose answer was lost: nothing else
+            // names this leaderless node primary of the next epoch).
+            self.reclaim_epoch(register.epoch);
+            return;
+        }
         if register.epoch > self.epoch && register.exists() {
             let ours = self.may_be_handed(register.epoch);
             if register.primary.as_ref() == Some(&me) && !ours {
@@ -698,6 +777,25 @@ impl Node {
             } else {
                 self.on_higher_epoch(register.epoch, register.primary.clone());
             }
+            return;
+        }
+        let reclaim_landed = self
+            .arbiter
+            .as_ref()
+            .is_some_and(|l| l.reclaim_asked == Some(register.epoch));
+        if register.epoch == self.epoch
+            && register.exists()
+            && register.primary.as_ref() == Some(&me)
+            && self.leader.is_none()
+            && reclaim_landed
+            && matches!(
+                self.role,
+                Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
+            )
+        {
+            // Our reclaim swap took effect but its answer was lost, and a
+            // seal or a peer made us adopt that epoch meanwhile.
+            self.reclaim_epoch(register.epoch);
             return;
         }
         if register.epoch == self.epoch
@@ -767,7 +865,7 @@ impl Node {
     fn swap_asked_for(&self, epoch: Epoch) -> bool {
         self.arbiter
             .as_ref()
-            .is_some_and(|l| l.promotion_asked == Some(epoch))
+            .is_some_and(|l| l.promotion_asked == Some(epoch) || l.reclaim_asked == Some(epoch))
     }
 
     /// Every standby was reached by a stream of this life, each holder of
@@ -795,6 +893,22 @@ impl Node {
         }
         self.emit(Effect::StopPrimaryTasks);
         self.emit(Effect::StartPrimaryTasks);
+    }
+
+    /// The register granted our reclaim of `epoch`: lead again, with
+    /// every write the epoch we led acknowledged in our log.
+    fn reclaim_epoch(&mut self, epoch: Epoch) {
+        let me = self.cfg.node_id.clone();
+        tracing::warn!(%epoch, led = ?self.led_evidence, "no standby could promote (the register named this node primary with an empty sync set after a failed candidacy stepped it down); took the next epoch back through the arbiter; accepting writes");
+        self.clear_held_back();
+        self.end_candidacy();
+        if let Some(link) = self.arbiter.as_mut() {
+            // Only a failover this node wanted as a standby can be pending
+            // (`reclaim_call`): it is moot now.
+            link.promotion = None;
+        }
+        self.persist(epoch, Some(me));
+        self.become_primary_after_promotion();
     }
 
     /// The register granted us `epoch` (or a switchover or a forced

@@ -455,7 +455,10 @@ impl Node {
             );
             return refuse(self, reason);
         }
-        if matches!(self.arbiter_asking(), Some(ArbiterPurpose::Promote(_))) {
+        if matches!(
+            self.arbiter_asking(),
+            Some(ArbiterPurpose::Promote(_) | ArbiterPurpose::Reclaim)
+        ) {
             // Our own swap is in flight: yielding now would leave a
             // register naming us primary of an epoch nobody leads, and the
             // candidate's swap fails against it. Its answer decides first.

@@ -511,6 +511,10 @@ pub(crate) enum ArbiterPurpose {
     /// A primary restarted in a cluster takes the next epoch, staying
     /// primary, before it writes (`Primary::retake`).
     Retake,
+    /// A node that stepped down from leading an epoch, which the register
+    /// still names it primary of with an empty sync set (no standby may
+    /// promote from it), takes the next epoch back (`Node::reclaim_call`).
+    Reclaim,
     /// The standby is lost: take it out of the sync set, so that we may
     /// acknowledge without it.
     DropStandby,

@@ -221,24 +221,37 @@ pub(crate) struct Node {
     /// (`rejoin.rs` `on_opened`), until a rejoin made them fit: no
     /// promotion, forced or not, may serve that state.
     state_misfit: Option<String>,
+    /// An epoch whose every acknowledged write this node's log may hold as
+    /// its primary: the epoch it stepped down from as a confirmed primary
+    /// (in this life), or at start the epoch of its log's last record.
+    /// Records carry the epoch of the primary that wrote them, and a node
+    /// takes others' records only from a leader it follows, so while the
+    /// arbiter's register still names this node primary of that epoch
+    /// (nobody led after it) they are its own and hold every write the
+    /// epoch acknowledged. That lets it lead again when nobody else may
+    /// (`Node::reclaim_call`). A wiped node's empty log is no evidence.
+    led_evidence: Option<Epoch>,
     out: Vec<Effect>,
 }
 
 impl Node {
     /// A node starting with what its disk holds. Returns the effects of
-    /// bootstrapping (a fresh primary persists epoch 1). `requests` holds
-    /// the ids of the records the WAL retains (the runtime scans it).
+    /// bootstrapping (a fresh primary persists epoch 1). `log_end` is the
+    /// WAL's last record (its LSN and epoch); `requests` holds the ids of
+    /// the records the WAL retains (the runtime scans it).
     pub(crate) fn new(
         cfg: Config,
         meta: WalMeta,
-        last_lsn: Lsn,
+        log_end: LogEnd,
         flushed: Lsn,
         applied: Lsn,
         requests: RequestIndex,
         now: Time,
     ) -> (Node, Vec<Effect>) {
+        let last_lsn = log_end.lsn;
         let mut node = Node {
             requests,
+            led_evidence: (log_end.lsn > Lsn::ZERO).then_some(log_end.epoch),
             epoch: meta.epoch,
             leader: meta.leader.clone(),
             role: Role::Fenced,
@@ -814,6 +827,11 @@ impl Node {
             tracing::info!(%epoch, ours = %self.epoch, ?leader, "following the primary's newer epoch");
         } else {
             tracing::warn!(%epoch, ours = %self.epoch, ?leader, role = %was, "a newer epoch exists; stepping down");
+        }
+        if let Role::Primary(p) = &self.role
+            && p.confirmed
+        {
+            self.led_evidence = Some(self.epoch);
         }
         self.persist(epoch, leader.clone());
         match was {

@@ -23,7 +23,16 @@ fn new_node(
     now: Time,
 ) -> (Node, Vec<Effect>) {
     let requests = RequestIndex::new(cfg.max_request_ids);
-    Node::new(cfg, meta, last, flushed, applied, requests, now)
+    // The log's records are of the meta's epoch (none: epoch 0).
+    let log_end = LogEnd {
+        epoch: if last > Lsn::ZERO {
+            meta.epoch
+        } else {
+            Epoch::ZERO
+        },
+        lsn: last,
+    };
+    Node::new(cfg, meta, log_end, flushed, applied, requests, now)
 }
 
 fn t(ms: u64) -> Time {

@@ -127,9 +127,12 @@ enum Mutant {
     /// succeeded. Breaks nothing (see the module docs): no test,
     /// `explore_standbys` only.
     TellBeforeCas,
+    /// An old primary stepped down to an epoch nobody leads takes the next
+    /// one back at once, without the register's CAS, whatever the sync set.
+    ReclaimUnchecked,
 }
 
-const MUTANTS: [Mutant; 11] = [
+const MUTANTS: [Mutant; 12] = [
     Mutant::None,
     Mutant::PromoteWithoutGathering,
     Mutant::PromoteWithoutFetching,
@@ -141,6 +144,7 @@ const MUTANTS: [Mutant; 11] = [
     Mutant::FirstAsAny,
     Mutant::CompareLengthOnly,
     Mutant::TellBeforeCas,
+    Mutant::ReclaimUnchecked,
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -266,6 +270,12 @@ enum Role {
         heard: u8,
         best: Option<(Pos, u8)>,
     },
+    /// A primary stepped down to an epoch nobody leads, whose register
+    /// still names it primary of the epoch it led with an empty sync set,
+    /// waits for its CAS taking the next epoch back from `reg`.
+    Reclaiming {
+        reg: Reg,
+    },
     Primary {
         base: u8,
         /// How much of our log each node holds durably (its acks).
@@ -294,6 +304,10 @@ struct NodeState {
     reg: Option<Reg>,
     /// The CAS this node waits for (volatile).
     pending: Option<(Reg, Reg)>,
+    /// The epoch this node led and stepped down from in this life, or at
+    /// a restart its log's last record's epoch (volatile): evidence that
+    /// its log holds every write that epoch acknowledged.
+    led: Option<u8>,
     /// Ghost: the writes this node acknowledged, as (lsn, record).
     acked: BTreeSet<(u8, Rec)>,
 }
@@ -325,6 +339,12 @@ enum Start {
     /// explored (to epoch 3): positions of different epochs are compared
     /// and stale records rewound.
     AfterFailover,
+    /// Node 0 is primary of epoch 1 and took both standbys out of the sync
+    /// set (the register is at v2 with an empty set), which neither has
+    /// heard yet: both still know v1, with both in the set. A candidacy
+    /// from v1 seals a member and steps node 0 down, then fails; one
+    /// promotion (to epoch 2) and one reclaim (to epoch 3) are explored.
+    WentSolo,
 }
 
 /// Both standbys in the sync set.
@@ -349,6 +369,24 @@ impl Start {
                 primary: 1,
                 sync: 1 << 0 | 1 << 2,
             },
+            Start::WentSolo => Reg {
+                version: 2,
+                epoch: 1,
+                primary: 0,
+                sync: 0,
+            },
+        }
+    }
+
+    /// The register node `n` knows at the start.
+    fn known_by(self, n: u8) -> Reg {
+        match self {
+            Start::WentSolo if n != 0 => Reg {
+                version: 1,
+                sync: 1 << 1 | 1 << 2,
+                ..self.reg()
+            },
+            _ => self.reg(),
         }
     }
 
@@ -422,6 +460,9 @@ impl NodeState {
 
     /// Persists a higher epoch (which lifts any seal), then follows.
     fn adopt_epoch(&mut self, epoch: u8, leader: Option<u8>, o: &mut Out<Standbys>) {
+        if matches!(self.role, Role::Primary { .. }) {
+            self.led = Some(self.epoch);
+        }
         self.epoch = epoch;
         self.sealed = None;
         self.save(o);
@@ -464,6 +505,21 @@ impl NodeState {
             self.sealed = None;
             self.save(o);
         }
+    }
+
+    /// Whether this leaderless node may take the epoch after its own back:
+    /// the register it last learned names it primary of an older epoch
+    /// with an empty sync set (no standby may promote from it), it led
+    /// that epoch (`led`), and it is one epoch past it (the bound: one
+    /// reclaim).
+    fn may_reclaim(&self, me: u8, cfg: &Cfg) -> bool {
+        self.role == (Role::Standby { leader: None })
+            && self.reg.is_some_and(|r| {
+                r.primary == me
+                    && (r.sync == 0 || cfg.mutant == Mutant::ReclaimUnchecked)
+                    && self.led == Some(r.epoch)
+                    && self.epoch == r.epoch + 1
+            })
     }
 
     /// Advances the commit point and acknowledges what this primary wrote.
@@ -582,10 +638,13 @@ impl NodeState {
                     self.reg = Some(new);
                     self.advance_commit(cfg, o);
                 }
-                Role::Candidate { .. } => self.become_primary(new, o),
+                Role::Candidate { .. } | Role::Reclaiming { .. } => self.become_primary(new, o),
                 _ => {}
             }
             return;
+        }
+        if let Role::Reclaiming { .. } = self.role {
+            self.role = Role::Standby { leader: None };
         }
         if cur.epoch > self.epoch {
             if cur.primary == me {
@@ -647,10 +706,11 @@ impl Actor for Standbys {
                         role: Role::Standby { leader: None },
                         reg: None,
                         pending: None,
+                        led: log.last().map(|r| r.epoch),
                         acked: acked.clone(),
                     });
                 }
-                let reg = cfg.start.reg();
+                let reg = cfg.start.known_by(me);
                 let mut s = NodeState {
                     epoch: reg.epoch,
                     log: cfg.start.log(me),
@@ -660,6 +720,7 @@ impl Actor for Standbys {
                     },
                     reg: Some(reg),
                     pending: None,
+                    led: None,
                     acked: BTreeSet::new(),
                 };
                 if me == reg.primary {
@@ -951,6 +1012,27 @@ impl Actor for Standbys {
                 };
                 s.send_cas(reg, new, o);
             }
+            (Timer::Failover, Role::Reclaiming { .. }) => {
+                if let Some((expect, new)) = s.pending {
+                    s.send_cas(expect, new, o);
+                }
+            }
+            (Timer::Failover, Role::Standby { leader: None }) if s.may_reclaim(me, cfg) => {
+                let reg = s.reg.expect("may_reclaim checked it");
+                let new = Reg {
+                    version: reg.version + 1,
+                    epoch: s.epoch + 1,
+                    primary: me,
+                    sync: 0,
+                };
+                if cfg.mutant == Mutant::ReclaimUnchecked {
+                    // (`may_reclaim` lets it past a non-empty set too.)
+                    s.become_primary(new, o);
+                } else {
+                    s.role = Role::Reclaiming { reg };
+                    s.send_cas(reg, new, o);
+                }
+            }
             (Timer::Failover, Role::Candidate { reg, heard, .. }) => {
                 // A retry: the CAS, else the probes not answered, else the
                 // fetch.
@@ -1039,7 +1121,7 @@ fn acknowledged(state: &Sys) -> impl Iterator<Item = (u8, u8, Rec)> + '_ {
 /// No two nodes acknowledge in one epoch, and no log holds records of one
 /// epoch written by two nodes.
 fn one_writer_per_epoch(_: &StandbysModel, state: &Sys) -> bool {
-    let mut writer = [None; 4];
+    let mut writer = [None; 5];
     let mut one = |epoch: u8, by: u8| {
         let w = &mut writer[usize::from(epoch)];
         *w.get_or_insert(by) == by
@@ -1112,6 +1194,8 @@ const FAILOVER: &str = "a standby becomes primary at a higher epoch";
 const WRITE_AFTER_FAILOVER: &str = "a write is acknowledged after a failover";
 const THIRD_FOLLOWS: &str = "the third node follows the new primary";
 const OLD_FOLLOWS: &str = "the old primary follows the new primary";
+const OLD_LEADS_AGAIN: &str =
+    "the old primary, stepped down by a failed candidacy, leads again and acknowledges a write";
 
 /// One check: the commit rule, the rules (at most one broken), the start
 /// and the bounds.
@@ -1145,8 +1229,19 @@ impl Cfg {
     }
 }
 
+/// The start's primary leads an epoch past any promotion's (it reclaimed)
+/// and acknowledged a write in it.
+fn the_old_primary_leads_again(m: &StandbysModel, state: &Sys) -> bool {
+    let old = m.cfg.start.reg().primary;
+    live(state, old).is_some_and(|s| {
+        matches!(s.role, Role::Primary { .. })
+            && s.epoch > m.cfg.start.max_epoch()
+            && s.acked.iter().any(|(_, r)| r.epoch == s.epoch)
+    })
+}
+
 fn model(cfg: Cfg) -> StandbysModel {
-    ActorModel::new(cfg, ())
+    let model = ActorModel::new(cfg, ())
         .actors(NODES.iter().map(|_| Standbys::Node { cfg }))
         .actor(Standbys::Register { start: cfg.start })
         .init_network(Network::new_unordered_nonduplicating([]))
@@ -1158,7 +1253,17 @@ fn model(cfg: Cfg) -> StandbysModel {
             Expectation::Always,
             NOTHING_LOST,
             no_acknowledged_write_lost,
-        )
+        );
+    if cfg.start == Start::WentSolo {
+        // No standby may promote from that register: what must be
+        // reachable is the old primary leading again.
+        return model.property(
+            Expectation::Sometimes,
+            OLD_LEADS_AGAIN,
+            the_old_primary_leads_again,
+        );
+    }
+    model
         .property(Expectation::Sometimes, FAILOVER, a_failover_happens)
         .property(
             Expectation::Sometimes,
@@ -1381,5 +1486,31 @@ fn acknowledging_by_the_old_set_while_removing_a_member_loses_an_acknowledged_wr
 #[test]
 fn acknowledging_by_the_old_set_while_adding_a_member_loses_an_acknowledged_write() {
     let cfg = Cfg::new(FIRST_2, Mutant::AcknowledgeByOldSetWhileChanging, ONLY_1);
+    assert!(counterexample(no_crash(cfg, 16), NOTHING_LOST));
+}
+
+/// `Seal::Epoch` (a sealed member adopts the candidate's epoch, as walrep
+/// does) from `start`.
+fn epoch_seal(rule: Rule, mutant: Mutant, start: Start) -> Cfg {
+    Cfg {
+        seal: Seal::Epoch,
+        ..Cfg::new(rule, mutant, start)
+    }
+}
+
+#[test]
+fn an_old_primary_stepped_down_by_a_failed_candidacy_leads_again_and_loses_nothing() {
+    let cfg = epoch_seal(ANY_1, Mutant::None, Start::WentSolo);
+    check(no_crash(cfg, 13), HasDiscoveries::All).assert_properties();
+    // With one node down at a time (a restarted old primary judges by its
+    // log's last record), shallower: safety only.
+    let crashes = check(Cfg { depth: 12, ..cfg }, HasDiscoveries::All);
+    crashes.assert_no_discovery(ONE_WRITER);
+    crashes.assert_no_discovery(NOTHING_LOST);
+}
+
+#[test]
+fn an_old_primary_that_leads_again_without_the_registers_cas_loses_an_acknowledged_write() {
+    let cfg = epoch_seal(ANY_1, Mutant::ReclaimUnchecked, BOTH);
     assert!(counterexample(no_crash(cfg, 16), NOTHING_LOST));
 }

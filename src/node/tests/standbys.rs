@@ -2,9 +2,11 @@
 //! one lost standby taken out of the sync set alone, the handover target.
 
 use super::arbiter::{
-    answer, asks, knows, register, step_answering, the_swap, tick_answering_reads, with_arbiter,
+    answer, asks, first_read, knows, register, step_answering, the_swap, tick_answering_reads,
+    with_arbiter,
 };
 use super::*;
+use crate::arbiter::Register;
 use crate::config::PeerAddress;
 
 fn n(id: &str) -> NodeId {
@@ -484,4 +486,272 @@ fn a_swap_that_went_unanswered_bounds_the_commit_until_an_answer_passes_its_vers
     let n3_has_it = at("n3", 3, &node);
     step_answering(&mut node, t(2403), n3_has_it);
     assert_eq!(node.commit_lsn(), Lsn(3));
+}
+
+/// `primary_of_two` under `ANY 1 (n2, n3)` knowing the register v4 that
+/// names it primary of epoch 1 with `sync_set`, two writes committed (alone
+/// when the set is empty); then a standby sealed by a candidate tells it
+/// of epoch 2, which nobody leads, and it steps down. Returns the node and
+/// the effects from then until t=1 s, reads answered.
+fn stepped_down_by_a_seal(sync_set: &[&str]) -> (Node, Vec<Effect>) {
+    let mut node = primary_of_two("ANY 1 (n2, n3)", OnStandbyLoss::Solo);
+    knows(&mut node, t(1), register(4, 1, "n1", sync_set));
+    node.step(t(2), writes_up_to(&node, 2));
+    node.step(t(3), Event::LocalFlushed { lsn: Lsn(2) });
+    node.step(t(4), at("n2", 2, &node));
+    node.step(t(4), at("n3", 2, &node));
+    assert_eq!(node.commit_lsn(), Lsn(2));
+    // Both standbys fall silent; the arbiter refuses the swap that would
+    // put them back into the sync set.
+    for s in ["n2", "n3"] {
+        node.step(t(5), Event::StandbyUnreachable { standby: n(s) });
+    }
+    assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::AddStandby));
+    let refused = ArbiterAnswer::Failed {
+        unreachable: false,
+        error: "refused".into(),
+    };
+    answer(&mut node, t(6), ArbiterPurpose::AddStandby, refused);
+    let mut effects = node.step(
+        t(10),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: None,
+        },
+    );
+    assert_ne!(node.role(), RoleKind::Primary, "{effects:?}");
+    assert_eq!((node.epoch(), node.leader()), (Epoch(2), None));
+    effects.extend(tick_answering_reads(&mut node, 100, 1000));
+    (node, effects)
+}
+
+/// Whether `effects` ask for a reclaim swap.
+fn reclaims(effects: &[Effect]) -> bool {
+    asks(effects)
+        .iter()
+        .any(|(purpose, _)| *purpose == ArbiterPurpose::Reclaim)
+}
+
+#[test]
+fn a_primary_stepped_down_by_a_failed_candidacy_leads_again_when_no_standby_may_promote() {
+    // It had gone solo (the register's sync set is empty): no standby may
+    // promote from that register, and only its log holds every write
+    // acknowledged in epoch 1. It takes epoch 3 back through the arbiter.
+    let (mut node, effects) = stepped_down_by_a_seal(&[]);
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::Reclaim, 4));
+    assert_eq!(
+        (next.epoch, next.primary.clone()),
+        (Epoch(3), Some(n("n1")))
+    );
+    assert!(next.sync_set.is_empty(), "{next}");
+
+    let mut swapped = next;
+    swapped.version = 5;
+    let effects = answer(&mut node, t(20), purpose, ArbiterAnswer::Swapped(swapped));
+    assert!(
+        effects.contains(&Effect::PersistMeta {
+            epoch: Epoch(3),
+            leader: Some(n("n1")),
+            confirmed: true,
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert_eq!((node.epoch(), node.leader()), (Epoch(3), Some(&n("n1"))));
+    // It writes again, alone until a standby rejoins (the sync set is empty).
+    node.step(t(21), writes_up_to(&node, 3));
+    let effects = node.step(t(22), Event::LocalFlushed { lsn: Lsn(3) });
+    assert!(
+        effects.contains(&Effect::Commit { lsn: Lsn(3) }),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_stepped_down_primary_leaves_the_epoch_to_the_sync_set_or_without_its_log() {
+    // A standby in the sync set may still promote (and holds what was
+    // acknowledged with it): the old primary waits.
+    let (mut node, effects) = stepped_down_by_a_seal(&["n2"]);
+    let mut effects = effects;
+    effects.extend(tick_answering_reads(&mut node, 100, 3000));
+    assert!(!reclaims(&effects), "{effects:?}");
+
+    // Started at epoch 2 with no leader and an empty log (its directory
+    // was wiped after it led epoch 1): the register naming it is no
+    // evidence that its log holds epoch 1's writes.
+    let cfg = Config {
+        sync_standbys: Some("ANY 1 (n2, n3)".parse().unwrap()),
+        ..with_n3(with_arbiter(cfg()))
+    };
+    let sealed = WalMeta {
+        epoch: Epoch(2),
+        leader: None,
+        ..WalMeta::default()
+    };
+    let start = |tail: LogEnd| {
+        let requests = RequestIndex::new(cfg.max_request_ids);
+        let (mut node, _) = Node::new(
+            cfg.clone(),
+            sealed.clone(),
+            tail,
+            tail.lsn,
+            tail.lsn,
+            requests,
+            t(0),
+        );
+        let mut effects = knows(&mut node, t(1), register(4, 1, "n1", &[]));
+        effects.extend(tick_answering_reads(&mut node, 100, 3000));
+        effects
+    };
+    let wiped = start(LogEnd {
+        epoch: Epoch::ZERO,
+        lsn: Lsn::ZERO,
+    });
+    assert!(!reclaims(&wiped), "{wiped:?}");
+
+    // Restarted with its log ending in epoch 1 (it led it): it reclaims.
+    let restarted = start(LogEnd {
+        epoch: Epoch(1),
+        lsn: Lsn(2),
+    });
+    assert!(reclaims(&restarted), "{restarted:?}");
+}
+
+/// After `stepped_down_by_a_seal(&[])` the node's reclaim swap goes
+/// unanswered, then the witness answers every read with no register (it
+/// lost its file). Returns the effects for 5 s.
+fn witness_wiped_after_step_down() -> Vec<Effect> {
+    let (mut node, _) = stepped_down_by_a_seal(&[]);
+    assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::Reclaim));
+    answer(
+        &mut node,
+        t(1001),
+        ArbiterPurpose::Reclaim,
+        super::arbiter::unreachable(),
+    );
+    let mut effects = Vec::new();
+    for now in (1100..6000).step_by(100) {
+        let step = node.step(t(now), Event::Tick);
+        if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
+            effects.extend(answer(
+                &mut node,
+                t(now),
+                ArbiterPurpose::Refresh,
+                ArbiterAnswer::Read(Register::default()),
+            ));
+        }
+        effects.extend(step);
+    }
+    effects
+}
+
+#[test]
+fn a_stepped_down_primary_does_not_recreate_a_lost_register() {
+    // A promotion may have gone through the register since this node last
+    // read it (a forced one, say): what it remembers proves nothing, so it
+    // waits for an operator instead of re-creating the register.
+    let effects = witness_wiped_after_step_down();
+    assert!(!reclaims(&effects), "{effects:?}");
+    assert!(
+        !asks(&effects)
+            .iter()
+            .any(|(_, call)| matches!(call, ArbiterCall::Swap { .. })),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_restarted_old_primary_whose_failover_clock_ran_out_still_takes_the_cluster_back() {
+    // Restarted as a standby (epoch 2, no leader, its log ending in epoch
+    // 1), with the arbiter down at first: its failover clock runs out (the
+    // silent primary is itself) before the register is read. That refused
+    // failover must not hold the reclaim back once the arbiter answers.
+    let cfg = Config {
+        sync_standbys: Some("ANY 1 (n2, n3)".parse().unwrap()),
+        ..with_n3(with_arbiter(cfg()))
+    };
+    let sealed = WalMeta {
+        epoch: Epoch(2),
+        leader: None,
+        ..WalMeta::default()
+    };
+    let tail = LogEnd {
+        epoch: Epoch(1),
+        lsn: Lsn(2),
+    };
+    let requests = RequestIndex::new(cfg.max_request_ids);
+    let (mut node, _) = Node::new(cfg, sealed, tail, tail.lsn, tail.lsn, requests, t(0));
+    first_read(&mut node, t(1), super::arbiter::unreachable());
+    let mut effects = Vec::new();
+    for now in (100..3000).step_by(100) {
+        let step = node.step(t(now), Event::Tick);
+        if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
+            effects.extend(answer(
+                &mut node,
+                t(now),
+                ArbiterPurpose::Refresh,
+                super::arbiter::unreachable(),
+            ));
+        }
+        effects.extend(step);
+    }
+    assert!(
+        !reclaims(&effects),
+        "the arbiter never answered: {effects:?}"
+    );
+    let effects = tick_answering_with(&mut node, 3000, 6000, register(4, 1, "n1", &[]));
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::Reclaim, 4));
+    let mut swapped = next;
+    swapped.version = 5;
+    answer(&mut node, t(6100), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert_eq!(node.epoch(), Epoch(3));
+}
+
+#[test]
+fn a_reclaim_whose_answer_was_lost_is_taken_when_the_node_adopted_its_epoch_meanwhile() {
+    // The swap to epoch 3 took effect, its answer was lost, and a peer
+    // told the node of epoch 3 (nobody leads it, as far as it knows): the
+    // register naming it primary of 3 is its own reclaim's doing.
+    let (mut node, _) = stepped_down_by_a_seal(&[]);
+    assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::Reclaim));
+    answer(
+        &mut node,
+        t(1001),
+        ArbiterPurpose::Reclaim,
+        super::arbiter::unreachable(),
+    );
+    node.step(
+        t(1002),
+        Event::HigherEpoch {
+            epoch: Epoch(3),
+            leader: None,
+        },
+    );
+    assert_ne!(node.role(), RoleKind::Primary);
+    let mut landed = register(5, 3, "n1", &[]);
+    landed.members = ["n1", "n2", "n3"].into_iter().map(n).collect();
+    tick_answering_with(&mut node, 1100, 3000, landed);
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert_eq!((node.epoch(), node.leader()), (Epoch(3), Some(&n("n1"))));
+}
+
+/// Ticks every 100 ms from `from` to `to`, answering each read with `reg`.
+fn tick_answering_with(node: &mut Node, from: u64, to: u64, reg: Register) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for now in (from..=to).step_by(100) {
+        let step = node.step(t(now), Event::Tick);
+        if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
+            effects.extend(answer(
+                node,
+                t(now),
+                ArbiterPurpose::Refresh,
+                ArbiterAnswer::Read(reg.clone()),
+            ));
+        }
+        effects.extend(step);
+    }
+    effects
 }
