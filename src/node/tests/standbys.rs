@@ -525,6 +525,24 @@ fn stepped_down_by_a_seal(sync_set: &[&str]) -> (Node, Vec<Effect>) {
     (node, effects)
 }
 
+/// n1 (of n1, n2, n3 under `ANY 1 (n2, n3)`, with an arbiter) started at
+/// epoch 2 with no leader (a seal stepped it down before it stopped), its
+/// log ending at `tail`.
+fn restarted_after_a_seal(tail: LogEnd) -> Node {
+    let cfg = Config {
+        sync_standbys: Some("ANY 1 (n2, n3)".parse().unwrap()),
+        ..with_n3(with_arbiter(cfg()))
+    };
+    let sealed = WalMeta {
+        epoch: Epoch(2),
+        leader: None,
+        ..WalMeta::default()
+    };
+    let requests = RequestIndex::new(cfg.max_request_ids);
+    let (node, _) = Node::new(cfg, sealed, tail, tail.lsn, tail.lsn, requests, t(0));
+    node
+}
+
 /// Whether `effects` ask for a reclaim swap.
 fn reclaims(effects: &[Effect]) -> bool {
     asks(effects)
@@ -580,26 +598,8 @@ fn a_stepped_down_primary_leaves_the_epoch_to_the_sync_set_or_without_its_log() 
     // Started at epoch 2 with no leader and an empty log (its directory
     // was wiped after it led epoch 1): the register naming it is no
     // evidence that its log holds epoch 1's writes.
-    let cfg = Config {
-        sync_standbys: Some("ANY 1 (n2, n3)".parse().unwrap()),
-        ..with_n3(with_arbiter(cfg()))
-    };
-    let sealed = WalMeta {
-        epoch: Epoch(2),
-        leader: None,
-        ..WalMeta::default()
-    };
     let start = |tail: LogEnd| {
-        let requests = RequestIndex::new(cfg.max_request_ids);
-        let (mut node, _) = Node::new(
-            cfg.clone(),
-            sealed.clone(),
-            tail,
-            tail.lsn,
-            tail.lsn,
-            requests,
-            t(0),
-        );
+        let mut node = restarted_after_a_seal(tail);
         let mut effects = knows(&mut node, t(1), register(4, 1, "n1", &[]));
         effects.extend(tick_answering_reads(&mut node, 100, 3000));
         effects
@@ -618,32 +618,22 @@ fn a_stepped_down_primary_leaves_the_epoch_to_the_sync_set_or_without_its_log() 
     assert!(reclaims(&restarted), "{restarted:?}");
 }
 
-/// After `stepped_down_by_a_seal(&[])` the node's reclaim swap goes
-/// unanswered, then the witness answers every read with no register (it
-/// lost its file). Returns the effects for 5 s.
-fn witness_wiped_after_step_down() -> Vec<Effect> {
+/// `stepped_down_by_a_seal(&[])`, its reclaim swap unanswered at t=1001
+/// ms (it may have taken effect).
+fn reclaim_unanswered() -> Node {
     let (mut node, _) = stepped_down_by_a_seal(&[]);
     assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::Reclaim));
-    answer(
-        &mut node,
-        t(1001),
-        ArbiterPurpose::Reclaim,
-        super::arbiter::unreachable(),
-    );
-    let mut effects = Vec::new();
-    for now in (1100..6000).step_by(100) {
-        let step = node.step(t(now), Event::Tick);
-        if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
-            effects.extend(answer(
-                &mut node,
-                t(now),
-                ArbiterPurpose::Refresh,
-                ArbiterAnswer::Read(Register::default()),
-            ));
-        }
-        effects.extend(step);
-    }
-    effects
+    let lost = super::arbiter::unreachable();
+    answer(&mut node, t(1001), ArbiterPurpose::Reclaim, lost);
+    node
+}
+
+/// After `reclaim_unanswered()` the witness answers every read with no register (it
+/// lost its file). Returns the effects for 5 s.
+fn witness_wiped_after_step_down() -> Vec<Effect> {
+    let mut node = reclaim_unanswered();
+    let wiped = ArbiterAnswer::Read(Register::default());
+    tick_answering_with(&mut node, 1100, 6000, wiped)
 }
 
 #[test]
@@ -667,40 +657,18 @@ fn a_restarted_old_primary_whose_failover_clock_ran_out_still_takes_the_cluster_
     // 1), with the arbiter down at first: its failover clock runs out (the
     // silent primary is itself) before the register is read. That refused
     // failover must not hold the reclaim back once the arbiter answers.
-    let cfg = Config {
-        sync_standbys: Some("ANY 1 (n2, n3)".parse().unwrap()),
-        ..with_n3(with_arbiter(cfg()))
-    };
-    let sealed = WalMeta {
-        epoch: Epoch(2),
-        leader: None,
-        ..WalMeta::default()
-    };
-    let tail = LogEnd {
+    let mut node = restarted_after_a_seal(LogEnd {
         epoch: Epoch(1),
         lsn: Lsn(2),
-    };
-    let requests = RequestIndex::new(cfg.max_request_ids);
-    let (mut node, _) = Node::new(cfg, sealed, tail, tail.lsn, tail.lsn, requests, t(0));
+    });
     first_read(&mut node, t(1), super::arbiter::unreachable());
-    let mut effects = Vec::new();
-    for now in (100..3000).step_by(100) {
-        let step = node.step(t(now), Event::Tick);
-        if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
-            effects.extend(answer(
-                &mut node,
-                t(now),
-                ArbiterPurpose::Refresh,
-                super::arbiter::unreachable(),
-            ));
-        }
-        effects.extend(step);
-    }
+    let effects = tick_answering_with(&mut node, 100, 2900, super::arbiter::unreachable());
     assert!(
         !reclaims(&effects),
         "the arbiter never answered: {effects:?}"
     );
-    let effects = tick_answering_with(&mut node, 3000, 6000, register(4, 1, "n1", &[]));
+    let known = ArbiterAnswer::Read(register(4, 1, "n1", &[]));
+    let effects = tick_answering_with(&mut node, 3000, 6000, known);
     let (purpose, expected, next) = the_swap(&effects);
     assert_eq!((purpose, expected), (ArbiterPurpose::Reclaim, 4));
     let mut swapped = next;
@@ -715,14 +683,7 @@ fn a_reclaim_whose_answer_was_lost_is_taken_when_the_node_adopted_its_epoch_mean
     // The swap to epoch 3 took effect, its answer was lost, and a peer
     // told the node of epoch 3 (nobody leads it, as far as it knows): the
     // register naming it primary of 3 is its own reclaim's doing.
-    let (mut node, _) = stepped_down_by_a_seal(&[]);
-    assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::Reclaim));
-    answer(
-        &mut node,
-        t(1001),
-        ArbiterPurpose::Reclaim,
-        super::arbiter::unreachable(),
-    );
+    let mut node = reclaim_unanswered();
     node.step(
         t(1002),
         Event::HigherEpoch {
@@ -733,23 +694,19 @@ fn a_reclaim_whose_answer_was_lost_is_taken_when_the_node_adopted_its_epoch_mean
     assert_ne!(node.role(), RoleKind::Primary);
     let mut landed = register(5, 3, "n1", &[]);
     landed.members = ["n1", "n2", "n3"].into_iter().map(n).collect();
-    tick_answering_with(&mut node, 1100, 3000, landed);
+    tick_answering_with(&mut node, 1100, 3000, ArbiterAnswer::Read(landed));
     assert_eq!(node.role(), RoleKind::Primary);
     assert_eq!((node.epoch(), node.leader()), (Epoch(3), Some(&n("n1"))));
 }
 
-/// Ticks every 100 ms from `from` to `to`, answering each read with `reg`.
-fn tick_answering_with(node: &mut Node, from: u64, to: u64, reg: Register) -> Vec<Effect> {
+/// Ticks every 100 ms from `from` to `to`, answering each read of the
+/// register with `with`.
+fn tick_answering_with(node: &mut Node, from: u64, to: u64, with: ArbiterAnswer) -> Vec<Effect> {
     let mut effects = Vec::new();
     for now in (from..=to).step_by(100) {
         let step = node.step(t(now), Event::Tick);
         if asks(&step).contains(&(ArbiterPurpose::Refresh, ArbiterCall::Read)) {
-            effects.extend(answer(
-                node,
-                t(now),
-                ArbiterPurpose::Refresh,
-                ArbiterAnswer::Read(reg.clone()),
-            ));
+            effects.extend(answer(node, t(now), ArbiterPurpose::Refresh, with.clone()));
         }
         effects.extend(step);
     }
