@@ -183,11 +183,17 @@ async fn attempt_rejoin(
         Ok(h) => h,
         Err(TransportError::StaleEpoch { epoch, leader }) => {
             // A newer epoch than the one we are rejoining for: adopt it
-            // (the node persists it) and ask again with it. Not an
-            // invariant: the epoch comes off the wire, and a refusal whose
-            // epoch could not be read says 0, which must not lower ours.
-            header.epoch = header.epoch.max(epoch);
+            // (the node persists it) and ask again with it, naming its
+            // leader as the refusal did: the leader of our old epoch leads
+            // nothing in the new one, and a peer adopts the epoch with the
+            // leader our header names. Not an invariant: the epoch comes
+            // off the wire, and a refusal whose epoch could not be read
+            // says 0, which must not lower ours.
             let leader = leader.map(|l| l.id);
+            if epoch > header.epoch {
+                header.epoch = epoch;
+                header.leader_id = leader.clone();
+            }
             let _ = ctx
                 .tx
                 .send(Msg::Event(Event::HigherEpoch { epoch, leader }))

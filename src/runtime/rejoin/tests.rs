@@ -760,3 +760,37 @@ fn a_rewind_below_the_trimmed_wal_keeps_what_is_left_instead_of_failing() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_rejoin_that_meets_a_newer_epoch_asks_again_naming_that_epochs_leader() {
+    // Rejoining n2 at epoch 2, the node hears from a peer of epoch 3 led by
+    // n3. Its next requests must name n3 (or nobody), never n2: a peer
+    // adopts the newer epoch with the leader the header names, and n2
+    // leads nothing in it.
+    let dir = tempfile::tempdir().unwrap();
+    let sm: Arc<dyn StateMachine> = Arc::new(MemStateMachine::new());
+    let mut ctx = ctx(primary(Vec::new(), 0, 0, vec![]), sm, dir.path());
+    let refusing = |leader: Option<&'static str>| {
+        let mut peer = MockPeer::new();
+        peer.expect_history().returning(move |_| {
+            Err(TransportError::StaleEpoch {
+                epoch: Epoch(3),
+                leader: leader.map(|id| crate::LeaderHint {
+                    id: NodeId::from(id),
+                    addr: format!("{id}:7000"),
+                    client_addr: None,
+                }),
+            })
+        });
+        Arc::new(peer) as Arc<dyn Peer>
+    };
+    for (leader, named) in [(Some("n3"), Some(NodeId::from("n3"))), (None, None)] {
+        ctx.peer = refusing(leader);
+        let mut h = header();
+        h.epoch = Epoch(2);
+        h.leader_id = Some(NodeId::from("n2"));
+        let outcome = attempt_rejoin(&mut ctx, &mut h, &mut None).await;
+        assert!(matches!(outcome, Ok(None)));
+        assert_eq!((h.epoch, h.leader_id), (Epoch(3), named));
+    }
+}
