@@ -84,8 +84,9 @@ pub(super) struct ArbiterLink {
     /// sync set of each one that names it primary of its epoch
     /// (`register_commit_bound`).
     possible: Vec<PossibleRegister>,
-    /// The epoch a reclaim swap of this life asked for.
-    reclaim_asked: Option<Epoch>,
+    /// The epochs reclaim swaps of this life asked for: one unanswered
+    /// may land after a later one was asked.
+    reclaim_asked: BTreeSet<Epoch>,
 }
 
 /// A value the register may hold (see `ArbiterLink::possible`).
@@ -205,7 +206,9 @@ impl Node {
                     ArbiterPurpose::Promote(_) | ArbiterPurpose::Retake => {
                         link.promotion_asked = Some(next.epoch);
                     }
-                    ArbiterPurpose::Reclaim => link.reclaim_asked = Some(next.epoch),
+                    ArbiterPurpose::Reclaim => {
+                        link.reclaim_asked.insert(next.epoch);
+                    }
                     _ => {}
                 }
                 link.possible.push(PossibleRegister {
@@ -394,9 +397,13 @@ impl Node {
             return None;
         }
         let known = link.known.as_ref().filter(|r| r.exists())?;
-        let led = self.led_evidence?;
+        // An epoch our own reclaim took in the register but we never led
+        // (its answer lost, a seal moved us past it): nobody wrote in it,
+        // so what we led before it still holds every acknowledged write.
+        let evidence = self.led_evidence == Some(known.epoch)
+            || (self.led_evidence.is_some() && link.reclaim_asked.contains(&known.epoch));
         if known.primary.as_ref() != Some(me)
-            || known.epoch != led
+            || !evidence
             || !known.sync_set.is_empty()
             || known.epoch >= self.epoch
         {
@@ -748,9 +755,10 @@ impl Node {
         let reclaimed = self
             .arbiter
             .as_ref()
-            .is_some_and(|l| l.reclaim_asked == Some(register.epoch));
+            .is_some_and(|l| l.reclaim_asked.contains(&register.epoch));
         if reclaimed
-            && register.epoch == self.epoch.next()
+            && (register.epoch == self.epoch.next() || register.epoch == self.epoch)
+            && register.exists()
             && register.primary.as_ref() == Some(&me)
             && self.leader.is_none()
             && matches!(
@@ -758,8 +766,9 @@ impl Node {
                 Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
             )
         {
-            // Our reclaim swap (or one whose answer was lost: nothing else
-            // names this leaderless node primary of the next epoch).
+            // Our reclaim swap, or one whose answer was lost (nothing else
+            // names this leaderless node primary of that epoch), also once
+            // a seal or a peer made us adopt the epoch meanwhile.
             self.reclaim_epoch(register.epoch);
             return;
         }
@@ -777,25 +786,6 @@ impl Node {
             } else {
                 self.on_higher_epoch(register.epoch, register.primary.clone());
             }
-            return;
-        }
-        let reclaim_landed = self
-            .arbiter
-            .as_ref()
-            .is_some_and(|l| l.reclaim_asked == Some(register.epoch));
-        if register.epoch == self.epoch
-            && register.exists()
-            && register.primary.as_ref() == Some(&me)
-            && self.leader.is_none()
-            && reclaim_landed
-            && matches!(
-                self.role,
-                Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
-            )
-        {
-            // Our reclaim swap took effect but its answer was lost, and a
-            // seal or a peer made us adopt that epoch meanwhile.
-            self.reclaim_epoch(register.epoch);
             return;
         }
         if register.epoch == self.epoch
@@ -865,7 +855,7 @@ impl Node {
     fn swap_asked_for(&self, epoch: Epoch) -> bool {
         self.arbiter
             .as_ref()
-            .is_some_and(|l| l.promotion_asked == Some(epoch) || l.reclaim_asked == Some(epoch))
+            .is_some_and(|l| l.promotion_asked == Some(epoch))
     }
 
     /// Every standby was reached by a stream of this life, each holder of
@@ -902,13 +892,14 @@ impl Node {
         tracing::warn!(%epoch, led = ?self.led_evidence, "no standby could promote (the register named this node primary with an empty sync set after a failed candidacy stepped it down); took the next epoch back through the arbiter; accepting writes");
         self.clear_held_back();
         self.end_candidacy();
-        if let Some(link) = self.arbiter.as_mut() {
-            // Only a failover this node wanted as a standby can be pending
-            // (`reclaim_call`): it is moot now.
-            link.promotion = None;
-        }
+        // A failover this node wanted as a standby is moot now; an
+        // operator's promotion asked while the swap was on its way is done.
+        let pending = self.arbiter.as_mut().and_then(|l| l.promotion.take());
         self.persist(epoch, Some(me));
         self.become_primary_after_promotion();
+        if pending.is_some_and(|p| p.operator) {
+            self.emit(Effect::ReplyPromote(Ok(epoch)));
+        }
     }
 
     /// The register granted us `epoch` (or a switchover or a forced

@@ -711,6 +711,11 @@ impl Node {
             self.epoch
         );
         self.epoch = epoch;
+        if leader.as_ref().is_some_and(|l| *l != self.cfg.node_id) {
+            // Following another leader (which may rewind our log): what we
+            // led before is no evidence any more (`led_evidence`).
+            self.led_evidence = None;
+        }
         self.leader = leader.clone();
         self.emit(Effect::PersistMeta {
             epoch,

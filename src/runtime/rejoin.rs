@@ -192,7 +192,8 @@ async fn attempt_rejoin(
             let leader = leader.map(|l| l.id);
             if epoch > header.epoch {
                 header.epoch = epoch;
-                header.leader_id = leader.clone();
+                // Not ourselves: this rejoining node leads nothing.
+                header.leader_id = leader.clone().filter(|l| *l != header.node_id);
             }
             let _ = ctx
                 .tx

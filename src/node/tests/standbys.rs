@@ -712,3 +712,49 @@ fn tick_answering_with(node: &mut Node, from: u64, to: u64, with: ArbiterAnswer)
     }
     effects
 }
+
+#[test]
+fn a_reclaim_that_lands_after_a_later_one_was_asked_still_brings_a_primary() {
+    // The first reclaim (to epoch 3) goes unanswered; seals move the node
+    // to epoch 4; it lands late. The register then names the node primary
+    // of epoch 3, which nobody led: the node takes the cluster back from it.
+    let mut node = reclaim_unanswered();
+    for epoch in [3, 4] {
+        node.step(
+            t(1002),
+            Event::HigherEpoch {
+                epoch: Epoch(epoch),
+                leader: None,
+            },
+        );
+    }
+    let mut landed = register(5, 3, "n1", &[]);
+    landed.members = ["n1", "n2", "n3"].into_iter().map(n).collect();
+    let effects = tick_answering_with(&mut node, 1100, 3000, ArbiterAnswer::Read(landed));
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::Reclaim, 5));
+    assert_eq!(
+        (next.epoch, next.primary.clone()),
+        (Epoch(5), Some(n("n1")))
+    );
+    let mut swapped = next;
+    swapped.version = 6;
+    answer(&mut node, t(3100), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert_eq!(node.epoch(), Epoch(5));
+}
+
+#[test]
+fn an_operators_promotion_asked_during_a_reclaim_is_answered_when_it_lands() {
+    let (mut node, effects) = stepped_down_by_a_seal(&[]);
+    let (purpose, _, next) = the_swap(&effects);
+    node.step(t(1001), super::arbiter::promote(true));
+    let mut swapped = next;
+    swapped.version = 5;
+    let effects = answer(&mut node, t(1002), purpose, ArbiterAnswer::Swapped(swapped));
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert!(
+        effects.contains(&Effect::ReplyPromote(Ok(Epoch(3)))),
+        "{effects:?}"
+    );
+}
