@@ -73,11 +73,7 @@ impl Actor {
 
     /// Our log's end: its last record's epoch and LSN.
     pub(super) fn log_end(&self) -> crate::node::LogEnd {
-        let lsn = self.wal.last_lsn();
-        crate::node::LogEnd {
-            epoch: self.wal.epoch_at(lsn).unwrap_or(crate::types::Epoch::ZERO),
-            lsn,
-        }
+        log_end_of(self.wal.as_ref())
     }
 
     pub(super) fn header(&self) -> Header {
@@ -266,6 +262,15 @@ pub(crate) fn matched_prefix(
     match ours.0.iter().find(|e| e.epoch > their_epoch) {
         Some(newer) => end.min(Lsn(newer.first_lsn.0.saturating_sub(1))),
         None => end,
+    }
+}
+
+/// `wal`'s end: its last record's epoch (0 when it holds none) and LSN.
+pub(super) fn log_end_of(wal: &dyn crate::wal::WalStore) -> crate::node::LogEnd {
+    let lsn = wal.last_lsn();
+    crate::node::LogEnd {
+        epoch: wal.epoch_at(lsn).unwrap_or(Epoch::ZERO),
+        lsn,
     }
 }
 

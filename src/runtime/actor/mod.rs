@@ -161,17 +161,11 @@ struct Actor {
 pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle<()>)> {
     let origin = Instant::now();
     let meta = parts.wal.meta();
-    let last = parts.wal.last_lsn();
+    let log_end = health::log_end_of(parts.wal.as_ref());
+    let last = log_end.lsn;
     let flushed = parts.wal.flushed_lsn();
     let applied = parts.sm.applied_lsn();
     let requests = index_request_ids(parts.wal.as_ref(), parts.cfg.max_request_ids)?;
-    let log_end = crate::node::LogEnd {
-        epoch: parts
-            .wal
-            .epoch_at(last)
-            .unwrap_or(crate::types::Epoch::ZERO),
-        lsn: last,
-    };
     let (mut node, mut effects) = Node::new(
         parts.cfg.clone(),
         meta,
