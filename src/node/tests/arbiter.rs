@@ -70,6 +70,13 @@ pub(super) fn the_swap(effects: &[Effect]) -> (ArbiterPurpose, u64, Register) {
     swaps.into_iter().next().unwrap()
 }
 
+/// The answer to a swap to `next` that took effect: the register as it
+/// then holds it, at `version`.
+pub(super) fn swapped_at(mut next: Register, version: u64) -> ArbiterAnswer {
+    next.version = version;
+    ArbiterAnswer::Swapped(next)
+}
+
 pub(super) fn answer(
     node: &mut Node,
     at: Time,
@@ -238,9 +245,7 @@ fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out()
     assert_eq!(next.sync_set, BTreeSet::new());
     assert_eq!(next.epoch, Epoch(1));
 
-    let mut swapped = next;
-    swapped.version = 3;
-    let effects = answer(&mut node, t(2150), purpose, ArbiterAnswer::Swapped(swapped));
+    let effects = answer(&mut node, t(2150), purpose, swapped_at(next, 3));
     assert!(
         effects.contains(&Effect::Commit { lsn: Lsn(1) }),
         "{effects:?}"
@@ -317,9 +322,7 @@ fn a_primary_that_reaches_neither_its_standby_nor_the_arbiter_refuses_writes_unt
     );
     let (purpose, expected, next) = the_swap(&effects);
     assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 2));
-    let mut swapped = next;
-    swapped.version = 3;
-    answer(&mut node, t(3300), purpose, ArbiterAnswer::Swapped(swapped));
+    answer(&mut node, t(3300), purpose, swapped_at(next, 3));
     assert!(node.is_solo());
     assert!(node.check_writable().is_ok());
 }
@@ -367,9 +370,7 @@ fn a_standby_reenters_the_sync_set_caught_up_and_is_told_so_only_after_the_swap(
         SyncState::NotSync,
         "not told it is in sync before the swap"
     );
-    let mut swapped = next;
-    swapped.version = 3;
-    answer(&mut node, t(40), purpose, ArbiterAnswer::Swapped(swapped));
+    answer(&mut node, t(40), purpose, swapped_at(next, 3));
     assert_eq!(node.sync_state(), SyncState::Sync);
 }
 

@@ -1,7 +1,9 @@
 //! A standby's failover under `ANY 1` over two standbys: it hears the
 //! other's final position before its swap, and fetches what it lacks.
 
-use super::arbiter::{asks, register, step_answering, tick_answering_reads, with_arbiter};
+use super::arbiter::{
+    asks, register, step_answering, swapped_at, tick_answering_reads, with_arbiter,
+};
 use super::*;
 use crate::arbiter::Register;
 use crate::config::PeerAddress;
@@ -735,10 +737,7 @@ fn a_primary_restarted_in_a_cluster_takes_the_next_epoch_before_it_writes() {
         (Epoch(4), Some(n("n1")))
     );
     assert_eq!(next.sync_set, register(5, 3, "n1", &["n2", "n3"]).sync_set);
-    let mut swapped = next;
-    swapped.version = 6;
-    let effects =
-        super::arbiter::answer(&mut node, t(350), purpose, ArbiterAnswer::Swapped(swapped));
+    let effects = super::arbiter::answer(&mut node, t(350), purpose, swapped_at(next, 6));
     assert_eq!((node.epoch(), node.role()), (Epoch(4), RoleKind::Primary));
     assert!(
         effects
@@ -797,10 +796,7 @@ fn a_restarted_primary_every_standby_heard_from_writes_without_the_arbiter() {
     node.step(t(320), Event::EveryStandbyReached);
     assert_eq!(node.epoch(), Epoch(3));
     assert!(node.check_writable().is_ok(), "{:?}", node.check_writable());
-    let mut swapped = next;
-    swapped.version = 6;
-    let effects =
-        super::arbiter::answer(&mut node, t(350), purpose, ArbiterAnswer::Swapped(swapped));
+    let effects = super::arbiter::answer(&mut node, t(350), purpose, swapped_at(next, 6));
     assert_eq!((node.epoch(), node.role()), (Epoch(4), RoleKind::Primary));
     let restarts = [Effect::StopPrimaryTasks, Effect::StartPrimaryTasks];
     assert!(effects.windows(2).any(|w| w == restarts), "{effects:?}");

@@ -2,8 +2,8 @@
 //! one lost standby taken out of the sync set alone, the handover target.
 
 use super::arbiter::{
-    answer, asks, first_read, knows, register, step_answering, the_swap, tick_answering_reads,
-    with_arbiter,
+    answer, asks, first_read, knows, register, step_answering, swapped_at, the_swap,
+    tick_answering_reads, with_arbiter,
 };
 use super::*;
 use crate::arbiter::Register;
@@ -137,9 +137,7 @@ fn one_lost_standby_leaves_the_sync_set_alone_and_the_other_still_confirms() {
     assert_eq!(node.commit_lsn(), Lsn(2), "nothing commits before the swap");
 
     // Once the register says so, n2 alone confirms (k' = 1).
-    let mut swapped = next;
-    swapped.version = 3;
-    let e = answer(&mut node, t(2200), purpose, ArbiterAnswer::Swapped(swapped));
+    let e = answer(&mut node, t(2200), purpose, swapped_at(next, 3));
     assert!(e.contains(&Effect::Commit { lsn: Lsn(3) }), "{e:?}");
     assert!(!node.is_solo(), "n2 still counts");
     assert_eq!(node.sync_state_of(&n("n2")), SyncState::Sync);
@@ -564,9 +562,7 @@ fn a_primary_stepped_down_by_a_failed_candidacy_leads_again_when_no_standby_may_
     );
     assert!(next.sync_set.is_empty(), "{next}");
 
-    let mut swapped = next;
-    swapped.version = 5;
-    let effects = answer(&mut node, t(20), purpose, ArbiterAnswer::Swapped(swapped));
+    let effects = answer(&mut node, t(20), purpose, swapped_at(next, 5));
     assert!(
         effects.contains(&Effect::PersistMeta {
             epoch: Epoch(3),
@@ -671,9 +667,7 @@ fn a_restarted_old_primary_whose_failover_clock_ran_out_still_takes_the_cluster_
     let effects = tick_answering_with(&mut node, 3000, 6000, known);
     let (purpose, expected, next) = the_swap(&effects);
     assert_eq!((purpose, expected), (ArbiterPurpose::Reclaim, 4));
-    let mut swapped = next;
-    swapped.version = 5;
-    answer(&mut node, t(6100), purpose, ArbiterAnswer::Swapped(swapped));
+    answer(&mut node, t(6100), purpose, swapped_at(next, 5));
     assert_eq!(node.role(), RoleKind::Primary);
     assert_eq!(node.epoch(), Epoch(3));
 }
@@ -737,9 +731,7 @@ fn a_reclaim_that_lands_after_a_later_one_was_asked_still_brings_a_primary() {
         (next.epoch, next.primary.clone()),
         (Epoch(5), Some(n("n1")))
     );
-    let mut swapped = next;
-    swapped.version = 6;
-    answer(&mut node, t(3100), purpose, ArbiterAnswer::Swapped(swapped));
+    answer(&mut node, t(3100), purpose, swapped_at(next, 6));
     assert_eq!(node.role(), RoleKind::Primary);
     assert_eq!(node.epoch(), Epoch(5));
 }
@@ -749,9 +741,7 @@ fn an_operators_promotion_asked_during_a_reclaim_is_answered_when_it_lands() {
     let (mut node, effects) = stepped_down_by_a_seal(&[]);
     let (purpose, _, next) = the_swap(&effects);
     node.step(t(1001), super::arbiter::promote(true));
-    let mut swapped = next;
-    swapped.version = 5;
-    let effects = answer(&mut node, t(1002), purpose, ArbiterAnswer::Swapped(swapped));
+    let effects = answer(&mut node, t(1002), purpose, swapped_at(next, 5));
     assert_eq!(node.role(), RoleKind::Primary);
     assert!(
         effects.contains(&Effect::ReplyPromote(Ok(Epoch(3)))),
