@@ -59,6 +59,10 @@ impl Node {
         if epoch <= self.epoch {
             return;
         }
+        if self.epoch_unwritable {
+            tracing::debug!(%epoch, ours = %self.epoch, "not taking a newer epoch: this node could not persist its epoch and waits for a restart");
+            return;
+        }
         if epoch >= Epoch::MAX {
             // No promotion could follow such an epoch; a peer that sends one
             // is broken or hostile, and adopting it would wedge this node.
@@ -168,6 +172,12 @@ impl Node {
             }
             return;
         }
+        if self.epoch_unwritable {
+            let reason = format!(
+                "fence to epoch {epoch} refused: this node could not persist its epoch and failed; it takes the epoch once restarted"
+            );
+            return self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
+        }
         if reason == FenceReason::Switchover
             && let Role::Primary(p) = &mut self.role
         {
@@ -180,5 +190,27 @@ impl Node {
         self.emit(Effect::ReplyFence(FenceOutcome::Fenced {
             last_lsn: self.last_lsn,
         }));
+    }
+
+    /// Carries out `Event::PersistFailed`: back to the epoch and leader
+    /// the disk holds, and failed until a restart. An epoch held only in
+    /// memory must not reach a peer: it would step down into an epoch
+    /// that nobody leads, and this node forgets it at its restart. (A
+    /// write whose outcome is unknown may have left the new epoch on
+    /// disk: then the restart takes it, as after a crash right after the
+    /// write.)
+    pub(super) fn on_persist_failed(
+        &mut self,
+        reason: String,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+    ) {
+        if epoch <= self.epoch && (epoch, &leader) != (self.epoch, &self.leader) {
+            tracing::warn!(unwritten = %self.epoch, %epoch, ?leader, "the epoch could not be persisted: this node answers under the epoch and leader on disk until it is restarted");
+            self.epoch = epoch;
+            self.leader = leader;
+        }
+        self.epoch_unwritable = true;
+        self.on_wal_failed(reason);
     }
 }

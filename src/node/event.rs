@@ -297,6 +297,17 @@ pub(crate) enum Event {
     /// engine failed to apply a committed record: stop. `reason` names
     /// which.
     WalFailed { reason: String },
+    /// Persisting the epoch and leader of this step failed (`reason`):
+    /// the node goes back to the epoch and leader it holds durably (the
+    /// last `WalMeta` written) and fails as with `WalFailed`. Until a
+    /// restart it answers peers under that epoch, never one a restart
+    /// would forget: a peer that took it would step down into an epoch
+    /// nobody leads.
+    PersistFailed {
+        reason: String,
+        epoch: Epoch,
+        leader: Option<NodeId>,
+    },
     /// An append failed and left the log as it was, ending at `last_lsn`
     /// (a full disk: the store refused the write, or cut what it had
     /// written of it, and is not poisoned). A standby stops taking WAL and

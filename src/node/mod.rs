@@ -203,6 +203,9 @@ pub(crate) struct Node {
     /// A standby whose WAL append failed (a full disk): when it takes WAL
     /// again, and how many appends failed in a row.
     wal_retry: Option<wal_failure::WalRetry>,
+    /// Writing the epoch to disk failed: until a restart the node takes no
+    /// newer epoch, which it could hold only in memory (`PersistFailed`).
+    epoch_unwritable: bool,
     /// What the node knows of the arbiter (`None` without one).
     arbiter: Option<arbiter::ArbiterLink>,
     /// Automatic failover is paused by the operator (maintenance mode):
@@ -263,6 +266,7 @@ impl Node {
             last_step: Some(now),
             last_tick: now,
             wal_retry: None,
+            epoch_unwritable: false,
             arbiter: cfg
                 .arbiter
                 .as_ref()
@@ -455,6 +459,11 @@ impl Node {
                 self.on_rejoin_finished(epoch, leader);
             }
             Event::WalFailed { reason } => self.on_wal_failed(reason),
+            Event::PersistFailed {
+                reason,
+                epoch,
+                leader,
+            } => self.on_persist_failed(reason, epoch, leader),
             Event::WalAppendFailed { reason, last_lsn } => {
                 self.on_wal_append_failed(now, reason, last_lsn)
             }

@@ -1108,6 +1108,62 @@ fn wal_failure_stops_writes_and_fails_waiters() {
     assert_eq!(node.failed_for_good(), Some("fsync: EIO"));
 }
 
+/// A promotion whose epoch the disk refused: the node answers under the
+/// epoch it holds durably, never the one a restart would forget (its
+/// peer would step down into an epoch nobody leads), and takes no newer
+/// one until a restart, since it could not persist that either.
+#[test]
+fn a_promotion_whose_epoch_was_not_persisted_goes_back_to_the_epoch_on_disk() {
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    assert_eq!(node.step(t(1100), Event::Tick), promotes_n1_to_epoch_two());
+    let effects = node.step(
+        t(1100),
+        Event::PersistFailed {
+            reason: "meta: EIO".into(),
+            epoch: Epoch(1),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    assert!(
+        effects.contains(&Effect::RoleChanged {
+            from: RoleKind::Promoting,
+            to: RoleKind::Failed,
+            epoch: Epoch(1),
+        }),
+        "{effects:?}"
+    );
+    assert_eq!(node.failed_for_good(), Some("meta: EIO"));
+    assert_eq!(
+        (node.epoch(), node.leader()),
+        (Epoch(1), Some(&NodeId::from("n2")))
+    );
+    let effects = node.step(
+        t(1200),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(node.epoch(), Epoch(1));
+    let effects = node.step(
+        t(1300),
+        Event::FenceRequested {
+            epoch: Epoch(3),
+            leader: NodeId::from("n2"),
+            reason: FenceReason::Failover,
+        },
+    );
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::ReplyFence(FenceOutcome::Refused { .. })]
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(1));
+}
+
 #[test]
 fn a_planned_promotion_answers_the_operator_when_the_epoch_arrives_before_the_fence_reply() {
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));

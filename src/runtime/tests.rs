@@ -283,6 +283,11 @@ async fn a_promotion_whose_epoch_cannot_be_saved_sends_no_fence_and_fails_the_no
         .unwrap();
     assert!(!h.writable);
     assert_eq!(wal.meta().epoch, Epoch(1));
+    assert_eq!(
+        (h.epoch, h.leader.map(|l| l.id)),
+        (Epoch(1), Some(NodeId::from("n2"))),
+        "the failed node answers under an epoch it never saved"
+    );
     // Paused time: this lets any fence the failed promotion had spawned
     // reach the peer (it would within one rpc_timeout).
     tokio::time::sleep(cfg(InitialRole::Standby).rpc_timeout * 2).await;
@@ -359,6 +364,11 @@ async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
             .unwrap();
         assert!(!h.writable);
         assert_eq!(wal.meta().epoch, Epoch(1));
+        assert_eq!(
+            h.epoch,
+            Epoch(1),
+            "the node answers under the unsaved epoch"
+        );
         replica.shutdown().await;
     }
 }

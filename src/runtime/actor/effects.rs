@@ -46,7 +46,17 @@ impl Actor {
                 for rest in effects {
                     self.withhold(rest, &reason);
                 }
-                let failed = self.node.step(self.now(), Event::WalFailed { reason });
+                // The step's epoch is not durable: the node goes back to the
+                // one it holds on disk before anyone hears of the new one.
+                let kept = self.wal.meta();
+                let failed = self.node.step(
+                    self.now(),
+                    Event::PersistFailed {
+                        reason,
+                        epoch: kept.epoch,
+                        leader: kept.leader,
+                    },
+                );
                 self.run_effects(failed);
                 return;
             }
