@@ -1,7 +1,8 @@
 //! The epoch rules: how a node takes a higher epoch it hears of (from a
 //! peer, a fence, the register), and how it records its epoch and leader.
 //!
-//! An epoch never goes backwards (`persist` asserts it), is persisted
+//! An epoch never goes backwards (`persist` asserts it; only a failed
+//! write of it puts the node back to the one on disk), is persisted
 //! before anything is said under it, and a node never names itself leader
 //! of an epoch nobody handed it (`may_be_handed`).
 
@@ -176,7 +177,7 @@ impl Node {
             let reason = format!(
                 "fence to epoch {epoch} refused: this node could not persist its epoch and failed; it takes the epoch once restarted"
             );
-            return self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
+            return self.emit(Effect::ReplyFence(FenceOutcome::Unavailable { reason }));
         }
         if reason == FenceReason::Switchover
             && let Role::Primary(p) = &mut self.role

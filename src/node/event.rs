@@ -363,6 +363,9 @@ pub(crate) enum FenceOutcome {
     /// Refused: the request's epoch is not above ours, or the switchover
     /// could not complete in time.
     Refused { reason: String },
+    /// Refused for now: this node cannot take the epoch (it could not
+    /// persist its own); the sender goes on as with an unreachable node.
+    Unavailable { reason: String },
 }
 
 /// Why pending writes are failed.

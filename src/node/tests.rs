@@ -1157,7 +1157,7 @@ fn a_promotion_whose_epoch_was_not_persisted_goes_back_to_the_epoch_on_disk() {
     assert!(
         matches!(
             effects.as_slice(),
-            [Effect::ReplyFence(FenceOutcome::Refused { .. })]
+            [Effect::ReplyFence(FenceOutcome::Unavailable { .. })]
         ),
         "{effects:?}"
     );

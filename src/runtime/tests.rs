@@ -322,6 +322,35 @@ async fn a_promotion_whose_epoch_cannot_be_saved_tells_its_caller_why() {
     replica.shutdown().await;
 }
 
+/// The primary's stream to a standby whose promotion could not save its
+/// epoch ends as with a node that cannot take it, under the epoch on
+/// disk: a refusal naming the unsaved epoch would make the primary step
+/// down into an epoch nobody leads.
+#[tokio::test(start_paused = true)]
+async fn a_promotion_whose_epoch_cannot_be_saved_ends_the_primarys_stream_without_naming_it() {
+    let wal = standby_wal();
+    let (replica, service) = start(cfg(InitialRole::Standby), wal.clone(), unreachable_peer());
+    heartbeat_from_primary(&service, SyncState::Sync).await;
+    let (_session, mut acks) = service.inbox().open_stream().await.unwrap();
+    wal.fail_meta_writes(true);
+    replica
+        .promote(true)
+        .await
+        .expect_err("a promotion to an unsaved epoch succeeded");
+    let refusal = acks
+        .wait_for(Result::is_err)
+        .await
+        .expect("the stream's watch is open")
+        .clone()
+        .expect_err("waited for an error");
+    assert_eq!(
+        (refusal.kind, refusal.epoch),
+        (RefusalKind::Unavailable, Epoch(1)),
+        "{refusal:?}"
+    );
+    replica.shutdown().await;
+}
+
 /// n2's forced promotion to epoch 2 fences this node: its answer.
 async fn forced_fence_from_n2(
     service: &crate::transport::ReplicationService,
@@ -356,6 +385,11 @@ async fn a_fence_whose_epoch_cannot_be_saved_is_refused_and_fails_the_node() {
             .expect_err("a fence to an unsaved epoch was accepted");
         assert_eq!(refusal.kind, RefusalKind::Unavailable, "{refusal:?}");
         assert!(refusal.message.contains("persist"), "{}", refusal.message);
+        assert_eq!(
+            refusal.epoch,
+            Epoch(1),
+            "the refusal names the unsaved epoch"
+        );
         let h = replica
             .wait_for(Duration::from_secs(5), "the node fails", |h| {
                 h.role == RoleKind::Failed

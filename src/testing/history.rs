@@ -634,8 +634,10 @@ mod tests {
     }
 
     /// A node that learned an epoch and failed to persist it (its disk
-    /// failed) reports it while failed and not after its restart: no
-    /// epoch went back. A node that worked at an epoch may not forget it.
+    /// failed) may report it while failed (walrep's nodes go back to the
+    /// epoch on disk, but the check does not rely on it) and not after its
+    /// restart: no epoch went back. A node that worked at an epoch may not
+    /// forget it.
     #[test]
     fn an_epoch_a_failed_node_could_not_persist_may_be_gone_after_its_restart() {
         let mut h = History::new();

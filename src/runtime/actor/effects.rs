@@ -43,20 +43,23 @@ impl Actor {
             };
             if let Err(e) = self.wal.set_meta(&meta) {
                 let reason = format!("persisting epoch {epoch}: {e}");
-                for rest in effects {
-                    self.withhold(rest, &reason);
-                }
                 // The step's epoch is not durable: the node goes back to the
-                // one it holds on disk before anyone hears of the new one.
+                // one it holds on disk first, so the refusals the rest of
+                // the step sends carry that one, and nobody hears of the new
+                // one. The failure's own effects run after the rest, in the
+                // order the roles changed.
                 let kept = self.wal.meta();
                 let failed = self.node.step(
                     self.now(),
                     Event::PersistFailed {
-                        reason,
+                        reason: reason.clone(),
                         epoch: kept.epoch,
                         leader: kept.leader,
                     },
                 );
+                for rest in effects {
+                    self.withhold(rest, &reason);
+                }
                 self.run_effects(failed);
                 return;
             }
@@ -70,6 +73,17 @@ impl Actor {
     fn withhold(&mut self, effect: Effect, reason: &str) {
         let why = format!("this node could not persist its epoch ({reason})");
         match effect {
+            Effect::RoleChanged {
+                from: RoleKind::Standby,
+                ..
+            } => {
+                // A promotion that did not happen: the primary's stream
+                // ends as with any node that cannot take it, not with the
+                // news of an epoch nobody will lead.
+                let refusal = self.refusal(RefusalKind::Unavailable, why);
+                self.end_open_session(refusal);
+                self.run_effect(effect)
+            }
             Effect::FailWaiters { .. }
             | Effect::RoleChanged { .. }
             | Effect::StopPrimaryTasks
@@ -157,6 +171,9 @@ impl Actor {
                     }),
                     FenceOutcome::Refused { reason } => {
                         Err(self.refusal(RefusalKind::StaleEpoch, reason))
+                    }
+                    FenceOutcome::Unavailable { reason } => {
+                        Err(self.refusal(RefusalKind::Unavailable, reason))
                     }
                 };
                 let _ = reply.send(result);

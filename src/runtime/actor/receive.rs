@@ -142,7 +142,6 @@ impl Actor {
     /// acks from it now would carry positions in another log (a promoted
     /// node's own) to the old primary.
     pub(super) fn end_inbound_stream(&mut self, to: RoleKind, epoch: Epoch) {
-        let Some(s) = self.session.take() else { return };
         let refusal = if matches!(to, RoleKind::Promoting | RoleKind::Primary) {
             self.refusal(
                 RefusalKind::StaleEpoch,
@@ -154,7 +153,15 @@ impl Actor {
                 format!("this node is {to}, not a standby; retry after it has rejoined"),
             )
         };
-        let _ = s.acks.send(Err(refusal));
+        self.end_open_session(refusal);
+    }
+
+    /// Ends the primary's stream to this node, if one is open, with
+    /// `refusal`.
+    pub(super) fn end_open_session(&mut self, refusal: Refusal) {
+        if let Some(s) = self.session.take() {
+            let _ = s.acks.send(Err(refusal));
+        }
     }
 
     pub(super) fn send_ack(&mut self) {
