@@ -252,9 +252,8 @@ struct Report {
     promotions: u64,
     /// Records rewound, over every node and incarnation.
     rewound: u64,
-    /// Planned switchovers the operator asked for, and those that
-    /// completed.
-    switchovers: (usize, usize),
+    /// What the operator did.
+    operated: Operated,
 }
 
 fn put(key: &str, value: &str) -> Bytes {
@@ -356,15 +355,31 @@ async fn client(
     Ok(())
 }
 
+/// What the operator did: planned switchovers asked and completed, and
+/// forced promotions after the witness lost its file with no primary.
+#[derive(Clone, Copy, Debug, Default)]
+struct Operated {
+    asked: usize,
+    completed: usize,
+    forced: usize,
+}
+
 /// An operator asking for planned switchovers while the faults strike:
 /// every 2 to 6 s (seeded) a standby of the moment is asked to promote
 /// (`promote(false)`, bounded at 5 s), as `walrep switchover` would.
-/// Counts (asked, completed) into `done`.
+/// Then, with `runbook_at` (the witness lost its file in this run), the
+/// operator's runbook for a cluster left with no primary (OPERATIONS.md,
+/// `WalrepNoWritablePrimary`): a witness that lost its file is rebuilt
+/// only by a primary, so when none exists from `runbook_at` on, every
+/// data node running (`data_nodes` of them), the node holding the most
+/// is forced (`promote(true)`).
 async fn operator(
     registry: Registry,
     seed: u64,
     until: Duration,
-    done: Arc<Mutex<(usize, usize)>>,
+    runbook_at: Option<Duration>,
+    data_nodes: usize,
+    done: Arc<Mutex<Operated>>,
 ) -> turmoil::Result {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x09e2_a70e);
@@ -372,7 +387,7 @@ async fn operator(
     loop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
         if start.elapsed() >= until {
-            return Ok(());
+            break;
         }
         let standbys: Vec<_> = registry
             .running()
@@ -383,11 +398,51 @@ async fn operator(
             continue;
         }
         let (_, node) = &standbys[rng.random_range(0..standbys.len())];
-        done.lock().unwrap().0 += 1;
+        done.lock().unwrap().asked += 1;
         let r = tokio::time::timeout(Duration::from_secs(5), node.replica.promote(false)).await;
         if matches!(r, Ok(Ok(_))) {
-            done.lock().unwrap().1 += 1;
+            done.lock().unwrap().completed += 1;
         }
+    }
+    let Some(runbook_at) = runbook_at else {
+        return Ok(());
+    };
+    let mut leaderless_checks = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let running = registry.running();
+        let all_up = running.len() == data_nodes;
+        let leaderless = running
+            .iter()
+            .all(|(_, n)| n.replica.role() != RoleKind::Primary);
+        leaderless_checks = if all_up && leaderless {
+            leaderless_checks + 1
+        } else {
+            0
+        };
+        // A second in a row with no primary: not a failover under way.
+        if start.elapsed() < runbook_at || leaderless_checks < 2 {
+            continue;
+        }
+        // The node holding the most; of equals, the one the others name
+        // as their leader (the one a switchover was handing over to).
+        let named = |name: &str| {
+            running
+                .iter()
+                .filter(|(_, n)| n.replica.health().leader.is_some_and(|l| l.id.0 == name))
+                .count()
+        };
+        let (name, node) = running
+            .iter()
+            .max_by_key(|(name, n)| (n.replica.health().last_lsn, named(name)))
+            .expect("every node runs");
+        tracing::warn!(node = %name, "operator: no primary since the witness lost its file; forcing the node holding the most");
+        done.lock().unwrap().forced += 1;
+        let r = tokio::time::timeout(Duration::from_secs(5), node.replica.promote(true)).await;
+        if matches!(r, Ok(Ok(_))) {
+            return Ok(());
+        }
+        leaderless_checks = 0;
     }
 }
 
@@ -442,20 +497,32 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     );
     // Switchovers during the faults, where the schedule does not follow
     // roles of its own (a snapshot cut, the wiped primary).
-    let switchovers = Arc::new(Mutex::new((0, 0)));
+    let operated = Arc::new(Mutex::new(Operated::default()));
+    let witness_wiped = schedule
+        .events
+        .iter()
+        .any(|e| matches!(e.action, faults::Action::WipeWitness));
     if matches!(scenario.kinds, Kinds::All | Kinds::Arbiter | Kinds::Cluster) {
+        // Long after any convergence by itself (the slowest is well under
+        // a second), and well before the run's deadline.
+        let runbook_at =
+            witness_wiped.then(|| schedule.quiet_after.max(FAULT_WINDOW) + CONVERGE_WITHIN / 4);
         sim.client(
             "operator",
-            operator(registry.clone(), seed, FAULT_WINDOW, switchovers.clone()),
+            operator(
+                registry.clone(),
+                seed,
+                FAULT_WINDOW,
+                runbook_at,
+                nodes.len(),
+                operated.clone(),
+            ),
         );
     }
 
     let mut report = Report {
         faults: schedule.events.len() / 2,
-        witness_wiped: schedule
-            .events
-            .iter()
-            .any(|e| matches!(e.action, faults::Action::WipeWitness)),
+        witness_wiped,
         ..Report::default()
     };
     let mut obs = Observed::default();
@@ -702,7 +769,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     }
     report.checks = obs.checks;
     report.witness_rebuilt = witness.as_ref().is_some_and(|w| w.register().is_some());
-    report.switchovers = *switchovers.lock().unwrap();
+    report.operated = *operated.lock().unwrap();
     Ok(report)
 }
 
@@ -739,7 +806,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     let mut transfers: BTreeMap<&str, (u64, u64, usize, u64, u64)> = BTreeMap::new();
     // Seeds that restarted the witness from nothing, and those whose
     // witness held the register again at the end.
-    let mut wipes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut wipes: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     // With three nodes: faults that struck the primary of the moment,
     // promotions, seeds with at least one, records rewound, snapshots
     // restored.
@@ -763,15 +830,16 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                     t.2 += r.acked;
                     t.3 += r.checks;
                     worst_converge = worst_converge.max(r.converged_after);
-                    if r.switchovers.0 > 0 {
+                    if r.operated.asked > 0 {
                         let w = switchovers.entry(scenario.name).or_default();
-                        w.0 += r.switchovers.0;
-                        w.1 += r.switchovers.1;
+                        w.0 += r.operated.asked;
+                        w.1 += r.operated.completed;
                     }
                     if scenario.mode.arbiter {
                         let w = wipes.entry(scenario.name).or_default();
                         w.0 += u64::from(r.witness_wiped);
                         w.1 += u64::from(r.witness_wiped && r.witness_rebuilt);
+                        w.2 += u64::from(r.operated.forced > 0);
                     }
                     if scenario.mode.data_nodes > 2 {
                         let f = failovers.entry(scenario.name).or_default();
@@ -822,9 +890,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
             "  {name}: {cut} seeds cut a snapshot transfer part-way ({cuts} cuts), {resumed} resumed one ({bytes} bytes not sent again), {resyncs} snapshots restored"
         );
     }
-    for (name, (wiped, rebuilt)) in &wipes {
+    for (name, (wiped, rebuilt, forced)) in &wipes {
         println!(
-            "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end"
+            "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end, {forced} after the operator forced a promotion (no node was primary)"
         );
     }
     for (name, (struck, promotions, seeds, rewound, resyncs)) in &failovers {
