@@ -807,6 +807,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     // Seeds that restarted the witness from nothing, and those whose
     // witness held the register again at the end.
     let mut wipes: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    // The seeds where the operator forced a promotion, to look at: each
+    // is a wait for an operator the design accepts, or a liveness bug.
+    let mut forced_in: Vec<(u64, &str)> = Vec::new();
     // With three nodes: faults that struck the primary of the moment,
     // promotions, seeds with at least one, records rewound, snapshots
     // restored.
@@ -840,6 +843,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                         w.0 += u64::from(r.witness_wiped);
                         w.1 += u64::from(r.witness_wiped && r.witness_rebuilt);
                         w.2 += u64::from(r.operated.forced > 0);
+                        if r.operated.forced > 0 {
+                            forced_in.push((seed, scenario.name));
+                        }
                     }
                     if scenario.mode.data_nodes > 2 {
                         let f = failovers.entry(scenario.name).or_default();
@@ -894,6 +900,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
         println!(
             "  {name}: {wiped} seeds restarted the witness from nothing, {rebuilt} of them with the register rebuilt by the end, {forced} after the operator forced a promotion (no node was primary)"
         );
+    }
+    for (seed, name) in &forced_in {
+        println!("  the operator forced a promotion: seed {seed}, {name}");
     }
     for (name, (struck, promotions, seeds, rewound, resyncs)) in &failovers {
         println!(
