@@ -63,6 +63,12 @@ impl WitnessDisk {
         }
     }
 
+    /// The witness runs and holds no register for the cluster: it lost
+    /// its file and nothing re-created the register since.
+    pub fn runs_without_register(&self) -> bool {
+        self.live.lock().unwrap().is_some() && self.register().is_none()
+    }
+
     /// The cluster's register as the running witness's file holds it
     /// (`None`: the witness is down or holds none).
     pub fn register(&self) -> Option<Register> {

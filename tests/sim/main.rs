@@ -367,18 +367,13 @@ struct Operated {
 /// An operator asking for planned switchovers while the faults strike:
 /// every 2 to 6 s (seeded) a standby of the moment is asked to promote
 /// (`promote(false)`, bounded at 5 s), as `walrep switchover` would.
-/// Then, with `runbook_at` (the witness lost its file in this run), the
-/// operator's runbook for a cluster left with no primary (OPERATIONS.md,
-/// `WalrepNoWritablePrimary`): a witness that lost its file is rebuilt
-/// only by a primary, so when none exists from `runbook_at` on, every
-/// data node running (`data_nodes` of them), the node holding the most
-/// is forced (`promote(true)`).
+/// Then, with `runbook` (the witness lost its file in this run), the
+/// operator's part in `runbook_for_a_lost_register`.
 async fn operator(
     registry: Registry,
     seed: u64,
     until: Duration,
-    runbook_at: Option<Duration>,
-    data_nodes: usize,
+    runbook: Option<Runbook>,
     done: Arc<Mutex<Operated>>,
 ) -> turmoil::Result {
     use rand::{Rng, SeedableRng};
@@ -404,43 +399,57 @@ async fn operator(
             done.lock().unwrap().completed += 1;
         }
     }
-    let Some(runbook_at) = runbook_at else {
-        return Ok(());
-    };
+    if let Some(runbook) = runbook {
+        runbook_for_a_lost_register(&registry, start, runbook, &done).await;
+    }
+    Ok(())
+}
+
+/// When the operator steps in for a witness that lost its file.
+#[derive(Clone)]
+struct Runbook {
+    /// Not before this (from the start of the run).
+    from: Duration,
+    data_nodes: usize,
+    witness: Arc<WitnessDisk>,
+}
+
+/// The operator's runbook for a cluster whose witness lost its file while
+/// no node was primary (OPERATIONS.md, `WalrepNoWritablePrimary`): no
+/// failover re-creates a lost register (it needs the register's sync
+/// set), so when the witness runs without one, every data node runs and
+/// none has been primary for a second, the standby holding the most is
+/// forced (`promote(true)`), and its swap creates the register.
+async fn runbook_for_a_lost_register(
+    registry: &Registry,
+    start: tokio::time::Instant,
+    runbook: Runbook,
+    done: &Mutex<Operated>,
+) {
     let mut leaderless_checks = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let running = registry.running();
-        let all_up = running.len() == data_nodes;
-        let leaderless = running
-            .iter()
-            .all(|(_, n)| n.replica.role() != RoleKind::Primary);
-        leaderless_checks = if all_up && leaderless {
-            leaderless_checks + 1
-        } else {
-            0
-        };
-        // A second in a row with no primary: not a failover under way.
-        if start.elapsed() < runbook_at || leaderless_checks < 2 {
+        let stuck = running.len() == runbook.data_nodes
+            && running
+                .iter()
+                .all(|(_, n)| n.replica.role() != RoleKind::Primary)
+            && runbook.witness.runs_without_register();
+        leaderless_checks = if stuck { leaderless_checks + 1 } else { 0 };
+        // Two checks in a row: not a failover under way.
+        if start.elapsed() < runbook.from || leaderless_checks < 2 {
             continue;
         }
-        // The node holding the most; of equals, the one the others name
-        // as their leader (the one a switchover was handing over to).
-        let named = |name: &str| {
-            running
-                .iter()
-                .filter(|(_, n)| n.replica.health().leader.is_some_and(|l| l.id.0 == name))
-                .count()
-        };
-        let (name, node) = running
+        let most = running
             .iter()
-            .max_by_key(|(name, n)| (n.replica.health().last_lsn, named(name)))
-            .expect("every node runs");
-        tracing::warn!(node = %name, "operator: no primary since the witness lost its file; forcing the node holding the most");
+            .filter(|(_, n)| n.replica.role() == RoleKind::Standby)
+            .max_by_key(|(_, n)| n.replica.health().last_lsn);
+        let Some((name, node)) = most else { continue };
+        tracing::warn!(node = %name, "operator: no primary and the witness lost its register; forcing the standby holding the most");
         done.lock().unwrap().forced += 1;
         let r = tokio::time::timeout(Duration::from_secs(5), node.replica.promote(true)).await;
         if matches!(r, Ok(Ok(_))) {
-            return Ok(());
+            return;
         }
         leaderless_checks = 0;
     }
@@ -505,16 +514,18 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     if matches!(scenario.kinds, Kinds::All | Kinds::Arbiter | Kinds::Cluster) {
         // Long after any convergence by itself (the slowest is well under
         // a second), and well before the run's deadline.
-        let runbook_at =
-            witness_wiped.then(|| schedule.quiet_after.max(FAULT_WINDOW) + CONVERGE_WITHIN / 4);
+        let runbook = witness.as_ref().filter(|_| witness_wiped).map(|w| Runbook {
+            from: schedule.quiet_after.max(FAULT_WINDOW) + CONVERGE_WITHIN / 4,
+            data_nodes: nodes.len(),
+            witness: w.clone(),
+        });
         sim.client(
             "operator",
             operator(
                 registry.clone(),
                 seed,
                 FAULT_WINDOW,
-                runbook_at,
-                nodes.len(),
+                runbook,
                 operated.clone(),
             ),
         );
@@ -832,7 +843,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                     t.1 += r.faults;
                     t.2 += r.acked;
                     t.3 += r.checks;
-                    worst_converge = worst_converge.max(r.converged_after);
+                    // A run the operator had to step into converged
+                    // when it did, not by itself.
+                    if r.operated.forced == 0 {
+                        worst_converge = worst_converge.max(r.converged_after);
+                    }
                     if r.operated.asked > 0 {
                         let w = switchovers.entry(scenario.name).or_default();
                         w.0 += r.operated.asked;
