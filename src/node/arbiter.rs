@@ -580,11 +580,7 @@ impl Node {
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
             ArbiterAnswer::Swapped(r) => (r, true),
-            ArbiterAnswer::Failed {
-                unreachable,
-                members_not_heard,
-                error,
-            } => {
+            ArbiterAnswer::Failed { unreachable, error } => {
                 // A swap the arbiter refused never takes effect; one that
                 // went unanswered may have.
                 if !unreachable
@@ -613,7 +609,7 @@ impl Node {
                     // A swap may have taken effect without its answer.
                     link.known = None;
                 }
-                return self.on_arbiter_failed(purpose, unreachable, members_not_heard, error);
+                return self.on_arbiter_failed(purpose, unreachable, error);
             }
         };
         if link.reachable == Some(false) {
@@ -647,15 +643,8 @@ impl Node {
     }
 
     /// A call failed: `unreachable` (no answer; a swap may or may not have
-    /// happened) or refused (`members_not_heard`: until every member has
-    /// asked the arbiter something, see `ArbiterAnswer::Failed`).
-    fn on_arbiter_failed(
-        &mut self,
-        purpose: ArbiterPurpose,
-        unreachable: bool,
-        members_not_heard: bool,
-        error: String,
-    ) {
+    /// happened) or refused.
+    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, unreachable: bool, error: String) {
         // A primary whose standby is lost waits on the arbiter whatever the
         // call was (a read, a create, a catch-up): with no swap it refuses
         // writes rather than leave them waiting.
@@ -676,7 +665,7 @@ impl Node {
             {
                 tracing::warn!(%error, "not taking over: with more than one standby a switchover needs the arbiter's swap, and it does not answer");
                 self.abandon_promotion(format!(
-                    "the arbiter does not answer ({error}); with more than one standby a switchover needs its swap, so nothing was changed here (the old primary may have stepped down: a standby takes over through the arbiter once it answers; if the witness comes back without its register, ask for this switchover again)"
+                    "the arbiter does not answer ({error}); with more than one standby a switchover needs its swap, so nothing was changed here (the old primary may have stepped down: a standby takes over through the arbiter once it answers)"
                 ));
             }
             // A planned switchover (the old primary stepped down with
@@ -689,19 +678,6 @@ impl Node {
                 tracing::warn!(kind = ?p.kind, %error, "promoting without the arbiter, which does not answer; it is brought up to this node's epoch once it answers");
                 let epoch = self.epoch.next();
                 self.take_epoch(epoch, p.kind, p.operator);
-            }
-            // The arbiter lost its register and re-creates it once every
-            // member asked it something since, which each does every few
-            // heartbeats. The old primary stepped down in our favour and
-            // waits for us: the switchover asks again (the same swap, a
-            // create) rather than leave the cluster with no primary. Any
-            // register that appears meanwhile ends it as usual.
-            (ArbiterPurpose::Promote(Promotion::Switchover), Some(p))
-                if members_not_heard && p.kind == Promotion::Switchover =>
-            {
-                self.hold_back(format!(
-                    "the switchover waits for the arbiter to re-create its register: {error}"
-                ));
             }
             (ArbiterPurpose::Promote(kind), Some(_)) => {
                 tracing::warn!(?kind, %error, "the arbiter refused the promotion; not promoting");

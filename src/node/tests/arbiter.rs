@@ -149,7 +149,6 @@ pub(super) fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Ef
 pub(super) fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,
-        members_not_heard: false,
         error: "connection refused".into(),
     }
 }
@@ -558,7 +557,6 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
 fn refused(why: &str) -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: false,
-        members_not_heard: false,
         error: why.into(),
     }
 }
