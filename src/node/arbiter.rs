@@ -551,6 +551,9 @@ impl Node {
         let Some(promotion) = self.arbiter.as_mut().and_then(|l| l.promotion.take()) else {
             return;
         };
+        // What held it back is no longer waited for (`/health`, the
+        // `walrep_arbiter_held_back` gauge).
+        self.clear_held_back();
         if promotion.operator {
             self.emit(Effect::ReplyPromote(Err(why)));
         }

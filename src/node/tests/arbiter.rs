@@ -715,6 +715,25 @@ fn a_promotion_refused_by_the_arbiter_or_that_the_role_can_no_longer_take_is_dro
     );
 }
 
+/// A failover held back by the arbiter, then given up (a newer epoch led
+/// by another node appeared): the node no longer says it is held back.
+#[test]
+fn a_failover_given_up_no_longer_reports_what_held_it_back() {
+    let mut failing = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    let effects = tick_answering_reads(&mut failing, 200, 1100);
+    let (purpose, ..) = the_swap(&effects);
+    answer(&mut failing, t(1150), purpose, unreachable());
+    assert!(failing.arbiter_status().unwrap().held_back.is_some());
+    failing.step(
+        t(1200),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    assert_eq!(failing.arbiter_status().unwrap().held_back, None);
+}
+
 #[test]
 fn a_primary_whose_data_directory_was_wiped_is_not_confirmed_by_the_register_naming_it() {
     // n1 was the primary of epoch 1, took writes and put n2 into the sync
