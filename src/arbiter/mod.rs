@@ -130,15 +130,20 @@ pub struct Caller {
     /// member's, so a node's stale compare-and-swap can never match a
     /// version of the new register.
     pub seen_version: u64,
+    /// The node is the confirmed primary of `epoch` (it may have
+    /// acknowledged writes in it). A witness re-creating a register it
+    /// lost never names another node primary of that epoch.
+    pub leads: bool,
 }
 
 impl Caller {
-    /// `node_id` at `epoch`, having seen no register yet.
+    /// `node_id` at `epoch`, having seen no register yet, not leading it.
     pub fn new(node_id: impl Into<NodeId>, epoch: Epoch) -> Caller {
         Caller {
             node_id: node_id.into(),
             epoch,
             seen_version: 0,
+            leads: false,
         }
     }
 }

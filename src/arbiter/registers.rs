@@ -22,6 +22,11 @@ struct Cluster {
     /// than any of them, so a witness that lost its file is rebuilt from
     /// the nodes instead of guessing.
     reported: BTreeMap<NodeId, Epoch>,
+    /// The highest epoch each node reported leading as its confirmed
+    /// primary since this process started: a register is not re-created
+    /// at that epoch naming another node, whose promotion would drop what
+    /// that primary acknowledged.
+    led: BTreeMap<NodeId, Epoch>,
     /// The highest register version any caller reported having seen: a
     /// register created while none exists starts above it.
     seen_version: u64,
@@ -48,6 +53,13 @@ pub enum SwapRefusal {
         /// The highest epoch reported.
         reported: Epoch,
         /// Who reported it.
+        by: NodeId,
+    },
+    /// A create named a primary of an epoch another node reported leading.
+    EpochLedByAnother {
+        /// The proposal's epoch.
+        epoch: Epoch,
+        /// The node that reported leading it.
         by: NodeId,
     },
     /// A swap would move the register's epoch back.
@@ -83,6 +95,10 @@ impl fmt::Display for SwapRefusal {
             } => write!(
                 f,
                 "a register at epoch {proposed} would be below epoch {reported} that {by} reported"
+            ),
+            SwapRefusal::EpochLedByAnother { epoch, by } => write!(
+                f,
+                "{by} reported leading epoch {epoch} as its primary; a register naming another primary of it would drop what {by} acknowledged"
             ),
             SwapRefusal::EpochGoesBack { current, proposed } => write!(
                 f,
@@ -196,7 +212,7 @@ impl Registers {
                 });
             }
         } else {
-            check_create(&cluster.reported, caller, next)?;
+            check_create(&cluster.reported, &cluster.led, caller, next)?;
         }
         // A register lost and re-created continues above every version a
         // member still holds, so no stale swap can match one of its own.
@@ -220,6 +236,13 @@ impl Registers {
             .entry(caller.node_id.clone())
             .or_insert(caller.epoch);
         *seen = (*seen).max(caller.epoch);
+        if caller.leads {
+            let led = cluster
+                .led
+                .entry(caller.node_id.clone())
+                .or_insert(caller.epoch);
+            *led = (*led).max(caller.epoch);
+        }
         // No register goes one swap at a time anywhere near this: a higher
         // claim comes from a bug or a hostile member, and is held to it so
         // a rebuilt register's version can never wrap to 0 ("no register",
@@ -235,6 +258,7 @@ const MAX_SEEN_VERSION: u64 = u64::MAX / 2;
 
 fn check_create(
     reported: &BTreeMap<NodeId, Epoch>,
+    led: &BTreeMap<NodeId, Epoch>,
     caller: &Caller,
     next: &Register,
 ) -> Result<(), SwapRefusal> {
@@ -261,6 +285,18 @@ fn check_create(
         return Err(SwapRefusal::EpochBelowReported {
             proposed: next.epoch,
             reported,
+            by: by.clone(),
+        });
+    }
+    // Two nodes can reach one epoch: a failover through the register the
+    // witness then lost, and a planned switchover the old primary handed
+    // to another node meanwhile. The one that took writes in it keeps it.
+    if let Some((by, _)) = led
+        .iter()
+        .find(|(by, epoch)| **epoch == next.epoch && next.primary.as_ref() != Some(*by))
+    {
+        return Err(SwapRefusal::EpochLedByAnother {
+            epoch: next.epoch,
             by: by.clone(),
         });
     }
@@ -338,6 +374,44 @@ mod tests {
             .unwrap();
         assert_eq!(swapped, CasOutcome::Swapped(v1.successor(&with_standby)));
         assert_eq!(regs.read("c", &caller("n1", 1)).version, 2);
+    }
+
+    /// A witness that lost its file, in a cluster: n3 reached epoch 2 by a
+    /// failover through the lost register and leads it; n1, a primary cut
+    /// off from it, handed epoch 2 to n2 by a switchover. Only n3 may be
+    /// named primary of epoch 2: it may have acknowledged writes n2 lacks.
+    /// Primaries nobody confirmed (both started on fresh directories)
+    /// claim nothing.
+    #[test]
+    fn a_lost_register_is_not_recreated_naming_another_primary_of_an_epoch_a_node_leads() {
+        let members: Vec<NodeId> = vec!["n1".into(), "n2".into(), "n3".into()];
+        let mut regs = Registers::new();
+        let leading = Caller {
+            leads: true,
+            ..caller("n3", 2)
+        };
+        regs.read("c", &leading);
+        regs.read("c", &caller("n1", 2));
+        let handed = Register::fresh(Epoch(2), &"n2".into(), &members);
+        assert_eq!(
+            regs.compare_and_swap("c", &caller("n2", 1), 0, &handed),
+            Err(SwapRefusal::EpochLedByAnother {
+                epoch: Epoch(2),
+                by: "n3".into()
+            })
+        );
+        let ours = Register::fresh(Epoch(2), &"n3".into(), &members);
+        assert!(matches!(
+            regs.compare_and_swap("c", &leading, 0, &ours),
+            Ok(CasOutcome::Swapped(_))
+        ));
+
+        let mut fresh = Registers::new();
+        fresh.read("c", &caller("n2", 1));
+        assert!(matches!(
+            fresh.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1")),
+            Ok(CasOutcome::Swapped(_))
+        ));
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl From<&Caller> for pb::ArbiterCaller {
             node_id: c.node_id.0.clone(),
             epoch: c.epoch.0,
             seen_version: c.seen_version,
+            leads: c.leads,
         }
     }
 }
@@ -46,6 +47,7 @@ impl From<pb::ArbiterCaller> for Caller {
             node_id: NodeId(c.node_id),
             epoch: Epoch(c.epoch),
             seen_version: c.seen_version,
+            leads: c.leads,
         }
     }
 }
@@ -79,6 +81,12 @@ impl From<&SwapRefusal> for pb::SwapRefused {
                     proposed: proposed.0,
                 })
             }
+            SwapRefusal::EpochLedByAnother { epoch, by } => {
+                Reason::EpochLedByAnother(p::EpochLedByAnother {
+                    epoch: epoch.0,
+                    by: by.0.clone(),
+                })
+            }
         };
         pb::SwapRefused {
             reason: Some(reason),
@@ -104,6 +112,10 @@ pub(crate) fn refusal_from_pb(r: pb::SwapRefused) -> Option<SwapRefusal> {
         Reason::EpochGoesBack(e) => SwapRefusal::EpochGoesBack {
             current: Epoch(e.current),
             proposed: Epoch(e.proposed),
+        },
+        Reason::EpochLedByAnother(e) => SwapRefusal::EpochLedByAnother {
+            epoch: Epoch(e.epoch),
+            by: NodeId(e.by),
         },
     })
 }
@@ -152,6 +164,10 @@ mod tests {
             SwapRefusal::EpochGoesBack {
                 current: Epoch(3),
                 proposed: Epoch(2),
+            },
+            SwapRefusal::EpochLedByAnother {
+                epoch: Epoch(2),
+                by: "n3".into(),
             },
         ];
         for r in refusals {

@@ -153,6 +153,13 @@ impl Node {
         self.arbiter.as_ref().map_or(0, |l| l.seen_version)
     }
 
+    /// Whether this node is the confirmed primary of its epoch (it may have
+    /// acknowledged writes in it), as its calls tell the arbiter
+    /// (`Caller::leads`).
+    pub(crate) fn leads_its_epoch(&self) -> bool {
+        matches!(&self.role, Role::Primary(p) if p.confirmed)
+    }
+
     /// The call in flight.
     pub(super) fn arbiter_asking(&self) -> Option<ArbiterPurpose> {
         self.arbiter.as_ref().and_then(|l| l.asking)
@@ -583,7 +590,11 @@ impl Node {
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
             ArbiterAnswer::Swapped(r) => (r, true),
-            ArbiterAnswer::Failed { unreachable, error } => {
+            ArbiterAnswer::Failed {
+                unreachable,
+                members_not_heard,
+                error,
+            } => {
                 // A swap the arbiter refused never takes effect; one that
                 // went unanswered may have.
                 if !unreachable
@@ -612,7 +623,7 @@ impl Node {
                     // A swap may have taken effect without its answer.
                     link.known = None;
                 }
-                return self.on_arbiter_failed(purpose, unreachable, error);
+                return self.on_arbiter_failed(purpose, unreachable, members_not_heard, error);
             }
         };
         if link.reachable == Some(false) {
@@ -646,8 +657,15 @@ impl Node {
     }
 
     /// A call failed: `unreachable` (no answer; a swap may or may not have
-    /// happened) or refused.
-    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, unreachable: bool, error: String) {
+    /// happened) or refused (`members_not_heard`: until every member has
+    /// asked the arbiter something, see `ArbiterAnswer::Failed`).
+    fn on_arbiter_failed(
+        &mut self,
+        purpose: ArbiterPurpose,
+        unreachable: bool,
+        members_not_heard: bool,
+        error: String,
+    ) {
         // A primary whose standby is lost waits on the arbiter whatever the
         // call was (a read, a create, a catch-up): with no swap it refuses
         // writes rather than leave them waiting.
@@ -668,7 +686,7 @@ impl Node {
             {
                 tracing::warn!(%error, "not taking over: with more than one standby a switchover needs the arbiter's swap, and it does not answer");
                 self.abandon_promotion(format!(
-                    "the arbiter does not answer ({error}); with more than one standby a switchover needs its swap, so nothing was changed here (the old primary may have stepped down: a standby takes over through the arbiter once it answers)"
+                    "the arbiter does not answer ({error}); with more than one standby a switchover needs its swap, so nothing was changed here (the old primary may have stepped down: a standby takes over through the arbiter once it answers; if the witness comes back without its register, ask for this switchover again)"
                 ));
             }
             // A planned switchover (the old primary stepped down with
@@ -681,6 +699,22 @@ impl Node {
                 tracing::warn!(kind = ?p.kind, %error, "promoting without the arbiter, which does not answer; it is brought up to this node's epoch once it answers");
                 let epoch = self.epoch.next();
                 self.take_epoch(epoch, p.kind, p.operator);
+            }
+            // The arbiter lost its register and re-creates it once every
+            // member asked it something since, which each does every few
+            // heartbeats. The old primary stepped down in our favour and
+            // waits for us: the switchover asks again (the same swap, a
+            // create) rather than leave the cluster with no primary. The
+            // create rules keep it from taking an epoch that another node
+            // reached through the lost register and leads (a refusal that
+            // ends it); a register that appears meanwhile is swapped from
+            // as by any switchover.
+            (ArbiterPurpose::Promote(Promotion::Switchover), Some(p))
+                if members_not_heard && p.kind == Promotion::Switchover =>
+            {
+                self.hold_back(format!(
+                    "the switchover waits for the arbiter to re-create its register: {error}"
+                ));
             }
             (ArbiterPurpose::Promote(kind), Some(_)) => {
                 tracing::warn!(?kind, %error, "the arbiter refused the promotion; not promoting");

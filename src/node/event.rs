@@ -571,6 +571,13 @@ pub(crate) enum ArbiterAnswer {
     /// The register had moved on; this is what it holds.
     Conflict(Register),
     /// No answer (`unreachable`: not reached or not in time, so a swap may
-    /// or may not have happened), or a refusal.
-    Failed { unreachable: bool, error: String },
+    /// or may not have happened), or a refusal. `members_not_heard`: a
+    /// refusal that goes away by itself, the arbiter having lost the
+    /// register and re-creating it only once every member asked it
+    /// something (`SwapRefusal::MembersNotHeard`).
+    Failed {
+        unreachable: bool,
+        members_not_heard: bool,
+        error: String,
+    },
 }

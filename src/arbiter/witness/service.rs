@@ -56,7 +56,8 @@ pub struct WitnessStats {
     /// Swaps at a version the register had left (answered with it).
     pub conflicts: u64,
     /// Swaps refused whatever the version, by reason (`members_not_heard`,
-    /// `epoch_below_reported`, `epoch_goes_back`, `caller_not_member`).
+    /// `epoch_below_reported`, `epoch_goes_back`, `epoch_led_by_another`,
+    /// `caller_not_member`).
     pub refused: BTreeMap<&'static str, u64>,
     /// Malformed requests (`INVALID_ARGUMENT`).
     pub invalid: u64,
@@ -93,6 +94,7 @@ pub fn refusal_reason(r: &SwapRefusal) -> &'static str {
         SwapRefusal::MembersNotHeard { .. } => "members_not_heard",
         SwapRefusal::EpochBelowReported { .. } => "epoch_below_reported",
         SwapRefusal::EpochGoesBack { .. } => "epoch_goes_back",
+        SwapRefusal::EpochLedByAnother { .. } => "epoch_led_by_another",
     }
 }
 
@@ -605,6 +607,7 @@ fn caller(c: Option<pb::ArbiterCaller>) -> Result<Caller, String> {
         epoch: epoch("caller.epoch", c.epoch)?,
         node_id: NodeId(c.node_id),
         seen_version: c.seen_version,
+        leads: c.leads,
     })
 }
 

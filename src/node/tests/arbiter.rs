@@ -149,6 +149,7 @@ pub(super) fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Ef
 pub(super) fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: true,
+        members_not_heard: false,
         error: "connection refused".into(),
     }
 }
@@ -164,6 +165,17 @@ fn silent_primary_standby(reg: Register) -> Node {
     let mut node = standby_in_contact(with_arbiter(cfg()), SyncState::Sync, t(100));
     knows(&mut node, t(100), reg);
     node
+}
+
+/// What a node's calls tell the arbiter about its epoch: a confirmed
+/// primary leads it (a witness that lost its file names no other primary
+/// of it); a primary nobody confirmed yet and a standby do not.
+#[test]
+fn only_a_confirmed_primary_tells_the_arbiter_it_leads_its_epoch() {
+    assert!(primary_with_standby(with_arbiter(cfg())).leads_its_epoch());
+    assert!(!fresh_primary_with_arbiter("n1", "n2").leads_its_epoch());
+    let standby = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    assert!(!standby.leads_its_epoch());
 }
 
 #[test]
@@ -557,6 +569,7 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
 fn refused(why: &str) -> ArbiterAnswer {
     ArbiterAnswer::Failed {
         unreachable: false,
+        members_not_heard: false,
         error: why.into(),
     }
 }

@@ -2,7 +2,7 @@
 //! one lost standby taken out of the sync set alone, the handover target.
 
 use super::arbiter::{
-    answer, asks, first_read, knows, register, step_answering, swapped_at, the_swap,
+    answer, asks, first_read, knows, promote, register, step_answering, swapped_at, the_swap,
     tick_answering_reads, with_arbiter,
 };
 use super::*;
@@ -327,6 +327,50 @@ fn a_switchover_in_a_cluster_never_takes_the_epoch_without_the_arbiters_swap() {
     );
 }
 
+/// The witness lost its file while a switchover waited for its swap:
+/// the swap is a create, which the witness refuses until every member has
+/// asked it something since. That passes by itself (each member reads
+/// every few heartbeats), and the old primary stepped down for this node:
+/// the switchover asks again instead of leaving the cluster with no
+/// primary. Any other refusal still ends it.
+#[test]
+fn a_switchover_whose_create_waits_for_the_members_asks_again_and_takes_over() {
+    let members_not_heard = ArbiterAnswer::Failed {
+        unreachable: false,
+        members_not_heard: true,
+        error: "the register does not exist and members n3 have not reported their epoch yet"
+            .into(),
+    };
+    let cfg = with_n3(with_arbiter(cfg()));
+    let retry_after = cfg.heartbeat_interval;
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
+    knows(&mut node, t(100), Register::default());
+    node.step(t(200), promote(false));
+    let effects = node.step(
+        t(210),
+        Event::FenceSent {
+            confirmed_last_lsn: Some(Lsn(10)),
+        },
+    );
+    let (purpose, expected, next) = the_swap(&effects);
+    assert_eq!(
+        (purpose, expected, next.epoch),
+        (ArbiterPurpose::Promote(Promotion::Switchover), 0, Epoch(2))
+    );
+    let effects = answer(&mut node, t(220), purpose, members_not_heard);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::ReplyPromote(_))),
+        "{effects:?}"
+    );
+    assert_eq!(node.role(), RoleKind::Standby);
+    let effects = node.step(t(220) + retry_after, Event::Tick);
+    let (again, expected, next) = the_swap(&effects);
+    assert_eq!((again, expected), (purpose, 0));
+    let effects = answer(&mut node, t(230) + retry_after, again, swapped_at(next, 7));
+    assert_eq!((node.role(), node.epoch()), (RoleKind::Primary, Epoch(2)));
+    assert!(effects.contains(&Effect::ReplyPromote(Ok(Epoch(2)))));
+}
+
 #[test]
 fn a_standby_the_rule_does_not_name_is_never_told_it_is_in_sync() {
     // FIRST 1 (n2): n3 is asynchronous. It holds everything, yet no
@@ -451,6 +495,7 @@ fn a_swap_that_went_unanswered_bounds_the_commit_until_an_answer_passes_its_vers
         purpose,
         ArbiterAnswer::Failed {
             unreachable: true,
+            members_not_heard: false,
             error: "timed out".into(),
         },
     );
@@ -507,6 +552,7 @@ fn stepped_down_by_a_seal(sync_set: &[&str]) -> (Node, Vec<Effect>) {
     assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::AddStandby));
     let refused = ArbiterAnswer::Failed {
         unreachable: false,
+        members_not_heard: false,
         error: "refused".into(),
     };
     answer(&mut node, t(6), ArbiterPurpose::AddStandby, refused);

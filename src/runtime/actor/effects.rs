@@ -2,7 +2,7 @@
 //! (streamer and heartbeats, applier, rejoin, a fence to the peer).
 
 use crate::TransportError;
-use crate::arbiter::{ArbiterError, Caller, CasOutcome};
+use crate::arbiter::{ArbiterError, Caller, CasOutcome, SwapRefusal};
 use crate::node::{
     ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason,
     FetchFailed, LogEnd, Refused, RoleKind,
@@ -421,6 +421,7 @@ impl Actor {
             node_id: self.cfg.node_id.clone(),
             epoch: self.node.epoch(),
             seen_version: self.node.arbiter_seen_version(),
+            leads: self.node.leads_its_epoch(),
         };
         let cluster = self.cfg.cluster_id.clone();
         let deadline = self.cfg.rpc_timeout;
@@ -448,10 +449,15 @@ impl Actor {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => ArbiterAnswer::Failed {
                     unreachable: matches!(e, ArbiterError::Unreachable(_)),
+                    members_not_heard: matches!(
+                        e,
+                        ArbiterError::Refused(SwapRefusal::MembersNotHeard { .. })
+                    ),
                     error: e.to_string(),
                 },
                 Err(_) => ArbiterAnswer::Failed {
                     unreachable: true,
+                    members_not_heard: false,
                     error: format!(
                         "{} did not answer within rpc_timeout ({deadline:?})",
                         arbiter.describe()

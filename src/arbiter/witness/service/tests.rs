@@ -10,6 +10,7 @@ fn read_req(cluster: &str, node: &str, epoch: u64) -> Request<pb::ReadRegisterRe
             node_id: node.into(),
             epoch,
             seen_version: 0,
+            leads: false,
         }),
     })
 }
@@ -26,6 +27,7 @@ fn cas_req(
             node_id: node.into(),
             epoch: next.epoch.0,
             seen_version: 0,
+            leads: false,
         }),
         expected_version,
         next: Some(pb::ArbiterRegister::from(next)),
