@@ -153,11 +153,15 @@ impl Node {
         self.arbiter.as_ref().map_or(0, |l| l.seen_version)
     }
 
-    /// Whether this node is the confirmed primary of its epoch (it may have
-    /// acknowledged writes in it), as its calls tell the arbiter
-    /// (`Caller::leads`).
+    /// Whether this node holds itself leader of its epoch, as its calls
+    /// tell the arbiter (`Caller::leads`): from the promotion it persisted
+    /// (while it still fences, `Promoting`) through its time as primary,
+    /// and after its WAL failed there (its writes are on its disk only).
+    /// Not a primary started on a fresh directory that nobody confirmed:
+    /// it wrote nothing, and of two such one must be able to win.
     pub(crate) fn leads_its_epoch(&self) -> bool {
-        matches!(&self.role, Role::Primary(p) if p.confirmed)
+        self.leader.as_ref() == Some(&self.cfg.node_id)
+            && !matches!(&self.role, Role::Primary(p) if !p.confirmed)
     }
 
     /// The call in flight.

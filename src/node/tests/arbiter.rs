@@ -167,15 +167,39 @@ fn silent_primary_standby(reg: Register) -> Node {
     node
 }
 
-/// What a node's calls tell the arbiter about its epoch: a confirmed
-/// primary leads it (a witness that lost its file names no other primary
-/// of it); a primary nobody confirmed yet and a standby do not.
+/// What a node's calls tell the arbiter about its epoch: a node that
+/// promoted itself leads it from the swap on, still fencing, then as
+/// primary, and a restarted confirmed primary too (a witness that lost
+/// its file names no other primary of it); a primary nobody confirmed
+/// yet, a standby and the primary it replaced do not.
 #[test]
-fn only_a_confirmed_primary_tells_the_arbiter_it_leads_its_epoch() {
+fn a_node_tells_the_arbiter_it_leads_its_epoch_from_its_promotion_on() {
     assert!(primary_with_standby(with_arbiter(cfg())).leads_its_epoch());
     assert!(!fresh_primary_with_arbiter("n1", "n2").leads_its_epoch());
-    let standby = silent_primary_standby(register(3, 1, "n2", &["n1"]));
-    assert!(!standby.leads_its_epoch());
+    let mut node = silent_primary_standby(register(3, 1, "n2", &["n1"]));
+    assert!(!node.leads_its_epoch());
+    let effects = tick_answering_reads(&mut node, 200, 1100);
+    let (purpose, _, next) = the_swap(&effects);
+    answer(&mut node, t(1150), purpose, swapped_at(next, 4));
+    assert_eq!(node.role(), RoleKind::Promoting);
+    assert!(node.leads_its_epoch(), "still fencing");
+    node.step(
+        t(1200),
+        Event::FenceSent {
+            confirmed_last_lsn: None,
+        },
+    );
+    assert_eq!(node.role(), RoleKind::Primary);
+    assert!(node.leads_its_epoch());
+    let mut old = primary_with_standby(with_arbiter(cfg()));
+    old.step(
+        t(50),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    assert!(!old.leads_its_epoch());
 }
 
 #[test]

@@ -178,6 +178,32 @@ async fn malformed_requests_are_invalid_argument_and_refusals_failed_preconditio
     assert!(w.registers().is_empty());
 }
 
+/// A node's claim to lead its epoch reaches the witness over the wire: a
+/// witness that lost its file then refuses a create naming the other
+/// node primary of that epoch, and says why.
+#[tokio::test]
+async fn a_create_naming_another_primary_of_an_epoch_a_member_leads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = WitnessService::open(dir.path()).unwrap();
+    let mut leading = read_req("c", "n1", 2);
+    leading.get_mut().caller.as_mut().unwrap().leads = true;
+    Witness::read(&w, leading).await.unwrap();
+    let status = Witness::compare_and_swap(&w, cas_req("c", "n2", 0, &pair(2, "n2")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let details = <pb::SwapRefused as prost::Message>::decode(status.details()).unwrap();
+    assert_eq!(
+        crate::arbiter::wire::refusal_from_pb(details),
+        Some(SwapRefusal::EpochLedByAnother {
+            epoch: Epoch(2),
+            by: "n1".into()
+        })
+    );
+    assert_eq!(w.stats().refused.get("epoch_led_by_another"), Some(&1));
+    assert!(w.registers().is_empty());
+}
+
 #[tokio::test]
 async fn only_a_member_may_change_an_existing_register() {
     let (_dir, w) = with_cluster_c().await;
