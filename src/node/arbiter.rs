@@ -16,14 +16,17 @@
 //! * a fresh cluster's first primary is the node whose create swap wins;
 //!   the other steps down to follow it;
 //! * the arbiter unreachable: replication in sync goes on, but no failover
-//!   and no solo step happen. A planned switchover or a forced promotion
-//!   goes ahead without it (the old primary stepped down, or the operator
-//!   chose to), and the new primary brings the register up to its epoch
-//!   once it answers.
+//!   and no solo step happen. A pair's planned switchover or a forced
+//!   promotion goes ahead without it (the old primary stepped down, or the
+//!   operator chose to), and the new primary brings the register up to its
+//!   epoch once it answers; with more than one standby a switchover waits
+//!   for the swap.
 //!
 //! Only a swap's answer changes what the node believes of the register; an
 //! unanswered swap may have taken effect, so the register is read again
-//! before the next one.
+//! before the next one. A promotion's own steps (the register it asks for,
+//! its wait, giving it up, taking the granted epoch) are in `promotion.rs`;
+//! a node that led an epoch taking the cluster back, in `reclaim.rs`.
 
 use super::event::{ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Promotion, Time};
 use super::primary::Primary;
@@ -35,6 +38,7 @@ use crate::config::CommitMode;
 use crate::types::{Epoch, Lsn, NodeId};
 use std::collections::BTreeSet;
 
+mod promotion;
 mod reclaim;
 
 /// How often a node reads the register when it needs nothing from it, in
@@ -373,38 +377,6 @@ impl Node {
         changed.then_some(next)
     }
 
-    /// The register a promotion of `kind` swaps to, or why `known` does
-    /// not allow it.
-    fn promotion_register(&self, known: &Register, kind: Promotion) -> Result<Register, String> {
-        let me = &self.cfg.node_id;
-        let next = Register::fresh(self.epoch.next(), me, &self.members());
-        if kind != Promotion::Failover {
-            // The old primary stepped down with everything on our disk, or
-            // the operator forces it: the sync set does not decide.
-            return Ok(next);
-        }
-        if !known.exists() {
-            return Err("the arbiter holds no register for this cluster yet".into());
-        }
-        // A standby sealed by a candidate whose promotion never came holds
-        // an epoch above the register's, led by nobody: it may still be
-        // the next candidate (it took nothing of that epoch).
-        let sealed = known.epoch < self.epoch && self.leader.is_none();
-        if known.epoch != self.epoch && !sealed {
-            return Err(format!(
-                "the arbiter's register is at epoch {}, this node at {}",
-                known.epoch, self.epoch
-            ));
-        }
-        if self.cfg.commit_mode != CommitMode::Async && !known.sync_set.contains(me) {
-            return Err(
-                "this standby is not in the arbiter's sync set: the primary may have acknowledged writes it lacks"
-                    .into(),
-            );
-        }
-        Ok(next)
-    }
-
     /// In a cluster with an arbiter, in a sync mode: the most a primary may
     /// acknowledge by the register's sync set, whatever it holds now (see
     /// `ArbiterLink::possible`); before the register was first read, every
@@ -479,110 +451,6 @@ impl Node {
             && link.reachable != Some(false)
             && self.promotion_register(known, Promotion::Failover).is_ok();
         usable.then(|| known.clone())
-    }
-
-    /// Whether this node's role can take a new epoch by a promotion of
-    /// `kind`: a standby always; an operator's force also a primary its
-    /// peer never confirmed and a fenced or rejoining node (as without an
-    /// arbiter); a failed node never.
-    fn may_take_promotion(&self, kind: Promotion) -> bool {
-        match &self.role {
-            Role::Standby(_) => true,
-            Role::Primary(p) => !p.confirmed && kind == Promotion::Forced,
-            Role::Fenced | Role::Rejoining { rewriting: false } => kind == Promotion::Forced,
-            Role::Rejoining { rewriting: true } => false,
-            Role::Promoting { .. } | Role::Failed { .. } => false,
-        }
-    }
-
-    /// A promotion of `kind` waits for the arbiter's swap (or, for a
-    /// switchover or a forced promotion, for its failure).
-    pub(super) fn promote_through_arbiter(&mut self, kind: Promotion, operator: bool) {
-        let Some(link) = self.arbiter.as_mut() else {
-            return;
-        };
-        let pending = match link.promotion {
-            None => {
-                tracing::info!(?kind, "promotion: asking the arbiter for the next epoch");
-                PendingPromotion { kind, operator }
-            }
-            // A stronger kind is never lost to a weaker one (a failover
-            // noticed while a switchover waits), nor a waiting operator.
-            Some(p) => PendingPromotion {
-                kind: p.kind.max(kind),
-                operator: p.operator || operator,
-            },
-        };
-        link.promotion = Some(pending);
-        self.explain_promotion_wait();
-    }
-
-    /// A promotion the register does not allow waits: say why.
-    fn explain_promotion_wait(&mut self) {
-        let Some(link) = self.arbiter.as_ref() else {
-            return;
-        };
-        let (Some(promotion), Some(known)) = (link.promotion, link.known.as_ref()) else {
-            return;
-        };
-        if let Err(why) = self.promotion_register(known, promotion.kind) {
-            self.hold_back(format!(
-                "the primary is silent but this standby may not promote: {why}"
-            ));
-        }
-    }
-
-    /// The primary spoke again: a failover that waited for the arbiter is
-    /// no longer wanted.
-    pub(super) fn cancel_failover(&mut self) {
-        if let Some(link) = self.arbiter.as_mut()
-            && link
-                .promotion
-                .is_some_and(|p| p.kind == Promotion::Failover)
-        {
-            tracing::info!("the primary spoke again: not promoting");
-            link.promotion = None;
-            link.held_back = None;
-        }
-        self.end_candidacy();
-    }
-
-    /// A newer epoch led by another node exists: a promotion waiting for
-    /// the arbiter is over; an operator waiting for it is told.
-    pub(super) fn drop_promotion(&mut self, epoch: Epoch) {
-        self.abandon_promotion(format!(
-            "epoch {epoch} appeared during the promotion; this node follows it"
-        ));
-    }
-
-    /// The promotion waiting for the arbiter will not happen: an operator
-    /// waiting for it is told `why`.
-    pub(super) fn abandon_promotion(&mut self, why: String) {
-        self.end_candidacy();
-        let Some(promotion) = self.arbiter.as_mut().and_then(|l| l.promotion.take()) else {
-            return;
-        };
-        // What held it back is no longer waited for (`/health`, the
-        // `walrep_arbiter_held_back` gauge).
-        self.clear_held_back();
-        if promotion.operator {
-            self.emit(Effect::ReplyPromote(Err(why)));
-        }
-    }
-
-    pub(super) fn hold_back(&mut self, why: String) {
-        if let Some(link) = self.arbiter.as_mut()
-            && link.held_back.as_ref() != Some(&why)
-        {
-            tracing::warn!(reason = %why, "waiting for the arbiter");
-            link.held_back = Some(why);
-        }
-    }
-
-    pub(super) fn clear_held_back(&mut self) {
-        if let Some(link) = self.arbiter.as_mut() {
-            link.held_back = None;
-        }
     }
 
     pub(super) fn on_arbiter_answered(&mut self, purpose: ArbiterPurpose, answer: ArbiterAnswer) {
@@ -856,46 +724,6 @@ impl Node {
         }
         self.emit(Effect::StopPrimaryTasks);
         self.emit(Effect::StartPrimaryTasks);
-    }
-
-    /// The register granted us `epoch` (or a switchover or a forced
-    /// promotion goes ahead without it): persist it, then act as primary.
-    fn take_epoch(&mut self, epoch: Epoch, kind: Promotion, operator: bool) {
-        self.clear_held_back();
-        self.end_candidacy();
-        if !self.may_take_promotion(kind) {
-            tracing::warn!(%epoch, role = %self.role.kind(), "the arbiter granted an epoch this node can no longer take; ignoring it");
-            if operator {
-                self.emit(Effect::ReplyPromote(Err(format!(
-                    "this node became {} during the promotion",
-                    self.role.kind()
-                ))));
-            }
-            return;
-        }
-        let me = self.cfg.node_id.clone();
-        let old = self.previous_leader();
-        self.persist(epoch, Some(me));
-        match kind {
-            Promotion::Switchover => {
-                self.become_primary_after_promotion();
-                if operator {
-                    self.emit(Effect::ReplyPromote(Ok(epoch)));
-                }
-            }
-            Promotion::Failover | Promotion::Forced => {
-                self.change_role(Role::Promoting { operator });
-                self.emit(Effect::SendFence {
-                    epoch,
-                    reason: if kind == Promotion::Forced {
-                        super::FenceReason::Forced
-                    } else {
-                        super::FenceReason::Failover
-                    },
-                    to: old,
-                });
-            }
-        }
     }
 
     /// The register names the peer primary of our epoch while we act as
