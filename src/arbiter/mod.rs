@@ -130,9 +130,11 @@ pub struct Caller {
     /// member's, so a node's stale compare-and-swap can never match a
     /// version of the new register.
     pub seen_version: u64,
-    /// The node is the confirmed primary of `epoch` (it may have
-    /// acknowledged writes in it). A witness re-creating a register it
-    /// lost never names another node primary of that epoch.
+    /// The node holds itself leader of `epoch`, from the promotion it
+    /// persisted on (it may have acknowledged writes in it); a primary
+    /// started on a fresh directory that nobody confirmed does not. A
+    /// witness re-creating a register it lost never names another node
+    /// primary of that epoch.
     pub leads: bool,
 }
 

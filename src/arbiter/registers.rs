@@ -22,8 +22,8 @@ struct Cluster {
     /// than any of them, so a witness that lost its file is rebuilt from
     /// the nodes instead of guessing.
     reported: BTreeMap<NodeId, Epoch>,
-    /// The highest epoch each node reported leading as its confirmed
-    /// primary since this process started: a register is not re-created
+    /// The highest epoch each node reported leading (`Caller::leads`)
+    /// since this process started: a register is not re-created
     /// at that epoch naming another node, whose promotion would drop what
     /// that primary acknowledged.
     led: BTreeMap<NodeId, Epoch>,
