@@ -74,11 +74,12 @@ pub(super) struct ArbiterLink {
     seen_version: u64,
     /// A promotion that waits for the arbiter's swap.
     promotion: Option<PendingPromotion>,
-    /// The epoch a promotion swap of this life asked for, naming this
-    /// node primary: a register found naming us primary of it is that
+    /// The last promotion or retake swap of this life, naming this node
+    /// primary: a register found naming us primary of its epoch is that
     /// swap's doing, even if its answer was lost and a seal made us adopt
-    /// the epoch meanwhile (`on_register`).
-    promotion_asked: Option<Epoch>,
+    /// the epoch meanwhile (`on_register`), or a peer made us follow
+    /// another node in it (`reclaim.rs`).
+    promotion_asked: Option<AskedPromotion>,
     /// Why a failover or a solo step did not happen (cleared once it did,
     /// or is no longer wanted).
     held_back: Option<String>,
@@ -104,6 +105,18 @@ struct PossibleRegister {
     epoch: Epoch,
     primary: Option<NodeId>,
     sync_set: BTreeSet<NodeId>,
+}
+
+/// A promotion or retake swap as it was asked (`ArbiterLink::promotion_asked`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AskedPromotion {
+    /// The epoch it asks for.
+    epoch: Epoch,
+    /// `Promote(kind)` or `Retake`.
+    purpose: ArbiterPurpose,
+    /// The node's last LSN when it asked: a promotion asks with its log
+    /// final (a candidate fetched what it lacked first).
+    last_lsn: Lsn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +234,11 @@ impl Node {
             {
                 match purpose {
                     ArbiterPurpose::Promote(_) | ArbiterPurpose::Retake => {
-                        link.promotion_asked = Some(next.epoch);
+                        link.promotion_asked = Some(AskedPromotion {
+                            epoch: next.epoch,
+                            purpose,
+                            last_lsn: self.last_lsn,
+                        });
                     }
                     ArbiterPurpose::Reclaim => {
                         link.reclaim_asked.insert(next.epoch);
@@ -696,7 +713,7 @@ impl Node {
     fn swap_asked_for(&self, epoch: Epoch) -> bool {
         self.arbiter
             .as_ref()
-            .is_some_and(|l| l.promotion_asked == Some(epoch))
+            .is_some_and(|l| l.promotion_asked.is_some_and(|a| a.epoch == epoch))
     }
 
     /// Every standby was reached by a stream of this life, each holder of

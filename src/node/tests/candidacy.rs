@@ -683,6 +683,111 @@ fn a_candidate_whose_swap_answer_was_lost_takes_the_epoch_the_register_names_it_
     takes_epoch_2_when_answered(&mut node, ArbiterPurpose::Refresh, read);
 }
 
+/// `swapping()` once its swap landed but, before the answer, a rejoin
+/// request from the old primary, which had begun a switchover to n3, named
+/// n3 leader of epoch 2 and the node followed it; then the answer came.
+/// n3's own swap fails against the register, which names this node, so
+/// n3 never leads epoch 2. Returns the node and its effects since.
+fn granted_but_following_n3() -> (Node, Vec<Effect>) {
+    let (mut node, next) = swapping();
+    let rejoining = Header {
+        leader_id: Some(n("n3")),
+        ..header(2, "n2")
+    };
+    node.step(t(2050), Event::HistoryRequested { header: rejoining });
+    assert_eq!((node.epoch(), node.leader()), (Epoch(2), Some(&n("n3"))));
+    let purpose = ArbiterPurpose::Promote(Promotion::Failover);
+    let effects = super::arbiter::answer(&mut node, t(2100), purpose, swapped_at(next, 4));
+    assert_eq!(
+        node.role(),
+        RoleKind::Standby,
+        "took the epoch n3 follows: {effects:?}"
+    );
+    (node, effects)
+}
+
+/// Nobody would ever lead epoch 2: once n3 has been silent for
+/// `failover_timeout`, the node takes epoch 3 through the register (not
+/// epoch 2 itself, which n3 could lead by a promotion forced without the
+/// arbiter) and fences n3 first, as a failover does.
+#[test]
+fn a_candidate_made_to_follow_another_node_in_the_epoch_its_swap_won_takes_the_next_one() {
+    let (mut node, mut effects) = granted_but_following_n3();
+    effects.extend(tick_answering_reads(&mut node, 2200, 4000));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(
+        (purpose, expected, next.epoch, next.primary.as_ref()),
+        (ArbiterPurpose::Reclaim, 4, Epoch(3), Some(&n("n1")))
+    );
+    let effects = super::arbiter::answer(&mut node, t(4100), purpose, swapped_at(next, 5));
+    assert_eq!((node.epoch(), node.role()), (Epoch(3), RoleKind::Promoting));
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::SendFence { epoch: Epoch(3), to: Some(to), .. } if *to == n("n3")
+        )),
+        "{effects:?}"
+    );
+}
+
+/// As above, but n3 speaks as the primary of epoch 2 (forced while the
+/// arbiter did not answer): the node follows it and swaps nothing; nor
+/// once n3 went silent after its records reached this node's log, which
+/// is then no longer the one its swap was asked with.
+#[test]
+fn a_granted_candidate_following_a_node_that_leads_the_epoch_or_gave_it_records_swaps_nothing() {
+    let (mut node, mut effects) = granted_but_following_n3();
+    for at in (2200..=4000).step_by(200) {
+        effects.extend(step_answering(
+            &mut node,
+            t(at),
+            heartbeat(2, "n3", 10, 10, SyncState::Sync),
+        ));
+        effects.extend(tick_answering_reads(&mut node, at + 100, at + 100));
+    }
+    assert!(!swaps(&effects), "{effects:?}");
+
+    let (mut node, mut effects) = granted_but_following_n3();
+    let record = Record {
+        lsn: Lsn(11),
+        epoch: Epoch(2),
+        request_id: None,
+        payload: Bytes::from_static(b"w"),
+    };
+    let batch = Event::BatchReceived {
+        batch: WalBatch {
+            header: header(2, "n3"),
+            ..batch((10, 1), vec![record], 11, 1)
+        },
+        local_at_prev: Some(Epoch(1)),
+        local: vec![],
+    };
+    effects.extend(node.step(t(2200), batch));
+    assert_eq!(node.last_lsn(), Lsn(11));
+    effects.extend(tick_answering_reads(&mut node, 2300, 5000));
+    assert!(!swaps(&effects), "{effects:?}");
+}
+
+/// Following n3 in epoch 2 as above, but the register names n3 primary of
+/// it (n3's swap won): the node follows n3 and swaps nothing.
+#[test]
+fn a_candidate_whose_swap_lost_to_the_node_it_follows_swaps_nothing_more() {
+    let (mut node, _) = swapping();
+    let rejoining = Header {
+        leader_id: Some(n("n3")),
+        ..header(2, "n2")
+    };
+    node.step(t(2050), Event::HistoryRequested { header: rejoining });
+    let mut theirs = register(4, 2, "n3", &[]);
+    theirs.members = ["n1", "n2", "n3"].into_iter().map(n).collect();
+    let purpose = ArbiterPurpose::Promote(Promotion::Failover);
+    let mut effects =
+        super::arbiter::answer(&mut node, t(2100), purpose, ArbiterAnswer::Conflict(theirs));
+    effects.extend(tick_answering_reads(&mut node, 2200, 4000));
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!((node.epoch(), node.leader()), (Epoch(2), Some(&n("n3"))));
+}
+
 /// A late answer to an earlier round's seal says nothing of this round's:
 /// the standby may have taken records from a primary of that epoch since.
 #[test]
