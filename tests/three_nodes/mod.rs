@@ -458,3 +458,100 @@ async fn a_member_restarted_with_another_rule_while_the_primary_is_dead_still_as
     );
     cluster.shutdown().await;
 }
+
+/// An arbiter that keeps, for each node, the last `Caller` it was asked
+/// by (what the node tells a witness about itself), over a `MemArbiter`.
+#[derive(Debug)]
+struct RecordsCallers {
+    inner: walrep::arbiter::MemArbiter,
+    callers:
+        tokio::sync::watch::Sender<std::collections::BTreeMap<NodeId, walrep::arbiter::Caller>>,
+}
+
+impl RecordsCallers {
+    fn new() -> Self {
+        RecordsCallers {
+            inner: walrep::arbiter::MemArbiter::new(),
+            callers: tokio::sync::watch::channel(Default::default()).0,
+        }
+    }
+
+    fn record(&self, caller: &walrep::arbiter::Caller) {
+        self.callers.send_modify(|c| {
+            c.insert(caller.node_id.clone(), caller.clone());
+        });
+    }
+
+    /// Waits until the last calls of `a`, `b` and `c` all carried `epoch`
+    /// and only `leader`'s claimed to lead it.
+    async fn wait_for_claims(&self, epoch: walrep::Epoch, leader: &str) {
+        let mut seen = self.callers.subscribe();
+        let claims = seen.wait_for(|callers| {
+            ["a", "b", "c"].iter().all(|n| {
+                callers
+                    .get(&id(n))
+                    .is_some_and(|c| c.epoch == epoch && c.leads == (*n == leader))
+            })
+        });
+        let last = tokio::time::timeout(WAIT, claims)
+            .await
+            .map(|r| r.unwrap().clone());
+        assert!(
+            last.is_ok(),
+            "expected only {leader} to claim epoch {epoch}; last calls: {:?}",
+            self.callers.borrow()
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl walrep::arbiter::Arbiter for RecordsCallers {
+    async fn read(
+        &self,
+        cluster_id: &str,
+        caller: &walrep::arbiter::Caller,
+    ) -> Result<walrep::arbiter::Register, walrep::arbiter::ArbiterError> {
+        self.record(caller);
+        self.inner.read(cluster_id, caller).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        cluster_id: &str,
+        caller: &walrep::arbiter::Caller,
+        expected_version: u64,
+        next: &walrep::arbiter::Register,
+    ) -> Result<walrep::arbiter::CasOutcome, walrep::arbiter::ArbiterError> {
+        self.record(caller);
+        self.inner
+            .compare_and_swap(cluster_id, caller, expected_version, next)
+            .await
+    }
+
+    fn describe(&self) -> String {
+        "records-callers://".into()
+    }
+}
+
+/// What a witness that lost its file rebuilds from: every node tells it,
+/// on each call, whether it leads its epoch. Only the primary claims it,
+/// and after a switchover only the new primary does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_primary_tells_the_arbiter_it_leads_its_epoch_and_a_switchover_moves_the_claim() {
+    init_tracing();
+    let arbiter = std::sync::Arc::new(RecordsCallers::new());
+    let shared = arbiter.clone();
+    let mut cluster = Pair::builder(mem_engine)
+        .nodes(3)
+        .config(move |cfg| cfg.arbiter = Some(shared.clone()))
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_streaming().await.unwrap();
+    arbiter.wait_for_claims(walrep::Epoch(1), "a").await;
+
+    let a = cluster.node(&id("a")).replica().clone();
+    assert_eq!(a.switchover_to(&id("c")).await.unwrap(), walrep::Epoch(2));
+    arbiter.wait_for_claims(walrep::Epoch(2), "c").await;
+    cluster.shutdown().await;
+}
