@@ -28,7 +28,9 @@
 //! its wait, giving it up, taking the granted epoch) are in `promotion.rs`;
 //! a node that led an epoch taking the cluster back, in `reclaim.rs`.
 
-use super::event::{ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Promotion, Time};
+use super::event::{
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, CallFailed, Effect, Promotion, Time,
+};
 use super::primary::Primary;
 use super::quorum::StandbyLsns;
 use super::standby::Standby;
@@ -479,11 +481,8 @@ impl Node {
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
             ArbiterAnswer::Swapped(r) => (r, true),
-            ArbiterAnswer::Failed {
-                unreachable,
-                members_not_heard,
-                error,
-            } => {
+            ArbiterAnswer::Failed { why, error } => {
+                let unreachable = why == CallFailed::Unreachable;
                 // A swap the arbiter refused never takes effect; one that
                 // went unanswered may have.
                 if !unreachable
@@ -512,7 +511,7 @@ impl Node {
                     // A swap may have taken effect without its answer.
                     link.known = None;
                 }
-                return self.on_arbiter_failed(purpose, unreachable, members_not_heard, error);
+                return self.on_arbiter_failed(purpose, why, error);
             }
         };
         if link.reachable == Some(false) {
@@ -545,16 +544,9 @@ impl Node {
         }
     }
 
-    /// A call failed: `unreachable` (no answer; a swap may or may not have
-    /// happened) or refused (`members_not_heard`: until every member has
-    /// asked the arbiter something, see `ArbiterAnswer::Failed`).
-    fn on_arbiter_failed(
-        &mut self,
-        purpose: ArbiterPurpose,
-        unreachable: bool,
-        members_not_heard: bool,
-        error: String,
-    ) {
+    /// A call failed: `why` (see `CallFailed`).
+    fn on_arbiter_failed(&mut self, purpose: ArbiterPurpose, why: CallFailed, error: String) {
+        let unreachable = why == CallFailed::Unreachable;
         // A primary whose standby is lost waits on the arbiter whatever the
         // call was (a read, a create, a catch-up): with no swap it refuses
         // writes rather than leave them waiting.
@@ -599,7 +591,7 @@ impl Node {
             // ends it); a register that appears meanwhile is swapped from
             // as by any switchover.
             (ArbiterPurpose::Promote(Promotion::Switchover), Some(p))
-                if members_not_heard && p.kind == Promotion::Switchover =>
+                if why == CallFailed::MembersNotHeard && p.kind == Promotion::Switchover =>
             {
                 self.hold_back(format!(
                     "the switchover waits for the arbiter to re-create its register: {error}"

@@ -570,14 +570,19 @@ pub(crate) enum ArbiterAnswer {
     Swapped(Register),
     /// The register had moved on; this is what it holds.
     Conflict(Register),
-    /// No answer (`unreachable`: not reached or not in time, so a swap may
-    /// or may not have happened), or a refusal. `members_not_heard`: a
-    /// refusal that goes away by itself, the arbiter having lost the
-    /// register and re-creating it only once every member asked it
-    /// something (`SwapRefusal::MembersNotHeard`).
-    Failed {
-        unreachable: bool,
-        members_not_heard: bool,
-        error: String,
-    },
+    /// The call brought no register: `why`, and the error in words.
+    Failed { why: CallFailed, error: String },
+}
+
+/// Why an arbiter call brought no register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallFailed {
+    /// Not reached, or not in time: a swap may or may not have happened.
+    Unreachable,
+    /// Refused: a swap refused never takes effect.
+    Refused,
+    /// Refused until every member has asked the arbiter something since it
+    /// lost the register, which it then re-creates
+    /// (`SwapRefusal::MembersNotHeard`): goes away by itself.
+    MembersNotHeard,
 }

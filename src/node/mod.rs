@@ -62,8 +62,9 @@ mod wiped_peer;
 pub use arbiter::ArbiterStatus;
 pub(crate) use event::Time;
 pub(crate) use event::{
-    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FetchFailed, LocalLog,
-    PeerLog, PromoteFrom, Promotion, Refused, RejoinPlan, Retried, StandbyPositions, WaiterFailure,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, CallFailed, Effect, Event, FenceOutcome,
+    FetchFailed, LocalLog, PeerLog, PromoteFrom, Promotion, Refused, RejoinPlan, Retried,
+    StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
 pub use quorum::LogEnd;

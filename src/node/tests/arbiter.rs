@@ -148,8 +148,7 @@ pub(super) fn step_answering(node: &mut Node, now: Time, event: Event) -> Vec<Ef
 
 pub(super) fn unreachable() -> ArbiterAnswer {
     ArbiterAnswer::Failed {
-        unreachable: true,
-        members_not_heard: false,
+        why: CallFailed::Unreachable,
         error: "connection refused".into(),
     }
 }
@@ -592,8 +591,7 @@ fn a_switchover_with_an_unreachable_arbiter_goes_ahead_and_a_forced_promotion_to
 
 fn refused(why: &str) -> ArbiterAnswer {
     ArbiterAnswer::Failed {
-        unreachable: false,
-        members_not_heard: false,
+        why: CallFailed::Refused,
         error: why.into(),
     }
 }

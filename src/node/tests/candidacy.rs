@@ -670,8 +670,7 @@ fn a_candidate_whose_swap_answer_was_lost_takes_the_epoch_the_register_names_it_
         t(2050),
         ArbiterPurpose::Promote(Promotion::Failover),
         ArbiterAnswer::Failed {
-            unreachable: true,
-            members_not_heard: false,
+            why: CallFailed::Unreachable,
             error: "timed out".into(),
         },
     );

@@ -336,8 +336,7 @@ fn a_switchover_in_a_cluster_never_takes_the_epoch_without_the_arbiters_swap() {
 #[test]
 fn a_switchover_whose_create_waits_for_the_members_asks_again_and_takes_over() {
     let members_not_heard = ArbiterAnswer::Failed {
-        unreachable: false,
-        members_not_heard: true,
+        why: CallFailed::MembersNotHeard,
         error: "the register does not exist and members n3 have not reported their epoch yet"
             .into(),
     };
@@ -494,8 +493,7 @@ fn a_swap_that_went_unanswered_bounds_the_commit_until_an_answer_passes_its_vers
         t(2150),
         purpose,
         ArbiterAnswer::Failed {
-            unreachable: true,
-            members_not_heard: false,
+            why: CallFailed::Unreachable,
             error: "timed out".into(),
         },
     );
@@ -551,8 +549,7 @@ fn stepped_down_by_a_seal(sync_set: &[&str]) -> (Node, Vec<Effect>) {
     }
     assert_eq!(node.arbiter_asking(), Some(ArbiterPurpose::AddStandby));
     let refused = ArbiterAnswer::Failed {
-        unreachable: false,
-        members_not_heard: false,
+        why: CallFailed::Refused,
         error: "refused".into(),
     };
     answer(&mut node, t(6), ArbiterPurpose::AddStandby, refused);

@@ -4,8 +4,8 @@
 use crate::TransportError;
 use crate::arbiter::{ArbiterError, Caller, CasOutcome, SwapRefusal};
 use crate::node::{
-    ArbiterAnswer, ArbiterCall, ArbiterPurpose, Effect, Event, FenceOutcome, FenceReason,
-    FetchFailed, LogEnd, Refused, RoleKind,
+    ArbiterAnswer, ArbiterCall, ArbiterPurpose, CallFailed, Effect, Event, FenceOutcome,
+    FenceReason, FetchFailed, LogEnd, Refused, RoleKind,
 };
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
@@ -448,16 +448,17 @@ impl Actor {
             let answer = match tokio::time::timeout(deadline, call).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => ArbiterAnswer::Failed {
-                    unreachable: matches!(e, ArbiterError::Unreachable(_)),
-                    members_not_heard: matches!(
-                        e,
-                        ArbiterError::Refused(SwapRefusal::MembersNotHeard { .. })
-                    ),
+                    why: match e {
+                        ArbiterError::Unreachable(_) => CallFailed::Unreachable,
+                        ArbiterError::Refused(SwapRefusal::MembersNotHeard { .. }) => {
+                            CallFailed::MembersNotHeard
+                        }
+                        _ => CallFailed::Refused,
+                    },
                     error: e.to_string(),
                 },
                 Err(_) => ArbiterAnswer::Failed {
-                    unreachable: true,
-                    members_not_heard: false,
+                    why: CallFailed::Unreachable,
                     error: format!(
                         "{} did not answer within rpc_timeout ({deadline:?})",
                         arbiter.describe()
