@@ -451,13 +451,25 @@ impl Node {
     /// it flushed), and requiring it would leave a cluster whose members
     /// all restarted, or all learnt of an epoch nobody leads, with no
     /// standby that may promote. A pair keeps its stricter rule.
+    /// So is that of a standby the register names primary of the epoch a
+    /// peer made it follow another node in (`reclaim.rs`), in any mode.
     pub(super) fn register_decides_eligibility(&self) -> bool {
-        self.has_arbiter()
-            && self.standbys.len() > 1
-            && matches!(
-                self.cfg.commit_mode,
-                CommitMode::RemoteFlush | CommitMode::RemoteApply
-            )
+        let cluster = self.has_arbiter() && self.standbys.len() > 1;
+        let flushed = matches!(
+            self.cfg.commit_mode,
+            CommitMode::RemoteFlush | CommitMode::RemoteApply
+        );
+        cluster && (flushed || self.granted_but_following())
+    }
+
+    /// Whether this standby follows another node in an epoch the register,
+    /// as last answered, granted it (`follows_another_in_its_granted_epoch`).
+    fn granted_but_following(&self) -> bool {
+        self.arbiter.as_ref().is_some_and(|link| {
+            link.known
+                .as_ref()
+                .is_some_and(|known| self.follows_another_in_its_granted_epoch(link, known))
+        })
     }
 
     /// The register a pending failover of this node would swap from, when

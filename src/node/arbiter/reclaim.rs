@@ -36,9 +36,10 @@ impl Node {
     /// Nobody gained that epoch through the register but this node, which
     /// never led it, and its swap was asked with every acknowledged write in
     /// its log (a candidate's check, or an old primary that stepped down
-    /// for it). So once that leader has been silent for `failover_timeout`
-    /// (its failover is pending) and its log is still the one it asked with
-    /// (nothing taken from, or rewound by, the node it follows), it takes
+    /// for it). So while its log ends where it did when it asked (nothing
+    /// taken from the node it follows), once that node has been silent for
+    /// `failover_timeout` (its failover is pending; the silence counts in
+    /// every sync mode, `Node::register_decides_eligibility`), it takes
     /// the next epoch through the register and fences that node, as a
     /// failover does. It does not take this one: the node it follows could
     /// lead it only by a promotion forced while the arbiter did not answer,
@@ -46,7 +47,11 @@ impl Node {
     /// the same `(lsn, epoch)`. Without this the cluster waits for an
     /// operator: the other node never leads the epoch, and no standby is in
     /// the register's (empty) sync set.
-    fn follows_another_in_its_granted_epoch(&self, link: &ArbiterLink, known: &Register) -> bool {
+    pub(in crate::node) fn follows_another_in_its_granted_epoch(
+        &self,
+        link: &ArbiterLink,
+        known: &Register,
+    ) -> bool {
         let me = &self.cfg.node_id;
         let asked = link.promotion_asked.is_some_and(|a| {
             a.epoch == self.epoch
@@ -56,11 +61,7 @@ impl Node {
                     ArbiterPurpose::Promote(Promotion::Failover | Promotion::Switchover)
                 )
         });
-        let failing_over = link
-            .promotion
-            .is_some_and(|p| p.kind == Promotion::Failover && !p.operator);
         asked
-            && failing_over
             && known.epoch == self.epoch
             && known.primary.as_ref() == Some(me)
             && known.sync_set.is_empty()
@@ -96,7 +97,10 @@ impl Node {
             .promotion
             .is_some_and(|p| p.kind != Promotion::Failover || p.operator);
         let known = link.known.as_ref().filter(|r| r.exists())?;
-        let diverted = self.follows_another_in_its_granted_epoch(link, known);
+        let failing_over = link
+            .promotion
+            .is_some_and(|p| p.kind == Promotion::Failover && !p.operator);
+        let diverted = failing_over && self.follows_another_in_its_granted_epoch(link, known);
         if !(self.leaderless_follower() || diverted)
             || switching_over
             || wanted
@@ -164,14 +168,7 @@ impl Node {
     /// every write the epoch we led acknowledged in our log.
     fn reclaim_epoch(&mut self, epoch: Epoch) {
         let me = self.cfg.node_id.clone();
-        match (&self.led_evidence, &self.leader) {
-            (None, Some(followed)) => {
-                tracing::warn!(%epoch, granted = %self.epoch, %followed, "the register granted this node's promotion, but a peer had made it follow another node in that epoch, which cannot lead it through the arbiter; took the next epoch through the arbiter instead; accepting writes")
-            }
-            _ => {
-                tracing::warn!(%epoch, led = ?self.led_evidence, "no standby could promote (the register named this node primary with an empty sync set after a failed candidacy stepped it down); took the next epoch back through the arbiter; accepting writes")
-            }
-        }
+        tracing::warn!(%epoch, led = ?self.led_evidence, "no standby could promote (the register named this node primary with an empty sync set after a failed candidacy stepped it down); took the next epoch back through the arbiter; accepting writes");
         self.clear_held_back();
         self.end_candidacy();
         // A failover this node wanted as a standby is moot now; an

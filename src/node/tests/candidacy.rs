@@ -17,7 +17,12 @@ fn n(id: &str) -> NodeId {
 /// t=100) with n3 the other standby, under `ANY 1 (n1, n2, n3)`, knowing
 /// the register (v3) with both standbys in its sync set.
 fn candidate() -> Node {
-    let mut node = standby_in_contact(candidate_config(), SyncState::Sync, t(100));
+    candidate_with(candidate_config())
+}
+
+/// `candidate()` with `cfg`.
+fn candidate_with(cfg: Config) -> Node {
+    let mut node = standby_in_contact(cfg, SyncState::Sync, t(100));
     // The primary's heartbeat names this node's rule: the rule decides.
     node.step(t(100), heartbeat_naming("ANY 1 (n1, n2, n3)"));
     super::arbiter::knows(&mut node, t(100), register(3, 1, "n2", &["n1", "n3"]));
@@ -114,7 +119,12 @@ fn records(from: u64, to: u64) -> Vec<Record> {
 /// `candidate()` once its silence check ran: it asked n3 for its
 /// position.
 fn sealing() -> Node {
-    let mut node = candidate();
+    sealing_with(candidate_config())
+}
+
+/// `sealing()` with `cfg`.
+fn sealing_with(cfg: Config) -> Node {
+    let mut node = candidate_with(cfg);
     let effects = tick_answering_reads(&mut node, 200, 1300);
     assert!(seals(&effects, Some(2)), "{effects:?}");
     assert!(!swaps(&effects), "swapped before hearing n3: {effects:?}");
@@ -616,7 +626,12 @@ fn a_rule_heard_long_ago_does_not_decide_a_failover() {
 /// `sealing()` once n3 answered as far as it and its tick sent the
 /// promotion swap, which is in flight.
 fn swapping() -> (Node, Register) {
-    let mut node = sealing();
+    swapping_with(candidate_config())
+}
+
+/// `swapping()` with `cfg`.
+fn swapping_with(cfg: Config) -> (Node, Register) {
+    let mut node = sealing_with(cfg);
     let mut effects = node.step(t(1400), n3_answers(10));
     effects.extend(tick_answering_reads(&mut node, 1500, 2000));
     let (purpose, expected, next) = super::arbiter::the_swap(&effects);
@@ -688,7 +703,12 @@ fn a_candidate_whose_swap_answer_was_lost_takes_the_epoch_the_register_names_it_
 /// n3's own swap fails against the register, which names this node, so
 /// n3 never leads epoch 2. Returns the node and its effects since.
 fn granted_but_following_n3() -> (Node, Vec<Effect>) {
-    let (mut node, next) = swapping();
+    granted_but_following_n3_with(candidate_config())
+}
+
+/// `granted_but_following_n3()` with `cfg`.
+fn granted_but_following_n3_with(cfg: Config) -> (Node, Vec<Effect>) {
+    let (mut node, next) = swapping_with(cfg);
     let rejoining = Header {
         leader_id: Some(n("n3")),
         ..header(2, "n2")
@@ -711,7 +731,24 @@ fn granted_but_following_n3() -> (Node, Vec<Effect>) {
 /// arbiter) and fences n3 first, as a failover does.
 #[test]
 fn a_candidate_made_to_follow_another_node_in_the_epoch_its_swap_won_takes_the_next_one() {
-    let (mut node, mut effects) = granted_but_following_n3();
+    takes_epoch_3_and_fences_n3(granted_but_following_n3());
+}
+
+/// The same under `remote-write`, where a standby that never heard its
+/// leader in this role otherwise only asks its peers for a newer epoch
+/// instead of counting the silence.
+#[test]
+fn under_remote_write_too_a_candidate_made_to_follow_another_node_takes_the_next_epoch() {
+    let cfg = Config {
+        commit_mode: CommitMode::RemoteWrite,
+        ..candidate_config()
+    };
+    takes_epoch_3_and_fences_n3(granted_but_following_n3_with(cfg));
+}
+
+/// Ticking on from `granted_but_following_n3()`, the node takes epoch 3
+/// through a reclaim swap and fences n3.
+fn takes_epoch_3_and_fences_n3((mut node, mut effects): (Node, Vec<Effect>)) {
     effects.extend(tick_answering_reads(&mut node, 2200, 4000));
     let (purpose, expected, next) = super::arbiter::the_swap(&effects);
     assert_eq!(
@@ -765,6 +802,36 @@ fn a_granted_candidate_following_a_node_that_leads_the_epoch_or_gave_it_records_
     assert_eq!(node.last_lsn(), Lsn(11));
     effects.extend(tick_answering_reads(&mut node, 2300, 5000));
     assert!(!swaps(&effects), "{effects:?}");
+}
+
+/// An operator's forced promotion whose swap landed after a peer made the
+/// node follow n3 in that epoch: the operator was told it failed, and a
+/// forced promotion skipped the candidacy's check, so the node does not
+/// take the next epoch by itself; the operator decides.
+#[test]
+fn a_forced_promotion_made_to_follow_another_node_leaves_the_next_epoch_to_the_operator() {
+    let mut node = candidate();
+    let mut effects = node.step(t(200), super::arbiter::promote(true));
+    effects.extend(tick_answering_reads(&mut node, 300, 300));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(
+        (purpose, expected, next.epoch),
+        (ArbiterPurpose::Promote(Promotion::Forced), 3, Epoch(2))
+    );
+    let rejoining = Header {
+        leader_id: Some(n("n3")),
+        ..header(2, "n2")
+    };
+    let told = node.step(t(350), Event::HistoryRequested { header: rejoining });
+    assert!(
+        told.iter()
+            .any(|e| matches!(e, Effect::ReplyPromote(Err(_)))),
+        "{told:?}"
+    );
+    let mut effects = super::arbiter::answer(&mut node, t(400), purpose, swapped_at(next, 4));
+    effects.extend(tick_answering_reads(&mut node, 500, 3000));
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!((node.epoch(), node.role()), (Epoch(2), RoleKind::Standby));
 }
 
 /// Following n3 in epoch 2 as above, but the register names n3 primary of
