@@ -39,7 +39,7 @@
 //! standbys refuse its epoch): availability, never safety, is what a
 //! failed round costs.
 
-use super::event::{ArbiterPurpose, Effect, FetchFailed, Time};
+use super::event::{ArbiterPurpose, Effect, FetchFailed, SealRefused, Time};
 use super::quorum::{
     CommitRule, LogEnd, Method, PromotionDecision, decide_promotion, positions_needed,
 };
@@ -314,7 +314,7 @@ impl Node {
         now: Time,
         from: NodeId,
         epoch: Epoch,
-        answer: Result<LogEnd, String>,
+        answer: Result<LogEnd, SealRefused>,
         mine: LogEnd,
     ) {
         let Some(c) = self.candidacy.as_mut() else {
@@ -326,15 +326,33 @@ impl Node {
             tracing::info!(standby = %from, %epoch, seal = %c.seal, "failover: ignoring an answer to an earlier seal");
             return;
         }
-        match answer {
+        let newer = match answer {
             Ok(end) => {
                 tracing::info!(standby = %from, last_lsn = %end.lsn, last_epoch = %end.epoch, "failover: a standby adopted the candidate's epoch and gave its final position");
                 c.answers.insert(from, end);
+                None
             }
-            Err(why) => {
-                tracing::info!(standby = %from, %why, "failover: a standby did not give its position");
+            Err(refused) => {
+                tracing::info!(standby = %from, why = %refused.why, "failover: a standby did not give its position");
+                refused.newer
             }
+        };
+        if let Some((epoch, leader)) = newer
+            && epoch > self.epoch
+        {
+            // The standby follows a newer epoch, which this candidacy can
+            // never take: it adopts it as any newer epoch, and if the
+            // standby names this node its leader, an old primary handed it
+            // the epoch by a switchover (`on_higher_epoch`) and the node
+            // takes it through the arbiter. Without this a candidate whose
+            // switchover was given up (the arbiter did not answer) sealed
+            // for ever the standbys the old primary had told of it.
+            self.on_higher_epoch(epoch, leader);
+            return;
         }
+        let Some(c) = self.candidacy.as_mut() else {
+            return;
+        };
         if c.fetch.is_none() {
             c.mine = Some(mine);
         }

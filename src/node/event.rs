@@ -134,6 +134,17 @@ impl Refused {
     }
 }
 
+/// Why a standby sealed by `Effect::SealStandbys` gave no final position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SealRefused {
+    /// In words.
+    pub why: String,
+    /// The standby refused as stale at this epoch, naming this leader: an
+    /// epoch newer than ours exists. It may name us, an old primary having
+    /// handed us the epoch by a switchover whose answer we never had.
+    pub newer: Option<(Epoch, Option<NodeId>)>,
+}
+
 /// Why a fetch of `Effect::FetchWal` brought no records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum FetchFailed {
@@ -266,7 +277,7 @@ pub(crate) enum Event {
     SealAnswered {
         from: NodeId,
         epoch: Epoch,
-        answer: Result<LogEnd, String>,
+        answer: Result<LogEnd, SealRefused>,
         mine: LogEnd,
     },
     /// Records fetched by `Effect::FetchWal` from `from`, continuing our

@@ -64,7 +64,7 @@ pub(crate) use event::Time;
 pub(crate) use event::{
     ArbiterAnswer, ArbiterCall, ArbiterPurpose, CallFailed, Effect, Event, FenceOutcome,
     FetchFailed, LocalLog, PeerLog, PromoteFrom, Promotion, Refused, RejoinPlan, Retried,
-    StandbyPositions, WaiterFailure,
+    SealRefused, StandbyPositions, WaiterFailure,
 };
 pub use event::{FenceReason, SyncState};
 pub use quorum::LogEnd;

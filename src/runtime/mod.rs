@@ -148,7 +148,7 @@ pub(crate) enum Msg {
     SealAnswer {
         from: crate::types::NodeId,
         epoch: crate::types::Epoch,
-        answer: std::result::Result<crate::node::LogEnd, String>,
+        answer: std::result::Result<crate::node::LogEnd, crate::node::SealRefused>,
     },
     /// Records a candidate read from a standby (stepped as
     /// `Event::WalFetched`, checked against our log then).

@@ -854,6 +854,57 @@ fn a_candidate_whose_swap_lost_to_the_node_it_follows_swaps_nothing_more() {
     assert_eq!((node.epoch(), node.leader()), (Epoch(2), Some(&n("n3"))));
 }
 
+/// n3 refuses the seal as stale: it is at epoch 2, following `leader`.
+fn n3_refuses_following(leader: &str) -> Event {
+    Event::SealAnswered {
+        from: n("n3"),
+        epoch: Epoch(2),
+        answer: Err(SealRefused {
+            why: format!("peer is at epoch 2 (leader {leader})"),
+            newer: Some((Epoch(2), Some(n(leader)))),
+        }),
+        mine: end(1, 10),
+    }
+}
+
+/// The old primary began a switchover to this node and stepped down,
+/// telling n3 of epoch 2 led by this node, but the switchover was given up
+/// (the arbiter did not answer its swap). The node's failover then seals
+/// n3, which refuses, naming this node the leader of epoch 2: the node
+/// takes it as the switchover it was handed, through the arbiter, instead
+/// of sealing n3 for ever.
+#[test]
+fn a_candidate_told_by_a_sealed_standby_that_it_leads_the_epoch_takes_it_as_a_switchover() {
+    let mut node = sealing();
+    let mut effects = node.step(t(1400), n3_refuses_following("n1"));
+    effects.extend(tick_answering_reads(&mut node, 1500, 2000));
+    let (purpose, expected, next) = super::arbiter::the_swap(&effects);
+    assert_eq!(
+        (purpose, expected, next.epoch, next.primary.as_ref()),
+        (
+            ArbiterPurpose::Promote(Promotion::Switchover),
+            3,
+            Epoch(2),
+            Some(&n("n1"))
+        )
+    );
+    super::arbiter::answer(&mut node, t(2100), purpose, swapped_at(next, 4));
+    assert_eq!((node.epoch(), node.role()), (Epoch(2), RoleKind::Primary));
+}
+
+/// A sealed standby that follows another node in the epoch the candidate
+/// seals for: the candidacy can never take it; the node follows that
+/// epoch as any newer one, and swaps nothing.
+#[test]
+fn a_candidate_told_by_a_sealed_standby_of_a_newer_epoch_follows_it() {
+    let mut node = sealing();
+    let mut effects = node.step(t(1400), n3_refuses_following("n2"));
+    effects.extend(tick_answering_reads(&mut node, 1500, 2000));
+    assert!(!swaps(&effects), "{effects:?}");
+    assert_eq!((node.epoch(), node.leader()), (Epoch(2), Some(&n("n2"))));
+    assert!(!seals(&effects, None), "{effects:?}");
+}
+
 /// A late answer to an earlier round's seal says nothing of this round's:
 /// the standby may have taken records from a primary of that epoch since.
 #[test]

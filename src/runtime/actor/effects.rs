@@ -5,7 +5,7 @@ use crate::TransportError;
 use crate::arbiter::{ArbiterError, Caller, CasOutcome, SwapRefusal};
 use crate::node::{
     ArbiterAnswer, ArbiterCall, ArbiterPurpose, CallFailed, Effect, Event, FenceOutcome,
-    FenceReason, FetchFailed, LogEnd, Refused, RoleKind,
+    FenceReason, FetchFailed, LogEnd, Refused, RoleKind, SealRefused,
 };
 use crate::runtime::{Msg, applier, heartbeat, rejoin, streamer};
 use crate::transport::{FenceReply, FenceRequest, RefusalKind};
@@ -363,8 +363,19 @@ impl Actor {
                         epoch: r.last_epoch,
                         lsn: r.last_lsn,
                     }),
-                    Ok(r) => Err(format!("it answered for epoch {}, not {epoch}", r.epoch)),
-                    Err(e) => Err(e.to_string()),
+                    Ok(r) => Err(SealRefused {
+                        why: format!("it answered for epoch {}, not {epoch}", r.epoch),
+                        newer: None,
+                    }),
+                    Err(e) => Err(SealRefused {
+                        why: e.to_string(),
+                        newer: match e {
+                            TransportError::StaleEpoch { epoch, leader } => {
+                                Some((epoch, leader.map(|l| l.id)))
+                            }
+                            _ => None,
+                        },
+                    }),
                 };
                 let _ = tx
                     .send(Msg::SealAnswer {
