@@ -596,3 +596,91 @@ impl TransferCuts {
         Vec::new()
     }
 }
+
+/// Crashes that strike a node just after it rewound its log (cut the
+/// records that diverged from its leader's) while it rejoins: restarted
+/// 0.1 to 2 s later, it must find its log, its epoch and its restart point
+/// in agreement, and rejoin again. Each time a node's count of rewound
+/// records grew in its current life, the seed decides (one in two)
+/// whether to crash it, at most `remaining` (1 or 2) times, never while
+/// another such crash is in force nor when the schedule crashes or
+/// restarts that node before the restart would be due (the two would
+/// overlap).
+pub struct RewindCrashes {
+    rng: StdRng,
+    remaining: usize,
+    /// The restart of the node crashed, and when it is due.
+    active: Option<(Duration, Action)>,
+    /// Per node: (life, records rewound) when last looked at.
+    seen: BTreeMap<&'static str, (usize, u64)>,
+    pub fired: Vec<Event>,
+}
+
+impl RewindCrashes {
+    pub fn new(seed: u64) -> RewindCrashes {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x2e71_4d0c);
+        let remaining = rng.random_range(1..=2);
+        RewindCrashes {
+            rng,
+            remaining,
+            active: None,
+            seen: BTreeMap::new(),
+            fired: Vec::new(),
+        }
+    }
+
+    /// Whether a crash is in force (its restart not yet applied).
+    pub fn in_force(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The actions due now: the restart once its time came, or a crash of
+    /// a node that has just rewound.
+    pub fn step(
+        &mut self,
+        now: Duration,
+        running: &[(&'static str, Running)],
+        incarnation: &BTreeMap<&'static str, usize>,
+        schedule: &Schedule,
+    ) -> Vec<Action> {
+        if let Some((until, _)) = &self.active {
+            if now < *until {
+                return Vec::new();
+            }
+            let (_, restart) = self.active.take().expect("checked");
+            self.fired.push(Event {
+                at: now,
+                action: restart.clone(),
+            });
+            return vec![restart];
+        }
+        for (name, node) in running {
+            let life = incarnation.get(name).copied().unwrap_or(0);
+            let rewound = node.replica.metrics().rewound_records;
+            let before = match self.seen.insert(name, (life, rewound)) {
+                Some((seen_life, seen)) if seen_life == life => seen,
+                _ => 0,
+            };
+            if rewound <= before || self.remaining == 0 || !self.rng.random_bool(0.5) {
+                continue;
+            }
+            let until = now + ms(&mut self.rng, 100, 2000);
+            let scheduled = schedule.events.iter().any(|e| {
+                e.at >= now
+                    && e.at <= until + Duration::from_millis(500)
+                    && matches!(e.action, Action::Crash(n) | Action::Restart(n) | Action::Wipe(n) if n == *name)
+            });
+            if scheduled {
+                continue;
+            }
+            self.remaining -= 1;
+            self.active = Some((until, Action::Restart(name)));
+            self.fired.push(Event {
+                at: now,
+                action: Action::Crash(name),
+            });
+            return vec![Action::Crash(name)];
+        }
+        Vec::new()
+    }
+}

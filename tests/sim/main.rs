@@ -55,7 +55,7 @@ mod witness;
 use bytes::Bytes;
 use checks::Observed;
 use cluster::{Disk, Mode, Registry, WitnessDisk};
-use faults::{Kinds, Schedule, TransferCuts};
+use faults::{Kinds, RewindCrashes, Schedule, TransferCuts};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,6 +252,8 @@ struct Report {
     promotions: u64,
     /// Records rewound, over every node and incarnation.
     rewound: u64,
+    /// Crashes just after a rewind (`RewindCrashes`).
+    rewind_crashes: usize,
     /// What the operator did.
     operated: Operated,
 }
@@ -544,6 +546,10 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     let mut repaired: BTreeMap<&'static str, Duration> = BTreeMap::new();
     let mut quiet_at = schedule.quiet_after.max(FAULT_WINDOW);
     let mut cuts = (scenario.kinds == Kinds::SnapshotCut).then(|| TransferCuts::new(seed));
+    // Crashes just after a rewind, where the schedule's own crashes cannot
+    // collide with a transfer cut's or a wipe's.
+    let rewinds_crash = !matches!(scenario.kinds, Kinds::SnapshotCut | Kinds::WipedPrimary);
+    let mut rewind_crashes = rewinds_crash.then(|| RewindCrashes::new(seed));
     // The faults aimed at the primary of the moment, and each of them as
     // it struck (which node), for the report of a failing seed.
     let mut primary = faults::Primary::default();
@@ -551,8 +557,17 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     // Per incarnation of a node: (snapshot bytes resumed, resyncs,
     // records rewound).
     let mut snapshot_work: BTreeMap<(&'static str, usize), (u64, u64, u64)> = BTreeMap::new();
-    let context = |cuts: &Option<TransferCuts>, aimed: &[faults::Event]| {
+    let context = |cuts: &Option<TransferCuts>,
+                   rewind_crashes: &Option<RewindCrashes>,
+                   aimed: &[faults::Event]| {
         let mut text = String::new();
+        if let Some(crashes) = rewind_crashes.as_ref().filter(|c| !c.fired.is_empty()) {
+            let fired = Schedule {
+                quiet_after: Duration::ZERO,
+                events: crashes.fired.clone(),
+            };
+            text += &format!("\ncrashes just after a rewind:\n{fired}");
+        }
         if let Some(cuts) = cuts {
             let fired = Schedule {
                 quiet_after: Duration::ZERO,
@@ -667,6 +682,16 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
                 quiet_at = quiet_at.max(sim.elapsed());
             }
         }
+        if let Some(crashes) = rewind_crashes.as_mut() {
+            let running = registry.running();
+            for action in crashes.step(sim.elapsed(), &running, &incarnation, &schedule) {
+                crash(&registry, &mut incarnation, &action);
+                faults::apply(&mut sim, &action, &hosts, witness.as_deref());
+            }
+            if crashes.in_force() {
+                quiet_at = quiet_at.max(sim.elapsed());
+            }
+        }
         for (name, node) in &running {
             let m = node.replica.metrics();
             let life = incarnation.get(name).copied().unwrap_or(0);
@@ -686,7 +711,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             sim.elapsed(),
         );
         checks::applied_within_flushed(&mut obs, &running, &incarnation)
-            .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
+            .map_err(|v| format!("{v}{}", context(&cuts, &rewind_crashes, &aimed)))?;
         // Flushed on both disks: what remote-flush and remote-apply wait
         // for (remote-write only for the standby's write).
         if scenario.mode.data_nodes == 2
@@ -697,7 +722,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         {
             let logs = checks::logs(nodes, &disks);
             checks::commits_on_both_disks(&mut obs, &running, &incarnation, &logs)
-                .map_err(|v| format!("{v}{}", context(&cuts, &aimed)))?;
+                .map_err(|v| format!("{v}{}", context(&cuts, &rewind_crashes, &aimed)))?;
         }
         obs.checks += 1;
         // With the witness, convergence includes its register.
@@ -722,6 +747,9 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         }
     }
     report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
+    report.rewind_crashes = rewind_crashes
+        .as_ref()
+        .map_or(0, |c| c.fired.len().div_ceil(2));
     report.resumed_bytes = snapshot_work.values().map(|w| w.0).sum();
     report.resyncs = snapshot_work.values().map(|w| w.1).sum();
     report.rewound = snapshot_work.values().map(|w| w.2).sum();
@@ -775,7 +803,7 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             found.len(),
             found.join("\n"),
             checks::describe(&registry.running(), &written),
-            context(&cuts, &aimed)
+            context(&cuts, &rewind_crashes, &aimed)
         ));
     }
     report.checks = obs.checks;
@@ -807,7 +835,10 @@ fn init_tracing() {
         .try_init();
 }
 
-fn run_seeds(seeds: impl Iterator<Item = u64>) {
+/// Runs every scenario (or `WALREP_SIM_SCENARIO`'s) for `seeds` and
+/// prints the summary; fails listing the seeds that broke an invariant.
+/// Returns how many crashes struck just after a rewind.
+fn run_seeds(seeds: impl Iterator<Item = u64>) -> usize {
     init_tracing();
     let mut totals: BTreeMap<&str, (u64, usize, usize, u64)> = BTreeMap::new();
     // Switchovers the operator asked for, and those that completed.
@@ -825,6 +856,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
     // promotions, seeds with at least one, records rewound, snapshots
     // restored.
     let mut failovers: BTreeMap<&str, (usize, u64, u64, u64, u64)> = BTreeMap::new();
+    // Crashes just after a rewind, and the seeds with at least one.
+    let mut rewinds: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     let mut worst_converge = Duration::ZERO;
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
     // With WALREP_SIM_KEEP_GOING set, a failing seed is printed and the
@@ -869,6 +902,11 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
                         f.2 += u64::from(r.promotions > 0);
                         f.3 += r.rewound;
                         f.4 += r.resyncs;
+                    }
+                    if r.rewind_crashes > 0 {
+                        let c = rewinds.entry(scenario.name).or_default();
+                        c.0 += r.rewind_crashes;
+                        c.1 += 1;
                     }
                     if scenario.kinds == Kinds::SnapshotCut {
                         let s = transfers.entry(scenario.name).or_default();
@@ -924,6 +962,9 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
             "  {name}: {struck} crashes or cut-offs of the primary of the moment, {promotions} promotions, {seeds} seeds with at least one, {rewound} records rewound, {resyncs} snapshots restored"
         );
     }
+    for (name, (crashes, seeds)) in &rewinds {
+        println!("  {name}: {crashes} crashes just after a rewind, in {seeds} seeds");
+    }
     println!("  slowest convergence after the last fault: {worst_converge:?}");
     if !failed.is_empty() {
         let lines: Vec<String> = failed
@@ -932,6 +973,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) {
             .collect();
         panic!("{} seeds failed:\n{}", failed.len(), lines.join("\n"));
     }
+    rewinds.values().map(|c| c.0).sum()
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -940,7 +982,13 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn fixed_seeds_hold_every_invariant() {
-    run_seeds(0..4);
+    let rewind_crashes = run_seeds(0..4);
+    if std::env::var_os("WALREP_SIM_SCENARIO").is_none() {
+        assert!(
+            rewind_crashes > 0,
+            "no crash struck just after a rewind: the fault never ran"
+        );
+    }
 }
 
 /// Seeds a long run once failed with, kept after the fix.
