@@ -340,13 +340,17 @@ impl Node {
         if let Some((epoch, leader)) = newer
             && epoch > self.epoch
         {
-            // The standby follows a newer epoch, which this candidacy can
-            // never take: it adopts it as any newer epoch, and if the
-            // standby names this node its leader, an old primary handed it
-            // the epoch by a switchover (`on_higher_epoch`) and the node
-            // takes it through the arbiter. Without this a candidate whose
-            // switchover was given up (the arbiter did not answer) sealed
-            // for ever the standbys the old primary had told of it.
+            // The member refused at an epoch above ours (it follows the
+            // epoch this candidacy seals for, or a newer one), which this
+            // candidacy can never take: the node adopts it as any newer
+            // epoch, and where the member names this node the leader of
+            // our next epoch, an old primary handed it to us by a
+            // switchover (`on_higher_epoch`), which the node asks the
+            // arbiter for. Without this a candidate whose switchover was
+            // given up (the arbiter did not answer) sealed for ever the
+            // standbys the old primary had told of it. What held the
+            // candidacy back is no longer waited for.
+            self.clear_held_back();
             self.on_higher_epoch(epoch, leader);
             return;
         }

@@ -187,6 +187,20 @@ impl Node {
             self.try_finish_demotion();
             return;
         }
+        if reason == FenceReason::Switchover {
+            // Only a primary, which knows what it acknowledged, steps down
+            // for a switchover, once the standby holds all of it. Any other
+            // node adopting the epoch would name the standby its leader
+            // without that check, and a node told so later (this one's
+            // headers, a sealed standby's refusal) would hand the standby
+            // the epoch as a switchover that loses what only a third node
+            // holds.
+            let reason = format!(
+                "switchover to epoch {epoch} refused: this node is {}, not the primary; let the failover run, or promote with force",
+                self.role.kind()
+            );
+            return self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
+        }
         self.on_higher_epoch(epoch, Some(leader));
         self.emit(Effect::ReplyFence(FenceOutcome::Fenced {
             last_lsn: self.last_lsn,

@@ -1108,6 +1108,42 @@ fn wal_failure_stops_writes_and_fails_waiters() {
     assert_eq!(node.failed_for_good(), Some("fsync: EIO"));
 }
 
+/// A switchover's fence steps down only a primary: a node whose WAL failed
+/// (or any other role) refuses it and keeps its epoch, rather than name
+/// the standby leader of the next epoch without checking it holds every
+/// acknowledged write.
+#[test]
+fn a_switchover_fence_to_a_node_that_is_not_the_primary_is_refused() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_up_to(&node, 1));
+    node.step(
+        t(3),
+        Event::WalFailed {
+            reason: "fsync: EIO".into(),
+        },
+    );
+    let effects = node.step(t(4), switchover_fence_from_n2());
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::ReplyFence(FenceOutcome::Refused { reason })] if reason.contains("not the primary")
+        ),
+        "{effects:?}"
+    );
+    assert_eq!((node.epoch(), node.role()), (Epoch(1), RoleKind::Failed));
+
+    let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
+    let effects = node.step(t(200), switchover_fence_from_n2());
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::ReplyFence(FenceOutcome::Refused { .. })]
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(1));
+}
+
 /// A promotion whose epoch the disk refused: the node answers under the
 /// epoch it holds durably, never the one a restart would forget (its
 /// peer would step down into an epoch nobody leads), and takes no newer

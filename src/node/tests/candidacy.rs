@@ -877,6 +877,8 @@ fn n3_refuses_following(leader: &str) -> Event {
 fn a_candidate_told_by_a_sealed_standby_that_it_leads_the_epoch_takes_it_as_a_switchover() {
     let mut node = sealing();
     let mut effects = node.step(t(1400), n3_refuses_following("n1"));
+    let held = node.arbiter_status().unwrap().held_back.unwrap_or_default();
+    assert!(!held.contains("heard from"), "{held}");
     effects.extend(tick_answering_reads(&mut node, 1500, 2000));
     let (purpose, expected, next) = super::arbiter::the_swap(&effects);
     assert_eq!(
