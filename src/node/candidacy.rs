@@ -349,10 +349,15 @@ impl Node {
             // arbiter for. Without this a candidate whose switchover was
             // given up (the arbiter did not answer) sealed for ever the
             // standbys the old primary had told of it. What held the
-            // candidacy back is no longer waited for.
-            self.clear_held_back();
+            // candidacy back is no longer waited for. (An epoch this node
+            // cannot take, `on_higher_epoch` ignores: the candidacy goes on.)
+            let was = self.epoch;
+            let handed = leader.as_ref() == Some(&self.cfg.node_id) && self.may_be_handed(epoch);
             self.on_higher_epoch(epoch, leader);
-            return;
+            if self.epoch > was || handed {
+                self.clear_held_back();
+                return;
+            }
         }
         let Some(c) = self.candidacy.as_mut() else {
             return;

@@ -195,11 +195,13 @@ impl Node {
             // headers, a sealed standby's refusal) would hand the standby
             // the epoch as a switchover that loses what only a third node
             // holds.
+            // Not a stale-epoch refusal (ours is older): the standby logs
+            // this reason.
             let reason = format!(
                 "switchover to epoch {epoch} refused: this node is {}, not the primary; let the failover run, or promote with force",
                 self.role.kind()
             );
-            return self.emit(Effect::ReplyFence(FenceOutcome::Refused { reason }));
+            return self.emit(Effect::ReplyFence(FenceOutcome::Unavailable { reason }));
         }
         self.on_higher_epoch(epoch, Some(leader));
         self.emit(Effect::ReplyFence(FenceOutcome::Fenced {

@@ -1126,7 +1126,7 @@ fn a_switchover_fence_to_a_node_that_is_not_the_primary_is_refused() {
     assert!(
         matches!(
             effects.as_slice(),
-            [Effect::ReplyFence(FenceOutcome::Refused { reason })] if reason.contains("not the primary")
+            [Effect::ReplyFence(FenceOutcome::Unavailable { reason })] if reason.contains("not the primary")
         ),
         "{effects:?}"
     );
@@ -1137,7 +1137,7 @@ fn a_switchover_fence_to_a_node_that_is_not_the_primary_is_refused() {
     assert!(
         matches!(
             effects.as_slice(),
-            [Effect::ReplyFence(FenceOutcome::Refused { .. })]
+            [Effect::ReplyFence(FenceOutcome::Unavailable { .. })]
         ),
         "{effects:?}"
     );

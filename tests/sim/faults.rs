@@ -635,14 +635,29 @@ impl RewindCrashes {
     }
 
     /// The actions due now: the restart once its time came, or a crash of
-    /// a node that has just rewound.
+    /// a node that has just rewound. `pending` are the schedule's events
+    /// not yet applied.
     pub fn step(
         &mut self,
         now: Duration,
         running: &[(&'static str, Running)],
         incarnation: &BTreeMap<&'static str, usize>,
-        schedule: &Schedule,
+        pending: &[Event],
     ) -> Vec<Action> {
+        // Every node's count is looked at each step, so a rewind while a
+        // crash is in force is not crashed late, once that one is undone.
+        let mut rewound_now = Vec::new();
+        for (name, node) in running {
+            let life = incarnation.get(name).copied().unwrap_or(0);
+            let rewound = node.replica.metrics().rewound_records;
+            let before = match self.seen.insert(name, (life, rewound)) {
+                Some((seen_life, seen)) if seen_life == life => seen,
+                _ => 0,
+            };
+            if rewound > before {
+                rewound_now.push(*name);
+            }
+        }
         if let Some((until, _)) = &self.active {
             if now < *until {
                 return Vec::new();
@@ -654,21 +669,14 @@ impl RewindCrashes {
             });
             return vec![restart];
         }
-        for (name, node) in running {
-            let life = incarnation.get(name).copied().unwrap_or(0);
-            let rewound = node.replica.metrics().rewound_records;
-            let before = match self.seen.insert(name, (life, rewound)) {
-                Some((seen_life, seen)) if seen_life == life => seen,
-                _ => 0,
-            };
-            if rewound <= before || self.remaining == 0 || !self.rng.random_bool(0.5) {
+        for name in rewound_now {
+            if self.remaining == 0 || !self.rng.random_bool(0.5) {
                 continue;
             }
             let until = now + ms(&mut self.rng, 100, 2000);
-            let scheduled = schedule.events.iter().any(|e| {
-                e.at >= now
-                    && e.at <= until + Duration::from_millis(500)
-                    && matches!(e.action, Action::Crash(n) | Action::Restart(n) | Action::Wipe(n) if n == *name)
+            let scheduled = pending.iter().any(|e| {
+                e.at <= until + Duration::from_millis(500)
+                    && matches!(e.action, Action::Crash(n) | Action::Restart(n) | Action::Wipe(n) if n == name)
             });
             if scheduled {
                 continue;

@@ -684,7 +684,8 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
         }
         if let Some(crashes) = rewind_crashes.as_mut() {
             let running = registry.running();
-            for action in crashes.step(sim.elapsed(), &running, &incarnation, &schedule) {
+            let pending = &schedule.events[next_event..];
+            for action in crashes.step(sim.elapsed(), &running, &incarnation, pending) {
                 crash(&registry, &mut incarnation, &action);
                 faults::apply(&mut sim, &action, &hosts, witness.as_deref());
             }
