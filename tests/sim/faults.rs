@@ -497,39 +497,93 @@ pub fn apply(
     }
 }
 
+/// What a fault that strikes in reaction to what a node does keeps: its
+/// own draws from the seed, how many more it may strike, the undo of the
+/// one in force and when it is due, and every action taken, for the
+/// report. One strikes at a time.
+struct Reactive {
+    rng: StdRng,
+    remaining: usize,
+    active: Option<(Duration, Action)>,
+    fired: Vec<Event>,
+}
+
+impl Reactive {
+    /// Seeded from `seed` and `salt` (each kind its own draws), striking
+    /// 1 to `most` times.
+    fn new(seed: u64, salt: u64, most: usize) -> Reactive {
+        let mut rng = StdRng::seed_from_u64(seed ^ salt);
+        let remaining = rng.random_range(1..=most);
+        Reactive {
+            rng,
+            remaining,
+            active: None,
+            fired: Vec::new(),
+        }
+    }
+
+    /// While a fault is in force: nothing before its undo is due, then
+    /// the undo. `None` when none is in force.
+    fn undo_when_due(&mut self, now: Duration) -> Option<Vec<Action>> {
+        let (until, _) = self.active.as_ref()?;
+        if now < *until {
+            return Some(Vec::new());
+        }
+        let (_, undo) = self.active.take().expect("checked");
+        self.fired.push(Event {
+            at: now,
+            action: undo.clone(),
+        });
+        Some(vec![undo])
+    }
+
+    /// Strikes `fault` now, to be undone by `undo` at `until`.
+    fn strike(
+        &mut self,
+        now: Duration,
+        fault: Action,
+        undo: Action,
+        until: Duration,
+    ) -> Vec<Action> {
+        self.remaining -= 1;
+        self.active = Some((until, undo));
+        self.fired.push(Event {
+            at: now,
+            action: fault.clone(),
+        });
+        vec![fault]
+    }
+}
+
 /// Faults that strike while a node is receiving a snapshot: each time a
 /// rejoining node's received bytes grew since the last cut (or since it
 /// started), a cut chosen from the seed (a partition, one way or both, a
 /// held link, or a crash of the receiver) lasts 0.1 to 2 s and is undone.
 /// The primary keeps serving the same build while its WAL still follows
 /// it, so some transfers resume and others (longer cuts) start over.
-/// At most `remaining` cuts; every one is recorded for the report.
+/// At most 1 to 3 cuts; every one is recorded for the report.
 pub struct TransferCuts {
-    rng: StdRng,
-    remaining: usize,
-    /// The undo of the cut in force, and when it is due.
-    active: Option<(Duration, Action)>,
+    reactive: Reactive,
     /// Per node: (incarnation, bytes received) at the last cut.
     baseline: BTreeMap<&'static str, (usize, u64)>,
-    pub fired: Vec<Event>,
 }
 
 impl TransferCuts {
     pub fn new(seed: u64) -> TransferCuts {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c075);
-        let remaining = rng.random_range(1..=3);
         TransferCuts {
-            rng,
-            remaining,
-            active: None,
+            reactive: Reactive::new(seed, 0x5eed_c075, 3),
             baseline: BTreeMap::new(),
-            fired: Vec::new(),
         }
     }
 
     /// Whether a cut is in force (its undo not yet applied).
     pub fn in_force(&self) -> bool {
-        self.active.is_some()
+        self.reactive.active.is_some()
+    }
+
+    /// The cuts and their undos, as they struck.
+    pub fn fired(&self) -> &[Event] {
+        &self.reactive.fired
     }
 
     /// The actions due now: the undo of the cut in force once its time
@@ -540,18 +594,10 @@ impl TransferCuts {
         running: &[(&'static str, Running)],
         incarnation: &BTreeMap<&'static str, usize>,
     ) -> Vec<Action> {
-        if let Some((until, _)) = &self.active {
-            if now < *until {
-                return Vec::new();
-            }
-            let (_, undo) = self.active.take().expect("checked");
-            self.fired.push(Event {
-                at: now,
-                action: undo.clone(),
-            });
-            return vec![undo];
+        if let Some(undo) = self.reactive.undo_when_due(now) {
+            return undo;
         }
-        if self.remaining == 0 {
+        if self.reactive.remaining == 0 {
             return Vec::new();
         }
         for (name, node) in running {
@@ -567,7 +613,8 @@ impl TransferCuts {
             } else {
                 NODES[0]
             };
-            let (cut, undo) = match self.rng.random_range(0..4) {
+            let rng = &mut self.reactive.rng;
+            let (cut, undo) = match rng.random_range(0..4) {
                 0 => (Action::Partition(name, other), Action::Repair(name, other)),
                 1 => (
                     Action::PartitionOneway {
@@ -582,16 +629,10 @@ impl TransferCuts {
                 2 => (Action::Hold(name, other), Action::Release(name, other)),
                 _ => (Action::Crash(name), Action::Restart(name)),
             };
-            let lasting = ms(&mut self.rng, 100, 2000);
-            self.remaining -= 1;
+            let lasting = ms(rng, 100, 2000);
             // A crash starts a new incarnation, whose counters start at 0.
             self.baseline.insert(name, (life, received));
-            self.active = Some((now + lasting, undo));
-            self.fired.push(Event {
-                at: now,
-                action: cut.clone(),
-            });
-            return vec![cut];
+            return self.reactive.strike(now, cut, undo, now + lasting);
         }
         Vec::new()
     }
@@ -602,36 +643,31 @@ impl TransferCuts {
 /// 0.1 to 2 s later, it must find its log, its epoch and its restart point
 /// in agreement, and rejoin again. Each time a node's count of rewound
 /// records grew in its current life, the seed decides (one in two)
-/// whether to crash it, at most `remaining` (1 or 2) times, never while
-/// another such crash is in force nor when the schedule crashes or
-/// restarts that node before the restart would be due (the two would
-/// overlap).
+/// whether to crash it, at most 1 or 2 times, never while another such
+/// crash is in force nor when the schedule crashes or restarts that node
+/// before the restart would be due (the two would overlap).
 pub struct RewindCrashes {
-    rng: StdRng,
-    remaining: usize,
-    /// The restart of the node crashed, and when it is due.
-    active: Option<(Duration, Action)>,
+    reactive: Reactive,
     /// Per node: (life, records rewound) when last looked at.
     seen: BTreeMap<&'static str, (usize, u64)>,
-    pub fired: Vec<Event>,
 }
 
 impl RewindCrashes {
     pub fn new(seed: u64) -> RewindCrashes {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x2e71_4d0c);
-        let remaining = rng.random_range(1..=2);
         RewindCrashes {
-            rng,
-            remaining,
-            active: None,
+            reactive: Reactive::new(seed, 0x2e71_4d0c, 2),
             seen: BTreeMap::new(),
-            fired: Vec::new(),
         }
     }
 
     /// Whether a crash is in force (its restart not yet applied).
     pub fn in_force(&self) -> bool {
-        self.active.is_some()
+        self.reactive.active.is_some()
+    }
+
+    /// The crashes and restarts, as they struck.
+    pub fn fired(&self) -> &[Event] {
+        &self.reactive.fired
     }
 
     /// The actions due now: the restart once its time came, or a crash of
@@ -658,22 +694,15 @@ impl RewindCrashes {
                 rewound_now.push(*name);
             }
         }
-        if let Some((until, _)) = &self.active {
-            if now < *until {
-                return Vec::new();
-            }
-            let (_, restart) = self.active.take().expect("checked");
-            self.fired.push(Event {
-                at: now,
-                action: restart.clone(),
-            });
-            return vec![restart];
+        if let Some(restart) = self.reactive.undo_when_due(now) {
+            return restart;
         }
         for name in rewound_now {
-            if self.remaining == 0 || !self.rng.random_bool(0.5) {
+            let rng = &mut self.reactive.rng;
+            if self.reactive.remaining == 0 || !rng.random_bool(0.5) {
                 continue;
             }
-            let until = now + ms(&mut self.rng, 100, 2000);
+            let until = now + ms(rng, 100, 2000);
             let scheduled = pending.iter().any(|e| {
                 e.at <= until + Duration::from_millis(500)
                     && matches!(e.action, Action::Crash(n) | Action::Restart(n) | Action::Wipe(n) if n == name)
@@ -681,13 +710,9 @@ impl RewindCrashes {
             if scheduled {
                 continue;
             }
-            self.remaining -= 1;
-            self.active = Some((until, Action::Restart(name)));
-            self.fired.push(Event {
-                at: now,
-                action: Action::Crash(name),
-            });
-            return vec![Action::Crash(name)];
+            return self
+                .reactive
+                .strike(now, Action::Crash(name), Action::Restart(name), until);
         }
         Vec::new()
     }

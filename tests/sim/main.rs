@@ -561,17 +561,17 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
                    rewind_crashes: &Option<RewindCrashes>,
                    aimed: &[faults::Event]| {
         let mut text = String::new();
-        if let Some(crashes) = rewind_crashes.as_ref().filter(|c| !c.fired.is_empty()) {
+        if let Some(crashes) = rewind_crashes.as_ref().filter(|c| !c.fired().is_empty()) {
             let fired = Schedule {
                 quiet_after: Duration::ZERO,
-                events: crashes.fired.clone(),
+                events: crashes.fired().to_vec(),
             };
             text += &format!("\ncrashes just after a rewind:\n{fired}");
         }
         if let Some(cuts) = cuts {
             let fired = Schedule {
                 quiet_after: Duration::ZERO,
-                events: cuts.fired.clone(),
+                events: cuts.fired().to_vec(),
             };
             text += &format!("\nsnapshot transfer cuts:\n{fired}");
         }
@@ -747,10 +747,10 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             break;
         }
     }
-    report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired.len().div_ceil(2));
+    report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired().len().div_ceil(2));
     report.rewind_crashes = rewind_crashes
         .as_ref()
-        .map_or(0, |c| c.fired.len().div_ceil(2));
+        .map_or(0, |c| c.fired().len().div_ceil(2));
     report.resumed_bytes = snapshot_work.values().map(|w| w.0).sum();
     report.resyncs = snapshot_work.values().map(|w| w.1).sum();
     report.rewound = snapshot_work.values().map(|w| w.2).sum();
