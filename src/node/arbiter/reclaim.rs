@@ -14,17 +14,14 @@ use crate::types::Epoch;
 
 impl Node {
     /// A standby, or a fenced node or one waiting to rejoin (not rewriting
-    /// its log): the roles a reclaim starts from.
-    fn follower(&self) -> bool {
-        matches!(
-            self.role,
-            Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
-        )
-    }
-
-    /// A follower that follows nobody.
+    /// its log), that follows nobody: the roles a reclaim of an epoch the
+    /// node led starts from.
     fn leaderless_follower(&self) -> bool {
-        self.follower() && self.leader.is_none()
+        self.leader.is_none()
+            && matches!(
+                self.role,
+                Role::Standby(_) | Role::Fenced | Role::Rejoining { rewriting: false }
+            )
     }
 
     /// A standby that the register it knows names primary of its own
@@ -96,13 +93,7 @@ impl Node {
         let wanted = link
             .promotion
             .is_some_and(|p| p.kind != Promotion::Failover || p.operator);
-        let known = link.known.as_ref().filter(|r| r.exists())?;
-        let failing_over = link
-            .promotion
-            .is_some_and(|p| p.kind == Promotion::Failover && !p.operator);
-        let diverted = failing_over && self.follows_another_in_its_granted_epoch(link, known);
-        if !(self.leaderless_follower() || diverted)
-            || switching_over
+        if switching_over
             || wanted
             || self.failover_paused
             || self.state_misfit.is_some()
@@ -110,26 +101,25 @@ impl Node {
         {
             return None;
         }
-        if diverted {
-            return Some((
-                known.version,
-                Register::fresh(self.epoch.next(), me, &self.members()),
-            ));
-        }
+        let known = link.known.as_ref().filter(|r| r.exists())?;
+        // Not wanted, a pending promotion is the node's own failover: its
+        // leader has been silent for `failover_timeout`.
+        let failing_over = link.promotion.is_some();
+        let diverted = failing_over && self.follows_another_in_its_granted_epoch(link, known);
         // An epoch our own reclaim took in the register but we never led
         // (its answer lost, a seal moved us past it): nobody wrote in it,
         // so what we led before it still holds every acknowledged write.
         let evidence = self.led_evidence == Some(known.epoch)
             || (self.led_evidence.is_some() && link.reclaim_asked.contains(&known.epoch));
-        if known.primary.as_ref() != Some(me)
-            || !evidence
-            || !known.sync_set.is_empty()
-            || known.epoch >= self.epoch
-        {
-            return None;
-        }
-        let next = Register::fresh(self.epoch.next(), me, &self.members());
-        Some((known.version, next))
+        let led = self.leaderless_follower()
+            && known.primary.as_ref() == Some(me)
+            && evidence
+            && known.sync_set.is_empty()
+            && known.epoch < self.epoch;
+        (diverted || led).then(|| {
+            let next = Register::fresh(self.epoch.next(), me, &self.members());
+            (known.version, next)
+        })
     }
 
     /// Whether `register`, as answered, grants a reclaim swap of this life
