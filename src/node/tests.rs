@@ -1108,6 +1108,19 @@ fn wal_failure_stops_writes_and_fails_waiters() {
     assert_eq!(node.failed_for_good(), Some("fsync: EIO"));
 }
 
+/// The node answered a fence `Unavailable`, and nothing else, and is
+/// still at epoch 1.
+fn answered_fence_unavailable_at_epoch_1(node: &Node, effects: &[Effect]) {
+    assert!(
+        matches!(
+            effects,
+            [Effect::ReplyFence(FenceOutcome::Unavailable { .. })]
+        ),
+        "{effects:?}"
+    );
+    assert_eq!(node.epoch(), Epoch(1));
+}
+
 /// A switchover's fence steps down only a primary: a node whose WAL failed
 /// (or any other role) refuses it and keeps its epoch, rather than name
 /// the standby leader of the next epoch without checking it holds every
@@ -1134,14 +1147,7 @@ fn a_switchover_fence_to_a_node_that_is_not_the_primary_is_refused() {
 
     let mut node = standby_in_contact(cfg(), SyncState::Sync, t(100));
     let effects = node.step(t(200), switchover_fence_from_n2());
-    assert!(
-        matches!(
-            effects.as_slice(),
-            [Effect::ReplyFence(FenceOutcome::Unavailable { .. })]
-        ),
-        "{effects:?}"
-    );
-    assert_eq!(node.epoch(), Epoch(1));
+    answered_fence_unavailable_at_epoch_1(&node, &effects);
 }
 
 /// A promotion whose epoch the disk refused: the node answers under the
@@ -1190,14 +1196,7 @@ fn a_promotion_whose_epoch_was_not_persisted_goes_back_to_the_epoch_on_disk() {
             reason: FenceReason::Failover,
         },
     );
-    assert!(
-        matches!(
-            effects.as_slice(),
-            [Effect::ReplyFence(FenceOutcome::Unavailable { .. })]
-        ),
-        "{effects:?}"
-    );
-    assert_eq!(node.epoch(), Epoch(1));
+    answered_fence_unavailable_at_epoch_1(&node, &effects);
 }
 
 #[test]
@@ -2609,6 +2608,7 @@ fn promotes_n1_to_epoch_two() -> [Effect; 3] {
 mod arbiter;
 mod candidacy;
 mod maintenance;
+mod retake;
 mod standbys;
 mod wiped_peer;
 

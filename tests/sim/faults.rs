@@ -501,7 +501,7 @@ pub fn apply(
 /// own draws from the seed, how many more it may strike, the undo of the
 /// one in force and when it is due, and every action taken, for the
 /// report. One strikes at a time.
-struct Reactive {
+pub struct Reactive {
     rng: StdRng,
     remaining: usize,
     active: Option<(Duration, Action)>,
@@ -555,6 +555,26 @@ impl Reactive {
     }
 }
 
+/// A fault built on `Reactive`: what the run loop and the report ask of it.
+pub trait ReactiveFault {
+    fn reactive(&self) -> &Reactive;
+
+    /// Whether a fault is in force (its undo not yet applied).
+    fn in_force(&self) -> bool {
+        self.reactive().active.is_some()
+    }
+
+    /// The faults and their undos, as they struck.
+    fn fired(&self) -> &[Event] {
+        &self.reactive().fired
+    }
+
+    /// How many times it struck.
+    fn struck(&self) -> usize {
+        self.fired().len().div_ceil(2)
+    }
+}
+
 /// Faults that strike while a node is receiving a snapshot: each time a
 /// rejoining node's received bytes grew since the last cut (or since it
 /// started), a cut chosen from the seed (a partition, one way or both, a
@@ -568,22 +588,18 @@ pub struct TransferCuts {
     baseline: BTreeMap<&'static str, (usize, u64)>,
 }
 
+impl ReactiveFault for TransferCuts {
+    fn reactive(&self) -> &Reactive {
+        &self.reactive
+    }
+}
+
 impl TransferCuts {
     pub fn new(seed: u64) -> TransferCuts {
         TransferCuts {
             reactive: Reactive::new(seed, 0x5eed_c075, 3),
             baseline: BTreeMap::new(),
         }
-    }
-
-    /// Whether a cut is in force (its undo not yet applied).
-    pub fn in_force(&self) -> bool {
-        self.reactive.active.is_some()
-    }
-
-    /// The cuts and their undos, as they struck.
-    pub fn fired(&self) -> &[Event] {
-        &self.reactive.fired
     }
 
     /// The actions due now: the undo of the cut in force once its time
@@ -652,22 +668,18 @@ pub struct RewindCrashes {
     seen: BTreeMap<&'static str, (usize, u64)>,
 }
 
+impl ReactiveFault for RewindCrashes {
+    fn reactive(&self) -> &Reactive {
+        &self.reactive
+    }
+}
+
 impl RewindCrashes {
     pub fn new(seed: u64) -> RewindCrashes {
         RewindCrashes {
             reactive: Reactive::new(seed, 0x2e71_4d0c, 2),
             seen: BTreeMap::new(),
         }
-    }
-
-    /// Whether a crash is in force (its restart not yet applied).
-    pub fn in_force(&self) -> bool {
-        self.reactive.active.is_some()
-    }
-
-    /// The crashes and restarts, as they struck.
-    pub fn fired(&self) -> &[Event] {
-        &self.reactive.fired
     }
 
     /// The actions due now: the restart once its time came, or a crash of

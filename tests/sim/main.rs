@@ -55,7 +55,7 @@ mod witness;
 use bytes::Bytes;
 use checks::Observed;
 use cluster::{Disk, Mode, Registry, WitnessDisk};
-use faults::{Kinds, RewindCrashes, Schedule, TransferCuts};
+use faults::{Kinds, ReactiveFault, RewindCrashes, Schedule, TransferCuts};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -747,10 +747,8 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
             break;
         }
     }
-    report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.fired().len().div_ceil(2));
-    report.rewind_crashes = rewind_crashes
-        .as_ref()
-        .map_or(0, |c| c.fired().len().div_ceil(2));
+    report.snapshot_cuts = cuts.as_ref().map_or(0, |c| c.struck());
+    report.rewind_crashes = rewind_crashes.as_ref().map_or(0, |c| c.struck());
     report.resumed_bytes = snapshot_work.values().map(|w| w.0).sum();
     report.resyncs = snapshot_work.values().map(|w| w.1).sum();
     report.rewound = snapshot_work.values().map(|w| w.2).sum();
