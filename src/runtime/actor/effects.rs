@@ -356,27 +356,7 @@ impl Actor {
                     reason: FenceReason::Candidate,
                     candidate_end: Some(mine),
                 };
-                // An answer for another epoch (a late one, of an earlier
-                // round) says nothing final about this one.
-                let answer = match peer.fence(req).await {
-                    Ok(r) if r.epoch == epoch => Ok(LogEnd {
-                        epoch: r.last_epoch,
-                        lsn: r.last_lsn,
-                    }),
-                    Ok(r) => Err(SealRefused {
-                        why: format!("it answered for epoch {}, not {epoch}", r.epoch),
-                        newer: None,
-                    }),
-                    Err(e) => Err(SealRefused {
-                        why: e.to_string(),
-                        newer: match e {
-                            TransportError::StaleEpoch { epoch, leader } => {
-                                Some((epoch, leader.map(|l| l.id)))
-                            }
-                            _ => None,
-                        },
-                    }),
-                };
+                let answer = seal_answer(epoch, peer.fence(req).await);
                 let _ = tx
                     .send(Msg::SealAnswer {
                         from: standby,
@@ -631,5 +611,105 @@ impl Actor {
         if self.applier.is_none() {
             self.start_applier();
         }
+    }
+}
+
+/// What a standby's answer to a candidate's seal for `epoch` tells the
+/// node: its final position, or why there is none. An answer for another
+/// epoch (a late one, of an earlier round) says nothing final about this
+/// one. A stale-epoch refusal carries the newer epoch and its leader: the
+/// candidate adopts that epoch, and takes it as a switchover if the
+/// leader named is itself (`Node::on_seal_answered`).
+fn seal_answer(
+    epoch: Epoch,
+    reply: Result<FenceReply, TransportError>,
+) -> Result<LogEnd, SealRefused> {
+    match reply {
+        Ok(r) if r.epoch == epoch => Ok(LogEnd {
+            epoch: r.last_epoch,
+            lsn: r.last_lsn,
+        }),
+        Ok(r) => Err(SealRefused {
+            why: format!("it answered for epoch {}, not {epoch}", r.epoch),
+            newer: None,
+        }),
+        Err(e) => Err(SealRefused {
+            why: e.to_string(),
+            newer: match e {
+                TransportError::StaleEpoch { epoch, leader } => Some((epoch, leader.map(|l| l.id))),
+                _ => None,
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LeaderHint;
+
+    fn reply(epoch: u64) -> FenceReply {
+        FenceReply {
+            epoch: Epoch(epoch),
+            last_lsn: Lsn(7),
+            last_epoch: Epoch(2),
+        }
+    }
+
+    #[test]
+    fn a_seal_answered_for_its_epoch_gives_the_standbys_final_position() {
+        assert_eq!(
+            seal_answer(Epoch(3), Ok(reply(3))),
+            Ok(LogEnd {
+                epoch: Epoch(2),
+                lsn: Lsn(7)
+            })
+        );
+    }
+
+    #[test]
+    fn a_seal_answered_for_another_epoch_is_no_final_position_and_no_newer_epoch() {
+        let refused = seal_answer(Epoch(3), Ok(reply(2))).unwrap_err();
+        assert_eq!(refused.newer, None);
+        assert!(refused.why.contains("epoch 2, not 3"), "{}", refused.why);
+    }
+
+    /// The candidate learns the newer epoch and its leader from the
+    /// refusal (seed 14142: a standby a switchover handed to the candidate
+    /// names it leader of the next epoch); a string alone left the cluster
+    /// with no primary.
+    #[test]
+    fn a_seal_refused_as_stale_carries_the_newer_epoch_and_its_leader() {
+        let stale = TransportError::StaleEpoch {
+            epoch: Epoch(4),
+            leader: Some(LeaderHint {
+                id: NodeId::from("n2"),
+                addr: "127.0.0.1:1".into(),
+                client_addr: None,
+            }),
+        };
+        let refused = seal_answer(Epoch(3), Err(stale)).unwrap_err();
+        assert_eq!(refused.newer, Some((Epoch(4), Some(NodeId::from("n2")))));
+        let without_leader = TransportError::StaleEpoch {
+            epoch: Epoch(4),
+            leader: None,
+        };
+        let refused = seal_answer(Epoch(3), Err(without_leader)).unwrap_err();
+        assert_eq!(refused.newer, Some((Epoch(4), None)));
+    }
+
+    #[test]
+    fn a_seal_that_failed_otherwise_names_no_newer_epoch() {
+        let refused = seal_answer(
+            Epoch(3),
+            Err(TransportError::Unreachable("connection refused".into())),
+        )
+        .unwrap_err();
+        assert_eq!(refused.newer, None);
+        assert!(
+            refused.why.contains("connection refused"),
+            "{}",
+            refused.why
+        );
     }
 }
