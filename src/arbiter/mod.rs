@@ -42,7 +42,7 @@ pub use crate::node::ArbiterStatus;
 #[cfg(feature = "tls")]
 pub use crate::transport::{ClientCertificate, WITNESS_NAME};
 pub use etcd::{EtcdArbiter, EtcdEndpoint, EtcdTarget};
-pub use registers::{Registers, SwapRefusal};
+pub use registers::{Registers, SwapRefusal, WentBack};
 pub use url::{ArbiterUrl, ArbiterUrlError, from_url};
 pub use wire::{decode_register, encode_register};
 pub use witness::{WitnessClient, WitnessService};

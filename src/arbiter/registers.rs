@@ -30,6 +30,24 @@ struct Cluster {
     /// The highest register version any caller reported having seen: a
     /// register created while none exists starts above it.
     seen_version: u64,
+    /// The last register found behind a version a caller was answered,
+    /// and forgotten (`Registers::take_went_back`).
+    went_back: Option<WentBack>,
+}
+
+/// A register older than one a node was answered: the witness's file went
+/// back (restored from an older copy, a virtual machine rolled back to a
+/// snapshot, a disk that lost acknowledged writes). Every version a witness
+/// answers is in its file first, so in a file that never went back no
+/// register is below a version any node reports having seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WentBack {
+    /// The register forgotten.
+    pub stale: Register,
+    /// The version the caller reported having been answered.
+    pub seen_version: u64,
+    /// Who reported it.
+    pub by: NodeId,
 }
 
 /// Why a swap was refused whatever the version.
@@ -249,7 +267,31 @@ impl Registers {
         // which would let a second create through).
         let plausible = caller.seen_version.min(MAX_SEEN_VERSION);
         cluster.seen_version = cluster.seen_version.max(plausible);
+        // A register below a version a node was answered is one the file
+        // lost swaps of: its sync set may name a standby since swapped out
+        // (which would promote without writes acknowledged alone), and a
+        // deposed primary's stale swap may match its version. It is
+        // forgotten, as a lost file's register is, and rebuilt from the
+        // members by the rules of a lost register, above every version
+        // reported. The caller reporting it is answered from there: its own
+        // swap never meets the stale register.
+        if cluster.register.exists() && cluster.seen_version > cluster.register.version {
+            let stale = std::mem::take(&mut cluster.register);
+            cluster.went_back = Some(WentBack {
+                stale,
+                seen_version: cluster.seen_version,
+                by: caller.node_id.clone(),
+            });
+        }
         cluster
+    }
+
+    /// The register of `cluster_id` that the last request found behind a
+    /// version its caller was answered, and forgot: the witness writes its
+    /// file without it (so a restart does not bring it back), says so
+    /// loudly and counts it.
+    pub fn take_went_back(&mut self, cluster_id: &str) -> Option<WentBack> {
+        self.clusters.get_mut(cluster_id)?.went_back.take()
     }
 }
 
@@ -453,9 +495,100 @@ mod tests {
         assert!(matches!(stale, CasOutcome::Conflict(r) if r.version == 8));
         // A swap of an existing register still goes one up.
         let next = regs
-            .compare_and_swap("c", &seen("n1", 99), 8, &pair_register(1, "n1"))
+            .compare_and_swap("c", &seen("n1", 8), 8, &pair_register(1, "n1"))
             .unwrap();
         assert!(matches!(next, CasOutcome::Swapped(r) if r.version == 9));
+    }
+
+    /// The witness's file went back: restored from a copy taken while n2
+    /// was in the sync set, after which the primary n1 swapped n2 out
+    /// (version 3) and acknowledged writes alone. The restored register
+    /// would let n2 promote without them. n2's own call reports version 3,
+    /// so the witness forgets the register before it can answer or swap
+    /// from it; the register is then rebuilt by the rules of a lost one,
+    /// above every version reported.
+    #[test]
+    fn a_register_behind_a_version_a_member_was_answered_is_forgotten_and_rebuilt_above_it() {
+        let mut regs = Registers::new();
+        regs.read("c", &caller("n2", 0));
+        regs.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let mut with_standby = pair_register(1, "n1");
+        with_standby.sync_set.insert("n2".into());
+        regs.compare_and_swap("c", &seen("n1", 1), 1, &with_standby)
+            .unwrap();
+        let old_copy = Registers::from_registers(
+            regs.registers()
+                .map(|(id, r)| (id.to_string(), r.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let alone = regs
+            .compare_and_swap("c", &seen("n1", 2), 2, &pair_register(1, "n1"))
+            .unwrap();
+        assert!(
+            matches!(alone, CasOutcome::Swapped(ref r) if r.version == 3),
+            "{alone:?}"
+        );
+
+        let mut restored = old_copy;
+        let in_sync_set = restored.clone().read("c", &seen("n2", 2));
+        assert!(in_sync_set.sync_set.contains(&NodeId::from("n2")));
+        // n2, silent primary, reads before it promotes: it saw version 3.
+        let read = restored.read("c", &seen("n2", 3));
+        assert!(!read.exists(), "the stale register was answered: {read}");
+        let went_back = restored.take_went_back("c").expect("not reported");
+        assert_eq!(
+            (
+                went_back.stale.version,
+                went_back.seen_version,
+                went_back.by
+            ),
+            (2, 3, NodeId::from("n2"))
+        );
+        assert!(restored.take_went_back("c").is_none(), "reported twice");
+        assert!(
+            restored.is_empty(),
+            "the file would keep the stale register"
+        );
+        // Its promotion from the version it was in the sync set at cannot
+        // match, and a failover creates nothing: every member must report,
+        // and the primary, which leads its epoch, rebuilds it above 3.
+        let promote = restored
+            .compare_and_swap("c", &seen("n2", 3), 2, &pair_register(2, "n2"))
+            .unwrap();
+        assert!(
+            matches!(promote, CasOutcome::Conflict(ref r) if !r.exists()),
+            "{promote:?}"
+        );
+        let primary = Caller {
+            leads: true,
+            ..seen("n1", 3)
+        };
+        let rebuilt = restored
+            .compare_and_swap("c", &primary, 0, &pair_register(1, "n1"))
+            .unwrap();
+        assert!(
+            matches!(rebuilt, CasOutcome::Swapped(ref r) if r.version == 4),
+            "{rebuilt:?}"
+        );
+        assert!(restored.take_went_back("c").is_none());
+    }
+
+    /// The rule is about versions answered, not epochs: a node whose epoch
+    /// is above the register's (an operator's forced promotion while the
+    /// witness did not answer) keeps the register.
+    #[test]
+    fn a_member_ahead_in_epoch_but_not_in_version_keeps_the_register() {
+        let mut regs = Registers::new();
+        regs.read("c", &caller("n2", 0));
+        regs.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let forced = Caller {
+            seen_version: 1,
+            ..caller("n2", 5)
+        };
+        assert!(regs.read("c", &forced).exists());
+        assert!(regs.take_went_back("c").is_none());
     }
 
     #[test]

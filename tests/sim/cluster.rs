@@ -32,6 +32,9 @@ pub struct WitnessDisk {
     /// The service of the witness's running incarnation, for the checks
     /// (its file is locked while it runs, so they cannot open it).
     live: Mutex<Option<WitnessService>>,
+    /// Registers that earlier incarnations found behind a version a node
+    /// was answered (`WitnessStats::registers_went_back`).
+    went_back_before: Mutex<u64>,
 }
 
 impl Default for WitnessDisk {
@@ -39,6 +42,7 @@ impl Default for WitnessDisk {
         WitnessDisk {
             dir: tempfile::tempdir().unwrap(),
             live: Mutex::default(),
+            went_back_before: Mutex::default(),
         }
     }
 }
@@ -47,7 +51,18 @@ impl WitnessDisk {
     /// The witness crashed: the checks let go of its service (and so of
     /// its file's lock, which the next incarnation takes).
     pub fn down(&self) {
-        self.live.lock().unwrap().take();
+        if let Some(service) = self.live.lock().unwrap().take() {
+            *self.went_back_before.lock().unwrap() += service.stats().registers_went_back;
+        }
+    }
+
+    /// How many registers the witness forgot as behind a version a node
+    /// was answered, over all its incarnations. The simulation never puts
+    /// an older file back, so any is a register wrongly forgotten.
+    pub fn registers_went_back(&self) -> u64 {
+        let live = self.live.lock().unwrap();
+        let now = live.as_ref().map_or(0, |s| s.stats().registers_went_back);
+        now + *self.went_back_before.lock().unwrap()
     }
 
     /// Empties the directory (while the witness is down).

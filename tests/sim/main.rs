@@ -795,6 +795,14 @@ fn run(seed: u64, scenario: Scenario) -> Result<Report, String> {
     // G7: a retried write is applied once: no node's log holds a request
     // id twice.
     found.extend(checks::each_request_id_once(&logs));
+    // Nothing puts an older register file back, so the witness must never
+    // find its register behind a version it answered.
+    if let Some(w) = witness.as_ref().filter(|w| w.registers_went_back() > 0) {
+        found.push(format!(
+            "the witness forgot {} register(s) as older than a version it had answered, with no older file put back",
+            w.registers_went_back()
+        ));
+    }
     if !found.is_empty() {
         let written = log_attempts(history.writes().len() + report.not_acked);
         return Err(format!(

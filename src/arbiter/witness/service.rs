@@ -19,7 +19,7 @@
 //! the client's certificate does not name, `PERMISSION_DENIED`.
 
 use super::file::{RegisterFile, StoreError};
-use crate::arbiter::{Caller, CasOutcome, Register, Registers, SwapRefusal};
+use crate::arbiter::{Caller, CasOutcome, Register, Registers, SwapRefusal, WentBack};
 use crate::pb;
 use crate::pb::witness_server::{Witness, WitnessServer};
 use crate::types::{Epoch, NodeId};
@@ -75,6 +75,10 @@ pub struct WitnessStats {
     pub write_failures: u64,
     /// The last failed write, until a write succeeds again.
     pub write_error: Option<String>,
+    /// Registers found older than a version the witness had answered a
+    /// node, and forgotten to be rebuilt from the members: its file went
+    /// back (`Registers::take_went_back`).
+    pub registers_went_back: u64,
     /// Clusters that have a register.
     pub clusters: usize,
 }
@@ -496,11 +500,23 @@ impl WitnessService {
     }
 
     async fn read_register(&self, cluster_id: &str, caller: &Caller) -> Result<Register, Status> {
-        let (register, ticket) = self.decide(cluster_id, caller, |regs| {
-            (regs.read(cluster_id, caller), false)
+        let ((register, went_back), ticket) = self.decide(cluster_id, caller, |regs| {
+            let register = regs.read(cluster_id, caller);
+            let went_back = regs.take_went_back(cluster_id);
+            let forgot = went_back.is_some();
+            ((register, went_back), forgot)
         })?;
+        self.went_back(cluster_id, went_back);
         self.settle(ticket).await?;
         Ok(register)
+    }
+
+    /// Says loudly that `cluster_id`'s register was found behind a version
+    /// a node was answered, and forgotten (`Registers::take_went_back`).
+    fn went_back(&self, cluster_id: &str, went_back: Option<WentBack>) {
+        let Some(w) = went_back else { return };
+        self.count(|s| s.registers_went_back += 1);
+        tracing::error!(cluster = cluster_id, node = %w.by, stale = %w.stale, seen_version = w.seen_version, "the witness's register is older than one it answered {}: its file went back (restored from an older copy, a machine rolled back to a snapshot, or a disk that lost writes); forgot it, and rebuilds it from the members as after a lost file. Do not restore the witness's file: start it empty instead", w.by);
     }
 
     async fn swap(
@@ -510,15 +526,18 @@ impl WitnessService {
         expected_version: u64,
         next: &Register,
     ) -> Result<CasOutcome, Status> {
-        let ((old, outcome), ticket) = self.decide(cluster_id, caller, |regs| {
+        let ((old, outcome, went_back), ticket) = self.decide(cluster_id, caller, |regs| {
             let old = regs.read(cluster_id, caller);
+            let went_back = regs.take_went_back(cluster_id);
+            let forgot = went_back.is_some();
             if old.exists() && !old.members.contains(&caller.node_id) {
-                return ((old, None), false);
+                return ((old, None, went_back), forgot);
             }
             let outcome = regs.compare_and_swap(cluster_id, caller, expected_version, next);
-            let changed = matches!(outcome, Ok(CasOutcome::Swapped(_)));
-            ((old, Some(outcome)), changed)
+            let changed = forgot || matches!(outcome, Ok(CasOutcome::Swapped(_)));
+            ((old, Some(outcome), went_back), changed)
         })?;
+        self.went_back(cluster_id, went_back);
         // Whatever it saw must be durable before it answers, a refusal
         // or a conflict too (it may rest on a swap not yet written, such as
         // the create that made the caller a non-member).

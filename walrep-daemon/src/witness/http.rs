@@ -162,6 +162,12 @@ impl Collector for StatsCollector {
             "Swaps whose write of the register file failed (answered UNAVAILABLE, register unchanged)",
             &[(&[], s.write_failures)],
         )?;
+        counter(
+            &mut enc,
+            "walrep_witness_registers_went_back",
+            "Registers found older than a version the witness had answered a node, and forgotten to be rebuilt from the members: the register file went back (restored from an older copy, a machine rolled back to a snapshot)",
+            &[(&[], s.registers_went_back)],
+        )?;
         gauge(
             &mut enc,
             "walrep_witness_clusters",

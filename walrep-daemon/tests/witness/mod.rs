@@ -134,6 +134,10 @@ async fn the_witness_serves_health_and_metrics_and_keeps_its_swaps_across_a_rest
         1.0
     );
     assert_eq!(value(&m, "walrep_witness_healthy", &[]), 1.0);
+    assert_eq!(
+        value(&m, "walrep_witness_registers_went_back_total", &[]),
+        0.0
+    );
 
     w.signal(libc::SIGTERM).unwrap();
     let status = w.wait_exit(Duration::from_secs(10)).unwrap();
