@@ -489,6 +489,7 @@ impl Node {
             return;
         };
         link.asking = None;
+        let answer = went_back(answer, link.seen_version);
         link.last_failed = matches!(answer, ArbiterAnswer::Failed { .. });
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
@@ -765,5 +766,34 @@ impl Node {
             self.persist(self.epoch, Some(primary));
             self.change_role(Role::Standby(Standby::new()));
         }
+    }
+}
+
+/// An answer naming a register below a version the arbiter answered this
+/// node before, taken as no answer: the arbiter's data went back (an etcd
+/// restored from an older snapshot, a register key deleted and created
+/// again, a witness started on an older copy of its file that no caller
+/// had shown it yet). Such a register may list in its sync set a standby
+/// since swapped out (which would promote without the writes the primary
+/// then acknowledged alone), and a swap from it could match a deposed
+/// primary's. Like an arbiter that does not answer, it grants nothing, and
+/// a swap asked may or may not have taken effect; the node says why until
+/// an answer is no longer behind. A missing register (version 0) is not
+/// behind: a witness that lost its file rebuilds it above every version a
+/// member saw.
+fn went_back(answer: ArbiterAnswer, seen_version: u64) -> ArbiterAnswer {
+    match &answer {
+        ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) | ArbiterAnswer::Swapped(r)
+            if r.exists() && r.version < seen_version =>
+        {
+            ArbiterAnswer::Failed {
+                why: CallFailed::Unreachable,
+                error: format!(
+                    "the arbiter answered its register at version {}, below version {seen_version} it answered this node before: its data went back (restored from an older backup or snapshot, or the register deleted and created again); not acting on it. A witness: restart it on an empty data directory, and it rebuilds the register from the nodes. etcd: see ARBITER-ETCD.md, \"Restoring etcd from an older backup\"",
+                    r.version
+                ),
+            }
+        }
+        _ => answer,
     }
 }

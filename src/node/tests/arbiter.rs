@@ -814,3 +814,67 @@ fn a_node_started_on_an_empty_directory_never_takes_an_epoch_the_register_says_i
     assert_eq!(node.role(), RoleKind::Standby);
     assert_eq!((node.epoch(), node.leader()), (Epoch(3), None));
 }
+
+/// Ticks every 100 ms from `from` to `to`, answering every call the node
+/// makes with a read of `reg`.
+fn tick_answering_every_call_with(
+    node: &mut Node,
+    from: u64,
+    to: u64,
+    reg: &Register,
+) -> Vec<Effect> {
+    let mut all = Vec::new();
+    for now in (from..=to).step_by(100) {
+        let step = node.step(t(now), Event::Tick);
+        for (purpose, _) in asks(&step) {
+            all.extend(answer(
+                node,
+                t(now),
+                purpose,
+                ArbiterAnswer::Read(reg.clone()),
+            ));
+        }
+        all.extend(step);
+    }
+    all
+}
+
+/// The arbiter's data went back (an etcd restored from an older snapshot):
+/// it answers the register at version 3, which still lists n1 in the sync
+/// set, after answering n1 version 5, the swap by which the primary took
+/// n1 out and then acknowledged alone. n1 must not promote from it; it
+/// takes the answer as none, says why, and acts again once an answer is no
+/// longer behind.
+#[test]
+fn a_register_below_a_version_the_arbiter_answered_before_is_not_acted_on() {
+    let mut node = silent_primary_standby(register(5, 1, "n2", &[]));
+    let effects =
+        tick_answering_every_call_with(&mut node, 200, 5000, &register(3, 1, "n2", &["n1"]));
+    assert!(
+        asks(&effects)
+            .iter()
+            .all(|(_, call)| *call == ArbiterCall::Read),
+        "a swap from a register that went back: {effects:?}"
+    );
+    assert!(!persists(&effects));
+    assert_eq!(node.role(), RoleKind::Standby);
+    let status = node.arbiter_status().unwrap();
+    assert_eq!(status.reachable, Some(false));
+    assert_eq!(
+        status.register.map(|r| r.version),
+        Some(5),
+        "it took the register that went back"
+    );
+    let why = status.last_error.unwrap();
+    assert!(
+        why.contains("went back") && why.contains("below version 5"),
+        "{why}"
+    );
+    assert!(status.held_back.is_some());
+
+    // A register at or above what it saw is the arbiter's again.
+    tick_answering_every_call_with(&mut node, 5100, 8000, &register(6, 1, "n2", &[]));
+    let status = node.arbiter_status().unwrap();
+    assert_eq!(status.reachable, Some(true));
+    assert_eq!(status.register.map(|r| r.version), Some(6));
+}
