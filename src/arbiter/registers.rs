@@ -30,7 +30,17 @@ struct Cluster {
     /// The highest register version any caller reported having seen: a
     /// register created while none exists starts above it.
     seen_version: u64,
-    /// The last register found behind a version a caller was answered,
+    /// The highest register version a member of the register, as it stood
+    /// when it asked, reported having seen: a register below it went back.
+    /// Only members count, so another cluster's node cannot make the
+    /// witness forget a register.
+    members_seen: u64,
+    /// The highest epoch of a register forgotten as gone back, and its
+    /// primary: a register rebuilt after that is never below it. It may be
+    /// an epoch this witness granted since it started on the older file,
+    /// which its primary may lead although no member reported it yet.
+    forgotten: Option<(Epoch, Option<NodeId>)>,
+    /// The last register found behind a version a member was answered,
     /// and forgotten (`Registers::take_went_back`).
     went_back: Option<WentBack>,
 }
@@ -231,6 +241,15 @@ impl Registers {
             }
         } else {
             check_create(&cluster.reported, &cluster.led, caller, next)?;
+            if let Some((epoch, primary)) = &cluster.forgotten
+                && *epoch > next.epoch
+            {
+                return Err(SwapRefusal::EpochBelowReported {
+                    proposed: next.epoch,
+                    reported: *epoch,
+                    by: primary.clone().unwrap_or_else(|| caller.node_id.clone()),
+                });
+            }
         }
         // A register lost and re-created continues above every version a
         // member still holds, so no stale swap can match one of its own.
@@ -267,19 +286,36 @@ impl Registers {
         // which would let a second create through).
         let plausible = caller.seen_version.min(MAX_SEEN_VERSION);
         cluster.seen_version = cluster.seen_version.max(plausible);
-        // A register below a version a node was answered is one the file
+        if cluster.register.members.contains(&caller.node_id) {
+            cluster.members_seen = cluster.members_seen.max(plausible);
+        }
+        // A register below a version a member was answered is one the file
         // lost swaps of: its sync set may name a standby since swapped out
         // (which would promote without writes acknowledged alone), and a
         // deposed primary's stale swap may match its version. It is
         // forgotten, as a lost file's register is, and rebuilt from the
         // members by the rules of a lost register, above every version
-        // reported. The caller reporting it is answered from there: its own
-        // swap never meets the stale register.
-        if cluster.register.exists() && cluster.seen_version > cluster.register.version {
+        // reported and never below its epoch, nor naming another primary of
+        // it (it may be a grant of this witness that its primary leads). The
+        // caller reporting it is answered from there: its own swap never
+        // meets the stale register. A register a failed write brings back
+        // is forgotten again at the next call.
+        if cluster.register.exists() && cluster.members_seen > cluster.register.version {
             let stale = std::mem::take(&mut cluster.register);
+            if cluster
+                .forgotten
+                .as_ref()
+                .is_none_or(|(e, _)| stale.epoch >= *e)
+            {
+                cluster.forgotten = Some((stale.epoch, stale.primary.clone()));
+            }
+            if let Some(primary) = &stale.primary {
+                let led = cluster.led.entry(primary.clone()).or_insert(stale.epoch);
+                *led = (*led).max(stale.epoch);
+            }
             cluster.went_back = Some(WentBack {
                 stale,
-                seen_version: cluster.seen_version,
+                seen_version: cluster.members_seen,
                 by: caller.node_id.clone(),
             });
         }
@@ -572,6 +608,132 @@ mod tests {
             "{rebuilt:?}"
         );
         assert!(restored.take_went_back("c").is_none());
+    }
+
+    /// Three members; the witness restarted on a copy at version 2
+    /// (n1 primary of epoch 5, all in the sync set). n3, whose view is as
+    /// old as the copy, fails over first: version 3, epoch 6, n3 primary.
+    /// n1, which was answered version 4 before the restart, then uncovers
+    /// the copy, and the witness forgets version 3 too. That was a grant of
+    /// this witness, which n3 may lead: a rebuild must not go below epoch 6
+    /// nor name another primary of it, although no member reported 6 yet.
+    #[test]
+    fn a_forgotten_register_is_a_floor_for_the_rebuild_and_its_primary_keeps_its_epoch() {
+        let members: Vec<NodeId> = vec!["n1".into(), "n2".into(), "n3".into()];
+        let mut copy = Register::fresh(Epoch(5), &"n1".into(), &members);
+        copy.sync_set = ["n2".into(), "n3".into()].into();
+        copy.version = 2;
+        let mut regs = Registers::from_registers([("c".to_string(), copy)]);
+        let failover = Register::fresh(Epoch(6), &"n3".into(), &members);
+        let granted = regs
+            .compare_and_swap(
+                "c",
+                &Caller {
+                    seen_version: 2,
+                    ..caller("n3", 5)
+                },
+                2,
+                &failover,
+            )
+            .unwrap();
+        assert!(
+            matches!(granted, CasOutcome::Swapped(ref r) if r.version == 3),
+            "{granted:?}"
+        );
+        assert!(
+            !regs
+                .read(
+                    "c",
+                    &Caller {
+                        seen_version: 4,
+                        ..caller("n1", 5)
+                    }
+                )
+                .exists()
+        );
+        let forgotten = regs.take_went_back("c").unwrap().stale;
+        assert_eq!((forgotten.version, forgotten.epoch), (3, Epoch(6)));
+        regs.read("c", &caller("n2", 5));
+        let n1 = Caller {
+            seen_version: 4,
+            leads: true,
+            ..caller("n1", 5)
+        };
+        assert_eq!(
+            regs.compare_and_swap(
+                "c",
+                &n1,
+                0,
+                &Register::fresh(Epoch(5), &"n1".into(), &members)
+            ),
+            Err(SwapRefusal::EpochBelowReported {
+                proposed: Epoch(5),
+                reported: Epoch(6),
+                by: "n3".into()
+            })
+        );
+        assert_eq!(
+            regs.compare_and_swap(
+                "c",
+                &n1,
+                0,
+                &Register::fresh(Epoch(6), &"n1".into(), &members)
+            ),
+            Err(SwapRefusal::EpochLedByAnother {
+                epoch: Epoch(6),
+                by: "n3".into()
+            })
+        );
+        let n3 = Caller {
+            seen_version: 3,
+            leads: true,
+            ..caller("n3", 6)
+        };
+        let rebuilt = regs.compare_and_swap("c", &n3, 0, &failover).unwrap();
+        assert!(
+            matches!(rebuilt, CasOutcome::Swapped(ref r) if r.version == 5 && r.epoch == Epoch(6)),
+            "{rebuilt:?}"
+        );
+    }
+
+    /// Only a member's report counts: a node of another cluster (any holder
+    /// of a certificate of the CA) claiming a high version cannot make the
+    /// witness forget a live register.
+    #[test]
+    fn a_non_member_claiming_a_higher_version_does_not_make_the_witness_forget_a_register() {
+        let mut regs = Registers::new();
+        regs.read("c", &caller("n2", 0));
+        regs.compare_and_swap("c", &caller("n1", 1), 0, &pair_register(1, "n1"))
+            .unwrap();
+        let stranger = Caller {
+            seen_version: u64::MAX,
+            ..caller("n9", 1)
+        };
+        assert!(regs.read("c", &stranger).exists());
+        assert!(regs.read("c", &seen("n1", 1)).exists());
+        assert!(regs.take_went_back("c").is_none());
+    }
+
+    /// A failed write of the file brings the forgotten register back into
+    /// memory: the next call, whoever makes it, forgets it again.
+    #[test]
+    fn a_forgotten_register_a_failed_write_brought_back_is_forgotten_at_the_next_call() {
+        let durable = Registers::from_registers([(
+            "c".to_string(),
+            Register {
+                version: 1,
+                ..pair_register(1, "n1")
+            },
+        )]);
+        let mut pending = durable.clone();
+        assert!(!pending.read("c", &seen("n2", 3)).exists());
+        assert!(pending.take_went_back("c").is_some());
+        pending.roll_back_registers_to(&durable);
+        assert!(
+            !pending.read("c", &seen("n1", 0)).exists(),
+            "answered the stale register"
+        );
+        assert!(pending.take_went_back("c").is_some());
     }
 
     /// The rule is about versions answered, not epochs: a node whose epoch

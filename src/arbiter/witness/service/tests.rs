@@ -394,12 +394,9 @@ fn read_req_seen(
     req
 }
 
-/// The witness's directory restored from a copy taken at version 1: a
-/// node's call reporting version 2 finds the register behind, forgets it
-/// (answering no register), counts it, and writes the file without it,
-/// so a restart does not bring the stale register back.
-#[tokio::test]
-async fn a_file_restored_from_an_older_copy_is_forgotten_at_the_first_call_that_saw_newer() {
+/// A witness of cluster `c` restarted on a copy of its file taken at
+/// version 1, after the register had reached version 2.
+async fn restarted_on_an_older_copy() -> (tempfile::TempDir, WitnessService) {
     let (dir, w) = with_cluster_c().await;
     let file = dir.path().join(super::super::file::FILE);
     let old_copy = std::fs::read(&file).unwrap();
@@ -410,8 +407,17 @@ async fn a_file_restored_from_an_older_copy_is_forgotten_at_the_first_call_that_
     assert!(swapped.swapped);
     drop(w);
     std::fs::write(&file, &old_copy).unwrap();
-
     let w = WitnessService::open(dir.path()).unwrap();
+    (dir, w)
+}
+
+/// The witness's directory restored from a copy taken at version 1: a
+/// node's call reporting version 2 finds the register behind, forgets it
+/// (answering no register), counts it, and writes the file without it,
+/// so a restart does not bring the stale register back.
+#[tokio::test]
+async fn a_file_restored_from_an_older_copy_is_forgotten_at_the_first_call_that_saw_newer() {
+    let (dir, w) = restarted_on_an_older_copy().await;
     assert_eq!(w.registers()[0].1.version, 1, "the old copy was not read");
     // A node that saw only version 1 learns nothing new: the witness
     // cannot tell yet.
@@ -435,4 +441,31 @@ async fn a_file_restored_from_an_older_copy_is_forgotten_at_the_first_call_that_
     drop(w);
     let w = WitnessService::open(dir.path()).unwrap();
     assert!(w.registers().is_empty(), "a restart brought it back");
+}
+
+/// The same uncovered by a member's swap: the swap meets no register (a
+/// conflict at version 0, nothing swapped), and its answer waits for the
+/// file written without the stale register.
+#[tokio::test]
+async fn a_swap_that_uncovers_an_older_copy_meets_no_register_and_the_file_drops_it() {
+    let (dir, w) = restarted_on_an_older_copy().await;
+    let mut req = cas_req("c", "n2", 1, &pair(2, "n2"));
+    if let Some(caller) = req.get_mut().caller.as_mut() {
+        caller.seen_version = 2;
+    }
+    let answer = Witness::compare_and_swap(&w, req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.swapped, "swapped from the stale register");
+    assert!(!Register::from(answer.register.unwrap()).exists());
+    assert_eq!(w.stats().registers_went_back, 1);
+    assert!(w.registers().is_empty(), "the file still holds it");
+    drop(w);
+    assert!(
+        WitnessService::open(dir.path())
+            .unwrap()
+            .registers()
+            .is_empty()
+    );
 }
