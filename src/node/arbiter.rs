@@ -780,7 +780,8 @@ impl Node {
 /// a swap asked may or may not have taken effect; the node says why until
 /// an answer is no longer behind. A missing register (version 0) is not
 /// behind: a witness that lost its file rebuilds it above every version a
-/// member saw.
+/// member saw. (An etcd key deleted by hand reads as missing too, and is
+/// not caught: see docs/ARBITER-ETCD.md.)
 fn went_back(answer: ArbiterAnswer, seen_version: u64) -> ArbiterAnswer {
     match &answer {
         ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) | ArbiterAnswer::Swapped(r)
@@ -789,7 +790,7 @@ fn went_back(answer: ArbiterAnswer, seen_version: u64) -> ArbiterAnswer {
             ArbiterAnswer::Failed {
                 why: CallFailed::Unreachable,
                 error: format!(
-                    "the arbiter answered its register at version {}, below version {seen_version} it answered this node before: its data went back (restored from an older backup or snapshot, or the register deleted and created again); not acting on it. A witness: restart it on an empty data directory, and it rebuilds the register from the nodes. etcd: see ARBITER-ETCD.md, \"Restoring etcd from an older backup\"",
+                    "the arbiter answered its register at version {}, below version {seen_version} it answered this node before: its data went back (restored from an older backup or snapshot, or the register deleted and created again); not acting on it. A witness: restart it on an empty data directory, and it rebuilds the register from the nodes. etcd: see docs/ARBITER-ETCD.md, \"Restoring etcd from an older backup\"",
                     r.version
                 ),
             }

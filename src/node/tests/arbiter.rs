@@ -878,3 +878,39 @@ fn a_register_below_a_version_the_arbiter_answered_before_is_not_acted_on() {
     assert_eq!(status.reachable, Some(true));
     assert_eq!(status.register.map(|r| r.version), Some(6));
 }
+
+/// The same on a primary whose standby is lost: its swap taking the standby
+/// out meets a register that went back (a conflict at version 3, with an
+/// empty sync set naming it primary). Acted on, it would let the primary
+/// acknowledge alone on a register the arbiter never made durable in this
+/// history; taken as no answer, the write waits.
+#[test]
+fn a_primary_answered_a_register_that_went_back_acknowledges_nothing_alone() {
+    let mut node = primary_with_standby(with_arbiter(cfg()));
+    knows(&mut node, t(1), register(5, 1, "n1", &["n2"]));
+    node.step(t(10), writes_up_to(&node, 1));
+    node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
+    node.step(
+        t(20),
+        Event::StandbyUnreachable {
+            standby: NodeId::from("n2"),
+        },
+    );
+    let effects = tick_answering_reads(&mut node, 100, 2100);
+    let (purpose, expected, _) = the_swap(&effects);
+    assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 5));
+    let effects = answer(
+        &mut node,
+        t(2150),
+        purpose,
+        ArbiterAnswer::Conflict(register(3, 1, "n1", &[])),
+    );
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Commit { .. })),
+        "acknowledged alone on a register that went back: {effects:?}"
+    );
+    assert!(!node.is_solo());
+    let status = node.arbiter_status().unwrap();
+    assert_eq!(status.reachable, Some(false));
+    assert!(status.last_error.unwrap().contains("went back"));
+}
