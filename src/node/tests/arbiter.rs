@@ -258,10 +258,12 @@ fn a_standby_outside_the_sync_set_or_without_the_arbiter_never_promotes() {
     assert!(cut_off.arbiter_status().unwrap().held_back.is_some());
 }
 
-#[test]
-fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out() {
+/// A primary that knows the register at `version` (it primary of epoch 1,
+/// n2 in the sync set), with write 1 on its disk, then loses n2; the
+/// effects until its swap taking n2 out has been asked.
+fn primary_losing_its_standby_with_a_write_waiting(version: u64) -> (Node, Vec<Effect>) {
     let mut node = primary_with_standby(with_arbiter(cfg()));
-    knows(&mut node, t(1), register(2, 1, "n1", &["n2"]));
+    knows(&mut node, t(1), register(version, 1, "n1", &["n2"]));
     node.step(t(10), writes_up_to(&node, 1));
     node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
     node.step(
@@ -271,6 +273,12 @@ fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out()
         },
     );
     let effects = tick_answering_reads(&mut node, 100, 2100);
+    (node, effects)
+}
+
+#[test]
+fn a_primary_acknowledges_alone_only_after_the_swap_that_takes_the_standby_out() {
+    let (mut node, effects) = primary_losing_its_standby_with_a_write_waiting(2);
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::Commit { .. })),
         "nothing committed without the standby before the swap: {effects:?}"
@@ -886,17 +894,7 @@ fn a_register_below_a_version_the_arbiter_answered_before_is_not_acted_on() {
 /// history; taken as no answer, the write waits.
 #[test]
 fn a_primary_answered_a_register_that_went_back_acknowledges_nothing_alone() {
-    let mut node = primary_with_standby(with_arbiter(cfg()));
-    knows(&mut node, t(1), register(5, 1, "n1", &["n2"]));
-    node.step(t(10), writes_up_to(&node, 1));
-    node.step(t(11), Event::LocalFlushed { lsn: Lsn(1) });
-    node.step(
-        t(20),
-        Event::StandbyUnreachable {
-            standby: NodeId::from("n2"),
-        },
-    );
-    let effects = tick_answering_reads(&mut node, 100, 2100);
+    let (mut node, effects) = primary_losing_its_standby_with_a_write_waiting(5);
     let (purpose, expected, _) = the_swap(&effects);
     assert_eq!((purpose, expected), (ArbiterPurpose::DropStandby, 5));
     let effects = answer(
