@@ -23,8 +23,9 @@ struct Cluster {
     /// the nodes instead of guessing.
     reported: BTreeMap<NodeId, Epoch>,
     /// The highest epoch each node reported leading (`Caller::leads`)
-    /// since this process started: a register is not re-created
-    /// at that epoch naming another node, whose promotion would drop what
+    /// since this process started, or was named primary of by a register
+    /// this witness forgot as gone back: a register is not re-created at
+    /// that epoch naming another node, whose promotion would drop what
     /// that primary acknowledged.
     led: BTreeMap<NodeId, Epoch>,
     /// The highest register version any caller reported having seen: a
@@ -74,7 +75,9 @@ pub enum SwapRefusal {
         /// The members not heard from yet.
         missing: Vec<NodeId>,
     },
-    /// A create proposed an epoch below one a member reported.
+    /// A create proposed an epoch below one a member reported, or below
+    /// the epoch of a register this witness forgot as gone back (`by`: its
+    /// primary, which may lead it).
     EpochBelowReported {
         /// The proposal's epoch.
         proposed: Epoch,

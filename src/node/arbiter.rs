@@ -489,7 +489,7 @@ impl Node {
             return;
         };
         link.asking = None;
-        let answer = went_back(answer, link.seen_version);
+        let answer = taken_as_none_if_behind(answer, link.seen_version);
         link.last_failed = matches!(answer, ArbiterAnswer::Failed { .. });
         let (register, swapped) = match answer {
             ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) => (r, false),
@@ -771,18 +771,20 @@ impl Node {
 
 /// An answer naming a register below a version the arbiter answered this
 /// node before, taken as no answer: the arbiter's data went back (an etcd
-/// restored from an older snapshot, a register key deleted and created
-/// again, a witness started on an older copy of its file that no caller
-/// had shown it yet). Such a register may list in its sync set a standby
-/// since swapped out (which would promote without the writes the primary
-/// then acknowledged alone), and a swap from it could match a deposed
-/// primary's. Like an arbiter that does not answer, it grants nothing, and
-/// a swap asked may or may not have taken effect; the node says why until
-/// an answer is no longer behind. A missing register (version 0) is not
-/// behind: a witness that lost its file rebuilds it above every version a
-/// member saw. (An etcd key deleted by hand reads as missing too, and is
-/// not caught: see docs/ARBITER-ETCD.md.)
-fn went_back(answer: ArbiterAnswer, seen_version: u64) -> ArbiterAnswer {
+/// restored from an older snapshot, or a key deleted and created again;
+/// a witness forgets such a register itself when a member's call reports
+/// the newer version, so from a witness this comes only to a node the
+/// stale register does not list as a member). Such a register may list in
+/// its sync set a standby since swapped out (which would promote without
+/// the writes the primary then acknowledged alone), and a swap from it
+/// could match a deposed primary's. It is handled as an arbiter that does
+/// not answer: no failover, no solo step, a swap asked may or may not have
+/// taken effect, and what goes ahead without the arbiter (a pair's planned
+/// switchover, a forced promotion) still does. The node says why until an
+/// answer is no longer behind, or it restarts (its versions live in
+/// memory). A missing register (version 0) is not behind: a witness that
+/// lost its file rebuilds it above every version a member saw.
+fn taken_as_none_if_behind(answer: ArbiterAnswer, seen_version: u64) -> ArbiterAnswer {
     match &answer {
         ArbiterAnswer::Read(r) | ArbiterAnswer::Conflict(r) | ArbiterAnswer::Swapped(r)
             if r.exists() && r.version < seen_version =>

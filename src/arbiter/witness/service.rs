@@ -506,14 +506,14 @@ impl WitnessService {
             let forgot = went_back.is_some();
             ((register, went_back), forgot)
         })?;
-        self.went_back(cluster_id, went_back);
+        self.say_went_back(cluster_id, went_back);
         self.settle(ticket).await?;
         Ok(register)
     }
 
     /// Says loudly that `cluster_id`'s register was found behind a version
     /// a node was answered, and forgotten (`Registers::take_went_back`).
-    fn went_back(&self, cluster_id: &str, went_back: Option<WentBack>) {
+    fn say_went_back(&self, cluster_id: &str, went_back: Option<WentBack>) {
         let Some(w) = went_back else { return };
         self.count(|s| s.registers_went_back += 1);
         tracing::error!(cluster = cluster_id, node = %w.by, stale = %w.stale, seen_version = w.seen_version, "the witness's register is older than one it answered {}: its file went back (restored from an older copy, a machine rolled back to a snapshot, or a disk that lost writes); forgot it, and rebuilds it from the members as after a lost file. Do not restore the witness's file: start it empty instead", w.by);
@@ -537,7 +537,7 @@ impl WitnessService {
             let changed = forgot || matches!(outcome, Ok(CasOutcome::Swapped(_)));
             ((old, Some(outcome), went_back), changed)
         })?;
-        self.went_back(cluster_id, went_back);
+        self.say_went_back(cluster_id, went_back);
         // Whatever it saw must be durable before it answers, a refusal
         // or a conflict too (it may rest on a swap not yet written, such as
         // the create that made the caller a non-member).
