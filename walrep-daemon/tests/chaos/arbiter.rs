@@ -426,6 +426,89 @@ async fn the_witness_restarted_from_its_file_or_from_nothing_keeps_the_pair_in_s
     report(&c, &writes, &figures);
 }
 
+/// The witness restarted on an older copy of its file (a machine rolled
+/// back to a snapshot): the copy names n1 primary of epoch 1 with n2 in
+/// the sync set, while the pair has since failed over to n2 (epoch 2).
+/// The nodes' calls report versions above the copy's, so the witness
+/// forgets it and the primary rebuilds the register above every version
+/// they saw (the copy, swapped up to epoch 2 as a register behind, would
+/// have stayed below). The pair stays in sync and a failover works after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_register_is_rebuilt()
+{
+    let mut c = Cluster::with_witness("arbiter_witness_older_copy", &[]).await;
+    let load = Load::start(&c, &writers(4, &[]));
+    load.wait_acks(0, 1, Instant::now(), 30).await;
+    let file = c.witness().data_dir.join("registers");
+    let copied = c.witness.as_ref().unwrap().register("test").await;
+    let old_copy = std::fs::read(&file).expect("the witness's file");
+
+    // The register moves on: a failover, and n1 back in the sync set.
+    let fault = Instant::now();
+    c.nodes[0].kill();
+    assert_eq!(c.wait_primary(1).await.epoch, 2);
+    load.wait_acks(1, 2, fault, 30).await;
+    c.nodes[0].spawn().expect("walrep restarts");
+    c.wait_rejoined(0, 2).await;
+    let n2 = wait_health(&c.http[1], "n1 back in the sync set", |h| {
+        register(h).is_some_and(|r| r.epoch == 2 && r.sync_set == ["n1"])
+    })
+    .await;
+    let before = register(&n2).expect("n2 knows the register").version;
+    assert!(before > copied.version, "{before} / {copied:?}");
+
+    // The older copy comes back.
+    c.witness().kill();
+    std::fs::write(&file, &old_copy).expect("the older copy written back");
+    let wh = c.witness().spawn().await;
+    assert_eq!(wh.clusters, 1, "the witness did not read the copy");
+    let n2 = wait_health(&c.http[1], "the register rebuilt above what n2 saw", |h| {
+        register(h).is_some_and(|r| {
+            r.version > before && r.epoch == 2 && r.primary.as_deref() == Some("n2")
+        })
+    })
+    .await;
+    let rebuilt = c.witness.as_ref().unwrap().register("test").await;
+    assert_eq!(
+        Some(rebuilt.version),
+        register(&n2).map(|r| r.version),
+        "{rebuilt:?}"
+    );
+    let metrics = walrep_daemon::client::HttpClient::new(&c.witness().http)
+        .with_timeout(Duration::from_secs(2))
+        .request(hyper::Method::GET, "/metrics", bytes::Bytes::new())
+        .await
+        .expect("the witness's /metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("walrep_witness_registers_went_back_total ") && !l.ends_with(" 0")
+        ),
+        "the witness did not count the register it forgot:\n{metrics}"
+    );
+    load.wait_acks(1, 2, Instant::now(), 20).await;
+    wait_health(&c.http[1], "n1 in the rebuilt sync set", |h| {
+        register(h).is_some_and(|r| r.sync_set == ["n1"])
+    })
+    .await;
+
+    // A failover as usual.
+    let fault = Instant::now();
+    c.nodes[1].kill();
+    assert_eq!(c.wait_primary(0).await.epoch, 3);
+    load.wait_acks(0, 3, fault, 30).await;
+    c.nodes[1].spawn().expect("walrep restarts");
+    let back = Instant::now();
+    c.wait_rejoined(1, 3).await;
+    let (writes, _samples, conv) = finish(&c, load, back).await;
+    assert_eq!((conv.primary, conv.reports[0].epoch), (0, 3));
+    g2_nothing_acked_lost(&c, 0, &writes).await;
+    let mut figures = Figures::default();
+    figures.failovers.push(failover_time(&writes, fault, 2));
+    figures.converge = Some(conv.took);
+    report(&c, &writes, &figures);
+}
+
 /// Both nodes started as primary on fresh data directories with the
 /// witness: the create swap decides; the loser follows the winner and
 /// acknowledges nothing.
