@@ -19,7 +19,7 @@
 //! the client's certificate does not name, `PERMISSION_DENIED`.
 
 use super::file::{RegisterFile, StoreError};
-use crate::arbiter::{Caller, CasOutcome, Register, Registers, SwapRefusal, WentBack};
+use crate::arbiter::{Caller, CasOutcome, Register, Registers, SwapRefusal};
 use crate::pb;
 use crate::pb::witness_server::{Witness, WitnessServer};
 use crate::types::{Epoch, NodeId};
@@ -330,7 +330,9 @@ impl WitnessService {
 
     /// Runs `decide` on the pending registers and says what the answer
     /// must wait for: a write of the file, if anything `decide` could
-    /// have seen is not in it yet.
+    /// have seen is not in it yet. A register the request found behind a
+    /// version its caller was answered, and forgot, is a change too (the
+    /// file is written without it), and is said loudly.
     fn decide<R>(
         &self,
         cluster_id: &str,
@@ -356,8 +358,13 @@ impl WitnessService {
             )));
         }
         let (result, changed) = decide(&mut st.pending);
-        if changed {
+        let went_back = st.pending.take_went_back(cluster_id);
+        if changed || went_back.is_some() {
             st.pending_gen += 1;
+        }
+        if let Some(w) = went_back {
+            self.count(|s| s.registers_went_back += 1);
+            tracing::error!(cluster = cluster_id, node = %w.by, stale = %w.stale, seen_version = w.seen_version, "the witness's register is older than one it answered {}: its file went back (restored from an older copy, a machine rolled back to a snapshot, or a disk that lost writes); forgot it, and rebuilds it from the members as after a lost file. Do not restore the witness's file: start it empty instead", w.by);
         }
         if st.pending_gen == st.durable_gen {
             return Ok((result, Ticket::Now));
@@ -500,23 +507,11 @@ impl WitnessService {
     }
 
     async fn read_register(&self, cluster_id: &str, caller: &Caller) -> Result<Register, Status> {
-        let ((register, went_back), ticket) = self.decide(cluster_id, caller, |regs| {
-            let register = regs.read(cluster_id, caller);
-            let went_back = regs.take_went_back(cluster_id);
-            let forgot = went_back.is_some();
-            ((register, went_back), forgot)
+        let (register, ticket) = self.decide(cluster_id, caller, |regs| {
+            (regs.read(cluster_id, caller), false)
         })?;
-        self.say_went_back(cluster_id, went_back);
         self.settle(ticket).await?;
         Ok(register)
-    }
-
-    /// Says loudly that `cluster_id`'s register was found behind a version
-    /// a node was answered, and forgotten (`Registers::take_went_back`).
-    fn say_went_back(&self, cluster_id: &str, went_back: Option<WentBack>) {
-        let Some(w) = went_back else { return };
-        self.count(|s| s.registers_went_back += 1);
-        tracing::error!(cluster = cluster_id, node = %w.by, stale = %w.stale, seen_version = w.seen_version, "the witness's register is older than one it answered {}: its file went back (restored from an older copy, a machine rolled back to a snapshot, or a disk that lost writes); forgot it, and rebuilds it from the members as after a lost file. Do not restore the witness's file: start it empty instead", w.by);
     }
 
     async fn swap(
@@ -526,18 +521,15 @@ impl WitnessService {
         expected_version: u64,
         next: &Register,
     ) -> Result<CasOutcome, Status> {
-        let ((old, outcome, went_back), ticket) = self.decide(cluster_id, caller, |regs| {
+        let ((old, outcome), ticket) = self.decide(cluster_id, caller, |regs| {
             let old = regs.read(cluster_id, caller);
-            let went_back = regs.take_went_back(cluster_id);
-            let forgot = went_back.is_some();
             if old.exists() && !old.members.contains(&caller.node_id) {
-                return ((old, None, went_back), forgot);
+                return ((old, None), false);
             }
             let outcome = regs.compare_and_swap(cluster_id, caller, expected_version, next);
-            let changed = forgot || matches!(outcome, Ok(CasOutcome::Swapped(_)));
-            ((old, Some(outcome), went_back), changed)
+            let changed = matches!(outcome, Ok(CasOutcome::Swapped(_)));
+            ((old, Some(outcome)), changed)
         })?;
-        self.say_went_back(cluster_id, went_back);
         // Whatever it saw must be durable before it answers, a refusal
         // or a conflict too (it may rest on a swap not yet written, such as
         // the create that made the caller a non-member).
