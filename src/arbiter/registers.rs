@@ -243,16 +243,7 @@ impl Registers {
                 });
             }
         } else {
-            check_create(&cluster.reported, &cluster.led, caller, next)?;
-            if let Some((epoch, primary)) = &cluster.forgotten
-                && *epoch > next.epoch
-            {
-                return Err(SwapRefusal::EpochBelowReported {
-                    proposed: next.epoch,
-                    reported: *epoch,
-                    by: primary.clone().unwrap_or_else(|| caller.node_id.clone()),
-                });
-            }
+            check_create(cluster, caller, next)?;
         }
         // A register lost and re-created continues above every version a
         // member still holds, so no stale swap can match one of its own.
@@ -337,12 +328,9 @@ impl Registers {
 /// The highest version a member's report may say it saw.
 const MAX_SEEN_VERSION: u64 = u64::MAX / 2;
 
-fn check_create(
-    reported: &BTreeMap<NodeId, Epoch>,
-    led: &BTreeMap<NodeId, Epoch>,
-    caller: &Caller,
-    next: &Register,
-) -> Result<(), SwapRefusal> {
+/// The rules a create of `cluster`'s missing register must pass.
+fn check_create(cluster: &Cluster, caller: &Caller, next: &Register) -> Result<(), SwapRefusal> {
+    let (reported, led) = (&cluster.reported, &cluster.led);
     if !next.members.contains(&caller.node_id) {
         return Err(SwapRefusal::CallerNotMember {
             caller: caller.node_id.clone(),
@@ -379,6 +367,17 @@ fn check_create(
         return Err(SwapRefusal::EpochLedByAnother {
             epoch: next.epoch,
             by: by.clone(),
+        });
+    }
+    // A register forgotten as gone back may be a grant of this witness
+    // that no member reported yet: never below it.
+    if let Some((epoch, primary)) = &cluster.forgotten
+        && *epoch > next.epoch
+    {
+        return Err(SwapRefusal::EpochBelowReported {
+            proposed: next.epoch,
+            reported: *epoch,
+            by: primary.clone().unwrap_or_else(|| caller.node_id.clone()),
         });
     }
     Ok(())
