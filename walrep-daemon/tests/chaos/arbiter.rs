@@ -46,6 +46,26 @@ async fn both_see_the_witness(c: &Cluster, reachable: bool) {
     }
 }
 
+/// Kills the primary `dead`: `survivor` takes over at `epoch` and
+/// acknowledges 30 writes there; then `dead` restarts and rejoins as its
+/// standby. Returns when the fault struck and when `dead` started again.
+async fn fail_over_and_rejoin(
+    c: &mut Cluster,
+    load: &Load,
+    dead: usize,
+    survivor: usize,
+    epoch: u64,
+) -> (Instant, Instant) {
+    let fault = Instant::now();
+    c.nodes[dead].kill();
+    assert_eq!(c.wait_primary(survivor).await.epoch, epoch);
+    load.wait_acks(survivor, epoch, fault, 30).await;
+    c.nodes[dead].spawn().expect("walrep restarts");
+    let back = Instant::now();
+    c.wait_rejoined(dead, epoch).await;
+    (fault, back)
+}
+
 /// After a cut between the nodes, both still reaching the witness: which
 /// side goes on, n2 promoted through the witness's swap or n1 acknowledging
 /// alone after its swap took n2 out of the sync set. Exactly one of the two
@@ -329,15 +349,10 @@ async fn the_witness_restarted_from_its_file_or_from_nothing_keeps_the_pair_in_s
     let mut figures = Figures::default();
 
     // A first failover, so the nodes hold epoch 2.
-    let fault = Instant::now();
-    c.nodes[0].kill();
-    assert_eq!(c.wait_primary(1).await.epoch, 2);
-    load.wait_acks(1, 2, fault, 30).await;
+    let (fault, _) = fail_over_and_rejoin(&mut c, &load, 0, 1, 2).await;
     figures
         .failovers
         .push(failover_time(&load.writes(), fault, 1));
-    c.nodes[0].spawn().expect("walrep restarts");
-    c.wait_rejoined(0, 2).await;
 
     // From here until the last failover: in sync, n2 primary at epoch 2.
     let steady = Instant::now();
@@ -395,13 +410,7 @@ async fn the_witness_restarted_from_its_file_or_from_nothing_keeps_the_pair_in_s
     let steady_end = Instant::now();
 
     // A failover as usual.
-    let fault = Instant::now();
-    c.nodes[1].kill();
-    assert_eq!(c.wait_primary(0).await.epoch, 3);
-    load.wait_acks(0, 3, fault, 30).await;
-    c.nodes[1].spawn().expect("walrep restarts");
-    let back = Instant::now();
-    c.wait_rejoined(1, 3).await;
+    let (fault, back) = fail_over_and_rejoin(&mut c, &load, 1, 0, 3).await;
     let (writes, samples, conv) = finish(&c, load, back).await;
     assert_eq!((conv.primary, conv.reports[0].epoch), (0, 3));
     let during = |s: &Sample| s.sent >= steady && s.at <= steady_end;
@@ -444,12 +453,7 @@ async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_r
     let old_copy = std::fs::read(&file).expect("the witness's file");
 
     // The register moves on: a failover, and n1 back in the sync set.
-    let fault = Instant::now();
-    c.nodes[0].kill();
-    assert_eq!(c.wait_primary(1).await.epoch, 2);
-    load.wait_acks(1, 2, fault, 30).await;
-    c.nodes[0].spawn().expect("walrep restarts");
-    c.wait_rejoined(0, 2).await;
+    fail_over_and_rejoin(&mut c, &load, 0, 1, 2).await;
     let n2 = wait_health(&c.http[1], "n1 back in the sync set", |h| {
         register(h).is_some_and(|r| r.epoch == 2 && r.sync_set == ["n1"])
     })
@@ -495,13 +499,7 @@ async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_r
     .await;
 
     // A failover as usual.
-    let fault = Instant::now();
-    c.nodes[1].kill();
-    assert_eq!(c.wait_primary(0).await.epoch, 3);
-    load.wait_acks(0, 3, fault, 30).await;
-    c.nodes[1].spawn().expect("walrep restarts");
-    let back = Instant::now();
-    c.wait_rejoined(1, 3).await;
+    let (fault, back) = fail_over_and_rejoin(&mut c, &load, 1, 0, 3).await;
     let (writes, _samples, conv) = finish(&c, load, back).await;
     assert_eq!((conv.primary, conv.reports[0].epoch), (0, 3));
     g2_nothing_acked_lost(&c, 0, &writes).await;
