@@ -81,5 +81,5 @@ pub use state_machine::{
 pub use transport::{GrpcPeer, ReplicationService, channel_settings};
 #[cfg(feature = "tls")]
 pub use transport::{PeerIdentity, Tls, TlsError, TlsFiles};
-pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record, RequestId};
+pub use types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId, Record, RequestId, RequestIdAt};
 pub use wal::{FileWal, FileWalOptions, WalError, WalMeta, WalStore};

@@ -119,6 +119,19 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A request id and the record that carries it: what a node that restored
+/// a snapshot keeps of the records the snapshot covers, so that it still
+/// recognises retries of those writes (`WalStore::set_snapshot_ids`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestIdAt {
+    /// The caller's id of the write.
+    pub id: RequestId,
+    /// The record's place in the log.
+    pub lsn: Lsn,
+    /// The epoch of the primary that wrote it.
+    pub epoch: Epoch,
+}
+
 /// One WAL record: the engine's payload, stamped with its place in the log and
 /// the epoch of the primary that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -965,6 +965,42 @@ async fn a_retried_write_with_a_request_id_is_applied_once_across_a_failover() {
     );
 }
 
+/// A standby resynced from a snapshot holds none of the records the
+/// snapshot covers, but learns their request ids from the primary and its
+/// WAL store keeps them: restarted, then made primary by a planned
+/// switchover, it recognises a retry of a write the snapshot covers and
+/// answers it with the first attempt's record instead of writing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_resynced_from_a_snapshot_recognises_retries_of_the_writes_it_covers() {
+    let (a, (cfg_b, wal_b, kv_b)) = standby_needing_a_snapshot(|_| {}, 64, 100).await;
+    let id = walrep::RequestId::from(0xabc_u128);
+    let cmd = put_cmd("once", "only");
+    let first = a.replica.apply_once(id, cmd.clone()).await.unwrap();
+    let b = TestNode::start(cfg_b, wal_b, kv_b).await;
+    b.wait("standby again", |h| h.role == RoleKind::Standby)
+        .await;
+    converged(&a, &b).await;
+    assert_eq!(b.replica.metrics().snapshot_resyncs, 1);
+    assert!(
+        b.health().first_lsn > first.lsn,
+        "the snapshot covers the write: b's log does not hold it"
+    );
+    // The ids must outlive a restart of b as well.
+    let (cfg_b, wal_b, kv_b) = b.crash().await;
+    let b = TestNode::start(cfg_b, wal_b, kv_b).await;
+    b.wait("standby in contact", |h| {
+        h.role == RoleKind::Standby && h.eligible
+    })
+    .await;
+    b.replica.promote(false).await.expect("switchover to b");
+    let retry = b.replica.apply_once(id, cmd).await.unwrap();
+    assert_eq!(
+        (retry.lsn, retry.epoch, retry.deduplicated),
+        (first.lsn, first.epoch, true),
+        "the retry is answered with the first attempt's record"
+    );
+}
+
 /// A node that restarts reads the request ids back from its WAL: the
 /// standby, restarted after the write, still recognises the retry once it
 /// is the primary.

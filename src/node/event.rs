@@ -303,6 +303,10 @@ pub(crate) enum Event {
         last_lsn: Lsn,
         flushed: Lsn,
         applied: Lsn,
+        /// After a resync from a snapshot: the request ids of the records
+        /// it covers, as the primary listed them (empty when it listed
+        /// none). `None` when no snapshot was restored.
+        snapshot_ids: Option<Vec<crate::types::RequestIdAt>>,
     },
     /// The WAL failed (fsync error, corruption on write path), or the
     /// engine failed to apply a committed record: stop. `reason` names

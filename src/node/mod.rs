@@ -445,14 +445,19 @@ impl Node {
                 last_lsn,
                 flushed,
                 applied,
+                snapshot_ids,
             } => {
                 // The rewind may have moved every position back: these
                 // are the log's and the state machine's as they now are.
                 // The ids of rewound records are forgotten (they were never
                 // committed: a retry writes them again, once), and so are
-                // those of records a snapshot replaced.
+                // those of records a snapshot replaced; the snapshot's own
+                // take their place.
                 self.requests.truncate_after(last_lsn);
                 self.requests.remove_before(first_lsn);
+                if let Some(ids) = snapshot_ids {
+                    self.requests.replace_covered(&ids);
+                }
                 self.last_lsn = last_lsn;
                 self.flushed = flushed;
                 self.applied = applied;
@@ -554,6 +559,18 @@ impl Node {
     #[cfg(test)]
     pub(crate) fn request(&self, id: &crate::types::RequestId) -> Option<(Lsn, Epoch)> {
         self.requests.get(id)
+    }
+
+    /// The request ids of the records after `after` up to `up_to`, at most
+    /// `max`, in LSN order, for a standby restored from a snapshot of ours
+    /// at `up_to` (answered once the node admitted it as for the snapshot).
+    pub(crate) fn request_ids_between(
+        &self,
+        after: Lsn,
+        up_to: Lsn,
+        max: usize,
+    ) -> Vec<crate::types::RequestIdAt> {
+        self.requests.between(after, up_to, max)
     }
 
     /// Where the primary believes the pair's standby is (primary only).

@@ -8,6 +8,15 @@
 //! node recognises exactly the ids of records it holds, and a standby that
 //! promotes knows every id the old primary replicated to it.
 //!
+//! A node restored from a snapshot holds no records up to it, so it also
+//! keeps the ids of the records the snapshot covers, as the primary's
+//! index listed them (`replace_covered`, persisted with
+//! `WalStore::set_snapshot_ids`): a standby promoted soon after a resync
+//! must still recognise a retry of a write the snapshot holds. Those stay
+//! until the count bound pushes them out; trimming the log does not touch
+//! them, and retention does not wait for them (they name no record of the
+//! log to keep).
+//!
 //! It also keeps at most `Config::max_request_ids` ids, the newest: the
 //! window is the retained WAL *and* that count, whichever is smaller,
 //! because the WAL may hold far more records than memory should index
@@ -15,15 +24,19 @@
 //! keeps the records of the ids remembered (`oldest`), so the engine's
 //! checkpoints do not shrink the window; only `wal_retention_bytes` does.
 
-use crate::types::{Epoch, Lsn, RequestId};
+use crate::types::{Epoch, Lsn, RequestId, RequestIdAt};
 use std::collections::{HashMap, VecDeque};
 
 /// id → the record that carries it, for the records of our log.
 #[derive(Debug, Default)]
 pub(crate) struct RequestIndex {
     by_id: HashMap<RequestId, (Lsn, Epoch)>,
-    /// The same entries in LSN order, so trimming, truncating and the
-    /// count bound each drop from one end. An id written twice (a retry
+    /// The entries of records the last restored snapshot covers (all
+    /// below `in_order`'s), in LSN order: the oldest, so the count bound
+    /// drops these first.
+    covered: VecDeque<(Lsn, RequestId)>,
+    /// The entries of our log's records in LSN order, so trimming,
+    /// truncating and the count bound each drop from one end. An id written twice (a retry
     /// after it was forgotten) has two entries here, the newest in `by_id`
     /// and the older ones in `older`.
     in_order: VecDeque<(Lsn, RequestId)>,
@@ -52,7 +65,7 @@ impl RequestIndex {
     /// Notes that the record `(lsn, epoch)`, appended after every record
     /// noted so far, carries `id`.
     pub(crate) fn insert(&mut self, id: RequestId, lsn: Lsn, epoch: Epoch) {
-        if let Some(&(last, _)) = self.in_order.back() {
+        if let Some(last) = self.newest() {
             assert!(
                 lsn > last,
                 "request index: record {lsn} noted after record {last}"
@@ -61,32 +74,90 @@ impl RequestIndex {
         if self.capacity == 0 {
             return;
         }
-        if let Some(previous) = self.by_id.insert(id, (lsn, epoch)) {
-            self.older.entry(id).or_default().push_back(previous);
-        }
+        self.note(id, lsn, epoch);
         self.in_order.push_back((lsn, id));
-        while self.in_order.len() > self.capacity {
+        self.keep_capacity();
+    }
+
+    /// Replaces the ids of the records a snapshot covered with `covered`
+    /// (in LSN order; the log's own records are all after them), as a node
+    /// restored from a snapshot learned them from its primary or from its
+    /// WAL store at start. Entries at or after the log's first indexed
+    /// record, or out of order, are not a snapshot's and are skipped.
+    pub(crate) fn replace_covered(&mut self, covered: &[RequestIdAt]) {
+        while !self.covered.is_empty() {
             self.pop_front();
         }
+        if self.capacity == 0 {
+            return;
+        }
+        let below = self.in_order.front().map(|(lsn, _)| *lsn);
+        let mut last = Lsn::ZERO;
+        for c in covered {
+            if c.lsn <= last || below.is_some_and(|b| c.lsn >= b) {
+                continue;
+            }
+            last = c.lsn;
+            match self.by_id.get(&c.id) {
+                // A record of the log carries the id too: that one stays
+                // the newest, this one goes among the older, in order.
+                Some(&(newest, _)) if newest > c.lsn => {
+                    let older = self.older.entry(c.id).or_default();
+                    let at = older.partition_point(|(l, _)| *l < c.lsn);
+                    older.insert(at, (c.lsn, c.epoch));
+                }
+                _ => self.note(c.id, c.lsn, c.epoch),
+            }
+            self.covered.push_back((c.lsn, c.id));
+        }
+        self.keep_capacity();
+    }
+
+    /// The ids of the records after `after` up to `up_to`, at most `max`,
+    /// in LSN order, those a snapshot covered first: what a standby
+    /// restored from a snapshot of ours at `up_to` asks for.
+    pub(crate) fn between(&self, after: Lsn, up_to: Lsn, max: usize) -> Vec<RequestIdAt> {
+        let from = |q: &VecDeque<(Lsn, RequestId)>| q.partition_point(|(l, _)| *l <= after);
+        let covered = self.covered.range(from(&self.covered)..);
+        let logged = self.in_order.range(from(&self.in_order)..);
+        covered
+            .chain(logged)
+            .take_while(|(lsn, _)| *lsn <= up_to)
+            .take(max)
+            .map(|&(lsn, id)| RequestIdAt {
+                id,
+                lsn,
+                epoch: self.epoch_of(id, lsn),
+            })
+            .collect()
     }
 
     /// Forgets the ids of records before `lsn` (retention let them go).
+    /// Those a snapshot covered stay: the log never held their records.
     pub(crate) fn remove_before(&mut self, lsn: Lsn) {
         while self.in_order.front().is_some_and(|(l, _)| *l < lsn) {
-            self.pop_front();
+            self.pop_front_of_log();
         }
     }
 
     /// Forgets the ids of records after `lsn` (a rewind dropped them).
     pub(crate) fn truncate_after(&mut self, lsn: Lsn) {
-        while let Some(&(l, id)) = self.in_order.back() {
+        loop {
+            let queue = if self.in_order.is_empty() {
+                &mut self.covered
+            } else {
+                &mut self.in_order
+            };
+            let Some(&(l, id)) = queue.back() else {
+                break;
+            };
             if l <= lsn {
                 break;
             }
-            self.in_order.pop_back();
+            queue.pop_back();
             if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
-                // The newest copy goes; an older one the log still holds
-                // takes its place.
+                // The newest copy goes; an older one still known takes its
+                // place.
                 match self.take_older(id, |older| older.pop_back()) {
                     Some(previous) => self.by_id.insert(id, previous),
                     None => self.by_id.remove(&id),
@@ -95,8 +166,9 @@ impl RequestIndex {
         }
     }
 
-    /// The oldest record whose id is remembered: retention keeps it, so
-    /// the window does not shrink when the engine checkpoints.
+    /// The oldest record of our log whose id is remembered: retention
+    /// keeps it, so the window does not shrink when the engine
+    /// checkpoints. Not those a snapshot covered: the log holds none.
     pub(crate) fn oldest(&self) -> Option<Lsn> {
         self.in_order.front().map(|(lsn, _)| *lsn)
     }
@@ -106,10 +178,55 @@ impl RequestIndex {
         self.by_id.len()
     }
 
+    fn newest(&self) -> Option<Lsn> {
+        self.in_order
+            .back()
+            .or(self.covered.back())
+            .map(|(lsn, _)| *lsn)
+    }
+
+    /// Makes `(lsn, epoch)`, the newest record of `id`, what `get` finds.
+    fn note(&mut self, id: RequestId, lsn: Lsn, epoch: Epoch) {
+        if let Some(previous) = self.by_id.insert(id, (lsn, epoch)) {
+            self.older.entry(id).or_default().push_back(previous);
+        }
+    }
+
+    /// The epoch of `id`'s record at `lsn`, which the index holds.
+    fn epoch_of(&self, id: RequestId, lsn: Lsn) -> Epoch {
+        match self.by_id.get(&id) {
+            Some(&(at, epoch)) if at == lsn => epoch,
+            _ => self
+                .older
+                .get(&id)
+                .and_then(|older| older.iter().find(|(at, _)| *at == lsn))
+                .map(|(_, epoch)| *epoch)
+                .expect("request index: every entry in order has its record"),
+        }
+    }
+
+    fn keep_capacity(&mut self) {
+        while self.covered.len() + self.in_order.len() > self.capacity {
+            self.pop_front();
+        }
+    }
+
+    /// Drops the oldest entry: a snapshot's first, then the log's.
     fn pop_front(&mut self) {
-        let Some((l, id)) = self.in_order.pop_front() else {
-            return;
-        };
+        match self.covered.pop_front() {
+            Some((l, id)) => self.forget_oldest(l, id),
+            None => self.pop_front_of_log(),
+        }
+    }
+
+    fn pop_front_of_log(&mut self) {
+        if let Some((l, id)) = self.in_order.pop_front() {
+            self.forget_oldest(l, id);
+        }
+    }
+
+    /// Forgets `id`'s record at `l`, its oldest.
+    fn forget_oldest(&mut self, l: Lsn, id: RequestId) {
         if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
             self.by_id.remove(&id);
         } else {
@@ -175,6 +292,79 @@ mod tests {
         assert_eq!(index.get(&id(7)), Some((Lsn(2), Epoch(1))));
         index.truncate_after(Lsn(1));
         assert_eq!(index.get(&id(7)), None);
+        assert!(index.older.is_empty());
+    }
+
+    fn at(n: u128, lsn: u64) -> RequestIdAt {
+        RequestIdAt {
+            id: id(n),
+            lsn: Lsn(lsn),
+            epoch: Epoch(1),
+        }
+    }
+
+    /// The ids a snapshot covers name no record of the log: trimming the
+    /// log keeps them and retention does not wait for them; the count
+    /// bound drops them first; a new snapshot's replace them.
+    #[test]
+    fn the_ids_a_snapshot_covers_outlive_trimming_and_go_first_by_count() {
+        let mut index = RequestIndex::new(4);
+        index.replace_covered(&[at(1, 3), at(2, 7)]);
+        index.insert(id(3), Lsn(8), Epoch(1));
+        index.insert(id(4), Lsn(9), Epoch(1));
+        index.remove_before(Lsn(9));
+        assert_eq!(index.get(&id(1)), Some((Lsn(3), Epoch(1))));
+        assert_eq!(index.get(&id(3)), None, "its record was trimmed");
+        assert_eq!(
+            index.oldest(),
+            Some(Lsn(9)),
+            "retention keeps only the log's"
+        );
+        index.insert(id(5), Lsn(10), Epoch(1));
+        index.insert(id(6), Lsn(11), Epoch(1));
+        assert_eq!(index.get(&id(1)), None, "the oldest goes first");
+        assert_eq!(index.get(&id(2)), Some((Lsn(7), Epoch(1))));
+        index.remove_before(Lsn(13));
+        index.replace_covered(&[at(8, 12)]);
+        assert_eq!((index.get(&id(2)), index.len()), (None, 1));
+    }
+
+    /// What a primary lists for a standby restored from its snapshot:
+    /// the covered ids and then the log's, within the range, in order.
+    #[test]
+    fn between_lists_the_ids_in_a_range_in_lsn_order() {
+        let mut index = RequestIndex::new(10);
+        index.replace_covered(&[at(1, 2), at(2, 4)]);
+        for (n, lsn) in [(3, 5), (4, 6), (5, 8)] {
+            index.insert(id(n), Lsn(lsn), Epoch(2));
+        }
+        let lsns = |v: Vec<RequestIdAt>| v.iter().map(|e| e.lsn.0).collect::<Vec<_>>();
+        assert_eq!(lsns(index.between(Lsn(2), Lsn(6), 10)), vec![4, 5, 6]);
+        assert_eq!(lsns(index.between(Lsn(0), Lsn(8), 2)), vec![2, 4]);
+        let listed = index.between(Lsn(4), Lsn(5), 10);
+        assert_eq!(
+            listed,
+            vec![RequestIdAt {
+                id: id(3),
+                lsn: Lsn(5),
+                epoch: Epoch(2)
+            }]
+        );
+    }
+
+    /// One id both covered by the snapshot and written again to the log
+    /// (a retry after the window): the log's record is what a retry finds,
+    /// and a rewind of it leaves the snapshot's.
+    #[test]
+    fn an_id_both_covered_and_in_the_log_finds_the_newest_record() {
+        let mut index = RequestIndex::new(10);
+        index.insert(id(7), Lsn(9), Epoch(2));
+        index.replace_covered(&[at(7, 4)]);
+        assert_eq!(index.get(&id(7)), Some((Lsn(9), Epoch(2))));
+        index.truncate_after(Lsn(8));
+        assert_eq!(index.get(&id(7)), Some((Lsn(4), Epoch(1))));
+        index.truncate_after(Lsn(3));
+        assert_eq!((index.get(&id(7)), index.len()), (None, 0));
         assert!(index.older.is_empty());
     }
 

@@ -1915,6 +1915,7 @@ fn rejoin_finished_resets_positions_to_the_rewound_log_and_makes_a_standby() {
             last_lsn: Lsn(3),
             flushed: Lsn(3),
             applied: Lsn(3),
+            snapshot_ids: None,
         },
     );
     assert_eq!(
@@ -2422,10 +2423,62 @@ fn a_rewind_forgets_the_request_ids_after_the_divergence_point() {
             last_lsn: Lsn(1),
             flushed: Lsn(1),
             applied: Lsn(1),
+            snapshot_ids: None,
         },
     );
     assert_eq!(node.request(&id(1)), Some((Lsn(1), Epoch(1))));
     assert_eq!(node.request(&id(2)), None, "record 2 was rewound");
+}
+
+/// A standby restored from a snapshot holds no records up to it: it knows
+/// the ids of the writes the snapshot covers from the primary's list, so
+/// once promoted a retry of one of them gets its record, not a second one.
+#[test]
+fn a_node_restored_from_a_snapshot_recognises_a_retry_of_a_write_the_snapshot_covers() {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(&[(Some(1), b"a")]));
+    node.step(
+        t(3),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    node.step(t(4), Event::RejoinStarted);
+    let covered = |id_: u128, lsn: u64, epoch: u64| crate::types::RequestIdAt {
+        id: id(id_),
+        lsn: Lsn(lsn),
+        epoch: Epoch(epoch),
+    };
+    node.step(
+        t(5),
+        Event::RejoinFinished {
+            epoch: Epoch(2),
+            leader: NodeId::from("n2"),
+            first_lsn: Lsn(11),
+            last_lsn: Lsn(10),
+            flushed: Lsn(10),
+            applied: Lsn(10),
+            snapshot_ids: Some(vec![covered(5, 4, 1), covered(9, 8, 2)]),
+        },
+    );
+    assert_eq!(node.request(&id(1)), None, "record 1 is not ours any more");
+    assert_eq!(node.request(&id(9)), Some((Lsn(8), Epoch(2))));
+    node.step(t(6), forced_promote());
+    node.step(
+        t(7),
+        Event::FenceSent {
+            confirmed_last_lsn: None,
+        },
+    );
+    assert!(node.check_writable().is_ok());
+    let retry = node.step(t(8), writes_with_ids(&[(Some(9), b"x"), (Some(1), b"a")]));
+    let retried = Retried {
+        write: 0,
+        lsn: Lsn(8),
+        epoch: Epoch(2),
+    };
+    assert_eq!(appended(&retry), (vec![(11, Some(id(1)))], vec![retried]));
 }
 
 /// The engine made every record durable and the standby has them all:
@@ -2635,6 +2688,7 @@ fn a_rejoin_ending_after_a_newer_epoch_was_adopted_keeps_that_epochs_leader() {
             last_lsn: Lsn(3),
             flushed: Lsn(3),
             applied: Lsn(3),
+            snapshot_ids: None,
         },
     );
     assert!(
@@ -2694,6 +2748,7 @@ fn a_node_whose_state_does_not_fit_its_wal_is_never_promoted_even_by_force() {
                 last_lsn: Lsn(9),
                 flushed: Lsn(9),
                 applied: Lsn(9),
+                snapshot_ids: None,
             },
         );
         let effects = node.step(t(5), forced_promote());

@@ -3,7 +3,7 @@
 use super::{Msg, PendingSnapshot};
 use crate::transport::{
     AckWatch, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    PromoteReply, PromoteRequest, Refusal, StatusReply, WalBatch,
+    PromoteReply, PromoteRequest, Refusal, RequestIds, StatusReply, WalBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +38,14 @@ pub(crate) enum Inbound {
     Snapshot {
         header: Header,
         reply: oneshot::Sender<std::result::Result<PendingSnapshot, Refusal>>,
+    },
+    /// A standby restored from our snapshot asks for the request ids the
+    /// snapshot covers (`Peer::fetch_request_ids`).
+    RequestIds {
+        header: Header,
+        after: crate::types::Lsn,
+        up_to: crate::types::Lsn,
+        reply: oneshot::Sender<std::result::Result<RequestIds, Refusal>>,
     },
     /// A primary opened a WAL stream; the actor answers with a session id
     /// and a watch of the latest ack (its current value is the first ack).
@@ -152,6 +160,23 @@ impl Inbox {
         header: Header,
     ) -> Answer<std::result::Result<PendingSnapshot, Refusal>> {
         self.ask(|reply| Inbound::Snapshot { header, reply }).await
+    }
+
+    /// The request ids of our records after `after` up to `up_to`, one
+    /// reply's worth, for a standby restored from our snapshot.
+    pub(crate) async fn request_ids(
+        &self,
+        header: Header,
+        after: crate::types::Lsn,
+        up_to: crate::types::Lsn,
+    ) -> Answer<std::result::Result<RequestIds, Refusal>> {
+        self.ask(|reply| Inbound::RequestIds {
+            header,
+            after,
+            up_to,
+            reply,
+        })
+        .await
     }
 
     /// A WAL stream opened: its session id and the watch of our acks.

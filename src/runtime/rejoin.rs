@@ -28,7 +28,7 @@ use crate::error::TransportError;
 use crate::node::{Event, PeerLog, RejoinPlan};
 use crate::state_machine::StateMachine;
 use crate::transport::{Header, Peer, SnapshotInfo, SnapshotPart, SnapshotRequest};
-use crate::types::{Epoch, Lsn, NodeId};
+use crate::types::{Epoch, Lsn, NodeId, RequestIdAt};
 use crate::wal::{WalStore, record};
 use futures::StreamExt;
 use std::io::Write;
@@ -71,6 +71,9 @@ pub(super) struct Ctx {
 pub(crate) struct Outcome {
     pub epoch: Epoch,
     pub leader: NodeId,
+    /// After a resync from a snapshot: the request ids of the records it
+    /// covers, as the primary listed them (and the WAL store now keeps).
+    pub snapshot_ids: Option<Vec<RequestIdAt>>,
 }
 
 pub(super) fn spawn(mut ctx: Ctx) -> JoinHandle<()> {
@@ -259,16 +262,15 @@ async fn attempt_rejoin(
             "rewound the WAL: records after the divergence point were never part of the primary's log"
         );
     }
+    let mut snapshot_ids = None;
     if resync {
         // A build this node served as primary may hold the engine's file
         // or view still (`StateMachine::snapshot_file`, `snapshot_source`):
         // let go of it first.
         ctx.snapshots.invalidate();
         let restoring = Restoring::for_node(ctx);
-        if resync_from_snapshot(ctx, header, incoming, restoring)
-            .await?
-            .is_none()
-        {
+        snapshot_ids = resync_from_snapshot(ctx, header, incoming, restoring).await?;
+        if snapshot_ids.is_none() {
             return Ok(None);
         }
         // What this node built before is not its state any more.
@@ -282,30 +284,39 @@ async fn attempt_rejoin(
     Ok(Some(Outcome {
         epoch,
         leader: ctx.leader.clone(),
+        snapshot_ids,
     }))
 }
 
-/// Receives the primary's snapshot and has the engine restore it, as
-/// `restoring` says; then the WAL starts after it. `Ok(None)` when the
-/// transfer was cut or refused (the caller retries; the engine's state is
-/// as it was).
+/// Receives the primary's snapshot and the request ids of the records it
+/// covers, and has the engine restore it, as `restoring` says; then the
+/// WAL store keeps those ids and the WAL starts after the snapshot.
+/// Returns the ids; `Ok(None)` when the transfer was cut or refused (the
+/// caller retries; the engine's state is as it was).
 async fn resync_from_snapshot(
     ctx: &Ctx,
     header: &Header,
     incoming: &mut Option<Incoming>,
     mut restoring: Restoring,
-) -> Result<Option<SnapshotInfo>, Fatal> {
+) -> Result<Option<Vec<RequestIdAt>>, Fatal> {
     let started = std::time::Instant::now();
     let received = receive_snapshot(ctx, header, incoming, &mut restoring).await;
-    let info = match received {
-        Ok(Some(info)) => info,
-        failed => {
+    let fetched = match received {
+        Ok(Some(info)) => request_ids_covered(ctx, header, info.lsn)
+            .await
+            .map(|ids| (info, ids)),
+        Ok(None) => Err(None),
+        Err(fatal) => Err(Some(fatal)),
+    };
+    let (info, ids) = match fetched {
+        Ok(received) => received,
+        Err(failed) => {
             // The engine's restore, if one ran, sees its input fail and
             // leaves the state as it was; wait for it before retrying.
             if let Restoring::WhileReceiving(Some(restore)) = restoring {
                 restore.abandon().await;
             }
-            return failed.map(|_| None);
+            return failed.map_or(Ok(None), Err);
         }
     };
     let received_ms = started.elapsed().as_millis() as u64;
@@ -326,21 +337,68 @@ async fn resync_from_snapshot(
         Restoring::WhileReceiving(Some(restore)) => {
             let restored = restore.finish().await;
             holding_the_restore_lock(ctx, move || {
-                after_restore(restored, &*wal, &dir, &announced)
+                after_restore(restored, &*wal, &dir, &announced, &ids).map(|()| ids)
             })
             .await
         }
         _ => {
             holding_the_restore_lock(ctx, move || {
-                restore_received(&*sm, &*wal, &dir, &path, &announced)
+                restore_received(&*sm, &*wal, &dir, &path, &announced, &ids).map(|()| ids)
             })
             .await
         }
     };
-    restored.and_then(|r| r).map_err(Fatal)?;
+    let ids = restored.and_then(|r| r).map_err(Fatal)?;
     let restore_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, restore_ms, "restored from snapshot");
-    Ok(Some(info))
+    tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, request_ids = ids.len(), restore_ms, "restored from snapshot");
+    Ok(Some(ids))
+}
+
+/// The request ids of the records up to `up_to` (the snapshot's LSN) that
+/// the primary recognises, asked for one reply at a time, the newest
+/// `Config::max_request_ids` kept. `Err(None)`: the link failed (the
+/// caller retries the rejoin); a primary that serves none (an older
+/// walrep) gives none, said in the log.
+async fn request_ids_covered(
+    ctx: &Ctx,
+    header: &Header,
+    up_to: Lsn,
+) -> Result<Vec<RequestIdAt>, Option<Fatal>> {
+    let capacity = ctx.cfg.max_request_ids;
+    let mut ids = std::collections::VecDeque::new();
+    let mut after = Lsn::ZERO;
+    while capacity > 0 && after < up_to {
+        let reply = match ctx
+            .peer
+            .fetch_request_ids(header.clone(), after, up_to)
+            .await
+        {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                tracing::warn!(
+                    leader = %ctx.leader,
+                    "the primary lists no request ids (an older walrep): retries of the writes its snapshot covers are not recognised here"
+                );
+                break;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "rejoin: the request ids the snapshot covers could not be fetched");
+                return Err(None);
+            }
+        };
+        let Some(last) = reply.ids.last().map(|e| e.lsn) else {
+            break;
+        };
+        ids.extend(reply.ids);
+        while ids.len() > capacity {
+            ids.pop_front();
+        }
+        if !reply.more {
+            break;
+        }
+        after = last;
+    }
+    Ok(ids.into())
 }
 
 /// Runs `work` (the engine's restore, the WAL's reset) as blocking work
@@ -608,25 +666,31 @@ fn restore_received(
     dir: &Path,
     path: &Path,
     info: &SnapshotInfo,
+    ids: &[RequestIdAt],
 ) -> Result<(), String> {
     let restored = sm
         .restore_file(info.lsn, path)
         .map_err(|e| format!("state machine restore: {}", e.chain()));
-    after_restore(restored, wal, dir, info)
+    after_restore(restored, wal, dir, info, ids)
 }
 
 /// After the engine restored the received snapshot (or failed to):
 /// removes the incoming files (the engine may have moved the data file
-/// away: it was its own during the call), and restarts the WAL after the
-/// snapshot's LSN (blocking).
+/// away: it was its own during the call), has the WAL store keep the
+/// request ids the snapshot covers, and restarts the WAL after the
+/// snapshot's LSN (blocking). The ids go first, so no restart finds the
+/// log started after the snapshot without them.
 fn after_restore(
     restored: Result<(), String>,
     wal: &dyn WalStore,
     dir: &Path,
     info: &SnapshotInfo,
+    ids: &[RequestIdAt],
 ) -> Result<(), String> {
     incoming::discard_files(dir);
     restored?;
+    wal.set_snapshot_ids(ids)
+        .map_err(|e| format!("keeping the request ids of snapshot {}: {e}", info.lsn))?;
     wal.reset(info.lsn, info.epoch)
         .map_err(|e| format!("WAL reset to {}: {e}", info.lsn))
 }

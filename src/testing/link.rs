@@ -5,8 +5,8 @@
 use crate::error::TransportError;
 use crate::transport::{
     AckStream, FenceReply, FenceRequest, Header, HeartbeatReply, HeartbeatRequest, HistoryReply,
-    Peer, PromoteReply, PromoteRequest, SnapshotPart, SnapshotRequest, SnapshotStream, StatusReply,
-    WalBatch,
+    Peer, PromoteReply, PromoteRequest, RequestIds, SnapshotPart, SnapshotRequest, SnapshotStream,
+    StatusReply, WalBatch,
 };
 use crate::types::Lsn;
 use async_trait::async_trait;
@@ -113,6 +113,15 @@ impl Peer for Link {
             let _ = cut.wait_for(|c| *c).await;
         };
         Ok(Box::pin(acks.take_until(Box::pin(ended))))
+    }
+    async fn fetch_request_ids(
+        &self,
+        header: Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> TResult<Option<RequestIds>> {
+        self.check()?;
+        self.inner.fetch_request_ids(header, after, up_to).await
     }
     async fn fetch_snapshot(&self, req: SnapshotRequest) -> TResult<SnapshotStream> {
         self.check()?;

@@ -337,6 +337,29 @@ impl Peer for GrpcPeer {
         })))
     }
 
+    async fn fetch_request_ids(
+        &self,
+        header: Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> Result<Option<RequestIds>, TransportError> {
+        let msg = pb::RequestIdsRequest {
+            header: Some(convert::header_to_pb(&header)),
+            after_lsn: after.0,
+            up_to_lsn: up_to.0,
+        };
+        let mut client = self.control.clone();
+        let call = client.fetch_request_ids(request(msg, self.rpc_timeout));
+        match tokio::time::timeout(self.rpc_timeout, call).await {
+            Err(_) => Err(TransportError::Timeout),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Ok(Err(status)) => Err(transport_error_from_status(&status)),
+            Ok(Ok(r)) => convert::request_ids_from_pb(r.into_inner(), after, up_to)
+                .map(Some)
+                .map_err(bad_reply),
+        }
+    }
+
     async fn fetch_snapshot(&self, req: SnapshotRequest) -> Result<SnapshotStream, TransportError> {
         let msg = pb::SnapshotRequest {
             header: Some(convert::header_to_pb(&req.header)),

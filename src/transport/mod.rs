@@ -206,6 +206,16 @@ pub struct StatusReply {
     pub lag_records: u64,
 }
 
+/// One reply's worth of the request ids a primary recognises
+/// (`Peer::fetch_request_ids`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestIds {
+    /// In LSN order, within the range asked for.
+    pub ids: Vec<crate::types::RequestIdAt>,
+    /// More follow the last one listed: ask again from its LSN.
+    pub more: bool,
+}
+
 /// A standby's request for the primary's snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRequest {
@@ -323,4 +333,15 @@ pub trait Peer: Send + Sync + 'static {
     /// must then yield something at least every `Config::
     /// snapshot_timeout` or end with an error.
     async fn fetch_snapshot(&self, req: SnapshotRequest) -> Result<SnapshotStream, TransportError>;
+
+    /// The request ids of the records after `after` up to `up_to` that the
+    /// peer (the primary whose snapshot at `up_to` this node restored)
+    /// recognises, one reply's worth: ask again from the last LSN while
+    /// `more`. `Ok(None)`: the peer serves none (an older walrep).
+    async fn fetch_request_ids(
+        &self,
+        header: Header,
+        after: Lsn,
+        up_to: Lsn,
+    ) -> Result<Option<RequestIds>, TransportError>;
 }

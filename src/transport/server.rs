@@ -486,6 +486,33 @@ impl Replication for ReplicationService {
         self.answer(reply.map(|b| convert::batch_to_pb(&b)))
     }
 
+    async fn fetch_request_ids(
+        &self,
+        request: Request<pb::RequestIdsRequest>,
+    ) -> Result<Response<pb::RequestIdsReply>, Status> {
+        let proven = self.proven(&request)?;
+        let r = request.into_inner();
+        let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
+        self.check_sender(&header, true, proven.as_ref())?;
+        if r.up_to_lsn > Lsn::MAX.0 || r.after_lsn >= r.up_to_lsn {
+            return Err(self.malformed(convert::malformed(
+                "fetch_request_ids",
+                format!(
+                    "after_lsn {} must be below up_to_lsn {}, at most {}",
+                    r.after_lsn,
+                    r.up_to_lsn,
+                    Lsn::MAX
+                ),
+            )));
+        }
+        let reply = self
+            .node
+            .request_ids(header, Lsn(r.after_lsn), Lsn(r.up_to_lsn))
+            .await
+            .map_err(gone)?;
+        self.answer(reply.map(|ids| convert::request_ids_to_pb(&ids)))
+    }
+
     async fn fetch_snapshot(
         &self,
         request: Request<pb::SnapshotRequest>,

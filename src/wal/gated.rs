@@ -5,7 +5,7 @@
 //! the gate (an fsync or a segment removal stuck on a busy disk).
 
 use super::{MemWal, WalError, WalMeta, WalStore};
-use crate::types::{Epoch, EpochHistory, Lsn, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, Record, RequestIdAt};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::mpsc;
 
@@ -115,6 +115,12 @@ impl WalStore for GatedWal {
     }
     fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError> {
         self.inner.reset(base, base_epoch)
+    }
+    fn set_snapshot_ids(&self, ids: &[RequestIdAt]) -> Result<(), WalError> {
+        self.inner.set_snapshot_ids(ids)
+    }
+    fn snapshot_ids(&self) -> Result<Vec<RequestIdAt>, WalError> {
+        self.inner.snapshot_ids()
     }
     fn bytes_from(&self, from: Lsn) -> u64 {
         self.inner.bytes_from(from)

@@ -2,7 +2,7 @@
 //! what `sync` covered survives `crash`, and switches inject failures.
 
 use super::{WalError, WalMeta, WalStore, check_append};
-use crate::types::{Epoch, EpochHistory, Lsn, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, Record, RequestIdAt};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,8 @@ struct Inner {
     history: EpochHistory,
     flushed: Lsn,
     meta: WalMeta,
+    /// Durable as soon as set, like `meta`.
+    snapshot_ids: Vec<RequestIdAt>,
     poisoned: Option<String>,
 }
 
@@ -243,6 +245,17 @@ impl WalStore for MemWal {
         inner.flushed = base;
         inner.history = EpochHistory::starting_after(base, base_epoch);
         Ok(())
+    }
+
+    fn set_snapshot_ids(&self, ids: &[RequestIdAt]) -> Result<(), WalError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_poison()?;
+        inner.snapshot_ids = ids.to_vec();
+        Ok(())
+    }
+
+    fn snapshot_ids(&self) -> Result<Vec<RequestIdAt>, WalError> {
+        Ok(self.inner.lock().unwrap().snapshot_ids.clone())
     }
 
     fn bytes_from(&self, from: Lsn) -> u64 {

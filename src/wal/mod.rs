@@ -14,7 +14,7 @@ pub use file::{FileWal, FileWalOptions};
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemWal;
 
-use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, NodeId, Record, RequestIdAt};
 use std::path::PathBuf;
 
 /// What a node persists beside its log: the highest epoch it has seen, the
@@ -225,6 +225,20 @@ pub trait WalStore: Send + Sync + 'static {
     /// Empties the log so that the next record is `base + 1`, following a
     /// record `(base, base_epoch)` that a snapshot covers.
     fn reset(&self, base: Lsn, base_epoch: Epoch) -> Result<(), WalError>;
+
+    /// Persists the request ids of the records a restored snapshot covers
+    /// (in LSN order, all at or before the snapshot's LSN), replacing what
+    /// an earlier call kept; durable when it returns. The runtime calls it
+    /// after the engine restored a snapshot and before `reset` starts the
+    /// log after it: a node restarted later still recognises retries of
+    /// those writes (`Replicator::apply_once`), although its log holds
+    /// none of their records. A store that loses them lets such a node,
+    /// promoted soon after, apply a retry of one of them a second time.
+    /// `truncate_after`, `remove_before` and `reset` leave them as they are.
+    fn set_snapshot_ids(&self, ids: &[RequestIdAt]) -> Result<(), WalError>;
+
+    /// What `set_snapshot_ids` last persisted (empty before any call).
+    fn snapshot_ids(&self) -> Result<Vec<RequestIdAt>, WalError>;
 
     /// Bytes of log kept from `from` to the end, for retention decisions.
     fn bytes_from(&self, from: Lsn) -> u64;

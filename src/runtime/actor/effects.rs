@@ -601,6 +601,7 @@ impl Actor {
                     last_lsn: self.wal.last_lsn(),
                     flushed: self.wal.flushed_lsn(),
                     applied: self.sm.applied_lsn(),
+                    snapshot_ids: outcome.snapshot_ids,
                 });
             }
             Err(reason) => {

@@ -267,14 +267,19 @@ pub(super) fn spawn(parts: Parts) -> Result<(watch::Receiver<Health>, JoinHandle
 
 /// The request ids of the records `wal` retains, for the node to
 /// recognise retries of writes made before this start (by this node or,
-/// on a standby, by the primary). One read of the retained WAL; a log
-/// without ids costs that read and no memory.
+/// on a standby, by the primary), after those of the records a snapshot
+/// this node restored covers (`WalStore::snapshot_ids`, the ones before
+/// the log's first record). One read of the retained WAL; a log without
+/// ids costs that read and no memory.
 fn index_request_ids(wal: &dyn WalStore, capacity: usize) -> Result<RequestIndex> {
     let mut index = RequestIndex::new(capacity);
     if capacity == 0 {
         return Ok(index);
     }
     let (mut from, last) = (wal.first_lsn(), wal.last_lsn());
+    let mut covered = wal.snapshot_ids()?;
+    covered.retain(|c| c.lsn < from);
+    index.replace_covered(&covered);
     while from <= last {
         let records = wal.read(from, 4096, 4 << 20)?;
         let Some(end) = records.last().map(|r| r.lsn) else {

@@ -14,6 +14,11 @@ use tokio::sync::oneshot;
 
 use super::Actor;
 
+/// Request ids per reply to `Peer::fetch_request_ids`: about 1 MiB on the
+/// wire (16 bytes of id and two varints each), well under any message
+/// limit, and a short stop for the node's task to list.
+const IDS_PER_REPLY: usize = 32 * 1024;
+
 /// The request whose answer the node decides in the step being run
 /// (`Effect::Answer`, `Effect::Rejoin`).
 pub(super) enum Answering {
@@ -31,6 +36,12 @@ pub(super) enum Answering {
         reply: oneshot::Sender<std::result::Result<HistoryReply, Refusal>>,
     },
     Snapshot(oneshot::Sender<std::result::Result<crate::runtime::PendingSnapshot, Refusal>>),
+    /// Admitted as a snapshot request is: the same asker may have them.
+    RequestIds {
+        after: Lsn,
+        up_to: Lsn,
+        reply: oneshot::Sender<std::result::Result<crate::transport::RequestIds, Refusal>>,
+    },
     Fence(oneshot::Sender<Result<()>>),
     Rejoin(oneshot::Sender<RejoinPlan>),
 }
@@ -171,6 +182,19 @@ impl Actor {
                     Event::SnapshotRequested { header },
                 );
             }
+            Inbound::RequestIds {
+                header,
+                after,
+                up_to,
+                reply,
+            } => self.answer_with(
+                Answering::RequestIds {
+                    after,
+                    up_to,
+                    reply,
+                },
+                Event::SnapshotRequested { header },
+            ),
             Inbound::StreamOpened { reply } => self.open_stream(reply),
             Inbound::Batch { session, batch } => self.on_batch(session, batch),
             Inbound::BadBatch { session, refusal } => self.end_session(session, refusal),
@@ -374,6 +398,24 @@ impl Actor {
                     let _ = reply.send(Err(self.refusal(kind, message)));
                 }
             },
+            Answering::RequestIds {
+                after,
+                up_to,
+                reply,
+            } => {
+                let answer = match result {
+                    Ok(()) => {
+                        let mut ids =
+                            self.node
+                                .request_ids_between(after, up_to, IDS_PER_REPLY + 1);
+                        let more = ids.len() > IDS_PER_REPLY;
+                        ids.truncate(IDS_PER_REPLY);
+                        Ok(crate::transport::RequestIds { ids, more })
+                    }
+                    Err((kind, message)) => Err(self.refusal(kind, message)),
+                };
+                let _ = reply.send(answer);
+            }
             Answering::Fence(reply) => {
                 let _ = reply.send(result.map_err(|(_, message)| Error::InvalidInput(message)));
             }

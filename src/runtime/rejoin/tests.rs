@@ -11,7 +11,8 @@ use std::sync::Mutex;
 /// `trailer`, a transfer from offset 0 announces no CRC and sends `crc`
 /// in an `End` after the data, as a primary does for a standby that
 /// asks for `crc_after_data`; `tamper` then changes the parts before
-/// they go.
+/// they go. It lists a request id for each record of the snapshot (1..=5),
+/// two per reply; the first `ids_failing` asks for them fail.
 struct Primary {
     data: Vec<u8>,
     crc: u32,
@@ -20,6 +21,33 @@ struct Primary {
     requests: Mutex<Vec<(u64, u64)>>,
     trailer: bool,
     tamper: fn(&mut Vec<Result<SnapshotPart, TransportError>>),
+    ids_failing: Mutex<u32>,
+}
+
+/// The id the fake primary lists for its record `lsn`.
+fn id_at(lsn: u64) -> RequestIdAt {
+    RequestIdAt {
+        id: crate::types::RequestId::from(lsn as u128 * 100),
+        lsn: Lsn(lsn),
+        epoch: Epoch(1),
+    }
+}
+
+fn request_ids(
+    p: &Primary,
+    after: Lsn,
+    up_to: Lsn,
+) -> Result<Option<crate::transport::RequestIds>, TransportError> {
+    let mut failing = p.ids_failing.lock().unwrap();
+    if *failing > 0 {
+        *failing -= 1;
+        return Err(TransportError::Unreachable("cut".into()));
+    }
+    let end = (after.0 + 2).min(up_to.0);
+    Ok(Some(crate::transport::RequestIds {
+        ids: (after.0 + 1..=end).map(id_at).collect(),
+        more: end < up_to.0,
+    }))
 }
 
 fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
@@ -70,8 +98,11 @@ fn stream(p: &Primary, req: &SnapshotRequest) -> SnapshotStream {
 fn ctx(primary: Arc<Primary>, sm: Arc<dyn StateMachine>, dir: &Path) -> Ctx {
     let wal: Arc<dyn WalStore> = Arc::new(MemWal::new());
     let mut peer = MockPeer::new();
+    let listing = primary.clone();
     peer.expect_fetch_snapshot()
         .returning(move |req| Ok(stream(&primary, &req)));
+    peer.expect_fetch_request_ids()
+        .returning(move |_, after, up_to| request_ids(&listing, after, up_to));
     Ctx {
         cfg: Config::default(),
         wal: wal.clone(),
@@ -119,7 +150,7 @@ async fn receive(
 async fn resync_while_receiving(
     ctx: &Ctx,
     incoming: &mut Option<Incoming>,
-) -> Result<Option<SnapshotInfo>, Fatal> {
+) -> Result<Option<Vec<RequestIdAt>>, Fatal> {
     resync_from_snapshot(ctx, &ctx.header, incoming, Restoring::WhileReceiving(None)).await
 }
 
@@ -147,6 +178,7 @@ fn primary(data: Vec<u8>, crc: u32, total: u64, cuts: Vec<Option<usize>>) -> Arc
         requests: Mutex::new(Vec::new()),
         trailer: false,
         tamper: |_| {},
+        ids_failing: Mutex::new(0),
     })
 }
 
@@ -167,6 +199,7 @@ fn trailing_primary(
         requests: Mutex::new(Vec::new()),
         trailer: true,
         tamper,
+        ids_failing: Mutex::new(0),
     })
 }
 
@@ -420,7 +453,7 @@ async fn the_engine_gets_the_received_file_and_may_keep_it() {
         own_dir: own.path().to_path_buf(),
         handed: Mutex::new(Vec::new()),
     };
-    restore_received(&keeper, &*ctx.wal, dir.path(), &path, &info).unwrap();
+    restore_received(&keeper, &*ctx.wal, dir.path(), &path, &info, &[]).unwrap();
     assert_eq!(*keeper.handed.lock().unwrap(), data, "the snapshot's bytes");
     assert_eq!(std::fs::read(own.path().join("kept")).unwrap(), data);
     assert_eq!(keeper.applied_lsn(), info.lsn);
@@ -445,7 +478,7 @@ async fn the_default_restore_file_reads_the_file_through_restore() {
         _ => panic!("the transfer completes"),
     };
     let path = incoming.take().unwrap().path;
-    restore_received(&*sm, &*ctx.wal, dir.path(), &path, &info).unwrap();
+    restore_received(&*sm, &*ctx.wal, dir.path(), &path, &info, &[]).unwrap();
     assert_eq!(sm.restores(), 1);
     assert_eq!(sm.applied_lsn(), info.lsn, "restored at the announced LSN");
     assert!(!path.exists(), "the file the engine read is removed");
@@ -516,10 +549,7 @@ async fn a_restore_while_receiving_reads_every_byte_and_ends_after_the_check() {
     let ctx = ctx(p, engine.clone(), dir.path());
     let mut incoming = None;
     let done = resync_while_receiving(&ctx, &mut incoming).await;
-    let info = match done {
-        Ok(Some(info)) => info,
-        _ => panic!("the transfer completes"),
-    };
+    assert!(matches!(done, Ok(Some(_))), "the transfer completes");
     let attempts = engine.attempts.lock().unwrap();
     assert_eq!(attempts.len(), 1);
     assert!(attempts[0].ended, "{attempts:?}");
@@ -529,9 +559,65 @@ async fn a_restore_while_receiving_reads_every_byte_and_ends_after_the_check() {
         Some(&data[..]),
         "at the end the file is whole"
     );
-    assert_eq!(engine.applied_lsn(), info.lsn);
-    assert_eq!(ctx.wal.last_lsn(), info.lsn, "the WAL goes on after it");
+    assert_eq!(engine.applied_lsn(), Lsn(5));
+    assert_eq!(ctx.wal.last_lsn(), Lsn(5), "the WAL goes on after it");
     assert!(!dir.path().join(incoming::DATA_FILE).exists());
+}
+
+/// The ids of the records a snapshot covers come from the primary one
+/// reply at a time, and the WAL store keeps them, so a restart still
+/// recognises retries of those writes; the newest `max_request_ids` are
+/// kept.
+#[tokio::test]
+async fn a_resync_keeps_the_request_ids_the_snapshot_covers_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    for (capacity, kept) in [(100, 1..=5), (3, 3..=5)] {
+        let p = primary_of(&data, vec![None]);
+        let mut ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
+        ctx.cfg.max_request_ids = capacity;
+        let mut incoming = None;
+        let done =
+            resync_from_snapshot(&ctx, &ctx.header, &mut incoming, Restoring::AfterTransfer).await;
+        let want: Vec<_> = kept.map(id_at).collect();
+        assert!(
+            matches!(&done, Ok(Some(ids)) if *ids == want),
+            "capacity {capacity}"
+        );
+        assert_eq!(
+            ctx.wal.snapshot_ids().unwrap(),
+            want,
+            "kept by the WAL store"
+        );
+        assert_eq!(ctx.wal.last_lsn(), Lsn(5));
+    }
+}
+
+/// A link that fails while the ids are fetched restores nothing; the next
+/// attempt finds the whole snapshot already received and completes.
+#[tokio::test]
+async fn a_failed_fetch_of_the_request_ids_restores_nothing_and_the_retry_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = snapshot_bytes();
+    let p = primary_of(&data, vec![None, None]);
+    *p.ids_failing.lock().unwrap() = 1;
+    let sm = Arc::new(MemStateMachine::new());
+    let ctx = ctx(p.clone(), sm.clone(), dir.path());
+    let mut incoming = None;
+    let first =
+        resync_from_snapshot(&ctx, &ctx.header, &mut incoming, Restoring::AfterTransfer).await;
+    assert!(matches!(first, Ok(None)), "not done");
+    assert_eq!(sm.applied_lsn(), Lsn::ZERO, "nothing restored");
+    assert_eq!(ctx.wal.snapshot_ids().unwrap(), vec![]);
+    let done =
+        resync_from_snapshot(&ctx, &ctx.header, &mut incoming, Restoring::AfterTransfer).await;
+    assert!(matches!(done, Ok(Some(ids)) if ids.len() == 5));
+    assert_eq!(sm.applied_lsn(), Lsn(5));
+    assert_eq!(
+        *p.requests.lock().unwrap(),
+        vec![(0, 0), (7, data.len() as u64)],
+        "resumed at its end"
+    );
 }
 
 /// A transfer cut in the middle fails the running restore (its input
@@ -690,8 +776,11 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
             restart_lsn: None,
         })
     });
+    let listing = p.clone();
     peer.expect_fetch_snapshot()
         .returning(move |req| Ok(stream(&p, &req)));
+    peer.expect_fetch_request_ids()
+        .returning(move |_, after, up_to| request_ids(&listing, after, up_to));
     ctx.peer = Arc::new(peer);
     let (tx, mut rx) = mpsc::channel(8);
     ctx.tx = tx;

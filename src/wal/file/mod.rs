@@ -19,12 +19,13 @@ mod read;
 mod recovery;
 mod rounds;
 mod segment;
+mod snapshot_ids;
 #[cfg(test)]
 mod tests;
 
 use super::record::{self, FrameFormat};
 use super::{WalError, WalMeta, WalStore, check_append};
-use crate::types::{Epoch, EpochHistory, Lsn, Record};
+use crate::types::{Epoch, EpochHistory, Lsn, Record, RequestIdAt};
 use cache::TailCache;
 use rounds::SyncRounds;
 use segment::{Segment, SegmentHeader};
@@ -798,6 +799,15 @@ impl WalStore for FileWal {
         let mut guard = self.lock_idle();
         guard.check_poison()?;
         self.reset_locked(&mut guard, base, base_epoch)
+    }
+
+    fn set_snapshot_ids(&self, ids: &[RequestIdAt]) -> Result<(), WalError> {
+        self.lock().check_poison()?;
+        snapshot_ids::store(&self.dir, ids)
+    }
+
+    fn snapshot_ids(&self) -> Result<Vec<RequestIdAt>, WalError> {
+        snapshot_ids::load(&self.dir)
     }
 
     fn bytes_from(&self, from: Lsn) -> u64 {
