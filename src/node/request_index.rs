@@ -5,7 +5,7 @@
 //! when its record is appended (a primary's write, a standby's received
 //! batch), forgotten when its record goes (retention trims the log, a
 //! rewind truncates it), and rebuilt from the retained log at start. So a
-//! node recognises exactly the ids of records it holds, and a standby that
+//! node recognises the ids of records it holds, and a standby that
 //! promotes knows every id the old primary replicated to it.
 //!
 //! A node restored from a snapshot holds no records up to it, so it also
@@ -27,7 +27,8 @@
 use crate::types::{Epoch, Lsn, RequestId, RequestIdAt};
 use std::collections::{HashMap, VecDeque};
 
-/// id → the record that carries it, for the records of our log.
+/// id → the record that carries it, for the records of our log and those
+/// the last restored snapshot covers.
 #[derive(Debug, Default)]
 pub(crate) struct RequestIndex {
     by_id: HashMap<RequestId, (Lsn, Epoch)>,
@@ -36,9 +37,9 @@ pub(crate) struct RequestIndex {
     /// drops these first.
     covered: VecDeque<(Lsn, RequestId)>,
     /// The entries of our log's records in LSN order, so trimming,
-    /// truncating and the count bound each drop from one end. An id written twice (a retry
-    /// after it was forgotten) has two entries here, the newest in `by_id`
-    /// and the older ones in `older`.
+    /// truncating and the count bound each drop from one end. An id written
+    /// twice (a retry after it was forgotten) has two entries here or in
+    /// `covered`, the newest in `by_id` and the older ones in `older`.
     in_order: VecDeque<(Lsn, RequestId)>,
     /// Per id written more than once, its records before the newest,
     /// oldest first: when a rewind drops the newest, the log still holds
@@ -124,10 +125,19 @@ impl RequestIndex {
             .chain(logged)
             .take_while(|(lsn, _)| *lsn <= up_to)
             .take(max)
-            .map(|&(lsn, id)| RequestIdAt {
-                id,
-                lsn,
-                epoch: self.epoch_of(id, lsn),
+            .filter_map(|&(lsn, id)| {
+                // Every entry in order has its record; were one missing, a
+                // peer's request must not bring the node down for it.
+                let epoch = self.epoch_of(id, lsn);
+                debug_assert!(
+                    epoch.is_some(),
+                    "request index: {id} at {lsn} has no record"
+                );
+                Some(RequestIdAt {
+                    id,
+                    lsn,
+                    epoch: epoch?,
+                })
             })
             .collect()
     }
@@ -155,14 +165,7 @@ impl RequestIndex {
                 break;
             }
             queue.pop_back();
-            if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
-                // The newest copy goes; an older one still known takes its
-                // place.
-                match self.take_older(id, |older| older.pop_back()) {
-                    Some(previous) => self.by_id.insert(id, previous),
-                    None => self.by_id.remove(&id),
-                };
-            }
+            self.forget(l, id);
         }
     }
 
@@ -193,15 +196,14 @@ impl RequestIndex {
     }
 
     /// The epoch of `id`'s record at `lsn`, which the index holds.
-    fn epoch_of(&self, id: RequestId, lsn: Lsn) -> Epoch {
+    fn epoch_of(&self, id: RequestId, lsn: Lsn) -> Option<Epoch> {
         match self.by_id.get(&id) {
-            Some(&(at, epoch)) if at == lsn => epoch,
+            Some(&(at, epoch)) if at == lsn => Some(epoch),
             _ => self
                 .older
                 .get(&id)
                 .and_then(|older| older.iter().find(|(at, _)| *at == lsn))
-                .map(|(_, epoch)| *epoch)
-                .expect("request index: every entry in order has its record"),
+                .map(|(_, epoch)| *epoch),
         }
     }
 
@@ -214,24 +216,32 @@ impl RequestIndex {
     /// Drops the oldest entry: a snapshot's first, then the log's.
     fn pop_front(&mut self) {
         match self.covered.pop_front() {
-            Some((l, id)) => self.forget_oldest(l, id),
+            Some((l, id)) => self.forget(l, id),
             None => self.pop_front_of_log(),
         }
     }
 
     fn pop_front_of_log(&mut self) {
         if let Some((l, id)) = self.in_order.pop_front() {
-            self.forget_oldest(l, id);
+            self.forget(l, id);
         }
     }
 
-    /// Forgets `id`'s record at `l`, its oldest.
-    fn forget_oldest(&mut self, l: Lsn, id: RequestId) {
+    /// Forgets `id`'s record at `l`, whichever of its copies that is: a
+    /// log's oldest entry need not be its id's oldest (a snapshot's copy
+    /// is older and outlives trimming), nor a snapshot's newest.
+    fn forget(&mut self, l: Lsn, id: RequestId) {
         if self.by_id.get(&id).is_some_and(|(at, _)| *at == l) {
-            self.by_id.remove(&id);
+            // The newest copy goes; the next newest takes its place.
+            match self.take_older(id, |older| older.pop_back()) {
+                Some(previous) => self.by_id.insert(id, previous),
+                None => self.by_id.remove(&id),
+            };
         } else {
-            // An older copy: the oldest of its id's.
-            self.take_older(id, |older| older.pop_front());
+            self.take_older(id, |older| {
+                let at = older.iter().position(|(x, _)| *x == l)?;
+                older.remove(at)
+            });
         }
     }
 
@@ -368,6 +378,26 @@ mod tests {
         assert!(index.older.is_empty());
     }
 
+    /// A snapshot's copy of an id outlives trimming: when the log's copy
+    /// of it (a retry written again after the primary forgot it) is
+    /// trimmed, the snapshot's is what a retry finds, and what a
+    /// standby restored from this node is listed.
+    #[test]
+    fn trimming_the_logs_copy_of_a_covered_id_leaves_the_snapshots() {
+        let mut index = RequestIndex::new(10);
+        index.replace_covered(&[at(7, 4)]);
+        index.insert(id(7), Lsn(8), Epoch(2));
+        index.insert(id(7), Lsn(9), Epoch(2));
+        index.remove_before(Lsn(9));
+        assert_eq!(index.get(&id(7)), Some((Lsn(9), Epoch(2))));
+        index.remove_before(Lsn(10));
+        assert_eq!(index.get(&id(7)), Some((Lsn(4), Epoch(1))));
+        assert_eq!(index.between(Lsn(0), Lsn(10), 10), vec![at(7, 4)]);
+        index.replace_covered(&[]);
+        assert_eq!((index.get(&id(7)), index.len()), (None, 0));
+        assert!(index.older.is_empty(), "nothing left behind");
+    }
+
     /// A log can hold one id twice only after a retry missed the window;
     /// a rewind of the second copy must leave the first findable, or a
     /// third attempt is written again.
@@ -383,5 +413,95 @@ mod tests {
         assert_eq!(index.get(&id(7)), None);
         assert_eq!(index.get(&id(8)), Some((Lsn(6), Epoch(1))));
         assert!(index.older.is_empty(), "nothing left behind");
+    }
+
+    /// The index against a plain list of its entries, under any sequence
+    /// of appends, trims, rewinds and restored snapshots: a lookup finds
+    /// the newest entry of the id, a listing every entry in its range.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Insert { id: u8, gap: u64, epoch: u64 },
+            RemoveBefore(u64),
+            TruncateAfter(u64),
+            ReplaceCovered(Vec<(u8, u64)>),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u8..5, 1u64..3, 1u64..4).prop_map(|(id, gap, epoch)| Op::Insert { id, gap, epoch }),
+                1 => (0u64..40).prop_map(Op::RemoveBefore),
+                1 => (0u64..40).prop_map(Op::TruncateAfter),
+                1 => proptest::collection::vec((0u8..5, 1u64..40), 0..6).prop_map(Op::ReplaceCovered),
+            ]
+        }
+
+        /// (lsn, id, epoch, covered), in LSN order.
+        type Model = Vec<(u64, u8, u64, bool)>;
+
+        fn keep_capacity(model: &mut Model, capacity: usize) {
+            while model.len() > capacity {
+                model.remove(0);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn the_index_is_its_list_of_entries(capacity in 0usize..8, ops in proptest::collection::vec(op(), 0..40)) {
+                let mut index = RequestIndex::new(capacity);
+                let mut model: Model = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Insert { id: n, gap, epoch } => {
+                            let lsn = model.last().map_or(0, |e| e.0) + gap;
+                            index.insert(id(n as u128), Lsn(lsn), Epoch(epoch));
+                            if capacity > 0 {
+                                model.push((lsn, n, epoch, false));
+                                keep_capacity(&mut model, capacity);
+                            }
+                        }
+                        Op::RemoveBefore(l) => {
+                            index.remove_before(Lsn(l));
+                            model.retain(|e| e.3 || e.0 >= l);
+                        }
+                        Op::TruncateAfter(l) => {
+                            index.truncate_after(Lsn(l));
+                            model.retain(|e| e.0 <= l);
+                        }
+                        Op::ReplaceCovered(mut list) => {
+                            list.sort_by_key(|e| e.1);
+                            let covered: Vec<_> = list.iter().map(|&(n, l)| RequestIdAt { id: id(n as u128), lsn: Lsn(l), epoch: Epoch(9) }).collect();
+                            index.replace_covered(&covered);
+                            model.retain(|e| !e.3);
+                            let below = model.first().map(|e| e.0);
+                            let mut last = 0;
+                            let mut restored = Vec::new();
+                            for (n, l) in list {
+                                if capacity == 0 || l <= last || below.is_some_and(|b| l >= b) {
+                                    continue;
+                                }
+                                last = l;
+                                restored.push((l, n, 9, true));
+                            }
+                            restored.append(&mut model);
+                            model = restored;
+                            keep_capacity(&mut model, capacity);
+                        }
+                    }
+                    for n in 0u8..5 {
+                        let newest = model.iter().rev().find(|e| e.1 == n).map(|e| (Lsn(e.0), Epoch(e.2)));
+                        prop_assert_eq!(index.get(&id(n as u128)), newest, "id {}", n);
+                    }
+                    let listed: Vec<_> = model.iter().map(|e| RequestIdAt { id: id(e.1 as u128), lsn: Lsn(e.0), epoch: Epoch(e.2) }).collect();
+                    prop_assert_eq!(index.between(Lsn::ZERO, Lsn(u64::MAX), usize::MAX), listed);
+                    prop_assert_eq!(index.oldest(), model.iter().find(|e| !e.3).map(|e| Lsn(e.0)));
+                    let distinct: std::collections::HashSet<_> = model.iter().map(|e| e.1).collect();
+                    prop_assert_eq!(index.len(), distinct.len());
+                }
+            }
+        }
     }
 }

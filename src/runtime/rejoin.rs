@@ -354,6 +354,10 @@ async fn resync_from_snapshot(
     Ok(Some(ids))
 }
 
+/// Tries per reply of `request_ids_covered` before the rejoin gives up
+/// this attempt.
+const ID_FETCH_TRIES: u32 = 3;
+
 /// The request ids of the records up to `up_to` (the snapshot's LSN) that
 /// the primary recognises, asked for one reply at a time, the newest
 /// `Config::max_request_ids` kept. `Err(None)`: the link failed (the
@@ -368,23 +372,33 @@ async fn request_ids_covered(
     let mut ids = std::collections::VecDeque::new();
     let mut after = Lsn::ZERO;
     while capacity > 0 && after < up_to {
-        let reply = match ctx
-            .peer
-            .fetch_request_ids(header.clone(), after, up_to)
-            .await
-        {
-            Ok(Some(reply)) => reply,
-            Ok(None) => {
-                tracing::warn!(
-                    leader = %ctx.leader,
-                    "the primary lists no request ids (an older walrep): retries of the writes its snapshot covers are not recognised here"
-                );
-                break;
+        let mut tries = 0;
+        let reply = loop {
+            tries += 1;
+            match ctx
+                .peer
+                .fetch_request_ids(header.clone(), after, up_to)
+                .await
+            {
+                Ok(reply) => break reply,
+                // A blip should not cost the received snapshot (a retried
+                // rejoin may find it replaced and start over).
+                Err(e) if tries < ID_FETCH_TRIES => {
+                    tracing::debug!(error = %e, tries, "rejoin: fetching request ids failed; trying again");
+                    tokio::time::sleep(ctx.cfg.reconnect_backoff_min * tries).await;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "rejoin: the request ids the snapshot covers could not be fetched");
+                    return Err(None);
+                }
             }
-            Err(e) => {
-                tracing::info!(error = %e, "rejoin: the request ids the snapshot covers could not be fetched");
-                return Err(None);
-            }
+        };
+        let Some(reply) = reply else {
+            tracing::warn!(
+                leader = %ctx.leader,
+                "the primary lists no request ids (an older walrep): retries of the writes its snapshot covers are not recognised here"
+            );
+            break;
         };
         let Some(last) = reply.ids.last().map(|e| e.lsn) else {
             break;

@@ -574,6 +574,7 @@ async fn a_resync_keeps_the_request_ids_the_snapshot_covers_page_by_page() {
     let data = snapshot_bytes();
     for (capacity, kept) in [(100, 1..=5), (3, 3..=5)] {
         let p = primary_of(&data, vec![None]);
+        *p.ids_failing.lock().unwrap() = ID_FETCH_TRIES - 1;
         let mut ctx = ctx(p, Arc::new(MemStateMachine::new()), dir.path());
         ctx.cfg.max_request_ids = capacity;
         let mut incoming = None;
@@ -593,14 +594,15 @@ async fn a_resync_keeps_the_request_ids_the_snapshot_covers_page_by_page() {
     }
 }
 
-/// A link that fails while the ids are fetched restores nothing; the next
-/// attempt finds the whole snapshot already received and completes.
+/// A link that keeps failing while the ids are fetched restores nothing;
+/// the next attempt finds the whole snapshot already received and
+/// completes. (One failure alone is tried again at once.)
 #[tokio::test]
 async fn a_failed_fetch_of_the_request_ids_restores_nothing_and_the_retry_completes() {
     let dir = tempfile::tempdir().unwrap();
     let data = snapshot_bytes();
     let p = primary_of(&data, vec![None, None]);
-    *p.ids_failing.lock().unwrap() = 1;
+    *p.ids_failing.lock().unwrap() = ID_FETCH_TRIES;
     let sm = Arc::new(MemStateMachine::new());
     let ctx = ctx(p.clone(), sm.clone(), dir.path());
     let mut incoming = None;
