@@ -2275,6 +2275,22 @@ fn appended(effects: &[Effect]) -> (Vec<(u64, Option<RequestId>)>, Vec<Retried>)
     }
 }
 
+/// A primary that wrote `writes` (as `writes_with_ids`), then learned of
+/// epoch 2, led by n2: fenced, its records perhaps committed there or
+/// rewound later.
+fn deposed_after_writing(writes: &[(Option<u128>, &'static [u8])]) -> Node {
+    let mut node = primary_with_standby(cfg());
+    node.step(t(2), writes_with_ids(writes));
+    node.step(
+        t(3),
+        Event::HigherEpoch {
+            epoch: Epoch(2),
+            leader: Some(NodeId::from("n2")),
+        },
+    );
+    node
+}
+
 /// The standby flushed (and so acknowledged) up to `lsn`.
 fn standby_flushed(lsn: u64) -> Event {
     let at = Lsn(lsn);
@@ -2319,15 +2335,7 @@ fn a_retried_request_id_returns_its_records_lsn_without_a_second_append() {
 fn a_retry_refused_by_a_node_that_holds_its_record_is_not_told_nothing_was_written() {
     // Record 1 carries id 7; then a newer epoch fences this primary (its
     // record may be committed at the new primary, or rewound later).
-    let mut node = primary_with_standby(cfg());
-    node.step(t(2), writes_with_ids(&[(Some(7), b"x")]));
-    node.step(
-        t(3),
-        Event::HigherEpoch {
-            epoch: Epoch(2),
-            leader: Some(NodeId::from("n2")),
-        },
-    );
+    let mut node = deposed_after_writing(&[(Some(7), b"x")]);
     // The retry of 7, beside a write with a new id: refused, and the
     // node says which of them its log holds.
     let effects = node.step(t(4), writes_with_ids(&[(Some(7), b"x"), (Some(8), b"y")]));
@@ -2404,15 +2412,7 @@ fn a_standby_learns_request_ids_from_the_records_it_receives() {
 
 #[test]
 fn a_rewind_forgets_the_request_ids_after_the_divergence_point() {
-    let mut node = primary_with_standby(cfg());
-    node.step(t(2), writes_with_ids(&[(Some(1), b"a"), (Some(2), b"b")]));
-    node.step(
-        t(3),
-        Event::HigherEpoch {
-            epoch: Epoch(2),
-            leader: Some(NodeId::from("n2")),
-        },
-    );
+    let mut node = deposed_after_writing(&[(Some(1), b"a"), (Some(2), b"b")]);
     node.step(t(4), Event::RejoinStarted);
     node.step(
         t(5),
@@ -2435,15 +2435,7 @@ fn a_rewind_forgets_the_request_ids_after_the_divergence_point() {
 /// once promoted a retry of one of them gets its record, not a second one.
 #[test]
 fn a_node_restored_from_a_snapshot_recognises_a_retry_of_a_write_the_snapshot_covers() {
-    let mut node = primary_with_standby(cfg());
-    node.step(t(2), writes_with_ids(&[(Some(1), b"a")]));
-    node.step(
-        t(3),
-        Event::HigherEpoch {
-            epoch: Epoch(2),
-            leader: Some(NodeId::from("n2")),
-        },
-    );
+    let mut node = deposed_after_writing(&[(Some(1), b"a")]);
     node.step(t(4), Event::RejoinStarted);
     let covered = |id_: u128, lsn: u64, epoch: u64| crate::types::RequestIdAt {
         id: id(id_),

@@ -194,6 +194,21 @@ impl ReplicationService {
         ))
     }
 
+    /// The records after `after` up to `up_to` a request of `what` names:
+    /// a range of at least one record, within the LSNs there can be.
+    fn lsn_range(&self, what: &'static str, after: u64, up_to: u64) -> Result<(Lsn, Lsn), Status> {
+        if up_to > Lsn::MAX.0 || after >= up_to {
+            return Err(self.malformed(convert::malformed(
+                what,
+                format!(
+                    "after_lsn {after} must be below up_to_lsn {up_to}, at most {}",
+                    Lsn::MAX
+                ),
+            )));
+        }
+        Ok((Lsn(after), Lsn(up_to)))
+    }
+
     /// The identity the request's connection proved (`serve_tls`), `None`
     /// when the service is served without TLS. Served over TLS, a request
     /// without one is refused (it did not come through `serve_tls`'s
@@ -467,20 +482,10 @@ impl Replication for ReplicationService {
         let r = request.into_inner();
         let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true, proven.as_ref())?;
-        if r.up_to_lsn > Lsn::MAX.0 || r.after_lsn >= r.up_to_lsn {
-            return Err(self.malformed(convert::malformed(
-                "read_wal",
-                format!(
-                    "after_lsn {} must be below up_to_lsn {}, at most {}",
-                    r.after_lsn,
-                    r.up_to_lsn,
-                    Lsn::MAX
-                ),
-            )));
-        }
+        let (after, up_to) = self.lsn_range("read_wal", r.after_lsn, r.up_to_lsn)?;
         let reply = self
             .node
-            .read_wal(header, Lsn(r.after_lsn), Lsn(r.up_to_lsn))
+            .read_wal(header, after, up_to)
             .await
             .map_err(gone)?;
         self.answer(reply.map(|b| convert::batch_to_pb(&b)))
@@ -494,20 +499,10 @@ impl Replication for ReplicationService {
         let r = request.into_inner();
         let header = convert::header_from_pb(r.header).map_err(|m| self.malformed(m))?;
         self.check_sender(&header, true, proven.as_ref())?;
-        if r.up_to_lsn > Lsn::MAX.0 || r.after_lsn >= r.up_to_lsn {
-            return Err(self.malformed(convert::malformed(
-                "fetch_request_ids",
-                format!(
-                    "after_lsn {} must be below up_to_lsn {}, at most {}",
-                    r.after_lsn,
-                    r.up_to_lsn,
-                    Lsn::MAX
-                ),
-            )));
-        }
+        let (after, up_to) = self.lsn_range("fetch_request_ids", r.after_lsn, r.up_to_lsn)?;
         let reply = self
             .node
-            .request_ids(header, Lsn(r.after_lsn), Lsn(r.up_to_lsn))
+            .request_ids(header, after, up_to)
             .await
             .map_err(gone)?;
         self.answer(reply.map(|ids| convert::request_ids_to_pb(&ids)))

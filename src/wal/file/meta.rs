@@ -23,7 +23,7 @@
 //! harmless. Binary, because a leader name may hold any character.
 
 use super::super::{WalError, WalMeta};
-use super::io_err;
+use super::{io_err, sealed};
 use crate::types::{Epoch, EpochHistory, EpochStart, Lsn, NodeId};
 use crate::wal::tmpfile;
 use std::fs;
@@ -106,29 +106,11 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<(WalMeta, EpochHistory),
         offset: offset as u64,
         detail,
     };
-    if buf.len() < MAGIC.len() || buf[..MAGIC.len()] != MAGIC {
-        return Err(corrupt(
-            0,
-            "not a walrep meta file (bad magic bytes)".into(),
-        ));
-    }
-    if buf.len() < MAGIC.len() + 4 + 4 {
-        return Err(corrupt(
-            0,
-            format!("meta file truncated to {} bytes", buf.len()),
-        ));
-    }
-    let body_len = buf.len() - 4;
-    let stored = u32::from_le_bytes(buf[body_len..].try_into().unwrap());
-    let computed = crc32c::crc32c(&buf[..body_len]);
-    if stored != computed {
-        return Err(corrupt(
-            body_len,
-            format!("meta checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-        ));
-    }
+    let body = sealed::unseal(buf, &MAGIC, 4, "meta file")
+        .map_err(|(offset, detail)| corrupt(offset, detail))?;
+    let body_len = body.len();
     let mut r = Reader {
-        buf: &buf[..body_len],
+        buf: body,
         pos: MAGIC.len(),
     };
     let version = r

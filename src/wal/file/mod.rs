@@ -18,6 +18,7 @@ mod meta;
 mod read;
 mod recovery;
 mod rounds;
+mod sealed;
 mod segment;
 mod snapshot_ids;
 #[cfg(test)]

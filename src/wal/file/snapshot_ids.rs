@@ -50,24 +50,9 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<Vec<RequestIdAt>, WalErr
              restore it from a backup, or remove it (retries of those writes may then be applied again)"
         ),
     };
-    if buf.len() < MAGIC.len() || buf[..MAGIC.len()] != MAGIC {
-        return Err(corrupt(
-            0,
-            "not a walrep snapshot-ids file (bad magic bytes)".into(),
-        ));
-    }
-    if buf.len() < HEADER + 4 {
-        return Err(corrupt(0, format!("truncated to {} bytes", buf.len())));
-    }
-    let body_len = buf.len() - 4;
-    let stored = u32::from_le_bytes(buf[body_len..].try_into().unwrap());
-    let computed = crc32c::crc32c(&buf[..body_len]);
-    if stored != computed {
-        return Err(corrupt(
-            body_len,
-            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-        ));
-    }
+    let body = super::sealed::unseal(buf, &MAGIC, HEADER - MAGIC.len(), "snapshot-ids file")
+        .map_err(|(offset, detail)| corrupt(offset, detail))?;
+    let body_len = body.len();
     let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().unwrap());
     let version = u32::from_le_bytes(buf[8..12].try_into().unwrap());
     if version != VERSION {
