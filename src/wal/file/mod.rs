@@ -200,7 +200,11 @@ impl FileWal {
 
         // Leftovers of writes a crash interrupted; the files they were
         // meant to replace are intact.
-        let stale = [Some(meta::tmp_path(&dir)), rec.stale_pending];
+        let stale = [
+            Some(meta::tmp_path(&dir)),
+            Some(snapshot_ids::tmp_path(&dir)),
+            rec.stale_pending,
+        ];
         for path in stale.into_iter().flatten() {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -81,6 +81,12 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<Vec<RequestIdAt>, WalErr
         .collect())
 }
 
+/// Where a replacement is written first: a crash may leave it behind, and
+/// opening the log removes it.
+pub(super) fn tmp_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(TMP)
+}
+
 /// The ids the file lists, none when there is no file.
 pub(super) fn load(dir: &Path) -> Result<Vec<RequestIdAt>, WalError> {
     let path = dir.join(FILE);
@@ -94,7 +100,7 @@ pub(super) fn load(dir: &Path) -> Result<Vec<RequestIdAt>, WalError> {
 /// Replaces the file with `ids`, durably. Failing before the rename leaves
 /// the old file as it was.
 pub(super) fn store(dir: &Path, ids: &[RequestIdAt]) -> Result<(), WalError> {
-    let (tmp, target) = (dir.join(TMP), dir.join(FILE));
+    let (tmp, target) = (tmp_path(dir), dir.join(FILE));
     tmpfile::write_synced(&tmp, &encode(ids))
         .map_err(io_err(format!("writing {}", tmp.display())))?;
     tmpfile::replace_synced(&tmp, &target, dir)
@@ -123,6 +129,21 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), ids());
         store(dir.path(), &[]).unwrap();
         assert_eq!(load(dir.path()).unwrap(), vec![]);
+    }
+
+    /// Through the log: the ids outlive a reopen, and a replacement a
+    /// crash left half-written is removed.
+    #[test]
+    fn the_log_keeps_the_ids_across_a_reopen_and_drops_a_torn_replacement() {
+        use crate::wal::{FileWal, FileWalOptions, WalStore};
+        let dir = tempfile::tempdir().unwrap();
+        let wal = FileWal::open(dir.path(), FileWalOptions::default()).unwrap();
+        wal.set_snapshot_ids(&ids()).unwrap();
+        drop(wal);
+        fs::write(tmp_path(dir.path()), b"torn").unwrap();
+        let wal = FileWal::open(dir.path(), FileWalOptions::default()).unwrap();
+        assert_eq!(wal.snapshot_ids().unwrap(), ids());
+        assert!(!tmp_path(dir.path()).exists());
     }
 
     #[test]
