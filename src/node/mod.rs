@@ -564,15 +564,17 @@ impl Node {
     /// The request ids of the records after `after` up to `up_to`, at most
     /// `max`, in LSN order, for a standby restored from a snapshot of ours
     /// at `up_to` (answered once the node admitted it as for the snapshot).
-    /// Never past the commit LSN: a snapshot covers only applied records,
-    /// and a record not yet committed may still be rewound.
+    /// Not capped at this node's commit LSN: a primary restarted since it
+    /// built the snapshot may not have learned its commit again yet, and
+    /// a short list would read as complete. The snapshot itself covers
+    /// only applied, so committed, records.
     pub(crate) fn request_ids_between(
         &self,
         after: Lsn,
         up_to: Lsn,
         max: usize,
     ) -> Vec<crate::types::RequestIdAt> {
-        self.requests.between(after, up_to.min(self.commit), max)
+        self.requests.between(after, up_to, max)
     }
 
     /// Where the primary believes the pair's standby is (primary only).

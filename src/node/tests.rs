@@ -2473,6 +2473,37 @@ fn a_node_restored_from_a_snapshot_recognises_a_retry_of_a_write_the_snapshot_co
     assert_eq!(appended(&retry), (vec![(11, Some(id(1)))], vec![retried]));
 }
 
+/// A primary restarted since it built a snapshot has not learned its
+/// commit again (it starts at what its engine applied, here nothing), yet
+/// its log still holds the records the snapshot covers: it lists their ids
+/// all the same, or the standby would take a short list as the whole.
+#[test]
+fn a_restarted_primary_lists_the_ids_a_snapshot_covers_before_it_learns_its_commit() {
+    let mut requests = RequestIndex::new(100);
+    requests.insert(id(4), Lsn(4), Epoch(1));
+    requests.insert(id(8), Lsn(8), Epoch(1));
+    let log_end = LogEnd {
+        epoch: Epoch(1),
+        lsn: Lsn(10),
+    };
+    let (node, _) = Node::new(
+        cfg(),
+        meta(1, "n1"),
+        log_end,
+        Lsn(10),
+        Lsn(0),
+        requests,
+        t(0),
+    );
+    assert_eq!(node.commit_lsn(), Lsn(0));
+    let listed: Vec<_> = node
+        .request_ids_between(Lsn(0), Lsn(8), 100)
+        .iter()
+        .map(|e| e.lsn)
+        .collect();
+    assert_eq!(listed, vec![Lsn(4), Lsn(8)]);
+}
+
 /// The engine made every record durable and the standby has them all:
 /// retention still keeps the records whose ids the node remembers, so a
 /// retry after the engine's checkpoint is recognised; `wal_retention_bytes`

@@ -382,8 +382,9 @@ async fn request_ids_covered(
             {
                 Ok(reply) => break reply,
                 // A blip should not cost the received snapshot (a retried
-                // rejoin may find it replaced and start over).
-                Err(e) if tries < ID_FETCH_TRIES => {
+                // rejoin may find it replaced and start over); a refusal
+                // would only be repeated.
+                Err(e) if e.is_unreachable() && tries < ID_FETCH_TRIES => {
                     tracing::debug!(error = %e, tries, "rejoin: fetching request ids failed; trying again");
                     tokio::time::sleep(ctx.cfg.reconnect_backoff_min * tries).await;
                 }

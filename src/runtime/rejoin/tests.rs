@@ -596,7 +596,8 @@ async fn a_resync_keeps_the_request_ids_the_snapshot_covers_page_by_page() {
 
 /// A link that keeps failing while the ids are fetched restores nothing;
 /// the next attempt finds the whole snapshot already received and
-/// completes. (One failure alone is tried again at once.)
+/// completes. (A failure or two are tried again after a backoff, within
+/// the attempt.)
 #[tokio::test]
 async fn a_failed_fetch_of_the_request_ids_restores_nothing_and_the_retry_completes() {
     let dir = tempfile::tempdir().unwrap();
