@@ -96,6 +96,11 @@ pub struct RequestId(pub [u8; 16]);
 impl RequestId {
     /// Bytes a request id takes in a record (in a WAL frame, on the wire).
     pub const LEN: usize = 16;
+
+    /// The id these bytes spell, if there are exactly `LEN` of them.
+    pub fn from_slice(bytes: &[u8]) -> Option<RequestId> {
+        bytes.try_into().ok().map(RequestId)
+    }
 }
 
 impl From<u128> for RequestId {

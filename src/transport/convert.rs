@@ -178,10 +178,10 @@ pub fn batch_from_pb(b: pb::WalBatch, max_record_bytes: usize) -> Result<WalBatc
     }
     let mut records = Vec::with_capacity(b.records.len());
     for r in b.records {
-        let request_id = match r.request_id.len() {
-            0 => None,
-            RequestId::LEN => Some(RequestId(r.request_id[..].try_into().unwrap())),
-            n => {
+        let request_id = match (r.request_id.len(), RequestId::from_slice(&r.request_id)) {
+            (0, _) => None,
+            (_, Some(id)) => Some(id),
+            (n, None) => {
                 return Err(malformed(
                     "record",
                     format!(
@@ -354,7 +354,7 @@ pub fn request_ids_from_pb(
     let mut last = after;
     let mut ids = Vec::with_capacity(r.ids.len());
     for e in r.ids {
-        let id = <[u8; RequestId::LEN]>::try_from(&e.request_id[..]).map_err(|_| {
+        let id = RequestId::from_slice(&e.request_id).ok_or_else(|| {
             malformed(
                 "request ids",
                 format!(
@@ -375,7 +375,7 @@ pub fn request_ids_from_pb(
         }
         last = lsn;
         ids.push(crate::types::RequestIdAt {
-            id: RequestId(id),
+            id,
             lsn,
             epoch: Epoch(e.epoch),
         });

@@ -127,11 +127,8 @@ pub fn decode(
     let epoch = Epoch(u64::from_le_bytes(buf[12..20].try_into().unwrap()));
     let stored = u32::from_le_bytes(buf[20..24].try_into().unwrap());
     let request_id = (id_len > 0).then(|| {
-        RequestId(
-            buf[HEADER_LEN..HEADER_LEN + RequestId::LEN]
-                .try_into()
-                .unwrap(),
-        )
+        RequestId::from_slice(&buf[HEADER_LEN..HEADER_LEN + RequestId::LEN])
+            .expect("a slice of LEN bytes")
     });
     let record = Record {
         lsn,

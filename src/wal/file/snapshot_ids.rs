@@ -74,7 +74,7 @@ pub(super) fn decode(buf: &[u8], path: &Path) -> Result<Vec<RequestIdAt>, WalErr
     Ok(buf[HEADER..body_len]
         .chunks_exact(ENTRY)
         .map(|e| RequestIdAt {
-            id: RequestId(e[..RequestId::LEN].try_into().unwrap()),
+            id: RequestId::from_slice(&e[..RequestId::LEN]).expect("an entry's first 16 bytes"),
             lsn: Lsn(u64::from_le_bytes(e[16..24].try_into().unwrap())),
             epoch: Epoch(u64::from_le_bytes(e[24..32].try_into().unwrap())),
         })
