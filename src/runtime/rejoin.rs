@@ -31,6 +31,7 @@ use crate::transport::{Header, Peer, SnapshotInfo, SnapshotPart, SnapshotRequest
 use crate::types::{Epoch, Lsn, NodeId, RequestIdAt};
 use crate::wal::{WalStore, record};
 use futures::StreamExt;
+use request_ids::request_ids_covered;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -352,68 +353,6 @@ async fn resync_from_snapshot(
     let restore_ms = started.elapsed().as_millis() as u64;
     tracing::info!(lsn = %ctx.sm.applied_lsn(), bytes = info.total_bytes, request_ids = ids.len(), restore_ms, "restored from snapshot");
     Ok(Some(ids))
-}
-
-/// Tries per reply of `request_ids_covered` before the rejoin gives up
-/// this attempt.
-const ID_FETCH_TRIES: u32 = 3;
-
-/// The request ids of the records up to `up_to` (the snapshot's LSN) that
-/// the primary recognises, asked for one reply at a time, the newest
-/// `Config::max_request_ids` kept. `Err(None)`: the link failed (the
-/// caller retries the rejoin); a primary that serves none (an older
-/// walrep) gives none, said in the log.
-async fn request_ids_covered(
-    ctx: &Ctx,
-    header: &Header,
-    up_to: Lsn,
-) -> Result<Vec<RequestIdAt>, Option<Fatal>> {
-    let capacity = ctx.cfg.max_request_ids;
-    let mut ids = std::collections::VecDeque::new();
-    let mut after = Lsn::ZERO;
-    while capacity > 0 && after < up_to {
-        let mut tries = 0;
-        let reply = loop {
-            tries += 1;
-            match ctx
-                .peer
-                .fetch_request_ids(header.clone(), after, up_to)
-                .await
-            {
-                Ok(reply) => break reply,
-                // A blip should not cost the received snapshot (a retried
-                // rejoin may find it replaced and start over); a refusal
-                // would only be repeated.
-                Err(e) if e.is_unreachable() && tries < ID_FETCH_TRIES => {
-                    tracing::debug!(error = %e, tries, "rejoin: fetching request ids failed; trying again");
-                    tokio::time::sleep(ctx.cfg.reconnect_backoff_min * tries).await;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "rejoin: the request ids the snapshot covers could not be fetched");
-                    return Err(None);
-                }
-            }
-        };
-        let Some(reply) = reply else {
-            tracing::warn!(
-                leader = %ctx.leader,
-                "the primary lists no request ids (an older walrep): retries of the writes its snapshot covers are not recognised here"
-            );
-            break;
-        };
-        let Some(last) = reply.ids.last().map(|e| e.lsn) else {
-            break;
-        };
-        ids.extend(reply.ids);
-        while ids.len() > capacity {
-            ids.pop_front();
-        }
-        if !reply.more {
-            break;
-        }
-        after = last;
-    }
-    Ok(ids.into())
 }
 
 /// Runs `work` (the engine's restore, the WAL's reset) as blocking work
@@ -937,6 +876,7 @@ fn keep_rewound(
     Ok(count)
 }
 
+mod request_ids;
 #[cfg(test)]
 mod tests;
 mod writes;

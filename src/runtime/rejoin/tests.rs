@@ -1,3 +1,4 @@
+use super::request_ids::ID_FETCH_TRIES;
 use super::*;
 use crate::testing::MemStateMachine;
 use crate::transport::{MockPeer, SnapshotStream};
