@@ -350,6 +350,8 @@ impl Peer for GrpcPeer {
         };
         let mut client = self.control.clone();
         let call = client.fetch_request_ids(request(msg, self.rpc_timeout));
+        // Not `call`: it would turn `Unimplemented` (a primary of an older
+        // walrep, which lists no ids) into a failure like any other.
         match tokio::time::timeout(self.rpc_timeout, call).await {
             Err(_) => Err(TransportError::Timeout),
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
