@@ -17,6 +17,7 @@ mod cache;
 mod meta;
 mod read;
 mod recovery;
+mod reserve;
 mod rounds;
 mod sealed;
 mod segment;
@@ -28,6 +29,7 @@ use super::record::{self, FrameFormat};
 use super::{WalError, WalMeta, WalStore, check_append};
 use crate::types::{Epoch, EpochHistory, Lsn, Record, RequestIdAt};
 use cache::TailCache;
+use reserve::preallocate_bytes;
 use rounds::SyncRounds;
 use segment::{Segment, SegmentHeader};
 use std::fs::{self, File};
@@ -844,49 +846,6 @@ impl WalStore for FileWal {
         guard.check_poison()?;
         self.persist_meta(&mut guard, meta)
     }
-}
-
-/// How many bytes a new segment reserves (0: none).
-/// What a new segment in `dir` reserves: `segment_bytes` with
-/// `preallocate`, unless the file system has less than twice that free.
-/// Then nothing is reserved (appends grow the file; only slower), so a
-/// small or nearly full disk never fails a start or a roll for a
-/// reservation the log may never use.
-fn preallocate_bytes(opts: &FileWalOptions, dir: &Path) -> u64 {
-    let reserve = reserve_for(opts, free_bytes(dir));
-    if opts.preallocate && reserve == 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            segment_bytes = opts.segment_bytes,
-            "less than twice segment_bytes free on the WAL's disk; new segments are not preallocated"
-        );
-    }
-    reserve
-}
-
-fn reserve_for(opts: &FileWalOptions, free: Option<u64>) -> u64 {
-    match free {
-        _ if !opts.preallocate => 0,
-        Some(free) if free < opts.segment_bytes.saturating_mul(2) => 0,
-        _ => opts.segment_bytes,
-    }
-}
-
-/// Bytes an unprivileged writer may still use on `dir`'s file system;
-/// `None` if the OS does not say.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `st` is written by
-    // statvfs before it is read, only when it returns 0.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WalError {

@@ -1070,28 +1070,6 @@ fn a_log_whose_meta_was_deleted_refuses_to_open_instead_of_forgetting_its_epoch(
     assert_eq!(segment_files(&dir).len(), 1);
 }
 
-#[test]
-fn segments_are_preallocated_only_with_twice_their_size_free() {
-    let opts = FileWalOptions {
-        segment_bytes: 64 << 20,
-        preallocate: true,
-        ..FileWalOptions::default()
-    };
-    assert_eq!(reserve_for(&opts, Some(1 << 40)), 64 << 20);
-    assert_eq!(reserve_for(&opts, None), 64 << 20);
-    assert_eq!(reserve_for(&opts, Some(128 << 20)), 64 << 20);
-    assert_eq!(reserve_for(&opts, Some((128 << 20) - 1)), 0);
-    assert_eq!(reserve_for(&opts, Some(64 << 20)), 0);
-    let off = FileWalOptions {
-        preallocate: false,
-        ..opts
-    };
-    assert_eq!(reserve_for(&off, Some(1 << 40)), 0);
-    // This machine's temp dir answers statvfs.
-    let dir = TempDir::new().unwrap();
-    assert!(free_bytes(dir.path()).is_some_and(|b| b > 0));
-}
-
 // Request ids in the log, and logs written before they existed.
 
 fn with_id(lsn: u64, epoch: u64) -> Record {
