@@ -1194,6 +1194,69 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
     replica.shutdown().await;
 }
 
+/// A node told to stop with its mailbox full (more writers queued than it
+/// holds) and an fsync in flight still stops: the flusher, which the stop
+/// waits for, is not left blocked sending the fsync's result to a mailbox
+/// nobody reads any more, and every queued writer is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
+    let (wal, mut syncs) = GatedWal::new(Held::Syncs);
+    let wal = Arc::new(wal);
+    let _open_at_the_end = wal.open_on_drop();
+    wal.set_meta(&WalMeta {
+        epoch: Epoch(1),
+        leader: Some(NodeId::from("n1")),
+        confirmed: true,
+        restart_points: Default::default(),
+    })
+    .unwrap();
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let (replica, _service) = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
+        .peer(Arc::new(unreachable_peer()))
+        .start_without_server()
+        .unwrap();
+    writable(&replica).await;
+    let first = tokio::spawn({
+        let r = replica.clone();
+        async move { r.apply(put()).await }
+    });
+    syncs.recv().await.expect("the write's fsync never started");
+    let stopping = tokio::spawn({
+        let r = replica.clone();
+        async move { r.shutdown().await }
+    });
+    // The stop has begun once the waiting write is answered.
+    let answered = first.await.unwrap();
+    assert!(matches!(answered, Err(Error::ShuttingDown)), "{answered:?}");
+    // More writers than the mailbox holds: it fills, since nobody reads it,
+    // unless the stop refuses them at once.
+    let room = replica.mailbox_room();
+    let writers: Vec<_> = (0..room + 16)
+        .map(|_| {
+            let r = replica.clone();
+            tokio::spawn(async move { r.apply(put()).await })
+        })
+        .collect();
+    while replica.mailbox_room() > 0 && !writers.iter().all(|w| w.is_finished()) {
+        tokio::task::yield_now().await;
+    }
+    wal.open();
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the node never stopped: a task it waits for is stuck on its full mailbox")
+        .unwrap();
+    for w in writers {
+        let answer = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("a queued writer was never answered")
+            .unwrap();
+        assert!(matches!(answer, Err(Error::ShuttingDown)), "{answer:?}");
+    }
+}
+
 /// A standby that takes the WAL stream and never acknowledges a batch: the
 /// batches the primary sent stay in `sent` for the test to count.
 fn standby_that_never_acks(

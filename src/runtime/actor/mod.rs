@@ -335,6 +335,14 @@ impl Actor {
                             }
                         }
                         if self.stop_now {
+                            // Nobody reads the mailbox from here on: close
+                            // it, so that a task the stop waits for (the
+                            // flusher ending its fsync, the applier) finds
+                            // its send refused instead of waiting forever
+                            // for room in a full one. What is queued is
+                            // dropped with the actor: its callers hear
+                            // `ShuttingDown`.
+                            rx.close();
                             self.shutdown().await;
                             for reply in self.stop_replies.drain(..) {
                                 let _ = reply.send(());
