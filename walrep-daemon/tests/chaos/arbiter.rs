@@ -131,12 +131,12 @@ async fn cut_between_the_nodes_with(
     if survivor == 1 {
         // The old primary learns the new epoch from the witness (its
         // refresh, or its own swap's conflict), not from n2: it stops.
-        wait_health(&c.http[0], "old primary stopped by the witness", |h| {
+        c.wait_or_show_evidence(0, "old primary stopped by the witness", |h| {
             !h.writable && h.epoch >= 2
         })
         .await;
     } else {
-        wait_health(&c.http[1], "standby refused the promotion", |h| {
+        c.wait_or_show_evidence(1, "standby refused the promotion", |h| {
             h.role == "standby" && h.epoch == 1 && held_back(h).is_some()
         })
         .await;
@@ -244,10 +244,11 @@ async fn with_a_witness_a_primary_cut_from_both_refuses_writes_and_the_standby_t
     let h = c.wait_primary(1).await;
     assert_eq!(h.epoch, 2);
     // It tried to take n2 out of the sync set, could not, and refuses.
-    let refusing = wait_health(&c.http[0], "isolated primary refusing writes", |h| {
-        !h.writable && held_back(h).is_some()
-    })
-    .await;
+    let refusing = c
+        .wait_or_show_evidence(0, "isolated primary refusing writes", |h| {
+            !h.writable && held_back(h).is_some()
+        })
+        .await;
     assert_eq!(refusing.epoch, 1, "n1 heard of epoch 2 through the cut");
     load.wait_refusals(0, fault, 3).await;
     load.wait_acks(1, 2, fault, 50).await;
@@ -287,10 +288,9 @@ async fn with_the_witness_down_a_dead_primary_is_replaced_only_once_the_witness_
 
     let fault = Instant::now();
     c.nodes[0].kill();
-    let held = wait_health(&c.http[1], "the failover held back", |h| {
-        held_back(h).is_some()
-    })
-    .await;
+    let held = c
+        .wait_or_show_evidence(1, "the failover held back", |h| held_back(h).is_some())
+        .await;
     assert_eq!((held.role.as_str(), held.epoch), ("standby", 1), "{held:?}");
     // A stretch with the primary dead and the witness down, twice the
     // failover timeout: the samplers record that n2 stays a standby.
@@ -377,12 +377,13 @@ async fn the_witness_restarted_from_its_file_or_from_nothing_keeps_the_pair_in_s
         .await;
     assert!(wh.swaps >= 1, "{wh:?}");
     // Its primary puts the standby back into the (rebuilt, empty) sync set.
-    let n2 = wait_health(&c.http[1], "the rebuilt register in sync", |h| {
-        register(h).is_some_and(|r| {
-            r.epoch == h.epoch && r.sync_set == ["n1"] && r.primary.as_deref() == Some("n2")
+    let n2 = c
+        .wait_or_show_evidence(1, "the rebuilt register in sync", |h| {
+            register(h).is_some_and(|r| {
+                r.epoch == h.epoch && r.sync_set == ["n1"] && r.primary.as_deref() == Some("n2")
+            })
         })
-    })
-    .await;
+        .await;
     let n1 = c.wait_rejoined(0, 2).await;
     let rebuilt = c.witness.as_ref().unwrap().register("test").await;
     assert_eq!(
@@ -454,10 +455,11 @@ async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_r
 
     // The register moves on: a failover, and n1 back in the sync set.
     fail_over_and_rejoin(&mut c, &load, 0, 1, 2).await;
-    let n2 = wait_health(&c.http[1], "n1 back in the sync set", |h| {
-        register(h).is_some_and(|r| r.epoch == 2 && r.sync_set == ["n1"])
-    })
-    .await;
+    let n2 = c
+        .wait_or_show_evidence(1, "n1 back in the sync set", |h| {
+            register(h).is_some_and(|r| r.epoch == 2 && r.sync_set == ["n1"])
+        })
+        .await;
     let before = register(&n2).expect("n2 knows the register").version;
     assert!(before > copied.version, "{before} / {copied:?}");
 
@@ -466,7 +468,7 @@ async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_r
     std::fs::write(&file, &old_copy).expect("the older copy written back");
     let wh = c.witness().spawn().await;
     assert_eq!(wh.clusters, 1, "the witness did not read the copy");
-    wait_health(&c.http[1], "the register rebuilt above what n2 saw", |h| {
+    c.wait_or_show_evidence(1, "the register rebuilt above what n2 saw", |h| {
         register(h).is_some_and(|r| {
             r.version > before && r.epoch == 2 && r.primary.as_deref() == Some("n2")
         })
@@ -493,7 +495,7 @@ async fn the_witness_restarted_on_an_older_copy_of_its_file_forgets_it_and_the_r
         "the witness did not count the register it forgot:\n{metrics}"
     );
     load.wait_acks(1, 2, Instant::now(), 20).await;
-    wait_health(&c.http[1], "n1 in the rebuilt sync set", |h| {
+    c.wait_or_show_evidence(1, "n1 in the rebuilt sync set", |h| {
         register(h).is_some_and(|r| r.sync_set == ["n1"])
     })
     .await;

@@ -37,10 +37,8 @@ async fn crash_of_the_standby_leaves_the_primary_writing_and_it_catches_up() {
 
     c.nodes[1].kill();
     // The primary goes on alone after sync_timeout of failed attempts.
-    wait_health(&c.http[0], "solo primary", |h| {
-        is_writable_primary(h) && h.solo
-    })
-    .await;
+    c.wait_or_show_evidence(0, "solo primary", |h| is_writable_primary(h) && h.solo)
+        .await;
     load.wait_acks(0, 1, Instant::now(), 50).await;
 
     c.nodes[1].spawn().expect("walrep restarts");

@@ -14,7 +14,8 @@ async fn partition_in_block_mode(name: &'static str, mode: LinkMode) {
     let fault = Instant::now();
     c.cut(mode);
     c.wait_primary(1).await;
-    wait_health(&c.http[0], "old primary refusing writes", |h| !h.writable).await;
+    c.wait_or_show_evidence(0, "old primary refusing writes", |h| !h.writable)
+        .await;
     load.wait_acks(1, 2, fault, 50).await;
     // A stretch of the partition with the old primary refusing.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -65,7 +66,7 @@ async fn a_partition_in_solo_mode_drops_only_what_the_old_primary_acknowledged_a
     c.wait_primary(1).await;
     load.wait_acks(1, 2, fault, 50).await;
     // Both sides write: the old primary alone once sync_timeout passed.
-    wait_health(&c.http[0], "old primary gone solo", |h| {
+    c.wait_or_show_evidence(0, "old primary gone solo", |h| {
         is_writable_primary(h) && h.solo && h.epoch == 1
     })
     .await;
@@ -109,10 +110,11 @@ async fn a_one_way_partition_fences_the_old_primary_through_the_open_direction()
     let fault = Instant::now();
     c.links[0].set(LinkMode::Blackhole);
     c.wait_primary(1).await;
-    let fenced = wait_health(&c.http[0], "old primary fenced while cut", |h| {
-        h.epoch >= 2 && !h.writable
-    })
-    .await;
+    let fenced = c
+        .wait_or_show_evidence(0, "old primary fenced while cut", |h| {
+            h.epoch >= 2 && !h.writable
+        })
+        .await;
     assert_ne!(fenced.role, "primary", "{fenced:?}");
     load.wait_acks(1, 2, fault, 50).await;
 

@@ -1,6 +1,5 @@
 //! A node stopped (SIGSTOP) past the failover timeout, then resumed.
 
-use crate::daemon_support::*;
 use crate::harness::*;
 use hyper::Method;
 use std::time::Instant;
@@ -20,7 +19,9 @@ async fn a_paused_primary_refuses_writes_once_it_learns_the_new_epoch() {
 
     c.nodes[0].signal(libc::SIGCONT).unwrap();
     let resumed = Instant::now();
-    let learned = wait_health(&c.http[0], "epoch 2 learned", |h| h.epoch >= 2).await;
+    let learned = c
+        .wait_or_show_evidence(0, "epoch 2 learned", |h| h.epoch >= 2)
+        .await;
     assert!(!learned.writable, "{learned:?}");
     // Once it knows the new epoch, the old primary refuses every write.
     let mut old = HttpClient::new(&c.http[0]).with_timeout(WRITE_TIMEOUT);

@@ -1,6 +1,5 @@
 //! Both nodes killed and restarted.
 
-use crate::daemon_support::*;
 use crate::harness::*;
 use std::time::Instant;
 
@@ -51,7 +50,7 @@ async fn both_nodes_killed_after_a_failover_resume_with_the_newer_primary() {
     // The old primary first, with its original flags (--role primary): it
     // must not write in epoch 1 before hearing from n2.
     c.nodes[0].spawn().expect("walrep restarts");
-    wait_health(&c.http[0], "n1 up", |_| true).await;
+    c.wait_or_show_evidence(0, "n1 up", |_| true).await;
     c.nodes[1].spawn().expect("walrep restarts");
     let back = Instant::now();
     c.wait_primary(1).await;

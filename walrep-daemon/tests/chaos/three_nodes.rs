@@ -204,10 +204,11 @@ async fn partitioning_each_node_of_three_in_turn_loses_nothing_and_converges() {
             figures.followed.push(fault.elapsed());
             // It tried to take both standbys out of the sync set, could
             // not reach the witness, and refuses.
-            let refusing = wait_health(&c.http[cut], "the cut primary refusing writes", |h| {
-                !h.writable && held_back(h).is_some()
-            })
-            .await;
+            let refusing = c
+                .wait_or_show_evidence(cut, "the cut primary refusing writes", |h| {
+                    !h.writable && held_back(h).is_some()
+                })
+                .await;
             assert_eq!(
                 refusing.epoch, epoch,
                 "{} heard of epoch {} through the cut",
@@ -231,27 +232,29 @@ async fn partitioning_each_node_of_three_in_turn_loses_nothing_and_converges() {
                 "{} going on with {} alone in its sync set",
                 NAMES[primary], NAMES[other]
             );
-            let h = wait_health(&c.http[primary], &what, |h| {
-                let counted = |n: usize| {
-                    h.standbys
-                        .iter()
-                        .any(|s| s.id == NAMES[n] && s.counted && s.connected)
-                };
-                is_writable_primary(h)
-                    && h.epoch == epoch
-                    && !h.standbys.iter().any(|s| s.id == NAMES[cut] && s.counted)
-                    && counted(other)
-                    && register(h).is_some_and(|r| r.sync_set == [NAMES[other]])
-            })
-            .await;
+            let h = c
+                .wait_or_show_evidence(primary, &what, |h| {
+                    let counted = |n: usize| {
+                        h.standbys
+                            .iter()
+                            .any(|s| s.id == NAMES[n] && s.counted && s.connected)
+                    };
+                    is_writable_primary(h)
+                        && h.epoch == epoch
+                        && !h.standbys.iter().any(|s| s.id == NAMES[cut] && s.counted)
+                        && counted(other)
+                        && register(h).is_some_and(|r| r.sync_set == [NAMES[other]])
+                })
+                .await;
             let took = fault.elapsed();
             load.wait_acks(primary, epoch, Instant::now(), 30).await;
             // Its primary silent for failover_timeout, the cut standby
             // asked the witness to promote it, and could not reach it.
-            let held = wait_health(&c.http[cut], "the cut standby's failover held back", |h| {
-                held_back(h).is_some()
-            })
-            .await;
+            let held = c
+                .wait_or_show_evidence(cut, "the cut standby's failover held back", |h| {
+                    held_back(h).is_some()
+                })
+                .await;
             assert_eq!(
                 (held.role.as_str(), held.epoch),
                 ("standby", epoch),

@@ -38,7 +38,8 @@ async fn a_torn_wal_tail_under_the_standbys_kv_snapshot_resyncs_and_catches_up()
     .await;
     let first = write_all(&c.http[0], "before-", 100).await;
     let last = c.health(0).await.unwrap().last_lsn;
-    wait_health(&c.http[1], "applied everything", |h| h.applied_lsn == last).await;
+    c.wait_or_show_evidence(1, "applied everything", |h| h.applied_lsn == last)
+        .await;
     let deadline = Instant::now() + WAIT;
     while kv_snapshot_lsn(&c.data_dir(1)) < last {
         assert!(Instant::now() < deadline, "no KV snapshot at {last} on n2");

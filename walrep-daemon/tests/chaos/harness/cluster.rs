@@ -282,13 +282,14 @@ impl Cluster {
 
     /// Waits for node `i` to be a writable primary; returns its report.
     pub async fn wait_primary(&self, i: usize) -> HealthReport {
-        wait_health(&self.http[i], "writable primary", is_writable_primary).await
+        self.wait_or_show_evidence(i, "writable primary", is_writable_primary)
+            .await
     }
 
     /// Waits for node `i` to be a standby streaming from a primary of at
     /// least `epoch`, and eligible (in sync) again.
     pub async fn wait_rejoined(&self, i: usize, epoch: u64) -> HealthReport {
-        wait_health(&self.http[i], "rejoined as a streaming standby", |h| {
+        self.wait_or_show_evidence(i, "rejoined as a streaming standby", |h| {
             is_streaming_standby(h) && h.epoch >= epoch
         })
         .await
@@ -328,7 +329,7 @@ impl Cluster {
     /// streaming or in sync).
     pub async fn wait_follows(&self, i: usize, primary: usize, epoch: u64) -> HealthReport {
         let what = format!("{} following {} at epoch {epoch}", NAMES[i], NAMES[primary]);
-        wait_health(&self.http[i], &what, |h| {
+        self.wait_or_show_evidence(i, &what, |h| {
             h.role == "standby"
                 && h.epoch == epoch
                 && h.leader_id.as_deref() == Some(NAMES[primary])
