@@ -359,16 +359,16 @@ impl Replica {
         self.inner.local_addr
     }
 
-    /// Stops the replication server at once, without a handover: for
-    /// tests that kill a node as a crash would (the peer's calls fail
-    /// from now on). `shutdown` still stops the node.
-    #[cfg(any(test, feature = "testing"))]
     /// How many more messages the node's mailbox takes now.
     #[cfg(test)]
     pub(crate) fn mailbox_room(&self) -> usize {
         self.inner.tx.capacity()
     }
 
+    /// Stops the replication server at once, without a handover: for
+    /// tests that kill a node as a crash would (the peer's calls fail
+    /// from now on). `shutdown` still stops the node.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn abort_server(&self) {
         if let Some(server) = self.inner.server.lock().unwrap().take() {
             server.stop.cancel();
