@@ -1,8 +1,10 @@
 //! Serves the HTTP API with bounds a hostile or broken client cannot
 //! exceed: a cap on open connections (below the process's file limit, so
 //! the WAL and snapshots always get file handles), and a deadline for a
-//! request's headers that also closes idle keep-alive connections. (A
-//! `PUT` body has a deadline of its own, in the handler that reads it.)
+//! request's headers (at most `MAX_HEADER_BYTES`) that also closes idle
+//! keep-alive connections, and one for each write of a response, so a
+//! client that stops reading loses its connection. (A `PUT` body has a
+//! deadline of its own, in the handler that reads it.)
 //!
 //! At the cap a new connection is accepted and closed at once (counted as
 //! `walrep_rejected_requests_total{api="http",reason="connection_limit"}`),
@@ -43,7 +45,9 @@ pub struct HttpLimits {
     /// Longest wait for a request's headers, from the end of the previous
     /// request on a keep-alive connection (so also the idle timeout).
     pub header_timeout: Duration,
-    /// How long open requests get to finish when the server stops.
+    /// How long open requests get to finish when the server stops, and
+    /// the longest a response may go without any of it being taken by
+    /// the client (a client that stops reading loses its connection).
     pub request_timeout: Duration,
 }
 
@@ -149,7 +153,7 @@ impl Drop for HandshakeSlot {
 /// Serves `app` on `listener` within `limits` until `stop` is cancelled,
 /// then lets open requests finish; over HTTPS when `tls` is given.
 /// `rejected` counts refused connections by reason (`connection_limit`,
-/// `handshakes_per_source`, `tls_handshake`).
+/// `handshakes_per_source`, `tls_handshake`, `response_unread`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -160,6 +164,7 @@ pub async fn serve(
 ) {
     let rejected = Arc::new(rejected);
     let handshake_log = Arc::new(OncePerMinute::default());
+    let unread_log = Arc::new(OncePerMinute::default());
     let per_source_log = OncePerMinute::default();
     let in_handshake = Arc::new(InHandshake::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -214,13 +219,18 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         let header_timeout = limits.header_timeout;
+        let unread = Unread {
+            limits,
+            rejected: rejected.clone(),
+            log: unread_log.clone(),
+        };
         while open.try_join_next().is_some() {}
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         let (rejected, handshake_log) = (rejected.clone(), handshake_log.clone());
         open.spawn(async move {
             let _slot = slot;
             let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, service, header_timeout, stop).await;
+                return serve_connection(tcp, service, unread, stop).await;
             };
             let handshake = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -229,7 +239,7 @@ pub async fn serve(
             drop(source);
             let why = match handshake {
                 Ok(Ok(stream)) => {
-                    return serve_connection(stream, service, header_timeout, stop).await;
+                    return serve_connection(stream, service, unread, stop).await;
                 }
                 // Closed by the client before the handshake ended: a TCP
                 // health check (a load balancer's), not a refusal.
@@ -262,28 +272,78 @@ pub async fn serve(
     }
 }
 
+/// The most a request's headers may take (more: 431), and the largest
+/// read buffer of a connection: with thousands of connections each
+/// sending headers slowly, hyper's default (~400 KiB each) would reach
+/// gigabytes.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// What a connection needs to close itself on a client that stopped
+/// reading its responses, and to say so.
+struct Unread {
+    limits: HttpLimits,
+    rejected: Arc<dyn Fn(&'static str) + Send + Sync>,
+    log: Arc<OncePerMinute>,
+}
+
 /// One HTTP/1.1 connection (clear or TLS) until it ends or `stop`.
+///
+/// Hyper's only timer is the header deadline, which runs while it waits
+/// for a request. A response the client does not read (pipelined requests
+/// it never reads the answers of) would hold the connection, its slot and
+/// the response's memory forever: a write that makes no progress for
+/// `http_request_timeout_ms` ends the connection, counted as
+/// `reason="response_unread"`.
 async fn serve_connection<S>(
     io: S,
     service: TowerToHyperService<Router>,
-    header_timeout: Duration,
+    unread: Unread,
     stop: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(unread.limits.request_timeout));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(unread.limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(Box::pin(io)), service);
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
+        }
+    };
+    if let Err(e) = ended
+        && write_timed_out(&e)
+    {
+        (unread.rejected)("response_unread");
+        if unread.log.due() {
+            warn!(
+                timeout = ?unread.limits.request_timeout,
+                "closed an HTTP connection whose client took none of its response for http_request_timeout_ms (counted; logged once a minute)"
+            );
         }
     }
+}
+
+/// Whether hyper ended the connection because a write timed out.
+fn write_timed_out(e: &hyper::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ pub const HTTP_REFUSAL_REASONS: &[&str] = &[
     "not_primary",
     "peer_error",
     "promotion_refused",
+    "response_unread",
     "shutting_down",
     "sync_timeout",
     "timeout",

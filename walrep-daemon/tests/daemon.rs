@@ -291,10 +291,10 @@ async fn http_connections_are_capped_and_idle_or_slow_ones_are_closed() {
     for s in &mut idle {
         assert_eq!(until_closed(s).await, "");
     }
-    let (metrics, _) = scrape(&p.a_http).await;
+    let (metrics, m) = scrape(&p.a_http).await;
     assert!(
-        metrics.contains("reason=\"connection_limit\""),
-        "refusal counted"
+        http_refusals(&m, "connection_limit") >= 1.0,
+        "refusal counted:\n{metrics}"
     );
     // A body that stalls: 408, and nothing written.
     let mut slow = connect().await.unwrap();
@@ -304,6 +304,65 @@ async fn http_connections_are_capped_and_idle_or_slow_ones_are_closed() {
     let answer = until_closed(&mut slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(health(&p.a_http).await.last_lsn, 6);
+
+    // Headers above 64 KiB are refused, not buffered.
+    let mut large = connect().await.unwrap();
+    let padding = "x".repeat(100 << 10);
+    let _ = large
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nhost: x\r\nx-pad: {padding}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let answer = until_closed(&mut large).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A client that sends requests and never reads the answers: once the
+    // answers fill the socket's buffers the node's writes make no
+    // progress, and after http_request_timeout_ms it closes the
+    // connection (counted), instead of holding its slot for ever.
+    let (mut from_node, mut to_node) = connect().await.unwrap().into_split();
+    let flood = tokio::spawn(async move {
+        let request = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+        for _ in 0..1000 {
+            if to_node.write_all(&request).await.is_err() {
+                return;
+            }
+        }
+    });
+    wait_for_refusal(&p.a_http, "response_unread").await;
+    let mut taken = Vec::new();
+    let read = tokio::time::timeout(WAIT, from_node.read_to_end(&mut taken)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let answers = String::from_utf8_lossy(&taken)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answers < 1_000_000, "every request was answered: {answers}");
+    flood.abort();
+}
+
+/// How many HTTP refusals `scrape` counts for `reason` (every reason is
+/// exported from 0).
+fn http_refusals(scrape: &prometheus_parse::Scrape, reason: &str) -> f64 {
+    let labels = [("api", "http"), ("reason", reason)];
+    sample(scrape, "walrep_rejected_requests_total", &labels)
+        .or_else(|| sample(scrape, "walrep_rejected_requests", &labels))
+        .unwrap_or(0.0)
+}
+
+/// Scrapes `addr`'s metrics until an HTTP refusal for `reason` is counted.
+async fn wait_for_refusal(addr: &str, reason: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, m) = scrape(addr).await;
+        if http_refusals(&m, reason) >= 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTP refusal counted as {reason} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
