@@ -175,6 +175,11 @@ impl Drop for BuiltSnapshot {
     fn drop(&mut self) {
         if let SnapshotData::Built { path, .. } = &self.data {
             let _ = std::fs::remove_file(path);
+            #[cfg(test)]
+            tests::REMOVED_ON
+                .lock()
+                .unwrap()
+                .push((path.clone(), std::thread::current().id()));
         }
     }
 }
@@ -334,7 +339,7 @@ impl Snapshots {
             }
             // Stale: no new transfer starts from it; those under way keep
             // it until they end.
-            inner.current = None;
+            self.drop_aside(inner.current.take());
         }
         if let Some(p) = &inner.building {
             return p.clone();
@@ -392,9 +397,22 @@ impl Snapshots {
     /// is being, or was, replaced).
     pub(crate) fn invalidate(&self) {
         let mut inner = self.inner.lock().unwrap();
-        inner.current = None;
+        self.drop_aside(inner.current.take());
         inner.building = None;
         inner.generation += 1;
+    }
+
+    /// Drops a build on a blocking thread when the disk may block: the
+    /// last reference removes its file, and unlinking a file of gigabytes
+    /// takes the filesystem long enough (hundreds of milliseconds) to stall
+    /// the node's task, heartbeats included, if done there.
+    fn drop_aside(&self, build: Option<Arc<BuiltSnapshot>>) {
+        match build {
+            Some(b) if self.wal.may_block() => {
+                tokio::task::spawn_blocking(move || drop(b));
+            }
+            other => drop(other),
+        }
     }
 
     /// Whether a standby that restores `b` can continue from our WAL.

@@ -19,6 +19,10 @@ fn store(
 }
 
 fn append(wal: &MemWal, sm: &MemStateMachine, from: u64, to: u64) {
+    append_to(wal, sm, from, to)
+}
+
+fn append_to(wal: &dyn WalStore, sm: &MemStateMachine, from: u64, to: u64) {
     let records: Vec<Record> = (from..=to)
         .map(|i| Record {
             lsn: Lsn(i),
@@ -140,6 +144,54 @@ async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
     assert_eq!(sm.snapshots_taken(), 2, "stale: rebuilt");
     assert_eq!(newer.lsn, Lsn(10));
     assert!(!path.exists(), "the stale build's file is gone");
+}
+
+/// The files of dropped builds, with the thread that removed each.
+pub(super) static REMOVED_ON: Mutex<Vec<(PathBuf, std::thread::ThreadId)>> = Mutex::new(Vec::new());
+
+/// A stale build is dropped, and its file (possibly of gigabytes, slow to
+/// unlink) removed, on a blocking thread when the disk may block: not on
+/// the node's task that asked for a snapshot, which also answers the
+/// peer's heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
+    let sm = Arc::new(MemStateMachine::new());
+    let (wal, _removals) = crate::wal::gated::GatedWal::new(crate::wal::gated::Held::Removals);
+    let wal = Arc::new(wal);
+    wal.open();
+    assert!(wal.may_block());
+    append_to(&*wal, &sm, 1, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(Snapshots::new(
+        Some(dir.path().to_path_buf()),
+        sm.clone(),
+        wal.clone(),
+    ));
+    let first = snapshots.get().await.unwrap();
+    let path = first.path().unwrap().to_path_buf();
+    drop(first);
+    append_to(&*wal, &sm, 4, 10);
+    wal.sync().unwrap();
+    wal.remove_before(Lsn(6)).unwrap();
+    let asked_on = std::thread::current().id();
+    let newer = snapshots.get();
+    let removed_on = loop {
+        let found = REMOVED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, t)| *t);
+        if let Some(t) = found {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_ne!(
+        removed_on, asked_on,
+        "the stale build's file was removed by the caller of get"
+    );
+    assert_eq!(newer.await.unwrap().lsn, Lsn(10));
 }
 
 /// An engine that holds its snapshot in a file of its own: it writes
