@@ -121,6 +121,12 @@ fn standby_wal_holding(last: u64) -> Arc<MemWal> {
 /// restarted: it takes writes without waiting for the peer again.
 pub(crate) fn confirmed_primary_wal() -> Arc<MemWal> {
     let wal = MemWal::new();
+    confirm_as_primary(&wal);
+    Arc::new(wal)
+}
+
+/// Makes `wal` that of a primary (n1) of epoch 1 its peer confirmed.
+fn confirm_as_primary(wal: &dyn WalStore) {
     wal.set_meta(&WalMeta {
         epoch: Epoch(1),
         leader: Some(NodeId::from("n1")),
@@ -128,7 +134,6 @@ pub(crate) fn confirmed_primary_wal() -> Arc<MemWal> {
         restart_points: Default::default(),
     })
     .unwrap();
-    Arc::new(wal)
 }
 
 /// Waits until a fresh primary's peer confirmed it and it takes writes.
@@ -1203,13 +1208,7 @@ async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
     let (wal, mut syncs) = GatedWal::new(Held::Syncs);
     let wal = Arc::new(wal);
     let _open_at_the_end = wal.open_on_drop();
-    wal.set_meta(&WalMeta {
-        epoch: Epoch(1),
-        leader: Some(NodeId::from("n1")),
-        confirmed: true,
-        restart_points: Default::default(),
-    })
-    .unwrap();
+    confirm_as_primary(&*wal);
     let cfg = Config {
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
