@@ -865,7 +865,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> usize {
     let mut failovers: BTreeMap<&str, (usize, u64, u64, u64, u64)> = BTreeMap::new();
     // Crashes just after a rewind, and the seeds with at least one.
     let mut rewinds: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
-    let mut worst_converge = Duration::ZERO;
+    // The slowest convergence, with its seed and scenario to replay it.
+    let mut worst_converge = (Duration::ZERO, 0u64, "");
     let only = std::env::var("WALREP_SIM_SCENARIO").ok();
     // With WALREP_SIM_KEEP_GOING set, a failing seed is printed and the
     // run goes on; the test still fails at the end, listing them all.
@@ -885,8 +886,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> usize {
                     t.3 += r.checks;
                     // A run the operator had to step into converged
                     // when it did, not by itself.
-                    if r.operated.forced == 0 {
-                        worst_converge = worst_converge.max(r.converged_after);
+                    if r.operated.forced == 0 && r.converged_after > worst_converge.0 {
+                        worst_converge = (r.converged_after, seed, scenario.name);
                     }
                     if r.operated.asked > 0 {
                         let w = switchovers.entry(scenario.name).or_default();
@@ -972,7 +973,10 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> usize {
     for (name, (crashes, seeds)) in &rewinds {
         println!("  {name}: {crashes} crashes just after a rewind, in {seeds} seeds");
     }
-    println!("  slowest convergence after the last fault: {worst_converge:?}");
+    let (slowest, slowest_seed, slowest_scenario) = worst_converge;
+    println!(
+        "  slowest convergence after the last fault: {slowest:?} (seed {slowest_seed} of {slowest_scenario})"
+    );
     if !failed.is_empty() {
         let lines: Vec<String> = failed
             .iter()
