@@ -402,13 +402,17 @@ impl Snapshots {
         inner.generation += 1;
     }
 
-    /// Drops a build on a blocking thread when the disk may block: the
-    /// last reference removes its file, and unlinking a file of gigabytes
-    /// takes the filesystem long enough (hundreds of milliseconds) to stall
-    /// the node's task, heartbeats included, if done there.
+    /// Drops a build of walrep's own file on a blocking thread when the
+    /// disk may block: the last reference removes the file, and unlinking
+    /// gigabytes takes the filesystem long enough (hundreds of
+    /// milliseconds) to stall the node's task, heartbeats included, if done
+    /// there. A build the engine holds (its file or source) is let go of at
+    /// once: the caller counts on the engine having it back (a rejoin
+    /// restores right after, an engine may refuse a new source while the
+    /// old one is pinned).
     fn drop_aside(&self, build: Option<Arc<BuiltSnapshot>>) {
         match build {
-            Some(b) if self.wal.may_block() => {
+            Some(b) if self.wal.may_block() && !b.held_by_engine() => {
                 tokio::task::spawn_blocking(move || drop(b));
             }
             other => drop(other),

@@ -194,6 +194,33 @@ async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
     assert_eq!(newer.await.unwrap().lsn, Lsn(10));
 }
 
+/// A build the engine holds is let go of at once when the state is
+/// replaced, also where the disk may block: the rejoin that replaces it
+/// restores right after and counts on the engine having it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_held_build_is_released_at_once_when_the_state_is_replaced() {
+    let sm = Arc::new(MemStateMachine::new());
+    let (wal, _removals) = crate::wal::gated::GatedWal::new(crate::wal::gated::Held::Removals);
+    let wal = Arc::new(wal);
+    wal.open();
+    append_to(&*wal, &sm, 1, 3);
+    let engine = own_file(&sm);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(Snapshots::new(
+        Some(dir.path().to_path_buf()),
+        engine.clone(),
+        wal.clone(),
+    ));
+    drop(snapshots.get().await.unwrap());
+    let released = || engine.released.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(!released(), "cached");
+    snapshots.invalidate();
+    assert!(
+        released(),
+        "the engine's file was not let go of when invalidate returned"
+    );
+}
+
 /// An engine that holds its snapshot in a file of its own: it writes
 /// `MemStateMachine`'s snapshot there, followed by bytes that are not
 /// part of it, and hands out a guard that records its drop.
