@@ -974,9 +974,13 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> usize {
         println!("  {name}: {crashes} crashes just after a rewind, in {seeds} seeds");
     }
     let (slowest, slowest_seed, slowest_scenario) = worst_converge;
-    println!(
-        "  slowest convergence after the last fault: {slowest:?} (seed {slowest_seed} of {slowest_scenario})"
-    );
+    if slowest_scenario.is_empty() {
+        println!("  slowest convergence after the last fault: none measured");
+    } else {
+        println!(
+            "  slowest convergence after the last fault: {slowest:?} (seed {slowest_seed} of {slowest_scenario})"
+        );
+    }
     if !failed.is_empty() {
         let lines: Vec<String> = failed
             .iter()

@@ -401,7 +401,7 @@ pub struct NodeArgs {
     pub http_max_connections: Option<String>,
     #[arg(long, value_name = "MS", help = help("http_idle_timeout_ms", "Longest wait for a request's headers, idle keep-alive included"))]
     pub http_idle_timeout_ms: Option<String>,
-    #[arg(long, value_name = "MS", help = help("http_request_timeout_ms", "Longest a PUT body may take to arrive (408 after)"))]
+    #[arg(long, value_name = "MS", help = help("http_request_timeout_ms", "Longest a PUT body may take to arrive (408 after), and a response may go unread (the connection is closed after)"))]
     pub http_request_timeout_ms: Option<String>,
     #[arg(long, value_name = "BYTES", help = help("http_write_budget_bytes", "Most bytes of PUT bodies held at once; writers wait for room, a larger write is refused"))]
     pub http_write_budget_bytes: Option<String>,

@@ -303,7 +303,8 @@ pub struct NodeSettings {
     pub http_max_connections: Option<usize>,
     /// Longest wait for a request's headers, idle keep-alive included.
     pub http_idle_timeout: Duration,
-    /// Longest a request may take, its body included.
+    /// Longest a `PUT` body may take to arrive, and longest a response
+    /// may go without the client taking any of it.
     pub http_request_timeout: Duration,
     /// Most bytes of `PUT` bodies the HTTP API holds at once, from before
     /// a body is read until its write is answered: a writer waits for room

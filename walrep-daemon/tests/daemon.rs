@@ -330,13 +330,10 @@ async fn http_connections_are_capped_and_idle_or_slow_ones_are_closed() {
         }
     });
     wait_for_refusal(&p.a_http, "response_unread").await;
+    // Closed (or reset): what the buffers held, then the end.
     let mut taken = Vec::new();
     let read = tokio::time::timeout(WAIT, from_node.read_to_end(&mut taken)).await;
     assert!(read.is_ok(), "the connection stayed open");
-    let answers = String::from_utf8_lossy(&taken)
-        .matches("HTTP/1.1 200")
-        .count();
-    assert!(answers < 1_000_000, "every request was answered: {answers}");
     flood.abort();
 }
 
