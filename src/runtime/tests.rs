@@ -30,7 +30,7 @@ pub(crate) fn cfg(role: InitialRole) -> Config {
 
 pub(crate) fn start(
     cfg: Config,
-    wal: Arc<MemWal>,
+    wal: Arc<dyn WalStore>,
     peer: MockPeer,
 ) -> (Replica, ReplicationService) {
     Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
@@ -1181,10 +1181,7 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
         wal_retention_bytes: 1,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
-        .peer(Arc::new(silent_standby()))
-        .start_without_server()
-        .unwrap();
+    let (replica, _service) = start(cfg, wal.clone(), silent_standby());
     writable(&replica).await;
     replica.apply(put()).await.unwrap();
     replica.apply(put()).await.unwrap();
@@ -1213,10 +1210,7 @@ async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
         commit_mode: CommitMode::Async,
         ..cfg(InitialRole::Primary)
     };
-    let (replica, _service) = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
-        .peer(Arc::new(unreachable_peer()))
-        .start_without_server()
-        .unwrap();
+    let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
     writable(&replica).await;
     let first = tokio::spawn({
         let r = replica.clone();

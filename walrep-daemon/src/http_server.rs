@@ -219,7 +219,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         let header_timeout = limits.header_timeout;
-        let unread = Unread {
+        let bounds = ConnectionBounds {
             limits,
             rejected: rejected.clone(),
             log: unread_log.clone(),
@@ -230,7 +230,7 @@ pub async fn serve(
         open.spawn(async move {
             let _slot = slot;
             let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, service, unread, stop).await;
+                return serve_connection(tcp, service, bounds, stop).await;
             };
             let handshake = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -239,7 +239,7 @@ pub async fn serve(
             drop(source);
             let why = match handshake {
                 Ok(Ok(stream)) => {
-                    return serve_connection(stream, service, unread, stop).await;
+                    return serve_connection(stream, service, bounds, stop).await;
                 }
                 // Closed by the client before the handshake ended: a TCP
                 // health check (a load balancer's), not a refusal.
@@ -278,9 +278,9 @@ pub async fn serve(
 /// gigabytes.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
-/// What a connection needs to close itself on a client that stopped
-/// reading its responses, and to say so.
-struct Unread {
+/// What one connection is served within: the port's limits, and how to
+/// count and log a client that stopped reading its responses.
+struct ConnectionBounds {
     limits: HttpLimits,
     rejected: Arc<dyn Fn(&'static str) + Send + Sync>,
     log: Arc<OncePerMinute>,
@@ -297,16 +297,16 @@ struct Unread {
 async fn serve_connection<S>(
     io: S,
     service: TowerToHyperService<Router>,
-    unread: Unread,
+    bounds: ConnectionBounds,
     stop: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut io = tokio_io_timeout::TimeoutStream::new(io);
-    io.set_write_timeout(Some(unread.limits.request_timeout));
+    io.set_write_timeout(Some(bounds.limits.request_timeout));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(unread.limits.header_timeout)
+        .header_read_timeout(bounds.limits.header_timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true)
@@ -322,10 +322,10 @@ async fn serve_connection<S>(
     if let Err(e) = ended
         && write_timed_out(&e)
     {
-        (unread.rejected)("response_unread");
-        if unread.log.due() {
+        (bounds.rejected)("response_unread");
+        if bounds.log.due() {
             warn!(
-                timeout = ?unread.limits.request_timeout,
+                timeout = ?bounds.limits.request_timeout,
                 "closed an HTTP connection whose client took none of its response for http_request_timeout_ms (counted; logged once a minute)"
             );
         }

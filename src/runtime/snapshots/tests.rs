@@ -11,18 +11,14 @@ use std::time::Duration;
 /// it lives as long as the test holds it).
 fn store(
     sm: Arc<dyn crate::StateMachine>,
-    wal: Arc<MemWal>,
+    wal: Arc<dyn WalStore>,
 ) -> (Arc<Snapshots>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let s = Snapshots::new(Some(dir.path().to_path_buf()), sm, wal);
     (Arc::new(s), dir)
 }
 
-fn append(wal: &MemWal, sm: &MemStateMachine, from: u64, to: u64) {
-    append_to(wal, sm, from, to)
-}
-
-fn append_to(wal: &dyn WalStore, sm: &MemStateMachine, from: u64, to: u64) {
+fn append(wal: &dyn WalStore, sm: &MemStateMachine, from: u64, to: u64) {
     let records: Vec<Record> = (from..=to)
         .map(|i| Record {
             lsn: Lsn(i),
@@ -83,7 +79,7 @@ async fn transfer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_build() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     sm.set_snapshot_delay(Duration::from_millis(200));
     sm.set_snapshot_padding(100_000);
     let (snapshots, _dir) = store(sm.clone(), wal);
@@ -110,7 +106,7 @@ async fn concurrent_requests_share_one_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_under_way_when_the_state_is_replaced_is_never_served() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     sm.set_snapshot_delay(Duration::from_millis(300));
     let (snapshots, _dir) = store(sm.clone(), wal);
     let pending = snapshots.get();
@@ -129,10 +125,10 @@ async fn a_build_under_way_when_the_state_is_replaced_is_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     let (snapshots, _dir) = store(sm.clone(), wal.clone());
     let first = snapshots.get().await.unwrap();
-    append(&wal, &sm, 4, 10);
+    append(&*wal, &sm, 4, 10);
     let again = snapshots.get().await.unwrap();
     assert_eq!(again.id, first.id, "the WAL still holds LSN 4: reused");
     assert_eq!(sm.snapshots_taken(), 1);
@@ -149,28 +145,28 @@ async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
 /// The files of dropped builds, with the thread that removed each.
 pub(super) static REMOVED_ON: Mutex<Vec<(PathBuf, std::thread::ThreadId)>> = Mutex::new(Vec::new());
 
+/// A log on a "disk" that may block (its calls run on blocking threads),
+/// never held.
+fn disk_wal() -> Arc<crate::wal::gated::GatedWal> {
+    let (wal, _) = crate::wal::gated::GatedWal::new(crate::wal::gated::Held::Removals);
+    wal.open();
+    Arc::new(wal)
+}
+
 /// A stale build is dropped, and its file (possibly of gigabytes, slow to
 /// unlink) removed, on a blocking thread when the disk may block: not on
 /// the node's task that asked for a snapshot, which also answers the
 /// peer's heartbeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
-    let sm = Arc::new(MemStateMachine::new());
-    let (wal, _removals) = crate::wal::gated::GatedWal::new(crate::wal::gated::Held::Removals);
-    let wal = Arc::new(wal);
-    wal.open();
+    let (sm, wal) = (Arc::new(MemStateMachine::new()), disk_wal());
     assert!(wal.may_block());
-    append_to(&*wal, &sm, 1, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let snapshots = Arc::new(Snapshots::new(
-        Some(dir.path().to_path_buf()),
-        sm.clone(),
-        wal.clone(),
-    ));
+    append(&*wal, &sm, 1, 3);
+    let (snapshots, _dir) = store(sm.clone(), wal.clone());
     let first = snapshots.get().await.unwrap();
     let path = first.path().unwrap().to_path_buf();
     drop(first);
-    append_to(&*wal, &sm, 4, 10);
+    append(&*wal, &sm, 4, 10);
     wal.sync().unwrap();
     wal.remove_before(Lsn(6)).unwrap();
     let asked_on = std::thread::current().id();
@@ -199,18 +195,10 @@ async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
 /// restores right after and counts on the engine having it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_held_build_is_released_at_once_when_the_state_is_replaced() {
-    let sm = Arc::new(MemStateMachine::new());
-    let (wal, _removals) = crate::wal::gated::GatedWal::new(crate::wal::gated::Held::Removals);
-    let wal = Arc::new(wal);
-    wal.open();
-    append_to(&*wal, &sm, 1, 3);
+    let (sm, wal) = (Arc::new(MemStateMachine::new()), disk_wal());
+    append(&*wal, &sm, 1, 3);
     let engine = own_file(&sm);
-    let dir = tempfile::tempdir().unwrap();
-    let snapshots = Arc::new(Snapshots::new(
-        Some(dir.path().to_path_buf()),
-        engine.clone(),
-        wal.clone(),
-    ));
+    let (snapshots, _dir) = store(engine.clone(), wal);
     drop(snapshots.get().await.unwrap());
     let released = || engine.released.load(std::sync::atomic::Ordering::SeqCst);
     assert!(!released(), "cached");
@@ -283,7 +271,7 @@ impl StateMachine for OwnFile {
 #[tokio::test(start_paused = true)]
 async fn a_build_from_the_engines_file_is_served_as_is_and_released_when_unused() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     sm.set_snapshot_padding(5000);
     let engine = own_file(&sm);
     let (snapshots, _dir) = store(engine.clone(), wal);
@@ -322,7 +310,7 @@ async fn a_build_from_the_engines_file_is_served_as_is_and_released_when_unused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_file_older_than_the_wal_is_not_served() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 10);
+    append(&*wal, &sm, 1, 10);
     wal.sync().unwrap();
     wal.remove_before(Lsn(6)).unwrap();
     let engine = own_file(&sm);
@@ -361,7 +349,7 @@ async fn an_engine_file_older_than_the_wal_is_not_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crc_follows_the_data_only_when_asked_for_and_not_known() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     sm.set_snapshot_padding(3 << 20);
     let mut expected = Vec::new();
     sm.snapshot(&mut expected).unwrap();
@@ -452,7 +440,7 @@ impl StateMachine for FromSource {
 #[tokio::test(start_paused = true)]
 async fn a_build_from_the_engines_source_is_read_as_it_is_sent_and_makes_no_file() {
     let (sm, wal) = (Arc::new(MemStateMachine::new()), Arc::new(MemWal::new()));
-    append(&wal, &sm, 1, 3);
+    append(&*wal, &sm, 1, 3);
     sm.set_snapshot_padding(3 << 20);
     let mut expected = Vec::new();
     sm.snapshot(&mut expected).unwrap();
