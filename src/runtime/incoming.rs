@@ -165,12 +165,24 @@ impl Incoming {
         }
     }
 
-    /// Throws away what was received: the next request starts over.
-    pub(super) fn discard(slot: &mut Option<Incoming>) {
+    /// Throws away what was received: the next request starts over. The
+    /// files are removed, and the data file's last descriptor closed, on
+    /// a blocking thread where the disk may block: freeing gigabytes
+    /// received (their blocks and cached pages) takes the filesystem long
+    /// enough to stall this node's task. Other holders of the data file
+    /// (the chunk writes) must have let go of it first, so that this
+    /// close is the last.
+    pub(super) async fn discard(slot: &mut Option<Incoming>, may_block: bool) {
         if let Some(i) = slot.take() {
-            if let Some(dir) = i.path.parent() {
-                discard_files(dir);
-            }
+            let _ = super::tasks::run_blocking(may_block, move || {
+                if let Some(dir) = i.path.parent() {
+                    discard_files(dir);
+                }
+                drop(i.file);
+                #[cfg(test)]
+                super::tasks::note_removed(&i.path);
+            })
+            .await;
         }
     }
 }
@@ -276,6 +288,25 @@ mod tests {
         drop(Incoming::create(dir.path(), announced.clone()).unwrap());
         let back = Incoming::recover(dir.path()).expect("recovered");
         assert_eq!(back.info, announced);
+    }
+
+    /// Throwing away what was received (up to a whole snapshot) removes
+    /// and closes the file on a blocking thread where the disk may block,
+    /// not on the node's task that discards it; nothing is left to resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_discarded_transfer_goes_off_the_thread_that_discards_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut slot = Some(Incoming::create(dir.path(), info()).unwrap());
+        let path = dir.path().join(DATA_FILE);
+        Incoming::discard(&mut slot, true).await;
+        assert!(slot.is_none());
+        assert_ne!(
+            crate::runtime::tasks::removal_of(&path).await,
+            std::thread::current().id(),
+            "removed and closed by the task that discarded it"
+        );
+        assert!(Incoming::recover(dir.path()).is_none());
+        assert!(!path.exists() && !dir.path().join(SIDECAR_FILE).exists());
     }
 
     /// What `create` announced and the bytes written since come back

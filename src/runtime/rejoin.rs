@@ -244,17 +244,8 @@ async fn attempt_rejoin(
     let wal = ctx.wal.clone();
     let mut dropped = 0;
     if let Some(point) = truncate_after {
-        let our_last = wal.last_lsn();
-        dropped = keep_rewound(
-            wal.as_ref(),
-            point,
-            ctx.rewound_dir.as_deref(),
-            wal.epoch_at(our_last).unwrap_or(Epoch::ZERO),
-        )
-        .map_err(|e| Fatal(format!("writing rewound records: {e}")))?;
-        let removed = wal
-            .truncate_after(point)
-            .map_err(|e| Fatal(format!("truncating the WAL after {point}: {e}")))?;
+        let removed;
+        (dropped, removed) = rewind(wal, point, ctx.rewound_dir.clone()).await?;
         ctx.metrics.rewound(removed);
         tracing::warn!(
             divergence = %point,
@@ -279,7 +270,7 @@ async fn attempt_rejoin(
         ctx.metrics.snapshot_resync();
     } else if incoming.is_some() {
         // Left by an earlier run; this rejoin needed no snapshot.
-        Incoming::discard(incoming);
+        Incoming::discard(incoming, ctx.wal.may_block()).await;
     }
     tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
@@ -469,7 +460,7 @@ async fn receive_snapshot(
                     restoring.start(&ctx.sm, inc, &ctx.restore_lock);
                     continue;
                 }
-                Incoming::discard(incoming);
+                Incoming::discard(incoming, may_block).await;
                 if info.offset != 0 {
                     tracing::warn!(
                         offset = info.offset,
@@ -544,7 +535,8 @@ async fn receive_snapshot(
     }
     match stop {
         Some(Stop::Discard) => {
-            Incoming::discard(incoming);
+            drop(writes);
+            Incoming::discard(incoming, may_block).await;
             return Ok(None);
         }
         Some(Stop::Cut) => return Ok(None),
@@ -594,7 +586,8 @@ async fn receive_snapshot(
             on_disk_crc = on_disk,
             "the received snapshot differs on disk from what arrived; starting over"
         );
-        Incoming::discard(incoming);
+        drop(writes);
+        Incoming::discard(incoming, may_block).await;
         return Ok(None);
     }
     let checked = (checked.0, crc);
@@ -606,7 +599,8 @@ async fn receive_snapshot(
             announced_crc = expected_crc,
             "the received snapshot failed its length or checksum check; starting over"
         );
-        Incoming::discard(incoming);
+        drop(writes);
+        Incoming::discard(incoming, may_block).await;
         return Ok(None);
     }
     Ok(Some(inc.info.clone()))
@@ -814,6 +808,30 @@ impl std::io::Read for FeedReader {
         self.at += n as u64;
         Ok(n)
     }
+}
+
+/// Keeps the records after `point` (`keep_rewound`) and cuts them from the
+/// WAL: how many there were, and how many the cut removed. On a blocking
+/// thread where the disk may block: the records are read, written out and
+/// fsynced, and the WAL cut, megabytes for a primary that wrote long on
+/// its own, and the node's runtime (one thread in the daemon) goes on
+/// meanwhile.
+async fn rewind(
+    wal: Arc<dyn WalStore>,
+    point: Lsn,
+    rewound_dir: Option<PathBuf>,
+) -> Result<(u64, u64), Fatal> {
+    super::tasks::run_blocking(wal.may_block(), move || {
+        let our_epoch = wal.epoch_at(wal.last_lsn()).unwrap_or(Epoch::ZERO);
+        let kept = keep_rewound(wal.as_ref(), point, rewound_dir.as_deref(), our_epoch)
+            .map_err(|e| Fatal(format!("writing rewound records: {e}")))?;
+        let removed = wal
+            .truncate_after(point)
+            .map_err(|e| Fatal(format!("truncating the WAL after {point}: {e}")))?;
+        Ok((kept, removed))
+    })
+    .await
+    .map_err(|e| Fatal(format!("rewinding the WAL: {e}")))?
 }
 
 /// Fsyncs the received file: its length on disk. Its CRC32C was taken

@@ -32,6 +32,39 @@ impl Tasks {
     }
 }
 
+/// Where each file that may be large (a snapshot's) was removed and its
+/// last descriptor closed, and by which thread: the tests check that it
+/// was not the node's task.
+#[cfg(test)]
+static REMOVED_ON: std::sync::Mutex<Vec<(std::path::PathBuf, std::thread::ThreadId)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records that `path` was removed and closed on this thread.
+#[cfg(test)]
+pub(crate) fn note_removed(path: &std::path::Path) {
+    REMOVED_ON
+        .lock()
+        .unwrap()
+        .push((path.to_path_buf(), std::thread::current().id()));
+}
+
+/// The thread that removed and closed `path`, once one did.
+#[cfg(test)]
+pub(crate) async fn removal_of(path: &std::path::Path) -> std::thread::ThreadId {
+    loop {
+        let found = REMOVED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| *t);
+        if let Some(t) = found {
+            return t;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Runs `f` on the blocking pool when the WAL may block, inline otherwise
 /// (an in-memory WAL under simulation, where thread scheduling would make
 /// runs irreproducible).

@@ -1,6 +1,6 @@
 //! A test `WalStore` on a "disk" that the test can hold up: a `MemWal`
 //! that reports `may_block` (so the node calls it from blocking threads),
-//! whose `sync` or `remove_before` can be held at a gate. Each held call
+//! whose `sync`, `remove_before` or `truncate_after` can be held at a gate. Each held call
 //! reports that it started, with its LSN, then waits until the test opens
 //! the gate (an fsync or a segment removal stuck on a busy disk).
 
@@ -16,6 +16,8 @@ pub(crate) enum Held {
     Syncs,
     /// `remove_before`: reports the LSN it removes up to.
     Removals,
+    /// `truncate_after`: reports the LSN it keeps up to.
+    Truncations,
 }
 
 pub(crate) struct GatedWal {
@@ -107,6 +109,7 @@ impl WalStore for GatedWal {
         self.inner.history()
     }
     fn truncate_after(&self, lsn: Lsn) -> Result<u64, WalError> {
+        self.pass(Held::Truncations, lsn);
         self.inner.truncate_after(lsn)
     }
     fn remove_before(&self, lsn: Lsn) -> Result<(), WalError> {

@@ -819,6 +819,52 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
     );
 }
 
+/// A rewind on a disk that may block runs off the node's runtime (one
+/// thread in the daemon): while the WAL's cut is held on the disk, the
+/// runtime still answers.
+#[test]
+fn a_rewind_held_on_the_disk_leaves_the_nodes_runtime_free() {
+    use crate::wal::gated::{GatedWal, Held};
+    let (wal, mut cuts) = GatedWal::new(Held::Truncations);
+    let wal = Arc::new(wal);
+    let _open_at_the_end = wal.open_on_drop();
+    let records: Vec<crate::types::Record> = (1..=5)
+        .map(|i| crate::types::Record {
+            lsn: Lsn(i),
+            epoch: Epoch(1),
+            payload: Bytes::from_static(b"r"),
+            request_id: None,
+        })
+        .collect();
+    wal.append(&records).unwrap();
+    let (pings, mut pinged) = mpsc::unbounded_channel::<()>();
+    let (pong, pongs) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rewinding: Arc<dyn WalStore> = wal.clone();
+    let node = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let rewound = tokio::spawn(rewind(rewinding, Lsn(3), None));
+            while pinged.recv().await.is_some() {
+                pong.send(()).unwrap();
+            }
+            rewound.await.unwrap().map_err(|Fatal(e)| e)
+        })
+    });
+    assert_eq!(cuts.blocking_recv(), Some(Lsn(3)), "the WAL's cut began");
+    pings.send(()).unwrap();
+    let answered = pongs.recv_timeout(std::time::Duration::from_secs(10));
+    wal.open();
+    assert!(
+        answered.is_ok(),
+        "the runtime did not answer while the rewind was held on the disk"
+    );
+    drop(pings);
+    assert_eq!(node.join().unwrap(), Ok((2, 2)));
+    assert_eq!(wal.last_lsn(), Lsn(3));
+}
+
 #[test]
 fn a_rewind_below_the_trimmed_wal_keeps_what_is_left_instead_of_failing() {
     // Records 1..=10, the first five trimmed; the divergence point is 2

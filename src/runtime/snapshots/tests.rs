@@ -142,9 +142,6 @@ async fn a_fresh_build_is_reused_and_a_stale_one_rebuilt() {
     assert!(!path.exists(), "the stale build's file is gone");
 }
 
-/// The files of dropped builds, with the thread that removed each.
-pub(super) static REMOVED_ON: Mutex<Vec<(PathBuf, std::thread::ThreadId)>> = Mutex::new(Vec::new());
-
 /// A log on a "disk" that may block (its calls run on blocking threads),
 /// never held.
 fn disk_wal() -> Arc<crate::wal::gated::GatedWal> {
@@ -171,23 +168,37 @@ async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
     wal.remove_before(Lsn(6)).unwrap();
     let asked_on = std::thread::current().id();
     let newer = snapshots.get();
-    let removed_on = loop {
-        let found = REMOVED_ON
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(p, _)| *p == path)
-            .map(|(_, t)| *t);
-        if let Some(t) = found {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
     assert_ne!(
-        removed_on, asked_on,
+        crate::runtime::tasks::removal_of(&path).await,
+        asked_on,
         "the stale build's file was removed by the caller of get"
     );
     assert_eq!(newer.await.unwrap().lsn, Lsn(10));
+}
+
+/// A transfer that ends after its build was replaced holds the file's
+/// last reference: its last close, which frees the blocks, happens on a
+/// blocking thread too, not on the task that ends the transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_builds_file_goes_off_the_thread_of_its_last_transfer() {
+    let (sm, wal) = (Arc::new(MemStateMachine::new()), disk_wal());
+    append(&*wal, &sm, 1, 3);
+    let (snapshots, _dir) = store(sm.clone(), wal.clone());
+    let build = snapshots.get().await.unwrap();
+    let path = build.path().unwrap().to_path_buf();
+    let mut reader = build.reader(0);
+    assert_eq!(reader.next_chunk(1).await.unwrap().len(), 1);
+    drop(build);
+    snapshots.invalidate();
+    assert!(path.exists(), "a transfer still reads it");
+    let ended_on = std::thread::current().id();
+    drop(reader);
+    assert_ne!(
+        crate::runtime::tasks::removal_of(&path).await,
+        ended_on,
+        "the file was removed and closed by the task that ended the transfer"
+    );
+    assert!(!path.exists());
 }
 
 /// A build the engine holds is let go of at once when the state is
