@@ -105,15 +105,25 @@ impl Engine {
     /// read waits for the store's connection, which a batch's commit or a
     /// checkpoint (fsyncs) may hold for milliseconds or more, so it runs
     /// on a blocking thread: the node's runtime thread, which also carries
-    /// heartbeats and replication, never waits for it.
+    /// heartbeats and replication, never waits for it. At most
+    /// `READ_THREADS` reads hold a blocking thread at once (the permit goes
+    /// with the read to its thread, so a caller that gives up frees none
+    /// early); the others wait for one without a thread, leaving the pool
+    /// to the WAL's fsyncs and the applies.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Bytes>, StateMachineError> {
         match self {
             Engine::Kv(kv) => Ok(kv.get(&key)),
             Engine::Sqlite(s) => {
+                let permit = s.reads.clone().acquire_owned().await.map_err(|e| {
+                    StateMachineError::with_source("waiting for a reader thread", e)
+                })?;
                 let s = s.clone();
-                tokio::task::spawn_blocking(move || s.get(&key))
-                    .await
-                    .map_err(|e| StateMachineError::with_source("reading a key", e))?
+                tokio::task::spawn_blocking(move || {
+                    let _thread = permit;
+                    s.get(&key)
+                })
+                .await
+                .map_err(|e| StateMachineError::with_source("reading a key", e))?
             }
         }
     }
@@ -186,6 +196,59 @@ mod tests {
         assert!(
             holder.join().unwrap(),
             "the runtime ran on while the read waited for the busy store"
+        );
+    }
+
+    /// A burst of GETs while the SQLite store's connection is busy holds
+    /// at most `READ_THREADS` blocking threads: other blocking work (the
+    /// WAL's fsync, an apply) still gets a thread of a small pool. The
+    /// connection is held until that work ran (or 10 s pass, the failure:
+    /// with every thread waiting on the connection, it cannot run).
+    #[test]
+    fn a_burst_of_sqlite_reads_leaves_blocking_threads_for_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let Engine::Sqlite(store) = Engine::open(EngineKind::Sqlite, dir.path()).unwrap() else {
+            panic!("an SQLite engine")
+        };
+        store
+            .apply(Lsn(1), &crate::kv::command::encoded::put("k", "v"))
+            .unwrap();
+        let engine = Engine::Sqlite(store.clone());
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            store.with_connection_held(|| {
+                locked_tx.send(()).unwrap();
+                ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+            })
+        });
+        locked_rx.recv().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(crate::sqlite::READ_THREADS + 2)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let reads: Vec<_> = (0..16)
+                .map(|_| {
+                    let engine = engine.clone();
+                    tokio::spawn(async move { engine.get(b"k".to_vec()).await })
+                })
+                .collect();
+            for _ in 0..32 {
+                tokio::task::yield_now().await;
+            }
+            tokio::task::spawn_blocking(move || {
+                let _ = ran_tx.send(());
+            })
+            .await
+            .unwrap();
+            for read in reads {
+                assert_eq!(read.await.unwrap().unwrap().as_deref(), Some(&b"v"[..]));
+            }
+        });
+        assert!(
+            holder.join().unwrap(),
+            "other blocking work ran while the reads waited for the busy store"
         );
     }
 }

@@ -68,7 +68,18 @@ pub struct SqliteStore {
     /// never open one of their own, whose close would drop the process's
     /// SQLite locks on the file (`snapshot.rs`).
     file: Mutex<Arc<std::fs::File>>,
+    /// Reads of keys that may wait on blocking threads at once
+    /// (`READ_THREADS`); the rest wait for a permit without a thread.
+    pub(crate) reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many reads of keys may hold a blocking thread at once. The store
+/// has one connection, which a batch's commit or a checkpoint holds for
+/// milliseconds or more; every read waiting for it holds a thread of the
+/// runtime's blocking pool, which the node's WAL fsyncs and applies need
+/// too. Unbounded, a burst of GETs filled that pool and made writes wait
+/// behind reads. Two keep one read ready to run when the other ends.
+pub(crate) const READ_THREADS: usize = 2;
 
 /// A handle on the database file at `path`, for reading snapshots.
 fn open_file(path: &Path) -> Result<Arc<std::fs::File>, StateMachineError> {
@@ -101,6 +112,7 @@ impl SqliteStore {
             durable: AtomicU64::new(0),
             pins: Arc::new(AtomicUsize::new(0)),
             file: Mutex::new(file),
+            reads: Arc::new(tokio::sync::Semaphore::new(READ_THREADS)),
         };
         store.persist()?;
         Ok(store)
