@@ -103,6 +103,9 @@ pub struct AppState {
     /// Where maintenance mode is kept across restarts (`with_pause_file`);
     /// without it the pause lasts as long as the process.
     pub pause_file: Option<crate::maintenance::PauseFile>,
+    /// Held by a maintenance change from its file to the node, so that two
+    /// concurrent changes reach both in the same order.
+    maintenance_changes: tokio::sync::Mutex<()>,
     /// `http_refusal_hold_ms`: how long a write refused on arrival waits
     /// while the node changes roles (see the module doc).
     pub refusal_hold: Duration,
@@ -177,6 +180,7 @@ impl AppState {
             write_budget_bytes,
             body_timeout,
             pause_file: None,
+            maintenance_changes: tokio::sync::Mutex::new(()),
             refusal_hold: Duration::ZERO,
             deduplicates: true,
             left_primary,
@@ -659,10 +663,23 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
         );
     }
     tracing::info!(pause, "maintenance asked over HTTP");
+    let _one_at_a_time = s.maintenance_changes.lock().await;
     // On disk first: what the node does after a restart is what was asked.
-    if let Some(file) = &s.pause_file
-        && let Err(e) = file.set(pause)
-    {
+    // On a blocking thread: the file and its directory are fsynced, which
+    // on a busy disk takes milliseconds the node's runtime thread (which
+    // answers heartbeats) must not wait.
+    let written = match s.pause_file.clone() {
+        Some(file) => tokio::task::spawn_blocking(move || file.set(pause))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::error::DaemonError::io(
+                    "writing the maintenance file",
+                    std::io::Error::other(e),
+                ))
+            }),
+        None => Ok(()),
+    };
+    if let Err(e) = written {
         s.metrics.http_rejected("internal");
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
