@@ -510,7 +510,7 @@ async fn put_key(
             ));
         }
     };
-    let Ok(_held) = budget.acquire_many_owned(permits).await else {
+    let Ok(held) = budget.acquire_many_owned(permits).await else {
         unreachable!("the write budget is never closed");
     };
     let mut record = BytesMut::with_capacity(need);
@@ -550,7 +550,27 @@ async fn put_key(
             );
         }
     }
-    s.write_record(record.freeze(), &headers).await
+    // The write goes on, holding its budget, until it is answered, also
+    // when the client goes away first: its record may already be queued in
+    // the node, and freeing its bytes then would let clients that write and
+    // hang up hold any amount of memory.
+    let writer = s.clone();
+    let record = record.freeze();
+    let write = tokio::spawn(async move {
+        let _held = held;
+        writer.write_record(record, &headers).await
+    });
+    match write.await {
+        Ok(reply) => reply,
+        Err(e) => {
+            s.metrics.http_rejected("internal");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the write's task failed ({e}); it may have been written"),
+                None,
+            )
+        }
+    }
 }
 
 async fn delete_key(
@@ -788,7 +808,77 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::promote_query;
+    use super::*;
+
+    /// A `PUT` whose client hangs up once its record is queued keeps its
+    /// bytes in the write budget until the node answers the write: the
+    /// record is held in the node meanwhile, and freeing its budget at
+    /// the hang-up would let clients that write and leave hold any amount
+    /// of memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_client_left_holds_its_budget_until_answered() {
+        use walrep::testing::Pair;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let pair = Pair::builder(move |id| {
+            Arc::new(crate::kv::KvStore::open(root.join(id.to_string())).unwrap())
+        })
+        .config(|c| {
+            // The write waits for the cut standby until the link is back.
+            c.sync_timeout = Duration::from_secs(120);
+            c.failover_timeout = Duration::from_secs(60);
+        })
+        .start()
+        .await
+        .unwrap();
+        pair.wait_streaming().await.unwrap();
+        let (primary, standby) = (pair.primary(), pair.standby().id().clone());
+        let replica = primary.replica().clone();
+        let budget = 1 << 20;
+        let state = Arc::new(AppState::new(
+            replica.clone(),
+            Engine::Kv(primary.engine().clone()),
+            DaemonMetrics::new(
+                replica.clone(),
+                crate::metrics::NodeInfo::of(primary.config()),
+            ),
+            1 << 20,
+            budget,
+            None,
+            Duration::from_secs(10),
+        ));
+        pair.set_link_cut(&standby, true);
+        let put = tokio::spawn(put_key(
+            State(state.clone()),
+            Ok(Path("k".to_string())),
+            HeaderMap::new(),
+            Body::from(vec![b'v'; 1000]),
+        ));
+        let mut health = replica.subscribe();
+        tokio::time::timeout(
+            pair.wait_timeout(),
+            health.wait_for(|h| h.last_lsn == walrep::Lsn(1)),
+        )
+        .await
+        .expect("the write was not queued")
+        .unwrap();
+        put.abort();
+        assert!(put.await.unwrap_err().is_cancelled());
+        assert!(
+            state.write_budget.available_permits() < budget,
+            "the budget was freed while the write was still held in the node"
+        );
+        pair.set_link_cut(&standby, false);
+        let freed = async {
+            while state.write_budget.available_permits() < budget {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(pair.wait_timeout(), freed)
+            .await
+            .expect("the budget came back once the write was answered");
+        assert_eq!(replica.health().commit_lsn, walrep::Lsn(1));
+    }
 
     #[test]
     fn promote_takes_force_and_one_target_and_refuses_anything_else() {
