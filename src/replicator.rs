@@ -244,7 +244,9 @@ pub trait Replicator: Send + Sync {
     /// sync, unreachable, or does not take over in time, the node just
     /// stops (and logs why). Writes waiting for their commit mode fail with
     /// `ShuttingDown` (appended, perhaps not durable: fate unknown, see
-    /// `Error`); later calls fail with `ShuttingDown`. The WAL and the
+    /// `Error`); later calls fail with `ShuttingDown`. Once begun, the stop
+    /// runs to its end even if this call's future is dropped; a later
+    /// `shutdown` returns when it ended. The WAL and the
     /// state machine are left as a crash would leave them, which their own
     /// contracts make safe.
     async fn shutdown(&self);

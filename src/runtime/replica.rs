@@ -234,7 +234,8 @@ impl ReplicaBuilder {
                     tx,
                     health,
                     metrics,
-                    actor: tokio::sync::Mutex::new(Some(handle)),
+                    actor: std::sync::Mutex::new(Some(handle)),
+                    stopping: std::sync::Mutex::new(None),
                     server: std::sync::Mutex::new(None),
                     local_addr: None,
                     max_record_bytes: self.cfg.max_record_bytes,
@@ -298,9 +299,12 @@ struct Inner {
     tx: mpsc::Sender<Msg>,
     health: watch::Receiver<Health>,
     metrics: Arc<Metrics>,
-    /// The actor's task, awaited by the first `shutdown`; the others wait
-    /// for that one on the lock.
-    actor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The actor's task, awaited by the stop.
+    actor: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The stop, once a `shutdown` began it: a task of its own, so it runs
+    /// to its end even if the caller that began it goes away, and every
+    /// `shutdown` (that one, and any later) waits for that end.
+    stopping: std::sync::Mutex<Option<Stopping>>,
     /// The replication server `start` spawned, stopped by `shutdown`
     /// after the actor (a primary's handover still hears its standby).
     server: std::sync::Mutex<Option<Server>>,
@@ -543,23 +547,41 @@ impl Replicator for Replica {
     }
 
     async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self
+        let stopping = self
             .inner
-            .tx
-            .send(Msg::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
+            .stopping
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| {
+                use futures::FutureExt;
+                let stop = tokio::spawn(self.inner.clone().stop());
+                async move {
+                    let _ = stop.await;
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        stopping.await
+    }
+}
+
+/// A node's stop under way: every `shutdown` awaits a clone.
+type Stopping = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+impl Inner {
+    /// Stops the actor (a primary's handover first), then the server: the
+    /// handover still hears its standby through it.
+    async fn stop(self: Arc<Self>) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown { reply: tx }).await.is_ok() {
             let _ = rx.await;
         }
-        // Later callers wait on this lock until the first one stopped
-        // the actor and then the server.
-        let mut actor = self.inner.actor.lock().await;
-        if let Some(handle) = actor.take() {
+        let actor = self.actor.lock().unwrap().take();
+        if let Some(handle) = actor {
             let _ = handle.await;
         }
-        let server = self.inner.server.lock().unwrap().take();
+        let server = self.server.lock().unwrap().take();
         if let Some(server) = server {
             server.stop().await;
         }

@@ -1250,6 +1250,51 @@ async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
     }
 }
 
+/// A shutdown whose caller gave up (its future dropped mid-stop) still
+/// runs to its end: the replication server stops with nobody calling
+/// `shutdown` again, and a later call returns once everything stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_whose_caller_gave_up_still_stops_the_server() {
+    let (wal, mut syncs) = GatedWal::new(Held::Syncs);
+    let wal = Arc::new(wal);
+    let _open_at_the_end = wal.open_on_drop();
+    confirm_as_primary(&*wal);
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    let replica = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
+        .peer(Arc::new(unreachable_peer()))
+        .listen("127.0.0.1:0")
+        .start()
+        .unwrap();
+    writable(&replica).await;
+    let addr = replica.local_addr().expect("a server");
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the server accepts before the stop");
+    let given_up = tokio::spawn({
+        let r = replica.clone();
+        async move { r.shutdown().await }
+    });
+    // The stop is under way: its last fsync is held.
+    syncs.recv().await.expect("the stop's fsync never started");
+    given_up.abort();
+    assert!(given_up.await.unwrap_err().is_cancelled());
+    wal.open();
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .expect("the server still accepts: the stop ended with its caller");
+    tokio::time::timeout(Duration::from_secs(10), replica.shutdown())
+        .await
+        .expect("a later shutdown did not return");
+}
+
 /// A standby that takes the WAL stream and never acknowledges a batch: the
 /// batches the primary sent stay in `sent` for the test to count.
 fn standby_that_never_acks(
