@@ -166,23 +166,18 @@ impl Incoming {
     }
 
     /// Throws away what was received: the next request starts over. The
-    /// files are removed, and the data file's last descriptor closed, on
-    /// a blocking thread where the disk may block: freeing gigabytes
-    /// received (their blocks and cached pages) takes the filesystem long
-    /// enough to stall this node's task. Other holders of the data file
-    /// (the chunk writes) must have let go of it first, so that this
-    /// close is the last.
-    pub(super) async fn discard(slot: &mut Option<Incoming>, may_block: bool) {
+    /// files are removed at once (the names are free for the next
+    /// transfer when this returns) and the data file closed off the
+    /// node's task (`close_off_thread`): freeing gigabytes received takes
+    /// the filesystem long enough to stall it. Other holders of the data
+    /// file (the chunk writes) should have let go of it first, so that
+    /// this close is the last.
+    pub(super) fn discard(slot: &mut Option<Incoming>, may_block: bool) {
         if let Some(i) = slot.take() {
-            let _ = super::tasks::run_blocking(may_block, move || {
-                if let Some(dir) = i.path.parent() {
-                    discard_files(dir);
-                }
-                drop(i.file);
-                #[cfg(test)]
-                super::tasks::note_removed(&i.path);
-            })
-            .await;
+            if let Some(dir) = i.path.parent() {
+                discard_files(dir);
+            }
+            super::tasks::close_off_thread(i.file, &i.path, may_block);
         }
     }
 }
@@ -291,19 +286,21 @@ mod tests {
     }
 
     /// Throwing away what was received (up to a whole snapshot) removes
-    /// and closes the file on a blocking thread where the disk may block,
-    /// not on the node's task that discards it; nothing is left to resume.
+    /// the files at once and closes the data file on a blocking thread
+    /// where the disk may block, not on the node's task that discards it;
+    /// nothing is left to resume.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_discarded_transfer_goes_off_the_thread_that_discards_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut slot = Some(Incoming::create(dir.path(), info()).unwrap());
         let path = dir.path().join(DATA_FILE);
-        Incoming::discard(&mut slot, true).await;
+        Incoming::discard(&mut slot, true);
         assert!(slot.is_none());
+        assert!(!path.exists(), "the name is free when discard returns");
         assert_ne!(
-            crate::runtime::tasks::removal_of(&path).await,
+            crate::runtime::tasks::closing_of(&path).await,
             std::thread::current().id(),
-            "removed and closed by the task that discarded it"
+            "closed by the task that discarded it"
         );
         assert!(Incoming::recover(dir.path()).is_none());
         assert!(!path.exists() && !dir.path().join(SIDECAR_FILE).exists());

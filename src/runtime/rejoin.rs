@@ -241,11 +241,10 @@ async fn attempt_rejoin(
         }) => (truncate_after, resync, epoch),
         Ok(RejoinPlan::Wait) | Err(_) => return Ok(None),
     };
-    let wal = ctx.wal.clone();
     let mut dropped = 0;
     if let Some(point) = truncate_after {
         let removed;
-        (dropped, removed) = rewind(wal, point, ctx.rewound_dir.clone()).await?;
+        (dropped, removed) = rewind(ctx, point).await?;
         ctx.metrics.rewound(removed);
         tracing::warn!(
             divergence = %point,
@@ -270,7 +269,7 @@ async fn attempt_rejoin(
         ctx.metrics.snapshot_resync();
     } else if incoming.is_some() {
         // Left by an earlier run; this rejoin needed no snapshot.
-        Incoming::discard(incoming, ctx.wal.may_block()).await;
+        Incoming::discard(incoming, ctx.wal.may_block());
     }
     tracing::info!(leader = %ctx.leader, %epoch, records_dropped = dropped, "rejoined as standby");
     Ok(Some(Outcome {
@@ -346,7 +345,7 @@ async fn resync_from_snapshot(
     Ok(Some(ids))
 }
 
-/// Runs `work` (the engine's restore, the WAL's reset) as blocking work
+/// Runs `work` (the engine's restore, the WAL's reset or rewind) as blocking work
 /// that holds `Ctx::restore_lock` until it ends, so a cancelled rejoin
 /// waits for it.
 async fn holding_the_restore_lock<T: Send + 'static>(
@@ -460,7 +459,7 @@ async fn receive_snapshot(
                     restoring.start(&ctx.sm, inc, &ctx.restore_lock);
                     continue;
                 }
-                Incoming::discard(incoming, may_block).await;
+                Incoming::discard(incoming, may_block);
                 if info.offset != 0 {
                     tracing::warn!(
                         offset = info.offset,
@@ -536,7 +535,7 @@ async fn receive_snapshot(
     match stop {
         Some(Stop::Discard) => {
             drop(writes);
-            Incoming::discard(incoming, may_block).await;
+            Incoming::discard(incoming, may_block);
             return Ok(None);
         }
         Some(Stop::Cut) => return Ok(None),
@@ -587,7 +586,7 @@ async fn receive_snapshot(
             "the received snapshot differs on disk from what arrived; starting over"
         );
         drop(writes);
-        Incoming::discard(incoming, may_block).await;
+        Incoming::discard(incoming, may_block);
         return Ok(None);
     }
     let checked = (checked.0, crc);
@@ -600,7 +599,7 @@ async fn receive_snapshot(
             "the received snapshot failed its length or checksum check; starting over"
         );
         drop(writes);
-        Incoming::discard(incoming, may_block).await;
+        Incoming::discard(incoming, may_block);
         return Ok(None);
     }
     Ok(Some(inc.info.clone()))
@@ -815,13 +814,11 @@ impl std::io::Read for FeedReader {
 /// thread where the disk may block: the records are read, written out and
 /// fsynced, and the WAL cut, megabytes for a primary that wrote long on
 /// its own, and the node's runtime (one thread in the daemon) goes on
-/// meanwhile.
-async fn rewind(
-    wal: Arc<dyn WalStore>,
-    point: Lsn,
-    rewound_dir: Option<PathBuf>,
-) -> Result<(u64, u64), Fatal> {
-    super::tasks::run_blocking(wal.may_block(), move || {
+/// meanwhile. It holds the restore lock, so a rejoin stopped meanwhile
+/// (the node shutting down) ends only after the cut did.
+async fn rewind(ctx: &Ctx, point: Lsn) -> Result<(u64, u64), Fatal> {
+    let (wal, rewound_dir) = (ctx.wal.clone(), ctx.rewound_dir.clone());
+    holding_the_restore_lock(ctx, move || {
         let our_epoch = wal.epoch_at(wal.last_lsn()).unwrap_or(Epoch::ZERO);
         let kept = keep_rewound(wal.as_ref(), point, rewound_dir.as_deref(), our_epoch)
             .map_err(|e| Fatal(format!("writing rewound records: {e}")))?;

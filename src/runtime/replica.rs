@@ -554,11 +554,18 @@ impl Replicator for Replica {
             .unwrap()
             .get_or_insert_with(|| {
                 use futures::FutureExt;
-                let stop = tokio::spawn(self.inner.clone().stop());
-                async move {
-                    let _ = stop.await;
+                let stop = self.inner.clone().stop();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let stop = rt.spawn(stop);
+                        async move {
+                            let _ = stop.await;
+                        }
+                        .boxed()
+                    }
+                    // Polled outside a runtime: the stop runs in the callers.
+                    Err(_) => stop.boxed(),
                 }
-                .boxed()
                 .shared()
             })
             .clone();

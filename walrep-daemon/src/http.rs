@@ -78,6 +78,7 @@ use http_body_util::BodyExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use walrep::Replica;
 use walrep::Replicator;
 use walrep::{Error, RoleKind, WriteOutcome};
@@ -374,10 +375,15 @@ impl AppState {
     /// milliseconds, not the hold. (A peer that never says its client
     /// address, as a library node without one, holds direct clients for
     /// the whole hold.)
+    ///
+    /// A client that hangs up ends the hold (`client_gone`): its write is
+    /// not tried again behind its back, where it could land after a newer
+    /// write the client sent elsewhere.
     async fn after_hold<T>(
         &self,
         e: &Error,
         proxied: bool,
+        client_gone: &CancellationToken,
         again: impl std::future::Future<Output = walrep::Result<T>>,
     ) -> Option<walrep::Result<T>> {
         if e.outcome() != WriteOutcome::NotWritten || !e.is_retryable() || !self.changing_roles() {
@@ -387,14 +393,14 @@ impl AppState {
         if direct_elsewhere(&self.replica.health()) {
             return None;
         }
-        let settled = self
-            .replica
-            .wait_for(self.refusal_hold, "writable", |h| {
+        let settled = tokio::select! {
+            settled = self.replica.wait_for(self.refusal_hold, "writable", |h| {
                 h.writable || direct_elsewhere(h)
-            })
-            .await;
+            }) => settled,
+            _ = client_gone.cancelled() => return None,
+        };
         match settled {
-            Ok(h) if h.writable => Some(again.await),
+            Ok(h) if h.writable && !client_gone.is_cancelled() => Some(again.await),
             _ => None,
         }
     }
@@ -420,13 +426,23 @@ impl AppState {
         other && !may_promote
     }
 
+    /// A write whose handler ends with its client (dropped at a hang-up).
     async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
-        self.write_record(cmd.encode().into(), headers).await
+        let client_stays = CancellationToken::new();
+        self.write_record(cmd.encode().into(), headers, &client_stays)
+            .await
     }
 
     /// Replicates one encoded command and answers for it, once per
-    /// idempotency key when the request has one (see `idempotency`).
-    async fn write_record(&self, cmd: Bytes, headers: &HeaderMap) -> Response {
+    /// idempotency key when the request has one (see `idempotency`);
+    /// `client_gone` is cancelled when the client hung up (see
+    /// `after_hold`).
+    async fn write_record(
+        &self,
+        cmd: Bytes,
+        headers: &HeaderMap,
+        client_gone: &CancellationToken,
+    ) -> Response {
         let request_id = match idempotency::request_id_of(headers, &cmd, self.deduplicates) {
             Ok(id) => id,
             Err(msg) => return self.bad_request(msg),
@@ -448,7 +464,7 @@ impl AppState {
         let proxied =
             headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
         let result = match apply().await {
-            Err(e) => match self.after_hold(&e, proxied, apply()).await {
+            Err(e) => match self.after_hold(&e, proxied, client_gone, apply()).await {
                 Some(again) => again,
                 None => Err(e),
             },
@@ -553,12 +569,15 @@ async fn put_key(
     // The write goes on, holding its budget, until it is answered, also
     // when the client goes away first: its record may already be queued in
     // the node, and freeing its bytes then would let clients that write and
-    // hang up hold any amount of memory.
+    // hang up hold any amount of memory. Only a hold before a retry ends
+    // with the client (`after_hold`).
     let writer = s.clone();
     let record = record.freeze();
+    let client_gone = CancellationToken::new();
+    let _hang_up = client_gone.clone().drop_guard();
     let write = tokio::spawn(async move {
         let _held = held;
-        writer.write_record(record, &headers).await
+        writer.write_record(record, &headers, &client_gone).await
     });
     match write.await {
         Ok(reply) => reply,
@@ -683,34 +702,49 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
         );
     }
     tracing::info!(pause, "maintenance asked over HTTP");
-    let _one_at_a_time = s.maintenance_changes.lock().await;
-    // On disk first: what the node does after a restart is what was asked.
-    // On a blocking thread: the file and its directory are fsynced, which
-    // on a busy disk takes milliseconds the node's runtime thread (which
-    // answers heartbeats) must not wait.
-    let written = match s.pause_file.clone() {
-        Some(file) => tokio::task::spawn_blocking(move || file.set(pause))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::error::DaemonError::io(
-                    "writing the maintenance file",
-                    std::io::Error::other(e),
-                ))
-            }),
-        None => Ok(()),
-    };
-    if let Err(e) = written {
+    // In a task of its own, one change at a time, so the file and the node
+    // see concurrent changes in the same order even if a client hangs up
+    // midway.
+    let changer = s.clone();
+    let change = tokio::spawn(async move {
+        let s = changer;
+        let _one_at_a_time = s.maintenance_changes.lock().await;
+        // On disk first: what the node does after a restart is what was
+        // asked. On a blocking thread: the file and its directory are
+        // fsynced, which on a busy disk takes milliseconds the node's
+        // runtime thread (which answers heartbeats) must not wait.
+        let written = match s.pause_file.clone() {
+            Some(file) => tokio::task::spawn_blocking(move || file.set(pause))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::error::DaemonError::io(
+                        "writing the maintenance file",
+                        std::io::Error::other(e),
+                    ))
+                }),
+            None => Ok(()),
+        };
+        if let Err(e) = written {
+            s.metrics.http_rejected("internal");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e}; automatic failover is unchanged"),
+                None,
+            );
+        }
+        match s.replica.set_failover_paused(pause).await {
+            Ok(()) => s.maintenance_reply(),
+            Err(e) => s.refused(e),
+        }
+    });
+    change.await.unwrap_or_else(|e| {
         s.metrics.http_rejected("internal");
-        return error(
+        error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{e}; automatic failover is unchanged"),
+            format!("the maintenance change failed ({e}); check GET /maintenance"),
             None,
-        );
-    }
-    match s.replica.set_failover_paused(pause).await {
-        Ok(()) => s.maintenance_reply(),
-        Err(e) => s.refused(e),
-    }
+        )
+    })
 }
 
 /// Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it.
@@ -878,6 +912,76 @@ mod tests {
             .await
             .expect("the budget came back once the write was answered");
         assert_eq!(replica.health().commit_lsn, walrep::Lsn(1));
+    }
+
+    /// A write refused while the node changes roles is held
+    /// (`refusal_hold`) to be tried again; a client that hangs up ends the
+    /// hold at once: its write is not tried behind its back, where it
+    /// could land after a newer one the client sent elsewhere. Its budget
+    /// comes back with the hang-up, not at the hold's end a minute later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_write_whose_client_left_is_not_tried_again() {
+        use walrep::testing::Pair;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let pair = Pair::builder(move |id| {
+            Arc::new(crate::kv::KvStore::open(root.join(id.to_string())).unwrap())
+        })
+        .config(|c| c.auto_failover = false)
+        .start()
+        .await
+        .unwrap();
+        pair.wait_streaming().await.unwrap();
+        let standby = pair.standby();
+        let replica = standby.replica().clone();
+        let budget = 1 << 20;
+        let mut state = AppState::new(
+            replica.clone(),
+            Engine::Kv(standby.engine().clone()),
+            DaemonMetrics::new(
+                replica.clone(),
+                crate::metrics::NodeInfo::of(standby.config()),
+            ),
+            1 << 20,
+            budget,
+            None,
+            Duration::from_secs(10),
+        );
+        state.refusal_hold = Duration::from_secs(60);
+        let state = Arc::new(state);
+        // A standby out of contact with its primary may promote: a write
+        // refused there is held.
+        pair.set_link_cut(pair.primary().id(), true);
+        let mut health = replica.subscribe();
+        tokio::time::timeout(pair.wait_timeout(), health.wait_for(|h| !h.peer.connected))
+            .await
+            .expect("the standby never lost its primary")
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let put = tokio::spawn(put_key(
+            State(state.clone()),
+            Ok(Path("k".to_string())),
+            headers,
+            Body::from(vec![b'v'; 1000]),
+        ));
+        while state.write_budget.available_permits() == budget && !put.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!put.is_finished(), "the write was not held");
+        put.abort();
+        let freed = async {
+            while state.write_budget.available_permits() < budget {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("the write was still held after its client left");
+        assert_eq!(
+            replica.health().last_lsn,
+            pair.primary().replica().health().last_lsn
+        );
     }
 
     #[test]

@@ -821,7 +821,8 @@ async fn a_rejoin_stopped_while_the_engine_restores_waits_for_the_restore() {
 
 /// A rewind on a disk that may block runs off the node's runtime (one
 /// thread in the daemon): while the WAL's cut is held on the disk, the
-/// runtime still answers.
+/// runtime still answers; and it holds the restore lock, which a stopped
+/// rejoin waits for, so a node stops only after the cut ended.
 #[test]
 fn a_rewind_held_on_the_disk_leaves_the_nodes_runtime_free() {
     use crate::wal::gated::{GatedWal, Held};
@@ -837,15 +838,22 @@ fn a_rewind_held_on_the_disk_leaves_the_nodes_runtime_free() {
         })
         .collect();
     wal.append(&records).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rejoin = ctx(
+        primary(Vec::new(), 0, 0, vec![]),
+        Arc::new(MemStateMachine::new()),
+        dir.path(),
+    );
+    rejoin.wal = wal.clone();
+    let restore_lock = rejoin.restore_lock.clone();
     let (pings, mut pinged) = mpsc::unbounded_channel::<()>();
     let (pong, pongs) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let rewinding: Arc<dyn WalStore> = wal.clone();
     let node = std::thread::spawn(move || {
         rt.block_on(async move {
-            let rewound = tokio::spawn(rewind(rewinding, Lsn(3), None));
+            let rewound = tokio::spawn(async move { rewind(&rejoin, Lsn(3)).await });
             while pinged.recv().await.is_some() {
                 pong.send(()).unwrap();
             }
@@ -853,6 +861,10 @@ fn a_rewind_held_on_the_disk_leaves_the_nodes_runtime_free() {
         })
     });
     assert_eq!(cuts.blocking_recv(), Some(Lsn(3)), "the WAL's cut began");
+    assert!(
+        restore_lock.try_lock().is_err(),
+        "a rejoin stopped now would not wait for the cut"
+    );
     pings.send(()).unwrap();
     let answered = pongs.recv_timeout(std::time::Duration::from_secs(10));
     wal.open();

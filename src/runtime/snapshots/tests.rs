@@ -169,9 +169,9 @@ async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
     let asked_on = std::thread::current().id();
     let newer = snapshots.get();
     assert_ne!(
-        crate::runtime::tasks::removal_of(&path).await,
+        crate::runtime::tasks::closing_of(&path).await,
         asked_on,
-        "the stale build's file was removed by the caller of get"
+        "the stale build's file was closed by the caller of get"
     );
     assert_eq!(newer.await.unwrap().lsn, Lsn(10));
 }
@@ -194,9 +194,9 @@ async fn a_replaced_builds_file_goes_off_the_thread_of_its_last_transfer() {
     let ended_on = std::thread::current().id();
     drop(reader);
     assert_ne!(
-        crate::runtime::tasks::removal_of(&path).await,
+        crate::runtime::tasks::closing_of(&path).await,
         ended_on,
-        "the file was removed and closed by the task that ended the transfer"
+        "the file was closed by the task that ended the transfer"
     );
     assert!(!path.exists());
 }
