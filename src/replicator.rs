@@ -245,8 +245,9 @@ pub trait Replicator: Send + Sync {
     /// stops (and logs why). Writes waiting for their commit mode fail with
     /// `ShuttingDown` (appended, perhaps not durable: fate unknown, see
     /// `Error`); later calls fail with `ShuttingDown`. Once begun, the stop
-    /// runs to its end even if this call's future is dropped; a later
-    /// `shutdown` returns when it ended. The WAL and the
+    /// runs to its end on the runtime the node started on, even if this
+    /// call's future is dropped or is polled elsewhere; a later `shutdown`
+    /// returns when it ended. The WAL and the
     /// state machine are left as a crash would leave them, which their own
     /// contracts make safe.
     async fn shutdown(&self);

@@ -236,6 +236,7 @@ impl ReplicaBuilder {
                     metrics,
                     actor: std::sync::Mutex::new(Some(handle)),
                     stopping: std::sync::Mutex::new(None),
+                    runtime: tokio::runtime::Handle::current(),
                     server: std::sync::Mutex::new(None),
                     local_addr: None,
                     max_record_bytes: self.cfg.max_record_bytes,
@@ -305,6 +306,9 @@ struct Inner {
     /// to its end even if the caller that began it goes away, and every
     /// `shutdown` (that one, and any later) waits for that end.
     stopping: std::sync::Mutex<Option<Stopping>>,
+    /// The runtime the node was started on, where the stop runs, whoever
+    /// polls `shutdown` (another runtime, or none).
+    runtime: tokio::runtime::Handle,
     /// The replication server `start` spawned, stopped by `shutdown`
     /// after the actor (a primary's handover still hears its standby).
     server: std::sync::Mutex<Option<Server>>,
@@ -554,18 +558,11 @@ impl Replicator for Replica {
             .unwrap()
             .get_or_insert_with(|| {
                 use futures::FutureExt;
-                let stop = self.inner.clone().stop();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        let stop = rt.spawn(stop);
-                        async move {
-                            let _ = stop.await;
-                        }
-                        .boxed()
-                    }
-                    // Polled outside a runtime: the stop runs in the callers.
-                    Err(_) => stop.boxed(),
+                let stop = self.inner.runtime.spawn(self.inner.clone().stop());
+                async move {
+                    let _ = stop.await;
                 }
+                .boxed()
                 .shared()
             })
             .clone();

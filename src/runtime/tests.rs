@@ -1295,6 +1295,36 @@ async fn a_shutdown_whose_caller_gave_up_still_stops_the_server() {
         .expect("a later shutdown did not return");
 }
 
+/// A shutdown polled on a thread with no runtime (an engine's own
+/// executor) runs the stop on the node's runtime: it returns once the
+/// server stopped, instead of panicking on the server's drain timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_polled_outside_any_runtime_stops_the_node() {
+    let wal = Arc::new(crate::wal::MemWal::new());
+    confirm_as_primary(&*wal);
+    let replica = Replica::builder(
+        cfg(InitialRole::Primary),
+        wal,
+        Arc::new(MemStateMachine::new()),
+    )
+    .peer(Arc::new(unreachable_peer()))
+    .listen("127.0.0.1:0")
+    .start()
+    .unwrap();
+    let addr = replica.local_addr().expect("a server");
+    let stopping = std::thread::spawn(move || futures::executor::block_on(replica.shutdown()));
+    let stopped = tokio::task::spawn_blocking(move || stopping.join());
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the shutdown did not return")
+        .unwrap()
+        .expect("the shutdown panicked");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the server still accepts after the shutdown returned"
+    );
+}
+
 /// A standby that takes the WAL stream and never acknowledges a batch: the
 /// batches the primary sent stay in `sent` for the test to count.
 fn standby_that_never_acks(

@@ -917,8 +917,8 @@ mod tests {
     /// A write refused while the node changes roles is held
     /// (`refusal_hold`) to be tried again; a client that hangs up ends the
     /// hold at once: its write is not tried behind its back, where it
-    /// could land after a newer one the client sent elsewhere. Its budget
-    /// comes back with the hang-up, not at the hold's end a minute later.
+    /// could land after a newer one the client sent elsewhere, even when
+    /// the node becomes writable right after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_write_whose_client_left_is_not_tried_again() {
         use walrep::testing::Pair;
@@ -970,6 +970,10 @@ mod tests {
         }
         assert!(!put.is_finished(), "the write was not held");
         put.abort();
+        // The node becomes writable: a hold still running would now try
+        // the write again.
+        let before = replica.health().last_lsn;
+        replica.promote(true).await.unwrap();
         let freed = async {
             while state.write_budget.available_permits() < budget {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -977,11 +981,13 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(10), freed)
             .await
-            .expect("the write was still held after its client left");
+            .expect("the write's task never ended");
         assert_eq!(
-            replica.health().last_lsn,
-            pair.primary().replica().health().last_lsn
+            standby.engine().get(b"k"),
+            None,
+            "the write was tried again after its client left"
         );
+        assert_eq!(replica.health().last_lsn, before);
     }
 
     #[test]

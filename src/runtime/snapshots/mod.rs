@@ -177,7 +177,7 @@ pub(crate) struct BuildFile {
     path: PathBuf,
     /// Taken only by `drop`.
     file: Option<std::fs::File>,
-    remove_off_thread: bool,
+    close_off_thread: bool,
 }
 
 impl BuildFile {
@@ -185,7 +185,7 @@ impl BuildFile {
         BuildFile {
             path,
             file: Some(file),
-            remove_off_thread: may_block,
+            close_off_thread: may_block,
         }
     }
 
@@ -198,7 +198,7 @@ impl Drop for BuildFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         if let Some(file) = self.file.take() {
-            super::tasks::close_off_thread(file, &self.path, self.remove_off_thread);
+            super::tasks::close_off_thread(file, &self.path, self.close_off_thread);
         }
     }
 }
