@@ -7,7 +7,12 @@
 //! lost", failover) may fire at any moment, so only safety is checked,
 //! plus reachability of the interesting states (a failover, a write
 //! acknowledged after it).
-//! The rules modelled are those of docs/DESIGN.md, "The arbiter"; the
+//! With `Cfg::switchover`, a standby may also start a planned switchover at
+//! any moment: it fences the primary with the next epoch, the primary
+//! steps down for it and answers with its last record, and the standby
+//! takes over through the register once it holds that record.
+//! The rules modelled are those of docs/DESIGN.md, "The arbiter" and
+//! "Planned switchover"; the
 //! model is standalone: it models the rules, not walrep's code. Each rule
 //! has a switch (`Mutant`) that breaks it, and a test per switch shows the
 //! checker finds the counterexample the rule exists to prevent.
@@ -65,6 +70,12 @@ enum Mutant {
     /// A primary whose CAS failed takes the register's value for a newer
     /// view of its own, whatever its epoch, instead of being fenced.
     NotFencedByFailedCas,
+    /// A standby whose planned switchover fenced the primary takes over
+    /// without checking that it holds the primary's last record.
+    SwitchoverWithoutTheLastRecord,
+    /// A primary fenced by a planned switchover answers, but does not step
+    /// down: it goes on acknowledging writes in its epoch.
+    OldPrimaryWritesOnAfterSwitchover,
 }
 
 /// A log record: the epoch it was written in and the node that wrote it
@@ -119,6 +130,16 @@ enum Msg {
     Ack { epoch: u8, len: u8 },
     /// Answer to a message from a lower epoch.
     Fence { epoch: u8 },
+    /// Standby → primary: a planned switchover to the sender at `epoch`
+    /// (the primary's plus one; not persisted by the sender yet).
+    SwitchoverFence { epoch: u8 },
+    /// Primary → standby: it stepped down to `epoch` led by the standby;
+    /// its log held `last` records, the last of epoch `last_epoch`.
+    SwitchoverFenced {
+        epoch: u8,
+        last: u8,
+        last_epoch: Option<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +157,8 @@ enum Timer {
     Failover,
     /// The witness loses its file.
     LoseFile,
+    /// A standby starts (or asks again for) a planned switchover to itself.
+    Switchover,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -189,6 +212,10 @@ struct NodeState {
     /// Ghost: the writes this node acknowledged to the client, as (lsn,
     /// record). Only the properties read it.
     acked: BTreeSet<(u8, Rec)>,
+    /// The epoch of the planned switchover this standby runs (volatile).
+    switching: Option<u8>,
+    /// Ghost: this primary took over by a planned switchover.
+    by_switchover: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -237,6 +264,8 @@ enum Arbiter {
     Node {
         mutant: Mutant,
         start: Start,
+        /// Whether a standby may start a planned switchover.
+        switchover: bool,
     },
     Register {
         mutant: Mutant,
@@ -281,6 +310,7 @@ impl NodeState {
             eligible: false,
         };
         self.pending = None;
+        self.switching = None;
     }
 
     /// A successful CAS made us primary of `reg.epoch`: persist, then act.
@@ -297,6 +327,8 @@ impl NodeState {
         };
         self.reg = Some(reg);
         self.pending = None;
+        self.by_switchover = self.switching == Some(reg.epoch);
+        self.switching = None;
     }
 
     /// Whether the standby's flush is needed for a commit: it is in the
@@ -482,7 +514,11 @@ impl Actor for Arbiter {
                 }
                 State::Register(w)
             }
-            Arbiter::Node { mutant, start } => {
+            Arbiter::Node {
+                mutant,
+                start,
+                switchover,
+            } => {
                 for t in [
                     Timer::Write,
                     Timer::Heartbeat,
@@ -491,6 +527,9 @@ impl Actor for Arbiter {
                     Timer::Failover,
                 ] {
                     o.set_timer(t, model_timeout());
+                }
+                if *switchover {
+                    o.set_timer(Timer::Switchover, model_timeout());
                 }
                 let (epoch, log, acked) = match storage {
                     Some(Storage::Node { epoch, log, acked }) => {
@@ -508,6 +547,8 @@ impl Actor for Arbiter {
                     reg: None,
                     pending: None,
                     acked,
+                    switching: None,
+                    by_switchover: false,
                 };
                 if storage.is_none() && *start == Start::FailedOver {
                     let a = Rec { epoch: 1, by: 0 };
@@ -703,6 +744,54 @@ impl Actor for Arbiter {
                     s.adopt_epoch(epoch, None, o);
                 }
             }
+            Msg::SwitchoverFence { epoch } => {
+                let answer = match s.role {
+                    Role::Primary { .. } if epoch == s.epoch + 1 => {
+                        if mutant != Mutant::OldPrimaryWritesOnAfterSwitchover {
+                            s.adopt_epoch(epoch, Some(from), o);
+                        }
+                        true
+                    }
+                    // Stepped down for it already: the answer was lost.
+                    Role::Standby {
+                        leader: Some(l), ..
+                    } => l == from && epoch == s.epoch,
+                    _ => false,
+                };
+                if answer {
+                    o.send(
+                        src,
+                        Msg::SwitchoverFenced {
+                            epoch,
+                            last: s.log.len() as u8,
+                            last_epoch: s.log.last().map(|r| r.epoch),
+                        },
+                    );
+                }
+            }
+            Msg::SwitchoverFenced {
+                epoch,
+                last,
+                last_epoch,
+            } => {
+                let holds = usize::from(last) <= s.log.len()
+                    && (last == 0 || Some(s.log[usize::from(last) - 1].epoch) == last_epoch);
+                let ours = s.switching == Some(epoch)
+                    && epoch == s.epoch + 1
+                    && s.pending.is_none()
+                    && matches!(s.role, Role::Standby { leader: Some(l), .. } if l == from);
+                if ours && (holds || mutant == Mutant::SwitchoverWithoutTheLastRecord) {
+                    if let Some(reg) = s.reg.filter(|r| r.epoch == s.epoch) {
+                        let new = Reg {
+                            version: reg.version + 1,
+                            epoch,
+                            primary: me,
+                            sync: 0,
+                        };
+                        s.send_cas(Some(reg), new, o);
+                    }
+                }
+            }
             Msg::Cas { .. } => {}
         }
         if **state != State::Node(s.clone()) {
@@ -800,6 +889,16 @@ impl Actor for Arbiter {
                     s.send_cas(Some(reg), new, o);
                 }
             }
+            (
+                Timer::Switchover,
+                Role::Standby {
+                    leader: Some(l), ..
+                },
+            ) if s.epoch < MAX_EPOCH && s.pending.is_none() => {
+                let epoch = s.epoch + 1;
+                s.switching = Some(epoch);
+                o.send(Id::from(usize::from(*l)), Msg::SwitchoverFence { epoch });
+            }
             (Timer::Failover, Role::Standby { .. }) if s.pending.is_some() => {
                 if let Some((expect, new)) = s.pending {
                     s.send_cas(expect, new, o);
@@ -890,11 +989,19 @@ fn a_write_is_acknowledged_after_a_failover(_: &ArbiterModel, state: &Sys) -> bo
     acknowledged(state).any(|(_, _, rec)| rec.epoch >= 2)
 }
 
+fn a_switchover_hands_over(_: &ArbiterModel, state: &Sys) -> bool {
+    NODES
+        .iter()
+        .filter_map(|&n| live(state, n))
+        .any(|s| matches!(s.role, Role::Primary { .. }) && s.by_switchover)
+}
+
 const ONE_WRITER: &str = "at most one node acknowledges writes in an epoch";
 const NOTHING_LOST: &str = "a primary's log holds every write acknowledged in an earlier epoch";
 const FAILOVER: &str = "a standby becomes primary at a higher epoch";
 const WRITE_AFTER_FAILOVER: &str = "a write is acknowledged after a failover";
 const FAILBACK: &str = "the old primary becomes primary again, at epoch 3";
+const SWITCHOVER: &str = "a standby takes over by a planned switchover";
 
 /// One check: the rules (with at most one broken), where it starts, and
 /// its bounds.
@@ -909,6 +1016,8 @@ struct Cfg {
     depth: usize,
     /// Whether the witness may lose its file (once).
     lose_file: bool,
+    /// Whether a standby may start a planned switchover.
+    switchover: bool,
 }
 
 impl Cfg {
@@ -919,14 +1028,24 @@ impl Cfg {
             in_flight: 3,
             depth: 16,
             lose_file: false,
+            switchover: false,
         }
     }
 }
 
 fn model(cfg: Cfg) -> ArbiterModel {
-    let Cfg { mutant, start, .. } = cfg;
-    ActorModel::new(cfg, ())
-        .actors(NODES.iter().map(|_| Arbiter::Node { mutant, start }))
+    let Cfg {
+        mutant,
+        start,
+        switchover,
+        ..
+    } = cfg;
+    let model = ActorModel::new(cfg, ())
+        .actors(NODES.iter().map(|_| Arbiter::Node {
+            mutant,
+            start,
+            switchover,
+        }))
         .actor(Arbiter::Register {
             mutant,
             start,
@@ -948,7 +1067,12 @@ fn model(cfg: Cfg) -> ArbiterModel {
             WRITE_AFTER_FAILOVER,
             a_write_is_acknowledged_after_a_failover,
         )
-        .property(Expectation::Sometimes, FAILBACK, a_failback_happens)
+        .property(Expectation::Sometimes, FAILBACK, a_failback_happens);
+    if switchover {
+        model.property(Expectation::Sometimes, SWITCHOVER, a_switchover_hands_over)
+    } else {
+        model
+    }
 }
 
 /// The register's crashes are left out: its state is its durable state,
@@ -969,9 +1093,14 @@ fn check(cfg: Cfg, finish: HasDiscoveries) -> impl Checker<ArbiterModel> {
         .spawn_bfs()
         .join();
     println!(
-        "{:?} from {:?}, at most {} messages in flight, depth bound {}: {} states ({} unique) in {:?}",
+        "{:?} from {:?}{}, at most {} messages in flight, depth bound {}: {} states ({} unique) in {:?}",
         cfg.mutant,
         cfg.start,
+        if cfg.switchover {
+            " with switchovers"
+        } else {
+            ""
+        },
         cfg.in_flight,
         cfg.depth,
         checker.state_count(),
@@ -1066,9 +1195,41 @@ fn a_witness_that_lost_its_file_is_rebuilt_from_the_highest_epoch() {
     checker.assert_no_discovery(NOTHING_LOST);
 }
 
+#[test]
+fn planned_switchovers_keep_one_writer_per_epoch_and_lose_no_acknowledged_write() {
+    let cfg = Cfg {
+        switchover: true,
+        ..Cfg::new(Mutant::None, Start::Bootstrapped)
+    };
+    let checker = check(cfg, HasDiscoveries::All);
+    checker.assert_properties();
+}
+
+#[test]
+fn a_switchover_that_takes_over_without_the_last_record_loses_an_acknowledged_write() {
+    let cfg = Cfg {
+        switchover: true,
+        ..Cfg::new(Mutant::SwitchoverWithoutTheLastRecord, Start::Bootstrapped)
+    };
+    assert!(counterexample(cfg, NOTHING_LOST));
+}
+
+#[test]
+fn an_old_primary_that_writes_on_after_the_switchovers_fence_loses_an_acknowledged_write() {
+    let cfg = Cfg {
+        switchover: true,
+        ..Cfg::new(
+            Mutant::OldPrimaryWritesOnAfterSwitchover,
+            Start::Bootstrapped,
+        )
+    };
+    assert!(counterexample(cfg, NOTHING_LOST));
+}
+
 /// A search with other bounds, by hand: `MODEL_DEPTH`, `MODEL_IN_FLIGHT`,
 /// `MODEL_START` (0 fresh, 1 bootstrapped, 2 after a failover) and
-/// `MODEL_LOSE=1` (the witness may lose its file). It prints what it
+/// `MODEL_LOSE=1` (the witness may lose its file), `MODEL_SWITCHOVER=1`
+/// (standbys may start planned switchovers). It prints what it
 /// found; an Always property in that list is a counterexample.
 #[test]
 #[ignore]
@@ -1081,6 +1242,7 @@ fn explore() {
     };
     let mut cfg = Cfg::new(Mutant::None, start);
     cfg.lose_file = var("MODEL_LOSE") == Some(1);
+    cfg.switchover = var("MODEL_SWITCHOVER") == Some(1);
     cfg.depth = var("MODEL_DEPTH").unwrap_or(cfg.depth);
     cfg.in_flight = var("MODEL_IN_FLIGHT").unwrap_or(cfg.in_flight);
     let checker = check(cfg, HasDiscoveries::All);
