@@ -115,10 +115,12 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 /// cancelled. `work` answers `Ok(true)` to run again at once (more may be
 /// due), or an error that stops the node: the WAL or the state machine can
 /// no longer be trusted, and `failed(reason)` is sent on `tx` before the
-/// worker ends. A change that came before the cancel is worked on first:
+/// worker ends. A change that came before the cancel gets one last pass:
 /// a stopped applier still applies what was committed before its stop
 /// (whose writers would otherwise wait for the next applier, after a
-/// whole rejoin), and a stopped flusher still syncs what was appended.
+/// whole rejoin), and a stopped flusher still syncs what was appended;
+/// one pass only, so that a value that keeps changing (a node promoted
+/// while an old applier stops) cannot hold the stop.
 pub(crate) fn spawn_watch_worker<T, M, F, Fut>(
     mut watched: watch::Receiver<T>,
     tx: mpsc::Sender<M>,
@@ -134,21 +136,31 @@ where
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     let handle = tokio::spawn(async move {
+        // Told to stop with a change waiting: one last pass for it.
+        let mut last_pass = false;
         loop {
             let value = watched.borrow_and_update().clone();
             match work(value).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+                Ok(true) if !last_pass => continue,
+                Ok(_) => {}
                 Err(reason) => {
                     tracing::error!(%reason, "the node stops acknowledging writes");
                     let _ = tx.send(failed(reason)).await;
                     return;
                 }
             }
+            if last_pass {
+                return;
+            }
             tokio::select! {
                 biased;
+                _ = token.cancelled() => {
+                    if !watched.has_changed().unwrap_or(false) {
+                        return;
+                    }
+                    last_pass = true;
+                }
                 changed = watched.changed() => if changed.is_err() { return },
-                _ = token.cancelled() => return,
             }
         }
     });
@@ -183,5 +195,33 @@ mod tests {
             worker.stop().await;
             assert_eq!(*seen.lock().unwrap(), [0, 1], "the change before the stop");
         }
+    }
+
+    /// A value that keeps changing (a node promoted, committing, while
+    /// an old applier stops) does not hold the stop: one last pass, then
+    /// the worker ends.
+    #[tokio::test]
+    async fn a_worker_whose_value_keeps_changing_still_stops() {
+        let (value, watched) = watch::channel(0u32);
+        let value = Arc::new(value);
+        let (tx, _rx) = mpsc::channel::<String>(1);
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let worker = spawn_watch_worker(watched, tx, |reason| reason, {
+            let (value, passes) = (value.clone(), passes.clone());
+            move |v| {
+                passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                value.send(v + 1).unwrap();
+                async {
+                    tokio::task::yield_now().await;
+                    Ok(false)
+                }
+            }
+        });
+        while passes.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), worker.stop())
+            .await
+            .expect("the stop waited for the value to stop changing");
     }
 }

@@ -8,9 +8,11 @@
 //! plus reachability of the interesting states (a failover, a write
 //! acknowledged after it).
 //! With `Cfg::switchover`, a standby may also start a planned switchover at
-//! any moment: it fences the primary with the next epoch, the primary
-//! steps down for it and answers with its last record, and the standby
-//! takes over through the register once it holds that record.
+//! any moment: it fences the primary with the next epoch; the primary
+//! stops writing and, once the standby's acks cover its whole log, steps
+//! down for it and answers with its last LSN; the standby takes over
+//! through the register if it holds that LSN, or, the answer lost, when
+//! the old primary's next message names it leader of the next epoch.
 //! The rules modelled are those of docs/DESIGN.md, "The arbiter" and
 //! "Planned switchover"; the
 //! model is standalone: it models the rules, not walrep's code. Each rule
@@ -70,9 +72,9 @@ enum Mutant {
     /// A primary whose CAS failed takes the register's value for a newer
     /// view of its own, whatever its epoch, instead of being fenced.
     NotFencedByFailedCas,
-    /// A standby whose planned switchover fenced the primary takes over
-    /// without checking that it holds the primary's last record.
-    SwitchoverWithoutTheLastRecord,
+    /// A primary fenced by a planned switchover steps down at once, before
+    /// the standby's acks show it holds everything the primary wrote.
+    SwitchoverAnswerBeforeCaughtUp,
     /// A primary fenced by a planned switchover answers, but does not step
     /// down: it goes on acknowledging writes in its epoch.
     OldPrimaryWritesOnAfterSwitchover,
@@ -134,12 +136,11 @@ enum Msg {
     /// (the primary's plus one; not persisted by the sender yet).
     SwitchoverFence { epoch: u8 },
     /// Primary → standby: it stepped down to `epoch` led by the standby;
-    /// its log held `last` records, the last of epoch `last_epoch`.
-    SwitchoverFenced {
-        epoch: u8,
-        last: u8,
-        last_epoch: Option<u8>,
-    },
+    /// its log held `last` records.
+    SwitchoverFenced { epoch: u8, last: u8 },
+    /// A standby → its peer: it is at `epoch`, led by `leader` (what the
+    /// requests of its rejoin, and its refusal of a stale fence, say).
+    Leads { epoch: u8, leader: u8 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -214,6 +215,9 @@ struct NodeState {
     acked: BTreeSet<(u8, Rec)>,
     /// The epoch of the planned switchover this standby runs (volatile).
     switching: Option<u8>,
+    /// The epoch a planned switchover asked this primary to step down to;
+    /// it writes nothing meanwhile (volatile).
+    demotion: Option<u8>,
     /// Ghost: this primary took over by a planned switchover.
     by_switchover: bool,
 }
@@ -311,6 +315,7 @@ impl NodeState {
         };
         self.pending = None;
         self.switching = None;
+        self.demotion = None;
     }
 
     /// A successful CAS made us primary of `reg.epoch`: persist, then act.
@@ -363,6 +368,43 @@ impl NodeState {
         }
         *commit = reach;
         self.save(o);
+    }
+
+    /// Ends a planned step-down once the standby's acks cover our whole
+    /// log: persist its epoch led by the standby, stop, and tell it our
+    /// last LSN.
+    fn try_finish_demotion(&mut self, me: u8, mutant: Mutant, o: &mut Out<Arbiter>) {
+        let (Some(epoch), Role::Primary { matched, .. }) = (self.demotion, &self.role) else {
+            return;
+        };
+        let last = self.log.len() as u8;
+        if *matched < last && mutant != Mutant::SwitchoverAnswerBeforeCaughtUp {
+            return;
+        }
+        if mutant == Mutant::OldPrimaryWritesOnAfterSwitchover {
+            self.demotion = None;
+        } else {
+            self.adopt_epoch(epoch, Some(other(me)), o);
+        }
+        o.send(
+            Id::from(usize::from(other(me))),
+            Msg::SwitchoverFenced { epoch, last },
+        );
+    }
+
+    /// Takes `epoch`, which the old primary handed us by stepping down,
+    /// through the register (as a promotion: sync set emptied).
+    fn take_handed_epoch(&mut self, me: u8, epoch: u8, o: &mut Out<Arbiter>) {
+        if let Some(reg) = self.reg.filter(|r| r.epoch == self.epoch) {
+            self.switching = Some(epoch);
+            let new = Reg {
+                version: reg.version + 1,
+                epoch,
+                primary: me,
+                sync: 0,
+            };
+            self.send_cas(Some(reg), new, o);
+        }
     }
 
     fn send_append(&self, me: u8, o: &mut Out<Arbiter>) {
@@ -548,6 +590,7 @@ impl Actor for Arbiter {
                     pending: None,
                     acked,
                     switching: None,
+                    demotion: None,
                     by_switchover: false,
                 };
                 if storage.is_none() && *start == Start::FailedOver {
@@ -736,6 +779,7 @@ impl Actor for Arbiter {
                     if let Role::Primary { matched, .. } = &mut s.role {
                         *matched = (*matched).max(len);
                         s.advance_commit(me, mutant, o);
+                        s.try_finish_demotion(me, mutant, o);
                     }
                 }
             }
@@ -744,54 +788,48 @@ impl Actor for Arbiter {
                     s.adopt_epoch(epoch, None, o);
                 }
             }
-            Msg::SwitchoverFence { epoch } => {
-                let answer = match s.role {
-                    Role::Primary { .. } if epoch == s.epoch + 1 => {
-                        if mutant != Mutant::OldPrimaryWritesOnAfterSwitchover {
-                            s.adopt_epoch(epoch, Some(from), o);
-                        }
-                        true
-                    }
-                    // Stepped down for it already: the answer was lost.
-                    Role::Standby {
-                        leader: Some(l), ..
-                    } => l == from && epoch == s.epoch,
-                    _ => false,
-                };
-                if answer {
-                    o.send(
-                        src,
-                        Msg::SwitchoverFenced {
-                            epoch,
-                            last: s.log.len() as u8,
-                            last_epoch: s.log.last().map(|r| r.epoch),
-                        },
-                    );
+            Msg::SwitchoverFence { epoch } => match s.role {
+                Role::Primary { .. } if epoch == s.epoch + 1 => {
+                    s.demotion = Some(epoch);
+                    s.try_finish_demotion(me, mutant, o);
                 }
-            }
-            Msg::SwitchoverFenced {
-                epoch,
-                last,
-                last_epoch,
-            } => {
-                let holds = usize::from(last) <= s.log.len()
-                    && (last == 0 || Some(s.log[usize::from(last) - 1].epoch) == last_epoch);
+                // Stepped down already (the answer was lost): the refusal
+                // of a fence that is not above our epoch names our leader.
+                Role::Standby {
+                    leader: Some(leader),
+                    ..
+                } if epoch <= s.epoch => o.send(
+                    src,
+                    Msg::Leads {
+                        epoch: s.epoch,
+                        leader,
+                    },
+                ),
+                _ => {}
+            },
+            Msg::SwitchoverFenced { epoch, last } => {
                 let ours = s.switching == Some(epoch)
                     && epoch == s.epoch + 1
                     && s.pending.is_none()
                     && matches!(s.role, Role::Standby { leader: Some(l), .. } if l == from);
-                if ours && (holds || mutant == Mutant::SwitchoverWithoutTheLastRecord) {
-                    if let Some(reg) = s.reg.filter(|r| r.epoch == s.epoch) {
-                        let new = Reg {
-                            version: reg.version + 1,
-                            epoch,
-                            primary: me,
-                            sync: 0,
-                        };
-                        s.send_cas(Some(reg), new, o);
-                    }
+                if ours && usize::from(last) <= s.log.len() {
+                    s.take_handed_epoch(me, epoch, o);
                 }
             }
+            Msg::Leads { epoch, leader } if epoch > s.epoch => {
+                let handed = leader == me && epoch == s.epoch + 1;
+                match s.role {
+                    // The old primary stepped down for us (its answer was
+                    // lost): it did so only once we held all it wrote.
+                    Role::Standby { .. } if handed && s.pending.is_none() => {
+                        s.take_handed_epoch(me, epoch, o)
+                    }
+                    Role::Standby { .. } if handed => {}
+                    _ if leader == me => s.adopt_epoch(epoch, None, o),
+                    _ => s.adopt_epoch(epoch, Some(leader), o),
+                }
+            }
+            Msg::Leads { .. } => {}
             Msg::Cas { .. } => {}
         }
         if **state != State::Node(s.clone()) {
@@ -821,7 +859,9 @@ impl Actor for Arbiter {
         };
         let mut s = s.clone();
         match (timer, &s.role) {
-            (Timer::Write, Role::Primary { .. }) if s.log.len() < MAX_LOG => {
+            (Timer::Write, Role::Primary { .. })
+                if s.log.len() < MAX_LOG && s.demotion.is_none() =>
+            {
                 s.log.push(Rec {
                     epoch: s.epoch,
                     by: me,
@@ -898,6 +938,28 @@ impl Actor for Arbiter {
                 let epoch = s.epoch + 1;
                 s.switching = Some(epoch);
                 o.send(Id::from(usize::from(*l)), Msg::SwitchoverFence { epoch });
+            }
+            // The standby did not catch up in time: the primary refuses
+            // the switchover and writes again.
+            (Timer::Switchover, Role::Primary { .. }) if s.demotion.is_some() => {
+                s.demotion = None;
+            }
+            // A standby's rejoin asks its peer for history, saying its
+            // epoch and leader.
+            (
+                Timer::Heartbeat,
+                Role::Standby {
+                    leader: Some(l), ..
+                },
+            ) if *l != me => {
+                o.send(
+                    Id::from(usize::from(other(me))),
+                    Msg::Leads {
+                        epoch: s.epoch,
+                        leader: *l,
+                    },
+                );
+                return;
             }
             (Timer::Failover, Role::Standby { .. }) if s.pending.is_some() => {
                 if let Some((expect, new)) = s.pending {
@@ -1206,10 +1268,10 @@ fn planned_switchovers_keep_one_writer_per_epoch_and_lose_no_acknowledged_write(
 }
 
 #[test]
-fn a_switchover_that_takes_over_without_the_last_record_loses_an_acknowledged_write() {
+fn a_primary_that_steps_down_before_its_standby_caught_up_loses_an_acknowledged_write() {
     let cfg = Cfg {
         switchover: true,
-        ..Cfg::new(Mutant::SwitchoverWithoutTheLastRecord, Start::Bootstrapped)
+        ..Cfg::new(Mutant::SwitchoverAnswerBeforeCaughtUp, Start::Bootstrapped)
     };
     assert!(counterexample(cfg, NOTHING_LOST));
 }
