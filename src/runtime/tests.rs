@@ -1196,20 +1196,33 @@ async fn a_write_completes_while_a_wal_removal_is_stuck_on_the_disk() {
     replica.shutdown().await;
 }
 
+/// An `async` primary's settings and confirmed WAL whose fsyncs are held
+/// until the test opens the gate (opened at the latest when the returned
+/// guard drops), and where each held fsync reports its start.
+fn async_primary_with_held_syncs() -> (
+    Arc<GatedWal>,
+    tokio::sync::mpsc::UnboundedReceiver<Lsn>,
+    crate::wal::gated::OpenOnDrop,
+    Config,
+) {
+    let (wal, syncs) = GatedWal::new(Held::Syncs);
+    let wal = Arc::new(wal);
+    let open_at_the_end = wal.open_on_drop();
+    confirm_as_primary(&*wal);
+    let cfg = Config {
+        commit_mode: CommitMode::Async,
+        ..cfg(InitialRole::Primary)
+    };
+    (wal, syncs, open_at_the_end, cfg)
+}
+
 /// A node told to stop with its mailbox full (more writers queued than it
 /// holds) and an fsync in flight still stops: the flusher, which the stop
 /// waits for, is not left blocked sending the fsync's result to a mailbox
 /// nobody reads any more, and every queued writer is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
-    let (wal, mut syncs) = GatedWal::new(Held::Syncs);
-    let wal = Arc::new(wal);
-    let _open_at_the_end = wal.open_on_drop();
-    confirm_as_primary(&*wal);
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
+    let (wal, mut syncs, _open_at_the_end, cfg) = async_primary_with_held_syncs();
     let (replica, _service) = start(cfg, wal.clone(), unreachable_peer());
     writable(&replica).await;
     let first = tokio::spawn({
@@ -1255,14 +1268,7 @@ async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
 /// `shutdown` again, and a later call returns once everything stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_whose_caller_gave_up_still_stops_the_server() {
-    let (wal, mut syncs) = GatedWal::new(Held::Syncs);
-    let wal = Arc::new(wal);
-    let _open_at_the_end = wal.open_on_drop();
-    confirm_as_primary(&*wal);
-    let cfg = Config {
-        commit_mode: CommitMode::Async,
-        ..cfg(InitialRole::Primary)
-    };
+    let (wal, mut syncs, _open_at_the_end, cfg) = async_primary_with_held_syncs();
     let replica = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
         .peer(Arc::new(unreachable_peer()))
         .listen("127.0.0.1:0")

@@ -163,14 +163,16 @@ mod tests {
     use std::time::Duration;
     use walrep::{Lsn, StateMachine};
 
-    /// A GET on the SQLite engine while its connection is busy (a commit,
-    /// a checkpoint) waits on a blocking thread, not on the runtime's
-    /// thread: the test's one-thread runtime, as the node's, goes on
-    /// meanwhile. The connection is held until that runtime signals it ran
-    /// on while the read was pending (or 10 s pass, which is the failure:
-    /// a read on the runtime's thread leaves it no way to signal).
-    #[tokio::test]
-    async fn a_sqlite_read_waits_for_a_busy_store_off_the_runtime_thread() {
+    /// An SQLite engine holding `k = v` whose connection is busy (a
+    /// commit, a checkpoint): a thread holds it until the returned sender
+    /// is used, or for 10 s; joined, that thread says whether it was used
+    /// in time. The directory lives as long as the test holds it.
+    fn busy_sqlite() -> (
+        Engine,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<bool>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let Engine::Sqlite(store) = Engine::open(EngineKind::Sqlite, dir.path()).unwrap() else {
             panic!("an SQLite engine")
@@ -180,17 +182,29 @@ mod tests {
             .unwrap();
         let engine = Engine::Sqlite(store.clone());
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (ran_on_tx, ran_on_rx) = std::sync::mpsc::channel::<()>();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             store.with_connection_held(|| {
                 locked_tx.send(()).unwrap();
-                ran_on_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+                done_rx.recv_timeout(Duration::from_secs(10)).is_ok()
             })
         });
         locked_rx.recv().unwrap();
+        (engine, done, holder, dir)
+    }
+
+    /// A GET on the SQLite engine while its connection is busy waits on a
+    /// blocking thread, not on the runtime's thread: the test's one-thread
+    /// runtime, as the node's, goes on meanwhile. The connection is held
+    /// until that runtime signals it ran on while the read was pending (or
+    /// 10 s pass, which is the failure: a read on the runtime's thread
+    /// leaves it no way to signal).
+    #[tokio::test]
+    async fn a_sqlite_read_waits_for_a_busy_store_off_the_runtime_thread() {
+        let (engine, done, holder, _dir) = busy_sqlite();
         let read = tokio::spawn(async move { engine.get(b"k".to_vec()).await });
         tokio::task::yield_now().await;
-        let _ = ran_on_tx.send(());
+        let _ = done.send(());
         let value = read.await.unwrap().unwrap();
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
         assert!(
@@ -206,23 +220,7 @@ mod tests {
     /// with every thread waiting on the connection, it cannot run).
     #[test]
     fn a_burst_of_sqlite_reads_leaves_blocking_threads_for_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let Engine::Sqlite(store) = Engine::open(EngineKind::Sqlite, dir.path()).unwrap() else {
-            panic!("an SQLite engine")
-        };
-        store
-            .apply(Lsn(1), &crate::kv::command::encoded::put("k", "v"))
-            .unwrap();
-        let engine = Engine::Sqlite(store.clone());
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            store.with_connection_held(|| {
-                locked_tx.send(()).unwrap();
-                ran_rx.recv_timeout(Duration::from_secs(10)).is_ok()
-            })
-        });
-        locked_rx.recv().unwrap();
+        let (engine, done, holder, _dir) = busy_sqlite();
         let rt = tokio::runtime::Builder::new_current_thread()
             .max_blocking_threads(crate::sqlite::READ_THREADS + 2)
             .build()
@@ -238,7 +236,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             tokio::task::spawn_blocking(move || {
-                let _ = ran_tx.send(());
+                let _ = done.send(());
             })
             .await
             .unwrap();

@@ -844,6 +844,40 @@ async fn promote(State(s): State<Arc<AppState>>, uri: Uri) -> Response {
 mod tests {
     use super::*;
 
+    type KvPair = walrep::testing::Pair<crate::kv::KvStore>;
+
+    /// A streaming pair of KV engines, with `tweak` applied to both
+    /// nodes' settings; the directory lives as long as the test holds it.
+    async fn kv_pair(
+        tweak: impl Fn(&mut walrep::Config) + Send + Sync + 'static,
+    ) -> (KvPair, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let pair = walrep::testing::Pair::builder(move |id| {
+            Arc::new(crate::kv::KvStore::open(root.join(id.to_string())).unwrap())
+        })
+        .config(tweak)
+        .start()
+        .await
+        .unwrap();
+        pair.wait_streaming().await.unwrap();
+        (pair, dir)
+    }
+
+    /// The HTTP API of `node`, with a write budget of `budget` bytes.
+    fn app_state(node: &walrep::testing::PairNode<crate::kv::KvStore>, budget: usize) -> AppState {
+        let replica = node.replica().clone();
+        AppState::new(
+            replica.clone(),
+            Engine::Kv(node.engine().clone()),
+            DaemonMetrics::new(replica, crate::metrics::NodeInfo::of(node.config())),
+            1 << 20,
+            budget,
+            None,
+            Duration::from_secs(10),
+        )
+    }
+
     /// A `PUT` whose client hangs up once its record is queued keeps its
     /// bytes in the write budget until the node answers the write: the
     /// record is held in the node meanwhile, and freeing its budget at
@@ -851,37 +885,18 @@ mod tests {
     /// of memory.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_whose_client_left_holds_its_budget_until_answered() {
-        use walrep::testing::Pair;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let pair = Pair::builder(move |id| {
-            Arc::new(crate::kv::KvStore::open(root.join(id.to_string())).unwrap())
-        })
-        .config(|c| {
+        let (pair, _dir) = kv_pair(|c| {
             // The write waits for the cut standby until the link is back.
             c.sync_timeout = Duration::from_secs(120);
             c.failover_timeout = Duration::from_secs(60);
         })
-        .start()
-        .await
-        .unwrap();
-        pair.wait_streaming().await.unwrap();
-        let (primary, standby) = (pair.primary(), pair.standby().id().clone());
+        .await;
+        let primary = pair.primary();
         let replica = primary.replica().clone();
         let budget = 1 << 20;
-        let state = Arc::new(AppState::new(
-            replica.clone(),
-            Engine::Kv(primary.engine().clone()),
-            DaemonMetrics::new(
-                replica.clone(),
-                crate::metrics::NodeInfo::of(primary.config()),
-            ),
-            1 << 20,
-            budget,
-            None,
-            Duration::from_secs(10),
-        ));
-        pair.set_link_cut(&standby, true);
+        let state = Arc::new(app_state(primary, budget));
+        // The primary's stream to its standby fails until the link is back.
+        pair.set_link_cut(primary.id(), true);
         let put = tokio::spawn(put_key(
             State(state.clone()),
             Ok(Path("k".to_string())),
@@ -902,7 +917,7 @@ mod tests {
             state.write_budget.available_permits() < budget,
             "the budget was freed while the write was still held in the node"
         );
-        pair.set_link_cut(&standby, false);
+        pair.set_link_cut(primary.id(), false);
         let freed = async {
             while state.write_budget.available_permits() < budget {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -921,32 +936,11 @@ mod tests {
     /// the node becomes writable right after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_write_whose_client_left_is_not_tried_again() {
-        use walrep::testing::Pair;
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let pair = Pair::builder(move |id| {
-            Arc::new(crate::kv::KvStore::open(root.join(id.to_string())).unwrap())
-        })
-        .config(|c| c.auto_failover = false)
-        .start()
-        .await
-        .unwrap();
-        pair.wait_streaming().await.unwrap();
+        let (pair, _dir) = kv_pair(|c| c.auto_failover = false).await;
         let standby = pair.standby();
         let replica = standby.replica().clone();
         let budget = 1 << 20;
-        let mut state = AppState::new(
-            replica.clone(),
-            Engine::Kv(standby.engine().clone()),
-            DaemonMetrics::new(
-                replica.clone(),
-                crate::metrics::NodeInfo::of(standby.config()),
-            ),
-            1 << 20,
-            budget,
-            None,
-            Duration::from_secs(10),
-        );
+        let mut state = app_state(standby, budget);
         state.refusal_hold = Duration::from_secs(60);
         let state = Arc::new(state);
         // A standby out of contact with its primary may promote: a write
