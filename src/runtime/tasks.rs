@@ -155,7 +155,9 @@ where
             tokio::select! {
                 biased;
                 _ = token.cancelled() => {
-                    if !watched.has_changed().unwrap_or(false) {
+                    // `Err`: the sender is gone, perhaps after a last
+                    // change; one more pass costs nothing then.
+                    if matches!(watched.has_changed(), Ok(false)) {
                         return;
                     }
                     last_pass = true;

@@ -793,12 +793,23 @@ impl Actor for Arbiter {
                     s.demotion = Some(epoch);
                     s.try_finish_demotion(me, mutant, o);
                 }
-                // Stepped down already (the answer was lost): the refusal
-                // of a fence that is not above our epoch names our leader.
+                // Stepped down for it already (the answer was lost): the
+                // same answer again.
                 Role::Standby {
                     leader: Some(leader),
                     ..
-                } if epoch <= s.epoch => o.send(
+                } if epoch == s.epoch && leader == from => o.send(
+                    src,
+                    Msg::SwitchoverFenced {
+                        epoch,
+                        last: s.log.len() as u8,
+                    },
+                ),
+                // A fence of an older epoch is refused, naming our leader.
+                Role::Standby {
+                    leader: Some(leader),
+                    ..
+                } if epoch < s.epoch => o.send(
                     src,
                     Msg::Leads {
                         epoch: s.epoch,
@@ -824,7 +835,9 @@ impl Actor for Arbiter {
                     Role::Standby { .. } if handed && s.pending.is_none() => {
                         s.take_handed_epoch(me, epoch, o)
                     }
-                    Role::Standby { .. } if handed => {}
+                    // As `on_higher_epoch`: only a standby takes an epoch
+                    // handed to it.
+                    _ if handed => {}
                     _ if leader == me => s.adopt_epoch(epoch, None, o),
                     _ => s.adopt_epoch(epoch, Some(leader), o),
                 }
