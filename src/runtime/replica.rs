@@ -476,7 +476,16 @@ impl Replica {
             .send(make(tx))
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        // A node that stops closes its mailbox and never reads it again.
+        // A message that got in as it closed (its sender held room from
+        // before) can land after the mailbox was emptied, and then stays
+        // in the channel, reply and all, as long as any handle lives: so
+        // stop waiting once the mailbox is closed.
+        tokio::select! {
+            biased;
+            reply = rx => reply.map_err(|_| Error::ShuttingDown)?,
+            _ = self.inner.tx.closed() => Err(Error::ShuttingDown),
+        }
     }
 }
 
@@ -579,7 +588,12 @@ impl Inner {
     async fn stop(self: Arc<Self>) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Shutdown { reply: tx }).await.is_ok() {
-            let _ = rx.await;
+            // The mailbox closed: the actor is stopping (awaited below).
+            tokio::select! {
+                biased;
+                _ = rx => {}
+                _ = self.tx.closed() => {}
+            }
         }
         let actor = self.actor.lock().unwrap().take();
         if let Some(handle) = actor {
@@ -693,4 +707,53 @@ async fn serve_tls_with(
             shutdown,
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write whose message is in the mailbox when the node closes it
+    /// (stopping, it never reads the mailbox again) is answered
+    /// `ShuttingDown`, although the mailbox itself, and so the message
+    /// and its reply, live on as long as a handle does.
+    #[tokio::test]
+    async fn a_write_left_in_a_closed_mailbox_is_answered_shutting_down() {
+        use crate::runtime::tests::{cfg, start, unreachable_peer};
+        // A node's health and counters, beside a mailbox nobody reads.
+        let (node, _service) = start(
+            cfg(crate::config::InitialRole::Standby),
+            Arc::new(crate::wal::MemWal::new()),
+            unreachable_peer(),
+        );
+        let (tx, mut mailbox) = mpsc::channel(4);
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                tx,
+                health: node.inner.health.clone(),
+                metrics: node.inner.metrics.clone(),
+                actor: std::sync::Mutex::new(None),
+                stopping: std::sync::Mutex::new(None),
+                runtime: tokio::runtime::Handle::current(),
+                server: std::sync::Mutex::new(None),
+                local_addr: None,
+                max_record_bytes: 1 << 20,
+                promote_timeout: Duration::from_secs(1),
+            }),
+        };
+        let write = tokio::spawn({
+            let r = replica.clone();
+            async move { r.apply(Bytes::from_static(b"put k v")).await }
+        });
+        while mailbox.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        mailbox.close();
+        let answer = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the write waited for a mailbox nobody reads")
+            .unwrap();
+        assert!(matches!(answer, Err(Error::ShuttingDown)), "{answer:?}");
+        node.shutdown().await;
+    }
 }

@@ -339,9 +339,9 @@ impl Actor {
                             // it, so that a task the stop waits for (the
                             // flusher ending its fsync, the applier) finds
                             // its send refused instead of waiting forever
-                            // for room in a full one. What is queued is
-                            // dropped with the actor: its callers hear
-                            // `ShuttingDown`.
+                            // for room in a full one. Callers whose
+                            // messages are queued hear `ShuttingDown` once
+                            // it is closed (`Replica::ask`).
                             rx.close();
                             self.shutdown().await;
                             for reply in self.stop_replies.drain(..) {
