@@ -472,20 +472,9 @@ impl Replica {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner
-            .tx
-            .send(make(tx))
+            .tell(make(tx), rx)
             .await
-            .map_err(|_| Error::ShuttingDown)?;
-        // A node that stops closes its mailbox and never reads it again.
-        // A message that got in as it closed (its sender held room from
-        // before) can land after the mailbox was emptied, and then stays
-        // in the channel, reply and all, as long as any handle lives: so
-        // stop waiting once the mailbox is closed.
-        tokio::select! {
-            biased;
-            reply = rx => reply.map_err(|_| Error::ShuttingDown)?,
-            _ = self.inner.tx.closed() => Err(Error::ShuttingDown),
-        }
+            .ok_or(Error::ShuttingDown)?
     }
 }
 
@@ -583,18 +572,28 @@ impl Replicator for Replica {
 type Stopping = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 impl Inner {
+    /// Sends `msg` to the node and waits for its answer on `answer`;
+    /// `None` if the node refused the message or closed its mailbox. A
+    /// node that stops closes its mailbox and never reads it again, and a
+    /// message that got in as it closed (its sender held room from before)
+    /// can land after the mailbox was emptied: it then stays in the
+    /// channel, reply and all, as long as any handle lives, so the wait
+    /// ends once the mailbox is closed.
+    async fn tell<T>(&self, msg: Msg, answer: oneshot::Receiver<T>) -> Option<T> {
+        self.tx.send(msg).await.ok()?;
+        tokio::select! {
+            biased;
+            answer = answer => answer.ok(),
+            _ = self.tx.closed() => None,
+        }
+    }
+
     /// Stops the actor (a primary's handover first), then the server: the
     /// handover still hears its standby through it.
     async fn stop(self: Arc<Self>) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown { reply: tx }).await.is_ok() {
-            // The mailbox closed: the actor is stopping (awaited below).
-            tokio::select! {
-                biased;
-                _ = rx => {}
-                _ = self.tx.closed() => {}
-            }
-        }
+        // No answer: the node is stopping already (awaited below).
+        let _ = self.tell(Msg::Shutdown { reply: tx }, rx).await;
         let actor = self.actor.lock().unwrap().take();
         if let Some(handle) = actor {
             let _ = handle.await;

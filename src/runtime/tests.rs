@@ -1263,17 +1263,23 @@ async fn a_node_told_to_stop_with_its_mailbox_full_stops() {
     }
 }
 
+/// As `start`, with the replication server on a free port of 127.0.0.1
+/// and a peer that never answers.
+fn serving(cfg: Config, wal: Arc<dyn WalStore>) -> Replica {
+    Replica::builder(cfg, wal, Arc::new(MemStateMachine::new()))
+        .peer(Arc::new(unreachable_peer()))
+        .listen("127.0.0.1:0")
+        .start()
+        .unwrap()
+}
+
 /// A shutdown whose caller gave up (its future dropped mid-stop) still
 /// runs to its end: the replication server stops with nobody calling
 /// `shutdown` again, and a later call returns once everything stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_whose_caller_gave_up_still_stops_the_server() {
     let (wal, mut syncs, _open_at_the_end, cfg) = async_primary_with_held_syncs();
-    let replica = Replica::builder(cfg, wal.clone(), Arc::new(MemStateMachine::new()))
-        .peer(Arc::new(unreachable_peer()))
-        .listen("127.0.0.1:0")
-        .start()
-        .unwrap();
+    let replica = serving(cfg, wal.clone());
     writable(&replica).await;
     let addr = replica.local_addr().expect("a server");
     tokio::net::TcpStream::connect(addr)
@@ -1308,15 +1314,7 @@ async fn a_shutdown_whose_caller_gave_up_still_stops_the_server() {
 async fn a_shutdown_polled_outside_any_runtime_stops_the_node() {
     let wal = Arc::new(crate::wal::MemWal::new());
     confirm_as_primary(&*wal);
-    let replica = Replica::builder(
-        cfg(InitialRole::Primary),
-        wal,
-        Arc::new(MemStateMachine::new()),
-    )
-    .peer(Arc::new(unreachable_peer()))
-    .listen("127.0.0.1:0")
-    .start()
-    .unwrap();
+    let replica = serving(cfg(InitialRole::Primary), wal);
     let addr = replica.local_addr().expect("a server");
     let stopping = std::thread::spawn(move || futures::executor::block_on(replica.shutdown()));
     let stopped = tokio::task::spawn_blocking(move || stopping.join());

@@ -1,8 +1,9 @@
 //! A test `WalStore` on a "disk" that the test can hold up: a `MemWal`
 //! that reports `may_block` (so the node calls it from blocking threads),
-//! whose `sync`, `remove_before` or `truncate_after` can be held at a gate. Each held call
-//! reports that it started, with its LSN, then waits until the test opens
-//! the gate (an fsync or a segment removal stuck on a busy disk).
+//! whose `sync`, `remove_before` or `truncate_after` can be held at a
+//! gate. Each held call reports that it started, with its LSN, then waits
+//! until the test opens the gate (an fsync, a segment removal or a cut
+//! stuck on a busy disk).
 
 use super::{MemWal, WalError, WalMeta, WalStore};
 use crate::types::{Epoch, EpochHistory, Lsn, Record, RequestIdAt};

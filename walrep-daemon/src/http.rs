@@ -426,6 +426,26 @@ impl AppState {
         other && !may_promote
     }
 
+    /// Runs `work` in a task of its own, so that it ends even if the
+    /// client hangs up and its handler is dropped midway, and answers with
+    /// what `work` answered; if the task failed, a 500 naming `what` and
+    /// what the client should do (`advice`).
+    async fn to_the_end(
+        &self,
+        work: impl std::future::Future<Output = Response> + Send + 'static,
+        what: &str,
+        advice: &str,
+    ) -> Response {
+        tokio::spawn(work).await.unwrap_or_else(|e| {
+            self.metrics.http_rejected("internal");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{what} failed ({e}); {advice}"),
+                None,
+            )
+        })
+    }
+
     /// A write whose handler ends with its client (dropped at a hang-up).
     async fn write(&self, cmd: Command, headers: &HeaderMap) -> Response {
         let client_stays = CancellationToken::new();
@@ -575,21 +595,12 @@ async fn put_key(
     let record = record.freeze();
     let client_gone = CancellationToken::new();
     let _hang_up = client_gone.clone().drop_guard();
-    let write = tokio::spawn(async move {
+    let write = async move {
         let _held = held;
         writer.write_record(record, &headers, &client_gone).await
-    });
-    match write.await {
-        Ok(reply) => reply,
-        Err(e) => {
-            s.metrics.http_rejected("internal");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the write's task failed ({e}); it may have been written"),
-                None,
-            )
-        }
-    }
+    };
+    s.to_the_end(write, "the write's task", "it may have been written")
+        .await
 }
 
 async fn delete_key(
@@ -706,7 +717,7 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
     // see concurrent changes in the same order even if a client hangs up
     // midway.
     let changer = s.clone();
-    let change = tokio::spawn(async move {
+    let change = async move {
         let s = changer;
         let _one_at_a_time = s.maintenance_changes.lock().await;
         // On disk first: what the node does after a restart is what was
@@ -736,15 +747,9 @@ async fn maintenance(State(s): State<Arc<AppState>>, uri: Uri, pause: bool) -> R
             Ok(()) => s.maintenance_reply(),
             Err(e) => s.refused(e),
         }
-    });
-    change.await.unwrap_or_else(|e| {
-        s.metrics.http_rejected("internal");
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the maintenance change failed ({e}); check GET /maintenance"),
-            None,
-        )
-    })
+    };
+    s.to_the_end(change, "the maintenance change", "check GET /maintenance")
+        .await
 }
 
 /// Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it.
