@@ -102,6 +102,18 @@ impl Reg {
     fn has(&self, node: u8) -> bool {
         self.sync & (1 << node) != 0
     }
+
+    /// The register after `node`'s promotion, whatever its cause (a
+    /// failover, a planned switchover): the next epoch, `node` primary, an
+    /// empty sync set.
+    fn promoting(self, node: u8) -> Reg {
+        Reg {
+            version: self.version + 1,
+            epoch: self.epoch + 1,
+            primary: node,
+            sync: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -392,18 +404,12 @@ impl NodeState {
         );
     }
 
-    /// Takes `epoch`, which the old primary handed us by stepping down,
-    /// through the register (as a promotion: sync set emptied).
+    /// Takes `epoch` (ours plus one), which the old primary handed us by
+    /// stepping down, through the register, as a promotion.
     fn take_handed_epoch(&mut self, me: u8, epoch: u8, o: &mut Out<Arbiter>) {
         if let Some(reg) = self.reg.filter(|r| r.epoch == self.epoch) {
             self.switching = Some(epoch);
-            let new = Reg {
-                version: reg.version + 1,
-                epoch,
-                primary: me,
-                sync: 0,
-            };
-            self.send_cas(Some(reg), new, o);
+            self.send_cas(Some(reg), reg.promoting(me), o);
         }
     }
 
@@ -854,6 +860,13 @@ impl Actor for Arbiter {
         o.set_timer(timer.clone(), model_timeout());
         let me = usize::from(id) as u8;
         let mutant = self.mutant();
+        let switchovers = matches!(
+            self,
+            Arbiter::Node {
+                switchover: true,
+                ..
+            }
+        );
         if let State::Register(w) = &**state {
             if *timer == Timer::LoseFile && !w.lost {
                 let w = Witness {
@@ -958,13 +971,15 @@ impl Actor for Arbiter {
                 s.demotion = None;
             }
             // A standby's rejoin asks its peer for history, saying its
-            // epoch and leader.
+            // epoch and leader. Only a switchover's step-down makes that
+            // matter, so only the checks with switchovers send it (the
+            // others keep their state space).
             (
                 Timer::Heartbeat,
                 Role::Standby {
                     leader: Some(l), ..
                 },
-            ) if *l != me => {
+            ) if *l != me && switchovers => {
                 o.send(
                     Id::from(usize::from(other(me))),
                     Msg::Leads {
@@ -985,13 +1000,7 @@ impl Actor for Arbiter {
                 if !allowed || reg.epoch != s.epoch || reg.primary == me || reg.epoch >= MAX_EPOCH {
                     return;
                 }
-                let new = Reg {
-                    version: reg.version + 1,
-                    epoch: reg.epoch + 1,
-                    primary: me,
-                    sync: 0,
-                };
-                s.send_cas(Some(reg), new, o);
+                s.send_cas(Some(reg), reg.promoting(me), o);
             }
             _ => return,
         }
