@@ -89,7 +89,7 @@ mod replica;
 mod restart_point;
 mod snapshots;
 mod streamer;
-mod tasks;
+pub(crate) mod tasks;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -93,6 +93,10 @@ pub struct FileWal {
     /// on the first channel and waits for the second.
     #[cfg(test)]
     hold_removal: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// Test hook: the next read from the disk stops after planning, says
+    /// so on the first channel and waits for the second.
+    #[cfg(test)]
+    hold_read: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
     /// Test hook: removals of files a trim let go of fail, as a disk
     /// refusing them would.
     #[cfg(test)]
@@ -264,6 +268,8 @@ impl FileWal {
             rewriting: Mutex::new(()),
             #[cfg(test)]
             hold_removal: Mutex::new(None),
+            #[cfg(test)]
+            hold_read: Mutex::new(None),
             #[cfg(test)]
             fail_removals: AtomicBool::new(false),
             _lock: lock,
@@ -663,11 +669,18 @@ impl WalStore for FileWal {
                     st.generation,
                 )
             };
+            #[cfg(test)]
+            if let Some((stuck, release)) = self.hold_read.lock().unwrap().take() {
+                let _ = stuck.send(());
+                let _ = release.recv();
+            }
             let result = read::read_chunks(&plan);
             // Appends only add past what was planned and removed segments
             // stay readable through their handles; only a rewrite in place
             // could have mixed old and new records (or torn one) under us.
-            if self.lock().generation == generation {
+            let unchanged = self.lock().generation == generation;
+            read::let_go(plan);
+            if unchanged {
                 return result;
             }
         }

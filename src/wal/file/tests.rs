@@ -1326,6 +1326,50 @@ fn appends_go_on_while_a_trim_removes_its_files() {
     assert_eq!(all(&wal), recs(first.0..=31, 1));
 }
 
+/// A read from the disk that planned a segment which a trim then removed
+/// holds that file's last descriptor: closing it frees the file's blocks,
+/// so the read closes it off its own thread (a standby's stream reads on
+/// the node's runtime thread, as this test's read does).
+#[tokio::test]
+async fn a_read_left_holding_a_removed_segment_closes_it_off_its_thread() {
+    use std::sync::mpsc;
+    let dir = TempDir::new().unwrap();
+    let opts = FileWalOptions {
+        tail_cache_bytes: 0,
+        ..tiny()
+    };
+    let wal = std::sync::Arc::new(open(&dir, opts));
+    for l in 1..=30 {
+        wal.append(&[rec(l, 1)]).unwrap();
+    }
+    wal.sync().unwrap();
+    let first_segment = segment_files(&dir)[0].clone();
+    let (stuck_tx, stuck) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *wal.hold_read.lock().unwrap() = Some((stuck_tx, release_rx));
+    let w = wal.clone();
+    let trim = std::thread::spawn(move || {
+        stuck
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the read never planned");
+        w.remove_before(Lsn(15)).unwrap();
+        release.send(()).unwrap();
+    });
+    let read = wal.read(Lsn(1), usize::MAX, usize::MAX).unwrap();
+    trim.join().unwrap();
+    assert!(
+        !first_segment.exists(),
+        "the trim removed the first segment"
+    );
+    assert_eq!(read, recs(1..=30, 1), "read whole through its handles");
+    let closer = crate::runtime::tasks::closing_of(&first_segment).await;
+    assert_ne!(
+        closer,
+        std::thread::current().id(),
+        "the reading thread closed the removed segment"
+    );
+}
+
 /// A trim whose removals failed leaves their files on disk while the log
 /// let go of them: the next trim removes them first, and a reset (a
 /// rejoin's) removes them with the rest, never leaving a gap before its new
