@@ -52,6 +52,7 @@ mod runtime;
 mod state_machine;
 mod transport;
 mod types;
+mod unlinked;
 mod wal;
 
 #[cfg(any(test, feature = "testing"))]

@@ -177,7 +177,7 @@ impl Incoming {
             if let Some(dir) = i.path.parent() {
                 discard_files(dir);
             }
-            super::tasks::close_off_thread(i.file, &i.path, may_block);
+            crate::unlinked::close_off_thread(i.file, &i.path, may_block);
         }
     }
 }
@@ -298,7 +298,7 @@ mod tests {
         assert!(slot.is_none());
         assert!(!path.exists(), "the name is free when discard returns");
         assert_ne!(
-            crate::runtime::tasks::closing_of(&path).await,
+            crate::unlinked::closing_of(&path).await,
             std::thread::current().id(),
             "closed by the task that discarded it"
         );

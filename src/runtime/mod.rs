@@ -89,7 +89,7 @@ mod replica;
 mod restart_point;
 mod snapshots;
 mod streamer;
-pub(crate) mod tasks;
+mod tasks;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -198,7 +198,7 @@ impl Drop for BuildFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         if let Some(file) = self.file.take() {
-            super::tasks::close_off_thread(file, &self.path, self.close_off_thread);
+            crate::unlinked::close_off_thread(file, &self.path, self.close_off_thread);
         }
     }
 }

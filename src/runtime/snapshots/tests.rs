@@ -169,7 +169,7 @@ async fn a_stale_builds_file_is_removed_off_the_thread_that_asked() {
     let asked_on = std::thread::current().id();
     let newer = snapshots.get();
     assert_ne!(
-        crate::runtime::tasks::closing_of(&path).await,
+        crate::unlinked::closing_of(&path).await,
         asked_on,
         "the stale build's file was closed by the caller of get"
     );
@@ -194,7 +194,7 @@ async fn a_replaced_builds_file_goes_off_the_thread_of_its_last_transfer() {
     let ended_on = std::thread::current().id();
     drop(reader);
     assert_ne!(
-        crate::runtime::tasks::closing_of(&path).await,
+        crate::unlinked::closing_of(&path).await,
         ended_on,
         "the file was closed by the task that ended the transfer"
     );

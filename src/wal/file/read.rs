@@ -62,11 +62,11 @@ pub(super) fn plan_read(st: &State, from: Lsn, max_records: usize, max_bytes: us
 /// removed meanwhile is closed by its last holder, which may be this read,
 /// and that close frees the file's blocks (tens to hundreds of ms for a
 /// 64 MiB segment on a disk mounted with `discard`): it goes to a blocking
-/// thread, since a standby's stream reads on the node's runtime thread.
+/// thread, since the stream to a standby reads on the node's runtime.
 pub(super) fn let_go(plan: Vec<Chunk>) {
     for chunk in plan {
         if let Some(file) = Arc::into_inner(chunk.file) {
-            crate::runtime::tasks::close_off_thread(file, &chunk.path, true);
+            crate::unlinked::close_off_thread(file, &chunk.path, true);
         }
     }
 }

@@ -1362,7 +1362,7 @@ async fn a_read_left_holding_a_removed_segment_closes_it_off_its_thread() {
         "the trim removed the first segment"
     );
     assert_eq!(read, recs(1..=30, 1), "read whole through its handles");
-    let closer = crate::runtime::tasks::closing_of(&first_segment).await;
+    let closer = crate::unlinked::closing_of(&first_segment).await;
     assert_ne!(
         closer,
         std::thread::current().id(),
