@@ -89,14 +89,12 @@ pub struct FileWal {
     /// a trim removes its segments' files after it let go of `state`, and
     /// a truncation or reset must not list the directory's files meanwhile.
     rewriting: Mutex<()>,
-    /// Test hook: the next trim stops before removing its files, says so
-    /// on the first channel and waits for the second.
+    /// Test hook: holds the next trim before it removes its files.
     #[cfg(test)]
-    hold_removal: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
-    /// Test hook: the next read from the disk stops after planning, says
-    /// so on the first channel and waits for the second.
+    hold_removal: HoldOnce,
+    /// Test hook: holds the next read from the disk after its plan.
     #[cfg(test)]
-    hold_read: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    hold_read: HoldOnce,
     /// Test hook: removals of files a trim let go of fail, as a disk
     /// refusing them would.
     #[cfg(test)]
@@ -105,6 +103,31 @@ pub struct FileWal {
     /// it (two nodes given one data directory) is refused before its
     /// recovery could cut what this one is writing.
     _lock: File,
+}
+
+/// Test hook: holds the next call that passes it, once.
+#[cfg(test)]
+#[derive(Default)]
+struct HoldOnce(Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>);
+
+#[cfg(test)]
+impl HoldOnce {
+    /// Arms the hold: the first channel says a call is held, a send on
+    /// the second lets it go on.
+    fn arm(&self) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (stuck_tx, stuck) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *self.0.lock().unwrap() = Some((stuck_tx, release_rx));
+        (stuck, release)
+    }
+
+    /// Where a call is held, if the hold is armed.
+    fn pass(&self) {
+        if let Some((stuck, release)) = self.0.lock().unwrap().take() {
+            let _ = stuck.send(());
+            let _ = release.recv();
+        }
+    }
 }
 
 struct State {
@@ -267,9 +290,9 @@ impl FileWal {
             fail_next_sync: AtomicBool::new(false),
             rewriting: Mutex::new(()),
             #[cfg(test)]
-            hold_removal: Mutex::new(None),
+            hold_removal: HoldOnce::default(),
             #[cfg(test)]
-            hold_read: Mutex::new(None),
+            hold_read: HoldOnce::default(),
             #[cfg(test)]
             fail_removals: AtomicBool::new(false),
             _lock: lock,
@@ -670,10 +693,7 @@ impl WalStore for FileWal {
                 )
             };
             #[cfg(test)]
-            if let Some((stuck, release)) = self.hold_read.lock().unwrap().take() {
-                let _ = stuck.send(());
-                let _ = release.recv();
-            }
+            self.hold_read.pass();
             let result = read::read_chunks(&plan);
             // Appends only add past what was planned and removed segments
             // stay readable through their handles; only a rewrite in place
@@ -795,10 +815,7 @@ impl WalStore for FileWal {
         paths.extend(removed.iter().map(|s| s.path.clone()));
         drop(guard);
         #[cfg(test)]
-        if let Some((stuck, release)) = self.hold_removal.lock().unwrap().take() {
-            let _ = stuck.send(());
-            let _ = release.recv();
-        }
+        self.hold_removal.pass();
         for (i, path) in paths.iter().enumerate() {
             if let Err(e) = self.remove_let_go(path) {
                 // Older than every segment still listed: the next trim,

@@ -1299,9 +1299,7 @@ fn appends_go_on_while_a_trim_removes_its_files() {
     }
     wal.sync().unwrap();
     assert!(segment_files(&dir).len() > 3);
-    let (stuck_tx, stuck) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    *wal.hold_removal.lock().unwrap() = Some((stuck_tx, release_rx));
+    let (stuck, release) = wal.hold_removal.arm();
     let w = wal.clone();
     let trim = std::thread::spawn(move || w.remove_before(Lsn(15)));
     stuck
@@ -1328,11 +1326,10 @@ fn appends_go_on_while_a_trim_removes_its_files() {
 
 /// A read from the disk that planned a segment which a trim then removed
 /// holds that file's last descriptor: closing it frees the file's blocks,
-/// so the read closes it off its own thread (a standby's stream reads on
-/// the node's runtime thread, as this test's read does).
+/// so the read closes it off its own thread (the stream to a standby reads
+/// on the node's runtime, here one thread, as this test's read does).
 #[tokio::test]
 async fn a_read_left_holding_a_removed_segment_closes_it_off_its_thread() {
-    use std::sync::mpsc;
     let dir = TempDir::new().unwrap();
     let opts = FileWalOptions {
         tail_cache_bytes: 0,
@@ -1344,9 +1341,7 @@ async fn a_read_left_holding_a_removed_segment_closes_it_off_its_thread() {
     }
     wal.sync().unwrap();
     let first_segment = segment_files(&dir)[0].clone();
-    let (stuck_tx, stuck) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    *wal.hold_read.lock().unwrap() = Some((stuck_tx, release_rx));
+    let (stuck, release) = wal.hold_read.arm();
     let w = wal.clone();
     let trim = std::thread::spawn(move || {
         stuck
